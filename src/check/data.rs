@@ -1,0 +1,85 @@
+//! `data NAME = text("file") { tokenizer = bytes, context = 128, split = 0.9 }`
+
+use super::fields::Fields;
+use super::Checker;
+use crate::diag::Diagnostic;
+use crate::recipe::{DataSpec, Tokenizer};
+use crate::syntax::ast::{Decl, ExprKind};
+
+impl<'a> Checker<'a> {
+    /// The checked data set of a `data` declaration (memoized: other items read its attributes).
+    pub fn data_spec(&mut self, d: &'a Decl) -> Option<DataSpec> {
+        if let Some(s) = self.data.get(&d.name.name) {
+            return s.clone();
+        }
+        // Insert first so a reference cycle through this data set ends here.
+        self.data.insert(d.name.name.clone(), None);
+        let spec = self.check_data(d);
+        self.data.insert(d.name.name.clone(), spec.clone());
+        spec
+    }
+
+    fn check_data(&mut self, d: &'a Decl) -> Option<DataSpec> {
+        let (_, path, args, block) = self.ctor(&d.value, "data source", &["text"])?;
+        let at = Checker::span_of_path(path);
+        let mut f = Fields::new(block, &self.top_scope(), format!("data `{}`", d.name.name), at);
+        let tokenizer = f.sym(self, "tokenizer", &["bytes"], Some("bytes"));
+        let context = f.size(self, "context", None);
+        let split = f.ranged(self, "split", Some(0.9), 0.0, true, 1.0, true);
+        f.finish(self);
+
+        let file = match args {
+            Some([a]) if a.name.is_none() => match &a.value.kind {
+                ExprKind::Str(s) => Some((s.clone(), a.value.span)),
+                _ => None,
+            },
+            _ => None,
+        };
+        let Some((file, file_span)) = file else {
+            self.error(Diagnostic::error("E0104", d.value.span, "`text` takes one argument: the path of the corpus")
+                .with_hint("write `text(\"data/corpus.txt\") { … }`"));
+            return None;
+        };
+        let full = self.base_dir.join(&file);
+        let tokens = match std::fs::metadata(&full) {
+            Ok(m) if m.is_file() => m.len(),
+            Ok(_) => {
+                self.error(Diagnostic::error("E0210", file_span, format!("`{file}` is not a file")));
+                return None;
+            }
+            Err(_) => {
+                self.error(Diagnostic::error("E0210", file_span, format!("data file `{file}` not found"))
+                    .with_hint(format!("paths are relative to the recipe's folder; looked for {}", full.display())));
+                return None;
+            }
+        };
+        let (context, split) = (context?, split?);
+        let (train, val) = ((tokens as f64 * split) as u64, tokens - (tokens as f64 * split) as u64);
+        if train <= context as u64 || val <= context as u64 {
+            self.error(
+                Diagnostic::error(
+                    "E0211",
+                    f_span(block, "context").unwrap_or(file_span),
+                    format!("context {context} is not shorter than the data: `{file}` splits into {train} training and {val} validation tokens"),
+                )
+                .with_hint("each split needs more tokens than the context; use a shorter context or more data"),
+            );
+            return None;
+        }
+        // `bytes` is the only tokenizer so far; the symbol check above guarantees it.
+        let tokenizer = tokenizer.map(|_| Tokenizer::Bytes)?;
+        Some(DataSpec {
+            name: d.name.name.clone(),
+            path: std::path::absolute(&full).unwrap_or(full),
+            tokenizer,
+            vocab: 256,
+            context,
+            split,
+            tokens,
+        })
+    }
+}
+
+fn f_span(block: Option<&crate::syntax::ast::Block>, key: &str) -> Option<crate::diag::Span> {
+    block.and_then(|b| b.field(key)).map(|f| f.value.span)
+}

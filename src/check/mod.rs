@@ -1,0 +1,194 @@
+//! Stage 2, check: AST → typed [`Recipe`]. Resolves names, evaluates arithmetic, checks types,
+//! ranges and cross-item invariants, and reports every error of the file in one pass.
+//!
+//! The only I/O is a metadata look-up of the data files a recipe names (they must exist, and be
+//! longer than the context).
+
+mod data;
+mod eval;
+mod fields;
+mod model;
+mod stage;
+pub mod suggest;
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use crate::diag::{Diagnostic, Span};
+use crate::recipe::*;
+use crate::syntax::ast::{self, Decl, DeclKind, Entry, Expr, ExprKind, Ident};
+use eval::Scope;
+use fields::{Fields, Min};
+use suggest::did_you_mean;
+
+pub struct Checker<'a> {
+    ast: &'a ast::Recipe,
+    /// Directory that relative paths in the recipe resolve against.
+    base_dir: PathBuf,
+    diags: Vec<Diagnostic>,
+    decls: Vec<&'a Decl>,
+    data: HashMap<String, Option<DataSpec>>,
+    /// Key spans of the fields being evaluated, to catch `a = b, b = a`.
+    visiting: Vec<usize>,
+}
+
+/// The result of checking: the typed recipe when there were no errors, and every diagnostic.
+pub struct Checked {
+    pub recipe: Option<Recipe>,
+    pub diagnostics: Vec<Diagnostic>,
+}
+
+/// Check a parsed recipe. `base_dir` is the directory holding the recipe file.
+pub fn check(ast: &ast::Recipe, base_dir: &Path) -> Checked {
+    let mut ck = Checker {
+        ast,
+        base_dir: base_dir.to_path_buf(),
+        diags: vec![],
+        decls: vec![],
+        data: HashMap::new(),
+        visiting: vec![],
+    };
+    let recipe = ck.run();
+    let failed = ck.diags.iter().any(|d| d.is_error());
+    ck.diags.sort_by_key(|d| (d.span.start, d.span.end));
+    ck.diags.dedup();
+    Checked { recipe: if failed { None } else { recipe }, diagnostics: ck.diags }
+}
+
+impl<'a> Checker<'a> {
+    pub fn error(&mut self, d: Diagnostic) {
+        self.diags.push(d);
+    }
+
+    pub fn decl(&self, name: &str) -> Option<&'a Decl> {
+        self.decls.iter().copied().find(|d| d.name.name == name)
+    }
+
+    pub fn decl_names(&self) -> impl Iterator<Item = &'a str> + '_ {
+        self.decls.iter().map(|d| d.name.name.as_str())
+    }
+
+    fn top_scope(&self) -> Scope<'a> {
+        vec![&self.ast.body]
+    }
+
+    fn run(&mut self) -> Option<Recipe> {
+        let body = &self.ast.body;
+        for e in &body.entries {
+            match e {
+                Entry::Decl(d) => {
+                    if let Some(prev) = self.decl(&d.name.name) {
+                        let kind = prev.kind.keyword();
+                        self.error(Diagnostic::error("E0102", d.name.span, format!("`{}` is already declared (as a {kind})", d.name.name))
+                            .with_hint("every data set, model, budget and stage needs its own name"));
+                    } else {
+                        self.decls.push(d);
+                    }
+                }
+                Entry::Sweep(s) => self.error(Diagnostic::error("E0199", s.span, "`sweep` is not supported yet")
+                    .with_hint("write one recipe per point for now")),
+                Entry::Field(_) => {}
+            }
+        }
+        // Top-level keys.
+        let mut top = Fields::new(None, &vec![], "the experiment", self.ast.name_span);
+        top.block = Some(body);
+        top.top_level = true;
+        let seed = top.int(self, "seed", Some(0), Min::Zero);
+        top.finish(self);
+
+        let decls = self.decls.clone();
+        for d in decls.iter().filter(|d| d.kind == DeclKind::Data) {
+            self.data_spec(d);
+        }
+        let mut models = vec![];
+        for d in decls.iter().filter(|d| d.kind == DeclKind::Model) {
+            models.push(self.check_model(d));
+        }
+        for d in decls.iter().filter(|d| d.kind == DeclKind::Budget) {
+            self.error(Diagnostic::error("E0199", d.kind_span, "`budget` is not supported yet"));
+        }
+        let stages = self.check_stages(&decls);
+
+        let data: Vec<Option<DataSpec>> =
+            decls.iter().filter(|d| d.kind == DeclKind::Data).map(|d| self.data.get(&d.name.name).cloned().flatten()).collect();
+        Some(Recipe {
+            experiment: self.ast.name.clone(),
+            seed: seed?,
+            data: data.into_iter().collect::<Option<Vec<_>>>()?,
+            models: models.into_iter().collect::<Option<Vec<_>>>()?,
+            stages: stages?,
+        })
+    }
+
+    /// Check that `e` is a constructor named one of `names`; returns its name, args and block.
+    pub fn ctor(
+        &mut self,
+        e: &'a Expr,
+        what: &str,
+        names: &[&'static str],
+    ) -> Option<(&'static str, &'a [Ident], Option<&'a [ast::Arg]>, Option<&'a ast::Block>)> {
+        let ExprKind::Ctor { path, args, block } = &e.kind else {
+            self.error(Diagnostic::error("E0120", e.span, format!("expected {what} ({}), found {}", names.join(" | "), eval::describe(e))));
+            return None;
+        };
+        let full = Expr::path_string(path);
+        let span = path.first().map_or(e.span, |p| p.span.join(path[path.len() - 1].span));
+        let Some(name) = names.iter().copied().find(|n| *n == full) else {
+            let mut d = Diagnostic::error("E0130", span, format!("unknown {what} `{full}`"));
+            d = match did_you_mean(&full, names.iter().copied()) {
+                Some(s) => d.with_hint(format!("did you mean `{s}`?")),
+                None => d.with_hint(format!("one of {}", names.join(", "))),
+            };
+            self.error(d);
+            return None;
+        };
+        Some((name, path, args.as_deref(), block.as_ref()))
+    }
+
+    /// `decl.key`: computed attributes first (a data set's `vocab`), then the keys of its block.
+    fn attribute(&mut self, decl: &'a Decl, attr: &'a Ident) -> Option<f64> {
+        if decl.kind == DeclKind::Data {
+            let spec = self.data_spec(decl);
+            let computed: &[&str] = &["vocab", "context", "tokens"];
+            if computed.contains(&attr.name.as_str()) {
+                let s = spec?;
+                return Some(match attr.name.as_str() {
+                    "vocab" => s.vocab as f64,
+                    "context" => s.context as f64,
+                    _ => s.tokens as f64,
+                });
+            }
+        }
+        if let ExprKind::Ctor { block: Some(b), .. } = &decl.value.kind {
+            if let Some(f) = b.field(&attr.name) {
+                return self.eval_field(f, &vec![&self.ast.body, b]);
+            }
+            let mut names: Vec<&str> = b.fields().map(|f| f.key.name.as_str()).collect();
+            if decl.kind == DeclKind::Data {
+                names.extend(["vocab", "context", "tokens"]);
+            }
+            let mut d = Diagnostic::error("E0111", attr.span, format!("{} `{}` has no attribute `{}`", decl.kind.keyword(), decl.name.name, attr.name));
+            if let Some(s) = did_you_mean(&attr.name, names) {
+                d = d.with_hint(format!("did you mean `{}.{s}`?", decl.name.name));
+            }
+            self.error(d);
+            return None;
+        }
+        self.error(Diagnostic::error("E0111", attr.span, format!("{} `{}` has no attribute `{}`", decl.kind.keyword(), decl.name.name, attr.name)));
+        None
+    }
+
+    fn example_attr(&self, d: &Decl) -> &'static str {
+        match d.kind {
+            DeclKind::Data => "vocab",
+            DeclKind::Model => "d_model",
+            DeclKind::Stage => "model",
+            DeclKind::Budget => "tokens",
+        }
+    }
+
+    pub fn span_of_path(path: &[Ident]) -> Span {
+        path[0].span.join(path[path.len() - 1].span)
+    }
+}

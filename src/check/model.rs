@@ -1,0 +1,98 @@
+//! `model NAME = transformer { … }`
+
+use super::fields::Fields;
+use super::Checker;
+use crate::diag::Diagnostic;
+use crate::recipe::*;
+use crate::syntax::ast::Decl;
+
+impl<'a> Checker<'a> {
+    pub fn check_model(&mut self, d: &'a Decl) -> Option<ModelSpec> {
+        let (_, path, args, block) = self.ctor(&d.value, "model architecture", &["transformer"])?;
+        if let Some(a) = args {
+            if !a.is_empty() {
+                self.error(Diagnostic::error("E0104", d.value.span, "`transformer` takes no arguments")
+                    .with_hint("configure it in its `{ … }` block"));
+            }
+        }
+        let at = Checker::span_of_path(path);
+        let mut f = Fields::new(block, &self.top_scope(), format!("transformer `{}`", d.name.name), at);
+        let vocab = f.size(self, "vocab", None);
+        let context = f.size(self, "context", None);
+        let d_model = f.size(self, "d_model", None);
+        let layers = f.size(self, "layers", None);
+        let heads = f.size(self, "heads", None);
+        let norm = f.sym(self, "norm", &["layernorm", "rmsnorm"], Some("layernorm"));
+        let position = f.sym(self, "position", &["learned", "rope"], Some("learned"));
+        let tie = f.bool(self, "tie_embeddings", true);
+        let dropout = f.ranged(self, "dropout", Some(0.0), 0.0, false, 1.0, true);
+        let bias = f.bool(self, "bias", true);
+        let ffn = self.check_ffn(&mut f, d_model);
+        let heads_span = f.value_span("heads");
+        let pos_span = f.value_span("position");
+        f.finish(self);
+
+        let (d_model, heads) = (d_model?, heads?);
+        if d_model % heads != 0 {
+            let near: Vec<String> = (1..=d_model.min(4096)).filter(|h| d_model % h == 0).map(|h| h.to_string()).collect();
+            let near = nearest(&near, heads);
+            self.error(Diagnostic::error("E0220", heads_span, format!("heads = {heads} does not divide d_model = {d_model}"))
+                .with_hint(format!("each head gets d_model / heads dimensions; try heads = {near}")));
+            return None;
+        }
+        let position = match position? {
+            "rope" => Position::Rope,
+            _ => Position::Learned,
+        };
+        if position == Position::Rope && (d_model / heads) % 2 != 0 {
+            self.error(Diagnostic::error("E0221", pos_span, format!("rope needs an even head size, but d_model / heads = {}", d_model / heads))
+                .with_hint("choose heads so that d_model / heads is even"));
+            return None;
+        }
+        Some(ModelSpec {
+            name: d.name.name.clone(),
+            vocab: vocab?,
+            context: context?,
+            d_model,
+            layers: layers?,
+            heads,
+            ffn: ffn?,
+            norm: if norm? == "rmsnorm" { Norm::Rmsnorm } else { Norm::Layernorm },
+            position,
+            tie_embeddings: tie?,
+            dropout: dropout?,
+            bias: bias?,
+        })
+    }
+
+    /// `ffn = mlp { hidden = 4 * d_model, act = gelu }`; absent, it is that default.
+    fn check_ffn(&mut self, outer: &mut Fields<'a>, d_model: Option<usize>) -> Option<MlpSpec> {
+        let Some(field) = outer.field("ffn") else {
+            return Some(MlpSpec { hidden: 4 * d_model?, act: Activation::Gelu });
+        };
+        let (_, path, _, block) = self.ctor(&field.value, "feed-forward layer", &["mlp"])?;
+        let mut f = Fields::new(block, &outer.scope, "mlp", Checker::span_of_path(path));
+        let hidden = match d_model {
+            Some(d) => f.size(self, "hidden", Some(4 * d as u64)),
+            None => f.size(self, "hidden", None),
+        };
+        let act = f.sym(self, "act", &["gelu", "relu", "swiglu"], Some("gelu"));
+        f.finish(self);
+        Some(MlpSpec {
+            hidden: hidden?,
+            act: match act? {
+                "swiglu" => Activation::Swiglu,
+                "relu" => Activation::Relu,
+                _ => Activation::Gelu,
+            },
+        })
+    }
+}
+
+fn nearest(options: &[String], target: usize) -> String {
+    options
+        .iter()
+        .min_by_key(|s| s.parse::<usize>().map_or(usize::MAX, |v| v.abs_diff(target)))
+        .cloned()
+        .unwrap_or_else(|| "1".into())
+}

@@ -1,0 +1,363 @@
+//! `stage NAME = train(model, data) { … }` and the stage DAG's cycle check.
+
+use petgraph::algo::tarjan_scc;
+use petgraph::graph::DiGraph;
+use std::collections::HashMap;
+
+use super::fields::{Fields, Min};
+use super::Checker;
+use crate::diag::{Diagnostic, Span};
+use crate::recipe::*;
+use crate::syntax::ast::{Arg, Decl, DeclKind, Expr, ExprKind};
+
+pub const STAGE_KINDS: &[&str] = &["train"];
+
+impl<'a> Checker<'a> {
+    pub fn check_stages(&mut self, decls: &[&'a Decl]) -> Option<Vec<StageSpec>> {
+        let stages: Vec<&'a Decl> = decls.iter().copied().filter(|d| d.kind == DeclKind::Stage).collect();
+        let in_cycle = self.check_stage_cycles(&stages);
+        let mut out = vec![];
+        let mut ok = true;
+        for d in &stages {
+            if in_cycle.contains(&d.name.name) {
+                ok = false;
+                continue;
+            }
+            match self.check_stage(d) {
+                Some(s) => out.push(s),
+                None => ok = false,
+            }
+        }
+        ok.then_some(out)
+    }
+
+    /// Stages a stage reads from (`pretrain.model` in its arguments), with the reference's span.
+    fn stage_refs(&self, d: &'a Decl) -> Vec<(&'a str, Span)> {
+        let mut refs = vec![];
+        if let ExprKind::Ctor { args: Some(args), .. } = &d.value.kind {
+            for a in args {
+                if let Some(p) = a.value.as_path() {
+                    if let Some(t) = self.decl(&p[0].name).filter(|t| t.kind == DeclKind::Stage) {
+                        refs.push((t.name.name.as_str(), p[0].span));
+                    }
+                }
+            }
+        }
+        refs
+    }
+
+    /// Every stage on a cycle gets a diagnostic; returns their names.
+    fn check_stage_cycles(&mut self, stages: &[&'a Decl]) -> Vec<String> {
+        let mut g = DiGraph::<&str, Span>::new();
+        let idx: HashMap<&str, _> = stages.iter().map(|d| (d.name.name.as_str(), g.add_node(d.name.name.as_str()))).collect();
+        for d in stages {
+            for (dep, span) in self.stage_refs(d) {
+                g.add_edge(idx[dep], idx[d.name.name.as_str()], span);
+            }
+        }
+        let mut names = vec![];
+        for scc in tarjan_scc(&g) {
+            let self_loop = scc.len() == 1 && g.contains_edge(scc[0], scc[0]);
+            if scc.len() < 2 && !self_loop {
+                continue;
+            }
+            let mut members: Vec<&str> = scc.iter().map(|&n| g[n]).collect();
+            members.sort();
+            let ring = format!("{} → {}", members.join(" → "), members[0]);
+            for &n in &scc {
+                let name = g[n];
+                let span = g.edges_directed(n, petgraph::Direction::Incoming).find(|e| scc.contains(&petgraph::visit::EdgeRef::source(e))).map(|e| *e.weight());
+                let d = self.decl(name).expect("stage decl");
+                self.error(Diagnostic::error("E0300", span.unwrap_or(d.name.span), format!("stage `{name}` is part of a cycle: {ring}"))
+                    .with_hint("stages form a DAG: a stage can only use artifacts of stages that do not depend on it"));
+                names.push(name.to_string());
+            }
+        }
+        names
+    }
+
+    fn check_stage(&mut self, d: &'a Decl) -> Option<StageSpec> {
+        let (kind, path, args, block) = self.ctor(&d.value, "stage kind", STAGE_KINDS)?;
+        let at = Checker::span_of_path(path);
+        let args = args.unwrap_or(&[]);
+        debug_assert_eq!(kind, "train");
+        self.check_train(d, at, args, block)
+    }
+
+    /// Named or positional arguments, in `names` order. Reports unknown, missing and extra ones.
+    fn bind_args(&mut self, at: Span, kind: &str, args: &'a [Arg], names: &[&'static str]) -> Vec<Option<&'a Expr>> {
+        let mut out: Vec<Option<&'a Expr>> = vec![None; names.len()];
+        for (i, a) in args.iter().enumerate() {
+            let slot = match &a.name {
+                Some(n) => match names.iter().position(|x| *x == n.name) {
+                    Some(s) => s,
+                    None => {
+                        let mut e = Diagnostic::error("E0105", n.span, format!("`{kind}` has no argument `{}`", n.name));
+                        e = match super::suggest::did_you_mean(&n.name, names.iter().copied()) {
+                            Some(s) => e.with_hint(format!("did you mean `{s}`?")),
+                            None => e.with_hint(format!("arguments: {}", names.join(", "))),
+                        };
+                        self.error(e);
+                        continue;
+                    }
+                },
+                None if i < names.len() => i,
+                None => {
+                    self.error(Diagnostic::error("E0105", a.value.span, format!("`{kind}` takes {} arguments", names.len()))
+                        .with_hint(format!("write `{kind}({})`", names.join(", "))));
+                    continue;
+                }
+            };
+            out[slot] = Some(&a.value);
+        }
+        for (i, n) in names.iter().enumerate() {
+            if out[i].is_none() {
+                self.error(Diagnostic::error("E0106", at, format!("`{kind}` is missing its `{n}` argument"))
+                    .with_hint(format!("write `{kind}({})`", names.join(", "))));
+            }
+        }
+        out
+    }
+
+    /// The declaration a bare reference names, which must be of kind `want`.
+    fn decl_ref(&mut self, e: &'a Expr, want: DeclKind, what: &str) -> Option<&'a Decl> {
+        let Some(path) = e.as_path() else {
+            self.error(Diagnostic::error("E0301", e.span, format!("expected {what}, found {}", super::eval::describe(e))));
+            return None;
+        };
+        let Some(d) = self.decl(&path[0].name) else {
+            let names: Vec<&str> = self.decls.iter().filter(|d| d.kind == want).map(|d| d.name.name.as_str()).collect();
+            let mut err = Diagnostic::error("E0110", path[0].span, format!("unknown name `{}`", path[0].name));
+            if let Some(s) = super::suggest::did_you_mean(&path[0].name, names) {
+                err = err.with_hint(format!("did you mean `{s}`?"));
+            }
+            self.error(err);
+            return None;
+        };
+        Some(d)
+    }
+
+    /// A model argument: a model declaration, or `STAGE.model` (that stage's trained weights).
+    /// Returns (architecture, initialising stage).
+    fn model_arg(&mut self, e: &'a Expr) -> Option<(String, Option<String>)> {
+        let d = self.decl_ref(e, DeclKind::Model, "a model")?;
+        let path = e.as_path()?;
+        match d.kind {
+            DeclKind::Model if path.len() == 1 => Some((d.name.name.clone(), None)),
+            DeclKind::Stage if path.len() == 2 && path[1].name == "model" => {
+                let arch = self.stage_arch(d, 0)?;
+                Some((arch, Some(d.name.name.clone())))
+            }
+            DeclKind::Stage if path.len() == 1 => {
+                self.error(Diagnostic::error("E0301", e.span, format!("`{}` is a stage, not a model", d.name.name))
+                    .with_hint(format!("use its output: `{}.model`", d.name.name)));
+                None
+            }
+            _ => {
+                self.error(Diagnostic::error("E0301", e.span, format!("expected a model, found {} `{}`", kind_noun(d.kind), Expr::path_string(path)))
+                    .with_hint("pass a `model` declaration or a stage's output `STAGE.model`"));
+                None
+            }
+        }
+    }
+
+    /// The architecture a stage trains, following `train(other.model, …)` chains.
+    fn stage_arch(&mut self, d: &'a Decl, depth: usize) -> Option<String> {
+        let ExprKind::Ctor { args: Some(args), .. } = &d.value.kind else { return None };
+        let first = args.iter().find(|a| a.name.as_ref().map_or(true, |n| n.name == "model"))?;
+        let p = first.value.as_path()?;
+        let t = self.decl(&p[0].name)?;
+        match t.kind {
+            DeclKind::Model => Some(t.name.name.clone()),
+            DeclKind::Stage if depth < 64 => self.stage_arch(t, depth + 1),
+            _ => None,
+        }
+    }
+
+    fn check_train(&mut self, d: &'a Decl, at: Span, args: &'a [Arg], block: Option<&'a crate::syntax::ast::Block>) -> Option<StageSpec> {
+        let bound = self.bind_args(at, "train", args, &["model", "data"]);
+        let model = bound[0].and_then(|e| self.model_arg(e));
+        let data = bound[1].and_then(|e| self.data_arg(e));
+
+        let mut f = Fields::new(block, &self.top_scope(), format!("stage `{}`", d.name.name), at);
+        let steps_field = f.field("steps").is_some();
+        let tokens_field = f.field("tokens").is_some();
+        let batch = f.size(self, "batch", Some(32));
+        let steps = if steps_field { f.int(self, "steps", None, Min::One) } else { None };
+        let tokens = if tokens_field { f.positive(self, "tokens", None) } else { None };
+        let optimizer = self.check_adamw(&mut f);
+        let schedule = self.check_schedule(&mut f);
+        let grad_clip = f.ranged(self, "grad_clip", Some(1.0), 0.0, false, f64::INFINITY, true);
+        let eval_every = f.int(self, "eval_every", Some(100), Min::One);
+        let eval_batches = f.int(self, "eval_batches", Some(20), Min::One);
+        let log_every = f.int(self, "log_every", Some(10), Min::One);
+        let checkpoint_every = f.int(self, "checkpoint_every", Some(0), Min::Zero);
+        let device = f.sym(self, "device", &["auto", "cpu", "cuda"], Some("auto"));
+        let tokens_span = f.key_span("tokens");
+        let sched_span = f.value_span("schedule");
+        f.finish(self);
+
+        if steps_field && tokens_field {
+            self.error(Diagnostic::error("E0107", tokens_span, "give `steps` or `tokens`, not both")
+                .with_hint("tokens = steps × batch × context; keep the one you mean"));
+            return None;
+        }
+        if !steps_field && !tokens_field {
+            self.error(Diagnostic::error("E0101", at, format!("stage `{}` needs `steps` or `tokens`", d.name.name))
+                .with_hint("add `steps = 1000` or `tokens = 20M`"));
+            return None;
+        }
+        let ((arch, init_from), data) = (model?, data?);
+        let m = self.decl(&arch).and_then(|m| self.model_context_vocab(m));
+        let batch = batch?;
+        let context = data.context;
+        if let Some((mctx, mvocab)) = m {
+            if context > mctx {
+                self.error(Diagnostic::error("E0222", bound[1].map_or(at, |e| e.span), format!("data `{}` has context {context}, longer than model `{arch}` accepts ({mctx})", data.name))
+                    .with_hint(format!("raise the model's context to {context} or shorten the data's")));
+                return None;
+            }
+            if data.vocab > mvocab {
+                self.error(Diagnostic::error("E0223", bound[0].map_or(at, |e| e.span), format!("model `{arch}` has vocab {mvocab}, smaller than the tokenizer of `{}` ({})", data.name, data.vocab))
+                    .with_hint(format!("set `vocab = {}.vocab`", data.name)));
+                return None;
+            }
+        }
+        let per_step = (batch * context) as f64;
+        let steps = match (steps, tokens) {
+            (Some(s), _) => s,
+            (None, Some(t)) => (t / per_step).ceil() as u64,
+            _ => return None,
+        };
+        let schedule = schedule?;
+        let warmup = match &schedule {
+            Schedule::Constant { warmup } | Schedule::Cosine { warmup, .. } => *warmup,
+        };
+        if warmup > steps {
+            self.error(Diagnostic::error("E0224", sched_span, format!("warmup of {warmup} steps is longer than the stage ({steps} steps)"))
+                .with_hint("shorten the warmup or train longer"));
+            return None;
+        }
+        let optimizer = optimizer?;
+        if let Schedule::Cosine { min_lr, .. } = schedule {
+            if min_lr > optimizer.lr {
+                self.error(Diagnostic::error("E0225", sched_span, format!("min_lr {min_lr} is above the peak lr {}", optimizer.lr))
+                    .with_hint("a cosine schedule decays from lr down to min_lr"));
+                return None;
+            }
+        }
+        let mut after: Vec<String> = init_from.iter().cloned().collect();
+        after.dedup();
+        Some(StageSpec {
+            name: d.name.name.clone(),
+            after,
+            kind: StageKind::Train(TrainSpec {
+                model: arch,
+                init_from,
+                data: data.name.clone(),
+                steps,
+                batch,
+                context,
+                optimizer,
+                schedule,
+                grad_clip: grad_clip.filter(|g| *g > 0.0),
+                eval_every: eval_every?,
+                eval_batches: eval_batches?,
+                log_every: log_every?,
+                checkpoint_every: checkpoint_every?,
+                device: match device? {
+                    "cpu" => Device::Cpu,
+                    "cuda" => Device::Cuda,
+                    _ => Device::Auto,
+                },
+            }),
+        })
+    }
+
+    fn data_arg(&mut self, e: &'a Expr) -> Option<DataSpec> {
+        let d = self.decl_ref(e, DeclKind::Data, "a data set")?;
+        if d.kind != DeclKind::Data || e.as_path().map_or(true, |p| p.len() != 1) {
+            self.error(Diagnostic::error("E0301", e.span, format!("expected a data set, found {} `{}`", kind_noun(d.kind), d.name.name))
+                .with_hint("pass a `data` declaration"));
+            return None;
+        }
+        self.data_spec(d)
+    }
+
+    /// Context and vocab of a model declaration, quietly (its own check reports its errors).
+    fn model_context_vocab(&mut self, m: &'a Decl) -> Option<(usize, usize)> {
+        let ExprKind::Ctor { block: Some(b), .. } = &m.value.kind else { return None };
+        let n = self.diags.len();
+        let scope = vec![&self.ast.body, b];
+        let ctx = b.field("context").and_then(|f| self.eval_field(f, &scope));
+        let vocab = b.field("vocab").and_then(|f| self.eval_field(f, &scope));
+        self.diags.truncate(n);
+        Some((ctx? as usize, vocab? as usize))
+    }
+
+    fn check_adamw(&mut self, outer: &mut Fields<'a>) -> Option<AdamW> {
+        let field = outer.field("optimizer");
+        let (block, at) = match field {
+            Some(f) => {
+                let (_, path, _, block) = self.ctor(&f.value, "optimizer", &["adamw"])?;
+                (block, Checker::span_of_path(path))
+            }
+            None => (None, outer.at),
+        };
+        let mut f = Fields::new(block, &outer.scope, "adamw", at);
+        let lr = f.positive(self, "lr", Some(1e-3));
+        let betas = self.betas(&mut f);
+        let eps = f.positive(self, "eps", Some(1e-8));
+        let wd = f.ranged(self, "weight_decay", Some(0.0), 0.0, false, f64::INFINITY, true);
+        f.finish(self);
+        Some(AdamW { lr: lr?, betas: betas?, eps: eps?, weight_decay: wd? })
+    }
+
+    fn betas(&mut self, f: &mut Fields<'a>) -> Option<(f64, f64)> {
+        let Some(field) = f.field("betas") else { return Some((0.9, 0.999)) };
+        let ExprKind::Tuple(items) = &field.value.kind else {
+            self.error(Diagnostic::error("E0120", field.value.span, format!("`betas` expects a pair like (0.9, 0.95), found {}", super::eval::describe(&field.value))));
+            return None;
+        };
+        if items.len() != 2 {
+            self.error(Diagnostic::error("E0120", field.value.span, format!("`betas` expects two numbers, found {}", items.len())));
+            return None;
+        }
+        let scope = f.scope.clone();
+        let b1 = self.eval_num(&items[0], &scope);
+        let b2 = self.eval_num(&items[1], &scope);
+        for (b, e) in [(b1, &items[0]), (b2, &items[1])] {
+            if let Some(v) = b {
+                if !(0.0..1.0).contains(&v) {
+                    self.error(Diagnostic::error("E0202", e.span, format!("beta = {v} is out of range")).with_hint("betas must lie in [0, 1)"));
+                    return None;
+                }
+            }
+        }
+        Some((b1?, b2?))
+    }
+
+    fn check_schedule(&mut self, outer: &mut Fields<'a>) -> Option<Schedule> {
+        let Some(field) = outer.field("schedule") else { return Some(Schedule::Constant { warmup: 0 }) };
+        let (kind, path, _, block) = self.ctor(&field.value, "schedule", &["constant", "cosine"])?;
+        let mut f = Fields::new(block, &outer.scope, kind, Checker::span_of_path(path));
+        let warmup = f.int(self, "warmup", Some(0), Min::Zero);
+        let sched = if kind == "cosine" {
+            let min_lr = f.ranged(self, "min_lr", Some(0.0), 0.0, false, f64::INFINITY, true);
+            Some(Schedule::Cosine { warmup: warmup?, min_lr: min_lr? })
+        } else {
+            Some(Schedule::Constant { warmup: warmup? })
+        };
+        f.finish(self);
+        sched
+    }
+}
+
+fn kind_noun(k: DeclKind) -> &'static str {
+    match k {
+        DeclKind::Data => "data set",
+        DeclKind::Model => "model",
+        DeclKind::Stage => "stage",
+        DeclKind::Budget => "budget",
+    }
+}

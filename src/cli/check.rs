@@ -1,0 +1,64 @@
+//! `roux check`: diagnostics for every file, in text, JSON or GitHub annotations.
+
+use std::path::PathBuf;
+
+use crate::DiagFormat;
+use roux::diag::{locate, render_github, render_text, Located};
+use roux::frontend::{compile, Compiled};
+
+/// Compile a file for a subcommand that needs a valid recipe; prints diagnostics on failure.
+/// Err carries the exit code.
+pub fn load(file: &std::path::Path) -> Result<Compiled, u8> {
+    let c = compile(file).map_err(|e| {
+        eprintln!("error: {e}");
+        2u8
+    })?;
+    let name = file.display().to_string();
+    for d in &c.diagnostics {
+        eprint!("{}", render_text(&name, &c.source.text, d));
+    }
+    if c.recipe.is_none() {
+        eprintln!("{}: {} error(s); nothing was run", name, c.diagnostics.iter().filter(|d| d.is_error()).count());
+        return Err(1);
+    }
+    Ok(c)
+}
+
+pub fn run(files: &[PathBuf], format: DiagFormat) -> u8 {
+    let mut code = 0u8;
+    let mut all: Vec<Located> = vec![];
+    for file in files {
+        let name = file.display().to_string();
+        let c = match compile(file) {
+            Ok(c) => c,
+            Err(e) => {
+                eprintln!("error: {e}");
+                code = 2;
+                continue;
+            }
+        };
+        if c.recipe.is_none() && code == 0 {
+            code = 1;
+        }
+        for d in &c.diagnostics {
+            match format {
+                DiagFormat::Text => eprint!("{}", render_text(&name, &c.source.text, d)),
+                DiagFormat::Github => print!("{}", render_github(&name, &c.source.text, d)),
+                DiagFormat::Json => all.push(locate(&name, &c.source.text, d)),
+            }
+        }
+        if format == DiagFormat::Text {
+            let errors = c.diagnostics.iter().filter(|d| d.is_error()).count();
+            let warnings = c.diagnostics.len() - errors;
+            if errors > 0 {
+                eprintln!("{name}: {errors} error(s), {warnings} warning(s)");
+            } else {
+                eprintln!("{name}: ok{}", if warnings > 0 { format!(" ({warnings} warning(s))") } else { String::new() });
+            }
+        }
+    }
+    if format == DiagFormat::Json {
+        println!("{}", serde_json::to_string_pretty(&all).unwrap_or_else(|_| "[]".into()));
+    }
+    code
+}

@@ -1,0 +1,49 @@
+//! `roux run` and `roux sample`; without the `torch` feature they explain how to get them.
+
+use std::path::{Path, PathBuf};
+
+#[cfg(feature = "torch")]
+pub fn run(file: &Path, out: &Path, only: &[String]) -> u8 {
+    let c = match super::check::load(file) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    let recipe = c.recipe.expect("checked");
+    match roux::run::run_recipe(&recipe, &c.source.text, out, only) {
+        Ok(()) => 0,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            2
+        }
+    }
+}
+
+#[cfg(feature = "torch")]
+pub fn sample(run: &PathBuf, prompt: &str, tokens: usize, temperature: f64, top_k: i64, seed: u64) -> u8 {
+    match roux::run::sample::sample_run(run, prompt, tokens, temperature, top_k, seed) {
+        Ok(text) => {
+            println!("{text}");
+            0
+        }
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            2
+        }
+    }
+}
+
+#[cfg(not(feature = "torch"))]
+pub fn run(_: &Path, _: &Path, _: &[String]) -> u8 {
+    no_torch("run")
+}
+
+#[cfg(not(feature = "torch"))]
+pub fn sample(_: &PathBuf, _: &str, _: usize, _: f64, _: i64, _: u64) -> u8 {
+    no_torch("sample")
+}
+
+#[cfg(not(feature = "torch"))]
+fn no_torch(cmd: &str) -> u8 {
+    eprintln!("error: `roux {cmd}` needs libtorch; this roux was built without the `torch` feature (check, plan and graph work)");
+    2
+}

@@ -1,0 +1,85 @@
+//! `roux plan` and `roux graph`.
+
+use std::path::Path;
+
+use crate::GraphFormat;
+use roux::lower::{lower_model, lower_stages, render};
+use roux::plan::plan;
+
+pub fn run(file: &Path, json: bool) -> u8 {
+    let c = match super::check::load(file) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    let recipe = c.recipe.expect("checked");
+    let p = plan(&recipe);
+    if json {
+        println!("{}", serde_json::to_string_pretty(&p).unwrap_or_default());
+        return 0;
+    }
+    println!("experiment \"{}\"\n", p.experiment);
+    println!(
+        "{:<12} {:>15} {:>15} {:>15} {:>12} {:>12} {:>11}",
+        "model", "params", "active", "non-embedding", "6N/token", "AppF/token", "train mem"
+    );
+    for m in &p.models {
+        println!(
+            "{:<12} {:>15} {:>15} {:>15} {:>12} {:>12} {:>11}",
+            m.name,
+            group(m.params_total),
+            group(m.params_active),
+            group(m.params_non_embedding),
+            sci(m.flops_per_token_6n),
+            sci(m.flops_per_token_appendix_f),
+            bytes(m.train_memory_bytes)
+        );
+    }
+    println!("\n{:<12} {:<8} {:<16} {:>10} {:>14} {:>12}", "stage", "kind", "after", "steps", "tokens", "FLOPs");
+    for s in &p.stages {
+        let after = if s.after.is_empty() { "-".to_string() } else { s.after.join(",") };
+        println!("{:<12} {:<8} {:<16} {:>10} {:>14} {:>12}", s.name, s.kind, after, group(s.steps), group(s.tokens), sci(s.flops));
+    }
+    0
+}
+
+pub fn graph(file: &Path, format: GraphFormat) -> u8 {
+    let c = match super::check::load(file) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    let recipe = c.recipe.expect("checked");
+    let models: Vec<_> = recipe.models.iter().map(lower_model).collect();
+    let stages = lower_stages(&recipe);
+    match format {
+        GraphFormat::Dot => print!("{}", render::dot(&models, &stages, &recipe.experiment)),
+        GraphFormat::Json => println!("{}", serde_json::to_string_pretty(&render::json(&models, &stages, &recipe.experiment)).unwrap_or_default()),
+    }
+    0
+}
+
+pub fn group(n: u64) -> String {
+    let s = n.to_string();
+    let mut out = String::new();
+    for (i, c) in s.chars().enumerate() {
+        if i > 0 && (s.len() - i) % 3 == 0 {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
+
+pub fn sci(x: f64) -> String {
+    format!("{x:.3e}")
+}
+
+pub fn bytes(b: u64) -> String {
+    let units = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = b as f64;
+    let mut i = 0;
+    while v >= 1024.0 && i < units.len() - 1 {
+        v /= 1024.0;
+        i += 1;
+    }
+    format!("{v:.1} {}", units[i])
+}

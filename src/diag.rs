@@ -1,0 +1,155 @@
+//! Diagnostics are data: a span, a code, a message and a hint. Only the CLI renders them.
+
+use serde::Serialize;
+
+/// Byte range into the recipe source.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, serde::Deserialize)]
+pub struct Span {
+    pub start: usize,
+    pub end: usize,
+}
+
+impl Span {
+    pub fn new(start: usize, end: usize) -> Self {
+        Span { start, end }
+    }
+    pub fn join(self, other: Span) -> Span {
+        Span::new(self.start.min(other.start), self.end.max(other.end))
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Severity {
+    Error,
+    Warning,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct Diagnostic {
+    pub severity: Severity,
+    pub code: &'static str,
+    pub span: Span,
+    pub message: String,
+    pub hint: Option<String>,
+}
+
+impl Diagnostic {
+    pub fn error(code: &'static str, span: Span, message: impl Into<String>) -> Self {
+        Diagnostic { severity: Severity::Error, code, span, message: message.into(), hint: None }
+    }
+    pub fn warning(code: &'static str, span: Span, message: impl Into<String>) -> Self {
+        Diagnostic { severity: Severity::Warning, code, span, message: message.into(), hint: None }
+    }
+    pub fn with_hint(mut self, hint: impl Into<String>) -> Self {
+        self.hint = Some(hint.into());
+        self
+    }
+    pub fn is_error(&self) -> bool {
+        self.severity == Severity::Error
+    }
+}
+
+/// 1-based line and column (in characters) of a byte offset.
+pub fn line_col(src: &str, offset: usize) -> (usize, usize) {
+    let offset = floor_char_boundary(src, offset.min(src.len()));
+    let before = &src[..offset];
+    let line = before.matches('\n').count() + 1;
+    let line_start = before.rfind('\n').map_or(0, |i| i + 1);
+    (line, src[line_start..offset].chars().count() + 1)
+}
+
+fn floor_char_boundary(s: &str, mut i: usize) -> usize {
+    while i > 0 && !s.is_char_boundary(i) {
+        i -= 1;
+    }
+    i
+}
+
+/// A diagnostic located in a file, as `--format json` prints it.
+#[derive(Serialize, Debug, Clone)]
+pub struct Located {
+    pub file: String,
+    pub line: usize,
+    pub col: usize,
+    pub end_line: usize,
+    pub end_col: usize,
+    pub severity: Severity,
+    pub code: &'static str,
+    pub message: String,
+    pub hint: Option<String>,
+}
+
+pub fn locate(file: &str, src: &str, d: &Diagnostic) -> Located {
+    let (line, col) = line_col(src, d.span.start);
+    let (end_line, end_col) = line_col(src, d.span.end.max(d.span.start));
+    Located {
+        file: file.to_string(),
+        line,
+        col,
+        end_line,
+        end_col,
+        severity: d.severity,
+        code: d.code,
+        message: d.message.clone(),
+        hint: d.hint.clone(),
+    }
+}
+
+/// `file:line:col: error[CODE]: message`, the source line, a caret underline, and the hint.
+pub fn render_text(file: &str, src: &str, d: &Diagnostic) -> String {
+    let l = locate(file, src, d);
+    let sev = match d.severity {
+        Severity::Error => "error",
+        Severity::Warning => "warning",
+    };
+    let mut out = format!("{}:{}:{}: {}[{}]: {}\n", file, l.line, l.col, sev, d.code, d.message);
+    let text = src.lines().nth(l.line - 1).unwrap_or("");
+    // Very long lines are cut around the span so the caret stays readable.
+    let (shown, shift) = clip_line(text, l.col);
+    let gutter = l.line.to_string().len();
+    let width = if l.end_line == l.line { l.end_col.saturating_sub(l.col).max(1) } else { 1 };
+    out += &format!("{:gutter$} |\n", "");
+    out += &format!("{} | {}\n", l.line, shown);
+    out += &format!(
+        "{:gutter$} | {}{}\n",
+        "",
+        " ".repeat(l.col - 1 - shift),
+        "^".repeat(width.min(120))
+    );
+    if let Some(h) = &d.hint {
+        out += &format!("{:gutter$} = hint: {}\n", "", h);
+    }
+    out
+}
+
+/// `::error file=…,line=…,col=…::message` for GitHub Actions.
+pub fn render_github(file: &str, src: &str, d: &Diagnostic) -> String {
+    let l = locate(file, src, d);
+    let sev = match d.severity {
+        Severity::Error => "error",
+        Severity::Warning => "warning",
+    };
+    let mut msg = format!("[{}] {}", d.code, d.message);
+    if let Some(h) = &d.hint {
+        msg += &format!(" (hint: {h})");
+    }
+    format!(
+        "::{sev} file={file},line={},col={},endLine={},endColumn={}::{}\n",
+        l.line,
+        l.col,
+        l.end_line,
+        l.end_col,
+        msg.replace('%', "%25").replace('\n', "%0A")
+    )
+}
+
+fn clip_line(text: &str, col: usize) -> (String, usize) {
+    let n = text.chars().count();
+    if n <= 160 {
+        return (text.to_string(), 0);
+    }
+    let start = col.saturating_sub(60);
+    let s: String = text.chars().skip(start).take(140).collect();
+    (s, start)
+}

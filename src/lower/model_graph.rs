@@ -1,0 +1,246 @@
+//! The model graph: one node per op, edges carry activations (residual edges are marked).
+//!
+//! Parameter names follow the graph path (`blocks.3.attn.q.weight`), so the executor, the
+//! checkpoint and the planner all agree on what a parameter is called and how big it is.
+
+use petgraph::graph::{DiGraph, NodeIndex};
+use serde::Serialize;
+
+use crate::recipe::{Activation, ModelSpec, Norm, Position};
+
+/// A tensor dimension: the batch and sequence sizes are symbolic until run time.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub enum Dim {
+    B,
+    T,
+    N(usize),
+}
+
+impl std::fmt::Display for Dim {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Dim::B => write!(f, "B"),
+            Dim::T => write!(f, "T"),
+            Dim::N(n) => write!(f, "{n}"),
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum OpKind {
+    /// Token ids, (B, T).
+    Tokens,
+    Embedding { vocab: usize, dim: usize },
+    /// Learned absolute positions, added to the token embedding.
+    PosEmbedding { context: usize, dim: usize },
+    Dropout { p: f64 },
+    /// Sum of the two inputs (residual connection).
+    Add,
+    Norm { kind: Norm, dim: usize, bias: bool },
+    /// Causal multi-head self-attention with q, k, v, o projections.
+    Attention { dim: usize, heads: usize, rope: bool, bias: bool, dropout: f64 },
+    Mlp { dim: usize, hidden: usize, act: Activation, bias: bool, dropout: f64 },
+    /// Output logits; `tied` reuses the token embedding matrix.
+    Head { vocab: usize, dim: usize, tied: bool },
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ParamInit {
+    Zeros,
+    Ones,
+    Normal { std: f64 },
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Param {
+    pub name: String,
+    pub shape: Vec<usize>,
+    pub init: ParamInit,
+    /// Embedding tables (token and position), excluded from Kaplan's non-embedding count.
+    pub embedding: bool,
+}
+
+impl Param {
+    pub fn numel(&self) -> u64 {
+        self.shape.iter().map(|&d| d as u64).product()
+    }
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct Op {
+    /// Dotted path; parameters are named `<path>.<weight|bias>`.
+    pub path: String,
+    #[serde(flatten)]
+    pub kind: OpKind,
+    pub shape: Vec<Dim>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub enum Edge {
+    Data,
+    Residual,
+}
+
+pub struct ModelGraph {
+    pub spec: ModelSpec,
+    pub graph: DiGraph<Op, Edge>,
+    pub input: NodeIndex,
+    pub output: NodeIndex,
+}
+
+/// GPT-2's init: N(0, 0.02) everywhere, residual output projections scaled by 1/sqrt(2·layers).
+const INIT_STD: f64 = 0.02;
+
+impl Op {
+    pub fn params(&self, layers: usize) -> Vec<Param> {
+        let p = |name: &str, shape: Vec<usize>, init: ParamInit| Param {
+            name: format!("{}.{name}", self.path),
+            shape,
+            init,
+            embedding: false,
+        };
+        let normal = ParamInit::Normal { std: INIT_STD };
+        let resid = ParamInit::Normal { std: INIT_STD / (2.0 * layers as f64).sqrt() };
+        let linear = |out: &mut Vec<Param>, sub: &str, o: usize, i: usize, bias: bool, init: ParamInit| {
+            out.push(p(&format!("{sub}.weight"), vec![o, i], init));
+            if bias {
+                out.push(p(&format!("{sub}.bias"), vec![o], ParamInit::Zeros));
+            }
+        };
+        let mut out = vec![];
+        match &self.kind {
+            OpKind::Embedding { vocab, dim } => out.push(Param { embedding: true, ..p("weight", vec![*vocab, *dim], normal) }),
+            OpKind::PosEmbedding { context, dim } => out.push(Param { embedding: true, ..p("weight", vec![*context, *dim], normal) }),
+            OpKind::Norm { kind, dim, bias } => {
+                out.push(p("weight", vec![*dim], ParamInit::Ones));
+                if *bias && *kind == Norm::Layernorm {
+                    out.push(p("bias", vec![*dim], ParamInit::Zeros));
+                }
+            }
+            OpKind::Attention { dim, bias, .. } => {
+                for s in ["q", "k", "v"] {
+                    linear(&mut out, s, *dim, *dim, *bias, normal);
+                }
+                linear(&mut out, "o", *dim, *dim, *bias, resid);
+            }
+            OpKind::Mlp { dim, hidden, act, bias, .. } => {
+                linear(&mut out, "w1", *hidden, *dim, *bias, normal);
+                if *act == Activation::Swiglu {
+                    linear(&mut out, "w3", *hidden, *dim, *bias, normal);
+                }
+                linear(&mut out, "w2", *dim, *hidden, *bias, resid);
+            }
+            OpKind::Head { vocab, dim, tied: false } => out.push(p("weight", vec![*vocab, *dim], normal)),
+            OpKind::Head { tied: true, .. } | OpKind::Tokens | OpKind::Dropout { .. } | OpKind::Add => {}
+        }
+        out
+    }
+
+    /// Forward FLOPs per token at sequence length `seq`, op by op as in Chinchilla Appendix F:
+    /// matmuls count 2 FLOPs per multiply-add; the embedding counts as a (one-hot) matmul,
+    /// 2·vocab·d; attention counts the full seq×seq score matrix (no causal halving); norms,
+    /// residual adds, dropout, biases and position embeddings are not counted.
+    pub fn flops_per_token(&self, seq: usize) -> f64 {
+        let t = seq as f64;
+        match &self.kind {
+            OpKind::Embedding { vocab, dim } => 2.0 * (*vocab as f64) * (*dim as f64),
+            OpKind::Attention { dim, heads, .. } => {
+                let d = *dim as f64;
+                let h = *heads as f64;
+                let qkv = 2.0 * 3.0 * d * d;
+                let logits = 2.0 * t * d;
+                let softmax = 3.0 * h * t;
+                let reduce = 2.0 * t * d;
+                let project = 2.0 * d * d;
+                qkv + logits + softmax + reduce + project
+            }
+            OpKind::Mlp { dim, hidden, act, .. } => {
+                let mats = if *act == Activation::Swiglu { 3.0 } else { 2.0 };
+                2.0 * mats * (*dim as f64) * (*hidden as f64)
+            }
+            OpKind::Head { vocab, dim, .. } => 2.0 * (*vocab as f64) * (*dim as f64),
+            _ => 0.0,
+        }
+    }
+}
+
+impl ModelGraph {
+    /// Every parameter in creation order (topological order of the graph).
+    pub fn params(&self) -> Vec<Param> {
+        petgraph::algo::toposort(&self.graph, None)
+            .expect("model graph is a DAG by construction")
+            .into_iter()
+            .flat_map(|n| self.graph[n].params(self.spec.layers))
+            .collect()
+    }
+
+    pub fn topo(&self) -> Vec<NodeIndex> {
+        petgraph::algo::toposort(&self.graph, None).expect("model graph is a DAG by construction")
+    }
+}
+
+pub fn lower_model(spec: &ModelSpec) -> ModelGraph {
+    let mut g = DiGraph::new();
+    let d = spec.d_model;
+    let btd = vec![Dim::B, Dim::T, Dim::N(d)];
+    let node = |g: &mut DiGraph<Op, Edge>, path: String, kind: OpKind, shape: Vec<Dim>| g.add_node(Op { path, kind, shape });
+
+    let input = node(&mut g, "tokens".into(), OpKind::Tokens, vec![Dim::B, Dim::T]);
+    let tok = node(&mut g, "tok_emb".into(), OpKind::Embedding { vocab: spec.vocab, dim: d }, btd.clone());
+    g.add_edge(input, tok, Edge::Data);
+    let mut x = tok;
+    if spec.position == Position::Learned {
+        let pos = node(&mut g, "pos_emb".into(), OpKind::PosEmbedding { context: spec.context, dim: d }, vec![Dim::T, Dim::N(d)]);
+        g.add_edge(input, pos, Edge::Data);
+        let add = node(&mut g, "embed".into(), OpKind::Add, btd.clone());
+        g.add_edge(tok, add, Edge::Data);
+        g.add_edge(pos, add, Edge::Data);
+        x = add;
+    }
+    if spec.dropout > 0.0 {
+        let drop = node(&mut g, "embed_drop".into(), OpKind::Dropout { p: spec.dropout }, btd.clone());
+        g.add_edge(x, drop, Edge::Data);
+        x = drop;
+    }
+    let norm = || OpKind::Norm { kind: spec.norm, dim: d, bias: spec.bias };
+    for i in 0..spec.layers {
+        let pre = format!("blocks.{i}");
+        let n1 = node(&mut g, format!("{pre}.norm1"), norm(), btd.clone());
+        g.add_edge(x, n1, Edge::Data);
+        let attn = node(
+            &mut g,
+            format!("{pre}.attn"),
+            OpKind::Attention { dim: d, heads: spec.heads, rope: spec.position == Position::Rope, bias: spec.bias, dropout: spec.dropout },
+            btd.clone(),
+        );
+        g.add_edge(n1, attn, Edge::Data);
+        let r1 = node(&mut g, format!("{pre}.resid1"), OpKind::Add, btd.clone());
+        g.add_edge(x, r1, Edge::Residual);
+        g.add_edge(attn, r1, Edge::Data);
+        let n2 = node(&mut g, format!("{pre}.norm2"), norm(), btd.clone());
+        g.add_edge(r1, n2, Edge::Data);
+        let ffn = node(
+            &mut g,
+            format!("{pre}.ffn"),
+            OpKind::Mlp { dim: d, hidden: spec.ffn.hidden, act: spec.ffn.act, bias: spec.bias, dropout: spec.dropout },
+            btd.clone(),
+        );
+        g.add_edge(n2, ffn, Edge::Data);
+        let r2 = node(&mut g, format!("{pre}.resid2"), OpKind::Add, btd.clone());
+        g.add_edge(r1, r2, Edge::Residual);
+        g.add_edge(ffn, r2, Edge::Data);
+        x = r2;
+    }
+    let nf = node(&mut g, "norm_f".into(), norm(), btd);
+    g.add_edge(x, nf, Edge::Data);
+    let head = node(
+        &mut g,
+        "head".into(),
+        OpKind::Head { vocab: spec.vocab, dim: d, tied: spec.tie_embeddings },
+        vec![Dim::B, Dim::T, Dim::N(spec.vocab)],
+    );
+    g.add_edge(nf, head, Edge::Data);
+    ModelGraph { spec: spec.clone(), graph: g, input, output: head }
+}

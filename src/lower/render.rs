@@ -1,0 +1,68 @@
+//! `roux graph --format dot|json`: the model graphs and the stage graph of a recipe.
+
+use petgraph::visit::EdgeRef;
+use serde_json::{json, Value};
+
+use super::model_graph::{Edge, ModelGraph};
+use super::stage_graph::StageGraph;
+
+fn shape(op: &super::Op) -> String {
+    op.shape.iter().map(|d| d.to_string()).collect::<Vec<_>>().join("×")
+}
+
+pub fn dot(models: &[ModelGraph], stages: &StageGraph, experiment: &str) -> String {
+    let mut out = format!("digraph \"{}\" {{\n  rankdir=TB;\n  node [shape=box, fontname=\"monospace\"];\n", experiment.replace('"', "'"));
+    for (mi, m) in models.iter().enumerate() {
+        out += &format!("  subgraph cluster_model_{mi} {{\n    label=\"model {}\";\n", m.spec.name);
+        for n in m.graph.node_indices() {
+            let op = &m.graph[n];
+            let kind = serde_json::to_value(&op.kind).ok().and_then(|v| v["op"].as_str().map(String::from)).unwrap_or_default();
+            out += &format!("    m{mi}_{} [label=\"{}\\n{}  [{}]\"];\n", n.index(), op.path, kind, shape(op));
+        }
+        for e in m.graph.edge_references() {
+            let style = if *e.weight() == Edge::Residual { " [style=dashed, label=\"residual\"]" } else { "" };
+            out += &format!("    m{mi}_{} -> m{mi}_{}{};\n", e.source().index(), e.target().index(), style);
+        }
+        out += "  }\n";
+    }
+    out += "  subgraph cluster_stages {\n    label=\"stages\";\n";
+    for n in stages.graph.node_indices() {
+        let s = &stages.graph[n];
+        out += &format!("    s{} [label=\"{} = {}\", shape=ellipse];\n", n.index(), s.name, s.kind.name());
+    }
+    for e in stages.graph.edge_references() {
+        out += &format!("    s{} -> s{};\n", e.source().index(), e.target().index());
+    }
+    out += "  }\n}\n";
+    out
+}
+
+pub fn json(models: &[ModelGraph], stages: &StageGraph, experiment: &str) -> Value {
+    let models: Vec<Value> = models
+        .iter()
+        .map(|m| {
+            let nodes: Vec<Value> = m
+                .graph
+                .node_indices()
+                .map(|n| {
+                    let op = &m.graph[n];
+                    let mut v = serde_json::to_value(op).unwrap_or(Value::Null);
+                    v["id"] = json!(n.index());
+                    v["shape"] = json!(op.shape.iter().map(|d| d.to_string()).collect::<Vec<_>>());
+                    v["params"] = json!(op.params(m.spec.layers).iter().map(|p| json!({"name": p.name, "shape": p.shape})).collect::<Vec<_>>());
+                    v
+                })
+                .collect();
+            let edges: Vec<Value> = m
+                .graph
+                .edge_references()
+                .map(|e| json!({"from": e.source().index(), "to": e.target().index(), "residual": *e.weight() == Edge::Residual}))
+                .collect();
+            json!({"name": m.spec.name, "nodes": nodes, "edges": edges})
+        })
+        .collect();
+    let stage_nodes: Vec<Value> =
+        stages.graph.node_indices().map(|n| json!({"id": n.index(), "name": stages.graph[n].name, "kind": stages.graph[n].kind.name()})).collect();
+    let stage_edges: Vec<Value> = stages.graph.edge_references().map(|e| json!({"from": e.source().index(), "to": e.target().index()})).collect();
+    json!({"experiment": experiment, "models": models, "stages": {"nodes": stage_nodes, "edges": stage_edges}})
+}

@@ -1,0 +1,89 @@
+//! The `roux` command line. Exit codes: 0 success, 1 invalid recipe, 2 usage or I/O error.
+
+mod cli;
+
+use clap::{Parser, Subcommand, ValueEnum};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+#[derive(Parser)]
+#[command(name = "roux", version, about = "A declarative language for language-model experiments")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Clone, Copy, ValueEnum, PartialEq, Eq)]
+pub enum DiagFormat {
+    Text,
+    Json,
+    Github,
+}
+
+#[derive(Clone, Copy, ValueEnum, PartialEq, Eq)]
+pub enum GraphFormat {
+    Dot,
+    Json,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Check recipes: every error of every file, with file:line:col and a hint.
+    Check {
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+        #[arg(long, value_enum, default_value = "text")]
+        format: DiagFormat,
+    },
+    /// Parameters, FLOPs and memory of every model and stage, without running anything.
+    Plan {
+        file: PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
+    /// The model graphs and the stage graph.
+    Graph {
+        file: PathBuf,
+        #[arg(long, value_enum, default_value = "dot")]
+        format: GraphFormat,
+    },
+    /// Run every stage of a recipe in dependency order.
+    Run {
+        file: PathBuf,
+        /// Where runs go (runs/<experiment>/<stage>/ under it).
+        #[arg(long, default_value = "runs")]
+        out: PathBuf,
+        /// Only run these stages (and what they need).
+        #[arg(long)]
+        stage: Vec<String>,
+    },
+    /// Generate text from a trained stage's model.
+    Sample {
+        /// A run directory, such as runs/demo/pretrain.
+        run: PathBuf,
+        #[arg(long, default_value = "\n")]
+        prompt: String,
+        #[arg(long, default_value_t = 200)]
+        tokens: usize,
+        #[arg(long, default_value_t = 0.8)]
+        temperature: f64,
+        #[arg(long, default_value_t = 0)]
+        top_k: i64,
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let code = match cli.command {
+        Command::Check { files, format } => cli::check::run(&files, format),
+        Command::Plan { file, json } => cli::plan::run(&file, json),
+        Command::Graph { file, format } => cli::plan::graph(&file, format),
+        Command::Run { file, out, stage } => cli::exec::run(&file, &out, &stage),
+        Command::Sample { run, prompt, tokens, temperature, top_k, seed } => {
+            cli::exec::sample(&run, &prompt, tokens, temperature, top_k, seed)
+        }
+    };
+    ExitCode::from(code)
+}

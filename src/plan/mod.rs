@@ -1,0 +1,123 @@
+//! Stage 4, plan: parameters, FLOPs and memory of every model and stage, before anything runs.
+//! Pure arithmetic over the lowered graphs; no libtorch.
+
+use serde::Serialize;
+
+use crate::lower::{lower_model, ModelGraph, OpKind};
+use crate::recipe::{Recipe, StageKind};
+
+#[derive(Serialize, Debug, Clone)]
+pub struct ModelPlan {
+    pub name: String,
+    pub params_total: u64,
+    /// Parameters a token passes through (equal to the total for a dense model).
+    pub params_active: u64,
+    /// Kaplan's N: without token and position embeddings (a tied head is the embedding).
+    pub params_non_embedding: u64,
+    /// Training FLOPs per token by the 6N rule, N = params_total (Chinchilla's convention).
+    pub flops_per_token_6n: f64,
+    /// Training FLOPs per token op by op (Chinchilla Appendix F): 3 × forward.
+    pub flops_per_token_appendix_f: f64,
+    /// Weights, gradients, AdamW moments and activations of one step, fp32.
+    pub train_memory_bytes: u64,
+    /// Sequence length and batch the FLOPs and memory were computed at.
+    pub seq: usize,
+    pub batch: usize,
+}
+
+#[derive(Serialize, Debug, Clone)]
+pub struct StagePlan {
+    pub name: String,
+    pub kind: &'static str,
+    pub after: Vec<String>,
+    pub steps: u64,
+    pub tokens: u64,
+    pub flops: f64,
+}
+
+#[derive(Serialize, Debug, Clone)]
+pub struct Plan {
+    pub experiment: String,
+    pub models: Vec<ModelPlan>,
+    pub stages: Vec<StagePlan>,
+}
+
+pub fn plan(r: &Recipe) -> Plan {
+    let graphs: Vec<ModelGraph> = r.models.iter().map(lower_model).collect();
+    let models: Vec<ModelPlan> = graphs
+        .iter()
+        .map(|g| {
+            // FLOPs and memory at the batch and context of the first stage that trains this model.
+            let (batch, seq) = r
+                .stages
+                .iter()
+                .find_map(|s| match &s.kind {
+                    StageKind::Train(t) if t.model == g.spec.name => Some((t.batch, t.context)),
+                    _ => None,
+                })
+                .unwrap_or((1, g.spec.context));
+            plan_model(g, batch, seq)
+        })
+        .collect();
+    let stages = r
+        .stages
+        .iter()
+        .map(|s| match &s.kind {
+            StageKind::Train(t) => {
+                let tokens = t.steps * t.tokens_per_step();
+                let g = graphs.iter().find(|g| g.spec.name == t.model).expect("checked model");
+                let per_token = 3.0 * forward_flops_per_token(g, t.context);
+                StagePlan { name: s.name.clone(), kind: s.kind.name(), after: s.after.clone(), steps: t.steps, tokens, flops: per_token * tokens as f64 }
+            }
+        })
+        .collect();
+    Plan { experiment: r.experiment.clone(), models, stages }
+}
+
+pub fn forward_flops_per_token(g: &ModelGraph, seq: usize) -> f64 {
+    g.graph.node_weights().map(|op| op.flops_per_token(seq)).sum()
+}
+
+pub fn plan_model(g: &ModelGraph, batch: usize, seq: usize) -> ModelPlan {
+    let params = g.params();
+    let total: u64 = params.iter().map(|p| p.numel()).sum();
+    let embedding: u64 = params.iter().filter(|p| p.embedding).map(|p| p.numel()).sum();
+    ModelPlan {
+        name: g.spec.name.clone(),
+        params_total: total,
+        params_active: total,
+        params_non_embedding: total - embedding,
+        flops_per_token_6n: 6.0 * total as f64,
+        flops_per_token_appendix_f: 3.0 * forward_flops_per_token(g, seq),
+        train_memory_bytes: 16 * total + activation_bytes(g, batch, seq),
+        seq,
+        batch,
+    }
+}
+
+/// fp32 activations kept for the backward pass of one step, counted per op:
+/// norms keep their input and output, attention its q, k, v, output and log-sum-exp (the fused
+/// kernel does not materialise the T×T scores), the MLP its hidden activations, the head its
+/// logits plus the log-softmax and its gradient.
+pub fn activation_bytes(g: &ModelGraph, batch: usize, seq: usize) -> u64 {
+    let bt = (batch * seq) as u64;
+    let floats: u64 = g
+        .graph
+        .node_weights()
+        .map(|op| match &op.kind {
+            OpKind::Embedding { dim, .. } => bt * *dim as u64,
+            OpKind::Norm { dim, .. } => 2 * bt * *dim as u64,
+            OpKind::Attention { dim, heads, dropout, .. } => {
+                bt * (5 * *dim as u64 + *heads as u64) + if *dropout > 0.0 { bt * *dim as u64 } else { 0 }
+            }
+            OpKind::Mlp { hidden, act, .. } => {
+                let n = if *act == crate::recipe::Activation::Swiglu { 4 } else { 2 };
+                n * bt * *hidden as u64
+            }
+            OpKind::Head { vocab, .. } => 3 * bt * *vocab as u64,
+            OpKind::Dropout { .. } => bt * g.spec.d_model as u64,
+            _ => 0,
+        })
+        .sum();
+    4 * floats
+}
