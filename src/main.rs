@@ -53,9 +53,13 @@ enum Command {
         /// Where runs go (runs/<experiment>/<stage>/ under it).
         #[arg(long, default_value = "runs")]
         out: PathBuf,
-        /// Only run these stages (and what they need).
+        /// Only run these stages (their inputs must already be trained).
         #[arg(long)]
         stage: Vec<String>,
+        /// Set existing runs of these stages aside (renamed, not deleted) and train from scratch.
+        /// Without it, a finished identical stage is reused and an interrupted one resumes.
+        #[arg(long)]
+        fresh: bool,
     },
     /// Generate text from a trained stage's model.
     Sample {
@@ -80,7 +84,7 @@ fn main() -> ExitCode {
         Command::Check { files, format } => cli::check::run(&files, format),
         Command::Plan { file, json } => cli::plan::run(&file, json),
         Command::Graph { file, format } => cli::plan::graph(&file, format),
-        Command::Run { file, out, stage } => cli::exec::run(&file, &out, &stage),
+        Command::Run { file, out, stage, fresh } => cli::exec::run(&file, &out, &stage, fresh),
         Command::Sample { run, prompt, tokens, temperature, top_k, seed } => {
             cli::exec::sample(&run, &prompt, tokens, temperature, top_k, seed)
         }

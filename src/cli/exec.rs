@@ -3,13 +3,13 @@
 use std::path::{Path, PathBuf};
 
 #[cfg(feature = "torch")]
-pub fn run(file: &Path, out: &Path, only: &[String]) -> u8 {
+pub fn run(file: &Path, out: &Path, only: &[String], fresh: bool) -> u8 {
     let c = match super::check::load(file) {
         Ok(c) => c,
         Err(code) => return code,
     };
     let recipe = c.recipe.expect("checked");
-    match roux::run::run_recipe(&recipe, &c.source.text, out, only) {
+    match roux::run::run_recipe(&recipe, &c.source.text, out, only, fresh) {
         Ok(()) => 0,
         Err(e) => {
             eprintln!("error: {e:#}");
@@ -33,7 +33,7 @@ pub fn sample(run: &PathBuf, prompt: &str, tokens: usize, temperature: f64, top_
 }
 
 #[cfg(not(feature = "torch"))]
-pub fn run(_: &Path, _: &Path, _: &[String]) -> u8 {
+pub fn run(_: &Path, _: &Path, _: &[String], _: bool) -> u8 {
     no_torch("run")
 }
 

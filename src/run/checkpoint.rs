@@ -1,0 +1,135 @@
+//! Checkpoints: written atomically (temporary file, fsync, rename), the last few kept, and a
+//! small JSON state that names the newest one. A run killed at any instant leaves either the
+//! previous complete checkpoint or the new complete one, never a torn file.
+
+use anyhow::{bail, Context, Result};
+use serde::{Deserialize, Serialize};
+use std::fs::File;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use tch::Tensor;
+
+use super::adamw::AdamW;
+use super::data::Rng;
+use super::model::Model;
+
+/// Checkpoints kept on disk (older ones are deleted after a newer one is safely written).
+const KEEP: usize = 2;
+
+#[derive(Serialize, Deserialize, Debug, Clone)]
+pub struct State {
+    /// Steps completed.
+    pub step: u64,
+    pub adam_t: u64,
+    pub data_rng: Rng,
+    /// Hash of the resolved stage definition; resuming under a different one is refused.
+    pub recipe_hash: String,
+    /// The checkpoint file (in the run directory) holding weights and optimizer moments.
+    pub file: String,
+    /// Tokens/s-independent accumulators the loop needs to continue exactly.
+    pub best_val: Option<f64>,
+}
+
+/// Write `bytes` to `path` atomically: temp file in the same directory, fsync, rename, fsync dir.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    let tmp = tmp_path(path);
+    {
+        let mut f = File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+    }
+    std::fs::rename(&tmp, path).with_context(|| format!("renaming {} to {}", tmp.display(), path.display()))?;
+    sync_dir(path);
+    Ok(())
+}
+
+/// Named tensors to a safetensors file, atomically.
+pub fn write_tensors_atomic(path: &Path, tensors: &[(String, Tensor)]) -> Result<()> {
+    let tmp = tmp_path(path);
+    let cpu: Vec<(String, Tensor)> = tensors.iter().map(|(n, t)| (n.clone(), t.to_device(tch::Device::Cpu).contiguous())).collect();
+    Tensor::write_safetensors(&cpu, &tmp).with_context(|| format!("writing {}", tmp.display()))?;
+    File::open(&tmp)?.sync_all()?;
+    std::fs::rename(&tmp, path).with_context(|| format!("renaming {} to {}", tmp.display(), path.display()))?;
+    sync_dir(path);
+    Ok(())
+}
+
+fn tmp_path(path: &Path) -> PathBuf {
+    let mut name = path.file_name().unwrap_or_default().to_os_string();
+    name.push(format!(".{}.tmp", std::process::id()));
+    path.with_file_name(name)
+}
+
+fn sync_dir(path: &Path) {
+    if let Some(dir) = path.parent() {
+        if let Ok(d) = File::open(dir) {
+            let _ = d.sync_all();
+        }
+    }
+}
+
+pub fn save(dir: &Path, model: &Model, opt: &AdamW, state: &State) -> Result<()> {
+    let mut tensors = model.named();
+    for (i, n) in model.names.iter().enumerate() {
+        tensors.push((format!("adam.m.{n}"), opt.m[i].shallow_clone()));
+        tensors.push((format!("adam.v.{n}"), opt.v[i].shallow_clone()));
+    }
+    write_tensors_atomic(&dir.join(&state.file), &tensors)?;
+    write_atomic(&dir.join("state.json"), serde_json::to_string_pretty(state)?.as_bytes())?;
+    // Only now that the state names the new file may older checkpoints go.
+    let mut old: Vec<(u64, PathBuf)> = std::fs::read_dir(dir)?
+        .filter_map(|e| e.ok())
+        .filter_map(|e| {
+            let name = e.file_name().to_string_lossy().to_string();
+            let step = name.strip_prefix("ckpt-")?.strip_suffix(".safetensors")?.parse().ok()?;
+            Some((step, e.path()))
+        })
+        .collect();
+    old.sort();
+    let n = old.len();
+    for (_, p) in old.into_iter().take(n.saturating_sub(KEEP)) {
+        let _ = std::fs::remove_file(p);
+    }
+    Ok(())
+}
+
+pub fn read_state(dir: &Path) -> Result<Option<State>> {
+    let p = dir.join("state.json");
+    if !p.exists() {
+        return Ok(None);
+    }
+    let text = std::fs::read_to_string(&p).with_context(|| format!("reading {}", p.display()))?;
+    let s = serde_json::from_str(&text).with_context(|| format!("{} is not a valid run state (corrupt?)", p.display()))?;
+    Ok(Some(s))
+}
+
+/// Restore model weights and optimizer moments from the checkpoint a state names.
+pub fn load(dir: &Path, state: &State, model: &mut Model, opt: &mut AdamW) -> Result<()> {
+    let path = dir.join(&state.file);
+    let tensors = Tensor::read_safetensors(&path).with_context(|| format!("reading checkpoint {}", path.display()))?;
+    model.load(&tensors)?;
+    let by_name: std::collections::HashMap<&str, &Tensor> = tensors.iter().map(|(n, t)| (n.as_str(), t)).collect();
+    for (i, n) in model.names.iter().enumerate() {
+        for (slot, prefix) in [(&mut opt.m[i], "adam.m."), (&mut opt.v[i], "adam.v.")] {
+            let Some(t) = by_name.get(format!("{prefix}{n}").as_str()) else {
+                bail!("checkpoint {} lacks optimizer state `{prefix}{n}`", path.display())
+            };
+            if t.size() != slot.size() {
+                bail!("checkpoint {}: `{prefix}{n}` has the wrong shape", path.display());
+            }
+            tch::no_grad(|| slot.copy_(t));
+        }
+    }
+    opt.t = state.adam_t;
+    Ok(())
+}
+
+/// FNV-1a, 64 bit: a stable content hash (std's hasher is not stable across releases).
+pub fn fnv1a(bytes: &[u8]) -> String {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for &b in bytes {
+        h ^= b as u64;
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    format!("{h:016x}")
+}

@@ -1,0 +1,50 @@
+//! Stage 5, run (feature `torch`): execute the stage DAG on libtorch, CPU or CUDA.
+//!
+//! | file            | what it does                                                     |
+//! |-----------------|------------------------------------------------------------------|
+//! | `model.rs`      | builds tch parameters from the model graph and walks it forward  |
+//! | `adamw.rs`      | AdamW on plain tensors, so its state can be checkpointed         |
+//! | `data.rs`       | byte corpus, train/validation split, seeded batch sampling      |
+//! | `train.rs`      | the training loop of a `train` stage, written out               |
+//! | `checkpoint.rs` | atomic safetensors writes, run state, resume                     |
+//! | `progress.rs`   | the progress line and metrics.jsonl                              |
+//! | `sample.rs`     | `roux sample`: generation from a trained run                     |
+
+pub mod adamw;
+pub mod checkpoint;
+pub mod data;
+pub mod model;
+pub mod progress;
+pub mod sample;
+pub mod train;
+
+use anyhow::Result;
+use std::path::Path;
+
+use crate::lower::lower_stages;
+use crate::recipe::{Device as DeviceChoice, Recipe, StageKind};
+
+/// Pick the device for a stage: `auto` is CUDA when available.
+pub fn device(choice: DeviceChoice) -> Result<tch::Device> {
+    Ok(match choice {
+        DeviceChoice::Cpu => tch::Device::Cpu,
+        DeviceChoice::Cuda if !tch::Cuda::is_available() => anyhow::bail!("the recipe asks for `device = cuda` but no CUDA device is available"),
+        DeviceChoice::Cuda => tch::Device::Cuda(0),
+        DeviceChoice::Auto => tch::Device::cuda_if_available(),
+    })
+}
+
+/// Run the stages of a checked recipe in dependency order; `only` restricts to named stages.
+pub fn run_recipe(recipe: &Recipe, source: &str, out: &Path, only: &[String], fresh: bool) -> Result<()> {
+    let graph = lower_stages(recipe);
+    for stage in graph.order() {
+        if !only.is_empty() && !only.contains(&stage.name) {
+            continue;
+        }
+        let dir = out.join(&recipe.experiment).join(&stage.name);
+        match &stage.kind {
+            StageKind::Train(t) => train::run_train(recipe, source, &stage.name, t, &dir, fresh)?,
+        }
+    }
+    Ok(())
+}

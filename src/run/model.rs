@@ -1,0 +1,197 @@
+//! A transformer on tch, built from the lowered model graph and executed by walking it.
+//!
+//! Parameters are created from `ModelGraph::params()` (names, shapes and init come from the
+//! graph), so the planner's count is by construction the count of what runs; a test checks it.
+
+use anyhow::{bail, Result};
+use petgraph::graph::NodeIndex;
+use petgraph::Direction;
+use std::collections::HashMap;
+use tch::{Device, Kind, Tensor};
+
+use crate::lower::{lower_model, ModelGraph, OpKind, ParamInit};
+use crate::recipe::{Activation, ModelSpec, Norm};
+
+pub struct Model {
+    pub graph: ModelGraph,
+    /// Parameters in graph order, with their names.
+    pub names: Vec<String>,
+    pub params: Vec<Tensor>,
+    index: HashMap<String, usize>,
+    /// Topological order, each node's inputs, and the position after which an output is dead.
+    order: Vec<NodeIndex>,
+    inputs: Vec<Vec<usize>>,
+    last_use: Vec<usize>,
+    rope: Option<(Tensor, Tensor)>,
+    pub device: Device,
+}
+
+impl Model {
+    /// Fresh parameters, initialised as the graph says, from libtorch's (seeded) generator.
+    pub fn new(spec: &ModelSpec, device: Device) -> Model {
+        let graph = lower_model(spec);
+        let mut names = vec![];
+        let mut params = vec![];
+        tch::no_grad(|| {
+            for p in graph.params() {
+                let shape: Vec<i64> = p.shape.iter().map(|&d| d as i64).collect();
+                let t = match p.init {
+                    ParamInit::Zeros => Tensor::zeros(&shape, (Kind::Float, device)),
+                    ParamInit::Ones => Tensor::ones(&shape, (Kind::Float, device)),
+                    ParamInit::Normal { std } => Tensor::randn(&shape, (Kind::Float, device)) * std,
+                };
+                names.push(p.name);
+                params.push(t.set_requires_grad(true));
+            }
+        });
+        let order = graph.topo();
+        let pos: HashMap<NodeIndex, usize> = order.iter().enumerate().map(|(i, &n)| (n, i)).collect();
+        let inputs: Vec<Vec<usize>> = order
+            .iter()
+            .map(|&n| {
+                let mut ins: Vec<usize> = graph.graph.neighbors_directed(n, Direction::Incoming).map(|m| pos[&m]).collect();
+                ins.sort();
+                ins
+            })
+            .collect();
+        let mut last_use: Vec<usize> = (0..order.len()).collect();
+        for (i, ins) in inputs.iter().enumerate() {
+            for &j in ins {
+                last_use[j] = last_use[j].max(i);
+            }
+        }
+        let rope = (spec.position == crate::recipe::Position::Rope).then(|| rope_tables(spec.context, spec.head_dim(), device));
+        let index = names.iter().enumerate().map(|(i, n)| (n.clone(), i)).collect();
+        Model { graph, names, params, index, order, inputs, last_use, rope, device }
+    }
+
+    pub fn spec(&self) -> &ModelSpec {
+        &self.graph.spec
+    }
+
+    pub fn numel(&self) -> u64 {
+        self.params.iter().map(|p| p.numel() as u64).sum()
+    }
+
+    fn p(&self, name: &str) -> &Tensor {
+        &self.params[self.index[name]]
+    }
+
+    fn opt(&self, name: &str) -> Option<&Tensor> {
+        self.index.get(name).map(|&i| &self.params[i])
+    }
+
+    fn linear(&self, x: &Tensor, path: &str) -> Tensor {
+        x.linear(self.p(&format!("{path}.weight")), self.opt(&format!("{path}.bias")))
+    }
+
+    /// Logits (B, T, vocab) for token ids (B, T).
+    pub fn forward(&self, tokens: &Tensor, train: bool) -> Tensor {
+        let mut vals: Vec<Option<Tensor>> = (0..self.order.len()).map(|_| None).collect();
+        for (i, &n) in self.order.iter().enumerate() {
+            let op = &self.graph.graph[n];
+            let arg = |k: usize| vals[self.inputs[i][k]].as_ref().expect("input computed before use");
+            let out = match &op.kind {
+                OpKind::Tokens => tokens.shallow_clone(),
+                OpKind::Embedding { .. } => Tensor::embedding(self.p(&format!("{}.weight", op.path)), arg(0), -1, false, false),
+                OpKind::PosEmbedding { .. } => {
+                    let t = arg(0).size()[1];
+                    self.p(&format!("{}.weight", op.path)).narrow(0, 0, t) // (T, d), broadcast over B
+                }
+                OpKind::Dropout { p } => arg(0).dropout(*p, train),
+                OpKind::Add => arg(0) + arg(1),
+                OpKind::Norm { kind, dim, .. } => {
+                    let w = self.p(&format!("{}.weight", op.path));
+                    match kind {
+                        Norm::Layernorm => arg(0).layer_norm([*dim as i64], Some(w), self.opt(&format!("{}.bias", op.path)), 1e-5, true),
+                        Norm::Rmsnorm => arg(0).rms_norm([*dim as i64], Some(w), 1e-6),
+                    }
+                }
+                OpKind::Attention { heads, dropout, .. } => self.attention(arg(0), &op.path, *heads as i64, if train { *dropout } else { 0.0 }),
+                OpKind::Mlp { act, dropout, .. } => {
+                    let h = self.linear(arg(0), &format!("{}.w1", op.path));
+                    let h = match act {
+                        Activation::Gelu => h.gelu("tanh"),
+                        Activation::Relu => h.relu(),
+                        Activation::Swiglu => h.silu() * self.linear(arg(0), &format!("{}.w3", op.path)),
+                    };
+                    self.linear(&h, &format!("{}.w2", op.path)).dropout(*dropout, train)
+                }
+                OpKind::Head { tied, .. } => {
+                    let w = if *tied { self.p("tok_emb.weight") } else { self.p("head.weight") };
+                    arg(0).linear::<Tensor>(w, None)
+                }
+            };
+            // Free inputs this node was the last user of.
+            for k in 0..self.inputs[i].len() {
+                let j = self.inputs[i][k];
+                if self.last_use[j] == i {
+                    vals[j] = None;
+                }
+            }
+            vals[i] = Some(out);
+        }
+        vals.pop().flatten().expect("head is the last op")
+    }
+
+    fn attention(&self, x: &Tensor, path: &str, heads: i64, dropout: f64) -> Tensor {
+        let (b, t, d) = x.size3().expect("(B, T, d)");
+        let hs = d / heads;
+        let split = |y: Tensor| y.view([b, t, heads, hs]).transpose(1, 2); // (B, nh, T, hs)
+        let mut q = split(self.linear(x, &format!("{path}.q")));
+        let mut k = split(self.linear(x, &format!("{path}.k")));
+        let v = split(self.linear(x, &format!("{path}.v")));
+        if let Some((cos, sin)) = &self.rope {
+            q = apply_rope(&q, cos, sin, t);
+            k = apply_rope(&k, cos, sin, t);
+        }
+        let y = Tensor::scaled_dot_product_attention::<Tensor>(&q, &k, &v, None, dropout, true, None, false); // (B, nh, T, hs)
+        let y = y.transpose(1, 2).contiguous().view([b, t, d]); // (B, T, d)
+        self.linear(&y, &format!("{path}.o"))
+    }
+
+    /// Mean next-token cross-entropy in nats.
+    pub fn loss(&self, x: &Tensor, y: &Tensor, train: bool) -> Tensor {
+        let logits = self.forward(x, train);
+        let v = logits.size()[2];
+        logits.view([-1, v]).cross_entropy_for_logits(&y.view([-1]))
+    }
+
+    pub fn named(&self) -> Vec<(String, Tensor)> {
+        self.names.iter().cloned().zip(self.params.iter().map(|p| p.shallow_clone())).collect()
+    }
+
+    /// Copy weights in from named tensors; every parameter must be present with its shape.
+    pub fn load(&mut self, tensors: &[(String, Tensor)]) -> Result<()> {
+        let given: HashMap<&str, &Tensor> = tensors.iter().map(|(n, t)| (n.as_str(), t)).collect();
+        for (name, p) in self.names.iter().zip(self.params.iter_mut()) {
+            let Some(t) = given.get(name.as_str()) else { bail!("checkpoint has no tensor `{name}`") };
+            if t.size() != p.size() {
+                bail!("checkpoint tensor `{name}` has shape {:?}, the model expects {:?}", t.size(), p.size());
+            }
+            if t.kind() != Kind::Float {
+                bail!("checkpoint tensor `{name}` is {:?}, expected float32", t.kind());
+            }
+            tch::no_grad(|| p.copy_(t));
+        }
+        Ok(())
+    }
+}
+
+/// cos and sin tables (T, hs/2) for rotary embeddings, base 10000 (Su et al. 2021).
+fn rope_tables(context: usize, hs: usize, device: Device) -> (Tensor, Tensor) {
+    let half = (hs / 2) as i64;
+    let inv = Tensor::arange(half, (Kind::Float, device)).g_mul_scalar(-2.0 / hs as f64 * (10000f64).ln()).exp();
+    let pos = Tensor::arange(context as i64, (Kind::Float, device));
+    let angles = pos.outer(&inv); // (T, hs/2)
+    (angles.cos(), angles.sin())
+}
+
+/// Rotate pairs (x1, x2) = (first half, second half) of each head's features.
+fn apply_rope(x: &Tensor, cos: &Tensor, sin: &Tensor, t: i64) -> Tensor {
+    let half = x.size()[3] / 2;
+    let (cos, sin) = (cos.narrow(0, 0, t), sin.narrow(0, 0, t)); // (T, hs/2), broadcast over B, nh
+    let x1 = x.narrow(3, 0, half);
+    let x2 = x.narrow(3, half, half);
+    Tensor::cat(&[&x1 * &cos - &x2 * &sin, &x1 * &sin + &x2 * &cos], 3)
+}

@@ -1,0 +1,117 @@
+//! The progress line on stderr (rewritten in place on a terminal) and metrics.jsonl.
+
+use serde::Serialize;
+use std::fs::{File, OpenOptions};
+use std::io::{BufRead, BufReader, IsTerminal, Write};
+use std::path::Path;
+use std::time::Instant;
+
+#[derive(Serialize, Debug, Clone)]
+pub struct Metric {
+    pub step: u64,
+    pub tokens: u64,
+    pub loss: f64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub val_loss: Option<f64>,
+    pub lr: f64,
+    pub grad_norm: f64,
+    pub tokens_per_s: f64,
+}
+
+pub struct Metrics {
+    file: File,
+}
+
+impl Metrics {
+    /// Open metrics.jsonl, keeping only lines up to `keep_through` (a resume point).
+    pub fn open(dir: &Path, keep_through: Option<u64>) -> anyhow::Result<Metrics> {
+        let path = dir.join("metrics.jsonl");
+        let kept: Vec<String> = match (keep_through, File::open(&path)) {
+            (Some(s), Ok(f)) => BufReader::new(f)
+                .lines()
+                .map_while(Result::ok)
+                .filter(|l| serde_json::from_str::<serde_json::Value>(l).ok().and_then(|v| v["step"].as_u64()).is_some_and(|st| st <= s))
+                .collect(),
+            _ => vec![],
+        };
+        let mut text = kept.join("\n");
+        if !text.is_empty() {
+            text.push('\n');
+        }
+        super::checkpoint::write_atomic(&path, text.as_bytes())?;
+        Ok(Metrics { file: OpenOptions::new().append(true).open(&path)? })
+    }
+
+    pub fn write(&mut self, m: &Metric) -> anyhow::Result<()> {
+        writeln!(self.file, "{}", serde_json::to_string(m)?)?;
+        self.file.flush()?;
+        Ok(())
+    }
+}
+
+pub struct Progress {
+    label: String,
+    total: u64,
+    start: Instant,
+    start_step: u64,
+    tty: bool,
+    quiet: bool,
+}
+
+impl Progress {
+    pub fn new(label: &str, start_step: u64, total: u64) -> Progress {
+        Progress {
+            label: label.to_string(),
+            total,
+            start: Instant::now(),
+            start_step,
+            tty: std::io::stderr().is_terminal(),
+            quiet: std::env::var_os("ROUX_QUIET").is_some(),
+        }
+    }
+
+    fn eta(&self, step: u64) -> String {
+        let done = step.saturating_sub(self.start_step).max(1) as f64;
+        let per = self.start.elapsed().as_secs_f64() / done;
+        let left = (self.total.saturating_sub(step)) as f64 * per;
+        format_secs(left)
+    }
+
+    /// Called every step; prints on a terminal, or every `every` steps into a log.
+    pub fn update(&self, step: u64, every: u64, loss: f64, lr: f64, tok_s: f64, val: Option<f64>) {
+        if self.quiet {
+            return;
+        }
+        let bar_w = 24;
+        let filled = ((step as f64 / self.total.max(1) as f64) * bar_w as f64) as usize;
+        let bar = format!("{}{}", "█".repeat(filled.min(bar_w)), "░".repeat(bar_w - filled.min(bar_w)));
+        let evaluated = val.is_some();
+        let val = val.map_or(String::new(), |v| format!(" val {v:.4}"));
+        let line = format!(
+            "{} {bar} {step}/{} loss {loss:.4}{val} lr {lr:.2e} {:.1}k tok/s ETA {}",
+            self.label,
+            self.total,
+            tok_s / 1e3,
+            self.eta(step)
+        );
+        if self.tty {
+            eprint!("\r\x1b[2K{line}");
+            if evaluated || step == self.total {
+                eprintln!();
+            }
+        } else if step % every == 0 || step == self.total || evaluated {
+            eprintln!("{line}");
+        }
+    }
+}
+
+pub fn format_secs(s: f64) -> String {
+    let s = s.max(0.0) as u64;
+    if s >= 3600 {
+        format!("{}h{:02}m", s / 3600, (s % 3600) / 60)
+    } else if s >= 60 {
+        format!("{}m{:02}s", s / 60, s % 60)
+    } else {
+        format!("{s}s")
+    }
+}

@@ -1,0 +1,52 @@
+//! `roux sample RUN`: generate bytes from a trained stage's model.
+
+use anyhow::{bail, Context, Result};
+use std::path::Path;
+use tch::{Kind, Tensor};
+
+use super::model::Model;
+use crate::recipe::ModelSpec;
+
+pub fn sample_run(run: &Path, prompt: &str, tokens: usize, temperature: f64, top_k: i64, seed: u64) -> Result<String> {
+    let resolved = run.join("resolved.json");
+    let text = std::fs::read_to_string(&resolved).with_context(|| format!("{} is not a run directory (no resolved.json)", run.display()))?;
+    let v: serde_json::Value = serde_json::from_str(&text).with_context(|| format!("{} is corrupt", resolved.display()))?;
+    let spec: ModelSpec = serde_json::from_value(v["model"].clone()).with_context(|| format!("{} has no model", resolved.display()))?;
+    let weights = run.join("model.safetensors");
+    if !weights.exists() {
+        bail!("{} has no model.safetensors yet (is the stage finished?)", run.display());
+    }
+    if !(temperature >= 0.0 && temperature.is_finite()) {
+        bail!("--temperature must be a finite number ≥ 0");
+    }
+    let device = tch::Device::cuda_if_available();
+    let mut model = Model::new(&spec, device);
+    model.load(&Tensor::read_safetensors(&weights).with_context(|| format!("reading {}", weights.display()))?)?;
+    tch::manual_seed(seed as i64);
+    let mut ids: Vec<i64> = prompt.bytes().map(|b| b as i64).collect();
+    if ids.is_empty() {
+        ids.push(b'\n' as i64);
+    }
+    let start = ids.len();
+    tch::no_grad(|| {
+        for _ in 0..tokens {
+            let from = ids.len().saturating_sub(spec.context);
+            let x = Tensor::from_slice(&ids[from..]).view([1, -1]).to_device(device);
+            let logits = model.forward(&x, false).select(1, -1).squeeze_dim(0).to_kind(Kind::Float); // (vocab)
+            let next = if temperature == 0.0 {
+                logits.argmax(0, false).int64_value(&[])
+            } else {
+                let mut l = logits / temperature;
+                if top_k > 0 && top_k < spec.vocab as i64 {
+                    let (vals, _) = l.topk(top_k, 0, true, true);
+                    let cut = vals.double_value(&[top_k - 1]);
+                    l = l.where_self(&l.ge(cut), &Tensor::from(f64::NEG_INFINITY).to_device(device));
+                }
+                l.softmax(0, Kind::Float).multinomial(1, true).int64_value(&[0])
+            };
+            ids.push(next);
+        }
+    });
+    let bytes: Vec<u8> = ids.iter().map(|&i| i.clamp(0, 255) as u8).collect();
+    Ok(format!("{}{}", prompt, String::from_utf8_lossy(&bytes[start..])))
+}

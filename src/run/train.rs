@@ -1,0 +1,236 @@
+//! The loop of a `train` stage, written out: sample a batch, forward, backward, clip, AdamW,
+//! log, evaluate, checkpoint. Resumable at any checkpoint, exactly.
+
+use anyhow::{bail, Context, Result};
+use serde_json::json;
+use std::path::Path;
+use std::time::Instant;
+use tch::Tensor;
+
+use super::adamw::AdamW;
+use super::checkpoint::{self, State};
+use super::data::{batch, Corpus, Rng};
+use super::model::Model;
+use super::progress::{Metric, Metrics, Progress};
+use crate::plan::{forward_flops_per_token, plan_model};
+use crate::recipe::{Recipe, TrainSpec};
+use crate::schedule::lr_at;
+
+/// What the stage's output depends on: its definition, its model, its data and the seed.
+pub fn stage_hash(recipe: &Recipe, t: &TrainSpec, upstream: Option<&str>) -> String {
+    let key = json!({
+        "seed": recipe.seed,
+        "train": t,
+        "model": recipe.model(&t.model),
+        "data": recipe.data(&t.data),
+        "upstream": upstream,
+    });
+    checkpoint::fnv1a(key.to_string().as_bytes())
+}
+
+pub fn run_train(recipe: &Recipe, source: &str, name: &str, t: &TrainSpec, dir: &Path, fresh: bool) -> Result<()> {
+    let spec = recipe.model(&t.model).context("checked recipe names its model")?;
+    let data_spec = recipe.data(&t.data).context("checked recipe names its data")?;
+    // An upstream stage's output hash makes this stage's hash change when it is retrained.
+    let upstream = match &t.init_from {
+        Some(up) => Some(read_report_hash(&dir.with_file_name(up)).with_context(|| format!("stage `{name}` needs the output of `{up}`"))?),
+        None => None,
+    };
+    let hash = stage_hash(recipe, t, upstream.as_deref());
+    if fresh && dir.exists() {
+        set_aside(dir)?;
+    }
+    if dir.join("report.json").exists() && read_report_hash(dir).ok().as_deref() == Some(hash.as_str()) {
+        eprintln!("{name}: up to date in {} (same recipe, data and seed); reusing it. --fresh retrains.", dir.display());
+        return Ok(());
+    }
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let resume = checkpoint::read_state(dir)?;
+    if let Some(s) = &resume {
+        if s.recipe_hash != hash {
+            bail!(
+                "{} holds a checkpoint of a different definition of stage `{name}` (the recipe, its data or its seed changed since).\n\
+                 Resuming would mix two experiments. Run with --fresh to set that run aside (it is renamed, not deleted) and start over.",
+                dir.display()
+            );
+        }
+    }
+
+    let device = super::device(t.device)?;
+    tch::manual_seed(recipe.seed as i64);
+    let mut model = Model::new(spec, device);
+    if let Some(up) = &t.init_from {
+        let path = dir.with_file_name(up).join("model.safetensors");
+        let tensors = Tensor::read_safetensors(&path).with_context(|| format!("reading {}", path.display()))?;
+        model.load(&tensors).with_context(|| format!("initialising from {}", path.display()))?;
+    }
+    let mut opt = AdamW::new(&model.params, &t.optimizer);
+    let corpus = Corpus::load(data_spec)?;
+    let mut rng = Rng(recipe.seed ^ 0x5EED_DA7A);
+    let mut step0 = 0;
+    let mut best_val: Option<f64> = None;
+    if let Some(s) = &resume {
+        checkpoint::load(dir, s, &mut model, &mut opt)?;
+        rng = s.data_rng;
+        step0 = s.step;
+        best_val = s.best_val;
+        eprintln!("{name}: resuming from step {} of {} ({})", s.step, t.steps, dir.join(&s.file).display());
+    }
+    checkpoint::write_atomic(&dir.join("recipe.roux"), source.as_bytes())?;
+    checkpoint::write_atomic(&dir.join("resolved.json"), serde_json::to_string_pretty(&json!({"experiment": recipe.experiment, "seed": recipe.seed, "stage": name, "model": spec, "data": data_spec, "train": t}))?.as_bytes())?;
+    let mut metrics = Metrics::open(dir, Some(step0))?;
+
+    let plan = plan_model(&model.graph, t.batch, t.context);
+    let flops_per_token = 3.0 * forward_flops_per_token(&model.graph, t.context);
+    eprintln!(
+        "{name}: training `{}` ({} params) on `{}` for {} steps × {} tokens on {:?}",
+        spec.name,
+        model.numel(),
+        data_spec.name,
+        t.steps,
+        t.tokens_per_step(),
+        device
+    );
+    let progress = Progress::new(name, step0, t.steps);
+    let started = Instant::now();
+    let mut window = (Instant::now(), 0u64, 0.0f64, 0u64); // (since, tokens, loss sum, steps)
+    let (mut last_loss, mut last_val) = (f64::NAN, None);
+    let mut last_ckpt: Option<u64> = resume.as_ref().map(|s| s.step);
+
+    for step in step0..t.steps {
+        // Seeding libtorch per step makes dropout masks a function of the step alone,
+        // so a resumed run draws exactly what an uninterrupted one would.
+        tch::manual_seed((recipe.seed ^ step.wrapping_mul(0x9E37_79B9)) as i64);
+        let lr = lr_at(&t.schedule, t.optimizer.lr, step, t.steps);
+        let (x, y) = batch(&corpus.train, t.batch, t.context, &mut rng, device);
+        for p in model.params.iter_mut() {
+            p.zero_grad();
+        }
+        let loss = model.loss(&x, &y, true);
+        loss.backward();
+        let grad_norm = clip_grad_norm(&model.params, t.grad_clip);
+        let loss_v = loss.double_value(&[]);
+        if !loss_v.is_finite() || !grad_norm.is_finite() {
+            bail!(
+                "stage `{name}`: {} at step {} (loss {loss_v}, gradient norm {grad_norm}). The last good checkpoint is {}.\n\
+                 Likely cause: a learning rate too high for this model (lr {lr:.3e}); lower `lr`, add warmup, or set `grad_clip`.",
+                if loss_v.is_finite() { "non-finite gradient" } else { "non-finite loss" },
+                step + 1,
+                last_ckpt.map_or("none (no checkpoint yet)".into(), |s| format!("step {s} in {}", dir.display()))
+            );
+        }
+        opt.step(&mut model.params, lr);
+        let done = step + 1;
+        window.1 += t.tokens_per_step();
+        window.2 += loss_v;
+        window.3 += 1;
+        last_loss = loss_v;
+
+        // Throughput is measured before evaluation so it counts training steps only.
+        let tok_s = window.1 as f64 / window.0.elapsed().as_secs_f64().max(1e-9);
+        let eval_now = done % t.eval_every == 0 || done == t.steps;
+        let val = if eval_now { Some(evaluate(&model, &corpus.val, t, recipe.seed)) } else { None };
+        if let Some(v) = val {
+            best_val = Some(best_val.map_or(v, |b: f64| b.min(v)));
+            last_val = Some(v);
+        }
+        progress.update(done, t.log_every, loss_v, lr, tok_s, val);
+        if done % t.log_every == 0 || val.is_some() || done == t.steps {
+            metrics.write(&Metric {
+                step: done,
+                tokens: done * t.tokens_per_step(),
+                loss: window.2 / window.3 as f64,
+                val_loss: val,
+                lr,
+                grad_norm,
+                tokens_per_s: tok_s,
+            })?;
+            window = (Instant::now(), 0, 0.0, 0);
+        }
+        let ckpt_every = if t.checkpoint_every > 0 { t.checkpoint_every } else { t.eval_every };
+        if done % ckpt_every == 0 || done == t.steps {
+            let state = State { step: done, adam_t: opt.t, data_rng: rng, recipe_hash: hash.clone(), file: format!("ckpt-{done}.safetensors"), best_val };
+            checkpoint::save(dir, &model, &opt, &state)?;
+            last_ckpt = Some(done);
+        }
+    }
+
+    checkpoint::write_tensors_atomic(&dir.join("model.safetensors"), &model.named())?;
+    let wall = started.elapsed().as_secs_f64();
+    let trained_tokens = (t.steps - step0) * t.tokens_per_step();
+    let report = json!({
+        "experiment": recipe.experiment,
+        "stage": name,
+        "kind": "train",
+        "model": spec.name,
+        "params": model.numel(),
+        "params_plan": plan.params_total,
+        "steps": t.steps,
+        "tokens": t.steps * t.tokens_per_step(),
+        "final_loss": last_loss,
+        "final_val_loss": last_val,
+        "best_val_loss": best_val,
+        "wall_seconds": wall,
+        "tokens_per_s": trained_tokens as f64 / wall.max(1e-9),
+        "model_flops_per_s": flops_per_token * trained_tokens as f64 / wall.max(1e-9),
+        "device": format!("{device:?}"),
+        "resumed_from_step": resume.as_ref().map(|s| s.step),
+        "hash": hash,
+    });
+    checkpoint::write_atomic(&dir.join("report.json"), serde_json::to_string_pretty(&report)?.as_bytes())?;
+    eprintln!(
+        "{name}: done in {} — val loss {} nats/token; wrote {}",
+        super::progress::format_secs(wall),
+        last_val.map_or("-".into(), |v: f64| format!("{v:.4}")),
+        dir.display()
+    );
+    Ok(())
+}
+
+/// Global L2 norm of all gradients; scaled down to `clip` when above it. Returns the norm before.
+fn clip_grad_norm(params: &[Tensor], clip: Option<f64>) -> f64 {
+    let grads: Vec<Tensor> = params.iter().map(|p| p.grad()).filter(|g| g.defined()).collect();
+    let norms: Vec<Tensor> = grads.iter().map(|g| g.norm()).collect();
+    let total = Tensor::stack(&norms, 0).norm().double_value(&[]);
+    if let Some(c) = clip {
+        if total > c && total.is_finite() {
+            let scale = c / (total + 1e-6);
+            tch::no_grad(|| {
+                for mut g in grads {
+                    let _ = g.g_mul_scalar_(scale);
+                }
+            });
+        }
+    }
+    total
+}
+
+/// Mean validation loss over a fixed set of batches (the same ones at every evaluation).
+pub fn evaluate(model: &Model, val: &[u8], t: &TrainSpec, seed: u64) -> f64 {
+    let mut rng = Rng(seed ^ 0xE7A1);
+    tch::no_grad(|| {
+        let mut sum = 0.0;
+        for _ in 0..t.eval_batches {
+            let (x, y) = batch(val, t.batch, t.context, &mut rng, model.device);
+            sum += model.loss(&x, &y, false).double_value(&[]);
+        }
+        sum / t.eval_batches as f64
+    })
+}
+
+fn read_report_hash(dir: &Path) -> Result<String> {
+    let text = std::fs::read_to_string(dir.join("report.json")).with_context(|| format!("no finished run in {}", dir.display()))?;
+    let v: serde_json::Value = serde_json::from_str(&text)?;
+    v["hash"].as_str().map(String::from).context("report.json has no hash")
+}
+
+/// Rename an existing run directory out of the way instead of deleting it.
+fn set_aside(dir: &Path) -> Result<()> {
+    let ts = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    let mut name = dir.file_name().unwrap_or_default().to_os_string();
+    name.push(format!(".old-{ts}"));
+    let to = dir.with_file_name(name);
+    std::fs::rename(dir, &to).with_context(|| format!("setting {} aside", dir.display()))?;
+    eprintln!("set the previous run aside as {}", to.display());
+    Ok(())
+}
