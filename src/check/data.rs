@@ -44,7 +44,7 @@ impl<'a> Checker<'a> {
         let tokens = match std::fs::metadata(&full) {
             Ok(m) if m.is_file() => m.len(),
             Ok(_) => {
-                self.error(Diagnostic::error("E0210", file_span, format!("`{file}` is not a file")));
+                self.error(Diagnostic::error("E0210", file_span, format!("`{file}` is not a file")).with_hint("name a text file, relative to the recipe's folder"));
                 return None;
             }
             Err(_) => {

@@ -49,7 +49,7 @@ impl<'a> Checker<'a> {
                     BinOp::Mul => x * y,
                     BinOp::Div => {
                         if y == 0.0 {
-                            self.error(Diagnostic::error("E0122", b.span, "division by zero"));
+                            self.error(Diagnostic::error("E0122", b.span, "division by zero").with_hint("this part of the expression evaluates to 0"));
                             return None;
                         }
                         x / y
@@ -65,7 +65,7 @@ impl<'a> Checker<'a> {
             }
             ExprKind::Ctor { path, args: None, block: None } => return self.resolve_num(path, e.span, scope),
             _ => {
-                self.error(Diagnostic::error("E0120", e.span, format!("expected a number, found {}", describe(e))));
+                self.error(Diagnostic::error("E0120", e.span, format!("expected a number, found {}", describe(e))).with_hint("write a number such as `128`, `3e-4` or `20M`, or arithmetic on other keys"));
                 return None;
             }
         };
@@ -99,9 +99,10 @@ impl<'a> Checker<'a> {
         let Some(decl) = self.decl(&head.name) else {
             let names: Vec<&str> = self.decl_names().collect();
             let mut d = Diagnostic::error("E0110", head.span, format!("unknown name `{}`", head.name));
-            if let Some(s) = did_you_mean(&head.name, names) {
-                d = d.with_hint(format!("did you mean `{s}`?"));
-            }
+            d = match did_you_mean(&head.name, names) {
+                Some(s) => d.with_hint(format!("did you mean `{s}`?")),
+                None => d.with_hint("a dotted name starts with a declared data set, model or stage"),
+            };
             self.error(d);
             return None;
         };
@@ -130,7 +131,7 @@ impl<'a> Checker<'a> {
     /// A bare symbol such as `gelu`, one of `allowed`.
     pub fn eval_sym(&mut self, e: &'a Expr, what: &str, allowed: &[&'static str]) -> Option<&'static str> {
         let Some([id]) = e.as_path() else {
-            self.error(Diagnostic::error("E0120", e.span, format!("expected {what} ({}), found {}", allowed.join(" | "), describe(e))));
+            self.error(Diagnostic::error("E0120", e.span, format!("expected {what} ({}), found {}", allowed.join(" | "), describe(e))).with_hint(format!("write one bare name, such as `{what} = {}`", allowed[0])));
             return None;
         };
         if let Some(a) = allowed.iter().find(|a| **a == id.name) {

@@ -96,7 +96,7 @@ impl<'a> Fields<'a> {
         let v = self.num(ck, key, default.map(|d| d as f64))?;
         let span = self.value_span(key);
         if v.fract() != 0.0 {
-            ck.error(Diagnostic::error("E0123", span, format!("`{key}` must be a whole number, found {}", fmt_num(v))));
+            ck.error(Diagnostic::error("E0123", span, format!("`{key}` must be a whole number, found {}", fmt_num(v))).with_hint(format!("use {} or {}", fmt_num(v.floor()), fmt_num(v.ceil()))));
             return None;
         }
         let lo = match min {
@@ -109,7 +109,7 @@ impl<'a> Fields<'a> {
             return None;
         }
         if v > 9.0e15 {
-            ck.error(Diagnostic::error("E0121", span, format!("`{key}` = {} is too large", fmt_num(v))));
+            ck.error(Diagnostic::error("E0121", span, format!("`{key}` = {} is too large", fmt_num(v))).with_hint("whole numbers must be below 9e15"));
             return None;
         }
         Some(v as u64)
@@ -118,7 +118,7 @@ impl<'a> Fields<'a> {
     pub fn size(&mut self, ck: &mut Checker<'a>, key: &'static str, default: Option<u64>) -> Option<usize> {
         let v = self.int(ck, key, default, Min::One)?;
         if v > 1 << 40 {
-            ck.error(Diagnostic::error("E0121", self.value_span(key), format!("`{key}` = {v} is too large for a tensor dimension")));
+            ck.error(Diagnostic::error("E0121", self.value_span(key), format!("`{key}` = {v} is too large for a tensor dimension")).with_hint("sizes must be below 2^40"));
             return None;
         }
         Some(v as usize)
@@ -130,7 +130,7 @@ impl<'a> Fields<'a> {
             Some(f) => match &f.value.kind {
                 ExprKind::Bool(b) => Some(*b),
                 _ => {
-                    ck.error(Diagnostic::error("E0120", f.value.span, format!("`{key}` expects true or false, found {}", describe(&f.value))));
+                    ck.error(Diagnostic::error("E0120", f.value.span, format!("`{key}` expects true or false, found {}", describe(&f.value))).with_hint(format!("write `{key} = true` or `{key} = false`")));
                     None
                 }
             },
@@ -185,8 +185,8 @@ impl<'a> Fields<'a> {
                     }
                 }
                 Entry::Decl(_) | Entry::Sweep(_) if self.top_level => {}
-                Entry::Decl(d) => ck.error(Diagnostic::error("E0103", d.kind_span, format!("`{}` declarations belong at the top of the experiment, not inside {}", d.kind.keyword(), self.what))),
-                Entry::Sweep(s) => ck.error(Diagnostic::error("E0103", s.span, format!("`sweep` belongs at the top of the experiment, not inside {}", self.what))),
+                Entry::Decl(d) => ck.error(Diagnostic::error("E0103", d.kind_span, format!("`{}` declarations belong at the top of the experiment, not inside {}", d.kind.keyword(), self.what)).with_hint("move it out of this block, directly into `experiment { … }`")),
+                Entry::Sweep(s) => ck.error(Diagnostic::error("E0103", s.span, format!("`sweep` belongs at the top of the experiment, not inside {}", self.what)).with_hint("move it out of this block, directly into `experiment { … }`")),
             }
         }
     }

@@ -106,7 +106,7 @@ impl<'a> Checker<'a> {
             models.push(self.check_model(d));
         }
         for d in decls.iter().filter(|d| d.kind == DeclKind::Budget) {
-            self.error(Diagnostic::error("E0199", d.kind_span, "`budget` is not supported yet"));
+            self.error(Diagnostic::error("E0199", d.kind_span, "`budget` is not supported yet").with_hint("size the model by hand for now; `roux plan` prints its FLOPs"));
         }
         let stages = self.check_stages(&decls);
 
@@ -129,7 +129,7 @@ impl<'a> Checker<'a> {
         names: &[&'static str],
     ) -> Option<(&'static str, &'a [Ident], Option<&'a [ast::Arg]>, Option<&'a ast::Block>)> {
         let ExprKind::Ctor { path, args, block } = &e.kind else {
-            self.error(Diagnostic::error("E0120", e.span, format!("expected {what} ({}), found {}", names.join(" | "), eval::describe(e))));
+            self.error(Diagnostic::error("E0120", e.span, format!("expected {what} ({}), found {}", names.join(" | "), eval::describe(e))).with_hint(format!("write `{} {{ … }}`", names[0])));
             return None;
         };
         let full = Expr::path_string(path);
@@ -169,13 +169,15 @@ impl<'a> Checker<'a> {
                 names.extend(["vocab", "context", "tokens"]);
             }
             let mut d = Diagnostic::error("E0111", attr.span, format!("{} `{}` has no attribute `{}`", decl.kind.keyword(), decl.name.name, attr.name));
-            if let Some(s) = did_you_mean(&attr.name, names) {
-                d = d.with_hint(format!("did you mean `{}.{s}`?", decl.name.name));
-            }
+            d = match did_you_mean(&attr.name, names.iter().copied()) {
+                Some(s) => d.with_hint(format!("did you mean `{}.{s}`?", decl.name.name)),
+                None => d.with_hint(format!("available: {}", names.join(", "))),
+            };
             self.error(d);
             return None;
         }
-        self.error(Diagnostic::error("E0111", attr.span, format!("{} `{}` has no attribute `{}`", decl.kind.keyword(), decl.name.name, attr.name)));
+        self.error(Diagnostic::error("E0111", attr.span, format!("{} `{}` has no attribute `{}`", decl.kind.keyword(), decl.name.name, attr.name))
+            .with_hint("only keys of its `{ … }` block can be read"));
         None
     }
 

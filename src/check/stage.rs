@@ -122,15 +122,16 @@ impl<'a> Checker<'a> {
     /// The declaration a bare reference names, which must be of kind `want`.
     fn decl_ref(&mut self, e: &'a Expr, want: DeclKind, what: &str) -> Option<&'a Decl> {
         let Some(path) = e.as_path() else {
-            self.error(Diagnostic::error("E0301", e.span, format!("expected {what}, found {}", super::eval::describe(e))));
+            self.error(Diagnostic::error("E0301", e.span, format!("expected {what}, found {}", super::eval::describe(e))).with_hint("pass the name of a declaration"));
             return None;
         };
         let Some(d) = self.decl(&path[0].name) else {
             let names: Vec<&str> = self.decls.iter().filter(|d| d.kind == want).map(|d| d.name.name.as_str()).collect();
             let mut err = Diagnostic::error("E0110", path[0].span, format!("unknown name `{}`", path[0].name));
-            if let Some(s) = super::suggest::did_you_mean(&path[0].name, names) {
-                err = err.with_hint(format!("did you mean `{s}`?"));
-            }
+            err = match super::suggest::did_you_mean(&path[0].name, names) {
+                Some(s) => err.with_hint(format!("did you mean `{s}`?")),
+                None => err.with_hint("declare it with `data`, `model` or `stage` in this experiment"),
+            };
             self.error(err);
             return None;
         };
@@ -316,11 +317,11 @@ impl<'a> Checker<'a> {
     fn betas(&mut self, f: &mut Fields<'a>) -> Option<(f64, f64)> {
         let Some(field) = f.field("betas") else { return Some((0.9, 0.999)) };
         let ExprKind::Tuple(items) = &field.value.kind else {
-            self.error(Diagnostic::error("E0120", field.value.span, format!("`betas` expects a pair like (0.9, 0.95), found {}", super::eval::describe(&field.value))));
+            self.error(Diagnostic::error("E0120", field.value.span, format!("`betas` expects a pair, found {}", super::eval::describe(&field.value))).with_hint("write `betas = (0.9, 0.95)`"));
             return None;
         };
         if items.len() != 2 {
-            self.error(Diagnostic::error("E0120", field.value.span, format!("`betas` expects two numbers, found {}", items.len())));
+            self.error(Diagnostic::error("E0120", field.value.span, format!("`betas` expects two numbers, found {}", items.len())).with_hint("write `betas = (0.9, 0.95)`"));
             return None;
         }
         let scope = f.scope.clone();

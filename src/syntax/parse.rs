@@ -72,12 +72,12 @@ fn entry(p: Pair<Rule>) -> Entry {
     let span = span_of(&p);
     match p.as_rule() {
         Rule::field => {
-            let mut it = p.into_inner();
+            let mut it = p.into_inner().filter(|q| q.as_rule() != Rule::eq);
             let key = ident(it.next().expect("field key"));
             Entry::Field(Field { key, value: expr(it.next().expect("field value")) })
         }
         Rule::decl => {
-            let mut it = p.into_inner();
+            let mut it = p.into_inner().filter(|q| q.as_rule() != Rule::eq);
             let k = it.next().expect("decl kind");
             let kind = match k.as_str() {
                 "data" => DeclKind::Data,
@@ -203,7 +203,7 @@ fn primary(p: Pair<Rule>) -> Expr {
 }
 
 fn arg(p: Pair<Rule>) -> Arg {
-    let mut it = p.into_inner().peekable();
+    let mut it = p.into_inner().filter(|q| q.as_rule() != Rule::eq).peekable();
     let name = if it.peek().map(|q| q.as_rule()) == Some(Rule::ident) { it.next().map(ident) } else { None };
     Arg { name, value: expr(it.next().expect("grammar: arg value")) }
 }
@@ -275,6 +275,7 @@ fn rule_word(r: Rule) -> Option<&'static str> {
         Rule::EOI => "end of file",
         Rule::add | Rule::sub | Rule::mul | Rule::div | Rule::pow => "an operator",
         Rule::decl_kind => "`data`, `model`, `stage` or `budget`",
+        Rule::eq => "`=`",
         _ => return None,
     })
 }

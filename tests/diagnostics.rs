@@ -1,0 +1,107 @@
+//! Every recipe in tests/bad/ states the errors it must produce (`// expect: CODE line:col`);
+//! checking it must give exactly those, and the CLI must exit 1 without panicking.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+fn bad_recipes() -> Vec<PathBuf> {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/bad");
+    let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .expect("tests/bad exists")
+        .map(|e| e.expect("dir entry").path())
+        .filter(|p| p.extension().is_some_and(|e| e == "roux"))
+        .collect();
+    files.sort();
+    files
+}
+
+fn expectations(text: &str) -> Vec<String> {
+    let mut v: Vec<String> =
+        text.lines().filter_map(|l| l.trim().strip_prefix("// expect:")).map(|s| s.split_whitespace().collect::<Vec<_>>().join(" ")).collect();
+    v.sort();
+    v
+}
+
+#[test]
+fn at_least_thirty_bad_recipes() {
+    assert!(bad_recipes().len() >= 30, "only {} bad recipes", bad_recipes().len());
+}
+
+#[test]
+fn each_bad_recipe_gives_exactly_its_stated_errors() {
+    let mut failures = vec![];
+    for f in bad_recipes() {
+        let c = roux::frontend::compile(&f).expect("readable");
+        let want = expectations(&c.source.text);
+        assert!(!want.is_empty(), "{} states no expectation", f.display());
+        let mut got: Vec<String> = c
+            .diagnostics
+            .iter()
+            .filter(|d| d.is_error())
+            .map(|d| {
+                let (l, col) = roux::diag::line_col(&c.source.text, d.span.start);
+                format!("{} {l}:{col}", d.code)
+            })
+            .collect();
+        got.sort();
+        assert!(c.recipe.is_none(), "{} produced a recipe", f.display());
+        if got != want {
+            failures.push(format!("{}: want {want:?}, got {got:?}", f.display()));
+        }
+        for d in &c.diagnostics {
+            assert!(d.hint.is_some(), "{}: {} has no hint", f.display(), d.code);
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+#[test]
+fn cli_exits_1_with_file_line_col_and_no_panic() {
+    let files = bad_recipes();
+    let out = Command::new(env!("CARGO_BIN_EXE_roux")).arg("check").args(&files).output().expect("run roux");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    for f in &files {
+        let c = roux::frontend::compile(f).unwrap();
+        for e in expectations(&c.source.text) {
+            let (code, pos) = e.split_once(' ').unwrap();
+            let needle = format!("{}:{pos}: error[{code}]", f.display());
+            assert!(stderr.contains(&needle), "missing `{needle}` in output");
+        }
+    }
+}
+
+#[test]
+fn json_format_has_the_documented_fields() {
+    let f = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/bad/several_errors.roux");
+    let out = Command::new(env!("CARGO_BIN_EXE_roux")).args(["check", "--format", "json"]).arg(&f).output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json array");
+    let arr = v.as_array().unwrap();
+    assert_eq!(arr.len(), 4);
+    for d in arr {
+        for k in ["file", "line", "col", "end_line", "end_col", "severity", "code", "message", "hint"] {
+            assert!(d.get(k).is_some(), "missing {k} in {d}");
+        }
+    }
+    // `gelo` on line 15, cols 45..49, with a did-you-mean.
+    let gelo = arr.iter().find(|d| d["code"] == "E0130").unwrap();
+    assert_eq!((gelo["line"].as_u64(), gelo["col"].as_u64(), gelo["end_col"].as_u64()), (Some(15), Some(45), Some(49)));
+    assert!(gelo["hint"].as_str().unwrap().contains("did you mean `gelu`"));
+}
+
+#[test]
+fn usage_and_io_errors_exit_2() {
+    let out = Command::new(env!("CARGO_BIN_EXE_roux")).args(["check", "no/such/file.roux"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let out = Command::new(env!("CARGO_BIN_EXE_roux")).args(["check"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let dir = std::env::temp_dir().join(format!("roux-binary-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let bin = dir.join("x.roux");
+    std::fs::write(&bin, [0xff, 0xfe, 0x00, 0x80]).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_roux")).arg("check").arg(&bin).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not UTF-8"));
+}

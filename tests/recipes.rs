@@ -1,0 +1,120 @@
+//! Every shipped recipe checks, plans, lowers and survives print → parse; published counts hold.
+
+use std::path::{Path, PathBuf};
+
+use roux::lower::{lower_model, lower_stages, render};
+use roux::plan::plan;
+
+fn recipes() -> Vec<PathBuf> {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("recipes");
+    let mut v: Vec<PathBuf> = std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().path()).filter(|p| p.extension().is_some_and(|e| e == "roux")).collect();
+    v.sort();
+    v
+}
+
+fn load(p: &Path) -> roux::recipe::Recipe {
+    let c = roux::frontend::compile(p).unwrap();
+    assert!(c.diagnostics.iter().all(|d| !d.is_error()), "{}: {:?}", p.display(), c.diagnostics);
+    c.recipe.unwrap()
+}
+
+#[test]
+fn every_recipe_checks_plans_and_lowers() {
+    assert!(recipes().len() >= 2);
+    for p in recipes() {
+        let r = load(&p);
+        let pl = plan(&r);
+        assert_eq!(pl.models.len(), r.models.len());
+        for m in &pl.models {
+            assert!(m.params_total > 0 && m.flops_per_token_appendix_f > 0.0 && m.train_memory_bytes > 16 * m.params_total);
+        }
+        let models: Vec<_> = r.models.iter().map(lower_model).collect();
+        let stages = lower_stages(&r);
+        assert_eq!(stages.order().len(), r.stages.len());
+        assert!(render::dot(&models, &stages, &r.experiment).starts_with("digraph"));
+        let j = render::json(&models, &stages, &r.experiment);
+        assert_eq!(j["models"].as_array().unwrap().len(), r.models.len());
+    }
+}
+
+#[test]
+fn printing_and_reparsing_is_the_identity() {
+    for p in recipes().into_iter().chain(std::fs::read_dir(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/bad")).unwrap().map(|e| e.unwrap().path())) {
+        let text = std::fs::read_to_string(&p).unwrap();
+        let Ok(ast) = roux::syntax::parse(&text) else { continue };
+        let printed = roux::syntax::print::print(&ast);
+        let again = roux::syntax::parse(&printed).unwrap_or_else(|e| panic!("{}: reprint does not parse: {e:?}\n{printed}", p.display()));
+        assert_eq!(roux::syntax::print::print(&again), printed, "{}", p.display());
+    }
+}
+
+#[test]
+fn gpt2_small_has_its_published_parameter_count() {
+    let r = load(&Path::new(env!("CARGO_MANIFEST_DIR")).join("recipes/gpt2-small.roux"));
+    let m = &plan(&r).models[0];
+    // Radford et al. 2019 / Hugging Face `gpt2`: 124,439,808 with the head tied to wte.
+    assert_eq!(m.params_total, 124_439_808);
+    // Without wte (50257·768) and wpe (1024·768): 124,439,808 − 38,597,376 − 786,432.
+    assert_eq!(m.params_non_embedding, 85_056_000);
+    assert_eq!(m.flops_per_token_6n, 6.0 * 124_439_808.0);
+}
+
+#[test]
+fn appendix_f_flops_by_hand() {
+    // GPT-2 small at seq 1024, forward, per token (Chinchilla Appendix F):
+    //   embeddings 2·50257·768                        =    77,194,752
+    //   per layer: qkv 2·3·768²      = 3,538,944
+    //              logits 2·1024·768 = 1,572,864
+    //              softmax 3·12·1024 =    36,864
+    //              reduce 2·1024·768 = 1,572,864
+    //              project 2·768²    = 1,179,648
+    //              ffn 2·2·768·3072  = 9,437,184   → 17,338,368 × 12 = 208,060,416
+    //   logits 2·768·50257                            =    77,194,752
+    //   forward total                                 =   362,449,920; training ×3 = 1,087,349,760
+    let r = load(&Path::new(env!("CARGO_MANIFEST_DIR")).join("recipes/gpt2-small.roux"));
+    let m = &plan(&r).models[0];
+    assert_eq!(m.seq, 1024);
+    assert_eq!(m.flops_per_token_appendix_f, 1_087_349_760.0);
+}
+
+#[test]
+fn plan_json_has_the_documented_fields() {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_roux"))
+        .args(["plan", "--json"])
+        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("recipes/gpt2-small.roux"))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["experiment"], "gpt2-small");
+    assert_eq!(v["models"][0]["params_total"], 124_439_808u64);
+    for k in ["name", "params_total", "params_active", "params_non_embedding", "flops_per_token_6n", "flops_per_token_appendix_f", "train_memory_bytes"] {
+        assert!(v["models"][0].get(k).is_some(), "{k}");
+    }
+    for k in ["name", "kind", "after", "tokens", "flops"] {
+        assert!(v["stages"][0].get(k).is_some(), "{k}");
+    }
+    // 300 steps × 8 × 1024 tokens.
+    assert_eq!(v["stages"][0]["tokens"], 2_457_600u64);
+}
+
+#[test]
+fn number_suffixes_and_arithmetic() {
+    let dir = std::env::temp_dir().join(format!("roux-num-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("d.txt"), "abcdefgh".repeat(200)).unwrap();
+    let src = r#"experiment "n" {
+      data d = text("d.txt") { context = 2 ^ 3, split = 0.5 }
+      model m = transformer { vocab = d.vocab, context = d.context * 2, d_model = 2k / 125, layers = (1 + 1) * 2 - 2, heads = 4,
+                              ffn = mlp { hidden = 3 * d_model, act = swiglu } }
+      stage s = train(m, d) { tokens = 0.0016M, batch = 2 }
+    }"#;
+    std::fs::write(dir.join("n.roux"), src).unwrap();
+    let r = load(&dir.join("n.roux"));
+    let m = &r.models[0];
+    assert_eq!((m.context, m.d_model, m.layers, m.ffn.hidden), (16, 16, 2, 48));
+    let roux::recipe::StageKind::Train(t) = &r.stages[0].kind;
+    // 1600 tokens / (2 × 8) per step = 100 steps.
+    assert_eq!(t.steps, 100);
+    assert_eq!(m.vocab, 256);
+}
