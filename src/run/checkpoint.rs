@@ -26,8 +26,11 @@ pub struct State {
     pub recipe_hash: String,
     /// The checkpoint file (in the run directory) holding weights and optimizer moments.
     pub file: String,
-    /// Tokens/s-independent accumulators the loop needs to continue exactly.
     pub best_val: Option<f64>,
+    /// The training-loss accumulator of the current logging window (sum, steps), so the
+    /// first metrics line after a resume averages the same steps as without the interruption.
+    #[serde(default)]
+    pub window_loss: (f64, u64),
 }
 
 /// Write `bytes` to `path` atomically: temp file in the same directory, fsync, rename, fsync dir.

@@ -69,11 +69,13 @@ pub fn run_train(recipe: &Recipe, source: &str, name: &str, t: &TrainSpec, dir: 
     let mut rng = Rng(recipe.seed ^ 0x5EED_DA7A);
     let mut step0 = 0;
     let mut best_val: Option<f64> = None;
+    let mut window_loss = (0.0f64, 0u64);
     if let Some(s) = &resume {
         checkpoint::load(dir, s, &mut model, &mut opt)?;
         rng = s.data_rng;
         step0 = s.step;
         best_val = s.best_val;
+        window_loss = s.window_loss;
         eprintln!("{name}: resuming from step {} of {} ({})", s.step, t.steps, dir.join(&s.file).display());
     }
     checkpoint::write_atomic(&dir.join("recipe.roux"), source.as_bytes())?;
@@ -93,7 +95,7 @@ pub fn run_train(recipe: &Recipe, source: &str, name: &str, t: &TrainSpec, dir: 
     );
     let progress = Progress::new(name, step0, t.steps);
     let started = Instant::now();
-    let mut window = (Instant::now(), 0u64, 0.0f64, 0u64); // (since, tokens, loss sum, steps)
+    let mut window = (Instant::now(), 0u64, window_loss.0, window_loss.1); // (since, tokens, loss sum, steps)
     let (mut last_loss, mut last_val) = (f64::NAN, None);
     let mut last_ckpt: Option<u64> = resume.as_ref().map(|s| s.step);
 
@@ -149,7 +151,7 @@ pub fn run_train(recipe: &Recipe, source: &str, name: &str, t: &TrainSpec, dir: 
         }
         let ckpt_every = if t.checkpoint_every > 0 { t.checkpoint_every } else { t.eval_every };
         if done % ckpt_every == 0 || done == t.steps {
-            let state = State { step: done, adam_t: opt.t, data_rng: rng, recipe_hash: hash.clone(), file: format!("ckpt-{done}.safetensors"), best_val };
+            let state = State { step: done, adam_t: opt.t, data_rng: rng, recipe_hash: hash.clone(), file: format!("ckpt-{done}.safetensors"), best_val, window_loss: (window.2, window.3) };
             checkpoint::save(dir, &model, &opt, &state)?;
             last_ckpt = Some(done);
         }

@@ -1,0 +1,211 @@
+//! Execution on libtorch: built models match the plan, the optimizer and loss match hand-computed
+//! numbers, training lowers the loss, runs repeat exactly, and a killed run resumes exactly.
+#![cfg(feature = "torch")]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use roux::run::model::Model;
+use tch::{Device, Kind, Tensor};
+
+fn root() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn fixture(name: &str) -> PathBuf {
+    root().join("tests/fixtures").join(name)
+}
+
+fn scratch(name: &str) -> PathBuf {
+    let d = root().join("target/test-runs").join(name);
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+fn roux(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_roux")).args(args).env("ROUX_QUIET", "1").output().expect("run roux")
+}
+
+fn run_ok(recipe: &Path, out: &Path) -> String {
+    let o = roux(&["run", recipe.to_str().unwrap(), "--out", out.to_str().unwrap()]);
+    let err = String::from_utf8_lossy(&o.stderr).to_string();
+    assert_eq!(o.status.code(), Some(0), "{err}");
+    err
+}
+
+fn metrics(dir: &Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(dir.join("metrics.jsonl")).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect()
+}
+
+#[test]
+fn built_models_have_exactly_the_planned_parameters() {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(root().join("recipes")).unwrap().map(|e| e.unwrap().path()).collect();
+    files.extend([fixture("tiny.roux"), fixture("tiny-llama.roux")]);
+    for f in files {
+        let r = roux::frontend::compile(&f).unwrap().recipe.unwrap_or_else(|| panic!("{} checks", f.display()));
+        let plan = roux::plan::plan(&r);
+        for (spec, mp) in r.models.iter().zip(&plan.models) {
+            let m = Model::new(spec, Device::Cpu);
+            assert_eq!(m.numel(), mp.params_total, "{}: model {}", f.display(), spec.name);
+            // And every tensor has the name and shape the graph gave it.
+            let graph_params = roux::lower::lower_model(spec).params();
+            for ((name, t), p) in m.named().iter().zip(&graph_params) {
+                assert_eq!(name, &p.name);
+                assert_eq!(t.size(), p.shape.iter().map(|&d| d as i64).collect::<Vec<_>>());
+            }
+        }
+    }
+}
+
+#[test]
+fn zero_weights_give_uniform_logits_and_loss_ln_vocab() {
+    let r = roux::frontend::compile(&fixture("tiny.roux")).unwrap().recipe.unwrap();
+    let mut m = Model::new(&r.models[0], Device::Cpu);
+    tch::no_grad(|| {
+        for p in m.params.iter_mut() {
+            let _ = p.zero_();
+        }
+    });
+    let x = Tensor::from_slice(&[1i64, 2, 3, 4, 5, 6]).view([2, 3]);
+    let loss = m.loss(&x, &x, false).double_value(&[]);
+    // All logits 0 → softmax uniform over 256 bytes → cross-entropy ln 256 = 5.545177444479562.
+    assert!((loss - 256f64.ln()).abs() < 1e-5, "{loss}");
+}
+
+#[test]
+fn adamw_two_steps_by_hand() {
+    // p = [[1, -2]] (decayed), b = [1] (not decayed), constant gradients g = [[0.5, -1]], [0.5];
+    // lr 0.1, betas (0.9, 0.999), eps 1e-8, weight decay 0.1.
+    // Step 1: m̂ = g, v̂ = g² → update lr·g/|g| = ±0.1; p·(1 − 0.01) → [0.99 − 0.1, −1.98 + 0.1] = [0.89, −1.88].
+    // Step 2: m = 0.095, m̂ = 0.095/0.19 = 0.5; v̂ = (0.999·0.00025 + 0.001·0.25)/0.001999 = 0.25 → same
+    //         update: [0.89·0.99 − 0.1, −1.88·0.99 + 0.1] = [0.7811, −1.7612]. Bias: 1 − 0.1 − 0.1 = 0.8.
+    let cfg = roux::recipe::AdamW { lr: 0.1, betas: (0.9, 0.999), eps: 1e-8, weight_decay: 0.1 };
+    let mut params = vec![
+        Tensor::from_slice(&[1.0f64, -2.0]).view([1, 2]).set_requires_grad(true),
+        Tensor::from_slice(&[1.0f64]).set_requires_grad(true),
+    ];
+    let mut opt = roux::run::adamw::AdamW::new(&params, &cfg);
+    let want = [[0.89, -1.88, 0.9], [0.7811, -1.7612, 0.8]];
+    for w in want {
+        for p in params.iter_mut() {
+            p.zero_grad();
+        }
+        let g = Tensor::from_slice(&[0.5f64, -1.0]).view([1, 2]);
+        let loss = (&params[0] * &g).sum(Kind::Double) + (&params[1] * 0.5).sum(Kind::Double);
+        loss.backward();
+        opt.step(&mut params, 0.1);
+        let got = [params[0].double_value(&[0, 0]), params[0].double_value(&[0, 1]), params[1].double_value(&[0])];
+        for (a, b) in got.iter().zip(w) {
+            assert!((a - b).abs() < 1e-6, "got {got:?}, want {w:?}");
+        }
+    }
+}
+
+#[test]
+fn training_lowers_the_loss_and_writes_its_outputs() {
+    let out = scratch("falls");
+    run_ok(&fixture("tiny.roux"), &out);
+    let dir = out.join("tiny/pretrain");
+    let m = metrics(&dir);
+    let first = m.first().unwrap()["loss"].as_f64().unwrap();
+    let last_val = m.iter().rev().find_map(|x| x["val_loss"].as_f64()).unwrap();
+    // Starts near ln 256 ≈ 5.5; 80 steps on Shakespeare reach well under 3.5 nats/byte.
+    assert!(first > 4.5, "{first}");
+    assert!(last_val < 3.5, "{last_val}");
+    for k in ["step", "tokens", "loss", "lr", "grad_norm", "tokens_per_s"] {
+        assert!(m[0].get(k).is_some(), "metrics lack {k}");
+    }
+    for f in ["model.safetensors", "report.json", "recipe.roux", "resolved.json", "state.json"] {
+        assert!(dir.join(f).exists(), "{f} missing");
+    }
+    let report: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(dir.join("report.json")).unwrap()).unwrap();
+    assert_eq!(report["params"], report["params_plan"]);
+    // Safetensors names follow the graph path.
+    let names: Vec<String> = Tensor::read_safetensors(dir.join("model.safetensors")).unwrap().into_iter().map(|(n, _)| n).collect();
+    assert!(names.contains(&"blocks.1.attn.q.weight".to_string()), "{names:?}");
+    // Only the last two checkpoints are kept.
+    let ckpts = std::fs::read_dir(&dir).unwrap().filter(|e| e.as_ref().unwrap().file_name().to_string_lossy().starts_with("ckpt-")).count();
+    assert_eq!(ckpts, 2);
+
+    // A second run of the same recipe reuses the finished stage.
+    let err = run_ok(&fixture("tiny.roux"), &out);
+    assert!(err.contains("up to date"), "{err}");
+
+    // Sampling continues the prompt with the requested number of bytes.
+    let o = roux(&["sample", dir.to_str().unwrap(), "--prompt", "KING", "--tokens", "40", "--seed", "1"]);
+    assert_eq!(o.status.code(), Some(0), "{}", String::from_utf8_lossy(&o.stderr));
+    let text = String::from_utf8_lossy(&o.stdout);
+    assert!(text.starts_with("KING") && text.trim_end().len() > 10, "{text}");
+}
+
+#[test]
+fn same_seed_same_run_bit_for_bit() {
+    let (a, b) = (scratch("det-a"), scratch("det-b"));
+    run_ok(&fixture("tiny.roux"), &a);
+    run_ok(&fixture("tiny.roux"), &b);
+    let (ma, mb) = (metrics(&a.join("tiny/pretrain")), metrics(&b.join("tiny/pretrain")));
+    let losses = |m: &[serde_json::Value]| m.iter().map(|x| (x["loss"].as_f64(), x["val_loss"].as_f64())).collect::<Vec<_>>();
+    assert_eq!(losses(&ma), losses(&mb));
+    assert_eq!(std::fs::read(a.join("tiny/pretrain/model.safetensors")).unwrap(), std::fs::read(b.join("tiny/pretrain/model.safetensors")).unwrap());
+}
+
+#[test]
+fn a_killed_run_resumes_to_the_identical_result() {
+    let (whole, killed) = (scratch("resume-whole"), scratch("resume-killed"));
+    run_ok(&fixture("tiny.roux"), &whole);
+
+    let mut child = Command::new(env!("CARGO_BIN_EXE_roux"))
+        .args(["run", fixture("tiny.roux").to_str().unwrap(), "--out", killed.to_str().unwrap()])
+        .env("ROUX_QUIET", "1")
+        .spawn()
+        .unwrap();
+    let state = killed.join("tiny/pretrain/state.json");
+    let t0 = std::time::Instant::now();
+    while !state.exists() && t0.elapsed().as_secs() < 60 {
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    child.kill().unwrap(); // SIGKILL, wherever it is
+    child.wait().unwrap();
+    let dir = killed.join("tiny/pretrain");
+    assert!(!dir.join("report.json").exists(), "the run finished before it was killed; the test needs a slower fixture");
+
+    let err = run_ok(&fixture("tiny.roux"), &killed);
+    assert!(err.contains("resuming from step"), "{err}");
+    assert_eq!(
+        std::fs::read(whole.join("tiny/pretrain/model.safetensors")).unwrap(),
+        std::fs::read(dir.join("model.safetensors")).unwrap(),
+        "resumed weights differ from the uninterrupted run"
+    );
+    let strip = |m: Vec<serde_json::Value>| m.into_iter().map(|x| (x["step"].as_u64(), x["loss"].as_f64(), x["val_loss"].as_f64())).collect::<Vec<_>>();
+    assert_eq!(strip(metrics(&whole.join("tiny/pretrain"))), strip(metrics(&dir)));
+}
+
+#[test]
+fn resuming_under_a_changed_recipe_is_refused() {
+    let out = scratch("changed");
+    let dir = out.join("tiny/pretrain");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("state.json"), r#"{"step": 5, "adam_t": 5, "data_rng": 1, "recipe_hash": "0000000000000000", "file": "ckpt-5.safetensors", "best_val": null}"#).unwrap();
+    let o = roux(&["run", fixture("tiny.roux").to_str().unwrap(), "--out", out.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("--fresh"));
+    // --fresh sets the old run aside and trains.
+    let o = roux(&["run", fixture("tiny.roux").to_str().unwrap(), "--out", out.to_str().unwrap(), "--fresh"]);
+    assert_eq!(o.status.code(), Some(0), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(std::fs::read_dir(out.join("tiny")).unwrap().any(|e| e.unwrap().file_name().to_string_lossy().starts_with("pretrain.old-")));
+}
+
+#[test]
+fn llama_style_model_trains_and_a_second_stage_continues_from_the_first() {
+    let out = scratch("llama");
+    run_ok(&fixture("tiny-llama.roux"), &out);
+    let first = metrics(&out.join("tiny-llama/pretrain"));
+    let more = metrics(&out.join("tiny-llama/more"));
+    let start = first[0]["loss"].as_f64().unwrap();
+    let end = first.last().unwrap()["val_loss"].as_f64().unwrap();
+    assert!(end < start - 1.0, "{start} → {end}");
+    // The continued stage starts from the trained weights, not from scratch (≈5.5).
+    let cont = more[0]["loss"].as_f64().unwrap();
+    assert!(cont < end + 0.3, "continued stage starts at {cont}, pretrain ended at {end}");
+}
