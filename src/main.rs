@@ -1,5 +1,23 @@
 //! The `roux` command line. Exit codes: 0 success, 1 invalid recipe, 2 usage or I/O error.
 
+/// println!/print! that end quietly when stdout is closed (`roux plan | head`) instead of panicking.
+macro_rules! outln {
+    ($($t:tt)*) => {{
+        use std::io::Write;
+        if writeln!(std::io::stdout(), $($t)*).is_err() {
+            std::process::exit(0);
+        }
+    }};
+}
+macro_rules! out {
+    ($($t:tt)*) => {{
+        use std::io::Write;
+        if write!(std::io::stdout(), $($t)*).is_err() {
+            std::process::exit(0);
+        }
+    }};
+}
+
 mod cli;
 
 use clap::{Parser, Subcommand, ValueEnum};

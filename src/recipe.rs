@@ -71,6 +71,59 @@ pub struct MlpSpec {
     pub act: Activation,
 }
 
+/// How a mixture-of-experts layer picks experts for each token.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum RouterSpec {
+    /// Jacobs et al. 1991: a dense softmax gate over all experts; output Σ p_j·expert_j(x).
+    Softmax,
+    /// Shazeer et al. 2017: H = x·W_g + N(0,1)·softplus(x·W_noise), softmax over the top k.
+    NoisyTopk { k: usize, importance_loss: f64, load_loss: f64 },
+    /// Fedus et al. 2022: top-1 with a capacity; over-capacity tokens are dropped.
+    Switch { capacity_factor: f64, eval_capacity_factor: f64, balance_loss: f64, z_loss: f64, jitter: f64 },
+    /// Mixtral: top-k, dropless; `normalize` renormalises the k gates to sum to 1.
+    Topk { k: usize, normalize: bool, balance_loss: f64, z_loss: f64 },
+    /// Zhou et al. 2022: each expert takes its top tokens; capacity = tokens·factor/experts.
+    ExpertChoice { capacity_factor: f64 },
+}
+
+impl RouterSpec {
+    pub fn name(&self) -> &'static str {
+        match self {
+            RouterSpec::Softmax => "softmax",
+            RouterSpec::NoisyTopk { .. } => "noisy_topk",
+            RouterSpec::Switch { .. } => "switch",
+            RouterSpec::Topk { .. } => "topk",
+            RouterSpec::ExpertChoice { .. } => "expert_choice",
+        }
+    }
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct MoeSpec {
+    pub experts: usize,
+    pub expert: MlpSpec,
+    /// Blocks (0-based) whose FFN is this mixture; the others use a dense `expert`-sized MLP.
+    pub layers: Vec<usize>,
+    /// Always-on experts every token passes through besides the routed ones.
+    pub shared: usize,
+    /// Dropout inside experts.
+    pub expert_dropout: f64,
+    pub router: RouterSpec,
+}
+
+impl MoeSpec {
+    /// Experts a token passes through on average (for active parameters and FLOPs).
+    pub fn active_experts(&self) -> f64 {
+        match &self.router {
+            RouterSpec::Softmax => self.experts as f64,
+            RouterSpec::NoisyTopk { k, .. } | RouterSpec::Topk { k, .. } => *k as f64,
+            RouterSpec::Switch { .. } => 1.0,
+            RouterSpec::ExpertChoice { capacity_factor } => *capacity_factor,
+        }
+    }
+}
+
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 pub struct ModelSpec {
     pub name: String,
@@ -80,7 +133,11 @@ pub struct ModelSpec {
     pub d_model: usize,
     pub layers: usize,
     pub heads: usize,
+    /// Key/value heads (grouped-query attention when fewer than `heads`).
+    pub kv_heads: usize,
+    /// The dense FFN (in every block without a mixture).
     pub ffn: MlpSpec,
+    pub moe: Option<MoeSpec>,
     pub norm: Norm,
     pub position: Position,
     pub tie_embeddings: bool,

@@ -8,6 +8,7 @@ mod data;
 mod eval;
 mod fields;
 mod model;
+mod moe;
 mod stage;
 pub mod suggest;
 

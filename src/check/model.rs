@@ -22,12 +22,21 @@ impl<'a> Checker<'a> {
         let d_model = f.size(self, "d_model", None);
         let layers = f.size(self, "layers", None);
         let heads = f.size(self, "heads", None);
+        let kv_heads = f.field("kv_heads").map(|_| ()).and_then(|_| f.size(self, "kv_heads", None));
+        let kv_span = f.value_span("kv_heads");
         let norm = f.sym(self, "norm", &["layernorm", "rmsnorm"], Some("layernorm"));
         let position = f.sym(self, "position", &["learned", "rope"], Some("learned"));
         let tie = f.bool(self, "tie_embeddings", true);
         let dropout = f.ranged(self, "dropout", Some(0.0), 0.0, false, 1.0, true);
         let bias = f.bool(self, "bias", true);
-        let ffn = self.check_ffn(&mut f, d_model);
+        let (ffn, moe) = match f.field("ffn") {
+            Some(field) if matches!(field.value.as_ctor_name().as_deref(), Some("moe")) => {
+                f.field("ffn");
+                let moe = self.check_moe(field, &f.scope, d_model, layers);
+                (moe.as_ref().map(|m| m.expert.clone()), moe.map(Some))
+            }
+            _ => (self.check_ffn(&mut f, d_model), Some(None)),
+        };
         let heads_span = f.value_span("heads");
         let pos_span = f.value_span("position");
         f.finish(self);
@@ -38,6 +47,12 @@ impl<'a> Checker<'a> {
             let near = nearest(&near, heads);
             self.error(Diagnostic::error("E0220", heads_span, format!("heads = {heads} does not divide d_model = {d_model}"))
                 .with_hint(format!("each head gets d_model / heads dimensions; try heads = {near}")));
+            return None;
+        }
+        let kv_heads = kv_heads.unwrap_or(heads);
+        if heads % kv_heads != 0 {
+            self.error(Diagnostic::error("E0226", kv_span, format!("kv_heads = {kv_heads} does not divide heads = {heads}"))
+                .with_hint("each key/value head serves heads / kv_heads query heads"));
             return None;
         }
         let position = match position? {
@@ -56,7 +71,9 @@ impl<'a> Checker<'a> {
             d_model,
             layers: layers?,
             heads,
+            kv_heads,
             ffn: ffn?,
+            moe: moe?,
             norm: if norm? == "rmsnorm" { Norm::Rmsnorm } else { Norm::Layernorm },
             position,
             tie_embeddings: tie?,
@@ -70,8 +87,13 @@ impl<'a> Checker<'a> {
         let Some(field) = outer.field("ffn") else {
             return Some(MlpSpec { hidden: 4 * d_model?, act: Activation::Gelu });
         };
-        let (_, path, _, block) = self.ctor(&field.value, "feed-forward layer", &["mlp"])?;
-        let mut f = Fields::new(block, &outer.scope, "mlp", Checker::span_of_path(path));
+        self.check_mlp(&field.value, &outer.scope, d_model, &["mlp", "moe"])
+    }
+
+    /// `mlp { hidden = …, act = … }`.
+    pub fn check_mlp(&mut self, e: &'a crate::syntax::ast::Expr, scope: &super::eval::Scope<'a>, d_model: Option<usize>, kinds: &[&'static str]) -> Option<MlpSpec> {
+        let (_, path, _, block) = self.ctor(e, "feed-forward layer", kinds)?;
+        let mut f = Fields::new(block, scope, "mlp", Checker::span_of_path(path));
         let hidden = match d_model {
             Some(d) => f.size(self, "hidden", Some(4 * d as u64)),
             None => f.size(self, "hidden", None),

@@ -43,7 +43,7 @@ pub fn run(files: &[PathBuf], format: DiagFormat) -> u8 {
         for d in &c.diagnostics {
             match format {
                 DiagFormat::Text => eprint!("{}", render_text(&name, &c.source.text, d)),
-                DiagFormat::Github => print!("{}", render_github(&name, &c.source.text, d)),
+                DiagFormat::Github => out!("{}", render_github(&name, &c.source.text, d)),
                 DiagFormat::Json => all.push(locate(&name, &c.source.text, d)),
             }
         }
@@ -58,7 +58,7 @@ pub fn run(files: &[PathBuf], format: DiagFormat) -> u8 {
         }
     }
     if format == DiagFormat::Json {
-        println!("{}", serde_json::to_string_pretty(&all).unwrap_or_else(|_| "[]".into()));
+        outln!("{}", serde_json::to_string_pretty(&all).unwrap_or_else(|_| "[]".into()));
     }
     code
 }

@@ -22,7 +22,7 @@ pub fn run(file: &Path, out: &Path, only: &[String], fresh: bool) -> u8 {
 pub fn sample(run: &PathBuf, prompt: &str, tokens: usize, temperature: f64, top_k: i64, seed: u64) -> u8 {
     match roux::run::sample::sample_run(run, prompt, tokens, temperature, top_k, seed) {
         Ok(text) => {
-            println!("{text}");
+            outln!("{text}");
             0
         }
         Err(e) => {

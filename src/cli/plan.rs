@@ -14,16 +14,16 @@ pub fn run(file: &Path, json: bool) -> u8 {
     let recipe = c.recipe.expect("checked");
     let p = plan(&recipe);
     if json {
-        println!("{}", serde_json::to_string_pretty(&p).unwrap_or_default());
+        outln!("{}", serde_json::to_string_pretty(&p).unwrap_or_default());
         return 0;
     }
-    println!("experiment \"{}\"\n", p.experiment);
-    println!(
+    outln!("experiment \"{}\"\n", p.experiment);
+    outln!(
         "{:<12} {:>15} {:>15} {:>15} {:>12} {:>12} {:>11}",
         "model", "params", "active", "non-embedding", "6N/token", "AppF/token", "train mem"
     );
     for m in &p.models {
-        println!(
+        outln!(
             "{:<12} {:>15} {:>15} {:>15} {:>12} {:>12} {:>11}",
             m.name,
             group(m.params_total),
@@ -34,10 +34,10 @@ pub fn run(file: &Path, json: bool) -> u8 {
             bytes(m.train_memory_bytes)
         );
     }
-    println!("\n{:<12} {:<8} {:<16} {:>10} {:>14} {:>12}", "stage", "kind", "after", "steps", "tokens", "FLOPs");
+    outln!("\n{:<12} {:<8} {:<16} {:>10} {:>14} {:>12}", "stage", "kind", "after", "steps", "tokens", "FLOPs");
     for s in &p.stages {
         let after = if s.after.is_empty() { "-".to_string() } else { s.after.join(",") };
-        println!("{:<12} {:<8} {:<16} {:>10} {:>14} {:>12}", s.name, s.kind, after, group(s.steps), group(s.tokens), sci(s.flops));
+        outln!("{:<12} {:<8} {:<16} {:>10} {:>14} {:>12}", s.name, s.kind, after, group(s.steps), group(s.tokens), sci(s.flops));
     }
     0
 }
@@ -51,8 +51,8 @@ pub fn graph(file: &Path, format: GraphFormat) -> u8 {
     let models: Vec<_> = recipe.models.iter().map(lower_model).collect();
     let stages = lower_stages(&recipe);
     match format {
-        GraphFormat::Dot => print!("{}", render::dot(&models, &stages, &recipe.experiment)),
-        GraphFormat::Json => println!("{}", serde_json::to_string_pretty(&render::json(&models, &stages, &recipe.experiment)).unwrap_or_default()),
+        GraphFormat::Dot => out!("{}", render::dot(&models, &stages, &recipe.experiment)),
+        GraphFormat::Json => outln!("{}", serde_json::to_string_pretty(&render::json(&models, &stages, &recipe.experiment)).unwrap_or_default()),
     }
     0
 }

@@ -6,7 +6,7 @@
 use petgraph::graph::{DiGraph, NodeIndex};
 use serde::Serialize;
 
-use crate::recipe::{Activation, ModelSpec, Norm, Position};
+use crate::recipe::{Activation, ModelSpec, Norm, Position, RouterSpec};
 
 /// A tensor dimension: the batch and sequence sizes are symbolic until run time.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
@@ -38,9 +38,13 @@ pub enum OpKind {
     /// Sum of the two inputs (residual connection).
     Add,
     Norm { kind: Norm, dim: usize, bias: bool },
-    /// Causal multi-head self-attention with q, k, v, o projections.
-    Attention { dim: usize, heads: usize, rope: bool, bias: bool, dropout: f64 },
+    /// Causal multi-head self-attention with q, k, v, o projections; `kv_heads` < `heads` is
+    /// grouped-query attention.
+    Attention { dim: usize, heads: usize, kv_heads: usize, rope: bool, bias: bool, dropout: f64 },
     Mlp { dim: usize, hidden: usize, act: Activation, bias: bool, dropout: f64 },
+    /// Mixture of experts: a router and `experts` MLPs (stacked into one tensor per matrix, no
+    /// biases), plus `shared` always-on experts.
+    Moe { dim: usize, experts: usize, hidden: usize, act: Activation, shared: usize, dropout: f64, router: RouterSpec, active: f64 },
     /// Output logits; `tied` reuses the token embedding matrix.
     Head { vocab: usize, dim: usize, tied: bool },
 }
@@ -60,6 +64,8 @@ pub struct Param {
     pub init: ParamInit,
     /// Embedding tables (token and position), excluded from Kaplan's non-embedding count.
     pub embedding: bool,
+    /// Fraction of this tensor a token uses: k/experts for routed expert stacks, else 1.
+    pub active: f64,
 }
 
 impl Param {
@@ -100,6 +106,7 @@ impl Op {
             shape,
             init,
             embedding: false,
+            active: 1.0,
         };
         let normal = ParamInit::Normal { std: INIT_STD };
         let resid = ParamInit::Normal { std: INIT_STD / (2.0 * layers as f64).sqrt() };
@@ -119,11 +126,31 @@ impl Op {
                     out.push(p("bias", vec![*dim], ParamInit::Zeros));
                 }
             }
-            OpKind::Attention { dim, bias, .. } => {
-                for s in ["q", "k", "v"] {
-                    linear(&mut out, s, *dim, *dim, *bias, normal);
-                }
+            OpKind::Attention { dim, heads, kv_heads, bias, .. } => {
+                let kv = dim / heads * kv_heads;
+                linear(&mut out, "q", *dim, *dim, *bias, normal);
+                linear(&mut out, "k", kv, *dim, *bias, normal);
+                linear(&mut out, "v", kv, *dim, *bias, normal);
                 linear(&mut out, "o", *dim, *dim, *bias, resid);
+            }
+            OpKind::Moe { dim, experts, hidden, act, shared, router, active, .. } => {
+                out.push(p("router.weight", vec![*experts, *dim], normal));
+                if matches!(router, RouterSpec::NoisyTopk { .. }) {
+                    out.push(p("router.noise.weight", vec![*experts, *dim], ParamInit::Zeros));
+                }
+                for (group, n, frac) in [("experts", *experts, active / *experts as f64), ("shared", *shared, 1.0)] {
+                    if n == 0 {
+                        continue;
+                    }
+                    let mut mats = vec![("w1", vec![n, *hidden, *dim], normal)];
+                    if *act == Activation::Swiglu {
+                        mats.push(("w3", vec![n, *hidden, *dim], normal));
+                    }
+                    mats.push(("w2", vec![n, *dim, *hidden], resid));
+                    for (m, shape, init) in mats {
+                        out.push(Param { active: frac, ..p(&format!("{group}.{m}"), shape, init) });
+                    }
+                }
             }
             OpKind::Mlp { dim, hidden, act, bias, .. } => {
                 linear(&mut out, "w1", *hidden, *dim, *bias, normal);
@@ -146,10 +173,11 @@ impl Op {
         let t = seq as f64;
         match &self.kind {
             OpKind::Embedding { vocab, dim } => 2.0 * (*vocab as f64) * (*dim as f64),
-            OpKind::Attention { dim, heads, .. } => {
+            OpKind::Attention { dim, heads, kv_heads, .. } => {
                 let d = *dim as f64;
                 let h = *heads as f64;
-                let qkv = 2.0 * 3.0 * d * d;
+                let kv = d / h * *kv_heads as f64;
+                let qkv = 2.0 * d * (d + 2.0 * kv);
                 let logits = 2.0 * t * d;
                 let softmax = 3.0 * h * t;
                 let reduce = 2.0 * t * d;
@@ -159,6 +187,11 @@ impl Op {
             OpKind::Mlp { dim, hidden, act, .. } => {
                 let mats = if *act == Activation::Swiglu { 3.0 } else { 2.0 };
                 2.0 * mats * (*dim as f64) * (*hidden as f64)
+            }
+            OpKind::Moe { dim, experts, hidden, act, shared, active, .. } => {
+                let mats = if *act == Activation::Swiglu { 3.0 } else { 2.0 };
+                let expert = 2.0 * mats * (*dim as f64) * (*hidden as f64);
+                2.0 * (*dim as f64) * (*experts as f64) + (active + *shared as f64) * expert
             }
             OpKind::Head { vocab, dim, .. } => 2.0 * (*vocab as f64) * (*dim as f64),
             _ => 0.0,
@@ -212,7 +245,14 @@ pub fn lower_model(spec: &ModelSpec) -> ModelGraph {
         let attn = node(
             &mut g,
             format!("{pre}.attn"),
-            OpKind::Attention { dim: d, heads: spec.heads, rope: spec.position == Position::Rope, bias: spec.bias, dropout: spec.dropout },
+            OpKind::Attention {
+                dim: d,
+                heads: spec.heads,
+                kv_heads: spec.kv_heads,
+                rope: spec.position == Position::Rope,
+                bias: spec.bias,
+                dropout: spec.dropout,
+            },
             btd.clone(),
         );
         g.add_edge(n1, attn, Edge::Data);
@@ -221,12 +261,20 @@ pub fn lower_model(spec: &ModelSpec) -> ModelGraph {
         g.add_edge(attn, r1, Edge::Data);
         let n2 = node(&mut g, format!("{pre}.norm2"), norm(), btd.clone());
         g.add_edge(r1, n2, Edge::Data);
-        let ffn = node(
-            &mut g,
-            format!("{pre}.ffn"),
-            OpKind::Mlp { dim: d, hidden: spec.ffn.hidden, act: spec.ffn.act, bias: spec.bias, dropout: spec.dropout },
-            btd.clone(),
-        );
+        let kind = match &spec.moe {
+            Some(m) if m.layers.contains(&i) => OpKind::Moe {
+                dim: d,
+                experts: m.experts,
+                hidden: m.expert.hidden,
+                act: m.expert.act,
+                shared: m.shared,
+                dropout: m.expert_dropout,
+                router: m.router.clone(),
+                active: m.active_experts(),
+            },
+            _ => OpKind::Mlp { dim: d, hidden: spec.ffn.hidden, act: spec.ffn.act, bias: spec.bias, dropout: spec.dropout },
+        };
+        let ffn = node(&mut g, format!("{pre}.ffn"), kind, btd.clone());
         g.add_edge(n2, ffn, Edge::Data);
         let r2 = node(&mut g, format!("{pre}.resid2"), OpKind::Add, btd.clone());
         g.add_edge(r1, r2, Edge::Residual);

@@ -10,7 +10,8 @@ use crate::recipe::{Recipe, StageKind};
 pub struct ModelPlan {
     pub name: String,
     pub params_total: u64,
-    /// Parameters a token passes through (equal to the total for a dense model).
+    /// Parameters a token passes through: routed experts count k/experts of their weights
+    /// (equal to the total for a dense model).
     pub params_active: u64,
     /// Kaplan's N: without token and position embeddings (a tied head is the embedding).
     pub params_non_embedding: u64,
@@ -82,10 +83,11 @@ pub fn plan_model(g: &ModelGraph, batch: usize, seq: usize) -> ModelPlan {
     let params = g.params();
     let total: u64 = params.iter().map(|p| p.numel()).sum();
     let embedding: u64 = params.iter().filter(|p| p.embedding).map(|p| p.numel()).sum();
+    let active: f64 = params.iter().map(|p| p.numel() as f64 * p.active).sum();
     ModelPlan {
         name: g.spec.name.clone(),
         params_total: total,
-        params_active: total,
+        params_active: active.round() as u64,
         params_non_embedding: total - embedding,
         flops_per_token_6n: 6.0 * total as f64,
         flops_per_token_appendix_f: 3.0 * forward_flops_per_token(g, seq),
@@ -113,6 +115,18 @@ pub fn activation_bytes(g: &ModelGraph, batch: usize, seq: usize) -> u64 {
             OpKind::Mlp { hidden, act, .. } => {
                 let n = if *act == crate::recipe::Activation::Swiglu { 4 } else { 2 };
                 n * bt * *hidden as u64
+            }
+            OpKind::Moe { dim, experts, hidden, act, shared, router, active, .. } => {
+                // Router logits and probabilities, then per routed (token, expert) slot the
+                // dispatched input, hidden activations and output; capacity buffers are padded
+                // by the capacity factor.
+                let pad = match router {
+                    crate::recipe::RouterSpec::Switch { capacity_factor, .. } => capacity_factor.max(1.0),
+                    _ => 1.0,
+                };
+                let slots = ((bt as f64) * (active * pad + *shared as f64)) as u64;
+                let n = if *act == crate::recipe::Activation::Swiglu { 4 } else { 2 };
+                3 * bt * *experts as u64 + slots * (2 * *dim as u64 + n * *hidden as u64) + bt * *dim as u64
             }
             OpKind::Head { vocab, .. } => 3 * bt * *vocab as u64,
             OpKind::Dropout { .. } => bt * g.spec.d_model as u64,

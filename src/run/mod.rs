@@ -14,6 +14,7 @@ pub mod adamw;
 pub mod checkpoint;
 pub mod data;
 pub mod model;
+pub mod moe;
 pub mod progress;
 pub mod sample;
 pub mod train;

@@ -10,7 +10,8 @@ use std::collections::HashMap;
 use tch::{Device, Kind, Tensor};
 
 use crate::lower::{lower_model, ModelGraph, OpKind, ParamInit};
-use crate::recipe::{Activation, ModelSpec, Norm};
+use super::moe::{self, Experts, MoeStats};
+use crate::recipe::{Activation, ModelSpec, Norm, RouterSpec};
 
 pub struct Model {
     pub graph: ModelGraph,
@@ -87,6 +88,12 @@ impl Model {
 
     /// Logits (B, T, vocab) for token ids (B, T).
     pub fn forward(&self, tokens: &Tensor, train: bool) -> Tensor {
+        self.forward_aux(tokens, train).0
+    }
+
+    /// Logits and the statistics (with auxiliary losses) of every mixture-of-experts layer.
+    pub fn forward_aux(&self, tokens: &Tensor, train: bool) -> (Tensor, Vec<MoeStats>) {
+        let mut moe_stats = vec![];
         let mut vals: Vec<Option<Tensor>> = (0..self.order.len()).map(|_| None).collect();
         for (i, &n) in self.order.iter().enumerate() {
             let op = &self.graph.graph[n];
@@ -117,6 +124,11 @@ impl Model {
                     };
                     self.linear(&h, &format!("{}.w2", op.path)).dropout(*dropout, train)
                 }
+                OpKind::Moe { .. } => {
+                    let (y, st) = self.moe(arg(0), &op.path, &op.kind, train);
+                    moe_stats.push(st);
+                    y
+                }
                 OpKind::Head { tied, .. } => {
                     let w = if *tied { self.p("tok_emb.weight") } else { self.p("head.weight") };
                     arg(0).linear::<Tensor>(w, None)
@@ -131,16 +143,53 @@ impl Model {
             }
             vals[i] = Some(out);
         }
-        vals.pop().flatten().expect("head is the last op")
+        (vals.pop().flatten().expect("head is the last op"), moe_stats)
+    }
+
+    fn moe(&self, x: &Tensor, path: &str, op: &OpKind, train: bool) -> (Tensor, MoeStats) {
+        let OpKind::Moe { experts, act, shared, dropout, router, .. } = op else { unreachable!("moe op") };
+        let (b, t, d) = x.size3().expect("(B, T, d)");
+        let xf = x.reshape([-1, d]); // (N, d)
+        let mut xr = xf.to_kind(Kind::Float); // router math in float32 whatever the model's precision
+        if let RouterSpec::Switch { jitter, .. } = router {
+            if train && *jitter > 0.0 {
+                xr = &xr * xr.empty_like().uniform_(1.0 - jitter, 1.0 + jitter);
+            }
+        }
+        let logits = xr.linear::<Tensor>(&self.p(&format!("{path}.router.weight")).to_kind(Kind::Float), None); // (N, E)
+        let noise = self.opt(&format!("{path}.router.noise.weight")).map(|w| xr.linear::<Tensor>(&w.to_kind(Kind::Float), None));
+        let r = moe::route(router, &logits, noise.as_ref(), train);
+        let group = |g: &str| Experts {
+            w1: self.p(&format!("{path}.{g}.w1")),
+            w3: self.opt(&format!("{path}.{g}.w3")),
+            w2: self.p(&format!("{path}.{g}.w2")),
+            act: *act,
+        };
+        let mut y = moe::dispatch(&xf, &r, &group("experts"), *experts as i64);
+        if *shared > 0 {
+            let s = *shared as i64;
+            let n = xf.size()[0];
+            y = y + group("shared").apply(&xf.unsqueeze(0).expand([s, n, d], false).contiguous()).sum_dim_intlist(0, false, xf.kind());
+        }
+        let y = y.dropout(*dropout, train).view([b, t, d]);
+        (y, moe::stats(path, &r))
     }
 
     fn attention(&self, x: &Tensor, path: &str, heads: i64, dropout: f64) -> Tensor {
         let (b, t, d) = x.size3().expect("(B, T, d)");
         let hs = d / heads;
         let split = |y: Tensor| y.view([b, t, heads, hs]).transpose(1, 2); // (B, nh, T, hs)
+        let kv_heads = (self.spec().kv_heads as i64).min(heads);
+        let split_kv = |y: Tensor| y.view([b, t, kv_heads, hs]).transpose(1, 2); // (B, nkv, T, hs)
         let mut q = split(self.linear(x, &format!("{path}.q")));
-        let mut k = split(self.linear(x, &format!("{path}.k")));
-        let v = split(self.linear(x, &format!("{path}.v")));
+        let mut k = split_kv(self.linear(x, &format!("{path}.k")));
+        let mut v = split_kv(self.linear(x, &format!("{path}.v")));
+        if kv_heads < heads {
+            // Grouped-query attention: each key/value head serves heads / kv_heads query heads.
+            let rep = heads / kv_heads;
+            k = k.repeat_interleave_self_int(rep, 1, None); // (B, nh, T, hs)
+            v = v.repeat_interleave_self_int(rep, 1, None);
+        }
         if let Some((cos, sin)) = &self.rope {
             q = apply_rope(&q, cos, sin, t);
             k = apply_rope(&k, cos, sin, t);
@@ -152,9 +201,16 @@ impl Model {
 
     /// Mean next-token cross-entropy in nats.
     pub fn loss(&self, x: &Tensor, y: &Tensor, train: bool) -> Tensor {
-        let logits = self.forward(x, train);
+        self.loss_parts(x, y, train).1
+    }
+
+    /// (cross-entropy + weighted auxiliary losses, cross-entropy, MoE statistics).
+    pub fn loss_parts(&self, x: &Tensor, y: &Tensor, train: bool) -> (Tensor, Tensor, Vec<MoeStats>) {
+        let (logits, stats) = self.forward_aux(x, train);
         let v = logits.size()[2];
-        logits.view([-1, v]).cross_entropy_for_logits(&y.view([-1]))
+        let ce = logits.view([-1, v]).cross_entropy_for_logits(&y.view([-1]));
+        let total = stats.iter().fold(ce.shallow_clone(), |acc, s| acc + &s.aux);
+        (total, ce, stats)
     }
 
     pub fn named(&self) -> Vec<(String, Tensor)> {

@@ -108,10 +108,10 @@ pub fn run_train(recipe: &Recipe, source: &str, name: &str, t: &TrainSpec, dir: 
         for p in model.params.iter_mut() {
             p.zero_grad();
         }
-        let loss = model.loss(&x, &y, true);
+        let (loss, ce, moe_stats) = model.loss_parts(&x, &y, true);
         loss.backward();
         let grad_norm = clip_grad_norm(&model.params, t.grad_clip);
-        let loss_v = loss.double_value(&[]);
+        let loss_v = ce.double_value(&[]);
         if !loss_v.is_finite() || !grad_norm.is_finite() {
             bail!(
                 "stage `{name}`: {} at step {} (loss {loss_v}, gradient norm {grad_norm}). The last good checkpoint is {}.\n\
@@ -138,7 +138,10 @@ pub fn run_train(recipe: &Recipe, source: &str, name: &str, t: &TrainSpec, dir: 
         }
         progress.update(done, t.log_every, loss_v, lr, tok_s, val);
         if done % t.log_every == 0 || val.is_some() || done == t.steps {
+            let aux = (!moe_stats.is_empty()).then(|| loss.double_value(&[]) - loss_v);
             metrics.write(&Metric {
+                aux_loss: aux,
+                moe: moe_stats.iter().map(moe_json).collect(),
                 step: done,
                 tokens: done * t.tokens_per_step(),
                 loss: window.2 / window.3 as f64,
@@ -235,4 +238,18 @@ fn set_aside(dir: &Path) -> Result<()> {
     std::fs::rename(dir, &to).with_context(|| format!("setting {} aside", dir.display()))?;
     eprintln!("set the previous run aside as {}", to.display());
     Ok(())
+}
+
+fn moe_json(s: &super::moe::MoeStats) -> serde_json::Value {
+    let load: Vec<f64> = Vec::<f64>::try_from(&s.load.to_kind(tch::Kind::Double)).unwrap_or_default();
+    let mut v = json!({
+        "layer": s.layer,
+        "load": load,
+        "dropped": s.dropped.double_value(&[]),
+        "entropy": s.entropy.double_value(&[]),
+    });
+    for (name, t) in &s.parts {
+        v[*name] = json!(t.double_value(&[]));
+    }
+    v
 }

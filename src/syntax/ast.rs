@@ -140,6 +140,13 @@ impl Expr {
             _ => None,
         }
     }
+    /// The name of a constructor expression (`moe` in `moe { … }`).
+    pub fn as_ctor_name(&self) -> Option<String> {
+        match &self.kind {
+            ExprKind::Ctor { path, .. } if !path.is_empty() => Some(Self::path_string(path)),
+            _ => None,
+        }
+    }
     pub fn path_string(path: &[Ident]) -> String {
         path.iter().map(|i| i.name.as_str()).collect::<Vec<_>>().join(".")
     }

@@ -1,0 +1,245 @@
+//! Mixture-of-experts layers on tch: routing (five routers), sparse dispatch, auxiliary losses.
+//!
+//! Dispatch follows GShard/Switch: each kept (token, expert) assignment gets a slot
+//! `expert·C + position` in a capacity buffer (E, C, d); the experts run as one batched matmul
+//! over their own slots only, and the gated outputs are scatter-added back to their tokens.
+//! Compute therefore grows with k·capacity, not with the number of experts. Router math is float32.
+
+use tch::{Kind, Tensor};
+
+use crate::recipe::{Activation, RouterSpec};
+
+/// Routing decisions for N tokens: one entry per kept (token, expert) assignment.
+pub struct Routing {
+    pub tok: Tensor,
+    pub expert: Tensor,
+    pub gate: Tensor,
+    /// Position of the assignment inside its expert's buffer (< capacity).
+    pub pos: Tensor,
+    pub capacity: i64,
+    /// Router probabilities (N, E), float32, for statistics.
+    pub probs: Tensor,
+    /// Assignments per expert before capacity (E), for load statistics.
+    pub routed: Tensor,
+    /// Assignments the router made (N·k for token choice), before any were dropped.
+    pub n_routed: i64,
+    /// Weighted auxiliary loss, and the unweighted parts for the logs.
+    pub aux: Tensor,
+    pub parts: Vec<(&'static str, Tensor)>,
+}
+
+/// Expert weights of one layer, stacked: w1, w3 (SwiGLU) (E, hidden, d) and w2 (E, d, hidden).
+pub struct Experts<'a> {
+    pub w1: &'a Tensor,
+    pub w3: Option<&'a Tensor>,
+    pub w2: &'a Tensor,
+    pub act: Activation,
+}
+
+impl Experts<'_> {
+    /// Every expert on its own rows: x (E, C, d) → (E, C, d).
+    pub fn apply(&self, x: &Tensor) -> Tensor {
+        let h = x.bmm(&self.w1.transpose(1, 2)); // (E, C, hidden)
+        let h = match self.act {
+            Activation::Gelu => h.gelu("tanh"),
+            Activation::Relu => h.relu(),
+            Activation::Swiglu => h.silu() * x.bmm(&self.w3.expect("swiglu has w3").transpose(1, 2)),
+        };
+        h.bmm(&self.w2.transpose(1, 2)) // (E, C, d)
+    }
+}
+
+/// CV² = Var/mean² with the population variance (divide by n), as Shazeer et al.'s
+/// `cv_squared` (tf.nn.moments) computes it; the ε keeps it finite when everything is 0.
+pub fn cv_squared(v: &Tensor) -> Tensor {
+    let mean = v.mean(Kind::Float);
+    let var = (v - &mean).square().mean(Kind::Float);
+    var / (mean.square() + 1e-10)
+}
+
+/// Switch balance loss without its coefficient: E · Σ_i f_i · P_i, where f_i is the fraction of
+/// assignments sent to expert i and P_i the mean router probability of expert i.
+pub fn balance_loss(probs: &Tensor, routed: &Tensor, n_routed: i64) -> Tensor {
+    let e = probs.size()[1] as f64;
+    let f = routed.to_kind(Kind::Float) / n_routed as f64;
+    let p = probs.mean_dim(0, false, Kind::Float);
+    (f * p).sum(Kind::Float) * e
+}
+
+/// ST-MoE router z-loss without its coefficient: mean over tokens of logsumexp(logits)².
+pub fn z_loss(logits: &Tensor) -> Tensor {
+    logits.logsumexp(-1, false).square().mean(Kind::Float)
+}
+
+/// Shazeer et al.'s smooth load estimator: Σ_x P(x, i), where P(x, i) is the probability that
+/// expert i stays in the top k when only its own noise is redrawn:
+/// Φ((clean_i − threshold) / noise_std_i), threshold = the k-th largest noisy logit of the other
+/// experts (the (k+1)-th overall when i is in the top k, the k-th otherwise).
+pub fn smooth_load(clean: &Tensor, noisy: &Tensor, noise_std: &Tensor, k: i64) -> Tensor {
+    let (top, _) = noisy.topk(k + 1, -1, true, true); // (N, k+1)
+    let kth_if_in = top.narrow(1, k, 1); // (k+1)-th largest
+    let kth_if_out = top.narrow(1, k - 1, 1); // k-th largest
+    let is_in = noisy.ge_tensor(&kth_if_out);
+    let threshold = kth_if_out.where_self(&is_in.logical_not(), &kth_if_in);
+    let z = (clean - threshold) / noise_std;
+    let prob = ((z / std::f64::consts::SQRT_2).erf() + 1.0) * 0.5;
+    prob.sum_dim_intlist(0, false, Kind::Float)
+}
+
+/// Jacobs et al. 1991 competitive loss per example: −log Σ_j p_j·exp(−½‖d − o_j‖²), averaged.
+/// p (N, E), outputs (E, N, D), target (N, D).
+pub fn jacobs_loss(p: &Tensor, outputs: &Tensor, target: &Tensor) -> Tensor {
+    let sq = (outputs - target.unsqueeze(0)).square().sum_dim_intlist(-1, false, Kind::Float); // (E, N)
+    let log_terms = p.transpose(0, 1).log() - sq * 0.5; // (E, N)
+    (-log_terms.logsumexp(0, false)).mean(Kind::Float)
+}
+
+/// Positions of token-choice assignments inside their experts' buffers, in slot-major order
+/// (every token's first choice before any second choice, tokens in order): a running count.
+fn positions(expert: &Tensor, e: i64) -> Tensor {
+    let onehot = expert.one_hot(e); // (M, E)
+    (onehot.cumsum(0, Kind::Int64) * &onehot).sum_dim_intlist(1, false, Kind::Int64) - 1
+}
+
+/// Route N tokens. `logits` (N, E) are the clean router logits in float32; `noise_logits` the
+/// noise projection (noisy_topk only). `capacity_factor` overrides the router's (for tests).
+pub fn route(router: &RouterSpec, logits: &Tensor, noise_logits: Option<&Tensor>, train: bool) -> Routing {
+    let (n, e) = (logits.size()[0], logits.size()[1]);
+    let dev = logits.device();
+    let probs = logits.softmax(-1, Kind::Float);
+    let zero = || Tensor::zeros([], (Kind::Float, dev));
+    // Token choice: (N, k) experts and gates, a capacity, aux loss and its parts.
+    let (idx, gates, capacity, aux, parts): (Tensor, Tensor, Option<i64>, Tensor, Vec<(&'static str, Tensor)>) = match router {
+        RouterSpec::Softmax => {
+            let idx = Tensor::arange(e, (Kind::Int64, dev)).unsqueeze(0).expand([n, e], false);
+            (idx, probs.shallow_clone(), Some(n), zero(), vec![])
+        }
+        RouterSpec::Switch { capacity_factor, eval_capacity_factor, balance_loss: a, z_loss: zc, .. } => {
+            let (p, idx) = probs.max_dim(-1, true); // (N, 1)
+            let cf = if train { *capacity_factor } else { *eval_capacity_factor };
+            let cap = ((n as f64 / e as f64) * cf).ceil() as i64;
+            let routed = idx.view([-1]).bincount::<Tensor>(None, e);
+            let bal = balance_loss(&probs, &routed, n);
+            let z = z_loss(logits);
+            let aux = &bal * *a + &z * *zc;
+            (idx, p, Some(cap.max(1)), aux, vec![("balance_loss", bal), ("z_loss", z)])
+        }
+        RouterSpec::Topk { k, normalize, balance_loss: a, z_loss: zc } => {
+            let k = *k as i64;
+            let (vals, idx) = probs.topk(k, -1, true, true);
+            let gates = if *normalize { &vals / vals.sum_dim_intlist(-1, true, Kind::Float) } else { vals };
+            let routed = idx.view([-1]).bincount::<Tensor>(None, e);
+            let bal = balance_loss(&probs, &routed, n * k);
+            let z = z_loss(logits);
+            let aux = &bal * *a + &z * *zc;
+            (idx, gates, None, aux, vec![("balance_loss", bal), ("z_loss", z)])
+        }
+        RouterSpec::NoisyTopk { k, importance_loss: wi, load_loss: wl } => {
+            let k = *k as i64;
+            let noise_std = noise_logits.map(|nl| nl.softplus() + 1e-2);
+            let noisy = match (&noise_std, train) {
+                (Some(s), true) => logits + logits.randn_like() * s,
+                _ => logits.shallow_clone(),
+            };
+            let (vals, idx) = noisy.topk(k, -1, true, true);
+            let gates = vals.softmax(-1, Kind::Float); // softmax(KeepTopK(H, k)) restricted to the k kept
+            let full = Tensor::zeros([n, e], (Kind::Float, dev)).scatter(1, &idx, &gates);
+            let importance = full.sum_dim_intlist(0, false, Kind::Float);
+            let imp = cv_squared(&importance);
+            let load = match (&noise_std, train && k < e) {
+                (Some(s), true) => smooth_load(logits, &noisy, s, k),
+                _ => idx.view([-1]).bincount::<Tensor>(None, e).to_kind(Kind::Float),
+            };
+            let ld = cv_squared(&load);
+            let aux = &imp * *wi + &ld * *wl;
+            (idx, gates, None, aux, vec![("importance_loss", imp), ("load_loss", ld)])
+        }
+        RouterSpec::ExpertChoice { capacity_factor } => {
+            let cap = (((n as f64) * capacity_factor / e as f64).ceil() as i64).clamp(1, n);
+            let (g, tok) = probs.transpose(0, 1).topk(cap, -1, true, true); // (E, C): each expert's tokens
+            let expert = Tensor::arange(e, (Kind::Int64, dev)).unsqueeze(1).expand([e, cap], false).reshape([-1]);
+            let pos = Tensor::arange(cap, (Kind::Int64, dev)).unsqueeze(0).expand([e, cap], false).reshape([-1]);
+            let routed = Tensor::full([e], cap, (Kind::Int64, dev));
+            return Routing {
+                tok: tok.reshape([-1]),
+                expert,
+                gate: g.reshape([-1]),
+                pos,
+                capacity: cap,
+                probs,
+                routed,
+                n_routed: e * cap,
+                aux: zero(),
+                parts: vec![],
+            };
+        }
+    };
+    let k = idx.size()[1];
+    // Slot-major flattening: all first choices, then all second choices, …
+    let expert = idx.transpose(0, 1).reshape([-1]);
+    let tok = Tensor::arange(n, (Kind::Int64, dev)).repeat([k]);
+    let gate = gates.transpose(0, 1).reshape([-1]);
+    let pos = positions(&expert, e);
+    let routed = expert.bincount::<Tensor>(None, e);
+    let capacity = capacity.unwrap_or_else(|| routed.max().int64_value(&[]).max(1)); // dropless: the largest load
+    let keep = pos.lt(capacity).nonzero().view([-1]);
+    Routing {
+        tok: tok.index_select(0, &keep),
+        expert: expert.index_select(0, &keep),
+        gate: gate.index_select(0, &keep),
+        pos: pos.index_select(0, &keep),
+        capacity,
+        probs,
+        routed,
+        n_routed: n * k,
+        aux,
+        parts,
+    }
+}
+
+/// The sparse layer: x (N, d) → (N, d). Dropped tokens get 0 here and pass through the residual.
+pub fn dispatch(x: &Tensor, r: &Routing, experts: &Experts, e: i64) -> Tensor {
+    let (n, d) = (x.size()[0], x.size()[1]);
+    let slot = &r.expert * r.capacity + &r.pos;
+    let buffer = Tensor::zeros([e * r.capacity, d], (x.kind(), x.device())).index_copy(0, &slot, &x.index_select(0, &r.tok));
+    let out = experts.apply(&buffer.view([e, r.capacity, d])).view([e * r.capacity, d]); // (E·C, d)
+    let weighted = out.index_select(0, &slot) * r.gate.to_kind(x.kind()).unsqueeze(1);
+    Tensor::zeros([n, d], (x.kind(), x.device())).index_add(0, &r.tok, &weighted)
+}
+
+/// The same layer computed densely (every expert on every token, then masked by the routing):
+/// the reference the sparse path is tested against.
+pub fn dense_reference(x: &Tensor, r: &Routing, experts: &Experts, e: i64) -> Tensor {
+    let (n, d) = (x.size()[0], x.size()[1]);
+    let all = experts.apply(&x.unsqueeze(0).expand([e, n, d], false).contiguous()); // (E, N, d)
+    let picked = all.view([e * n, d]).index_select(0, &(&r.expert * n + &r.tok)); // (M, d)
+    Tensor::zeros([n, d], (x.kind(), x.device())).index_add(0, &r.tok, &(picked * r.gate.to_kind(x.kind()).unsqueeze(1)))
+}
+
+/// Per-layer statistics for metrics.jsonl.
+pub struct MoeStats {
+    pub layer: String,
+    pub aux: Tensor,
+    pub parts: Vec<(&'static str, Tensor)>,
+    /// Fraction of routed assignments per expert (before capacity).
+    pub load: Tensor,
+    /// Fraction of tokens that no expert processed.
+    pub dropped: Tensor,
+    /// Mean entropy of the router's distribution over experts, in nats.
+    pub entropy: Tensor,
+}
+
+pub fn stats(layer: &str, r: &Routing) -> MoeStats {
+    let n = r.probs.size()[0];
+    // Tokens no expert processed (over capacity, or chosen by no expert under expert choice).
+    let unserved = r.tok.bincount::<Tensor>(None, n).eq(0).sum(Kind::Float) / n as f64;
+    let ent = -(&r.probs * (&r.probs + 1e-9).log()).sum_dim_intlist(-1, false, Kind::Float).mean(Kind::Float);
+    MoeStats {
+        layer: layer.to_string(),
+        aux: r.aux.shallow_clone(),
+        parts: r.parts.iter().map(|(n, t)| (*n, t.detach())).collect(),
+        load: r.routed.to_kind(Kind::Float) / r.n_routed as f64,
+        dropped: unserved,
+        entropy: ent.detach(),
+    }
+}
