@@ -118,3 +118,47 @@ fn number_suffixes_and_arithmetic() {
     assert_eq!(t.steps, 100);
     assert_eq!(m.vocab, 256);
 }
+
+fn plan_of(name: &str) -> roux::plan::ModelPlan {
+    let r = load(&Path::new(env!("CARGO_MANIFEST_DIR")).join("recipes").join(name));
+    plan(&r).models.remove(0)
+}
+
+#[test]
+fn mixtral_has_its_published_total_and_active_parameters() {
+    // Jiang et al. 2024 / the released checkpoint: 46,702,792,704 total, 12,879,925,248 active.
+    // By hand: attention 2·4096² + 2·4096·1024 = 41,943,040, norms 8,192, router 32,768, experts
+    // 8·3·4096·14336 = 1,409,286,144 per block; ×32, plus 2·32000·4096 embeddings and the final norm.
+    let m = plan_of("mixtral-8x7b.roux");
+    assert_eq!(m.params_total, 46_702_792_704);
+    assert_eq!(m.params_active, 12_879_925_248);
+}
+
+#[test]
+fn switch_base_count_matches_the_arithmetic_in_its_recipe() {
+    // 32128·768 embeddings + 12·(4·768² + 2·768) attention and norms + 6·2·768·2048 dense FFNs
+    // + 6·(128·768 + 128·2·768·2048) expert layers + 768 final norm = 2,488,388,352.
+    let m = plan_of("switch-base.roux");
+    assert_eq!(m.params_total, 2_488_388_352);
+    // Active: one expert per token: 6·(128·768 + 2·768·2048) replaces the 6 expert stacks.
+    assert_eq!(m.params_active, 2_488_388_352 - 6 * 127 * 2 * 768 * 2048);
+}
+
+#[test]
+fn moe_flops_follow_active_experts_not_the_expert_count() {
+    // Same model with 8 and with 64 top-1 experts: per-token FLOPs differ only by the router
+    // (2·d·E per MoE layer: 2 layers · 2·128·(64 − 8) = 28,672).
+    let dir = std::env::temp_dir().join(format!("roux-moe-flops-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("d.txt"), "x".repeat(10_000)).unwrap();
+    let flops = |experts: usize| {
+        let src = format!(
+            r#"experiment "f" {{ data d = text("d.txt") {{ context = 64 }}
+               model m = transformer {{ vocab = 256, context = 64, d_model = 128, layers = 4, heads = 4,
+                 ffn = moe {{ experts = {experts}, every = 2, router = switch }} }} }}"#
+        );
+        std::fs::write(dir.join("f.roux"), src).unwrap();
+        plan(&load(&dir.join("f.roux"))).models[0].flops_per_token_appendix_f
+    };
+    assert_eq!(flops(64) - flops(8), 3.0 * 28_672.0);
+}

@@ -1,0 +1,172 @@
+//! Mixture-of-experts: every router loss against hand-computed values, the sparse layer against
+//! a naive per-assignment computation, exact capacity drops, and training with each router.
+#![cfg(feature = "torch")]
+
+use std::path::Path;
+use tch::{Device, Kind, Tensor};
+
+use roux::recipe::{Activation, RouterSpec};
+use roux::run::moe::{self, Experts};
+
+fn t(v: &[f32], shape: &[i64]) -> Tensor {
+    Tensor::from_slice(v).view(shape)
+}
+
+fn close(a: f64, b: f64, tol: f64) {
+    assert!((a - b).abs() < tol, "{a} vs {b}");
+}
+
+#[test]
+fn switch_balance_loss_by_hand() {
+    // probs (4 tokens × 2 experts); top-1 = [0, 0, 1, 0] → f = [3/4, 1/4];
+    // P = column means = [0.6, 0.4]; E·Σ f·P = 2·(0.75·0.6 + 0.25·0.4) = 1.1.
+    let probs = t(&[0.7, 0.3, 0.6, 0.4, 0.2, 0.8, 0.9, 0.1], &[4, 2]);
+    let routed = Tensor::from_slice(&[3i64, 1]);
+    close(moe::balance_loss(&probs, &routed, 4).double_value(&[]), 1.1, 1e-6);
+}
+
+#[test]
+fn z_loss_by_hand() {
+    // logsumexp([0, 0]) = ln 2, logsumexp([ln 3, 0]) = ln 4; mean of squares
+    // = (0.4804530 + 1.9218121) / 2 = 1.2011325 (Python: (log(2)**2 + log(4)**2) / 2).
+    let logits = t(&[0.0, 0.0, 3f32.ln(), 0.0], &[2, 2]);
+    close(moe::z_loss(&logits).double_value(&[]), 1.2011325347955035, 1e-6);
+}
+
+#[test]
+fn importance_cv_squared_uses_the_population_variance() {
+    // v = [1, 2, 3, 6]: mean 3, population variance (4 + 1 + 0 + 9)/4 = 3.5, CV² = 3.5/9.
+    // (The sample variance, /3, would give 0.5185.)
+    close(moe::cv_squared(&t(&[1.0, 2.0, 3.0, 6.0], &[4])).double_value(&[]), 3.5 / 9.0, 1e-6);
+}
+
+#[test]
+fn smooth_load_estimator_by_hand() {
+    // One token, 3 experts, k = 1, noise std 1. Clean [1, 0, −1], noisy [1.2, 0.5, −2].
+    // Expert 0 is in the top 1: threshold = 2nd largest noisy = 0.5 → Φ((1 − 0.5)/1) = Φ(0.5) = 0.6914625.
+    // Experts 1, 2 are out: threshold = largest = 1.2 → Φ(−1.2) = 0.1150697, Φ(−2.2) = 0.0139034.
+    let load = moe::smooth_load(&t(&[1.0, 0.0, -1.0], &[1, 3]), &t(&[1.2, 0.5, -2.0], &[1, 3]), &t(&[1.0, 1.0, 1.0], &[1, 3]), 1);
+    for (i, want) in [0.6914624612740131, 0.11506967022170833, 0.01390344751349859].into_iter().enumerate() {
+        close(load.double_value(&[i as i64]), want, 1e-5);
+    }
+}
+
+#[test]
+fn jacobs_competitive_loss_by_hand() {
+    // p = [0.25, 0.75], expert outputs o₁ = 0, o₂ = 3, target d = 1:
+    // −log(0.25·e^(−½·1) + 0.75·e^(−½·4)) = −log(0.1516327 + 0.1015015) = 1.3738358.
+    let loss = moe::jacobs_loss(&t(&[0.25, 0.75], &[1, 2]), &t(&[0.0, 3.0], &[2, 1, 1]), &t(&[1.0], &[1, 1]));
+    close(loss.double_value(&[]), 1.3738357830825714, 1e-5);
+}
+
+fn routers() -> Vec<RouterSpec> {
+    vec![
+        RouterSpec::Softmax,
+        RouterSpec::NoisyTopk { k: 2, importance_loss: 0.1, load_loss: 0.1 },
+        RouterSpec::Switch { capacity_factor: 1.0, eval_capacity_factor: 1.0, balance_loss: 0.01, z_loss: 0.001, jitter: 0.0 },
+        RouterSpec::Topk { k: 2, normalize: true, balance_loss: 0.01, z_loss: 0.0 },
+        RouterSpec::ExpertChoice { capacity_factor: 2.0 },
+    ]
+}
+
+/// y_t = Σ over t's kept assignments of gate · expert_e(x_t), one small matmul at a time.
+fn naive(x: &Tensor, r: &moe::Routing, w1: &Tensor, w2: &Tensor) -> Tensor {
+    let y = x.zeros_like();
+    for a in 0..r.tok.size()[0] {
+        let (tok, e) = (r.tok.int64_value(&[a]), r.expert.int64_value(&[a]));
+        let g = r.gate.double_value(&[a]);
+        let h = x.get(tok).matmul(&w1.get(e).tr()).relu().matmul(&w2.get(e).tr());
+        let mut row = y.get(tok);
+        let _ = row.g_add_(&(h * g));
+    }
+    y
+}
+
+#[test]
+fn sparse_layer_equals_the_naive_dense_computation_for_every_router() {
+    tch::manual_seed(0);
+    let (n, d, h, e) = (24, 8, 16, 4);
+    let x = Tensor::randn([n, d], (Kind::Float, Device::Cpu));
+    let w1 = Tensor::randn([e, h, d], (Kind::Float, Device::Cpu)) * 0.3;
+    let w2 = Tensor::randn([e, d, h], (Kind::Float, Device::Cpu)) * 0.3;
+    let wg = Tensor::randn([e, d], (Kind::Float, Device::Cpu));
+    let wn = Tensor::randn([e, d], (Kind::Float, Device::Cpu)) * 0.1;
+    let experts = Experts { w1: &w1, w3: None, w2: &w2, act: Activation::Relu };
+    for router in routers() {
+        for train in [false, true] {
+            let logits = x.matmul(&wg.tr());
+            let noise = x.matmul(&wn.tr());
+            let r = moe::route(&router, &logits, Some(&noise), train);
+            let sparse = moe::dispatch(&x, &r, &experts, e);
+            let dense = moe::dense_reference(&x, &r, &experts, e);
+            let slow = naive(&x, &r, &w1, &w2);
+            let d1 = (&sparse - &dense).abs().max().double_value(&[]);
+            let d2 = (&sparse - &slow).abs().max().double_value(&[]);
+            assert!(d1 < 1e-5 && d2 < 1e-5, "{} (train {train}): sparse vs dense {d1}, vs naive {d2}", router.name());
+        }
+    }
+    // Switch routes each token to its most probable expert with that probability as the gate.
+    let logits = x.matmul(&wg.tr());
+    let sw = RouterSpec::Switch { capacity_factor: 4.0, eval_capacity_factor: 4.0, balance_loss: 0.0, z_loss: 0.0, jitter: 0.0 };
+    let r = moe::route(&sw, &logits, None, false);
+    let (p, arg) = logits.softmax(-1, Kind::Float).max_dim(-1, false);
+    assert_eq!(r.tok.size()[0], n, "capacity 4× the mean load drops nothing");
+    assert!(r.expert.equal(&arg.index_select(0, &r.tok)));
+    assert!(r.gate.allclose(&p.index_select(0, &r.tok), 1e-6, 1e-6, false));
+}
+
+#[test]
+fn exactly_the_over_capacity_tokens_are_dropped() {
+    // 16 tokens, 2 experts, capacity factor 0.5 → C = ceil(16/2 · 0.5) = 4.
+    // Tokens 0..12 prefer expert 0 (12 tokens), 12..16 prefer expert 1 (4 tokens):
+    // expert 0 keeps its first 4 tokens (0, 1, 2, 3) and drops 8; expert 1 keeps all 4.
+    let n = 16;
+    let pref: Vec<f32> = (0..n).flat_map(|i| if i < 12 { [2.0, 0.0] } else { [0.0, 2.0] }).collect();
+    let logits = t(&pref, &[n, 2]);
+    let sw = RouterSpec::Switch { capacity_factor: 0.5, eval_capacity_factor: 0.5, balance_loss: 0.01, z_loss: 0.0, jitter: 0.0 };
+    let r = moe::route(&sw, &logits, None, true);
+    assert_eq!(r.capacity, 4);
+    assert_eq!(r.tok.size()[0], 8);
+    let mut kept: Vec<i64> = Vec::<i64>::try_from(&r.tok).unwrap();
+    kept.sort();
+    assert_eq!(kept, vec![0, 1, 2, 3, 12, 13, 14, 15]);
+    let st = moe::stats("l", &r);
+    close(st.dropped.double_value(&[]), 8.0 / 16.0, 1e-9);
+    // Dropped tokens get exactly zero from the layer (the residual carries them).
+    let x = Tensor::ones([n, 3], (Kind::Float, Device::Cpu));
+    let w1 = Tensor::ones([2, 5, 3], (Kind::Float, Device::Cpu));
+    let w2 = Tensor::ones([2, 3, 5], (Kind::Float, Device::Cpu));
+    let y = moe::dispatch(&x, &r, &Experts { w1: &w1, w3: None, w2: &w2, act: Activation::Relu }, 2);
+    let row_sums = Vec::<f32>::try_from(&y.abs().sum_dim_intlist(1, false, Kind::Float)).unwrap();
+    for (i, s) in row_sums.iter().enumerate() {
+        assert_eq!(*s == 0.0, (4..12).contains(&i), "token {i}: {s}");
+    }
+}
+
+#[test]
+fn each_router_trains_and_logs_expert_load() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let out = root.join("target/test-runs/moe");
+    let _ = std::fs::remove_dir_all(&out);
+    for r in ["switch", "noisy_topk", "softmax", "topk", "expert_choice"] {
+        let f = root.join(format!("tests/fixtures/tiny-moe-{r}.roux"));
+        let o = std::process::Command::new(env!("CARGO_BIN_EXE_roux")).args(["run", f.to_str().unwrap(), "--out", out.to_str().unwrap()]).env("ROUX_QUIET", "1").output().unwrap();
+        assert_eq!(o.status.code(), Some(0), "{r}: {}", String::from_utf8_lossy(&o.stderr));
+        let lines: Vec<serde_json::Value> = std::fs::read_to_string(out.join(format!("tiny-moe-{r}/pretrain/metrics.jsonl")))
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        let first = lines[0]["loss"].as_f64().unwrap();
+        let last = lines.last().unwrap()["val_loss"].as_f64().unwrap();
+        assert!(last < first - 1.0, "{r}: {first} → {last}");
+        let layers = lines.last().unwrap()["moe"].as_array().unwrap().clone();
+        assert_eq!(layers.len(), 2, "{r}: one entry per MoE layer");
+        for l in layers {
+            let load: Vec<f64> = l["load"].as_array().unwrap().iter().map(|v| v.as_f64().unwrap()).collect();
+            assert_eq!(load.len(), 4);
+            close(load.iter().sum::<f64>(), 1.0, 1e-5);
+            assert!(l["entropy"].as_f64().unwrap() >= 0.0 && l["dropped"].as_f64().unwrap() >= 0.0);
+        }
+    }
+}
