@@ -13,6 +13,7 @@ pub mod frontend;
 pub mod lower;
 pub mod plan;
 pub mod recipe;
+pub mod report;
 pub mod schedule;
 pub mod syntax;
 

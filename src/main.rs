@@ -79,6 +79,10 @@ enum Command {
         #[arg(long)]
         fresh: bool,
     },
+    /// Redraw a run directory's plots (loss, learning rate, expert load) from its metrics.
+    Report {
+        run: PathBuf,
+    },
     /// Generate text from a trained stage's model.
     Sample {
         /// A run directory, such as runs/demo/pretrain.
@@ -103,6 +107,7 @@ fn main() -> ExitCode {
         Command::Plan { file, json } => cli::plan::run(&file, json),
         Command::Graph { file, format } => cli::plan::graph(&file, format),
         Command::Run { file, out, stage, fresh } => cli::exec::run(&file, &out, &stage, fresh),
+        Command::Report { run } => cli::plan::report(&run),
         Command::Sample { run, prompt, tokens, temperature, top_k, seed } => {
             cli::exec::sample(&run, &prompt, tokens, temperature, top_k, seed)
         }

@@ -83,3 +83,19 @@ pub fn bytes(b: u64) -> String {
     }
     format!("{v:.1} {}", units[i])
 }
+
+pub fn report(run: &Path) -> u8 {
+    let title = run.iter().rev().take(2).collect::<Vec<_>>().into_iter().rev().map(|s| s.to_string_lossy()).collect::<Vec<_>>().join(" / ");
+    match roux::report::plots::write_run_plots(run, &title) {
+        Ok(files) => {
+            for f in files {
+                outln!("{}", f.display());
+            }
+            0
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            2
+        }
+    }
+}

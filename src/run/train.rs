@@ -183,6 +183,9 @@ pub fn run_train(recipe: &Recipe, source: &str, name: &str, t: &TrainSpec, dir: 
         "hash": hash,
     });
     checkpoint::write_atomic(&dir.join("report.json"), serde_json::to_string_pretty(&report)?.as_bytes())?;
+    if let Err(e) = crate::report::plots::write_run_plots(dir, &format!("{} / {name}", recipe.experiment)) {
+        eprintln!("{name}: could not draw plots: {e}");
+    }
     eprintln!(
         "{name}: done in {} — val loss {} nats/token; wrote {}",
         super::progress::format_secs(wall),

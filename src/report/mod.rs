@@ -1,0 +1,4 @@
+//! Pictures of results: SVG charts drawn from metrics (pure Rust, no plotting dependency).
+
+pub mod plots;
+pub mod svg;

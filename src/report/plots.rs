@@ -1,0 +1,52 @@
+//! Plots of a run directory, from its metrics.jsonl: the loss curves (train and validation),
+//! the learning rate, and, for mixture-of-experts models, the load of every expert over training.
+
+use std::path::{Path, PathBuf};
+
+use super::svg::{line_chart, Series};
+
+fn read_metrics(dir: &Path) -> Result<Vec<serde_json::Value>, String> {
+    let path = dir.join("metrics.jsonl");
+    let text = std::fs::read_to_string(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+    Ok(text.lines().filter_map(|l| serde_json::from_str(l).ok()).collect())
+}
+
+fn series(m: &[serde_json::Value], name: &str, key: &str, dashed: bool) -> Series {
+    Series {
+        name: name.into(),
+        points: m.iter().filter_map(|v| Some((v["step"].as_f64()?, v[key].as_f64()?))).collect(),
+        dashed,
+    }
+}
+
+/// Write the run's SVG plots next to its metrics; returns their paths.
+pub fn write_run_plots(dir: &Path, title: &str) -> Result<Vec<PathBuf>, String> {
+    let m = read_metrics(dir)?;
+    let mut written = vec![];
+    let mut put = |name: String, svg: String| -> Result<(), String> {
+        let p = dir.join(name);
+        std::fs::write(&p, svg).map_err(|e| format!("{}: {e}", p.display()))?;
+        written.push(p);
+        Ok(())
+    };
+    put(
+        "loss.svg".into(),
+        line_chart(&format!("{title}: loss"), "step", "nats per token", &[series(&m, "train", "loss", false), series(&m, "validation", "val_loss", true)], false),
+    )?;
+    put("lr.svg".into(), line_chart(&format!("{title}: learning rate"), "step", "lr", &[series(&m, "lr", "lr", false)], false))?;
+    // Expert load: one chart per MoE layer, one line per expert.
+    let layers = m.last().and_then(|v| v["moe"].as_array().cloned()).unwrap_or_default();
+    for (li, layer) in layers.iter().enumerate() {
+        let name = layer["layer"].as_str().unwrap_or("moe").to_string();
+        let experts = layer["load"].as_array().map_or(0, |a| a.len());
+        let per_expert: Vec<Series> = (0..experts.min(16))
+            .map(|e| Series {
+                name: format!("expert {e}"),
+                points: m.iter().filter_map(|v| Some((v["step"].as_f64()?, v["moe"][li]["load"][e].as_f64()?))).collect(),
+                dashed: false,
+            })
+            .collect();
+        put(format!("expert_load.{name}.svg"), line_chart(&format!("{title}: expert load, {name}"), "step", "fraction of routed tokens", &per_expert, false))?;
+    }
+    Ok(written)
+}
