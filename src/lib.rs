@@ -14,7 +14,9 @@ pub mod lower;
 pub mod plan;
 pub mod recipe;
 pub mod report;
+pub mod rng;
 pub mod schedule;
+pub mod synthetic;
 pub mod syntax;
 
 #[cfg(feature = "torch")]

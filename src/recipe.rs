@@ -11,6 +11,9 @@ pub struct Recipe {
     pub data: Vec<DataSpec>,
     pub models: Vec<ModelSpec>,
     pub stages: Vec<StageSpec>,
+    /// Generated data sets (`synthetic.*`), reproducible from the recipe's seed.
+    #[serde(default)]
+    pub synthetic: Vec<SyntheticSpec>,
 }
 
 impl Recipe {
@@ -41,6 +44,20 @@ pub struct DataSpec {
     pub split: f64,
     /// Size of the corpus in tokens (bytes for the byte tokenizer).
     pub tokens: u64,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct SyntheticSpec {
+    pub name: String,
+    pub generator: Generator,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Generator {
+    /// Regression whose input space splits into `tasks` angular sectors of the first two input
+    /// coordinates, each with its own random affine map: a task whose decomposition is known.
+    Regions { tasks: usize, dim: usize, outputs: usize, examples: usize, noise: f64 },
 }
 
 #[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq)]
@@ -201,16 +218,43 @@ impl TrainSpec {
     }
 }
 
+/// Jacobs et al. 1991's objectives for a gated mixture.
+#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Objective {
+    /// −log Σ_j p_j·exp(−½‖d − o_j‖²): experts compete for each case.
+    Competitive,
+    /// ‖d − Σ_j p_j·o_j‖²: experts cooperate (the contrast the paper draws).
+    Cooperative,
+}
+
+/// A gated mixture of small expert networks trained on a synthetic task (Jacobs et al. 1991).
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct MixtureSpec {
+    pub data: String,
+    pub experts: usize,
+    /// None: linear experts; Some: one-hidden-layer MLP experts.
+    pub expert: Option<MlpSpec>,
+    pub objective: Objective,
+    pub steps: u64,
+    pub batch: usize,
+    pub optimizer: AdamW,
+    pub schedule: Schedule,
+    pub eval_every: u64,
+}
+
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum StageKind {
     Train(TrainSpec),
+    Mixture(MixtureSpec),
 }
 
 impl StageKind {
     pub fn name(&self) -> &'static str {
         match self {
             StageKind::Train(_) => "train",
+            StageKind::Mixture(_) => "mixture",
         }
     }
 }

@@ -170,3 +170,21 @@ fn each_router_trains_and_logs_expert_load() {
         }
     }
 }
+
+#[test]
+fn jacobs_mixture_gives_each_subtask_its_own_expert() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let out = root.join("target/test-runs/jacobs");
+    let _ = std::fs::remove_dir_all(&out);
+    let o = std::process::Command::new(env!("CARGO_BIN_EXE_roux"))
+        .args(["run", root.join("recipes/jacobs-1991.roux").to_str().unwrap(), "--out", out.to_str().unwrap(), "--stage", "competitive"])
+        .env("ROUX_QUIET", "1")
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(0), "{}", String::from_utf8_lossy(&o.stderr));
+    let r: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.join("jacobs-1991/competitive/report.json")).unwrap()).unwrap();
+    // 4 sectors, 4 experts: the competitive objective gives every sector to a different expert,
+    // each winning (almost) all of its sector's held-out examples.
+    assert_eq!(r["distinct_experts_claiming"], 4, "{r}");
+    assert!(r["purity"].as_f64().unwrap() > 0.95, "{r}");
+}

@@ -3,7 +3,7 @@
 use super::fields::Fields;
 use super::Checker;
 use crate::diag::Diagnostic;
-use crate::recipe::{DataSpec, Tokenizer};
+use crate::recipe::{DataSpec, Generator, SyntheticSpec, Tokenizer};
 use crate::syntax::ast::{Decl, ExprKind};
 
 impl<'a> Checker<'a> {
@@ -19,9 +19,19 @@ impl<'a> Checker<'a> {
         spec
     }
 
+    /// True when `d` declares generated data (`synthetic.*`) rather than a text corpus.
+    pub fn is_synthetic(&self, d: &Decl) -> bool {
+        d.value.as_ctor_name().is_some_and(|n| n.starts_with("synthetic."))
+    }
+
     fn check_data(&mut self, d: &'a Decl) -> Option<DataSpec> {
-        let (_, path, args, block) = self.ctor(&d.value, "data source", &["text"])?;
+        let (kind, path, args, block) = self.ctor(&d.value, "data source", &["text", "synthetic.regions"])?;
         let at = Checker::span_of_path(path);
+        if kind == "synthetic.regions" {
+            let spec = self.check_regions(d, block, at);
+            self.synthetic.insert(d.name.name.clone(), spec);
+            return None;
+        }
         let mut f = Fields::new(block, &self.top_scope(), format!("data `{}`", d.name.name), at);
         let tokenizer = f.sym(self, "tokenizer", &["bytes"], Some("bytes"));
         let context = f.size(self, "context", None);
@@ -82,4 +92,27 @@ impl<'a> Checker<'a> {
 
 fn f_span(block: Option<&crate::syntax::ast::Block>, key: &str) -> Option<crate::diag::Span> {
     block.and_then(|b| b.field(key)).map(|f| f.value.span)
+}
+
+impl<'a> Checker<'a> {
+    /// `synthetic.regions { tasks, dim, outputs, examples, noise }`
+    fn check_regions(&mut self, d: &'a Decl, block: Option<&'a crate::syntax::ast::Block>, at: crate::diag::Span) -> Option<SyntheticSpec> {
+        let mut f = Fields::new(block, &self.top_scope(), format!("data `{}`", d.name.name), at);
+        let tasks = f.size(self, "tasks", Some(4));
+        let dim = f.size(self, "dim", Some(2));
+        let outputs = f.size(self, "outputs", Some(1));
+        let examples = f.size(self, "examples", Some(4000));
+        let noise = f.ranged(self, "noise", Some(0.0), 0.0, false, f64::INFINITY, true);
+        let dim_span = f.value_span("dim");
+        f.finish(self);
+        if dim? < 2 {
+            self.error(Diagnostic::error("E0201", dim_span, "`dim` must be at least 2: the regions are sectors of the first two inputs")
+                .with_hint("set `dim = 2` or more"));
+            return None;
+        }
+        Some(SyntheticSpec {
+            name: d.name.name.clone(),
+            generator: Generator::Regions { tasks: tasks?, dim: dim?, outputs: outputs?, examples: examples?, noise: noise? },
+        })
+    }
 }

@@ -7,6 +7,7 @@
 mod data;
 mod eval;
 mod fields;
+mod mixture;
 mod model;
 mod moe;
 mod stage;
@@ -29,6 +30,7 @@ pub struct Checker<'a> {
     diags: Vec<Diagnostic>,
     decls: Vec<&'a Decl>,
     data: HashMap<String, Option<DataSpec>>,
+    synthetic: HashMap<String, Option<SyntheticSpec>>,
     /// Key spans of the fields being evaluated, to catch `a = b, b = a`.
     visiting: Vec<usize>,
 }
@@ -47,6 +49,7 @@ pub fn check(ast: &ast::Recipe, base_dir: &Path) -> Checked {
         diags: vec![],
         decls: vec![],
         data: HashMap::new(),
+        synthetic: HashMap::new(),
         visiting: vec![],
     };
     let recipe = ck.run();
@@ -111,14 +114,21 @@ impl<'a> Checker<'a> {
         }
         let stages = self.check_stages(&decls);
 
-        let data: Vec<Option<DataSpec>> =
-            decls.iter().filter(|d| d.kind == DeclKind::Data).map(|d| self.data.get(&d.name.name).cloned().flatten()).collect();
+        let mut data: Vec<Option<DataSpec>> = vec![];
+        let mut synthetic: Vec<Option<SyntheticSpec>> = vec![];
+        for d in decls.iter().filter(|d| d.kind == DeclKind::Data) {
+            match self.synthetic.get(&d.name.name) {
+                Some(s) => synthetic.push(s.clone()),
+                None => data.push(self.data.get(&d.name.name).cloned().flatten()),
+            }
+        }
         Some(Recipe {
             experiment: self.ast.name.clone(),
             seed: seed?,
             data: data.into_iter().collect::<Option<Vec<_>>>()?,
             models: models.into_iter().collect::<Option<Vec<_>>>()?,
             stages: stages?,
+            synthetic: synthetic.into_iter().collect::<Option<Vec<_>>>()?,
         })
     }
 

@@ -10,7 +10,7 @@ use crate::diag::{Diagnostic, Span};
 use crate::recipe::*;
 use crate::syntax::ast::{Arg, Decl, DeclKind, Expr, ExprKind};
 
-pub const STAGE_KINDS: &[&str] = &["train"];
+pub const STAGE_KINDS: &[&str] = &["train", "mixture"];
 
 impl<'a> Checker<'a> {
     pub fn check_stages(&mut self, decls: &[&'a Decl]) -> Option<Vec<StageSpec>> {
@@ -80,12 +80,14 @@ impl<'a> Checker<'a> {
         let (kind, path, args, block) = self.ctor(&d.value, "stage kind", STAGE_KINDS)?;
         let at = Checker::span_of_path(path);
         let args = args.unwrap_or(&[]);
-        debug_assert_eq!(kind, "train");
-        self.check_train(d, at, args, block)
+        match kind {
+            "mixture" => self.check_mixture(d, at, args, block),
+            _ => self.check_train(d, at, args, block),
+        }
     }
 
     /// Named or positional arguments, in `names` order. Reports unknown, missing and extra ones.
-    fn bind_args(&mut self, at: Span, kind: &str, args: &'a [Arg], names: &[&'static str]) -> Vec<Option<&'a Expr>> {
+    pub(super) fn bind_args(&mut self, at: Span, kind: &str, args: &'a [Arg], names: &[&'static str]) -> Vec<Option<&'a Expr>> {
         let mut out: Vec<Option<&'a Expr>> = vec![None; names.len()];
         for (i, a) in args.iter().enumerate() {
             let slot = match &a.name {
@@ -120,7 +122,7 @@ impl<'a> Checker<'a> {
     }
 
     /// The declaration a bare reference names, which must be of kind `want`.
-    fn decl_ref(&mut self, e: &'a Expr, want: DeclKind, what: &str) -> Option<&'a Decl> {
+    pub(super) fn decl_ref(&mut self, e: &'a Expr, want: DeclKind, what: &str) -> Option<&'a Decl> {
         let Some(path) = e.as_path() else {
             self.error(Diagnostic::error("E0301", e.span, format!("expected {what}, found {}", super::eval::describe(e))).with_hint("pass the name of a declaration"));
             return None;
@@ -277,6 +279,11 @@ impl<'a> Checker<'a> {
 
     fn data_arg(&mut self, e: &'a Expr) -> Option<DataSpec> {
         let d = self.decl_ref(e, DeclKind::Data, "a data set")?;
+        if d.kind == DeclKind::Data && self.is_synthetic(d) {
+            self.error(Diagnostic::error("E0301", e.span, format!("`{}` is synthetic regression data, not a text corpus", d.name.name))
+                .with_hint("`train` needs `text(…)` data; synthetic regions are for `mixture` stages"));
+            return None;
+        }
         if d.kind != DeclKind::Data || e.as_path().map_or(true, |p| p.len() != 1) {
             self.error(Diagnostic::error("E0301", e.span, format!("expected a data set, found {} `{}`", kind_noun(d.kind), d.name.name))
                 .with_hint("pass a `data` declaration"));
@@ -296,7 +303,7 @@ impl<'a> Checker<'a> {
         Some((ctx? as usize, vocab? as usize))
     }
 
-    fn check_adamw(&mut self, outer: &mut Fields<'a>) -> Option<AdamW> {
+    pub(super) fn check_adamw(&mut self, outer: &mut Fields<'a>) -> Option<AdamW> {
         let field = outer.field("optimizer");
         let (block, at) = match field {
             Some(f) => {
@@ -338,7 +345,7 @@ impl<'a> Checker<'a> {
         Some((b1?, b2?))
     }
 
-    fn check_schedule(&mut self, outer: &mut Fields<'a>) -> Option<Schedule> {
+    pub(super) fn check_schedule(&mut self, outer: &mut Fields<'a>) -> Option<Schedule> {
         let Some(field) = outer.field("schedule") else { return Some(Schedule::Constant { warmup: 0 }) };
         let (kind, path, _, block) = self.ctor(&field.value, "schedule", &["constant", "cosine"])?;
         let mut f = Fields::new(block, &outer.scope, kind, Checker::span_of_path(path));

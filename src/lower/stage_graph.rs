@@ -2,6 +2,8 @@
 //! The checker has already rejected cycles, so the topological order always exists.
 
 use petgraph::graph::{DiGraph, NodeIndex};
+use petgraph::Direction;
+use std::collections::BTreeSet;
 use std::collections::HashMap;
 
 use crate::recipe::{Recipe, StageSpec};
@@ -11,13 +13,25 @@ pub struct StageGraph {
 }
 
 impl StageGraph {
-    /// Stages in an order where every stage comes after the stages it reads from.
+    /// Stages in an order where every stage comes after the stages it reads from; among the
+    /// stages ready to run, the one declared first goes first (Kahn's algorithm), so the order
+    /// is the recipe's wherever dependencies allow.
     pub fn order(&self) -> Vec<&StageSpec> {
-        petgraph::algo::toposort(&self.graph, None)
-            .expect("checked recipes have acyclic stage graphs")
-            .into_iter()
-            .map(|n| &self.graph[n])
-            .collect()
+        let mut indegree: Vec<usize> = self.graph.node_indices().map(|n| self.graph.neighbors_directed(n, Direction::Incoming).count()).collect();
+        let mut ready: BTreeSet<usize> = (0..indegree.len()).filter(|&i| indegree[i] == 0).collect();
+        let mut out = vec![];
+        while let Some(i) = ready.pop_first() {
+            let n = NodeIndex::new(i);
+            out.push(&self.graph[n]);
+            for m in self.graph.neighbors_directed(n, Direction::Outgoing) {
+                indegree[m.index()] -= 1;
+                if indegree[m.index()] == 0 {
+                    ready.insert(m.index());
+                }
+            }
+        }
+        assert_eq!(out.len(), indegree.len(), "checked recipes have acyclic stage graphs");
+        out
     }
 }
 

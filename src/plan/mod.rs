@@ -70,6 +70,12 @@ pub fn plan(r: &Recipe) -> Plan {
                 let per_token = 3.0 * forward_flops_per_token(g, t.context);
                 StagePlan { name: s.name.clone(), kind: s.kind.name(), after: s.after.clone(), steps: t.steps, tokens, flops: per_token * tokens as f64 }
             }
+            StageKind::Mixture(m) => {
+                // Every expert runs on every example (the gate is dense): 6 FLOPs per parameter per example.
+                let examples = m.steps * m.batch as u64;
+                let params = r.synthetic.iter().find(|d| d.name == m.data).map_or(0, |d| mixture_params(m, &d.generator));
+                StagePlan { name: s.name.clone(), kind: s.kind.name(), after: s.after.clone(), steps: m.steps, tokens: examples, flops: 6.0 * params as f64 * examples as f64 }
+            }
         })
         .collect();
     Plan { experiment: r.experiment.clone(), models, stages }
@@ -134,4 +140,18 @@ pub fn activation_bytes(g: &ModelGraph, batch: usize, seq: usize) -> u64 {
         })
         .sum();
     4 * floats
+}
+
+/// Parameters of a Jacobs mixture: a linear gate (weights and bias) and the experts.
+pub fn mixture_params(m: &crate::recipe::MixtureSpec, g: &crate::recipe::Generator) -> u64 {
+    let crate::recipe::Generator::Regions { dim, outputs, .. } = *g;
+    let (e, i, o) = (m.experts as u64, dim as u64, outputs as u64);
+    let expert = match &m.expert {
+        None => i * o + o,
+        Some(mlp) => {
+            let h = mlp.hidden as u64;
+            i * h + h + h * o + o
+        }
+    };
+    e * (i + 1) + e * expert
 }

@@ -21,23 +21,7 @@ impl Corpus {
     }
 }
 
-/// SplitMix64: tiny, fast, and its whole state is one u64 that a checkpoint can store.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct Rng(pub u64);
-
-impl Rng {
-    pub fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-    /// Uniform in 0..n (n > 0), without modulo bias worth caring about at these sizes.
-    pub fn below(&mut self, n: u64) -> u64 {
-        ((self.next_u64() as u128 * n as u128) >> 64) as u64
-    }
-}
+pub use crate::rng::Rng;
 
 /// `batch` random windows of `context + 1` tokens: inputs (B, T) and next-token targets (B, T).
 pub fn batch(tokens: &[u8], batch: usize, context: usize, rng: &mut Rng, device: Device) -> (Tensor, Tensor) {

@@ -6,6 +6,8 @@
 //! | `adamw.rs`      | AdamW on plain tensors, so its state can be checkpointed         |
 //! | `data.rs`       | byte corpus, train/validation split, seeded batch sampling      |
 //! | `train.rs`      | the training loop of a `train` stage, written out               |
+//! | `moe.rs`        | routers, sparse expert dispatch, auxiliary losses                |
+//! | `mixture.rs`    | a `mixture` stage: Jacobs et al. 1991 on a synthetic task        |
 //! | `checkpoint.rs` | atomic safetensors writes, run state, resume                     |
 //! | `progress.rs`   | the progress line and metrics.jsonl                              |
 //! | `sample.rs`     | `roux sample`: generation from a trained run                     |
@@ -13,6 +15,7 @@
 pub mod adamw;
 pub mod checkpoint;
 pub mod data;
+pub mod mixture;
 pub mod model;
 pub mod moe;
 pub mod progress;
@@ -45,6 +48,12 @@ pub fn run_recipe(recipe: &Recipe, source: &str, out: &Path, only: &[String], fr
         let dir = out.join(&recipe.experiment).join(&stage.name);
         match &stage.kind {
             StageKind::Train(t) => train::run_train(recipe, source, &stage.name, t, &dir, fresh)?,
+            StageKind::Mixture(m) => {
+                if fresh && dir.exists() {
+                    train::set_aside(&dir)?;
+                }
+                mixture::run_mixture(recipe, &stage.name, m, &dir)?
+            }
         }
     }
     Ok(())

@@ -226,14 +226,14 @@ pub fn evaluate(model: &Model, val: &[u8], t: &TrainSpec, seed: u64) -> f64 {
     })
 }
 
-fn read_report_hash(dir: &Path) -> Result<String> {
+pub(crate) fn read_report_hash(dir: &Path) -> Result<String> {
     let text = std::fs::read_to_string(dir.join("report.json")).with_context(|| format!("no finished run in {}", dir.display()))?;
     let v: serde_json::Value = serde_json::from_str(&text)?;
     v["hash"].as_str().map(String::from).context("report.json has no hash")
 }
 
 /// Rename an existing run directory out of the way instead of deleting it.
-fn set_aside(dir: &Path) -> Result<()> {
+pub(crate) fn set_aside(dir: &Path) -> Result<()> {
     let ts = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
     let mut name = dir.file_name().unwrap_or_default().to_os_string();
     name.push(format!(".old-{ts}"));
