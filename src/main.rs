@@ -79,6 +79,15 @@ enum Command {
         #[arg(long)]
         fresh: bool,
     },
+    /// Benchmarks measured as ratios in one run: `moe` (64 vs 8 experts vs dense).
+    Bench {
+        #[arg(value_parser = ["moe"])]
+        which: String,
+        #[arg(long, default_value_t = 5)]
+        reps: usize,
+        #[arg(long, default_value_t = 5)]
+        steps: usize,
+    },
     /// Redraw a run directory's plots (loss, learning rate, expert load) from its metrics.
     Report {
         run: PathBuf,
@@ -107,6 +116,7 @@ fn main() -> ExitCode {
         Command::Plan { file, json } => cli::plan::run(&file, json),
         Command::Graph { file, format } => cli::plan::graph(&file, format),
         Command::Run { file, out, stage, fresh } => cli::exec::run(&file, &out, &stage, fresh),
+        Command::Bench { which: _, reps, steps } => cli::exec::bench(reps, steps),
         Command::Report { run } => cli::plan::report(&run),
         Command::Sample { run, prompt, tokens, temperature, top_k, seed } => {
             cli::exec::sample(&run, &prompt, tokens, temperature, top_k, seed)

@@ -47,3 +47,19 @@ fn no_torch(cmd: &str) -> u8 {
     eprintln!("error: `roux {cmd}` needs libtorch; this roux was built without the `torch` feature (check, plan and graph work)");
     2
 }
+
+#[cfg(feature = "torch")]
+pub fn bench(reps: usize, steps: usize) -> u8 {
+    match roux::run::bench::bench_moe(reps.max(1), steps.max(1)) {
+        Ok(()) => 0,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            2
+        }
+    }
+}
+
+#[cfg(not(feature = "torch"))]
+pub fn bench(_: usize, _: usize) -> u8 {
+    no_torch("bench")
+}

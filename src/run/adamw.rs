@@ -34,10 +34,15 @@ impl AdamW {
     /// One update with learning rate `lr`:
     ///   m ← β1·m + (1−β1)·g,  v ← β2·v + (1−β2)·g²
     ///   p ← p·(1 − lr·λ) − lr · (m / (1−β1ᵗ)) / (sqrt(v / (1−β2ᵗ)) + ε)
+    /// computed, as PyTorch's AdamW does, with the bias corrections folded into the step size:
+    ///   p ← p − (lr·sqrt(1−β2ᵗ)/(1−β1ᵗ)) · m / (sqrt(v) + ε·sqrt(1−β2ᵗ)),
+    /// which is the same number and saves passes over the weights.
     pub fn step(&mut self, params: &mut [Tensor], lr: f64) {
         self.t += 1;
         let bc1 = 1.0 - self.beta1.powf(self.t as f64);
         let bc2 = 1.0 - self.beta2.powf(self.t as f64);
+        let step = lr * bc2.sqrt() / bc1;
+        let eps = self.eps * bc2.sqrt();
         tch::no_grad(|| {
             for (i, p) in params.iter_mut().enumerate() {
                 let g = p.grad();
@@ -45,15 +50,15 @@ impl AdamW {
                     continue;
                 }
                 let _ = self.m[i].lerp_(&g, 1.0 - self.beta1);
-                let _ = self.v[i].g_mul_scalar_(self.beta2);
-                let _ = self.v[i].addcmul_(&(&g * (1.0 - self.beta2)), &g);
+                let _ = self.v[i].lerp_(&g.square(), 1.0 - self.beta2);
                 if self.decay[i] && self.weight_decay > 0.0 {
                     let _ = p.g_mul_scalar_(1.0 - lr * self.weight_decay);
                 }
+                // p += m / denom with denom = −(sqrt(v) + ε')/step: one addcdiv, no extra temporary.
                 let mut denom = self.v[i].sqrt();
-                let _ = denom.g_div_scalar_(bc2.sqrt());
-                let _ = denom.g_add_scalar_(self.eps);
-                let _ = p.addcdiv_(&(&self.m[i] * (-lr / bc1)), &denom);
+                let _ = denom.g_add_scalar_(eps);
+                let _ = denom.g_div_scalar_(-step);
+                let _ = p.addcdiv_(&self.m[i], &denom);
             }
         });
     }

@@ -11,8 +11,10 @@
 //! | `checkpoint.rs` | atomic safetensors writes, run state, resume                     |
 //! | `progress.rs`   | the progress line and metrics.jsonl                              |
 //! | `sample.rs`     | `roux sample`: generation from a trained run                     |
+//! | `bench.rs`      | `roux bench`: step-time comparisons measured in one run          |
 
 pub mod adamw;
+pub mod bench;
 pub mod checkpoint;
 pub mod data;
 pub mod mixture;
