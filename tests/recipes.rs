@@ -113,7 +113,7 @@ fn number_suffixes_and_arithmetic() {
     let r = load(&dir.join("n.roux"));
     let m = &r.models[0];
     assert_eq!((m.context, m.d_model, m.layers, m.ffn.hidden), (16, 16, 2, 48));
-    let roux::recipe::StageKind::Train(t) = &r.stages[0].kind;
+    let roux::recipe::StageKind::Train(t) = &r.stages[0].kind else { panic!("a train stage") };
     // 1600 tokens / (2 × 8) per step = 100 steps.
     assert_eq!(t.steps, 100);
     assert_eq!(m.vocab, 256);
