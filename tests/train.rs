@@ -46,7 +46,9 @@ fn built_models_have_exactly_the_planned_parameters() {
         let r = roux::frontend::compile(&f).unwrap().recipe.unwrap_or_else(|| panic!("{} checks", f.display()));
         let plan = roux::plan::plan(&r);
         for (spec, mp) in r.models.iter().zip(&plan.models) {
-            let m = Model::new(spec, Device::Cpu);
+            // Models beyond 500M parameters (Mixtral, Switch-Base) are built with stride-0
+            // tensors of their real shapes: same builder, no memory.
+            let m = if mp.params_total > 500_000_000 { Model::shapes_only(spec) } else { Model::new(spec, Device::Cpu) };
             assert_eq!(m.numel(), mp.params_total, "{}: model {}", f.display(), spec.name);
             // And every tensor has the name and shape the graph gave it.
             let graph_params = roux::lower::lower_model(spec).params();

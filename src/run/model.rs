@@ -30,12 +30,28 @@ pub struct Model {
 impl Model {
     /// Fresh parameters, initialised as the graph says, from libtorch's (seeded) generator.
     pub fn new(spec: &ModelSpec, device: Device) -> Model {
+        Self::build(spec, device, true)
+    }
+
+    /// The same model with every parameter a stride-0 view of one element: real tch tensors of
+    /// the real shapes, no memory. For checking the structure of models too large to allocate
+    /// (Mixtral's 46.7B parameters); it cannot be trained.
+    pub fn shapes_only(spec: &ModelSpec) -> Model {
+        Self::build(spec, Device::Cpu, false)
+    }
+
+    fn build(spec: &ModelSpec, device: Device, materialize: bool) -> Model {
         let graph = lower_model(spec);
         let mut names = vec![];
         let mut params = vec![];
         tch::no_grad(|| {
             for p in graph.params() {
                 let shape: Vec<i64> = p.shape.iter().map(|&d| d as i64).collect();
+                if !materialize {
+                    names.push(p.name);
+                    params.push(Tensor::zeros([1], (Kind::Float, device)).expand(&shape, false));
+                    continue;
+                }
                 let t = match p.init {
                     ParamInit::Zeros => Tensor::zeros(&shape, (Kind::Float, device)),
                     ParamInit::Ones => Tensor::ones(&shape, (Kind::Float, device)),
