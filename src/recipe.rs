@@ -192,6 +192,15 @@ pub enum Device {
     Cuda,
 }
 
+#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Precision {
+    #[default]
+    Fp32,
+    /// bfloat16 compute with float32 master weights and optimizer state.
+    Bf16,
+}
+
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 pub struct TrainSpec {
     /// Name of the model architecture trained.
@@ -210,6 +219,8 @@ pub struct TrainSpec {
     pub log_every: u64,
     pub checkpoint_every: u64,
     pub device: Device,
+    #[serde(default)]
+    pub precision: Precision,
 }
 
 impl TrainSpec {

@@ -211,3 +211,16 @@ fn llama_style_model_trains_and_a_second_stage_continues_from_the_first() {
     let cont = more[0]["loss"].as_f64().unwrap();
     assert!(cont < end + 0.3, "continued stage starts at {cont}, pretrain ended at {end}");
 }
+
+#[test]
+fn bf16_compute_trains_and_keeps_float32_weights() {
+    let out = scratch("bf16");
+    run_ok(&fixture("tiny-bf16.roux"), &out);
+    let dir = out.join("tiny-bf16/pretrain");
+    let m = metrics(&dir);
+    let (first, last) = (m[0]["loss"].as_f64().unwrap(), m.last().unwrap()["val_loss"].as_f64().unwrap());
+    assert!(last < first - 1.0, "{first} → {last}");
+    for (name, t) in Tensor::read_safetensors(dir.join("model.safetensors")).unwrap() {
+        assert_eq!(t.kind(), Kind::Float, "{name} is saved as {:?}", t.kind());
+    }
+}

@@ -196,6 +196,7 @@ impl<'a> Checker<'a> {
         let log_every = f.int(self, "log_every", Some(10), Min::One);
         let checkpoint_every = f.int(self, "checkpoint_every", Some(0), Min::Zero);
         let device = f.sym(self, "device", &["auto", "cpu", "cuda"], Some("auto"));
+        let precision = f.sym(self, "precision", &["fp32", "bf16"], Some("fp32"));
         let tokens_span = f.key_span("tokens");
         let sched_span = f.value_span("schedule");
         f.finish(self);
@@ -273,6 +274,7 @@ impl<'a> Checker<'a> {
                     "cuda" => Device::Cuda,
                     _ => Device::Auto,
                 },
+                precision: if precision? == "bf16" { Precision::Bf16 } else { Precision::Fp32 },
             }),
         })
     }

@@ -25,6 +25,9 @@ pub struct Model {
     last_use: Vec<usize>,
     rope: Option<(Tensor, Tensor)>,
     pub device: Device,
+    /// Kind the forward pass computes in. Parameters stay float32 (the master weights AdamW
+    /// updates); with bfloat16 each is cast where it is used, so gradients flow back to float32.
+    pub compute: Kind,
 }
 
 impl Model {
@@ -79,7 +82,7 @@ impl Model {
         }
         let rope = (spec.position == crate::recipe::Position::Rope).then(|| rope_tables(spec.context, spec.head_dim(), device));
         let index = names.iter().enumerate().map(|(i, n)| (n.clone(), i)).collect();
-        Model { graph, names, params, index, order, inputs, last_use, rope, device }
+        Model { graph, names, params, index, order, inputs, last_use, rope, device, compute: Kind::Float }
     }
 
     pub fn spec(&self) -> &ModelSpec {
@@ -98,8 +101,17 @@ impl Model {
         self.index.get(name).map(|&i| &self.params[i])
     }
 
+    /// A parameter in the compute kind (no copy when that is float32).
+    fn w(&self, name: &str) -> Tensor {
+        self.p(name).to_kind(self.compute)
+    }
+
+    fn w_opt(&self, name: &str) -> Option<Tensor> {
+        self.opt(name).map(|t| t.to_kind(self.compute))
+    }
+
     fn linear(&self, x: &Tensor, path: &str) -> Tensor {
-        x.linear(self.p(&format!("{path}.weight")), self.opt(&format!("{path}.bias")))
+        x.linear(&self.w(&format!("{path}.weight")), self.w_opt(&format!("{path}.bias")).as_ref())
     }
 
     /// Logits (B, T, vocab) for token ids (B, T).
@@ -116,18 +128,18 @@ impl Model {
             let arg = |k: usize| vals[self.inputs[i][k]].as_ref().expect("input computed before use");
             let out = match &op.kind {
                 OpKind::Tokens => tokens.shallow_clone(),
-                OpKind::Embedding { .. } => Tensor::embedding(self.p(&format!("{}.weight", op.path)), arg(0), -1, false, false),
+                OpKind::Embedding { .. } => Tensor::embedding(&self.w(&format!("{}.weight", op.path)), arg(0), -1, false, false),
                 OpKind::PosEmbedding { .. } => {
                     let t = arg(0).size()[1];
-                    self.p(&format!("{}.weight", op.path)).narrow(0, 0, t) // (T, d), broadcast over B
+                    self.w(&format!("{}.weight", op.path)).narrow(0, 0, t) // (T, d), broadcast over B
                 }
                 OpKind::Dropout { p } => arg(0).dropout(*p, train),
                 OpKind::Add => arg(0) + arg(1),
                 OpKind::Norm { kind, dim, .. } => {
-                    let w = self.p(&format!("{}.weight", op.path));
+                    let w = self.w(&format!("{}.weight", op.path));
                     match kind {
-                        Norm::Layernorm => arg(0).layer_norm([*dim as i64], Some(w), self.opt(&format!("{}.bias", op.path)), 1e-5, true),
-                        Norm::Rmsnorm => arg(0).rms_norm([*dim as i64], Some(w), 1e-6),
+                        Norm::Layernorm => arg(0).layer_norm([*dim as i64], Some(&w), self.w_opt(&format!("{}.bias", op.path)).as_ref(), 1e-5, true),
+                        Norm::Rmsnorm => arg(0).rms_norm([*dim as i64], Some(&w), 1e-6),
                     }
                 }
                 OpKind::Attention { heads, dropout, .. } => self.attention(arg(0), &op.path, *heads as i64, if train { *dropout } else { 0.0 }),
@@ -146,8 +158,8 @@ impl Model {
                     y
                 }
                 OpKind::Head { tied, .. } => {
-                    let w = if *tied { self.p("tok_emb.weight") } else { self.p("head.weight") };
-                    arg(0).linear::<Tensor>(w, None)
+                    let w = if *tied { self.w("tok_emb.weight") } else { self.w("head.weight") };
+                    arg(0).linear::<Tensor>(&w, None)
                 }
             };
             // Free inputs this node was the last user of.
@@ -175,17 +187,14 @@ impl Model {
         let logits = xr.linear::<Tensor>(&self.p(&format!("{path}.router.weight")).to_kind(Kind::Float), None); // (N, E)
         let noise = self.opt(&format!("{path}.router.noise.weight")).map(|w| xr.linear::<Tensor>(&w.to_kind(Kind::Float), None));
         let r = moe::route(router, &logits, noise.as_ref(), train);
-        let group = |g: &str| Experts {
-            w1: self.p(&format!("{path}.{g}.w1")),
-            w3: self.opt(&format!("{path}.{g}.w3")),
-            w2: self.p(&format!("{path}.{g}.w2")),
-            act: *act,
-        };
-        let mut y = moe::dispatch(&xf, &r, &group("experts"), *experts as i64);
+        let weights = |g: &str| (self.w(&format!("{path}.{g}.w1")), self.w_opt(&format!("{path}.{g}.w3")), self.w(&format!("{path}.{g}.w2")));
+        let (w1, w3, w2) = weights("experts");
+        let mut y = moe::dispatch(&xf, &r, &Experts { w1: &w1, w3: w3.as_ref(), w2: &w2, act: *act }, *experts as i64);
         if *shared > 0 {
-            let s = *shared as i64;
-            let n = xf.size()[0];
-            y = y + group("shared").apply(&xf.unsqueeze(0).expand([s, n, d], false).contiguous()).sum_dim_intlist(0, false, xf.kind());
+            let (s, n) = (*shared as i64, xf.size()[0]);
+            let (w1, w3, w2) = weights("shared");
+            let sh = Experts { w1: &w1, w3: w3.as_ref(), w2: &w2, act: *act };
+            y = y + sh.apply(&xf.unsqueeze(0).expand([s, n, d], false).contiguous()).sum_dim_intlist(0, false, xf.kind());
         }
         let y = y.dropout(*dropout, train).view([b, t, d]);
         (y, moe::stats(path, &r))
@@ -224,7 +233,7 @@ impl Model {
     pub fn loss_parts(&self, x: &Tensor, y: &Tensor, train: bool) -> (Tensor, Tensor, Vec<MoeStats>) {
         let (logits, stats) = self.forward_aux(x, train);
         let v = logits.size()[2];
-        let ce = logits.view([-1, v]).cross_entropy_for_logits(&y.view([-1]));
+        let ce = logits.view([-1, v]).to_kind(Kind::Float).cross_entropy_for_logits(&y.view([-1]));
         let total = stats.iter().fold(ce.shallow_clone(), |acc, s| acc + &s.aux);
         (total, ce, stats)
     }
@@ -262,7 +271,7 @@ fn rope_tables(context: usize, hs: usize, device: Device) -> (Tensor, Tensor) {
 /// Rotate pairs (x1, x2) = (first half, second half) of each head's features.
 fn apply_rope(x: &Tensor, cos: &Tensor, sin: &Tensor, t: i64) -> Tensor {
     let half = x.size()[3] / 2;
-    let (cos, sin) = (cos.narrow(0, 0, t), sin.narrow(0, 0, t)); // (T, hs/2), broadcast over B, nh
+    let (cos, sin) = (cos.narrow(0, 0, t).to_kind(x.kind()), sin.narrow(0, 0, t).to_kind(x.kind())); // (T, hs/2), broadcast over B, nh
     let x1 = x.narrow(3, 0, half);
     let x2 = x.narrow(3, half, half);
     Tensor::cat(&[&x1 * &cos - &x2 * &sin, &x1 * &sin + &x2 * &cos], 3)

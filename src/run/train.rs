@@ -59,6 +59,9 @@ pub fn run_train(recipe: &Recipe, source: &str, name: &str, t: &TrainSpec, dir: 
     let device = super::device(t.device)?;
     tch::manual_seed(recipe.seed as i64);
     let mut model = Model::new(spec, device);
+    if t.precision == crate::recipe::Precision::Bf16 {
+        model.compute = tch::Kind::BFloat16;
+    }
     if let Some(up) = &t.init_from {
         let path = dir.with_file_name(up).join("model.safetensors");
         let tensors = Tensor::read_safetensors(&path).with_context(|| format!("reading {}", path.display()))?;
@@ -179,6 +182,7 @@ pub fn run_train(recipe: &Recipe, source: &str, name: &str, t: &TrainSpec, dir: 
         "tokens_per_s": trained_tokens as f64 / wall.max(1e-9),
         "model_flops_per_s": flops_per_token * trained_tokens as f64 / wall.max(1e-9),
         "device": format!("{device:?}"),
+        "precision": t.precision,
         "resumed_from_step": resume.as_ref().map(|s| s.step),
         "hash": hash,
     });
