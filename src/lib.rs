@@ -15,6 +15,7 @@ pub mod plan;
 pub mod recipe;
 pub mod report;
 pub mod rng;
+pub mod scaling;
 pub mod schedule;
 pub mod synthetic;
 pub mod syntax;

@@ -79,6 +79,35 @@ enum Command {
         #[arg(long)]
         fresh: bool,
     },
+    /// Compute-optimal parameters, tokens, FLOPs and predicted loss for a budget.
+    Budget {
+        /// Training compute in FLOPs (1e21, 2.5e20, …).
+        #[arg(long)]
+        flops: Option<String>,
+        /// Parameters (1e9, 70B, …).
+        #[arg(long)]
+        params: Option<String>,
+        /// Training tokens (20B, 1.4T, …).
+        #[arg(long)]
+        tokens: Option<String>,
+        /// chinchilla | chinchilla.approach3 | kaplan | a `roux fit --json` file.
+        #[arg(long, default_value = "chinchilla")]
+        law: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Fit a scaling law (Approaches 2 and 3 of Hoffmann et al.) to params,tokens,loss points.
+    Fit {
+        points: PathBuf,
+        #[arg(long)]
+        json: bool,
+        /// Bootstrap resamples for the intervals.
+        #[arg(long, default_value_t = 100)]
+        bootstrap: usize,
+        /// Write isoflop.svg and fit.json here.
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
     /// Benchmarks measured as ratios in one run: `moe` (64 vs 8 experts vs dense).
     Bench {
         #[arg(value_parser = ["moe"])]
@@ -116,6 +145,8 @@ fn main() -> ExitCode {
         Command::Plan { file, json } => cli::plan::run(&file, json),
         Command::Graph { file, format } => cli::plan::graph(&file, format),
         Command::Run { file, out, stage, fresh } => cli::exec::run(&file, &out, &stage, fresh),
+        Command::Budget { flops, params, tokens, law, json } => cli::scaling::budget(flops, params, tokens, &law, json),
+        Command::Fit { points, json, bootstrap, out } => cli::scaling::fit(&points, json, bootstrap, out.as_deref()),
         Command::Bench { which: _, reps, steps } => cli::exec::bench(reps, steps),
         Command::Report { run } => cli::plan::report(&run),
         Command::Sample { run, prompt, tokens, temperature, top_k, seed } => {

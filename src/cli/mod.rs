@@ -3,3 +3,4 @@
 pub mod check;
 pub mod exec;
 pub mod plan;
+pub mod scaling;

@@ -5,3 +5,9 @@ mod parse;
 pub mod print;
 
 pub use parse::parse;
+
+/// A number as recipes write it (`1e9`, `20M`, `1.5B`), for command-line flags.
+pub fn parse_number(text: &str) -> Option<f64> {
+    let v = parse::number_value(text.trim());
+    v.is_finite().then_some(v)
+}

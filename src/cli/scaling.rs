@@ -1,0 +1,118 @@
+//! `roux budget` and `roux fit`.
+
+use std::path::Path;
+
+use roux::report::svg::{line_chart, Series};
+use roux::scaling::fit::{fit as fit_points, read_csv, Fit};
+use roux::scaling::law::{solve, Law};
+use roux::syntax::parse_number;
+
+/// A law by name, or a fitted law from a `roux fit --json` file.
+pub fn law_named(name: &str) -> Result<Law, String> {
+    Ok(match name {
+        "chinchilla" => Law::Chinchilla,
+        "chinchilla.approach3" => Law::ChinchillaApproach3,
+        "kaplan" => Law::Kaplan,
+        file => {
+            let text = std::fs::read_to_string(file).map_err(|e| format!("--law {file}: not a known law (chinchilla, chinchilla.approach3, kaplan) nor a readable fit file: {e}"))?;
+            let p: roux::scaling::law::Parametric = serde_json::from_str(&text).map_err(|e| format!("{file}: not a `roux fit --json` file: {e}"))?;
+            Law::Fitted(p)
+        }
+    })
+}
+
+fn number(flag: &str, v: Option<String>) -> Result<Option<f64>, String> {
+    v.map(|s| match parse_number(&s) {
+        Some(x) if x > 0.0 => Ok(x),
+        _ => Err(format!("--{flag} {s}: expected a positive number such as 1e21 or 70B")),
+    })
+    .transpose()
+}
+
+pub fn budget(flops: Option<String>, params: Option<String>, tokens: Option<String>, law: &str, json: bool) -> u8 {
+    let run = || -> Result<(), String> {
+        let law = law_named(law)?;
+        let b = solve(&law, number("flops", flops)?, number("params", params)?, number("tokens", tokens)?)?;
+        if json {
+            outln!("{}", serde_json::to_string_pretty(&b).unwrap_or_default());
+        } else {
+            outln!("law     {}", law.name());
+            outln!("params  {:.4e}", b.params);
+            outln!("tokens  {:.4e}  ({:.1} tokens per parameter)", b.tokens, b.tokens / b.params);
+            outln!("flops   {:.4e}", b.flops);
+            outln!("loss    {:.4}  (predicted)", b.loss);
+        }
+        Ok(())
+    };
+    match run() {
+        Ok(()) => 0,
+        Err(e) => {
+            eprintln!("error: {e}");
+            2
+        }
+    }
+}
+
+pub fn fit(points: &Path, json: bool, bootstrap: usize, out: Option<&Path>) -> u8 {
+    let run = || -> Result<(), String> {
+        let text = std::fs::read_to_string(points).map_err(|e| format!("{}: {e}", points.display()))?;
+        let pts = read_csv(&text).map_err(|e| format!("{}: {e}", points.display()))?;
+        let f = fit_points(&pts, bootstrap, 0)?;
+        if let Some(dir) = out {
+            std::fs::create_dir_all(dir).map_err(|e| e.to_string())?;
+            std::fs::write(dir.join("fit.json"), serde_json::to_string_pretty(&f).unwrap_or_default()).map_err(|e| e.to_string())?;
+            if let Some(svg) = isoflop_svg(&f, &pts) {
+                std::fs::write(dir.join("isoflop.svg"), svg).map_err(|e| e.to_string())?;
+            }
+        }
+        if json {
+            outln!("{}", serde_json::to_string_pretty(&f).unwrap_or_default());
+            return Ok(());
+        }
+        let iv = |k: &str| f.intervals.get(k).map_or(String::new(), |i| format!("  [{:.4}, {:.4}]", i.lo, i.hi));
+        outln!("Approach 3 (Huber δ=1e-3 on log loss, L-BFGS, {} points, 90% bootstrap intervals):", f.points);
+        outln!("  L(N, D) = {:.4} + {:.4}/N^{:.4} + {:.4}/D^{:.4}", f.e, f.a_coef, f.alpha, f.b_coef, f.beta);
+        outln!("  alpha {:.4}{}", f.alpha, iv("alpha"));
+        outln!("  beta  {:.4}{}", f.beta, iv("beta"));
+        outln!("  N_opt ∝ C^{:.4}{},  D_opt ∝ C^{:.4}{}", f.a, iv("a"), f.b, iv("b"));
+        match &f.approach2 {
+            Some(a2) => {
+                outln!("Approach 2 (parabola per IsoFLOP budget): N_opt ∝ C^{:.4}, D_opt ∝ C^{:.4}", a2.a, a2.b);
+                for m in &a2.minima {
+                    outln!("  C = {:.3e}: N_opt {:.4e}, D_opt {:.4e}, loss {:.4}", m.flops, m.params_opt, m.tokens_opt, m.loss_min);
+                }
+            }
+            None => outln!("Approach 2: needs ≥ 2 budgets with ≥ 3 sizes each (C = 6ND within 2%)"),
+        }
+        Ok(())
+    };
+    match run() {
+        Ok(()) => 0,
+        Err(e) => {
+            eprintln!("error: {e}");
+            2
+        }
+    }
+}
+
+/// Loss against parameters for every IsoFLOP budget, with its fitted parabola (dashed).
+fn isoflop_svg(f: &Fit, pts: &[roux::scaling::fit::Point]) -> Option<String> {
+    let a2 = f.approach2.as_ref()?;
+    let mut series = vec![];
+    for m in &a2.minima {
+        let mut own: Vec<(f64, f64)> =
+            pts.iter().filter(|p| (6.0 * p.params * p.tokens / m.flops - 1.0).abs() < 0.02).map(|p| (p.params, p.loss)).collect();
+        own.sort_by(|a, b| a.0.total_cmp(&b.0));
+        let (lo, hi) = (own.first()?.0.ln(), own.last()?.0.ln());
+        let curve: Vec<(f64, f64)> = (0..=40)
+            .map(|i| {
+                let x = lo + (hi - lo) * i as f64 / 40.0;
+                (x.exp(), m.parabola[0] + m.parabola[1] * x + m.parabola[2] * x * x)
+            })
+            .collect();
+        series.push(Series { name: format!("C={:.1e}", m.flops), points: own, dashed: false });
+        series.push(Series { name: "  parabola".into(), points: curve, dashed: true });
+    }
+    series.push(Series { name: "minima".into(), points: a2.minima.iter().map(|m| (m.params_opt, m.loss_min)).collect(), dashed: true });
+    Some(line_chart("IsoFLOP profiles", "parameters (log)", "loss", &series, true))
+}
