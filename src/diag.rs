@@ -23,6 +23,8 @@ impl Span {
 pub enum Severity {
     Error,
     Warning,
+    /// Information the checker derived (such as the width and depth it chose for a model).
+    Note,
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -40,6 +42,9 @@ impl Diagnostic {
     }
     pub fn warning(code: &'static str, span: Span, message: impl Into<String>) -> Self {
         Diagnostic { severity: Severity::Warning, code, span, message: message.into(), hint: None }
+    }
+    pub fn note(code: &'static str, span: Span, message: impl Into<String>) -> Self {
+        Diagnostic { severity: Severity::Note, code, span, message: message.into(), hint: None }
     }
     pub fn with_hint(mut self, hint: impl Into<String>) -> Self {
         self.hint = Some(hint.into());
@@ -102,6 +107,7 @@ pub fn render_text(file: &str, src: &str, d: &Diagnostic) -> String {
     let sev = match d.severity {
         Severity::Error => "error",
         Severity::Warning => "warning",
+        Severity::Note => "note",
     };
     let mut out = format!("{}:{}:{}: {}[{}]: {}\n", file, l.line, l.col, sev, d.code, d.message);
     let text = src.lines().nth(l.line - 1).unwrap_or("");
@@ -129,6 +135,7 @@ pub fn render_github(file: &str, src: &str, d: &Diagnostic) -> String {
     let sev = match d.severity {
         Severity::Error => "error",
         Severity::Warning => "warning",
+        Severity::Note => "notice",
     };
     let mut msg = format!("[{}] {}", d.code, d.message);
     if let Some(h) = &d.hint {

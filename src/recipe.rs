@@ -11,6 +11,9 @@ pub struct Recipe {
     pub data: Vec<DataSpec>,
     pub models: Vec<ModelSpec>,
     pub stages: Vec<StageSpec>,
+    /// Compute budgets and what their law solved them to.
+    #[serde(default)]
+    pub budgets: Vec<BudgetSpec>,
     /// Generated data sets (`synthetic.*`), reproducible from the recipe's seed.
     #[serde(default)]
     pub synthetic: Vec<SyntheticSpec>,
@@ -277,4 +280,17 @@ pub struct StageSpec {
     pub after: Vec<String>,
     #[serde(flatten)]
     pub kind: StageKind,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct BudgetSpec {
+    pub name: String,
+    pub law: crate::scaling::law::Law,
+    pub params: f64,
+    pub tokens: f64,
+    pub flops: f64,
+    /// Predicted loss at (params, tokens) under the law's parametric fit.
+    pub loss: f64,
+    /// Stages warn when N or D is off the optimum by more than this factor.
+    pub tolerance: f64,
 }

@@ -162,3 +162,86 @@ fn moe_flops_follow_active_experts_not_the_expert_count() {
     };
     assert_eq!(flops(64) - flops(8), 3.0 * 28_672.0);
 }
+
+fn compile_text(name: &str, src: &str) -> roux::frontend::Compiled {
+    let dir = std::env::temp_dir().join(format!("roux-{name}-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("d.txt"), "To be, or not to be. ".repeat(2000)).unwrap();
+    std::fs::write(dir.join("r.roux"), src).unwrap();
+    roux::frontend::compile(&dir.join("r.roux")).unwrap()
+}
+
+#[test]
+fn a_budget_sizes_the_model_and_its_tokens() {
+    let r = load(&Path::new(env!("CARGO_MANIFEST_DIR")).join("recipes/chinchilla-sized.roux"));
+    let b = &r.budgets[0];
+    // Chinchilla Approach 1 by hand: N = sqrt(2e13 / 120) = 408,248; D = 20·N = 8,164,966.
+    assert!((b.params - 408_248.3).abs() < 1.0 && (b.tokens - 8_164_965.8).abs() < 10.0, "{b:?}");
+    let m = plan(&r).models.remove(0);
+    assert!((m.params_total as f64 / b.params - 1.0).abs() < 0.15, "sized to {} for {}", m.params_total, b.params);
+    let roux::recipe::StageKind::Train(t) = &r.stages[0].kind else { panic!() };
+    // tokens = compute.tokens → ceil(8,164,966 / (32 · 128)) = 1994 steps.
+    assert_eq!(t.steps, 1994);
+}
+
+#[test]
+fn straying_from_the_budget_warns_with_the_penalty() {
+    let src = |d_model: usize| {
+        format!(
+            r#"experiment "w" {{
+              data d = text("d.txt") {{ context = 64 }}
+              budget c {{ flops = 1e13 }}
+              model m = transformer {{ vocab = d.vocab, context = 64, d_model = {d_model}, layers = 2, heads = 4 }}
+              stage s = train(m, d) {{ tokens = c.tokens, batch = 8 }}
+            }}"#
+        )
+    };
+    // N_opt = sqrt(1e13/120) = 288,675. d_model 128 × 2 layers ≈ 430K parameters: within ×2.
+    let ok = compile_text("budget-ok", &src(128));
+    assert!(ok.recipe.is_some() && ok.diagnostics.iter().all(|d| d.code != "W0401"), "{:?}", ok.diagnostics);
+    // d_model 512 ≈ 6.4M parameters: ×22 the optimum, a warning (not an error) naming the penalty.
+    let far = compile_text("budget-far", &src(512));
+    assert!(far.recipe.is_some());
+    let w = far.diagnostics.iter().find(|d| d.code == "W0401").expect("a W0401 warning");
+    assert_eq!(w.severity, roux::diag::Severity::Warning);
+    assert!(w.message.contains("over the best split of the same compute"), "{}", w.message);
+}
+
+#[test]
+fn budget_and_fit_commands() {
+    let bin = env!("CARGO_BIN_EXE_roux");
+    let o = std::process::Command::new(bin).args(["budget", "--params", "1e9", "--law", "chinchilla", "--json"]).output().unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    // Chinchilla Table 3 row: 1B parameters → 1.21e20 FLOPs, 20.2B tokens (we give 1.2e20, 20B).
+    assert!((v["flops"].as_f64().unwrap() / 1.21e20 - 1.0).abs() < 0.02);
+    assert!((v["tokens"].as_f64().unwrap() / 20.2e9 - 1.0).abs() < 0.02);
+    let o = std::process::Command::new(bin).args(["budget", "--flops", "1e21", "--law", "chinchilla.approach3", "--json"]).output().unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert!((v["params"].as_f64().unwrap() / 1.824e9 - 1.0).abs() < 0.005);
+    assert!((v["tokens"].as_f64().unwrap() / 9.136e10 - 1.0).abs() < 0.005);
+    let o = std::process::Command::new(bin).args(["budget", "--flops", "abc"]).output().unwrap();
+    assert_eq!(o.status.code(), Some(2));
+
+    // roux fit on points from a known law (α = 0.4, β = 0.3, E = 2, A = B = 500), three budgets.
+    let law = |n: f64, d: f64| 2.0 + 500.0 / n.powf(0.4) + 500.0 / d.powf(0.3);
+    let mut csv = String::from("params,tokens,loss\n");
+    for c in [1e17, 1e18, 1e19] {
+        for k in 0..7 {
+            let n = 1e6 * 3f64.powi(k);
+            let d = c / (6.0 * n);
+            csv += &format!("{n},{d},{}\n", law(n, d));
+        }
+    }
+    let dir = std::env::temp_dir().join(format!("roux-fit-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("p.csv"), csv).unwrap();
+    let o = std::process::Command::new(bin).args(["fit", dir.join("p.csv").to_str().unwrap(), "--json", "--bootstrap", "20", "--out", dir.to_str().unwrap()]).output().unwrap();
+    assert_eq!(o.status.code(), Some(0), "{}", String::from_utf8_lossy(&o.stderr));
+    let f: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    for k in ["E", "A", "B", "alpha", "beta", "a", "b", "G", "intervals"] {
+        assert!(f.get(k).is_some(), "{k}");
+    }
+    // Noise-free points: the fit recovers the exponents closely.
+    assert!((f["alpha"].as_f64().unwrap() - 0.4).abs() < 0.02 && (f["beta"].as_f64().unwrap() - 0.3).abs() < 0.02, "{f}");
+    assert!(dir.join("isoflop.svg").exists());
+}

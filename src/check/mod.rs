@@ -4,6 +4,7 @@
 //! The only I/O is a metadata look-up of the data files a recipe names (they must exist, and be
 //! longer than the context).
 
+mod budget;
 mod data;
 mod eval;
 mod fields;
@@ -31,6 +32,7 @@ pub struct Checker<'a> {
     decls: Vec<&'a Decl>,
     data: HashMap<String, Option<DataSpec>>,
     synthetic: HashMap<String, Option<SyntheticSpec>>,
+    budgets: HashMap<String, Option<BudgetSpec>>,
     /// Key spans of the fields being evaluated, to catch `a = b, b = a`.
     visiting: Vec<usize>,
 }
@@ -50,6 +52,7 @@ pub fn check(ast: &ast::Recipe, base_dir: &Path) -> Checked {
         decls: vec![],
         data: HashMap::new(),
         synthetic: HashMap::new(),
+        budgets: HashMap::new(),
         visiting: vec![],
     };
     let recipe = ck.run();
@@ -109,9 +112,7 @@ impl<'a> Checker<'a> {
         for d in decls.iter().filter(|d| d.kind == DeclKind::Model) {
             models.push(self.check_model(d));
         }
-        for d in decls.iter().filter(|d| d.kind == DeclKind::Budget) {
-            self.error(Diagnostic::error("E0199", d.kind_span, "`budget` is not supported yet").with_hint("size the model by hand for now; `roux plan` prints its FLOPs"));
-        }
+        let budgets: Vec<Option<BudgetSpec>> = decls.iter().filter(|d| d.kind == DeclKind::Budget).map(|d| self.budget_spec(d)).collect();
         let stages = self.check_stages(&decls);
 
         let mut data: Vec<Option<DataSpec>> = vec![];
@@ -129,7 +130,9 @@ impl<'a> Checker<'a> {
             models: models.into_iter().collect::<Option<Vec<_>>>()?,
             stages: stages?,
             synthetic: synthetic.into_iter().collect::<Option<Vec<_>>>()?,
+            budgets: budgets.into_iter().collect::<Option<Vec<_>>>()?,
         })
+        .inspect(|r| self.check_budget_departures(r))
     }
 
     /// Check that `e` is a constructor named one of `names`; returns its name, args and block.
@@ -171,6 +174,15 @@ impl<'a> Checker<'a> {
                 });
             }
         }
+        if decl.kind == DeclKind::Budget && ["params", "tokens", "flops", "loss"].contains(&attr.name.as_str()) {
+            let b = self.budget_spec(decl)?;
+            return Some(match attr.name.as_str() {
+                "params" => b.params,
+                "tokens" => b.tokens,
+                "flops" => b.flops,
+                _ => b.loss,
+            });
+        }
         if let ExprKind::Ctor { block: Some(b), .. } = &decl.value.kind {
             if let Some(f) = b.field(&attr.name) {
                 return self.eval_field(f, &vec![&self.ast.body, b]);
@@ -190,6 +202,28 @@ impl<'a> Checker<'a> {
         self.error(Diagnostic::error("E0111", attr.span, format!("{} `{}` has no attribute `{}`", decl.kind.keyword(), decl.name.name, attr.name))
             .with_hint("only keys of its `{ … }` block can be read"));
         None
+    }
+
+    /// W0401 for every train stage that uses a budget (mentions it in its block or its model's)
+    /// and departs from the budget's optimum by more than its tolerance.
+    fn check_budget_departures(&mut self, r: &Recipe) {
+        for s in &r.stages {
+            let StageKind::Train(t) = &s.kind else { continue };
+            let (Some(stage_decl), Some(model_decl)) = (self.decl(&s.name), self.decl(&t.model)) else { continue };
+            let spec = r.model(&t.model).expect("checked model");
+            let plan = crate::plan::plan_model(&crate::lower::lower_model(spec), t.batch, t.context);
+            for b in &r.budgets {
+                if !(budget::mentions_expr(&stage_decl.value, &b.name) || budget::mentions_expr(&model_decl.value, &b.name)) {
+                    continue;
+                }
+                // Kaplan's law counts non-embedding parameters; Chinchilla's all of them.
+                let n = if b.law == crate::scaling::law::Law::Kaplan { plan.params_non_embedding } else { plan.params_total } as f64;
+                let d = (t.steps * t.tokens_per_step()) as f64;
+                if let Some(w) = budget::departure(b, n, d, stage_decl.name.span, &s.name) {
+                    self.error(w);
+                }
+            }
+        }
     }
 
     fn example_attr(&self, d: &Decl) -> &'static str {

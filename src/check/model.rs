@@ -19,9 +19,22 @@ impl<'a> Checker<'a> {
         let mut f = Fields::new(block, &self.top_scope(), format!("transformer `{}`", d.name.name), at);
         let vocab = f.size(self, "vocab", None);
         let context = f.size(self, "context", None);
-        let d_model = f.size(self, "d_model", None);
-        let layers = f.size(self, "layers", None);
-        let heads = f.size(self, "heads", None);
+        // `params = N` sizes the model: width, depth and heads are derived, not given.
+        let sized = f.field("params").is_some();
+        let target = if sized { f.positive(self, "params", None) } else { None };
+        let aspect = f.positive(self, "aspect", Some(32.0));
+        let head_dim = f.size(self, "head_dim", Some(32));
+        if sized {
+            for key in ["d_model", "layers", "heads"] {
+                if f.field(key).is_some() {
+                    self.error(Diagnostic::error("E0107", f.key_span(key), format!("give `params` or `{key}`, not both"))
+                        .with_hint("with `params`, roux derives d_model, layers and heads from `aspect` (d_model / layers) and `head_dim`"));
+                }
+            }
+        }
+        let d_model = if sized { Some(1) } else { f.size(self, "d_model", None) };
+        let layers = if sized { Some(1) } else { f.size(self, "layers", None) };
+        let heads = if sized { Some(1) } else { f.size(self, "heads", None) };
         let kv_heads = f.field("kv_heads").map(|_| ()).and_then(|_| f.size(self, "kv_heads", None));
         let kv_span = f.value_span("kv_heads");
         let norm = f.sym(self, "norm", &["layernorm", "rmsnorm"], Some("layernorm"));
@@ -41,6 +54,9 @@ impl<'a> Checker<'a> {
         let pos_span = f.value_span("position");
         f.finish(self);
 
+        let user_hidden = block.and_then(|b| b.field("ffn")).is_some_and(|ffn| {
+            matches!(&ffn.value.kind, crate::syntax::ast::ExprKind::Ctor { block: Some(b), .. } if b.field("hidden").is_some())
+        });
         let (d_model, heads) = (d_model?, heads?);
         if d_model % heads != 0 {
             let near: Vec<String> = (1..=d_model.min(4096)).filter(|h| d_model % h == 0).map(|h| h.to_string()).collect();
@@ -59,12 +75,14 @@ impl<'a> Checker<'a> {
             "rope" => Position::Rope,
             _ => Position::Learned,
         };
-        if position == Position::Rope && (d_model / heads) % 2 != 0 {
-            self.error(Diagnostic::error("E0221", pos_span, format!("rope needs an even head size, but d_model / heads = {}", d_model / heads))
+        // Sized models: heads = d_model / head_dim, so rope needs an even head_dim.
+        let head_size = if sized { head_dim? } else { d_model / heads };
+        if position == Position::Rope && head_size % 2 != 0 {
+            self.error(Diagnostic::error("E0221", pos_span, format!("rope needs an even head size, but it is {head_size}"))
                 .with_hint("choose heads so that d_model / heads is even"));
             return None;
         }
-        Some(ModelSpec {
+        let spec = ModelSpec {
             name: d.name.name.clone(),
             vocab: vocab?,
             context: context?,
@@ -79,7 +97,46 @@ impl<'a> Checker<'a> {
             tie_embeddings: tie?,
             dropout: dropout?,
             bias: bias?,
-        })
+        };
+        if !sized {
+            return Some(spec);
+        }
+        if user_hidden {
+            self.error(Diagnostic::error("E0107", pos_span, "a model sized by `params` derives its FFN width (4 × d_model)")
+                .with_hint("leave `hidden` out of `ffn`, or give d_model, layers and heads instead of params"));
+            return None;
+        }
+        self.size_model(spec, target?, aspect?, head_dim?, d.name.span)
+    }
+
+    /// The (layers, d_model) whose exact parameter count is nearest `target`, with
+    /// d_model ≈ aspect · layers rounded to a multiple of head_dim; reported as a note.
+    fn size_model(&mut self, base: ModelSpec, target: f64, aspect: f64, head_dim: usize, span: crate::diag::Span) -> Option<ModelSpec> {
+        let mut best: Option<(f64, ModelSpec, u64)> = None;
+        for layers in 1..=128usize {
+            let d = ((aspect * layers as f64 / head_dim as f64).round() as usize).max(1) * head_dim;
+            let mut s = base.clone();
+            s.layers = layers;
+            s.d_model = d;
+            s.heads = d / head_dim;
+            s.kv_heads = s.heads;
+            s.ffn.hidden = 4 * d;
+            if let Some(m) = s.moe.as_mut() {
+                m.expert.hidden = 4 * d;
+                m.layers.retain(|&l| l < layers);
+            }
+            let n = crate::plan::plan_model(&crate::lower::lower_model(&s), 1, s.context).params_total;
+            let err = (n as f64 / target).ln().abs();
+            if best.as_ref().is_none_or(|(e, _, _)| err < *e) {
+                best = Some((err, s, n));
+            }
+        }
+        let (_, s, n) = best?;
+        self.error(
+            Diagnostic::note("N0402", span, format!("sized `{}` for params = {target:.4e}: d_model = {}, layers = {}, heads = {} → {n} parameters", s.name, s.d_model, s.layers, s.heads))
+                .with_hint(format!("d_model ≈ aspect ({aspect}) × layers, in multiples of head_dim ({head_dim})")),
+        );
+        Some(s)
     }
 
     /// `ffn = mlp { hidden = 4 * d_model, act = gelu }`; absent, it is that default.

@@ -49,7 +49,7 @@ pub fn run(files: &[PathBuf], format: DiagFormat) -> u8 {
         }
         if format == DiagFormat::Text {
             let errors = c.diagnostics.iter().filter(|d| d.is_error()).count();
-            let warnings = c.diagnostics.len() - errors;
+            let warnings = c.diagnostics.iter().filter(|d| d.severity == roux::diag::Severity::Warning).count();
             if errors > 0 {
                 eprintln!("{name}: {errors} error(s), {warnings} warning(s)");
             } else {
