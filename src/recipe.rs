@@ -257,11 +257,34 @@ pub struct MixtureSpec {
     pub eval_every: u64,
 }
 
+/// One point of an IsoFLOP sweep: a model sized for the budget and its training run.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct IsoflopPoint {
+    pub budget: f64,
+    pub model: ModelSpec,
+    pub train: TrainSpec,
+}
+
+/// Hoffmann et al.'s Approach 2 as a stage: for each budget, several model sizes, each trained
+/// on tokens = C / (6N); then a fit, and a run at `predict` × the largest budget with the size
+/// the fit predicts, to check the prediction.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct IsoflopSpec {
+    pub points: Vec<IsoflopPoint>,
+    pub predict: f64,
+    pub aspect: f64,
+    pub head_dim: usize,
+    /// The template every point was sized from, and the training settings they share.
+    pub template: ModelSpec,
+    pub train: TrainSpec,
+}
+
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum StageKind {
     Train(TrainSpec),
     Mixture(MixtureSpec),
+    Isoflop(IsoflopSpec),
 }
 
 impl StageKind {
@@ -269,6 +292,7 @@ impl StageKind {
         match self {
             StageKind::Train(_) => "train",
             StageKind::Mixture(_) => "mixture",
+            StageKind::Isoflop(_) => "isoflop",
         }
     }
 }

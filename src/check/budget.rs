@@ -44,7 +44,7 @@ impl<'a> Checker<'a> {
     }
 
     /// `law = chinchilla | chinchilla.approach3 | kaplan | fitted("fit.json")`.
-    fn check_law(&mut self, f: &mut Fields<'a>) -> Option<Law> {
+    pub(super) fn check_law(&mut self, f: &mut Fields<'a>) -> Option<Law> {
         let Some(field) = f.field("law") else { return Some(Law::Chinchilla) };
         let (name, _, args, _) = self.ctor(&field.value, "scaling law", &["chinchilla", "chinchilla.approach3", "kaplan", "fitted"])?;
         Some(match name {

@@ -8,6 +8,7 @@ mod budget;
 mod data;
 mod eval;
 mod fields;
+mod isoflop;
 mod mixture;
 mod model;
 mod moe;
@@ -33,6 +34,8 @@ pub struct Checker<'a> {
     data: HashMap<String, Option<DataSpec>>,
     synthetic: HashMap<String, Option<SyntheticSpec>>,
     budgets: HashMap<String, Option<BudgetSpec>>,
+    /// Checked models, for stages that build on a model's definition (isoflop sweeps).
+    models: HashMap<String, ModelSpec>,
     /// Key spans of the fields being evaluated, to catch `a = b, b = a`.
     visiting: Vec<usize>,
 }
@@ -53,6 +56,7 @@ pub fn check(ast: &ast::Recipe, base_dir: &Path) -> Checked {
         data: HashMap::new(),
         synthetic: HashMap::new(),
         budgets: HashMap::new(),
+        models: HashMap::new(),
         visiting: vec![],
     };
     let recipe = ck.run();
@@ -110,7 +114,11 @@ impl<'a> Checker<'a> {
         }
         let mut models = vec![];
         for d in decls.iter().filter(|d| d.kind == DeclKind::Model) {
-            models.push(self.check_model(d));
+            let m = self.check_model(d);
+            if let Some(m) = &m {
+                self.models.insert(m.name.clone(), m.clone());
+            }
+            models.push(m);
         }
         let budgets: Vec<Option<BudgetSpec>> = decls.iter().filter(|d| d.kind == DeclKind::Budget).map(|d| self.budget_spec(d)).collect();
         let stages = self.check_stages(&decls);

@@ -109,29 +109,9 @@ impl<'a> Checker<'a> {
         self.size_model(spec, target?, aspect?, head_dim?, d.name.span)
     }
 
-    /// The (layers, d_model) whose exact parameter count is nearest `target`, with
-    /// d_model ≈ aspect · layers rounded to a multiple of head_dim; reported as a note.
+    /// Size a model to `target` parameters (see `plan::size_model`); reported as a note.
     fn size_model(&mut self, base: ModelSpec, target: f64, aspect: f64, head_dim: usize, span: crate::diag::Span) -> Option<ModelSpec> {
-        let mut best: Option<(f64, ModelSpec, u64)> = None;
-        for layers in 1..=128usize {
-            let d = ((aspect * layers as f64 / head_dim as f64).round() as usize).max(1) * head_dim;
-            let mut s = base.clone();
-            s.layers = layers;
-            s.d_model = d;
-            s.heads = d / head_dim;
-            s.kv_heads = s.heads;
-            s.ffn.hidden = 4 * d;
-            if let Some(m) = s.moe.as_mut() {
-                m.expert.hidden = 4 * d;
-                m.layers.retain(|&l| l < layers);
-            }
-            let n = crate::plan::plan_model(&crate::lower::lower_model(&s), 1, s.context).params_total;
-            let err = (n as f64 / target).ln().abs();
-            if best.as_ref().is_none_or(|(e, _, _)| err < *e) {
-                best = Some((err, s, n));
-            }
-        }
-        let (_, s, n) = best?;
+        let (s, n) = crate::plan::size_model(&base, target, aspect, head_dim);
         self.error(
             Diagnostic::note("N0402", span, format!("sized `{}` for params = {target:.4e}: d_model = {}, layers = {}, heads = {} → {n} parameters", s.name, s.d_model, s.layers, s.heads))
                 .with_hint(format!("d_model ≈ aspect ({aspect}) × layers, in multiples of head_dim ({head_dim})")),

@@ -10,7 +10,7 @@ use crate::diag::{Diagnostic, Span};
 use crate::recipe::*;
 use crate::syntax::ast::{Arg, Decl, DeclKind, Expr, ExprKind};
 
-pub const STAGE_KINDS: &[&str] = &["train", "mixture"];
+pub const STAGE_KINDS: &[&str] = &["train", "mixture", "isoflop"];
 
 impl<'a> Checker<'a> {
     pub fn check_stages(&mut self, decls: &[&'a Decl]) -> Option<Vec<StageSpec>> {
@@ -82,6 +82,7 @@ impl<'a> Checker<'a> {
         let args = args.unwrap_or(&[]);
         match kind {
             "mixture" => self.check_mixture(d, at, args, block),
+            "isoflop" => self.check_isoflop(d, at, args, block),
             _ => self.check_train(d, at, args, block),
         }
     }
@@ -279,7 +280,7 @@ impl<'a> Checker<'a> {
         })
     }
 
-    fn data_arg(&mut self, e: &'a Expr) -> Option<DataSpec> {
+    pub(super) fn data_arg(&mut self, e: &'a Expr) -> Option<DataSpec> {
         let d = self.decl_ref(e, DeclKind::Data, "a data set")?;
         if d.kind == DeclKind::Data && self.is_synthetic(d) {
             self.error(Diagnostic::error("E0301", e.span, format!("`{}` is synthetic regression data, not a text corpus", d.name.name))

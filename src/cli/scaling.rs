@@ -2,8 +2,8 @@
 
 use std::path::Path;
 
-use roux::report::svg::{line_chart, Series};
-use roux::scaling::fit::{fit as fit_points, read_csv, Fit};
+use roux::report::plots::isoflop_svg;
+use roux::scaling::fit::{fit as fit_points, read_csv};
 use roux::scaling::law::{solve, Law};
 use roux::syntax::parse_number;
 
@@ -95,24 +95,3 @@ pub fn fit(points: &Path, json: bool, bootstrap: usize, out: Option<&Path>) -> u
     }
 }
 
-/// Loss against parameters for every IsoFLOP budget, with its fitted parabola (dashed).
-fn isoflop_svg(f: &Fit, pts: &[roux::scaling::fit::Point]) -> Option<String> {
-    let a2 = f.approach2.as_ref()?;
-    let mut series = vec![];
-    for m in &a2.minima {
-        let mut own: Vec<(f64, f64)> =
-            pts.iter().filter(|p| (6.0 * p.params * p.tokens / m.flops - 1.0).abs() < 0.02).map(|p| (p.params, p.loss)).collect();
-        own.sort_by(|a, b| a.0.total_cmp(&b.0));
-        let (lo, hi) = (own.first()?.0.ln(), own.last()?.0.ln());
-        let curve: Vec<(f64, f64)> = (0..=40)
-            .map(|i| {
-                let x = lo + (hi - lo) * i as f64 / 40.0;
-                (x.exp(), m.parabola[0] + m.parabola[1] * x + m.parabola[2] * x * x)
-            })
-            .collect();
-        series.push(Series { name: format!("C={:.1e}", m.flops), points: own, dashed: false });
-        series.push(Series { name: "  parabola".into(), points: curve, dashed: true });
-    }
-    series.push(Series { name: "minima".into(), points: a2.minima.iter().map(|m| (m.params_opt, m.loss_min)).collect(), dashed: true });
-    Some(line_chart("IsoFLOP profiles", "parameters (log)", "loss", &series, true))
-}

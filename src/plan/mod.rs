@@ -70,6 +70,14 @@ pub fn plan(r: &Recipe) -> Plan {
                 let per_token = 3.0 * forward_flops_per_token(g, t.context);
                 StagePlan { name: s.name.clone(), kind: s.kind.name(), after: s.after.clone(), steps: t.steps, tokens, flops: per_token * tokens as f64 }
             }
+            StageKind::Isoflop(iso) => {
+                // Every point, plus the check run at `predict` × the largest budget.
+                let steps = iso.points.iter().map(|p| p.train.steps).sum();
+                let tokens = iso.points.iter().map(|p| p.train.steps * p.train.tokens_per_step()).sum();
+                let largest = iso.points.iter().map(|p| p.budget).fold(0.0, f64::max);
+                let flops = iso.points.iter().map(|p| p.budget).sum::<f64>() + iso.predict * largest;
+                StagePlan { name: s.name.clone(), kind: s.kind.name(), after: s.after.clone(), steps, tokens, flops }
+            }
             StageKind::Mixture(m) => {
                 // Every expert runs on every example (the gate is dense): 6 FLOPs per parameter per example.
                 let examples = m.steps * m.batch as u64;
@@ -154,4 +162,42 @@ pub fn mixture_params(m: &crate::recipe::MixtureSpec, g: &crate::recipe::Generat
         }
     };
     e * (i + 1) + e * expert
+}
+
+/// The (layers, d_model) whose exact parameter count is nearest `target` (in log ratio), among
+/// d_model in multiples of head_dim with d_model / layers within a factor 2 of `aspect`
+/// (ties go to the shape closer to `aspect`); heads = d_model / head_dim, FFN 4 × d_model.
+/// Returns the sized spec and its parameter count.
+pub fn size_model(base: &crate::recipe::ModelSpec, target: f64, aspect: f64, head_dim: usize) -> (crate::recipe::ModelSpec, u64) {
+    let mut best: Option<(f64, f64, crate::recipe::ModelSpec, u64)> = None;
+    for layers in 1..=64usize {
+        for k in 1..=256usize {
+            let d = k * head_dim;
+            let shape = ((d as f64 / layers as f64) / aspect).ln().abs();
+            if shape > 2f64.ln() + 1e-9 && !(layers == 1 && k == 1) {
+                continue;
+            }
+            let mut s = base.clone();
+            s.layers = layers;
+            s.d_model = d;
+            s.heads = k;
+            s.kv_heads = k;
+            s.ffn.hidden = 4 * d;
+            if let Some(m) = s.moe.as_mut() {
+                m.expert.hidden = 4 * d;
+                m.layers.retain(|&l| l < layers);
+            }
+            let n = plan_model(&lower_model(&s), 1, s.context).params_total;
+            let err = (n as f64 / target).ln().abs();
+            let better = match &best {
+                None => true,
+                Some((e, sh, _, _)) => err < *e - 1e-12 || ((err - *e).abs() <= 1e-12 && shape < *sh),
+            };
+            if better {
+                best = Some((err, shape, s, n));
+            }
+        }
+    }
+    let (_, _, s, n) = best.expect("at least one candidate");
+    (s, n)
 }

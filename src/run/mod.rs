@@ -8,6 +8,7 @@
 //! | `train.rs`      | the training loop of a `train` stage, written out               |
 //! | `moe.rs`        | routers, sparse expert dispatch, auxiliary losses                |
 //! | `mixture.rs`    | a `mixture` stage: Jacobs et al. 1991 on a synthetic task        |
+//! | `isoflop.rs`    | an `isoflop` stage: sweep, fit, predict, check the prediction    |
 //! | `checkpoint.rs` | atomic safetensors writes, run state, resume                     |
 //! | `progress.rs`   | the progress line and metrics.jsonl                              |
 //! | `sample.rs`     | `roux sample`: generation from a trained run                     |
@@ -17,6 +18,7 @@ pub mod adamw;
 pub mod bench;
 pub mod checkpoint;
 pub mod data;
+pub mod isoflop;
 pub mod mixture;
 pub mod model;
 pub mod moe;
@@ -50,6 +52,7 @@ pub fn run_recipe(recipe: &Recipe, source: &str, out: &Path, only: &[String], fr
         let dir = out.join(&recipe.experiment).join(&stage.name);
         match &stage.kind {
             StageKind::Train(t) => train::run_train(recipe, source, &stage.name, t, &dir, fresh)?,
+            StageKind::Isoflop(iso) => isoflop::run_isoflop(recipe, source, &stage.name, iso, &dir, fresh)?,
             StageKind::Mixture(m) => {
                 if fresh && dir.exists() {
                     train::set_aside(&dir)?;

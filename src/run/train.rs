@@ -13,15 +13,15 @@ use super::data::{batch, Corpus, Rng};
 use super::model::Model;
 use super::progress::{Metric, Metrics, Progress};
 use crate::plan::{forward_flops_per_token, plan_model};
-use crate::recipe::{Recipe, TrainSpec};
+use crate::recipe::{ModelSpec, Recipe, TrainSpec};
 use crate::schedule::lr_at;
 
 /// What the stage's output depends on: its definition, its model, its data and the seed.
-pub fn stage_hash(recipe: &Recipe, t: &TrainSpec, upstream: Option<&str>) -> String {
+pub fn stage_hash(recipe: &Recipe, spec: &ModelSpec, t: &TrainSpec, upstream: Option<&str>) -> String {
     let key = json!({
         "seed": recipe.seed,
         "train": t,
-        "model": recipe.model(&t.model),
+        "model": spec,
         "data": recipe.data(&t.data),
         "upstream": upstream,
     });
@@ -30,13 +30,19 @@ pub fn stage_hash(recipe: &Recipe, t: &TrainSpec, upstream: Option<&str>) -> Str
 
 pub fn run_train(recipe: &Recipe, source: &str, name: &str, t: &TrainSpec, dir: &Path, fresh: bool) -> Result<()> {
     let spec = recipe.model(&t.model).context("checked recipe names its model")?;
+    run_train_model(recipe, source, name, spec, t, dir, fresh)
+}
+
+/// Train `spec` as `t` says (the model need not be one of the recipe's declarations: sweeps
+/// size their own).
+pub fn run_train_model(recipe: &Recipe, source: &str, name: &str, spec: &ModelSpec, t: &TrainSpec, dir: &Path, fresh: bool) -> Result<()> {
     let data_spec = recipe.data(&t.data).context("checked recipe names its data")?;
     // An upstream stage's output hash makes this stage's hash change when it is retrained.
     let upstream = match &t.init_from {
         Some(up) => Some(read_report_hash(&dir.with_file_name(up)).with_context(|| format!("stage `{name}` needs the output of `{up}`"))?),
         None => None,
     };
-    let hash = stage_hash(recipe, t, upstream.as_deref());
+    let hash = stage_hash(recipe, spec, t, upstream.as_deref());
     if fresh && dir.exists() {
         set_aside(dir)?;
     }
