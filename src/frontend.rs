@@ -13,9 +13,22 @@ pub struct Source {
 
 pub struct Compiled {
     pub source: Source,
-    /// Present when there were no errors.
+    /// Present when there were no errors (for a sweep: its first point).
     pub recipe: Option<Recipe>,
+    /// Every point of a `sweep` (empty without one), present when no point had errors.
+    pub points: Vec<Recipe>,
     pub diagnostics: Vec<Diagnostic>,
+}
+
+impl Compiled {
+    /// The recipes to plan or run: the sweep's points, or the one recipe.
+    pub fn recipes(&self) -> Vec<&Recipe> {
+        if self.points.is_empty() {
+            self.recipe.iter().collect()
+        } else {
+            self.points.iter().collect()
+        }
+    }
 }
 
 /// Largest recipe accepted; anything larger is not a hand-written recipe.
@@ -37,13 +50,49 @@ pub fn read(path: &Path) -> Result<Source, String> {
 pub fn compile_source(source: Source) -> Compiled {
     let base = source.path.parent().map(Path::to_path_buf).unwrap_or_default();
     let base = if base.as_os_str().is_empty() { PathBuf::from(".") } else { base };
-    match crate::syntax::parse(&source.text) {
-        Err(d) => Compiled { source, recipe: None, diagnostics: vec![d] },
-        Ok(ast) => {
-            let checked = crate::check::check(&ast, &base);
-            Compiled { source, recipe: checked.recipe, diagnostics: checked.diagnostics }
+    let ast = match crate::syntax::parse(&source.text) {
+        Err(d) => return Compiled { source, recipe: None, points: vec![], diagnostics: vec![d] },
+        Ok(ast) => ast,
+    };
+    if !ast.body.entries.iter().any(|e| matches!(e, crate::syntax::ast::Entry::Sweep(_))) {
+        let checked = crate::check::check(&ast, &base);
+        return Compiled { source, recipe: checked.recipe, points: vec![], diagnostics: checked.diagnostics };
+    }
+    let expanded = match crate::sweep::expand(&ast) {
+        Ok(v) => v,
+        Err(diagnostics) => return Compiled { source, recipe: None, points: vec![], diagnostics },
+    };
+    // Check every point; a diagnostic found at several points is reported once, naming the first.
+    let mut diagnostics: Vec<Diagnostic> = vec![];
+    let mut seen: Vec<(&'static str, crate::diag::Span, String)> = vec![];
+    let mut points = vec![];
+    let mut failed = false;
+    let variables: Vec<String> = ast
+        .body
+        .entries
+        .iter()
+        .filter_map(|e| match e {
+            crate::syntax::ast::Entry::Sweep(s) => Some(s.var.name.clone()),
+            _ => None,
+        })
+        .collect();
+    for (point, label) in &expanded {
+        let checked = crate::check::check_with(point, &base, &variables);
+        failed |= checked.recipe.is_none();
+        points.extend(checked.recipe);
+        for mut d in checked.diagnostics {
+            let key = (d.code, d.span, d.message.clone());
+            if !seen.contains(&key) {
+                seen.push(key);
+                d.message = format!("[sweep {label}] {}", d.message);
+                diagnostics.push(d);
+            }
         }
     }
+    if failed {
+        points.clear();
+    }
+    Compiled { source, recipe: points.first().cloned(), points, diagnostics }
 }
 
 pub fn compile(path: &Path) -> Result<Compiled, String> {

@@ -17,6 +17,7 @@ pub mod report;
 pub mod rng;
 pub mod scaling;
 pub mod schedule;
+pub mod sweep;
 pub mod synthetic;
 pub mod syntax;
 

@@ -245,3 +245,24 @@ fn budget_and_fit_commands() {
     assert!((f["alpha"].as_f64().unwrap() - 0.4).abs() < 0.02 && (f["beta"].as_f64().unwrap() - 0.3).abs() < 0.02, "{f}");
     assert!(dir.join("isoflop.svg").exists());
 }
+
+#[test]
+fn a_sweep_expands_into_checked_points() {
+    let c = roux::frontend::compile(&Path::new(env!("CARGO_MANIFEST_DIR")).join("recipes/width-sweep.roux")).unwrap();
+    // 3 widths × 2 norms; every point is its own experiment with its own model.
+    assert_eq!(c.points.len(), 6);
+    let names: Vec<&str> = c.points.iter().map(|r| r.experiment.as_str()).collect();
+    assert!(names.contains(&"width-sweep-d_model=192,norm=rmsnorm"), "{names:?}");
+    let widths: Vec<usize> = c.points.iter().map(|r| r.models[0].d_model).collect();
+    assert_eq!(widths, vec![64, 128, 192, 64, 128, 192]);
+    assert_eq!(c.points[3].models[0].norm, roux::recipe::Norm::Rmsnorm);
+    // A point that fails says which one: heads = 4 does not divide 66.
+    let bad = compile_text("sweep-bad", r#"experiment "s" {
+      sweep w in [64, 66]
+      data d = text("d.txt") { context = 32 }
+      model m = transformer { vocab = 256, context = 32, d_model = w, layers = 1, heads = 4 }
+    }"#);
+    assert!(bad.points.is_empty() && bad.recipe.is_none());
+    let e = bad.diagnostics.iter().find(|d| d.code == "E0220").expect("E0220");
+    assert!(e.message.starts_with("[sweep w=66]"), "{}", e.message);
+}

@@ -75,10 +75,22 @@ impl<'a> Checker<'a> {
     fn resolve_num(&mut self, path: &'a [Ident], span: Span, scope: &Scope<'a>) -> Option<f64> {
         let head = &path[0];
         if path.len() == 1 {
+            let mut own = None;
             for depth in (0..scope.len()).rev() {
                 if let Some(f) = scope[depth].field(&head.name) {
+                    // `d_model = d_model`: a key's own name in its own value means the
+                    // enclosing scope's (a sweep variable, an outer key).
+                    if self.visiting.last() == Some(&f.key.span.start) {
+                        own = Some(f);
+                        continue;
+                    }
                     return self.eval_field(f, &scope[..=depth].to_vec());
                 }
+            }
+            if let Some(f) = own {
+                self.error(Diagnostic::error("E0112", f.key.span, format!("`{}` is defined in terms of itself", f.key.name))
+                    .with_hint("no enclosing block defines it either; give a number"));
+                return None;
             }
             if let Some(d) = self.decl(&head.name) {
                 let kind = d.kind.keyword();
@@ -129,13 +141,28 @@ impl<'a> Checker<'a> {
     }
 
     /// A bare symbol such as `gelu`, one of `allowed`.
-    pub fn eval_sym(&mut self, e: &'a Expr, what: &str, allowed: &[&'static str]) -> Option<&'static str> {
+    pub fn eval_sym(&mut self, e: &'a Expr, what: &str, allowed: &[&'static str], scope: Option<&Scope<'a>>) -> Option<&'static str> {
         let Some([id]) = e.as_path() else {
             self.error(Diagnostic::error("E0120", e.span, format!("expected {what} ({}), found {}", allowed.join(" | "), describe(e))).with_hint(format!("write one bare name, such as `{what} = {}`", allowed[0])));
             return None;
         };
         if let Some(a) = allowed.iter().find(|a| **a == id.name) {
             return Some(a);
+        }
+        // Not a symbol: perhaps a key of an enclosing block holding one (`norm = norm` under
+        // `sweep norm in [layernorm, rmsnorm]`), other than the key this expression defines.
+        if let Some(scope) = scope {
+            for depth in (0..scope.len()).rev() {
+                if let Some(f) = scope[depth].field(&id.name).filter(|f| !std::ptr::eq(&f.value, e)) {
+                    if self.visiting.contains(&f.key.span.start) {
+                        break;
+                    }
+                    self.visiting.push(f.key.span.start);
+                    let v = self.eval_sym(&f.value, what, allowed, Some(&scope[..depth].to_vec()));
+                    self.visiting.pop();
+                    return v;
+                }
+            }
         }
         let mut d = Diagnostic::error("E0130", id.span, format!("unknown {what} `{}`", id.name));
         d = match did_you_mean(&id.name, allowed.iter().copied()) {

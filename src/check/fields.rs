@@ -18,6 +18,8 @@ pub struct Fields<'a> {
     /// Where to point when a required key is missing.
     pub at: Span,
     known: Vec<&'static str>,
+    /// Keys accepted beyond the getters' (sweep variables at the top level).
+    pub allowed: Vec<String>,
     /// The experiment body, where declarations and sweeps belong.
     pub top_level: bool,
 }
@@ -35,7 +37,7 @@ impl<'a> Fields<'a> {
         if let Some(b) = block {
             scope.push(b);
         }
-        Fields { block, scope, what: what.into(), at, known: vec![], top_level: false }
+        Fields { block, scope, what: what.into(), at, known: vec![], allowed: vec![], top_level: false }
     }
 
     pub fn field(&mut self, key: &'static str) -> Option<&'a Field> {
@@ -145,7 +147,10 @@ impl<'a> Fields<'a> {
         default: Option<&'static str>,
     ) -> Option<&'static str> {
         match self.field(key) {
-            Some(f) => ck.eval_sym(&f.value, key, allowed),
+            Some(f) => {
+                let scope = self.scope.clone();
+                ck.eval_sym(&f.value, key, allowed, Some(&scope))
+            }
             None if default.is_some() => default,
             None => {
                 self.missing(ck, key);
@@ -175,7 +180,7 @@ impl<'a> Fields<'a> {
                             .with_hint("remove one of the two"));
                     }
                     seen.push(k);
-                    if !self.known.contains(&k) {
+                    if !self.known.contains(&k) && !self.allowed.iter().any(|a| a == k) {
                         let mut d = Diagnostic::error("E0100", f.key.span, format!("unknown key `{k}` in {}", self.what));
                         d = match did_you_mean(k, self.known.iter().copied()) {
                             Some(s) => d.with_hint(format!("did you mean `{s}`?")),

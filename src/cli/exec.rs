@@ -8,14 +8,14 @@ pub fn run(file: &Path, out: &Path, only: &[String], fresh: bool) -> u8 {
         Ok(c) => c,
         Err(code) => return code,
     };
-    let recipe = c.recipe.expect("checked");
-    match roux::run::run_recipe(&recipe, &c.source.text, out, only, fresh) {
-        Ok(()) => 0,
-        Err(e) => {
+    // A sweep's points run one after another, each its own experiment (cached and resumable).
+    for recipe in c.recipes() {
+        if let Err(e) = roux::run::run_recipe(recipe, &c.source.text, out, only, fresh) {
             eprintln!("error: {e:#}");
-            2
+            return 2;
         }
     }
+    0
 }
 
 #[cfg(feature = "torch")]

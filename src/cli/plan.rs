@@ -11,12 +11,23 @@ pub fn run(file: &Path, json: bool) -> u8 {
         Ok(c) => c,
         Err(code) => return code,
     };
-    let recipe = c.recipe.expect("checked");
-    let p = plan(&recipe);
+    let plans: Vec<_> = c.recipes().into_iter().map(plan).collect();
     if json {
-        outln!("{}", serde_json::to_string_pretty(&p).unwrap_or_default());
+        // One object for a recipe, an array for the points of a sweep.
+        let v = if c.points.is_empty() { serde_json::to_value(&plans[0]) } else { serde_json::to_value(&plans) };
+        outln!("{}", v.map(|v| serde_json::to_string_pretty(&v).unwrap_or_default()).unwrap_or_default());
         return 0;
     }
+    for (i, p) in plans.iter().enumerate() {
+        if i > 0 {
+            outln!();
+        }
+        print_plan(p);
+    }
+    0
+}
+
+fn print_plan(p: &roux::plan::Plan) {
     outln!("experiment \"{}\"\n", p.experiment);
     outln!(
         "{:<12} {:>15} {:>15} {:>15} {:>12} {:>12} {:>11}",
@@ -39,7 +50,6 @@ pub fn run(file: &Path, json: bool) -> u8 {
         let after = if s.after.is_empty() { "-".to_string() } else { s.after.join(",") };
         outln!("{:<12} {:<8} {:<16} {:>10} {:>14} {:>12}", s.name, s.kind, after, group(s.steps), group(s.tokens), sci(s.flops));
     }
-    0
 }
 
 pub fn graph(file: &Path, format: GraphFormat) -> u8 {
@@ -47,7 +57,7 @@ pub fn graph(file: &Path, format: GraphFormat) -> u8 {
         Ok(c) => c,
         Err(code) => return code,
     };
-    let recipe = c.recipe.expect("checked");
+    let recipe = c.recipe.clone().expect("checked");
     let models: Vec<_> = recipe.models.iter().map(lower_model).collect();
     let stages = lower_stages(&recipe);
     match format {

@@ -64,6 +64,7 @@ pub fn fit(points: &Path, json: bool, bootstrap: usize, out: Option<&Path>) -> u
             if let Some(svg) = isoflop_svg(&f, &pts) {
                 std::fs::write(dir.join("isoflop.svg"), svg).map_err(|e| e.to_string())?;
             }
+            std::fs::write(dir.join("contours.svg"), roux::report::plots::contour_svg(&f, &pts)).map_err(|e| e.to_string())?;
         }
         if json {
             outln!("{}", serde_json::to_string_pretty(&f).unwrap_or_default());

@@ -3,7 +3,7 @@
 
 use std::path::{Path, PathBuf};
 
-use super::svg::{line_chart, Series};
+use super::svg::{chart, line_chart, Series};
 
 fn read_metrics(dir: &Path) -> Result<Vec<serde_json::Value>, String> {
     let path = dir.join("metrics.jsonl");
@@ -71,4 +71,40 @@ pub fn isoflop_svg(f: &crate::scaling::fit::Fit, pts: &[crate::scaling::fit::Poi
     }
     series.push(Series { name: "minima".into(), points: a2.minima.iter().map(|m| (m.params_opt, m.loss_min)).collect(), dashed: true });
     Some(line_chart("IsoFLOP profiles", "parameters (log)", "loss", &series, true))
+}
+
+/// Iso-loss contours of a fitted L(N, D) over parameters × tokens (log-log), the efficient
+/// frontier (N_opt(C), D_opt(C)), and the measured points.
+pub fn contour_svg(f: &crate::scaling::fit::Fit, pts: &[crate::scaling::fit::Point]) -> String {
+    let law = f.law();
+    let (nmin, nmax) = pts.iter().fold((f64::MAX, f64::MIN), |(a, b), p| (a.min(p.params), b.max(p.params)));
+    let (lo, hi) = ((nmin / 4.0).ln(), (nmax * 4.0).ln());
+    let (lmin, lmax) = pts.iter().fold((f64::MAX, f64::MIN), |(a, b), p| (a.min(p.loss), b.max(p.loss)));
+    let mut series = vec![];
+    // D on the curve L(N, D) = level: D = (B / (level − E − A/N^α))^(1/β), where that is positive.
+    for i in 0..6 {
+        let level = lmin - 0.05 + (lmax - lmin + 0.1) * i as f64 / 5.0;
+        let curve: Vec<(f64, f64)> = (0..=80)
+            .filter_map(|k| {
+                let n = (lo + (hi - lo) * k as f64 / 80.0).exp();
+                let rest = level - law.e - law.a / n.powf(law.alpha);
+                (rest > 0.0).then(|| (n, (law.b / rest).powf(1.0 / law.beta))).filter(|(_, d)| d.is_finite() && *d < 1e30)
+            })
+            .collect();
+        if curve.len() > 1 {
+            series.push(Series { name: format!("L = {level:.3}"), points: curve, dashed: true });
+        }
+    }
+    let (cmin, cmax) = pts.iter().fold((f64::MAX, f64::MIN), |(a, b), p| {
+        let c = 6.0 * p.params * p.tokens;
+        (a.min(c), b.max(c))
+    });
+    let frontier: Vec<(f64, f64)> = (0..=40).map(|k| law.optimum((cmin / 3.0) * (cmax * 30.0 / (cmin / 3.0)).powf(k as f64 / 40.0))).collect();
+    series.push(Series { name: "efficient frontier".into(), points: frontier, dashed: false });
+    let mut measured: Vec<(f64, f64)> = pts.iter().map(|p| (p.params, p.tokens)).collect();
+    measured.sort_by(|a, b| a.0.total_cmp(&b.0));
+    for (i, p) in measured.iter().enumerate() {
+        series.push(Series { name: if i == 0 { "runs".into() } else { String::new() }, points: vec![*p], dashed: false });
+    }
+    chart("Fitted loss contours and the efficient frontier", "parameters (log)", "tokens (log)", &series, true, true)
 }

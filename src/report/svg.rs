@@ -29,6 +29,9 @@ fn ticks(lo: f64, hi: f64, n: usize) -> Vec<f64> {
 }
 
 fn label(v: f64) -> String {
+    if v.abs() < 1e-12 {
+        return "0".into();
+    }
     if v != 0.0 && (v.abs() >= 1e5 || v.abs() < 1e-3) {
         format!("{v:.1e}")
     } else {
@@ -39,10 +42,16 @@ fn label(v: f64) -> String {
 
 /// A line chart; `log_x` plots the x axis in log10.
 pub fn line_chart(title: &str, x_label: &str, y_label: &str, series: &[Series], log_x: bool) -> String {
+    chart(title, x_label, y_label, series, log_x, false)
+}
+
+/// A line chart with either axis in log10.
+pub fn chart(title: &str, x_label: &str, y_label: &str, series: &[Series], log_x: bool, log_y: bool) -> String {
     let (w, h) = (720.0, 420.0);
     let (ml, mr, mt, mb) = (70.0, 170.0, 40.0, 50.0);
     let tx = |x: f64| if log_x { x.max(1e-300).log10() } else { x };
-    let pts: Vec<(f64, f64)> = series.iter().flat_map(|s| s.points.iter().map(|&(x, y)| (tx(x), y))).filter(|(x, y)| x.is_finite() && y.is_finite()).collect();
+    let ty = |y: f64| if log_y { y.max(1e-300).log10() } else { y };
+    let pts: Vec<(f64, f64)> = series.iter().flat_map(|s| s.points.iter().map(|&(x, y)| (tx(x), ty(y)))).filter(|(x, y)| x.is_finite() && y.is_finite()).collect();
     let (mut x0, mut x1, mut y0, mut y1) = (f64::MAX, f64::MIN, f64::MAX, f64::MIN);
     for &(x, y) in &pts {
         x0 = x0.min(x);
@@ -69,7 +78,8 @@ pub fn line_chart(title: &str, x_label: &str, y_label: &str, series: &[Series], 
     );
     for t in ticks(y0, y1, 6) {
         let y = py(t);
-        s += &format!("<line x1=\"{ml}\" x2=\"{}\" y1=\"{y:.1}\" y2=\"{y:.1}\" stroke=\"#eee\"/><text x=\"{}\" y=\"{:.1}\" text-anchor=\"end\">{}</text>\n", w - mr, ml - 6.0, y + 4.0, label(t));
+        let shown = if log_y { label(10f64.powf(t)) } else { label(t) };
+        s += &format!("<line x1=\"{ml}\" x2=\"{}\" y1=\"{y:.1}\" y2=\"{y:.1}\" stroke=\"#eee\"/><text x=\"{}\" y=\"{:.1}\" text-anchor=\"end\">{}</text>\n", w - mr, ml - 6.0, y + 4.0, shown);
     }
     for t in ticks(x0, x1, 7) {
         let x = px(t);
@@ -81,7 +91,7 @@ pub fn line_chart(title: &str, x_label: &str, y_label: &str, series: &[Series], 
     s += &format!("<text transform=\"translate(16,{}) rotate(-90)\" text-anchor=\"middle\">{}</text>\n", (h - mb + mt) / 2.0, esc(y_label));
     for (i, se) in series.iter().enumerate() {
         let color = PALETTE[i % PALETTE.len()];
-        let path: Vec<String> = se.points.iter().map(|&(x, y)| (tx(x), y)).filter(|(x, y)| x.is_finite() && y.is_finite()).map(|(x, y)| format!("{:.1},{:.1}", px(x), py(y))).collect();
+        let path: Vec<String> = se.points.iter().map(|&(x, y)| (tx(x), ty(y))).filter(|(x, y)| x.is_finite() && y.is_finite()).map(|(x, y)| format!("{:.1},{:.1}", px(x), py(y))).collect();
         let dash = if se.dashed { " stroke-dasharray=\"6 4\"" } else { "" };
         if path.len() == 1 {
             let (x, y) = path[0].split_once(',').unwrap_or(("0", "0"));
@@ -89,7 +99,10 @@ pub fn line_chart(title: &str, x_label: &str, y_label: &str, series: &[Series], 
         } else {
             s += &format!("<polyline fill=\"none\" stroke=\"{color}\" stroke-width=\"1.8\"{dash} points=\"{}\"/>\n", path.join(" "));
         }
-        let ly = mt + 14.0 + 18.0 * i as f64;
+        if se.name.is_empty() {
+            continue; // unnamed series (extra markers) get no legend entry
+        }
+        let ly = mt + 14.0 + 18.0 * i.min(17) as f64;
         s += &format!(
             "<line x1=\"{}\" x2=\"{}\" y1=\"{ly}\" y2=\"{ly}\" stroke=\"{color}\" stroke-width=\"2\"{dash}/><text x=\"{}\" y=\"{}\">{}</text>\n",
             w - mr + 12.0,

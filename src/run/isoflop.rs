@@ -83,6 +83,7 @@ pub fn run_isoflop(recipe: &Recipe, source: &str, name: &str, iso: &IsoflopSpec,
     if let Some(svg) = crate::report::plots::isoflop_svg(&f, &pts) {
         std::fs::write(dir.join("isoflop.svg"), svg)?;
     }
+    std::fs::write(dir.join("contours.svg"), crate::report::plots::contour_svg(&f, &pts))?;
     eprintln!("{name}: Approach 2: N_opt ∝ C^{:.3}, D_opt ∝ C^{:.3}; Approach 3: α = {:.3}, β = {:.3}", a2.a, a2.b, f.alpha, f.beta);
     eprintln!("{name}: at {target_c:.1e} FLOPs: predicted loss {loss_pred_a2:.4} (A2) / {loss_pred_a3:.4} (A3), achieved {achieved:.4}; wrote {}", dir.display());
     Ok(())

@@ -1,0 +1,56 @@
+//! `sweep NAME in [v1, v2, …]` at the top of an experiment: the recipe expands at check time into
+//! one recipe per value (the cartesian product over several sweeps), with `NAME = value` in place
+//! of the sweep line and the experiment named `<name>-NAME=value`. Every point is then checked
+//! like a hand-written recipe; its errors say which point they belong to.
+
+use crate::diag::{Diagnostic, Span};
+use crate::syntax::ast::{Entry, ExprKind, Field, Recipe};
+
+/// The expanded ASTs with the bindings of each, or a diagnostic for a malformed sweep.
+pub fn expand(ast: &Recipe) -> Result<Vec<(Recipe, String)>, Vec<Diagnostic>> {
+    let mut axes = vec![];
+    let mut errors = vec![];
+    for e in &ast.body.entries {
+        if let Entry::Sweep(s) = e {
+            match &s.values.kind {
+                ExprKind::List(v) if !v.is_empty() => axes.push((s.var.clone(), v.clone(), s.span)),
+                _ => errors.push(
+                    Diagnostic::error("E0120", s.values.span, format!("`sweep {}` expects a non-empty list of values", s.var.name))
+                        .with_hint(format!("write `sweep {} in [64, 128, 256]`", s.var.name)),
+                ),
+            }
+        }
+    }
+    if !errors.is_empty() {
+        return Err(errors);
+    }
+    let total: usize = axes.iter().map(|(_, v, _)| v.len()).product();
+    if total > 10_000 {
+        let span = axes.first().map_or(Span::default(), |a| a.2);
+        return Err(vec![Diagnostic::error("E0243", span, format!("this sweep expands to {total} recipes"))
+            .with_hint("at most 10,000 points; split the sweep into several recipes")]);
+    }
+    let mut out = vec![];
+    for i in 0..total {
+        let mut rem = i;
+        let mut point = ast.clone();
+        let mut label = vec![];
+        let mut k = 0;
+        for e in point.body.entries.iter_mut() {
+            if let Entry::Sweep(s) = e {
+                let values = &axes[k].1;
+                let v = values[rem % values.len()].clone();
+                rem /= values.len();
+                k += 1;
+                let mut shown = String::new();
+                crate::syntax::print::expr(&mut shown, &v, 0);
+                label.push(format!("{}={}", s.var.name, shown));
+                *e = Entry::Field(Field { key: s.var.clone(), value: v });
+            }
+        }
+        let label = label.join(",");
+        point.name = format!("{}-{}", ast.name, label.replace(['/', ' ', '"'], "_"));
+        out.push((point, label));
+    }
+    Ok(out)
+}
