@@ -224,6 +224,10 @@ pub struct TrainSpec {
     pub device: Device,
     #[serde(default)]
     pub precision: Precision,
+    /// Steps with a non-finite loss or gradient that may be skipped before the stage stops
+    /// (0: stop at the first).
+    #[serde(default)]
+    pub max_skips: u64,
 }
 
 impl TrainSpec {

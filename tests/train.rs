@@ -224,3 +224,29 @@ fn bf16_compute_trains_and_keeps_float32_weights() {
         assert_eq!(t.kind(), Kind::Float, "{name} is saved as {:?}", t.kind());
     }
 }
+
+#[test]
+fn a_diverging_run_stops_with_the_step_and_can_skip_a_few() {
+    let dir = scratch("nan");
+    let recipe = |extra: &str| {
+        format!(
+            r#"experiment "nan" {{
+              data d = text("../../../data/tinyshakespeare.txt") {{ context = 16 }}
+              model m = transformer {{ vocab = 256, context = 16, d_model = 16, layers = 1, heads = 2 }}
+              stage s = train(m, d) {{ steps = 50, batch = 2, optimizer = adamw {{ lr = 1e30 }}, grad_clip = 0 {extra} }}
+            }}"#
+        )
+    };
+    std::fs::write(dir.join("stop.roux"), recipe("")).unwrap();
+    let o = roux(&["run", dir.join("stop.roux").to_str().unwrap(), "--out", dir.join("runs").to_str().unwrap()]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(2), "{err}");
+    assert!(err.contains("non-finite") && err.contains("at step") && err.contains("learning rate"), "{err}");
+    // A learning rate of 1e30 breaks the weights for good: skipping 3 steps does not save it,
+    // and the run says so after the third.
+    std::fs::write(dir.join("skip.roux"), recipe(", on_nonfinite = skip, max_skips = 3")).unwrap();
+    let o = roux(&["run", dir.join("skip.roux").to_str().unwrap(), "--out", dir.join("runs2").to_str().unwrap()]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(2), "{err}");
+    assert_eq!(err.matches("skipped (").count(), 3, "{err}");
+}

@@ -59,6 +59,7 @@ impl<'a> Checker<'a> {
             checkpoint_every: 0,
             device: Device::Auto,
             precision: Precision::Fp32,
+            max_skips: 0,
         };
         let mut points = vec![];
         for c in &budgets {

@@ -198,6 +198,8 @@ impl<'a> Checker<'a> {
         let checkpoint_every = f.int(self, "checkpoint_every", Some(0), Min::Zero);
         let device = f.sym(self, "device", &["auto", "cpu", "cuda"], Some("auto"));
         let precision = f.sym(self, "precision", &["fp32", "bf16"], Some("fp32"));
+        let on_nonfinite = f.sym(self, "on_nonfinite", &["stop", "skip"], Some("stop"));
+        let max_skips = f.int(self, "max_skips", Some(10), Min::One);
         let tokens_span = f.key_span("tokens");
         let sched_span = f.value_span("schedule");
         f.finish(self);
@@ -276,6 +278,7 @@ impl<'a> Checker<'a> {
                     _ => Device::Auto,
                 },
                 precision: if precision? == "bf16" { Precision::Bf16 } else { Precision::Fp32 },
+                max_skips: if on_nonfinite? == "skip" { max_skips? } else { 0 },
             }),
         })
     }

@@ -103,6 +103,10 @@ pub fn run_train_model(recipe: &Recipe, source: &str, name: &str, spec: &ModelSp
         device
     );
     let progress = Progress::new(name, step0, t.steps);
+    let mut skipped = 0u64;
+    if device == tch::Device::Cpu {
+        memory_guard(name, plan.train_memory_bytes)?;
+    }
     let started = Instant::now();
     let mut window = (Instant::now(), 0u64, window_loss.0, window_loss.1); // (since, tokens, loss sum, steps)
     let (mut last_loss, mut last_val) = (f64::NAN, None);
@@ -121,6 +125,13 @@ pub fn run_train_model(recipe: &Recipe, source: &str, name: &str, spec: &ModelSp
         loss.backward();
         let grad_norm = clip_grad_norm(&model.params, t.grad_clip);
         let loss_v = ce.double_value(&[]);
+        if (!loss_v.is_finite() || !grad_norm.is_finite()) && skipped < t.max_skips {
+            // `on_nonfinite = skip`: drop this step's update (the batch is consumed, so a
+            // resumed run skips the same step) and go on, up to `max_skips` times.
+            skipped += 1;
+            eprintln!("{name}: step {}: non-finite loss or gradient (loss {loss_v}, gradient norm {grad_norm}); skipped ({skipped} of at most {})", step + 1, t.max_skips);
+            continue;
+        }
         if !loss_v.is_finite() || !grad_norm.is_finite() {
             bail!(
                 "stage `{name}`: {} at step {} (loss {loss_v}, gradient norm {grad_norm}). The last good checkpoint is {}.\n\
@@ -265,4 +276,25 @@ fn moe_json(s: &super::moe::MoeStats) -> serde_json::Value {
         v[*name] = json!(t.double_value(&[]));
     }
     v
+}
+
+/// Refuse a CPU run whose planned memory exceeds what the machine has available.
+fn memory_guard(name: &str, need: u64) -> Result<()> {
+    let Ok(info) = std::fs::read_to_string("/proc/meminfo") else { return Ok(()) };
+    let available = info
+        .lines()
+        .find_map(|l| l.strip_prefix("MemAvailable:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .map(|kb| kb * 1024);
+    if let Some(avail) = available {
+        if need > avail {
+            bail!(
+                "stage `{name}` needs about {:.2} GiB (the plan's training-memory estimate: weights, gradients, AdamW moments and activations) \
+                 but only {:.2} GiB is available; lower `batch` or the context, or run on a larger machine",
+                need as f64 / (1u64 << 30) as f64,
+                avail as f64 / (1u64 << 30) as f64
+            );
+        }
+    }
+    Ok(())
 }
