@@ -40,6 +40,11 @@ fn label(v: f64) -> String {
     }
 }
 
+/// The label of a log-axis tick at log10 value `t`: `1e5`, `3.2e4`.
+fn label_pow(t: f64) -> String {
+    format!("{:.1e}", 10f64.powf(t)).replace(".0e", "e")
+}
+
 /// A line chart; `log_x` plots the x axis in log10.
 pub fn line_chart(title: &str, x_label: &str, y_label: &str, series: &[Series], log_x: bool) -> String {
     chart(title, x_label, y_label, series, log_x, false)
@@ -78,12 +83,12 @@ pub fn chart(title: &str, x_label: &str, y_label: &str, series: &[Series], log_x
     );
     for t in ticks(y0, y1, 6) {
         let y = py(t);
-        let shown = if log_y { label(10f64.powf(t)) } else { label(t) };
+        let shown = if log_y { label_pow(t) } else { label(t) };
         s += &format!("<line x1=\"{ml}\" x2=\"{}\" y1=\"{y:.1}\" y2=\"{y:.1}\" stroke=\"#eee\"/><text x=\"{}\" y=\"{:.1}\" text-anchor=\"end\">{}</text>\n", w - mr, ml - 6.0, y + 4.0, shown);
     }
     for t in ticks(x0, x1, 7) {
         let x = px(t);
-        let shown = if log_x { label(10f64.powf(t)) } else { label(t) };
+        let shown = if log_x { label_pow(t) } else { label(t) };
         s += &format!("<line x1=\"{x:.1}\" x2=\"{x:.1}\" y1=\"{mt}\" y2=\"{}\" stroke=\"#eee\"/><text x=\"{x:.1}\" y=\"{}\" text-anchor=\"middle\">{}</text>\n", h - mb, h - mb + 16.0, shown);
     }
     s += &format!("<rect x=\"{ml}\" y=\"{mt}\" width=\"{}\" height=\"{}\" fill=\"none\" stroke=\"#333\"/>\n", w - ml - mr, h - mt - mb);
