@@ -27,6 +27,16 @@ pub enum Severity {
     Note,
 }
 
+impl Severity {
+    fn word(self) -> &'static str {
+        match self {
+            Severity::Error => "error",
+            Severity::Warning => "warning",
+            Severity::Note => "note",
+        }
+    }
+}
+
 #[derive(Clone, Debug, PartialEq)]
 pub struct Diagnostic {
     pub severity: Severity,
@@ -104,11 +114,7 @@ pub fn locate(file: &str, src: &str, d: &Diagnostic) -> Located {
 /// `file:line:col: error[CODE]: message`, the source line, a caret underline, and the hint.
 pub fn render_text(file: &str, src: &str, d: &Diagnostic) -> String {
     let l = locate(file, src, d);
-    let sev = match d.severity {
-        Severity::Error => "error",
-        Severity::Warning => "warning",
-        Severity::Note => "note",
-    };
+    let sev = d.severity.word();
     let mut out = format!("{}:{}:{}: {}[{}]: {}\n", file, l.line, l.col, sev, d.code, d.message);
     let text = src.lines().nth(l.line - 1).unwrap_or("");
     // Very long lines are cut around the span so the caret stays readable.
@@ -132,11 +138,8 @@ pub fn render_text(file: &str, src: &str, d: &Diagnostic) -> String {
 /// `::error file=…,line=…,col=…::message` for GitHub Actions.
 pub fn render_github(file: &str, src: &str, d: &Diagnostic) -> String {
     let l = locate(file, src, d);
-    let sev = match d.severity {
-        Severity::Error => "error",
-        Severity::Warning => "warning",
-        Severity::Note => "notice",
-    };
+    // GitHub's annotation levels are error, warning and notice.
+    let sev = if d.severity == Severity::Note { "notice" } else { d.severity.word() };
     let mut msg = format!("[{}] {}", d.code, d.message);
     if let Some(h) = &d.hint {
         msg += &format!(" (hint: {h})");
