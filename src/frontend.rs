@@ -48,6 +48,11 @@ pub fn read(path: &Path) -> Result<Source, String> {
 }
 
 pub fn compile_source(source: Source) -> Compiled {
+    compile_source_allowing(source, &[])
+}
+
+/// Compile, letting the recipe read files under `allowed` besides its own project.
+pub fn compile_source_allowing(source: Source, allowed: &[PathBuf]) -> Compiled {
     let base = source.path.parent().map(Path::to_path_buf).unwrap_or_default();
     let base = if base.as_os_str().is_empty() { PathBuf::from(".") } else { base };
     let ast = match crate::syntax::parse(&source.text) {
@@ -55,7 +60,7 @@ pub fn compile_source(source: Source) -> Compiled {
         Ok(ast) => ast,
     };
     if !ast.body.entries.iter().any(|e| matches!(e, crate::syntax::ast::Entry::Sweep(_))) {
-        let checked = crate::check::check(&ast, &base);
+        let checked = crate::check::check_with(&ast, &base, &[], allowed);
         return Compiled { source, recipe: checked.recipe, points: vec![], diagnostics: checked.diagnostics };
     }
     let expanded = match crate::sweep::expand(&ast) {
@@ -77,7 +82,7 @@ pub fn compile_source(source: Source) -> Compiled {
         })
         .collect();
     for (point, label) in &expanded {
-        let checked = crate::check::check_with(point, &base, &variables);
+        let checked = crate::check::check_with(point, &base, &variables, allowed);
         failed |= checked.recipe.is_none();
         points.extend(checked.recipe);
         for mut d in checked.diagnostics {
@@ -97,4 +102,8 @@ pub fn compile_source(source: Source) -> Compiled {
 
 pub fn compile(path: &Path) -> Result<Compiled, String> {
     Ok(compile_source(read(path)?))
+}
+
+pub fn compile_allowing(path: &Path, allowed: &[PathBuf]) -> Result<Compiled, String> {
+    Ok(compile_source_allowing(read(path)?, allowed))
 }

@@ -29,6 +29,9 @@ use std::process::ExitCode;
 struct Cli {
     #[command(subcommand)]
     command: Command,
+    /// Let recipes read files under DIR, outside their project (repeatable).
+    #[arg(long = "allow-path", global = true, value_name = "DIR")]
+    allow_path: Vec<PathBuf>,
 }
 
 #[derive(Clone, Copy, ValueEnum, PartialEq, Eq)]
@@ -140,6 +143,7 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    let _ = cli::ALLOWED_PATHS.set(cli.allow_path.clone());
     let code = match cli.command {
         Command::Check { files, format } => cli::check::run(&files, format),
         Command::Plan { file, json } => cli::plan::run(&file, json),

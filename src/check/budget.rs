@@ -64,7 +64,8 @@ impl<'a> Checker<'a> {
                         .with_hint("write `law = fitted(\"fit.json\")`"));
                     return None;
                 };
-                let text = match std::fs::read_to_string(self.base_dir.join(&file)) {
+                let path = self.confined(&file, span)?;
+                let text = match std::fs::read_to_string(path) {
                     Ok(t) => t,
                     Err(_) => {
                         self.error(Diagnostic::error("E0210", span, format!("fit file `{file}` not found"))

@@ -50,7 +50,7 @@ impl<'a> Checker<'a> {
                 .with_hint("write `text(\"data/corpus.txt\") { … }`"));
             return None;
         };
-        let full = self.base_dir.join(&file);
+        let full = self.confined(&file, file_span)?;
         let tokens = match std::fs::metadata(&full) {
             Ok(m) if m.is_file() => m.len(),
             Ok(_) => {

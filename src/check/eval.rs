@@ -31,7 +31,8 @@ impl<'a> Checker<'a> {
         let v = match &e.kind {
             ExprKind::Num { value, text } => {
                 if !value.is_finite() {
-                    self.error(Diagnostic::error("E0121", e.span, format!("number `{text}` is out of range"))
+                    let shown: String = if text.chars().count() > 40 { text.chars().take(20).chain("…".chars()).collect() } else { text.clone() };
+                    self.error(Diagnostic::error("E0121", e.span, format!("number `{shown}` is out of range"))
                         .with_hint("numbers must be finite and below about 1.8e308"));
                     return None;
                 }

@@ -11,6 +11,7 @@ mod fields;
 mod isoflop;
 mod mixture;
 mod model;
+pub mod paths;
 mod moe;
 mod stage;
 pub mod suggest;
@@ -40,6 +41,8 @@ pub struct Checker<'a> {
     visiting: Vec<usize>,
     /// Top-level keys that sweeps define.
     variables: Vec<String>,
+    /// Folders outside the project that the user allowed the recipe to read (`--allow-path`).
+    allowed_paths: Vec<PathBuf>,
 }
 
 /// The result of checking: the typed recipe when there were no errors, and every diagnostic.
@@ -50,11 +53,12 @@ pub struct Checked {
 
 /// Check a parsed recipe. `base_dir` is the directory holding the recipe file.
 pub fn check(ast: &ast::Recipe, base_dir: &Path) -> Checked {
-    check_with(ast, base_dir, &[])
+    check_with(ast, base_dir, &[], &[])
 }
 
-/// Check with extra top-level keys allowed: the variables of an expanded `sweep`.
-pub fn check_with(ast: &ast::Recipe, base_dir: &Path, variables: &[String]) -> Checked {
+/// Check with extra top-level keys allowed (the variables of an expanded `sweep`) and extra
+/// folders the recipe may read from.
+pub fn check_with(ast: &ast::Recipe, base_dir: &Path, variables: &[String], allowed_paths: &[PathBuf]) -> Checked {
     let mut ck = Checker {
         ast,
         base_dir: base_dir.to_path_buf(),
@@ -66,6 +70,7 @@ pub fn check_with(ast: &ast::Recipe, base_dir: &Path, variables: &[String]) -> C
         models: HashMap::new(),
         visiting: vec![],
         variables: variables.to_vec(),
+        allowed_paths: allowed_paths.to_vec(),
     };
     let recipe = ck.run();
     let failed = ck.diags.iter().any(|d| d.is_error());

@@ -170,11 +170,17 @@ pub fn mixture_params(m: &crate::recipe::MixtureSpec, g: &crate::recipe::Generat
 /// Returns the sized spec and its parameter count.
 pub fn size_model(base: &crate::recipe::ModelSpec, target: f64, aspect: f64, head_dim: usize) -> (crate::recipe::ModelSpec, u64) {
     let mut best: Option<(f64, f64, crate::recipe::ModelSpec, u64)> = None;
+    // Counts grow with width and depth, so each depth stops at the first width above the
+    // target, and the search stops at the first depth whose narrowest shape is above it.
     for layers in 1..=64usize {
+        let mut narrowest: Option<u64> = None;
         for k in 1..=256usize {
             let d = k * head_dim;
             let shape = ((d as f64 / layers as f64) / aspect).ln().abs();
             if shape > 2f64.ln() + 1e-9 && !(layers == 1 && k == 1) {
+                if (d as f64 / layers as f64) > aspect {
+                    break; // wider only moves further from the aspect
+                }
                 continue;
             }
             let mut s = base.clone();
@@ -193,9 +199,16 @@ pub fn size_model(base: &crate::recipe::ModelSpec, target: f64, aspect: f64, hea
                 None => true,
                 Some((e, sh, _, _)) => err < *e - 1e-12 || ((err - *e).abs() <= 1e-12 && shape < *sh),
             };
+            narrowest.get_or_insert(n);
             if better {
                 best = Some((err, shape, s, n));
             }
+            if n as f64 > target {
+                break;
+            }
+        }
+        if narrowest.is_some_and(|n| n as f64 > target) {
+            break;
         }
     }
     let (_, _, s, n) = best.expect("at least one candidate");

@@ -1,0 +1,41 @@
+//! Confinement: a recipe is data from possibly someone else, so the files it names resolve
+//! relative to it and must stay inside its project (the nearest enclosing folder with `.git`,
+//! `Cargo.toml` or `roux.toml`, else the recipe's own folder), or inside a folder the user allowed
+//! on the command line (`--allow-path`).
+
+use std::path::{Path, PathBuf};
+
+use super::Checker;
+use crate::diag::{Diagnostic, Span};
+
+/// The project folder of a recipe in `dir`.
+pub fn project_root(dir: &Path) -> PathBuf {
+    let dir = std::fs::canonicalize(dir).unwrap_or_else(|_| dir.to_path_buf());
+    let mut cur = Some(dir.as_path());
+    while let Some(d) = cur {
+        if [".git", "Cargo.toml", "roux.toml"].iter().any(|m| d.join(m).exists()) {
+            return d.to_path_buf();
+        }
+        cur = d.parent();
+    }
+    dir
+}
+
+impl Checker<'_> {
+    /// Resolve `file` (as written in the recipe) and check it stays where it may. Returns the
+    /// resolved path, or None after reporting E0212.
+    pub fn confined(&mut self, file: &str, span: Span) -> Option<PathBuf> {
+        let full = self.base_dir.join(file);
+        // A missing file is reported by the caller; confinement judges what exists.
+        let Ok(real) = std::fs::canonicalize(&full) else { return Some(full) };
+        let root = project_root(&self.base_dir);
+        if real.starts_with(&root) || self.allowed_paths.iter().any(|a| std::fs::canonicalize(a).is_ok_and(|a| real.starts_with(a))) {
+            return Some(full);
+        }
+        self.error(
+            Diagnostic::error("E0212", span, format!("`{file}` is outside the recipe's project ({})", root.display()))
+                .with_hint(format!("a recipe may only read files inside its project; to allow this one, pass `--allow-path {}`", real.parent().unwrap_or(&real).display())),
+        );
+        None
+    }
+}

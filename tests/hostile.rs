@@ -1,0 +1,216 @@
+//! Faults and hostile input: runs SIGKILLed at random points resume to identical results, a torn
+//! checkpoint write is never loaded, and broken inputs of every kind give a clear error and
+//! exit 1 or 2 — never a panic or a hang.
+#![cfg(feature = "torch")]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+fn root() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn scratch(name: &str) -> PathBuf {
+    let d = root().join("target/test-runs").join(name);
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+fn run_to_end(recipe: &Path, out: &Path) {
+    let o = Command::new(env!("CARGO_BIN_EXE_roux")).args(["run", recipe.to_str().unwrap(), "--out", out.to_str().unwrap()]).env("ROUX_QUIET", "1").output().unwrap();
+    assert_eq!(o.status.code(), Some(0), "{}", String::from_utf8_lossy(&o.stderr));
+}
+
+#[test]
+fn killed_at_random_points_across_two_stages_the_result_is_identical() {
+    let recipe = root().join("tests/fixtures/tiny-resume.roux");
+    let (whole, killed) = (scratch("kill-whole"), scratch("kill-many"));
+    run_to_end(&recipe, &whole);
+    // Pseudo-random delays of 0.4–1.6 s (a start, with libtorch loading, takes ~0.3 s); keep
+    // killing until a run finishes by itself.
+    let mut state = 0x2545_F491_4F6C_DD1Du64;
+    let mut kills = 0;
+    loop {
+        state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        let delay = 400 + (state >> 33) % 1200;
+        let mut child = Command::new(env!("CARGO_BIN_EXE_roux"))
+            .args(["run", recipe.to_str().unwrap(), "--out", killed.to_str().unwrap()])
+            .env("ROUX_QUIET", "1")
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(delay));
+        match child.try_wait().unwrap() {
+            Some(status) => {
+                assert!(status.success());
+                break;
+            }
+            None => {
+                child.kill().unwrap(); // SIGKILL
+                child.wait().unwrap();
+                kills += 1;
+            }
+        }
+        assert!(kills < 200, "never finished");
+    }
+    assert!(kills >= 3, "only {kills} kills: the fixture finishes too fast to test resuming");
+    for stage in ["pretrain", "more"] {
+        let a = std::fs::read(whole.join("tiny-resume").join(stage).join("model.safetensors")).unwrap();
+        let b = std::fs::read(killed.join("tiny-resume").join(stage).join("model.safetensors")).unwrap();
+        assert!(a == b, "{stage}: weights differ after {kills} kills");
+        let m = |d: &Path| {
+            std::fs::read_to_string(d.join("tiny-resume").join(stage).join("metrics.jsonl"))
+                .unwrap()
+                .lines()
+                .map(|l| {
+                    let v: serde_json::Value = serde_json::from_str(l).unwrap();
+                    (v["step"].as_u64(), v["loss"].as_f64(), v["val_loss"].as_f64(), v["lr"].as_f64())
+                })
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(m(&whole), m(&killed), "{stage}: metrics differ after {kills} kills");
+    }
+    eprintln!("identical after {kills} SIGKILLs");
+}
+
+#[test]
+fn a_torn_checkpoint_write_is_never_loaded() {
+    let recipe = root().join("tests/fixtures/tiny.roux");
+    let (whole, torn) = (scratch("torn-whole"), scratch("torn"));
+    run_to_end(&recipe, &whole);
+    let dir = torn.join("tiny/pretrain");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_roux")).args(["run", recipe.to_str().unwrap(), "--out", torn.to_str().unwrap()]).env("ROUX_QUIET", "1").stderr(Stdio::null()).spawn().unwrap();
+    // Let it checkpoint a few times, then kill it: whatever the timing, state.json names a
+    // complete checkpoint.
+    let t0 = Instant::now();
+    loop {
+        if let Ok(text) = std::fs::read_to_string(dir.join("state.json")) {
+            if let Ok(v) = serde_json::from_str::<serde_json::Value>(&text) {
+                if v["step"].as_u64() >= Some(40) {
+                    break;
+                }
+            }
+        }
+        assert!(t0.elapsed() < Duration::from_secs(60));
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let named: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(dir.join("state.json")).unwrap()).unwrap();
+    // As if it died writing the next checkpoint: a truncated newer file and a stray temporary
+    // file lie beside the good one the state names.
+    let next = named["step"].as_u64().unwrap() + 5;
+    std::fs::write(dir.join(format!("ckpt-{next}.safetensors")), b"\x10\x00\x00\x00\x00\x00\x00\x00{\"trunc").unwrap();
+    std::fs::write(dir.join("ckpt-999.safetensors.1234.tmp"), b"garbage").unwrap();
+    run_to_end(&recipe, &torn);
+    assert!(
+        std::fs::read(whole.join("tiny/pretrain/model.safetensors")).unwrap() == std::fs::read(dir.join("model.safetensors")).unwrap(),
+        "resuming past a torn checkpoint changed the result"
+    );
+}
+
+/// (what, args) for broken inputs; each must exit 1 or 2 without a panic.
+fn hostile_cases(dir: &Path) -> Vec<(String, Vec<String>)> {
+    let w = |name: &str, bytes: &[u8]| {
+        let p = dir.join(name);
+        std::fs::write(&p, bytes).unwrap();
+        p.to_str().unwrap().to_string()
+    };
+    let data = |name: &str, bytes: &[u8]| {
+        w(name, bytes);
+        w(
+            &format!("{name}.roux"),
+            format!(r#"experiment "h" {{ data d = text("{name}") {{ context = 64 }} model m = transformer {{ vocab = 256, context = 64, d_model = 16, layers = 1, heads = 2 }} stage s = train(m, d) {{ steps = 2 }} }}"#).as_bytes(),
+        )
+    };
+    let mut cases: Vec<(String, Vec<String>)> = vec![];
+    let check = |what: &str, file: String| (what.to_string(), vec!["check".to_string(), file]);
+    cases.push(check("empty recipe", w("empty.roux", b"")));
+    cases.push(check("only a comment", w("comment.roux", b"// nothing here\n")));
+    cases.push(check("unterminated comment", w("c2.roux", b"experiment \"x\" { /* never closed")));
+    cases.push(check("unterminated string", w("s.roux", b"experiment \"x { seed = 1 }")));
+    cases.push(check("binary recipe", w("bin.roux", &[0x7f, b'E', b'L', b'F', 0, 0, 0xff, 0xfe])));
+    cases.push(check("truncated recipe", w("trunc.roux", b"experiment \"x\" { model m = transformer { d_model = 12")));
+    cases.push(check("NUL bytes", w("nul.roux", b"experiment \"x\" {\0seed = 1 }")));
+    cases.push(check("a 200k-character line", w("long.roux", format!("experiment \"x\" {{ seed = {} }}", "9".repeat(200_000)).as_bytes())));
+    cases.push(check("10k nested parentheses", w("deep.roux", format!("experiment \"x\" {{ seed = {}1{} }}", "(".repeat(10_000), ")".repeat(10_000)).as_bytes())));
+    cases.push(check("10k nested blocks", w("deepb.roux", format!("experiment \"x\" {{ a = {}", "b { c = ".repeat(10_000)).as_bytes())));
+    cases.push(check("NaN-like number", w("nan.roux", b"experiment \"x\" { seed = 0/0 }")));
+    cases.push(check("negative seed", w("neg.roux", b"experiment \"x\" { seed = -1 }")));
+    cases.push(check("huge number", w("huge.roux", b"experiment \"x\" { seed = 1e300 * 1e300 }")));
+    cases.push(check("power overflow", w("pow.roux", b"experiment \"x\" { seed = 10 ^ 400 }")));
+    cases.push(check("empty data file", data("empty.txt", b"")));
+    cases.push(check("data shorter than the context", data("short.txt", b"tiny")));
+    cases.push(check("binary data shorter than the context", data("bin.txt", &[0, 1, 2, 255])));
+    cases.push(("missing recipe".into(), vec!["check".into(), dir.join("nope.roux").to_str().unwrap().into()]));
+    cases.push(("recipe is a directory".into(), vec!["check".into(), dir.to_str().unwrap().into()]));
+    cases.push(("huge recipe".into(), vec!["check".into(), w("big.roux", &vec![b' '; 5 << 20])]));
+    cases.push(("sample from a missing run".into(), vec!["sample".into(), dir.join("norun").to_str().unwrap().into()]));
+    std::fs::create_dir_all(dir.join("badrun")).unwrap();
+    std::fs::write(dir.join("badrun/resolved.json"), "{not json").unwrap();
+    cases.push(("sample from a corrupt run".into(), vec!["sample".into(), dir.join("badrun").to_str().unwrap().into()]));
+    std::fs::create_dir_all(dir.join("badweights")).unwrap();
+    std::fs::write(
+        dir.join("badweights/resolved.json"),
+        r#"{"model": {"name":"m","vocab":256,"context":16,"d_model":16,"layers":1,"heads":2,"kv_heads":2,"ffn":{"hidden":64,"act":"gelu"},"moe":null,"norm":"layernorm","position":"learned","tie_embeddings":true,"dropout":0.0,"bias":true}}"#,
+    )
+    .unwrap();
+    std::fs::write(dir.join("badweights/model.safetensors"), b"\xff\xff\xff\xff\xff\xff\xff\xff").unwrap();
+    cases.push(("sample with corrupt weights".into(), vec!["sample".into(), dir.join("badweights").to_str().unwrap().into()]));
+    cases.push(("fit on garbage".into(), vec!["fit".into(), w("g.csv", b"params,tokens,loss\n1,2,x\n")]));
+    cases.push(("fit on an empty file".into(), vec!["fit".into(), w("e.csv", b"")]));
+    cases.push(("budget with a bad law file".into(), vec!["budget".into(), "--flops".into(), "1e20".into(), "--law".into(), w("law.json", b"[1,2")]));
+    cases.push(("budget with nothing given".into(), vec!["budget".into()]));
+    cases.push(("report on a missing run".into(), vec!["report".into(), dir.join("nothing").to_str().unwrap().into()]));
+    // Runs that must stop before training: corrupt run state and a checkpoint of another shape.
+    let recipe = w("r.roux", br#"experiment "r" { data d = text("short2.txt") { context = 16 } model m = transformer { vocab = 256, context = 16, d_model = 16, layers = 1, heads = 2 } stage s = train(m, d) { steps = 3, batch = 2 } }"#);
+    w("short2.txt", &b"the quick brown fox jumps over the lazy dog. ".repeat(20));
+    std::fs::create_dir_all(dir.join("runs/r/s")).unwrap();
+    std::fs::write(dir.join("runs/r/s/state.json"), "\u{0}garbage").unwrap();
+    cases.push(("run with a corrupt state.json".into(), vec!["run".into(), recipe.clone(), "--out".into(), dir.join("runs").to_str().unwrap().into()]));
+    cases
+}
+
+#[test]
+fn hostile_inputs_give_errors_not_panics_or_hangs() {
+    let dir = scratch("hostile");
+    let mut cases = hostile_cases(&dir);
+    // Every broken recipe of tests/bad/ too.
+    let mut bad: Vec<PathBuf> = std::fs::read_dir(root().join("tests/bad")).unwrap().map(|e| e.unwrap().path()).collect();
+    bad.sort();
+    for b in bad {
+        cases.push((b.display().to_string(), vec!["check".into(), b.to_str().unwrap().into()]));
+    }
+    assert!(cases.len() >= 60, "{} hostile inputs", cases.len());
+    let mut slowest = (Duration::ZERO, String::new());
+    for (what, args) in &cases {
+        let t0 = Instant::now();
+        let mut child = Command::new(env!("CARGO_BIN_EXE_roux")).args(args).env("ROUX_QUIET", "1").stdout(Stdio::null()).stderr(Stdio::piped()).spawn().unwrap();
+        // Drain stderr while waiting, so a long message cannot block the child on a full pipe.
+        let mut pipe = child.stderr.take().unwrap();
+        let reader = std::thread::spawn(move || {
+            let mut err = String::new();
+            let _ = std::io::Read::read_to_string(&mut pipe, &mut err);
+            err
+        });
+        // A hang guard, not a speed assertion: anything past 20 s is stuck.
+        let status = loop {
+            if let Some(s) = child.try_wait().unwrap() {
+                break s;
+            }
+            assert!(t0.elapsed() < Duration::from_secs(20), "{what}: hangs");
+            std::thread::sleep(Duration::from_millis(2));
+        };
+        let elapsed = t0.elapsed();
+        let err = reader.join().unwrap();
+        assert!(matches!(status.code(), Some(1) | Some(2)), "{what}: exit {:?}\n{err}", status.code());
+        assert!(!err.contains("panicked") && !err.contains("RUST_BACKTRACE"), "{what}: panicked\n{err}");
+        assert!(err.contains("error"), "{what}: no error message\n{err}");
+        if elapsed > slowest.0 {
+            slowest = (elapsed, what.clone());
+        }
+    }
+    eprintln!("{} hostile inputs; slowest {:?} ({})", cases.len(), slowest.0, slowest.1);
+}
