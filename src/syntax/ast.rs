@@ -151,3 +151,57 @@ impl Expr {
         path.iter().map(|i| i.name.as_str()).collect::<Vec<_>>().join(".")
     }
 }
+
+/// Zero every span: two ASTs are the same recipe when they are equal after this (the printer
+/// round-trip property compares them so).
+pub fn strip_spans(r: &mut Recipe) {
+    r.name_span = Span::default();
+    strip_block(&mut r.body);
+}
+
+fn strip_block(b: &mut Block) {
+    b.span = Span::default();
+    for e in &mut b.entries {
+        match e {
+            Entry::Field(f) => {
+                f.key.span = Span::default();
+                strip_expr(&mut f.value);
+            }
+            Entry::Decl(d) => {
+                d.kind_span = Span::default();
+                d.name.span = Span::default();
+                strip_expr(&mut d.value);
+            }
+            Entry::Sweep(s) => {
+                s.span = Span::default();
+                s.var.span = Span::default();
+                strip_expr(&mut s.values);
+            }
+        }
+    }
+}
+
+fn strip_expr(e: &mut Expr) {
+    e.span = Span::default();
+    match &mut e.kind {
+        ExprKind::List(v) | ExprKind::Tuple(v) => v.iter_mut().for_each(strip_expr),
+        ExprKind::Paren(x) | ExprKind::Neg(x) => strip_expr(x),
+        ExprKind::Binary(_, a, b) => {
+            strip_expr(a);
+            strip_expr(b);
+        }
+        ExprKind::Ctor { path, args, block } => {
+            path.iter_mut().for_each(|i| i.span = Span::default());
+            for a in args.iter_mut().flatten() {
+                if let Some(n) = &mut a.name {
+                    n.span = Span::default();
+                }
+                strip_expr(&mut a.value);
+            }
+            if let Some(b) = block {
+                strip_block(b);
+            }
+        }
+        ExprKind::Num { .. } | ExprKind::Str(_) | ExprKind::Bool(_) => {}
+    }
+}
