@@ -6,6 +6,13 @@ source scripts/env.sh
 cargo build --release
 cargo test --release
 
+echo "--- a short bounded fuzz pass over the front end (scripts/fuzz.sh N for a long one) ---"
+./scripts/fuzz.sh 3000 2>&1 | grep -E "^Done|stat::number_of_executed_units|stat::average_exec_per_sec|panicked|ERROR" || true
+if ls fuzz/artifacts/parse_check/crash-* >/dev/null 2>&1; then
+  echo "FAIL: the fuzzer found a crash: $(ls fuzz/artifacts/parse_check/crash-*)" >&2
+  exit 1
+fi
+
 echo "--- the validator builds without libtorch ---"
 if cargo tree --no-default-features -e normal,build | grep -q torch-sys; then
   echo "FAIL: torch-sys is in the --no-default-features dependency tree" >&2
