@@ -81,6 +81,9 @@ enum Command {
         /// Without it, a finished identical stage is reused and an interrupted one resumes.
         #[arg(long)]
         fresh: bool,
+        /// Resume checkpoints even where the stage's definition changed since they were written.
+        #[arg(long, conflicts_with = "fresh")]
+        force: bool,
     },
     /// Compute-optimal parameters, tokens, FLOPs and predicted loss for a budget.
     Budget {
@@ -148,7 +151,7 @@ fn main() -> ExitCode {
         Command::Check { files, format } => cli::check::run(&files, format),
         Command::Plan { file, json } => cli::plan::run(&file, json),
         Command::Graph { file, format } => cli::plan::graph(&file, format),
-        Command::Run { file, out, stage, fresh } => cli::exec::run(&file, &out, &stage, fresh),
+        Command::Run { file, out, stage, fresh, force } => cli::exec::run(&file, &out, &stage, fresh, force),
         Command::Budget { flops, params, tokens, law, json } => cli::scaling::budget(flops, params, tokens, &law, json),
         Command::Fit { points, json, bootstrap, out } => cli::scaling::fit(&points, json, bootstrap, out.as_deref()),
         Command::Bench { which: _, reps, steps } => cli::exec::bench(reps, steps),

@@ -184,18 +184,26 @@ fn a_killed_run_resumes_to_the_identical_result() {
 }
 
 #[test]
-fn resuming_under_a_changed_recipe_is_refused() {
+fn resuming_under_a_changed_recipe_is_refused_with_what_changed() {
     let out = scratch("changed");
-    let dir = out.join("tiny/pretrain");
-    std::fs::create_dir_all(&dir).unwrap();
-    std::fs::write(dir.join("state.json"), r#"{"step": 5, "adam_t": 5, "data_rng": 1, "recipe_hash": "0000000000000000", "file": "ckpt-5.safetensors", "best_val": null}"#).unwrap();
-    let o = roux(&["run", fixture("tiny.roux").to_str().unwrap(), "--out", out.to_str().unwrap()]);
-    assert_eq!(o.status.code(), Some(2));
-    assert!(String::from_utf8_lossy(&o.stderr).contains("--fresh"));
-    // --fresh sets the old run aside and trains.
-    let o = roux(&["run", fixture("tiny.roux").to_str().unwrap(), "--out", out.to_str().unwrap(), "--fresh"]);
+    // The tiny fixture, copied beside its runs with the learning rate changed.
+    let original = std::fs::read_to_string(fixture("tiny.roux")).unwrap().replace("../../data/", "../../../data/");
+    std::fs::write(out.join("a.roux"), &original).unwrap();
+    std::fs::write(out.join("b.roux"), original.replace("lr = 3e-3", "lr = 1e-3")).unwrap();
+    run_ok(&out.join("a.roux"), &out.join("runs"));
+    let b = out.join("b.roux");
+    let o = roux(&["run", b.to_str().unwrap(), "--out", out.join("runs").to_str().unwrap()]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(2), "{err}");
+    assert!(err.contains("train.optimizer.lr: 0.003 → 0.001") && err.contains("--fresh") && err.contains("--force"), "{err}");
+    // --force resumes anyway (here from the last step: nothing left to train).
+    let o = roux(&["run", b.to_str().unwrap(), "--out", out.join("runs").to_str().unwrap(), "--force"]);
     assert_eq!(o.status.code(), Some(0), "{}", String::from_utf8_lossy(&o.stderr));
-    assert!(std::fs::read_dir(out.join("tiny")).unwrap().any(|e| e.unwrap().file_name().to_string_lossy().starts_with("pretrain.old-")));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("resuming from step 80"));
+    // --fresh sets the old run aside and trains from scratch.
+    let o = roux(&["run", out.join("a.roux").to_str().unwrap(), "--out", out.join("runs").to_str().unwrap(), "--fresh"]);
+    assert_eq!(o.status.code(), Some(0), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(std::fs::read_dir(out.join("runs/tiny")).unwrap().any(|e| e.unwrap().file_name().to_string_lossy().starts_with("pretrain.old-")));
 }
 
 #[test]

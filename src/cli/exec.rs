@@ -3,14 +3,14 @@
 use std::path::{Path, PathBuf};
 
 #[cfg(feature = "torch")]
-pub fn run(file: &Path, out: &Path, only: &[String], fresh: bool) -> u8 {
+pub fn run(file: &Path, out: &Path, only: &[String], fresh: bool, force: bool) -> u8 {
     let c = match super::check::load(file) {
         Ok(c) => c,
         Err(code) => return code,
     };
     // A sweep's points run one after another, each its own experiment (cached and resumable).
     for recipe in c.recipes() {
-        if let Err(e) = roux::run::run_recipe(recipe, &c.source.text, out, only, fresh) {
+        if let Err(e) = roux::run::run_recipe(recipe, &c.source.text, out, only, &roux::run::RunOptions { fresh, force }) {
             eprintln!("error: {e:#}");
             return 2;
         }
@@ -33,7 +33,7 @@ pub fn sample(run: &PathBuf, prompt: &str, tokens: usize, temperature: f64, top_
 }
 
 #[cfg(not(feature = "torch"))]
-pub fn run(_: &Path, _: &Path, _: &[String], _: bool) -> u8 {
+pub fn run(_: &Path, _: &Path, _: &[String], _: bool, _: bool) -> u8 {
     no_torch("run")
 }
 

@@ -8,6 +8,7 @@ use serde_json::json;
 use std::path::Path;
 
 use super::train::run_train_model;
+use super::RunOptions;
 use crate::recipe::{IsoflopSpec, Recipe};
 use crate::scaling::fit::{fit, Point};
 
@@ -17,7 +18,7 @@ fn val_loss(dir: &Path) -> Result<f64> {
     v["final_val_loss"].as_f64().context("report.json lacks final_val_loss")
 }
 
-pub fn run_isoflop(recipe: &Recipe, source: &str, name: &str, iso: &IsoflopSpec, dir: &Path, fresh: bool) -> Result<()> {
+pub fn run_isoflop(recipe: &Recipe, source: &str, name: &str, iso: &IsoflopSpec, dir: &Path, opts: &RunOptions) -> Result<()> {
     std::fs::create_dir_all(dir)?;
     let mut pts = vec![];
     let mut rows = vec![];
@@ -26,7 +27,7 @@ pub fn run_isoflop(recipe: &Recipe, source: &str, name: &str, iso: &IsoflopSpec,
         let tokens = p.train.steps * p.train.tokens_per_step();
         eprintln!("{name}: point {}/{}: C = {:.1e}, N = {n}, D = {tokens}", i + 1, iso.points.len(), p.budget);
         let pdir = dir.join("points").join(format!("{i:02}"));
-        run_train_model(recipe, source, &format!("{name}.{i:02}"), &p.model, &p.train, &pdir, fresh)?;
+        run_train_model(recipe, source, &format!("{name}.{i:02}"), &p.model, &p.train, &pdir, opts)?;
         let loss = val_loss(&pdir)?;
         pts.push(Point { params: n as f64, tokens: tokens as f64, loss });
         rows.push(json!({"budget": p.budget, "params": n, "tokens": tokens, "d_model": p.model.d_model, "layers": p.model.layers, "val_loss": loss}));
@@ -60,7 +61,7 @@ pub fn run_isoflop(recipe: &Recipe, source: &str, name: &str, iso: &IsoflopSpec,
     let loss_pred_a3 = f.law().loss(n as f64, (t.steps * t.tokens_per_step()) as f64);
     eprintln!("{name}: predicted optimum at C = {target_c:.1e}: N ≈ {n_pred:.0} (sized {n}), {} steps; predicted loss {loss_pred_a2:.4} (Approach 2), {loss_pred_a3:.4} (Approach 3)", t.steps);
     let pdir = dir.join("predicted");
-    run_train_model(recipe, source, &format!("{name}.predicted"), &model, &t, &pdir, fresh)?;
+    run_train_model(recipe, source, &format!("{name}.predicted"), &model, &t, &pdir, opts)?;
     let achieved = val_loss(&pdir)?;
 
     let report = json!({

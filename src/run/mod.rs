@@ -42,8 +42,17 @@ pub fn device(choice: DeviceChoice) -> Result<tch::Device> {
     })
 }
 
+/// How `roux run` treats what earlier runs left.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct RunOptions {
+    /// Set existing runs of the stages aside (renamed) and start over.
+    pub fresh: bool,
+    /// Resume a checkpoint even though the stage's definition changed since it was written.
+    pub force: bool,
+}
+
 /// Run the stages of a checked recipe in dependency order; `only` restricts to named stages.
-pub fn run_recipe(recipe: &Recipe, source: &str, out: &Path, only: &[String], fresh: bool) -> Result<()> {
+pub fn run_recipe(recipe: &Recipe, source: &str, out: &Path, only: &[String], opts: &RunOptions) -> Result<()> {
     let graph = lower_stages(recipe);
     for stage in graph.order() {
         if !only.is_empty() && !only.contains(&stage.name) {
@@ -51,10 +60,10 @@ pub fn run_recipe(recipe: &Recipe, source: &str, out: &Path, only: &[String], fr
         }
         let dir = out.join(&recipe.experiment).join(&stage.name);
         match &stage.kind {
-            StageKind::Train(t) => train::run_train(recipe, source, &stage.name, t, &dir, fresh)?,
-            StageKind::Isoflop(iso) => isoflop::run_isoflop(recipe, source, &stage.name, iso, &dir, fresh)?,
+            StageKind::Train(t) => train::run_train(recipe, source, &stage.name, t, &dir, opts)?,
+            StageKind::Isoflop(iso) => isoflop::run_isoflop(recipe, source, &stage.name, iso, &dir, opts)?,
             StageKind::Mixture(m) => {
-                if fresh && dir.exists() {
+                if opts.fresh && dir.exists() {
                     train::set_aside(&dir)?;
                 }
                 mixture::run_mixture(recipe, &stage.name, m, &dir)?

@@ -13,6 +13,7 @@ use super::data::{batch, Corpus, Rng};
 use super::model::Model;
 use super::progress::{Metric, Metrics, Progress};
 use crate::plan::{forward_flops_per_token, plan_model};
+use super::RunOptions;
 use crate::recipe::{ModelSpec, Recipe, TrainSpec};
 use crate::schedule::lr_at;
 
@@ -28,14 +29,14 @@ pub fn stage_hash(recipe: &Recipe, spec: &ModelSpec, t: &TrainSpec, upstream: Op
     checkpoint::fnv1a(key.to_string().as_bytes())
 }
 
-pub fn run_train(recipe: &Recipe, source: &str, name: &str, t: &TrainSpec, dir: &Path, fresh: bool) -> Result<()> {
+pub fn run_train(recipe: &Recipe, source: &str, name: &str, t: &TrainSpec, dir: &Path, opts: &RunOptions) -> Result<()> {
     let spec = recipe.model(&t.model).context("checked recipe names its model")?;
-    run_train_model(recipe, source, name, spec, t, dir, fresh)
+    run_train_model(recipe, source, name, spec, t, dir, opts)
 }
 
 /// Train `spec` as `t` says (the model need not be one of the recipe's declarations: sweeps
 /// size their own).
-pub fn run_train_model(recipe: &Recipe, source: &str, name: &str, spec: &ModelSpec, t: &TrainSpec, dir: &Path, fresh: bool) -> Result<()> {
+pub fn run_train_model(recipe: &Recipe, source: &str, name: &str, spec: &ModelSpec, t: &TrainSpec, dir: &Path, opts: &RunOptions) -> Result<()> {
     let data_spec = recipe.data(&t.data).context("checked recipe names its data")?;
     // An upstream stage's output hash makes this stage's hash change when it is retrained.
     let upstream = match &t.init_from {
@@ -43,7 +44,7 @@ pub fn run_train_model(recipe: &Recipe, source: &str, name: &str, spec: &ModelSp
         None => None,
     };
     let hash = stage_hash(recipe, spec, t, upstream.as_deref());
-    if fresh && dir.exists() {
+    if opts.fresh && dir.exists() {
         set_aside(dir)?;
     }
     if dir.join("report.json").exists() && read_report_hash(dir).ok().as_deref() == Some(hash.as_str()) {
@@ -52,12 +53,21 @@ pub fn run_train_model(recipe: &Recipe, source: &str, name: &str, spec: &ModelSp
     }
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     let resume = checkpoint::read_state(dir)?;
+    let resolved = json!({"experiment": recipe.experiment, "seed": recipe.seed, "stage": name, "model": spec, "data": data_spec, "train": t});
     if let Some(s) = &resume {
-        if s.recipe_hash != hash {
+        if s.recipe_hash != hash && !opts.force {
+            let before: serde_json::Value = std::fs::read_to_string(dir.join("resolved.json")).ok().and_then(|t| serde_json::from_str(&t).ok()).unwrap_or_default();
+            let mut changes = vec![];
+            diff("", &before, &resolved, &mut changes);
+            if changes.is_empty() {
+                changes.push("an upstream stage's output".into());
+            }
             bail!(
-                "{} holds a checkpoint of a different definition of stage `{name}` (the recipe, its data or its seed changed since).\n\
-                 Resuming would mix two experiments. Run with --fresh to set that run aside (it is renamed, not deleted) and start over.",
-                dir.display()
+                "{} holds a checkpoint of a different definition of stage `{name}`; changed since:\n  {}\n\
+                 Resuming would mix two experiments. --fresh sets that run aside (renamed, not deleted) and starts over; \
+                 --force resumes anyway.",
+                dir.display(),
+                changes.join("\n  ")
             );
         }
     }
@@ -88,7 +98,7 @@ pub fn run_train_model(recipe: &Recipe, source: &str, name: &str, spec: &ModelSp
         eprintln!("{name}: resuming from step {} of {} ({})", s.step, t.steps, dir.join(&s.file).display());
     }
     checkpoint::write_atomic(&dir.join("recipe.roux"), source.as_bytes())?;
-    checkpoint::write_atomic(&dir.join("resolved.json"), serde_json::to_string_pretty(&json!({"experiment": recipe.experiment, "seed": recipe.seed, "stage": name, "model": spec, "data": data_spec, "train": t}))?.as_bytes())?;
+    checkpoint::write_atomic(&dir.join("resolved.json"), serde_json::to_string_pretty(&resolved)?.as_bytes())?;
     let mut metrics = Metrics::open(dir, Some(step0))?;
 
     let plan = plan_model(&model.graph, t.batch, t.context);
@@ -297,4 +307,22 @@ fn memory_guard(name: &str, need: u64) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// The leaves that differ between two JSON values, as `path: old → new`.
+fn diff(path: &str, a: &serde_json::Value, b: &serde_json::Value, out: &mut Vec<String>) {
+    use serde_json::Value;
+    match (a, b) {
+        (Value::Object(x), Value::Object(y)) => {
+            let mut keys: Vec<&String> = x.keys().chain(y.keys()).collect();
+            keys.sort();
+            keys.dedup();
+            for k in keys {
+                let p = if path.is_empty() { k.clone() } else { format!("{path}.{k}") };
+                diff(&p, x.get(k).unwrap_or(&Value::Null), y.get(k).unwrap_or(&Value::Null), out);
+            }
+        }
+        _ if a != b => out.push(format!("{path}: {a} → {b}")),
+        _ => {}
+    }
 }
