@@ -32,9 +32,12 @@ fn killed_at_random_points_across_two_stages_the_result_is_identical() {
     // killing until a run finishes by itself.
     let mut state = 0x2545_F491_4F6C_DD1Du64;
     let mut kills = 0;
+    let mut kills_in_second_stage = 0;
+    let first_done = killed.join("tiny-resume/pretrain/report.json");
     loop {
         state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-        let delay = 400 + (state >> 33) % 1200;
+        // Shorter delays once the first stage is done, so the second stage is hit too.
+        let delay = if first_done.exists() { 300 + (state >> 33) % 600 } else { 400 + (state >> 33) % 1200 };
         let mut child = Command::new(env!("CARGO_BIN_EXE_roux"))
             .args(["run", recipe.to_str().unwrap(), "--out", killed.to_str().unwrap()])
             .env("ROUX_QUIET", "1")
@@ -51,11 +54,15 @@ fn killed_at_random_points_across_two_stages_the_result_is_identical() {
                 child.kill().unwrap(); // SIGKILL
                 child.wait().unwrap();
                 kills += 1;
+                if first_done.exists() {
+                    kills_in_second_stage += 1;
+                }
             }
         }
         assert!(kills < 200, "never finished");
     }
     assert!(kills >= 3, "only {kills} kills: the fixture finishes too fast to test resuming");
+    assert!(kills_in_second_stage >= 1, "no kill landed in the second stage ({kills} kills)");
     for stage in ["pretrain", "more"] {
         let a = std::fs::read(whole.join("tiny-resume").join(stage).join("model.safetensors")).unwrap();
         let b = std::fs::read(killed.join("tiny-resume").join(stage).join("model.safetensors")).unwrap();
@@ -72,7 +79,7 @@ fn killed_at_random_points_across_two_stages_the_result_is_identical() {
         };
         assert_eq!(m(&whole), m(&killed), "{stage}: metrics differ after {kills} kills");
     }
-    eprintln!("identical after {kills} SIGKILLs");
+    eprintln!("identical after {kills} SIGKILLs ({kills_in_second_stage} in the second stage)");
 }
 
 #[test]
@@ -213,4 +220,24 @@ fn hostile_inputs_give_errors_not_panics_or_hangs() {
         }
     }
     eprintln!("{} hostile inputs; slowest {:?} ({})", cases.len(), slowest.0, slowest.1);
+}
+
+#[test]
+fn a_checkpoint_of_another_model_is_refused_not_loaded() {
+    let (a, b) = (scratch("mismatch-a"), scratch("mismatch-b"));
+    run_to_end(&root().join("tests/fixtures/tiny.roux"), &a);
+    run_to_end(&root().join("tests/fixtures/tiny-llama.roux"), &b);
+    // Put the other model's weights where tiny's last checkpoint was, and make it resume.
+    let dir = a.join("tiny/pretrain");
+    std::fs::copy(b.join("tiny-llama/pretrain/model.safetensors"), dir.join("ckpt-80.safetensors")).unwrap();
+    std::fs::remove_file(dir.join("report.json")).unwrap();
+    let o = Command::new(env!("CARGO_BIN_EXE_roux"))
+        .args(["run", root().join("tests/fixtures/tiny.roux").to_str().unwrap(), "--out", a.to_str().unwrap()])
+        .env("ROUX_QUIET", "1")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(2), "{err}");
+    assert!(err.contains("shape") || err.contains("has no tensor"), "{err}");
+    assert!(!err.contains("panicked"), "{err}");
 }
