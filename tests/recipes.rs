@@ -244,6 +244,13 @@ fn budget_and_fit_commands() {
     // Noise-free points: the fit recovers the exponents closely.
     assert!((f["alpha"].as_f64().unwrap() - 0.4).abs() < 0.02 && (f["beta"].as_f64().unwrap() - 0.3).abs() < 0.02, "{f}");
     assert!(dir.join("isoflop.svg").exists());
+
+    // The fit file is a law a budget can use: its optimum matches the true law's within 10%.
+    std::fs::write(dir.join("d.txt"), "x".repeat(1000)).unwrap();
+    std::fs::write(dir.join("b.roux"), r#"experiment "f" { budget c { flops = 1e18, law = fitted("fit.json") } }"#).unwrap();
+    let r = load(&dir.join("b.roux"));
+    let truth = roux::scaling::law::Parametric { e: 2.0, a: 500.0, b: 500.0, alpha: 0.4, beta: 0.3 }.optimum(1e18);
+    assert!((r.budgets[0].params / truth.0 - 1.0).abs() < 0.1, "{} vs {}", r.budgets[0].params, truth.0);
 }
 
 #[test]
