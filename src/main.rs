@@ -116,8 +116,12 @@ enum Command {
     },
     /// Benchmarks measured as ratios in one run: `moe` (64 vs 8 experts vs dense).
     Bench {
-        #[arg(value_parser = ["moe"])]
+        /// `moe`, or `transformer` with --config for one line of bench/compare.py's table.
+        #[arg(value_parser = ["moe", "transformer"])]
         which: String,
+        /// tiny | small | medium | switch-8 | switch-64 (with `transformer`).
+        #[arg(long, default_value = "tiny")]
+        config: String,
         #[arg(long, default_value_t = 5)]
         reps: usize,
         #[arg(long, default_value_t = 5)]
@@ -154,7 +158,7 @@ fn main() -> ExitCode {
         Command::Run { file, out, stage, fresh, force } => cli::exec::run(&file, &out, &stage, fresh, force),
         Command::Budget { flops, params, tokens, law, json } => cli::scaling::budget(flops, params, tokens, &law, json),
         Command::Fit { points, json, bootstrap, out } => cli::scaling::fit(&points, json, bootstrap, out.as_deref()),
-        Command::Bench { which: _, reps, steps } => cli::exec::bench(reps, steps),
+        Command::Bench { which, config, reps, steps } => cli::exec::bench(&which, &config, reps, steps),
         Command::Report { run } => cli::plan::report(&run),
         Command::Sample { run, prompt, tokens, temperature, top_k, seed } => {
             cli::exec::sample(&run, &prompt, tokens, temperature, top_k, seed)

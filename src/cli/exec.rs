@@ -49,8 +49,9 @@ fn no_torch(cmd: &str) -> u8 {
 }
 
 #[cfg(feature = "torch")]
-pub fn bench(reps: usize, steps: usize) -> u8 {
-    match roux::run::bench::bench_moe(reps.max(1), steps.max(1)) {
+pub fn bench(which: &str, config: &str, reps: usize, steps: usize) -> u8 {
+    let r = if which == "moe" { roux::run::bench::bench_moe(reps.max(1), steps.max(1)) } else { roux::run::bench::bench_config(config, steps.max(1)) };
+    match r {
         Ok(()) => 0,
         Err(e) => {
             eprintln!("error: {e:#}");
@@ -60,6 +61,6 @@ pub fn bench(reps: usize, steps: usize) -> u8 {
 }
 
 #[cfg(not(feature = "torch"))]
-pub fn bench(_: usize, _: usize) -> u8 {
+pub fn bench(_: &str, _: &str, _: usize, _: usize) -> u8 {
     no_torch("bench")
 }

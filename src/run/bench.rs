@@ -11,20 +11,25 @@ use super::model::Model;
 use crate::recipe::*;
 
 fn spec(experts: Option<usize>) -> ModelSpec {
-    let mlp = MlpSpec { hidden: 512, act: Activation::Gelu };
+    config_spec(experts.map_or("dense", |e| if e == 8 { "switch-8" } else { "switch-64" }), 128, 4, 4, 128, experts)
+}
+
+/// The model of a named benchmark configuration (bench/reference.py builds the same in PyTorch).
+fn config_spec(name: &str, d: usize, layers: usize, heads: usize, ctx: usize, experts: Option<usize>) -> ModelSpec {
+    let mlp = MlpSpec { hidden: 4 * d, act: Activation::Gelu };
     ModelSpec {
-        name: experts.map_or("dense".into(), |e| format!("switch-{e}")),
+        name: name.into(),
         vocab: 256,
-        context: 128,
-        d_model: 128,
-        layers: 4,
-        heads: 4,
+        context: ctx,
+        d_model: d,
+        layers,
+        heads,
         kv_heads: 4,
         ffn: mlp.clone(),
         moe: experts.map(|e| MoeSpec {
             experts: e,
             expert: mlp.clone(),
-            layers: vec![1, 3],
+            layers: (0..layers).filter(|i| i % 2 == 1).collect(),
             shared: 0,
             expert_dropout: 0.0,
             router: RouterSpec::Switch { capacity_factor: 1.25, eval_capacity_factor: 2.0, balance_loss: 0.01, z_loss: 0.001, jitter: 0.0 },
@@ -101,5 +106,75 @@ pub fn bench_moe(reps: usize, steps: usize) -> Result<()> {
     println!("64 vs 8 experts: {:.2}× (target ≤ 1.3×)", med[2] / med[1]);
     println!("8 experts vs dense of equal active parameters: {:.2}× (target ≤ 1.6×)", med[1] / med[0]);
     println!("64 experts vs dense: {:.2}×", med[2] / med[0]);
+    Ok(())
+}
+
+/// (d_model, layers, heads, context, batch, experts) of the configurations of issue 8.
+pub fn config(name: &str) -> Option<(usize, usize, usize, usize, usize, Option<usize>)> {
+    Some(match name {
+        "tiny" => (64, 2, 4, 128, 32, None),
+        "small" => (256, 4, 4, 128, 32, None),
+        "medium" => (512, 8, 8, 256, 16, None),
+        "switch-8" => (128, 4, 4, 128, 32, Some(8)),
+        "switch-64" => (128, 4, 4, 128, 32, Some(64)),
+        _ => return None,
+    })
+}
+
+fn rss_bytes(key: &str) -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| s.lines().find_map(|l| l.strip_prefix(key).map(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().unwrap_or(0) * 1024)))
+        .unwrap_or(0)
+}
+
+/// `roux bench transformer CONFIG`: one JSON line with tokens/s, the final loss and memory, for
+/// bench/compare.py to set beside the PyTorch reference.
+pub fn bench_config(name: &str, steps: usize) -> Result<()> {
+    let (d, layers, heads, ctx, batch, experts) = config(name).ok_or_else(|| anyhow::anyhow!("unknown config `{name}` (tiny, small, medium, switch-8, switch-64)"))?;
+    let device = tch::Device::cuda_if_available();
+    let s = config_spec(name, d, layers, heads, ctx, experts);
+    let data = std::fs::read("data/tinyshakespeare.txt")?;
+    let base_rss = rss_bytes("VmRSS:");
+    tch::manual_seed(0);
+    let mut model = Model::new(&s, device);
+    let mut opt = AdamW::new(&model.params, &crate::recipe::AdamW { lr: 1e-3, betas: (0.9, 0.95), eps: 1e-8, weight_decay: 0.1 });
+    let mut rng = crate::rng::Rng(1);
+    let mut step = |model: &mut Model| {
+        let (x, y) = super::data::batch(&data, batch, ctx, &mut rng, device);
+        for p in model.params.iter_mut() {
+            p.zero_grad();
+        }
+        let (loss, ce, _) = model.loss_parts(&x, &y, true);
+        loss.backward();
+        super::train::clip_grad_norm(&model.params, Some(1.0));
+        opt.step(&mut model.params, 1e-3);
+        ce.double_value(&[])
+    };
+    for _ in 0..3 {
+        step(&mut model);
+    }
+    let t = Instant::now();
+    let mut loss = 0.0;
+    for _ in 0..steps {
+        loss = step(&mut model);
+    }
+    let dt = t.elapsed().as_secs_f64();
+    let plan = crate::plan::plan_model(&model.graph, batch, ctx);
+    println!(
+        "{}",
+        serde_json::json!({
+            "impl": "roux",
+            "config": name,
+            "tokens_per_s": (steps * batch * ctx) as f64 / dt,
+            "loss": loss,
+            "peak_rss": rss_bytes("VmHWM:"),
+            "base_rss": base_rss,
+            "plan_memory": plan.train_memory_bytes,
+            "flops_per_token": plan.flops_per_token_appendix_f,
+            "params": plan.params_total,
+            "threads": tch::get_num_threads(),
+        })
+    );
     Ok(())
 }

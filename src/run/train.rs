@@ -227,7 +227,7 @@ pub fn run_train_model(recipe: &Recipe, source: &str, name: &str, spec: &ModelSp
 }
 
 /// Global L2 norm of all gradients; scaled down to `clip` when above it. Returns the norm before.
-fn clip_grad_norm(params: &[Tensor], clip: Option<f64>) -> f64 {
+pub(crate) fn clip_grad_norm(params: &[Tensor], clip: Option<f64>) -> f64 {
     let grads: Vec<Tensor> = params.iter().map(|p| p.grad()).filter(|g| g.defined()).collect();
     let norms: Vec<Tensor> = grads.iter().map(|g| g.norm()).collect();
     let total = Tensor::stack(&norms, 0).norm().double_value(&[]);
