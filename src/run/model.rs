@@ -19,6 +19,9 @@ pub struct Model {
     pub names: Vec<String>,
     pub params: Vec<Tensor>,
     index: HashMap<String, usize>,
+    /// Per op (in topological order): its parameters as (name after the op's path, index), so
+    /// the forward pass finds them without formatting names.
+    node_params: Vec<Vec<(String, usize)>>,
     /// Topological order, each node's inputs, and the position after which an output is dead.
     order: Vec<NodeIndex>,
     inputs: Vec<Vec<usize>>,
@@ -82,7 +85,14 @@ impl Model {
         }
         let rope = (spec.position == crate::recipe::Position::Rope).then(|| rope_tables(spec.context, spec.head_dim(), device));
         let index = names.iter().enumerate().map(|(i, n)| (n.clone(), i)).collect();
-        Model { graph, names, params, index, order, inputs, last_use, rope, device, compute: Kind::Float }
+        let node_params = order
+            .iter()
+            .map(|&n| {
+                let prefix = format!("{}.", graph.graph[n].path);
+                names.iter().enumerate().filter_map(|(j, name)| name.strip_prefix(&prefix).map(|rest| (rest.to_string(), j))).collect()
+            })
+            .collect();
+        Model { graph, names, params, index, node_params, order, inputs, last_use, rope, device, compute: Kind::Float }
     }
 
     pub fn spec(&self) -> &ModelSpec {
@@ -97,21 +107,28 @@ impl Model {
         &self.params[self.index[name]]
     }
 
-    fn opt(&self, name: &str) -> Option<&Tensor> {
-        self.index.get(name).map(|&i| &self.params[i])
+    /// Op `i`'s parameter `<sub>.<leaf>` (or `<leaf>` when `sub` is empty).
+    fn find(&self, i: usize, sub: &str, leaf: &str) -> Option<&Tensor> {
+        self.node_params[i]
+            .iter()
+            .find(|(name, _)| match sub {
+                "" => name == leaf,
+                _ => name.len() == sub.len() + 1 + leaf.len() && name.starts_with(sub) && name.as_bytes()[sub.len()] == b'.' && name.ends_with(leaf),
+            })
+            .map(|&(_, j)| &self.params[j])
     }
 
-    /// A parameter in the compute kind (no copy when that is float32).
-    fn w(&self, name: &str) -> Tensor {
-        self.p(name).to_kind(self.compute)
+    /// A parameter of op `i` in the compute kind (no copy when that is float32).
+    fn w(&self, i: usize, sub: &str, leaf: &str) -> Tensor {
+        self.find(i, sub, leaf).expect("the graph lists every parameter an op uses").to_kind(self.compute)
     }
 
-    fn w_opt(&self, name: &str) -> Option<Tensor> {
-        self.opt(name).map(|t| t.to_kind(self.compute))
+    fn w_opt(&self, i: usize, sub: &str, leaf: &str) -> Option<Tensor> {
+        self.find(i, sub, leaf).map(|t| t.to_kind(self.compute))
     }
 
-    fn linear(&self, x: &Tensor, path: &str) -> Tensor {
-        x.linear(&self.w(&format!("{path}.weight")), self.w_opt(&format!("{path}.bias")).as_ref())
+    fn linear(&self, x: &Tensor, i: usize, sub: &str) -> Tensor {
+        x.linear(&self.w(i, sub, "weight"), self.w_opt(i, sub, "bias").as_ref())
     }
 
     /// Logits (B, T, vocab) for token ids (B, T).
@@ -128,37 +145,37 @@ impl Model {
             let arg = |k: usize| vals[self.inputs[i][k]].as_ref().expect("input computed before use");
             let out = match &op.kind {
                 OpKind::Tokens => tokens.shallow_clone(),
-                OpKind::Embedding { .. } => Tensor::embedding(&self.w(&format!("{}.weight", op.path)), arg(0), -1, false, false),
+                OpKind::Embedding { .. } => Tensor::embedding(&self.w(i, "", "weight"), arg(0), -1, false, false),
                 OpKind::PosEmbedding { .. } => {
                     let t = arg(0).size()[1];
-                    self.w(&format!("{}.weight", op.path)).narrow(0, 0, t) // (T, d), broadcast over B
+                    self.w(i, "", "weight").narrow(0, 0, t) // (T, d), broadcast over B
                 }
                 OpKind::Dropout { p } => arg(0).dropout(*p, train),
                 OpKind::Add => arg(0) + arg(1),
                 OpKind::Norm { kind, dim, .. } => {
-                    let w = self.w(&format!("{}.weight", op.path));
+                    let w = self.w(i, "", "weight");
                     match kind {
-                        Norm::Layernorm => arg(0).layer_norm([*dim as i64], Some(&w), self.w_opt(&format!("{}.bias", op.path)).as_ref(), 1e-5, true),
+                        Norm::Layernorm => arg(0).layer_norm([*dim as i64], Some(&w), self.w_opt(i, "", "bias").as_ref(), 1e-5, true),
                         Norm::Rmsnorm => arg(0).rms_norm([*dim as i64], Some(&w), 1e-6),
                     }
                 }
-                OpKind::Attention { heads, dropout, .. } => self.attention(arg(0), &op.path, *heads as i64, if train { *dropout } else { 0.0 }),
+                OpKind::Attention { heads, dropout, .. } => self.attention(arg(0), i, *heads as i64, if train { *dropout } else { 0.0 }),
                 OpKind::Mlp { act, dropout, .. } => {
-                    let h = self.linear(arg(0), &format!("{}.w1", op.path));
+                    let h = self.linear(arg(0), i, "w1");
                     let h = match act {
                         Activation::Gelu => h.gelu("tanh"),
                         Activation::Relu => h.relu(),
-                        Activation::Swiglu => h.silu() * self.linear(arg(0), &format!("{}.w3", op.path)),
+                        Activation::Swiglu => h.silu() * self.linear(arg(0), i, "w3"),
                     };
-                    self.linear(&h, &format!("{}.w2", op.path)).dropout(*dropout, train)
+                    self.linear(&h, i, "w2").dropout(*dropout, train)
                 }
                 OpKind::Moe { .. } => {
-                    let (y, st) = self.moe(arg(0), &op.path, &op.kind, train);
+                    let (y, st) = self.moe(arg(0), i, &op.path, &op.kind, train);
                     moe_stats.push(st);
                     y
                 }
                 OpKind::Head { tied, .. } => {
-                    let w = if *tied { self.w("tok_emb.weight") } else { self.w("head.weight") };
+                    let w = if *tied { self.p("tok_emb.weight") } else { self.find(i, "", "weight").expect("untied head weight") }.to_kind(self.compute);
                     arg(0).linear::<Tensor>(&w, None)
                 }
             };
@@ -174,7 +191,7 @@ impl Model {
         (vals.pop().flatten().expect("head is the last op"), moe_stats)
     }
 
-    fn moe(&self, x: &Tensor, path: &str, op: &OpKind, train: bool) -> (Tensor, MoeStats) {
+    fn moe(&self, x: &Tensor, i: usize, path: &str, op: &OpKind, train: bool) -> (Tensor, MoeStats) {
         let OpKind::Moe { experts, act, shared, dropout, router, .. } = op else { unreachable!("moe op") };
         let (b, t, d) = x.size3().expect("(B, T, d)");
         let xf = x.reshape([-1, d]); // (N, d)
@@ -184,10 +201,11 @@ impl Model {
                 xr = &xr * xr.empty_like().uniform_(1.0 - jitter, 1.0 + jitter);
             }
         }
-        let logits = xr.linear::<Tensor>(&self.p(&format!("{path}.router.weight")).to_kind(Kind::Float), None); // (N, E)
-        let noise = self.opt(&format!("{path}.router.noise.weight")).map(|w| xr.linear::<Tensor>(&w.to_kind(Kind::Float), None));
+        let gate = self.find(i, "router", "weight").expect("router weight");
+        let logits = xr.linear::<Tensor>(&gate.to_kind(Kind::Float), None); // (N, E)
+        let noise = self.find(i, "router.noise", "weight").map(|w| xr.linear::<Tensor>(&w.to_kind(Kind::Float), None));
         let r = moe::route(router, &logits, noise.as_ref(), train);
-        let weights = |g: &str| (self.w(&format!("{path}.{g}.w1")), self.w_opt(&format!("{path}.{g}.w3")), self.w(&format!("{path}.{g}.w2")));
+        let weights = |g: &str| (self.w(i, g, "w1"), self.w_opt(i, g, "w3"), self.w(i, g, "w2"));
         let (w1, w3, w2) = weights("experts");
         let mut y = moe::dispatch(&xf, &r, &Experts { w1: &w1, w3: w3.as_ref(), w2: &w2, act: *act }, *experts as i64);
         if *shared > 0 {
@@ -200,15 +218,15 @@ impl Model {
         (y, moe::stats(path, &r))
     }
 
-    fn attention(&self, x: &Tensor, path: &str, heads: i64, dropout: f64) -> Tensor {
+    fn attention(&self, x: &Tensor, i: usize, heads: i64, dropout: f64) -> Tensor {
         let (b, t, d) = x.size3().expect("(B, T, d)");
         let hs = d / heads;
         let split = |y: Tensor| y.view([b, t, heads, hs]).transpose(1, 2); // (B, nh, T, hs)
         let kv_heads = (self.spec().kv_heads as i64).min(heads);
         let split_kv = |y: Tensor| y.view([b, t, kv_heads, hs]).transpose(1, 2); // (B, nkv, T, hs)
-        let mut q = split(self.linear(x, &format!("{path}.q")));
-        let mut k = split_kv(self.linear(x, &format!("{path}.k")));
-        let mut v = split_kv(self.linear(x, &format!("{path}.v")));
+        let mut q = split(self.linear(x, i, "q"));
+        let mut k = split_kv(self.linear(x, i, "k"));
+        let mut v = split_kv(self.linear(x, i, "v"));
         if kv_heads < heads {
             // Grouped-query attention: each key/value head serves heads / kv_heads query heads.
             let rep = heads / kv_heads;
@@ -221,7 +239,7 @@ impl Model {
         }
         let y = Tensor::scaled_dot_product_attention::<Tensor>(&q, &k, &v, None, dropout, true, None, false); // (B, nh, T, hs)
         let y = y.transpose(1, 2).contiguous().view([b, t, d]); // (B, T, d)
-        self.linear(&y, &format!("{path}.o"))
+        self.linear(&y, i, "o")
     }
 
     /// Mean next-token cross-entropy in nats.
