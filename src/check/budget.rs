@@ -52,14 +52,7 @@ impl<'a> Checker<'a> {
             "chinchilla.approach3" => Law::ChinchillaApproach3,
             "kaplan" => Law::Kaplan,
             _ => {
-                let file = match args {
-                    Some([a]) => match &a.value.kind {
-                        ExprKind::Str(s) => Some((s.clone(), a.value.span)),
-                        _ => None,
-                    },
-                    _ => None,
-                };
-                let Some((file, span)) = file else {
+                let Some((file, span)) = super::paths::single_path_arg(args) else {
                     self.error(Diagnostic::error("E0104", field.value.span, "`fitted` takes one argument: the `roux fit --json` output")
                         .with_hint("write `law = fitted(\"fit.json\")`"));
                     return None;

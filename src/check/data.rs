@@ -4,7 +4,7 @@ use super::fields::Fields;
 use super::Checker;
 use crate::diag::Diagnostic;
 use crate::recipe::{DataSpec, Generator, SyntheticSpec, Tokenizer};
-use crate::syntax::ast::{Decl, ExprKind};
+use crate::syntax::ast::Decl;
 
 impl<'a> Checker<'a> {
     /// The checked data set of a `data` declaration (memoized: other items read its attributes).
@@ -38,14 +38,7 @@ impl<'a> Checker<'a> {
         let split = f.ranged(self, "split", Some(0.9), 0.0, true, 1.0, true);
         f.finish(self);
 
-        let file = match args {
-            Some([a]) if a.name.is_none() => match &a.value.kind {
-                ExprKind::Str(s) => Some((s.clone(), a.value.span)),
-                _ => None,
-            },
-            _ => None,
-        };
-        let Some((file, file_span)) = file else {
+        let Some((file, file_span)) = super::paths::single_path_arg(args) else {
             self.error(Diagnostic::error("E0104", d.value.span, "`text` takes one argument: the path of the corpus")
                 .with_hint("write `text(\"data/corpus.txt\") { … }`"));
             return None;

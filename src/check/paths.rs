@@ -21,6 +21,17 @@ pub fn project_root(dir: &Path) -> PathBuf {
     dir
 }
 
+/// The one positional string argument of `text("…")` or `fitted("…")`, with its span.
+pub fn single_path_arg(args: Option<&[crate::syntax::ast::Arg]>) -> Option<(String, Span)> {
+    match args {
+        Some([a]) if a.name.is_none() => match &a.value.kind {
+            crate::syntax::ast::ExprKind::Str(s) => Some((s.clone(), a.value.span)),
+            _ => None,
+        },
+        _ => None,
+    }
+}
+
 impl Checker<'_> {
     /// Resolve `file` (as written in the recipe) and check it stays where it may. Returns the
     /// resolved path, or None after reporting E0212.
