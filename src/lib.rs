@@ -12,6 +12,7 @@ pub mod diag;
 pub mod frontend;
 pub mod lower;
 pub mod plan;
+pub mod posttrain;
 pub mod recipe;
 pub mod report;
 pub mod rng;

@@ -17,6 +17,9 @@ pub struct Recipe {
     /// Generated data sets (`synthetic.*`), reproducible from the recipe's seed.
     #[serde(default)]
     pub synthetic: Vec<SyntheticSpec>,
+    /// Instruction examples and preference pairs for post-training stages.
+    #[serde(default)]
+    pub examples: Vec<ExampleSet>,
 }
 
 impl Recipe {
@@ -25,6 +28,12 @@ impl Recipe {
     }
     pub fn data(&self, name: &str) -> Option<&DataSpec> {
         self.data.iter().find(|d| d.name == name)
+    }
+    pub fn example_set(&self, name: &str) -> Option<&ExampleSet> {
+        self.examples.iter().find(|d| d.name == name)
+    }
+    pub fn stage(&self, name: &str) -> Option<&StageSpec> {
+        self.stages.iter().find(|s| s.name == name)
     }
 }
 
@@ -61,6 +70,49 @@ pub enum Generator {
     /// Regression whose input space splits into `tasks` angular sectors of the first two input
     /// coordinates, each with its own random affine map: a task whose decomposition is known.
     Regions { tasks: usize, dim: usize, outputs: usize, examples: usize, noise: f64 },
+}
+
+/// A synthetic instruction task with a programmatic answer (see `posttrain::tasks`).
+#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Task {
+    Reverse,
+    Sort,
+    Add,
+    Uppercase,
+}
+
+#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum ExampleKind {
+    /// Prompt → response, for instruction fine-tuning (and prompts for PPO).
+    Instructions,
+    /// Prompt, chosen, rejected: for reward models and DPO.
+    Preferences,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum ExampleSource {
+    /// Generated from the seed: `count` distinct prompts (pairs for preferences); a `verbose`
+    /// share of instruction responses carry a filler after the answer.
+    Synthetic { tasks: Vec<Task>, count: usize, verbose: f64, max_len: usize },
+    /// One JSON object per line; `fields` are the keys read, in order (prompt, response) or
+    /// (prompt, chosen, rejected).
+    Jsonl { path: PathBuf, fields: Vec<String> },
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct ExampleSet {
+    pub name: String,
+    pub kind: ExampleKind,
+    pub source: ExampleSource,
+    /// How a prompt is shown to the model; contains `{prompt}`.
+    pub template: String,
+    /// Appended to every response; generation stops when it is produced.
+    pub end: String,
+    /// Share of prompts held out for evaluation (chosen by a hash of the prompt).
+    pub held_out: f64,
 }
 
 #[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq)]
@@ -283,12 +335,140 @@ pub struct IsoflopSpec {
     pub train: TrainSpec,
 }
 
+/// Where a post-training stage's starting weights come from.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Weights {
+    /// A fresh initialisation of the model declaration (seeded).
+    Init,
+    /// The full weights a stage wrote (`pretrain.model`).
+    Stage { stage: String },
+    /// A LoRA stage's adapter merged into its base (`merge(sft.adapter)`).
+    Merged { stage: String },
+}
+
+/// A model artifact: an architecture and where its weights come from.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct ModelRef {
+    pub arch: String,
+    pub weights: Weights,
+}
+
+impl ModelRef {
+    pub fn stage(&self) -> Option<&str> {
+        match &self.weights {
+            Weights::Init => None,
+            Weights::Stage { stage } | Weights::Merged { stage } => Some(stage),
+        }
+    }
+}
+
+/// Low-rank adapters (Hu et al. 2021): W x + (alpha/rank)·B A x on the target linears, base frozen.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct LoraSpec {
+    pub rank: usize,
+    pub alpha: f64,
+    pub dropout: f64,
+    /// Module-path patterns (`attn.q`, `blocks.*.ffn.w1`): a pattern matches a linear whose
+    /// path ends with it, `*` standing for one path segment.
+    pub targets: Vec<String>,
+}
+
+/// The optimisation settings every post-training stage shares.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct Optim {
+    pub steps: u64,
+    /// Sequences (pairs for preferences, prompts for PPO) per step.
+    pub batch: usize,
+    pub optimizer: AdamW,
+    pub schedule: Schedule,
+    pub grad_clip: Option<f64>,
+    pub eval_every: u64,
+    pub log_every: u64,
+    pub device: Device,
+}
+
+/// Instruction fine-tuning (SFT), full or through a LoRA adapter.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct FinetuneSpec {
+    pub model: ModelRef,
+    pub data: String,
+    pub opt: Optim,
+    pub lora: Option<LoraSpec>,
+    /// Prompt tokens carry zero loss weight.
+    pub mask_prompt: bool,
+    /// Held-out prompts scored by greedy generation (exact match, gold reward).
+    pub eval_examples: usize,
+    pub max_new: usize,
+}
+
+/// A scalar head on a language model trained on preference pairs (Bradley–Terry).
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct RewardSpec {
+    pub model: ModelRef,
+    pub data: String,
+    pub opt: Optim,
+}
+
+/// PPO against a reward model with a per-token KL penalty to a frozen reference (the policy's
+/// starting weights), GAE advantages and clipped policy and value objectives.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct PpoSpec {
+    pub policy: ModelRef,
+    /// The reward model (a `reward_model` stage).
+    pub reward: String,
+    /// Instruction data whose prompts are sampled (responses are ignored).
+    pub prompts: String,
+    pub opt: Optim,
+    pub kl: f64,
+    /// Adaptive KL controller (Ziegler et al. 2019): the coefficient tracks this KL per sequence.
+    pub kl_target: Option<f64>,
+    pub clip: f64,
+    pub value_clip: f64,
+    pub vf_coef: f64,
+    pub entropy_coef: f64,
+    pub gamma: f64,
+    pub lambda: f64,
+    pub epochs: usize,
+    pub minibatches: usize,
+    pub max_new: usize,
+    pub temperature: f64,
+    pub eval_examples: usize,
+}
+
+/// Direct preference optimisation (Rafailov et al. 2023) against a frozen reference.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct DpoSpec {
+    pub policy: ModelRef,
+    pub data: String,
+    pub opt: Optim,
+    pub beta: f64,
+    pub eval_examples: usize,
+    pub max_new: usize,
+}
+
+/// A table of policies on held-out prompts: gold reward, exact match, KL to a reference.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct CompareSpec {
+    pub policies: Vec<(String, ModelRef)>,
+    pub reference: ModelRef,
+    pub data: String,
+    pub examples: usize,
+    pub max_new: usize,
+    pub device: Device,
+}
+
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum StageKind {
     Train(TrainSpec),
     Mixture(MixtureSpec),
     Isoflop(IsoflopSpec),
+    Finetune(FinetuneSpec),
+    RewardModel(RewardSpec),
+    Ppo(PpoSpec),
+    Dpo(DpoSpec),
+    Compare(CompareSpec),
 }
 
 impl StageKind {
@@ -297,6 +477,11 @@ impl StageKind {
             StageKind::Train(_) => "train",
             StageKind::Mixture(_) => "mixture",
             StageKind::Isoflop(_) => "isoflop",
+            StageKind::Finetune(_) => "finetune",
+            StageKind::RewardModel(_) => "reward_model",
+            StageKind::Ppo(_) => "ppo",
+            StageKind::Dpo(_) => "dpo",
+            StageKind::Compare(_) => "compare",
         }
     }
 }

@@ -31,6 +31,17 @@ impl Rng {
     }
 }
 
+/// FNV-1a over `bytes`, mixed by SplitMix64's finaliser: a stable 64-bit hash (std's hasher
+/// may change between Rust releases; a recipe's held-out split must not).
+pub fn hash64(bytes: &[u8]) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for &b in bytes {
+        h ^= b as u64;
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    Rng(h).next_u64()
+}
+
 #[cfg(test)]
 mod tests {
     use super::Rng;

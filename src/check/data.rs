@@ -19,14 +19,26 @@ impl<'a> Checker<'a> {
         spec
     }
 
-    /// True when `d` declares generated data (`synthetic.*`) rather than a text corpus.
+    /// True when `d` declares generated regression data (`synthetic.regions`).
     pub fn is_synthetic(&self, d: &Decl) -> bool {
-        d.value.as_ctor_name().is_some_and(|n| n.starts_with("synthetic."))
+        d.value.as_ctor_name().is_some_and(|n| n == "synthetic.regions")
+    }
+
+    /// True when `d` declares instruction or preference examples.
+    pub fn is_examples(&self, d: &Decl) -> bool {
+        d.value.as_ctor_name().is_some_and(|n| super::examples::EXAMPLE_SOURCES.contains(&n.as_str()))
     }
 
     fn check_data(&mut self, d: &'a Decl) -> Option<DataSpec> {
-        let (kind, path, args, block) = self.ctor(&d.value, "data source", &["text", "synthetic.regions"])?;
+        let mut sources = vec!["text", "synthetic.regions"];
+        sources.extend(super::examples::EXAMPLE_SOURCES);
+        let (kind, path, args, block) = self.ctor(&d.value, "data source", &sources)?;
         let at = Checker::span_of_path(path);
+        if super::examples::EXAMPLE_SOURCES.contains(&kind) {
+            let set = self.check_examples(d, kind, at, args, block);
+            self.examples.insert(d.name.name.clone(), set);
+            return None;
+        }
         if kind == "synthetic.regions" {
             let spec = self.check_regions(d, block, at);
             self.synthetic.insert(d.name.name.clone(), spec);

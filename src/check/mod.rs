@@ -7,6 +7,9 @@
 mod budget;
 mod data;
 mod eval;
+mod examples;
+mod artifact;
+mod posttrain;
 mod fields;
 mod isoflop;
 mod mixture;
@@ -34,6 +37,7 @@ pub struct Checker<'a> {
     decls: Vec<&'a Decl>,
     data: HashMap<String, Option<DataSpec>>,
     synthetic: HashMap<String, Option<SyntheticSpec>>,
+    examples: HashMap<String, Option<ExampleSet>>,
     budgets: HashMap<String, Option<BudgetSpec>>,
     /// Checked models, for stages that build on a model's definition (isoflop sweeps).
     models: HashMap<String, ModelSpec>,
@@ -66,6 +70,7 @@ pub fn check_with(ast: &ast::Recipe, base_dir: &Path, variables: &[String], allo
         decls: vec![],
         data: HashMap::new(),
         synthetic: HashMap::new(),
+        examples: HashMap::new(),
         budgets: HashMap::new(),
         models: HashMap::new(),
         visiting: vec![],
@@ -139,10 +144,14 @@ impl<'a> Checker<'a> {
 
         let mut data: Vec<Option<DataSpec>> = vec![];
         let mut synthetic: Vec<Option<SyntheticSpec>> = vec![];
+        let mut examples: Vec<Option<ExampleSet>> = vec![];
         for d in decls.iter().filter(|d| d.kind == DeclKind::Data) {
-            match self.synthetic.get(&d.name.name) {
-                Some(s) => synthetic.push(s.clone()),
-                None => data.push(self.data.get(&d.name.name).cloned().flatten()),
+            if let Some(s) = self.synthetic.get(&d.name.name) {
+                synthetic.push(s.clone());
+            } else if let Some(e) = self.examples.get(&d.name.name) {
+                examples.push(e.clone());
+            } else {
+                data.push(self.data.get(&d.name.name).cloned().flatten());
             }
         }
         Some(Recipe {
@@ -152,6 +161,7 @@ impl<'a> Checker<'a> {
             models: models.into_iter().collect::<Option<Vec<_>>>()?,
             stages: stages?,
             synthetic: synthetic.into_iter().collect::<Option<Vec<_>>>()?,
+            examples: examples.into_iter().collect::<Option<Vec<_>>>()?,
             budgets: budgets.into_iter().collect::<Option<Vec<_>>>()?,
         })
         .inspect(|r| self.check_budget_departures(r))

@@ -10,7 +10,7 @@ use crate::diag::{Diagnostic, Span};
 use crate::recipe::*;
 use crate::syntax::ast::{Arg, Decl, DeclKind, Expr, ExprKind};
 
-pub const STAGE_KINDS: &[&str] = &["train", "mixture", "isoflop"];
+pub const STAGE_KINDS: &[&str] = &["train", "mixture", "isoflop", "finetune", "reward_model", "ppo", "dpo", "compare"];
 
 impl<'a> Checker<'a> {
     pub fn check_stages(&mut self, decls: &[&'a Decl]) -> Option<Vec<StageSpec>> {
@@ -31,27 +31,12 @@ impl<'a> Checker<'a> {
         ok.then_some(out)
     }
 
-    /// Stages a stage reads from (`pretrain.model` in its arguments), with the reference's span.
-    fn stage_refs(&self, d: &'a Decl) -> Vec<(&'a str, Span)> {
-        let mut refs = vec![];
-        if let ExprKind::Ctor { args: Some(args), .. } = &d.value.kind {
-            for a in args {
-                if let Some(p) = a.value.as_path() {
-                    if let Some(t) = self.decl(&p[0].name).filter(|t| t.kind == DeclKind::Stage) {
-                        refs.push((t.name.name.as_str(), p[0].span));
-                    }
-                }
-            }
-        }
-        refs
-    }
-
     /// Every stage on a cycle gets a diagnostic; returns their names.
     fn check_stage_cycles(&mut self, stages: &[&'a Decl]) -> Vec<String> {
         let mut g = DiGraph::<&str, Span>::new();
         let idx: HashMap<&str, _> = stages.iter().map(|d| (d.name.name.as_str(), g.add_node(d.name.name.as_str()))).collect();
         for d in stages {
-            for (dep, span) in self.stage_refs(d) {
+            for (dep, span) in super::artifact::stage_refs(self, d) {
                 g.add_edge(idx[dep], idx[d.name.name.as_str()], span);
             }
         }
@@ -83,6 +68,11 @@ impl<'a> Checker<'a> {
         match kind {
             "mixture" => self.check_mixture(d, at, args, block),
             "isoflop" => self.check_isoflop(d, at, args, block),
+            "finetune" => self.check_finetune(d, at, args, block),
+            "reward_model" => self.check_reward_model(d, at, args, block),
+            "ppo" => self.check_ppo(d, at, args, block),
+            "dpo" => self.check_dpo(d, at, args, block),
+            "compare" => self.check_compare(d, at, args, block),
             _ => self.check_train(d, at, args, block),
         }
     }
@@ -141,40 +131,18 @@ impl<'a> Checker<'a> {
         Some(d)
     }
 
-    /// A model argument: a model declaration, or `STAGE.model` (that stage's trained weights).
-    /// Returns (architecture, initialising stage).
+    /// The model a `train` stage starts from: a model declaration (fresh weights) or a stage's
+    /// language model. Returns (architecture, initialising stage).
     fn model_arg(&mut self, e: &'a Expr) -> Option<(String, Option<String>)> {
-        let d = self.decl_ref(e, DeclKind::Model, "a model")?;
-        let path = e.as_path()?;
-        match d.kind {
-            DeclKind::Model if path.len() == 1 => Some((d.name.name.clone(), None)),
-            DeclKind::Stage if path.len() == 2 && path[1].name == "model" => {
-                let arch = self.stage_arch(d, 0)?;
-                Some((arch, Some(d.name.name.clone())))
-            }
-            DeclKind::Stage if path.len() == 1 => {
-                self.error(Diagnostic::error("E0301", e.span, format!("`{}` is a stage, not a model", d.name.name))
-                    .with_hint(format!("use its output: `{}.model`", d.name.name)));
+        let r = self.expect_lm(e, "the model to train")?;
+        match r.weights {
+            Weights::Init => Some((r.arch, None)),
+            Weights::Stage { stage } => Some((r.arch, Some(stage))),
+            Weights::Merged { stage } => {
+                self.error(Diagnostic::error("E0310", e.span, format!("`train` continues from full weights; `merge({stage}.adapter)` is built on the fly"))
+                    .with_hint("continue with `finetune(merge(…), data)`, or train the earlier stage without an adapter"));
                 None
             }
-            _ => {
-                self.error(Diagnostic::error("E0301", e.span, format!("expected a model, found {} `{}`", kind_noun(d.kind), Expr::path_string(path)))
-                    .with_hint("pass a `model` declaration or a stage's output `STAGE.model`"));
-                None
-            }
-        }
-    }
-
-    /// The architecture a stage trains, following `train(other.model, …)` chains.
-    fn stage_arch(&mut self, d: &'a Decl, depth: usize) -> Option<String> {
-        let ExprKind::Ctor { args: Some(args), .. } = &d.value.kind else { return None };
-        let first = args.iter().find(|a| a.name.as_ref().map_or(true, |n| n.name == "model"))?;
-        let p = first.value.as_path()?;
-        let t = self.decl(&p[0].name)?;
-        match t.kind {
-            DeclKind::Model => Some(t.name.name.clone()),
-            DeclKind::Stage if depth < 64 => self.stage_arch(t, depth + 1),
-            _ => None,
         }
     }
 
@@ -236,22 +204,9 @@ impl<'a> Checker<'a> {
             (None, Some(t)) => (t / per_step).ceil() as u64,
             _ => return None,
         };
-        let schedule = schedule?;
-        let warmup = match &schedule {
-            Schedule::Constant { warmup } | Schedule::Cosine { warmup, .. } => *warmup,
-        };
-        if warmup > steps {
-            self.error(Diagnostic::error("E0224", sched_span, format!("warmup of {warmup} steps is longer than the stage ({steps} steps)"))
-                .with_hint("shorten the warmup or train longer"));
+        let (schedule, optimizer) = (schedule?, optimizer?);
+        if !self.schedule_fits(&schedule, steps, optimizer.lr, sched_span) {
             return None;
-        }
-        let optimizer = optimizer?;
-        if let Schedule::Cosine { min_lr, .. } = schedule {
-            if min_lr > optimizer.lr {
-                self.error(Diagnostic::error("E0225", sched_span, format!("min_lr {min_lr} is above the peak lr {}", optimizer.lr))
-                    .with_hint("a cosine schedule decays from lr down to min_lr"));
-                return None;
-            }
         }
         let mut after: Vec<String> = init_from.iter().cloned().collect();
         after.dedup();
@@ -283,8 +238,33 @@ impl<'a> Checker<'a> {
         })
     }
 
+    /// E0224 / E0225: the warmup fits in the stage and a cosine ends below its peak.
+    pub(super) fn schedule_fits(&mut self, schedule: &Schedule, steps: u64, lr: f64, sched_span: Span) -> bool {
+        let warmup = match schedule {
+            Schedule::Constant { warmup } | Schedule::Cosine { warmup, .. } => *warmup,
+        };
+        if warmup > steps {
+            self.error(Diagnostic::error("E0224", sched_span, format!("warmup of {warmup} steps is longer than the stage ({steps} steps)"))
+                .with_hint("shorten the warmup or train longer"));
+            return false;
+        }
+        if let Schedule::Cosine { min_lr, .. } = schedule {
+            if *min_lr > lr {
+                self.error(Diagnostic::error("E0225", sched_span, format!("min_lr {min_lr} is above the peak lr {lr}"))
+                    .with_hint("a cosine schedule decays from lr down to min_lr"));
+                return false;
+            }
+        }
+        true
+    }
+
     pub(super) fn data_arg(&mut self, e: &'a Expr) -> Option<DataSpec> {
         let d = self.decl_ref(e, DeclKind::Data, "a data set")?;
+        if d.kind == DeclKind::Data && self.is_examples(d) {
+            self.error(Diagnostic::error("E0301", e.span, format!("`{}` holds instruction or preference examples, not a text corpus", d.name.name))
+                .with_hint("`train` needs `text(…)` data; examples are for `finetune`, `reward_model`, `ppo` and `dpo`"));
+            return None;
+        }
         if d.kind == DeclKind::Data && self.is_synthetic(d) {
             self.error(Diagnostic::error("E0301", e.span, format!("`{}` is synthetic regression data, not a text corpus", d.name.name))
                 .with_hint("`train` needs `text(…)` data; synthetic regions are for `mixture` stages"));

@@ -45,10 +45,10 @@ fn print_plan(p: &roux::plan::Plan) {
             bytes(m.train_memory_bytes)
         );
     }
-    outln!("\n{:<12} {:<8} {:<16} {:>10} {:>14} {:>12}", "stage", "kind", "after", "steps", "tokens", "FLOPs");
+    outln!("\n{:<12} {:<12} {:<16} {:>10} {:>14} {:>12} {:>14}", "stage", "kind", "after", "steps", "tokens", "FLOPs", "trainable");
     for s in &p.stages {
         let after = if s.after.is_empty() { "-".to_string() } else { s.after.join(",") };
-        outln!("{:<12} {:<8} {:<16} {:>10} {:>14} {:>12}", s.name, s.kind, after, group(s.steps), group(s.tokens), sci(s.flops));
+        outln!("{:<12} {:<12} {:<16} {:>10} {:>14} {:>12} {:>14}", s.name, s.kind, after, group(s.steps), group(s.tokens), sci(s.flops), group(s.trainable));
     }
 }
 

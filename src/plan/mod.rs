@@ -34,6 +34,8 @@ pub struct StagePlan {
     pub steps: u64,
     pub tokens: u64,
     pub flops: f64,
+    /// Parameters the stage updates (a LoRA stage: Σ rank·(in + out) over its targets).
+    pub trainable: u64,
 }
 
 #[derive(Serialize, Debug, Clone)]
@@ -68,7 +70,7 @@ pub fn plan(r: &Recipe) -> Plan {
                 let tokens = t.steps * t.tokens_per_step();
                 let g = graphs.iter().find(|g| g.spec.name == t.model).expect("checked model");
                 let per_token = 3.0 * forward_flops_per_token(g, t.context);
-                StagePlan { name: s.name.clone(), kind: s.kind.name(), after: s.after.clone(), steps: t.steps, tokens, flops: per_token * tokens as f64 }
+                StagePlan { name: s.name.clone(), kind: s.kind.name(), after: s.after.clone(), steps: t.steps, tokens, flops: per_token * tokens as f64, trainable: g.params().iter().map(|p| p.numel()).sum() }
             }
             StageKind::Isoflop(iso) => {
                 // Every point, plus the check run at `predict` × the largest budget.
@@ -76,17 +78,64 @@ pub fn plan(r: &Recipe) -> Plan {
                 let tokens = iso.points.iter().map(|p| p.train.steps * p.train.tokens_per_step()).sum();
                 let largest = iso.points.iter().map(|p| p.budget).fold(0.0, f64::max);
                 let flops = iso.points.iter().map(|p| p.budget).sum::<f64>() + iso.predict * largest;
-                StagePlan { name: s.name.clone(), kind: s.kind.name(), after: s.after.clone(), steps, tokens, flops }
+                StagePlan { name: s.name.clone(), kind: s.kind.name(), after: s.after.clone(), steps, tokens, flops, trainable: 0 }
             }
             StageKind::Mixture(m) => {
                 // Every expert runs on every example (the gate is dense): 6 FLOPs per parameter per example.
                 let examples = m.steps * m.batch as u64;
                 let params = r.synthetic.iter().find(|d| d.name == m.data).map_or(0, |d| mixture_params(m, &d.generator));
-                StagePlan { name: s.name.clone(), kind: s.kind.name(), after: s.after.clone(), steps: m.steps, tokens: examples, flops: 6.0 * params as f64 * examples as f64 }
+                StagePlan { name: s.name.clone(), kind: s.kind.name(), after: s.after.clone(), steps: m.steps, tokens: examples, flops: 6.0 * params as f64 * examples as f64, trainable: params }
             }
+            _ => posttrain_plan(r, s, &graphs),
         })
         .collect();
     Plan { experiment: r.experiment.clone(), models, stages }
+}
+
+/// Post-training stages, at an upper bound: every sequence as long as the model's context.
+/// FLOPs count 6N per trained token (forward and backward; a LoRA stage still back-propagates
+/// through the frozen weights) and 2N per token only run forward (references, reward models,
+/// generation).
+fn posttrain_plan(r: &Recipe, s: &crate::recipe::StageSpec, graphs: &[ModelGraph]) -> StagePlan {
+    let n_of = |arch: &str| graphs.iter().find(|g| g.spec.name == arch).map_or(0, |g| g.params().iter().map(|p| p.numel()).sum::<u64>());
+    let ctx_of = |arch: &str| r.model(arch).map_or(0, |m| m.context as u64);
+    let (steps, tokens, flops, trainable) = match &s.kind {
+        StageKind::Finetune(f) => {
+            let (n, t) = (n_of(&f.model.arch), f.opt.steps * f.opt.batch as u64 * ctx_of(&f.model.arch));
+            let spec = r.model(&f.model.arch).expect("checked model");
+            let trainable = f.lora.as_ref().map_or(n, |l| crate::lower::lora_params(spec, l));
+            (f.opt.steps, t, 6.0 * n as f64 * t as f64, trainable)
+        }
+        StageKind::RewardModel(m) => {
+            let n = n_of(&m.model.arch);
+            let t = 2 * m.opt.steps * m.opt.batch as u64 * ctx_of(&m.model.arch);
+            (m.opt.steps, t, 6.0 * n as f64 * t as f64, n + r.model(&m.model.arch).map_or(0, |s| s.d_model as u64 + 1))
+        }
+        StageKind::Ppo(p) => {
+            let n = n_of(&p.policy.arch);
+            let t = p.opt.steps * p.opt.batch as u64 * ctx_of(&p.policy.arch);
+            let rm = r.stage(&p.reward).and_then(|st| match &st.kind {
+                StageKind::RewardModel(m) => Some(n_of(&m.model.arch)),
+                _ => None,
+            });
+            // Generation and the old-policy pass (2N each), reference and reward model (2N each),
+            // then `epochs` forward-backward passes (6N).
+            let per_token = 2.0 * n as f64 * 3.0 + 2.0 * rm.unwrap_or(n) as f64 + 6.0 * n as f64 * p.epochs as f64;
+            (p.opt.steps, t, per_token * t as f64, n + r.model(&p.policy.arch).map_or(0, |s| s.d_model as u64 + 1))
+        }
+        StageKind::Dpo(d) => {
+            let n = n_of(&d.policy.arch);
+            let t = 2 * d.opt.steps * d.opt.batch as u64 * ctx_of(&d.policy.arch);
+            (d.opt.steps, t, 8.0 * n as f64 * t as f64, n)
+        }
+        StageKind::Compare(c) => {
+            let t: u64 = c.policies.iter().map(|(_, p)| c.examples as u64 * ctx_of(&p.arch)).sum();
+            let flops = c.policies.iter().map(|(_, p)| 2.0 * n_of(&p.arch) as f64 * (c.examples as u64 * ctx_of(&p.arch)) as f64 * c.max_new as f64).sum();
+            (0, t, flops, 0)
+        }
+        StageKind::Train(_) | StageKind::Isoflop(_) | StageKind::Mixture(_) => unreachable!("planned above"),
+    };
+    StagePlan { name: s.name.clone(), kind: s.kind.name(), after: s.after.clone(), steps, tokens, flops, trainable }
 }
 
 pub fn forward_flops_per_token(g: &ModelGraph, seq: usize) -> f64 {

@@ -31,6 +31,9 @@ pub struct State {
     /// first metrics line after a resume averages the same steps as without the interruption.
     #[serde(default)]
     pub window_loss: (f64, u64),
+    /// Stage-specific state (PPO's adaptive KL coefficient).
+    #[serde(default)]
+    pub extra: serde_json::Value,
 }
 
 /// Write `bytes` to `path` atomically: temp file in the same directory, fsync, rename, fsync dir.
@@ -72,8 +75,13 @@ fn sync_dir(path: &Path) {
 }
 
 pub fn save(dir: &Path, model: &Model, opt: &AdamW, state: &State) -> Result<()> {
-    let mut tensors = model.named();
-    for (i, n) in model.names.iter().enumerate() {
+    save_params(dir, &model.names, &model.params, opt, state)
+}
+
+/// Save named trainable tensors and their AdamW moments, then the state naming the file.
+pub fn save_params(dir: &Path, names: &[String], params: &[Tensor], opt: &AdamW, state: &State) -> Result<()> {
+    let mut tensors: Vec<(String, Tensor)> = names.iter().cloned().zip(params.iter().map(|p| p.shallow_clone())).collect();
+    for (i, n) in names.iter().enumerate() {
         tensors.push((format!("adam.m.{n}"), opt.m[i].shallow_clone()));
         tensors.push((format!("adam.v.{n}"), opt.v[i].shallow_clone()));
     }
@@ -111,19 +119,37 @@ pub fn load(dir: &Path, state: &State, model: &mut Model, opt: &mut AdamW) -> Re
     let path = dir.join(&state.file);
     let tensors = Tensor::read_safetensors(&path).with_context(|| format!("reading checkpoint {}", path.display()))?;
     model.load(&tensors)?;
+    let names = model.names.clone();
+    let params: Vec<Tensor> = model.params.iter().map(|p| p.shallow_clone()).collect();
+    restore(&path, &tensors, &names, &params, opt, false)?;
+    opt.t = state.adam_t;
+    Ok(())
+}
+
+/// Restore named trainable tensors and their moments from the checkpoint a state names.
+pub fn load_params(dir: &Path, state: &State, names: &[String], params: &[Tensor], opt: &mut AdamW) -> Result<()> {
+    let path = dir.join(&state.file);
+    let tensors = Tensor::read_safetensors(&path).with_context(|| format!("reading checkpoint {}", path.display()))?;
+    restore(&path, &tensors, names, params, opt, true)?;
+    opt.t = state.adam_t;
+    Ok(())
+}
+
+fn restore(path: &Path, tensors: &[(String, Tensor)], names: &[String], params: &[Tensor], opt: &mut AdamW, weights: bool) -> Result<()> {
     let by_name: std::collections::HashMap<&str, &Tensor> = tensors.iter().map(|(n, t)| (n.as_str(), t)).collect();
-    for (i, n) in model.names.iter().enumerate() {
-        for (slot, prefix) in [(&mut opt.m[i], "adam.m."), (&mut opt.v[i], "adam.v.")] {
-            let Some(t) = by_name.get(format!("{prefix}{n}").as_str()) else {
-                bail!("checkpoint {} lacks optimizer state `{prefix}{n}`", path.display())
-            };
+    for (i, n) in names.iter().enumerate() {
+        let mut slots = vec![(opt.m[i].shallow_clone(), format!("adam.m.{n}")), (opt.v[i].shallow_clone(), format!("adam.v.{n}"))];
+        if weights {
+            slots.push((params[i].shallow_clone(), n.clone()));
+        }
+        for (mut slot, key) in slots {
+            let Some(t) = by_name.get(key.as_str()) else { bail!("checkpoint {} lacks `{key}`", path.display()) };
             if t.size() != slot.size() {
-                bail!("checkpoint {}: `{prefix}{n}` has the wrong shape", path.display());
+                bail!("checkpoint {}: `{key}` has the wrong shape", path.display());
             }
             tch::no_grad(|| slot.copy_(t));
         }
     }
-    opt.t = state.adam_t;
     Ok(())
 }
 

@@ -13,10 +13,28 @@
 //! | `progress.rs`   | the progress line and metrics.jsonl                              |
 //! | `sample.rs`     | `roux sample`: generation from a trained run                     |
 //! | `bench.rs`      | `roux bench`: step-time comparisons measured in one run          |
+//! | `lora.rs`       | LoRA adapters on the model's linears: attach, load, merge        |
+//! | `seqs.rs`       | padded variable-length batches, generation, policy scores        |
+//! | `stage_run.rs`  | stage caching by content hash, resume, artifact loading          |
+//! | `finetune.rs`   | a `finetune` stage (SFT, full or LoRA)                           |
+//! | `reward.rs`     | a `reward_model` stage (Bradley–Terry)                           |
+//! | `ppo.rs`        | a `ppo` stage (RLHF with a KL penalty, GAE, clipping)            |
+//! | `dpo.rs`        | a `dpo` stage                                                    |
+//! | `rl_losses.rs`  | Bradley–Terry, DPO, clipped PPO and value losses, entropy        |
+//! | `compare.rs`    | a `compare` stage: the table of policies                         |
 
 pub mod adamw;
 pub mod bench;
 pub mod checkpoint;
+pub mod compare;
+pub mod dpo;
+pub mod finetune;
+pub mod lora;
+pub mod ppo;
+pub mod reward;
+pub mod rl_losses;
+pub mod seqs;
+pub mod stage_run;
 pub mod data;
 pub mod isoflop;
 pub mod mixture;
@@ -54,6 +72,7 @@ pub struct RunOptions {
 /// Run the stages of a checked recipe in dependency order; `only` restricts to named stages.
 pub fn run_recipe(recipe: &Recipe, source: &str, out: &Path, only: &[String], opts: &RunOptions) -> Result<()> {
     let graph = lower_stages(recipe);
+    let runs = out.join(&recipe.experiment);
     for stage in graph.order() {
         if !only.is_empty() && !only.contains(&stage.name) {
             continue;
@@ -68,6 +87,11 @@ pub fn run_recipe(recipe: &Recipe, source: &str, out: &Path, only: &[String], op
                 }
                 mixture::run_mixture(recipe, &stage.name, m, &dir)?
             }
+            StageKind::Finetune(f) => finetune::run_finetune(recipe, source, stage, f, &runs, opts)?,
+            StageKind::RewardModel(r) => reward::run_reward_model(recipe, source, stage, r, &runs, opts)?,
+            StageKind::Ppo(p) => ppo::run_ppo(recipe, source, stage, p, &runs, opts)?,
+            StageKind::Dpo(d) => dpo::run_dpo(recipe, source, stage, d, &runs, opts)?,
+            StageKind::Compare(c) => compare::run_compare(recipe, source, stage, c, &runs, opts)?,
         }
     }
     Ok(())

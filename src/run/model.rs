@@ -31,6 +31,8 @@ pub struct Model {
     /// Kind the forward pass computes in. Parameters stay float32 (the master weights AdamW
     /// updates); with bfloat16 each is cast where it is used, so gradients flow back to float32.
     pub compute: Kind,
+    /// LoRA adapters, by the index of the weight they modify (see `lora.rs`).
+    pub lora: super::lora::Adapters,
 }
 
 impl Model {
@@ -92,7 +94,7 @@ impl Model {
                 names.iter().enumerate().filter_map(|(j, name)| name.strip_prefix(&prefix).map(|rest| (rest.to_string(), j))).collect()
             })
             .collect();
-        Model { graph, names, params, index, node_params, order, inputs, last_use, rope, device, compute: Kind::Float }
+        Model { graph, names, params, index, node_params, order, inputs, last_use, rope, device, compute: Kind::Float, lora: Default::default() }
     }
 
     pub fn spec(&self) -> &ModelSpec {
@@ -109,13 +111,22 @@ impl Model {
 
     /// Op `i`'s parameter `<sub>.<leaf>` (or `<leaf>` when `sub` is empty).
     fn find(&self, i: usize, sub: &str, leaf: &str) -> Option<&Tensor> {
+        self.find_index(i, sub, leaf).map(|j| &self.params[j])
+    }
+
+    fn find_index(&self, i: usize, sub: &str, leaf: &str) -> Option<usize> {
         self.node_params[i]
             .iter()
             .find(|(name, _)| match sub {
                 "" => name == leaf,
                 _ => name.len() == sub.len() + 1 + leaf.len() && name.starts_with(sub) && name.as_bytes()[sub.len()] == b'.' && name.ends_with(leaf),
             })
-            .map(|&(_, j)| &self.params[j])
+            .map(|&(_, j)| j)
+    }
+
+    /// Index of a parameter by its full name.
+    pub fn param_index(&self, name: &str) -> Option<usize> {
+        self.index.get(name).copied()
     }
 
     /// A parameter of op `i` in the compute kind (no copy when that is float32).
@@ -128,7 +139,11 @@ impl Model {
     }
 
     fn linear(&self, x: &Tensor, i: usize, sub: &str) -> Tensor {
-        x.linear(&self.w(i, sub, "weight"), self.w_opt(i, sub, "bias").as_ref())
+        let y = x.linear(&self.w(i, sub, "weight"), self.w_opt(i, sub, "bias").as_ref());
+        match self.find_index(i, sub, "weight").and_then(|j| self.lora.get(j)) {
+            Some(ad) => y + self.lora.delta(ad, x, self.compute),
+            None => y,
+        }
     }
 
     /// Logits (B, T, vocab) for token ids (B, T).
@@ -138,7 +153,16 @@ impl Model {
 
     /// Logits and the statistics (with auxiliary losses) of every mixture-of-experts layer.
     pub fn forward_aux(&self, tokens: &Tensor, train: bool) -> (Tensor, Vec<MoeStats>) {
+        let (_, logits, stats) = self.forward_full(tokens, train);
+        (logits, stats)
+    }
+
+    /// The final hidden states (B, T, d) (the head's input, after the last norm), the logits
+    /// and the MoE statistics. Reward and value heads read the hidden states.
+    pub fn forward_full(&self, tokens: &Tensor, train: bool) -> (Tensor, Tensor, Vec<MoeStats>) {
+        let mut hidden = None;
         let mut moe_stats = vec![];
+        self.lora.train.set(train);
         let mut vals: Vec<Option<Tensor>> = (0..self.order.len()).map(|_| None).collect();
         for (i, &n) in self.order.iter().enumerate() {
             let op = &self.graph.graph[n];
@@ -175,6 +199,7 @@ impl Model {
                     y
                 }
                 OpKind::Head { tied, .. } => {
+                    hidden = Some(arg(0).shallow_clone());
                     let w = if *tied { self.p("tok_emb.weight") } else { self.find(i, "", "weight").expect("untied head weight") }.to_kind(self.compute);
                     arg(0).linear::<Tensor>(&w, None)
                 }
@@ -188,7 +213,7 @@ impl Model {
             }
             vals[i] = Some(out);
         }
-        (vals.pop().flatten().expect("head is the last op"), moe_stats)
+        (hidden.expect("the head reads the hidden states"), vals.pop().flatten().expect("head is the last op"), moe_stats)
     }
 
     fn moe(&self, x: &Tensor, i: usize, path: &str, op: &OpKind, train: bool) -> (Tensor, MoeStats) {

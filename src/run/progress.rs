@@ -48,6 +48,12 @@ impl Metrics {
         Ok(Metrics { file: OpenOptions::new().append(true).open(&path)? })
     }
 
+    pub fn write_json(&mut self, v: &serde_json::Value) -> anyhow::Result<()> {
+        writeln!(self.file, "{v}")?;
+        self.file.flush()?;
+        Ok(())
+    }
+
     pub fn write(&mut self, m: &Metric) -> anyhow::Result<()> {
         writeln!(self.file, "{}", serde_json::to_string(m)?)?;
         self.file.flush()?;
@@ -85,21 +91,20 @@ impl Progress {
 
     /// Called every step; prints on a terminal, or every `every` steps into a log.
     pub fn update(&self, step: u64, every: u64, loss: f64, lr: f64, tok_s: f64, val: Option<f64>) {
+        let evaluated = val.is_some();
+        let val = val.map_or(String::new(), |v| format!(" val {v:.4}"));
+        self.line(step, every, &format!("loss {loss:.4}{val} lr {lr:.2e} {:.1}k tok/s", tok_s / 1e3), evaluated);
+    }
+
+    /// The progress bar, step count, `body` and the ETA.
+    pub fn line(&self, step: u64, every: u64, body: &str, evaluated: bool) {
         if self.quiet {
             return;
         }
         let bar_w = 24;
         let filled = ((step as f64 / self.total.max(1) as f64) * bar_w as f64) as usize;
         let bar = format!("{}{}", "█".repeat(filled.min(bar_w)), "░".repeat(bar_w - filled.min(bar_w)));
-        let evaluated = val.is_some();
-        let val = val.map_or(String::new(), |v| format!(" val {v:.4}"));
-        let line = format!(
-            "{} {bar} {step}/{} loss {loss:.4}{val} lr {lr:.2e} {:.1}k tok/s ETA {}",
-            self.label,
-            self.total,
-            tok_s / 1e3,
-            self.eta(step)
-        );
+        let line = format!("{} {bar} {step}/{} {body} ETA {}", self.label, self.total, self.eta(step));
         if self.tty {
             eprint!("\r\x1b[2K{line}");
             if evaluated || step == self.total {

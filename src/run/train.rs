@@ -184,7 +184,7 @@ pub fn run_train_model(recipe: &Recipe, source: &str, name: &str, spec: &ModelSp
         }
         let ckpt_every = if t.checkpoint_every > 0 { t.checkpoint_every } else { t.eval_every };
         if done % ckpt_every == 0 || done == t.steps {
-            let state = State { step: done, adam_t: opt.t, data_rng: rng, recipe_hash: hash.clone(), file: format!("ckpt-{done}.safetensors"), best_val, window_loss: (window.2, window.3) };
+            let state = State { step: done, adam_t: opt.t, data_rng: rng, recipe_hash: hash.clone(), file: format!("ckpt-{done}.safetensors"), best_val, window_loss: (window.2, window.3), extra: serde_json::Value::Null };
             checkpoint::save(dir, &model, &opt, &state)?;
             last_ckpt = Some(done);
         }
@@ -310,7 +310,7 @@ fn memory_guard(name: &str, need: u64) -> Result<()> {
 }
 
 /// The leaves that differ between two JSON values, as `path: old → new`.
-fn diff(path: &str, a: &serde_json::Value, b: &serde_json::Value, out: &mut Vec<String>) {
+pub(crate) fn diff(path: &str, a: &serde_json::Value, b: &serde_json::Value, out: &mut Vec<String>) {
     use serde_json::Value;
     match (a, b) {
         (Value::Object(x), Value::Object(y)) => {

@@ -1,0 +1,132 @@
+//! Post-training data: `synthetic.instructions`, `synthetic.preferences`,
+//! `instructions("file.jsonl")` and `preferences("file.jsonl")`, each with a prompt template.
+
+use super::fields::{Fields, Min};
+use super::Checker;
+use crate::diag::{Diagnostic, Span};
+use crate::recipe::{ExampleKind, ExampleSet, ExampleSource, Task};
+use crate::syntax::ast::{Arg, Block, Decl, ExprKind};
+
+pub const EXAMPLE_SOURCES: &[&str] = &["synthetic.instructions", "synthetic.preferences", "instructions", "preferences"];
+const TASKS: &[&str] = &["reverse", "sort", "add", "uppercase"];
+pub const DEFAULT_TEMPLATE: &str = "Q: {prompt}\nA: ";
+
+impl<'a> Checker<'a> {
+    pub(super) fn check_examples(&mut self, d: &'a Decl, kind: &str, at: Span, args: Option<&'a [Arg]>, block: Option<&'a Block>) -> Option<ExampleSet> {
+        let what = format!("data `{}`", d.name.name);
+        let mut f = Fields::new(block, &self.top_scope(), what, at);
+        let template_field = f.field("template");
+        let end_field = f.field("end");
+        let held_out = f.ranged(self, "held_out", Some(0.1), 0.0, true, 1.0, false);
+        let (ekind, source) = match kind {
+            "synthetic.instructions" | "synthetic.preferences" => {
+                let ekind = if kind == "synthetic.instructions" { ExampleKind::Instructions } else { ExampleKind::Preferences };
+                let tasks = self.task_list(&mut f);
+                let count_key = if ekind == ExampleKind::Instructions { "examples" } else { "pairs" };
+                let count = f.int(self, count_key, Some(4000), Min::One);
+                let verbose = if ekind == ExampleKind::Instructions { f.ranged(self, "verbose", Some(0.0), 0.0, true, 1.0, true) } else { Some(0.0) };
+                let max_len = f.int(self, "max_len", Some(5), Min::One);
+                let len_span = f.value_span("max_len");
+                if let Some(m) = max_len.filter(|m| !(2..=32).contains(m)) {
+                    self.error(Diagnostic::error("E0201", len_span, format!("max_len = {m} is out of range")).with_hint("task strings have 2 to 32 letters"));
+                }
+                let src = ExampleSource::Synthetic { tasks: tasks?, count: count? as usize, verbose: verbose?, max_len: max_len?.clamp(2, 32) as usize };
+                (ekind, Some(src))
+            }
+            _ => {
+                let ekind = if kind == "instructions" { ExampleKind::Instructions } else { ExampleKind::Preferences };
+                let names: &[(&'static str, &str)] = if ekind == ExampleKind::Instructions {
+                    &[("prompt", "prompt"), ("response", "response")]
+                } else {
+                    &[("prompt", "prompt"), ("chosen", "chosen"), ("rejected", "rejected")]
+                };
+                let fields: Vec<Option<String>> = names.iter().map(|(k, def)| self.string_field(&mut f, k, def)).collect();
+                let path = self.jsonl_path(d, kind, args);
+                let src = fields.into_iter().collect::<Option<Vec<_>>>().zip(path).map(|(fields, path)| ExampleSource::Jsonl { path, fields });
+                (ekind, src)
+            }
+        };
+        f.finish(self);
+        let template = match template_field {
+            None => DEFAULT_TEMPLATE.to_string(),
+            Some(t) => match &t.value.kind {
+                ExprKind::Str(s) if s.matches("{prompt}").count() == 1 => s.clone(),
+                ExprKind::Str(_) => {
+                    self.error(Diagnostic::error("E0250", t.value.span, "a prompt template must contain `{prompt}` exactly once")
+                        .with_hint(format!("for example `template = \"{}\"`", DEFAULT_TEMPLATE.escape_default())));
+                    return None;
+                }
+                _ => {
+                    self.error(Diagnostic::error("E0120", t.value.span, format!("`template` expects a string, found {}", super::eval::describe(&t.value)))
+                        .with_hint("write `template = \"Q: {prompt}\\nA: \"`"));
+                    return None;
+                }
+            },
+        };
+        let end = match end_field {
+            None => "\n".to_string(),
+            Some(e) => match &e.value.kind {
+                ExprKind::Str(s) if !s.is_empty() => s.clone(),
+                _ => {
+                    self.error(Diagnostic::error("E0251", e.value.span, "`end` must be a non-empty string")
+                        .with_hint("the end marker closes every response and stops generation; the default is \"\\n\""));
+                    return None;
+                }
+            },
+        };
+        Some(ExampleSet { name: d.name.name.clone(), kind: ekind, source: source?, template, end, held_out: held_out? })
+    }
+
+    /// `tasks = [reverse, sort, add, uppercase]` (default: all four).
+    fn task_list(&mut self, f: &mut Fields<'a>) -> Option<Vec<Task>> {
+        let Some(field) = f.field("tasks") else { return Some(Task::ALL.to_vec()) };
+        let ExprKind::List(items) = &field.value.kind else {
+            self.error(Diagnostic::error("E0120", field.value.span, format!("`tasks` expects a list, found {}", super::eval::describe(&field.value)))
+                .with_hint("write `tasks = [reverse, sort, add, uppercase]`"));
+            return None;
+        };
+        if items.is_empty() {
+            self.error(Diagnostic::error("E0201", field.value.span, "`tasks` is empty").with_hint("name at least one of reverse, sort, add, uppercase"));
+            return None;
+        }
+        let mut out = vec![];
+        for it in items {
+            let t = match self.eval_sym(it, "task", TASKS, None)? {
+                "reverse" => Task::Reverse,
+                "sort" => Task::Sort,
+                "add" => Task::Add,
+                _ => Task::Uppercase,
+            };
+            out.push(t);
+        }
+        Some(out)
+    }
+
+    /// A string-valued key such as `prompt = "instruction"` (a JSONL field name).
+    fn string_field(&mut self, f: &mut Fields<'a>, key: &'static str, default: &str) -> Option<String> {
+        let Some(field) = f.field(key) else { return Some(default.to_string()) };
+        match &field.value.kind {
+            ExprKind::Str(s) if !s.is_empty() => Some(s.clone()),
+            _ => {
+                self.error(Diagnostic::error("E0120", field.value.span, format!("`{key}` expects the name of a JSON field, as a string"))
+                    .with_hint(format!("write `{key} = \"{default}\"`")));
+                None
+            }
+        }
+    }
+
+    fn jsonl_path(&mut self, d: &'a Decl, kind: &str, args: Option<&'a [Arg]>) -> Option<std::path::PathBuf> {
+        let Some((file, span)) = super::paths::single_path_arg(args) else {
+            self.error(Diagnostic::error("E0104", d.value.span, format!("`{kind}` takes one argument: the path of a JSONL file"))
+                .with_hint(format!("write `{kind}(\"data/{kind}.jsonl\") {{ … }}`")));
+            return None;
+        };
+        let full = self.confined(&file, span)?;
+        if !full.is_file() {
+            self.error(Diagnostic::error("E0210", span, format!("data file `{file}` not found"))
+                .with_hint(format!("paths are relative to the recipe's folder; looked for {}", full.display())));
+            return None;
+        }
+        Some(std::path::absolute(&full).unwrap_or(full))
+    }
+}

@@ -1,0 +1,280 @@
+//! Post-training stages: `finetune` (SFT, optionally through `lora { … }`), `reward_model`,
+//! `ppo`, `dpo`, and `compare` (the table of policies at the end of a pipeline).
+
+use super::fields::{Fields, Min};
+use super::Checker;
+use crate::diag::{Diagnostic, Span};
+use crate::recipe::*;
+use crate::syntax::ast::{Arg, Block, Decl, DeclKind, Expr};
+
+impl<'a> Checker<'a> {
+    /// steps, batch, optimizer, schedule, grad_clip, eval_every, log_every, device.
+    fn check_optim(&mut self, f: &mut Fields<'a>, batch: u64, steps: Option<u64>, eval_every: u64) -> Option<Optim> {
+        let steps_v = f.int(self, "steps", steps, Min::One);
+        let batch = f.size(self, "batch", Some(batch));
+        let optimizer = self.check_adamw(f);
+        let schedule = self.check_schedule(f);
+        let sched_span = f.value_span("schedule");
+        let grad_clip = f.ranged(self, "grad_clip", Some(1.0), 0.0, false, f64::INFINITY, true);
+        let eval_every = f.int(self, "eval_every", Some(eval_every), Min::One);
+        let log_every = f.int(self, "log_every", Some(10), Min::One);
+        let device = f.sym(self, "device", &["auto", "cpu", "cuda"], Some("auto"));
+        let (steps, optimizer, schedule) = (steps_v?, optimizer?, schedule?);
+        if !self.schedule_fits(&schedule, steps, optimizer.lr, sched_span) {
+            return None;
+        }
+        Some(Optim {
+            steps,
+            batch: batch?,
+            optimizer,
+            schedule,
+            grad_clip: grad_clip?.gt(&0.0).then_some(grad_clip?),
+            eval_every: eval_every?,
+            log_every: log_every?,
+            device: device_of(device?),
+        })
+    }
+
+    /// An instruction or preference data set; `want` restricts the kind.
+    fn examples_arg(&mut self, e: &'a Expr, want: Option<ExampleKind>, stage: &str) -> Option<ExampleSet> {
+        let d = self.decl_ref(e, DeclKind::Data, "a data set")?;
+        let set = (d.kind == DeclKind::Data && e.as_path().is_some_and(|p| p.len() == 1)).then(|| self.examples.get(&d.name.name).cloned()).flatten();
+        let Some(set) = set else {
+            self.error(Diagnostic::error("E0301", e.span, format!("`{stage}` needs instruction or preference examples, found {} `{}`", d.kind.keyword(), d.name.name))
+                .with_hint("declare `data instr = synthetic.instructions { … }` or `instructions(\"file.jsonl\") { … }`"));
+            return None;
+        };
+        let set = set?;
+        match want {
+            Some(k) if k != set.kind => {
+                let (need, have) = match k {
+                    ExampleKind::Preferences => ("preference pairs", "instruction examples"),
+                    ExampleKind::Instructions => ("instruction examples", "preference pairs"),
+                };
+                self.error(Diagnostic::error("E0313", e.span, format!("`{stage}` trains on {need}, but `{}` holds {have}", d.name.name))
+                    .with_hint(if k == ExampleKind::Preferences { "declare `data prefs = synthetic.preferences { … }` or `preferences(\"pairs.jsonl\")`" } else { "declare `data instr = synthetic.instructions { … }`" }));
+                None
+            }
+            _ => Some(set),
+        }
+    }
+
+    fn after_of(&self, d: &'a Decl) -> Vec<String> {
+        let mut after: Vec<String> = vec![];
+        for (s, _) in super::artifact::stage_refs(self, d) {
+            if !after.iter().any(|a| a == s) {
+                after.push(s.to_string());
+            }
+        }
+        after
+    }
+
+    pub(super) fn check_finetune(&mut self, d: &'a Decl, at: Span, args: &'a [Arg], block: Option<&'a Block>) -> Option<StageSpec> {
+        let bound = self.bind_args(at, "finetune", args, &["model", "data"]);
+        let model = bound[0].and_then(|e| self.expect_lm(e, "the model to fine-tune"));
+        let data = bound[1].and_then(|e| self.examples_arg(e, None, "finetune"));
+        let mut f = Fields::new(block, &self.top_scope(), format!("stage `{}`", d.name.name), at);
+        let opt = self.check_optim(&mut f, 16, None, 100);
+        let lora = match f.field("adapter") {
+            Some(field) => self.check_lora(&field.value, &f.scope.clone(), model.as_ref()).map(Some),
+            None => Some(None),
+        };
+        let mask_prompt = f.bool(self, "mask_prompt", true);
+        let eval_examples = f.size(self, "eval_examples", Some(200));
+        let max_new = f.size(self, "max_new", Some(16));
+        f.finish(self);
+        Some(StageSpec {
+            name: d.name.name.clone(),
+            after: self.after_of(d),
+            kind: StageKind::Finetune(FinetuneSpec {
+                model: model?,
+                data: data?.name,
+                opt: opt?,
+                lora: lora?,
+                mask_prompt: mask_prompt?,
+                eval_examples: eval_examples?,
+                max_new: max_new?,
+            }),
+        })
+    }
+
+    /// `lora { rank, alpha, dropout, targets = [attn.q, attn.v] }`; every target must match a
+    /// linear layer of the model.
+    fn check_lora(&mut self, e: &'a Expr, scope: &super::eval::Scope<'a>, model: Option<&ModelRef>) -> Option<LoraSpec> {
+        let (_, path, _, block) = self.ctor(e, "adapter", &["lora"])?;
+        let mut f = Fields::new(block, scope, "lora", Checker::span_of_path(path));
+        let rank = f.size(self, "rank", Some(8));
+        let alpha = f.positive(self, "alpha", rank.map(|r| r as f64));
+        let dropout = f.ranged(self, "dropout", Some(0.0), 0.0, false, 1.0, true);
+        let targets_field = f.field("targets");
+        f.finish(self);
+        let mut targets = vec![];
+        let linears: Vec<String> = model.and_then(|m| self.models.get(&m.arch)).map(|spec| crate::lower::lora_linears(spec).into_iter().map(|l| l.path).collect()).unwrap_or_default();
+        match targets_field {
+            None => targets = vec!["attn.q".to_string(), "attn.v".to_string()],
+            Some(tf) => {
+                let crate::syntax::ast::ExprKind::List(items) = &tf.value.kind else {
+                    self.error(Diagnostic::error("E0120", tf.value.span, "`targets` expects a list of module paths").with_hint("write `targets = [attn.q, attn.v]`"));
+                    return None;
+                };
+                for it in items {
+                    let pat = match (&it.kind, it.as_path()) {
+                        (crate::syntax::ast::ExprKind::Str(s), _) => s.clone(),
+                        (_, Some(p)) => Expr::path_string(p),
+                        _ => {
+                            self.error(Diagnostic::error("E0120", it.span, "a LoRA target is a module path such as `attn.q` or \"blocks.*.ffn.w1\"").with_hint("write `targets = [attn.q, attn.v]`"));
+                            return None;
+                        }
+                    };
+                    if !linears.is_empty() && !linears.iter().any(|l| crate::lower::lora_matches(&pat, l)) {
+                        let mut short: Vec<String> = linears.iter().map(|l| l.rsplitn(3, '.').take(2).collect::<Vec<_>>().into_iter().rev().collect::<Vec<_>>().join(".")).collect();
+                        short.sort();
+                        short.dedup();
+                        let mut err = Diagnostic::error("E0312", it.span, format!("LoRA target `{pat}` matches no linear layer of model `{}`", model.map_or("", |m| &m.arch)));
+                        err = match super::suggest::did_you_mean(&pat, short.iter().map(|s| s.as_str())) {
+                            Some(s) => err.with_hint(format!("did you mean `{s}`?")),
+                            None => err.with_hint(format!("linear layers: {}", short.join(", "))),
+                        };
+                        self.error(err);
+                        return None;
+                    }
+                    targets.push(pat);
+                }
+            }
+        }
+        Some(LoraSpec { rank: rank?, alpha: alpha?, dropout: dropout?, targets })
+    }
+
+    pub(super) fn check_reward_model(&mut self, d: &'a Decl, at: Span, args: &'a [Arg], block: Option<&'a Block>) -> Option<StageSpec> {
+        let bound = self.bind_args(at, "reward_model", args, &["model", "data"]);
+        let model = bound[0].and_then(|e| self.expect_lm(e, "the base of a reward model"));
+        let data = bound[1].and_then(|e| self.examples_arg(e, Some(ExampleKind::Preferences), "reward_model"));
+        let mut f = Fields::new(block, &self.top_scope(), format!("stage `{}`", d.name.name), at);
+        let opt = self.check_optim(&mut f, 16, None, 100);
+        f.finish(self);
+        Some(StageSpec { name: d.name.name.clone(), after: self.after_of(d), kind: StageKind::RewardModel(RewardSpec { model: model?, data: data?.name, opt: opt? }) })
+    }
+
+    pub(super) fn check_ppo(&mut self, d: &'a Decl, at: Span, args: &'a [Arg], block: Option<&'a Block>) -> Option<StageSpec> {
+        let bound = self.bind_args(at, "ppo", args, &["policy", "reward", "prompts"]);
+        let policy = bound[0].and_then(|e| self.expect_lm(e, "the policy"));
+        let reward = bound[1].and_then(|e| self.expect_reward(e));
+        let prompts = bound[2].and_then(|e| self.examples_arg(e, None, "ppo"));
+        let mut f = Fields::new(block, &self.top_scope(), format!("stage `{}`", d.name.name), at);
+        let opt = self.check_optim(&mut f, 32, None, 25);
+        let kl = f.ranged(self, "kl", Some(0.05), 0.0, false, f64::INFINITY, true);
+        let kl_target = if f.field("kl_target").is_some() { f.positive(self, "kl_target", None).map(Some) } else { Some(None) };
+        let clip = f.ranged(self, "clip", Some(0.2), 0.0, true, 1.0, true);
+        let value_clip = f.ranged(self, "value_clip", Some(0.2), 0.0, true, f64::INFINITY, true);
+        let vf_coef = f.ranged(self, "vf_coef", Some(0.5), 0.0, false, f64::INFINITY, true);
+        let entropy_coef = f.ranged(self, "entropy", Some(0.0), 0.0, false, f64::INFINITY, true);
+        let gamma = f.ranged(self, "gamma", Some(1.0), 0.0, false, 1.0, false);
+        let lambda = f.ranged(self, "lambda", Some(0.95), 0.0, false, 1.0, false);
+        let epochs = f.size(self, "epochs", Some(2));
+        let minibatches = f.size(self, "minibatches", Some(2));
+        let max_new = f.size(self, "max_new", Some(16));
+        let temperature = f.positive(self, "temperature", Some(1.0));
+        let eval_examples = f.size(self, "eval_examples", Some(200));
+        let mb_span = f.value_span("minibatches");
+        f.finish(self);
+        let opt = opt?;
+        if let Some(m) = minibatches.filter(|&m| m > opt.batch) {
+            self.error(Diagnostic::error("E0201", mb_span, format!("{m} minibatches of a batch of {} prompts leave some empty", opt.batch))
+                .with_hint("use at most `batch` minibatches"));
+            return None;
+        }
+        let (reward, _) = reward?;
+        Some(StageSpec {
+            name: d.name.name.clone(),
+            after: self.after_of(d),
+            kind: StageKind::Ppo(PpoSpec {
+                policy: policy?,
+                reward,
+                prompts: prompts?.name,
+                opt,
+                kl: kl?,
+                kl_target: kl_target?,
+                clip: clip?,
+                value_clip: value_clip?,
+                vf_coef: vf_coef?,
+                entropy_coef: entropy_coef?,
+                gamma: gamma?,
+                lambda: lambda?,
+                epochs: epochs?,
+                minibatches: minibatches?,
+                max_new: max_new?,
+                temperature: temperature?,
+                eval_examples: eval_examples?,
+            }),
+        })
+    }
+
+    pub(super) fn check_dpo(&mut self, d: &'a Decl, at: Span, args: &'a [Arg], block: Option<&'a Block>) -> Option<StageSpec> {
+        let bound = self.bind_args(at, "dpo", args, &["policy", "data"]);
+        let policy = bound[0].and_then(|e| self.expect_lm(e, "the policy"));
+        let data = bound[1].and_then(|e| self.examples_arg(e, Some(ExampleKind::Preferences), "dpo"));
+        let mut f = Fields::new(block, &self.top_scope(), format!("stage `{}`", d.name.name), at);
+        let opt = self.check_optim(&mut f, 16, None, 100);
+        let beta = f.positive(self, "beta", Some(0.1));
+        let eval_examples = f.size(self, "eval_examples", Some(200));
+        let max_new = f.size(self, "max_new", Some(16));
+        f.finish(self);
+        Some(StageSpec {
+            name: d.name.name.clone(),
+            after: self.after_of(d),
+            kind: StageKind::Dpo(DpoSpec { policy: policy?, data: data?.name, opt: opt?, beta: beta?, eval_examples: eval_examples?, max_new: max_new? }),
+        })
+    }
+
+    /// `compare(base = pretrain.model, sft = merge(sft.adapter), …) { data, reference }`.
+    pub(super) fn check_compare(&mut self, d: &'a Decl, at: Span, args: &'a [Arg], block: Option<&'a Block>) -> Option<StageSpec> {
+        let mut policies = vec![];
+        let mut ok = true;
+        for a in args {
+            let label = match &a.name {
+                Some(n) => n.name.clone(),
+                None => a.value.as_path().map_or_else(|| format!("policy {}", policies.len() + 1), |p| p[0].name.clone()),
+            };
+            match self.expect_lm(&a.value, &format!("`{label}`")) {
+                Some(r) => policies.push((label, r)),
+                None => ok = false,
+            }
+        }
+        if args.is_empty() {
+            self.error(Diagnostic::error("E0106", at, "`compare` needs at least one policy").with_hint("write `compare(sft = sft.model, rl = rl.model) { data = instr }`"));
+            ok = false;
+        }
+        let mut f = Fields::new(block, &self.top_scope(), format!("stage `{}`", d.name.name), at);
+        let data = match f.field("data") {
+            Some(field) => self.examples_arg(&field.value, None, "compare"),
+            None => {
+                self.error(Diagnostic::error("E0101", at, "`compare` needs `data`: the examples whose held-out prompts it scores").with_hint("add `data = instr` to the block"));
+                None
+            }
+        };
+        let reference = match f.field("reference") {
+            Some(field) => self.expect_lm(&field.value, "the reference"),
+            None => policies.first().map(|p| p.1.clone()),
+        };
+        let examples = f.size(self, "examples", Some(200));
+        let max_new = f.size(self, "max_new", Some(16));
+        let device = f.sym(self, "device", &["auto", "cpu", "cuda"], Some("auto"));
+        f.finish(self);
+        if !ok {
+            return None;
+        }
+        Some(StageSpec {
+            name: d.name.name.clone(),
+            after: self.after_of(d),
+            kind: StageKind::Compare(CompareSpec { policies, reference: reference?, data: data?.name, examples: examples?, max_new: max_new?, device: device_of(device?) }),
+        })
+    }
+}
+
+fn device_of(s: &str) -> Device {
+    match s {
+        "cpu" => Device::Cpu,
+        "cuda" => Device::Cuda,
+        _ => Device::Auto,
+    }
+}

@@ -1,0 +1,217 @@
+//! Instruction examples and preference pairs: generated (synthetic tasks) or read from JSONL,
+//! split into training and held-out sets, rendered through the recipe's prompt template into
+//! byte sequences with per-token loss weights.
+
+use std::collections::HashSet;
+
+use super::tasks::{self, FILLER};
+use crate::recipe::{ExampleKind, ExampleSet, ExampleSource};
+use crate::rng::Rng;
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct Example {
+    pub prompt: String,
+    pub response: String,
+    /// The correct answer when known (synthetic tasks): scores generations by gold reward.
+    pub gold: Option<String>,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct Pair {
+    pub prompt: String,
+    pub chosen: String,
+    pub rejected: String,
+    pub gold: Option<String>,
+}
+
+pub struct Split<T> {
+    pub train: Vec<T>,
+    pub held_out: Vec<T>,
+}
+
+/// Whether a prompt belongs to the held-out set: decided by a hash of the prompt alone, so
+/// the same prompt is held out in every data set of a recipe (the reward model's held-out
+/// pairs and the policies' held-out prompts never leak into training).
+pub fn is_held_out(prompt: &str, fraction: f64) -> bool {
+    let h = crate::rng::hash64(prompt.as_bytes());
+    ((h % 1_000_000) as f64) < fraction * 1_000_000.0
+}
+
+fn split<T>(items: Vec<T>, prompt: impl Fn(&T) -> &str, fraction: f64) -> Split<T> {
+    let (mut train, mut held_out) = (vec![], vec![]);
+    for it in items {
+        if is_held_out(prompt(&it), fraction) {
+            held_out.push(it);
+        } else {
+            train.push(it);
+        }
+    }
+    Split { train, held_out }
+}
+
+/// The instruction examples of a data set (for preference data: prompt and chosen response).
+pub fn instructions(set: &ExampleSet, seed: u64) -> Result<Split<Example>, String> {
+    let items = match (&set.source, set.kind) {
+        (ExampleSource::Synthetic { tasks, count, verbose, max_len }, ExampleKind::Instructions) => {
+            let mut rng = Rng(seed ^ crate::rng::hash64(set.name.as_bytes()));
+            let mut seen = HashSet::new();
+            let mut out = vec![];
+            // Distinct prompts; give up widening after many repeats (small task spaces).
+            let mut tries = 0;
+            while out.len() < *count && tries < count * 20 {
+                tries += 1;
+                let task = tasks[rng.below(tasks.len() as u64) as usize];
+                let (prompt, answer) = task.instance(&mut rng, *max_len);
+                if !seen.insert(prompt.clone()) {
+                    continue;
+                }
+                let response = if rng.unit() < *verbose { format!("{answer}{FILLER}") } else { answer.clone() };
+                out.push(Example { prompt, response, gold: Some(answer) });
+            }
+            out
+        }
+        (_, ExampleKind::Preferences) => preferences(set, seed)?.train.into_iter().chain(preferences(set, seed)?.held_out).map(|p| Example { prompt: p.prompt, response: p.chosen, gold: p.gold }).collect(),
+        (ExampleSource::Jsonl { .. }, ExampleKind::Instructions) => read_jsonl(set)?
+            .into_iter()
+            .map(|f| Example { gold: tasks::answer(&f[0]), prompt: f[0].clone(), response: f[1].clone() })
+            .collect(),
+    };
+    Ok(split(items, |e| &e.prompt, set.held_out))
+}
+
+/// The preference pairs of a data set. Synthetic pairs are labelled by the gold reward: the
+/// correct, concise answer against a verbose one, a wrong one or a wrong verbose one; or a
+/// verbose correct answer against a wrong one.
+pub fn preferences(set: &ExampleSet, seed: u64) -> Result<Split<Pair>, String> {
+    let items = match &set.source {
+        ExampleSource::Synthetic { tasks, count, max_len, .. } => {
+            let mut rng = Rng(seed ^ crate::rng::hash64(set.name.as_bytes()));
+            (0..*count)
+                .map(|_| {
+                    let task = tasks[rng.below(tasks.len() as u64) as usize];
+                    let (prompt, gold) = task.instance(&mut rng, *max_len);
+                    let wrong = tasks::wrong_answer(task, &mut rng, *max_len, &gold);
+                    let verbose = format!("{gold}{FILLER}");
+                    let (a, b) = match rng.below(4) {
+                        0 => (gold.clone(), verbose),
+                        1 => (gold.clone(), wrong),
+                        2 => (gold.clone(), format!("{wrong}{FILLER}")),
+                        _ => (verbose, wrong),
+                    };
+                    let (chosen, rejected) = if tasks::gold_reward(&gold, &a) >= tasks::gold_reward(&gold, &b) { (a, b) } else { (b, a) };
+                    Pair { prompt, chosen, rejected, gold: Some(gold) }
+                })
+                .collect()
+        }
+        ExampleSource::Jsonl { .. } => read_jsonl(set)?
+            .into_iter()
+            .map(|f| Pair { gold: tasks::answer(&f[0]), prompt: f[0].clone(), chosen: f[1].clone(), rejected: f[2].clone() })
+            .collect(),
+    };
+    Ok(split(items, |p| &p.prompt, set.held_out))
+}
+
+/// The fields a JSONL data set names, line by line, as strings; errors name `file:line`.
+fn read_jsonl(set: &ExampleSet) -> Result<Vec<Vec<String>>, String> {
+    let ExampleSource::Jsonl { path, fields } = &set.source else { return Ok(vec![]) };
+    let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let mut out = vec![];
+    for (i, line) in text.lines().enumerate() {
+        if line.trim().is_empty() {
+            continue;
+        }
+        let at = format!("{}:{}", path.display(), i + 1);
+        let v: serde_json::Value = serde_json::from_str(line).map_err(|e| format!("{at}:{}: not JSON: {e}", e.column()))?;
+        let row = fields
+            .iter()
+            .map(|f| match v.get(f) {
+                Some(serde_json::Value::String(s)) => Ok(s.clone()),
+                Some(other) => Err(format!("{at}: field `{f}` is {other}, expected a string")),
+                None => Err(format!("{at}: no field `{f}` (the data set reads fields {})", fields.join(", "))),
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        out.push(row);
+    }
+    if out.is_empty() {
+        return Err(format!("{}: no examples", path.display()));
+    }
+    Ok(out)
+}
+
+/// The prompt as the model sees it: the template with `{prompt}` replaced.
+pub fn render(template: &str, prompt: &str) -> String {
+    template.replace("{prompt}", prompt)
+}
+
+/// One training sequence: prompt and response bytes, and the loss weight of each next-token
+/// target (`weights[i]` weighs predicting `tokens[i + 1]`).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Seq {
+    pub tokens: Vec<i64>,
+    pub weights: Vec<f32>,
+    /// Tokens of the rendered prompt.
+    pub prompt_len: usize,
+}
+
+/// `template(prompt) ++ response ++ end`, cut to `context + 1` tokens. With `mask_prompt`,
+/// targets inside the prompt weigh exactly zero; response and end-marker targets weigh one.
+pub fn sequence(set: &ExampleSet, prompt: &str, response: &str, mask_prompt: bool, context: usize) -> Seq {
+    let p = render(&set.template, prompt);
+    let mut tokens: Vec<i64> = p.bytes().chain(response.bytes()).chain(set.end.bytes()).map(i64::from).collect();
+    tokens.truncate(context + 1);
+    let prompt_len = p.len().min(tokens.len());
+    let weights = (0..tokens.len().saturating_sub(1)).map(|i| if i + 1 < prompt_len && mask_prompt { 0.0 } else { 1.0 }).collect();
+    Seq { tokens, weights, prompt_len }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::recipe::Task;
+
+    fn synth(kind: ExampleKind) -> ExampleSet {
+        ExampleSet {
+            name: "instr".into(),
+            kind,
+            source: ExampleSource::Synthetic { tasks: Task::ALL.to_vec(), count: 2000, verbose: 0.3, max_len: 5 },
+            template: "Q: {prompt}\nA: ".into(),
+            end: "\n".into(),
+            held_out: 0.1,
+        }
+    }
+
+    #[test]
+    fn prompt_targets_weigh_zero() {
+        let s = sequence(&synth(ExampleKind::Instructions), "add 1+2", "3", true, 64);
+        // "Q: add 1+2\nA: " is 14 bytes; then "3" and "\n": 16 tokens, 15 targets.
+        assert_eq!(s.prompt_len, 14);
+        assert_eq!(s.tokens.len(), 16);
+        assert_eq!(s.weights.len(), 15);
+        // Targets 1..=13 are prompt bytes: weight exactly 0; targets 14 ("3") and 15 ("\n"): 1.
+        assert!(s.weights[..13].iter().all(|&w| w == 0.0));
+        assert_eq!(&s.weights[13..], &[1.0, 1.0]);
+        let u = sequence(&synth(ExampleKind::Instructions), "add 1+2", "3", false, 64);
+        assert!(u.weights.iter().all(|&w| w == 1.0));
+    }
+
+    #[test]
+    fn held_out_prompts_never_train() {
+        let set = synth(ExampleKind::Instructions);
+        let s = instructions(&set, 7).unwrap();
+        let train: HashSet<&str> = s.train.iter().map(|e| e.prompt.as_str()).collect();
+        assert!(s.held_out.iter().all(|e| !train.contains(e.prompt.as_str())));
+        let frac = s.held_out.len() as f64 / (s.train.len() + s.held_out.len()) as f64;
+        assert!((0.07..0.13).contains(&frac), "{frac}");
+        let verbose = s.train.iter().filter(|e| e.response.ends_with(FILLER)).count() as f64 / s.train.len() as f64;
+        assert!((0.25..0.35).contains(&verbose), "{verbose}");
+    }
+
+    #[test]
+    fn preference_pairs_prefer_higher_gold_reward() {
+        let s = preferences(&synth(ExampleKind::Preferences), 7).unwrap();
+        for p in s.train.iter().chain(&s.held_out) {
+            let g = p.gold.as_deref().unwrap();
+            assert!(tasks::gold_reward(g, &p.chosen) > tasks::gold_reward(g, &p.rejected), "{p:?}");
+        }
+    }
+}

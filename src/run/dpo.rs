@@ -1,0 +1,112 @@
+//! The loop of a `dpo` stage (Rafailov et al. 2023): for each preference pair, the policy's and
+//! the frozen reference's log-probabilities of the chosen and rejected responses, and the DPO
+//! loss; held-out generation scored every `eval_every` steps.
+
+use anyhow::Result;
+use serde_json::json;
+use std::path::Path;
+use std::time::Instant;
+use tch::{Kind, Tensor};
+
+use super::adamw::AdamW;
+use super::data::Rng;
+use super::rl_losses::dpo;
+use super::seqs::{pad, prompt_ids, prompt_response, score, seq_logprob};
+use super::stage_run::{begin, freeze, instructions, load_lm, preferences};
+use super::train::clip_grad_norm;
+use super::RunOptions;
+use crate::posttrain::examples::{Pair, Seq};
+use crate::recipe::{DpoSpec, ExampleSet, Recipe, StageSpec};
+use crate::schedule::lr_at;
+
+fn pair_seqs(set: &ExampleSet, p: &Pair, ctx: usize) -> (Seq, Seq) {
+    let prompt = prompt_ids(set, &p.prompt);
+    let resp = |r: &str| -> Vec<i64> { r.bytes().chain(set.end.bytes()).map(i64::from).collect() };
+    let mut c = prompt_response(&prompt, &resp(&p.chosen));
+    let mut r = prompt_response(&prompt, &resp(&p.rejected));
+    for s in [&mut c, &mut r] {
+        s.tokens.truncate(ctx + 1);
+        s.weights.truncate(s.tokens.len().saturating_sub(1));
+    }
+    (c, r)
+}
+
+pub fn run_dpo(recipe: &Recipe, source: &str, stage: &StageSpec, d: &DpoSpec, runs: &Path, opts: &RunOptions) -> Result<()> {
+    let Some(mut run) = begin(recipe, source, stage, runs, d.opt.steps, d.opt.device, opts)? else { return Ok(()) };
+    let name = stage.name.clone();
+    let (set, split) = preferences(recipe, &d.data)?;
+    let (_, held) = instructions(recipe, &d.data)?;
+    let held: Vec<_> = held.held_out.into_iter().take(d.eval_examples).collect();
+    let policy = load_lm(recipe, runs, &d.policy, run.device)?;
+    let mut reference = load_lm(recipe, runs, &d.policy, run.device)?;
+    freeze(&mut reference);
+    let before = score(&policy, Some(&reference), &set, &held, d.max_new);
+    let names = policy.names.clone();
+    let mut params: Vec<Tensor> = policy.params.iter().map(|p| p.shallow_clone()).collect();
+    let mut opt = AdamW::new(&params, &d.opt.optimizer);
+    let (step0, mut rng, _) = run.restore(&names, &params, &mut opt, Rng(recipe.seed ^ 0xD90))?;
+    let ctx = policy.spec().context;
+    eprintln!("{name}: DPO (β = {}) on `{}` ({} pairs) for {} steps × {} pairs", d.beta, set.name, split.train.len(), d.opt.steps, d.opt.batch);
+    let started = Instant::now();
+    let mut last = before.clone();
+    for step in step0..d.opt.steps {
+        tch::manual_seed((recipe.seed ^ step.wrapping_mul(0x9E37_79B9)) as i64);
+        let lr = lr_at(&d.opt.schedule, d.opt.optimizer.lr, step, d.opt.steps);
+        let pairs: Vec<(Seq, Seq)> = (0..d.opt.batch).map(|_| pair_seqs(&set, &split.train[rng.below(split.train.len() as u64) as usize], ctx)).collect();
+        // One batch: the chosen rows, then the rejected rows.
+        let rows: Vec<&Seq> = pairs.iter().map(|p| &p.0).chain(pairs.iter().map(|p| &p.1)).collect();
+        let b = pad(&rows, run.device);
+        let n = d.opt.batch as i64;
+        for p in params.iter_mut() {
+            p.zero_grad();
+        }
+        let pi = seq_logprob(&policy, &b, true); // (2B)
+        let rf = tch::no_grad(|| seq_logprob(&reference, &b, false));
+        let (pc, pr, rc, rr) = (pi.narrow(0, 0, n), pi.narrow(0, n, n), rf.narrow(0, 0, n), rf.narrow(0, n, n));
+        let loss = dpo(&pc, &pr, &rc, &rr, d.beta);
+        loss.backward();
+        let grad_norm = clip_grad_norm(&params, d.opt.grad_clip);
+        opt.step(&mut params, lr);
+        let done = step + 1;
+        let loss_v = loss.double_value(&[]);
+        // Implicit rewards β·(log π − log π_ref): their margin and how often chosen wins.
+        let margin = ((&pc - &rc) - (&pr - &rr)) * d.beta;
+        let (margin_v, acc) = (margin.mean(Kind::Float).double_value(&[]), margin.gt(0.0).to_kind(Kind::Float).mean(Kind::Float).double_value(&[]));
+        let eval_now = done % d.opt.eval_every == 0 || done == d.opt.steps;
+        let s = eval_now.then(|| score(&policy, Some(&reference), &set, &held, d.max_new));
+        let shown = s.as_ref().map_or(String::new(), |s| format!(" held-out exact {:.1}% gold {:.3} KL {:.3}", 100.0 * s.exact, s.gold, s.kl.unwrap_or(0.0)));
+        run.progress.line(done, d.opt.log_every, &format!("loss {loss_v:.4} margin {margin_v:.3} acc {:.0}%{shown}", 100.0 * acc), s.is_some());
+        if done % d.opt.log_every == 0 || s.is_some() {
+            let mut m = json!({"step": done, "loss": loss_v, "lr": lr, "grad_norm": grad_norm, "margin": margin_v, "accuracy": acc});
+            if let Some(s) = &s {
+                m["exact"] = json!(s.exact);
+                m["gold"] = json!(s.gold);
+                m["kl"] = json!(s.kl);
+            }
+            run.log(m)?;
+        }
+        if let Some(s) = s {
+            last = s;
+            run.checkpoint(done, &names, &params, &opt, rng, serde_json::Value::Null)?;
+        }
+    }
+    let report = json!({
+        "experiment": recipe.experiment,
+        "kind": "dpo",
+        "model": d.policy.arch,
+        "beta": d.beta,
+        "steps": d.opt.steps,
+        "before": before,
+        "after": last,
+        "wall_seconds": started.elapsed().as_secs_f64(),
+    });
+    eprintln!(
+        "{name}: done — preferred behaviour (exact, concise) {:.1}% (was {:.1}%), gold reward {:.3} (was {:.3}), KL to reference {:.3}",
+        100.0 * last.exact,
+        100.0 * before.exact,
+        last.gold,
+        before.gold,
+        last.kl.unwrap_or(0.0)
+    );
+    run.finish(&[("model.safetensors", policy.named())], report, &format!("{} / {name}", recipe.experiment))
+}

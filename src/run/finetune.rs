@@ -1,0 +1,115 @@
+//! The loop of a `finetune` stage (instruction fine-tuning), written out: sample examples,
+//! masked next-token loss on the response, backward, clip, AdamW; every `eval_every` steps,
+//! greedy generation on held-out prompts scored by exact match and gold reward.
+//! With `adapter = lora { … }` only the adapter trains, and only the adapter is saved.
+
+use anyhow::Result;
+use serde_json::json;
+use std::time::Instant;
+use tch::{Kind, Tensor};
+
+use super::adamw::AdamW;
+use super::data::Rng;
+use super::seqs::{pad, score, token_logprobs};
+use super::stage_run::{begin, instructions, load_lm};
+use super::train::clip_grad_norm;
+use super::RunOptions;
+use crate::posttrain::examples::{sequence, Seq};
+use crate::recipe::{FinetuneSpec, Recipe, StageSpec};
+use crate::schedule::lr_at;
+
+pub fn run_finetune(recipe: &Recipe, source: &str, stage: &StageSpec, f: &FinetuneSpec, runs: &std::path::Path, opts: &RunOptions) -> Result<()> {
+    let Some(mut run) = begin(recipe, source, stage, runs, f.opt.steps, f.opt.device, opts)? else { return Ok(()) };
+    let name = stage.name.clone();
+    let (set, split) = instructions(recipe, &f.data)?;
+    let mut model = load_lm(recipe, runs, &f.model, run.device)?;
+    let held: Vec<_> = split.held_out.iter().take(f.eval_examples).cloned().collect();
+    // The starting point's score, for the report (what fine-tuning changed).
+    let before = score(&model, None, &set, &held, f.max_new);
+    eprintln!("{name}: before fine-tuning: exact match {:.1}%, gold reward {:.3} on {} held-out prompts", 100.0 * before.exact, before.gold, held.len());
+
+    let (names, params): (Vec<String>, Vec<Tensor>) = match &f.lora {
+        Some(l) => {
+            model.attach_lora(l);
+            model.lora.named().into_iter().unzip()
+        }
+        None => (model.names.clone(), model.params.iter().map(|p| p.shallow_clone()).collect()),
+    };
+    let trainable: u64 = params.iter().map(|p| p.numel() as u64).sum();
+    let mut params = params;
+    let mut opt = AdamW::new(&params, &f.opt.optimizer);
+    let (step0, mut rng, _) = run.restore(&names, &params, &mut opt, Rng(recipe.seed ^ 0x5F7))?;
+    let ctx = model.spec().context;
+    let seqs: Vec<Seq> = split.train.iter().map(|e| sequence(&set, &e.prompt, &e.response, f.mask_prompt, ctx)).collect();
+    eprintln!(
+        "{name}: fine-tuning `{}` ({trainable} trainable of {} parameters{}) on {} examples of `{}` for {} steps × {}",
+        f.model.arch,
+        model.numel(),
+        if f.lora.is_some() { ", LoRA" } else { "" },
+        seqs.len(),
+        set.name,
+        f.opt.steps,
+        f.opt.batch
+    );
+
+    let started = Instant::now();
+    let mut last = before.clone();
+    let mut tokens = 0u64;
+    for step in step0..f.opt.steps {
+        tch::manual_seed((recipe.seed ^ step.wrapping_mul(0x9E37_79B9)) as i64);
+        let lr = lr_at(&f.opt.schedule, f.opt.optimizer.lr, step, f.opt.steps);
+        let rows: Vec<&Seq> = (0..f.opt.batch).map(|_| &seqs[rng.below(seqs.len() as u64) as usize]).collect();
+        let b = pad(&rows, run.device);
+        for p in params.iter_mut() {
+            p.zero_grad();
+        }
+        // Mean negative log-likelihood over the weighted (response) targets.
+        let lp = token_logprobs(&model.forward(&b.x, true), &b.y);
+        let loss = -(&lp * &b.w).sum(Kind::Float) / b.w.sum(Kind::Float).clamp_min(1.0);
+        loss.backward();
+        let grad_norm = clip_grad_norm(&params, f.opt.grad_clip);
+        opt.step(&mut params, lr);
+        let done = step + 1;
+        tokens += b.w.sum(Kind::Float).double_value(&[]) as u64;
+        let loss_v = loss.double_value(&[]);
+        let eval_now = done % f.opt.eval_every == 0 || done == f.opt.steps;
+        let s = eval_now.then(|| score(&model, None, &set, &held, f.max_new));
+        let tok_s = tokens as f64 / started.elapsed().as_secs_f64().max(1e-9);
+        let shown = s.as_ref().map_or(String::new(), |s| format!(" held-out exact {:.1}% gold {:.3}", 100.0 * s.exact, s.gold));
+        run.progress.line(done, f.opt.log_every, &format!("loss {loss_v:.4}{shown} lr {lr:.2e} {:.1}k tok/s", tok_s / 1e3), s.is_some());
+        if done % f.opt.log_every == 0 || s.is_some() {
+            let mut m = json!({"step": done, "loss": loss_v, "lr": lr, "grad_norm": grad_norm, "tokens_per_s": tok_s});
+            if let Some(s) = &s {
+                m["exact"] = json!(s.exact);
+                m["gold"] = json!(s.gold);
+            }
+            run.log(m)?;
+        }
+        if let Some(s) = s {
+            last = s;
+            run.checkpoint(done, &names, &params, &opt, rng, serde_json::Value::Null)?;
+        }
+    }
+    let output = if f.lora.is_some() { ("adapter.safetensors", model.lora.named()) } else { ("model.safetensors", model.named()) };
+    let report = json!({
+        "experiment": recipe.experiment,
+        "kind": "finetune",
+        "model": f.model.arch,
+        "params": model.numel(),
+        "trainable_params": trainable,
+        "lora": f.lora,
+        "steps": f.opt.steps,
+        "before": before,
+        "after": last,
+        "wall_seconds": started.elapsed().as_secs_f64(),
+    });
+    eprintln!(
+        "{name}: done — held-out exact match {:.1}% (was {:.1}%), gold reward {:.3} (was {:.3}); e.g. {:?}",
+        100.0 * last.exact,
+        100.0 * before.exact,
+        last.gold,
+        before.gold,
+        last.samples.first()
+    );
+    run.finish(&[output], report, &format!("{} / {name}", recipe.experiment))
+}

@@ -1,0 +1,209 @@
+//! The loop of a `ppo` stage (Ouyang et al. 2022's RLHF step), written out:
+//!   1. sample a batch of prompts; the policy writes responses (temperature sampling);
+//!   2. score them: the reward model's scalar at the last token, minus a per-token KL penalty
+//!      kl·(log π_old − log π_ref) against the frozen reference (the policy's starting point);
+//!   3. advantages by GAE (γ, λ) on the value head's estimates, whitened;
+//!   4. `epochs` passes over `minibatches` minibatches of the clipped policy objective, the
+//!      clipped value loss and an entropy bonus;
+//!   5. optionally adapt the KL coefficient toward `kl_target` (Ziegler et al. 2019).
+//! Logs the reward model's score next to the gold reward, so reward hacking (the first rising
+//! while the second falls) shows in the metrics and the report.
+
+use anyhow::Result;
+use serde_json::json;
+use std::path::Path;
+use std::time::Instant;
+use tch::{Device, Kind, Tensor};
+
+use super::adamw::AdamW;
+use super::data::Rng;
+use super::reward::RewardModel;
+use super::rl_losses::{entropy, masked_mean, ppo_clip, value_loss};
+use super::seqs::{decode, generate, pad, prompt_ids, prompt_response, score, token_logprobs};
+use super::stage_run::{begin, freeze, instructions, load_lm};
+use super::train::clip_grad_norm;
+use super::RunOptions;
+use crate::posttrain::examples::{Example, Seq};
+use crate::posttrain::gae::gae;
+use crate::posttrain::tasks;
+use crate::recipe::{PpoSpec, Recipe, StageSpec};
+use crate::schedule::lr_at;
+
+fn to_vec(t: &Tensor) -> Vec<f64> {
+    Vec::<f64>::try_from(&t.to_kind(Kind::Double).to_device(Device::Cpu).contiguous().view([-1])).unwrap_or_default()
+}
+
+pub fn run_ppo(recipe: &Recipe, source: &str, stage: &StageSpec, p: &PpoSpec, runs: &Path, opts: &RunOptions) -> Result<()> {
+    let Some(mut run) = begin(recipe, source, stage, runs, p.opt.steps, p.opt.device, opts)? else { return Ok(()) };
+    let name = stage.name.clone();
+    let dev = run.device;
+    let (set, split) = instructions(recipe, &p.prompts)?;
+    let held: Vec<Example> = split.held_out.iter().take(p.eval_examples).cloned().collect();
+    let policy = load_lm(recipe, runs, &p.policy, dev)?;
+    let mut reference = load_lm(recipe, runs, &p.policy, dev)?;
+    freeze(&mut reference);
+    let rm = RewardModel::load(recipe, runs, &p.reward, dev)?;
+    let d = policy.spec().d_model as i64;
+    // The value head reads the policy's final hidden state; it starts at zero.
+    let vw = Tensor::zeros([1, d], (Kind::Float, dev)).set_requires_grad(true);
+    let vb = Tensor::zeros([1], (Kind::Float, dev)).set_requires_grad(true);
+    let mut names = policy.names.clone();
+    names.extend(["value_head.weight".to_string(), "value_head.bias".to_string()]);
+    let mut params: Vec<Tensor> = policy.params.iter().map(|t| t.shallow_clone()).collect();
+    params.extend([vw.shallow_clone(), vb.shallow_clone()]);
+    let mut opt = AdamW::new(&params, &p.opt.optimizer);
+    let (step0, mut rng, extra) = run.restore(&names, &params, &mut opt, Rng(recipe.seed ^ 0x990))?;
+    let mut kl_coef = extra["kl_coef"].as_f64().unwrap_or(p.kl);
+    let before = score(&policy, Some(&reference), &set, &held, p.max_new);
+    let end = set.end.as_bytes().to_vec();
+    let ctx = policy.spec().context;
+    eprintln!(
+        "{name}: PPO on prompts of `{}` against reward model `{}`: {} steps × {} prompts, KL coefficient {kl_coef}{}",
+        set.name,
+        p.reward,
+        p.opt.steps,
+        p.opt.batch,
+        p.kl_target.map_or(String::new(), |t| format!(" (adaptive, target {t})"))
+    );
+    let started = Instant::now();
+    let mut last = before.clone();
+    let mut history: Vec<(f64, f64)> = vec![]; // (reward-model score, gold reward) per step
+    for step in step0..p.opt.steps {
+        tch::manual_seed((recipe.seed ^ step.wrapping_mul(0x9E37_79B9)) as i64);
+        let lr = lr_at(&p.opt.schedule, p.opt.optimizer.lr, step, p.opt.steps);
+        // 1. Rollouts.
+        let batch: Vec<&Example> = (0..p.opt.batch).map(|_| &split.train[rng.below(split.train.len() as u64) as usize]).collect();
+        let prompts: Vec<Vec<i64>> = batch.iter().map(|e| prompt_ids(&set, &e.prompt)).collect();
+        let responses = generate(&policy, &prompts, p.max_new, p.temperature, &end);
+        let seqs: Vec<Seq> = prompts.iter().zip(&responses).map(|(q, r)| prompt_response(q, r)).collect();
+        let rows: Vec<&Seq> = seqs.iter().collect();
+        let b = pad(&rows, dev);
+        // 2. Scores, old log-probabilities and values, reference log-probabilities.
+        let (old_lp, old_v, ref_lp, rm_score) = tch::no_grad(|| {
+            let (h, logits, _) = policy.forward_full(&b.x, false);
+            let v = h.to_kind(Kind::Float).linear(&vw, Some(&vb)).squeeze_dim(-1); // (B, T)
+            let full: Vec<Vec<i64>> = seqs.iter().map(|s| s.tokens.iter().copied().take(ctx).collect()).collect();
+            (token_logprobs(&logits, &b.y), v, token_logprobs(&reference.forward(&b.x, false), &b.y), rm.score(&full, false))
+        });
+        // 3. Per-token rewards and GAE, row by row over the response positions.
+        let (t_len, mask) = (b.x.size()[1] as usize, to_vec(&b.w));
+        let (lp_v, ref_v, val_v, sc_v) = (to_vec(&old_lp), to_vec(&ref_lp), to_vec(&old_v), to_vec(&rm_score));
+        let (mut adv, mut ret) = (vec![0f64; mask.len()], vec![0f64; mask.len()]);
+        let mut kl_seq = 0.0;
+        for r in 0..seqs.len() {
+            let pos: Vec<usize> = (0..t_len).map(|t| r * t_len + t).filter(|&i| mask[i] > 0.0).collect();
+            if pos.is_empty() {
+                continue;
+            }
+            let mut rewards: Vec<f64> = pos.iter().map(|&i| -kl_coef * (lp_v[i] - ref_v[i])).collect();
+            kl_seq += pos.iter().map(|&i| lp_v[i] - ref_v[i]).sum::<f64>();
+            *rewards.last_mut().expect("non-empty") += sc_v[r];
+            let values: Vec<f64> = pos.iter().map(|&i| val_v[i]).collect();
+            let (a, rt) = gae(&rewards, &values, p.gamma, p.lambda);
+            for (k, &i) in pos.iter().enumerate() {
+                adv[i] = a[k];
+                ret[i] = rt[k];
+            }
+        }
+        kl_seq /= seqs.len() as f64;
+        let shape = [seqs.len() as i64, t_len as i64];
+        let adv = Tensor::from_slice(&adv).view(shape).to_kind(Kind::Float).to_device(dev);
+        let ret = Tensor::from_slice(&ret).view(shape).to_kind(Kind::Float).to_device(dev);
+        // Whiten advantages over response tokens.
+        let mean = masked_mean(&adv, &b.w);
+        let std = masked_mean(&(&adv - &mean).square(), &b.w).sqrt();
+        let adv = ((&adv - &mean) / (std + 1e-8)) * &b.w;
+        // 4. Policy and value updates.
+        let (mut pg_sum, mut vl_sum, mut ent_sum, mut clip_sum, mut grad_norm, mut n_mb) = (0.0, 0.0, 0.0, 0.0, 0.0, 0.0);
+        for _ in 0..p.epochs {
+            let mut order: Vec<i64> = (0..seqs.len() as i64).collect();
+            for i in (1..order.len()).rev() {
+                order.swap(i, rng.below(i as u64 + 1) as usize);
+            }
+            for mb in order.chunks(order.len().div_ceil(p.minibatches)) {
+                let idx = Tensor::from_slice(mb).to_device(dev);
+                let pick = |t: &Tensor| t.index_select(0, &idx);
+                let (x, y, w) = (pick(&b.x), pick(&b.y), pick(&b.w));
+                for q in params.iter_mut() {
+                    q.zero_grad();
+                }
+                let (h, logits, _) = policy.forward_full(&x, false);
+                let lp = token_logprobs(&logits, &y);
+                let v = h.to_kind(Kind::Float).linear(&vw, Some(&vb)).squeeze_dim(-1);
+                let (pg, clipfrac) = ppo_clip(&lp, &pick(&old_lp), &pick(&adv), &w, p.clip);
+                let vl = value_loss(&v, &pick(&old_v), &pick(&ret), &w, p.value_clip);
+                let ent = masked_mean(&entropy(&logits), &w);
+                let loss = &pg + &vl * p.vf_coef - &ent * p.entropy_coef;
+                loss.backward();
+                grad_norm += clip_grad_norm(&params, p.opt.grad_clip);
+                opt.step(&mut params, lr);
+                pg_sum += pg.double_value(&[]);
+                vl_sum += vl.double_value(&[]);
+                ent_sum += ent.double_value(&[]);
+                clip_sum += clipfrac.double_value(&[]);
+                n_mb += 1.0;
+            }
+        }
+        // 5. Adaptive KL: β ← β·(1 + 0.1·clip(KL/target − 1, ±0.2)).
+        if let Some(target) = p.kl_target {
+            kl_coef *= 1.0 + 0.1 * (kl_seq / target - 1.0).clamp(-0.2, 0.2);
+        }
+        let gold: f64 = batch.iter().zip(&responses).map(|(e, r)| tasks::gold_reward(e.gold.as_deref().unwrap_or(&e.response), &decode(r, &end))).sum::<f64>() / batch.len() as f64;
+        let rm_mean = sc_v.iter().sum::<f64>() / sc_v.len().max(1) as f64;
+        history.push((rm_mean, gold));
+        let done = step + 1;
+        let eval_now = done % p.opt.eval_every == 0 || done == p.opt.steps;
+        let s = eval_now.then(|| score(&policy, Some(&reference), &set, &held, p.max_new));
+        let shown = s.as_ref().map_or(String::new(), |s| format!(" | held-out exact {:.1}% gold {:.3}", 100.0 * s.exact, s.gold));
+        run.progress.line(done, p.opt.log_every, &format!("reward {rm_mean:.3} gold {gold:.3} KL {kl_seq:.3} clip {:.2}{shown}", clip_sum / n_mb), s.is_some());
+        let mlen = responses.iter().map(|r| r.len()).sum::<usize>() as f64 / responses.len() as f64;
+        let mut m = json!({
+            "step": done, "lr": lr, "reward": rm_mean, "gold": gold, "kl": kl_seq, "kl_coef": kl_coef,
+            "entropy": ent_sum / n_mb, "clip_fraction": clip_sum / n_mb, "value_loss": vl_sum / n_mb,
+            "policy_loss": pg_sum / n_mb, "grad_norm": grad_norm / n_mb, "response_length": mlen,
+        });
+        if let Some(s) = &s {
+            m["exact"] = json!(s.exact);
+            m["val_gold"] = json!(s.gold);
+            m["val_kl"] = json!(s.kl);
+        }
+        run.log(m)?;
+        if let Some(s) = s {
+            last = s;
+            run.checkpoint(done, &names, &params, &opt, rng, json!({"kl_coef": kl_coef}))?;
+        }
+    }
+    // Reward hacking: the reward model's score up while the gold reward goes down.
+    let window = (history.len() / 4).max(1);
+    let avg = |h: &[(f64, f64)]| (h.iter().map(|x| x.0).sum::<f64>() / h.len().max(1) as f64, h.iter().map(|x| x.1).sum::<f64>() / h.len().max(1) as f64);
+    let (first, final_) = (avg(&history[..window.min(history.len())]), avg(&history[history.len().saturating_sub(window)..]));
+    let hacking = final_.0 > first.0 && final_.1 < first.1;
+    let report = json!({
+        "experiment": recipe.experiment,
+        "kind": "ppo",
+        "model": p.policy.arch,
+        "steps": p.opt.steps,
+        "kl_coef_final": kl_coef,
+        "before": before,
+        "after": last,
+        "reward_first_quarter": first.0, "gold_first_quarter": first.1,
+        "reward_last_quarter": final_.0, "gold_last_quarter": final_.1,
+        "reward_hacking": hacking,
+        "wall_seconds": started.elapsed().as_secs_f64(),
+    });
+    eprintln!(
+        "{name}: done — held-out gold reward {:.3} (was {:.3}), exact {:.1}% (was {:.1}%), KL to reference {:.3}; training reward-model score {:.3} → {:.3}, gold {:.3} → {:.3}{}",
+        last.gold,
+        before.gold,
+        100.0 * last.exact,
+        100.0 * before.exact,
+        last.kl.unwrap_or(0.0),
+        first.0,
+        final_.0,
+        first.1,
+        final_.1,
+        if hacking { " — REWARD HACKING: the reward model's score rose while the gold reward fell" } else { "" }
+    );
+    let value_head = vec![("value_head.weight".to_string(), vw.shallow_clone()), ("value_head.bias".to_string(), vb.shallow_clone())];
+    run.finish(&[("model.safetensors", policy.named()), ("value_head.safetensors", value_head)], report, &format!("{} / {name}", recipe.experiment))
+}
