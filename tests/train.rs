@@ -191,6 +191,8 @@ fn resuming_under_a_changed_recipe_is_refused_with_what_changed() {
     std::fs::write(out.join("a.roux"), &original).unwrap();
     std::fs::write(out.join("b.roux"), original.replace("lr = 3e-3", "lr = 1e-3")).unwrap();
     run_ok(&out.join("a.roux"), &out.join("runs"));
+    // Without its report the run looks interrupted after its last checkpoint (step 80).
+    std::fs::remove_file(out.join("runs/tiny/pretrain/report.json")).unwrap();
     let b = out.join("b.roux");
     let o = roux(&["run", b.to_str().unwrap(), "--out", out.join("runs").to_str().unwrap()]);
     let err = String::from_utf8_lossy(&o.stderr);
@@ -204,6 +206,11 @@ fn resuming_under_a_changed_recipe_is_refused_with_what_changed() {
     let o = roux(&["run", out.join("a.roux").to_str().unwrap(), "--out", out.join("runs").to_str().unwrap(), "--fresh"]);
     assert_eq!(o.status.code(), Some(0), "{}", String::from_utf8_lossy(&o.stderr));
     assert!(std::fs::read_dir(out.join("runs/tiny")).unwrap().any(|e| e.unwrap().file_name().to_string_lossy().starts_with("pretrain.old-")));
+    // A finished run whose definition changed is set aside and retrained, no flag needed.
+    let o = roux(&["run", b.to_str().unwrap(), "--out", out.join("runs").to_str().unwrap()]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(0), "{err}");
+    assert!(err.contains("changed since it finished; retraining"), "{err}");
 }
 
 #[test]

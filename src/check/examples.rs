@@ -24,7 +24,7 @@ impl<'a> Checker<'a> {
                 let tasks = self.task_list(&mut f);
                 let count_key = if ekind == ExampleKind::Instructions { "examples" } else { "pairs" };
                 let count = f.int(self, count_key, Some(4000), Min::One);
-                let verbose = if ekind == ExampleKind::Instructions { f.ranged(self, "verbose", Some(0.0), 0.0, true, 1.0, true) } else { Some(0.0) };
+                let verbose = if ekind == ExampleKind::Instructions { f.ranged(self, "verbose", Some(0.0), 0.0, false, 1.0, true) } else { Some(0.0) };
                 let max_len = f.int(self, "max_len", Some(5), Min::One);
                 let len_span = f.value_span("max_len");
                 if let Some(m) = max_len.filter(|m| !(2..=32).contains(m)) {

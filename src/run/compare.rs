@@ -25,16 +25,24 @@ pub fn run_compare(recipe: &Recipe, source: &str, stage: &StageSpec, c: &Compare
     freeze(&mut reference);
     let mut rows = vec![];
     let mut table = format!(
-        "| policy | gold reward | exact match | KL to reference |\n|---|---:|---:|---:|\n"
+        "| policy | greedy: gold reward | exact match | sampled: gold reward | preferred (exact) | verbose | KL to reference |\n|---|---:|---:|---:|---:|---:|---:|\n"
     );
     for (label, r) in &c.policies {
         let m = load_lm(recipe, runs, r, run.device)?;
         let s = score(&m, Some(&reference), &set, &held, c.max_new);
-        table.push_str(&format!("| {label} | {:.3} | {:.1}% | {:.3} |\n", s.gold, 100.0 * s.exact, s.kl.unwrap_or(0.0)));
+        table.push_str(&format!(
+            "| {label} | {:.3} | {:.1}% | {:.3} | {:.1}% | {:.1}% | {:.3} |\n",
+            s.gold,
+            100.0 * s.exact,
+            s.sampled_gold,
+            100.0 * s.sampled_exact,
+            100.0 * s.sampled_verbose,
+            s.kl.unwrap_or(0.0)
+        ));
         eprintln!("{}: {label}: gold {:.3}, exact {:.1}%, KL {:.3}; e.g. {:?}", stage.name, s.gold, 100.0 * s.exact, s.kl.unwrap_or(0.0), s.samples.first());
         rows.push(json!({"policy": label, "score": s}));
     }
-    table.push_str(&format!("\n{} held-out prompts of `{}`; greedy decoding for gold reward and exact match; KL sampled at temperature 1.\n", held.len(), set.name));
+    table.push_str(&format!("\n{} held-out prompts of `{}`; greedy decoding for the first two columns; then one response sampled at temperature 1 per prompt (the policy's behaviour): gold reward, preferred behaviour (the answer and nothing more), verbose (the answer, then more), and KL(π ‖ reference) per response.\n", held.len(), set.name));
     eprintln!("\n{table}");
     super::checkpoint::write_atomic(&run.dir.join("table.md"), table.as_bytes())?;
     let report = json!({"experiment": recipe.experiment, "kind": "compare", "examples": held.len(), "rows": rows});

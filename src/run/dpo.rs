@@ -74,13 +74,18 @@ pub fn run_dpo(recipe: &Recipe, source: &str, stage: &StageSpec, d: &DpoSpec, ru
         let (margin_v, acc) = (margin.mean(Kind::Float).double_value(&[]), margin.gt(0.0).to_kind(Kind::Float).mean(Kind::Float).double_value(&[]));
         let eval_now = done % d.opt.eval_every == 0 || done == d.opt.steps;
         let s = eval_now.then(|| score(&policy, Some(&reference), &set, &held, d.max_new));
-        let shown = s.as_ref().map_or(String::new(), |s| format!(" held-out exact {:.1}% gold {:.3} KL {:.3}", 100.0 * s.exact, s.gold, s.kl.unwrap_or(0.0)));
+        let shown = s.as_ref().map_or(String::new(), |s| format!(" held-out: greedy exact {:.1}%; sampled exact {:.1}% verbose {:.1}% gold {:.3}; KL {:.3}", 100.0 * s.exact, 100.0 * s.sampled_exact, 100.0 * s.sampled_verbose, s.sampled_gold, s.kl.unwrap_or(0.0)));
         run.progress.line(done, d.opt.log_every, &format!("loss {loss_v:.4} margin {margin_v:.3} acc {:.0}%{shown}", 100.0 * acc), s.is_some());
         if done % d.opt.log_every == 0 || s.is_some() {
             let mut m = json!({"step": done, "loss": loss_v, "lr": lr, "grad_norm": grad_norm, "margin": margin_v, "accuracy": acc});
             if let Some(s) = &s {
                 m["exact"] = json!(s.exact);
                 m["gold"] = json!(s.gold);
+                m["verbose"] = json!(s.verbose);
+                m["correct"] = json!(s.correct);
+                m["sampled_exact"] = json!(s.sampled_exact);
+                m["sampled_verbose"] = json!(s.sampled_verbose);
+                m["sampled_gold"] = json!(s.sampled_gold);
                 m["kl"] = json!(s.kl);
             }
             run.log(m)?;
@@ -101,11 +106,13 @@ pub fn run_dpo(recipe: &Recipe, source: &str, stage: &StageSpec, d: &DpoSpec, ru
         "wall_seconds": started.elapsed().as_secs_f64(),
     });
     eprintln!(
-        "{name}: done — preferred behaviour (exact, concise) {:.1}% (was {:.1}%), gold reward {:.3} (was {:.3}), KL to reference {:.3}",
-        100.0 * last.exact,
-        100.0 * before.exact,
-        last.gold,
-        before.gold,
+        "{name}: done — held-out (sampled) preferred behaviour (exact, concise) {:.1}% (was {:.1}%), verbose {:.1}% (was {:.1}%), gold reward {:.3} (was {:.3}), KL to reference {:.3}",
+        100.0 * last.sampled_exact,
+        100.0 * before.sampled_exact,
+        100.0 * last.sampled_verbose,
+        100.0 * before.sampled_verbose,
+        last.sampled_gold,
+        before.sampled_gold,
         last.kl.unwrap_or(0.0)
     );
     run.finish(&[("model.safetensors", policy.named())], report, &format!("{} / {name}", recipe.experiment))

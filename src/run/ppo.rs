@@ -44,7 +44,10 @@ pub fn run_ppo(recipe: &Recipe, source: &str, stage: &StageSpec, p: &PpoSpec, ru
     freeze(&mut reference);
     let rm = RewardModel::load(recipe, runs, &p.reward, dev)?;
     let d = policy.spec().d_model as i64;
-    // The value head reads the policy's final hidden state; it starts at zero.
+    // The value head reads the policy's final hidden state, detached: the critic is a linear
+    // probe on the policy's features, so value-loss gradients cannot pull those features away
+    // from what the policy objective wants (a shared trunk destabilised small models here).
+    // It starts at zero.
     let vw = Tensor::zeros([1, d], (Kind::Float, dev)).set_requires_grad(true);
     let vb = Tensor::zeros([1], (Kind::Float, dev)).set_requires_grad(true);
     let mut names = policy.names.clone();
@@ -129,7 +132,7 @@ pub fn run_ppo(recipe: &Recipe, source: &str, stage: &StageSpec, p: &PpoSpec, ru
                 }
                 let (h, logits, _) = policy.forward_full(&x, false);
                 let lp = token_logprobs(&logits, &y);
-                let v = h.to_kind(Kind::Float).linear(&vw, Some(&vb)).squeeze_dim(-1);
+                let v = h.detach().to_kind(Kind::Float).linear(&vw, Some(&vb)).squeeze_dim(-1);
                 let (pg, clipfrac) = ppo_clip(&lp, &pick(&old_lp), &pick(&adv), &w, p.clip);
                 let vl = value_loss(&v, &pick(&old_v), &pick(&ret), &w, p.value_clip);
                 let ent = masked_mean(&entropy(&logits), &w);
@@ -154,7 +157,7 @@ pub fn run_ppo(recipe: &Recipe, source: &str, stage: &StageSpec, p: &PpoSpec, ru
         let done = step + 1;
         let eval_now = done % p.opt.eval_every == 0 || done == p.opt.steps;
         let s = eval_now.then(|| score(&policy, Some(&reference), &set, &held, p.max_new));
-        let shown = s.as_ref().map_or(String::new(), |s| format!(" | held-out exact {:.1}% gold {:.3}", 100.0 * s.exact, s.gold));
+        let shown = s.as_ref().map_or(String::new(), |s| format!(" | held-out: greedy exact {:.1}%; sampled exact {:.1}% verbose {:.1}% gold {:.3}", 100.0 * s.exact, 100.0 * s.sampled_exact, 100.0 * s.sampled_verbose, s.sampled_gold));
         run.progress.line(done, p.opt.log_every, &format!("reward {rm_mean:.3} gold {gold:.3} KL {kl_seq:.3} clip {:.2}{shown}", clip_sum / n_mb), s.is_some());
         let mlen = responses.iter().map(|r| r.len()).sum::<usize>() as f64 / responses.len() as f64;
         let mut m = json!({
@@ -165,6 +168,9 @@ pub fn run_ppo(recipe: &Recipe, source: &str, stage: &StageSpec, p: &PpoSpec, ru
         if let Some(s) = &s {
             m["exact"] = json!(s.exact);
             m["val_gold"] = json!(s.gold);
+            m["val_sampled_exact"] = json!(s.sampled_exact);
+            m["val_sampled_verbose"] = json!(s.sampled_verbose);
+            m["val_sampled_gold"] = json!(s.sampled_gold);
             m["val_kl"] = json!(s.kl);
         }
         run.log(m)?;
@@ -192,11 +198,11 @@ pub fn run_ppo(recipe: &Recipe, source: &str, stage: &StageSpec, p: &PpoSpec, ru
         "wall_seconds": started.elapsed().as_secs_f64(),
     });
     eprintln!(
-        "{name}: done — held-out gold reward {:.3} (was {:.3}), exact {:.1}% (was {:.1}%), KL to reference {:.3}; training reward-model score {:.3} → {:.3}, gold {:.3} → {:.3}{}",
-        last.gold,
-        before.gold,
-        100.0 * last.exact,
-        100.0 * before.exact,
+        "{name}: done — held-out (sampled) gold reward {:.3} (was {:.3}), preferred behaviour {:.1}% (was {:.1}%), KL to reference {:.3}; training reward-model score {:.3} → {:.3}, gold {:.3} → {:.3}{}",
+        last.sampled_gold,
+        before.sampled_gold,
+        100.0 * last.sampled_exact,
+        100.0 * before.sampled_exact,
         last.kl.unwrap_or(0.0),
         first.0,
         final_.0,

@@ -106,35 +106,53 @@ pub fn decode(response: &[i64], end: &[u8]) -> String {
 }
 
 /// A policy's scores on held-out prompts.
-#[derive(Clone, Debug, serde::Serialize)]
+#[derive(Clone, Debug, Default, serde::Serialize)]
 pub struct Score {
     pub examples: usize,
-    /// Share of greedy responses exactly equal to the answer (the preferred behaviour).
+    /// Greedy decoding: share of responses exactly equal to the answer.
     pub exact: f64,
-    /// Mean gold reward of the greedy responses.
+    /// Greedy decoding: mean gold reward.
     pub gold: f64,
+    /// Greedy decoding: share that start with the right answer (exact or verbose).
+    pub correct: f64,
+    /// Greedy decoding: share that are the right answer followed by more.
+    pub verbose: f64,
+    /// Sampling at temperature 1 (the policy's behaviour, what RL optimises): share of exact,
+    /// concise answers (the preferred behaviour), share of verbose ones, mean gold reward.
+    pub sampled_exact: f64,
+    pub sampled_verbose: f64,
+    pub sampled_gold: f64,
     /// Mean over sampled responses of Σ_t log π(y_t) − log π_ref(y_t): KL(π ‖ π_ref) per sequence.
     pub kl: Option<f64>,
+    /// Greedy exact match per task (the prompt's first word).
+    pub by_task: std::collections::BTreeMap<String, f64>,
     /// A few (prompt, greedy response) pairs to show.
     pub samples: Vec<(String, String)>,
 }
 
+/// (exact, correct, verbose, gold) summed over responses.
+fn tally(examples: &[Example], responses: &[Vec<i64>], end: &[u8]) -> [f64; 4] {
+    let mut t = [0.0; 4];
+    for (e, r) in examples.iter().zip(responses) {
+        let text = decode(r, end);
+        let target = e.gold.as_deref().unwrap_or(&e.response);
+        t[0] += tasks::exact(target, &text) as u8 as f64;
+        t[1] += text.starts_with(target) as u8 as f64;
+        t[2] += (text.starts_with(target) && text.len() > target.len()) as u8 as f64;
+        t[3] += tasks::gold_reward(target, &text);
+    }
+    t
+}
+
 pub fn score(model: &Model, reference: Option<&Model>, set: &ExampleSet, examples: &[Example], max_new: usize) -> Score {
     let prompts: Vec<Vec<i64>> = examples.iter().map(|e| prompt_ids(set, &e.prompt)).collect();
-    let greedy = generate(model, &prompts, max_new, 0.0, set.end.as_bytes());
-    let (mut exact, mut gold, mut samples) = (0.0, 0.0, vec![]);
-    for (e, r) in examples.iter().zip(&greedy) {
-        let text = decode(r, set.end.as_bytes());
-        let target = e.gold.as_deref().unwrap_or(&e.response);
-        exact += tasks::exact(target, &text) as u8 as f64;
-        gold += tasks::gold_reward(target, &text);
-        if samples.len() < 6 {
-            samples.push((e.prompt.clone(), text));
-        }
-    }
+    let end = set.end.as_bytes();
+    let greedy = generate(model, &prompts, max_new, 0.0, end);
+    let sampled = generate(model, &prompts, max_new, 1.0, end);
     let n = examples.len().max(1) as f64;
+    let g = tally(examples, &greedy, end);
+    let s = tally(examples, &sampled, end);
     let kl = reference.map(|rf| {
-        let sampled = generate(model, &prompts, max_new, 1.0, set.end.as_bytes());
         let seqs: Vec<Seq> = prompts.iter().zip(&sampled).map(|(p, r)| prompt_response(p, r)).collect();
         let mut total = 0.0;
         for chunk in seqs.chunks(64) {
@@ -145,5 +163,25 @@ pub fn score(model: &Model, reference: Option<&Model>, set: &ExampleSet, example
         }
         total / n
     });
-    Score { examples: examples.len(), exact: exact / n, gold: gold / n, kl, samples }
+    let mut by_task: std::collections::BTreeMap<String, (f64, f64)> = Default::default();
+    for (e, r) in examples.iter().zip(&greedy) {
+        let t = by_task.entry(e.prompt.split(' ').next().unwrap_or("").to_string()).or_default();
+        t.0 += tasks::exact(e.gold.as_deref().unwrap_or(&e.response), &decode(r, end)) as u8 as f64;
+        t.1 += 1.0;
+    }
+    let by_task = by_task.into_iter().map(|(k, (a, n))| (k, a / n)).collect();
+    let samples = examples.iter().zip(&greedy).take(6).map(|(e, r)| (e.prompt.clone(), decode(r, end))).collect();
+    Score {
+        examples: examples.len(),
+        exact: g[0] / n,
+        correct: g[1] / n,
+        verbose: g[2] / n,
+        gold: g[3] / n,
+        sampled_exact: s[0] / n,
+        sampled_verbose: s[2] / n,
+        sampled_gold: s[3] / n,
+        kl,
+        by_task,
+        samples,
+    }
 }

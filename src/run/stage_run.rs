@@ -54,9 +54,14 @@ pub fn begin(recipe: &Recipe, source: &str, stage: &StageSpec, runs: &Path, step
         eprintln!("{name}: up to date in {} (same definition, inputs and upstream outputs); reusing it. --fresh retrains.", dir.display());
         return Ok(None);
     }
+    if dir.join("report.json").exists() {
+        // Finished under another definition or other inputs: keep it (renamed) and retrain.
+        eprintln!("{name}: its definition or inputs changed since it finished; retraining.");
+        set_aside(&dir)?;
+    }
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
     let resolved = json!({"experiment": recipe.experiment, "seed": recipe.seed, "stage": stage});
-    let mut resume = checkpoint::read_state(&dir)?;
+    let resume = checkpoint::read_state(&dir)?;
     if let Some(s) = &resume {
         if s.recipe_hash != hash && !opts.force {
             let before: serde_json::Value = std::fs::read_to_string(dir.join("resolved.json")).ok().and_then(|t| serde_json::from_str(&t).ok()).unwrap_or_default();
@@ -72,12 +77,6 @@ pub fn begin(recipe: &Recipe, source: &str, stage: &StageSpec, runs: &Path, step
                 changes.join("\n  ")
             );
         }
-    }
-    // A finished stage whose inputs changed starts over (its report names the old hash).
-    if dir.join("report.json").exists() {
-        set_aside(&dir)?;
-        std::fs::create_dir_all(&dir)?;
-        resume = None;
     }
     checkpoint::write_atomic(&dir.join("recipe.roux"), source.as_bytes())?;
     checkpoint::write_atomic(&dir.join("resolved.json"), serde_json::to_string_pretty(&resolved)?.as_bytes())?;

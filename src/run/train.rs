@@ -51,6 +51,11 @@ pub fn run_train_model(recipe: &Recipe, source: &str, name: &str, spec: &ModelSp
         eprintln!("{name}: up to date in {} (same recipe, data and seed); reusing it. --fresh retrains.", dir.display());
         return Ok(());
     }
+    if dir.join("report.json").exists() {
+        // Finished under another definition or other inputs: keep it (renamed) and retrain.
+        eprintln!("{name}: its definition or inputs changed since it finished; retraining.");
+        set_aside(dir)?;
+    }
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     let resume = checkpoint::read_state(dir)?;
     let resolved = json!({"experiment": recipe.experiment, "seed": recipe.seed, "stage": name, "model": spec, "data": data_spec, "train": t});
