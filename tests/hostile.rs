@@ -23,6 +23,37 @@ fn run_to_end(recipe: &Path, out: &Path) {
     assert_eq!(o.status.code(), Some(0), "{}", String::from_utf8_lossy(&o.stderr));
 }
 
+/// Start `roux run` and SIGKILL it after a pseudo-random delay (`delay` maps a random number to
+/// milliseconds), again and again, until a run finishes by itself; `on_kill` runs after each
+/// kill. Returns the number of kills.
+fn kill_until_done(recipe: &Path, out: &Path, seed: u64, delay: impl Fn(u64) -> u64, mut on_kill: impl FnMut()) -> u32 {
+    let mut state = seed;
+    let mut kills = 0;
+    loop {
+        state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        let mut child = Command::new(env!("CARGO_BIN_EXE_roux"))
+            .args(["run", recipe.to_str().unwrap(), "--out", out.to_str().unwrap()])
+            .env("ROUX_QUIET", "1")
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(delay(state >> 33)));
+        match child.try_wait().unwrap() {
+            Some(status) => {
+                assert!(status.success());
+                return kills;
+            }
+            None => {
+                child.kill().unwrap(); // SIGKILL
+                child.wait().unwrap();
+                kills += 1;
+                on_kill();
+            }
+        }
+        assert!(kills < 300, "never finished");
+    }
+}
+
 #[test]
 fn killed_at_random_points_across_two_stages_the_result_is_identical() {
     let recipe = root().join("tests/fixtures/tiny-resume.roux");
@@ -30,37 +61,20 @@ fn killed_at_random_points_across_two_stages_the_result_is_identical() {
     run_to_end(&recipe, &whole);
     // Pseudo-random delays of 0.4–1.6 s (a start, with libtorch loading, takes ~0.3 s); keep
     // killing until a run finishes by itself.
-    let mut state = 0x2545_F491_4F6C_DD1Du64;
-    let mut kills = 0;
-    let mut kills_in_second_stage = 0;
     let first_done = killed.join("tiny-resume/pretrain/report.json");
-    loop {
-        state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+    let mut kills_in_second_stage = 0;
+    let kills = kill_until_done(
+        &recipe,
+        &killed,
+        0x2545_F491_4F6C_DD1D,
         // Shorter delays once the first stage is done, so the second stage is hit too.
-        let delay = if first_done.exists() { 300 + (state >> 33) % 600 } else { 400 + (state >> 33) % 1200 };
-        let mut child = Command::new(env!("CARGO_BIN_EXE_roux"))
-            .args(["run", recipe.to_str().unwrap(), "--out", killed.to_str().unwrap()])
-            .env("ROUX_QUIET", "1")
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        std::thread::sleep(Duration::from_millis(delay));
-        match child.try_wait().unwrap() {
-            Some(status) => {
-                assert!(status.success());
-                break;
+        |r| if first_done.exists() { 300 + r % 600 } else { 400 + r % 1200 },
+        || {
+            if first_done.exists() {
+                kills_in_second_stage += 1;
             }
-            None => {
-                child.kill().unwrap(); // SIGKILL
-                child.wait().unwrap();
-                kills += 1;
-                if first_done.exists() {
-                    kills_in_second_stage += 1;
-                }
-            }
-        }
-        assert!(kills < 200, "never finished");
-    }
+        },
+    );
     assert!(kills >= 3, "only {kills} kills: the fixture finishes too fast to test resuming");
     assert!(kills_in_second_stage >= 1, "no kill landed in the second stage ({kills} kills)");
     for stage in ["pretrain", "more"] {
@@ -240,4 +254,41 @@ fn a_checkpoint_of_another_model_is_refused_not_loaded() {
     assert_eq!(o.status.code(), Some(2), "{err}");
     assert!(err.contains("shape") || err.contains("has no tensor"), "{err}");
     assert!(!err.contains("panicked"), "{err}");
+}
+
+#[test]
+fn post_training_stages_killed_at_random_points_resume_to_identical_results() {
+    let recipe = root().join("tests/fixtures/tiny-post-resume.roux");
+    let (whole, killed) = (scratch("post-kill-whole"), scratch("post-kill-many"));
+    run_to_end(&recipe, &whole);
+    let stages = ["sft", "rm", "rl", "po"];
+    let done = |s: &str| killed.join("tiny-post-resume").join(s).join("report.json").exists();
+    let mut in_post = 0;
+    let kills = kill_until_done(&recipe, &killed, 0x9E37_79B9_7F4A_7C15, |r| 300 + r % 500, || {
+        if killed.join("tiny-post-resume/pretrain/report.json").exists() && !done("po") {
+            in_post += 1;
+        }
+    });
+    assert!(in_post >= 3, "only {in_post} of {kills} kills landed in the post-training stages");
+    for (stage, file) in [("sft", "adapter.safetensors"), ("rm", "model.safetensors"), ("rl", "model.safetensors"), ("rl", "value_head.safetensors"), ("po", "model.safetensors")] {
+        let a = std::fs::read(whole.join("tiny-post-resume").join(stage).join(file)).unwrap();
+        let b = std::fs::read(killed.join("tiny-post-resume").join(stage).join(file)).unwrap();
+        assert!(a == b, "{stage}/{file}: differs after {kills} kills");
+    }
+    for stage in stages {
+        // Every logged number but the throughput (a wall-clock measure).
+        let m = |d: &Path| {
+            std::fs::read_to_string(d.join("tiny-post-resume").join(stage).join("metrics.jsonl"))
+                .unwrap()
+                .lines()
+                .map(|l| {
+                    let mut v: serde_json::Value = serde_json::from_str(l).unwrap();
+                    v.as_object_mut().unwrap().remove("tokens_per_s");
+                    v
+                })
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(m(&whole), m(&killed), "{stage}: metrics differ after {kills} kills");
+    }
+    eprintln!("post-training identical after {kills} SIGKILLs ({in_post} in post-training stages)");
 }

@@ -196,3 +196,25 @@ fn editing_only_the_ppo_stage_reuses_the_earlier_stages() {
     }
     assert_eq!(std::fs::read(runs.join("tiny-lifecycle/sft/report.json")).unwrap(), sft_report);
 }
+
+#[test]
+fn jsonl_data_with_configured_field_names_trains_and_bad_lines_name_file_and_line() {
+    let out = scratch("jsonl");
+    run_ok(&fixture("tiny-jsonl.roux"), &out);
+    let report: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.join("tiny-jsonl/po/report.json")).unwrap()).unwrap();
+    assert_eq!(report["kind"], "dpo");
+    // The same recipe over a file whose third line lacks the response field.
+    let dir = scratch("jsonl-bad");
+    std::fs::create_dir_all(dir.join("data")).unwrap();
+    let good = std::fs::read_to_string(fixture("data/instructions.jsonl")).unwrap();
+    let mut lines: Vec<&str> = good.lines().collect();
+    lines[2] = r#"{"instruction": "reverse ab", "answer": "ba"}"#;
+    std::fs::write(dir.join("data/instructions.jsonl"), lines.join("\n")).unwrap();
+    std::fs::copy(fixture("data/preferences.jsonl"), dir.join("data/preferences.jsonl")).unwrap();
+    std::fs::copy(fixture("tiny-jsonl.roux"), dir.join("r.roux")).unwrap();
+    let o = roux(&["run", dir.join("r.roux").to_str().unwrap(), "--out", dir.join("runs").to_str().unwrap()]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(2), "{err}");
+    assert!(err.contains("instructions.jsonl:3: no field `output`"), "{err}");
+    assert!(!err.contains("panicked"), "{err}");
+}

@@ -57,6 +57,7 @@ pub fn run_ppo(recipe: &Recipe, source: &str, stage: &StageSpec, p: &PpoSpec, ru
     let mut opt = AdamW::new(&params, &p.opt.optimizer);
     let (step0, mut rng, extra) = run.restore(&names, &params, &mut opt, Rng(recipe.seed ^ 0x990))?;
     let mut kl_coef = extra["kl_coef"].as_f64().unwrap_or(p.kl);
+    let mut history: Vec<(f64, f64)> = serde_json::from_value(extra["history"].clone()).unwrap_or_default(); // (reward-model score, gold reward) per step
     let before = score(&policy, Some(&reference), &set, &held, p.max_new);
     let end = set.end.as_bytes().to_vec();
     let ctx = policy.spec().context;
@@ -70,7 +71,6 @@ pub fn run_ppo(recipe: &Recipe, source: &str, stage: &StageSpec, p: &PpoSpec, ru
     );
     let started = Instant::now();
     let mut last = before.clone();
-    let mut history: Vec<(f64, f64)> = vec![]; // (reward-model score, gold reward) per step
     for step in step0..p.opt.steps {
         tch::manual_seed((recipe.seed ^ step.wrapping_mul(0x9E37_79B9)) as i64);
         let lr = lr_at(&p.opt.schedule, p.opt.optimizer.lr, step, p.opt.steps);
@@ -176,7 +176,7 @@ pub fn run_ppo(recipe: &Recipe, source: &str, stage: &StageSpec, p: &PpoSpec, ru
         run.log(m)?;
         if let Some(s) = s {
             last = s;
-            run.checkpoint(done, &names, &params, &opt, rng, json!({"kl_coef": kl_coef}))?;
+            run.checkpoint(done, &names, &params, &opt, rng, json!({"kl_coef": kl_coef, "history": history}))?;
         }
     }
     // Reward hacking: the reward model's score up while the gold reward goes down.
