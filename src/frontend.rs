@@ -48,17 +48,55 @@ pub fn read(path: &Path) -> Result<Source, String> {
 }
 
 pub fn compile_source(source: Source) -> Compiled {
-    compile_source_allowing(source, &[])
+    compile_source_with(source, &Options::default())
+}
+
+/// What a compile takes besides the file.
+#[derive(Clone, Debug, Default)]
+pub struct Options {
+    /// Folders outside the recipe's project it may read (`--allow-path`).
+    pub allowed: Vec<PathBuf>,
+    /// `--set path=value` overrides, applied before checking.
+    pub overrides: Vec<String>,
+}
+
+/// Whether a file is in the YAML form (by its extension).
+pub fn is_yaml(path: &Path) -> bool {
+    path.extension().is_some_and(|e| e == "yaml" || e == "yml")
+}
+
+/// Parse a recipe in either form.
+pub fn parse_source(source: &Source) -> Result<crate::syntax::ast::Recipe, Diagnostic> {
+    if is_yaml(&source.path) {
+        crate::syntax::yaml::from_yaml(&source.text)
+    } else {
+        crate::syntax::parse(&source.text)
+    }
 }
 
 /// Compile, letting the recipe read files under `allowed` besides its own project.
 pub fn compile_source_allowing(source: Source, allowed: &[PathBuf]) -> Compiled {
+    compile_source_with(source, &Options { allowed: allowed.to_vec(), overrides: vec![] })
+}
+
+/// Compile with options. Overrides' text is appended to the source (as `--set …` lines) so their
+/// diagnostics render with the override shown.
+pub fn compile_source_with(mut source: Source, opts: &Options) -> Compiled {
+    let allowed = opts.allowed.as_slice();
     let base = source.path.parent().map(Path::to_path_buf).unwrap_or_default();
     let base = if base.as_os_str().is_empty() { PathBuf::from(".") } else { base };
-    let ast = match crate::syntax::parse(&source.text) {
+    let mut ast = match parse_source(&source) {
         Err(d) => return Compiled { source, recipe: None, points: vec![], diagnostics: vec![d] },
         Ok(ast) => ast,
     };
+    if !opts.overrides.is_empty() {
+        let at = source.text.len();
+        source.text.push_str(&crate::syntax::overrides::source_lines(&opts.overrides));
+        let diagnostics = crate::syntax::overrides::apply(&mut ast, &opts.overrides, at);
+        if !diagnostics.is_empty() {
+            return Compiled { source, recipe: None, points: vec![], diagnostics };
+        }
+    }
     if !ast.body.entries.iter().any(|e| matches!(e, crate::syntax::ast::Entry::Sweep(_))) {
         let checked = crate::check::check_with(&ast, &base, &[], allowed);
         return Compiled { source, recipe: checked.recipe, points: vec![], diagnostics: checked.diagnostics };
@@ -106,4 +144,8 @@ pub fn compile(path: &Path) -> Result<Compiled, String> {
 
 pub fn compile_allowing(path: &Path, allowed: &[PathBuf]) -> Result<Compiled, String> {
     Ok(compile_source_allowing(read(path)?, allowed))
+}
+
+pub fn compile_with(path: &Path, opts: &Options) -> Result<Compiled, String> {
+    Ok(compile_source_with(read(path)?, opts))
 }

@@ -32,6 +32,16 @@ struct Cli {
     /// Let recipes read files under DIR, outside their project (repeatable).
     #[arg(long = "allow-path", global = true, value_name = "DIR")]
     allow_path: Vec<PathBuf>,
+    /// Override a recipe value, checked like the file: `--set lm.d_model=256`,
+    /// `--set pretrain.optimizer.lr=1e-3` (repeatable).
+    #[arg(long = "set", global = true, value_name = "PATH=VALUE")]
+    set: Vec<String>,
+}
+
+#[derive(Clone, Copy, ValueEnum, PartialEq, Eq)]
+pub enum Form {
+    Roux,
+    Yaml,
 }
 
 #[derive(Clone, Copy, ValueEnum, PartialEq, Eq)]
@@ -55,6 +65,23 @@ enum Command {
         files: Vec<PathBuf>,
         #[arg(long, value_enum, default_value = "text")]
         format: DiagFormat,
+    },
+    /// Format recipes in place in the canonical layout (comments kept); `--check` only reports.
+    /// `--to yaml|roux` converts one recipe between the two forms (to stdout, or `-o FILE`).
+    Fmt {
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+        /// Change nothing; exit 1 when a file is not formatted, naming it.
+        #[arg(long)]
+        check: bool,
+        #[arg(long, value_enum)]
+        to: Option<Form>,
+        #[arg(short, long, requires = "to")]
+        output: Option<PathBuf>,
+    },
+    /// Shell completions for bash, zsh, fish, elvish or powershell, on stdout.
+    Completions {
+        shell: clap_complete::Shell,
     },
     /// Parameters, FLOPs and memory of every model and stage, without running anything.
     Plan {
@@ -151,8 +178,14 @@ enum Command {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let _ = cli::ALLOWED_PATHS.set(cli.allow_path.clone());
+    let _ = cli::OVERRIDES.set(cli.set.clone());
     let code = match cli.command {
         Command::Check { files, format } => cli::check::run(&files, format),
+        Command::Fmt { files, check, to, output } => cli::fmt::run(&files, check, to, output.as_deref()),
+        Command::Completions { shell } => {
+            clap_complete::generate(shell, &mut <Cli as clap::CommandFactory>::command(), "roux", &mut std::io::stdout());
+            0
+        }
         Command::Plan { file, json } => cli::plan::run(&file, json),
         Command::Graph { file, format } => cli::plan::graph(&file, format),
         Command::Run { file, out, stage, fresh, force } => cli::exec::run(&file, &out, &stage, fresh, force),

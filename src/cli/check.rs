@@ -4,12 +4,12 @@ use std::path::PathBuf;
 
 use crate::DiagFormat;
 use roux::diag::{locate, render_github, render_text, Located};
-use roux::frontend::{compile_allowing, Compiled};
+use roux::frontend::{compile_with, Compiled};
 
 /// Compile a file for a subcommand that needs a valid recipe; prints diagnostics on failure.
 /// Err carries the exit code.
 pub fn load(file: &std::path::Path) -> Result<Compiled, u8> {
-    let c = compile_allowing(file, super::allowed_paths()).map_err(|e| {
+    let c = compile_with(file, &super::options()).map_err(|e| {
         eprintln!("error: {e}");
         2u8
     })?;
@@ -29,7 +29,7 @@ pub fn run(files: &[PathBuf], format: DiagFormat) -> u8 {
     let mut all: Vec<Located> = vec![];
     for file in files {
         let name = file.display().to_string();
-        let c = match compile_allowing(file, super::allowed_paths()) {
+        let c = match compile_with(file, &super::options()) {
             Ok(c) => c,
             Err(e) => {
                 eprintln!("error: {e}");

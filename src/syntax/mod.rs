@@ -1,10 +1,12 @@
 //! Stage 1, parse: recipe text → AST with spans. Pure: no I/O, no libtorch.
 
 pub mod ast;
+pub mod overrides;
 mod parse;
 pub mod print;
+pub mod yaml;
 
-pub use parse::parse;
+pub use parse::{parse, parse_expr};
 
 /// A number as recipes write it (`1e9`, `20M`, `1.5B`), for command-line flags.
 pub fn parse_number(text: &str) -> Option<f64> {

@@ -25,6 +25,69 @@ pub fn parse(src: &str) -> Result<Recipe, Diagnostic> {
     Ok(Recipe { name: unescape(name.into_inner().next().map_or("", |p| p.as_str())), name_span, body })
 }
 
+/// One value (`256`, `adamw { lr = 1e-3 }`, `corpus.vocab`), its spans shifted by `offset` (where
+/// the text sits in the file that diagnostics point into).
+pub fn parse_expr(src: &str, offset: usize) -> Result<Expr, Diagnostic> {
+    check_depth(src).map_err(|d| shift_diag(d, offset))?;
+    let mut pairs = RouxParser::parse(Rule::expr_only, src).map_err(|e| shift_diag(syntax_error(e), offset))?;
+    let only = pairs.next().expect("grammar: expr_only");
+    let mut e = expr(only.into_inner().next().expect("grammar: expr"));
+    if offset > 0 {
+        shift_expr(&mut e, offset);
+    }
+    Ok(e)
+}
+
+fn shift_diag(mut d: Diagnostic, offset: usize) -> Diagnostic {
+    d.span = Span::new(d.span.start + offset, d.span.end + offset);
+    d.hint = Some("a value: a number, a string in double quotes, a name, a list, or a constructor such as `adamw { lr = 1e-3 }`".into());
+    d
+}
+
+fn shift_expr(e: &mut Expr, by: usize) {
+    let sh = |s: &mut Span| *s = Span::new(s.start + by, s.end + by);
+    sh(&mut e.span);
+    match &mut e.kind {
+        ExprKind::List(v) | ExprKind::Tuple(v) => v.iter_mut().for_each(|x| shift_expr(x, by)),
+        ExprKind::Paren(x) | ExprKind::Neg(x) => shift_expr(x, by),
+        ExprKind::Binary(_, a, b) => {
+            shift_expr(a, by);
+            shift_expr(b, by);
+        }
+        ExprKind::Ctor { path, args, block } => {
+            path.iter_mut().for_each(|i| sh(&mut i.span));
+            for a in args.iter_mut().flatten() {
+                if let Some(n) = &mut a.name {
+                    sh(&mut n.span);
+                }
+                shift_expr(&mut a.value, by);
+            }
+            if let Some(b) = block {
+                sh(&mut b.span);
+                for en in &mut b.entries {
+                    match en {
+                        Entry::Field(f) => {
+                            sh(&mut f.key.span);
+                            shift_expr(&mut f.value, by);
+                        }
+                        Entry::Decl(d) => {
+                            sh(&mut d.kind_span);
+                            sh(&mut d.name.span);
+                            shift_expr(&mut d.value, by);
+                        }
+                        Entry::Sweep(s) => {
+                            sh(&mut s.span);
+                            sh(&mut s.var.span);
+                            shift_expr(&mut s.values, by);
+                        }
+                    }
+                }
+            }
+        }
+        ExprKind::Num { .. } | ExprKind::Str(_) | ExprKind::Bool(_) => {}
+    }
+}
+
 fn check_depth(src: &str) -> Result<(), Diagnostic> {
     let mut depth = 0usize;
     let mut in_str = false;
@@ -184,6 +247,10 @@ fn primary(p: Pair<Rule>) -> Expr {
             }
         }
         Rule::constructor => {
+            // The pair's own span runs over the whitespace and comments pest skipped looking for
+            // optional arguments or a block; end it at its last part instead.
+            let end = p.clone().into_inner().last().map_or(span.end, |q| q.as_span().end());
+            let span = Span::new(span.start, end);
             let mut path = vec![];
             let mut args = None;
             let mut blk = None;
@@ -195,7 +262,7 @@ fn primary(p: Pair<Rule>) -> Expr {
                     r => unreachable!("grammar: unexpected {r:?} in constructor"),
                 }
             }
-            ExprKind::Ctor { path, args, block: blk }
+            return Expr { kind: ExprKind::Ctor { path, args, block: blk }, span };
         }
         r => unreachable!("grammar: unexpected primary {r:?}"),
     };
@@ -272,7 +339,7 @@ fn rule_word(r: Rule) -> Option<&'static str> {
         Rule::string => "a string in double quotes",
         Rule::ident => "a name",
         Rule::args | Rule::arg => "an argument",
-        Rule::EOI => "end of file",
+        Rule::EOI => "end of input",
         Rule::add | Rule::sub | Rule::mul | Rule::div | Rule::pow => "an operator",
         Rule::decl_kind => "`data`, `model`, `stage` or `budget`",
         Rule::eq => "`=`",
