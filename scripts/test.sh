@@ -3,6 +3,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/env.sh
+# Python `transformers` for the Hugging Face export test (tests/export.rs), once per venv.
+python -c "import transformers" 2>/dev/null || pip install --quiet --disable-pip-version-check "transformers==5.24.0"
 cargo build --release
 cargo test --release
 

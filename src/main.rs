@@ -158,6 +158,16 @@ enum Command {
     Report {
         run: PathBuf,
     },
+    /// Write a run's model in another ecosystem's format: `--to hf` gives config.json and
+    /// model.safetensors in GPT-2 or Llama layout, loadable by `transformers`.
+    Export {
+        run: PathBuf,
+        #[arg(long, value_parser = ["hf"], default_value = "hf")]
+        to: String,
+        /// Output folder (default: RUN/hf).
+        #[arg(short, long)]
+        output: Option<PathBuf>,
+    },
     /// Generate text from a trained stage's model.
     Sample {
         /// A run directory, such as runs/demo/pretrain.
@@ -193,6 +203,7 @@ fn main() -> ExitCode {
         Command::Fit { points, json, bootstrap, out } => cli::scaling::fit(&points, json, bootstrap, out.as_deref()),
         Command::Bench { which, config, reps, steps } => cli::exec::bench(&which, &config, reps, steps),
         Command::Report { run } => cli::plan::report(&run),
+        Command::Export { run, to: _, output } => cli::exec::export(&run, output.as_deref()),
         Command::Sample { run, prompt, tokens, temperature, top_k, seed } => {
             cli::exec::sample(&run, &prompt, tokens, temperature, top_k, seed)
         }

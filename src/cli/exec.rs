@@ -64,3 +64,23 @@ pub fn bench(which: &str, config: &str, reps: usize, steps: usize) -> u8 {
 pub fn bench(_: &str, _: &str, _: usize, _: usize) -> u8 {
     no_torch("bench")
 }
+
+#[cfg(feature = "torch")]
+pub fn export(run: &Path, output: Option<&Path>) -> u8 {
+    let out = output.map_or_else(|| run.join("hf"), Path::to_path_buf);
+    match roux::run::export::export_hf(run, &out) {
+        Ok(layout) => {
+            eprintln!("wrote {} ({layout:?} layout: config.json, model.safetensors)", out.display());
+            0
+        }
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            2
+        }
+    }
+}
+
+#[cfg(not(feature = "torch"))]
+pub fn export(_: &Path, _: Option<&Path>) -> u8 {
+    no_torch("export")
+}

@@ -22,12 +22,14 @@
 //! | `dpo.rs`        | a `dpo` stage                                                    |
 //! | `rl_losses.rs`  | Bradley–Terry, DPO, clipped PPO and value losses, entropy        |
 //! | `compare.rs`    | a `compare` stage: the table of policies                         |
+//! | `export.rs`     | `roux export --to hf`: GPT-2 / Llama layout Hugging Face files   |
 
 pub mod adamw;
 pub mod bench;
 pub mod checkpoint;
 pub mod compare;
 pub mod dpo;
+pub mod export;
 pub mod finetune;
 pub mod lora;
 pub mod ppo;

@@ -60,7 +60,14 @@ pub fn begin(recipe: &Recipe, source: &str, stage: &StageSpec, runs: &Path, step
         set_aside(&dir)?;
     }
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-    let resolved = json!({"experiment": recipe.experiment, "seed": recipe.seed, "stage": stage});
+    // The model a stage writes, so `roux sample` and `roux export` can read its weights.
+    let arch = match &stage.kind {
+        StageKind::Finetune(f) if f.lora.is_none() => Some(&f.model.arch),
+        StageKind::Ppo(p) => Some(&p.policy.arch),
+        StageKind::Dpo(d) => Some(&d.policy.arch),
+        _ => None,
+    };
+    let resolved = json!({"experiment": recipe.experiment, "seed": recipe.seed, "stage": stage, "model": arch.and_then(|a| recipe.model(a))});
     let resume = checkpoint::read_state(&dir)?;
     if let Some(s) = &resume {
         if s.recipe_hash != hash && !opts.force {
