@@ -3,6 +3,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/env.sh
+# Debian's Chromium for the HTML report test (tests/report.rs), once per machine.
+command -v chromium >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; }
 # Python `transformers` for the Hugging Face export test (tests/export.rs), once per venv.
 python -c "import transformers" 2>/dev/null || pip install --quiet --disable-pip-version-check "transformers==5.24.0"
 cargo build --release

@@ -96,7 +96,15 @@ pub fn bytes(b: u64) -> String {
 
 pub fn report(run: &Path) -> u8 {
     let title = run.iter().rev().take(2).collect::<Vec<_>>().into_iter().rev().map(|s| s.to_string_lossy()).collect::<Vec<_>>().join(" / ");
-    match roux::report::plots::write_run_plots(run, &title) {
+    let result = roux::report::plots::write_run_plots(run, &title).and_then(|mut files| {
+        files.extend(roux::report::html::write_pngs(run)?);
+        let html = roux::report::html::report_html(run, &title)?;
+        let page = run.join("report.html");
+        std::fs::write(&page, html).map_err(|e| format!("{}: {e}", page.display()))?;
+        files.push(page);
+        Ok(files)
+    });
+    match result {
         Ok(files) => {
             for f in files {
                 outln!("{}", f.display());

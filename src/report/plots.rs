@@ -1,5 +1,6 @@
 //! Plots of a run directory, from its metrics.jsonl: the loss curves (train and validation),
-//! the learning rate, and, for mixture-of-experts models, the load of every expert over training.
+//! the learning rate, for mixture-of-experts models the load of every expert over training, and
+//! for post-training stages accuracy, reward against gold reward, KL and held-out behaviour.
 
 use std::path::{Path, PathBuf};
 
@@ -29,11 +30,30 @@ pub fn write_run_plots(dir: &Path, title: &str) -> Result<Vec<PathBuf>, String> 
         written.push(p);
         Ok(())
     };
-    put(
-        "loss.svg".into(),
-        line_chart(&format!("{title}: loss"), "step", "nats per token", &[series(&m, "train", "loss", false), series(&m, "validation", "val_loss", true)], false),
-    )?;
-    put("lr.svg".into(), line_chart(&format!("{title}: learning rate"), "step", "lr", &[series(&m, "lr", "lr", false)], false))?;
+    let has = |key: &str| m.iter().any(|v| v[key].is_number());
+    // One chart per group of keys a stage logs: pretraining and SFT losses, reward-model and DPO
+    // accuracy, PPO's reward and KL, held-out scores. A chart is drawn when any of its keys is.
+    let charts: &[(&str, &str, &str, &[(&str, &str, bool)])] = &[
+        ("loss", "loss", "nats per token", &[("train", "loss", false), ("validation", "val_loss", true)]),
+        ("lr", "learning rate", "lr", &[("lr", "lr", false)]),
+        ("accuracy", "pairwise accuracy", "share of pairs", &[("batch", "accuracy", false), ("held-out", "val_accuracy", true)]),
+        ("reward", "reward", "reward", &[("reward model", "reward", false), ("gold", "gold", false), ("held-out gold", "val_sampled_gold", true)]),
+        ("kl", "KL to the reference", "nats per response", &[("KL", "kl", false), ("held-out KL", "val_kl", true), ("KL coefficient", "kl_coef", true)]),
+        ("ppo", "PPO internals", "value", &[("entropy", "entropy", false), ("clip fraction", "clip_fraction", false), ("value loss", "value_loss", true)]),
+        (
+            "held_out",
+            "held-out behaviour",
+            "share of prompts",
+            &[("exact (greedy)", "exact", false), ("exact (sampled)", "sampled_exact", true), ("verbose (sampled)", "sampled_verbose", true), ("exact (sampled)", "val_sampled_exact", true)],
+        ),
+    ];
+    for (file, what, unit, keys) in charts {
+        if !keys.iter().any(|(_, k, _)| has(k)) {
+            continue;
+        }
+        let series: Vec<Series> = keys.iter().filter(|(_, k, _)| has(k)).map(|(name, k, dashed)| series(&m, name, k, *dashed)).collect();
+        put(format!("{file}.svg"), line_chart(&format!("{title}: {what}"), "step", unit, &series, false))?;
+    }
     // Expert load: one chart per MoE layer, one line per expert.
     let layers = m.last().and_then(|v| v["moe"].as_array().cloned()).unwrap_or_default();
     for (li, layer) in layers.iter().enumerate() {

@@ -1,0 +1,128 @@
+//! `roux report RUN`: one self-contained HTML page of a run (no external files or scripts): its
+//! plots inline, the plan of its model, its report, and the recipe and resolved definition it
+//! ran. A script on the page checks that every plot has drawn and says so in the title, so a
+//! headless browser can verify the page (tests/report.rs).
+
+use std::path::Path;
+
+fn esc(s: &str) -> String {
+    s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;")
+}
+
+fn table(rows: &[(String, String)]) -> String {
+    let body: String = rows.iter().map(|(k, v)| format!("<tr><th>{}</th><td>{}</td></tr>", esc(k), esc(v))).collect();
+    format!("<table>{body}</table>")
+}
+
+/// The page for a run directory whose plots are already drawn.
+pub fn report_html(dir: &Path, title: &str) -> Result<String, String> {
+    let read = |f: &str| std::fs::read_to_string(dir.join(f)).ok();
+    let mut svgs: Vec<(String, String)> = std::fs::read_dir(dir)
+        .map_err(|e| format!("{}: {e}", dir.display()))?
+        .filter_map(|e| e.ok())
+        .filter(|e| e.path().extension().is_some_and(|x| x == "svg"))
+        .filter_map(|e| Some((e.file_name().to_string_lossy().to_string(), std::fs::read_to_string(e.path()).ok()?)))
+        .collect();
+    svgs.sort();
+    let mut sections = String::new();
+    if let Some(r) = read("report.json").and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok()) {
+        let rows: Vec<(String, String)> = r
+            .as_object()
+            .map(|o| o.iter().filter(|(_, v)| !v.is_object() && !v.is_array()).map(|(k, v)| (k.clone(), v.to_string().trim_matches('"').to_string())).collect())
+            .unwrap_or_default();
+        sections.push_str(&format!("<h2>Result</h2>{}", table(&rows)));
+        for key in ["before", "after"] {
+            if let Some(o) = r[key].as_object() {
+                let rows: Vec<(String, String)> = o.iter().filter(|(_, v)| v.is_number()).map(|(k, v)| (k.clone(), v.to_string())).collect();
+                sections.push_str(&format!("<h3>{key}</h3>{}", table(&rows)));
+            }
+        }
+    }
+    if let Some(t) = read("table.md") {
+        sections.push_str(&format!("<h2>Policies</h2><pre>{}</pre>", esc(&t)));
+    }
+    let resolved: Option<serde_json::Value> = read("resolved.json").and_then(|t| serde_json::from_str(&t).ok());
+    if let Some(spec) = resolved.as_ref().and_then(|v| serde_json::from_value::<crate::recipe::ModelSpec>(v["model"].clone()).ok()) {
+        let g = crate::lower::lower_model(&spec);
+        let p = crate::plan::plan_model(&g, 1, spec.context);
+        let rows = vec![
+            ("model".to_string(), spec.name.clone()),
+            ("parameters".into(), p.params_total.to_string()),
+            ("active parameters".into(), p.params_active.to_string()),
+            ("non-embedding parameters".into(), p.params_non_embedding.to_string()),
+            ("training FLOPs per token (6N)".into(), format!("{:.4e}", p.flops_per_token_6n)),
+            (format!("training FLOPs per token (Appendix F, T = {})", spec.context), format!("{:.4e}", p.flops_per_token_appendix_f)),
+            ("shape".into(), format!("d_model {}, {} layers, {} heads ({} key/value), context {}, vocab {}", spec.d_model, spec.layers, spec.heads, spec.kv_heads, spec.context, spec.vocab)),
+        ];
+        sections.push_str(&format!("<h2>Plan</h2>{}", table(&rows)));
+    }
+    let plots: String = svgs.iter().map(|(name, svg)| format!("<figure class=\"plot\" data-name=\"{}\">{svg}<figcaption>{}</figcaption></figure>", esc(name), esc(name))).collect();
+    if let Some(r) = read("recipe.roux") {
+        sections.push_str(&format!("<h2>Recipe</h2><pre>{}</pre>", esc(&r)));
+    }
+    if let Some(v) = &resolved {
+        sections.push_str(&format!("<h2>Resolved definition</h2><pre>{}</pre>", esc(&serde_json::to_string_pretty(v).unwrap_or_default())));
+    }
+    Ok(format!(
+        r#"<!doctype html>
+<html><head><meta charset="utf-8"><title>{t}</title>
+<style>
+body {{ font-family: sans-serif; margin: 2em; max-width: 1100px; }}
+.plots {{ display: flex; flex-wrap: wrap; gap: 1em; }}
+figure.plot {{ margin: 0; border: 1px solid #ddd; padding: .5em; }}
+figure.plot svg {{ width: 520px; height: auto; display: block; }}
+table {{ border-collapse: collapse; }} th, td {{ border: 1px solid #ddd; padding: .2em .6em; text-align: left; }}
+pre {{ background: #f6f6f6; padding: 1em; overflow-x: auto; }}
+</style></head>
+<body><h1>{t}</h1>
+<h2>Plots</h2><div class="plots">{plots}</div>
+{sections}
+<script>
+// Every plot must have drawn with a real size; the title tells a headless browser the count.
+window.addEventListener("load", () => {{
+  const figs = [...document.querySelectorAll("figure.plot svg")];
+  const drawn = figs.filter(s => {{ const b = s.getBoundingClientRect(); return b.width > 100 && b.height > 50 && s.querySelectorAll("path, polyline, line").length > 0; }});
+  document.title = (drawn.length === figs.length ? "plots-ok " : "plots-missing ") + drawn.length + "/" + figs.length;
+}});
+</script>
+</body></html>
+"#,
+        t = esc(title)
+    ))
+}
+
+/// PNG copies of a run's SVG plots (feature `png`); returns the files written.
+#[cfg(feature = "png")]
+pub fn write_pngs(dir: &Path) -> Result<Vec<std::path::PathBuf>, String> {
+    let mut opt = resvg::usvg::Options::default();
+    let db = opt.fontdb_mut();
+    db.load_system_fonts();
+    // The plots ask for `sans-serif`; map it to a family this machine has (fontdb assumes Arial).
+    let families: Vec<String> = db.faces().flat_map(|f| f.families.iter().map(|(n, _)| n.clone())).collect();
+    if let Some(f) = ["DejaVu Sans", "Liberation Sans", "Noto Sans", "Arial"].iter().find(|f| families.iter().any(|x| x == *f)) {
+        db.set_sans_serif_family(*f);
+    }
+    let mut out = vec![];
+    for e in std::fs::read_dir(dir).map_err(|e| e.to_string())?.filter_map(|e| e.ok()) {
+        let p = e.path();
+        if p.extension().is_none_or(|x| x != "svg") {
+            continue;
+        }
+        let data = std::fs::read(&p).map_err(|e| e.to_string())?;
+        let tree = resvg::usvg::Tree::from_data(&data, &opt).map_err(|e| format!("{}: {e}", p.display()))?;
+        let size = tree.size().to_int_size().scale_by(2.0).ok_or("empty plot")?;
+        let mut pixmap = resvg::tiny_skia::Pixmap::new(size.width(), size.height()).ok_or("empty plot")?;
+        pixmap.fill(resvg::tiny_skia::Color::WHITE);
+        resvg::render(&tree, resvg::tiny_skia::Transform::from_scale(2.0, 2.0), &mut pixmap.as_mut());
+        let png = p.with_extension("png");
+        pixmap.save_png(&png).map_err(|e| format!("{}: {e}", png.display()))?;
+        out.push(png);
+    }
+    out.sort();
+    Ok(out)
+}
+
+#[cfg(not(feature = "png"))]
+pub fn write_pngs(_: &Path) -> Result<Vec<std::path::PathBuf>, String> {
+    Ok(vec![])
+}
