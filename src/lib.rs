@@ -10,6 +10,7 @@
 pub mod check;
 pub mod diag;
 pub mod frontend;
+pub mod logging;
 pub mod lower;
 pub mod plan;
 pub mod posttrain;

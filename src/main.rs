@@ -36,6 +36,21 @@ struct Cli {
     /// `--set pretrain.optimizer.lr=1e-3` (repeatable).
     #[arg(long = "set", global = true, value_name = "PATH=VALUE")]
     set: Vec<String>,
+    /// Only warnings and errors; no progress bar.
+    #[arg(short, long, global = true)]
+    quiet: bool,
+    /// Debug events too.
+    #[arg(short, long, global = true)]
+    verbose: bool,
+    /// `json`: one JSON object per log event and progress interval, on stderr.
+    #[arg(long, global = true, value_enum, default_value = "text")]
+    log_format: LogFormat,
+}
+
+#[derive(Clone, Copy, ValueEnum, PartialEq, Eq)]
+pub enum LogFormat {
+    Text,
+    Json,
 }
 
 #[derive(Clone, Copy, ValueEnum, PartialEq, Eq)]
@@ -189,6 +204,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let _ = cli::ALLOWED_PATHS.set(cli.allow_path.clone());
     let _ = cli::OVERRIDES.set(cli.set.clone());
+    roux::logging::init(cli.quiet, cli.log_format == LogFormat::Json, cli.verbose);
     let code = match cli.command {
         Command::Check { files, format } => cli::check::run(&files, format),
         Command::Fmt { files, check, to, output } => cli::fmt::run(&files, check, to, output.as_deref()),

@@ -265,3 +265,28 @@ fn a_diverging_run_stops_with_the_step_and_can_skip_a_few() {
     assert_eq!(o.status.code(), Some(2), "{err}");
     assert_eq!(err.matches("skipped (").count(), 3, "{err}");
 }
+
+#[test]
+fn logs_are_plain_lines_json_lines_or_quiet() {
+    let out = scratch("logs");
+    let tiny = fixture("tiny.roux");
+    let run = |extra: &[&str], dir: &str| {
+        let mut args = vec!["run", tiny.to_str().unwrap(), "--out"];
+        let d = out.join(dir);
+        let d = d.to_str().unwrap().to_string();
+        args.push(&d);
+        args.extend_from_slice(extra);
+        // No ROUX_QUIET here: the flags alone decide.
+        let o = Command::new(env!("CARGO_BIN_EXE_roux")).args(&args).output().unwrap();
+        assert_eq!(o.status.code(), Some(0));
+        String::from_utf8_lossy(&o.stderr).to_string()
+    };
+    let quiet = run(&["--quiet"], "q");
+    assert!(quiet.trim().is_empty(), "--quiet printed:\n{quiet}");
+    let json = run(&["--log-format", "json"], "j");
+    let events: Vec<serde_json::Value> = json.lines().map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}"))).collect();
+    assert!(events.iter().any(|e| e["target"] == "roux::progress" && e["fields"]["step"] == 80 && e["fields"]["total"] == 80));
+    assert!(events.iter().any(|e| e["level"] == "INFO" && e["fields"]["message"].as_str().unwrap().contains("pretrain: done")));
+    let text = run(&[], "t");
+    assert!(text.contains("pretrain: done") && !text.contains("INFO"), "{text}");
+}

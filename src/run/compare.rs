@@ -15,7 +15,7 @@ pub fn run_compare(recipe: &Recipe, source: &str, stage: &StageSpec, c: &Compare
     let Some(run) = begin(recipe, source, stage, runs, 1, c.device, opts)? else {
         // Cached: show the table again.
         if let Ok(t) = std::fs::read_to_string(runs.join(&stage.name).join("table.md")) {
-            eprintln!("{t}");
+            tracing::info!("{t}");
         }
         return Ok(());
     };
@@ -39,11 +39,11 @@ pub fn run_compare(recipe: &Recipe, source: &str, stage: &StageSpec, c: &Compare
             100.0 * s.sampled_verbose,
             s.kl.unwrap_or(0.0)
         ));
-        eprintln!("{}: {label}: gold {:.3}, exact {:.1}%, KL {:.3}; e.g. {:?}", stage.name, s.gold, 100.0 * s.exact, s.kl.unwrap_or(0.0), s.samples.first());
+        tracing::info!("{}: {label}: gold {:.3}, exact {:.1}%, KL {:.3}; e.g. {:?}", stage.name, s.gold, 100.0 * s.exact, s.kl.unwrap_or(0.0), s.samples.first());
         rows.push(json!({"policy": label, "score": s}));
     }
     table.push_str(&format!("\n{} held-out prompts of `{}`; greedy decoding for the first two columns; then one response sampled at temperature 1 per prompt (the policy's behaviour): gold reward, preferred behaviour (the answer and nothing more), verbose (the answer, then more), and KL(π ‖ reference) per response.\n", held.len(), set.name));
-    eprintln!("\n{table}");
+    tracing::info!("\n{table}");
     super::checkpoint::write_atomic(&run.dir.join("table.md"), table.as_bytes())?;
     let report = json!({"experiment": recipe.experiment, "kind": "compare", "examples": held.len(), "rows": rows});
     let title = format!("{} / {}", recipe.experiment, stage.name);

@@ -46,7 +46,7 @@ pub fn run_dpo(recipe: &Recipe, source: &str, stage: &StageSpec, d: &DpoSpec, ru
     let mut opt = AdamW::new(&params, &d.opt.optimizer);
     let (step0, mut rng, _) = run.restore(&names, &params, &mut opt, Rng(recipe.seed ^ 0xD90))?;
     let ctx = policy.spec().context;
-    eprintln!("{name}: DPO (β = {}) on `{}` ({} pairs) for {} steps × {} pairs", d.beta, set.name, split.train.len(), d.opt.steps, d.opt.batch);
+    tracing::info!("{name}: DPO (β = {}) on `{}` ({} pairs) for {} steps × {} pairs", d.beta, set.name, split.train.len(), d.opt.steps, d.opt.batch);
     let started = Instant::now();
     let mut last = before.clone();
     for step in step0..d.opt.steps {
@@ -105,7 +105,7 @@ pub fn run_dpo(recipe: &Recipe, source: &str, stage: &StageSpec, d: &DpoSpec, ru
         "after": last,
         "wall_seconds": started.elapsed().as_secs_f64(),
     });
-    eprintln!(
+    tracing::info!(
         "{name}: done — held-out (sampled) preferred behaviour (exact, concise) {:.1}% (was {:.1}%), verbose {:.1}% (was {:.1}%), gold reward {:.3} (was {:.3}), KL to reference {:.3}",
         100.0 * last.sampled_exact,
         100.0 * before.sampled_exact,

@@ -26,7 +26,7 @@ pub fn run_finetune(recipe: &Recipe, source: &str, stage: &StageSpec, f: &Finetu
     let held: Vec<_> = split.held_out.iter().take(f.eval_examples).cloned().collect();
     // The starting point's score, for the report (what fine-tuning changed).
     let before = score(&model, None, &set, &held, f.max_new);
-    eprintln!("{name}: before fine-tuning: exact match {:.1}%, gold reward {:.3} on {} held-out prompts", 100.0 * before.exact, before.gold, held.len());
+    tracing::info!("{name}: before fine-tuning: exact match {:.1}%, gold reward {:.3} on {} held-out prompts", 100.0 * before.exact, before.gold, held.len());
 
     let (names, params): (Vec<String>, Vec<Tensor>) = match &f.lora {
         Some(l) => {
@@ -41,7 +41,7 @@ pub fn run_finetune(recipe: &Recipe, source: &str, stage: &StageSpec, f: &Finetu
     let (step0, mut rng, _) = run.restore(&names, &params, &mut opt, Rng(recipe.seed ^ 0x5F7))?;
     let ctx = model.spec().context;
     let seqs: Vec<Seq> = split.train.iter().map(|e| sequence(&set, &e.prompt, &e.response, f.mask_prompt, ctx)).collect();
-    eprintln!(
+    tracing::info!(
         "{name}: fine-tuning `{}` ({trainable} trainable of {} parameters{}) on {} examples of `{}` for {} steps × {}",
         f.model.arch,
         model.numel(),
@@ -108,7 +108,7 @@ pub fn run_finetune(recipe: &Recipe, source: &str, stage: &StageSpec, f: &Finetu
         "after": last,
         "wall_seconds": started.elapsed().as_secs_f64(),
     });
-    eprintln!(
+    tracing::info!(
         "{name}: done — held-out exact match {:.1}% (was {:.1}%), gold reward {:.3} (was {:.3}); e.g. {:?}",
         100.0 * last.exact,
         100.0 * before.exact,

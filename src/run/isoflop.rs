@@ -25,7 +25,7 @@ pub fn run_isoflop(recipe: &Recipe, source: &str, name: &str, iso: &IsoflopSpec,
     for (i, p) in iso.points.iter().enumerate() {
         let n = crate::plan::plan_model(&crate::lower::lower_model(&p.model), p.train.batch, p.train.context).params_total;
         let tokens = p.train.steps * p.train.tokens_per_step();
-        eprintln!("{name}: point {}/{}: C = {:.1e}, N = {n}, D = {tokens}", i + 1, iso.points.len(), p.budget);
+        tracing::info!("{name}: point {}/{}: C = {:.1e}, N = {n}, D = {tokens}", i + 1, iso.points.len(), p.budget);
         let pdir = dir.join("points").join(format!("{i:02}"));
         run_train_model(recipe, source, &format!("{name}.{i:02}"), &p.model, &p.train, &pdir, opts)?;
         let loss = val_loss(&pdir)?;
@@ -59,7 +59,7 @@ pub fn run_isoflop(recipe: &Recipe, source: &str, name: &str, iso: &IsoflopSpec,
     t.steps = (target_c / (6.0 * n as f64 * t.tokens_per_step() as f64)).round().max(1.0) as u64;
     t.eval_every = t.steps;
     let loss_pred_a3 = f.law().loss(n as f64, (t.steps * t.tokens_per_step()) as f64);
-    eprintln!("{name}: predicted optimum at C = {target_c:.1e}: N ≈ {n_pred:.0} (sized {n}), {} steps; predicted loss {loss_pred_a2:.4} (Approach 2), {loss_pred_a3:.4} (Approach 3)", t.steps);
+    tracing::info!("{name}: predicted optimum at C = {target_c:.1e}: N ≈ {n_pred:.0} (sized {n}), {} steps; predicted loss {loss_pred_a2:.4} (Approach 2), {loss_pred_a3:.4} (Approach 3)", t.steps);
     let pdir = dir.join("predicted");
     run_train_model(recipe, source, &format!("{name}.predicted"), &model, &t, &pdir, opts)?;
     let achieved = val_loss(&pdir)?;
@@ -85,7 +85,7 @@ pub fn run_isoflop(recipe: &Recipe, source: &str, name: &str, iso: &IsoflopSpec,
         std::fs::write(dir.join("isoflop.svg"), svg)?;
     }
     std::fs::write(dir.join("contours.svg"), crate::report::plots::contour_svg(&f, &pts))?;
-    eprintln!("{name}: Approach 2: N_opt ∝ C^{:.3}, D_opt ∝ C^{:.3}; Approach 3: α = {:.3}, β = {:.3}", a2.a, a2.b, f.alpha, f.beta);
-    eprintln!("{name}: at {target_c:.1e} FLOPs: predicted loss {loss_pred_a2:.4} (A2) / {loss_pred_a3:.4} (A3), achieved {achieved:.4}; wrote {}", dir.display());
+    tracing::info!("{name}: Approach 2: N_opt ∝ C^{:.3}, D_opt ∝ C^{:.3}; Approach 3: α = {:.3}, β = {:.3}", a2.a, a2.b, f.alpha, f.beta);
+    tracing::info!("{name}: at {target_c:.1e} FLOPs: predicted loss {loss_pred_a2:.4} (A2) / {loss_pred_a3:.4} (A3), achieved {achieved:.4}; wrote {}", dir.display());
     Ok(())
 }

@@ -79,7 +79,7 @@ pub fn run_mixture(recipe: &Recipe, name: &str, m: &MixtureSpec, dir: &Path) -> 
     let data = recipe.synthetic.iter().find(|d| d.name == m.data).context("checked recipe names its data")?;
     let hash = fnv1a(json!({"seed": recipe.seed, "stage": m, "data": data}).to_string().as_bytes());
     if super::train::read_report_hash(dir).ok().as_deref() == Some(hash.as_str()) {
-        eprintln!("{name}: up to date in {}; reusing it. --fresh reruns.", dir.display());
+        tracing::info!("{name}: up to date in {}; reusing it. --fresh reruns.", dir.display());
         return Ok(());
     }
     std::fs::create_dir_all(dir)?;
@@ -162,7 +162,7 @@ pub fn run_mixture(recipe: &Recipe, name: &str, m: &MixtureSpec, dir: &Path) -> 
     });
     write_atomic(&dir.join("report.json"), serde_json::to_string_pretty(&report)?.as_bytes())?;
     let _ = crate::report::plots::write_run_plots(dir, &format!("{} / {name}", recipe.experiment));
-    eprintln!(
+    tracing::info!(
         "{name}: val loss {val_loss:.4}; subtask purity {:.3} (each of {tasks} sectors → expert {claimed:?}, {} distinct experts); wrote {}",
         mean_purity,
         distinct.len(),

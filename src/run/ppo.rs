@@ -61,7 +61,7 @@ pub fn run_ppo(recipe: &Recipe, source: &str, stage: &StageSpec, p: &PpoSpec, ru
     let before = score(&policy, Some(&reference), &set, &held, p.max_new);
     let end = set.end.as_bytes().to_vec();
     let ctx = policy.spec().context;
-    eprintln!(
+    tracing::info!(
         "{name}: PPO on prompts of `{}` against reward model `{}`: {} steps × {} prompts, KL coefficient {kl_coef}{}",
         set.name,
         p.reward,
@@ -197,7 +197,7 @@ pub fn run_ppo(recipe: &Recipe, source: &str, stage: &StageSpec, p: &PpoSpec, ru
         "reward_hacking": hacking,
         "wall_seconds": started.elapsed().as_secs_f64(),
     });
-    eprintln!(
+    tracing::info!(
         "{name}: done — held-out (sampled) gold reward {:.3} (was {:.3}), preferred behaviour {:.1}% (was {:.1}%), KL to reference {:.3}; training reward-model score {:.3} → {:.3}, gold {:.3} → {:.3}{}",
         last.sampled_gold,
         before.sampled_gold,

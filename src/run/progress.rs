@@ -78,7 +78,7 @@ impl Progress {
             start: Instant::now(),
             start_step,
             tty: std::io::stderr().is_terminal(),
-            quiet: std::env::var_os("ROUX_QUIET").is_some(),
+            quiet: crate::logging::mode().quiet || std::env::var_os("ROUX_QUIET").is_some(),
         }
     }
 
@@ -104,6 +104,13 @@ impl Progress {
         let bar_w = 24;
         let filled = ((step as f64 / self.total.max(1) as f64) * bar_w as f64) as usize;
         let bar = format!("{}{}", "█".repeat(filled.min(bar_w)), "░".repeat(bar_w - filled.min(bar_w)));
+        if crate::logging::mode().json {
+            // Machines get an event per logging interval, not a redrawn bar.
+            if step % every == 0 || step == self.total || evaluated {
+                tracing::info!(target: "roux::progress", stage = %self.label, step, total = self.total, eta = %self.eta(step), "{body}");
+            }
+            return;
+        }
         let line = format!("{} {bar} {step}/{} {body} ETA {}", self.label, self.total, self.eta(step));
         if self.tty {
             eprint!("\r\x1b[2K{line}");

@@ -116,7 +116,7 @@ pub fn run_reward_model(recipe: &Recipe, source: &str, stage: &StageSpec, r: &Re
     let mut opt = AdamW::new(&params, &r.opt.optimizer);
     let (step0, mut rng, _) = run.restore(&names, &params, &mut opt, Rng(recipe.seed ^ 0x2E3A))?;
     let ctx = rm.trunk.spec().context;
-    eprintln!("{name}: training a reward model on `{}` ({} pairs, {} held out) for {} steps × {} pairs", set.name, split.train.len(), split.held_out.len(), r.opt.steps, r.opt.batch);
+    tracing::info!("{name}: training a reward model on `{}` ({} pairs, {} held out) for {} steps × {} pairs", set.name, split.train.len(), split.held_out.len(), r.opt.steps, r.opt.batch);
     let started = Instant::now();
     let mut acc = None;
     for step in step0..r.opt.steps {
@@ -160,6 +160,6 @@ pub fn run_reward_model(recipe: &Recipe, source: &str, stage: &StageSpec, r: &Re
         "held_out_accuracy": acc,
         "wall_seconds": started.elapsed().as_secs_f64(),
     });
-    eprintln!("{name}: done — held-out pairwise accuracy {:.1}% on {} pairs", 100.0 * acc.unwrap_or(0.0), split.held_out.len());
+    tracing::info!("{name}: done — held-out pairwise accuracy {:.1}% on {} pairs", 100.0 * acc.unwrap_or(0.0), split.held_out.len());
     run.finish(&[("model.safetensors", rm.named())], report, &format!("{} / {name}", recipe.experiment))
 }

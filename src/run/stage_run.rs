@@ -51,12 +51,12 @@ pub fn begin(recipe: &Recipe, source: &str, stage: &StageSpec, runs: &Path, step
         set_aside(&dir)?;
     }
     if dir.join("report.json").exists() && read_report_hash(&dir).ok().as_deref() == Some(hash.as_str()) {
-        eprintln!("{name}: up to date in {} (same definition, inputs and upstream outputs); reusing it. --fresh retrains.", dir.display());
+        tracing::info!("{name}: up to date in {} (same definition, inputs and upstream outputs); reusing it. --fresh retrains.", dir.display());
         return Ok(None);
     }
     if dir.join("report.json").exists() {
         // Finished under another definition or other inputs: keep it (renamed) and retrain.
-        eprintln!("{name}: its definition or inputs changed since it finished; retraining.");
+        tracing::info!("{name}: its definition or inputs changed since it finished; retraining.");
         set_aside(&dir)?;
     }
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
@@ -89,7 +89,7 @@ pub fn begin(recipe: &Recipe, source: &str, stage: &StageSpec, runs: &Path, step
     checkpoint::write_atomic(&dir.join("resolved.json"), serde_json::to_string_pretty(&resolved)?.as_bytes())?;
     let step0 = resume.as_ref().map(|s| s.step);
     if let Some(s) = step0 {
-        eprintln!("{name}: resuming from step {s} of {steps}");
+        tracing::info!("{name}: resuming from step {s} of {steps}");
     }
     Ok(Some(StageRun {
         name: name.clone(),
@@ -133,7 +133,7 @@ impl StageRun {
         report["hash"] = json!(self.hash);
         checkpoint::write_atomic(&self.dir.join("report.json"), serde_json::to_string_pretty(&report)?.as_bytes())?;
         if let Err(e) = crate::report::plots::write_run_plots(&self.dir, title) {
-            eprintln!("{}: could not draw plots: {e}", self.name);
+            tracing::warn!("{}: could not draw plots: {e}", self.name);
         }
         Ok(())
     }

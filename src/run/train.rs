@@ -48,12 +48,12 @@ pub fn run_train_model(recipe: &Recipe, source: &str, name: &str, spec: &ModelSp
         set_aside(dir)?;
     }
     if dir.join("report.json").exists() && read_report_hash(dir).ok().as_deref() == Some(hash.as_str()) {
-        eprintln!("{name}: up to date in {} (same recipe, data and seed); reusing it. --fresh retrains.", dir.display());
+        tracing::info!("{name}: up to date in {} (same recipe, data and seed); reusing it. --fresh retrains.", dir.display());
         return Ok(());
     }
     if dir.join("report.json").exists() {
         // Finished under another definition or other inputs: keep it (renamed) and retrain.
-        eprintln!("{name}: its definition or inputs changed since it finished; retraining.");
+        tracing::info!("{name}: its definition or inputs changed since it finished; retraining.");
         set_aside(dir)?;
     }
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
@@ -100,7 +100,7 @@ pub fn run_train_model(recipe: &Recipe, source: &str, name: &str, spec: &ModelSp
         step0 = s.step;
         best_val = s.best_val;
         window_loss = s.window_loss;
-        eprintln!("{name}: resuming from step {} of {} ({})", s.step, t.steps, dir.join(&s.file).display());
+        tracing::info!("{name}: resuming from step {} of {} ({})", s.step, t.steps, dir.join(&s.file).display());
     }
     checkpoint::write_atomic(&dir.join("recipe.roux"), source.as_bytes())?;
     checkpoint::write_atomic(&dir.join("resolved.json"), serde_json::to_string_pretty(&resolved)?.as_bytes())?;
@@ -108,7 +108,7 @@ pub fn run_train_model(recipe: &Recipe, source: &str, name: &str, spec: &ModelSp
 
     let plan = plan_model(&model.graph, t.batch, t.context);
     let flops_per_token = 3.0 * forward_flops_per_token(&model.graph, t.context);
-    eprintln!(
+    tracing::info!(
         "{name}: training `{}` ({} params) on `{}` for {} steps × {} tokens on {:?}",
         spec.name,
         model.numel(),
@@ -144,7 +144,7 @@ pub fn run_train_model(recipe: &Recipe, source: &str, name: &str, spec: &ModelSp
             // `on_nonfinite = skip`: drop this step's update (the batch is consumed, so a
             // resumed run skips the same step) and go on, up to `max_skips` times.
             skipped += 1;
-            eprintln!("{name}: step {}: non-finite loss or gradient (loss {loss_v}, gradient norm {grad_norm}); skipped ({skipped} of at most {})", step + 1, t.max_skips);
+            tracing::warn!("{name}: step {}: non-finite loss or gradient (loss {loss_v}, gradient norm {grad_norm}); skipped ({skipped} of at most {})", step + 1, t.max_skips);
             continue;
         }
         if !loss_v.is_finite() || !grad_norm.is_finite() {
@@ -220,9 +220,9 @@ pub fn run_train_model(recipe: &Recipe, source: &str, name: &str, spec: &ModelSp
     });
     checkpoint::write_atomic(&dir.join("report.json"), serde_json::to_string_pretty(&report)?.as_bytes())?;
     if let Err(e) = crate::report::plots::write_run_plots(dir, &format!("{} / {name}", recipe.experiment)) {
-        eprintln!("{name}: could not draw plots: {e}");
+        tracing::warn!("{name}: could not draw plots: {e}");
     }
-    eprintln!(
+    tracing::info!(
         "{name}: done in {} — val loss {} nats/token; wrote {}",
         super::progress::format_secs(wall),
         last_val.map_or("-".into(), |v: f64| format!("{v:.4}")),
@@ -275,7 +275,7 @@ pub(crate) fn set_aside(dir: &Path) -> Result<()> {
     name.push(format!(".old-{ts}"));
     let to = dir.with_file_name(name);
     std::fs::rename(dir, &to).with_context(|| format!("setting {} aside", dir.display()))?;
-    eprintln!("set the previous run aside as {}", to.display());
+    tracing::info!("set the previous run aside as {}", to.display());
     Ok(())
 }
 
