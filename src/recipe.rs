@@ -42,6 +42,9 @@ impl Recipe {
 pub enum Tokenizer {
     /// One token per byte; vocabulary 256.
     Bytes,
+    /// Byte-level BPE trained on the training split (the `tokenizers` crate), `vocab` tokens;
+    /// saved as tokenizer.json beside the model.
+    Bpe { vocab: usize },
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
@@ -54,7 +57,8 @@ pub struct DataSpec {
     pub context: usize,
     /// Fraction of the corpus used for training; the rest is validation.
     pub split: f64,
-    /// Size of the corpus in tokens (bytes for the byte tokenizer).
+    /// Size of the corpus in tokens: bytes for the byte tokenizer, an upper bound (the bytes)
+    /// for BPE, whose count is known only once it is trained.
     pub tokens: u64,
 }
 

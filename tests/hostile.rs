@@ -165,6 +165,24 @@ fn hostile_cases(dir: &Path) -> Vec<(String, Vec<String>)> {
     cases.push(check("empty data file", data("empty.txt", b"")));
     cases.push(check("data shorter than the context", data("short.txt", b"tiny")));
     cases.push(check("binary data shorter than the context", data("bin.txt", &[0, 1, 2, 255])));
+    // The YAML form: an alias bomb (a billion laughs), deep nesting, tags, not a mapping, bad values.
+    let mut bomb = String::from("a0: &a0 [x, x, x, x, x, x, x, x, x, x]\n");
+    for i in 1..10 {
+        bomb.push_str(&format!("a{i}: &a{i} [*a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}]\n", p = i - 1));
+    }
+    bomb.push_str("experiment: bomb\nseed: *a9\n");
+    cases.push(check("YAML alias bomb", w("bomb.yaml", bomb.as_bytes())));
+    cases.push(check("YAML nested 10k deep", w("deep.yaml", format!("experiment: x\nseed: {}1{}\n", "[".repeat(10_000), "]".repeat(10_000)).as_bytes())));
+    cases.push(check("YAML with a tag", w("tag.yaml", b"experiment: x\nseed: !!binary aGVsbG8=\n")));
+    cases.push(check("YAML that is a list", w("list.yaml", b"- experiment\n- x\n")));
+    cases.push(check("YAML without an experiment", w("noexp.yaml", b"seed: 1\n")));
+    cases.push(check("YAML with a null value", w("null.yaml", b"experiment: x\nseed:\n")));
+    cases.push(check("YAML with a bad head", w("head.yaml", b"experiment: x\nmodel lm:\n  $: 4 +\n")));
+    cases.push(check("YAML with a bad key", w("key.yaml", b"experiment: x\nthis is not a key: 1\n")));
+    cases.push(check("binary YAML", w("bin.yaml", &[0xff, 0xfe, 0, 1, b':'])));
+    cases.push(("a malformed --set".into(), vec!["check".into(), w("ok.roux", b"experiment \"x\" { seed = 1 }"), "--set".into(), "seed".into()]));
+    cases.push(("a --set of an unknown name".into(), vec!["check".into(), w("ok2.roux", b"experiment \"x\" { seed = 1 }"), "--set".into(), "lm.x.y=(".into()]));
+    cases.push(("fmt of a broken recipe".into(), vec!["fmt".into(), "--check".into(), w("broken.roux", b"experiment \"x\" { seed = }")]));
     cases.push(("missing recipe".into(), vec!["check".into(), dir.join("nope.roux").to_str().unwrap().into()]));
     cases.push(("recipe is a directory".into(), vec!["check".into(), dir.to_str().unwrap().into()]));
     cases.push(("huge recipe".into(), vec!["check".into(), w("big.roux", &vec![b' '; 5 << 20])]));

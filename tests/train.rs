@@ -290,3 +290,23 @@ fn logs_are_plain_lines_json_lines_or_quiet() {
     let text = run(&[], "t");
     assert!(text.contains("pretrain: done") && !text.contains("INFO"), "{text}");
 }
+
+#[test]
+fn a_bpe_tokenizer_is_trained_on_the_corpus_saved_with_the_model_and_used_to_sample() {
+    let out = scratch("bpe");
+    run_ok(&fixture("tiny-bpe.roux"), &out);
+    let dir = out.join("tiny-bpe/pretrain");
+    let tk = tokenizers::Tokenizer::from_file(dir.join("tokenizer.json")).unwrap();
+    assert_eq!(tk.get_vocab_size(true), 512);
+    // Every byte is in the alphabet, so text round-trips; merges make it shorter than bytes.
+    let line = "ROMEO: But soft, what light through yonder window breaks?\n";
+    let ids = tk.encode(line, false).unwrap().get_ids().to_vec();
+    assert_eq!(tk.decode(&ids, false).unwrap(), line);
+    assert!(ids.len() * 10 < line.len() * 7, "{} tokens for {} bytes", ids.len(), line.len());
+    let m = metrics(&dir);
+    let (first, last) = (m[0]["loss"].as_f64().unwrap(), m.last().unwrap()["loss"].as_f64().unwrap());
+    assert!(last < first - 0.3, "loss {first} → {last}");
+    let o = roux(&["sample", dir.to_str().unwrap(), "--prompt", "ROMEO:", "--tokens", "12"]);
+    assert_eq!(o.status.code(), Some(0), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(String::from_utf8_lossy(&o.stdout).starts_with("ROMEO:"));
+}

@@ -45,7 +45,7 @@ impl<'a> Checker<'a> {
             return None;
         }
         let mut f = Fields::new(block, &self.top_scope(), format!("data `{}`", d.name.name), at);
-        let tokenizer = f.sym(self, "tokenizer", &["bytes"], Some("bytes"));
+        let tokenizer = self.check_tokenizer(&mut f);
         let context = f.size(self, "context", None);
         let split = f.ranged(self, "split", Some(0.9), 0.0, true, 1.0, true);
         f.finish(self);
@@ -81,17 +81,44 @@ impl<'a> Checker<'a> {
             );
             return None;
         }
-        // `bytes` is the only tokenizer so far; the symbol check above guarantees it.
-        let tokenizer = tokenizer.map(|_| Tokenizer::Bytes)?;
+        let tokenizer = tokenizer?;
         Some(DataSpec {
             name: d.name.name.clone(),
             path: std::path::absolute(&full).unwrap_or(full),
             tokenizer,
-            vocab: 256,
+            vocab: match tokenizer {
+                Tokenizer::Bytes => 256,
+                Tokenizer::Bpe { vocab } => vocab,
+            },
             context,
             split,
             tokens,
         })
+    }
+}
+
+impl<'a> Checker<'a> {
+    /// `tokenizer = bytes` or `tokenizer = bpe { vocab = N }` (N in 257..=65536: every byte plus
+    /// at least one merge, ids that fit 16 bits).
+    fn check_tokenizer(&mut self, f: &mut Fields<'a>) -> Option<Tokenizer> {
+        let Some(field) = f.field("tokenizer") else { return Some(Tokenizer::Bytes) };
+        if field.value.as_path().is_some_and(|p| p.len() == 1 && p[0].name == "bytes") {
+            return Some(Tokenizer::Bytes);
+        }
+        let (kind, path, _, block) = self.ctor(&field.value, "tokenizer", &["bytes", "bpe"])?;
+        if kind == "bytes" {
+            return Some(Tokenizer::Bytes);
+        }
+        let mut b = Fields::new(block, &f.scope, "bpe", Checker::span_of_path(path));
+        let vocab = b.ranged(self, "vocab", Some(1024.0), 257.0, false, 65536.0, false);
+        let span = b.value_span("vocab");
+        b.finish(self);
+        let vocab = vocab?;
+        if vocab.fract() != 0.0 {
+            self.error(Diagnostic::error("E0123", span, format!("`vocab` must be a whole number, found {vocab}")).with_hint("a vocabulary size such as 1024"));
+            return None;
+        }
+        Some(Tokenizer::Bpe { vocab: vocab as usize })
     }
 }
 

@@ -13,6 +13,7 @@ fn formatted(path: &Path) -> Result<(String, String), (u8, String)> {
     let source = read(path).map_err(|e| (2, format!("error: {e}\n")))?;
     let name = path.display().to_string();
     let out = if is_yaml(path) {
+        // (A YAML file cannot hold a duplicate key, so its AST has none.)
         parse_source(&source).map(|ast| yaml::to_yaml(&ast))
     } else {
         print::format(&source.text)
@@ -67,6 +68,10 @@ fn convert(file: &Path, form: Form, output: Option<&Path>) -> u8 {
             return 1;
         }
     };
+    if let (Form::Yaml, Some(d)) = (form, yaml::duplicate_key(&ast)) {
+        eprint!("{}", render_text(&file.display().to_string(), &source.text, &d));
+        return 1;
+    }
     let text = match form {
         Form::Yaml => yaml::to_yaml(&ast),
         Form::Roux => print::print(&ast),

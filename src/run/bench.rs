@@ -134,7 +134,7 @@ pub fn bench_config(name: &str, steps: usize) -> Result<()> {
     let (d, layers, heads, ctx, batch, experts) = config(name).ok_or_else(|| anyhow::anyhow!("unknown config `{name}` (tiny, small, medium, switch-8, switch-64)"))?;
     let device = tch::Device::cuda_if_available();
     let s = config_spec(name, d, layers, heads, ctx, experts);
-    let data = std::fs::read("data/tinyshakespeare.txt")?;
+    let data: Vec<u32> = std::fs::read("data/tinyshakespeare.txt")?.into_iter().map(u32::from).collect();
     let base_rss = rss_bytes("VmRSS:");
     tch::manual_seed(0);
     let mut model = Model::new(&s, device);

@@ -1,30 +1,44 @@
-//! A byte corpus split into training and validation tokens, and seeded batch sampling.
+//! A corpus split into training and validation tokens (bytes, or BPE ids), and seeded batch
+//! sampling.
 
 use anyhow::{bail, Context, Result};
+use std::path::Path;
 use tch::{Device, Tensor};
 
-use crate::recipe::DataSpec;
+use crate::recipe::{DataSpec, Tokenizer};
 
 pub struct Corpus {
-    pub train: Vec<u8>,
-    pub val: Vec<u8>,
+    pub train: Vec<u32>,
+    pub val: Vec<u32>,
 }
 
 impl Corpus {
-    pub fn load(spec: &DataSpec) -> Result<Corpus> {
+    /// Read and tokenize; a BPE tokenizer is trained on the training split (bytes before the cut)
+    /// and kept in `dir`, or read from there when a run resumes.
+    pub fn load(spec: &DataSpec, dir: &Path) -> Result<Corpus> {
         let bytes = std::fs::read(&spec.path).with_context(|| format!("reading data `{}` from {}", spec.name, spec.path.display()))?;
         let cut = (bytes.len() as f64 * spec.split) as usize;
-        if cut <= spec.context + 1 || bytes.len() - cut <= spec.context + 1 {
-            bail!("data `{}` ({} bytes) is too short for context {} with split {}", spec.name, bytes.len(), spec.context, spec.split);
+        let (train, val) = match spec.tokenizer {
+            Tokenizer::Bytes => (bytes[..cut].iter().map(|&b| b as u32).collect(), bytes[cut..].iter().map(|&b| b as u32).collect()),
+            Tokenizer::Bpe { vocab } => {
+                let (a, b) = (String::from_utf8_lossy(&bytes[..cut]), String::from_utf8_lossy(&bytes[cut..]));
+                std::fs::create_dir_all(dir)?;
+                let tk = super::tokenize::load_or_train(dir, &a, vocab)?;
+                (super::tokenize::encode(&tk, &a)?, super::tokenize::encode(&tk, &b)?)
+            }
+        };
+        let (train, val): (Vec<u32>, Vec<u32>) = (train, val);
+        if train.len() <= spec.context + 1 || val.len() <= spec.context + 1 {
+            bail!("data `{}` ({} training and {} validation tokens) is too short for context {} with split {}", spec.name, train.len(), val.len(), spec.context, spec.split);
         }
-        Ok(Corpus { train: bytes[..cut].to_vec(), val: bytes[cut..].to_vec() })
+        Ok(Corpus { train, val })
     }
 }
 
 pub use crate::rng::Rng;
 
 /// `batch` random windows of `context + 1` tokens: inputs (B, T) and next-token targets (B, T).
-pub fn batch(tokens: &[u8], batch: usize, context: usize, rng: &mut Rng, device: Device) -> (Tensor, Tensor) {
+pub fn batch(tokens: &[u32], batch: usize, context: usize, rng: &mut Rng, device: Device) -> (Tensor, Tensor) {
     let mut x = Vec::with_capacity(batch * context);
     let mut y = Vec::with_capacity(batch * context);
     let span = (tokens.len() - context - 1) as u64;

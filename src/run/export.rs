@@ -131,5 +131,10 @@ pub fn export_hf(run: &Path, out: &Path) -> Result<Layout> {
     config["torch_dtype"] = json!("float32");
     config["roux_model"] = json!(spec);
     super::checkpoint::write_atomic(&out.join("config.json"), serde_json::to_string_pretty(&config)?.as_bytes())?;
+    // A BPE run's tokenizer is already in the Hugging Face format.
+    let tk = run.join(super::tokenize::FILE);
+    if tk.exists() {
+        std::fs::copy(&tk, out.join("tokenizer.json")).with_context(|| format!("copying {}", tk.display()))?;
+    }
     Ok(layout)
 }

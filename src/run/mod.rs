@@ -22,6 +22,7 @@
 //! | `dpo.rs`        | a `dpo` stage                                                    |
 //! | `rl_losses.rs`  | Bradley–Terry, DPO, clipped PPO and value losses, entropy        |
 //! | `compare.rs`    | a `compare` stage: the table of policies                         |
+//! | `tokenize.rs`   | byte-level BPE: train on the corpus, save tokenizer.json         |
 //! | `export.rs`     | `roux export --to hf`: GPT-2 / Llama layout Hugging Face files   |
 
 pub mod adamw;
@@ -44,6 +45,7 @@ pub mod model;
 pub mod moe;
 pub mod progress;
 pub mod sample;
+pub mod tokenize;
 pub mod train;
 
 use anyhow::Result;

@@ -23,7 +23,13 @@ pub fn sample_run(run: &Path, prompt: &str, tokens: usize, temperature: f64, top
     let mut model = Model::new(&spec, device);
     model.load(&Tensor::read_safetensors(&weights).with_context(|| format!("reading {}", weights.display()))?)?;
     tch::manual_seed(seed as i64);
-    let mut ids: Vec<i64> = prompt.bytes().map(|b| b as i64).collect();
+    // A BPE run keeps its tokenizer beside the model; otherwise tokens are bytes.
+    let tk_path = run.join(super::tokenize::FILE);
+    let tk = if tk_path.exists() { Some(tokenizers::Tokenizer::from_file(&tk_path).map_err(|e| anyhow::anyhow!("reading {}: {e}", tk_path.display()))?) } else { None };
+    let mut ids: Vec<i64> = match &tk {
+        Some(tk) => super::tokenize::encode(tk, prompt)?.into_iter().map(i64::from).collect(),
+        None => prompt.bytes().map(|b| b as i64).collect(),
+    };
     if ids.is_empty() {
         ids.push(b'\n' as i64);
     }
@@ -47,6 +53,10 @@ pub fn sample_run(run: &Path, prompt: &str, tokens: usize, temperature: f64, top
             ids.push(next);
         }
     });
+    if let Some(tk) = &tk {
+        let new: Vec<u32> = ids[start..].iter().map(|&i| i as u32).collect();
+        return Ok(format!("{}{}", prompt, super::tokenize::decode(tk, &new)?));
+    }
     let bytes: Vec<u8> = ids.iter().map(|&i| i.clamp(0, 255) as u8).collect();
     Ok(format!("{}{}", prompt, String::from_utf8_lossy(&bytes[start..])))
 }

@@ -89,7 +89,14 @@ pub fn run_train_model(recipe: &Recipe, source: &str, name: &str, spec: &ModelSp
         model.load(&tensors).with_context(|| format!("initialising from {}", path.display()))?;
     }
     let mut opt = AdamW::new(&model.params, &t.optimizer);
-    let corpus = Corpus::load(data_spec)?;
+    // A BPE tokenizer comes from the stage this one continues, so both read the same ids.
+    if let (Some(up), crate::recipe::Tokenizer::Bpe { .. }) = (&t.init_from, data_spec.tokenizer) {
+        let from = dir.with_file_name(up).join(super::tokenize::FILE);
+        if from.exists() && !dir.join(super::tokenize::FILE).exists() {
+            std::fs::copy(&from, dir.join(super::tokenize::FILE))?;
+        }
+    }
+    let corpus = Corpus::load(data_spec, dir)?;
     let mut rng = Rng(recipe.seed ^ 0x5EED_DA7A);
     let mut step0 = 0;
     let mut best_val: Option<f64> = None;
@@ -250,7 +257,7 @@ pub(crate) fn clip_grad_norm(params: &[Tensor], clip: Option<f64>) -> f64 {
 }
 
 /// Mean validation loss over a fixed set of batches (the same ones at every evaluation).
-pub fn evaluate(model: &Model, val: &[u8], t: &TrainSpec, seed: u64) -> f64 {
+pub fn evaluate(model: &Model, val: &[u32], t: &TrainSpec, seed: u64) -> f64 {
     let mut rng = Rng(seed ^ 0xE7A1);
     tch::no_grad(|| {
         let mut sum = 0.0;

@@ -44,38 +44,38 @@ fn comments(src: &str) -> Vec<Comment> {
 }
 
 pub fn print(r: &Recipe) -> String {
-    Printer { out: String::new(), src: None, comments: vec![], next: 0 }.recipe(r)
+    Printer { out: String::new(), src: None, comments: vec![], next: 0, trailing: vec![] }.recipe(r)
 }
 
 /// Format recipe source: parse it and print it back with its comments.
 pub fn format(src: &str) -> Result<String, crate::diag::Diagnostic> {
     let r = super::parse::parse(src)?;
-    Ok(Printer { out: String::new(), src: Some(src), comments: comments(src), next: 0 }.recipe(&r))
+    Ok(Printer { out: String::new(), src: Some(src), comments: comments(src), next: 0, trailing: vec![] }.recipe(&r))
 }
 
 fn quote(s: &str) -> String {
     format!("\"{}\"", s.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n").replace('\t', "\\t"))
 }
 
-/// Stands, while printing, where an end-of-line comment starts (never in recipe text).
-const MARK: char = '\u{1}';
-
 /// Consecutive lines with end-of-line comments get their comments in one column, one space
-/// after the longest code among them (as gofmt does).
-fn align_trailing_comments(text: &str) -> String {
+/// after the longest code among them (as gofmt does). `at` holds, per such line, its index and
+/// the byte offset in it where the comment starts (kept aside while printing: strings in a
+/// recipe may hold any character, so no in-band marker is safe).
+fn align_trailing_comments(text: &str, at: &[(usize, usize)]) -> String {
     let lines: Vec<&str> = text.split('\n').collect();
+    let cut: std::collections::HashMap<usize, usize> = at.iter().copied().collect();
     let mut out: Vec<String> = Vec::with_capacity(lines.len());
     let mut i = 0;
     while i < lines.len() {
-        if !lines[i].contains(MARK) {
+        if !cut.contains_key(&i) {
             out.push(lines[i].to_string());
             i += 1;
             continue;
         }
-        let run_end = (i..lines.len()).find(|&j| !lines[j].contains(MARK)).unwrap_or(lines.len());
-        let width = lines[i..run_end].iter().map(|l| l.split(MARK).next().unwrap_or("").chars().count()).max().unwrap_or(0);
-        for l in &lines[i..run_end] {
-            let (code, comment) = l.split_once(MARK).unwrap_or((l, ""));
+        let run_end = (i..lines.len()).find(|j| !cut.contains_key(j)).unwrap_or(lines.len());
+        let width = (i..run_end).map(|j| lines[j][..cut[&j]].chars().count()).max().unwrap_or(0);
+        for j in i..run_end {
+            let (code, comment) = lines[j].split_at(cut[&j]);
             out.push(format!("{code}{} {comment}", " ".repeat(width - code.chars().count())));
         }
         i = run_end;
@@ -92,6 +92,8 @@ struct Printer<'s> {
     comments: Vec<Comment>,
     /// The first comment not yet printed.
     next: usize,
+    /// (line, byte column) of every end-of-line comment printed.
+    trailing: Vec<(usize, usize)>,
 }
 
 fn entry_span(e: &Entry) -> (usize, usize) {
@@ -109,7 +111,7 @@ impl<'s> Printer<'s> {
         self.block(&r.body, 0, false);
         self.out.push('\n');
         self.own_line_comments_before(usize::MAX, 0);
-        align_trailing_comments(&self.out)
+        align_trailing_comments(&self.out, &self.trailing)
     }
 
     fn indent(&mut self, n: usize) {
@@ -143,7 +145,9 @@ impl<'s> Printer<'s> {
         let Some(src) = self.src else { return };
         if let Some(c) = self.comments.get(self.next) {
             if c.start >= end && !src[end..c.start].contains('\n') && !c.text.contains('\n') {
-                self.out.push(MARK);
+                let line = self.out.matches('\n').count();
+                let col = self.out.len() - self.out.rfind('\n').map_or(0, |n| n + 1);
+                self.trailing.push((line, col));
                 self.out.push_str(&c.text);
                 self.next += 1;
             }
@@ -167,7 +171,7 @@ impl<'s> Printer<'s> {
             if matches!(&f.value.kind, ExprKind::Ctor { block: Some(_), .. }) {
                 return None;
             }
-            let mut p = Printer { out: String::new(), src: None, comments: vec![], next: 0 };
+            let mut p = Printer { out: String::new(), src: None, comments: vec![], next: 0, trailing: vec![] };
             p.expr(&f.value, 0);
             parts.push(format!("{} = {}", f.key.name, p.out));
         }
@@ -301,7 +305,7 @@ impl<'s> Printer<'s> {
 
 /// One expression as recipe text.
 pub fn expr(out: &mut String, e: &Expr, indent: usize) {
-    let mut p = Printer { out: std::mem::take(out), src: None, comments: vec![], next: 0 };
+    let mut p = Printer { out: std::mem::take(out), src: None, comments: vec![], next: 0, trailing: vec![] };
     p.expr(e, indent);
     *out = p.out;
 }

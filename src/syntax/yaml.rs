@@ -29,6 +29,36 @@ use crate::diag::{Diagnostic, Span};
 
 // ---------------------------------------------------------------- AST → YAML
 
+/// The first key that occurs twice in one block (a YAML mapping cannot hold it; the checker
+/// rejects such recipes anyway, E0102).
+pub fn duplicate_key(r: &Recipe) -> Option<Diagnostic> {
+    fn block(b: &Block) -> Option<Diagnostic> {
+        let mut seen = std::collections::HashSet::new();
+        for e in &b.entries {
+            let (key, span, value) = match e {
+                Entry::Field(f) => (f.key.name.clone(), f.key.span, &f.value),
+                Entry::Decl(d) => (format!("{} {}", d.kind.keyword(), d.name.name), d.name.span, &d.value),
+                Entry::Sweep(s) => (format!("sweep {}", s.var.name), s.var.span, &s.values),
+            };
+            if !seen.insert(key.clone()) {
+                return Some(Diagnostic::error("E0102", span, format!("`{key}` appears twice in one block; the YAML form cannot hold both")).with_hint("remove one of the two"));
+            }
+            if let Some(d) = expr(value) {
+                return Some(d);
+            }
+        }
+        None
+    }
+    fn expr(e: &Expr) -> Option<Diagnostic> {
+        match &e.kind {
+            ExprKind::Ctor { block: Some(b), .. } => block(b),
+            ExprKind::List(v) => v.iter().find_map(expr),
+            _ => None,
+        }
+    }
+    block(&r.body)
+}
+
 pub fn to_yaml(r: &Recipe) -> String {
     let mut m = Mapping::new();
     m.insert(Value::String("experiment".into()), Value::String(r.name.clone()));
