@@ -31,10 +31,33 @@ pub fn dot(models: &[ModelGraph], stages: &StageGraph, experiment: &str) -> Stri
         out += &format!("    s{} [label=\"{} = {}\", shape=ellipse];\n", n.index(), s.name, s.kind.name());
     }
     for e in stages.graph.edge_references() {
-        out += &format!("    s{} -> s{};\n", e.source().index(), e.target().index());
+        let label = artifact_label(&stages.graph[e.source()].name, &stages.graph[e.target()]);
+        out += &format!("    s{} -> s{} [label=\"{label}\"];\n", e.source().index(), e.target().index());
     }
     out += "  }\n}\n";
     out
+}
+
+/// What flows along a stage edge: the typed artifact the consumer reads from the producer.
+fn artifact_label(producer: &str, consumer: &crate::recipe::StageSpec) -> String {
+    use crate::recipe::{ModelRef, StageKind, Weights};
+    let of = |r: &ModelRef| match &r.weights {
+        Weights::Stage { stage } if stage == producer => Some("model"),
+        Weights::Merged { stage } if stage == producer => Some("merged adapter"),
+        _ => None,
+    };
+    let mut labels: Vec<&str> = match &consumer.kind {
+        StageKind::Train(t) => t.init_from.iter().filter(|s| *s == producer).map(|_| "model").collect(),
+        StageKind::Finetune(f) => of(&f.model).into_iter().collect(),
+        StageKind::RewardModel(r) => of(&r.model).into_iter().collect(),
+        StageKind::Ppo(p) => of(&p.policy).into_iter().map(|_| "policy").chain((p.reward == producer).then_some("reward model")).collect(),
+        StageKind::Dpo(d) => of(&d.policy).into_iter().map(|_| "policy").collect(),
+        StageKind::Compare(c) => c.policies.iter().chain(std::iter::once(&(String::new(), c.reference.clone()))).filter_map(|(_, r)| of(r)).collect(),
+        StageKind::Mixture(_) | StageKind::Isoflop(_) => vec![],
+    };
+    labels.sort();
+    labels.dedup();
+    labels.join(", ")
 }
 
 pub fn json(models: &[ModelGraph], stages: &StageGraph, experiment: &str) -> Value {
