@@ -183,6 +183,13 @@ enum Command {
         #[arg(short, long)]
         output: Option<PathBuf>,
     },
+    /// Fold a LoRA fine-tuning stage's adapter into its base: a plain model in RUN/merged
+    /// (or -o DIR) that `sample` and `export` read.
+    Merge {
+        run: PathBuf,
+        #[arg(short, long)]
+        output: Option<PathBuf>,
+    },
     /// Generate text from a trained stage's model.
     Sample {
         /// A run directory, such as runs/demo/pretrain.
@@ -220,6 +227,7 @@ fn main() -> ExitCode {
         Command::Bench { which, config, reps, steps } => cli::exec::bench(&which, &config, reps, steps),
         Command::Report { run } => cli::plan::report(&run),
         Command::Export { run, to: _, output } => cli::exec::export(&run, output.as_deref()),
+        Command::Merge { run, output } => cli::exec::merge(&run, output.as_deref()),
         Command::Sample { run, prompt, tokens, temperature, top_k, seed } => {
             cli::exec::sample(&run, &prompt, tokens, temperature, top_k, seed)
         }

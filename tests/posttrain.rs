@@ -195,6 +195,29 @@ fn editing_only_the_ppo_stage_reuses_the_earlier_stages() {
         assert!(second.contains(&format!("{stage}: its definition or inputs changed")), "{stage} was not retrained:\n{second}");
     }
     assert_eq!(std::fs::read(runs.join("tiny-lifecycle/sft/report.json")).unwrap(), sft_report);
+
+    // `roux merge` turns the LoRA stage into a plain model: the same function as the recipe's
+    // `merge(sft.adapter)`, and one that `sample` and `export` read.
+    let sft = runs.join("tiny-lifecycle/sft");
+    let o = roux(&["merge", sft.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(0), "{}", String::from_utf8_lossy(&o.stderr));
+    let r = roux::frontend::compile(&a).unwrap().recipe.unwrap();
+    let via_recipe = roux::run::stage_run::load_lm(
+        &r,
+        &runs.join("tiny-lifecycle"),
+        &roux::recipe::ModelRef { arch: "lm".into(), weights: roux::recipe::Weights::Merged { stage: "sft".into() } },
+        Device::Cpu,
+    )
+    .unwrap();
+    let mut merged = Model::new(r.model("lm").unwrap(), Device::Cpu);
+    merged.load(&Tensor::read_safetensors(sft.join("merged/model.safetensors")).unwrap()).unwrap();
+    let x = Tensor::randint(256, [2, 12], (Kind::Int64, Device::Cpu));
+    let diff = tch::no_grad(|| (via_recipe.forward(&x, false) - merged.forward(&x, false)).abs().max().double_value(&[]));
+    assert!(diff < 1e-6, "{diff}");
+    let merged_dir = sft.join("merged");
+    assert_eq!(roux(&["sample", merged_dir.to_str().unwrap(), "--tokens", "4"]).status.code(), Some(0));
+    assert_eq!(roux(&["export", merged_dir.to_str().unwrap(), "--to", "hf"]).status.code(), Some(0));
+    assert!(merged_dir.join("hf/config.json").exists());
 }
 
 #[test]

@@ -84,3 +84,23 @@ pub fn export(run: &Path, output: Option<&Path>) -> u8 {
 pub fn export(_: &Path, _: Option<&Path>) -> u8 {
     no_torch("export")
 }
+
+#[cfg(feature = "torch")]
+pub fn merge(run: &Path, output: Option<&Path>) -> u8 {
+    let out = output.map_or_else(|| run.join("merged"), Path::to_path_buf);
+    match roux::run::lora::merge_run(run, &out) {
+        Ok(()) => {
+            eprintln!("wrote {} (model.safetensors, resolved.json)", out.display());
+            0
+        }
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            2
+        }
+    }
+}
+
+#[cfg(not(feature = "torch"))]
+pub fn merge(_: &Path, _: Option<&Path>) -> u8 {
+    no_torch("merge")
+}

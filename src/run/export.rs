@@ -45,7 +45,7 @@ pub fn export_hf(run: &Path, out: &Path) -> Result<Layout> {
     let spec: ModelSpec = serde_json::from_value(v["model"].clone()).with_context(|| format!("{} names no model (a LoRA stage holds only its adapter)", resolved.display()))?;
     let weights = run.join("model.safetensors");
     if !weights.exists() {
-        bail!("{} has no model.safetensors (is the stage finished? a LoRA stage's adapter has to be merged by a later stage)", run.display());
+        bail!("{} has no model.safetensors (is the stage finished? a LoRA stage holds an adapter: `roux merge {}` first)", run.display(), run.display());
     }
     let given: std::collections::HashMap<String, Tensor> = Tensor::read_safetensors(&weights)?.into_iter().collect();
     let get = |n: &str| given.get(n).map(|t| t.to_kind(Kind::Float)).with_context(|| format!("{} has no `{n}`", weights.display()));

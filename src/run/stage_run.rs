@@ -60,9 +60,10 @@ pub fn begin(recipe: &Recipe, source: &str, stage: &StageSpec, runs: &Path, step
         set_aside(&dir)?;
     }
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-    // The model a stage writes, so `roux sample` and `roux export` can read its weights.
+    // The model a stage writes (or, for LoRA, adapts), so `roux sample`, `export` and `merge`
+    // can read its weights.
     let arch = match &stage.kind {
-        StageKind::Finetune(f) if f.lora.is_none() => Some(&f.model.arch),
+        StageKind::Finetune(f) => Some(&f.model.arch),
         StageKind::Ppo(p) => Some(&p.policy.arch),
         StageKind::Dpo(d) => Some(&d.policy.arch),
         _ => None,
