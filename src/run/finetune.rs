@@ -76,7 +76,7 @@ pub fn run_finetune(recipe: &Recipe, source: &str, stage: &StageSpec, f: &Finetu
         let s = eval_now.then(|| score(&model, None, &set, &held, f.max_new));
         let tok_s = tokens as f64 / started.elapsed().as_secs_f64().max(1e-9);
         let shown = s.as_ref().map_or(String::new(), |s| format!(" held-out exact {:.1}% verbose {:.1}% gold {:.3}", 100.0 * s.exact, 100.0 * s.verbose, s.gold));
-        run.progress.line(done, f.opt.log_every, &format!("loss {loss_v:.4}{shown} lr {lr:.2e} {:.1}k tok/s", tok_s / 1e3), s.is_some());
+        run.progress.line(done, f.opt.log_every, &format!("loss {loss_v:.4}{shown} lr {lr:.2e} {:.1}k response tok/s", tok_s / 1e3), s.is_some());
         if done % f.opt.log_every == 0 || s.is_some() {
             let mut m = json!({"step": done, "loss": loss_v, "lr": lr, "grad_norm": grad_norm, "tokens_per_s": tok_s});
             if let Some(s) = &s {
