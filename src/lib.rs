@@ -4,8 +4,10 @@
 //!  recipe text ─parse─▶ AST ─check─▶ Recipe ─lower─▶ graphs ─run─▶ artifacts
 //!                                        └─plan─▶ params, FLOPs, memory
 //! ```
-//! `syntax` (parse), `check`, `lower` and `plan` are pure and build without libtorch;
-//! `run` (feature `torch`) executes the graphs on tch.
+//! `syntax` (parse, print/format, the YAML form, `--set` overrides), `check`, `lower` and `plan`
+//! are pure and build without libtorch; so are `posttrain` (synthetic tasks, example sets, loss
+//! masks, GAE), `scaling` and `report`. `run` (feature `torch`) executes the graphs on tch;
+//! `logging` renders its events.
 
 pub mod check;
 pub mod diag;
