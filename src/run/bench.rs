@@ -136,6 +136,15 @@ pub fn bench_config(name: &str, steps: usize) -> Result<()> {
     let s = config_spec(name, d, layers, heads, ctx, experts);
     let data: Vec<u32> = std::fs::read("data/tinyshakespeare.txt")?.into_iter().map(u32::from).collect();
     let base_rss = rss_bytes("VmRSS:");
+    // What libtorch's runtime takes at its first forward and backward (thread pools, kernel
+    // workspaces), whatever the model: a 2-parameter step.
+    tch::no_grad(|| ());
+    {
+        let w = tch::Tensor::ones([2, 2], (tch::Kind::Float, device)).set_requires_grad(true);
+        let l = w.matmul(&w).softmax(-1, tch::Kind::Float).sum(tch::Kind::Float);
+        l.backward();
+    }
+    let warm_rss = rss_bytes("VmRSS:");
     tch::manual_seed(0);
     let mut model = Model::new(&s, device);
     let mut opt = AdamW::new(&model.params, &crate::recipe::AdamW { lr: 1e-3, betas: (0.9, 0.95), eps: 1e-8, weight_decay: 0.1 });
@@ -170,6 +179,7 @@ pub fn bench_config(name: &str, steps: usize) -> Result<()> {
             "loss": loss,
             "peak_rss": rss_bytes("VmHWM:"),
             "base_rss": base_rss,
+            "warm_rss": warm_rss,
             "plan_memory": plan.train_memory_bytes,
             "flops_per_token": plan.flops_per_token_appendix_f,
             "params": plan.params_total,
