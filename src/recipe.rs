@@ -225,6 +225,39 @@ impl ModelSpec {
     pub fn head_dim(&self) -> usize {
         self.d_model / self.heads
     }
+
+    /// A model definition read back from a run directory (`resolved.json`'s `model`), which is a
+    /// file anyone may have edited: the invariants the checker guarantees for recipes, checked
+    /// again so that building the model cannot panic.
+    pub fn from_run_json(v: &serde_json::Value) -> Result<ModelSpec, String> {
+        let s: ModelSpec = serde_json::from_value(v.clone()).map_err(|e| format!("not a model definition: {e}"))?;
+        const MAX: usize = 1 << 20;
+        let dims = [("vocab", s.vocab), ("context", s.context), ("d_model", s.d_model), ("heads", s.heads), ("kv_heads", s.kv_heads), ("ffn.hidden", s.ffn.hidden)];
+        for (name, v) in dims.iter().chain(&[("layers", s.layers)]) {
+            if *v == 0 || *v > MAX {
+                return Err(format!("`{name}` = {v} is out of range (1 to {MAX})"));
+            }
+        }
+        if s.d_model % s.heads != 0 || s.heads % s.kv_heads != 0 {
+            return Err(format!("heads {} must divide d_model {} and kv_heads {} must divide heads", s.heads, s.d_model, s.kv_heads));
+        }
+        if s.position == Position::Rope && s.head_dim() % 2 != 0 {
+            return Err(format!("rope needs an even head size, not {}", s.head_dim()));
+        }
+        if !(0.0..1.0).contains(&s.dropout) {
+            return Err(format!("dropout {} is not in [0, 1)", s.dropout));
+        }
+        if let Some(m) = &s.moe {
+            let k = match &m.router {
+                RouterSpec::NoisyTopk { k, .. } | RouterSpec::Topk { k, .. } => *k,
+                _ => 1,
+            };
+            if m.experts == 0 || m.experts > MAX || m.expert.hidden == 0 || m.expert.hidden > MAX || k == 0 || k > m.experts || m.layers.iter().any(|&l| l >= s.layers) {
+                return Err("its mixture of experts is inconsistent (experts, expert size, k or layers)".into());
+            }
+        }
+        Ok(s)
+    }
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]

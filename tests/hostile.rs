@@ -204,6 +204,17 @@ fn hostile_cases(dir: &Path) -> Vec<(String, Vec<String>)> {
     .unwrap();
     std::fs::write(dir.join("badweights/model.safetensors"), b"\xff\xff\xff\xff\xff\xff\xff\xff").unwrap();
     cases.push(("sample with corrupt weights".into(), vec!["sample".into(), dir.join("badweights").to_str().unwrap().into()]));
+    // A model definition edited into nonsense (no heads) must be refused, not divided by.
+    std::fs::create_dir_all(dir.join("badspec")).unwrap();
+    std::fs::write(
+        dir.join("badspec/resolved.json"),
+        r#"{"model": {"name":"m","vocab":256,"context":16,"d_model":16,"layers":1,"heads":0,"kv_heads":0,"ffn":{"hidden":64,"act":"gelu"},"moe":null,"norm":"layernorm","position":"learned","tie_embeddings":true,"dropout":0.0,"bias":true}}"#,
+    )
+    .unwrap();
+    std::fs::write(dir.join("badspec/model.safetensors"), b"").unwrap();
+    for cmd in ["sample", "export", "merge"] {
+        cases.push((format!("{cmd} with a model of no heads"), vec![cmd.into(), dir.join("badspec").to_str().unwrap().into()]));
+    }
     cases.push(("fit on garbage".into(), vec!["fit".into(), w("g.csv", b"params,tokens,loss\n1,2,x\n")]));
     cases.push(("fit on an empty file".into(), vec!["fit".into(), w("e.csv", b"")]));
     cases.push(("budget with a bad law file".into(), vec!["budget".into(), "--flops".into(), "1e20".into(), "--law".into(), w("law.json", b"[1,2")]));

@@ -2,8 +2,6 @@
 //! prompt masking, fine-tuning that learns, and the pipeline's caching of unchanged stages.
 #![cfg(feature = "torch")]
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
 
 use roux::posttrain::examples::sequence;
 use roux::run::model::Model;
@@ -11,31 +9,8 @@ use roux::run::rl_losses::{bradley_terry, dpo, ppo_clip, value_loss};
 use roux::run::seqs::{pad, token_logprobs};
 use tch::{Device, Kind, Tensor};
 
-fn root() -> &'static Path {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-}
-
-fn fixture(name: &str) -> PathBuf {
-    root().join("tests/fixtures").join(name)
-}
-
-fn scratch(name: &str) -> PathBuf {
-    let d = root().join("target/test-runs").join(name);
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
-}
-
-fn roux(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_roux")).args(args).env("ROUX_QUIET", "1").output().expect("run roux")
-}
-
-fn run_ok(recipe: &Path, out: &Path) -> String {
-    let o = roux(&["run", recipe.to_str().unwrap(), "--out", out.to_str().unwrap()]);
-    let err = String::from_utf8_lossy(&o.stderr).to_string();
-    assert_eq!(o.status.code(), Some(0), "{err}");
-    err
-}
+mod common;
+use common::{fixture, roux, run_ok, scratch};
 
 fn recipe(name: &str) -> roux::recipe::Recipe {
     let c = roux::frontend::compile(&fixture(name)).unwrap();

@@ -2,41 +2,14 @@
 //! numbers, training lowers the loss, runs repeat exactly, and a killed run resumes exactly.
 #![cfg(feature = "torch")]
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::path::PathBuf;
+use std::process::Command;
 
 use roux::run::model::Model;
 use tch::{Device, Kind, Tensor};
 
-fn root() -> &'static Path {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-}
-
-fn fixture(name: &str) -> PathBuf {
-    root().join("tests/fixtures").join(name)
-}
-
-fn scratch(name: &str) -> PathBuf {
-    let d = root().join("target/test-runs").join(name);
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
-}
-
-fn roux(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_roux")).args(args).env("ROUX_QUIET", "1").output().expect("run roux")
-}
-
-fn run_ok(recipe: &Path, out: &Path) -> String {
-    let o = roux(&["run", recipe.to_str().unwrap(), "--out", out.to_str().unwrap()]);
-    let err = String::from_utf8_lossy(&o.stderr).to_string();
-    assert_eq!(o.status.code(), Some(0), "{err}");
-    err
-}
-
-fn metrics(dir: &Path) -> Vec<serde_json::Value> {
-    std::fs::read_to_string(dir.join("metrics.jsonl")).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect()
-}
+mod common;
+use common::{fixture, metrics, root, roux, run_ok, scratch};
 
 #[test]
 fn built_models_have_exactly_the_planned_parameters() {

@@ -59,6 +59,23 @@ impl<'a> Checker<'a> {
         }
     }
 
+    /// The block of stage `d`, read with the recipe's top level in scope.
+    fn stage_fields(&self, d: &'a Decl, at: Span, block: Option<&'a Block>) -> Fields<'a> {
+        Fields::new(block, &self.top_scope(), format!("stage `{}`", d.name.name), at)
+    }
+
+    /// `eval_examples` (200) and `max_new` (16): how a stage scores held-out prompts.
+    fn eval_keys(&mut self, f: &mut Fields<'a>) -> Option<(usize, usize)> {
+        let eval_examples = f.size(self, "eval_examples", Some(200));
+        let max_new = f.size(self, "max_new", Some(16));
+        Some((eval_examples?, max_new?))
+    }
+
+    /// A checked stage of declaration `d`, after the stages it reads from.
+    fn stage_spec(&self, d: &'a Decl, kind: StageKind) -> StageSpec {
+        StageSpec { name: d.name.name.clone(), after: self.after_of(d), kind }
+    }
+
     fn after_of(&self, d: &'a Decl) -> Vec<String> {
         let mut after: Vec<String> = vec![];
         for (s, _) in super::artifact::stage_refs(self, d) {
@@ -73,29 +90,18 @@ impl<'a> Checker<'a> {
         let bound = self.bind_args(at, "finetune", args, &["model", "data"]);
         let model = bound[0].and_then(|e| self.expect_lm(e, "the model to fine-tune"));
         let data = bound[1].and_then(|e| self.examples_arg(e, None, "finetune"));
-        let mut f = Fields::new(block, &self.top_scope(), format!("stage `{}`", d.name.name), at);
+        let mut f = self.stage_fields(d, at, block);
         let opt = self.check_optim(&mut f, 16, None, 100);
         let lora = match f.field("adapter") {
             Some(field) => self.check_lora(&field.value, &f.scope.clone(), model.as_ref()).map(Some),
             None => Some(None),
         };
         let mask_prompt = f.bool(self, "mask_prompt", true);
-        let eval_examples = f.size(self, "eval_examples", Some(200));
-        let max_new = f.size(self, "max_new", Some(16));
+        let eval = self.eval_keys(&mut f);
         f.finish(self);
-        Some(StageSpec {
-            name: d.name.name.clone(),
-            after: self.after_of(d),
-            kind: StageKind::Finetune(FinetuneSpec {
-                model: model?,
-                data: data?.name,
-                opt: opt?,
-                lora: lora?,
-                mask_prompt: mask_prompt?,
-                eval_examples: eval_examples?,
-                max_new: max_new?,
-            }),
-        })
+        let (eval_examples, max_new) = eval?;
+        let kind = StageKind::Finetune(FinetuneSpec { model: model?, data: data?.name, opt: opt?, lora: lora?, mask_prompt: mask_prompt?, eval_examples, max_new });
+        Some(self.stage_spec(d, kind))
     }
 
     /// `lora { rank, alpha, dropout, targets = [attn.q, attn.v] }`; every target must match a
@@ -149,10 +155,10 @@ impl<'a> Checker<'a> {
         let bound = self.bind_args(at, "reward_model", args, &["model", "data"]);
         let model = bound[0].and_then(|e| self.expect_lm(e, "the base of a reward model"));
         let data = bound[1].and_then(|e| self.examples_arg(e, Some(ExampleKind::Preferences), "reward_model"));
-        let mut f = Fields::new(block, &self.top_scope(), format!("stage `{}`", d.name.name), at);
+        let mut f = self.stage_fields(d, at, block);
         let opt = self.check_optim(&mut f, 16, None, 100);
         f.finish(self);
-        Some(StageSpec { name: d.name.name.clone(), after: self.after_of(d), kind: StageKind::RewardModel(RewardSpec { model: model?, data: data?.name, opt: opt? }) })
+        Some(self.stage_spec(d, StageKind::RewardModel(RewardSpec { model: model?, data: data?.name, opt: opt? })))
     }
 
     pub(super) fn check_ppo(&mut self, d: &'a Decl, at: Span, args: &'a [Arg], block: Option<&'a Block>) -> Option<StageSpec> {
@@ -160,7 +166,7 @@ impl<'a> Checker<'a> {
         let policy = bound[0].and_then(|e| self.expect_lm(e, "the policy"));
         let reward = bound[1].and_then(|e| self.expect_reward(e));
         let prompts = bound[2].and_then(|e| self.examples_arg(e, None, "ppo"));
-        let mut f = Fields::new(block, &self.top_scope(), format!("stage `{}`", d.name.name), at);
+        let mut f = self.stage_fields(d, at, block);
         let opt = self.check_optim(&mut f, 32, None, 25);
         let kl = f.ranged(self, "kl", Some(0.05), 0.0, false, f64::INFINITY, true);
         let kl_target = if f.field("kl_target").is_some() { f.positive(self, "kl_target", None).map(Some) } else { Some(None) };
@@ -172,9 +178,8 @@ impl<'a> Checker<'a> {
         let lambda = f.ranged(self, "lambda", Some(0.95), 0.0, false, 1.0, false);
         let epochs = f.size(self, "epochs", Some(2));
         let minibatches = f.size(self, "minibatches", Some(2));
-        let max_new = f.size(self, "max_new", Some(16));
         let temperature = f.positive(self, "temperature", Some(1.0));
-        let eval_examples = f.size(self, "eval_examples", Some(200));
+        let eval = self.eval_keys(&mut f);
         let mb_span = f.value_span("minibatches");
         f.finish(self);
         let opt = opt?;
@@ -183,11 +188,10 @@ impl<'a> Checker<'a> {
                 .with_hint("use at most `batch` minibatches"));
             return None;
         }
-        let (reward, _) = reward?;
-        Some(StageSpec {
-            name: d.name.name.clone(),
-            after: self.after_of(d),
-            kind: StageKind::Ppo(PpoSpec {
+        let ((reward, _), (eval_examples, max_new)) = (reward?, eval?);
+        Some(self.stage_spec(
+            d,
+            StageKind::Ppo(PpoSpec {
                 policy: policy?,
                 reward,
                 prompts: prompts?.name,
@@ -202,28 +206,24 @@ impl<'a> Checker<'a> {
                 lambda: lambda?,
                 epochs: epochs?,
                 minibatches: minibatches?,
-                max_new: max_new?,
+                max_new,
                 temperature: temperature?,
-                eval_examples: eval_examples?,
+                eval_examples,
             }),
-        })
+        ))
     }
 
     pub(super) fn check_dpo(&mut self, d: &'a Decl, at: Span, args: &'a [Arg], block: Option<&'a Block>) -> Option<StageSpec> {
         let bound = self.bind_args(at, "dpo", args, &["policy", "data"]);
         let policy = bound[0].and_then(|e| self.expect_lm(e, "the policy"));
         let data = bound[1].and_then(|e| self.examples_arg(e, Some(ExampleKind::Preferences), "dpo"));
-        let mut f = Fields::new(block, &self.top_scope(), format!("stage `{}`", d.name.name), at);
+        let mut f = self.stage_fields(d, at, block);
         let opt = self.check_optim(&mut f, 16, None, 100);
         let beta = f.positive(self, "beta", Some(0.1));
-        let eval_examples = f.size(self, "eval_examples", Some(200));
-        let max_new = f.size(self, "max_new", Some(16));
+        let eval = self.eval_keys(&mut f);
         f.finish(self);
-        Some(StageSpec {
-            name: d.name.name.clone(),
-            after: self.after_of(d),
-            kind: StageKind::Dpo(DpoSpec { policy: policy?, data: data?.name, opt: opt?, beta: beta?, eval_examples: eval_examples?, max_new: max_new? }),
-        })
+        let (eval_examples, max_new) = eval?;
+        Some(self.stage_spec(d, StageKind::Dpo(DpoSpec { policy: policy?, data: data?.name, opt: opt?, beta: beta?, eval_examples, max_new })))
     }
 
     /// `compare(base = pretrain.model, sft = merge(sft.adapter), …) { data, reference }`.
@@ -244,7 +244,7 @@ impl<'a> Checker<'a> {
             self.error(Diagnostic::error("E0106", at, "`compare` needs at least one policy").with_hint("write `compare(sft = sft.model, rl = rl.model) { data = instr }`"));
             ok = false;
         }
-        let mut f = Fields::new(block, &self.top_scope(), format!("stage `{}`", d.name.name), at);
+        let mut f = self.stage_fields(d, at, block);
         let data = match f.field("data") {
             Some(field) => self.examples_arg(&field.value, None, "compare"),
             None => {
@@ -263,11 +263,7 @@ impl<'a> Checker<'a> {
         if !ok {
             return None;
         }
-        Some(StageSpec {
-            name: d.name.name.clone(),
-            after: self.after_of(d),
-            kind: StageKind::Compare(CompareSpec { policies, reference: reference?, data: data?.name, examples: examples?, max_new: max_new?, device: device_of(device?) }),
-        })
+        Some(self.stage_spec(d, StageKind::Compare(CompareSpec { policies, reference: reference?, data: data?.name, examples: examples?, max_new: max_new?, device: device_of(device?) })))
     }
 }
 

@@ -70,7 +70,10 @@ pub fn instructions(set: &ExampleSet, seed: u64) -> Result<Split<Example>, Strin
             }
             out
         }
-        (_, ExampleKind::Preferences) => preferences(set, seed)?.train.into_iter().chain(preferences(set, seed)?.held_out).map(|p| Example { prompt: p.prompt, response: p.chosen, gold: p.gold }).collect(),
+        (_, ExampleKind::Preferences) => {
+            let pairs = preferences(set, seed)?;
+            pairs.train.into_iter().chain(pairs.held_out).map(|p| Example { prompt: p.prompt, response: p.chosen, gold: p.gold }).collect()
+        }
         (ExampleSource::Jsonl { .. }, ExampleKind::Instructions) => read_jsonl(set)?
             .into_iter()
             .map(|f| Example { gold: tasks::answer(&f[0]), prompt: f[0].clone(), response: f[1].clone() })

@@ -42,7 +42,7 @@ pub fn report_html(dir: &Path, title: &str) -> Result<String, String> {
         sections.push_str(&format!("<h2>Policies</h2><pre>{}</pre>", esc(&t)));
     }
     let resolved: Option<serde_json::Value> = read("resolved.json").and_then(|t| serde_json::from_str(&t).ok());
-    if let Some(spec) = resolved.as_ref().and_then(|v| serde_json::from_value::<crate::recipe::ModelSpec>(v["model"].clone()).ok()) {
+    if let Some(spec) = resolved.as_ref().and_then(|v| crate::recipe::ModelSpec::from_run_json(&v["model"]).ok()) {
         let g = crate::lower::lower_model(&spec);
         let p = crate::plan::plan_model(&g, 1, spec.context);
         let rows = vec![

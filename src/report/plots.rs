@@ -44,7 +44,14 @@ pub fn write_run_plots(dir: &Path, title: &str) -> Result<Vec<PathBuf>, String> 
             "held_out",
             "held-out behaviour",
             "share of prompts",
-            &[("exact (greedy)", "exact", false), ("exact (sampled)", "sampled_exact", true), ("verbose (sampled)", "sampled_verbose", true), ("exact (sampled)", "val_sampled_exact", true)],
+            &[
+                ("exact (greedy)", "exact", false),
+                ("exact (sampled)", "sampled_exact", true),
+                ("verbose (sampled)", "sampled_verbose", true),
+                ("exact (greedy)", "val_exact", false),
+                ("exact (sampled)", "val_sampled_exact", true),
+                ("verbose (sampled)", "val_sampled_verbose", true),
+            ],
         ),
     ];
     for (file, what, unit, keys) in charts {

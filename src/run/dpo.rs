@@ -79,14 +79,7 @@ pub fn run_dpo(recipe: &Recipe, source: &str, stage: &StageSpec, d: &DpoSpec, ru
         if done % d.opt.log_every == 0 || s.is_some() {
             let mut m = json!({"step": done, "loss": loss_v, "lr": lr, "grad_norm": grad_norm, "margin": margin_v, "accuracy": acc});
             if let Some(s) = &s {
-                m["exact"] = json!(s.exact);
-                m["gold"] = json!(s.gold);
-                m["verbose"] = json!(s.verbose);
-                m["correct"] = json!(s.correct);
-                m["sampled_exact"] = json!(s.sampled_exact);
-                m["sampled_verbose"] = json!(s.sampled_verbose);
-                m["sampled_gold"] = json!(s.sampled_gold);
-                m["kl"] = json!(s.kl);
+                s.log_into(&mut m, "");
             }
             run.log(m)?;
         }

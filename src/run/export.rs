@@ -42,7 +42,7 @@ pub fn layout_for(spec: &ModelSpec) -> Result<Layout> {
 pub fn export_hf(run: &Path, out: &Path) -> Result<Layout> {
     let resolved = run.join("resolved.json");
     let v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&resolved).with_context(|| format!("{} is not a run directory (no resolved.json)", run.display()))?)?;
-    let spec: ModelSpec = serde_json::from_value(v["model"].clone()).with_context(|| format!("{} names no model (a LoRA stage holds only its adapter)", resolved.display()))?;
+    let spec = ModelSpec::from_run_json(&v["model"]).map_err(|e| anyhow::anyhow!("{}: {e}", resolved.display()))?;
     let weights = run.join("model.safetensors");
     if !weights.exists() {
         bail!("{} has no model.safetensors (is the stage finished? a LoRA stage holds an adapter: `roux merge {}` first)", run.display(), run.display());

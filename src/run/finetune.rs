@@ -80,13 +80,7 @@ pub fn run_finetune(recipe: &Recipe, source: &str, stage: &StageSpec, f: &Finetu
         if done % f.opt.log_every == 0 || s.is_some() {
             let mut m = json!({"step": done, "loss": loss_v, "lr": lr, "grad_norm": grad_norm, "tokens_per_s": tok_s});
             if let Some(s) = &s {
-                m["exact"] = json!(s.exact);
-                m["gold"] = json!(s.gold);
-                m["verbose"] = json!(s.verbose);
-                m["correct"] = json!(s.correct);
-                m["sampled_exact"] = json!(s.sampled_exact);
-                m["sampled_verbose"] = json!(s.sampled_verbose);
-                m["sampled_gold"] = json!(s.sampled_gold);
+                s.log_into(&mut m, "");
             }
             run.log(m)?;
         }

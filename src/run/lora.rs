@@ -121,7 +121,7 @@ pub fn merge_run(run: &std::path::Path, out: &std::path::Path) -> Result<()> {
     }
     // What the base is, from the run directories themselves: each stage's resolved.json holds its
     // definition and model, so the chain `merge(sft.adapter)` → its base → … can be followed.
-    let spec: crate::recipe::ModelSpec = serde_json::from_value(v["model"].clone()).with_context(|| format!("{} names no model", resolved.display()))?;
+    let spec = crate::recipe::ModelSpec::from_run_json(&v["model"]).map_err(|e| anyhow::anyhow!("{}: {e}", resolved.display()))?;
     let runs = run.parent().context("run directory has a parent")?;
     let mut stages = vec![];
     for e in std::fs::read_dir(runs)?.filter_map(|e| e.ok()) {

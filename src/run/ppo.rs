@@ -166,12 +166,7 @@ pub fn run_ppo(recipe: &Recipe, source: &str, stage: &StageSpec, p: &PpoSpec, ru
             "policy_loss": pg_sum / n_mb, "grad_norm": grad_norm / n_mb, "response_length": mlen,
         });
         if let Some(s) = &s {
-            m["exact"] = json!(s.exact);
-            m["val_gold"] = json!(s.gold);
-            m["val_sampled_exact"] = json!(s.sampled_exact);
-            m["val_sampled_verbose"] = json!(s.sampled_verbose);
-            m["val_sampled_gold"] = json!(s.sampled_gold);
-            m["val_kl"] = json!(s.kl);
+            s.log_into(&mut m, "val_");
         }
         run.log(m)?;
         if let Some(s) = s {

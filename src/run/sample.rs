@@ -11,7 +11,7 @@ pub fn sample_run(run: &Path, prompt: &str, tokens: usize, temperature: f64, top
     let resolved = run.join("resolved.json");
     let text = std::fs::read_to_string(&resolved).with_context(|| format!("{} is not a run directory (no resolved.json)", run.display()))?;
     let v: serde_json::Value = serde_json::from_str(&text).with_context(|| format!("{} is corrupt", resolved.display()))?;
-    let spec: ModelSpec = serde_json::from_value(v["model"].clone()).with_context(|| format!("{} has no model", resolved.display()))?;
+    let spec = ModelSpec::from_run_json(&v["model"]).map_err(|e| anyhow::anyhow!("{}: {e}", resolved.display()))?;
     let weights = run.join("model.safetensors");
     if !weights.exists() {
         bail!("{} has no model.safetensors yet (is the stage finished?)", run.display());

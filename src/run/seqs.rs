@@ -130,6 +130,24 @@ pub struct Score {
     pub samples: Vec<(String, String)>,
 }
 
+impl Score {
+    /// Add the scores to a metrics line, each key prefixed (`val_` where the stage logs training
+    /// numbers of the same names).
+    pub fn log_into(&self, m: &mut serde_json::Value, prefix: &str) {
+        let mut put = |k: &str, v: f64| m[format!("{prefix}{k}")] = serde_json::json!(v);
+        put("exact", self.exact);
+        put("gold", self.gold);
+        put("verbose", self.verbose);
+        put("correct", self.correct);
+        put("sampled_exact", self.sampled_exact);
+        put("sampled_verbose", self.sampled_verbose);
+        put("sampled_gold", self.sampled_gold);
+        if let Some(kl) = self.kl {
+            put("kl", kl);
+        }
+    }
+}
+
 /// (exact, correct, verbose, gold) summed over responses.
 fn tally(examples: &[Example], responses: &[Vec<i64>], end: &[u8]) -> [f64; 4] {
     let mut t = [0.0; 4];

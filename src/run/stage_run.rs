@@ -11,7 +11,7 @@ use super::adamw::AdamW;
 use super::checkpoint::{self, State};
 use super::model::Model;
 use super::progress::{Metrics, Progress};
-use super::train::{diff, read_report_hash, set_aside};
+use super::train::{prepare_run_dir, read_report_hash};
 use super::RunOptions;
 use crate::recipe::{ModelRef, Recipe, StageKind, StageSpec, Weights};
 
@@ -24,7 +24,8 @@ pub fn stage_hash(recipe: &Recipe, stage: &StageSpec, runs: &Path) -> Result<Str
         upstream.push(json!([s, h]));
     }
     let spec = serde_json::to_value(stage)?;
-    let mentions = |name: &str| spec.to_string().contains(&format!("\"{name}\""));
+    let text = spec.to_string();
+    let mentions = |name: &str| text.contains(&format!("\"{name}\""));
     let models: Vec<_> = recipe.models.iter().filter(|m| mentions(&m.name)).collect();
     let sets: Vec<_> = recipe.examples.iter().filter(|d| mentions(&d.name)).collect();
     let key = json!({"seed": recipe.seed, "stage": spec, "models": models, "examples": sets, "upstream": upstream});
@@ -47,19 +48,6 @@ pub fn begin(recipe: &Recipe, source: &str, stage: &StageSpec, runs: &Path, step
     let name = &stage.name;
     let dir = runs.join(name);
     let hash = stage_hash(recipe, stage, runs)?;
-    if opts.fresh && dir.exists() {
-        set_aside(&dir)?;
-    }
-    if dir.join("report.json").exists() && read_report_hash(&dir).ok().as_deref() == Some(hash.as_str()) {
-        tracing::info!("{name}: up to date in {} (same definition, inputs and upstream outputs); reusing it. --fresh retrains.", dir.display());
-        return Ok(None);
-    }
-    if dir.join("report.json").exists() {
-        // Finished under another definition or other inputs: keep it (renamed) and retrain.
-        tracing::info!("{name}: its definition or inputs changed since it finished; retraining.");
-        set_aside(&dir)?;
-    }
-    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
     // The model a stage writes (or, for LoRA, adapts), so `roux sample`, `export` and `merge`
     // can read its weights.
     let arch = match &stage.kind {
@@ -69,25 +57,7 @@ pub fn begin(recipe: &Recipe, source: &str, stage: &StageSpec, runs: &Path, step
         _ => None,
     };
     let resolved = json!({"experiment": recipe.experiment, "seed": recipe.seed, "stage": stage, "model": arch.and_then(|a| recipe.model(a))});
-    let resume = checkpoint::read_state(&dir)?;
-    if let Some(s) = &resume {
-        if s.recipe_hash != hash && !opts.force {
-            let before: serde_json::Value = std::fs::read_to_string(dir.join("resolved.json")).ok().and_then(|t| serde_json::from_str(&t).ok()).unwrap_or_default();
-            let mut changes = vec![];
-            diff("", &before, &resolved, &mut changes);
-            if changes.is_empty() {
-                changes.push("an upstream stage's output".into());
-            }
-            bail!(
-                "{} holds a checkpoint of a different definition of stage `{name}`; changed since:\n  {}\n\
-                 --fresh sets that run aside (renamed, not deleted) and starts over; --force resumes anyway.",
-                dir.display(),
-                changes.join("\n  ")
-            );
-        }
-    }
-    checkpoint::write_atomic(&dir.join("recipe.roux"), source.as_bytes())?;
-    checkpoint::write_atomic(&dir.join("resolved.json"), serde_json::to_string_pretty(&resolved)?.as_bytes())?;
+    let Some(resume) = prepare_run_dir(name, &dir, &hash, &resolved, source, opts)? else { return Ok(None) };
     let step0 = resume.as_ref().map(|s| s.step);
     if let Some(s) = step0 {
         tracing::info!("{name}: resuming from step {s} of {steps}");

@@ -44,38 +44,8 @@ pub fn run_train_model(recipe: &Recipe, source: &str, name: &str, spec: &ModelSp
         None => None,
     };
     let hash = stage_hash(recipe, spec, t, upstream.as_deref());
-    if opts.fresh && dir.exists() {
-        set_aside(dir)?;
-    }
-    if dir.join("report.json").exists() && read_report_hash(dir).ok().as_deref() == Some(hash.as_str()) {
-        tracing::info!("{name}: up to date in {} (same recipe, data and seed); reusing it. --fresh retrains.", dir.display());
-        return Ok(());
-    }
-    if dir.join("report.json").exists() {
-        // Finished under another definition or other inputs: keep it (renamed) and retrain.
-        tracing::info!("{name}: its definition or inputs changed since it finished; retraining.");
-        set_aside(dir)?;
-    }
-    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    let resume = checkpoint::read_state(dir)?;
     let resolved = json!({"experiment": recipe.experiment, "seed": recipe.seed, "stage": name, "model": spec, "data": data_spec, "train": t});
-    if let Some(s) = &resume {
-        if s.recipe_hash != hash && !opts.force {
-            let before: serde_json::Value = std::fs::read_to_string(dir.join("resolved.json")).ok().and_then(|t| serde_json::from_str(&t).ok()).unwrap_or_default();
-            let mut changes = vec![];
-            diff("", &before, &resolved, &mut changes);
-            if changes.is_empty() {
-                changes.push("an upstream stage's output".into());
-            }
-            bail!(
-                "{} holds a checkpoint of a different definition of stage `{name}`; changed since:\n  {}\n\
-                 Resuming would mix two experiments. --fresh sets that run aside (renamed, not deleted) and starts over; \
-                 --force resumes anyway.",
-                dir.display(),
-                changes.join("\n  ")
-            );
-        }
-    }
+    let Some(resume) = prepare_run_dir(name, dir, &hash, &resolved, source, opts)? else { return Ok(()) };
 
     let device = super::device(t.device)?;
     tch::manual_seed(recipe.seed as i64);
@@ -109,8 +79,6 @@ pub fn run_train_model(recipe: &Recipe, source: &str, name: &str, spec: &ModelSp
         window_loss = s.window_loss;
         tracing::info!("{name}: resuming from step {} of {} ({})", s.step, t.steps, dir.join(&s.file).display());
     }
-    checkpoint::write_atomic(&dir.join("recipe.roux"), source.as_bytes())?;
-    checkpoint::write_atomic(&dir.join("resolved.json"), serde_json::to_string_pretty(&resolved)?.as_bytes())?;
     let mut metrics = Metrics::open(dir, Some(step0))?;
 
     let plan = plan_model(&model.graph, t.batch, t.context);
@@ -269,6 +237,49 @@ pub fn evaluate(model: &Model, val: &[u32], t: &TrainSpec, seed: u64) -> f64 {
     })
 }
 
+/// Ready a stage's run directory under the caching and resume rules every stage shares:
+/// - `--fresh` renames an existing run aside;
+/// - a finished run of the same hash is reused: returns None;
+/// - a finished run of another hash (definition or inputs changed) is renamed aside, retrained;
+/// - an interrupted run of another hash is refused with what changed, unless `--force`.
+///
+/// Otherwise writes the recipe and resolved definition and returns the state to resume from.
+pub(crate) fn prepare_run_dir(name: &str, dir: &Path, hash: &str, resolved: &serde_json::Value, source: &str, opts: &RunOptions) -> Result<Option<Option<State>>> {
+    if opts.fresh && dir.exists() {
+        set_aside(dir)?;
+    }
+    if dir.join("report.json").exists() {
+        if read_report_hash(dir).ok().as_deref() == Some(hash) {
+            tracing::info!("{name}: up to date in {} (same definition, inputs and seed); reusing it. --fresh retrains.", dir.display());
+            return Ok(None);
+        }
+        tracing::info!("{name}: its definition or inputs changed since it finished; retraining.");
+        set_aside(dir)?;
+    }
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let resume = checkpoint::read_state(dir)?;
+    if let Some(s) = &resume {
+        if s.recipe_hash != hash && !opts.force {
+            let before: serde_json::Value = std::fs::read_to_string(dir.join("resolved.json")).ok().and_then(|t| serde_json::from_str(&t).ok()).unwrap_or_default();
+            let mut changes = vec![];
+            diff("", &before, resolved, &mut changes);
+            if changes.is_empty() {
+                changes.push("an upstream stage's output".into());
+            }
+            bail!(
+                "{} holds a checkpoint of a different definition of stage `{name}`; changed since:\n  {}\n\
+                 Resuming would mix two experiments. --fresh sets that run aside (renamed, not deleted) and starts over; \
+                 --force resumes anyway.",
+                dir.display(),
+                changes.join("\n  ")
+            );
+        }
+    }
+    checkpoint::write_atomic(&dir.join("recipe.roux"), source.as_bytes())?;
+    checkpoint::write_atomic(&dir.join("resolved.json"), serde_json::to_string_pretty(resolved)?.as_bytes())?;
+    Ok(Some(resume))
+}
+
 pub(crate) fn read_report_hash(dir: &Path) -> Result<String> {
     let text = std::fs::read_to_string(dir.join("report.json")).with_context(|| format!("no finished run in {}", dir.display()))?;
     let v: serde_json::Value = serde_json::from_str(&text)?;
@@ -322,7 +333,7 @@ fn memory_guard(name: &str, need: u64) -> Result<()> {
 }
 
 /// The leaves that differ between two JSON values, as `path: old → new`.
-pub(crate) fn diff(path: &str, a: &serde_json::Value, b: &serde_json::Value, out: &mut Vec<String>) {
+fn diff(path: &str, a: &serde_json::Value, b: &serde_json::Value, out: &mut Vec<String>) {
     use serde_json::Value;
     match (a, b) {
         (Value::Object(x), Value::Object(y)) => {
