@@ -208,6 +208,8 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    #[cfg(feature = "torch")]
+    roux::run::tune_allocator();
     let cli = Cli::parse();
     let _ = cli::ALLOWED_PATHS.set(cli.allow_path.clone());
     let _ = cli::OVERRIDES.set(cli.set.clone());

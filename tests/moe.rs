@@ -97,12 +97,14 @@ fn sparse_layer_equals_the_naive_dense_computation_for_every_router() {
             let logits = x.matmul(&wg.tr());
             let noise = x.matmul(&wn.tr());
             let r = moe::route(&router, &logits, Some(&noise), train);
-            let sparse = moe::dispatch(&x, &r, &experts, e);
             let dense = moe::dense_reference(&x, &r, &experts, e);
             let slow = naive(&x, &r, &w1, &w2);
-            let d1 = (&sparse - &dense).abs().max().double_value(&[]);
-            let d2 = (&sparse - &slow).abs().max().double_value(&[]);
-            assert!(d1 < 1e-5 && d2 < 1e-5, "{} (train {train}): sparse vs dense {d1}, vs naive {d2}", router.name());
+            // Both sparse paths: grouped by expert (CPU) and the padded capacity buffer (CUDA).
+            for (path, sparse) in [("grouped", moe::grouped(&x, &r, &experts, e)), ("padded", moe::padded(&x, &r, &experts, e))] {
+                let d1 = (&sparse - &dense).abs().max().double_value(&[]);
+                let d2 = (&sparse - &slow).abs().max().double_value(&[]);
+                assert!(d1 < 1e-5 && d2 < 1e-5, "{} (train {train}, {path}): sparse vs dense {d1}, vs naive {d2}", router.name());
+            }
         }
     }
     // Switch routes each token to its most probable expert with that probability as the gate.

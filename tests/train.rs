@@ -56,20 +56,18 @@ fn adamw_two_steps_by_hand() {
     // Step 2: m = 0.095, m̂ = 0.095/0.19 = 0.5; v̂ = (0.999·0.00025 + 0.001·0.25)/0.001999 = 0.25 → same
     //         update: [0.89·0.99 − 0.1, −1.88·0.99 + 0.1] = [0.7811, −1.7612]. Bias: 1 − 0.1 − 0.1 = 0.8.
     let cfg = roux::recipe::AdamW { lr: 0.1, betas: (0.9, 0.999), eps: 1e-8, weight_decay: 0.1 };
-    let mut params = vec![
+    let params = vec![
         Tensor::from_slice(&[1.0f64, -2.0]).view([1, 2]).set_requires_grad(true),
         Tensor::from_slice(&[1.0f64]).set_requires_grad(true),
     ];
     let mut opt = roux::run::adamw::AdamW::new(&params, &cfg);
     let want = [[0.89, -1.88, 0.9], [0.7811, -1.7612, 0.8]];
     for w in want {
-        for p in params.iter_mut() {
-            p.zero_grad();
-        }
+        opt.zero_grad();
         let g = Tensor::from_slice(&[0.5f64, -1.0]).view([1, 2]);
         let loss = (&params[0] * &g).sum(Kind::Double) + (&params[1] * 0.5).sum(Kind::Double);
         loss.backward();
-        opt.step(&mut params, 0.1);
+        opt.step(0.1);
         let got = [params[0].double_value(&[0, 0]), params[0].double_value(&[0, 1]), params[1].double_value(&[0])];
         for (a, b) in got.iter().zip(w) {
             assert!((a - b).abs() < 1e-6, "got {got:?}, want {w:?}");

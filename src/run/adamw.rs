@@ -1,8 +1,14 @@
 //! AdamW (Loshchilov & Hutter 2019) on plain tensors. tch's optimizer cannot save its state;
 //! this one keeps the moments as named tensors, so a checkpoint holds them and a resumed run
 //! continues exactly.
+//!
+//! Speed: at construction the trainable parameters and their gradients are moved into one flat
+//! buffer each (every parameter's data becomes a view into it; autograd accumulates into the
+//! gradient views in place), so zeroing, the gradient norm, clipping and the update are a handful
+//! of whole-buffer operations instead of several small ones per parameter — what PyTorch's
+//! `foreach`/`fused` AdamW do, which tch does not expose.
 
-use tch::Tensor;
+use tch::{Kind, Tensor};
 
 pub struct AdamW {
     pub beta1: f64,
@@ -11,24 +17,77 @@ pub struct AdamW {
     pub weight_decay: f64,
     /// Number of updates taken (bias correction uses it).
     pub t: u64,
+    /// Per parameter (in the order given): views into the flat moment buffers, for checkpoints.
     pub m: Vec<Tensor>,
     pub v: Vec<Tensor>,
-    /// Decoupled weight decay applies to matrices (weights, embeddings), not to biases or gains.
-    pub decay: Vec<bool>,
+    flat: Flat,
+}
+
+/// The flat buffers: parameters, gradients, first and second moments, and scratch space for the
+/// update. Decoupled weight decay applies to matrices (weights, embeddings), not to biases or
+/// gains, so those come first and decay is one operation on the leading `decayed` elements.
+struct Flat {
+    p: Tensor,
+    g: Tensor,
+    m: Tensor,
+    v: Tensor,
+    scratch: Tensor,
+    decayed: i64,
 }
 
 impl AdamW {
+    /// Take over `params`' storage (their values are kept). Every parameter must require grad
+    /// and all must share one kind and device.
     pub fn new(params: &[Tensor], cfg: &crate::recipe::AdamW) -> AdamW {
-        AdamW {
-            beta1: cfg.betas.0,
-            beta2: cfg.betas.1,
-            eps: cfg.eps,
-            weight_decay: cfg.weight_decay,
-            t: 0,
-            m: params.iter().map(|p| p.zeros_like()).collect(),
-            v: params.iter().map(|p| p.zeros_like()).collect(),
-            decay: params.iter().map(|p| p.dim() >= 2).collect(),
+        let (kind, device) = params.first().map_or((Kind::Float, tch::Device::Cpu), |p| (p.kind(), p.device()));
+        // Matrices first (stable order), then vectors.
+        let mut order: Vec<usize> = (0..params.len()).collect();
+        order.sort_by_key(|&i| params[i].dim() < 2);
+        let numel: Vec<i64> = params.iter().map(|p| p.numel() as i64).collect();
+        let total: i64 = numel.iter().sum();
+        let decayed: i64 = order.iter().filter(|&&i| params[i].dim() >= 2).map(|&i| numel[i]).sum();
+        let buf = || Tensor::zeros([total], (kind, device));
+        let flat = Flat { p: buf(), g: buf(), m: buf(), v: buf(), scratch: buf(), decayed };
+        // Gradients must exist before they can be re-homed: one backward of a zero-valued sum.
+        let undefined: Vec<&Tensor> = params.iter().filter(|p| !p.grad().defined()).collect();
+        if !undefined.is_empty() {
+            let zero = undefined.iter().map(|p| p.sum(Kind::Float) * 0.0).reduce(|a, b| a + b).expect("non-empty");
+            zero.backward();
         }
+        let undefined_all = || (0..params.len()).map(|_| Tensor::new()).collect::<Vec<_>>();
+        let (mut m, mut v) = (undefined_all(), undefined_all());
+        let mut offset = 0;
+        tch::no_grad(|| {
+            for &i in &order {
+                let view = |t: &Tensor| t.narrow(0, offset, numel[i]).view(params[i].size().as_slice());
+                let (pv, gv) = (view(&flat.p), view(&flat.g));
+                let _ = pv.shallow_clone().copy_(&params[i]);
+                params[i].shallow_clone().set_data(&pv);
+                let mut g = params[i].grad();
+                g.set_data(&gv);
+                m[i] = view(&flat.m);
+                v[i] = view(&flat.v);
+                offset += numel[i];
+            }
+        });
+        AdamW { beta1: cfg.betas.0, beta2: cfg.betas.1, eps: cfg.eps, weight_decay: cfg.weight_decay, t: 0, m, v, flat }
+    }
+
+    /// Zero every gradient (in place: autograd keeps accumulating into the flat buffer).
+    pub fn zero_grad(&mut self) {
+        let _ = self.flat.g.zero_();
+    }
+
+    /// The global gradient norm; with `clip`, gradients are scaled so that it is at most `clip`
+    /// (a non-finite norm is left alone for the caller to report).
+    pub fn clip_grad_norm(&mut self, clip: Option<f64>) -> f64 {
+        let total = self.flat.g.norm().double_value(&[]);
+        if let Some(c) = clip {
+            if total > c && total.is_finite() {
+                let _ = self.flat.g.g_mul_scalar_(c / (total + 1e-6));
+            }
+        }
+        total
     }
 
     /// One update with learning rate `lr`:
@@ -37,29 +96,25 @@ impl AdamW {
     /// computed, as PyTorch's AdamW does, with the bias corrections folded into the step size:
     ///   p ← p − (lr·sqrt(1−β2ᵗ)/(1−β1ᵗ)) · m / (sqrt(v) + ε·sqrt(1−β2ᵗ)),
     /// which is the same number and saves passes over the weights.
-    pub fn step(&mut self, params: &mut [Tensor], lr: f64) {
+    pub fn step(&mut self, lr: f64) {
         self.t += 1;
         let bc1 = 1.0 - self.beta1.powf(self.t as f64);
         let bc2 = 1.0 - self.beta2.powf(self.t as f64);
         let step = lr * bc2.sqrt() / bc1;
         let eps = self.eps * bc2.sqrt();
+        let f = &mut self.flat;
         tch::no_grad(|| {
-            for (i, p) in params.iter_mut().enumerate() {
-                let g = p.grad();
-                if !g.defined() {
-                    continue;
-                }
-                let _ = self.m[i].lerp_(&g, 1.0 - self.beta1);
-                let _ = self.v[i].lerp_(&g.square(), 1.0 - self.beta2);
-                if self.decay[i] && self.weight_decay > 0.0 {
-                    let _ = p.g_mul_scalar_(1.0 - lr * self.weight_decay);
-                }
-                // p += m / denom with denom = −(sqrt(v) + ε')/step: one addcdiv, no extra temporary.
-                let mut denom = self.v[i].sqrt();
-                let _ = denom.g_add_scalar_(eps);
-                let _ = denom.g_div_scalar_(-step);
-                let _ = p.addcdiv_(&self.m[i], &denom);
+            let _ = f.m.lerp_(&f.g, 1.0 - self.beta1);
+            let _ = f.g.mul_out(&f.scratch, &f.g);
+            let _ = f.v.lerp_(&f.scratch, 1.0 - self.beta2);
+            if self.weight_decay > 0.0 && f.decayed > 0 {
+                let _ = f.p.narrow(0, 0, f.decayed).g_mul_scalar_(1.0 - lr * self.weight_decay);
             }
+            // p += m / denom with denom = −(sqrt(v) + ε')/step: one addcdiv into the scratch space.
+            let _ = f.v.sqrt_out(&f.scratch);
+            let _ = f.scratch.g_add_scalar_(eps);
+            let _ = f.scratch.g_div_scalar_(-step);
+            let _ = f.p.addcdiv_(&f.m, &f.scratch);
         });
     }
 }

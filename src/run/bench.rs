@@ -63,12 +63,10 @@ impl Case {
     fn steps(&mut self, n: usize) -> f64 {
         let t = Instant::now();
         for _ in 0..n {
-            for p in self.model.params.iter_mut() {
-                p.zero_grad();
-            }
+            self.opt.zero_grad();
             let (loss, _, _) = self.model.loss_parts(&self.x, &self.y, true);
             loss.backward();
-            self.opt.step(&mut self.model.params, 1e-3);
+            self.opt.step(1e-3);
         }
         if let Device::Cuda(_) = self.model.device {
             tch::Cuda::synchronize(0);
@@ -133,6 +131,7 @@ fn rss_bytes(key: &str) -> u64 {
 pub fn bench_config(name: &str, steps: usize) -> Result<()> {
     let (d, layers, heads, ctx, batch, experts) = config(name).ok_or_else(|| anyhow::anyhow!("unknown config `{name}` (tiny, small, medium, switch-8, switch-64)"))?;
     let device = tch::Device::cuda_if_available();
+    let batch = std::env::var("ROUX_BENCH_BATCH").ok().and_then(|b| b.parse().ok()).unwrap_or(batch);
     let s = config_spec(name, d, layers, heads, ctx, experts);
     let data: Vec<u32> = std::fs::read("data/tinyshakespeare.txt")?.into_iter().map(u32::from).collect();
     let base_rss = rss_bytes("VmRSS:");
@@ -151,13 +150,11 @@ pub fn bench_config(name: &str, steps: usize) -> Result<()> {
     let mut rng = crate::rng::Rng(1);
     let mut step = |model: &mut Model| {
         let (x, y) = super::data::batch(&data, batch, ctx, &mut rng, device);
-        for p in model.params.iter_mut() {
-            p.zero_grad();
-        }
+        opt.zero_grad();
         let (loss, ce, _) = model.loss_parts(&x, &y, true);
         loss.backward();
-        super::train::clip_grad_norm(&model.params, Some(1.0));
-        opt.step(&mut model.params, 1e-3);
+        opt.clip_grad_norm(Some(1.0));
+        opt.step(1e-3);
         ce.double_value(&[])
     };
     for _ in 0..3 {

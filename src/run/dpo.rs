@@ -13,7 +13,6 @@ use super::data::Rng;
 use super::rl_losses::dpo;
 use super::seqs::{pad, prompt_ids, prompt_response, score, seq_logprob};
 use super::stage_run::{begin, freeze, instructions, load_lm, preferences};
-use super::train::clip_grad_norm;
 use super::RunOptions;
 use crate::posttrain::examples::{Pair, Seq};
 use crate::recipe::{DpoSpec, ExampleSet, Recipe, StageSpec};
@@ -42,7 +41,7 @@ pub fn run_dpo(recipe: &Recipe, source: &str, stage: &StageSpec, d: &DpoSpec, ru
     freeze(&mut reference);
     let before = score(&policy, Some(&reference), &set, &held, d.max_new);
     let names = policy.names.clone();
-    let mut params: Vec<Tensor> = policy.params.iter().map(|p| p.shallow_clone()).collect();
+    let params: Vec<Tensor> = policy.params.iter().map(|p| p.shallow_clone()).collect();
     let mut opt = AdamW::new(&params, &d.opt.optimizer);
     let (step0, mut rng, _) = run.restore(&names, &params, &mut opt, Rng(recipe.seed ^ 0xD90))?;
     let ctx = policy.spec().context;
@@ -57,16 +56,14 @@ pub fn run_dpo(recipe: &Recipe, source: &str, stage: &StageSpec, d: &DpoSpec, ru
         let rows: Vec<&Seq> = pairs.iter().map(|p| &p.0).chain(pairs.iter().map(|p| &p.1)).collect();
         let b = pad(&rows, run.device);
         let n = d.opt.batch as i64;
-        for p in params.iter_mut() {
-            p.zero_grad();
-        }
+        opt.zero_grad();
         let pi = seq_logprob(&policy, &b, true); // (2B)
         let rf = tch::no_grad(|| seq_logprob(&reference, &b, false));
         let (pc, pr, rc, rr) = (pi.narrow(0, 0, n), pi.narrow(0, n, n), rf.narrow(0, 0, n), rf.narrow(0, n, n));
         let loss = dpo(&pc, &pr, &rc, &rr, d.beta);
         loss.backward();
-        let grad_norm = clip_grad_norm(&params, d.opt.grad_clip);
-        opt.step(&mut params, lr);
+        let grad_norm = opt.clip_grad_norm(d.opt.grad_clip);
+        opt.step(lr);
         let done = step + 1;
         let loss_v = loss.double_value(&[]);
         // Implicit rewards β·(log π − log π_ref): their margin and how often chosen wins.

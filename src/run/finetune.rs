@@ -12,7 +12,6 @@ use super::adamw::AdamW;
 use super::data::Rng;
 use super::seqs::{pad, score, token_logprobs};
 use super::stage_run::{begin, instructions, load_lm};
-use super::train::clip_grad_norm;
 use super::RunOptions;
 use crate::posttrain::examples::{sequence, Seq};
 use crate::recipe::{FinetuneSpec, Recipe, StageSpec};
@@ -36,7 +35,6 @@ pub fn run_finetune(recipe: &Recipe, source: &str, stage: &StageSpec, f: &Finetu
         None => (model.names.clone(), model.params.iter().map(|p| p.shallow_clone()).collect()),
     };
     let trainable: u64 = params.iter().map(|p| p.numel() as u64).sum();
-    let mut params = params;
     let mut opt = AdamW::new(&params, &f.opt.optimizer);
     let (step0, mut rng, _) = run.restore(&names, &params, &mut opt, Rng(recipe.seed ^ 0x5F7))?;
     let ctx = model.spec().context;
@@ -60,15 +58,13 @@ pub fn run_finetune(recipe: &Recipe, source: &str, stage: &StageSpec, f: &Finetu
         let lr = lr_at(&f.opt.schedule, f.opt.optimizer.lr, step, f.opt.steps);
         let rows: Vec<&Seq> = (0..f.opt.batch).map(|_| &seqs[rng.below(seqs.len() as u64) as usize]).collect();
         let b = pad(&rows, run.device);
-        for p in params.iter_mut() {
-            p.zero_grad();
-        }
+        opt.zero_grad();
         // Mean negative log-likelihood over the weighted (response) targets.
         let lp = token_logprobs(&model.forward(&b.x, true), &b.y);
         let loss = -(&lp * &b.w).sum(Kind::Float) / b.w.sum(Kind::Float).clamp_min(1.0);
         loss.backward();
-        let grad_norm = clip_grad_norm(&params, f.opt.grad_clip);
-        opt.step(&mut params, lr);
+        let grad_norm = opt.clip_grad_norm(f.opt.grad_clip);
+        opt.step(lr);
         let done = step + 1;
         tokens += b.w.sum(Kind::Float).double_value(&[]) as u64;
         let loss_v = loss.double_value(&[]);

@@ -95,7 +95,7 @@ pub fn run_mixture(recipe: &Recipe, name: &str, m: &MixtureSpec, dir: &Path) -> 
     let val_tasks = &set.task[n_train..];
 
     tch::manual_seed(recipe.seed as i64);
-    let mut model = Mixture::new(m, dim, out);
+    let model = Mixture::new(m, dim, out);
     let mut opt = AdamW::new(&model.params, &m.optimizer);
     let mut rng = Rng(recipe.seed ^ 0x0B7C_4E55);
     let mut metrics = super::progress::Metrics::open(dir, None)?;
@@ -114,12 +114,10 @@ pub fn run_mixture(recipe: &Recipe, name: &str, m: &MixtureSpec, dir: &Path) -> 
         let lr = lr_at(&m.schedule, m.optimizer.lr, step, m.steps);
         let idx: Vec<i64> = (0..m.batch).map(|_| rng.below(n_train as u64) as i64).collect();
         let idx = Tensor::from_slice(&idx);
-        for p in model.params.iter_mut() {
-            p.zero_grad();
-        }
+        opt.zero_grad();
         let (loss, _) = model.loss(&x_train.index_select(0, &idx), &y_train.index_select(0, &idx), m.objective);
         loss.backward();
-        opt.step(&mut model.params, lr);
+        opt.step(lr);
         let done = step + 1;
         if done % m.eval_every == 0 || done == m.steps {
             let loss_v = loss.double_value(&[]);

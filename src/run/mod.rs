@@ -25,6 +25,18 @@
 //! | `tokenize.rs`   | byte-level BPE: train on the corpus, save tokenizer.json         |
 //! | `export.rs`     | `roux export --to hf`: GPT-2 / Llama layout Hugging Face files   |
 
+/// glibc's malloc hands large blocks back to the kernel as soon as they are freed (mmap/munmap,
+/// heap trimming), so every training step faults in and zeroes its activation memory anew:
+/// 6–8% of a small CPU model's step time here. Keeping freed memory in the process costs no
+/// extra peak memory (the next step reuses it). Called once, before any tensor exists.
+pub fn tune_allocator() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 256 << 20);
+        libc::mallopt(libc::M_TRIM_THRESHOLD, 1 << 30);
+    }
+}
+
 pub mod adamw;
 pub mod bench;
 pub mod checkpoint;

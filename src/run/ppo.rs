@@ -21,7 +21,6 @@ use super::reward::RewardModel;
 use super::rl_losses::{entropy, masked_mean, ppo_clip, value_loss};
 use super::seqs::{decode, generate, pad, prompt_ids, prompt_response, score, token_logprobs};
 use super::stage_run::{begin, freeze, instructions, load_lm};
-use super::train::clip_grad_norm;
 use super::RunOptions;
 use crate::posttrain::examples::{Example, Seq};
 use crate::posttrain::gae::gae;
@@ -127,9 +126,7 @@ pub fn run_ppo(recipe: &Recipe, source: &str, stage: &StageSpec, p: &PpoSpec, ru
                 let idx = Tensor::from_slice(mb).to_device(dev);
                 let pick = |t: &Tensor| t.index_select(0, &idx);
                 let (x, y, w) = (pick(&b.x), pick(&b.y), pick(&b.w));
-                for q in params.iter_mut() {
-                    q.zero_grad();
-                }
+                opt.zero_grad();
                 let (h, logits, _) = policy.forward_full(&x, false);
                 let lp = token_logprobs(&logits, &y);
                 let v = h.detach().to_kind(Kind::Float).linear(&vw, Some(&vb)).squeeze_dim(-1);
@@ -138,8 +135,8 @@ pub fn run_ppo(recipe: &Recipe, source: &str, stage: &StageSpec, p: &PpoSpec, ru
                 let ent = masked_mean(&entropy(&logits), &w);
                 let loss = &pg + &vl * p.vf_coef - &ent * p.entropy_coef;
                 loss.backward();
-                grad_norm += clip_grad_norm(&params, p.opt.grad_clip);
-                opt.step(&mut params, lr);
+                grad_norm += opt.clip_grad_norm(p.opt.grad_clip);
+                opt.step(lr);
                 pg_sum += pg.double_value(&[]);
                 vl_sum += vl.double_value(&[]);
                 ent_sum += ent.double_value(&[]);

@@ -14,7 +14,6 @@ use super::model::Model;
 use super::rl_losses::bradley_terry;
 use super::seqs::prompt_ids;
 use super::stage_run::{begin, load_lm, preferences};
-use super::train::clip_grad_norm;
 use super::RunOptions;
 use crate::posttrain::examples::Pair;
 use crate::recipe::{ExampleSet, Recipe, RewardSpec, StageKind, StageSpec};
@@ -124,14 +123,12 @@ pub fn run_reward_model(recipe: &Recipe, source: &str, stage: &StageSpec, r: &Re
         let lr = lr_at(&r.opt.schedule, r.opt.optimizer.lr, step, r.opt.steps);
         let pairs: Vec<&Pair> = (0..r.opt.batch).map(|_| &split.train[rng.below(split.train.len() as u64) as usize]).collect();
         let (c, rj) = pair_rows(&set, &pairs, ctx);
-        for p in params.iter_mut() {
-            p.zero_grad();
-        }
+        opt.zero_grad();
         let (sc, sr) = (rm.score(&c, true), rm.score(&rj, true));
         let loss = bradley_terry(&sc, &sr);
         loss.backward();
-        let grad_norm = clip_grad_norm(&params, r.opt.grad_clip);
-        opt.step(&mut params, lr);
+        let grad_norm = opt.clip_grad_norm(r.opt.grad_clip);
+        opt.step(lr);
         let done = step + 1;
         let loss_v = loss.double_value(&[]);
         let train_acc = sc.gt_tensor(&sr).to_kind(Kind::Float).mean(Kind::Float).double_value(&[]);

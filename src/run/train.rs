@@ -108,12 +108,10 @@ pub fn run_train_model(recipe: &Recipe, source: &str, name: &str, spec: &ModelSp
         tch::manual_seed((recipe.seed ^ step.wrapping_mul(0x9E37_79B9)) as i64);
         let lr = lr_at(&t.schedule, t.optimizer.lr, step, t.steps);
         let (x, y) = batch(&corpus.train, t.batch, t.context, &mut rng, device);
-        for p in model.params.iter_mut() {
-            p.zero_grad();
-        }
+        opt.zero_grad();
         let (loss, ce, moe_stats) = model.loss_parts(&x, &y, true);
         loss.backward();
-        let grad_norm = clip_grad_norm(&model.params, t.grad_clip);
+        let grad_norm = opt.clip_grad_norm(t.grad_clip);
         let loss_v = ce.double_value(&[]);
         if (!loss_v.is_finite() || !grad_norm.is_finite()) && skipped < t.max_skips {
             // `on_nonfinite = skip`: drop this step's update (the batch is consumed, so a
@@ -131,7 +129,7 @@ pub fn run_train_model(recipe: &Recipe, source: &str, name: &str, spec: &ModelSp
                 last_ckpt.map_or("none (no checkpoint yet)".into(), |s| format!("step {s} in {}", dir.display()))
             );
         }
-        opt.step(&mut model.params, lr);
+        opt.step(lr);
         let done = step + 1;
         window.1 += t.tokens_per_step();
         window.2 += loss_v;
@@ -204,24 +202,6 @@ pub fn run_train_model(recipe: &Recipe, source: &str, name: &str, spec: &ModelSp
         dir.display()
     );
     Ok(())
-}
-
-/// Global L2 norm of all gradients; scaled down to `clip` when above it. Returns the norm before.
-pub(crate) fn clip_grad_norm(params: &[Tensor], clip: Option<f64>) -> f64 {
-    let grads: Vec<Tensor> = params.iter().map(|p| p.grad()).filter(|g| g.defined()).collect();
-    let norms: Vec<Tensor> = grads.iter().map(|g| g.norm()).collect();
-    let total = Tensor::stack(&norms, 0).norm().double_value(&[]);
-    if let Some(c) = clip {
-        if total > c && total.is_finite() {
-            let scale = c / (total + 1e-6);
-            tch::no_grad(|| {
-                for mut g in grads {
-                    let _ = g.g_mul_scalar_(scale);
-                }
-            });
-        }
-    }
-    total
 }
 
 /// Mean validation loss over a fixed set of batches (the same ones at every evaluation).
