@@ -2,7 +2,10 @@
 for a config, the same init scheme, random-window batches of tiny-shakespeare bytes, AdamW with
 decay on matrices, grad clip 1.0. Prints one JSON line: tokens/s, final loss, peak RSS.
 
-    python bench/reference.py CONFIG STEPS
+    python bench/reference.py CONFIG STEPS [THREADS] [--cuda-bf16] [--batch B]
+
+`--cuda-bf16` runs on CUDA under bf16 autocast (float32 master weights, as roux's `precision = bf16`);
+`gpt2-small` is recipes/gpt2-small.roux's model (vocab 50257, biases, context 1024).
 """
 import json, math, resource, sys, time
 
@@ -15,6 +18,7 @@ CONFIGS = {
     "medium": dict(d=512, layers=8, heads=8, ctx=256, batch=16, experts=0),
     "switch-8": dict(d=128, layers=4, heads=4, ctx=128, batch=32, experts=8),
     "switch-64": dict(d=128, layers=4, heads=4, ctx=128, batch=32, experts=64),
+    "gpt2-small": dict(d=768, layers=12, heads=12, ctx=1024, batch=8, experts=0, vocab=50257, bias=True),
 }
 
 
@@ -23,9 +27,10 @@ class Block(torch.nn.Module):
         super().__init__()
         d, L = c["d"], c["layers"]
         self.heads = c["heads"]
-        self.norm1 = torch.nn.LayerNorm(d, bias=False)
-        self.q, self.k, self.v, self.o = (torch.nn.Linear(d, d, bias=False) for _ in range(4))
-        self.norm2 = torch.nn.LayerNorm(d, bias=False)
+        bias = c.get("bias", False)
+        self.norm1 = torch.nn.LayerNorm(d, bias=bias)
+        self.q, self.k, self.v, self.o = (torch.nn.Linear(d, d, bias=bias) for _ in range(4))
+        self.norm2 = torch.nn.LayerNorm(d, bias=bias)
         self.experts = c["experts"] if moe else 0
         n = max(self.experts, 1)
         self.w1 = torch.nn.Parameter(torch.randn(n, 4 * d, d) * 0.02)
@@ -69,30 +74,41 @@ class Block(torch.nn.Module):
 class Model(torch.nn.Module):
     def __init__(self, c):
         super().__init__()
-        self.tok = torch.nn.Embedding(256, c["d"])
+        self.vocab = c.get("vocab", 256)
+        self.tok = torch.nn.Embedding(self.vocab, c["d"])
         self.pos = torch.nn.Embedding(c["ctx"], c["d"])
         torch.nn.init.normal_(self.tok.weight, std=0.02)
         torch.nn.init.normal_(self.pos.weight, std=0.02)
         self.blocks = torch.nn.ModuleList(Block(c, c["experts"] and i % 2 == 1) for i in range(c["layers"]))
-        self.norm = torch.nn.LayerNorm(c["d"], bias=False)
+        self.norm = torch.nn.LayerNorm(c["d"], bias=c.get("bias", False))
 
     def forward(self, x, y):
         h = self.tok(x) + self.pos.weight[: x.shape[1]]
         for b in self.blocks:
             h = b(h)
         logits = self.norm(h) @ self.tok.weight.t()
-        loss = F.cross_entropy(logits.reshape(-1, 256), y.reshape(-1))
+        loss = F.cross_entropy(logits.reshape(-1, self.vocab).float(), y.reshape(-1))
         aux = sum(getattr(b, "aux", 0.0) for b in self.blocks)
         return loss, loss + aux
 
 
 def main():
-    name, steps = sys.argv[1], int(sys.argv[2])
-    c = CONFIGS[name]
-    torch.set_num_threads(int(sys.argv[3]) if len(sys.argv) > 3 else torch.get_num_threads())
+    import argparse
+
+    a = argparse.ArgumentParser()
+    a.add_argument("config", choices=CONFIGS)
+    a.add_argument("steps", type=int)
+    a.add_argument("threads", type=int, nargs="?", default=torch.get_num_threads())
+    a.add_argument("--cuda-bf16", action="store_true")
+    a.add_argument("--batch", type=int)
+    args = a.parse_args()
+    name, steps = args.config, args.steps
+    c = dict(CONFIGS[name], **({"batch": args.batch} if args.batch else {}))
+    torch.set_num_threads(args.threads)
+    dev = "cuda" if args.cuda_bf16 else "cpu"
     torch.manual_seed(0)
     data = torch.frombuffer(bytearray(open("data/tinyshakespeare.txt", "rb").read()), dtype=torch.uint8).long()
-    model = Model(c)
+    model = Model(c).to(dev)
     decay = [p for p in model.parameters() if p.dim() >= 2]
     rest = [p for p in model.parameters() if p.dim() < 2]
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": 0.1}, {"params": rest, "weight_decay": 0.0}], lr=1e-3, betas=(0.9, 0.95))
@@ -100,9 +116,10 @@ def main():
 
     def step():
         o = torch.randint(0, data.numel() - c["ctx"] - 1, (c["batch"],), generator=g)
-        win = torch.stack([data[i : i + c["ctx"] + 1] for i in o.tolist()])
+        win = torch.stack([data[i : i + c["ctx"] + 1] for i in o.tolist()]).to(dev)
         opt.zero_grad(set_to_none=True)
-        ce, total = model(win[:, :-1], win[:, 1:])
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=args.cuda_bf16):
+            ce, total = model(win[:, :-1], win[:, 1:])
         total.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
@@ -113,9 +130,11 @@ def main():
     t = time.perf_counter()
     for _ in range(steps):
         loss = step()
+    if args.cuda_bf16:
+        torch.cuda.synchronize()
     dt = time.perf_counter() - t
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-    print(json.dumps({"impl": "pytorch", "config": name, "tokens_per_s": steps * c["batch"] * c["ctx"] / dt, "loss": loss, "peak_rss": rss, "threads": torch.get_num_threads()}))
+    print(json.dumps({"impl": "pytorch", "config": name, "tokens_per_s": steps * c["batch"] * c["ctx"] / dt, "loss": loss, "peak_rss": rss, "threads": torch.get_num_threads(), "batch": c["batch"], "device": dev}))
 
 
 if __name__ == "__main__":

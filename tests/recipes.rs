@@ -75,6 +75,8 @@ fn appendix_f_flops_by_hand() {
     let m = &plan(&r).models[0];
     assert_eq!(m.seq, 1024);
     assert_eq!(m.flops_per_token_appendix_f, 1_087_349_760.0);
+    // What MFU counts leaves out the embedding lookup: 3 · (362,449,920 − 77,194,752).
+    assert_eq!(m.flops_per_token_model, 855_765_504.0);
 }
 
 #[test]

@@ -49,6 +49,32 @@ fn zero_weights_give_uniform_logits_and_loss_ln_vocab() {
 }
 
 #[test]
+fn padding_the_head_vocabulary_changes_neither_loss_nor_gradients() {
+    // The CUDA/bf16 head pads the vocabulary to a multiple of 64 with −∞ logits; forced on here
+    // (CPU, float32) on a vocabulary of 257 (padded to 320), loss and every gradient must agree.
+    let r = roux::frontend::compile(&fixture("tiny.roux")).unwrap().recipe.unwrap();
+    let mut spec = r.models[0].clone();
+    spec.vocab = 257;
+    let x = Tensor::from_slice(&[1i64, 256, 3, 4, 5, 6, 7, 8]).view([2, 4]);
+    let y = Tensor::from_slice(&[256i64, 2, 3, 4, 5, 6, 7, 255]).view([2, 4]);
+    let run = |pad: bool| {
+        tch::manual_seed(3);
+        let mut m = Model::new(&spec, Device::Cpu);
+        m.pad_vocab = pad;
+        let loss = m.loss(&x, &y, false);
+        loss.backward();
+        (loss.double_value(&[]), m.params.iter().map(|p| p.grad().copy()).collect::<Vec<_>>())
+    };
+    let ((l0, g0), (l1, g1)) = (run(false), run(true));
+    assert!((l0 - l1).abs() < 1e-6, "{l0} vs {l1}");
+    assert!(l0 > 5.0, "an untrained model's loss is near ln 257: {l0}");
+    for (a, b) in g0.iter().zip(&g1) {
+        let d = (a - b).abs().max().double_value(&[]);
+        assert!(d < 1e-6, "gradient differs by {d}");
+    }
+}
+
+#[test]
 fn adamw_two_steps_by_hand() {
     // p = [[1, -2]] (decayed), b = [1] (not decayed), constant gradients g = [[0.5, -1]], [0.5];
     // lr 0.1, betas (0.9, 0.999), eps 1e-8, weight decay 0.1.

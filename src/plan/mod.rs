@@ -19,6 +19,9 @@ pub struct ModelPlan {
     pub flops_per_token_6n: f64,
     /// Training FLOPs per token op by op (Chinchilla Appendix F): 3 × forward.
     pub flops_per_token_appendix_f: f64,
+    /// The FLOPs a training step executes per token, for MFU: Appendix F without its embedding
+    /// term (a lookup is a gather, not a 2·vocab·d matmul; PaLM and nanoGPT count it so too).
+    pub flops_per_token_model: f64,
     /// Weights, gradients, AdamW moments and activations of one step, fp32.
     pub train_memory_bytes: u64,
     /// Sequence length and batch the FLOPs and memory were computed at.
@@ -142,6 +145,11 @@ pub fn forward_flops_per_token(g: &ModelGraph, seq: usize) -> f64 {
     g.graph.node_weights().map(|op| op.flops_per_token(seq)).sum()
 }
 
+/// Forward FLOPs per token that run as arithmetic: every op but the embedding lookup.
+pub fn executed_flops_per_token(g: &ModelGraph, seq: usize) -> f64 {
+    g.graph.node_weights().filter(|op| !matches!(op.kind, OpKind::Embedding { .. })).map(|op| op.flops_per_token(seq)).sum()
+}
+
 pub fn plan_model(g: &ModelGraph, batch: usize, seq: usize) -> ModelPlan {
     let params = g.params();
     let total: u64 = params.iter().map(|p| p.numel()).sum();
@@ -154,6 +162,7 @@ pub fn plan_model(g: &ModelGraph, batch: usize, seq: usize) -> ModelPlan {
         params_non_embedding: total - embedding,
         flops_per_token_6n: 6.0 * total as f64,
         flops_per_token_appendix_f: 3.0 * forward_flops_per_token(g, seq),
+        flops_per_token_model: 3.0 * executed_flops_per_token(g, seq),
         train_memory_bytes: 16 * total + activation_bytes(g, batch, seq),
         seq,
         batch,

@@ -178,7 +178,7 @@ pub fn bench_config(name: &str, steps: usize) -> Result<()> {
             "base_rss": base_rss,
             "warm_rss": warm_rss,
             "plan_memory": plan.train_memory_bytes,
-            "flops_per_token": plan.flops_per_token_appendix_f,
+            "flops_per_token": plan.flops_per_token_model,
             "params": plan.params_total,
             "threads": tch::get_num_threads(),
         })

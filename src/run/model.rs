@@ -33,6 +33,11 @@ pub struct Model {
     pub compute: Kind,
     /// LoRA adapters, by the index of the weight they modify (see `lora.rs`).
     pub lora: super::lora::Adapters,
+    /// Pad the vocabulary of the loss's head matmul to a multiple of 64. A vocabulary like
+    /// GPT-2's 50257 leaves the logits' rows misaligned for the fastest CUDA tensor-core kernels;
+    /// the weight gets zero rows and the extra logits a −∞ bias, so their probability and
+    /// gradient are exactly 0 and the loss is unchanged.
+    pub pad_vocab: bool,
 }
 
 impl Model {
@@ -94,7 +99,7 @@ impl Model {
                 names.iter().enumerate().filter_map(|(j, name)| name.strip_prefix(&prefix).map(|rest| (rest.to_string(), j))).collect()
             })
             .collect();
-        Model { graph, names, params, index, node_params, order, inputs, last_use, rope, device, compute: Kind::Float, lora: Default::default() }
+        Model { graph, names, params, index, node_params, order, inputs, last_use, rope, device, compute: Kind::Float, lora: Default::default(), pad_vocab: false }
     }
 
     pub fn spec(&self) -> &ModelSpec {
@@ -160,6 +165,24 @@ impl Model {
     /// The final hidden states (B, T, d) (the head's input, after the last norm), the logits
     /// and the MoE statistics. Reward and value heads read the hidden states.
     pub fn forward_full(&self, tokens: &Tensor, train: bool) -> (Tensor, Tensor, Vec<MoeStats>) {
+        self.walk(tokens, train, false)
+    }
+
+    /// Compute in bfloat16 (float32 master weights) or float32. On CUDA in bf16 the loss's head
+    /// matmul is padded (`pad_vocab`) unless `ROUX_PAD_VOCAB=0` (for benchmarks).
+    pub fn set_precision(&mut self, kind: Kind) {
+        self.compute = kind;
+        self.pad_vocab = self.device.is_cuda() && kind == Kind::BFloat16 && std::env::var("ROUX_PAD_VOCAB").map_or(true, |v| v != "0");
+    }
+
+    /// Columns of padding for the head's matmul when it computes logits only for the loss.
+    fn head_padding(&self, vocab: usize) -> Option<i64> {
+        (self.pad_vocab && vocab % 64 != 0).then(|| (64 - vocab % 64) as i64)
+    }
+
+    /// The forward pass; with `loss_only`, the head's logits may carry padding columns (see
+    /// `head_padding`) that only a softmax over them tolerates.
+    fn walk(&self, tokens: &Tensor, train: bool, loss_only: bool) -> (Tensor, Tensor, Vec<MoeStats>) {
         let mut hidden = None;
         let mut moe_stats = vec![];
         self.lora.train.set(train);
@@ -198,10 +221,18 @@ impl Model {
                     moe_stats.push(st);
                     y
                 }
-                OpKind::Head { tied, .. } => {
+                OpKind::Head { tied, vocab, dim } => {
                     hidden = Some(arg(0).shallow_clone());
                     let w = if *tied { self.p("tok_emb.weight") } else { self.find(i, "", "weight").expect("untied head weight") }.to_kind(self.compute);
-                    arg(0).linear::<Tensor>(&w, None)
+                    match self.head_padding(*vocab).filter(|_| loss_only) {
+                        Some(pad) => {
+                            let opts = (self.compute, self.device);
+                            let w = Tensor::cat(&[w, Tensor::zeros([pad, *dim as i64], opts)], 0);
+                            let bias = Tensor::cat(&[Tensor::zeros([*vocab as i64], opts), Tensor::full([pad], f64::NEG_INFINITY, opts)], 0);
+                            arg(0).linear(&w, Some(&bias))
+                        }
+                        None => arg(0).linear::<Tensor>(&w, None),
+                    }
                 }
             };
             // Free inputs this node was the last user of.
@@ -290,9 +321,11 @@ impl Model {
 
     /// (cross-entropy + weighted auxiliary losses, cross-entropy, MoE statistics).
     pub fn loss_parts(&self, x: &Tensor, y: &Tensor, train: bool) -> (Tensor, Tensor, Vec<MoeStats>) {
-        let (logits, stats) = self.forward_aux(x, train);
+        let (_, logits, stats) = self.walk(x, train, true);
         let v = logits.size()[2];
-        let ce = logits.view([-1, v]).to_kind(Kind::Float).cross_entropy_for_logits(&y.view([-1]));
+        // log_softmax reads bf16 logits and writes float32 log-probabilities in one pass (no
+        // float32 copy of the logits, the largest activation of a model with a big vocabulary).
+        let ce = logits.view([-1, v]).cross_entropy_for_logits(&y.view([-1]));
         let total = stats.iter().fold(ce.shallow_clone(), |acc, s| acc + &s.aux);
         (total, ce, stats)
     }

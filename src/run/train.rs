@@ -12,7 +12,7 @@ use super::checkpoint::{self, State};
 use super::data::{batch, Corpus, Rng};
 use super::model::Model;
 use super::progress::{Metric, Metrics, Progress};
-use crate::plan::{forward_flops_per_token, plan_model};
+use crate::plan::plan_model;
 use super::RunOptions;
 use crate::recipe::{ModelSpec, Recipe, TrainSpec};
 use crate::schedule::lr_at;
@@ -51,7 +51,7 @@ pub fn run_train_model(recipe: &Recipe, source: &str, name: &str, spec: &ModelSp
     tch::manual_seed(recipe.seed as i64);
     let mut model = Model::new(spec, device);
     if t.precision == crate::recipe::Precision::Bf16 {
-        model.compute = tch::Kind::BFloat16;
+        model.set_precision(tch::Kind::BFloat16);
     }
     if let Some(up) = &t.init_from {
         let path = dir.with_file_name(up).join("model.safetensors");
@@ -82,7 +82,6 @@ pub fn run_train_model(recipe: &Recipe, source: &str, name: &str, spec: &ModelSp
     let mut metrics = Metrics::open(dir, Some(step0))?;
 
     let plan = plan_model(&model.graph, t.batch, t.context);
-    let flops_per_token = 3.0 * forward_flops_per_token(&model.graph, t.context);
     tracing::info!(
         "{name}: training `{}` ({} params) on `{}` for {} steps × {} tokens on {:?}",
         spec.name,
@@ -185,7 +184,7 @@ pub fn run_train_model(recipe: &Recipe, source: &str, name: &str, spec: &ModelSp
         "best_val_loss": best_val,
         "wall_seconds": wall,
         "tokens_per_s": trained_tokens as f64 / wall.max(1e-9),
-        "model_flops_per_s": flops_per_token * trained_tokens as f64 / wall.max(1e-9),
+        "model_flops_per_s": plan.flops_per_token_model * trained_tokens as f64 / wall.max(1e-9),
         "device": format!("{device:?}"),
         "precision": t.precision,
         "resumed_from_step": resume.as_ref().map(|s| s.step),
