@@ -22,7 +22,7 @@ pub struct ModelPlan {
     /// The FLOPs a training step executes per token, for MFU: Appendix F without its embedding
     /// term (a lookup is a gather, not a 2·vocab·d matmul; PaLM and nanoGPT count it so too).
     pub flops_per_token_model: f64,
-    /// Weights, gradients, AdamW moments and activations of one step, fp32.
+    /// Peak memory of one training step, fp32 (see `train_memory_bytes`).
     pub train_memory_bytes: u64,
     /// Sequence length and batch the FLOPs and memory were computed at.
     pub seq: usize,
@@ -163,16 +163,28 @@ pub fn plan_model(g: &ModelGraph, batch: usize, seq: usize) -> ModelPlan {
         flops_per_token_6n: 6.0 * total as f64,
         flops_per_token_appendix_f: 3.0 * forward_flops_per_token(g, seq),
         flops_per_token_model: 3.0 * executed_flops_per_token(g, seq),
-        train_memory_bytes: 16 * total + activation_bytes(g, batch, seq),
+        train_memory_bytes: train_memory_bytes(g, total, batch, seq),
         seq,
         batch,
     }
 }
 
+/// Bytes a training step holds at its peak, fp32: weights, gradients and AdamW's two moments and
+/// its scratch buffer (20 bytes a parameter, see run/adamw.rs), the activations saved for the
+/// backward pass, the largest gradient working set the backward pass adds on top of them, and
+/// libtorch's CPU runtime (thread pools, kernel workspaces: 9 MiB measured by `roux bench
+/// transformer` as its warm-up RSS).
+pub fn train_memory_bytes(g: &ModelGraph, params: u64, batch: usize, seq: usize) -> u64 {
+    20 * params + activation_bytes(g, batch, seq) + backward_peak_bytes(g, batch, seq) + RUNTIME_BYTES
+}
+
+const RUNTIME_BYTES: u64 = 9 << 20;
+
 /// fp32 activations kept for the backward pass of one step, counted per op:
 /// norms keep their input and output, attention its q, k, v, output and log-sum-exp (the fused
 /// kernel does not materialise the T×T scores), the MLP its hidden activations, the head its
-/// logits plus the log-softmax and its gradient.
+/// log-softmax. `roux bench transformer` measures the forward pass's growth within 2% of this
+/// on the dense configurations of bench/.
 pub fn activation_bytes(g: &ModelGraph, batch: usize, seq: usize) -> u64 {
     let bt = (batch * seq) as u64;
     let floats: u64 = g
@@ -188,23 +200,45 @@ pub fn activation_bytes(g: &ModelGraph, batch: usize, seq: usize) -> u64 {
                 let n = if *act == crate::recipe::Activation::Swiglu { 4 } else { 2 };
                 n * bt * *hidden as u64
             }
-            OpKind::Moe { dim, experts, hidden, act, shared, router, active, .. } => {
-                // Router logits and probabilities, then per routed (token, expert) slot the
-                // dispatched input, hidden activations and output; capacity buffers are padded
-                // by the capacity factor.
-                let pad = match router {
-                    crate::recipe::RouterSpec::Switch { capacity_factor, .. } => capacity_factor.max(1.0),
-                    _ => 1.0,
-                };
-                let slots = ((bt as f64) * (active * pad + *shared as f64)) as u64;
+            OpKind::Moe { dim, experts, hidden, act, .. } => {
+                // Router logits and probabilities, then per routed (token, expert) assignment the
+                // dispatched input, hidden activations and output. (The CPU groups rows by expert;
+                // CUDA's capacity buffer pads them by up to the capacity factor.)
                 let n = if *act == crate::recipe::Activation::Swiglu { 4 } else { 2 };
-                3 * bt * *experts as u64 + slots * (2 * *dim as u64 + n * *hidden as u64) + bt * *dim as u64
+                3 * bt * *experts as u64 + moe_slots(op, bt) * (2 * *dim as u64 + n * *hidden as u64) + bt * *dim as u64
             }
-            OpKind::Head { vocab, .. } => 3 * bt * *vocab as u64,
+            OpKind::Head { vocab, .. } => bt * *vocab as u64,
             OpKind::Dropout { .. } => bt * g.spec.d_model as u64,
             _ => 0,
         })
         .sum();
+    4 * floats
+}
+
+/// Routed (token, expert) assignments of a mixture-of-experts op for `bt` tokens.
+fn moe_slots(op: &crate::lower::Op, bt: u64) -> u64 {
+    let OpKind::Moe { active, shared, .. } = &op.kind else { return 0 };
+    ((bt as f64) * (active + *shared as f64)) as u64
+}
+
+/// The backward pass's largest transient on top of the saved activations, fp32: while an op's
+/// gradient is computed, the gradient arriving at its output and the one it produces for its
+/// widest intermediate are both alive — 2 rows of the vocabulary at the head, 2 (SwiGLU 3) of the
+/// hidden width in an MLP, and q, k, v's gradients and their concatenation in attention.
+pub fn backward_peak_bytes(g: &ModelGraph, batch: usize, seq: usize) -> u64 {
+    let bt = (batch * seq) as u64;
+    let floats = g
+        .graph
+        .node_weights()
+        .map(|op| match &op.kind {
+            OpKind::Head { vocab, .. } => 2 * bt * *vocab as u64,
+            OpKind::Mlp { hidden, act, .. } => (if *act == crate::recipe::Activation::Swiglu { 3 } else { 2 }) * bt * *hidden as u64,
+            OpKind::Moe { hidden, act, .. } => (if *act == crate::recipe::Activation::Swiglu { 3 } else { 2 }) * moe_slots(op, bt) * *hidden as u64,
+            OpKind::Attention { dim, .. } => 6 * bt * *dim as u64,
+            _ => 0,
+        })
+        .max()
+        .unwrap_or(0);
     4 * floats
 }
 

@@ -131,7 +131,6 @@ fn rss_bytes(key: &str) -> u64 {
 pub fn bench_config(name: &str, steps: usize) -> Result<()> {
     let (d, layers, heads, ctx, batch, experts) = config(name).ok_or_else(|| anyhow::anyhow!("unknown config `{name}` (tiny, small, medium, switch-8, switch-64)"))?;
     let device = tch::Device::cuda_if_available();
-    let batch = std::env::var("ROUX_BENCH_BATCH").ok().and_then(|b| b.parse().ok()).unwrap_or(batch);
     let s = config_spec(name, d, layers, heads, ctx, experts);
     let data: Vec<u32> = std::fs::read("data/tinyshakespeare.txt")?.into_iter().map(u32::from).collect();
     let base_rss = rss_bytes("VmRSS:");
@@ -147,6 +146,17 @@ pub fn bench_config(name: &str, steps: usize) -> Result<()> {
     tch::manual_seed(0);
     let mut model = Model::new(&s, device);
     let mut opt = AdamW::new(&model.params, &crate::recipe::AdamW { lr: 1e-3, betas: (0.9, 0.95), eps: 1e-8, weight_decay: 0.1 });
+    // The first step, phase by phase: peak RSS after the forward pass (saved activations) and
+    // after the backward pass (its temporaries), beside the plan's terms for the same.
+    let phases = {
+        let (x, y) = super::data::batch(&data, batch, ctx, &mut crate::rng::Rng(5), device);
+        let r0 = rss_bytes("VmHWM:");
+        let (loss, _, _) = model.loss_parts(&x, &y, true);
+        let r1 = rss_bytes("VmHWM:");
+        loss.backward();
+        let r2 = rss_bytes("VmHWM:");
+        serde_json::json!({"before": r0 - base_rss, "forward": r1 - r0, "backward": r2 - r1})
+    };
     let mut rng = crate::rng::Rng(1);
     let mut step = |model: &mut Model| {
         let (x, y) = super::data::batch(&data, batch, ctx, &mut rng, device);
@@ -178,6 +188,9 @@ pub fn bench_config(name: &str, steps: usize) -> Result<()> {
             "base_rss": base_rss,
             "warm_rss": warm_rss,
             "plan_memory": plan.train_memory_bytes,
+            "plan_activations": crate::plan::activation_bytes(&model.graph, batch, ctx),
+            "plan_backward": crate::plan::backward_peak_bytes(&model.graph, batch, ctx),
+            "first_step": phases,
             "flops_per_token": plan.flops_per_token_model,
             "params": plan.params_total,
             "threads": tch::get_num_threads(),
