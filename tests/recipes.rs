@@ -90,14 +90,14 @@ fn plan_json_has_the_documented_fields() {
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v["experiment"], "gpt2-small");
     assert_eq!(v["models"][0]["params_total"], 124_439_808u64);
-    for k in ["name", "params_total", "params_active", "params_non_embedding", "flops_per_token_6n", "flops_per_token_appendix_f", "train_memory_bytes"] {
+    for k in ["name", "params_total", "params_active", "params_non_embedding", "flops_per_token_6n", "flops_per_token_appendix_f", "flops_per_token_model", "train_memory_bytes"] {
         assert!(v["models"][0].get(k).is_some(), "{k}");
     }
     for k in ["name", "kind", "after", "tokens", "flops"] {
         assert!(v["stages"][0].get(k).is_some(), "{k}");
     }
-    // 300 steps × 8 × 1024 tokens.
-    assert_eq!(v["stages"][0]["tokens"], 2_457_600u64);
+    // 300 steps × 32 × 1024 tokens.
+    assert_eq!(v["stages"][0]["tokens"], 9_830_400u64);
 }
 
 #[test]
