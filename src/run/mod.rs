@@ -3,7 +3,7 @@
 //! | file            | what it does                                                     |
 //! |-----------------|------------------------------------------------------------------|
 //! | `model.rs`      | builds tch parameters from the model graph and walks it forward  |
-//! | `adamw.rs`      | AdamW on plain tensors, so its state can be checkpointed         |
+//! | `adamw.rs`      | AdamW on flat buffers of plain tensors; checkpointable state     |
 //! | `data.rs`       | byte corpus, train/validation split, seeded batch sampling      |
 //! | `train.rs`      | the training loop of a `train` stage, written out               |
 //! | `moe.rs`        | routers, sparse expert dispatch, auxiliary losses                |

@@ -48,6 +48,11 @@ pub fn run_train_model(recipe: &Recipe, source: &str, name: &str, spec: &ModelSp
     let Some(resume) = prepare_run_dir(name, dir, &hash, &resolved, source, opts)? else { return Ok(()) };
 
     let device = super::device(t.device)?;
+    // Refuse a model that cannot fit before allocating it (an IsoFLOP prediction can be huge).
+    let plan = plan_model(&crate::lower::lower_model(spec), t.batch, t.context);
+    if device == tch::Device::Cpu {
+        memory_guard(name, plan.train_memory_bytes)?;
+    }
     tch::manual_seed(recipe.seed as i64);
     let mut model = Model::new(spec, device);
     if t.precision == crate::recipe::Precision::Bf16 {
@@ -81,7 +86,6 @@ pub fn run_train_model(recipe: &Recipe, source: &str, name: &str, spec: &ModelSp
     }
     let mut metrics = Metrics::open(dir, Some(step0))?;
 
-    let plan = plan_model(&model.graph, t.batch, t.context);
     tracing::info!(
         "{name}: training `{}` ({} params) on `{}` for {} steps × {} tokens on {:?}",
         spec.name,
@@ -93,9 +97,6 @@ pub fn run_train_model(recipe: &Recipe, source: &str, name: &str, spec: &ModelSp
     );
     let progress = Progress::new(name, step0, t.steps);
     let mut skipped = 0u64;
-    if device == tch::Device::Cpu {
-        memory_guard(name, plan.train_memory_bytes)?;
-    }
     let started = Instant::now();
     let mut window = (Instant::now(), 0u64, window_loss.0, window_loss.1); // (since, tokens, loss sum, steps)
     let (mut last_loss, mut last_val) = (f64::NAN, None);
