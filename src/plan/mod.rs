@@ -221,20 +221,26 @@ fn moe_slots(op: &crate::lower::Op, bt: u64) -> u64 {
     ((bt as f64) * (active + *shared as f64)) as u64
 }
 
-/// The backward pass's largest transient on top of the saved activations, fp32: while an op's
-/// gradient is computed, the gradient arriving at its output and the one it produces for its
-/// widest intermediate are both alive — 2 rows of the vocabulary at the head, 2 (SwiGLU 3) of the
-/// hidden width in an MLP, and q, k, v's gradients and their concatenation in attention.
+/// The largest transient on top of the saved activations, fp32, per op as measured one op at a
+/// time on libtorch's CPU kernels (RSS growth of a first forward and backward, in rows of the
+/// op's widths): at the end of the forward pass the logits beside their log-softmax (1 row of
+/// the vocabulary); in the backward pass the head's incoming and outgoing gradients (2 of the
+/// vocabulary, 1 of d_model), an MLP's (2 of the hidden width, 2 of d_model; SwiGLU 3 hidden),
+/// attention's (10 of d_model: q, k, v's gradients, the copies the fused kernel makes of them
+/// and of its output gradient, their concatenation, the input gradient).
 pub fn backward_peak_bytes(g: &ModelGraph, batch: usize, seq: usize) -> u64 {
     let bt = (batch * seq) as u64;
+    let d = g.spec.d_model as u64;
     let floats = g
         .graph
         .node_weights()
         .map(|op| match &op.kind {
-            OpKind::Head { vocab, .. } => 2 * bt * *vocab as u64,
-            OpKind::Mlp { hidden, act, .. } => (if *act == crate::recipe::Activation::Swiglu { 3 } else { 2 }) * bt * *hidden as u64,
-            OpKind::Moe { hidden, act, .. } => (if *act == crate::recipe::Activation::Swiglu { 3 } else { 2 }) * moe_slots(op, bt) * *hidden as u64,
-            OpKind::Attention { dim, .. } => 6 * bt * *dim as u64,
+            OpKind::Head { vocab, .. } => bt * (2 * *vocab as u64 + d),
+            OpKind::Mlp { hidden, act, .. } => bt * ((if *act == crate::recipe::Activation::Swiglu { 3 } else { 2 }) * *hidden as u64 + 2 * d),
+            OpKind::Moe { hidden, act, .. } => {
+                moe_slots(op, bt) * ((if *act == crate::recipe::Activation::Swiglu { 3 } else { 2 }) * *hidden as u64 + 2 * d)
+            }
+            OpKind::Attention { dim, .. } => 10 * bt * *dim as u64,
             _ => 0,
         })
         .max()
