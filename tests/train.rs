@@ -85,6 +85,7 @@ fn adamw_two_steps_by_hand() {
     let params = vec![
         Tensor::from_slice(&[1.0f64, -2.0]).view([1, 2]).set_requires_grad(true),
         Tensor::from_slice(&[1.0f64]).set_requires_grad(true),
+        Tensor::from_slice(&[5.0f64, 6.0]).view([1, 2]), // frozen: never updated, not even decayed
     ];
     let mut opt = roux::run::adamw::AdamW::new(&params, &cfg);
     let want = [[0.89, -1.88, 0.9], [0.7811, -1.7612, 0.8]];
@@ -98,6 +99,7 @@ fn adamw_two_steps_by_hand() {
         for (a, b) in got.iter().zip(w) {
             assert!((a - b).abs() < 1e-6, "got {got:?}, want {w:?}");
         }
+        assert_eq!((params[2].double_value(&[0, 0]), params[2].double_value(&[0, 1])), (5.0, 6.0));
     }
 }
 

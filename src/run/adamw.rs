@@ -36,26 +36,28 @@ struct Flat {
 }
 
 impl AdamW {
-    /// Take over `params`' storage (their values are kept). Every parameter must require grad
-    /// and all must share one kind and device.
+    /// Take over the storage of those of `params` that require grad (their values are kept); all
+    /// must share one kind and device.
     pub fn new(params: &[Tensor], cfg: &crate::recipe::AdamW) -> AdamW {
         let (kind, device) = params.first().map_or((Kind::Float, tch::Device::Cpu), |p| (p.kind(), p.device()));
-        // Matrices first (stable order), then vectors.
-        let mut order: Vec<usize> = (0..params.len()).collect();
+        // Matrices first (stable order), then vectors. A tensor that does not require grad (a
+        // frozen one) is left where it is and never updated.
+        let mut order: Vec<usize> = (0..params.len()).filter(|&i| params[i].requires_grad()).collect();
         order.sort_by_key(|&i| params[i].dim() < 2);
         let numel: Vec<i64> = params.iter().map(|p| p.numel() as i64).collect();
-        let total: i64 = numel.iter().sum();
+        let total: i64 = order.iter().map(|&i| numel[i]).sum();
         let decayed: i64 = order.iter().filter(|&&i| params[i].dim() >= 2).map(|&i| numel[i]).sum();
         let buf = || Tensor::zeros([total], (kind, device));
         let flat = Flat { p: buf(), g: buf(), m: buf(), v: buf(), scratch: buf(), decayed };
         // Gradients must exist before they can be re-homed: one backward of a zero-valued sum.
-        let undefined: Vec<&Tensor> = params.iter().filter(|p| !p.grad().defined()).collect();
+        let undefined: Vec<&Tensor> = order.iter().map(|&i| &params[i]).filter(|p| !p.grad().defined()).collect();
         if !undefined.is_empty() {
             let zero = undefined.iter().map(|p| p.sum(Kind::Float) * 0.0).reduce(|a, b| a + b).expect("non-empty");
             zero.backward();
         }
-        let undefined_all = || (0..params.len()).map(|_| Tensor::new()).collect::<Vec<_>>();
-        let (mut m, mut v) = (undefined_all(), undefined_all());
+        // Moments of frozen tensors stay zero (checkpoints name every tensor's); the others become views.
+        let zeros = || params.iter().map(|p| if p.requires_grad() { Tensor::new() } else { p.zeros_like() }).collect::<Vec<_>>();
+        let (mut m, mut v) = (zeros(), zeros());
         let mut offset = 0;
         tch::no_grad(|| {
             for &i in &order {
