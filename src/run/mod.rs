@@ -27,13 +27,21 @@
 
 /// glibc's malloc hands large blocks back to the kernel as soon as they are freed (mmap/munmap,
 /// heap trimming), so every training step faults in and zeroes its activation memory anew:
-/// 6–8% of a small CPU model's step time here. Keeping freed memory in the process costs no
-/// extra peak memory (the next step reuses it). Called once, before any tensor exists.
+/// 6–8% of a small CPU model's step time here. By default roux keeps freed memory in the process
+/// (the next step reuses it); the price is fragmentation — peak RSS exceeds the live tensors, by
+/// ~30 MiB on bench's tiny model. `ROUX_MALLOC=exact` does the opposite: every block of 1 MiB or
+/// more is mapped and returned on its own, so RSS tracks the live tensors exactly (what the
+/// plan's memory estimate counts) at a large cost in speed (tiny model: 1.8× slower). Called
+/// once, before any tensor exists.
 pub fn tune_allocator() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     unsafe {
-        libc::mallopt(libc::M_MMAP_THRESHOLD, 256 << 20);
-        libc::mallopt(libc::M_TRIM_THRESHOLD, 1 << 30);
+        if std::env::var("ROUX_MALLOC").is_ok_and(|v| v == "exact") {
+            libc::mallopt(libc::M_MMAP_THRESHOLD, 1 << 20);
+        } else {
+            libc::mallopt(libc::M_MMAP_THRESHOLD, 256 << 20);
+            libc::mallopt(libc::M_TRIM_THRESHOLD, 1 << 30);
+        }
     }
 }
 
