@@ -196,22 +196,10 @@ fn hostile_cases(dir: &Path) -> Vec<(String, Vec<String>)> {
     std::fs::create_dir_all(dir.join("badrun")).unwrap();
     std::fs::write(dir.join("badrun/resolved.json"), "{not json").unwrap();
     cases.push(("sample from a corrupt run".into(), vec!["sample".into(), dir.join("badrun").to_str().unwrap().into()]));
-    std::fs::create_dir_all(dir.join("badweights")).unwrap();
-    std::fs::write(
-        dir.join("badweights/resolved.json"),
-        r#"{"model": {"name":"m","vocab":256,"context":16,"d_model":16,"layers":1,"heads":2,"kv_heads":2,"ffn":{"hidden":64,"act":"gelu"},"moe":null,"norm":"layernorm","position":"learned","tie_embeddings":true,"dropout":0.0,"bias":true}}"#,
-    )
-    .unwrap();
-    std::fs::write(dir.join("badweights/model.safetensors"), b"\xff\xff\xff\xff\xff\xff\xff\xff").unwrap();
+    fake_run(&dir.join("badweights"), 2, b"\xff\xff\xff\xff\xff\xff\xff\xff");
     cases.push(("sample with corrupt weights".into(), vec!["sample".into(), dir.join("badweights").to_str().unwrap().into()]));
     // A model definition edited into nonsense (no heads) must be refused, not divided by.
-    std::fs::create_dir_all(dir.join("badspec")).unwrap();
-    std::fs::write(
-        dir.join("badspec/resolved.json"),
-        r#"{"model": {"name":"m","vocab":256,"context":16,"d_model":16,"layers":1,"heads":0,"kv_heads":0,"ffn":{"hidden":64,"act":"gelu"},"moe":null,"norm":"layernorm","position":"learned","tie_embeddings":true,"dropout":0.0,"bias":true}}"#,
-    )
-    .unwrap();
-    std::fs::write(dir.join("badspec/model.safetensors"), b"").unwrap();
+    fake_run(&dir.join("badspec"), 0, b"");
     for cmd in ["sample", "export", "merge"] {
         cases.push((format!("{cmd} with a model of no heads"), vec![cmd.into(), dir.join("badspec").to_str().unwrap().into()]));
     }
@@ -326,4 +314,15 @@ fn post_training_stages_killed_at_random_points_resume_to_identical_results() {
         assert_eq!(m(&whole), m(&killed), "{stage}: metrics differ after {kills} kills");
     }
     eprintln!("post-training identical after {kills} SIGKILLs ({in_post} in post-training stages)");
+}
+
+/// A run directory holding a small model definition with `heads` heads and `weights` as its
+/// model.safetensors.
+fn fake_run(dir: &std::path::Path, heads: usize, weights: &[u8]) {
+    std::fs::create_dir_all(dir).unwrap();
+    let spec = format!(
+        r#"{{"model": {{"name":"m","vocab":256,"context":16,"d_model":16,"layers":1,"heads":{heads},"kv_heads":{heads},"ffn":{{"hidden":64,"act":"gelu"}},"moe":null,"norm":"layernorm","position":"learned","tie_embeddings":true,"dropout":0.0,"bias":true}}}}"#
+    );
+    std::fs::write(dir.join("resolved.json"), spec).unwrap();
+    std::fs::write(dir.join("model.safetensors"), weights).unwrap();
 }
