@@ -158,10 +158,11 @@ enum Command {
     },
     /// Benchmarks measured as ratios in one run: `moe` (64 vs 8 experts vs dense).
     Bench {
-        /// `moe`, or `transformer` with --config for one line of bench/compare.py's table.
-        #[arg(value_parser = ["moe", "transformer"])]
+        /// `moe`; `transformer` with --config for one line of bench/compare.py's table;
+        /// `generate` (--config) for generation with and without the KV cache.
+        #[arg(value_parser = ["moe", "transformer", "generate"])]
         which: String,
-        /// tiny | small | medium | switch-8 | switch-64 (with `transformer`).
+        /// tiny | small | medium | switch-8 | switch-64 (with `transformer`, `generate`).
         #[arg(long, default_value = "tiny")]
         config: String,
         #[arg(long, default_value_t = 5)]
@@ -214,6 +215,10 @@ fn main() -> ExitCode {
     let _ = cli::ALLOWED_PATHS.set(cli.allow_path.clone());
     let _ = cli::OVERRIDES.set(cli.set.clone());
     roux::logging::init(cli.quiet, cli.log_format == LogFormat::Json, cli.verbose);
+    #[cfg(feature = "torch")]
+    if matches!(cli.command, Command::Run { .. } | Command::Bench { .. }) {
+        roux::run::exec_compact_malloc();
+    }
     let code = match cli.command {
         Command::Check { files, format } => cli::check::run(&files, format),
         Command::Fmt { files, check, to, output } => cli::fmt::run(&files, check, to, output.as_deref()),

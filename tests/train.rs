@@ -75,6 +75,35 @@ fn padding_the_head_vocabulary_changes_neither_loss_nor_gradients() {
 }
 
 #[test]
+fn the_kv_cache_gives_the_logits_of_the_whole_sequence() {
+    // Logits computed piecewise through the cache (a prefill of 5 tokens, 3 single tokens, then 4
+    // at once, which needs the offset causal mask) equal one forward pass over all 12 tokens:
+    // learned positions (tiny), rope with grouped-query attention (tiny-llama, 1 key/value head
+    // for 2 query heads), and a dropless top-2 mixture of experts.
+    let mut llama = roux::frontend::compile(&fixture("tiny-llama.roux")).unwrap().recipe.unwrap().models[0].clone();
+    llama.kv_heads = 1;
+    let tiny = roux::frontend::compile(&fixture("tiny.roux")).unwrap().recipe.unwrap().models[0].clone();
+    let moe = roux::frontend::compile(&fixture("tiny-moe-topk.roux")).unwrap().recipe.unwrap().models[0].clone();
+    for (fixture, spec) in [("tiny", tiny), ("tiny-llama", llama), ("tiny-moe-topk", moe)] {
+        tch::manual_seed(4);
+        let m = Model::new(&spec, Device::Cpu);
+        let x = Tensor::randint(spec.vocab as i64, [3, 12], (Kind::Int64, Device::Cpu));
+        tch::no_grad(|| {
+            let whole = m.forward(&x, false);
+            let mut cache = roux::run::model::KvCache::default();
+            let mut parts = vec![];
+            for (from, len) in [(0, 5), (5, 1), (6, 1), (7, 1), (8, 4)] {
+                parts.push(m.forward_cached(&x.narrow(1, from, len), &mut cache));
+            }
+            assert_eq!(cache.len, 12);
+            let d = (Tensor::cat(&parts, 1) - &whole).abs().max().double_value(&[]);
+            assert!(d < 1e-5, "{fixture}: cached logits differ by {d}");
+            assert!(whole.abs().max().double_value(&[]) > 1e-3, "logits are not all zero");
+        });
+    }
+}
+
+#[test]
 fn adamw_two_steps_by_hand() {
     // p = [[1, -2]] (decayed), b = [1] (not decayed), constant gradients g = [[0.5, -1]], [0.5];
     // lr 0.1, betas (0.9, 0.999), eps 1e-8, weight decay 0.1.
@@ -133,18 +162,29 @@ fn training_lowers_the_loss_and_writes_its_outputs() {
     let err = run_ok(&fixture("tiny.roux"), &out);
     assert!(err.contains("up to date"), "{err}");
 
-    // Sampling continues the prompt with the requested number of bytes.
-    let o = roux(&["sample", dir.to_str().unwrap(), "--prompt", "KING", "--tokens", "40", "--seed", "1"]);
+    // Sampling continues the prompt with the requested number of bytes, past the context of 32
+    // (the KV cache is refilled from the last 32 tokens), the same for the same seed.
+    let sample = || roux(&["sample", dir.to_str().unwrap(), "--prompt", "KING", "--tokens", "40", "--seed", "1"]);
+    let o = sample();
     assert_eq!(o.status.code(), Some(0), "{}", String::from_utf8_lossy(&o.stderr));
     let text = String::from_utf8_lossy(&o.stdout);
-    assert!(text.starts_with("KING") && text.trim_end().len() > 10, "{text}");
+    assert!(text.starts_with("KING") && text.len() >= 4 + 40, "{text}");
+    assert_eq!(sample().stdout, o.stdout);
 }
 
 #[test]
 fn same_seed_same_run_bit_for_bit() {
+    // The second run under ROUX_MALLOC=compact, which re-executes the process with glibc's
+    // per-thread cache off: arguments survive the exec, and the allocator changes no number.
     let (a, b) = (scratch("det-a"), scratch("det-b"));
     run_ok(&fixture("tiny.roux"), &a);
-    run_ok(&fixture("tiny.roux"), &b);
+    let o = Command::new(env!("CARGO_BIN_EXE_roux"))
+        .args(["run", fixture("tiny.roux").to_str().unwrap(), "--out", b.to_str().unwrap()])
+        .env("ROUX_QUIET", "1")
+        .env("ROUX_MALLOC", "compact")
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(0), "{}", String::from_utf8_lossy(&o.stderr));
     let (ma, mb) = (metrics(&a.join("tiny/pretrain")), metrics(&b.join("tiny/pretrain")));
     let losses = |m: &[serde_json::Value]| m.iter().map(|x| (x["loss"].as_f64(), x["val_loss"].as_f64())).collect::<Vec<_>>();
     assert_eq!(losses(&ma), losses(&mb));

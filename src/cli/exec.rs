@@ -50,7 +50,11 @@ fn no_torch(cmd: &str) -> u8 {
 
 #[cfg(feature = "torch")]
 pub fn bench(which: &str, config: &str, reps: usize, steps: usize) -> u8 {
-    let r = if which == "moe" { roux::run::bench::bench_moe(reps.max(1), steps.max(1)) } else { roux::run::bench::bench_config(config, steps.max(1)) };
+    let r = match which {
+        "moe" => roux::run::bench::bench_moe(reps.max(1), steps.max(1)),
+        "generate" => roux::run::bench::bench_generate(config, reps.max(1)),
+        _ => roux::run::bench::bench_config(config, steps.max(1)),
+    };
     match r {
         Ok(()) => 0,
         Err(e) => {

@@ -1,6 +1,8 @@
 //! `roux bench moe`: step time (forward, backward, AdamW) of top-1 Switch layers with 8 and 64
 //! experts of the same size, and of the dense model with the same active parameters, measured
-//! in one run with interleaved repetitions. Speed goals live here, never in timed tests.
+//! in one run with interleaved repetitions; `roux bench transformer` one configuration of
+//! bench/compare.py's table; `roux bench generate` generation with and without the KV cache.
+//! Speed goals live here, never in timed tests.
 
 use anyhow::Result;
 use std::time::Instant;
@@ -196,5 +198,51 @@ pub fn bench_config(name: &str, steps: usize) -> Result<()> {
             "threads": tch::get_num_threads(),
         })
     );
+    Ok(())
+}
+
+/// `roux bench generate --config C`: greedy generation of 8 rows from 16-token prompts to the
+/// full context, through the KV cache (`seqs::generate`) and by running the whole sequence
+/// again for every token (how roux generated before the cache), interleaved `reps` times.
+pub fn bench_generate(name: &str, reps: usize) -> Result<()> {
+    let (d, layers, heads, ctx, _, experts) = config(name).ok_or_else(|| anyhow::anyhow!("unknown config `{name}` (tiny, small, medium, switch-8, switch-64)"))?;
+    let device = tch::Device::cuda_if_available();
+    tch::manual_seed(0);
+    let model = Model::new(&config_spec(name, d, layers, heads, ctx, experts), device);
+    let (rows, prompt) = (8usize, 16usize);
+    let data = std::fs::read("data/tinyshakespeare.txt")?;
+    let prompts: Vec<Vec<i64>> = (0..rows).map(|r| data[r * 1000..r * 1000 + prompt].iter().map(|&b| b as i64).collect()).collect();
+    let new = ctx - prompt;
+    let uncached = || {
+        tch::no_grad(|| {
+            let flat: Vec<i64> = prompts.concat();
+            let mut ids = Tensor::from_slice(&flat).view([rows as i64, prompt as i64]).to_device(device);
+            for _ in 0..new {
+                let next = model.forward(&ids, false).select(1, -1).argmax(-1, true);
+                ids = Tensor::cat(&[&ids, &next], 1);
+            }
+            Vec::<Vec<i64>>::try_from(&ids.narrow(1, prompt as i64, new as i64).to_device(Device::Cpu)).unwrap_or_default()
+        })
+    };
+    let (mut t_cache, mut t_full, mut same) = (vec![], vec![], true);
+    for _ in 0..reps {
+        let t = Instant::now();
+        let a = super::seqs::generate(&model, &prompts, new, 0.0, b"");
+        t_cache.push(t.elapsed().as_secs_f64());
+        let t = Instant::now();
+        let b = uncached();
+        t_full.push(t.elapsed().as_secs_f64());
+        same &= a == b;
+    }
+    let median = |v: &mut Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    let (c, f) = (median(&mut t_cache), median(&mut t_full));
+    let tokens = (rows * new) as f64;
+    println!("{name}: {rows} rows × {new} new tokens (prompt {prompt}, context {ctx}), greedy, median of {reps}");
+    println!("  KV cache      {:>10.0} tokens/s", tokens / c);
+    println!("  whole prefix  {:>10.0} tokens/s", tokens / f);
+    println!("  speed-up {:.2}×; same tokens: {}", f / c, if same { "yes" } else { "NO" });
     Ok(())
 }

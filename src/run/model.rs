@@ -6,6 +6,7 @@
 use anyhow::{bail, Result};
 use petgraph::graph::NodeIndex;
 use petgraph::Direction;
+use std::collections::hash_map::Entry;
 use std::collections::HashMap;
 use tch::{Device, Kind, Tensor};
 
@@ -38,6 +39,17 @@ pub struct Model {
     /// the weight gets zero rows and the extra logits a −∞ bias, so their probability and
     /// gradient are exactly 0 and the loss is unchanged.
     pub pad_vocab: bool,
+}
+
+/// Keys and values of every attention layer for the tokens fed so far, so that generation
+/// computes one new position per step instead of the whole sequence again (O(T) per token, not
+/// O(T²)). Keys are stored after the rotary embedding and before grouped-query repetition.
+#[derive(Default)]
+pub struct KvCache {
+    /// By op index: (B, kv_heads, T, head_dim) each.
+    layers: HashMap<usize, (Tensor, Tensor)>,
+    /// Positions already fed; the next token's position.
+    pub len: usize,
 }
 
 impl Model {
@@ -165,7 +177,18 @@ impl Model {
     /// The final hidden states (B, T, d) (the head's input, after the last norm), the logits
     /// and the MoE statistics. Reward and value heads read the hidden states.
     pub fn forward_full(&self, tokens: &Tensor, train: bool) -> (Tensor, Tensor, Vec<MoeStats>) {
-        self.walk(tokens, train, false)
+        self.walk(tokens, train, false, None)
+    }
+
+    /// Logits (B, T, vocab) for tokens (B, T) that continue what `cache` holds (empty: a fresh
+    /// sequence), in evaluation mode; the tokens' keys and values join the cache. The caller
+    /// keeps `cache.len` plus T within the context.
+    pub fn forward_cached(&self, tokens: &Tensor, cache: &mut KvCache) -> Tensor {
+        let t = tokens.size()[1] as usize;
+        debug_assert!(cache.len + t <= self.spec().context, "the cache holds at most the context");
+        let logits = self.walk(tokens, false, false, Some(cache)).1;
+        cache.len += t;
+        logits
     }
 
     /// Compute in bfloat16 (float32 master weights) or float32. On CUDA in bf16 the loss's head
@@ -182,7 +205,8 @@ impl Model {
 
     /// The forward pass; with `loss_only`, the head's logits may carry padding columns (see
     /// `head_padding`) that only a softmax over them tolerates.
-    fn walk(&self, tokens: &Tensor, train: bool, loss_only: bool) -> (Tensor, Tensor, Vec<MoeStats>) {
+    fn walk(&self, tokens: &Tensor, train: bool, loss_only: bool, mut cache: Option<&mut KvCache>) -> (Tensor, Tensor, Vec<MoeStats>) {
+        let offset = cache.as_ref().map_or(0, |c| c.len) as i64;
         let mut hidden = None;
         let mut moe_stats = vec![];
         self.lora.train.set(train);
@@ -195,7 +219,7 @@ impl Model {
                 OpKind::Embedding { .. } => Tensor::embedding(&self.w(i, "", "weight"), arg(0), -1, false, false),
                 OpKind::PosEmbedding { .. } => {
                     let t = arg(0).size()[1];
-                    self.w(i, "", "weight").narrow(0, 0, t) // (T, d), broadcast over B
+                    self.w(i, "", "weight").narrow(0, offset, t) // (T, d), broadcast over B
                 }
                 OpKind::Dropout { p } => arg(0).dropout(*p, train),
                 OpKind::Add => arg(0) + arg(1),
@@ -206,7 +230,10 @@ impl Model {
                         Norm::Rmsnorm => arg(0).rms_norm([*dim as i64], Some(&w), 1e-6),
                     }
                 }
-                OpKind::Attention { heads, dropout, .. } => self.attention(arg(0), i, *heads as i64, if train { *dropout } else { 0.0 }),
+                OpKind::Attention { heads, dropout, .. } => {
+                    let layer = cache.as_deref_mut().map(|c| (c.len as i64, c.layers.entry(i)));
+                    self.attention(arg(0), i, *heads as i64, if train { *dropout } else { 0.0 }, layer)
+                }
                 OpKind::Mlp { act, dropout, .. } => {
                     let h = self.linear(arg(0), i, "w1");
                     let h = match act {
@@ -274,7 +301,10 @@ impl Model {
         (y, moe::stats(path, &r))
     }
 
-    fn attention(&self, x: &Tensor, i: usize, heads: i64, dropout: f64) -> Tensor {
+    /// Causal self-attention over `x` (B, T, d). With `cache` (the position of x's first token,
+    /// this layer's entry), x's keys and values are appended to the cached ones and x attends
+    /// to all of them.
+    fn attention(&self, x: &Tensor, i: usize, heads: i64, dropout: f64, cache: Option<(i64, Entry<'_, usize, (Tensor, Tensor)>)>) -> Tensor {
         let (b, t, d) = x.size3().expect("(B, T, d)");
         let hs = d / heads;
         let split = |y: Tensor| y.view([b, t, heads, hs]).transpose(1, 2); // (B, nh, T, hs)
@@ -282,17 +312,39 @@ impl Model {
         let split_kv = |y: Tensor| y.view([b, t, kv_heads, hs]).transpose(1, 2); // (B, nkv, T, hs)
         let (q, k, v) = self.qkv(x, i);
         let (mut q, mut k, mut v) = (split(q), split_kv(k), split_kv(v));
+        let offset = cache.as_ref().map_or(0, |(o, _)| *o);
+        if let Some((cos, sin)) = &self.rope {
+            q = apply_rope(&q, cos, sin, offset, t);
+            k = apply_rope(&k, cos, sin, offset, t);
+        }
+        if let Some((_, entry)) = cache {
+            let (ck, cv) = match entry {
+                Entry::Occupied(mut e) => {
+                    let (pk, pv) = e.get();
+                    let kv = (Tensor::cat(&[pk, &k], 2), Tensor::cat(&[pv, &v], 2));
+                    let _previous = e.insert(kv);
+                    e.into_mut()
+                }
+                Entry::Vacant(e) => e.insert((k, v)),
+            };
+            (k, v) = (ck.shallow_clone(), cv.shallow_clone());
+        }
         if kv_heads < heads {
             // Grouped-query attention: each key/value head serves heads / kv_heads query heads.
             let rep = heads / kv_heads;
             k = k.repeat_interleave_self_int(rep, 1, None); // (B, nh, T, hs)
             v = v.repeat_interleave_self_int(rep, 1, None);
         }
-        if let Some((cos, sin)) = &self.rope {
-            q = apply_rope(&q, cos, sin, t);
-            k = apply_rope(&k, cos, sin, t);
-        }
-        let y = Tensor::scaled_dot_product_attention::<Tensor>(&q, &k, &v, None, dropout, true, None, false); // (B, nh, T, hs)
+        // Query j (position offset + j) sees keys 0..=offset + j. Without a cache, or at a fresh
+        // one, that is the plain causal mask; one new token sees every key, so no mask; several
+        // new tokens after cached ones need it written out (SDPA's causal flag aligns top-left).
+        let keys = k.size()[2];
+        let y = if offset == 0 {
+            Tensor::scaled_dot_product_attention::<Tensor>(&q, &k, &v, None, dropout, true, None, false)
+        } else {
+            let mask = (t > 1).then(|| Tensor::ones([t, keys], (Kind::Bool, x.device())).tril(offset));
+            Tensor::scaled_dot_product_attention(&q, &k, &v, mask.as_ref(), dropout, false, None, false)
+        }; // (B, nh, T, hs)
         let y = y.transpose(1, 2).contiguous().view([b, t, d]); // (B, T, d)
         self.linear(&y, i, "o")
     }
@@ -321,7 +373,7 @@ impl Model {
 
     /// (cross-entropy + weighted auxiliary losses, cross-entropy, MoE statistics).
     pub fn loss_parts(&self, x: &Tensor, y: &Tensor, train: bool) -> (Tensor, Tensor, Vec<MoeStats>) {
-        let (_, logits, stats) = self.walk(x, train, true);
+        let (_, logits, stats) = self.walk(x, train, true, None);
         let v = logits.size()[2];
         // log_softmax reads bf16 logits and writes float32 log-probabilities in one pass (no
         // float32 copy of the logits, the largest activation of a model with a big vocabulary).
@@ -360,10 +412,11 @@ fn rope_tables(context: usize, hs: usize, device: Device) -> (Tensor, Tensor) {
     (angles.cos(), angles.sin())
 }
 
-/// Rotate pairs (x1, x2) = (first half, second half) of each head's features.
-fn apply_rope(x: &Tensor, cos: &Tensor, sin: &Tensor, t: i64) -> Tensor {
+/// Rotate pairs (x1, x2) = (first half, second half) of each head's features, for the `t`
+/// positions from `offset`.
+fn apply_rope(x: &Tensor, cos: &Tensor, sin: &Tensor, offset: i64, t: i64) -> Tensor {
     let half = x.size()[3] / 2;
-    let (cos, sin) = (cos.narrow(0, 0, t).to_kind(x.kind()), sin.narrow(0, 0, t).to_kind(x.kind())); // (T, hs/2), broadcast over B, nh
+    let (cos, sin) = (cos.narrow(0, offset, t).to_kind(x.kind()), sin.narrow(0, offset, t).to_kind(x.kind())); // (T, hs/2), broadcast over B, nh
     let x1 = x.narrow(3, 0, half);
     let x2 = x.narrow(3, half, half);
     Tensor::cat(&[&x1 * &cos - &x2 * &sin, &x1 * &sin + &x2 * &cos], 3)

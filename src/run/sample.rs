@@ -4,7 +4,7 @@ use anyhow::{bail, Context, Result};
 use std::path::Path;
 use tch::{Kind, Tensor};
 
-use super::model::Model;
+use super::model::{KvCache, Model};
 use crate::recipe::ModelSpec;
 
 pub fn sample_run(run: &Path, prompt: &str, tokens: usize, temperature: f64, top_k: i64, seed: u64) -> Result<String> {
@@ -35,10 +35,18 @@ pub fn sample_run(run: &Path, prompt: &str, tokens: usize, temperature: f64, top
     }
     let start = ids.len();
     tch::no_grad(|| {
+        // Tokens go through the model once each (KV cache); once the context is full, the last
+        // `context` tokens are fed afresh each step, as a model with learned positions needs.
+        let mut cache = KvCache::default();
+        let mut fed = 0; // how many of `ids` the cache holds
         for _ in 0..tokens {
-            let from = ids.len().saturating_sub(spec.context);
-            let x = Tensor::from_slice(&ids[from..]).view([1, -1]).to_device(device);
-            let logits = model.forward(&x, false).select(1, -1).squeeze_dim(0).to_kind(Kind::Float); // (vocab)
+            if cache.len + (ids.len() - fed) > spec.context {
+                cache = KvCache::default();
+                fed = ids.len() - spec.context;
+            }
+            let x = Tensor::from_slice(&ids[fed..]).view([1, -1]).to_device(device);
+            fed = ids.len();
+            let logits = model.forward_cached(&x, &mut cache).select(1, -1).squeeze_dim(0).to_kind(Kind::Float); // (vocab)
             let next = if temperature == 0.0 {
                 logits.argmax(0, false).int64_value(&[])
             } else {

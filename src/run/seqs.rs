@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 use tch::{Device, Kind, Tensor};
 
-use super::model::Model;
+use super::model::{KvCache, Model};
 use crate::posttrain::examples::{render, Example, Seq};
 use crate::posttrain::tasks;
 use crate::recipe::ExampleSet;
@@ -71,16 +71,18 @@ pub fn generate(model: &Model, prompts: &[Vec<i64>], max_new: usize, temperature
         for (len, rows) in groups {
             let steps = max_new.min(ctx.saturating_sub(len));
             let flat: Vec<i64> = rows.iter().flat_map(|&i| prompts[i].iter().copied()).collect();
-            let mut ids = Tensor::from_slice(&flat).view([rows.len() as i64, len as i64]).to_device(model.device);
+            // The prompts go through once; each later step feeds only the token just chosen.
+            let mut feed = Tensor::from_slice(&flat).view([rows.len() as i64, len as i64]).to_device(model.device);
+            let mut cache = KvCache::default();
             let mut done = vec![false; rows.len()];
             for _ in 0..steps {
-                let logits = model.forward(&ids, false).select(1, -1).to_kind(Kind::Float); // (n, V)
+                let logits = model.forward_cached(&feed, &mut cache).select(1, -1).to_kind(Kind::Float); // (n, V)
                 let next = if temperature == 0.0 {
                     logits.argmax(-1, true)
                 } else {
                     (logits / temperature).softmax(-1, Kind::Float).multinomial(1, true)
                 }; // (n, 1)
-                ids = Tensor::cat(&[&ids, &next], 1);
+                feed = next.shallow_clone();
                 let next: Vec<i64> = Vec::<i64>::try_from(&next.view([-1]).to_device(Device::Cpu)).unwrap_or_default();
                 for (k, &i) in rows.iter().enumerate() {
                     if done[k] {
