@@ -35,6 +35,7 @@
 /// - `exact`: every block of 1 MiB or more is mapped and returned on its own, so RSS tracks the
 ///   live tensors (what the plan's memory estimate counts), at a large cost in speed (tiny 1.8×);
 /// - `system`: glibc as it comes.
+///
 /// Called once, before any tensor exists.
 pub fn tune_allocator() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
