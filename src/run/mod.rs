@@ -58,7 +58,8 @@ pub fn tune_allocator() {
 /// step after step (tiny: 84 → 102 MiB over 60 steps). With the cache off it holds at 76 MiB.
 /// Only `GLIBC_TUNABLES` at process start can turn it off, so the command re-executes itself
 /// once with it set (same pid, arguments and streams; ~0.4 s to load libtorch again). Not the
-/// default: the medium model measured 8–13% slower without the cache (cause not found).
+/// default: the medium model measured 8–13% slower without the cache, with 5× the page faults
+/// and the same syscalls (malloc returns nothing to the kernel; cause not found).
 pub fn exec_compact_malloc() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     {
