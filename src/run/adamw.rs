@@ -134,6 +134,9 @@ impl AdamW {
 /// parameters, 33 → 14 ms per update here). Same formula; lerp's rounding kept for m and v.
 fn fused_cpu(f: &Flat, [b1, b2, decay, step, eps]: [f32; 5]) {
     let n = f.p.numel();
+    if n == 0 {
+        return; // nothing to update (and an empty tensor's data pointer may be null)
+    }
     let ptr = |t: &Tensor| t.data_ptr() as usize;
     let (p, g, m, v) = (ptr(&f.p), ptr(&f.g), ptr(&f.m), ptr(&f.v));
     let decayed = f.decayed as usize;
