@@ -91,11 +91,7 @@ pub fn bench_moe(reps: usize, steps: usize) -> Result<()> {
             times[i].push(c.steps(steps) / steps as f64);
         }
     }
-    let median = |v: &mut Vec<f64>| {
-        v.sort_by(|a, b| a.total_cmp(b));
-        v[v.len() / 2]
-    };
-    let med: Vec<f64> = times.iter_mut().map(median).collect();
+    let med: Vec<f64> = times.iter_mut().map(|v| median(v)).collect();
     let tokens = (batch as usize * 128) as f64;
     println!("roux bench moe — {device:?}, {} threads, batch {batch} × 128 tokens, {reps} interleaved reps × {steps} steps, median", tch::get_num_threads());
     println!("{:<12} {:>12} {:>12} {:>12} {:>10}", "model", "params", "active", "ms/step", "tok/s");
@@ -107,6 +103,12 @@ pub fn bench_moe(reps: usize, steps: usize) -> Result<()> {
     println!("8 experts vs dense of equal active parameters: {:.2}× (target ≤ 1.6×)", med[1] / med[0]);
     println!("64 experts vs dense: {:.2}×", med[2] / med[0]);
     Ok(())
+}
+
+/// The median of timings (the upper one of an even count), sorting them in place.
+fn median(v: &mut [f64]) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
 }
 
 /// (d_model, layers, heads, context, batch, experts) of the configurations of issue 8.
@@ -234,10 +236,6 @@ pub fn bench_generate(name: &str, reps: usize) -> Result<()> {
         t_full.push(t.elapsed().as_secs_f64());
         same &= a == b;
     }
-    let median = |v: &mut Vec<f64>| {
-        v.sort_by(f64::total_cmp);
-        v[v.len() / 2]
-    };
     let (c, f) = (median(&mut t_cache), median(&mut t_full));
     let tokens = (rows * new) as f64;
     println!("{name}: {rows} rows × {new} new tokens (prompt {prompt}, context {ctx}), greedy, median of {reps}");
