@@ -2,6 +2,7 @@
 //! prefix where it matters), or as JSON lines for machines (`--log-format json`); `--quiet` keeps
 //! only warnings and errors and hides the progress bar. `RUST_LOG` refines the level.
 
+use std::io::IsTerminal;
 use std::sync::OnceLock;
 use tracing::{Event, Level, Subscriber};
 use tracing_subscriber::fmt::format::Writer;
@@ -53,5 +54,39 @@ where
         }
         ctx.field_format().format_fields(w.by_ref(), event)?;
         writeln!(w)
+    }
+}
+
+/// One progress report of a loop.
+pub struct ProgressLine<'a> {
+    pub label: &'a str,
+    pub step: u64,
+    pub total: u64,
+    pub eta: String,
+    pub body: &'a str,
+}
+
+/// Draw a progress line on stderr: on a terminal a bar redrawn in place every step (kept when
+/// `persist`); in a log file only the `periodic` ones, one per line; in JSON mode an event per
+/// periodic report rather than a bar.
+pub fn progress(p: &ProgressLine, periodic: bool, persist: bool) {
+    static TTY: OnceLock<bool> = OnceLock::new();
+    if mode().json {
+        if periodic {
+            tracing::info!(target: "roux::progress", stage = %p.label, step = p.step, total = p.total, eta = %p.eta, "{}", p.body);
+        }
+        return;
+    }
+    let bar_w = 24;
+    let filled = (((p.step as f64 / p.total.max(1) as f64) * bar_w as f64) as usize).min(bar_w);
+    let bar = format!("{}{}", "█".repeat(filled), "░".repeat(bar_w - filled));
+    let line = format!("{} {bar} {}/{} {} ETA {}", p.label, p.step, p.total, p.body, p.eta);
+    if *TTY.get_or_init(|| std::io::stderr().is_terminal()) {
+        eprint!("\r\x1b[2K{line}");
+        if persist {
+            eprintln!();
+        }
+    } else if periodic {
+        eprintln!("{line}");
     }
 }

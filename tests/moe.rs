@@ -6,7 +6,7 @@ use std::path::Path;
 use tch::{Device, Kind, Tensor};
 
 use roux::recipe::{Activation, RouterSpec};
-use roux::run::moe::{self, Experts};
+use roux::run::model::moe::{self, Experts};
 
 fn t(v: &[f32], shape: &[i64]) -> Tensor {
     Tensor::from_slice(v).view(shape)

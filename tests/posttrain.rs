@@ -5,8 +5,8 @@
 
 use roux::posttrain::examples::sequence;
 use roux::run::model::Model;
-use roux::run::rl_losses::{bradley_terry, dpo, ppo_clip, value_loss};
-use roux::run::seqs::{pad, token_logprobs};
+use roux::run::kit::losses::{bradley_terry, dpo, ppo_clip, value_loss};
+use roux::run::kit::seqs::{pad, token_logprobs};
 use tch::{Device, Kind, Tensor};
 
 mod common;
@@ -177,7 +177,7 @@ fn editing_only_the_ppo_stage_reuses_the_earlier_stages() {
     let o = roux(&["merge", sft.to_str().unwrap()]);
     assert_eq!(o.status.code(), Some(0), "{}", String::from_utf8_lossy(&o.stderr));
     let r = roux::frontend::compile(&a).unwrap().recipe.unwrap();
-    let via_recipe = roux::run::stage_run::load_lm(
+    let via_recipe = roux::run::kit::artifacts::load_lm(
         &r,
         &runs.join("tiny-lifecycle"),
         &roux::recipe::ModelRef { arch: "lm".into(), weights: roux::recipe::Weights::Merged { stage: "sft".into() } },

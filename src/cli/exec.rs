@@ -20,7 +20,7 @@ pub fn run(file: &Path, out: &Path, only: &[String], fresh: bool, force: bool) -
 
 #[cfg(feature = "torch")]
 pub fn sample(run: &PathBuf, prompt: &str, tokens: usize, temperature: f64, top_k: i64, seed: u64) -> u8 {
-    match roux::run::sample::sample_run(run, prompt, tokens, temperature, top_k, seed) {
+    match roux::run::tools::sample::sample_run(run, prompt, tokens, temperature, top_k, seed) {
         Ok(text) => {
             outln!("{text}");
             0
@@ -50,10 +50,11 @@ fn no_torch(cmd: &str) -> u8 {
 
 #[cfg(feature = "torch")]
 pub fn bench(which: &str, config: &str, reps: usize, steps: usize) -> u8 {
+    use roux::run::tools::bench;
     let r = match which {
-        "moe" => roux::run::bench::bench_moe(reps.max(1), steps.max(1)),
-        "generate" => roux::run::bench::bench_generate(config, reps.max(1)),
-        _ => roux::run::bench::bench_config(config, steps.max(1)),
+        "moe" => bench::bench_moe(reps.max(1), steps.max(1)).map(|b| show_moe(&b)),
+        "generate" => bench::bench_generate(config, reps.max(1)).map(|b| show_generate(&b)),
+        _ => bench::bench_config(config, steps.max(1)).map(|v| outln!("{v}")),
     };
     match r {
         Ok(()) => 0,
@@ -64,6 +65,30 @@ pub fn bench(which: &str, config: &str, reps: usize, steps: usize) -> u8 {
     }
 }
 
+#[cfg(feature = "torch")]
+fn show_moe(b: &roux::run::tools::bench::MoeBench) {
+    let (reps, steps) = (b.reps, b.steps);
+    outln!("roux bench moe — {}, {} threads, batch {} × {} tokens, {reps} interleaved reps × {steps} steps, median", b.device, b.threads, b.batch, b.context);
+    outln!("{:<12} {:>12} {:>12} {:>12} {:>10}", "model", "params", "active", "ms/step", "tok/s");
+    let tokens = (b.batch * b.context) as f64;
+    for r in &b.rows {
+        outln!("{:<12} {:>12} {:>12} {:>12.1} {:>10.0}", r.name, r.params, r.active, r.secs * 1e3, tokens / r.secs);
+    }
+    let t: Vec<f64> = b.rows.iter().map(|r| r.secs).collect();
+    outln!("64 vs 8 experts: {:.2}× (target ≤ 1.3×)", t[2] / t[1]);
+    outln!("8 experts vs dense of equal active parameters: {:.2}× (target ≤ 1.6×)", t[1] / t[0]);
+    outln!("64 experts vs dense: {:.2}×", t[2] / t[0]);
+}
+
+#[cfg(feature = "torch")]
+fn show_generate(b: &roux::run::tools::bench::GenerateBench) {
+    let tokens = (b.rows * b.new) as f64;
+    outln!("{}: {} rows × {} new tokens (prompt {}, context {}), greedy, median of {}", b.config, b.rows, b.new, b.prompt, b.context, b.reps);
+    outln!("  KV cache      {:>10.0} tokens/s", tokens / b.cached);
+    outln!("  whole prefix  {:>10.0} tokens/s", tokens / b.uncached);
+    outln!("  speed-up {:.2}×; same tokens: {}", b.uncached / b.cached, if b.same { "yes" } else { "NO" });
+}
+
 #[cfg(not(feature = "torch"))]
 pub fn bench(_: &str, _: &str, _: usize, _: usize) -> u8 {
     no_torch("bench")
@@ -72,7 +97,7 @@ pub fn bench(_: &str, _: &str, _: usize, _: usize) -> u8 {
 #[cfg(feature = "torch")]
 pub fn export(run: &Path, output: Option<&Path>) -> u8 {
     let out = output.map_or_else(|| run.join("hf"), Path::to_path_buf);
-    match roux::run::export::export_hf(run, &out) {
+    match roux::run::tools::export::export_hf(run, &out) {
         Ok(layout) => {
             eprintln!("wrote {} ({layout:?} layout: config.json, model.safetensors)", out.display());
             0
@@ -92,9 +117,9 @@ pub fn export(_: &Path, _: Option<&Path>) -> u8 {
 #[cfg(feature = "torch")]
 pub fn merge(run: &Path, output: Option<&Path>) -> u8 {
     let out = output.map_or_else(|| run.join("merged"), Path::to_path_buf);
-    match roux::run::lora::merge_run(run, &out) {
-        Ok(()) => {
-            eprintln!("wrote {} (model.safetensors, resolved.json)", out.display());
+    match roux::run::tools::merge::merge_run(run, &out) {
+        Ok(m) => {
+            eprintln!("wrote {} (model.safetensors, resolved.json): `{}`'s adapter merged into {}", out.display(), m.stage, m.base);
             0
         }
         Err(e) => {

@@ -112,7 +112,7 @@ fn posttrain_plan(r: &Recipe, s: &crate::recipe::StageSpec, graphs: &[ModelGraph
         StageKind::RewardModel(m) => {
             let n = n_of(&m.model.arch);
             let t = 2 * m.opt.steps * m.opt.batch as u64 * ctx_of(&m.model.arch);
-            (m.opt.steps, t, 6.0 * n as f64 * t as f64, n + r.model(&m.model.arch).map_or(0, |s| s.d_model as u64 + 1))
+            (m.opt.steps, t, 6.0 * n as f64 * t as f64, n + r.model(&m.model.arch).map_or(0, |s| crate::lower::ScalarHead::Reward.numel(s)))
         }
         StageKind::Ppo(p) => {
             let n = n_of(&p.policy.arch);
@@ -124,7 +124,7 @@ fn posttrain_plan(r: &Recipe, s: &crate::recipe::StageSpec, graphs: &[ModelGraph
             // Generation and the old-policy pass (2N each), reference and reward model (2N each),
             // then `epochs` forward-backward passes (6N).
             let per_token = 2.0 * n as f64 * 3.0 + 2.0 * rm.unwrap_or(n) as f64 + 6.0 * n as f64 * p.epochs as f64;
-            (p.opt.steps, t, per_token * t as f64, n + r.model(&p.policy.arch).map_or(0, |s| s.d_model as u64 + 1))
+            (p.opt.steps, t, per_token * t as f64, n + r.model(&p.policy.arch).map_or(0, |s| crate::lower::ScalarHead::Value.numel(s)))
         }
         StageKind::Dpo(d) => {
             let n = n_of(&d.policy.arch);

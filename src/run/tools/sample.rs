@@ -4,12 +4,14 @@ use anyhow::{bail, Context, Result};
 use std::path::Path;
 use tch::{Kind, Tensor};
 
-use super::model::{KvCache, Model};
 use crate::recipe::ModelSpec;
+use crate::run::kit::files::read_capped;
+use crate::run::kit::tokenize;
+use crate::run::model::{KvCache, Model};
 
 pub fn sample_run(run: &Path, prompt: &str, tokens: usize, temperature: f64, top_k: i64, seed: u64) -> Result<String> {
     let resolved = run.join("resolved.json");
-    let text = std::fs::read_to_string(&resolved).with_context(|| format!("{} is not a run directory (no resolved.json)", run.display()))?;
+    let text = read_capped(&resolved, 64 << 20).with_context(|| format!("{} is not a run directory (no resolved.json)", run.display()))?;
     let v: serde_json::Value = serde_json::from_str(&text).with_context(|| format!("{} is corrupt", resolved.display()))?;
     let spec = ModelSpec::from_run_json(&v["model"]).map_err(|e| anyhow::anyhow!("{}: {e}", resolved.display()))?;
     let weights = run.join("model.safetensors");
@@ -24,10 +26,10 @@ pub fn sample_run(run: &Path, prompt: &str, tokens: usize, temperature: f64, top
     model.load(&Tensor::read_safetensors(&weights).with_context(|| format!("reading {}", weights.display()))?)?;
     tch::manual_seed(seed as i64);
     // A BPE run keeps its tokenizer beside the model; otherwise tokens are bytes.
-    let tk_path = run.join(super::tokenize::FILE);
+    let tk_path = run.join(tokenize::FILE);
     let tk = if tk_path.exists() { Some(tokenizers::Tokenizer::from_file(&tk_path).map_err(|e| anyhow::anyhow!("reading {}: {e}", tk_path.display()))?) } else { None };
     let mut ids: Vec<i64> = match &tk {
-        Some(tk) => super::tokenize::encode(tk, prompt)?.into_iter().map(i64::from).collect(),
+        Some(tk) => tokenize::encode(tk, prompt)?.into_iter().map(i64::from).collect(),
         None => prompt.bytes().map(|b| b as i64).collect(),
     };
     if ids.is_empty() {
@@ -63,7 +65,7 @@ pub fn sample_run(run: &Path, prompt: &str, tokens: usize, temperature: f64, top
     });
     if let Some(tk) = &tk {
         let new: Vec<u32> = ids[start..].iter().map(|&i| i as u32).collect();
-        return Ok(format!("{}{}", prompt, super::tokenize::decode(tk, &new)?));
+        return Ok(format!("{}{}", prompt, tokenize::decode(tk, &new)?));
     }
     let bytes: Vec<u8> = ids.iter().map(|&i| i.clamp(0, 255) as u8).collect();
     Ok(format!("{}{}", prompt, String::from_utf8_lossy(&bytes[start..])))

@@ -8,7 +8,7 @@ use std::cell::Cell;
 use std::collections::HashMap;
 use tch::{Kind, Tensor};
 
-use super::model::Model;
+use super::Model;
 use crate::recipe::LoraSpec;
 
 #[derive(Default)]
@@ -105,46 +105,4 @@ impl Model {
             let _ = p.set_requires_grad(true);
         }
     }
-}
-
-/// `roux merge RUN`: a LoRA stage's adapter folded into its base, written as a plain model
-/// (`model.safetensors` + `resolved.json`) in `out`, which `roux sample` and `roux export` read.
-/// The base comes from the run's sibling stage directories, as the recipe declared it.
-pub fn merge_run(run: &std::path::Path, out: &std::path::Path) -> Result<()> {
-    use anyhow::Context;
-    let resolved = run.join("resolved.json");
-    let v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&resolved).with_context(|| format!("{} is not a run directory (no resolved.json)", run.display()))?)?;
-    let stage: crate::recipe::StageSpec = serde_json::from_value(v["stage"].clone()).with_context(|| format!("{} is not a post-training stage", resolved.display()))?;
-    let crate::recipe::StageKind::Finetune(f) = &stage.kind else { bail!("`{}` is a {} stage; only a finetune stage with a LoRA adapter can be merged", stage.name, stage.kind.name()) };
-    if f.lora.is_none() {
-        bail!("`{}` fine-tuned the whole model: its model.safetensors is already plain", stage.name);
-    }
-    // What the base is, from the run directories themselves: each stage's resolved.json holds its
-    // definition and model, so the chain `merge(sft.adapter)` → its base → … can be followed.
-    let spec = crate::recipe::ModelSpec::from_run_json(&v["model"]).map_err(|e| anyhow::anyhow!("{}: {e}", resolved.display()))?;
-    let runs = run.parent().context("run directory has a parent")?;
-    let mut stages = vec![];
-    for e in std::fs::read_dir(runs)?.filter_map(|e| e.ok()) {
-        let Ok(text) = std::fs::read_to_string(e.path().join("resolved.json")) else { continue };
-        if let Some(s) = serde_json::from_str::<serde_json::Value>(&text).ok().and_then(|v| serde_json::from_value::<crate::recipe::StageSpec>(v["stage"].clone()).ok()) {
-            stages.push(s);
-        }
-    }
-    let recipe = crate::recipe::Recipe {
-        experiment: v["experiment"].as_str().unwrap_or_default().to_string(),
-        seed: v["seed"].as_u64().unwrap_or(0),
-        data: vec![],
-        models: vec![spec],
-        stages,
-        budgets: vec![],
-        synthetic: vec![],
-        examples: vec![],
-    };
-    let r = crate::recipe::ModelRef { arch: f.model.arch.clone(), weights: crate::recipe::Weights::Merged { stage: stage.name.clone() } };
-    let m = super::stage_run::load_lm(&recipe, runs, &r, tch::Device::Cpu)?;
-    std::fs::create_dir_all(out)?;
-    super::checkpoint::write_tensors_atomic(&out.join("model.safetensors"), &m.named())?;
-    let resolved = serde_json::json!({"experiment": recipe.experiment, "merged_from": stage.name, "model": m.spec()});
-    super::checkpoint::write_atomic(&out.join("resolved.json"), serde_json::to_string_pretty(&resolved)?.as_bytes())?;
-    Ok(())
 }

@@ -8,9 +8,11 @@ use anyhow::Result;
 use std::time::Instant;
 use tch::{Device, Kind, Tensor};
 
-use super::adamw::AdamW;
-use super::model::Model;
 use crate::recipe::*;
+use crate::run::kit::adamw::AdamW;
+use crate::run::kit::data::batch as data_batch;
+use crate::run::kit::seqs::generate;
+use crate::run::model::Model;
 
 fn spec(experts: Option<usize>) -> ModelSpec {
     config_spec(experts.map_or("dense", |e| if e == 8 { "switch-8" } else { "switch-64" }), 128, 4, 4, 128, experts)
@@ -77,7 +79,26 @@ impl Case {
     }
 }
 
-pub fn bench_moe(reps: usize, steps: usize) -> Result<()> {
+/// One model of `roux bench moe`: its size and median seconds per training step.
+pub struct MoeRow {
+    pub name: String,
+    pub params: u64,
+    pub active: u64,
+    pub secs: f64,
+}
+
+/// `roux bench moe`'s measurements: dense, 8 and 64 experts, in that order.
+pub struct MoeBench {
+    pub device: String,
+    pub threads: i32,
+    pub batch: usize,
+    pub context: usize,
+    pub reps: usize,
+    pub steps: usize,
+    pub rows: Vec<MoeRow>,
+}
+
+pub fn bench_moe(reps: usize, steps: usize) -> Result<MoeBench> {
     let device = tch::Device::cuda_if_available();
     let batch = 32;
     let specs = [spec(None), spec(Some(8)), spec(Some(64))];
@@ -92,17 +113,15 @@ pub fn bench_moe(reps: usize, steps: usize) -> Result<()> {
         }
     }
     let med: Vec<f64> = times.iter_mut().map(|v| median(v)).collect();
-    let tokens = (batch as usize * 128) as f64;
-    println!("roux bench moe — {device:?}, {} threads, batch {batch} × 128 tokens, {reps} interleaved reps × {steps} steps, median", tch::get_num_threads());
-    println!("{:<12} {:>12} {:>12} {:>12} {:>10}", "model", "params", "active", "ms/step", "tok/s");
-    for (s, (c, t)) in specs.iter().zip(cases.iter().zip(&med)) {
-        let plan = crate::plan::plan_model(&c.model.graph, batch as usize, 128);
-        println!("{:<12} {:>12} {:>12} {:>12.1} {:>10.0}", s.name, plan.params_total, plan.params_active, t * 1e3, tokens / t);
-    }
-    println!("64 vs 8 experts: {:.2}× (target ≤ 1.3×)", med[2] / med[1]);
-    println!("8 experts vs dense of equal active parameters: {:.2}× (target ≤ 1.6×)", med[1] / med[0]);
-    println!("64 experts vs dense: {:.2}×", med[2] / med[0]);
-    Ok(())
+    let rows = specs
+        .iter()
+        .zip(cases.iter().zip(&med))
+        .map(|(s, (c, &secs))| {
+            let plan = crate::plan::plan_model(&c.model.graph, batch as usize, 128);
+            MoeRow { name: s.name.clone(), params: plan.params_total, active: plan.params_active, secs }
+        })
+        .collect();
+    Ok(MoeBench { device: format!("{device:?}"), threads: tch::get_num_threads(), batch: batch as usize, context: 128, reps, steps, rows })
 }
 
 /// The median of timings (the upper one of an even count), sorting them in place.
@@ -130,13 +149,13 @@ fn rss_bytes(key: &str) -> u64 {
         .unwrap_or(0)
 }
 
-/// `roux bench transformer CONFIG`: one JSON line with tokens/s, the final loss and memory, for
-/// bench/compare.py to set beside the PyTorch reference.
-pub fn bench_config(name: &str, steps: usize) -> Result<()> {
+/// `roux bench transformer CONFIG`: tokens/s, the final loss and memory, as the JSON line
+/// bench/compare.py sets beside the PyTorch reference.
+pub fn bench_config(name: &str, steps: usize) -> Result<serde_json::Value> {
     let (d, layers, heads, ctx, batch, experts) = config(name).ok_or_else(|| anyhow::anyhow!("unknown config `{name}` (tiny, small, medium, switch-8, switch-64)"))?;
     let device = tch::Device::cuda_if_available();
     let s = config_spec(name, d, layers, heads, ctx, experts);
-    let data: Vec<u32> = std::fs::read("data/tinyshakespeare.txt")?.into_iter().map(u32::from).collect();
+    let data: Vec<u32> = read_bench_data()?.into_iter().map(u32::from).collect();
     let base_rss = rss_bytes("VmRSS:");
     // What libtorch's runtime takes at its first forward and backward (thread pools, kernel
     // workspaces), whatever the model: a 2-parameter step.
@@ -153,7 +172,7 @@ pub fn bench_config(name: &str, steps: usize) -> Result<()> {
     // The first step, phase by phase: peak RSS after the forward pass (saved activations) and
     // after the backward pass (its temporaries), beside the plan's terms for the same.
     let phases = {
-        let (x, y) = super::data::batch(&data, batch, ctx, &mut crate::rng::Rng(5), device);
+        let (x, y) = data_batch(&data, batch, ctx, &mut crate::rng::Rng(5), device);
         let r0 = rss_bytes("VmHWM:");
         let (loss, _, _) = model.loss_parts(&x, &y, true);
         let r1 = rss_bytes("VmHWM:");
@@ -163,7 +182,7 @@ pub fn bench_config(name: &str, steps: usize) -> Result<()> {
     };
     let mut rng = crate::rng::Rng(1);
     let mut step = |model: &mut Model| {
-        let (x, y) = super::data::batch(&data, batch, ctx, &mut rng, device);
+        let (x, y) = data_batch(&data, batch, ctx, &mut rng, device);
         opt.zero_grad();
         let (loss, ce, _) = model.loss_parts(&x, &y, true);
         loss.backward();
@@ -181,9 +200,7 @@ pub fn bench_config(name: &str, steps: usize) -> Result<()> {
     }
     let dt = t.elapsed().as_secs_f64();
     let plan = crate::plan::plan_model(&model.graph, batch, ctx);
-    println!(
-        "{}",
-        serde_json::json!({
+    Ok(serde_json::json!({
             "impl": "roux",
             "config": name,
             "tokens_per_s": (steps * batch * ctx) as f64 / dt,
@@ -198,21 +215,34 @@ pub fn bench_config(name: &str, steps: usize) -> Result<()> {
             "flops_per_token": plan.flops_per_token_model,
             "params": plan.params_total,
             "threads": tch::get_num_threads(),
-        })
-    );
-    Ok(())
+    }))
 }
 
 /// `roux bench generate --config C`: greedy generation of 8 rows from 16-token prompts to the
 /// full context, through the KV cache (`seqs::generate`) and by running the whole sequence
 /// again for every token (how roux generated before the cache), interleaved `reps` times.
-pub fn bench_generate(name: &str, reps: usize) -> Result<()> {
+/// `roux bench generate`'s measurements.
+pub struct GenerateBench {
+    pub config: String,
+    pub rows: usize,
+    pub new: usize,
+    pub prompt: usize,
+    pub context: usize,
+    pub reps: usize,
+    /// Median seconds with the KV cache and re-running the whole prefix.
+    pub cached: f64,
+    pub uncached: f64,
+    /// Whether both produced the same tokens.
+    pub same: bool,
+}
+
+pub fn bench_generate(name: &str, reps: usize) -> Result<GenerateBench> {
     let (d, layers, heads, ctx, _, experts) = config(name).ok_or_else(|| anyhow::anyhow!("unknown config `{name}` (tiny, small, medium, switch-8, switch-64)"))?;
     let device = tch::Device::cuda_if_available();
     tch::manual_seed(0);
     let model = Model::new(&config_spec(name, d, layers, heads, ctx, experts), device);
     let (rows, prompt) = (8usize, 16usize);
-    let data = std::fs::read("data/tinyshakespeare.txt")?;
+    let data = read_bench_data()?;
     let prompts: Vec<Vec<i64>> = (0..rows).map(|r| data[r * 1000..r * 1000 + prompt].iter().map(|&b| b as i64).collect()).collect();
     let new = ctx - prompt;
     let uncached = || {
@@ -229,18 +259,19 @@ pub fn bench_generate(name: &str, reps: usize) -> Result<()> {
     let (mut t_cache, mut t_full, mut same) = (vec![], vec![], true);
     for _ in 0..reps {
         let t = Instant::now();
-        let a = super::seqs::generate(&model, &prompts, new, 0.0, b"");
+        let a = generate(&model, &prompts, new, 0.0, b"");
         t_cache.push(t.elapsed().as_secs_f64());
         let t = Instant::now();
         let b = uncached();
         t_full.push(t.elapsed().as_secs_f64());
         same &= a == b;
     }
-    let (c, f) = (median(&mut t_cache), median(&mut t_full));
-    let tokens = (rows * new) as f64;
-    println!("{name}: {rows} rows × {new} new tokens (prompt {prompt}, context {ctx}), greedy, median of {reps}");
-    println!("  KV cache      {:>10.0} tokens/s", tokens / c);
-    println!("  whole prefix  {:>10.0} tokens/s", tokens / f);
-    println!("  speed-up {:.2}×; same tokens: {}", f / c, if same { "yes" } else { "NO" });
-    Ok(())
+    let (cached, uncached) = (median(&mut t_cache), median(&mut t_full));
+    Ok(GenerateBench { config: name.to_string(), rows, new, prompt, context: ctx, reps, cached, uncached, same })
+}
+
+/// The benchmarks' text: bench/ runs them from the repository root.
+fn read_bench_data() -> Result<Vec<u8>> {
+    let path = std::path::Path::new("data/tinyshakespeare.txt");
+    std::fs::read(path).map_err(|e| anyhow::anyhow!("reading {} (run the benchmarks from the repository root): {e}", path.display()))
 }

@@ -1,18 +1,32 @@
-//! A transformer on tch, built from the lowered model graph and executed by walking it.
+//! The network on tch (room `run/model`): a transformer built from the lowered model graph and
+//! executed by walking it. Imports nothing else in `run/`.
+//!
+//! | file           | what it does                                                        |
+//! |----------------|---------------------------------------------------------------------|
+//! | `mod.rs`       | parameters from the graph, the forward walk, the loss, load, freeze |
+//! | `attention.rs` | causal attention, rotary embeddings, grouped-query heads, KV cache  |
+//! | `moe.rs`       | routers, sparse dispatch, auxiliary losses, the MoE layer and jitter|
+//! | `lora.rs`      | LoRA adapters: attach, load, merge                                  |
+//! | `heads.rs`     | scalar heads on the final hidden state (reward and value heads)     |
 //!
 //! Parameters are created from `ModelGraph::params()` (names, shapes and init come from the
 //! graph), so the planner's count is by construction the count of what runs; a test checks it.
 
+pub mod attention;
+pub mod heads;
+pub mod lora;
+pub mod moe;
+
 use anyhow::{bail, Result};
 use petgraph::graph::NodeIndex;
 use petgraph::Direction;
-use std::collections::hash_map::Entry;
 use std::collections::HashMap;
 use tch::{Device, Kind, Tensor};
 
+pub use attention::KvCache;
 use crate::lower::{lower_model, ModelGraph, OpKind, ParamInit};
-use super::moe::{self, Experts, MoeStats};
-use crate::recipe::{Activation, ModelSpec, Norm, RouterSpec};
+use crate::recipe::{Activation, ModelSpec, Norm};
+use moe::MoeStats;
 
 pub struct Model {
     pub graph: ModelGraph,
@@ -33,23 +47,12 @@ pub struct Model {
     /// updates); with bfloat16 each is cast where it is used, so gradients flow back to float32.
     pub compute: Kind,
     /// LoRA adapters, by the index of the weight they modify (see `lora.rs`).
-    pub lora: super::lora::Adapters,
+    pub lora: lora::Adapters,
     /// Pad the vocabulary of the loss's head matmul to a multiple of 64. A vocabulary like
     /// GPT-2's 50257 leaves the logits' rows misaligned for the fastest CUDA tensor-core kernels;
     /// the weight gets zero rows and the extra logits a −∞ bias, so their probability and
     /// gradient are exactly 0 and the loss is unchanged.
     pub pad_vocab: bool,
-}
-
-/// Keys and values of every attention layer for the tokens fed so far, so that generation
-/// computes one new position per step instead of the whole sequence again (O(T) per token, not
-/// O(T²)). Keys are stored after the rotary embedding and before grouped-query repetition.
-#[derive(Default)]
-pub struct KvCache {
-    /// By op index: (B, kv_heads, T, head_dim) each.
-    layers: HashMap<usize, (Tensor, Tensor)>,
-    /// Positions already fed; the next token's position.
-    pub len: usize,
 }
 
 impl Model {
@@ -102,7 +105,7 @@ impl Model {
                 last_use[j] = last_use[j].max(i);
             }
         }
-        let rope = (spec.position == crate::recipe::Position::Rope).then(|| rope_tables(spec.context, spec.head_dim(), device));
+        let rope = (spec.position == crate::recipe::Position::Rope).then(|| attention::rope_tables(spec.context, spec.head_dim(), device));
         let index = names.iter().enumerate().map(|(i, n)| (n.clone(), i)).collect();
         let node_params = order
             .iter()
@@ -274,98 +277,6 @@ impl Model {
         (hidden.expect("the head reads the hidden states"), vals.pop().flatten().expect("head is the last op"), moe_stats)
     }
 
-    fn moe(&self, x: &Tensor, i: usize, path: &str, op: &OpKind, train: bool) -> (Tensor, MoeStats) {
-        let OpKind::Moe { experts, act, shared, dropout, router, .. } = op else { unreachable!("moe op") };
-        let (b, t, d) = x.size3().expect("(B, T, d)");
-        let xf = x.reshape([-1, d]); // (N, d)
-        let mut xr = xf.to_kind(Kind::Float); // router math in float32 whatever the model's precision
-        if let RouterSpec::Switch { jitter, .. } = router {
-            if train && *jitter > 0.0 {
-                xr = &xr * xr.empty_like().uniform_(1.0 - jitter, 1.0 + jitter);
-            }
-        }
-        let gate = self.find(i, "router", "weight").expect("router weight");
-        let logits = xr.linear::<Tensor>(&gate.to_kind(Kind::Float), None); // (N, E)
-        let noise = self.find(i, "router.noise", "weight").map(|w| xr.linear::<Tensor>(&w.to_kind(Kind::Float), None));
-        let r = moe::route(router, &logits, noise.as_ref(), train);
-        let weights = |g: &str| (self.w(i, g, "w1"), self.w_opt(i, g, "w3"), self.w(i, g, "w2"));
-        let (w1, w3, w2) = weights("experts");
-        let mut y = moe::dispatch(&xf, &r, &Experts { w1: &w1, w3: w3.as_ref(), w2: &w2, act: *act }, *experts as i64);
-        if *shared > 0 {
-            let (s, n) = (*shared as i64, xf.size()[0]);
-            let (w1, w3, w2) = weights("shared");
-            let sh = Experts { w1: &w1, w3: w3.as_ref(), w2: &w2, act: *act };
-            y = y + sh.apply(&xf.unsqueeze(0).expand([s, n, d], false).contiguous()).sum_dim_intlist(0, false, xf.kind());
-        }
-        let y = y.dropout(*dropout, train).view([b, t, d]);
-        (y, moe::stats(path, &r))
-    }
-
-    /// Causal self-attention over `x` (B, T, d). With `cache` (the position of x's first token,
-    /// this layer's entry), x's keys and values are appended to the cached ones and x attends
-    /// to all of them.
-    fn attention(&self, x: &Tensor, i: usize, heads: i64, dropout: f64, cache: Option<(i64, Entry<'_, usize, (Tensor, Tensor)>)>) -> Tensor {
-        let (b, t, d) = x.size3().expect("(B, T, d)");
-        let hs = d / heads;
-        let split = |y: Tensor| y.view([b, t, heads, hs]).transpose(1, 2); // (B, nh, T, hs)
-        let kv_heads = (self.spec().kv_heads as i64).min(heads);
-        let split_kv = |y: Tensor| y.view([b, t, kv_heads, hs]).transpose(1, 2); // (B, nkv, T, hs)
-        let (q, k, v) = self.qkv(x, i);
-        let (mut q, mut k, mut v) = (split(q), split_kv(k), split_kv(v));
-        let offset = cache.as_ref().map_or(0, |(o, _)| *o);
-        if let Some((cos, sin)) = &self.rope {
-            q = apply_rope(&q, cos, sin, offset, t);
-            k = apply_rope(&k, cos, sin, offset, t);
-        }
-        if let Some((_, entry)) = cache {
-            let (ck, cv) = match entry {
-                Entry::Occupied(mut e) => {
-                    let (pk, pv) = e.get();
-                    let kv = (Tensor::cat(&[pk, &k], 2), Tensor::cat(&[pv, &v], 2));
-                    let _previous = e.insert(kv);
-                    e.into_mut()
-                }
-                Entry::Vacant(e) => e.insert((k, v)),
-            };
-            (k, v) = (ck.shallow_clone(), cv.shallow_clone());
-        }
-        if kv_heads < heads {
-            // Grouped-query attention: each key/value head serves heads / kv_heads query heads.
-            let rep = heads / kv_heads;
-            k = k.repeat_interleave_self_int(rep, 1, None); // (B, nh, T, hs)
-            v = v.repeat_interleave_self_int(rep, 1, None);
-        }
-        // Query j (position offset + j) sees keys 0..=offset + j. Without a cache, or at a fresh
-        // one, that is the plain causal mask; one new token sees every key, so no mask; several
-        // new tokens after cached ones need it written out (SDPA's causal flag aligns top-left).
-        let keys = k.size()[2];
-        let y = if offset == 0 {
-            Tensor::scaled_dot_product_attention::<Tensor>(&q, &k, &v, None, dropout, true, None, false)
-        } else {
-            let mask = (t > 1).then(|| Tensor::ones([t, keys], (Kind::Bool, x.device())).tril(offset));
-            Tensor::scaled_dot_product_attention(&q, &k, &v, mask.as_ref(), dropout, false, None, false)
-        }; // (B, nh, T, hs)
-        let y = y.transpose(1, 2).contiguous().view([b, t, d]); // (B, T, d)
-        self.linear(&y, i, "o")
-    }
-
-    /// The query, key and value projections. Without LoRA on them they run as one matmul over
-    /// the concatenated weights: the input is read once and the three input gradients come out
-    /// summed, which saves time on small models (the weights stay separate parameters).
-    fn qkv(&self, x: &Tensor, i: usize) -> (Tensor, Tensor, Tensor) {
-        let idx = |s: &str| self.find_index(i, s, "weight").expect("attention has q, k, v");
-        if ["q", "k", "v"].iter().any(|s| self.lora.get(idx(s)).is_some()) {
-            return (self.linear(x, i, "q"), self.linear(x, i, "k"), self.linear(x, i, "v"));
-        }
-        let ws: Vec<Tensor> = ["q", "k", "v"].iter().map(|s| self.w(i, s, "weight")).collect();
-        let sizes: Vec<i64> = ws.iter().map(|w| w.size()[0]).collect();
-        let bias: Option<Vec<Tensor>> = ["q", "k", "v"].iter().map(|s| self.w_opt(i, s, "bias")).collect();
-        let y = x.linear(&Tensor::cat(&ws, 0), bias.map(|b| Tensor::cat(&b, 0)).as_ref());
-        let mut parts = y.split_with_sizes(&sizes, -1).into_iter();
-        let mut next = || parts.next().expect("three parts");
-        (next(), next(), next())
-    }
-
     /// Mean next-token cross-entropy in nats.
     pub fn loss(&self, x: &Tensor, y: &Tensor, train: bool) -> Tensor {
         self.loss_parts(x, y, train).1
@@ -401,23 +312,11 @@ impl Model {
         }
         Ok(())
     }
-}
 
-/// cos and sin tables (T, hs/2) for rotary embeddings, base 10000 (Su et al. 2021).
-fn rope_tables(context: usize, hs: usize, device: Device) -> (Tensor, Tensor) {
-    let half = (hs / 2) as i64;
-    let inv = Tensor::arange(half, (Kind::Float, device)).g_mul_scalar(-2.0 / hs as f64 * (10000f64).ln()).exp();
-    let pos = Tensor::arange(context as i64, (Kind::Float, device));
-    let angles = pos.outer(&inv); // (T, hs/2)
-    (angles.cos(), angles.sin())
-}
-
-/// Rotate pairs (x1, x2) = (first half, second half) of each head's features, for the `t`
-/// positions from `offset`.
-fn apply_rope(x: &Tensor, cos: &Tensor, sin: &Tensor, offset: i64, t: i64) -> Tensor {
-    let half = x.size()[3] / 2;
-    let (cos, sin) = (cos.narrow(0, offset, t).to_kind(x.kind()), sin.narrow(0, offset, t).to_kind(x.kind())); // (T, hs/2), broadcast over B, nh
-    let x1 = x.narrow(3, 0, half);
-    let x2 = x.narrow(3, half, half);
-    Tensor::cat(&[&x1 * &cos - &x2 * &sin, &x1 * &sin + &x2 * &cos], 3)
+    /// Make this a frozen copy: no parameter takes gradients.
+    pub fn freeze(&mut self) {
+        for p in self.params.iter_mut() {
+            let _ = p.set_requires_grad(false);
+        }
+    }
 }

@@ -9,6 +9,8 @@
 
 use tch::{Kind, Tensor};
 
+use super::Model;
+use crate::lower::OpKind;
 use crate::recipe::{Activation, RouterSpec};
 
 /// Routing decisions for N tokens: one entry per kept (token, expert) assignment.
@@ -48,6 +50,37 @@ impl Experts<'_> {
             Activation::Swiglu => h.silu() * x.bmm(&self.w3.expect("swiglu has w3").transpose(1, 2)),
         };
         h.bmm(&self.w2.transpose(1, 2)) // (E, C, d)
+    }
+}
+
+impl Model {
+    /// A mixture-of-experts layer over `x` (B, T, d): route (with Switch's multiplicative jitter on
+    /// the router input while training), dispatch, the shared experts, dropout.
+    pub(super) fn moe(&self, x: &Tensor, i: usize, path: &str, op: &OpKind, train: bool) -> (Tensor, MoeStats) {
+        let OpKind::Moe { experts, act, shared, dropout, router, .. } = op else { unreachable!("moe op") };
+        let (b, t, d) = x.size3().expect("(B, T, d)");
+        let xf = x.reshape([-1, d]); // (N, d)
+        let mut xr = xf.to_kind(Kind::Float); // router math in float32 whatever the model's precision
+        if let RouterSpec::Switch { jitter, .. } = router {
+            if train && *jitter > 0.0 {
+                xr = &xr * xr.empty_like().uniform_(1.0 - jitter, 1.0 + jitter);
+            }
+        }
+        let gate = self.find(i, "router", "weight").expect("router weight");
+        let logits = xr.linear::<Tensor>(&gate.to_kind(Kind::Float), None); // (N, E)
+        let noise = self.find(i, "router.noise", "weight").map(|w| xr.linear::<Tensor>(&w.to_kind(Kind::Float), None));
+        let r = route(router, &logits, noise.as_ref(), train);
+        let weights = |g: &str| (self.w(i, g, "w1"), self.w_opt(i, g, "w3"), self.w(i, g, "w2"));
+        let (w1, w3, w2) = weights("experts");
+        let mut y = dispatch(&xf, &r, &Experts { w1: &w1, w3: w3.as_ref(), w2: &w2, act: *act }, *experts as i64);
+        if *shared > 0 {
+            let (s, n) = (*shared as i64, xf.size()[0]);
+            let (w1, w3, w2) = weights("shared");
+            let sh = Experts { w1: &w1, w3: w3.as_ref(), w2: &w2, act: *act };
+            y = y + sh.apply(&xf.unsqueeze(0).expand([s, n, d], false).contiguous()).sum_dim_intlist(0, false, xf.kind());
+        }
+        let y = y.dropout(*dropout, train).view([b, t, d]);
+        (y, stats(path, &r))
     }
 }
 

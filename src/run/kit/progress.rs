@@ -1,8 +1,9 @@
-//! The progress line on stderr (rewritten in place on a terminal) and metrics.jsonl.
+//! Progress of a loop (step, ETA, the loop's numbers; drawn by `logging::progress`) and
+//! metrics.jsonl.
 
 use serde::Serialize;
 use std::fs::{File, OpenOptions};
-use std::io::{BufRead, BufReader, IsTerminal, Write};
+use std::io::{BufRead, BufReader, Write};
 use std::path::Path;
 use std::time::Instant;
 
@@ -44,8 +45,9 @@ impl Metrics {
         if !text.is_empty() {
             text.push('\n');
         }
-        super::checkpoint::write_atomic(&path, text.as_bytes())?;
-        Ok(Metrics { file: OpenOptions::new().append(true).open(&path)? })
+        super::files::write_atomic(&path, text.as_bytes())?;
+        let file = OpenOptions::new().append(true).open(&path).map_err(|e| anyhow::anyhow!("opening {}: {e}", path.display()))?;
+        Ok(Metrics { file })
     }
 
     pub fn write_json(&mut self, v: &serde_json::Value) -> anyhow::Result<()> {
@@ -66,7 +68,6 @@ pub struct Progress {
     total: u64,
     start: Instant,
     start_step: u64,
-    tty: bool,
     quiet: bool,
 }
 
@@ -77,7 +78,6 @@ impl Progress {
             total,
             start: Instant::now(),
             start_step,
-            tty: std::io::stderr().is_terminal(),
             quiet: crate::logging::mode().quiet || std::env::var_os("ROUX_QUIET").is_some(),
         }
     }
@@ -96,30 +96,15 @@ impl Progress {
         self.line(step, every, &format!("loss {loss:.4}{val} lr {lr:.2e} {:.1}k tok/s", tok_s / 1e3), evaluated);
     }
 
-    /// The progress bar, step count, `body` and the ETA.
+    /// The step count, `body` and the ETA: drawn every step on a terminal, logged every `every`
+    /// steps (and at evaluations and the end) elsewhere.
     pub fn line(&self, step: u64, every: u64, body: &str, evaluated: bool) {
         if self.quiet {
             return;
         }
-        let bar_w = 24;
-        let filled = ((step as f64 / self.total.max(1) as f64) * bar_w as f64) as usize;
-        let bar = format!("{}{}", "█".repeat(filled.min(bar_w)), "░".repeat(bar_w - filled.min(bar_w)));
-        if crate::logging::mode().json {
-            // Machines get an event per logging interval, not a redrawn bar.
-            if step % every == 0 || step == self.total || evaluated {
-                tracing::info!(target: "roux::progress", stage = %self.label, step, total = self.total, eta = %self.eta(step), "{body}");
-            }
-            return;
-        }
-        let line = format!("{} {bar} {step}/{} {body} ETA {}", self.label, self.total, self.eta(step));
-        if self.tty {
-            eprint!("\r\x1b[2K{line}");
-            if evaluated || step == self.total {
-                eprintln!();
-            }
-        } else if step % every == 0 || step == self.total || evaluated {
-            eprintln!("{line}");
-        }
+        let periodic = step % every == 0 || step == self.total || evaluated;
+        let line = crate::logging::ProgressLine { label: &self.label, step, total: self.total, eta: self.eta(step), body };
+        crate::logging::progress(&line, periodic, evaluated || step == self.total);
     }
 }
 

@@ -9,6 +9,8 @@ use std::path::Path;
 use tch::{Kind, Tensor};
 
 use crate::recipe::{Activation, ModelSpec, Norm, Position};
+use crate::run::kit::files::{read_capped, write_atomic, write_tensors_atomic};
+use crate::run::kit::tokenize;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
 pub enum Layout {
@@ -41,7 +43,7 @@ pub fn layout_for(spec: &ModelSpec) -> Result<Layout> {
 /// holds the weights) into `out`.
 pub fn export_hf(run: &Path, out: &Path) -> Result<Layout> {
     let resolved = run.join("resolved.json");
-    let v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&resolved).with_context(|| format!("{} is not a run directory (no resolved.json)", run.display()))?)?;
+    let v: serde_json::Value = serde_json::from_str(&read_capped(&resolved, 64 << 20).with_context(|| format!("{} is not a run directory (no resolved.json)", run.display()))?)?;
     let spec = ModelSpec::from_run_json(&v["model"]).map_err(|e| anyhow::anyhow!("{}: {e}", resolved.display()))?;
     let weights = run.join("model.safetensors");
     if !weights.exists() {
@@ -126,13 +128,13 @@ pub fn export_hf(run: &Path, out: &Path) -> Result<Layout> {
     };
     std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
     let t: Vec<(String, Tensor)> = t.into_iter().map(|(n, x)| (n, x.contiguous())).collect();
-    super::checkpoint::write_tensors_atomic(&out.join("model.safetensors"), &t)?;
+    write_tensors_atomic(&out.join("model.safetensors"), &t)?;
     let mut config = config;
     config["torch_dtype"] = json!("float32");
     config["roux_model"] = json!(spec);
-    super::checkpoint::write_atomic(&out.join("config.json"), serde_json::to_string_pretty(&config)?.as_bytes())?;
+    write_atomic(&out.join("config.json"), serde_json::to_string_pretty(&config)?.as_bytes())?;
     // A BPE run's tokenizer is already in the Hugging Face format.
-    let tk = run.join(super::tokenize::FILE);
+    let tk = run.join(tokenize::FILE);
     if tk.exists() {
         std::fs::copy(&tk, out.join("tokenizer.json")).with_context(|| format!("copying {}", tk.display()))?;
     }

@@ -4,31 +4,33 @@
 
 use anyhow::Result;
 use serde_json::json;
-use std::path::Path;
 
-use super::seqs::score;
-use super::stage_run::{begin, freeze, instructions, load_lm};
-use super::RunOptions;
-use crate::recipe::{CompareSpec, Recipe, StageSpec};
+use crate::recipe::CompareSpec;
+use crate::run::kit::artifacts::{instructions, load_lm};
+use crate::run::kit::files::{read_capped, write_atomic};
+use crate::run::kit::score::score;
+use crate::run::kit::{device, lifecycle, StageCtx};
 
-pub fn run_compare(recipe: &Recipe, source: &str, stage: &StageSpec, c: &CompareSpec, runs: &Path, opts: &RunOptions) -> Result<()> {
-    let Some(run) = begin(recipe, source, stage, runs, 1, c.device, opts)? else {
+pub fn run(ctx: &StageCtx, c: &CompareSpec) -> Result<()> {
+    let (recipe, stage, runs) = (ctx.recipe, ctx.stage, &ctx.runs);
+    let Some(run) = lifecycle::begin_stage(ctx, 1)? else {
         // Cached: show the table again.
-        if let Ok(t) = std::fs::read_to_string(runs.join(&stage.name).join("table.md")) {
+        if let Ok(t) = read_capped(&ctx.dir.join("table.md"), 1 << 20) {
             tracing::info!("{t}");
         }
         return Ok(());
     };
+    let dev = device::device(c.device)?;
     let (set, split) = instructions(recipe, &c.data)?;
     let held: Vec<_> = split.held_out.into_iter().take(c.examples).collect();
-    let mut reference = load_lm(recipe, runs, &c.reference, run.device)?;
-    freeze(&mut reference);
+    let mut reference = load_lm(recipe, runs, &c.reference, dev)?;
+    reference.freeze();
     let mut rows = vec![];
     let mut table = format!(
         "| policy | greedy: gold reward | exact match | sampled: gold reward | preferred (exact) | verbose | KL to reference |\n|---|---:|---:|---:|---:|---:|---:|\n"
     );
     for (label, r) in &c.policies {
-        let m = load_lm(recipe, runs, r, run.device)?;
+        let m = load_lm(recipe, runs, r, dev)?;
         let s = score(&m, Some(&reference), &set, &held, c.max_new);
         table.push_str(&format!(
             "| {label} | {:.3} | {:.1}% | {:.3} | {:.1}% | {:.1}% | {:.3} |\n",
@@ -44,9 +46,8 @@ pub fn run_compare(recipe: &Recipe, source: &str, stage: &StageSpec, c: &Compare
     }
     table.push_str(&format!("\n{} held-out prompts of `{}`; greedy decoding for the first two columns; then one response sampled at temperature 1 per prompt (the policy's behaviour): gold reward, preferred behaviour (the answer and nothing more), verbose (the answer, then more), and KL(π ‖ reference) per response.\n", held.len(), set.name));
     tracing::info!("\n{table}");
-    super::checkpoint::write_atomic(&run.dir.join("table.md"), table.as_bytes())?;
+    write_atomic(&run.dir.join("table.md"), table.as_bytes())?;
     let report = json!({"experiment": recipe.experiment, "kind": "compare", "examples": held.len(), "rows": rows});
-    let title = format!("{} / {}", recipe.experiment, stage.name);
     // No metrics: the stage is one evaluation. An empty metrics file keeps plots quiet.
-    run.finish(&[], report, &title)
+    run.finish(&[], report, &ctx.title())
 }

@@ -6,6 +6,7 @@ use std::path::Path;
 use tch::{Device, Tensor};
 
 use crate::recipe::{DataSpec, Tokenizer};
+use crate::rng::Rng;
 
 pub struct Corpus {
     pub train: Vec<u32>,
@@ -34,8 +35,6 @@ impl Corpus {
         Ok(Corpus { train, val })
     }
 }
-
-pub use crate::rng::Rng;
 
 /// `batch` random windows of `context + 1` tokens: inputs (B, T) and next-token targets (B, T).
 pub fn batch(tokens: &[u32], batch: usize, context: usize, rng: &mut Rng, device: Device) -> (Tensor, Tensor) {

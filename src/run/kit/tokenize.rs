@@ -37,7 +37,7 @@ pub fn load_or_train(dir: &Path, text: &str, vocab: usize) -> Result<Tokenizer> 
     }
     let tk = train(text, vocab)?;
     let json = tk.to_string(false).map_err(|e| anyhow!("{e}"))?;
-    super::checkpoint::write_atomic(&path, json.as_bytes()).with_context(|| format!("writing {}", path.display()))?;
+    super::files::write_atomic(&path, json.as_bytes()).with_context(|| format!("writing {}", path.display()))?;
     Ok(tk)
 }
 

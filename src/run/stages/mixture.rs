@@ -2,24 +2,30 @@
 //! A softmax gate over the input picks among small expert networks; trained with the paper's
 //! competitive objective, each expert should come to own one subtask of the synthetic problem.
 //! The report says how cleanly each subtask is claimed (purity) and by which expert.
+//! Checkpointed at every evaluation and resumable, like every stage.
 
 use anyhow::{Context, Result};
 use serde_json::json;
-use std::path::Path;
 use tch::{Device, Kind, Tensor};
 
-use super::adamw::AdamW;
-use super::checkpoint::{fnv1a, write_atomic};
-use super::moe::jacobs_loss;
-use super::progress::Progress;
-use crate::recipe::{Activation, MixtureSpec, Objective, Recipe};
+use crate::recipe::{Activation, Generator, MixtureSpec, Objective};
 use crate::rng::Rng;
+use crate::run::kit::adamw::AdamW;
+use crate::run::kit::progress::Metric;
+use crate::run::kit::{hash, lifecycle, StageCtx};
+use crate::run::model::moe::jacobs_loss;
 use crate::schedule::lr_at;
 use crate::synthetic::{purity, regions};
 
 struct Mixture {
     params: Vec<Tensor>, // gate w (E, dim), gate b (E), then expert tensors
     act: Option<Activation>,
+}
+
+/// Checkpoint names of `Mixture::params`, in order.
+fn param_names(m: &MixtureSpec) -> Vec<String> {
+    let names: &[&str] = if m.expert.is_some() { &["gate.weight", "gate.bias", "experts.w1", "experts.b1", "experts.w2", "experts.b2"] } else { &["gate.weight", "gate.bias", "experts.weight", "experts.bias"] };
+    names.iter().map(|s| s.to_string()).collect()
 }
 
 impl Mixture {
@@ -75,15 +81,12 @@ impl Mixture {
     }
 }
 
-pub fn run_mixture(recipe: &Recipe, name: &str, m: &MixtureSpec, dir: &Path) -> Result<()> {
+pub fn run(ctx: &StageCtx, m: &MixtureSpec) -> Result<()> {
+    let (recipe, name) = (ctx.recipe, ctx.label.as_str());
     let data = recipe.synthetic.iter().find(|d| d.name == m.data).context("checked recipe names its data")?;
-    let hash = fnv1a(json!({"seed": recipe.seed, "stage": m, "data": data}).to_string().as_bytes());
-    if super::train::read_report_hash(dir).ok().as_deref() == Some(hash.as_str()) {
-        tracing::info!("{name}: up to date in {}; reusing it. --fresh reruns.", dir.display());
-        return Ok(());
-    }
-    std::fs::create_dir_all(dir)?;
-    let crate::recipe::Generator::Regions { tasks, .. } = data.generator;
+    let resolved = json!({"experiment": recipe.experiment, "seed": recipe.seed, "stage": name, "mixture": m, "data": data});
+    let Some(mut run) = lifecycle::begin(ctx, hash::mixture(recipe, m, data), &resolved, m.steps)? else { return Ok(()) };
+    let Generator::Regions { tasks, .. } = data.generator;
     let set = regions(&data.generator, recipe.seed);
     let (n, dim, out) = (set.task.len(), set.dim as i64, set.outputs as i64);
     let n_val = (n / 5).max(1);
@@ -96,10 +99,9 @@ pub fn run_mixture(recipe: &Recipe, name: &str, m: &MixtureSpec, dir: &Path) -> 
 
     tch::manual_seed(recipe.seed as i64);
     let model = Mixture::new(m, dim, out);
+    let names = param_names(m);
     let mut opt = AdamW::new(&model.params, &m.optimizer);
-    let mut rng = Rng(recipe.seed ^ 0x0B7C_4E55);
-    let mut metrics = super::progress::Metrics::open(dir, None)?;
-    let progress = Progress::new(name, 0, m.steps);
+    let (step0, mut rng, _) = run.restore(&names, &model.params, &mut opt, Rng(recipe.seed ^ 0x0B7C_4E55))?;
     let eval = |model: &Mixture| {
         tch::no_grad(|| {
             let (loss, p) = model.loss(&x_val, &y_val, m.objective);
@@ -110,7 +112,7 @@ pub fn run_mixture(recipe: &Recipe, name: &str, m: &MixtureSpec, dir: &Path) -> 
     };
     let started = std::time::Instant::now();
     let mut last = (f64::NAN, vec![]);
-    for step in 0..m.steps {
+    for step in step0..m.steps {
         let lr = lr_at(&m.schedule, m.optimizer.lr, step, m.steps);
         let idx: Vec<i64> = (0..m.batch).map(|_| rng.below(n_train as u64) as i64).collect();
         let idx = Tensor::from_slice(&idx);
@@ -124,9 +126,9 @@ pub fn run_mixture(recipe: &Recipe, name: &str, m: &MixtureSpec, dir: &Path) -> 
             anyhow::ensure!(loss_v.is_finite(), "stage `{name}`: non-finite loss at step {done}; lower the learning rate");
             last = eval(&model);
             let mean_purity = last.1.iter().map(|(_, p)| p).sum::<f64>() / tasks as f64;
-            let per_s = (done * m.batch as u64) as f64 / started.elapsed().as_secs_f64().max(1e-9);
-            progress.update(done, m.eval_every, loss_v, lr, per_s, Some(last.0));
-            metrics.write(&super::progress::Metric {
+            let per_s = ((done - step0) * m.batch as u64) as f64 / started.elapsed().as_secs_f64().max(1e-9);
+            run.progress.update(done, m.eval_every, loss_v, lr, per_s, Some(last.0));
+            run.metrics.write(&Metric {
                 step: done,
                 tokens: done * m.batch as u64,
                 loss: loss_v,
@@ -137,7 +139,12 @@ pub fn run_mixture(recipe: &Recipe, name: &str, m: &MixtureSpec, dir: &Path) -> 
                 aux_loss: None,
                 moe: vec![json!({"layer": "gate", "purity": mean_purity})],
             })?;
+            run.checkpoint(done, &names, &model.params, &opt, rng, serde_json::Value::Null)?;
         }
+    }
+    if last.1.is_empty() {
+        // Resumed from the last step's checkpoint: nothing ran, so evaluate what it holds.
+        last = eval(&model);
     }
     let (val_loss, per_task) = last;
     let claimed: Vec<usize> = per_task.iter().map(|(e, _)| *e).collect();
@@ -147,7 +154,6 @@ pub fn run_mixture(recipe: &Recipe, name: &str, m: &MixtureSpec, dir: &Path) -> 
     let mean_purity = per_task.iter().map(|(_, p)| p).sum::<f64>() / tasks as f64;
     let report = json!({
         "experiment": recipe.experiment,
-        "stage": name,
         "kind": "mixture",
         "objective": m.objective,
         "experts": m.experts,
@@ -156,10 +162,10 @@ pub fn run_mixture(recipe: &Recipe, name: &str, m: &MixtureSpec, dir: &Path) -> 
         "purity": mean_purity,
         "per_task": per_task.iter().enumerate().map(|(t, (e, p))| json!({"task": t, "claimed_by": e, "purity": p})).collect::<Vec<_>>(),
         "distinct_experts_claiming": distinct.len(),
-        "hash": hash,
     });
-    write_atomic(&dir.join("report.json"), serde_json::to_string_pretty(&report)?.as_bytes())?;
-    let _ = crate::report::plots::write_run_plots(dir, &format!("{} / {name}", recipe.experiment));
+    let dir = run.dir.clone();
+    let named: Vec<(String, Tensor)> = names.iter().cloned().zip(model.params.iter().map(|p| p.shallow_clone())).collect();
+    run.finish(&[("model.safetensors", named)], report, &ctx.title())?;
     tracing::info!(
         "{name}: val loss {val_loss:.4}; subtask purity {:.3} (each of {tasks} sectors → expert {claimed:?}, {} distinct experts); wrote {}",
         mean_purity,

@@ -4,18 +4,18 @@
 
 use anyhow::Result;
 use serde_json::json;
-use std::path::Path;
 use std::time::Instant;
 use tch::{Kind, Tensor};
 
-use super::adamw::AdamW;
-use super::data::Rng;
-use super::rl_losses::dpo;
-use super::seqs::{pad, prompt_ids, prompt_response, score, seq_logprob};
-use super::stage_run::{begin, freeze, instructions, load_lm, preferences};
-use super::RunOptions;
 use crate::posttrain::examples::{Pair, Seq};
-use crate::recipe::{DpoSpec, ExampleSet, Recipe, StageSpec};
+use crate::recipe::{DpoSpec, ExampleSet};
+use crate::rng::Rng;
+use crate::run::kit::adamw::AdamW;
+use crate::run::kit::artifacts::{instructions, load_lm, preferences};
+use crate::run::kit::losses::dpo;
+use crate::run::kit::score::score;
+use crate::run::kit::seqs::{pad, prompt_ids, prompt_response, seq_logprob};
+use crate::run::kit::{device, lifecycle, StageCtx};
 use crate::schedule::lr_at;
 
 fn pair_seqs(set: &ExampleSet, p: &Pair, ctx: usize) -> (Seq, Seq) {
@@ -30,31 +30,32 @@ fn pair_seqs(set: &ExampleSet, p: &Pair, ctx: usize) -> (Seq, Seq) {
     (c, r)
 }
 
-pub fn run_dpo(recipe: &Recipe, source: &str, stage: &StageSpec, d: &DpoSpec, runs: &Path, opts: &RunOptions) -> Result<()> {
-    let Some(mut run) = begin(recipe, source, stage, runs, d.opt.steps, d.opt.device, opts)? else { return Ok(()) };
-    let name = stage.name.clone();
+pub fn run(ctx: &StageCtx, d: &DpoSpec) -> Result<()> {
+    let (recipe, name) = (ctx.recipe, ctx.label.clone());
+    let Some(mut run) = lifecycle::begin_stage(ctx, d.opt.steps)? else { return Ok(()) };
+    let dev = device::device(d.opt.device)?;
     let (set, split) = preferences(recipe, &d.data)?;
     let (_, held) = instructions(recipe, &d.data)?;
     let held: Vec<_> = held.held_out.into_iter().take(d.eval_examples).collect();
-    let policy = load_lm(recipe, runs, &d.policy, run.device)?;
-    let mut reference = load_lm(recipe, runs, &d.policy, run.device)?;
-    freeze(&mut reference);
+    let policy = load_lm(recipe, &ctx.runs, &d.policy, dev)?;
+    let mut reference = load_lm(recipe, &ctx.runs, &d.policy, dev)?;
+    reference.freeze();
     let before = score(&policy, Some(&reference), &set, &held, d.max_new);
     let names = policy.names.clone();
     let params: Vec<Tensor> = policy.params.iter().map(|p| p.shallow_clone()).collect();
     let mut opt = AdamW::new(&params, &d.opt.optimizer);
     let (step0, mut rng, _) = run.restore(&names, &params, &mut opt, Rng(recipe.seed ^ 0xD90))?;
-    let ctx = policy.spec().context;
+    let context = policy.spec().context;
     tracing::info!("{name}: DPO (β = {}) on `{}` ({} pairs) for {} steps × {} pairs", d.beta, set.name, split.train.len(), d.opt.steps, d.opt.batch);
     let started = Instant::now();
     let mut last = before.clone();
     for step in step0..d.opt.steps {
         tch::manual_seed((recipe.seed ^ step.wrapping_mul(0x9E37_79B9)) as i64);
         let lr = lr_at(&d.opt.schedule, d.opt.optimizer.lr, step, d.opt.steps);
-        let pairs: Vec<(Seq, Seq)> = (0..d.opt.batch).map(|_| pair_seqs(&set, &split.train[rng.below(split.train.len() as u64) as usize], ctx)).collect();
+        let pairs: Vec<(Seq, Seq)> = (0..d.opt.batch).map(|_| pair_seqs(&set, &split.train[rng.below(split.train.len() as u64) as usize], context)).collect();
         // One batch: the chosen rows, then the rejected rows.
         let rows: Vec<&Seq> = pairs.iter().map(|p| &p.0).chain(pairs.iter().map(|p| &p.1)).collect();
-        let b = pad(&rows, run.device);
+        let b = pad(&rows, dev);
         let n = d.opt.batch as i64;
         opt.zero_grad();
         let pi = seq_logprob(&policy, &b, true); // (2B)
@@ -105,5 +106,5 @@ pub fn run_dpo(recipe: &Recipe, source: &str, stage: &StageSpec, d: &DpoSpec, ru
         before.sampled_gold,
         last.kl.unwrap_or(0.0)
     );
-    run.finish(&[("model.safetensors", policy.named())], report, &format!("{} / {name}", recipe.experiment))
+    run.finish(&[("model.safetensors", policy.named())], report, &ctx.title())
 }

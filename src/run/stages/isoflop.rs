@@ -3,23 +3,31 @@
 //! points.csv, fit, predict the compute-optimal size at `predict` × the largest budget, train
 //! that model, and report the predicted against the achieved loss.
 
+//!
+//! The sweep itself keeps no checkpoint: each point is a run of its own under the one lifecycle
+//! (`ctx.train`), so a rerun reuses every finished point and resumes an interrupted one.
+
 use anyhow::{Context, Result};
 use serde_json::json;
 use std::path::Path;
 
-use super::train::run_train_model;
-use super::RunOptions;
-use crate::recipe::{IsoflopSpec, Recipe};
+use crate::recipe::IsoflopSpec;
+use crate::run::kit::files::write_atomic;
+use crate::run::kit::lifecycle;
+use crate::run::kit::StageCtx;
 use crate::scaling::fit::{fit, Point};
 
 fn val_loss(dir: &Path) -> Result<f64> {
-    let text = std::fs::read_to_string(dir.join("report.json")).with_context(|| format!("reading {}", dir.join("report.json").display()))?;
-    let v: serde_json::Value = serde_json::from_str(&text)?;
-    v["final_val_loss"].as_f64().context("report.json lacks final_val_loss")
+    let run = lifecycle::finished(dir)?;
+    run.report["final_val_loss"].as_f64().with_context(|| format!("{} lacks final_val_loss", dir.join("report.json").display()))
 }
 
-pub fn run_isoflop(recipe: &Recipe, source: &str, name: &str, iso: &IsoflopSpec, dir: &Path, opts: &RunOptions) -> Result<()> {
-    std::fs::create_dir_all(dir)?;
+pub fn run(ctx: &StageCtx, iso: &IsoflopSpec) -> Result<()> {
+    let (recipe, name, dir) = (ctx.recipe, ctx.label.as_str(), ctx.dir.as_path());
+    if ctx.opts.fresh && dir.exists() {
+        lifecycle::set_aside(dir)?;
+    }
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     let mut pts = vec![];
     let mut rows = vec![];
     for (i, p) in iso.points.iter().enumerate() {
@@ -27,13 +35,13 @@ pub fn run_isoflop(recipe: &Recipe, source: &str, name: &str, iso: &IsoflopSpec,
         let tokens = p.train.steps * p.train.tokens_per_step();
         tracing::info!("{name}: point {}/{}: C = {:.1e}, N = {n}, D = {tokens}", i + 1, iso.points.len(), p.budget);
         let pdir = dir.join("points").join(format!("{i:02}"));
-        run_train_model(recipe, source, &format!("{name}.{i:02}"), &p.model, &p.train, &pdir, opts)?;
+        (ctx.train)(&ctx.sub(format!("{name}.{i:02}"), pdir.clone()), &p.model, &p.train)?;
         let loss = val_loss(&pdir)?;
         pts.push(Point { params: n as f64, tokens: tokens as f64, loss });
         rows.push(json!({"budget": p.budget, "params": n, "tokens": tokens, "d_model": p.model.d_model, "layers": p.model.layers, "val_loss": loss}));
     }
     let csv: String = std::iter::once("params,tokens,loss\n".to_string()).chain(pts.iter().map(|p| format!("{},{},{}\n", p.params, p.tokens, p.loss))).collect();
-    super::checkpoint::write_atomic(&dir.join("points.csv"), csv.as_bytes())?;
+    write_atomic(&dir.join("points.csv"), csv.as_bytes())?;
 
     let f = fit(&pts, 50, recipe.seed).map_err(|e| anyhow::anyhow!("{name}: fitting the sweep: {e}"))?;
     let a2 = f.approach2.clone().context("the sweep's budgets did not each give a valley (a parabola opening upward); widen `spread` or add sizes")?;
@@ -61,7 +69,7 @@ pub fn run_isoflop(recipe: &Recipe, source: &str, name: &str, iso: &IsoflopSpec,
     let loss_pred_a3 = f.law().loss(n as f64, (t.steps * t.tokens_per_step()) as f64);
     tracing::info!("{name}: predicted optimum at C = {target_c:.1e}: N ≈ {n_pred:.0} (sized {n}), {} steps; predicted loss {loss_pred_a2:.4} (Approach 2), {loss_pred_a3:.4} (Approach 3)", t.steps);
     let pdir = dir.join("predicted");
-    run_train_model(recipe, source, &format!("{name}.predicted"), &model, &t, &pdir, opts)?;
+    (ctx.train)(&ctx.sub(format!("{name}.predicted"), pdir.clone()), &model, &t)?;
     let achieved = val_loss(&pdir)?;
 
     let report = json!({
@@ -80,11 +88,11 @@ pub fn run_isoflop(recipe: &Recipe, source: &str, name: &str, iso: &IsoflopSpec,
             "loss_achieved": achieved,
         },
     });
-    super::checkpoint::write_atomic(&dir.join("report.json"), serde_json::to_string_pretty(&report)?.as_bytes())?;
+    write_atomic(&dir.join("report.json"), serde_json::to_string_pretty(&report)?.as_bytes())?;
     if let Some(svg) = crate::report::plots::isoflop_svg(&f, &pts) {
-        std::fs::write(dir.join("isoflop.svg"), svg)?;
+        write_atomic(&dir.join("isoflop.svg"), svg.as_bytes())?;
     }
-    std::fs::write(dir.join("contours.svg"), crate::report::plots::contour_svg(&f, &pts))?;
+    write_atomic(&dir.join("contours.svg"), crate::report::plots::contour_svg(&f, &pts).as_bytes())?;
     tracing::info!("{name}: Approach 2: N_opt ∝ C^{:.3}, D_opt ∝ C^{:.3}; Approach 3: α = {:.3}, β = {:.3}", a2.a, a2.b, f.alpha, f.beta);
     tracing::info!("{name}: at {target_c:.1e} FLOPs: predicted loss {loss_pred_a2:.4} (A2) / {loss_pred_a3:.4} (A3), achieved {achieved:.4}; wrote {}", dir.display());
     Ok(())

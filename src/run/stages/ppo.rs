@@ -11,55 +11,54 @@
 
 use anyhow::Result;
 use serde_json::json;
-use std::path::Path;
 use std::time::Instant;
 use tch::{Device, Kind, Tensor};
 
-use super::adamw::AdamW;
-use super::data::Rng;
-use super::reward::RewardModel;
-use super::rl_losses::{entropy, masked_mean, ppo_clip, value_loss};
-use super::seqs::{decode, generate, pad, prompt_ids, prompt_response, score, token_logprobs};
-use super::stage_run::{begin, freeze, instructions, load_lm};
-use super::RunOptions;
+use crate::lower::ScalarHead;
 use crate::posttrain::examples::{Example, Seq};
 use crate::posttrain::gae::gae;
 use crate::posttrain::tasks;
-use crate::recipe::{PpoSpec, Recipe, StageSpec};
+use crate::recipe::PpoSpec;
+use crate::rng::Rng;
+use crate::run::kit::adamw::AdamW;
+use crate::run::kit::artifacts::{instructions, load_lm, load_reward_model};
+use crate::run::kit::losses::{entropy, masked_mean, ppo_clip, value_loss};
+use crate::run::kit::score::score;
+use crate::run::kit::seqs::{decode, generate, pad, prompt_ids, prompt_response, token_logprobs};
+use crate::run::kit::{device, lifecycle, StageCtx};
+use crate::run::model::heads::Head;
 use crate::schedule::lr_at;
 
 fn to_vec(t: &Tensor) -> Vec<f64> {
     Vec::<f64>::try_from(&t.to_kind(Kind::Double).to_device(Device::Cpu).contiguous().view([-1])).unwrap_or_default()
 }
 
-pub fn run_ppo(recipe: &Recipe, source: &str, stage: &StageSpec, p: &PpoSpec, runs: &Path, opts: &RunOptions) -> Result<()> {
-    let Some(mut run) = begin(recipe, source, stage, runs, p.opt.steps, p.opt.device, opts)? else { return Ok(()) };
-    let name = stage.name.clone();
-    let dev = run.device;
+pub fn run(ctx: &StageCtx, p: &PpoSpec) -> Result<()> {
+    let (recipe, name) = (ctx.recipe, ctx.label.clone());
+    let Some(mut run) = lifecycle::begin_stage(ctx, p.opt.steps)? else { return Ok(()) };
+    let dev = device::device(p.opt.device)?;
     let (set, split) = instructions(recipe, &p.prompts)?;
     let held: Vec<Example> = split.held_out.iter().take(p.eval_examples).cloned().collect();
-    let policy = load_lm(recipe, runs, &p.policy, dev)?;
-    let mut reference = load_lm(recipe, runs, &p.policy, dev)?;
-    freeze(&mut reference);
-    let rm = RewardModel::load(recipe, runs, &p.reward, dev)?;
-    let d = policy.spec().d_model as i64;
+    let policy = load_lm(recipe, &ctx.runs, &p.policy, dev)?;
+    let mut reference = load_lm(recipe, &ctx.runs, &p.policy, dev)?;
+    reference.freeze();
+    let rm = load_reward_model(recipe, &ctx.runs, &p.reward, dev)?;
     // The value head reads the policy's final hidden state, detached: the critic is a linear
     // probe on the policy's features, so value-loss gradients cannot pull those features away
     // from what the policy objective wants (a shared trunk destabilised small models here).
     // It starts at zero.
-    let vw = Tensor::zeros([1, d], (Kind::Float, dev)).set_requires_grad(true);
-    let vb = Tensor::zeros([1], (Kind::Float, dev)).set_requires_grad(true);
-    let mut names = policy.names.clone();
-    names.extend(["value_head.weight".to_string(), "value_head.bias".to_string()]);
-    let mut params: Vec<Tensor> = policy.params.iter().map(|t| t.shallow_clone()).collect();
-    params.extend([vw.shallow_clone(), vb.shallow_clone()]);
+    let value_head = Head::new(ScalarHead::Value, &policy);
+    let (mut names, mut params): (Vec<String>, Vec<Tensor>) = policy.named().into_iter().unzip();
+    let (head_names, head_params): (Vec<String>, Vec<Tensor>) = value_head.named().into_iter().unzip();
+    names.extend(head_names);
+    params.extend(head_params);
     let mut opt = AdamW::new(&params, &p.opt.optimizer);
     let (step0, mut rng, extra) = run.restore(&names, &params, &mut opt, Rng(recipe.seed ^ 0x990))?;
     let mut kl_coef = extra["kl_coef"].as_f64().unwrap_or(p.kl);
     let mut history: Vec<(f64, f64)> = serde_json::from_value(extra["history"].clone()).unwrap_or_default(); // (reward-model score, gold reward) per step
     let before = score(&policy, Some(&reference), &set, &held, p.max_new);
     let end = set.end.as_bytes().to_vec();
-    let ctx = policy.spec().context;
+    let context = policy.spec().context;
     tracing::info!(
         "{name}: PPO on prompts of `{}` against reward model `{}`: {} steps × {} prompts, KL coefficient {kl_coef}{}",
         set.name,
@@ -83,8 +82,8 @@ pub fn run_ppo(recipe: &Recipe, source: &str, stage: &StageSpec, p: &PpoSpec, ru
         // 2. Scores, old log-probabilities and values, reference log-probabilities.
         let (old_lp, old_v, ref_lp, rm_score) = tch::no_grad(|| {
             let (h, logits, _) = policy.forward_full(&b.x, false);
-            let v = h.to_kind(Kind::Float).linear(&vw, Some(&vb)).squeeze_dim(-1); // (B, T)
-            let full: Vec<Vec<i64>> = seqs.iter().map(|s| s.tokens.iter().copied().take(ctx).collect()).collect();
+            let v = value_head.apply(&h); // (B, T)
+            let full: Vec<Vec<i64>> = seqs.iter().map(|s| s.tokens.iter().copied().take(context).collect()).collect();
             (token_logprobs(&logits, &b.y), v, token_logprobs(&reference.forward(&b.x, false), &b.y), rm.score(&full, false))
         });
         // 3. Per-token rewards and GAE, row by row over the response positions.
@@ -129,7 +128,7 @@ pub fn run_ppo(recipe: &Recipe, source: &str, stage: &StageSpec, p: &PpoSpec, ru
                 opt.zero_grad();
                 let (h, logits, _) = policy.forward_full(&x, false);
                 let lp = token_logprobs(&logits, &y);
-                let v = h.detach().to_kind(Kind::Float).linear(&vw, Some(&vb)).squeeze_dim(-1);
+                let v = value_head.apply(&h.detach());
                 let (pg, clipfrac) = ppo_clip(&lp, &pick(&old_lp), &pick(&adv), &w, p.clip);
                 let vl = value_loss(&v, &pick(&old_v), &pick(&ret), &w, p.value_clip);
                 let ent = masked_mean(&entropy(&logits), &w);
@@ -202,6 +201,5 @@ pub fn run_ppo(recipe: &Recipe, source: &str, stage: &StageSpec, p: &PpoSpec, ru
         final_.1,
         if hacking { " — REWARD HACKING: the reward model's score rose while the gold reward fell" } else { "" }
     );
-    let value_head = vec![("value_head.weight".to_string(), vw.shallow_clone()), ("value_head.bias".to_string(), vb.shallow_clone())];
-    run.finish(&[("model.safetensors", policy.named()), ("value_head.safetensors", value_head)], report, &format!("{} / {name}", recipe.experiment))
+    run.finish(&[("model.safetensors", policy.named()), ("value_head.safetensors", value_head.named())], report, &ctx.title())
 }

@@ -8,20 +8,22 @@ use serde_json::json;
 use std::time::Instant;
 use tch::{Kind, Tensor};
 
-use super::adamw::AdamW;
-use super::data::Rng;
-use super::seqs::{pad, score, token_logprobs};
-use super::stage_run::{begin, instructions, load_lm};
-use super::RunOptions;
 use crate::posttrain::examples::{sequence, Seq};
-use crate::recipe::{FinetuneSpec, Recipe, StageSpec};
+use crate::recipe::FinetuneSpec;
+use crate::rng::Rng;
+use crate::run::kit::adamw::AdamW;
+use crate::run::kit::artifacts::{instructions, load_lm};
+use crate::run::kit::score::score;
+use crate::run::kit::seqs::{pad, token_logprobs};
+use crate::run::kit::{device, lifecycle, StageCtx};
 use crate::schedule::lr_at;
 
-pub fn run_finetune(recipe: &Recipe, source: &str, stage: &StageSpec, f: &FinetuneSpec, runs: &std::path::Path, opts: &RunOptions) -> Result<()> {
-    let Some(mut run) = begin(recipe, source, stage, runs, f.opt.steps, f.opt.device, opts)? else { return Ok(()) };
-    let name = stage.name.clone();
+pub fn run(ctx: &StageCtx, f: &FinetuneSpec) -> Result<()> {
+    let (recipe, name) = (ctx.recipe, ctx.label.clone());
+    let Some(mut run) = lifecycle::begin_stage(ctx, f.opt.steps)? else { return Ok(()) };
+    let dev = device::device(f.opt.device)?;
     let (set, split) = instructions(recipe, &f.data)?;
-    let mut model = load_lm(recipe, runs, &f.model, run.device)?;
+    let mut model = load_lm(recipe, &ctx.runs, &f.model, dev)?;
     let held: Vec<_> = split.held_out.iter().take(f.eval_examples).cloned().collect();
     // The starting point's score, for the report (what fine-tuning changed).
     let before = score(&model, None, &set, &held, f.max_new);
@@ -37,8 +39,8 @@ pub fn run_finetune(recipe: &Recipe, source: &str, stage: &StageSpec, f: &Finetu
     let trainable: u64 = params.iter().map(|p| p.numel() as u64).sum();
     let mut opt = AdamW::new(&params, &f.opt.optimizer);
     let (step0, mut rng, _) = run.restore(&names, &params, &mut opt, Rng(recipe.seed ^ 0x5F7))?;
-    let ctx = model.spec().context;
-    let seqs: Vec<Seq> = split.train.iter().map(|e| sequence(&set, &e.prompt, &e.response, f.mask_prompt, ctx)).collect();
+    let context = model.spec().context;
+    let seqs: Vec<Seq> = split.train.iter().map(|e| sequence(&set, &e.prompt, &e.response, f.mask_prompt, context)).collect();
     tracing::info!(
         "{name}: fine-tuning `{}` ({trainable} trainable of {} parameters{}) on {} examples of `{}` for {} steps × {}",
         f.model.arch,
@@ -57,7 +59,7 @@ pub fn run_finetune(recipe: &Recipe, source: &str, stage: &StageSpec, f: &Finetu
         tch::manual_seed((recipe.seed ^ step.wrapping_mul(0x9E37_79B9)) as i64);
         let lr = lr_at(&f.opt.schedule, f.opt.optimizer.lr, step, f.opt.steps);
         let rows: Vec<&Seq> = (0..f.opt.batch).map(|_| &seqs[rng.below(seqs.len() as u64) as usize]).collect();
-        let b = pad(&rows, run.device);
+        let b = pad(&rows, dev);
         opt.zero_grad();
         // Mean negative log-likelihood over the weighted (response) targets.
         let lp = token_logprobs(&model.forward(&b.x, true), &b.y);
@@ -106,5 +108,5 @@ pub fn run_finetune(recipe: &Recipe, source: &str, stage: &StageSpec, f: &Finetu
         before.gold,
         last.samples.first()
     );
-    run.finish(&[output], report, &format!("{} / {name}", recipe.experiment))
+    run.finish(&[output], report, &ctx.title())
 }

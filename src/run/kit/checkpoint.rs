@@ -1,0 +1,97 @@
+//! Checkpoints of named trainable tensors and their AdamW moments: written atomically, the last
+//! few kept, and a small JSON state that names the newest one. A run killed at any instant leaves
+//! either the previous complete checkpoint or the new complete one, never a torn file.
+
+use anyhow::{bail, Context, Result};
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+use tch::Tensor;
+
+use super::adamw::AdamW;
+use super::files::{write_atomic, write_tensors_atomic};
+use crate::rng::Rng;
+
+/// Checkpoints kept on disk (older ones are deleted after a newer one is safely written).
+const KEEP: usize = 2;
+
+#[derive(Serialize, Deserialize, Debug, Clone)]
+pub struct State {
+    /// Steps completed.
+    pub step: u64,
+    pub adam_t: u64,
+    pub data_rng: Rng,
+    /// Hash of the resolved stage definition; resuming under a different one is refused.
+    pub recipe_hash: String,
+    /// The checkpoint file (in the run directory) holding weights and optimizer moments.
+    pub file: String,
+    pub best_val: Option<f64>,
+    /// The training-loss accumulator of the current logging window (sum, steps), so the
+    /// first metrics line after a resume averages the same steps as without the interruption.
+    #[serde(default)]
+    pub window_loss: (f64, u64),
+    /// Stage-specific state (PPO's adaptive KL coefficient).
+    #[serde(default)]
+    pub extra: serde_json::Value,
+}
+
+/// Save named trainable tensors and their AdamW moments, then the state naming the file.
+pub fn save(dir: &Path, names: &[String], params: &[Tensor], opt: &AdamW, state: &State) -> Result<()> {
+    let mut tensors: Vec<(String, Tensor)> = names.iter().cloned().zip(params.iter().map(|p| p.shallow_clone())).collect();
+    for (i, n) in names.iter().enumerate() {
+        tensors.push((format!("adam.m.{n}"), opt.m[i].shallow_clone()));
+        tensors.push((format!("adam.v.{n}"), opt.v[i].shallow_clone()));
+    }
+    write_tensors_atomic(&dir.join(&state.file), &tensors)?;
+    write_atomic(&dir.join("state.json"), serde_json::to_string_pretty(state)?.as_bytes())?;
+    // Only now that the state names the new file may older checkpoints go.
+    let mut old: Vec<(u64, PathBuf)> = std::fs::read_dir(dir)
+        .with_context(|| format!("listing {}", dir.display()))?
+        .filter_map(|e| e.ok())
+        .filter_map(|e| {
+            let name = e.file_name().to_string_lossy().to_string();
+            let step = name.strip_prefix("ckpt-")?.strip_suffix(".safetensors")?.parse().ok()?;
+            Some((step, e.path()))
+        })
+        .collect();
+    old.sort();
+    let n = old.len();
+    for (_, p) in old.into_iter().take(n.saturating_sub(KEEP)) {
+        let _ = std::fs::remove_file(p);
+    }
+    Ok(())
+}
+
+pub fn read_state(dir: &Path) -> Result<Option<State>> {
+    let p = dir.join("state.json");
+    if !p.exists() {
+        return Ok(None);
+    }
+    let text = std::fs::read_to_string(&p).with_context(|| format!("reading {}", p.display()))?;
+    let s = serde_json::from_str(&text).with_context(|| format!("{} is not a valid run state (corrupt?)", p.display()))?;
+    Ok(Some(s))
+}
+
+/// Restore named trainable tensors and their moments from the checkpoint a state names.
+pub fn load(dir: &Path, state: &State, names: &[String], params: &[Tensor], opt: &mut AdamW) -> Result<()> {
+    let path = dir.join(&state.file);
+    let tensors = Tensor::read_safetensors(&path).with_context(|| format!("reading checkpoint {}", path.display()))?;
+    restore(&path, &tensors, names, params, opt)?;
+    opt.t = state.adam_t;
+    Ok(())
+}
+
+fn restore(path: &Path, tensors: &[(String, Tensor)], names: &[String], params: &[Tensor], opt: &mut AdamW) -> Result<()> {
+    let by_name: std::collections::HashMap<&str, &Tensor> = tensors.iter().map(|(n, t)| (n.as_str(), t)).collect();
+    for (i, n) in names.iter().enumerate() {
+        let slots = [(opt.m[i].shallow_clone(), format!("adam.m.{n}")), (opt.v[i].shallow_clone(), format!("adam.v.{n}")), (params[i].shallow_clone(), n.clone())];
+        for (mut slot, key) in slots {
+            let Some(t) = by_name.get(key.as_str()) else { bail!("checkpoint {} lacks `{key}`", path.display()) };
+            if t.size() != slot.size() {
+                bail!("checkpoint {}: `{key}` has the wrong shape", path.display());
+            }
+            tch::no_grad(|| slot.copy_(t));
+        }
+    }
+    Ok(())
+}
+

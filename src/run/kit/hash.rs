@@ -1,0 +1,47 @@
+//! What each stage kind's output depends on, as a stable content hash (FNV-1a of canonical
+//! JSON): its resolved definition, the declarations it reads, the seed and the hashes of the
+//! upstream outputs it consumes, so retraining one stage retrains its users.
+
+use anyhow::{Context, Result};
+use serde_json::json;
+use std::path::Path;
+
+use super::files::fnv1a;
+use super::lifecycle::read_report_hash;
+use crate::recipe::{MixtureSpec, ModelSpec, Recipe, StageSpec, SyntheticSpec, TrainSpec};
+
+/// A `train` run of `spec` (a sweep point sizes its own model); `upstream` is the output hash of
+/// the stage it initialises from.
+pub fn train(recipe: &Recipe, spec: &ModelSpec, t: &TrainSpec, upstream: Option<&str>) -> String {
+    let key = json!({
+        "seed": recipe.seed,
+        "train": t,
+        "model": spec,
+        "data": recipe.data(&t.data),
+        "upstream": upstream,
+    });
+    fnv1a(key.to_string().as_bytes())
+}
+
+/// A `mixture` stage on its synthetic data.
+pub fn mixture(recipe: &Recipe, m: &MixtureSpec, data: &SyntheticSpec) -> String {
+    fnv1a(json!({"seed": recipe.seed, "stage": m, "data": data}).to_string().as_bytes())
+}
+
+/// A post-training stage: its definition, the data and model declarations it mentions, the
+/// seed, and the output hashes of the stages it runs after (returned too, for the report).
+pub fn posttrain(recipe: &Recipe, stage: &StageSpec, runs: &Path) -> Result<(String, Vec<(String, String)>)> {
+    let mut upstream = vec![];
+    for s in &stage.after {
+        let h = read_report_hash(&runs.join(s)).with_context(|| format!("stage `{}` needs the output of `{s}`", stage.name))?;
+        upstream.push((s.clone(), h));
+    }
+    let spec = serde_json::to_value(stage)?;
+    let text = spec.to_string();
+    let mentions = |name: &str| text.contains(&format!("\"{name}\""));
+    let models: Vec<_> = recipe.models.iter().filter(|m| mentions(&m.name)).collect();
+    let sets: Vec<_> = recipe.examples.iter().filter(|d| mentions(&d.name)).collect();
+    let up: Vec<_> = upstream.iter().map(|(s, h)| json!([s, h])).collect();
+    let key = json!({"seed": recipe.seed, "stage": spec, "models": models, "examples": sets, "upstream": up});
+    Ok((fnv1a(key.to_string().as_bytes()), upstream))
+}

@@ -1,0 +1,229 @@
+//! One run-directory lifecycle for every stage kind. A stage names what its output depends on
+//! (a content hash, `hash.rs`) and what it resolved to; `begin` then decides:
+//! - `--fresh` renames an existing run aside (never deletes it);
+//! - a finished run of the same hash is reused (`None`);
+//! - a finished run of another hash is renamed aside and the stage runs again;
+//! - an interrupted run of another hash is refused, listing what changed, unless `--force`;
+//! - otherwise the stage starts, or resumes from the checkpoint its state names.
+//!
+//! `RunDir::finish` writes the outputs and then report.json with the hash: the mark of a
+//! finished run. Tools (`merge`) find runs through `finished` and `stage_dir`, never by listing.
+
+use anyhow::{bail, Context, Result};
+use serde_json::{json, Value};
+use std::path::{Component, Path, PathBuf};
+use tch::Tensor;
+
+use super::adamw::AdamW;
+use super::checkpoint::{self, State};
+use super::context::StageCtx;
+use super::files::{write_atomic, write_tensors_atomic};
+use super::progress::{Metrics, Progress};
+use crate::recipe::StageKind;
+use crate::rng::Rng;
+
+/// A stage's run directory while it runs.
+pub struct RunDir {
+    pub label: String,
+    pub dir: PathBuf,
+    pub hash: String,
+    /// The checkpoint to resume from, if any.
+    pub resume: Option<State>,
+    /// (stage, output hash) of the stages this one consumed, recorded in report.json so a tool
+    /// can tell whether an input was retrained since.
+    pub upstream: Vec<(String, String)>,
+    pub metrics: Metrics,
+    pub progress: Progress,
+}
+
+/// Ready `ctx.dir` for a run of `steps` steps whose output has content hash `hash` and whose
+/// definition resolved to `resolved`; None when a finished run of the same hash is reused.
+pub fn begin(ctx: &StageCtx, hash: String, resolved: &Value, steps: u64) -> Result<Option<RunDir>> {
+    let (label, dir) = (&ctx.label, &ctx.dir);
+    if ctx.opts.fresh && dir.exists() {
+        set_aside(dir)?;
+    }
+    if dir.join("report.json").exists() {
+        if read_report_hash(dir).ok().as_deref() == Some(hash.as_str()) {
+            tracing::info!("{label}: up to date in {} (same definition, inputs and seed); reusing it. --fresh retrains.", dir.display());
+            return Ok(None);
+        }
+        tracing::info!("{label}: its definition or inputs changed since it finished; retraining.");
+        set_aside(dir)?;
+    }
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let resume = checkpoint::read_state(dir)?;
+    if let Some(s) = &resume {
+        if s.recipe_hash != hash && !ctx.opts.force {
+            bail!(
+                "{} holds a checkpoint of a different definition of stage `{label}`; changed since:\n  {}\n\
+                 Resuming would mix two experiments. --fresh sets that run aside (renamed, not deleted) and starts over; \
+                 --force resumes anyway.",
+                dir.display(),
+                changes_since(dir, resolved).join("\n  ")
+            );
+        }
+        tracing::info!("{label}: resuming from step {} of {steps} ({})", s.step, dir.join(&s.file).display());
+    }
+    write_atomic(&dir.join("recipe.roux"), ctx.source.as_bytes())?;
+    write_atomic(&dir.join("resolved.json"), serde_json::to_string_pretty(resolved)?.as_bytes())?;
+    let step0 = resume.as_ref().map(|s| s.step);
+    Ok(Some(RunDir {
+        label: label.clone(),
+        dir: dir.clone(),
+        hash,
+        resume,
+        upstream: vec![],
+        metrics: Metrics::open(dir, step0)?,
+        progress: Progress::new(label, step0.unwrap_or(0), steps),
+    }))
+}
+
+/// `begin` for a post-training stage: its hash covers its definition, the declarations it
+/// mentions and its upstream outputs; its resolved definition carries the model it writes (or,
+/// for LoRA, adapts), so `roux sample`, `export` and `merge` can read its weights.
+pub fn begin_stage(ctx: &StageCtx, steps: u64) -> Result<Option<RunDir>> {
+    let (recipe, stage) = (ctx.recipe, ctx.stage);
+    let (hash, upstream) = super::hash::posttrain(recipe, stage, &ctx.runs)?;
+    let arch = match &stage.kind {
+        StageKind::Finetune(f) => Some(&f.model.arch),
+        StageKind::Ppo(p) => Some(&p.policy.arch),
+        StageKind::Dpo(d) => Some(&d.policy.arch),
+        _ => None,
+    };
+    let resolved = json!({"experiment": recipe.experiment, "seed": recipe.seed, "stage": stage, "model": arch.and_then(|a| recipe.model(a))});
+    Ok(begin(ctx, hash, &resolved, steps)?.map(|run| RunDir { upstream, ..run }))
+}
+
+impl RunDir {
+    /// When resuming, restore the trainable tensors and their optimizer state; returns (steps
+    /// done, data rng, stage-specific state), or (0, `rng`, null) for a fresh start.
+    pub fn restore(&self, names: &[String], params: &[Tensor], opt: &mut AdamW, rng: Rng) -> Result<(u64, Rng, Value)> {
+        match &self.resume {
+            Some(s) => {
+                checkpoint::load(&self.dir, s, names, params, opt)?;
+                Ok((s.step, s.data_rng, s.extra.clone()))
+            }
+            None => Ok((0, rng, Value::Null)),
+        }
+    }
+
+    /// Checkpoint after `state.step` steps; the hash and file name are filled in here.
+    pub fn save(&self, names: &[String], params: &[Tensor], opt: &AdamW, state: State) -> Result<()> {
+        let state = State { recipe_hash: self.hash.clone(), file: format!("ckpt-{}.safetensors", state.step), adam_t: opt.t, ..state };
+        checkpoint::save(&self.dir, names, params, opt, &state)
+    }
+
+    /// Checkpoint with no training-loss window or best validation loss (post-training stages).
+    pub fn checkpoint(&self, step: u64, names: &[String], params: &[Tensor], opt: &AdamW, rng: Rng, extra: Value) -> Result<()> {
+        let state = State { step, adam_t: opt.t, data_rng: rng, recipe_hash: String::new(), file: String::new(), best_val: None, window_loss: (0.0, 0), extra };
+        self.save(names, params, opt, state)
+    }
+
+    pub fn log(&mut self, v: Value) -> Result<()> {
+        self.metrics.write_json(&v)
+    }
+
+    /// Write the outputs (refusing non-finite weights), then report.json with the stage's name,
+    /// hash and inputs (which marks the run finished), then the plots.
+    pub fn finish(self, outputs: &[(&str, Vec<(String, Tensor)>)], mut report: Value, title: &str) -> Result<()> {
+        for (file, tensors) in outputs {
+            if let Some((name, _)) = tensors.iter().find(|(_, t)| !bool::try_from(t.isfinite().all()).unwrap_or(false)) {
+                bail!("{}: `{name}` has non-finite values; not writing {file} or marking the stage finished (lower the learning rate or set `grad_clip`)", self.label);
+            }
+            write_tensors_atomic(&self.dir.join(file), tensors)?;
+        }
+        report["stage"] = json!(self.label);
+        report["hash"] = json!(self.hash);
+        if !self.upstream.is_empty() {
+            report["upstream"] = self.upstream.iter().map(|(s, h)| (s.clone(), json!(h))).collect::<serde_json::Map<_, _>>().into();
+        }
+        write_atomic(&self.dir.join("report.json"), serde_json::to_string_pretty(&report)?.as_bytes())?;
+        if let Err(e) = crate::report::plots::write_run_plots(&self.dir, title) {
+            tracing::warn!("{}: could not draw plots: {e}", self.label);
+        }
+        Ok(())
+    }
+}
+
+/// A finished run: its report and resolved definition.
+pub struct Finished {
+    pub dir: PathBuf,
+    pub report: Value,
+    pub resolved: Value,
+}
+
+/// The finished run in `dir`, or an error saying why it is not one.
+pub fn finished(dir: &Path) -> Result<Finished> {
+    let read = |file: &str| -> Result<Value> {
+        let p = dir.join(file);
+        let text = super::files::read_capped(&p, 64 << 20).with_context(|| format!("{} is not a finished run (cannot read {file})", dir.display()))?;
+        serde_json::from_str(&text).with_context(|| format!("{} is not valid JSON", p.display()))
+    };
+    Ok(Finished { dir: dir.to_path_buf(), report: read("report.json")?, resolved: read("resolved.json")? })
+}
+
+/// The directory holding every stage of the experiment that `run` (a stage's directory, as
+/// given on the command line, relative or not) belongs to.
+pub fn experiment_dir(run: &Path) -> PathBuf {
+    match run.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    }
+}
+
+/// Where stage `name` of the experiment in `runs` keeps its run: `runs/name`, for a name that is
+/// one plain path component (a name read from a file must not lead elsewhere).
+pub fn stage_dir(runs: &Path, name: &str) -> Result<PathBuf> {
+    let mut parts = Path::new(name).components();
+    match (parts.next(), parts.next()) {
+        (Some(Component::Normal(_)), None) if !name.contains(['/', '\\']) => Ok(runs.join(name)),
+        _ => bail!("`{name}` is not a stage name (one path component)"),
+    }
+}
+
+pub fn read_report_hash(dir: &Path) -> Result<String> {
+    let p = dir.join("report.json");
+    let text = super::files::read_capped(&p, 64 << 20).with_context(|| format!("no finished run in {}", dir.display()))?;
+    let v: Value = serde_json::from_str(&text).with_context(|| format!("{} is not valid JSON", p.display()))?;
+    v["hash"].as_str().map(String::from).with_context(|| format!("{} has no hash", p.display()))
+}
+
+/// Rename an existing run directory out of the way instead of deleting it.
+pub fn set_aside(dir: &Path) -> Result<()> {
+    let ts = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    let mut name = dir.file_name().unwrap_or_default().to_os_string();
+    name.push(format!(".old-{ts}"));
+    let to = dir.with_file_name(name);
+    std::fs::rename(dir, &to).with_context(|| format!("setting {} aside", dir.display()))?;
+    tracing::info!("set the previous run aside as {}", to.display());
+    Ok(())
+}
+
+/// What changed between the definition a run directory holds and `now`, as `path: old → new`.
+fn changes_since(dir: &Path, now: &Value) -> Vec<String> {
+    let before: Value = std::fs::read_to_string(dir.join("resolved.json")).ok().and_then(|t| serde_json::from_str(&t).ok()).unwrap_or_default();
+    let mut changes = vec![];
+    diff("", &before, now, &mut changes);
+    if changes.is_empty() {
+        changes.push("an upstream stage's output".into());
+    }
+    changes
+}
+
+/// The leaves that differ between two JSON values, as `path: old → new`.
+fn diff(path: &str, a: &Value, b: &Value, out: &mut Vec<String>) {
+    match (a, b) {
+        (Value::Object(x), Value::Object(y)) => {
+            let mut keys: Vec<&String> = x.keys().chain(y.keys()).collect();
+            keys.sort();
+            keys.dedup();
+            for k in keys {
+                let p = if path.is_empty() { k.clone() } else { format!("{path}.{k}") };
+                diff(&p, x.get(k).unwrap_or(&Value::Null), y.get(k).unwrap_or(&Value::Null), out);
+            }
+        }
+        _ if a != b => out.push(format!("{path}: {a} → {b}")),
+        _ => {}
+    }
+}

@@ -1,0 +1,38 @@
+//! What stage loops share (room `run/kit`): small helpers the loops call, not a framework they
+//! live inside. Imports `run/model`, never `run/stages` or `run/tools`.
+//!
+//! | file           | what it does                                                         |
+//! |----------------|----------------------------------------------------------------------|
+//! | `context.rs`   | `StageCtx` (what the runner hands a stage) and `RunOptions`          |
+//! | `lifecycle.rs` | the one run-directory lifecycle: reuse, resume, `--fresh`, finish    |
+//! | `hash.rs`      | what each stage kind's output depends on, as a content hash          |
+//! | `files.rs`     | atomic writes, capped reads, the stable hash function                |
+//! | `checkpoint.rs`| named tensors and AdamW moments, the run state, resume              |
+//! | `adamw.rs`     | AdamW on flat buffers of plain tensors                               |
+//! | `artifacts.rs` | models named by artifact references, reward models, example splits  |
+//! | `data.rs`      | a corpus split into training and validation tokens; batches          |
+//! | `tokenize.rs`  | byte-level BPE: train on the corpus, save tokenizer.json             |
+//! | `seqs.rs`      | padded variable-length batches, log-probabilities, generation        |
+//! | `score.rs`     | a policy's scores on held-out prompts                                |
+//! | `losses.rs`    | Bradley–Terry, DPO, clipped PPO and value losses, entropy            |
+//! | `progress.rs`  | the progress of a loop and metrics.jsonl                             |
+//! | `device.rs`    | the device a stage runs on, the memory guard                         |
+//! | `alloc.rs`     | the process's allocator (`ROUX_MALLOC`)                              |
+
+pub mod adamw;
+pub mod alloc;
+pub mod artifacts;
+pub mod checkpoint;
+pub mod context;
+pub mod data;
+pub mod device;
+pub mod files;
+pub mod hash;
+pub mod lifecycle;
+pub mod losses;
+pub mod progress;
+pub mod score;
+pub mod seqs;
+pub mod tokenize;
+
+pub use context::{RunOptions, StageCtx};

@@ -1,0 +1,23 @@
+//! One file per stage kind (room `run/stages`), each `run(ctx: &StageCtx, spec: &XSpec)` with
+//! its loop written out, torchtune style: what loops share is in `run/kit`, the network in
+//! `run/model`. A stage never imports another stage (a sweep trains through `ctx.train`).
+//!
+//! | file          | stage                                                            |
+//! |---------------|------------------------------------------------------------------|
+//! | `train.rs`    | `train`: pretraining on a corpus                                  |
+//! | `isoflop.rs`  | `isoflop`: sweep, fit, predict, check the prediction              |
+//! | `mixture.rs`  | `mixture`: Jacobs et al. 1991 on a synthetic task                 |
+//! | `finetune.rs` | `finetune`: SFT, full or LoRA                                     |
+//! | `reward.rs`   | `reward_model`: Bradley–Terry on preference pairs                 |
+//! | `ppo.rs`      | `ppo`: RLHF with a KL penalty, GAE, clipping                      |
+//! | `dpo.rs`      | `dpo`                                                             |
+//! | `compare.rs`  | `compare`: the table of policies                                  |
+
+pub mod compare;
+pub mod dpo;
+pub mod finetune;
+pub mod isoflop;
+pub mod mixture;
+pub mod ppo;
+pub mod reward;
+pub mod train;

@@ -1,0 +1,207 @@
+//! The loop of a `train` stage, written out: sample a batch, forward, backward, clip, AdamW,
+//! log, evaluate, checkpoint. Resumable at any checkpoint, exactly.
+
+use anyhow::{bail, Context, Result};
+use serde_json::json;
+use std::time::Instant;
+use tch::Tensor;
+
+use crate::plan::plan_model;
+use crate::recipe::{ModelSpec, TrainSpec};
+use crate::rng::Rng;
+use crate::run::kit::adamw::AdamW;
+use crate::run::kit::checkpoint::State;
+use crate::run::kit::data::{batch, Corpus};
+use crate::run::kit::progress::{format_secs, Metric};
+use crate::run::kit::{device, hash, lifecycle, tokenize, StageCtx};
+use crate::run::model::moe::MoeStats;
+use crate::run::model::Model;
+use crate::schedule::lr_at;
+
+pub fn run(ctx: &StageCtx, t: &TrainSpec) -> Result<()> {
+    let spec = ctx.recipe.model(&t.model).context("checked recipe names its model")?;
+    run_model(ctx, spec, t)
+}
+
+/// Train `spec` as `t` says, in `ctx.dir` (the model need not be one of the recipe's
+/// declarations: sweeps size their own).
+pub fn run_model(ctx: &StageCtx, spec: &ModelSpec, t: &TrainSpec) -> Result<()> {
+    let (recipe, name) = (ctx.recipe, ctx.label.as_str());
+    let data_spec = recipe.data(&t.data).context("checked recipe names its data")?;
+    // An upstream stage's output hash makes this stage's hash change when it is retrained.
+    let upstream = match &t.init_from {
+        Some(up) => Some(lifecycle::read_report_hash(&ctx.stage_dir(up)).with_context(|| format!("stage `{name}` needs the output of `{up}`"))?),
+        None => None,
+    };
+    let hash = hash::train(recipe, spec, t, upstream.as_deref());
+    let resolved = json!({"experiment": recipe.experiment, "seed": recipe.seed, "stage": name, "model": spec, "data": data_spec, "train": t});
+    let Some(mut run) = lifecycle::begin(ctx, hash, &resolved, t.steps)? else { return Ok(()) };
+    let dir = run.dir.clone();
+
+    let device = device::device(t.device)?;
+    // Refuse a model that cannot fit before allocating it (an IsoFLOP prediction can be huge).
+    let plan = plan_model(&crate::lower::lower_model(spec), t.batch, t.context);
+    if device == tch::Device::Cpu {
+        device::memory_guard(name, plan.train_memory_bytes)?;
+    }
+    tch::manual_seed(recipe.seed as i64);
+    let mut model = Model::new(spec, device);
+    if t.precision == crate::recipe::Precision::Bf16 {
+        model.set_precision(tch::Kind::BFloat16);
+    }
+    if let Some(up) = &t.init_from {
+        let path = ctx.stage_dir(up).join("model.safetensors");
+        let tensors = Tensor::read_safetensors(&path).with_context(|| format!("reading {}", path.display()))?;
+        model.load(&tensors).with_context(|| format!("initialising from {}", path.display()))?;
+    }
+    let mut opt = AdamW::new(&model.params, &t.optimizer);
+    // A BPE tokenizer comes from the stage this one continues, so both read the same ids.
+    if let (Some(up), crate::recipe::Tokenizer::Bpe { .. }) = (&t.init_from, data_spec.tokenizer) {
+        let (from, to) = (ctx.stage_dir(up).join(tokenize::FILE), dir.join(tokenize::FILE));
+        if from.exists() && !to.exists() {
+            std::fs::copy(&from, &to).with_context(|| format!("copying {} to {}", from.display(), to.display()))?;
+        }
+    }
+    let corpus = Corpus::load(data_spec, &dir)?;
+    let params: Vec<Tensor> = model.params.iter().map(|p| p.shallow_clone()).collect();
+    let (step0, mut rng, _) = run.restore(&model.names, &params, &mut opt, Rng(recipe.seed ^ 0x5EED_DA7A))?;
+    let resumed = run.resume.as_ref().map(|s| (s.step, s.best_val, s.window_loss));
+    let (mut best_val, window_loss) = resumed.map_or((None, (0.0, 0)), |(_, b, w)| (b, w));
+
+    tracing::info!(
+        "{name}: training `{}` ({} params) on `{}` for {} steps × {} tokens on {:?}",
+        spec.name,
+        model.numel(),
+        data_spec.name,
+        t.steps,
+        t.tokens_per_step(),
+        device
+    );
+    let mut skipped = 0u64;
+    let started = Instant::now();
+    let mut window = (Instant::now(), 0u64, window_loss.0, window_loss.1); // (since, tokens, loss sum, steps)
+    let (mut last_loss, mut last_val) = (f64::NAN, None);
+    let mut last_ckpt: Option<u64> = resumed.map(|r| r.0);
+
+    for step in step0..t.steps {
+        // Seeding libtorch per step makes dropout masks a function of the step alone,
+        // so a resumed run draws exactly what an uninterrupted one would.
+        tch::manual_seed((recipe.seed ^ step.wrapping_mul(0x9E37_79B9)) as i64);
+        let lr = lr_at(&t.schedule, t.optimizer.lr, step, t.steps);
+        let (x, y) = batch(&corpus.train, t.batch, t.context, &mut rng, device);
+        opt.zero_grad();
+        let (loss, ce, moe_stats) = model.loss_parts(&x, &y, true);
+        loss.backward();
+        let grad_norm = opt.clip_grad_norm(t.grad_clip);
+        let loss_v = ce.double_value(&[]);
+        if (!loss_v.is_finite() || !grad_norm.is_finite()) && skipped < t.max_skips {
+            // `on_nonfinite = skip`: drop this step's update (the batch is consumed, so a
+            // resumed run skips the same step) and go on, up to `max_skips` times.
+            skipped += 1;
+            tracing::warn!("{name}: step {}: non-finite loss or gradient (loss {loss_v}, gradient norm {grad_norm}); skipped ({skipped} of at most {})", step + 1, t.max_skips);
+            continue;
+        }
+        if !loss_v.is_finite() || !grad_norm.is_finite() {
+            bail!(
+                "stage `{name}`: {} at step {} (loss {loss_v}, gradient norm {grad_norm}). The last good checkpoint is {}.\n\
+                 Likely cause: a learning rate too high for this model (lr {lr:.3e}); lower `lr`, add warmup, or set `grad_clip`.",
+                if loss_v.is_finite() { "non-finite gradient" } else { "non-finite loss" },
+                step + 1,
+                last_ckpt.map_or("none (no checkpoint yet)".into(), |s| format!("step {s} in {}", dir.display()))
+            );
+        }
+        opt.step(lr);
+        let done = step + 1;
+        window.1 += t.tokens_per_step();
+        window.2 += loss_v;
+        window.3 += 1;
+        last_loss = loss_v;
+
+        // Throughput is measured before evaluation so it counts training steps only.
+        let tok_s = window.1 as f64 / window.0.elapsed().as_secs_f64().max(1e-9);
+        let eval_now = done % t.eval_every == 0 || done == t.steps;
+        let val = if eval_now { Some(evaluate(&model, &corpus.val, t, recipe.seed)) } else { None };
+        if let Some(v) = val {
+            best_val = Some(best_val.map_or(v, |b: f64| b.min(v)));
+            last_val = Some(v);
+        }
+        run.progress.update(done, t.log_every, loss_v, lr, tok_s, val);
+        if done % t.log_every == 0 || val.is_some() || done == t.steps {
+            let aux = (!moe_stats.is_empty()).then(|| loss.double_value(&[]) - loss_v);
+            run.metrics.write(&Metric {
+                aux_loss: aux,
+                moe: moe_stats.iter().map(moe_json).collect(),
+                step: done,
+                tokens: done * t.tokens_per_step(),
+                loss: window.2 / window.3 as f64,
+                val_loss: val,
+                lr,
+                grad_norm,
+                tokens_per_s: tok_s,
+            })?;
+            window = (Instant::now(), 0, 0.0, 0);
+        }
+        let ckpt_every = if t.checkpoint_every > 0 { t.checkpoint_every } else { t.eval_every };
+        if done % ckpt_every == 0 || done == t.steps {
+            let state = State { step: done, adam_t: opt.t, data_rng: rng, recipe_hash: String::new(), file: String::new(), best_val, window_loss: (window.2, window.3), extra: serde_json::Value::Null };
+            run.save(&model.names, &params, &opt, state)?;
+            last_ckpt = Some(done);
+        }
+    }
+
+    let wall = started.elapsed().as_secs_f64();
+    let trained_tokens = (t.steps - step0) * t.tokens_per_step();
+    let report = json!({
+        "experiment": recipe.experiment,
+        "kind": "train",
+        "model": spec.name,
+        "params": model.numel(),
+        "params_plan": plan.params_total,
+        "steps": t.steps,
+        "tokens": t.steps * t.tokens_per_step(),
+        "final_loss": last_loss,
+        "final_val_loss": last_val,
+        "best_val_loss": best_val,
+        "wall_seconds": wall,
+        "tokens_per_s": trained_tokens as f64 / wall.max(1e-9),
+        "model_flops_per_s": plan.flops_per_token_model * trained_tokens as f64 / wall.max(1e-9),
+        "device": format!("{device:?}"),
+        "precision": t.precision,
+        "resumed_from_step": resumed.map(|r| r.0),
+    });
+    run.finish(&[("model.safetensors", model.named())], report, &ctx.title())?;
+    tracing::info!(
+        "{name}: done in {} — val loss {} nats/token; wrote {}",
+        format_secs(wall),
+        last_val.map_or("-".into(), |v: f64| format!("{v:.4}")),
+        dir.display()
+    );
+    Ok(())
+}
+
+/// Mean validation loss over a fixed set of batches (the same ones at every evaluation).
+pub fn evaluate(model: &Model, val: &[u32], t: &TrainSpec, seed: u64) -> f64 {
+    let mut rng = Rng(seed ^ 0xE7A1);
+    tch::no_grad(|| {
+        let mut sum = 0.0;
+        for _ in 0..t.eval_batches {
+            let (x, y) = batch(val, t.batch, t.context, &mut rng, model.device);
+            sum += model.loss(&x, &y, false).double_value(&[]);
+        }
+        sum / t.eval_batches as f64
+    })
+}
+
+fn moe_json(s: &MoeStats) -> serde_json::Value {
+    let load: Vec<f64> = Vec::<f64>::try_from(&s.load.to_kind(tch::Kind::Double)).unwrap_or_default();
+    let mut v = json!({
+        "layer": s.layer,
+        "load": load,
+        "dropped": s.dropped.double_value(&[]),
+        "entropy": s.entropy.double_value(&[]),
+    });
+    for (name, t) in &s.parts {
+        v[*name] = json!(t.double_value(&[]));
+    }
+    v
+}
