@@ -66,7 +66,7 @@ pub fn is_yaml(path: &Path) -> bool {
 }
 
 /// Parse a recipe in either form.
-pub fn parse_source(source: &Source) -> Result<crate::syntax::ast::Recipe, Diagnostic> {
+pub fn parse_source(source: &Source) -> Result<crate::syntax::ast::SourceFile, Diagnostic> {
     if is_yaml(&source.path) {
         crate::syntax::yaml::from_yaml(&source.text)
     } else {
@@ -98,7 +98,7 @@ pub fn compile_source_with(mut source: Source, opts: &Options) -> Compiled {
         }
     }
     if !ast.body.entries.iter().any(|e| matches!(e, crate::syntax::ast::Entry::Sweep(_))) {
-        let checked = crate::check::check_with(&ast, &base, &[], allowed);
+        let checked = crate::check::check_with(&ast, &base, &[], allowed, &crate::check::loader::FileSystem);
         return Compiled { source, recipe: checked.recipe, points: vec![], diagnostics: checked.diagnostics };
     }
     let expanded = match crate::sweep::expand(&ast) {
@@ -120,7 +120,7 @@ pub fn compile_source_with(mut source: Source, opts: &Options) -> Compiled {
         })
         .collect();
     for (point, label) in &expanded {
-        let checked = crate::check::check_with(point, &base, &variables, allowed);
+        let checked = crate::check::check_with(point, &base, &variables, allowed, &crate::check::loader::FileSystem);
         failed |= checked.recipe.is_none();
         points.extend(checked.recipe);
         for mut d in checked.diagnostics {

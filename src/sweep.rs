@@ -3,11 +3,11 @@
 //! of the sweep line and the experiment named `<name>-NAME=value`. Every point is then checked
 //! like a hand-written recipe; its errors say which point they belong to.
 
-use crate::diag::{Diagnostic, Span};
-use crate::syntax::ast::{Entry, ExprKind, Field, Recipe};
+use crate::diag::{Code, Diagnostic, Span};
+use crate::syntax::ast::{Entry, ExprKind, Field, SourceFile};
 
 /// The expanded ASTs with the bindings of each, or a diagnostic for a malformed sweep.
-pub fn expand(ast: &Recipe) -> Result<Vec<(Recipe, String)>, Vec<Diagnostic>> {
+pub fn expand(ast: &SourceFile) -> Result<Vec<(SourceFile, String)>, Vec<Diagnostic>> {
     let mut axes = vec![];
     let mut errors = vec![];
     for e in &ast.body.entries {
@@ -15,7 +15,7 @@ pub fn expand(ast: &Recipe) -> Result<Vec<(Recipe, String)>, Vec<Diagnostic>> {
             match &s.values.kind {
                 ExprKind::List(v) if !v.is_empty() => axes.push((s.var.clone(), v.clone(), s.span)),
                 _ => errors.push(
-                    Diagnostic::error("E0120", s.values.span, format!("`sweep {}` expects a non-empty list of values", s.var.name))
+                    Diagnostic::error(Code::E0120, s.values.span, format!("`sweep {}` expects a non-empty list of values", s.var.name))
                         .with_hint(format!("write `sweep {} in [64, 128, 256]`", s.var.name)),
                 ),
             }
@@ -27,7 +27,7 @@ pub fn expand(ast: &Recipe) -> Result<Vec<(Recipe, String)>, Vec<Diagnostic>> {
     let total: usize = axes.iter().map(|(_, v, _)| v.len()).product();
     if total > 10_000 {
         let span = axes.first().map_or(Span::default(), |a| a.2);
-        return Err(vec![Diagnostic::error("E0243", span, format!("this sweep expands to {total} recipes"))
+        return Err(vec![Diagnostic::error(Code::E0243, span, format!("this sweep expands to {total} recipes"))
             .with_hint("at most 10,000 points; split the sweep into several recipes")]);
     }
     let mut out = vec![];

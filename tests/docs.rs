@@ -80,3 +80,22 @@ fn every_diagnostic_code_the_checker_emits_is_documented() {
     let missing: Vec<&String> = codes.iter().filter(|c| !md.contains(&format!("| {c} |"))).collect();
     assert!(missing.is_empty(), "not in docs/reference.md: {missing:?}");
 }
+
+/// The reference's table of diagnostics is the one list in `diag::Code`, row for row: a code
+/// added, removed or reworded in one place fails here until the other says the same.
+#[test]
+fn the_reference_table_of_diagnostics_is_the_code_enum() {
+    let md = std::fs::read_to_string(root().join("docs/reference.md")).unwrap();
+    let rows: Vec<(String, String)> = md
+        .lines()
+        .filter_map(|l| {
+            let cells: Vec<&str> = l.strip_prefix("| ")?.strip_suffix(" |")?.split(" | ").collect();
+            match cells.as_slice() {
+                [code, meaning] if code.len() == 5 && code.starts_with(['E', 'W', 'N']) && code[1..].chars().all(|c| c.is_ascii_digit()) => Some((code.to_string(), meaning.to_string())),
+                _ => None,
+            }
+        })
+        .collect();
+    let codes: Vec<(String, String)> = roux::diag::Code::ALL.iter().map(|c| (c.as_str().to_string(), c.meaning().to_string())).collect();
+    assert_eq!(rows, codes, "docs/reference.md's table of diagnostics differs from src/diag/codes.rs");
+}

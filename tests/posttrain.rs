@@ -216,3 +216,54 @@ fn jsonl_data_with_configured_field_names_trains_and_bad_lines_name_file_and_lin
     assert!(err.contains("instructions.jsonl:3: no field `output`"), "{err}");
     assert!(!err.contains("panicked"), "{err}");
 }
+
+/// `roux merge` finds the adapter's definition and base through their own run directories: a
+/// set-aside copy `sft.old-*` of another LoRA alpha beside them changes nothing (it used to be
+/// read in directory order, giving merged weights off by up to 2.0), a relative path works from
+/// inside the experiment's directory, and a base retrained since the adapter is refused.
+#[test]
+fn merge_reads_its_chain_by_name_never_a_set_aside_sibling() {
+    let out = scratch("merge-stale");
+    let text = std::fs::read_to_string(fixture("tiny-lifecycle.roux")).unwrap().replace("../../data/", "../../../data/");
+    let text = format!("{}}}\n", &text[..text.find("  stage rm =").unwrap()]);
+    let recipe = out.join("pair.roux");
+    std::fs::write(&recipe, text).unwrap();
+    let runs = out.join("runs");
+    run_ok(&recipe, &runs);
+    let exp = runs.join("tiny-lifecycle");
+    let clean = out.join("clean");
+    let o = roux(&["merge", exp.join("sft").to_str().unwrap(), "--output", clean.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(0), "{}", String::from_utf8_lossy(&o.stderr));
+
+    // Runs set aside with another alpha (4× the scale of the real one), as `--fresh` leaves them.
+    for k in 1..=4 {
+        let stale = exp.join(format!("sft.old-{k}"));
+        std::fs::create_dir_all(&stale).unwrap();
+        for f in ["adapter.safetensors", "report.json"] {
+            std::fs::copy(exp.join("sft").join(f), stale.join(f)).unwrap();
+        }
+        let resolved = std::fs::read_to_string(exp.join("sft/resolved.json")).unwrap();
+        assert!(resolved.contains("\"alpha\": 8.0"), "{resolved}");
+        std::fs::write(stale.join("resolved.json"), resolved.replace("\"alpha\": 8.0", "\"alpha\": 32.0")).unwrap();
+    }
+    let o = std::process::Command::new(env!("CARGO_BIN_EXE_roux")).args(["merge", "sft", "--output", "merged-here"]).current_dir(&exp).env("ROUX_QUIET", "1").output().unwrap();
+    assert_eq!(o.status.code(), Some(0), "{}", String::from_utf8_lossy(&o.stderr));
+    let read = |p: std::path::PathBuf| Tensor::read_safetensors(p).unwrap().into_iter().collect::<std::collections::BTreeMap<String, Tensor>>();
+    let (a, b) = (read(clean.join("model.safetensors")), read(exp.join("merged-here/model.safetensors")));
+    assert_eq!(a.keys().collect::<Vec<_>>(), b.keys().collect::<Vec<_>>());
+    for (name, ta) in &a {
+        let tb = &b[name];
+        assert!(ta.equal(tb), "`{name}` differs from the clean merge by {}", (ta - tb).abs().max().double_value(&[]));
+    }
+
+    // The base retrained since (another output hash): refused, saying which and what to do.
+    let report = exp.join("pretrain/report.json");
+    let mut v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&report).unwrap()).unwrap();
+    v["hash"] = serde_json::json!("0123456789abcdef");
+    std::fs::write(&report, v.to_string()).unwrap();
+    let o = roux(&["merge", exp.join("sft").to_str().unwrap(), "--output", out.join("refused").to_str().unwrap()]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(2), "{err}");
+    assert!(err.contains("holds another output of `pretrain` than the one `sft` was trained on (hash 0123456789abcdef"), "{err}");
+    assert!(!out.join("refused").exists());
+}

@@ -116,7 +116,7 @@ fn adamw_two_steps_by_hand() {
         Tensor::from_slice(&[1.0f64]).set_requires_grad(true),
         Tensor::from_slice(&[5.0f64, 6.0]).view([1, 2]), // frozen: never updated, not even decayed
     ];
-    let mut opt = roux::run::kit::adamw::AdamW::new(&params, &cfg);
+    let mut opt = roux::run::kit::adamw::Optimizer::new(&params, &cfg);
     let want = [[0.89, -1.88, 0.9], [0.7811, -1.7612, 0.8]];
     for w in want {
         opt.zero_grad();

@@ -4,7 +4,7 @@
 //! error pointing at the argument.
 
 use super::Checker;
-use crate::diag::{Diagnostic, Span};
+use crate::diag::{Code, Diagnostic, Span};
 use crate::recipe::{ModelRef, Weights};
 use crate::syntax::ast::{Decl, DeclKind, Expr, ExprKind};
 
@@ -79,12 +79,12 @@ impl<'a> Checker<'a> {
         if let ExprKind::Ctor { path, args: Some(args), block: None } = &e.kind {
             if Expr::path_string(path) == "merge" {
                 let [arg] = args.as_slice() else {
-                    self.error(Diagnostic::error("E0104", e.span, "`merge` takes one argument: an adapter").with_hint("write `merge(sft.adapter)`"));
+                    self.error(Diagnostic::error(Code::E0104, e.span, "`merge` takes one argument: an adapter").with_hint("write `merge(sft.adapter)`"));
                     return None;
                 };
                 let (kind, r) = self.artifact(&arg.value)?;
                 if kind != Artifact::Adapter {
-                    self.error(Diagnostic::error("E0310", arg.value.span, format!("`merge` expects a LoRA adapter, found {}", kind.noun()))
+                    self.error(Diagnostic::error(Code::E0310, arg.value.span, format!("`merge` expects a LoRA adapter, found {}", kind.noun()))
                         .with_hint("merge the `adapter` of a `finetune` stage that has `adapter = lora { … }`"));
                     return None;
                 }
@@ -102,13 +102,13 @@ impl<'a> Checker<'a> {
                     Some((attr, _)) => format!("use its output: `{}.{attr}`", d.name.name),
                     None => format!("a `{}` stage has no model output", d.value.as_ctor_name().unwrap_or_default()),
                 };
-                self.error(Diagnostic::error("E0301", e.span, format!("`{}` is a stage, not a model", d.name.name)).with_hint(hint));
+                self.error(Diagnostic::error(Code::E0301, e.span, format!("`{}` is a stage, not a model", d.name.name)).with_hint(hint));
                 None
             }
             (DeclKind::Stage, 2) => {
                 let outs = self.stage_outputs(d);
                 let Some(&(_, kind)) = outs.iter().find(|(a, _)| *a == path[1].name) else {
-                    let mut err = Diagnostic::error("E0311", path[1].span, format!("stage `{}` has no output `{}`", d.name.name, path[1].name));
+                    let mut err = Diagnostic::error(Code::E0311, path[1].span, format!("stage `{}` has no output `{}`", d.name.name, path[1].name));
                     err = match outs.first() {
                         Some((a, Artifact::Adapter)) if path[1].name == "model" => err.with_hint(format!(
                             "`{0}` trains a LoRA adapter, not a whole model: use `merge({0}.{a})` for a model",
@@ -124,7 +124,7 @@ impl<'a> Checker<'a> {
                 Some((kind, ModelRef { arch, weights: Weights::Stage { stage: d.name.name.clone() } }))
             }
             _ => {
-                self.error(Diagnostic::error("E0301", e.span, format!("expected a model, found {} `{}`", d.kind.keyword(), Expr::path_string(path)))
+                self.error(Diagnostic::error(Code::E0301, e.span, format!("expected a model, found {} `{}`", d.kind.keyword(), Expr::path_string(path)))
                     .with_hint("pass a `model` declaration or a stage's output such as `pretrain.model`"));
                 None
             }
@@ -138,12 +138,12 @@ impl<'a> Checker<'a> {
             Artifact::Lm => Some(r),
             Artifact::Adapter => {
                 let stage = r.stage().unwrap_or_default();
-                self.error(Diagnostic::error("E0310", e.span, format!("{role} must be a language model, but `{stage}.adapter` is a LoRA adapter"))
+                self.error(Diagnostic::error(Code::E0310, e.span, format!("{role} must be a language model, but `{stage}.adapter` is a LoRA adapter"))
                     .with_hint(format!("an adapter is a model only together with its base: write `merge({stage}.adapter)`")));
                 None
             }
             Artifact::Reward => {
-                self.error(Diagnostic::error("E0310", e.span, format!("{role} must be a language model, but `{}` is a reward model", describe_ref(&r)))
+                self.error(Diagnostic::error(Code::E0310, e.span, format!("{role} must be a language model, but `{}` is a reward model", describe_ref(&r)))
                     .with_hint("a reward model scores text, it does not generate it: pass a policy such as `sft.model` or `merge(sft.adapter)`"));
                 None
             }
@@ -154,7 +154,7 @@ impl<'a> Checker<'a> {
     pub(super) fn expect_reward(&mut self, e: &'a Expr) -> Option<(String, String)> {
         let (kind, r) = self.artifact(e)?;
         if kind != Artifact::Reward {
-            self.error(Diagnostic::error("E0310", e.span, format!("`reward` must be a reward model, but `{}` is {}", describe_ref(&r), kind.noun()))
+            self.error(Diagnostic::error(Code::E0310, e.span, format!("`reward` must be a reward model, but `{}` is {}", describe_ref(&r), kind.noun()))
                 .with_hint("train one with `stage rm = reward_model(sft.model, prefs) { … }` and pass `rm.model`"));
             return None;
         }

@@ -4,11 +4,15 @@
 //! compared with its optimum and warned about when they depart from it by more than `tolerance`.
 
 use super::fields::Fields;
+use super::loader::PathKind;
 use super::Checker;
-use crate::diag::{Diagnostic, Span};
+use crate::diag::{Code, Diagnostic, Span};
 use crate::recipe::BudgetSpec;
 use crate::scaling::law::{solve, Law, Parametric};
 use crate::syntax::ast::{Block, Decl, Entry, Expr, ExprKind};
+
+/// A fitted law is five numbers; anything much larger is not one.
+const MAX_FIT_BYTES: u64 = 1 << 20;
 
 impl<'a> Checker<'a> {
     /// The checked budget of a `budget` declaration (memoized: other items read it).
@@ -36,7 +40,7 @@ impl<'a> Checker<'a> {
         match solve(&law, flops, params, tokens) {
             Ok(b) => Some(BudgetSpec { name: d.name.name.clone(), law, params: b.params, tokens: b.tokens, flops: b.flops, loss: b.loss, tolerance: tolerance? }),
             Err(e) => {
-                self.error(Diagnostic::error("E0240", d.name.span, format!("budget `{}`: {e}", d.name.name))
+                self.error(Diagnostic::error(Code::E0240, d.name.span, format!("budget `{}`: {e}", d.name.name))
                     .with_hint("give `flops`, `params` or `tokens` (the law solves the rest), or two of them"));
                 None
             }
@@ -53,15 +57,20 @@ impl<'a> Checker<'a> {
             "kaplan" => Law::Kaplan,
             _ => {
                 let Some((file, span)) = super::paths::single_path_arg(args) else {
-                    self.error(Diagnostic::error("E0104", field.value.span, "`fitted` takes one argument: the `roux fit --json` output")
+                    self.error(Diagnostic::error(Code::E0104, field.value.span, "`fitted` takes one argument: the `roux fit --json` output")
                         .with_hint("write `law = fitted(\"fit.json\")`"));
                     return None;
                 };
                 let path = self.confined(&file, span)?;
-                let text = match std::fs::read_to_string(path) {
+                let text = match self.loader.read_text(&path, MAX_FIT_BYTES) {
                     Ok(t) => t,
+                    Err(why) if self.loader.entry(&path) != PathKind::Missing => {
+                        self.error(Diagnostic::error(Code::E0210, span, format!("fit file `{file}` cannot be read: {why}"))
+                            .with_hint("name the JSON file `roux fit --json` wrote; paths are relative to the recipe"));
+                        return None;
+                    }
                     Err(_) => {
-                        self.error(Diagnostic::error("E0210", span, format!("fit file `{file}` not found"))
+                        self.error(Diagnostic::error(Code::E0210, span, format!("fit file `{file}` not found"))
                             .with_hint("write one with `roux fit POINTS.csv --json > fit.json`; paths are relative to the recipe"));
                         return None;
                     }
@@ -69,7 +78,7 @@ impl<'a> Checker<'a> {
                 match serde_json::from_str::<Parametric>(&text) {
                     Ok(p) => Law::Fitted(p),
                     Err(e) => {
-                        self.error(Diagnostic::error("E0241", span, format!("`{file}` is not a fitted law: {e}"))
+                        self.error(Diagnostic::error(Code::E0241, span, format!("`{file}` is not a fitted law: {e}"))
                             .with_hint("it needs the keys E, A, B, alpha and beta, as `roux fit --json` writes them"));
                         return None;
                     }
@@ -115,8 +124,7 @@ pub fn departure(b: &BudgetSpec, n: f64, d: f64, span: Span, stage: &str) -> Opt
     let loss = b.law.loss(n, d);
     let penalty = loss - b.law.loss(n_best, d_best);
     Some(
-        Diagnostic::warning(
-            "W0401",
+        Diagnostic::warning(Code::W0401,
             span,
             format!(
                 "stage `{stage}` departs from budget `{}` ({}): ×{rn:.2} its compute-optimal parameters and ×{rd:.2} its tokens (×{:.2} its FLOPs); predicted loss {loss:.3}, {penalty:+.3} over the best split of the same compute ({n_best:.3e} parameters, {d_best:.3e} tokens)",

@@ -1,8 +1,9 @@
 //! `data NAME = text("file") { tokenizer = bytes, context = 128, split = 0.9 }`
 
 use super::fields::Fields;
+use super::loader::PathKind;
 use super::Checker;
-use crate::diag::Diagnostic;
+use crate::diag::{Code, Diagnostic};
 use crate::recipe::{DataSpec, Generator, SyntheticSpec, Tokenizer};
 use crate::syntax::ast::Decl;
 
@@ -51,19 +52,19 @@ impl<'a> Checker<'a> {
         f.finish(self);
 
         let Some((file, file_span)) = super::paths::single_path_arg(args) else {
-            self.error(Diagnostic::error("E0104", d.value.span, "`text` takes one argument: the path of the corpus")
+            self.error(Diagnostic::error(Code::E0104, d.value.span, "`text` takes one argument: the path of the corpus")
                 .with_hint("write `text(\"data/corpus.txt\") { … }`"));
             return None;
         };
         let full = self.confined(&file, file_span)?;
-        let tokens = match std::fs::metadata(&full) {
-            Ok(m) if m.is_file() => m.len(),
-            Ok(_) => {
-                self.error(Diagnostic::error("E0210", file_span, format!("`{file}` is not a file")).with_hint("name a text file, relative to the recipe's folder"));
+        let tokens = match self.loader.entry(&full) {
+            PathKind::File(n) => n,
+            PathKind::Other => {
+                self.error(Diagnostic::error(Code::E0210, file_span, format!("`{file}` is not a file")).with_hint("name a text file, relative to the recipe's folder"));
                 return None;
             }
-            Err(_) => {
-                self.error(Diagnostic::error("E0210", file_span, format!("data file `{file}` not found"))
+            PathKind::Missing => {
+                self.error(Diagnostic::error(Code::E0210, file_span, format!("data file `{file}` not found"))
                     .with_hint(format!("paths are relative to the recipe's folder; looked for {}", full.display())));
                 return None;
             }
@@ -72,8 +73,7 @@ impl<'a> Checker<'a> {
         let (train, val) = ((tokens as f64 * split) as u64, tokens - (tokens as f64 * split) as u64);
         if train <= context as u64 || val <= context as u64 {
             self.error(
-                Diagnostic::error(
-                    "E0211",
+                Diagnostic::error(Code::E0211,
                     f_span(block, "context").unwrap_or(file_span),
                     format!("context {context} is not shorter than the data: `{file}` splits into {train} training and {val} validation tokens"),
                 )
@@ -115,7 +115,7 @@ impl<'a> Checker<'a> {
         b.finish(self);
         let vocab = vocab?;
         if vocab.fract() != 0.0 {
-            self.error(Diagnostic::error("E0123", span, format!("`vocab` must be a whole number, found {vocab}")).with_hint("a vocabulary size such as 1024"));
+            self.error(Diagnostic::error(Code::E0123, span, format!("`vocab` must be a whole number, found {vocab}")).with_hint("a vocabulary size such as 1024"));
             return None;
         }
         Some(Tokenizer::Bpe { vocab: vocab as usize })
@@ -138,7 +138,7 @@ impl<'a> Checker<'a> {
         let dim_span = f.value_span("dim");
         f.finish(self);
         if dim? < 2 {
-            self.error(Diagnostic::error("E0201", dim_span, "`dim` must be at least 2: the regions are sectors of the first two inputs")
+            self.error(Diagnostic::error(Code::E0201, dim_span, "`dim` must be at least 2: the regions are sectors of the first two inputs")
                 .with_hint("set `dim = 2` or more"));
             return None;
         }

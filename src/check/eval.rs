@@ -4,9 +4,9 @@
 //! inside the transformer's `ffn` block); a dotted name `x.key` to an attribute of the declaration
 //! `x` (`corpus.vocab`). Cycles between fields are reported, not followed forever.
 
-use super::suggest::did_you_mean;
+use crate::diag::suggest::did_you_mean;
 use super::Checker;
-use crate::diag::{Diagnostic, Span};
+use crate::diag::{Code, Diagnostic, Span};
 use crate::syntax::ast::*;
 
 /// Blocks from the outermost (the experiment body) to the innermost.
@@ -32,7 +32,7 @@ impl<'a> Checker<'a> {
             ExprKind::Num { value, text } => {
                 if !value.is_finite() {
                     let shown: String = if text.chars().count() > 40 { text.chars().take(20).chain("…".chars()).collect() } else { text.clone() };
-                    self.error(Diagnostic::error("E0121", e.span, format!("number `{shown}` is out of range"))
+                    self.error(Diagnostic::error(Code::E0121, e.span, format!("number `{shown}` is out of range"))
                         .with_hint("numbers must be finite and below about 1.8e308"));
                     return None;
                 }
@@ -50,7 +50,7 @@ impl<'a> Checker<'a> {
                     BinOp::Mul => x * y,
                     BinOp::Div => {
                         if y == 0.0 {
-                            self.error(Diagnostic::error("E0122", b.span, "division by zero").with_hint("this part of the expression evaluates to 0"));
+                            self.error(Diagnostic::error(Code::E0122, b.span, "division by zero").with_hint("this part of the expression evaluates to 0"));
                             return None;
                         }
                         x / y
@@ -58,7 +58,7 @@ impl<'a> Checker<'a> {
                     BinOp::Pow => x.powf(y),
                 };
                 if !v.is_finite() {
-                    self.error(Diagnostic::error("E0121", e.span, "this arithmetic overflows")
+                    self.error(Diagnostic::error(Code::E0121, e.span, "this arithmetic overflows")
                         .with_hint("the result must be a finite number"));
                     return None;
                 }
@@ -66,7 +66,7 @@ impl<'a> Checker<'a> {
             }
             ExprKind::Ctor { path, args: None, block: None } => return self.resolve_num(path, e.span, scope),
             _ => {
-                self.error(Diagnostic::error("E0120", e.span, format!("expected a number, found {}", describe(e))).with_hint("write a number such as `128`, `3e-4` or `20M`, or arithmetic on other keys"));
+                self.error(Diagnostic::error(Code::E0120, e.span, format!("expected a number, found {}", describe(e))).with_hint("write a number such as `128`, `3e-4` or `20M`, or arithmetic on other keys"));
                 return None;
             }
         };
@@ -89,19 +89,19 @@ impl<'a> Checker<'a> {
                 }
             }
             if let Some(f) = own {
-                self.error(Diagnostic::error("E0112", f.key.span, format!("`{}` is defined in terms of itself", f.key.name))
+                self.error(Diagnostic::error(Code::E0112, f.key.span, format!("`{}` is defined in terms of itself", f.key.name))
                     .with_hint("no enclosing block defines it either; give a number"));
                 return None;
             }
             if let Some(d) = self.decl(&head.name) {
                 let kind = d.kind.keyword();
-                self.error(Diagnostic::error("E0120", span, format!("`{}` is a {kind}, not a number", head.name))
+                self.error(Diagnostic::error(Code::E0120, span, format!("`{}` is a {kind}, not a number", head.name))
                     .with_hint(format!("use one of its attributes, such as `{}.{}`", head.name, self.example_attr(d))));
                 return None;
             }
             let mut names: Vec<&str> = scope.iter().flat_map(|b| b.fields().map(|f| f.key.name.as_str())).collect();
             names.extend(self.decl_names());
-            let mut d = Diagnostic::error("E0110", head.span, format!("unknown name `{}`", head.name));
+            let mut d = Diagnostic::error(Code::E0110, head.span, format!("unknown name `{}`", head.name));
             d = match did_you_mean(&head.name, names) {
                 Some(s) => d.with_hint(format!("did you mean `{s}`?")),
                 None => d.with_hint("a name refers to a key of an enclosing block or to a declared data set, model or stage"),
@@ -111,7 +111,7 @@ impl<'a> Checker<'a> {
         }
         let Some(decl) = self.decl(&head.name) else {
             let names: Vec<&str> = self.decl_names().collect();
-            let mut d = Diagnostic::error("E0110", head.span, format!("unknown name `{}`", head.name));
+            let mut d = Diagnostic::error(Code::E0110, head.span, format!("unknown name `{}`", head.name));
             d = match did_you_mean(&head.name, names) {
                 Some(s) => d.with_hint(format!("did you mean `{s}`?")),
                 None => d.with_hint("a dotted name starts with a declared data set, model or stage"),
@@ -120,7 +120,7 @@ impl<'a> Checker<'a> {
             return None;
         };
         if path.len() > 2 {
-            self.error(Diagnostic::error("E0111", path[2].span, "attributes do not nest this deep")
+            self.error(Diagnostic::error(Code::E0111, path[2].span, "attributes do not nest this deep")
                 .with_hint(format!("use `{}.{}`", head.name, path[1].name)));
             return None;
         }
@@ -131,7 +131,7 @@ impl<'a> Checker<'a> {
     pub fn eval_field(&mut self, f: &'a Field, scope: &Scope<'a>) -> Option<f64> {
         let key = f.key.span.start;
         if self.visiting.contains(&key) {
-            self.error(Diagnostic::error("E0112", f.key.span, format!("`{}` is defined in terms of itself", f.key.name))
+            self.error(Diagnostic::error(Code::E0112, f.key.span, format!("`{}` is defined in terms of itself", f.key.name))
                 .with_hint("break the cycle by giving one of these values as a number"));
             return None;
         }
@@ -144,7 +144,7 @@ impl<'a> Checker<'a> {
     /// A bare symbol such as `gelu`, one of `allowed`.
     pub fn eval_sym(&mut self, e: &'a Expr, what: &str, allowed: &[&'static str], scope: Option<&Scope<'a>>) -> Option<&'static str> {
         let Some([id]) = e.as_path() else {
-            self.error(Diagnostic::error("E0120", e.span, format!("expected {what} ({}), found {}", allowed.join(" | "), describe(e))).with_hint(format!("write one bare name, such as `{what} = {}`", allowed[0])));
+            self.error(Diagnostic::error(Code::E0120, e.span, format!("expected {what} ({}), found {}", allowed.join(" | "), describe(e))).with_hint(format!("write one bare name, such as `{what} = {}`", allowed[0])));
             return None;
         };
         if let Some(a) = allowed.iter().find(|a| **a == id.name) {
@@ -165,7 +165,7 @@ impl<'a> Checker<'a> {
                 }
             }
         }
-        let mut d = Diagnostic::error("E0130", id.span, format!("unknown {what} `{}`", id.name));
+        let mut d = Diagnostic::error(Code::E0130, id.span, format!("unknown {what} `{}`", id.name));
         d = match did_you_mean(&id.name, allowed.iter().copied()) {
             Some(s) => d.with_hint(format!("did you mean `{s}`? (one of {})", allowed.join(", "))),
             None => d.with_hint(format!("one of {}", allowed.join(", "))),

@@ -2,8 +2,9 @@
 //! `instructions("file.jsonl")` and `preferences("file.jsonl")`, each with a prompt template.
 
 use super::fields::{Fields, Min};
+use super::loader::PathKind;
 use super::Checker;
-use crate::diag::{Diagnostic, Span};
+use crate::diag::{Code, Diagnostic, Span};
 use crate::recipe::{ExampleKind, ExampleSet, ExampleSource, Task};
 use crate::syntax::ast::{Arg, Block, Decl, ExprKind};
 
@@ -28,7 +29,7 @@ impl<'a> Checker<'a> {
                 let max_len = f.int(self, "max_len", Some(5), Min::One);
                 let len_span = f.value_span("max_len");
                 if let Some(m) = max_len.filter(|m| !(2..=32).contains(m)) {
-                    self.error(Diagnostic::error("E0201", len_span, format!("max_len = {m} is out of range")).with_hint("task strings have 2 to 32 letters"));
+                    self.error(Diagnostic::error(Code::E0201, len_span, format!("max_len = {m} is out of range")).with_hint("task strings have 2 to 32 letters"));
                 }
                 let src = ExampleSource::Synthetic { tasks: tasks?, count: count? as usize, verbose: verbose?, max_len: max_len?.clamp(2, 32) as usize };
                 (ekind, Some(src))
@@ -52,12 +53,12 @@ impl<'a> Checker<'a> {
             Some(t) => match &t.value.kind {
                 ExprKind::Str(s) if s.matches("{prompt}").count() == 1 => s.clone(),
                 ExprKind::Str(_) => {
-                    self.error(Diagnostic::error("E0250", t.value.span, "a prompt template must contain `{prompt}` exactly once")
+                    self.error(Diagnostic::error(Code::E0250, t.value.span, "a prompt template must contain `{prompt}` exactly once")
                         .with_hint(format!("for example `template = \"{}\"`", DEFAULT_TEMPLATE.escape_default())));
                     return None;
                 }
                 _ => {
-                    self.error(Diagnostic::error("E0120", t.value.span, format!("`template` expects a string, found {}", super::eval::describe(&t.value)))
+                    self.error(Diagnostic::error(Code::E0120, t.value.span, format!("`template` expects a string, found {}", super::eval::describe(&t.value)))
                         .with_hint("write `template = \"Q: {prompt}\\nA: \"`"));
                     return None;
                 }
@@ -68,7 +69,7 @@ impl<'a> Checker<'a> {
             Some(e) => match &e.value.kind {
                 ExprKind::Str(s) if !s.is_empty() => s.clone(),
                 _ => {
-                    self.error(Diagnostic::error("E0251", e.value.span, "`end` must be a non-empty string")
+                    self.error(Diagnostic::error(Code::E0251, e.value.span, "`end` must be a non-empty string")
                         .with_hint("the end marker closes every response and stops generation; the default is \"\\n\""));
                     return None;
                 }
@@ -81,12 +82,12 @@ impl<'a> Checker<'a> {
     fn task_list(&mut self, f: &mut Fields<'a>) -> Option<Vec<Task>> {
         let Some(field) = f.field("tasks") else { return Some(Task::ALL.to_vec()) };
         let ExprKind::List(items) = &field.value.kind else {
-            self.error(Diagnostic::error("E0120", field.value.span, format!("`tasks` expects a list, found {}", super::eval::describe(&field.value)))
+            self.error(Diagnostic::error(Code::E0120, field.value.span, format!("`tasks` expects a list, found {}", super::eval::describe(&field.value)))
                 .with_hint("write `tasks = [reverse, sort, add, uppercase]`"));
             return None;
         };
         if items.is_empty() {
-            self.error(Diagnostic::error("E0201", field.value.span, "`tasks` is empty").with_hint("name at least one of reverse, sort, add, uppercase"));
+            self.error(Diagnostic::error(Code::E0201, field.value.span, "`tasks` is empty").with_hint("name at least one of reverse, sort, add, uppercase"));
             return None;
         }
         let mut out = vec![];
@@ -108,7 +109,7 @@ impl<'a> Checker<'a> {
         match &field.value.kind {
             ExprKind::Str(s) if !s.is_empty() => Some(s.clone()),
             _ => {
-                self.error(Diagnostic::error("E0120", field.value.span, format!("`{key}` expects the name of a JSON field, as a string"))
+                self.error(Diagnostic::error(Code::E0120, field.value.span, format!("`{key}` expects the name of a JSON field, as a string"))
                     .with_hint(format!("write `{key} = \"{default}\"`")));
                 None
             }
@@ -117,16 +118,16 @@ impl<'a> Checker<'a> {
 
     fn jsonl_path(&mut self, d: &'a Decl, kind: &str, args: Option<&'a [Arg]>) -> Option<std::path::PathBuf> {
         let Some((file, span)) = super::paths::single_path_arg(args) else {
-            self.error(Diagnostic::error("E0104", d.value.span, format!("`{kind}` takes one argument: the path of a JSONL file"))
+            self.error(Diagnostic::error(Code::E0104, d.value.span, format!("`{kind}` takes one argument: the path of a JSONL file"))
                 .with_hint(format!("write `{kind}(\"data/{kind}.jsonl\") {{ … }}`")));
             return None;
         };
         let full = self.confined(&file, span)?;
-        if !full.is_file() {
-            self.error(Diagnostic::error("E0210", span, format!("data file `{file}` not found"))
+        if !matches!(self.loader.entry(&full), PathKind::File(_)) {
+            self.error(Diagnostic::error(Code::E0210, span, format!("data file `{file}` not found"))
                 .with_hint(format!("paths are relative to the recipe's folder; looked for {}", full.display())));
             return None;
         }
-        Some(std::path::absolute(&full).unwrap_or(full))
+        Some(self.loader.absolute(&full))
     }
 }

@@ -5,9 +5,9 @@
 //! so a checker reads every field and reports every problem before giving up on the block.
 
 use super::eval::{describe, Scope};
-use super::suggest::did_you_mean;
+use crate::diag::suggest::did_you_mean;
 use super::Checker;
-use crate::diag::{Diagnostic, Span};
+use crate::diag::{Code, Diagnostic, Span};
 use crate::syntax::ast::*;
 
 pub struct Fields<'a> {
@@ -46,7 +46,7 @@ impl<'a> Fields<'a> {
     }
 
     fn missing(&self, ck: &mut Checker<'a>, key: &str) {
-        ck.error(Diagnostic::error("E0101", self.at, format!("{} is missing `{key}`", self.what))
+        ck.error(Diagnostic::error(Code::E0101, self.at, format!("{} is missing `{key}`", self.what))
             .with_hint(format!("add `{key} = …` to the block")));
     }
 
@@ -83,7 +83,7 @@ impl<'a> Fields<'a> {
                 fmt_num(hi),
                 if hi_open { ")" } else { "]" }
             );
-            ck.error(Diagnostic::error("E0202", span, format!("`{key}` = {} is out of range", fmt_num(v)))
+            ck.error(Diagnostic::error(Code::E0202, span, format!("`{key}` = {} is out of range", fmt_num(v)))
                 .with_hint(format!("{key} must lie in {range}")));
             return None;
         }
@@ -98,7 +98,7 @@ impl<'a> Fields<'a> {
         let v = self.num(ck, key, default.map(|d| d as f64))?;
         let span = self.value_span(key);
         if v.fract() != 0.0 {
-            ck.error(Diagnostic::error("E0123", span, format!("`{key}` must be a whole number, found {}", fmt_num(v))).with_hint(format!("use {} or {}", fmt_num(v.floor()), fmt_num(v.ceil()))));
+            ck.error(Diagnostic::error(Code::E0123, span, format!("`{key}` must be a whole number, found {}", fmt_num(v))).with_hint(format!("use {} or {}", fmt_num(v.floor()), fmt_num(v.ceil()))));
             return None;
         }
         let lo = match min {
@@ -106,12 +106,12 @@ impl<'a> Fields<'a> {
             Min::One => 1.0,
         };
         if v < lo {
-            ck.error(Diagnostic::error("E0201", span, format!("`{key}` must be at least {lo}, found {}", fmt_num(v)))
+            ck.error(Diagnostic::error(Code::E0201, span, format!("`{key}` must be at least {lo}, found {}", fmt_num(v)))
                 .with_hint(format!("{} needs a {} {key}", self.what, if lo > 0.0 { "positive" } else { "non-negative" })));
             return None;
         }
         if v > 9.0e15 {
-            ck.error(Diagnostic::error("E0121", span, format!("`{key}` = {} is too large", fmt_num(v))).with_hint("whole numbers must be below 9e15"));
+            ck.error(Diagnostic::error(Code::E0121, span, format!("`{key}` = {} is too large", fmt_num(v))).with_hint("whole numbers must be below 9e15"));
             return None;
         }
         Some(v as u64)
@@ -120,7 +120,7 @@ impl<'a> Fields<'a> {
     pub fn size(&mut self, ck: &mut Checker<'a>, key: &'static str, default: Option<u64>) -> Option<usize> {
         let v = self.int(ck, key, default, Min::One)?;
         if v > 1 << 40 {
-            ck.error(Diagnostic::error("E0121", self.value_span(key), format!("`{key}` = {v} is too large for a tensor dimension")).with_hint("sizes must be below 2^40"));
+            ck.error(Diagnostic::error(Code::E0121, self.value_span(key), format!("`{key}` = {v} is too large for a tensor dimension")).with_hint("sizes must be below 2^40"));
             return None;
         }
         Some(v as usize)
@@ -132,7 +132,7 @@ impl<'a> Fields<'a> {
             Some(f) => match &f.value.kind {
                 ExprKind::Bool(b) => Some(*b),
                 _ => {
-                    ck.error(Diagnostic::error("E0120", f.value.span, format!("`{key}` expects true or false, found {}", describe(&f.value))).with_hint(format!("write `{key} = true` or `{key} = false`")));
+                    ck.error(Diagnostic::error(Code::E0120, f.value.span, format!("`{key}` expects true or false, found {}", describe(&f.value))).with_hint(format!("write `{key} = true` or `{key} = false`")));
                     None
                 }
             },
@@ -176,12 +176,12 @@ impl<'a> Fields<'a> {
                 Entry::Field(f) => {
                     let k = f.key.name.as_str();
                     if seen.contains(&k) {
-                        ck.error(Diagnostic::error("E0102", f.key.span, format!("`{k}` is set twice in {}", self.what))
+                        ck.error(Diagnostic::error(Code::E0102, f.key.span, format!("`{k}` is set twice in {}", self.what))
                             .with_hint("remove one of the two"));
                     }
                     seen.push(k);
                     if !self.known.contains(&k) && !self.allowed.iter().any(|a| a == k) {
-                        let mut d = Diagnostic::error("E0100", f.key.span, format!("unknown key `{k}` in {}", self.what));
+                        let mut d = Diagnostic::error(Code::E0100, f.key.span, format!("unknown key `{k}` in {}", self.what));
                         d = match did_you_mean(k, self.known.iter().copied()) {
                             Some(s) => d.with_hint(format!("did you mean `{s}`?")),
                             None => d.with_hint(format!("{} accepts: {}", self.what, self.known.join(", "))),
@@ -190,8 +190,8 @@ impl<'a> Fields<'a> {
                     }
                 }
                 Entry::Decl(_) | Entry::Sweep(_) if self.top_level => {}
-                Entry::Decl(d) => ck.error(Diagnostic::error("E0103", d.kind_span, format!("`{}` declarations belong at the top of the experiment, not inside {}", d.kind.keyword(), self.what)).with_hint("move it out of this block, directly into `experiment { … }`")),
-                Entry::Sweep(s) => ck.error(Diagnostic::error("E0103", s.span, format!("`sweep` belongs at the top of the experiment, not inside {}", self.what)).with_hint("move it out of this block, directly into `experiment { … }`")),
+                Entry::Decl(d) => ck.error(Diagnostic::error(Code::E0103, d.kind_span, format!("`{}` declarations belong at the top of the experiment, not inside {}", d.kind.keyword(), self.what)).with_hint("move it out of this block, directly into `experiment { … }`")),
+                Entry::Sweep(s) => ck.error(Diagnostic::error(Code::E0103, s.span, format!("`sweep` belongs at the top of the experiment, not inside {}", self.what)).with_hint("move it out of this block, directly into `experiment { … }`")),
             }
         }
     }

@@ -5,7 +5,7 @@
 
 use super::fields::{Fields, Min};
 use super::Checker;
-use crate::diag::{Diagnostic, Span};
+use crate::diag::{Code, Diagnostic, Span};
 use crate::recipe::*;
 use crate::syntax::ast::{Arg, Block, Decl, DeclKind, ExprKind};
 
@@ -15,7 +15,7 @@ impl<'a> Checker<'a> {
         let template = bound[0].and_then(|e| {
             let decl = self.decl_ref(e, DeclKind::Model, "a model")?;
             if decl.kind != DeclKind::Model {
-                self.error(Diagnostic::error("E0301", e.span, format!("`isoflop` sizes a model declaration; `{}` is not one", decl.name.name))
+                self.error(Diagnostic::error(Code::E0301, e.span, format!("`isoflop` sizes a model declaration; `{}` is not one", decl.name.name))
                     .with_hint("pass a `model` whose settings (vocab, norm, position, …) every point shares"));
                 return None;
             }
@@ -38,7 +38,7 @@ impl<'a> Checker<'a> {
         f.finish(self);
         let (sizes, spread, law, aspect, head_dim, batch) = (sizes?, spread?, law?, aspect?, head_dim?, batch?);
         if sizes < 3 {
-            self.error(Diagnostic::error("E0202", sizes_span, format!("sizes = {sizes}: a parabola needs at least 3 sizes per budget"))
+            self.error(Diagnostic::error(Code::E0202, sizes_span, format!("sizes = {sizes}: a parabola needs at least 3 sizes per budget"))
                 .with_hint("use sizes = 5"));
             return None;
         }
@@ -70,7 +70,7 @@ impl<'a> Checker<'a> {
                 model.name = format!("{}-c{c:.0e}-n{n}", template.name);
                 let steps = (c / (6.0 * n as f64 * train.tokens_per_step() as f64)).round() as u64;
                 if steps < 20 {
-                    self.error(Diagnostic::error("E0242", at, format!("budget {c:.1e} gives a {n}-parameter model only {steps} steps"))
+                    self.error(Diagnostic::error(Code::E0242, at, format!("budget {c:.1e} gives a {n}-parameter model only {steps} steps"))
                         .with_hint("raise the budgets or lower the batch: every point needs enough steps to mean something"));
                     return None;
                 }
@@ -93,11 +93,11 @@ impl<'a> Checker<'a> {
     /// `key = [n, n, …]` of positive numbers.
     fn number_list(&mut self, f: &mut Fields<'a>, key: &'static str) -> Option<Vec<f64>> {
         let Some(field) = f.field(key) else {
-            self.error(Diagnostic::error("E0101", f.at, format!("{} is missing `{key}`", f.what)).with_hint(format!("add `{key} = [1e12, 3e12, 1e13]`")));
+            self.error(Diagnostic::error(Code::E0101, f.at, format!("{} is missing `{key}`", f.what)).with_hint(format!("add `{key} = [1e12, 3e12, 1e13]`")));
             return None;
         };
         let ExprKind::List(items) = &field.value.kind else {
-            self.error(Diagnostic::error("E0120", field.value.span, format!("`{key}` expects a list of numbers")).with_hint(format!("write `{key} = [1e12, 3e12, 1e13]`")));
+            self.error(Diagnostic::error(Code::E0120, field.value.span, format!("`{key}` expects a list of numbers")).with_hint(format!("write `{key} = [1e12, 3e12, 1e13]`")));
             return None;
         };
         let scope = f.scope.clone();
@@ -105,13 +105,13 @@ impl<'a> Checker<'a> {
         for it in items {
             let v = self.eval_num(it, &scope)?;
             if v <= 0.0 {
-                self.error(Diagnostic::error("E0202", it.span, format!("{v} is not a positive budget")).with_hint("budgets are FLOPs, such as 1e12"));
+                self.error(Diagnostic::error(Code::E0202, it.span, format!("{v} is not a positive budget")).with_hint("budgets are FLOPs, such as 1e12"));
                 return None;
             }
             out.push(v);
         }
         if out.is_empty() {
-            self.error(Diagnostic::error("E0202", field.value.span, format!("`{key}` is empty")).with_hint("give at least two budgets to fit a power law"));
+            self.error(Diagnostic::error(Code::E0202, field.value.span, format!("`{key}` is empty")).with_hint("give at least two budgets to fit a power law"));
             return None;
         }
         Some(out)

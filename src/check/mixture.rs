@@ -3,7 +3,7 @@
 
 use super::fields::{Fields, Min};
 use super::Checker;
-use crate::diag::{Diagnostic, Span};
+use crate::diag::{Code, Diagnostic, Span};
 use crate::recipe::{MixtureSpec, Objective, StageKind, StageSpec};
 use crate::syntax::ast::{Arg, Block, Decl, DeclKind};
 
@@ -13,7 +13,7 @@ impl<'a> Checker<'a> {
         let data = bound[0].and_then(|e| {
             let decl = self.decl_ref(e, DeclKind::Data, "a data set")?;
             if decl.kind != DeclKind::Data || !self.is_synthetic(decl) {
-                self.error(Diagnostic::error("E0301", e.span, format!("`mixture` needs synthetic task data, found `{}`", decl.name.name))
+                self.error(Diagnostic::error(Code::E0301, e.span, format!("`mixture` needs synthetic task data, found `{}`", decl.name.name))
                     .with_hint("declare `data tasks = synthetic.regions { … }`"));
                 return None;
             }

@@ -1,8 +1,8 @@
 //! Stage 2, check: AST → typed [`Recipe`]. Resolves names, evaluates arithmetic, checks types,
 //! ranges and cross-item invariants, and reports every error of the file in one pass.
 //!
-//! The only I/O is a metadata look-up of the data files a recipe names (they must exist, and be
-//! longer than the context).
+//! Pure: the files a recipe names (data sizes, fit files, path confinement) are looked up
+//! through a `Loader` passed in (`loader.rs`); the command line passes the real file system.
 
 mod budget;
 mod data;
@@ -12,25 +12,27 @@ mod artifact;
 mod posttrain;
 mod fields;
 mod isoflop;
+pub mod loader;
 mod mixture;
 mod model;
 pub mod paths;
 mod moe;
 mod stage;
-pub mod suggest;
+
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
-use crate::diag::{Diagnostic, Span};
+use crate::diag::{Code, Diagnostic, Span};
 use crate::recipe::*;
 use crate::syntax::ast::{self, Decl, DeclKind, Entry, Expr, ExprKind, Ident};
 use eval::Scope;
+use loader::Loader;
 use fields::{Fields, Min};
-use suggest::did_you_mean;
+use crate::diag::suggest::did_you_mean;
 
 pub struct Checker<'a> {
-    ast: &'a ast::Recipe,
+    ast: &'a ast::SourceFile,
     /// Directory that relative paths in the recipe resolve against.
     base_dir: PathBuf,
     diags: Vec<Diagnostic>,
@@ -47,6 +49,8 @@ pub struct Checker<'a> {
     variables: Vec<String>,
     /// Folders outside the project that the user allowed the recipe to read (`--allow-path`).
     allowed_paths: Vec<PathBuf>,
+    /// Where the files the recipe names are looked up.
+    loader: &'a dyn Loader,
 }
 
 /// The result of checking: the typed recipe when there were no errors, and every diagnostic.
@@ -56,13 +60,13 @@ pub struct Checked {
 }
 
 /// Check a parsed recipe. `base_dir` is the directory holding the recipe file.
-pub fn check(ast: &ast::Recipe, base_dir: &Path) -> Checked {
-    check_with(ast, base_dir, &[], &[])
+pub fn check(ast: &ast::SourceFile, base_dir: &Path) -> Checked {
+    check_with(ast, base_dir, &[], &[], &loader::FileSystem)
 }
 
-/// Check with extra top-level keys allowed (the variables of an expanded `sweep`) and extra
-/// folders the recipe may read from.
-pub fn check_with(ast: &ast::Recipe, base_dir: &Path, variables: &[String], allowed_paths: &[PathBuf]) -> Checked {
+/// Check with extra top-level keys allowed (the variables of an expanded `sweep`), extra
+/// folders the recipe may read from, and the loader its files are looked up through.
+pub fn check_with(ast: &ast::SourceFile, base_dir: &Path, variables: &[String], allowed_paths: &[PathBuf], loader: &dyn Loader) -> Checked {
     let mut ck = Checker {
         ast,
         base_dir: base_dir.to_path_buf(),
@@ -76,6 +80,7 @@ pub fn check_with(ast: &ast::Recipe, base_dir: &Path, variables: &[String], allo
         visiting: vec![],
         variables: variables.to_vec(),
         allowed_paths: allowed_paths.to_vec(),
+        loader,
     };
     let recipe = ck.run();
     let failed = ck.diags.iter().any(|d| d.is_error());
@@ -108,7 +113,7 @@ impl<'a> Checker<'a> {
                 Entry::Decl(d) => {
                     if let Some(prev) = self.decl(&d.name.name) {
                         let kind = prev.kind.keyword();
-                        self.error(Diagnostic::error("E0102", d.name.span, format!("`{}` is already declared (as a {kind})", d.name.name))
+                        self.error(Diagnostic::error(Code::E0102, d.name.span, format!("`{}` is already declared (as a {kind})", d.name.name))
                             .with_hint("every data set, model, budget and stage needs its own name"));
                     } else {
                         self.decls.push(d);
@@ -175,13 +180,13 @@ impl<'a> Checker<'a> {
         names: &[&'static str],
     ) -> Option<(&'static str, &'a [Ident], Option<&'a [ast::Arg]>, Option<&'a ast::Block>)> {
         let ExprKind::Ctor { path, args, block } = &e.kind else {
-            self.error(Diagnostic::error("E0120", e.span, format!("expected {what} ({}), found {}", names.join(" | "), eval::describe(e))).with_hint(format!("write `{} {{ … }}`", names[0])));
+            self.error(Diagnostic::error(Code::E0120, e.span, format!("expected {what} ({}), found {}", names.join(" | "), eval::describe(e))).with_hint(format!("write `{} {{ … }}`", names[0])));
             return None;
         };
         let full = Expr::path_string(path);
         let span = path.first().map_or(e.span, |p| p.span.join(path[path.len() - 1].span));
         let Some(name) = names.iter().copied().find(|n| *n == full) else {
-            let mut d = Diagnostic::error("E0130", span, format!("unknown {what} `{full}`"));
+            let mut d = Diagnostic::error(Code::E0130, span, format!("unknown {what} `{full}`"));
             d = match did_you_mean(&full, names.iter().copied()) {
                 Some(s) => d.with_hint(format!("did you mean `{s}`?")),
                 None => d.with_hint(format!("one of {}", names.join(", "))),
@@ -223,7 +228,7 @@ impl<'a> Checker<'a> {
             if decl.kind == DeclKind::Data {
                 names.extend(["vocab", "context", "tokens"]);
             }
-            let mut d = Diagnostic::error("E0111", attr.span, format!("{} `{}` has no attribute `{}`", decl.kind.keyword(), decl.name.name, attr.name));
+            let mut d = Diagnostic::error(Code::E0111, attr.span, format!("{} `{}` has no attribute `{}`", decl.kind.keyword(), decl.name.name, attr.name));
             d = match did_you_mean(&attr.name, names.iter().copied()) {
                 Some(s) => d.with_hint(format!("did you mean `{}.{s}`?", decl.name.name)),
                 None => d.with_hint(format!("available: {}", names.join(", "))),
@@ -231,7 +236,7 @@ impl<'a> Checker<'a> {
             self.error(d);
             return None;
         }
-        self.error(Diagnostic::error("E0111", attr.span, format!("{} `{}` has no attribute `{}`", decl.kind.keyword(), decl.name.name, attr.name))
+        self.error(Diagnostic::error(Code::E0111, attr.span, format!("{} `{}` has no attribute `{}`", decl.kind.keyword(), decl.name.name, attr.name))
             .with_hint("only keys of its `{ … }` block can be read"));
         None
     }

@@ -2,7 +2,7 @@
 
 use super::fields::Fields;
 use super::Checker;
-use crate::diag::Diagnostic;
+use crate::diag::{Code, Diagnostic};
 use crate::recipe::*;
 use crate::syntax::ast::Decl;
 
@@ -11,7 +11,7 @@ impl<'a> Checker<'a> {
         let (_, path, args, block) = self.ctor(&d.value, "model architecture", &["transformer"])?;
         if let Some(a) = args {
             if !a.is_empty() {
-                self.error(Diagnostic::error("E0104", d.value.span, "`transformer` takes no arguments")
+                self.error(Diagnostic::error(Code::E0104, d.value.span, "`transformer` takes no arguments")
                     .with_hint("configure it in its `{ … }` block"));
             }
         }
@@ -27,7 +27,7 @@ impl<'a> Checker<'a> {
         if sized {
             for key in ["d_model", "layers", "heads"] {
                 if f.field(key).is_some() {
-                    self.error(Diagnostic::error("E0107", f.key_span(key), format!("give `params` or `{key}`, not both"))
+                    self.error(Diagnostic::error(Code::E0107, f.key_span(key), format!("give `params` or `{key}`, not both"))
                         .with_hint("with `params`, roux derives d_model, layers and heads from `aspect` (d_model / layers) and `head_dim`"));
                 }
             }
@@ -61,13 +61,13 @@ impl<'a> Checker<'a> {
         if d_model % heads != 0 {
             let near: Vec<String> = (1..=d_model.min(4096)).filter(|h| d_model % h == 0).map(|h| h.to_string()).collect();
             let near = nearest(&near, heads);
-            self.error(Diagnostic::error("E0220", heads_span, format!("heads = {heads} does not divide d_model = {d_model}"))
+            self.error(Diagnostic::error(Code::E0220, heads_span, format!("heads = {heads} does not divide d_model = {d_model}"))
                 .with_hint(format!("each head gets d_model / heads dimensions; try heads = {near}")));
             return None;
         }
         let kv_heads = kv_heads.unwrap_or(heads);
         if heads % kv_heads != 0 {
-            self.error(Diagnostic::error("E0226", kv_span, format!("kv_heads = {kv_heads} does not divide heads = {heads}"))
+            self.error(Diagnostic::error(Code::E0226, kv_span, format!("kv_heads = {kv_heads} does not divide heads = {heads}"))
                 .with_hint("each key/value head serves heads / kv_heads query heads"));
             return None;
         }
@@ -78,7 +78,7 @@ impl<'a> Checker<'a> {
         // Sized models: heads = d_model / head_dim, so rope needs an even head_dim.
         let head_size = if sized { head_dim? } else { d_model / heads };
         if position == Position::Rope && head_size % 2 != 0 {
-            self.error(Diagnostic::error("E0221", pos_span, format!("rope needs an even head size, but it is {head_size}"))
+            self.error(Diagnostic::error(Code::E0221, pos_span, format!("rope needs an even head size, but it is {head_size}"))
                 .with_hint("choose heads so that d_model / heads is even"));
             return None;
         }
@@ -102,7 +102,7 @@ impl<'a> Checker<'a> {
             return Some(spec);
         }
         if user_hidden {
-            self.error(Diagnostic::error("E0107", pos_span, "a model sized by `params` derives its FFN width (4 × d_model)")
+            self.error(Diagnostic::error(Code::E0107, pos_span, "a model sized by `params` derives its FFN width (4 × d_model)")
                 .with_hint("leave `hidden` out of `ffn`, or give d_model, layers and heads instead of params"));
             return None;
         }
@@ -113,7 +113,7 @@ impl<'a> Checker<'a> {
     fn size_model(&mut self, base: ModelSpec, target: f64, aspect: f64, head_dim: usize, span: crate::diag::Span) -> Option<ModelSpec> {
         let (s, n) = crate::plan::size_model(&base, target, aspect, head_dim);
         self.error(
-            Diagnostic::note("N0402", span, format!("sized `{}` for params = {target:.4e}: d_model = {}, layers = {}, heads = {} → {n} parameters", s.name, s.d_model, s.layers, s.heads))
+            Diagnostic::note(Code::N0402, span, format!("sized `{}` for params = {target:.4e}: d_model = {}, layers = {}, heads = {} → {n} parameters", s.name, s.d_model, s.layers, s.heads))
                 .with_hint(format!("d_model ≈ aspect ({aspect}) × layers, in multiples of head_dim ({head_dim})")),
         );
         Some(s)

@@ -5,7 +5,7 @@
 use super::eval::Scope;
 use super::fields::{Fields, Min};
 use super::Checker;
-use crate::diag::Diagnostic;
+use crate::diag::{Code, Diagnostic};
 use crate::recipe::{MoeSpec, RouterSpec};
 use crate::syntax::ast::{ExprKind, Field};
 
@@ -56,14 +56,14 @@ impl<'a> Checker<'a> {
         let every_field = f.field("every");
         let list_field = f.field("layers");
         if let (Some(_), Some(l)) = (every_field, list_field) {
-            self.error(Diagnostic::error("E0107", l.key.span, "give `every` or `layers`, not both")
+            self.error(Diagnostic::error(Code::E0107, l.key.span, "give `every` or `layers`, not both")
                 .with_hint("`every = 2` puts a mixture in every second block; `layers = [1, 3]` names the blocks"));
             return None;
         }
         let n = layers?;
         if let Some(l) = list_field {
             let ExprKind::List(items) = &l.value.kind else {
-                self.error(Diagnostic::error("E0120", l.value.span, "`layers` expects a list of block indices").with_hint("write `layers = [1, 3]`"));
+                self.error(Diagnostic::error(Code::E0120, l.value.span, "`layers` expects a list of block indices").with_hint("write `layers = [1, 3]`"));
                 return None;
             };
             let scope = f.scope.clone();
@@ -71,7 +71,7 @@ impl<'a> Checker<'a> {
             for it in items {
                 let v = self.eval_num(it, &scope)?;
                 if v.fract() != 0.0 || v < 0.0 || v >= n as f64 {
-                    self.error(Diagnostic::error("E0231", it.span, format!("block {v} does not exist: the model has {n} blocks (0 to {})", n - 1))
+                    self.error(Diagnostic::error(Code::E0231, it.span, format!("block {v} does not exist: the model has {n} blocks (0 to {})", n - 1))
                         .with_hint("MoE placement names blocks by 0-based index"));
                     return None;
                 }
@@ -83,7 +83,7 @@ impl<'a> Checker<'a> {
         }
         let every = f.int(self, "every", Some(1), Min::One)? as usize;
         if every > n {
-            self.error(Diagnostic::error("E0231", f.value_span("every"), format!("every = {every} places no mixture in a model of {n} blocks"))
+            self.error(Diagnostic::error(Code::E0231, f.value_span("every"), format!("every = {every} places no mixture in a model of {n} blocks"))
                 .with_hint(format!("use every ≤ {n}")));
             return None;
         }
@@ -98,7 +98,7 @@ impl<'a> Checker<'a> {
             for fl in b.fields() {
                 if let Some((opt, owners)) = OPTIONS.iter().find(|(o, _)| *o == fl.key.name) {
                     if !owners.contains(&kind) {
-                        self.error(Diagnostic::error("E0230", fl.key.span, format!("the {kind} router has no `{opt}`"))
+                        self.error(Diagnostic::error(Code::E0230, fl.key.span, format!("the {kind} router has no `{opt}`"))
                             .with_hint(format!("`{opt}` is an option of {}", owners.join(" and "))));
                         f.field(opt);
                     }
@@ -112,7 +112,7 @@ impl<'a> Checker<'a> {
                 let k = f.size(self, "k", Some(2));
                 if let (Some(k), Some(e)) = (k, experts) {
                     if k > e {
-                        self.error(Diagnostic::error("E0232", f.value_span("k"), format!("k = {k} exceeds the {e} experts"))
+                        self.error(Diagnostic::error(Code::E0232, f.value_span("k"), format!("k = {k} exceeds the {e} experts"))
                             .with_hint(format!("each token can be routed to at most {e} experts")));
                     }
                 }
@@ -139,7 +139,7 @@ impl<'a> Checker<'a> {
                 let cf = f.positive(self, "capacity_factor", Some(2.0));
                 if let (Some(c), Some(e)) = (cf, experts) {
                     if c > e as f64 {
-                        self.error(Diagnostic::error("E0232", f.value_span("capacity_factor"), format!("capacity_factor {c} exceeds the {e} experts"))
+                        self.error(Diagnostic::error(Code::E0232, f.value_span("capacity_factor"), format!("capacity_factor {c} exceeds the {e} experts"))
                             .with_hint("a token cannot be chosen by more experts than exist"));
                     }
                 }

@@ -5,15 +5,16 @@
 
 use std::path::{Path, PathBuf};
 
+use super::loader::Loader;
 use super::Checker;
-use crate::diag::{Diagnostic, Span};
+use crate::diag::{Code, Diagnostic, Span};
 
 /// The project folder of a recipe in `dir`.
-pub fn project_root(dir: &Path) -> PathBuf {
-    let dir = std::fs::canonicalize(dir).unwrap_or_else(|_| dir.to_path_buf());
+pub fn project_root(loader: &dyn Loader, dir: &Path) -> PathBuf {
+    let dir = loader.real_path(dir).unwrap_or_else(|| dir.to_path_buf());
     let mut cur = Some(dir.as_path());
     while let Some(d) = cur {
-        if [".git", "Cargo.toml", "roux.toml"].iter().any(|m| d.join(m).exists()) {
+        if loader.is_project_root(d) {
             return d.to_path_buf();
         }
         cur = d.parent();
@@ -38,13 +39,13 @@ impl Checker<'_> {
     pub fn confined(&mut self, file: &str, span: Span) -> Option<PathBuf> {
         let full = self.base_dir.join(file);
         // A missing file is reported by the caller; confinement judges what exists.
-        let Ok(real) = std::fs::canonicalize(&full) else { return Some(full) };
-        let root = project_root(&self.base_dir);
-        if real.starts_with(&root) || self.allowed_paths.iter().any(|a| std::fs::canonicalize(a).is_ok_and(|a| real.starts_with(a))) {
+        let Some(real) = self.loader.real_path(&full) else { return Some(full) };
+        let root = project_root(self.loader, &self.base_dir);
+        if real.starts_with(&root) || self.allowed_paths.iter().any(|a| self.loader.real_path(a).is_some_and(|a| real.starts_with(a))) {
             return Some(full);
         }
         self.error(
-            Diagnostic::error("E0212", span, format!("`{file}` is outside the recipe's project ({})", root.display()))
+            Diagnostic::error(Code::E0212, span, format!("`{file}` is outside the recipe's project ({})", root.display()))
                 .with_hint(format!("a recipe may only read files inside its project; to allow this one, pass `--allow-path {}`", real.parent().unwrap_or(&real).display())),
         );
         None

@@ -3,7 +3,7 @@
 
 use super::fields::{Fields, Min};
 use super::Checker;
-use crate::diag::{Diagnostic, Span};
+use crate::diag::{Code, Diagnostic, Span};
 use crate::recipe::*;
 use crate::syntax::ast::{Arg, Block, Decl, DeclKind, Expr};
 
@@ -40,7 +40,7 @@ impl<'a> Checker<'a> {
         let d = self.decl_ref(e, DeclKind::Data, "a data set")?;
         let set = (d.kind == DeclKind::Data && e.as_path().is_some_and(|p| p.len() == 1)).then(|| self.examples.get(&d.name.name).cloned()).flatten();
         let Some(set) = set else {
-            self.error(Diagnostic::error("E0301", e.span, format!("`{stage}` needs instruction or preference examples, found {} `{}`", d.kind.keyword(), d.name.name))
+            self.error(Diagnostic::error(Code::E0301, e.span, format!("`{stage}` needs instruction or preference examples, found {} `{}`", d.kind.keyword(), d.name.name))
                 .with_hint("declare `data instr = synthetic.instructions { … }` or `instructions(\"file.jsonl\") { … }`"));
             return None;
         };
@@ -51,7 +51,7 @@ impl<'a> Checker<'a> {
                     ExampleKind::Preferences => ("preference pairs", "instruction examples"),
                     ExampleKind::Instructions => ("instruction examples", "preference pairs"),
                 };
-                self.error(Diagnostic::error("E0313", e.span, format!("`{stage}` trains on {need}, but `{}` holds {have}", d.name.name))
+                self.error(Diagnostic::error(Code::E0313, e.span, format!("`{stage}` trains on {need}, but `{}` holds {have}", d.name.name))
                     .with_hint(if k == ExampleKind::Preferences { "declare `data prefs = synthetic.preferences { … }` or `preferences(\"pairs.jsonl\")`" } else { "declare `data instr = synthetic.instructions { … }`" }));
                 None
             }
@@ -120,7 +120,7 @@ impl<'a> Checker<'a> {
             None => targets = vec!["attn.q".to_string(), "attn.v".to_string()],
             Some(tf) => {
                 let crate::syntax::ast::ExprKind::List(items) = &tf.value.kind else {
-                    self.error(Diagnostic::error("E0120", tf.value.span, "`targets` expects a list of module paths").with_hint("write `targets = [attn.q, attn.v]`"));
+                    self.error(Diagnostic::error(Code::E0120, tf.value.span, "`targets` expects a list of module paths").with_hint("write `targets = [attn.q, attn.v]`"));
                     return None;
                 };
                 for it in items {
@@ -128,7 +128,7 @@ impl<'a> Checker<'a> {
                         (crate::syntax::ast::ExprKind::Str(s), _) => s.clone(),
                         (_, Some(p)) => Expr::path_string(p),
                         _ => {
-                            self.error(Diagnostic::error("E0120", it.span, "a LoRA target is a module path such as `attn.q` or \"blocks.*.ffn.w1\"").with_hint("write `targets = [attn.q, attn.v]`"));
+                            self.error(Diagnostic::error(Code::E0120, it.span, "a LoRA target is a module path such as `attn.q` or \"blocks.*.ffn.w1\"").with_hint("write `targets = [attn.q, attn.v]`"));
                             return None;
                         }
                     };
@@ -136,8 +136,8 @@ impl<'a> Checker<'a> {
                         let mut short: Vec<String> = linears.iter().map(|l| l.rsplitn(3, '.').take(2).collect::<Vec<_>>().into_iter().rev().collect::<Vec<_>>().join(".")).collect();
                         short.sort();
                         short.dedup();
-                        let mut err = Diagnostic::error("E0312", it.span, format!("LoRA target `{pat}` matches no linear layer of model `{}`", model.map_or("", |m| &m.arch)));
-                        err = match super::suggest::did_you_mean(&pat, short.iter().map(|s| s.as_str())) {
+                        let mut err = Diagnostic::error(Code::E0312, it.span, format!("LoRA target `{pat}` matches no linear layer of model `{}`", model.map_or("", |m| &m.arch)));
+                        err = match crate::diag::suggest::did_you_mean(&pat, short.iter().map(|s| s.as_str())) {
                             Some(s) => err.with_hint(format!("did you mean `{s}`?")),
                             None => err.with_hint(format!("linear layers: {}", short.join(", "))),
                         };
@@ -184,7 +184,7 @@ impl<'a> Checker<'a> {
         f.finish(self);
         let opt = opt?;
         if let Some(m) = minibatches.filter(|&m| m > opt.batch) {
-            self.error(Diagnostic::error("E0201", mb_span, format!("{m} minibatches of a batch of {} prompts leave some empty", opt.batch))
+            self.error(Diagnostic::error(Code::E0201, mb_span, format!("{m} minibatches of a batch of {} prompts leave some empty", opt.batch))
                 .with_hint("use at most `batch` minibatches"));
             return None;
         }
@@ -241,14 +241,14 @@ impl<'a> Checker<'a> {
             }
         }
         if args.is_empty() {
-            self.error(Diagnostic::error("E0106", at, "`compare` needs at least one policy").with_hint("write `compare(sft = sft.model, rl = rl.model) { data = instr }`"));
+            self.error(Diagnostic::error(Code::E0106, at, "`compare` needs at least one policy").with_hint("write `compare(sft = sft.model, rl = rl.model) { data = instr }`"));
             ok = false;
         }
         let mut f = self.stage_fields(d, at, block);
         let data = match f.field("data") {
             Some(field) => self.examples_arg(&field.value, None, "compare"),
             None => {
-                self.error(Diagnostic::error("E0101", at, "`compare` needs `data`: the examples whose held-out prompts it scores").with_hint("add `data = instr` to the block"));
+                self.error(Diagnostic::error(Code::E0101, at, "`compare` needs `data`: the examples whose held-out prompts it scores").with_hint("add `data = instr` to the block"));
                 None
             }
         };

@@ -6,7 +6,7 @@ use std::collections::HashMap;
 
 use super::fields::{Fields, Min};
 use super::Checker;
-use crate::diag::{Diagnostic, Span};
+use crate::diag::{Code, Diagnostic, Span};
 use crate::recipe::*;
 use crate::syntax::ast::{Arg, Decl, DeclKind, Expr, ExprKind};
 
@@ -53,7 +53,7 @@ impl<'a> Checker<'a> {
                 let name = g[n];
                 let span = g.edges_directed(n, petgraph::Direction::Incoming).find(|e| scc.contains(&petgraph::visit::EdgeRef::source(e))).map(|e| *e.weight());
                 let d = self.decl(name).expect("stage decl");
-                self.error(Diagnostic::error("E0300", span.unwrap_or(d.name.span), format!("stage `{name}` is part of a cycle: {ring}"))
+                self.error(Diagnostic::error(Code::E0300, span.unwrap_or(d.name.span), format!("stage `{name}` is part of a cycle: {ring}"))
                     .with_hint("stages form a DAG: a stage can only use artifacts of stages that do not depend on it"));
                 names.push(name.to_string());
             }
@@ -85,8 +85,8 @@ impl<'a> Checker<'a> {
                 Some(n) => match names.iter().position(|x| *x == n.name) {
                     Some(s) => s,
                     None => {
-                        let mut e = Diagnostic::error("E0105", n.span, format!("`{kind}` has no argument `{}`", n.name));
-                        e = match super::suggest::did_you_mean(&n.name, names.iter().copied()) {
+                        let mut e = Diagnostic::error(Code::E0105, n.span, format!("`{kind}` has no argument `{}`", n.name));
+                        e = match crate::diag::suggest::did_you_mean(&n.name, names.iter().copied()) {
                             Some(s) => e.with_hint(format!("did you mean `{s}`?")),
                             None => e.with_hint(format!("arguments: {}", names.join(", "))),
                         };
@@ -96,7 +96,7 @@ impl<'a> Checker<'a> {
                 },
                 None if i < names.len() => i,
                 None => {
-                    self.error(Diagnostic::error("E0105", a.value.span, format!("`{kind}` takes {} arguments", names.len()))
+                    self.error(Diagnostic::error(Code::E0105, a.value.span, format!("`{kind}` takes {} arguments", names.len()))
                         .with_hint(format!("write `{kind}({})`", names.join(", "))));
                     continue;
                 }
@@ -105,7 +105,7 @@ impl<'a> Checker<'a> {
         }
         for (i, n) in names.iter().enumerate() {
             if out[i].is_none() {
-                self.error(Diagnostic::error("E0106", at, format!("`{kind}` is missing its `{n}` argument"))
+                self.error(Diagnostic::error(Code::E0106, at, format!("`{kind}` is missing its `{n}` argument"))
                     .with_hint(format!("write `{kind}({})`", names.join(", "))));
             }
         }
@@ -115,13 +115,13 @@ impl<'a> Checker<'a> {
     /// The declaration a bare reference names, which must be of kind `want`.
     pub(super) fn decl_ref(&mut self, e: &'a Expr, want: DeclKind, what: &str) -> Option<&'a Decl> {
         let Some(path) = e.as_path() else {
-            self.error(Diagnostic::error("E0301", e.span, format!("expected {what}, found {}", super::eval::describe(e))).with_hint("pass the name of a declaration"));
+            self.error(Diagnostic::error(Code::E0301, e.span, format!("expected {what}, found {}", super::eval::describe(e))).with_hint("pass the name of a declaration"));
             return None;
         };
         let Some(d) = self.decl(&path[0].name) else {
             let names: Vec<&str> = self.decls.iter().filter(|d| d.kind == want).map(|d| d.name.name.as_str()).collect();
-            let mut err = Diagnostic::error("E0110", path[0].span, format!("unknown name `{}`", path[0].name));
-            err = match super::suggest::did_you_mean(&path[0].name, names) {
+            let mut err = Diagnostic::error(Code::E0110, path[0].span, format!("unknown name `{}`", path[0].name));
+            err = match crate::diag::suggest::did_you_mean(&path[0].name, names) {
                 Some(s) => err.with_hint(format!("did you mean `{s}`?")),
                 None => err.with_hint("declare it with `data`, `model` or `stage` in this experiment"),
             };
@@ -139,7 +139,7 @@ impl<'a> Checker<'a> {
             Weights::Init => Some((r.arch, None)),
             Weights::Stage { stage } => Some((r.arch, Some(stage))),
             Weights::Merged { stage } => {
-                self.error(Diagnostic::error("E0310", e.span, format!("`train` continues from full weights; `merge({stage}.adapter)` is built on the fly"))
+                self.error(Diagnostic::error(Code::E0310, e.span, format!("`train` continues from full weights; `merge({stage}.adapter)` is built on the fly"))
                     .with_hint("continue with `finetune(merge(…), data)`, or train the earlier stage without an adapter"));
                 None
             }
@@ -173,12 +173,12 @@ impl<'a> Checker<'a> {
         f.finish(self);
 
         if steps_field && tokens_field {
-            self.error(Diagnostic::error("E0107", tokens_span, "give `steps` or `tokens`, not both")
+            self.error(Diagnostic::error(Code::E0107, tokens_span, "give `steps` or `tokens`, not both")
                 .with_hint("tokens = steps × batch × context; keep the one you mean"));
             return None;
         }
         if !steps_field && !tokens_field {
-            self.error(Diagnostic::error("E0101", at, format!("stage `{}` needs `steps` or `tokens`", d.name.name))
+            self.error(Diagnostic::error(Code::E0101, at, format!("stage `{}` needs `steps` or `tokens`", d.name.name))
                 .with_hint("add `steps = 1000` or `tokens = 20M`"));
             return None;
         }
@@ -188,12 +188,12 @@ impl<'a> Checker<'a> {
         let context = data.context;
         if let Some((mctx, mvocab)) = m {
             if context > mctx {
-                self.error(Diagnostic::error("E0222", bound[1].map_or(at, |e| e.span), format!("data `{}` has context {context}, longer than model `{arch}` accepts ({mctx})", data.name))
+                self.error(Diagnostic::error(Code::E0222, bound[1].map_or(at, |e| e.span), format!("data `{}` has context {context}, longer than model `{arch}` accepts ({mctx})", data.name))
                     .with_hint(format!("raise the model's context to {context} or shorten the data's")));
                 return None;
             }
             if data.vocab > mvocab {
-                self.error(Diagnostic::error("E0223", bound[0].map_or(at, |e| e.span), format!("model `{arch}` has vocab {mvocab}, smaller than the tokenizer of `{}` ({})", data.name, data.vocab))
+                self.error(Diagnostic::error(Code::E0223, bound[0].map_or(at, |e| e.span), format!("model `{arch}` has vocab {mvocab}, smaller than the tokenizer of `{}` ({})", data.name, data.vocab))
                     .with_hint(format!("set `vocab = {}.vocab`", data.name)));
                 return None;
             }
@@ -244,13 +244,13 @@ impl<'a> Checker<'a> {
             Schedule::Constant { warmup } | Schedule::Cosine { warmup, .. } => *warmup,
         };
         if warmup > steps {
-            self.error(Diagnostic::error("E0224", sched_span, format!("warmup of {warmup} steps is longer than the stage ({steps} steps)"))
+            self.error(Diagnostic::error(Code::E0224, sched_span, format!("warmup of {warmup} steps is longer than the stage ({steps} steps)"))
                 .with_hint("shorten the warmup or train longer"));
             return false;
         }
         if let Schedule::Cosine { min_lr, .. } = schedule {
             if *min_lr > lr {
-                self.error(Diagnostic::error("E0225", sched_span, format!("min_lr {min_lr} is above the peak lr {lr}"))
+                self.error(Diagnostic::error(Code::E0225, sched_span, format!("min_lr {min_lr} is above the peak lr {lr}"))
                     .with_hint("a cosine schedule decays from lr down to min_lr"));
                 return false;
             }
@@ -261,17 +261,17 @@ impl<'a> Checker<'a> {
     pub(super) fn data_arg(&mut self, e: &'a Expr) -> Option<DataSpec> {
         let d = self.decl_ref(e, DeclKind::Data, "a data set")?;
         if d.kind == DeclKind::Data && self.is_examples(d) {
-            self.error(Diagnostic::error("E0301", e.span, format!("`{}` holds instruction or preference examples, not a text corpus", d.name.name))
+            self.error(Diagnostic::error(Code::E0301, e.span, format!("`{}` holds instruction or preference examples, not a text corpus", d.name.name))
                 .with_hint("`train` needs `text(…)` data; examples are for `finetune`, `reward_model`, `ppo` and `dpo`"));
             return None;
         }
         if d.kind == DeclKind::Data && self.is_synthetic(d) {
-            self.error(Diagnostic::error("E0301", e.span, format!("`{}` is synthetic regression data, not a text corpus", d.name.name))
+            self.error(Diagnostic::error(Code::E0301, e.span, format!("`{}` is synthetic regression data, not a text corpus", d.name.name))
                 .with_hint("`train` needs `text(…)` data; synthetic regions are for `mixture` stages"));
             return None;
         }
         if d.kind != DeclKind::Data || e.as_path().map_or(true, |p| p.len() != 1) {
-            self.error(Diagnostic::error("E0301", e.span, format!("expected a data set, found {} `{}`", kind_noun(d.kind), d.name.name))
+            self.error(Diagnostic::error(Code::E0301, e.span, format!("expected a data set, found {} `{}`", kind_noun(d.kind), d.name.name))
                 .with_hint("pass a `data` declaration"));
             return None;
         }
@@ -310,11 +310,11 @@ impl<'a> Checker<'a> {
     fn betas(&mut self, f: &mut Fields<'a>) -> Option<(f64, f64)> {
         let Some(field) = f.field("betas") else { return Some((0.9, 0.999)) };
         let ExprKind::Tuple(items) = &field.value.kind else {
-            self.error(Diagnostic::error("E0120", field.value.span, format!("`betas` expects a pair, found {}", super::eval::describe(&field.value))).with_hint("write `betas = (0.9, 0.95)`"));
+            self.error(Diagnostic::error(Code::E0120, field.value.span, format!("`betas` expects a pair, found {}", super::eval::describe(&field.value))).with_hint("write `betas = (0.9, 0.95)`"));
             return None;
         };
         if items.len() != 2 {
-            self.error(Diagnostic::error("E0120", field.value.span, format!("`betas` expects two numbers, found {}", items.len())).with_hint("write `betas = (0.9, 0.95)`"));
+            self.error(Diagnostic::error(Code::E0120, field.value.span, format!("`betas` expects two numbers, found {}", items.len())).with_hint("write `betas = (0.9, 0.95)`"));
             return None;
         }
         let scope = f.scope.clone();
@@ -323,7 +323,7 @@ impl<'a> Checker<'a> {
         for (b, e) in [(b1, &items[0]), (b2, &items[1])] {
             if let Some(v) = b {
                 if !(0.0..1.0).contains(&v) {
-                    self.error(Diagnostic::error("E0202", e.span, format!("beta = {v} is out of range")).with_hint("betas must lie in [0, 1)"));
+                    self.error(Diagnostic::error(Code::E0202, e.span, format!("beta = {v} is out of range")).with_hint("betas must lie in [0, 1)"));
                     return None;
                 }
             }

@@ -3,7 +3,7 @@
 use crate::diag::Span;
 
 #[derive(Clone, Debug, PartialEq)]
-pub struct Recipe {
+pub struct SourceFile {
     pub name: String,
     pub name_span: Span,
     pub body: Block,
@@ -154,7 +154,7 @@ impl Expr {
 
 /// Zero every span: two ASTs are the same recipe when they are equal after this (the printer
 /// round-trip property compares them so).
-pub fn strip_spans(r: &mut Recipe) {
+pub fn strip_spans(r: &mut SourceFile) {
     r.name_span = Span::default();
     strip_block(&mut r.body);
 }

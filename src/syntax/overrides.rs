@@ -3,8 +3,8 @@
 //! follows the file's in the source diagnostics point into, so errors show the override.
 
 use super::ast::*;
-use crate::check::suggest::did_you_mean;
-use crate::diag::{Diagnostic, Span};
+use crate::diag::suggest::did_you_mean;
+use crate::diag::{Code, Diagnostic, Span};
 
 /// The text overrides add after a file's source: one line per `--set`, each `--set PATH=VALUE`.
 pub fn source_lines(sets: &[String]) -> String {
@@ -13,7 +13,7 @@ pub fn source_lines(sets: &[String]) -> String {
 
 /// Apply `sets` to `r`. `base` is the length of the file's text: override `i` sits at
 /// `base + Σ earlier lines + "\n--set ".len()` in the combined source.
-pub fn apply(r: &mut Recipe, sets: &[String], base: usize) -> Vec<Diagnostic> {
+pub fn apply(r: &mut SourceFile, sets: &[String], base: usize) -> Vec<Diagnostic> {
     let mut diags = vec![];
     let mut at = base;
     for s in sets {
@@ -26,9 +26,9 @@ pub fn apply(r: &mut Recipe, sets: &[String], base: usize) -> Vec<Diagnostic> {
     diags
 }
 
-fn apply_one(r: &mut Recipe, set: &str, start: usize) -> Result<(), Diagnostic> {
+fn apply_one(r: &mut SourceFile, set: &str, start: usize) -> Result<(), Diagnostic> {
     let Some(eq) = set.find('=') else {
-        return Err(Diagnostic::error("E0140", Span::new(start, start + set.len()), format!("`--set {set}` has no `=`"))
+        return Err(Diagnostic::error(Code::E0140, Span::new(start, start + set.len()), format!("`--set {set}` has no `=`"))
             .with_hint("write `--set lm.d_model=256` or `--set pretrain.optimizer.lr=1e-3`"));
     };
     // Path segments with their spans.
@@ -39,7 +39,7 @@ fn apply_one(r: &mut Recipe, set: &str, start: usize) -> Result<(), Diagnostic> 
         let lead = part.len() - part.trim_start().len();
         let span = Span::new(start + pos + lead, start + pos + lead + name.len().max(1));
         if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') || name.starts_with(|c: char| c.is_ascii_digit()) {
-            return Err(Diagnostic::error("E0140", span, format!("`{name}` is not a key name")).with_hint("a path is names joined by dots: `pretrain.optimizer.lr`"));
+            return Err(Diagnostic::error(Code::E0140, span, format!("`{name}` is not a key name")).with_hint("a path is names joined by dots: `pretrain.optimizer.lr`"));
         }
         segs.push(Ident { name: name.to_string(), span });
         pos += part.len() + 1;
@@ -57,7 +57,7 @@ fn apply_one(r: &mut Recipe, set: &str, start: usize) -> Result<(), Diagnostic> 
             set_field(&mut r.body, &segs[0], value);
             return Ok(());
         }
-        let mut d = Diagnostic::error("E0110", segs[0].span, format!("`--set`: no declaration named `{}`", segs[0].name));
+        let mut d = Diagnostic::error(Code::E0110, segs[0].span, format!("`--set`: no declaration named `{}`", segs[0].name));
         d = match did_you_mean(&segs[0].name, decl_names.iter().map(|s| s.as_str())) {
             Some(s) => d.with_hint(format!("did you mean `{s}`?")),
             None => d.with_hint(format!("declared: {}", decl_names.join(", "))),
@@ -76,7 +76,7 @@ fn apply_one(r: &mut Recipe, set: &str, start: usize) -> Result<(), Diagnostic> 
             Entry::Field(f) if f.key.name == seg.name => Some(f),
             _ => None,
         }) else {
-            let mut d = Diagnostic::error("E0100", seg.span, format!("`{owner}` has no `{}` to set inside", seg.name));
+            let mut d = Diagnostic::error(Code::E0100, seg.span, format!("`{owner}` has no `{}` to set inside", seg.name));
             d = match did_you_mean(&seg.name, keys.iter().map(|s| s.as_str())) {
                 Some(s) => d.with_hint(format!("did you mean `{s}`?")),
                 None => d.with_hint(format!("to add it, set it whole: `--set {owner}.{}='adamw {{ lr = 1e-3 }}'`", seg.name)),
@@ -84,7 +84,7 @@ fn apply_one(r: &mut Recipe, set: &str, start: usize) -> Result<(), Diagnostic> 
             return Err(d);
         };
         if !matches!(&f.value.kind, ExprKind::Ctor { path, .. } if !path.is_empty()) {
-            return Err(Diagnostic::error("E0120", seg.span, format!("`{owner}.{}` is a value, not a block", seg.name))
+            return Err(Diagnostic::error(Code::E0120, seg.span, format!("`{owner}.{}` is a value, not a block", seg.name))
                 .with_hint(format!("set it directly: `--set {owner}.{}=…`", seg.name)));
         }
         owner = format!("{owner}.{}", seg.name);

@@ -4,7 +4,7 @@ use pest::iterators::Pair;
 use pest::Parser;
 
 use super::ast::*;
-use crate::diag::{Diagnostic, Span};
+use crate::diag::{Code, Diagnostic, Span};
 
 #[derive(pest_derive::Parser)]
 #[grammar = "../grammar/roux.pest"]
@@ -13,7 +13,7 @@ struct RouxParser;
 /// Deepest nesting accepted; deeper input is refused before pest recurses into it.
 const MAX_DEPTH: usize = 64;
 
-pub fn parse(src: &str) -> Result<Recipe, Diagnostic> {
+pub fn parse(src: &str) -> Result<SourceFile, Diagnostic> {
     check_depth(src)?;
     let mut pairs = RouxParser::parse(Rule::file, src).map_err(syntax_error)?;
     let file = pairs.next().expect("grammar: file");
@@ -22,7 +22,7 @@ pub fn parse(src: &str) -> Result<Recipe, Diagnostic> {
     let name = inner.next().expect("grammar: name");
     let name_span = span_of(&name);
     let body = block(inner.next().expect("grammar: block"));
-    Ok(Recipe { name: unescape(name.into_inner().next().map_or("", |p| p.as_str())), name_span, body })
+    Ok(SourceFile { name: unescape(name.into_inner().next().map_or("", |p| p.as_str())), name_span, body })
 }
 
 /// One value (`256`, `adamw { lr = 1e-3 }`, `corpus.vocab`), its spans shifted by `offset` (where
@@ -103,7 +103,7 @@ fn check_depth(src: &str) -> Result<(), Diagnostic> {
                 '{' | '(' | '[' => {
                     depth += 1;
                     if depth > MAX_DEPTH {
-                        return Err(Diagnostic::error("E0002", Span::new(i, i + 1), format!("nesting deeper than {MAX_DEPTH} levels"))
+                        return Err(Diagnostic::error(Code::E0002, Span::new(i, i + 1), format!("nesting deeper than {MAX_DEPTH} levels"))
                             .with_hint("flatten the expression; recipes never need this much nesting"));
                     }
                 }
@@ -325,7 +325,7 @@ fn syntax_error(e: pest::error::Error<Rule>) -> Diagnostic {
         }
         ErrorVariant::CustomError { message } => message.clone(),
     };
-    Diagnostic::error("E0001", Span::new(start, end), format!("syntax error: {message}"))
+    Diagnostic::error(Code::E0001, Span::new(start, end), format!("syntax error: {message}"))
         .with_hint("a recipe is `experiment \"name\" { key = value  data NAME = …  model NAME = …  stage NAME = … }`")
 }
 

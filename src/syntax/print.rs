@@ -43,7 +43,7 @@ fn comments(src: &str) -> Vec<Comment> {
     out
 }
 
-pub fn print(r: &Recipe) -> String {
+pub fn print(r: &SourceFile) -> String {
     Printer { out: String::new(), src: None, comments: vec![], next: 0, trailing: vec![] }.recipe(r)
 }
 
@@ -105,7 +105,7 @@ fn entry_span(e: &Entry) -> (usize, usize) {
 }
 
 impl<'s> Printer<'s> {
-    fn recipe(mut self, r: &Recipe) -> String {
+    fn recipe(mut self, r: &SourceFile) -> String {
         self.own_line_comments_before(r.name_span.start, 0);
         self.out.push_str(&format!("experiment {} ", quote(&r.name)));
         self.block(&r.body, 0, false);

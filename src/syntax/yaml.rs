@@ -25,13 +25,13 @@
 use serde_yaml::{Mapping, Value};
 
 use super::ast::*;
-use crate::diag::{Diagnostic, Span};
+use crate::diag::{Code, Diagnostic, Span};
 
 // ---------------------------------------------------------------- AST → YAML
 
 /// The first key that occurs twice in one block (a YAML mapping cannot hold it; the checker
 /// rejects such recipes anyway, E0102).
-pub fn duplicate_key(r: &Recipe) -> Option<Diagnostic> {
+pub fn duplicate_key(r: &SourceFile) -> Option<Diagnostic> {
     fn block(b: &Block) -> Option<Diagnostic> {
         let mut seen = std::collections::HashSet::new();
         for e in &b.entries {
@@ -41,7 +41,7 @@ pub fn duplicate_key(r: &Recipe) -> Option<Diagnostic> {
                 Entry::Sweep(s) => (format!("sweep {}", s.var.name), s.var.span, &s.values),
             };
             if !seen.insert(key.clone()) {
-                return Some(Diagnostic::error("E0102", span, format!("`{key}` appears twice in one block; the YAML form cannot hold both")).with_hint("remove one of the two"));
+                return Some(Diagnostic::error(Code::E0102, span, format!("`{key}` appears twice in one block; the YAML form cannot hold both")).with_hint("remove one of the two"));
             }
             if let Some(d) = expr(value) {
                 return Some(d);
@@ -59,7 +59,7 @@ pub fn duplicate_key(r: &Recipe) -> Option<Diagnostic> {
     block(&r.body)
 }
 
-pub fn to_yaml(r: &Recipe) -> String {
+pub fn to_yaml(r: &SourceFile) -> String {
     let mut m = Mapping::new();
     m.insert(Value::String("experiment".into()), Value::String(r.name.clone()));
     entries(&mut m, &r.body);
@@ -167,13 +167,13 @@ fn key_colon(t: &str) -> Option<usize> {
 }
 
 fn err(span: Span, msg: impl Into<String>) -> Diagnostic {
-    Diagnostic::error("E0003", span, msg.into()).with_hint("see the YAML form in the README: mappings are blocks (head under `$`), other scalars are recipe values")
+    Diagnostic::error(Code::E0003, span, msg.into()).with_hint("see the YAML form in the README: mappings are blocks (head under `$`), other scalars are recipe values")
 }
 
-pub fn from_yaml(src: &str) -> Result<Recipe, Diagnostic> {
+pub fn from_yaml(src: &str) -> Result<SourceFile, Diagnostic> {
     let v: Value = serde_yaml::from_str(src).map_err(|e| {
         let at = e.location().map_or(0, |l| l.index());
-        Diagnostic::error("E0001", Span::new(at, at + 1), format!("YAML syntax error: {e}")).with_hint("the YAML form is one mapping: `experiment: NAME`, then keys and declarations")
+        Diagnostic::error(Code::E0001, Span::new(at, at + 1), format!("YAML syntax error: {e}")).with_hint("the YAML form is one mapping: `experiment: NAME`, then keys and declarations")
     })?;
     let idx = index(src);
     let Value::Mapping(m) = v else { return Err(err(Span::new(0, 1), "a YAML recipe is one mapping")) };
@@ -189,7 +189,7 @@ pub fn from_yaml(src: &str) -> Result<Recipe, Diagnostic> {
     let name = name.ok_or_else(|| err(Span::new(0, 1), "a YAML recipe needs `experiment: NAME`"))?;
     let name_span = idx.children.iter().find(|n| n.key == "experiment").and_then(|n| n.value_at).map_or(Span::new(0, 1), |(a, _)| Span::new(a, a + name.len()));
     let body = block(&rest, &idx, Span::new(0, src.len()))?;
-    Ok(Recipe { name, name_span, body })
+    Ok(SourceFile { name, name_span, body })
 }
 
 fn key_span(n: &Node, key: &str) -> Span {

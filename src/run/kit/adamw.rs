@@ -11,7 +11,8 @@
 
 use tch::{Kind, Tensor};
 
-pub struct AdamW {
+/// The AdamW optimizer: its moments and step count, over flat buffers of the tensors it trains.
+pub struct Optimizer {
     pub beta1: f64,
     pub beta2: f64,
     pub eps: f64,
@@ -36,10 +37,10 @@ struct Flat {
     decayed: i64,
 }
 
-impl AdamW {
+impl Optimizer {
     /// Take over the storage of those of `params` that require grad (their values are kept); all
     /// must share one kind and device.
-    pub fn new(params: &[Tensor], cfg: &crate::recipe::AdamW) -> AdamW {
+    pub fn new(params: &[Tensor], cfg: &crate::recipe::AdamW) -> Optimizer {
         let (kind, device) = params.first().map_or((Kind::Float, tch::Device::Cpu), |p| (p.kind(), p.device()));
         // Matrices first (stable order), then vectors. A tensor that does not require grad (a
         // frozen one) is left where it is and never updated.
@@ -73,7 +74,7 @@ impl AdamW {
                 offset += numel[i];
             }
         });
-        AdamW { beta1: cfg.betas.0, beta2: cfg.betas.1, eps: cfg.eps, weight_decay: cfg.weight_decay, t: 0, m, v, flat }
+        Optimizer { beta1: cfg.betas.0, beta2: cfg.betas.1, eps: cfg.eps, weight_decay: cfg.weight_decay, t: 0, m, v, flat }
     }
 
     /// Zero every gradient (in place: autograd keeps accumulating into the flat buffer).

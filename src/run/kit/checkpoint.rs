@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 use tch::Tensor;
 
-use super::adamw::AdamW;
+use super::adamw::Optimizer;
 use super::files::{write_atomic, write_tensors_atomic};
 use crate::rng::Rng;
 
@@ -35,7 +35,7 @@ pub struct State {
 }
 
 /// Save named trainable tensors and their AdamW moments, then the state naming the file.
-pub fn save(dir: &Path, names: &[String], params: &[Tensor], opt: &AdamW, state: &State) -> Result<()> {
+pub fn save(dir: &Path, names: &[String], params: &[Tensor], opt: &Optimizer, state: &State) -> Result<()> {
     let mut tensors: Vec<(String, Tensor)> = names.iter().cloned().zip(params.iter().map(|p| p.shallow_clone())).collect();
     for (i, n) in names.iter().enumerate() {
         tensors.push((format!("adam.m.{n}"), opt.m[i].shallow_clone()));
@@ -72,7 +72,7 @@ pub fn read_state(dir: &Path) -> Result<Option<State>> {
 }
 
 /// Restore named trainable tensors and their moments from the checkpoint a state names.
-pub fn load(dir: &Path, state: &State, names: &[String], params: &[Tensor], opt: &mut AdamW) -> Result<()> {
+pub fn load(dir: &Path, state: &State, names: &[String], params: &[Tensor], opt: &mut Optimizer) -> Result<()> {
     let path = dir.join(&state.file);
     let tensors = Tensor::read_safetensors(&path).with_context(|| format!("reading checkpoint {}", path.display()))?;
     restore(&path, &tensors, names, params, opt)?;
@@ -80,14 +80,15 @@ pub fn load(dir: &Path, state: &State, names: &[String], params: &[Tensor], opt:
     Ok(())
 }
 
-fn restore(path: &Path, tensors: &[(String, Tensor)], names: &[String], params: &[Tensor], opt: &mut AdamW) -> Result<()> {
+fn restore(path: &Path, tensors: &[(String, Tensor)], names: &[String], params: &[Tensor], opt: &mut Optimizer) -> Result<()> {
     let by_name: std::collections::HashMap<&str, &Tensor> = tensors.iter().map(|(n, t)| (n.as_str(), t)).collect();
     for (i, n) in names.iter().enumerate() {
-        let slots = [(opt.m[i].shallow_clone(), format!("adam.m.{n}")), (opt.v[i].shallow_clone(), format!("adam.v.{n}")), (params[i].shallow_clone(), n.clone())];
+        // The weight first: a checkpoint of another model fails on it, with its shape.
+        let slots = [(params[i].shallow_clone(), n.clone()), (opt.m[i].shallow_clone(), format!("adam.m.{n}")), (opt.v[i].shallow_clone(), format!("adam.v.{n}"))];
         for (mut slot, key) in slots {
-            let Some(t) = by_name.get(key.as_str()) else { bail!("checkpoint {} lacks `{key}`", path.display()) };
+            let Some(t) = by_name.get(key.as_str()) else { bail!("checkpoint {} has no tensor `{key}`", path.display()) };
             if t.size() != slot.size() {
-                bail!("checkpoint {}: `{key}` has the wrong shape", path.display());
+                bail!("checkpoint {}: `{key}` has shape {}, the run expects {}", path.display(), shape(&t.size()), shape(&slot.size()));
             }
             tch::no_grad(|| slot.copy_(t));
         }
@@ -95,3 +96,9 @@ fn restore(path: &Path, tensors: &[(String, Tensor)], names: &[String], params: 
     Ok(())
 }
 
+
+/// A shape as people write it: `(512, 64)`.
+pub fn shape(dims: &[i64]) -> String {
+    let parts: Vec<String> = dims.iter().map(|d| d.to_string()).collect();
+    format!("({})", parts.join(", "))
+}

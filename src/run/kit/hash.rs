@@ -2,12 +2,10 @@
 //! JSON): its resolved definition, the declarations it reads, the seed and the hashes of the
 //! upstream outputs it consumes, so retraining one stage retrains its users.
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use serde_json::json;
-use std::path::Path;
 
 use super::files::fnv1a;
-use super::lifecycle::read_report_hash;
 use crate::recipe::{MixtureSpec, ModelSpec, Recipe, StageSpec, SyntheticSpec, TrainSpec};
 
 /// A `train` run of `spec` (a sweep point sizes its own model); `upstream` is the output hash of
@@ -29,13 +27,8 @@ pub fn mixture(recipe: &Recipe, m: &MixtureSpec, data: &SyntheticSpec) -> String
 }
 
 /// A post-training stage: its definition, the data and model declarations it mentions, the
-/// seed, and the output hashes of the stages it runs after (returned too, for the report).
-pub fn posttrain(recipe: &Recipe, stage: &StageSpec, runs: &Path) -> Result<(String, Vec<(String, String)>)> {
-    let mut upstream = vec![];
-    for s in &stage.after {
-        let h = read_report_hash(&runs.join(s)).with_context(|| format!("stage `{}` needs the output of `{s}`", stage.name))?;
-        upstream.push((s.clone(), h));
-    }
+/// seed, and `upstream`: the output hashes of the stages it runs after, as (stage, hash).
+pub fn posttrain(recipe: &Recipe, stage: &StageSpec, upstream: &[(String, String)]) -> Result<String> {
     let spec = serde_json::to_value(stage)?;
     let text = spec.to_string();
     let mentions = |name: &str| text.contains(&format!("\"{name}\""));
@@ -43,5 +36,5 @@ pub fn posttrain(recipe: &Recipe, stage: &StageSpec, runs: &Path) -> Result<(Str
     let sets: Vec<_> = recipe.examples.iter().filter(|d| mentions(&d.name)).collect();
     let up: Vec<_> = upstream.iter().map(|(s, h)| json!([s, h])).collect();
     let key = json!({"seed": recipe.seed, "stage": spec, "models": models, "examples": sets, "upstream": up});
-    Ok((fnv1a(key.to_string().as_bytes()), upstream))
+    Ok(fnv1a(key.to_string().as_bytes()))
 }

@@ -14,7 +14,7 @@ use serde_json::{json, Value};
 use std::path::{Component, Path, PathBuf};
 use tch::Tensor;
 
-use super::adamw::AdamW;
+use super::adamw::Optimizer;
 use super::checkpoint::{self, State};
 use super::context::StageCtx;
 use super::files::{write_atomic, write_tensors_atomic};
@@ -84,7 +84,12 @@ pub fn begin(ctx: &StageCtx, hash: String, resolved: &Value, steps: u64) -> Resu
 /// for LoRA, adapts), so `roux sample`, `export` and `merge` can read its weights.
 pub fn begin_stage(ctx: &StageCtx, steps: u64) -> Result<Option<RunDir>> {
     let (recipe, stage) = (ctx.recipe, ctx.stage);
-    let (hash, upstream) = super::hash::posttrain(recipe, stage, &ctx.runs)?;
+    let mut upstream = vec![];
+    for s in &stage.after {
+        let h = read_report_hash(&ctx.stage_dir(s)).with_context(|| format!("stage `{}` needs the output of `{s}`", stage.name))?;
+        upstream.push((s.clone(), h));
+    }
+    let hash = super::hash::posttrain(recipe, stage, &upstream)?;
     let arch = match &stage.kind {
         StageKind::Finetune(f) => Some(&f.model.arch),
         StageKind::Ppo(p) => Some(&p.policy.arch),
@@ -98,7 +103,7 @@ pub fn begin_stage(ctx: &StageCtx, steps: u64) -> Result<Option<RunDir>> {
 impl RunDir {
     /// When resuming, restore the trainable tensors and their optimizer state; returns (steps
     /// done, data rng, stage-specific state), or (0, `rng`, null) for a fresh start.
-    pub fn restore(&self, names: &[String], params: &[Tensor], opt: &mut AdamW, rng: Rng) -> Result<(u64, Rng, Value)> {
+    pub fn restore(&self, names: &[String], params: &[Tensor], opt: &mut Optimizer, rng: Rng) -> Result<(u64, Rng, Value)> {
         match &self.resume {
             Some(s) => {
                 checkpoint::load(&self.dir, s, names, params, opt)?;
@@ -109,13 +114,13 @@ impl RunDir {
     }
 
     /// Checkpoint after `state.step` steps; the hash and file name are filled in here.
-    pub fn save(&self, names: &[String], params: &[Tensor], opt: &AdamW, state: State) -> Result<()> {
+    pub fn save(&self, names: &[String], params: &[Tensor], opt: &Optimizer, state: State) -> Result<()> {
         let state = State { recipe_hash: self.hash.clone(), file: format!("ckpt-{}.safetensors", state.step), adam_t: opt.t, ..state };
         checkpoint::save(&self.dir, names, params, opt, &state)
     }
 
     /// Checkpoint with no training-loss window or best validation loss (post-training stages).
-    pub fn checkpoint(&self, step: u64, names: &[String], params: &[Tensor], opt: &AdamW, rng: Rng, extra: Value) -> Result<()> {
+    pub fn checkpoint(&self, step: u64, names: &[String], params: &[Tensor], opt: &Optimizer, rng: Rng, extra: Value) -> Result<()> {
         let state = State { step, adam_t: opt.t, data_rng: rng, recipe_hash: String::new(), file: String::new(), best_val: None, window_loss: (0.0, 0), extra };
         self.save(names, params, opt, state)
     }

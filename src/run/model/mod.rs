@@ -58,18 +58,22 @@ pub struct Model {
 impl Model {
     /// Fresh parameters, initialised as the graph says, from libtorch's (seeded) generator.
     pub fn new(spec: &ModelSpec, device: Device) -> Model {
-        Self::build(spec, device, true)
+        Self::build(lower_model(spec), device, true)
+    }
+
+    /// Fresh parameters for a model already lowered (the caller planned it from the same graph).
+    pub fn from_graph(graph: ModelGraph, device: Device) -> Model {
+        Self::build(graph, device, true)
     }
 
     /// The same model with every parameter a stride-0 view of one element: real tch tensors of
     /// the real shapes, no memory. For checking the structure of models too large to allocate
     /// (Mixtral's 46.7B parameters); it cannot be trained.
     pub fn shapes_only(spec: &ModelSpec) -> Model {
-        Self::build(spec, Device::Cpu, false)
+        Self::build(lower_model(spec), Device::Cpu, false)
     }
 
-    fn build(spec: &ModelSpec, device: Device, materialize: bool) -> Model {
-        let graph = lower_model(spec);
+    fn build(graph: ModelGraph, device: Device, materialize: bool) -> Model {
         let mut names = vec![];
         let mut params = vec![];
         tch::no_grad(|| {
@@ -105,6 +109,7 @@ impl Model {
                 last_use[j] = last_use[j].max(i);
             }
         }
+        let spec = &graph.spec;
         let rope = (spec.position == crate::recipe::Position::Rope).then(|| attention::rope_tables(spec.context, spec.head_dim(), device));
         let index = names.iter().enumerate().map(|(i, n)| (n.clone(), i)).collect();
         let node_params = order

@@ -10,7 +10,7 @@ use tch::{Kind, Tensor};
 use crate::posttrain::examples::{Pair, Seq};
 use crate::recipe::{DpoSpec, ExampleSet};
 use crate::rng::Rng;
-use crate::run::kit::adamw::AdamW;
+use crate::run::kit::adamw::Optimizer;
 use crate::run::kit::artifacts::{instructions, load_lm, preferences};
 use crate::run::kit::losses::dpo;
 use crate::run::kit::score::score;
@@ -43,7 +43,7 @@ pub fn run(ctx: &StageCtx, d: &DpoSpec) -> Result<()> {
     let before = score(&policy, Some(&reference), &set, &held, d.max_new);
     let names = policy.names.clone();
     let params: Vec<Tensor> = policy.params.iter().map(|p| p.shallow_clone()).collect();
-    let mut opt = AdamW::new(&params, &d.opt.optimizer);
+    let mut opt = Optimizer::new(&params, &d.opt.optimizer);
     let (step0, mut rng, _) = run.restore(&names, &params, &mut opt, Rng(recipe.seed ^ 0xD90))?;
     let context = policy.spec().context;
     tracing::info!("{name}: DPO (β = {}) on `{}` ({} pairs) for {} steps × {} pairs", d.beta, set.name, split.train.len(), d.opt.steps, d.opt.batch);

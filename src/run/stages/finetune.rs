@@ -11,7 +11,7 @@ use tch::{Kind, Tensor};
 use crate::posttrain::examples::{sequence, Seq};
 use crate::recipe::FinetuneSpec;
 use crate::rng::Rng;
-use crate::run::kit::adamw::AdamW;
+use crate::run::kit::adamw::Optimizer;
 use crate::run::kit::artifacts::{instructions, load_lm};
 use crate::run::kit::score::score;
 use crate::run::kit::seqs::{pad, token_logprobs};
@@ -37,7 +37,7 @@ pub fn run(ctx: &StageCtx, f: &FinetuneSpec) -> Result<()> {
         None => (model.names.clone(), model.params.iter().map(|p| p.shallow_clone()).collect()),
     };
     let trainable: u64 = params.iter().map(|p| p.numel() as u64).sum();
-    let mut opt = AdamW::new(&params, &f.opt.optimizer);
+    let mut opt = Optimizer::new(&params, &f.opt.optimizer);
     let (step0, mut rng, _) = run.restore(&names, &params, &mut opt, Rng(recipe.seed ^ 0x5F7))?;
     let context = model.spec().context;
     let seqs: Vec<Seq> = split.train.iter().map(|e| sequence(&set, &e.prompt, &e.response, f.mask_prompt, context)).collect();

@@ -10,7 +10,7 @@ use tch::{Device, Kind, Tensor};
 
 use crate::recipe::{Activation, Generator, MixtureSpec, Objective};
 use crate::rng::Rng;
-use crate::run::kit::adamw::AdamW;
+use crate::run::kit::adamw::Optimizer;
 use crate::run::kit::progress::Metric;
 use crate::run::kit::{hash, lifecycle, StageCtx};
 use crate::run::model::moe::jacobs_loss;
@@ -100,7 +100,7 @@ pub fn run(ctx: &StageCtx, m: &MixtureSpec) -> Result<()> {
     tch::manual_seed(recipe.seed as i64);
     let model = Mixture::new(m, dim, out);
     let names = param_names(m);
-    let mut opt = AdamW::new(&model.params, &m.optimizer);
+    let mut opt = Optimizer::new(&model.params, &m.optimizer);
     let (step0, mut rng, _) = run.restore(&names, &model.params, &mut opt, Rng(recipe.seed ^ 0x0B7C_4E55))?;
     let eval = |model: &Mixture| {
         tch::no_grad(|| {

@@ -20,7 +20,7 @@ use crate::posttrain::gae::gae;
 use crate::posttrain::tasks;
 use crate::recipe::PpoSpec;
 use crate::rng::Rng;
-use crate::run::kit::adamw::AdamW;
+use crate::run::kit::adamw::Optimizer;
 use crate::run::kit::artifacts::{instructions, load_lm, load_reward_model};
 use crate::run::kit::losses::{entropy, masked_mean, ppo_clip, value_loss};
 use crate::run::kit::score::score;
@@ -52,7 +52,7 @@ pub fn run(ctx: &StageCtx, p: &PpoSpec) -> Result<()> {
     let (head_names, head_params): (Vec<String>, Vec<Tensor>) = value_head.named().into_iter().unzip();
     names.extend(head_names);
     params.extend(head_params);
-    let mut opt = AdamW::new(&params, &p.opt.optimizer);
+    let mut opt = Optimizer::new(&params, &p.opt.optimizer);
     let (step0, mut rng, extra) = run.restore(&names, &params, &mut opt, Rng(recipe.seed ^ 0x990))?;
     let mut kl_coef = extra["kl_coef"].as_f64().unwrap_or(p.kl);
     let mut history: Vec<(f64, f64)> = serde_json::from_value(extra["history"].clone()).unwrap_or_default(); // (reward-model score, gold reward) per step

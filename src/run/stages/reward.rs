@@ -10,7 +10,7 @@ use tch::{Kind, Tensor};
 use crate::posttrain::examples::Pair;
 use crate::recipe::{ExampleSet, RewardSpec};
 use crate::rng::Rng;
-use crate::run::kit::adamw::AdamW;
+use crate::run::kit::adamw::Optimizer;
 use crate::run::kit::artifacts::{load_lm, preferences};
 use crate::run::kit::losses::bradley_terry;
 use crate::run::kit::seqs::prompt_ids;
@@ -50,7 +50,7 @@ pub fn run(ctx: &StageCtx, r: &RewardSpec) -> Result<()> {
     let (set, split) = preferences(recipe, &r.data)?;
     let rm = RewardModel::new(load_lm(recipe, &ctx.runs, &r.model, dev)?);
     let (names, params): (Vec<String>, Vec<Tensor>) = rm.named().into_iter().unzip();
-    let mut opt = AdamW::new(&params, &r.opt.optimizer);
+    let mut opt = Optimizer::new(&params, &r.opt.optimizer);
     let (step0, mut rng, _) = run.restore(&names, &params, &mut opt, Rng(recipe.seed ^ 0x2E3A))?;
     let context = rm.trunk.spec().context;
     tracing::info!("{name}: training a reward model on `{}` ({} pairs, {} held out) for {} steps × {} pairs", set.name, split.train.len(), split.held_out.len(), r.opt.steps, r.opt.batch);

@@ -9,7 +9,7 @@ use tch::Tensor;
 use crate::plan::plan_model;
 use crate::recipe::{ModelSpec, TrainSpec};
 use crate::rng::Rng;
-use crate::run::kit::adamw::AdamW;
+use crate::run::kit::adamw::Optimizer;
 use crate::run::kit::checkpoint::State;
 use crate::run::kit::data::{batch, Corpus};
 use crate::run::kit::progress::{format_secs, Metric};
@@ -40,12 +40,13 @@ pub fn run_model(ctx: &StageCtx, spec: &ModelSpec, t: &TrainSpec) -> Result<()> 
 
     let device = device::device(t.device)?;
     // Refuse a model that cannot fit before allocating it (an IsoFLOP prediction can be huge).
-    let plan = plan_model(&crate::lower::lower_model(spec), t.batch, t.context);
+    let graph = crate::lower::lower_model(spec);
+    let plan = plan_model(&graph, t.batch, t.context);
     if device == tch::Device::Cpu {
         device::memory_guard(name, plan.train_memory_bytes)?;
     }
     tch::manual_seed(recipe.seed as i64);
-    let mut model = Model::new(spec, device);
+    let mut model = Model::from_graph(graph, device);
     if t.precision == crate::recipe::Precision::Bf16 {
         model.set_precision(tch::Kind::BFloat16);
     }
@@ -54,7 +55,7 @@ pub fn run_model(ctx: &StageCtx, spec: &ModelSpec, t: &TrainSpec) -> Result<()> 
         let tensors = Tensor::read_safetensors(&path).with_context(|| format!("reading {}", path.display()))?;
         model.load(&tensors).with_context(|| format!("initialising from {}", path.display()))?;
     }
-    let mut opt = AdamW::new(&model.params, &t.optimizer);
+    let mut opt = Optimizer::new(&model.params, &t.optimizer);
     // A BPE tokenizer comes from the stage this one continues, so both read the same ids.
     if let (Some(up), crate::recipe::Tokenizer::Bpe { .. }) = (&t.init_from, data_spec.tokenizer) {
         let (from, to) = (ctx.stage_dir(up).join(tokenize::FILE), dir.join(tokenize::FILE));

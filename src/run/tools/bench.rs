@@ -9,7 +9,7 @@ use std::time::Instant;
 use tch::{Device, Kind, Tensor};
 
 use crate::recipe::*;
-use crate::run::kit::adamw::AdamW;
+use crate::run::kit::adamw::Optimizer;
 use crate::run::kit::data::batch as data_batch;
 use crate::run::kit::seqs::generate;
 use crate::run::model::Model;
@@ -48,7 +48,7 @@ fn config_spec(name: &str, d: usize, layers: usize, heads: usize, ctx: usize, ex
 
 struct Case {
     model: Model,
-    opt: AdamW,
+    opt: Optimizer,
     x: Tensor,
     y: Tensor,
 }
@@ -57,7 +57,7 @@ impl Case {
     fn new(s: &ModelSpec, device: Device, batch: i64) -> Case {
         tch::manual_seed(0);
         let model = Model::new(s, device);
-        let opt = AdamW::new(&model.params, &crate::recipe::AdamW { lr: 1e-3, betas: (0.9, 0.95), eps: 1e-8, weight_decay: 0.1 });
+        let opt = Optimizer::new(&model.params, &crate::recipe::AdamW { lr: 1e-3, betas: (0.9, 0.95), eps: 1e-8, weight_decay: 0.1 });
         let x = Tensor::randint(256, [batch, s.context as i64], (Kind::Int64, device));
         let y = Tensor::randint(256, [batch, s.context as i64], (Kind::Int64, device));
         Case { model, opt, x, y }
@@ -168,7 +168,7 @@ pub fn bench_config(name: &str, steps: usize) -> Result<serde_json::Value> {
     let warm_rss = rss_bytes("VmRSS:");
     tch::manual_seed(0);
     let mut model = Model::new(&s, device);
-    let mut opt = AdamW::new(&model.params, &crate::recipe::AdamW { lr: 1e-3, betas: (0.9, 0.95), eps: 1e-8, weight_decay: 0.1 });
+    let mut opt = Optimizer::new(&model.params, &crate::recipe::AdamW { lr: 1e-3, betas: (0.9, 0.95), eps: 1e-8, weight_decay: 0.1 });
     // The first step, phase by phase: peak RSS after the forward pass (saved activations) and
     // after the backward pass (its temporaries), beside the plan's terms for the same.
     let phases = {

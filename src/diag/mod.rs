@@ -1,5 +1,10 @@
 //! Diagnostics are data: a span, a code, a message and a hint. Only the CLI renders them.
 
+pub mod codes;
+pub mod suggest;
+
+pub use codes::Code;
+
 use serde::Serialize;
 
 /// Byte range into the recipe source.
@@ -40,6 +45,7 @@ impl Severity {
 #[derive(Clone, Debug, PartialEq)]
 pub struct Diagnostic {
     pub severity: Severity,
+    /// `Code::as_str` of the code it was made with: the code as users and tools see it.
     pub code: &'static str,
     pub span: Span,
     pub message: String,
@@ -47,14 +53,14 @@ pub struct Diagnostic {
 }
 
 impl Diagnostic {
-    pub fn error(code: &'static str, span: Span, message: impl Into<String>) -> Self {
-        Diagnostic { severity: Severity::Error, code, span, message: message.into(), hint: None }
+    pub fn error(code: Code, span: Span, message: impl Into<String>) -> Self {
+        Diagnostic { severity: Severity::Error, code: code.as_str(), span, message: message.into(), hint: None }
     }
-    pub fn warning(code: &'static str, span: Span, message: impl Into<String>) -> Self {
-        Diagnostic { severity: Severity::Warning, code, span, message: message.into(), hint: None }
+    pub fn warning(code: Code, span: Span, message: impl Into<String>) -> Self {
+        Diagnostic { severity: Severity::Warning, code: code.as_str(), span, message: message.into(), hint: None }
     }
-    pub fn note(code: &'static str, span: Span, message: impl Into<String>) -> Self {
-        Diagnostic { severity: Severity::Note, code, span, message: message.into(), hint: None }
+    pub fn note(code: Code, span: Span, message: impl Into<String>) -> Self {
+        Diagnostic { severity: Severity::Note, code: code.as_str(), span, message: message.into(), hint: None }
     }
     pub fn with_hint(mut self, hint: impl Into<String>) -> Self {
         self.hint = Some(hint.into());

@@ -1,0 +1,100 @@
+//! Every diagnostic code with its one-line meaning: the one list. docs/reference.md's table is
+//! checked against it (tests/docs.rs), so the two never drift.
+
+macro_rules! codes {
+    ($($id:ident = $text:literal: $meaning:literal,)*) => {
+        /// A diagnostic's code: `E…` errors, `W…` warnings, `N…` notes.
+        #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+        pub enum Code {
+            $($id,)*
+        }
+
+        impl Code {
+            /// Every code, in the order of the reference's table.
+            pub const ALL: &'static [Code] = &[$(Code::$id,)*];
+
+            pub fn as_str(self) -> &'static str {
+                match self {
+                    $(Code::$id => $text,)*
+                }
+            }
+
+            /// What the code means, in one line (the reference's table).
+            pub fn meaning(self) -> &'static str {
+                match self {
+                    $(Code::$id => $meaning,)*
+                }
+            }
+        }
+    };
+}
+
+codes! {
+    E0001 = "E0001": "syntax error (in the recipe or YAML form)",
+    E0002 = "E0002": "nesting deeper than 64 levels",
+    E0003 = "E0003": "a YAML document that is not the recipe form (wrong shape, a bad key, an empty value)",
+    E0100 = "E0100": "unknown key (with a did-you-mean)",
+    E0101 = "E0101": "missing required key",
+    E0102 = "E0102": "a key set twice, or a name declared twice",
+    E0103 = "E0103": "a declaration or sweep inside a nested block",
+    E0104 = "E0104": "wrong constructor arguments (`text` takes one path)",
+    E0105 = "E0105": "unknown or extra argument",
+    E0106 = "E0106": "missing argument",
+    E0107 = "E0107": "both `steps` and `tokens`",
+    E0110 = "E0110": "unknown name",
+    E0111 = "E0111": "unknown attribute",
+    E0112 = "E0112": "a key defined in terms of itself",
+    E0120 = "E0120": "wrong type of value",
+    E0121 = "E0121": "a number too large",
+    E0122 = "E0122": "division by zero",
+    E0123 = "E0123": "not a whole number",
+    E0130 = "E0130": "unknown option (activation, norm, router, stage kind, task, …)",
+    E0140 = "E0140": "a malformed `--set` override",
+    E0201 = "E0201": "below the minimum",
+    E0202 = "E0202": "outside the allowed range",
+    E0210 = "E0210": "data file not found",
+    E0211 = "E0211": "context not shorter than the data",
+    E0212 = "E0212": "a path outside the recipe's project",
+    E0220 = "E0220": "heads do not divide d_model",
+    E0221 = "E0221": "rope with an odd head size",
+    E0222 = "E0222": "data context beyond the model's",
+    E0223 = "E0223": "model vocab below the tokenizer's",
+    E0224 = "E0224": "warmup longer than the stage",
+    E0225 = "E0225": "cosine `min_lr` above `lr`",
+    E0226 = "E0226": "kv_heads does not divide heads",
+    E0230 = "E0230": "an option of another router",
+    E0231 = "E0231": "MoE placement past the last block",
+    E0232 = "E0232": "k (or expert-choice capacity) beyond the number of experts",
+    E0240 = "E0240": "a budget over- or under-determined",
+    E0241 = "E0241": "not a fitted-law file",
+    E0242 = "E0242": "an IsoFLOP point too small to train",
+    E0243 = "E0243": "a sweep with more than 10,000 points",
+    E0250 = "E0250": "a prompt template without exactly one `{prompt}`",
+    E0251 = "E0251": "an empty `end` marker",
+    E0300 = "E0300": "a stage cycle",
+    E0301 = "E0301": "a wrong kind of argument (data where a model goes, a stage where its output goes)",
+    E0310 = "E0310": "a wrong kind of model artifact (a reward model as a policy, an unmerged adapter, `merge` of a non-adapter)",
+    E0311 = "E0311": "a stage output that does not exist (`sft.model` of a LoRA stage)",
+    E0312 = "E0312": "a LoRA target that matches no linear layer",
+    E0313 = "E0313": "instruction data where preference pairs go, or the reverse",
+    W0401 = "W0401": "a stage strays from its budget's optimum (a warning: the recipe still runs)",
+    N0402 = "N0402": "the size chosen for a `params = N` model (a note)",
+}
+
+impl std::fmt::Display for Code {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl PartialEq<&str> for Code {
+    fn eq(&self, other: &&str) -> bool {
+        self.as_str() == *other
+    }
+}
+
+impl serde::Serialize for Code {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.as_str())
+    }
+}

@@ -1,0 +1,86 @@
+//! What a recipe trains on: corpora and their tokenizers, synthetic data, example sets.
+
+use serde::{Deserialize, Serialize};
+use std::path::PathBuf;
+
+#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Tokenizer {
+    /// One token per byte; vocabulary 256.
+    Bytes,
+    /// Byte-level BPE trained on the training split (the `tokenizers` crate), `vocab` tokens;
+    /// saved as tokenizer.json beside the model.
+    Bpe { vocab: usize },
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct DataSpec {
+    pub name: String,
+    /// Absolute path of the text file.
+    pub path: PathBuf,
+    pub tokenizer: Tokenizer,
+    pub vocab: usize,
+    pub context: usize,
+    /// Fraction of the corpus used for training; the rest is validation.
+    pub split: f64,
+    /// Size of the corpus in tokens: bytes for the byte tokenizer, an upper bound (the bytes)
+    /// for BPE, whose count is known only once it is trained.
+    pub tokens: u64,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct SyntheticSpec {
+    pub name: String,
+    pub generator: Generator,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Generator {
+    /// Regression whose input space splits into `tasks` angular sectors of the first two input
+    /// coordinates, each with its own random affine map: a task whose decomposition is known.
+    Regions { tasks: usize, dim: usize, outputs: usize, examples: usize, noise: f64 },
+}
+
+/// A synthetic instruction task with a programmatic answer (see `posttrain::tasks`).
+#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Task {
+    Reverse,
+    Sort,
+    Add,
+    Uppercase,
+}
+
+#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum ExampleKind {
+    /// Prompt → response, for instruction fine-tuning (and prompts for PPO).
+    Instructions,
+    /// Prompt, chosen, rejected: for reward models and DPO.
+    Preferences,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum ExampleSource {
+    /// Generated from the seed: `count` distinct prompts (pairs for preferences); a `verbose`
+    /// share of instruction responses carry a filler after the answer.
+    Synthetic { tasks: Vec<Task>, count: usize, verbose: f64, max_len: usize },
+    /// One JSON object per line; `fields` are the keys read, in order (prompt, response) or
+    /// (prompt, chosen, rejected).
+    Jsonl { path: PathBuf, fields: Vec<String> },
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct ExampleSet {
+    pub name: String,
+    pub kind: ExampleKind,
+    pub source: ExampleSource,
+    /// How a prompt is shown to the model; contains `{prompt}`.
+    pub template: String,
+    /// Appended to every response; generation stops when it is produced.
+    pub end: String,
+    /// Share of prompts held out for evaluation (chosen by a hash of the prompt).
+    pub held_out: f64,
+}

@@ -1,0 +1,52 @@
+//! The checked, typed recipe: every value resolved, every invariant holding. Later stages
+//! (lower, plan, run) read only this, never the AST.
+//!
+//! | file       | what it holds                                                  |
+//! |------------|----------------------------------------------------------------|
+//! | `mod.rs`   | the recipe and its look-ups                                    |
+//! | `data.rs`  | corpora, tokenizers, synthetic data, example sets              |
+//! | `model.rs` | model definitions: attention, MLPs, mixtures of experts        |
+//! | `stage.rs` | stages, optimizers, schedules, artifacts, budgets              |
+
+mod data;
+mod model;
+mod stage;
+
+pub use data::*;
+pub use model::*;
+pub use stage::*;
+
+use serde::{Deserialize, Serialize};
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct Recipe {
+    pub experiment: String,
+    pub seed: u64,
+    pub data: Vec<DataSpec>,
+    pub models: Vec<ModelSpec>,
+    pub stages: Vec<StageSpec>,
+    /// Compute budgets and what their law solved them to.
+    #[serde(default)]
+    pub budgets: Vec<BudgetSpec>,
+    /// Generated data sets (`synthetic.*`), reproducible from the recipe's seed.
+    #[serde(default)]
+    pub synthetic: Vec<SyntheticSpec>,
+    /// Instruction examples and preference pairs for post-training stages.
+    #[serde(default)]
+    pub examples: Vec<ExampleSet>,
+}
+
+impl Recipe {
+    pub fn model(&self, name: &str) -> Option<&ModelSpec> {
+        self.models.iter().find(|m| m.name == name)
+    }
+    pub fn data(&self, name: &str) -> Option<&DataSpec> {
+        self.data.iter().find(|d| d.name == name)
+    }
+    pub fn example_set(&self, name: &str) -> Option<&ExampleSet> {
+        self.examples.iter().find(|d| d.name == name)
+    }
+    pub fn stage(&self, name: &str) -> Option<&StageSpec> {
+        self.stages.iter().find(|s| s.name == name)
+    }
+}

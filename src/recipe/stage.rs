@@ -1,0 +1,290 @@
+//! Stages and what they share: optimizers, schedules, devices, artifact references, budgets.
+
+use serde::{Deserialize, Serialize};
+
+use super::*;
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct AdamW {
+    pub lr: f64,
+    pub betas: (f64, f64),
+    pub eps: f64,
+    pub weight_decay: f64,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(tag = "kind", rename_all = "lowercase")]
+pub enum Schedule {
+    Constant { warmup: u64 },
+    /// Linear warmup to the peak rate, then a half cosine down to `min_lr` at the last step.
+    Cosine { warmup: u64, min_lr: f64 },
+}
+
+#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Device {
+    Auto,
+    Cpu,
+    Cuda,
+}
+
+#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Precision {
+    #[default]
+    Fp32,
+    /// bfloat16 compute with float32 master weights and optimizer state.
+    Bf16,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct TrainSpec {
+    /// Name of the model architecture trained.
+    pub model: String,
+    /// Stage whose trained weights initialise this one (`train(pretrain.model, …)`), else random.
+    pub init_from: Option<String>,
+    pub data: String,
+    pub steps: u64,
+    pub batch: usize,
+    pub context: usize,
+    pub optimizer: AdamW,
+    pub schedule: Schedule,
+    pub grad_clip: Option<f64>,
+    pub eval_every: u64,
+    pub eval_batches: u64,
+    pub log_every: u64,
+    pub checkpoint_every: u64,
+    pub device: Device,
+    #[serde(default)]
+    pub precision: Precision,
+    /// Steps with a non-finite loss or gradient that may be skipped before the stage stops
+    /// (0: stop at the first).
+    #[serde(default)]
+    pub max_skips: u64,
+}
+
+impl TrainSpec {
+    pub fn tokens_per_step(&self) -> u64 {
+        (self.batch * self.context) as u64
+    }
+}
+
+/// Jacobs et al. 1991's objectives for a gated mixture.
+#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Objective {
+    /// −log Σ_j p_j·exp(−½‖d − o_j‖²): experts compete for each case.
+    Competitive,
+    /// ‖d − Σ_j p_j·o_j‖²: experts cooperate (the contrast the paper draws).
+    Cooperative,
+}
+
+/// A gated mixture of small expert networks trained on a synthetic task (Jacobs et al. 1991).
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct MixtureSpec {
+    pub data: String,
+    pub experts: usize,
+    /// None: linear experts; Some: one-hidden-layer MLP experts.
+    pub expert: Option<MlpSpec>,
+    pub objective: Objective,
+    pub steps: u64,
+    pub batch: usize,
+    pub optimizer: AdamW,
+    pub schedule: Schedule,
+    pub eval_every: u64,
+}
+
+/// One point of an IsoFLOP sweep: a model sized for the budget and its training run.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct IsoflopPoint {
+    pub budget: f64,
+    pub model: ModelSpec,
+    pub train: TrainSpec,
+}
+
+/// Hoffmann et al.'s Approach 2 as a stage: for each budget, several model sizes, each trained
+/// on tokens = C / (6N); then a fit, and a run at `predict` × the largest budget with the size
+/// the fit predicts, to check the prediction.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct IsoflopSpec {
+    pub points: Vec<IsoflopPoint>,
+    pub predict: f64,
+    pub aspect: f64,
+    pub head_dim: usize,
+    /// The template every point was sized from, and the training settings they share.
+    pub template: ModelSpec,
+    pub train: TrainSpec,
+}
+
+/// Where a post-training stage's starting weights come from.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Weights {
+    /// A fresh initialisation of the model declaration (seeded).
+    Init,
+    /// The full weights a stage wrote (`pretrain.model`).
+    Stage { stage: String },
+    /// A LoRA stage's adapter merged into its base (`merge(sft.adapter)`).
+    Merged { stage: String },
+}
+
+/// A model artifact: an architecture and where its weights come from.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct ModelRef {
+    pub arch: String,
+    pub weights: Weights,
+}
+
+impl ModelRef {
+    pub fn stage(&self) -> Option<&str> {
+        match &self.weights {
+            Weights::Init => None,
+            Weights::Stage { stage } | Weights::Merged { stage } => Some(stage),
+        }
+    }
+}
+
+/// Low-rank adapters (Hu et al. 2021): W x + (alpha/rank)·B A x on the target linears, base frozen.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct LoraSpec {
+    pub rank: usize,
+    pub alpha: f64,
+    pub dropout: f64,
+    /// Module-path patterns (`attn.q`, `blocks.*.ffn.w1`): a pattern matches a linear whose
+    /// path ends with it, `*` standing for one path segment.
+    pub targets: Vec<String>,
+}
+
+/// The optimisation settings every post-training stage shares.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct Optim {
+    pub steps: u64,
+    /// Sequences (pairs for preferences, prompts for PPO) per step.
+    pub batch: usize,
+    pub optimizer: AdamW,
+    pub schedule: Schedule,
+    pub grad_clip: Option<f64>,
+    pub eval_every: u64,
+    pub log_every: u64,
+    pub device: Device,
+}
+
+/// Instruction fine-tuning (SFT), full or through a LoRA adapter.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct FinetuneSpec {
+    pub model: ModelRef,
+    pub data: String,
+    pub opt: Optim,
+    pub lora: Option<LoraSpec>,
+    /// Prompt tokens carry zero loss weight.
+    pub mask_prompt: bool,
+    /// Held-out prompts scored by greedy generation (exact match, gold reward).
+    pub eval_examples: usize,
+    pub max_new: usize,
+}
+
+/// A scalar head on a language model trained on preference pairs (Bradley–Terry).
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct RewardSpec {
+    pub model: ModelRef,
+    pub data: String,
+    pub opt: Optim,
+}
+
+/// PPO against a reward model with a per-token KL penalty to a frozen reference (the policy's
+/// starting weights), GAE advantages and clipped policy and value objectives.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct PpoSpec {
+    pub policy: ModelRef,
+    /// The reward model (a `reward_model` stage).
+    pub reward: String,
+    /// Instruction data whose prompts are sampled (responses are ignored).
+    pub prompts: String,
+    pub opt: Optim,
+    pub kl: f64,
+    /// Adaptive KL controller (Ziegler et al. 2019): the coefficient tracks this KL per sequence.
+    pub kl_target: Option<f64>,
+    pub clip: f64,
+    pub value_clip: f64,
+    pub vf_coef: f64,
+    pub entropy_coef: f64,
+    pub gamma: f64,
+    pub lambda: f64,
+    pub epochs: usize,
+    pub minibatches: usize,
+    pub max_new: usize,
+    pub temperature: f64,
+    pub eval_examples: usize,
+}
+
+/// Direct preference optimisation (Rafailov et al. 2023) against a frozen reference.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct DpoSpec {
+    pub policy: ModelRef,
+    pub data: String,
+    pub opt: Optim,
+    pub beta: f64,
+    pub eval_examples: usize,
+    pub max_new: usize,
+}
+
+/// A table of policies on held-out prompts: gold reward, exact match, KL to a reference.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct CompareSpec {
+    pub policies: Vec<(String, ModelRef)>,
+    pub reference: ModelRef,
+    pub data: String,
+    pub examples: usize,
+    pub max_new: usize,
+    pub device: Device,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum StageKind {
+    Train(TrainSpec),
+    Mixture(MixtureSpec),
+    Isoflop(IsoflopSpec),
+    Finetune(FinetuneSpec),
+    RewardModel(RewardSpec),
+    Ppo(PpoSpec),
+    Dpo(DpoSpec),
+    Compare(CompareSpec),
+}
+
+impl StageKind {
+    pub fn name(&self) -> &'static str {
+        match self {
+            StageKind::Train(_) => "train",
+            StageKind::Mixture(_) => "mixture",
+            StageKind::Isoflop(_) => "isoflop",
+            StageKind::Finetune(_) => "finetune",
+            StageKind::RewardModel(_) => "reward_model",
+            StageKind::Ppo(_) => "ppo",
+            StageKind::Dpo(_) => "dpo",
+            StageKind::Compare(_) => "compare",
+        }
+    }
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct StageSpec {
+    pub name: String,
+    /// Stages whose artifacts this stage consumes.
+    pub after: Vec<String>,
+    #[serde(flatten)]
+    pub kind: StageKind,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct BudgetSpec {
+    pub name: String,
+    pub law: crate::scaling::law::Law,
+    pub params: f64,
+    pub tokens: f64,
+    pub flops: f64,
+    /// Predicted loss at (params, tokens) under the law's parametric fit.
+    pub loss: f64,
+    /// Stages warn when N or D is off the optimum by more than this factor.
+    pub tolerance: f64,
+}
