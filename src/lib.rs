@@ -5,10 +5,13 @@
 //!                                        └─plan─▶ params, FLOPs, memory
 //! ```
 //! `syntax` (parse, print/format, the YAML form, `--set` overrides), `check`, `lower` and `plan`
-//! are pure and build without libtorch; so are `posttrain` (synthetic tasks, example sets, loss
-//! masks, GAE), `scaling` and `report`. `run` (feature `torch`) executes the graphs on tch;
-//! `logging` renders its events.
+//! are pure and build without libtorch, each importing only the stages before it; `arith` (a
+//! model's ops, parameters and costs) sits below check so that check can size and count models.
+//! `posttrain` (synthetic tasks, example sets, loss masks, GAE), `scaling` and `report` are pure
+//! too. `run` (feature `torch`) executes the graphs on tch; `logging` renders its events. The
+//! rooms and their rules: docs/architecture.md.
 
+pub mod arith;
 pub mod check;
 pub mod diag;
 pub mod frontend;

@@ -157,6 +157,14 @@ fn import_rule(r: &Reference) -> Option<&'static str> {
     if !under(from, &["run"]) && under(to, &["run"]) {
         return Some("the front end (everything outside run/) never imports run/");
     }
+    // The pipeline in order: each stage imports only the stages before it.
+    const PIPELINE: [&str; 4] = ["syntax", "check", "lower", "plan"];
+    let stage = |m: &Module| m.first().and_then(|s| PIPELINE.iter().position(|p| p == s));
+    if let (Some(a), Some(b)) = (stage(from), stage(to)) {
+        if b > a {
+            return Some("a stage of the pipeline imports only the stages before it (syntax < check < lower < plan)");
+        }
+    }
     None
 }
 
@@ -314,7 +322,7 @@ fn no_two_types_share_a_name() {
 #[test]
 fn the_rules_catch_what_they_are_for() {
     let f = |module: &[&str]| File { path: PathBuf::from("x.rs"), module: module.iter().map(|s| s.to_string()).collect(), text: String::new() };
-    let modules: BTreeSet<Module> = [vec!["run"], vec!["run", "stages"], vec!["run", "stages", "ppo"], vec!["run", "stages", "reward"], vec!["run", "kit"], vec!["run", "model"]]
+    let modules: BTreeSet<Module> = [vec!["check"], vec!["plan"], vec!["run"], vec!["run", "stages"], vec!["run", "stages", "ppo"], vec!["run", "stages", "reward"], vec!["run", "kit"], vec!["run", "model"]]
         .into_iter()
         .map(|m| m.into_iter().map(String::from).collect())
         .collect();
@@ -325,6 +333,7 @@ fn the_rules_catch_what_they_are_for() {
     assert_eq!(import_rule(&reference(&ppo, "crate::run::kit::lifecycle")), None);
     assert_eq!(import_rule(&reference(&f(&["run", "model"]), "crate::run::kit::files")), Some("run/model imports nothing else in run/"));
     assert_eq!(import_rule(&reference(&f(&["check"]), "crate::run::model")), Some("the front end (everything outside run/) never imports run/"));
+    assert_eq!(import_rule(&reference(&f(&["check"]), "crate::plan")), Some("a stage of the pipeline imports only the stages before it (syntax < check < lower < plan)"));
     assert_eq!(paths_in("use crate::run::kit::{device, hash as h, self};"), vec!["crate::run::kit::device", "crate::run::kit::hash", "crate::run::kit"]);
     let circle: BTreeMap<(String, String), String> = [("a", "b"), ("b", "c"), ("c", "a")].iter().map(|(x, y)| ((x.to_string(), y.to_string()), String::new())).collect();
     assert_eq!(find_cycle(&circle), Some(vec!["a".into(), "b".into(), "c".into(), "a".into()]));

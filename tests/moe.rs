@@ -190,3 +190,66 @@ fn jacobs_mixture_gives_each_subtask_its_own_expert() {
     assert_eq!(r["distinct_experts_claiming"], 4, "{r}");
     assert!(r["purity"].as_f64().unwrap() > 0.95, "{r}");
 }
+
+/// A mixture stage checkpoints at every evaluation and resumes like every stage: killed after
+/// its first checkpoints, run again, it ends with the same weights, report and metrics as a run
+/// that was never interrupted.
+#[test]
+fn a_killed_mixture_stage_resumes_to_the_identical_result() {
+    use std::process::{Command, Stdio};
+    use std::time::{Duration, Instant};
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let recipe = root.join("recipes/jacobs-1991.roux");
+    let run = |out: &Path| {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_roux"));
+        // A quarter of the recipe's steps, evaluated (and checkpointed) every 250.
+        let args = ["--set", "competitive.steps=1500", "--set", "competitive.eval_every=250", "--stage", "competitive"];
+        c.args(["run", recipe.to_str().unwrap(), "--out", out.to_str().unwrap()]).args(args).env("ROUX_QUIET", "1");
+        c
+    };
+    let scratch = |name: &str| {
+        let d = root.join("target/test-runs").join(name);
+        let _ = std::fs::remove_dir_all(&d);
+        d
+    };
+    let whole = scratch("mixture-whole");
+    let o = run(&whole).output().unwrap();
+    assert_eq!(o.status.code(), Some(0), "{}", String::from_utf8_lossy(&o.stderr));
+    // Kill it once state.json names a checkpoint (polling, so a loaded machine only waits
+    // longer); should it finish first, try again with a fresh directory.
+    let killed = scratch("mixture-killed");
+    let dir = killed.join("jacobs-1991/competitive");
+    let mut interrupted = false;
+    for _ in 0..3 {
+        let _ = std::fs::remove_dir_all(&killed);
+        let mut child = run(&killed).stderr(Stdio::null()).spawn().unwrap();
+        let t0 = Instant::now();
+        while !std::fs::read_to_string(dir.join("state.json")).is_ok_and(|t| t.contains("\"step\": 500")) && t0.elapsed() < Duration::from_secs(120) {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        child.kill().unwrap();
+        child.wait().unwrap();
+        if !dir.join("report.json").exists() {
+            interrupted = true;
+            break;
+        }
+    }
+    assert!(interrupted, "the stage finished before it could be killed, three times");
+    let o = run(&killed).output().unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(0), "{err}");
+    assert!(err.contains("competitive: resuming from step"), "{err}");
+    let read = |d: &Path, f: &str| std::fs::read(d.join("jacobs-1991/competitive").join(f)).unwrap();
+    assert!(read(&whole, "model.safetensors") == read(&killed, "model.safetensors"), "weights differ after a resume");
+    let metrics = |d: &Path| -> Vec<serde_json::Value> {
+        let text = String::from_utf8(read(d, "metrics.jsonl")).unwrap();
+        text.lines().map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()).map(|mut v| { v.as_object_mut().unwrap().remove("tokens_per_s"); v }).collect()
+    };
+    assert_eq!(metrics(&whole), metrics(&killed), "metrics differ after a resume");
+    let report = |d: &Path| {
+        let mut v: serde_json::Value = serde_json::from_slice(&read(d, "report.json")).unwrap();
+        v.as_object_mut().unwrap().remove("wall_seconds");
+        v
+    };
+    assert_eq!(report(&whole), report(&killed));
+}

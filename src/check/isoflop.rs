@@ -66,7 +66,7 @@ impl<'a> Checker<'a> {
             let (n_opt, _) = law.for_flops(*c);
             for i in 0..sizes {
                 let target = n_opt * spread.powf(i as f64 - (sizes - 1) as f64 / 2.0);
-                let (mut model, n) = crate::plan::size_model(&template, target, aspect, head_dim);
+                let (mut model, n) = crate::arith::size_model(&template, target, aspect, head_dim);
                 model.name = format!("{}-c{c:.0e}-n{n}", template.name);
                 let steps = (c / (6.0 * n as f64 * train.tokens_per_step() as f64)).round() as u64;
                 if steps < 20 {

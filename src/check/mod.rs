@@ -248,7 +248,7 @@ impl<'a> Checker<'a> {
             let StageKind::Train(t) = &s.kind else { continue };
             let (Some(stage_decl), Some(model_decl)) = (self.decl(&s.name), self.decl(&t.model)) else { continue };
             let spec = r.model(&t.model).expect("checked model");
-            let plan = crate::plan::plan_model(&crate::lower::lower_model(spec), t.batch, t.context);
+            let plan = crate::arith::plan_model(&crate::arith::lower_model(spec), t.batch, t.context);
             for b in &r.budgets {
                 if !(budget::mentions_expr(&stage_decl.value, &b.name) || budget::mentions_expr(&model_decl.value, &b.name)) {
                     continue;

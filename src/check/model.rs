@@ -111,7 +111,7 @@ impl<'a> Checker<'a> {
 
     /// Size a model to `target` parameters (see `plan::size_model`); reported as a note.
     fn size_model(&mut self, base: ModelSpec, target: f64, aspect: f64, head_dim: usize, span: crate::diag::Span) -> Option<ModelSpec> {
-        let (s, n) = crate::plan::size_model(&base, target, aspect, head_dim);
+        let (s, n) = crate::arith::size_model(&base, target, aspect, head_dim);
         self.error(
             Diagnostic::note(Code::N0402, span, format!("sized `{}` for params = {target:.4e}: d_model = {}, layers = {}, heads = {} → {n} parameters", s.name, s.d_model, s.layers, s.heads))
                 .with_hint(format!("d_model ≈ aspect ({aspect}) × layers, in multiples of head_dim ({head_dim})")),

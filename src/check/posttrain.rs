@@ -115,7 +115,7 @@ impl<'a> Checker<'a> {
         let targets_field = f.field("targets");
         f.finish(self);
         let mut targets = vec![];
-        let linears: Vec<String> = model.and_then(|m| self.models.get(&m.arch)).map(|spec| crate::lower::lora_linears(spec).into_iter().map(|l| l.path).collect()).unwrap_or_default();
+        let linears: Vec<String> = model.and_then(|m| self.models.get(&m.arch)).map(|spec| crate::arith::lora_linears(spec).into_iter().map(|l| l.path).collect()).unwrap_or_default();
         match targets_field {
             None => targets = vec!["attn.q".to_string(), "attn.v".to_string()],
             Some(tf) => {
@@ -132,7 +132,7 @@ impl<'a> Checker<'a> {
                             return None;
                         }
                     };
-                    if !linears.is_empty() && !linears.iter().any(|l| crate::lower::lora_matches(&pat, l)) {
+                    if !linears.is_empty() && !linears.iter().any(|l| crate::arith::lora_matches(&pat, l)) {
                         let mut short: Vec<String> = linears.iter().map(|l| l.rsplitn(3, '.').take(2).collect::<Vec<_>>().into_iter().rev().collect::<Vec<_>>().join(".")).collect();
                         short.sort();
                         short.dedup();

@@ -3,7 +3,7 @@
 use petgraph::visit::EdgeRef;
 use serde_json::{json, Value};
 
-use super::model_graph::{Edge, ModelGraph};
+use super::{Edge, ModelGraph};
 use super::stage_graph::StageGraph;
 
 fn shape(op: &super::Op) -> String {

@@ -2,7 +2,7 @@
 //! reward model's head and PPO's value head. Listed here, beside the model graph, so that the
 //! planner counts the parameters that run and the runner builds them from the same list.
 
-use super::model_graph::{Param, ParamInit};
+use super::graph::{Param, ParamInit};
 use crate::recipe::ModelSpec;
 
 /// Which scalar head; its parameters are named `<prefix>.weight` (1, d_model) and `<prefix>.bias` (1).

@@ -1,7 +1,7 @@
 //! Which linear layers a LoRA adapter attaches to, and how many parameters it adds.
 //! Pure (no libtorch), so `roux plan` reports trainable parameters before anything runs.
 
-use super::model_graph::{lower_model, OpKind};
+use super::graph::{lower_model, OpKind};
 use crate::recipe::{LoraSpec, ModelSpec};
 
 /// A linear layer an adapter can target: its module path and (out, in) features.

@@ -1,0 +1,202 @@
+//! What a model costs, from its graph: parameters (total, active, non-embedding), FLOPs per
+//! token (6N and Chinchilla's Appendix F), the memory of a training step, and sizing a model to
+//! a parameter count.
+
+use serde::Serialize;
+
+use super::graph::{lower_model, ModelGraph, Op, OpKind};
+
+#[derive(Serialize, Debug, Clone)]
+pub struct ModelPlan {
+    pub name: String,
+    pub params_total: u64,
+    /// Parameters a token passes through: routed experts count k/experts of their weights
+    /// (equal to the total for a dense model).
+    pub params_active: u64,
+    /// Kaplan's N: without token and position embeddings (a tied head is the embedding).
+    pub params_non_embedding: u64,
+    /// Training FLOPs per token by the 6N rule, N = params_total (Chinchilla's convention).
+    pub flops_per_token_6n: f64,
+    /// Training FLOPs per token op by op (Chinchilla Appendix F): 3 × forward.
+    pub flops_per_token_appendix_f: f64,
+    /// The FLOPs a training step executes per token, for MFU: Appendix F without its embedding
+    /// term (a lookup is a gather, not a 2·vocab·d matmul; PaLM and nanoGPT count it so too).
+    pub flops_per_token_model: f64,
+    /// Peak memory of one training step, fp32 (see `train_memory_bytes`).
+    pub train_memory_bytes: u64,
+    /// Sequence length and batch the FLOPs and memory were computed at.
+    pub seq: usize,
+    pub batch: usize,
+}
+
+pub fn forward_flops_per_token(g: &ModelGraph, seq: usize) -> f64 {
+    g.graph.node_weights().map(|op| op.flops_per_token(seq)).sum()
+}
+
+/// Forward FLOPs per token that run as arithmetic: every op but the embedding lookup.
+pub fn executed_flops_per_token(g: &ModelGraph, seq: usize) -> f64 {
+    g.graph.node_weights().filter(|op| !matches!(op.kind, OpKind::Embedding { .. })).map(|op| op.flops_per_token(seq)).sum()
+}
+
+pub fn plan_model(g: &ModelGraph, batch: usize, seq: usize) -> ModelPlan {
+    let params = g.params();
+    let total: u64 = params.iter().map(|p| p.numel()).sum();
+    let embedding: u64 = params.iter().filter(|p| p.embedding).map(|p| p.numel()).sum();
+    let active: f64 = params.iter().map(|p| p.numel() as f64 * p.active).sum();
+    ModelPlan {
+        name: g.spec.name.clone(),
+        params_total: total,
+        params_active: active.round() as u64,
+        params_non_embedding: total - embedding,
+        flops_per_token_6n: 6.0 * total as f64,
+        flops_per_token_appendix_f: 3.0 * forward_flops_per_token(g, seq),
+        flops_per_token_model: 3.0 * executed_flops_per_token(g, seq),
+        train_memory_bytes: train_memory_bytes(g, total, batch, seq),
+        seq,
+        batch,
+    }
+}
+
+/// Bytes a training step holds at its peak, fp32: weights, gradients and AdamW's two moments and
+/// its scratch buffer (20 bytes a parameter, see run/adamw.rs), the activations saved for the
+/// backward pass, the largest gradient working set the backward pass adds on top of them, and
+/// libtorch's CPU runtime (thread pools, kernel workspaces: 9 MiB measured by `roux bench
+/// transformer` as its warm-up RSS).
+pub fn train_memory_bytes(g: &ModelGraph, params: u64, batch: usize, seq: usize) -> u64 {
+    20 * params + activation_bytes(g, batch, seq) + backward_peak_bytes(g, batch, seq) + RUNTIME_BYTES
+}
+
+const RUNTIME_BYTES: u64 = 9 << 20;
+
+/// fp32 activations kept for the backward pass of one step, counted per op:
+/// norms keep their input and output, attention its q, k, v, output and log-sum-exp (the fused
+/// kernel does not materialise the T×T scores), the MLP its hidden activations, the head its
+/// log-softmax. `roux bench transformer` measures the forward pass's growth within 2% of this
+/// on the dense configurations of bench/.
+pub fn activation_bytes(g: &ModelGraph, batch: usize, seq: usize) -> u64 {
+    let bt = (batch * seq) as u64;
+    let floats: u64 = g
+        .graph
+        .node_weights()
+        .map(|op| match &op.kind {
+            OpKind::Embedding { dim, .. } => bt * *dim as u64,
+            OpKind::Norm { dim, .. } => 2 * bt * *dim as u64,
+            OpKind::Attention { dim, heads, dropout, .. } => {
+                bt * (5 * *dim as u64 + *heads as u64) + if *dropout > 0.0 { bt * *dim as u64 } else { 0 }
+            }
+            OpKind::Mlp { hidden, act, .. } => {
+                let n = if *act == crate::recipe::Activation::Swiglu { 4 } else { 2 };
+                n * bt * *hidden as u64
+            }
+            OpKind::Moe { dim, experts, hidden, act, .. } => {
+                // Router logits and probabilities, then per routed (token, expert) assignment the
+                // dispatched input, hidden activations and output. (The CPU groups rows by expert;
+                // CUDA's capacity buffer pads them by up to the capacity factor.)
+                let n = if *act == crate::recipe::Activation::Swiglu { 4 } else { 2 };
+                3 * bt * *experts as u64 + moe_slots(op, bt) * (2 * *dim as u64 + n * *hidden as u64) + bt * *dim as u64
+            }
+            OpKind::Head { vocab, .. } => bt * *vocab as u64,
+            OpKind::Dropout { .. } => bt * g.spec.d_model as u64,
+            _ => 0,
+        })
+        .sum();
+    4 * floats
+}
+
+/// Routed (token, expert) assignments of a mixture-of-experts op for `bt` tokens.
+fn moe_slots(op: &Op, bt: u64) -> u64 {
+    let OpKind::Moe { active, shared, .. } = &op.kind else { return 0 };
+    ((bt as f64) * (active + *shared as f64)) as u64
+}
+
+/// The largest transient on top of the saved activations, fp32, per op as measured one op at a
+/// time on libtorch's CPU kernels (RSS growth of a first forward and backward, in rows of the
+/// op's widths): at the end of the forward pass the logits beside their log-softmax (1 row of
+/// the vocabulary); in the backward pass the head's incoming and outgoing gradients (2 of the
+/// vocabulary, 1 of d_model), an MLP's (2 of the hidden width, 2 of d_model; SwiGLU 3 hidden),
+/// attention's (10 of d_model: q, k, v's gradients, the copies the fused kernel makes of them
+/// and of its output gradient, their concatenation, the input gradient).
+pub fn backward_peak_bytes(g: &ModelGraph, batch: usize, seq: usize) -> u64 {
+    let bt = (batch * seq) as u64;
+    let d = g.spec.d_model as u64;
+    let floats = g
+        .graph
+        .node_weights()
+        .map(|op| match &op.kind {
+            OpKind::Head { vocab, .. } => bt * (2 * *vocab as u64 + d),
+            OpKind::Mlp { hidden, act, .. } => bt * ((if *act == crate::recipe::Activation::Swiglu { 3 } else { 2 }) * *hidden as u64 + 2 * d),
+            OpKind::Moe { hidden, act, .. } => {
+                moe_slots(op, bt) * ((if *act == crate::recipe::Activation::Swiglu { 3 } else { 2 }) * *hidden as u64 + 2 * d)
+            }
+            OpKind::Attention { dim, .. } => 10 * bt * *dim as u64,
+            _ => 0,
+        })
+        .max()
+        .unwrap_or(0);
+    4 * floats
+}
+
+/// Parameters of a Jacobs mixture: a linear gate (weights and bias) and the experts.
+pub fn mixture_params(m: &crate::recipe::MixtureSpec, g: &crate::recipe::Generator) -> u64 {
+    let crate::recipe::Generator::Regions { dim, outputs, .. } = *g;
+    let (e, i, o) = (m.experts as u64, dim as u64, outputs as u64);
+    let expert = match &m.expert {
+        None => i * o + o,
+        Some(mlp) => {
+            let h = mlp.hidden as u64;
+            i * h + h + h * o + o
+        }
+    };
+    e * (i + 1) + e * expert
+}
+
+/// The (layers, d_model) whose exact parameter count is nearest `target` (in log ratio), among
+/// d_model in multiples of head_dim with d_model / layers within a factor 2 of `aspect`
+/// (ties go to the shape closer to `aspect`); heads = d_model / head_dim, FFN 4 × d_model.
+/// Returns the sized spec and its parameter count.
+pub fn size_model(base: &crate::recipe::ModelSpec, target: f64, aspect: f64, head_dim: usize) -> (crate::recipe::ModelSpec, u64) {
+    let mut best: Option<(f64, f64, crate::recipe::ModelSpec, u64)> = None;
+    // Counts grow with width and depth, so each depth stops at the first width above the
+    // target, and the search stops at the first depth whose narrowest shape is above it.
+    for layers in 1..=64usize {
+        let mut narrowest: Option<u64> = None;
+        for k in 1..=256usize {
+            let d = k * head_dim;
+            let shape = ((d as f64 / layers as f64) / aspect).ln().abs();
+            if shape > 2f64.ln() + 1e-9 && !(layers == 1 && k == 1) {
+                if (d as f64 / layers as f64) > aspect {
+                    break; // wider only moves further from the aspect
+                }
+                continue;
+            }
+            let mut s = base.clone();
+            s.layers = layers;
+            s.d_model = d;
+            s.heads = k;
+            s.kv_heads = k;
+            s.ffn.hidden = 4 * d;
+            if let Some(m) = s.moe.as_mut() {
+                m.expert.hidden = 4 * d;
+                m.layers.retain(|&l| l < layers);
+            }
+            let n = plan_model(&lower_model(&s), 1, s.context).params_total;
+            let err = (n as f64 / target).ln().abs();
+            let better = match &best {
+                None => true,
+                Some((e, sh, _, _)) => err < *e - 1e-12 || ((err - *e).abs() <= 1e-12 && shape < *sh),
+            };
+            narrowest.get_or_insert(n);
+            if better {
+                best = Some((err, shape, s, n));
+            }
+            if n as f64 > target {
+                break;
+            }
+        }
+        if narrowest.is_some_and(|n| n as f64 > target) {
+            break;
+        }
+    }
+    let (_, _, s, n) = best.expect("at least one candidate");
+    (s, n)
+}
