@@ -5,6 +5,8 @@
 use std::path::Path;
 use tch::{Device, Kind, Tensor};
 
+mod common;
+
 use roux::recipe::{Activation, RouterSpec};
 use roux::run::model::moe::{self, Experts};
 
@@ -196,46 +198,20 @@ fn jacobs_mixture_gives_each_subtask_its_own_expert() {
 /// that was never interrupted.
 #[test]
 fn a_killed_mixture_stage_resumes_to_the_identical_result() {
-    use std::process::{Command, Stdio};
-    use std::time::{Duration, Instant};
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let recipe = root.join("recipes/jacobs-1991.roux");
-    let run = |out: &Path| {
-        let mut c = Command::new(env!("CARGO_BIN_EXE_roux"));
-        // A quarter of the recipe's steps, evaluated (and checkpointed) every 250.
-        let args = ["--set", "competitive.steps=1500", "--set", "competitive.eval_every=250", "--stage", "competitive"];
-        c.args(["run", recipe.to_str().unwrap(), "--out", out.to_str().unwrap()]).args(args).env("ROUX_QUIET", "1");
-        c
+    // A quarter of the recipe's steps, evaluated (and checkpointed) every 250.
+    let args = |out: &Path| -> Vec<String> {
+        let a = ["run", recipe.to_str().unwrap(), "--out", out.to_str().unwrap(), "--set", "competitive.steps=1500", "--set", "competitive.eval_every=250", "--stage", "competitive"];
+        a.iter().map(|s| s.to_string()).collect()
     };
-    let scratch = |name: &str| {
-        let d = root.join("target/test-runs").join(name);
-        let _ = std::fs::remove_dir_all(&d);
-        d
-    };
-    let whole = scratch("mixture-whole");
-    let o = run(&whole).output().unwrap();
+    let run = |out: &Path| common::roux(&args(out).iter().map(String::as_str).collect::<Vec<_>>());
+    let (whole, killed) = (common::scratch("mixture-whole"), common::scratch("mixture-killed"));
+    let o = run(&whole);
     assert_eq!(o.status.code(), Some(0), "{}", String::from_utf8_lossy(&o.stderr));
-    // Kill it once state.json names a checkpoint (polling, so a loaded machine only waits
-    // longer); should it finish first, try again with a fresh directory.
-    let killed = scratch("mixture-killed");
-    let dir = killed.join("jacobs-1991/competitive");
-    let mut interrupted = false;
-    for _ in 0..3 {
-        let _ = std::fs::remove_dir_all(&killed);
-        let mut child = run(&killed).stderr(Stdio::null()).spawn().unwrap();
-        let t0 = Instant::now();
-        while !std::fs::read_to_string(dir.join("state.json")).is_ok_and(|t| t.contains("\"step\": 500")) && t0.elapsed() < Duration::from_secs(120) {
-            std::thread::sleep(Duration::from_millis(1));
-        }
-        child.kill().unwrap();
-        child.wait().unwrap();
-        if !dir.join("report.json").exists() {
-            interrupted = true;
-            break;
-        }
-    }
+    let interrupted = common::kill_after_checkpoint(&args(&killed).iter().map(String::as_str).collect::<Vec<_>>(), &killed.join("jacobs-1991/competitive"), 500);
     assert!(interrupted, "the stage finished before it could be killed, three times");
-    let o = run(&killed).output().unwrap();
+    let o = run(&killed);
     let err = String::from_utf8_lossy(&o.stderr);
     assert_eq!(o.status.code(), Some(0), "{err}");
     assert!(err.contains("competitive: resuming from step"), "{err}");

@@ -267,3 +267,92 @@ fn merge_reads_its_chain_by_name_never_a_set_aside_sibling() {
     assert!(err.contains("holds another output of `pretrain` than the one `sft` was trained on (hash 0123456789abcdef"), "{err}");
     assert!(!out.join("refused").exists());
 }
+
+/// GRPO's loss on a group of 4 completions of 2 tokens, by hand. Rewards (1, 0, 0, 1): mean 0.5,
+/// sample standard deviation √(4·0.25/3) = √(1/3), so A = ±0.5/(√(1/3) + 1e-4) = ±a,
+/// a = 0.8658754297607016. Ratios ρ = exp(log π − log π_old): row 0 (1, 1.5), row 1 (0.5; its
+/// second token is padding), row 2 (1, 1), row 3 (1.1, 1). With ε = 0.2 the per-token terms
+/// −min(ρA, clip(ρ)A) are row 0 (−a, −1.2a: clipped), row 1 (0.8a: clipped), row 2 (a, a),
+/// row 3 (−1.1a, −a). The reference differs only at row 0's first token, log π_ref − log π = ln 2:
+/// k3 = 2 − ln 2 − 1 = 0.3068528194400547, times β = 0.1.
+/// `grpo`: ((−2.2a + 0.1·k3)/2 + 0.8a + 2a/2 − 2.1a/2)/4 = −0.0719284398610607.
+/// `dr_grpo` (A = ±0.5, token sums over max_new = 4): (−1.1 + 0.1·k3 + 0.4 + 1.0 − 1.05)/4/4
+/// = −0.04495716987849966. Clipped: 2 of the 7 real tokens.
+#[test]
+fn grpo_loss_by_hand() {
+    use roux::recipe::GrpoLoss;
+    use roux::run::kit::losses::{group_advantages, grpo_loss};
+    let t = |v: &[f64]| Tensor::from_slice(v).to_kind(Kind::Float).view([4, 2]);
+    let rewards = [1.0, 0.0, 0.0, 1.0];
+    let a = 0.8658754297607016;
+    for (got, want) in group_advantages(&rewards, 4, true).iter().zip([a, -a, -a, a]) {
+        assert!((got - want).abs() < 1e-12, "{got} vs {want}");
+    }
+    assert_eq!(group_advantages(&rewards, 4, false), vec![0.5, -0.5, -0.5, 0.5]);
+    // Groups of 2: equal rewards give no signal; (1, 0) has mean 0.5 and standard deviation √0.5.
+    let b = 0.5 / (0.5f64.sqrt() + 1e-4);
+    for (got, want) in group_advantages(&[0.3, 0.3, 1.0, 0.0], 2, true).iter().zip([0.0, 0.0, b, -b]) {
+        assert!((got - want).abs() < 1e-12, "{got} vs {want}");
+    }
+    let old = t(&[-1.0, -2.0, -1.0, -1.0, -3.0, -2.0, -1.0, -1.0]);
+    let logp = t(&[-1.0, -2.0 + 1.5f64.ln(), -1.0 + 0.5f64.ln(), -1.0, -3.0, -2.0, -1.0 + 1.1f64.ln(), -1.0]);
+    let reference = &logp + t(&[2.0f64.ln(), 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0]);
+    let mask = t(&[1.0, 1.0, 1.0, 0.0, 1.0, 1.0, 1.0, 1.0]);
+    let check = |norm: GrpoLoss, adv: Vec<f64>, want: f64| {
+        let adv = Tensor::from_slice(&adv).to_kind(Kind::Float);
+        let (loss, clipped, kl) = grpo_loss(&logp, &old, Some(&reference), &adv, &mask, 0.2, 0.1, norm, 4);
+        assert!((loss.double_value(&[]) - want).abs() < 1e-6, "{norm:?}: {} vs {want}", loss.double_value(&[]));
+        assert!((clipped.double_value(&[]) - 2.0 / 7.0).abs() < 1e-6);
+        assert!((kl.double_value(&[]) - (1.0 - 2.0f64.ln()) / 7.0).abs() < 1e-6);
+    };
+    check(GrpoLoss::Grpo, group_advantages(&rewards, 4, true), -0.0719284398610607);
+    check(GrpoLoss::DrGrpo, group_advantages(&rewards, 4, false), -0.04495716987849966);
+}
+
+/// The GRPO stage's check errors, message and hint pinned.
+#[test]
+fn grpo_configuration_errors_say_what_and_how() {
+    let cases = [
+        ("grpo_batch_not_groups.roux", "a batch of 30 completions is not a whole number of groups of 8", "`batch` counts completions, `group` of them to a prompt: use a batch of 24 or 32"),
+        (
+            "grpo_prompt_and_answer_beyond_context.roux",
+            "the longest prompt of `instr` (27 tokens) and `max_new` = 40 need 67 positions, beyond the model's context of 48",
+            "use `max_new = 21` at most, or a model with a longer context",
+        ),
+        (
+            "grpo_exact_match_without_answers.roux",
+            "`exact_match` compares with the data's answers, but `pairs` holds preference pairs without answers",
+            "use instruction data (its responses are the answers) as `prompts`, or reward with `reward_model(rm.model)`",
+        ),
+        ("grpo_unknown_reward.roux", "unknown reward `lenght`", "did you mean `length`? (rewards: exact_match, format, length, reward_model(STAGE.model))"),
+    ];
+    for (file, message, hint) in cases {
+        let c = roux::frontend::compile(&common::root().join("tests/bad").join(file)).unwrap();
+        let d = &c.diagnostics[0];
+        assert_eq!((d.message.as_str(), d.hint.as_deref()), (message, Some(hint)), "{file}");
+    }
+}
+
+/// GRPO learns from its reward (the length penalty shortens the answers while the reward rises)
+/// and, killed after a checkpoint, resumes to the same weights and metrics as an uninterrupted run.
+#[test]
+fn grpo_follows_its_reward_and_resumes_exactly_after_a_kill() {
+    let recipe = fixture("tiny-grpo.roux");
+    let (whole, killed) = (scratch("grpo-whole"), scratch("grpo-killed"));
+    run_ok(&recipe, &whole);
+    let m = common::metrics(&whole.join("tiny-grpo/rl"));
+    let mean = |rows: &[serde_json::Value], k: &str| rows.iter().map(|v| v[k].as_f64().unwrap()).sum::<f64>() / rows.len() as f64;
+    let (first, last) = (&m[..6], &m[m.len() - 6..]);
+    assert!(mean(last, "response_length") < mean(first, "response_length"), "length {} → {}", mean(first, "response_length"), mean(last, "response_length"));
+    assert!(mean(last, "reward") > mean(first, "reward"), "reward {} → {}", mean(first, "reward"), mean(last, "reward"));
+
+    // Killed once the GRPO stage has checkpointed.
+    let dir = killed.join("tiny-grpo/rl");
+    let interrupted = common::kill_after_checkpoint(&["run", recipe.to_str().unwrap(), "--out", killed.to_str().unwrap()], &dir, 8);
+    assert!(interrupted, "the GRPO stage finished before it could be killed, three times");
+    let err = run_ok(&recipe, &killed);
+    assert!(err.contains("rl: resuming from step"), "{err}");
+    let read = |d: &std::path::Path| std::fs::read(d.join("tiny-grpo/rl/model.safetensors")).unwrap();
+    assert!(read(&whole) == read(&killed), "weights differ after a resume");
+    assert_eq!(common::metrics(&whole.join("tiny-grpo/rl")), common::metrics(&dir), "metrics differ after a resume");
+}

@@ -32,6 +32,12 @@ impl Artifact {
 /// field of its block (`reference = …`). Returns (stage name, span of the reference).
 pub fn stage_refs<'a>(ck: &Checker<'a>, d: &'a Decl) -> Vec<(&'a str, Span)> {
     fn walk<'a>(ck: &Checker<'a>, e: &'a Expr, out: &mut Vec<(&'a str, Span)>) {
+        // A GRPO reward is a weighted sum that may hold `reward_model(rm.model)`.
+        match &e.kind {
+            ExprKind::Binary(_, a, b) => return [a, b].into_iter().for_each(|x| walk(ck, x, out)),
+            ExprKind::Paren(x) | ExprKind::Neg(x) => return walk(ck, x, out),
+            _ => {}
+        }
         if let ExprKind::Ctor { path, args, block } = &e.kind {
             if args.is_none() && block.is_none() {
                 if let Some(t) = ck.decl(&path[0].name).filter(|t| t.kind == DeclKind::Stage) {
@@ -53,7 +59,7 @@ pub fn stage_refs<'a>(ck: &Checker<'a>, d: &'a Decl) -> Vec<(&'a str, Span)> {
             walk(ck, &a.value, &mut out);
         }
         // Only fields that hold artifacts; other fields are settings (`optimizer = adamw {…}`).
-        for f in block.iter().flat_map(|b| b.fields()).filter(|f| f.key.name == "reference") {
+        for f in block.iter().flat_map(|b| b.fields()).filter(|f| f.key.name == "reference" || f.key.name == "reward") {
             walk(ck, &f.value, &mut out);
         }
     }
@@ -65,7 +71,7 @@ impl<'a> Checker<'a> {
     pub(super) fn stage_outputs(&self, d: &Decl) -> Vec<(&'static str, Artifact)> {
         let ExprKind::Ctor { path, block, .. } = &d.value.kind else { return vec![] };
         match Expr::path_string(path).as_str() {
-            "train" | "ppo" | "dpo" => vec![("model", Artifact::Lm)],
+            "train" | "ppo" | "dpo" | "grpo" => vec![("model", Artifact::Lm)],
             "finetune" if block.as_ref().is_some_and(|b| b.field("adapter").is_some()) => vec![("adapter", Artifact::Adapter)],
             "finetune" => vec![("model", Artifact::Lm)],
             "reward_model" => vec![("model", Artifact::Reward)],

@@ -11,6 +11,7 @@ mod examples;
 mod artifact;
 mod posttrain;
 mod fields;
+mod grpo;
 mod isoflop;
 pub mod loader;
 mod mixture;

@@ -9,7 +9,7 @@ use crate::syntax::ast::{Arg, Block, Decl, DeclKind, Expr};
 
 impl<'a> Checker<'a> {
     /// steps, batch, optimizer, schedule, grad_clip, eval_every, log_every, device.
-    fn check_optim(&mut self, f: &mut Fields<'a>, batch: u64, steps: Option<u64>, eval_every: u64) -> Option<Optim> {
+    pub(super) fn check_optim(&mut self, f: &mut Fields<'a>, batch: u64, steps: Option<u64>, eval_every: u64) -> Option<Optim> {
         let steps_v = f.int(self, "steps", steps, Min::One);
         let batch = f.size(self, "batch", Some(batch));
         let optimizer = self.check_adamw(f);
@@ -36,7 +36,7 @@ impl<'a> Checker<'a> {
     }
 
     /// An instruction or preference data set; `want` restricts the kind.
-    fn examples_arg(&mut self, e: &'a Expr, want: Option<ExampleKind>, stage: &str) -> Option<ExampleSet> {
+    pub(super) fn examples_arg(&mut self, e: &'a Expr, want: Option<ExampleKind>, stage: &str) -> Option<ExampleSet> {
         let d = self.decl_ref(e, DeclKind::Data, "a data set")?;
         let set = (d.kind == DeclKind::Data && e.as_path().is_some_and(|p| p.len() == 1)).then(|| self.examples.get(&d.name.name).cloned()).flatten();
         let Some(set) = set else {
@@ -60,19 +60,19 @@ impl<'a> Checker<'a> {
     }
 
     /// The block of stage `d`, read with the recipe's top level in scope.
-    fn stage_fields(&self, d: &'a Decl, at: Span, block: Option<&'a Block>) -> Fields<'a> {
+    pub(super) fn stage_fields(&self, d: &'a Decl, at: Span, block: Option<&'a Block>) -> Fields<'a> {
         Fields::new(block, &self.top_scope(), format!("stage `{}`", d.name.name), at)
     }
 
     /// `eval_examples` (200) and `max_new` (16): how a stage scores held-out prompts.
-    fn eval_keys(&mut self, f: &mut Fields<'a>) -> Option<(usize, usize)> {
+    pub(super) fn eval_keys(&mut self, f: &mut Fields<'a>) -> Option<(usize, usize)> {
         let eval_examples = f.size(self, "eval_examples", Some(200));
         let max_new = f.size(self, "max_new", Some(16));
         Some((eval_examples?, max_new?))
     }
 
     /// A checked stage of declaration `d`, after the stages it reads from.
-    fn stage_spec(&self, d: &'a Decl, kind: StageKind) -> StageSpec {
+    pub(super) fn stage_spec(&self, d: &'a Decl, kind: StageKind) -> StageSpec {
         StageSpec { name: d.name.name.clone(), after: self.after_of(d), kind }
     }
 

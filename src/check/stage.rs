@@ -10,7 +10,7 @@ use crate::diag::{Code, Diagnostic, Span};
 use crate::recipe::*;
 use crate::syntax::ast::{Arg, Decl, DeclKind, Expr, ExprKind};
 
-pub const STAGE_KINDS: &[&str] = &["train", "mixture", "isoflop", "finetune", "reward_model", "ppo", "dpo", "compare"];
+pub const STAGE_KINDS: &[&str] = &["train", "mixture", "isoflop", "finetune", "reward_model", "ppo", "dpo", "grpo", "compare"];
 
 impl<'a> Checker<'a> {
     pub fn check_stages(&mut self, decls: &[&'a Decl]) -> Option<Vec<StageSpec>> {
@@ -72,6 +72,7 @@ impl<'a> Checker<'a> {
             "reward_model" => self.check_reward_model(d, at, args, block),
             "ppo" => self.check_ppo(d, at, args, block),
             "dpo" => self.check_dpo(d, at, args, block),
+            "grpo" => self.check_grpo(d, at, args, block),
             "compare" => self.check_compare(d, at, args, block),
             _ => self.check_train(d, at, args, block),
         }

@@ -62,6 +62,8 @@ codes! {
     E0224 = "E0224": "warmup longer than the stage",
     E0225 = "E0225": "cosine `min_lr` above `lr`",
     E0226 = "E0226": "kv_heads does not divide heads",
+    E0227 = "E0227": "a GRPO batch its group size does not divide",
+    E0228 = "E0228": "the longest prompt and `max_new` beyond the model's context",
     E0230 = "E0230": "an option of another router",
     E0231 = "E0231": "MoE placement past the last block",
     E0232 = "E0232": "k (or expert-choice capacity) beyond the number of experts",
@@ -77,6 +79,7 @@ codes! {
     E0311 = "E0311": "a stage output that does not exist (`sft.model` of a LoRA stage)",
     E0312 = "E0312": "a LoRA target that matches no linear layer",
     E0313 = "E0313": "instruction data where preference pairs go, or the reverse",
+    E0314 = "E0314": "a program reward on data without answers",
     W0401 = "W0401": "a stage strays from its budget's optimum (a warning: the recipe still runs)",
     N0402 = "N0402": "the size chosen for a `params = N` model (a note)",
 }

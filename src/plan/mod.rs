@@ -109,6 +109,19 @@ fn posttrain_plan(r: &Recipe, s: &crate::recipe::StageSpec, graphs: &[ModelGraph
             let t = 2 * d.opt.steps * d.opt.batch as u64 * ctx_of(&d.policy.arch);
             (d.opt.steps, t, 8.0 * n as f64 * t as f64, n)
         }
+        StageKind::Grpo(g) => {
+            let n = n_of(&g.policy.arch);
+            let t = g.opt.steps * g.opt.batch as u64 * ctx_of(&g.policy.arch);
+            let rm = g.reward.model_stage().and_then(|st| match r.stage(st).map(|s| &s.kind) {
+                Some(StageKind::RewardModel(m)) => Some(n_of(&m.model.arch)),
+                _ => None,
+            });
+            // Generation and the old-policy pass (2N each), the reference when beta > 0 and the
+            // reward model when one is used (2N each), then `epochs` forward-backward passes (6N).
+            let reference = if g.beta > 0.0 { 2.0 * n as f64 } else { 0.0 };
+            let per_token = 4.0 * n as f64 + reference + 2.0 * rm.unwrap_or(0) as f64 + 6.0 * n as f64 * g.epochs as f64;
+            (g.opt.steps, t, per_token * t as f64, n)
+        }
         StageKind::Compare(c) => {
             let t: u64 = c.policies.iter().map(|(_, p)| c.examples as u64 * ctx_of(&p.arch)).sum();
             let flops = c.policies.iter().map(|(_, p)| 2.0 * n_of(&p.arch) as f64 * (c.examples as u64 * ctx_of(&p.arch)) as f64 * c.max_new as f64).sum();

@@ -24,6 +24,16 @@ impl Task {
 
     pub const ALL: [Task; 4] = [Task::Reverse, Task::Sort, Task::Add, Task::Uppercase];
 
+    /// The longest prompt `instance` can write with strings of at most `max_len` letters, in bytes.
+    pub fn longest_prompt(self, max_len: usize) -> usize {
+        match self {
+            Task::Reverse => "reverse ".len() + max_len.max(2),
+            Task::Sort => "sort ".len() + max_len.max(2),
+            Task::Uppercase => "upper ".len() + max_len.max(2),
+            Task::Add => "add 49+49".len(),
+        }
+    }
+
     /// A random instance: (prompt, the correct answer). Strings have 2..=max_len letters.
     pub fn instance(self, rng: &mut Rng, max_len: usize) -> (String, String) {
         let word = |rng: &mut Rng| -> String {

@@ -7,12 +7,15 @@
 //! | `data.rs`  | corpora, tokenizers, synthetic data, example sets              |
 //! | `model.rs` | model definitions: attention, MLPs, mixtures of experts        |
 //! | `stage.rs` | stages, optimizers, schedules, artifacts, budgets              |
+//! | `grpo.rs`  | the GRPO stage and its rewards                                 |
 
 mod data;
+mod grpo;
 mod model;
 mod stage;
 
 pub use data::*;
+pub use grpo::*;
 pub use model::*;
 pub use stage::*;
 

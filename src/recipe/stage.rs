@@ -249,6 +249,7 @@ pub enum StageKind {
     RewardModel(RewardSpec),
     Ppo(PpoSpec),
     Dpo(DpoSpec),
+    Grpo(GrpoSpec),
     Compare(CompareSpec),
 }
 
@@ -262,6 +263,7 @@ impl StageKind {
             StageKind::RewardModel(_) => "reward_model",
             StageKind::Ppo(_) => "ppo",
             StageKind::Dpo(_) => "dpo",
+            StageKind::Grpo(_) => "grpo",
             StageKind::Compare(_) => "compare",
         }
     }

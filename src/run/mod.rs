@@ -40,6 +40,7 @@ pub fn run_recipe(recipe: &Recipe, source: &str, out: &Path, only: &[String], op
             StageKind::RewardModel(r) => stages::reward::run(&ctx, r)?,
             StageKind::Ppo(p) => stages::ppo::run(&ctx, p)?,
             StageKind::Dpo(d) => stages::dpo::run(&ctx, d)?,
+            StageKind::Grpo(g) => stages::grpo::run(&ctx, g)?,
             StageKind::Compare(c) => stages::compare::run(&ctx, c)?,
         }
     }

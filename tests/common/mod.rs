@@ -33,3 +33,26 @@ pub fn run_ok(recipe: &Path, out: &Path) -> String {
 pub fn metrics(dir: &Path) -> Vec<serde_json::Value> {
     std::fs::read_to_string(dir.join("metrics.jsonl")).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect()
 }
+
+/// Start `roux ARGS` and SIGKILL it once `dir/state.json` names step `step` (polling, so a
+/// loaded machine only waits longer); should the run finish first, start over in a fresh `dir`,
+/// three times at most. Returns whether a run was interrupted.
+pub fn kill_after_checkpoint(args: &[&str], dir: &Path, step: u64) -> bool {
+    use std::process::Stdio;
+    use std::time::{Duration, Instant};
+    let mark = format!("\"step\": {step},");
+    for _ in 0..3 {
+        let _ = std::fs::remove_dir_all(dir);
+        let mut child = Command::new(env!("CARGO_BIN_EXE_roux")).args(args).env("ROUX_QUIET", "1").stderr(Stdio::null()).spawn().expect("run roux");
+        let t0 = Instant::now();
+        while !std::fs::read_to_string(dir.join("state.json")).is_ok_and(|t| t.contains(&mark)) && t0.elapsed() < Duration::from_secs(120) {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        child.kill().expect("kill");
+        child.wait().expect("wait");
+        if !dir.join("report.json").exists() {
+            return true;
+        }
+    }
+    false
+}

@@ -94,6 +94,7 @@ pub fn begin_stage(ctx: &StageCtx, steps: u64) -> Result<Option<RunDir>> {
         StageKind::Finetune(f) => Some(&f.model.arch),
         StageKind::Ppo(p) => Some(&p.policy.arch),
         StageKind::Dpo(d) => Some(&d.policy.arch),
+        StageKind::Grpo(g) => Some(&g.policy.arch),
         _ => None,
     };
     let resolved = json!({"experiment": recipe.experiment, "seed": recipe.seed, "stage": stage, "model": arch.and_then(|a| recipe.model(a))});

@@ -3,6 +3,8 @@
 
 use tch::{Kind, Tensor};
 
+use crate::recipe::GrpoLoss;
+
 /// Bradley–Terry: −log σ(r_chosen − r_rejected), averaged over pairs.
 pub fn bradley_terry(chosen: &Tensor, rejected: &Tensor) -> Tensor {
     -(chosen - rejected).log_sigmoid().mean(Kind::Float)
@@ -43,4 +45,52 @@ pub fn value_loss(v: &Tensor, old_v: &Tensor, returns: &Tensor, mask: &Tensor, e
 pub fn entropy(logits: &Tensor) -> Tensor {
     let logp = logits.log_softmax(-1, Kind::Float);
     -(logp.exp() * &logp).sum_dim_intlist(-1, false, Kind::Float)
+}
+
+/// GRPO's advantages for rewards in groups of `g` consecutive completions: each reward minus its
+/// group's mean, divided by the group's standard deviation (n − 1, as TRL computes it) + 1e-4
+/// when `scale` (DeepSeekMath), not divided (Dr. GRPO). A group whose rewards are all equal gives
+/// zeros: no learning signal.
+pub fn group_advantages(rewards: &[f64], g: usize, scale: bool) -> Vec<f64> {
+    rewards
+        .chunks(g)
+        .flat_map(|grp| {
+            let n = grp.len() as f64;
+            let mean = grp.iter().sum::<f64>() / n;
+            let std = (grp.iter().map(|r| (r - mean).powi(2)).sum::<f64>() / (n - 1.0).max(1.0)).sqrt();
+            grp.iter().map(move |r| if scale { (r - mean) / (std + 1e-4) } else { r - mean })
+        })
+        .collect()
+}
+
+/// GRPO's loss over B completions of T tokens, to minimise. Per token
+/// l = −min(ρ·A, clip(ρ, 1−ε, 1+ε)·A) + β·k3, with ρ = exp(log π − log π_old), A the
+/// completion's advantage (B), and k3 = exp(log π_ref − log π) − (log π_ref − log π) − 1, the
+/// non-negative KL estimator DeepSeekMath uses. `Grpo` averages each completion's tokens, then
+/// the completions; `DrGrpo` sums each completion's tokens over `max_new` (a constant), then
+/// averages. Returns (loss, share of tokens where the clipped term was taken, mean k3 per token).
+#[allow(clippy::too_many_arguments)]
+pub fn grpo_loss(logp: &Tensor, old_logp: &Tensor, ref_logp: Option<&Tensor>, adv: &Tensor, mask: &Tensor, eps: f64, beta: f64, norm: GrpoLoss, max_new: usize) -> (Tensor, Tensor, Tensor) {
+    let ratio = (logp - old_logp).exp();
+    let a = adv.unsqueeze(-1); // (B, 1), broadcast over tokens
+    let unclipped = -&a * &ratio;
+    let clipped = -&a * ratio.clamp(1.0 - eps, 1.0 + eps);
+    let mut per_token = unclipped.maximum(&clipped);
+    let kl = match ref_logp {
+        Some(r) => {
+            let d = r - logp;
+            d.exp() - &d - 1.0
+        }
+        None => logp.zeros_like(),
+    };
+    if beta > 0.0 {
+        per_token = per_token + &kl * beta;
+    }
+    let per_row = (&per_token * mask).sum_dim_intlist(-1, false, Kind::Float); // (B)
+    let loss = match norm {
+        GrpoLoss::Grpo => (per_row / mask.sum_dim_intlist(-1, false, Kind::Float).clamp_min(1.0)).mean(Kind::Float),
+        GrpoLoss::DrGrpo => (per_row / max_new.max(1) as f64).mean(Kind::Float),
+    };
+    let frac = masked_mean(&clipped.gt_tensor(&unclipped).to_kind(Kind::Float), mask);
+    (loss, frac, masked_mean(&kl, mask))
 }

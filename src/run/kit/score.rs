@@ -35,6 +35,11 @@ pub struct Score {
 }
 
 impl Score {
+    /// The first (prompt, greedy response) pair, for a log line: `"reverse ab" → "ba"`.
+    pub fn example(&self) -> String {
+        self.samples.first().map_or_else(|| "no held-out prompt".into(), |(p, r)| format!("{p:?} → {r:?}"))
+    }
+
     /// Add the scores to a metrics line, each key prefixed (`val_` where the stage logs training
     /// numbers of the same names).
     pub fn log_into(&self, m: &mut serde_json::Value, prefix: &str) {

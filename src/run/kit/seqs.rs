@@ -104,3 +104,8 @@ pub fn decode(response: &[i64], end: &[u8]) -> String {
     let cut = if end.is_empty() { None } else { bytes.windows(end.len()).position(|w| w == end) };
     String::from_utf8_lossy(&bytes[..cut.unwrap_or(bytes.len())]).into_owned()
 }
+
+/// A tensor's values as f64, in row-major order.
+pub fn to_f64s(t: &Tensor) -> Vec<f64> {
+    Vec::<f64>::try_from(&t.to_kind(Kind::Double).to_device(Device::Cpu).contiguous().view([-1])).unwrap_or_default()
+}

@@ -41,7 +41,7 @@ pub fn run(ctx: &StageCtx, c: &CompareSpec) -> Result<()> {
             100.0 * s.sampled_verbose,
             s.kl.unwrap_or(0.0)
         ));
-        tracing::info!("{}: {label}: gold {:.3}, exact {:.1}%, KL {:.3}; e.g. {:?}", stage.name, s.gold, 100.0 * s.exact, s.kl.unwrap_or(0.0), s.samples.first());
+        tracing::info!("{}: {label}: gold {:.3}, exact {:.1}%, KL {:.3}; e.g. {}", stage.name, s.gold, 100.0 * s.exact, s.kl.unwrap_or(0.0), s.example());
         rows.push(json!({"policy": label, "score": s}));
     }
     table.push_str(&format!("\n{} held-out prompts of `{}`; greedy decoding for the first two columns; then one response sampled at temperature 1 per prompt (the policy's behaviour): gold reward, preferred behaviour (the answer and nothing more), verbose (the answer, then more), and KL(π ‖ reference) per response.\n", held.len(), set.name));

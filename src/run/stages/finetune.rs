@@ -101,12 +101,12 @@ pub fn run(ctx: &StageCtx, f: &FinetuneSpec) -> Result<()> {
         "wall_seconds": started.elapsed().as_secs_f64(),
     });
     tracing::info!(
-        "{name}: done — held-out exact match {:.1}% (was {:.1}%), gold reward {:.3} (was {:.3}); e.g. {:?}",
+        "{name}: done — held-out exact match {:.1}% (was {:.1}%), gold reward {:.3} (was {:.3}); e.g. {}",
         100.0 * last.exact,
         100.0 * before.exact,
         last.gold,
         before.gold,
-        last.samples.first()
+        last.example()
     );
     run.finish(&[output], report, &ctx.title())
 }

@@ -16,6 +16,7 @@
 pub mod compare;
 pub mod dpo;
 pub mod finetune;
+pub mod grpo;
 pub mod isoflop;
 pub mod mixture;
 pub mod ppo;

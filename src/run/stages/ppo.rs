@@ -12,7 +12,7 @@
 use anyhow::Result;
 use serde_json::json;
 use std::time::Instant;
-use tch::{Device, Kind, Tensor};
+use tch::{Kind, Tensor};
 
 use crate::lower::ScalarHead;
 use crate::posttrain::examples::{Example, Seq};
@@ -24,14 +24,10 @@ use crate::run::kit::adamw::Optimizer;
 use crate::run::kit::artifacts::{instructions, load_lm, load_reward_model};
 use crate::run::kit::losses::{entropy, masked_mean, ppo_clip, value_loss};
 use crate::run::kit::score::score;
-use crate::run::kit::seqs::{decode, generate, pad, prompt_ids, prompt_response, token_logprobs};
+use crate::run::kit::seqs::{decode, generate, pad, prompt_ids, prompt_response, to_f64s, token_logprobs};
 use crate::run::kit::{device, lifecycle, StageCtx};
 use crate::run::model::heads::Head;
 use crate::schedule::lr_at;
-
-fn to_vec(t: &Tensor) -> Vec<f64> {
-    Vec::<f64>::try_from(&t.to_kind(Kind::Double).to_device(Device::Cpu).contiguous().view([-1])).unwrap_or_default()
-}
 
 pub fn run(ctx: &StageCtx, p: &PpoSpec) -> Result<()> {
     let (recipe, name) = (ctx.recipe, ctx.label.clone());
@@ -87,8 +83,8 @@ pub fn run(ctx: &StageCtx, p: &PpoSpec) -> Result<()> {
             (token_logprobs(&logits, &b.y), v, token_logprobs(&reference.forward(&b.x, false), &b.y), rm.score(&full, false))
         });
         // 3. Per-token rewards and GAE, row by row over the response positions.
-        let (t_len, mask) = (b.x.size()[1] as usize, to_vec(&b.w));
-        let (lp_v, ref_v, val_v, sc_v) = (to_vec(&old_lp), to_vec(&ref_lp), to_vec(&old_v), to_vec(&rm_score));
+        let (t_len, mask) = (b.x.size()[1] as usize, to_f64s(&b.w));
+        let (lp_v, ref_v, val_v, sc_v) = (to_f64s(&old_lp), to_f64s(&ref_lp), to_f64s(&old_v), to_f64s(&rm_score));
         let (mut adv, mut ret) = (vec![0f64; mask.len()], vec![0f64; mask.len()]);
         let mut kl_seq = 0.0;
         for r in 0..seqs.len() {

@@ -1,0 +1,146 @@
+//! The `grpo` stage: `grpo(policy = …, prompts = …) { group, reward, beta, clip, … }`. Its
+//! configuration errors are caught before any sampling: a batch the group does not divide, a
+//! generation that cannot fit the context, a program reward on data that holds no answers.
+
+use super::Checker;
+use crate::diag::{Code, Diagnostic, Span};
+use crate::posttrain::examples::render;
+use crate::recipe::*;
+use crate::syntax::ast::{Arg, Block, BinOp, Decl, Expr, ExprKind};
+
+/// The reward terms a recipe may name, for messages.
+const TERMS: &str = "exact_match, format, length, reward_model(STAGE.model)";
+
+impl<'a> Checker<'a> {
+    pub(super) fn check_grpo(&mut self, d: &'a Decl, at: Span, args: &'a [Arg], block: Option<&'a Block>) -> Option<StageSpec> {
+        let bound = self.bind_args(at, "grpo", args, &["policy", "prompts"]);
+        let policy = bound[0].and_then(|e| self.expect_lm(e, "the policy"));
+        let prompts = bound[1].and_then(|e| self.examples_arg(e, None, "grpo"));
+        let mut f = self.stage_fields(d, at, block);
+        let opt = self.check_optim(&mut f, 32, None, 25);
+        let group = f.int(self, "group", Some(4), super::fields::Min::One);
+        let reward = match f.field("reward") {
+            Some(field) => self.check_reward(&field.value),
+            None => Some(Reward { terms: vec![(1.0, RewardTerm::ExactMatch)] }),
+        };
+        let beta = f.ranged(self, "beta", Some(0.04), 0.0, false, f64::INFINITY, true);
+        let clip = f.ranged(self, "clip", Some(0.2), 0.0, true, 1.0, true);
+        let epochs = f.size(self, "epochs", Some(1));
+        let temperature = f.positive(self, "temperature", Some(1.0));
+        let loss = f.sym(self, "loss", &["grpo", "dr_grpo"], Some("grpo"));
+        let eval = self.eval_keys(&mut f);
+        let (group_span, reward_span, new_span) = (f.value_span("group"), f.value_span("reward"), f.value_span("max_new"));
+        f.finish(self);
+        let (opt, group, reward, prompts, (eval_examples, max_new)) = (opt?, group? as usize, reward?, prompts?, eval?);
+        let mut ok = true;
+        if opt.batch % group != 0 {
+            self.error(
+                Diagnostic::error(Code::E0227, group_span, format!("a batch of {} completions is not a whole number of groups of {group}", opt.batch))
+                    .with_hint(format!("`batch` counts completions, `group` of them to a prompt: use a batch of {} or {}", (opt.batch / group).max(1) * group, (opt.batch / group + 1) * group)),
+            );
+            ok = false;
+        }
+        if let Some((_, term)) = reward.terms.iter().find(|(_, t)| t.needs_answers()) {
+            if !has_answers(&prompts) {
+                let name = match term {
+                    RewardTerm::ExactMatch => "exact_match",
+                    _ => "this reward",
+                };
+                self.error(
+                    Diagnostic::error(Code::E0314, reward_span, format!("`{name}` compares with the data's answers, but `{}` holds preference pairs without answers", prompts.name))
+                        .with_hint("use instruction data (its responses are the answers) as `prompts`, or reward with `reward_model(rm.model)`"),
+                );
+                ok = false;
+            }
+        }
+        let context = policy.as_ref().and_then(|p| self.models.get(&p.arch)).map(|m| m.context);
+        if let (Some(context), Some(longest)) = (context, longest_prompt(&prompts)) {
+            if longest + max_new > context {
+                self.error(
+                    Diagnostic::error(Code::E0228, new_span, format!("the longest prompt of `{}` ({longest} tokens) and `max_new` = {max_new} need {} positions, beyond the model's context of {context}", prompts.name, longest + max_new))
+                        .with_hint(format!("use `max_new = {}` at most, or a model with a longer context", context.saturating_sub(longest))),
+                );
+                ok = false;
+            }
+        }
+        if !ok {
+            return None;
+        }
+        let loss = if loss? == "dr_grpo" { GrpoLoss::DrGrpo } else { GrpoLoss::Grpo };
+        let spec = GrpoSpec { policy: policy?, prompts: prompts.name, opt, group, reward, beta: beta?, clip: clip?, epochs: epochs?, max_new, temperature: temperature?, loss, eval_examples };
+        Some(self.stage_spec(d, StageKind::Grpo(spec)))
+    }
+
+    /// `exact_match + 0.5 * format - 0.1 * length + reward_model(rm.model)`: a weighted sum of
+    /// terms from a closed set, each weight a number.
+    fn check_reward(&mut self, e: &'a Expr) -> Option<Reward> {
+        let mut terms = vec![];
+        self.reward_terms(e, 1.0, &mut terms)?;
+        Some(Reward { terms })
+    }
+
+    fn reward_terms(&mut self, e: &'a Expr, w: f64, out: &mut Vec<(f64, RewardTerm)>) -> Option<()> {
+        match &e.kind {
+            ExprKind::Paren(x) => self.reward_terms(x, w, out),
+            ExprKind::Neg(x) => self.reward_terms(x, -w, out),
+            ExprKind::Binary(BinOp::Add, a, b) => self.reward_terms(a, w, out).and(self.reward_terms(b, w, out)),
+            ExprKind::Binary(BinOp::Sub, a, b) => self.reward_terms(a, w, out).and(self.reward_terms(b, -w, out)),
+            ExprKind::Binary(BinOp::Mul, a, b) => match (number(a), number(b)) {
+                (Some(k), _) => self.reward_terms(b, w * k, out),
+                (_, Some(k)) => self.reward_terms(a, w * k, out),
+                _ => self.not_a_reward(e, "a product of a number and a reward term"),
+            },
+            ExprKind::Ctor { path, args: Some(args), block: None } if Expr::path_string(path) == "reward_model" => {
+                let [arg] = args.as_slice() else { return self.not_a_reward(e, "`reward_model` takes one argument: a reward model") };
+                let (stage, _) = self.expect_reward(&arg.value)?;
+                out.push((w, RewardTerm::Model { stage }));
+                Some(())
+            }
+            _ => match e.as_path().map(Expr::path_string).as_deref() {
+                Some("exact_match") => Some(out.push((w, RewardTerm::ExactMatch))),
+                Some("format") => Some(out.push((w, RewardTerm::Format))),
+                Some("length") => Some(out.push((w, RewardTerm::Length))),
+                Some(other) => {
+                    let mut err = Diagnostic::error(Code::E0130, e.span, format!("unknown reward `{other}`"));
+                    err = match crate::diag::suggest::did_you_mean(other, ["exact_match", "format", "length", "reward_model"].into_iter()) {
+                        Some(s) => err.with_hint(format!("did you mean `{s}`? (rewards: {TERMS})")),
+                        None => err.with_hint(format!("rewards: {TERMS}, and weighted sums of them")),
+                    };
+                    self.error(err);
+                    None
+                }
+                None => self.not_a_reward(e, "a reward term"),
+            },
+        }
+    }
+
+    fn not_a_reward(&mut self, e: &Expr, what: &str) -> Option<()> {
+        self.error(Diagnostic::error(Code::E0120, e.span, format!("`reward` expects a weighted sum of reward terms; this is not {what}"))
+            .with_hint(format!("write e.g. `reward = exact_match + 0.5 * format`; terms: {TERMS}")));
+        None
+    }
+}
+
+/// A literal number (or its negation), as a reward's weight.
+fn number(e: &Expr) -> Option<f64> {
+    match &e.kind {
+        ExprKind::Num { value, .. } => Some(*value),
+        ExprKind::Neg(x) => number(x).map(|v| -v),
+        ExprKind::Paren(x) => number(x),
+        _ => None,
+    }
+}
+
+/// Whether a set holds answers a program can compare with: an instruction set's responses, or
+/// a synthetic set's gold answers. Preference pairs read from a file hold only preferences.
+fn has_answers(set: &ExampleSet) -> bool {
+    set.kind == ExampleKind::Instructions || matches!(set.source, ExampleSource::Synthetic { .. })
+}
+
+/// The longest prompt of a synthetic set as the model sees it (its template applied), in tokens
+/// (bytes); None for a file, whose prompts are known only when it is read.
+fn longest_prompt(set: &ExampleSet) -> Option<usize> {
+    let ExampleSource::Synthetic { tasks, max_len, .. } = &set.source else { return None };
+    let longest = tasks.iter().map(|t| t.longest_prompt(*max_len)).max()?;
+    Some(render(&set.template, &"x".repeat(longest)).len())
+}

@@ -1,0 +1,77 @@
+//! GRPO (Shao et al. 2024, DeepSeekMath): for each prompt a group of sampled answers, rewards
+//! from a program or a reward model, advantages normalised within the group, a clipped
+//! policy-ratio loss and an optional KL term to a frozen reference; no value network.
+
+use serde::{Deserialize, Serialize};
+
+use super::{ModelRef, Optim};
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct GrpoSpec {
+    pub policy: ModelRef,
+    /// Instruction data whose prompts are sampled; program rewards compare with its answers.
+    pub prompts: String,
+    /// Optimisation; `batch` counts completions: `batch / group` prompts a step.
+    pub opt: Optim,
+    /// Completions sampled per prompt.
+    pub group: usize,
+    pub reward: Reward,
+    /// Weight of the KL term to the frozen reference; 0 loads no reference.
+    pub beta: f64,
+    pub clip: f64,
+    /// Passes over each step's completions.
+    pub epochs: usize,
+    pub max_new: usize,
+    pub temperature: f64,
+    pub loss: GrpoLoss,
+    pub eval_examples: usize,
+}
+
+/// How the per-token losses of a group become one number.
+#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum GrpoLoss {
+    /// DeepSeekMath: advantages divided by the group's standard deviation; each completion's
+    /// tokens averaged, then the completions.
+    Grpo,
+    /// Dr. GRPO (Liu et al. 2025): no division by the standard deviation; each completion's
+    /// tokens summed and divided by `max_new`, a constant, so length carries no bias.
+    DrGrpo,
+}
+
+/// A reward: the weighted sum of its terms, as the recipe writes it (`exact_match + 0.5 * format`).
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct Reward {
+    pub terms: Vec<(f64, RewardTerm)>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "snake_case")]
+pub enum RewardTerm {
+    /// 1 when the response is exactly the data's answer, else 0.
+    ExactMatch,
+    /// 1 when the response ends with the data's end marker (the policy stopped within
+    /// `max_new`, as an answer should), else 0.
+    Format,
+    /// The response's length over `max_new`, in [0, 1]: give it a negative weight to penalise.
+    Length,
+    /// The scalar of a reward model (the output of this `reward_model` stage).
+    Model { stage: String },
+}
+
+impl RewardTerm {
+    /// Whether the term compares with an answer the data must hold.
+    pub fn needs_answers(&self) -> bool {
+        matches!(self, RewardTerm::ExactMatch)
+    }
+}
+
+impl Reward {
+    /// The reward-model stage a term reads, if any.
+    pub fn model_stage(&self) -> Option<&str> {
+        self.terms.iter().find_map(|(_, t)| match t {
+            RewardTerm::Model { stage } => Some(stage.as_str()),
+            _ => None,
+        })
+    }
+}

@@ -1,0 +1,159 @@
+//! The loop of a `grpo` stage (Shao et al. 2024), written out:
+//!   1. sample `batch / group` prompts; the policy writes `group` responses to each (temperature
+//!      sampling);
+//!   2. reward every response with the recipe's weighted sum of program terms (exact match
+//!      against the data's answer, format, length) and reward-model scores;
+//!   3. advantages normalised within each group: no value network;
+//!   4. `epochs` passes of the clipped policy-ratio loss plus β·KL to the frozen reference.
+//! Logs the reward's mean and spread, the share of groups whose rewards are all equal (no
+//! learning signal), clip fraction, KL and response length; held-out scores every `eval_every`.
+
+use anyhow::Result;
+use serde_json::json;
+use std::time::Instant;
+use tch::{Kind, Tensor};
+
+use crate::posttrain::examples::{Example, Seq};
+use crate::posttrain::tasks;
+use crate::recipe::{GrpoLoss, GrpoSpec, Reward, RewardTerm};
+use crate::rng::Rng;
+use crate::run::kit::adamw::Optimizer;
+use crate::run::kit::artifacts::{instructions, load_lm, load_reward_model};
+use crate::run::kit::losses::{group_advantages, grpo_loss};
+use crate::run::kit::score::score;
+use crate::run::kit::seqs::{decode, generate, pad, prompt_ids, prompt_response, to_f64s, token_logprobs};
+use crate::run::kit::{device, lifecycle, StageCtx};
+use crate::schedule::lr_at;
+
+pub fn run(ctx: &StageCtx, g: &GrpoSpec) -> Result<()> {
+    let (recipe, name) = (ctx.recipe, ctx.label.clone());
+    let Some(mut run) = lifecycle::begin_stage(ctx, g.opt.steps)? else { return Ok(()) };
+    let dev = device::device(g.opt.device)?;
+    let (set, split) = instructions(recipe, &g.prompts)?;
+    let held: Vec<Example> = split.held_out.iter().take(g.eval_examples).cloned().collect();
+    let policy = load_lm(recipe, &ctx.runs, &g.policy, dev)?;
+    // With beta = 0 no reference is loaded (the plan counts none).
+    let reference = match g.beta > 0.0 {
+        true => {
+            let mut r = load_lm(recipe, &ctx.runs, &g.policy, dev)?;
+            r.freeze();
+            Some(r)
+        }
+        false => None,
+    };
+    let rm = g.reward.model_stage().map(|s| load_reward_model(recipe, &ctx.runs, s, dev)).transpose()?;
+    let (names, params): (Vec<String>, Vec<Tensor>) = policy.named().into_iter().unzip();
+    let mut opt = Optimizer::new(&params, &g.opt.optimizer);
+    let (step0, mut rng, _) = run.restore(&names, &params, &mut opt, Rng(recipe.seed ^ 0x6290))?;
+    let before = score(&policy, reference.as_ref(), &set, &held, g.max_new);
+    let end = set.end.as_bytes().to_vec();
+    let context = policy.spec().context;
+    let per_step = g.opt.batch / g.group;
+    tracing::info!(
+        "{name}: GRPO on prompts of `{}`: {} steps × {per_step} prompts × {} responses, β = {}, {} normalisation",
+        set.name,
+        g.opt.steps,
+        g.group,
+        g.beta,
+        if g.loss == GrpoLoss::Grpo { "GRPO" } else { "Dr. GRPO" }
+    );
+    let started = Instant::now();
+    let mut last = before.clone();
+    for step in step0..g.opt.steps {
+        tch::manual_seed((recipe.seed ^ step.wrapping_mul(0x9E37_79B9)) as i64);
+        let lr = lr_at(&g.opt.schedule, g.opt.optimizer.lr, step, g.opt.steps);
+        // 1. A group of responses to each prompt.
+        let chosen: Vec<&Example> = (0..per_step).map(|_| &split.train[rng.below(split.train.len() as u64) as usize]).collect();
+        let batch: Vec<&Example> = chosen.iter().flat_map(|e| std::iter::repeat_n(*e, g.group)).collect();
+        let prompts: Vec<Vec<i64>> = batch.iter().map(|e| prompt_ids(&set, &e.prompt)).collect();
+        let responses = generate(&policy, &prompts, g.max_new, g.temperature, &end);
+        let seqs: Vec<Seq> = prompts.iter().zip(&responses).map(|(q, r)| prompt_response(q, r)).collect();
+        // 2. Rewards.
+        let rm_scores = rm.as_ref().map(|rm| {
+            let full: Vec<Vec<i64>> = seqs.iter().map(|s| s.tokens.iter().copied().take(context).collect()).collect();
+            to_f64s(&tch::no_grad(|| rm.score(&full, false)))
+        });
+        let rewards: Vec<f64> = (0..batch.len()).map(|i| reward_of(&g.reward, batch[i], &responses[i], &end, g.max_new, rm_scores.as_ref().map(|v| v[i]))).collect();
+        // 3. Advantages within each group.
+        let adv = group_advantages(&rewards, g.group, g.loss == GrpoLoss::Grpo);
+        let flat = rewards.chunks(g.group).filter(|grp| grp.iter().all(|r| *r == grp[0])).count() as f64 / per_step as f64;
+        let rows: Vec<&Seq> = seqs.iter().collect();
+        let b = pad(&rows, dev);
+        let adv = Tensor::from_slice(&adv).to_kind(Kind::Float).to_device(dev);
+        let (old_lp, ref_lp) = tch::no_grad(|| (token_logprobs(&policy.forward(&b.x, false), &b.y), reference.as_ref().map(|r| token_logprobs(&r.forward(&b.x, false), &b.y))));
+        // 4. Policy updates.
+        let (mut loss_sum, mut clip_sum, mut kl_sum, mut grad_norm) = (0.0, 0.0, 0.0, 0.0);
+        for _ in 0..g.epochs {
+            opt.zero_grad();
+            let lp = token_logprobs(&policy.forward(&b.x, false), &b.y);
+            let (loss, clipfrac, kl) = grpo_loss(&lp, &old_lp, ref_lp.as_ref(), &adv, &b.w, g.clip, g.beta, g.loss, g.max_new);
+            loss.backward();
+            grad_norm += opt.clip_grad_norm(g.opt.grad_clip);
+            opt.step(lr);
+            loss_sum += loss.double_value(&[]);
+            clip_sum += clipfrac.double_value(&[]);
+            kl_sum += kl.double_value(&[]);
+        }
+        let n = g.epochs as f64;
+        let mean = rewards.iter().sum::<f64>() / rewards.len() as f64;
+        let spread = (rewards.iter().map(|r| (r - mean).powi(2)).sum::<f64>() / rewards.len() as f64).sqrt();
+        let length = responses.iter().map(|r| r.len()).sum::<usize>() as f64 / responses.len() as f64;
+        let done = step + 1;
+        let eval_now = done % g.opt.eval_every == 0 || done == g.opt.steps;
+        let s = eval_now.then(|| score(&policy, reference.as_ref(), &set, &held, g.max_new));
+        let shown = s.as_ref().map_or(String::new(), |s| format!(" | held-out: greedy exact {:.1}%; sampled exact {:.1}% gold {:.3}", 100.0 * s.exact, 100.0 * s.sampled_exact, s.sampled_gold));
+        run.progress.line(done, g.opt.log_every, &format!("reward {mean:.3} ± {spread:.3} flat groups {:.0}% KL {:.3} clip {:.2}{shown}", 100.0 * flat, kl_sum / n, clip_sum / n), s.is_some());
+        let mut m = json!({
+            "step": done, "lr": lr, "reward": mean, "reward_std": spread, "flat_groups": flat,
+            "loss": loss_sum / n, "kl": kl_sum / n, "clip_fraction": clip_sum / n, "grad_norm": grad_norm / n,
+            "response_length": length,
+        });
+        if let Some(s) = &s {
+            s.log_into(&mut m, "val_");
+        }
+        run.log(m)?;
+        if let Some(s) = s {
+            last = s;
+            run.checkpoint(done, &names, &params, &opt, rng, serde_json::Value::Null)?;
+        }
+    }
+    let report = json!({
+        "experiment": recipe.experiment,
+        "kind": "grpo",
+        "model": g.policy.arch,
+        "steps": g.opt.steps,
+        "group": g.group,
+        "loss": g.loss,
+        "before": before,
+        "after": last,
+        "wall_seconds": started.elapsed().as_secs_f64(),
+    });
+    tracing::info!(
+        "{name}: done — held-out greedy exact match {:.1}% (was {:.1}%), sampled {:.1}% (was {:.1}%), gold reward {:.3} (was {:.3})",
+        100.0 * last.exact,
+        100.0 * before.exact,
+        100.0 * last.sampled_exact,
+        100.0 * before.sampled_exact,
+        last.sampled_gold,
+        before.sampled_gold,
+    );
+    run.finish(&[("model.safetensors", policy.named())], report, &ctx.title())
+}
+
+/// The recipe's reward for one response: the weighted sum of its terms.
+fn reward_of(reward: &Reward, e: &Example, response: &[i64], end: &[u8], max_new: usize, rm_score: Option<f64>) -> f64 {
+    let answer = e.gold.as_deref().unwrap_or(&e.response);
+    let end_ids: Vec<i64> = end.iter().map(|&b| b as i64).collect();
+    reward
+        .terms
+        .iter()
+        .map(|(w, t)| {
+            w * match t {
+                RewardTerm::ExactMatch => tasks::exact(answer, &decode(response, end)) as u8 as f64,
+                RewardTerm::Format => (!end_ids.is_empty() && response.ends_with(&end_ids)) as u8 as f64,
+                RewardTerm::Length => response.len() as f64 / max_new.max(1) as f64,
+                RewardTerm::Model { .. } => rm_score.unwrap_or(0.0),
+            }
+        })
+        .sum()
+}
