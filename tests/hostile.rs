@@ -344,3 +344,36 @@ fn fake_run(dir: &std::path::Path, heads: usize, weights: &[u8]) {
     std::fs::write(dir.join("resolved.json"), spec).unwrap();
     std::fs::write(dir.join("model.safetensors"), weights).unwrap();
 }
+
+/// One run per run directory: a second `roux run` into a directory that a running one is
+/// writing is refused, naming the process; a killed run leaves no stale lock.
+#[test]
+fn a_second_run_into_a_directory_being_written_is_refused() {
+    let recipe = root().join("tests/fixtures/tiny.roux");
+    let out = scratch("locked");
+    let dir = out.join("tiny/pretrain");
+    for _ in 0..3 {
+        let _ = std::fs::remove_dir_all(&out);
+        let mut first = Command::new(env!("CARGO_BIN_EXE_roux")).args(["run", recipe.to_str().unwrap(), "--out", out.to_str().unwrap()]).env("ROUX_QUIET", "1").stderr(Stdio::null()).spawn().unwrap();
+        let t0 = Instant::now();
+        while !dir.join("state.json").exists() && t0.elapsed() < Duration::from_secs(120) {
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        let second = Command::new(env!("CARGO_BIN_EXE_roux")).args(["run", recipe.to_str().unwrap(), "--out", out.to_str().unwrap()]).env("ROUX_QUIET", "1").output().unwrap();
+        let first_was_running = first.try_wait().unwrap().is_none();
+        first.kill().unwrap();
+        first.wait().unwrap();
+        if !first_was_running {
+            continue; // it finished before the second asked: try again
+        }
+        let err = String::from_utf8_lossy(&second.stderr);
+        assert_eq!(second.status.code(), Some(2), "{err}");
+        let want = format!("{} is being written by another `roux run` (process {}); wait for it to finish or stop it, or use another `--out`", dir.display(), first.id());
+        assert!(err.contains(&want), "{err}");
+        // The killed first run held the lock; the OS released it: a third run goes ahead.
+        let third = Command::new(env!("CARGO_BIN_EXE_roux")).args(["run", recipe.to_str().unwrap(), "--out", out.to_str().unwrap()]).env("ROUX_QUIET", "1").output().unwrap();
+        assert_eq!(third.status.code(), Some(0), "{}", String::from_utf8_lossy(&third.stderr));
+        return;
+    }
+    panic!("the first run finished before a second could start, three times");
+}

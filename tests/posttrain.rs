@@ -345,6 +345,17 @@ fn grpo_follows_its_reward_and_resumes_exactly_after_a_kill() {
     let (first, last) = (&m[..6], &m[m.len() - 6..]);
     assert!(mean(last, "response_length") < mean(first, "response_length"), "length {} → {}", mean(first, "response_length"), mean(last, "response_length"));
     assert!(mean(last, "reward") > mean(first, "reward"), "reward {} → {}", mean(first, "reward"), mean(last, "reward"));
+    // The report's learning-signal summary is the last quarter's share of groups with equal
+    // rewards, warned about from 90% on.
+    let report = |d: &std::path::Path| -> serde_json::Value {
+        let mut v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(d.join("tiny-grpo/rl/report.json")).unwrap()).unwrap();
+        v.as_object_mut().unwrap().remove("wall_seconds");
+        v
+    };
+    let flat = mean(&m[m.len() - m.len() / 4..], "flat_groups");
+    let r = report(&whole);
+    assert!((r["flat_groups_last_quarter"].as_f64().unwrap() - flat).abs() < 1e-12, "{r}");
+    assert_eq!(r["warnings"].as_array().unwrap().len(), usize::from(flat >= 0.9), "{r}");
 
     // Killed once the GRPO stage has checkpointed.
     let dir = killed.join("tiny-grpo/rl");
@@ -355,4 +366,5 @@ fn grpo_follows_its_reward_and_resumes_exactly_after_a_kill() {
     let read = |d: &std::path::Path| std::fs::read(d.join("tiny-grpo/rl/model.safetensors")).unwrap();
     assert!(read(&whole) == read(&killed), "weights differ after a resume");
     assert_eq!(common::metrics(&whole.join("tiny-grpo/rl")), common::metrics(&dir), "metrics differ after a resume");
+    assert_eq!(report(&whole), report(&killed), "the report differs after a resume");
 }

@@ -37,7 +37,7 @@ pub fn write_run_plots(dir: &Path, title: &str) -> Result<Vec<PathBuf>, String> 
         ("loss", "loss", "nats per token", &[("train", "loss", false), ("validation", "val_loss", true)]),
         ("lr", "learning rate", "lr", &[("lr", "lr", false)]),
         ("accuracy", "pairwise accuracy", "share of pairs", &[("batch", "accuracy", false), ("held-out", "val_accuracy", true)]),
-        ("reward", "reward", "reward", &[("reward model", "reward", false), ("gold", "gold", false), ("held-out gold", "val_sampled_gold", true)]),
+        ("reward", "reward", "reward", &[("training reward", "reward", false), ("gold", "gold", false), ("held-out gold", "val_sampled_gold", true)]),
         ("kl", "KL to the reference", "nats per response", &[("KL", "kl", false), ("held-out KL", "val_kl", true), ("KL coefficient", "kl_coef", true)]),
         ("ppo", "policy-update internals", "value", &[("entropy", "entropy", false), ("clip fraction", "clip_fraction", false), ("value loss", "value_loss", true)]),
         ("groups", "GRPO's learning signal", "share of groups", &[("groups whose rewards are all equal", "flat_groups", false)]),

@@ -42,10 +42,13 @@ pub fn run(ctx: &StageCtx, g: &GrpoSpec) -> Result<()> {
         false => None,
     };
     let rm = g.reward.model_stage().map(|s| load_reward_model(recipe, &ctx.runs, s, dev)).transpose()?;
+    // The starting point's score, before a resumed run restores its trained weights.
+    let before = score(&policy, reference.as_ref(), &set, &held, g.max_new);
     let (names, params): (Vec<String>, Vec<Tensor>) = policy.named().into_iter().unzip();
     let mut opt = Optimizer::new(&params, &g.opt.optimizer);
-    let (step0, mut rng, _) = run.restore(&names, &params, &mut opt, Rng(recipe.seed ^ 0x6290))?;
-    let before = score(&policy, reference.as_ref(), &set, &held, g.max_new);
+    let (step0, mut rng, extra) = run.restore(&names, &params, &mut opt, Rng(recipe.seed ^ 0x6290))?;
+    // Per step: the share of groups whose rewards were all equal (kept in checkpoints).
+    let mut flat_history: Vec<f64> = serde_json::from_value(extra["flat_groups"].clone()).unwrap_or_default();
     let end = set.end.as_bytes().to_vec();
     let context = policy.spec().context;
     let per_step = g.opt.batch / g.group;
@@ -77,6 +80,7 @@ pub fn run(ctx: &StageCtx, g: &GrpoSpec) -> Result<()> {
         // 3. Advantages within each group.
         let adv = group_advantages(&rewards, g.group, g.loss == GrpoLoss::Grpo);
         let flat = rewards.chunks(g.group).filter(|grp| grp.iter().all(|r| *r == grp[0])).count() as f64 / per_step as f64;
+        flat_history.push(flat);
         let rows: Vec<&Seq> = seqs.iter().collect();
         let b = pad(&rows, dev);
         let adv = Tensor::from_slice(&adv).to_kind(Kind::Float).to_device(dev);
@@ -114,12 +118,27 @@ pub fn run(ctx: &StageCtx, g: &GrpoSpec) -> Result<()> {
         run.log(m)?;
         if let Some(s) = s {
             last = s;
-            run.checkpoint(done, &names, &params, &opt, rng, serde_json::Value::Null)?;
+            run.checkpoint(done, &names, &params, &opt, rng, json!({"flat_groups": flat_history}))?;
         }
+    }
+    // No learning signal: a group whose rewards are all equal has zero advantages.
+    let tail = &flat_history[flat_history.len() - (flat_history.len() / 4).max(1).min(flat_history.len())..];
+    let flat_tail = tail.iter().sum::<f64>() / tail.len().max(1) as f64;
+    let mut warnings = vec![];
+    if flat_tail >= 0.9 {
+        warnings.push(format!(
+            "{:.0}% of the groups in the last quarter of the steps had rewards all equal, which gives no learning signal; raise `temperature` or `group`, or add a graded term to `reward`",
+            100.0 * flat_tail
+        ));
+    }
+    for w in &warnings {
+        tracing::warn!("{name}: {w}");
     }
     let report = json!({
         "experiment": recipe.experiment,
         "kind": "grpo",
+        "warnings": warnings,
+        "flat_groups_last_quarter": flat_tail,
         "model": g.policy.arch,
         "steps": g.opt.steps,
         "group": g.group,

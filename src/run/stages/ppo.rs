@@ -39,6 +39,8 @@ pub fn run(ctx: &StageCtx, p: &PpoSpec) -> Result<()> {
     let mut reference = load_lm(recipe, &ctx.runs, &p.policy, dev)?;
     reference.freeze();
     let rm = load_reward_model(recipe, &ctx.runs, &p.reward, dev)?;
+    // The starting point's score, before a resumed run restores its trained weights.
+    let before = score(&policy, Some(&reference), &set, &held, p.max_new);
     // The value head reads the policy's final hidden state, detached: the critic is a linear
     // probe on the policy's features, so value-loss gradients cannot pull those features away
     // from what the policy objective wants (a shared trunk destabilised small models here).
@@ -52,7 +54,6 @@ pub fn run(ctx: &StageCtx, p: &PpoSpec) -> Result<()> {
     let (step0, mut rng, extra) = run.restore(&names, &params, &mut opt, Rng(recipe.seed ^ 0x990))?;
     let mut kl_coef = extra["kl_coef"].as_f64().unwrap_or(p.kl);
     let mut history: Vec<(f64, f64)> = serde_json::from_value(extra["history"].clone()).unwrap_or_default(); // (reward-model score, gold reward) per step
-    let before = score(&policy, Some(&reference), &set, &held, p.max_new);
     let end = set.end.as_bytes().to_vec();
     let context = policy.spec().context;
     tracing::info!(
