@@ -377,3 +377,25 @@ fn a_second_run_into_a_directory_being_written_is_refused() {
     }
     panic!("the first run finished before a second could start, three times");
 }
+
+/// Names become directories: an experiment named `../../x` or `/tmp/x`, or a YAML declaration
+/// named `/tmp/x`, is refused by check (and so by run) with the rule, and nothing is written.
+#[test]
+fn names_that_would_lead_outside_the_output_directory_are_refused() {
+    let dir = scratch("escape");
+    let cases: [(&str, &str, &str); 3] = [
+        ("up.roux", "experiment \"../../escaped\" {\n  seed = 1\n}\n", "error[E0213]: the experiment's name \"../../escaped\" is not a plain name: it names the directory its runs go to"),
+        ("abs.roux", "experiment \"/tmp/roux-escaped\" {\n  seed = 1\n}\n", "error[E0213]: the experiment's name \"/tmp/roux-escaped\" is not a plain name"),
+        ("decl.yaml", "experiment: fine\nstage /tmp/roux-escaped:\n  $: train\n", "`/tmp/roux-escaped` is not a name: a name is a letter or `_`, then letters, digits and `_` (it may become a directory)"),
+    ];
+    for (file, text, want) in cases {
+        let p = dir.join(file);
+        std::fs::write(&p, text).unwrap();
+        let out = dir.join("out");
+        let o = Command::new(env!("CARGO_BIN_EXE_roux")).args(["run", p.to_str().unwrap(), "--out", out.to_str().unwrap()]).output().unwrap();
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(1), "{file}: {err}");
+        assert!(err.contains(want), "{file}: {err}");
+        assert!(!out.exists() && !dir.parent().unwrap().join("escaped").exists() && !Path::new("/tmp/roux-escaped").exists(), "{file}: something was written");
+    }
+}

@@ -125,6 +125,7 @@ impl<'a> Checker<'a> {
                 Entry::Field(_) => {}
             }
         }
+        self.check_experiment_name();
         // Top-level keys.
         let mut top = Fields::new(None, &vec![], "the experiment", self.ast.name_span);
         top.block = Some(body);

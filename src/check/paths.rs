@@ -51,3 +51,21 @@ impl Checker<'_> {
         None
     }
 }
+
+/// Longest experiment name: it names a directory (most file systems allow 255 bytes).
+const MAX_NAME: usize = 255;
+
+impl Checker<'_> {
+    /// The experiment's name becomes the directory of its runs (`runs/<experiment>/`): one plain
+    /// path component, so no recipe writes outside `--out`.
+    pub fn check_experiment_name(&mut self) {
+        let name = &self.ast.name;
+        let plain = !name.is_empty() && name.len() <= MAX_NAME && !name.starts_with('.') && !name.chars().any(|c| matches!(c, '/' | '\\') || c.is_control());
+        if !plain {
+            self.error(
+                Diagnostic::error(Code::E0213, self.ast.name_span, format!("the experiment's name {name:?} is not a plain name: it names the directory its runs go to"))
+                    .with_hint(format!("a name has no `/`, `\\`, or control characters, does not start with `.`, and has at most {MAX_NAME} bytes: `experiment \"my-run\"`")),
+            );
+        }
+    }
+}

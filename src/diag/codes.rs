@@ -55,6 +55,7 @@ codes! {
     E0210 = "E0210": "data file not found",
     E0211 = "E0211": "context not shorter than the data",
     E0212 = "E0212": "a path outside the recipe's project",
+    E0213 = "E0213": "an experiment name that is not one plain path component",
     E0220 = "E0220": "heads do not divide d_model",
     E0221 = "E0221": "rope with an odd head size",
     E0222 = "E0222": "data context beyond the model's",

@@ -26,12 +26,14 @@ use crate::recipe::{Recipe, StageKind};
 /// Run the stages of a checked recipe in dependency order; `only` restricts to named stages.
 pub fn run_recipe(recipe: &Recipe, source: &str, out: &Path, only: &[String], opts: &RunOptions) -> Result<()> {
     let graph = lower_stages(recipe);
-    let runs = out.join(&recipe.experiment);
+    // Names become directories: each must be one plain path component (check says so too).
+    let runs = kit::lifecycle::stage_dir(out, &recipe.experiment)?;
     for stage in graph.order() {
         if !only.is_empty() && !only.contains(&stage.name) {
             continue;
         }
-        let ctx = StageCtx { recipe, source, stage, runs: runs.clone(), dir: runs.join(&stage.name), label: stage.name.clone(), opts: *opts, train: stages::train::run_model };
+        let dir = kit::lifecycle::stage_dir(&runs, &stage.name)?;
+        let ctx = StageCtx { recipe, source, stage, runs: runs.clone(), dir, label: stage.name.clone(), opts: *opts, train: stages::train::run_model };
         match &stage.kind {
             StageKind::Train(t) => stages::train::run(&ctx, t)?,
             StageKind::Isoflop(iso) => stages::isoflop::run(&ctx, iso)?,

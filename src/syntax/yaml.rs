@@ -192,6 +192,12 @@ pub fn from_yaml(src: &str) -> Result<SourceFile, Diagnostic> {
     Ok(SourceFile { name, name_span, body })
 }
 
+/// The roux grammar's identifier rule: a letter or `_`, then letters, digits and `_`.
+fn is_ident(s: &str) -> bool {
+    let mut c = s.chars();
+    c.next().is_some_and(|f| f.is_ascii_alphabetic() || f == '_') && c.all(|x| x.is_ascii_alphanumeric() || x == '_')
+}
+
 fn key_span(n: &Node, key: &str) -> Span {
     n.children.iter().find(|c| c.key == key).map_or(Span::new(n.key_at, n.key_at + 1), |c| Span::new(c.key_at, c.key_at + c.key.len()))
 }
@@ -210,6 +216,9 @@ fn block(m: &Mapping, at: &Node, span: Span) -> Result<Block, Diagnostic> {
         let words: Vec<&str> = k.split_whitespace().collect();
         let ident = |s: &str, off: usize| Ident { name: s.to_string(), span: Span::new(node.key_at + off, node.key_at + off + s.len()) };
         let entry = match words.as_slice() {
+            ["data" | "model" | "stage" | "budget" | "sweep", n] if !is_ident(n) => {
+                return Err(err(kspan, format!("`{n}` is not a name: a name is a letter or `_`, then letters, digits and `_` (it may become a directory)")));
+            }
             [kw @ ("data" | "model" | "stage" | "budget"), n] => Entry::Decl(Decl {
                 kind: match *kw {
                     "data" => DeclKind::Data,
