@@ -399,3 +399,27 @@ fn names_that_would_lead_outside_the_output_directory_are_refused() {
         assert!(!out.exists() && !dir.parent().unwrap().join("escaped").exists() && !Path::new("/tmp/roux-escaped").exists(), "{file}: something was written");
     }
 }
+
+/// "Up to date" only for outputs as the run wrote them: a truncated or deleted model file makes
+/// the stage run again (the damaged run is set aside), saying why.
+#[test]
+fn a_damaged_output_is_not_up_to_date() {
+    let recipe = root().join("tests/fixtures/tiny.roux");
+    let out = scratch("damaged");
+    run_to_end(&recipe, &out);
+    let model = out.join("tiny/pretrain/model.safetensors");
+    let bytes = std::fs::metadata(&model).unwrap().len();
+    let rerun = || {
+        let o = Command::new(env!("CARGO_BIN_EXE_roux")).args(["run", recipe.to_str().unwrap(), "--out", out.to_str().unwrap()]).env("ROUX_QUIET", "1").output().unwrap();
+        assert_eq!(o.status.code(), Some(0));
+        String::from_utf8_lossy(&o.stderr).to_string()
+    };
+    std::fs::write(&model, b"truncated").unwrap();
+    let err = rerun();
+    assert!(err.contains(&format!("pretrain: its outputs changed since it finished (model.safetensors has 9 bytes, it wrote {bytes}); retraining.")), "{err}");
+    assert_eq!(std::fs::metadata(&model).unwrap().len(), bytes);
+    std::fs::remove_file(&model).unwrap();
+    let err = rerun();
+    assert!(err.contains("pretrain: its outputs changed since it finished (model.safetensors is missing); retraining."), "{err}");
+    assert!(rerun().contains("pretrain: up to date"));
+}

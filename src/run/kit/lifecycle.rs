@@ -47,11 +47,14 @@ pub fn begin(ctx: &StageCtx, hash: String, resolved: &Value, steps: u64) -> Resu
         set_aside(dir)?;
     }
     if dir.join("report.json").exists() {
-        if read_report_hash(dir).ok().as_deref() == Some(hash.as_str()) {
-            tracing::info!("{label}: up to date in {} (same definition, inputs and seed); reusing it. --fresh retrains.", dir.display());
-            return Ok(None);
+        match (read_report_hash(dir).ok().as_deref() == Some(hash.as_str()), outputs_changed(dir)) {
+            (true, None) => {
+                tracing::info!("{label}: up to date in {} (same definition, inputs and seed); reusing it. --fresh retrains.", dir.display());
+                return Ok(None);
+            }
+            (true, Some(why)) => tracing::info!("{label}: its outputs changed since it finished ({why}); retraining."),
+            (false, _) => tracing::info!("{label}: its definition or inputs changed since it finished; retraining."),
         }
-        tracing::info!("{label}: its definition or inputs changed since it finished; retraining.");
         set_aside(dir)?;
     }
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
@@ -137,12 +140,18 @@ impl RunDir {
     /// Write the outputs (refusing non-finite weights), then report.json with the stage's name,
     /// hash and inputs (which marks the run finished), then the plots.
     pub fn finish(self, outputs: &[(&str, Vec<(String, Tensor)>)], mut report: Value, title: &str) -> Result<()> {
+        let mut written = serde_json::Map::new();
         for (file, tensors) in outputs {
             if let Some((name, _)) = tensors.iter().find(|(_, t)| !bool::try_from(t.isfinite().all()).unwrap_or(false)) {
                 bail!("{}: `{name}` has non-finite values; not writing {file} or marking the stage finished (lower the learning rate or set `grad_clip`)", self.label);
             }
-            write_tensors_atomic(&self.dir.join(file), tensors)?;
+            let path = self.dir.join(file);
+            write_tensors_atomic(&path, tensors)?;
+            let bytes = std::fs::metadata(&path).with_context(|| format!("reading {}", path.display()))?.len();
+            written.insert(file.to_string(), json!({"bytes": bytes}));
         }
+        // What reuse verifies before calling the run up to date.
+        report["outputs"] = written.into();
         report["stage"] = json!(self.label);
         report["hash"] = json!(self.hash);
         if !self.upstream.is_empty() {
@@ -240,6 +249,38 @@ pub fn set_aside(dir: &Path) -> Result<()> {
     std::fs::rename(dir, &to).with_context(|| format!("setting {} aside", dir.display()))?;
     tracing::info!("set the previous run aside as {}", to.display());
     Ok(())
+}
+
+/// Why a finished run's outputs are not what it wrote, if they are not: a file its report lists
+/// is missing, of another size, or not a safetensors file any more.
+fn outputs_changed(dir: &Path) -> Option<String> {
+    let report: Value = serde_json::from_str(&super::files::read_capped(&dir.join("report.json"), 64 << 20).ok()?).ok()?;
+    for (file, v) in report["outputs"].as_object()? {
+        let path = stage_dir(dir, file).ok()?;
+        match std::fs::metadata(&path) {
+            Err(_) => return Some(format!("{file} is missing")),
+            Ok(m) if Some(m.len()) != v["bytes"].as_u64() => return Some(format!("{file} has {} bytes, it wrote {}", m.len(), v["bytes"])),
+            Ok(_) if safetensors_header(&path).is_none() => return Some(format!("{file} is no longer a safetensors file")),
+            Ok(_) => {}
+        }
+    }
+    None
+}
+
+/// The JSON header of a safetensors file (8-byte little-endian length, then the header), if it
+/// has one.
+fn safetensors_header(path: &Path) -> Option<Value> {
+    use std::io::Read;
+    let mut f = std::fs::File::open(path).ok()?;
+    let mut len = [0u8; 8];
+    f.read_exact(&mut len).ok()?;
+    let n = u64::from_le_bytes(len);
+    if n > 100 << 20 {
+        return None;
+    }
+    let mut header = vec![0u8; n as usize];
+    f.read_exact(&mut header).ok()?;
+    serde_json::from_slice(&header).ok()
 }
 
 /// What changed between the definition a run directory holds and `now`, as `path: old → new`.
