@@ -36,14 +36,7 @@ const MAX_RECIPE_BYTES: u64 = 4 << 20;
 
 /// Errors reading the file (not the recipe's fault): exit code 2 at the CLI.
 pub fn read(path: &Path) -> Result<Source, String> {
-    let meta = std::fs::metadata(path).map_err(|e| format!("{}: cannot read: {e}", path.display()))?;
-    if meta.len() > MAX_RECIPE_BYTES {
-        return Err(format!("{}: {} bytes is too large for a recipe (limit {MAX_RECIPE_BYTES})", path.display(), meta.len()));
-    }
-    let bytes = std::fs::read(path).map_err(|e| format!("{}: cannot read: {e}", path.display()))?;
-    let text = String::from_utf8(bytes).map_err(|e| {
-        format!("{}: not UTF-8 text (invalid byte at offset {}); a recipe must be UTF-8", path.display(), e.utf8_error().valid_up_to())
-    })?;
+    let text = crate::fsio::read_text(path, MAX_RECIPE_BYTES).map_err(|e| format!("{e}; a recipe is a UTF-8 text file of at most {MAX_RECIPE_BYTES} bytes"))?;
     Ok(Source { path: path.to_path_buf(), text })
 }
 

@@ -15,6 +15,7 @@ pub mod arith;
 pub mod check;
 pub mod diag;
 pub mod frontend;
+pub mod fsio;
 pub mod logging;
 pub mod lower;
 pub mod plan;

@@ -210,6 +210,15 @@ fn hostile_cases(dir: &Path) -> Vec<(String, Vec<String>)> {
     cases.push(("missing recipe".into(), vec!["check".into(), dir.join("nope.roux").to_str().unwrap().into()]));
     cases.push(("recipe is a directory".into(), vec!["check".into(), dir.to_str().unwrap().into()]));
     cases.push(("huge recipe".into(), vec!["check".into(), w("big.roux", &vec![b' '; 5 << 20])]));
+    // Files that are no regular files: a FIFO blocks whoever opens it, /dev/zero never ends.
+    let fifo = dir.join("fifo.roux");
+    assert!(Command::new("mkfifo").arg(&fifo).status().unwrap().success());
+    cases.push(("a FIFO as the recipe".into(), vec!["check".into(), fifo.to_str().unwrap().into()]));
+    cases.push(("/dev/zero as the recipe".into(), vec!["check".into(), "/dev/zero".into()]));
+    let zero = dir.join("zero.roux");
+    std::os::unix::fs::symlink("/dev/zero", &zero).unwrap();
+    cases.push(("a recipe linked to /dev/zero".into(), vec!["fmt".into(), zero.to_str().unwrap().into()]));
+    cases.push(("a FIFO as the points to fit".into(), vec!["fit".into(), fifo.to_str().unwrap().into()]));
     cases.push(("sample from a missing run".into(), vec!["sample".into(), dir.join("norun").to_str().unwrap().into()]));
     std::fs::create_dir_all(dir.join("badrun")).unwrap();
     std::fs::write(dir.join("badrun/resolved.json"), "{not json").unwrap();

@@ -38,7 +38,7 @@ impl<'a> Checker<'a> {
         let placement = self.moe_placement(&mut f, layers);
         let router = match f.field("router") {
             Some(r) => self.check_router(r, &f.scope, experts),
-            None => Some(RouterSpec::Switch { capacity_factor: 1.25, eval_capacity_factor: 2.0, balance_loss: 0.01, z_loss: 0.0, jitter: 0.0 }),
+            None => Some(RouterSpec::SWITCH),
         };
         f.finish(self);
         Some(MoeSpec {
@@ -128,11 +128,12 @@ impl<'a> Checker<'a> {
                 }
             }
             "switch" => {
-                let cf = f.positive(self, "capacity_factor", Some(1.25));
-                let ecf = f.positive(self, "eval_capacity_factor", Some(2.0));
-                let bal = weight(self, &mut f, "balance_loss", 0.01);
-                let z = weight(self, &mut f, "z_loss", 0.0);
-                let jitter = f.ranged(self, "jitter", Some(0.0), 0.0, false, 1.0, true);
+                let RouterSpec::Switch { capacity_factor, eval_capacity_factor, balance_loss, z_loss, jitter } = RouterSpec::SWITCH else { unreachable!("SWITCH is a Switch router") };
+                let cf = f.positive(self, "capacity_factor", Some(capacity_factor));
+                let ecf = f.positive(self, "eval_capacity_factor", Some(eval_capacity_factor));
+                let bal = weight(self, &mut f, "balance_loss", balance_loss);
+                let z = weight(self, &mut f, "z_loss", z_loss);
+                let jitter = f.ranged(self, "jitter", Some(jitter), 0.0, false, 1.0, true);
                 Some(RouterSpec::Switch { capacity_factor: cf?, eval_capacity_factor: ecf?, balance_loss: bal?, z_loss: z?, jitter: jitter? })
             }
             _ => {

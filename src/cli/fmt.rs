@@ -40,8 +40,8 @@ pub fn run(files: &[PathBuf], check: bool, to: Option<Form>, output: Option<&Pat
                 if check {
                     eprintln!("{}: not formatted (run `roux fmt {}`)", f.display(), f.display());
                     code = code.max(1);
-                } else if let Err(e) = std::fs::write(f, &after) {
-                    eprintln!("error: {}: {e}", f.display());
+                } else if let Err(e) = roux::fsio::write_atomic(f, after.as_bytes()) {
+                    eprintln!("error: {e}");
                     code = 2;
                 } else {
                     eprintln!("{}: formatted", f.display());
@@ -77,10 +77,10 @@ fn convert(file: &Path, form: Form, output: Option<&Path>) -> u8 {
         Form::Roux => print::print(&ast),
     };
     match output {
-        Some(o) => match std::fs::write(o, &text) {
+        Some(o) => match roux::fsio::write_atomic(o, text.as_bytes()) {
             Ok(()) => 0,
             Err(e) => {
-                eprintln!("error: {}: {e}", o.display());
+                eprintln!("error: {e}");
                 2
             }
         },

@@ -100,7 +100,7 @@ pub fn report(run: &Path) -> u8 {
         files.extend(roux::report::html::write_pngs(run)?);
         let html = roux::report::html::report_html(run, &title)?;
         let page = run.join("report.html");
-        std::fs::write(&page, html).map_err(|e| format!("{}: {e}", page.display()))?;
+        roux::fsio::write_atomic(&page, html.as_bytes())?;
         files.push(page);
         Ok(files)
     });

@@ -14,7 +14,7 @@ pub fn law_named(name: &str) -> Result<Law, String> {
         "chinchilla.approach3" => Law::ChinchillaApproach3,
         "kaplan" => Law::Kaplan,
         file => {
-            let text = std::fs::read_to_string(file).map_err(|e| format!("--law {file}: not a known law (chinchilla, chinchilla.approach3, kaplan) nor a readable fit file: {e}"))?;
+            let text = roux::fsio::read_text(Path::new(file), 1 << 20).map_err(|e| format!("--law {file}: not a known law (chinchilla, chinchilla.approach3, kaplan) nor a readable fit file ({e})"))?;
             let p: roux::scaling::law::Parametric = serde_json::from_str(&text).map_err(|e| format!("{file}: not a `roux fit --json` file: {e}"))?;
             Law::Fitted(p)
         }
@@ -53,18 +53,21 @@ pub fn budget(flops: Option<String>, params: Option<String>, tokens: Option<Stri
     }
 }
 
+/// A points file larger than this is not a sweep's results.
+const MAX_POINTS_BYTES: u64 = 16 << 20;
+
 pub fn fit(points: &Path, json: bool, bootstrap: usize, out: Option<&Path>) -> u8 {
     let run = || -> Result<(), String> {
-        let text = std::fs::read_to_string(points).map_err(|e| format!("{}: {e}", points.display()))?;
+        let text = roux::fsio::read_text(points, MAX_POINTS_BYTES)?;
         let pts = read_csv(&text).map_err(|e| format!("{}: {e}", points.display()))?;
         let f = fit_points(&pts, bootstrap, 0)?;
         if let Some(dir) = out {
-            std::fs::create_dir_all(dir).map_err(|e| e.to_string())?;
-            std::fs::write(dir.join("fit.json"), serde_json::to_string_pretty(&f).unwrap_or_default()).map_err(|e| e.to_string())?;
+            std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+            roux::fsio::write_atomic(&dir.join("fit.json"), serde_json::to_string_pretty(&f).unwrap_or_default().as_bytes())?;
             if let Some(svg) = isoflop_svg(&f, &pts) {
-                std::fs::write(dir.join("isoflop.svg"), svg).map_err(|e| e.to_string())?;
+                roux::fsio::write_atomic(&dir.join("isoflop.svg"), svg.as_bytes())?;
             }
-            std::fs::write(dir.join("contours.svg"), roux::report::plots::contour_svg(&f, &pts)).map_err(|e| e.to_string())?;
+            roux::fsio::write_atomic(&dir.join("contours.svg"), roux::report::plots::contour_svg(&f, &pts).as_bytes())?;
         }
         if json {
             outln!("{}", serde_json::to_string_pretty(&f).unwrap_or_default());

@@ -8,6 +8,9 @@ use super::tasks::{self, FILLER};
 use crate::recipe::{ExampleKind, ExampleSet, ExampleSource};
 use crate::rng::Rng;
 
+/// The largest JSONL file of examples read (the whole file is held in memory).
+const MAX_JSONL_BYTES: u64 = 2 << 30;
+
 #[derive(Clone, Debug, PartialEq)]
 pub struct Example {
     pub prompt: String,
@@ -117,7 +120,7 @@ pub fn preferences(set: &ExampleSet, seed: u64) -> Result<Split<Pair>, String> {
 /// The fields a JSONL data set names, line by line, as strings; errors name `file:line`.
 fn read_jsonl(set: &ExampleSet) -> Result<Vec<Vec<String>>, String> {
     let ExampleSource::Jsonl { path, fields } = &set.source else { return Ok(vec![]) };
-    let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let text = crate::fsio::read_text(path, MAX_JSONL_BYTES)?;
     let mut out = vec![];
     for (i, line) in text.lines().enumerate() {
         if line.trim().is_empty() {

@@ -47,6 +47,10 @@ pub enum RouterSpec {
 }
 
 impl RouterSpec {
+    /// The router a `moe { … }` block gets by default, and Switch's own defaults (Fedus et al.
+    /// 2022): capacity factor 1.25 in training and 2.0 in evaluation, balance loss 0.01.
+    pub const SWITCH: RouterSpec = RouterSpec::Switch { capacity_factor: 1.25, eval_capacity_factor: 2.0, balance_loss: 0.01, z_loss: 0.0, jitter: 0.0 };
+
     pub fn name(&self) -> &'static str {
         match self {
             RouterSpec::Softmax => "softmax",

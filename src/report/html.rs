@@ -9,6 +9,9 @@ fn esc(s: &str) -> String {
     s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;")
 }
 
+/// The largest report, plot or resolved file a report page reads.
+const MAX_FILE_BYTES: u64 = 64 << 20;
+
 fn table(rows: &[(String, String)]) -> String {
     let body: String = rows.iter().map(|(k, v)| format!("<tr><th>{}</th><td>{}</td></tr>", esc(k), esc(v))).collect();
     format!("<table>{body}</table>")
@@ -16,12 +19,12 @@ fn table(rows: &[(String, String)]) -> String {
 
 /// The page for a run directory whose plots are already drawn.
 pub fn report_html(dir: &Path, title: &str) -> Result<String, String> {
-    let read = |f: &str| std::fs::read_to_string(dir.join(f)).ok();
+    let read = |f: &str| crate::fsio::read_text(&dir.join(f), MAX_FILE_BYTES).ok();
     let mut svgs: Vec<(String, String)> = std::fs::read_dir(dir)
         .map_err(|e| format!("{}: {e}", dir.display()))?
         .filter_map(|e| e.ok())
         .filter(|e| e.path().extension().is_some_and(|x| x == "svg"))
-        .filter_map(|e| Some((e.file_name().to_string_lossy().to_string(), std::fs::read_to_string(e.path()).ok()?)))
+        .filter_map(|e| Some((e.file_name().to_string_lossy().to_string(), crate::fsio::read_text(&e.path(), MAX_FILE_BYTES).ok()?)))
         .collect();
     svgs.sort();
     let mut sections = String::new();
@@ -108,14 +111,15 @@ pub fn write_pngs(dir: &Path) -> Result<Vec<std::path::PathBuf>, String> {
         if p.extension().is_none_or(|x| x != "svg") {
             continue;
         }
-        let data = std::fs::read(&p).map_err(|e| e.to_string())?;
+        let data = crate::fsio::read_bytes(&p, MAX_FILE_BYTES)?;
         let tree = resvg::usvg::Tree::from_data(&data, &opt).map_err(|e| format!("{}: {e}", p.display()))?;
         let size = tree.size().to_int_size().scale_by(2.0).ok_or("empty plot")?;
         let mut pixmap = resvg::tiny_skia::Pixmap::new(size.width(), size.height()).ok_or("empty plot")?;
         pixmap.fill(resvg::tiny_skia::Color::WHITE);
         resvg::render(&tree, resvg::tiny_skia::Transform::from_scale(2.0, 2.0), &mut pixmap.as_mut());
         let png = p.with_extension("png");
-        pixmap.save_png(&png).map_err(|e| format!("{}: {e}", png.display()))?;
+        let bytes = pixmap.encode_png().map_err(|e| format!("{}: {e}", png.display()))?;
+        crate::fsio::write_atomic(&png, &bytes)?;
         out.push(png);
     }
     out.sort();

@@ -6,9 +6,12 @@ use std::path::{Path, PathBuf};
 
 use super::svg::{chart, line_chart, Series};
 
+/// A metrics file larger than this is not one roux wrote (a line every `log_every` steps).
+const MAX_METRICS_BYTES: u64 = 256 << 20;
+
 fn read_metrics(dir: &Path) -> Result<Vec<serde_json::Value>, String> {
     let path = dir.join("metrics.jsonl");
-    let text = std::fs::read_to_string(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let text = crate::fsio::read_text(&path, MAX_METRICS_BYTES)?;
     Ok(text.lines().filter_map(|l| serde_json::from_str(l).ok()).collect())
 }
 
@@ -26,7 +29,7 @@ pub fn write_run_plots(dir: &Path, title: &str) -> Result<Vec<PathBuf>, String> 
     let mut written = vec![];
     let mut put = |name: String, svg: String| -> Result<(), String> {
         let p = dir.join(name);
-        std::fs::write(&p, svg).map_err(|e| format!("{}: {e}", p.display()))?;
+        crate::fsio::write_atomic(&p, svg.as_bytes())?;
         written.push(p);
         Ok(())
     };

@@ -66,7 +66,7 @@ pub fn read_state(dir: &Path) -> Result<Option<State>> {
     if !p.exists() {
         return Ok(None);
     }
-    let text = std::fs::read_to_string(&p).with_context(|| format!("reading {}", p.display()))?;
+    let text = super::files::read_capped(&p, 1 << 20)?;
     let s = serde_json::from_str(&text).with_context(|| format!("{} is not a valid run state (corrupt?)", p.display()))?;
     Ok(Some(s))
 }

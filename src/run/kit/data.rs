@@ -8,6 +8,9 @@ use tch::{Device, Tensor};
 use crate::recipe::{DataSpec, Tokenizer};
 use crate::rng::Rng;
 
+/// The largest corpus read (it is held in memory, with its tokens).
+const MAX_CORPUS_BYTES: u64 = 8 << 30;
+
 pub struct Corpus {
     pub train: Vec<u32>,
     pub val: Vec<u32>,
@@ -17,7 +20,7 @@ impl Corpus {
     /// Read and tokenize; a BPE tokenizer is trained on the training split (bytes before the cut)
     /// and kept in `dir`, or read from there when a run resumes.
     pub fn load(spec: &DataSpec, dir: &Path) -> Result<Corpus> {
-        let bytes = std::fs::read(&spec.path).with_context(|| format!("reading data `{}` from {}", spec.name, spec.path.display()))?;
+        let bytes = crate::fsio::read_bytes(&spec.path, MAX_CORPUS_BYTES).map_err(anyhow::Error::msg).with_context(|| format!("reading data `{}`", spec.name))?;
         let cut = (bytes.len() as f64 * spec.split) as usize;
         let (train, val) = match spec.tokenizer {
             Tokenizer::Bytes => (bytes[..cut].iter().map(|&b| b as u32).collect(), bytes[cut..].iter().map(|&b| b as u32).collect()),

@@ -285,7 +285,7 @@ fn safetensors_header(path: &Path) -> Option<Value> {
 
 /// What changed between the definition a run directory holds and `now`, as `path: old → new`.
 fn changes_since(dir: &Path, now: &Value) -> Vec<String> {
-    let before: Value = std::fs::read_to_string(dir.join("resolved.json")).ok().and_then(|t| serde_json::from_str(&t).ok()).unwrap_or_default();
+    let before: Value = super::files::read_capped(&dir.join("resolved.json"), 64 << 20).ok().and_then(|t| serde_json::from_str(&t).ok()).unwrap_or_default();
     let mut changes = vec![];
     diff("", &before, now, &mut changes);
     if changes.is_empty() {
