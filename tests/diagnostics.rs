@@ -105,3 +105,16 @@ fn usage_and_io_errors_exit_2() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("not UTF-8"));
 }
+
+/// `--format github` output is a workflow command GitHub parses: a file name with `,` or `::` or a
+/// line break, or a message with CR or LF, must not end a value early or start a second command
+/// (GitHub's toolkit: escapeProperty and escapeData).
+#[test]
+fn github_annotations_escape_every_property_and_the_message() {
+    use roux::diag::{render_github, Code, Diagnostic, Span};
+    let d = Diagnostic::error(Code::E0110, Span::new(0, 1), "line\r\n::warning::injected 100%").with_hint("a, b: c");
+    assert_eq!(
+        render_github("a,b::c\nd.roux", "x\n", &d),
+        "::error file=a%2Cb%3A%3Ac%0Ad.roux,line=1,col=1,endLine=1,endColumn=2::[E0110] line%0D%0A::warning::injected 100%25 (hint: a, b: c)\n"
+    );
+}

@@ -150,14 +150,18 @@ pub fn render_github(file: &str, src: &str, d: &Diagnostic) -> String {
     if let Some(h) = &d.hint {
         msg += &format!(" (hint: {h})");
     }
-    format!(
-        "::{sev} file={file},line={},col={},endLine={},endColumn={}::{}\n",
-        l.line,
-        l.col,
-        l.end_line,
-        l.end_col,
-        msg.replace('%', "%25").replace('\n', "%0A")
-    )
+    format!("::{sev} file={},line={},col={},endLine={},endColumn={}::{}\n", github_property(file), l.line, l.col, l.end_line, l.end_col, github_data(&msg))
+}
+
+/// A workflow command's message, escaped as GitHub's toolkit does (`escapeData`): `%`, CR, LF.
+fn github_data(s: &str) -> String {
+    s.replace('%', "%25").replace('\r', "%0D").replace('\n', "%0A")
+}
+
+/// A workflow command's property value (`escapeProperty`): as the message, and `:` and `,`, which
+/// would otherwise end the value or the properties.
+fn github_property(s: &str) -> String {
+    github_data(s).replace(':', "%3A").replace(',', "%2C")
 }
 
 fn clip_line(text: &str, col: usize) -> (String, usize) {

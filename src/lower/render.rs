@@ -10,8 +10,13 @@ fn shape(op: &super::Op) -> String {
     op.shape.iter().map(|d| d.to_string()).collect::<Vec<_>>().join("×")
 }
 
+/// Text inside a DOT double-quoted string: backslashes and quotes escaped, line breaks as `\n`.
+fn dot_escape(s: &str) -> String {
+    s.replace('\\', "\\\\").replace('"', "\\\"").replace('\r', "").replace('\n', "\\n")
+}
+
 pub fn dot(models: &[ModelGraph], stages: &StageGraph, experiment: &str) -> String {
-    let mut out = format!("digraph \"{}\" {{\n  rankdir=TB;\n  node [shape=box, fontname=\"monospace\"];\n", experiment.replace('"', "'"));
+    let mut out = format!("digraph \"{}\" {{\n  rankdir=TB;\n  node [shape=box, fontname=\"monospace\"];\n", dot_escape(experiment));
     for (mi, m) in models.iter().enumerate() {
         out += &format!("  subgraph cluster_model_{mi} {{\n    label=\"model {}\";\n", m.spec.name);
         for n in m.graph.node_indices() {
@@ -89,4 +94,14 @@ pub fn json(models: &[ModelGraph], stages: &StageGraph, experiment: &str) -> Val
         stages.graph.node_indices().map(|n| json!({"id": n.index(), "name": stages.graph[n].name, "kind": stages.graph[n].kind.name()})).collect();
     let stage_edges: Vec<Value> = stages.graph.edge_references().map(|e| json!({"from": e.source().index(), "to": e.target().index()})).collect();
     json!({"experiment": experiment, "models": models, "stages": {"nodes": stage_nodes, "edges": stage_edges}})
+}
+
+#[cfg(test)]
+mod tests {
+    /// A name that ends in a backslash or holds a quote or a line break stays inside its string.
+    #[test]
+    fn dot_strings_are_escaped() {
+        assert_eq!(super::dot_escape("a\\"), "a\\\\");
+        assert_eq!(super::dot_escape("say \"hi\"\nthen"), "say \\\"hi\\\"\\nthen");
+    }
 }
