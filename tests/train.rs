@@ -349,3 +349,18 @@ fn a_bpe_tokenizer_is_trained_on_the_corpus_saved_with_the_model_and_used_to_sam
     assert_eq!(o.status.code(), Some(0), "{}", String::from_utf8_lossy(&o.stderr));
     assert!(String::from_utf8_lossy(&o.stdout).starts_with("ROMEO:"));
 }
+
+/// Sampling at a vanishing temperature is greedy decoding (it used to give NaN probabilities and
+/// a panic in multinomial).
+#[test]
+fn a_vanishing_temperature_samples_the_greedy_text() {
+    let out = scratch("tiny-temperature");
+    run_ok(&fixture("tiny.roux"), &out);
+    let run = out.join("tiny/pretrain");
+    let text = |t: &str| {
+        let o = roux(&["sample", run.to_str().unwrap(), "--prompt", "ROMEO:", "--tokens", "40", "--temperature", t]);
+        assert_eq!(o.status.code(), Some(0), "--temperature {t}: {}", String::from_utf8_lossy(&o.stderr));
+        String::from_utf8_lossy(&o.stdout).to_string()
+    };
+    assert_eq!(text("1e-39"), text("0"));
+}

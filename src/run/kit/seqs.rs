@@ -78,7 +78,11 @@ pub fn generate(model: &Model, prompts: &[Vec<i64>], max_new: usize, temperature
                 let next = if temperature == 0.0 {
                     logits.argmax(-1, true)
                 } else {
-                    (logits / temperature).softmax(-1, Kind::Float).multinomial(1, true)
+                    // Shift by the maximum before dividing: a tiny temperature then gives the
+                    // greedy one-hot distribution instead of inf − inf (NaN). At temperature 1 the
+                    // numbers are those of softmax(logits), which shifts the same way.
+                    let shifted = &logits - logits.amax(-1, true);
+                    (shifted / temperature).softmax(-1, Kind::Float).multinomial(1, true)
                 }; // (n, 1)
                 feed = next.shallow_clone();
                 let next: Vec<i64> = Vec::<i64>::try_from(&next.view([-1]).to_device(Device::Cpu)).unwrap_or_default();

@@ -52,7 +52,8 @@ pub fn sample_run(run: &Path, prompt: &str, tokens: usize, temperature: f64, top
             let next = if temperature == 0.0 {
                 logits.argmax(0, false).int64_value(&[])
             } else {
-                let mut l = logits / temperature;
+                // Shifted by the maximum first, so a tiny temperature is greedy rather than NaN.
+                let mut l = (&logits - logits.max()) / temperature;
                 if top_k > 0 && top_k < spec.vocab as i64 {
                     let (vals, _) = l.topk(top_k, 0, true, true);
                     let cut = vals.double_value(&[top_k - 1]);
