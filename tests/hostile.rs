@@ -432,3 +432,17 @@ fn a_damaged_output_is_not_up_to_date() {
     assert!(err.contains("pretrain: its outputs changed since it finished (model.safetensors is missing); retraining."), "{err}");
     assert!(rerun().contains("pretrain: up to date"));
 }
+
+/// `--stage` naming no stage is an error with a did-you-mean, not a run that does nothing.
+#[test]
+fn a_stage_that_does_not_exist_is_refused() {
+    let out = scratch("nosuch");
+    let recipe = root().join("tests/fixtures/tiny.roux");
+    let run = |stage: &str| Command::new(env!("CARGO_BIN_EXE_roux")).args(["run", recipe.to_str().unwrap(), "--out", out.to_str().unwrap(), "--stage", stage]).output().unwrap();
+    let o = run("pretrian");
+    assert_eq!(o.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("--stage pretrian: experiment `tiny` has no stage `pretrian`; did you mean `pretrain`?"), "{}", String::from_utf8_lossy(&o.stderr));
+    let o = run("zzz");
+    assert!(String::from_utf8_lossy(&o.stderr).contains("has no stage `zzz`; its stages: pretrain"), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(!out.join("tiny").exists(), "nothing runs");
+}

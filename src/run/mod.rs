@@ -25,6 +25,15 @@ use crate::recipe::{Recipe, StageKind};
 
 /// Run the stages of a checked recipe in dependency order; `only` restricts to named stages.
 pub fn run_recipe(recipe: &Recipe, source: &str, out: &Path, only: &[String], opts: &RunOptions) -> Result<()> {
+    // A name in `--stage` that is no stage would otherwise run nothing and succeed.
+    for name in only.iter().filter(|n| recipe.stage(n).is_none()) {
+        let names: Vec<&str> = recipe.stages.iter().map(|s| s.name.as_str()).collect();
+        let hint = match crate::diag::suggest::did_you_mean(name, names.iter().copied()) {
+            Some(s) => format!("did you mean `{s}`?"),
+            None => format!("its stages: {}", names.join(", ")),
+        };
+        anyhow::bail!("--stage {name}: experiment `{}` has no stage `{name}`; {hint}", recipe.experiment);
+    }
     let graph = lower_stages(recipe);
     // Names become directories: each must be one plain path component (check says so too).
     let runs = kit::lifecycle::stage_dir(out, &recipe.experiment)?;
