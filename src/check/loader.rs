@@ -48,17 +48,7 @@ impl Loader for FileSystem {
     }
 
     fn read_text(&self, path: &Path, cap: u64) -> Result<String, String> {
-        use std::io::Read;
-        // Look before opening: opening a FIFO blocks until someone writes to it.
-        match self.entry(path) {
-            PathKind::Missing => return Err("not found".into()),
-            PathKind::Other => return Err("not a regular file".into()),
-            PathKind::File(n) if n > cap => return Err(format!("{n} bytes, more than the {cap} allowed")),
-            PathKind::File(_) => {}
-        }
-        let mut text = String::new();
-        std::fs::File::open(path).and_then(|f| f.take(cap).read_to_string(&mut text)).map_err(|e| e.to_string())?;
-        Ok(text)
+        crate::fsio::read_text(path, cap)
     }
 
     fn absolute(&self, path: &Path) -> PathBuf {

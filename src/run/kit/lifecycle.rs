@@ -47,7 +47,10 @@ pub fn begin(ctx: &StageCtx, hash: String, resolved: &Value, steps: u64) -> Resu
         set_aside(dir)?;
     }
     if dir.join("report.json").exists() {
-        match (read_report_hash(dir).ok().as_deref() == Some(hash.as_str()), outputs_changed(dir)) {
+        // One read of the report: its hash, then the outputs it lists.
+        let report = read_report(dir).ok();
+        let same = report.as_ref().and_then(|r| r["hash"].as_str()) == Some(hash.as_str());
+        match (same, report.as_ref().and_then(|r| outputs_changed(dir, r))) {
             (true, None) => {
                 tracing::info!("{label}: up to date in {} (same definition, inputs and seed); reusing it. --fresh retrains.", dir.display());
                 return Ok(None);
@@ -234,10 +237,15 @@ pub fn stage_dir(runs: &Path, name: &str) -> Result<PathBuf> {
 }
 
 pub fn read_report_hash(dir: &Path) -> Result<String> {
+    let v = read_report(dir)?;
+    v["hash"].as_str().map(String::from).with_context(|| format!("{} has no hash", dir.join("report.json").display()))
+}
+
+/// A run's report.json, parsed.
+fn read_report(dir: &Path) -> Result<Value> {
     let p = dir.join("report.json");
     let text = super::files::read_capped(&p, 64 << 20).with_context(|| format!("no finished run in {}", dir.display()))?;
-    let v: Value = serde_json::from_str(&text).with_context(|| format!("{} is not valid JSON", p.display()))?;
-    v["hash"].as_str().map(String::from).with_context(|| format!("{} has no hash", p.display()))
+    serde_json::from_str(&text).with_context(|| format!("{} is not valid JSON", p.display()))
 }
 
 /// Rename an existing run directory out of the way instead of deleting it.
@@ -253,8 +261,7 @@ pub fn set_aside(dir: &Path) -> Result<()> {
 
 /// Why a finished run's outputs are not what it wrote, if they are not: a file its report lists
 /// is missing, of another size, or not a safetensors file any more.
-fn outputs_changed(dir: &Path) -> Option<String> {
-    let report: Value = serde_json::from_str(&super::files::read_capped(&dir.join("report.json"), 64 << 20).ok()?).ok()?;
+fn outputs_changed(dir: &Path, report: &Value) -> Option<String> {
     for (file, v) in report["outputs"].as_object()? {
         let path = stage_dir(dir, file).ok()?;
         match std::fs::metadata(&path) {

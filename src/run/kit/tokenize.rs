@@ -33,12 +33,21 @@ pub fn train(text: &str, vocab: usize) -> Result<Tokenizer> {
 pub fn load_or_train(dir: &Path, text: &str, vocab: usize) -> Result<Tokenizer> {
     let path = dir.join(FILE);
     if path.exists() {
-        return Tokenizer::from_file(&path).map_err(|e| anyhow!("reading {}: {e}", path.display()));
+        return read(&path);
     }
     let tk = train(text, vocab)?;
     let json = tk.to_string(false).map_err(|e| anyhow!("{e}"))?;
     super::files::write_atomic(&path, json.as_bytes()).with_context(|| format!("writing {}", path.display()))?;
     Ok(tk)
+}
+
+/// The largest tokenizer.json read (a 200k-token vocabulary with its merges is ~10 MB).
+const MAX_TOKENIZER_BYTES: u64 = 256 << 20;
+
+/// A tokenizer.json: a regular file under the cap, parsed; errors name the file.
+pub fn read(path: &Path) -> Result<Tokenizer> {
+    let text = super::files::read_capped(path, MAX_TOKENIZER_BYTES)?;
+    text.parse::<Tokenizer>().map_err(|e| anyhow!("reading {}: {e}", path.display()))
 }
 
 pub fn encode(tk: &Tokenizer, text: &str) -> Result<Vec<u32>> {

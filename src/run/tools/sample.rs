@@ -27,7 +27,7 @@ pub fn sample_run(run: &Path, prompt: &str, tokens: usize, temperature: f64, top
     tch::manual_seed(seed as i64);
     // A BPE run keeps its tokenizer beside the model; otherwise tokens are bytes.
     let tk_path = run.join(tokenize::FILE);
-    let tk = if tk_path.exists() { Some(tokenizers::Tokenizer::from_file(&tk_path).map_err(|e| anyhow::anyhow!("reading {}: {e}", tk_path.display()))?) } else { None };
+    let tk = if tk_path.exists() { Some(tokenize::read(&tk_path)?) } else { None };
     let mut ids: Vec<i64> = match &tk {
         Some(tk) => tokenize::encode(tk, prompt)?.into_iter().map(i64::from).collect(),
         None => prompt.bytes().map(|b| b as i64).collect(),
