@@ -24,12 +24,15 @@ pub fn expand(ast: &SourceFile) -> Result<Vec<(SourceFile, String)>, Vec<Diagnos
     if !errors.is_empty() {
         return Err(errors);
     }
-    let total: usize = axes.iter().map(|(_, v, _)| v.len()).product();
-    if total > 10_000 {
+    // Multiplied in floating point: 64 two-value sweeps would wrap a machine integer to 0.
+    let points: f64 = axes.iter().map(|(_, v, _)| v.len() as f64).product();
+    if points > 10_000.0 {
         let span = axes.first().map_or(Span::default(), |a| a.2);
-        return Err(vec![Diagnostic::error(Code::E0243, span, format!("this sweep expands to {total} recipes"))
+        let shown = if points < 1e15 { format!("{points}") } else { format!("{points:.3e}") };
+        return Err(vec![Diagnostic::error(Code::E0243, span, format!("this sweep expands to {shown} recipes"))
             .with_hint("at most 10,000 points; split the sweep into several recipes")]);
     }
+    let total = points as usize;
     let mut out = vec![];
     for i in 0..total {
         let mut rem = i;

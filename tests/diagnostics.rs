@@ -1,4 +1,5 @@
-//! Every recipe in tests/bad/ states the errors it must produce (`// expect: CODE line:col`);
+//! Every recipe in tests/bad/ states the errors it must produce (`// expect: CODE line:col message`
+//! and the hint on the next line);
 //! checking it must give exactly those, and the CLI must exit 1 without panicking.
 
 use std::path::{Path, PathBuf};
@@ -15,11 +16,59 @@ fn bad_recipes() -> Vec<PathBuf> {
     files
 }
 
+/// The errors a bad recipe states: `// expect: CODE line:col message`, each followed by
+/// `//   hint: …`. The project's folder reads as `$ROOT`, so the text does not depend on the clone.
 fn expectations(text: &str) -> Vec<String> {
-    let mut v: Vec<String> =
-        text.lines().filter_map(|l| l.trim().strip_prefix("// expect:")).map(|s| s.split_whitespace().collect::<Vec<_>>().join(" ")).collect();
+    let mut v = vec![];
+    let mut lines = text.lines().map(str::trim).peekable();
+    while let Some(l) = lines.next() {
+        if let Some(e) = l.strip_prefix("// expect:") {
+            let hint = lines.next_if(|h| h.starts_with("//   hint:")).map_or("", |h| &h["//   hint:".len()..]);
+            v.push(format!("{} | hint:{}", e.trim(), hint));
+        }
+    }
     v.sort();
     v
+}
+
+/// What checking `f` says, in the form of its expectations.
+fn stated(f: &Path, text: &str, diagnostics: &[roux::diag::Diagnostic]) -> Vec<String> {
+    let root = env!("CARGO_MANIFEST_DIR");
+    let mut got: Vec<String> = diagnostics
+        .iter()
+        .filter(|d| d.is_error())
+        .map(|d| {
+            let (l, col) = roux::diag::line_col(text, d.span.start);
+            let hint = d.hint.as_deref().unwrap_or("");
+            assert!(!d.message.contains('\n') && !hint.contains('\n'), "{}: a diagnostic of one line", f.display());
+            format!("{} {l}:{col} {} | hint: {}", d.code, d.message.replace(root, "$ROOT"), hint.replace(root, "$ROOT"))
+        })
+        .collect();
+    got.sort();
+    got
+}
+
+/// `ROUX_BLESS=1 cargo test --test diagnostics` rewrites every file's expectations from what the
+/// checker says now; review the diff before committing it.
+fn bless(f: &Path, text: &str, got: &[String]) {
+    let mut out: Vec<String> = vec![];
+    let mut placed = false;
+    for l in text.lines() {
+        let t = l.trim();
+        if t.starts_with("// expect:") || t.starts_with("//   hint:") {
+            continue;
+        }
+        if !placed && !t.starts_with("//") {
+            for g in got {
+                let (e, hint) = g.split_once(" | hint: ").unwrap();
+                out.push(format!("// expect: {e}"));
+                out.push(format!("//   hint: {hint}"));
+            }
+            placed = true;
+        }
+        out.push(l.to_string());
+    }
+    std::fs::write(f, out.join("\n") + "\n").unwrap();
 }
 
 #[test]
@@ -33,20 +82,15 @@ fn each_bad_recipe_gives_exactly_its_stated_errors() {
     for f in bad_recipes() {
         let c = roux::frontend::compile(&f).expect("readable");
         let want = expectations(&c.source.text);
-        assert!(!want.is_empty(), "{} states no expectation", f.display());
-        let mut got: Vec<String> = c
-            .diagnostics
-            .iter()
-            .filter(|d| d.is_error())
-            .map(|d| {
-                let (l, col) = roux::diag::line_col(&c.source.text, d.span.start);
-                format!("{} {l}:{col}", d.code)
-            })
-            .collect();
-        got.sort();
+        let got = stated(&f, &c.source.text, &c.diagnostics);
         assert!(c.recipe.is_none(), "{} produced a recipe", f.display());
+        if std::env::var_os("ROUX_BLESS").is_some() {
+            bless(&f, &c.source.text, &got);
+            continue;
+        }
+        assert!(!want.is_empty(), "{} states no expectation", f.display());
         if got != want {
-            failures.push(format!("{}: want {want:?}, got {got:?}", f.display()));
+            failures.push(format!("{}:\n  want {want:#?}\n  got  {got:#?}", f.display()));
         }
         for d in &c.diagnostics {
             assert!(d.hint.is_some(), "{}: {} has no hint", f.display(), d.code);
@@ -65,7 +109,8 @@ fn cli_exits_1_with_file_line_col_and_no_panic() {
     for f in &files {
         let c = roux::frontend::compile(f).unwrap();
         for e in expectations(&c.source.text) {
-            let (code, pos) = e.split_once(' ').unwrap();
+            let mut words = e.split(' ');
+            let (code, pos) = (words.next().unwrap(), words.next().unwrap());
             let needle = format!("{}:{pos}: error[{code}]", f.display());
             assert!(stderr.contains(&needle), "missing `{needle}` in output");
         }
@@ -85,9 +130,9 @@ fn json_format_has_the_documented_fields() {
             assert!(d.get(k).is_some(), "missing {k} in {d}");
         }
     }
-    // `gelo` on line 15, cols 45..49, with a did-you-mean.
+    // `gelo` on line 19, cols 45..49, with a did-you-mean.
     let gelo = arr.iter().find(|d| d["code"] == "E0130").unwrap();
-    assert_eq!((gelo["line"].as_u64(), gelo["col"].as_u64(), gelo["end_col"].as_u64()), (Some(15), Some(45), Some(49)));
+    assert_eq!((gelo["line"].as_u64(), gelo["col"].as_u64(), gelo["end_col"].as_u64()), (Some(19), Some(45), Some(49)));
     assert!(gelo["hint"].as_str().unwrap().contains("did you mean `gelu`"));
 }
 

@@ -134,6 +134,8 @@ fn mixtral_has_its_published_total_and_active_parameters() {
     let m = plan_of("mixtral-8x7b.roux");
     assert_eq!(m.params_total, 46_702_792_704);
     assert_eq!(m.params_active, 12_879_925_248);
+    // A token runs through the active parameters: 6N is 6 · 12,879,925,248, not 6 · 46.7e9.
+    assert_eq!(m.flops_per_token_6n, 6.0 * 12_879_925_248.0);
 }
 
 #[test]

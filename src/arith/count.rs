@@ -48,7 +48,9 @@ pub fn plan_model(g: &ModelGraph, batch: usize, seq: usize) -> ModelPlan {
         params_total: total,
         params_active: active.round() as u64,
         params_non_embedding: total - embedding,
-        flops_per_token_6n: 6.0 * total as f64,
+        // A token runs through the active parameters only: for a mixture of experts, 6N counts
+        // those, as Switch and Mixtral report their training compute.
+        flops_per_token_6n: 6.0 * active,
         flops_per_token_appendix_f: 3.0 * forward_flops_per_token(g, seq),
         flops_per_token_model: 3.0 * executed_flops_per_token(g, seq),
         train_memory_bytes: train_memory_bytes(g, total, batch, seq),
@@ -63,7 +65,8 @@ pub fn plan_model(g: &ModelGraph, batch: usize, seq: usize) -> ModelPlan {
 /// libtorch's CPU runtime (thread pools, kernel workspaces: 9 MiB measured by `roux bench
 /// transformer` as its warm-up RSS).
 pub fn train_memory_bytes(g: &ModelGraph, params: u64, batch: usize, seq: usize) -> u64 {
-    20 * params + activation_bytes(g, batch, seq) + backward_peak_bytes(g, batch, seq) + RUNTIME_BYTES
+    // Summed in floating point: a plan of an absurd batch saturates instead of wrapping.
+    (20.0 * params as f64 + activation_bytes(g, batch, seq) as f64 + backward_peak_bytes(g, batch, seq) as f64 + RUNTIME_BYTES as f64) as u64
 }
 
 const RUNTIME_BYTES: u64 = 9 << 20;
@@ -74,39 +77,39 @@ const RUNTIME_BYTES: u64 = 9 << 20;
 /// log-softmax. `roux bench transformer` measures the forward pass's growth within 2% of this
 /// on the dense configurations of bench/.
 pub fn activation_bytes(g: &ModelGraph, batch: usize, seq: usize) -> u64 {
-    let bt = (batch * seq) as u64;
-    let floats: u64 = g
+    let bt = batch as f64 * seq as f64;
+    let floats: f64 = g
         .graph
         .node_weights()
         .map(|op| match &op.kind {
-            OpKind::Embedding { dim, .. } => bt * *dim as u64,
-            OpKind::Norm { dim, .. } => 2 * bt * *dim as u64,
+            OpKind::Embedding { dim, .. } => bt * *dim as f64,
+            OpKind::Norm { dim, .. } => 2.0 * bt * *dim as f64,
             OpKind::Attention { dim, heads, dropout, .. } => {
-                bt * (5 * *dim as u64 + *heads as u64) + if *dropout > 0.0 { bt * *dim as u64 } else { 0 }
+                bt * (5.0 * *dim as f64 + *heads as f64) + if *dropout > 0.0 { bt * *dim as f64 } else { 0.0 }
             }
             OpKind::Mlp { hidden, act, .. } => {
-                let n = if *act == crate::recipe::Activation::Swiglu { 4 } else { 2 };
-                n * bt * *hidden as u64
+                let n = if *act == crate::recipe::Activation::Swiglu { 4.0 } else { 2.0 };
+                n * bt * *hidden as f64
             }
             OpKind::Moe { dim, experts, hidden, act, .. } => {
                 // Router logits and probabilities, then per routed (token, expert) assignment the
                 // dispatched input, hidden activations and output. (The CPU groups rows by expert;
                 // CUDA's capacity buffer pads them by up to the capacity factor.)
-                let n = if *act == crate::recipe::Activation::Swiglu { 4 } else { 2 };
-                3 * bt * *experts as u64 + moe_slots(op, bt) * (2 * *dim as u64 + n * *hidden as u64) + bt * *dim as u64
+                let n = if *act == crate::recipe::Activation::Swiglu { 4.0 } else { 2.0 };
+                3.0 * bt * *experts as f64 + moe_slots(op, bt) * (2.0 * *dim as f64 + n * *hidden as f64) + bt * *dim as f64
             }
-            OpKind::Head { vocab, .. } => bt * *vocab as u64,
-            OpKind::Dropout { .. } => bt * g.spec.d_model as u64,
-            _ => 0,
+            OpKind::Head { vocab, .. } => bt * *vocab as f64,
+            OpKind::Dropout { .. } => bt * g.spec.d_model as f64,
+            _ => 0.0,
         })
         .sum();
-    4 * floats
+    (4.0 * floats) as u64
 }
 
 /// Routed (token, expert) assignments of a mixture-of-experts op for `bt` tokens.
-fn moe_slots(op: &Op, bt: u64) -> u64 {
-    let OpKind::Moe { active, shared, .. } = &op.kind else { return 0 };
-    ((bt as f64) * (active + *shared as f64)) as u64
+fn moe_slots(op: &Op, bt: f64) -> f64 {
+    let OpKind::Moe { active, shared, .. } = &op.kind else { return 0.0 };
+    bt * (active + *shared as f64)
 }
 
 /// The largest transient on top of the saved activations, fp32, per op as measured one op at a
@@ -117,23 +120,22 @@ fn moe_slots(op: &Op, bt: u64) -> u64 {
 /// attention's (10 of d_model: q, k, v's gradients, the copies the fused kernel makes of them
 /// and of its output gradient, their concatenation, the input gradient).
 pub fn backward_peak_bytes(g: &ModelGraph, batch: usize, seq: usize) -> u64 {
-    let bt = (batch * seq) as u64;
-    let d = g.spec.d_model as u64;
+    let bt = batch as f64 * seq as f64;
+    let d = g.spec.d_model as f64;
     let floats = g
         .graph
         .node_weights()
         .map(|op| match &op.kind {
-            OpKind::Head { vocab, .. } => bt * (2 * *vocab as u64 + d),
-            OpKind::Mlp { hidden, act, .. } => bt * ((if *act == crate::recipe::Activation::Swiglu { 3 } else { 2 }) * *hidden as u64 + 2 * d),
+            OpKind::Head { vocab, .. } => bt * (2.0 * *vocab as f64 + d),
+            OpKind::Mlp { hidden, act, .. } => bt * ((if *act == crate::recipe::Activation::Swiglu { 3.0 } else { 2.0 }) * *hidden as f64 + 2.0 * d),
             OpKind::Moe { hidden, act, .. } => {
-                moe_slots(op, bt) * ((if *act == crate::recipe::Activation::Swiglu { 3 } else { 2 }) * *hidden as u64 + 2 * d)
+                moe_slots(op, bt) * ((if *act == crate::recipe::Activation::Swiglu { 3.0 } else { 2.0 }) * *hidden as f64 + 2.0 * d)
             }
-            OpKind::Attention { dim, .. } => 10 * bt * *dim as u64,
-            _ => 0,
+            OpKind::Attention { dim, .. } => 10.0 * bt * *dim as f64,
+            _ => 0.0,
         })
-        .max()
-        .unwrap_or(0);
-    4 * floats
+        .fold(0.0, f64::max);
+    (4.0 * floats) as u64
 }
 
 /// Parameters of a Jacobs mixture: a linear gate (weights and bias) and the experts.
@@ -153,7 +155,8 @@ pub fn mixture_params(m: &crate::recipe::MixtureSpec, g: &crate::recipe::Generat
 /// The (layers, d_model) whose exact parameter count is nearest `target` (in log ratio), among
 /// d_model in multiples of head_dim with d_model / layers within a factor 2 of `aspect`
 /// (ties go to the shape closer to `aspect`); heads = d_model / head_dim, FFN 4 × d_model.
-/// Returns the sized spec and its parameter count.
+/// Returns the sized spec and its parameter count. For a mixture of experts, `target` and the
+/// count are active parameters, what C = 6ND spends compute on.
 pub fn size_model(base: &crate::recipe::ModelSpec, target: f64, aspect: f64, head_dim: usize) -> (crate::recipe::ModelSpec, u64) {
     let mut best: Option<(f64, f64, crate::recipe::ModelSpec, u64)> = None;
     // Counts grow with width and depth, so each depth stops at the first width above the
@@ -179,7 +182,7 @@ pub fn size_model(base: &crate::recipe::ModelSpec, target: f64, aspect: f64, hea
                 m.expert.hidden = 4 * d;
                 m.layers.retain(|&l| l < layers);
             }
-            let n = plan_model(&lower_model(&s), 1, s.context).params_total;
+            let n = plan_model(&lower_model(&s), 1, s.context).params_active;
             let err = (n as f64 / target).ln().abs();
             let better = match &best {
                 None => true,

@@ -21,7 +21,9 @@ impl<'a> Checker<'a> {
             return b.clone();
         }
         self.budgets.insert(d.name.name.clone(), None);
+        self.checking.push(d.name.name.clone());
         let spec = self.check_budget(d);
+        self.checking.pop();
         self.budgets.insert(d.name.name.clone(), spec.clone());
         spec
     }

@@ -15,7 +15,9 @@ impl<'a> Checker<'a> {
         }
         // Insert first so a reference cycle through this data set ends here.
         self.data.insert(d.name.name.clone(), None);
+        self.checking.push(d.name.name.clone());
         let spec = self.check_data(d);
+        self.checking.pop();
         self.data.insert(d.name.name.clone(), spec.clone());
         spec
     }

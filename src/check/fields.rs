@@ -24,6 +24,31 @@ pub struct Fields<'a> {
     pub top_level: bool,
 }
 
+/// The largest value of each size key: far beyond any published model, small enough that a
+/// model's graph, parameter count and memory plan stay cheap to build and exact to count.
+pub const SIZE_LIMITS: &[(&str, u64)] = &[
+    ("layers", 10_000),
+    ("d_model", 1 << 20),
+    ("hidden", 1 << 24),
+    ("heads", 1 << 16),
+    ("kv_heads", 1 << 16),
+    ("head_dim", 1 << 16),
+    ("vocab", 1 << 24),
+    ("context", 1 << 24),
+    ("experts", 1 << 16),
+    ("k", 1 << 16),
+    ("batch", 1 << 24),
+    ("rank", 1 << 20),
+    ("epochs", 1 << 20),
+    ("minibatches", 1 << 20),
+    ("max_new", 1 << 20),
+    ("examples", 1 << 24),
+    ("eval_examples", 1 << 24),
+    ("tasks", 1 << 16),
+    ("dim", 1 << 20),
+    ("outputs", 1 << 20),
+];
+
 /// Integer range check applied by `Fields::int`.
 #[derive(Clone, Copy)]
 pub enum Min {
@@ -76,15 +101,13 @@ impl<'a> Fields<'a> {
         let ok = (if lo_open { v > lo } else { v >= lo }) && (if hi_open { v < hi } else { v <= hi });
         if !ok {
             let span = self.value_span(key);
-            let range = format!(
-                "{}{}, {}{}",
-                if lo_open { "(" } else { "[" },
-                fmt_num(lo),
-                fmt_num(hi),
-                if hi_open { ")" } else { "]" }
-            );
-            ck.error(Diagnostic::error(Code::E0202, span, format!("`{key}` = {} is out of range", fmt_num(v)))
-                .with_hint(format!("{key} must lie in {range}")));
+            let hint = if hi.is_infinite() {
+                format!("{key} must be {} {}", if lo_open { "above" } else { "at least" }, fmt_num(lo))
+            } else {
+                let (open, close) = (if lo_open { "(" } else { "[" }, if hi_open { ")" } else { "]" });
+                format!("{key} must lie in {open}{}, {}{close}", fmt_num(lo), fmt_num(hi))
+            };
+            ck.error(Diagnostic::error(Code::E0202, span, format!("`{key}` = {} is out of range", fmt_num(v))).with_hint(hint));
             return None;
         }
         Some(v)
@@ -117,10 +140,13 @@ impl<'a> Fields<'a> {
         Some(v as u64)
     }
 
+    /// A positive whole number that sizes something, up to the key's limit in `SIZE_LIMITS`.
     pub fn size(&mut self, ck: &mut Checker<'a>, key: &'static str, default: Option<u64>) -> Option<usize> {
         let v = self.int(ck, key, default, Min::One)?;
-        if v > 1 << 40 {
-            ck.error(Diagnostic::error(Code::E0121, self.value_span(key), format!("`{key}` = {v} is too large for a tensor dimension")).with_hint("sizes must be below 2^40"));
+        let max = SIZE_LIMITS.iter().find(|(k, _)| *k == key).map_or(1 << 40, |(_, m)| *m);
+        if v > max {
+            ck.error(Diagnostic::error(Code::E0202, self.value_span(key), format!("`{key}` = {v} is out of range"))
+                .with_hint(format!("{key} must lie in [1, {max}]")));
             return None;
         }
         Some(v as usize)
@@ -184,7 +210,16 @@ impl<'a> Fields<'a> {
                         let mut d = Diagnostic::error(Code::E0100, f.key.span, format!("unknown key `{k}` in {}", self.what));
                         d = match did_you_mean(k, self.known.iter().copied()) {
                             Some(s) => d.with_hint(format!("did you mean `{s}`?")),
-                            None => d.with_hint(format!("{} accepts: {}", self.what, self.known.join(", "))),
+                            None => {
+                                // A getter may ask for a key twice (`every` as a number, then as a list).
+                                let mut known: Vec<&str> = vec![];
+                                for k in &self.known {
+                                    if !known.contains(k) {
+                                        known.push(k);
+                                    }
+                                }
+                                d.with_hint(format!("{} accepts: {}", self.what, known.join(", ")))
+                            }
                         };
                         ck.error(d);
                     }

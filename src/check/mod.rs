@@ -46,6 +46,8 @@ pub struct Checker<'a> {
     models: HashMap<String, ModelSpec>,
     /// Key spans of the fields being evaluated, to catch `a = b, b = a`.
     visiting: Vec<usize>,
+    /// Data sets and budgets being checked, to catch one read through its own attributes.
+    checking: Vec<String>,
     /// Top-level keys that sweeps define.
     variables: Vec<String>,
     /// Folders outside the project that the user allowed the recipe to read (`--allow-path`).
@@ -79,11 +81,18 @@ pub fn check_with(ast: &ast::SourceFile, base_dir: &Path, variables: &[String], 
         budgets: HashMap::new(),
         models: HashMap::new(),
         visiting: vec![],
+        checking: vec![],
         variables: variables.to_vec(),
         allowed_paths: allowed_paths.to_vec(),
         loader,
     };
     let recipe = ck.run();
+    // Every rejection names its reason; should a path ever give up silently, say so rather than
+    // print "ok" and fail.
+    if recipe.is_none() && !ck.diags.iter().any(|d| d.is_error()) {
+        ck.error(Diagnostic::error(Code::E0009, Span::new(0, 0), "the recipe was rejected without a diagnostic")
+            .with_hint("this is a fault in roux: please report it with the recipe"));
+    }
     let failed = ck.diags.iter().any(|d| d.is_error());
     ck.diags.sort_by_key(|d| (d.span.start, d.span.end));
     ck.diags.dedup();
@@ -201,6 +210,20 @@ impl<'a> Checker<'a> {
 
     /// `decl.key`: computed attributes first (a data set's `vocab`), then the keys of its block.
     fn attribute(&mut self, decl: &'a Decl, attr: &'a Ident) -> Option<f64> {
+        // A computed attribute (a data set's `tokens`, a budget's `params`) needs the whole
+        // declaration checked; a plain key of its block is evaluated on its own.
+        let computed = match decl.kind {
+            DeclKind::Data => ["vocab", "context", "tokens"].contains(&attr.name.as_str()),
+            DeclKind::Budget => ["params", "tokens", "flops", "loss"].contains(&attr.name.as_str()),
+            _ => false,
+        };
+        if let Some(at) = self.checking.iter().position(|n| *n == decl.name.name).filter(|_| computed) {
+            let ring: Vec<&str> = self.checking[at..].iter().map(String::as_str).chain([decl.name.name.as_str()]).collect();
+            let through = if ring.len() > 2 { format!(" (through {})", ring.join(" → ")) } else { String::new() };
+            self.error(Diagnostic::error(Code::E0112, attr.span, format!("`{}.{}` is read while {} `{}` is being defined{through}", decl.name.name, attr.name, decl.kind.keyword(), decl.name.name))
+                .with_hint("break the cycle by giving one of these values as a number"));
+            return None;
+        }
         if decl.kind == DeclKind::Data {
             let spec = self.data_spec(decl);
             let computed: &[&str] = &["vocab", "context", "tokens"];
@@ -255,8 +278,10 @@ impl<'a> Checker<'a> {
                 if !(budget::mentions_expr(&stage_decl.value, &b.name) || budget::mentions_expr(&model_decl.value, &b.name)) {
                     continue;
                 }
-                // Kaplan's law counts non-embedding parameters; Chinchilla's all of them.
-                let n = if b.law == crate::scaling::law::Law::Kaplan { plan.params_non_embedding } else { plan.params_total } as f64;
+                // Kaplan's law counts non-embedding parameters, Chinchilla's all of them; of a
+                // mixture of experts, both the active ones a token runs through.
+                let embedding = plan.params_total - plan.params_non_embedding;
+                let n = if b.law == crate::scaling::law::Law::Kaplan { plan.params_active.saturating_sub(embedding) } else { plan.params_active } as f64;
                 let d = (t.steps * t.tokens_per_step()) as f64;
                 if let Some(w) = budget::departure(b, n, d, stage_decl.name.span, &s.name) {
                     self.error(w);

@@ -6,6 +6,10 @@ use crate::diag::{Code, Diagnostic};
 use crate::recipe::*;
 use crate::syntax::ast::Decl;
 
+/// The most parameters a model may have: a thousand times the largest published dense models,
+/// and far enough below 2^64 that every count and byte total of a plan is exact.
+pub const MAX_PARAMS: f64 = 1e15;
+
 impl<'a> Checker<'a> {
     pub fn check_model(&mut self, d: &'a Decl) -> Option<ModelSpec> {
         let (_, path, args, block) = self.ctor(&d.value, "model architecture", &["transformer"])?;
@@ -21,7 +25,7 @@ impl<'a> Checker<'a> {
         let context = f.size(self, "context", None);
         // `params = N` sizes the model: width, depth and heads are derived, not given.
         let sized = f.field("params").is_some();
-        let target = if sized { f.positive(self, "params", None) } else { None };
+        let target = if sized { f.ranged(self, "params", None, 0.0, true, MAX_PARAMS, false) } else { None };
         let aspect = f.positive(self, "aspect", Some(32.0));
         let head_dim = f.size(self, "head_dim", Some(32));
         if sized {
@@ -99,7 +103,7 @@ impl<'a> Checker<'a> {
             bias: bias?,
         };
         if !sized {
-            return Some(spec);
+            return self.countable(spec, d.name.span);
         }
         if user_hidden {
             self.error(Diagnostic::error(Code::E0107, pos_span, "a model sized by `params` derives its FFN width (4 × d_model)")
@@ -107,6 +111,17 @@ impl<'a> Checker<'a> {
             return None;
         }
         self.size_model(spec, target?, aspect?, head_dim?, d.name.span)
+    }
+
+    /// The model, if its parameter count stays within what plans count exactly.
+    fn countable(&mut self, spec: ModelSpec, span: crate::diag::Span) -> Option<ModelSpec> {
+        let n: f64 = crate::arith::lower_model(&spec).params().iter().map(|p| p.shape.iter().map(|&d| d as f64).product::<f64>()).sum();
+        if n > MAX_PARAMS {
+            self.error(Diagnostic::error(Code::E0202, span, format!("model `{}` has {n:.3e} parameters", spec.name))
+                .with_hint(format!("roux plans models of up to {MAX_PARAMS:.0e} parameters; make it narrower or shallower")));
+            return None;
+        }
+        Some(spec)
     }
 
     /// Size a model to `target` parameters (see `plan::size_model`); reported as a note.

@@ -33,6 +33,7 @@ codes! {
     E0001 = "E0001": "syntax error (in the recipe or YAML form)",
     E0002 = "E0002": "nesting deeper than 64 levels",
     E0003 = "E0003": "a YAML document that is not the recipe form (wrong shape, a bad key, an empty value)",
+    E0009 = "E0009": "a recipe the checker rejected without saying why (a fault in roux; please report it)",
     E0100 = "E0100": "unknown key (with a did-you-mean)",
     E0101 = "E0101": "missing required key",
     E0102 = "E0102": "a key set twice, or a name declared twice",

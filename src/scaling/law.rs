@@ -4,8 +4,11 @@
 //! - `chinchilla.approach3`: L(N, D) = E + A/N^α + B/D^β with E=1.69, A=406.4, B=410.7,
 //!   α=0.34, β=0.28; N_opt = G·(C/6)^a, D_opt = G⁻¹·(C/6)^b, G = (αA/(βB))^(1/(α+β)),
 //!   a = β/(α+β), b = α/(α+β).
-//! - `kaplan` (Kaplan et al. 2020): N_opt = 1.3e9 · C_PF-days^0.73, D = C/(6N); N counts
-//!   non-embedding parameters; loss by their L(N, D) in nats per token of their tokenizer.
+//! - `kaplan` (Kaplan et al. 2020): N_opt = 1.3e9 · C_min^0.73 with C_min in PF-days, D = C/(6N);
+//!   N counts non-embedding parameters; loss by their L(N, D) in nats per token of their
+//!   tokenizer. C_min is the compute at an infinitely small batch: training at the critical
+//!   batch size spends C = 2·C_min (their Eq. 5.5), so a budget C reads as C_min = C/2, as
+//!   Hoffmann et al. apply Kaplan's law (Appendix D.4: N = 4.68e9 at C = 1e21).
 //! - a fitted law (`roux fit --json` output): the Approach-3 form with fitted constants.
 //!
 //! Predicted losses for `chinchilla` use the Approach-3 parametric fit, the paper's own loss model.
@@ -90,7 +93,7 @@ impl Law {
                 (n, 20.0 * n)
             }
             Law::Kaplan => {
-                let n = 1.3e9 * (c / PF_DAY).powf(0.73);
+                let n = 1.3e9 * (c / (2.0 * PF_DAY)).powf(0.73);
                 (n, c / (6.0 * n))
             }
             _ => self.parametric().expect("parametric law").optimum(c),
@@ -101,7 +104,7 @@ impl Law {
     pub fn flops_for_params(&self, n: f64) -> f64 {
         match self {
             Law::Chinchilla => 120.0 * n * n,
-            Law::Kaplan => PF_DAY * (n / 1.3e9).powf(1.0 / 0.73),
+            Law::Kaplan => 2.0 * PF_DAY * (n / 1.3e9).powf(1.0 / 0.73),
             _ => {
                 let (g, a, _) = self.parametric().expect("parametric law").g_a_b();
                 6.0 * (n / g).powf(1.0 / a)
@@ -200,6 +203,15 @@ mod tests {
         assert!((n / 1.824e9 - 1.0).abs() < 0.005, "{n:e}");
         assert!((d / 9.136e10 - 1.0).abs() < 0.005, "{d:e}");
         assert!((6.0 * n * d / 1e21 - 1.0).abs() < 1e-9);
+    }
+
+    #[test]
+    fn kaplan_reads_a_budget_as_twice_its_minimal_compute() {
+        // C_min = 1e21 / 2 FLOPs = 5.787 PF-days; N = 1.3e9 · 5.787^0.73 = 4.684e9, the value
+        // Hoffmann et al. give for Kaplan's law at 1e21 (reading C as C_min gives 7.77e9).
+        let (n, d) = Law::Kaplan.for_flops(1e21);
+        assert!((n / 4.684e9 - 1.0).abs() < 0.001, "{n:e}");
+        assert!((6.0 * n * d / 1e21 - 1.0).abs() < 1e-12);
     }
 
     #[test]

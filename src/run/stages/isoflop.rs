@@ -31,7 +31,7 @@ pub fn run(ctx: &StageCtx, iso: &IsoflopSpec) -> Result<()> {
     let mut pts = vec![];
     let mut rows = vec![];
     for (i, p) in iso.points.iter().enumerate() {
-        let n = crate::plan::plan_model(&crate::lower::lower_model(&p.model), p.train.batch, p.train.context).params_total;
+        let n = crate::plan::plan_model(&crate::lower::lower_model(&p.model), p.train.batch, p.train.context).params_active;
         let tokens = p.train.steps * p.train.tokens_per_step();
         tracing::info!("{name}: point {}/{}: C = {:.1e}, N = {n}, D = {tokens}", i + 1, iso.points.len(), p.budget);
         let pdir = dir.join("points").join(format!("{i:02}"));
