@@ -13,6 +13,10 @@ pub struct Source {
 
 pub struct Compiled {
     pub source: Source,
+    /// The recipe with its `--set` overrides applied, or read from YAML, printed in roux's form
+    /// (None for a `.roux` file without overrides): what a run stores as its `recipe.roux`, so
+    /// that the stored file checks and reproduces the run.
+    pub resolved: Option<String>,
     /// Present when there were no errors (for a sweep: its first point).
     pub recipe: Option<Recipe>,
     /// Every point of a `sweep` (empty without one), present when no point had errors.
@@ -21,6 +25,11 @@ pub struct Compiled {
 }
 
 impl Compiled {
+    /// The recipe text a run keeps: the file as written, or the resolved recipe of `--set`s.
+    pub fn text_to_keep(&self) -> &str {
+        self.resolved.as_deref().unwrap_or(&self.source.text)
+    }
+
     /// The recipes to plan or run: the sweep's points, or the one recipe.
     pub fn recipes(&self) -> Vec<&Recipe> {
         if self.points.is_empty() {
@@ -36,7 +45,11 @@ const MAX_RECIPE_BYTES: u64 = 4 << 20;
 
 /// Errors reading the file (not the recipe's fault): exit code 2 at the CLI.
 pub fn read(path: &Path) -> Result<Source, String> {
-    let text = crate::fsio::read_text(path, MAX_RECIPE_BYTES).map_err(|e| format!("{e}; a recipe is a UTF-8 text file of at most {MAX_RECIPE_BYTES} bytes"))?;
+    let mut text = crate::fsio::read_text(path, MAX_RECIPE_BYTES).map_err(|e| format!("{e}; a recipe is a UTF-8 text file of at most {MAX_RECIPE_BYTES} bytes"))?;
+    // A byte-order mark (some Windows editors write one) is no part of the recipe.
+    if text.starts_with('\u{feff}') {
+        text.drain(..'\u{feff}'.len_utf8());
+    }
     Ok(Source { path: path.to_path_buf(), text })
 }
 
@@ -72,31 +85,90 @@ pub fn compile_source_allowing(source: Source, allowed: &[PathBuf]) -> Compiled 
     compile_source_with(source, &Options { allowed: allowed.to_vec(), overrides: vec![] })
 }
 
-/// Compile with options. Overrides' text is appended to the source (as `--set …` lines) so their
-/// diagnostics render with the override shown.
-pub fn compile_source_with(mut source: Source, opts: &Options) -> Compiled {
+/// Compile with options. Overrides apply to the parsed recipe; their diagnostics point into the
+/// `--set` argument (`Diagnostic::origin`), never past the end of the file.
+pub fn compile_source_with(source: Source, opts: &Options) -> Compiled {
     let allowed = opts.allowed.as_slice();
     let base = source.path.parent().map(Path::to_path_buf).unwrap_or_default();
     let base = if base.as_os_str().is_empty() { PathBuf::from(".") } else { base };
     let mut ast = match parse_source(&source) {
-        Err(d) => return Compiled { source, recipe: None, points: vec![], diagnostics: vec![d] },
+        Err(d) => return Compiled { source, resolved: None, recipe: None, points: vec![], diagnostics: vec![d] },
         Ok(ast) => ast,
     };
-    if !opts.overrides.is_empty() {
-        let at = source.text.len();
-        source.text.push_str(&crate::syntax::overrides::source_lines(&opts.overrides));
-        let diagnostics = crate::syntax::overrides::apply(&mut ast, &opts.overrides, at);
-        if !diagnostics.is_empty() {
-            return Compiled { source, recipe: None, points: vec![], diagnostics };
+    // A YAML recipe is kept as the recipe it reads as, in roux's own form.
+    let mut resolved = is_yaml(&source.path).then(|| keepable(&ast, &base));
+    let (recipe, points, mut diagnostics) = if opts.overrides.is_empty() {
+        compile_ast(&ast, &base, allowed)
+    } else {
+        let diagnostics = crate::syntax::overrides::apply(&mut ast, &opts.overrides, source.text.len());
+        if diagnostics.is_empty() {
+            resolved = Some(keepable(&ast, &base));
+            compile_ast(&ast, &base, allowed)
+        } else {
+            (None, vec![], diagnostics)
+        }
+    };
+    for d in &mut diagnostics {
+        crate::syntax::overrides::relocate(d, &opts.overrides, source.text.len());
+    }
+    Compiled { source, resolved, recipe, points, diagnostics }
+}
+
+/// The recipe printed in roux's form with every file it reads named by its absolute path, as
+/// checking resolves it: the copy a run keeps checks from the run's directory and gives the
+/// same content hashes as the original.
+fn keepable(ast: &crate::syntax::ast::SourceFile, base: &Path) -> String {
+    use crate::syntax::ast::{Block, Entry, Expr, ExprKind};
+    fn block(b: &mut Block, base: &Path) {
+        for e in &mut b.entries {
+            match e {
+                Entry::Field(f) => expr(&mut f.value, base),
+                Entry::Decl(d) => expr(&mut d.value, base),
+                Entry::Sweep(s) => expr(&mut s.values, base),
+            }
         }
     }
-    if !ast.body.entries.iter().any(|e| matches!(e, crate::syntax::ast::Entry::Sweep(_))) {
-        let checked = crate::check::check_with(&ast, &base, &[], allowed, &crate::check::loader::FileSystem);
-        return Compiled { source, recipe: checked.recipe, points: vec![], diagnostics: checked.diagnostics };
+    fn expr(e: &mut Expr, base: &Path) {
+        match &mut e.kind {
+            ExprKind::Ctor { path, args, block: b } => {
+                let reads_file = path.len() == 1 && crate::check::paths::PATH_CONSTRUCTORS.contains(&path[0].name.as_str());
+                for a in args.iter_mut().flatten() {
+                    match &mut a.value.kind {
+                        ExprKind::Str(s) if reads_file && a.name.is_none() => {
+                            let full = base.join(&*s);
+                            *s = std::path::absolute(&full).unwrap_or(full).to_string_lossy().into_owned();
+                        }
+                        _ => expr(&mut a.value, base),
+                    }
+                }
+                if let Some(b) = b {
+                    block(b, base);
+                }
+            }
+            ExprKind::List(v) | ExprKind::Tuple(v) => v.iter_mut().for_each(|x| expr(x, base)),
+            ExprKind::Paren(x) | ExprKind::Neg(x) => expr(x, base),
+            ExprKind::Binary(_, a, b) => {
+                expr(a, base);
+                expr(b, base);
+            }
+            ExprKind::Num { .. } | ExprKind::Str(_) | ExprKind::Bool(_) => {}
+        }
     }
-    let expanded = match crate::sweep::expand(&ast) {
+    let mut ast = ast.clone();
+    block(&mut ast.body, base);
+    crate::syntax::print::print(&ast)
+}
+
+/// Check a parsed recipe, expanding its sweeps: the recipe (a sweep's first point), every point,
+/// and the diagnostics.
+fn compile_ast(ast: &crate::syntax::ast::SourceFile, base: &Path, allowed: &[PathBuf]) -> (Option<Recipe>, Vec<Recipe>, Vec<Diagnostic>) {
+    if !ast.body.entries.iter().any(|e| matches!(e, crate::syntax::ast::Entry::Sweep(_))) {
+        let checked = crate::check::check_with(ast, base, &[], allowed, &crate::check::loader::FileSystem);
+        return (checked.recipe, vec![], checked.diagnostics);
+    }
+    let expanded = match crate::sweep::expand(ast) {
         Ok(v) => v,
-        Err(diagnostics) => return Compiled { source, recipe: None, points: vec![], diagnostics },
+        Err(diagnostics) => return (None, vec![], diagnostics),
     };
     // Check every point; a diagnostic found at several points is reported once, naming the first.
     let mut diagnostics: Vec<Diagnostic> = vec![];
@@ -113,7 +185,7 @@ pub fn compile_source_with(mut source: Source, opts: &Options) -> Compiled {
         })
         .collect();
     for (point, label) in &expanded {
-        let checked = crate::check::check_with(point, &base, &variables, allowed, &crate::check::loader::FileSystem);
+        let checked = crate::check::check_with(point, base, &variables, allowed, &crate::check::loader::FileSystem);
         failed |= checked.recipe.is_none();
         points.extend(checked.recipe);
         for mut d in checked.diagnostics {
@@ -128,7 +200,7 @@ pub fn compile_source_with(mut source: Source, opts: &Options) -> Compiled {
     if failed {
         points.clear();
     }
-    Compiled { source, recipe: points.first().cloned(), points, diagnostics }
+    (points.first().cloned(), points, diagnostics)
 }
 
 pub fn compile(path: &Path) -> Result<Compiled, String> {

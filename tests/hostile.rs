@@ -446,3 +446,56 @@ fn a_stage_that_does_not_exist_is_refused() {
     assert!(String::from_utf8_lossy(&o.stderr).contains("has no stage `zzz`; its stages: pretrain"), "{}", String::from_utf8_lossy(&o.stderr));
     assert!(!out.join("tiny").exists(), "nothing runs");
 }
+
+/// A tool never writes into a run directory: `export -o` (or `merge -o`) naming a stage's folder
+/// is refused and the run stays up to date; `merge` of a pretraining stage says so in words.
+#[test]
+fn tools_refuse_to_write_into_a_run_directory() {
+    let recipe = root().join("tests/fixtures/tiny.roux");
+    let out = scratch("intorun");
+    run_to_end(&recipe, &out);
+    let run = out.join("tiny/pretrain");
+    let model = std::fs::read(run.join("model.safetensors")).unwrap();
+    let roux = |args: &[&str]| Command::new(env!("CARGO_BIN_EXE_roux")).args(args).env("ROUX_QUIET", "1").output().unwrap();
+    let o = roux(&["export", run.to_str().unwrap(), "-o", run.to_str().unwrap()]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_ne!(o.status.code(), Some(0), "{err}");
+    assert!(err.contains(&format!("{} holds a roux run (report.json is there): writing into it would replace the files the run stands for; choose another output folder", run.display())), "{err}");
+    assert_eq!(std::fs::read(run.join("model.safetensors")).unwrap(), model);
+    let o = roux(&["merge", run.to_str().unwrap()]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("`pretrain` is a pretraining stage; only a finetune stage with a LoRA adapter can be merged") && !err.contains("StageSpec"), "{err}");
+    let o = roux(&["run", recipe.to_str().unwrap(), "--out", out.to_str().unwrap()]);
+    assert!(String::from_utf8_lossy(&o.stderr).contains("pretrain: up to date"));
+    assert!(!String::from_utf8_lossy(&o.stderr).contains("Cpu"));
+}
+
+/// A run with `--set` keeps the recipe it ran, resolved: `roux check` accepts the kept copy and
+/// running it reuses the run (the same content hash); a `--set` error points into the argument.
+#[test]
+fn a_run_with_overrides_keeps_a_recipe_that_reproduces_it() {
+    let out = scratch("setkeep");
+    let recipe = out.join("tiny.roux");
+    std::fs::write(&recipe, std::fs::read_to_string(root().join("tests/fixtures/tiny.roux")).unwrap().replace("../../data/", "../../../data/")).unwrap();
+    let roux = |args: &[&str]| Command::new(env!("CARGO_BIN_EXE_roux")).args(args).env("ROUX_QUIET", "1").output().unwrap();
+    let runs = out.join("runs");
+    let o = roux(&["run", recipe.to_str().unwrap(), "--out", runs.to_str().unwrap(), "--set", "pretrain.optimizer.lr=2e-3", "--set", "pretrain.steps=40"]);
+    assert_eq!(o.status.code(), Some(0), "{}", String::from_utf8_lossy(&o.stderr));
+    let kept = runs.join("tiny/pretrain/recipe.roux");
+    let text = std::fs::read_to_string(&kept).unwrap();
+    assert!(text.contains("lr = 2e-3") && text.contains("steps = 40") && !text.contains("--set"), "{text}");
+    let o = roux(&["check", kept.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(0), "{}", String::from_utf8_lossy(&o.stderr));
+    let o = roux(&["run", kept.to_str().unwrap(), "--out", runs.to_str().unwrap()]);
+    assert!(String::from_utf8_lossy(&o.stderr).contains("pretrain: up to date in"), "{}", String::from_utf8_lossy(&o.stderr));
+    // A diagnostic about an override names the argument, not a line past the file's end.
+    let o = roux(&["check", recipe.to_str().unwrap(), "--set", "lm.layers=0"]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.starts_with(&format!("{}, --set lm.layers=0: error[E0201]: `layers` must be at least 1, found 0\n", recipe.display())), "{err}");
+    assert!(err.contains(&format!(" | --set lm.layers=0\n | {}^\n", " ".repeat("--set lm.layers=".len()))), "{err}");
+    // A byte-order mark before the recipe is skipped.
+    let bom = out.join("bom.roux");
+    std::fs::write(&bom, [b"\xef\xbb\xbf".as_slice(), std::fs::read(&recipe).unwrap().as_slice()].concat()).unwrap();
+    let o = roux(&["check", bom.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(0), "{}", String::from_utf8_lossy(&o.stderr));
+}

@@ -245,11 +245,27 @@ fn resuming_under_a_changed_recipe_is_refused_with_what_changed() {
     let o = roux(&["run", out.join("a.roux").to_str().unwrap(), "--out", out.join("runs").to_str().unwrap(), "--fresh"]);
     assert_eq!(o.status.code(), Some(0), "{}", String::from_utf8_lossy(&o.stderr));
     assert!(std::fs::read_dir(out.join("runs/tiny")).unwrap().any(|e| e.unwrap().file_name().to_string_lossy().starts_with("pretrain.old-")));
-    // A finished run whose definition changed is set aside and retrained, no flag needed.
+    // A finished run whose definition changed is kept under its hash and retrained, saying
+    // what changed; no flag needed.
     let o = roux(&["run", b.to_str().unwrap(), "--out", out.join("runs").to_str().unwrap()]);
     let err = String::from_utf8_lossy(&o.stderr);
     assert_eq!(o.status.code(), Some(0), "{err}");
-    assert!(err.contains("changed since it finished; retraining"), "{err}");
+    assert!(err.contains("changed since its run in") && err.contains("train.optimizer.lr: 0.003 → 0.001"), "{err}");
+    let weights = |p: &str| std::fs::read(out.join("runs/tiny/pretrain").join(p)).unwrap();
+    let a_model = {
+        // Going back to the first definition brings its run back instead of retraining it...
+        let o = roux(&["run", out.join("a.roux").to_str().unwrap(), "--out", out.join("runs").to_str().unwrap()]);
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(0), "{err}");
+        assert!(err.contains("up to date: the run of this definition kept in") && !err.contains("step 10/"), "{err}");
+        weights("model.safetensors")
+    };
+    // ...and so does going forward again: the two variants live side by side.
+    let o = roux(&["run", b.to_str().unwrap(), "--out", out.join("runs").to_str().unwrap()]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("up to date: the run of this definition kept in"), "{err}");
+    assert_ne!(weights("model.safetensors"), a_model, "the lr = 1e-3 run is back in place");
+    assert!(weights("recipe.roux").windows(9).any(|w| w == b"lr = 1e-3"));
 }
 
 #[test]

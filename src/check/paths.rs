@@ -23,6 +23,9 @@ pub fn project_root(loader: &dyn Loader, dir: &Path) -> PathBuf {
 }
 
 /// The one positional string argument of `text("…")` or `fitted("…")`, with its span.
+/// The constructors whose one string argument names a file, relative to the recipe's folder.
+pub const PATH_CONSTRUCTORS: &[&str] = &["text", "instructions", "preferences", "fitted"];
+
 pub fn single_path_arg(args: Option<&[crate::syntax::ast::Arg]>) -> Option<(String, Span)> {
     match args {
         Some([a]) if a.name.is_none() => match &a.value.kind {

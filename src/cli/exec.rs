@@ -10,7 +10,7 @@ pub fn run(file: &Path, out: &Path, only: &[String], fresh: bool, force: bool) -
     };
     // A sweep's points run one after another, each its own experiment (cached and resumable).
     for recipe in c.recipes() {
-        if let Err(e) = roux::run::run_recipe(recipe, &c.source.text, out, only, &roux::run::RunOptions { fresh, force }) {
+        if let Err(e) = roux::run::run_recipe(recipe, c.text_to_keep(), out, only, &roux::run::RunOptions { fresh, force }) {
             eprintln!("error: {e:#}");
             return 2;
         }
@@ -99,7 +99,7 @@ pub fn export(run: &Path, output: Option<&Path>) -> u8 {
     let out = output.map_or_else(|| run.join("hf"), Path::to_path_buf);
     match roux::run::tools::export::export_hf(run, &out) {
         Ok(layout) => {
-            eprintln!("wrote {} ({layout:?} layout: config.json, model.safetensors)", out.display());
+            eprintln!("wrote {} ({} layout: config.json, model.safetensors)", out.display(), layout.name());
             0
         }
         Err(e) => {

@@ -50,17 +50,20 @@ pub struct Diagnostic {
     pub span: Span,
     pub message: String,
     pub hint: Option<String>,
+    /// Where the span points when not into the file: the text of a `--set` argument
+    /// (`--set lm.layers=0`), the span then being an offset into it.
+    pub origin: Option<String>,
 }
 
 impl Diagnostic {
     pub fn error(code: Code, span: Span, message: impl Into<String>) -> Self {
-        Diagnostic { severity: Severity::Error, code: code.as_str(), span, message: message.into(), hint: None }
+        Diagnostic { severity: Severity::Error, code: code.as_str(), span, message: message.into(), hint: None, origin: None }
     }
     pub fn warning(code: Code, span: Span, message: impl Into<String>) -> Self {
-        Diagnostic { severity: Severity::Warning, code: code.as_str(), span, message: message.into(), hint: None }
+        Diagnostic { severity: Severity::Warning, code: code.as_str(), span, message: message.into(), hint: None, origin: None }
     }
     pub fn note(code: Code, span: Span, message: impl Into<String>) -> Self {
-        Diagnostic { severity: Severity::Note, code: code.as_str(), span, message: message.into(), hint: None }
+        Diagnostic { severity: Severity::Note, code: code.as_str(), span, message: message.into(), hint: None, origin: None }
     }
     pub fn with_hint(mut self, hint: impl Into<String>) -> Self {
         self.hint = Some(hint.into());
@@ -87,10 +90,13 @@ fn floor_char_boundary(s: &str, mut i: usize) -> usize {
     i
 }
 
-/// A diagnostic located in a file, as `--format json` prints it.
+/// A diagnostic located in a file, as `--format json` prints it. A diagnostic about a `--set`
+/// argument names it in `set`, and its line and column count within `--set ARG`.
 #[derive(Serialize, Debug, Clone)]
 pub struct Located {
     pub file: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub set: Option<String>,
     pub line: usize,
     pub col: usize,
     pub end_line: usize,
@@ -101,11 +107,18 @@ pub struct Located {
     pub hint: Option<String>,
 }
 
+/// The text a diagnostic's span points into: the file's, or its `--set` argument's.
+fn text_of<'a>(src: &'a str, d: &'a Diagnostic) -> &'a str {
+    d.origin.as_deref().unwrap_or(src)
+}
+
 pub fn locate(file: &str, src: &str, d: &Diagnostic) -> Located {
+    let src = text_of(src, d);
     let (line, col) = line_col(src, d.span.start);
     let (end_line, end_col) = line_col(src, d.span.end.max(d.span.start));
     Located {
         file: file.to_string(),
+        set: d.origin.clone(),
         line,
         col,
         end_line,
@@ -117,18 +130,25 @@ pub fn locate(file: &str, src: &str, d: &Diagnostic) -> Located {
     }
 }
 
-/// `file:line:col: error[CODE]: message`, the source line, a caret underline, and the hint.
+/// `file:line:col: error[CODE]: message`, the source line, a caret underline, and the hint. A
+/// `--set` argument's diagnostic says `file, --set ARG: error[CODE]: …` over the argument.
 pub fn render_text(file: &str, src: &str, d: &Diagnostic) -> String {
     let l = locate(file, src, d);
+    let src = text_of(src, d);
     let sev = d.severity.word();
-    let mut out = format!("{}:{}:{}: {}[{}]: {}\n", file, l.line, l.col, sev, d.code, d.message);
+    let place = match &d.origin {
+        Some(set) => format!("{file}, {set}"),
+        None => format!("{}:{}:{}", file, l.line, l.col),
+    };
+    let mut out = format!("{place}: {}[{}]: {}\n", sev, d.code, d.message);
     let text = src.lines().nth(l.line - 1).unwrap_or("");
     // Very long lines are cut around the span so the caret stays readable.
     let (shown, shift) = clip_line(text, l.col);
-    let gutter = l.line.to_string().len();
+    let number = if d.origin.is_some() { String::new() } else { l.line.to_string() };
+    let gutter = number.len();
     let width = if l.end_line == l.line { l.end_col.saturating_sub(l.col).max(1) } else { 1 };
     out += &format!("{:gutter$} |\n", "");
-    out += &format!("{} | {}\n", l.line, shown);
+    out += &format!("{number} | {}\n", shown);
     out += &format!(
         "{:gutter$} | {}{}\n",
         "",
@@ -149,6 +169,10 @@ pub fn render_github(file: &str, src: &str, d: &Diagnostic) -> String {
     let mut msg = format!("[{}] {}", d.code, d.message);
     if let Some(h) = &d.hint {
         msg += &format!(" (hint: {h})");
+    }
+    // A `--set` argument is no line of the file: annotate the file as a whole.
+    if let Some(set) = &d.origin {
+        return format!("::{sev} file={}::{}\n", github_property(file), github_data(&format!("{set}: {msg}")));
     }
     format!("::{sev} file={},line={},col={},endLine={},endColumn={}::{}\n", github_property(file), l.line, l.col, l.end_line, l.end_col, github_data(&msg))
 }

@@ -19,6 +19,16 @@ pub use grpo::*;
 pub use model::*;
 pub use stage::*;
 
+/// A recipe value's keyword as the recipe writes it (`learned`, `rmsnorm`, `swiglu`): its serde
+/// name, for messages (never Rust's `Debug` spelling).
+pub fn keyword<T: serde::Serialize>(v: &T) -> String {
+    match serde_json::to_value(v) {
+        Ok(serde_json::Value::String(s)) => s,
+        Ok(other) => other.to_string(),
+        Err(_) => "?".into(),
+    }
+}
+
 use serde::{Deserialize, Serialize};
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]

@@ -1,14 +1,24 @@
 //! `--set path=value`: command-line overrides, applied to the AST before checking so that they are
 //! typed and checked like the file itself (an unknown key gets the same did-you-mean). Their text
-//! follows the file's in the source diagnostics point into, so errors show the override.
+//! point into the `--set` argument (`relocate`), so errors show the override.
 
 use super::ast::*;
 use crate::diag::suggest::did_you_mean;
 use crate::diag::{Code, Diagnostic, Span};
 
-/// The text overrides add after a file's source: one line per `--set`, each `--set PATH=VALUE`.
-pub fn source_lines(sets: &[String]) -> String {
-    sets.iter().map(|s| format!("\n--set {s}")).collect()
+/// Point a diagnostic about an override into its `--set` argument. Overrides' spans count on past
+/// the file's `base` bytes as if each followed it as a line `\n--set PATH=VALUE`.
+pub fn relocate(d: &mut Diagnostic, sets: &[String], base: usize) {
+    let mut at = base;
+    for s in sets {
+        let line = at + 1; // where `--set …` starts
+        at += "\n--set ".len() + s.len();
+        if d.span.start >= line && d.span.start <= at {
+            d.origin = Some(format!("--set {s}"));
+            d.span = crate::diag::Span::new(d.span.start - line, d.span.end.min(at).max(d.span.start) - line);
+            return;
+        }
+    }
 }
 
 /// Apply `sets` to `r`. `base` is the length of the file's text: override `i` sits at

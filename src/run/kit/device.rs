@@ -14,6 +14,16 @@ pub fn device(choice: DeviceChoice) -> Result<tch::Device> {
     })
 }
 
+/// A device as users write it: `cpu`, `cuda:0`.
+pub fn name(d: tch::Device) -> String {
+    match d {
+        tch::Device::Cpu => "cpu".into(),
+        tch::Device::Cuda(i) => format!("cuda:{i}"),
+        tch::Device::Mps => "mps".into(),
+        tch::Device::Vulkan => "vulkan".into(),
+    }
+}
+
 /// Refuse a CPU run whose planned memory exceeds what the machine has available.
 pub fn memory_guard(name: &str, need: u64) -> Result<()> {
     let Ok(info) = std::fs::read_to_string("/proc/meminfo") else { return Ok(()) };

@@ -2,7 +2,9 @@
 //! (a content hash, `hash.rs`) and what it resolved to; `begin` then decides:
 //! - `--fresh` renames an existing run aside (never deletes it);
 //! - a finished run of the same hash is reused (`None`);
-//! - a finished run of another hash is renamed aside and the stage runs again;
+//! - a finished run of another hash is kept beside it under its hash (`variant_dir`), saying what
+//!   changed, and the stage runs again, unless a run of the new hash is kept there: that one
+//!   comes back (so `--set lr=…` variants do not evict each other);
 //! - an interrupted run of another hash is refused, listing what changed, unless `--force`;
 //! - otherwise the stage starts, or resumes from the checkpoint its state names.
 //!
@@ -49,16 +51,37 @@ pub fn begin(ctx: &StageCtx, hash: String, resolved: &Value, steps: u64) -> Resu
     if dir.join("report.json").exists() {
         // One read of the report: its hash, then the outputs it lists.
         let report = read_report(dir).ok();
-        let same = report.as_ref().and_then(|r| r["hash"].as_str()) == Some(hash.as_str());
-        match (same, report.as_ref().and_then(|r| outputs_changed(dir, r))) {
+        let kept = report.as_ref().and_then(|r| r["hash"].as_str()).map(String::from);
+        match (kept.as_deref() == Some(hash.as_str()), report.as_ref().and_then(|r| outputs_changed(dir, r))) {
             (true, None) => {
                 tracing::info!("{label}: up to date in {} (same definition, inputs and seed); reusing it. --fresh retrains.", dir.display());
                 return Ok(None);
             }
-            (true, Some(why)) => tracing::info!("{label}: its outputs changed since it finished ({why}); retraining."),
-            (false, _) => tracing::info!("{label}: its definition or inputs changed since it finished; retraining."),
+            (true, Some(why)) => {
+                tracing::info!("{label}: its outputs changed since it finished ({why}); retraining.");
+                set_aside(dir)?;
+            }
+            (false, _) => {
+                tracing::info!("{label}: changed since its run in {} finished:\n  {}", dir.display(), changes_since(dir, resolved).join("\n  "));
+                // Kept under its hash, so that going back to that definition reuses it.
+                match kept {
+                    Some(h) if !variant_dir(dir, &h).exists() => {
+                        std::fs::rename(dir, variant_dir(dir, &h)).with_context(|| format!("setting {} aside", dir.display()))?;
+                        tracing::info!("{label}: kept that run as {}", variant_dir(dir, &h).display());
+                    }
+                    _ => set_aside(dir)?,
+                }
+            }
         }
-        set_aside(dir)?;
+    }
+    // A finished run of this very definition, kept from an earlier `roux run`, comes back.
+    let kept = variant_dir(dir, &hash);
+    if !ctx.opts.fresh && !dir.exists() && read_report_hash(&kept).ok().as_deref() == Some(hash.as_str()) {
+        if read_report(&kept).ok().and_then(|r| outputs_changed(&kept, &r)).is_none() {
+            std::fs::rename(&kept, dir).with_context(|| format!("restoring {}", kept.display()))?;
+            tracing::info!("{label}: up to date: the run of this definition kept in {} is back in {}. --fresh retrains.", kept.display(), dir.display());
+            return Ok(None);
+        }
     }
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     let resume = checkpoint::read_state(dir)?;
@@ -246,6 +269,25 @@ fn read_report(dir: &Path) -> Result<Value> {
     let p = dir.join("report.json");
     let text = super::files::read_capped(&p, 64 << 20).with_context(|| format!("no finished run in {}", dir.display()))?;
     serde_json::from_str(&text).with_context(|| format!("{} is not valid JSON", p.display()))
+}
+
+/// Refuse to write a tool's output into `out` when it holds any of `markers`: a stage's run
+/// directory (its report, state or metrics) or a model roux reads, whose files the output would
+/// replace while the run still claims them.
+pub fn refuse_to_overwrite(out: &Path, markers: &[&str]) -> Result<()> {
+    if let Some(m) = markers.iter().find(|m| out.join(m).exists()) {
+        bail!("{} holds a roux run ({m} is there): writing into it would replace the files the run stands for; choose another output folder", out.display());
+    }
+    Ok(())
+}
+
+/// Where a finished run of content hash `hash` is kept while another definition of its stage
+/// occupies `dir`: `<stage>.<first 16 hex digits>` beside it.
+pub fn variant_dir(dir: &Path, hash: &str) -> PathBuf {
+    let short: String = hash.chars().filter(char::is_ascii_hexdigit).take(16).collect();
+    let mut name = dir.file_name().unwrap_or_default().to_os_string();
+    name.push(format!(".{short}"));
+    dir.with_file_name(name)
 }
 
 /// Rename an existing run directory out of the way instead of deleting it.

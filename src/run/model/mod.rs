@@ -311,7 +311,7 @@ impl Model {
                 bail!("checkpoint tensor `{name}` has shape {:?}, the model expects {:?}", t.size(), p.size());
             }
             if t.kind() != Kind::Float {
-                bail!("checkpoint tensor `{name}` is {:?}, expected float32", t.kind());
+                bail!("checkpoint tensor `{name}` is {}, expected float32", kind_name(t.kind()));
             }
             tch::no_grad(|| p.copy_(t));
         }
@@ -323,5 +323,22 @@ impl Model {
         for p in self.params.iter_mut() {
             let _ = p.set_requires_grad(false);
         }
+    }
+}
+
+/// A tensor's element type as PyTorch names it (`bfloat16`, `float16`), for messages.
+fn kind_name(k: Kind) -> &'static str {
+    match k {
+        Kind::Float => "float32",
+        Kind::Double => "float64",
+        Kind::Half => "float16",
+        Kind::BFloat16 => "bfloat16",
+        Kind::Int64 => "int64",
+        Kind::Int => "int32",
+        Kind::Int16 => "int16",
+        Kind::Int8 => "int8",
+        Kind::Uint8 => "uint8",
+        Kind::Bool => "bool",
+        _ => "a type other than float32",
     }
 }

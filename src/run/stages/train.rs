@@ -70,13 +70,13 @@ pub fn run_model(ctx: &StageCtx, spec: &ModelSpec, t: &TrainSpec) -> Result<()> 
     let (mut best_val, window_loss) = resumed.map_or((None, (0.0, 0)), |(_, b, w)| (b, w));
 
     tracing::info!(
-        "{name}: training `{}` ({} params) on `{}` for {} steps × {} tokens on {:?}",
+        "{name}: training `{}` ({} params) on `{}` for {} steps × {} tokens on {}",
         spec.name,
         model.numel(),
         data_spec.name,
         t.steps,
         t.tokens_per_step(),
-        device
+        crate::run::kit::device::name(device)
     );
     let mut skipped = 0u64;
     let started = Instant::now();
@@ -166,7 +166,7 @@ pub fn run_model(ctx: &StageCtx, spec: &ModelSpec, t: &TrainSpec) -> Result<()> 
         "wall_seconds": wall,
         "tokens_per_s": trained_tokens as f64 / wall.max(1e-9),
         "model_flops_per_s": plan.flops_per_token_model * trained_tokens as f64 / wall.max(1e-9),
-        "device": format!("{device:?}"),
+        "device": crate::run::kit::device::name(device),
         "precision": t.precision,
         "resumed_from_step": resumed.map(|r| r.0),
     });

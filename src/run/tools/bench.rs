@@ -121,7 +121,7 @@ pub fn bench_moe(reps: usize, steps: usize) -> Result<MoeBench> {
             MoeRow { name: s.name.clone(), params: plan.params_total, active: plan.params_active, secs }
         })
         .collect();
-    Ok(MoeBench { device: format!("{device:?}"), threads: tch::get_num_threads(), batch: batch as usize, context: 128, reps, steps, rows })
+    Ok(MoeBench { device: crate::run::kit::device::name(device), threads: tch::get_num_threads(), batch: batch as usize, context: 128, reps, steps, rows })
 }
 
 /// The median of timings (the upper one of an even count), sorting them in place.

@@ -18,6 +18,16 @@ pub enum Layout {
     Llama,
 }
 
+impl Layout {
+    /// The architecture's name as Hugging Face spells it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Layout::Gpt2 => "GPT-2",
+            Layout::Llama => "Llama",
+        }
+    }
+}
+
 /// Which Hugging Face architecture computes the same function as `spec`, if any.
 pub fn layout_for(spec: &ModelSpec) -> Result<Layout> {
     if spec.moe.is_some() {
@@ -27,12 +37,12 @@ pub fn layout_for(spec: &ModelSpec) -> Result<Layout> {
         (Position::Learned, Norm::Layernorm, Activation::Gelu) if spec.kv_heads == spec.heads => Ok(Layout::Gpt2),
         (Position::Rope, Norm::Rmsnorm, Activation::Swiglu) => Ok(Layout::Llama),
         _ => bail!(
-            "model `{}` ({:?} positions, {:?}, {:?}, {} of {} key/value heads) matches neither layout: GPT-2 is learned + layernorm + gelu \
+            "model `{}` ({} positions, {}, {}, {} of {} key/value heads) matches neither layout: GPT-2 is learned + layernorm + gelu \
              with full attention heads, Llama is rope + rmsnorm + swiglu",
             spec.name,
-            spec.position,
-            spec.norm,
-            spec.ffn.act,
+            crate::recipe::keyword(&spec.position),
+            crate::recipe::keyword(&spec.norm),
+            crate::recipe::keyword(&spec.ffn.act),
             spec.kv_heads,
             spec.heads
         ),
@@ -42,6 +52,7 @@ pub fn layout_for(spec: &ModelSpec) -> Result<Layout> {
 /// Export the model of a run directory (its `resolved.json` names the model, `model.safetensors`
 /// holds the weights) into `out`.
 pub fn export_hf(run: &Path, out: &Path) -> Result<Layout> {
+    crate::run::kit::lifecycle::refuse_to_overwrite(out, &["report.json", "state.json", "metrics.jsonl", "resolved.json"])?;
     let resolved = run.join("resolved.json");
     let v: serde_json::Value = serde_json::from_str(&read_capped(&resolved, 64 << 20).with_context(|| format!("{} is not a run directory (no resolved.json)", run.display()))?)?;
     let spec = ModelSpec::from_run_json(&v["model"]).map_err(|e| anyhow::anyhow!("{}: {e}", resolved.display()))?;

@@ -28,6 +28,7 @@ pub fn merge_run(run: &Path, out: &Path) -> Result<Merged> {
     // `roux merge sft` from inside the experiment's directory, or `runs/x/sft/`, or `.`.
     let run = std::fs::canonicalize(run).with_context(|| format!("{} is not a run directory", run.display()))?;
     let runs = lifecycle::experiment_dir(&run);
+    lifecycle::refuse_to_overwrite(out, &["report.json", "state.json", "metrics.jsonl"])?;
     let adapter = lifecycle::finished(&run)?;
     let stage = stage_of(&adapter)?;
     let StageKind::Finetune(f) = &stage.kind else { bail!("`{}` is a {} stage; only a finetune stage with a LoRA adapter can be merged", stage.name, stage.kind.name()) };
@@ -79,7 +80,12 @@ pub fn merge_run(run: &Path, out: &Path) -> Result<Merged> {
 
 /// The stage definition a finished run resolved.
 fn stage_of(run: &Finished) -> Result<StageSpec> {
-    serde_json::from_value(run.resolved["stage"].clone()).with_context(|| format!("{} is not a post-training stage", run.dir.join("resolved.json").display()))
+    // A `train` stage's resolved.json names its stage by a string; a post-training stage's is
+    // the whole definition.
+    if let Some(name) = run.resolved["stage"].as_str() {
+        bail!("`{name}` is a pretraining stage; only a finetune stage with a LoRA adapter can be merged");
+    }
+    serde_json::from_value(run.resolved["stage"].clone()).map_err(|_| anyhow::anyhow!("{} does not hold a stage definition roux can read", run.dir.join("resolved.json").display()))
 }
 
 /// Refuse an input that was retrained after `user` was trained on it: `user`'s report records the
