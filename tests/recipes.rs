@@ -277,3 +277,21 @@ fn a_sweep_expands_into_checked_points() {
     let e = bad.diagnostics.iter().find(|d| d.code == "E0220").expect("E0220");
     assert!(e.message.starts_with("[sweep w=66]"), "{}", e.message);
 }
+
+/// A sweep variable stands wherever a value may, constructors included: `router = r` under
+/// `sweep r in [switch, topk]` gives one point per router.
+#[test]
+fn a_sweep_value_may_stand_for_a_constructor() {
+    let dir = std::env::temp_dir().join(format!("roux-sweep-ctor-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let src = r#"experiment "routers" {
+      sweep r in [switch, topk]
+      model lm = transformer { vocab = 256, context = 64, d_model = 16, layers = 2, heads = 2, ffn = moe { experts = 4, router = r } }
+    }"#;
+    std::fs::write(dir.join("s.roux"), src).unwrap();
+    let c = roux::frontend::compile(&dir.join("s.roux")).unwrap();
+    assert!(c.diagnostics.iter().all(|d| !d.is_error()), "{:?}", c.diagnostics.iter().map(|d| &d.message).collect::<Vec<_>>());
+    let routers: Vec<String> = c.points.iter().map(|p| serde_json::to_value(&p.models[0].moe.as_ref().unwrap().router).unwrap().to_string()).collect();
+    assert_eq!(routers.len(), 2);
+    assert!(routers[0].contains("capacity_factor") && !routers[1].contains("capacity_factor"), "{routers:?}");
+}

@@ -77,3 +77,36 @@ fn print_then_parse_is_the_identity_on_every_file() {
         }
     }
 }
+
+/// The YAML form accepts YAML's own spellings — a bare string (`prompt: instruction`), a list
+/// for a pair (`betas: [0.9, 0.95]`), a quoted string with a real line break — and means the same
+/// recipe as the roux form; its hints are written in YAML; `adapter = none` is a full fine-tune.
+#[test]
+fn yaml_spellings_mean_what_the_roux_form_means() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/test-runs/yaml-spellings");
+    std::fs::create_dir_all(&dir).unwrap();
+    let yaml = "experiment: spelled\ndata corpus:\n  $: text(\"../../../data/tinyshakespeare.txt\")\n  context: 32\n\
+        data mine:\n  $: instructions(\"../../../tests/fixtures/data/instructions.jsonl\")\n  prompt: instruction\n  response: output\n  template: \"Q: {prompt}\\nA: \"\n\
+        model lm:\n  $: transformer\n  vocab: corpus.vocab\n  context: 64\n  d_model: 32\n  layers: 1\n  heads: 2\n\
+        stage pretrain:\n  $: train(lm, corpus)\n  steps: 10\n  optimizer:\n    $: adamw\n    betas: [0.9, 0.95]\n\
+        stage sft:\n  $: finetune(pretrain.model, mine)\n  steps: 5\n  adapter: none\n";
+    let roux_form = r#"experiment "spelled" {
+  data corpus = text("../../../data/tinyshakespeare.txt") { context = 32 }
+  data mine = instructions("../../../tests/fixtures/data/instructions.jsonl") { prompt = "instruction", response = "output", template = "Q: {prompt}\nA: " }
+  model lm = transformer { vocab = corpus.vocab, context = 64, d_model = 32, layers = 1, heads = 2 }
+  stage pretrain = train(lm, corpus) { steps = 10, optimizer = adamw { betas = (0.9, 0.95) } }
+  stage sft = finetune(pretrain.model, mine) { steps = 5 }
+}"#;
+    std::fs::write(dir.join("r.yaml"), yaml).unwrap();
+    std::fs::write(dir.join("r.roux"), roux_form).unwrap();
+    let a = roux::frontend::compile(&dir.join("r.yaml")).unwrap();
+    let b = roux::frontend::compile(&dir.join("r.roux")).unwrap();
+    let msgs = |c: &roux::frontend::Compiled| c.diagnostics.iter().map(|d| d.message.clone()).collect::<Vec<_>>();
+    let (a, b) = (a.recipe.clone().unwrap_or_else(|| panic!("{:?}", msgs(&a))), b.recipe.clone().unwrap_or_else(|| panic!("{:?}", msgs(&b))));
+    assert_eq!(serde_json::to_value(&a.stages).unwrap(), serde_json::to_value(&b.stages).unwrap());
+    assert_eq!(serde_json::to_value(&a.examples).unwrap(), serde_json::to_value(&b.examples).unwrap());
+    // A hint in a YAML recipe suggests YAML.
+    std::fs::write(dir.join("bad.yaml"), yaml.replace("  layers: 1\n", "")).unwrap();
+    let c = roux::frontend::compile(&dir.join("bad.yaml")).unwrap();
+    assert_eq!(c.diagnostics[0].hint.as_deref(), Some("add `layers: …` to the block"));
+}

@@ -72,7 +72,7 @@ impl<'a> Checker<'a> {
         let ExprKind::Ctor { path, block, .. } = &d.value.kind else { return vec![] };
         match Expr::path_string(path).as_str() {
             "train" | "ppo" | "dpo" | "grpo" => vec![("model", Artifact::Lm)],
-            "finetune" if block.as_ref().is_some_and(|b| b.field("adapter").is_some()) => vec![("adapter", Artifact::Adapter)],
+            "finetune" if block.as_ref().and_then(|b| b.field("adapter")).is_some_and(|f| !f.value.is_word("none")) => vec![("adapter", Artifact::Adapter)],
             "finetune" => vec![("model", Artifact::Lm)],
             "reward_model" => vec![("model", Artifact::Reward)],
             _ => vec![],

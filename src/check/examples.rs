@@ -106,8 +106,10 @@ impl<'a> Checker<'a> {
     /// A string-valued key such as `prompt = "instruction"` (a JSONL field name).
     fn string_field(&mut self, f: &mut Fields<'a>, key: &'static str, default: &str) -> Option<String> {
         let Some(field) = f.field(key) else { return Some(default.to_string()) };
-        match &field.value.kind {
-            ExprKind::Str(s) if !s.is_empty() => Some(s.clone()),
+        match (&field.value.kind, field.value.as_path()) {
+            (ExprKind::Str(s), _) if !s.is_empty() => Some(s.clone()),
+            // YAML writes a string bare: `prompt: instruction`.
+            (_, Some([id])) if self.yaml() => Some(id.name.clone()),
             _ => {
                 self.error(Diagnostic::error(Code::E0120, field.value.span, format!("`{key}` expects the name of a JSON field, as a string"))
                     .with_hint(format!("write `{key} = \"{default}\"`")));

@@ -93,13 +93,50 @@ pub fn check_with(ast: &ast::SourceFile, base_dir: &Path, variables: &[String], 
         ck.error(Diagnostic::error(Code::E0009, Span::new(0, 0), "the recipe was rejected without a diagnostic")
             .with_hint("this is a fault in roux: please report it with the recipe"));
     }
+    if ast.yaml {
+        for d in &mut ck.diags {
+            if let Some(h) = &mut d.hint {
+                *h = yaml_spelling(h);
+            }
+        }
+    }
     let failed = ck.diags.iter().any(|d| d.is_error());
     ck.diags.sort_by_key(|d| (d.span.start, d.span.end));
     ck.diags.dedup();
     Checked { recipe: if failed { None } else { recipe }, diagnostics: ck.diags }
 }
 
+/// A hint rewritten for a YAML recipe: every `` `key = value` `` it suggests becomes
+/// `` `key: value` ``.
+fn yaml_spelling(hint: &str) -> String {
+    let mut out = String::with_capacity(hint.len());
+    let mut rest = hint;
+    while let Some(i) = rest.find('`') {
+        out.push_str(&rest[..=i]);
+        rest = &rest[i + 1..];
+        let Some(close) = rest.find('`') else { break };
+        let quoted = &rest[..close];
+        match quoted.split_once(" = ") {
+            Some((key, value)) if !key.is_empty() && key.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '.') => {
+                out.push_str(key);
+                out.push_str(": ");
+                out.push_str(value);
+            }
+            _ => out.push_str(quoted),
+        }
+        out.push('`');
+        rest = &rest[close + 1..];
+    }
+    out.push_str(rest);
+    out
+}
+
 impl<'a> Checker<'a> {
+    /// Whether the recipe was written in the YAML form.
+    pub fn yaml(&self) -> bool {
+        self.ast.yaml
+    }
+
     pub fn error(&mut self, d: Diagnostic) {
         self.diags.push(d);
     }
@@ -197,6 +234,16 @@ impl<'a> Checker<'a> {
         let full = Expr::path_string(path);
         let span = path.first().map_or(e.span, |p| p.span.join(path[path.len() - 1].span));
         let Some(name) = names.iter().copied().find(|n| *n == full) else {
+            // Not one of the names: perhaps a top-level key holding one (`router = r` under
+            // `sweep r in [switch, topk]`), read once (a key naming itself is no answer).
+            if let ([id], None, None) = (path.as_slice(), args, block) {
+                if let Some(f) = self.ast.body.field(&id.name).filter(|f| !std::ptr::eq(&f.value, e) && !self.visiting.contains(&f.key.span.start)) {
+                    self.visiting.push(f.key.span.start);
+                    let found = self.ctor(&f.value, what, names);
+                    self.visiting.pop();
+                    return found;
+                }
+            }
             let mut d = Diagnostic::error(Code::E0130, span, format!("unknown {what} `{full}`"));
             d = match did_you_mean(&full, names.iter().copied()) {
                 Some(s) => d.with_hint(format!("did you mean `{s}`?")),

@@ -93,7 +93,7 @@ impl<'a> Checker<'a> {
         let mut f = self.stage_fields(d, at, block);
         let opt = self.check_optim(&mut f, 16, None, 100);
         let lora = match f.field("adapter") {
-            Some(field) => self.check_lora(&field.value, &f.scope.clone(), model.as_ref()).map(Some),
+            Some(field) => self.check_lora(&field.value, &f.scope.clone(), model.as_ref()),
             None => Some(None),
         };
         let mask_prompt = f.bool(self, "mask_prompt", true);
@@ -106,8 +106,12 @@ impl<'a> Checker<'a> {
 
     /// `lora { rank, alpha, dropout, targets = [attn.q, attn.v] }`; every target must match a
     /// linear layer of the model.
-    fn check_lora(&mut self, e: &'a Expr, scope: &super::eval::Scope<'a>, model: Option<&ModelRef>) -> Option<LoraSpec> {
-        let (_, path, _, block) = self.ctor(e, "adapter", &["lora"])?;
+    /// `adapter = none` says what leaving the key out means: a full fine-tune (Some(None)).
+    fn check_lora(&mut self, e: &'a Expr, scope: &super::eval::Scope<'a>, model: Option<&ModelRef>) -> Option<Option<LoraSpec>> {
+        let (kind, path, _, block) = self.ctor(e, "adapter", &["lora", "none"])?;
+        if kind == "none" {
+            return Some(None);
+        }
         let mut f = Fields::new(block, scope, "lora", Checker::span_of_path(path));
         let rank = f.size(self, "rank", Some(8));
         let alpha = f.positive(self, "alpha", rank.map(|r| r as f64));
@@ -148,7 +152,7 @@ impl<'a> Checker<'a> {
                 }
             }
         }
-        Some(LoraSpec { rank: rank?, alpha: alpha?, dropout: dropout?, targets })
+        Some(Some(LoraSpec { rank: rank?, alpha: alpha?, dropout: dropout?, targets }))
     }
 
     pub(super) fn check_reward_model(&mut self, d: &'a Decl, at: Span, args: &'a [Arg], block: Option<&'a Block>) -> Option<StageSpec> {
@@ -274,3 +278,4 @@ fn device_of(s: &str) -> Device {
         _ => Device::Auto,
     }
 }
+

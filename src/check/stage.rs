@@ -310,7 +310,8 @@ impl<'a> Checker<'a> {
 
     fn betas(&mut self, f: &mut Fields<'a>) -> Option<(f64, f64)> {
         let Some(field) = f.field("betas") else { return Some((0.9, 0.999)) };
-        let ExprKind::Tuple(items) = &field.value.kind else {
+        // A pair, or the list YAML writes for one (`betas: [0.9, 0.95]`).
+        let (ExprKind::Tuple(items) | ExprKind::List(items)) = &field.value.kind else {
             self.error(Diagnostic::error(Code::E0120, field.value.span, format!("`betas` expects a pair, found {}", super::eval::describe(&field.value))).with_hint("write `betas = (0.9, 0.95)`"));
             return None;
         };

@@ -7,6 +7,9 @@ pub struct SourceFile {
     pub name: String,
     pub name_span: Span,
     pub body: Block,
+    /// Read from the YAML form: its own spellings are accepted (a bare `prompt: instruction`
+    /// for a string) and hints are written in it.
+    pub yaml: bool,
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -139,6 +142,10 @@ impl Expr {
             ExprKind::Ctor { path, args: None, block: None } => Some(path),
             _ => None,
         }
+    }
+    /// Whether this is the bare name `w` (`none` in `adapter = none`).
+    pub fn is_word(&self, w: &str) -> bool {
+        self.as_path().is_some_and(|p| p.len() == 1 && p[0].name == w)
     }
     /// The name of a constructor expression (`moe` in `moe { … }`).
     pub fn as_ctor_name(&self) -> Option<String> {

@@ -22,7 +22,7 @@ pub fn parse(src: &str) -> Result<SourceFile, Diagnostic> {
     let name = inner.next().expect("grammar: name");
     let name_span = span_of(&name);
     let body = block(inner.next().expect("grammar: block"));
-    Ok(SourceFile { name: unescape(name.into_inner().next().map_or("", |p| p.as_str())), name_span, body })
+    Ok(SourceFile { name: unescape(name.into_inner().next().map_or("", |p| p.as_str())), name_span, body, yaml: false })
 }
 
 /// One value (`256`, `adamw { lr = 1e-3 }`, `corpus.vocab`), its spans shifted by `offset` (where

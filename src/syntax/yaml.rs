@@ -189,7 +189,7 @@ pub fn from_yaml(src: &str) -> Result<SourceFile, Diagnostic> {
     let name = name.ok_or_else(|| err(Span::new(0, 1), "a YAML recipe needs `experiment: NAME`"))?;
     let name_span = idx.children.iter().find(|n| n.key == "experiment").and_then(|n| n.value_at).map_or(Span::new(0, 1), |(a, _)| Span::new(a, a + name.len()));
     let body = block(&rest, &idx, Span::new(0, src.len()))?;
-    Ok(SourceFile { name, name_span, body })
+    Ok(SourceFile { name, name_span, body, yaml: true })
 }
 
 /// The roux grammar's identifier rule: a letter or `_`, then letters, digits and `_`.
@@ -252,7 +252,12 @@ fn expr(v: &Value, at: &Node) -> Result<Expr, Diagnostic> {
             Expr { span: Span::new(pos, pos + text.len()), kind: ExprKind::Num { value, text } }
         }
         Value::Bool(b) => Expr { span, kind: ExprKind::Bool(*b) },
-        Value::String(s) => super::parse_expr(s, pos + quoted as usize)?,
+        // A quoted YAML string that is no recipe value is the string itself (YAML's own
+        // spelling: `template: "Q: {prompt}\nA: "`); a plain one is recipe syntax.
+        Value::String(s) => match super::parse_expr(s, pos + quoted as usize) {
+            Err(_) if quoted => Expr { span: Span::new(pos, pos + s.len() + 2), kind: ExprKind::Str(s.clone()) },
+            r => r?,
+        },
         Value::Sequence(items) => Expr { span, kind: ExprKind::List(items.iter().map(|i| expr(i, at)).collect::<Result<_, _>>()?) },
         Value::Mapping(m) => {
             let (path, args) = match m.get("$") {
