@@ -18,7 +18,7 @@ fn fake_run(fixture: &str, dir: &Path, tweak: impl Fn(&mut roux::recipe::ModelSp
     let mut spec = c.recipe.unwrap().models[0].clone();
     tweak(&mut spec);
     tch::manual_seed(7);
-    let m = Model::new(&spec, Device::Cpu);
+    let m = Model::new(&spec, Device::Cpu).unwrap();
     // Non-trivial norms and biases, so a wrong mapping shows.
     tch::no_grad(|| {
         for (n, p) in m.names.iter().zip(&m.params) {

@@ -241,6 +241,16 @@ fn hostile_cases(dir: &Path) -> Vec<(String, Vec<String>)> {
     std::fs::create_dir_all(dir.join("runs/r/s")).unwrap();
     std::fs::write(dir.join("runs/r/s/state.json"), "\u{0}garbage").unwrap();
     cases.push(("run with a corrupt state.json".into(), vec!["run".into(), recipe.clone(), "--out".into(), dir.join("runs").to_str().unwrap().into()]));
+    // Post-training stages past the machine's memory are refused before they allocate (they used
+    // to panic inside libtorch): a LoRA of rank 2^20, a full fine-tune of 26e9 parameters.
+    for (what, model, adapter) in [("a LoRA of rank 2^20", "d_model = 1024, layers = 2, heads = 4", "adapter = lora { rank = 2 ^ 20 }"), ("a 26e9-parameter full fine-tune", "d_model = 16384, layers = 8, heads = 128", "")] {
+        let file = format!("{}.roux", what.replace(' ', "_").replace('^', ""));
+        let text = format!(
+            "experiment \"big\" {{ data instr = synthetic.instructions {{ tasks = [uppercase], examples = 100, max_len = 3 }} model lm = transformer {{ vocab = 256, context = 32, {model} }} stage sft = finetune(lm, instr) {{ steps = 2, batch = 2, {adapter} }} }}"
+        );
+        let recipe = w(&file, text.as_bytes());
+        cases.push((what.into(), vec!["run".into(), recipe, "--out".into(), dir.join("bigruns").to_str().unwrap().into()]));
+    }
     cases
 }
 
@@ -468,6 +478,18 @@ fn tools_refuse_to_write_into_a_run_directory() {
     let o = roux(&["run", recipe.to_str().unwrap(), "--out", out.to_str().unwrap()]);
     assert!(String::from_utf8_lossy(&o.stderr).contains("pretrain: up to date"));
     assert!(!String::from_utf8_lossy(&o.stderr).contains("Cpu"));
+    // Weights with a NaN (written by something else) are refused when loaded, not sampled from.
+    let nan = out.join("tiny/nan");
+    std::fs::create_dir_all(&nan).unwrap();
+    std::fs::copy(run.join("resolved.json"), nan.join("resolved.json")).unwrap();
+    let mut tensors = tch::Tensor::read_safetensors(run.join("model.safetensors")).unwrap();
+    let _ = tensors[0].1.fill_(f64::NAN);
+    let named: Vec<(&str, &tch::Tensor)> = tensors.iter().map(|(n, t)| (n.as_str(), t)).collect();
+    tch::Tensor::write_safetensors(&named, nan.join("model.safetensors")).unwrap();
+    let o = roux(&["sample", nan.to_str().unwrap(), "--tokens", "5"]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(2), "{err}");
+    assert!(err.contains(&format!("checkpoint tensor `{}` has non-finite values (NaN or infinity); the model cannot be used", tensors[0].0)) && !err.contains("panicked"), "{err}");
 }
 
 /// A run with `--set` keeps the recipe it ran, resolved: `roux check` accepts the kept copy and

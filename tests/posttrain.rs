@@ -81,8 +81,8 @@ fn lora_trainable_parameters_match_the_plan_and_merging_keeps_the_function() {
     assert_eq!(plan.stages.iter().find(|s| s.name == "sft").unwrap().trainable, 2304);
 
     tch::manual_seed(1);
-    let mut m = Model::new(spec, Device::Cpu);
-    m.attach_lora(lora);
+    let mut m = Model::new(spec, Device::Cpu).unwrap();
+    m.attach_lora(lora).unwrap();
     assert_eq!(m.lora.numel(), 2304);
     // B starts at zero; give it values so the adapter changes the function.
     tch::no_grad(|| {
@@ -92,7 +92,7 @@ fn lora_trainable_parameters_match_the_plan_and_merging_keeps_the_function() {
     });
     let x = Tensor::randint(256, [2, 16], (Kind::Int64, Device::Cpu));
     let base = tch::no_grad(|| {
-        let plain = Model::new(spec, Device::Cpu);
+        let plain = Model::new(spec, Device::Cpu).unwrap();
         plain.forward(&x, false)
     });
     let unmerged = tch::no_grad(|| m.forward(&x, false));
@@ -103,7 +103,7 @@ fn lora_trainable_parameters_match_the_plan_and_merging_keeps_the_function() {
     assert!(diff < 1e-5, "merged and unmerged outputs differ by {diff}");
     // …and the adapter did change the function (so the comparison means something).
     let _ = base;
-    let changed = (&unmerged - Model::new(spec, Device::Cpu).forward(&x, false)).abs().max().double_value(&[]);
+    let changed = (&unmerged - Model::new(spec, Device::Cpu).unwrap().forward(&x, false)).abs().max().double_value(&[]);
     assert!(changed > 1e-3, "the adapter had no effect ({changed})");
 }
 
@@ -121,7 +121,7 @@ fn prompt_tokens_carry_exactly_zero_loss_weight() {
         *tok = (*tok + 7) % 256;
     }
     tch::manual_seed(2);
-    let m = Model::new(r.model("lm").unwrap(), Device::Cpu);
+    let m = Model::new(r.model("lm").unwrap(), Device::Cpu).unwrap();
     let loss = |s: &roux::posttrain::examples::Seq| {
         let mut y_only = s.clone();
         // Inputs stay those of `a`: only the targets differ.
@@ -184,7 +184,7 @@ fn editing_only_the_ppo_stage_reuses_the_earlier_stages() {
         Device::Cpu,
     )
     .unwrap();
-    let mut merged = Model::new(r.model("lm").unwrap(), Device::Cpu);
+    let mut merged = Model::new(r.model("lm").unwrap(), Device::Cpu).unwrap();
     merged.load(&Tensor::read_safetensors(sft.join("merged/model.safetensors")).unwrap()).unwrap();
     let x = Tensor::randint(256, [2, 12], (Kind::Int64, Device::Cpu));
     let diff = tch::no_grad(|| (via_recipe.forward(&x, false) - merged.forward(&x, false)).abs().max().double_value(&[]));

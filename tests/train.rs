@@ -21,7 +21,7 @@ fn built_models_have_exactly_the_planned_parameters() {
         for (spec, mp) in r.models.iter().zip(&plan.models) {
             // Models beyond 500M parameters (Mixtral, Switch-Base) are built with stride-0
             // tensors of their real shapes: same builder, no memory.
-            let m = if mp.params_total > 500_000_000 { Model::shapes_only(spec) } else { Model::new(spec, Device::Cpu) };
+            let m = if mp.params_total > 500_000_000 { Model::shapes_only(spec) } else { Model::new(spec, Device::Cpu).unwrap() };
             assert_eq!(m.numel(), mp.params_total, "{}: model {}", f.display(), spec.name);
             // And every tensor has the name and shape the graph gave it.
             let graph_params = roux::lower::lower_model(spec).params();
@@ -36,7 +36,7 @@ fn built_models_have_exactly_the_planned_parameters() {
 #[test]
 fn zero_weights_give_uniform_logits_and_loss_ln_vocab() {
     let r = roux::frontend::compile(&fixture("tiny.roux")).unwrap().recipe.unwrap();
-    let mut m = Model::new(&r.models[0], Device::Cpu);
+    let mut m = Model::new(&r.models[0], Device::Cpu).unwrap();
     tch::no_grad(|| {
         for p in m.params.iter_mut() {
             let _ = p.zero_();
@@ -59,7 +59,7 @@ fn padding_the_head_vocabulary_changes_neither_loss_nor_gradients() {
     let y = Tensor::from_slice(&[256i64, 2, 3, 4, 5, 6, 7, 255]).view([2, 4]);
     let run = |pad: bool| {
         tch::manual_seed(3);
-        let mut m = Model::new(&spec, Device::Cpu);
+        let mut m = Model::new(&spec, Device::Cpu).unwrap();
         m.pad_vocab = pad;
         let loss = m.loss(&x, &y, false);
         loss.backward();
@@ -86,7 +86,7 @@ fn the_kv_cache_gives_the_logits_of_the_whole_sequence() {
     let moe = roux::frontend::compile(&fixture("tiny-moe-topk.roux")).unwrap().recipe.unwrap().models[0].clone();
     for (fixture, spec) in [("tiny", tiny), ("tiny-llama", llama), ("tiny-moe-topk", moe)] {
         tch::manual_seed(4);
-        let m = Model::new(&spec, Device::Cpu);
+        let m = Model::new(&spec, Device::Cpu).unwrap();
         let x = Tensor::randint(spec.vocab as i64, [3, 12], (Kind::Int64, Device::Cpu));
         tch::no_grad(|| {
             let whole = m.forward(&x, false);

@@ -65,8 +65,14 @@ pub fn plan_model(g: &ModelGraph, batch: usize, seq: usize) -> ModelPlan {
 /// libtorch's CPU runtime (thread pools, kernel workspaces: 9 MiB measured by `roux bench
 /// transformer` as its warm-up RSS).
 pub fn train_memory_bytes(g: &ModelGraph, params: u64, batch: usize, seq: usize) -> u64 {
-    // Summed in floating point: a plan of an absurd batch saturates instead of wrapping.
-    (20.0 * params as f64 + activation_bytes(g, batch, seq) as f64 + backward_peak_bytes(g, batch, seq) as f64 + RUNTIME_BYTES as f64) as u64
+    training_bytes(params, params, g, batch, seq)
+}
+
+/// Peak bytes of training `trainable` of `weights` fp32 parameters (4 bytes each; a trainable one
+/// adds 16: its gradient, AdamW's two moments and scratch) on `batch` sequences of `seq` tokens
+/// through model `g`. Summed in floating point: an absurd plan saturates instead of wrapping.
+pub fn training_bytes(weights: u64, trainable: u64, g: &ModelGraph, batch: usize, seq: usize) -> u64 {
+    (4.0 * weights as f64 + 16.0 * trainable as f64 + activation_bytes(g, batch, seq) as f64 + backward_peak_bytes(g, batch, seq) as f64 + RUNTIME_BYTES as f64) as u64
 }
 
 const RUNTIME_BYTES: u64 = 9 << 20;

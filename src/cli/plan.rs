@@ -45,10 +45,10 @@ fn print_plan(p: &roux::plan::Plan) {
             bytes(m.train_memory_bytes)
         );
     }
-    outln!("\n{:<12} {:<12} {:<16} {:>10} {:>14} {:>12} {:>14}", "stage", "kind", "after", "steps", "tokens", "FLOPs", "trainable");
+    outln!("\n{:<12} {:<12} {:<16} {:>10} {:>14} {:>12} {:>14} {:>11}", "stage", "kind", "after", "steps", "tokens", "FLOPs", "trainable", "memory");
     for s in &p.stages {
         let after = if s.after.is_empty() { "-".to_string() } else { s.after.join(",") };
-        outln!("{:<12} {:<12} {:<16} {:>10} {:>14} {:>12} {:>14}", s.name, s.kind, after, group(s.steps), group(s.tokens), sci(s.flops), group(s.trainable));
+        outln!("{:<12} {:<12} {:<16} {:>10} {:>14} {:>12} {:>14} {:>11}", s.name, s.kind, after, group(s.steps), group(s.tokens), sci(s.flops), group(s.trainable), bytes(s.memory_bytes));
     }
 }
 

@@ -17,6 +17,10 @@ pub struct StagePlan {
     pub flops: f64,
     /// Parameters the stage updates (a LoRA stage: Σ rank·(in + out) over its targets).
     pub trainable: u64,
+    /// Peak bytes on the device, fp32: the trained model as `train_memory_bytes` counts it, at
+    /// every sequence as long as the context, plus the frozen models the stage runs beside it
+    /// (reference policies, reward models: 4 bytes a parameter).
+    pub memory_bytes: u64,
 }
 
 #[derive(Serialize, Debug, Clone)]
@@ -51,7 +55,9 @@ pub fn plan(r: &Recipe) -> Plan {
                 let tokens = t.steps * t.tokens_per_step();
                 let g = graphs.iter().find(|g| g.spec.name == t.model).expect("checked model");
                 let per_token = 3.0 * forward_flops_per_token(g, t.context);
-                StagePlan { name: s.name.clone(), kind: s.kind.name(), after: s.after.clone(), steps: t.steps, tokens, flops: per_token * tokens as f64, trainable: g.params().iter().map(|p| p.numel()).sum() }
+                let n = g.params().iter().map(|p| p.numel()).sum();
+                let memory_bytes = train_memory_bytes(g, n, t.batch, t.context);
+                StagePlan { name: s.name.clone(), kind: s.kind.name(), after: s.after.clone(), steps: t.steps, tokens, flops: per_token * tokens as f64, trainable: n, memory_bytes }
             }
             StageKind::Isoflop(iso) => {
                 // Every point, plus the check run at `predict` × the largest budget.
@@ -59,13 +65,14 @@ pub fn plan(r: &Recipe) -> Plan {
                 let tokens = iso.points.iter().map(|p| p.train.steps * p.train.tokens_per_step()).sum();
                 let largest = iso.points.iter().map(|p| p.budget).fold(0.0, f64::max);
                 let flops = iso.points.iter().map(|p| p.budget).sum::<f64>() + iso.predict * largest;
-                StagePlan { name: s.name.clone(), kind: s.kind.name(), after: s.after.clone(), steps, tokens, flops, trainable: 0 }
+                let memory_bytes = iso.points.iter().map(|p| plan_model(&lower_model(&p.model), p.train.batch, p.train.context).train_memory_bytes).max().unwrap_or(0);
+                StagePlan { name: s.name.clone(), kind: s.kind.name(), after: s.after.clone(), steps, tokens, flops, trainable: 0, memory_bytes }
             }
             StageKind::Mixture(m) => {
                 // Every expert runs on every example (the gate is dense): 6 FLOPs per parameter per example.
                 let examples = m.steps * m.batch as u64;
                 let params = r.synthetic.iter().find(|d| d.name == m.data).map_or(0, |d| mixture_params(m, &d.generator));
-                StagePlan { name: s.name.clone(), kind: s.kind.name(), after: s.after.clone(), steps: m.steps, tokens: examples, flops: 6.0 * params as f64 * examples as f64, trainable: params }
+                StagePlan { name: s.name.clone(), kind: s.kind.name(), after: s.after.clone(), steps: m.steps, tokens: examples, flops: 6.0 * params as f64 * examples as f64, trainable: params, memory_bytes: 20 * params + (9 << 20) }
             }
             _ => posttrain_plan(r, s, &graphs),
         })
@@ -78,56 +85,66 @@ pub fn plan(r: &Recipe) -> Plan {
 /// through the frozen weights) and 2N per token only run forward (references, reward models,
 /// generation).
 fn posttrain_plan(r: &Recipe, s: &crate::recipe::StageSpec, graphs: &[ModelGraph]) -> StagePlan {
-    let n_of = |arch: &str| graphs.iter().find(|g| g.spec.name == arch).map_or(0, |g| g.params().iter().map(|p| p.numel()).sum::<u64>());
+    let graph = |arch: &str| graphs.iter().find(|g| g.spec.name == arch).expect("checked model");
+    let n_of = |arch: &str| graph(arch).params().iter().map(|p| p.numel()).sum::<u64>();
     let ctx_of = |arch: &str| r.model(arch).map_or(0, |m| m.context as u64);
-    let (steps, tokens, flops, trainable) = match &s.kind {
+    // Training `trainable` of `weights` parameters of `arch` on `seqs` sequences at its context.
+    let training = |arch: &str, weights: u64, trainable: u64, seqs: usize| training_bytes(weights, trainable, graph(arch), seqs, ctx_of(arch) as usize);
+    let reward_model = |stage: Option<&str>| {
+        stage.and_then(|st| r.stage(st)).and_then(|st| match &st.kind {
+            StageKind::RewardModel(m) => Some(n_of(&m.model.arch)),
+            _ => None,
+        })
+    };
+    let (steps, tokens, flops, trainable, memory_bytes) = match &s.kind {
         StageKind::Finetune(f) => {
             let (n, t) = (n_of(&f.model.arch), f.opt.steps * f.opt.batch as u64 * ctx_of(&f.model.arch));
             let spec = r.model(&f.model.arch).expect("checked model");
             let trainable = f.lora.as_ref().map_or(n, |l| crate::lower::lora_params(spec, l));
-            (f.opt.steps, t, 6.0 * n as f64 * t as f64, trainable)
+            let weights = if f.lora.is_some() { n + trainable } else { n };
+            (f.opt.steps, t, 6.0 * n as f64 * t as f64, trainable, training(&f.model.arch, weights, trainable, f.opt.batch))
         }
         StageKind::RewardModel(m) => {
             let n = n_of(&m.model.arch);
             let t = 2 * m.opt.steps * m.opt.batch as u64 * ctx_of(&m.model.arch);
-            (m.opt.steps, t, 6.0 * n as f64 * t as f64, n + r.model(&m.model.arch).map_or(0, |s| crate::lower::ScalarHead::Reward.numel(s)))
+            let trainable = n + r.model(&m.model.arch).map_or(0, |s| crate::lower::ScalarHead::Reward.numel(s));
+            (m.opt.steps, t, 6.0 * n as f64 * t as f64, trainable, training(&m.model.arch, trainable, trainable, 2 * m.opt.batch))
         }
         StageKind::Ppo(p) => {
             let n = n_of(&p.policy.arch);
             let t = p.opt.steps * p.opt.batch as u64 * ctx_of(&p.policy.arch);
-            let rm = r.stage(&p.reward).and_then(|st| match &st.kind {
-                StageKind::RewardModel(m) => Some(n_of(&m.model.arch)),
-                _ => None,
-            });
+            let rm = reward_model(Some(&p.reward));
             // Generation and the old-policy pass (2N each), reference and reward model (2N each),
             // then `epochs` forward-backward passes (6N).
             let per_token = 2.0 * n as f64 * 3.0 + 2.0 * rm.unwrap_or(n) as f64 + 6.0 * n as f64 * p.epochs as f64;
-            (p.opt.steps, t, per_token * t as f64, n + r.model(&p.policy.arch).map_or(0, |s| crate::lower::ScalarHead::Value.numel(s)))
+            let trainable = n + r.model(&p.policy.arch).map_or(0, |s| crate::lower::ScalarHead::Value.numel(s));
+            let frozen = 4 * (n + rm.unwrap_or(0));
+            (p.opt.steps, t, per_token * t as f64, trainable, training(&p.policy.arch, trainable, trainable, p.opt.batch) + frozen)
         }
         StageKind::Dpo(d) => {
             let n = n_of(&d.policy.arch);
             let t = 2 * d.opt.steps * d.opt.batch as u64 * ctx_of(&d.policy.arch);
-            (d.opt.steps, t, 8.0 * n as f64 * t as f64, n)
+            (d.opt.steps, t, 8.0 * n as f64 * t as f64, n, training(&d.policy.arch, n, n, 2 * d.opt.batch) + 4 * n)
         }
         StageKind::Grpo(g) => {
             let n = n_of(&g.policy.arch);
             let t = g.opt.steps * g.opt.batch as u64 * ctx_of(&g.policy.arch);
-            let rm = g.reward.model_stage().and_then(|st| match r.stage(st).map(|s| &s.kind) {
-                Some(StageKind::RewardModel(m)) => Some(n_of(&m.model.arch)),
-                _ => None,
-            });
+            let rm = reward_model(g.reward.model_stage());
             // Generation and the old-policy pass (2N each), the reference when beta > 0 and the
             // reward model when one is used (2N each), then `epochs` forward-backward passes (6N).
             let reference = if g.beta > 0.0 { 2.0 * n as f64 } else { 0.0 };
             let per_token = 4.0 * n as f64 + reference + 2.0 * rm.unwrap_or(0) as f64 + 6.0 * n as f64 * g.epochs as f64;
-            (g.opt.steps, t, per_token * t as f64, n)
+            let frozen = 4 * (if g.beta > 0.0 { n } else { 0 } + rm.unwrap_or(0));
+            (g.opt.steps, t, per_token * t as f64, n, training(&g.policy.arch, n, n, g.opt.batch) + frozen)
         }
         StageKind::Compare(c) => {
             let t: u64 = c.policies.iter().map(|(_, p)| c.examples as u64 * ctx_of(&p.arch)).sum();
             let flops = c.policies.iter().map(|(_, p)| 2.0 * n_of(&p.arch) as f64 * (c.examples as u64 * ctx_of(&p.arch)) as f64 * c.max_new as f64).sum();
-            (0, t, flops, 0)
+            // The policies are scored one after another, forward only.
+            let memory = c.policies.iter().map(|(_, p)| 4 * n_of(&p.arch) + activation_bytes(graph(&p.arch), 1, ctx_of(&p.arch) as usize)).max().unwrap_or(0);
+            (0, t, flops, 0, memory + (9 << 20))
         }
         StageKind::Train(_) | StageKind::Isoflop(_) | StageKind::Mixture(_) => unreachable!("planned above"),
     };
-    StagePlan { name: s.name.clone(), kind: s.kind.name(), after: s.after.clone(), steps, tokens, flops, trainable }
+    StagePlan { name: s.name.clone(), kind: s.kind.name(), after: s.after.clone(), steps, tokens, flops, trainable, memory_bytes }
 }

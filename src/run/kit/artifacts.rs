@@ -21,9 +21,9 @@ pub fn load_lm(recipe: &Recipe, runs: &Path, r: &ModelRef, device: tch::Device) 
     let spec = recipe.model(&r.arch).context("checked recipe names its model")?;
     tch::manual_seed(recipe.seed as i64);
     match &r.weights {
-        Weights::Init => Ok(Model::new(spec, device)),
+        Weights::Init => Model::new(spec, device),
         Weights::Stage { stage } => {
-            let mut m = Model::new(spec, device);
+            let mut m = Model::new(spec, device)?;
             let path = runs.join(stage).join("model.safetensors");
             m.load(&read_tensors(&path)?).with_context(|| format!("loading {}", path.display()))?;
             Ok(m)
@@ -32,7 +32,7 @@ pub fn load_lm(recipe: &Recipe, runs: &Path, r: &ModelRef, device: tch::Device) 
             let Some(StageKind::Finetune(f)) = recipe.stage(stage).map(|s| &s.kind) else { bail!("`{stage}` is not a finetune stage") };
             let lora = f.lora.as_ref().context("merge needs a LoRA stage")?;
             let mut m = load_lm(recipe, runs, &f.model, device)?;
-            m.attach_lora(lora);
+            m.attach_lora(lora)?;
             let path = runs.join(stage).join("adapter.safetensors");
             m.load_lora(&read_tensors(&path)?).with_context(|| format!("loading {}", path.display()))?;
             m.merge_lora();
@@ -47,7 +47,7 @@ pub fn load_reward_model(recipe: &Recipe, runs: &Path, stage: &str, device: tch:
     let spec = recipe.model(&r.model.arch).context("checked model")?;
     let path = runs.join(stage).join("model.safetensors");
     let tensors = read_tensors(&path)?;
-    let mut trunk = Model::new(spec, device);
+    let mut trunk = Model::new(spec, device)?;
     trunk.load(&tensors).with_context(|| format!("loading {}", path.display()))?;
     trunk.freeze();
     let head = Head::from_named(ScalarHead::Reward, &tensors, device, &path)?;

@@ -33,12 +33,15 @@ pub struct StageCtx<'a> {
     pub label: String,
     pub opts: RunOptions,
     pub train: TrainFn,
+    /// The plan's peak memory for this stage, checked against the machine before a post-training
+    /// stage allocates (0: the stage checks each model it trains itself, as `train` does).
+    pub memory: u64,
 }
 
 impl StageCtx<'_> {
     /// The same stage, running a part of itself (a sweep point) in `dir` under `label`.
     pub fn sub(&self, label: String, dir: PathBuf) -> StageCtx<'_> {
-        StageCtx { recipe: self.recipe, source: self.source, stage: self.stage, runs: self.runs.clone(), dir, label, opts: self.opts, train: self.train }
+        StageCtx { recipe: self.recipe, source: self.source, stage: self.stage, runs: self.runs.clone(), dir, label, opts: self.opts, train: self.train, memory: self.memory }
     }
 
     /// Where another stage of this experiment keeps its outputs.

@@ -35,8 +35,8 @@ pub fn memory_guard(name: &str, need: u64) -> Result<()> {
     if let Some(avail) = available {
         if need > avail {
             bail!(
-                "stage `{name}` needs about {:.2} GiB (the plan's training-memory estimate: weights, gradients, AdamW moments and activations) \
-                 but only {:.2} GiB is available; lower `batch` or the context, or run on a larger machine",
+                "stage `{name}` needs about {:.2} GiB (the plan's memory estimate: weights, gradients, AdamW moments, activations and any frozen models beside them; `roux plan` shows it) \
+                 but only {:.2} GiB is available; lower `batch`, the context or the LoRA rank, or run on a larger machine",
                 need as f64 / (1u64 << 30) as f64,
                 avail as f64 / (1u64 << 30) as f64
             );

@@ -83,6 +83,10 @@ pub fn begin(ctx: &StageCtx, hash: String, resolved: &Value, steps: u64) -> Resu
             return Ok(None);
         }
     }
+    // Refused before anything is allocated (on a GPU machine the stage's device decides).
+    if ctx.memory > 0 && !tch::Cuda::is_available() {
+        super::device::memory_guard(label, ctx.memory)?;
+    }
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     let resume = checkpoint::read_state(dir)?;
     if let Some(s) = &resume {

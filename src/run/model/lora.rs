@@ -57,24 +57,28 @@ impl Adapters {
 
 impl Model {
     /// Attach fresh adapters to the linears `spec` targets and freeze every base weight.
-    pub fn attach_lora(&mut self, spec: &LoraSpec) {
+    pub fn attach_lora(&mut self, spec: &LoraSpec) -> Result<()> {
         let mut ad = Adapters { scale: spec.alpha / spec.rank as f64, dropout: spec.dropout, ..Default::default() };
-        tch::no_grad(|| {
+        tch::no_grad(|| -> Result<()> {
             for l in crate::lower::lora_targets(self.spec(), spec) {
                 let w = self.param_index(&format!("{}.weight", l.path)).expect("lora targets are model linears");
                 let bound = 1.0 / (l.inp as f64).sqrt();
-                let a = Tensor::empty([spec.rank as i64, l.inp as i64], (Kind::Float, self.device)).uniform_(-bound, bound);
-                let b = Tensor::zeros([l.out as i64, spec.rank as i64], (Kind::Float, self.device));
+                // Sizes from the recipe: an allocation libtorch refuses is an error, not a panic.
+                let fail = |e| anyhow::anyhow!("could not allocate the rank-{} adapter of `{}`: {e}", spec.rank, l.path);
+                let a = Tensor::f_empty([spec.rank as i64, l.inp as i64], (Kind::Float, self.device)).map_err(fail)?.uniform_(-bound, bound);
+                let b = Tensor::f_zeros([l.out as i64, spec.rank as i64], (Kind::Float, self.device)).map_err(fail)?;
                 ad.by_weight.insert(w, ad.paths.len());
                 ad.paths.push(l.path);
                 ad.a.push(a.set_requires_grad(true));
                 ad.b.push(b.set_requires_grad(true));
             }
-        });
+            Ok(())
+        })?;
         for p in self.params.iter_mut() {
             let _ = p.set_requires_grad(false);
         }
         self.lora = ad;
+        Ok(())
     }
 
     /// Copy adapter weights in from named tensors (an `adapter.safetensors`).

@@ -56,13 +56,14 @@ pub struct Model {
 }
 
 impl Model {
-    /// Fresh parameters, initialised as the graph says, from libtorch's (seeded) generator.
-    pub fn new(spec: &ModelSpec, device: Device) -> Model {
+    /// Fresh parameters, initialised as the graph says, from libtorch's (seeded) generator. An
+    /// allocation libtorch refuses is an error, not a panic.
+    pub fn new(spec: &ModelSpec, device: Device) -> Result<Model> {
         Self::build(lower_model(spec), device, true)
     }
 
     /// Fresh parameters for a model already lowered (the caller planned it from the same graph).
-    pub fn from_graph(graph: ModelGraph, device: Device) -> Model {
+    pub fn from_graph(graph: ModelGraph, device: Device) -> Result<Model> {
         Self::build(graph, device, true)
     }
 
@@ -70,13 +71,13 @@ impl Model {
     /// the real shapes, no memory. For checking the structure of models too large to allocate
     /// (Mixtral's 46.7B parameters); it cannot be trained.
     pub fn shapes_only(spec: &ModelSpec) -> Model {
-        Self::build(lower_model(spec), Device::Cpu, false)
+        Self::build(lower_model(spec), Device::Cpu, false).expect("stride-0 views allocate one element")
     }
 
-    fn build(graph: ModelGraph, device: Device, materialize: bool) -> Model {
+    fn build(graph: ModelGraph, device: Device, materialize: bool) -> Result<Model> {
         let mut names = vec![];
         let mut params = vec![];
-        tch::no_grad(|| {
+        tch::no_grad(|| -> Result<()> {
             for p in graph.params() {
                 let shape: Vec<i64> = p.shape.iter().map(|&d| d as i64).collect();
                 if !materialize {
@@ -85,14 +86,16 @@ impl Model {
                     continue;
                 }
                 let t = match p.init {
-                    ParamInit::Zeros => Tensor::zeros(&shape, (Kind::Float, device)),
-                    ParamInit::Ones => Tensor::ones(&shape, (Kind::Float, device)),
-                    ParamInit::Normal { std } => Tensor::randn(&shape, (Kind::Float, device)) * std,
+                    ParamInit::Zeros => Tensor::f_zeros(&shape, (Kind::Float, device)),
+                    ParamInit::Ones => Tensor::f_ones(&shape, (Kind::Float, device)),
+                    ParamInit::Normal { std } => Tensor::f_randn(&shape, (Kind::Float, device)).map(|t| t * std),
                 };
+                let t = t.map_err(|e| anyhow::anyhow!("could not allocate `{}` ({} floats): {e}", p.name, shape.iter().product::<i64>()))?;
                 names.push(p.name);
                 params.push(t.set_requires_grad(true));
             }
-        });
+            Ok(())
+        })?;
         let order = graph.topo();
         let pos: HashMap<NodeIndex, usize> = order.iter().enumerate().map(|(i, &n)| (n, i)).collect();
         let inputs: Vec<Vec<usize>> = order
@@ -119,7 +122,7 @@ impl Model {
                 names.iter().enumerate().filter_map(|(j, name)| name.strip_prefix(&prefix).map(|rest| (rest.to_string(), j))).collect()
             })
             .collect();
-        Model { graph, names, params, index, node_params, order, inputs, last_use, rope, device, compute: Kind::Float, lora: Default::default(), pad_vocab: false }
+        Ok(Model { graph, names, params, index, node_params, order, inputs, last_use, rope, device, compute: Kind::Float, lora: Default::default(), pad_vocab: false })
     }
 
     pub fn spec(&self) -> &ModelSpec {
@@ -312,6 +315,10 @@ impl Model {
             }
             if t.kind() != Kind::Float {
                 bail!("checkpoint tensor `{name}` is {}, expected float32", kind_name(t.kind()));
+            }
+            // NaN weights would pass silently into every score and sample drawn from them.
+            if !bool::try_from(t.isfinite().all()).unwrap_or(false) {
+                bail!("checkpoint tensor `{name}` has non-finite values (NaN or infinity); the model cannot be used");
             }
             tch::no_grad(|| p.copy_(t));
         }

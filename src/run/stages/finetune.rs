@@ -31,7 +31,7 @@ pub fn run(ctx: &StageCtx, f: &FinetuneSpec) -> Result<()> {
 
     let (names, params): (Vec<String>, Vec<Tensor>) = match &f.lora {
         Some(l) => {
-            model.attach_lora(l);
+            model.attach_lora(l)?;
             model.lora.named().into_iter().unzip()
         }
         None => (model.names.clone(), model.params.iter().map(|p| p.shallow_clone()).collect()),

@@ -46,7 +46,7 @@ pub fn run_model(ctx: &StageCtx, spec: &ModelSpec, t: &TrainSpec) -> Result<()> 
         device::memory_guard(name, plan.train_memory_bytes)?;
     }
     tch::manual_seed(recipe.seed as i64);
-    let mut model = Model::from_graph(graph, device);
+    let mut model = Model::from_graph(graph, device)?;
     if t.precision == crate::recipe::Precision::Bf16 {
         model.set_precision(tch::Kind::BFloat16);
     }

@@ -54,13 +54,13 @@ struct Case {
 }
 
 impl Case {
-    fn new(s: &ModelSpec, device: Device, batch: i64) -> Case {
+    fn new(s: &ModelSpec, device: Device, batch: i64) -> Result<Case> {
         tch::manual_seed(0);
-        let model = Model::new(s, device);
+        let model = Model::new(s, device)?;
         let opt = Optimizer::new(&model.params, &crate::recipe::AdamW { lr: 1e-3, betas: (0.9, 0.95), eps: 1e-8, weight_decay: 0.1 });
         let x = Tensor::randint(256, [batch, s.context as i64], (Kind::Int64, device));
         let y = Tensor::randint(256, [batch, s.context as i64], (Kind::Int64, device));
-        Case { model, opt, x, y }
+        Ok(Case { model, opt, x, y })
     }
 
     /// Seconds for `n` training steps.
@@ -102,7 +102,7 @@ pub fn bench_moe(reps: usize, steps: usize) -> Result<MoeBench> {
     let device = tch::Device::cuda_if_available();
     let batch = 32;
     let specs = [spec(None), spec(Some(8)), spec(Some(64))];
-    let mut cases: Vec<Case> = specs.iter().map(|s| Case::new(s, device, batch)).collect();
+    let mut cases: Vec<Case> = specs.iter().map(|s| Case::new(s, device, batch)).collect::<Result<_>>()?;
     for c in cases.iter_mut() {
         c.steps(2); // warm-up: allocator, kernels
     }
@@ -167,7 +167,7 @@ pub fn bench_config(name: &str, steps: usize) -> Result<serde_json::Value> {
     }
     let warm_rss = rss_bytes("VmRSS:");
     tch::manual_seed(0);
-    let mut model = Model::new(&s, device);
+    let mut model = Model::new(&s, device)?;
     let mut opt = Optimizer::new(&model.params, &crate::recipe::AdamW { lr: 1e-3, betas: (0.9, 0.95), eps: 1e-8, weight_decay: 0.1 });
     // The first step, phase by phase: peak RSS after the forward pass (saved activations) and
     // after the backward pass (its temporaries), beside the plan's terms for the same.
@@ -240,7 +240,7 @@ pub fn bench_generate(name: &str, reps: usize) -> Result<GenerateBench> {
     let (d, layers, heads, ctx, _, experts) = config(name).ok_or_else(|| anyhow::anyhow!("unknown config `{name}` (tiny, small, medium, switch-8, switch-64)"))?;
     let device = tch::Device::cuda_if_available();
     tch::manual_seed(0);
-    let model = Model::new(&config_spec(name, d, layers, heads, ctx, experts), device);
+    let model = Model::new(&config_spec(name, d, layers, heads, ctx, experts), device)?;
     let (rows, prompt) = (8usize, 16usize);
     let data = read_bench_data()?;
     let prompts: Vec<Vec<i64>> = (0..rows).map(|r| data[r * 1000..r * 1000 + prompt].iter().map(|&b| b as i64).collect()).collect();

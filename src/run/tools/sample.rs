@@ -22,7 +22,7 @@ pub fn sample_run(run: &Path, prompt: &str, tokens: usize, temperature: f64, top
         bail!("--temperature must be a finite number ≥ 0");
     }
     let device = tch::Device::cuda_if_available();
-    let mut model = Model::new(&spec, device);
+    let mut model = Model::new(&spec, device)?;
     model.load(&Tensor::read_safetensors(&weights).with_context(|| format!("reading {}", weights.display()))?)?;
     tch::manual_seed(seed as i64);
     // A BPE run keeps its tokenizer beside the model; otherwise tokens are bytes.
