@@ -47,6 +47,11 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), String> {
 /// it is given. On failure the temporary file is removed and `path` is untouched.
 pub fn write_atomic_with(path: &Path, write: impl FnOnce(&Path) -> std::io::Result<()>) -> Result<(), String> {
     let tmp = tmp_path(path);
+    // A process killed mid-write (SIGKILL runs no cleanup) left its temporary file; the next
+    // write of the same file removes it.
+    if let Some(dir) = path.parent() {
+        remove_stale_tmp(if dir.as_os_str().is_empty() { Path::new(".") } else { dir }, path.file_name());
+    }
     if let Err(e) = write(&tmp) {
         let _ = std::fs::remove_file(&tmp);
         return Err(format!("{}: cannot write: {e}", path.display()));
@@ -61,6 +66,22 @@ pub fn write_atomic_with(path: &Path, write: impl FnOnce(&Path) -> std::io::Resu
         }
     }
     Ok(())
+}
+
+/// Remove the temporary files (`NAME.<pid>.tmp`) in `dir` that processes no longer running left
+/// behind — of the file `only`, or of every file. Best effort: what cannot be removed stays.
+pub fn remove_stale_tmp(dir: &Path, only: Option<&std::ffi::OsStr>) {
+    let Ok(entries) = std::fs::read_dir(dir) else { return };
+    for e in entries.flatten() {
+        let name = e.file_name();
+        let Some(stem) = name.to_str().and_then(|n| n.strip_suffix(".tmp")) else { continue };
+        let Some((file, pid)) = stem.rsplit_once('.') else { continue };
+        let Ok(pid) = pid.parse::<u32>() else { continue };
+        if only.is_some_and(|o| o != std::ffi::OsStr::new(file)) || pid == std::process::id() || Path::new(&format!("/proc/{pid}")).exists() {
+            continue;
+        }
+        let _ = std::fs::remove_file(e.path());
+    }
 }
 
 /// `NAME.<pid>.tmp` beside `path`: unique per process, on the same file system.

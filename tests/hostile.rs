@@ -116,6 +116,7 @@ fn killed_at_random_points_across_two_stages_the_result_is_identical() {
                 .collect::<Vec<_>>()
         };
         assert_eq!(m(&whole), m(&killed), "{stage}: metrics differ after {kills} kills");
+        assert_eq!(tmp_files(&killed.join("tiny-resume").join(stage)), Vec::<String>::new(), "{stage}: temporary files left behind");
     }
     eprintln!("identical after {kills} SIGKILLs ({kills_in_second_stage} in the second stage)");
 }
@@ -148,12 +149,52 @@ fn a_torn_checkpoint_write_is_never_loaded() {
     // file lie beside the good one the state names.
     let next = named["step"].as_u64().unwrap() + 5;
     std::fs::write(dir.join(format!("ckpt-{next}.safetensors")), b"\x10\x00\x00\x00\x00\x00\x00\x00{\"trunc").unwrap();
-    std::fs::write(dir.join("ckpt-999.safetensors.1234.tmp"), b"garbage").unwrap();
+    // (of a process that is gone: no pid is this large)
+    std::fs::write(dir.join("ckpt-999.safetensors.999999999.tmp"), b"garbage").unwrap();
     run_to_end(&recipe, &torn);
     assert!(
         std::fs::read(whole.join("tiny/pretrain/model.safetensors")).unwrap() == std::fs::read(dir.join("model.safetensors")).unwrap(),
         "resuming past a torn checkpoint changed the result"
     );
+    assert_eq!(tmp_files(&dir), Vec::<String>::new(), "a killed write's temporary file stayed behind");
+}
+
+/// Temporary files (`NAME.<pid>.tmp`) in `dir`.
+fn tmp_files(dir: &Path) -> Vec<String> {
+    std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().to_string()).filter(|n| n.ends_with(".tmp")).collect()
+}
+
+/// A newest checkpoint damaged on disk after it was written (and a damaged state.json) does not
+/// end the run: it resumes from the older checkpoint kept beside it, to the same result.
+#[test]
+fn a_damaged_newest_checkpoint_falls_back_to_the_older_one() {
+    let recipe = root().join("tests/fixtures/tiny.roux");
+    let (whole, damaged) = (scratch("fallback-whole"), scratch("fallback"));
+    run_to_end(&recipe, &whole);
+    let dir = damaged.join("tiny/pretrain");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_roux")).args(["run", recipe.to_str().unwrap(), "--out", damaged.to_str().unwrap()]).env("ROUX_QUIET", "1").stderr(Stdio::null()).spawn().unwrap();
+    let t0 = Instant::now();
+    while !std::fs::read_to_string(dir.join("state.json")).ok().and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok()).is_some_and(|v| v["step"].as_u64() >= Some(40)) {
+        assert!(t0.elapsed() < Duration::from_secs(60));
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let state: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(dir.join("state.json")).unwrap()).unwrap();
+    let newest = dir.join(state["file"].as_str().unwrap());
+    let len = std::fs::metadata(&newest).unwrap().len() as usize;
+    std::fs::write(&newest, vec![0u8; len]).unwrap();
+    std::fs::write(dir.join("state.json"), b"{\"step\": 4").unwrap();
+    let o = Command::new(env!("CARGO_BIN_EXE_roux")).args(["run", recipe.to_str().unwrap(), "--out", damaged.to_str().unwrap()]).env("ROUX_QUIET", "1").output().unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(0), "{err}");
+    assert!(err.contains("using the state kept with checkpoint") && err.contains("the newest checkpoint cannot be used") && err.contains("resuming from the older one, step"), "{err}");
+    assert!(std::fs::read(whole.join("tiny/pretrain/model.safetensors")).unwrap() == std::fs::read(dir.join("model.safetensors")).unwrap(), "falling back changed the result");
+    let lines = |d: &Path| std::fs::read_to_string(d.join("tiny/pretrain/metrics.jsonl")).unwrap().lines().map(|l| {
+        let v: serde_json::Value = serde_json::from_str(l).unwrap();
+        (v["step"].as_u64(), v["loss"].as_f64(), v["val_loss"].as_f64())
+    }).collect::<Vec<_>>();
+    assert_eq!(lines(&whole), lines(&damaged));
 }
 
 /// (what, args) for broken inputs; each must exit 1 or 2 without a panic.
@@ -305,6 +346,13 @@ fn a_checkpoint_of_another_model_is_refused_not_loaded() {
     let dir = a.join("tiny/pretrain");
     std::fs::copy(b.join("tiny-llama/pretrain/model.safetensors"), dir.join("ckpt-80.safetensors")).unwrap();
     std::fs::remove_file(dir.join("report.json")).unwrap();
+    // With no older checkpoint to fall back to (that case resumes from it, tested below).
+    for e in std::fs::read_dir(&dir).unwrap() {
+        let name = e.unwrap().file_name().to_string_lossy().to_string();
+        if name.starts_with("ckpt-") && name != "ckpt-80.safetensors" {
+            std::fs::remove_file(dir.join(name)).unwrap();
+        }
+    }
     let o = Command::new(env!("CARGO_BIN_EXE_roux"))
         .args(["run", root().join("tests/fixtures/tiny.roux").to_str().unwrap(), "--out", a.to_str().unwrap()])
         .env("ROUX_QUIET", "1")

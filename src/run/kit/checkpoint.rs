@@ -4,7 +4,7 @@
 
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use tch::Tensor;
 
 use super::adamw::Optimizer;
@@ -42,23 +42,46 @@ pub fn save(dir: &Path, names: &[String], params: &[Tensor], opt: &Optimizer, st
         tensors.push((format!("adam.v.{n}"), opt.v[i].shallow_clone()));
     }
     write_tensors_atomic(&dir.join(&state.file), &tensors)?;
-    write_atomic(&dir.join("state.json"), serde_json::to_string_pretty(state)?.as_bytes())?;
+    // Each checkpoint keeps its own state beside it, so a resume can fall back to the older one.
+    let text = serde_json::to_string_pretty(state)?;
+    write_atomic(&dir.join(state_file(state.step)), text.as_bytes())?;
+    write_atomic(&dir.join("state.json"), text.as_bytes())?;
     // Only now that the state names the new file may older checkpoints go.
-    let mut old: Vec<(u64, PathBuf)> = std::fs::read_dir(dir)
-        .with_context(|| format!("listing {}", dir.display()))?
-        .filter_map(|e| e.ok())
-        .filter_map(|e| {
-            let name = e.file_name().to_string_lossy().to_string();
-            let step = name.strip_prefix("ckpt-")?.strip_suffix(".safetensors")?.parse().ok()?;
-            Some((step, e.path()))
-        })
-        .collect();
-    old.sort();
-    let n = old.len();
-    for (_, p) in old.into_iter().take(n.saturating_sub(KEEP)) {
-        let _ = std::fs::remove_file(p);
+    let old = kept_steps(dir)?;
+    for step in old.iter().take(old.len().saturating_sub(KEEP)) {
+        let _ = std::fs::remove_file(dir.join(format!("ckpt-{step}.safetensors")));
+        let _ = std::fs::remove_file(dir.join(state_file(*step)));
     }
     Ok(())
+}
+
+/// The state of the checkpoint of step `step`.
+fn state_file(step: u64) -> String {
+    format!("state-{step}.json")
+}
+
+/// Steps of the checkpoints in `dir`, oldest first.
+fn kept_steps(dir: &Path) -> Result<Vec<u64>> {
+    let mut steps: Vec<u64> = std::fs::read_dir(dir)
+        .with_context(|| format!("listing {}", dir.display()))?
+        .filter_map(|e| e.ok())
+        .filter_map(|e| e.file_name().to_str()?.strip_prefix("ckpt-")?.strip_suffix(".safetensors")?.parse().ok())
+        .collect();
+    steps.sort();
+    Ok(steps)
+}
+
+/// The states of the checkpoints older than `step` that kept theirs, newest first: where a
+/// resume goes when the newest checkpoint cannot be read.
+pub fn older_states(dir: &Path, step: u64) -> Vec<State> {
+    let steps = kept_steps(dir).unwrap_or_default();
+    steps
+        .into_iter()
+        .rev()
+        .filter(|s| *s < step)
+        .filter_map(|s| super::files::read_capped(&dir.join(state_file(s)), 1 << 20).ok())
+        .filter_map(|t| serde_json::from_str(&t).ok())
+        .collect()
 }
 
 pub fn read_state(dir: &Path) -> Result<Option<State>> {
@@ -67,8 +90,23 @@ pub fn read_state(dir: &Path) -> Result<Option<State>> {
         return Ok(None);
     }
     let text = super::files::read_capped(&p, 1 << 20)?;
-    let s = serde_json::from_str(&text).with_context(|| format!("{} is not a valid run state (corrupt?)", p.display()))?;
-    Ok(Some(s))
+    match serde_json::from_str(&text) {
+        Ok(s) => Ok(Some(s)),
+        Err(e) => {
+            // The newest checkpoint's own copy of the state, when state.json was damaged.
+            let newest = kept_steps(dir).unwrap_or_default().into_iter().rev().find_map(|s| {
+                let t = super::files::read_capped(&dir.join(state_file(s)), 1 << 20).ok()?;
+                serde_json::from_str::<State>(&t).ok()
+            });
+            match newest {
+                Some(s) => {
+                    tracing::warn!("{} is not a valid run state ({e}); using the state kept with checkpoint {}", p.display(), s.file);
+                    Ok(Some(s))
+                }
+                None => Err(anyhow::anyhow!("{} is not a valid run state (corrupt?): {e}", p.display())),
+            }
+        }
+    }
 }
 
 /// Restore named trainable tensors and their moments from the checkpoint a state names.

@@ -88,6 +88,8 @@ pub fn begin(ctx: &StageCtx, hash: String, resolved: &Value, steps: u64) -> Resu
         super::device::memory_guard(label, ctx.memory)?;
     }
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    // What a killed run was writing when it died (checkpoints of steps it will not reach again).
+    crate::fsio::remove_stale_tmp(dir, None);
     let resume = checkpoint::read_state(dir)?;
     if let Some(s) = &resume {
         if s.recipe_hash != hash && !ctx.opts.force {
@@ -141,14 +143,25 @@ pub fn begin_stage(ctx: &StageCtx, steps: u64) -> Result<Option<RunDir>> {
 impl RunDir {
     /// When resuming, restore the trainable tensors and their optimizer state; returns (steps
     /// done, data rng, stage-specific state), or (0, `rng`, null) for a fresh start.
-    pub fn restore(&self, names: &[String], params: &[Tensor], opt: &mut Optimizer, rng: Rng) -> Result<(u64, Rng, Value)> {
-        match &self.resume {
-            Some(s) => {
-                checkpoint::load(&self.dir, s, names, params, opt)?;
-                Ok((s.step, s.data_rng, s.extra.clone()))
+    /// A newest checkpoint that cannot be read (damaged on disk since it was written) gives way
+    /// to the older one kept beside it, with a warning; the metrics then restart from there.
+    pub fn restore(&mut self, names: &[String], params: &[Tensor], opt: &mut Optimizer, rng: Rng) -> Result<(u64, Rng, Value)> {
+        let Some(newest) = self.resume.clone() else { return Ok((0, rng, Value::Null)) };
+        let err = match checkpoint::load(&self.dir, &newest, names, params, opt) {
+            Ok(()) => return Ok((newest.step, newest.data_rng, newest.extra)),
+            Err(e) => e,
+        };
+        for older in checkpoint::older_states(&self.dir, newest.step).into_iter().filter(|o| o.recipe_hash == newest.recipe_hash) {
+            if checkpoint::load(&self.dir, &older, names, params, opt).is_ok() {
+                tracing::warn!("{}: the newest checkpoint cannot be used ({err:#}); resuming from the older one, step {}", self.label, older.step);
+                self.metrics = Metrics::open(&self.dir, Some(older.step))?;
+                self.progress = Progress::new(&self.label, older.step, self.progress.total());
+                let back = (older.step, older.data_rng, older.extra.clone());
+                self.resume = Some(older);
+                return Ok(back);
             }
-            None => Ok((0, rng, Value::Null)),
         }
+        Err(err)
     }
 
     /// Checkpoint after `state.step` steps; the hash and file name are filled in here.

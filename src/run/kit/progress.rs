@@ -82,6 +82,11 @@ impl Progress {
         }
     }
 
+    /// The steps the stage runs in all.
+    pub fn total(&self) -> u64 {
+        self.total
+    }
+
     fn eta(&self, step: u64) -> String {
         let done = step.saturating_sub(self.start_step).max(1) as f64;
         let per = self.start.elapsed().as_secs_f64() / done;
