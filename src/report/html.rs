@@ -5,8 +5,9 @@
 
 use std::path::Path;
 
-fn esc(s: &str) -> String {
-    s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;")
+/// Text for HTML, in an element or a quoted attribute.
+pub fn esc(s: &str) -> String {
+    s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('"', "&quot;").replace('\'', "&#39;")
 }
 
 /// The largest report, plot or resolved file a report page reads.
@@ -59,7 +60,16 @@ pub fn report_html(dir: &Path, title: &str) -> Result<String, String> {
         ];
         sections.push_str(&format!("<h2>Plan</h2>{}", table(&rows)));
     }
-    let plots: String = svgs.iter().map(|(name, svg)| format!("<figure class=\"plot\" data-name=\"{}\">{svg}<figcaption>{}</figcaption></figure>", esc(name), esc(name))).collect();
+    // Each plot as an image, never inline markup: whatever an SVG file in the directory holds,
+    // it cannot run a script or restyle the page.
+    let plots: String = svgs
+        .iter()
+        .map(|(name, svg)| {
+            use base64::Engine;
+            let data = base64::engine::general_purpose::STANDARD.encode(svg.as_bytes());
+            format!("<figure class=\"plot\" data-name=\"{n}\"><img alt=\"{n}\" src=\"data:image/svg+xml;base64,{data}\"><figcaption>{n}</figcaption></figure>", n = esc(name))
+        })
+        .collect();
     if let Some(r) = read("recipe.roux") {
         sections.push_str(&format!("<h2>Recipe</h2><pre>{}</pre>", esc(&r)));
     }
@@ -73,7 +83,7 @@ pub fn report_html(dir: &Path, title: &str) -> Result<String, String> {
 body {{ font-family: sans-serif; margin: 2em; max-width: 1100px; }}
 .plots {{ display: flex; flex-wrap: wrap; gap: 1em; }}
 figure.plot {{ margin: 0; border: 1px solid #ddd; padding: .5em; }}
-figure.plot svg {{ width: 520px; height: auto; display: block; }}
+figure.plot img {{ width: 520px; height: auto; display: block; }}
 table {{ border-collapse: collapse; }} th, td {{ border: 1px solid #ddd; padding: .2em .6em; text-align: left; }}
 pre {{ background: #f6f6f6; padding: 1em; overflow-x: auto; }}
 </style></head>
@@ -83,8 +93,8 @@ pre {{ background: #f6f6f6; padding: 1em; overflow-x: auto; }}
 <script>
 // Every plot must have drawn with a real size; the title tells a headless browser the count.
 window.addEventListener("load", () => {{
-  const figs = [...document.querySelectorAll("figure.plot svg")];
-  const drawn = figs.filter(s => {{ const b = s.getBoundingClientRect(); return b.width > 100 && b.height > 50 && s.querySelectorAll("path, polyline, line").length > 0; }});
+  const figs = [...document.querySelectorAll("figure.plot img")];
+  const drawn = figs.filter(i => i.complete && i.naturalWidth > 100 && i.naturalHeight > 50 && i.getBoundingClientRect().width > 100);
   document.title = (drawn.length === figs.length ? "plots-ok " : "plots-missing ") + drawn.length + "/" + figs.length;
 }});
 </script>
@@ -129,4 +139,22 @@ pub fn write_pngs(dir: &Path) -> Result<Vec<std::path::PathBuf>, String> {
 #[cfg(not(feature = "png"))]
 pub fn write_pngs(_: &Path) -> Result<Vec<std::path::PathBuf>, String> {
     Ok(vec![])
+}
+
+#[cfg(test)]
+mod tests {
+    /// A hostile SVG file or file name in a run directory cannot add markup or script to the
+    /// page: plots are images (data: URLs) and names are escaped, in attributes too.
+    #[test]
+    fn a_hostile_plot_cannot_inject_into_the_page() {
+        let dir = std::env::temp_dir().join(format!("roux-html-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("x\"><b onmouseover=alert(1)>'.svg"), "<svg xmlns=\"http://www.w3.org/2000/svg\"><script>alert(1)</script></svg>").unwrap();
+        std::fs::write(dir.join("recipe.roux"), "experiment \"</pre><script>alert(2)</script>\" {}").unwrap();
+        let page = super::report_html(&dir, "t<i>").unwrap();
+        assert_eq!(page.matches("<script").count(), 1, "only the page's own script");
+        assert!(!page.contains("<b ") && !page.contains("<i>") && !page.contains("alert(2)</script>"), "{page}");
+        assert!(page.contains("data-name=\"x&quot;&gt;&lt;b onmouseover=alert(1)&gt;&#39;.svg\""), "{page}");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 }

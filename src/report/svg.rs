@@ -10,34 +10,55 @@ pub struct Series {
 const PALETTE: &[&str] = &["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf"];
 
 fn esc(s: &str) -> String {
-    s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('"', "&quot;")
+    super::html::esc(s)
 }
 
-/// Round tick spacing: 1, 2 or 5 × 10^n giving about `n` ticks over [lo, hi].
+/// Round tick values covering `lo..=hi`, about `n` of them (never more than 2n + 2, whatever
+/// the numbers: a flat, huge or non-finite range gets a bounded list).
 fn ticks(lo: f64, hi: f64, n: usize) -> Vec<f64> {
-    let span = (hi - lo).max(1e-12);
+    if !(lo.is_finite() && hi.is_finite()) || hi < lo {
+        return vec![];
+    }
+    let span = (hi - lo).max(lo.abs().max(hi.abs()) * 1e-12).max(1e-300);
     let raw = span / n as f64;
     let mag = 10f64.powf(raw.log10().floor());
     let step = [1.0, 2.0, 5.0, 10.0].iter().map(|m| m * mag).find(|s| span / s <= n as f64).unwrap_or(10.0 * mag);
-    let mut t = (lo / step).ceil() * step;
-    let mut out = vec![];
-    while t <= hi + step * 1e-9 {
-        out.push(t);
-        t += step;
+    // Counted in whole steps: adding a step to a large value may not change it.
+    let (first, last) = ((lo / step - 1e-9).ceil(), (hi / step + 1e-9).floor());
+    if !(first.is_finite() && last.is_finite()) || last - first > (2 * n + 2) as f64 {
+        return vec![];
     }
-    out
+    (0..=(last - first) as i64).map(|k| (first + k as f64) * step).collect()
 }
 
-fn label(v: f64) -> String {
-    if v.abs() < 1e-12 {
-        return "0".into();
-    }
-    if v != 0.0 && (v.abs() >= 1e5 || v.abs() < 1e-3) {
-        format!("{v:.1e}")
-    } else {
-        let s = format!("{v:.3}");
-        s.trim_end_matches('0').trim_end_matches('.').to_string()
-    }
+/// Tick labels with as many digits as the step needs, so neighbouring ticks never print alike
+/// (`0.00098, 0.001, 0.00102` rather than `0.001, 0.001, 1.0e-3`), in one notation per axis.
+fn labels(ticks: &[f64]) -> Vec<String> {
+    let step = if ticks.len() >= 2 { ticks[1] - ticks[0] } else { ticks.first().map_or(1.0, |t| t.abs().max(1e-300)) };
+    let step_mag = step.abs().log10().floor();
+    let largest = ticks.iter().fold(0.0f64, |m, t| m.max(t.abs()));
+    let scientific = largest >= 1e5 || largest < 1e-3;
+    ticks
+        .iter()
+        .map(|&v| {
+            if v.abs() < step.abs() * 1e-6 {
+                return "0".into();
+            }
+            if scientific {
+                let digits = (v.abs().log10().floor() - step_mag).clamp(0.0, 6.0) as usize;
+                let s = format!("{v:.digits$e}");
+                // `1.50e-3` → `1.5e-3`
+                match s.split_once('e') {
+                    Some((m, e)) if m.contains('.') => format!("{}e{e}", m.trim_end_matches('0').trim_end_matches('.')),
+                    _ => s,
+                }
+            } else {
+                let decimals = (-step_mag).clamp(0.0, 9.0) as usize;
+                let s = format!("{v:.decimals$}");
+                if s.contains('.') { s.trim_end_matches('0').trim_end_matches('.').to_string() } else { s }
+            }
+        })
+        .collect()
 }
 
 /// The label of a log-axis tick at log10 value `t`: `1e5`, `3.2e4`.
@@ -67,10 +88,12 @@ pub fn chart(title: &str, x_label: &str, y_label: &str, series: &[Series], log_x
     if pts.is_empty() {
         (x0, x1, y0, y1) = (0.0, 1.0, 0.0, 1.0);
     }
-    if x1 - x0 < 1e-12 {
-        x1 = x0 + 1.0;
+    // A flat series (a constant learning rate) still gets an axis around its value.
+    if x1 - x0 <= x0.abs().max(x1.abs()) * 1e-9 {
+        (x0, x1) = (x0 - 0.5 * x0.abs().max(1.0), x1 + 0.5 * x1.abs().max(1.0));
     }
-    let pad = ((y1 - y0) * 0.05).max(1e-9);
+    let flat = y1 - y0 <= y0.abs().max(y1.abs()) * 1e-9;
+    let pad = if flat { (y0.abs() * 0.05).max(1e-300) } else { (y1 - y0) * 0.05 };
     (y0, y1) = (y0 - pad, y1 + pad);
     let px = |x: f64| ml + (x - x0) / (x1 - x0) * (w - ml - mr);
     let py = |y: f64| h - mb - (y - y0) / (y1 - y0) * (h - mt - mb);
@@ -81,14 +104,16 @@ pub fn chart(title: &str, x_label: &str, y_label: &str, series: &[Series], log_x
         (w - mr + ml) / 2.0,
         esc(title)
     );
-    for t in ticks(y0, y1, 6) {
+    let yt = ticks(y0, y1, 6);
+    for (&t, plain) in yt.iter().zip(labels(&yt)) {
         let y = py(t);
-        let shown = if log_y { label_pow(t) } else { label(t) };
+        let shown = if log_y { label_pow(t) } else { plain };
         s += &format!("<line x1=\"{ml}\" x2=\"{}\" y1=\"{y:.1}\" y2=\"{y:.1}\" stroke=\"#eee\"/><text x=\"{}\" y=\"{:.1}\" text-anchor=\"end\">{}</text>\n", w - mr, ml - 6.0, y + 4.0, shown);
     }
-    for t in ticks(x0, x1, 7) {
+    let xt = ticks(x0, x1, 7);
+    for (&t, plain) in xt.iter().zip(labels(&xt)) {
         let x = px(t);
-        let shown = if log_x { label_pow(t) } else { label(t) };
+        let shown = if log_x { label_pow(t) } else { plain };
         s += &format!("<line x1=\"{x:.1}\" x2=\"{x:.1}\" y1=\"{mt}\" y2=\"{}\" stroke=\"#eee\"/><text x=\"{x:.1}\" y=\"{}\" text-anchor=\"middle\">{}</text>\n", h - mb, h - mb + 16.0, shown);
     }
     s += &format!("<rect x=\"{ml}\" y=\"{mt}\" width=\"{}\" height=\"{}\" fill=\"none\" stroke=\"#333\"/>\n", w - ml - mr, h - mt - mb);
@@ -130,6 +155,26 @@ mod tests {
         assert_eq!(ticks(0.0, 10.0, 5), vec![0.0, 2.0, 4.0, 6.0, 8.0, 10.0]);
         // span 4.15: a step of 0.5 would give 8 ticks (> 6), so the step is 1.
         assert_eq!(ticks(1.37, 5.52, 6), vec![2.0, 3.0, 4.0, 5.0]);
+    }
+
+    #[test]
+    fn flat_huge_and_broken_ranges_end() {
+        // A constant series at 1e6 once looped forever (1e6 + 1e-12 == 1e6).
+        assert!(ticks(1e6, 1e6, 6).len() <= 14);
+        assert!(ticks(1e300, 1.0000001e300, 6).len() <= 14);
+        assert_eq!(ticks(f64::NAN, 1.0, 6), Vec::<f64>::new());
+        assert_eq!(ticks(0.0, f64::INFINITY, 6), Vec::<f64>::new());
+        // A flat learning rate, padded by 5% as the chart does: distinct labels.
+        assert_eq!(labels(&ticks(0.00095, 0.00105, 6)), ["0.00096", "0.00098", "0.001", "0.00102", "0.00104"]);
+        assert_eq!(labels(&ticks(2.5, 3.5, 6)), ["2.6", "2.8", "3", "3.2", "3.4"]);
+        assert_eq!(labels(&ticks(0.0, 2e6, 5)), ["0", "5e5", "1e6", "1.5e6", "2e6"]);
+        assert_eq!(labels(&ticks(2e-5, 6e-5, 5)), ["2e-5", "3e-5", "4e-5", "5e-5", "6e-5"]);
+    }
+
+    #[test]
+    fn a_constant_series_draws_a_labelled_axis() {
+        let s = line_chart("lr", "step", "lr", &[Series { name: "lr".into(), points: (0..50).map(|i| (i as f64, 1e-3)).collect(), dashed: false }], false);
+        assert!(s.contains(">0.001<") && !s.contains("NaN"), "{s}");
     }
 
     #[test]
