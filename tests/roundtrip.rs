@@ -110,3 +110,19 @@ fn yaml_spellings_mean_what_the_roux_form_means() {
     let c = roux::frontend::compile(&dir.join("bad.yaml")).unwrap();
     assert_eq!(c.diagnostics[0].hint.as_deref(), Some("add `layers: …` to the block"));
 }
+
+/// `roux fmt` of a YAML recipe keeps every comment, above or beside its key, and formats to a
+/// fixed point (`fmt --check` passes after `fmt`); the file still checks.
+#[test]
+fn fmt_keeps_the_comments_of_a_yaml_recipe() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/test-runs/yaml-comments");
+    std::fs::create_dir_all(&dir).unwrap();
+    let f = dir.join("c.yaml");
+    std::fs::write(&f, "# header\nexperiment: commented   # the name\nmodel lm:\n  $: transformer\n  # sizes\n  vocab: 256\n  context: 32\n  d_model:    32\n  layers: 1\n  heads: 2 # two\n# the end\n").unwrap();
+    let roux = |args: &[&str]| std::process::Command::new(env!("CARGO_BIN_EXE_roux")).args(args).output().unwrap();
+    assert_eq!(roux(&["fmt", f.to_str().unwrap()]).status.code(), Some(0));
+    let text = std::fs::read_to_string(&f).unwrap();
+    assert_eq!(text, "# header\nexperiment: commented  # the name\nmodel lm:\n  $: transformer\n  # sizes\n  vocab: 256\n  context: 32\n  d_model: 32\n  layers: 1\n  heads: 2  # two\n# the end\n");
+    assert_eq!(roux(&["fmt", "--check", f.to_str().unwrap()]).status.code(), Some(0));
+    assert_eq!(roux(&["check", f.to_str().unwrap()]).status.code(), Some(0));
+}

@@ -13,8 +13,9 @@ fn formatted(path: &Path) -> Result<(String, String), (u8, String)> {
     let source = read(path).map_err(|e| (2, format!("error: {e}\n")))?;
     let name = path.display().to_string();
     let out = if is_yaml(path) {
-        // (A YAML file cannot hold a duplicate key, so its AST has none.)
-        parse_source(&source).map(|ast| yaml::to_yaml(&ast))
+        // (A YAML file cannot hold a duplicate key, so its AST has none.) Its comments are
+        // carried onto the new layout.
+        parse_source(&source).map(|ast| roux::syntax::yaml_comments::carry(&source.text, &yaml::to_yaml(&ast)))
     } else {
         print::format(&source.text)
     };
@@ -76,6 +77,9 @@ fn convert(file: &Path, form: Form, output: Option<&Path>) -> u8 {
         Form::Yaml => yaml::to_yaml(&ast),
         Form::Roux => print::print(&ast),
     };
+    if source.text.contains("//") || source.text.contains("/*") || (is_yaml(file) && source.text.contains('#')) {
+        eprintln!("note: comments do not carry over between the forms; {} keeps them", file.display());
+    }
     match output {
         Some(o) => match roux::fsio::write_atomic(o, text.as_bytes()) {
             Ok(()) => 0,

@@ -5,6 +5,7 @@ pub mod overrides;
 mod parse;
 pub mod print;
 pub mod yaml;
+pub mod yaml_comments;
 
 pub use parse::{parse, parse_expr};
 

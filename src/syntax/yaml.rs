@@ -152,7 +152,7 @@ fn index(src: &str) -> Node {
 }
 
 /// The `:` that ends a mapping key (followed by a space or the line's end), outside quotes.
-fn key_colon(t: &str) -> Option<usize> {
+pub(super) fn key_colon(t: &str) -> Option<usize> {
     let b = t.as_bytes();
     let mut quote = None;
     for (i, &c) in b.iter().enumerate() {

@@ -1,0 +1,160 @@
+//! Comments of a YAML recipe, carried from the file onto its canonical layout (`roux fmt`): each
+//! comment is tied to the key (or list item) it stands above or beside, and put back above or
+//! beside that key in the new text. One whose key is gone goes at the end: none is lost.
+
+/// Where a line sits in the document: its keys from the top, a list item as `#<index>`.
+type Path = Vec<String>;
+
+/// `formatted` with the comments of `source` put back.
+pub fn carry(source: &str, formatted: &str) -> String {
+    let (mut notes, trailing_end) = collect(source);
+    if notes.is_empty() && trailing_end.is_empty() {
+        return formatted.to_string();
+    }
+    let mut out = String::with_capacity(formatted.len() + source.len() / 4);
+    let mut walk = Walker::default();
+    for line in formatted.lines() {
+        let indent = line.len() - line.trim_start().len();
+        if let Some(path) = walk.step(line) {
+            if let Some(i) = notes.iter().position(|n| n.path == path) {
+                let note = notes.remove(i);
+                for c in &note.above {
+                    out.push_str(&" ".repeat(indent));
+                    out.push_str(c);
+                    out.push('\n');
+                }
+                out.push_str(line);
+                if let Some(t) = &note.beside {
+                    out.push_str("  ");
+                    out.push_str(t);
+                }
+                out.push('\n');
+                continue;
+            }
+        }
+        out.push_str(line);
+        out.push('\n');
+    }
+    // Comments whose key the layout no longer has, then those after the last key.
+    for n in notes {
+        for c in n.above.iter().chain(&n.beside) {
+            out.push_str(c);
+            out.push('\n');
+        }
+    }
+    for c in trailing_end {
+        out.push_str(&c);
+        out.push('\n');
+    }
+    out
+}
+
+/// The comments tied to one key.
+struct Note {
+    path: Path,
+    above: Vec<String>,
+    beside: Option<String>,
+}
+
+/// Every key's comments, and the comments after the last key.
+fn collect(source: &str) -> (Vec<Note>, Vec<String>) {
+    let mut notes: Vec<Note> = vec![];
+    let mut pending: Vec<String> = vec![];
+    let mut walk = Walker::default();
+    for line in source.lines() {
+        let t = line.trim();
+        if t.starts_with('#') {
+            pending.push(t.to_string());
+            continue;
+        }
+        let (code, comment) = split_comment(line);
+        if let Some(path) = walk.step(code) {
+            if !pending.is_empty() || comment.is_some() {
+                notes.push(Note { path, above: std::mem::take(&mut pending), beside: comment.map(str::to_string) });
+            }
+        } else if let Some(c) = comment {
+            pending.push(c.to_string());
+        }
+    }
+    (notes, pending)
+}
+
+/// A line's text and its trailing `# comment` (a `#` after a space, outside quotes).
+fn split_comment(line: &str) -> (&str, Option<&str>) {
+    let b = line.as_bytes();
+    let mut quote = None;
+    for (i, &c) in b.iter().enumerate() {
+        match (quote, c) {
+            (None, b'\'' | b'"') => quote = Some(c),
+            (Some(q), _) if c == q => quote = None,
+            (None, b'#') if i == 0 || b[i - 1] == b' ' || b[i - 1] == b'\t' => return (line[..i].trim_end(), Some(&line[i..])),
+            _ => {}
+        }
+    }
+    (line, None)
+}
+
+/// Follows the block structure line by line: the key path of each key or list-item line.
+#[derive(Default)]
+struct Walker {
+    /// (indent, key) of the enclosing keys; list items as `#<n>`.
+    stack: Vec<(usize, String)>,
+    /// Items seen so far under each path, to number list items.
+    items: std::collections::HashMap<Path, usize>,
+}
+
+impl Walker {
+    fn step(&mut self, line: &str) -> Option<Path> {
+        let t = line.trim_start();
+        if t.is_empty() || t == "---" {
+            return None;
+        }
+        let indent = line.len() - t.len();
+        while self.stack.last().is_some_and(|(i, _)| *i >= indent) {
+            self.stack.pop();
+        }
+        let parent: Path = self.stack.iter().map(|(_, k)| k.clone()).collect();
+        if let Some(rest) = t.strip_prefix("- ").or(if t == "-" { Some("") } else { None }) {
+            let n = self.items.entry(parent).or_insert(0);
+            let key = format!("#{n}");
+            *n += 1;
+            self.stack.push((indent, key));
+            // `- key: value`: the item's first key sits two columns in.
+            if let Some(c) = key_of(rest) {
+                self.stack.push((indent + 2, c));
+            }
+        } else if let Some(k) = key_of(t) {
+            self.stack.push((indent, k));
+        } else {
+            return None; // a continuation of a multi-line value
+        }
+        Some(self.stack.iter().map(|(_, k)| k.clone()).collect())
+    }
+}
+
+/// The key a `key: value` line starts with.
+fn key_of(t: &str) -> Option<String> {
+    super::yaml::key_colon(t).map(|i| t[..i].trim().trim_matches(|c| c == '"' || c == '\'').to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::carry;
+
+    #[test]
+    fn comments_follow_their_keys_into_the_new_layout() {
+        let source = "# the experiment\nexperiment: x   # its name\nmodel lm:\n  $: transformer\n  # width\n  d_model:   32  # small\n  tasks: [a, b]\n# the end\n";
+        let formatted = "experiment: x\nmodel lm:\n  $: transformer\n  d_model: 32\n  tasks:\n  - a\n  - b\n";
+        assert_eq!(
+            carry(source, formatted),
+            "# the experiment\nexperiment: x  # its name\nmodel lm:\n  $: transformer\n  # width\n  d_model: 32  # small\n  tasks:\n  - a\n  - b\n# the end\n"
+        );
+    }
+
+    #[test]
+    fn a_comment_whose_key_is_gone_is_kept_at_the_end() {
+        assert_eq!(carry("a: 1\n# about b\nb: 2\n", "a: 1\n"), "a: 1\n# about b\n");
+        // A `#` inside quotes is no comment.
+        assert_eq!(carry("t: '\"a # b\"'\n", "t: '\"a # b\"'\n"), "t: '\"a # b\"'\n");
+    }
+}
