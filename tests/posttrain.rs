@@ -210,11 +210,24 @@ fn jsonl_data_with_configured_field_names_trains_and_bad_lines_name_file_and_lin
     std::fs::write(dir.join("data/instructions.jsonl"), lines.join("\n")).unwrap();
     std::fs::copy(fixture("data/preferences.jsonl"), dir.join("data/preferences.jsonl")).unwrap();
     std::fs::copy(fixture("tiny-jsonl.roux"), dir.join("r.roux")).unwrap();
+    // Refused by the check, before anything runs, with the line and why.
     let o = roux(&["run", dir.join("r.roux").to_str().unwrap(), "--out", dir.join("runs").to_str().unwrap()]);
     let err = String::from_utf8_lossy(&o.stderr);
-    assert_eq!(o.status.code(), Some(2), "{err}");
-    assert!(err.contains("instructions.jsonl:3: no field `output`"), "{err}");
-    assert!(!err.contains("panicked"), "{err}");
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(err.contains("error[E0214]: `instructions.jsonl` has 1 bad line(s) of 60: line 3: no field `output` (the data set reads fields instruction, output)"), "{err}");
+    assert!(!err.contains("panicked") && !dir.join("runs").exists(), "{err}");
+    // Examples longer than the model's context are counted and warned of, not cut silently.
+    std::fs::copy(fixture("data/instructions.jsonl"), dir.join("data/instructions.jsonl")).unwrap();
+    std::fs::write(dir.join("r.roux"), std::fs::read_to_string(fixture("tiny-jsonl.roux")).unwrap().replace("context = 32", "context = 20")).unwrap();
+    let o = roux(&["check", dir.join("r.roux").to_str().unwrap()]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(0), "{err}");
+    let cut = std::fs::read_to_string(dir.join("data/instructions.jsonl")).unwrap().lines().filter(|l| {
+        let v: serde_json::Value = serde_json::from_str(l).unwrap();
+        "Q: \nA: \n".len() + v["instruction"].as_str().unwrap().len() + v["output"].as_str().unwrap().len() > 21
+    }).count();
+    assert!(cut > 0 && cut < 60, "{cut}");
+    assert!(err.contains(&format!("warning[W0403]: {cut} of 60 examples of `instr` ({:.1}%) are longer than model `lm`'s context of 20 and will be cut", 100.0 * cut as f64 / 60.0)), "{err}");
 }
 
 /// `roux merge` finds the adapter's definition and base through their own run directories: a

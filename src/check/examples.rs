@@ -19,6 +19,8 @@ impl<'a> Checker<'a> {
         let template_field = f.field("template");
         let end_field = f.field("end");
         let held_out = f.ranged(self, "held_out", Some(0.1), 0.0, true, 1.0, false);
+        // The rows of a JSONL file, read now so that a bad line is a check error, not a failed run.
+        let mut rows: Option<Vec<Vec<String>>> = None;
         let (ekind, source) = match kind {
             "synthetic.instructions" | "synthetic.preferences" => {
                 let ekind = if kind == "synthetic.instructions" { ExampleKind::Instructions } else { ExampleKind::Preferences };
@@ -44,6 +46,9 @@ impl<'a> Checker<'a> {
                 let fields: Vec<Option<String>> = names.iter().map(|(k, def)| self.string_field(&mut f, k, def)).collect();
                 let path = self.jsonl_path(d, kind, args);
                 let src = fields.into_iter().collect::<Option<Vec<_>>>().zip(path).map(|(fields, path)| ExampleSource::Jsonl { path, fields });
+                if let Some(ExampleSource::Jsonl { path, fields }) = &src {
+                    rows = self.jsonl_rows(path, fields, super::paths::single_path_arg(args).map_or(at, |a| a.1));
+                }
                 (ekind, src)
             }
         };
@@ -75,7 +80,58 @@ impl<'a> Checker<'a> {
                 }
             },
         };
+        if let Some(rows) = rows {
+            // The longest sequence each example makes (of a pair, its longer side), in bytes.
+            let len = |r: &[String]| r[1..].iter().map(|resp| crate::posttrain::examples::render(&template, &r[0]).len() + resp.len() + end.len()).max().unwrap_or(0);
+            let lengths: Vec<usize> = rows.iter().map(|r| len(r)).collect();
+            let span = super::paths::single_path_arg(args).map_or(at, |a| a.1);
+            let longest = lengths.iter().max().copied().unwrap_or(0);
+            let mean = lengths.iter().sum::<usize>() as f64 / lengths.len().max(1) as f64;
+            let unit = if ekind == ExampleKind::Instructions { "examples" } else { "pairs" };
+            self.error(Diagnostic::note(Code::N0404, span, format!("data `{}`: {} {unit}, {:.0} bytes each on average, the longest {longest} (prompt template, response and end marker)", d.name.name, lengths.len(), mean))
+                .with_hint("a stage warns when some are longer than its model's context"));
+            self.example_lengths.insert(d.name.name.clone(), (lengths, span));
+        }
         Some(ExampleSet { name: d.name.name.clone(), kind: ekind, source: source?, template, end, held_out: held_out? })
+    }
+
+    /// The rows of a JSONL file through the loader; every bad line (the first ten listed) and an
+    /// empty file are errors at the file's name in the recipe.
+    fn jsonl_rows(&mut self, path: &std::path::Path, fields: &[String], span: Span) -> Option<Vec<Vec<String>>> {
+        const LISTED: usize = 10;
+        let text = match self.loader.read_text(path, crate::posttrain::examples::MAX_JSONL_BYTES) {
+            Ok(t) => t,
+            Err(e) => {
+                self.error(Diagnostic::error(Code::E0214, span, e).with_hint("a JSONL data set is a UTF-8 text file of one JSON object per line"));
+                return None;
+            }
+        };
+        let parsed = crate::posttrain::examples::parse_jsonl(&text, fields, LISTED);
+        let file = path.file_name().map_or_else(|| path.display().to_string(), |f| f.to_string_lossy().into_owned());
+        if parsed.bad_total > 0 {
+            let listed: Vec<String> = parsed.bad.iter().map(|(l, why)| format!("line {l}: {why}")).collect();
+            let more = if parsed.bad_total > listed.len() { format!("; and {} more", parsed.bad_total - listed.len()) } else { String::new() };
+            self.error(Diagnostic::error(Code::E0214, span, format!("`{file}` has {} bad line(s) of {}: {}{more}", parsed.bad_total, parsed.bad_total + parsed.rows.len(), listed.join("; ")))
+                .with_hint(format!("every non-empty line is one JSON object whose fields {} are strings", fields.iter().map(|f| format!("`{f}`")).collect::<Vec<_>>().join(", "))));
+            return None;
+        }
+        if parsed.rows.is_empty() {
+            self.error(Diagnostic::error(Code::E0214, span, format!("`{file}` holds no examples")).with_hint("write one JSON object per line"));
+            return None;
+        }
+        Some(parsed.rows)
+    }
+
+    /// W0403 when some examples of `data` are longer than `context` (they will be cut).
+    pub(super) fn warn_truncation(&mut self, data: &str, model: &str, context: usize) {
+        let Some((lengths, span)) = self.example_lengths.get(data) else { return };
+        let cut = lengths.iter().filter(|&&l| l > context + 1).count();
+        if cut == 0 {
+            return;
+        }
+        let (n, span) = (lengths.len(), *span);
+        self.error(Diagnostic::warning(Code::W0403, span, format!("{cut} of {n} examples of `{data}` ({:.1}%) are longer than model `{model}`'s context of {context} and will be cut", 100.0 * cut as f64 / n as f64))
+            .with_hint("use a model with a longer context, or shorten or drop those examples"));
     }
 
     /// `tasks = [reverse, sort, add, uppercase]` (default: all four).

@@ -48,6 +48,8 @@ pub struct Checker<'a> {
     visiting: Vec<usize>,
     /// Data sets and budgets being checked, to catch one read through its own attributes.
     checking: Vec<String>,
+    /// Byte lengths of the examples of each JSONL data set, and where the recipe names its file.
+    example_lengths: HashMap<String, (Vec<usize>, Span)>,
     /// Top-level keys that sweeps define.
     variables: Vec<String>,
     /// Folders outside the project that the user allowed the recipe to read (`--allow-path`).
@@ -82,6 +84,7 @@ pub fn check_with(ast: &ast::SourceFile, base_dir: &Path, variables: &[String], 
         models: HashMap::new(),
         visiting: vec![],
         checking: vec![],
+        example_lengths: HashMap::new(),
         variables: variables.to_vec(),
         allowed_paths: allowed_paths.to_vec(),
         loader,

@@ -72,7 +72,19 @@ impl<'a> Checker<'a> {
     }
 
     /// A checked stage of declaration `d`, after the stages it reads from.
-    pub(super) fn stage_spec(&self, d: &'a Decl, kind: StageKind) -> StageSpec {
+    pub(super) fn stage_spec(&mut self, d: &'a Decl, kind: StageKind) -> StageSpec {
+        // Examples the stage trains on, beside the model whose context cuts them.
+        let trains_on = match &kind {
+            StageKind::Finetune(f) => Some((&f.data, &f.model.arch)),
+            StageKind::RewardModel(m) => Some((&m.data, &m.model.arch)),
+            StageKind::Dpo(p) => Some((&p.data, &p.policy.arch)),
+            _ => None,
+        };
+        if let Some((data, arch)) = trains_on {
+            if let Some(context) = self.models.get(arch).map(|m| m.context) {
+                self.warn_truncation(data, arch, context);
+            }
+        }
         StageSpec { name: d.name.name.clone(), after: self.after_of(d), kind }
     }
 

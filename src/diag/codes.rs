@@ -57,6 +57,7 @@ codes! {
     E0211 = "E0211": "context not shorter than the data",
     E0212 = "E0212": "a path outside the recipe's project",
     E0213 = "E0213": "an experiment name that is not one plain path component",
+    E0214 = "E0214": "a JSONL data file with bad lines, no examples, or that cannot be read",
     E0220 = "E0220": "heads do not divide d_model",
     E0221 = "E0221": "rope with an odd head size",
     E0222 = "E0222": "data context beyond the model's",
@@ -84,6 +85,8 @@ codes! {
     E0314 = "E0314": "a program reward on data without answers",
     W0401 = "W0401": "a stage strays from its budget's optimum (a warning: the recipe still runs)",
     N0402 = "N0402": "the size chosen for a `params = N` model (a note)",
+    W0403 = "W0403": "examples longer than the model's context, which training cuts (a warning)",
+    N0404 = "N0404": "what a JSONL data set holds: examples and their lengths (a note)",
 }
 
 impl std::fmt::Display for Code {

@@ -9,7 +9,7 @@ use crate::recipe::{ExampleKind, ExampleSet, ExampleSource};
 use crate::rng::Rng;
 
 /// The largest JSONL file of examples read (the whole file is held in memory).
-const MAX_JSONL_BYTES: u64 = 2 << 30;
+pub const MAX_JSONL_BYTES: u64 = 2 << 30;
 
 #[derive(Clone, Debug, PartialEq)]
 pub struct Example {
@@ -121,27 +121,69 @@ pub fn preferences(set: &ExampleSet, seed: u64) -> Result<Split<Pair>, String> {
 fn read_jsonl(set: &ExampleSet) -> Result<Vec<Vec<String>>, String> {
     let ExampleSource::Jsonl { path, fields } = &set.source else { return Ok(vec![]) };
     let text = crate::fsio::read_text(path, MAX_JSONL_BYTES)?;
-    let mut out = vec![];
+    let parsed = parse_jsonl(&text, fields, 1);
+    if let Some((line, why)) = parsed.bad.first() {
+        return Err(format!("{}:{line}: {why}", path.display()));
+    }
+    if parsed.rows.is_empty() {
+        return Err(format!("{}: no examples", path.display()));
+    }
+    Ok(parsed.rows)
+}
+
+/// A JSONL data set read line by line: the rows of its good lines, and its bad ones.
+pub struct Jsonl {
+    /// The named fields of each good line, in order.
+    pub rows: Vec<Vec<String>>,
+    /// The first bad lines (1-based line number, why), at most the number asked for.
+    pub bad: Vec<(usize, String)>,
+    /// Every bad line, listed or not.
+    pub bad_total: usize,
+}
+
+/// Read JSONL text: every non-empty line one JSON object whose `fields` are strings. The one
+/// reading both `roux check` (every bad line, counted) and a run (the first) use.
+pub fn parse_jsonl(text: &str, fields: &[String], max_bad: usize) -> Jsonl {
+    let mut out = Jsonl { rows: vec![], bad: vec![], bad_total: 0 };
     for (i, line) in text.lines().enumerate() {
         if line.trim().is_empty() {
             continue;
         }
-        let at = format!("{}:{}", path.display(), i + 1);
-        let v: serde_json::Value = serde_json::from_str(line).map_err(|e| format!("{at}:{}: not JSON: {e}", e.column()))?;
-        let row = fields
-            .iter()
-            .map(|f| match v.get(f) {
-                Some(serde_json::Value::String(s)) => Ok(s.clone()),
-                Some(other) => Err(format!("{at}: field `{f}` is {other}, expected a string")),
-                None => Err(format!("{at}: no field `{f}` (the data set reads fields {})", fields.join(", "))),
-            })
-            .collect::<Result<Vec<_>, _>>()?;
-        out.push(row);
+        let row = match serde_json::from_str::<serde_json::Value>(line) {
+            Err(e) => Err(format!("not JSON (column {}: {e})", e.column())),
+            Ok(v) if !v.is_object() => Err("not a JSON object".to_string()),
+            Ok(v) => fields
+                .iter()
+                .map(|f| match v.get(f) {
+                    Some(serde_json::Value::String(s)) => Ok(s.clone()),
+                    Some(other) => Err(format!("field `{f}` is {}, expected a string", json_kind(other))),
+                    None => Err(format!("no field `{f}` (the data set reads fields {})", fields.join(", "))),
+                })
+                .collect::<Result<Vec<_>, _>>(),
+        };
+        match row {
+            Ok(r) => out.rows.push(r),
+            Err(why) => {
+                out.bad_total += 1;
+                if out.bad.len() < max_bad {
+                    out.bad.push((i + 1, why));
+                }
+            }
+        }
     }
-    if out.is_empty() {
-        return Err(format!("{}: no examples", path.display()));
+    out
+}
+
+/// What kind of JSON value this is, in words.
+fn json_kind(v: &serde_json::Value) -> &'static str {
+    match v {
+        serde_json::Value::Null => "null",
+        serde_json::Value::Bool(_) => "a boolean",
+        serde_json::Value::Number(_) => "a number",
+        serde_json::Value::String(_) => "a string",
+        serde_json::Value::Array(_) => "a list",
+        serde_json::Value::Object(_) => "an object",
     }
-    Ok(out)
 }
 
 /// The prompt as the model sees it: the template with `{prompt}` replaced.
