@@ -197,8 +197,9 @@ enum Command {
         run: PathBuf,
         #[arg(long, default_value = "\n")]
         prompt: String,
-        #[arg(long, default_value_t = 200)]
-        tokens: usize,
+        /// Tokens to generate (at most 1,000,000), printed as they come.
+        #[arg(long, default_value_t = 200, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+        tokens: u64,
         #[arg(long, default_value_t = 0.8)]
         temperature: f64,
         #[arg(long, default_value_t = 0)]
@@ -236,7 +237,7 @@ fn main() -> ExitCode {
         Command::Export { run, to: _, output } => cli::exec::export(&run, output.as_deref()),
         Command::Merge { run, output } => cli::exec::merge(&run, output.as_deref()),
         Command::Sample { run, prompt, tokens, temperature, top_k, seed } => {
-            cli::exec::sample(&run, &prompt, tokens, temperature, top_k, seed)
+            cli::exec::sample(&run, &prompt, tokens as usize, temperature, top_k, seed)
         }
     };
     ExitCode::from(code)

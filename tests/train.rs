@@ -379,4 +379,27 @@ fn a_vanishing_temperature_samples_the_greedy_text() {
         String::from_utf8_lossy(&o.stdout).to_string()
     };
     assert_eq!(text("1e-39"), text("0"));
+    // Long samples stream: the first text arrives while the process is still generating.
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_roux"))
+        .args(["sample", run.to_str().unwrap(), "--prompt", "ROMEO:", "--tokens", "1000000"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut got = vec![];
+    let mut pipe = child.stdout.take().unwrap();
+    while got.len() < "ROMEO:".len() + 20 {
+        let mut buf = [0u8; 256];
+        let n = std::io::Read::read(&mut pipe, &mut buf).unwrap();
+        assert!(n > 0, "the sample ended early");
+        got.extend_from_slice(&buf[..n]);
+    }
+    assert!(child.try_wait().unwrap().is_none(), "a million tokens are not done yet, yet text came");
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert!(got.starts_with(b"ROMEO:"));
+    // More than a million is refused, with the range.
+    let o = roux(&["sample", run.to_str().unwrap(), "--tokens", "1000000000"]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("1000000000 is not in 1..=1000000"));
 }

@@ -196,16 +196,15 @@ impl<'a> Fields<'a> {
     /// Report unknown and repeated keys.
     pub fn finish(self, ck: &mut Checker<'a>) {
         let Some(b) = self.block else { return };
-        let mut seen: Vec<&str> = vec![];
+        let mut seen: std::collections::HashSet<&str> = std::collections::HashSet::new();
         for e in &b.entries {
             match e {
                 Entry::Field(f) => {
                     let k = f.key.name.as_str();
-                    if seen.contains(&k) {
+                    if !seen.insert(k) {
                         ck.error(Diagnostic::error(Code::E0102, f.key.span, format!("`{k}` is set twice in {}", self.what))
                             .with_hint("remove one of the two"));
                     }
-                    seen.push(k);
                     if !self.known.contains(&k) && !self.allowed.iter().any(|a| a == k) {
                         let mut d = Diagnostic::error(Code::E0100, f.key.span, format!("unknown key `{k}` in {}", self.what));
                         d = match did_you_mean(k, self.known.iter().copied()) {

@@ -38,6 +38,9 @@ pub struct Checker<'a> {
     base_dir: PathBuf,
     diags: Vec<Diagnostic>,
     decls: Vec<&'a Decl>,
+    /// Where each declared name sits in `decls` (a recipe of 40k declarations looks names up
+    /// hundreds of thousands of times).
+    decl_index: HashMap<String, usize>,
     data: HashMap<String, Option<DataSpec>>,
     synthetic: HashMap<String, Option<SyntheticSpec>>,
     examples: HashMap<String, Option<ExampleSet>>,
@@ -77,6 +80,7 @@ pub fn check_with(ast: &ast::SourceFile, base_dir: &Path, variables: &[String], 
         base_dir: base_dir.to_path_buf(),
         diags: vec![],
         decls: vec![],
+        decl_index: HashMap::new(),
         data: HashMap::new(),
         synthetic: HashMap::new(),
         examples: HashMap::new(),
@@ -145,7 +149,7 @@ impl<'a> Checker<'a> {
     }
 
     pub fn decl(&self, name: &str) -> Option<&'a Decl> {
-        self.decls.iter().copied().find(|d| d.name.name == name)
+        self.decl_index.get(name).map(|&i| self.decls[i])
     }
 
     pub fn decl_names(&self) -> impl Iterator<Item = &'a str> + '_ {
@@ -166,6 +170,7 @@ impl<'a> Checker<'a> {
                         self.error(Diagnostic::error(Code::E0102, d.name.span, format!("`{}` is already declared (as a {kind})", d.name.name))
                             .with_hint("every data set, model, budget and stage needs its own name"));
                     } else {
+                        self.decl_index.insert(d.name.name.clone(), self.decls.len());
                         self.decls.push(d);
                     }
                 }
@@ -319,6 +324,9 @@ impl<'a> Checker<'a> {
     /// W0401 for every train stage that uses a budget (mentions it in its block or its model's)
     /// and departs from the budget's optimum by more than its tolerance.
     fn check_budget_departures(&mut self, r: &Recipe) {
+        if r.budgets.is_empty() {
+            return;
+        }
         for s in &r.stages {
             let StageKind::Train(t) = &s.kind else { continue };
             let (Some(stage_decl), Some(model_decl)) = (self.decl(&s.name), self.decl(&t.model)) else { continue };

@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 
 use crate::DiagFormat;
-use roux::diag::{locate, render_github, render_text, Located};
+use roux::diag::{locate_in, render_github_in, render_text_in, Lines, Located};
 use roux::frontend::{compile_with, Compiled};
 
 /// Compile a file for a subcommand that needs a valid recipe; prints diagnostics on failure.
@@ -14,8 +14,13 @@ pub fn load(file: &std::path::Path) -> Result<Compiled, u8> {
         2u8
     })?;
     let name = file.display().to_string();
-    for d in &c.diagnostics {
-        eprint!("{}", render_text(&name, &c.source.text, d));
+    let lines = Lines::new(&c.source.text);
+    for (i, d) in c.diagnostics.iter().enumerate() {
+        match i {
+            SHOWN => eprintln!("… and {} more diagnostic(s) not shown (`roux check --format json` lists them all)", c.diagnostics.len() - SHOWN),
+            i if i > SHOWN => {}
+            _ => eprint!("{}", render_text_in(&name, &lines, d)),
+        }
     }
     if c.recipe.is_none() {
         eprintln!("{}: {} error(s); nothing was run", name, c.diagnostics.iter().filter(|d| d.is_error()).count());
@@ -23,6 +28,9 @@ pub fn load(file: &std::path::Path) -> Result<Compiled, u8> {
     }
     Ok(c)
 }
+
+/// Diagnostics shown per file in text.
+const SHOWN: usize = 200;
 
 pub fn run(files: &[PathBuf], format: DiagFormat) -> u8 {
     let mut code = 0u8;
@@ -40,11 +48,15 @@ pub fn run(files: &[PathBuf], format: DiagFormat) -> u8 {
         if c.recipe.is_none() && code == 0 {
             code = 1;
         }
-        for d in &c.diagnostics {
+        let lines = Lines::new(&c.source.text);
+        for (i, d) in c.diagnostics.iter().enumerate() {
             match format {
-                DiagFormat::Text => eprint!("{}", render_text(&name, &c.source.text, d)),
-                DiagFormat::Github => out!("{}", render_github(&name, &c.source.text, d)),
-                DiagFormat::Json => all.push(locate(&name, &c.source.text, d)),
+                // A person reads the first ones; the rest is counted (JSON and GitHub list all).
+                DiagFormat::Text if i == SHOWN => eprintln!("… and {} more diagnostic(s) not shown (`--format json` lists them all)", c.diagnostics.len() - SHOWN),
+                DiagFormat::Text if i > SHOWN => {}
+                DiagFormat::Text => eprint!("{}", render_text_in(&name, &lines, d)),
+                DiagFormat::Github => out!("{}", render_github_in(&name, &lines, d)),
+                DiagFormat::Json => all.push(locate_in(&name, &lines, d)),
             }
         }
         if format == DiagFormat::Text {

@@ -20,9 +20,15 @@ pub fn run(file: &Path, out: &Path, only: &[String], fresh: bool, force: bool) -
 
 #[cfg(feature = "torch")]
 pub fn sample(run: &PathBuf, prompt: &str, tokens: usize, temperature: f64, top_k: i64, seed: u64) -> u8 {
-    match roux::run::tools::sample::sample_run(run, prompt, tokens, temperature, top_k, seed) {
-        Ok(text) => {
-            outln!("{text}");
+    // Streamed: each piece printed as it is generated.
+    let mut print = |piece: &str| {
+        use std::io::Write;
+        out!("{piece}");
+        let _ = std::io::stdout().flush();
+    };
+    match roux::run::tools::sample::sample_run(run, prompt, tokens, temperature, top_k, seed, &mut print) {
+        Ok(_) => {
+            outln!();
             0
         }
         Err(e) => {

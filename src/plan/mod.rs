@@ -2,6 +2,7 @@
 //! Pure arithmetic over the lowered graphs (a model's own arithmetic is in `arith`); no libtorch.
 
 use serde::Serialize;
+use std::collections::HashMap;
 
 pub use crate::arith::count::*;
 use crate::arith::{lower_model, ModelGraph};
@@ -32,18 +33,19 @@ pub struct Plan {
 
 pub fn plan(r: &Recipe) -> Plan {
     let graphs: Vec<ModelGraph> = r.models.iter().map(lower_model).collect();
+    // Looked up by name, once per stage: linear in the recipe, however many models it declares.
+    let graph_of: HashMap<&str, &ModelGraph> = graphs.iter().map(|g| (g.spec.name.as_str(), g)).collect();
+    let mut first_trained: HashMap<&str, (usize, usize)> = HashMap::new();
+    for s in &r.stages {
+        if let StageKind::Train(t) = &s.kind {
+            first_trained.entry(t.model.as_str()).or_insert((t.batch, t.context));
+        }
+    }
     let models: Vec<ModelPlan> = graphs
         .iter()
         .map(|g| {
             // FLOPs and memory at the batch and context of the first stage that trains this model.
-            let (batch, seq) = r
-                .stages
-                .iter()
-                .find_map(|s| match &s.kind {
-                    StageKind::Train(t) if t.model == g.spec.name => Some((t.batch, t.context)),
-                    _ => None,
-                })
-                .unwrap_or((1, g.spec.context));
+            let (batch, seq) = first_trained.get(g.spec.name.as_str()).copied().unwrap_or((1, g.spec.context));
             plan_model(g, batch, seq)
         })
         .collect();
@@ -53,7 +55,7 @@ pub fn plan(r: &Recipe) -> Plan {
         .map(|s| match &s.kind {
             StageKind::Train(t) => {
                 let tokens = t.steps * t.tokens_per_step();
-                let g = graphs.iter().find(|g| g.spec.name == t.model).expect("checked model");
+                let g = graph_of[t.model.as_str()];
                 let per_token = 3.0 * forward_flops_per_token(g, t.context);
                 let n = g.params().iter().map(|p| p.numel()).sum();
                 let memory_bytes = train_memory_bytes(g, n, t.batch, t.context);
@@ -74,7 +76,7 @@ pub fn plan(r: &Recipe) -> Plan {
                 let params = r.synthetic.iter().find(|d| d.name == m.data).map_or(0, |d| mixture_params(m, &d.generator));
                 StagePlan { name: s.name.clone(), kind: s.kind.name(), after: s.after.clone(), steps: m.steps, tokens: examples, flops: 6.0 * params as f64 * examples as f64, trainable: params, memory_bytes: 20 * params + (9 << 20) }
             }
-            _ => posttrain_plan(r, s, &graphs),
+            _ => posttrain_plan(r, s, &graph_of),
         })
         .collect();
     Plan { experiment: r.experiment.clone(), models, stages }
@@ -84,10 +86,10 @@ pub fn plan(r: &Recipe) -> Plan {
 /// FLOPs count 6N per trained token (forward and backward; a LoRA stage still back-propagates
 /// through the frozen weights) and 2N per token only run forward (references, reward models,
 /// generation).
-fn posttrain_plan(r: &Recipe, s: &crate::recipe::StageSpec, graphs: &[ModelGraph]) -> StagePlan {
-    let graph = |arch: &str| graphs.iter().find(|g| g.spec.name == arch).expect("checked model");
+fn posttrain_plan(r: &Recipe, s: &crate::recipe::StageSpec, graph_of: &HashMap<&str, &ModelGraph>) -> StagePlan {
+    let graph = |arch: &str| graph_of[arch];
     let n_of = |arch: &str| graph(arch).params().iter().map(|p| p.numel()).sum::<u64>();
-    let ctx_of = |arch: &str| r.model(arch).map_or(0, |m| m.context as u64);
+    let ctx_of = |arch: &str| graph(arch).spec.context as u64;
     // Training `trainable` of `weights` parameters of `arch` on `seqs` sequences at its context.
     let training = |arch: &str, weights: u64, trainable: u64, seqs: usize| training_bytes(weights, trainable, graph(arch), seqs, ctx_of(arch) as usize);
     let reward_model = |stage: Option<&str>| {
@@ -99,7 +101,7 @@ fn posttrain_plan(r: &Recipe, s: &crate::recipe::StageSpec, graphs: &[ModelGraph
     let (steps, tokens, flops, trainable, memory_bytes) = match &s.kind {
         StageKind::Finetune(f) => {
             let (n, t) = (n_of(&f.model.arch), f.opt.steps * f.opt.batch as u64 * ctx_of(&f.model.arch));
-            let spec = r.model(&f.model.arch).expect("checked model");
+            let spec = &graph(&f.model.arch).spec;
             let trainable = f.lora.as_ref().map_or(n, |l| crate::lower::lora_params(spec, l));
             let weights = if f.lora.is_some() { n + trainable } else { n };
             (f.opt.steps, t, 6.0 * n as f64 * t as f64, trainable, training(&f.model.arch, weights, trainable, f.opt.batch))
@@ -107,7 +109,7 @@ fn posttrain_plan(r: &Recipe, s: &crate::recipe::StageSpec, graphs: &[ModelGraph
         StageKind::RewardModel(m) => {
             let n = n_of(&m.model.arch);
             let t = 2 * m.opt.steps * m.opt.batch as u64 * ctx_of(&m.model.arch);
-            let trainable = n + r.model(&m.model.arch).map_or(0, |s| crate::lower::ScalarHead::Reward.numel(s));
+            let trainable = n + crate::lower::ScalarHead::Reward.numel(&graph(&m.model.arch).spec);
             (m.opt.steps, t, 6.0 * n as f64 * t as f64, trainable, training(&m.model.arch, trainable, trainable, 2 * m.opt.batch))
         }
         StageKind::Ppo(p) => {
@@ -117,7 +119,7 @@ fn posttrain_plan(r: &Recipe, s: &crate::recipe::StageSpec, graphs: &[ModelGraph
             // Generation and the old-policy pass (2N each), reference and reward model (2N each),
             // then `epochs` forward-backward passes (6N).
             let per_token = 2.0 * n as f64 * 3.0 + 2.0 * rm.unwrap_or(n) as f64 + 6.0 * n as f64 * p.epochs as f64;
-            let trainable = n + r.model(&p.policy.arch).map_or(0, |s| crate::lower::ScalarHead::Value.numel(s));
+            let trainable = n + crate::lower::ScalarHead::Value.numel(&graph(&p.policy.arch).spec);
             let frozen = 4 * (n + rm.unwrap_or(0));
             (p.opt.steps, t, per_token * t as f64, trainable, training(&p.policy.arch, trainable, trainable, p.opt.batch) + frozen)
         }

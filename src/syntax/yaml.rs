@@ -205,12 +205,17 @@ fn key_span(n: &Node, key: &str) -> Span {
 fn block(m: &Mapping, at: &Node, span: Span) -> Result<Block, Diagnostic> {
     let mut entries = vec![];
     let empty = Node::default();
+    // Each key's source node, found by name once: linear in the document however many keys.
+    let mut nodes: std::collections::HashMap<&str, &Node> = std::collections::HashMap::new();
+    for c in &at.children {
+        nodes.entry(c.key.as_str()).or_insert(c);
+    }
     for (k, v) in m {
         let Some(k) = k.as_str() else { return Err(err(Span::new(at.key_at, at.key_at + 1), "keys must be strings")) };
         if k == "$" {
             continue;
         }
-        let node = at.children.iter().find(|c| c.key == k).unwrap_or(&empty);
+        let node = nodes.get(k).copied().unwrap_or(&empty);
         let node = if node.key.is_empty() { at } else { node };
         let kspan = Span::new(node.key_at, node.key_at + k.len());
         let words: Vec<&str> = k.split_whitespace().collect();

@@ -9,7 +9,9 @@ use crate::run::kit::files::read_capped;
 use crate::run::kit::tokenize;
 use crate::run::model::{KvCache, Model};
 
-pub fn sample_run(run: &Path, prompt: &str, tokens: usize, temperature: f64, top_k: i64, seed: u64) -> Result<String> {
+/// Sample `tokens` tokens after `prompt`; the text goes to `on_text` piece by piece as it is
+/// generated (each piece whole characters), and the whole text is returned.
+pub fn sample_run(run: &Path, prompt: &str, tokens: usize, temperature: f64, top_k: i64, seed: u64, on_text: &mut dyn FnMut(&str)) -> Result<String> {
     let resolved = run.join("resolved.json");
     let text = read_capped(&resolved, 64 << 20).with_context(|| format!("{} is not a run directory (no resolved.json)", run.display()))?;
     let v: serde_json::Value = serde_json::from_str(&text).with_context(|| format!("{} is corrupt", resolved.display()))?;
@@ -35,8 +37,10 @@ pub fn sample_run(run: &Path, prompt: &str, tokens: usize, temperature: f64, top
     if ids.is_empty() {
         ids.push(b'\n' as i64);
     }
-    let start = ids.len();
-    tch::no_grad(|| {
+    on_text(prompt);
+    let mut pending: Vec<i64> = vec![];
+    let mut out = prompt.to_string();
+    tch::no_grad(|| -> Result<()> {
         // Tokens go through the model once each (KV cache); once the context is full, the last
         // `context` tokens are fed afresh each step, as a model with learned positions needs.
         let mut cache = KvCache::default();
@@ -59,15 +63,45 @@ pub fn sample_run(run: &Path, prompt: &str, tokens: usize, temperature: f64, top
                     let cut = vals.double_value(&[top_k - 1]);
                     l = l.where_self(&l.ge(cut), &Tensor::from(f64::NEG_INFINITY).to_device(device));
                 }
-                l.softmax(0, Kind::Float).multinomial(1, true).int64_value(&[0])
+                l.softmax(0, Kind::Float).f_multinomial(1, true).context("sampling the next token")?.int64_value(&[0])
             };
             ids.push(next);
+            pending.push(next);
+            if let Some(piece) = whole_piece(tk.as_ref(), &pending, false)? {
+                on_text(&piece);
+                out.push_str(&piece);
+                pending.clear();
+            }
         }
-    });
-    if let Some(tk) = &tk {
-        let new: Vec<u32> = ids[start..].iter().map(|&i| i as u32).collect();
-        return Ok(format!("{}{}", prompt, tokenize::decode(tk, &new)?));
+        Ok(())
+    })?;
+    if let Some(piece) = whole_piece(tk.as_ref(), &pending, true)? {
+        on_text(&piece);
+        out.push_str(&piece);
     }
-    let bytes: Vec<u8> = ids.iter().map(|&i| i.clamp(0, 255) as u8).collect();
-    Ok(format!("{}{}", prompt, String::from_utf8_lossy(&bytes[start..])))
+    Ok(out)
+}
+
+/// The text of the tokens generated since the last piece, once they make whole characters (a
+/// byte, or a BPE token, may be part of one); at the `end`, whatever they make.
+fn whole_piece(tk: Option<&tokenizers::Tokenizer>, pending: &[i64], end: bool) -> Result<Option<String>> {
+    if pending.is_empty() {
+        return Ok(None);
+    }
+    Ok(match tk {
+        Some(tk) => {
+            let ids: Vec<u32> = pending.iter().map(|&i| i as u32).collect();
+            let text = tokenize::decode(tk, &ids)?;
+            (end || !text.ends_with('\u{FFFD}') || pending.len() >= 8).then_some(text)
+        }
+        None => {
+            let bytes: Vec<u8> = pending.iter().map(|&i| i.clamp(0, 255) as u8).collect();
+            match std::str::from_utf8(&bytes) {
+                Ok(s) => Some(s.to_string()),
+                // An incomplete character waits for its next byte (at most 4 in all).
+                Err(e) if e.error_len().is_none() && !end && bytes.len() < 4 => None,
+                Err(_) => Some(String::from_utf8_lossy(&bytes).into_owned()),
+            }
+        }
+    })
 }
