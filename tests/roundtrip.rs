@@ -108,7 +108,8 @@ fn yaml_spellings_mean_what_the_roux_form_means() {
     // A hint in a YAML recipe suggests YAML.
     std::fs::write(dir.join("bad.yaml"), yaml.replace("  layers: 1\n", "")).unwrap();
     let c = roux::frontend::compile(&dir.join("bad.yaml")).unwrap();
-    assert_eq!(c.diagnostics[0].hint.as_deref(), Some("add `layers: …` to the block"));
+    let e = c.diagnostics.iter().find(|d| d.is_error()).unwrap();
+    assert_eq!(e.hint.as_deref(), Some("add `layers: …` to the block"));
 }
 
 /// `roux fmt` of a YAML recipe keeps every comment, above or beside its key, and formats to a
