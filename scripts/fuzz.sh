@@ -9,6 +9,6 @@ cd "$(dirname "$0")/.."
 RUNS="${1:-1000000}"
 command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz --locked
 mkdir -p fuzz/corpus/parse_check
-cp recipes/*.roux tests/bad/*.roux tests/fixtures/*.roux fuzz/corpus/parse_check/ 2>/dev/null || true
+cp recipes/*.roux tests/bad/*.roux tests/fixtures/*.roux fuzz/seeds/* fuzz/corpus/parse_check/ 2>/dev/null || true
 export RUSTC_BOOTSTRAP=1
 cargo fuzz run parse_check --fuzz-dir fuzz -- -runs="$RUNS" -max_len=4096 -timeout=10 -print_final_stats=1

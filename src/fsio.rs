@@ -43,6 +43,12 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), String> {
     })
 }
 
+/// Copy a file of at most `cap` bytes to `to` atomically: a kill mid-copy leaves no torn copy.
+pub fn copy_atomic(from: &Path, to: &Path, cap: u64) -> Result<(), String> {
+    let bytes = read_bytes(from, cap)?;
+    write_atomic(to, &bytes)
+}
+
 /// Write `path` atomically through `write`, which fills (and should fsync) the temporary file
 /// it is given. On failure the temporary file is removed and `path` is untouched.
 pub fn write_atomic_with(path: &Path, write: impl FnOnce(&Path) -> std::io::Result<()>) -> Result<(), String> {

@@ -99,3 +99,14 @@ fn the_reference_table_of_diagnostics_is_the_code_enum() {
     let codes: Vec<(String, String)> = roux::diag::Code::ALL.iter().map(|c| (c.as_str().to_string(), c.meaning().to_string())).collect();
     assert_eq!(rows, codes, "docs/reference.md's table of diagnostics differs from src/diag/codes.rs");
 }
+
+/// The table of size limits in docs/reference.md is the checker's `SIZE_LIMITS`, key for key.
+#[test]
+fn the_reference_states_every_size_limit() {
+    let md = std::fs::read_to_string(root().join("docs/reference.md")).unwrap();
+    for (key, max) in roux::check::fields::SIZE_LIMITS {
+        let table = md.split("| key | largest |").nth(1).expect("the table of size limits").split("\n\n").next().unwrap();
+        let row = table.lines().find(|l| l.starts_with('|') && l.contains(&format!("`{key}`"))).unwrap_or_else(|| panic!("no row for `{key}`"));
+        assert!(row.trim_end().ends_with(&format!("| {max} |")), "`{key}`: the reference says {row:?}, the checker {max}");
+    }
+}

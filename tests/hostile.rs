@@ -242,6 +242,7 @@ fn hostile_cases(dir: &Path) -> Vec<(String, Vec<String>)> {
     cases.push(check("YAML that is a list", w("list.yaml", b"- experiment\n- x\n")));
     cases.push(check("YAML without an experiment", w("noexp.yaml", b"seed: 1\n")));
     cases.push(check("YAML with a null value", w("null.yaml", b"experiment: x\nseed:\n")));
+    cases.push(check("YAML NaN and infinity", w("nan.yaml", b"experiment: x\nseed: .nan\nmodel m:\n  $: transformer\n  layers: .inf\n")));
     cases.push(check("YAML with a bad head", w("head.yaml", b"experiment: x\nmodel lm:\n  $: 4 +\n")));
     cases.push(check("YAML with a bad key", w("key.yaml", b"experiment: x\nthis is not a key: 1\n")));
     cases.push(check("binary YAML", w("bin.yaml", &[0xff, 0xfe, 0, 1, b':'])));
@@ -568,4 +569,60 @@ fn a_run_with_overrides_keeps_a_recipe_that_reproduces_it() {
     std::fs::write(&bom, [b"\xef\xbb\xbf".as_slice(), std::fs::read(&recipe).unwrap().as_slice()].concat()).unwrap();
     let o = roux(&["check", bom.to_str().unwrap()]);
     assert_eq!(o.status.code(), Some(0), "{}", String::from_utf8_lossy(&o.stderr));
+}
+
+/// SIGKILLed at random points, `roux fmt` (in place) and `roux export` leave each file either as
+/// it was or complete — never torn — and the next run of the command leaves no temporary file.
+#[test]
+fn fmt_and_export_killed_at_random_points_leave_no_torn_file() {
+    let dir = scratch("kill-fmt");
+    // A recipe big enough that formatting it takes a while: many declarations, unformatted.
+    let mut text = String::from("experiment \"big\" {\n");
+    for i in 0..15_000 {
+        text.push_str(&format!("model m{i} = transformer {{ vocab=256,context=64, d_model=16 ,layers=1,heads=2 }}\n"));
+    }
+    text.push_str("}\n");
+    let file = dir.join("big.roux");
+    let reference = dir.join("reference.roux");
+    std::fs::write(&reference, &text).unwrap();
+    let roux = |args: &[&str]| Command::new(env!("CARGO_BIN_EXE_roux")).args(args).stderr(Stdio::null()).output().unwrap();
+    assert_eq!(roux(&["fmt", reference.to_str().unwrap()]).status.code(), Some(0));
+    let formatted = std::fs::read(&reference).unwrap();
+    assert_ne!(formatted, text.as_bytes());
+    let mut state = 0x243F_6A88_85A3_08D3u64;
+    for _ in 0..12 {
+        state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        std::fs::write(&file, &text).unwrap();
+        let mut child = Command::new(env!("CARGO_BIN_EXE_roux")).args(["fmt", file.to_str().unwrap()]).stderr(Stdio::null()).spawn().unwrap();
+        std::thread::sleep(Duration::from_millis(50 + (state >> 33) % 700));
+        let _ = child.kill();
+        child.wait().unwrap();
+        let now = std::fs::read(&file).unwrap();
+        assert!(now == text.as_bytes() || now == formatted, "fmt killed mid-write left a torn recipe ({} bytes)", now.len());
+    }
+    assert_eq!(roux(&["fmt", file.to_str().unwrap()]).status.code(), Some(0));
+    assert_eq!(std::fs::read(&file).unwrap(), formatted);
+    assert_eq!(tmp_files(&dir), Vec::<String>::new(), "fmt left temporary files");
+
+    // Export: each file it writes is absent, or complete and equal to an uninterrupted export's.
+    let out = scratch("kill-export");
+    run_to_end(&root().join("tests/fixtures/tiny.roux"), &out);
+    let run = out.join("tiny/pretrain");
+    let whole = out.join("whole");
+    assert_eq!(roux(&["export", run.to_str().unwrap(), "-o", whole.to_str().unwrap()]).status.code(), Some(0));
+    let hf = out.join("hf");
+    for _ in 0..8 {
+        state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        let mut child = Command::new(env!("CARGO_BIN_EXE_roux")).args(["export", run.to_str().unwrap(), "-o", hf.to_str().unwrap()]).stderr(Stdio::null()).spawn().unwrap();
+        std::thread::sleep(Duration::from_millis(100 + (state >> 33) % 500));
+        let _ = child.kill();
+        child.wait().unwrap();
+        for f in ["model.safetensors", "config.json"] {
+            if let Ok(b) = std::fs::read(hf.join(f)) {
+                assert_eq!(b, std::fs::read(whole.join(f)).unwrap(), "export killed mid-write left a torn {f}");
+            }
+        }
+    }
+    assert_eq!(roux(&["export", run.to_str().unwrap(), "-o", hf.to_str().unwrap()]).status.code(), Some(0));
+    assert_eq!(tmp_files(&hf), Vec::<String>::new(), "export left temporary files");
 }

@@ -165,30 +165,52 @@ pub fn mixture_params(m: &crate::recipe::MixtureSpec, g: &crate::recipe::Generat
 /// count are active parameters, what C = 6ND spends compute on.
 pub fn size_model(base: &crate::recipe::ModelSpec, target: f64, aspect: f64, head_dim: usize) -> (crate::recipe::ModelSpec, u64) {
     let mut best: Option<(f64, f64, crate::recipe::ModelSpec, u64)> = None;
-    // Counts grow with width and depth, so each depth stops at the first width above the
-    // target, and the search stops at the first depth whose narrowest shape is above it.
+    let shape_of = |layers: usize, k: usize| (((k * head_dim) as f64 / layers as f64) / aspect).ln().abs();
+    let sized = |layers: usize, k: usize| {
+        let d = k * head_dim;
+        let mut s = base.clone();
+        s.layers = layers;
+        s.d_model = d;
+        s.heads = k;
+        s.kv_heads = k;
+        s.ffn.hidden = 4 * d;
+        if let Some(m) = s.moe.as_mut() {
+            m.expert.hidden = 4 * d;
+            m.layers.retain(|&l| l < layers);
+        }
+        let n = plan_model(&lower_model(&s), 1, s.context).params_active;
+        (s, n)
+    };
+    // Counts grow with width and depth. At each depth the widths within the aspect window are a
+    // run of head counts; a binary search finds where the count crosses the target, and only the
+    // widths beside the crossing can be nearest. The search stops at the first depth whose
+    // narrowest shape is above the target.
     for layers in 1..=64usize {
-        let mut narrowest: Option<u64> = None;
-        for k in 1..=256usize {
-            let d = k * head_dim;
-            let shape = ((d as f64 / layers as f64) / aspect).ln().abs();
-            if shape > 2f64.ln() + 1e-9 && !(layers == 1 && k == 1) {
-                if (d as f64 / layers as f64) > aspect {
-                    break; // wider only moves further from the aspect
-                }
-                continue;
+        let within = |k: usize| shape_of(layers, k) <= 2f64.ln() + 1e-9;
+        let mut ks: Vec<usize> = (1..=256).filter(|&k| within(k) || (layers == 1 && k == 1)).collect();
+        if ks.is_empty() {
+            continue;
+        }
+        let (lo, hi) = (0, ks.len() - 1);
+        // The first index whose count is above the target (or past the end).
+        let (mut l, mut r) = (lo, hi + 1);
+        while l < r {
+            let mid = (l + r) / 2;
+            if sized(layers, ks[mid]).1 as f64 > target {
+                r = mid;
+            } else {
+                l = mid + 1;
             }
-            let mut s = base.clone();
-            s.layers = layers;
-            s.d_model = d;
-            s.heads = k;
-            s.kv_heads = k;
-            s.ffn.hidden = 4 * d;
-            if let Some(m) = s.moe.as_mut() {
-                m.expert.hidden = 4 * d;
-                m.layers.retain(|&l| l < layers);
-            }
-            let n = plan_model(&lower_model(&s), 1, s.context).params_active;
+        }
+        let mut picks = vec![ks[0]];
+        picks.extend([l.checked_sub(1), Some(l)].into_iter().flatten().filter(|&i| i <= hi).map(|i| ks[i]));
+        picks.sort();
+        picks.dedup();
+        ks = picks;
+        let mut narrowest = None;
+        for k in ks {
+            let (s, n) = sized(layers, k);
+            let shape = shape_of(layers, k);
             let err = (n as f64 / target).ln().abs();
             let better = match &best {
                 None => true,
@@ -197,9 +219,6 @@ pub fn size_model(base: &crate::recipe::ModelSpec, target: f64, aspect: f64, hea
             narrowest.get_or_insert(n);
             if better {
                 best = Some((err, shape, s, n));
-            }
-            if n as f64 > target {
-                break;
             }
         }
         if narrowest.is_some_and(|n| n as f64 > target) {

@@ -67,6 +67,13 @@ impl<'a> Checker<'a> {
             for i in 0..sizes {
                 let target = n_opt * spread.powf(i as f64 - (sizes - 1) as f64 / 2.0);
                 let (mut model, n) = crate::arith::size_model(&template, target, aspect, head_dim);
+                // Sizing builds 1 to 64 blocks of at most 256 heads: a budget past that would
+                // train a model far smaller than the size it asks for.
+                if target > 2.0 * n as f64 {
+                    self.error(Diagnostic::error(Code::E0244, at, format!("budget {c:.1e} asks for models of {target:.2e} parameters; the nearest isoflop can size has {n}"))
+                        .with_hint(format!("isoflop sizes models of 1 to 64 blocks of at most 256 heads of head_dim {head_dim}; use budgets nearer the models you mean to train")));
+                    return None;
+                }
                 model.name = format!("{}-c{c:.0e}-n{n}", template.name);
                 let steps = (c / (6.0 * n as f64 * train.tokens_per_step() as f64)).round() as u64;
                 if steps < 20 {

@@ -10,7 +10,7 @@ mod eval;
 mod examples;
 mod artifact;
 mod posttrain;
-mod fields;
+pub mod fields;
 mod grpo;
 mod isoflop;
 pub mod loader;

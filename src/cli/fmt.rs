@@ -32,6 +32,10 @@ pub fn run(files: &[PathBuf], check: bool, to: Option<Form>, output: Option<&Pat
     }
     let mut code = 0;
     for f in files {
+        // A fmt killed mid-write left its temporary file; this one removes it, writing or not.
+        if let Some(dir) = f.parent() {
+            roux::fsio::remove_stale_tmp(if dir.as_os_str().is_empty() { Path::new(".") } else { dir }, f.file_name());
+        }
         match formatted(f) {
             Err((c, msg)) => {
                 eprint!("{msg}");

@@ -163,6 +163,7 @@ impl Expr {
 /// round-trip property compares them so).
 pub fn strip_spans(r: &mut SourceFile) {
     r.name_span = Span::default();
+    r.yaml = false; // the form it was read from is no part of the recipe
     strip_block(&mut r.body);
 }
 

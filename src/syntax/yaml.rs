@@ -250,6 +250,10 @@ fn expr(v: &Value, at: &Node) -> Result<Expr, Diagnostic> {
     Ok(match v {
         Value::Number(n) => {
             let value = n.as_f64().unwrap_or(f64::NAN);
+            // YAML's `.nan` and `.inf` are numbers to YAML, not to a recipe.
+            if !value.is_finite() {
+                return Err(err(span, format!("`{n}` is not a finite number")).into_hint("give a finite number, such as `0.5` or `1e-3`"));
+            }
             let text = match n.as_i64() {
                 Some(i) => i.to_string(),
                 None => format!("{value}"),

@@ -42,11 +42,11 @@ pub fn load_or_train(dir: &Path, text: &str, vocab: usize) -> Result<Tokenizer> 
 }
 
 /// The largest tokenizer.json read (a 200k-token vocabulary with its merges is ~10 MB).
-const MAX_TOKENIZER_BYTES: u64 = 256 << 20;
+pub const MAX_BYTES: u64 = 256 << 20;
 
 /// A tokenizer.json: a regular file under the cap, parsed; errors name the file.
 pub fn read(path: &Path) -> Result<Tokenizer> {
-    let text = super::files::read_capped(path, MAX_TOKENIZER_BYTES)?;
+    let text = super::files::read_capped(path, MAX_BYTES)?;
     text.parse::<Tokenizer>().map_err(|e| anyhow!("reading {}: {e}", path.display()))
 }
 

@@ -60,7 +60,7 @@ pub fn run_model(ctx: &StageCtx, spec: &ModelSpec, t: &TrainSpec) -> Result<()> 
     if let (Some(up), crate::recipe::Tokenizer::Bpe { .. }) = (&t.init_from, data_spec.tokenizer) {
         let (from, to) = (ctx.stage_dir(up).join(tokenize::FILE), dir.join(tokenize::FILE));
         if from.exists() && !to.exists() {
-            std::fs::copy(&from, &to).with_context(|| format!("copying {} to {}", from.display(), to.display()))?;
+            crate::fsio::copy_atomic(&from, &to, tokenize::MAX_BYTES).map_err(anyhow::Error::msg)?;
         }
     }
     let corpus = Corpus::load(data_spec, &dir)?;

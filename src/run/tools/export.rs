@@ -147,7 +147,7 @@ pub fn export_hf(run: &Path, out: &Path) -> Result<Layout> {
     // A BPE run's tokenizer is already in the Hugging Face format.
     let tk = run.join(tokenize::FILE);
     if tk.exists() {
-        std::fs::copy(&tk, out.join("tokenizer.json")).with_context(|| format!("copying {}", tk.display()))?;
+        crate::fsio::copy_atomic(&tk, &out.join("tokenizer.json"), tokenize::MAX_BYTES).map_err(anyhow::Error::msg)?;
     }
     Ok(layout)
 }
