@@ -252,6 +252,19 @@ fn hostile_cases(dir: &Path) -> Vec<(String, Vec<String>)> {
     cases.push(("missing recipe".into(), vec!["check".into(), dir.join("nope.roux").to_str().unwrap().into()]));
     cases.push(("recipe is a directory".into(), vec!["check".into(), dir.to_str().unwrap().into()]));
     cases.push(("huge recipe".into(), vec!["check".into(), w("big.roux", &vec![b' '; 5 << 20])]));
+    // Inputs just under the 4 MiB cap that once took minutes (look-ups quadratic in the keys).
+    let keys: String = (0..100_000).map(|i| format!("  k{i} = {i}\n")).collect();
+    cases.push(check("100k unknown keys", w("keys.roux", format!("experiment \"x\" {{\n{keys}}}\n").as_bytes())));
+    let mut many = String::from("experiment \"x\" {\n");
+    for i in 0..25_000 {
+        many.push_str(&format!("  model m{i} = transformer {{ vocab = 256, context = 64, d_model = 16, layers = 1, heads = 2 }}\n  stage s{i} = train(m{i}, nosuch) {{ steps = 1 }}\n"));
+    }
+    many.push_str("}\n");
+    assert!(many.len() < 4 << 20);
+    let many = w("many.roux", many.as_bytes());
+    for cmd in ["check", "plan"] {
+        cases.push((format!("{cmd} of 25k models and stages"), vec![cmd.into(), many.clone()]));
+    }
     // Files that are no regular files: a FIFO blocks whoever opens it, /dev/zero never ends.
     let fifo = dir.join("fifo.roux");
     assert!(Command::new("mkfifo").arg(&fifo).status().unwrap().success());

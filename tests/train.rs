@@ -319,6 +319,14 @@ fn a_diverging_run_stops_with_the_step_and_can_skip_a_few() {
     let err = String::from_utf8_lossy(&o.stderr);
     assert_eq!(o.status.code(), Some(2), "{err}");
     assert_eq!(err.matches("skipped (").count(), 3, "{err}");
+    // Skipping every step is no way to finish: the final weights give no finite loss, and the
+    // stage is not marked finished (it used to finish, with no validation loss at all).
+    std::fs::write(dir.join("all.roux"), recipe(", on_nonfinite = skip, max_skips = 1000")).unwrap();
+    let o = roux(&["run", dir.join("all.roux").to_str().unwrap(), "--out", dir.join("runs3").to_str().unwrap()]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(2), "{err}");
+    assert!(err.contains("s: the validation loss of the final weights is NaN; not marking the stage finished"), "{err}");
+    assert!(!dir.join("runs3/nan/s/report.json").exists());
 }
 
 #[test]

@@ -307,6 +307,17 @@ mod tests {
     }
 
     #[test]
+    fn a_thousand_points_fit_as_well_as_a_few() {
+        // 1,008 points (the grid 28 times over, each with its own noise): scoring every start
+        // and refining the best must still find the law (every start was refined before: 25 s).
+        let pts: Vec<Point> = (0..28).flat_map(|s| synthetic(0.005, 100 + s)).collect();
+        assert_eq!(pts.len(), 1008);
+        let f = fit(&pts, 0, 1).unwrap();
+        assert!((f.alpha - 0.34).abs() < 0.03 && (f.beta - 0.28).abs() < 0.03, "{f:?}");
+        assert!((f.a - 0.4516).abs() < 0.02, "{f:?}");
+    }
+
+    #[test]
     fn approach2_recovers_the_optimum_exponents() {
         // Noise-free IsoFLOP curves of the Chinchilla law: a = β/(α+β) = 0.4516, b = 0.5484.
         // (A parabola in log N only approximates the true curve, so allow ±0.02.)

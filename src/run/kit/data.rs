@@ -26,7 +26,7 @@ impl Corpus {
             Tokenizer::Bytes => (bytes[..cut].iter().map(|&b| b as u32).collect(), bytes[cut..].iter().map(|&b| b as u32).collect()),
             Tokenizer::Bpe { vocab } => {
                 let (a, b) = (String::from_utf8_lossy(&bytes[..cut]), String::from_utf8_lossy(&bytes[cut..]));
-                std::fs::create_dir_all(dir)?;
+                std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
                 let tk = super::tokenize::load_or_train(dir, &a, vocab)?;
                 (super::tokenize::encode(&tk, &a)?, super::tokenize::encode(&tk, &b)?)
             }

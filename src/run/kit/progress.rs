@@ -3,7 +3,7 @@
 
 use serde::Serialize;
 use std::fs::{File, OpenOptions};
-use std::io::{BufRead, BufReader, Write};
+use std::io::Write;
 use std::path::Path;
 use std::time::Instant;
 
@@ -27,17 +27,22 @@ pub struct Metric {
 
 pub struct Metrics {
     file: File,
+    path: std::path::PathBuf,
 }
+
+/// The largest metrics.jsonl a resume reads back.
+const MAX_METRICS_BYTES: u64 = 1 << 30;
 
 impl Metrics {
     /// Open metrics.jsonl, keeping only lines up to `keep_through` (a resume point).
     pub fn open(dir: &Path, keep_through: Option<u64>) -> anyhow::Result<Metrics> {
         let path = dir.join("metrics.jsonl");
-        let kept: Vec<String> = match (keep_through, File::open(&path)) {
-            (Some(s), Ok(f)) => BufReader::new(f)
+        let kept: Vec<String> = match (keep_through, path.exists()) {
+            (Some(s), true) => crate::fsio::read_text(&path, MAX_METRICS_BYTES)
+                .map_err(anyhow::Error::msg)?
                 .lines()
-                .map_while(Result::ok)
                 .filter(|l| serde_json::from_str::<serde_json::Value>(l).ok().and_then(|v| v["step"].as_u64()).is_some_and(|st| st <= s))
+                .map(str::to_string)
                 .collect(),
             _ => vec![],
         };
@@ -47,19 +52,19 @@ impl Metrics {
         }
         super::files::write_atomic(&path, text.as_bytes())?;
         let file = OpenOptions::new().append(true).open(&path).map_err(|e| anyhow::anyhow!("opening {}: {e}", path.display()))?;
-        Ok(Metrics { file })
+        Ok(Metrics { file, path })
     }
 
     pub fn write_json(&mut self, v: &serde_json::Value) -> anyhow::Result<()> {
-        writeln!(self.file, "{v}")?;
-        self.file.flush()?;
-        Ok(())
+        self.line(&v.to_string())
     }
 
     pub fn write(&mut self, m: &Metric) -> anyhow::Result<()> {
-        writeln!(self.file, "{}", serde_json::to_string(m)?)?;
-        self.file.flush()?;
-        Ok(())
+        self.line(&serde_json::to_string(m)?)
+    }
+
+    fn line(&mut self, text: &str) -> anyhow::Result<()> {
+        writeln!(self.file, "{text}").and_then(|_| self.file.flush()).map_err(|e| anyhow::anyhow!("writing {}: {e}", self.path.display()))
     }
 }
 

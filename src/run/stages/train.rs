@@ -151,6 +151,14 @@ pub fn run_model(ctx: &StageCtx, spec: &ModelSpec, t: &TrainSpec) -> Result<()> 
     }
 
     let wall = started.elapsed().as_secs_f64();
+    // The last step may have been skipped (`on_nonfinite = skip`) and its evaluation with it:
+    // a stage finishes only with weights that still give a finite validation loss.
+    let final_val = last_val.unwrap_or_else(|| evaluate(&model, &corpus.val, t, recipe.seed));
+    if !final_val.is_finite() {
+        bail!("{name}: the validation loss of the final weights is {final_val}; not marking the stage finished (lower the learning rate or set `grad_clip`; {skipped} of its steps were skipped)");
+    }
+    let last_val = Some(final_val);
+    let best_val = Some(best_val.map_or(final_val, |b: f64| b.min(final_val)));
     let trained_tokens = (t.steps - step0) * t.tokens_per_step();
     let report = json!({
         "experiment": recipe.experiment,
