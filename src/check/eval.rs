@@ -99,10 +99,9 @@ impl<'a> Checker<'a> {
                     .with_hint(format!("use one of its attributes, such as `{}.{}`", head.name, self.example_attr(d))));
                 return None;
             }
-            let mut names: Vec<&str> = scope.iter().flat_map(|b| b.fields().map(|f| f.key.name.as_str())).collect();
-            names.extend(self.decl_names());
+            let keys: Vec<&str> = if self.suggestions_left() { scope.iter().flat_map(|b| b.fields().map(|f| f.key.name.as_str())).collect() } else { vec![] };
             let mut d = Diagnostic::error(Code::E0110, head.span, format!("unknown name `{}`", head.name));
-            d = match did_you_mean(&head.name, names) {
+            d = match self.suggest_decl(&head.name, None, &keys) {
                 Some(s) => d.with_hint(format!("did you mean `{s}`?")),
                 None => d.with_hint("a name refers to a key of an enclosing block or to a declared data set, model or stage"),
             };
@@ -110,9 +109,8 @@ impl<'a> Checker<'a> {
             return None;
         }
         let Some(decl) = self.decl(&head.name) else {
-            let names: Vec<&str> = self.decl_names().collect();
             let mut d = Diagnostic::error(Code::E0110, head.span, format!("unknown name `{}`", head.name));
-            d = match did_you_mean(&head.name, names) {
+            d = match self.suggest_decl(&head.name, None, &[]) {
                 Some(s) => d.with_hint(format!("did you mean `{s}`?")),
                 None => d.with_hint("a dotted name starts with a declared data set, model or stage"),
             };

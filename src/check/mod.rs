@@ -51,6 +51,9 @@ pub struct Checker<'a> {
     visiting: Vec<usize>,
     /// Data sets and budgets being checked, to catch one read through its own attributes.
     checking: Vec<String>,
+    /// Did-you-means over the declared names still to give: a person reads the first errors,
+    /// and a recipe of 25k unknown references must not cost 25k searches of 25k names.
+    suggestions_left: usize,
     /// Byte lengths of the examples of each JSONL data set, and where the recipe names its file.
     example_lengths: HashMap<String, (Vec<usize>, Span)>,
     /// Top-level keys that sweeps define.
@@ -89,6 +92,7 @@ pub fn check_with(ast: &ast::SourceFile, base_dir: &Path, variables: &[String], 
         visiting: vec![],
         checking: vec![],
         example_lengths: HashMap::new(),
+        suggestions_left: 100,
         variables: variables.to_vec(),
         allowed_paths: allowed_paths.to_vec(),
         loader,
@@ -154,6 +158,21 @@ impl<'a> Checker<'a> {
 
     pub fn decl_names(&self) -> impl Iterator<Item = &'a str> + '_ {
         self.decls.iter().map(|d| d.name.name.as_str())
+    }
+
+    /// Whether did-you-means over declared names are still given.
+    pub fn suggestions_left(&self) -> bool {
+        self.suggestions_left > 0
+    }
+
+    /// The declared name (of kind `kind`, or any) nearest to `name`, while suggestions last.
+    pub fn suggest_decl(&mut self, name: &str, kind: Option<DeclKind>, extra: &[&'a str]) -> Option<&'a str> {
+        if self.suggestions_left == 0 {
+            return None;
+        }
+        self.suggestions_left -= 1;
+        let decls = self.decls.iter().filter(|d| kind.is_none_or(|k| d.kind == k)).map(|d| d.name.name.as_str());
+        did_you_mean(name, extra.iter().copied().chain(decls))
     }
 
     fn top_scope(&self) -> Scope<'a> {

@@ -120,9 +120,8 @@ impl<'a> Checker<'a> {
             return None;
         };
         let Some(d) = self.decl(&path[0].name) else {
-            let names: Vec<&str> = self.decls.iter().filter(|d| d.kind == want).map(|d| d.name.name.as_str()).collect();
             let mut err = Diagnostic::error(Code::E0110, path[0].span, format!("unknown name `{}`", path[0].name));
-            err = match crate::diag::suggest::did_you_mean(&path[0].name, names) {
+            err = match self.suggest_decl(&path[0].name, Some(want), &[]) {
                 Some(s) => err.with_hint(format!("did you mean `{s}`?")),
                 None => err.with_hint("declare it with `data`, `model` or `stage` in this experiment"),
             };

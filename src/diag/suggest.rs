@@ -16,10 +16,14 @@ pub fn levenshtein(a: &str, b: &str) -> usize {
 
 /// The candidate nearest to `name`, when within a third of its length (at least 1, at most 3 edits).
 pub fn did_you_mean<'a>(name: &str, candidates: impl IntoIterator<Item = &'a str>) -> Option<&'a str> {
-    let limit = (name.chars().count() / 3).clamp(1, 3);
+    let len = name.chars().count();
+    let limit = (len / 3).clamp(1, 3);
+    let lower = name.to_lowercase();
     candidates
         .into_iter()
-        .map(|c| (levenshtein(&name.to_lowercase(), &c.to_lowercase()), c))
+        // A length further off than the limit is further off in edits too: skip the distance.
+        .filter(|c| c.chars().count().abs_diff(len) <= limit)
+        .map(|c| (levenshtein(&lower, &c.to_lowercase()), c))
         .filter(|(d, _)| *d <= limit)
         .min_by_key(|(d, _)| *d)
         .map(|(_, c)| c)
