@@ -70,14 +70,14 @@ print(f"{type(m).__name__} max |Δlogit| = {(out - ours).abs().max().item():.3e}
 #[test]
 fn gpt2_layout_export_gives_the_same_logits_in_transformers() {
     // tiny.roux: learned positions, layernorm, gelu, biases; dropout off for the comparison.
-    roundtrip("tiny.roux", "export-gpt2", "Gpt2", |s| s.dropout = 0.0);
+    roundtrip("tiny.roux", "export-gpt2", "GPT-2 layout", |s| s.dropout = 0.0);
 }
 
 #[test]
 fn llama_layout_export_gives_the_same_logits_in_transformers() {
     // tiny-llama.roux: rope, rmsnorm, swiglu, untied head, no biases; made grouped-query
     // (2 query heads share 1 key/value head) to cover num_key_value_heads.
-    roundtrip("tiny-llama.roux", "export-llama", "Llama", |s| {
+    roundtrip("tiny-llama.roux", "export-llama", "Llama layout", |s| {
         s.dropout = 0.0;
         s.kv_heads = 1;
     });

@@ -411,3 +411,41 @@ fn a_vanishing_temperature_samples_the_greedy_text() {
     assert_eq!(o.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&o.stderr).contains("1000000000 is not in 1..=1000000"));
 }
+
+/// Health signals: a healthy run finishes without warnings; a LoRA whose learning rate is too
+/// small to move it, and a Switch layer whose capacity drops most tokens, are named in the log,
+/// in report.json and at the top of the report page.
+#[test]
+fn health_signals_fire_on_sick_runs_and_not_on_healthy_ones() {
+    let out = scratch("health");
+    run_ok(&fixture("tiny.roux"), &out);
+    let report = |p: &std::path::Path| -> serde_json::Value { serde_json::from_str(&std::fs::read_to_string(p.join("report.json")).unwrap()).unwrap() };
+    assert_eq!(report(&out.join("tiny/pretrain"))["warnings"], serde_json::json!([]), "a healthy run warned");
+    let sick = out.join("sick.roux");
+    std::fs::write(
+        &sick,
+        r#"experiment "sick" {
+          seed = 3
+          data corpus = text("../../../data/tinyshakespeare.txt") { context = 32 }
+          data instr = synthetic.instructions { tasks = [reverse], examples = 200, max_len = 3 }
+          model lm = transformer { vocab = 256, context = 32, d_model = 32, layers = 1, heads = 2 }
+          model moe = transformer { vocab = 256, context = 32, d_model = 32, layers = 1, heads = 2,
+            ffn = moe { experts = 4, expert = mlp { hidden = 32 }, router = switch { capacity_factor = 0.25 } } }
+          stage frozen = finetune(lm, instr) { adapter = lora { rank = 2 }, steps = 40, batch = 8, optimizer = adamw { lr = 1e-9 }, eval_every = 40, eval_examples = 8 }
+          stage dropping = train(moe, corpus) { steps = 20, batch = 4, eval_every = 20, eval_batches = 2 }
+        }"#,
+    )
+    .unwrap();
+    let o = roux(&["run", sick.to_str().unwrap(), "--out", out.to_str().unwrap()]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(0), "{err}");
+    let names = |r: serde_json::Value| r["warnings"].as_array().unwrap().iter().map(|w| w["signal"].as_str().unwrap().to_string()).collect::<Vec<_>>();
+    assert!(names(report(&out.join("sick/frozen"))).contains(&"lora_frozen".to_string()), "{err}");
+    assert!(names(report(&out.join("sick/dropping"))).contains(&"moe_dropping".to_string()), "{err}");
+    assert!(err.contains("frozen: the LoRA adapters barely moved") && err.contains("dropping: block 0 drops"), "{err}");
+    let o = roux(&["report", out.join("sick/frozen").to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(0));
+    let page = std::fs::read_to_string(out.join("sick/frozen/report.html")).unwrap();
+    let (warn_at, plots_at) = (page.find("<h2 class=\"warnings\">Warnings</h2>").unwrap(), page.find("<h2>Plots</h2>").unwrap());
+    assert!(warn_at < plots_at && page.contains("the LoRA adapters barely moved"));
+}

@@ -19,6 +19,7 @@ mod model;
 pub mod paths;
 mod moe;
 mod stage;
+mod tokens;
 
 
 use std::collections::HashMap;
@@ -244,7 +245,10 @@ impl<'a> Checker<'a> {
             examples: examples.into_iter().collect::<Option<Vec<_>>>()?,
             budgets: budgets.into_iter().collect::<Option<Vec<_>>>()?,
         })
-        .inspect(|r| self.check_budget_departures(r))
+        .inspect(|r| {
+            self.check_budget_departures(r);
+            self.check_tokenizers(r);
+        })
     }
 
     /// Check that `e` is a constructor named one of `names`; returns its name, args and block.

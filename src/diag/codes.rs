@@ -84,6 +84,7 @@ codes! {
     E0312 = "E0312": "a LoRA target that matches no linear layer",
     E0313 = "E0313": "instruction data where preference pairs go, or the reverse",
     E0314 = "E0314": "a program reward on data without answers",
+    E0315 = "E0315": "a model fed the tokens of another tokenizer than the one it was trained with",
     W0401 = "W0401": "a stage strays from its budget's optimum (a warning: the recipe still runs)",
     N0402 = "N0402": "the size chosen for a `params = N` model (a note)",
     W0403 = "W0403": "examples longer than the model's context, which training cuts (a warning)",

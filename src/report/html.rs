@@ -29,7 +29,13 @@ pub fn report_html(dir: &Path, title: &str) -> Result<String, String> {
         .collect();
     svgs.sort();
     let mut sections = String::new();
+    // Health warnings come first: what a person should look at before anything else.
+    let mut warnings = String::new();
     if let Some(r) = read("report.json").and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok()) {
+        let items: Vec<String> = r["warnings"].as_array().into_iter().flatten().filter_map(|w| w["message"].as_str()).map(|m| format!("<li>{}</li>", esc(m))).collect();
+        if !items.is_empty() {
+            warnings = format!("<h2 class=\"warnings\">Warnings</h2><ul class=\"warnings\">{}</ul>", items.concat());
+        }
         let rows: Vec<(String, String)> = r
             .as_object()
             .map(|o| o.iter().filter(|(_, v)| !v.is_object() && !v.is_array()).map(|(k, v)| (k.clone(), v.to_string().trim_matches('"').to_string())).collect())
@@ -82,12 +88,14 @@ pub fn report_html(dir: &Path, title: &str) -> Result<String, String> {
 <style>
 body {{ font-family: sans-serif; margin: 2em; max-width: 1100px; }}
 .plots {{ display: flex; flex-wrap: wrap; gap: 1em; }}
+ul.warnings {{ background: #fff4e5; border-left: 4px solid #e69500; padding: .6em 1.6em; }}
 figure.plot {{ margin: 0; border: 1px solid #ddd; padding: .5em; }}
 figure.plot img {{ width: 520px; height: auto; display: block; }}
 table {{ border-collapse: collapse; }} th, td {{ border: 1px solid #ddd; padding: .2em .6em; text-align: left; }}
 pre {{ background: #f6f6f6; padding: 1em; overflow-x: auto; }}
 </style></head>
 <body><h1>{t}</h1>
+{warnings}
 <h2>Plots</h2><div class="plots">{plots}</div>
 {sections}
 <script>

@@ -195,6 +195,15 @@ impl RunDir {
         }
         // What reuse verifies before calling the run up to date.
         report["outputs"] = written.into();
+        // Health signals from the logged curves: warned of now and kept with the result.
+        let rows: Vec<Value> = crate::fsio::read_text(&self.dir.join("metrics.jsonl"), 1 << 30)
+            .map(|t| t.lines().filter_map(|l| serde_json::from_str(l).ok()).collect())
+            .unwrap_or_default();
+        let signals = super::health::signals(&rows, &report, &super::health::Thresholds::default());
+        for s in &signals {
+            tracing::warn!("{}: {}", self.label, s.message);
+        }
+        report["warnings"] = signals.iter().map(|s| json!({"signal": s.name, "message": s.message})).collect::<Vec<_>>().into();
         report["stage"] = json!(self.label);
         report["hash"] = json!(self.hash);
         if !self.upstream.is_empty() {

@@ -16,6 +16,7 @@
 //! | `score.rs`     | a policy's scores on held-out prompts                                |
 //! | `losses.rs`    | Bradley–Terry, DPO, clipped PPO and value losses, entropy            |
 //! | `progress.rs`  | the progress of a loop and metrics.jsonl                             |
+//! | `health.rs`    | training-health signals read from the logged metrics                |
 //! | `device.rs`    | the device a stage runs on, the memory guard                         |
 //! | `alloc.rs`     | the process's allocator (`ROUX_MALLOC`)                              |
 
@@ -28,6 +29,7 @@ pub mod data;
 pub mod device;
 pub mod files;
 pub mod hash;
+pub mod health;
 pub mod lifecycle;
 pub mod losses;
 pub mod progress;

@@ -50,12 +50,36 @@ impl Adapters {
         out
     }
 
+    /// How far the adapters moved their weights: the mean over targets of
+    /// ‖(alpha/rank)·B·A‖ / ‖W‖ (Frobenius norms), given each target's weight.
+    pub fn update_ratio(&self, weight_of: impl Fn(usize) -> f64) -> f64 {
+        let ratios: Vec<f64> = (0..self.paths.len())
+            .map(|i| {
+                let delta = tch::no_grad(|| self.b[i].matmul(&self.a[i]).norm().double_value(&[])) * self.scale.abs();
+                delta / weight_of(i).max(1e-12)
+            })
+            .collect();
+        ratios.iter().sum::<f64>() / ratios.len().max(1) as f64
+    }
+
     pub fn numel(&self) -> u64 {
         self.a.iter().chain(&self.b).map(|t| t.numel() as u64).sum()
     }
 }
 
 impl Model {
+    /// The adapters' mean relative update, ‖ΔW‖ / ‖W‖ over their targets (0 without adapters).
+    pub fn lora_update_ratio(&self) -> f64 {
+        let weights: Vec<usize> = {
+            let mut w = vec![0; self.lora.paths.len()];
+            for (&weight, &i) in &self.lora.by_weight {
+                w[i] = weight;
+            }
+            w
+        };
+        self.lora.update_ratio(|i| tch::no_grad(|| self.params[weights[i]].norm().double_value(&[])))
+    }
+
     /// Attach fresh adapters to the linears `spec` targets and freeze every base weight.
     pub fn attach_lora(&mut self, spec: &LoraSpec) -> Result<()> {
         let mut ad = Adapters { scale: spec.alpha / spec.rank as f64, dropout: spec.dropout, ..Default::default() };

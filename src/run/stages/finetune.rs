@@ -95,6 +95,7 @@ pub fn run(ctx: &StageCtx, f: &FinetuneSpec) -> Result<()> {
         "params": model.numel(),
         "trainable_params": trainable,
         "lora": f.lora,
+        "lora_update_ratio": f.lora.as_ref().map(|_| model.lora_update_ratio()),
         "steps": f.opt.steps,
         "before": before,
         "after": last,

@@ -1,0 +1,199 @@
+//! Training-health signals, read from a stage's metrics: what a person would look for in the
+//! curves and might miss. Each analyser takes the logged rows (metrics.jsonl) and returns the
+//! signals that fire, as words; `RunDir::finish` logs them as warnings and writes them into
+//! report.json, whose page shows them first.
+
+use serde_json::Value;
+
+/// The thresholds each signal fires at.
+#[derive(Clone, Copy, Debug)]
+pub struct Thresholds {
+    /// Loss not falling: the last quarter's mean loss is above this share of the first quarter's.
+    pub loss_fall: f64,
+    /// A gradient-norm spike: a logged norm above this multiple of the run's median.
+    pub grad_spike: f64,
+    /// A mixture-of-experts layer dropping more than this share of its tokens.
+    pub drop_rate: f64,
+    /// One expert taking more than this share of a layer's assignments.
+    pub expert_share: f64,
+    /// Router collapse: the routing entropy below this share of its maximum, ln(experts).
+    pub entropy_floor: f64,
+    /// A reward-model score falling by more than this share from the first quarter to the last.
+    pub reward_fall: f64,
+    /// KL to the reference above this many nats per sequence.
+    pub kl_max: f64,
+    /// LoRA adapters that barely move: ‖ΔW‖ / ‖W‖ below this.
+    pub lora_update: f64,
+}
+
+impl Default for Thresholds {
+    fn default() -> Self {
+        Thresholds { loss_fall: 0.99, grad_spike: 10.0, drop_rate: 0.2, expert_share: 0.6, entropy_floor: 0.1, reward_fall: 0.2, kl_max: 2.0, lora_update: 1e-3 }
+    }
+}
+
+/// One signal: a short name and the sentence for people.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Signal {
+    pub name: &'static str,
+    pub message: String,
+}
+
+fn signal(name: &'static str, message: String) -> Signal {
+    Signal { name, message }
+}
+
+/// The finite values of `key` in the rows, in order.
+fn series(rows: &[Value], key: &str) -> Vec<f64> {
+    rows.iter().filter_map(|r| r[key].as_f64()).filter(|v| v.is_finite()).collect()
+}
+
+fn mean(v: &[f64]) -> f64 {
+    v.iter().sum::<f64>() / v.len().max(1) as f64
+}
+
+/// First and last quarter means of a series of at least 8 values.
+fn quarters(v: &[f64]) -> Option<(f64, f64)> {
+    (v.len() >= 8).then(|| {
+        let q = v.len() / 4;
+        (mean(&v[..q]), mean(&v[v.len() - q..]))
+    })
+}
+
+/// Every signal the rows show, with `report` for the signals read from a stage's result.
+pub fn signals(rows: &[Value], report: &Value, th: &Thresholds) -> Vec<Signal> {
+    let mut out = vec![];
+    out.extend(loss_not_falling(rows, th));
+    out.extend(grad_spikes(rows, th));
+    out.extend(moe(rows, th));
+    out.extend(rl(rows, th));
+    if let Some(r) = report["lora_update_ratio"].as_f64() {
+        if r < th.lora_update {
+            out.push(signal("lora_frozen", format!("the LoRA adapters barely moved: ‖ΔW‖/‖W‖ = {r:.1e}, below {:.0e} (raise the learning rate or the rank)", th.lora_update)));
+        }
+    }
+    out
+}
+
+/// The training loss's last quarter is not below its first (a flat or rising curve).
+pub fn loss_not_falling(rows: &[Value], th: &Thresholds) -> Option<Signal> {
+    let (first, last) = quarters(&series(rows, "loss"))?;
+    (last > th.loss_fall * first).then(|| {
+        let how = if last > first { "rose" } else { "stayed flat" };
+        signal("loss_not_falling", format!("the training loss {how}: {first:.4} in the first quarter of the logged steps, {last:.4} in the last"))
+    })
+}
+
+/// Gradient norms far above the run's median.
+pub fn grad_spikes(rows: &[Value], th: &Thresholds) -> Option<Signal> {
+    let g = series(rows, "grad_norm");
+    if g.len() < 5 {
+        return None;
+    }
+    let mut sorted = g.clone();
+    sorted.sort_by(|a, b| a.total_cmp(b));
+    let median = sorted[sorted.len() / 2];
+    let spikes: Vec<(u64, f64)> = rows.iter().filter_map(|r| Some((r["step"].as_u64()?, r["grad_norm"].as_f64()?))).filter(|(_, v)| *v > th.grad_spike * median && median > 0.0).collect();
+    let (step, worst) = spikes.iter().copied().max_by(|a, b| a.1.total_cmp(&b.1))?;
+    Some(signal("grad_spike", format!("{} gradient-norm spike(s) above {}× the median {median:.3}, the largest {worst:.3} at step {step}", spikes.len(), th.grad_spike)))
+}
+
+/// Mixture-of-experts layers that drop tokens, favour one expert, or collapse their router,
+/// judged on the last logged row.
+pub fn moe(rows: &[Value], th: &Thresholds) -> Vec<Signal> {
+    let mut out = vec![];
+    let Some(layers) = rows.iter().rev().find_map(|r| r["moe"].as_array().filter(|a| !a.is_empty())) else { return out };
+    for l in layers {
+        // The layer's module path (`blocks.1.ffn`), named as the block it sits in.
+        let block = l["layer"].as_str().map_or_else(|| l["layer"].to_string(), |p| p.trim_end_matches(".ffn").replace("blocks.", ""));
+        let load: Vec<f64> = l["load"].as_array().map(|a| a.iter().filter_map(Value::as_f64).collect()).unwrap_or_default();
+        if let Some(d) = l["dropped"].as_f64().filter(|d| *d > th.drop_rate) {
+            out.push(signal("moe_dropping", format!("block {block} drops {:.0}% of its tokens (above {:.0}%): raise the capacity factor", 100.0 * d, 100.0 * th.drop_rate)));
+        }
+        let total: f64 = load.iter().sum();
+        if load.len() > 1 && total > 0.0 {
+            let (e, top) = load.iter().enumerate().fold((0, 0.0f64), |b, (i, &v)| if v > b.1 { (i, v) } else { b });
+            if top / total > th.expert_share {
+                out.push(signal("moe_imbalance", format!("block {block}: expert {e} takes {:.0}% of the assignments (above {:.0}%; balanced is {:.0}%)", 100.0 * top / total, 100.0 * th.expert_share, 100.0 / load.len() as f64)));
+            }
+            if let Some(h) = l["entropy"].as_f64() {
+                let max = (load.len() as f64).ln();
+                if h < th.entropy_floor * max {
+                    out.push(signal("router_collapse", format!("block {block}: the router's entropy is {h:.3} nats, below {:.0}% of its maximum {max:.3}: it routes almost every token the same way", 100.0 * th.entropy_floor)));
+                }
+            }
+        }
+    }
+    out
+}
+
+/// Reinforcement learning: the reward-model score falling, the KL to the reference too large.
+pub fn rl(rows: &[Value], th: &Thresholds) -> Vec<Signal> {
+    let mut out = vec![];
+    if let Some((first, last)) = quarters(&series(rows, "reward")) {
+        if first - last > th.reward_fall * first.abs().max(1e-9) {
+            out.push(signal("reward_falling", format!("the reward-model score fell from {first:.3} (first quarter) to {last:.3} (last quarter)")));
+        }
+    }
+    let kl = series(rows, "kl");
+    if let Some(&k) = kl.iter().max_by(|a, b| a.total_cmp(b)).filter(|k| **k > th.kl_max) {
+        out.push(signal("kl_high", format!("the KL to the reference reached {k:.3} nats per sequence (above {}): the policy drifts far from where it started", th.kl_max)));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn rows(key: &str, v: &[f64]) -> Vec<Value> {
+        v.iter().enumerate().map(|(i, x)| json!({"step": i as u64 * 10, key: x})).collect()
+    }
+
+    #[test]
+    fn a_falling_loss_is_healthy_a_flat_or_rising_one_is_not() {
+        let th = Thresholds::default();
+        let falling: Vec<f64> = (0..20).map(|i| 5.0 - 0.1 * i as f64).collect();
+        assert_eq!(loss_not_falling(&rows("loss", &falling), &th), None);
+        // First quarter (5 values) mean 3.0, last 3.0: flat.
+        let flat = vec![3.0; 20];
+        assert_eq!(loss_not_falling(&rows("loss", &flat), &th).unwrap().message, "the training loss stayed flat: 3.0000 in the first quarter of the logged steps, 3.0000 in the last");
+        let rising: Vec<f64> = (0..20).map(|i| 2.0 + 0.1 * i as f64).collect();
+        // First quarter 2.0..2.4 (mean 2.2), last 3.5..3.9 (mean 3.7).
+        assert!(loss_not_falling(&rows("loss", &rising), &th).unwrap().message.contains("rose: 2.2000 in the first quarter of the logged steps, 3.7000"));
+    }
+
+    #[test]
+    fn a_spike_is_named_with_its_step() {
+        let mut g = vec![1.0; 10];
+        g[6] = 25.0;
+        let s = grad_spikes(&rows("grad_norm", &g), &Thresholds::default()).unwrap();
+        assert_eq!(s.message, "1 gradient-norm spike(s) above 10× the median 1.000, the largest 25.000 at step 60");
+        assert_eq!(grad_spikes(&rows("grad_norm", &[1.0; 10]), &Thresholds::default()), None);
+    }
+
+    #[test]
+    fn moe_layers_that_drop_favour_or_collapse_are_named() {
+        let th = Thresholds::default();
+        // Four experts, one takes 81% of the assignments; 56% of tokens dropped; entropy 0.05
+        // nats against ln 4 = 1.386.
+        let r = vec![json!({"step": 10, "moe": [{"layer": "blocks.0.ffn", "load": [81.0, 9.0, 5.0, 5.0], "dropped": 0.56, "entropy": 0.05}]})];
+        let names: Vec<&str> = moe(&r, &th).iter().map(|s| s.name).collect();
+        assert_eq!(names, ["moe_dropping", "moe_imbalance", "router_collapse"]);
+        assert_eq!(moe(&r, &th)[1].message, "block 0: expert 0 takes 81% of the assignments (above 60%; balanced is 25%)");
+        let healthy = vec![json!({"step": 10, "moe": [{"layer": "blocks.1.ffn", "load": [26.0, 24.0, 25.0, 25.0], "dropped": 0.02, "entropy": 1.3}]})];
+        assert!(moe(&healthy, &th).is_empty());
+    }
+
+    #[test]
+    fn a_falling_reward_and_a_large_kl_are_named() {
+        let th = Thresholds::default();
+        // PPO's reward-model score from 2.51 down to 0.45 while KL spikes to 5.
+        let r: Vec<Value> = (0..12).map(|i| json!({"step": i, "reward": 2.51 - (2.06 / 11.0) * i as f64, "kl": if i == 9 { 5.0 } else { 0.1 }})).collect();
+        let names: Vec<&str> = rl(&r, &th).iter().map(|s| s.name).collect();
+        assert_eq!(names, ["reward_falling", "kl_high"]);
+        let ok: Vec<Value> = (0..12).map(|i| json!({"step": i, "reward": 0.5 + 0.1 * i as f64, "kl": 0.2})).collect();
+        assert!(rl(&ok, &th).is_empty());
+    }
+}
