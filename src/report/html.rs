@@ -10,6 +10,41 @@ pub fn esc(s: &str) -> String {
     s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('"', "&quot;").replace('\'', "&#39;")
 }
 
+/// A report value as people read it: whole numbers with thousands separators, other numbers to
+/// four significant digits, durations and rates with their units, null as "-".
+pub fn human(key: &str, v: &serde_json::Value) -> String {
+    let Some(x) = v.as_f64() else {
+        return match v {
+            serde_json::Value::Null => "-".into(),
+            serde_json::Value::String(s) => s.clone(),
+            other => other.to_string(),
+        };
+    };
+    let number = if (x.fract() == 0.0 && x.abs() < 1e15) || (1e3..1e6).contains(&x.abs()) {
+        let digits = format!("{}", x.abs().round() as u64);
+        let mut grouped = String::new();
+        for (i, c) in digits.chars().enumerate() {
+            if i > 0 && (digits.len() - i) % 3 == 0 {
+                grouped.push(',');
+            }
+            grouped.push(c);
+        }
+        format!("{}{grouped}", if x < 0.0 { "-" } else { "" })
+    } else if x != 0.0 && (x.abs() >= 1e6 || x.abs() < 1e-3) {
+        format!("{x:.3e}")
+    } else {
+        let decimals = (3 - x.abs().log10().floor() as i32).clamp(0, 6) as usize;
+        format!("{x:.decimals$}")
+    };
+    match key {
+        "wall_seconds" => format!("{number} s"),
+        "tokens_per_s" => format!("{number} tokens/s"),
+        "model_flops_per_s" => format!("{number} FLOP/s"),
+        _ if key.ends_with("loss") => format!("{number} nats/token"),
+        _ => number,
+    }
+}
+
 /// The largest report, plot or resolved file a report page reads.
 const MAX_FILE_BYTES: u64 = 64 << 20;
 
@@ -36,15 +71,16 @@ pub fn report_html(dir: &Path, title: &str) -> Result<String, String> {
         if !items.is_empty() {
             warnings = format!("<h2 class=\"warnings\">Warnings</h2><ul class=\"warnings\">{}</ul>", items.concat());
         }
+        // Numbers as people read them; the content hash is for roux, not for them.
         let rows: Vec<(String, String)> = r
             .as_object()
-            .map(|o| o.iter().filter(|(_, v)| !v.is_object() && !v.is_array()).map(|(k, v)| (k.clone(), v.to_string().trim_matches('"').to_string())).collect())
+            .map(|o| o.iter().filter(|(k, v)| !v.is_object() && !v.is_array() && k.as_str() != "hash").map(|(k, v)| (k.replace('_', " "), human(k, v))).collect())
             .unwrap_or_default();
         sections.push_str(&format!("<h2>Result</h2>{}", table(&rows)));
-        for key in ["before", "after"] {
+        for key in ["before", "after", "held_out_rewards"] {
             if let Some(o) = r[key].as_object() {
-                let rows: Vec<(String, String)> = o.iter().filter(|(_, v)| v.is_number()).map(|(k, v)| (k.clone(), v.to_string())).collect();
-                sections.push_str(&format!("<h3>{key}</h3>{}", table(&rows)));
+                let rows: Vec<(String, String)> = o.iter().filter(|(_, v)| v.is_number()).map(|(k, v)| (k.replace('_', " "), human(k, v))).collect();
+                sections.push_str(&format!("<h3>{}</h3>{}", key.replace('_', " "), table(&rows)));
             }
         }
     }
@@ -160,6 +196,11 @@ mod tests {
         std::fs::write(dir.join("x\"><b onmouseover=alert(1)>'.svg"), "<svg xmlns=\"http://www.w3.org/2000/svg\"><script>alert(1)</script></svg>").unwrap();
         std::fs::write(dir.join("recipe.roux"), "experiment \"</pre><script>alert(2)</script>\" {}").unwrap();
         let page = super::report_html(&dir, "t<i>").unwrap();
+        assert_eq!(super::human("best_val_loss", &serde_json::json!(3.4658557176589966)), "3.466 nats/token");
+        assert_eq!(super::human("tokens_per_s", &serde_json::json!(63807.06233182311)), "63,807 tokens/s");
+        assert_eq!(super::human("params", &serde_json::json!(35200)), "35,200");
+        assert_eq!(super::human("model_flops_per_s", &serde_json::json!(15117679664.154184)), "1.512e10 FLOP/s");
+        assert_eq!(super::human("resumed_from_step", &serde_json::Value::Null), "-");
         assert_eq!(page.matches("<script").count(), 1, "only the page's own script");
         assert!(!page.contains("<b ") && !page.contains("<i>") && !page.contains("alert(2)</script>"), "{page}");
         assert!(page.contains("data-name=\"x&quot;&gt;&lt;b onmouseover=alert(1)&gt;&#39;.svg\""), "{page}");

@@ -39,7 +39,13 @@ pub fn write_run_plots(dir: &Path, title: &str) -> Result<Vec<PathBuf>, String> 
     let charts: &[(&str, &str, &str, &[(&str, &str, bool)])] = &[
         ("loss", "loss", "nats per token", &[("train", "loss", false), ("validation", "val_loss", true)]),
         ("lr", "learning rate", "lr", &[("lr", "lr", false)]),
-        ("accuracy", "pairwise accuracy", "share of pairs", &[("batch", "accuracy", false), ("held-out", "val_accuracy", true)]),
+        ("accuracy", "pairwise accuracy", "share of pairs", &[("batch", "accuracy", false), ("held-out", "val_accuracy", true), ("held-out", "eval_rewards/accuracies", true)]),
+        (
+            "rewards",
+            "DPO's implicit rewards β·(log π − log π_ref)",
+            "reward",
+            &[("chosen", "rewards/chosen", false), ("rejected", "rewards/rejected", false), ("held-out chosen", "eval_rewards/chosen", true), ("held-out rejected", "eval_rewards/rejected", true)],
+        ),
         ("reward", "reward", "reward", &[("training reward", "reward", false), ("gold", "gold", false), ("held-out gold", "val_sampled_gold", true)]),
         ("kl", "KL to the reference", "nats per response", &[("KL", "kl", false), ("held-out KL", "val_kl", true), ("KL coefficient", "kl_coef", true)]),
         ("ppo", "policy-update internals", "value", &[("entropy", "entropy", false), ("clip fraction", "clip_fraction", false), ("value loss", "value_loss", true)]),
@@ -70,14 +76,29 @@ pub fn write_run_plots(dir: &Path, title: &str) -> Result<Vec<PathBuf>, String> 
     for (li, layer) in layers.iter().enumerate() {
         let name = layer["layer"].as_str().unwrap_or("moe").to_string();
         let experts = layer["load"].as_array().map_or(0, |a| a.len());
-        let per_expert: Vec<Series> = (0..experts.min(16))
+        let mut per_expert: Vec<Series> = (0..experts.min(16))
             .map(|e| Series {
                 name: format!("expert {e}"),
                 points: m.iter().filter_map(|v| Some((v["step"].as_f64()?, v["moe"][li]["load"][e].as_f64()?))).collect(),
                 dashed: false,
             })
             .collect();
+        // The balanced share every expert would take.
+        let steps: Vec<f64> = m.iter().filter_map(|v| v["step"].as_f64()).collect();
+        if let (Some(&a), Some(&b), true) = (steps.first(), steps.last(), experts > 0) {
+            per_expert.push(Series { name: "1/E (balanced)".into(), points: vec![(a, 1.0 / experts as f64), (b, 1.0 / experts as f64)], dashed: true });
+        }
         put(format!("expert_load.{name}.svg"), line_chart(&format!("{title}: expert load, {name}"), "step", "fraction of routed tokens", &per_expert, false))?;
+        // The router's own numbers: dropped share, entropy and every auxiliary-loss part it logs.
+        let keys: Vec<String> = layer.as_object().map(|o| o.keys().filter(|k| !matches!(k.as_str(), "layer" | "load")).cloned().collect()).unwrap_or_default();
+        let router: Vec<Series> = keys
+            .iter()
+            .map(|k| Series { name: k.replace('_', " "), points: m.iter().filter_map(|v| Some((v["step"].as_f64()?, v["moe"][li][k.as_str()].as_f64()?))).collect(), dashed: k != "dropped" && k != "entropy" })
+            .filter(|s| !s.points.is_empty())
+            .collect();
+        if !router.is_empty() {
+            put(format!("router.{name}.svg"), line_chart(&format!("{title}: router, {name}"), "step", "value", &router, false))?;
+        }
     }
     Ok(written)
 }

@@ -93,7 +93,8 @@ pub fn chart(title: &str, x_label: &str, y_label: &str, series: &[Series], log_x
         (x0, x1) = (x0 - 0.5 * x0.abs().max(1.0), x1 + 0.5 * x1.abs().max(1.0));
     }
     let flat = y1 - y0 <= y0.abs().max(y1.abs()) * 1e-9;
-    let pad = if flat { (y0.abs() * 0.05).max(1e-300) } else { (y1 - y0) * 0.05 };
+    // (A flat series at zero gets ±1: a share or a count that stayed 0.)
+    let pad = if flat { if y0 == 0.0 { 1.0 } else { y0.abs() * 0.05 } } else { (y1 - y0) * 0.05 };
     (y0, y1) = (y0 - pad, y1 + pad);
     let px = |x: f64| ml + (x - x0) / (x1 - x0) * (w - ml - mr);
     let py = |y: f64| h - mb - (y - y0) / (y1 - y0) * (h - mt - mb);
@@ -175,6 +176,8 @@ mod tests {
     fn a_constant_series_draws_a_labelled_axis() {
         let s = line_chart("lr", "step", "lr", &[Series { name: "lr".into(), points: (0..50).map(|i| (i as f64, 1e-3)).collect(), dashed: false }], false);
         assert!(s.contains(">0.001<") && !s.contains("NaN"), "{s}");
+        let zero = line_chart("share", "step", "share", &[Series { name: "exact".into(), points: (0..5).map(|i| (i as f64, 0.0)).collect(), dashed: false }], false);
+        assert!(zero.contains(">0<") && zero.contains(">1<") && !zero.contains("e-30"), "{zero}");
     }
 
     #[test]

@@ -24,11 +24,13 @@ pub struct Thresholds {
     pub kl_max: f64,
     /// LoRA adapters that barely move: ‖ΔW‖ / ‖W‖ below this.
     pub lora_update: f64,
+    /// GRPO without a learning signal: this share of groups with all-equal rewards, or more.
+    pub flat_groups: f64,
 }
 
 impl Default for Thresholds {
     fn default() -> Self {
-        Thresholds { loss_fall: 0.99, grad_spike: 10.0, drop_rate: 0.2, expert_share: 0.6, entropy_floor: 0.1, reward_fall: 0.2, kl_max: 2.0, lora_update: 1e-3 }
+        Thresholds { loss_fall: 0.99, grad_spike: 10.0, drop_rate: 0.2, expert_share: 0.6, entropy_floor: 0.1, reward_fall: 0.2, kl_max: 2.0, lora_update: 1e-3, flat_groups: 0.9 }
     }
 }
 
@@ -63,10 +65,17 @@ fn quarters(v: &[f64]) -> Option<(f64, f64)> {
 /// Every signal the rows show, with `report` for the signals read from a stage's result.
 pub fn signals(rows: &[Value], report: &Value, th: &Thresholds) -> Vec<Signal> {
     let mut out = vec![];
-    out.extend(loss_not_falling(rows, th));
+    // A policy-gradient loss need not fall (its scale follows the advantages): only supervised
+    // losses are judged.
+    if !matches!(report["kind"].as_str(), Some("ppo" | "grpo")) {
+        out.extend(loss_not_falling(rows, th));
+    }
     out.extend(grad_spikes(rows, th));
     out.extend(moe(rows, th));
     out.extend(rl(rows, th));
+    if let Some(f) = report["flat_groups_last_quarter"].as_f64().filter(|f| *f >= th.flat_groups) {
+        out.push(signal("flat_groups", format!("{:.0}% of the groups in the last quarter of the steps had rewards all equal, which gives no learning signal; raise `temperature` or `group`, or add a graded term to `reward`", 100.0 * f)));
+    }
     if let Some(r) = report["lora_update_ratio"].as_f64() {
         if r < th.lora_update {
             out.push(signal("lora_frozen", format!("the LoRA adapters barely moved: ‖ΔW‖/‖W‖ = {r:.1e}, below {:.0e} (raise the learning rate or the rank)", th.lora_update)));

@@ -16,6 +16,7 @@ use crate::run::kit::losses::dpo;
 use crate::run::kit::score::score;
 use crate::run::kit::seqs::{pad, prompt_ids, prompt_response, seq_logprob};
 use crate::run::kit::{device, lifecycle, StageCtx};
+use crate::run::model::Model;
 use crate::schedule::lr_at;
 
 fn pair_seqs(set: &ExampleSet, p: &Pair, ctx: usize) -> (Seq, Seq) {
@@ -30,6 +31,36 @@ fn pair_seqs(set: &ExampleSet, p: &Pair, ctx: usize) -> (Seq, Seq) {
     (c, r)
 }
 
+/// DPO's implicit rewards β·(log π − log π_ref) on held-out pairs, as TRL reports them: the
+/// mean reward of the chosen and of the rejected responses, their mean margin, and the share of
+/// pairs whose chosen response the policy prefers (its held-out pairwise accuracy).
+#[derive(Clone, Copy, Debug, Default, serde::Serialize)]
+pub struct PairScores {
+    pub chosen: f64,
+    pub rejected: f64,
+    pub margin: f64,
+    pub accuracy: f64,
+}
+
+fn held_out_pairs(policy: &Model, reference: &Model, set: &ExampleSet, pairs: &[Pair], beta: f64, context: usize, dev: tch::Device) -> PairScores {
+    let (mut c_sum, mut r_sum, mut wins) = (0.0, 0.0, 0.0);
+    tch::no_grad(|| {
+        for chunk in pairs.chunks(32) {
+            let seqs: Vec<(Seq, Seq)> = chunk.iter().map(|p| pair_seqs(set, p, context)).collect();
+            let rows: Vec<&Seq> = seqs.iter().map(|p| &p.0).chain(seqs.iter().map(|p| &p.1)).collect();
+            let b = pad(&rows, dev);
+            let n = chunk.len() as i64;
+            let reward = (seq_logprob(policy, &b, false) - seq_logprob(reference, &b, false)) * beta;
+            let (c, r) = (reward.narrow(0, 0, n), reward.narrow(0, n, n));
+            c_sum += c.sum(Kind::Double).double_value(&[]);
+            r_sum += r.sum(Kind::Double).double_value(&[]);
+            wins += c.gt_tensor(&r).to_kind(Kind::Double).sum(Kind::Double).double_value(&[]);
+        }
+    });
+    let n = pairs.len().max(1) as f64;
+    PairScores { chosen: c_sum / n, rejected: r_sum / n, margin: (c_sum - r_sum) / n, accuracy: wins / n }
+}
+
 pub fn run(ctx: &StageCtx, d: &DpoSpec) -> Result<()> {
     let (recipe, name) = (ctx.recipe, ctx.label.clone());
     let Some(mut run) = lifecycle::begin_stage(ctx, d.opt.steps)? else { return Ok(()) };
@@ -41,6 +72,7 @@ pub fn run(ctx: &StageCtx, d: &DpoSpec) -> Result<()> {
     let mut reference = load_lm(recipe, &ctx.runs, &d.policy, dev)?;
     reference.freeze();
     let before = score(&policy, Some(&reference), &set, &held, d.max_new);
+    let held_pairs: Vec<Pair> = split.held_out.iter().take(d.eval_examples).cloned().collect();
     let names = policy.names.clone();
     let params: Vec<Tensor> = policy.params.iter().map(|p| p.shallow_clone()).collect();
     let mut opt = Optimizer::new(&params, &d.opt.optimizer);
@@ -49,6 +81,7 @@ pub fn run(ctx: &StageCtx, d: &DpoSpec) -> Result<()> {
     tracing::info!("{name}: DPO (β = {}) on `{}` ({} pairs) for {} steps × {} pairs", d.beta, set.name, split.train.len(), d.opt.steps, d.opt.batch);
     let started = Instant::now();
     let mut last = before.clone();
+    let mut last_pairs: Option<PairScores> = None;
     for step in step0..d.opt.steps {
         tch::manual_seed((recipe.seed ^ step.wrapping_mul(0x9E37_79B9)) as i64);
         let lr = lr_at(&d.opt.schedule, d.opt.optimizer.lr, step, d.opt.steps);
@@ -72,14 +105,27 @@ pub fn run(ctx: &StageCtx, d: &DpoSpec) -> Result<()> {
         let (margin_v, acc) = (margin.mean(Kind::Float).double_value(&[]), margin.gt(0.0).to_kind(Kind::Float).mean(Kind::Float).double_value(&[]));
         let eval_now = done % d.opt.eval_every == 0 || done == d.opt.steps;
         let s = eval_now.then(|| score(&policy, Some(&reference), &set, &held, d.max_new));
+        let pairs_now = (eval_now && !held_pairs.is_empty()).then(|| held_out_pairs(&policy, &reference, &set, &held_pairs, d.beta, context, dev));
         let shown = s.as_ref().map_or(String::new(), |s| format!(" held-out: greedy exact {:.1}%; sampled exact {:.1}% verbose {:.1}% gold {:.3}; KL {:.3}", 100.0 * s.exact, 100.0 * s.sampled_exact, 100.0 * s.sampled_verbose, s.sampled_gold, s.kl.unwrap_or(0.0)));
         run.progress.line(done, d.opt.log_every, &format!("loss {loss_v:.4} margin {margin_v:.3} acc {:.0}%{shown}", 100.0 * acc), s.is_some());
         if done % d.opt.log_every == 0 || s.is_some() {
-            let mut m = json!({"step": done, "loss": loss_v, "lr": lr, "grad_norm": grad_norm, "margin": margin_v, "accuracy": acc});
+            // TRL's names for the training batch's implicit rewards, and the held-out pairs'.
+            let (chosen_v, rejected_v) = (((&pc - &rc) * d.beta).mean(Kind::Float).double_value(&[]), ((&pr - &rr) * d.beta).mean(Kind::Float).double_value(&[]));
+            let mut m = json!({"step": done, "loss": loss_v, "lr": lr, "grad_norm": grad_norm, "margin": margin_v, "accuracy": acc,
+                "rewards/chosen": chosen_v, "rewards/rejected": rejected_v, "rewards/margins": margin_v, "rewards/accuracies": acc});
             if let Some(s) = &s {
                 s.log_into(&mut m, "");
             }
+            if let Some(p) = &pairs_now {
+                m["eval_rewards/chosen"] = json!(p.chosen);
+                m["eval_rewards/rejected"] = json!(p.rejected);
+                m["eval_rewards/margins"] = json!(p.margin);
+                m["eval_rewards/accuracies"] = json!(p.accuracy);
+            }
             run.log(m)?;
+        }
+        if let Some(p) = pairs_now {
+            last_pairs = Some(p);
         }
         if let Some(s) = s {
             last = s;
@@ -94,6 +140,8 @@ pub fn run(ctx: &StageCtx, d: &DpoSpec) -> Result<()> {
         "steps": d.opt.steps,
         "before": before,
         "after": last,
+        "held_out_pairs": held_pairs.len(),
+        "held_out_rewards": last_pairs,
         "wall_seconds": started.elapsed().as_secs_f64(),
     });
     tracing::info!(

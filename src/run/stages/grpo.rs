@@ -124,20 +124,10 @@ pub fn run(ctx: &StageCtx, g: &GrpoSpec) -> Result<()> {
     // No learning signal: a group whose rewards are all equal has zero advantages.
     let tail = &flat_history[flat_history.len() - (flat_history.len() / 4).max(1).min(flat_history.len())..];
     let flat_tail = tail.iter().sum::<f64>() / tail.len().max(1) as f64;
-    let mut warnings = vec![];
-    if flat_tail >= 0.9 {
-        warnings.push(format!(
-            "{:.0}% of the groups in the last quarter of the steps had rewards all equal, which gives no learning signal; raise `temperature` or `group`, or add a graded term to `reward`",
-            100.0 * flat_tail
-        ));
-    }
-    for w in &warnings {
-        tracing::warn!("{name}: {w}");
-    }
+    // (Read by the health signals: `flat_groups` warns from 90% on.)
     let report = json!({
         "experiment": recipe.experiment,
         "kind": "grpo",
-        "warnings": warnings,
         "flat_groups_last_quarter": flat_tail,
         "model": g.policy.arch,
         "steps": g.opt.steps,
