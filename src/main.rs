@@ -195,15 +195,24 @@ enum Command {
     Sample {
         /// A run directory, such as runs/demo/pretrain.
         run: PathBuf,
-        #[arg(long, default_value = "\n")]
+        /// The text to continue; `\n`, `\t` and `\\` are escapes.
+        #[arg(long, default_value = "\\n")]
         prompt: String,
+        /// Read the prompt from a file instead (as it is, no escapes).
+        #[arg(long, conflicts_with = "prompt")]
+        prompt_file: Option<PathBuf>,
         /// Tokens to generate (at most 1,000,000), printed as they come.
         #[arg(long, default_value_t = 200, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
         tokens: u64,
+        /// 0 is greedy.
         #[arg(long, default_value_t = 0.8)]
         temperature: f64,
+        /// Keep the k most likely tokens (0: all).
         #[arg(long, default_value_t = 0)]
         top_k: i64,
+        /// Nucleus sampling: keep the most likely tokens up to this probability (1: all).
+        #[arg(long, default_value_t = 1.0)]
+        top_p: f64,
         #[arg(long, default_value_t = 0)]
         seed: u64,
     },
@@ -236,8 +245,8 @@ fn main() -> ExitCode {
         Command::Report { run } => cli::plan::report(&run),
         Command::Export { run, to: _, output } => cli::exec::export(&run, output.as_deref()),
         Command::Merge { run, output } => cli::exec::merge(&run, output.as_deref()),
-        Command::Sample { run, prompt, tokens, temperature, top_k, seed } => {
-            cli::exec::sample(&run, &prompt, tokens as usize, temperature, top_k, seed)
+        Command::Sample { run, prompt, prompt_file, tokens, temperature, top_k, top_p, seed } => {
+            cli::exec::sample(&run, &prompt, prompt_file.as_deref(), tokens as usize, temperature, top_k, top_p, seed)
         }
     };
     ExitCode::from(code)

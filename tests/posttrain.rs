@@ -175,6 +175,10 @@ fn editing_only_the_ppo_stage_reuses_the_earlier_stages() {
     // `roux merge` turns the LoRA stage into a plain model: the same function as the recipe's
     // `merge(sft.adapter)`, and one that `sample` and `export` read.
     let sft = runs.join("tiny-lifecycle/sft");
+    // Sampling the adapter stage itself says how to get a model from it.
+    let o = roux(&["sample", sft.to_str().unwrap(), "--tokens", "4"]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains(&format!("{} is a LoRA stage: it holds an adapter, not a model; `roux merge {}` writes the merged model", sft.display(), sft.display())), "{err}");
     let o = roux(&["merge", sft.to_str().unwrap()]);
     assert_eq!(o.status.code(), Some(0), "{}", String::from_utf8_lossy(&o.stderr));
     let r = roux::frontend::compile(&a).unwrap().recipe.unwrap();

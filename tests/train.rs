@@ -387,6 +387,15 @@ fn a_vanishing_temperature_samples_the_greedy_text() {
         String::from_utf8_lossy(&o.stdout).to_string()
     };
     assert_eq!(text("1e-39"), text("0"));
+    // Nucleus sampling with a vanishing top-p keeps only the most likely token: greedy again.
+    let o = roux(&["sample", run.to_str().unwrap(), "--prompt", "ROMEO:", "--tokens", "40", "--top-p", "1e-9", "--seed", "5"]);
+    assert_eq!(String::from_utf8_lossy(&o.stdout), text("0"), "{}", String::from_utf8_lossy(&o.stderr));
+    // `\n` in --prompt is a line break; --prompt-file reads the prompt as it is.
+    let o = roux(&["sample", run.to_str().unwrap(), "--prompt", "ROMEO:\\nJULIET:", "--tokens", "3"]);
+    assert!(String::from_utf8_lossy(&o.stdout).starts_with("ROMEO:\nJULIET:"), "{}", String::from_utf8_lossy(&o.stdout));
+    std::fs::write(out.join("prompt.txt"), "A\\nB\n").unwrap();
+    let o = roux(&["sample", run.to_str().unwrap(), "--prompt-file", out.join("prompt.txt").to_str().unwrap(), "--tokens", "3"]);
+    assert!(String::from_utf8_lossy(&o.stdout).starts_with("A\\nB\n"), "{}", String::from_utf8_lossy(&o.stdout));
     // Long samples stream: the first text arrives while the process is still generating.
     let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_roux"))
         .args(["sample", run.to_str().unwrap(), "--prompt", "ROMEO:", "--tokens", "1000000"])

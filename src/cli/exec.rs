@@ -19,14 +19,26 @@ pub fn run(file: &Path, out: &Path, only: &[String], fresh: bool, force: bool) -
 }
 
 #[cfg(feature = "torch")]
-pub fn sample(run: &PathBuf, prompt: &str, tokens: usize, temperature: f64, top_k: i64, seed: u64) -> u8 {
+#[allow(clippy::too_many_arguments)]
+pub fn sample(run: &PathBuf, prompt: &str, prompt_file: Option<&Path>, tokens: usize, temperature: f64, top_k: i64, top_p: f64, seed: u64) -> u8 {
+    let prompt = match prompt_file {
+        Some(f) => match roux::fsio::read_text(f, 1 << 20) {
+            Ok(t) => t,
+            Err(e) => {
+                eprintln!("error: {e}");
+                return 2;
+            }
+        },
+        None => unescape(prompt),
+    };
     // Streamed: each piece printed as it is generated.
     let mut print = |piece: &str| {
         use std::io::Write;
         out!("{piece}");
         let _ = std::io::stdout().flush();
     };
-    match roux::run::tools::sample::sample_run(run, prompt, tokens, temperature, top_k, seed, &mut print) {
+    let o = roux::run::tools::sample::SampleOptions { tokens, temperature, top_k, top_p, seed };
+    match roux::run::tools::sample::sample_run(run, &prompt, &o, &mut print) {
         Ok(_) => {
             outln!();
             0
@@ -38,13 +50,37 @@ pub fn sample(run: &PathBuf, prompt: &str, tokens: usize, temperature: f64, top_
     }
 }
 
+/// A prompt as typed on a command line: `\n`, `\t` and `\\` are escapes; any other backslash stays.
+pub fn unescape(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    let mut chars = s.chars();
+    while let Some(c) = chars.next() {
+        if c != '\\' {
+            out.push(c);
+            continue;
+        }
+        match chars.next() {
+            Some('n') => out.push('\n'),
+            Some('t') => out.push('\t'),
+            Some('\\') => out.push('\\'),
+            Some(other) => {
+                out.push('\\');
+                out.push(other);
+            }
+            None => out.push('\\'),
+        }
+    }
+    out
+}
+
 #[cfg(not(feature = "torch"))]
 pub fn run(_: &Path, _: &Path, _: &[String], _: bool, _: bool) -> u8 {
     no_torch("run")
 }
 
 #[cfg(not(feature = "torch"))]
-pub fn sample(_: &PathBuf, _: &str, _: usize, _: f64, _: i64, _: u64) -> u8 {
+#[allow(clippy::too_many_arguments)]
+pub fn sample(_: &PathBuf, _: &str, _: Option<&Path>, _: usize, _: f64, _: i64, _: f64, _: u64) -> u8 {
     no_torch("sample")
 }
 

@@ -9,15 +9,35 @@ use crate::run::kit::files::read_capped;
 use crate::run::kit::tokenize;
 use crate::run::model::{KvCache, Model};
 
-/// Sample `tokens` tokens after `prompt`; the text goes to `on_text` piece by piece as it is
+/// How to draw each token.
+#[derive(Clone, Copy, Debug)]
+pub struct SampleOptions {
+    pub tokens: usize,
+    /// 0 is greedy.
+    pub temperature: f64,
+    /// Keep the `top_k` most likely tokens (0: all).
+    pub top_k: i64,
+    /// Keep the smallest set of most likely tokens whose probability reaches `top_p` (1: all).
+    pub top_p: f64,
+    pub seed: u64,
+}
+
+/// Sample `o.tokens` tokens after `prompt`; the text goes to `on_text` piece by piece as it is
 /// generated (each piece whole characters), and the whole text is returned.
-pub fn sample_run(run: &Path, prompt: &str, tokens: usize, temperature: f64, top_k: i64, seed: u64, on_text: &mut dyn FnMut(&str)) -> Result<String> {
+pub fn sample_run(run: &Path, prompt: &str, o: &SampleOptions, on_text: &mut dyn FnMut(&str)) -> Result<String> {
+    let SampleOptions { tokens, temperature, top_k, top_p, seed } = *o;
+    if !(top_p > 0.0 && top_p <= 1.0) {
+        bail!("--top-p must lie in (0, 1]");
+    }
     let resolved = run.join("resolved.json");
     let text = read_capped(&resolved, 64 << 20).with_context(|| format!("{} is not a run directory (no resolved.json)", run.display()))?;
     let v: serde_json::Value = serde_json::from_str(&text).with_context(|| format!("{} is corrupt", resolved.display()))?;
     let spec = ModelSpec::from_run_json(&v["model"]).map_err(|e| anyhow::anyhow!("{}: {e}", resolved.display()))?;
     let weights = run.join("model.safetensors");
     if !weights.exists() {
+        if run.join("adapter.safetensors").exists() {
+            bail!("{} is a LoRA stage: it holds an adapter, not a model; `roux merge {}` writes the merged model to sample from (`roux sample {}`)", run.display(), run.display(), run.join("merged").display());
+        }
         bail!("{} has no model.safetensors yet (is the stage finished?)", run.display());
     }
     if !(temperature >= 0.0 && temperature.is_finite()) {
@@ -62,6 +82,15 @@ pub fn sample_run(run: &Path, prompt: &str, tokens: usize, temperature: f64, top
                     let (vals, _) = l.topk(top_k, 0, true, true);
                     let cut = vals.double_value(&[top_k - 1]);
                     l = l.where_self(&l.ge(cut), &Tensor::from(f64::NEG_INFINITY).to_device(device));
+                }
+                if top_p < 1.0 {
+                    // Nucleus sampling (Holtzman et al. 2020): drop the tokens past the most likely
+                    // set whose probability reaches top_p (the one that crosses it stays).
+                    let (sorted, order) = l.softmax(0, Kind::Float).sort(0, true);
+                    let before = sorted.cumsum(0, Kind::Float) - &sorted;
+                    let drop_sorted = before.gt(top_p);
+                    let drop = drop_sorted.scatter(0, &order, &drop_sorted);
+                    l = l.masked_fill(&drop, f64::NEG_INFINITY);
                 }
                 l.softmax(0, Kind::Float).f_multinomial(1, true).context("sampling the next token")?.int64_value(&[0])
             };
