@@ -126,6 +126,9 @@ enum Command {
         /// Resume checkpoints even where the stage's definition changed since they were written.
         #[arg(long, conflicts_with = "fresh")]
         force: bool,
+        /// Do not write TensorBoard event files beside metrics.jsonl.
+        #[arg(long)]
+        no_tensorboard: bool,
     },
     /// Compute-optimal parameters, tokens, FLOPs and predicted loss for a budget.
     Budget {
@@ -238,7 +241,7 @@ fn main() -> ExitCode {
         }
         Command::Plan { file, json } => cli::plan::run(&file, json),
         Command::Graph { file, format } => cli::plan::graph(&file, format),
-        Command::Run { file, out, stage, fresh, force } => cli::exec::run(&file, &out, &stage, fresh, force),
+        Command::Run { file, out, stage, fresh, force, no_tensorboard } => cli::exec::run(&file, &out, &stage, fresh, force, !no_tensorboard),
         Command::Budget { flops, params, tokens, law, json } => cli::scaling::budget(flops, params, tokens, &law, json),
         Command::Fit { points, json, bootstrap, out } => cli::scaling::fit(&points, json, bootstrap, out.as_deref()),
         Command::Bench { which, config, reps, steps } => cli::exec::bench(&which, &config, reps, steps),

@@ -458,3 +458,41 @@ fn health_signals_fire_on_sick_runs_and_not_on_healthy_ones() {
     let (warn_at, plots_at) = (page.find("<h2 class=\"warnings\">Warnings</h2>").unwrap(), page.find("<h2>Plots</h2>").unwrap());
     assert!(warn_at < plots_at && page.contains("the LoRA adapters barely moved"));
 }
+
+/// TensorBoard's own event reader returns the scalars of metrics.jsonl, step for step (mixture-of-
+/// experts layers' numbers under `moe/<layer>/`); `--no-tensorboard` writes no event file.
+#[test]
+fn tensorboard_reads_the_same_scalars_as_metrics_jsonl() {
+    let out = scratch("tensorboard");
+    run_ok(&fixture("tiny-moe-topk.roux"), &out);
+    let run = out.join("tiny-moe-topk/pretrain");
+    let script = r#"
+import json, sys
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+ea = EventAccumulator(sys.argv[1], size_guidance={"scalars": 0})
+ea.Reload()
+print(json.dumps({t: [[e.step, e.value] for e in ea.Scalars(t)] for t in ea.Tags()["scalars"]}))
+"#;
+    let o = Command::new("python").args(["-c", script, run.to_str().unwrap()]).output().expect("python on PATH (source scripts/env.sh)");
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let tb: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let rows = metrics(&run);
+    let mut compared = 0;
+    for key in ["loss", "lr", "grad_norm", "val_loss", "aux_loss"] {
+        let want: Vec<(u64, f64)> = rows.iter().filter_map(|r| Some((r["step"].as_u64()?, r[key].as_f64()?))).collect();
+        let got: Vec<(u64, f64)> = tb[key].as_array().unwrap_or_else(|| panic!("no `{key}` in the event file")).iter().map(|p| (p[0].as_u64().unwrap(), p[1].as_f64().unwrap())).collect();
+        assert_eq!(want.len(), got.len(), "{key}");
+        for ((s1, a), (s2, b)) in want.iter().zip(&got) {
+            assert_eq!(s1, s2, "{key}");
+            assert!((a - b).abs() <= 1e-6 * a.abs().max(1e-30), "{key} at step {s1}: {a} vs {b}");
+            compared += 1;
+        }
+    }
+    let layer = rows.last().unwrap()["moe"][0]["layer"].as_str().unwrap().to_string();
+    assert!(tb[format!("moe/{layer}/entropy")].is_array(), "{tb}");
+    assert!(compared > 20);
+    let quiet = scratch("tensorboard-off");
+    let o = roux(&["run", fixture("tiny.roux").to_str().unwrap(), "--out", quiet.to_str().unwrap(), "--no-tensorboard"]);
+    assert_eq!(o.status.code(), Some(0));
+    assert!(!quiet.join("tiny/pretrain/events.out.tfevents.0.roux").exists());
+}

@@ -13,6 +13,8 @@ pub struct RunOptions {
     pub fresh: bool,
     /// Resume a checkpoint even though the stage's definition changed since it was written.
     pub force: bool,
+    /// Write TensorBoard event files beside metrics.jsonl (`--no-tensorboard` turns them off).
+    pub tensorboard: bool,
 }
 
 /// Trains one model as a `train` stage does. The runner passes `stages::train::run_model`, so

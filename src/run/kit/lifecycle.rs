@@ -113,7 +113,7 @@ pub fn begin(ctx: &StageCtx, hash: String, resolved: &Value, steps: u64) -> Resu
         hash,
         resume,
         upstream: vec![],
-        metrics: Metrics::open(dir, step0)?,
+        metrics: Metrics::open(dir, step0, ctx.opts.tensorboard)?,
         progress: Progress::new(label, step0.unwrap_or(0), steps),
     }))
 }
@@ -154,7 +154,7 @@ impl RunDir {
         for older in checkpoint::older_states(&self.dir, newest.step).into_iter().filter(|o| o.recipe_hash == newest.recipe_hash) {
             if checkpoint::load(&self.dir, &older, names, params, opt).is_ok() {
                 tracing::warn!("{}: the newest checkpoint cannot be used ({err:#}); resuming from the older one, step {}", self.label, older.step);
-                self.metrics = Metrics::open(&self.dir, Some(older.step))?;
+                self.metrics = Metrics::open(&self.dir, Some(older.step), self.metrics.tensorboard())?;
                 self.progress = Progress::new(&self.label, older.step, self.progress.total());
                 let back = (older.step, older.data_rng, older.extra.clone());
                 self.resume = Some(older);

@@ -17,6 +17,7 @@
 //! | `losses.rs`    | Bradley–Terry, DPO, clipped PPO and value losses, entropy            |
 //! | `progress.rs`  | the progress of a loop and metrics.jsonl                             |
 //! | `health.rs`    | training-health signals read from the logged metrics                |
+//! | `tensorboard.rs`| TensorBoard event files beside metrics.jsonl                        |
 //! | `device.rs`    | the device a stage runs on, the memory guard                         |
 //! | `alloc.rs`     | the process's allocator (`ROUX_MALLOC`)                              |
 
@@ -35,6 +36,7 @@ pub mod losses;
 pub mod progress;
 pub mod score;
 pub mod seqs;
+pub mod tensorboard;
 pub mod tokenize;
 
 pub use context::{RunOptions, StageCtx};

@@ -28,6 +28,8 @@ pub struct Metric {
 pub struct Metrics {
     file: File,
     path: std::path::PathBuf,
+    /// TensorBoard's copy of every row (`tensorboard.rs`), when the run writes one.
+    events: Option<super::tensorboard::EventWriter>,
 }
 
 /// The largest metrics.jsonl a resume reads back.
@@ -35,7 +37,7 @@ const MAX_METRICS_BYTES: u64 = 1 << 30;
 
 impl Metrics {
     /// Open metrics.jsonl, keeping only lines up to `keep_through` (a resume point).
-    pub fn open(dir: &Path, keep_through: Option<u64>) -> anyhow::Result<Metrics> {
+    pub fn open(dir: &Path, keep_through: Option<u64>, tensorboard: bool) -> anyhow::Result<Metrics> {
         let path = dir.join("metrics.jsonl");
         let kept: Vec<String> = match (keep_through, path.exists()) {
             (Some(s), true) => crate::fsio::read_text(&path, MAX_METRICS_BYTES)
@@ -52,7 +54,23 @@ impl Metrics {
         }
         super::files::write_atomic(&path, text.as_bytes())?;
         let file = OpenOptions::new().append(true).open(&path).map_err(|e| anyhow::anyhow!("opening {}: {e}", path.display()))?;
-        Ok(Metrics { file, path })
+        // The event file holds exactly the kept rows, as metrics.jsonl does.
+        let events = if tensorboard {
+            let rows: Vec<(u64, f64, super::tensorboard::Scalars)> = kept
+                .iter()
+                .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+                .filter_map(|v| Some((v["step"].as_u64()?, 0.0, super::tensorboard::scalars(&v))))
+                .collect();
+            Some(super::tensorboard::EventWriter::create(dir, &rows)?)
+        } else {
+            None
+        };
+        Ok(Metrics { file, path, events })
+    }
+
+    /// Whether this run writes TensorBoard events.
+    pub fn tensorboard(&self) -> bool {
+        self.events.is_some()
     }
 
     pub fn write_json(&mut self, v: &serde_json::Value) -> anyhow::Result<()> {
@@ -64,7 +82,13 @@ impl Metrics {
     }
 
     fn line(&mut self, text: &str) -> anyhow::Result<()> {
-        writeln!(self.file, "{text}").and_then(|_| self.file.flush()).map_err(|e| anyhow::anyhow!("writing {}: {e}", self.path.display()))
+        writeln!(self.file, "{text}").and_then(|_| self.file.flush()).map_err(|e| anyhow::anyhow!("writing {}: {e}", self.path.display()))?;
+        if let Some(events) = &mut self.events {
+            if let Ok(v) = serde_json::from_str::<serde_json::Value>(text) {
+                events.write(v["step"].as_u64().unwrap_or(0), &super::tensorboard::scalars(&v))?;
+            }
+        }
+        Ok(())
     }
 }
 

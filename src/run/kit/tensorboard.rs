@@ -1,0 +1,148 @@
+//! TensorBoard event files beside metrics.jsonl: what TRL, torchtune and axolotl users open their
+//! curves in. The format is TensorFlow's: TFRecord framing (length, masked CRC-32C of the
+//! length, data, masked CRC-32C of the data) around `Event` protocol buffers, the first holding
+//! the file version, each later one a step's `Summary` of scalars. Written by hand: two message
+//! types with five fields do not call for a protobuf compiler.
+
+use anyhow::Result;
+use std::fs::File;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+/// The event file of a run directory (the name must contain `tfevents` for TensorBoard to read it).
+pub const FILE: &str = "events.out.tfevents.0.roux";
+
+/// A step's scalars, named as TensorBoard shows them (`loss`, `moe/blocks.0.ffn/dropped`).
+pub type Scalars = Vec<(String, f32)>;
+
+pub struct EventWriter {
+    file: File,
+    path: PathBuf,
+}
+
+impl EventWriter {
+    /// Write `dir`'s event file afresh, atomically, with the given steps (a resume keeps those
+    /// up to its checkpoint), and keep it open for more.
+    pub fn create(dir: &Path, steps: &[(u64, f64, Scalars)]) -> Result<EventWriter> {
+        let path = dir.join(FILE);
+        let mut bytes = record(&event(now(), 0, Body::Version("brain.Event:2")));
+        for (step, wall, scalars) in steps {
+            bytes.extend(record(&event(*wall, *step, Body::Scalars(scalars))));
+        }
+        super::files::write_atomic(&path, &bytes)?;
+        let file = std::fs::OpenOptions::new().append(true).open(&path).map_err(|e| anyhow::anyhow!("opening {}: {e}", path.display()))?;
+        Ok(EventWriter { file, path })
+    }
+
+    /// Append one step's scalars.
+    pub fn write(&mut self, step: u64, scalars: &Scalars) -> Result<()> {
+        if scalars.is_empty() {
+            return Ok(());
+        }
+        self.file.write_all(&record(&event(now(), step, Body::Scalars(scalars)))).and_then(|_| self.file.flush()).map_err(|e| anyhow::anyhow!("writing {}: {e}", self.path.display()))
+    }
+}
+
+/// The scalars of a metrics row: every number but the step, and each mixture-of-experts layer's
+/// numbers under `moe/<layer>/`.
+pub fn scalars(row: &serde_json::Value) -> Scalars {
+    let mut out = vec![];
+    let Some(o) = row.as_object() else { return out };
+    for (k, v) in o {
+        match v {
+            serde_json::Value::Number(n) if k != "step" => out.extend(n.as_f64().map(|x| (k.clone(), x as f32))),
+            serde_json::Value::Array(layers) if k == "moe" => {
+                for l in layers {
+                    let name = l["layer"].as_str().unwrap_or("moe");
+                    for (lk, lv) in l.as_object().into_iter().flatten() {
+                        if let Some(x) = lv.as_f64() {
+                            out.push((format!("moe/{name}/{lk}"), x as f32));
+                        }
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    out
+}
+
+fn now() -> f64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64())
+}
+
+enum Body<'a> {
+    Version(&'a str),
+    Scalars(&'a Scalars),
+}
+
+/// An `Event`: wall_time (field 1, double), step (2, varint), then file_version (3, string) or
+/// summary (5, message).
+fn event(wall: f64, step: u64, body: Body) -> Vec<u8> {
+    let mut e = vec![0x09];
+    e.extend(wall.to_le_bytes());
+    e.push(0x10);
+    varint(&mut e, step);
+    match body {
+        Body::Version(v) => bytes_field(&mut e, 3, v.as_bytes()),
+        Body::Scalars(values) => {
+            // Summary { repeated Value value = 1 }, Value { string tag = 1; float simple_value = 2 }.
+            let mut summary = vec![];
+            for (tag, x) in values {
+                let mut value = vec![];
+                bytes_field(&mut value, 1, tag.as_bytes());
+                value.push(0x15);
+                value.extend(x.to_le_bytes());
+                bytes_field(&mut summary, 1, &value);
+            }
+            bytes_field(&mut e, 5, &summary);
+        }
+    }
+    e
+}
+
+fn bytes_field(out: &mut Vec<u8>, field: u8, bytes: &[u8]) {
+    out.push(field << 3 | 2);
+    varint(out, bytes.len() as u64);
+    out.extend_from_slice(bytes);
+}
+
+fn varint(out: &mut Vec<u8>, mut v: u64) {
+    while v >= 0x80 {
+        out.push((v as u8) | 0x80);
+        v >>= 7;
+    }
+    out.push(v as u8);
+}
+
+/// TFRecord framing of one record.
+fn record(data: &[u8]) -> Vec<u8> {
+    let len = (data.len() as u64).to_le_bytes();
+    let mut out = Vec::with_capacity(data.len() + 16);
+    out.extend(len);
+    out.extend(masked_crc(&len).to_le_bytes());
+    out.extend_from_slice(data);
+    out.extend(masked_crc(data).to_le_bytes());
+    out
+}
+
+/// TFRecord's masked CRC-32C.
+fn masked_crc(bytes: &[u8]) -> u32 {
+    let c = crc32c::crc32c(bytes);
+    c.rotate_right(15).wrapping_add(0xa282_ead8)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn varints_and_crcs_by_hand() {
+        let mut v = vec![];
+        varint(&mut v, 300);
+        assert_eq!(v, [0xAC, 0x02]); // the protobuf documentation's example
+        // CRC-32C of "123456789" is 0xE3069283 (the standard check value).
+        assert_eq!(crc32c::crc32c(b"123456789"), 0xE306_9283);
+        assert_eq!(masked_crc(b"123456789"), 0xE306_9283u32.rotate_right(15).wrapping_add(0xa282_ead8));
+    }
+}
