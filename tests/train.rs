@@ -496,3 +496,35 @@ print(json.dumps({t: [[e.step, e.value] for e in ea.Scalars(t)] for t in ea.Tags
     assert_eq!(o.status.code(), Some(0));
     assert!(!quiet.join("tiny/pretrain/events.out.tfevents.0.roux").exists());
 }
+
+/// `patience = N` stops a stage once N evaluations in a row bring no better validation loss;
+/// `keep = best` keeps those weights as best.safetensors (an output, verified like the model);
+/// `keep = N` is the number of checkpoints left on disk.
+#[test]
+fn patience_stops_early_and_keep_decides_what_stays() {
+    let out = scratch("patience");
+    let recipe = out.join("p.roux");
+    std::fs::write(
+        &recipe,
+        r#"experiment "pat" {
+          data d = text("../../../data/tinyshakespeare.txt") { context = 16 }
+          model m = transformer { vocab = 256, context = 16, d_model = 16, layers = 1, heads = 2 }
+          stage s = train(m, d) { steps = 200, batch = 4, optimizer = adamw { lr = 1e-12 }, eval_every = 10, eval_batches = 2, patience = 3, keep = best }
+          stage k = train(m, d) { steps = 30, batch = 4, eval_every = 10, eval_batches = 2, keep = 1, checkpoint_every = 5 }
+        }"#,
+    )
+    .unwrap();
+    let err = run_ok(&recipe, &out);
+    let report: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.join("pat/s/report.json")).unwrap()).unwrap();
+    // At lr 1e-12 the weights do not move: the first evaluation (step 10) stays the best, and
+    // three more without a better one end the stage at step 40.
+    assert_eq!((report["stopped_early_at"].as_u64(), report["best_step"].as_u64()), (Some(40), Some(10)), "{report}");
+    assert!(report["outputs"]["best.safetensors"]["bytes"].as_u64().is_some(), "{report}");
+    assert_eq!(metrics(&out.join("pat/s")).last().unwrap()["step"], 40);
+    let ckpts = |d: &str| std::fs::read_dir(out.join("pat").join(d)).unwrap().filter(|e| e.as_ref().unwrap().file_name().to_string_lossy().starts_with("ckpt-")).count();
+    assert_eq!(ckpts("k"), 1, "keep = 1");
+    assert_eq!(ckpts("s"), 2, "the default keeps two");
+    // Finished early is finished: a rerun reuses both stages.
+    let again = run_ok(&recipe, &out);
+    assert!(again.contains("s: up to date") && again.contains("k: up to date"), "{again}\n{err}");
+}

@@ -60,6 +60,9 @@ impl<'a> Checker<'a> {
             device: Device::Auto,
             precision: Precision::Fp32,
             max_skips: 0,
+            keep: 2,
+            keep_best: false,
+            patience: None,
         };
         let mut points = vec![];
         for c in &budgets {

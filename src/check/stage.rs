@@ -168,6 +168,13 @@ impl<'a> Checker<'a> {
         let precision = f.sym(self, "precision", &["fp32", "bf16"], Some("fp32"));
         let on_nonfinite = f.sym(self, "on_nonfinite", &["stop", "skip"], Some("stop"));
         let max_skips = f.int(self, "max_skips", Some(10), Min::One);
+        // `keep = N` checkpoints, or `keep = best`: the best-validation weights too.
+        let keep_best = f.field("keep").is_some_and(|k| k.value.is_word("best"));
+        let keep = if keep_best { Some(2) } else { f.int(self, "keep", Some(2), Min::One) };
+        if keep.is_some_and(|k| k > 1000) {
+            self.error(Diagnostic::error(Code::E0202, f.value_span("keep"), "`keep` is out of range").with_hint("keep must lie in [1, 1000], or be `best`"));
+        }
+        let patience = if f.field("patience").is_some() { f.int(self, "patience", None, Min::One).map(Some) } else { Some(None) };
         let tokens_span = f.key_span("tokens");
         let sched_span = f.value_span("schedule");
         f.finish(self);
@@ -234,6 +241,9 @@ impl<'a> Checker<'a> {
                 },
                 precision: if precision? == "bf16" { Precision::Bf16 } else { Precision::Fp32 },
                 max_skips: if on_nonfinite? == "skip" { max_skips? } else { 0 },
+                keep: keep?.min(1000) as usize,
+                keep_best,
+                patience: patience?,
             }),
         })
     }

@@ -61,6 +61,24 @@ pub struct TrainSpec {
     /// (0: stop at the first).
     #[serde(default)]
     pub max_skips: u64,
+    /// Checkpoints kept on disk (`keep = N`, 2 when absent).
+    #[serde(default = "two", skip_serializing_if = "is_two")]
+    pub keep: usize,
+    /// Also keep the weights of the best validation loss as best.safetensors (`keep = best`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub keep_best: bool,
+    /// Stop once this many evaluations in a row bring no better validation loss.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub patience: Option<u64>,
+}
+
+// Defaults left out of the serialized spec, so adding them changed no stage's content hash.
+fn two() -> usize {
+    2
+}
+
+fn is_two(n: &usize) -> bool {
+    *n == 2
 }
 
 impl TrainSpec {

@@ -11,8 +11,6 @@ use super::adamw::Optimizer;
 use super::files::{write_atomic, write_tensors_atomic};
 use crate::rng::Rng;
 
-/// Checkpoints kept on disk (older ones are deleted after a newer one is safely written).
-const KEEP: usize = 2;
 
 #[derive(Serialize, Deserialize, Debug, Clone)]
 pub struct State {
@@ -34,8 +32,9 @@ pub struct State {
     pub extra: serde_json::Value,
 }
 
-/// Save named trainable tensors and their AdamW moments, then the state naming the file.
-pub fn save(dir: &Path, names: &[String], params: &[Tensor], opt: &Optimizer, state: &State) -> Result<()> {
+/// Save named trainable tensors and their AdamW moments, then the state naming the file; the
+/// newest `keep` checkpoints stay (older ones are deleted once a newer one is safely written).
+pub fn save(dir: &Path, names: &[String], params: &[Tensor], opt: &Optimizer, state: &State, keep: usize) -> Result<()> {
     let mut tensors: Vec<(String, Tensor)> = names.iter().cloned().zip(params.iter().map(|p| p.shallow_clone())).collect();
     for (i, n) in names.iter().enumerate() {
         tensors.push((format!("adam.m.{n}"), opt.m[i].shallow_clone()));
@@ -48,7 +47,7 @@ pub fn save(dir: &Path, names: &[String], params: &[Tensor], opt: &Optimizer, st
     write_atomic(&dir.join("state.json"), text.as_bytes())?;
     // Only now that the state names the new file may older checkpoints go.
     let old = kept_steps(dir)?;
-    for step in old.iter().take(old.len().saturating_sub(KEEP)) {
+    for step in old.iter().take(old.len().saturating_sub(keep.max(1))) {
         let _ = std::fs::remove_file(dir.join(format!("ckpt-{step}.safetensors")));
         let _ = std::fs::remove_file(dir.join(state_file(*step)));
     }

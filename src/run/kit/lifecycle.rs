@@ -38,6 +38,8 @@ pub struct RunDir {
     pub upstream: Vec<(String, String)>,
     pub metrics: Metrics,
     pub progress: Progress,
+    /// Checkpoints kept on disk (a stage's `keep`; 2 unless it says otherwise).
+    pub keep: usize,
 }
 
 /// Ready `ctx.dir` for a run of `steps` steps whose output has content hash `hash` and whose
@@ -115,6 +117,7 @@ pub fn begin(ctx: &StageCtx, hash: String, resolved: &Value, steps: u64) -> Resu
         upstream: vec![],
         metrics: Metrics::open(dir, step0, ctx.opts.tensorboard)?,
         progress: Progress::new(label, step0.unwrap_or(0), steps),
+        keep: 2,
     }))
 }
 
@@ -167,7 +170,7 @@ impl RunDir {
     /// Checkpoint after `state.step` steps; the hash and file name are filled in here.
     pub fn save(&self, names: &[String], params: &[Tensor], opt: &Optimizer, state: State) -> Result<()> {
         let state = State { recipe_hash: self.hash.clone(), file: format!("ckpt-{}.safetensors", state.step), adam_t: opt.t, ..state };
-        checkpoint::save(&self.dir, names, params, opt, &state)
+        checkpoint::save(&self.dir, names, params, opt, &state, self.keep)
     }
 
     /// Checkpoint with no training-loss window or best validation loss (post-training stages).

@@ -13,6 +13,7 @@ use crate::run::kit::adamw::Optimizer;
 use crate::run::kit::checkpoint::State;
 use crate::run::kit::data::{batch, Corpus};
 use crate::run::kit::progress::{format_secs, Metric};
+use crate::run::kit::files::write_tensors_atomic;
 use crate::run::kit::{device, hash, lifecycle, tokenize, StageCtx};
 use crate::run::model::moe::MoeStats;
 use crate::run::model::Model;
@@ -65,7 +66,10 @@ pub fn run_model(ctx: &StageCtx, spec: &ModelSpec, t: &TrainSpec) -> Result<()> 
     }
     let corpus = Corpus::load(data_spec, &dir)?;
     let params: Vec<Tensor> = model.params.iter().map(|p| p.shallow_clone()).collect();
-    let (step0, mut rng, _) = run.restore(&model.names, &params, &mut opt, Rng(recipe.seed ^ 0x5EED_DA7A))?;
+    run.keep = t.keep;
+    let (step0, mut rng, extra) = run.restore(&model.names, &params, &mut opt, Rng(recipe.seed ^ 0x5EED_DA7A))?;
+    // Evaluations since the best validation loss (for `patience`) and the best one's step.
+    let (mut since_best, mut best_step) = (extra["since_best"].as_u64().unwrap_or(0), extra["best_step"].as_u64());
     let resumed = run.resume.as_ref().map(|s| (s.step, s.best_val, s.window_loss));
     let (mut best_val, window_loss) = resumed.map_or((None, (0.0, 0)), |(_, b, w)| (b, w));
 
@@ -83,6 +87,7 @@ pub fn run_model(ctx: &StageCtx, spec: &ModelSpec, t: &TrainSpec) -> Result<()> 
     let mut window = (Instant::now(), 0u64, window_loss.0, window_loss.1); // (since, tokens, loss sum, steps)
     let (mut last_loss, mut last_val) = (f64::NAN, None);
     let mut last_ckpt: Option<u64> = resumed.map(|r| r.0);
+    let mut stopped: Option<u64> = None;
 
     for step in step0..t.steps {
         // Seeding libtorch per step makes dropout masks a function of the step alone,
@@ -123,6 +128,15 @@ pub fn run_model(ctx: &StageCtx, spec: &ModelSpec, t: &TrainSpec) -> Result<()> 
         let eval_now = done % t.eval_every == 0 || done == t.steps;
         let val = if eval_now { Some(evaluate(&model, &corpus.val, t, recipe.seed)) } else { None };
         if let Some(v) = val {
+            if best_val.is_none_or(|b: f64| v < b) {
+                since_best = 0;
+                best_step = Some(done);
+                if t.keep_best {
+                    write_tensors_atomic(&dir.join(BEST), &model.named())?;
+                }
+            } else {
+                since_best += 1;
+            }
             best_val = Some(best_val.map_or(v, |b: f64| b.min(v)));
             last_val = Some(v);
         }
@@ -144,9 +158,15 @@ pub fn run_model(ctx: &StageCtx, spec: &ModelSpec, t: &TrainSpec) -> Result<()> 
         }
         let ckpt_every = if t.checkpoint_every > 0 { t.checkpoint_every } else { t.eval_every };
         if done % ckpt_every == 0 || done == t.steps {
-            let state = State { step: done, adam_t: opt.t, data_rng: rng, recipe_hash: String::new(), file: String::new(), best_val, window_loss: (window.2, window.3), extra: serde_json::Value::Null };
+            let extra = json!({"since_best": since_best, "best_step": best_step});
+            let state = State { step: done, adam_t: opt.t, data_rng: rng, recipe_hash: String::new(), file: String::new(), best_val, window_loss: (window.2, window.3), extra };
             run.save(&model.names, &params, &opt, state)?;
             last_ckpt = Some(done);
+        }
+        if let Some(p) = t.patience.filter(|p| since_best >= *p) {
+            tracing::info!("{name}: stopping early at step {done} of {}: no better validation loss in {p} evaluations (the best, {:.4}, at step {})", t.steps, best_val.unwrap_or(f64::NAN), best_step.unwrap_or(0));
+            stopped = Some(done);
+            break;
         }
     }
 
@@ -159,7 +179,7 @@ pub fn run_model(ctx: &StageCtx, spec: &ModelSpec, t: &TrainSpec) -> Result<()> 
     }
     let last_val = Some(final_val);
     let best_val = Some(best_val.map_or(final_val, |b: f64| b.min(final_val)));
-    let trained_tokens = (t.steps - step0) * t.tokens_per_step();
+    let trained_tokens = (stopped.unwrap_or(t.steps) - step0) * t.tokens_per_step();
     let report = json!({
         "experiment": recipe.experiment,
         "kind": "train",
@@ -177,8 +197,16 @@ pub fn run_model(ctx: &StageCtx, spec: &ModelSpec, t: &TrainSpec) -> Result<()> 
         "device": crate::run::kit::device::name(device),
         "precision": t.precision,
         "resumed_from_step": resumed.map(|r| r.0),
+        "stopped_early_at": stopped,
+        "best_step": best_step,
     });
-    run.finish(&[("model.safetensors", model.named())], report, &ctx.title())?;
+    // (Read back to be listed with the outputs that reuse verifies.)
+    let best = if t.keep_best && dir.join(BEST).exists() { Tensor::read_safetensors(dir.join(BEST)).with_context(|| format!("reading {}", dir.join(BEST).display()))? } else { vec![] };
+    let mut outputs = vec![("model.safetensors", model.named())];
+    if !best.is_empty() {
+        outputs.push((BEST, best));
+    }
+    run.finish(&outputs, report, &ctx.title())?;
     tracing::info!(
         "{name}: done in {} — val loss {} nats/token; wrote {}",
         format_secs(wall),
@@ -189,6 +217,9 @@ pub fn run_model(ctx: &StageCtx, spec: &ModelSpec, t: &TrainSpec) -> Result<()> 
 }
 
 /// Mean validation loss over a fixed set of batches (the same ones at every evaluation).
+/// The weights of the best validation loss, with `keep = best`.
+const BEST: &str = "best.safetensors";
+
 pub fn evaluate(model: &Model, val: &[u32], t: &TrainSpec, seed: u64) -> f64 {
     let mut rng = Rng(seed ^ 0xE7A1);
     tch::no_grad(|| {
