@@ -144,3 +144,27 @@ fn fmt_converts_between_forms_and_completions_name_every_subcommand() {
         assert!(bash.contains(sub), "bash completion lacks {sub}");
     }
 }
+
+/// "Validate recipes in CI": the pre-commit hook and the GitHub Action both run
+/// scripts/roux-check-hook.sh, which runs `roux check --format github`. Run as the hook runs it
+/// (with this build as the validator), it passes every shipped recipe and annotates a bad one.
+#[test]
+fn the_precommit_hook_and_the_action_run_the_checker_as_annotations() {
+    let hooks: serde_yaml::Value = serde_yaml::from_str(&std::fs::read_to_string(root().join(".pre-commit-hooks.yaml")).unwrap()).unwrap();
+    let hook = &hooks[0];
+    assert_eq!((hook["id"].as_str(), hook["entry"].as_str(), hook["language"].as_str()), (Some("roux-check"), Some("scripts/roux-check-hook.sh"), Some("script")));
+    let action = std::fs::read_to_string(root().join(".github/actions/check/action.yml")).unwrap();
+    let action: serde_yaml::Value = serde_yaml::from_str(&action).unwrap();
+    let steps = action["runs"]["steps"].as_sequence().unwrap();
+    assert!(steps[0]["run"].as_str().unwrap().contains("--no-default-features") && steps[1]["run"].as_str().unwrap().contains("scripts/roux-check-hook.sh"));
+    let hook = |files: Vec<PathBuf>| Command::new(root().join("scripts/roux-check-hook.sh")).args(files).env("ROUX_VALIDATOR", env!("CARGO_BIN_EXE_roux")).output().unwrap();
+    let o = hook(shipped());
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert_eq!(o.status.code(), Some(0), "{out}{}", String::from_utf8_lossy(&o.stderr));
+    assert!(!out.contains("::error"), "{out}");
+    let bad = root().join("tests/bad/unknown_key.roux");
+    let o = hook(vec![bad.clone()]);
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(out.starts_with(&format!("::error file={},line=", bad.display())) && out.contains("[E0100] unknown key `dmodel`"), "{out}");
+}
