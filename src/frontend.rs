@@ -118,44 +118,20 @@ pub fn compile_source_with(source: Source, opts: &Options) -> Compiled {
 /// checking resolves it: the copy a run keeps checks from the run's directory and gives the
 /// same content hashes as the original.
 fn keepable(ast: &crate::syntax::ast::SourceFile, base: &Path) -> String {
-    use crate::syntax::ast::{Block, Entry, Expr, ExprKind};
-    fn block(b: &mut Block, base: &Path) {
-        for e in &mut b.entries {
-            match e {
-                Entry::Field(f) => expr(&mut f.value, base),
-                Entry::Decl(d) => expr(&mut d.value, base),
-                Entry::Sweep(s) => expr(&mut s.values, base),
-            }
-        }
-    }
-    fn expr(e: &mut Expr, base: &Path) {
-        match &mut e.kind {
-            ExprKind::Ctor { path, args, block: b } => {
-                let reads_file = path.len() == 1 && crate::check::paths::PATH_CONSTRUCTORS.contains(&path[0].name.as_str());
-                for a in args.iter_mut().flatten() {
-                    match &mut a.value.kind {
-                        ExprKind::Str(s) if reads_file && a.name.is_none() => {
-                            let full = base.join(&*s);
-                            *s = std::path::absolute(&full).unwrap_or(full).to_string_lossy().into_owned();
-                        }
-                        _ => expr(&mut a.value, base),
-                    }
-                }
-                if let Some(b) = b {
-                    block(b, base);
-                }
-            }
-            ExprKind::List(v) | ExprKind::Tuple(v) => v.iter_mut().for_each(|x| expr(x, base)),
-            ExprKind::Paren(x) | ExprKind::Neg(x) => expr(x, base),
-            ExprKind::Binary(_, a, b) => {
-                expr(a, base);
-                expr(b, base);
-            }
-            ExprKind::Num { .. } | ExprKind::Str(_) | ExprKind::Bool(_) => {}
-        }
-    }
+    use crate::syntax::ast::ExprKind;
     let mut ast = ast.clone();
-    block(&mut ast.body, base);
+    crate::syntax::ast::walk_exprs_mut(&mut ast.body, &mut |e| {
+        let ExprKind::Ctor { path, args: Some(args), .. } = &mut e.kind else { return };
+        if !(path.len() == 1 && crate::check::paths::PATH_CONSTRUCTORS.contains(&path[0].name.as_str())) {
+            return;
+        }
+        for a in args.iter_mut().filter(|a| a.name.is_none()) {
+            if let ExprKind::Str(s) = &mut a.value.kind {
+                let full = base.join(&*s);
+                *s = std::path::absolute(&full).unwrap_or(full).to_string_lossy().into_owned();
+            }
+        }
+    });
     crate::syntax::print::print(&ast)
 }
 

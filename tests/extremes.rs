@@ -7,40 +7,20 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use roux::frontend::{compile_source, Source};
-use roux::syntax::ast::{Block, Entry, Expr, ExprKind};
+use roux::syntax::ast::{ExprKind, SourceFile};
 
 /// The extremes, as a recipe writes them (`0 / 0` is the only way to spell NaN).
 const EXTREMES: &[&str] = &["0", "-1", "1e308", "18446744073709551616", "(0 / 0)", "1e-308", "9007199254740993", "-1e308", "0.5"];
 
-fn numbers(b: &Block, out: &mut Vec<(usize, usize)>) {
-    for e in &b.entries {
-        match e {
-            Entry::Field(f) => expr(&f.value, out),
-            Entry::Decl(d) => expr(&d.value, out),
-            Entry::Sweep(s) => expr(&s.values, out),
+/// The spans of every number literal of a recipe.
+fn numbers(ast: &SourceFile) -> Vec<(usize, usize)> {
+    let mut out = vec![];
+    roux::syntax::ast::walk_exprs_mut(&mut ast.body.clone(), &mut |e| {
+        if let ExprKind::Num { .. } = e.kind {
+            out.push((e.span.start, e.span.end));
         }
-    }
-}
-
-fn expr(e: &Expr, out: &mut Vec<(usize, usize)>) {
-    match &e.kind {
-        ExprKind::Num { .. } => out.push((e.span.start, e.span.end)),
-        ExprKind::Ctor { args, block, .. } => {
-            for a in args.iter().flatten() {
-                expr(&a.value, out);
-            }
-            if let Some(b) = block {
-                numbers(b, out);
-            }
-        }
-        ExprKind::List(v) | ExprKind::Tuple(v) => v.iter().for_each(|x| expr(x, out)),
-        ExprKind::Paren(x) | ExprKind::Neg(x) => expr(x, out),
-        ExprKind::Binary(_, a, b) => {
-            expr(a, out);
-            expr(b, out);
-        }
-        ExprKind::Str(_) | ExprKind::Bool(_) => {}
-    }
+    });
+    out
 }
 
 /// Check, plan and format one text; panics propagate to the caller's catch.
@@ -75,8 +55,7 @@ fn extreme_numbers_in_every_key_give_diagnostics_not_panics() {
     for f in &files {
         let text = std::fs::read_to_string(f).unwrap();
         let ast = roux::syntax::parse(&text).unwrap();
-        let mut spans = vec![];
-        numbers(&ast.body, &mut spans);
+        let spans = numbers(&ast);
         for (i, &(a, b)) in spans.iter().enumerate() {
             for (k, x) in EXTREMES.iter().enumerate() {
                 let mutated = format!("{}{x}{}", &text[..a], &text[b..]);

@@ -159,6 +159,39 @@ impl Expr {
     }
 }
 
+/// Call `f` on every expression of a block, each before its parts: the values of fields,
+/// declarations and sweeps, then constructor arguments and blocks, list items and operands.
+pub fn walk_exprs_mut(b: &mut Block, f: &mut dyn FnMut(&mut Expr)) {
+    for e in &mut b.entries {
+        match e {
+            Entry::Field(x) => walk_expr_mut(&mut x.value, f),
+            Entry::Decl(d) => walk_expr_mut(&mut d.value, f),
+            Entry::Sweep(s) => walk_expr_mut(&mut s.values, f),
+        }
+    }
+}
+
+fn walk_expr_mut(e: &mut Expr, f: &mut dyn FnMut(&mut Expr)) {
+    f(e);
+    match &mut e.kind {
+        ExprKind::Ctor { args, block, .. } => {
+            for a in args.iter_mut().flatten() {
+                walk_expr_mut(&mut a.value, f);
+            }
+            if let Some(b) = block {
+                walk_exprs_mut(b, f);
+            }
+        }
+        ExprKind::List(v) | ExprKind::Tuple(v) => v.iter_mut().for_each(|x| walk_expr_mut(x, f)),
+        ExprKind::Paren(x) | ExprKind::Neg(x) => walk_expr_mut(x, f),
+        ExprKind::Binary(_, a, b) => {
+            walk_expr_mut(a, f);
+            walk_expr_mut(b, f);
+        }
+        ExprKind::Num { .. } | ExprKind::Str(_) | ExprKind::Bool(_) => {}
+    }
+}
+
 /// Zero every span: two ASTs are the same recipe when they are equal after this (the printer
 /// round-trip property compares them so).
 pub fn strip_spans(r: &mut SourceFile) {

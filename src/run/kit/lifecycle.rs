@@ -78,8 +78,10 @@ pub fn begin(ctx: &StageCtx, hash: String, resolved: &Value, steps: u64) -> Resu
     }
     // A finished run of this very definition, kept from an earlier `roux run`, comes back.
     let kept = variant_dir(dir, &hash);
-    if !ctx.opts.fresh && !dir.exists() && read_report_hash(&kept).ok().as_deref() == Some(hash.as_str()) {
-        if read_report(&kept).ok().and_then(|r| outputs_changed(&kept, &r)).is_none() {
+    if !ctx.opts.fresh && !dir.exists() {
+        // One read of its report: the hash, then the outputs it lists.
+        let report = read_report(&kept).ok().filter(|r| r["hash"].as_str() == Some(hash.as_str()));
+        if report.is_some_and(|r| outputs_changed(&kept, &r).is_none()) {
             std::fs::rename(&kept, dir).with_context(|| format!("restoring {}", kept.display()))?;
             tracing::info!("{label}: up to date: the run of this definition kept in {} is back in {}. --fresh retrains.", kept.display(), dir.display());
             return Ok(None);

@@ -74,21 +74,24 @@ impl Metrics {
     }
 
     pub fn write_json(&mut self, v: &serde_json::Value) -> anyhow::Result<()> {
-        self.line(&v.to_string())
+        self.line(&v.to_string())?;
+        if let Some(events) = &mut self.events {
+            events.write(v["step"].as_u64().unwrap_or(0), &super::tensorboard::scalars(v))?;
+        }
+        Ok(())
     }
 
     pub fn write(&mut self, m: &Metric) -> anyhow::Result<()> {
-        self.line(&serde_json::to_string(m)?)
+        // metrics.jsonl keeps the struct's field order; the events need the value only when written.
+        self.line(&serde_json::to_string(m)?)?;
+        if let Some(events) = &mut self.events {
+            events.write(m.step, &super::tensorboard::scalars(&serde_json::to_value(m)?))?;
+        }
+        Ok(())
     }
 
     fn line(&mut self, text: &str) -> anyhow::Result<()> {
-        writeln!(self.file, "{text}").and_then(|_| self.file.flush()).map_err(|e| anyhow::anyhow!("writing {}: {e}", self.path.display()))?;
-        if let Some(events) = &mut self.events {
-            if let Ok(v) = serde_json::from_str::<serde_json::Value>(text) {
-                events.write(v["step"].as_u64().unwrap_or(0), &super::tensorboard::scalars(&v))?;
-            }
-        }
-        Ok(())
+        writeln!(self.file, "{text}").and_then(|_| self.file.flush()).map_err(|e| anyhow::anyhow!("writing {}: {e}", self.path.display()))
     }
 }
 
