@@ -1,4 +1,5 @@
-//! Link libtorch so the binary runs without LD_LIBRARY_PATH and keeps CUDA.
+//! Link libtorch so the binary runs without LD_LIBRARY_PATH and keeps CUDA, and build the C++
+//! shim (`src/run/kit/native.cpp`) against the same torch's headers.
 //!
 //! torch-sys finds libtorch through the active venv's `python`. We add an rpath to torch's `lib/`
 //! and force `libtorch_cuda.so` to stay NEEDED: with `--as-needed` the linker drops it (nothing
@@ -11,16 +12,24 @@ fn main() {
     if std::env::var_os("CARGO_FEATURE_TORCH").is_none() {
         return;
     }
+    println!("cargo:rerun-if-changed=src/run/kit/native.cpp");
+    // torch's directory and the C++ ABI its libraries were built with (the shim must match it).
     let out = Command::new("python")
-        .args(["-c", "import torch, os; print(os.path.join(os.path.dirname(torch.__file__), 'lib'))"])
+        .args(["-c", "import torch, os; print(os.path.dirname(torch.__file__)); print(int(torch._C._GLIBCXX_USE_CXX11_ABI))"])
         .output();
-    let lib = match out {
-        Ok(o) if o.status.success() => String::from_utf8_lossy(&o.stdout).trim().to_string(),
+    let (root, abi) = match out {
+        Ok(o) if o.status.success() => {
+            let text = String::from_utf8_lossy(&o.stdout).to_string();
+            let mut lines = text.lines();
+            (lines.next().unwrap_or_default().trim().to_string(), lines.next().unwrap_or("1").trim().to_string())
+        }
         _ => panic!(
             "roux: the `torch` feature needs PyTorch 2.11.0 in the active venv; \
              run `source scripts/env.sh` first, or build with --no-default-features"
         ),
     };
+    let lib = format!("{root}/lib");
+    shim(&root, &abi);
     println!("cargo:rustc-link-arg=-Wl,-rpath,{lib}");
     if std::path::Path::new(&lib).join("libtorch_cuda.so").exists() {
         println!("cargo:rustc-link-arg=-Wl,--no-as-needed");
@@ -28,4 +37,19 @@ fn main() {
         println!("cargo:rustc-link-arg=-ltorch_cuda");
         println!("cargo:rustc-link-arg=-ltorch");
     }
+}
+
+/// The shim, compiled as torch-sys compiles its own wrapper: C++17, torch's include folders, the
+/// ABI flag torch reports. Its symbols resolve against the libtorch the binary links anyway.
+fn shim(root: &str, abi: &str) {
+    cc::Build::new()
+        .cpp(true)
+        .file("src/run/kit/native.cpp")
+        .include(format!("{root}/include"))
+        .include(format!("{root}/include/torch/csrc/api/include"))
+        .flag("-std=c++17")
+        .flag(format!("-D_GLIBCXX_USE_CXX11_ABI={abi}"))
+        .flag_if_supported("-Wno-unused-parameter")
+        .warnings(false)
+        .compile("roux_native");
 }

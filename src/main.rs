@@ -129,6 +129,11 @@ enum Command {
         /// Do not write TensorBoard event files beside metrics.jsonl.
         #[arg(long)]
         no_tensorboard: bool,
+        /// Profile training steps A to B (`--profile 11..13`, or one step): libtorch's profiler
+        /// writes a Chrome trace (operators, and CUDA kernels on a GPU) as trace.json in the
+        /// stage's directory; open it in Perfetto or chrome://tracing.
+        #[arg(long, value_name = "A..B", value_parser = step_range)]
+        profile: Option<(u64, u64)>,
     },
     /// Compute-optimal parameters, tokens, FLOPs and predicted loss for a budget.
     Budget {
@@ -241,7 +246,7 @@ fn main() -> ExitCode {
         }
         Command::Plan { file, json } => cli::plan::run(&file, json),
         Command::Graph { file, format } => cli::plan::graph(&file, format),
-        Command::Run { file, out, stage, fresh, force, no_tensorboard } => cli::exec::run(&file, &out, &stage, fresh, force, !no_tensorboard),
+        Command::Run { file, out, stage, fresh, force, no_tensorboard, profile } => cli::exec::run(&file, &out, &stage, fresh, force, !no_tensorboard, profile),
         Command::Budget { flops, params, tokens, law, json } => cli::scaling::budget(flops, params, tokens, &law, json),
         Command::Fit { points, json, bootstrap, out } => cli::scaling::fit(&points, json, bootstrap, out.as_deref()),
         Command::Bench { which, config, reps, steps } => cli::exec::bench(&which, &config, reps, steps),
@@ -253,4 +258,17 @@ fn main() -> ExitCode {
         }
     };
     ExitCode::from(code)
+}
+
+/// `A..B` or `A` (steps counted from 1, A ≤ B).
+fn step_range(s: &str) -> Result<(u64, u64), String> {
+    let step = |t: &str| t.trim().parse::<u64>().ok().filter(|&n| (1..=1_000_000_000_000).contains(&n));
+    let (a, b) = match s.split_once("..") {
+        Some((a, b)) => (step(a), step(b.trim_start_matches('='))),
+        None => (step(s), step(s)),
+    };
+    match (a, b) {
+        (Some(a), Some(b)) if a <= b => Ok((a, b)),
+        _ => Err(format!("`{s}` is not a range of steps like `11..13` (steps from 1, the first not after the last)")),
+    }
 }

@@ -110,25 +110,56 @@ fn adamw_two_steps_by_hand() {
     // Step 1: m̂ = g, v̂ = g² → update lr·g/|g| = ±0.1; p·(1 − 0.01) → [0.99 − 0.1, −1.98 + 0.1] = [0.89, −1.88].
     // Step 2: m = 0.095, m̂ = 0.095/0.19 = 0.5; v̂ = (0.999·0.00025 + 0.001·0.25)/0.001999 = 0.25 → same
     //         update: [0.89·0.99 − 0.1, −1.88·0.99 + 0.1] = [0.7811, −1.7612]. Bias: 1 − 0.1 − 0.1 = 0.8.
+    // The same numbers from each implementation of the update, in float64 and float32.
+    use roux::run::kit::adamw::{Optimizer, Update};
     let cfg = roux::recipe::AdamW { lr: 0.1, betas: (0.9, 0.999), eps: 1e-8, weight_decay: 0.1 };
-    let params = vec![
-        Tensor::from_slice(&[1.0f64, -2.0]).view([1, 2]).set_requires_grad(true),
-        Tensor::from_slice(&[1.0f64]).set_requires_grad(true),
-        Tensor::from_slice(&[5.0f64, 6.0]).view([1, 2]), // frozen: never updated, not even decayed
-    ];
-    let mut opt = roux::run::kit::adamw::Optimizer::new(&params, &cfg);
-    let want = [[0.89, -1.88, 0.9], [0.7811, -1.7612, 0.8]];
-    for w in want {
-        opt.zero_grad();
-        let g = Tensor::from_slice(&[0.5f64, -1.0]).view([1, 2]);
-        let loss = (&params[0] * &g).sum(Kind::Double) + (&params[1] * 0.5).sum(Kind::Double);
-        loss.backward();
-        opt.step(0.1);
-        let got = [params[0].double_value(&[0, 0]), params[0].double_value(&[0, 1]), params[1].double_value(&[0])];
-        for (a, b) in got.iter().zip(w) {
-            assert!((a - b).abs() < 1e-6, "got {got:?}, want {w:?}");
+    for (how, kind, tol) in [(Update::Ops, Kind::Double, 1e-8), (Update::Aten, Kind::Double, 1e-8), (Update::Ops, Kind::Float, 1e-5), (Update::Aten, Kind::Float, 1e-5), (Update::OwnCpu, Kind::Float, 1e-5)] {
+        let params = vec![
+            Tensor::from_slice(&[1.0f64, -2.0]).view([1, 2]).to_kind(kind).set_requires_grad(true),
+            Tensor::from_slice(&[1.0f64]).to_kind(kind).set_requires_grad(true),
+            Tensor::from_slice(&[5.0f64, 6.0]).view([1, 2]).to_kind(kind), // frozen: never updated, not even decayed
+        ];
+        let mut opt = Optimizer::new(&params, &cfg);
+        opt.set_update(how);
+        let want = [[0.89, -1.88, 0.9], [0.7811, -1.7612, 0.8]];
+        for w in want {
+            opt.zero_grad();
+            let g = Tensor::from_slice(&[0.5f64, -1.0]).view([1, 2]).to_kind(kind);
+            let loss = (&params[0] * &g).sum(kind) + (&params[1] * 0.5).sum(kind);
+            loss.backward();
+            opt.step(0.1).unwrap();
+            let got = [params[0].double_value(&[0, 0]), params[0].double_value(&[0, 1]), params[1].double_value(&[0])];
+            for (a, b) in got.iter().zip(w) {
+                assert!((a - b).abs() < tol, "{how:?} {kind:?}: got {got:?}, want {w:?}");
+            }
+            assert_eq!((params[2].double_value(&[0, 0]), params[2].double_value(&[0, 1])), (5.0, 6.0));
         }
-        assert_eq!((params[2].double_value(&[0, 0]), params[2].double_value(&[0, 1])), (5.0, 6.0));
+        // A step whose gradient was not finite changes nothing (the device decides, no host read).
+        let before: Vec<f64> = Vec::try_from(&params[0].flatten(0, -1).to_kind(Kind::Double)).unwrap();
+        opt.zero_grad();
+        (&params[0] * f64::NAN).sum(kind).backward();
+        let norm = opt.grad_norm_clipped(Some(1.0));
+        let found_inf = norm.isfinite().logical_not().to_kind(Kind::Float);
+        opt.step_unless(0.1, &found_inf).unwrap();
+        let after: Vec<f64> = Vec::try_from(&params[0].flatten(0, -1).to_kind(Kind::Double)).unwrap();
+        assert_eq!(before, after, "{how:?}: a non-finite step moved the weights");
+    }
+}
+
+#[test]
+fn clipping_on_the_device_matches_the_host() {
+    // ‖(3, 4)‖ = 5, clipped to 1: the gradient becomes (0.6, 0.8) either way; under the limit, untouched.
+    use roux::run::kit::adamw::Optimizer;
+    let cfg = roux::recipe::AdamW { lr: 0.1, betas: (0.9, 0.999), eps: 1e-8, weight_decay: 0.0 };
+    for (clip, want) in [(1.0, [0.6, 0.8]), (10.0, [3.0, 4.0])] {
+        let p = Tensor::from_slice(&[0.0f32, 0.0]).set_requires_grad(true);
+        let mut opt = Optimizer::new(&[p.shallow_clone()], &cfg);
+        opt.zero_grad();
+        (&p * Tensor::from_slice(&[3.0f32, 4.0])).sum(Kind::Float).backward();
+        let norm = opt.grad_norm_clipped(Some(clip));
+        assert!((norm.double_value(&[]) - 5.0).abs() < 1e-6);
+        let g: Vec<f64> = Vec::try_from(&p.grad().to_kind(Kind::Double)).unwrap();
+        assert!((g[0] - want[0]).abs() < 1e-5 && (g[1] - want[1]).abs() < 1e-5, "clip {clip}: {g:?}");
     }
 }
 
@@ -312,6 +343,7 @@ fn a_diverging_run_stops_with_the_step_and_can_skip_a_few() {
     let err = String::from_utf8_lossy(&o.stderr);
     assert_eq!(o.status.code(), Some(2), "{err}");
     assert!(err.contains("non-finite") && err.contains("at step") && err.contains("learning rate"), "{err}");
+    let stop_err = err.to_string();
     // A learning rate of 1e30 breaks the weights for good: skipping 3 steps does not save it,
     // and the run says so after the third.
     std::fs::write(dir.join("skip.roux"), recipe(", on_nonfinite = skip, max_skips = 3")).unwrap();
@@ -319,6 +351,10 @@ fn a_diverging_run_stops_with_the_step_and_can_skip_a_few() {
     let err = String::from_utf8_lossy(&o.stderr);
     assert_eq!(o.status.code(), Some(2), "{err}");
     assert_eq!(err.matches("skipped (").count(), 3, "{err}");
+    // The stopping run reads the device only at log points, yet names the first bad step: the
+    // one the skipping run (which reads every step) skipped first.
+    let first_skip = err.split("step ").nth(1).and_then(|r| r.split(':').next()).unwrap().to_string();
+    assert!(stop_err.contains(&format!("at step {first_skip} (")), "stopped: {stop_err}\nskipped first: step {first_skip}");
     // Skipping every step is no way to finish: the final weights give no finite loss, and the
     // stage is not marked finished (it used to finish, with no validation loss at all).
     std::fs::write(dir.join("all.roux"), recipe(", on_nonfinite = skip, max_skips = 1000")).unwrap();

@@ -6,8 +6,10 @@
 //! buffer each (every parameter's data becomes a view into it; autograd accumulates into the
 //! gradient views in place), so zeroing, the gradient norm, clipping and the update are a handful
 //! of whole-buffer operations instead of several small ones per parameter — what PyTorch's
-//! `foreach`/`fused` AdamW do, which tch does not expose. On the CPU the update itself is one
-//! pass of our own over the buffers (`fused_cpu`).
+//! `foreach`/`fused` AdamW do. The update itself is one pass over the buffers: libtorch's
+//! multi-tensor fused kernel (`torch._fused_adamw_`, through the shim in `native.rs`) on CUDA, one
+//! of our own (`fused_cpu`) on the CPU. `ROUX_ADAMW=ops` uses libtorch's elementwise ops instead,
+//! `ROUX_ADAMW=aten` the fused kernel on the CPU too (to compare them).
 
 use tch::{Kind, Tensor};
 
@@ -23,6 +25,31 @@ pub struct Optimizer {
     pub m: Vec<Tensor>,
     pub v: Vec<Tensor>,
     flat: Flat,
+    /// t as a float32 scalar on the buffers' device, for the fused kernel.
+    step_t: Option<Tensor>,
+    how: Update,
+}
+
+/// Which implementation of the update runs: the same formula three ways.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Update {
+    /// libtorch's elementwise ops, ~8 passes over the buffers.
+    Ops,
+    /// libtorch's multi-tensor fused kernel (`torch._fused_adamw_`).
+    Aten,
+    /// One pass of our own over float32 buffers on the CPU.
+    OwnCpu,
+}
+
+/// The default for buffers like `p`; `ROUX_ADAMW=ops|aten` overrides it.
+fn default_update(p: &Tensor) -> Update {
+    let own = p.device() == tch::Device::Cpu && p.kind() == Kind::Float;
+    match std::env::var("ROUX_ADAMW").as_deref() {
+        Ok("ops") => Update::Ops,
+        Ok("aten") => Update::Aten,
+        _ if own => Update::OwnCpu,
+        _ => Update::Aten,
+    }
 }
 
 /// The flat buffers: parameters, gradients, first and second moments, and scratch space for the
@@ -74,7 +101,13 @@ impl Optimizer {
                 offset += numel[i];
             }
         });
-        Optimizer { beta1: cfg.betas.0, beta2: cfg.betas.1, eps: cfg.eps, weight_decay: cfg.weight_decay, t: 0, m, v, flat }
+        Optimizer { beta1: cfg.betas.0, beta2: cfg.betas.1, eps: cfg.eps, weight_decay: cfg.weight_decay, t: 0, m, v, step_t: None, how: default_update(&flat.p), flat }
+    }
+
+    /// Choose the implementation of the update (tests compare them; `OwnCpu` needs float32 CPU
+    /// buffers and falls back to `Ops` elsewhere).
+    pub fn set_update(&mut self, how: Update) {
+        self.how = how;
     }
 
     /// Zero every gradient (in place: autograd keeps accumulating into the flat buffer).
@@ -94,24 +127,74 @@ impl Optimizer {
         total
     }
 
+    /// The global gradient norm as a device scalar, clipping in place as PyTorch's
+    /// `clip_grad_norm_` does (scale by min(1, clip/(norm + 1e-6))), with no host read: the loop
+    /// reads it at log points only, so the GPU never waits for the host between steps.
+    pub fn grad_norm_clipped(&mut self, clip: Option<f64>) -> Tensor {
+        let total = self.flat.g.norm();
+        if let Some(c) = clip {
+            tch::no_grad(|| {
+                let coef = ((&total + 1e-6).reciprocal() * c).clamp_max(1.0);
+                let _ = self.flat.g.g_mul_(&coef);
+            });
+        }
+        total
+    }
+
     /// One update with learning rate `lr`:
     ///   m ← β1·m + (1−β1)·g,  v ← β2·v + (1−β2)·g²
     ///   p ← p·(1 − lr·λ) − lr · (m / (1−β1ᵗ)) / (sqrt(v / (1−β2ᵗ)) + ε)
     /// computed, as PyTorch's AdamW does, with the bias corrections folded into the step size:
     ///   p ← p − (lr·sqrt(1−β2ᵗ)/(1−β1ᵗ)) · m / (sqrt(v) + ε·sqrt(1−β2ᵗ)),
     /// which is the same number and saves passes over the weights.
-    pub fn step(&mut self, lr: f64) {
+    pub fn step(&mut self, lr: f64) -> anyhow::Result<()> {
+        self.update(lr, None)
+    }
+
+    /// One update, skipped when `found_inf` (a float32 scalar on the buffers' device) is nonzero;
+    /// t advances either way (a loop that skips steps on the host uses `step`). Deciding on the
+    /// device keeps non-finite gradients out of the weights without a host read per step.
+    pub fn step_unless(&mut self, lr: f64, found_inf: &Tensor) -> anyhow::Result<()> {
+        self.update(lr, Some(found_inf))
+    }
+
+    fn update(&mut self, lr: f64, found_inf: Option<&Tensor>) -> anyhow::Result<()> {
         self.t += 1;
         let bc1 = 1.0 - self.beta1.powf(self.t as f64);
         let bc2 = 1.0 - self.beta2.powf(self.t as f64);
         let step = lr * bc2.sqrt() / bc1;
         let eps = self.eps * bc2.sqrt();
+        let own = self.flat.p.device() == tch::Device::Cpu && self.flat.p.kind() == Kind::Float;
+        let how = if self.how == Update::OwnCpu && !own { Update::Ops } else { self.how };
+        // The host decides where reading the flag costs nothing (the CPU) or the kernel cannot.
+        if how != Update::Aten {
+            if let Some(inf) = found_inf {
+                if inf.double_value(&[]) != 0.0 {
+                    return Ok(());
+                }
+            }
+        }
         let f = &mut self.flat;
-        // On the CPU one pass of our own over the buffers (`ROUX_ADAMW=ops` for libtorch's ops).
-        if f.p.device() == tch::Device::Cpu && f.p.kind() == Kind::Float && f.p.is_contiguous() && std::env::var("ROUX_ADAMW").map_or(true, |v| v != "ops") {
+        if how == Update::OwnCpu {
             let decay = 1.0 - lr * self.weight_decay;
             fused_cpu(f, [self.beta1, self.beta2, decay, step, eps].map(|x| x as f32));
-            return;
+            return Ok(());
+        }
+        if how == Update::Aten {
+            if f.p.numel() == 0 {
+                return Ok(());
+            }
+            let step_t = self.step_t.get_or_insert_with(|| Tensor::zeros([], (Kind::Float, f.p.device())));
+            let _ = step_t.fill_(self.t as f64);
+            let n = f.p.numel() as i64;
+            // Decayed matrices first, then the vectors without decay: two launches of the kernel.
+            for (lo, len, wd) in [(0, f.decayed, self.weight_decay), (f.decayed, n - f.decayed, 0.0)] {
+                if len > 0 {
+                    let part = |t: &Tensor| t.narrow(0, lo, len);
+                    super::native::fused_adamw(&part(&f.p), &part(&f.g), &part(&f.m), &part(&f.v), step_t, found_inf, lr, (self.beta1, self.beta2), wd, self.eps)?;
+                }
+            }
+            return Ok(());
         }
         tch::no_grad(|| {
             let _ = f.m.lerp_(&f.g, 1.0 - self.beta1);
@@ -126,6 +209,7 @@ impl Optimizer {
             let _ = f.scratch.g_div_scalar_(-step);
             let _ = f.p.addcdiv_(&f.m, &f.scratch);
         });
+        Ok(())
     }
 }
 

@@ -15,6 +15,8 @@ pub struct RunOptions {
     pub force: bool,
     /// Write TensorBoard event files beside metrics.jsonl (`--no-tensorboard` turns them off).
     pub tensorboard: bool,
+    /// Profile training steps A..=B (`--profile A..B`): a Chrome trace in the stage's directory.
+    pub profile: Option<(u64, u64)>,
 }
 
 /// Trains one model as a `train` stage does. The runner passes `stages::train::run_model`, so

@@ -20,6 +20,9 @@
 //! | `tensorboard.rs`| TensorBoard event files beside metrics.jsonl                        |
 //! | `device.rs`    | the device a stage runs on, the memory guard                         |
 //! | `alloc.rs`     | the process's allocator (`ROUX_MALLOC`)                              |
+//! | `deferred.rs`  | per-step loss and non-finite steps kept on the device between logs  |
+//! | `profile.rs`   | `--profile A..B`: a Chrome trace of some training steps             |
+//! | `native.rs`    | the C++ shim (`native.cpp`): fused AdamW kernel, the Kineto profiler |
 
 pub mod adamw;
 pub mod alloc;
@@ -27,11 +30,14 @@ pub mod artifacts;
 pub mod checkpoint;
 pub mod context;
 pub mod data;
+pub mod deferred;
 pub mod device;
 pub mod files;
 pub mod hash;
 pub mod health;
 pub mod lifecycle;
+pub mod native;
+pub mod profile;
 pub mod losses;
 pub mod progress;
 pub mod score;

@@ -97,7 +97,7 @@ pub fn run(ctx: &StageCtx, d: &DpoSpec) -> Result<()> {
         let loss = dpo(&pc, &pr, &rc, &rr, d.beta);
         loss.backward();
         let grad_norm = opt.clip_grad_norm(d.opt.grad_clip);
-        opt.step(lr);
+        opt.step(lr)?;
         let done = step + 1;
         let loss_v = loss.double_value(&[]);
         // Implicit rewards β·(log π − log π_ref): their margin and how often chosen wins.

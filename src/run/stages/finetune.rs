@@ -66,7 +66,7 @@ pub fn run(ctx: &StageCtx, f: &FinetuneSpec) -> Result<()> {
         let loss = -(&lp * &b.w).sum(Kind::Float) / b.w.sum(Kind::Float).clamp_min(1.0);
         loss.backward();
         let grad_norm = opt.clip_grad_norm(f.opt.grad_clip);
-        opt.step(lr);
+        opt.step(lr)?;
         let done = step + 1;
         tokens += b.w.sum(Kind::Float).double_value(&[]) as u64;
         let loss_v = loss.double_value(&[]);

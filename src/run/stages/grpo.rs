@@ -93,7 +93,7 @@ pub fn run(ctx: &StageCtx, g: &GrpoSpec) -> Result<()> {
             let (loss, clipfrac, kl) = grpo_loss(&lp, &old_lp, ref_lp.as_ref(), &adv, &b.w, g.clip, g.beta, g.loss, g.max_new);
             loss.backward();
             grad_norm += opt.clip_grad_norm(g.opt.grad_clip);
-            opt.step(lr);
+            opt.step(lr)?;
             loss_sum += loss.double_value(&[]);
             clip_sum += clipfrac.double_value(&[]);
             kl_sum += kl.double_value(&[]);

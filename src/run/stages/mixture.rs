@@ -119,7 +119,7 @@ pub fn run(ctx: &StageCtx, m: &MixtureSpec) -> Result<()> {
         opt.zero_grad();
         let (loss, _) = model.loss(&x_train.index_select(0, &idx), &y_train.index_select(0, &idx), m.objective);
         loss.backward();
-        opt.step(lr);
+        opt.step(lr)?;
         let done = step + 1;
         if done % m.eval_every == 0 || done == m.steps {
             let loss_v = loss.double_value(&[]);

@@ -132,7 +132,7 @@ pub fn run(ctx: &StageCtx, p: &PpoSpec) -> Result<()> {
                 let loss = &pg + &vl * p.vf_coef - &ent * p.entropy_coef;
                 loss.backward();
                 grad_norm += opt.clip_grad_norm(p.opt.grad_clip);
-                opt.step(lr);
+                opt.step(lr)?;
                 pg_sum += pg.double_value(&[]);
                 vl_sum += vl.double_value(&[]);
                 ent_sum += ent.double_value(&[]);

@@ -66,7 +66,7 @@ pub fn run(ctx: &StageCtx, r: &RewardSpec) -> Result<()> {
         let loss = bradley_terry(&sc, &sr);
         loss.backward();
         let grad_norm = opt.clip_grad_norm(r.opt.grad_clip);
-        opt.step(lr);
+        opt.step(lr)?;
         let done = step + 1;
         let loss_v = loss.double_value(&[]);
         let train_acc = sc.gt_tensor(&sr).to_kind(Kind::Float).mean(Kind::Float).double_value(&[]);

@@ -12,6 +12,8 @@ use crate::rng::Rng;
 use crate::run::kit::adamw::Optimizer;
 use crate::run::kit::checkpoint::State;
 use crate::run::kit::data::{batch, Corpus};
+use crate::run::kit::deferred::Deferred;
+use crate::run::kit::profile::Profiler;
 use crate::run::kit::progress::{format_secs, Metric};
 use crate::run::kit::files::write_tensors_atomic;
 use crate::run::kit::{device, hash, lifecycle, tokenize, StageCtx};
@@ -88,6 +90,10 @@ pub fn run_model(ctx: &StageCtx, spec: &ModelSpec, t: &TrainSpec) -> Result<()> 
     let (mut last_loss, mut last_val) = (f64::NAN, None);
     let mut last_ckpt: Option<u64> = resumed.map(|r| r.0);
     let mut stopped: Option<u64> = None;
+    // With no step to skip (`max_skips = 0`, the default) the loop reads the device only at
+    // log, evaluation and checkpoint steps; skipping decides per step, so it reads every step.
+    let mut deferred = (t.max_skips == 0).then(|| Deferred::new(device));
+    let mut profiler = ctx.opts.profile.map(|steps| Profiler::new(name, steps, device, dir.join(TRACE)));
 
     for step in step0..t.steps {
         // Seeding libtorch per step makes dropout masks a function of the step alone,
@@ -95,37 +101,62 @@ pub fn run_model(ctx: &StageCtx, spec: &ModelSpec, t: &TrainSpec) -> Result<()> 
         tch::manual_seed((recipe.seed ^ step.wrapping_mul(0x9E37_79B9)) as i64);
         let lr = lr_at(&t.schedule, t.optimizer.lr, step, t.steps);
         let (x, y) = batch(&corpus.train, t.batch, t.context, &mut rng, device);
+        if let Some(p) = profiler.as_mut() {
+            p.at_step_start(step + 1)?;
+        }
         opt.zero_grad();
         let (loss, ce, moe_stats) = model.loss_parts(&x, &y, true);
         loss.backward();
-        let grad_norm = opt.clip_grad_norm(t.grad_clip);
-        let loss_v = ce.double_value(&[]);
-        if (!loss_v.is_finite() || !grad_norm.is_finite()) && skipped < t.max_skips {
-            // `on_nonfinite = skip`: drop this step's update (the batch is consumed, so a
-            // resumed run skips the same step) and go on, up to `max_skips` times.
-            skipped += 1;
-            tracing::warn!("{name}: step {}: non-finite loss or gradient (loss {loss_v}, gradient norm {grad_norm}); skipped ({skipped} of at most {})", step + 1, t.max_skips);
-            continue;
-        }
-        if !loss_v.is_finite() || !grad_norm.is_finite() {
-            bail!(
-                "stage `{name}`: {} at step {} (loss {loss_v}, gradient norm {grad_norm}). The last good checkpoint is {}.\n\
-                 Likely cause: a learning rate too high for this model (lr {lr:.3e}); lower `lr`, add warmup, or set `grad_clip`.",
-                if loss_v.is_finite() { "non-finite gradient" } else { "non-finite loss" },
-                step + 1,
-                last_ckpt.map_or("none (no checkpoint yet)".into(), |s| format!("step {s} in {}", dir.display()))
-            );
-        }
-        opt.step(lr);
         let done = step + 1;
-        window.1 += t.tokens_per_step();
-        window.2 += loss_v;
-        window.3 += 1;
+        let ckpt_every = if t.checkpoint_every > 0 { t.checkpoint_every } else { t.eval_every };
+        let eval_now = done % t.eval_every == 0 || done == t.steps;
+        let sync_point = done % t.log_every == 0 || eval_now || done % ckpt_every == 0;
+        let (loss_v, grad_norm) = if let Some(d) = deferred.as_mut() {
+            // Nothing is read back between sync points: a non-finite step leaves the weights
+            // alone on the device and is reported (as the first one) at the next sync point.
+            let norm = opt.grad_norm_clipped(t.grad_clip);
+            let found_inf = d.record(done, lr, &ce, &norm);
+            opt.step_unless(lr, &found_inf)?;
+            window.3 += 1;
+            window.1 += t.tokens_per_step();
+            if let Some(p) = profiler.as_mut() {
+                p.at_step_end(done)?;
+            }
+            if !sync_point {
+                run.progress.update(done, t.log_every, last_loss, lr, window.1 as f64 / window.0.elapsed().as_secs_f64().max(1e-9), None);
+                continue;
+            }
+            if let Some((at, loss_v, grad_norm, lr)) = d.first_bad() {
+                bail!("{}", nonfinite(name, at, loss_v, grad_norm, lr, last_ckpt, &dir));
+            }
+            window.2 += d.take_sum();
+            (ce.double_value(&[]), norm.double_value(&[]))
+        } else {
+            let grad_norm = opt.clip_grad_norm(t.grad_clip);
+            let loss_v = ce.double_value(&[]);
+            if (!loss_v.is_finite() || !grad_norm.is_finite()) && skipped < t.max_skips {
+                // `on_nonfinite = skip`: drop this step's update (the batch is consumed, so a
+                // resumed run skips the same step) and go on, up to `max_skips` times.
+                skipped += 1;
+                tracing::warn!("{name}: step {done}: non-finite loss or gradient (loss {loss_v}, gradient norm {grad_norm}); skipped ({skipped} of at most {})", t.max_skips);
+                continue;
+            }
+            if !loss_v.is_finite() || !grad_norm.is_finite() {
+                bail!("{}", nonfinite(name, done, loss_v, grad_norm, lr, last_ckpt, &dir));
+            }
+            opt.step(lr)?;
+            window.1 += t.tokens_per_step();
+            window.2 += loss_v;
+            window.3 += 1;
+            if let Some(p) = profiler.as_mut() {
+                p.at_step_end(done)?;
+            }
+            (loss_v, grad_norm)
+        };
         last_loss = loss_v;
 
         // Throughput is measured before evaluation so it counts training steps only.
         let tok_s = window.1 as f64 / window.0.elapsed().as_secs_f64().max(1e-9);
-        let eval_now = done % t.eval_every == 0 || done == t.steps;
         let val = if eval_now { Some(evaluate(&model, &corpus.val, t, recipe.seed)) } else { None };
         if let Some(v) = val {
             if best_val.is_none_or(|b: f64| v < b) {
@@ -156,7 +187,6 @@ pub fn run_model(ctx: &StageCtx, spec: &ModelSpec, t: &TrainSpec) -> Result<()> 
             })?;
             window = (Instant::now(), 0, 0.0, 0);
         }
-        let ckpt_every = if t.checkpoint_every > 0 { t.checkpoint_every } else { t.eval_every };
         if done % ckpt_every == 0 || done == t.steps {
             let extra = json!({"since_best": since_best, "best_step": best_step});
             let state = State { step: done, adam_t: opt.t, data_rng: rng, recipe_hash: String::new(), file: String::new(), best_val, window_loss: (window.2, window.3), extra };
@@ -215,6 +245,19 @@ pub fn run_model(ctx: &StageCtx, spec: &ModelSpec, t: &TrainSpec) -> Result<()> 
     );
     Ok(())
 }
+
+/// Why a stage stopped at a non-finite step, and what to change.
+fn nonfinite(name: &str, step: u64, loss: f64, grad_norm: f64, lr: f64, last_ckpt: Option<u64>, dir: &std::path::Path) -> String {
+    format!(
+        "stage `{name}`: {} at step {step} (loss {loss}, gradient norm {grad_norm}). The last good checkpoint is {}.\n\
+         Likely cause: a learning rate too high for this model (lr {lr:.3e}); lower `lr`, add warmup, or set `grad_clip`.",
+        if loss.is_finite() { "non-finite gradient" } else { "non-finite loss" },
+        last_ckpt.map_or("none (no checkpoint yet)".into(), |s| format!("step {s} in {}", dir.display()))
+    )
+}
+
+/// The trace `--profile` writes into the stage's directory.
+const TRACE: &str = "trace.json";
 
 /// Mean validation loss over a fixed set of batches (the same ones at every evaluation).
 /// The weights of the best validation loss, with `keep = best`.

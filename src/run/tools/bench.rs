@@ -64,18 +64,18 @@ impl Case {
     }
 
     /// Seconds for `n` training steps.
-    fn steps(&mut self, n: usize) -> f64 {
+    fn steps(&mut self, n: usize) -> Result<f64> {
         let t = Instant::now();
         for _ in 0..n {
             self.opt.zero_grad();
             let (loss, _, _) = self.model.loss_parts(&self.x, &self.y, true);
             loss.backward();
-            self.opt.step(1e-3);
+            self.opt.step(1e-3)?;
         }
         if let Device::Cuda(_) = self.model.device {
             tch::Cuda::synchronize(0);
         }
-        t.elapsed().as_secs_f64()
+        Ok(t.elapsed().as_secs_f64())
     }
 }
 
@@ -104,12 +104,12 @@ pub fn bench_moe(reps: usize, steps: usize) -> Result<MoeBench> {
     let specs = [spec(None), spec(Some(8)), spec(Some(64))];
     let mut cases: Vec<Case> = specs.iter().map(|s| Case::new(s, device, batch)).collect::<Result<_>>()?;
     for c in cases.iter_mut() {
-        c.steps(2); // warm-up: allocator, kernels
+        c.steps(2)?; // warm-up: allocator, kernels
     }
     let mut times = vec![vec![]; cases.len()];
     for _ in 0..reps {
         for (i, c) in cases.iter_mut().enumerate() {
-            times[i].push(c.steps(steps) / steps as f64);
+            times[i].push(c.steps(steps)? / steps as f64);
         }
     }
     let med: Vec<f64> = times.iter_mut().map(|v| median(v)).collect();
@@ -187,16 +187,16 @@ pub fn bench_config(name: &str, steps: usize) -> Result<serde_json::Value> {
         let (loss, ce, _) = model.loss_parts(&x, &y, true);
         loss.backward();
         opt.clip_grad_norm(Some(1.0));
-        opt.step(1e-3);
-        ce.double_value(&[])
+        opt.step(1e-3)?;
+        Ok::<f64, anyhow::Error>(ce.double_value(&[]))
     };
     for _ in 0..3 {
-        step(&mut model);
+        step(&mut model)?;
     }
     let t = Instant::now();
     let mut loss = 0.0;
     for _ in 0..steps {
-        loss = step(&mut model);
+        loss = step(&mut model)?;
     }
     let dt = t.elapsed().as_secs_f64();
     let plan = crate::plan::plan_model(&model.graph, batch, ctx);

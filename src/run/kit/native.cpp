@@ -1,0 +1,77 @@
+// What roux needs from libtorch that tch does not bind: the multi-tensor fused AdamW kernel and
+// the Kineto profiler. Built by build.rs against the headers of the torch roux links (C++17, the
+// same C++ ABI flag). Each function catches every C++ exception and returns its message (freed
+// with roux_free_message), so no exception crosses into Rust.
+#include <ATen/ATen.h>
+#include <torch/csrc/autograd/profiler_kineto.h>
+
+#include <cstdlib>
+#include <cstring>
+#include <exception>
+#include <optional>
+#include <set>
+#include <string>
+
+namespace {
+
+char* message(const char* what) {
+  size_t n = std::strlen(what);
+  char* out = static_cast<char*>(std::malloc(n + 1));
+  if (out != nullptr) std::memcpy(out, what, n + 1);
+  return out;
+}
+
+template <typename F>
+char* guarded(F f) {
+  try {
+    f();
+    return nullptr;
+  } catch (const std::exception& e) {
+    return message(e.what());
+  } catch (...) {
+    return message("unknown C++ exception");
+  }
+}
+
+}  // namespace
+
+extern "C" {
+
+void roux_free_message(char* m) { std::free(m); }
+
+// One AdamW update of flat buffers p, g, m, v (one tensor each), `step` a float32 scalar tensor
+// on their device holding the step count t (≥ 1). With `found_inf` (a float32 scalar, nonzero
+// when the gradient is not finite) the kernel leaves p, m and v unchanged.
+char* roux_fused_adamw(at::Tensor* p, at::Tensor* g, at::Tensor* m, at::Tensor* v, at::Tensor* step, at::Tensor* found_inf,
+                       double lr, double beta1, double beta2, double weight_decay, double eps) {
+  return guarded([&] {
+    std::optional<at::Tensor> inf;
+    if (found_inf != nullptr) inf = *found_inf;
+    at::_fused_adamw_({*p}, {*g}, {*m}, {*v}, {}, {*step}, lr, beta1, beta2, weight_decay, eps,
+                      /*amsgrad=*/false, /*maximize=*/false, /*grad_scale=*/std::nullopt, inf);
+  });
+}
+
+// Start recording operators (and CUDA kernels when `cuda`), as torch.profiler does.
+char* roux_profiler_start(int cuda) {
+  return guarded([&] {
+    using torch::autograd::profiler::ProfilerConfig;
+    using torch::autograd::profiler::ProfilerState;
+    using torch::profiler::impl::ActivityType;
+    std::set<ActivityType> activities{ActivityType::CPU};
+    if (cuda) activities.insert(ActivityType::CUDA);
+    ProfilerConfig config(ProfilerState::KINETO);
+    torch::autograd::profiler::prepareProfiler(config, activities);
+    torch::autograd::profiler::enableProfiler(config, activities);
+  });
+}
+
+// Stop recording and write the events as a Chrome trace (Perfetto, chrome://tracing) to `path`.
+char* roux_profiler_stop(const char* path) {
+  return guarded([&] {
+    auto result = torch::autograd::profiler::disableProfiler();
+    result->save(path);
+  });
+}
+
+}  // extern "C"
