@@ -223,6 +223,10 @@ enum Command {
         top_p: f64,
         #[arg(long, default_value_t = 0)]
         seed: u64,
+        /// Compute precision of the forward passes: fp32, or bf16 (bfloat16, as a stage's
+        /// `precision = bf16`; about twice as fast on a GPU).
+        #[arg(long, default_value = "fp32", value_parser = ["fp32", "bf16"])]
+        precision: String,
     },
 }
 
@@ -253,8 +257,8 @@ fn main() -> ExitCode {
         Command::Report { run } => cli::plan::report(&run),
         Command::Export { run, to: _, output } => cli::exec::export(&run, output.as_deref()),
         Command::Merge { run, output } => cli::exec::merge(&run, output.as_deref()),
-        Command::Sample { run, prompt, prompt_file, tokens, temperature, top_k, top_p, seed } => {
-            cli::exec::sample(&run, &prompt, prompt_file.as_deref(), tokens as usize, temperature, top_k, top_p, seed)
+        Command::Sample { run, prompt, prompt_file, tokens, temperature, top_k, top_p, seed, precision } => {
+            cli::exec::sample(&run, &prompt, prompt_file.as_deref(), tokens as usize, temperature, top_k, top_p, seed, precision == "bf16")
         }
     };
     ExitCode::from(code)

@@ -32,6 +32,7 @@ impl<'a> Checker<'a> {
         let optimizer = self.check_adamw(&mut f);
         let schedule = self.check_schedule(&mut f);
         let eval_every = f.int(self, "eval_every", Some(200), Min::One);
+        let precision = f.sym(self, "precision", &["fp32", "bf16"], Some("fp32"));
         f.finish(self);
         Some(StageSpec {
             name: d.name.name.clone(),
@@ -46,6 +47,7 @@ impl<'a> Checker<'a> {
                 optimizer: optimizer?,
                 schedule: schedule?,
                 eval_every: eval_every?,
+                precision: super::posttrain::precision_of(precision?),
             }),
         })
     }

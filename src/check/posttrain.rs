@@ -8,7 +8,7 @@ use crate::recipe::*;
 use crate::syntax::ast::{Arg, Block, Decl, DeclKind, Expr};
 
 impl<'a> Checker<'a> {
-    /// steps, batch, optimizer, schedule, grad_clip, eval_every, log_every, device.
+    /// steps, batch, optimizer, schedule, grad_clip, eval_every, log_every, device, precision.
     pub(super) fn check_optim(&mut self, f: &mut Fields<'a>, batch: u64, steps: Option<u64>, eval_every: u64) -> Option<Optim> {
         let steps_v = f.int(self, "steps", steps, Min::One);
         let batch = f.size(self, "batch", Some(batch));
@@ -19,6 +19,7 @@ impl<'a> Checker<'a> {
         let eval_every = f.int(self, "eval_every", Some(eval_every), Min::One);
         let log_every = f.int(self, "log_every", Some(10), Min::One);
         let device = f.sym(self, "device", &["auto", "cpu", "cuda"], Some("auto"));
+        let precision = f.sym(self, "precision", &["fp32", "bf16"], Some("fp32"));
         let (steps, optimizer, schedule) = (steps_v?, optimizer?, schedule?);
         if !self.schedule_fits(&schedule, steps, optimizer.lr, sched_span) {
             return None;
@@ -32,6 +33,7 @@ impl<'a> Checker<'a> {
             eval_every: eval_every?,
             log_every: log_every?,
             device: device_of(device?),
+            precision: precision_of(precision?),
         })
     }
 
@@ -275,11 +277,21 @@ impl<'a> Checker<'a> {
         let examples = f.size(self, "examples", Some(200));
         let max_new = f.size(self, "max_new", Some(16));
         let device = f.sym(self, "device", &["auto", "cpu", "cuda"], Some("auto"));
+        let precision = f.sym(self, "precision", &["fp32", "bf16"], Some("fp32"));
         f.finish(self);
         if !ok {
             return None;
         }
-        Some(self.stage_spec(d, StageKind::Compare(CompareSpec { policies, reference: reference?, data: data?.name, examples: examples?, max_new: max_new?, device: device_of(device?) })))
+        let (device, precision) = (device_of(device?), precision_of(precision?));
+        Some(self.stage_spec(d, StageKind::Compare(CompareSpec { policies, reference: reference?, data: data?.name, examples: examples?, max_new: max_new?, device, precision })))
+    }
+}
+
+pub(super) fn precision_of(s: &str) -> Precision {
+    if s == "bf16" {
+        Precision::Bf16
+    } else {
+        Precision::Fp32
     }
 }
 

@@ -239,7 +239,7 @@ impl<'a> Checker<'a> {
                     "cuda" => Device::Cuda,
                     _ => Device::Auto,
                 },
-                precision: if precision? == "bf16" { Precision::Bf16 } else { Precision::Fp32 },
+                precision: super::posttrain::precision_of(precision?),
                 max_skips: if on_nonfinite? == "skip" { max_skips? } else { 0 },
                 keep: keep?.min(1000) as usize,
                 keep_best,

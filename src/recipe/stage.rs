@@ -37,6 +37,14 @@ pub enum Precision {
     Bf16,
 }
 
+impl Precision {
+    /// Left out of serialized specs when fp32, so stages written before `precision` existed on
+    /// them keep their content hash.
+    pub fn is_fp32(&self) -> bool {
+        *self == Precision::Fp32
+    }
+}
+
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 pub struct TrainSpec {
     /// Name of the model architecture trained.
@@ -110,6 +118,9 @@ pub struct MixtureSpec {
     pub optimizer: AdamW,
     pub schedule: Schedule,
     pub eval_every: u64,
+    /// bf16: the experts compute in bfloat16 (the gate, its softmax and the loss in float32).
+    #[serde(default, skip_serializing_if = "Precision::is_fp32")]
+    pub precision: Precision,
 }
 
 /// One point of an IsoFLOP sweep: a model sized for the budget and its training run.
@@ -185,6 +196,9 @@ pub struct Optim {
     pub eval_every: u64,
     pub log_every: u64,
     pub device: Device,
+    /// bf16: every model of the stage computes in bfloat16 (trained ones keep float32 weights).
+    #[serde(default, skip_serializing_if = "Precision::is_fp32")]
+    pub precision: Precision,
 }
 
 /// Instruction fine-tuning (SFT), full or through a LoRA adapter.
@@ -255,6 +269,8 @@ pub struct CompareSpec {
     pub examples: usize,
     pub max_new: usize,
     pub device: Device,
+    #[serde(default, skip_serializing_if = "Precision::is_fp32")]
+    pub precision: Precision,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]

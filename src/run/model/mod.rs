@@ -209,6 +209,14 @@ impl Model {
         self.pad_vocab = self.device.is_cuda() && kind == Kind::BFloat16 && std::env::var("ROUX_PAD_VOCAB").map_or(true, |v| v != "0");
     }
 
+    /// This model computing at a recipe's `precision` (bf16: bfloat16 compute, float32 weights).
+    pub fn computing(mut self, p: crate::recipe::Precision) -> Model {
+        if p == crate::recipe::Precision::Bf16 {
+            self.set_precision(Kind::BFloat16);
+        }
+        self
+    }
+
     /// Columns of padding for the head's matmul when it computes logits only for the loss.
     fn head_padding(&self, vocab: usize) -> Option<i64> {
         (self.pad_vocab && vocab % 64 != 0).then(|| (64 - vocab % 64) as i64)

@@ -23,14 +23,14 @@ pub fn run(ctx: &StageCtx, c: &CompareSpec) -> Result<()> {
     let dev = device::device(c.device)?;
     let (set, split) = instructions(recipe, &c.data)?;
     let held: Vec<_> = split.held_out.into_iter().take(c.examples).collect();
-    let mut reference = load_lm(recipe, runs, &c.reference, dev)?;
+    let mut reference = load_lm(recipe, runs, &c.reference, dev)?.computing(c.precision);
     reference.freeze();
     let mut rows = vec![];
     let mut table = format!(
         "| policy | greedy: gold reward | exact match | sampled: gold reward | preferred (exact) | verbose | KL to reference |\n|---|---:|---:|---:|---:|---:|---:|\n"
     );
     for (label, r) in &c.policies {
-        let m = load_lm(recipe, runs, r, dev)?;
+        let m = load_lm(recipe, runs, r, dev)?.computing(c.precision);
         let s = score(&m, Some(&reference), &set, &held, c.max_new);
         table.push_str(&format!(
             "| {label} | {:.3} | {:.1}% | {:.3} | {:.1}% | {:.1}% | {:.3} |\n",
@@ -47,7 +47,7 @@ pub fn run(ctx: &StageCtx, c: &CompareSpec) -> Result<()> {
     table.push_str(&format!("\n{} held-out prompts of `{}`; greedy decoding for the first two columns; then one response sampled at temperature 1 per prompt (the policy's behaviour): gold reward, preferred behaviour (the answer and nothing more), verbose (the answer, then more), and KL(π ‖ reference) per response.\n", held.len(), set.name));
     tracing::info!("\n{table}");
     write_atomic(&run.dir.join("table.md"), table.as_bytes())?;
-    let report = json!({"experiment": recipe.experiment, "kind": "compare", "examples": held.len(), "rows": rows});
+    let report = json!({"experiment": recipe.experiment, "kind": "compare", "precision": c.precision, "examples": held.len(), "rows": rows});
     // No metrics: the stage is one evaluation. An empty metrics file keeps plots quiet.
     run.finish(&[], report, &ctx.title())
 }

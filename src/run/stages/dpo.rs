@@ -68,8 +68,8 @@ pub fn run(ctx: &StageCtx, d: &DpoSpec) -> Result<()> {
     let (set, split) = preferences(recipe, &d.data)?;
     let (_, held) = instructions(recipe, &d.data)?;
     let held: Vec<_> = held.held_out.into_iter().take(d.eval_examples).collect();
-    let policy = load_lm(recipe, &ctx.runs, &d.policy, dev)?;
-    let mut reference = load_lm(recipe, &ctx.runs, &d.policy, dev)?;
+    let policy = load_lm(recipe, &ctx.runs, &d.policy, dev)?.computing(d.opt.precision);
+    let mut reference = load_lm(recipe, &ctx.runs, &d.policy, dev)?.computing(d.opt.precision);
     reference.freeze();
     let before = score(&policy, Some(&reference), &set, &held, d.max_new);
     let held_pairs: Vec<Pair> = split.held_out.iter().take(d.eval_examples).cloned().collect();
@@ -135,6 +135,7 @@ pub fn run(ctx: &StageCtx, d: &DpoSpec) -> Result<()> {
     let report = json!({
         "experiment": recipe.experiment,
         "kind": "dpo",
+        "precision": d.opt.precision,
         "model": d.policy.arch,
         "beta": d.beta,
         "steps": d.opt.steps,

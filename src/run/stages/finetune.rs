@@ -23,7 +23,7 @@ pub fn run(ctx: &StageCtx, f: &FinetuneSpec) -> Result<()> {
     let Some(mut run) = lifecycle::begin_stage(ctx, f.opt.steps)? else { return Ok(()) };
     let dev = device::device(f.opt.device)?;
     let (set, split) = instructions(recipe, &f.data)?;
-    let mut model = load_lm(recipe, &ctx.runs, &f.model, dev)?;
+    let mut model = load_lm(recipe, &ctx.runs, &f.model, dev)?.computing(f.opt.precision);
     let held: Vec<_> = split.held_out.iter().take(f.eval_examples).cloned().collect();
     // The starting point's score, for the report (what fine-tuning changed).
     let before = score(&model, None, &set, &held, f.max_new);
@@ -91,6 +91,7 @@ pub fn run(ctx: &StageCtx, f: &FinetuneSpec) -> Result<()> {
     let report = json!({
         "experiment": recipe.experiment,
         "kind": "finetune",
+        "precision": f.opt.precision,
         "model": f.model.arch,
         "params": model.numel(),
         "trainable_params": trainable,

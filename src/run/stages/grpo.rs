@@ -31,17 +31,17 @@ pub fn run(ctx: &StageCtx, g: &GrpoSpec) -> Result<()> {
     let dev = device::device(g.opt.device)?;
     let (set, split) = instructions(recipe, &g.prompts)?;
     let held: Vec<Example> = split.held_out.iter().take(g.eval_examples).cloned().collect();
-    let policy = load_lm(recipe, &ctx.runs, &g.policy, dev)?;
+    let policy = load_lm(recipe, &ctx.runs, &g.policy, dev)?.computing(g.opt.precision);
     // With beta = 0 no reference is loaded (the plan counts none).
     let reference = match g.beta > 0.0 {
         true => {
-            let mut r = load_lm(recipe, &ctx.runs, &g.policy, dev)?;
+            let mut r = load_lm(recipe, &ctx.runs, &g.policy, dev)?.computing(g.opt.precision);
             r.freeze();
             Some(r)
         }
         false => None,
     };
-    let rm = g.reward.model_stage().map(|s| load_reward_model(recipe, &ctx.runs, s, dev)).transpose()?;
+    let rm = g.reward.model_stage().map(|s| load_reward_model(recipe, &ctx.runs, s, dev).map(|m| m.computing(g.opt.precision))).transpose()?;
     // The starting point's score, before a resumed run restores its trained weights.
     let before = score(&policy, reference.as_ref(), &set, &held, g.max_new);
     let (names, params): (Vec<String>, Vec<Tensor>) = policy.named().into_iter().unzip();
@@ -128,6 +128,7 @@ pub fn run(ctx: &StageCtx, g: &GrpoSpec) -> Result<()> {
     let report = json!({
         "experiment": recipe.experiment,
         "kind": "grpo",
+        "precision": g.opt.precision,
         "flat_groups_last_quarter": flat_tail,
         "model": g.policy.arch,
         "steps": g.opt.steps,

@@ -8,7 +8,7 @@ use anyhow::{Context, Result};
 use serde_json::json;
 use tch::{Device, Kind, Tensor};
 
-use crate::recipe::{Activation, Generator, MixtureSpec, Objective};
+use crate::recipe::{Activation, Generator, MixtureSpec, Objective, Precision};
 use crate::rng::Rng;
 use crate::run::kit::adamw::Optimizer;
 use crate::run::kit::progress::Metric;
@@ -20,6 +20,8 @@ use crate::synthetic::{purity, regions};
 struct Mixture {
     params: Vec<Tensor>, // gate w (E, dim), gate b (E), then expert tensors
     act: Option<Activation>,
+    /// The experts' compute kind (`precision`); the gate and the loss stay float32.
+    compute: Kind,
 }
 
 /// Checkpoint names of `Mixture::params`, in order.
@@ -45,14 +47,16 @@ impl Mixture {
                 ]);
             }
         }
-        Mixture { params: params.into_iter().map(|p| p.set_requires_grad(true)).collect(), act: m.expert.as_ref().map(|x| x.act) }
+        let compute = if m.precision == Precision::Bf16 { Kind::BFloat16 } else { Kind::Float };
+        Mixture { params: params.into_iter().map(|p| p.set_requires_grad(true)).collect(), act: m.expert.as_ref().map(|x| x.act), compute }
     }
 
     /// Gate probabilities (N, E) and every expert's output (E, N, out).
     fn forward(&self, x: &Tensor) -> (Tensor, Tensor) {
         let p = x.linear(&self.params[0], Some(&self.params[1])).softmax(-1, Kind::Float);
-        let xe = x.unsqueeze(0); // (1, N, dim), broadcast over experts
-        let lin = |h: &Tensor, w: &Tensor, b: &Tensor| h.matmul(&w.transpose(1, 2)) + b.unsqueeze(1);
+        let xe = x.to_kind(self.compute).unsqueeze(0); // (1, N, dim), broadcast over experts
+        let k = self.compute;
+        let lin = |h: &Tensor, w: &Tensor, b: &Tensor| h.matmul(&w.to_kind(k).transpose(1, 2)) + b.to_kind(k).unsqueeze(1);
         let o = match self.act {
             None => lin(&xe, &self.params[2], &self.params[3]),
             Some(act) => {
@@ -65,7 +69,7 @@ impl Mixture {
                 lin(&h, &self.params[4], &self.params[5])
             }
         };
-        (p, o)
+        (p, o.to_kind(Kind::Float))
     }
 
     fn loss(&self, x: &Tensor, y: &Tensor, objective: Objective) -> (Tensor, Tensor) {
@@ -155,6 +159,7 @@ pub fn run(ctx: &StageCtx, m: &MixtureSpec) -> Result<()> {
     let report = json!({
         "experiment": recipe.experiment,
         "kind": "mixture",
+        "precision": m.precision,
         "objective": m.objective,
         "experts": m.experts,
         "tasks": tasks,

@@ -35,10 +35,10 @@ pub fn run(ctx: &StageCtx, p: &PpoSpec) -> Result<()> {
     let dev = device::device(p.opt.device)?;
     let (set, split) = instructions(recipe, &p.prompts)?;
     let held: Vec<Example> = split.held_out.iter().take(p.eval_examples).cloned().collect();
-    let policy = load_lm(recipe, &ctx.runs, &p.policy, dev)?;
-    let mut reference = load_lm(recipe, &ctx.runs, &p.policy, dev)?;
+    let policy = load_lm(recipe, &ctx.runs, &p.policy, dev)?.computing(p.opt.precision);
+    let mut reference = load_lm(recipe, &ctx.runs, &p.policy, dev)?.computing(p.opt.precision);
     reference.freeze();
-    let rm = load_reward_model(recipe, &ctx.runs, &p.reward, dev)?;
+    let rm = load_reward_model(recipe, &ctx.runs, &p.reward, dev)?.computing(p.opt.precision);
     // The starting point's score, before a resumed run restores its trained weights.
     let before = score(&policy, Some(&reference), &set, &held, p.max_new);
     // The value head reads the policy's final hidden state, detached: the critic is a linear
@@ -175,6 +175,7 @@ pub fn run(ctx: &StageCtx, p: &PpoSpec) -> Result<()> {
     let report = json!({
         "experiment": recipe.experiment,
         "kind": "ppo",
+        "precision": p.opt.precision,
         "model": p.policy.arch,
         "steps": p.opt.steps,
         "kl_coef_final": kl_coef,

@@ -48,7 +48,7 @@ pub fn run(ctx: &StageCtx, r: &RewardSpec) -> Result<()> {
     let Some(mut run) = lifecycle::begin_stage(ctx, r.opt.steps)? else { return Ok(()) };
     let dev = device::device(r.opt.device)?;
     let (set, split) = preferences(recipe, &r.data)?;
-    let rm = RewardModel::new(load_lm(recipe, &ctx.runs, &r.model, dev)?);
+    let rm = RewardModel::new(load_lm(recipe, &ctx.runs, &r.model, dev)?.computing(r.opt.precision));
     let (names, params): (Vec<String>, Vec<Tensor>) = rm.named().into_iter().unzip();
     let mut opt = Optimizer::new(&params, &r.opt.optimizer);
     let (step0, mut rng, _) = run.restore(&names, &params, &mut opt, Rng(recipe.seed ^ 0x2E3A))?;
@@ -89,6 +89,7 @@ pub fn run(ctx: &StageCtx, r: &RewardSpec) -> Result<()> {
     let report = json!({
         "experiment": recipe.experiment,
         "kind": "reward_model",
+        "precision": r.opt.precision,
         "model": r.model.arch,
         "steps": r.opt.steps,
         "held_out_pairs": split.held_out.len(),
