@@ -2,10 +2,11 @@
 for a config, the same init scheme, random-window batches of tiny-shakespeare bytes, AdamW with
 decay on matrices, grad clip 1.0. Prints one JSON line: tokens/s, final loss, peak RSS.
 
-    python bench/reference.py CONFIG STEPS [THREADS] [--cuda-bf16] [--batch B]
+    python bench/reference.py CONFIG STEPS [THREADS] [--cuda-bf16] [--batch B] [--compile]
 
 `--cuda-bf16` runs on CUDA under bf16 autocast (float32 master weights, as roux's `precision = bf16`);
-`gpt2-small` is recipes/gpt2-small.roux's model (vocab 50257, biases, context 1024).
+`--compile` wraps the model in `torch.compile` and uses the fused CUDA AdamW (what a tuned PyTorch
+run does); `gpt2-small` is recipes/gpt2-small.roux's model (vocab 50257, biases, context 1024).
 """
 import json, math, resource, sys, time
 
@@ -101,6 +102,7 @@ def main():
     a.add_argument("threads", type=int, nargs="?", default=torch.get_num_threads())
     a.add_argument("--cuda-bf16", action="store_true")
     a.add_argument("--batch", type=int)
+    a.add_argument("--compile", action="store_true")
     args = a.parse_args()
     name, steps = args.config, args.steps
     c = dict(CONFIGS[name], **({"batch": args.batch} if args.batch else {}))
@@ -111,7 +113,10 @@ def main():
     model = Model(c).to(dev)
     decay = [p for p in model.parameters() if p.dim() >= 2]
     rest = [p for p in model.parameters() if p.dim() < 2]
-    opt = torch.optim.AdamW([{"params": decay, "weight_decay": 0.1}, {"params": rest, "weight_decay": 0.0}], lr=1e-3, betas=(0.9, 0.95))
+    fused = {"fused": True} if args.compile and dev == "cuda" else {}
+    opt = torch.optim.AdamW([{"params": decay, "weight_decay": 0.1}, {"params": rest, "weight_decay": 0.0}], lr=1e-3, betas=(0.9, 0.95), **fused)
+    if args.compile:
+        model = torch.compile(model)
     g = torch.Generator().manual_seed(1)
 
     def step():
@@ -134,7 +139,7 @@ def main():
         torch.cuda.synchronize()
     dt = time.perf_counter() - t
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-    print(json.dumps({"impl": "pytorch", "config": name, "tokens_per_s": steps * c["batch"] * c["ctx"] / dt, "loss": loss, "peak_rss": rss, "threads": torch.get_num_threads(), "batch": c["batch"], "device": dev}))
+    print(json.dumps({"impl": "pytorch" + ("+compile" if args.compile else ""), "config": name, "tokens_per_s": steps * c["batch"] * c["ctx"] / dt, "loss": loss, "peak_rss": rss, "threads": torch.get_num_threads(), "batch": c["batch"], "device": dev}))
 
 
 if __name__ == "__main__":

@@ -101,14 +101,26 @@ fn sparse_layer_equals_the_naive_dense_computation_for_every_router() {
             let r = moe::route(&router, &logits, Some(&noise), train);
             let dense = moe::dense_reference(&x, &r, &experts, e);
             let slow = naive(&x, &r, &w1, &w2);
-            // Both sparse paths: grouped by expert (CPU) and the padded capacity buffer (CUDA).
-            for (path, sparse) in [("grouped", moe::grouped(&x, &r, &experts, e)), ("padded", moe::padded(&x, &r, &experts, e))] {
+            // Every sparse path: grouped by expert (CPU), the padded capacity buffer (CUDA float32),
+            // libtorch's grouped GEMM (CUDA bf16).
+            for (path, sparse) in [("grouped", moe::grouped(&x, &r, &experts, e)), ("padded", moe::padded(&x, &r, &experts, e)), ("grouped_mm", moe::grouped_mm(&x, &r, &experts, e))] {
                 let d1 = (&sparse - &dense).abs().max().double_value(&[]);
                 let d2 = (&sparse - &slow).abs().max().double_value(&[]);
                 assert!(d1 < 1e-5 && d2 < 1e-5, "{} (train {train}, {path}): sparse vs dense {d1}, vs naive {d2}", router.name());
             }
         }
     }
+    // The grouped GEMM's backward gives the per-expert matmuls' gradients.
+    let r = moe::route(&routers()[0], &x.matmul(&wg.tr()), None, true);
+    let grads = |f: fn(&Tensor, &moe::Routing, &Experts, i64) -> Tensor| {
+        let (a, b) = (w1.copy().set_requires_grad(true), w2.copy().set_requires_grad(true));
+        let ex = Experts { w1: &a, w3: None, w2: &b, act: Activation::Relu };
+        f(&x, &r, &ex, e).square().sum(Kind::Float).backward();
+        (a.grad(), b.grad())
+    };
+    let ((a1, b1), (a2, b2)) = (grads(moe::grouped), grads(moe::grouped_mm));
+    let diff = (&a1 - &a2).abs().max().double_value(&[]).max((&b1 - &b2).abs().max().double_value(&[]));
+    assert!(diff < 1e-4 && a1.abs().sum(Kind::Float).double_value(&[]) > 0.0, "gradients differ by {diff}");
     // Switch routes each token to its most probable expert with that probability as the gate.
     let logits = x.matmul(&wg.tr());
     let sw = RouterSpec::Switch { capacity_factor: 4.0, eval_capacity_factor: 4.0, balance_loss: 0.0, z_loss: 0.0, jitter: 0.0 };

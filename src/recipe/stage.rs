@@ -288,6 +288,21 @@ pub enum StageKind {
 }
 
 impl StageKind {
+    /// The device the stage asks for (the mixture runs on the CPU).
+    pub fn device(&self) -> Device {
+        match self {
+            StageKind::Train(t) => t.device,
+            StageKind::Isoflop(i) => i.train.device,
+            StageKind::Mixture(_) => Device::Cpu,
+            StageKind::Finetune(f) => f.opt.device,
+            StageKind::RewardModel(r) => r.opt.device,
+            StageKind::Ppo(p) => p.opt.device,
+            StageKind::Dpo(d) => d.opt.device,
+            StageKind::Grpo(g) => g.opt.device,
+            StageKind::Compare(c) => c.device,
+        }
+    }
+
     pub fn name(&self) -> &'static str {
         match self {
             StageKind::Train(_) => "train",

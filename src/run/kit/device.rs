@@ -24,8 +24,22 @@ pub fn name(d: tch::Device) -> String {
     }
 }
 
-/// Refuse a CPU run whose planned memory exceeds what the machine has available.
-pub fn memory_guard(name: &str, need: u64) -> Result<()> {
+/// Refuse a run whose planned memory exceeds what its device has free: the machine's available
+/// memory for the CPU, the GPU's free memory (read from the CUDA runtime) for CUDA.
+pub fn memory_guard(name: &str, need: u64, device: tch::Device) -> Result<()> {
+    if let tch::Device::Cuda(i) = device {
+        let Some((free, total)) = cuda_mem_info(i) else { return Ok(()) };
+        if need > free {
+            bail!(
+                "stage `{name}` needs about {:.2} GiB on cuda:{i} (the plan's memory estimate: weights, gradients, AdamW moments, activations and any frozen models beside them; `roux plan` shows it) \
+                 but only {:.2} GiB of its {:.2} GiB is free; lower `batch`, the context or the LoRA rank, set `precision = bf16`, or use a larger GPU",
+                gib(need),
+                gib(free),
+                gib(total)
+            );
+        }
+        return Ok(());
+    }
     let Ok(info) = std::fs::read_to_string("/proc/meminfo") else { return Ok(()) };
     let available = info
         .lines()
@@ -37,10 +51,39 @@ pub fn memory_guard(name: &str, need: u64) -> Result<()> {
             bail!(
                 "stage `{name}` needs about {:.2} GiB (the plan's memory estimate: weights, gradients, AdamW moments, activations and any frozen models beside them; `roux plan` shows it) \
                  but only {:.2} GiB is available; lower `batch`, the context or the LoRA rank, or run on a larger machine",
-                need as f64 / (1u64 << 30) as f64,
-                avail as f64 / (1u64 << 30) as f64
+                gib(need),
+                gib(avail)
             );
         }
     }
     Ok(())
+}
+
+fn gib(bytes: u64) -> f64 {
+    bytes as f64 / (1u64 << 30) as f64
+}
+
+/// (free, total) bytes of CUDA device `index`, from the CUDA runtime libtorch already loaded
+/// (`cudaMemGetInfo`, found by name: roux links no CUDA library itself). None where it is absent.
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+fn cuda_mem_info(index: usize) -> Option<(u64, u64)> {
+    type SetDevice = unsafe extern "C" fn(i32) -> i32;
+    type MemGetInfo = unsafe extern "C" fn(*mut usize, *mut usize) -> i32;
+    // SAFETY: dlsym with RTLD_DEFAULT and NUL-terminated names; the symbols, when present, are
+    // the CUDA runtime's functions of these signatures.
+    unsafe {
+        let set = libc::dlsym(libc::RTLD_DEFAULT, c"cudaSetDevice".as_ptr());
+        let get = libc::dlsym(libc::RTLD_DEFAULT, c"cudaMemGetInfo".as_ptr());
+        if set.is_null() || get.is_null() {
+            return None;
+        }
+        let (set, get): (SetDevice, MemGetInfo) = (std::mem::transmute(set), std::mem::transmute(get));
+        let (mut free, mut total) = (0usize, 0usize);
+        (set(index as i32) == 0 && get(&mut free, &mut total) == 0).then_some((free as u64, total as u64))
+    }
+}
+
+#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+fn cuda_mem_info(_: usize) -> Option<(u64, u64)> {
+    None
 }

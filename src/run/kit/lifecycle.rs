@@ -87,9 +87,9 @@ pub fn begin(ctx: &StageCtx, hash: String, resolved: &Value, steps: u64) -> Resu
             return Ok(None);
         }
     }
-    // Refused before anything is allocated (on a GPU machine the stage's device decides).
-    if ctx.memory > 0 && !tch::Cuda::is_available() {
-        super::device::memory_guard(label, ctx.memory)?;
+    // Refused before anything is allocated, against the free memory of the stage's device.
+    if ctx.memory > 0 {
+        super::device::memory_guard(label, ctx.memory, super::device::device(ctx.stage.kind.device())?)?;
     }
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     // What a killed run was writing when it died (checkpoints of steps it will not reach again).

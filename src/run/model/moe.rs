@@ -236,13 +236,50 @@ pub fn route(router: &RouterSpec, logits: &Tensor, noise_logits: Option<&Tensor>
 ///
 /// On the CPU the kept assignments are sorted by expert and each expert multiplies exactly its
 /// own rows (`grouped`): no padding to the capacity, which would cost up to the capacity factor
-/// (1.25×) in expert FLOPs, and per-expert matmuls cost little there. On CUDA one batched matmul
-/// over the padded capacity buffer (`padded`) beats E small launches.
+/// (1.25×) in expert FLOPs, and per-expert matmuls cost little there. On CUDA in bf16 libtorch's
+/// grouped GEMM (`grouped_mm`: one launch over all experts' rows, no padding); in float32 one
+/// batched matmul over the padded capacity buffer (`padded`), which beats E small launches.
+/// `ROUX_MOE_DISPATCH=padded|grouped_mm|grouped` chooses (benchmarks compare them).
 pub fn dispatch(x: &Tensor, r: &Routing, experts: &Experts, e: i64) -> Tensor {
-    match x.device() {
-        tch::Device::Cpu => grouped(x, r, experts, e),
+    match std::env::var("ROUX_MOE_DISPATCH").as_deref() {
+        Ok("padded") => padded(x, r, experts, e),
+        Ok("grouped_mm") => grouped_mm(x, r, experts, e),
+        Ok("grouped") => grouped(x, r, experts, e),
+        _ if x.device() == tch::Device::Cpu => grouped(x, r, experts, e),
+        _ if x.kind() == Kind::BFloat16 => grouped_mm(x, r, experts, e),
         _ => padded(x, r, experts, e),
     }
+}
+
+/// Experts applied to rows sorted by expert through libtorch's grouped GEMM (`_grouped_mm`, the
+/// kernel torchtitan's MoE uses): each expert multiplies exactly its own rows, in one launch per
+/// matmul, and the group offsets stay on the device (no host read).
+pub fn grouped_mm(x: &Tensor, r: &Routing, experts: &Experts, e: i64) -> Tensor {
+    // The kernel checks shapes, strides and the GPU before launching: where it refuses (an older
+    // GPU, a layout it does not take), the padded buffer computes the same layer.
+    try_grouped_mm(x, r, experts, e).unwrap_or_else(|err| {
+        static ONCE: std::sync::Once = std::sync::Once::new();
+        ONCE.call_once(|| tracing::warn!("grouped GEMM unavailable ({}); MoE layers use the padded capacity buffer", err.to_string().lines().next().unwrap_or_default()));
+        padded(x, r, experts, e)
+    })
+}
+
+fn try_grouped_mm(x: &Tensor, r: &Routing, experts: &Experts, e: i64) -> Result<Tensor, tch::TchError> {
+    let (n, d) = (x.size()[0], x.size()[1]);
+    let order = r.expert.argsort_stable(true, 0, false);
+    let tok = r.tok.index_select(0, &order);
+    let offs = r.expert.bincount::<Tensor>(None, e).cumsum(0, Kind::Int);
+    let rows = x.index_select(0, &tok); // (M, d), grouped by expert
+    let mm = |a: &Tensor, w: &Tensor| a.f_internal_grouped_mm(&w.transpose(1, 2), Some(&offs), None::<&Tensor>, None::<Kind>);
+    let h = mm(&rows, experts.w1)?;
+    let h = match experts.act {
+        Activation::Gelu => h.gelu("tanh"),
+        Activation::Relu => h.relu(),
+        Activation::Swiglu => h.silu() * mm(&rows, experts.w3.expect("swiglu has w3"))?,
+    };
+    let out = mm(&h, experts.w2)?;
+    let gate = r.gate.index_select(0, &order).to_kind(x.kind()).unsqueeze(1);
+    Ok(Tensor::zeros([n, d], (x.kind(), x.device())).index_add(0, &tok, &(out * gate)))
 }
 
 /// Experts applied to rows sorted by expert, one matmul pair each. The weights are split with

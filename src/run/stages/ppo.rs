@@ -69,6 +69,7 @@ pub fn run(ctx: &StageCtx, p: &PpoSpec) -> Result<()> {
     for step in step0..p.opt.steps {
         tch::manual_seed((recipe.seed ^ step.wrapping_mul(0x9E37_79B9)) as i64);
         let lr = lr_at(&p.opt.schedule, p.opt.optimizer.lr, step, p.opt.steps);
+        let step_started = Instant::now();
         // 1. Rollouts.
         let batch: Vec<&Example> = (0..p.opt.batch).map(|_| &split.train[rng.below(split.train.len() as u64) as usize]).collect();
         let prompts: Vec<Vec<i64>> = batch.iter().map(|e| prompt_ids(&set, &e.prompt)).collect();
@@ -148,6 +149,8 @@ pub fn run(ctx: &StageCtx, p: &PpoSpec) -> Result<()> {
         let rm_mean = sc_v.iter().sum::<f64>() / sc_v.len().max(1) as f64;
         history.push((rm_mean, gold));
         let done = step + 1;
+        // Rollouts, scoring and the PPO epochs of this step (the held-out evaluation not counted).
+        let step_seconds = step_started.elapsed().as_secs_f64();
         let eval_now = done % p.opt.eval_every == 0 || done == p.opt.steps;
         let s = eval_now.then(|| score(&policy, Some(&reference), &set, &held, p.max_new));
         let shown = s.as_ref().map_or(String::new(), |s| format!(" | held-out: greedy exact {:.1}%; sampled exact {:.1}% verbose {:.1}% gold {:.3}", 100.0 * s.exact, 100.0 * s.sampled_exact, 100.0 * s.sampled_verbose, s.sampled_gold));
@@ -156,7 +159,7 @@ pub fn run(ctx: &StageCtx, p: &PpoSpec) -> Result<()> {
         let mut m = json!({
             "step": done, "lr": lr, "reward": rm_mean, "gold": gold, "kl": kl_seq, "kl_coef": kl_coef,
             "entropy": ent_sum / n_mb, "clip_fraction": clip_sum / n_mb, "value_loss": vl_sum / n_mb,
-            "policy_loss": pg_sum / n_mb, "grad_norm": grad_norm / n_mb, "response_length": mlen,
+            "policy_loss": pg_sum / n_mb, "grad_norm": grad_norm / n_mb, "response_length": mlen, "step_seconds": step_seconds,
         });
         if let Some(s) = &s {
             s.log_into(&mut m, "val_");

@@ -45,9 +45,7 @@ pub fn run_model(ctx: &StageCtx, spec: &ModelSpec, t: &TrainSpec) -> Result<()> 
     // Refuse a model that cannot fit before allocating it (an IsoFLOP prediction can be huge).
     let graph = crate::lower::lower_model(spec);
     let plan = plan_model(&graph, t.batch, t.context);
-    if device == tch::Device::Cpu {
-        device::memory_guard(name, plan.train_memory_bytes)?;
-    }
+    device::memory_guard(name, plan.train_memory_bytes, device)?;
     tch::manual_seed(recipe.seed as i64);
     let mut model = Model::from_graph(graph, device)?;
     if t.precision == crate::recipe::Precision::Bf16 {
