@@ -18,7 +18,9 @@ import torch
 p = argparse.ArgumentParser()
 p.add_argument("--out", default=os.environ.get("OUT", "gpu-out"))
 p.add_argument("--only", default="dense,ref,profile,switch,posttrain,loss,ablate,compile")
+p.add_argument("--baseline", help="gpu-results.json of an earlier run on the same kind of card: its eager and torch.compile numbers stand in when --only leaves ref and compile out")
 p.add_argument("--steps", type=int, default=200)
+p.add_argument("--switch-batches", type=lambda v: [int(x) for x in v.split(",")], default=[16, 32])
 p.add_argument("--deadline", type=float, default=1e9, help="start no part after this many seconds")
 a = p.parse_args()
 os.makedirs(a.out, exist_ok=True)
@@ -101,6 +103,7 @@ def gpt2(tag, batch, steps, sets=(), extra_env=None, args=()):
     if not got:
         return None
     rep, tps = train_stats(f"{got[0]}/gpt2-small/pretrain")
+    shutil.rmtree(got[0], ignore_errors=True)  # the disk is not large: runs go once read
     fpt = rep["model_flops_per_s"] / rep["tokens_per_s"]
     row = {"tokens_per_s": tps, "tflops": fpt * tps / 1e12, "flops_per_token": fpt, "val_loss": rep.get("final_val_loss"), "wall": got[1]}
     if datasheet:
@@ -110,6 +113,13 @@ def gpt2(tag, batch, steps, sets=(), extra_env=None, args=()):
 
 
 T0 = time.time()
+if a.baseline:
+    base = json.load(open(a.baseline))
+    if base.get("device") == name:
+        for k in ("eager_b32", "compile_b32"):
+            if base.get(k):
+                results[k] = base[k]
+                results[k + "_from"] = a.baseline
 
 
 def part(label, f):
@@ -155,14 +165,14 @@ def ablate():
     # step (what skipping non-finite steps needs) instead of at log points only.
     results["roux_b32_adamw_ops"] = gpt2("roux-b32-adamw-ops", 32, 100, extra_env={"ROUX_ADAMW": "ops"})
     results["roux_b32_sync_each_step"] = gpt2("roux-b32-sync", 32, 100, sets=["pretrain.on_nonfinite=skip", "pretrain.max_skips=10"])
-    results["roux_b64"] = gpt2("roux-b64", 64, 60)
 
 
-def profile():
-    got = roux("recipes/gpt2-small.roux", "profile", ["pretrain.batch=32", "pretrain.steps=12", "pretrain.eval_every=12", "pretrain.eval_batches=1", "pretrain.checkpoint_every=12"], args=["--profile", "9..11"])
+def profile_run(recipe, tag, exp, sets, steps):
+    """Profile steps `steps` of a run; the top kernels by GPU time to DIR/<tag>.txt."""
+    got = roux(recipe, tag, sets, args=["--profile", steps])
     if not got:
         return
-    trace = json.load(open(f"{got[0]}/gpt2-small/pretrain/trace.json"))
+    trace = json.load(open(f"{got[0]}/{exp}/pretrain/trace.json"))
     kernels = defaultdict(lambda: [0.0, 0])
     lo, hi = float("inf"), 0.0
     for e in trace["traceEvents"]:
@@ -172,30 +182,34 @@ def profile():
             k[1] += 1
             lo, hi = min(lo, e["ts"]), max(hi, e["ts"] + e["dur"])
     busy = sum(v[0] for v in kernels.values())
-    lines = [f"3 steps of GPT-2 small b32: GPU busy {busy / 1e3:.1f} ms of a {(hi - lo) / 1e3:.1f} ms span ({busy / max(hi - lo, 1):.1%})", f"{'ms':>8} {'%':>6} {'calls':>6}  kernel"]
-    for n, (d, c) in sorted(kernels.items(), key=lambda kv: -kv[1][0])[:40]:
+    lines = [f"{tag}, steps {steps}: GPU busy {busy / 1e3:.1f} ms of a {(hi - lo) / 1e3:.1f} ms span ({busy / max(hi - lo, 1):.1%})", f"{'ms':>8} {'%':>6} {'calls':>6}  kernel"]
+    for n, (d, c) in sorted(kernels.items(), key=lambda kv: -kv[1][0])[:45]:
         lines.append(f"{d / 1e3:>8.2f} {d / busy:>6.1%} {c:>6}  {n}")
-    open(os.path.join(a.out, "roux-profile.txt"), "w").write("\n".join(lines) + "\n")
-    shutil.copy(f"{got[0]}/gpt2-small/pretrain/trace.json", os.path.join(a.out, "roux-trace.json"))
-    results["profile_busy"] = busy / max(hi - lo, 1)
-    say("\n".join(lines[:30]))
+    open(os.path.join(a.out, f"{tag}.txt"), "w").write("\n".join(lines) + "\n")
+    shutil.rmtree(got[0], ignore_errors=True)
+    results[f"{tag}_busy"] = busy / max(hi - lo, 1)
+    say("\n".join(lines[:22]))
+
+
+def profile():
+    profile_run("recipes/gpt2-small.roux", "profile-gpt2-b32", "gpt2-small", ["pretrain.batch=32", "pretrain.steps=40", "pretrain.eval_every=40", "pretrain.eval_batches=1", "pretrain.checkpoint_every=40"], "31..33")
 
 
 def switch():
-    for b in (16, 32):
-        sets = [f"pretrain.batch={b}", "pretrain.steps=40", "pretrain.eval_every=40", "pretrain.checkpoint_every=40"]
+    for b in a.switch_batches:
+        sets = [f"pretrain.batch={b}", "pretrain.steps=40", "pretrain.eval_every=40", "pretrain.checkpoint_every=40", "pretrain.keep=1"]
         got = gpt2(f"dense-b{b}", b, 40)
-        sw = roux("bench/gpu-switch64.roux", f"switch64-b{b}", sets)
-        pad = roux("bench/gpu-switch64.roux", f"switch64-b{b}-padded", sets, {"ROUX_MOE_DISPATCH": "padded"})
         row = {"dense_tokens_per_s": got and got["tokens_per_s"]}
-        for key, r in (("grouped_mm", sw), ("padded", pad)):
-            if r:
-                _, tps = train_stats(f"{r[0]}/gpu-switch64/pretrain")
-                row[f"switch_{key}_tokens_per_s"] = tps
-                if got:
-                    row[f"step_ratio_{key}"] = got["tokens_per_s"] / tps
+        sw = roux("bench/gpu-switch64.roux", f"switch64-b{b}", sets)
+        if sw:
+            _, tps = train_stats(f"{sw[0]}/gpu-switch64/pretrain")
+            shutil.rmtree(sw[0], ignore_errors=True)
+            row["switch_tokens_per_s"] = tps
+            if got:
+                row["step_ratio"] = got["tokens_per_s"] / tps
         results[f"switch_b{b}"] = row
         say(f"switch b{b}: {row}")
+    profile_run("bench/gpu-switch64.roux", "profile-switch64-b16", "gpu-switch64", ["pretrain.batch=16", "pretrain.steps=20", "pretrain.eval_every=20", "pretrain.eval_batches=1", "pretrain.checkpoint_every=20", "pretrain.keep=1"], "14..16")
 
 
 def posttrain():
@@ -215,6 +229,7 @@ def posttrain():
         ppo = [json.loads(l) for l in open(f"{d}/rl/metrics.jsonl")]
         ppo_s = statistics.median(x["step_seconds"] for x in ppo[1:])
         row[prec] = {"sft_tokens_per_s": sft_tps, "ppo_step_seconds": ppo_s, "sft_wall": json.load(open(f"{d}/sft/report.json"))["wall_seconds"], "ppo_wall": json.load(open(f"{d}/rl/report.json"))["wall_seconds"]}
+        shutil.rmtree(got[0], ignore_errors=True)
         say(f"posttrain {prec}: {row[prec]}")
     if "fp32" in row and "bf16" in row:
         row["sft_speedup"] = row["bf16"]["sft_tokens_per_s"] / row["fp32"]["sft_tokens_per_s"]
@@ -237,7 +252,7 @@ try:
     peak()
 except Exception as e:
     say(f"peak: failed: {e!r}")
-for label, f in [("dense", dense), ("profile", profile), ("ref", ref), ("compile", compiled), ("switch", switch), ("posttrain", posttrain), ("loss", loss), ("ablate", ablate)]:
+for label, f in [("dense", dense), ("profile", profile), ("ref", ref), ("compile", compiled), ("posttrain", posttrain), ("loss", loss), ("switch", switch), ("ablate", ablate)]:
     part(label, f)
 
 # The table.
@@ -256,7 +271,7 @@ for k in ("eager_b32", "compile_b32"):
         say(f"{k:>26} {v:>9.0f} {fpt * v / 1e12:>8.1f} {(fpt * v / datasheet if datasheet else float('nan')):>10.1%}")
 if results.get("roux_b32") and results.get("compile_b32"):
     say(f"roux / torch.compile: {results['roux_b32']['tokens_per_s'] / results['compile_b32']:.2f}×; roux / eager: {results['roux_b32']['tokens_per_s'] / (results.get('eager_b32') or float('nan')):.2f}×")
-for k in ("switch_b16", "switch_b32", "posttrain", "val_loss_300"):
+for k in ("switch_b16", "switch_b32", "posttrain", "val_loss_300", "guard"):
     if k in results:
         say(f"{k}: {json.dumps(results[k])}")
 save()

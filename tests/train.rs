@@ -161,6 +161,25 @@ fn clipping_on_the_device_matches_the_host() {
         let g: Vec<f64> = Vec::try_from(&p.grad().to_kind(Kind::Double)).unwrap();
         assert!((g[0] - want[0]).abs() < 1e-5 && (g[1] - want[1]).abs() < 1e-5, "clip {clip}: {g:?}");
     }
+    // The fused kernel clips as it reads the gradient (g / max(1, norm/clip)): the same update as
+    // clipping first, for a gradient over the limit and one under it.
+    use roux::run::kit::adamw::Update;
+    for clip in [1.0, 10.0] {
+        let after = |how: Update| {
+            let p = Tensor::from_slice(&[1.0f32, -1.0]).set_requires_grad(true);
+            let mut opt = Optimizer::new(&[p.shallow_clone()], &roux::recipe::AdamW { lr: 0.1, betas: (0.9, 0.999), eps: 1e-3, weight_decay: 0.0 });
+            opt.set_update(how);
+            for _ in 0..3 {
+                opt.zero_grad();
+                (&p * Tensor::from_slice(&[3.0f32, 4.0])).sum(Kind::Float).backward();
+                let _ = opt.grad_norm_clipped(Some(clip));
+                opt.step(0.1).unwrap();
+            }
+            Vec::<f64>::try_from(&p.to_kind(Kind::Double)).unwrap()
+        };
+        let (fused, ops) = (after(Update::Aten), after(Update::Ops));
+        assert!(fused.iter().zip(&ops).all(|(a, b)| (a - b).abs() < 1e-6) && fused[0] != 1.0, "clip {clip}: fused {fused:?}, ops {ops:?}");
+    }
 }
 
 #[test]

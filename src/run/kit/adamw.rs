@@ -27,6 +27,8 @@ pub struct Optimizer {
     flat: Flat,
     /// t as a float32 scalar on the buffers' device, for the fused kernel.
     step_t: Option<Tensor>,
+    /// The clipping the next fused update applies as it reads the gradient (g / scale).
+    grad_scale: Option<Tensor>,
     how: Update,
 }
 
@@ -101,7 +103,7 @@ impl Optimizer {
                 offset += numel[i];
             }
         });
-        Optimizer { beta1: cfg.betas.0, beta2: cfg.betas.1, eps: cfg.eps, weight_decay: cfg.weight_decay, t: 0, m, v, step_t: None, how: default_update(&flat.p), flat }
+        Optimizer { beta1: cfg.betas.0, beta2: cfg.betas.1, eps: cfg.eps, weight_decay: cfg.weight_decay, t: 0, m, v, step_t: None, grad_scale: None, how: default_update(&flat.p), flat }
     }
 
     /// Choose the implementation of the update (tests compare them; `OwnCpu` needs float32 CPU
@@ -130,12 +132,18 @@ impl Optimizer {
     /// The global gradient norm as a device scalar, clipping in place as PyTorch's
     /// `clip_grad_norm_` does (scale by min(1, clip/(norm + 1e-6))), with no host read: the loop
     /// reads it at log points only, so the GPU never waits for the host between steps.
+    /// With the fused kernel the scaling is left to the update, which reads g / max(1, norm/clip)
+    /// as it loads the gradient: one pass over the gradients fewer.
     pub fn grad_norm_clipped(&mut self, clip: Option<f64>) -> Tensor {
         let total = self.flat.g.norm();
         if let Some(c) = clip {
             tch::no_grad(|| {
-                let coef = ((&total + 1e-6).reciprocal() * c).clamp_max(1.0);
-                let _ = self.flat.g.g_mul_(&coef);
+                if self.how == Update::Aten {
+                    self.grad_scale = Some(((&total + 1e-6) / c).clamp_min(1.0).to_kind(Kind::Float));
+                } else {
+                    let coef = ((&total + 1e-6).reciprocal() * c).clamp_max(1.0);
+                    let _ = self.flat.g.g_mul_(&coef);
+                }
             });
         }
         total
@@ -174,6 +182,7 @@ impl Optimizer {
                 }
             }
         }
+        let grad_scale = self.grad_scale.take();
         let f = &mut self.flat;
         if how == Update::OwnCpu {
             let decay = 1.0 - lr * self.weight_decay;
@@ -191,7 +200,8 @@ impl Optimizer {
             for (lo, len, wd) in [(0, f.decayed, self.weight_decay), (f.decayed, n - f.decayed, 0.0)] {
                 if len > 0 {
                     let part = |t: &Tensor| t.narrow(0, lo, len);
-                    super::native::fused_adamw(&part(&f.p), &part(&f.g), &part(&f.m), &part(&f.v), step_t, found_inf, lr, (self.beta1, self.beta2), wd, self.eps)?;
+                    let flags = super::native::AdamwFlags { step: step_t, grad_scale: grad_scale.as_ref(), found_inf };
+                    super::native::fused_adamw(&part(&f.p), &part(&f.g), &part(&f.m), &part(&f.v), &flags, lr, (self.beta1, self.beta2), wd, self.eps)?;
                 }
             }
             return Ok(());

@@ -54,7 +54,7 @@ pub fn batch(tokens: &[u32], batch: usize, context: usize, rng: &mut Rng, device
     let xy = Tensor::from_slice(&x).view([2, shape[0], shape[1]]);
     // To a GPU from page-locked memory, without waiting: the copy is queued behind the previous
     // step's kernels and the host goes on to queue this step's (pageable memory would stall it).
-    let xy = match device.is_cuda().then(|| xy.f_pin_memory(device)) {
+    let xy = match device.is_cuda().then(|| super::native::pin_memory(&xy)) {
         Some(Ok(pinned)) => pinned.to_device_(device, Kind::Int64, true, false),
         _ => xy.to_device(device),
     };

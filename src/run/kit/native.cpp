@@ -40,16 +40,25 @@ extern "C" {
 void roux_free_message(char* m) { std::free(m); }
 
 // One AdamW update of flat buffers p, g, m, v (one tensor each), `step` a float32 scalar tensor
-// on their device holding the step count t (≥ 1). With `found_inf` (a float32 scalar, nonzero
-// when the gradient is not finite) the kernel leaves p, m and v unchanged.
-char* roux_fused_adamw(at::Tensor* p, at::Tensor* g, at::Tensor* m, at::Tensor* v, at::Tensor* step, at::Tensor* found_inf,
-                       double lr, double beta1, double beta2, double weight_decay, double eps) {
+// on their device holding the step count t (≥ 1). The kernel reads the gradient as g / grad_scale
+// when `grad_scale` is given (gradient clipping folded into the update: no pass of its own), and
+// with `found_inf` (a float32 scalar, nonzero when the gradient is not finite) leaves p, m and v
+// unchanged.
+char* roux_fused_adamw(at::Tensor* p, at::Tensor* g, at::Tensor* m, at::Tensor* v, at::Tensor* step, at::Tensor* grad_scale,
+                       at::Tensor* found_inf, double lr, double beta1, double beta2, double weight_decay, double eps) {
   return guarded([&] {
-    std::optional<at::Tensor> inf;
+    std::optional<at::Tensor> scale, inf;
+    if (grad_scale != nullptr) scale = *grad_scale;
     if (found_inf != nullptr) inf = *found_inf;
     at::_fused_adamw_({*p}, {*g}, {*m}, {*v}, {}, {*step}, lr, beta1, beta2, weight_decay, eps,
-                      /*amsgrad=*/false, /*maximize=*/false, /*grad_scale=*/std::nullopt, inf);
+                      /*amsgrad=*/false, /*maximize=*/false, scale, inf);
   });
+}
+
+// `t` copied into page-locked memory (a new tensor in *out), so a copy to the GPU from it can run
+// without the host waiting. tch's binding passes a device argument libtorch now warns about.
+char* roux_pin_memory(at::Tensor* t, at::Tensor** out) {
+  return guarded([&] { *out = new at::Tensor(t->pin_memory()); });
 }
 
 // Start recording operators (and CUDA kernels when `cuda`), as torch.profiler does.

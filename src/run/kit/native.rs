@@ -10,7 +10,8 @@ type Raw = *const std::ffi::c_void;
 
 extern "C" {
     fn roux_free_message(m: *mut c_char);
-    fn roux_fused_adamw(p: Raw, g: Raw, m: Raw, v: Raw, step: Raw, found_inf: Raw, lr: f64, beta1: f64, beta2: f64, weight_decay: f64, eps: f64) -> *mut c_char;
+    fn roux_fused_adamw(p: Raw, g: Raw, m: Raw, v: Raw, step: Raw, grad_scale: Raw, found_inf: Raw, lr: f64, beta1: f64, beta2: f64, weight_decay: f64, eps: f64) -> *mut c_char;
+    fn roux_pin_memory(t: Raw, out: *mut *mut std::ffi::c_void) -> *mut c_char;
     fn roux_profiler_start(cuda: c_int) -> *mut c_char;
     fn roux_profiler_stop(path: *const c_char) -> *mut c_char;
 }
@@ -30,13 +31,31 @@ fn raw(t: &Tensor) -> Raw {
     t.as_ptr() as Raw
 }
 
-/// `torch._fused_adamw_` on one flat buffer each of parameters, gradients and moments: `step`
-/// is a float32 scalar on their device holding t; a nonzero `found_inf` skips the update.
-#[allow(clippy::too_many_arguments)]
-pub fn fused_adamw(p: &Tensor, g: &Tensor, m: &Tensor, v: &Tensor, step: &Tensor, found_inf: Option<&Tensor>, lr: f64, betas: (f64, f64), weight_decay: f64, eps: f64) -> Result<()> {
-    let inf = found_inf.map_or(std::ptr::null(), raw);
+/// The device scalars the fused update reads besides its buffers.
+pub struct AdamwFlags<'a> {
+    /// t, float32.
+    pub step: &'a Tensor,
+    /// The kernel reads the gradient as g / grad_scale (clipping without a pass of its own).
+    pub grad_scale: Option<&'a Tensor>,
+    /// Nonzero: skip the update.
+    pub found_inf: Option<&'a Tensor>,
+}
+
+/// `torch._fused_adamw_` on one flat buffer each of parameters, gradients and moments.
+pub fn fused_adamw(p: &Tensor, g: &Tensor, m: &Tensor, v: &Tensor, flags: &AdamwFlags, lr: f64, betas: (f64, f64), weight_decay: f64, eps: f64) -> Result<()> {
+    let opt = |t: Option<&Tensor>| t.map_or(std::ptr::null(), raw);
+    let (scale, inf) = (opt(flags.grad_scale), opt(flags.found_inf));
     // SAFETY: every pointer is a live at::Tensor owned by the caller for the call's duration.
-    check("fused AdamW", unsafe { roux_fused_adamw(raw(p), raw(g), raw(m), raw(v), raw(step), inf, lr, betas.0, betas.1, weight_decay, eps) })
+    check("fused AdamW", unsafe { roux_fused_adamw(raw(p), raw(g), raw(m), raw(v), raw(flags.step), scale, inf, lr, betas.0, betas.1, weight_decay, eps) })
+}
+
+/// `t` in page-locked host memory (for copies to a GPU that do not make the host wait).
+pub fn pin_memory(t: &Tensor) -> Result<Tensor> {
+    let mut out: *mut std::ffi::c_void = std::ptr::null_mut();
+    // SAFETY: `t` is live; on success the shim stores a new at::Tensor allocated with `new`, which
+    // tch's Tensor owns and frees as it frees its own.
+    check("pinning memory", unsafe { roux_pin_memory(raw(t), &mut out) })?;
+    Ok(unsafe { Tensor::from_ptr(out as *mut _) })
 }
 
 /// Record libtorch's operators, and CUDA kernels when `cuda`, until `profiler_stop`.
