@@ -91,3 +91,31 @@ fn every_stage_kind_trains_in_bf16_with_float32_weights() {
     let o = roux(&["sample", b.join("pretrain").to_str().unwrap(), "--precision", "fp16"]);
     assert!(String::from_utf8_lossy(&o.stderr).contains("invalid value 'fp16' for '--precision <PRECISION>'"), "{}", String::from_utf8_lossy(&o.stderr));
 }
+
+#[test]
+fn cached_bf16_weights_give_the_same_logits_and_follow_updates() {
+    // Generation casts each weight once (`with_cached_casts`), not once per token: the same
+    // logits as casting at every use, and after an update the next generation sees new weights.
+    let c = roux::frontend::compile(&fixture("tiny.roux")).unwrap();
+    let recipe = c.recipe.expect("tiny.roux checks");
+    let spec = recipe.models.first().expect("tiny.roux declares a model").clone();
+    tch::manual_seed(0);
+    let mut m = roux::run::model::Model::new(&spec, tch::Device::Cpu).unwrap();
+    m.set_precision(Kind::BFloat16);
+    let x = Tensor::randint(256, [2, 16], (Kind::Int64, tch::Device::Cpu));
+    let plain = tch::no_grad(|| m.forward(&x, false));
+    let cached = m.with_cached_casts(|| m.forward(&x, false));
+    assert!(plain.equal(&cached), "cached casts changed the logits");
+    // An update in place (as AdamW makes) is seen by the next cached forward.
+    tch::no_grad(|| {
+        for p in &m.params {
+            let _ = p.shallow_clone().g_add_scalar_(0.05);
+        }
+    });
+    let after = m.with_cached_casts(|| m.forward(&x, false));
+    assert!(!after.equal(&cached), "the second generation used the first one's weights");
+    // Gradients still reach the float32 weights after a cached generation.
+    let loss = m.forward(&x, true).to_kind(Kind::Float).logsumexp(&[-1], false).mean(Kind::Float);
+    loss.backward();
+    assert!(m.params.iter().all(|p| p.grad().defined()), "a weight got no gradient");
+}

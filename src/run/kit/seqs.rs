@@ -65,7 +65,8 @@ pub fn generate(model: &Model, prompts: &[Vec<i64>], max_new: usize, temperature
         groups.entry(p.len()).or_default().push(i);
     }
     let ctx = model.spec().context;
-    tch::no_grad(|| {
+    // Each weight cast to the compute kind once for the whole generation, not once per token.
+    model.with_cached_casts(|| {
         for (len, rows) in groups {
             let steps = max_new.min(ctx.saturating_sub(len));
             let flat: Vec<i64> = rows.iter().flat_map(|&i| prompts[i].iter().copied()).collect();

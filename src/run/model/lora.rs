@@ -132,5 +132,6 @@ impl Model {
         for p in self.params.iter_mut() {
             let _ = p.set_requires_grad(true);
         }
+        self.drop_casts();
     }
 }

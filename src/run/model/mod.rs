@@ -20,6 +20,7 @@ pub mod moe;
 use anyhow::{bail, Result};
 use petgraph::graph::NodeIndex;
 use petgraph::Direction;
+use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use tch::{Device, Kind, Tensor};
 
@@ -53,6 +54,12 @@ pub struct Model {
     /// the weight gets zero rows and the extra logits a −∞ bias, so their probability and
     /// gradient are exactly 0 and the loss is unchanged.
     pub pad_vocab: bool,
+    /// Parameters already cast to the compute kind, reused while they cannot change: always for
+    /// a parameter that takes no gradient (a frozen reference, a LoRA base), and for every one
+    /// inside `with_cached_casts` (generation, where no update happens). Without it a bf16 model
+    /// generating casts every weight for every token (PPO's rollouts ran slower than float32's).
+    casts: RefCell<Vec<Option<Tensor>>>,
+    cache_all: Cell<bool>,
 }
 
 impl Model {
@@ -122,7 +129,8 @@ impl Model {
                 names.iter().enumerate().filter_map(|(j, name)| name.strip_prefix(&prefix).map(|rest| (rest.to_string(), j))).collect()
             })
             .collect();
-        Ok(Model { graph, names, params, index, node_params, order, inputs, last_use, rope, device, compute: Kind::Float, lora: Default::default(), pad_vocab: false })
+        let casts = RefCell::new((0..names.len()).map(|_| None).collect());
+        Ok(Model { graph, names, params, index, node_params, order, inputs, last_use, rope, device, compute: Kind::Float, lora: Default::default(), pad_vocab: false, casts, cache_all: Cell::new(false) })
     }
 
     pub fn spec(&self) -> &ModelSpec {
@@ -131,10 +139,6 @@ impl Model {
 
     pub fn numel(&self) -> u64 {
         self.params.iter().map(|p| p.numel() as u64).sum()
-    }
-
-    fn p(&self, name: &str) -> &Tensor {
-        &self.params[self.index[name]]
     }
 
     /// Op `i`'s parameter `<sub>.<leaf>` (or `<leaf>` when `sub` is empty).
@@ -159,11 +163,40 @@ impl Model {
 
     /// A parameter of op `i` in the compute kind (no copy when that is float32).
     fn w(&self, i: usize, sub: &str, leaf: &str) -> Tensor {
-        self.find(i, sub, leaf).expect("the graph lists every parameter an op uses").to_kind(self.compute)
+        self.cast(self.find_index(i, sub, leaf).expect("the graph lists every parameter an op uses"))
     }
 
     fn w_opt(&self, i: usize, sub: &str, leaf: &str) -> Option<Tensor> {
-        self.find(i, sub, leaf).map(|t| t.to_kind(self.compute))
+        self.find_index(i, sub, leaf).map(|j| self.cast(j))
+    }
+
+    /// Parameter `j` in the compute kind, from the cache where it cannot have changed.
+    fn cast(&self, j: usize) -> Tensor {
+        let p = &self.params[j];
+        if self.compute == Kind::Float || !(self.cache_all.get() || !p.requires_grad()) {
+            return p.to_kind(self.compute);
+        }
+        let mut casts = self.casts.borrow_mut();
+        casts[j].get_or_insert_with(|| tch::no_grad(|| p.to_kind(self.compute))).shallow_clone()
+    }
+
+    /// Run `f` (which must not update the weights) with every weight cast once, in no-grad
+    /// mode; the trainable weights' copies are dropped when it returns.
+    pub fn with_cached_casts<R>(&self, f: impl FnOnce() -> R) -> R {
+        self.cache_all.set(true);
+        let out = tch::no_grad(f);
+        self.cache_all.set(false);
+        for (c, p) in self.casts.borrow_mut().iter_mut().zip(&self.params) {
+            if p.requires_grad() {
+                *c = None;
+            }
+        }
+        out
+    }
+
+    /// Forget every cast copy (the weights changed in place).
+    fn drop_casts(&self) {
+        self.casts.borrow_mut().iter_mut().for_each(|c| *c = None);
     }
 
     fn linear(&self, x: &Tensor, i: usize, sub: &str) -> Tensor {
@@ -205,6 +238,7 @@ impl Model {
     /// Compute in bfloat16 (float32 master weights) or float32. On CUDA in bf16 the loss's head
     /// matmul is padded (`pad_vocab`) unless `ROUX_PAD_VOCAB=0` (for benchmarks).
     pub fn set_precision(&mut self, kind: Kind) {
+        self.drop_casts();
         self.compute = kind;
         self.pad_vocab = self.device.is_cuda() && kind == Kind::BFloat16 && std::env::var("ROUX_PAD_VOCAB").map_or(true, |v| v != "0");
     }
@@ -269,7 +303,7 @@ impl Model {
                 }
                 OpKind::Head { tied, vocab, dim } => {
                     hidden = Some(arg(0).shallow_clone());
-                    let w = if *tied { self.p("tok_emb.weight") } else { self.find(i, "", "weight").expect("untied head weight") }.to_kind(self.compute);
+                    let w = self.cast(if *tied { self.index["tok_emb.weight"] } else { self.find_index(i, "", "weight").expect("untied head weight") });
                     match self.head_padding(*vocab).filter(|_| loss_only) {
                         Some(pad) => {
                             let opts = (self.compute, self.device);
@@ -330,6 +364,7 @@ impl Model {
             }
             tch::no_grad(|| p.copy_(t));
         }
+        self.drop_casts();
         Ok(())
     }
 

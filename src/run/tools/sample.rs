@@ -63,7 +63,7 @@ pub fn sample_run(run: &Path, prompt: &str, o: &SampleOptions, on_text: &mut dyn
     on_text(prompt);
     let mut pending: Vec<i64> = vec![];
     let mut out = prompt.to_string();
-    tch::no_grad(|| -> Result<()> {
+    model.with_cached_casts(|| -> Result<()> {
         // Tokens go through the model once each (KV cache); once the context is full, the last
         // `context` tokens are fed afresh each step, as a model with learned positions needs.
         let mut cache = KvCache::default();
