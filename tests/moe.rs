@@ -98,6 +98,7 @@ fn sparse_layer_equals_the_naive_dense_computation_for_every_router() {
         for train in [false, true] {
             let logits = x.matmul(&wg.tr());
             let noise = x.matmul(&wn.tr());
+            tch::manual_seed(7); // noisy top-k draws its noise: the masked form below draws the same
             let r = moe::route(&router, &logits, Some(&noise), train);
             let dense = moe::dense_reference(&x, &r, &experts, e);
             let slow = naive(&x, &r, &w1, &w2);
@@ -107,6 +108,19 @@ fn sparse_layer_equals_the_naive_dense_computation_for_every_router() {
                 let d1 = (&sparse - &dense).abs().max().double_value(&[]);
                 let d2 = (&sparse - &slow).abs().max().double_value(&[]);
                 assert!(d1 < 1e-5 && d2 < 1e-5, "{} (train {train}, {path}): sparse vs dense {d1}, vs naive {d2}", router.name());
+            }
+            // The masked form CUDA uses (every assignment kept, the over-capacity ones with gate 0):
+            // the same layer through every path, and the same dropped fraction.
+            tch::manual_seed(7);
+            let m = moe::route_with(&router, &logits, Some(&noise), train, true);
+            for (path, sparse) in [("grouped", moe::grouped(&x, &m, &experts, e)), ("padded", moe::padded(&x, &m, &experts, e)), ("grouped_mm", moe::grouped_mm(&x, &m, &experts, e)), ("dense", moe::dense_reference(&x, &m, &experts, e))] {
+                let d1 = (&sparse - &dense).abs().max().double_value(&[]);
+                assert!(d1 < 1e-5, "{} (train {train}, masked, {path}): {d1}", router.name());
+            }
+            let (a, b) = (moe::stats("l", &r).dropped.double_value(&[]), moe::stats("l", &m).dropped.double_value(&[]));
+            assert_eq!(a, b, "{}: dropped fraction", router.name());
+            if let (RouterSpec::Switch { .. }, Some(v)) = (&router, &m.valid) {
+                assert!(a > 0.0 && !bool::try_from(v.all()).unwrap(), "the case drops nothing: the masked path is not exercised");
             }
         }
     }

@@ -140,6 +140,12 @@ impl Optimizer {
             tch::no_grad(|| {
                 if self.how == Update::Aten {
                     self.grad_scale = Some(((&total + 1e-6) / c).clamp_min(1.0).to_kind(Kind::Float));
+                } else if self.flat.g.device() == tch::Device::Cpu {
+                    // Reading costs nothing on the CPU: the scale of `clip_grad_norm`, bit for bit.
+                    let t = total.double_value(&[]);
+                    if t > c && t.is_finite() {
+                        let _ = self.flat.g.g_mul_scalar_(c / (t + 1e-6));
+                    }
                 } else {
                     let coef = ((&total + 1e-6).reciprocal() * c).clamp_max(1.0);
                     let _ = self.flat.g.g_mul_(&coef);

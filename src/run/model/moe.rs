@@ -30,6 +30,11 @@ pub struct Routing {
     /// Weighted auxiliary loss, and the unweighted parts for the logs.
     pub aux: Tensor,
     pub parts: Vec<(&'static str, Tensor)>,
+    /// None: every entry above was kept. Some(mask): the entries are every assignment the router
+    /// made and the mask says which fit in their expert's buffer (the others have gate 0 and a
+    /// position ≥ capacity). On CUDA a router with a capacity keeps this form, because selecting
+    /// the kept entries needs their number on the host: a read of the device per layer per step.
+    pub valid: Option<Tensor>,
 }
 
 /// Expert weights of one layer, stacked: w1, w3 (SwiGLU) (E, hidden, d) and w2 (E, d, hidden).
@@ -142,13 +147,25 @@ fn positions(expert: &Tensor, e: i64) -> Tensor {
 /// How many entries of `idx` name each of 0..len, on `idx`'s device. bincount sizes its output
 /// from the largest entry, a read of the device that stalls the host every call on CUDA.
 pub fn counts(idx: &Tensor, len: i64) -> Tensor {
+    counts_where(idx, len, None)
+}
+
+/// `counts` of the entries `valid` marks (all when None).
+fn counts_where(idx: &Tensor, len: i64, valid: Option<&Tensor>) -> Tensor {
     let idx = idx.view([-1]);
-    Tensor::zeros([len], (Kind::Int64, idx.device())).index_add(0, &idx, &idx.ones_like())
+    let ones = valid.map_or_else(|| idx.ones_like(), |v| v.to_kind(Kind::Int64));
+    Tensor::zeros([len], (Kind::Int64, idx.device())).index_add(0, &idx, &ones)
 }
 
 /// Route N tokens. `logits` (N, E) are the clean router logits in float32; `noise_logits` the
-/// noise projection (noisy_topk only). `capacity_factor` overrides the router's (for tests).
+/// noise projection (noisy_topk only). On CUDA the over-capacity assignments stay in, masked
+/// (`Routing::valid`); on the CPU they are removed.
 pub fn route(router: &RouterSpec, logits: &Tensor, noise_logits: Option<&Tensor>, train: bool) -> Routing {
+    route_with(router, logits, noise_logits, train, logits.device().is_cuda())
+}
+
+/// `route`, choosing the form: `masked` keeps every assignment of a router with a capacity.
+pub fn route_with(router: &RouterSpec, logits: &Tensor, noise_logits: Option<&Tensor>, train: bool, masked: bool) -> Routing {
     let (n, e) = (logits.size()[0], logits.size()[1]);
     let dev = logits.device();
     let probs = logits.softmax(-1, Kind::Float);
@@ -216,6 +233,7 @@ pub fn route(router: &RouterSpec, logits: &Tensor, noise_logits: Option<&Tensor>
                 n_routed: e * cap,
                 aux: zero(),
                 parts: vec![],
+                valid: None,
             };
         }
     };
@@ -226,6 +244,11 @@ pub fn route(router: &RouterSpec, logits: &Tensor, noise_logits: Option<&Tensor>
     let gate = gates.transpose(0, 1).reshape([-1]);
     let pos = positions(&expert, e);
     let routed = counts(&expert, e);
+    if let (Some(capacity), true) = (capacity, masked) {
+        let valid = pos.lt(capacity);
+        let gate = &gate * valid.to_kind(gate.kind());
+        return Routing { tok, expert, gate, pos, capacity, probs, routed, n_routed: n * k, aux, parts, valid: Some(valid) };
+    }
     let capacity = capacity.unwrap_or_else(|| routed.max().int64_value(&[]).max(1)); // dropless: the largest load
     let keep = pos.lt(capacity).nonzero().view([-1]);
     Routing {
@@ -239,6 +262,7 @@ pub fn route(router: &RouterSpec, logits: &Tensor, noise_logits: Option<&Tensor>
         n_routed: n * k,
         aux,
         parts,
+        valid: None,
     }
 }
 
@@ -323,9 +347,16 @@ pub fn grouped(x: &Tensor, r: &Routing, experts: &Experts, e: i64) -> Tensor {
 /// Experts applied to a capacity buffer (E, C, d) by one batched matmul (GShard/Switch).
 pub fn padded(x: &Tensor, r: &Routing, experts: &Experts, e: i64) -> Tensor {
     let (n, d) = (x.size()[0], x.size()[1]);
-    let slot = &r.expert * r.capacity + &r.pos;
-    let buffer = Tensor::zeros([e * r.capacity, d], (x.kind(), x.device())).index_copy(0, &slot, &x.index_select(0, &r.tok));
-    let out = experts.apply(&buffer.view([e, r.capacity, d])).view([e * r.capacity, d]); // (E·C, d)
+    let rows = e * r.capacity;
+    // Over-capacity entries of a masked routing go to one extra row past the buffer (gate 0).
+    let slot = match &r.valid {
+        Some(v) => (&r.expert * r.capacity + &r.pos).where_scalarother(v, rows),
+        None => &r.expert * r.capacity + &r.pos,
+    };
+    let trash = r.valid.is_some() as i64;
+    let buffer = Tensor::zeros([rows + trash, d], (x.kind(), x.device())).index_copy(0, &slot, &x.index_select(0, &r.tok));
+    let out = experts.apply(&buffer.narrow(0, 0, rows).view([e, r.capacity, d])).view([rows, d]); // (E·C, d)
+    let slot = slot.clamp_max(rows - 1); // a trash entry reads any row; its gate is 0
     let weighted = out.index_select(0, &slot) * r.gate.to_kind(x.kind()).unsqueeze(1);
     Tensor::zeros([n, d], (x.kind(), x.device())).index_add(0, &r.tok, &weighted)
 }
@@ -355,7 +386,7 @@ pub struct MoeStats {
 pub fn stats(layer: &str, r: &Routing) -> MoeStats {
     let n = r.probs.size()[0];
     // Tokens no expert processed (over capacity, or chosen by no expert under expert choice).
-    let unserved = counts(&r.tok, n).eq(0).sum(Kind::Float) / n as f64;
+    let unserved = counts_where(&r.tok, n, r.valid.as_ref()).eq(0).sum(Kind::Float) / n as f64;
     let ent = -(&r.probs * (&r.probs + 1e-9).log()).sum_dim_intlist(-1, false, Kind::Float).mean(Kind::Float);
     MoeStats {
         layer: layer.to_string(),
