@@ -7,6 +7,8 @@ source scripts/env.sh
 command -v chromium >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; }
 # Python `transformers` for the Hugging Face export test (tests/export.rs), once per venv.
 python -c "import transformers" 2>/dev/null || pip install --quiet --disable-pip-version-check "transformers==5.24.0"
+# Python `peft`, which loads the adapters `roux export --to peft` writes (tests/export.rs).
+python -c "import peft" 2>/dev/null || pip install --quiet --disable-pip-version-check "peft==0.21.2"
 # Python `tensorboard`, whose event reader checks the event files roux writes (tests/train.rs).
 python -c "import tensorboard" 2>/dev/null || pip install --quiet --disable-pip-version-check "tensorboard==2.21.0"
 cargo build --release

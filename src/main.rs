@@ -186,11 +186,17 @@ enum Command {
     /// model.safetensors in GPT-2 or Llama layout, loadable by `transformers`.
     Export {
         run: PathBuf,
-        #[arg(long, value_parser = ["hf"], default_value = "hf")]
+        /// hf: the model as a Hugging Face checkpoint; peft: a LoRA stage's adapter as a PEFT
+        /// adapter for the Hugging Face export of its base.
+        #[arg(long, value_parser = ["hf", "peft"], default_value = "hf")]
         to: String,
-        /// Output folder (default: RUN/hf).
+        /// Output folder (default: RUN/hf, RUN/peft).
         #[arg(short, long)]
         output: Option<PathBuf>,
+        /// With --to peft: the base model's Hugging Face folder, written into the adapter's
+        /// config as `base_model_name_or_path`.
+        #[arg(long)]
+        base: Option<String>,
     },
     /// Fold a LoRA fine-tuning stage's adapter into its base: a plain model in RUN/merged
     /// (or -o DIR) that `sample` and `export` read.
@@ -255,7 +261,7 @@ fn main() -> ExitCode {
         Command::Fit { points, json, bootstrap, out } => cli::scaling::fit(&points, json, bootstrap, out.as_deref()),
         Command::Bench { which, config, reps, steps } => cli::exec::bench(&which, &config, reps, steps),
         Command::Report { run } => cli::plan::report(&run),
-        Command::Export { run, to: _, output } => cli::exec::export(&run, output.as_deref()),
+        Command::Export { run, to, output, base } => cli::exec::export(&run, &to, output.as_deref(), base.as_deref()),
         Command::Merge { run, output } => cli::exec::merge(&run, output.as_deref()),
         Command::Sample { run, prompt, prompt_file, tokens, temperature, top_k, top_p, seed, precision } => {
             cli::exec::sample(&run, &prompt, prompt_file.as_deref(), tokens as usize, temperature, top_k, top_p, seed, precision == "bf16")

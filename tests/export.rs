@@ -1,5 +1,5 @@
-//! `roux export --to hf`: Python `transformers` loads the export and computes the same logits as
-//! roux to 1e-4, for a GPT-2-layout and a Llama-layout model.
+//! `roux export --to hf` and `--to peft`: Python `transformers` (and `peft`) load the exports and
+//! compute the same logits as roux to 1e-4, for a GPT-2-layout and a Llama-layout model.
 #![cfg(feature = "torch")]
 
 use std::path::{Path, PathBuf};
@@ -13,7 +13,7 @@ fn root() -> &'static Path {
 }
 
 /// A run directory holding a seeded model of `fixture`'s first model, as `roux run` leaves it.
-fn fake_run(fixture: &str, dir: &Path, tweak: impl Fn(&mut roux::recipe::ModelSpec)) -> (Model, PathBuf) {
+fn fake_run(fixture: &str, dir: &Path, tweak: &dyn Fn(&mut roux::recipe::ModelSpec)) -> (Model, PathBuf) {
     let c = roux::frontend::compile(&root().join("tests/fixtures").join(fixture)).unwrap();
     let mut spec = c.recipe.unwrap().models[0].clone();
     tweak(&mut spec);
@@ -37,7 +37,7 @@ fn fake_run(fixture: &str, dir: &Path, tweak: impl Fn(&mut roux::recipe::ModelSp
 fn roundtrip(fixture: &str, name: &str, want_layout: &str, tweak: impl Fn(&mut roux::recipe::ModelSpec)) {
     let dir = root().join("target/test-runs").join(name);
     let _ = std::fs::remove_dir_all(&dir);
-    let (model, run) = fake_run(fixture, &dir, tweak);
+    let (model, run) = fake_run(fixture, &dir, &tweak);
     let hf = dir.join("hf");
     let o = Command::new(env!("CARGO_BIN_EXE_roux")).args(["export", run.to_str().unwrap(), "--to", "hf", "-o", hf.to_str().unwrap()]).output().unwrap();
     let err = String::from_utf8_lossy(&o.stderr);
@@ -47,19 +47,19 @@ fn roundtrip(fixture: &str, name: &str, want_layout: &str, tweak: impl Fn(&mut r
     let logits = tch::no_grad(|| model.forward(&Tensor::from_slice(&tokens).view([1, -1]), false)).to_kind(Kind::Double);
     let ours: Vec<f64> = Vec::<f64>::try_from(&logits.view([-1])).unwrap();
     std::fs::write(dir.join("roux.json"), serde_json::json!({"tokens": tokens, "logits": ours}).to_string()).unwrap();
-    // The project venv's Python (scripts/env.sh puts it first on PATH; the test command installs
-    // transformers into it).
-    let script = r#"
-import json, sys, torch
-from transformers import AutoModelForCausalLM
-d = json.load(open(sys.argv[2]))
-m = AutoModelForCausalLM.from_pretrained(sys.argv[1], torch_dtype=torch.float32).eval()
-with torch.no_grad():
-    out = m(torch.tensor([d["tokens"]])).logits.double().flatten()
-ours = torch.tensor(d["logits"], dtype=torch.float64)
-print(f"{type(m).__name__} max |Δlogit| = {(out - ours).abs().max().item():.3e} over {ours.numel()} logits")
-"#;
-    let o = Command::new("python").args(["-c", script, hf.to_str().unwrap(), dir.join("roux.json").to_str().unwrap()]).output().expect("python on PATH (source scripts/env.sh)");
+    assert_python_logits(name, &format!("{LOAD}\nm = AutoModelForCausalLM.from_pretrained(sys.argv[1], dtype=torch.float32).eval()\n{COMPARE}"), &hf, &dir);
+}
+
+/// Loads roux's tokens and logits (argv[2]) and the checkpoint's libraries.
+const LOAD: &str = "import json, sys, torch\nfrom transformers import AutoModelForCausalLM\nd = json.load(open(sys.argv[2]))";
+/// Runs `m` on the tokens and prints the largest logit difference.
+const COMPARE: &str = "with torch.no_grad():\n    out = m(torch.tensor([d[\"tokens\"]])).logits.double().flatten()\nours = torch.tensor(d[\"logits\"], dtype=torch.float64)\nprint(f\"{type(m).__name__} max |Δlogit| = {(out - ours).abs().max().item():.3e} over {ours.numel()} logits\")";
+
+/// Run `script` with the project venv's Python (scripts/env.sh puts it first on PATH; the test
+/// command installs transformers and peft into it) on `model` and `dir`/roux.json; its logits
+/// must be roux's within 1e-4.
+fn assert_python_logits(name: &str, script: &str, model: &Path, dir: &Path) {
+    let o = Command::new("python").args(["-c", script, model.to_str().unwrap(), dir.join("roux.json").to_str().unwrap()]).output().expect("python on PATH (source scripts/env.sh)");
     let out = String::from_utf8_lossy(&o.stdout).to_string();
     assert!(o.status.success(), "python failed:\n{out}\n{}", String::from_utf8_lossy(&o.stderr));
     let diff: f64 = out.rsplit("= ").next().and_then(|s| s.split_whitespace().next()).and_then(|s| s.parse().ok()).unwrap_or(f64::INFINITY);
@@ -81,4 +81,54 @@ fn llama_layout_export_gives_the_same_logits_in_transformers() {
         s.dropout = 0.0;
         s.kv_heads = 1;
     });
+}
+
+/// A LoRA stage (random, nonzero adapters on `targets`) exported with `--to peft` beside its
+/// base's `--to hf`: `peft.PeftModel` over `transformers` gives roux's logits to 1e-4.
+fn peft_roundtrip(fixture: &str, name: &str, targets: &[&str], tweak: impl Fn(&mut roux::recipe::ModelSpec)) {
+    let dir = root().join("target/test-runs").join(name);
+    let _ = std::fs::remove_dir_all(&dir);
+    let (mut model, base_run) = fake_run(fixture, &dir, &tweak);
+    let lora = roux::recipe::LoraSpec { rank: 3, alpha: 6.0, dropout: 0.0, targets: targets.iter().map(|t| t.to_string()).collect() };
+    model.attach_lora(&lora).unwrap();
+    tch::no_grad(|| {
+        for b in &model.lora.b {
+            let _ = b.shallow_clone().normal_(0.0, 0.2); // B starts at zero: make the adapter matter
+        }
+    });
+    let run = dir.join("sft");
+    std::fs::create_dir_all(&run).unwrap();
+    std::fs::write(run.join("resolved.json"), serde_json::json!({ "model": model.spec(), "stage": { "lora": lora } }).to_string()).unwrap();
+    Tensor::write_safetensors(&model.lora.named(), run.join("adapter.safetensors")).unwrap();
+    let (hf, adapter) = (dir.join("hf"), dir.join("peft"));
+    for args in [vec!["export", base_run.to_str().unwrap(), "--to", "hf", "-o", hf.to_str().unwrap()], vec!["export", run.to_str().unwrap(), "--to", "peft", "-o", adapter.to_str().unwrap(), "--base", hf.to_str().unwrap()]] {
+        let o = Command::new(env!("CARGO_BIN_EXE_roux")).args(&args).output().unwrap();
+        assert_eq!(o.status.code(), Some(0), "{}", String::from_utf8_lossy(&o.stderr));
+    }
+    let tokens: Vec<i64> = (0..24).map(|i| (i * 53 + 5) % 256).collect();
+    let x = Tensor::from_slice(&tokens).view([1, -1]);
+    let logits = tch::no_grad(|| model.forward(&x, false)).to_kind(Kind::Double);
+    let plain = tch::no_grad(|| fake_run(fixture, &dir.join("again"), &tweak).0.forward(&x, false)).to_kind(Kind::Double);
+    assert!((&logits - &plain).abs().max().double_value(&[]) > 1e-2, "the adapters change nothing: the test would prove nothing");
+    let ours: Vec<f64> = Vec::<f64>::try_from(&logits.view([-1])).unwrap();
+    std::fs::write(dir.join("roux.json"), serde_json::json!({"tokens": tokens, "logits": ours}).to_string()).unwrap();
+    let peft = "from peft import PeftModel\nbase = AutoModelForCausalLM.from_pretrained(json.load(open(sys.argv[1] + \"/adapter_config.json\"))[\"base_model_name_or_path\"], dtype=torch.float32)\nm = PeftModel.from_pretrained(base, sys.argv[1]).eval()";
+    assert_python_logits(name, &format!("{LOAD}\n{peft}\n{COMPARE}"), &adapter, &dir);
+}
+
+#[test]
+fn a_lora_stage_exports_as_a_peft_adapter_with_the_same_logits() {
+    // GPT-2 keeps q, k, v in one Conv1D: q and v adapters become one of rank 6 on c_attn; o and
+    // w2 both land on a module called c_proj (attention's and the MLP's).
+    peft_roundtrip("tiny.roux", "peft-gpt2", &["attn.q", "attn.v", "attn.o", "ffn.w1", "ffn.w2"], |s| s.dropout = 0.0);
+    // Llama, grouped-query (k and v have one head's rows), every projection adapted.
+    peft_roundtrip("tiny-llama.roux", "peft-llama", &["attn.q", "attn.k", "attn.v", "attn.o", "ffn.w1", "ffn.w2", "ffn.w3"], |s| {
+        s.dropout = 0.0;
+        s.kv_heads = 1;
+    });
+    // Not a LoRA stage: the error says what to do instead.
+    let dir = root().join("target/test-runs/peft-gpt2");
+    let o = Command::new(env!("CARGO_BIN_EXE_roux")).args(["export", dir.join("run").to_str().unwrap(), "--to", "peft", "-o", dir.join("x").to_str().unwrap()]).output().unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("is not a LoRA stage (no adapter); `roux export") && err.contains("--to hf` exports a full model"), "{err}");
 }

@@ -138,11 +138,15 @@ pub fn bench(_: &str, _: &str, _: usize, _: usize) -> u8 {
 }
 
 #[cfg(feature = "torch")]
-pub fn export(run: &Path, output: Option<&Path>) -> u8 {
-    let out = output.map_or_else(|| run.join("hf"), Path::to_path_buf);
-    match roux::run::tools::export::export_hf(run, &out) {
-        Ok(layout) => {
-            eprintln!("wrote {} ({} layout: config.json, model.safetensors)", out.display(), layout.name());
+pub fn export(run: &Path, to: &str, output: Option<&Path>, base: Option<&str>) -> u8 {
+    let out = output.map_or_else(|| run.join(to), Path::to_path_buf);
+    let done = match to {
+        "peft" => roux::run::tools::peft::export_peft(run, &out, base).map(|l| format!("{} layout: adapter_config.json, adapter_model.safetensors", l.name())),
+        _ => roux::run::tools::export::export_hf(run, &out).map(|l| format!("{} layout: config.json, model.safetensors", l.name())),
+    };
+    match done {
+        Ok(what) => {
+            eprintln!("wrote {} ({what})", out.display());
             0
         }
         Err(e) => {
@@ -153,7 +157,7 @@ pub fn export(run: &Path, output: Option<&Path>) -> u8 {
 }
 
 #[cfg(not(feature = "torch"))]
-pub fn export(_: &Path, _: Option<&Path>) -> u8 {
+pub fn export(_: &Path, _: &str, _: Option<&Path>, _: Option<&str>) -> u8 {
     no_torch("export")
 }
 

@@ -100,6 +100,8 @@ pub fn export_hf(run: &Path, out: &Path) -> Result<Layout> {
                 "activation_function": "gelu_new", "layer_norm_epsilon": 1e-5,
                 "resid_pdrop": 0.0, "embd_pdrop": 0.0, "attn_pdrop": 0.0,
                 "tie_word_embeddings": spec.tie_embeddings,
+                // GPT-2's defaults name token 50256, outside a smaller vocabulary.
+                "bos_token_id": (spec.vocab > 50256).then_some(50256), "eos_token_id": (spec.vocab > 50256).then_some(50256),
             })
         }
         Layout::Llama => {

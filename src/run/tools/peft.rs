@@ -1,0 +1,133 @@
+//! `roux export RUN --to peft`: a LoRA fine-tuning stage's adapter as a PEFT adapter
+//! (`adapter_config.json` + `adapter_model.safetensors`) for the Hugging Face export of its base
+//! (`roux export BASE_RUN --to hf`), which `peft.PeftModel.from_pretrained` loads.
+//!
+//! Names follow the export's layout. GPT-2 keeps q, k and v in one Conv1D (`c_attn`): adapters
+//! on several of them become one adapter of the summed rank on it, the A matrices stacked and
+//! each B placed at its projection's rows (a block matrix with the same product), with alpha
+//! scaled alike so that alpha/rank, the scale, is unchanged (`rank_pattern`, `alpha_pattern`).
+
+use anyhow::{bail, Context, Result};
+use serde_json::json;
+use std::collections::BTreeMap;
+use std::path::Path;
+use tch::{Kind, Tensor};
+
+use super::export::{layout_for, Layout};
+use crate::recipe::{LoraSpec, ModelSpec};
+use crate::run::kit::files::{read_capped, write_atomic, write_tensors_atomic};
+
+/// One roux adapter inside a PEFT module: the rows of the module's output it covers, A and B.
+struct Part {
+    rows: (i64, i64),
+    a: Tensor,
+    b: Tensor,
+}
+
+/// Where a roux adapter path (`blocks.3.attn.q`) lives in the layout: the Hugging Face module and
+/// the first row of its output that the projection writes.
+fn module_of(layout: Layout, path: &str, spec: &ModelSpec) -> Result<(String, i64)> {
+    let mut it = path.split('.');
+    let (Some("blocks"), Some(i), Some(group), Some(leaf), None) = (it.next(), it.next(), it.next(), it.next(), it.next()) else {
+        bail!("adapter `{path}` is not on a block's attention or feed-forward linear; PEFT export covers those");
+    };
+    let d = spec.d_model as i64;
+    let kv = (spec.kv_heads * spec.head_dim()) as i64;
+    let found = match (layout, group, leaf) {
+        (Layout::Gpt2, "attn", "q") => Some((format!("transformer.h.{i}.attn.c_attn"), 0)),
+        (Layout::Gpt2, "attn", "k") => Some((format!("transformer.h.{i}.attn.c_attn"), d)),
+        (Layout::Gpt2, "attn", "v") => Some((format!("transformer.h.{i}.attn.c_attn"), d + kv)),
+        (Layout::Gpt2, "attn", "o") => Some((format!("transformer.h.{i}.attn.c_proj"), 0)),
+        (Layout::Gpt2, "ffn", "w1") => Some((format!("transformer.h.{i}.mlp.c_fc"), 0)),
+        (Layout::Gpt2, "ffn", "w2") => Some((format!("transformer.h.{i}.mlp.c_proj"), 0)),
+        (Layout::Llama, "attn", p @ ("q" | "k" | "v" | "o")) => Some((format!("model.layers.{i}.self_attn.{p}_proj"), 0)),
+        (Layout::Llama, "ffn", "w1") => Some((format!("model.layers.{i}.mlp.gate_proj"), 0)),
+        (Layout::Llama, "ffn", "w3") => Some((format!("model.layers.{i}.mlp.up_proj"), 0)),
+        (Layout::Llama, "ffn", "w2") => Some((format!("model.layers.{i}.mlp.down_proj"), 0)),
+        _ => None,
+    };
+    found.with_context(|| format!("adapter `{path}` has no module in the {} layout", layout.name()))
+}
+
+/// Rows of a module's output (its weight's `out` dimension) in the layout.
+fn module_rows(layout: Layout, module: &str, spec: &ModelSpec) -> i64 {
+    let d = spec.d_model as i64;
+    let kv = (spec.kv_heads * spec.head_dim()) as i64;
+    match (layout, module.rsplit('.').next().unwrap_or_default()) {
+        (Layout::Gpt2, "c_attn") => d + 2 * kv,
+        (_, "c_fc" | "gate_proj" | "up_proj") => spec.ffn.hidden as i64,
+        (Layout::Llama, "k_proj" | "v_proj") => kv,
+        _ => d,
+    }
+}
+
+/// Export the adapter of a finished LoRA stage (`run`) into `out`; `base` is written into the
+/// config as `base_model_name_or_path` (the base's Hugging Face export).
+pub fn export_peft(run: &Path, out: &Path, base: Option<&str>) -> Result<Layout> {
+    crate::run::kit::lifecycle::refuse_to_overwrite(out, &["report.json", "state.json", "metrics.jsonl", "resolved.json"])?;
+    let resolved = run.join("resolved.json");
+    let v: serde_json::Value = serde_json::from_str(&read_capped(&resolved, 64 << 20).with_context(|| format!("{} is not a run directory (no resolved.json)", run.display()))?)?;
+    let spec = ModelSpec::from_run_json(&v["model"]).map_err(|e| anyhow::anyhow!("{}: {e}", resolved.display()))?;
+    let lora: LoraSpec = match v["stage"].get("lora").filter(|l| !l.is_null()) {
+        Some(l) => serde_json::from_value(l.clone()).map_err(|e| anyhow::anyhow!("{}: the stage's `lora`: {e}", resolved.display()))?,
+        None => bail!("{} is not a LoRA stage (no adapter); `roux export {} --to hf` exports a full model", run.display(), run.display()),
+    };
+    let file = run.join("adapter.safetensors");
+    if !file.exists() {
+        bail!("{} has no adapter.safetensors yet (is the stage finished?)", run.display());
+    }
+    let layout = layout_for(&spec)?;
+    let tensors: BTreeMap<String, Tensor> = Tensor::read_safetensors(&file).with_context(|| format!("reading {}", file.display()))?.into_iter().collect();
+    // Group the adapters by the module they land in.
+    let mut modules: BTreeMap<String, Vec<Part>> = BTreeMap::new();
+    for (name, a) in &tensors {
+        let Some(path) = name.strip_suffix(".lora_A.weight") else { continue };
+        let b = tensors.get(&format!("{path}.lora_B.weight")).with_context(|| format!("{}: `{path}` has lora_A but no lora_B", file.display()))?;
+        let (module, first_row) = module_of(layout, path, &spec)?;
+        let part = Part { rows: (first_row, b.size()[0]), a: a.to_kind(Kind::Float), b: b.to_kind(Kind::Float) };
+        modules.entry(module).or_default().push(part);
+    }
+    if modules.is_empty() {
+        bail!("{} holds no adapter tensors", file.display());
+    }
+    let rank = lora.rank as i64;
+    let (mut named, mut rank_pattern, mut alpha_pattern) = (vec![], serde_json::Map::new(), serde_json::Map::new());
+    for (module, mut parts) in modules {
+        parts.sort_by_key(|p| p.rows.0);
+        let n = parts.len() as i64;
+        let a = Tensor::cat(&parts.iter().map(|p| p.a.shallow_clone()).collect::<Vec<_>>(), 0); // (n·r, in)
+        let b = Tensor::zeros([module_rows(layout, &module, &spec), n * rank], (Kind::Float, tch::Device::Cpu));
+        for (k, p) in parts.iter().enumerate() {
+            b.narrow(0, p.rows.0, p.rows.1).narrow(1, k as i64 * rank, rank).copy_(&p.b);
+        }
+        if n > 1 {
+            rank_pattern.insert(module.clone(), json!(n * rank));
+            alpha_pattern.insert(module.clone(), json!(n as f64 * lora.alpha));
+        }
+        named.push((format!("base_model.model.{module}.lora_A.weight"), a.contiguous()));
+        named.push((format!("base_model.model.{module}.lora_B.weight"), b.contiguous()));
+    }
+    let targets: Vec<String> = named.iter().filter_map(|(n, _)| n.strip_suffix(".lora_A.weight")?.strip_prefix("base_model.model.").map(str::to_string)).collect();
+    let config = json!({
+        "peft_type": "LORA",
+        "task_type": "CAUSAL_LM",
+        "base_model_name_or_path": base,
+        "r": lora.rank,
+        "lora_alpha": lora.alpha,
+        "lora_dropout": lora.dropout,
+        "target_modules": targets,
+        "rank_pattern": rank_pattern,
+        "alpha_pattern": alpha_pattern,
+        "fan_in_fan_out": layout == Layout::Gpt2,
+        "bias": "none",
+        "use_rslora": false,
+        "use_dora": false,
+        "init_lora_weights": true,
+        "inference_mode": true,
+        "modules_to_save": null,
+    });
+    std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
+    write_tensors_atomic(&out.join("adapter_model.safetensors"), &named)?;
+    write_atomic(&out.join("adapter_config.json"), serde_json::to_string_pretty(&config)?.as_bytes())?;
+    Ok(layout)
+}
