@@ -178,9 +178,15 @@ enum Command {
         #[arg(long, default_value_t = 5)]
         steps: usize,
     },
-    /// Redraw a run directory's plots (loss, learning rate, expert load) from its metrics.
+    /// Redraw a run directory's plots (loss, learning rate, expert load) and its report.html;
+    /// with several runs, or an experiment's directory, one page comparing them (a chart per
+    /// metric with a line per run, their results, and what differs between their definitions).
     Report {
-        run: PathBuf,
+        #[arg(required = true, num_args = 1..)]
+        runs: Vec<PathBuf>,
+        /// Where the comparison page goes (default: compare.html in the current directory).
+        #[arg(short, long)]
+        output: Option<PathBuf>,
     },
     /// Write a run's model in another ecosystem's format: `--to hf` gives config.json and
     /// model.safetensors in GPT-2 or Llama layout, loadable by `transformers`.
@@ -260,7 +266,7 @@ fn main() -> ExitCode {
         Command::Budget { flops, params, tokens, law, json } => cli::scaling::budget(flops, params, tokens, &law, json),
         Command::Fit { points, json, bootstrap, out } => cli::scaling::fit(&points, json, bootstrap, out.as_deref()),
         Command::Bench { which, config, reps, steps } => cli::exec::bench(&which, &config, reps, steps),
-        Command::Report { run } => cli::plan::report(&run),
+        Command::Report { runs, output } => cli::plan::report(&runs, output.as_deref()),
         Command::Export { run, to, output, base } => cli::exec::export(&run, &to, output.as_deref(), base.as_deref()),
         Command::Merge { run, output } => cli::exec::merge(&run, output.as_deref()),
         Command::Sample { run, prompt, prompt_file, tokens, temperature, top_k, top_p, seed, precision } => {

@@ -68,3 +68,39 @@ fn the_html_report_renders_in_headless_chromium_with_every_plot_drawn() {
         eprintln!("{stage}: {n} plots drawn; screenshot {}", shot.display());
     }
 }
+
+#[test]
+fn runs_compare_side_by_side_with_what_differs_and_a_line_per_run() {
+    let out = root().join("target/test-runs/compare");
+    let _ = std::fs::remove_dir_all(&out);
+    std::fs::create_dir_all(&out).unwrap();
+    let tiny = root().join("tests/fixtures/tiny.roux");
+    for (dir, lr) in [("slow", "3e-3"), ("fast", "1e-2")] {
+        let o = roux(&["run", tiny.to_str().unwrap(), "--out", out.join(dir).to_str().unwrap(), "--set", &format!("pretrain.optimizer.lr={lr}")]);
+        assert_eq!(o.status.code(), Some(0), "{}", String::from_utf8_lossy(&o.stderr));
+    }
+    let (a, b) = (out.join("slow/tiny/pretrain"), out.join("fast/tiny/pretrain"));
+    let page = out.join("compare.html");
+    let o = roux(&["report", a.to_str().unwrap(), b.to_str().unwrap(), "-o", page.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(0), "{}", String::from_utf8_lossy(&o.stderr));
+    let html = std::fs::read_to_string(&page).unwrap();
+    // What differs is the learning rate, named with both values; nothing else in the definition.
+    let differs = html.split("<h2>What differs</h2>").nth(1).unwrap().split("<h2>").next().unwrap();
+    assert!(differs.contains("<th>train.optimizer.lr</th><td>0.003</td><td>0.01</td>"), "{differs}");
+    assert_eq!(differs.matches("<tr>").count(), 2, "a header row and the one setting: {differs}");
+    // The loss chart holds one line per run, named by the runs' shortest distinct paths.
+    use base64::Engine;
+    let loss = html.split("data-name=\"loss.svg\"").nth(1).unwrap().split("base64,").nth(1).unwrap().split('"').next().unwrap();
+    let svg = String::from_utf8(base64::engine::general_purpose::STANDARD.decode(loss).unwrap()).unwrap();
+    assert!(svg.contains("slow/tiny/pretrain") && svg.contains("fast/tiny/pretrain"), "{svg}");
+    assert!(html.contains("<th>final val loss</th>"), "the results table");
+    let n = html.matches("<figure class=\"plot\"").count();
+    assert!(n >= 4, "loss, val_loss, lr, grad_norm at least: {n}");
+    let dom = String::from_utf8_lossy(&chromium(&["--dump-dom", &format!("file://{}", page.display())]).stdout).to_string();
+    assert!(dom.contains(&format!("<title>plots-ok {n}/{n}</title>")), "chromium did not draw every plot");
+    // An experiment's directory compares its stages; a directory of neither kind is an error.
+    let o = roux(&["report", out.join("slow/tiny").to_str().unwrap(), "-o", out.join("exp.html").to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(0), "{}", String::from_utf8_lossy(&o.stderr));
+    let o = roux(&["report", out.to_str().unwrap(), out.join("slow").to_str().unwrap()]);
+    assert!(String::from_utf8_lossy(&o.stderr).contains("is neither a run directory (report.json or metrics.jsonl) nor an experiment's directory of them"), "{}", String::from_utf8_lossy(&o.stderr));
+}

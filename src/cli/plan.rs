@@ -94,7 +94,12 @@ pub fn bytes(b: u64) -> String {
     format!("{v:.1} {}", units[i])
 }
 
-pub fn report(run: &Path) -> u8 {
+pub fn report(runs: &[std::path::PathBuf], output: Option<&Path>) -> u8 {
+    let single = runs.len() == 1 && (runs[0].join("report.json").is_file() || runs[0].join("metrics.jsonl").is_file());
+    if !single {
+        return compare(runs, output);
+    }
+    let run = runs[0].as_path();
     let title = run.iter().rev().take(2).collect::<Vec<_>>().into_iter().rev().map(|s| s.to_string_lossy()).collect::<Vec<_>>().join(" / ");
     let result = roux::report::plots::write_run_plots(run, &title).and_then(|mut files| {
         files.extend(roux::report::html::write_pngs(run)?);
@@ -109,6 +114,25 @@ pub fn report(run: &Path) -> u8 {
             for f in files {
                 outln!("{}", f.display());
             }
+            0
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            2
+        }
+    }
+}
+
+/// `roux report A B …`: one page comparing runs.
+fn compare(runs: &[std::path::PathBuf], output: Option<&Path>) -> u8 {
+    let page = output.map_or_else(|| std::path::PathBuf::from("compare.html"), Path::to_path_buf);
+    let result = roux::report::compare::runs_of(runs).and_then(|rs| {
+        let title = format!("{} runs compared", rs.len());
+        roux::fsio::write_atomic(&page, roux::report::compare::compare_html(&rs, &title).as_bytes())
+    });
+    match result {
+        Ok(()) => {
+            outln!("{}", page.display());
             0
         }
         Err(e) => {

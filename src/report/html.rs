@@ -46,9 +46,9 @@ pub fn human(key: &str, v: &serde_json::Value) -> String {
 }
 
 /// The largest report, plot or resolved file a report page reads.
-const MAX_FILE_BYTES: u64 = 64 << 20;
+pub(crate) const MAX_FILE_BYTES: u64 = 64 << 20;
 
-fn table(rows: &[(String, String)]) -> String {
+pub(crate) fn table(rows: &[(String, String)]) -> String {
     let body: String = rows.iter().map(|(k, v)| format!("<tr><th>{}</th><td>{}</td></tr>", esc(k), esc(v))).collect();
     format!("<table>{body}</table>")
 }
@@ -104,21 +104,32 @@ pub fn report_html(dir: &Path, title: &str) -> Result<String, String> {
     }
     // Each plot as an image, never inline markup: whatever an SVG file in the directory holds,
     // it cannot run a script or restyle the page.
-    let plots: String = svgs
-        .iter()
-        .map(|(name, svg)| {
-            use base64::Engine;
-            let data = base64::engine::general_purpose::STANDARD.encode(svg.as_bytes());
-            format!("<figure class=\"plot\" data-name=\"{n}\"><img alt=\"{n}\" src=\"data:image/svg+xml;base64,{data}\"><figcaption>{n}</figcaption></figure>", n = esc(name))
-        })
-        .collect();
+    let plots = figures(&svgs);
     if let Some(r) = read("recipe.roux") {
         sections.push_str(&format!("<h2>Recipe</h2><pre>{}</pre>", esc(&r)));
     }
     if let Some(v) = &resolved {
         sections.push_str(&format!("<h2>Resolved definition</h2><pre>{}</pre>", esc(&serde_json::to_string_pretty(v).unwrap_or_default())));
     }
-    Ok(format!(
+    Ok(page(title, &format!("{warnings}\n<h2>Plots</h2><div class=\"plots\">{plots}</div>\n{sections}")))
+}
+
+/// Plots as images, never inline markup: whatever an SVG holds, it cannot run a script or
+/// restyle the page. (name, SVG text) each.
+pub fn figures(svgs: &[(String, String)]) -> String {
+    svgs.iter()
+        .map(|(name, svg)| {
+            use base64::Engine;
+            let data = base64::engine::general_purpose::STANDARD.encode(svg.as_bytes());
+            format!("<figure class=\"plot\" data-name=\"{n}\"><img alt=\"{n}\" src=\"data:image/svg+xml;base64,{data}\"><figcaption>{n}</figcaption></figure>", n = esc(name))
+        })
+        .collect()
+}
+
+/// A whole page around `body` (already HTML), with the script that reports in the title
+/// whether every plot drew.
+pub fn page(title: &str, body: &str) -> String {
+    format!(
         r#"<!doctype html>
 <html><head><meta charset="utf-8"><title>{t}</title>
 <style>
@@ -131,9 +142,7 @@ table {{ border-collapse: collapse; }} th, td {{ border: 1px solid #ddd; padding
 pre {{ background: #f6f6f6; padding: 1em; overflow-x: auto; }}
 </style></head>
 <body><h1>{t}</h1>
-{warnings}
-<h2>Plots</h2><div class="plots">{plots}</div>
-{sections}
+{body}
 <script>
 // Every plot must have drawn with a real size; the title tells a headless browser the count.
 window.addEventListener("load", () => {{
@@ -145,7 +154,7 @@ window.addEventListener("load", () => {{
 </body></html>
 "#,
         t = esc(title)
-    ))
+    )
 }
 
 /// PNG copies of a run's SVG plots (feature `png`); returns the files written.
