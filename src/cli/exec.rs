@@ -52,6 +52,7 @@ pub fn sample(run: &PathBuf, prompt: &str, prompt_file: Option<&Path>, tokens: u
 }
 
 /// A prompt as typed on a command line: `\n`, `\t` and `\\` are escapes; any other backslash stays.
+#[cfg_attr(not(feature = "torch"), allow(dead_code))] // only `sample` reads prompts
 pub fn unescape(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
     let mut chars = s.chars();
