@@ -162,9 +162,11 @@ def compiled():
 
 def ablate():
     # The update through libtorch's elementwise ops instead of the fused kernel; a host read every
-    # step (what skipping non-finite steps needs) instead of at log points only.
+    # step (what skipping non-finite steps needs) instead of at log points only; each weight cast
+    # at its use instead of once per step into a flat buffer.
     results["roux_b32_adamw_ops"] = gpt2("roux-b32-adamw-ops", 32, 100, extra_env={"ROUX_ADAMW": "ops"})
     results["roux_b32_sync_each_step"] = gpt2("roux-b32-sync", 32, 100, sets=["pretrain.on_nonfinite=skip", "pretrain.max_skips=10"])
+    results["roux_b32_cast_each_use"] = gpt2("roux-b32-cast-each-use", 32, 100, extra_env={"ROUX_SHADOW": "0"})
 
 
 def profile_run(recipe, tag, exp, sets, steps):
@@ -260,7 +262,7 @@ say(f"\n{name}; GPT-2 small (124.4M params, context 1024), bf16 compute, float32
 if results.get("matmul_peak"):
     say(f"bf16 matmul peak measured {results['matmul_peak'] / 1e12:.0f} TFLOP/s; datasheet {datasheet and datasheet / 1e12:.0f}")
 say(f"{'run':>26} {'tok/s':>9} {'TFLOP/s':>8} {'MFU(sheet)':>10} {'val':>6}")
-for k in ("roux_b32", "roux_b64", "roux_b32_adamw_ops", "roux_b32_sync_each_step"):
+for k in ("roux_b32", "roux_b64", "roux_b32_adamw_ops", "roux_b32_sync_each_step", "roux_b32_cast_each_use"):
     r = results.get(k)
     if r:
         say(f"{k:>26} {r['tokens_per_s']:>9.0f} {r['tflops']:>8.1f} {r.get('mfu_datasheet', float('nan')):>10.1%} {r['val_loss'] or float('nan'):>6.3f}")

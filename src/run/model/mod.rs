@@ -60,6 +60,8 @@ pub struct Model {
     /// generating casts every weight for every token (PPO's rollouts ran slower than float32's).
     casts: RefCell<Vec<Option<Tensor>>>,
     cache_all: Cell<bool>,
+    /// Per parameter, the optimizer's low-precision copy to compute with (`use_shadow`).
+    shadow: Vec<Option<Tensor>>,
 }
 
 impl Model {
@@ -130,7 +132,7 @@ impl Model {
             })
             .collect();
         let casts = RefCell::new((0..names.len()).map(|_| None).collect());
-        Ok(Model { graph, names, params, index, node_params, order, inputs, last_use, rope, device, compute: Kind::Float, lora: Default::default(), pad_vocab: false, casts, cache_all: Cell::new(false) })
+        Ok(Model { graph, names, params, index, node_params, order, inputs, last_use, rope, device, compute: Kind::Float, lora: Default::default(), pad_vocab: false, casts, cache_all: Cell::new(false), shadow: vec![] })
     }
 
     pub fn spec(&self) -> &ModelSpec {
@@ -172,6 +174,9 @@ impl Model {
 
     /// Parameter `j` in the compute kind, from the cache where it cannot have changed.
     fn cast(&self, j: usize) -> Tensor {
+        if let Some(Some(s)) = self.shadow.get(j).filter(|_| self.compute != Kind::Float) {
+            return s.shallow_clone();
+        }
         let p = &self.params[j];
         if self.compute == Kind::Float || !(self.cache_all.get() || !p.requires_grad()) {
             return p.to_kind(self.compute);
@@ -192,6 +197,19 @@ impl Model {
             }
         }
         out
+    }
+
+    /// Compute with the optimizer's copies (`Optimizer::shadow`) of the parameters that have one.
+    pub fn use_shadow(&mut self, copies: Vec<Option<Tensor>>) {
+        self.shadow = copies;
+    }
+
+    /// Parameters a shadow copy cannot stand in for: read more than once per forward pass (a tied
+    /// embedding: the lookup and the head) or not through `cast` (routers compute in float32).
+    pub fn shadow_exclusions(&self) -> Vec<usize> {
+        let tied = self.spec().tie_embeddings.then(|| self.index["tok_emb.weight"]);
+        let routers = self.names.iter().enumerate().filter(|(_, n)| n.contains(".router.")).map(|(i, _)| i);
+        tied.into_iter().chain(routers).collect()
     }
 
     /// Forget every cast copy (the weights changed in place).

@@ -68,6 +68,12 @@ pub fn run_model(ctx: &StageCtx, spec: &ModelSpec, t: &TrainSpec) -> Result<()> 
     let params: Vec<Tensor> = model.params.iter().map(|p| p.shallow_clone()).collect();
     run.keep = t.keep;
     let (step0, mut rng, extra) = run.restore(&model.names, &params, &mut opt, Rng(recipe.seed ^ 0x5EED_DA7A))?;
+    // bf16: the weights cast once per step into one flat buffer (`ROUX_SHADOW=0` casts each at
+    // its use, for comparison); after the restore, which wrote the float32 weights.
+    if model.compute == tch::Kind::BFloat16 && std::env::var("ROUX_SHADOW").map_or(true, |v| v != "0") {
+        let copies = opt.shadow(&params, tch::Kind::BFloat16, &model.shadow_exclusions());
+        model.use_shadow(copies);
+    }
     // Evaluations since the best validation loss (for `patience`) and the best one's step.
     let (mut since_best, mut best_step) = (extra["since_best"].as_u64().unwrap_or(0), extra["best_step"].as_u64());
     let resumed = run.resume.as_ref().map(|s| (s.step, s.best_val, s.window_loss));
