@@ -4,6 +4,7 @@
 //! | file           | what it does                                                        |
 //! |----------------|---------------------------------------------------------------------|
 //! | `mod.rs`       | parameters from the graph, the forward walk, the loss, load, freeze |
+//! | `casts.rs`     | parameters in the compute kind: cached casts, the optimizer's bf16 copies |
 //! | `attention.rs` | causal attention, rotary embeddings, grouped-query heads, KV cache  |
 //! | `moe.rs`       | routers, sparse dispatch, auxiliary losses, the MoE layer and jitter|
 //! | `lora.rs`      | LoRA adapters: attach, load, merge                                  |
@@ -13,6 +14,7 @@
 //! graph), so the planner's count is by construction the count of what runs; a test checks it.
 
 pub mod attention;
+mod casts;
 pub mod heads;
 pub mod lora;
 pub mod moe;
@@ -172,50 +174,6 @@ impl Model {
         self.find_index(i, sub, leaf).map(|j| self.cast(j))
     }
 
-    /// Parameter `j` in the compute kind, from the cache where it cannot have changed.
-    fn cast(&self, j: usize) -> Tensor {
-        if let Some(Some(s)) = self.shadow.get(j).filter(|_| self.compute != Kind::Float) {
-            return s.shallow_clone();
-        }
-        let p = &self.params[j];
-        if self.compute == Kind::Float || !(self.cache_all.get() || !p.requires_grad()) {
-            return p.to_kind(self.compute);
-        }
-        let mut casts = self.casts.borrow_mut();
-        casts[j].get_or_insert_with(|| tch::no_grad(|| p.to_kind(self.compute))).shallow_clone()
-    }
-
-    /// Run `f` (which must not update the weights) with every weight cast once, in no-grad
-    /// mode; the trainable weights' copies are dropped when it returns.
-    pub fn with_cached_casts<R>(&self, f: impl FnOnce() -> R) -> R {
-        self.cache_all.set(true);
-        let out = tch::no_grad(f);
-        self.cache_all.set(false);
-        for (c, p) in self.casts.borrow_mut().iter_mut().zip(&self.params) {
-            if p.requires_grad() {
-                *c = None;
-            }
-        }
-        out
-    }
-
-    /// Compute with the optimizer's copies (`Optimizer::shadow`) of the parameters that have one.
-    pub fn use_shadow(&mut self, copies: Vec<Option<Tensor>>) {
-        self.shadow = copies;
-    }
-
-    /// Parameters a shadow copy cannot stand in for: read more than once per forward pass (a tied
-    /// embedding: the lookup and the head) or not through `cast` (routers compute in float32).
-    pub fn shadow_exclusions(&self) -> Vec<usize> {
-        let tied = self.spec().tie_embeddings.then(|| self.index["tok_emb.weight"]);
-        let routers = self.names.iter().enumerate().filter(|(_, n)| n.contains(".router.")).map(|(i, _)| i);
-        tied.into_iter().chain(routers).collect()
-    }
-
-    /// Forget every cast copy (the weights changed in place).
-    fn drop_casts(&self) {
-        self.casts.borrow_mut().iter_mut().for_each(|c| *c = None);
-    }
 
     fn linear(&self, x: &Tensor, i: usize, sub: &str) -> Tensor {
         let y = x.linear(&self.w(i, sub, "weight"), self.w_opt(i, sub, "bias").as_ref());
