@@ -13,11 +13,15 @@ fn roux(args: &[&str]) -> std::process::Output {
     Command::new(env!("CARGO_BIN_EXE_roux")).args(args).env("ROUX_QUIET", "1").output().unwrap()
 }
 
-/// Debian's chromium (the test command installs it), run headless as the machine allows.
+/// Debian's chromium (the test command installs it), run headless as the machine allows. Each
+/// call has a profile of its own: two browsers on one profile hand the page to each other (the
+/// tests run in parallel), and the second exits without printing it.
 fn chromium(args: &[&str]) -> std::process::Output {
-    let profile = root().join("target/test-runs/report/chromium-profile");
+    static CALLS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let n = CALLS.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    let profile = root().join(format!("target/test-runs/chromium-profiles/{}-{n}", std::process::id()));
     let _ = std::fs::remove_dir_all(&profile);
-    Command::new("chromium")
+    let out = Command::new("chromium")
         .args([
             "--headless",
             "--no-sandbox",
@@ -31,7 +35,9 @@ fn chromium(args: &[&str]) -> std::process::Output {
         ])
         .args(args)
         .output()
-        .expect("chromium on PATH (scripts/test.sh installs Debian's chromium)")
+        .expect("chromium on PATH (scripts/test.sh installs Debian's chromium)");
+    let _ = std::fs::remove_dir_all(&profile);
+    out
 }
 
 #[test]
@@ -97,7 +103,7 @@ fn runs_compare_side_by_side_with_what_differs_and_a_line_per_run() {
     let n = html.matches("<figure class=\"plot\"").count();
     assert!(n >= 4, "loss, val_loss, lr, grad_norm at least: {n}");
     let dom = String::from_utf8_lossy(&chromium(&["--dump-dom", &format!("file://{}", page.display())]).stdout).to_string();
-    assert!(dom.contains(&format!("<title>plots-ok {n}/{n}</title>")), "chromium did not draw every plot");
+    assert!(dom.contains(&format!("<title>plots-ok {n}/{n}</title>")), "chromium did not draw every plot; title: {:?}", dom.split("<title>").nth(1).map(|t| t.split("</title>").next()));
     // An experiment's directory compares its stages; a directory of neither kind is an error.
     let o = roux(&["report", out.join("slow/tiny").to_str().unwrap(), "-o", out.join("exp.html").to_str().unwrap()]);
     assert_eq!(o.status.code(), Some(0), "{}", String::from_utf8_lossy(&o.stderr));

@@ -130,7 +130,9 @@ impl Progress {
     pub fn update(&self, step: u64, every: u64, loss: f64, lr: f64, tok_s: f64, val: Option<f64>) {
         let evaluated = val.is_some();
         let val = val.map_or(String::new(), |v| format!(" val {v:.4}"));
-        self.line(step, every, &format!("loss {loss:.4}{val} lr {lr:.2e} {:.1}k tok/s", tok_s / 1e3), evaluated);
+        // Between log points a GPU loop has not read its loss yet (NaN here): shown as "-".
+        let loss = if loss.is_nan() { "-".to_string() } else { format!("{loss:.4}") };
+        self.line(step, every, &format!("loss {loss}{val} lr {lr:.2e} {:.1}k tok/s", tok_s / 1e3), evaluated);
     }
 
     /// The step count, `body` and the ETA: drawn every step on a terminal, logged every `every`
