@@ -56,7 +56,7 @@ pub fn runs_of(paths: &[PathBuf]) -> Result<Vec<Run>, String> {
         .into_iter()
         .zip(labels)
         .map(|(dir, label)| {
-            let metrics = crate::fsio::read_text(&dir.join("metrics.jsonl"), 256 << 20).map(|t| t.lines().filter_map(|l| serde_json::from_str(l).ok()).collect()).unwrap_or_default();
+            let metrics = super::plots::read_metrics(&dir).unwrap_or_default();
             Run { label, report: read_json(&dir.join("report.json")).unwrap_or(Value::Null), resolved: read_json(&dir.join("resolved.json")).unwrap_or(Value::Null), metrics, dir }
         })
         .collect())

@@ -9,7 +9,7 @@ use super::svg::{chart, line_chart, Series};
 /// A metrics file larger than this is not one roux wrote (a line every `log_every` steps).
 const MAX_METRICS_BYTES: u64 = 256 << 20;
 
-fn read_metrics(dir: &Path) -> Result<Vec<serde_json::Value>, String> {
+pub(crate) fn read_metrics(dir: &Path) -> Result<Vec<serde_json::Value>, String> {
     let path = dir.join("metrics.jsonl");
     let text = crate::fsio::read_text(&path, MAX_METRICS_BYTES)?;
     Ok(text.lines().filter_map(|l| serde_json::from_str(l).ok()).collect())

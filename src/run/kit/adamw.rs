@@ -208,11 +208,17 @@ impl Optimizer {
         self.gather();
         let total = self.flat.g.norm().double_value(&[]);
         if let Some(c) = clip {
-            if total > c && total.is_finite() {
-                let _ = self.flat.g.g_mul_scalar_(c / (total + 1e-6));
-            }
+            self.scale_to(total, c);
         }
         total
+    }
+
+    /// Scale the gradients so that a norm of `total` becomes at most `clip` (a non-finite one is
+    /// left for the caller to report).
+    fn scale_to(&mut self, total: f64, clip: f64) {
+        if total > clip && total.is_finite() {
+            let _ = self.flat.g.g_mul_scalar_(clip / (total + 1e-6));
+        }
     }
 
     /// The global gradient norm as a device scalar, clipping in place as PyTorch's
@@ -229,10 +235,7 @@ impl Optimizer {
                     self.grad_scale = Some(((&total + 1e-6) / c).clamp_min(1.0).to_kind(Kind::Float));
                 } else if self.flat.g.device() == tch::Device::Cpu {
                     // Reading costs nothing on the CPU: the scale of `clip_grad_norm`, bit for bit.
-                    let t = total.double_value(&[]);
-                    if t > c && t.is_finite() {
-                        let _ = self.flat.g.g_mul_scalar_(c / (t + 1e-6));
-                    }
+                    self.scale_to(total.double_value(&[]), c);
                 } else {
                     let coef = ((&total + 1e-6).reciprocal() * c).clamp_max(1.0);
                     let _ = self.flat.g.g_mul_(&coef);

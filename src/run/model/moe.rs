@@ -323,8 +323,8 @@ pub fn grouped(x: &Tensor, r: &Routing, experts: &Experts, e: i64) -> Tensor {
     let (n, d) = (x.size()[0], x.size()[1]);
     let order = r.expert.argsort_stable(true, 0, false);
     let tok = r.tok.index_select(0, &order);
-    let counts = Vec::<i64>::try_from(&counts(&r.expert, e)).expect("int64 counts");
-    let rows = x.index_select(0, &tok).split_with_sizes(&counts, 0);
+    let sizes = Vec::<i64>::try_from(&counts(&r.expert, e)).expect("int64 counts");
+    let rows = x.index_select(0, &tok).split_with_sizes(&sizes, 0);
     let (w1, w2) = (experts.w1.unbind(0), experts.w2.unbind(0));
     let w3 = experts.w3.map(|w| w.unbind(0));
     let outs: Vec<Tensor> = rows

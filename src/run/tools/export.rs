@@ -49,13 +49,21 @@ pub fn layout_for(spec: &ModelSpec) -> Result<Layout> {
     }
 }
 
+/// The resolved definition of run directory `run` and its model, for an export into `out` (which
+/// must not be a run directory: an export never overwrites one).
+pub fn run_definition(run: &Path, out: &Path) -> Result<(serde_json::Value, ModelSpec)> {
+    crate::run::kit::lifecycle::refuse_to_overwrite(out, &["report.json", "state.json", "metrics.jsonl", "resolved.json"])?;
+    let resolved = run.join("resolved.json");
+    let text = read_capped(&resolved, 64 << 20).with_context(|| format!("{} is not a run directory (no resolved.json)", run.display()))?;
+    let v: serde_json::Value = serde_json::from_str(&text).with_context(|| format!("{} is not valid JSON", resolved.display()))?;
+    let spec = ModelSpec::from_run_json(&v["model"]).map_err(|e| anyhow::anyhow!("{}: {e}", resolved.display()))?;
+    Ok((v, spec))
+}
+
 /// Export the model of a run directory (its `resolved.json` names the model, `model.safetensors`
 /// holds the weights) into `out`.
 pub fn export_hf(run: &Path, out: &Path) -> Result<Layout> {
-    crate::run::kit::lifecycle::refuse_to_overwrite(out, &["report.json", "state.json", "metrics.jsonl", "resolved.json"])?;
-    let resolved = run.join("resolved.json");
-    let v: serde_json::Value = serde_json::from_str(&read_capped(&resolved, 64 << 20).with_context(|| format!("{} is not a run directory (no resolved.json)", run.display()))?)?;
-    let spec = ModelSpec::from_run_json(&v["model"]).map_err(|e| anyhow::anyhow!("{}: {e}", resolved.display()))?;
+    let (_, spec) = run_definition(run, out)?;
     let weights = run.join("model.safetensors");
     if !weights.exists() {
         bail!("{} has no model.safetensors (is the stage finished? a LoRA stage holds an adapter: `roux merge {}` first)", run.display(), run.display());

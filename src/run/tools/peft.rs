@@ -13,9 +13,9 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use tch::{Kind, Tensor};
 
-use super::export::{layout_for, Layout};
+use super::export::{layout_for, run_definition, Layout};
 use crate::recipe::{LoraSpec, ModelSpec};
-use crate::run::kit::files::{read_capped, write_atomic, write_tensors_atomic};
+use crate::run::kit::files::{write_atomic, write_tensors_atomic};
 
 /// One roux adapter inside a PEFT module: the rows of the module's output it covers, A and B.
 struct Part {
@@ -64,10 +64,8 @@ fn module_rows(layout: Layout, module: &str, spec: &ModelSpec) -> i64 {
 /// Export the adapter of a finished LoRA stage (`run`) into `out`; `base` is written into the
 /// config as `base_model_name_or_path` (the base's Hugging Face export).
 pub fn export_peft(run: &Path, out: &Path, base: Option<&str>) -> Result<Layout> {
-    crate::run::kit::lifecycle::refuse_to_overwrite(out, &["report.json", "state.json", "metrics.jsonl", "resolved.json"])?;
+    let (v, spec) = run_definition(run, out)?;
     let resolved = run.join("resolved.json");
-    let v: serde_json::Value = serde_json::from_str(&read_capped(&resolved, 64 << 20).with_context(|| format!("{} is not a run directory (no resolved.json)", run.display()))?)?;
-    let spec = ModelSpec::from_run_json(&v["model"]).map_err(|e| anyhow::anyhow!("{}: {e}", resolved.display()))?;
     let lora: LoraSpec = match v["stage"].get("lora").filter(|l| !l.is_null()) {
         Some(l) => serde_json::from_value(l.clone()).map_err(|e| anyhow::anyhow!("{}: the stage's `lora`: {e}", resolved.display()))?,
         None => bail!("{} is not a LoRA stage (no adapter); `roux export {} --to hf` exports a full model", run.display(), run.display()),
