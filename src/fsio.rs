@@ -34,6 +34,23 @@ pub fn read_bytes(path: &Path, cap: u64) -> Result<Vec<u8>, String> {
     Ok(bytes)
 }
 
+/// `len` bytes of a regular file from `offset` (a header at the front of a large file).
+pub fn read_range(path: &Path, offset: u64, len: u64) -> Result<Vec<u8>, String> {
+    use std::io::{Seek, SeekFrom};
+    let meta = std::fs::metadata(path).map_err(|e| format!("{}: cannot read: {e}", path.display()))?;
+    if !meta.is_file() {
+        return Err(format!("{}: not a regular file", path.display()));
+    }
+    if offset.checked_add(len).map_or(true, |end| end > meta.len()) {
+        return Err(format!("{}: {} bytes, too short to hold bytes {offset} to {}", path.display(), meta.len(), offset.saturating_add(len)));
+    }
+    let mut file = File::open(path).map_err(|e| format!("{}: cannot read: {e}", path.display()))?;
+    file.seek(SeekFrom::Start(offset)).map_err(|e| format!("{}: cannot read: {e}", path.display()))?;
+    let mut bytes = vec![0; len as usize];
+    file.read_exact(&mut bytes).map_err(|e| format!("{}: cannot read: {e}", path.display()))?;
+    Ok(bytes)
+}
+
 /// Write `bytes` to `path` atomically.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), String> {
     write_atomic_with(path, |tmp| {

@@ -16,6 +16,7 @@ pub mod check;
 pub mod diag;
 pub mod frontend;
 pub mod fsio;
+pub mod hf;
 pub mod logging;
 pub mod lower;
 pub mod plan;

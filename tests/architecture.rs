@@ -139,6 +139,9 @@ fn references(files: &[File]) -> Vec<Reference> {
 fn import_rule(r: &Reference) -> Option<&'static str> {
     let (from, to) = (&r.from, &r.to);
     let run_room = |m: &Module| m.get(1).cloned().filter(|_| under(m, &["run"]));
+    if under(from, &["hf"]) && !(under(to, &["hf"]) || under(to, &["recipe"]) || under(to, &["arith"])) {
+        return Some("hf/ imports only recipe/ and arith/ (the checkpoint mapping is pure)");
+    }
     if under(from, &["run", "model"]) && under(to, &["run"]) && !under(to, &["run", "model"]) {
         return Some("run/model imports nothing else in run/");
     }

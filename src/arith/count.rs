@@ -90,8 +90,10 @@ pub fn activation_bytes(g: &ModelGraph, batch: usize, seq: usize) -> u64 {
         .map(|op| match &op.kind {
             OpKind::Embedding { dim, .. } => bt * *dim as f64,
             OpKind::Norm { dim, .. } => 2.0 * bt * *dim as f64,
-            OpKind::Attention { dim, heads, dropout, .. } => {
-                bt * (5.0 * *dim as f64 + *heads as f64) + if *dropout > 0.0 { bt * *dim as f64 } else { 0.0 }
+            OpKind::Attention { dim, heads, head_dim, dropout, .. } => {
+                // The input, then q, k, v and the heads' output in the attention width.
+                let q = (*heads * *head_dim) as f64;
+                bt * (*dim as f64 + 4.0 * q + *heads as f64) + if *dropout > 0.0 { bt * *dim as f64 } else { 0.0 }
             }
             OpKind::Mlp { hidden, act, .. } => {
                 let n = if *act == crate::recipe::Activation::Swiglu { 4.0 } else { 2.0 };
@@ -137,7 +139,7 @@ pub fn backward_peak_bytes(g: &ModelGraph, batch: usize, seq: usize) -> u64 {
             OpKind::Moe { hidden, act, .. } => {
                 moe_slots(op, bt) * ((if *act == crate::recipe::Activation::Swiglu { 3.0 } else { 2.0 }) * *hidden as f64 + 2.0 * d)
             }
-            OpKind::Attention { dim, .. } => 10.0 * bt * *dim as f64,
+            OpKind::Attention { dim, heads, head_dim, .. } => bt * (2.0 * *dim as f64 + 8.0 * (*heads * *head_dim) as f64),
             _ => 0.0,
         })
         .fold(0.0, f64::max);

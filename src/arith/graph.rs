@@ -39,8 +39,21 @@ pub enum OpKind {
     Add,
     Norm { kind: Norm, dim: usize, bias: bool },
     /// Causal multi-head self-attention with q, k, v, o projections; `kv_heads` < `heads` is
-    /// grouped-query attention.
-    Attention { dim: usize, heads: usize, kv_heads: usize, rope: bool, bias: bool, dropout: f64 },
+    /// grouped-query attention; heads of `head_dim` features each (d_model / heads unless the
+    /// model says otherwise), q/k/v biases with `bias` or `qkv_bias`, per-head q/k RMSNorm.
+    Attention {
+        dim: usize,
+        heads: usize,
+        kv_heads: usize,
+        head_dim: usize,
+        rope: bool,
+        bias: bool,
+        #[serde(skip_serializing_if = "std::ops::Not::not")]
+        qkv_bias: bool,
+        #[serde(skip_serializing_if = "std::ops::Not::not")]
+        qk_norm: bool,
+        dropout: f64,
+    },
     Mlp { dim: usize, hidden: usize, act: Activation, bias: bool, dropout: f64 },
     /// Mixture of experts: a router and `experts` MLPs (stacked into one tensor per matrix, no
     /// biases), plus `shared` always-on experts.
@@ -126,12 +139,16 @@ impl Op {
                     out.push(p("bias", vec![*dim], ParamInit::Zeros));
                 }
             }
-            OpKind::Attention { dim, heads, kv_heads, bias, .. } => {
-                let kv = dim / heads * kv_heads;
-                linear(&mut out, "q", *dim, *dim, *bias, normal);
-                linear(&mut out, "k", kv, *dim, *bias, normal);
-                linear(&mut out, "v", kv, *dim, *bias, normal);
-                linear(&mut out, "o", *dim, *dim, *bias, resid);
+            OpKind::Attention { dim, heads, kv_heads, head_dim, bias, qkv_bias, qk_norm, .. } => {
+                let (q, kv) = (heads * head_dim, kv_heads * head_dim);
+                linear(&mut out, "q", q, *dim, *bias || *qkv_bias, normal);
+                linear(&mut out, "k", kv, *dim, *bias || *qkv_bias, normal);
+                linear(&mut out, "v", kv, *dim, *bias || *qkv_bias, normal);
+                if *qk_norm {
+                    out.push(p("q_norm.weight", vec![*head_dim], ParamInit::Ones));
+                    out.push(p("k_norm.weight", vec![*head_dim], ParamInit::Ones));
+                }
+                linear(&mut out, "o", *dim, q, *bias, resid);
             }
             OpKind::Moe { dim, experts, hidden, act, shared, router, active, .. } => {
                 out.push(p("router.weight", vec![*experts, *dim], normal));
@@ -173,15 +190,15 @@ impl Op {
         let t = seq as f64;
         match &self.kind {
             OpKind::Embedding { vocab, dim } => 2.0 * (*vocab as f64) * (*dim as f64),
-            OpKind::Attention { dim, heads, kv_heads, .. } => {
+            OpKind::Attention { dim, heads, kv_heads, head_dim, .. } => {
                 let d = *dim as f64;
                 let h = *heads as f64;
-                let kv = d / h * *kv_heads as f64;
-                let qkv = 2.0 * d * (d + 2.0 * kv);
-                let logits = 2.0 * t * d;
+                let (q, kv) = (h * *head_dim as f64, (*kv_heads * *head_dim) as f64);
+                let qkv = 2.0 * d * (q + 2.0 * kv);
+                let logits = 2.0 * t * q;
                 let softmax = 3.0 * h * t;
-                let reduce = 2.0 * t * d;
-                let project = 2.0 * d * d;
+                let reduce = 2.0 * t * q;
+                let project = 2.0 * q * d;
                 qkv + logits + softmax + reduce + project
             }
             OpKind::Mlp { dim, hidden, act, .. } => {
@@ -249,8 +266,11 @@ pub fn lower_model(spec: &ModelSpec) -> ModelGraph {
                 dim: d,
                 heads: spec.heads,
                 kv_heads: spec.kv_heads,
+                head_dim: spec.head_dim(),
                 rope: spec.position == Position::Rope,
                 bias: spec.bias,
+                qkv_bias: spec.qkv_bias,
+                qk_norm: spec.qk_norm,
                 dropout: spec.dropout,
             },
             btd.clone(),

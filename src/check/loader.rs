@@ -25,6 +25,8 @@ pub trait Loader {
     fn read_text(&self, path: &Path, cap: u64) -> Result<String, String>;
     /// `path` made absolute (against the working directory), without touching it.
     fn absolute(&self, path: &Path) -> PathBuf;
+    /// `len` bytes of a regular file from `offset` (a safetensors header), or why not.
+    fn read_range(&self, path: &Path, offset: u64, len: u64) -> Result<Vec<u8>, String>;
 }
 
 /// The real file system.
@@ -53,6 +55,10 @@ impl Loader for FileSystem {
 
     fn absolute(&self, path: &Path) -> PathBuf {
         std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf())
+    }
+
+    fn read_range(&self, path: &Path, offset: u64, len: u64) -> Result<Vec<u8>, String> {
+        crate::fsio::read_range(path, offset, len)
     }
 }
 
@@ -94,6 +100,10 @@ mod tests {
         }
         fn absolute(&self, path: &Path) -> PathBuf {
             path.to_path_buf()
+        }
+        fn read_range(&self, path: &Path, offset: u64, len: u64) -> Result<Vec<u8>, String> {
+            let b = self.0.get(&normal(path)).ok_or("not found")?;
+            b.get(offset as usize..(offset + len) as usize).map(<[u8]>::to_vec).ok_or_else(|| "too short".into())
         }
     }
 

@@ -12,6 +12,7 @@ mod artifact;
 mod posttrain;
 pub mod fields;
 mod grpo;
+mod hf;
 mod isoflop;
 pub mod loader;
 mod mixture;

@@ -12,7 +12,10 @@ pub const MAX_PARAMS: f64 = 1e15;
 
 impl<'a> Checker<'a> {
     pub fn check_model(&mut self, d: &'a Decl) -> Option<ModelSpec> {
-        let (_, path, args, block) = self.ctor(&d.value, "model architecture", &["transformer"])?;
+        let (kind, path, args, block) = self.ctor(&d.value, "model architecture", &["transformer", "hf"])?;
+        if kind == "hf" {
+            return self.check_hf(d, args, block);
+        }
         if let Some(a) = args {
             if !a.is_empty() {
                 self.error(Diagnostic::error(Code::E0104, d.value.span, "`transformer` takes no arguments")
@@ -46,6 +49,12 @@ impl<'a> Checker<'a> {
         let tie = f.bool(self, "tie_embeddings", true);
         let dropout = f.ranged(self, "dropout", Some(0.0), 0.0, false, 1.0, true);
         let bias = f.bool(self, "bias", true);
+        let qkv_bias = f.bool(self, "qkv_bias", false);
+        let qk_norm = f.bool(self, "qk_norm", false);
+        let norm_eps = f.field("norm_eps").map(|_| f.ranged(self, "norm_eps", None, 0.0, true, 1.0, true));
+        let rope_theta = f.field("rope_theta").map(|_| f.ranged(self, "rope_theta", None, 1.0, false, 1e12, false));
+        let rope_scaling = f.field("rope_scaling").map(|field| self.check_rope_scaling(&field.value, &f.scope));
+        let explicit_head = !sized && f.field("head_dim").is_some();
         let (ffn, moe) = match f.field("ffn") {
             Some(field) if matches!(field.value.as_ctor_name().as_deref(), Some("moe")) => {
                 f.field("ffn");
@@ -62,7 +71,7 @@ impl<'a> Checker<'a> {
             matches!(&ffn.value.kind, crate::syntax::ast::ExprKind::Ctor { block: Some(b), .. } if b.field("hidden").is_some())
         });
         let (d_model, heads) = (d_model?, heads?);
-        if d_model % heads != 0 {
+        if !explicit_head && d_model % heads != 0 {
             let near: Vec<String> = (1..=d_model.min(4096)).filter(|h| d_model % h == 0).map(|h| h.to_string()).collect();
             let near = nearest(&near, heads);
             self.error(Diagnostic::error(Code::E0220, heads_span, format!("heads = {heads} does not divide d_model = {d_model}"))
@@ -80,7 +89,7 @@ impl<'a> Checker<'a> {
             _ => Position::Learned,
         };
         // Sized models: heads = d_model / head_dim, so rope needs an even head_dim.
-        let head_size = if sized { head_dim? } else { d_model / heads };
+        let head_size = if sized || explicit_head { head_dim? } else { d_model / heads };
         if position == Position::Rope && head_size % 2 != 0 {
             self.error(Diagnostic::error(Code::E0221, pos_span, format!("rope needs an even head size, but it is {head_size}"))
                 .with_hint("choose heads so that d_model / heads is even"));
@@ -101,7 +110,17 @@ impl<'a> Checker<'a> {
             tie_embeddings: tie?,
             dropout: dropout?,
             bias: bias?,
+            qkv_bias: qkv_bias?,
+            qk_norm: qk_norm?,
+            head_size: explicit_head.then_some(head_size),
+            norm_eps: norm_eps.map(|e| e.ok_or(())).transpose().ok()?,
+            rope_theta: rope_theta.map(|e| e.ok_or(())).transpose().ok()?,
+            rope_scaling: rope_scaling.map(|e| e.ok_or(())).transpose().ok()?,
+            checkpoint: None,
         };
+        if (spec.rope_theta.is_some() || spec.rope_scaling.is_some()) && spec.position != Position::Rope {
+            return self.rope_options_without_rope(pos_span);
+        }
         if !sized {
             return self.countable(spec, d.name.span);
         }
@@ -114,7 +133,7 @@ impl<'a> Checker<'a> {
     }
 
     /// The model, if its parameter count stays within what plans count exactly.
-    fn countable(&mut self, spec: ModelSpec, span: crate::diag::Span) -> Option<ModelSpec> {
+    pub(super) fn countable(&mut self, spec: ModelSpec, span: crate::diag::Span) -> Option<ModelSpec> {
         let n: f64 = crate::arith::lower_model(&spec).params().iter().map(|p| p.shape.iter().map(|&d| d as f64).product::<f64>()).sum();
         if n > MAX_PARAMS {
             self.error(Diagnostic::error(Code::E0202, span, format!("model `{}` has {n:.3e} parameters", spec.name))
@@ -132,6 +151,31 @@ impl<'a> Checker<'a> {
                 .with_hint(format!("d_model ≈ aspect ({aspect}) × layers, in multiples of head_dim ({head_dim})")),
         );
         Some(s)
+    }
+
+    fn rope_options_without_rope(&mut self, span: crate::diag::Span) -> Option<ModelSpec> {
+        self.error(Diagnostic::error(Code::E0221, span, "`rope_theta` and `rope_scaling` set the rotary embedding, but this model has learned positions")
+            .with_hint("add `position = rope`, or leave them out"));
+        None
+    }
+
+    /// `rope_scaling = llama3 { factor = 8, low_freq_factor = 1, high_freq_factor = 4, original_context = 8192 }`.
+    fn check_rope_scaling(&mut self, e: &'a crate::syntax::ast::Expr, scope: &super::eval::Scope<'a>) -> Option<RopeScaling> {
+        let (_, path, _, block) = self.ctor(e, "rope scaling", &["llama3"])?;
+        let mut f = Fields::new(block, scope, "llama3 rope scaling", Checker::span_of_path(path));
+        let factor = f.ranged(self, "factor", None, 1.0, false, 1e6, false);
+        let low = f.ranged(self, "low_freq_factor", Some(1.0), 0.0, true, 1e6, false);
+        let high = f.ranged(self, "high_freq_factor", Some(4.0), 0.0, true, 1e6, false);
+        let original = f.size(self, "original_context", None);
+        let span = f.value_span("high_freq_factor");
+        f.finish(self);
+        let (low, high) = (low?, high?);
+        if high <= low {
+            self.error(Diagnostic::error(Code::E0202, span, format!("`high_freq_factor` = {high} is not above `low_freq_factor` = {low}"))
+                .with_hint("Llama 3.1 uses low_freq_factor = 1, high_freq_factor = 4"));
+            return None;
+        }
+        Some(RopeScaling { factor: factor?, low_freq_factor: low, high_freq_factor: high, original_context: original? })
     }
 
     /// `ffn = mlp { hidden = 4 * d_model, act = gelu }`; absent, it is that default.

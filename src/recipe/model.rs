@@ -106,11 +106,154 @@ pub struct ModelSpec {
     pub tie_embeddings: bool,
     pub dropout: f64,
     pub bias: bool,
+    /// Biases on the query, key and value projections only (Qwen2), whatever `bias` says.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub qkv_bias: bool,
+    /// RMSNorm over each head's queries and keys before the rotary embedding (Qwen3, OLMo 2).
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub qk_norm: bool,
+    /// Each head's size when it is not d_model / heads (Qwen3: 128 at any width).
+    #[serde(default, rename = "head_dim", skip_serializing_if = "Option::is_none")]
+    pub head_size: Option<usize>,
+    /// The norms' ε; absent, 1e-5 for layernorm and 1e-6 for rmsnorm.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub norm_eps: Option<f64>,
+    /// The rotary embedding's base; absent, 10000 (Su et al. 2021).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rope_theta: Option<f64>,
+    /// Llama 3's stretching of the rotary embedding's low frequencies.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rope_scaling: Option<RopeScaling>,
+    /// Where the initial weights come from, for a model imported with `hf("…")`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub checkpoint: Option<Checkpoint>,
+}
+
+impl Default for ModelSpec {
+    /// A one-layer dense GPT-2-style model with every option at its default: the base that
+    /// code building a definition by hand (`..ModelSpec::default()`) fills in.
+    fn default() -> Self {
+        ModelSpec {
+            name: String::new(),
+            vocab: 256,
+            context: 64,
+            d_model: 64,
+            layers: 1,
+            heads: 1,
+            kv_heads: 1,
+            ffn: MlpSpec { hidden: 256, act: Activation::Gelu },
+            moe: None,
+            norm: Norm::Layernorm,
+            position: Position::Learned,
+            tie_embeddings: true,
+            dropout: 0.0,
+            bias: true,
+            qkv_bias: false,
+            qk_norm: false,
+            head_size: None,
+            norm_eps: None,
+            rope_theta: None,
+            rope_scaling: None,
+            checkpoint: None,
+        }
+    }
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
+}
+
+/// Llama 3.1's rope scaling (`rope_type = "llama3"`): wavelengths longer than
+/// `original_context / low_freq_factor` are divided by `factor`, shorter than
+/// `original_context / high_freq_factor` kept, and those between interpolated.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct RopeScaling {
+    pub factor: f64,
+    pub low_freq_factor: f64,
+    pub high_freq_factor: f64,
+    pub original_context: usize,
+}
+
+/// The Hugging Face architectures roux reads and writes.
+#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Family {
+    Gpt2,
+    Llama,
+    Mistral,
+    Qwen2,
+    Qwen3,
+}
+
+impl Family {
+    /// The architecture as Hugging Face spells it, for messages.
+    pub fn name(self) -> &'static str {
+        match self {
+            Family::Gpt2 => "GPT-2",
+            Family::Llama => "Llama",
+            Family::Mistral => "Mistral",
+            Family::Qwen2 => "Qwen2",
+            Family::Qwen3 => "Qwen3",
+        }
+    }
+}
+
+/// A Hugging Face checkpoint directory a model's weights start from.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct Checkpoint {
+    /// The directory, as resolved from the recipe's folder.
+    pub dir: std::path::PathBuf,
+    pub family: Family,
+    /// The weight files in the directory: `model.safetensors`, or the shards its index names.
+    pub files: Vec<String>,
+    /// The weights' element type as stored (`float32`, `bfloat16`, `float16`).
+    pub dtype: String,
+    /// The weight files' total size in bytes (with `files`, what a run's identity records).
+    pub bytes: u64,
 }
 
 impl ModelSpec {
     pub fn head_dim(&self) -> usize {
-        self.d_model / self.heads
+        self.head_size.unwrap_or(self.d_model / self.heads)
+    }
+
+    /// The width attention works in: heads × head size (d_model unless `head_dim` is set).
+    pub fn attn_dim(&self) -> usize {
+        self.heads * self.head_dim()
+    }
+
+    pub fn norm_eps(&self) -> f64 {
+        self.norm_eps.unwrap_or(match self.norm {
+            Norm::Layernorm => 1e-5,
+            Norm::Rmsnorm => 1e-6,
+        })
+    }
+
+    /// The options an imported checkpoint sets, in range (a config file is someone else's data).
+    pub fn check_options(&self) -> Result<(), String> {
+        if let Some(e) = self.norm_eps.filter(|e| !(*e > 0.0 && *e < 1.0)) {
+            return Err(format!("norm ε {e} is not in (0, 1)"));
+        }
+        if let Some(t) = self.rope_theta.filter(|t| !(*t >= 1.0 && *t <= 1e12)) {
+            return Err(format!("rope θ {t} is not in [1, 1e12]"));
+        }
+        if let Some(r) = &self.rope_scaling {
+            let ok = (1.0..=1e6).contains(&r.factor) && r.low_freq_factor > 0.0 && r.high_freq_factor > r.low_freq_factor && r.high_freq_factor <= 1e6 && (1..=1 << 20).contains(&r.original_context);
+            if !ok {
+                return Err(format!(
+                    "rope scaling (factor {}, low_freq_factor {}, high_freq_factor {}, original context {}) is out of range: factor in [1, 1e6], 0 < low < high ≤ 1e6",
+                    r.factor, r.low_freq_factor, r.high_freq_factor, r.original_context
+                ));
+            }
+        }
+        if (self.rope_scaling.is_some() || self.rope_theta.is_some()) && self.position != Position::Rope {
+            return Err("rope θ and rope scaling need `position = rope`".into());
+        }
+        Ok(())
+    }
+
+    pub fn rope_theta(&self) -> f64 {
+        self.rope_theta.unwrap_or(10000.0)
     }
 
     /// A model definition read back from a run directory (`resolved.json`'s `model`), which is a
@@ -125,12 +268,13 @@ impl ModelSpec {
                 return Err(format!("`{name}` = {v} is out of range (1 to {MAX})"));
             }
         }
-        if s.d_model % s.heads != 0 || s.heads % s.kv_heads != 0 {
+        if (s.head_size.is_none() && s.d_model % s.heads != 0) || s.heads % s.kv_heads != 0 || s.head_size.is_some_and(|h| h == 0 || h > MAX) {
             return Err(format!("heads {} must divide d_model {} and kv_heads {} must divide heads", s.heads, s.d_model, s.kv_heads));
         }
         if s.position == Position::Rope && s.head_dim() % 2 != 0 {
             return Err(format!("rope needs an even head size, not {}", s.head_dim()));
         }
+        s.check_options()?;
         if !(0.0..1.0).contains(&s.dropout) {
             return Err(format!("dropout {} is not in [0, 1)", s.dropout));
         }

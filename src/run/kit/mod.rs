@@ -11,6 +11,7 @@
 //! | `adamw.rs`     | AdamW on flat buffers of plain tensors                               |
 //! | `artifacts.rs` | models named by artifact references, reward models, example splits  |
 //! | `data.rs`      | a corpus split into training and validation tokens; batches          |
+//! | `hf.rs`        | a Hugging Face checkpoint's weights, memory-mapped, into a model     |
 //! | `tokenize.rs`  | byte-level BPE: train on the corpus, save tokenizer.json             |
 //! | `seqs.rs`      | padded variable-length batches, log-probabilities, generation        |
 //! | `score.rs`     | a policy's scores on held-out prompts                                |
@@ -35,6 +36,7 @@ pub mod device;
 pub mod files;
 pub mod hash;
 pub mod health;
+pub mod hf;
 pub mod lifecycle;
 pub mod native;
 pub mod profile;

@@ -23,13 +23,19 @@ impl Model {
     /// this layer's entry), x's keys and values are appended to the cached ones and x attends
     /// to all of them.
     pub(super) fn attention(&self, x: &Tensor, i: usize, heads: i64, dropout: f64, cache: Option<(i64, Entry<'_, usize, (Tensor, Tensor)>)>) -> Tensor {
-        let (b, t, d) = x.size3().expect("(B, T, d)");
-        let hs = d / heads;
+        let (b, t, _) = x.size3().expect("(B, T, d)");
+        let hs = self.spec().head_dim() as i64;
         let split = |y: Tensor| y.view([b, t, heads, hs]).transpose(1, 2); // (B, nh, T, hs)
         let kv_heads = (self.spec().kv_heads as i64).min(heads);
         let split_kv = |y: Tensor| y.view([b, t, kv_heads, hs]).transpose(1, 2); // (B, nkv, T, hs)
         let (q, k, v) = self.qkv(x, i);
         let (mut q, mut k, mut v) = (split(q), split_kv(k), split_kv(v));
+        if let (Some(qn), Some(kn)) = (self.w_opt(i, "q_norm", "weight"), self.w_opt(i, "k_norm", "weight")) {
+            // Qwen3's QK-norm: each head's queries and keys RMS-normalised before the rotation.
+            let eps = self.spec().norm_eps();
+            q = q.rms_norm([hs], Some(&qn), eps);
+            k = k.rms_norm([hs], Some(&kn), eps);
+        }
         let offset = cache.as_ref().map_or(0, |(o, _)| *o);
         if let Some((cos, sin)) = &self.rope {
             q = apply_rope(&q, cos, sin, offset, t);
@@ -63,7 +69,7 @@ impl Model {
             let mask = (t > 1).then(|| Tensor::ones([t, keys], (Kind::Bool, x.device())).tril(offset));
             Tensor::scaled_dot_product_attention(&q, &k, &v, mask.as_ref(), dropout, false, None, false)
         }; // (B, nh, T, hs)
-        let y = y.transpose(1, 2).contiguous().view([b, t, d]); // (B, T, d)
+        let y = y.transpose(1, 2).contiguous().view([b, t, heads * hs]); // (B, T, heads·hs)
         self.linear(&y, i, "o")
     }
 
@@ -85,10 +91,26 @@ impl Model {
     }
 }
 
-/// cos and sin tables (T, hs/2) for rotary embeddings, base 10000 (Su et al. 2021).
-pub(super) fn rope_tables(context: usize, hs: usize, device: Device) -> (Tensor, Tensor) {
-    let half = (hs / 2) as i64;
-    let inv = Tensor::arange(half, (Kind::Float, device)).g_mul_scalar(-2.0 / hs as f64 * (10000f64).ln()).exp();
+/// cos and sin tables (T, hs/2) for rotary embeddings (Su et al. 2021): frequencies θ^(−2i/hs),
+/// θ = 10000 unless the model says otherwise, stretched as Llama 3 does when it has `rope_scaling`.
+pub(super) fn rope_tables(spec: &crate::recipe::ModelSpec, device: Device) -> (Tensor, Tensor) {
+    let (context, hs) = (spec.context, spec.head_dim());
+    let theta = spec.rope_theta();
+    let mut inv: Vec<f64> = (0..hs / 2).map(|i| theta.powf(-2.0 * i as f64 / hs as f64)).collect();
+    if let Some(r) = &spec.rope_scaling {
+        // transformers' `_compute_llama3_parameters`, wavelength by wavelength.
+        let (low, high) = (r.original_context as f64 / r.low_freq_factor, r.original_context as f64 / r.high_freq_factor);
+        for f in inv.iter_mut() {
+            let wavelen = 2.0 * std::f64::consts::PI / *f;
+            if wavelen > low {
+                *f /= r.factor;
+            } else if wavelen >= high {
+                let smooth = (r.original_context as f64 / wavelen - r.low_freq_factor) / (r.high_freq_factor - r.low_freq_factor);
+                *f = (1.0 - smooth) * *f / r.factor + smooth * *f;
+            }
+        }
+    }
+    let inv = Tensor::from_slice(&inv).to_kind(Kind::Float).to_device(device);
     let pos = Tensor::arange(context as i64, (Kind::Float, device));
     let angles = pos.outer(&inv); // (T, hs/2)
     (angles.cos(), angles.sin())

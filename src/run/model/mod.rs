@@ -9,6 +9,7 @@
 //! | `moe.rs`       | routers, sparse dispatch, auxiliary losses, the MoE layer and jitter|
 //! | `lora.rs`      | LoRA adapters: attach, load, merge                                  |
 //! | `heads.rs`     | scalar heads on the final hidden state (reward and value heads)     |
+//! | `weights.rs`   | weights in: copied into a model, or a checkpoint's tensors adopted  |
 //!
 //! Parameters are created from `ModelGraph::params()` (names, shapes and init come from the
 //! graph), so the planner's count is by construction the count of what runs; a test checks it.
@@ -18,8 +19,9 @@ mod casts;
 pub mod heads;
 pub mod lora;
 pub mod moe;
+mod weights;
 
-use anyhow::{bail, Result};
+use anyhow::Result;
 use petgraph::graph::NodeIndex;
 use petgraph::Direction;
 use std::cell::{Cell, RefCell};
@@ -124,7 +126,7 @@ impl Model {
             }
         }
         let spec = &graph.spec;
-        let rope = (spec.position == crate::recipe::Position::Rope).then(|| attention::rope_tables(spec.context, spec.head_dim(), device));
+        let rope = (spec.position == crate::recipe::Position::Rope).then(|| attention::rope_tables(spec, device));
         let index = names.iter().enumerate().map(|(i, n)| (n.clone(), i)).collect();
         let node_params = order
             .iter()
@@ -254,9 +256,10 @@ impl Model {
                 OpKind::Add => arg(0) + arg(1),
                 OpKind::Norm { kind, dim, .. } => {
                     let w = self.w(i, "", "weight");
+                    let eps = self.spec().norm_eps();
                     match kind {
-                        Norm::Layernorm => arg(0).layer_norm([*dim as i64], Some(&w), self.w_opt(i, "", "bias").as_ref(), 1e-5, true),
-                        Norm::Rmsnorm => arg(0).rms_norm([*dim as i64], Some(&w), 1e-6),
+                        Norm::Layernorm => arg(0).layer_norm([*dim as i64], Some(&w), self.w_opt(i, "", "bias").as_ref(), eps, true),
+                        Norm::Rmsnorm => arg(0).rms_norm([*dim as i64], Some(&w), eps),
                     }
                 }
                 OpKind::Attention { heads, dropout, .. } => {
@@ -323,48 +326,10 @@ impl Model {
         self.names.iter().cloned().zip(self.params.iter().map(|p| p.shallow_clone())).collect()
     }
 
-    /// Copy weights in from named tensors; every parameter must be present with its shape.
-    pub fn load(&mut self, tensors: &[(String, Tensor)]) -> Result<()> {
-        let given: HashMap<&str, &Tensor> = tensors.iter().map(|(n, t)| (n.as_str(), t)).collect();
-        for (name, p) in self.names.iter().zip(self.params.iter_mut()) {
-            let Some(t) = given.get(name.as_str()) else { bail!("checkpoint has no tensor `{name}`") };
-            if t.size() != p.size() {
-                bail!("checkpoint tensor `{name}` has shape {:?}, the model expects {:?}", t.size(), p.size());
-            }
-            if t.kind() != Kind::Float {
-                bail!("checkpoint tensor `{name}` is {}, expected float32", kind_name(t.kind()));
-            }
-            // NaN weights would pass silently into every score and sample drawn from them.
-            if !bool::try_from(t.isfinite().all()).unwrap_or(false) {
-                bail!("checkpoint tensor `{name}` has non-finite values (NaN or infinity); the model cannot be used");
-            }
-            tch::no_grad(|| p.copy_(t));
-        }
-        self.drop_casts();
-        Ok(())
-    }
-
     /// Make this a frozen copy: no parameter takes gradients.
     pub fn freeze(&mut self) {
         for p in self.params.iter_mut() {
             let _ = p.set_requires_grad(false);
         }
-    }
-}
-
-/// A tensor's element type as PyTorch names it (`bfloat16`, `float16`), for messages.
-fn kind_name(k: Kind) -> &'static str {
-    match k {
-        Kind::Float => "float32",
-        Kind::Double => "float64",
-        Kind::Half => "float16",
-        Kind::BFloat16 => "bfloat16",
-        Kind::Int64 => "int64",
-        Kind::Int => "int32",
-        Kind::Int16 => "int16",
-        Kind::Int8 => "int8",
-        Kind::Uint8 => "uint8",
-        Kind::Bool => "bool",
-        _ => "a type other than float32",
     }
 }

@@ -47,7 +47,10 @@ pub fn run_model(ctx: &StageCtx, spec: &ModelSpec, t: &TrainSpec) -> Result<()> 
     let plan = plan_model(&graph, t.batch, t.context);
     device::memory_guard(name, plan.train_memory_bytes, device)?;
     tch::manual_seed(recipe.seed as i64);
-    let mut model = Model::from_graph(graph, device)?;
+    let mut model = match spec.checkpoint {
+        Some(_) => crate::run::kit::hf::load(spec, device)?,
+        None => Model::from_graph(graph, device)?,
+    };
     if t.precision == crate::recipe::Precision::Bf16 {
         model.set_precision(tch::Kind::BFloat16);
     }

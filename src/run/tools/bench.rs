@@ -43,6 +43,7 @@ fn config_spec(name: &str, d: usize, layers: usize, heads: usize, ctx: usize, ex
         tie_embeddings: true,
         dropout: 0.0,
         bias: false,
+        ..ModelSpec::default()
     }
 }
 

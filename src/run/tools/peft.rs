@@ -13,8 +13,9 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use tch::{Kind, Tensor};
 
-use super::export::{layout_for, run_definition, Layout};
-use crate::recipe::{LoraSpec, ModelSpec};
+use super::export::{family_for, run_definition};
+use crate::hf::names;
+use crate::recipe::{Family, LoraSpec, ModelSpec};
 use crate::run::kit::files::{write_atomic, write_tensors_atomic};
 
 /// One roux adapter inside a PEFT module: the rows of the module's output it covers, A and B.
@@ -24,46 +25,26 @@ struct Part {
     b: Tensor,
 }
 
-/// Where a roux adapter path (`blocks.3.attn.q`) lives in the layout: the Hugging Face module and
-/// the first row of its output that the projection writes.
-fn module_of(layout: Layout, path: &str, spec: &ModelSpec) -> Result<(String, i64)> {
-    let mut it = path.split('.');
-    let (Some("blocks"), Some(i), Some(group), Some(leaf), None) = (it.next(), it.next(), it.next(), it.next(), it.next()) else {
-        bail!("adapter `{path}` is not on a block's attention or feed-forward linear; PEFT export covers those");
-    };
-    let d = spec.d_model as i64;
-    let kv = (spec.kv_heads * spec.head_dim()) as i64;
-    let found = match (layout, group, leaf) {
-        (Layout::Gpt2, "attn", "q") => Some((format!("transformer.h.{i}.attn.c_attn"), 0)),
-        (Layout::Gpt2, "attn", "k") => Some((format!("transformer.h.{i}.attn.c_attn"), d)),
-        (Layout::Gpt2, "attn", "v") => Some((format!("transformer.h.{i}.attn.c_attn"), d + kv)),
-        (Layout::Gpt2, "attn", "o") => Some((format!("transformer.h.{i}.attn.c_proj"), 0)),
-        (Layout::Gpt2, "ffn", "w1") => Some((format!("transformer.h.{i}.mlp.c_fc"), 0)),
-        (Layout::Gpt2, "ffn", "w2") => Some((format!("transformer.h.{i}.mlp.c_proj"), 0)),
-        (Layout::Llama, "attn", p @ ("q" | "k" | "v" | "o")) => Some((format!("model.layers.{i}.self_attn.{p}_proj"), 0)),
-        (Layout::Llama, "ffn", "w1") => Some((format!("model.layers.{i}.mlp.gate_proj"), 0)),
-        (Layout::Llama, "ffn", "w3") => Some((format!("model.layers.{i}.mlp.up_proj"), 0)),
-        (Layout::Llama, "ffn", "w2") => Some((format!("model.layers.{i}.mlp.down_proj"), 0)),
-        _ => None,
-    };
-    found.with_context(|| format!("adapter `{path}` has no module in the {} layout", layout.name()))
+/// Where a roux adapter path (`blocks.3.attn.q`) lives in the architecture: the Hugging Face
+/// module and the first row of its output that the projection writes (the import's name table).
+fn module_of(family: Family, path: &str, spec: &ModelSpec) -> Result<(String, i64)> {
+    let weight = format!("{path}.weight");
+    let place = names::places(spec, family).into_iter().find(|(n, _)| *n == weight).map(|(_, p)| p);
+    let found = place.and_then(|p| Some((p.hf.strip_suffix(".weight")?.to_string(), p.rows.map_or(0, |r| r.0 as i64))));
+    found.with_context(|| format!("adapter `{path}` has no module in the {} layout", family.name()))
 }
 
-/// Rows of a module's output (its weight's `out` dimension) in the layout.
-fn module_rows(layout: Layout, module: &str, spec: &ModelSpec) -> i64 {
-    let d = spec.d_model as i64;
-    let kv = (spec.kv_heads * spec.head_dim()) as i64;
-    match (layout, module.rsplit('.').next().unwrap_or_default()) {
-        (Layout::Gpt2, "c_attn") => d + 2 * kv,
-        (_, "c_fc" | "gate_proj" | "up_proj") => spec.ffn.hidden as i64,
-        (Layout::Llama, "k_proj" | "v_proj") => kv,
-        _ => d,
-    }
+/// Rows of a module's output (its weight's `out` dimension; GPT-2 stores weights as (in, out)).
+fn module_rows(family: Family, module: &str, spec: &ModelSpec) -> i64 {
+    let shapes = names::expected_shapes(spec, family);
+    let s = shapes.get(&format!("{module}.weight")).map_or(&[][..], Vec::as_slice);
+    let out = if family == Family::Gpt2 { s.get(1) } else { s.first() };
+    out.copied().unwrap_or(0) as i64
 }
 
 /// Export the adapter of a finished LoRA stage (`run`) into `out`; `base` is written into the
 /// config as `base_model_name_or_path` (the base's Hugging Face export).
-pub fn export_peft(run: &Path, out: &Path, base: Option<&str>) -> Result<Layout> {
+pub fn export_peft(run: &Path, out: &Path, base: Option<&str>) -> Result<Family> {
     let (v, spec) = run_definition(run, out)?;
     let resolved = run.join("resolved.json");
     let lora: LoraSpec = match v["stage"].get("lora").filter(|l| !l.is_null()) {
@@ -74,7 +55,7 @@ pub fn export_peft(run: &Path, out: &Path, base: Option<&str>) -> Result<Layout>
     if !file.exists() {
         bail!("{} has no adapter.safetensors yet (is the stage finished?)", run.display());
     }
-    let layout = layout_for(&spec)?;
+    let layout = family_for(&spec)?;
     let tensors: BTreeMap<String, Tensor> = Tensor::read_safetensors(&file).with_context(|| format!("reading {}", file.display()))?.into_iter().collect();
     // Group the adapters by the module they land in.
     let mut modules: BTreeMap<String, Vec<Part>> = BTreeMap::new();
@@ -116,7 +97,7 @@ pub fn export_peft(run: &Path, out: &Path, base: Option<&str>) -> Result<Layout>
         "target_modules": targets,
         "rank_pattern": rank_pattern,
         "alpha_pattern": alpha_pattern,
-        "fan_in_fan_out": layout == Layout::Gpt2,
+        "fan_in_fan_out": layout == Family::Gpt2,
         "bias": "none",
         "use_rslora": false,
         "use_dora": false,

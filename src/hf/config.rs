@@ -1,0 +1,221 @@
+//! A Hugging Face `config.json` as a model definition: each supported architecture mapped onto
+//! the options of `transformer { … }` that compute the same function. A config file is someone
+//! else's data: every number is range-checked and anything the mapping cannot express exactly
+//! is refused by name, never approximated.
+
+use serde_json::Value;
+
+use crate::recipe::{Activation, Family, MlpSpec, ModelSpec, Norm, Position, RopeScaling};
+
+/// The `architectures` entries roux reads, with their family.
+pub const SUPPORTED: &[(&str, Family)] = &[
+    ("GPT2LMHeadModel", Family::Gpt2),
+    ("LlamaForCausalLM", Family::Llama),
+    ("MistralForCausalLM", Family::Mistral),
+    ("Qwen2ForCausalLM", Family::Qwen2),
+    ("Qwen3ForCausalLM", Family::Qwen3),
+];
+
+/// The family a config's `architectures` names.
+pub fn family(c: &Value) -> Result<Family, String> {
+    let names: Vec<&str> = c["architectures"].as_array().map(|a| a.iter().filter_map(Value::as_str).collect()).unwrap_or_default();
+    let supported = SUPPORTED.iter().map(|(n, _)| *n).collect::<Vec<_>>().join(", ");
+    match names.as_slice() {
+        [] => Err(format!("names no `architectures`; roux reads {supported}")),
+        [one] => SUPPORTED.iter().find(|(n, _)| n == one).map(|(_, f)| *f).ok_or_else(|| format!("architecture `{}` is not supported; roux reads {supported}", one.escape_debug())),
+        _ => Err(format!("names {} architectures; roux reads one of {supported}", names.len())),
+    }
+}
+
+/// The definition of model `name` that `config.json` (parsed) describes.
+pub fn model_from_config(name: &str, c: &Value) -> Result<(ModelSpec, Family), String> {
+    let family = family(c)?;
+    let r = Reader(c);
+    let spec = match family {
+        Family::Gpt2 => gpt2(name, &r)?,
+        _ => llama_like(name, family, &r)?,
+    };
+    spec.check_options()?;
+    Ok((spec, family))
+}
+
+/// The largest size a config may give a dimension (vocabulary, context, widths).
+const MAX_DIM: u64 = 1 << 22;
+
+struct Reader<'a>(&'a Value);
+
+impl Reader<'_> {
+    fn get(&self, key: &str) -> Option<&Value> {
+        self.0.get(key).filter(|v| !v.is_null())
+    }
+
+    /// A whole number in 1..=MAX_DIM; absent, `default`.
+    fn size(&self, key: &str, default: Option<usize>) -> Result<usize, String> {
+        match self.get(key) {
+            None => default.ok_or_else(|| format!("has no `{key}`")),
+            Some(v) => v.as_u64().filter(|n| (1..=MAX_DIM).contains(n)).map(|n| n as usize).ok_or_else(|| format!("`{key}` = {v} is not a whole number from 1 to {MAX_DIM}")),
+        }
+    }
+
+    fn float(&self, key: &str, default: f64) -> Result<f64, String> {
+        match self.get(key) {
+            None => Ok(default),
+            Some(v) => v.as_f64().filter(|x| x.is_finite()).ok_or_else(|| format!("`{key}` = {v} is not a number")),
+        }
+    }
+
+    fn flag(&self, key: &str, default: bool) -> Result<bool, String> {
+        match self.get(key) {
+            None => Ok(default),
+            Some(v) => v.as_bool().ok_or_else(|| format!("`{key}` = {v} is not true or false")),
+        }
+    }
+
+    fn text(&self, key: &str, default: &str) -> Result<String, String> {
+        match self.get(key) {
+            None => Ok(default.to_string()),
+            Some(v) => v.as_str().map(str::to_string).ok_or_else(|| format!("`{key}` = {v} is not a string")),
+        }
+    }
+
+    /// Refuse `key` unless absent or equal to `want` (a setting roux does not implement).
+    fn only(&self, key: &str, want: Value, why: &str) -> Result<(), String> {
+        match self.get(key) {
+            Some(v) if *v != want => Err(format!("`{key}` = {v}: {why}")),
+            _ => Ok(()),
+        }
+    }
+}
+
+fn gpt2(name: &str, r: &Reader) -> Result<ModelSpec, String> {
+    let d = r.size("n_embd", None)?;
+    let heads = r.size("n_head", None)?;
+    let act = r.text("activation_function", "gelu_new")?;
+    if !matches!(act.as_str(), "gelu_new" | "gelu_pytorch_tanh") {
+        return Err(format!("`activation_function` = \"{}\": roux's GELU is the tanh approximation (gelu_new)", act.escape_debug()));
+    }
+    r.only("scale_attn_by_inverse_layer_idx", Value::Bool(false), "roux scales attention by 1/√head size only")?;
+    r.only("reorder_and_upcast_attn", Value::Bool(false), "not supported")?;
+    r.only("scale_attn_weights", Value::Bool(true), "roux always scales attention scores")?;
+    if d % heads != 0 {
+        return Err(format!("`n_head` = {heads} does not divide `n_embd` = {d}"));
+    }
+    Ok(ModelSpec {
+        name: name.into(),
+        vocab: r.size("vocab_size", None)?,
+        context: r.size("n_positions", None)?,
+        d_model: d,
+        layers: r.size("n_layer", None)?,
+        heads,
+        kv_heads: heads,
+        ffn: MlpSpec { hidden: r.size("n_inner", Some(4 * d))?, act: Activation::Gelu },
+        norm: Norm::Layernorm,
+        position: Position::Learned,
+        tie_embeddings: r.flag("tie_word_embeddings", true)?,
+        bias: true,
+        norm_eps: Some(r.float("layer_norm_epsilon", 1e-5)?),
+        ..ModelSpec::default()
+    })
+}
+
+/// Llama 2 and 3, Mistral, Qwen2 and Qwen3: RoPE, RMSNorm, SwiGLU, grouped-query attention.
+fn llama_like(name: &str, family: Family, r: &Reader) -> Result<ModelSpec, String> {
+    let d = r.size("hidden_size", None)?;
+    let heads = r.size("num_attention_heads", None)?;
+    let kv_heads = r.size("num_key_value_heads", Some(heads))?;
+    let act = r.text("hidden_act", "silu")?;
+    if act != "silu" {
+        return Err(format!("`hidden_act` = \"{}\": roux's gated MLP is SwiGLU (silu)", act.escape_debug()));
+    }
+    if heads % kv_heads != 0 {
+        return Err(format!("`num_key_value_heads` = {kv_heads} does not divide `num_attention_heads` = {heads}"));
+    }
+    let default_head = (d % heads == 0).then_some(d / heads);
+    let head = r.size("head_dim", default_head)?;
+    if head % 2 != 0 {
+        return Err(format!("rope needs an even head size, not `head_dim` = {head}"));
+    }
+    let context = r.size("max_position_embeddings", None)?;
+    full_attention(family, r, context)?;
+    r.only("pretraining_tp", Value::from(1), "tensor-parallel slicing of the projections is not supported")?;
+    // Qwen2 always has biases on q, k, v (none on o or the MLP); Llama and Qwen3 say which.
+    let (attn_bias, mlp_bias) = match family {
+        Family::Qwen2 => (false, false),
+        Family::Mistral => (false, false),
+        _ => (r.flag("attention_bias", false)?, r.flag("mlp_bias", false)?),
+    };
+    if attn_bias != mlp_bias {
+        return Err(format!("`attention_bias` = {attn_bias} with `mlp_bias` = {mlp_bias}: roux's `bias` covers both"));
+    }
+    let (theta, scaling) = rope(r)?;
+    Ok(ModelSpec {
+        name: name.into(),
+        vocab: r.size("vocab_size", None)?,
+        context,
+        d_model: d,
+        layers: r.size("num_hidden_layers", None)?,
+        heads,
+        kv_heads,
+        ffn: MlpSpec { hidden: r.size("intermediate_size", None)?, act: Activation::Swiglu },
+        norm: Norm::Rmsnorm,
+        position: Position::Rope,
+        tie_embeddings: r.flag("tie_word_embeddings", false)?,
+        bias: attn_bias,
+        qkv_bias: family == Family::Qwen2,
+        qk_norm: family == Family::Qwen3,
+        head_size: (Some(head) != default_head).then_some(head),
+        norm_eps: Some(r.float("rms_norm_eps", 1e-6)?),
+        rope_theta: Some(theta),
+        rope_scaling: scaling,
+        ..ModelSpec::default()
+    })
+}
+
+/// Every layer attends to every earlier position: no sliding window shorter than the context.
+fn full_attention(family: Family, r: &Reader, context: usize) -> Result<(), String> {
+    let windowed = match family {
+        Family::Mistral => r.get("sliding_window").is_some(),
+        Family::Qwen2 | Family::Qwen3 => r.flag("use_sliding_window", false)?,
+        _ => false,
+    };
+    if windowed {
+        let w = r.size("sliding_window", None)?;
+        if w < context {
+            return Err(format!("`sliding_window` = {w} is shorter than the context ({context}); roux's attention is full causal (set `max_position_embeddings` ≤ {w} to use it)"));
+        }
+    }
+    if let Some(types) = r.get("layer_types").and_then(Value::as_array) {
+        if let Some(t) = types.iter().find(|t| t.as_str() != Some("full_attention")) {
+            return Err(format!("`layer_types` holds {t}; roux's layers are all full attention"));
+        }
+    }
+    Ok(())
+}
+
+/// The rotary embedding's base and scaling: `rope_parameters` (transformers 5) or the older
+/// `rope_theta` and `rope_scaling`.
+fn rope(r: &Reader) -> Result<(f64, Option<RopeScaling>), String> {
+    let params = r.get("rope_parameters").or_else(|| r.get("rope_scaling"));
+    let theta = match params.and_then(|p| p.get("rope_theta")).filter(|v| !v.is_null()) {
+        Some(v) => v.as_f64().ok_or_else(|| format!("`rope_theta` = {v} is not a number"))?,
+        None => r.float("rope_theta", 10000.0)?,
+    };
+    let Some(p) = params else { return Ok((theta, None)) };
+    let kind = p.get("rope_type").or_else(|| p.get("type")).and_then(Value::as_str).unwrap_or("default");
+    let num = |k: &str, default: Option<f64>| match p.get(k).filter(|v| !v.is_null()) {
+        Some(v) => v.as_f64().filter(|x| x.is_finite()).ok_or_else(|| format!("rope `{k}` = {v} is not a number")),
+        None => default.ok_or_else(|| format!("llama3 rope scaling has no `{k}`")),
+    };
+    match kind {
+        "default" => Ok((theta, None)),
+        "llama3" => {
+            let original = num("original_max_position_embeddings", None)?;
+            if !(original >= 1.0 && original <= MAX_DIM as f64 && original.fract() == 0.0) {
+                return Err(format!("rope `original_max_position_embeddings` = {original} is not a whole number from 1 to {MAX_DIM}"));
+            }
+            let s = RopeScaling { factor: num("factor", None)?, low_freq_factor: num("low_freq_factor", Some(1.0))?, high_freq_factor: num("high_freq_factor", Some(4.0))?, original_context: original as usize };
+            Ok((theta, Some(s)))
+        }
+        other => Err(format!("rope type `{}` is not supported (roux has default and llama3)", other.escape_debug())),
+    }
+}

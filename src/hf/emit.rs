@@ -1,0 +1,62 @@
+//! A model definition as the `config.json` of a Hugging Face architecture (for export): the
+//! inverse of `config.rs`, so an imported model goes back out as what it came in as.
+
+use serde_json::{json, Value};
+
+use crate::recipe::{Family, ModelSpec};
+
+/// The class name `transformers` instantiates for a family.
+pub fn class(family: Family) -> &'static str {
+    super::config::SUPPORTED.iter().find(|(_, f)| *f == family).map_or("?", |(n, _)| n)
+}
+
+/// `config.json` for `spec` as a `family` checkpoint stored in float32.
+pub fn config(spec: &ModelSpec, family: Family) -> Value {
+    let mut c = match family {
+        Family::Gpt2 => json!({
+            "model_type": "gpt2",
+            "vocab_size": spec.vocab, "n_positions": spec.context, "n_embd": spec.d_model,
+            "n_layer": spec.layers, "n_head": spec.heads, "n_inner": spec.ffn.hidden,
+            "activation_function": "gelu_new", "layer_norm_epsilon": spec.norm_eps(),
+            "resid_pdrop": 0.0, "embd_pdrop": 0.0, "attn_pdrop": 0.0,
+            // GPT-2's defaults name token 50256, outside a smaller vocabulary.
+            "bos_token_id": (spec.vocab > 50256).then_some(50256), "eos_token_id": (spec.vocab > 50256).then_some(50256),
+        }),
+        _ => {
+            let name = match family {
+                Family::Mistral => "mistral",
+                Family::Qwen2 => "qwen2",
+                Family::Qwen3 => "qwen3",
+                _ => "llama",
+            };
+            let mut rope = json!({"rope_type": "default", "rope_theta": spec.rope_theta()});
+            if let Some(r) = &spec.rope_scaling {
+                rope = json!({"rope_type": "llama3", "rope_theta": spec.rope_theta(), "factor": r.factor,
+                    "low_freq_factor": r.low_freq_factor, "high_freq_factor": r.high_freq_factor,
+                    "original_max_position_embeddings": r.original_context});
+            }
+            let mut c = json!({
+                "model_type": name,
+                "vocab_size": spec.vocab, "hidden_size": spec.d_model, "intermediate_size": spec.ffn.hidden,
+                "num_hidden_layers": spec.layers, "num_attention_heads": spec.heads,
+                "num_key_value_heads": spec.kv_heads, "head_dim": spec.head_dim(),
+                "max_position_embeddings": spec.context, "rms_norm_eps": spec.norm_eps(), "hidden_act": "silu",
+                "rope_theta": spec.rope_theta(), "rope_parameters": rope,
+            });
+            if matches!(family, Family::Llama | Family::Qwen3) {
+                c["attention_bias"] = json!(spec.bias);
+            }
+            if family == Family::Llama {
+                c["mlp_bias"] = json!(spec.bias);
+            }
+            if family == Family::Mistral {
+                c["sliding_window"] = Value::Null;
+            }
+            c
+        }
+    };
+    c["architectures"] = json!([class(family)]);
+    c["tie_word_embeddings"] = json!(spec.tie_embeddings);
+    c["torch_dtype"] = json!("float32");
+    c
+}

@@ -1,0 +1,50 @@
+//! Hugging Face checkpoints, in the front end (no libtorch): what `hf("dir")` reads at check time
+//! and what export writes. Pure: the caller reads the files (check through its `Loader`, run
+//! through `run/kit`) and hands the bytes in.
+//!
+//! | file        | what it does                                                            |
+//! |-------------|-------------------------------------------------------------------------|
+//! | `config.rs` | `config.json` → a model definition, per supported architecture          |
+//! | `emit.rs`   | a model definition → `config.json` of its architecture (export)          |
+//! | `names.rs`  | where each roux parameter lives in a checkpoint (both directions)       |
+//! | `header.rs` | safetensors headers, and what differs from the tensors a model expects  |
+
+pub mod config;
+pub mod emit;
+pub mod header;
+pub mod names;
+
+/// The files of a checkpoint directory roux reads.
+pub const CONFIG: &str = "config.json";
+pub const WEIGHTS: &str = "model.safetensors";
+pub const INDEX: &str = "model.safetensors.index.json";
+/// The tokenizer and generation files an export copies beside the weights.
+pub const TOKENIZER_FILES: &[&str] = &["tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "generation_config.json", "chat_template.jinja"];
+/// The most shard files an index may name.
+pub const MAX_SHARDS: usize = 4096;
+/// The largest `config.json` or index read.
+pub const MAX_CONFIG: u64 = 16 << 20;
+
+/// The shard files an index (`model.safetensors.index.json`, parsed) names, each one path
+/// component ending in `.safetensors`, in order of first appearance.
+pub fn shards(index: &serde_json::Value) -> Result<Vec<String>, String> {
+    let map = index.get("weight_map").and_then(|m| m.as_object()).ok_or("has no `weight_map` object")?;
+    let mut out: Vec<String> = vec![];
+    for (tensor, file) in map {
+        let Some(f) = file.as_str() else { return Err(format!("maps `{}` to {file}, not a file name", tensor.escape_debug())) };
+        let plain = !f.is_empty() && f.ends_with(".safetensors") && !f.contains(['/', '\\', '\0']) && f != ".." && !f.starts_with('.');
+        if !plain {
+            return Err(format!("names shard \"{}\"; a shard must be a `.safetensors` file in the same directory", f.escape_debug()));
+        }
+        if !out.iter().any(|o| o == f) {
+            out.push(f.to_string());
+        }
+    }
+    if out.is_empty() {
+        return Err("maps no tensors".into());
+    }
+    if out.len() > MAX_SHARDS {
+        return Err(format!("names {} shards; roux reads at most {MAX_SHARDS}", out.len()));
+    }
+    Ok(out)
+}

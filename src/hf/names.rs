@@ -1,0 +1,173 @@
+//! Where each of roux's parameters lives in a Hugging Face checkpoint of a family: one table,
+//! read in both directions (import gathers roux's tensors from the checkpoint's, export writes
+//! the checkpoint's from roux's).
+
+use std::collections::BTreeMap;
+
+use crate::arith::lower_model;
+use crate::recipe::{Family, ModelSpec};
+
+/// A roux parameter's place in a checkpoint.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Place {
+    /// The checkpoint tensor holding it.
+    pub hf: String,
+    /// GPT-2's Conv1D layers store (in, out): the transpose of roux's (out, in).
+    pub transposed: bool,
+    /// Rows `start..start + len` of the (transposed) checkpoint tensor: GPT-2's fused `c_attn`
+    /// holds q, k and v one after another.
+    pub rows: Option<(usize, usize)>,
+}
+
+impl Place {
+    fn whole(hf: String) -> Place {
+        Place { hf, transposed: false, rows: None }
+    }
+}
+
+/// Every parameter of `spec` (roux's name) with its place in a `family` checkpoint.
+pub fn places(spec: &ModelSpec, family: Family) -> Vec<(String, Place)> {
+    let d = spec.d_model;
+    lower_model(spec)
+        .params()
+        .into_iter()
+        .map(|p| {
+            let place = match family {
+                Family::Gpt2 => gpt2(&p.name, d, p.shape.len()),
+                _ => Place::whole(llama(&p.name)),
+            };
+            (p.name, place)
+        })
+        .collect()
+}
+
+fn gpt2(name: &str, d: usize, rank: usize) -> Place {
+    let fixed = |s: &str| Place::whole(s.to_string());
+    match name {
+        "tok_emb.weight" => return fixed("transformer.wte.weight"),
+        "pos_emb.weight" => return fixed("transformer.wpe.weight"),
+        "head.weight" => return fixed("lm_head.weight"),
+        _ => {}
+    }
+    if let Some(leaf) = name.strip_prefix("norm_f.") {
+        return Place::whole(format!("transformer.ln_f.{leaf}"));
+    }
+    let (block, rest) = split_block(name);
+    let h = format!("transformer.h.{block}");
+    let (module, leaf) = rest.rsplit_once('.').unwrap_or((rest, ""));
+    // Conv1D weights are transposed; biases are vectors either way.
+    let conv = |m: &str| Place { hf: format!("{h}.{m}.{leaf}"), transposed: rank == 2, rows: None };
+    match module {
+        "norm1" => Place::whole(format!("{h}.ln_1.{leaf}")),
+        "norm2" => Place::whole(format!("{h}.ln_2.{leaf}")),
+        "attn.q" | "attn.k" | "attn.v" => {
+            let i = ["attn.q", "attn.k", "attn.v"].iter().position(|m| *m == module).unwrap_or(0);
+            Place { rows: Some((i * d, d)), ..conv("attn.c_attn") }
+        }
+        "attn.o" => conv("attn.c_proj"),
+        "ffn.w1" => conv("mlp.c_fc"),
+        "ffn.w2" => conv("mlp.c_proj"),
+        other => Place::whole(format!("{h}.{other}.{leaf}")),
+    }
+}
+
+fn llama(name: &str) -> String {
+    match name {
+        "tok_emb.weight" => return "model.embed_tokens.weight".into(),
+        "norm_f.weight" => return "model.norm.weight".into(),
+        "head.weight" => return "lm_head.weight".into(),
+        _ => {}
+    }
+    let (block, rest) = split_block(name);
+    let (module, leaf) = rest.rsplit_once('.').unwrap_or((rest, ""));
+    let theirs = match module {
+        "norm1" => "input_layernorm",
+        "norm2" => "post_attention_layernorm",
+        "attn.q" => "self_attn.q_proj",
+        "attn.k" => "self_attn.k_proj",
+        "attn.v" => "self_attn.v_proj",
+        "attn.o" => "self_attn.o_proj",
+        "attn.q_norm" => "self_attn.q_norm",
+        "attn.k_norm" => "self_attn.k_norm",
+        "ffn.w1" => "mlp.gate_proj",
+        "ffn.w3" => "mlp.up_proj",
+        "ffn.w2" => "mlp.down_proj",
+        other => other,
+    };
+    format!("model.layers.{block}.{theirs}.{leaf}")
+}
+
+/// `blocks.3.attn.q.weight` → ("3", "attn.q.weight").
+fn split_block(name: &str) -> (&str, &str) {
+    let rest = name.strip_prefix("blocks.").unwrap_or(name);
+    rest.split_once('.').unwrap_or(("?", rest))
+}
+
+/// Tensors a checkpoint may hold that are not parameters: GPT-2's causal-mask buffers, rotary
+/// frequency buffers, and the head of a model whose head is its embedding.
+pub fn ignorable(name: &str, spec: &ModelSpec) -> bool {
+    name.ends_with(".attn.bias") || name.ends_with(".attn.masked_bias") || name.ends_with("rotary_emb.inv_freq") || (spec.tie_embeddings && name == "lm_head.weight")
+}
+
+/// The checkpoint's tensors and their shapes, as the places of `spec`'s parameters make them.
+pub fn expected_shapes(spec: &ModelSpec, family: Family) -> BTreeMap<String, Vec<usize>> {
+    let shapes: BTreeMap<String, Vec<usize>> = lower_model(spec).params().into_iter().map(|p| (p.name, p.shape)).collect();
+    // Built in roux's (out, in) orientation, stacking fused rows; transposed at the end.
+    let mut out: BTreeMap<String, (Vec<usize>, bool)> = BTreeMap::new();
+    for (name, place) in places(spec, family) {
+        let shape = &shapes[&name];
+        let e = out.entry(place.hf).or_insert_with(|| {
+            let mut s = shape.clone();
+            if place.rows.is_some() {
+                s[0] = 0;
+            }
+            (s, place.transposed)
+        });
+        if let Some((_, len)) = place.rows {
+            e.0[0] += len;
+        }
+    }
+    out.into_iter()
+        .map(|(k, (mut s, transposed))| {
+            if transposed {
+                s.reverse();
+            }
+            (k, s)
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::recipe::{Activation, MlpSpec, Norm, Position};
+
+    #[test]
+    fn gpt2_fuses_q_k_v_into_c_attn_stored_in_by_out() {
+        let spec = ModelSpec { d_model: 8, heads: 2, kv_heads: 2, layers: 1, vocab: 10, context: 4, ffn: MlpSpec { hidden: 32, act: Activation::Gelu }, ..ModelSpec::default() };
+        let p: BTreeMap<String, Place> = places(&spec, Family::Gpt2).into_iter().collect();
+        assert_eq!(p["blocks.0.attn.k.weight"], Place { hf: "transformer.h.0.attn.c_attn.weight".into(), transposed: true, rows: Some((8, 8)) });
+        assert_eq!(p["blocks.0.attn.v.bias"], Place { hf: "transformer.h.0.attn.c_attn.bias".into(), transposed: false, rows: Some((16, 8)) });
+        let s = expected_shapes(&spec, Family::Gpt2);
+        assert_eq!(s["transformer.h.0.attn.c_attn.weight"], vec![8, 24]);
+        assert_eq!(s["transformer.h.0.attn.c_attn.bias"], vec![24]);
+        assert_eq!(s["transformer.h.0.mlp.c_fc.weight"], vec![8, 32]);
+        assert!(!s.contains_key("lm_head.weight"), "tied");
+    }
+
+    #[test]
+    fn qwen3_has_per_head_norms_and_a_wider_attention() {
+        let spec = ModelSpec {
+            d_model: 16, heads: 4, kv_heads: 2, head_size: Some(8), layers: 1, vocab: 10, context: 4, qk_norm: true, bias: false,
+            ffn: MlpSpec { hidden: 32, act: Activation::Swiglu }, norm: Norm::Rmsnorm, position: Position::Rope, tie_embeddings: false,
+            ..ModelSpec::default()
+        };
+        let s = expected_shapes(&spec, Family::Qwen3);
+        assert_eq!(s["model.layers.0.self_attn.q_proj.weight"], vec![32, 16]);
+        assert_eq!(s["model.layers.0.self_attn.k_proj.weight"], vec![16, 16]);
+        assert_eq!(s["model.layers.0.self_attn.o_proj.weight"], vec![16, 32]);
+        assert_eq!(s["model.layers.0.self_attn.q_norm.weight"], vec![8]);
+        assert_eq!(s["lm_head.weight"], vec![10, 16]);
+        assert_eq!(s.len(), 1 + 11 + 1 + 1);
+    }
+}

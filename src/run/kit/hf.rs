@@ -1,0 +1,70 @@
+//! A Hugging Face checkpoint's weights into a model: each file memory-mapped (the `safetensors`
+//! crate reads tensors straight from the mapping), each tensor converted to float32 once, put in
+//! roux's layout through the one name table (`hf::names`) and adopted by the model.
+
+use anyhow::{bail, Context, Result};
+use std::collections::HashMap;
+use tch::{Device, Kind, Tensor};
+
+use crate::hf::names;
+use crate::recipe::{Checkpoint, ModelSpec};
+use crate::run::model::Model;
+
+/// The model `spec` imported with `hf(…)`, its weights from the checkpoint.
+pub fn load(spec: &ModelSpec, device: Device) -> Result<Model> {
+    let ck = spec.checkpoint.as_ref().context("an imported model names its checkpoint")?;
+    if ck.files.is_empty() {
+        bail!(
+            "model `{}`: {} holds config.json but no weights (model.safetensors or an index with its shards); `roux plan` works without them, `run` needs them",
+            spec.name,
+            ck.dir.display()
+        );
+    }
+    let places = names::places(spec, ck.family);
+    let wanted: HashMap<&str, ()> = places.iter().map(|(_, p)| (p.hf.as_str(), ())).collect();
+    let mut theirs: HashMap<String, Tensor> = HashMap::new();
+    for f in &ck.files {
+        read_file(ck, f, &wanted, &mut theirs)?;
+    }
+    let mut ours = Vec::with_capacity(places.len());
+    for (name, place) in &places {
+        let t = theirs.get(&place.hf).with_context(|| format!("{} has no tensor `{}` (did the checkpoint change after `roux check`?)", ck.dir.display(), place.hf))?;
+        let t = if place.transposed { t.tr() } else { t.shallow_clone() };
+        let t = match place.rows {
+            Some((start, len)) => t.narrow(0, start as i64, len as i64),
+            None => t,
+        };
+        ours.push((name.clone(), t.contiguous()));
+    }
+    drop(theirs);
+    Model::with_weights(spec, ours, device).with_context(|| format!("importing {}", ck.dir.display()))
+}
+
+/// The tensors of one weight file that `wanted` names, as float32 CPU tensors.
+fn read_file(ck: &Checkpoint, file: &str, wanted: &HashMap<&str, ()>, out: &mut HashMap<String, Tensor>) -> Result<()> {
+    let path = ck.dir.join(file);
+    let meta = std::fs::metadata(&path).with_context(|| format!("reading {}", path.display()))?;
+    if !meta.is_file() {
+        bail!("{} is not a regular file", path.display());
+    }
+    let f = std::fs::File::open(&path).with_context(|| format!("reading {}", path.display()))?;
+    // SAFETY: the mapping is read-only and dropped before this returns; a file truncated by
+    // another process meanwhile would fault, as it would for any reader of a mapped file.
+    let map = unsafe { memmap2::Mmap::map(&f) }.with_context(|| format!("mapping {}", path.display()))?;
+    let st = safetensors::SafeTensors::deserialize(&map).map_err(|e| anyhow::anyhow!("{}: not a readable safetensors file: {e}", path.display()))?;
+    for (name, view) in st.tensors() {
+        if !wanted.contains_key(name.as_str()) {
+            continue;
+        }
+        let kind = match view.dtype() {
+            safetensors::Dtype::F32 => Kind::Float,
+            safetensors::Dtype::BF16 => Kind::BFloat16,
+            safetensors::Dtype::F16 => Kind::Half,
+            other => bail!("{}: tensor `{name}` is {other:?}; weights must be float32, bfloat16 or float16", path.display()),
+        };
+        let shape: Vec<i64> = view.shape().iter().map(|&d| d as i64).collect();
+        let t = Tensor::f_from_data_size(view.data(), &shape, kind).with_context(|| format!("{}: tensor `{name}`", path.display()))?;
+        out.insert(name, if kind == Kind::Float { t } else { t.to_kind(Kind::Float) });
+    }
+    Ok(())
+}

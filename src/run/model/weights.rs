@@ -1,0 +1,73 @@
+//! Weights into a model: copied from a checkpoint into its parameters (`load`), or adopted as
+//! its parameters (`with_weights`: an imported checkpoint held once, never twice).
+
+use anyhow::{bail, Context, Result};
+use std::collections::HashMap;
+use tch::{Device, Kind, Tensor};
+
+use super::Model;
+use crate::lower::lower_model;
+use crate::recipe::ModelSpec;
+
+impl Model {
+    /// Copy weights in from named tensors; every parameter must be present with its shape.
+    pub fn load(&mut self, tensors: &[(String, Tensor)]) -> Result<()> {
+        let given: HashMap<&str, &Tensor> = tensors.iter().map(|(n, t)| (n.as_str(), t)).collect();
+        for (name, p) in self.names.iter().zip(self.params.iter_mut()) {
+            let Some(t) = given.get(name.as_str()) else { bail!("checkpoint has no tensor `{name}`") };
+            usable(name, t, &p.size())?;
+            tch::no_grad(|| p.copy_(t));
+        }
+        self.drop_casts();
+        Ok(())
+    }
+
+    /// The model of `spec` with `tensors` as its parameters, moved to `device` (no copy there
+    /// when they are already on it). Every parameter must be given, float32, finite, of its shape.
+    pub fn with_weights(spec: &ModelSpec, tensors: Vec<(String, Tensor)>, device: Device) -> Result<Model> {
+        // Stride-0 placeholders: the real tensors replace them, so nothing is allocated twice.
+        let mut m = Self::build(lower_model(spec), device, false)?;
+        let mut given: HashMap<String, Tensor> = tensors.into_iter().collect();
+        for (name, p) in m.names.iter().zip(m.params.iter_mut()) {
+            let t = given.remove(name).with_context(|| format!("checkpoint has no tensor `{name}`"))?;
+            usable(name, &t, &p.size())?;
+            *p = t.to_device(device).set_requires_grad(true);
+        }
+        if let Some(extra) = given.keys().next() {
+            bail!("checkpoint tensor `{extra}` is not a parameter of model `{}`", spec.name);
+        }
+        Ok(m)
+    }
+}
+
+/// A checkpoint tensor fit to be parameter `name` of shape `size`: the shape, float32, and
+/// finite (NaN weights would pass silently into every score and sample drawn from them).
+fn usable(name: &str, t: &Tensor, size: &[i64]) -> Result<()> {
+    if t.size() != size {
+        bail!("checkpoint tensor `{name}` has shape {:?}, the model expects {:?}", t.size(), size);
+    }
+    if t.kind() != Kind::Float {
+        bail!("checkpoint tensor `{name}` is {}, expected float32", kind_name(t.kind()));
+    }
+    if !bool::try_from(t.isfinite().all()).unwrap_or(false) {
+        bail!("checkpoint tensor `{name}` has non-finite values (NaN or infinity); the model cannot be used");
+    }
+    Ok(())
+}
+
+/// A tensor's element type as PyTorch names it (`bfloat16`, `float16`), for messages.
+fn kind_name(k: Kind) -> &'static str {
+    match k {
+        Kind::Float => "float32",
+        Kind::Double => "float64",
+        Kind::Half => "float16",
+        Kind::BFloat16 => "bfloat16",
+        Kind::Int64 => "int64",
+        Kind::Int => "int32",
+        Kind::Int16 => "int16",
+        Kind::Int8 => "int8",
+        Kind::Uint8 => "uint8",
+        Kind::Bool => "bool",
+        _ => "a type other than float32",
+    }
+}
