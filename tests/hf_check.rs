@@ -1,0 +1,156 @@
+//! `hf("…")` at check time, in the validator build too: what a checkpoint folder that cannot be
+//! imported exactly gets told (texts pinned), from hand-written configs and safetensors files.
+
+mod common;
+
+use common::scratch;
+use serde_json::{json, Value};
+use std::path::Path;
+
+/// A tiny Llama: d 8, 2 query heads sharing 1 key/value head, FFN 16, vocab 10, tied head.
+fn llama_config() -> Value {
+    json!({
+        "architectures": ["LlamaForCausalLM"], "model_type": "llama",
+        "vocab_size": 10, "hidden_size": 8, "intermediate_size": 16, "num_hidden_layers": 1,
+        "num_attention_heads": 2, "num_key_value_heads": 1, "max_position_embeddings": 16,
+        "rms_norm_eps": 1e-5, "tie_word_embeddings": true
+    })
+}
+
+fn llama_tensors() -> Vec<(String, Vec<usize>)> {
+    let l = "model.layers.0";
+    let mut t = vec![("model.embed_tokens.weight".to_string(), vec![10, 8]), ("model.norm.weight".into(), vec![8])];
+    for (n, s) in [
+        ("input_layernorm", vec![8]),
+        ("self_attn.q_proj", vec![8, 8]),
+        ("self_attn.k_proj", vec![4, 8]),
+        ("self_attn.v_proj", vec![4, 8]),
+        ("self_attn.o_proj", vec![8, 8]),
+        ("post_attention_layernorm", vec![8]),
+        ("mlp.gate_proj", vec![16, 8]),
+        ("mlp.up_proj", vec![16, 8]),
+        ("mlp.down_proj", vec![8, 16]),
+    ] {
+        t.push((format!("{l}.{n}.weight"), s));
+    }
+    t
+}
+
+/// A float32 safetensors file of zeros with these tensors.
+fn safetensors(path: &Path, tensors: &[(String, Vec<usize>)]) {
+    let (mut header, mut offset) = (serde_json::Map::new(), 0usize);
+    for (name, shape) in tensors {
+        let bytes = 4 * shape.iter().product::<usize>();
+        header.insert(name.clone(), json!({"dtype": "F32", "shape": shape, "data_offsets": [offset, offset + bytes]}));
+        offset += bytes;
+    }
+    let h = Value::Object(header).to_string();
+    let mut out = (h.len() as u64).to_le_bytes().to_vec();
+    out.extend(h.as_bytes());
+    out.extend(vec![0u8; offset]);
+    std::fs::write(path, out).unwrap();
+}
+
+/// A project with `ck/config.json` = `config` and, given tensors, `ck/model.safetensors`;
+/// returns the diagnostics of `model base = hf("ck")` as (code, message).
+fn check(name: &str, config: &Value, tensors: Option<&[(String, Vec<usize>)]>) -> Vec<(String, String)> {
+    let dir = scratch(&format!("hf-check-{name}"));
+    std::fs::create_dir_all(dir.join("ck")).unwrap();
+    std::fs::write(dir.join("ck/config.json"), config.to_string()).unwrap();
+    if let Some(t) = tensors {
+        safetensors(&dir.join("ck/model.safetensors"), t);
+    }
+    diagnostics(&dir)
+}
+
+fn diagnostics(dir: &Path) -> Vec<(String, String)> {
+    std::fs::write(dir.join("r.roux"), "experiment \"x\" {\n  model base = hf(\"ck\")\n}\n").unwrap();
+    let c = roux::frontend::compile(&dir.join("r.roux")).unwrap();
+    c.diagnostics.iter().map(|d| (d.code.to_string(), d.message.clone())).collect()
+}
+
+#[test]
+fn a_matching_checkpoint_checks_clean_and_is_counted_exactly() {
+    assert_eq!(check("ok", &llama_config(), Some(&llama_tensors())), vec![]);
+    // The config alone is enough to plan.
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/test-runs/hf-check-ok");
+    std::fs::remove_file(dir.join("ck/model.safetensors")).unwrap();
+    let c = roux::frontend::compile(&dir.join("r.roux")).unwrap();
+    let spec = &c.recipe.unwrap().models[0];
+    let n: u64 = roux::arith::lower_model(spec).params().iter().map(|p| p.numel()).sum();
+    // 10·8 embedding + 8 final norm + 8 + 64 + 32 + 32 + 64 + 8 + 3·128: by hand, 680.
+    assert_eq!(n, 680);
+    assert_eq!(spec.checkpoint.as_ref().unwrap().files, Vec::<String>::new());
+}
+
+#[test]
+fn an_architecture_roux_cannot_compute_is_named_with_the_supported_list() {
+    let mut c = llama_config();
+    c["architectures"] = json!(["BertForMaskedLM"]);
+    assert_eq!(
+        check("bert", &c, None),
+        vec![("E0216".into(), "`ck/config.json` architecture `BertForMaskedLM` is not supported; roux reads GPT2LMHeadModel, LlamaForCausalLM, MistralForCausalLM, Qwen2ForCausalLM, Qwen3ForCausalLM".into())]
+    );
+    let mut c = llama_config();
+    c["architectures"] = json!(["MistralForCausalLM"]);
+    c["sliding_window"] = json!(8);
+    assert_eq!(
+        check("window", &c, None)[0].1,
+        "`ck/config.json` `sliding_window` = 8 is shorter than the context (16); roux's attention is full causal (set `max_position_embeddings` ≤ 8 to use it)"
+    );
+    let mut c = llama_config();
+    c["rope_scaling"] = json!({"rope_type": "yarn", "factor": 4.0});
+    assert_eq!(check("yarn", &c, None)[0].1, "`ck/config.json` rope type `yarn` is not supported (roux has default and llama3)");
+}
+
+#[test]
+fn every_number_of_a_config_has_a_range() {
+    for (key, value, want) in [
+        ("vocab_size", json!(1_000_000_000_000u64), "`vocab_size` = 1000000000000 is not a whole number from 1 to 4194304"),
+        ("num_hidden_layers", json!(0), "`num_hidden_layers` = 0 is not a whole number from 1 to 4194304"),
+        ("hidden_size", json!("8"), "`hidden_size` = \"8\" is not a whole number from 1 to 4194304"),
+        ("rms_norm_eps", json!(2.0), "norm ε 2 is not in (0, 1)"),
+        ("num_key_value_heads", json!(3), "`num_key_value_heads` = 3 does not divide `num_attention_heads` = 2"),
+    ] {
+        let mut c = llama_config();
+        c[key] = value;
+        let d = check("range", &c, None);
+        assert_eq!((d[0].0.as_str(), d[0].1.as_str()), ("E0216", format!("`ck/config.json` {want}").as_str()), "{key}");
+    }
+}
+
+#[test]
+fn tensors_that_differ_from_the_config_are_named() {
+    let mut t = llama_tensors();
+    t.retain(|(n, _)| !n.ends_with("up_proj.weight"));
+    assert_eq!(check("missing", &llama_config(), Some(&t)), vec![("E0217".into(), "checkpoint `ck` has no tensor `model.layers.0.mlp.up_proj.weight` (shape [16, 8])".into())]);
+    let mut t = llama_tensors();
+    t[4].1 = vec![8, 8];
+    t.push(("model.layers.0.self_attn.rotary_emb.inv_freq".into(), vec![2]));
+    t.push(("score.weight".into(), vec![1, 8]));
+    let d = check("shape", &llama_config(), Some(&t));
+    // One diagnostic: the first difference, the others in its hint (the rotary buffer is no difference).
+    assert_eq!(d, vec![("E0217".into(), "checkpoint `ck` tensor `model.layers.0.self_attn.k_proj.weight` has shape [8, 8], the model expects [4, 8]".into())]);
+}
+
+#[test]
+fn a_shard_outside_the_folder_or_a_truncated_file_is_refused() {
+    let dir = scratch("hf-check-shards");
+    std::fs::create_dir_all(dir.join("ck")).unwrap();
+    std::fs::write(dir.join("ck/config.json"), llama_config().to_string()).unwrap();
+    std::fs::write(dir.join("ck/model.safetensors.index.json"), json!({"weight_map": {"model.norm.weight": "../secret.safetensors"}}).to_string()).unwrap();
+    assert_eq!(
+        diagnostics(&dir),
+        vec![("E0215".into(), "checkpoint `ck`: model.safetensors.index.json names shard \"../secret.safetensors\"; a shard must be a `.safetensors` file in the same directory".into())]
+    );
+    std::fs::remove_file(dir.join("ck/model.safetensors.index.json")).unwrap();
+    safetensors(&dir.join("ck/model.safetensors"), &llama_tensors());
+    let full = std::fs::read(dir.join("ck/model.safetensors")).unwrap();
+    std::fs::write(dir.join("ck/model.safetensors"), &full[..full.len() - 4]).unwrap();
+    let d = diagnostics(&dir);
+    assert_eq!(d[0].0, "E0215");
+    assert!(d[0].1.starts_with("`ck/model.safetensors` is ") && d[0].1.ends_with(&format!("but its header describes {} (truncated or not a safetensors file)", full.len())), "{}", d[0].1);
+    // A length prefix beyond the format's limit is refused before anything is read.
+    std::fs::write(dir.join("ck/model.safetensors"), u64::MAX.to_le_bytes()).unwrap();
+    assert_eq!(diagnostics(&dir)[0].1, "`ck/model.safetensors` declares a header of 18446744073709551615 bytes (a safetensors header has 1 to 100000000)");
+}
