@@ -134,6 +134,29 @@ fn tensors_that_differ_from_the_config_are_named() {
 }
 
 #[test]
+fn roux_byte_level_data_is_refused_for_a_model_with_its_own_tokenizer() {
+    let dir = scratch("hf-check-tokens");
+    std::fs::create_dir_all(dir.join("ck")).unwrap();
+    let mut c = llama_config();
+    c["vocab_size"] = json!(300);
+    std::fs::write(dir.join("ck/config.json"), c.to_string()).unwrap();
+    let recipe = r#"experiment "x" {
+  data instr = synthetic.instructions { tasks = [reverse], examples = 200, max_len = 4, template = "Q: {prompt}\nA: " }
+  model base = hf("ck")
+  stage sft = finetune(base, instr) { steps = 10, batch = 4, optimizer = adamw { lr = 1e-3 } }
+  stage more = finetune(sft.model, instr) { steps = 10, batch = 4, optimizer = adamw { lr = 1e-4 } }
+}
+"#;
+    std::fs::write(dir.join("r.roux"), recipe).unwrap();
+    let c = roux::frontend::compile(&dir.join("r.roux")).unwrap();
+    let d: Vec<(&str, &str)> = c.diagnostics.iter().filter(|d| d.code == "E0315").map(|d| (d.message.as_str(), d.hint.as_deref().unwrap_or(""))).collect();
+    let msg = |s: &str| format!("stage `{s}` reads its examples as bytes, but its model learned the tokens of its own tokenizer (model `base` is imported from a checkpoint): the ids would mean other tokens");
+    // The fine-tuned model, and what is trained from it, carry the checkpoint's tokens.
+    assert_eq!(d.iter().map(|x| x.0.to_string()).collect::<Vec<_>>(), vec![msg("sft"), msg("more")]);
+    assert!(d[0].1.starts_with("roux does not yet tokenize data with a checkpoint's tokenizer.json"), "{}", d[0].1);
+}
+
+#[test]
 fn a_shard_outside_the_folder_or_a_truncated_file_is_refused() {
     let dir = scratch("hf-check-shards");
     std::fs::create_dir_all(dir.join("ck")).unwrap();
@@ -153,4 +176,17 @@ fn a_shard_outside_the_folder_or_a_truncated_file_is_refused() {
     // A length prefix beyond the format's limit is refused before anything is read.
     std::fs::write(dir.join("ck/model.safetensors"), u64::MAX.to_le_bytes()).unwrap();
     assert_eq!(diagnostics(&dir)[0].1, "`ck/model.safetensors` declares a header of 18446744073709551615 bytes (a safetensors header has 1 to 100000000)");
+}
+
+#[test]
+fn qwen3_0_6b_from_its_config_alone_is_counted_as_published() {
+    // docs/models/qwen3-tiny holds Qwen3-0.6B's config.json: the model card gives 0.6B parameters,
+    // 0.44B without embeddings; transformers' `num_parameters()` is 596,049,920 (the head is tied).
+    let dir = scratch("hf-check-qwen3-doc");
+    std::fs::write(dir.join("r.roux"), format!("experiment \"q\" {{\n  model base = hf(\"{}\")\n}}\n", common::root().join("docs/models/qwen3-tiny").display())).unwrap();
+    let out = common::roux(&["plan", dir.join("r.roux").to_str().unwrap(), "--allow-path", common::root().join("docs").to_str().unwrap()]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    let line = text.lines().find(|l| l.starts_with("base ")).unwrap_or_else(|| panic!("{text}{}", String::from_utf8_lossy(&out.stderr)));
+    let cols: Vec<&str> = line.split_whitespace().collect();
+    assert_eq!((cols[1], cols[3]), ("596,049,920", "440,467,456"));
 }

@@ -72,7 +72,8 @@ fn read(loader: &dyn Loader, dir: &Path, file: &str, name: &str) -> Result<Model
         }
     }
     let dtype = dominant_dtype(&found);
-    spec.checkpoint = Some(Checkpoint { dir: dir.to_path_buf(), family, files, dtype, bytes });
+    let byte_level = config.get("roux_model").is_some() && loader.entry(&dir.join("tokenizer.json")) == PathKind::Missing && spec.vocab >= 256;
+    spec.checkpoint = Some(Checkpoint { dir: dir.to_path_buf(), family, files, dtype, bytes, byte_level });
     Ok(spec)
 }
 

@@ -6,28 +6,60 @@ use super::Checker;
 use crate::diag::{Code, Diagnostic};
 use crate::recipe::{ModelRef, Recipe, StageKind, Tokenizer};
 
-/// Where a stage's weights learned their tokens: (the train stage, its data, the tokenizer).
-struct Origin<'r> {
-    stage: &'r str,
-    data: &'r str,
-    tokenizer: Tokenizer,
+/// Where a model's weights learned their tokens.
+enum Origin<'r> {
+    /// Stage `stage` trained them on data `data` with `tokenizer`.
+    Trained { stage: &'r str, data: &'r str, tokenizer: Tokenizer },
+    /// They come from a Hugging Face checkpoint, with its own tokenizer.
+    Checkpoint { model: &'r str },
 }
 
-/// The tokenizer the weights of stage `name` were trained with, following post-training and
-/// continued pretraining back to the `train` stage that started them (None: fresh weights of
-/// a stage with no text data, such as a post-training stage on a fresh model).
+impl Origin<'_> {
+    fn bytes(&self) -> bool {
+        matches!(self, Origin::Trained { tokenizer: Tokenizer::Bytes, .. })
+    }
+
+    /// "BPE tokens (vocab 512) of `corpus` in stage `pretrain`".
+    fn learned(&self) -> String {
+        match self {
+            Origin::Trained { stage, data, tokenizer } => format!("{} of `{data}` in stage `{stage}`", describe(*tokenizer)),
+            Origin::Checkpoint { model } => format!("the tokens of its own tokenizer (model `{model}` is imported from a checkpoint)"),
+        }
+    }
+}
+
+/// The tokens the weights of stage `name` learned, following post-training and continued
+/// pretraining back to the `train` stage or checkpoint that started them (None: fresh weights).
 fn origin<'r>(r: &'r Recipe, name: &str, depth: usize) -> Option<Origin<'r>> {
     let stage = r.stage(name)?;
     if depth > r.stages.len() {
         return None; // a cycle, reported elsewhere
     }
     match &stage.kind {
-        StageKind::Train(t) => {
-            let data = r.data(&t.data)?;
-            Some(Origin { stage: &stage.name, data: &data.name, tokenizer: data.tokenizer })
-        }
-        kind => inputs(kind).first().and_then(|m| m.stage()).and_then(|s| origin(r, s, depth + 1)),
+        StageKind::Train(t) if t.init_from.is_none() => match checkpoint_origin(r, &t.model) {
+            Some(o) => Some(o),
+            None => {
+                let data = r.data(&t.data)?;
+                Some(Origin::Trained { stage: &stage.name, data: &data.name, tokenizer: data.tokenizer })
+            }
+        },
+        StageKind::Train(t) => origin(r, t.init_from.as_deref()?, depth + 1),
+        kind => inputs(kind).first().and_then(|m| ref_origin(r, m, depth + 1)),
     }
+}
+
+fn ref_origin<'r>(r: &'r Recipe, m: &ModelRef, depth: usize) -> Option<Origin<'r>> {
+    match m.stage() {
+        Some(s) => origin(r, s, depth),
+        None => checkpoint_origin(r, &m.arch),
+    }
+}
+
+/// An imported model's weights, unless the checkpoint is one roux exported from a byte-level model.
+fn checkpoint_origin<'r>(r: &'r Recipe, arch: &str) -> Option<Origin<'r>> {
+    let m = r.model(arch)?;
+    m.checkpoint.as_ref().filter(|c| !c.byte_level)?;
+    Some(Origin::Checkpoint { model: &m.name })
 }
 
 /// The models a post-training stage reads its examples with.
@@ -55,25 +87,36 @@ impl Checker<'_> {
     pub(super) fn check_tokenizers(&mut self, r: &Recipe) {
         for s in &r.stages {
             let span = self.decl(&s.name).map_or(self.ast.name_span, |d| d.value.span);
-            // Continued pretraining: the data's tokenizer against the weights'.
+            // Pretraining: the data's tokenizer against the weights' (continued, or imported).
             if let StageKind::Train(t) = &s.kind {
-                let (Some(up), Some(data)) = (t.init_from.as_deref(), r.data(&t.data)) else { continue };
-                if let Some(o) = origin(r, up, 0).filter(|o| std::mem::discriminant(&o.tokenizer) != std::mem::discriminant(&data.tokenizer)) {
-                    self.error(Diagnostic::error(Code::E0315, span, format!("stage `{}` trains on `{}` as {}, but the weights it continues learned {} of `{}` in stage `{}`", s.name, data.name, describe(data.tokenizer), describe(o.tokenizer), o.data, o.stage))
-                        .with_hint("a model and its data use one tokenizer: give both data sets the same `tokenizer`"));
+                let Some(data) = r.data(&t.data) else { continue };
+                let o = match t.init_from.as_deref() {
+                    Some(up) => origin(r, up, 0),
+                    None => checkpoint_origin(r, &t.model),
+                };
+                let differs = |o: &Origin| match o {
+                    Origin::Trained { tokenizer, .. } => std::mem::discriminant(tokenizer) != std::mem::discriminant(&data.tokenizer),
+                    Origin::Checkpoint { .. } => true,
+                };
+                if let Some(o) = o.filter(differs) {
+                    self.error(Diagnostic::error(Code::E0315, span, format!("stage `{}` trains on `{}` as {}, but the weights it continues learned {}", s.name, data.name, describe(data.tokenizer), o.learned()))
+                        .with_hint(hint(&o, "a model and its data use one tokenizer: give both data sets the same `tokenizer`")));
                 }
                 continue;
             }
-            // Post-training examples are bytes: a base pretrained on BPE tokens would read them as
-            // other tokens.
-            for m in inputs(&s.kind) {
-                let Some(o) = m.stage().and_then(|st| origin(r, st, 0)) else { continue };
-                if matches!(o.tokenizer, Tokenizer::Bpe { .. }) {
-                    self.error(Diagnostic::error(Code::E0315, span, format!("stage `{}` reads its examples as bytes, but its model learned {} of `{}` in stage `{}`: the ids would mean other tokens", s.name, describe(o.tokenizer), o.data, o.stage))
-                        .with_hint("post-training examples are byte-level: pretrain the model on data with `tokenizer = bytes`"));
-                    break;
-                }
+            // Post-training examples are bytes: a base that learned other tokens would read them
+            // as other tokens.
+            if let Some(o) = inputs(&s.kind).into_iter().filter_map(|m| ref_origin(r, m, 0)).find(|o| !o.bytes()) {
+                self.error(Diagnostic::error(Code::E0315, span, format!("stage `{}` reads its examples as bytes, but its model learned {}: the ids would mean other tokens", s.name, o.learned()))
+                    .with_hint(hint(&o, "post-training examples are byte-level: pretrain the model on data with `tokenizer = bytes`")));
             }
         }
+    }
+}
+
+fn hint(o: &Origin, trained: &str) -> String {
+    match o {
+        Origin::Trained { .. } => trained.to_string(),
+        Origin::Checkpoint { .. } => "roux does not yet tokenize data with a checkpoint's tokenizer.json: an imported model with its own tokenizer can be checked and planned, not yet trained on roux's byte-level data (a byte-level model roux exported can)".into(),
     }
 }

@@ -210,6 +210,9 @@ pub struct Checkpoint {
     pub dtype: String,
     /// The weight files' total size in bytes (with `files`, what a run's identity records).
     pub bytes: u64,
+    /// A checkpoint roux exported from a byte-level model (no tokenizer.json): its ids are bytes.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub byte_level: bool,
 }
 
 impl ModelSpec {
