@@ -114,3 +114,39 @@ fn qwen2_in_bfloat16_with_qkv_biases() {
 fn qwen3_with_qk_norm_a_wider_attention_and_a_tied_head() {
     import("qwen3", &["qwen3", "--tied"], "Qwen3ForCausalLM");
 }
+
+#[test]
+fn a_byte_level_model_roux_exported_comes_back_in_and_fine_tunes() {
+    let dir = scratch("hf-byte-level");
+    // A byte-level Llama-layout model (vocabulary 256) as a finished run leaves it, exported.
+    let c = roux::frontend::compile(&root().join("tests/fixtures/tiny-llama.roux")).unwrap();
+    let spec = c.recipe.unwrap().models[0].clone();
+    tch::manual_seed(3);
+    let model = roux::run::model::Model::new(&spec, Device::Cpu).unwrap();
+    let run = dir.join("run");
+    std::fs::create_dir_all(&run).unwrap();
+    std::fs::write(run.join("resolved.json"), serde_json::json!({ "model": spec }).to_string()).unwrap();
+    Tensor::write_safetensors(&model.named(), run.join("model.safetensors")).unwrap();
+    let o = roux(&["export", run.to_str().unwrap(), "--to", "hf", "-o", dir.join("ck").to_str().unwrap()]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let recipe = r#"experiment "back" {
+  seed = 3
+  data instr = synthetic.instructions { tasks = [reverse], examples = 400, max_len = 4, template = "Q: {prompt}\nA: " }
+  model base = hf("ck")
+  stage sft = finetune(base, instr) {
+    steps = 100
+    batch = 16
+    optimizer = adamw { lr = 3e-3 }
+    eval_every = 50
+  }
+}
+"#;
+    std::fs::write(dir.join("r.roux"), recipe).unwrap();
+    let o = roux(&["run", dir.join("r.roux").to_str().unwrap(), "--out", dir.join("runs").to_str().unwrap()]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let m = common::metrics(&dir.join("runs/back/sft"));
+    let losses: Vec<f64> = m.iter().filter_map(|r| r["loss"].as_f64()).collect();
+    let (first, last) = (losses[0], losses[losses.len() - 1]);
+    eprintln!("SFT loss of the imported model: {losses:?}");
+    assert!(losses.len() >= 10 && last < first - 1.0, "the SFT loss of the imported model falls: {first:.3} → {last:.3}");
+}
