@@ -167,8 +167,9 @@ enum Command {
     /// Benchmarks measured as ratios in one run: `moe` (64 vs 8 experts vs dense).
     Bench {
         /// `moe`; `transformer` with --config for one line of bench/compare.py's table;
-        /// `generate` (--config) for generation with and without the KV cache.
-        #[arg(value_parser = ["moe", "transformer", "generate"])]
+        /// `generate` (--config) for generation with and without the KV cache; `import` (--recipe)
+        /// for the time and peak memory of importing a recipe's `hf("…")` model.
+        #[arg(value_parser = ["moe", "transformer", "generate", "import"])]
         which: String,
         /// tiny | small | medium | switch-8 | switch-64 (with `transformer`, `generate`).
         #[arg(long, default_value = "tiny")]
@@ -177,6 +178,9 @@ enum Command {
         reps: usize,
         #[arg(long, default_value_t = 5)]
         steps: usize,
+        /// With `import`: a recipe whose first model is `hf("…")`.
+        #[arg(long)]
+        recipe: Option<PathBuf>,
     },
     /// Redraw a run directory's plots (loss, learning rate, expert load) and its report.html;
     /// with several runs, or an experiment's directory, one page comparing them (a chart per
@@ -265,7 +269,7 @@ fn main() -> ExitCode {
         Command::Run { file, out, stage, fresh, force, no_tensorboard, profile } => cli::exec::run(&file, &out, &stage, fresh, force, !no_tensorboard, profile),
         Command::Budget { flops, params, tokens, law, json } => cli::scaling::budget(flops, params, tokens, &law, json),
         Command::Fit { points, json, bootstrap, out } => cli::scaling::fit(&points, json, bootstrap, out.as_deref()),
-        Command::Bench { which, config, reps, steps } => cli::exec::bench(&which, &config, reps, steps),
+        Command::Bench { which, config, reps, steps, recipe } => cli::exec::bench(&which, &config, reps, steps, recipe.as_deref()),
         Command::Report { runs, output } => cli::plan::report(&runs, output.as_deref()),
         Command::Export { run, to, output, base } => cli::exec::export(&run, &to, output.as_deref(), base.as_deref()),
         Command::Merge { run, output } => cli::exec::merge(&run, output.as_deref()),

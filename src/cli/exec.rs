@@ -93,9 +93,13 @@ fn no_torch(cmd: &str) -> u8 {
 }
 
 #[cfg(feature = "torch")]
-pub fn bench(which: &str, config: &str, reps: usize, steps: usize) -> u8 {
+pub fn bench(which: &str, config: &str, reps: usize, steps: usize, recipe: Option<&std::path::Path>) -> u8 {
     use roux::run::tools::bench;
     let r = match which {
+        "import" => match recipe {
+            Some(r) => roux::run::tools::import_bench::bench_import(r).map(|b| outln!("{}", serde_json::json!(b))),
+            None => Err(anyhow::anyhow!("`roux bench import` needs --recipe R (a recipe whose first model is hf(\"…\"))")),
+        },
         "moe" => bench::bench_moe(reps.max(1), steps.max(1)).map(|b| show_moe(&b)),
         "generate" => bench::bench_generate(config, reps.max(1)).map(|b| show_generate(&b)),
         _ => bench::bench_config(config, steps.max(1)).map(|v| outln!("{v}")),
@@ -134,7 +138,7 @@ fn show_generate(b: &roux::run::tools::bench::GenerateBench) {
 }
 
 #[cfg(not(feature = "torch"))]
-pub fn bench(_: &str, _: &str, _: usize, _: usize) -> u8 {
+pub fn bench(_: &str, _: &str, _: usize, _: usize, _: Option<&std::path::Path>) -> u8 {
     no_torch("bench")
 }
 

@@ -65,6 +65,13 @@ fn read_file(ck: &Checkpoint, file: &str, wanted: &HashMap<&str, ()>, out: &mut 
         let shape: Vec<i64> = view.shape().iter().map(|&d| d as i64).collect();
         let t = Tensor::f_from_data_size(view.data(), &shape, kind).with_context(|| format!("{}: tensor `{name}`", path.display()))?;
         out.insert(name, if kind == Kind::Float { t } else { t.to_kind(Kind::Float) });
+        // The tensor is copied out: give its pages of the file back, so that the mapping does not
+        // hold a second copy of the weights while the rest are read (peak memory stays near the
+        // float32 weights). A failed hint only costs memory.
+        let start = view.data().as_ptr() as usize - map.as_ptr() as usize;
+        // SAFETY: a read-only mapping of a file; dropped pages are read again from the file if
+        // touched, and this one is not touched again.
+        let _ = unsafe { map.unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, start, view.data().len()) };
     }
     Ok(())
 }

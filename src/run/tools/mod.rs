@@ -10,6 +10,7 @@
 
 pub mod bench;
 pub mod export;
+pub mod import_bench;
 pub mod merge;
 pub mod peft;
 pub mod sample;
