@@ -63,8 +63,8 @@ fn read_file(ck: &Checkpoint, file: &str, wanted: &HashMap<&str, ()>, out: &mut 
             other => bail!("{}: tensor `{name}` is {other:?}; weights must be float32, bfloat16 or float16", path.display()),
         };
         let shape: Vec<i64> = view.shape().iter().map(|&d| d as i64).collect();
-        let t = Tensor::f_from_data_size(view.data(), &shape, kind).with_context(|| format!("{}: tensor `{name}`", path.display()))?;
-        out.insert(name, if kind == Kind::Float { t } else { t.to_kind(Kind::Float) });
+        let t = to_float(view.data(), &shape, kind).with_context(|| format!("{}: tensor `{name}`", path.display()))?;
+        out.insert(name.clone(), t);
         // The tensor is copied out: give its pages of the file back, so that the mapping does not
         // hold a second copy of the weights while the rest are read (peak memory stays near the
         // float32 weights). A failed hint only costs memory.
@@ -74,4 +74,22 @@ fn read_file(ck: &Checkpoint, file: &str, wanted: &HashMap<&str, ()>, out: &mut 
         let _ = unsafe { map.unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, start, view.data().len()) };
     }
     Ok(())
+}
+
+/// A float32 tensor of its own from `data` (little-endian elements of `kind`, row-major), read in
+/// one pass: converted straight from the mapping when the bytes are aligned for their type.
+fn to_float(data: &[u8], shape: &[i64], kind: Kind) -> Result<Tensor> {
+    let size = if kind == Kind::Float { 4 } else { 2 };
+    if data.as_ptr() as usize % size != 0 {
+        let t = Tensor::f_from_data_size(data, shape, kind)?;
+        return Ok(t.to_kind(Kind::Float));
+    }
+    let mut strides = vec![1i64; shape.len()];
+    for i in (0..shape.len().saturating_sub(1)).rev() {
+        strides[i] = strides[i + 1] * shape[i + 1];
+    }
+    // SAFETY: `data` holds exactly the tensor's bytes (the safetensors crate checked the sizes),
+    // aligned for `kind`, and outlives the view, which is copied or converted before returning.
+    let view = unsafe { Tensor::f_from_blob(data.as_ptr(), shape, &strides, kind, Device::Cpu)? };
+    Ok(if kind == Kind::Float { view.copy() } else { view.to_kind(Kind::Float) })
 }
