@@ -150,3 +150,60 @@ fn a_byte_level_model_roux_exported_comes_back_in_and_fine_tunes() {
     eprintln!("SFT loss of the imported model: {losses:?}");
     assert!(losses.len() >= 10 && last < first - 1.0, "the SFT loss of the imported model falls: {first:.3} → {last:.3}");
 }
+
+/// The recipe of the tokenizer pipeline: every post-training stage kind on an imported Qwen2,
+/// its data encoded with the checkpoint's own tokenizer.
+const PIPELINE: &str = r#"experiment "tok" {
+  seed = 1
+  data instr = synthetic.instructions { tasks = [reverse], examples = 800, max_len = 4, tokenizer = base.tokenizer }
+  data prefs = synthetic.preferences { tasks = [reverse], pairs = 400, max_len = 4, tokenizer = base.tokenizer }
+  model base = hf("ck")
+  stage sft = finetune(base, instr) {
+    steps = 300
+    batch = 16
+    optimizer = adamw { lr = 3e-3 }
+    eval_every = 150
+    eval_examples = 60
+    max_new = 6
+  }
+  stage rm = reward_model(sft.model, prefs) { steps = 20, batch = 8, optimizer = adamw { lr = 1e-3 }, eval_every = 20 }
+  stage po = dpo(policy = sft.model, prefs) { steps = 10, batch = 8, optimizer = adamw { lr = 1e-5 }, eval_every = 10, eval_examples = 40, max_new = 6 }
+  stage rl = ppo(policy = sft.model, reward = rm.model, prompts = instr) { steps = 4, batch = 8, max_new = 6, optimizer = adamw { lr = 1e-5 }, eval_every = 4, eval_examples = 40 }
+  stage gr = grpo(policy = sft.model, prompts = instr) { group = 4, batch = 16, steps = 4, max_new = 6, reward = exact_match, optimizer = adamw { lr = 1e-5 }, eval_every = 4, eval_examples = 40 }
+  stage table = compare(base = base, sft = sft.model, dpo = po.model, ppo = rl.model, grpo = gr.model) { data = instr, examples = 40, max_new = 6 }
+}
+"#;
+
+#[test]
+fn an_imported_model_post_trains_on_its_own_tokenizers_ids() {
+    let dir = checkpoint("tok", &["qwen2", "--tokenizer"]);
+    std::fs::write(dir.join("r.roux"), PIPELINE).unwrap();
+    // The ids every stage trains on are the checkpoint tokenizer's, its end token closing each response.
+    let c = roux::frontend::compile(&dir.join("r.roux")).unwrap();
+    let recipe = c.recipe.unwrap_or_else(|| panic!("{:?}", c.diagnostics.iter().map(|d| &d.message).collect::<Vec<_>>()));
+    let codec = roux::run::kit::codec::Codec::new(&recipe, recipe.example_set("instr").unwrap()).unwrap();
+    // Prompt and response are encoded apart (as torchtune encodes messages), in training and in
+    // generation alike: the response's first token does not merge with the template's last.
+    let script = "import sys\nfrom tokenizers import Tokenizer\nt = Tokenizer.from_file(sys.argv[1])\ne = lambda s: t.encode(s, add_special_tokens=False).ids\nprint(e('Q: reverse abcd\\nA: ') + e('dcba'), t.token_to_id('<|endoftext|>'))";
+    let o = Command::new("python").args(["-c", script, dir.join("ck/tokenizer.json").to_str().unwrap()]).output().unwrap();
+    let theirs = String::from_utf8_lossy(&o.stdout).to_string();
+    let mut ours = codec.prompt("reverse abcd");
+    ours.extend(codec.encode("dcba"));
+    assert_eq!(theirs.trim().replace(' ', ""), format!("{ours:?}{}", codec.end()[0]).replace(' ', ""), "roux's ids are the tokenizer's");
+    assert_eq!(codec.decode(&[codec.encode("dcba"), codec.end().to_vec(), vec![5, 6]].concat()), "dcba");
+
+    let o = roux(&["run", dir.join("r.roux").to_str().unwrap(), "--out", dir.join("runs").to_str().unwrap()]);
+    let err = String::from_utf8_lossy(&o.stderr).to_string();
+    assert!(o.status.success(), "{err}");
+    let m = common::metrics(&dir.join("runs/tok/sft"));
+    let losses: Vec<f64> = m.iter().filter_map(|r| r["loss"].as_f64()).collect();
+    let exact: Vec<f64> = m.iter().filter_map(|r| r["exact"].as_f64()).collect();
+    eprintln!("SFT loss {:.3} → {:.3}; held-out exact match {exact:?}", losses[0], losses[losses.len() - 1]);
+    assert!(losses[losses.len() - 1] < losses[0] - 1.0, "the SFT loss falls: {losses:?}");
+    let report: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(dir.join("runs/tok/sft/report.json")).unwrap()).unwrap();
+    let (before, after) = (report["before"]["exact"].as_f64().unwrap(), report["after"]["exact"].as_f64().unwrap());
+    assert!(after > before + 0.05, "held-out exact match rises above the base: {before} → {after}");
+    for stage in ["rm", "po", "rl", "gr", "table"] {
+        assert!(dir.join("runs/tok").join(stage).join("report.json").exists(), "stage {stage} finished:\n{err}");
+    }
+}

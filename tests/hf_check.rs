@@ -134,7 +134,7 @@ fn tensors_that_differ_from_the_config_are_named() {
 }
 
 #[test]
-fn roux_byte_level_data_is_refused_for_a_model_with_its_own_tokenizer() {
+fn post_training_data_must_be_encoded_with_an_imported_models_tokenizer() {
     let dir = scratch("hf-check-tokens");
     std::fs::create_dir_all(dir.join("ck")).unwrap();
     let mut c = llama_config();
@@ -150,10 +150,21 @@ fn roux_byte_level_data_is_refused_for_a_model_with_its_own_tokenizer() {
     std::fs::write(dir.join("r.roux"), recipe).unwrap();
     let c = roux::frontend::compile(&dir.join("r.roux")).unwrap();
     let d: Vec<(&str, &str)> = c.diagnostics.iter().filter(|d| d.code == "E0315").map(|d| (d.message.as_str(), d.hint.as_deref().unwrap_or(""))).collect();
-    let msg = |s: &str| format!("stage `{s}` reads its examples as bytes, but its model learned the tokens of its own tokenizer (model `base` is imported from a checkpoint): the ids would mean other tokens");
+    let msg = |s: &str| format!("stage `{s}` reads `instr` as bytes, but its model learned the tokens of its own tokenizer (model `base` is imported from a checkpoint): the ids would mean other tokens");
     // The fine-tuned model, and what is trained from it, carry the checkpoint's tokens.
     assert_eq!(d.iter().map(|x| x.0.to_string()).collect::<Vec<_>>(), vec![msg("sft"), msg("more")]);
-    assert!(d[0].1.starts_with("roux does not yet tokenize data with a checkpoint's tokenizer.json"), "{}", d[0].1);
+    assert_eq!(d[0].1, "encode the data with the model's tokenizer: add `tokenizer = base.tokenizer` to data `instr`");
+    // Encoded with the model's tokenizer, the recipe checks, once the folder has one.
+    let with = recipe.replace("template = \"Q: {prompt}\\nA: \" }", "template = \"Q: {prompt}\\nA: \", tokenizer = base.tokenizer }");
+    assert_ne!(with, recipe);
+    std::fs::write(dir.join("r.roux"), &with).unwrap();
+    let c = roux::frontend::compile(&dir.join("r.roux")).unwrap();
+    let d: Vec<&str> = c.diagnostics.iter().filter(|d| d.is_error()).map(|d| d.message.as_str()).collect();
+    assert_eq!(d, vec!["data `instr` takes the tokenizer of `base`, which has none: only a model imported with `hf(\"…\")` from a folder with tokenizer.json does"]);
+    std::fs::write(dir.join("ck/tokenizer.json"), "{}").unwrap();
+    let c = roux::frontend::compile(&dir.join("r.roux")).unwrap();
+    assert!(c.diagnostics.iter().all(|d| !d.is_error()), "{:?}", c.diagnostics.iter().map(|d| &d.message).collect::<Vec<_>>());
+    assert_eq!(c.recipe.unwrap().examples[0].end, "", "the end marker is the model's end-of-sequence token");
 }
 
 #[test]

@@ -18,6 +18,7 @@ impl<'a> Checker<'a> {
         let mut f = Fields::new(block, &self.top_scope(), what, at);
         let template_field = f.field("template");
         let end_field = f.field("end");
+        let tokenizer = f.field("tokenizer").map(|t| self.model_tokenizer(&t.value));
         let held_out = f.ranged(self, "held_out", Some(0.1), 0.0, true, 1.0, false);
         // The rows of a JSONL file, read now so that a bad line is a check error, not a failed run.
         let mut rows: Option<Vec<Vec<String>>> = None;
@@ -69,7 +70,14 @@ impl<'a> Checker<'a> {
                 }
             },
         };
+        let tokenizer = match tokenizer {
+            Some(None) => return None,
+            Some(Some(m)) => Some(m),
+            None => None,
+        };
         let end = match end_field {
+            // With a model's tokenizer, the end is its end-of-sequence token (the empty marker).
+            None if tokenizer.is_some() => String::new(),
             None => "\n".to_string(),
             Some(e) => match &e.value.kind {
                 ExprKind::Str(s) if !s.is_empty() => s.clone(),
@@ -92,7 +100,19 @@ impl<'a> Checker<'a> {
                 .with_hint("a stage warns when some are longer than its model's context"));
             self.example_lengths.insert(d.name.name.clone(), (lengths, span));
         }
-        Some(ExampleSet { name: d.name.name.clone(), kind: ekind, source: source?, template, end, held_out: held_out? })
+        Some(ExampleSet { name: d.name.name.clone(), kind: ekind, source: source?, template, end, held_out: held_out?, tokenizer })
+    }
+
+    /// `tokenizer = base.tokenizer`: the model whose tokenizer encodes a data set.
+    fn model_tokenizer(&mut self, e: &'a crate::syntax::ast::Expr) -> Option<String> {
+        match e.as_path() {
+            Some([m, t]) if t.name == "tokenizer" && self.decl(&m.name).is_some_and(|d| d.kind == crate::syntax::ast::DeclKind::Model) => Some(m.name.clone()),
+            _ => {
+                self.error(Diagnostic::error(Code::E0120, e.span, format!("`tokenizer` expects a model's tokenizer, found {}", super::eval::describe(e)))
+                    .with_hint("write `tokenizer = base.tokenizer`, where `model base = hf(\"…\")`"));
+                None
+            }
+        }
     }
 
     /// The rows of a JSONL file through the loader; every bad line (the first ten listed) and an

@@ -72,8 +72,9 @@ fn read(loader: &dyn Loader, dir: &Path, file: &str, name: &str) -> Result<Model
         }
     }
     let dtype = dominant_dtype(&found);
-    let byte_level = config.get("roux_model").is_some() && loader.entry(&dir.join("tokenizer.json")) == PathKind::Missing && spec.vocab >= 256;
-    spec.checkpoint = Some(Checkpoint { dir: dir.to_path_buf(), family, files, dtype, bytes, byte_level });
+    let tokenizer = matches!(loader.entry(&dir.join("tokenizer.json")), PathKind::File(_));
+    let byte_level = config.get("roux_model").is_some() && !tokenizer && spec.vocab >= 256;
+    spec.checkpoint = Some(Checkpoint { dir: dir.to_path_buf(), family, files, dtype, bytes, byte_level, tokenizer });
     Ok(spec)
 }
 

@@ -104,19 +104,70 @@ impl Checker<'_> {
                 }
                 continue;
             }
-            // Post-training examples are bytes: a base that learned other tokens would read them
-            // as other tokens.
-            if let Some(o) = inputs(&s.kind).into_iter().filter_map(|m| ref_origin(r, m, 0)).find(|o| !o.bytes()) {
-                self.error(Diagnostic::error(Code::E0315, span, format!("stage `{}` reads its examples as bytes, but its model learned {}: the ids would mean other tokens", s.name, o.learned()))
-                    .with_hint(hint(&o, "post-training examples are byte-level: pretrain the model on data with `tokenizer = bytes`")));
+            // Post-training examples are encoded as bytes or with an imported model's tokenizer:
+            // the model must have learned the same tokens.
+            let Some(set) = stage_set(&s.kind).and_then(|n| r.example_set(n)) else { continue };
+            for o in inputs(&s.kind).into_iter().filter_map(|m| ref_origin(r, m, 0)) {
+                let reads = match &set.tokenizer {
+                    Some(m) => format!("with the tokenizer of `{m}`"),
+                    None => "as bytes".to_string(),
+                };
+                let same = match (&o, &set.tokenizer) {
+                    (Origin::Trained { .. }, None) => o.bytes(),
+                    (Origin::Checkpoint { model }, Some(t)) => same_checkpoint(r, model, t),
+                    _ => false,
+                };
+                if !same {
+                    let hint = match &o {
+                        Origin::Checkpoint { model } => format!("encode the data with the model's tokenizer: add `tokenizer = {model}.tokenizer` to data `{}`", set.name),
+                        Origin::Trained { .. } if set.tokenizer.is_some() => format!("a model reads the tokens it learned: drop `tokenizer` from data `{}`", set.name),
+                        Origin::Trained { .. } => "post-training examples are bytes or an imported model's tokenizer: pretrain the model on data with `tokenizer = bytes`".into(),
+                    };
+                    self.error(Diagnostic::error(Code::E0315, span, format!("stage `{}` reads `{}` {reads}, but its model learned {}: the ids would mean other tokens", s.name, set.name, o.learned()))
+                        .with_hint(hint));
+                    break;
+                }
+            }
+        }
+        self.check_set_tokenizers(r);
+    }
+
+    /// A data set's `tokenizer` names a model imported with its tokenizer.json.
+    fn check_set_tokenizers(&mut self, r: &Recipe) {
+        for set in &r.examples {
+            let Some(m) = &set.tokenizer else { continue };
+            let has = r.model(m).and_then(|s| s.checkpoint.as_ref()).is_some_and(|c| c.tokenizer);
+            if !has {
+                let span = self.decl(&set.name).map_or(self.ast.name_span, |d| d.value.span);
+                self.error(Diagnostic::error(Code::E0315, span, format!("data `{}` takes the tokenizer of `{m}`, which has none: only a model imported with `hf(\"…\")` from a folder with tokenizer.json does", set.name))
+                    .with_hint("leave `tokenizer` out to encode the examples as bytes"));
             }
         }
     }
 }
 
+/// The example set a post-training stage reads.
+fn stage_set(kind: &StageKind) -> Option<&str> {
+    match kind {
+        StageKind::Finetune(f) => Some(&f.data),
+        StageKind::RewardModel(m) => Some(&m.data),
+        StageKind::Ppo(p) => Some(&p.prompts),
+        StageKind::Dpo(d) => Some(&d.data),
+        StageKind::Grpo(g) => Some(&g.prompts),
+        StageKind::Compare(c) => Some(&c.data),
+        StageKind::Train(_) | StageKind::Isoflop(_) | StageKind::Mixture(_) => None,
+    }
+}
+
+/// Whether models `a` and `b` come from the same checkpoint folder (so one tokenizer).
+fn same_checkpoint(r: &Recipe, a: &str, b: &str) -> bool {
+    let dir = |m: &str| r.model(m).and_then(|s| s.checkpoint.as_ref()).map(|c| c.dir.clone());
+    dir(a).is_some() && dir(a) == dir(b)
+}
+
 fn hint(o: &Origin, trained: &str) -> String {
     match o {
         Origin::Trained { .. } => trained.to_string(),
-        Origin::Checkpoint { .. } => "roux does not yet tokenize data with a checkpoint's tokenizer.json: an imported model with its own tokenizer can be checked and planned, not yet trained on roux's byte-level data (a byte-level model roux exported can)".into(),
+        Origin::Checkpoint { .. } => "roux does not yet tokenize a corpus with a checkpoint's tokenizer.json: an imported model with its own tokenizer trains on post-training data with `tokenizer = MODEL.tokenizer`".into(),
     }
 }

@@ -203,11 +203,18 @@ pub struct Seq {
 
 /// `template(prompt) ++ response ++ end`, cut to `context + 1` tokens. With `mask_prompt`,
 /// targets inside the prompt weigh exactly zero; response and end-marker targets weigh one.
+/// (Bytes; the run's `Codec` makes the same of any tokenizer's ids through `sequence_of`.)
 pub fn sequence(set: &ExampleSet, prompt: &str, response: &str, mask_prompt: bool, context: usize) -> Seq {
-    let p = render(&set.template, prompt);
-    let mut tokens: Vec<i64> = p.bytes().chain(response.bytes()).chain(set.end.bytes()).map(i64::from).collect();
+    let p: Vec<i64> = render(&set.template, prompt).bytes().map(i64::from).collect();
+    let r: Vec<i64> = response.bytes().chain(set.end.bytes()).map(i64::from).collect();
+    sequence_of(&p, &r, mask_prompt, context)
+}
+
+/// The sequence of prompt ids then response ids (its end marker included), cut to `context + 1`.
+pub fn sequence_of(prompt: &[i64], response: &[i64], mask_prompt: bool, context: usize) -> Seq {
+    let mut tokens: Vec<i64> = prompt.iter().chain(response).copied().collect();
     tokens.truncate(context + 1);
-    let prompt_len = p.len().min(tokens.len());
+    let prompt_len = prompt.len().min(tokens.len());
     let weights = (0..tokens.len().saturating_sub(1)).map(|i| if i + 1 < prompt_len && mask_prompt { 0.0 } else { 1.0 }).collect();
     Seq { tokens, weights, prompt_len }
 }
@@ -225,6 +232,7 @@ mod tests {
             template: "Q: {prompt}\nA: ".into(),
             end: "\n".into(),
             held_out: 0.1,
+            tokenizer: None,
         }
     }
 

@@ -83,4 +83,9 @@ pub struct ExampleSet {
     pub end: String,
     /// Share of prompts held out for evaluation (chosen by a hash of the prompt).
     pub held_out: f64,
+    /// The model whose tokenizer encodes these examples (`tokenizer = base.tokenizer`, an
+    /// imported model's tokenizer.json); absent, bytes. With it, an empty `end` is the model's
+    /// end-of-sequence token.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tokenizer: Option<String>,
 }

@@ -213,6 +213,9 @@ pub struct Checkpoint {
     /// A checkpoint roux exported from a byte-level model (no tokenizer.json): its ids are bytes.
     #[serde(default, skip_serializing_if = "is_false")]
     pub byte_level: bool,
+    /// The folder holds tokenizer.json (what `tokenizer = MODEL.tokenizer` encodes with).
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub tokenizer: bool,
 }
 
 impl ModelSpec {

@@ -12,6 +12,7 @@
 //! | `artifacts.rs` | models named by artifact references, reward models, example splits  |
 //! | `data.rs`      | a corpus split into training and validation tokens; batches          |
 //! | `hf.rs`        | a Hugging Face checkpoint's weights, memory-mapped, into a model     |
+//! | `codec.rs`     | examples' text ↔ ids: bytes or the model's tokenizer, its end token  |
 //! | `tokenize.rs`  | byte-level BPE: train on the corpus, save tokenizer.json             |
 //! | `seqs.rs`      | padded variable-length batches, log-probabilities, generation        |
 //! | `score.rs`     | a policy's scores on held-out prompts                                |
@@ -29,6 +30,7 @@ pub mod adamw;
 pub mod alloc;
 pub mod artifacts;
 pub mod checkpoint;
+pub mod codec;
 pub mod context;
 pub mod data;
 pub mod deferred;

@@ -3,10 +3,10 @@
 
 use tch::Kind;
 
-use super::seqs::{decode, generate, pad, prompt_ids, prompt_response, seq_logprob};
+use super::codec::Codec;
+use super::seqs::{generate, pad, prompt_response, seq_logprob};
 use crate::posttrain::examples::{Example, Seq};
 use crate::posttrain::tasks;
-use crate::recipe::ExampleSet;
 use crate::run::model::Model;
 
 /// A policy's scores on held-out prompts.
@@ -58,10 +58,10 @@ impl Score {
 }
 
 /// (exact, correct, verbose, gold) summed over responses.
-fn tally(examples: &[Example], responses: &[Vec<i64>], end: &[u8]) -> [f64; 4] {
+fn tally(examples: &[Example], responses: &[Vec<i64>], codec: &Codec) -> [f64; 4] {
     let mut t = [0.0; 4];
     for (e, r) in examples.iter().zip(responses) {
-        let text = decode(r, end);
+        let text = codec.decode(r);
         let target = e.gold.as_deref().unwrap_or(&e.response);
         t[0] += tasks::exact(target, &text) as u8 as f64;
         t[1] += text.starts_with(target) as u8 as f64;
@@ -71,14 +71,13 @@ fn tally(examples: &[Example], responses: &[Vec<i64>], end: &[u8]) -> [f64; 4] {
     t
 }
 
-pub fn score(model: &Model, reference: Option<&Model>, set: &ExampleSet, examples: &[Example], max_new: usize) -> Score {
-    let prompts: Vec<Vec<i64>> = examples.iter().map(|e| prompt_ids(set, &e.prompt)).collect();
-    let end = set.end.as_bytes();
-    let greedy = generate(model, &prompts, max_new, 0.0, end);
-    let sampled = generate(model, &prompts, max_new, 1.0, end);
+pub fn score(model: &Model, reference: Option<&Model>, codec: &Codec, examples: &[Example], max_new: usize) -> Score {
+    let prompts: Vec<Vec<i64>> = examples.iter().map(|e| codec.prompt(&e.prompt)).collect();
+    let greedy = generate(model, &prompts, max_new, 0.0, codec.end());
+    let sampled = generate(model, &prompts, max_new, 1.0, codec.end());
     let n = examples.len().max(1) as f64;
-    let g = tally(examples, &greedy, end);
-    let s = tally(examples, &sampled, end);
+    let g = tally(examples, &greedy, codec);
+    let s = tally(examples, &sampled, codec);
     let kl = reference.map(|rf| {
         let seqs: Vec<Seq> = prompts.iter().zip(&sampled).map(|(p, r)| prompt_response(p, r)).collect();
         let mut total = 0.0;
@@ -93,11 +92,11 @@ pub fn score(model: &Model, reference: Option<&Model>, set: &ExampleSet, example
     let mut by_task: std::collections::BTreeMap<String, (f64, f64)> = Default::default();
     for (e, r) in examples.iter().zip(&greedy) {
         let t = by_task.entry(e.prompt.split(' ').next().unwrap_or("").to_string()).or_default();
-        t.0 += tasks::exact(e.gold.as_deref().unwrap_or(&e.response), &decode(r, end)) as u8 as f64;
+        t.0 += tasks::exact(e.gold.as_deref().unwrap_or(&e.response), &codec.decode(r)) as u8 as f64;
         t.1 += 1.0;
     }
     let by_task = by_task.into_iter().map(|(k, (a, n))| (k, a / n)).collect();
-    let samples = examples.iter().zip(&greedy).take(6).map(|(e, r)| (e.prompt.clone(), decode(r, end))).collect();
+    let samples = examples.iter().zip(&greedy).take(6).map(|(e, r)| (e.prompt.clone(), codec.decode(r))).collect();
     Score {
         examples: examples.len(),
         exact: g[0] / n,

@@ -4,8 +4,7 @@
 use std::collections::BTreeMap;
 use tch::{Device, Kind, Tensor};
 
-use crate::posttrain::examples::{render, Seq};
-use crate::recipe::ExampleSet;
+use crate::posttrain::examples::Seq;
 use crate::run::model::{KvCache, Model};
 
 /// Inputs, next-token targets and target weights, (B, T) each; padding weighs zero. Padding
@@ -50,15 +49,10 @@ pub fn prompt_response(prompt: &[i64], response: &[i64]) -> Seq {
     Seq { tokens, weights, prompt_len: prompt.len() }
 }
 
-pub fn prompt_ids(set: &ExampleSet, prompt: &str) -> Vec<i64> {
-    render(&set.template, prompt).bytes().map(i64::from).collect()
-}
-
 /// Continue every prompt by up to `max_new` tokens (fewer where the context ends), stopping a
 /// row once it has produced `end`. `temperature` 0 is greedy. Prompts are grouped by length so
 /// each group is one dense batch. Returns each response, the end marker included when produced.
-pub fn generate(model: &Model, prompts: &[Vec<i64>], max_new: usize, temperature: f64, end: &[u8]) -> Vec<Vec<i64>> {
-    let end: Vec<i64> = end.iter().map(|&b| b as i64).collect();
+pub fn generate(model: &Model, prompts: &[Vec<i64>], max_new: usize, temperature: f64, end: &[i64]) -> Vec<Vec<i64>> {
     let mut out = vec![vec![]; prompts.len()];
     let mut groups: BTreeMap<usize, Vec<usize>> = BTreeMap::new();
     for (i, p) in prompts.iter().enumerate() {
@@ -92,7 +86,7 @@ pub fn generate(model: &Model, prompts: &[Vec<i64>], max_new: usize, temperature
                         continue;
                     }
                     out[i].push(next[k]);
-                    done[k] = !end.is_empty() && out[i].ends_with(&end);
+                    done[k] = !end.is_empty() && out[i].ends_with(end);
                 }
                 if done.iter().all(|&d| d) {
                     break;
@@ -101,13 +95,6 @@ pub fn generate(model: &Model, prompts: &[Vec<i64>], max_new: usize, temperature
         }
     });
     out
-}
-
-/// A response's text, without the end marker and anything after it.
-pub fn decode(response: &[i64], end: &[u8]) -> String {
-    let bytes: Vec<u8> = response.iter().map(|&t| t.clamp(0, 255) as u8).collect();
-    let cut = if end.is_empty() { None } else { bytes.windows(end.len()).position(|w| w == end) };
-    String::from_utf8_lossy(&bytes[..cut.unwrap_or(bytes.len())]).into_owned()
 }
 
 /// A tensor's values as f64, in row-major order.

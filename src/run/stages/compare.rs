@@ -22,6 +22,7 @@ pub fn run(ctx: &StageCtx, c: &CompareSpec) -> Result<()> {
     };
     let dev = device::device(c.device)?;
     let (set, split) = instructions(recipe, &c.data)?;
+    let codec = crate::run::kit::codec::Codec::new(recipe, &set)?;
     let held: Vec<_> = split.held_out.into_iter().take(c.examples).collect();
     let mut reference = load_lm(recipe, runs, &c.reference, dev)?.computing(c.precision);
     reference.freeze();
@@ -31,7 +32,7 @@ pub fn run(ctx: &StageCtx, c: &CompareSpec) -> Result<()> {
     );
     for (label, r) in &c.policies {
         let m = load_lm(recipe, runs, r, dev)?.computing(c.precision);
-        let s = score(&m, Some(&reference), &set, &held, c.max_new);
+        let s = score(&m, Some(&reference), &codec, &held, c.max_new);
         table.push_str(&format!(
             "| {label} | {:.3} | {:.1}% | {:.3} | {:.1}% | {:.1}% | {:.3} |\n",
             s.gold,

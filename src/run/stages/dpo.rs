@@ -8,22 +8,22 @@ use std::time::Instant;
 use tch::{Kind, Tensor};
 
 use crate::posttrain::examples::{Pair, Seq};
-use crate::recipe::{DpoSpec, ExampleSet};
+use crate::recipe::DpoSpec;
 use crate::rng::Rng;
 use crate::run::kit::adamw::Optimizer;
 use crate::run::kit::artifacts::{instructions, load_lm, preferences};
 use crate::run::kit::losses::dpo;
 use crate::run::kit::score::score;
-use crate::run::kit::seqs::{pad, prompt_ids, prompt_response, seq_logprob};
+use crate::run::kit::codec::Codec;
+use crate::run::kit::seqs::{pad, prompt_response, seq_logprob};
 use crate::run::kit::{device, lifecycle, StageCtx};
 use crate::run::model::Model;
 use crate::schedule::lr_at;
 
-fn pair_seqs(set: &ExampleSet, p: &Pair, ctx: usize) -> (Seq, Seq) {
-    let prompt = prompt_ids(set, &p.prompt);
-    let resp = |r: &str| -> Vec<i64> { r.bytes().chain(set.end.bytes()).map(i64::from).collect() };
-    let mut c = prompt_response(&prompt, &resp(&p.chosen));
-    let mut r = prompt_response(&prompt, &resp(&p.rejected));
+fn pair_seqs(codec: &Codec, p: &Pair, ctx: usize) -> (Seq, Seq) {
+    let prompt = codec.prompt(&p.prompt);
+    let mut c = prompt_response(&prompt, &codec.response(&p.chosen));
+    let mut r = prompt_response(&prompt, &codec.response(&p.rejected));
     for s in [&mut c, &mut r] {
         s.tokens.truncate(ctx + 1);
         s.weights.truncate(s.tokens.len().saturating_sub(1));
@@ -42,11 +42,11 @@ pub struct PairScores {
     pub accuracy: f64,
 }
 
-fn held_out_pairs(policy: &Model, reference: &Model, set: &ExampleSet, pairs: &[Pair], beta: f64, context: usize, dev: tch::Device) -> PairScores {
+fn held_out_pairs(policy: &Model, reference: &Model, codec: &Codec, pairs: &[Pair], beta: f64, context: usize, dev: tch::Device) -> PairScores {
     let (mut c_sum, mut r_sum, mut wins) = (0.0, 0.0, 0.0);
     tch::no_grad(|| {
         for chunk in pairs.chunks(32) {
-            let seqs: Vec<(Seq, Seq)> = chunk.iter().map(|p| pair_seqs(set, p, context)).collect();
+            let seqs: Vec<(Seq, Seq)> = chunk.iter().map(|p| pair_seqs(codec, p, context)).collect();
             let rows: Vec<&Seq> = seqs.iter().map(|p| &p.0).chain(seqs.iter().map(|p| &p.1)).collect();
             let b = pad(&rows, dev);
             let n = chunk.len() as i64;
@@ -66,12 +66,13 @@ pub fn run(ctx: &StageCtx, d: &DpoSpec) -> Result<()> {
     let Some(mut run) = lifecycle::begin_stage(ctx, d.opt.steps)? else { return Ok(()) };
     let dev = device::device(d.opt.device)?;
     let (set, split) = preferences(recipe, &d.data)?;
+    let codec = Codec::new(recipe, &set)?;
     let (_, held) = instructions(recipe, &d.data)?;
     let held: Vec<_> = held.held_out.into_iter().take(d.eval_examples).collect();
     let policy = load_lm(recipe, &ctx.runs, &d.policy, dev)?.computing(d.opt.precision);
     let mut reference = load_lm(recipe, &ctx.runs, &d.policy, dev)?.computing(d.opt.precision);
     reference.freeze();
-    let before = score(&policy, Some(&reference), &set, &held, d.max_new);
+    let before = score(&policy, Some(&reference), &codec, &held, d.max_new);
     let held_pairs: Vec<Pair> = split.held_out.iter().take(d.eval_examples).cloned().collect();
     let names = policy.names.clone();
     let params: Vec<Tensor> = policy.params.iter().map(|p| p.shallow_clone()).collect();
@@ -85,7 +86,7 @@ pub fn run(ctx: &StageCtx, d: &DpoSpec) -> Result<()> {
     for step in step0..d.opt.steps {
         tch::manual_seed((recipe.seed ^ step.wrapping_mul(0x9E37_79B9)) as i64);
         let lr = lr_at(&d.opt.schedule, d.opt.optimizer.lr, step, d.opt.steps);
-        let pairs: Vec<(Seq, Seq)> = (0..d.opt.batch).map(|_| pair_seqs(&set, &split.train[rng.below(split.train.len() as u64) as usize], context)).collect();
+        let pairs: Vec<(Seq, Seq)> = (0..d.opt.batch).map(|_| pair_seqs(&codec, &split.train[rng.below(split.train.len() as u64) as usize], context)).collect();
         // One batch: the chosen rows, then the rejected rows.
         let rows: Vec<&Seq> = pairs.iter().map(|p| &p.0).chain(pairs.iter().map(|p| &p.1)).collect();
         let b = pad(&rows, dev);
@@ -104,8 +105,8 @@ pub fn run(ctx: &StageCtx, d: &DpoSpec) -> Result<()> {
         let margin = ((&pc - &rc) - (&pr - &rr)) * d.beta;
         let (margin_v, acc) = (margin.mean(Kind::Float).double_value(&[]), margin.gt(0.0).to_kind(Kind::Float).mean(Kind::Float).double_value(&[]));
         let eval_now = done % d.opt.eval_every == 0 || done == d.opt.steps;
-        let s = eval_now.then(|| score(&policy, Some(&reference), &set, &held, d.max_new));
-        let pairs_now = (eval_now && !held_pairs.is_empty()).then(|| held_out_pairs(&policy, &reference, &set, &held_pairs, d.beta, context, dev));
+        let s = eval_now.then(|| score(&policy, Some(&reference), &codec, &held, d.max_new));
+        let pairs_now = (eval_now && !held_pairs.is_empty()).then(|| held_out_pairs(&policy, &reference, &codec, &held_pairs, d.beta, context, dev));
         let shown = s.as_ref().map_or(String::new(), |s| format!(" held-out: greedy exact {:.1}%; sampled exact {:.1}% verbose {:.1}% gold {:.3}; KL {:.3}", 100.0 * s.exact, 100.0 * s.sampled_exact, 100.0 * s.sampled_verbose, s.sampled_gold, s.kl.unwrap_or(0.0)));
         run.progress.line(done, d.opt.log_every, &format!("loss {loss_v:.4} margin {margin_v:.3} acc {:.0}%{shown}", 100.0 * acc), s.is_some());
         if done % d.opt.log_every == 0 || s.is_some() {

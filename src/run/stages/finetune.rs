@@ -8,7 +8,8 @@ use serde_json::json;
 use std::time::Instant;
 use tch::{Kind, Tensor};
 
-use crate::posttrain::examples::{sequence, Seq};
+use crate::posttrain::examples::Seq;
+use crate::run::kit::codec::Codec;
 use crate::recipe::FinetuneSpec;
 use crate::rng::Rng;
 use crate::run::kit::adamw::Optimizer;
@@ -23,10 +24,11 @@ pub fn run(ctx: &StageCtx, f: &FinetuneSpec) -> Result<()> {
     let Some(mut run) = lifecycle::begin_stage(ctx, f.opt.steps)? else { return Ok(()) };
     let dev = device::device(f.opt.device)?;
     let (set, split) = instructions(recipe, &f.data)?;
+    let codec = Codec::new(recipe, &set)?;
     let mut model = load_lm(recipe, &ctx.runs, &f.model, dev)?.computing(f.opt.precision);
     let held: Vec<_> = split.held_out.iter().take(f.eval_examples).cloned().collect();
     // The starting point's score, for the report (what fine-tuning changed).
-    let before = score(&model, None, &set, &held, f.max_new);
+    let before = score(&model, None, &codec, &held, f.max_new);
     tracing::info!("{name}: before fine-tuning: exact match {:.1}%, gold reward {:.3} on {} held-out prompts", 100.0 * before.exact, before.gold, held.len());
 
     let (names, params): (Vec<String>, Vec<Tensor>) = match &f.lora {
@@ -40,7 +42,7 @@ pub fn run(ctx: &StageCtx, f: &FinetuneSpec) -> Result<()> {
     let mut opt = Optimizer::new(&params, &f.opt.optimizer);
     let (step0, mut rng, _) = run.restore(&names, &params, &mut opt, Rng(recipe.seed ^ 0x5F7))?;
     let context = model.spec().context;
-    let seqs: Vec<Seq> = split.train.iter().map(|e| sequence(&set, &e.prompt, &e.response, f.mask_prompt, context)).collect();
+    let seqs: Vec<Seq> = split.train.iter().map(|e| codec.sequence(&e.prompt, &e.response, f.mask_prompt, context)).collect();
     tracing::info!(
         "{name}: fine-tuning `{}` ({trainable} trainable of {} parameters{}) on {} examples of `{}` for {} steps × {}",
         f.model.arch,
@@ -73,7 +75,7 @@ pub fn run(ctx: &StageCtx, f: &FinetuneSpec) -> Result<()> {
         window.1 += rows.iter().map(|s| s.weights[..s.tokens.len().saturating_sub(1)].iter().map(|&w| w as f64).sum::<f64>()).sum::<f64>();
         let loss_v = loss.double_value(&[]);
         let eval_now = done % f.opt.eval_every == 0 || done == f.opt.steps;
-        let s = eval_now.then(|| score(&model, None, &set, &held, f.max_new));
+        let s = eval_now.then(|| score(&model, None, &codec, &held, f.max_new));
         let tok_s = window.1 / window.0.elapsed().as_secs_f64().max(1e-9);
         let shown = s.as_ref().map_or(String::new(), |s| format!(" held-out exact {:.1}% verbose {:.1}% gold {:.3}", 100.0 * s.exact, 100.0 * s.verbose, s.gold));
         run.progress.line(done, f.opt.log_every, &format!("loss {loss_v:.4}{shown} lr {lr:.2e} {:.1}k response tok/s", tok_s / 1e3), s.is_some());

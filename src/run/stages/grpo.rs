@@ -21,7 +21,8 @@ use crate::run::kit::adamw::Optimizer;
 use crate::run::kit::artifacts::{instructions, load_lm, load_reward_model};
 use crate::run::kit::losses::{group_advantages, grpo_loss};
 use crate::run::kit::score::score;
-use crate::run::kit::seqs::{decode, generate, pad, prompt_ids, prompt_response, to_f64s, token_logprobs};
+use crate::run::kit::codec::Codec;
+use crate::run::kit::seqs::{generate, pad, prompt_response, to_f64s, token_logprobs};
 use crate::run::kit::{device, lifecycle, StageCtx};
 use crate::schedule::lr_at;
 
@@ -30,6 +31,7 @@ pub fn run(ctx: &StageCtx, g: &GrpoSpec) -> Result<()> {
     let Some(mut run) = lifecycle::begin_stage(ctx, g.opt.steps)? else { return Ok(()) };
     let dev = device::device(g.opt.device)?;
     let (set, split) = instructions(recipe, &g.prompts)?;
+    let codec = Codec::new(recipe, &set)?;
     let held: Vec<Example> = split.held_out.iter().take(g.eval_examples).cloned().collect();
     let policy = load_lm(recipe, &ctx.runs, &g.policy, dev)?.computing(g.opt.precision);
     // With beta = 0 no reference is loaded (the plan counts none).
@@ -43,13 +45,12 @@ pub fn run(ctx: &StageCtx, g: &GrpoSpec) -> Result<()> {
     };
     let rm = g.reward.model_stage().map(|s| load_reward_model(recipe, &ctx.runs, s, dev).map(|m| m.computing(g.opt.precision))).transpose()?;
     // The starting point's score, before a resumed run restores its trained weights.
-    let before = score(&policy, reference.as_ref(), &set, &held, g.max_new);
+    let before = score(&policy, reference.as_ref(), &codec, &held, g.max_new);
     let (names, params): (Vec<String>, Vec<Tensor>) = policy.named().into_iter().unzip();
     let mut opt = Optimizer::new(&params, &g.opt.optimizer);
     let (step0, mut rng, extra) = run.restore(&names, &params, &mut opt, Rng(recipe.seed ^ 0x6290))?;
     // Per step: the share of groups whose rewards were all equal (kept in checkpoints).
     let mut flat_history: Vec<f64> = serde_json::from_value(extra["flat_groups"].clone()).unwrap_or_default();
-    let end = set.end.as_bytes().to_vec();
     let context = policy.spec().context;
     let per_step = g.opt.batch / g.group;
     tracing::info!(
@@ -68,15 +69,15 @@ pub fn run(ctx: &StageCtx, g: &GrpoSpec) -> Result<()> {
         // 1. A group of responses to each prompt.
         let chosen: Vec<&Example> = (0..per_step).map(|_| &split.train[rng.below(split.train.len() as u64) as usize]).collect();
         let batch: Vec<&Example> = chosen.iter().flat_map(|e| std::iter::repeat_n(*e, g.group)).collect();
-        let prompts: Vec<Vec<i64>> = batch.iter().map(|e| prompt_ids(&set, &e.prompt)).collect();
-        let responses = generate(&policy, &prompts, g.max_new, g.temperature, &end);
+        let prompts: Vec<Vec<i64>> = batch.iter().map(|e| codec.prompt(&e.prompt)).collect();
+        let responses = generate(&policy, &prompts, g.max_new, g.temperature, codec.end());
         let seqs: Vec<Seq> = prompts.iter().zip(&responses).map(|(q, r)| prompt_response(q, r)).collect();
         // 2. Rewards.
         let rm_scores = rm.as_ref().map(|rm| {
             let full: Vec<Vec<i64>> = seqs.iter().map(|s| s.tokens.iter().copied().take(context).collect()).collect();
             to_f64s(&tch::no_grad(|| rm.score(&full, false)))
         });
-        let rewards: Vec<f64> = (0..batch.len()).map(|i| reward_of(&g.reward, batch[i], &responses[i], &end, g.max_new, rm_scores.as_ref().map(|v| v[i]))).collect();
+        let rewards: Vec<f64> = (0..batch.len()).map(|i| reward_of(&g.reward, batch[i], &responses[i], &codec, g.max_new, rm_scores.as_ref().map(|v| v[i]))).collect();
         // 3. Advantages within each group.
         let adv = group_advantages(&rewards, g.group, g.loss == GrpoLoss::Grpo);
         let flat = rewards.chunks(g.group).filter(|grp| grp.iter().all(|r| *r == grp[0])).count() as f64 / per_step as f64;
@@ -104,7 +105,7 @@ pub fn run(ctx: &StageCtx, g: &GrpoSpec) -> Result<()> {
         let length = responses.iter().map(|r| r.len()).sum::<usize>() as f64 / responses.len() as f64;
         let done = step + 1;
         let eval_now = done % g.opt.eval_every == 0 || done == g.opt.steps;
-        let s = eval_now.then(|| score(&policy, reference.as_ref(), &set, &held, g.max_new));
+        let s = eval_now.then(|| score(&policy, reference.as_ref(), &codec, &held, g.max_new));
         let shown = s.as_ref().map_or(String::new(), |s| format!(" | held-out: greedy exact {:.1}%; sampled exact {:.1}% gold {:.3}", 100.0 * s.exact, 100.0 * s.sampled_exact, s.sampled_gold));
         run.progress.line(done, g.opt.log_every, &format!("reward {mean:.3} ± {spread:.3} flat groups {:.0}% KL {:.3} clip {:.2}{shown}", 100.0 * flat, kl_sum / n, clip_sum / n), s.is_some());
         let mut m = json!({
@@ -151,16 +152,16 @@ pub fn run(ctx: &StageCtx, g: &GrpoSpec) -> Result<()> {
 }
 
 /// The recipe's reward for one response: the weighted sum of its terms.
-fn reward_of(reward: &Reward, e: &Example, response: &[i64], end: &[u8], max_new: usize, rm_score: Option<f64>) -> f64 {
+fn reward_of(reward: &Reward, e: &Example, response: &[i64], codec: &Codec, max_new: usize, rm_score: Option<f64>) -> f64 {
     let answer = e.gold.as_deref().unwrap_or(&e.response);
-    let end_ids: Vec<i64> = end.iter().map(|&b| b as i64).collect();
+    let end_ids = codec.end();
     reward
         .terms
         .iter()
         .map(|(w, t)| {
             w * match t {
-                RewardTerm::ExactMatch => tasks::exact(answer, &decode(response, end)) as u8 as f64,
-                RewardTerm::Format => (!end_ids.is_empty() && response.ends_with(&end_ids)) as u8 as f64,
+                RewardTerm::ExactMatch => tasks::exact(answer, &codec.decode(response)) as u8 as f64,
+                RewardTerm::Format => (!end_ids.is_empty() && response.ends_with(end_ids)) as u8 as f64,
                 RewardTerm::Length => response.len() as f64 / max_new.max(1) as f64,
                 RewardTerm::Model { .. } => rm_score.unwrap_or(0.0),
             }

@@ -24,7 +24,8 @@ use crate::run::kit::adamw::Optimizer;
 use crate::run::kit::artifacts::{instructions, load_lm, load_reward_model};
 use crate::run::kit::losses::{entropy, masked_mean, ppo_clip, value_loss};
 use crate::run::kit::score::score;
-use crate::run::kit::seqs::{decode, generate, pad, prompt_ids, prompt_response, to_f64s, token_logprobs};
+use crate::run::kit::codec::Codec;
+use crate::run::kit::seqs::{generate, pad, prompt_response, to_f64s, token_logprobs};
 use crate::run::kit::{device, lifecycle, StageCtx};
 use crate::run::model::heads::Head;
 use crate::schedule::lr_at;
@@ -34,13 +35,14 @@ pub fn run(ctx: &StageCtx, p: &PpoSpec) -> Result<()> {
     let Some(mut run) = lifecycle::begin_stage(ctx, p.opt.steps)? else { return Ok(()) };
     let dev = device::device(p.opt.device)?;
     let (set, split) = instructions(recipe, &p.prompts)?;
+    let codec = Codec::new(recipe, &set)?;
     let held: Vec<Example> = split.held_out.iter().take(p.eval_examples).cloned().collect();
     let policy = load_lm(recipe, &ctx.runs, &p.policy, dev)?.computing(p.opt.precision);
     let mut reference = load_lm(recipe, &ctx.runs, &p.policy, dev)?.computing(p.opt.precision);
     reference.freeze();
     let rm = load_reward_model(recipe, &ctx.runs, &p.reward, dev)?.computing(p.opt.precision);
     // The starting point's score, before a resumed run restores its trained weights.
-    let before = score(&policy, Some(&reference), &set, &held, p.max_new);
+    let before = score(&policy, Some(&reference), &codec, &held, p.max_new);
     // The value head reads the policy's final hidden state, detached: the critic is a linear
     // probe on the policy's features, so value-loss gradients cannot pull those features away
     // from what the policy objective wants (a shared trunk destabilised small models here).
@@ -54,7 +56,6 @@ pub fn run(ctx: &StageCtx, p: &PpoSpec) -> Result<()> {
     let (step0, mut rng, extra) = run.restore(&names, &params, &mut opt, Rng(recipe.seed ^ 0x990))?;
     let mut kl_coef = extra["kl_coef"].as_f64().unwrap_or(p.kl);
     let mut history: Vec<(f64, f64)> = serde_json::from_value(extra["history"].clone()).unwrap_or_default(); // (reward-model score, gold reward) per step
-    let end = set.end.as_bytes().to_vec();
     let context = policy.spec().context;
     tracing::info!(
         "{name}: PPO on prompts of `{}` against reward model `{}`: {} steps × {} prompts, KL coefficient {kl_coef}{}",
@@ -72,8 +73,8 @@ pub fn run(ctx: &StageCtx, p: &PpoSpec) -> Result<()> {
         let step_started = Instant::now();
         // 1. Rollouts.
         let batch: Vec<&Example> = (0..p.opt.batch).map(|_| &split.train[rng.below(split.train.len() as u64) as usize]).collect();
-        let prompts: Vec<Vec<i64>> = batch.iter().map(|e| prompt_ids(&set, &e.prompt)).collect();
-        let responses = generate(&policy, &prompts, p.max_new, p.temperature, &end);
+        let prompts: Vec<Vec<i64>> = batch.iter().map(|e| codec.prompt(&e.prompt)).collect();
+        let responses = generate(&policy, &prompts, p.max_new, p.temperature, codec.end());
         let seqs: Vec<Seq> = prompts.iter().zip(&responses).map(|(q, r)| prompt_response(q, r)).collect();
         let rows: Vec<&Seq> = seqs.iter().collect();
         let b = pad(&rows, dev);
@@ -145,14 +146,14 @@ pub fn run(ctx: &StageCtx, p: &PpoSpec) -> Result<()> {
         if let Some(target) = p.kl_target {
             kl_coef *= 1.0 + 0.1 * (kl_seq / target - 1.0).clamp(-0.2, 0.2);
         }
-        let gold: f64 = batch.iter().zip(&responses).map(|(e, r)| tasks::gold_reward(e.gold.as_deref().unwrap_or(&e.response), &decode(r, &end))).sum::<f64>() / batch.len() as f64;
+        let gold: f64 = batch.iter().zip(&responses).map(|(e, r)| tasks::gold_reward(e.gold.as_deref().unwrap_or(&e.response), &codec.decode(r))).sum::<f64>() / batch.len() as f64;
         let rm_mean = sc_v.iter().sum::<f64>() / sc_v.len().max(1) as f64;
         history.push((rm_mean, gold));
         let done = step + 1;
         // Rollouts, scoring and the PPO epochs of this step (the held-out evaluation not counted).
         let step_seconds = step_started.elapsed().as_secs_f64();
         let eval_now = done % p.opt.eval_every == 0 || done == p.opt.steps;
-        let s = eval_now.then(|| score(&policy, Some(&reference), &set, &held, p.max_new));
+        let s = eval_now.then(|| score(&policy, Some(&reference), &codec, &held, p.max_new));
         let shown = s.as_ref().map_or(String::new(), |s| format!(" | held-out: greedy exact {:.1}%; sampled exact {:.1}% verbose {:.1}% gold {:.3}", 100.0 * s.exact, 100.0 * s.sampled_exact, 100.0 * s.sampled_verbose, s.sampled_gold));
         run.progress.line(done, p.opt.log_every, &format!("reward {rm_mean:.3} gold {gold:.3} KL {kl_seq:.3} clip {:.2}{shown}", clip_sum / n_mb), s.is_some());
         let mlen = responses.iter().map(|r| r.len()).sum::<usize>() as f64 / responses.len() as f64;

@@ -8,21 +8,21 @@ use std::time::Instant;
 use tch::{Kind, Tensor};
 
 use crate::posttrain::examples::Pair;
-use crate::recipe::{ExampleSet, RewardSpec};
+use crate::recipe::RewardSpec;
 use crate::rng::Rng;
 use crate::run::kit::adamw::Optimizer;
 use crate::run::kit::artifacts::{load_lm, preferences};
 use crate::run::kit::losses::bradley_terry;
-use crate::run::kit::seqs::prompt_ids;
+use crate::run::kit::codec::Codec;
 use crate::run::kit::{device, lifecycle, StageCtx};
 use crate::run::model::heads::RewardModel;
 use crate::schedule::lr_at;
 
 /// Token rows of (prompt, chosen) and (prompt, rejected), cut to the context.
-pub fn pair_rows(set: &ExampleSet, pairs: &[&Pair], ctx: usize) -> (Vec<Vec<i64>>, Vec<Vec<i64>>) {
+pub fn pair_rows(codec: &Codec, pairs: &[&Pair], ctx: usize) -> (Vec<Vec<i64>>, Vec<Vec<i64>>) {
     let row = |p: &Pair, r: &str| -> Vec<i64> {
-        let mut v = prompt_ids(set, &p.prompt);
-        v.extend(r.bytes().chain(set.end.bytes()).map(i64::from));
+        let mut v = codec.prompt(&p.prompt);
+        v.extend(codec.response(r));
         v.truncate(ctx);
         v
     };
@@ -30,13 +30,13 @@ pub fn pair_rows(set: &ExampleSet, pairs: &[&Pair], ctx: usize) -> (Vec<Vec<i64>
 }
 
 /// Share of pairs where the chosen response scores higher.
-pub fn pairwise_accuracy(rm: &RewardModel, set: &ExampleSet, pairs: &[Pair]) -> f64 {
+pub fn pairwise_accuracy(rm: &RewardModel, codec: &Codec, pairs: &[Pair]) -> f64 {
     let ctx = rm.trunk.spec().context;
     let mut right = 0.0;
     tch::no_grad(|| {
         for chunk in pairs.chunks(64) {
             let refs: Vec<&Pair> = chunk.iter().collect();
-            let (c, r) = pair_rows(set, &refs, ctx);
+            let (c, r) = pair_rows(codec, &refs, ctx);
             right += rm.score(&c, false).gt_tensor(&rm.score(&r, false)).to_kind(Kind::Float).sum(Kind::Float).double_value(&[]);
         }
     });
@@ -48,6 +48,7 @@ pub fn run(ctx: &StageCtx, r: &RewardSpec) -> Result<()> {
     let Some(mut run) = lifecycle::begin_stage(ctx, r.opt.steps)? else { return Ok(()) };
     let dev = device::device(r.opt.device)?;
     let (set, split) = preferences(recipe, &r.data)?;
+    let codec = Codec::new(recipe, &set)?;
     let rm = RewardModel::new(load_lm(recipe, &ctx.runs, &r.model, dev)?.computing(r.opt.precision));
     let (names, params): (Vec<String>, Vec<Tensor>) = rm.named().into_iter().unzip();
     let mut opt = Optimizer::new(&params, &r.opt.optimizer);
@@ -60,7 +61,7 @@ pub fn run(ctx: &StageCtx, r: &RewardSpec) -> Result<()> {
         tch::manual_seed((recipe.seed ^ step.wrapping_mul(0x9E37_79B9)) as i64);
         let lr = lr_at(&r.opt.schedule, r.opt.optimizer.lr, step, r.opt.steps);
         let pairs: Vec<&Pair> = (0..r.opt.batch).map(|_| &split.train[rng.below(split.train.len() as u64) as usize]).collect();
-        let (c, rj) = pair_rows(&set, &pairs, context);
+        let (c, rj) = pair_rows(&codec, &pairs, context);
         opt.zero_grad();
         let (sc, sr) = (rm.score(&c, true), rm.score(&rj, true));
         let loss = bradley_terry(&sc, &sr);
@@ -71,7 +72,7 @@ pub fn run(ctx: &StageCtx, r: &RewardSpec) -> Result<()> {
         let loss_v = loss.double_value(&[]);
         let train_acc = sc.gt_tensor(&sr).to_kind(Kind::Float).mean(Kind::Float).double_value(&[]);
         let eval_now = done % r.opt.eval_every == 0 || done == r.opt.steps;
-        let a = eval_now.then(|| pairwise_accuracy(&rm, &set, &split.held_out));
+        let a = eval_now.then(|| pairwise_accuracy(&rm, &codec, &split.held_out));
         let shown = a.map_or(String::new(), |a| format!(" held-out accuracy {:.1}%", 100.0 * a));
         run.progress.line(done, r.opt.log_every, &format!("loss {loss_v:.4} batch accuracy {:.0}%{shown} lr {lr:.2e}", 100.0 * train_acc), a.is_some());
         if done % r.opt.log_every == 0 || a.is_some() {

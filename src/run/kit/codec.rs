@@ -1,0 +1,115 @@
+//! Text ↔ token ids for post-training examples: bytes, or the tokenizer of the model they are
+//! for (`tokenizer = base.tokenizer`: the checkpoint's tokenizer.json, its end-of-sequence token
+//! from the checkpoint's configs). Every stage encodes prompts and responses, and decodes what it
+//! generates, through one `Codec`, so a model reads the ids it learned.
+
+use anyhow::{bail, Context, Result};
+use std::path::Path;
+use tokenizers::Tokenizer;
+
+use super::tokenize;
+use crate::posttrain::examples::{render, Seq};
+use crate::recipe::{ExampleSet, Recipe};
+
+pub struct Codec {
+    tk: Option<Tokenizer>,
+    template: String,
+    /// Closes every response; generation stops once it is produced.
+    end: Vec<i64>,
+}
+
+impl Codec {
+    /// The codec of example set `set`: bytes, or its model's tokenizer.
+    pub fn new(recipe: &Recipe, set: &ExampleSet) -> Result<Codec> {
+        let Some(model) = &set.tokenizer else { return Ok(Codec::bytes(set)) };
+        let spec = recipe.model(model).context("checked recipe names the tokenizer's model")?;
+        let ck = spec.checkpoint.as_ref().with_context(|| format!("model `{model}` is not imported from a checkpoint"))?;
+        let tk = tokenize::read(&ck.dir.join(tokenize::FILE))?;
+        let end = match set.end.as_str() {
+            "" => vec![eos_id(&ck.dir, &tk)?],
+            text => ids(&tk, text)?,
+        };
+        Ok(Codec { tk: Some(tk), template: set.template.clone(), end })
+    }
+
+    /// Bytes: each byte of the UTF-8 text is a token.
+    pub fn bytes(set: &ExampleSet) -> Codec {
+        Codec { tk: None, template: set.template.clone(), end: set.end.bytes().map(i64::from).collect() }
+    }
+
+    pub fn encode(&self, text: &str) -> Vec<i64> {
+        match &self.tk {
+            None => text.bytes().map(i64::from).collect(),
+            // Encoding without special tokens cannot fail for a loaded tokenizer's own text; an
+            // error would be a broken tokenizer.json, already refused when it was read.
+            Some(tk) => ids(tk, text).unwrap_or_default(),
+        }
+    }
+
+    /// The prompt as the model sees it: rendered with the template, encoded.
+    pub fn prompt(&self, prompt: &str) -> Vec<i64> {
+        self.encode(&render(&self.template, prompt))
+    }
+
+    /// A response's ids, the end marker after it.
+    pub fn response(&self, response: &str) -> Vec<i64> {
+        let mut v = self.encode(response);
+        v.extend(&self.end);
+        v
+    }
+
+    pub fn end(&self) -> &[i64] {
+        &self.end
+    }
+
+    /// A generated response's text, without the end marker and anything after it.
+    pub fn decode(&self, response: &[i64]) -> String {
+        let cut = if self.end.is_empty() { None } else { response.windows(self.end.len()).position(|w| w == self.end.as_slice()) };
+        let ids = &response[..cut.unwrap_or(response.len())];
+        match &self.tk {
+            None => String::from_utf8_lossy(&ids.iter().map(|&t| t.clamp(0, 255) as u8).collect::<Vec<_>>()).into_owned(),
+            Some(tk) => {
+                let ids: Vec<u32> = ids.iter().map(|&t| t.clamp(0, u32::MAX as i64) as u32).collect();
+                tokenize::decode(tk, &ids).unwrap_or_default()
+            }
+        }
+    }
+
+    /// `template(prompt) ++ response ++ end`, cut to `context + 1` tokens; with `mask_prompt`,
+    /// targets inside the prompt weigh exactly zero.
+    pub fn sequence(&self, prompt: &str, response: &str, mask_prompt: bool, context: usize) -> Seq {
+        crate::posttrain::examples::sequence_of(&self.prompt(prompt), &self.response(response), mask_prompt, context)
+    }
+}
+
+fn ids(tk: &Tokenizer, text: &str) -> Result<Vec<i64>> {
+    Ok(tokenize::encode(tk, text)?.into_iter().map(i64::from).collect())
+}
+
+/// The checkpoint's end-of-sequence token: `eos_token_id` of generation_config.json or
+/// config.json (the first, when a list), else tokenizer_config.json's `eos_token`.
+fn eos_id(dir: &Path, tk: &Tokenizer) -> Result<i64> {
+    for file in ["generation_config.json", "config.json"] {
+        let path = dir.join(file);
+        if !path.is_file() {
+            continue;
+        }
+        let v: serde_json::Value = serde_json::from_str(&super::files::read_capped(&path, crate::hf::MAX_CONFIG)?).with_context(|| format!("{} is not valid JSON", path.display()))?;
+        let id = match &v["eos_token_id"] {
+            serde_json::Value::Array(a) => a.first().and_then(|x| x.as_i64()),
+            x => x.as_i64(),
+        };
+        if let Some(id) = id {
+            return Ok(id);
+        }
+    }
+    let path = dir.join("tokenizer_config.json");
+    if path.is_file() {
+        let v: serde_json::Value = serde_json::from_str(&super::files::read_capped(&path, crate::hf::MAX_CONFIG)?).with_context(|| format!("{} is not valid JSON", path.display()))?;
+        let name = v["eos_token"].as_str().or_else(|| v["eos_token"]["content"].as_str());
+        if let Some(id) = name.and_then(|n| tk.token_to_id(n)) {
+            return Ok(id as i64);
+        }
+    }
+    bail!("{} names no end-of-sequence token (eos_token_id in generation_config.json or config.json, eos_token in tokenizer_config.json); set `end = \"…\"` on the data", dir.display())
+}
