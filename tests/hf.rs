@@ -184,7 +184,7 @@ fn an_imported_model_post_trains_on_its_own_tokenizers_ids() {
     let codec = roux::run::kit::codec::Codec::new(&recipe, recipe.example_set("instr").unwrap()).unwrap();
     // Prompt and response are encoded apart (as torchtune encodes messages), in training and in
     // generation alike: the response's first token does not merge with the template's last.
-    let script = "import sys\nfrom tokenizers import Tokenizer\nt = Tokenizer.from_file(sys.argv[1])\ne = lambda s: t.encode(s, add_special_tokens=False).ids\nprint(e('Q: reverse abcd\\nA: ') + e('dcba'), t.token_to_id('<|endoftext|>'))";
+    let script = "import sys\nfrom tokenizers import Tokenizer\nt = Tokenizer.from_file(sys.argv[1])\ne = lambda s: t.encode(s, add_special_tokens=False).ids\nprint(e('Q: reverse abcd\\nA: ') + e('dcba'), t.token_to_id('<|im_end|>'))";
     let o = Command::new("python").args(["-c", script, dir.join("ck/tokenizer.json").to_str().unwrap()]).output().unwrap();
     let theirs = String::from_utf8_lossy(&o.stdout).to_string();
     let mut ours = codec.prompt("reverse abcd");
@@ -206,4 +206,69 @@ fn an_imported_model_post_trains_on_its_own_tokenizers_ids() {
     for stage in ["rm", "po", "rl", "gr", "table"] {
         assert!(dir.join("runs/tok").join(stage).join("report.json").exists(), "stage {stage} finished:\n{err}");
     }
+}
+
+/// Conversations in TRL's format: "reverse <word>" answered by the reversed word, a fifth of
+/// them two exchanges long; and preference pairs whose rejected answer is the word unreversed.
+fn chat_data(dir: &Path) {
+    let mut rng = 12345u64;
+    let mut next = || {
+        rng = rng.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        (rng >> 33) as usize
+    };
+    let mut word = || (0..2 + next() % 3).map(|_| (b'a' + (next() % 10) as u8) as char).collect::<String>();
+    let (mut chat, mut prefs) = (String::new(), String::new());
+    for i in 0..900 {
+        let (a, b) = (word(), word());
+        let turn = |w: &str| vec![serde_json::json!({"role": "user", "content": format!("reverse {w}")}), serde_json::json!({"role": "assistant", "content": w.chars().rev().collect::<String>()})];
+        let mut messages = turn(&a);
+        if i % 5 == 0 {
+            messages.extend(turn(&b));
+        }
+        chat.push_str(&serde_json::json!({ "messages": messages }).to_string());
+        chat.push('\n');
+        let rev: String = a.chars().rev().collect();
+        let pair = serde_json::json!({"prompt": [{"role": "user", "content": format!("reverse {a}")}], "chosen": [{"role": "assistant", "content": rev}], "rejected": [{"role": "assistant", "content": a}]});
+        prefs.push_str(&pair.to_string());
+        prefs.push('\n');
+    }
+    std::fs::write(dir.join("chat.jsonl"), chat).unwrap();
+    std::fs::write(dir.join("prefs.jsonl"), prefs).unwrap();
+}
+
+#[test]
+fn conversations_train_on_assistant_turns_through_the_chat_template() {
+    let dir = checkpoint("chat", &["qwen2", "--tokenizer"]);
+    chat_data(&dir);
+    let recipe = r#"experiment "chat" {
+  seed = 2
+  model base = hf("ck")
+  data chat = instructions("chat.jsonl") { tokenizer = base.tokenizer }
+  data prefs = preferences("prefs.jsonl") { tokenizer = base.tokenizer }
+  stage sft = finetune(base, chat) { steps = 300, batch = 16, optimizer = adamw { lr = 3e-3 }, eval_every = 150, eval_examples = 60, max_new = 6 }
+  stage po = dpo(policy = sft.model, prefs) { steps = 10, batch = 8, optimizer = adamw { lr = 1e-5 }, eval_every = 10, eval_examples = 40, max_new = 6 }
+}
+"#;
+    std::fs::write(dir.join("r.roux"), recipe).unwrap();
+    let c = roux::frontend::compile(&dir.join("r.roux")).unwrap();
+    let notes: Vec<String> = c.diagnostics.iter().filter(|d| d.code == "N0404").map(|d| d.message.clone()).collect();
+    assert!(notes[0].starts_with("data `chat`: 900 conversations, ") && notes[0].ends_with("% of them in assistant turns (what the loss covers); 0 longer than the context of 64"), "{notes:?}");
+    let recipe = c.recipe.unwrap_or_else(|| panic!("{:?}", c.diagnostics.iter().map(|d| &d.message).collect::<Vec<_>>()));
+    // The loss weighs the assistant turns, their end-of-turn marker included, and nothing else.
+    let set = recipe.example_set("chat").unwrap();
+    let codec = roux::run::kit::codec::Codec::new(&recipe, set).unwrap();
+    let split = roux::posttrain::examples::instructions(set, recipe.seed).unwrap();
+    let two = split.train.iter().find(|e| e.turns.len() == 4).expect("a two-exchange conversation");
+    let seq = codec.example(two, true, 64);
+    let assistant: usize = two.turns.iter().filter(|t| t.1).map(|t| codec.encode(&t.0).len()).sum();
+    assert_eq!(seq.weights.iter().sum::<f32>() as usize, assistant);
+    assert!(two.turns[1].0.ends_with("<|im_end|>\n") && codec.end() == codec.encode("<|im_end|>").as_slice());
+
+    let o = roux(&["run", dir.join("r.roux").to_str().unwrap(), "--out", dir.join("runs").to_str().unwrap()]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let report: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(dir.join("runs/chat/sft/report.json")).unwrap()).unwrap();
+    let (before, after) = (report["before"]["exact"].as_f64().unwrap(), report["after"]["exact"].as_f64().unwrap());
+    eprintln!("chat SFT held-out exact match {before} → {after}; samples {}", report["after"]["samples"]);
+    assert!(after > before + 0.05, "held-out exact match rises: {before} → {after}");
+    assert!(dir.join("runs/chat/po/report.json").exists());
 }

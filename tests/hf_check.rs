@@ -201,3 +201,30 @@ fn qwen3_0_6b_from_its_config_alone_is_counted_as_published() {
     let cols: Vec<&str> = line.split_whitespace().collect();
     assert_eq!((cols[1], cols[3]), ("596,049,920", "440,467,456"));
 }
+
+#[test]
+fn conversations_need_a_chat_template_and_an_assistant_turn_on_every_line() {
+    let dir = scratch("hf-check-chat");
+    std::fs::create_dir_all(dir.join("ck")).unwrap();
+    let mut c = llama_config();
+    c["vocab_size"] = json!(300);
+    std::fs::write(dir.join("ck/config.json"), c.to_string()).unwrap();
+    std::fs::write(dir.join("ck/tokenizer.json"), "{}").unwrap();
+    let user = |t: &str| json!({"role": "user", "content": t});
+    let lines = [json!({"messages": [user("hi"), {"role": "assistant", "content": "hello"}]}), json!({"messages": [user("hi")]}), json!({"messages": [{"role": "robot", "content": "x"}]})];
+    std::fs::write(dir.join("chat.jsonl"), lines.iter().map(|l| format!("{l}\n")).collect::<String>()).unwrap();
+    let recipe = |tok: &str| format!("experiment \"x\" {{\n  model base = hf(\"ck\")\n  data chat = instructions(\"chat.jsonl\") {{ {tok} }}\n}}\n");
+    let errors = |text: String| {
+        std::fs::write(dir.join("r.roux"), text).unwrap();
+        let c = roux::frontend::compile(&dir.join("r.roux")).unwrap();
+        c.diagnostics.iter().filter(|d| d.is_error()).map(|d| (d.code.to_string(), d.message.clone())).collect::<Vec<_>>()
+    };
+    assert_eq!(errors(recipe("")), vec![("E0214".into(), "data `chat` holds conversations (`messages`), which need a model's chat template".into())]);
+    assert_eq!(errors(recipe("tokenizer = base.tokenizer")), vec![("E0214".into(), "data `chat` holds conversations, but model `base` has no chat template".into())]);
+    let template = "{% for m in messages %}<{{ m['role'] }}>{{ m['content'] }}{{ eos_token }}{% endfor %}{% if add_generation_prompt %}<assistant>{% endif %}";
+    std::fs::write(dir.join("ck/tokenizer_config.json"), json!({"chat_template": template, "eos_token": "</s>"}).to_string()).unwrap();
+    assert_eq!(
+        errors(recipe("tokenizer = base.tokenizer")),
+        vec![("E0214".into(), "`chat.jsonl` has 2 bad conversation(s) of 3: line 2: has no assistant turn to train on; line 3: `messages` message 1 has role \"robot\" (one of system, user, assistant, tool)".into())]
+    );
+}

@@ -46,11 +46,16 @@ impl<'a> Checker<'a> {
                 };
                 let fields: Vec<Option<String>> = names.iter().map(|(k, def)| self.string_field(&mut f, k, def)).collect();
                 let path = self.jsonl_path(d, kind, args);
-                let src = fields.into_iter().collect::<Option<Vec<_>>>().zip(path).map(|(fields, path)| ExampleSource::Jsonl { path, fields });
-                if let Some(ExampleSource::Jsonl { path, fields }) = &src {
-                    rows = self.jsonl_rows(path, fields, super::paths::single_path_arg(args).map_or(at, |a| a.1));
+                // Conversations are rendered with the model's chat template (see check/chat.rs).
+                if let Some(p) = path.as_ref().filter(|p| self.is_chat_file(p, ekind)) {
+                    (ekind, Some(ExampleSource::Chat { path: p.clone() }))
+                } else {
+                    let src = fields.into_iter().collect::<Option<Vec<_>>>().zip(path).map(|(fields, path)| ExampleSource::Jsonl { path, fields });
+                    if let Some(ExampleSource::Jsonl { path, fields }) = &src {
+                        rows = self.jsonl_rows(path, fields, super::paths::single_path_arg(args).map_or(at, |a| a.1));
+                    }
+                    (ekind, src)
                 }
-                (ekind, src)
             }
         };
         f.finish(self);
@@ -100,7 +105,7 @@ impl<'a> Checker<'a> {
                 .with_hint("a stage warns when some are longer than its model's context"));
             self.example_lengths.insert(d.name.name.clone(), (lengths, span));
         }
-        Some(ExampleSet { name: d.name.name.clone(), kind: ekind, source: source?, template, end, held_out: held_out?, tokenizer })
+        Some(ExampleSet { name: d.name.name.clone(), kind: ekind, source: source?, template, end, held_out: held_out?, tokenizer, chat: None })
     }
 
     /// `tokenizer = base.tokenizer`: the model whose tokenizer encodes a data set.
@@ -192,6 +197,13 @@ impl<'a> Checker<'a> {
                 None
             }
         }
+    }
+
+    /// Whether a JSONL file holds conversations, judged by its first line (the first MiB read).
+    fn is_chat_file(&self, path: &std::path::Path, kind: ExampleKind) -> bool {
+        let PathKind::File(size) = self.loader.entry(path) else { return false };
+        let head = self.loader.read_range(path, 0, size.min(1 << 20)).unwrap_or_default();
+        crate::posttrain::chat::is_chat(&String::from_utf8_lossy(&head), kind)
     }
 
     fn jsonl_path(&mut self, d: &'a Decl, kind: &str, args: Option<&'a [Arg]>) -> Option<std::path::PathBuf> {

@@ -5,6 +5,7 @@
 //! through a `Loader` passed in (`loader.rs`); the command line passes the real file system.
 
 mod budget;
+mod chat;
 mod data;
 mod eval;
 mod examples;
@@ -245,6 +246,10 @@ impl<'a> Checker<'a> {
             synthetic: synthetic.into_iter().collect::<Option<Vec<_>>>()?,
             examples: examples.into_iter().collect::<Option<Vec<_>>>()?,
             budgets: budgets.into_iter().collect::<Option<Vec<_>>>()?,
+        })
+        .map(|mut r| {
+            self.attach_chat_templates(&mut r);
+            r
         })
         .inspect(|r| {
             self.check_budget_departures(r);

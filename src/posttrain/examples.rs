@@ -4,6 +4,7 @@
 
 use std::collections::HashSet;
 
+use super::chat;
 use super::tasks::{self, FILLER};
 use crate::recipe::{ExampleKind, ExampleSet, ExampleSource};
 use crate::rng::Rng;
@@ -17,6 +18,9 @@ pub struct Example {
     pub response: String,
     /// The correct answer when known (synthetic tasks): scores generations by gold reward.
     pub gold: Option<String>,
+    /// A conversation's segments (text, trained): every assistant turn weighs in SFT, not only
+    /// the last (`response`). Empty for single-turn examples.
+    pub turns: Vec<(String, bool)>,
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -69,18 +73,32 @@ pub fn instructions(set: &ExampleSet, seed: u64) -> Result<Split<Example>, Strin
                     continue;
                 }
                 let response = if rng.unit() < *verbose { format!("{answer}{FILLER}") } else { answer.clone() };
-                out.push(Example { prompt, response, gold: Some(answer) });
+                out.push(Example { prompt, response, gold: Some(answer), turns: vec![] });
             }
             out
         }
         (_, ExampleKind::Preferences) => {
             let pairs = preferences(set, seed)?;
-            pairs.train.into_iter().chain(pairs.held_out).map(|p| Example { prompt: p.prompt, response: p.chosen, gold: p.gold }).collect()
+            pairs.train.into_iter().chain(pairs.held_out).map(|p| Example { prompt: p.prompt, response: p.chosen, gold: p.gold, turns: vec![] }).collect()
         }
         (ExampleSource::Jsonl { .. }, ExampleKind::Instructions) => read_jsonl(set)?
             .into_iter()
-            .map(|f| Example { gold: tasks::answer(&f[0]), prompt: f[0].clone(), response: f[1].clone() })
+            .map(|f| Example { gold: tasks::answer(&f[0]), prompt: f[0].clone(), response: f[1].clone(), turns: vec![] })
             .collect(),
+        (ExampleSource::Chat { .. }, ExampleKind::Instructions) => {
+            let r = renderer(set)?;
+            chat_rows(set)?
+                .into_iter()
+                .map(|(line, row)| {
+                    let conv = row.conversation();
+                    let turns = r.turns(&conv).map_err(|e| format!("{}: {e}", at(set, line)))?;
+                    let (prompt, response) = chat::last_turn(&turns);
+                    // Generations are scored against the last answer's text, not its markup.
+                    let gold = conv.iter().rev().find(|m| m.role == "assistant").map(|m| m.content.clone());
+                    Ok(Example { prompt, response, gold, turns })
+                })
+                .collect::<Result<_, String>>()?
+        }
     };
     Ok(split(items, |e| &e.prompt, set.held_out))
 }
@@ -113,8 +131,43 @@ pub fn preferences(set: &ExampleSet, seed: u64) -> Result<Split<Pair>, String> {
             .into_iter()
             .map(|f| Pair { gold: tasks::answer(&f[0]), prompt: f[0].clone(), chosen: f[1].clone(), rejected: f[2].clone() })
             .collect(),
+        ExampleSource::Chat { .. } => {
+            let r = renderer(set)?;
+            chat_rows(set)?
+                .into_iter()
+                .map(|(line, row)| {
+                    let (prompt, chosen, rejected) = row.pair(&r).map_err(|e| format!("{}: {e}", at(set, line)))?;
+                    Ok(Pair { prompt, chosen, rejected, gold: None })
+                })
+                .collect::<Result<_, String>>()?
+        }
     };
     Ok(split(items, |p| &p.prompt, set.held_out))
+}
+
+fn renderer(set: &ExampleSet) -> Result<chat::Renderer, String> {
+    chat::Renderer::new(set.chat.as_ref().ok_or_else(|| format!("data `{}` holds conversations but has no chat template", set.name))?)
+}
+
+fn at(set: &ExampleSet, line: usize) -> String {
+    match &set.source {
+        ExampleSource::Chat { path } | ExampleSource::Jsonl { path, .. } => format!("{}:{line}", path.display()),
+        ExampleSource::Synthetic { .. } => set.name.clone(),
+    }
+}
+
+/// The conversations of a chat data set with their line numbers; errors name `file:line`.
+fn chat_rows(set: &ExampleSet) -> Result<Vec<(usize, chat::ChatRow)>, String> {
+    let ExampleSource::Chat { path } = &set.source else { return Ok(vec![]) };
+    let text = crate::fsio::read_text(path, MAX_JSONL_BYTES)?;
+    let parsed = chat::parse_jsonl(&text, set.kind, 1);
+    if let Some((line, why)) = parsed.bad.first() {
+        return Err(format!("{}:{line}: {why}", path.display()));
+    }
+    if parsed.rows.is_empty() {
+        return Err(format!("{}: no examples", path.display()));
+    }
+    Ok(parsed.rows)
 }
 
 /// The fields a JSONL data set names, line by line, as strings; errors name `file:line`.
@@ -233,6 +286,7 @@ mod tests {
             end: "\n".into(),
             held_out: 0.1,
             tokenizer: None,
+            chat: None,
         }
     }
 

@@ -7,6 +7,7 @@
 //! | `examples.rs` | example sets and pairs, held-out split, template, loss weights      |
 //! | `gae.rs`      | generalised advantage estimation for PPO                            |
 
+pub mod chat;
 pub mod examples;
 pub mod gae;
 pub mod tasks;

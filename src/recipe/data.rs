@@ -70,6 +70,18 @@ pub enum ExampleSource {
     /// One JSON object per line; `fields` are the keys read, in order (prompt, response) or
     /// (prompt, chosen, rejected).
     Jsonl { path: PathBuf, fields: Vec<String> },
+    /// Conversations, one JSON object per line: `{"messages": [{"role", "content"}, …]}` for
+    /// instructions; `chosen` and `rejected` message lists (after an optional `prompt` list)
+    /// for preferences. Rendered with the set's chat template.
+    Chat { path: PathBuf },
+}
+
+/// A Hugging Face chat template (Jinja) and the special tokens it may print.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct ChatTemplate {
+    pub source: String,
+    pub bos: String,
+    pub eos: String,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
@@ -88,4 +100,7 @@ pub struct ExampleSet {
     /// end-of-sequence token.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tokenizer: Option<String>,
+    /// For conversations: the model's chat template (from the checkpoint named by `tokenizer`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub chat: Option<ChatTemplate>,
 }

@@ -8,7 +8,7 @@ use std::path::Path;
 use tokenizers::Tokenizer;
 
 use super::tokenize;
-use crate::posttrain::examples::{render, Seq};
+use crate::posttrain::examples::{render, Example, Seq};
 use crate::recipe::{ExampleSet, Recipe};
 
 pub struct Codec {
@@ -16,6 +16,9 @@ pub struct Codec {
     template: String,
     /// Closes every response; generation stops once it is produced.
     end: Vec<i64>,
+    /// Whether `response` appends `end`: not for conversations, whose rendered turns carry the
+    /// chat template's own end-of-turn marker.
+    append_end: bool,
 }
 
 impl Codec {
@@ -29,12 +32,12 @@ impl Codec {
             "" => vec![eos_id(&ck.dir, &tk)?],
             text => ids(&tk, text)?,
         };
-        Ok(Codec { tk: Some(tk), template: set.template.clone(), end })
+        Ok(Codec { tk: Some(tk), template: set.template.clone(), end, append_end: set.chat.is_none() })
     }
 
     /// Bytes: each byte of the UTF-8 text is a token.
     pub fn bytes(set: &ExampleSet) -> Codec {
-        Codec { tk: None, template: set.template.clone(), end: set.end.bytes().map(i64::from).collect() }
+        Codec { tk: None, template: set.template.clone(), end: set.end.bytes().map(i64::from).collect(), append_end: true }
     }
 
     pub fn encode(&self, text: &str) -> Vec<i64> {
@@ -54,7 +57,9 @@ impl Codec {
     /// A response's ids, the end marker after it.
     pub fn response(&self, response: &str) -> Vec<i64> {
         let mut v = self.encode(response);
-        v.extend(&self.end);
+        if self.append_end {
+            v.extend(&self.end);
+        }
         v
     }
 
@@ -79,6 +84,25 @@ impl Codec {
     /// targets inside the prompt weigh exactly zero.
     pub fn sequence(&self, prompt: &str, response: &str, mask_prompt: bool, context: usize) -> Seq {
         crate::posttrain::examples::sequence_of(&self.prompt(prompt), &self.response(response), mask_prompt, context)
+    }
+
+    /// An example's training sequence: a conversation's segments, every assistant turn weighted
+    /// (with `mask_prompt`, nothing else), or prompt then response.
+    pub fn example(&self, e: &Example, mask_prompt: bool, context: usize) -> Seq {
+        if e.turns.is_empty() {
+            return self.sequence(&e.prompt, &e.response, mask_prompt, context);
+        }
+        let (mut tokens, mut trained) = (vec![], vec![]);
+        for (text, t) in &e.turns {
+            let ids = self.encode(text);
+            trained.extend(std::iter::repeat(*t || !mask_prompt).take(ids.len()));
+            tokens.extend(ids);
+        }
+        tokens.truncate(context + 1);
+        // weights[i] weighs predicting tokens[i + 1].
+        let weights = (1..tokens.len()).map(|i| if trained[i] { 1.0 } else { 0.0 }).collect();
+        let prompt_len = trained.iter().position(|&t| t).unwrap_or(tokens.len()).min(tokens.len());
+        Seq { tokens, weights, prompt_len }
     }
 }
 

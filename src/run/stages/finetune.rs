@@ -42,7 +42,7 @@ pub fn run(ctx: &StageCtx, f: &FinetuneSpec) -> Result<()> {
     let mut opt = Optimizer::new(&params, &f.opt.optimizer);
     let (step0, mut rng, _) = run.restore(&names, &params, &mut opt, Rng(recipe.seed ^ 0x5F7))?;
     let context = model.spec().context;
-    let seqs: Vec<Seq> = split.train.iter().map(|e| codec.sequence(&e.prompt, &e.response, f.mask_prompt, context)).collect();
+    let seqs: Vec<Seq> = split.train.iter().map(|e| codec.example(e, f.mask_prompt, context)).collect();
     tracing::info!(
         "{name}: fine-tuning `{}` ({trainable} trainable of {} parameters{}) on {} examples of `{}` for {} steps × {}",
         f.model.arch,

@@ -1,0 +1,148 @@
+//! Conversational data sets (`{"messages": …}`): each takes its model's chat template (the
+//! checkpoint's `tokenizer_config.json` or `chat_template.jinja`), every conversation is rendered
+//! now so that a line the template refuses, or one with no assistant turn, is a check error, and
+//! a note says what the set holds in the model's tokens: examples, tokens, the assistant share
+//! (what the loss covers), and how many the model's context cuts.
+
+use std::path::Path;
+
+use super::loader::{Loader, PathKind};
+use super::Checker;
+use crate::diag::{Code, Diagnostic};
+use crate::posttrain::chat::{self, Renderer};
+use crate::recipe::{ChatTemplate, ExampleSet, ExampleSource, Recipe};
+
+impl Checker<'_> {
+    /// Give every conversational set its model's chat template, or say why it cannot have one.
+    pub(super) fn attach_chat_templates(&mut self, r: &mut Recipe) {
+        for i in 0..r.examples.len() {
+            let ExampleSource::Chat { path } = r.examples[i].source.clone() else { continue };
+            let name = r.examples[i].name.clone();
+            let span = self.decl(&name).map_or(self.ast.name_span, |d| d.value.span);
+            let model = r.examples[i].tokenizer.clone().and_then(|m| r.model(&m).cloned());
+            let Some((spec, dir)) = model.and_then(|m| m.checkpoint.clone().map(|c| (m, c.dir))) else {
+                self.error(Diagnostic::error(Code::E0214, span, format!("data `{name}` holds conversations (`messages`), which need a model's chat template"))
+                    .with_hint("add `tokenizer = base.tokenizer`, where `model base = hf(\"…\")` has a chat_template in tokenizer_config.json"));
+                continue;
+            };
+            if r.examples[i].template != super::examples::DEFAULT_TEMPLATE {
+                self.error(Diagnostic::error(Code::E0250, span, format!("data `{name}` holds conversations: the chat template of `{}` renders them, not `template`", spec.name))
+                    .with_hint("remove `template`"));
+                continue;
+            }
+            let t = match chat_template(self.loader, &dir) {
+                Ok(t) => t,
+                Err(e) => {
+                    self.error(Diagnostic::error(Code::E0214, span, format!("data `{name}` holds conversations, but model `{}` {e}", spec.name))
+                        .with_hint("a checkpoint saved with its tokenizer's chat template has it in tokenizer_config.json or chat_template.jinja"));
+                    continue;
+                }
+            };
+            let set = &mut r.examples[i];
+            set.template = "{prompt}".into();
+            set.chat = Some(t);
+            self.render_all(set, &path, span, spec.context, &dir);
+        }
+    }
+
+    /// Render every conversation of `set`: bad lines are errors, and a note gives its size.
+    fn render_all(&mut self, set: &ExampleSet, path: &Path, span: crate::diag::Span, context: usize, dir: &Path) {
+        let Ok(text) = self.loader.read_text(path, crate::posttrain::examples::MAX_JSONL_BYTES) else { return };
+        let Some(Ok(renderer)) = set.chat.as_ref().map(Renderer::new) else {
+            self.error(Diagnostic::error(Code::E0214, span, format!("data `{}`: the chat template does not parse", set.name)).with_hint("check the template in tokenizer_config.json"));
+            return;
+        };
+        const LISTED: usize = 10;
+        let parsed = chat::parse_jsonl(&text, set.kind, LISTED);
+        let (mut bad, mut bad_total) = (parsed.bad, parsed.bad_total);
+        let mut turns = vec![];
+        for (line, row) in &parsed.rows {
+            let rendered = match &row {
+                chat::ChatRow::Conversation(m) => renderer.turns(m),
+                pair => pair.pair(&renderer).map(|(p, c, _)| vec![(p, false), (c, true)]),
+            };
+            match rendered {
+                Ok(t) => turns.push(t),
+                Err(why) => {
+                    bad_total += 1;
+                    if bad.len() < LISTED {
+                        bad.push((*line, why));
+                    }
+                }
+            }
+        }
+        let file = path.file_name().map_or_else(|| path.display().to_string(), |f| f.to_string_lossy().into_owned());
+        if bad_total > 0 {
+            bad.sort();
+            let listed: Vec<String> = bad.iter().map(|(l, why)| format!("line {l}: {why}")).collect();
+            self.error(Diagnostic::error(Code::E0214, span, format!("`{file}` has {bad_total} bad conversation(s) of {}: {}", parsed.rows.len() + parsed.bad_total, listed.join("; ")))
+                .with_hint("each line is {\"messages\": [{\"role\": …, \"content\": …}, …]} with at least one assistant turn"));
+            return;
+        }
+        if turns.is_empty() {
+            self.error(Diagnostic::error(Code::E0214, span, format!("`{file}` holds no conversations")).with_hint("write one JSON object per line"));
+            return;
+        }
+        let stats = self.loader.read_text(&dir.join("tokenizer.json"), 256 << 20).ok().and_then(|t| t.parse::<tokenizers::Tokenizer>().ok()).map(|tk| token_stats(&tk, &turns, context));
+        let msg = match stats {
+            Some(s) => format!(
+                "data `{}`: {} conversations, {} tokens, {:.1}% of them in assistant turns (what the loss covers); {} longer than the context of {context}",
+                set.name, turns.len(), s.tokens, 100.0 * s.assistant as f64 / s.tokens.max(1) as f64, s.cut
+            ),
+            None => format!("data `{}`: {} conversations", set.name, turns.len()),
+        };
+        self.error(Diagnostic::note(Code::N0404, span, msg).with_hint("a stage cuts each conversation to its model's context"));
+    }
+}
+
+struct Stats {
+    tokens: usize,
+    assistant: usize,
+    cut: usize,
+}
+
+fn token_stats(tk: &tokenizers::Tokenizer, turns: &[Vec<(String, bool)>], context: usize) -> Stats {
+    let mut s = Stats { tokens: 0, assistant: 0, cut: 0 };
+    for conv in turns {
+        let mut n = 0;
+        for (text, trained) in conv {
+            let k = tk.encode(text.as_str(), false).map_or(0, |e| e.len());
+            n += k;
+            if *trained {
+                s.assistant += k;
+            }
+        }
+        s.tokens += n;
+        s.cut += (n > context + 1) as usize;
+    }
+    s
+}
+
+/// The chat template of the checkpoint in `dir`: tokenizer_config.json's `chat_template` (a
+/// string, or a list of named templates of which `default`), else chat_template.jinja; with the
+/// bos and eos tokens it may print.
+fn chat_template(loader: &dyn Loader, dir: &Path) -> Result<ChatTemplate, String> {
+    let config_path = dir.join("tokenizer_config.json");
+    let config: serde_json::Value = match loader.entry(&config_path) {
+        PathKind::File(_) => serde_json::from_str(&loader.read_text(&config_path, crate::hf::MAX_CONFIG)?).map_err(|e| format!("has a tokenizer_config.json that is not valid JSON: {e}"))?,
+        _ => serde_json::Value::Null,
+    };
+    let token = |k: &str| config[k].as_str().or_else(|| config[k]["content"].as_str()).unwrap_or("").to_string();
+    let source = match &config["chat_template"] {
+        serde_json::Value::String(s) => s.clone(),
+        serde_json::Value::Array(list) => list
+            .iter()
+            .find(|t| t["name"] == "default")
+            .and_then(|t| t["template"].as_str())
+            .ok_or("lists chat templates but none named `default`")?
+            .to_string(),
+        _ => {
+            let file = dir.join("chat_template.jinja");
+            match loader.entry(&file) {
+                PathKind::File(_) => loader.read_text(&file, crate::hf::MAX_CONFIG)?,
+                _ => return Err("has no chat template".into()),
+            }
+        }
+    };
+    Ok(ChatTemplate { source, bos: token("bos_token"), eos: token("eos_token") })
+}

@@ -1,0 +1,210 @@
+//! Conversations (`{"messages": [{"role", "content"}, …]}`, as TRL and OpenAI write them)
+//! rendered with a Hugging Face chat template: minijinja with its Python-compatible methods,
+//! `trim_blocks` and `lstrip_blocks` on (as `transformers` and Rust inference servers render
+//! them). A conversation becomes text segments marked trained or not, so that the loss covers
+//! the assistant turns only.
+
+use minijinja::{context, Environment, Error, ErrorKind};
+use serde::Serialize;
+
+use crate::recipe::{ChatTemplate, ExampleKind};
+
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Message {
+    pub role: String,
+    pub content: String,
+}
+
+/// The roles a message may have.
+pub const ROLES: &[&str] = &["system", "user", "assistant", "tool"];
+
+/// The messages of a JSON array of `{"role", "content"}` objects, or why not.
+pub fn messages(v: &serde_json::Value) -> Result<Vec<Message>, String> {
+    let list = v.as_array().ok_or("is not a list of messages")?;
+    list.iter()
+        .enumerate()
+        .map(|(i, m)| {
+            let role = m.get("role").and_then(|r| r.as_str()).ok_or_else(|| format!("message {} has no string `role`", i + 1))?;
+            if !ROLES.contains(&role) {
+                return Err(format!("message {} has role \"{}\" (one of {})", i + 1, role.escape_debug(), ROLES.join(", ")));
+            }
+            let content = m.get("content").and_then(|c| c.as_str()).ok_or_else(|| format!("message {} has no string `content`", i + 1))?;
+            Ok(Message { role: role.to_string(), content: content.to_string() })
+        })
+        .collect()
+}
+
+pub struct Renderer {
+    env: Environment<'static>,
+    bos: String,
+    eos: String,
+}
+
+impl Renderer {
+    pub fn new(t: &ChatTemplate) -> Result<Renderer, String> {
+        let mut env = Environment::new();
+        env.set_trim_blocks(true);
+        env.set_lstrip_blocks(true);
+        env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
+        env.add_function("raise_exception", |msg: String| -> Result<String, Error> { Err(Error::new(ErrorKind::InvalidOperation, msg)) });
+        env.add_template_owned("chat", t.source.clone()).map_err(|e| format!("the chat template does not parse: {e}"))?;
+        Ok(Renderer { env, bos: t.bos.clone(), eos: t.eos.clone() })
+    }
+
+    /// The template applied to `messages`; with `generation_prompt`, followed by what opens the
+    /// assistant's next turn.
+    pub fn render(&self, messages: &[Message], generation_prompt: bool) -> Result<String, String> {
+        let t = self.env.get_template("chat").map_err(|e| e.to_string())?;
+        t.render(context! { messages => messages, add_generation_prompt => generation_prompt, bos_token => &self.bos, eos_token => &self.eos })
+            .map_err(|e| format!("the chat template fails: {e}"))
+    }
+
+    /// The conversation as segments (text, trained): what precedes each assistant turn with the
+    /// generation prompt, untrained; each assistant turn as the template renders it (its
+    /// end-of-turn marker included), trained. Each render must continue the one before.
+    pub fn turns(&self, messages: &[Message]) -> Result<Vec<(String, bool)>, String> {
+        let mut out = vec![];
+        let mut done = 0;
+        for (i, m) in messages.iter().enumerate() {
+            if m.role != "assistant" {
+                continue;
+            }
+            let prefix = self.render(&messages[..i], true)?;
+            let upto = self.render(&messages[..=i], false)?;
+            if !upto.starts_with(&prefix) || prefix.len() < done {
+                return Err(format!("the chat template does not render turn {} as a continuation of the turns before it (a template that rewrites earlier turns, such as one dropping reasoning, cannot be trained turn by turn)", i + 1));
+            }
+            out.push((prefix[done..].to_string(), false));
+            out.push((upto[prefix.len()..].to_string(), true));
+            done = upto.len();
+        }
+        if out.is_empty() {
+            return Err("has no assistant turn to train on".into());
+        }
+        Ok(out)
+    }
+}
+
+/// (prompt, response) of a conversation's last assistant turn from its segments: everything
+/// before it, and the turn itself.
+pub fn last_turn(turns: &[(String, bool)]) -> (String, String) {
+    let last = turns.iter().rposition(|(_, trained)| *trained).unwrap_or(0);
+    (turns[..last].iter().map(|(t, _)| t.as_str()).collect(), turns.get(last).map_or_else(String::new, |t| t.0.clone()))
+}
+
+/// One line of a conversational data set.
+#[derive(Clone, Debug, PartialEq)]
+pub enum ChatRow {
+    Conversation(Vec<Message>),
+    /// A preference pair: the shared start, then each side's turns.
+    Pair { prompt: Vec<Message>, chosen: Vec<Message>, rejected: Vec<Message> },
+}
+
+impl ChatRow {
+    /// The whole conversation (of a pair, the chosen one).
+    pub fn conversation(&self) -> Vec<Message> {
+        match self {
+            ChatRow::Conversation(m) => m.clone(),
+            ChatRow::Pair { prompt, chosen, .. } => prompt.iter().chain(chosen).cloned().collect(),
+        }
+    }
+
+    /// (prompt, chosen, rejected) of a pair: the rendered conversation before the last assistant
+    /// turn, which both sides must share, and each side's last turn.
+    pub fn pair(&self, r: &Renderer) -> Result<(String, String, String), String> {
+        let ChatRow::Pair { prompt, chosen, rejected } = self else { return Err("is not a preference pair".into()) };
+        let side = |s: &[Message]| -> Result<(String, String), String> { Ok(last_turn(&r.turns(&prompt.iter().chain(s).cloned().collect::<Vec<_>>())?)) };
+        let ((p, c), (q, rj)) = (side(chosen)?, side(rejected)?);
+        if p != q {
+            return Err("its chosen and rejected conversations differ before their last assistant turn".into());
+        }
+        Ok((p, c, rj))
+    }
+}
+
+/// Whether a JSONL data set holds conversations: its first line has `messages` (instructions)
+/// or a `chosen` list (preferences).
+pub fn is_chat(text: &str, kind: ExampleKind) -> bool {
+    let first = text.lines().find(|l| !l.trim().is_empty()).and_then(|l| serde_json::from_str::<serde_json::Value>(l).ok());
+    match kind {
+        ExampleKind::Instructions => first.is_some_and(|v| v.get("messages").is_some()),
+        ExampleKind::Preferences => first.is_some_and(|v| v.get("chosen").is_some_and(|c| c.is_array())),
+    }
+}
+
+/// A conversational JSONL data set read line by line: its rows, and its bad lines (the first
+/// `listed` of them, and how many in all).
+pub struct ChatJsonl {
+    pub rows: Vec<(usize, ChatRow)>,
+    pub bad: Vec<(usize, String)>,
+    pub bad_total: usize,
+}
+
+pub fn parse_jsonl(text: &str, kind: ExampleKind, listed: usize) -> ChatJsonl {
+    let mut out = ChatJsonl { rows: vec![], bad: vec![], bad_total: 0 };
+    for (i, line) in text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
+        let row = serde_json::from_str::<serde_json::Value>(line).map_err(|e| format!("not JSON: {e}")).and_then(|v| row(&v, kind));
+        match row {
+            Ok(r) => out.rows.push((i + 1, r)),
+            Err(why) => {
+                out.bad_total += 1;
+                if out.bad.len() < listed {
+                    out.bad.push((i + 1, why));
+                }
+            }
+        }
+    }
+    out
+}
+
+fn row(v: &serde_json::Value, kind: ExampleKind) -> Result<ChatRow, String> {
+    let list = |k: &str| -> Result<Vec<Message>, String> { messages(v.get(k).ok_or_else(|| format!("has no `{k}`"))?).map_err(|e| format!("`{k}` {e}")) };
+    match kind {
+        ExampleKind::Instructions => Ok(ChatRow::Conversation(list("messages")?)),
+        ExampleKind::Preferences => {
+            let prompt = if v.get("prompt").is_some() { list("prompt")? } else { vec![] };
+            Ok(ChatRow::Pair { prompt, chosen: list("chosen")?, rejected: list("rejected")? })
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// ChatML as Qwen2 writes it (its tokenizer_config.json's template, system turn simplified).
+    const CHATML: &str = "{% for message in messages %}{{'<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n'}}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}";
+
+    fn m(role: &str, content: &str) -> Message {
+        Message { role: role.into(), content: content.into() }
+    }
+
+    #[test]
+    fn assistant_turns_are_the_trained_segments() {
+        let r = Renderer::new(&ChatTemplate { source: CHATML.into(), bos: String::new(), eos: "<|im_end|>".into() }).unwrap();
+        let conv = [m("user", "hi"), m("assistant", "hello"), m("user", "2+2?"), m("assistant", "4")];
+        let t = r.turns(&conv).unwrap();
+        assert_eq!(
+            t,
+            vec![
+                ("<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n".to_string(), false),
+                ("hello<|im_end|>\n".to_string(), true),
+                ("<|im_start|>user\n2+2?<|im_end|>\n<|im_start|>assistant\n".to_string(), false),
+                ("4<|im_end|>\n".to_string(), true),
+            ]
+        );
+        // Concatenated, the segments are the whole conversation as the template renders it.
+        assert_eq!(t.iter().map(|s| s.0.as_str()).collect::<String>(), r.render(&conv, false).unwrap());
+        let (prompt, response) = last_turn(&t);
+        assert!(prompt.ends_with("2+2?<|im_end|>\n<|im_start|>assistant\n") && response == "4<|im_end|>\n");
+        assert_eq!(r.turns(&[m("user", "hi")]).unwrap_err(), "has no assistant turn to train on");
+    }
+
+    #[test]
+    fn python_methods_and_raise_exception_work_as_in_transformers() {
+        let src = "{% if messages[0]['role'] != 'user' %}{{ raise_exception('first must be user') }}{% endif %}{% for m in messages %}{{ m['content'].strip() | upper }}|{% endfor %}";
+        let r = Renderer::new(&ChatTemplate { source: src.into(), bos: String::new(), eos: String::new() }).unwrap();
+        assert_eq!(r.render(&[m("user", "  a "), m("assistant", "b")], false).unwrap(), "A|B|");
+        assert!(r.render(&[m("system", "x")], false).unwrap_err().contains("first must be user"));
+    }
+}
