@@ -272,3 +272,9 @@ fn conversations_train_on_assistant_turns_through_the_chat_template() {
     assert!(after > before + 0.05, "held-out exact match rises: {before} → {after}");
     assert!(dir.join("runs/chat/po/report.json").exists());
 }
+
+#[test]
+fn mixtral_maps_onto_the_top_k_router_with_stacked_experts() {
+    // 4 SwiGLU experts, top-2 with the gates renormalised, in every block.
+    import("mixtral", &["mixtral"], "MixtralForCausalLM");
+}

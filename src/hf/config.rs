@@ -5,7 +5,7 @@
 
 use serde_json::Value;
 
-use crate::recipe::{Activation, Family, MlpSpec, ModelSpec, Norm, Position, RopeScaling};
+use crate::recipe::{Activation, Family, MlpSpec, MoeSpec, ModelSpec, Norm, Position, RopeScaling, RouterSpec};
 
 /// The `architectures` entries roux reads, with their family.
 pub const SUPPORTED: &[(&str, Family)] = &[
@@ -14,6 +14,7 @@ pub const SUPPORTED: &[(&str, Family)] = &[
     ("MistralForCausalLM", Family::Mistral),
     ("Qwen2ForCausalLM", Family::Qwen2),
     ("Qwen3ForCausalLM", Family::Qwen3),
+    ("MixtralForCausalLM", Family::Mixtral),
 ];
 
 /// The family a config's `architectures` names.
@@ -140,14 +141,14 @@ fn llama_like(name: &str, family: Family, r: &Reader) -> Result<ModelSpec, Strin
     r.only("pretraining_tp", Value::from(1), "tensor-parallel slicing of the projections is not supported")?;
     // Qwen2 always has biases on q, k, v (none on o or the MLP); Llama and Qwen3 say which.
     let (attn_bias, mlp_bias) = match family {
-        Family::Qwen2 => (false, false),
-        Family::Mistral => (false, false),
+        Family::Qwen2 | Family::Mistral | Family::Mixtral => (false, false),
         _ => (r.flag("attention_bias", false)?, r.flag("mlp_bias", false)?),
     };
     if attn_bias != mlp_bias {
         return Err(format!("`attention_bias` = {attn_bias} with `mlp_bias` = {mlp_bias}: roux's `bias` covers both"));
     }
     let (theta, scaling) = rope(r)?;
+    let moe = if family == Family::Mixtral { Some(mixtral_moe(r)?) } else { None };
     Ok(ModelSpec {
         name: name.into(),
         vocab: r.size("vocab_size", None)?,
@@ -167,14 +168,44 @@ fn llama_like(name: &str, family: Family, r: &Reader) -> Result<ModelSpec, Strin
         norm_eps: Some(r.float("rms_norm_eps", 1e-6)?),
         rope_theta: Some(theta),
         rope_scaling: scaling,
+        moe: moe.map(|mut m| {
+            m.layers = (0..r.size("num_hidden_layers", Some(1)).unwrap_or(1)).collect();
+            m
+        }),
         ..ModelSpec::default()
+    })
+}
+
+/// Mixtral's sparse MLP in every block: top-k of `num_local_experts` SwiGLU experts, the k gates
+/// renormalised (roux's `topk { normalize = true }`). Its auxiliary loss coefficient is k times
+/// roux's balance loss (see the reference), so balance_loss = k · router_aux_loss_coef.
+fn mixtral_moe(r: &Reader) -> Result<MoeSpec, String> {
+    let experts = r.size("num_local_experts", None)?;
+    let k = r.size("num_experts_per_tok", Some(2))?;
+    if k > experts {
+        return Err(format!("`num_experts_per_tok` = {k} exceeds `num_local_experts` = {experts}"));
+    }
+    if r.float("router_jitter_noise", 0.0)? != 0.0 {
+        return Err("`router_jitter_noise` is not 0: roux's top-k router has no jitter".into());
+    }
+    let coef = r.float("router_aux_loss_coef", 0.001)?;
+    if !(0.0..=1e3).contains(&coef) {
+        return Err(format!("`router_aux_loss_coef` = {coef} is not in [0, 1000]"));
+    }
+    Ok(MoeSpec {
+        experts,
+        expert: MlpSpec { hidden: r.size("intermediate_size", None)?, act: Activation::Swiglu },
+        layers: vec![],
+        shared: 0,
+        expert_dropout: 0.0,
+        router: RouterSpec::Topk { k, normalize: true, balance_loss: coef * k as f64, z_loss: 0.0 },
     })
 }
 
 /// Every layer attends to every earlier position: no sliding window shorter than the context.
 fn full_attention(family: Family, r: &Reader, context: usize) -> Result<(), String> {
     let windowed = match family {
-        Family::Mistral => r.get("sliding_window").is_some(),
+        Family::Mistral | Family::Mixtral => r.get("sliding_window").is_some(),
         Family::Qwen2 | Family::Qwen3 => r.flag("use_sliding_window", false)?,
         _ => false,
     };

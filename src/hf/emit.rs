@@ -27,6 +27,7 @@ pub fn config(spec: &ModelSpec, family: Family) -> Value {
                 Family::Mistral => "mistral",
                 Family::Qwen2 => "qwen2",
                 Family::Qwen3 => "qwen3",
+                Family::Mixtral => "mixtral",
                 _ => "llama",
             };
             let mut rope = json!({"rope_type": "default", "rope_theta": spec.rope_theta()});
@@ -49,8 +50,16 @@ pub fn config(spec: &ModelSpec, family: Family) -> Value {
             if family == Family::Llama {
                 c["mlp_bias"] = json!(spec.bias);
             }
-            if family == Family::Mistral {
+            if matches!(family, Family::Mistral | Family::Mixtral) {
                 c["sliding_window"] = Value::Null;
+            }
+            if let (Family::Mixtral, Some(m)) = (family, &spec.moe) {
+                if let crate::recipe::RouterSpec::Topk { k, balance_loss, .. } = &m.router {
+                    c["num_local_experts"] = json!(m.experts);
+                    c["num_experts_per_tok"] = json!(k);
+                    c["router_aux_loss_coef"] = json!(balance_loss / *k as f64);
+                    c["intermediate_size"] = json!(m.expert.hidden);
+                }
             }
             c
         }

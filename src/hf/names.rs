@@ -17,11 +17,22 @@ pub struct Place {
     /// Rows `start..start + len` of the (transposed) checkpoint tensor: GPT-2's fused `c_attn`
     /// holds q, k and v one after another.
     pub rows: Option<(usize, usize)>,
+    /// Stacked experts: roux's (experts, …) tensor is the checkpoint's tensors `hf` with `{}`
+    /// replaced by 0, 1, … (Mixtral stores each expert's matrices apart).
+    pub experts: Option<usize>,
 }
 
 impl Place {
     fn whole(hf: String) -> Place {
-        Place { hf, transposed: false, rows: None }
+        Place { hf, transposed: false, rows: None, experts: None }
+    }
+
+    /// The checkpoint tensors this place reads: `hf`, or each expert's.
+    pub fn names(&self) -> Vec<String> {
+        match self.experts {
+            Some(n) => (0..n).map(|j| self.hf.replace("{}", &j.to_string())).collect(),
+            None => vec![self.hf.clone()],
+        }
     }
 }
 
@@ -34,7 +45,7 @@ pub fn places(spec: &ModelSpec, family: Family) -> Vec<(String, Place)> {
         .map(|p| {
             let place = match family {
                 Family::Gpt2 => gpt2(&p.name, d, p.shape.len()),
-                _ => Place::whole(llama(&p.name)),
+                _ => llama(&p.name, p.shape[0]),
             };
             (p.name, place)
         })
@@ -56,7 +67,7 @@ fn gpt2(name: &str, d: usize, rank: usize) -> Place {
     let h = format!("transformer.h.{block}");
     let (module, leaf) = rest.rsplit_once('.').unwrap_or((rest, ""));
     // Conv1D weights are transposed; biases are vectors either way.
-    let conv = |m: &str| Place { hf: format!("{h}.{m}.{leaf}"), transposed: rank == 2, rows: None };
+    let conv = |m: &str| Place { hf: format!("{h}.{m}.{leaf}"), transposed: rank == 2, rows: None, experts: None };
     match module {
         "norm1" => Place::whole(format!("{h}.ln_1.{leaf}")),
         "norm2" => Place::whole(format!("{h}.ln_2.{leaf}")),
@@ -71,14 +82,26 @@ fn gpt2(name: &str, d: usize, rank: usize) -> Place {
     }
 }
 
-fn llama(name: &str) -> String {
+/// Llama's names (Mistral, Qwen2 and Qwen3 share them), and Mixtral's sparse MLP; `rows` is the
+/// parameter's first dimension (the number of experts of a stacked expert tensor).
+fn llama(name: &str, rows: usize) -> Place {
+    let fixed = |s: &str| Place::whole(s.to_string());
     match name {
-        "tok_emb.weight" => return "model.embed_tokens.weight".into(),
-        "norm_f.weight" => return "model.norm.weight".into(),
-        "head.weight" => return "lm_head.weight".into(),
+        "tok_emb.weight" => return fixed("model.embed_tokens.weight"),
+        "norm_f.weight" => return fixed("model.norm.weight"),
+        "head.weight" => return fixed("lm_head.weight"),
         _ => {}
     }
     let (block, rest) = split_block(name);
+    let moe = format!("model.layers.{block}.block_sparse_moe");
+    match rest {
+        "ffn.router.weight" => return Place::whole(format!("{moe}.gate.weight")),
+        "ffn.experts.w1" | "ffn.experts.w2" | "ffn.experts.w3" => {
+            let m = &rest["ffn.experts.".len()..];
+            return Place { experts: Some(rows), ..Place::whole(format!("{moe}.experts.{{}}.{m}.weight")) };
+        }
+        _ => {}
+    }
     let (module, leaf) = rest.rsplit_once('.').unwrap_or((rest, ""));
     let theirs = match module {
         "norm1" => "input_layernorm",
@@ -94,7 +117,7 @@ fn llama(name: &str) -> String {
         "ffn.w2" => "mlp.down_proj",
         other => other,
     };
-    format!("model.layers.{block}.{theirs}.{leaf}")
+    Place::whole(format!("model.layers.{block}.{theirs}.{leaf}"))
 }
 
 /// `blocks.3.attn.q.weight` → ("3", "attn.q.weight").
@@ -116,6 +139,12 @@ pub fn expected_shapes(spec: &ModelSpec, family: Family) -> BTreeMap<String, Vec
     let mut out: BTreeMap<String, (Vec<usize>, bool)> = BTreeMap::new();
     for (name, place) in places(spec, family) {
         let shape = &shapes[&name];
+        if place.experts.is_some() {
+            for n in place.names() {
+                out.insert(n, (shape[1..].to_vec(), false));
+            }
+            continue;
+        }
         let e = out.entry(place.hf).or_insert_with(|| {
             let mut s = shape.clone();
             if place.rows.is_some() {
@@ -146,8 +175,8 @@ mod tests {
     fn gpt2_fuses_q_k_v_into_c_attn_stored_in_by_out() {
         let spec = ModelSpec { d_model: 8, heads: 2, kv_heads: 2, layers: 1, vocab: 10, context: 4, ffn: MlpSpec { hidden: 32, act: Activation::Gelu }, ..ModelSpec::default() };
         let p: BTreeMap<String, Place> = places(&spec, Family::Gpt2).into_iter().collect();
-        assert_eq!(p["blocks.0.attn.k.weight"], Place { hf: "transformer.h.0.attn.c_attn.weight".into(), transposed: true, rows: Some((8, 8)) });
-        assert_eq!(p["blocks.0.attn.v.bias"], Place { hf: "transformer.h.0.attn.c_attn.bias".into(), transposed: false, rows: Some((16, 8)) });
+        assert_eq!(p["blocks.0.attn.k.weight"], Place { hf: "transformer.h.0.attn.c_attn.weight".into(), transposed: true, rows: Some((8, 8)), experts: None });
+        assert_eq!(p["blocks.0.attn.v.bias"], Place { hf: "transformer.h.0.attn.c_attn.bias".into(), transposed: false, rows: Some((16, 8)), experts: None });
         let s = expected_shapes(&spec, Family::Gpt2);
         assert_eq!(s["transformer.h.0.attn.c_attn.weight"], vec![8, 24]);
         assert_eq!(s["transformer.h.0.attn.c_attn.bias"], vec![24]);

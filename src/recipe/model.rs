@@ -183,6 +183,7 @@ pub enum Family {
     Mistral,
     Qwen2,
     Qwen3,
+    Mixtral,
 }
 
 impl Family {
@@ -194,6 +195,7 @@ impl Family {
             Family::Mistral => "Mistral",
             Family::Qwen2 => "Qwen2",
             Family::Qwen3 => "Qwen3",
+            Family::Mixtral => "Mixtral",
         }
     }
 }

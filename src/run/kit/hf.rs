@@ -21,15 +21,23 @@ pub fn load(spec: &ModelSpec, device: Device) -> Result<Model> {
         );
     }
     let places = names::places(spec, ck.family);
-    let wanted: HashMap<&str, ()> = places.iter().map(|(_, p)| (p.hf.as_str(), ())).collect();
+    let names: Vec<String> = places.iter().flat_map(|(_, p)| p.names()).collect();
+    let wanted: HashMap<&str, ()> = names.iter().map(|n| (n.as_str(), ())).collect();
     let mut theirs: HashMap<String, Tensor> = HashMap::new();
     for f in &ck.files {
         read_file(ck, f, &wanted, &mut theirs)?;
     }
     let mut ours = Vec::with_capacity(places.len());
     for (name, place) in &places {
-        let t = theirs.get(&place.hf).with_context(|| format!("{} has no tensor `{}` (did the checkpoint change after `roux check`?)", ck.dir.display(), place.hf))?;
-        let t = if place.transposed { t.tr() } else { t.shallow_clone() };
+        let missing = |n: &str| format!("{} has no tensor `{n}` (did the checkpoint change after `roux check`?)", ck.dir.display());
+        let t = if place.experts.is_some() {
+            // Each expert's matrix is read once: taken out, so the stack is the only copy kept.
+            let parts = place.names().iter().map(|n| theirs.remove(n).with_context(|| missing(n))).collect::<Result<Vec<_>>>()?;
+            Tensor::stack(&parts, 0)
+        } else {
+            theirs.get(&place.hf).with_context(|| missing(&place.hf))?.shallow_clone()
+        };
+        let t = if place.transposed { t.tr() } else { t };
         let t = match place.rows {
             Some((start, len)) => t.narrow(0, start as i64, len as i64),
             None => t,

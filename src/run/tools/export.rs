@@ -98,6 +98,13 @@ fn checkpoint_tensors(spec: &ModelSpec, family: Family, given: &HashMap<String, 
             None if name.ends_with(".bias") && !spec.bias => Tensor::zeros(shapes[&name].as_slice(), (Kind::Float, tch::Device::Cpu)),
             None => bail!("no tensor `{name}`"),
         };
+        if place.experts.is_some() {
+            // One checkpoint tensor per expert.
+            for (n, e) in place.names().into_iter().zip(t.unbind(0)) {
+                parts.entry(n).or_default().push((0, false, e));
+            }
+            continue;
+        }
         parts.entry(place.hf).or_default().push((place.rows.map_or(0, |r| r.0), place.transposed, t));
     }
     Ok(parts
