@@ -278,3 +278,60 @@ fn mixtral_maps_onto_the_top_k_router_with_stacked_experts() {
     // 4 SwiGLU experts, top-2 with the gates renormalised, in every block.
     import("mixtral", &["mixtral"], "MixtralForCausalLM");
 }
+
+#[test]
+fn lora_on_an_imported_model_exports_as_a_peft_adapter_of_the_checkpoint() {
+    let dir = checkpoint("lora", &["qwen2", "--tokenizer"]);
+    chat_data(&dir);
+    let recipe = r#"experiment "lora" {
+  seed = 4
+  model base = hf("ck")
+  data chat = instructions("chat.jsonl") { tokenizer = base.tokenizer }
+  stage sft = finetune(base, chat) {
+    adapter = lora { rank = 4, alpha = 8, targets = [attn.q, attn.k, attn.v, attn.o, ffn.w1, ffn.w2, ffn.w3] }
+    steps = 30
+    batch = 8
+    optimizer = adamw { lr = 3e-2 }
+    eval_every = 30
+    eval_examples = 10
+    max_new = 4
+  }
+}
+"#;
+    std::fs::write(dir.join("r.roux"), recipe).unwrap();
+    let o = roux(&["run", dir.join("r.roux").to_str().unwrap(), "--out", dir.join("runs").to_str().unwrap()]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let adapter = dir.join("adapter");
+    let o = roux(&["export", dir.join("runs/lora/sft").to_str().unwrap(), "--to", "peft", "-o", adapter.to_str().unwrap(), "--base", dir.join("ck").to_str().unwrap()]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    // roux's merged model against transformers' checkpoint with peft's adapter on it.
+    let c = roux::frontend::compile(&dir.join("r.roux")).unwrap();
+    let recipe = c.recipe.unwrap();
+    let merged = roux::recipe::ModelRef { arch: "base".into(), weights: roux::recipe::Weights::Merged { stage: "sft".into() } };
+    let model = roux::run::kit::artifacts::load_lm(&recipe, &dir.join("runs/lora"), &merged, Device::Cpu).unwrap();
+    let plain = roux::run::kit::hf::load(&recipe.models[0], Device::Cpu).unwrap();
+    let tokens: Vec<i64> = (0..20).map(|i| (i * 37 + 11) % 280).collect();
+    let x = Tensor::from_slice(&tokens).view([1, -1]);
+    let ours = tch::no_grad(|| model.forward(&x, false)).to_kind(Kind::Double);
+    let base = tch::no_grad(|| plain.forward(&x, false)).to_kind(Kind::Double);
+    assert!((&ours - &base).abs().max().double_value(&[]) > 1e-3, "the adapter changes nothing: the test would prove nothing");
+    let script = r#"
+import json, sys, torch
+from transformers import AutoModelForCausalLM
+from peft import PeftModel
+d = json.load(open(sys.argv[2]))
+base = AutoModelForCausalLM.from_pretrained(json.load(open(sys.argv[1] + "/adapter_config.json"))["base_model_name_or_path"], dtype=torch.float32)
+m = PeftModel.from_pretrained(base, sys.argv[1]).eval()
+with torch.no_grad():
+    out = m(torch.tensor([d["tokens"]])).logits.double().flatten()
+print((out - torch.tensor(d["logits"], dtype=torch.float64)).abs().max().item())
+"#;
+    let logits: Vec<f64> = Vec::<f64>::try_from(&ours.view([-1])).unwrap();
+    std::fs::write(dir.join("roux.json"), serde_json::json!({"tokens": tokens, "logits": logits}).to_string()).unwrap();
+    let o = Command::new("python").args(["-c", script, adapter.to_str().unwrap(), dir.join("roux.json").to_str().unwrap()]).output().unwrap();
+    let out = String::from_utf8_lossy(&o.stdout).to_string();
+    assert!(o.status.success(), "{out}{}", String::from_utf8_lossy(&o.stderr));
+    let gap: f64 = out.trim().parse().unwrap();
+    eprintln!("imported Qwen2 + LoRA: roux vs transformers + peft, max |Δlogit| = {gap:.3e}");
+    assert!(gap < 1e-4, "{gap}");
+}
