@@ -48,6 +48,11 @@ fn roundtrip(fixture: &str, name: &str, want_layout: &str, tweak: impl Fn(&mut r
     let ours: Vec<f64> = Vec::<f64>::try_from(&logits.view([-1])).unwrap();
     std::fs::write(dir.join("roux.json"), serde_json::json!({"tokens": tokens, "logits": ours}).to_string()).unwrap();
     assert_python_logits(name, &format!("{LOAD}\nm = AutoModelForCausalLM.from_pretrained(sys.argv[1], dtype=torch.float32).eval()\n{COMPARE}"), &hf, &dir);
+    // A byte-level model's tokenizer: AutoTokenizer gives the byte ids roux trained on, decodes
+    // them back, and its end token (the data's "\n") is inside the vocabulary.
+    let script = "import sys\nfrom transformers import AutoTokenizer\nt = AutoTokenizer.from_pretrained(sys.argv[1])\ntext = 'h\\u00e9llo\\nw\\u00f6rld ~ \\u2603'\nids = t.encode(text, add_special_tokens=False)\nassert ids == list(text.encode()), ids\nassert t.decode(ids) == text\nassert t.eos_token_id == 10 and len(t) == 256, (t.eos_token_id, len(t))\nprint('ok')";
+    let o = Command::new("python").args(["-c", script, hf.to_str().unwrap()]).output().unwrap();
+    assert!(o.status.success(), "{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
 }
 
 /// Loads roux's tokens and logits (argv[2]) and the checkpoint's libraries.

@@ -73,7 +73,8 @@ fn read(loader: &dyn Loader, dir: &Path, file: &str, name: &str) -> Result<Model
     }
     let dtype = dominant_dtype(&found);
     let tokenizer = matches!(loader.entry(&dir.join("tokenizer.json")), PathKind::File(_));
-    let byte_level = config.get("roux_model").is_some() && !tokenizer && spec.vocab >= 256;
+    // roux's byte-level exports say so (their tokenizer.json is the byte tokenizer).
+    let byte_level = config.get("roux_byte_level") == Some(&serde_json::Value::Bool(true)) || (config.get("roux_model").is_some() && !tokenizer && spec.vocab >= 256);
     spec.checkpoint = Some(Checkpoint { dir: dir.to_path_buf(), family, files, dtype, bytes, byte_level, tokenizer });
     Ok(spec)
 }

@@ -50,6 +50,35 @@ pub fn read(path: &Path) -> Result<Tokenizer> {
     text.parse::<Tokenizer>().map_err(|e| anyhow!("reading {}: {e}", path.display()))
 }
 
+/// The byte tokenizer of a byte-level model, as a Hugging Face tokenizer: token i is byte i
+/// (a BPE without merges over GPT-2's byte-to-character map), so `AutoTokenizer` encodes text to
+/// the ids roux trained on and decodes them back.
+pub fn bytes() -> Result<Tokenizer> {
+    // GPT-2's map: printable bytes are themselves, the others 256, 257, … in byte order.
+    let mut vocab = serde_json::Map::new();
+    let mut n = 0;
+    for b in 0..=255u8 {
+        let printable = (b'!'..=b'~').contains(&b) || (0xA1..=0xAC).contains(&b) || (0xAE..=0xFF).contains(&b);
+        let c = if printable {
+            b as u32
+        } else {
+            n += 1;
+            255 + n
+        };
+        vocab.insert(char::from_u32(c).context("a byte's character")?.to_string(), b.into());
+    }
+    // Written as tokenizer.json text and parsed: the BPE builder wants the crate's own map type.
+    let json = serde_json::json!({
+        "version": "1.0", "truncation": null, "padding": null, "added_tokens": [], "normalizer": null,
+        "pre_tokenizer": {"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": false},
+        "post_processor": null,
+        "decoder": {"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": false},
+        "model": {"type": "BPE", "dropout": null, "unk_token": null, "continuing_subword_prefix": null, "end_of_word_suffix": null,
+                  "fuse_unk": false, "byte_fallback": false, "ignore_merges": false, "vocab": vocab, "merges": []},
+    });
+    json.to_string().parse::<Tokenizer>().map_err(|e| anyhow!("the byte tokenizer: {e}"))
+}
+
 pub fn encode(tk: &Tokenizer, text: &str) -> Result<Vec<u32>> {
     Ok(tk.encode(text, false).map_err(|e| anyhow!("encoding: {e}"))?.get_ids().to_vec())
 }

@@ -70,9 +70,9 @@ pub fn export_hf(run: &Path, out: &Path) -> Result<Family> {
     write_tensors_atomic(&out.join(hf::WEIGHTS), &tensors)?;
     let mut config = hf::emit::config(&spec, family);
     config["roux_model"] = json!(ModelSpec { checkpoint: None, ..spec.clone() });
-    write_atomic(&out.join(hf::CONFIG), serde_json::to_string_pretty(&config)?.as_bytes())?;
     // An imported model takes its tokenizer files along; a BPE run's tokenizer is already in the
-    // Hugging Face format.
+    // Hugging Face format; a byte-level model gets the byte tokenizer (token i is byte i), the
+    // data's end marker "\n" (byte 10) as its end token.
     let copy = |from: &Path, name: &str| crate::fsio::copy_atomic(from, &out.join(name), tokenize::MAX_BYTES).map_err(anyhow::Error::msg);
     match &spec.checkpoint {
         Some(c) => {
@@ -81,8 +81,18 @@ pub fn export_hf(run: &Path, out: &Path) -> Result<Family> {
             }
         }
         None if run.join(tokenize::FILE).exists() => copy(&run.join(tokenize::FILE), "tokenizer.json")?,
+        None if spec.vocab >= 256 => {
+            let json = tokenize::bytes()?.to_string(true).map_err(|e| anyhow::anyhow!("{e}"))?;
+            write_atomic(&out.join("tokenizer.json"), json.as_bytes())?;
+            let tk = json!({"tokenizer_class": "PreTrainedTokenizerFast", "eos_token": "Ċ", "model_max_length": spec.context, "clean_up_tokenization_spaces": false});
+            write_atomic(&out.join("tokenizer_config.json"), serde_json::to_string_pretty(&tk)?.as_bytes())?;
+            config["eos_token_id"] = json!(10);
+            config["bos_token_id"] = serde_json::Value::Null;
+            config["roux_byte_level"] = json!(true);
+        }
         None => {}
     }
+    write_atomic(&out.join(hf::CONFIG), serde_json::to_string_pretty(&config)?.as_bytes())?;
     Ok(family)
 }
 
