@@ -243,6 +243,10 @@ enum Command {
         /// `precision = bf16`; about twice as fast on a GPU).
         #[arg(long, default_value = "fp32", value_parser = ["fp32", "bf16"])]
         precision: String,
+        /// The prompt is a user's message: apply the imported model's chat template, print the
+        /// reply alone and stop at its end-of-sequence token.
+        #[arg(long)]
+        chat: bool,
     },
 }
 
@@ -273,8 +277,8 @@ fn main() -> ExitCode {
         Command::Report { runs, output } => cli::plan::report(&runs, output.as_deref()),
         Command::Export { run, to, output, base } => cli::exec::export(&run, &to, output.as_deref(), base.as_deref()),
         Command::Merge { run, output } => cli::exec::merge(&run, output.as_deref()),
-        Command::Sample { run, prompt, prompt_file, tokens, temperature, top_k, top_p, seed, precision } => {
-            cli::exec::sample(&run, &prompt, prompt_file.as_deref(), tokens as usize, temperature, top_k, top_p, seed, precision == "bf16")
+        Command::Sample { run, prompt, prompt_file, tokens, temperature, top_k, top_p, seed, precision, chat } => {
+            cli::exec::sample(&run, &prompt, prompt_file.as_deref(), tokens as usize, temperature, top_k, top_p, seed, precision == "bf16", chat)
         }
     };
     ExitCode::from(code)

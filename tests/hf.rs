@@ -271,6 +271,12 @@ fn conversations_train_on_assistant_turns_through_the_chat_template() {
     eprintln!("chat SFT held-out exact match {before} → {after}; samples {}", report["after"]["samples"]);
     assert!(after > before + 0.05, "held-out exact match rises: {before} → {after}");
     assert!(dir.join("runs/chat/po/report.json").exists());
+    // `roux sample --chat`: the message through the template, the reply alone, ended at <|im_end|>.
+    let o = roux(&["sample", dir.join("runs/chat/sft").to_str().unwrap(), "--chat", "--prompt", "reverse abc", "--temperature", "0", "--tokens", "40"]);
+    let reply = String::from_utf8_lossy(&o.stdout).to_string();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    eprintln!("sample --chat \"reverse abc\" → {reply:?}");
+    assert!(!reply.contains("<|im") && !reply.contains("reverse") && reply.trim().len() <= 8, "{reply:?}");
 }
 
 #[test]

@@ -118,31 +118,17 @@ fn token_stats(tk: &tokenizers::Tokenizer, turns: &[Vec<(String, bool)>], contex
     s
 }
 
-/// The chat template of the checkpoint in `dir`: tokenizer_config.json's `chat_template` (a
-/// string, or a list of named templates of which `default`), else chat_template.jinja; with the
-/// bos and eos tokens it may print.
+/// The chat template of the checkpoint in `dir`, its files read through the loader.
 fn chat_template(loader: &dyn Loader, dir: &Path) -> Result<ChatTemplate, String> {
     let config_path = dir.join("tokenizer_config.json");
     let config: serde_json::Value = match loader.entry(&config_path) {
         PathKind::File(_) => serde_json::from_str(&loader.read_text(&config_path, crate::hf::MAX_CONFIG)?).map_err(|e| format!("has a tokenizer_config.json that is not valid JSON: {e}"))?,
         _ => serde_json::Value::Null,
     };
-    let token = |k: &str| config[k].as_str().or_else(|| config[k]["content"].as_str()).unwrap_or("").to_string();
-    let source = match &config["chat_template"] {
-        serde_json::Value::String(s) => s.clone(),
-        serde_json::Value::Array(list) => list
-            .iter()
-            .find(|t| t["name"] == "default")
-            .and_then(|t| t["template"].as_str())
-            .ok_or("lists chat templates but none named `default`")?
-            .to_string(),
-        _ => {
-            let file = dir.join("chat_template.jinja");
-            match loader.entry(&file) {
-                PathKind::File(_) => loader.read_text(&file, crate::hf::MAX_CONFIG)?,
-                _ => return Err("has no chat template".into()),
-            }
-        }
+    let file = dir.join("chat_template.jinja");
+    let jinja = match loader.entry(&file) {
+        PathKind::File(_) => Some(loader.read_text(&file, crate::hf::MAX_CONFIG)?),
+        _ => None,
     };
-    Ok(ChatTemplate { source, bos: token("bos_token"), eos: token("eos_token") })
+    crate::hf::chat_template(&config, jinja)
 }

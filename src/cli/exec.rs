@@ -20,7 +20,7 @@ pub fn run(file: &Path, out: &Path, only: &[String], fresh: bool, force: bool, t
 
 #[cfg(feature = "torch")]
 #[allow(clippy::too_many_arguments)]
-pub fn sample(run: &PathBuf, prompt: &str, prompt_file: Option<&Path>, tokens: usize, temperature: f64, top_k: i64, top_p: f64, seed: u64, bf16: bool) -> u8 {
+pub fn sample(run: &PathBuf, prompt: &str, prompt_file: Option<&Path>, tokens: usize, temperature: f64, top_k: i64, top_p: f64, seed: u64, bf16: bool, chat: bool) -> u8 {
     let prompt = match prompt_file {
         Some(f) => match roux::fsio::read_text(f, 1 << 20) {
             Ok(t) => t,
@@ -38,7 +38,7 @@ pub fn sample(run: &PathBuf, prompt: &str, prompt_file: Option<&Path>, tokens: u
         let _ = std::io::stdout().flush();
     };
     let precision = if bf16 { roux::recipe::Precision::Bf16 } else { roux::recipe::Precision::Fp32 };
-    let o = roux::run::tools::sample::SampleOptions { tokens, temperature, top_k, top_p, seed, precision };
+    let o = roux::run::tools::sample::SampleOptions { tokens, temperature, top_k, top_p, seed, precision, chat };
     match roux::run::tools::sample::sample_run(run, &prompt, &o, &mut print) {
         Ok(_) => {
             outln!();
@@ -82,7 +82,7 @@ pub fn run(_: &Path, _: &Path, _: &[String], _: bool, _: bool, _: bool, _: Optio
 
 #[cfg(not(feature = "torch"))]
 #[allow(clippy::too_many_arguments)]
-pub fn sample(_: &PathBuf, _: &str, _: Option<&Path>, _: usize, _: f64, _: i64, _: f64, _: u64, _: bool) -> u8 {
+pub fn sample(_: &PathBuf, _: &str, _: Option<&Path>, _: usize, _: f64, _: i64, _: f64, _: u64, _: bool, _: bool) -> u8 {
     no_torch("sample")
 }
 

@@ -48,3 +48,21 @@ pub fn shards(index: &serde_json::Value) -> Result<Vec<String>, String> {
     }
     Ok(out)
 }
+
+/// The chat template of a checkpoint from its tokenizer_config.json (parsed; `Null` when absent):
+/// `chat_template` as a string, or the one named `default` in a list; else `jinja`, the text of
+/// chat_template.jinja. With the bos and eos tokens a template may print.
+pub fn chat_template(config: &serde_json::Value, jinja: Option<String>) -> Result<crate::recipe::ChatTemplate, String> {
+    let token = |k: &str| config[k].as_str().or_else(|| config[k]["content"].as_str()).unwrap_or("").to_string();
+    let source = match &config["chat_template"] {
+        serde_json::Value::String(s) => s.clone(),
+        serde_json::Value::Array(list) => list
+            .iter()
+            .find(|t| t["name"] == "default")
+            .and_then(|t| t["template"].as_str())
+            .ok_or("lists chat templates but none named `default`")?
+            .to_string(),
+        _ => jinja.ok_or("has no chat template")?,
+    };
+    Ok(crate::recipe::ChatTemplate { source, bos: token("bos_token"), eos: token("eos_token") })
+}

@@ -112,7 +112,7 @@ fn ids(tk: &Tokenizer, text: &str) -> Result<Vec<i64>> {
 
 /// The checkpoint's end-of-sequence token: `eos_token_id` of generation_config.json or
 /// config.json (the first, when a list), else tokenizer_config.json's `eos_token`.
-fn eos_id(dir: &Path, tk: &Tokenizer) -> Result<i64> {
+pub fn eos_id(dir: &Path, tk: &Tokenizer) -> Result<i64> {
     for file in ["generation_config.json", "config.json"] {
         let path = dir.join(file);
         if !path.is_file() {

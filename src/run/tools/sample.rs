@@ -1,4 +1,5 @@
-//! `roux sample RUN`: generate bytes from a trained stage's model.
+//! `roux sample RUN`: generate text from a trained stage's model (`--chat`: a reply to a user's
+//! message through an imported model's chat template).
 
 use anyhow::{bail, Context, Result};
 use std::path::Path;
@@ -22,12 +23,15 @@ pub struct SampleOptions {
     pub seed: u64,
     /// bf16: the forward passes compute in bfloat16 (on a GPU, about twice as fast).
     pub precision: crate::recipe::Precision,
+    /// The prompt is a user's message: rendered with the imported model's chat template, the
+    /// reply printed alone and ended at the model's end-of-sequence token.
+    pub chat: bool,
 }
 
 /// Sample `o.tokens` tokens after `prompt`; the text goes to `on_text` piece by piece as it is
 /// generated (each piece whole characters), and the whole text is returned.
 pub fn sample_run(run: &Path, prompt: &str, o: &SampleOptions, on_text: &mut dyn FnMut(&str)) -> Result<String> {
-    let SampleOptions { tokens, temperature, top_k, top_p, seed, precision } = *o;
+    let SampleOptions { tokens, temperature, top_k, top_p, seed, precision, chat } = *o;
     if !(top_p > 0.0 && top_p <= 1.0) {
         bail!("--top-p must lie in (0, 1]");
     }
@@ -50,16 +54,21 @@ pub fn sample_run(run: &Path, prompt: &str, o: &SampleOptions, on_text: &mut dyn
     model.load(&Tensor::read_safetensors(&weights).with_context(|| format!("reading {}", weights.display()))?)?;
     let model = model.computing(precision);
     tch::manual_seed(seed as i64);
-    // A BPE run keeps its tokenizer beside the model; otherwise tokens are bytes.
-    let tk_path = run.join(tokenize::FILE);
-    let tk = if tk_path.exists() { Some(tokenize::read(&tk_path)?) } else { None };
+    // A BPE run keeps its tokenizer beside the model, an imported model in its checkpoint;
+    // otherwise tokens are bytes.
+    let checkpoint_tk = spec.checkpoint.as_ref().filter(|c| c.tokenizer && !c.byte_level).map(|c| c.dir.join(tokenize::FILE));
+    let tk_path = Some(run.join(tokenize::FILE)).filter(|p| p.exists()).or(checkpoint_tk);
+    let tk = tk_path.map(|p| tokenize::read(&p)).transpose()?;
+    let (text, stop) = if chat { chat_prompt(&spec, tk.as_ref(), prompt)? } else { (prompt.to_string(), None) };
     let mut ids: Vec<i64> = match &tk {
-        Some(tk) => tokenize::encode(tk, prompt)?.into_iter().map(i64::from).collect(),
-        None => prompt.bytes().map(|b| b as i64).collect(),
+        Some(tk) => tokenize::encode(tk, &text)?.into_iter().map(i64::from).collect(),
+        None => text.bytes().map(|b| b as i64).collect(),
     };
     if ids.is_empty() {
         ids.push(b'\n' as i64);
     }
+    // A chat reply is printed alone; a continuation after its prompt.
+    let prompt = if chat { "" } else { prompt };
     on_text(prompt);
     let mut pending: Vec<i64> = vec![];
     let mut out = prompt.to_string();
@@ -97,6 +106,9 @@ pub fn sample_run(run: &Path, prompt: &str, o: &SampleOptions, on_text: &mut dyn
                 }
                 l.softmax(0, Kind::Float).f_multinomial(1, true).context("sampling the next token")?.int64_value(&[0])
             };
+            if stop == Some(next) {
+                break;
+            }
             ids.push(next);
             pending.push(next);
             if let Some(piece) = whole_piece(tk.as_ref(), &pending, false)? {
@@ -112,6 +124,26 @@ pub fn sample_run(run: &Path, prompt: &str, o: &SampleOptions, on_text: &mut dyn
         out.push_str(&piece);
     }
     Ok(out)
+}
+
+/// `--chat`: the prompt as a user's message rendered with the imported model's chat template
+/// (ending where the assistant's reply begins), and the token that ends a reply.
+fn chat_prompt(spec: &ModelSpec, tk: Option<&tokenizers::Tokenizer>, prompt: &str) -> Result<(String, Option<i64>)> {
+    let (Some(c), Some(tk)) = (spec.checkpoint.as_ref(), tk) else {
+        bail!("--chat needs a model imported with hf(\"…\") from a checkpoint with a tokenizer and a chat template; model `{}` is not", spec.name)
+    };
+    let config_path = c.dir.join("tokenizer_config.json");
+    let config: serde_json::Value = if config_path.is_file() {
+        serde_json::from_str(&read_capped(&config_path, crate::hf::MAX_CONFIG)?).with_context(|| format!("{} is not valid JSON", config_path.display()))?
+    } else {
+        serde_json::Value::Null
+    };
+    let jinja = c.dir.join("chat_template.jinja");
+    let jinja = if jinja.is_file() { Some(read_capped(&jinja, crate::hf::MAX_CONFIG)?) } else { None };
+    let template = crate::hf::chat_template(&config, jinja).map_err(|e| anyhow::anyhow!("{}: the checkpoint {e}", c.dir.display()))?;
+    let renderer = crate::posttrain::chat::Renderer::new(&template).map_err(anyhow::Error::msg)?;
+    let text = renderer.render(&[crate::posttrain::chat::Message { role: "user".into(), content: prompt.into() }], true).map_err(anyhow::Error::msg)?;
+    Ok((text, Some(crate::run::kit::codec::eos_id(&c.dir, tk)?)))
 }
 
 /// The text of the tokens generated since the last piece, once they make whole characters (a
