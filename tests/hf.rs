@@ -341,3 +341,10 @@ print((out - torch.tensor(d["logits"], dtype=torch.float64)).abs().max().item())
     eprintln!("imported Qwen2 + LoRA: roux vs transformers + peft, max |Δlogit| = {gap:.3e}");
     assert!(gap < 1e-4, "{gap}");
 }
+
+#[test]
+fn olmoe_with_whole_projection_qk_norm_and_unnormalised_gates() {
+    // QK-norm over all of q's and k's features (not each head's), top-2 of 4 experts whose gates
+    // keep their softmax values (norm_topk_prob = false).
+    import("olmoe", &["olmoe"], "OlmoeForCausalLM");
+}

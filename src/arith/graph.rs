@@ -52,6 +52,8 @@ pub enum OpKind {
         qkv_bias: bool,
         #[serde(skip_serializing_if = "std::ops::Not::not")]
         qk_norm: bool,
+        #[serde(skip_serializing_if = "std::ops::Not::not")]
+        qk_norm_whole: bool,
         dropout: f64,
     },
     Mlp { dim: usize, hidden: usize, act: Activation, bias: bool, dropout: f64 },
@@ -139,14 +141,15 @@ impl Op {
                     out.push(p("bias", vec![*dim], ParamInit::Zeros));
                 }
             }
-            OpKind::Attention { dim, heads, kv_heads, head_dim, bias, qkv_bias, qk_norm, .. } => {
+            OpKind::Attention { dim, heads, kv_heads, head_dim, bias, qkv_bias, qk_norm, qk_norm_whole, .. } => {
                 let (q, kv) = (heads * head_dim, kv_heads * head_dim);
                 linear(&mut out, "q", q, *dim, *bias || *qkv_bias, normal);
                 linear(&mut out, "k", kv, *dim, *bias || *qkv_bias, normal);
                 linear(&mut out, "v", kv, *dim, *bias || *qkv_bias, normal);
                 if *qk_norm {
-                    out.push(p("q_norm.weight", vec![*head_dim], ParamInit::Ones));
-                    out.push(p("k_norm.weight", vec![*head_dim], ParamInit::Ones));
+                    let (qn, kn) = if *qk_norm_whole { (q, kv) } else { (*head_dim, *head_dim) };
+                    out.push(p("q_norm.weight", vec![qn], ParamInit::Ones));
+                    out.push(p("k_norm.weight", vec![kn], ParamInit::Ones));
                 }
                 linear(&mut out, "o", *dim, q, *bias, resid);
             }
@@ -271,6 +274,7 @@ pub fn lower_model(spec: &ModelSpec) -> ModelGraph {
                 bias: spec.bias,
                 qkv_bias: spec.qkv_bias,
                 qk_norm: spec.qk_norm,
+                qk_norm_whole: spec.qk_norm_whole,
                 dropout: spec.dropout,
             },
             btd.clone(),

@@ -49,11 +49,7 @@ impl<'a> Checker<'a> {
         let tie = f.bool(self, "tie_embeddings", true);
         let dropout = f.ranged(self, "dropout", Some(0.0), 0.0, false, 1.0, true);
         let bias = f.bool(self, "bias", true);
-        let qkv_bias = f.bool(self, "qkv_bias", false);
-        let qk_norm = f.bool(self, "qk_norm", false);
-        let norm_eps = f.field("norm_eps").map(|_| f.ranged(self, "norm_eps", None, 0.0, true, 1.0, true));
-        let rope_theta = f.field("rope_theta").map(|_| f.ranged(self, "rope_theta", None, 1.0, false, 1e12, false));
-        let rope_scaling = f.field("rope_scaling").map(|field| self.check_rope_scaling(&field.value, &f.scope));
+        let options = self.pretrained_options(&mut f);
         let explicit_head = !sized && f.field("head_dim").is_some();
         let (ffn, moe) = match f.field("ffn") {
             Some(field) if matches!(field.value.as_ctor_name().as_deref(), Some("moe")) => {
@@ -110,13 +106,9 @@ impl<'a> Checker<'a> {
             tie_embeddings: tie?,
             dropout: dropout?,
             bias: bias?,
-            qkv_bias: qkv_bias?,
-            qk_norm: qk_norm?,
             head_size: explicit_head.then_some(head_size),
-            norm_eps: norm_eps.map(|e| e.ok_or(())).transpose().ok()?,
-            rope_theta: rope_theta.map(|e| e.ok_or(())).transpose().ok()?,
-            rope_scaling: rope_scaling.map(|e| e.ok_or(())).transpose().ok()?,
             checkpoint: None,
+            ..options?
         };
         if (spec.rope_theta.is_some() || spec.rope_scaling.is_some()) && spec.position != Position::Rope {
             return self.rope_options_without_rope(pos_span);
@@ -151,6 +143,27 @@ impl<'a> Checker<'a> {
                 .with_hint(format!("d_model ≈ aspect ({aspect}) × layers, in multiples of head_dim ({head_dim})")),
         );
         Some(s)
+    }
+
+    /// The options pretrained architectures need (`qkv_bias`, `qk_norm`, `qk_norm_whole`,
+    /// `norm_eps`, `rope_theta`, `rope_scaling`), as a definition holding only them.
+    fn pretrained_options(&mut self, f: &mut Fields<'a>) -> Option<ModelSpec> {
+        let qkv_bias = f.bool(self, "qkv_bias", false);
+        let qk_norm = f.bool(self, "qk_norm", false);
+        let qk_norm_whole = f.bool(self, "qk_norm_whole", false);
+        let norm_eps = f.field("norm_eps").map(|_| f.ranged(self, "norm_eps", None, 0.0, true, 1.0, true));
+        let rope_theta = f.field("rope_theta").map(|_| f.ranged(self, "rope_theta", None, 1.0, false, 1e12, false));
+        let rope_scaling = f.field("rope_scaling").map(|field| self.check_rope_scaling(&field.value, &f.scope));
+        Some(ModelSpec {
+            qkv_bias: qkv_bias?,
+            // One norm over the whole projection is a kind of QK-norm: it implies it.
+            qk_norm: qk_norm? || qk_norm_whole?,
+            qk_norm_whole: qk_norm_whole?,
+            norm_eps: norm_eps.map(|e| e.ok_or(())).transpose().ok()?,
+            rope_theta: rope_theta.map(|e| e.ok_or(())).transpose().ok()?,
+            rope_scaling: rope_scaling.map(|e| e.ok_or(())).transpose().ok()?,
+            ..ModelSpec::default()
+        })
     }
 
     fn rope_options_without_rope(&mut self, span: crate::diag::Span) -> Option<ModelSpec> {

@@ -15,6 +15,7 @@ pub const SUPPORTED: &[(&str, Family)] = &[
     ("Qwen2ForCausalLM", Family::Qwen2),
     ("Qwen3ForCausalLM", Family::Qwen3),
     ("MixtralForCausalLM", Family::Mixtral),
+    ("OlmoeForCausalLM", Family::Olmoe),
 ];
 
 /// The family a config's `architectures` names.
@@ -142,13 +143,21 @@ fn llama_like(name: &str, family: Family, r: &Reader) -> Result<ModelSpec, Strin
     // Qwen2 always has biases on q, k, v (none on o or the MLP); Llama and Qwen3 say which.
     let (attn_bias, mlp_bias) = match family {
         Family::Qwen2 | Family::Mistral | Family::Mixtral => (false, false),
+        Family::Olmoe => (r.flag("attention_bias", false)?, false),
         _ => (r.flag("attention_bias", false)?, r.flag("mlp_bias", false)?),
     };
     if attn_bias != mlp_bias {
         return Err(format!("`attention_bias` = {attn_bias} with `mlp_bias` = {mlp_bias}: roux's `bias` covers both"));
     }
     let (theta, scaling) = rope(r)?;
-    let moe = if family == Family::Mixtral { Some(mixtral_moe(r)?) } else { None };
+    let moe = match family {
+        Family::Mixtral => Some(sparse_moe(r, "num_local_experts", true)?),
+        Family::Olmoe => {
+            r.only("clip_qkv", Value::Null, "roux does not clip queries, keys and values")?;
+            Some(sparse_moe(r, "num_experts", r.flag("norm_topk_prob", false)?)?)
+        }
+        _ => None,
+    };
     Ok(ModelSpec {
         name: name.into(),
         vocab: r.size("vocab_size", None)?,
@@ -163,7 +172,8 @@ fn llama_like(name: &str, family: Family, r: &Reader) -> Result<ModelSpec, Strin
         tie_embeddings: r.flag("tie_word_embeddings", false)?,
         bias: attn_bias,
         qkv_bias: family == Family::Qwen2,
-        qk_norm: family == Family::Qwen3,
+        qk_norm: matches!(family, Family::Qwen3 | Family::Olmoe),
+        qk_norm_whole: family == Family::Olmoe,
         head_size: (Some(head) != default_head).then_some(head),
         norm_eps: Some(r.float("rms_norm_eps", 1e-6)?),
         rope_theta: Some(theta),
@@ -176,14 +186,15 @@ fn llama_like(name: &str, family: Family, r: &Reader) -> Result<ModelSpec, Strin
     })
 }
 
-/// Mixtral's sparse MLP in every block: top-k of `num_local_experts` SwiGLU experts, the k gates
-/// renormalised (roux's `topk { normalize = true }`). Its auxiliary loss coefficient is k times
-/// roux's balance loss (see the reference), so balance_loss = k · router_aux_loss_coef.
-fn mixtral_moe(r: &Reader) -> Result<MoeSpec, String> {
-    let experts = r.size("num_local_experts", None)?;
+/// The sparse MLP in every block of Mixtral and OLMoE: top-k of the SwiGLU experts counted by
+/// `experts_key`, the k gates renormalised or not (Mixtral always; OLMoE's `norm_topk_prob`).
+/// Their auxiliary loss coefficient is k times roux's balance loss (see the reference), so
+/// balance_loss = k · router_aux_loss_coef.
+fn sparse_moe(r: &Reader, experts_key: &str, normalize: bool) -> Result<MoeSpec, String> {
+    let experts = r.size(experts_key, None)?;
     let k = r.size("num_experts_per_tok", Some(2))?;
     if k > experts {
-        return Err(format!("`num_experts_per_tok` = {k} exceeds `num_local_experts` = {experts}"));
+        return Err(format!("`num_experts_per_tok` = {k} exceeds `{experts_key}` = {experts}"));
     }
     if r.float("router_jitter_noise", 0.0)? != 0.0 {
         return Err("`router_jitter_noise` is not 0: roux's top-k router has no jitter".into());
@@ -198,7 +209,7 @@ fn mixtral_moe(r: &Reader) -> Result<MoeSpec, String> {
         layers: vec![],
         shared: 0,
         expert_dropout: 0.0,
-        router: RouterSpec::Topk { k, normalize: true, balance_loss: coef * k as f64, z_loss: 0.0 },
+        router: RouterSpec::Topk { k, normalize, balance_loss: coef * k as f64, z_loss: 0.0 },
     })
 }
 

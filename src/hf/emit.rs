@@ -28,6 +28,7 @@ pub fn config(spec: &ModelSpec, family: Family) -> Value {
                 Family::Qwen2 => "qwen2",
                 Family::Qwen3 => "qwen3",
                 Family::Mixtral => "mixtral",
+                Family::Olmoe => "olmoe",
                 _ => "llama",
             };
             let mut rope = json!({"rope_type": "default", "rope_theta": spec.rope_theta()});
@@ -44,7 +45,7 @@ pub fn config(spec: &ModelSpec, family: Family) -> Value {
                 "max_position_embeddings": spec.context, "rms_norm_eps": spec.norm_eps(), "hidden_act": "silu",
                 "rope_theta": spec.rope_theta(), "rope_parameters": rope,
             });
-            if matches!(family, Family::Llama | Family::Qwen3) {
+            if matches!(family, Family::Llama | Family::Qwen3 | Family::Olmoe) {
                 c["attention_bias"] = json!(spec.bias);
             }
             if family == Family::Llama {
@@ -53,9 +54,10 @@ pub fn config(spec: &ModelSpec, family: Family) -> Value {
             if matches!(family, Family::Mistral | Family::Mixtral) {
                 c["sliding_window"] = Value::Null;
             }
-            if let (Family::Mixtral, Some(m)) = (family, &spec.moe) {
-                if let crate::recipe::RouterSpec::Topk { k, balance_loss, .. } = &m.router {
-                    c["num_local_experts"] = json!(m.experts);
+            if let (Family::Mixtral | Family::Olmoe, Some(m)) = (family, &spec.moe) {
+                if let crate::recipe::RouterSpec::Topk { k, balance_loss, normalize, .. } = &m.router {
+                    c[if family == Family::Mixtral { "num_local_experts" } else { "num_experts" }] = json!(m.experts);
+                    c["norm_topk_prob"] = json!(normalize);
                     c["num_experts_per_tok"] = json!(k);
                     c["router_aux_loss_coef"] = json!(balance_loss / *k as f64);
                     c["intermediate_size"] = json!(m.expert.hidden);

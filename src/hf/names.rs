@@ -45,7 +45,7 @@ pub fn places(spec: &ModelSpec, family: Family) -> Vec<(String, Place)> {
         .map(|p| {
             let place = match family {
                 Family::Gpt2 => gpt2(&p.name, d, p.shape.len()),
-                _ => llama(&p.name, p.shape[0]),
+                _ => llama(&p.name, p.shape[0], family),
             };
             (p.name, place)
         })
@@ -84,7 +84,7 @@ fn gpt2(name: &str, d: usize, rank: usize) -> Place {
 
 /// Llama's names (Mistral, Qwen2 and Qwen3 share them), and Mixtral's sparse MLP; `rows` is the
 /// parameter's first dimension (the number of experts of a stacked expert tensor).
-fn llama(name: &str, rows: usize) -> Place {
+fn llama(name: &str, rows: usize, family: Family) -> Place {
     let fixed = |s: &str| Place::whole(s.to_string());
     match name {
         "tok_emb.weight" => return fixed("model.embed_tokens.weight"),
@@ -93,13 +93,17 @@ fn llama(name: &str, rows: usize) -> Place {
         _ => {}
     }
     let (block, rest) = split_block(name);
-    let moe = format!("model.layers.{block}.block_sparse_moe");
+    // Mixtral names its sparse MLP block_sparse_moe with w1/w2/w3; OLMoE keeps Llama's mlp names.
+    let (moe, w1, w2, w3) = match family {
+        Family::Mixtral => (format!("model.layers.{block}.block_sparse_moe"), "w1", "w2", "w3"),
+        _ => (format!("model.layers.{block}.mlp"), "gate_proj", "down_proj", "up_proj"),
+    };
+    let stacked = |m: &str| Place { experts: Some(rows), ..Place::whole(format!("{moe}.experts.{{}}.{m}.weight")) };
     match rest {
         "ffn.router.weight" => return Place::whole(format!("{moe}.gate.weight")),
-        "ffn.experts.w1" | "ffn.experts.w2" | "ffn.experts.w3" => {
-            let m = &rest["ffn.experts.".len()..];
-            return Place { experts: Some(rows), ..Place::whole(format!("{moe}.experts.{{}}.{m}.weight")) };
-        }
+        "ffn.experts.w1" => return stacked(w1),
+        "ffn.experts.w2" => return stacked(w2),
+        "ffn.experts.w3" => return stacked(w3),
         _ => {}
     }
     let (module, leaf) = rest.rsplit_once('.').unwrap_or((rest, ""));

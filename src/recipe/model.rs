@@ -112,6 +112,10 @@ pub struct ModelSpec {
     /// RMSNorm over each head's queries and keys before the rotary embedding (Qwen3, OLMo 2).
     #[serde(default, skip_serializing_if = "is_false")]
     pub qk_norm: bool,
+    /// With `qk_norm`: one RMSNorm over the whole query (and key) projection, not each head's
+    /// (OLMoE, OLMo 2).
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub qk_norm_whole: bool,
     /// Each head's size when it is not d_model / heads (Qwen3: 128 at any width).
     #[serde(default, rename = "head_dim", skip_serializing_if = "Option::is_none")]
     pub head_size: Option<usize>,
@@ -150,6 +154,7 @@ impl Default for ModelSpec {
             bias: true,
             qkv_bias: false,
             qk_norm: false,
+            qk_norm_whole: false,
             head_size: None,
             norm_eps: None,
             rope_theta: None,
@@ -184,6 +189,7 @@ pub enum Family {
     Qwen2,
     Qwen3,
     Mixtral,
+    Olmoe,
 }
 
 impl Family {
@@ -196,6 +202,7 @@ impl Family {
             Family::Qwen2 => "Qwen2",
             Family::Qwen3 => "Qwen3",
             Family::Mixtral => "Mixtral",
+            Family::Olmoe => "OLMoE",
         }
     }
 }

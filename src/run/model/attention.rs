@@ -28,9 +28,16 @@ impl Model {
         let split = |y: Tensor| y.view([b, t, heads, hs]).transpose(1, 2); // (B, nh, T, hs)
         let kv_heads = (self.spec().kv_heads as i64).min(heads);
         let split_kv = |y: Tensor| y.view([b, t, kv_heads, hs]).transpose(1, 2); // (B, nkv, T, hs)
-        let (q, k, v) = self.qkv(x, i);
+        let (mut q, mut k, v) = self.qkv(x, i);
+        let whole = self.spec().qk_norm_whole;
+        if let (true, Some(qn), Some(kn)) = (whole, self.w_opt(i, "q_norm", "weight"), self.w_opt(i, "k_norm", "weight")) {
+            // OLMoE's QK-norm: over the whole projection, before it is split into heads.
+            let eps = self.spec().norm_eps();
+            q = q.rms_norm([heads * hs], Some(&qn), eps);
+            k = k.rms_norm([kv_heads * hs], Some(&kn), eps);
+        }
         let (mut q, mut k, mut v) = (split(q), split_kv(k), split_kv(v));
-        if let (Some(qn), Some(kn)) = (self.w_opt(i, "q_norm", "weight"), self.w_opt(i, "k_norm", "weight")) {
+        if let (false, Some(qn), Some(kn)) = (whole, self.w_opt(i, "q_norm", "weight"), self.w_opt(i, "k_norm", "weight")) {
             // Qwen3's QK-norm: each head's queries and keys RMS-normalised before the rotation.
             let eps = self.spec().norm_eps();
             q = q.rms_norm([hs], Some(&qn), eps);
