@@ -348,3 +348,8 @@ fn olmoe_with_whole_projection_qk_norm_and_unnormalised_gates() {
     // keep their softmax values (norm_topk_prob = false).
     import("olmoe", &["olmoe"], "OlmoeForCausalLM");
 }
+
+#[test]
+fn qwen2_moe_with_a_gated_shared_expert_of_its_own_width() {
+    import("qwen2moe", &["qwen2moe"], "Qwen2MoeForCausalLM");
+}

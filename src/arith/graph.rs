@@ -59,7 +59,21 @@ pub enum OpKind {
     Mlp { dim: usize, hidden: usize, act: Activation, bias: bool, dropout: f64 },
     /// Mixture of experts: a router and `experts` MLPs (stacked into one tensor per matrix, no
     /// biases), plus `shared` always-on experts.
-    Moe { dim: usize, experts: usize, hidden: usize, act: Activation, shared: usize, dropout: f64, router: RouterSpec, active: f64 },
+    Moe {
+        dim: usize,
+        experts: usize,
+        hidden: usize,
+        act: Activation,
+        shared: usize,
+        /// The shared experts' width (`hidden` unless the model says otherwise).
+        shared_hidden: usize,
+        /// A sigmoid gate on the shared experts' output (Qwen2-MoE).
+        #[serde(skip_serializing_if = "std::ops::Not::not")]
+        shared_gate: bool,
+        dropout: f64,
+        router: RouterSpec,
+        active: f64,
+    },
     /// Output logits; `tied` reuses the token embedding matrix.
     Head { vocab: usize, dim: usize, tied: bool },
 }
@@ -153,23 +167,26 @@ impl Op {
                 }
                 linear(&mut out, "o", *dim, q, *bias, resid);
             }
-            OpKind::Moe { dim, experts, hidden, act, shared, router, active, .. } => {
+            OpKind::Moe { dim, experts, hidden, act, shared, shared_hidden, shared_gate, router, active, .. } => {
                 out.push(p("router.weight", vec![*experts, *dim], normal));
                 if matches!(router, RouterSpec::NoisyTopk { .. }) {
                     out.push(p("router.noise.weight", vec![*experts, *dim], ParamInit::Zeros));
                 }
-                for (group, n, frac) in [("experts", *experts, active / *experts as f64), ("shared", *shared, 1.0)] {
+                for (group, n, frac, hidden) in [("experts", *experts, active / *experts as f64, *hidden), ("shared", *shared, 1.0, *shared_hidden)] {
                     if n == 0 {
                         continue;
                     }
-                    let mut mats = vec![("w1", vec![n, *hidden, *dim], normal)];
+                    let mut mats = vec![("w1", vec![n, hidden, *dim], normal)];
                     if *act == Activation::Swiglu {
-                        mats.push(("w3", vec![n, *hidden, *dim], normal));
+                        mats.push(("w3", vec![n, hidden, *dim], normal));
                     }
-                    mats.push(("w2", vec![n, *dim, *hidden], resid));
+                    mats.push(("w2", vec![n, *dim, hidden], resid));
                     for (m, shape, init) in mats {
                         out.push(Param { active: frac, ..p(&format!("{group}.{m}"), shape, init) });
                     }
+                }
+                if *shared_gate && *shared > 0 {
+                    out.push(p("shared_gate.weight", vec![1, *dim], normal));
                 }
             }
             OpKind::Mlp { dim, hidden, act, bias, .. } => {
@@ -208,10 +225,10 @@ impl Op {
                 let mats = if *act == Activation::Swiglu { 3.0 } else { 2.0 };
                 2.0 * mats * (*dim as f64) * (*hidden as f64)
             }
-            OpKind::Moe { dim, experts, hidden, act, shared, active, .. } => {
+            OpKind::Moe { dim, experts, hidden, act, shared, shared_hidden, active, .. } => {
                 let mats = if *act == Activation::Swiglu { 3.0 } else { 2.0 };
-                let expert = 2.0 * mats * (*dim as f64) * (*hidden as f64);
-                2.0 * (*dim as f64) * (*experts as f64) + (active + *shared as f64) * expert
+                let expert = |h: usize| 2.0 * mats * (*dim as f64) * (h as f64);
+                2.0 * (*dim as f64) * (*experts as f64) + active * expert(*hidden) + *shared as f64 * expert(*shared_hidden)
             }
             OpKind::Head { vocab, dim, .. } => 2.0 * (*vocab as f64) * (*dim as f64),
             _ => 0.0,
@@ -292,6 +309,8 @@ pub fn lower_model(spec: &ModelSpec) -> ModelGraph {
                 hidden: m.expert.hidden,
                 act: m.expert.act,
                 shared: m.shared,
+                shared_hidden: m.shared_hidden.unwrap_or(m.expert.hidden),
+                shared_gate: m.shared_gate,
                 dropout: m.expert_dropout,
                 router: m.router.clone(),
                 active: m.active_experts(),

@@ -49,7 +49,7 @@ fn read(loader: &dyn Loader, dir: &Path, file: &str, name: &str) -> Result<Model
     let text = loader.read_text(&config_path, hf::MAX_CONFIG).map_err(|e| unreadable(format!("checkpoint `{shown}`: {e}")))?;
     let config: serde_json::Value = serde_json::from_str(&text).map_err(|e| unreadable(format!("`{shown}/config.json` is not valid JSON: {e}")))?;
     let (mut spec, family) = hf::config::model_from_config(name, &config)
-        .map_err(|e| (Code::E0216, format!("`{shown}/config.json` {e}"), "roux imports GPT-2, Llama, Mistral, Qwen2, Qwen3, Mixtral and OLMoE checkpoints whose settings it computes exactly".to_string()))?;
+        .map_err(|e| (Code::E0216, format!("`{shown}/config.json` {e}"), "roux imports GPT-2, Llama, Mistral, Qwen2, Qwen3, Mixtral, OLMoE and Qwen2-MoE checkpoints whose settings it computes exactly".to_string()))?;
     let files = weight_files(loader, dir).map_err(|e| unreadable(format!("checkpoint `{shown}`: {e}")))?;
     let mut found: BTreeMap<String, header::TensorEntry> = BTreeMap::new();
     let mut bytes = 0;

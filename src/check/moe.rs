@@ -1,4 +1,5 @@
-//! `ffn = moe { experts, every | layers, expert = mlp {…}, shared, expert_dropout, router = … }`
+//! `ffn = moe { experts, every | layers, expert = mlp {…}, shared, shared_hidden, shared_gate,
+//! expert_dropout, router = … }`
 //! and its routers. Invalid combinations (k > experts, an option of another router, placement
 //! past the last block, …) are diagnostics with spans, before anything runs.
 
@@ -34,6 +35,9 @@ impl<'a> Checker<'a> {
             None => d_model.map(|d| crate::recipe::MlpSpec { hidden: 4 * d, act: crate::recipe::Activation::Gelu }),
         };
         let shared = f.int(self, "shared", Some(0), Min::Zero);
+        // Qwen2-MoE's shared expert: its own width, its output behind a sigmoid gate.
+        let shared_hidden = f.field("shared_hidden").map(|_| f.size(self, "shared_hidden", None));
+        let shared_gate = f.bool(self, "shared_gate", false);
         let expert_dropout = f.ranged(self, "expert_dropout", Some(0.0), 0.0, false, 1.0, true);
         let placement = self.moe_placement(&mut f, layers);
         let router = match f.field("router") {
@@ -46,6 +50,8 @@ impl<'a> Checker<'a> {
             expert: expert?,
             layers: placement?,
             shared: shared? as usize,
+            shared_hidden: shared_hidden.map(|h| h.ok_or(())).transpose().ok()?,
+            shared_gate: shared_gate?,
             expert_dropout: expert_dropout?,
             router: router?,
         })

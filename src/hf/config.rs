@@ -16,6 +16,7 @@ pub const SUPPORTED: &[(&str, Family)] = &[
     ("Qwen3ForCausalLM", Family::Qwen3),
     ("MixtralForCausalLM", Family::Mixtral),
     ("OlmoeForCausalLM", Family::Olmoe),
+    ("Qwen2MoeForCausalLM", Family::Qwen2Moe),
 ];
 
 /// The family a config's `architectures` names.
@@ -142,7 +143,7 @@ fn llama_like(name: &str, family: Family, r: &Reader) -> Result<ModelSpec, Strin
     r.only("pretraining_tp", Value::from(1), "tensor-parallel slicing of the projections is not supported")?;
     // Qwen2 always has biases on q, k, v (none on o or the MLP); Llama and Qwen3 say which.
     let (attn_bias, mlp_bias) = match family {
-        Family::Qwen2 | Family::Mistral | Family::Mixtral => (false, false),
+        Family::Qwen2 | Family::Qwen2Moe | Family::Mistral | Family::Mixtral => (false, false),
         Family::Olmoe => (r.flag("attention_bias", false)?, false),
         _ => (r.flag("attention_bias", false)?, r.flag("mlp_bias", false)?),
     };
@@ -150,12 +151,14 @@ fn llama_like(name: &str, family: Family, r: &Reader) -> Result<ModelSpec, Strin
         return Err(format!("`attention_bias` = {attn_bias} with `mlp_bias` = {mlp_bias}: roux's `bias` covers both"));
     }
     let (theta, scaling) = rope(r)?;
+    let layers = r.size("num_hidden_layers", None)?;
     let moe = match family {
-        Family::Mixtral => Some(sparse_moe(r, "num_local_experts", true)?),
+        Family::Mixtral => Some(sparse_moe(r, "num_local_experts", "intermediate_size", true, (0..layers).collect())?),
         Family::Olmoe => {
             r.only("clip_qkv", Value::Null, "roux does not clip queries, keys and values")?;
-            Some(sparse_moe(r, "num_experts", r.flag("norm_topk_prob", false)?)?)
+            Some(sparse_moe(r, "num_experts", "intermediate_size", r.flag("norm_topk_prob", false)?, (0..layers).collect())?)
         }
+        Family::Qwen2Moe => Some(qwen2_moe(r, layers)?),
         _ => None,
     };
     Ok(ModelSpec {
@@ -171,17 +174,14 @@ fn llama_like(name: &str, family: Family, r: &Reader) -> Result<ModelSpec, Strin
         position: Position::Rope,
         tie_embeddings: r.flag("tie_word_embeddings", false)?,
         bias: attn_bias,
-        qkv_bias: family == Family::Qwen2,
+        qkv_bias: matches!(family, Family::Qwen2 | Family::Qwen2Moe),
         qk_norm: matches!(family, Family::Qwen3 | Family::Olmoe),
         qk_norm_whole: family == Family::Olmoe,
         head_size: (Some(head) != default_head).then_some(head),
         norm_eps: Some(r.float("rms_norm_eps", 1e-6)?),
         rope_theta: Some(theta),
         rope_scaling: scaling,
-        moe: moe.map(|mut m| {
-            m.layers = (0..r.size("num_hidden_layers", Some(1)).unwrap_or(1)).collect();
-            m
-        }),
+        moe,
         ..ModelSpec::default()
     })
 }
@@ -190,7 +190,7 @@ fn llama_like(name: &str, family: Family, r: &Reader) -> Result<ModelSpec, Strin
 /// `experts_key`, the k gates renormalised or not (Mixtral always; OLMoE's `norm_topk_prob`).
 /// Their auxiliary loss coefficient is k times roux's balance loss (see the reference), so
 /// balance_loss = k · router_aux_loss_coef.
-fn sparse_moe(r: &Reader, experts_key: &str, normalize: bool) -> Result<MoeSpec, String> {
+fn sparse_moe(r: &Reader, experts_key: &str, hidden_key: &str, normalize: bool, layers: Vec<usize>) -> Result<MoeSpec, String> {
     let experts = r.size(experts_key, None)?;
     let k = r.size("num_experts_per_tok", Some(2))?;
     if k > experts {
@@ -205,19 +205,36 @@ fn sparse_moe(r: &Reader, experts_key: &str, normalize: bool) -> Result<MoeSpec,
     }
     Ok(MoeSpec {
         experts,
-        expert: MlpSpec { hidden: r.size("intermediate_size", None)?, act: Activation::Swiglu },
-        layers: vec![],
+        expert: MlpSpec { hidden: r.size(hidden_key, None)?, act: Activation::Swiglu },
+        layers,
         shared: 0,
+        shared_hidden: None,
+        shared_gate: false,
         expert_dropout: 0.0,
         router: RouterSpec::Topk { k, normalize, balance_loss: coef * k as f64, z_loss: 0.0 },
     })
+}
+
+/// Qwen2-MoE: experts of `moe_intermediate_size` in the blocks `decoder_sparse_step` picks (less
+/// `mlp_only_layers`, dense with `intermediate_size`), and one shared expert of
+/// `shared_expert_intermediate_size` whose output a sigmoid gate scales.
+fn qwen2_moe(r: &Reader, layers: usize) -> Result<MoeSpec, String> {
+    let step = r.size("decoder_sparse_step", Some(1))?;
+    let dense: Vec<u64> = r.get("mlp_only_layers").and_then(Value::as_array).map(|a| a.iter().filter_map(Value::as_u64).collect()).unwrap_or_default();
+    let picked = (0..layers).filter(|l| !dense.contains(&(*l as u64)) && (l + 1) % step == 0).collect();
+    let mut m = sparse_moe(r, "num_experts", "moe_intermediate_size", r.flag("norm_topk_prob", false)?, picked)?;
+    let shared = r.get("shared_expert_intermediate_size").map(|_| r.size("shared_expert_intermediate_size", None)).transpose()?;
+    if let Some(h) = shared {
+        (m.shared, m.shared_hidden, m.shared_gate) = (1, Some(h), true);
+    }
+    Ok(m)
 }
 
 /// Every layer attends to every earlier position: no sliding window shorter than the context.
 fn full_attention(family: Family, r: &Reader, context: usize) -> Result<(), String> {
     let windowed = match family {
         Family::Mistral | Family::Mixtral => r.get("sliding_window").is_some(),
-        Family::Qwen2 | Family::Qwen3 => r.flag("use_sliding_window", false)?,
+        Family::Qwen2 | Family::Qwen2Moe | Family::Qwen3 => r.flag("use_sliding_window", false)?,
         _ => false,
     };
     if windowed {

@@ -29,6 +29,7 @@ pub fn config(spec: &ModelSpec, family: Family) -> Value {
                 Family::Qwen3 => "qwen3",
                 Family::Mixtral => "mixtral",
                 Family::Olmoe => "olmoe",
+                Family::Qwen2Moe => "qwen2_moe",
                 _ => "llama",
             };
             let mut rope = json!({"rope_type": "default", "rope_theta": spec.rope_theta()});

@@ -99,11 +99,17 @@ fn llama(name: &str, rows: usize, family: Family) -> Place {
         _ => (format!("model.layers.{block}.mlp"), "gate_proj", "down_proj", "up_proj"),
     };
     let stacked = |m: &str| Place { experts: Some(rows), ..Place::whole(format!("{moe}.experts.{{}}.{m}.weight")) };
+    // Qwen2-MoE's one shared expert is a plain MLP (a stack of one in roux).
+    let shared = |m: &str| Place { experts: Some(1), ..Place::whole(format!("{moe}.shared_expert.{m}.weight")) };
     match rest {
         "ffn.router.weight" => return Place::whole(format!("{moe}.gate.weight")),
         "ffn.experts.w1" => return stacked(w1),
         "ffn.experts.w2" => return stacked(w2),
         "ffn.experts.w3" => return stacked(w3),
+        "ffn.shared.w1" => return shared(w1),
+        "ffn.shared.w2" => return shared(w2),
+        "ffn.shared.w3" => return shared(w3),
+        "ffn.shared_gate.weight" => return Place::whole(format!("{moe}.shared_expert_gate.weight")),
         _ => {}
     }
     let (module, leaf) = rest.rsplit_once('.').unwrap_or((rest, ""));

@@ -70,6 +70,12 @@ pub struct MoeSpec {
     pub layers: Vec<usize>,
     /// Always-on experts every token passes through besides the routed ones.
     pub shared: usize,
+    /// The shared experts' hidden width, when not the routed experts' (Qwen2-MoE).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shared_hidden: Option<usize>,
+    /// The shared experts' output scaled by sigmoid(x·g), a learned gate (Qwen2-MoE).
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub shared_gate: bool,
     /// Dropout inside experts.
     pub expert_dropout: f64,
     pub router: RouterSpec,
@@ -190,6 +196,7 @@ pub enum Family {
     Qwen3,
     Mixtral,
     Olmoe,
+    Qwen2Moe,
 }
 
 impl Family {
@@ -203,6 +210,7 @@ impl Family {
             Family::Qwen3 => "Qwen3",
             Family::Mixtral => "Mixtral",
             Family::Olmoe => "OLMoE",
+            Family::Qwen2Moe => "Qwen2-MoE",
         }
     }
 }

@@ -35,6 +35,8 @@ fn config_spec(name: &str, d: usize, layers: usize, heads: usize, ctx: usize, ex
             expert: mlp.clone(),
             layers: (0..layers).filter(|i| i % 2 == 1).collect(),
             shared: 0,
+            shared_hidden: None,
+            shared_gate: false,
             expert_dropout: 0.0,
             router: RouterSpec::Switch { capacity_factor: 1.25, eval_capacity_factor: 2.0, balance_loss: 0.01, z_loss: 0.001, jitter: 0.0 },
         }),
