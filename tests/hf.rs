@@ -11,12 +11,45 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use tch::{Device, Kind, Tensor};
 
-/// A project folder holding checkpoint `ck/` (made by make.py with `args`) and `import.roux`.
-fn checkpoint(name: &str, args: &[&str]) -> PathBuf {
+/// The checkpoints the tests import: a name and make.py's arguments after the family.
+const CHECKPOINTS: &[(&str, &[&str])] = &[
+    ("gpt2", &["gpt2"]),
+    ("llama", &["llama", "--shard", "20000"]),
+    ("mistral", &["mistral"]),
+    ("qwen2", &["qwen2", "--dtype", "bfloat16"]),
+    ("qwen3", &["qwen3", "--tied"]),
+    ("qwen2-tok", &["qwen2", "--tokenizer"]),
+    ("mixtral", &["mixtral"]),
+    ("olmoe", &["olmoe"]),
+    ("qwen2moe", &["qwen2moe"]),
+];
+
+/// Every checkpoint of `CHECKPOINTS`, made once by one Python process (transformers takes
+/// seconds to import: once per test would cost a minute of the suite).
+fn made() -> &'static Path {
+    static MADE: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    MADE.get_or_init(|| {
+        let dir = scratch("hf-checkpoints");
+        let batch: Vec<Vec<String>> = CHECKPOINTS
+            .iter()
+            .map(|(name, args)| [args[0].to_string(), dir.join(name).display().to_string()].into_iter().chain(args[1..].iter().map(|a| a.to_string())).collect())
+            .collect();
+        std::fs::write(dir.join("batch.json"), serde_json::to_string(&batch).unwrap()).unwrap();
+        let o = Command::new("python").arg(root().join("tests/fixtures/hf/make.py")).arg("--batch").arg(dir.join("batch.json")).output().expect("python on PATH (source scripts/env.sh)");
+        assert!(o.status.success(), "make.py failed: {}", String::from_utf8_lossy(&o.stderr));
+        dir
+    })
+}
+
+/// A project folder holding a copy of checkpoint `which` as `ck/`, and `import.roux`.
+fn checkpoint(name: &str, which: &str) -> PathBuf {
     let dir = scratch(&format!("hf-{name}"));
-    let ck = dir.join("ck");
-    let o = Command::new("python").arg(root().join("tests/fixtures/hf/make.py")).args(args).arg(&ck).output().expect("python on PATH (source scripts/env.sh)");
-    assert!(o.status.success(), "make.py failed: {}", String::from_utf8_lossy(&o.stderr));
+    let (from, ck) = (made().join(which), dir.join("ck"));
+    std::fs::create_dir_all(&ck).unwrap();
+    for f in std::fs::read_dir(&from).unwrap() {
+        let f = f.unwrap();
+        std::fs::copy(f.path(), ck.join(f.file_name())).unwrap();
+    }
     std::fs::write(dir.join("import.roux"), "experiment \"import\" {\n  model base = hf(\"ck\")\n}\n").unwrap();
     dir
 }
@@ -60,28 +93,21 @@ fn assert_export_roundtrip(dir: &Path, model: &roux::run::model::Model, class: &
     let out = dir.join("out");
     let o = roux(&["export", run.to_str().unwrap(), "--to", "hf", "-o", out.to_str().unwrap()]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    let script = r#"
-import glob, json, sys, torch
-from safetensors.torch import load_file
-def tensors(d):
-    out = {}
-    for f in glob.glob(d + "/*.safetensors"):
-        out.update(load_file(f))
-    return out
-a, b = tensors(sys.argv[1]), tensors(sys.argv[2])
-assert sorted(a) == sorted(b), (sorted(set(a) ^ set(b)))
-bad = [k for k in a if not torch.equal(a[k].float(), b[k])]
-assert not bad, bad
-print(json.load(open(sys.argv[2] + "/config.json"))["architectures"][0], len(a))
-"#;
-    let o = Command::new("python").args(["-c", script, dir.join("ck").to_str().unwrap(), out.to_str().unwrap()]).output().unwrap();
-    let printed = String::from_utf8_lossy(&o.stdout).to_string();
-    assert!(o.status.success(), "{printed}{}", String::from_utf8_lossy(&o.stderr));
-    assert!(printed.starts_with(class), "{printed}");
+    // Every tensor back under its name, equal to the checkpoint's (read by tch's own reader).
+    let tensors = |d: &Path| -> std::collections::BTreeMap<String, Tensor> {
+        let files = std::fs::read_dir(d).unwrap().map(|f| f.unwrap().path()).filter(|p| p.extension().is_some_and(|e| e == "safetensors"));
+        files.flat_map(|f| Tensor::read_safetensors(&f).unwrap()).collect()
+    };
+    let (theirs, ours) = (tensors(&dir.join("ck")), tensors(&out));
+    assert_eq!(theirs.keys().collect::<Vec<_>>(), ours.keys().collect::<Vec<_>>());
+    let differ: Vec<&String> = theirs.iter().filter(|(k, t)| !t.to_kind(Kind::Float).equal(&ours[*k])).map(|(k, _)| k).collect();
+    assert!(differ.is_empty(), "tensors differ after import → export: {differ:?}");
+    let config: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.join("config.json")).unwrap()).unwrap();
+    assert_eq!(config["architectures"][0], class);
 }
 
-fn import(name: &str, args: &[&str], class: &str) {
-    let dir = checkpoint(name, args);
+fn import(name: &str, class: &str) {
+    let dir = checkpoint(name, name);
     assert_eq!(planned_params(&dir), expected(&dir)["params"].as_u64().unwrap(), "roux plan counts what transformers holds");
     let (gap, model) = logit_gap(&dir);
     eprintln!("{name}: max |Δlogit| = {gap:.3e}");
@@ -91,28 +117,28 @@ fn import(name: &str, args: &[&str], class: &str) {
 
 #[test]
 fn gpt2_imports_with_the_same_logits_and_exports_the_same_tensors() {
-    import("gpt2", &["gpt2"], "GPT2LMHeadModel");
+    import("gpt2", "GPT2LMHeadModel");
 }
 
 #[test]
 fn llama3_with_rope_scaling_and_biases_in_shards() {
     // Llama 3's rope base and scaling; biases on; saved in shards of ~20 kB.
-    import("llama", &["llama", "--shard", "20000"], "LlamaForCausalLM");
+    import("llama", "LlamaForCausalLM");
 }
 
 #[test]
 fn mistral_imports() {
-    import("mistral", &["mistral"], "MistralForCausalLM");
+    import("mistral", "MistralForCausalLM");
 }
 
 #[test]
 fn qwen2_in_bfloat16_with_qkv_biases() {
-    import("qwen2", &["qwen2", "--dtype", "bfloat16"], "Qwen2ForCausalLM");
+    import("qwen2", "Qwen2ForCausalLM");
 }
 
 #[test]
 fn qwen3_with_qk_norm_a_wider_attention_and_a_tied_head() {
-    import("qwen3", &["qwen3", "--tied"], "Qwen3ForCausalLM");
+    import("qwen3", "Qwen3ForCausalLM");
 }
 
 #[test]
@@ -176,7 +202,7 @@ const PIPELINE: &str = r#"experiment "tok" {
 
 #[test]
 fn an_imported_model_post_trains_on_its_own_tokenizers_ids() {
-    let dir = checkpoint("tok", &["qwen2", "--tokenizer"]);
+    let dir = checkpoint("tok", "qwen2-tok");
     std::fs::write(dir.join("r.roux"), PIPELINE).unwrap();
     // The ids every stage trains on are the checkpoint tokenizer's, its end token closing each response.
     let c = roux::frontend::compile(&dir.join("r.roux")).unwrap();
@@ -238,7 +264,7 @@ fn chat_data(dir: &Path) {
 
 #[test]
 fn conversations_train_on_assistant_turns_through_the_chat_template() {
-    let dir = checkpoint("chat", &["qwen2", "--tokenizer"]);
+    let dir = checkpoint("chat", "qwen2-tok");
     chat_data(&dir);
     let recipe = r#"experiment "chat" {
   seed = 2
@@ -282,12 +308,12 @@ fn conversations_train_on_assistant_turns_through_the_chat_template() {
 #[test]
 fn mixtral_maps_onto_the_top_k_router_with_stacked_experts() {
     // 4 SwiGLU experts, top-2 with the gates renormalised, in every block.
-    import("mixtral", &["mixtral"], "MixtralForCausalLM");
+    import("mixtral", "MixtralForCausalLM");
 }
 
 #[test]
 fn lora_on_an_imported_model_exports_as_a_peft_adapter_of_the_checkpoint() {
-    let dir = checkpoint("lora", &["qwen2", "--tokenizer"]);
+    let dir = checkpoint("lora", "qwen2-tok");
     chat_data(&dir);
     let recipe = r#"experiment "lora" {
   seed = 4
@@ -346,10 +372,10 @@ print((out - torch.tensor(d["logits"], dtype=torch.float64)).abs().max().item())
 fn olmoe_with_whole_projection_qk_norm_and_unnormalised_gates() {
     // QK-norm over all of q's and k's features (not each head's), top-2 of 4 experts whose gates
     // keep their softmax values (norm_topk_prob = false).
-    import("olmoe", &["olmoe"], "OlmoeForCausalLM");
+    import("olmoe", "OlmoeForCausalLM");
 }
 
 #[test]
 fn qwen2_moe_with_a_gated_shared_expert_of_its_own_width() {
-    import("qwen2moe", &["qwen2moe"], "Qwen2MoeForCausalLM");
+    import("qwen2moe", "Qwen2MoeForCausalLM");
 }
