@@ -47,6 +47,9 @@ pub struct RunDir {
 pub fn begin(ctx: &StageCtx, hash: String, resolved: &Value, steps: u64) -> Result<Option<RunDir>> {
     let (label, dir) = (&ctx.label, &ctx.dir);
     let lock = lock(dir)?;
+    // What a killed run was writing when it died (checkpoints of steps it will not reach again;
+    // a plot it was redrawing after its report, which leaves the stage up to date).
+    crate::fsio::remove_stale_tmp(dir, None);
     if ctx.opts.fresh && dir.exists() {
         set_aside(dir)?;
     }
@@ -92,8 +95,6 @@ pub fn begin(ctx: &StageCtx, hash: String, resolved: &Value, steps: u64) -> Resu
         super::device::memory_guard(label, ctx.memory, super::device::device(ctx.stage.kind.device())?)?;
     }
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    // What a killed run was writing when it died (checkpoints of steps it will not reach again).
-    crate::fsio::remove_stale_tmp(dir, None);
     let resume = checkpoint::read_state(dir)?;
     if let Some(s) = &resume {
         if s.recipe_hash != hash && !ctx.opts.force {
