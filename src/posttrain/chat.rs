@@ -34,6 +34,10 @@ pub fn messages(v: &serde_json::Value) -> Result<Vec<Message>, String> {
         .collect()
 }
 
+/// The most template instructions one render may execute (a real chat template of a long
+/// conversation needs a few thousand).
+const FUEL: u64 = 10_000_000;
+
 pub struct Renderer {
     env: Environment<'static>,
     bos: String,
@@ -45,6 +49,9 @@ impl Renderer {
         let mut env = Environment::new();
         env.set_trim_blocks(true);
         env.set_lstrip_blocks(true);
+        // A template is someone else's code and check renders it: bounded, so that a loop over a
+        // huge range ends in an error rather than a hang.
+        env.set_fuel(Some(FUEL));
         env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
         env.add_function("raise_exception", |msg: String| -> Result<String, Error> { Err(Error::new(ErrorKind::InvalidOperation, msg)) });
         env.add_template_owned("chat", t.source.clone()).map_err(|e| format!("the chat template does not parse: {e}"))?;
@@ -206,5 +213,7 @@ mod tests {
         let r = Renderer::new(&ChatTemplate { source: src.into(), bos: String::new(), eos: String::new() }).unwrap();
         assert_eq!(r.render(&[m("user", "  a "), m("assistant", "b")], false).unwrap(), "A|B|");
         assert!(r.render(&[m("system", "x")], false).unwrap_err().contains("first must be user"));
+        let endless = Renderer::new(&ChatTemplate { source: "{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}{% endfor %}".into(), bos: String::new(), eos: String::new() }).unwrap();
+        assert!(endless.render(&[], false).is_err(), "a template that would run 10^10 steps is stopped");
     }
 }
