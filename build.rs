@@ -13,6 +13,9 @@ fn main() {
         return;
     }
     println!("cargo:rerun-if-changed=src/run/kit/native.cpp");
+    println!("cargo:rerun-if-changed=src/run/kit/dist.cpp");
+    println!("cargo:rerun-if-changed=src/run/kit/shim.h");
+    println!("cargo:rerun-if-changed=src/run/kit/c10d");
     // torch's directory and the C++ ABI its libraries were built with (the shim must match it).
     let out = Command::new("python")
         .args(["-c", "import torch, os; print(os.path.dirname(torch.__file__)); print(int(torch._C._GLIBCXX_USE_CXX11_ABI))"])
@@ -39,14 +42,17 @@ fn main() {
     }
 }
 
-/// The shim, compiled as torch-sys compiles its own wrapper: C++17, torch's include folders, the
+/// The shim (native.cpp, and dist.cpp over c10d), compiled as torch-sys compiles its own wrapper: C++17, torch's include folders, the
 /// ABI flag torch reports. Its symbols resolve against the libtorch the binary links anyway.
 fn shim(root: &str, abi: &str) {
     cc::Build::new()
         .cpp(true)
         .file("src/run/kit/native.cpp")
+        .file("src/run/kit/dist.cpp")
         .include(format!("{root}/include"))
         .include(format!("{root}/include/torch/csrc/api/include"))
+        // gloo's names for c10d's ProcessGroupGloo.hpp, which the wheel ships without them.
+        .include("src/run/kit/c10d")
         .flag("-std=c++17")
         .flag(format!("-D_GLIBCXX_USE_CXX11_ABI={abi}"))
         .flag_if_supported("-Wno-unused-parameter")

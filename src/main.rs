@@ -134,6 +134,10 @@ enum Command {
         /// stage's directory; open it in Perfetto or chrome://tracing.
         #[arg(long, value_name = "A..B", value_parser = step_range)]
         profile: Option<(u64, u64)>,
+        /// Run as N processes on this machine, one per device, under torchrun (data parallel:
+        /// each takes its share of every batch). For several machines, start torchrun yourself.
+        #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=1024))]
+        nproc: Option<u16>,
     },
     /// Compute-optimal parameters, tokens, FLOPs and predicted loss for a budget.
     Budget {
@@ -256,7 +260,14 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let _ = cli::ALLOWED_PATHS.set(cli.allow_path.clone());
     let _ = cli::OVERRIDES.set(cli.set.clone());
-    roux::logging::init(cli.quiet, cli.log_format == LogFormat::Json, cli.verbose);
+    if let Command::Run { nproc: Some(n), file, .. } = &cli.command {
+        if *n > 1 {
+            return ExitCode::from(cli::launch::exec_under_torchrun(file, *n));
+        }
+    }
+    // In a torchrun job rank 0 speaks for the run; the others print warnings and errors only.
+    let follower = std::env::var("RANK").ok().and_then(|r| r.parse::<u64>().ok()).is_some_and(|r| r > 0);
+    roux::logging::init(cli.quiet || follower, cli.log_format == LogFormat::Json, cli.verbose);
     #[cfg(feature = "torch")]
     if matches!(cli.command, Command::Run { .. } | Command::Bench { .. }) {
         roux::run::exec_compact_malloc();
@@ -270,7 +281,7 @@ fn main() -> ExitCode {
         }
         Command::Plan { file, json } => cli::plan::run(&file, json),
         Command::Graph { file, format } => cli::plan::graph(&file, format),
-        Command::Run { file, out, stage, fresh, force, no_tensorboard, profile } => cli::exec::run(&file, &out, &stage, fresh, force, !no_tensorboard, profile),
+        Command::Run { file, out, stage, fresh, force, no_tensorboard, profile, nproc: _ } => cli::exec::run(&file, &out, &stage, fresh, force, !no_tensorboard, profile),
         Command::Budget { flops, params, tokens, law, json } => cli::scaling::budget(flops, params, tokens, &law, json),
         Command::Fit { points, json, bootstrap, out } => cli::scaling::fit(&points, json, bootstrap, out.as_deref()),
         Command::Bench { which, config, reps, steps, recipe } => cli::exec::bench(&which, &config, reps, steps, recipe.as_deref()),

@@ -63,6 +63,7 @@ impl<'a> Checker<'a> {
             keep: 2,
             keep_best: false,
             patience: None,
+            accumulate: 1,
         };
         let mut points = vec![];
         for c in &budgets {

@@ -3,6 +3,7 @@
 pub mod check;
 pub mod exec;
 pub mod fmt;
+pub mod launch;
 pub mod plan;
 pub mod scaling;
 

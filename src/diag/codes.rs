@@ -70,6 +70,7 @@ codes! {
     E0226 = "E0226": "kv_heads does not divide heads",
     E0227 = "E0227": "a GRPO batch its group size does not divide",
     E0228 = "E0228": "the longest prompt and `max_new` beyond the model's context",
+    E0229 = "E0229": "a batch that `accumulate` (times the number of processes) does not divide",
     E0230 = "E0230": "an option of another router",
     E0231 = "E0231": "MoE placement past the last block",
     E0232 = "E0232": "k (or expert-choice capacity) beyond the number of experts",

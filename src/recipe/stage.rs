@@ -78,6 +78,10 @@ pub struct TrainSpec {
     /// Stop once this many evaluations in a row bring no better validation loss.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub patience: Option<u64>,
+    /// Micro-batches per optimizer step on each process (`accumulate = k`): `batch` stays the
+    /// global batch of one step, split over the processes and then into k parts.
+    #[serde(default = "one", skip_serializing_if = "is_one")]
+    pub accumulate: usize,
 }
 
 // Defaults left out of the serialized spec, so adding them changed no stage's content hash.
@@ -89,9 +93,31 @@ fn is_two(n: &usize) -> bool {
     *n == 2
 }
 
+fn one() -> usize {
+    1
+}
+
+fn is_one(n: &usize) -> bool {
+    *n == 1
+}
+
 impl TrainSpec {
     pub fn tokens_per_step(&self) -> u64 {
         (self.batch * self.context) as u64
+    }
+
+    /// The rows of one micro-batch when `processes` share each step's batch, each in
+    /// `accumulate` parts; an error naming the three numbers when they do not divide it.
+    pub fn micro_batch(&self, stage: &str, processes: usize) -> Result<usize, String> {
+        let parts = processes * self.accumulate;
+        if parts == 0 || self.batch % parts != 0 {
+            return Err(format!(
+                "stage `{stage}`: its batch of {} does not split over {processes} processes × `accumulate = {}` micro-batches \
+                 ({parts} equal parts); pick a batch that is a multiple of {parts}, or another number of processes",
+                self.batch, self.accumulate
+            ));
+        }
+        Ok(self.batch / parts)
     }
 }
 

@@ -38,6 +38,7 @@ pub fn run_recipe(recipe: &Recipe, source: &str, out: &Path, only: &[String], op
     // Names become directories: each must be one plain path component (check says so too).
     let runs = kit::lifecycle::stage_dir(out, &recipe.experiment)?;
     let plan = crate::plan::plan(recipe);
+    let world = kit::dist::World::from_env()?;
     for stage in graph.order() {
         if !only.is_empty() && !only.contains(&stage.name) {
             continue;
@@ -47,7 +48,7 @@ pub fn run_recipe(recipe: &Recipe, source: &str, out: &Path, only: &[String], op
             StageKind::Train(_) | StageKind::Isoflop(_) => 0,
             _ => plan.stages.iter().find(|s| s.name == stage.name).map_or(0, |s| s.memory_bytes),
         };
-        let ctx = StageCtx { recipe, source, stage, runs: runs.clone(), dir, label: stage.name.clone(), opts: *opts, train: stages::train::run_model, memory };
+        let ctx = StageCtx { recipe, source, stage, runs: runs.clone(), dir, label: stage.name.clone(), opts: *opts, train: stages::train::run_model, memory, world: &world };
         match &stage.kind {
             StageKind::Train(t) => stages::train::run(&ctx, t)?,
             StageKind::Isoflop(iso) => stages::isoflop::run(&ctx, iso)?,

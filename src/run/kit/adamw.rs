@@ -195,6 +195,31 @@ impl Optimizer {
         }
     }
 
+    /// The gradients summed over the run's processes and divided by their number (one
+    /// all-reduce of the flat buffer: a single bucket), after backward.
+    pub fn all_reduce_grads(&mut self, world: &super::dist::World) -> anyhow::Result<()> {
+        self.gather();
+        if world.size > 1 {
+            world.all_reduce(&self.flat.g, super::dist::Reduce::Sum)?;
+            tch::no_grad(|| {
+                let _ = self.flat.g.g_div_scalar_(world.size as f64);
+            });
+        }
+        Ok(())
+    }
+
+    /// The leader's weights and moments on every process (after a start or resume, so that
+    /// every process trains the same model whatever it initialised or read).
+    pub fn broadcast_state(&mut self, world: &super::dist::World) -> anyhow::Result<()> {
+        if world.size > 1 {
+            for t in [&self.flat.p, &self.flat.m, &self.flat.v] {
+                world.broadcast(t, 0)?;
+            }
+            self.refresh_shadow();
+        }
+        Ok(())
+    }
+
     /// Copy the weights into the shadow (after an update, or weights restored from a checkpoint).
     pub fn refresh_shadow(&mut self) {
         if let Some(s) = &self.shadow {

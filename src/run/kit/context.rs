@@ -40,12 +40,14 @@ pub struct StageCtx<'a> {
     /// The plan's peak memory for this stage, checked against the machine before a post-training
     /// stage allocates (0: the stage checks each model it trains itself, as `train` does).
     pub memory: u64,
+    /// The processes of this run (one unless torchrun started several); rank 0 leads.
+    pub world: &'a super::dist::World,
 }
 
 impl StageCtx<'_> {
     /// The same stage, running a part of itself (a sweep point) in `dir` under `label`.
     pub fn sub(&self, label: String, dir: PathBuf) -> StageCtx<'_> {
-        StageCtx { recipe: self.recipe, source: self.source, stage: self.stage, runs: self.runs.clone(), dir, label, opts: self.opts, train: self.train, memory: self.memory }
+        StageCtx { recipe: self.recipe, source: self.source, stage: self.stage, runs: self.runs.clone(), dir, label, opts: self.opts, train: self.train, memory: self.memory, world: self.world }
     }
 
     /// Where another stage of this experiment keeps its outputs.

@@ -20,14 +20,20 @@ use super::adamw::Optimizer;
 use super::checkpoint::{self, State};
 use super::context::StageCtx;
 use super::files::{write_atomic, write_tensors_atomic};
+use super::changes::changes_since;
+use super::lock::Lock;
 use super::progress::{Metrics, Progress};
+pub use super::lock::lock;
 use crate::recipe::StageKind;
 use crate::rng::Rng;
 
 /// A stage's run directory while it runs.
 pub struct RunDir {
-    /// Held until the run ends: no second `roux run` writes this directory meanwhile.
-    _lock: Lock,
+    /// Held until the run ends: no second `roux run` writes this directory meanwhile (by the
+    /// leading process; the others of a multi-process run write nothing).
+    _lock: Option<Lock>,
+    /// Whether this process writes the directory (rank 0, or the only process).
+    pub leads: bool,
     pub label: String,
     pub dir: PathBuf,
     pub hash: String,
@@ -44,7 +50,43 @@ pub struct RunDir {
 
 /// Ready `ctx.dir` for a run of `steps` steps whose output has content hash `hash` and whose
 /// definition resolved to `resolved`; None when a finished run of the same hash is reused.
+/// In a run of several processes the leader decides and readies the directory, then tells the
+/// others, which read the checkpoint it chose and write nothing.
 pub fn begin(ctx: &StageCtx, hash: String, resolved: &Value, steps: u64) -> Result<Option<RunDir>> {
+    let world = ctx.world;
+    if world.leads() {
+        let run = lead(ctx, hash, resolved, steps);
+        if world.size > 1 {
+            world.from_leader(match &run { Ok(Some(_)) => GO, Ok(None) => UP_TO_DATE, Err(_) => FAILED })?;
+        }
+        return run;
+    }
+    match world.from_leader(0)? {
+        GO => {}
+        UP_TO_DATE => return Ok(None),
+        _ => bail!("{}: rank 0 could not start the stage (its messages say why)", ctx.label),
+    }
+    Ok(Some(RunDir {
+        _lock: None,
+        leads: false,
+        label: ctx.label.clone(),
+        dir: ctx.dir.clone(),
+        hash,
+        resume: checkpoint::read_state(&ctx.dir)?,
+        upstream: vec![],
+        metrics: Metrics::discard(),
+        progress: Progress::silent(&ctx.label, steps),
+        keep: 2,
+    }))
+}
+
+/// What the leader tells the other processes after `begin`.
+const GO: i64 = 1;
+const UP_TO_DATE: i64 = 0;
+const FAILED: i64 = 2;
+
+/// `begin` in the process that owns the directory.
+fn lead(ctx: &StageCtx, hash: String, resolved: &Value, steps: u64) -> Result<Option<RunDir>> {
     let (label, dir) = (&ctx.label, &ctx.dir);
     let lock = lock(dir)?;
     // What a killed run was writing when it died (checkpoints of steps it will not reach again;
@@ -112,7 +154,8 @@ pub fn begin(ctx: &StageCtx, hash: String, resolved: &Value, steps: u64) -> Resu
     write_atomic(&dir.join("resolved.json"), serde_json::to_string_pretty(resolved)?.as_bytes())?;
     let step0 = resume.as_ref().map(|s| s.step);
     Ok(Some(RunDir {
-        _lock: lock,
+        _lock: Some(lock),
+        leads: true,
         label: label.clone(),
         dir: dir.clone(),
         hash,
@@ -160,7 +203,9 @@ impl RunDir {
         for older in checkpoint::older_states(&self.dir, newest.step).into_iter().filter(|o| o.recipe_hash == newest.recipe_hash) {
             if checkpoint::load(&self.dir, &older, names, params, opt).is_ok() {
                 tracing::warn!("{}: the newest checkpoint cannot be used ({err:#}); resuming from the older one, step {}", self.label, older.step);
-                self.metrics = Metrics::open(&self.dir, Some(older.step), self.metrics.tensorboard())?;
+                if self.leads {
+                    self.metrics = Metrics::open(&self.dir, Some(older.step), self.metrics.tensorboard())?;
+                }
                 self.progress = Progress::new(&self.label, older.step, self.progress.total());
                 let back = (older.step, older.data_rng, older.extra.clone());
                 self.resume = Some(older);
@@ -172,6 +217,9 @@ impl RunDir {
 
     /// Checkpoint after `state.step` steps; the hash and file name are filled in here.
     pub fn save(&self, names: &[String], params: &[Tensor], opt: &Optimizer, state: State) -> Result<()> {
+        if !self.leads {
+            return Ok(());
+        }
         let state = State { recipe_hash: self.hash.clone(), file: format!("ckpt-{}.safetensors", state.step), adam_t: opt.t, ..state };
         checkpoint::save(&self.dir, names, params, opt, &state, self.keep)
     }
@@ -189,6 +237,9 @@ impl RunDir {
     /// Write the outputs (refusing non-finite weights), then report.json with the stage's name,
     /// hash and inputs (which marks the run finished), then the plots.
     pub fn finish(self, outputs: &[(&str, Vec<(String, Tensor)>)], mut report: Value, title: &str) -> Result<()> {
+        if !self.leads {
+            return Ok(());
+        }
         let mut written = serde_json::Map::new();
         for (file, tensors) in outputs {
             if let Some((name, _)) = tensors.iter().find(|(_, t)| !bool::try_from(t.isfinite().all()).unwrap_or(false)) {
@@ -220,38 +271,6 @@ impl RunDir {
             tracing::warn!("{}: could not draw plots: {e}", self.label);
         }
         Ok(())
-    }
-}
-
-/// An exclusive lock on a run directory: `.<stage>.lock` beside it (the directory itself is
-/// renamed aside and recreated, its neighbour file stays). The operating system releases it when
-/// the process ends, however it ends, so a killed run leaves no stale lock.
-pub struct Lock {
-    _file: std::fs::File,
-}
-
-/// Lock `dir` for this process, or refuse, naming the process that holds it.
-pub fn lock(dir: &Path) -> Result<Lock> {
-    use std::io::{Read, Seek, Write};
-    let parent = dir.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
-    std::fs::create_dir_all(parent).with_context(|| format!("creating {}", parent.display()))?;
-    let path = parent.join(format!(".{}.lock", dir.file_name().unwrap_or_default().to_string_lossy()));
-    let mut file = std::fs::OpenOptions::new().read(true).write(true).create(true).truncate(false).open(&path).with_context(|| format!("opening {}", path.display()))?;
-    match file.try_lock() {
-        Ok(()) => {
-            file.set_len(0).and_then(|_| file.rewind()).and_then(|_| write!(file, "{}", std::process::id())).with_context(|| format!("writing {}", path.display()))?;
-            Ok(Lock { _file: file })
-        }
-        Err(std::fs::TryLockError::WouldBlock) => {
-            let mut pid = String::new();
-            let _ = file.read_to_string(&mut pid);
-            bail!(
-                "{} is being written by another `roux run` (process {}); wait for it to finish or stop it, or use another `--out`",
-                dir.display(),
-                if pid.trim().is_empty() { "unknown".to_string() } else { pid.trim().to_string() }
-            )
-        }
-        Err(std::fs::TryLockError::Error(e)) => Err(e).with_context(|| format!("locking {}", path.display())),
     }
 }
 
@@ -362,32 +381,4 @@ fn safetensors_header(path: &Path) -> Option<Value> {
     let mut header = vec![0u8; n as usize];
     f.read_exact(&mut header).ok()?;
     serde_json::from_slice(&header).ok()
-}
-
-/// What changed between the definition a run directory holds and `now`, as `path: old → new`.
-fn changes_since(dir: &Path, now: &Value) -> Vec<String> {
-    let before: Value = super::files::read_capped(&dir.join("resolved.json"), 64 << 20).ok().and_then(|t| serde_json::from_str(&t).ok()).unwrap_or_default();
-    let mut changes = vec![];
-    diff("", &before, now, &mut changes);
-    if changes.is_empty() {
-        changes.push("an upstream stage's output".into());
-    }
-    changes
-}
-
-/// The leaves that differ between two JSON values, as `path: old → new`.
-fn diff(path: &str, a: &Value, b: &Value, out: &mut Vec<String>) {
-    match (a, b) {
-        (Value::Object(x), Value::Object(y)) => {
-            let mut keys: Vec<&String> = x.keys().chain(y.keys()).collect();
-            keys.sort();
-            keys.dedup();
-            for k in keys {
-                let p = if path.is_empty() { k.clone() } else { format!("{path}.{k}") };
-                diff(&p, x.get(k).unwrap_or(&Value::Null), y.get(k).unwrap_or(&Value::Null), out);
-            }
-        }
-        _ if a != b => out.push(format!("{path}: {a} → {b}")),
-        _ => {}
-    }
 }

@@ -5,6 +5,8 @@
 //! |----------------|----------------------------------------------------------------------|
 //! | `context.rs`   | `StageCtx` (what the runner hands a stage) and `RunOptions`          |
 //! | `lifecycle.rs` | the one run-directory lifecycle: reuse, resume, `--fresh`, finish    |
+//! | `changes.rs`   | what changed in a stage's definition since its run                   |
+//! | `lock.rs`      | one lock per run directory                                           |
 //! | `hash.rs`      | what each stage kind's output depends on, as a content hash          |
 //! | `files.rs`     | atomic writes, capped reads, the stable hash function                |
 //! | `checkpoint.rs`| named tensors and AdamW moments, the run state, resume              |
@@ -25,21 +27,25 @@
 //! | `deferred.rs`  | per-step loss and non-finite steps kept on the device between logs  |
 //! | `profile.rs`   | `--profile A..B`: a Chrome trace of some training steps             |
 //! | `native.rs`    | the C++ shim (`native.cpp`): fused AdamW kernel, the Kineto profiler |
+//! | `dist.rs`      | the run's processes (torchrun) and c10d's collectives (`dist.cpp`)   |
 
 pub mod adamw;
 pub mod alloc;
 pub mod artifacts;
+pub mod changes;
 pub mod checkpoint;
 pub mod codec;
 pub mod context;
 pub mod data;
 pub mod deferred;
 pub mod device;
+pub mod dist;
 pub mod files;
 pub mod hash;
 pub mod health;
 pub mod hf;
 pub mod lifecycle;
+pub mod lock;
 pub mod native;
 pub mod profile;
 pub mod losses;

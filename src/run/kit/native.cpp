@@ -2,38 +2,17 @@
 // the Kineto profiler. Built by build.rs against the headers of the torch roux links (C++17, the
 // same C++ ABI flag). Each function catches every C++ exception and returns its message (freed
 // with roux_free_message), so no exception crosses into Rust.
+#include "shim.h"
+
 #include <ATen/ATen.h>
 #include <torch/csrc/autograd/profiler_kineto.h>
 
 #include <cstdlib>
-#include <cstring>
-#include <exception>
 #include <optional>
 #include <set>
 #include <string>
 
-namespace {
-
-char* message(const char* what) {
-  size_t n = std::strlen(what);
-  char* out = static_cast<char*>(std::malloc(n + 1));
-  if (out != nullptr) std::memcpy(out, what, n + 1);
-  return out;
-}
-
-template <typename F>
-char* guarded(F f) {
-  try {
-    f();
-    return nullptr;
-  } catch (const std::exception& e) {
-    return message(e.what());
-  } catch (...) {
-    return message("unknown C++ exception");
-  }
-}
-
-}  // namespace
+using roux_shim::guarded;
 
 extern "C" {
 

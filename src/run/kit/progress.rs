@@ -26,7 +26,8 @@ pub struct Metric {
 }
 
 pub struct Metrics {
-    file: File,
+    /// None in a process that does not lead a multi-process run: it writes nothing.
+    file: Option<File>,
     path: std::path::PathBuf,
     /// TensorBoard's copy of every row (`tensorboard.rs`), when the run writes one.
     events: Option<super::tensorboard::EventWriter>,
@@ -65,7 +66,12 @@ impl Metrics {
         } else {
             None
         };
-        Ok(Metrics { file, path, events })
+        Ok(Metrics { file: Some(file), path, events })
+    }
+
+    /// Metrics that go nowhere (the processes of a run other than its leader).
+    pub fn discard() -> Metrics {
+        Metrics { file: None, path: Default::default(), events: None }
     }
 
     /// Whether this run writes TensorBoard events.
@@ -91,7 +97,8 @@ impl Metrics {
     }
 
     fn line(&mut self, text: &str) -> anyhow::Result<()> {
-        writeln!(self.file, "{text}").and_then(|_| self.file.flush()).map_err(|e| anyhow::anyhow!("writing {}: {e}", self.path.display()))
+        let Some(file) = self.file.as_mut() else { return Ok(()) };
+        writeln!(file, "{text}").and_then(|_| file.flush()).map_err(|e| anyhow::anyhow!("writing {}: {e}", self.path.display()))
     }
 }
 
@@ -112,6 +119,11 @@ impl Progress {
             start_step,
             quiet: crate::logging::mode().quiet || std::env::var_os("ROUX_QUIET").is_some(),
         }
+    }
+
+    /// A progress line never drawn (the processes of a run other than its leader).
+    pub fn silent(label: &str, total: u64) -> Progress {
+        Progress { quiet: true, ..Progress::new(label, 0, total) }
     }
 
     /// The steps the stage runs in all.

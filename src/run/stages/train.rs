@@ -13,6 +13,7 @@ use crate::run::kit::adamw::Optimizer;
 use crate::run::kit::checkpoint::State;
 use crate::run::kit::data::{batch, Corpus};
 use crate::run::kit::deferred::Deferred;
+use crate::run::kit::dist::{Reduce, World};
 use crate::run::kit::profile::Profiler;
 use crate::run::kit::progress::{format_secs, Metric};
 use crate::run::kit::files::write_tensors_atomic;
@@ -40,8 +41,14 @@ pub fn run_model(ctx: &StageCtx, spec: &ModelSpec, t: &TrainSpec) -> Result<()> 
     let resolved = json!({"experiment": recipe.experiment, "seed": recipe.seed, "stage": name, "model": spec, "data": data_spec, "train": t});
     let Some(mut run) = lifecycle::begin(ctx, hash, &resolved, t.steps)? else { return Ok(()) };
     let dir = run.dir.clone();
+    let world = ctx.world;
+    // Each process's rows of a global batch, in `accumulate` micro-batches of `micro` rows.
+    let micro = t.micro_batch(name, world.size).map_err(anyhow::Error::msg)?;
 
     let device = device::device(t.device)?;
+    if world.size > 1 && device != tch::Device::Cpu {
+        bail!("{name}: several processes on a GPU need NCCL, which roux does not drive yet; run on `device = cpu` (Gloo) or as one process");
+    }
     // Refuse a model that cannot fit before allocating it (an IsoFLOP prediction can be huge).
     let graph = crate::lower::lower_model(spec);
     let plan = plan_model(&graph, t.batch, t.context);
@@ -71,6 +78,7 @@ pub fn run_model(ctx: &StageCtx, spec: &ModelSpec, t: &TrainSpec) -> Result<()> 
     let params: Vec<Tensor> = model.params.iter().map(|p| p.shallow_clone()).collect();
     run.keep = t.keep;
     let (step0, mut rng, extra) = run.restore(&model.names, &params, &mut opt, Rng(recipe.seed ^ 0x5EED_DA7A))?;
+    opt.broadcast_state(world)?;
     // bf16: the weights cast once per step into one flat buffer (`ROUX_SHADOW=0` casts each at
     // its use, for comparison); after the restore, which wrote the float32 weights.
     if model.compute == tch::Kind::BFloat16 && std::env::var("ROUX_SHADOW").map_or(true, |v| v != "0") {
@@ -107,13 +115,13 @@ pub fn run_model(ctx: &StageCtx, spec: &ModelSpec, t: &TrainSpec) -> Result<()> 
         // so a resumed run draws exactly what an uninterrupted one would.
         tch::manual_seed((recipe.seed ^ step.wrapping_mul(0x9E37_79B9)) as i64);
         let lr = lr_at(&t.schedule, t.optimizer.lr, step, t.steps);
+        // Every process draws the whole global batch (the same sampler state) and keeps its rows.
         let (x, y) = batch(&corpus.train, t.batch, t.context, &mut rng, device);
         if let Some(p) = profiler.as_mut() {
             p.at_step_start(step + 1)?;
         }
         opt.zero_grad();
-        let (loss, ce, moe_stats) = model.loss_parts(&x, &y, true);
-        loss.backward();
+        let (loss, ce, moe_stats) = forward_backward(&model, &mut opt, &world.shard(&x), &world.shard(&y), micro, world)?;
         let done = step + 1;
         let ckpt_every = if t.checkpoint_every > 0 { t.checkpoint_every } else { t.eval_every };
         let eval_now = done % t.eval_every == 0 || done == t.steps;
@@ -169,7 +177,7 @@ pub fn run_model(ctx: &StageCtx, spec: &ModelSpec, t: &TrainSpec) -> Result<()> 
             if best_val.is_none_or(|b: f64| v < b) {
                 since_best = 0;
                 best_step = Some(done);
-                if t.keep_best {
+                if t.keep_best && run.leads {
                     write_tensors_atomic(&dir.join(BEST), &model.named())?;
                 }
             } else {
@@ -214,6 +222,9 @@ pub fn run_model(ctx: &StageCtx, spec: &ModelSpec, t: &TrainSpec) -> Result<()> 
     if !final_val.is_finite() {
         bail!("{name}: the validation loss of the final weights is {final_val}; not marking the stage finished (lower the learning rate or set `grad_clip`; {skipped} of its steps were skipped)");
     }
+    if !run.leads {
+        return Ok(());
+    }
     let last_val = Some(final_val);
     let best_val = Some(best_val.map_or(final_val, |b: f64| b.min(final_val)));
     let trained_tokens = (stopped.unwrap_or(t.steps) - step0) * t.tokens_per_step();
@@ -251,6 +262,32 @@ pub fn run_model(ctx: &StageCtx, spec: &ModelSpec, t: &TrainSpec) -> Result<()> 
         dir.display()
     );
     Ok(())
+}
+
+/// Forward and backward over this process's rows `x`, `y` in micro-batches of `micro` rows, the
+/// gradients averaged over the micro-batches and then over the processes: the gradient of the
+/// mean loss over the global batch, as one process taking it whole computes it. Returns the
+/// loss and cross-entropy over the global batch (detached) and the last micro-batch's MoE
+/// statistics (a router sees one micro-batch at a time, so its capacity and aux losses do too).
+fn forward_backward(model: &Model, opt: &mut Optimizer, x: &Tensor, y: &Tensor, micro: usize, world: &World) -> Result<(Tensor, Tensor, Vec<MoeStats>)> {
+    let k = x.size()[0] / micro as i64;
+    if k == 1 && world.size == 1 {
+        let (loss, ce, stats) = model.loss_parts(x, y, true);
+        loss.backward();
+        return Ok((loss, ce, stats));
+    }
+    let (mut both, mut last) = (Tensor::zeros([2], (tch::Kind::Double, x.device())), vec![]);
+    for i in 0..k {
+        let (xm, ym) = (x.narrow(0, i * micro as i64, micro as i64), y.narrow(0, i * micro as i64, micro as i64));
+        let (loss, ce, stats) = model.loss_parts(&xm, &ym, true);
+        if k == 1 { loss.backward() } else { (&loss / k as f64).backward() }
+        both += Tensor::stack(&[loss.detach(), ce.detach()], 0).to_kind(tch::Kind::Double) / k as f64;
+        last = stats;
+    }
+    opt.all_reduce_grads(world)?;
+    world.all_reduce(&both, Reduce::Sum)?;
+    let both = (both / world.size as f64).to_kind(tch::Kind::Float);
+    Ok((both.get(0), both.get(1), last))
 }
 
 /// Why a stage stopped at a non-finite step, and what to change.

@@ -1,0 +1,3 @@
+// Declared for ProcessGroupGloo.hpp only; see ../README.md.
+#pragma once
+#include "gloo/context.h"

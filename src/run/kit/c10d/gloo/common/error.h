@@ -1,0 +1,2 @@
+// Declared for ProcessGroupGloo.hpp only; see ../../README.md.
+#pragma once

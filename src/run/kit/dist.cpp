@@ -1,0 +1,117 @@
+// libtorch's c10d for roux: a TCPStore rendezvous and a Gloo process group (CPU tensors; NCCL for CUDA is
+// not driven yet), and the collectives a stage needs on tch tensors. No collective
+// is written here: each call hands the tensors to the process group and waits for its Work.
+// Built by build.rs beside native.cpp; gloo's declarations come from ./c10d (see its README).
+#include "shim.h"
+
+#define USE_C10D_GLOO
+#include <torch/csrc/distributed/c10d/PrefixStore.hpp>
+#include <torch/csrc/distributed/c10d/ProcessGroupGloo.hpp>
+#include <torch/csrc/distributed/c10d/TCPStore.hpp>
+
+#include <chrono>
+#include <string>
+#include <vector>
+
+namespace {
+
+using roux_shim::guarded;
+
+struct Group {
+  c10::intrusive_ptr<c10d::Store> store;
+  c10::intrusive_ptr<c10d::Backend> backend;
+};
+
+Group* as_group(void* g) { return static_cast<Group*>(g); }
+
+void finish(const c10::intrusive_ptr<c10d::Work>& work) { work->wait(); }
+
+c10d::ReduceOp reduce_op(int op) {
+  switch (op) {
+    case 1: return c10d::ReduceOp::MAX;
+    case 2: return c10d::ReduceOp::MIN;
+    default: return c10d::ReduceOp::SUM;
+  }
+}
+
+}  // namespace
+
+extern "C" {
+
+// Join the group of `world` processes as `rank`: a TCPStore at host:port (rank 0 serves it unless
+// `agent_store`, torchrun's own store, which every rank joins as a client under `prefix`), then a
+// Gloo process group over it with `timeout_ms` on every collective.
+char* roux_dist_init(const char* host, int port, int rank, int world, int agent_store, const char* prefix,
+                     int64_t timeout_ms, void** out) {
+  return guarded([&] {
+    auto timeout = std::chrono::milliseconds(timeout_ms);
+    c10d::TCPStoreOptions opts;
+    opts.port = static_cast<std::uint16_t>(port);
+    opts.isServer = !agent_store && rank == 0;
+    opts.numWorkers = world;
+    opts.waitWorkers = false;
+    opts.timeout = timeout;
+    c10::intrusive_ptr<c10d::Store> store = c10::make_intrusive<c10d::TCPStore>(std::string(host), opts);
+    store = c10::make_intrusive<c10d::PrefixStore>(std::string(prefix), store);
+    auto options = c10d::ProcessGroupGloo::Options::create(timeout);
+    options->devices.push_back(c10d::ProcessGroupGloo::createDefaultDevice());
+    auto backend = c10::make_intrusive<c10d::ProcessGroupGloo>(store, rank, world, options);
+    *out = new Group{store, backend};
+  });
+}
+
+void roux_dist_free(void* g) { delete as_group(g); }
+
+// In place: every rank's `t` becomes the reduction (0 sum, 1 max, 2 min) of all ranks' `t`.
+char* roux_dist_all_reduce(void* g, at::Tensor* t, int op) {
+  return guarded([&] {
+    std::vector<at::Tensor> ts{*t};
+    c10d::AllreduceOptions opts;
+    opts.reduceOp = reduce_op(op);
+    finish(as_group(g)->backend->allreduce(ts, opts));
+  });
+}
+
+// In place: every rank's `t` becomes rank `root`'s.
+char* roux_dist_broadcast(void* g, at::Tensor* t, int root) {
+  return guarded([&] {
+    std::vector<at::Tensor> ts{*t};
+    c10d::BroadcastOptions opts;
+    opts.rootRank = root;
+    finish(as_group(g)->backend->broadcast(ts, opts));
+  });
+}
+
+// `out` (world × n elements, contiguous) becomes every rank's `in` (n elements), in rank order.
+char* roux_dist_all_gather(void* g, at::Tensor* out, at::Tensor* in) {
+  return guarded([&] { finish(as_group(g)->backend->_allgather_base(*out, *in)); });
+}
+
+// `out` (n elements) becomes the sum over ranks of this rank's n-element slice of `in` (world × n).
+char* roux_dist_reduce_scatter(void* g, at::Tensor* out, at::Tensor* in) {
+  return guarded([&] {
+    c10d::ReduceScatterOptions opts;
+    opts.reduceOp = c10d::ReduceOp::SUM;
+    finish(as_group(g)->backend->_reduce_scatter_base(*out, *in, opts));
+  });
+}
+
+// Rows of `in` go to ranks in order, `send[r]` rows to rank r; `out` receives `recv[r]` rows from
+// each rank r, in rank order. Counts are rows of the first dimension.
+char* roux_dist_all_to_all(void* g, at::Tensor* out, at::Tensor* in, const int64_t* send, const int64_t* recv, int world) {
+  return guarded([&] {
+    std::vector<int64_t> s(send, send + world), r(recv, recv + world);
+    finish(as_group(g)->backend->alltoall_base(*out, *in, r, s));
+  });
+}
+
+char* roux_dist_barrier(void* g) {
+  return guarded([&] { finish(as_group(g)->backend->barrier()); });
+}
+
+// The store's counter `key` advanced by `by` (for agreeing on numbers other than tensors).
+char* roux_dist_store_add(void* g, const char* key, int64_t by, int64_t* out) {
+  return guarded([&] { *out = as_group(g)->store->add(std::string(key), by); });
+}
+
+}  // extern "C"
