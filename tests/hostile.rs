@@ -309,6 +309,38 @@ fn hostile_cases(dir: &Path) -> Vec<(String, Vec<String>)> {
     cases
 }
 
+/// Run roux on one hostile input: it must exit 1 or 2 with an error message, no panic, within
+/// the hang guard. Returns how long it took.
+fn refuses(what: &str, args: &[String]) -> Duration {
+    let t0 = Instant::now();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_roux")).args(args).env("ROUX_QUIET", "1").stdout(Stdio::null()).stderr(Stdio::piped()).spawn().unwrap();
+    // Drain stderr while waiting, so a long message cannot block the child on a full pipe.
+    let mut pipe = child.stderr.take().unwrap();
+    let reader = std::thread::spawn(move || {
+        let mut err = String::new();
+        let _ = std::io::Read::read_to_string(&mut pipe, &mut err);
+        err
+    });
+    // A hang guard, not a speed assertion: anything past 60 s is stuck (four run at once, on a
+    // machine that may be loaded).
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        if t0.elapsed() > Duration::from_secs(60) {
+            let _ = child.kill();
+            panic!("{what}: hangs");
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    };
+    let elapsed = t0.elapsed();
+    let err = reader.join().unwrap();
+    assert!(matches!(status.code(), Some(1) | Some(2)), "{what}: exit {:?}\n{err}", status.code());
+    assert!(!err.contains("panicked") && !err.contains("RUST_BACKTRACE"), "{what}: panicked\n{err}");
+    assert!(err.contains("error"), "{what}: no error message\n{err}");
+    elapsed
+}
+
 #[test]
 fn hostile_inputs_give_errors_not_panics_or_hangs() {
     let dir = scratch("hostile");
@@ -320,34 +352,23 @@ fn hostile_inputs_give_errors_not_panics_or_hangs() {
         cases.push((b.display().to_string(), vec!["check".into(), b.to_str().unwrap().into()]));
     }
     assert!(cases.len() >= 60, "{} hostile inputs", cases.len());
-    let mut slowest = (Duration::ZERO, String::new());
-    for (what, args) in &cases {
-        let t0 = Instant::now();
-        let mut child = Command::new(env!("CARGO_BIN_EXE_roux")).args(args).env("ROUX_QUIET", "1").stdout(Stdio::null()).stderr(Stdio::piped()).spawn().unwrap();
-        // Drain stderr while waiting, so a long message cannot block the child on a full pipe.
-        let mut pipe = child.stderr.take().unwrap();
-        let reader = std::thread::spawn(move || {
-            let mut err = String::new();
-            let _ = std::io::Read::read_to_string(&mut pipe, &mut err);
-            err
-        });
-        // A hang guard, not a speed assertion: anything past 20 s is stuck.
-        let status = loop {
-            if let Some(s) = child.try_wait().unwrap() {
-                break s;
-            }
-            assert!(t0.elapsed() < Duration::from_secs(20), "{what}: hangs");
-            std::thread::sleep(Duration::from_millis(2));
-        };
-        let elapsed = t0.elapsed();
-        let err = reader.join().unwrap();
-        assert!(matches!(status.code(), Some(1) | Some(2)), "{what}: exit {:?}\n{err}", status.code());
-        assert!(!err.contains("panicked") && !err.contains("RUST_BACKTRACE"), "{what}: panicked\n{err}");
-        assert!(err.contains("error"), "{what}: no error message\n{err}");
-        if elapsed > slowest.0 {
-            slowest = (elapsed, what.clone());
+    // Four at a time: each case is a fresh process, and most of its time is libtorch loading.
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let slowest = std::sync::Mutex::new((Duration::ZERO, String::new()));
+    std::thread::scope(|scope| {
+        for _ in 0..4 {
+            scope.spawn(|| loop {
+                let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                let Some((what, args)) = cases.get(i) else { break };
+                let elapsed = refuses(what, args);
+                let mut s = slowest.lock().unwrap();
+                if elapsed > s.0 {
+                    *s = (elapsed, what.clone());
+                }
+            });
         }
-    }
+    });
+    let slowest = slowest.into_inner().unwrap();
     eprintln!("{} hostile inputs; slowest {:?} ({})", cases.len(), slowest.0, slowest.1);
 }
 
