@@ -73,3 +73,71 @@ fn a_batch_that_does_not_split_over_the_processes_is_refused_naming_the_numbers(
     assert!(err.contains("error[E0229]: `accumulate = 5` does not divide the batch of 16"), "{err}");
     assert!(err.contains("each optimizer step splits its batch into 5 equal micro-batches; pick a batch that is a multiple of 5"), "{err}");
 }
+
+/// The processes whose parent is `pid` (from /proc).
+fn children(pid: u32) -> Vec<u32> {
+    let mut out = vec![];
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(child) = e.file_name().to_string_lossy().parse::<u32>() else { continue };
+        // `pid (comm) state ppid …`: the fields after the last ')'.
+        let Ok(stat) = std::fs::read_to_string(e.path().join("stat")) else { continue };
+        let ppid = stat.rsplit_once(')').and_then(|(_, rest)| rest.split_whitespace().nth(1)).and_then(|p| p.parse::<u32>().ok());
+        if ppid == Some(pid) {
+            out.push(child);
+        }
+    }
+    out
+}
+
+/// SIGKILL one of two processes mid-run: torchrun stops the job, and `roux run` again resumes
+/// from the last checkpoint to the weights of an uninterrupted run, on two processes (the same
+/// numbers bit for bit) or on one (the checkpoint holds the whole state, so nothing is resharded).
+#[test]
+fn a_killed_rank_stops_the_job_and_the_run_resumes_on_two_processes_or_one() {
+    let out = scratch("dist-kill");
+    let every = ["--set", "pretrain.checkpoint_every=5"];
+    let whole = train(&out.join("whole"), &[&every[..], &["--nproc", "2"]].concat());
+    for (name, again) in [("two", vec!["--nproc", "2"]), ("one", vec![])] {
+        let dir = out.join(name);
+        assert!(kill_a_rank(&dir, &every), "{name}: the run finished three times before a rank could be killed");
+        assert!(!dir.join("dp/pretrain/report.json").exists());
+        let resumed = train(&dir, &[&every[..], &again[..]].concat());
+        let (loss, weights) = differences(&whole, &resumed);
+        let tol = if name == "two" { 0.0 } else { 1e-5 };
+        assert!(weights <= tol && loss <= tol, "{name}: resumed vs uninterrupted: losses differ by {loss:e}, weights by {weights:e}");
+    }
+}
+
+/// Start a two-process run into `dir` and SIGKILL rank 1 once a checkpoint past step 5 exists;
+/// true once torchrun has stopped the job unfinished (three tries, should a run finish first).
+fn kill_a_rank(dir: &Path, extra: &[&str]) -> bool {
+    use std::process::{Command, Stdio};
+    use std::time::{Duration, Instant};
+    let recipe = fixture("tiny-dp.roux");
+    for _ in 0..3 {
+        let _ = std::fs::remove_dir_all(dir);
+        let mut job = Command::new(env!("CARGO_BIN_EXE_roux"))
+            .args(["run", recipe.to_str().unwrap(), "--out", dir.to_str().unwrap(), "--nproc", "2"])
+            .args(extra)
+            .env("ROUX_QUIET", "1")
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        // Polling: a loaded machine only waits longer.
+        let state = dir.join("dp/pretrain/state.json");
+        let t0 = Instant::now();
+        while !std::fs::read_to_string(&state).is_ok_and(|t| t.contains("\"step\": 10,")) && t0.elapsed() < Duration::from_secs(300) {
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        // torchrun's children are the two roux processes: kill one.
+        if let Some(rank1) = children(job.id()).into_iter().max() {
+            let _ = Command::new("kill").args(["-KILL", &rank1.to_string()]).status();
+        }
+        let status = job.wait().unwrap();
+        if !dir.join("dp/pretrain/report.json").exists() {
+            assert!(!status.success(), "torchrun reported success for an unfinished run");
+            return true;
+        }
+    }
+    false
+}
