@@ -514,8 +514,9 @@ fn a_damaged_output_is_not_up_to_date() {
     let bytes = std::fs::metadata(&model).unwrap().len();
     let rerun = || {
         let o = Command::new(env!("CARGO_BIN_EXE_roux")).args(["run", recipe.to_str().unwrap(), "--out", out.to_str().unwrap()]).env("ROUX_QUIET", "1").output().unwrap();
-        assert_eq!(o.status.code(), Some(0));
-        String::from_utf8_lossy(&o.stderr).to_string()
+        let err = String::from_utf8_lossy(&o.stderr).to_string();
+        assert_eq!(o.status.code(), Some(0), "{err}");
+        err
     };
     std::fs::write(&model, b"truncated").unwrap();
     let err = rerun();

@@ -64,6 +64,7 @@ impl<'a> Checker<'a> {
             keep_best: false,
             patience: None,
             accumulate: 1,
+            shard_optimizer: false,
         };
         let mut points = vec![];
         for c in &budgets {

@@ -176,6 +176,7 @@ impl<'a> Checker<'a> {
         }
         let patience = if f.field("patience").is_some() { f.int(self, "patience", None, Min::One).map(Some) } else { Some(None) };
         let accumulate = self.accumulate(&mut f, batch);
+        let shard_optimizer = f.bool(self, "shard_optimizer", false);
         let tokens_span = f.key_span("tokens");
         let sched_span = f.value_span("schedule");
         f.finish(self);
@@ -246,6 +247,7 @@ impl<'a> Checker<'a> {
                 keep_best,
                 patience: patience?,
                 accumulate: accumulate?,
+                shard_optimizer: shard_optimizer?,
             }),
         })
     }

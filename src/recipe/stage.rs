@@ -82,6 +82,9 @@ pub struct TrainSpec {
     /// global batch of one step, split over the processes and then into k parts.
     #[serde(default = "one", skip_serializing_if = "is_one")]
     pub accumulate: usize,
+    /// Each process keeps its share of the AdamW moments only (ZeRO-1; `shard_optimizer = true`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub shard_optimizer: bool,
 }
 
 // Defaults left out of the serialized spec, so adding them changed no stage's content hash.

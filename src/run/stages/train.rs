@@ -79,6 +79,9 @@ pub fn run_model(ctx: &StageCtx, spec: &ModelSpec, t: &TrainSpec) -> Result<()> 
     run.keep = t.keep;
     let (step0, mut rng, extra) = run.restore(&model.names, &params, &mut opt, Rng(recipe.seed ^ 0x5EED_DA7A))?;
     opt.broadcast_state(world)?;
+    if t.shard_optimizer {
+        opt.shard_moments(world);
+    }
     // bf16: the weights cast once per step into one flat buffer (`ROUX_SHADOW=0` casts each at
     // its use, for comparison); after the restore, which wrote the float32 weights.
     if model.compute == tch::Kind::BFloat16 && std::env::var("ROUX_SHADOW").map_or(true, |v| v != "0") {
@@ -132,6 +135,7 @@ pub fn run_model(ctx: &StageCtx, spec: &ModelSpec, t: &TrainSpec) -> Result<()> 
             let norm = opt.grad_norm_clipped(t.grad_clip);
             let found_inf = d.record(done, lr, &ce, &norm);
             opt.step_unless(lr, &found_inf)?;
+            opt.all_gather_params(world)?;
             window.3 += 1;
             window.1 += t.tokens_per_step();
             if let Some(p) = profiler.as_mut() {
@@ -160,6 +164,7 @@ pub fn run_model(ctx: &StageCtx, spec: &ModelSpec, t: &TrainSpec) -> Result<()> 
                 bail!("{}", nonfinite(name, done, loss_v, grad_norm, lr, last_ckpt, &dir));
             }
             opt.step(lr)?;
+            opt.all_gather_params(world)?;
             window.1 += t.tokens_per_step();
             window.2 += loss_v;
             window.3 += 1;
@@ -205,7 +210,10 @@ pub fn run_model(ctx: &StageCtx, spec: &ModelSpec, t: &TrainSpec) -> Result<()> 
         if done % ckpt_every == 0 || done == t.steps {
             let extra = json!({"since_best": since_best, "best_step": best_step});
             let state = State { step: done, adam_t: opt.t, data_rng: rng, recipe_hash: String::new(), file: String::new(), best_val, window_loss: (window.2, window.3), extra };
+            // Sharded moments are gathered for the leader to write, then let go.
+            opt.consolidate(world)?;
             run.save(&model.names, &params, &opt, state)?;
+            opt.release();
             last_ckpt = Some(done);
         }
         if let Some(p) = t.patience.filter(|p| since_best >= *p) {

@@ -11,6 +11,9 @@
 //! of our own (`fused_cpu`) on the CPU. `ROUX_ADAMW=ops` uses libtorch's elementwise ops instead,
 //! `ROUX_ADAMW=aten` the fused kernel on the CPU too (to compare them).
 
+mod norm;
+pub mod zero;
+
 use tch::{Kind, Tensor};
 
 /// The AdamW optimizer: its moments and step count, over flat buffers of the tensors it trains.
@@ -31,6 +34,8 @@ pub struct Optimizer {
     grad_scale: Option<Tensor>,
     /// Per parameter: its (offset, length) in the flat buffers, None for a frozen one.
     spans: Vec<Option<(i64, i64)>>,
+    /// This process's share of the moments when they are sharded (ZeRO-1, `zero.rs`).
+    zero: Option<zero::Zero>,
     /// Low-precision copies of the weights, made once per step (see `shadow`).
     shadow: Option<Shadow>,
     how: Update,
@@ -84,6 +89,13 @@ struct Flat {
     decayed: i64,
 }
 
+impl Flat {
+    fn shallow(&self) -> Flat {
+        let c = Tensor::shallow_clone;
+        Flat { p: c(&self.p), g: c(&self.g), m: c(&self.m), v: c(&self.v), scratch: c(&self.scratch), decayed: self.decayed }
+    }
+}
+
 impl Optimizer {
     /// Take over the storage of those of `params` that require grad (their values are kept); all
     /// must share one kind and device.
@@ -123,7 +135,7 @@ impl Optimizer {
                 offset += numel[i];
             }
         });
-        Optimizer { beta1: cfg.betas.0, beta2: cfg.betas.1, eps: cfg.eps, weight_decay: cfg.weight_decay, t: 0, m, v, step_t: None, grad_scale: None, spans, shadow: None, how: default_update(&flat.p), flat }
+        Optimizer { beta1: cfg.betas.0, beta2: cfg.betas.1, eps: cfg.eps, weight_decay: cfg.weight_decay, t: 0, m, v, step_t: None, grad_scale: None, spans, shadow: None, zero: None, how: default_update(&flat.p), flat }
     }
 
     /// Choose the implementation of the update (tests compare them; `OwnCpu` needs float32 CPU
@@ -195,31 +207,6 @@ impl Optimizer {
         }
     }
 
-    /// The gradients summed over the run's processes and divided by their number (one
-    /// all-reduce of the flat buffer: a single bucket), after backward.
-    pub fn all_reduce_grads(&mut self, world: &super::dist::World) -> anyhow::Result<()> {
-        self.gather();
-        if world.size > 1 {
-            world.all_reduce(&self.flat.g, super::dist::Reduce::Sum)?;
-            tch::no_grad(|| {
-                let _ = self.flat.g.g_div_scalar_(world.size as f64);
-            });
-        }
-        Ok(())
-    }
-
-    /// The leader's weights and moments on every process (after a start or resume, so that
-    /// every process trains the same model whatever it initialised or read).
-    pub fn broadcast_state(&mut self, world: &super::dist::World) -> anyhow::Result<()> {
-        if world.size > 1 {
-            for t in [&self.flat.p, &self.flat.m, &self.flat.v] {
-                world.broadcast(t, 0)?;
-            }
-            self.refresh_shadow();
-        }
-        Ok(())
-    }
-
     /// Copy the weights into the shadow (after an update, or weights restored from a checkpoint).
     pub fn refresh_shadow(&mut self) {
         if let Some(s) = &self.shadow {
@@ -230,8 +217,11 @@ impl Optimizer {
     /// The global gradient norm; with `clip`, gradients are scaled so that it is at most `clip`
     /// (a non-finite norm is left alone for the caller to report).
     pub fn clip_grad_norm(&mut self, clip: Option<f64>) -> f64 {
+        if let Some(z) = &self.zero {
+            return z.clip(clip).double_value(&[]);
+        }
         self.gather();
-        let total = self.flat.g.norm().double_value(&[]);
+        let total = norm::global(&self.flat.g).double_value(&[]);
         if let Some(c) = clip {
             self.scale_to(total, c);
         }
@@ -252,8 +242,11 @@ impl Optimizer {
     /// With the fused kernel the scaling is left to the update, which reads g / max(1, norm/clip)
     /// as it loads the gradient: one pass over the gradients fewer.
     pub fn grad_norm_clipped(&mut self, clip: Option<f64>) -> Tensor {
+        if let Some(z) = &self.zero {
+            return z.clip(clip);
+        }
         self.gather();
-        let total = self.flat.g.norm();
+        let total = norm::global(&self.flat.g);
         if let Some(c) = clip {
             tch::no_grad(|| {
                 if self.how == Update::Aten {
@@ -311,7 +304,11 @@ impl Optimizer {
             }
         }
         let grad_scale = self.grad_scale.take();
-        let f = &mut self.flat;
+        // Sharded moments: the update covers this process's share of the buffers only.
+        let f = &mut match &self.zero {
+            Some(z) => z.share(&self.flat),
+            None => self.flat.shallow(),
+        };
         if how == Update::OwnCpu {
             let decay = 1.0 - lr * self.weight_decay;
             fused_cpu(f, [self.beta1, self.beta2, decay, step, eps].map(|x| x as f32));
