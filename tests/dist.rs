@@ -50,6 +50,13 @@ fn two_gloo_processes_train_what_one_process_trains() {
     // plain data parallel to the bit: the gradient norm is computed from the same blocks.
     let zero = train(&out.join("zero"), &["--nproc", "2", "--set", "pretrain.shard_optimizer=true"]);
     assert_eq!(differences(&two, &zero), (0.0, 0.0), "ZeRO-1 vs plain data parallel");
+    let moments = |run: &str| -> u64 {
+        let r: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.join(run).join("dp/pretrain/report.json")).unwrap()).unwrap();
+        r["adam_moment_bytes_per_process"].as_u64().unwrap()
+    };
+    // Each process holds its slice (whole 4096-element blocks, so a little over half).
+    let (whole, half) = (moments("two"), moments("zero"));
+    assert!(half * 2 >= whole && half * 2 <= whole + 2 * 4 * 2 * 4096, "moments per process: {half} bytes sharded, {whole} whole");
     // Accumulating four micro-batches per process gives the same steps, on one process and on two.
     let acc1 = train(&out.join("acc1"), &["--set", "pretrain.accumulate=4"]);
     let acc2 = train(&out.join("acc2"), &["--set", "pretrain.accumulate=4", "--nproc", "2"]);

@@ -80,7 +80,7 @@ pub fn run_model(ctx: &StageCtx, spec: &ModelSpec, t: &TrainSpec) -> Result<()> 
     let (step0, mut rng, extra) = run.restore(&model.names, &params, &mut opt, Rng(recipe.seed ^ 0x5EED_DA7A))?;
     opt.broadcast_state(world)?;
     if t.shard_optimizer {
-        opt.shard_moments(world);
+        opt.shard_moments(world, &params);
     }
     // bf16: the weights cast once per step into one flat buffer (`ROUX_SHADOW=0` casts each at
     // its use, for comparison); after the restore, which wrote the float32 weights.
@@ -253,6 +253,8 @@ pub fn run_model(ctx: &StageCtx, spec: &ModelSpec, t: &TrainSpec) -> Result<()> 
         "device": crate::run::kit::device::name(device),
         "precision": t.precision,
         "resumed_from_step": resumed.map(|r| r.0),
+        "processes": world.size,
+        "adam_moment_bytes_per_process": opt.moment_bytes(),
         "stopped_early_at": stopped,
         "best_step": best_step,
     });

@@ -17,13 +17,13 @@ use crate::run::kit::dist::{Reduce, World};
 /// elements per process (a multiple of norm::BLOCK; the last padded: collectives need equal
 /// slices).
 pub struct Zero {
+    /// Elements in the flat buffers before padding.
+    n: i64,
     lo: i64,
     len: i64,
     chunk: i64,
-    /// The gradient padded to world × chunk for the reduce-scatter (its tail stays zero).
-    g_pad: Tensor,
-    /// The weights gathered from every process (world × chunk), and this one's slice to send.
-    p_pad: Tensor,
+    /// This process's slice of the weights, copied out to be all-gathered into the flat buffer
+    /// (a collective's input may not alias its output).
     p_out: Tensor,
     /// This process's averaged gradient slice, and its moments (chunk elements each).
     g: Tensor,
@@ -78,13 +78,11 @@ impl Optimizer {
             });
             return Ok(());
         };
-        let n = self.flat.g.numel() as i64;
-        tch::no_grad(|| z.g_pad.narrow(0, 0, n).copy_(&self.flat.g));
-        world.reduce_scatter(&z.g, &z.g_pad)?;
+        world.reduce_scatter(&z.g, &self.flat.g)?;
         let _ = z.g.g_div_scalar_(world.size as f64);
         // Every block's norm in its place (the others' zero), summed over the processes: each
         // then holds the whole vector and combines it as one process would (norm.rs).
-        let blocks = Tensor::zeros([norm::count(n)], (Kind::Float, z.g.device()));
+        let blocks = Tensor::zeros([norm::count(z.n)], (Kind::Float, z.g.device()));
         if z.len > 0 {
             let mine = norm::blocks(&z.g.narrow(0, 0, z.len));
             tch::no_grad(|| blocks.narrow(0, z.lo / norm::BLOCK, mine.size()[0]).copy_(&mine));
@@ -97,10 +95,8 @@ impl Optimizer {
     /// After an update with sharded moments: every process's slice of the weights to all.
     pub fn all_gather_params(&mut self, world: &World) -> Result<()> {
         let Some(z) = &self.zero else { return Ok(()) };
-        let n = self.flat.p.numel() as i64;
-        tch::no_grad(|| z.p_out.narrow(0, 0, z.len).copy_(&self.flat.p.narrow(0, z.lo, z.len)));
-        world.all_gather(&z.p_pad, &z.p_out)?;
-        tch::no_grad(|| self.flat.p.copy_(&z.p_pad.narrow(0, 0, n)));
+        tch::no_grad(|| z.p_out.shallow_clone().copy_(&self.flat.p.narrow(0, z.lo, z.chunk)));
+        world.all_gather(&self.flat.p, &z.p_out)?;
         self.refresh_shadow();
         Ok(())
     }
@@ -118,8 +114,11 @@ impl Optimizer {
     }
 
     /// Keep only this process's slice of the moments (after the start or resume filled the
-    /// whole ones): the whole buffers and their per-parameter views are let go.
-    pub fn shard_moments(&mut self, world: &World) {
+    /// whole ones, before any bf16 shadow is made): the whole buffers and their per-parameter
+    /// views are let go, and the weights and gradients `params` (those the optimizer was made
+    /// with) move into buffers padded to world × chunk, which the collectives read and write
+    /// in place.
+    pub fn shard_moments(&mut self, world: &World, params: &[Tensor]) {
         if world.size == 1 || self.zero.is_some() {
             return;
         }
@@ -144,9 +143,20 @@ impl Optimizer {
                 self.v[i] = Tensor::new();
             }
         }
-        let pad = || Tensor::zeros([w * chunk], opts);
+        let (p, g) = (Tensor::zeros([w * chunk], opts), Tensor::zeros([w * chunk], opts));
+        tch::no_grad(|| {
+            let _ = p.narrow(0, 0, n).copy_(&self.flat.p);
+            for (param, span) in params.iter().zip(&self.spans) {
+                if let Some((off, k)) = *span {
+                    let view = |t: &Tensor| t.narrow(0, off, k).view(param.size().as_slice());
+                    param.shallow_clone().set_data(&view(&p));
+                    param.grad().set_data(&view(&g));
+                }
+            }
+        });
+        (self.flat.p, self.flat.g) = (p, g);
         let zeros = || Tensor::zeros([chunk], opts);
-        self.zero = Some(Zero { lo, len, chunk, g_pad: pad(), p_pad: pad(), p_out: zeros(), g: zeros(), m, v, scratch: zeros(), norm: Tensor::zeros([], (Kind::Float, opts.1)), shapes });
+        self.zero = Some(Zero { n, lo, len, chunk, p_out: zeros(), g: zeros(), m, v, scratch: zeros(), norm: Tensor::zeros([], (Kind::Float, opts.1)), shapes });
     }
 
     /// The whole moments, gathered from every process, behind the per-parameter views a
@@ -168,6 +178,15 @@ impl Optimizer {
             }
         }
         Ok(())
+    }
+
+    /// Bytes this process holds of AdamW's moments (its slice of them when sharded).
+    pub fn moment_bytes(&self) -> u64 {
+        let (m, v) = match &self.zero {
+            Some(z) => (&z.m, &z.v),
+            None => (&self.flat.m, &self.flat.v),
+        };
+        ((m.numel() + v.numel()) * m.kind().elt_size_in_bytes()) as u64
     }
 
     /// Let the whole moments `consolidate` gathered go.
