@@ -103,6 +103,10 @@ enum Command {
         file: PathBuf,
         #[arg(long)]
         json: bool,
+        /// Also plan every train stage on N data-parallel processes: per process its batch,
+        /// memory and the bytes its collectives send per step.
+        #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=65536))]
+        world: Option<u32>,
     },
     /// The model graphs and the stage graph.
     Graph {
@@ -279,7 +283,7 @@ fn main() -> ExitCode {
             clap_complete::generate(shell, &mut <Cli as clap::CommandFactory>::command(), "roux", &mut std::io::stdout());
             0
         }
-        Command::Plan { file, json } => cli::plan::run(&file, json),
+        Command::Plan { file, json, world } => cli::plan::run(&file, json, world.map(|w| w as usize)),
         Command::Graph { file, format } => cli::plan::graph(&file, format),
         Command::Run { file, out, stage, fresh, force, no_tensorboard, profile, nproc: _ } => cli::exec::run(&file, &out, &stage, fresh, force, !no_tensorboard, profile),
         Command::Budget { flops, params, tokens, law, json } => cli::scaling::budget(flops, params, tokens, &law, json),

@@ -57,6 +57,17 @@ fn two_gloo_processes_train_what_one_process_trains() {
     // Each process holds its slice (whole 4096-element blocks, so a little over half).
     let (whole, half) = (moments("two"), moments("zero"));
     assert!(half * 2 >= whole && half * 2 <= whole + 2 * 4 * 2 * 4096, "moments per process: {half} bytes sharded, {whole} whole");
+    // `roux plan --world 2` counts what each process held, before anything ran.
+    let planned = |extra: &[&str]| -> serde_json::Value {
+        let recipe = fixture("tiny-dp.roux");
+        let o = roux(&[&["plan", recipe.to_str().unwrap(), "--json", "--world", "2"], extra].concat());
+        assert_eq!(o.status.code(), Some(0), "{}", String::from_utf8_lossy(&o.stderr));
+        serde_json::from_slice::<serde_json::Value>(&o.stdout).unwrap()["processes"][0].clone()
+    };
+    let (plain, sharded) = (planned(&[]), planned(&["--set", "pretrain.shard_optimizer=true"]));
+    assert_eq!((plain["moment_bytes"].as_u64(), sharded["moment_bytes"].as_u64()), (Some(whole), Some(half)));
+    // By hand: 34,688 parameters, 4 bytes each; a ring all-reduce over 2 sends 2·(2−1)/2 of them.
+    assert_eq!((plain["params"].as_u64(), plain["weight_bytes"].as_u64(), plain["sent_bytes_per_step"].as_u64(), plain["micro_batch"].as_u64()), (Some(34_688), Some(138_752), Some(138_752), Some(8)));
     // Accumulating four micro-batches per process gives the same steps, on one process and on two.
     let acc1 = train(&out.join("acc1"), &["--set", "pretrain.accumulate=4"]);
     let acc2 = train(&out.join("acc2"), &["--set", "pretrain.accumulate=4", "--nproc", "2"]);
@@ -79,6 +90,14 @@ fn a_batch_that_does_not_split_over_the_processes_is_refused_naming_the_numbers(
         err.contains("stage `pretrain`: its batch of 12 does not split over 2 processes × `accumulate = 4` micro-batches (8 equal parts); pick a batch that is a multiple of 8, or another number of processes"),
         "{err}"
     );
+    let o = roux(&["plan", recipe.to_str().unwrap(), "--world", "3"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("its batch of 16 does not split over 3 processes × `accumulate = 1` micro-batches (3 equal parts)"));
+    let o = roux(&["plan", recipe.to_str().unwrap(), "--world", "2", "--set", "pretrain.device_memory=5M"]);
+    assert_eq!(o.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("stage `pretrain`: each of 2 processes needs 12.1"), "{err}");
+    assert!(err.contains("M bytes, more than its device_memory of 5M bytes; shard the optimizer (`shard_optimizer = true`), split the batch further (`accumulate`), or use more processes"), "{err}");
     let o = roux(&["check", recipe.to_str().unwrap(), "--set", "pretrain.accumulate=5"]);
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(err.contains("error[E0229]: `accumulate = 5` does not divide the batch of 16"), "{err}");

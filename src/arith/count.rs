@@ -230,3 +230,14 @@ pub fn size_model(base: &crate::recipe::ModelSpec, target: f64, aspect: f64, hea
     let (_, _, s, n) = best.expect("at least one candidate");
     (s, n)
 }
+
+/// Elements per block of the gradient norm (run/kit/adamw/norm.rs); a sharded optimizer's slices
+/// start at multiples of it.
+pub const NORM_BLOCK: u64 = 4096;
+
+/// Elements of the flat buffers each of `world` processes owns when the optimizer is sharded
+/// (ZeRO-1): an equal share of `n`, rounded up to whole norm blocks (the buffers are padded to
+/// world × this).
+pub fn shard_chunk(n: u64, world: u64) -> u64 {
+    n.div_ceil(world.max(1)).div_ceil(NORM_BLOCK) * NORM_BLOCK
+}

@@ -65,6 +65,7 @@ impl<'a> Checker<'a> {
             patience: None,
             accumulate: 1,
             shard_optimizer: false,
+            device_memory: None,
         };
         let mut points = vec![];
         for c in &budgets {

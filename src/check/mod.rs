@@ -20,6 +20,7 @@ mod mixture;
 mod model;
 pub mod paths;
 mod moe;
+mod processes;
 mod stage;
 mod tokens;
 

@@ -177,6 +177,7 @@ impl<'a> Checker<'a> {
         let patience = if f.field("patience").is_some() { f.int(self, "patience", None, Min::One).map(Some) } else { Some(None) };
         let accumulate = self.accumulate(&mut f, batch);
         let shard_optimizer = f.bool(self, "shard_optimizer", false);
+        let device_memory = self.device_memory(&mut f);
         let tokens_span = f.key_span("tokens");
         let sched_span = f.value_span("schedule");
         f.finish(self);
@@ -248,25 +249,9 @@ impl<'a> Checker<'a> {
                 patience: patience?,
                 accumulate: accumulate?,
                 shard_optimizer: shard_optimizer?,
+                device_memory: device_memory?,
             }),
         })
-    }
-
-    /// `accumulate = k` (1 to 4096 micro-batches) and E0229: k divides the global batch. The
-    /// number of processes is known only at launch, which checks `batch` against k × world.
-    fn accumulate(&mut self, f: &mut Fields<'a>, batch: Option<usize>) -> Option<usize> {
-        let k = f.int(self, "accumulate", Some(1), Min::One)?;
-        if k > 4096 {
-            self.error(Diagnostic::error(Code::E0202, f.value_span("accumulate"), "`accumulate` is out of range").with_hint("accumulate must lie in [1, 4096]"));
-            return None;
-        }
-        let k = k as usize;
-        if let Some(b) = batch.filter(|b| b % k != 0) {
-            self.error(Diagnostic::error(Code::E0229, f.value_span("accumulate"), format!("`accumulate = {k}` does not divide the batch of {b}"))
-                .with_hint(format!("each optimizer step splits its batch into {k} equal micro-batches; pick a batch that is a multiple of {k}")));
-            return None;
-        }
-        Some(k)
     }
 
     /// E0224 / E0225: the warmup fits in the stage and a cosine ends below its peak.

@@ -4,18 +4,34 @@ use std::path::Path;
 
 use crate::GraphFormat;
 use roux::lower::{lower_model, lower_stages, render};
-use roux::plan::plan;
+use roux::plan::{plan, plan_world};
 
-pub fn run(file: &Path, json: bool) -> u8 {
+pub fn run(file: &Path, json: bool, world: Option<usize>) -> u8 {
     let c = match super::check::load(file) {
         Ok(c) => c,
         Err(code) => return code,
     };
     let plans: Vec<_> = c.recipes().into_iter().map(plan).collect();
+    let mut layouts = vec![];
+    if let Some(w) = world {
+        for r in c.recipes() {
+            match plan_world(r, w) {
+                Ok(l) => layouts.push(l),
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    return 1;
+                }
+            }
+        }
+    }
     if json {
+        let mut values: Vec<serde_json::Value> = plans.iter().map(|p| serde_json::to_value(p).unwrap_or_default()).collect();
+        for (v, l) in values.iter_mut().zip(&layouts) {
+            v["processes"] = serde_json::to_value(l).unwrap_or_default();
+        }
         // One object for a recipe, an array for the points of a sweep.
-        let v = if c.points.is_empty() { serde_json::to_value(&plans[0]) } else { serde_json::to_value(&plans) };
-        outln!("{}", v.map(|v| serde_json::to_string_pretty(&v).unwrap_or_default()).unwrap_or_default());
+        let v = if c.points.is_empty() { values.swap_remove(0) } else { values.into() };
+        outln!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
         return 0;
     }
     for (i, p) in plans.iter().enumerate() {
@@ -23,8 +39,35 @@ pub fn run(file: &Path, json: bool) -> u8 {
             outln!();
         }
         print_plan(p);
+        if let Some(l) = layouts.get(i) {
+            print_world(l);
+        }
     }
     0
+}
+
+fn print_world(l: &[roux::plan::ProcessPlan]) {
+    let Some(first) = l.first() else { return };
+    outln!("\nper process, {} data-parallel processes:", first.processes);
+    outln!("{:<12} {:>11} {:>10} {:>10} {:>10} {:>10} {:>11} {:>10} {:>12}", "stage", "micro×acc", "weights", "grads", "moments", "opt other", "activations", "total", "sent/step");
+    for p in l {
+        let moments = if p.sharded_optimizer { format!("{}*", bytes(p.moment_bytes)) } else { bytes(p.moment_bytes) };
+        outln!(
+            "{:<12} {:>11} {:>10} {:>10} {:>10} {:>10} {:>11} {:>10} {:>12}",
+            p.stage,
+            format!("{} × {}", p.micro_batch, p.accumulate),
+            bytes(p.weight_bytes),
+            bytes(p.gradient_bytes),
+            moments,
+            bytes(p.optimizer_other_bytes),
+            bytes(p.activation_bytes),
+            bytes(p.total_bytes),
+            bytes(p.sent_bytes_per_step)
+        );
+    }
+    if l.iter().any(|p| p.sharded_optimizer) {
+        outln!("* sharded over the processes (shard_optimizer = true, ZeRO-1)");
+    }
 }
 
 fn print_plan(p: &roux::plan::Plan) {

@@ -1,7 +1,10 @@
 //! Stage 4, plan: parameters, FLOPs and memory of every model and stage, before anything runs.
 //! Pure arithmetic over the lowered graphs (a model's own arithmetic is in `arith`); no libtorch.
 
+mod world;
+
 use serde::Serialize;
+pub use world::{plan_world, ProcessPlan};
 use std::collections::HashMap;
 
 pub use crate::arith::count::*;

@@ -85,6 +85,10 @@ pub struct TrainSpec {
     /// Each process keeps its share of the AdamW moments only (ZeRO-1; `shard_optimizer = true`).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub shard_optimizer: bool,
+    /// Bytes one device holds (`device_memory = 80G`): `roux plan --world N` refuses a layout
+    /// whose process needs more.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub device_memory: Option<u64>,
 }
 
 // Defaults left out of the serialized spec, so adding them changed no stage's content hash.

@@ -7,8 +7,8 @@
 
 use tch::{Kind, Tensor};
 
-/// Elements per block; sharded slices start at multiples of it.
-pub const BLOCK: i64 = 4096;
+/// Elements per block; sharded slices start at multiples of it (the plan's arithmetic shares it).
+pub const BLOCK: i64 = crate::arith::count::NORM_BLOCK as i64;
 
 /// The float32 norm of each `BLOCK` of `g` (a flat buffer or a block-aligned slice of one), the
 /// last block possibly shorter.

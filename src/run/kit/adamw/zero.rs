@@ -124,7 +124,7 @@ impl Optimizer {
         }
         let (n, w) = (self.flat.p.numel() as i64, world.size as i64);
         // Slices start at block boundaries, so each holds whole blocks of the norm (norm.rs).
-        let chunk = norm::count((n + w - 1) / w) * norm::BLOCK;
+        let chunk = crate::arith::count::shard_chunk(n as u64, w as u64) as i64;
         let lo = (world.rank as i64 * chunk).min(n);
         let len = chunk.min(n - lo);
         let opts = (self.flat.p.kind(), self.flat.p.device());

@@ -1,0 +1,39 @@
+//! The keys of a train stage that say how it runs over several processes: `accumulate`,
+//! `device_memory` (`shard_optimizer` is a plain flag). The number of processes is known only
+//! at launch and to `roux plan --world N`, which check the batch and memory against it.
+
+use super::fields::{Fields, Min};
+use super::Checker;
+use crate::diag::{Code, Diagnostic};
+
+impl<'a> Checker<'a> {
+    /// `accumulate = k` (1 to 4096 micro-batches) and E0229: k divides the global batch. The
+    /// number of processes is known only at launch, which checks `batch` against k × world.
+    pub(super) fn accumulate(&mut self, f: &mut Fields<'a>, batch: Option<usize>) -> Option<usize> {
+        let k = f.int(self, "accumulate", Some(1), Min::One)?;
+        if k > 4096 {
+            self.error(Diagnostic::error(Code::E0202, f.value_span("accumulate"), "`accumulate` is out of range").with_hint("accumulate must lie in [1, 4096]"));
+            return None;
+        }
+        let k = k as usize;
+        if let Some(b) = batch.filter(|b| b % k != 0) {
+            self.error(Diagnostic::error(Code::E0229, f.value_span("accumulate"), format!("`accumulate = {k}` does not divide the batch of {b}"))
+                .with_hint(format!("each optimizer step splits its batch into {k} equal micro-batches; pick a batch that is a multiple of {k}")));
+            return None;
+        }
+        Some(k)
+    }
+
+    /// `device_memory = 80G`: bytes, from 1 MB to 1 PB (decimal suffixes, as every number).
+    pub(super) fn device_memory(&mut self, f: &mut Fields<'a>) -> Option<Option<u64>> {
+        if f.field("device_memory").is_none() {
+            return Some(None);
+        }
+        let b = f.positive(self, "device_memory", None)?;
+        if !(1e6..=1e15).contains(&b) {
+            self.error(Diagnostic::error(Code::E0202, f.value_span("device_memory"), "`device_memory` is out of range").with_hint("device_memory is in bytes, from 1M to 1000T (an H100: 80G)"));
+            return None;
+        }
+        Some(Some(b as u64))
+    }
+}

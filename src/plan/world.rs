@@ -1,0 +1,102 @@
+//! `roux plan --world N`: what each of N data-parallel processes holds and sends per step of every
+//! `train` stage, before anything runs: its share of the batch, weights, gradients, AdamW state
+//! (sharded with `shard_optimizer`, ZeRO-1), activations of one micro-batch, and the bytes its
+//! collectives send. A batch the processes and micro-batches cannot split, or a process past
+//! the stage's `device_memory`, is refused with the numbers.
+
+use serde::Serialize;
+
+use crate::arith::count::{shard_chunk, training_bytes};
+use crate::arith::{lower_model, ModelGraph};
+use crate::recipe::{Recipe, StageKind, TrainSpec};
+
+/// One train stage as each of `processes` runs it (float32, bytes).
+#[derive(Serialize, Debug, Clone, PartialEq)]
+pub struct ProcessPlan {
+    pub stage: String,
+    pub processes: usize,
+    pub micro_batch: usize,
+    pub accumulate: usize,
+    pub sharded_optimizer: bool,
+    /// Parameters of the model, whole in every process.
+    pub params: u64,
+    pub weight_bytes: u64,
+    pub gradient_bytes: u64,
+    /// AdamW's two moments as held by this process (its slice when sharded).
+    pub moment_bytes: u64,
+    /// The rest of the optimizer: the update's scratch space (and, sharded, the averaged
+    /// gradient slice and the weights slice sent to the all-gather).
+    pub optimizer_other_bytes: u64,
+    /// Activations saved for backward and the backward pass's working set, of one micro-batch,
+    /// and libtorch's runtime.
+    pub activation_bytes: u64,
+    pub total_bytes: u64,
+    /// Bytes each process sends per optimizer step: a ring all-reduce of the gradients
+    /// (2·(N−1)/N of them), or a reduce-scatter and an all-gather of the padded buffers.
+    pub sent_bytes_per_step: u64,
+    pub device_memory: Option<u64>,
+}
+
+/// Every train stage of `r` on `world` processes, or the first stage's reason it cannot run so.
+pub fn plan_world(r: &Recipe, world: usize) -> Result<Vec<ProcessPlan>, String> {
+    let mut out = vec![];
+    for s in &r.stages {
+        let StageKind::Train(t) = &s.kind else { continue };
+        let Some(spec) = r.model(&t.model) else { continue };
+        let p = process_plan(&s.name, &lower_model(spec), t, world)?;
+        if let Some(limit) = p.device_memory.filter(|l| p.total_bytes > *l) {
+            return Err(format!(
+                "stage `{}`: each of {world} processes needs {}, more than its device_memory of {}; \
+                 shard the optimizer (`shard_optimizer = true`), split the batch further (`accumulate`), or use more processes",
+                s.name,
+                decimal(p.total_bytes),
+                decimal(limit)
+            ));
+        }
+        out.push(p);
+    }
+    Ok(out)
+}
+
+/// Bytes in the decimal units `device_memory` is written in (`12.3M`, `80G`), exact below 1k.
+fn decimal(b: u64) -> String {
+    let units = [(1e12, "T"), (1e9, "G"), (1e6, "M"), (1e3, "k")];
+    match units.iter().find(|(u, _)| b as f64 >= *u) {
+        Some((u, name)) => format!("{:.3}{name} bytes", b as f64 / u).replace(".000", ""),
+        None => format!("{b} bytes"),
+    }
+}
+
+fn process_plan(stage: &str, g: &ModelGraph, t: &TrainSpec, world: usize) -> Result<ProcessPlan, String> {
+    let micro = t.micro_batch(stage, world)?;
+    let n: u64 = g.params().iter().map(|p| p.numel()).sum();
+    let w = world as u64;
+    let sharded = t.shard_optimizer && world > 1;
+    // Sharded: buffers padded to world × chunk; the moments, the scratch, the gradient slice and
+    // the weights slice are one chunk each (run/kit/adamw/zero.rs).
+    let (buffer, moments, other, sent) = if sharded {
+        let chunk = shard_chunk(n, w);
+        (w * chunk, 2 * chunk, 3 * chunk, 2 * (w - 1) * chunk)
+    } else {
+        (n, 2 * n, n, if w > 1 { 2 * (w - 1) * n / w } else { 0 })
+    };
+    let activation_bytes = training_bytes(0, 0, g, micro, t.context);
+    let (weight_bytes, gradient_bytes) = (4 * buffer, 4 * buffer);
+    let total_bytes = weight_bytes + gradient_bytes + 4 * moments + 4 * other + activation_bytes;
+    Ok(ProcessPlan {
+        stage: stage.to_string(),
+        processes: world,
+        micro_batch: micro,
+        accumulate: t.accumulate,
+        sharded_optimizer: sharded,
+        params: n,
+        weight_bytes,
+        gradient_bytes,
+        moment_bytes: 4 * moments,
+        optimizer_other_bytes: 4 * other,
+        activation_bytes,
+        total_bytes,
+        sent_bytes_per_step: 4 * sent,
+        device_memory: t.device_memory,
+    })
+}
