@@ -176,3 +176,26 @@ fn kill_a_rank(dir: &Path, extra: &[&str]) -> bool {
     }
     false
 }
+
+/// Instruction fine-tuning shards its batch the same way: each micro-batch's loss is divided by
+/// the response weight of the whole global batch, so 2 processes, and 2 processes × 4
+/// micro-batches, take the steps one process takes.
+#[test]
+fn finetune_on_two_processes_and_in_micro_batches_equals_one_process() {
+    let out = scratch("dist-sft");
+    let recipe = fixture("tiny-sft.roux");
+    let short = ["--set", "sft.steps=40", "--set", "sft.eval_every=40", "--set", "sft.log_every=1", "--set", "sft.optimizer.lr=1e-3"];
+    let sft = |name: &str, extra: &[&str]| {
+        let dir = out.join(name);
+        let o = roux(&[&["run", recipe.to_str().unwrap(), "--out", dir.to_str().unwrap()], &short[..], extra].concat());
+        assert_eq!(o.status.code(), Some(0), "{}", String::from_utf8_lossy(&o.stderr));
+        result(&dir.join("tiny-sft/sft"))
+    };
+    let one = sft("one", &[]);
+    assert_eq!(one.0.len(), 40);
+    assert!(one.0[39] < one.0[0] - 0.5, "the loss did not fall: {:?}", one.0);
+    for (what, run) in [("2 processes", sft("two", &["--nproc", "2"])), ("2 processes × accumulate = 4", sft("acc", &["--nproc", "2", "--set", "sft.accumulate=4"]))] {
+        let (loss, weights) = differences(&one, &run);
+        assert!(loss < 1e-5 && weights < 1e-5, "{what} vs 1 process: losses differ by {loss:e}, weights by {weights:e}");
+    }
+}

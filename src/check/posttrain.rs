@@ -34,6 +34,7 @@ impl<'a> Checker<'a> {
             log_every: log_every?,
             device: device_of(device?),
             precision: precision_of(precision?),
+            accumulate: 1,
         })
     }
 
@@ -106,6 +107,7 @@ impl<'a> Checker<'a> {
         let data = bound[1].and_then(|e| self.examples_arg(e, None, "finetune"));
         let mut f = self.stage_fields(d, at, block);
         let opt = self.check_optim(&mut f, 16, None, 100);
+        let accumulate = self.accumulate(&mut f, opt.as_ref().map(|o| o.batch));
         let lora = match f.field("adapter") {
             Some(field) => self.check_lora(&field.value, &f.scope.clone(), model.as_ref()),
             None => Some(None),
@@ -114,7 +116,8 @@ impl<'a> Checker<'a> {
         let eval = self.eval_keys(&mut f);
         f.finish(self);
         let (eval_examples, max_new) = eval?;
-        let kind = StageKind::Finetune(FinetuneSpec { model: model?, data: data?.name, opt: opt?, lora: lora?, mask_prompt: mask_prompt?, eval_examples, max_new });
+        let opt = Optim { accumulate: accumulate?, ..opt? };
+        let kind = StageKind::Finetune(FinetuneSpec { model: model?, data: data?.name, opt, lora: lora?, mask_prompt: mask_prompt?, eval_examples, max_new });
         Some(self.stage_spec(d, kind))
     }
 

@@ -113,19 +113,23 @@ impl TrainSpec {
         (self.batch * self.context) as u64
     }
 
-    /// The rows of one micro-batch when `processes` share each step's batch, each in
-    /// `accumulate` parts; an error naming the three numbers when they do not divide it.
+    /// The rows of one micro-batch when `processes` share each step's batch (`split_batch`).
     pub fn micro_batch(&self, stage: &str, processes: usize) -> Result<usize, String> {
-        let parts = processes * self.accumulate;
-        if parts == 0 || self.batch % parts != 0 {
-            return Err(format!(
-                "stage `{stage}`: its batch of {} does not split over {processes} processes × `accumulate = {}` micro-batches \
-                 ({parts} equal parts); pick a batch that is a multiple of {parts}, or another number of processes",
-                self.batch, self.accumulate
-            ));
-        }
-        Ok(self.batch / parts)
+        split_batch(stage, self.batch, processes, self.accumulate)
     }
+}
+
+/// The rows of one micro-batch when `processes` share each step's `batch`, each in `accumulate`
+/// parts; an error naming the three numbers when they do not divide it.
+pub fn split_batch(stage: &str, batch: usize, processes: usize, accumulate: usize) -> Result<usize, String> {
+    let parts = processes * accumulate;
+    if parts == 0 || batch % parts != 0 {
+        return Err(format!(
+            "stage `{stage}`: its batch of {batch} does not split over {processes} processes × `accumulate = {accumulate}` micro-batches \
+             ({parts} equal parts); pick a batch that is a multiple of {parts}, or another number of processes"
+        ));
+    }
+    Ok(batch / parts)
 }
 
 /// Jacobs et al. 1991's objectives for a gated mixture.
@@ -232,6 +236,16 @@ pub struct Optim {
     /// bf16: every model of the stage computes in bfloat16 (trained ones keep float32 weights).
     #[serde(default, skip_serializing_if = "Precision::is_fp32")]
     pub precision: Precision,
+    /// Micro-batches per step on each process (`accumulate = k`; finetune stages read the key).
+    #[serde(default = "one", skip_serializing_if = "is_one")]
+    pub accumulate: usize,
+}
+
+impl Optim {
+    /// The rows of one micro-batch when `processes` share each step's batch (`split_batch`).
+    pub fn micro_batch(&self, stage: &str, processes: usize) -> Result<usize, String> {
+        split_batch(stage, self.batch, processes, self.accumulate)
+    }
 }
 
 /// Instruction fine-tuning (SFT), full or through a LoRA adapter.

@@ -222,6 +222,12 @@ impl World {
         Ok(t.int64_value(&[0]))
     }
 
+    /// This process's share of a global batch's rows (the `rank`-th of `size` equal blocks).
+    pub fn shard_rows<'r, T>(&self, rows: &'r [T]) -> &'r [T] {
+        let n = rows.len() / self.size;
+        &rows[self.rank * n..(self.rank + 1) * n]
+    }
+
     /// This process's rows of a global batch `t`: the `rank`-th of `size` equal blocks of its
     /// first dimension (the caller has checked that `size` divides it).
     pub fn shard(&self, t: &Tensor) -> Tensor {

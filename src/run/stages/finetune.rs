@@ -16,13 +16,21 @@ use crate::run::kit::adamw::Optimizer;
 use crate::run::kit::artifacts::{instructions, load_lm};
 use crate::run::kit::score::score;
 use crate::run::kit::seqs::{pad, token_logprobs};
+use crate::run::kit::dist::{Reduce, World};
 use crate::run::kit::{device, lifecycle, StageCtx};
+use crate::run::model::Model;
 use crate::schedule::lr_at;
 
 pub fn run(ctx: &StageCtx, f: &FinetuneSpec) -> Result<()> {
     let (recipe, name) = (ctx.recipe, ctx.label.clone());
     let Some(mut run) = lifecycle::begin_stage(ctx, f.opt.steps)? else { return Ok(()) };
+    let world = ctx.world;
+    // Each process's rows of a global batch, in `accumulate` micro-batches of `micro` rows.
+    let micro = f.opt.micro_batch(&name, world.size).map_err(anyhow::Error::msg)?;
     let dev = device::device(f.opt.device)?;
+    if world.size > 1 && dev != tch::Device::Cpu {
+        anyhow::bail!("{name}: several processes on a GPU need NCCL, which roux does not drive yet; run on `device = cpu` (Gloo) or as one process");
+    }
     let (set, split) = instructions(recipe, &f.data)?;
     let codec = Codec::new(recipe, &set)?;
     let mut model = load_lm(recipe, &ctx.runs, &f.model, dev)?.computing(f.opt.precision);
@@ -41,6 +49,7 @@ pub fn run(ctx: &StageCtx, f: &FinetuneSpec) -> Result<()> {
     let trainable: u64 = params.iter().map(|p| p.numel() as u64).sum();
     let mut opt = Optimizer::new(&params, &f.opt.optimizer);
     let (step0, mut rng, _) = run.restore(&names, &params, &mut opt, Rng(recipe.seed ^ 0x5F7))?;
+    opt.broadcast_state(world)?;
     let context = model.spec().context;
     let seqs: Vec<Seq> = split.train.iter().map(|e| codec.example(e, f.mask_prompt, context)).collect();
     tracing::info!(
@@ -61,13 +70,10 @@ pub fn run(ctx: &StageCtx, f: &FinetuneSpec) -> Result<()> {
     for step in step0..f.opt.steps {
         tch::manual_seed((recipe.seed ^ step.wrapping_mul(0x9E37_79B9)) as i64);
         let lr = lr_at(&f.opt.schedule, f.opt.optimizer.lr, step, f.opt.steps);
+        // Every process draws the whole global batch (the same sampler state) and keeps its rows.
         let rows: Vec<&Seq> = (0..f.opt.batch).map(|_| &seqs[rng.below(seqs.len() as u64) as usize]).collect();
-        let b = pad(&rows, dev);
         opt.zero_grad();
-        // Mean negative log-likelihood over the weighted (response) targets.
-        let lp = token_logprobs(&model.forward(&b.x, true), &b.y);
-        let loss = -(&lp * &b.w).sum(Kind::Float) / b.w.sum(Kind::Float).clamp_min(1.0);
-        loss.backward();
+        let loss = sft_backward(&model, &mut opt, &rows, micro, world, dev)?;
         let grad_norm = opt.clip_grad_norm(f.opt.grad_clip);
         opt.step(lr)?;
         let done = step + 1;
@@ -116,4 +122,32 @@ pub fn run(ctx: &StageCtx, f: &FinetuneSpec) -> Result<()> {
         last.example()
     );
     run.finish(&[output], report, &ctx.title())
+}
+
+/// The mean negative log-likelihood over the weighted (response) targets of the global batch
+/// `rows`, and its gradient: this process's rows in micro-batches of `micro`, each micro-batch's
+/// loss divided by the weight of the whole batch (counted on the host), so that the gradients
+/// summed over micro-batches and processes are the whole batch's, as one process computes it.
+fn sft_backward(model: &Model, opt: &mut Optimizer, rows: &[&Seq], micro: usize, world: &World, dev: tch::Device) -> Result<Tensor> {
+    if micro == rows.len() {
+        let b = pad(rows, dev);
+        let lp = token_logprobs(&model.forward(&b.x, true), &b.y);
+        let loss = -(&lp * &b.w).sum(Kind::Float) / b.w.sum(Kind::Float).clamp_min(1.0);
+        loss.backward();
+        return Ok(loss);
+    }
+    let weight: f64 = rows.iter().map(|s| s.weights[..s.tokens.len().saturating_sub(1)].iter().map(|&w| w as f64).sum::<f64>()).sum::<f64>().max(1.0);
+    let mine = world.shard_rows(rows);
+    let mut total = Tensor::zeros([1], (Kind::Double, dev));
+    for part in mine.chunks(micro) {
+        let b = pad(part, dev);
+        let lp = token_logprobs(&model.forward(&b.x, true), &b.y);
+        let loss = -(&lp * &b.w).sum(Kind::Float) / weight;
+        // all_reduce_grads averages over the processes; each share is already a part of the sum.
+        (&loss * world.size as f64).backward();
+        total += loss.detach().to_kind(Kind::Double);
+    }
+    opt.all_reduce_grads(world)?;
+    world.all_reduce(&total, Reduce::Sum)?;
+    Ok(total.to_kind(Kind::Float).reshape([0i64; 0]))
 }
