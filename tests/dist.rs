@@ -199,3 +199,22 @@ fn finetune_on_two_processes_and_in_micro_batches_equals_one_process() {
         assert!(loss < 1e-5 && weights < 1e-5, "{what} vs 1 process: losses differ by {loss:e}, weights by {weights:e}");
     }
 }
+
+/// `device = "cuda:N"` names one GPU (check takes it; a machine without it says so at run time);
+/// any other string is refused, saying what a device is.
+#[test]
+fn a_gpu_is_named_by_its_index_or_the_string_is_refused() {
+    let out = scratch("dist-device");
+    let recipe = fixture("tiny-dp.roux");
+    let o = roux(&["check", recipe.to_str().unwrap(), "--set", "pretrain.device=\"cuda:1\""]);
+    assert_eq!(o.status.code(), Some(0), "{}", String::from_utf8_lossy(&o.stderr));
+    let o = roux(&["check", recipe.to_str().unwrap(), "--set", "pretrain.device=\"gpu1\""]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("error[E0120]: expected a device (auto | cpu | cuda | \"cuda:N\"), found the string \"gpu1\""), "{err}");
+    assert!(err.contains("write `device = cuda` (each process's own GPU) or `device = \"cuda:1\"` for one GPU by its index, 0 to 1023"), "{err}");
+    if !std::path::Path::new("/dev/nvidia0").exists() {
+        let o = roux(&["run", recipe.to_str().unwrap(), "--out", out.to_str().unwrap(), "--set", "pretrain.device=\"cuda:1\""]);
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(err.contains("the recipe asks for `device = \"cuda:1\"` but no CUDA device is available"), "{err}");
+    }
+}

@@ -18,7 +18,7 @@ impl<'a> Checker<'a> {
         let grad_clip = f.ranged(self, "grad_clip", Some(1.0), 0.0, false, f64::INFINITY, true);
         let eval_every = f.int(self, "eval_every", Some(eval_every), Min::One);
         let log_every = f.int(self, "log_every", Some(10), Min::One);
-        let device = f.sym(self, "device", &["auto", "cpu", "cuda"], Some("auto"));
+        let device = self.device_key(f);
         let precision = f.sym(self, "precision", &["fp32", "bf16"], Some("fp32"));
         let (steps, optimizer, schedule) = (steps_v?, optimizer?, schedule?);
         if !self.schedule_fits(&schedule, steps, optimizer.lr, sched_span) {
@@ -32,7 +32,7 @@ impl<'a> Checker<'a> {
             grad_clip: grad_clip?.gt(&0.0).then_some(grad_clip?),
             eval_every: eval_every?,
             log_every: log_every?,
-            device: device_of(device?),
+            device: device?,
             precision: precision_of(precision?),
             accumulate: 1,
         })
@@ -279,13 +279,13 @@ impl<'a> Checker<'a> {
         };
         let examples = f.size(self, "examples", Some(200));
         let max_new = f.size(self, "max_new", Some(16));
-        let device = f.sym(self, "device", &["auto", "cpu", "cuda"], Some("auto"));
+        let device = self.device_key(&mut f);
         let precision = f.sym(self, "precision", &["fp32", "bf16"], Some("fp32"));
         f.finish(self);
         if !ok {
             return None;
         }
-        let (device, precision) = (device_of(device?), precision_of(precision?));
+        let (device, precision) = (device?, precision_of(precision?));
         Some(self.stage_spec(d, StageKind::Compare(CompareSpec { policies, reference: reference?, data: data?.name, examples: examples?, max_new: max_new?, device, precision })))
     }
 }
@@ -298,11 +298,4 @@ pub(super) fn precision_of(s: &str) -> Precision {
     }
 }
 
-fn device_of(s: &str) -> Device {
-    match s {
-        "cpu" => Device::Cpu,
-        "cuda" => Device::Cuda,
-        _ => Device::Auto,
-    }
-}
 

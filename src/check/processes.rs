@@ -5,6 +5,8 @@
 use super::fields::{Fields, Min};
 use super::Checker;
 use crate::diag::{Code, Diagnostic};
+use crate::recipe::Device;
+use crate::syntax::ast::ExprKind;
 
 impl<'a> Checker<'a> {
     /// `accumulate = k` (1 to 4096 micro-batches) and E0229: k divides the global batch. The
@@ -35,5 +37,29 @@ impl<'a> Checker<'a> {
             return None;
         }
         Some(Some(b as u64))
+    }
+
+    /// `device = auto | cpu | cuda`, or `"cuda:N"` for the N-th GPU (0 to 1023).
+    pub(super) fn device_key(&mut self, f: &mut Fields<'a>) -> Option<Device> {
+        if let Some(field) = f.field("device") {
+            if let ExprKind::Str(text) = &field.value.kind {
+                let span = field.value.span;
+                let index = text.strip_prefix("cuda:").and_then(|n| n.parse::<u32>().ok()).filter(|n| *n < 1024 && !text.contains('+'));
+                return match index {
+                    Some(i) => Some(Device::CudaIndex(i)),
+                    None => {
+                        self.error(Diagnostic::error(Code::E0120, span, format!("expected a device (auto | cpu | cuda | \"cuda:N\"), found the string {text:?}"))
+                            .with_hint("write `device = cuda` (each process's own GPU) or `device = \"cuda:1\"` for one GPU by its index, 0 to 1023"));
+                        None
+                    }
+                };
+            }
+        }
+        let sym = f.sym(self, "device", &["auto", "cpu", "cuda"], Some("auto"))?;
+        Some(match sym {
+            "cpu" => Device::Cpu,
+            "cuda" => Device::Cuda,
+            _ => Device::Auto,
+        })
     }
 }

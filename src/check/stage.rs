@@ -164,7 +164,7 @@ impl<'a> Checker<'a> {
         let eval_batches = f.int(self, "eval_batches", Some(20), Min::One);
         let log_every = f.int(self, "log_every", Some(10), Min::One);
         let checkpoint_every = f.int(self, "checkpoint_every", Some(0), Min::Zero);
-        let device = f.sym(self, "device", &["auto", "cpu", "cuda"], Some("auto"));
+        let device = self.device_key(&mut f);
         let precision = f.sym(self, "precision", &["fp32", "bf16"], Some("fp32"));
         let on_nonfinite = f.sym(self, "on_nonfinite", &["stop", "skip"], Some("stop"));
         let max_skips = f.int(self, "max_skips", Some(10), Min::One);
@@ -237,11 +237,7 @@ impl<'a> Checker<'a> {
                 eval_batches: eval_batches?,
                 log_every: log_every?,
                 checkpoint_every: checkpoint_every?,
-                device: match device? {
-                    "cpu" => Device::Cpu,
-                    "cuda" => Device::Cuda,
-                    _ => Device::Auto,
-                },
+                device: device?,
                 precision: super::posttrain::precision_of(precision?),
                 max_skips: if on_nonfinite? == "skip" { max_skips? } else { 0 },
                 keep: keep?.min(1000) as usize,

@@ -25,7 +25,11 @@ pub enum Schedule {
 pub enum Device {
     Auto,
     Cpu,
+    /// The process's GPU: cuda:0, or cuda:LOCAL_RANK when torchrun starts one process per GPU.
     Cuda,
+    /// One GPU by index (`device = "cuda:1"`), for a run of one process.
+    #[serde(rename = "cuda_index")]
+    CudaIndex(u32),
 }
 
 #[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq, Default)]

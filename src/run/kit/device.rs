@@ -4,14 +4,48 @@ use anyhow::{bail, Result};
 
 use crate::recipe::Device as DeviceChoice;
 
-/// Pick the device for a stage: `auto` is CUDA when available.
+/// Pick the device for a stage: `auto` is CUDA when available; `cuda` (and `auto` on a GPU
+/// machine) is this process's GPU, cuda:LOCAL_RANK when torchrun started one process per GPU.
 pub fn device(choice: DeviceChoice) -> Result<tch::Device> {
+    let local = local_rank();
     Ok(match choice {
         DeviceChoice::Cpu => tch::Device::Cpu,
-        DeviceChoice::Cuda if !tch::Cuda::is_available() => bail!("the recipe asks for `device = cuda` but no CUDA device is available"),
-        DeviceChoice::Cuda => tch::Device::Cuda(0),
-        DeviceChoice::Auto => tch::Device::cuda_if_available(),
+        DeviceChoice::Cuda | DeviceChoice::CudaIndex(_) if !tch::Cuda::is_available() => bail!("the recipe asks for `device = {}` but no CUDA device is available", spelled(choice)),
+        DeviceChoice::CudaIndex(i) if std::env::var_os("WORLD_SIZE").is_some_and(|w| w != "1") => {
+            bail!("`device = \"cuda:{i}\"` names one GPU, but torchrun started several processes; write `device = cuda`: each process takes cuda:LOCAL_RANK")
+        }
+        DeviceChoice::CudaIndex(i) if i as i64 >= tch::Cuda::device_count() => {
+            bail!("the recipe asks for `device = \"cuda:{i}\"` but this machine has {} CUDA device(s), cuda:0 to cuda:{}", tch::Cuda::device_count(), tch::Cuda::device_count() - 1)
+        }
+        DeviceChoice::CudaIndex(i) => tch::Device::Cuda(i as usize),
+        DeviceChoice::Cuda => gpu(local)?,
+        DeviceChoice::Auto if tch::Cuda::is_available() => gpu(local)?,
+        DeviceChoice::Auto => tch::Device::Cpu,
     })
+}
+
+/// cuda:`local`, if this machine has it.
+fn gpu(local: usize) -> Result<tch::Device> {
+    let count = tch::Cuda::device_count().max(0) as usize;
+    if local >= count {
+        bail!("this process is local rank {local} (LOCAL_RANK) but the machine has {count} CUDA device(s); start at most {count} processes per node");
+    }
+    Ok(tch::Device::Cuda(local))
+}
+
+/// LOCAL_RANK as torchrun sets it (0 when absent or not a small number).
+fn local_rank() -> usize {
+    std::env::var("LOCAL_RANK").ok().and_then(|v| v.parse::<usize>().ok()).filter(|r| *r < 65_536).unwrap_or(0)
+}
+
+/// The device as the recipe spells it.
+fn spelled(choice: DeviceChoice) -> String {
+    match choice {
+        DeviceChoice::CudaIndex(i) => format!("\"cuda:{i}\""),
+        DeviceChoice::Cuda => "cuda".into(),
+        DeviceChoice::Cpu => "cpu".into(),
+        DeviceChoice::Auto => "auto".into(),
+    }
 }
 
 /// A device as users write it: `cpu`, `cuda:0`.
