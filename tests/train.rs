@@ -583,3 +583,33 @@ fn patience_stops_early_and_keep_decides_what_stays() {
     let again = run_ok(&recipe, &out);
     assert!(again.contains("s: up to date") && again.contains("k: up to date"), "{again}\n{err}");
 }
+
+/// The thresholds are the recipe's to set: `health = thresholds { drop_rate = 0.9 }` keeps a
+/// Switch layer that drops a quarter of its tokens quiet, and a threshold out of its range is
+/// refused with the range.
+#[test]
+fn health_thresholds_are_recipe_keys() {
+    let out = scratch("health-keys");
+    let recipe = out.join("keys.roux");
+    let text = |health: &str| {
+        format!(
+            r#"experiment "keys" {{
+          seed = 3
+          {health}
+          data corpus = text("../../../data/tinyshakespeare.txt") {{ context = 32 }}
+          model moe = transformer {{ vocab = 256, context = 32, d_model = 32, layers = 1, heads = 2,
+            ffn = moe {{ experts = 4, expert = mlp {{ hidden = 32 }}, router = switch {{ capacity_factor = 0.25 }} }} }}
+          stage dropping = train(moe, corpus) {{ steps = 20, batch = 4, eval_every = 20, eval_batches = 2 }}
+        }}"#
+        )
+    };
+    std::fs::write(&recipe, text("health = thresholds { drop_rate = 0.9 }")).unwrap();
+    let err = run_ok(&recipe, &out);
+    assert!(!err.contains("drops"), "{err}");
+    let report: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.join("keys/dropping/report.json")).unwrap()).unwrap();
+    assert_eq!(report["warnings"], serde_json::json!([]));
+    std::fs::write(&recipe, text("health = thresholds { drop_rate = 2 }")).unwrap();
+    let o = roux(&["check", recipe.to_str().unwrap()]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("error[E0202]") && err.contains("drop_rate") && err.contains("drop_rate must lie in [0, 1]"), "{err}");
+}

@@ -13,6 +13,7 @@ mod artifact;
 mod posttrain;
 pub mod fields;
 mod grpo;
+mod health;
 mod hf;
 mod isoflop;
 pub mod loader;
@@ -208,6 +209,7 @@ impl<'a> Checker<'a> {
         top.block = Some(body);
         top.top_level = true;
         let seed = top.int(self, "seed", Some(0), Min::Zero);
+        let health = self.check_health(&mut top);
         top.allowed = self.variables.clone();
         top.finish(self);
 
@@ -247,6 +249,7 @@ impl<'a> Checker<'a> {
             synthetic: synthetic.into_iter().collect::<Option<Vec<_>>>()?,
             examples: examples.into_iter().collect::<Option<Vec<_>>>()?,
             budgets: budgets.into_iter().collect::<Option<Vec<_>>>()?,
+            health: health?,
         })
         .map(|mut r| {
             self.attach_chat_templates(&mut r);

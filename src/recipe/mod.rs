@@ -11,11 +11,13 @@
 
 mod data;
 mod grpo;
+mod health;
 mod model;
 mod stage;
 
 pub use data::*;
 pub use grpo::*;
+pub use health::*;
 pub use model::*;
 pub use stage::*;
 
@@ -47,6 +49,9 @@ pub struct Recipe {
     /// Instruction examples and preference pairs for post-training stages.
     #[serde(default)]
     pub examples: Vec<ExampleSet>,
+    /// When health signals fire (`health = thresholds { … }`).
+    #[serde(default, skip_serializing_if = "Thresholds::is_default")]
+    pub health: Thresholds,
 }
 
 impl Recipe {

@@ -46,6 +46,8 @@ pub struct RunDir {
     pub progress: Progress,
     /// Checkpoints kept on disk (a stage's `keep`; 2 unless it says otherwise).
     pub keep: usize,
+    /// When the health signals `finish` reads from the metrics fire (the recipe's `health`).
+    health: crate::recipe::Thresholds,
 }
 
 /// Ready `ctx.dir` for a run of `steps` steps whose output has content hash `hash` and whose
@@ -77,6 +79,7 @@ pub fn begin(ctx: &StageCtx, hash: String, resolved: &Value, steps: u64) -> Resu
         metrics: Metrics::discard(),
         progress: Progress::silent(&ctx.label, steps),
         keep: 2,
+        health: ctx.recipe.health,
     }))
 }
 
@@ -164,6 +167,7 @@ fn lead(ctx: &StageCtx, hash: String, resolved: &Value, steps: u64) -> Result<Op
         metrics: Metrics::open(dir, step0, ctx.opts.tensorboard)?,
         progress: Progress::new(label, step0.unwrap_or(0), steps),
         keep: 2,
+        health: ctx.recipe.health,
     }))
 }
 
@@ -256,7 +260,7 @@ impl RunDir {
         let rows: Vec<Value> = crate::fsio::read_text(&self.dir.join("metrics.jsonl"), 1 << 30)
             .map(|t| t.lines().filter_map(|l| serde_json::from_str(l).ok()).collect())
             .unwrap_or_default();
-        let signals = super::health::signals(&rows, &report, &super::health::Thresholds::default());
+        let signals = super::health::signals(&rows, &report, &self.health);
         for s in &signals {
             tracing::warn!("{}: {}", self.label, s.message);
         }

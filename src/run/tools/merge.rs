@@ -68,6 +68,7 @@ pub fn merge_run(run: &Path, out: &Path) -> Result<Merged> {
         budgets: vec![],
         synthetic: vec![],
         examples: vec![],
+        health: Default::default(),
     };
     let r = ModelRef { arch: f.model.arch.clone(), weights: Weights::Merged { stage: stage.name.clone() } };
     let m = load_lm(&recipe, &runs, &r, tch::Device::Cpu)?;
