@@ -142,6 +142,10 @@ enum Command {
         /// each takes its share of every batch). For several machines, start torchrun yourself.
         #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=1024))]
         nproc: Option<u16>,
+        /// Resume from this kept checkpoint rather than the newest (`ckpt-40`, as in the
+        /// stage's directory; with several stages, name one with --stage).
+        #[arg(long, value_name = "ckpt-N", value_parser = checkpoint_step, conflicts_with = "fresh")]
+        resume_from: Option<u64>,
     },
     /// Compute-optimal parameters, tokens, FLOPs and predicted loss for a budget.
     Budget {
@@ -285,7 +289,7 @@ fn main() -> ExitCode {
         }
         Command::Plan { file, json, world } => cli::plan::run(&file, json, world.map(|w| w as usize)),
         Command::Graph { file, format } => cli::plan::graph(&file, format),
-        Command::Run { file, out, stage, fresh, force, no_tensorboard, profile, nproc: _ } => cli::exec::run(&file, &out, &stage, fresh, force, !no_tensorboard, profile),
+        Command::Run { file, out, stage, fresh, force, no_tensorboard, profile, nproc: _, resume_from } => cli::exec::run(&file, &out, &stage, fresh, force, !no_tensorboard, profile, resume_from),
         Command::Budget { flops, params, tokens, law, json } => cli::scaling::budget(flops, params, tokens, &law, json),
         Command::Fit { points, json, bootstrap, out } => cli::scaling::fit(&points, json, bootstrap, out.as_deref()),
         Command::Bench { which, config, reps, steps, recipe } => cli::exec::bench(&which, &config, reps, steps, recipe.as_deref()),
@@ -297,6 +301,13 @@ fn main() -> ExitCode {
         }
     };
     ExitCode::from(code)
+}
+
+/// `ckpt-N` (or `ckpt-N.safetensors`, or `N`): the step of a kept checkpoint.
+fn checkpoint_step(s: &str) -> Result<u64, String> {
+    let n = s.trim().trim_end_matches(".safetensors");
+    let n = n.strip_prefix("ckpt-").unwrap_or(n);
+    n.parse::<u64>().ok().filter(|&n| (1..=1_000_000_000_000).contains(&n)).ok_or_else(|| format!("`{s}` is not a checkpoint like `ckpt-40` (the file names in the stage's directory)"))
 }
 
 /// `A..B` or `A` (steps counted from 1, A ≤ B).

@@ -613,3 +613,32 @@ fn health_thresholds_are_recipe_keys() {
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(err.contains("error[E0202]") && err.contains("drop_rate") && err.contains("drop_rate must lie in [0, 1]"), "{err}");
 }
+
+/// `--resume-from ckpt-N` goes back to an older kept checkpoint (after a loss spike, say): the run
+/// continues from there to the weights and metrics of an uninterrupted run, and later runs resume
+/// from where it went. A checkpoint not kept, a finished stage and an ambiguous stage are refused.
+#[test]
+fn resume_from_an_older_checkpoint() {
+    let (whole, cut) = (scratch("resume-from-whole"), scratch("resume-from"));
+    let keep = ["--set", "pretrain.keep=100"];
+    let run = |out: &std::path::Path, extra: &[&str]| roux(&[&["run", fixture("tiny.roux").to_str().unwrap(), "--out", out.to_str().unwrap()], &keep[..], extra].concat());
+    assert_eq!(run(&whole, &[]).status.code(), Some(0));
+    let dir = cut.join("tiny/pretrain");
+    let recipe = fixture("tiny.roux");
+    let args: Vec<&str> = [&["run", recipe.to_str().unwrap(), "--out", cut.to_str().unwrap()], &keep[..]].concat();
+    assert!(common::kill_after_checkpoint(&args, &dir, 40), "the run finished three times before it could be killed");
+    let o = run(&cut, &["--resume-from", "ckpt-7"]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains(&format!("{} has no checkpoint ckpt-7 to resume from; it keeps ckpt-5, ckpt-10", dir.display())), "{err}");
+    let o = run(&cut, &["--resume-from", "ckpt-10"]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(0), "{err}");
+    assert!(err.contains("resuming from step 10 of 80"), "{err}");
+    assert_eq!(std::fs::read(whole.join("tiny/pretrain/model.safetensors")).unwrap(), std::fs::read(dir.join("model.safetensors")).unwrap());
+    let steps = |d: &std::path::Path| metrics(d).iter().map(|m| m["step"].as_u64().unwrap()).collect::<Vec<_>>();
+    assert_eq!(steps(&whole.join("tiny/pretrain")), steps(&dir), "metrics.jsonl must restart at step 10");
+    let o = run(&cut, &["--resume-from", "ckpt-10"]);
+    assert!(String::from_utf8_lossy(&o.stderr).contains("pretrain: --resume-from ckpt-10: the stage has finished"), "{}", String::from_utf8_lossy(&o.stderr));
+    let o = roux(&["run", fixture("tiny-lifecycle.roux").to_str().unwrap(), "--out", cut.to_str().unwrap(), "--resume-from", "ckpt-10"]);
+    assert!(String::from_utf8_lossy(&o.stderr).contains("--resume-from ckpt-10 names one stage's checkpoint; say which stage with --stage NAME"));
+}

@@ -3,14 +3,15 @@
 use std::path::{Path, PathBuf};
 
 #[cfg(feature = "torch")]
-pub fn run(file: &Path, out: &Path, only: &[String], fresh: bool, force: bool, tensorboard: bool, profile: Option<(u64, u64)>) -> u8 {
+#[allow(clippy::too_many_arguments)]
+pub fn run(file: &Path, out: &Path, only: &[String], fresh: bool, force: bool, tensorboard: bool, profile: Option<(u64, u64)>, resume_from: Option<u64>) -> u8 {
     let c = match super::check::load(file) {
         Ok(c) => c,
         Err(code) => return code,
     };
     // A sweep's points run one after another, each its own experiment (cached and resumable).
     for recipe in c.recipes() {
-        if let Err(e) = roux::run::run_recipe(recipe, c.text_to_keep(), out, only, &roux::run::RunOptions { fresh, force, tensorboard, profile }) {
+        if let Err(e) = roux::run::run_recipe(recipe, c.text_to_keep(), out, only, &roux::run::RunOptions { fresh, force, tensorboard, profile, resume_from }) {
             eprintln!("error: {e:#}");
             return 2;
         }
@@ -76,7 +77,8 @@ pub fn unescape(s: &str) -> String {
 }
 
 #[cfg(not(feature = "torch"))]
-pub fn run(_: &Path, _: &Path, _: &[String], _: bool, _: bool, _: bool, _: Option<(u64, u64)>) -> u8 {
+#[allow(clippy::too_many_arguments)]
+pub fn run(_: &Path, _: &Path, _: &[String], _: bool, _: bool, _: bool, _: Option<(u64, u64)>, _: Option<u64>) -> u8 {
     no_torch("run")
 }
 

@@ -34,6 +34,13 @@ pub fn run_recipe(recipe: &Recipe, source: &str, out: &Path, only: &[String], op
         };
         anyhow::bail!("--stage {name}: experiment `{}` has no stage `{name}`; {hint}", recipe.experiment);
     }
+    // A checkpoint step names one stage's checkpoint: `--stage` says which, unless there is one.
+    let resumed: Option<&str> = match (opts.resume_from, only, recipe.stages.as_slice()) {
+        (None, _, _) => None,
+        (Some(_), [one], _) => Some(one.as_str()),
+        (Some(_), [], [one]) => Some(one.name.as_str()),
+        (Some(step), _, _) => anyhow::bail!("--resume-from ckpt-{step} names one stage's checkpoint; say which stage with --stage NAME"),
+    };
     let graph = lower_stages(recipe);
     // Names become directories: each must be one plain path component (check says so too).
     let runs = kit::lifecycle::stage_dir(out, &recipe.experiment)?;
@@ -48,7 +55,8 @@ pub fn run_recipe(recipe: &Recipe, source: &str, out: &Path, only: &[String], op
             StageKind::Train(_) | StageKind::Isoflop(_) => 0,
             _ => plan.stages.iter().find(|s| s.name == stage.name).map_or(0, |s| s.memory_bytes),
         };
-        let ctx = StageCtx { recipe, source, stage, runs: runs.clone(), dir, label: stage.name.clone(), opts: *opts, train: stages::train::run_model, memory, world: &world };
+        let opts = RunOptions { resume_from: opts.resume_from.filter(|_| resumed == Some(stage.name.as_str())), ..*opts };
+        let ctx = StageCtx { recipe, source, stage, runs: runs.clone(), dir, label: stage.name.clone(), opts, train: stages::train::run_model, memory, world: &world };
         match &stage.kind {
             StageKind::Train(t) => stages::train::run(&ctx, t)?,
             StageKind::Isoflop(iso) => stages::isoflop::run(&ctx, iso)?,

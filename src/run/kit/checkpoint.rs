@@ -83,6 +83,28 @@ pub fn older_states(dir: &Path, step: u64) -> Vec<State> {
         .collect()
 }
 
+/// The state of the kept checkpoint of step `step` (`roux run --resume-from ckpt-N`), or an error
+/// naming the checkpoints `dir` keeps.
+pub fn state_at(dir: &Path, step: u64) -> Result<State> {
+    let path = dir.join(state_file(step));
+    let kept = kept_steps(dir).unwrap_or_default();
+    if !kept.contains(&step) || !path.is_file() {
+        let names: Vec<String> = kept.iter().map(|s| format!("ckpt-{s}")).collect();
+        anyhow::bail!(
+            "{} has no checkpoint ckpt-{step} to resume from; it keeps {}",
+            dir.display(),
+            if names.is_empty() { "none".to_string() } else { names.join(", ") }
+        );
+    }
+    let text = super::files::read_capped(&path, 1 << 20)?;
+    serde_json::from_str(&text).map_err(|e| anyhow::anyhow!("{} is not a valid run state (corrupt?): {e}", path.display()))
+}
+
+/// Make the checkpoint `state` names the one the run resumes from from now on (state.json).
+pub fn choose(dir: &Path, state: &State) -> Result<()> {
+    write_atomic(&dir.join("state.json"), serde_json::to_string_pretty(state)?.as_bytes())
+}
+
 pub fn read_state(dir: &Path) -> Result<Option<State>> {
     let p = dir.join("state.json");
     if !p.exists() {

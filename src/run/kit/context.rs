@@ -17,6 +17,9 @@ pub struct RunOptions {
     pub tensorboard: bool,
     /// Profile training steps A..=B (`--profile A..B`): a Chrome trace in the stage's directory.
     pub profile: Option<(u64, u64)>,
+    /// Resume from the kept checkpoint of this step rather than the newest (`--resume-from
+    /// ckpt-N`; the runner passes it to the one stage it names).
+    pub resume_from: Option<u64>,
 }
 
 /// Trains one model as a `train` stage does. The runner passes `stages::train::run_model`, so

@@ -74,13 +74,21 @@ pub fn begin(ctx: &StageCtx, hash: String, resolved: &Value, steps: u64) -> Resu
         label: ctx.label.clone(),
         dir: ctx.dir.clone(),
         hash,
-        resume: checkpoint::read_state(&ctx.dir)?,
+        resume: resume_state(ctx)?,
         upstream: vec![],
         metrics: Metrics::discard(),
         progress: Progress::silent(&ctx.label, steps),
         keep: 2,
         health: ctx.recipe.health,
     }))
+}
+
+/// The checkpoint a run resumes from: `--resume-from`'s, else the newest (None: a fresh start).
+fn resume_state(ctx: &StageCtx) -> Result<Option<checkpoint::State>> {
+    match ctx.opts.resume_from {
+        Some(step) => Ok(Some(checkpoint::state_at(&ctx.dir, step)?)),
+        None => checkpoint::read_state(&ctx.dir),
+    }
 }
 
 /// What the leader tells the other processes after `begin`.
@@ -92,6 +100,9 @@ const FAILED: i64 = 2;
 fn lead(ctx: &StageCtx, hash: String, resolved: &Value, steps: u64) -> Result<Option<RunDir>> {
     let (label, dir) = (&ctx.label, &ctx.dir);
     let lock = lock(dir)?;
+    if let Some(step) = ctx.opts.resume_from.filter(|_| dir.join("report.json").exists()) {
+        bail!("{label}: --resume-from ckpt-{step}: the stage has finished ({}); it resumes interrupted runs (--fresh trains it again)", dir.display());
+    }
     // What a killed run was writing when it died (checkpoints of steps it will not reach again;
     // a plot it was redrawing after its report, which leaves the stage up to date).
     crate::fsio::remove_stale_tmp(dir, None);
@@ -140,7 +151,7 @@ fn lead(ctx: &StageCtx, hash: String, resolved: &Value, steps: u64) -> Result<Op
         super::device::memory_guard(label, ctx.memory, super::device::device(ctx.stage.kind.device())?)?;
     }
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    let resume = checkpoint::read_state(dir)?;
+    let resume = resume_state(ctx)?;
     if let Some(s) = &resume {
         if s.recipe_hash != hash && !ctx.opts.force {
             bail!(
@@ -152,6 +163,9 @@ fn lead(ctx: &StageCtx, hash: String, resolved: &Value, steps: u64) -> Result<Op
             );
         }
         tracing::info!("{label}: resuming from step {} of {steps} ({})", s.step, dir.join(&s.file).display());
+        if ctx.opts.resume_from.is_some() {
+            checkpoint::choose(dir, s)?;
+        }
     }
     write_atomic(&dir.join("recipe.roux"), ctx.source.as_bytes())?;
     write_atomic(&dir.join("resolved.json"), serde_json::to_string_pretty(resolved)?.as_bytes())?;
