@@ -100,6 +100,15 @@ pub fn state_at(dir: &Path, step: u64) -> Result<State> {
     serde_json::from_str(&text).map_err(|e| anyhow::anyhow!("{} is not a valid run state (corrupt?): {e}", path.display()))
 }
 
+/// The checkpoint a run resumes from: the kept one of step `from` (`--resume-from`), else the
+/// newest (None: a fresh start).
+pub fn resume_state(dir: &Path, from: Option<u64>) -> Result<Option<State>> {
+    match from {
+        Some(step) => Ok(Some(state_at(dir, step)?)),
+        None => read_state(dir),
+    }
+}
+
 /// Make the checkpoint `state` names the one the run resumes from from now on (state.json).
 pub fn choose(dir: &Path, state: &State) -> Result<()> {
     write_atomic(&dir.join("state.json"), serde_json::to_string_pretty(state)?.as_bytes())

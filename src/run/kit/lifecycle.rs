@@ -74,21 +74,13 @@ pub fn begin(ctx: &StageCtx, hash: String, resolved: &Value, steps: u64) -> Resu
         label: ctx.label.clone(),
         dir: ctx.dir.clone(),
         hash,
-        resume: resume_state(ctx)?,
+        resume: checkpoint::resume_state(&ctx.dir, ctx.opts.resume_from)?,
         upstream: vec![],
         metrics: Metrics::discard(),
         progress: Progress::silent(&ctx.label, steps),
         keep: 2,
         health: ctx.recipe.health,
     }))
-}
-
-/// The checkpoint a run resumes from: `--resume-from`'s, else the newest (None: a fresh start).
-fn resume_state(ctx: &StageCtx) -> Result<Option<checkpoint::State>> {
-    match ctx.opts.resume_from {
-        Some(step) => Ok(Some(checkpoint::state_at(&ctx.dir, step)?)),
-        None => checkpoint::read_state(&ctx.dir),
-    }
 }
 
 /// What the leader tells the other processes after `begin`.
@@ -151,7 +143,7 @@ fn lead(ctx: &StageCtx, hash: String, resolved: &Value, steps: u64) -> Result<Op
         super::device::memory_guard(label, ctx.memory, super::device::device(ctx.stage.kind.device())?)?;
     }
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    let resume = resume_state(ctx)?;
+    let resume = checkpoint::resume_state(dir, ctx.opts.resume_from)?;
     if let Some(s) = &resume {
         if s.recipe_hash != hash && !ctx.opts.force {
             bail!(
