@@ -218,3 +218,31 @@ fn a_gpu_is_named_by_its_index_or_the_string_is_refused() {
         assert!(err.contains("the recipe asks for `device = \"cuda:1\"` but no CUDA device is available"), "{err}");
     }
 }
+
+/// A reward model and DPO shard their pairs the same way (each micro-batch's mean weighted by its
+/// share; the batch's accuracy, margins and implicit rewards summed over the processes): 2
+/// processes, and 2 processes in micro-batches, equal one process.
+#[test]
+fn reward_model_and_dpo_on_two_processes_equal_one_process() {
+    let out = scratch("dist-pairs");
+    let recipe = fixture("tiny-pairs.roux");
+    let pairs = |name: &str, extra: &[&str]| -> Vec<(Vec<f64>, Vec<(String, tch::Tensor)>)> {
+        let dir = out.join(name);
+        let o = roux(&[&["run", recipe.to_str().unwrap(), "--out", dir.to_str().unwrap()], extra].concat());
+        assert_eq!(o.status.code(), Some(0), "{}", String::from_utf8_lossy(&o.stderr));
+        ["rm", "po"].iter().map(|s| result(&dir.join("pairs").join(s))).collect()
+    };
+    let one = pairs("one", &[]);
+    let accuracy = |name: &str, stage: &str| metrics(&out.join(name).join("pairs").join(stage)).iter().map(|m| m["accuracy"].as_f64().unwrap()).collect::<Vec<_>>();
+    for (what, run, name) in [
+        ("2 processes", pairs("two", &["--nproc", "2"]), "two"),
+        ("2 processes × micro-batches", pairs("acc", &["--nproc", "2", "--set", "rm.accumulate=4", "--set", "po.accumulate=2"]), "acc"),
+    ] {
+        for (i, stage) in ["rm", "po"].iter().enumerate() {
+            let (loss, weights) = differences(&one[i], &run[i]);
+            assert!(loss < 1e-6 && weights < 1e-5, "{stage}, {what} vs 1 process: losses differ by {loss:e}, weights by {weights:e}");
+            assert_eq!(accuracy("one", stage), accuracy(name, stage), "{stage}, {what}: the batch accuracies");
+        }
+    }
+    assert!(one[0].0[29] < one[0].0[0] - 0.05, "the reward model's loss did not fall: {:?}", one[0].0);
+}

@@ -38,6 +38,14 @@ impl<'a> Checker<'a> {
         })
     }
 
+    /// `check_optim` for the stages that split their batch over processes and micro-batches
+    /// (`accumulate`): finetune, reward_model, dpo.
+    fn check_split_optim(&mut self, f: &mut Fields<'a>, batch: u64, eval_every: u64) -> Option<Optim> {
+        let opt = self.check_optim(f, batch, None, eval_every);
+        let accumulate = self.accumulate(f, opt.as_ref().map(|o| o.batch));
+        Some(Optim { accumulate: accumulate?, ..opt? })
+    }
+
     /// An instruction or preference data set; `want` restricts the kind.
     pub(super) fn examples_arg(&mut self, e: &'a Expr, want: Option<ExampleKind>, stage: &str) -> Option<ExampleSet> {
         let d = self.decl_ref(e, DeclKind::Data, "a data set")?;
@@ -106,8 +114,7 @@ impl<'a> Checker<'a> {
         let model = bound[0].and_then(|e| self.expect_lm(e, "the model to fine-tune"));
         let data = bound[1].and_then(|e| self.examples_arg(e, None, "finetune"));
         let mut f = self.stage_fields(d, at, block);
-        let opt = self.check_optim(&mut f, 16, None, 100);
-        let accumulate = self.accumulate(&mut f, opt.as_ref().map(|o| o.batch));
+        let opt = self.check_split_optim(&mut f, 16, 100);
         let lora = match f.field("adapter") {
             Some(field) => self.check_lora(&field.value, &f.scope.clone(), model.as_ref()),
             None => Some(None),
@@ -116,8 +123,7 @@ impl<'a> Checker<'a> {
         let eval = self.eval_keys(&mut f);
         f.finish(self);
         let (eval_examples, max_new) = eval?;
-        let opt = Optim { accumulate: accumulate?, ..opt? };
-        let kind = StageKind::Finetune(FinetuneSpec { model: model?, data: data?.name, opt, lora: lora?, mask_prompt: mask_prompt?, eval_examples, max_new });
+        let kind = StageKind::Finetune(FinetuneSpec { model: model?, data: data?.name, opt: opt?, lora: lora?, mask_prompt: mask_prompt?, eval_examples, max_new });
         Some(self.stage_spec(d, kind))
     }
 
@@ -177,7 +183,7 @@ impl<'a> Checker<'a> {
         let model = bound[0].and_then(|e| self.expect_lm(e, "the base of a reward model"));
         let data = bound[1].and_then(|e| self.examples_arg(e, Some(ExampleKind::Preferences), "reward_model"));
         let mut f = self.stage_fields(d, at, block);
-        let opt = self.check_optim(&mut f, 16, None, 100);
+        let opt = self.check_split_optim(&mut f, 16, 100);
         f.finish(self);
         Some(self.stage_spec(d, StageKind::RewardModel(RewardSpec { model: model?, data: data?.name, opt: opt? })))
     }
@@ -239,7 +245,7 @@ impl<'a> Checker<'a> {
         let policy = bound[0].and_then(|e| self.expect_lm(e, "the policy"));
         let data = bound[1].and_then(|e| self.examples_arg(e, Some(ExampleKind::Preferences), "dpo"));
         let mut f = self.stage_fields(d, at, block);
-        let opt = self.check_optim(&mut f, 16, None, 100);
+        let opt = self.check_split_optim(&mut f, 16, 100);
         let beta = f.positive(self, "beta", Some(0.1));
         let eval = self.eval_keys(&mut f);
         f.finish(self);

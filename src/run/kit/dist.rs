@@ -222,6 +222,14 @@ impl World {
         Ok(t.int64_value(&[0]))
     }
 
+    /// Several processes need Gloo's CPU tensors until NCCL is driven: refuse a GPU for them.
+    pub fn refuse_gpu(&self, stage: &str, device: tch::Device) -> Result<()> {
+        if self.size > 1 && device != tch::Device::Cpu {
+            bail!("{stage}: several processes on a GPU need NCCL, which roux does not drive yet; run on `device = cpu` (Gloo) or as one process");
+        }
+        Ok(())
+    }
+
     /// This process's share of a global batch's rows (the `rank`-th of `size` equal blocks).
     pub fn shard_rows<'r, T>(&self, rows: &'r [T]) -> &'r [T] {
         let n = rows.len() / self.size;

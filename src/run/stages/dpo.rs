@@ -16,6 +16,7 @@ use crate::run::kit::losses::dpo;
 use crate::run::kit::score::score;
 use crate::run::kit::codec::Codec;
 use crate::run::kit::seqs::{pad, prompt_response, seq_logprob};
+use crate::run::kit::dist::Reduce;
 use crate::run::kit::{device, lifecycle, StageCtx};
 use crate::run::model::Model;
 use crate::schedule::lr_at;
@@ -64,7 +65,11 @@ fn held_out_pairs(policy: &Model, reference: &Model, codec: &Codec, pairs: &[Pai
 pub fn run(ctx: &StageCtx, d: &DpoSpec) -> Result<()> {
     let (recipe, name) = (ctx.recipe, ctx.label.clone());
     let Some(mut run) = lifecycle::begin_stage(ctx, d.opt.steps)? else { return Ok(()) };
+    let world = ctx.world;
+    // Each process's pairs of a global batch, in `accumulate` micro-batches of `micro` pairs.
+    let micro = d.opt.micro_batch(&name, world.size).map_err(anyhow::Error::msg)?;
     let dev = device::device(d.opt.device)?;
+    world.refuse_gpu(&name, dev)?;
     let (set, split) = preferences(recipe, &d.data)?;
     let codec = Codec::new(recipe, &set)?;
     let (_, held) = instructions(recipe, &d.data)?;
@@ -78,6 +83,7 @@ pub fn run(ctx: &StageCtx, d: &DpoSpec) -> Result<()> {
     let params: Vec<Tensor> = policy.params.iter().map(|p| p.shallow_clone()).collect();
     let mut opt = Optimizer::new(&params, &d.opt.optimizer);
     let (step0, mut rng, _) = run.restore(&names, &params, &mut opt, Rng(recipe.seed ^ 0xD90))?;
+    opt.broadcast_state(world)?;
     let context = policy.spec().context;
     tracing::info!("{name}: DPO (β = {}) on `{}` ({} pairs) for {} steps × {} pairs", d.beta, set.name, split.train.len(), d.opt.steps, d.opt.batch);
     let started = Instant::now();
@@ -86,24 +92,37 @@ pub fn run(ctx: &StageCtx, d: &DpoSpec) -> Result<()> {
     for step in step0..d.opt.steps {
         tch::manual_seed((recipe.seed ^ step.wrapping_mul(0x9E37_79B9)) as i64);
         let lr = lr_at(&d.opt.schedule, d.opt.optimizer.lr, step, d.opt.steps);
+        // Every process draws the whole global batch (the same sampler state) and keeps its pairs.
         let pairs: Vec<(Seq, Seq)> = (0..d.opt.batch).map(|_| pair_seqs(&codec, &split.train[rng.below(split.train.len() as u64) as usize], context)).collect();
-        // One batch: the chosen rows, then the rejected rows.
-        let rows: Vec<&Seq> = pairs.iter().map(|p| &p.0).chain(pairs.iter().map(|p| &p.1)).collect();
-        let b = pad(&rows, dev);
-        let n = d.opt.batch as i64;
+        let mine = world.shard_rows(&pairs);
         opt.zero_grad();
-        let pi = seq_logprob(&policy, &b, true); // (2B)
-        let rf = tch::no_grad(|| seq_logprob(&reference, &b, false));
-        let (pc, pr, rc, rr) = (pi.narrow(0, 0, n), pi.narrow(0, n, n), rf.narrow(0, 0, n), rf.narrow(0, n, n));
-        let loss = dpo(&pc, &pr, &rc, &rr, d.beta);
-        loss.backward();
+        // Sums over the global batch: loss × pairs, the implicit rewards' margins, pairs won,
+        // chosen and rejected rewards β·(log π − log π_ref).
+        let sums = Tensor::zeros([5], (Kind::Double, dev));
+        for part in mine.chunks(micro) {
+            // One batch: the chosen rows, then the rejected rows.
+            let rows: Vec<&Seq> = part.iter().map(|p| &p.0).chain(part.iter().map(|p| &p.1)).collect();
+            let b = pad(&rows, dev);
+            let n = part.len() as i64;
+            let pi = seq_logprob(&policy, &b, true); // (2n)
+            let rf = tch::no_grad(|| seq_logprob(&reference, &b, false));
+            let (pc, pr, rc, rr) = (pi.narrow(0, 0, n), pi.narrow(0, n, n), rf.narrow(0, 0, n), rf.narrow(0, n, n));
+            let loss = dpo(&pc, &pr, &rc, &rr, d.beta);
+            // Each micro-batch's mean, weighted by its share of this process's pairs.
+            if part.len() == mine.len() { loss.backward() } else { (&loss * (part.len() as f64 / mine.len() as f64)).backward() }
+            let (chosen, rejected) = ((&pc - &rc).detach() * d.beta, (&pr - &rr).detach() * d.beta);
+            let margin = &chosen - &rejected;
+            let sum = |t: &Tensor| t.to_kind(Kind::Double).sum(Kind::Double);
+            let row = [loss.detach().to_kind(Kind::Double) * n as f64, sum(&margin), sum(&margin.gt(0.0)), sum(&chosen), sum(&rejected)];
+            let _ = sums.shallow_clone().g_add_(&Tensor::stack(&row, 0));
+        }
+        opt.all_reduce_grads(world)?;
+        world.all_reduce(&sums, Reduce::Sum)?;
         let grad_norm = opt.clip_grad_norm(d.opt.grad_clip);
         opt.step(lr)?;
         let done = step + 1;
-        let loss_v = loss.double_value(&[]);
-        // Implicit rewards β·(log π − log π_ref): their margin and how often chosen wins.
-        let margin = ((&pc - &rc) - (&pr - &rr)) * d.beta;
-        let (margin_v, acc) = (margin.mean(Kind::Float).double_value(&[]), margin.gt(0.0).to_kind(Kind::Float).mean(Kind::Float).double_value(&[]));
+        let mean = |i: i64| sums.double_value(&[i]) / d.opt.batch as f64;
+        let (loss_v, margin_v, acc, chosen_v, rejected_v) = (mean(0), mean(1), mean(2), mean(3), mean(4));
         let eval_now = done % d.opt.eval_every == 0 || done == d.opt.steps;
         let s = eval_now.then(|| score(&policy, Some(&reference), &codec, &held, d.max_new));
         let pairs_now = (eval_now && !held_pairs.is_empty()).then(|| held_out_pairs(&policy, &reference, &codec, &held_pairs, d.beta, context, dev));
@@ -111,7 +130,6 @@ pub fn run(ctx: &StageCtx, d: &DpoSpec) -> Result<()> {
         run.progress.line(done, d.opt.log_every, &format!("loss {loss_v:.4} margin {margin_v:.3} acc {:.0}%{shown}", 100.0 * acc), s.is_some());
         if done % d.opt.log_every == 0 || s.is_some() {
             // TRL's names for the training batch's implicit rewards, and the held-out pairs'.
-            let (chosen_v, rejected_v) = (((&pc - &rc) * d.beta).mean(Kind::Float).double_value(&[]), ((&pr - &rr) * d.beta).mean(Kind::Float).double_value(&[]));
             let mut m = json!({"step": done, "loss": loss_v, "lr": lr, "grad_norm": grad_norm, "margin": margin_v, "accuracy": acc,
                 "rewards/chosen": chosen_v, "rewards/rejected": rejected_v, "rewards/margins": margin_v, "rewards/accuracies": acc});
             if let Some(s) = &s {

@@ -14,6 +14,7 @@ use crate::run::kit::adamw::Optimizer;
 use crate::run::kit::artifacts::{load_lm, preferences};
 use crate::run::kit::losses::bradley_terry;
 use crate::run::kit::codec::Codec;
+use crate::run::kit::dist::Reduce;
 use crate::run::kit::{device, lifecycle, StageCtx};
 use crate::run::model::heads::RewardModel;
 use crate::schedule::lr_at;
@@ -46,13 +47,18 @@ pub fn pairwise_accuracy(rm: &RewardModel, codec: &Codec, pairs: &[Pair]) -> f64
 pub fn run(ctx: &StageCtx, r: &RewardSpec) -> Result<()> {
     let (recipe, name) = (ctx.recipe, ctx.label.clone());
     let Some(mut run) = lifecycle::begin_stage(ctx, r.opt.steps)? else { return Ok(()) };
+    let world = ctx.world;
+    // Each process's pairs of a global batch, in `accumulate` micro-batches of `micro` pairs.
+    let micro = r.opt.micro_batch(&name, world.size).map_err(anyhow::Error::msg)?;
     let dev = device::device(r.opt.device)?;
+    world.refuse_gpu(&name, dev)?;
     let (set, split) = preferences(recipe, &r.data)?;
     let codec = Codec::new(recipe, &set)?;
     let rm = RewardModel::new(load_lm(recipe, &ctx.runs, &r.model, dev)?.computing(r.opt.precision));
     let (names, params): (Vec<String>, Vec<Tensor>) = rm.named().into_iter().unzip();
     let mut opt = Optimizer::new(&params, &r.opt.optimizer);
     let (step0, mut rng, _) = run.restore(&names, &params, &mut opt, Rng(recipe.seed ^ 0x2E3A))?;
+    opt.broadcast_state(world)?;
     let context = rm.trunk.spec().context;
     tracing::info!("{name}: training a reward model on `{}` ({} pairs, {} held out) for {} steps × {} pairs", set.name, split.train.len(), split.held_out.len(), r.opt.steps, r.opt.batch);
     let started = Instant::now();
@@ -60,17 +66,27 @@ pub fn run(ctx: &StageCtx, r: &RewardSpec) -> Result<()> {
     for step in step0..r.opt.steps {
         tch::manual_seed((recipe.seed ^ step.wrapping_mul(0x9E37_79B9)) as i64);
         let lr = lr_at(&r.opt.schedule, r.opt.optimizer.lr, step, r.opt.steps);
+        // Every process draws the whole global batch (the same sampler state) and keeps its pairs.
         let pairs: Vec<&Pair> = (0..r.opt.batch).map(|_| &split.train[rng.below(split.train.len() as u64) as usize]).collect();
-        let (c, rj) = pair_rows(&codec, &pairs, context);
+        let mine = world.shard_rows(&pairs);
         opt.zero_grad();
-        let (sc, sr) = (rm.score(&c, true), rm.score(&rj, true));
-        let loss = bradley_terry(&sc, &sr);
-        loss.backward();
+        // Sums over the global batch: loss × pairs, and pairs the model ranks right.
+        let sums = Tensor::zeros([2], (Kind::Double, dev));
+        for part in mine.chunks(micro) {
+            let (c, rj) = pair_rows(&codec, part, context);
+            let (sc, sr) = (rm.score(&c, true), rm.score(&rj, true));
+            let loss = bradley_terry(&sc, &sr);
+            // Each micro-batch's mean, weighted by its share of this process's pairs.
+            if part.len() == mine.len() { loss.backward() } else { (&loss * (part.len() as f64 / mine.len() as f64)).backward() }
+            let right = sc.gt_tensor(&sr).to_kind(Kind::Double).sum(Kind::Double);
+            let _ = sums.shallow_clone().g_add_(&Tensor::stack(&[loss.detach().to_kind(Kind::Double) * part.len() as f64, right], 0));
+        }
+        opt.all_reduce_grads(world)?;
+        world.all_reduce(&sums, Reduce::Sum)?;
         let grad_norm = opt.clip_grad_norm(r.opt.grad_clip);
         opt.step(lr)?;
         let done = step + 1;
-        let loss_v = loss.double_value(&[]);
-        let train_acc = sc.gt_tensor(&sr).to_kind(Kind::Float).mean(Kind::Float).double_value(&[]);
+        let (loss_v, train_acc) = (sums.double_value(&[0]) / r.opt.batch as f64, sums.double_value(&[1]) / r.opt.batch as f64);
         let eval_now = done % r.opt.eval_every == 0 || done == r.opt.steps;
         let a = eval_now.then(|| pairwise_accuracy(&rm, &codec, &split.held_out));
         let shown = a.map_or(String::new(), |a| format!(" held-out accuracy {:.1}%", 100.0 * a));

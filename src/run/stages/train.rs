@@ -46,9 +46,7 @@ pub fn run_model(ctx: &StageCtx, spec: &ModelSpec, t: &TrainSpec) -> Result<()> 
     let micro = t.micro_batch(name, world.size).map_err(anyhow::Error::msg)?;
 
     let device = device::device(t.device)?;
-    if world.size > 1 && device != tch::Device::Cpu {
-        bail!("{name}: several processes on a GPU need NCCL, which roux does not drive yet; run on `device = cpu` (Gloo) or as one process");
-    }
+    world.refuse_gpu(name, device)?;
     // Refuse a model that cannot fit before allocating it (an IsoFLOP prediction can be huge).
     let graph = crate::lower::lower_model(spec);
     let plan = plan_model(&graph, t.batch, t.context);
