@@ -246,3 +246,33 @@ fn reward_model_and_dpo_on_two_processes_equal_one_process() {
     }
     assert!(one[0].0[29] < one[0].0[0] - 0.05, "the reward model's loss did not fall: {:?}", one[0].0);
 }
+
+/// The whole lifecycle (pretrain, LoRA SFT, reward model, PPO, DPO, compare) under 2 processes:
+/// every stage finishes, each writes once (rank 0), and the pretrained model and the LoRA adapter
+/// are one process's within 1e-5.
+#[test]
+fn every_stage_kind_runs_under_two_processes() {
+    let out = scratch("dist-lifecycle");
+    let recipe = fixture("tiny-lifecycle.roux");
+    for (name, extra) in [("one", vec![]), ("two", vec!["--nproc", "2"])] {
+        let dir = out.join(name);
+        let o = roux(&[&["run", recipe.to_str().unwrap(), "--out", dir.to_str().unwrap()], &extra[..]].concat());
+        assert_eq!(o.status.code(), Some(0), "{name}: {}", String::from_utf8_lossy(&o.stderr));
+    }
+    let stage = |name: &str, s: &str| out.join(name).join("tiny-lifecycle").join(s);
+    for s in ["pretrain", "sft", "rm", "rl", "po", "table"] {
+        assert!(stage("two", s).join("report.json").exists(), "{s} did not finish under 2 processes");
+        let steps: Vec<u64> = std::fs::read_to_string(stage("two", s).join("metrics.jsonl")).unwrap_or_default().lines().filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok()?["step"].as_u64()).collect();
+        assert!(steps.windows(2).all(|w| w[0] < w[1]), "{s}: metrics.jsonl written by more than one process: {steps:?}");
+    }
+    for (s, file) in [("pretrain", "model.safetensors"), ("sft", "adapter.safetensors")] {
+        let read = |n: &str| {
+            let mut t = tch::Tensor::read_safetensors(stage(n, s).join(file)).unwrap();
+            t.sort_by(|a, b| a.0.cmp(&b.0));
+            t
+        };
+        let (a, b) = (read("one"), read("two"));
+        let worst = a.iter().zip(&b).map(|((_, x), (_, y))| (x - y).abs().max().double_value(&[])).fold(0.0, f64::max);
+        assert!(worst < 1e-5, "{s}: 2 processes vs 1 differ by {worst:e}");
+    }
+}

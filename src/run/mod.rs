@@ -51,6 +51,9 @@ pub fn run_recipe(recipe: &Recipe, source: &str, out: &Path, only: &[String], op
             continue;
         }
         let dir = kit::lifecycle::stage_dir(&runs, &stage.name)?;
+        // Every process starts a stage once the leader has written the last one's outputs, which
+        // this one may read before its lifecycle begins (upstream hashes, weights).
+        world.barrier()?;
         let memory = match stage.kind {
             StageKind::Train(_) | StageKind::Isoflop(_) => 0,
             _ => plan.stages.iter().find(|s| s.name == stage.name).map_or(0, |s| s.memory_bytes),

@@ -47,7 +47,9 @@ pub fn run(ctx: &StageCtx, c: &CompareSpec) -> Result<()> {
     }
     table.push_str(&format!("\n{} held-out prompts of `{}`; greedy decoding for the first two columns; then one response sampled at temperature 1 per prompt (the policy's behaviour): gold reward, preferred behaviour (the answer and nothing more), verbose (the answer, then more), and KL(π ‖ reference) per response.\n", held.len(), set.name));
     tracing::info!("\n{table}");
-    write_atomic(&run.dir.join("table.md"), table.as_bytes())?;
+    if run.leads {
+        write_atomic(&run.dir.join("table.md"), table.as_bytes())?;
+    }
     let report = json!({"experiment": recipe.experiment, "kind": "compare", "precision": c.precision, "examples": held.len(), "rows": rows});
     // No metrics: the stage is one evaluation. An empty metrics file keeps plots quiet.
     run.finish(&[], report, &ctx.title())

@@ -24,10 +24,14 @@ fn val_loss(dir: &Path) -> Result<f64> {
 
 pub fn run(ctx: &StageCtx, iso: &IsoflopSpec) -> Result<()> {
     let (recipe, name, dir) = (ctx.recipe, ctx.label.as_str(), ctx.dir.as_path());
-    if ctx.opts.fresh && dir.exists() {
-        lifecycle::set_aside(dir)?;
+    // The leader owns the sweep's directory; the other processes train the points beside it.
+    let leads = ctx.world.leads();
+    if leads {
+        if ctx.opts.fresh && dir.exists() {
+            lifecycle::set_aside(dir)?;
+        }
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     }
-    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     let mut pts = vec![];
     let mut rows = vec![];
     for (i, p) in iso.points.iter().enumerate() {
@@ -36,9 +40,14 @@ pub fn run(ctx: &StageCtx, iso: &IsoflopSpec) -> Result<()> {
         tracing::info!("{name}: point {}/{}: C = {:.1e}, N = {n}, D = {tokens}", i + 1, iso.points.len(), p.budget);
         let pdir = dir.join("points").join(format!("{i:02}"));
         (ctx.train)(&ctx.sub(format!("{name}.{i:02}"), pdir.clone()), &p.model, &p.train)?;
+        // The point's report is the leader's to write: read it once written.
+        ctx.world.barrier()?;
         let loss = val_loss(&pdir)?;
         pts.push(Point { params: n as f64, tokens: tokens as f64, loss });
         rows.push(json!({"budget": p.budget, "params": n, "tokens": tokens, "d_model": p.model.d_model, "layers": p.model.layers, "val_loss": loss}));
+    }
+    if !leads {
+        return Ok(());
     }
     let csv: String = std::iter::once("params,tokens,loss\n".to_string()).chain(pts.iter().map(|p| format!("{},{},{}\n", p.params, p.tokens, p.loss))).collect();
     write_atomic(&dir.join("points.csv"), csv.as_bytes())?;
