@@ -135,13 +135,16 @@ impl World {
 
     /// Join the process group `l` describes (waits for every rank, up to the timeout).
     pub fn join(l: &Launch) -> Result<World> {
-        let timeout_s = std::env::var("ROUX_DIST_TIMEOUT").ok().and_then(|v| v.parse::<u64>().ok()).filter(|s| (1..=86_400).contains(s)).unwrap_or(DEFAULT_TIMEOUT_S);
+        let timeout_s = match std::env::var("ROUX_DIST_TIMEOUT") {
+            Err(_) => DEFAULT_TIMEOUT_S,
+            Ok(v) => v.trim().parse::<u64>().ok().filter(|s| (1..=86_400).contains(s)).ok_or_else(|| anyhow!("ROUX_DIST_TIMEOUT={v:?} is not a number of seconds from 1 to 86400"))?,
+        };
         let host = CString::new(l.host.as_bytes()).context("MASTER_ADDR has a NUL byte")?;
         let prefix = match l.agent_attempt {
             Some(a) => format!("/worker/attempt_{a}/roux/"),
             None => "roux/".to_string(),
         };
-        let prefix = CString::new(prefix).expect("no NUL");
+        let prefix = CString::new(prefix).context("the store prefix has a NUL byte")?;
         let mut out: *mut c_void = std::ptr::null_mut();
         let what = format!("rank {} of {} joining the process group at {}:{}", l.rank, l.size, l.host, l.port);
         // SAFETY: the strings outlive the call; on success `out` owns a Group freed by Drop.
