@@ -23,10 +23,11 @@ fn run_to_end(recipe: &Path, out: &Path) {
     assert_eq!(o.status.code(), Some(0), "{}", String::from_utf8_lossy(&o.stderr));
 }
 
-/// Start `roux run` and SIGKILL it after a pseudo-random delay (`delay` maps a random number to
-/// milliseconds), again and again, until a run finishes by itself; `on_kill` runs after each
-/// kill. Returns the number of kills.
-fn kill_until_done(recipe: &Path, out: &Path, seed: u64, delay: impl Fn(u64) -> u64, mut on_kill: impl FnMut()) -> u32 {
+/// Start `roux run` and SIGKILL it, again and again, until a run finishes by itself. At each
+/// start `when` gets a pseudo-random number and gives the test, polled every few milliseconds
+/// with the time since the start, that says when to kill; `on_kill` runs after each kill.
+/// Returns the number of kills.
+fn kill_until_done<'a>(recipe: &Path, out: &Path, seed: u64, mut when: impl FnMut(u64) -> Box<dyn FnMut(Duration) -> bool + 'a>, mut on_kill: impl FnMut()) -> u32 {
     // One kill loop at a time: two on two cores starve each other's runs.
     static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
     let _turn = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
@@ -34,30 +35,47 @@ fn kill_until_done(recipe: &Path, out: &Path, seed: u64, delay: impl Fn(u64) -> 
     let mut kills = 0;
     loop {
         state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        let mut kill_now = when(state >> 33);
         let mut child = Command::new(env!("CARGO_BIN_EXE_roux"))
             .args(["run", recipe.to_str().unwrap(), "--out", out.to_str().unwrap()])
             .env("ROUX_QUIET", "1")
             .stderr(Stdio::null())
             .spawn()
             .unwrap();
-        // Delays stretch as kills accumulate, so a machine slowed by other work still lets runs
+        // Time stretches as kills accumulate, so a machine slowed by other work still lets runs
         // reach their checkpoints and, in the end, finish.
         let stretch = 1.0 + kills as f64 / 15.0;
-        std::thread::sleep(Duration::from_millis((delay(state >> 33) as f64 * stretch) as u64));
-        match child.try_wait().unwrap() {
-            Some(status) => {
+        let t0 = Instant::now();
+        loop {
+            if let Some(status) = child.try_wait().unwrap() {
                 assert!(status.success());
                 return kills;
             }
-            None => {
+            if kill_now(t0.elapsed().div_f64(stretch)) {
                 child.kill().unwrap(); // SIGKILL
                 child.wait().unwrap();
                 kills += 1;
                 on_kill();
+                break;
             }
+            std::thread::sleep(Duration::from_millis(2));
         }
         assert!(kills < 300, "never finished");
     }
+}
+
+/// Kill after `ms` milliseconds.
+fn after<'a>(ms: u64) -> Box<dyn FnMut(Duration) -> bool + 'a> {
+    Box::new(move |t| t >= Duration::from_millis(ms))
+}
+
+/// The step of a stage's newest checkpoint, 0 before its first.
+fn checkpointed_step(stage: &Path) -> u64 {
+    std::fs::read_to_string(stage.join("state.json"))
+        .ok()
+        .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
+        .and_then(|v| v["step"].as_u64())
+        .unwrap_or(0)
 }
 
 #[test]
@@ -86,19 +104,30 @@ fn killed_at_random_points_across_two_stages_the_result_is_identical() {
     // Pseudo-random delays of 0.4–1.6 s (a start, with libtorch loading, takes ~0.3 s); keep
     // killing until a run finishes by itself.
     let first_done = killed.join("tiny-resume/pretrain/report.json");
-    let mut kills_in_second_stage = 0;
+    let second = killed.join("tiny-resume/more");
+    let kills_in_second_stage = std::cell::Cell::new(0);
     let kills = kill_until_done(
         &recipe,
         &killed,
         0x2545_F491_4F6C_DD1D,
-        // Shorter delays once the first stage is done, so the second stage is hit too.
-        |r| if first_done.exists() { 300 + r % 600 } else { 400 + r % 1200 },
+        |r| {
+            if kills_in_second_stage.get() > 0 {
+                return after(400 + r % 1200);
+            }
+            // Until one has landed in the second stage, also kill a few checkpoints into it: a
+            // delay alone lets a fast machine finish that short stage between two kills.
+            let target = checkpointed_step(&second) + 5 + r % 60;
+            let second = second.clone();
+            let mut time = after(400 + r % 1200);
+            Box::new(move |t| time(t) || checkpointed_step(&second) >= target)
+        },
         || {
             if first_done.exists() {
-                kills_in_second_stage += 1;
+                kills_in_second_stage.set(kills_in_second_stage.get() + 1);
             }
         },
     );
+    let kills_in_second_stage = kills_in_second_stage.get();
     assert!(kills >= 3, "only {kills} kills: the fixture finishes too fast to test resuming");
     assert!(kills_in_second_stage >= 1, "no kill landed in the second stage ({kills} kills)");
     for stage in ["pretrain", "more"] {
@@ -407,7 +436,7 @@ fn post_training_stages_killed_at_random_points_resume_to_identical_results() {
     let stages = ["sft", "rm", "rl", "po"];
     let done = |s: &str| killed.join("tiny-post-resume").join(s).join("report.json").exists();
     let mut in_post = 0;
-    let kills = kill_until_done(&recipe, &killed, 0x9E37_79B9_7F4A_7C15, |r| 300 + r % 500, || {
+    let kills = kill_until_done(&recipe, &killed, 0x9E37_79B9_7F4A_7C15, |r| after(300 + r % 500), || {
         if killed.join("tiny-post-resume/pretrain/report.json").exists() && !done("po") {
             in_post += 1;
         }
