@@ -160,10 +160,11 @@ fn compile_ast(ast: &crate::syntax::ast::SourceFile, base: &Path, allowed: &[Pat
             _ => None,
         })
         .collect();
-    for (point, label) in &expanded {
-        let checked = crate::check::check_with(point, base, &variables, allowed, &crate::check::loader::FileSystem);
+    for point in &expanded {
+        let label = point.label();
+        let checked = crate::check::check_with(&point.ast, base, &variables, allowed, &crate::check::loader::FileSystem);
         failed |= checked.recipe.is_none();
-        points.extend(checked.recipe);
+        points.extend(checked.recipe.map(|r| Recipe { sweep: point.bindings.clone(), ..r }));
         for mut d in checked.diagnostics {
             let key = (d.code, d.span, d.message.clone());
             if !seen.contains(&key) {

@@ -6,8 +6,26 @@
 use crate::diag::{Code, Diagnostic, Span};
 use crate::syntax::ast::{Entry, ExprKind, Field, SourceFile};
 
-/// The expanded ASTs with the bindings of each, or a diagnostic for a malformed sweep.
-pub fn expand(ast: &SourceFile) -> Result<Vec<(SourceFile, String)>, Vec<Diagnostic>> {
+/// One point of a sweep: its recipe and the value of each swept name, as printed in a recipe.
+pub struct SweepPoint {
+    pub ast: SourceFile,
+    pub bindings: Vec<(String, String)>,
+}
+
+impl SweepPoint {
+    /// `d_model=64,norm=rmsnorm`: how diagnostics and the experiment's name call the point.
+    pub fn label(&self) -> String {
+        self.bindings.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(",")
+    }
+}
+
+/// A point's label as it ends its experiment's name (one path component).
+pub fn name_suffix(label: &str) -> String {
+    label.replace(['/', ' ', '"'], "_")
+}
+
+/// The expanded points, or a diagnostic for a malformed sweep.
+pub fn expand(ast: &SourceFile) -> Result<Vec<SweepPoint>, Vec<Diagnostic>> {
     let mut axes = vec![];
     let mut errors = vec![];
     for e in &ast.body.entries {
@@ -37,7 +55,7 @@ pub fn expand(ast: &SourceFile) -> Result<Vec<(SourceFile, String)>, Vec<Diagnos
     for i in 0..total {
         let mut rem = i;
         let mut point = ast.clone();
-        let mut label = vec![];
+        let mut bindings = vec![];
         let mut k = 0;
         for e in point.body.entries.iter_mut() {
             if let Entry::Sweep(s) = e {
@@ -47,13 +65,13 @@ pub fn expand(ast: &SourceFile) -> Result<Vec<(SourceFile, String)>, Vec<Diagnos
                 k += 1;
                 let mut shown = String::new();
                 crate::syntax::print::expr(&mut shown, &v, 0);
-                label.push(format!("{}={}", s.var.name, shown));
+                bindings.push((s.var.name.clone(), shown));
                 *e = Entry::Field(Field { key: s.var.clone(), value: v });
             }
         }
-        let label = label.join(",");
-        point.name = format!("{}-{}", ast.name, label.replace(['/', ' ', '"'], "_"));
-        out.push((point, label));
+        let mut point = SweepPoint { ast: point, bindings };
+        point.ast.name = format!("{}-{}", ast.name, name_suffix(&point.label()));
+        out.push(point);
     }
     Ok(out)
 }

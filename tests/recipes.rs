@@ -267,6 +267,10 @@ fn a_sweep_expands_into_checked_points() {
     let widths: Vec<usize> = c.points.iter().map(|r| r.models[0].d_model).collect();
     assert_eq!(widths, vec![64, 128, 192, 64, 128, 192]);
     assert_eq!(c.points[3].models[0].norm, roux::recipe::Norm::Rmsnorm);
+    // Each point knows where it lies (its run's resolved.json records it for the sweep's report).
+    let at = |k: &str, v: &str| (k.to_string(), v.to_string());
+    assert_eq!(c.points[4].sweep, [at("d_model", "128"), at("norm", "rmsnorm")]);
+    assert!(c.recipe.as_ref().is_some_and(|r| r.sweep == [at("d_model", "64"), at("norm", "layernorm")]));
     // A point that fails says which one: heads = 4 does not divide 66.
     let bad = compile_text("sweep-bad", r#"experiment "s" {
       sweep w in [64, 66]

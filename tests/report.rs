@@ -67,6 +67,7 @@ fn the_html_report_renders_in_headless_chromium_with_every_plot_drawn() {
         let dom = chromium(&["--dump-dom", &format!("file://{}", page.display())]);
         let dom = String::from_utf8_lossy(&dom.stdout).to_string();
         let n = html.matches("<figure class=\"plot\"").count();
+        assert_eq!(long_floats(&html), Vec::<String>::new(), "{stage}: raw floats in the page");
         assert!(dom.contains(&format!("<title>plots-ok {n}/{n}</title>")), "{stage}: chromium did not draw every plot; title: {:?}", dom.split("<title>").nth(1).map(|t| t.split("</title>").next()));
         let shot = out.join(format!("{stage}-report.png"));
         let o = chromium(&[&format!("--screenshot={}", shot.display()), "--window-size=1200,2400", &format!("file://{}", page.display())]);
@@ -108,5 +109,81 @@ fn runs_compare_side_by_side_with_what_differs_and_a_line_per_run() {
     let o = roux(&["report", out.join("slow/tiny").to_str().unwrap(), "-o", out.join("exp.html").to_str().unwrap()]);
     assert_eq!(o.status.code(), Some(0), "{}", String::from_utf8_lossy(&o.stderr));
     let o = roux(&["report", out.to_str().unwrap(), out.join("slow").to_str().unwrap()]);
-    assert!(String::from_utf8_lossy(&o.stderr).contains("is neither a run directory (report.json or metrics.jsonl) nor an experiment's directory of them"), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("is neither a run directory (report.json or metrics.jsonl) nor an experiment's or a sweep's directories of them"), "{}", String::from_utf8_lossy(&o.stderr));
+}
+
+/// Numbers in a page's visible text written with more than 6 significant digits (raw floats
+/// such as 3.136216735839844 that a person should never have to read).
+fn long_floats(html: &str) -> Vec<String> {
+    let mut text = String::new();
+    let mut rest = html;
+    // Drop scripts, styles and tags; what is left is what a reader sees.
+    while let Some(i) = rest.find('<') {
+        text.push_str(&rest[..i]);
+        text.push(' ');
+        let tail = &rest[i..];
+        let end = ["script", "style"].iter().find(|t| tail.starts_with(&format!("<{t}"))).map_or_else(|| tail.find('>').map(|j| j + 1), |t| tail.find(&format!("</{t}>")).map(|j| j + t.len() + 3));
+        rest = &tail[end.unwrap_or(tail.len())..];
+    }
+    text.push_str(rest);
+    text.split(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .filter(|w| w.contains('.') && w.chars().any(|c| c.is_ascii_digit()))
+        .filter(|w| w.trim_matches('.').replace('.', "").trim_start_matches('0').len() > 6)
+        .map(str::to_string)
+        .collect()
+}
+
+#[test]
+fn long_floats_finds_raw_numbers_only_in_visible_text() {
+    assert_eq!(long_floats("<td>3.136216735839844 nats</td><td>1.914</td><td>0.0001234</td>"), ["3.136216735839844"]);
+    assert_eq!(long_floats("<script>x = 0.12345678</script><img src=\"a.1234567.svg\"><p>1,115,394 tokens</p>"), Vec::<String>::new());
+}
+
+#[test]
+fn a_sweeps_report_names_its_best_point_and_plots_the_loss_against_each_swept_value() {
+    let out = root().join("target/test-runs/sweep-report");
+    let _ = std::fs::remove_dir_all(&out);
+    std::fs::create_dir_all(&out).unwrap();
+    let o = roux(&["run", root().join("tests/fixtures/tiny-sweep.roux").to_str().unwrap(), "--out", out.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(0), "{}", String::from_utf8_lossy(&o.stderr));
+    // Each point's final validation loss, read from its own report; the best is the lowest.
+    let mut points: Vec<(String, f64)> = std::fs::read_dir(&out)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .map(|d| {
+            let report: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(d.join("pretrain/report.json")).unwrap()).unwrap();
+            let name = d.file_name().unwrap().to_str().unwrap().strip_prefix("tiny-sweep-").unwrap().replace(',', ", ");
+            (name, report["final_val_loss"].as_f64().unwrap())
+        })
+        .collect();
+    assert_eq!(points.len(), 4);
+    points.sort_by(|a, b| a.1.total_cmp(&b.1));
+    let page = out.join("sweep.html");
+    // The sweep's name stands for its points' directories.
+    let o = roux(&["report", out.join("tiny-sweep").to_str().unwrap(), "-o", page.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(0), "{}", String::from_utf8_lossy(&o.stderr));
+    let html = std::fs::read_to_string(&page).unwrap();
+    assert!(html.contains("<title>Sweep tiny-sweep: 4 points</title>"), "{}", &html[..300]);
+    let (best, loss) = &points[0];
+    assert!(html.contains(&format!("<b>Best point</b>: {best} with final val loss {loss:.3} nats/token.")), "best {best} ({loss})");
+    for (name, loss) in &points {
+        let (d, lr) = name.split_once(", ").unwrap();
+        let row = format!("<td>{}</td><td>{}</td><td>{loss:.3} nats/token</td>", &d["d_model=".len()..], &lr["lr=".len()..]);
+        assert!(html.contains(&row), "no row {row}");
+    }
+    // The loss against each swept value: a line per value of the other.
+    use base64::Engine;
+    for (plot, lines) in [("pretrain-val_loss_vs_d_model.svg", ["lr=1e-3", "lr=1e-2"]), ("pretrain-val_loss_vs_lr.svg", ["d_model=16", "d_model=32"])] {
+        let data = html.split(&format!("data-name=\"{plot}\"")).nth(1).unwrap_or_else(|| panic!("no {plot}")).split("base64,").nth(1).unwrap().split('"').next().unwrap();
+        let svg = String::from_utf8(base64::engine::general_purpose::STANDARD.decode(data).unwrap()).unwrap();
+        assert_eq!(svg.matches("<polyline").count(), 2, "{plot}");
+        assert!(lines.iter().all(|l| svg.contains(l)), "{plot}: {svg}");
+    }
+    assert_eq!(long_floats(&html), Vec::<String>::new());
+    let n = html.matches("<figure class=\"plot\"").count();
+    let dom = String::from_utf8_lossy(&chromium(&["--dump-dom", &format!("file://{}", page.display())]).stdout).to_string();
+    assert!(dom.contains(&format!("<title>plots-ok {n}/{n}</title>")), "chromium did not draw every plot; title: {:?}", dom.split("<title>").nth(1).map(|t| t.split("</title>").next()));
+    let shot = out.join("sweep-report.png");
+    let o = chromium(&[&format!("--screenshot={}", shot.display()), "--window-size=1200,2400", &format!("file://{}", page.display())]);
+    assert!(shot.exists() && std::fs::metadata(&shot).unwrap().len() > 20_000, "no screenshot: {}", String::from_utf8_lossy(&o.stderr));
 }

@@ -250,6 +250,7 @@ impl<'a> Checker<'a> {
             examples: examples.into_iter().collect::<Option<Vec<_>>>()?,
             budgets: budgets.into_iter().collect::<Option<Vec<_>>>()?,
             health: health?,
+            sweep: vec![],
         })
         .map(|mut r| {
             self.attach_chat_templates(&mut r);

@@ -169,8 +169,8 @@ pub fn report(runs: &[std::path::PathBuf], output: Option<&Path>) -> u8 {
 /// `roux report A B …`: one page comparing runs.
 fn compare(runs: &[std::path::PathBuf], output: Option<&Path>) -> u8 {
     let page = output.map_or_else(|| std::path::PathBuf::from("compare.html"), Path::to_path_buf);
-    let result = roux::report::compare::runs_of(runs).and_then(|rs| {
-        let title = format!("{} runs compared", rs.len());
+    let result = roux::report::runs::runs_of(runs).and_then(|mut rs| {
+        let title = roux::report::sweep::relabel(&mut rs).unwrap_or_else(|| format!("{} runs compared", rs.len()));
         roux::fsio::write_atomic(&page, roux::report::compare::compare_html(&rs, &title).as_bytes())
     });
     match result {

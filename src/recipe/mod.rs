@@ -52,6 +52,9 @@ pub struct Recipe {
     /// When health signals fire (`health = thresholds { … }`).
     #[serde(default, skip_serializing_if = "Thresholds::is_default")]
     pub health: Thresholds,
+    /// A sweep's point: each swept name with its value as the recipe prints it (empty otherwise).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub sweep: Vec<(String, String)>,
 }
 
 impl Recipe {

@@ -4,77 +4,15 @@
 //! so the page says both what changed and what it did.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::{Path, PathBuf};
 
 use serde_json::Value;
 
-use super::html::{esc, figures, human, page, MAX_FILE_BYTES};
+use super::html::{esc, figures, human, page};
+use super::runs::Run;
 use super::svg::{line_chart, Series};
 
-/// A run directory as the comparison reads it.
-pub struct Run {
-    pub label: String,
-    pub dir: PathBuf,
-    report: Value,
-    metrics: Vec<Value>,
-    resolved: Value,
-}
-
-/// Most runs one page compares, and most metric charts it draws.
-const MAX_RUNS: usize = 64;
+/// Most metric charts one page draws.
 const MAX_CHARTS: usize = 24;
-
-fn read_json(path: &Path) -> Option<Value> {
-    serde_json::from_str(&crate::fsio::read_text(path, MAX_FILE_BYTES).ok()?).ok()
-}
-
-fn is_run(dir: &Path) -> bool {
-    dir.join("report.json").is_file() || dir.join("metrics.jsonl").is_file()
-}
-
-/// The runs named: a stage directory is one run; an experiment directory stands for its stage
-/// directories (sorted by name).
-pub fn runs_of(paths: &[PathBuf]) -> Result<Vec<Run>, String> {
-    let mut dirs = vec![];
-    for p in paths {
-        if is_run(p) {
-            dirs.push(p.clone());
-            continue;
-        }
-        let mut stages: Vec<PathBuf> = std::fs::read_dir(p).map_err(|e| format!("{}: {e}", p.display()))?.filter_map(|e| e.ok()).map(|e| e.path()).filter(|d| d.is_dir() && is_run(d)).collect();
-        if stages.is_empty() {
-            return Err(format!("{} is neither a run directory (report.json or metrics.jsonl) nor an experiment's directory of them", p.display()));
-        }
-        stages.sort();
-        dirs.extend(stages);
-    }
-    if dirs.len() > MAX_RUNS {
-        return Err(format!("{} runs named; a comparison shows at most {MAX_RUNS}", dirs.len()));
-    }
-    let labels = labels(&dirs);
-    Ok(dirs
-        .into_iter()
-        .zip(labels)
-        .map(|(dir, label)| {
-            let metrics = super::plots::read_metrics(&dir).unwrap_or_default();
-            Run { label, report: read_json(&dir.join("report.json")).unwrap_or(Value::Null), resolved: read_json(&dir.join("resolved.json")).unwrap_or(Value::Null), metrics, dir }
-        })
-        .collect())
-}
-
-/// Short names that tell the runs apart: the fewest trailing path components that are unique.
-fn labels(dirs: &[PathBuf]) -> Vec<String> {
-    let parts: Vec<Vec<String>> = dirs.iter().map(|d| d.components().map(|c| c.as_os_str().to_string_lossy().into_owned()).collect()).collect();
-    let tail = |p: &[String], n: usize| p[p.len().saturating_sub(n)..].join("/");
-    let longest = parts.iter().map(Vec::len).max().unwrap_or(1).max(1);
-    for n in 2..=longest {
-        let names: Vec<String> = parts.iter().map(|p| tail(p, n)).collect();
-        if names.iter().collect::<BTreeSet<_>>().len() == names.len() {
-            return names;
-        }
-    }
-    parts.iter().enumerate().map(|(i, p)| format!("{} #{}", tail(p, longest), i + 1)).collect()
-}
 
 /// Every leaf of a JSON value by its dotted path (arrays as one value: a list of betas or budgets
 /// is one setting).
@@ -144,10 +82,12 @@ pub fn compare_html(runs: &[Run], title: &str) -> String {
         })
         .collect();
     let dirs: String = runs.iter().map(|r| format!("<li><b>{}</b>: {}</li>", esc(&r.label), esc(&r.dir.display().to_string()))).collect();
+    // A sweep's summary comes first: the best point, and the loss against each swept value.
+    let sweep = super::sweep::section(runs).map_or_else(String::new, |(html, plots)| format!("<h2>Sweep</h2>{html}<div class=\"plots\">{}</div>", figures(&plots)));
     page(
         title,
         &format!(
-            "<p>{} runs.</p><ul>{dirs}</ul><h2>What differs</h2>{differs}<h2>Plots</h2><div class=\"plots\">{}</div><h2>Results</h2>{}",
+            "<p>{} runs.</p>{sweep}<ul>{dirs}</ul><h2>What differs</h2>{differs}<h2>Plots</h2><div class=\"plots\">{}</div><h2>Results</h2>{}",
             runs.len(),
             figures(&svgs),
             table(&head, &results)
@@ -158,14 +98,6 @@ pub fn compare_html(runs: &[Run], title: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn labels_are_the_shortest_unique_tails() {
-        let d = |s: &str| PathBuf::from(s);
-        assert_eq!(labels(&[d("runs/a/tiny/pretrain"), d("runs/b/tiny/pretrain")]), ["a/tiny/pretrain", "b/tiny/pretrain"]);
-        assert_eq!(labels(&[d("runs/x/sft"), d("runs/x/rm")]), ["x/sft", "x/rm"]);
-        assert_eq!(labels(&[d("same"), d("same")]), ["same #1", "same #2"]);
-    }
 
     #[test]
     fn definitions_flatten_to_dotted_settings() {

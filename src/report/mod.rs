@@ -4,4 +4,6 @@
 pub mod compare;
 pub mod html;
 pub mod plots;
+pub mod runs;
 pub mod svg;
+pub mod sweep;

@@ -160,7 +160,12 @@ fn lead(ctx: &StageCtx, hash: String, resolved: &Value, steps: u64) -> Result<Op
         }
     }
     write_atomic(&dir.join("recipe.roux"), ctx.source.as_bytes())?;
-    write_atomic(&dir.join("resolved.json"), serde_json::to_string_pretty(resolved)?.as_bytes())?;
+    // A sweep's point also says where it lies (the experiment report's table and plots read it).
+    let mut resolved = resolved.clone();
+    if let (Some(o), false) = (resolved.as_object_mut(), ctx.recipe.sweep.is_empty()) {
+        o.insert("sweep".into(), ctx.recipe.sweep.iter().map(|(k, v)| (k.clone(), Value::from(v.as_str()))).collect::<serde_json::Map<_, _>>().into());
+    }
+    write_atomic(&dir.join("resolved.json"), serde_json::to_string_pretty(&resolved)?.as_bytes())?;
     let step0 = resume.as_ref().map(|s| s.step);
     Ok(Some(RunDir {
         _lock: Some(lock),

@@ -69,6 +69,7 @@ pub fn merge_run(run: &Path, out: &Path) -> Result<Merged> {
         synthetic: vec![],
         examples: vec![],
         health: Default::default(),
+        sweep: vec![],
     };
     let r = ModelRef { arch: f.model.arch.clone(), weights: Weights::Merged { stage: stage.name.clone() } };
     let m = load_lm(&recipe, &runs, &r, tch::Device::Cpu)?;
