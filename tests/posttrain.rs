@@ -387,3 +387,42 @@ fn grpo_follows_its_reward_and_resumes_exactly_after_a_kill() {
     assert_eq!(common::metrics(&whole.join("tiny-grpo/rl")), common::metrics(&dir), "metrics differ after a resume");
     assert_eq!(report(&whole), report(&killed), "the report differs after a resume");
 }
+
+/// `patience = N` on post-training stages: the stage stops once N evaluations in a row bring no
+/// better held-out measure (the reward model's pairwise accuracy, DPO's held-out pairwise
+/// accuracy), says so in report.json, and a run resumed after its stop stops again at once with
+/// the same weights.
+#[test]
+fn patience_stops_post_training_stages_and_survives_a_resume() {
+    let out = scratch("posttrain-patience");
+    // At lr 1e-12 no float32 weight moves: the first evaluation (step 5) stays the best.
+    let text = std::fs::read_to_string(fixture("tiny-pairs.roux"))
+        .unwrap()
+        .replace("steps = 30", "steps = 100")
+        .replace("eval_every = 30", "eval_every = 5, patience = 2")
+        .replace("lr = 1e-3", "lr = 1e-12");
+    let recipe = out.join("p.roux");
+    std::fs::write(&recipe, text).unwrap();
+    let runs = out.join("runs");
+    let log = run_ok(&recipe, &runs);
+    let report = |stage: &str| -> serde_json::Value { serde_json::from_str(&std::fs::read_to_string(runs.join("pairs").join(stage).join("report.json")).unwrap()).unwrap() };
+    for (stage, measure) in [("rm", "pairwise_accuracy"), ("po", "pairwise_accuracy")] {
+        let r = report(stage);
+        assert_eq!(r["stopped_early_at"], 15, "{stage}: {r}");
+        assert_eq!((r["patience"]["evaluations"].as_u64(), r["patience"]["measure"].as_str(), r["patience"]["best_step"].as_u64()), (Some(2), Some(measure), Some(5)), "{stage}: {r}");
+        assert!(log.contains(&format!("{stage}: stopping early at step 15 of 100: no better held-out pairwise accuracy in 2 evaluations (the best, ")), "{log}");
+        let steps: Vec<u64> = std::fs::read_to_string(runs.join("pairs").join(stage).join("metrics.jsonl")).unwrap().lines().map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["step"].as_u64().unwrap()).collect();
+        assert_eq!(steps.last(), Some(&15), "{stage}");
+    }
+    // Killed after its stop but before it finished: the rerun resumes from the step-15
+    // checkpoint, stops there again, and writes the same weights and held-out accuracy.
+    let rm = runs.join("pairs/rm");
+    let (weights, accuracy) = (std::fs::read(rm.join("model.safetensors")).unwrap(), report("rm")["held_out_accuracy"].clone());
+    std::fs::remove_file(rm.join("report.json")).unwrap();
+    std::fs::remove_file(rm.join("model.safetensors")).unwrap();
+    let again = run_ok(&recipe, &runs);
+    assert!(again.contains("rm: resuming from step 15 of 100"), "{again}");
+    assert_eq!(report("rm")["stopped_early_at"], 15);
+    assert_eq!(report("rm")["held_out_accuracy"], accuracy);
+    assert!(std::fs::read(rm.join("model.safetensors")).unwrap() == weights, "the resumed stop wrote other weights");
+}

@@ -187,3 +187,40 @@ fn a_sweeps_report_names_its_best_point_and_plots_the_loss_against_each_swept_va
     let o = chromium(&[&format!("--screenshot={}", shot.display()), "--window-size=1200,2400", &format!("file://{}", page.display())]);
     assert!(shot.exists() && std::fs::metadata(&shot).unwrap().len() > 20_000, "no screenshot: {}", String::from_utf8_lossy(&o.stderr));
 }
+
+/// The report pages of the shipped recipes people look at first, checked as the tests check the
+/// fixtures' and saved as docs/screenshots/*.png. Runs the recipes (about half an hour on two
+/// cores the first time; finished runs are reused): `scripts/screenshots.sh`.
+#[test]
+#[ignore = "trains four shipped recipes: run by scripts/screenshots.sh"]
+fn shipped_recipes_reports_render_with_every_plot_and_readable_numbers() {
+    let out = root().join("target/screenshots");
+    let shots = root().join("docs/screenshots");
+    std::fs::create_dir_all(&shots).unwrap();
+    for recipe in ["demo", "moe-switch", "width-sweep", "lifecycle"] {
+        let o = Command::new(env!("CARGO_BIN_EXE_roux")).args(["run", root().join(format!("recipes/{recipe}.roux")).to_str().unwrap(), "--out", out.to_str().unwrap()]).status().unwrap();
+        assert!(o.success(), "{recipe} did not run");
+    }
+    // (name, what `roux report` is given, the page it writes)
+    let pages = [
+        ("demo", out.join("demo/pretrain"), out.join("demo/pretrain/report.html")),
+        ("moe-switch", out.join("moe-switch/pretrain"), out.join("moe-switch/pretrain/report.html")),
+        ("width-sweep", out.join("width-sweep"), out.join("width-sweep.html")),
+        ("lifecycle", out.join("lifecycle"), out.join("lifecycle.html")),
+        ("lifecycle-ppo", out.join("lifecycle/rl"), out.join("lifecycle/rl/report.html")),
+        ("lifecycle-dpo", out.join("lifecycle/po"), out.join("lifecycle/po/report.html")),
+    ];
+    for (name, target, page) in pages {
+        let o = roux(&["report", target.to_str().unwrap(), "-o", page.to_str().unwrap()]);
+        assert_eq!(o.status.code(), Some(0), "{name}: {}", String::from_utf8_lossy(&o.stderr));
+        let html = std::fs::read_to_string(&page).unwrap();
+        assert_eq!(long_floats(&html), Vec::<String>::new(), "{name}: raw floats in the page");
+        let n = html.matches("<figure class=\"plot\"").count();
+        let dom = String::from_utf8_lossy(&chromium(&["--dump-dom", &format!("file://{}", page.display())]).stdout).to_string();
+        assert!(n >= 2 && dom.contains(&format!("<title>plots-ok {n}/{n}</title>")), "{name}: not every one of {n} plots drew");
+        let shot = shots.join(format!("{name}.png"));
+        let o = chromium(&[&format!("--screenshot={}", shot.display()), "--window-size=1100,2600", "--hide-scrollbars", &format!("file://{}", page.display())]);
+        assert!(shot.exists() && std::fs::metadata(&shot).unwrap().len() > 20_000, "{name}: no screenshot: {}", String::from_utf8_lossy(&o.stderr));
+        eprintln!("{name}: {n} plots drawn; {}", shot.display());
+    }
+}

@@ -8,7 +8,8 @@ use crate::recipe::*;
 use crate::syntax::ast::{Arg, Block, Decl, DeclKind, Expr};
 
 impl<'a> Checker<'a> {
-    /// steps, batch, optimizer, schedule, grad_clip, eval_every, log_every, device, precision.
+    /// steps, batch, optimizer, schedule, grad_clip, eval_every, log_every, device, precision,
+    /// patience.
     pub(super) fn check_optim(&mut self, f: &mut Fields<'a>, batch: u64, steps: Option<u64>, eval_every: u64) -> Option<Optim> {
         let steps_v = f.int(self, "steps", steps, Min::One);
         let batch = f.size(self, "batch", Some(batch));
@@ -20,6 +21,7 @@ impl<'a> Checker<'a> {
         let log_every = f.int(self, "log_every", Some(10), Min::One);
         let device = self.device_key(f);
         let precision = f.sym(self, "precision", &["fp32", "bf16"], Some("fp32"));
+        let patience = if f.field("patience").is_some() { f.int(self, "patience", None, Min::One).map(Some) } else { Some(None) };
         let (steps, optimizer, schedule) = (steps_v?, optimizer?, schedule?);
         if !self.schedule_fits(&schedule, steps, optimizer.lr, sched_span) {
             return None;
@@ -35,6 +37,7 @@ impl<'a> Checker<'a> {
             device: device?,
             precision: precision_of(precision?),
             accumulate: 1,
+            patience: patience?,
         })
     }
 

@@ -243,6 +243,9 @@ pub struct Optim {
     /// Micro-batches per step on each process (`accumulate = k`; finetune stages read the key).
     #[serde(default = "one", skip_serializing_if = "is_one")]
     pub accumulate: usize,
+    /// Stop after this many evaluations without a better held-out measure (`patience = N`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub patience: Option<u64>,
 }
 
 impl Optim {

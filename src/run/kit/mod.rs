@@ -21,6 +21,7 @@
 //! | `losses.rs`    | Bradley–Terry, DPO, clipped PPO and value losses, entropy            |
 //! | `progress.rs`  | the progress of a loop and metrics.jsonl                             |
 //! | `health.rs`    | training-health signals read from the logged metrics                |
+//! | `patience.rs`  | `patience = N` on post-training stages: stop without progress        |
 //! | `tensorboard.rs`| TensorBoard event files beside metrics.jsonl                        |
 //! | `device.rs`    | the device a stage runs on, the memory guard                         |
 //! | `alloc.rs`     | the process's allocator (`ROUX_MALLOC`)                              |
@@ -46,6 +47,7 @@ pub mod health;
 pub mod hf;
 pub mod lifecycle;
 pub mod lock;
+pub mod patience;
 pub mod native;
 pub mod profile;
 pub mod losses;

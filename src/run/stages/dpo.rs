@@ -17,6 +17,7 @@ use crate::run::kit::score::score;
 use crate::run::kit::codec::Codec;
 use crate::run::kit::seqs::{pad, prompt_response, seq_logprob};
 use crate::run::kit::dist::Reduce;
+use crate::run::kit::patience::Patience;
 use crate::run::kit::{device, lifecycle, StageCtx};
 use crate::run::model::Model;
 use crate::schedule::lr_at;
@@ -82,14 +83,20 @@ pub fn run(ctx: &StageCtx, d: &DpoSpec) -> Result<()> {
     let names = policy.names.clone();
     let params: Vec<Tensor> = policy.params.iter().map(|p| p.shallow_clone()).collect();
     let mut opt = Optimizer::new(&params, &d.opt.optimizer);
-    let (step0, mut rng, _) = run.restore(&names, &params, &mut opt, Rng(recipe.seed ^ 0xD90))?;
+    let (step0, mut rng, extra) = run.restore(&names, &params, &mut opt, Rng(recipe.seed ^ 0xD90))?;
+    // Watched: the held-out pairs' accuracy (TRL's eval_rewards/accuracies), else the gold reward.
+    let mut patience = Patience::new(d.opt.patience, if held_pairs.is_empty() { "sampled_gold_reward" } else { "pairwise_accuracy" }, &extra);
+    let mut stopped = None;
     opt.broadcast_state(world)?;
     let context = policy.spec().context;
     tracing::info!("{name}: DPO (β = {}) on `{}` ({} pairs) for {} steps × {} pairs", d.beta, set.name, split.train.len(), d.opt.steps, d.opt.batch);
     let started = Instant::now();
-    let mut last = before.clone();
-    let mut last_pairs: Option<PairScores> = None;
+    let (mut last, mut last_pairs) = (None, None);
     for step in step0..d.opt.steps {
+        if patience.exhausted() {
+            stopped = Some(step); // resumed after it had stopped
+            break;
+        }
         tch::manual_seed((recipe.seed ^ step.wrapping_mul(0x9E37_79B9)) as i64);
         let lr = lr_at(&d.opt.schedule, d.opt.optimizer.lr, step, d.opt.steps);
         // Every process draws the whole global batch (the same sampler state) and keeps its pairs.
@@ -147,11 +154,22 @@ pub fn run(ctx: &StageCtx, d: &DpoSpec) -> Result<()> {
             last_pairs = Some(p);
         }
         if let Some(s) = s {
-            last = s;
-            run.checkpoint(done, &names, &params, &opt, rng, serde_json::Value::Null)?;
+            let stop = patience.observe(done, pairs_now.map_or(s.sampled_gold, |p| p.accuracy));
+            last = Some(s);
+            run.checkpoint(done, &names, &params, &opt, rng, patience.save_into(serde_json::Value::Null))?;
+            if stop {
+                tracing::info!("{}", patience.stop_message(&name, done, d.opt.steps));
+                stopped = Some(done);
+                break;
+            }
         }
     }
-    let report = json!({
+    // A run resumed with no step left to take scores its weights here.
+    let last = last.unwrap_or_else(|| score(&policy, Some(&reference), &codec, &held, d.max_new));
+    if last_pairs.is_none() && !held_pairs.is_empty() {
+        last_pairs = Some(held_out_pairs(&policy, &reference, &codec, &held_pairs, d.beta, context, dev));
+    }
+    let mut report = json!({
         "experiment": recipe.experiment,
         "kind": "dpo",
         "precision": d.opt.precision,
@@ -164,6 +182,7 @@ pub fn run(ctx: &StageCtx, d: &DpoSpec) -> Result<()> {
         "held_out_rewards": last_pairs,
         "wall_seconds": started.elapsed().as_secs_f64(),
     });
+    patience.report_into(&mut report, stopped);
     tracing::info!(
         "{name}: done — held-out (sampled) preferred behaviour (exact, concise) {:.1}% (was {:.1}%), verbose {:.1}% (was {:.1}%), gold reward {:.3} (was {:.3}), KL to reference {:.3}",
         100.0 * last.sampled_exact,

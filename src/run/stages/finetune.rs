@@ -17,6 +17,7 @@ use crate::run::kit::artifacts::{instructions, load_lm};
 use crate::run::kit::score::score;
 use crate::run::kit::seqs::{pad, token_logprobs};
 use crate::run::kit::dist::{Reduce, World};
+use crate::run::kit::patience::Patience;
 use crate::run::kit::{device, lifecycle, StageCtx};
 use crate::run::model::Model;
 use crate::schedule::lr_at;
@@ -46,7 +47,9 @@ pub fn run(ctx: &StageCtx, f: &FinetuneSpec) -> Result<()> {
     };
     let trainable: u64 = params.iter().map(|p| p.numel() as u64).sum();
     let mut opt = Optimizer::new(&params, &f.opt.optimizer);
-    let (step0, mut rng, _) = run.restore(&names, &params, &mut opt, Rng(recipe.seed ^ 0x5F7))?;
+    let (step0, mut rng, extra) = run.restore(&names, &params, &mut opt, Rng(recipe.seed ^ 0x5F7))?;
+    let mut patience = Patience::new(f.opt.patience, "gold_reward", &extra);
+    let mut stopped = None;
     opt.broadcast_state(world)?;
     let context = model.spec().context;
     let seqs: Vec<Seq> = split.train.iter().map(|e| codec.example(e, f.mask_prompt, context)).collect();
@@ -64,8 +67,12 @@ pub fn run(ctx: &StageCtx, f: &FinetuneSpec) -> Result<()> {
     let started = Instant::now();
     // Response tokens per second over each logging window (the first one includes warm-up).
     let mut window = (Instant::now(), 0.0f64);
-    let mut last = before.clone();
+    let mut last = None;
     for step in step0..f.opt.steps {
+        if patience.exhausted() {
+            stopped = Some(step); // resumed after it had stopped
+            break;
+        }
         tch::manual_seed((recipe.seed ^ step.wrapping_mul(0x9E37_79B9)) as i64);
         let lr = lr_at(&f.opt.schedule, f.opt.optimizer.lr, step, f.opt.steps);
         // Every process draws the whole global batch (the same sampler state) and keeps its rows.
@@ -92,12 +99,20 @@ pub fn run(ctx: &StageCtx, f: &FinetuneSpec) -> Result<()> {
             window = (Instant::now(), 0.0);
         }
         if let Some(s) = s {
-            last = s;
-            run.checkpoint(done, &names, &params, &opt, rng, serde_json::Value::Null)?;
+            let stop = patience.observe(done, s.gold);
+            last = Some(s);
+            run.checkpoint(done, &names, &params, &opt, rng, patience.save_into(serde_json::Value::Null))?;
+            if stop {
+                tracing::info!("{}", patience.stop_message(&name, done, f.opt.steps));
+                stopped = Some(done);
+                break;
+            }
         }
     }
+    // A run resumed with no step left to take scores its weights here.
+    let last = last.unwrap_or_else(|| score(&model, None, &codec, &held, f.max_new));
     let output = if f.lora.is_some() { ("adapter.safetensors", model.lora.named()) } else { ("model.safetensors", model.named()) };
-    let report = json!({
+    let mut report = json!({
         "experiment": recipe.experiment,
         "kind": "finetune",
         "precision": f.opt.precision,
@@ -111,6 +126,7 @@ pub fn run(ctx: &StageCtx, f: &FinetuneSpec) -> Result<()> {
         "after": last,
         "wall_seconds": started.elapsed().as_secs_f64(),
     });
+    patience.report_into(&mut report, stopped);
     tracing::info!(
         "{name}: done — held-out exact match {:.1}% (was {:.1}%), gold reward {:.3} (was {:.3}); e.g. {}",
         100.0 * last.exact,

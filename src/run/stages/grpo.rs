@@ -23,6 +23,7 @@ use crate::run::kit::losses::{group_advantages, grpo_loss};
 use crate::run::kit::score::score;
 use crate::run::kit::codec::Codec;
 use crate::run::kit::seqs::{generate, pad, prompt_response, to_f64s, token_logprobs};
+use crate::run::kit::patience::Patience;
 use crate::run::kit::{device, lifecycle, StageCtx};
 use crate::schedule::lr_at;
 
@@ -51,6 +52,8 @@ pub fn run(ctx: &StageCtx, g: &GrpoSpec) -> Result<()> {
     let (step0, mut rng, extra) = run.restore(&names, &params, &mut opt, Rng(recipe.seed ^ 0x6290))?;
     // Per step: the share of groups whose rewards were all equal (kept in checkpoints).
     let mut flat_history: Vec<f64> = serde_json::from_value(extra["flat_groups"].clone()).unwrap_or_default();
+    let mut patience = Patience::new(g.opt.patience, "sampled_gold_reward", &extra);
+    let mut stopped = None;
     let context = policy.spec().context;
     let per_step = g.opt.batch / g.group;
     tracing::info!(
@@ -62,8 +65,12 @@ pub fn run(ctx: &StageCtx, g: &GrpoSpec) -> Result<()> {
         if g.loss == GrpoLoss::Grpo { "GRPO" } else { "Dr. GRPO" }
     );
     let started = Instant::now();
-    let mut last = before.clone();
+    let mut last = None;
     for step in step0..g.opt.steps {
+        if patience.exhausted() {
+            stopped = Some(step); // resumed after it had stopped
+            break;
+        }
         tch::manual_seed((recipe.seed ^ step.wrapping_mul(0x9E37_79B9)) as i64);
         let lr = lr_at(&g.opt.schedule, g.opt.optimizer.lr, step, g.opt.steps);
         // 1. A group of responses to each prompt.
@@ -118,15 +125,23 @@ pub fn run(ctx: &StageCtx, g: &GrpoSpec) -> Result<()> {
         }
         run.log(m)?;
         if let Some(s) = s {
-            last = s;
-            run.checkpoint(done, &names, &params, &opt, rng, json!({"flat_groups": flat_history}))?;
+            let stop = patience.observe(done, s.sampled_gold);
+            last = Some(s);
+            run.checkpoint(done, &names, &params, &opt, rng, patience.save_into(json!({"flat_groups": flat_history})))?;
+            if stop {
+                tracing::info!("{}", patience.stop_message(&name, done, g.opt.steps));
+                stopped = Some(done);
+                break;
+            }
         }
     }
+    // A run resumed with no step left to take scores its weights here.
+    let last = last.unwrap_or_else(|| score(&policy, reference.as_ref(), &codec, &held, g.max_new));
     // No learning signal: a group whose rewards are all equal has zero advantages.
     let tail = &flat_history[flat_history.len() - (flat_history.len() / 4).max(1).min(flat_history.len())..];
     let flat_tail = tail.iter().sum::<f64>() / tail.len().max(1) as f64;
     // (Read by the health signals: `flat_groups` warns from 90% on.)
-    let report = json!({
+    let mut report = json!({
         "experiment": recipe.experiment,
         "kind": "grpo",
         "precision": g.opt.precision,
@@ -139,6 +154,7 @@ pub fn run(ctx: &StageCtx, g: &GrpoSpec) -> Result<()> {
         "after": last,
         "wall_seconds": started.elapsed().as_secs_f64(),
     });
+    patience.report_into(&mut report, stopped);
     tracing::info!(
         "{name}: done — held-out greedy exact match {:.1}% (was {:.1}%), sampled {:.1}% (was {:.1}%), gold reward {:.3} (was {:.3})",
         100.0 * last.exact,

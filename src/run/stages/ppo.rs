@@ -26,6 +26,7 @@ use crate::run::kit::losses::{entropy, masked_mean, ppo_clip, value_loss};
 use crate::run::kit::score::score;
 use crate::run::kit::codec::Codec;
 use crate::run::kit::seqs::{generate, pad, prompt_response, to_f64s, token_logprobs};
+use crate::run::kit::patience::Patience;
 use crate::run::kit::{device, lifecycle, StageCtx};
 use crate::run::model::heads::Head;
 use crate::schedule::lr_at;
@@ -56,6 +57,8 @@ pub fn run(ctx: &StageCtx, p: &PpoSpec) -> Result<()> {
     let (step0, mut rng, extra) = run.restore(&names, &params, &mut opt, Rng(recipe.seed ^ 0x990))?;
     let mut kl_coef = extra["kl_coef"].as_f64().unwrap_or(p.kl);
     let mut history: Vec<(f64, f64)> = serde_json::from_value(extra["history"].clone()).unwrap_or_default(); // (reward-model score, gold reward) per step
+    let mut patience = Patience::new(p.opt.patience, "sampled_gold_reward", &extra);
+    let mut stopped = None;
     let context = policy.spec().context;
     tracing::info!(
         "{name}: PPO on prompts of `{}` against reward model `{}`: {} steps × {} prompts, KL coefficient {kl_coef}{}",
@@ -66,8 +69,12 @@ pub fn run(ctx: &StageCtx, p: &PpoSpec) -> Result<()> {
         p.kl_target.map_or(String::new(), |t| format!(" (adaptive, target {t})"))
     );
     let started = Instant::now();
-    let mut last = before.clone();
+    let mut last = None;
     for step in step0..p.opt.steps {
+        if patience.exhausted() {
+            stopped = Some(step); // resumed after it had stopped
+            break;
+        }
         tch::manual_seed((recipe.seed ^ step.wrapping_mul(0x9E37_79B9)) as i64);
         let lr = lr_at(&p.opt.schedule, p.opt.optimizer.lr, step, p.opt.steps);
         let step_started = Instant::now();
@@ -167,16 +174,24 @@ pub fn run(ctx: &StageCtx, p: &PpoSpec) -> Result<()> {
         }
         run.log(m)?;
         if let Some(s) = s {
-            last = s;
-            run.checkpoint(done, &names, &params, &opt, rng, json!({"kl_coef": kl_coef, "history": history}))?;
+            let stop = patience.observe(done, s.sampled_gold);
+            last = Some(s);
+            run.checkpoint(done, &names, &params, &opt, rng, patience.save_into(json!({"kl_coef": kl_coef, "history": history})))?;
+            if stop {
+                tracing::info!("{}", patience.stop_message(&name, done, p.opt.steps));
+                stopped = Some(done);
+                break;
+            }
         }
     }
+    // A run resumed with no step left to take scores its weights here.
+    let last = last.unwrap_or_else(|| score(&policy, Some(&reference), &codec, &held, p.max_new));
     // Reward hacking: the reward model's score up while the gold reward goes down.
     let window = (history.len() / 4).max(1);
     let avg = |h: &[(f64, f64)]| (h.iter().map(|x| x.0).sum::<f64>() / h.len().max(1) as f64, h.iter().map(|x| x.1).sum::<f64>() / h.len().max(1) as f64);
     let (first, final_) = (avg(&history[..window.min(history.len())]), avg(&history[history.len().saturating_sub(window)..]));
     let hacking = final_.0 > first.0 && final_.1 < first.1;
-    let report = json!({
+    let mut report = json!({
         "experiment": recipe.experiment,
         "kind": "ppo",
         "precision": p.opt.precision,
@@ -190,6 +205,7 @@ pub fn run(ctx: &StageCtx, p: &PpoSpec) -> Result<()> {
         "reward_hacking": hacking,
         "wall_seconds": started.elapsed().as_secs_f64(),
     });
+    patience.report_into(&mut report, stopped);
     tracing::info!(
         "{name}: done — held-out (sampled) gold reward {:.3} (was {:.3}), preferred behaviour {:.1}% (was {:.1}%), KL to reference {:.3}; training reward-model score {:.3} → {:.3}, gold {:.3} → {:.3}{}",
         last.sampled_gold,

@@ -15,6 +15,7 @@ use crate::run::kit::artifacts::{load_lm, preferences};
 use crate::run::kit::losses::bradley_terry;
 use crate::run::kit::codec::Codec;
 use crate::run::kit::dist::Reduce;
+use crate::run::kit::patience::Patience;
 use crate::run::kit::{device, lifecycle, StageCtx};
 use crate::run::model::heads::RewardModel;
 use crate::schedule::lr_at;
@@ -57,13 +58,19 @@ pub fn run(ctx: &StageCtx, r: &RewardSpec) -> Result<()> {
     let rm = RewardModel::new(load_lm(recipe, &ctx.runs, &r.model, dev)?.computing(r.opt.precision));
     let (names, params): (Vec<String>, Vec<Tensor>) = rm.named().into_iter().unzip();
     let mut opt = Optimizer::new(&params, &r.opt.optimizer);
-    let (step0, mut rng, _) = run.restore(&names, &params, &mut opt, Rng(recipe.seed ^ 0x2E3A))?;
+    let (step0, mut rng, extra) = run.restore(&names, &params, &mut opt, Rng(recipe.seed ^ 0x2E3A))?;
+    let mut patience = Patience::new(r.opt.patience, "pairwise_accuracy", &extra);
+    let mut stopped = None;
     opt.broadcast_state(world)?;
     let context = rm.trunk.spec().context;
     tracing::info!("{name}: training a reward model on `{}` ({} pairs, {} held out) for {} steps × {} pairs", set.name, split.train.len(), split.held_out.len(), r.opt.steps, r.opt.batch);
     let started = Instant::now();
     let mut acc = None;
     for step in step0..r.opt.steps {
+        if patience.exhausted() {
+            stopped = Some(step); // resumed after it had stopped
+            break;
+        }
         tch::manual_seed((recipe.seed ^ step.wrapping_mul(0x9E37_79B9)) as i64);
         let lr = lr_at(&r.opt.schedule, r.opt.optimizer.lr, step, r.opt.steps);
         // Every process draws the whole global batch (the same sampler state) and keeps its pairs.
@@ -98,12 +105,20 @@ pub fn run(ctx: &StageCtx, r: &RewardSpec) -> Result<()> {
             }
             run.log(m)?;
         }
-        if a.is_some() {
-            acc = a;
-            run.checkpoint(done, &names, &params, &opt, rng, serde_json::Value::Null)?;
+        if let Some(a) = a {
+            acc = Some(a);
+            let stop = patience.observe(done, a);
+            run.checkpoint(done, &names, &params, &opt, rng, patience.save_into(serde_json::Value::Null))?;
+            if stop {
+                tracing::info!("{}", patience.stop_message(&name, done, r.opt.steps));
+                stopped = Some(done);
+                break;
+            }
         }
     }
-    let report = json!({
+    // A run resumed with no step left to take measures its weights here.
+    let acc = Some(acc.unwrap_or_else(|| pairwise_accuracy(&rm, &codec, &split.held_out)));
+    let mut report = json!({
         "experiment": recipe.experiment,
         "kind": "reward_model",
         "precision": r.opt.precision,
@@ -113,6 +128,7 @@ pub fn run(ctx: &StageCtx, r: &RewardSpec) -> Result<()> {
         "held_out_accuracy": acc,
         "wall_seconds": started.elapsed().as_secs_f64(),
     });
+    patience.report_into(&mut report, stopped);
     tracing::info!("{name}: done — held-out pairwise accuracy {:.1}% on {} pairs", 100.0 * acc.unwrap_or(0.0), split.held_out.len());
     run.finish(&[("model.safetensors", rm.named())], report, &ctx.title())
 }
