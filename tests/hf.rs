@@ -379,3 +379,50 @@ fn olmoe_with_whole_projection_qk_norm_and_unnormalised_gates() {
 fn qwen2_moe_with_a_gated_shared_expert_of_its_own_width() {
     import("qwen2moe", "Qwen2MoeForCausalLM");
 }
+
+/// Continued pretraining of an imported model on a text corpus read with the checkpoint's own
+/// tokenizer: the corpus ids are the tokenizer's, the validation loss falls, the run keeps the
+/// tokenizer beside its model (so `sample` decodes its ids), and a corpus read as bytes is refused.
+#[test]
+fn an_imported_model_continues_pretraining_on_text_through_its_tokenizer() {
+    let dir = checkpoint("corpus-tok", "qwen2-tok");
+    let text = std::fs::read_to_string(root().join("data/tinyshakespeare.txt")).unwrap();
+    std::fs::write(dir.join("corpus.txt"), &text[..200_000]).unwrap();
+    let recipe = |tokenizer: &str| {
+        format!(
+            r#"experiment "cont" {{
+  seed = 2
+  data corpus = text("corpus.txt") {{ context = 32{tokenizer} }}
+  model base = hf("ck")
+  stage more = train(base, corpus) {{ steps = 40, batch = 8, optimizer = adamw {{ lr = 3e-3 }}, eval_every = 20, eval_batches = 4 }}
+}}
+"#
+        )
+    };
+    std::fs::write(dir.join("bytes.roux"), recipe("")).unwrap();
+    let o = roux(&["check", dir.join("bytes.roux").to_str().unwrap()]);
+    let err = String::from_utf8_lossy(&o.stderr).to_string() + &String::from_utf8_lossy(&o.stdout);
+    assert!(err.contains("stage `more` trains on `corpus` as bytes, but the weights it continues learned the tokens of its own tokenizer (model `base` is imported from a checkpoint)"), "{err}");
+    assert!(err.contains("read the corpus with the model's tokenizer: add `tokenizer = base.tokenizer` to data `corpus`"), "{err}");
+
+    std::fs::write(dir.join("r.roux"), recipe(", tokenizer = base.tokenizer")).unwrap();
+    let c = roux::frontend::compile(&dir.join("r.roux")).unwrap();
+    let r = c.recipe.unwrap_or_else(|| panic!("{:?}", c.diagnostics.iter().map(|d| &d.message).collect::<Vec<_>>()));
+    assert_eq!(r.data[0].vocab, r.models[0].vocab, "the corpus's vocabulary is the model's");
+    let o = roux(&["run", dir.join("r.roux").to_str().unwrap(), "--out", dir.join("runs").to_str().unwrap()]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let run = dir.join("runs/cont/more");
+    assert_eq!(std::fs::read(run.join("tokenizer.json")).unwrap(), std::fs::read(dir.join("ck/tokenizer.json")).unwrap());
+    // The ids roux trained on are what `tokenizers` in Python makes of the training split.
+    let corpus = roux::run::kit::data::Corpus::load(&r.data[0], &run).unwrap();
+    let script = "import sys\nfrom tokenizers import Tokenizer\nt = Tokenizer.from_file(sys.argv[1])\ns = open(sys.argv[2], encoding='utf-8').read()\nprint(t.encode(s[:int(len(s.encode()) * 0.9)], add_special_tokens=False).ids[:200])";
+    let o = Command::new("python").args(["-c", script, dir.join("ck/tokenizer.json").to_str().unwrap(), dir.join("corpus.txt").to_str().unwrap()]).output().unwrap();
+    let theirs: Vec<u32> = serde_json::from_str(String::from_utf8_lossy(&o.stdout).trim()).unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&o.stderr)));
+    assert_eq!(&corpus.train[..200], &theirs[..], "roux's corpus ids are the tokenizer's");
+    let bytes: Vec<u32> = text.bytes().take(200).map(u32::from).collect();
+    assert!(corpus.train[..200] != bytes[..] && corpus.train.len() < 180_000, "the tokenizer's ids, not bytes: {} tokens", corpus.train.len());
+    let val: Vec<f64> = common::metrics(&run).iter().filter_map(|m| m["val_loss"].as_f64()).collect();
+    assert!(val.len() >= 2 && val[val.len() - 1] < val[0], "the validation loss falls: {val:?}");
+    let o = roux(&["sample", run.to_str().unwrap(), "--prompt", "ROMEO:", "--tokens", "8"]);
+    assert!(o.status.success() && !o.stdout.is_empty(), "{}", String::from_utf8_lossy(&o.stderr));
+}

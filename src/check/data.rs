@@ -87,11 +87,11 @@ impl<'a> Checker<'a> {
         Some(DataSpec {
             name: d.name.name.clone(),
             path: std::path::absolute(&full).unwrap_or(full),
-            tokenizer,
             vocab: match tokenizer {
                 Tokenizer::Bytes => 256,
-                Tokenizer::Bpe { vocab } => vocab,
+                Tokenizer::Bpe { vocab } | Tokenizer::Model { vocab, .. } => vocab,
             },
+            tokenizer,
             context,
             split,
             tokens,
@@ -100,12 +100,16 @@ impl<'a> Checker<'a> {
 }
 
 impl<'a> Checker<'a> {
-    /// `tokenizer = bytes` or `tokenizer = bpe { vocab = N }` (N in 257..=65536: every byte plus
-    /// at least one merge, ids that fit 16 bits).
+    /// `tokenizer = bytes`, `tokenizer = bpe { vocab = N }` (N in 257..=65536: every byte plus
+    /// at least one merge, ids that fit 16 bits) or `tokenizer = base.tokenizer` (an imported
+    /// model's; its vocabulary is filled in once the models are checked: `model_tokenizers`).
     fn check_tokenizer(&mut self, f: &mut Fields<'a>) -> Option<Tokenizer> {
         let Some(field) = f.field("tokenizer") else { return Some(Tokenizer::Bytes) };
         if field.value.as_path().is_some_and(|p| p.len() == 1 && p[0].name == "bytes") {
             return Some(Tokenizer::Bytes);
+        }
+        if field.value.as_path().is_some_and(|p| p.len() == 2) {
+            return self.model_tokenizer(&field.value).map(|model| Tokenizer::Model { model, vocab: 0 });
         }
         let (kind, path, _, block) = self.ctor(&field.value, "tokenizer", &["bytes", "bpe"])?;
         if kind == "bytes" {
@@ -121,6 +125,29 @@ impl<'a> Checker<'a> {
             return None;
         }
         Some(Tokenizer::Bpe { vocab: vocab as usize })
+    }
+}
+
+impl Checker<'_> {
+    /// A corpus read with an imported model's tokenizer takes that model's vocabulary; the model
+    /// must have been imported with its tokenizer.json.
+    pub(super) fn model_tokenizers(&mut self) {
+        let names: Vec<String> = self.data.iter().filter(|(_, d)| d.as_ref().is_some_and(|d| matches!(d.tokenizer, Tokenizer::Model { .. }))).map(|(n, _)| n.clone()).collect();
+        for name in names {
+            let Some(Some(spec)) = self.data.get(&name).cloned() else { continue };
+            let Tokenizer::Model { model, .. } = &spec.tokenizer else { continue };
+            let vocab = self.models.get(model).filter(|m| m.checkpoint.as_ref().is_some_and(|c| c.tokenizer && !c.byte_level)).map(|m| m.vocab);
+            let fixed = match vocab {
+                Some(vocab) => Some(DataSpec { vocab, tokenizer: Tokenizer::Model { model: model.clone(), vocab }, ..spec }),
+                None => {
+                    let span = self.decl(&name).map_or(self.ast.name_span, |d| d.value.span);
+                    self.error(Diagnostic::error(Code::E0315, span, format!("data `{name}` takes the tokenizer of `{model}`, which has none: only a model imported with `hf(\"…\")` from a folder with tokenizer.json does"))
+                        .with_hint("leave `tokenizer` out to read the text as bytes, or write `tokenizer = bpe { vocab = 1024 }`"));
+                    None
+                }
+            };
+            self.data.insert(name, fixed);
+        }
     }
 }
 

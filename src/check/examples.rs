@@ -109,7 +109,7 @@ impl<'a> Checker<'a> {
     }
 
     /// `tokenizer = base.tokenizer`: the model whose tokenizer encodes a data set.
-    fn model_tokenizer(&mut self, e: &'a crate::syntax::ast::Expr) -> Option<String> {
+    pub(super) fn model_tokenizer(&mut self, e: &'a crate::syntax::ast::Expr) -> Option<String> {
         match e.as_path() {
             Some([m, t]) if t.name == "tokenizer" && self.decl(&m.name).is_some_and(|d| d.kind == crate::syntax::ast::DeclKind::Model) => Some(m.name.clone()),
             _ => {

@@ -9,20 +9,45 @@ use crate::recipe::{ModelRef, Recipe, StageKind, Tokenizer};
 /// Where a model's weights learned their tokens.
 enum Origin<'r> {
     /// Stage `stage` trained them on data `data` with `tokenizer`.
-    Trained { stage: &'r str, data: &'r str, tokenizer: Tokenizer },
+    Trained { stage: &'r str, data: &'r str, tokenizer: &'r Tokenizer },
     /// They come from a Hugging Face checkpoint, with its own tokenizer.
     Checkpoint { model: &'r str },
 }
 
+/// Which ids: two tokenizers give the same ids when they are the same kind, or the tokenizer of
+/// the same checkpoint folder. (Two BPE tokenizers trained on different corpora differ; a run
+/// copies the one it continues, see `train`.)
+#[derive(PartialEq)]
+enum Ids {
+    Bytes,
+    Bpe,
+    Checkpoint(Option<std::path::PathBuf>),
+}
+
+fn checkpoint_ids(r: &Recipe, model: &str) -> Ids {
+    Ids::Checkpoint(r.model(model).and_then(|s| s.checkpoint.as_ref()).map(|c| c.dir.clone()))
+}
+
+fn ids_of(r: &Recipe, t: &Tokenizer) -> Ids {
+    match t {
+        Tokenizer::Bytes => Ids::Bytes,
+        Tokenizer::Bpe { .. } => Ids::Bpe,
+        Tokenizer::Model { model, .. } => checkpoint_ids(r, model),
+    }
+}
+
 impl Origin<'_> {
-    fn bytes(&self) -> bool {
-        matches!(self, Origin::Trained { tokenizer: Tokenizer::Bytes, .. })
+    fn ids(&self, r: &Recipe) -> Ids {
+        match self {
+            Origin::Trained { tokenizer, .. } => ids_of(r, tokenizer),
+            Origin::Checkpoint { model } => checkpoint_ids(r, model),
+        }
     }
 
     /// "BPE tokens (vocab 512) of `corpus` in stage `pretrain`".
     fn learned(&self) -> String {
         match self {
-            Origin::Trained { stage, data, tokenizer } => format!("{} of `{data}` in stage `{stage}`", describe(*tokenizer)),
+            Origin::Trained { stage, data, tokenizer } => format!("{} of `{data}` in stage `{stage}`", describe(tokenizer)),
             Origin::Checkpoint { model } => format!("the tokens of its own tokenizer (model `{model}` is imported from a checkpoint)"),
         }
     }
@@ -40,7 +65,7 @@ fn origin<'r>(r: &'r Recipe, name: &str, depth: usize) -> Option<Origin<'r>> {
             Some(o) => Some(o),
             None => {
                 let data = r.data(&t.data)?;
-                Some(Origin::Trained { stage: &stage.name, data: &data.name, tokenizer: data.tokenizer })
+                Some(Origin::Trained { stage: &stage.name, data: &data.name, tokenizer: &data.tokenizer })
             }
         },
         StageKind::Train(t) => origin(r, t.init_from.as_deref()?, depth + 1),
@@ -75,10 +100,11 @@ fn inputs(kind: &StageKind) -> Vec<&ModelRef> {
     }
 }
 
-fn describe(t: Tokenizer) -> String {
+fn describe(t: &Tokenizer) -> String {
     match t {
         Tokenizer::Bytes => "bytes".into(),
         Tokenizer::Bpe { vocab } => format!("BPE tokens (vocab {vocab})"),
+        Tokenizer::Model { model, .. } => format!("the tokens of `{model}`'s tokenizer"),
     }
 }
 
@@ -94,13 +120,13 @@ impl Checker<'_> {
                     Some(up) => origin(r, up, 0),
                     None => checkpoint_origin(r, &t.model),
                 };
-                let differs = |o: &Origin| match o {
-                    Origin::Trained { tokenizer, .. } => std::mem::discriminant(tokenizer) != std::mem::discriminant(&data.tokenizer),
-                    Origin::Checkpoint { .. } => true,
-                };
-                if let Some(o) = o.filter(differs) {
-                    self.error(Diagnostic::error(Code::E0315, span, format!("stage `{}` trains on `{}` as {}, but the weights it continues learned {}", s.name, data.name, describe(data.tokenizer), o.learned()))
-                        .with_hint(hint(&o, "a model and its data use one tokenizer: give both data sets the same `tokenizer`")));
+                if let Some(o) = o.filter(|o| o.ids(r) != ids_of(r, &data.tokenizer)) {
+                    let hint = match &o {
+                        Origin::Checkpoint { model } => format!("read the corpus with the model's tokenizer: add `tokenizer = {model}.tokenizer` to data `{}`", data.name),
+                        Origin::Trained { .. } => "a model and its data use one tokenizer: give both data sets the same `tokenizer`".into(),
+                    };
+                    self.error(Diagnostic::error(Code::E0315, span, format!("stage `{}` trains on `{}` as {}, but the weights it continues learned {}", s.name, data.name, describe(&data.tokenizer), o.learned()))
+                        .with_hint(hint));
                 }
                 continue;
             }
@@ -112,10 +138,9 @@ impl Checker<'_> {
                     Some(m) => format!("with the tokenizer of `{m}`"),
                     None => "as bytes".to_string(),
                 };
-                let same = match (&o, &set.tokenizer) {
-                    (Origin::Trained { .. }, None) => o.bytes(),
-                    (Origin::Checkpoint { model }, Some(t)) => same_checkpoint(r, model, t),
-                    _ => false,
+                let same = match &set.tokenizer {
+                    None => o.ids(r) == Ids::Bytes,
+                    Some(t) => o.ids(r) == checkpoint_ids(r, t) && checkpoint_ids(r, t) != Ids::Checkpoint(None),
                 };
                 if !same {
                     let hint = match &o {
@@ -159,15 +184,3 @@ fn stage_set(kind: &StageKind) -> Option<&str> {
     }
 }
 
-/// Whether models `a` and `b` come from the same checkpoint folder (so one tokenizer).
-fn same_checkpoint(r: &Recipe, a: &str, b: &str) -> bool {
-    let dir = |m: &str| r.model(m).and_then(|s| s.checkpoint.as_ref()).map(|c| c.dir.clone());
-    dir(a).is_some() && dir(a) == dir(b)
-}
-
-fn hint(o: &Origin, trained: &str) -> String {
-    match o {
-        Origin::Trained { .. } => trained.to_string(),
-        Origin::Checkpoint { .. } => "roux does not yet tokenize a corpus with a checkpoint's tokenizer.json: an imported model with its own tokenizer trains on post-training data with `tokenizer = MODEL.tokenizer`".into(),
-    }
-}

@@ -3,7 +3,7 @@
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
 
-#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
 pub enum Tokenizer {
     /// One token per byte; vocabulary 256.
@@ -11,6 +11,9 @@ pub enum Tokenizer {
     /// Byte-level BPE trained on the training split (the `tokenizers` crate), `vocab` tokens;
     /// saved as tokenizer.json beside the model.
     Bpe { vocab: usize },
+    /// The tokenizer.json of the checkpoint model `model` was imported from
+    /// (`tokenizer = base.tokenizer`), its vocabulary the model's; copied beside the run's model.
+    Model { model: String, vocab: usize },
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]

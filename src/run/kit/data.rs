@@ -1,4 +1,5 @@
-//! A corpus split into training and validation tokens (bytes, or BPE ids), and seeded batch
+//! A corpus split into training and validation tokens (bytes, BPE ids, or an imported model's
+//! tokenizer's ids), and seeded batch
 //! sampling.
 
 use anyhow::{bail, Context, Result};
@@ -22,12 +23,18 @@ impl Corpus {
     pub fn load(spec: &DataSpec, dir: &Path) -> Result<Corpus> {
         let bytes = crate::fsio::read_bytes(&spec.path, MAX_CORPUS_BYTES).map_err(anyhow::Error::msg).with_context(|| format!("reading data `{}`", spec.name))?;
         let cut = (bytes.len() as f64 * spec.split) as usize;
-        let (train, val) = match spec.tokenizer {
+        let (train, val) = match &spec.tokenizer {
             Tokenizer::Bytes => (bytes[..cut].iter().map(|&b| b as u32).collect(), bytes[cut..].iter().map(|&b| b as u32).collect()),
             Tokenizer::Bpe { vocab } => {
                 let (a, b) = (String::from_utf8_lossy(&bytes[..cut]), String::from_utf8_lossy(&bytes[cut..]));
                 std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-                let tk = super::tokenize::load_or_train(dir, &a, vocab)?;
+                let tk = super::tokenize::load_or_train(dir, &a, *vocab)?;
+                (super::tokenize::encode(&tk, &a)?, super::tokenize::encode(&tk, &b)?)
+            }
+            // The checkpoint's tokenizer, which the stage copied beside its model.
+            Tokenizer::Model { .. } => {
+                let (a, b) = (String::from_utf8_lossy(&bytes[..cut]), String::from_utf8_lossy(&bytes[cut..]));
+                let tk = super::tokenize::read(&dir.join(super::tokenize::FILE))?;
                 (super::tokenize::encode(&tk, &a)?, super::tokenize::encode(&tk, &b)?)
             }
         };

@@ -65,9 +65,15 @@ pub fn run_model(ctx: &StageCtx, spec: &ModelSpec, t: &TrainSpec) -> Result<()> 
         model.load(&tensors).with_context(|| format!("initialising from {}", path.display()))?;
     }
     let mut opt = Optimizer::new(&model.params, &t.optimizer);
-    // A BPE tokenizer comes from the stage this one continues, so both read the same ids.
-    if let (Some(up), crate::recipe::Tokenizer::Bpe { .. }) = (&t.init_from, data_spec.tokenizer) {
-        let (from, to) = (ctx.stage_dir(up).join(tokenize::FILE), dir.join(tokenize::FILE));
+    // A BPE tokenizer comes from the stage this one continues, so both read the same ids; an
+    // imported model's from its checkpoint (and, kept beside the model, serves `sample` and `export`).
+    let tokenizer_from = match (&t.init_from, &data_spec.tokenizer) {
+        (Some(up), crate::recipe::Tokenizer::Bpe { .. }) => Some(ctx.stage_dir(up).join(tokenize::FILE)),
+        (_, crate::recipe::Tokenizer::Model { model, .. }) => recipe.model(model).and_then(|m| m.checkpoint.as_ref()).map(|c| c.dir.join(tokenize::FILE)),
+        _ => None,
+    };
+    if let Some(from) = tokenizer_from {
+        let to = dir.join(tokenize::FILE);
         if from.exists() && !to.exists() {
             crate::fsio::copy_atomic(&from, &to, tokenize::MAX_BYTES).map_err(anyhow::Error::msg)?;
         }
