@@ -65,6 +65,7 @@ impl<'a> Checker<'a> {
             patience: None,
             accumulate: 1,
             shard_optimizer: false,
+            expert_parallel: 1,
             device_memory: None,
         };
         let mut points = vec![];

@@ -1,5 +1,5 @@
 //! The keys of a train stage that say how it runs over several processes: `accumulate`,
-//! `device_memory` (`shard_optimizer` is a plain flag). The number of processes is known only
+//! `expert_parallel`, `device_memory` (`shard_optimizer` is a plain flag). The number of processes is known only
 //! at launch and to `roux plan --world N`, which check the batch and memory against it.
 
 use super::fields::{Fields, Min};
@@ -24,6 +24,33 @@ impl<'a> Checker<'a> {
             return None;
         }
         Some(k)
+    }
+
+    /// `expert_parallel = N` (1 to 65536): the MoE layers' experts divided over N processes. E0245
+    /// for a dense model and for N that does not divide the experts; the launch checks N against
+    /// the number of processes.
+    pub(super) fn expert_parallel(&mut self, f: &mut Fields<'a>, arch: Option<&str>) -> Option<usize> {
+        let n = f.int(self, "expert_parallel", Some(1), Min::One)?;
+        let span = f.value_span("expert_parallel");
+        if n > crate::recipe::MAX_PROCESSES as u64 {
+            self.error(Diagnostic::error(Code::E0202, span, "`expert_parallel` is out of range").with_hint(format!("expert_parallel must lie in [1, {}]", crate::recipe::MAX_PROCESSES)));
+            return None;
+        }
+        let n = n as usize;
+        let Some(m) = arch.and_then(|a| self.models.get(a)).filter(|_| n > 1) else { return Some(n) };
+        match &m.moe {
+            None => {
+                self.error(Diagnostic::error(Code::E0245, span, format!("`expert_parallel = {n}` divides experts, but model `{}` has no MoE layers", m.name))
+                    .with_hint("leave `expert_parallel` out: a dense model runs data parallel over the processes"));
+                None
+            }
+            Some(moe) if moe.experts % n != 0 => {
+                self.error(Diagnostic::error(Code::E0245, span, format!("`expert_parallel = {n}` does not divide the {} experts of model `{}`", moe.experts, m.name))
+                    .with_hint(format!("each process holds experts / expert_parallel of every MoE layer; pick a divisor of {}", moe.experts)));
+                None
+            }
+            Some(_) => Some(n),
+        }
     }
 
     /// `device_memory = 80G`: bytes, from 1 MB to 1 PB (decimal suffixes, as every number).

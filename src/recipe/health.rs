@@ -8,7 +8,8 @@ use serde::{Deserialize, Serialize};
 pub struct Thresholds {
     /// Loss not falling: the last quarter's mean loss is above this share of the first quarter's.
     pub loss_fall: f64,
-    /// A gradient-norm spike: a logged norm above this multiple of the run's median.
+    /// A gradient-norm spike: a logged norm above this multiple of the median of the logs
+    /// before it, not back below half of that by the next log.
     pub grad_spike: f64,
     /// A mixture-of-experts layer dropping more than this share of its tokens.
     pub drop_rate: f64,

@@ -21,6 +21,9 @@ pub use health::*;
 pub use model::*;
 pub use stage::*;
 
+/// The most processes a run may have (torchrun's WORLD_SIZE, `expert_parallel`).
+pub const MAX_PROCESSES: usize = 65_536;
+
 /// A recipe value's keyword as the recipe writes it (`learned`, `rmsnorm`, `swiglu`): its serde
 /// name, for messages (never Rust's `Debug` spelling).
 pub fn keyword<T: serde::Serialize>(v: &T) -> String {

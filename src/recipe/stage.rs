@@ -89,6 +89,10 @@ pub struct TrainSpec {
     /// Each process keeps its share of the AdamW moments only (ZeRO-1; `shard_optimizer = true`).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub shard_optimizer: bool,
+    /// The MoE layers' experts divided over this many processes (`expert_parallel = N`; N must
+    /// be the run's number of processes).
+    #[serde(default = "one", skip_serializing_if = "is_one")]
+    pub expert_parallel: usize,
     /// Bytes one device holds (`device_memory = 80G`): `roux plan --world N` refuses a layout
     /// whose process needs more.
     #[serde(default, skip_serializing_if = "Option::is_none")]

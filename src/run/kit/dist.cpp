@@ -5,7 +5,10 @@
 #include "shim.h"
 
 #define USE_C10D_GLOO
+#include <ATen/core/dispatch/Dispatcher.h>
+#include <torch/csrc/distributed/c10d/GroupRegistry.hpp>
 #include <torch/csrc/distributed/c10d/PrefixStore.hpp>
+#include <torch/csrc/distributed/c10d/ProcessGroup.hpp>
 #include <torch/csrc/distributed/c10d/ProcessGroupGloo.hpp>
 #include <torch/csrc/distributed/c10d/TCPStore.hpp>
 
@@ -20,7 +23,21 @@ using roux_shim::guarded;
 struct Group {
   c10::intrusive_ptr<c10d::Store> store;
   c10::intrusive_ptr<c10d::Backend> backend;
+  // The backend as a ProcessGroup registered under kGroupName, which the differentiable
+  // collectives (`_c10d_functional_autograd`, what torch.distributed's functional API calls) find.
+  c10::intrusive_ptr<c10d::ProcessGroup> group;
+  int world;
 };
+
+const char* kGroupName = "roux";
+
+// A functional collective's result is ready once waited on; the wait runs below autograd, where
+// it is the identity on the tensor (and its graph).
+at::Tensor waited(const at::Tensor& t) {
+  static auto wait = c10::Dispatcher::singleton().findSchemaOrThrow("_c10d_functional::wait_tensor", "").typed<at::Tensor(const at::Tensor&)>();
+  at::AutoDispatchBelowAutograd below;
+  return wait.call(t);
+}
 
 Group* as_group(void* g) { return static_cast<Group*>(g); }
 
@@ -56,11 +73,18 @@ char* roux_dist_init(const char* host, int port, int rank, int world, int agent_
     auto options = c10d::ProcessGroupGloo::Options::create(timeout);
     options->devices.push_back(c10d::ProcessGroupGloo::createDefaultDevice());
     auto backend = c10::make_intrusive<c10d::ProcessGroupGloo>(store, rank, world, options);
-    *out = new Group{store, backend};
+    auto group = c10::make_intrusive<c10d::ProcessGroup>(store, rank, world);
+    group->setBackend(c10::DeviceType::CPU, c10d::ProcessGroup::BackendType::GLOO, backend);
+    group->setDefaultBackend(c10d::ProcessGroup::BackendType::GLOO);
+    c10d::register_process_group(kGroupName, group);
+    *out = new Group{store, backend, group, world};
   });
 }
 
-void roux_dist_free(void* g) { delete as_group(g); }
+void roux_dist_free(void* g) {
+  c10d::unregister_process_group(kGroupName);
+  delete as_group(g);
+}
 
 // In place: every rank's `t` becomes the reduction (0 sum, 1 max, 2 min) of all ranks' `t`.
 char* roux_dist_all_reduce(void* g, at::Tensor* t, int op) {
@@ -102,6 +126,27 @@ char* roux_dist_all_to_all(void* g, at::Tensor* out, at::Tensor* in, const int64
   return guarded([&] {
     std::vector<int64_t> s(send, send + world), r(recv, recv + world);
     finish(as_group(g)->backend->alltoall_base(*out, *in, r, s));
+  });
+}
+
+// Differentiable (their backward is the opposite collective): every rank's `in` stacked along the
+// first dimension in rank order; its gradient is the sum over ranks of the gradients of this
+// rank's block (a reduce-scatter).
+char* roux_dist_all_gather_grad(void* g, at::Tensor* in, at::Tensor** out) {
+  return guarded([&] {
+    static auto op = c10::Dispatcher::singleton().findSchemaOrThrow("_c10d_functional_autograd::all_gather_into_tensor", "").typed<at::Tensor(const at::Tensor&, int64_t, const std::string&)>();
+    *out = new at::Tensor(waited(op.call(in->contiguous(), as_group(g)->world, kGroupName)));
+  });
+}
+
+// Differentiable all-to-all of rows: `send[r]` rows of `in` to rank r, `recv[r]` rows from rank r
+// (the gradient goes back the same way).
+char* roux_dist_all_to_all_grad(void* g, at::Tensor* in, const int64_t* send, const int64_t* recv, at::Tensor** out) {
+  return guarded([&] {
+    static auto op = c10::Dispatcher::singleton().findSchemaOrThrow("_c10d_functional_autograd::all_to_all_single", "").typed<at::Tensor(const at::Tensor&, c10::SymIntArrayRef, c10::SymIntArrayRef, const std::string&)>();
+    int w = as_group(g)->world;
+    std::vector<c10::SymInt> s(send, send + w), r(recv, recv + w);
+    *out = new at::Tensor(waited(op.call(in->contiguous(), r, s, kGroupName)));
   });
 }
 

@@ -7,6 +7,8 @@ use anyhow::{anyhow, bail, Context, Result};
 use std::ffi::{c_char, c_int, c_void, CStr, CString};
 use tch::Tensor;
 
+use crate::run::model::expert_parallel::Exchange;
+
 type Raw = *const c_void;
 
 extern "C" {
@@ -20,10 +22,12 @@ extern "C" {
     fn roux_dist_reduce_scatter(g: *mut c_void, out: Raw, input: Raw) -> *mut c_char;
     fn roux_dist_all_to_all(g: *mut c_void, out: Raw, input: Raw, send: *const i64, recv: *const i64, world: c_int) -> *mut c_char;
     fn roux_dist_barrier(g: *mut c_void) -> *mut c_char;
+    fn roux_dist_all_gather_grad(g: *mut c_void, input: Raw, out: *mut *mut c_void) -> *mut c_char;
+    fn roux_dist_all_to_all_grad(g: *mut c_void, input: Raw, send: *const i64, recv: *const i64, out: *mut *mut c_void) -> *mut c_char;
 }
 
 /// The largest number of processes roux accepts from the environment.
-pub const MAX_WORLD: usize = 65_536;
+pub const MAX_WORLD: usize = crate::recipe::MAX_PROCESSES;
 
 /// How long a collective waits for the other processes before failing (`ROUX_DIST_TIMEOUT`
 /// seconds overrides): long enough for a slow evaluation on one rank, short enough that a job
@@ -44,7 +48,7 @@ pub struct World {
     pub size: usize,
     /// The device index on this node (`cuda:LOCAL_RANK`).
     pub local_rank: usize,
-    group: Option<Group>,
+    group: Option<std::rc::Rc<Group>>,
 }
 
 /// The c10d store and process group (freed when the run ends).
@@ -149,7 +153,7 @@ impl World {
         let what = format!("rank {} of {} joining the process group at {}:{}", l.rank, l.size, l.host, l.port);
         // SAFETY: the strings outlive the call; on success `out` owns a Group freed by Drop.
         check(&what, unsafe { roux_dist_init(host.as_ptr(), l.port as c_int, l.rank as c_int, l.size as c_int, l.agent_attempt.is_some() as c_int, prefix.as_ptr(), (timeout_s * 1000) as i64, &mut out) })?;
-        Ok(World { rank: l.rank, size: l.size, local_rank: l.local_rank, group: Some(Group(out)) })
+        Ok(World { rank: l.rank, size: l.size, local_rank: l.local_rank, group: Some(std::rc::Rc::new(Group(out))) })
     }
 
     /// Rank 0, which owns the run directory, writes and prints.
@@ -225,6 +229,18 @@ impl World {
         Ok(t.int64_value(&[0]))
     }
 
+    /// The exchange a model divides its MoE experts with (`expert_parallel = n`; None for 1):
+    /// n must be the number of processes.
+    pub fn experts_across(&self, stage: &str, n: usize) -> Result<Option<std::rc::Rc<dyn Exchange>>> {
+        if n == 1 {
+            return Ok(None);
+        }
+        match &self.group {
+            Some(group) if n == self.size => Ok(Some(std::rc::Rc::new(ExpertExchange { group: group.clone(), rank: self.rank, size: self.size }))),
+            _ => bail!("{stage}: `expert_parallel = {n}` divides the experts over {n} processes, but this run has {}: start it with `roux run --nproc {n}` (expert parallelism spans every process)", self.size),
+        }
+    }
+
     /// Several processes need Gloo's CPU tensors until NCCL is driven: refuse a GPU for them.
     pub fn refuse_gpu(&self, stage: &str, device: tch::Device) -> Result<()> {
         if self.size > 1 && device != tch::Device::Cpu {
@@ -247,6 +263,45 @@ impl World {
         }
         let n = t.size()[0] / self.size as i64;
         t.narrow(0, self.rank as i64 * n, n)
+    }
+}
+
+/// The run's process group as the differentiable collectives of expert parallelism.
+struct ExpertExchange {
+    group: std::rc::Rc<Group>,
+    rank: usize,
+    size: usize,
+}
+
+impl ExpertExchange {
+    /// A collective's new tensor; a failure ends the process with the message (a forward pass
+    /// has no error path; torchrun then stops the others).
+    fn result(what: &str, call: impl FnOnce(*mut *mut c_void) -> *mut c_char) -> Tensor {
+        let mut out: *mut c_void = std::ptr::null_mut();
+        if let Err(e) = check(what, call(&mut out)) {
+            eprintln!("error: expert parallelism: {e:#}");
+            std::process::exit(2);
+        }
+        // SAFETY: on success the shim stored a new at::Tensor, which tch's Tensor now owns.
+        unsafe { Tensor::from_ptr(out as *mut _) }
+    }
+}
+
+impl Exchange for ExpertExchange {
+    fn rank(&self) -> usize {
+        self.rank
+    }
+    fn size(&self) -> usize {
+        self.size
+    }
+    fn all_gather(&self, t: &Tensor) -> Tensor {
+        // SAFETY: `t` is live for the call; the group outlives this exchange (it holds an Rc).
+        Self::result("all-gather", |out| unsafe { roux_dist_all_gather_grad(self.group.0, raw(t), out) })
+    }
+    fn all_to_all(&self, t: &Tensor, send: &[i64], recv: &[i64]) -> Tensor {
+        assert!(send.len() == self.size && recv.len() == self.size, "one count per process");
+        // SAFETY: as above; the count slices hold `size` numbers each.
+        Self::result("all-to-all", |out| unsafe { roux_dist_all_to_all_grad(self.group.0, raw(t), send.as_ptr(), recv.as_ptr(), out) })
     }
 }
 

@@ -66,18 +66,26 @@ pub fn loss_not_falling(rows: &[Value], th: &Thresholds) -> Option<Signal> {
     })
 }
 
-/// Gradient norms far above the run's median.
+/// Gradient norms far above the median of the logs before them (the last 20; at least 5, so
+/// the large norms of the first steps are not measured against nothing) that had not come back
+/// by the next log: instability. A lone norm that falls back at once is one hard batch (a
+/// reward model near convergence meets a misranked pair), which clipping absorbs.
 pub fn grad_spikes(rows: &[Value], th: &Thresholds) -> Option<Signal> {
-    let g = series(rows, "grad_norm");
-    if g.len() < 5 {
-        return None;
-    }
-    let mut sorted = g.clone();
-    sorted.sort_by(|a, b| a.total_cmp(b));
-    let median = sorted[sorted.len() / 2];
-    let spikes: Vec<(u64, f64)> = rows.iter().filter_map(|r| Some((r["step"].as_u64()?, r["grad_norm"].as_f64()?))).filter(|(_, v)| *v > th.grad_spike * median && median > 0.0).collect();
-    let (step, worst) = spikes.iter().copied().max_by(|a, b| a.1.total_cmp(&b.1))?;
-    Some(signal("grad_spike", format!("{} gradient-norm spike(s) above {}× the median {median:.3}, the largest {worst:.3} at step {step}", spikes.len(), th.grad_spike)))
+    let g: Vec<(u64, f64)> = rows.iter().filter_map(|r| Some((r["step"].as_u64()?, r["grad_norm"].as_f64()?))).filter(|(_, v)| v.is_finite()).collect();
+    let median = |w: &[(u64, f64)]| {
+        let mut v: Vec<f64> = w.iter().map(|x| x.1).collect();
+        v.sort_by(|a, b| a.total_cmp(b));
+        v[v.len() / 2]
+    };
+    let spikes: Vec<(u64, f64, f64)> = (5..g.len())
+        .filter_map(|i| {
+            let m = median(&g[i.saturating_sub(20)..i]);
+            let stays = g.get(i + 1).is_none_or(|next| next.1 > th.grad_spike / 2.0 * m);
+            (m > 0.0 && g[i].1 > th.grad_spike * m && stays).then_some((g[i].0, g[i].1, m))
+        })
+        .collect();
+    let (step, worst, m) = spikes.iter().copied().max_by(|a, b| (a.1 / a.2).total_cmp(&(b.1 / b.2)))?;
+    Some(signal("grad_spike", format!("{} gradient-norm spike(s) above {}× the median of the logs before, not back by the next log; the largest {worst:.3} at step {step} (median before {m:.3})", spikes.len(), th.grad_spike)))
 }
 
 /// Mixture-of-experts layers that drop tokens, favour one expert, or collapse their router,
@@ -148,11 +156,23 @@ mod tests {
 
     #[test]
     fn a_spike_is_named_with_its_step() {
+        let th = Thresholds::default();
+        // Norms of 1, then 25 at step 60 still 8 at step 70 (above 10/2 × 1): unstable.
         let mut g = vec![1.0; 10];
-        g[6] = 25.0;
-        let s = grad_spikes(&rows("grad_norm", &g), &Thresholds::default()).unwrap();
-        assert_eq!(s.message, "1 gradient-norm spike(s) above 10× the median 1.000, the largest 25.000 at step 60");
-        assert_eq!(grad_spikes(&rows("grad_norm", &[1.0; 10]), &Thresholds::default()), None);
+        (g[6], g[7]) = (25.0, 8.0);
+        let s = grad_spikes(&rows("grad_norm", &g), &th).unwrap();
+        assert_eq!(s.message, "1 gradient-norm spike(s) above 10× the median of the logs before, not back by the next log; the largest 25.000 at step 60 (median before 1.000)");
+        assert_eq!(grad_spikes(&rows("grad_norm", &[1.0; 10]), &th), None);
+        // One hard batch: back to 1.2 at the next log.
+        g[7] = 1.2;
+        assert_eq!(grad_spikes(&rows("grad_norm", &g), &th), None);
+        // The large norms of the first steps have nothing before them to be a spike against.
+        let early = [46.0, 3.0, 1.0, 0.8, 0.7, 0.7, 0.7, 0.6];
+        assert_eq!(grad_spikes(&rows("grad_norm", &early), &th), None);
+        // A spike in the last log counts: nothing shows it came back.
+        let mut last = vec![1.0; 8];
+        last[7] = 30.0;
+        assert!(grad_spikes(&rows("grad_norm", &last), &th).is_some());
     }
 
     #[test]

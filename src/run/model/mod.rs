@@ -18,7 +18,9 @@ pub mod attention;
 mod casts;
 pub mod heads;
 pub mod lora;
+pub mod expert_parallel;
 pub mod moe;
+mod router_losses;
 mod weights;
 
 use anyhow::Result;
@@ -66,6 +68,8 @@ pub struct Model {
     cache_all: Cell<bool>,
     /// Per parameter, the optimizer's low-precision copy to compute with (`use_shadow`).
     shadow: Vec<Option<Tensor>>,
+    /// Set for expert parallelism: training forward passes divide the experts over processes.
+    pub experts_across: Option<std::rc::Rc<dyn expert_parallel::Exchange>>,
 }
 
 impl Model {
@@ -136,7 +140,7 @@ impl Model {
             })
             .collect();
         let casts = RefCell::new((0..names.len()).map(|_| None).collect());
-        Ok(Model { graph, names, params, index, node_params, order, inputs, last_use, rope, device, compute: Kind::Float, lora: Default::default(), pad_vocab: false, casts, cache_all: Cell::new(false), shadow: vec![] })
+        Ok(Model { graph, names, params, index, node_params, order, inputs, last_use, rope, device, compute: Kind::Float, lora: Default::default(), pad_vocab: false, casts, cache_all: Cell::new(false), shadow: vec![], experts_across: None })
     }
 
     pub fn spec(&self) -> &ModelSpec {

@@ -59,6 +59,7 @@ pub fn run_model(ctx: &StageCtx, spec: &ModelSpec, t: &TrainSpec) -> Result<()> 
     if t.precision == crate::recipe::Precision::Bf16 {
         model.set_precision(tch::Kind::BFloat16);
     }
+    model.experts_across = world.experts_across(name, t.expert_parallel)?;
     if let Some(up) = &t.init_from {
         let path = ctx.stage_dir(up).join("model.safetensors");
         let tensors = Tensor::read_safetensors(&path).with_context(|| format!("reading {}", path.display()))?;
