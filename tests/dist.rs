@@ -276,3 +276,40 @@ fn every_stage_kind_runs_under_two_processes() {
         assert!(worst < 1e-5, "{s}: 2 processes vs 1 differ by {worst:e}");
     }
 }
+
+/// The dropped fraction of each MoE layer at every logged step.
+fn dropped(dir: &Path) -> Vec<Vec<f64>> {
+    metrics(dir).iter().map(|m| m["moe"].as_array().unwrap().iter().map(|l| l["dropped"].as_f64().unwrap()).collect()).collect()
+}
+
+/// Expert parallelism: with the experts of every MoE layer divided over 2 processes (each routes
+/// the whole micro-batch from the gathered router logits, rows go to their experts' owners and
+/// back by all-to-all), training equals one process to rounding and drops the same tokens; plain
+/// data parallel, whose capacity each process sets from its own tokens, drops others.
+#[test]
+fn expert_parallel_moe_equals_one_process_with_the_same_dropped_tokens() {
+    let out = scratch("dist-ep");
+    let recipe = fixture("tiny-ep.roux");
+    let run = |dir: &str, extra: &[&str]| {
+        let o = roux(&[&["run", recipe.to_str().unwrap(), "--out", out.join(dir).to_str().unwrap()], extra].concat());
+        assert_eq!(o.status.code(), Some(0), "{}", String::from_utf8_lossy(&o.stderr));
+        out.join(dir).join("ep/pretrain")
+    };
+    let one = run("one", &[]);
+    let ep = run("ep", &["--nproc", "2", "--set", "pretrain.expert_parallel=2"]);
+    let dp = run("dp", &["--nproc", "2"]);
+    let (loss, weights) = differences(&result(&one), &result(&ep));
+    assert!(loss < 1e-5 && weights < 1e-5, "expert parallel vs one process: losses differ by {loss:e}, weights by {weights:e}");
+    let (d1, dep, ddp) = (dropped(&one), dropped(&ep), dropped(&dp));
+    assert_eq!(d1.len(), 30);
+    assert!(d1.iter().flatten().any(|&d| d > 0.05), "the fixture must drop tokens: {d1:?}");
+    assert_eq!(d1, dep, "the same dropped tokens at every step");
+    assert_ne!(d1, ddp, "plain data parallel routes each process's tokens on their own");
+    // Expert parallelism spans every process; the degree must divide the experts.
+    let o = roux(&["run", recipe.to_str().unwrap(), "--out", out.join("alone").to_str().unwrap(), "--set", "pretrain.expert_parallel=2"]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("stage `pretrain`: `expert_parallel = 2` divides the experts over 2 processes, but the run has 1: start it with `roux run --nproc 2` (expert parallelism spans every process)"), "{err}");
+    let o = roux(&["check", recipe.to_str().unwrap(), "--set", "pretrain.expert_parallel=3"]);
+    let err = String::from_utf8_lossy(&o.stdout).to_string() + &String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("E0245") && err.contains("`expert_parallel = 3` does not divide the 4 experts of model `lm`"), "{err}");
+}

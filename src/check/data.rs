@@ -129,6 +129,15 @@ impl<'a> Checker<'a> {
 }
 
 impl Checker<'_> {
+    /// E0111 for `corpus.vocab` read while the vocabulary of the model whose tokenizer the corpus
+    /// takes is not known yet (a model declaration reading it); true when so.
+    pub(super) fn vocab_unknown(&mut self, s: &DataSpec, attr: &crate::syntax::ast::Ident) -> bool {
+        let Tokenizer::Model { model, vocab: 0 } = &s.tokenizer else { return false };
+        self.error(Diagnostic::error(Code::E0111, attr.span, format!("`{}.vocab` is the vocabulary of `{model}`'s tokenizer, which a model declaration cannot read", s.name))
+            .with_hint(format!("train `{model}` itself on this data, or write the vocabulary as a number")));
+        true
+    }
+
     /// A corpus read with an imported model's tokenizer takes that model's vocabulary; the model
     /// must have been imported with its tokenizer.json.
     pub(super) fn model_tokenizers(&mut self) {

@@ -319,12 +319,8 @@ impl<'a> Checker<'a> {
             let computed: &[&str] = &["vocab", "context", "tokens"];
             if computed.contains(&attr.name.as_str()) {
                 let s = spec?;
-                if let (crate::recipe::Tokenizer::Model { model, vocab: 0 }, "vocab") = (&s.tokenizer, attr.name.as_str()) {
-                    self.error(Diagnostic::error(Code::E0111, attr.span, format!("`{}.vocab` is the vocabulary of `{model}`'s tokenizer, which a model declaration cannot read", decl.name.name))
-                        .with_hint(format!("train `{model}` itself on this data, or write the vocabulary as a number")));
-                    return None;
-                }
                 return Some(match attr.name.as_str() {
+                    "vocab" if self.vocab_unknown(&s, attr) => return None,
                     "vocab" => s.vocab as f64,
                     "context" => s.context as f64,
                     _ => s.tokens as f64,

@@ -42,7 +42,7 @@ pub fn exec_under_torchrun(file: &std::path::Path, nproc: u16) -> u8 {
     for recipe in compiled.recipes() {
         for stage in &recipe.stages {
             if let roux::recipe::StageKind::Train(t) = &stage.kind {
-                if let Err(e) = t.micro_batch(&stage.name, nproc as usize) {
+                if let Err(e) = t.micro_batch(&stage.name, nproc as usize).and_then(|_| roux::recipe::expert_parallel_fits(&stage.name, t.expert_parallel, nproc as usize)) {
                     eprintln!("error: {e}");
                     return 2;
                 }

@@ -24,6 +24,14 @@ pub use stage::*;
 /// The most processes a run may have (torchrun's WORLD_SIZE, `expert_parallel`).
 pub const MAX_PROCESSES: usize = 65_536;
 
+/// `expert_parallel = n` spans every process of the run: an error naming both numbers otherwise.
+pub fn expert_parallel_fits(stage: &str, n: usize, processes: usize) -> Result<(), String> {
+    if n == 1 || n == processes {
+        return Ok(());
+    }
+    Err(format!("stage `{stage}`: `expert_parallel = {n}` divides the experts over {n} processes, but the run has {processes}: start it with `roux run --nproc {n}` (expert parallelism spans every process)"))
+}
+
 /// A recipe value's keyword as the recipe writes it (`learned`, `rmsnorm`, `swiglu`): its serde
 /// name, for messages (never Rust's `Debug` spelling).
 pub fn keyword<T: serde::Serialize>(v: &T) -> String {

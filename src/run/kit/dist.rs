@@ -235,10 +235,9 @@ impl World {
         if n == 1 {
             return Ok(None);
         }
-        match &self.group {
-            Some(group) if n == self.size => Ok(Some(std::rc::Rc::new(ExpertExchange { group: group.clone(), rank: self.rank, size: self.size }))),
-            _ => bail!("{stage}: `expert_parallel = {n}` divides the experts over {n} processes, but this run has {}: start it with `roux run --nproc {n}` (expert parallelism spans every process)", self.size),
-        }
+        crate::recipe::expert_parallel_fits(stage, n, self.size).map_err(anyhow::Error::msg)?;
+        let group = self.group.clone().context("several processes have a process group")?;
+        Ok(Some(std::rc::Rc::new(ExpertExchange { group, rank: self.rank, size: self.size })))
     }
 
     /// Several processes need Gloo's CPU tensors until NCCL is driven: refuse a GPU for them.
@@ -279,7 +278,7 @@ impl ExpertExchange {
     fn result(what: &str, call: impl FnOnce(*mut *mut c_void) -> *mut c_char) -> Tensor {
         let mut out: *mut c_void = std::ptr::null_mut();
         if let Err(e) = check(what, call(&mut out)) {
-            eprintln!("error: expert parallelism: {e:#}");
+            tracing::error!("expert parallelism: {e:#}");
             std::process::exit(2);
         }
         // SAFETY: on success the shim stored a new at::Tensor, which tch's Tensor now owns.

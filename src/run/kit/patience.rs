@@ -23,10 +23,10 @@ impl Patience {
 
     /// Records the evaluation at `step`; true when the stage should stop here.
     pub fn observe(&mut self, step: u64, value: f64) -> bool {
-        match self.best {
-            Some((b, _)) if !(value > b) => self.since += 1,
-            _ if value.is_finite() => (self.best, self.since) = (Some((value, step)), 0),
-            _ => self.since += 1,
+        if value.is_finite() && self.best.is_none_or(|(b, _)| value > b) {
+            (self.best, self.since) = (Some((value, step)), 0);
+        } else {
+            self.since += 1; // not better (equal, lower, or not a number)
         }
         self.exhausted()
     }

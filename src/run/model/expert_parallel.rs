@@ -14,6 +14,7 @@
 use tch::Tensor;
 
 use super::moe::{counts, route_with, Experts, Routing};
+use super::Model;
 use crate::recipe::RouterSpec;
 
 /// The differentiable collectives expert parallelism needs (`run/kit/dist.rs` provides them).
@@ -26,6 +27,14 @@ pub trait Exchange {
     fn all_gather(&self, t: &Tensor) -> Tensor;
     /// Rows of `t` to each process (`send[r]` to rank r); `recv[r]` rows back from each.
     fn all_to_all(&self, t: &Tensor, send: &[i64], recv: &[i64]) -> Tensor;
+}
+
+impl Model {
+    /// `moe`'s training form when the experts are divided over processes (`layer`).
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn moe_across(&self, across: &dyn Exchange, xf: &Tensor, logits: &Tensor, noise: Option<&Tensor>, router: &RouterSpec, experts: &Experts, e: i64) -> (Tensor, Routing) {
+        layer(across, xf, logits, noise, router, experts, e)
+    }
 }
 
 /// An MoE layer over this process's tokens `xf` (n, d), given their router `logits` (n, E) (and

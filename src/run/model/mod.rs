@@ -6,7 +6,9 @@
 //! | `mod.rs`       | parameters from the graph, the forward walk, the loss, load, freeze |
 //! | `casts.rs`     | parameters in the compute kind: cached casts, the optimizer's bf16 copies |
 //! | `attention.rs` | causal attention, rotary embeddings, grouped-query heads, KV cache  |
-//! | `moe.rs`       | routers, sparse dispatch, auxiliary losses, the MoE layer and jitter|
+//! | `moe.rs`       | routers, sparse dispatch, the MoE layer and jitter                  |
+//! | `router_losses.rs` | the routers' auxiliary losses, the 1991 mixture's loss          |
+//! | `expert_parallel.rs` | an MoE layer's experts divided over processes (all-to-all)    |
 //! | `lora.rs`      | LoRA adapters: attach, load, merge                                  |
 //! | `heads.rs`     | scalar heads on the final hidden state (reward and value heads)     |
 //! | `weights.rs`   | weights in: copied into a model, or a checkpoint's tensors adopted  |

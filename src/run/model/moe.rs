@@ -79,7 +79,7 @@ impl Model {
         let (w1, w3, w2) = weights("experts");
         let ex = Experts { w1: &w1, w3: w3.as_ref(), w2: &w2, act: *act };
         let (mut y, r) = match self.experts_across.as_deref().filter(|_| train) {
-            Some(across) => super::expert_parallel::layer(across, &xf, &logits, noise.as_ref(), router, &ex, *experts as i64),
+            Some(across) => self.moe_across(across, &xf, &logits, noise.as_ref(), router, &ex, *experts as i64),
             None => {
                 let r = route(router, &logits, noise.as_ref(), train);
                 (dispatch(&xf, &r, &ex, *experts as i64), r)

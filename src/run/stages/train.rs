@@ -60,6 +60,9 @@ pub fn run_model(ctx: &StageCtx, spec: &ModelSpec, t: &TrainSpec) -> Result<()> 
         model.set_precision(tch::Kind::BFloat16);
     }
     model.experts_across = world.experts_across(name, t.expert_parallel)?;
+    if model.experts_across.is_some() {
+        tracing::info!("{name}: the experts of every MoE layer divided over {} processes", world.size);
+    }
     if let Some(up) = &t.init_from {
         let path = ctx.stage_dir(up).join("model.safetensors");
         let tensors = Tensor::read_safetensors(&path).with_context(|| format!("reading {}", path.display()))?;
