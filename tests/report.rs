@@ -74,6 +74,20 @@ fn the_html_report_renders_in_headless_chromium_with_every_plot_drawn() {
         assert!(shot.exists() && std::fs::metadata(&shot).unwrap().len() > 20_000, "no screenshot: {}", String::from_utf8_lossy(&o.stderr));
         eprintln!("{stage}: {n} plots drawn; screenshot {}", shot.display());
     }
+    // The experiment's page leads with its stages: a row each, with the result it is judged by.
+    let page = out.join("experiment.html");
+    let o = roux(&["report", out.join("tiny-lifecycle").to_str().unwrap(), "-o", page.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(0), "{}", String::from_utf8_lossy(&o.stderr));
+    let html = std::fs::read_to_string(&page).unwrap();
+    let stages: Vec<String> = std::fs::read_dir(out.join("tiny-lifecycle")).unwrap().map(|e| e.unwrap()).filter(|e| e.path().join("report.json").exists()).map(|e| e.file_name().to_string_lossy().to_string()).collect();
+    assert!(html.contains(&format!("<title>Experiment tiny-lifecycle: {} stages</title>", stages.len())), "{}", &html[..200]);
+    let summary = html.split("<table class=\"stages\">").nth(1).unwrap().split("</table>").next().unwrap();
+    for stage in &stages {
+        assert!(summary.contains(&format!("<tr><th>{stage}</th>")), "no row for {stage}: {summary}");
+    }
+    assert!(summary.contains("held-out pairwise accuracy") && summary.contains("validation loss"), "{summary}");
+    assert!(html.find("<h2>Stages</h2>").unwrap() < html.find("<h2>Plots</h2>").unwrap());
+    assert_eq!(long_floats(&html), Vec::<String>::new());
 }
 
 #[test]

@@ -170,7 +170,8 @@ pub fn report(runs: &[std::path::PathBuf], output: Option<&Path>) -> u8 {
 fn compare(runs: &[std::path::PathBuf], output: Option<&Path>) -> u8 {
     let page = output.map_or_else(|| std::path::PathBuf::from("compare.html"), Path::to_path_buf);
     let result = roux::report::runs::runs_of(runs).and_then(|mut rs| {
-        let title = roux::report::sweep::relabel(&mut rs).unwrap_or_else(|| format!("{} runs compared", rs.len()));
+        let experiment = roux::report::stages::one_experiment(&rs).then(|| format!("Experiment {}: {} stages", rs[0].experiment(), rs.len()));
+        let title = roux::report::sweep::relabel(&mut rs).or(experiment).unwrap_or_else(|| format!("{} runs compared", rs.len()));
         roux::fsio::write_atomic(&page, roux::report::compare::compare_html(&rs, &title).as_bytes())
     });
     match result {

@@ -24,7 +24,8 @@ fn leaves(v: &Value, prefix: &str, out: &mut BTreeMap<String, String>) {
             }
         }
         other if !prefix.is_empty() => {
-            out.insert(prefix.to_string(), other.to_string());
+            // A string as people read it, without JSON's quotes.
+            out.insert(prefix.to_string(), other.as_str().map_or_else(|| other.to_string(), str::to_string));
         }
         _ => {}
     }
@@ -54,7 +55,7 @@ pub fn compare_html(runs: &[Run], title: &str) -> String {
         .filter(|k| defs.iter().map(|d| d.get(*k)).collect::<BTreeSet<_>>().len() > 1)
         .map(|k| (k.clone(), defs.iter().map(|d| d.get(k).cloned().unwrap_or_else(|| "-".into())).collect()))
         .collect();
-    let differs = if differs.is_empty() { "<p>The definitions are identical.</p>".to_string() } else { table(&head, &differs) };
+    let differs = if differs.is_empty() { "<p>The definitions are identical.</p>".to_string() } else { format!("<div class=\"wide\">{}</div>", table(&head, &differs)) };
     // Results: every plain value of the reports, as people read it.
     let result_keys: BTreeSet<String> = runs.iter().filter_map(|r| r.report.as_object()).flat_map(|o| o.iter().filter(|(k, v)| !v.is_object() && !v.is_array() && k.as_str() != "hash").map(|(k, _)| k.clone())).collect();
     let results: Vec<(String, Vec<String>)> = result_keys.iter().map(|k| (k.replace('_', " "), runs.iter().map(|r| human(k, &r.report[k.as_str()])).collect())).collect();
@@ -84,15 +85,14 @@ pub fn compare_html(runs: &[Run], title: &str) -> String {
     let dirs: String = runs.iter().map(|r| format!("<li><b>{}</b>: {}</li>", esc(&r.label), esc(&r.dir.display().to_string()))).collect();
     // A sweep's summary comes first: the best point, and the loss against each swept value.
     let sweep = super::sweep::section(runs).map_or_else(String::new, |(html, plots)| format!("<h2>Sweep</h2>{html}<div class=\"plots\">{}</div>", figures(&plots)));
-    page(
-        title,
-        &format!(
-            "<p>{} runs.</p>{sweep}<ul>{dirs}</ul><h2>What differs</h2>{differs}<h2>Plots</h2><div class=\"plots\">{}</div><h2>Results</h2>{}",
-            runs.len(),
-            figures(&svgs),
-            table(&head, &results)
-        ),
-    )
+    let (plots, results) = (figures(&svgs), table(&head, &results));
+    // An experiment's stages are of different kinds: its summary leads, and the setting-by-setting
+    // comparison of their definitions is there to open, not to read first.
+    if super::stages::one_experiment(runs) {
+        let summary = super::stages::summary(runs);
+        return page(title, &format!("<h2>Stages</h2>{summary}<h2>Plots</h2><div class=\"plots\">{plots}</div><details><summary>Where the stages' definitions differ</summary>{differs}</details><details><summary>Every result</summary>{results}</details><ul>{dirs}</ul>"));
+    }
+    page(title, &format!("<p>{} runs.</p>{sweep}<ul>{dirs}</ul><h2>What differs</h2>{differs}<h2>Plots</h2><div class=\"plots\">{plots}</div><h2>Results</h2>{results}", runs.len()))
 }
 
 #[cfg(test)]
@@ -102,7 +102,8 @@ mod tests {
     #[test]
     fn definitions_flatten_to_dotted_settings() {
         let mut m = BTreeMap::new();
-        leaves(&serde_json::json!({"train": {"optimizer": {"lr": 0.001, "betas": [0.9, 0.95]}}, "seed": 1}), "", &mut m);
+        leaves(&serde_json::json!({"train": {"optimizer": {"lr": 0.001, "betas": [0.9, 0.95]}}, "seed": 1, "norm": "rmsnorm"}), "", &mut m);
+        assert_eq!(m.get("norm").map(String::as_str), Some("rmsnorm"), "strings without JSON's quotes");
         assert_eq!(m.get("train.optimizer.lr").map(String::as_str), Some("0.001"));
         assert_eq!(m.get("train.optimizer.betas").map(String::as_str), Some("[0.9,0.95]"));
         assert_eq!(m.get("seed").map(String::as_str), Some("1"));

@@ -138,6 +138,7 @@ body {{ font-family: sans-serif; margin: 2em; max-width: 1100px; }}
 ul.warnings {{ background: #fff4e5; border-left: 4px solid #e69500; padding: .6em 1.6em; }}
 figure.plot {{ margin: 0; border: 1px solid #ddd; padding: .5em; }}
 figure.plot img {{ width: 520px; height: auto; display: block; }}
+.wide {{ overflow-x: auto; }}
 table {{ border-collapse: collapse; }} th, td {{ border: 1px solid #ddd; padding: .2em .6em; text-align: left; }}
 pre {{ background: #f6f6f6; padding: 1em; overflow-x: auto; }}
 </style></head>

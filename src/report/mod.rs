@@ -5,5 +5,6 @@ pub mod compare;
 pub mod html;
 pub mod plots;
 pub mod runs;
+pub mod stages;
 pub mod svg;
 pub mod sweep;

@@ -17,6 +17,13 @@ pub struct Run {
     pub(super) resolved: Value,
 }
 
+impl Run {
+    /// The experiment the run belongs to, as its definition names it.
+    pub fn experiment(&self) -> &str {
+        self.resolved["experiment"].as_str().unwrap_or("-")
+    }
+}
+
 #[cfg(test)]
 impl Run {
     pub(super) fn from_parts(label: &str, report: Value, resolved: Value) -> Run {

@@ -73,8 +73,12 @@ pub fn line_chart(title: &str, x_label: &str, y_label: &str, series: &[Series], 
 
 /// A line chart with either axis in log10.
 pub fn chart(title: &str, x_label: &str, y_label: &str, series: &[Series], log_x: bool, log_y: bool) -> String {
-    let (w, h) = (720.0, 420.0);
-    let (ml, mr, mt, mb) = (70.0, 170.0, 40.0, 50.0);
+    // The legend's column widens for long names (a sweep's points), so no name is cut off;
+    // about 7 px a character at the 12 px font.
+    let longest = series.iter().map(|s| s.name.chars().count()).max().unwrap_or(0).min(60) as f64;
+    let mr = (50.0 + 7.0 * longest).max(170.0);
+    let (w, h) = (550.0 + mr, 420.0);
+    let (ml, mt, mb) = (70.0, 40.0, 50.0);
     let tx = |x: f64| if log_x { x.max(1e-300).log10() } else { x };
     let ty = |y: f64| if log_y { y.max(1e-300).log10() } else { y };
     let pts: Vec<(f64, f64)> = series.iter().flat_map(|s| s.points.iter().map(|&(x, y)| (tx(x), ty(y)))).filter(|(x, y)| x.is_finite() && y.is_finite()).collect();

@@ -1,0 +1,78 @@
+//! The summary that leads an experiment's report (`roux report runs/<experiment>`): one row per
+//! stage with its kind, its headline result, its time and its warnings, before any curve.
+
+use serde_json::Value;
+
+use super::html::{esc, human};
+use super::runs::Run;
+
+/// Whether `runs` are the stages of one experiment (its directory, or its stages named one by
+/// one): then definitions of different kinds are not compared setting by setting.
+pub fn one_experiment(runs: &[Run]) -> bool {
+    let names: Vec<&str> = runs.iter().filter_map(|r| r.resolved["experiment"].as_str()).collect();
+    let stages: std::collections::BTreeSet<&str> = runs.iter().filter_map(|r| r.report["stage"].as_str()).collect();
+    runs.len() > 1 && names.len() == runs.len() && names.iter().all(|n| *n == names[0]) && stages.len() == runs.len()
+}
+
+/// A stage's result in a few words: what its kind is judged by.
+fn headline(r: &Value) -> String {
+    let pct = |v: &Value| v.as_f64().map_or("-".to_string(), |x| format!("{:.1}%", 100.0 * x));
+    let num = |v: &Value| v.as_f64().map_or("-".to_string(), |x| format!("{x:.3}"));
+    match r["kind"].as_str().unwrap_or_default() {
+        "train" => format!("validation loss {}", human("final_val_loss", &r["final_val_loss"])),
+        "finetune" => format!("held-out exact match {} (was {})", pct(&r["after"]["exact"]), pct(&r["before"]["exact"])),
+        "reward_model" => format!("held-out pairwise accuracy {}", pct(&r["held_out_accuracy"])),
+        "dpo" => format!("held-out pairwise accuracy {}; sampled gold reward {} (was {})", pct(&r["held_out_rewards"]["accuracy"]), num(&r["after"]["sampled_gold"]), num(&r["before"]["sampled_gold"])),
+        "ppo" | "grpo" => format!("sampled gold reward {} (was {})", num(&r["after"]["sampled_gold"]), num(&r["before"]["sampled_gold"])),
+        "compare" => format!("{} policies on {} held-out examples", r["rows"].as_array().map_or(0, Vec::len), human("examples", &r["examples"])),
+        _ => "-".into(),
+    }
+}
+
+/// The table of stages, in the order given.
+pub fn summary(runs: &[Run]) -> String {
+    let rows: String = runs
+        .iter()
+        .map(|run| {
+            let r = &run.report;
+            let warnings: Vec<String> = r["warnings"].as_array().into_iter().flatten().filter_map(|w| w["message"].as_str()).map(esc).collect();
+            let warned = if warnings.is_empty() { "none".to_string() } else { warnings.join("<br>") };
+            let steps = match r["stopped_early_at"].as_u64() {
+                Some(at) => format!("{at} of {} (stopped early)", human("steps", &r["steps"])),
+                None => human("steps", &r["steps"]),
+            };
+            format!(
+                "<tr><th>{}</th><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{warned}</td></tr>",
+                esc(r["stage"].as_str().unwrap_or(&run.label)),
+                esc(r["kind"].as_str().unwrap_or("-")),
+                esc(&steps),
+                esc(&headline(r)),
+                esc(&human("wall_seconds", &r["wall_seconds"])),
+            )
+        })
+        .collect();
+    format!("<table class=\"stages\"><tr><th>stage</th><th>kind</th><th>steps</th><th>result</th><th>time</th><th>warnings</th></tr>{rows}</table>")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn each_kind_is_summed_up_by_its_own_measure() {
+        assert_eq!(headline(&json!({"kind": "train", "final_val_loss": 1.90271})), "validation loss 1.903 nats/token");
+        assert_eq!(headline(&json!({"kind": "reward_model", "held_out_accuracy": 0.9874})), "held-out pairwise accuracy 98.7%");
+        assert_eq!(headline(&json!({"kind": "finetune", "before": {"exact": 0.0}, "after": {"exact": 0.995}})), "held-out exact match 99.5% (was 0.0%)");
+        assert_eq!(headline(&json!({"kind": "ppo", "before": {"sampled_gold": 0.846}, "after": {"sampled_gold": 0.8891}})), "sampled gold reward 0.889 (was 0.846)");
+        let runs = vec![
+            Run::from_parts("a", json!({"stage": "pretrain", "kind": "train", "steps": 400, "final_val_loss": 2.0371, "wall_seconds": 75.2, "warnings": []}), json!({"experiment": "x"})),
+            Run::from_parts("b", json!({"stage": "rm", "kind": "reward_model", "steps": 600, "stopped_early_at": 300, "held_out_accuracy": 0.5, "warnings": [{"signal": "loss_not_falling", "message": "the training loss <rose>"}]}), json!({"experiment": "x"})),
+        ];
+        assert!(one_experiment(&runs));
+        let html = summary(&runs);
+        assert!(html.contains("<tr><th>pretrain</th><td>train</td><td>400</td><td>validation loss 2.037 nats/token</td><td>75.20 s</td><td>none</td></tr>"), "{html}");
+        assert!(html.contains("<td>300 of 600 (stopped early)</td>") && html.contains("the training loss &lt;rose&gt;"), "{html}");
+        assert!(!one_experiment(&[Run::from_parts("a", json!({"stage": "s"}), json!({"experiment": "x"})), Run::from_parts("b", json!({"stage": "s"}), json!({"experiment": "y"}))]));
+    }
+}
