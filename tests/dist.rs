@@ -253,14 +253,29 @@ fn reward_model_and_dpo_on_two_processes_equal_one_process() {
 #[test]
 fn every_stage_kind_runs_under_two_processes() {
     let out = scratch("dist-lifecycle");
-    let recipe = fixture("tiny-lifecycle.roux");
+    // The lifecycle with a GRPO stage too.
+    let text = std::fs::read_to_string(fixture("tiny-lifecycle.roux")).unwrap().replace("../../data/", "../../../data/");
+    let grpo = "  stage gr = grpo(policy = merge(sft.adapter), prompts = instr) {\n    group = 4\n    batch = 16\n    steps = 3\n    max_new = 6\n    optimizer = adamw { lr = 1e-5 }\n    eval_every = 3\n    eval_examples = 8\n  }\n}\n";
+    let recipe = out.join("tiny-lifecycle.roux");
+    std::fs::write(&recipe, format!("{}{grpo}", text.trim_end().strip_suffix('}').unwrap())).unwrap();
+    let mut logs = vec![];
     for (name, extra) in [("one", vec![]), ("two", vec!["--nproc", "2"])] {
         let dir = out.join(name);
-        let o = roux(&[&["run", recipe.to_str().unwrap(), "--out", dir.to_str().unwrap()], &extra[..]].concat());
-        assert_eq!(o.status.code(), Some(0), "{name}: {}", String::from_utf8_lossy(&o.stderr));
+        // Every gradient exchange checks that the processes' weights are the same to the bit.
+        let o = std::process::Command::new(env!("CARGO_BIN_EXE_roux"))
+            .args([&["run", recipe.to_str().unwrap(), "--out", dir.to_str().unwrap()], &extra[..]].concat())
+            .env("ROUX_QUIET", "1")
+            .env("ROUX_CHECK_REPLICAS", "1")
+            .output()
+            .unwrap();
+        logs.push(String::from_utf8_lossy(&o.stderr).to_string());
+        assert_eq!(o.status.code(), Some(0), "{name}: {}", logs[logs.len() - 1]);
     }
+    // PPO and GRPO divide their rollouts.
+    assert!(logs[1].contains("rl: PPO on prompts of `instr` against reward model `rm`: 4 steps × 8 prompts (each of 2 processes rolls out 4)"), "{}", logs[1]);
+    assert!(logs[1].contains("gr: GRPO on prompts of `instr`: 3 steps × 4 prompts (each of 2 processes answers 2) × 4 responses"), "{}", logs[1]);
     let stage = |name: &str, s: &str| out.join(name).join("tiny-lifecycle").join(s);
-    for s in ["pretrain", "sft", "rm", "rl", "po", "table"] {
+    for s in ["pretrain", "sft", "rm", "rl", "po", "gr", "table"] {
         assert!(stage("two", s).join("report.json").exists(), "{s} did not finish under 2 processes");
         let steps: Vec<u64> = std::fs::read_to_string(stage("two", s).join("metrics.jsonl")).unwrap_or_default().lines().filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok()?["step"].as_u64()).collect();
         assert!(steps.windows(2).all(|w| w[0] < w[1]), "{s}: metrics.jsonl written by more than one process: {steps:?}");
@@ -309,6 +324,16 @@ fn expert_parallel_moe_equals_one_process_with_the_same_dropped_tokens() {
     let o = roux(&["run", recipe.to_str().unwrap(), "--out", out.join("alone").to_str().unwrap(), "--set", "pretrain.expert_parallel=2"]);
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(err.contains("stage `pretrain`: `expert_parallel = 2` divides the experts over 2 processes, but the run has 1: start it with `roux run --nproc 2` (expert parallelism spans every process)"), "{err}");
+    // `roux plan --world 2` counts what expert parallelism sends. By hand: micro-batches of 8 × 32
+    // = 256 tokens, 4 experts, d_model 32, one expert a token, MoE in both blocks: the logits'
+    // all-gather and its backward 2·1·256·4 floats, the four all-to-alls 4·256·1·(1/2)·32; ×2
+    // layers × 4 bytes = 4·(2,048 + 16,384)·2 = 147,456 bytes.
+    let o = roux(&["plan", recipe.to_str().unwrap(), "--json", "--world", "2", "--set", "pretrain.expert_parallel=2"]);
+    assert_eq!(o.status.code(), Some(0), "{}", String::from_utf8_lossy(&o.stderr));
+    let plan: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!((plan["processes"][0]["expert_parallel"].as_u64(), plan["processes"][0]["expert_sent_bytes_per_step"].as_u64()), (Some(2), Some(147_456)), "{}", plan["processes"]);
+    let o = roux(&["plan", recipe.to_str().unwrap(), "--world", "4", "--set", "pretrain.expert_parallel=2"]);
+    assert!(String::from_utf8_lossy(&o.stderr).contains("`expert_parallel = 2` divides the experts over 2 processes, but the run has 4"), "{}", String::from_utf8_lossy(&o.stderr));
     let o = roux(&["check", recipe.to_str().unwrap(), "--set", "pretrain.expert_parallel=3"]);
     let err = String::from_utf8_lossy(&o.stdout).to_string() + &String::from_utf8_lossy(&o.stderr);
     assert!(err.contains("E0245") && err.contains("`expert_parallel = 3` does not divide the 4 experts of model `lm`"), "{err}");

@@ -34,6 +34,22 @@ fn torchrun() -> Option<PathBuf> {
 /// only when that cannot happen (the exit code). The recipe is checked first, and every
 /// training stage's batch against `nproc` processes, so a batch that cannot split is one
 /// message here rather than one per process under torchrun's traceback.
+/// Whether a stage's batch divides over `n` processes (and its micro-batches), and its experts
+/// when it divides them: the message each process would otherwise print through torchrun.
+fn splits(stage: &roux::recipe::StageSpec, n: usize) -> Result<(), String> {
+    use roux::recipe::StageKind;
+    let name = &stage.name;
+    match &stage.kind {
+        StageKind::Train(t) => t.micro_batch(name, n).and_then(|_| roux::recipe::expert_parallel_fits(name, t.expert_parallel, n)),
+        StageKind::Finetune(f) => f.opt.micro_batch(name, n).map(drop),
+        StageKind::RewardModel(r) => r.opt.micro_batch(name, n).map(drop),
+        StageKind::Dpo(d) => d.opt.micro_batch(name, n).map(drop),
+        StageKind::Ppo(p) => p.opt.micro_batch(name, n).map(drop),
+        StageKind::Grpo(g) => roux::recipe::split_batch(name, g.opt.batch / g.group, n, 1).map(drop).map_err(|e| format!("{e} (a GRPO batch splits by prompts, {} a step)", g.opt.batch / g.group)),
+        StageKind::Mixture(_) | StageKind::Isoflop(_) | StageKind::Compare(_) => Ok(()),
+    }
+}
+
 pub fn exec_under_torchrun(file: &std::path::Path, nproc: u16) -> u8 {
     let compiled = match super::check::load(file) {
         Ok(c) => c,
@@ -41,11 +57,9 @@ pub fn exec_under_torchrun(file: &std::path::Path, nproc: u16) -> u8 {
     };
     for recipe in compiled.recipes() {
         for stage in &recipe.stages {
-            if let roux::recipe::StageKind::Train(t) = &stage.kind {
-                if let Err(e) = t.micro_batch(&stage.name, nproc as usize).and_then(|_| roux::recipe::expert_parallel_fits(&stage.name, t.expert_parallel, nproc as usize)) {
-                    eprintln!("error: {e}");
-                    return 2;
-                }
+            if let Err(e) = splits(stage, nproc as usize) {
+                eprintln!("error: {e}");
+                return 2;
             }
         }
     }

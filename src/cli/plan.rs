@@ -68,6 +68,9 @@ fn print_world(l: &[roux::plan::ProcessPlan]) {
     if l.iter().any(|p| p.sharded_optimizer) {
         outln!("* sharded over the processes (shard_optimizer = true, ZeRO-1)");
     }
+    for p in l.iter().filter(|p| p.expert_parallel > 1) {
+        outln!("{}: experts divided over {} processes; each also sends {} a step for them (router logits, tokens to experts and back)", p.stage, p.expert_parallel, bytes(p.expert_sent_bytes_per_step));
+    }
 }
 
 fn print_plan(p: &roux::plan::Plan) {

@@ -34,6 +34,12 @@ pub struct ProcessPlan {
     /// Bytes each process sends per optimizer step: a ring all-reduce of the gradients
     /// (2·(N−1)/N of them), or a reduce-scatter and an all-gather of the padded buffers.
     pub sent_bytes_per_step: u64,
+    /// Processes the MoE layers' experts are divided over (`expert_parallel`; 1: not divided).
+    pub expert_parallel: usize,
+    /// Bytes each process sends per step for expert parallelism, forward and backward: the router
+    /// logits gathered (and their gradient reduce-scattered), and each routed token's row sent to
+    /// another process's expert and back, twice (an upper bound: balanced load, no token dropped).
+    pub expert_sent_bytes_per_step: u64,
     pub device_memory: Option<u64>,
 }
 
@@ -43,7 +49,9 @@ pub fn plan_world(r: &Recipe, world: usize) -> Result<Vec<ProcessPlan>, String> 
     for s in &r.stages {
         let StageKind::Train(t) = &s.kind else { continue };
         let Some(spec) = r.model(&t.model) else { continue };
-        let p = process_plan(&s.name, &lower_model(spec), t, world)?;
+        crate::recipe::expert_parallel_fits(&s.name, t.expert_parallel, world)?;
+        let mut p = process_plan(&s.name, &lower_model(spec), t, world)?;
+        p.expert_sent_bytes_per_step = spec.moe.as_ref().filter(|_| t.expert_parallel > 1).map_or(0, |m| expert_bytes(m, spec.d_model, t, world));
         if let Some(limit) = p.device_memory.filter(|l| p.total_bytes > *l) {
             return Err(format!(
                 "stage `{}`: each of {world} processes needs {}, more than its device_memory of {}; \
@@ -65,6 +73,17 @@ fn decimal(b: u64) -> String {
         Some((u, name)) => format!("{:.3}{name} bytes", b as f64 / u).replace(".000", ""),
         None => format!("{b} bytes"),
     }
+}
+
+/// Expert parallelism's bytes per process per step (see `ProcessPlan::expert_sent_bytes_per_step`):
+/// per MoE layer and micro-batch of n tokens, the logits' all-gather and its backward send
+/// 2·(W−1)·n·E floats, and the four all-to-alls (dispatch, combine, and their gradients) each
+/// n·a·(W−1)/W rows of d floats, a the assignments per token.
+fn expert_bytes(m: &crate::recipe::MoeSpec, d_model: usize, t: &TrainSpec, world: usize) -> u64 {
+    let (w, n) = (world as f64, (t.batch / world / t.accumulate * t.context) as f64);
+    let gather = 2.0 * (w - 1.0) * n * m.experts as f64;
+    let rows = 4.0 * n * m.active_experts() * (w - 1.0) / w * d_model as f64;
+    (4.0 * (gather + rows) * (m.layers.len() * t.accumulate) as f64).round() as u64
 }
 
 fn process_plan(stage: &str, g: &ModelGraph, t: &TrainSpec, world: usize) -> Result<ProcessPlan, String> {
@@ -97,6 +116,8 @@ fn process_plan(stage: &str, g: &ModelGraph, t: &TrainSpec, world: usize) -> Res
         activation_bytes,
         total_bytes,
         sent_bytes_per_step: 4 * sent,
+        expert_parallel: t.expert_parallel,
+        expert_sent_bytes_per_step: 0,
         device_memory: t.device_memory,
     })
 }

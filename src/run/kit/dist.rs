@@ -219,6 +219,17 @@ impl World {
         check("barrier", unsafe { roux_dist_barrier(g) })
     }
 
+    /// The sums over processes of `values` (the values themselves for one process).
+    pub fn sums<const N: usize>(&self, values: &[f64; N]) -> Result<[f64; N]> {
+        if self.size == 1 {
+            return Ok(*values);
+        }
+        let t = Tensor::from_slice(values);
+        self.all_reduce(&t, Reduce::Sum)?;
+        let back = Vec::<f64>::try_from(&t)?;
+        Ok(std::array::from_fn(|i| back[i]))
+    }
+
     /// The leader's `value`, on every process (the others pass anything).
     pub fn from_leader(&self, value: i64) -> Result<i64> {
         if self.size == 1 {

@@ -7,6 +7,8 @@
 //!   4. `epochs` passes of the clipped policy-ratio loss plus β·KL to the frozen reference.
 //! Logs the reward's mean and spread, the share of groups whose rewards are all equal (no
 //! learning signal), clip fraction, KL and response length; held-out scores every `eval_every`.
+//! With several processes each answers its share of a step's prompts (whole groups) and the
+//! gradients of every epoch are averaged before the update.
 
 use anyhow::Result;
 use serde_json::json;
@@ -31,6 +33,10 @@ pub fn run(ctx: &StageCtx, g: &GrpoSpec) -> Result<()> {
     let (recipe, name) = (ctx.recipe, ctx.label.clone());
     let Some(mut run) = lifecycle::begin_stage(ctx, g.opt.steps)? else { return Ok(()) };
     let dev = device::device(g.opt.device)?;
+    let world = ctx.world;
+    world.refuse_gpu(&name, dev)?;
+    // Processes divide a step's prompts (whole groups).
+    crate::recipe::split_batch(&name, g.opt.batch / g.group, world.size, 1).map_err(|e| anyhow::anyhow!("{e} (a GRPO batch splits by prompts, {} a step)", g.opt.batch / g.group))?;
     let (set, split) = instructions(recipe, &g.prompts)?;
     let codec = Codec::new(recipe, &set)?;
     let held: Vec<Example> = split.held_out.iter().take(g.eval_examples).cloned().collect();
@@ -50,6 +56,7 @@ pub fn run(ctx: &StageCtx, g: &GrpoSpec) -> Result<()> {
     let (names, params): (Vec<String>, Vec<Tensor>) = policy.named().into_iter().unzip();
     let mut opt = Optimizer::new(&params, &g.opt.optimizer);
     let (step0, mut rng, extra) = run.restore(&names, &params, &mut opt, Rng(recipe.seed ^ 0x6290))?;
+    opt.broadcast_state(world)?;
     // Per step: the share of groups whose rewards were all equal (kept in checkpoints).
     let mut flat_history: Vec<f64> = serde_json::from_value(extra["flat_groups"].clone()).unwrap_or_default();
     let mut patience = Patience::new(g.opt.patience, "sampled_gold_reward", &extra);
@@ -57,9 +64,10 @@ pub fn run(ctx: &StageCtx, g: &GrpoSpec) -> Result<()> {
     let context = policy.spec().context;
     let per_step = g.opt.batch / g.group;
     tracing::info!(
-        "{name}: GRPO on prompts of `{}`: {} steps × {per_step} prompts × {} responses, β = {}, {} normalisation",
+        "{name}: GRPO on prompts of `{}`: {} steps × {per_step} prompts{} × {} responses, β = {}, {} normalisation",
         set.name,
         g.opt.steps,
+        if world.size > 1 { format!(" (each of {} processes answers {})", world.size, per_step / world.size) } else { String::new() },
         g.group,
         g.beta,
         if g.loss == GrpoLoss::Grpo { "GRPO" } else { "Dr. GRPO" }
@@ -74,7 +82,13 @@ pub fn run(ctx: &StageCtx, g: &GrpoSpec) -> Result<()> {
         tch::manual_seed((recipe.seed ^ step.wrapping_mul(0x9E37_79B9)) as i64);
         let lr = lr_at(&g.opt.schedule, g.opt.optimizer.lr, step, g.opt.steps);
         // 1. A group of responses to each prompt.
+        // Every process draws the whole step's prompts (the same sampler state) and answers its
+        // share of them, sampling with its own stream; a group stays within one process.
         let chosen: Vec<&Example> = (0..per_step).map(|_| &split.train[rng.below(split.train.len() as u64) as usize]).collect();
+        let chosen = world.shard_rows(&chosen);
+        if world.rank > 0 {
+            tch::manual_seed((recipe.seed ^ step.wrapping_mul(0x9E37_79B9) ^ (world.rank as u64).wrapping_mul(0x2545_F491_4F6C_DD1D)) as i64);
+        }
         let batch: Vec<&Example> = chosen.iter().flat_map(|e| std::iter::repeat_n(*e, g.group)).collect();
         let prompts: Vec<Vec<i64>> = batch.iter().map(|e| codec.prompt(&e.prompt)).collect();
         let responses = generate(&policy, &prompts, g.max_new, g.temperature, codec.end());
@@ -87,7 +101,7 @@ pub fn run(ctx: &StageCtx, g: &GrpoSpec) -> Result<()> {
         let rewards: Vec<f64> = (0..batch.len()).map(|i| reward_of(&g.reward, batch[i], &responses[i], &codec, g.max_new, rm_scores.as_ref().map(|v| v[i]))).collect();
         // 3. Advantages within each group.
         let adv = group_advantages(&rewards, g.group, g.loss == GrpoLoss::Grpo);
-        let flat = rewards.chunks(g.group).filter(|grp| grp.iter().all(|r| *r == grp[0])).count() as f64 / per_step as f64;
+        let flat = world.sums(&[rewards.chunks(g.group).filter(|grp| grp.iter().all(|r| *r == grp[0])).count() as f64])?[0] / per_step as f64;
         flat_history.push(flat);
         let rows: Vec<&Seq> = seqs.iter().collect();
         let b = pad(&rows, dev);
@@ -100,6 +114,9 @@ pub fn run(ctx: &StageCtx, g: &GrpoSpec) -> Result<()> {
             let lp = token_logprobs(&policy.forward(&b.x, false), &b.y);
             let (loss, clipfrac, kl) = grpo_loss(&lp, &old_lp, ref_lp.as_ref(), &adv, &b.w, g.clip, g.beta, g.loss, g.max_new);
             loss.backward();
+            if world.size > 1 {
+                opt.all_reduce_grads(world)?;
+            }
             grad_norm += opt.clip_grad_norm(g.opt.grad_clip);
             opt.step(lr)?;
             loss_sum += loss.double_value(&[]);
@@ -107,9 +124,12 @@ pub fn run(ctx: &StageCtx, g: &GrpoSpec) -> Result<()> {
             kl_sum += kl.double_value(&[]);
         }
         let n = g.epochs as f64;
-        let mean = rewards.iter().sum::<f64>() / rewards.len() as f64;
-        let spread = (rewards.iter().map(|r| (r - mean).powi(2)).sum::<f64>() / rewards.len() as f64).sqrt();
-        let length = responses.iter().map(|r| r.len()).sum::<usize>() as f64 / responses.len() as f64;
+        // The whole batch's statistics (each process's epochs' are its share's: averaged).
+        let all = g.opt.batch as f64;
+        let w = world.size as f64;
+        let [sum, length, loss_sum, clip_sum, kl_sum] = world.sums(&[rewards.iter().sum::<f64>(), responses.iter().map(|r| r.len()).sum::<usize>() as f64, loss_sum / w, clip_sum / w, kl_sum / w])?;
+        let (mean, length) = (sum / all, length / all);
+        let spread = (world.sums(&[rewards.iter().map(|r| (r - mean).powi(2)).sum::<f64>()])?[0] / all).sqrt();
         let done = step + 1;
         let eval_now = done % g.opt.eval_every == 0 || done == g.opt.steps;
         let s = eval_now.then(|| score(&policy, reference.as_ref(), &codec, &held, g.max_new));

@@ -8,6 +8,11 @@
 //!   5. optionally adapt the KL coefficient toward `kl_target` (Ziegler et al. 2019).
 //! Logs the reward model's score next to the gold reward, so reward hacking (the first rising
 //! while the second falls) shows in the metrics and the report.
+//!
+//! With several processes each rolls out its share of the prompts (sampling with a stream of its
+//! own), advantages are whitened and the KL measured over the whole batch, and every minibatch's
+//! gradients are averaged before the update: one PPO step over the global batch, its rollouts
+//! divided.
 
 use anyhow::Result;
 use serde_json::json;
@@ -27,6 +32,7 @@ use crate::run::kit::score::score;
 use crate::run::kit::codec::Codec;
 use crate::run::kit::seqs::{generate, pad, prompt_response, to_f64s, token_logprobs};
 use crate::run::kit::patience::Patience;
+use crate::run::kit::dist::{Reduce, World};
 use crate::run::kit::{device, lifecycle, StageCtx};
 use crate::run::model::heads::Head;
 use crate::schedule::lr_at;
@@ -35,6 +41,9 @@ pub fn run(ctx: &StageCtx, p: &PpoSpec) -> Result<()> {
     let (recipe, name) = (ctx.recipe, ctx.label.clone());
     let Some(mut run) = lifecycle::begin_stage(ctx, p.opt.steps)? else { return Ok(()) };
     let dev = device::device(p.opt.device)?;
+    let world = ctx.world;
+    world.refuse_gpu(&name, dev)?;
+    p.opt.micro_batch(&name, world.size).map_err(anyhow::Error::msg)?;
     let (set, split) = instructions(recipe, &p.prompts)?;
     let codec = Codec::new(recipe, &set)?;
     let held: Vec<Example> = split.held_out.iter().take(p.eval_examples).cloned().collect();
@@ -55,17 +64,19 @@ pub fn run(ctx: &StageCtx, p: &PpoSpec) -> Result<()> {
     params.extend(head_params);
     let mut opt = Optimizer::new(&params, &p.opt.optimizer);
     let (step0, mut rng, extra) = run.restore(&names, &params, &mut opt, Rng(recipe.seed ^ 0x990))?;
+    opt.broadcast_state(world)?;
     let mut kl_coef = extra["kl_coef"].as_f64().unwrap_or(p.kl);
     let mut history: Vec<(f64, f64)> = serde_json::from_value(extra["history"].clone()).unwrap_or_default(); // (reward-model score, gold reward) per step
     let mut patience = Patience::new(p.opt.patience, "sampled_gold_reward", &extra);
     let mut stopped = None;
     let context = policy.spec().context;
     tracing::info!(
-        "{name}: PPO on prompts of `{}` against reward model `{}`: {} steps × {} prompts, KL coefficient {kl_coef}{}",
+        "{name}: PPO on prompts of `{}` against reward model `{}`: {} steps × {} prompts{}, KL coefficient {kl_coef}{}",
         set.name,
         p.reward,
         p.opt.steps,
         p.opt.batch,
+        if world.size > 1 { format!(" (each of {} processes rolls out {})", world.size, p.opt.batch / world.size) } else { String::new() },
         p.kl_target.map_or(String::new(), |t| format!(" (adaptive, target {t})"))
     );
     let started = Instant::now();
@@ -79,7 +90,13 @@ pub fn run(ctx: &StageCtx, p: &PpoSpec) -> Result<()> {
         let lr = lr_at(&p.opt.schedule, p.opt.optimizer.lr, step, p.opt.steps);
         let step_started = Instant::now();
         // 1. Rollouts.
+        // Every process draws the whole global batch (the same sampler state) and rolls out its
+        // share, each sampling with its own stream.
         let batch: Vec<&Example> = (0..p.opt.batch).map(|_| &split.train[rng.below(split.train.len() as u64) as usize]).collect();
+        let batch = world.shard_rows(&batch);
+        if world.rank > 0 {
+            tch::manual_seed((recipe.seed ^ step.wrapping_mul(0x9E37_79B9) ^ (world.rank as u64).wrapping_mul(0x2545_F491_4F6C_DD1D)) as i64);
+        }
         let prompts: Vec<Vec<i64>> = batch.iter().map(|e| codec.prompt(&e.prompt)).collect();
         let responses = generate(&policy, &prompts, p.max_new, p.temperature, codec.end());
         let seqs: Vec<Seq> = prompts.iter().zip(&responses).map(|(q, r)| prompt_response(q, r)).collect();
@@ -112,13 +129,13 @@ pub fn run(ctx: &StageCtx, p: &PpoSpec) -> Result<()> {
                 ret[i] = rt[k];
             }
         }
-        kl_seq /= seqs.len() as f64;
+        let kl_seq = world.sums(&[kl_seq])?[0] / p.opt.batch as f64;
         let shape = [seqs.len() as i64, t_len as i64];
         let adv = Tensor::from_slice(&adv).view(shape).to_kind(Kind::Float).to_device(dev);
         let ret = Tensor::from_slice(&ret).view(shape).to_kind(Kind::Float).to_device(dev);
         // Whiten advantages over response tokens.
-        let mean = masked_mean(&adv, &b.w);
-        let std = masked_mean(&(&adv - &mean).square(), &b.w).sqrt();
+        let mean = global_masked_mean(world, &adv, &b.w)?;
+        let std = global_masked_mean(world, &(&adv - &mean).square(), &b.w)?.sqrt();
         let adv = ((&adv - &mean) / (std + 1e-8)) * &b.w;
         // 4. Policy and value updates.
         let (mut pg_sum, mut vl_sum, mut ent_sum, mut clip_sum, mut grad_norm, mut n_mb) = (0.0, 0.0, 0.0, 0.0, 0.0, 0.0);
@@ -140,6 +157,9 @@ pub fn run(ctx: &StageCtx, p: &PpoSpec) -> Result<()> {
                 let ent = masked_mean(&entropy(&logits), &w);
                 let loss = &pg + &vl * p.vf_coef - &ent * p.entropy_coef;
                 loss.backward();
+                if world.size > 1 {
+                    opt.all_reduce_grads(world)?;
+                }
                 grad_norm += opt.clip_grad_norm(p.opt.grad_clip);
                 opt.step(lr)?;
                 pg_sum += pg.double_value(&[]);
@@ -153,8 +173,12 @@ pub fn run(ctx: &StageCtx, p: &PpoSpec) -> Result<()> {
         if let Some(target) = p.kl_target {
             kl_coef *= 1.0 + 0.1 * (kl_seq / target - 1.0).clamp(-0.2, 0.2);
         }
-        let gold: f64 = batch.iter().zip(&responses).map(|(e, r)| tasks::gold_reward(e.gold.as_deref().unwrap_or(&e.response), &codec.decode(r))).sum::<f64>() / batch.len() as f64;
-        let rm_mean = sc_v.iter().sum::<f64>() / sc_v.len().max(1) as f64;
+        let gold: f64 = batch.iter().zip(&responses).map(|(e, r)| tasks::gold_reward(e.gold.as_deref().unwrap_or(&e.response), &codec.decode(r))).sum::<f64>();
+        let length = responses.iter().map(|r| r.len()).sum::<usize>() as f64;
+        // The whole batch's means, and the minibatches' (each process's are its share's).
+        let w = world.size as f64;
+        let [gold, rm_mean, length, pg_sum, vl_sum, ent_sum, clip_sum] = world.sums(&[gold, sc_v.iter().sum::<f64>(), length, pg_sum / w, vl_sum / w, ent_sum / w, clip_sum / w])?;
+        let (gold, rm_mean) = (gold / p.opt.batch as f64, rm_mean / p.opt.batch as f64);
         history.push((rm_mean, gold));
         let done = step + 1;
         // Rollouts, scoring and the PPO epochs of this step (the held-out evaluation not counted).
@@ -163,7 +187,7 @@ pub fn run(ctx: &StageCtx, p: &PpoSpec) -> Result<()> {
         let s = eval_now.then(|| score(&policy, Some(&reference), &codec, &held, p.max_new));
         let shown = s.as_ref().map_or(String::new(), |s| format!(" | held-out: greedy exact {:.1}%; sampled exact {:.1}% verbose {:.1}% gold {:.3}", 100.0 * s.exact, 100.0 * s.sampled_exact, 100.0 * s.sampled_verbose, s.sampled_gold));
         run.progress.line(done, p.opt.log_every, &format!("reward {rm_mean:.3} gold {gold:.3} KL {kl_seq:.3} clip {:.2}{shown}", clip_sum / n_mb), s.is_some());
-        let mlen = responses.iter().map(|r| r.len()).sum::<usize>() as f64 / responses.len() as f64;
+        let mlen = length / p.opt.batch as f64;
         let mut m = json!({
             "step": done, "lr": lr, "reward": rm_mean, "gold": gold, "kl": kl_seq, "kl_coef": kl_coef,
             "entropy": ent_sum / n_mb, "clip_fraction": clip_sum / n_mb, "value_loss": vl_sum / n_mb,
@@ -220,4 +244,14 @@ pub fn run(ctx: &StageCtx, p: &PpoSpec) -> Result<()> {
         if hacking { " — REWARD HACKING: the reward model's score rose while the gold reward fell" } else { "" }
     );
     run.finish(&[("model.safetensors", policy.named()), ("value_head.safetensors", value_head.named())], report, &ctx.title())
+}
+
+/// `masked_mean` over every process's rows (the weighted sum and the weight summed over them).
+fn global_masked_mean(world: &World, x: &Tensor, mask: &Tensor) -> Result<Tensor> {
+    if world.size == 1 {
+        return Ok(masked_mean(x, mask));
+    }
+    let sums = Tensor::stack(&[(x * mask).sum(Kind::Float), mask.sum(Kind::Float)], 0);
+    world.all_reduce(&sums, Reduce::Sum)?;
+    Ok(sums.get(0) / sums.get(1).clamp_min(1.0))
 }

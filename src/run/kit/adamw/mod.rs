@@ -12,6 +12,7 @@
 //! `ROUX_ADAMW=aten` the fused kernel on the CPU too (to compare them).
 
 mod norm;
+mod replicas;
 pub mod zero;
 
 use tch::{Kind, Tensor};
@@ -39,6 +40,8 @@ pub struct Optimizer {
     /// Low-precision copies of the weights, made once per step (see `shadow`).
     shadow: Option<Shadow>,
     how: Update,
+    /// Gradient exchanges so far (`replicas.rs` checks every N-th).
+    exchanges: u64,
 }
 
 /// Which implementation of the update runs: the same formula three ways.
@@ -135,7 +138,7 @@ impl Optimizer {
                 offset += numel[i];
             }
         });
-        Optimizer { beta1: cfg.betas.0, beta2: cfg.betas.1, eps: cfg.eps, weight_decay: cfg.weight_decay, t: 0, m, v, step_t: None, grad_scale: None, spans, shadow: None, zero: None, how: default_update(&flat.p), flat }
+        Optimizer { beta1: cfg.betas.0, beta2: cfg.betas.1, eps: cfg.eps, weight_decay: cfg.weight_decay, t: 0, m, v, step_t: None, grad_scale: None, spans, shadow: None, zero: None, how: default_update(&flat.p), exchanges: 0, flat }
     }
 
     /// Choose the implementation of the update (tests compare them; `OwnCpu` needs float32 CPU

@@ -71,6 +71,7 @@ impl Optimizer {
         if world.size == 1 {
             return Ok(());
         }
+        self.check_replicas(world)?;
         let Some(z) = &mut self.zero else {
             world.all_reduce(&self.flat.g, Reduce::Sum)?;
             tch::no_grad(|| {
