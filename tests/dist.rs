@@ -324,6 +324,12 @@ fn expert_parallel_moe_equals_one_process_with_the_same_dropped_tokens() {
     let o = roux(&["run", recipe.to_str().unwrap(), "--out", out.join("alone").to_str().unwrap(), "--set", "pretrain.expert_parallel=2"]);
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(err.contains("stage `pretrain`: `expert_parallel = 2` divides the experts over 2 processes, but the run has 1: start it with `roux run --nproc 2` (expert parallelism spans every process)"), "{err}");
+    // With Switch's jitter too: each process draws the whole micro-batch's noise and keeps its rows.
+    let jitter = ["--set", "lm.ffn.router.jitter=0.05"];
+    let (one, ep) = (run("one-jitter", &jitter), run("ep-jitter", &[&["--nproc", "2", "--set", "pretrain.expert_parallel=2"], &jitter[..]].concat()));
+    let (loss, weights) = differences(&result(&one), &result(&ep));
+    assert!(loss < 1e-5 && weights < 1e-5, "with jitter: losses differ by {loss:e}, weights by {weights:e}");
+    assert_eq!(dropped(&one), dropped(&ep), "with jitter: the same dropped tokens");
     // `roux plan --world 2` counts what expert parallelism sends. By hand: micro-batches of 8 × 32
     // = 256 tokens, 4 experts, d_model 32, one expert a token, MoE in both blocks: the logits'
     // all-gather and its backward 2·1·256·4 floats, the four all-to-alls 4·256·1·(1/2)·32; ×2

@@ -86,6 +86,9 @@ fn the_html_report_renders_in_headless_chromium_with_every_plot_drawn() {
         assert!(summary.contains(&format!("<tr><th>{stage}</th>")), "no row for {stage}: {summary}");
     }
     assert!(summary.contains("held-out pairwise accuracy") && summary.contains("validation loss"), "{summary}");
+    // In pipeline order: a stage after those it reads.
+    let at = |s: &str| summary.find(&format!("<tr><th>{s}</th>")).unwrap();
+    assert!(at("pretrain") < at("sft") && at("sft") < at("rm") && at("rm") < at("rl") && at("sft") < at("po"), "{summary}");
     assert!(html.find("<h2>Stages</h2>").unwrap() < html.find("<h2>Plots</h2>").unwrap());
     assert_eq!(long_floats(&html), Vec::<String>::new());
 }
@@ -214,6 +217,11 @@ fn shipped_recipes_reports_render_with_every_plot_and_readable_numbers() {
     for recipe in ["demo", "moe-switch", "width-sweep", "lifecycle"] {
         let o = Command::new(env!("CARGO_BIN_EXE_roux")).args(["run", root().join(format!("recipes/{recipe}.roux")).to_str().unwrap(), "--out", out.to_str().unwrap()]).status().unwrap();
         assert!(o.success(), "{recipe} did not run");
+    }
+    // Healthy runs raise no health warning (each signal's provoking test is beside its code).
+    for stage in ["demo/pretrain", "lifecycle/pretrain", "lifecycle/sft", "lifecycle/rm", "lifecycle/rl", "lifecycle/po", "lifecycle/gr"] {
+        let report: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.join(stage).join("report.json")).unwrap()).unwrap();
+        assert_eq!(report["warnings"].as_array().map_or(0, Vec::len), 0, "{stage}: {}", report["warnings"]);
     }
     // (name, what `roux report` is given, the page it writes)
     let pages = [

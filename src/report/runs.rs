@@ -43,10 +43,22 @@ fn is_run(dir: &Path) -> bool {
 }
 
 /// The stage directories of an experiment directory, sorted by name.
+/// The stage directories of an experiment directory in pipeline order: a stage after the
+/// stages its report names as upstream, by name otherwise.
 fn stages_of(dir: &Path) -> Result<Vec<PathBuf>, String> {
-    let mut stages: Vec<PathBuf> = std::fs::read_dir(dir).map_err(|e| format!("{}: {e}", dir.display()))?.filter_map(|e| e.ok()).map(|e| e.path()).filter(|d| d.is_dir() && is_run(d)).collect();
-    stages.sort();
-    Ok(stages)
+    let mut left: Vec<PathBuf> = std::fs::read_dir(dir).map_err(|e| format!("{}: {e}", dir.display()))?.filter_map(|e| e.ok()).map(|e| e.path()).filter(|d| d.is_dir() && is_run(d)).take(MAX_RUNS + 1).collect();
+    left.sort();
+    let name = |p: &Path| p.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let upstream: Vec<Vec<String>> = left.iter().map(|d| read_json(&d.join("report.json")).and_then(|r| r["upstream"].as_object().map(|o| o.keys().cloned().collect())).unwrap_or_default()).collect();
+    let mut upstream: Vec<(PathBuf, Vec<String>)> = left.drain(..).zip(upstream).collect();
+    let mut order = vec![];
+    while !upstream.is_empty() {
+        let present: Vec<String> = upstream.iter().map(|(d, _)| name(d)).collect();
+        // The first whose upstream stages here are all placed (a cycle, impossible in a recipe, takes the first).
+        let next = upstream.iter().position(|(_, up)| up.iter().all(|u| !present.contains(u))).unwrap_or(0);
+        order.push(upstream.remove(next).0);
+    }
+    Ok(order)
 }
 
 /// The stage directories of a sweep's points: `runs/width-sweep` stands for the experiments

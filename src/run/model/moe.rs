@@ -69,7 +69,16 @@ impl Model {
         let mut xr = xf.to_kind(Kind::Float); // router math in float32 whatever the model's precision
         if let RouterSpec::Switch { jitter, .. } = router {
             if train && *jitter > 0.0 {
-                xr = &xr * xr.empty_like().uniform_(1.0 - jitter, 1.0 + jitter);
+                let noise = match self.experts_across.as_deref() {
+                    // Expert parallel: each process draws the whole micro-batch's noise and keeps
+                    // its rows, the numbers one process would have drawn for them.
+                    Some(across) => {
+                        let (n, w, q) = (xr.size()[0], across.size() as i64, across.rank() as i64);
+                        Tensor::empty([n * w, d], (xr.kind(), xr.device())).uniform_(1.0 - jitter, 1.0 + jitter).narrow(0, n * q, n)
+                    }
+                    None => xr.empty_like().uniform_(1.0 - jitter, 1.0 + jitter),
+                };
+                xr = &xr * noise;
             }
         }
         let gate = self.find(i, "router", "weight").expect("router weight");
