@@ -344,3 +344,22 @@ fn expert_parallel_moe_equals_one_process_with_the_same_dropped_tokens() {
     let err = String::from_utf8_lossy(&o.stdout).to_string() + &String::from_utf8_lossy(&o.stderr);
     assert!(err.contains("E0245") && err.contains("`expert_parallel = 3` does not divide the 4 experts of model `lm`"), "{err}");
 }
+
+/// `roux plan --world 2` plans the post-training stages per process too. By hand, for
+/// tiny-lifecycle: the LoRA adapter (rank 4 on q, v and w1 of 2 blocks of width 32, w1 128 wide)
+/// has 2·((4·32 + 32·4)·2 + 4·32 + 128·4) = 2,304 trainable parameters: 9,216 bytes of gradient,
+/// and a ring all-reduce over 2 sends (2−1)/2·2 of them; the reward model's 8 pairs a step are
+/// 4 per process, 8 sequences; PPO holds its policy with the value head (35,233), the frozen
+/// reference (35,200) and the reward model's trunk (35,200).
+#[test]
+fn post_training_stages_are_planned_per_process() {
+    let o = roux(&["plan", fixture("tiny-lifecycle.roux").to_str().unwrap(), "--json", "--world", "2"]);
+    assert_eq!(o.status.code(), Some(0), "{}", String::from_utf8_lossy(&o.stderr));
+    let plan: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let of = |stage: &str| plan["processes"].as_array().unwrap().iter().find(|p| p["stage"] == stage).unwrap_or_else(|| panic!("no {stage}: {}", plan["processes"])).clone();
+    let sft = of("sft");
+    assert_eq!((sft["gradient_bytes"].as_u64(), sft["sent_bytes_per_step"].as_u64(), sft["micro_batch"].as_u64()), (Some(9_216), Some(9_216), Some(4)));
+    assert_eq!(of("rm")["micro_batch"], 8);
+    assert_eq!(of("rl")["weight_bytes"], 4 * (35_233 + 35_200 + 35_200));
+    assert!(plan["processes"].as_array().unwrap().iter().all(|p| p["stage"] != "table"), "compare runs whole on every process");
+}

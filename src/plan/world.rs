@@ -1,5 +1,5 @@
 //! `roux plan --world N`: what each of N data-parallel processes holds and sends per step of every
-//! `train` stage, before anything runs: its share of the batch, weights, gradients, AdamW state
+//! training stage (`train` and the post-training kinds), before anything runs: its share of the batch, weights, gradients, AdamW state
 //! (sharded with `shard_optimizer`, ZeRO-1), activations of one micro-batch, and the bytes its
 //! collectives send. A batch the processes and micro-batches cannot split, or a process past
 //! the stage's `device_memory`, is refused with the numbers.
@@ -15,6 +15,7 @@ use crate::recipe::{Recipe, StageKind, TrainSpec};
 pub struct ProcessPlan {
     pub stage: String,
     pub processes: usize,
+    /// Rows each process runs per micro-batch (sequences; a preference pair counts two).
     pub micro_batch: usize,
     pub accumulate: usize,
     pub sharded_optimizer: bool,
@@ -47,7 +48,10 @@ pub struct ProcessPlan {
 pub fn plan_world(r: &Recipe, world: usize) -> Result<Vec<ProcessPlan>, String> {
     let mut out = vec![];
     for s in &r.stages {
-        let StageKind::Train(t) = &s.kind else { continue };
+        let StageKind::Train(t) = &s.kind else {
+            out.extend(posttrain_process(r, s, world)?);
+            continue;
+        };
         let Some(spec) = r.model(&t.model) else { continue };
         crate::recipe::expert_parallel_fits(&s.name, t.expert_parallel, world)?;
         let mut p = process_plan(&s.name, &lower_model(spec), t, world)?;
@@ -73,6 +77,75 @@ fn decimal(b: u64) -> String {
         Some((u, name)) => format!("{:.3}{name} bytes", b as f64 / u).replace(".000", ""),
         None => format!("{b} bytes"),
     }
+}
+
+/// A post-training stage's process (None for kinds that run whole on every process): the model
+/// it trains, the frozen ones beside it (a reference, a reward model), and its share of each
+/// step's sequences (pairs count twice), at the model's context (an upper bound, as `plan`).
+fn posttrain_process(r: &Recipe, s: &crate::recipe::StageSpec, world: usize) -> Result<Option<ProcessPlan>, String> {
+    let graph = |arch: &str| r.model(arch).map(lower_model);
+    let n_of = |g: &ModelGraph| g.params().iter().map(|p| p.numel()).sum::<u64>();
+    let rm = |stage: Option<&str>| match stage.and_then(|st| r.stage(st)).map(|st| &st.kind) {
+        Some(StageKind::RewardModel(m)) => graph(&m.model.arch).map_or(0, |g| n_of(&g)),
+        _ => 0,
+    };
+    let name = &s.name;
+    // (arch, trainable, weights, frozen parameters, sequences per micro-batch, accumulate)
+    let (arch, trainable, weights, frozen, seqs, accumulate) = match &s.kind {
+        StageKind::Finetune(f) => {
+            let Some(g) = graph(&f.model.arch) else { return Ok(None) };
+            let n = n_of(&g);
+            let lora = f.lora.as_ref().map(|l| crate::lower::lora_params(&g.spec, l));
+            (f.model.arch.clone(), lora.unwrap_or(n), n + lora.unwrap_or(0), 0, f.opt.micro_batch(name, world)?, f.opt.accumulate)
+        }
+        StageKind::RewardModel(m) => {
+            let Some(g) = graph(&m.model.arch) else { return Ok(None) };
+            let t = n_of(&g) + crate::lower::ScalarHead::Reward.numel(&g.spec);
+            (m.model.arch.clone(), t, t, 0, 2 * m.opt.micro_batch(name, world)?, m.opt.accumulate)
+        }
+        StageKind::Dpo(d) => {
+            let Some(g) = graph(&d.policy.arch) else { return Ok(None) };
+            let n = n_of(&g);
+            (d.policy.arch.clone(), n, n, n, 2 * d.opt.micro_batch(name, world)?, d.opt.accumulate)
+        }
+        StageKind::Ppo(p) => {
+            let Some(g) = graph(&p.policy.arch) else { return Ok(None) };
+            let n = n_of(&g);
+            let t = n + crate::lower::ScalarHead::Value.numel(&g.spec);
+            (p.policy.arch.clone(), t, t, n + rm(Some(&p.reward)), p.opt.micro_batch(name, world)?, 1)
+        }
+        StageKind::Grpo(gr) => {
+            let Some(g) = graph(&gr.policy.arch) else { return Ok(None) };
+            let n = n_of(&g);
+            let prompts = crate::recipe::split_batch(name, gr.opt.batch / gr.group, world, 1)?;
+            let reference = if gr.beta > 0.0 { n } else { 0 };
+            (gr.policy.arch.clone(), n, n, reference + rm(gr.reward.model_stage()), prompts * gr.group, 1)
+        }
+        StageKind::Train(_) | StageKind::Isoflop(_) | StageKind::Mixture(_) | StageKind::Compare(_) => return Ok(None),
+    };
+    let Some(g) = graph(&arch) else { return Ok(None) };
+    let w = world as u64;
+    let activation_bytes = training_bytes(0, 0, &g, seqs, g.spec.context);
+    let (weight_bytes, gradient_bytes) = (4 * (weights + frozen), 4 * trainable);
+    let total_bytes = weight_bytes + gradient_bytes + 8 * trainable + 4 * trainable + activation_bytes;
+    Ok(Some(ProcessPlan {
+        stage: name.clone(),
+        processes: world,
+        micro_batch: seqs,
+        accumulate,
+        sharded_optimizer: false,
+        params: n_of(&g),
+        weight_bytes,
+        gradient_bytes,
+        moment_bytes: 8 * trainable,
+        optimizer_other_bytes: 4 * trainable,
+        activation_bytes,
+        total_bytes,
+        sent_bytes_per_step: if w > 1 { 4 * 2 * (w - 1) * trainable / w } else { 0 },
+        expert_parallel: 1,
+        expert_sent_bytes_per_step: 0,
+        device_memory: None,
+    }))
 }
 
 /// Expert parallelism's bytes per process per step (see `ProcessPlan::expert_sent_bytes_per_step`):
