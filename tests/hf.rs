@@ -405,6 +405,18 @@ fn an_imported_model_continues_pretraining_on_text_through_its_tokenizer() {
     assert!(err.contains("stage `more` trains on `corpus` as bytes, but the weights it continues learned the tokens of its own tokenizer (model `base` is imported from a checkpoint)"), "{err}");
     assert!(err.contains("read the corpus with the model's tokenizer: add `tokenizer = base.tokenizer` to data `corpus`"), "{err}");
 
+    // Only an imported model has a tokenizer to read a corpus with.
+    let fresh = "experiment \"f\" {\n  data corpus = text(\"corpus.txt\") { context = 32, tokenizer = m.tokenizer }\n  model m = transformer { vocab = 256, context = 32, d_model = 16, layers = 1, heads = 2 }\n}\n";
+    std::fs::write(dir.join("fresh.roux"), fresh).unwrap();
+    let o = roux(&["check", dir.join("fresh.roux").to_str().unwrap()]);
+    let err = String::from_utf8_lossy(&o.stderr).to_string() + &String::from_utf8_lossy(&o.stdout);
+    assert!(err.contains("E0315") && err.contains("data `corpus` takes the tokenizer of `m`, which has none: only a model imported with `hf(\"…\")` from a folder with tokenizer.json does"), "{err}");
+    // A model declaration cannot size itself from that corpus: its vocabulary is the checkpoint's.
+    let sized = "experiment \"s\" {\n  data corpus = text(\"corpus.txt\") { context = 32, tokenizer = base.tokenizer }\n  model base = hf(\"ck\")\n  model m = transformer { vocab = corpus.vocab, context = 32, d_model = 16, layers = 1, heads = 2 }\n}\n";
+    std::fs::write(dir.join("sized.roux"), sized).unwrap();
+    let o = roux(&["check", dir.join("sized.roux").to_str().unwrap()]);
+    let err = String::from_utf8_lossy(&o.stderr).to_string() + &String::from_utf8_lossy(&o.stdout);
+    assert!(err.contains("`corpus.vocab` is the vocabulary of `base`'s tokenizer, which a model declaration cannot read"), "{err}");
     std::fs::write(dir.join("r.roux"), recipe(", tokenizer = base.tokenizer")).unwrap();
     let c = roux::frontend::compile(&dir.join("r.roux")).unwrap();
     let r = c.recipe.unwrap_or_else(|| panic!("{:?}", c.diagnostics.iter().map(|d| &d.message).collect::<Vec<_>>()));
