@@ -477,8 +477,9 @@ fn a_vanishing_temperature_samples_the_greedy_text() {
 }
 
 /// Health signals: a healthy run finishes without warnings; a LoRA whose learning rate is too
-/// small to move it, and a Switch layer whose capacity drops most tokens, are named in the log,
-/// in report.json and at the top of the report page.
+/// small to move it, a Switch layer whose capacity drops most tokens, a router that collapses onto
+/// one expert and a PPO run at a harmful learning rate are named in the log, in report.json and
+/// at the top of the report page.
 #[test]
 fn health_signals_fire_on_sick_runs_and_not_on_healthy_ones() {
     let out = scratch("health");
@@ -497,6 +498,9 @@ fn health_signals_fire_on_sick_runs_and_not_on_healthy_ones() {
             ffn = moe { experts = 4, expert = mlp { hidden = 32 }, router = switch { capacity_factor = 0.25 } } }
           stage frozen = finetune(lm, instr) { adapter = lora { rank = 2 }, steps = 40, batch = 8, optimizer = adamw { lr = 1e-9 }, eval_every = 40, eval_examples = 8 }
           stage dropping = train(moe, corpus) { steps = 20, batch = 4, eval_every = 20, eval_batches = 2 }
+          model greedy = transformer { vocab = 256, context = 32, d_model = 32, layers = 1, heads = 2,
+            ffn = moe { experts = 4, expert = mlp { hidden = 32 }, router = topk { k = 1, normalize = false, balance_loss = 0 } } }
+          stage collapsing = train(greedy, corpus) { steps = 60, batch = 4, eval_every = 30, eval_batches = 2, log_every = 5, optimizer = adamw { lr = 0.3 } }
         }"#,
     )
     .unwrap();
@@ -507,6 +511,16 @@ fn health_signals_fire_on_sick_runs_and_not_on_healthy_ones() {
     assert!(names(report(&out.join("sick/frozen"))).contains(&"lora_frozen".to_string()), "{err}");
     assert!(names(report(&out.join("sick/dropping"))).contains(&"moe_dropping".to_string()), "{err}");
     assert!(err.contains("frozen: the LoRA adapters barely moved") && err.contains("dropping: block 0 drops"), "{err}");
+    // A router with no balance loss and a large learning rate collapses onto one expert.
+    let collapsed = names(report(&out.join("sick/collapsing")));
+    assert!(collapsed.contains(&"router_collapse".to_string()) && collapsed.contains(&"moe_imbalance".to_string()), "{collapsed:?}\n{err}");
+    // PPO at a harmful learning rate drifts far from its reference.
+    let harm = out.join("harm");
+    let o = roux(&["run", fixture("tiny-lifecycle.roux").to_str().unwrap(), "--out", harm.to_str().unwrap(), "--set", "rl.optimizer.lr=0.03"]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(0), "{err}");
+    assert!(names(report(&harm.join("tiny-lifecycle/rl"))).contains(&"kl_high".to_string()), "{err}");
+    assert!(err.contains("rl: the KL to the reference reached"), "{err}");
     let o = roux(&["report", out.join("sick/frozen").to_str().unwrap()]);
     assert_eq!(o.status.code(), Some(0));
     let page = std::fs::read_to_string(out.join("sick/frozen/report.html")).unwrap();
