@@ -35,19 +35,28 @@ fn order(a: &str, b: &str) -> std::cmp::Ordering {
     }
 }
 
-/// The sweep section (HTML) and its plots, one section per stage the points ran; None when the
-/// runs are not all points of one sweep.
-pub fn section(runs: &[Run]) -> Option<(String, Vec<(String, String)>)> {
+/// The stage a run's definition names.
+fn stage_of(run: &Run) -> String {
+    run.resolved["stage"]["name"].as_str().or_else(|| run.resolved["stage"].as_str()).unwrap_or("run").to_string()
+}
+
+/// The points by stage and the swept names, when the runs are all points of one sweep.
+fn grouped(runs: &[Run]) -> Option<(BTreeMap<String, Vec<Row<'_>>>, Vec<String>)> {
     let mut by_stage: BTreeMap<String, Vec<Row>> = BTreeMap::new();
     for run in runs {
-        let values = swept(run)?;
-        let stage = run.resolved["stage"]["name"].as_str().or_else(|| run.resolved["stage"].as_str()).unwrap_or("run").to_string();
-        by_stage.entry(stage).or_default().push(Row { values, run });
+        by_stage.entry(stage_of(run)).or_default().push(Row { values: swept(run)?, run });
     }
     let names: Vec<String> = by_stage.values().next()?[0].values.iter().map(|(k, _)| k.clone()).collect();
     if by_stage.values().flatten().any(|p| p.values.iter().map(|(k, _)| k).ne(names.iter())) {
         return None; // points of different sweeps
     }
+    Some((by_stage, names))
+}
+
+/// The sweep section (HTML) and its plots, one section per stage the points ran; None when the
+/// runs are not all points of one sweep.
+pub fn section(runs: &[Run]) -> Option<(String, Vec<(String, String)>)> {
+    let (by_stage, names) = grouped(runs)?;
     let (mut html, mut svgs) = (String::new(), vec![]);
     for (stage, mut points) in by_stage {
         points.sort_by(|a, b| a.values.iter().zip(&b.values).map(|((_, x), (_, y))| order(x, y)).find(|o| o.is_ne()).unwrap_or(std::cmp::Ordering::Equal));
@@ -73,18 +82,16 @@ fn label(values: &[(String, String)]) -> String {
 /// When the runs are the points of one sweep: its title, and each run labelled by its point
 /// (and stage, when the points ran several) rather than by its long directory name.
 pub fn relabel(runs: &mut [Run]) -> Option<String> {
-    section(runs)?;
-    let stage = |r: &Run| r.resolved["stage"]["name"].as_str().or_else(|| r.resolved["stage"].as_str()).unwrap_or("run").to_string();
-    let stages: std::collections::BTreeSet<String> = runs.iter().map(stage).collect();
+    let stages = grouped(runs)?.0.len();
     let values = swept(&runs[0])?;
     let point = values.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(",");
     let experiment = runs[0].resolved["experiment"].as_str().unwrap_or_default();
     let name = experiment.strip_suffix(&format!("-{}", crate::sweep::name_suffix(&point))).unwrap_or(experiment).to_string();
     for r in runs.iter_mut() {
         let values = swept(r)?;
-        r.label = if stages.len() > 1 { format!("{} ({})", label(&values), stage(r)) } else { label(&values) };
+        r.label = if stages > 1 { format!("{} ({})", label(&values), stage_of(r)) } else { label(&values) };
     }
-    Some(format!("Sweep {name}: {} points", runs.len() / stages.len().max(1)))
+    Some(format!("Sweep {name}: {} points", runs.len() / stages.max(1)))
 }
 
 /// One row per point: its values, then the results people compare a sweep by.
