@@ -101,6 +101,12 @@ impl Param {
     pub fn numel(&self) -> u64 {
         self.shape.iter().map(|&d| d as u64).product()
     }
+
+    /// A routed expert stack (`<moe>.experts.w1|w2|w3`, experts first), which expert
+    /// parallelism divides over processes.
+    pub fn routed_expert(&self) -> bool {
+        self.name.rsplit('.').nth(1) == Some("experts")
+    }
 }
 
 #[derive(Clone, Debug, Serialize)]

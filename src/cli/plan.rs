@@ -69,7 +69,14 @@ fn print_world(l: &[roux::plan::ProcessPlan]) {
         outln!("* sharded over the processes (shard_optimizer = true, ZeRO-1)");
     }
     for p in l.iter().filter(|p| p.expert_parallel > 1) {
-        outln!("{}: experts divided over {} processes; each also sends {} a step for them (router logits, tokens to experts and back)", p.stage, p.expert_parallel, bytes(p.expert_sent_bytes_per_step));
+        outln!(
+            "{}: experts divided over {} processes: each holds {} of the {} parameters and also sends {} a step for them (router logits, tokens to experts and back)",
+            p.stage,
+            p.expert_parallel,
+            group(p.held_params),
+            group(p.params),
+            bytes(p.expert_sent_bytes_per_step)
+        );
     }
 }
 

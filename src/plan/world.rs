@@ -19,8 +19,11 @@ pub struct ProcessPlan {
     pub micro_batch: usize,
     pub accumulate: usize,
     pub sharded_optimizer: bool,
-    /// Parameters of the model, whole in every process.
+    /// Parameters of the model.
     pub params: u64,
+    /// Of them, those each process holds: all but the other processes' experts under
+    /// `expert_parallel` (weights, gradients and moments below count these).
+    pub held_params: u64,
     pub weight_bytes: u64,
     pub gradient_bytes: u64,
     /// AdamW's two moments as held by this process (its slice when sharded).
@@ -135,6 +138,7 @@ fn posttrain_process(r: &Recipe, s: &crate::recipe::StageSpec, world: usize) -> 
         accumulate,
         sharded_optimizer: false,
         params: n_of(&g),
+        held_params: n_of(&g),
         weight_bytes,
         gradient_bytes,
         moment_bytes: 8 * trainable,
@@ -163,6 +167,10 @@ fn process_plan(stage: &str, g: &ModelGraph, t: &TrainSpec, world: usize) -> Res
     let micro = t.micro_batch(stage, world)?;
     let n: u64 = g.params().iter().map(|p| p.numel()).sum();
     let w = world as u64;
+    // Expert parallel: each process holds 1/world of every routed expert stack, which the
+    // gradient all-reduce leaves out (run/kit/adamw/divided.rs).
+    let divided: u64 = if t.expert_parallel > 1 { g.params().iter().filter(|p| p.routed_expert()).map(|p| p.numel()).sum() } else { 0 };
+    let held = n - divided + divided / w;
     let sharded = t.shard_optimizer && world > 1;
     // Sharded: buffers padded to world × chunk; the moments, the scratch, the gradient slice and
     // the weights slice are one chunk each (run/kit/adamw/zero.rs).
@@ -170,7 +178,7 @@ fn process_plan(stage: &str, g: &ModelGraph, t: &TrainSpec, world: usize) -> Res
         let chunk = shard_chunk(n, w);
         (w * chunk, 2 * chunk, 3 * chunk, 2 * (w - 1) * chunk)
     } else {
-        (n, 2 * n, n, if w > 1 { 2 * (w - 1) * n / w } else { 0 })
+        (held, 2 * held, held, if w > 1 { 2 * (w - 1) * (n - divided) / w } else { 0 })
     };
     let activation_bytes = training_bytes(0, 0, g, micro, t.context);
     let (weight_bytes, gradient_bytes) = (4 * buffer, 4 * buffer);
@@ -182,6 +190,7 @@ fn process_plan(stage: &str, g: &ModelGraph, t: &TrainSpec, world: usize) -> Res
         accumulate: t.accumulate,
         sharded_optimizer: sharded,
         params: n,
+        held_params: held,
         weight_bytes,
         gradient_bytes,
         moment_bytes: 4 * moments,

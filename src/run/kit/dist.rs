@@ -288,12 +288,16 @@ impl ExpertExchange {
     /// has no error path; torchrun then stops the others).
     fn result(what: &str, call: impl FnOnce(*mut *mut c_void) -> *mut c_char) -> Tensor {
         let mut out: *mut c_void = std::ptr::null_mut();
-        if let Err(e) = check(what, call(&mut out)) {
+        Self::or_exit(check(what, call(&mut out)));
+        // SAFETY: on success the shim stored a new at::Tensor, which tch's Tensor now owns.
+        unsafe { Tensor::from_ptr(out as *mut _) }
+    }
+
+    fn or_exit(r: Result<()>) {
+        if let Err(e) = r {
             tracing::error!("expert parallelism: {e:#}");
             std::process::exit(2);
         }
-        // SAFETY: on success the shim stored a new at::Tensor, which tch's Tensor now owns.
-        unsafe { Tensor::from_ptr(out as *mut _) }
     }
 }
 
@@ -312,6 +316,12 @@ impl Exchange for ExpertExchange {
         assert!(send.len() == self.size && recv.len() == self.size, "one count per process");
         // SAFETY: as above; the count slices hold `size` numbers each.
         Self::result("all-to-all", |out| unsafe { roux_dist_all_to_all_grad(self.group.0, raw(t), send.as_ptr(), recv.as_ptr(), out) })
+    }
+    fn all_reduce_sum(&self, t: &Tensor) -> Tensor {
+        let sum = t.detach().contiguous().copy();
+        // SAFETY: `sum` is live for the call; the group outlives this exchange.
+        Self::or_exit(check("all-reduce", unsafe { roux_dist_all_reduce(self.group.0, raw(&sum), Reduce::Sum as c_int) }));
+        sum
     }
 }
 

@@ -11,9 +11,17 @@ use crate::recipe::{MixtureSpec, ModelSpec, Recipe, StageSpec, SyntheticSpec, Tr
 /// A `train` run of `spec` (a sweep point sizes its own model); `upstream` is the output hash of
 /// the stage it initialises from.
 pub fn train(recipe: &Recipe, spec: &ModelSpec, t: &TrainSpec, upstream: Option<&str>) -> String {
+    // How the processes divide the work, not what it computes (as the number of processes is
+    // not): a run divided one way is reused, or resumed from its whole checkpoints, another way.
+    let mut train = serde_json::to_value(t).unwrap_or_default();
+    if let Some(o) = train.as_object_mut() {
+        for layout in ["shard_optimizer", "expert_parallel", "device_memory"] {
+            o.remove(layout);
+        }
+    }
     let key = json!({
         "seed": recipe.seed,
-        "train": t,
+        "train": train,
         "model": spec,
         "data": recipe.data(&t.data),
         "upstream": upstream,

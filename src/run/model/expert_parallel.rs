@@ -7,14 +7,22 @@
 //! dropped tokens, the same auxiliary losses and statistics. Each process then sends its tokens'
 //! rows to their experts' owners with one all-to-all and gets the outputs back with another. Both
 //! collectives are differentiable (c10d's functional ones), so gradients return the way the rows
-//! came. Weights stay replicated: a process's gradient of another's experts is zero, and the data-
-//! parallel average of gradients (which the stage takes anyway) gives every copy the one-process
-//! gradient. Evaluation and generation compute every expert locally (the weights are all there).
+//! came.
+//!
+//! Each process holds only its experts' weights (`divide`: every process initialises or reads the
+//! whole model, then keeps its slice of each expert stack), so their gradients and AdamW moments
+//! are divided too. An owner's gradient of its experts is the sum over every process's loss;
+//! divided by the processes, as the data-parallel average divides the rest, it is the one-process
+//! gradient (`run/kit/adamw/divided.rs`). Evaluation, where every process holds the same tokens,
+//! routes locally, runs its own experts on their rows and sums the shares (`layer_replicated`).
+//! Checkpoints and outputs gather the whole stacks (`whole_named`), so they are the one-process
+//! files and resume on any number of processes.
 
 use tch::Tensor;
 
 use super::moe::{counts, route_with, Experts, Routing};
 use super::Model;
+use crate::lower::OpKind;
 use crate::recipe::RouterSpec;
 
 /// The differentiable collectives expert parallelism needs (`run/kit/dist.rs` provides them).
@@ -27,13 +35,63 @@ pub trait Exchange {
     fn all_gather(&self, t: &Tensor) -> Tensor;
     /// Rows of `t` to each process (`send[r]` to rank r); `recv[r]` rows back from each.
     fn all_to_all(&self, t: &Tensor, send: &[i64], recv: &[i64]) -> Tensor;
+    /// The sum of every process's `t` (not differentiable: for evaluation).
+    fn all_reduce_sum(&self, t: &Tensor) -> Tensor;
 }
 
 impl Model {
-    /// `moe`'s training form when the experts are divided over processes (`layer`).
+    /// `moe` when the experts are divided over processes: `layer` in training, `layer_replicated`
+    /// in evaluation.
     #[allow(clippy::too_many_arguments)]
-    pub(super) fn moe_across(&self, across: &dyn Exchange, xf: &Tensor, logits: &Tensor, noise: Option<&Tensor>, router: &RouterSpec, experts: &Experts, e: i64) -> (Tensor, Routing) {
-        layer(across, xf, logits, noise, router, experts, e)
+    pub(super) fn moe_across(&self, across: &dyn Exchange, xf: &Tensor, logits: &Tensor, noise: Option<&Tensor>, router: &RouterSpec, experts: &Experts, e: i64, train: bool) -> (Tensor, Routing) {
+        match train {
+            true => layer(across, xf, logits, noise, router, experts, e),
+            false => layer_replicated(across, xf, logits, router, experts, e),
+        }
+    }
+
+    /// Keep only this process's experts of every MoE layer (`experts_across` set): each routed
+    /// expert stack (E, …) becomes its rows [rank·E/N, (rank+1)·E/N), a new leaf. Returns the
+    /// indices of the divided parameters (also kept in `divided`).
+    pub fn divide_experts(&mut self) -> Vec<usize> {
+        let Some(ex) = self.experts_across.clone() else { return vec![] };
+        let (w, q) = (ex.size() as i64, ex.rank() as i64);
+        let mut divided = vec![];
+        for i in 0..self.order.len() {
+            if !matches!(self.graph.graph[self.order[i]].kind, OpKind::Moe { .. }) {
+                continue;
+            }
+            for leaf in ["w1", "w3", "w2"] {
+                if let Some(j) = self.find_index(i, "experts", leaf) {
+                    let p = &self.params[j];
+                    let local = p.size()[0] / w;
+                    let mine = tch::no_grad(|| p.narrow(0, q * local, local).copy());
+                    self.params[j] = mine.set_requires_grad(p.requires_grad());
+                    divided.push(j);
+                }
+            }
+        }
+        self.divided = divided.clone();
+        divided
+    }
+
+    /// Parameters this process holds (its experts only, when divided).
+    pub fn numel_held(&self) -> u64 {
+        self.params.iter().map(|p| p.numel() as u64).sum()
+    }
+
+    /// The parameters by name, whole: divided expert stacks gathered from every process (every
+    /// process must call it; the same tensors as `named` when nothing is divided).
+    pub fn whole_named(&self) -> Vec<(String, Tensor)> {
+        let mut named = self.named();
+        if let Some(ex) = self.experts_across.as_deref() {
+            tch::no_grad(|| {
+                for &j in &self.divided {
+                    named[j].1 = ex.all_gather(&self.params[j].detach().contiguous());
+                }
+            });
+        }
+        named
     }
 }
 
@@ -60,15 +118,31 @@ pub fn layer(ex: &dyn Exchange, xf: &Tensor, logits: &Tensor, noise: Option<&Ten
     let recv = Vec::<i64>::try_from(&counts(&home.index_select(0, &received), w)).expect("int64 counts");
     let local_tok = r.tok.index_select(0, &sent) - q * n;
     let rows = ex.all_to_all(&xf.index_select(0, &local_tok), &send, &recv);
-    let out = own_experts(&rows, &(r.expert.index_select(0, &received) - q * local), experts, q * local, local);
+    let out = own_experts(&rows, &(r.expert.index_select(0, &received) - q * local), experts, local);
     let back = ex.all_to_all(&out, &recv, &send);
     let gate = r.gate.index_select(0, &sent).to_kind(xf.kind()).unsqueeze(1);
     (Tensor::zeros([n, d], (xf.kind(), xf.device())).index_add(0, &local_tok, &(back * gate)), r)
 }
 
-/// Experts `first..first + count` on `rows`, the i-th row for expert `first + which[i]`; the
-/// outputs in the rows' order.
-fn own_experts(rows: &Tensor, which: &Tensor, experts: &Experts, first: i64, count: i64) -> Tensor {
+/// An MoE layer in evaluation, every process holding the same tokens `xf` (n, d): the routing
+/// (no noise, the same on every process), this process's experts on the rows routed to them, and
+/// the gated outputs summed over the processes.
+pub fn layer_replicated(ex: &dyn Exchange, xf: &Tensor, logits: &Tensor, router: &RouterSpec, experts: &Experts, e: i64) -> (Tensor, Routing) {
+    let local = e / ex.size() as i64;
+    let first = ex.rank() as i64 * local;
+    let r = route_with(router, logits, None, false, false);
+    let mine = r.expert.ge(first).logical_and(&r.expert.lt(first + local)).nonzero().view([-1]);
+    let tok = r.tok.index_select(0, &mine);
+    let out = own_experts(&xf.index_select(0, &tok), &(r.expert.index_select(0, &mine) - first), experts, local);
+    let gate = r.gate.index_select(0, &mine).to_kind(xf.kind()).unsqueeze(1);
+    let (n, d) = (xf.size()[0], xf.size()[1]);
+    let share = Tensor::zeros([n, d], (xf.kind(), xf.device())).index_add(0, &tok, &(out * gate));
+    (ex.all_reduce_sum(&share), r)
+}
+
+/// This process's `count` experts on `rows`, the i-th row for expert `which[i]`; the outputs in
+/// the rows' order.
+fn own_experts(rows: &Tensor, which: &Tensor, experts: &Experts, count: i64) -> Tensor {
     let order = which.argsort_stable(true, 0, false);
     let sizes = Vec::<i64>::try_from(&counts(which, count)).expect("int64 counts");
     let grouped = rows.index_select(0, &order).split_with_sizes(&sizes, 0);
@@ -76,7 +150,7 @@ fn own_experts(rows: &Tensor, which: &Tensor, experts: &Experts, first: i64, cou
         .iter()
         .enumerate()
         .map(|(i, x)| {
-            let at = |w: &Tensor| w.narrow(0, first + i as i64, 1);
+            let at = |w: &Tensor| w.narrow(0, i as i64, 1);
             let (w1, w3, w2) = (at(experts.w1), experts.w3.map(at), at(experts.w2));
             let one = Experts { w1: &w1, w3: w3.as_ref(), w2: &w2, act: experts.act };
             one.apply(&x.unsqueeze(0)).squeeze_dim(0)

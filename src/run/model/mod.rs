@@ -70,8 +70,10 @@ pub struct Model {
     cache_all: Cell<bool>,
     /// Per parameter, the optimizer's low-precision copy to compute with (`use_shadow`).
     shadow: Vec<Option<Tensor>>,
-    /// Set for expert parallelism: training forward passes divide the experts over processes.
+    /// Set for expert parallelism: forward passes divide the experts over processes.
     pub experts_across: Option<std::rc::Rc<dyn expert_parallel::Exchange>>,
+    /// The parameters that hold this process's experts only (`divide_experts`).
+    divided: Vec<usize>,
 }
 
 impl Model {
@@ -142,7 +144,7 @@ impl Model {
             })
             .collect();
         let casts = RefCell::new((0..names.len()).map(|_| None).collect());
-        Ok(Model { graph, names, params, index, node_params, order, inputs, last_use, rope, device, compute: Kind::Float, lora: Default::default(), pad_vocab: false, casts, cache_all: Cell::new(false), shadow: vec![], experts_across: None })
+        Ok(Model { graph, names, params, index, node_params, order, inputs, last_use, rope, device, compute: Kind::Float, lora: Default::default(), pad_vocab: false, casts, cache_all: Cell::new(false), shadow: vec![], experts_across: None, divided: vec![] })
     }
 
     pub fn spec(&self) -> &ModelSpec {

@@ -87,8 +87,8 @@ impl Model {
         let weights = |g: &str| (self.w(i, g, "w1"), self.w_opt(i, g, "w3"), self.w(i, g, "w2"));
         let (w1, w3, w2) = weights("experts");
         let ex = Experts { w1: &w1, w3: w3.as_ref(), w2: &w2, act: *act };
-        let (mut y, r) = match self.experts_across.as_deref().filter(|_| train) {
-            Some(across) => self.moe_across(across, &xf, &logits, noise.as_ref(), router, &ex, *experts as i64),
+        let (mut y, r) = match self.experts_across.as_deref() {
+            Some(across) => self.moe_across(across, &xf, &logits, noise.as_ref(), router, &ex, *experts as i64, train),
             None => {
                 let r = route(router, &logits, noise.as_ref(), train);
                 (dispatch(&xf, &r, &ex, *experts as i64), r)

@@ -83,10 +83,18 @@ pub fn run_model(ctx: &StageCtx, spec: &ModelSpec, t: &TrainSpec) -> Result<()> 
         }
     }
     let corpus = Corpus::load(data_spec, &dir)?;
-    let params: Vec<Tensor> = model.params.iter().map(|p| p.shallow_clone()).collect();
+    let mut params: Vec<Tensor> = model.params.iter().map(|p| p.shallow_clone()).collect();
+    let params_whole = model.numel();
     run.keep = t.keep;
     let (step0, mut rng, extra) = run.restore(&model.names, &params, &mut opt, Rng(recipe.seed ^ 0x5EED_DA7A))?;
     opt.broadcast_state(world)?;
+    // Expert parallel: from here on each process holds its own experts only.
+    if model.experts_across.is_some() {
+        let divided = model.divide_experts();
+        opt = opt.divide(&model.params, &t.optimizer, &divided, world);
+        params = model.params.iter().map(|p| p.shallow_clone()).collect();
+        tracing::info!("{name}: this process holds {} of the {params_whole} parameters", model.numel_held());
+    }
     if t.shard_optimizer {
         opt.shard_moments(world, &params);
     }
@@ -190,8 +198,11 @@ pub fn run_model(ctx: &StageCtx, spec: &ModelSpec, t: &TrainSpec) -> Result<()> 
             if best_val.is_none_or(|b: f64| v < b) {
                 since_best = 0;
                 best_step = Some(done);
-                if t.keep_best && run.leads {
-                    write_tensors_atomic(&dir.join(BEST), &model.named())?;
+                if t.keep_best {
+                    let whole = model.whole_named();
+                    if run.leads {
+                        write_tensors_atomic(&dir.join(BEST), &whole)?;
+                    }
                 }
             } else {
                 since_best += 1;
@@ -220,7 +231,8 @@ pub fn run_model(ctx: &StageCtx, spec: &ModelSpec, t: &TrainSpec) -> Result<()> 
             let state = State { step: done, adam_t: opt.t, data_rng: rng, recipe_hash: String::new(), file: String::new(), best_val, window_loss: (window.2, window.3), extra };
             // Sharded moments are gathered for the leader to write, then let go.
             opt.consolidate(world)?;
-            run.save(&model.names, &params, &opt, state)?;
+            let whole: Vec<Tensor> = model.whole_named().into_iter().map(|(_, t)| t).collect();
+            run.save(&model.names, &whole, &opt, state)?;
             opt.release();
             last_ckpt = Some(done);
         }
@@ -238,6 +250,7 @@ pub fn run_model(ctx: &StageCtx, spec: &ModelSpec, t: &TrainSpec) -> Result<()> 
     if !final_val.is_finite() {
         bail!("{name}: the validation loss of the final weights is {final_val}; not marking the stage finished (lower the learning rate or set `grad_clip`; {skipped} of its steps were skipped)");
     }
+    let weights = model.whole_named();
     if !run.leads {
         return Ok(());
     }
@@ -248,7 +261,8 @@ pub fn run_model(ctx: &StageCtx, spec: &ModelSpec, t: &TrainSpec) -> Result<()> 
         "experiment": recipe.experiment,
         "kind": "train",
         "model": spec.name,
-        "params": model.numel(),
+        "params": params_whole,
+        "params_per_process": model.numel_held(),
         "params_plan": plan.params_total,
         "steps": t.steps,
         "tokens": t.steps * t.tokens_per_step(),
@@ -268,7 +282,7 @@ pub fn run_model(ctx: &StageCtx, spec: &ModelSpec, t: &TrainSpec) -> Result<()> 
     });
     // (Read back to be listed with the outputs that reuse verifies.)
     let best = if t.keep_best && dir.join(BEST).exists() { Tensor::read_safetensors(dir.join(BEST)).with_context(|| format!("reading {}", dir.join(BEST).display()))? } else { vec![] };
-    let mut outputs = vec![("model.safetensors", model.named())];
+    let mut outputs = vec![("model.safetensors", weights)];
     if !best.is_empty() {
         outputs.push((BEST, best));
     }

@@ -11,6 +11,7 @@
 //! of our own (`fused_cpu`) on the CPU. `ROUX_ADAMW=ops` uses libtorch's elementwise ops instead,
 //! `ROUX_ADAMW=aten` the fused kernel on the CPU too (to compare them).
 
+mod divided;
 mod norm;
 mod replicas;
 pub mod zero;
@@ -42,6 +43,8 @@ pub struct Optimizer {
     how: Update,
     /// Gradient exchanges so far (`replicas.rs` checks every N-th).
     exchanges: u64,
+    /// The parameters only this process holds (expert parallelism, `divided.rs`).
+    divided: Option<divided::Divided>,
 }
 
 /// Which implementation of the update runs: the same formula three ways.
@@ -103,11 +106,16 @@ impl Optimizer {
     /// Take over the storage of those of `params` that require grad (their values are kept); all
     /// must share one kind and device.
     pub fn new(params: &[Tensor], cfg: &crate::recipe::AdamW) -> Optimizer {
+        Self::build(params, cfg, &[])
+    }
+
+    /// `new`, with the parameters at `front` first in the buffers (`divided.rs`).
+    fn build(params: &[Tensor], cfg: &crate::recipe::AdamW, front: &[usize]) -> Optimizer {
         let (kind, device) = params.first().map_or((Kind::Float, tch::Device::Cpu), |p| (p.kind(), p.device()));
         // Matrices first (stable order), then vectors. A tensor that does not require grad (a
         // frozen one) is left where it is and never updated.
         let mut order: Vec<usize> = (0..params.len()).filter(|&i| params[i].requires_grad()).collect();
-        order.sort_by_key(|&i| params[i].dim() < 2);
+        order.sort_by_key(|&i| (params[i].dim() < 2, !front.contains(&i)));
         let numel: Vec<i64> = params.iter().map(|p| p.numel() as i64).collect();
         let total: i64 = order.iter().map(|&i| numel[i]).sum();
         let decayed: i64 = order.iter().filter(|&&i| params[i].dim() >= 2).map(|&i| numel[i]).sum();
@@ -138,7 +146,7 @@ impl Optimizer {
                 offset += numel[i];
             }
         });
-        Optimizer { beta1: cfg.betas.0, beta2: cfg.betas.1, eps: cfg.eps, weight_decay: cfg.weight_decay, t: 0, m, v, step_t: None, grad_scale: None, spans, shadow: None, zero: None, how: default_update(&flat.p), exchanges: 0, flat }
+        Optimizer { beta1: cfg.betas.0, beta2: cfg.betas.1, eps: cfg.eps, weight_decay: cfg.weight_decay, t: 0, m, v, step_t: None, grad_scale: None, spans, shadow: None, zero: None, how: default_update(&flat.p), exchanges: 0, divided: None, flat }
     }
 
     /// Choose the implementation of the update (tests compare them; `OwnCpu` needs float32 CPU
@@ -224,7 +232,7 @@ impl Optimizer {
             return z.clip(clip).double_value(&[]);
         }
         self.gather();
-        let total = norm::global(&self.flat.g).double_value(&[]);
+        let total = self.global_norm().double_value(&[]);
         if let Some(c) = clip {
             self.scale_to(total, c);
         }
@@ -249,7 +257,7 @@ impl Optimizer {
             return z.clip(clip);
         }
         self.gather();
-        let total = norm::global(&self.flat.g);
+        let total = self.global_norm();
         if let Some(c) = clip {
             tch::no_grad(|| {
                 if self.how == Update::Aten {

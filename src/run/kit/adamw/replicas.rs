@@ -21,7 +21,8 @@ impl Optimizer {
         if !every().is_some_and(|n| world.size > 1 && self.exchanges % n == 0) {
             return Ok(());
         }
-        let bits = Vec::<f32>::try_from(&self.flat.p.to_device(tch::Device::Cpu))?;
+        // Divided expert weights differ by design (`divided.rs`): the replicated ones are hashed.
+        let bits = Vec::<f32>::try_from(&self.replicated_weights().to_device(tch::Device::Cpu))?;
         let hash = bits.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, x| (h ^ x.to_bits() as u64).wrapping_mul(0x100_0000_01b3));
         let all = Tensor::zeros([world.size as i64], (Kind::Int64, tch::Device::Cpu));
         world.all_gather(&all, &Tensor::from_slice(&[hash as i64]))?;

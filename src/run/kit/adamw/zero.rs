@@ -72,6 +72,9 @@ impl Optimizer {
             return Ok(());
         }
         self.check_replicas(world)?;
+        if self.divided.is_some() {
+            return self.exchange_divided(world);
+        }
         let Some(z) = &mut self.zero else {
             world.all_reduce(&self.flat.g, Reduce::Sum)?;
             tch::no_grad(|| {
@@ -163,6 +166,7 @@ impl Optimizer {
     /// The whole moments, gathered from every process, behind the per-parameter views a
     /// checkpoint writes (every process calls it; `release` lets them go again).
     pub fn consolidate(&mut self, world: &World) -> Result<()> {
+        self.gather_divided(world)?;
         let Some(z) = &self.zero else { return Ok(()) };
         let opts = (self.flat.p.kind(), self.flat.p.device());
         let n = self.flat.p.numel() as i64;
@@ -192,6 +196,7 @@ impl Optimizer {
 
     /// Let the whole moments `consolidate` gathered go.
     pub fn release(&mut self) {
+        self.release_divided();
         if self.zero.is_some() {
             for (i, span) in self.spans.iter().enumerate() {
                 if span.is_some() {

@@ -1,0 +1,104 @@
+//! AdamW over parameters divided between processes: under expert parallelism each process holds
+//! only its own experts' weights (`Model::divide_experts`), so their gradients, moments and
+//! updates are its own. They sit at the front of the flat buffers (`local` elements); the rest
+//! is replicated. After backward the replicated part is averaged over the processes as in data
+//! parallel. The divided part is not exchanged: its owner's gradient already sums every
+//! process's loss (the all-to-all's backward brought it), and divided by the processes it is the
+//! one-process gradient. The global norm adds every process's squares of its divided part.
+//! Checkpoints gather the whole moments (`consolidate`), so they are one process's.
+
+use anyhow::Result;
+use tch::{Kind, Tensor};
+
+use super::{norm, Optimizer};
+use crate::run::kit::dist::{Reduce, World};
+
+pub struct Divided {
+    /// Elements at the front of the flat buffers that are this process's alone.
+    local: i64,
+    /// The divided parameters (indices), and their moments' own views while whole ones are out.
+    idx: Vec<usize>,
+    views: Vec<(Tensor, Tensor)>,
+    /// This step's sum over the processes of the divided gradients' squared norms (float64).
+    squares: Tensor,
+}
+
+impl Optimizer {
+    /// The optimizer of `params` after `Model::divide_experts` divided those at `divided`, from
+    /// this one (made over the whole parameters, restored and broadcast): the divided moments
+    /// keep this process's rows of each stack, the others whole, and the step count carries over.
+    pub fn divide(self, params: &[Tensor], cfg: &crate::recipe::AdamW, divided: &[usize], world: &World) -> Optimizer {
+        let mut opt = Optimizer::build(params, cfg, divided);
+        let (w, q) = (world.size as i64, world.rank as i64);
+        tch::no_grad(|| {
+            for i in 0..params.len() {
+                for (old, new) in [(&self.m[i], &opt.m[i]), (&self.v[i], &opt.v[i])] {
+                    let rows = old.size()[0] / w;
+                    let mine = if divided.contains(&i) { old.narrow(0, q * rows, rows) } else { old.shallow_clone() };
+                    new.shallow_clone().copy_(&mine);
+                }
+            }
+        });
+        opt.t = self.t;
+        let local = divided.iter().filter(|&&i| params[i].requires_grad()).map(|&i| params[i].numel() as i64).sum();
+        let squares = Tensor::zeros([], (Kind::Double, opt.flat.g.device()));
+        opt.divided = Some(Divided { local, idx: divided.to_vec(), views: vec![], squares });
+        opt
+    }
+
+    /// After backward: the replicated gradients averaged over the processes, the divided ones
+    /// divided by their number, and the divided part's share of the global norm summed.
+    pub(super) fn exchange_divided(&mut self, world: &World) -> Result<()> {
+        let Some(d) = self.divided.as_mut() else { return Ok(()) };
+        let n = self.flat.g.numel() as i64;
+        world.all_reduce(&self.flat.g.narrow(0, d.local, n - d.local), Reduce::Sum)?;
+        tch::no_grad(|| {
+            let _ = self.flat.g.g_div_scalar_(world.size as f64);
+        });
+        let squares = norm::global(&self.flat.g.narrow(0, 0, d.local)).to_kind(Kind::Double).square().reshape([1]);
+        world.all_reduce(&squares, Reduce::Sum)?;
+        d.squares = squares.reshape([]);
+        Ok(())
+    }
+
+    /// The global gradient norm (float32 scalar): of the whole buffer, or with divided
+    /// parameters of the replicated part and every process's divided part.
+    pub(super) fn global_norm(&self) -> Tensor {
+        let Some(d) = &self.divided else { return norm::global(&self.flat.g) };
+        let n = self.flat.g.numel() as i64;
+        let replicated = norm::global(&self.flat.g.narrow(0, d.local, n - d.local)).to_kind(Kind::Double);
+        (replicated.square() + &d.squares).sqrt().to_kind(Kind::Float)
+    }
+
+    /// The weights every process holds alike (all of them unless some are divided).
+    pub(super) fn replicated_weights(&self) -> Tensor {
+        let local = self.divided.as_ref().map_or(0, |d| d.local);
+        self.flat.p.narrow(0, local, self.flat.p.numel() as i64 - local)
+    }
+
+    /// The divided parameters' whole moments, gathered from every process, in place of this
+    /// process's for a checkpoint to write (every process calls it; `release` puts them back).
+    pub(super) fn gather_divided(&mut self, world: &World) -> Result<()> {
+        let Some(d) = self.divided.as_mut() else { return Ok(()) };
+        for &i in &d.idx {
+            let whole = |t: &Tensor| -> Result<Tensor> {
+                let mut size = t.size();
+                size[0] *= world.size as i64;
+                let all = Tensor::zeros(size.as_slice(), (t.kind(), t.device()));
+                world.all_gather(&all, &t.contiguous())?;
+                Ok(all)
+            };
+            let (m, v) = (whole(&self.m[i])?, whole(&self.v[i])?);
+            d.views.push((std::mem::replace(&mut self.m[i], m), std::mem::replace(&mut self.v[i], v)));
+        }
+        Ok(())
+    }
+
+    /// This process's moments back in place of the whole ones `gather_divided` put there.
+    pub(super) fn release_divided(&mut self) {
+        let Some(d) = self.divided.as_mut() else { return };
+        for (&i, (m, v)) in d.idx.iter().zip(d.views.drain(..)) {
+            (self.m[i], self.v[i]) = (m, v);
+        }
+    }
+}
