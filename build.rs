@@ -14,6 +14,7 @@ fn main() {
     }
     println!("cargo:rerun-if-changed=src/run/kit/native.cpp");
     println!("cargo:rerun-if-changed=src/run/kit/dist.cpp");
+    println!("cargo:rerun-if-changed=src/run/kit/nccl.cpp");
     println!("cargo:rerun-if-changed=src/run/kit/shim.h");
     println!("cargo:rerun-if-changed=src/run/kit/c10d");
     // torch's directory and the C++ ABI its libraries were built with (the shim must match it).
@@ -44,8 +45,19 @@ fn main() {
 
 /// The shim (native.cpp, and dist.cpp over c10d), compiled as torch-sys compiles its own wrapper: C++17, torch's include folders, the
 /// ABI flag torch reports. Its symbols resolve against the libtorch the binary links anyway.
+/// With NCCL's and the CUDA runtime's headers beside torch (`nccl_headers`), nccl.cpp too.
 fn shim(root: &str, abi: &str) {
-    cc::Build::new()
+    let mut build = cc::Build::new();
+    match nccl_headers(root) {
+        Some(dirs) => {
+            build.file("src/run/kit/nccl.cpp").define("ROUX_NCCL", None).flag_if_supported("-Wno-interference-size");
+            for d in dirs {
+                build.include(d);
+            }
+        }
+        None => println!("cargo:warning=roux: NCCL's or the CUDA runtime's headers are not in the venv (source scripts/env.sh installs them); several processes on GPUs will be refused"),
+    }
+    build
         .cpp(true)
         .file("src/run/kit/native.cpp")
         .file("src/run/kit/dist.cpp")
@@ -58,4 +70,15 @@ fn shim(root: &str, abi: &str) {
         .flag_if_supported("-Wno-unused-parameter")
         .warnings(false)
         .compile("roux_native");
+}
+
+/// The include folders c10d's ProcessGroupNCCL.hpp needs, from the venv's NVIDIA wheels beside
+/// torch: nccl.h (nvidia-nccl, a torch dependency), the CUDA runtime's headers (cuda-toolkit's),
+/// their C runtime (nvidia-cuda-crt) and libcu++ (nvidia-cuda-cccl). None if any is missing.
+fn nccl_headers(root: &str) -> Option<Vec<std::path::PathBuf>> {
+    let nvidia = std::path::Path::new(root).parent()?.join("nvidia");
+    let cuda = nvidia.join("cu13/include");
+    let dirs = vec![nvidia.join("nccl/include"), cuda.clone(), cuda.join("cccl")];
+    let needed = [dirs[0].join("nccl.h"), cuda.join("cuda_runtime_api.h"), cuda.join("crt/host_config.h"), dirs[2].join("nv/target")];
+    needed.iter().all(|f| f.exists()).then_some(dirs)
 }

@@ -2,9 +2,10 @@
 beside PyTorch eager and torch.compile on the same model; roux's own ablations (AdamW update, host
 reads per step); a profile of roux's steps by kernel; Switch with 64 experts against the dense model
 of the same active parameters; a LoRA SFT stage and a PPO stage in float32 and bf16; validation loss
-after 300 steps in float32 and bf16.
+after 300 steps in float32 and bf16; `nccl`: the same GPT-2 steps as a torchrun group of one process
+(NCCL all-reduces every step's gradients) against plain CUDA (issue 18's overhead, goal ≤ 3%).
 
-    python3 bench/gpu.py [--out DIR] [--only dense,ref,compile,profile,switch,posttrain,loss,ablate]
+    python3 bench/gpu.py [--out DIR] [--only dense,ref,compile,profile,switch,posttrain,loss,ablate,nccl]
 
 Needs a release build (`target/release/roux`) and a CUDA torch 2.11.0 in this Python; sets
 LD_LIBRARY_PATH to torch's lib/ for roux. Each part runs on its own (a failure is printed and the
@@ -17,7 +18,7 @@ import torch
 
 p = argparse.ArgumentParser()
 p.add_argument("--out", default=os.environ.get("OUT", "gpu-out"))
-p.add_argument("--only", default="dense,ref,profile,switch,posttrain,loss,ablate,compile")
+p.add_argument("--only", default="dense,ref,profile,switch,posttrain,loss,ablate,compile,nccl")
 p.add_argument("--baseline", help="gpu-results.json of an earlier run on the same kind of card: its eager and torch.compile numbers stand in when --only leaves ref and compile out")
 p.add_argument("--steps", type=int, default=200)
 p.add_argument("--switch-batches", type=lambda v: [int(x) for x in v.split(",")], default=[16, 32])
@@ -56,11 +57,12 @@ def matmul_peak(n=8192, reps=20):
     return 2 * n**3 * reps / (s.elapsed_time(e) / 1e3)
 
 
-def roux(recipe, tag, sets, extra_env=None, timeout=240, args=()):
-    """Run a recipe into a fresh directory; (runs dir, wall seconds) or None."""
+def roux(recipe, tag, sets, extra_env=None, timeout=240, args=(), launcher=()):
+    """Run a recipe into a fresh directory (under `launcher`, e.g. torchrun); (runs dir, wall
+    seconds) or None."""
     runs = f"/tmp/roux-gpu/{tag}"
     shutil.rmtree(runs, ignore_errors=True)
-    cmd = [ROUX, "-q", "run", recipe, "--out", runs, *args]
+    cmd = [*launcher, ROUX, "-q", "run", recipe, "--out", runs, *args]
     for s in sets:
         cmd += ["--set", s]
     t = time.time()
@@ -97,9 +99,9 @@ def reference(batch, steps, compile_=False, timeout=400):
     return json.loads(r.stdout.strip().splitlines()[-1])["tokens_per_s"]
 
 
-def gpt2(tag, batch, steps, sets=(), extra_env=None, args=()):
+def gpt2(tag, batch, steps, sets=(), extra_env=None, args=(), launcher=()):
     base = [f"pretrain.batch={batch}", f"pretrain.steps={steps}", "pretrain.log_every=10", f"pretrain.checkpoint_every={steps}", f"pretrain.eval_every={steps}", "pretrain.eval_batches=4"]
-    got = roux("recipes/gpt2-small.roux", tag, base + list(sets), extra_env, args=args)
+    got = roux("recipes/gpt2-small.roux", tag, base + list(sets), extra_env, args=args, launcher=launcher)
     if not got:
         return None
     rep, tps = train_stats(f"{got[0]}/gpt2-small/pretrain")
@@ -250,11 +252,25 @@ def loss():
     say(f"val loss after 300 steps (b8): {row}")
 
 
+def nccl():
+    # torchrun with one process: roux joins a process group of one and, on the GPU, all-reduces
+    # every step's gradients (and the loss) through NCCL. Interleaved, twice each; medians.
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--no-python", "--standalone", "--nproc-per-node", "1"]
+    plain, group = [], []
+    for i in range(2):
+        plain.append(gpt2(f"plain-{i}", 32, 100))
+        group.append(gpt2(f"nccl-{i}", 32, 100, launcher=torchrun))
+    p, g = [r["tokens_per_s"] for r in plain if r], [r["tokens_per_s"] for r in group if r]
+    if p and g:
+        results["nccl_one_rank"] = {"plain_tokens_per_s": statistics.median(p), "nccl_tokens_per_s": statistics.median(g), "overhead": 1 - statistics.median(g) / statistics.median(p)}
+        say(f"1-rank NCCL vs plain CUDA: {results['nccl_one_rank']}")
+
+
 try:
     peak()
 except Exception as e:
     say(f"peak: failed: {e!r}")
-for label, f in [("dense", dense), ("profile", profile), ("ref", ref), ("compile", compiled), ("posttrain", posttrain), ("loss", loss), ("switch", switch), ("ablate", ablate)]:
+for label, f in [("dense", dense), ("profile", profile), ("ref", ref), ("compile", compiled), ("posttrain", posttrain), ("loss", loss), ("switch", switch), ("ablate", ablate), ("nccl", nccl)]:
     part(label, f)
 
 # The table.
@@ -273,7 +289,7 @@ for k in ("eager_b32", "compile_b32"):
         say(f"{k:>26} {v:>9.0f} {fpt * v / 1e12:>8.1f} {(fpt * v / datasheet if datasheet else float('nan')):>10.1%}")
 if results.get("roux_b32") and results.get("compile_b32"):
     say(f"roux / torch.compile: {results['roux_b32']['tokens_per_s'] / results['compile_b32']:.2f}×; roux / eager: {results['roux_b32']['tokens_per_s'] / (results.get('eager_b32') or float('nan')):.2f}×")
-for k in ("switch_b16", "switch_b32", "posttrain", "val_loss_300", "guard"):
+for k in ("switch_b16", "switch_b32", "posttrain", "val_loss_300", "guard", "nccl_one_rank"):
     if k in results:
         say(f"{k}: {json.dumps(results[k])}")
 save()

@@ -9,6 +9,11 @@ if [ ! -x "$ROUX_VENV/bin/python" ] || ! "$ROUX_VENV/bin/python" -c "import torc
   python3 -m venv "$ROUX_VENV"
   "$ROUX_VENV/bin/pip" install --quiet --disable-pip-version-check "torch==$ROUX_TORCH_VERSION" numpy
 fi
+# The CUDA runtime's C headers and libcu++ (3 MB, headers only), which c10d's NCCL header includes:
+# build.rs compiles roux's NCCL backend with them (src/run/kit/nccl.cpp). Versions of torch's CUDA 13.0.
+if [ ! -f "$ROUX_VENV/.roux-cuda-headers" ]; then
+  "$ROUX_VENV/bin/pip" install --quiet --disable-pip-version-check --no-deps "nvidia-cuda-crt==13.0.88" "nvidia-cuda-cccl==13.0.85" && touch "$ROUX_VENV/.roux-cuda-headers"
+fi
 export VIRTUAL_ENV="$ROUX_VENV"
 export PATH="$ROUX_VENV/bin:$PATH"
 export LIBTORCH_USE_PYTORCH=1

@@ -75,6 +75,17 @@ fn two_gloo_processes_train_what_one_process_trains() {
         let (loss, weights) = differences(&one, run);
         assert!(loss < 1e-5 && weights < 1e-5, "{what} vs the whole batch: losses differ by {loss:e}, weights by {weights:e}");
     }
+    // torchrun with one process: a group of one, whose collectives run (as on one GPU with NCCL,
+    // bench/gpu.py's overhead measurement) and change nothing.
+    let recipe = fixture("tiny-dp.roux");
+    let dir = out.join("group-of-one");
+    let o = std::process::Command::new("torchrun")
+        .args(["--no-python", "--standalone", "--nproc-per-node", "1", env!("CARGO_BIN_EXE_roux"), "run", recipe.to_str().unwrap(), "--out", dir.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(0), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("joined the process group as rank 0 of 1"), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(differences(&one, &result(&dir.join("dp/pretrain"))), (0.0, 0.0), "a group of one vs no group");
 }
 
 /// A batch the processes and micro-batches cannot split is refused at launch, naming all three

@@ -1,6 +1,7 @@
-// libtorch's c10d for roux: a TCPStore rendezvous and a Gloo process group (CPU tensors; NCCL for CUDA is
-// not driven yet), and the collectives a stage needs on tch tensors. No collective
-// is written here: each call hands the tensors to the process group and waits for its Work.
+// libtorch's c10d for roux: a TCPStore rendezvous, a Gloo process group for CPU tensors and, once
+// a stage runs on a GPU, NCCL for CUDA tensors (nccl.cpp), and the collectives a stage needs on tch
+// tensors. No collective is written here: each call hands the tensors to the backend of their
+// device and waits for its Work (for NCCL: the current CUDA stream waits, the host does not).
 // Built by build.rs beside native.cpp; gloo's declarations come from ./c10d (see its README).
 #include "shim.h"
 
@@ -13,8 +14,15 @@
 #include <torch/csrc/distributed/c10d/TCPStore.hpp>
 
 #include <chrono>
+#include <stdexcept>
 #include <string>
 #include <vector>
+
+#ifdef ROUX_NCCL
+// nccl.cpp: c10d's NCCL backend over `store`.
+c10::intrusive_ptr<c10d::Backend> roux_nccl_backend(const c10::intrusive_ptr<c10d::Store>& store, int rank, int world,
+                                                    std::chrono::milliseconds timeout);
+#endif
 
 namespace {
 
@@ -23,6 +31,8 @@ using roux_shim::guarded;
 struct Group {
   c10::intrusive_ptr<c10d::Store> store;
   c10::intrusive_ptr<c10d::Backend> backend;
+  // NCCL, for CUDA tensors (null until `roux_dist_use_nccl`).
+  c10::intrusive_ptr<c10d::Backend> nccl;
   // The backend as a ProcessGroup registered under kGroupName, which the differentiable
   // collectives (`_c10d_functional_autograd`, what torch.distributed's functional API calls) find.
   c10::intrusive_ptr<c10d::ProcessGroup> group;
@@ -40,6 +50,17 @@ at::Tensor waited(const at::Tensor& t) {
 }
 
 Group* as_group(void* g) { return static_cast<Group*>(g); }
+
+// The backend for a tensor's device: NCCL for a CUDA tensor once it is set up, Gloo otherwise
+// (control values, CPU runs).
+c10d::Backend* backend_for(void* g, const at::Tensor& t) {
+  Group* group = as_group(g);
+  if (t.is_cuda()) {
+    if (!group->nccl) throw std::runtime_error("a CUDA tensor in a collective before NCCL was set up");
+    return group->nccl.get();
+  }
+  return group->backend.get();
+}
 
 void finish(const c10::intrusive_ptr<c10d::Work>& work) { work->wait(); }
 
@@ -77,7 +98,7 @@ char* roux_dist_init(const char* host, int port, int rank, int world, int agent_
     group->setBackend(c10::DeviceType::CPU, c10d::ProcessGroup::BackendType::GLOO, backend);
     group->setDefaultBackend(c10d::ProcessGroup::BackendType::GLOO);
     c10d::register_process_group(kGroupName, group);
-    *out = new Group{store, backend, group, world};
+    *out = new Group{store, backend, nullptr, group, world};
   });
 }
 
@@ -92,7 +113,7 @@ char* roux_dist_all_reduce(void* g, at::Tensor* t, int op) {
     std::vector<at::Tensor> ts{*t};
     c10d::AllreduceOptions opts;
     opts.reduceOp = reduce_op(op);
-    finish(as_group(g)->backend->allreduce(ts, opts));
+    finish(backend_for(g, *t)->allreduce(ts, opts));
   });
 }
 
@@ -102,13 +123,13 @@ char* roux_dist_broadcast(void* g, at::Tensor* t, int root) {
     std::vector<at::Tensor> ts{*t};
     c10d::BroadcastOptions opts;
     opts.rootRank = root;
-    finish(as_group(g)->backend->broadcast(ts, opts));
+    finish(backend_for(g, *t)->broadcast(ts, opts));
   });
 }
 
 // `out` (world × n elements, contiguous) becomes every rank's `in` (n elements), in rank order.
 char* roux_dist_all_gather(void* g, at::Tensor* out, at::Tensor* in) {
-  return guarded([&] { finish(as_group(g)->backend->_allgather_base(*out, *in)); });
+  return guarded([&] { finish(backend_for(g, *in)->_allgather_base(*out, *in)); });
 }
 
 // `out` (n elements) becomes the sum over ranks of this rank's n-element slice of `in` (world × n).
@@ -116,7 +137,7 @@ char* roux_dist_reduce_scatter(void* g, at::Tensor* out, at::Tensor* in) {
   return guarded([&] {
     c10d::ReduceScatterOptions opts;
     opts.reduceOp = c10d::ReduceOp::SUM;
-    finish(as_group(g)->backend->_reduce_scatter_base(*out, *in, opts));
+    finish(backend_for(g, *in)->_reduce_scatter_base(*out, *in, opts));
   });
 }
 
@@ -125,7 +146,7 @@ char* roux_dist_reduce_scatter(void* g, at::Tensor* out, at::Tensor* in) {
 char* roux_dist_all_to_all(void* g, at::Tensor* out, at::Tensor* in, const int64_t* send, const int64_t* recv, int world) {
   return guarded([&] {
     std::vector<int64_t> s(send, send + world), r(recv, recv + world);
-    finish(as_group(g)->backend->alltoall_base(*out, *in, r, s));
+    finish(backend_for(g, *in)->alltoall_base(*out, *in, r, s));
   });
 }
 
@@ -147,6 +168,24 @@ char* roux_dist_all_to_all_grad(void* g, at::Tensor* in, const int64_t* send, co
     int w = as_group(g)->world;
     std::vector<c10::SymInt> s(send, send + w), r(recv, recv + w);
     *out = new at::Tensor(waited(op.call(in->contiguous(), r, s, kGroupName)));
+  });
+}
+
+// NCCL for the CUDA tensors of every later collective (every process calls it, once, before the
+// first; the communicator itself is made at that first collective). Also the backend the
+// differentiable collectives of expert parallelism find for CUDA tensors.
+char* roux_dist_use_nccl(void* g, int64_t timeout_ms) {
+  return guarded([&] {
+#ifdef ROUX_NCCL
+    Group* group = as_group(g);
+    if (group->nccl) return;
+    group->nccl = roux_nccl_backend(group->store, group->backend->getRank(), group->world, std::chrono::milliseconds(timeout_ms));
+    group->group->setBackend(c10::DeviceType::CUDA, c10d::ProcessGroup::BackendType::NCCL, group->nccl);
+#else
+    (void)g;
+    (void)timeout_ms;
+    throw std::runtime_error("this roux was built without NCCL (its headers were not in the venv when it was built; see build.rs)");
+#endif
   });
 }
 

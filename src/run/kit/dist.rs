@@ -22,6 +22,7 @@ extern "C" {
     fn roux_dist_reduce_scatter(g: *mut c_void, out: Raw, input: Raw) -> *mut c_char;
     fn roux_dist_all_to_all(g: *mut c_void, out: Raw, input: Raw, send: *const i64, recv: *const i64, world: c_int) -> *mut c_char;
     fn roux_dist_barrier(g: *mut c_void) -> *mut c_char;
+    fn roux_dist_use_nccl(g: *mut c_void, timeout_ms: i64) -> *mut c_char;
     fn roux_dist_all_gather_grad(g: *mut c_void, input: Raw, out: *mut *mut c_void) -> *mut c_char;
     fn roux_dist_all_to_all_grad(g: *mut c_void, input: Raw, send: *const i64, recv: *const i64, out: *mut *mut c_void) -> *mut c_char;
 }
@@ -49,6 +50,8 @@ pub struct World {
     /// The device index on this node (`cuda:LOCAL_RANK`).
     pub local_rank: usize,
     group: Option<std::rc::Rc<Group>>,
+    /// How long a collective waits (ms).
+    timeout_ms: i64,
 }
 
 /// The c10d store and process group (freed when the run ends).
@@ -87,7 +90,10 @@ pub fn launch_from(get: impl Fn(&str) -> Option<String>) -> Result<Option<Launch
     };
     let Some(_) = get("WORLD_SIZE") else { return Ok(None) };
     let size = num("WORLD_SIZE", MAX_WORLD as u64)? as usize;
-    if size <= 1 {
+    // One process is a group of one only when torchrun started it (`torchrun --nproc-per-node 1`:
+    // its collectives run, as DistributedDataParallel's do with one rank); `roux run` alone, or
+    // `--nproc 1`, runs without a group.
+    if size == 0 || (size == 1 && get("MASTER_ADDR").is_none()) {
         return Ok(None);
     }
     let rank = num("RANK", size as u64 - 1)? as usize;
@@ -126,7 +132,7 @@ fn raw(t: &Tensor) -> Raw {
 impl World {
     /// One process: every collective leaves its tensors as they are.
     pub fn single() -> World {
-        World { rank: 0, size: 1, local_rank: 0, group: None }
+        World { rank: 0, size: 1, local_rank: 0, group: None, timeout_ms: 0 }
     }
 
     /// The world torchrun describes in the environment, joined; one process without it.
@@ -153,12 +159,18 @@ impl World {
         let what = format!("rank {} of {} joining the process group at {}:{}", l.rank, l.size, l.host, l.port);
         // SAFETY: the strings outlive the call; on success `out` owns a Group freed by Drop.
         check(&what, unsafe { roux_dist_init(host.as_ptr(), l.port as c_int, l.rank as c_int, l.size as c_int, l.agent_attempt.is_some() as c_int, prefix.as_ptr(), (timeout_s * 1000) as i64, &mut out) })?;
-        Ok(World { rank: l.rank, size: l.size, local_rank: l.local_rank, group: Some(std::rc::Rc::new(Group(out))) })
+        tracing::info!("joined the process group as rank {} of {} ({}:{})", l.rank, l.size, l.host, l.port);
+        Ok(World { rank: l.rank, size: l.size, local_rank: l.local_rank, group: Some(std::rc::Rc::new(Group(out))), timeout_ms: (timeout_s * 1000) as i64 })
     }
 
     /// Rank 0, which owns the run directory, writes and prints.
     pub fn leads(&self) -> bool {
         self.rank == 0
+    }
+
+    /// Whether collectives run (torchrun started the process; a group of one included).
+    pub fn grouped(&self) -> bool {
+        self.group.is_some()
     }
 
     fn group(&self) -> Option<*mut c_void> {
@@ -251,12 +263,12 @@ impl World {
         Ok(Some(std::rc::Rc::new(ExpertExchange { group, rank: self.rank, size: self.size })))
     }
 
-    /// Several processes need Gloo's CPU tensors until NCCL is driven: refuse a GPU for them.
-    pub fn refuse_gpu(&self, stage: &str, device: tch::Device) -> Result<()> {
-        if self.size > 1 && device != tch::Device::Cpu {
-            bail!("{stage}: several processes on a GPU need NCCL, which roux does not drive yet; run on `device = cpu` (Gloo) or as one process");
-        }
-        Ok(())
+    /// Before a stage on `device`: a GPU's tensors go through NCCL (set up once, every process
+    /// calling), a CPU's through Gloo.
+    pub fn use_device(&self, stage: &str, device: tch::Device) -> Result<()> {
+        let Some(g) = self.group().filter(|_| device.is_cuda()) else { return Ok(()) };
+        // SAFETY: the group is live; the shim sets NCCL up once and ignores later calls.
+        check(&format!("{stage}: setting up NCCL on {}", crate::run::kit::device::name(device)), unsafe { roux_dist_use_nccl(g, self.timeout_ms) })
     }
 
     /// This process's share of a global batch's rows (the `rank`-th of `size` equal blocks).
@@ -337,6 +349,9 @@ mod tests {
     fn torchrun_environment_is_read_and_checked() {
         assert_eq!(launch_from(env(&[])).unwrap(), None);
         assert_eq!(launch_from(env(&[("WORLD_SIZE", "1")])).unwrap(), None);
+        // torchrun with one process: a group of one.
+        let one = launch_from(env(&[("WORLD_SIZE", "1"), ("RANK", "0"), ("MASTER_ADDR", "127.0.0.1"), ("MASTER_PORT", "29500")])).unwrap().unwrap();
+        assert_eq!((one.rank, one.size), (0, 1));
         let l = launch_from(env(&[("WORLD_SIZE", "2"), ("RANK", "1"), ("LOCAL_RANK", "1"), ("MASTER_ADDR", "127.0.0.1"), ("MASTER_PORT", "29500"), ("TORCHELASTIC_USE_AGENT_STORE", "True"), ("TORCHELASTIC_RESTART_COUNT", "3")]))
             .unwrap()
             .unwrap();

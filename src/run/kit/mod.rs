@@ -28,7 +28,7 @@
 //! | `deferred.rs`  | per-step loss and non-finite steps kept on the device between logs  |
 //! | `profile.rs`   | `--profile A..B`: a Chrome trace of some training steps             |
 //! | `native.rs`    | the C++ shim (`native.cpp`): fused AdamW kernel, the Kineto profiler |
-//! | `dist.rs`      | the run's processes (torchrun) and c10d's collectives (`dist.cpp`)   |
+//! | `dist.rs`      | the run's processes (torchrun) and c10d's collectives (`dist.cpp`; NCCL: `nccl.cpp`) |
 
 pub mod adamw;
 pub mod alloc;

@@ -70,7 +70,7 @@ pub fn run(ctx: &StageCtx, d: &DpoSpec) -> Result<()> {
     // Each process's pairs of a global batch, in `accumulate` micro-batches of `micro` pairs.
     let micro = d.opt.micro_batch(&name, world.size).map_err(anyhow::Error::msg)?;
     let dev = device::device(d.opt.device)?;
-    world.refuse_gpu(&name, dev)?;
+    world.use_device(&name, dev)?;
     let (set, split) = preferences(recipe, &d.data)?;
     let codec = Codec::new(recipe, &set)?;
     let (_, held) = instructions(recipe, &d.data)?;

@@ -29,7 +29,7 @@ pub fn run(ctx: &StageCtx, f: &FinetuneSpec) -> Result<()> {
     // Each process's rows of a global batch, in `accumulate` micro-batches of `micro` rows.
     let micro = f.opt.micro_batch(&name, world.size).map_err(anyhow::Error::msg)?;
     let dev = device::device(f.opt.device)?;
-    world.refuse_gpu(&name, dev)?;
+    world.use_device(&name, dev)?;
     let (set, split) = instructions(recipe, &f.data)?;
     let codec = Codec::new(recipe, &set)?;
     let mut model = load_lm(recipe, &ctx.runs, &f.model, dev)?.computing(f.opt.precision);

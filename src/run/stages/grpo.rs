@@ -34,7 +34,7 @@ pub fn run(ctx: &StageCtx, g: &GrpoSpec) -> Result<()> {
     let Some(mut run) = lifecycle::begin_stage(ctx, g.opt.steps)? else { return Ok(()) };
     let dev = device::device(g.opt.device)?;
     let world = ctx.world;
-    world.refuse_gpu(&name, dev)?;
+    world.use_device(&name, dev)?;
     // Processes divide a step's prompts (whole groups).
     crate::recipe::split_batch(&name, g.opt.batch / g.group, world.size, 1).map_err(|e| anyhow::anyhow!("{e} (a GRPO batch splits by prompts, {} a step)", g.opt.batch / g.group))?;
     let (set, split) = instructions(recipe, &g.prompts)?;

@@ -42,7 +42,7 @@ pub fn run(ctx: &StageCtx, p: &PpoSpec) -> Result<()> {
     let Some(mut run) = lifecycle::begin_stage(ctx, p.opt.steps)? else { return Ok(()) };
     let dev = device::device(p.opt.device)?;
     let world = ctx.world;
-    world.refuse_gpu(&name, dev)?;
+    world.use_device(&name, dev)?;
     p.opt.micro_batch(&name, world.size).map_err(anyhow::Error::msg)?;
     let (set, split) = instructions(recipe, &p.prompts)?;
     let codec = Codec::new(recipe, &set)?;

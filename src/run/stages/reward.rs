@@ -52,7 +52,7 @@ pub fn run(ctx: &StageCtx, r: &RewardSpec) -> Result<()> {
     // Each process's pairs of a global batch, in `accumulate` micro-batches of `micro` pairs.
     let micro = r.opt.micro_batch(&name, world.size).map_err(anyhow::Error::msg)?;
     let dev = device::device(r.opt.device)?;
-    world.refuse_gpu(&name, dev)?;
+    world.use_device(&name, dev)?;
     let (set, split) = preferences(recipe, &r.data)?;
     let codec = Codec::new(recipe, &set)?;
     let rm = RewardModel::new(load_lm(recipe, &ctx.runs, &r.model, dev)?.computing(r.opt.precision));

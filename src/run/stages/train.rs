@@ -46,7 +46,7 @@ pub fn run_model(ctx: &StageCtx, spec: &ModelSpec, t: &TrainSpec) -> Result<()> 
     let micro = t.micro_batch(name, world.size).map_err(anyhow::Error::msg)?;
 
     let device = device::device(t.device)?;
-    world.refuse_gpu(name, device)?;
+    world.use_device(name, device)?;
     // Refuse a model that cannot fit before allocating it (an IsoFLOP prediction can be huge).
     let graph = crate::lower::lower_model(spec);
     let plan = plan_model(&graph, t.batch, t.context);
@@ -303,7 +303,7 @@ pub fn run_model(ctx: &StageCtx, spec: &ModelSpec, t: &TrainSpec) -> Result<()> 
 /// statistics (a router sees one micro-batch at a time, so its capacity and aux losses do too).
 fn forward_backward(model: &Model, opt: &mut Optimizer, x: &Tensor, y: &Tensor, micro: usize, world: &World) -> Result<(Tensor, Tensor, Vec<MoeStats>)> {
     let k = x.size()[0] / micro as i64;
-    if k == 1 && world.size == 1 {
+    if k == 1 && !world.grouped() {
         let (loss, ce, stats) = model.loss_parts(x, y, true);
         loss.backward();
         return Ok((loss, ce, stats));

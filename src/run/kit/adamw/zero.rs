@@ -68,7 +68,7 @@ impl Optimizer {
     /// reduce-scatter that leaves each process the average of its slice.
     pub fn all_reduce_grads(&mut self, world: &World) -> Result<()> {
         self.gather();
-        if world.size == 1 {
+        if !world.grouped() {
             return Ok(());
         }
         self.check_replicas(world)?;
