@@ -331,6 +331,13 @@ fn expert_parallel_moe_equals_one_process_with_the_same_dropped_tokens() {
     assert!(d1.iter().flatten().any(|&d| d > 0.05), "the fixture must drop tokens: {d1:?}");
     assert_eq!(d1, dep, "the same dropped tokens at every step");
     assert_ne!(d1, ddp, "plain data parallel routes each process's tokens on their own");
+    // Four processes in two groups of two: each group routes its two processes' rows together,
+    // as one process of the two-process data-parallel run routes the same rows, and each
+    // expert's gradient is summed with its replica's in the other group: that run's numbers.
+    let ep4 = run("ep4", &["--nproc", "4", "--set", "pretrain.expert_parallel=2"]);
+    let (loss, weights) = differences(&result(&dp), &result(&ep4));
+    assert!(loss < 1e-5 && weights < 1e-5, "2 groups of 2 vs 2 data-parallel processes: losses differ by {loss:e}, weights by {weights:e}");
+    assert_eq!(ddp, dropped(&ep4), "2 groups of 2: the dropped tokens of 2 data-parallel processes");
     // Each process holds only its experts: 2 layers × (w1 + w2) of 4 × 64 × 32 = 32,768 expert
     // parameters, half of them on each process. Checkpoints hold them whole, so the run resumes
     // from step 15 on two processes (the same numbers) or on one (the layout is not part of the
@@ -352,7 +359,7 @@ fn expert_parallel_moe_equals_one_process_with_the_same_dropped_tokens() {
     // Expert parallelism spans every process; the degree must divide the experts.
     let o = roux(&["run", recipe.to_str().unwrap(), "--out", out.join("alone").to_str().unwrap(), "--set", "pretrain.expert_parallel=2"]);
     let err = String::from_utf8_lossy(&o.stderr);
-    assert!(err.contains("stage `pretrain`: `expert_parallel = 2` divides the experts over 2 processes, but the run has 1: start it with `roux run --nproc 2` (expert parallelism spans every process)"), "{err}");
+    assert!(err.contains("stage `pretrain`: `expert_parallel = 2` divides the experts over groups of 2 processes, but the run has 1: start it with a multiple of 2 processes (`roux run --nproc 2`)"), "{err}");
     // With Switch's jitter too: each process draws the whole micro-batch's noise and keeps its rows.
     let jitter = ["--set", "lm.ffn.router.jitter=0.05"];
     let (one, ep) = (run("one-jitter", &jitter), run("ep-jitter", &[&["--nproc", "2", "--set", "pretrain.expert_parallel=2"], &jitter[..]].concat()));
@@ -372,8 +379,15 @@ fn expert_parallel_moe_equals_one_process_with_the_same_dropped_tokens() {
     let o = roux(&["check", recipe.to_str().unwrap(), "--set", "pretrain.expert_parallel=2", "--set", "pretrain.shard_optimizer=true"]);
     let err = String::from_utf8_lossy(&o.stdout).to_string() + &String::from_utf8_lossy(&o.stderr);
     assert!(err.contains("E0245") && err.contains("`expert_parallel = 2` and `shard_optimizer = true` together are not supported"), "{err}");
-    let o = roux(&["plan", recipe.to_str().unwrap(), "--world", "4", "--set", "pretrain.expert_parallel=2"]);
-    assert!(String::from_utf8_lossy(&o.stderr).contains("`expert_parallel = 2` divides the experts over 2 processes, but the run has 4"), "{}", String::from_utf8_lossy(&o.stderr));
+    // On 4 processes in groups of 2, each still holds half the experts; it sends a ring
+    // all-reduce of the 17,824 other parameters over 4 (2·3/4 of them) and of its 16,384 expert
+    // parameters over their 2 replicas (2·1/2): (26,736 + 16,384) floats = 172,480 bytes.
+    let o = roux(&["plan", recipe.to_str().unwrap(), "--json", "--world", "4", "--set", "pretrain.expert_parallel=2"]);
+    let plan: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let p = &plan["processes"][0];
+    assert_eq!((p["held_params"].as_u64(), p["sent_bytes_per_step"].as_u64()), (Some(whole - 16_384), Some(172_480)), "{p}");
+    let o = roux(&["plan", recipe.to_str().unwrap(), "--world", "3", "--set", "pretrain.expert_parallel=2"]);
+    assert!(String::from_utf8_lossy(&o.stderr).contains("`expert_parallel = 2` divides the experts over groups of 2 processes, but the run has 3"), "{}", String::from_utf8_lossy(&o.stderr));
     let o = roux(&["check", recipe.to_str().unwrap(), "--set", "pretrain.expert_parallel=3"]);
     let err = String::from_utf8_lossy(&o.stdout).to_string() + &String::from_utf8_lossy(&o.stderr);
     assert!(err.contains("E0245") && err.contains("`expert_parallel = 3` does not divide the 4 experts of model `lm`"), "{err}");

@@ -70,8 +70,9 @@ fn print_world(l: &[roux::plan::ProcessPlan]) {
     }
     for p in l.iter().filter(|p| p.expert_parallel > 1) {
         outln!(
-            "{}: experts divided over {} processes: each holds {} of the {} parameters and also sends {} a step for them (router logits, tokens to experts and back)",
+            "{}: experts divided over {} groups of {} processes: each holds {} of the {} parameters and also sends {} a step for them (router logits, tokens to experts and back)",
             p.stage,
+            p.processes / p.expert_parallel,
             p.expert_parallel,
             group(p.held_params),
             group(p.params),

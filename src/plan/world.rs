@@ -153,11 +153,12 @@ fn posttrain_process(r: &Recipe, s: &crate::recipe::StageSpec, world: usize) -> 
 }
 
 /// Expert parallelism's bytes per process per step (see `ProcessPlan::expert_sent_bytes_per_step`):
-/// per MoE layer and micro-batch of n tokens, the logits' all-gather and its backward send
-/// 2·(W−1)·n·E floats, and the four all-to-alls (dispatch, combine, and their gradients) each
-/// n·a·(W−1)/W rows of d floats, a the assignments per token.
+/// per MoE layer and micro-batch of n tokens, in a group of W = `expert_parallel` processes, the
+/// logits' all-gather and its backward send 2·(W−1)·n·E floats, and the four all-to-alls
+/// (dispatch, combine, and their gradients) each n·a·(W−1)/W rows of d floats, a the assignments
+/// per token.
 fn expert_bytes(m: &crate::recipe::MoeSpec, d_model: usize, t: &TrainSpec, world: usize) -> u64 {
-    let (w, n) = (world as f64, (t.batch / world / t.accumulate * t.context) as f64);
+    let (w, n) = (t.expert_parallel as f64, (t.batch / world / t.accumulate * t.context) as f64);
     let gather = 2.0 * (w - 1.0) * n * m.experts as f64;
     let rows = 4.0 * n * m.active_experts() * (w - 1.0) / w * d_model as f64;
     (4.0 * (gather + rows) * (m.layers.len() * t.accumulate) as f64).round() as u64
@@ -167,10 +168,12 @@ fn process_plan(stage: &str, g: &ModelGraph, t: &TrainSpec, world: usize) -> Res
     let micro = t.micro_batch(stage, world)?;
     let n: u64 = g.params().iter().map(|p| p.numel()).sum();
     let w = world as u64;
-    // Expert parallel: each process holds 1/world of every routed expert stack, which the
-    // gradient all-reduce leaves out (run/kit/adamw/divided.rs).
-    let divided: u64 = if t.expert_parallel > 1 { g.params().iter().filter(|p| p.routed_expert()).map(|p| p.numel()).sum() } else { 0 };
-    let held = n - divided + divided / w;
+    // Expert parallel: each process holds 1/ep of every routed expert stack, whose gradients
+    // are all-reduced over its replicas in the other groups only (run/kit/adamw/divided.rs).
+    let ep = t.expert_parallel as u64;
+    let divided: u64 = if ep > 1 { g.params().iter().filter(|p| p.routed_expert()).map(|p| p.numel()).sum() } else { 0 };
+    let held = n - divided + divided / ep;
+    let replicas = w / ep.max(1);
     let sharded = t.shard_optimizer && world > 1;
     // Sharded: buffers padded to world × chunk; the moments, the scratch, the gradient slice and
     // the weights slice are one chunk each (run/kit/adamw/zero.rs).
@@ -178,7 +181,8 @@ fn process_plan(stage: &str, g: &ModelGraph, t: &TrainSpec, world: usize) -> Res
         let chunk = shard_chunk(n, w);
         (w * chunk, 2 * chunk, 3 * chunk, 2 * (w - 1) * chunk)
     } else {
-        (held, 2 * held, held, if w > 1 { 2 * (w - 1) * (n - divided) / w } else { 0 })
+        let experts_sent = if replicas > 1 { 2 * (replicas - 1) * (divided / ep) / replicas } else { 0 };
+        (held, 2 * held, held, if w > 1 { 2 * (w - 1) * (n - divided) / w + experts_sent } else { 0 })
     };
     let activation_bytes = training_bytes(0, 0, g, micro, t.context);
     let (weight_bytes, gradient_bytes) = (4 * buffer, 4 * buffer);

@@ -24,12 +24,15 @@ pub use stage::*;
 /// The most processes a run may have (torchrun's WORLD_SIZE, `expert_parallel`).
 pub const MAX_PROCESSES: usize = 65_536;
 
-/// `expert_parallel = n` spans every process of the run: an error naming both numbers otherwise.
+/// `expert_parallel = n` divides the experts over groups of n processes, so n must divide the
+/// run's processes: an error naming both numbers otherwise.
 pub fn expert_parallel_fits(stage: &str, n: usize, processes: usize) -> Result<(), String> {
-    if n == 1 || n == processes {
+    if n == 1 || processes % n == 0 {
         return Ok(());
     }
-    Err(format!("stage `{stage}`: `expert_parallel = {n}` divides the experts over {n} processes, but the run has {processes}: start it with `roux run --nproc {n}` (expert parallelism spans every process)"))
+    Err(format!(
+        "stage `{stage}`: `expert_parallel = {n}` divides the experts over groups of {n} processes, but the run has {processes}: start it with a multiple of {n} processes (`roux run --nproc {n}`)"
+    ))
 }
 
 /// A recipe value's keyword as the recipe writes it (`learned`, `rmsnorm`, `swiglu`): its serde

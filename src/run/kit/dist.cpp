@@ -33,13 +33,25 @@ struct Group {
   c10::intrusive_ptr<c10d::Backend> backend;
   // NCCL, for CUDA tensors (null until `roux_dist_use_nccl`).
   c10::intrusive_ptr<c10d::Backend> nccl;
-  // The backend as a ProcessGroup registered under kGroupName, which the differentiable
-  // collectives (`_c10d_functional_autograd`, what torch.distributed's functional API calls) find.
+  // The backend as a ProcessGroup registered under `name`, which the differentiable collectives
+  // (`_c10d_functional_autograd`, what torch.distributed's functional API calls) find.
   c10::intrusive_ptr<c10d::ProcessGroup> group;
   int world;
+  std::string name;
 };
 
-const char* kGroupName = "roux";
+// A Gloo process group of `world` processes over `store`, registered under `name`.
+Group* gloo_group(c10::intrusive_ptr<c10d::Store> store, int rank, int world, std::chrono::milliseconds timeout,
+                  const std::string& name) {
+  auto options = c10d::ProcessGroupGloo::Options::create(timeout);
+  options->devices.push_back(c10d::ProcessGroupGloo::createDefaultDevice());
+  auto backend = c10::make_intrusive<c10d::ProcessGroupGloo>(store, rank, world, options);
+  auto group = c10::make_intrusive<c10d::ProcessGroup>(store, rank, world);
+  group->setBackend(c10::DeviceType::CPU, c10d::ProcessGroup::BackendType::GLOO, backend);
+  group->setDefaultBackend(c10d::ProcessGroup::BackendType::GLOO);
+  c10d::register_process_group(name, group);
+  return new Group{store, backend, nullptr, group, world, name};
+}
 
 // A functional collective's result is ready once waited on; the wait runs below autograd, where
 // it is the identity on the tensor (and its graph).
@@ -91,19 +103,30 @@ char* roux_dist_init(const char* host, int port, int rank, int world, int agent_
     opts.timeout = timeout;
     c10::intrusive_ptr<c10d::Store> store = c10::make_intrusive<c10d::TCPStore>(std::string(host), opts);
     store = c10::make_intrusive<c10d::PrefixStore>(std::string(prefix), store);
-    auto options = c10d::ProcessGroupGloo::Options::create(timeout);
-    options->devices.push_back(c10d::ProcessGroupGloo::createDefaultDevice());
-    auto backend = c10::make_intrusive<c10d::ProcessGroupGloo>(store, rank, world, options);
-    auto group = c10::make_intrusive<c10d::ProcessGroup>(store, rank, world);
-    group->setBackend(c10::DeviceType::CPU, c10d::ProcessGroup::BackendType::GLOO, backend);
-    group->setDefaultBackend(c10d::ProcessGroup::BackendType::GLOO);
-    c10d::register_process_group(kGroupName, group);
-    *out = new Group{store, backend, nullptr, group, world};
+    *out = gloo_group(store, rank, world, timeout, "roux");
+  });
+}
+
+// A group of some of the run's processes, as `rank` of `size` in it: only its members call it,
+// with the same `name` (the store's keys for it, and the name it is registered under in this
+// process). Its collectives time out as `timeout_ms`.
+char* roux_dist_subgroup(void* g, int rank, int size, const char* name, int64_t timeout_ms, void** out) {
+  return guarded([&] {
+    auto store = c10::make_intrusive<c10d::PrefixStore>(std::string(name) + "/", as_group(g)->store);
+    *out = gloo_group(store, rank, size, std::chrono::milliseconds(timeout_ms), name);
   });
 }
 
 void roux_dist_free(void* g) {
-  c10d::unregister_process_group(kGroupName);
+  c10d::unregister_process_group(as_group(g)->name);
+  // NCCL's communicators and watchdog go down in order, as destroy_process_group() does in Python
+  // (destroyed without it, ProcessGroupNCCL warns and may wait on its threads).
+  if (as_group(g)->nccl) {
+    try {
+      as_group(g)->nccl->shutdown();
+    } catch (...) {
+    }
+  }
   delete as_group(g);
 }
 
@@ -156,7 +179,7 @@ char* roux_dist_all_to_all(void* g, at::Tensor* out, at::Tensor* in, const int64
 char* roux_dist_all_gather_grad(void* g, at::Tensor* in, at::Tensor** out) {
   return guarded([&] {
     static auto op = c10::Dispatcher::singleton().findSchemaOrThrow("_c10d_functional_autograd::all_gather_into_tensor", "").typed<at::Tensor(const at::Tensor&, int64_t, const std::string&)>();
-    *out = new at::Tensor(waited(op.call(in->contiguous(), as_group(g)->world, kGroupName)));
+    *out = new at::Tensor(waited(op.call(in->contiguous(), as_group(g)->world, as_group(g)->name)));
   });
 }
 
@@ -167,7 +190,7 @@ char* roux_dist_all_to_all_grad(void* g, at::Tensor* in, const int64_t* send, co
     static auto op = c10::Dispatcher::singleton().findSchemaOrThrow("_c10d_functional_autograd::all_to_all_single", "").typed<at::Tensor(const at::Tensor&, c10::SymIntArrayRef, c10::SymIntArrayRef, const std::string&)>();
     int w = as_group(g)->world;
     std::vector<c10::SymInt> s(send, send + w), r(recv, recv + w);
-    *out = new at::Tensor(waited(op.call(in->contiguous(), r, s, kGroupName)));
+    *out = new at::Tensor(waited(op.call(in->contiguous(), r, s, as_group(g)->name)));
   });
 }
 

@@ -23,6 +23,7 @@ extern "C" {
     fn roux_dist_all_to_all(g: *mut c_void, out: Raw, input: Raw, send: *const i64, recv: *const i64, world: c_int) -> *mut c_char;
     fn roux_dist_barrier(g: *mut c_void) -> *mut c_char;
     fn roux_dist_use_nccl(g: *mut c_void, timeout_ms: i64) -> *mut c_char;
+    fn roux_dist_subgroup(g: *mut c_void, rank: c_int, size: c_int, name: *const c_char, timeout_ms: i64, out: *mut *mut c_void) -> *mut c_char;
     fn roux_dist_all_gather_grad(g: *mut c_void, input: Raw, out: *mut *mut c_void) -> *mut c_char;
     fn roux_dist_all_to_all_grad(g: *mut c_void, input: Raw, send: *const i64, recv: *const i64, out: *mut *mut c_void) -> *mut c_char;
 }
@@ -43,7 +44,8 @@ pub enum Reduce {
     Min = 2,
 }
 
-/// This process's place in the run.
+/// This process's place in the run (or in a group of some of its processes: `subgroup`).
+#[derive(Clone)]
 pub struct World {
     pub rank: usize,
     pub size: usize,
@@ -252,15 +254,37 @@ impl World {
         Ok(t.int64_value(&[0]))
     }
 
-    /// The exchange a model divides its MoE experts with (`expert_parallel = n`; None for 1):
-    /// n must be the number of processes.
-    pub fn experts_across(&self, stage: &str, n: usize) -> Result<Option<std::rc::Rc<dyn Exchange>>> {
+    /// A group of this process and others, as `rank` of `size` in it, named `name` (unique in
+    /// the run; every member calls it with the same name, the others do not).
+    pub fn subgroup(&self, rank: usize, size: usize, name: &str) -> Result<World> {
+        let g = self.group().context("a subgroup needs the run's process group")?;
+        let cname = CString::new(name).context("a group name has a NUL byte")?;
+        let mut out: *mut c_void = std::ptr::null_mut();
+        // SAFETY: the strings outlive the call; on success `out` owns a Group freed by Drop.
+        check(&format!("joining process group {name}"), unsafe { roux_dist_subgroup(g, rank as c_int, size as c_int, cname.as_ptr(), self.timeout_ms, &mut out) })?;
+        Ok(World { rank, size, local_rank: self.local_rank, group: Some(std::rc::Rc::new(Group(out))), timeout_ms: self.timeout_ms })
+    }
+
+    /// How a model divides its MoE experts (`expert_parallel = n`; None for 1): over groups of
+    /// n consecutive processes (n must divide the processes), each group holding every expert
+    /// once; the processes holding the same experts in the other groups are their replicas.
+    pub fn experts_layout(&self, stage: &str, n: usize) -> Result<Option<ExpertLayout>> {
         if n == 1 {
             return Ok(None);
         }
         crate::recipe::expert_parallel_fits(stage, n, self.size).map_err(anyhow::Error::msg)?;
-        let group = self.group.clone().context("several processes have a process group")?;
-        Ok(Some(std::rc::Rc::new(ExpertExchange { group, rank: self.rank, size: self.size })))
+        let (groups, me) = (self.size / n, self.rank / n);
+        // Names new to the run: every process lays out the same stages in the same order.
+        static LAYOUTS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let k = LAYOUTS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let (group, replicas) = match groups {
+            1 => (self.clone(), None),
+            // Every process joins both of its groups, in the same order everywhere.
+            _ => (self.subgroup(self.rank % n, n, &format!("experts-{k}-{me}"))?, Some(self.subgroup(me, groups, &format!("expert-replicas-{k}-{}", self.rank % n))?)),
+        };
+        let exchange = group.group.clone().context("several processes have a process group")?;
+        let exchange: std::rc::Rc<dyn Exchange> = std::rc::Rc::new(ExpertExchange { group: exchange, rank: group.rank, size: group.size });
+        Ok(Some(ExpertLayout { exchange, group, replicas }))
     }
 
     /// Before a stage on `device`: a GPU's tensors go through NCCL (set up once, every process
@@ -288,7 +312,17 @@ impl World {
     }
 }
 
-/// The run's process group as the differentiable collectives of expert parallelism.
+/// The processes a model's experts are divided over (`World::experts_layout`).
+pub struct ExpertLayout {
+    /// The differentiable collectives of the group, for the model.
+    pub exchange: std::rc::Rc<dyn Exchange>,
+    /// The group itself: n processes that together hold every expert once.
+    pub group: World,
+    /// The processes holding this one's experts in the other groups (None: one group).
+    pub replicas: Option<World>,
+}
+
+/// A process group as the differentiable collectives of expert parallelism.
 struct ExpertExchange {
     group: std::rc::Rc<Group>,
     rank: usize,

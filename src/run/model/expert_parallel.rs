@@ -1,8 +1,9 @@
-//! Expert parallelism (`expert_parallel = N` on a train stage, N the run's processes): in a
-//! training forward pass each process computes the experts [rank·E/N, (rank+1)·E/N) of every MoE
-//! layer, for every process's tokens.
+//! Expert parallelism (`expert_parallel = N` on a train stage): the run's processes form groups
+//! of N (the `Exchange` is one group's collectives; with one group, every process). In a training
+//! forward pass each process computes the experts [rank·E/N, (rank+1)·E/N) of every MoE layer, for
+//! every token of its group, rank being its place in the group.
 //!
-//! The router's logits are gathered from all processes, so each process routes the whole global
+//! The router's logits are gathered from the group, so each process routes the group's whole
 //! micro-batch exactly as one process would: the same capacity, the same positions, the same
 //! dropped tokens, the same auxiliary losses and statistics. Each process then sends its tokens'
 //! rows to their experts' owners with one all-to-all and gets the outputs back with another. Both

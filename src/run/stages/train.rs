@@ -59,9 +59,10 @@ pub fn run_model(ctx: &StageCtx, spec: &ModelSpec, t: &TrainSpec) -> Result<()> 
     if t.precision == crate::recipe::Precision::Bf16 {
         model.set_precision(tch::Kind::BFloat16);
     }
-    model.experts_across = world.experts_across(name, t.expert_parallel)?;
-    if model.experts_across.is_some() {
-        tracing::info!("{name}: the experts of every MoE layer divided over {} processes", world.size);
+    let experts = world.experts_layout(name, t.expert_parallel)?;
+    model.experts_across = experts.as_ref().map(|l| l.exchange.clone());
+    if let Some(l) = &experts {
+        tracing::info!("{name}: the experts of every MoE layer divided over {} groups of {} processes", world.size / l.group.size, l.group.size);
     }
     if let Some(up) = &t.init_from {
         let path = ctx.stage_dir(up).join("model.safetensors");
@@ -89,9 +90,9 @@ pub fn run_model(ctx: &StageCtx, spec: &ModelSpec, t: &TrainSpec) -> Result<()> 
     let (step0, mut rng, extra) = run.restore(&model.names, &params, &mut opt, Rng(recipe.seed ^ 0x5EED_DA7A))?;
     opt.broadcast_state(world)?;
     // Expert parallel: from here on each process holds its own experts only.
-    if model.experts_across.is_some() {
+    if let Some(l) = experts {
         let divided = model.divide_experts();
-        opt = opt.divide(&model.params, &t.optimizer, &divided, world);
+        opt = opt.divide(&model.params, &t.optimizer, &divided, l.group, l.replicas);
         params = model.params.iter().map(|p| p.shallow_clone()).collect();
         tracing::info!("{name}: this process holds {} of the {params_whole} parameters", model.numel_held());
     }

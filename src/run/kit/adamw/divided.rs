@@ -2,10 +2,11 @@
 //! only its own experts' weights (`Model::divide_experts`), so their gradients, moments and
 //! updates are its own. They sit at the front of the flat buffers (`local` elements); the rest
 //! is replicated. After backward the replicated part is averaged over the processes as in data
-//! parallel. The divided part is not exchanged: its owner's gradient already sums every
-//! process's loss (the all-to-all's backward brought it), and divided by the processes it is the
-//! one-process gradient. The global norm adds every process's squares of its divided part.
-//! Checkpoints gather the whole moments (`consolidate`), so they are one process's.
+//! parallel. An owner's gradient of its experts already sums the losses of its group's processes
+//! (the all-to-all's backward brought it): summed over the groups' replicas of those experts and
+//! divided by the processes, it is the one-process gradient. The global norm adds the squares of
+//! the divided part over one group (which holds every expert once). Checkpoints gather the whole
+//! moments from the group (`consolidate`), so they are one process's.
 
 use anyhow::Result;
 use tch::{Kind, Tensor};
@@ -16,6 +17,10 @@ use crate::run::kit::dist::{Reduce, World};
 pub struct Divided {
     /// Elements at the front of the flat buffers that are this process's alone.
     local: i64,
+    /// The processes that together hold every expert once, and those holding this one's experts
+    /// in the other groups (None: one group).
+    group: World,
+    replicas: Option<World>,
     /// The divided parameters (indices), and their moments' own views while whole ones are out.
     idx: Vec<usize>,
     views: Vec<(Tensor, Tensor)>,
@@ -24,12 +29,13 @@ pub struct Divided {
 }
 
 impl Optimizer {
-    /// The optimizer of `params` after `Model::divide_experts` divided those at `divided`, from
-    /// this one (made over the whole parameters, restored and broadcast): the divided moments
-    /// keep this process's rows of each stack, the others whole, and the step count carries over.
-    pub fn divide(self, params: &[Tensor], cfg: &crate::recipe::AdamW, divided: &[usize], world: &World) -> Optimizer {
+    /// The optimizer of `params` after `Model::divide_experts` divided those at `divided` over
+    /// `group`, from this one (made over the whole parameters, restored and broadcast): the
+    /// divided moments keep this process's rows of each stack, the others whole, and the step
+    /// count carries over.
+    pub fn divide(self, params: &[Tensor], cfg: &crate::recipe::AdamW, divided: &[usize], group: World, replicas: Option<World>) -> Optimizer {
         let mut opt = Optimizer::build(params, cfg, divided);
-        let (w, q) = (world.size as i64, world.rank as i64);
+        let (w, q) = (group.size as i64, group.rank as i64);
         tch::no_grad(|| {
             for i in 0..params.len() {
                 for (old, new) in [(&self.m[i], &opt.m[i]), (&self.v[i], &opt.v[i])] {
@@ -42,7 +48,7 @@ impl Optimizer {
         opt.t = self.t;
         let local = divided.iter().filter(|&&i| params[i].requires_grad()).map(|&i| params[i].numel() as i64).sum();
         let squares = Tensor::zeros([], (Kind::Double, opt.flat.g.device()));
-        opt.divided = Some(Divided { local, idx: divided.to_vec(), views: vec![], squares });
+        opt.divided = Some(Divided { local, group, replicas, idx: divided.to_vec(), views: vec![], squares });
         opt
     }
 
@@ -52,11 +58,14 @@ impl Optimizer {
         let Some(d) = self.divided.as_mut() else { return Ok(()) };
         let n = self.flat.g.numel() as i64;
         world.all_reduce(&self.flat.g.narrow(0, d.local, n - d.local), Reduce::Sum)?;
+        if let Some(r) = &d.replicas {
+            r.all_reduce(&self.flat.g.narrow(0, 0, d.local), Reduce::Sum)?;
+        }
         tch::no_grad(|| {
             let _ = self.flat.g.g_div_scalar_(world.size as f64);
         });
         let squares = norm::global(&self.flat.g.narrow(0, 0, d.local)).to_kind(Kind::Double).square().reshape([1]);
-        world.all_reduce(&squares, Reduce::Sum)?;
+        d.group.all_reduce(&squares, Reduce::Sum)?;
         d.squares = squares.reshape([]);
         Ok(())
     }
@@ -76,16 +85,17 @@ impl Optimizer {
         self.flat.p.narrow(0, local, self.flat.p.numel() as i64 - local)
     }
 
-    /// The divided parameters' whole moments, gathered from every process, in place of this
+    /// The divided parameters' whole moments, gathered from the group, in place of this
     /// process's for a checkpoint to write (every process calls it; `release` puts them back).
-    pub(super) fn gather_divided(&mut self, world: &World) -> Result<()> {
+    pub(super) fn gather_divided(&mut self) -> Result<()> {
         let Some(d) = self.divided.as_mut() else { return Ok(()) };
+        let group = &d.group;
         for &i in &d.idx {
             let whole = |t: &Tensor| -> Result<Tensor> {
                 let mut size = t.size();
-                size[0] *= world.size as i64;
+                size[0] *= group.size as i64;
                 let all = Tensor::zeros(size.as_slice(), (t.kind(), t.device()));
-                world.all_gather(&all, &t.contiguous())?;
+                group.all_gather(&all, &t.contiguous())?;
                 Ok(all)
             };
             let (m, v) = (whole(&self.m[i])?, whole(&self.v[i])?);

@@ -166,7 +166,7 @@ impl Optimizer {
     /// The whole moments, gathered from every process, behind the per-parameter views a
     /// checkpoint writes (every process calls it; `release` lets them go again).
     pub fn consolidate(&mut self, world: &World) -> Result<()> {
-        self.gather_divided(world)?;
+        self.gather_divided()?;
         let Some(z) = &self.zero else { return Ok(()) };
         let opts = (self.flat.p.kind(), self.flat.p.device());
         let n = self.flat.p.numel() as i64;
