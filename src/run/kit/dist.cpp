@@ -113,7 +113,15 @@ char* roux_dist_init(const char* host, int port, int rank, int world, int agent_
 char* roux_dist_subgroup(void* g, int rank, int size, const char* name, int64_t timeout_ms, void** out) {
   return guarded([&] {
     auto store = c10::make_intrusive<c10d::PrefixStore>(std::string(name) + "/", as_group(g)->store);
-    *out = gloo_group(store, rank, size, std::chrono::milliseconds(timeout_ms), name);
+    Group* sub = gloo_group(store, rank, size, std::chrono::milliseconds(timeout_ms), name);
+#ifdef ROUX_NCCL
+    // A group of a run on GPUs takes their tensors through NCCL too.
+    if (as_group(g)->nccl) {
+      sub->nccl = roux_nccl_backend(store, rank, size, std::chrono::milliseconds(timeout_ms));
+      sub->group->setBackend(c10::DeviceType::CUDA, c10d::ProcessGroup::BackendType::NCCL, sub->nccl);
+    }
+#endif
+    *out = sub;
   });
 }
 
