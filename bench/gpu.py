@@ -270,7 +270,7 @@ try:
     peak()
 except Exception as e:
     say(f"peak: failed: {e!r}")
-for label, f in [("dense", dense), ("profile", profile), ("ref", ref), ("compile", compiled), ("posttrain", posttrain), ("loss", loss), ("switch", switch), ("ablate", ablate), ("nccl", nccl)]:
+for label, f in [("dense", dense), ("nccl", nccl), ("profile", profile), ("ref", ref), ("compile", compiled), ("posttrain", posttrain), ("loss", loss), ("switch", switch), ("ablate", ablate)]:
     part(label, f)
 
 # The table.

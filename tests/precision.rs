@@ -77,6 +77,36 @@ fn every_stage_kind_trains_in_bf16_with_float32_weights() {
     let mix = |d: &str| report(&out.join(d).join("mix/experts"))["val_loss"].as_f64().unwrap();
     let (mb, mf) = (mix("mix"), mix("mix32"));
     assert!(mb.is_finite() && (mb - mf).abs() <= 0.1 * mf.abs() + 0.01, "mixture bf16 {mb} vs fp32 {mf}");
+    // A bf16 stage holds its frozen weights (the LoRA base, DPO's reference) in bf16 only: 2
+    // bytes for each of tiny-lifecycle's 35,200 parameters, against float32's 4 (and 4 + 2 with
+    // the bf16 casts beside them, ROUX_FROZEN_F32=1), and trains the same adapter to the bit.
+    assert_eq!(report(&b.join("sft"))["weight_bytes"].as_u64(), Some(2 * 35_200));
+    assert_eq!(report(&b.join("po"))["reference_weight_bytes"].as_u64(), Some(2 * 35_200));
+    assert_eq!(report(&f.join("sft"))["weight_bytes"].as_u64(), Some(4 * 35_200));
+    let f32 = out.join("bf16-f32");
+    assert!(std::process::Command::new("cp").arg("-r").args([out.join("bf16"), f32.clone()]).status().unwrap().success());
+    for stage in ["sft", "po"] {
+        std::fs::remove_dir_all(f32.join("tiny-lifecycle").join(stage)).unwrap();
+    }
+    let o = std::process::Command::new(env!("CARGO_BIN_EXE_roux"))
+        .args(["run", out.join("bf16.roux").to_str().unwrap(), "--out", f32.to_str().unwrap(), "--stage", "sft", "--stage", "po"])
+        .env("ROUX_FROZEN_F32", "1")
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let k = f32.join("tiny-lifecycle");
+    assert_eq!(report(&k.join("sft"))["weight_bytes"].as_u64(), Some(6 * 35_200));
+    assert_eq!(report(&k.join("po"))["reference_weight_bytes"].as_u64(), Some(6 * 35_200));
+    let sorted = |path: std::path::PathBuf| {
+        let mut t = Tensor::read_safetensors(path).unwrap();
+        t.sort_by(|a, b| a.0.cmp(&b.0));
+        t
+    };
+    let (held, kept) = (sorted(b.join("sft/adapter.safetensors")), sorted(k.join("sft/adapter.safetensors")));
+    assert_eq!(held.len(), 12);
+    for ((n, x), (m, y)) in held.iter().zip(&kept) {
+        assert!(n == m && x.equal(y), "`{n}` differs with the frozen base in float32");
+    }
     // PPO and DPO logged finite losses in bf16.
     for (stage, key) in [("rl", "policy_loss"), ("po", "loss")] {
         let m = metrics(&b.join(stage));

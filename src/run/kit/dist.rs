@@ -265,26 +265,10 @@ impl World {
         Ok(World { rank, size, local_rank: self.local_rank, group: Some(std::rc::Rc::new(Group(out))), timeout_ms: self.timeout_ms })
     }
 
-    /// How a model divides its MoE experts (`expert_parallel = n`; None for 1): over groups of
-    /// n consecutive processes (n must divide the processes), each group holding every expert
-    /// once; the processes holding the same experts in the other groups are their replicas.
-    pub fn experts_layout(&self, stage: &str, n: usize) -> Result<Option<ExpertLayout>> {
-        if n == 1 {
-            return Ok(None);
-        }
-        crate::recipe::expert_parallel_fits(stage, n, self.size).map_err(anyhow::Error::msg)?;
-        let (groups, me) = (self.size / n, self.rank / n);
-        // Names new to the run: every process lays out the same stages in the same order.
-        static LAYOUTS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
-        let k = LAYOUTS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let (group, replicas) = match groups {
-            1 => (self.clone(), None),
-            // Every process joins both of its groups, in the same order everywhere.
-            _ => (self.subgroup(self.rank % n, n, &format!("experts-{k}-{me}"))?, Some(self.subgroup(me, groups, &format!("expert-replicas-{k}-{}", self.rank % n))?)),
-        };
-        let exchange = group.group.clone().context("several processes have a process group")?;
-        let exchange: std::rc::Rc<dyn Exchange> = std::rc::Rc::new(ExpertExchange { group: exchange, rank: group.rank, size: group.size });
-        Ok(Some(ExpertLayout { exchange, group, replicas }))
+    /// This group's collectives as the differentiable ones expert parallelism uses.
+    pub fn exchange(&self) -> Result<std::rc::Rc<dyn Exchange>> {
+        let group = self.group.clone().context("several processes have a process group")?;
+        Ok(std::rc::Rc::new(ExpertExchange { group, rank: self.rank, size: self.size }))
     }
 
     /// Before a stage on `device`: a GPU's tensors go through NCCL (set up once, every process
@@ -310,16 +294,6 @@ impl World {
         let n = t.size()[0] / self.size as i64;
         t.narrow(0, self.rank as i64 * n, n)
     }
-}
-
-/// The processes a model's experts are divided over (`World::experts_layout`).
-pub struct ExpertLayout {
-    /// The differentiable collectives of the group, for the model.
-    pub exchange: std::rc::Rc<dyn Exchange>,
-    /// The group itself: n processes that together hold every expert once.
-    pub group: World,
-    /// The processes holding this one's experts in the other groups (None: one group).
-    pub replicas: Option<World>,
 }
 
 /// A process group as the differentiable collectives of expert parallelism.

@@ -29,6 +29,7 @@
 //! | `profile.rs`   | `--profile A..B`: a Chrome trace of some training steps             |
 //! | `native.rs`    | the C++ shim (`native.cpp`): fused AdamW kernel, the Kineto profiler |
 //! | `dist.rs`      | the run's processes (torchrun) and c10d's collectives (`dist.cpp`; NCCL: `nccl.cpp`) |
+//! | `expert_groups.rs` | the groups of processes an MoE model's experts are divided over     |
 
 pub mod adamw;
 pub mod alloc;
@@ -41,6 +42,7 @@ pub mod data;
 pub mod deferred;
 pub mod device;
 pub mod dist;
+pub mod expert_groups;
 pub mod files;
 pub mod hash;
 pub mod health;

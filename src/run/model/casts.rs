@@ -14,7 +14,7 @@ impl Model {
             return s.shallow_clone();
         }
         let p = &self.params[j];
-        if self.compute == Kind::Float || !(self.cache_all.get() || !p.requires_grad()) {
+        if p.kind() == self.compute || !(self.cache_all.get() || !p.requires_grad()) {
             return p.to_kind(self.compute);
         }
         let mut casts = self.casts.borrow_mut();
@@ -46,6 +46,29 @@ impl Model {
         let tied = self.spec().tie_embeddings.then(|| self.index["tok_emb.weight"]);
         let routers = self.names.iter().enumerate().filter(|(_, n)| n.contains(".router.")).map(|(i, _)| i);
         tied.into_iter().chain(routers).collect()
+    }
+
+    /// In a bf16 model, the frozen float32 weights become their bf16 casts and the float32 ones
+    /// are let go: a frozen weight is read only through `cast`, whose cached copy it was, so every
+    /// number computed is the same and a frozen weight holds 2 bytes instead of 4 + 2 (a bf16
+    /// checkpoint's frozen base or reference stays bf16). Routers, read in float32 (not through
+    /// `cast`), keep theirs. `ROUX_FROZEN_F32=1` keeps every float32 weight, to compare.
+    pub(super) fn hold_frozen_in_compute_kind(&mut self) {
+        if self.compute == Kind::Float || std::env::var("ROUX_FROZEN_F32").is_ok_and(|v| v == "1") {
+            return;
+        }
+        for (p, name) in self.params.iter_mut().zip(&self.names) {
+            if !p.requires_grad() && p.kind() == Kind::Float && !name.contains(".router.") {
+                *p = tch::no_grad(|| p.to_kind(self.compute));
+            }
+        }
+        self.drop_casts();
+    }
+
+    /// Bytes the weights take, with the compute-kind copies cached beside them.
+    pub fn weight_bytes(&self) -> u64 {
+        let bytes = |t: &Tensor| (t.numel() * t.kind().elt_size_in_bytes()) as u64;
+        self.params.iter().map(bytes).sum::<u64>() + self.casts.borrow().iter().flatten().map(bytes).sum::<u64>()
     }
 
     /// Forget every cast copy (the weights changed in place).

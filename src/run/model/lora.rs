@@ -77,7 +77,8 @@ impl Model {
             }
             w
         };
-        self.lora.update_ratio(|i| tch::no_grad(|| self.params[weights[i]].norm().double_value(&[])))
+        // (In float32: a bf16 model's frozen base is held in bf16.)
+        self.lora.update_ratio(|i| tch::no_grad(|| self.params[weights[i]].to_kind(Kind::Float).norm().double_value(&[])))
     }
 
     /// Attach fresh adapters to the linears `spec` targets and freeze every base weight.
@@ -102,6 +103,7 @@ impl Model {
             let _ = p.set_requires_grad(false);
         }
         self.lora = ad;
+        self.hold_frozen_in_compute_kind();
         Ok(())
     }
 

@@ -227,6 +227,7 @@ impl Model {
         self.drop_casts();
         self.compute = kind;
         self.pad_vocab = self.device.is_cuda() && kind == Kind::BFloat16 && std::env::var("ROUX_PAD_VOCAB").map_or(true, |v| v != "0");
+        self.hold_frozen_in_compute_kind();
     }
 
     /// This model computing at a recipe's `precision` (bf16: bfloat16 compute, float32 weights).
@@ -339,5 +340,6 @@ impl Model {
         for p in self.params.iter_mut() {
             let _ = p.set_requires_grad(false);
         }
+        self.hold_frozen_in_compute_kind();
     }
 }

@@ -173,6 +173,7 @@ pub fn run(ctx: &StageCtx, d: &DpoSpec) -> Result<()> {
         "experiment": recipe.experiment,
         "kind": "dpo",
         "precision": d.opt.precision,
+        "reference_weight_bytes": reference.weight_bytes(),
         "model": d.policy.arch,
         "beta": d.beta,
         "steps": d.opt.steps,

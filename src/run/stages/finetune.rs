@@ -116,6 +116,7 @@ pub fn run(ctx: &StageCtx, f: &FinetuneSpec) -> Result<()> {
         "experiment": recipe.experiment,
         "kind": "finetune",
         "precision": f.opt.precision,
+        "weight_bytes": model.weight_bytes(),
         "model": f.model.arch,
         "params": model.numel(),
         "trainable_params": trainable,

@@ -111,7 +111,7 @@ impl Optimizer {
 
     /// `new`, with the parameters at `front` first in the buffers (`divided.rs`).
     fn build(params: &[Tensor], cfg: &crate::recipe::AdamW, front: &[usize]) -> Optimizer {
-        let (kind, device) = params.first().map_or((Kind::Float, tch::Device::Cpu), |p| (p.kind(), p.device()));
+        let (kind, device) = params.iter().find(|p| p.requires_grad()).map_or((Kind::Float, tch::Device::Cpu), |p| (p.kind(), p.device()));
         // Matrices first (stable order), then vectors. A tensor that does not require grad (a
         // frozen one) is left where it is and never updated.
         let mut order: Vec<usize> = (0..params.len()).filter(|&i| params[i].requires_grad()).collect();
