@@ -393,6 +393,32 @@ fn expert_parallel_moe_equals_one_process_with_the_same_dropped_tokens() {
     assert!(err.contains("E0245") && err.contains("`expert_parallel = 3` does not divide the 4 experts of model `lm`"), "{err}");
 }
 
+/// Every router under expert parallelism (one group of 2) takes the steps of one process:
+/// top-k (dropless), noisy top-k (its noise drawn on the gathered logits, as one process draws
+/// it), expert choice (each expert picks its tokens from the group's whole micro-batch) and the
+/// dense softmax gate.
+#[test]
+fn every_router_divided_over_two_processes_equals_one_process() {
+    let out = scratch("dist-ep-routers");
+    let text = std::fs::read_to_string(fixture("tiny-ep.roux")).unwrap().replace("../../data/", "../../../data/");
+    let switch = "router = switch { capacity_factor = 1.0, jitter = 0 }";
+    assert!(text.contains(switch));
+    for (name, router) in [("topk", "topk { k = 2 }"), ("noisy", "noisy_topk { k = 2 }"), ("choice", "expert_choice { capacity_factor = 1 }"), ("softmax", "softmax")] {
+        let recipe = out.join(format!("{name}.roux"));
+        std::fs::write(&recipe, text.replace(switch, &format!("router = {router}"))).unwrap();
+        let run = |dir: &str, extra: &[&str]| {
+            let o = roux(&[&["run", recipe.to_str().unwrap(), "--out", out.join(dir).to_str().unwrap(), "--set", "pretrain.steps=10", "--set", "pretrain.eval_every=5"], extra].concat());
+            assert_eq!(o.status.code(), Some(0), "{name}: {}", String::from_utf8_lossy(&o.stderr));
+            result(&out.join(dir).join("ep/pretrain"))
+        };
+        let one = run(&format!("{name}-one"), &[]);
+        let ep = run(&format!("{name}-ep"), &["--nproc", "2", "--set", "pretrain.expert_parallel=2"]);
+        assert_eq!(one.0.len(), 10);
+        let (loss, weights) = differences(&one, &ep);
+        assert!(loss < 1e-5 && weights < 1e-5, "{name}: expert parallel vs one process: losses differ by {loss:e}, weights by {weights:e}");
+    }
+}
+
 /// `roux plan --world 2` plans the post-training stages per process too. By hand, for
 /// tiny-lifecycle: the LoRA adapter (rank 4 on q, v and w1 of 2 blocks of width 32, w1 128 wide)
 /// has 2·((4·32 + 32·4)·2 + 4·32 + 128·4) = 2,304 trainable parameters: 9,216 bytes of gradient,
