@@ -27,9 +27,9 @@ impl<'a> Checker<'a> {
     }
 
     /// `expert_parallel = N` (1 to 65536): the MoE layers' experts divided over N processes. E0245
-    /// for a dense model, for N that does not divide the experts, and beside `shard_optimizer`;
-    /// the launch checks N against the number of processes.
-    pub(super) fn expert_parallel(&mut self, f: &mut Fields<'a>, arch: Option<&str>, shard_optimizer: Option<bool>) -> Option<usize> {
+    /// for a dense model and for N that does not divide the experts; the launch checks N against
+    /// the number of processes.
+    pub(super) fn expert_parallel(&mut self, f: &mut Fields<'a>, arch: Option<&str>) -> Option<usize> {
         let n = f.int(self, "expert_parallel", Some(1), Min::One)?;
         let span = f.value_span("expert_parallel");
         if n > crate::recipe::MAX_PROCESSES as u64 {
@@ -37,11 +37,6 @@ impl<'a> Checker<'a> {
             return None;
         }
         let n = n as usize;
-        if n > 1 && shard_optimizer == Some(true) {
-            self.error(Diagnostic::error(Code::E0245, span, format!("`expert_parallel = {n}` and `shard_optimizer = true` together are not supported"))
-                .with_hint("each process already holds only its experts' weights and moments; drop `shard_optimizer` (or `expert_parallel`)"));
-            return None;
-        }
         let Some(m) = arch.and_then(|a| self.models.get(a)).filter(|_| n > 1) else { return Some(n) };
         match &m.moe {
             None => {

@@ -177,7 +177,7 @@ impl<'a> Checker<'a> {
         let patience = if f.field("patience").is_some() { f.int(self, "patience", None, Min::One).map(Some) } else { Some(None) };
         let accumulate = self.accumulate(&mut f, batch);
         let shard_optimizer = f.bool(self, "shard_optimizer", false);
-        let expert_parallel = self.expert_parallel(&mut f, model.as_ref().map(|(arch, _)| arch.as_str()), shard_optimizer);
+        let expert_parallel = self.expert_parallel(&mut f, model.as_ref().map(|(arch, _)| arch.as_str()));
         let device_memory = self.device_memory(&mut f);
         let tokens_span = f.key_span("tokens");
         let sched_span = f.value_span("schedule");

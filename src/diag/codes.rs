@@ -79,7 +79,7 @@ codes! {
     E0242 = "E0242": "an IsoFLOP point too small to train",
     E0243 = "E0243": "a sweep with more than 10,000 points",
     E0244 = "E0244": "an IsoFLOP budget whose models are beyond what sizing builds",
-    E0245 = "E0245": "`expert_parallel` on a dense model, a degree that does not divide the experts, or beside `shard_optimizer`",
+    E0245 = "E0245": "`expert_parallel` on a dense model, or a degree that does not divide the experts",
     E0250 = "E0250": "a prompt template without exactly one `{prompt}`",
     E0251 = "E0251": "an empty `end` marker",
     E0300 = "E0300": "a stage cycle",

@@ -177,11 +177,13 @@ fn process_plan(stage: &str, g: &ModelGraph, t: &TrainSpec, world: usize) -> Res
     let sharded = t.shard_optimizer && world > 1;
     // Sharded: buffers padded to world × chunk; the moments, the scratch, the gradient slice and
     // the weights slice are one chunk each (run/kit/adamw/zero.rs).
+    let experts_sent = if replicas > 1 { 2 * (replicas - 1) * (divided / ep.max(1)) / replicas } else { 0 };
+    let own = held - (n - divided); // this process's experts (0 without expert parallelism)
     let (buffer, moments, other, sent) = if sharded {
-        let chunk = shard_chunk(n, w);
-        (w * chunk, 2 * chunk, 3 * chunk, 2 * (w - 1) * chunk)
+        // The rest sharded: buffers padded to world × chunk after this process's experts.
+        let chunk = shard_chunk(n - divided, w);
+        (own + w * chunk, 2 * (own + chunk), own + 3 * chunk, 2 * (w - 1) * chunk + experts_sent)
     } else {
-        let experts_sent = if replicas > 1 { 2 * (replicas - 1) * (divided / ep) / replicas } else { 0 };
         (held, 2 * held, held, if w > 1 { 2 * (w - 1) * (n - divided) / w + experts_sent } else { 0 })
     };
     let activation_bytes = training_bytes(0, 0, g, micro, t.context);

@@ -52,22 +52,45 @@ impl Optimizer {
         opt
     }
 
-    /// After backward: the replicated gradients averaged over the processes, the divided ones
-    /// divided by their number, and the divided part's share of the global norm summed.
+    /// After backward: the replicated gradients averaged over the processes, and the divided
+    /// part as `exchange_divided_part`.
     pub(super) fn exchange_divided(&mut self, world: &World) -> Result<()> {
-        let Some(d) = self.divided.as_mut() else { return Ok(()) };
+        let local = self.divided_len();
         let n = self.flat.g.numel() as i64;
-        world.all_reduce(&self.flat.g.narrow(0, d.local, n - d.local), Reduce::Sum)?;
+        let replicated = self.flat.g.narrow(0, local, n - local);
+        world.all_reduce(&replicated, Reduce::Sum)?;
+        let _ = tch::no_grad(|| replicated.shallow_clone().g_div_scalar_(world.size as f64));
+        self.exchange_divided_part(world)
+    }
+
+    /// The divided gradients summed with their replicas', divided by the processes, and their
+    /// share of the global norm summed over the group (nothing without divided parameters).
+    pub(super) fn exchange_divided_part(&mut self, world: &World) -> Result<()> {
+        let Some(d) = self.divided.as_mut() else { return Ok(()) };
+        let g = self.flat.g.narrow(0, 0, d.local);
         if let Some(r) = &d.replicas {
-            r.all_reduce(&self.flat.g.narrow(0, 0, d.local), Reduce::Sum)?;
+            r.all_reduce(&g, Reduce::Sum)?;
         }
-        tch::no_grad(|| {
-            let _ = self.flat.g.g_div_scalar_(world.size as f64);
-        });
-        let squares = norm::global(&self.flat.g.narrow(0, 0, d.local)).to_kind(Kind::Double).square().reshape([1]);
+        let _ = tch::no_grad(|| g.shallow_clone().g_div_scalar_(world.size as f64));
+        let squares = norm::global(&g).to_kind(Kind::Double).square().reshape([1]);
         d.group.all_reduce(&squares, Reduce::Sum)?;
         d.squares = squares.reshape([]);
         Ok(())
+    }
+
+    /// Elements of the buffers' divided front (0 without divided parameters).
+    pub(super) fn divided_len(&self) -> i64 {
+        self.divided.as_ref().map_or(0, |d| d.local)
+    }
+
+    /// This step's squares of the divided gradients over the group (`exchange_divided_part`).
+    pub(super) fn divided_squares(&self) -> Option<Tensor> {
+        self.divided.as_ref().map(|d| d.squares.shallow_clone())
+    }
+
+    /// The divided gradients (None without divided parameters).
+    pub(super) fn divided_grads(&self) -> Option<Tensor> {
+        self.divided.as_ref().map(|d| self.flat.g.narrow(0, 0, d.local))
     }
 
     /// The global gradient norm (float32 scalar): of the whole buffer, or with divided

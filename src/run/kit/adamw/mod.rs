@@ -12,6 +12,7 @@
 //! `ROUX_ADAMW=aten` the fused kernel on the CPU too (to compare them).
 
 mod divided;
+mod fused_cpu;
 mod norm;
 mod replicas;
 pub mod zero;
@@ -229,7 +230,7 @@ impl Optimizer {
     /// (a non-finite norm is left alone for the caller to report).
     pub fn clip_grad_norm(&mut self, clip: Option<f64>) -> f64 {
         if let Some(z) = &self.zero {
-            return z.clip(clip).double_value(&[]);
+            return z.clip(clip, self.divided_grads()).double_value(&[]);
         }
         self.gather();
         let total = self.global_norm().double_value(&[]);
@@ -254,7 +255,7 @@ impl Optimizer {
     /// as it loads the gradient: one pass over the gradients fewer.
     pub fn grad_norm_clipped(&mut self, clip: Option<f64>) -> Tensor {
         if let Some(z) = &self.zero {
-            return z.clip(clip);
+            return z.clip(clip, self.divided_grads());
         }
         self.gather();
         let total = self.global_norm();
@@ -315,14 +316,23 @@ impl Optimizer {
             }
         }
         let grad_scale = self.grad_scale.take();
-        // Sharded moments: the update covers this process's share of the buffers only.
-        let f = &mut match &self.zero {
-            Some(z) => z.share(&self.flat),
-            None => self.flat.shallow(),
+        // Sharded moments: the update covers this process's share of the buffers only (and its
+        // own experts' part, when they are divided).
+        let parts = match &self.zero {
+            Some(z) => z.parts(&self.flat),
+            None => vec![self.flat.shallow()],
         };
+        for f in &parts {
+            self.apply_part(f, lr, [step, eps], how, grad_scale.as_ref(), found_inf)?;
+        }
+        Ok(())
+    }
+
+    /// The update of one part of the buffers (`apply`).
+    fn apply_part(&mut self, f: &Flat, lr: f64, [step, eps]: [f64; 2], how: Update, grad_scale: Option<&Tensor>, found_inf: Option<&Tensor>) -> anyhow::Result<()> {
         if how == Update::OwnCpu {
             let decay = 1.0 - lr * self.weight_decay;
-            fused_cpu(f, [self.beta1, self.beta2, decay, step, eps].map(|x| x as f32));
+            fused_cpu::fused_cpu(f, [self.beta1, self.beta2, decay, step, eps].map(|x| x as f32));
             return Ok(());
         }
         if how == Update::Aten {
@@ -336,12 +346,13 @@ impl Optimizer {
             for (lo, len, wd) in [(0, f.decayed, self.weight_decay), (f.decayed, n - f.decayed, 0.0)] {
                 if len > 0 {
                     let part = |t: &Tensor| t.narrow(0, lo, len);
-                    let flags = super::native::AdamwFlags { step: step_t, grad_scale: grad_scale.as_ref(), found_inf };
+                    let flags = super::native::AdamwFlags { step: step_t, grad_scale, found_inf };
                     super::native::fused_adamw(&part(&f.p), &part(&f.g), &part(&f.m), &part(&f.v), &flags, lr, (self.beta1, self.beta2), wd, self.eps)?;
                 }
             }
             return Ok(());
         }
+        let f = &mut f.shallow();
         tch::no_grad(|| {
             let _ = f.m.lerp_(&f.g, 1.0 - self.beta1);
             let _ = f.g.mul_out(&f.scratch, &f.g);
@@ -357,43 +368,4 @@ impl Optimizer {
         });
         Ok(())
     }
-}
-
-/// The update in one pass over the flat buffers, split across libtorch's CPU threads: each
-/// element of p, m and v is read and written once; the tensor ops make ~8 passes, which costs
-/// when the parameters are many and the compute per parameter small (64 experts: 17.4M
-/// parameters, 33 → 14 ms per update here). Same formula; lerp's rounding kept for m and v.
-fn fused_cpu(f: &Flat, [b1, b2, decay, step, eps]: [f32; 5]) {
-    let n = f.p.numel();
-    if n == 0 {
-        return; // nothing to update (and an empty tensor's data pointer may be null)
-    }
-    let ptr = |t: &Tensor| t.data_ptr() as usize;
-    let (p, g, m, v) = (ptr(&f.p), ptr(&f.g), ptr(&f.m), ptr(&f.v));
-    let decayed = f.decayed as usize;
-    let threads = (tch::get_num_threads().max(1) as usize).min(n.div_ceil(1 << 16)).max(1);
-    let chunk = n.div_ceil(threads);
-    std::thread::scope(|sc| {
-        for k in 0..threads {
-            let (lo, hi) = (k * chunk, ((k + 1) * chunk).min(n));
-            sc.spawn(move || {
-                // SAFETY: four distinct contiguous float32 buffers of n elements, owned by the
-                // optimizer; threads write disjoint ranges; nothing else touches them during step.
-                let (p, g, m, v) = unsafe {
-                    let s = |a: usize| std::slice::from_raw_parts_mut((a as *mut f32).add(lo), hi - lo);
-                    (s(p), &*s(g), s(m), s(v))
-                };
-                // Decayed elements first (the buffers' leading `decayed`), then the rest.
-                let cut = decayed.clamp(lo, hi) - lo;
-                for (range, d) in [(0..cut, decay), (cut..hi - lo, 1.0)] {
-                    let it = p[range.clone()].iter_mut().zip(&g[range.clone()]).zip(m[range.clone()].iter_mut().zip(v[range].iter_mut()));
-                    for ((p, &g), (m, v)) in it {
-                        *m += (1.0 - b1) * (g - *m);
-                        *v += (1.0 - b2) * (g * g - *v);
-                        *p = *p * d - step * *m / (v.sqrt() + eps);
-                    }
-                }
-            });
-        }
-    });
 }
