@@ -14,7 +14,8 @@ impl Model {
             return s.shallow_clone();
         }
         let p = &self.params[j];
-        if p.kind() == self.compute || !(self.cache_all.get() || !p.requires_grad()) {
+        // Already in the compute kind, or trainable outside generation: no cached copy.
+        if p.kind() == self.compute || (p.requires_grad() && !self.cache_all.get()) {
             return p.to_kind(self.compute);
         }
         let mut casts = self.casts.borrow_mut();
