@@ -172,13 +172,13 @@ fn process_plan(stage: &str, g: &ModelGraph, t: &TrainSpec, world: usize) -> Res
     // are all-reduced over its replicas in the other groups only (run/kit/adamw/divided.rs).
     let ep = t.expert_parallel as u64;
     let divided: u64 = if ep > 1 { g.params().iter().filter(|p| p.routed_expert()).map(|p| p.numel()).sum() } else { 0 };
-    let held = n - divided + divided / ep;
+    let own = divided / ep.max(1); // this process's experts (0 without expert parallelism)
+    let held = n - divided + own;
     let replicas = w / ep.max(1);
     let sharded = t.shard_optimizer && world > 1;
     // Sharded: buffers padded to world × chunk; the moments, the scratch, the gradient slice and
     // the weights slice are one chunk each (run/kit/adamw/zero.rs).
-    let experts_sent = if replicas > 1 { 2 * (replicas - 1) * (divided / ep.max(1)) / replicas } else { 0 };
-    let own = held - (n - divided); // this process's experts (0 without expert parallelism)
+    let experts_sent = if replicas > 1 { 2 * (replicas - 1) * own / replicas } else { 0 };
     let (buffer, moments, other, sent) = if sharded {
         // The rest sharded: buffers padded to world × chunk after this process's experts.
         let chunk = shard_chunk(n - divided, w);

@@ -76,11 +76,6 @@ impl Model {
         divided
     }
 
-    /// Parameters this process holds (its experts only, when divided).
-    pub fn numel_held(&self) -> u64 {
-        self.params.iter().map(|p| p.numel() as u64).sum()
-    }
-
     /// The parameters by name, whole: divided expert stacks gathered from every process (every
     /// process must call it; the same tensors as `named` when nothing is divided).
     pub fn whole_named(&self) -> Vec<(String, Tensor)> {

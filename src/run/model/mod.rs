@@ -151,6 +151,7 @@ impl Model {
         &self.graph.spec
     }
 
+    /// Parameters this process holds (its own experts only, once `divide_experts` ran).
     pub fn numel(&self) -> u64 {
         self.params.iter().map(|p| p.numel() as u64).sum()
     }

@@ -94,7 +94,7 @@ pub fn run_model(ctx: &StageCtx, spec: &ModelSpec, t: &TrainSpec) -> Result<()> 
         let divided = model.divide_experts();
         opt = opt.divide(&model.params, &t.optimizer, &divided, l.group, l.replicas);
         params = model.params.iter().map(|p| p.shallow_clone()).collect();
-        tracing::info!("{name}: this process holds {} of the {params_whole} parameters", model.numel_held());
+        tracing::info!("{name}: this process holds {} of the {params_whole} parameters", model.numel());
     }
     if t.shard_optimizer {
         opt.shard_moments(world, &params);
@@ -263,7 +263,7 @@ pub fn run_model(ctx: &StageCtx, spec: &ModelSpec, t: &TrainSpec) -> Result<()> 
         "kind": "train",
         "model": spec.name,
         "params": params_whole,
-        "params_per_process": model.numel_held(),
+        "params_per_process": model.numel(),
         "params_plan": plan.params_total,
         "steps": t.steps,
         "tokens": t.steps * t.tokens_per_step(),

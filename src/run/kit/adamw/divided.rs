@@ -39,8 +39,8 @@ impl Optimizer {
         tch::no_grad(|| {
             for i in 0..params.len() {
                 for (old, new) in [(&self.m[i], &opt.m[i]), (&self.v[i], &opt.v[i])] {
-                    let rows = old.size()[0] / w;
-                    let mine = if divided.contains(&i) { old.narrow(0, q * rows, rows) } else { old.shallow_clone() };
+                    let rows = |t: &Tensor| t.size()[0] / w;
+                    let mine = if divided.contains(&i) { old.narrow(0, q * rows(old), rows(old)) } else { old.shallow_clone() };
                     new.shallow_clone().copy_(&mine);
                 }
             }
@@ -50,17 +50,6 @@ impl Optimizer {
         let squares = Tensor::zeros([], (Kind::Double, opt.flat.g.device()));
         opt.divided = Some(Divided { local, group, replicas, idx: divided.to_vec(), views: vec![], squares });
         opt
-    }
-
-    /// After backward: the replicated gradients averaged over the processes, and the divided
-    /// part as `exchange_divided_part`.
-    pub(super) fn exchange_divided(&mut self, world: &World) -> Result<()> {
-        let local = self.divided_len();
-        let n = self.flat.g.numel() as i64;
-        let replicated = self.flat.g.narrow(0, local, n - local);
-        world.all_reduce(&replicated, Reduce::Sum)?;
-        let _ = tch::no_grad(|| replicated.shallow_clone().g_div_scalar_(world.size as f64));
-        self.exchange_divided_part(world)
     }
 
     /// The divided gradients summed with their replicas', divided by the processes, and their

@@ -87,16 +87,14 @@ impl Optimizer {
             return Ok(());
         }
         self.check_replicas(world)?;
-        if self.divided.is_some() && self.zero.is_none() {
-            return self.exchange_divided(world);
-        }
+        // This process's own experts first (nothing without them), then the replicated rest.
         self.exchange_divided_part(world)?;
         let squares = self.divided_squares();
         let Some(z) = &mut self.zero else {
-            world.all_reduce(&self.flat.g, Reduce::Sum)?;
-            tch::no_grad(|| {
-                let _ = self.flat.g.g_div_scalar_(world.size as f64);
-            });
+            let local = self.divided_len();
+            let replicated = self.flat.g.narrow(0, local, self.flat.g.numel() as i64 - local);
+            world.all_reduce(&replicated, Reduce::Sum)?;
+            let _ = tch::no_grad(|| replicated.shallow_clone().g_div_scalar_(world.size as f64));
             return Ok(());
         };
         world.reduce_scatter(&z.g, &self.flat.g.narrow(0, z.base, world.size as i64 * z.chunk))?;
