@@ -71,7 +71,7 @@ fn planned_params(dir: &Path) -> u64 {
 fn logit_gap(dir: &Path) -> (f64, roux::run::model::Model) {
     let c = roux::frontend::compile(&dir.join("import.roux")).unwrap();
     let spec = c.recipe.unwrap_or_else(|| panic!("{:?}", c.diagnostics.iter().map(|d| &d.message).collect::<Vec<_>>())).models[0].clone();
-    let model = roux::run::kit::hf::load(&spec, Device::Cpu).unwrap();
+    let model = roux::run::kit::hf::load(&spec, Device::Cpu, None).unwrap();
     let want = expected(dir);
     let mut gap: f64 = 0.0;
     for (p, l) in want["prompts"].as_array().unwrap().iter().zip(want["logits"].as_array().unwrap()) {
@@ -341,7 +341,7 @@ fn lora_on_an_imported_model_exports_as_a_peft_adapter_of_the_checkpoint() {
     let recipe = c.recipe.unwrap();
     let merged = roux::recipe::ModelRef { arch: "base".into(), weights: roux::recipe::Weights::Merged { stage: "sft".into() } };
     let model = roux::run::kit::artifacts::load_lm(&recipe, &dir.join("runs/lora"), &merged, Device::Cpu).unwrap();
-    let plain = roux::run::kit::hf::load(&recipe.models[0], Device::Cpu).unwrap();
+    let plain = roux::run::kit::hf::load(&recipe.models[0], Device::Cpu, None).unwrap();
     let tokens: Vec<i64> = (0..20).map(|i| (i * 37 + 11) % 280).collect();
     let x = Tensor::from_slice(&tokens).view([1, -1]);
     let ours = tch::no_grad(|| model.forward(&x, false)).to_kind(Kind::Double);

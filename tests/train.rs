@@ -656,3 +656,47 @@ fn resume_from_an_older_checkpoint() {
     let o = roux(&["run", fixture("tiny-lifecycle.roux").to_str().unwrap(), "--out", cut.to_str().unwrap(), "--resume-from", "ckpt-10"]);
     assert!(String::from_utf8_lossy(&o.stderr).contains("--resume-from ckpt-10 names one stage's checkpoint; say which stage with --stage NAME"));
 }
+
+/// Checkpoints are written a tensor at a time (`write_streamed`), so a process never holds more
+/// than one whole tensor for the file: what it writes is the safetensors format other readers
+/// (the safetensors crate, tch) read back to the bit, and a tensor that cannot be fetched leaves
+/// no file (and no temporary one), with an error naming the file.
+#[test]
+fn streamed_safetensors_read_back_exactly_and_a_failed_fetch_leaves_nothing() {
+    use roux::run::kit::files::{write_streamed, Entry};
+    let dir = scratch("streamed");
+    let path = dir.join("t.safetensors");
+    tch::manual_seed(3);
+    let tensors = [
+        ("a.weight", Tensor::randn([3, 5], (Kind::Float, Device::Cpu))),
+        ("b", Tensor::arange(7, (Kind::Int64, Device::Cpu))),
+        ("c.bf16", Tensor::randn([2, 2, 3], (Kind::Float, Device::Cpu)).to_kind(Kind::BFloat16)),
+        ("adam.m.\"quoted\"", Tensor::randn([1], (Kind::Float, Device::Cpu))),
+    ];
+    let entries: Vec<Entry> = tensors.iter().map(|(n, t)| Entry { name: n.to_string(), shape: t.size(), kind: t.kind() }).collect();
+    write_streamed(Some(&path), &entries, |k| Ok(tensors[k].1.shallow_clone())).unwrap();
+    let bytes = std::fs::read(&path).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    assert_eq!(st.len(), 4);
+    let back = Tensor::read_safetensors(&path).unwrap();
+    for (name, t) in &tensors {
+        let (_, b) = back.iter().find(|(n, _)| n == name).unwrap_or_else(|| panic!("{name} missing"));
+        assert_eq!((b.kind(), b.size()), (t.kind(), t.size()));
+        assert!(b.equal(t), "{name} differs");
+    }
+    // Without a path, every tensor is still fetched, in order (a process that does not write
+    // takes part in the gathers); nothing is written.
+    let mut fetched = vec![];
+    write_streamed(None, &entries, |k| {
+        fetched.push(k);
+        Ok(tensors[k].1.shallow_clone())
+    })
+    .unwrap();
+    assert_eq!(fetched, [0, 1, 2, 3]);
+    // A failed fetch: the old file stays as it was, no temporary file is left.
+    let err = write_streamed(Some(&path), &entries, |k| if k == 2 { anyhow::bail!("the gather of `c.bf16` failed") } else { Ok(tensors[k].1.shallow_clone()) }).unwrap_err();
+    assert_eq!(format!("{err:#}"), format!("{}: not written: the gather of `c.bf16` failed", path.display()));
+    assert_eq!(std::fs::read(&path).unwrap(), bytes);
+    let left: Vec<_> = std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().file_name()).collect();
+    assert_eq!(left, [std::ffi::OsString::from("t.safetensors")]);
+}

@@ -105,8 +105,13 @@ impl Param {
     /// A routed expert stack (`<moe>.experts.w1|w2|w3`, experts first), which expert
     /// parallelism divides over processes.
     pub fn routed_expert(&self) -> bool {
-        self.name.rsplit('.').nth(1) == Some("experts")
+        routed_expert(&self.name)
     }
+}
+
+/// Whether parameter `name` is a routed expert stack (see `Param::routed_expert`).
+pub fn routed_expert(name: &str) -> bool {
+    name.rsplit('.').nth(1) == Some("experts")
 }
 
 #[derive(Clone, Debug, Serialize)]

@@ -21,7 +21,7 @@ pub fn load_lm(recipe: &Recipe, runs: &Path, r: &ModelRef, device: tch::Device) 
     let spec = recipe.model(&r.arch).context("checked recipe names its model")?;
     tch::manual_seed(recipe.seed as i64);
     match &r.weights {
-        Weights::Init if spec.checkpoint.is_some() => super::hf::load(spec, device),
+        Weights::Init if spec.checkpoint.is_some() => super::hf::load(spec, device, None),
         Weights::Init => Model::new(spec, device),
         Weights::Stage { stage } => {
             let mut m = Model::new(spec, device)?;

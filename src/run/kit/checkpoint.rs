@@ -8,7 +8,7 @@ use std::path::Path;
 use tch::Tensor;
 
 use super::adamw::Optimizer;
-use super::files::{write_atomic, write_tensors_atomic};
+use super::files::{write_atomic, write_streamed, Entry};
 use crate::rng::Rng;
 
 
@@ -34,13 +34,24 @@ pub struct State {
 
 /// Save named trainable tensors and their AdamW moments, then the state naming the file; the
 /// newest `keep` checkpoints stay (older ones are deleted once a newer one is safely written).
-pub fn save(dir: &Path, names: &[String], params: &[Tensor], opt: &Optimizer, state: &State, keep: usize) -> Result<()> {
-    let mut tensors: Vec<(String, Tensor)> = names.iter().cloned().zip(params.iter().map(|p| p.shallow_clone())).collect();
-    for (i, n) in names.iter().enumerate() {
-        tensors.push((format!("adam.m.{n}"), opt.m[i].shallow_clone()));
-        tensors.push((format!("adam.v.{n}"), opt.v[i].shallow_clone()));
+/// The file is written a tensor at a time: `weight(i)` gives tensor i whole (`held[i]` is this
+/// process's, whose kind it has), and a divided one is gathered when its turn comes, so every
+/// process calls `save` and only the one given `dir` writes.
+pub fn save(dir: Option<&Path>, names: &[String], held: &[Tensor], weight: &dyn Fn(usize) -> Result<Tensor>, opt: &Optimizer, state: &State, keep: usize) -> Result<()> {
+    let n = names.len();
+    let mut entries = vec![];
+    for (prefix, kind) in [("", None), ("adam.m.", Some(opt.moment_kind())), ("adam.v.", Some(opt.moment_kind()))] {
+        for (i, name) in names.iter().enumerate() {
+            let shape = opt.whole_shape(i, &held[i].size());
+            entries.push(Entry { name: format!("{prefix}{name}"), shape, kind: kind.unwrap_or(held[i].kind()) });
+        }
     }
-    write_tensors_atomic(&dir.join(&state.file), &tensors)?;
+    let path = dir.map(|d| d.join(&state.file));
+    write_streamed(path.as_deref(), &entries, |k| match k / n {
+        0 => weight(k),
+        part => opt.whole_moment(k % n, part == 1),
+    })?;
+    let Some(dir) = dir else { return Ok(()) };
     // Each checkpoint keeps its own state beside it, so a resume can fall back to the older one.
     let text = serde_json::to_string_pretty(state)?;
     write_atomic(&dir.join(state_file(state.step)), text.as_bytes())?;
@@ -155,10 +166,12 @@ fn restore(path: &Path, tensors: &[(String, Tensor)], names: &[String], params: 
         let slots = [(params[i].shallow_clone(), n.clone()), (opt.m[i].shallow_clone(), format!("adam.m.{n}")), (opt.v[i].shallow_clone(), format!("adam.v.{n}"))];
         for (mut slot, key) in slots {
             let Some(t) = by_name.get(key.as_str()) else { bail!("checkpoint {} has no tensor `{key}`", path.display()) };
-            if t.size() != slot.size() {
-                bail!("checkpoint {}: `{key}` has shape {}, the run expects {}", path.display(), shape(&t.size()), shape(&slot.size()));
+            // (Of an expert stack divided over processes, this process's rows.)
+            let (mine, whole) = opt.own_rows(i, t, &slot.size());
+            if t.size() != whole {
+                bail!("checkpoint {}: `{key}` has shape {}, the run expects {}", path.display(), shape(&t.size()), shape(&whole));
             }
-            tch::no_grad(|| slot.copy_(t));
+            tch::no_grad(|| slot.copy_(&mine));
         }
     }
     Ok(())

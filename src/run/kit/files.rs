@@ -3,7 +3,8 @@
 
 use anyhow::{Context, Result};
 use std::path::Path;
-use tch::Tensor;
+use std::io::Write;
+use tch::{Kind, Tensor};
 
 /// Write `bytes` to `path` atomically (`fsio::write_atomic`).
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
@@ -35,4 +36,71 @@ pub fn fnv1a(bytes: &[u8]) -> String {
 /// a FIFO or a huge file there must not hang or exhaust the process.
 pub fn read_capped(path: &Path, cap: u64) -> Result<String> {
     crate::fsio::read_text(path, cap).map_err(anyhow::Error::msg).with_context(|| format!("reading {}", path.display()))
+}
+
+/// One tensor of a file `write_streamed` writes.
+pub struct Entry {
+    pub name: String,
+    pub shape: Vec<i64>,
+    pub kind: Kind,
+}
+
+/// A safetensors file written one tensor at a time, atomically: the header from `entries`, then
+/// each tensor's bytes as `fetch(k)` gives it (on any device, of entry k's shape and kind), so
+/// that no more than one tensor is ever held for the file. With `path` None nothing is written,
+/// but every tensor is fetched in the same order: a process that does not write takes part in
+/// the collectives that fetching runs (gathering a divided expert stack).
+pub fn write_streamed(path: Option<&Path>, entries: &[Entry], mut fetch: impl FnMut(usize) -> Result<Tensor>) -> Result<()> {
+    let Some(path) = path else {
+        return (0..entries.len()).try_for_each(|k| fetch(k).map(drop));
+    };
+    let mut header = serde_json::Map::new();
+    let mut offset = 0usize;
+    for e in entries {
+        let dtype = dtype(e.kind).with_context(|| format!("{}: tensor `{}`", path.display(), e.name))?;
+        let shape: Vec<usize> = e.shape.iter().map(|&d| d as usize).collect();
+        let bytes = shape.iter().product::<usize>() * e.kind.elt_size_in_bytes();
+        let info = safetensors::tensor::TensorInfo { dtype, shape, data_offsets: (offset, offset + bytes) };
+        header.insert(e.name.clone(), serde_json::to_value(info)?);
+        offset += bytes;
+    }
+    let mut head = serde_json::to_vec(&header)?;
+    // The data starts 8-byte aligned, as the safetensors crate writes it.
+    head.resize(head.len().next_multiple_of(8), b' ');
+    // A fetch that fails leaves its error here and the temporary file behind it removed.
+    let mut failed = None;
+    crate::fsio::write_atomic_with(path, |tmp| {
+        let mut out = std::io::BufWriter::new(std::fs::File::create(tmp)?);
+        out.write_all(&(head.len() as u64).to_le_bytes())?;
+        out.write_all(&head)?;
+        for (k, e) in entries.iter().enumerate() {
+            let t = match fetch(k) {
+                Ok(t) => t.to_device(tch::Device::Cpu).contiguous(),
+                Err(err) => return Err(std::io::Error::other(failed.insert(err).to_string())),
+            };
+            if t.size() != e.shape || t.kind() != e.kind {
+                let shape = super::checkpoint::shape;
+                return Err(std::io::Error::other(format!("tensor `{}` came as shape {} of another kind or shape than its header's {}", e.name, shape(&t.size()), shape(&e.shape))));
+            }
+            let mut bytes = vec![0u8; t.numel() * e.kind.elt_size_in_bytes()];
+            t.f_copy_data_u8(&mut bytes, t.numel()).map_err(std::io::Error::other)?;
+            out.write_all(&bytes)?;
+        }
+        out.into_inner().map_err(|e| e.into_error())?.sync_all()
+    })
+    .map_err(|e| match failed.take() {
+        Some(err) => err.context(format!("{}: not written", path.display())),
+        None => anyhow::Error::msg(e),
+    })
+}
+
+/// The safetensors name of a tensor kind roux writes.
+fn dtype(kind: Kind) -> Result<safetensors::Dtype> {
+    Ok(match kind {
+        Kind::Float => safetensors::Dtype::F32,
+        Kind::BFloat16 => safetensors::Dtype::BF16,
+        Kind::Half => safetensors::Dtype::F16,
+        Kind::Int64 => safetensors::Dtype::I64,
+        _ => anyhow::bail!("only float32, bfloat16, float16 and int64 tensors are written"),
+    })
 }

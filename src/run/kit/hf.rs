@@ -6,12 +6,15 @@ use anyhow::{bail, Context, Result};
 use std::collections::HashMap;
 use tch::{Device, Kind, Tensor};
 
+use crate::arith::graph::routed_expert;
 use crate::hf::names;
 use crate::recipe::{Checkpoint, ModelSpec};
+use crate::run::model::expert_parallel::Share;
 use crate::run::model::Model;
 
-/// The model `spec` imported with `hf(…)`, its weights from the checkpoint.
-pub fn load(spec: &ModelSpec, device: Device) -> Result<Model> {
+/// The model `spec` imported with `hf(…)`, its weights from the checkpoint; of each routed expert
+/// stack only `share`'s experts are read (expert parallelism).
+pub fn load(spec: &ModelSpec, device: Device, share: Option<Share>) -> Result<Model> {
     let ck = spec.checkpoint.as_ref().context("an imported model names its checkpoint")?;
     if ck.files.is_empty() {
         bail!(
@@ -21,21 +24,38 @@ pub fn load(spec: &ModelSpec, device: Device) -> Result<Model> {
         );
     }
     let places = names::places(spec, ck.family);
-    let names: Vec<String> = places.iter().flat_map(|(_, p)| p.names()).collect();
+    // The checkpoint tensors each place reads: of a divided stack kept apart by expert, only
+    // this process's experts.
+    let read: Vec<Vec<String>> = places
+        .iter()
+        .map(|(name, p)| match (p.experts, share.filter(|_| routed_expert(name))) {
+            (Some(e), Some(s)) => {
+                let (first, n) = s.rows(e as i64);
+                p.names().into_iter().skip(first as usize).take(n as usize).collect()
+            }
+            _ => p.names(),
+        })
+        .collect();
+    let names: Vec<String> = read.iter().flatten().cloned().collect();
     let wanted: HashMap<&str, ()> = names.iter().map(|n| (n.as_str(), ())).collect();
     let mut theirs: HashMap<String, Tensor> = HashMap::new();
     for f in &ck.files {
         read_file(ck, f, &wanted, &mut theirs)?;
     }
     let mut ours = Vec::with_capacity(places.len());
-    for (name, place) in &places {
+    for ((name, place), read) in places.iter().zip(&read) {
         let missing = |n: &str| format!("{} has no tensor `{n}` (did the checkpoint change after `roux check`?)", ck.dir.display());
         let t = if place.experts.is_some() {
             // Each expert's matrix is read once: taken out, so the stack is the only copy kept.
-            let parts = place.names().iter().map(|n| theirs.remove(n).with_context(|| missing(n))).collect::<Result<Vec<_>>>()?;
+            let parts = read.iter().map(|n| theirs.remove(n).with_context(|| missing(n))).collect::<Result<Vec<_>>>()?;
             Tensor::stack(&parts, 0)
         } else {
-            theirs.get(&place.hf).with_context(|| missing(&place.hf))?.shallow_clone()
+            let whole = theirs.get(&place.hf).with_context(|| missing(&place.hf))?;
+            // (A stack stored whole: this process's rows of it.)
+            match share.filter(|_| routed_expert(name)) {
+                Some(s) => s.of(whole),
+                None => whole.shallow_clone(),
+            }
         };
         let t = if place.transposed { t.tr() } else { t };
         let t = match place.rows {
@@ -45,7 +65,7 @@ pub fn load(spec: &ModelSpec, device: Device) -> Result<Model> {
         ours.push((name.clone(), t.contiguous()));
     }
     drop(theirs);
-    Model::with_weights(spec, ours, device).with_context(|| format!("importing {}", ck.dir.display()))
+    Model::with_weights(spec, ours, device, share).with_context(|| format!("importing {}", ck.dir.display()))
 }
 
 /// The tensors of one weight file that `wanted` names, as float32 CPU tensors.

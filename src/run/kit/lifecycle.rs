@@ -230,19 +230,18 @@ impl RunDir {
         Err(err)
     }
 
-    /// Checkpoint after `state.step` steps; the hash and file name are filled in here.
-    pub fn save(&self, names: &[String], params: &[Tensor], opt: &Optimizer, state: State) -> Result<()> {
-        if !self.leads {
-            return Ok(());
-        }
+    /// Checkpoint after `state.step` steps; the hash and file name are filled in here. `weight(i)`
+    /// gives trainable tensor i whole (`held[i]` this process's); every process calls it, the
+    /// leading one writes (`checkpoint::save`).
+    pub fn save(&self, names: &[String], held: &[Tensor], weight: &dyn Fn(usize) -> Result<Tensor>, opt: &Optimizer, state: State) -> Result<()> {
         let state = State { recipe_hash: self.hash.clone(), file: format!("ckpt-{}.safetensors", state.step), adam_t: opt.t, ..state };
-        checkpoint::save(&self.dir, names, params, opt, &state, self.keep)
+        checkpoint::save(self.leads.then_some(self.dir.as_path()), names, held, weight, opt, &state, self.keep)
     }
 
     /// Checkpoint with no training-loss window or best validation loss (post-training stages).
     pub fn checkpoint(&self, step: u64, names: &[String], params: &[Tensor], opt: &Optimizer, rng: Rng, extra: Value) -> Result<()> {
         let state = State { step, adam_t: opt.t, data_rng: rng, recipe_hash: String::new(), file: String::new(), best_val: None, window_loss: (0.0, 0), extra };
-        self.save(names, params, opt, state)
+        self.save(names, params, &|i| Ok(params[i].shallow_clone()), opt, state)
     }
 
     pub fn log(&mut self, v: Value) -> Result<()> {

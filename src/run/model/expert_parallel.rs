@@ -10,9 +10,9 @@
 //! collectives are differentiable (c10d's functional ones), so gradients return the way the rows
 //! came.
 //!
-//! Each process holds only its experts' weights (`divide`: every process initialises or reads the
-//! whole model, then keeps its slice of each expert stack), so their gradients and AdamW moments
-//! are divided too. An owner's gradient of its experts is the sum over every process's loss;
+//! Each process holds only its experts' weights (`Share`: from initialisation, an import or a
+//! checkpoint, it keeps its rows of each expert stack, one stack whole at a time at most), so
+//! their gradients and AdamW moments are divided too. An owner's gradient of its experts is the sum over every process's loss;
 //! divided by the processes, as the data-parallel average divides the rest, it is the one-process
 //! gradient (`run/kit/adamw/divided.rs`). Evaluation, where every process holds the same tokens,
 //! routes locally, runs its own experts on their rows and sums the shares (`layer_replicated`).
@@ -23,7 +23,6 @@ use tch::Tensor;
 
 use super::moe::{counts, route_with, Experts, Routing};
 use super::Model;
-use crate::lower::OpKind;
 use crate::recipe::RouterSpec;
 
 /// The differentiable collectives expert parallelism needs (`run/kit/dist.rs` provides them).
@@ -40,6 +39,28 @@ pub trait Exchange {
     fn all_reduce_sum(&self, t: &Tensor) -> Tensor;
 }
 
+/// This process's part of every routed expert stack: part `part` of `parts` equal runs of
+/// experts (the stack's first dimension), as `Model::from_graph` holds it.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Share {
+    pub parts: i64,
+    pub part: i64,
+}
+
+impl Share {
+    /// The first row and the number of rows of this part of a stack of `whole` rows.
+    pub fn rows(&self, whole: i64) -> (i64, i64) {
+        let n = whole / self.parts;
+        (self.part * n, n)
+    }
+
+    /// This part's rows of a whole stack `t` (a view).
+    pub fn of(&self, t: &Tensor) -> Tensor {
+        let (first, n) = self.rows(t.size()[0]);
+        t.narrow(0, first, n)
+    }
+}
+
 impl Model {
     /// `moe` when the experts are divided over processes: `layer` in training, `layer_replicated`
     /// in evaluation.
@@ -51,43 +72,37 @@ impl Model {
         }
     }
 
-    /// Keep only this process's experts of every MoE layer (`experts_across` set): each routed
-    /// expert stack (E, …) becomes its rows [rank·E/N, (rank+1)·E/N), a new leaf. Returns the
-    /// indices of the divided parameters (also kept in `divided`).
-    pub fn divide_experts(&mut self) -> Vec<usize> {
-        let Some(ex) = self.experts_across.clone() else { return vec![] };
-        let (w, q) = (ex.size() as i64, ex.rank() as i64);
-        let mut divided = vec![];
-        for i in 0..self.order.len() {
-            if !matches!(self.graph.graph[self.order[i]].kind, OpKind::Moe { .. }) {
-                continue;
-            }
-            for leaf in ["w1", "w3", "w2"] {
-                if let Some(j) = self.find_index(i, "experts", leaf) {
-                    let p = &self.params[j];
-                    let local = p.size()[0] / w;
-                    let mine = tch::no_grad(|| p.narrow(0, q * local, local).copy());
-                    self.params[j] = mine.set_requires_grad(p.requires_grad());
-                    divided.push(j);
-                }
-            }
+    /// The indices of the parameters that hold this process's experts only.
+    pub fn divided(&self) -> &[usize] {
+        &self.divided
+    }
+
+    /// This process's rows of `t` when it is whole parameter `j` of a divided stack (a
+    /// checkpoint's tensor); `t` itself otherwise.
+    pub fn own_rows(&self, j: usize, t: &Tensor) -> Tensor {
+        match self.share.filter(|_| self.divided.contains(&j)) {
+            Some(s) => s.of(t),
+            None => t.shallow_clone(),
         }
-        self.divided = divided.clone();
-        divided
     }
 
     /// The parameters by name, whole: divided expert stacks gathered from every process (every
     /// process must call it; the same tensors as `named` when nothing is divided).
     pub fn whole_named(&self) -> Vec<(String, Tensor)> {
         let mut named = self.named();
-        if let Some(ex) = self.experts_across.as_deref() {
-            tch::no_grad(|| {
-                for &j in &self.divided {
-                    named[j].1 = ex.all_gather(&self.params[j].detach().contiguous());
-                }
-            });
+        for &j in &self.divided {
+            named[j].1 = self.whole(j);
         }
         named
+    }
+
+    /// Parameter `j` whole (detached): a divided stack gathered from every process (every
+    /// process calls it for the same `j`), any other as it is.
+    pub fn whole(&self, j: usize) -> Tensor {
+        match self.experts_across.as_deref().filter(|_| self.divided.contains(&j)) {
+            Some(ex) => tch::no_grad(|| ex.all_gather(&self.params[j].detach().contiguous())),
+            None => self.params[j].detach(),
+        }
     }
 }
 

@@ -72,7 +72,9 @@ pub struct Model {
     shadow: Vec<Option<Tensor>>,
     /// Set for expert parallelism: forward passes divide the experts over processes.
     pub experts_across: Option<std::rc::Rc<dyn expert_parallel::Exchange>>,
-    /// The parameters that hold this process's experts only (`divide_experts`).
+    /// This process's part of every routed expert stack (expert parallelism), and the
+    /// parameters that hold only that part.
+    share: Option<expert_parallel::Share>,
     divided: Vec<usize>,
 }
 
@@ -80,30 +82,38 @@ impl Model {
     /// Fresh parameters, initialised as the graph says, from libtorch's (seeded) generator. An
     /// allocation libtorch refuses is an error, not a panic.
     pub fn new(spec: &ModelSpec, device: Device) -> Result<Model> {
-        Self::build(lower_model(spec), device, true)
+        Self::build(lower_model(spec), device, true, None)
     }
 
-    /// Fresh parameters for a model already lowered (the caller planned it from the same graph).
-    pub fn from_graph(graph: ModelGraph, device: Device) -> Result<Model> {
-        Self::build(graph, device, true)
+    /// Fresh parameters for a model already lowered (the caller planned it from the same graph),
+    /// of each routed expert stack only `share`'s rows when given (`expert_parallel.rs`).
+    pub fn from_graph(graph: ModelGraph, device: Device, share: Option<expert_parallel::Share>) -> Result<Model> {
+        Self::build(graph, device, true, share)
     }
 
     /// The same model with every parameter a stride-0 view of one element: real tch tensors of
     /// the real shapes, no memory. For checking the structure of models too large to allocate
     /// (Mixtral's 46.7B parameters); it cannot be trained.
     pub fn shapes_only(spec: &ModelSpec) -> Model {
-        Self::build(lower_model(spec), Device::Cpu, false).expect("stride-0 views allocate one element")
+        Self::build(lower_model(spec), Device::Cpu, false, None).expect("stride-0 views allocate one element")
     }
 
-    fn build(graph: ModelGraph, device: Device, materialize: bool) -> Result<Model> {
+    fn build(graph: ModelGraph, device: Device, materialize: bool, share: Option<expert_parallel::Share>) -> Result<Model> {
         let mut names = vec![];
         let mut params = vec![];
+        let mut divided = vec![];
         tch::no_grad(|| -> Result<()> {
             for p in graph.params() {
                 let shape: Vec<i64> = p.shape.iter().map(|&d| d as i64).collect();
+                let mine = share.filter(|_| p.routed_expert());
+                if mine.is_some() {
+                    divided.push(params.len());
+                }
                 if !materialize {
+                    let mut held = shape.clone();
+                    held[0] = mine.map_or(shape[0], |s| s.rows(shape[0]).1);
                     names.push(p.name);
-                    params.push(Tensor::zeros([1], (Kind::Float, device)).expand(&shape, false));
+                    params.push(Tensor::zeros([1], (Kind::Float, device)).expand(&held, false));
                     continue;
                 }
                 let t = match p.init {
@@ -112,6 +122,12 @@ impl Model {
                     ParamInit::Normal { std } => Tensor::f_randn(&shape, (Kind::Float, device)).map(|t| t * std),
                 };
                 let t = t.map_err(|e| anyhow::anyhow!("could not allocate `{}` ({} floats): {e}", p.name, shape.iter().product::<i64>()))?;
+                // A divided stack is drawn whole (the numbers one process draws) and only this
+                // process's rows kept: one stack at a time is ever whole.
+                let t = match mine {
+                    Some(s) => s.of(&t).copy(),
+                    None => t,
+                };
                 names.push(p.name);
                 params.push(t.set_requires_grad(true));
             }
@@ -144,14 +160,14 @@ impl Model {
             })
             .collect();
         let casts = RefCell::new((0..names.len()).map(|_| None).collect());
-        Ok(Model { graph, names, params, index, node_params, order, inputs, last_use, rope, device, compute: Kind::Float, lora: Default::default(), pad_vocab: false, casts, cache_all: Cell::new(false), shadow: vec![], experts_across: None, divided: vec![] })
+        Ok(Model { graph, names, params, index, node_params, order, inputs, last_use, rope, device, compute: Kind::Float, lora: Default::default(), pad_vocab: false, casts, cache_all: Cell::new(false), shadow: vec![], experts_across: None, share, divided })
     }
 
     pub fn spec(&self) -> &ModelSpec {
         &self.graph.spec
     }
 
-    /// Parameters this process holds (its own experts only, once `divide_experts` ran).
+    /// Parameters this process holds (of a divided expert stack, its own rows only).
     pub fn numel(&self) -> u64 {
         self.params.iter().map(|p| p.numel() as u64).sum()
     }

@@ -5,28 +5,33 @@ use anyhow::{bail, Context, Result};
 use std::collections::HashMap;
 use tch::{Device, Kind, Tensor};
 
+use super::expert_parallel::Share;
 use super::Model;
 use crate::lower::lower_model;
 use crate::recipe::ModelSpec;
 
 impl Model {
-    /// Copy weights in from named tensors; every parameter must be present with its shape.
+    /// Copy weights in from named tensors; every parameter must be present with its shape (a
+    /// divided expert stack: whole, of which this process's rows are taken).
     pub fn load(&mut self, tensors: &[(String, Tensor)]) -> Result<()> {
         let given: HashMap<&str, &Tensor> = tensors.iter().map(|(n, t)| (n.as_str(), t)).collect();
-        for (name, p) in self.names.iter().zip(self.params.iter_mut()) {
+        for j in 0..self.params.len() {
+            let name = &self.names[j];
             let Some(t) = given.get(name.as_str()) else { bail!("checkpoint has no tensor `{name}`") };
-            usable(name, t, &p.size())?;
-            tch::no_grad(|| p.copy_(t));
+            usable(name, t, &self.whole_size(j))?;
+            let mine = self.own_rows(j, t);
+            tch::no_grad(|| self.params[j].copy_(&mine));
         }
         self.drop_casts();
         Ok(())
     }
 
     /// The model of `spec` with `tensors` as its parameters, moved to `device` (no copy there
-    /// when they are already on it). Every parameter must be given, float32, finite, of its shape.
-    pub fn with_weights(spec: &ModelSpec, tensors: Vec<(String, Tensor)>, device: Device) -> Result<Model> {
+    /// when they are already on it). Every parameter must be given, float32, finite, of its shape
+    /// (of a divided expert stack, `share`'s rows only).
+    pub fn with_weights(spec: &ModelSpec, tensors: Vec<(String, Tensor)>, device: Device, share: Option<Share>) -> Result<Model> {
         // Stride-0 placeholders: the real tensors replace them, so nothing is allocated twice.
-        let mut m = Self::build(lower_model(spec), device, false)?;
+        let mut m = Self::build(lower_model(spec), device, false, share)?;
         let mut given: HashMap<String, Tensor> = tensors.into_iter().collect();
         for (name, p) in m.names.iter().zip(m.params.iter_mut()) {
             let t = given.remove(name).with_context(|| format!("checkpoint has no tensor `{name}`"))?;
@@ -37,6 +42,17 @@ impl Model {
             bail!("checkpoint tensor `{extra}` is not a parameter of model `{}`", spec.name);
         }
         Ok(m)
+    }
+}
+
+impl Model {
+    /// Parameter `j`'s shape whole (a divided stack's with every process's rows).
+    pub fn whole_size(&self, j: usize) -> Vec<i64> {
+        let mut size = self.params[j].size();
+        if let Some(s) = self.share.filter(|_| self.divided.contains(&j)) {
+            size[0] *= s.parts;
+        }
+        size
     }
 }
 

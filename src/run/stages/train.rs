@@ -19,6 +19,7 @@ use crate::run::kit::progress::{format_secs, Metric};
 use crate::run::kit::files::write_tensors_atomic;
 use crate::run::kit::{device, hash, lifecycle, tokenize, StageCtx};
 use crate::run::model::moe::MoeStats;
+use crate::run::model::expert_parallel::Share;
 use crate::run::model::Model;
 use crate::schedule::lr_at;
 
@@ -51,25 +52,32 @@ pub fn run_model(ctx: &StageCtx, spec: &ModelSpec, t: &TrainSpec) -> Result<()> 
     let graph = crate::lower::lower_model(spec);
     let plan = plan_model(&graph, t.batch, t.context);
     device::memory_guard(name, plan.train_memory_bytes, device)?;
+    // Expert parallel: each process holds its own experts only, from the start.
+    let experts = world.experts_layout(name, t.expert_parallel)?;
+    let share = experts.as_ref().map(|l| Share { parts: l.group.size as i64, part: l.group.rank as i64 });
+    let params_whole: u64 = graph.params().iter().map(|p| p.numel()).sum();
     tch::manual_seed(recipe.seed as i64);
     let mut model = match spec.checkpoint {
-        Some(_) => crate::run::kit::hf::load(spec, device)?,
-        None => Model::from_graph(graph, device)?,
+        Some(_) => crate::run::kit::hf::load(spec, device, share)?,
+        None => Model::from_graph(graph, device, share)?,
     };
     if t.precision == crate::recipe::Precision::Bf16 {
         model.set_precision(tch::Kind::BFloat16);
     }
-    let experts = world.experts_layout(name, t.expert_parallel)?;
     model.experts_across = experts.as_ref().map(|l| l.exchange.clone());
     if let Some(l) = &experts {
         tracing::info!("{name}: the experts of every MoE layer divided over {} groups of {} processes", world.size / l.group.size, l.group.size);
+        tracing::info!("{name}: this process holds {} of the {params_whole} parameters", model.numel());
     }
     if let Some(up) = &t.init_from {
         let path = ctx.stage_dir(up).join("model.safetensors");
         let tensors = Tensor::read_safetensors(&path).with_context(|| format!("reading {}", path.display()))?;
         model.load(&tensors).with_context(|| format!("initialising from {}", path.display()))?;
     }
-    let mut opt = Optimizer::new(&model.params, &t.optimizer);
+    let mut opt = match experts {
+        Some(l) => Optimizer::divided(&model.params, &t.optimizer, model.divided(), l.group, l.replicas),
+        None => Optimizer::new(&model.params, &t.optimizer),
+    };
     // A BPE tokenizer comes from the stage this one continues, so both read the same ids; an
     // imported model's from its checkpoint (and, kept beside the model, serves `sample` and `export`).
     let tokenizer_from = match (&t.init_from, &data_spec.tokenizer) {
@@ -84,18 +92,10 @@ pub fn run_model(ctx: &StageCtx, spec: &ModelSpec, t: &TrainSpec) -> Result<()> 
         }
     }
     let corpus = Corpus::load(data_spec, &dir)?;
-    let mut params: Vec<Tensor> = model.params.iter().map(|p| p.shallow_clone()).collect();
-    let params_whole = model.numel();
+    let params: Vec<Tensor> = model.params.iter().map(|p| p.shallow_clone()).collect();
     run.keep = t.keep;
     let (step0, mut rng, extra) = run.restore(&model.names, &params, &mut opt, Rng(recipe.seed ^ 0x5EED_DA7A))?;
     opt.broadcast_state(world)?;
-    // Expert parallel: from here on each process holds its own experts only.
-    if let Some(l) = experts {
-        let divided = model.divide_experts();
-        opt = opt.divide(&model.params, &t.optimizer, &divided, l.group, l.replicas);
-        params = model.params.iter().map(|p| p.shallow_clone()).collect();
-        tracing::info!("{name}: this process holds {} of the {params_whole} parameters", model.numel());
-    }
     if t.shard_optimizer {
         opt.shard_moments(world, &params);
     }
@@ -230,10 +230,10 @@ pub fn run_model(ctx: &StageCtx, spec: &ModelSpec, t: &TrainSpec) -> Result<()> 
         if done % ckpt_every == 0 || done == t.steps {
             let extra = json!({"since_best": since_best, "best_step": best_step});
             let state = State { step: done, adam_t: opt.t, data_rng: rng, recipe_hash: String::new(), file: String::new(), best_val, window_loss: (window.2, window.3), extra };
-            // Sharded moments are gathered for the leader to write, then let go.
+            // Sharded moments are gathered for the leader to write, then let go; divided
+            // experts are gathered one stack at a time as the file is written.
             opt.consolidate(world)?;
-            let whole: Vec<Tensor> = model.whole_named().into_iter().map(|(_, t)| t).collect();
-            run.save(&model.names, &whole, &opt, state)?;
+            run.save(&model.names, &params, &|j| Ok(model.whole(j)), &opt, state)?;
             opt.release();
             last_ckpt = Some(done);
         }

@@ -22,7 +22,7 @@ pub fn bench_import(recipe: &Path) -> Result<ImportBench> {
     let spec = r.models.first().filter(|m| m.checkpoint.is_some()).context("the recipe's first model is not `hf(\"…\")`")?;
     let peak_before = peak_rss()?;
     let t = Instant::now();
-    let model = crate::run::kit::hf::load(spec, tch::Device::Cpu)?;
+    let model = crate::run::kit::hf::load(spec, tch::Device::Cpu, None)?;
     let seconds = t.elapsed().as_secs_f64();
     Ok(ImportBench { params: model.numel(), seconds, peak_before, peak_after: peak_rss()? })
 }

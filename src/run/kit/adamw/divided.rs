@@ -1,12 +1,12 @@
 //! AdamW over parameters divided between processes: under expert parallelism each process holds
-//! only its own experts' weights (`Model::divide_experts`), so their gradients, moments and
+//! only its own experts' weights (`Model::from_graph` with a share), so their gradients, moments and
 //! updates are its own. They sit at the front of the flat buffers (`local` elements); the rest
 //! is replicated. After backward the replicated part is averaged over the processes as in data
 //! parallel. An owner's gradient of its experts already sums the losses of its group's processes
 //! (the all-to-all's backward brought it): summed over the groups' replicas of those experts and
 //! divided by the processes, it is the one-process gradient. The global norm adds the squares of
-//! the divided part over one group (which holds every expert once). Checkpoints gather the whole
-//! moments from the group (`consolidate`), so they are one process's.
+//! the divided part over one group (which holds every expert once). Checkpoints gather each whole
+//! moment from the group as the file is written (`whole_moment`), so they are one process's.
 
 use anyhow::Result;
 use tch::{Kind, Tensor};
@@ -21,35 +21,66 @@ pub struct Divided {
     /// in the other groups (None: one group).
     group: World,
     replicas: Option<World>,
-    /// The divided parameters (indices), and their moments' own views while whole ones are out.
+    /// The divided parameters (indices).
     idx: Vec<usize>,
-    views: Vec<(Tensor, Tensor)>,
     /// This step's sum over the processes of the divided gradients' squared norms (float64).
     squares: Tensor,
 }
 
 impl Optimizer {
-    /// The optimizer of `params` after `Model::divide_experts` divided those at `divided` over
-    /// `group`, from this one (made over the whole parameters, restored and broadcast): the
-    /// divided moments keep this process's rows of each stack, the others whole, and the step
-    /// count carries over.
-    pub fn divide(self, params: &[Tensor], cfg: &crate::recipe::AdamW, divided: &[usize], group: World, replicas: Option<World>) -> Optimizer {
+    /// The optimizer of `params`, of which those at `divided` hold this process's experts only
+    /// (`Model::from_graph` with a share) over `group`, with their replicas in the other groups.
+    pub fn divided(params: &[Tensor], cfg: &crate::recipe::AdamW, divided: &[usize], group: World, replicas: Option<World>) -> Optimizer {
         let mut opt = Optimizer::build(params, cfg, divided);
-        let (w, q) = (group.size as i64, group.rank as i64);
-        tch::no_grad(|| {
-            for i in 0..params.len() {
-                for (old, new) in [(&self.m[i], &opt.m[i]), (&self.v[i], &opt.v[i])] {
-                    let rows = |t: &Tensor| t.size()[0] / w;
-                    let mine = if divided.contains(&i) { old.narrow(0, q * rows(old), rows(old)) } else { old.shallow_clone() };
-                    new.shallow_clone().copy_(&mine);
-                }
-            }
-        });
-        opt.t = self.t;
         let local = divided.iter().filter(|&&i| params[i].requires_grad()).map(|&i| params[i].numel() as i64).sum();
         let squares = Tensor::zeros([], (Kind::Double, opt.flat.g.device()));
-        opt.divided = Some(Divided { local, group, replicas, idx: divided.to_vec(), views: vec![], squares });
+        opt.divided = Some(Divided { local, group, replicas, idx: divided.to_vec(), squares });
         opt
+    }
+
+    /// This process's rows of a checkpoint's whole tensor `t` for parameter `i` (its weight or a
+    /// moment), and the shape the checkpoint must hold for it (`held`: the shape here).
+    pub(crate) fn own_rows(&self, i: usize, t: &Tensor, held: &[i64]) -> (Tensor, Vec<i64>) {
+        let whole = self.whole_shape(i, held);
+        match self.divided.as_ref().filter(|d| d.idx.contains(&i) && t.size() == whole) {
+            Some(d) => (t.narrow(0, d.group.rank as i64 * held[0], held[0]), whole),
+            None => (t.shallow_clone(), whole),
+        }
+    }
+
+    /// Parameter `i`'s shape whole, given its shape `held` here.
+    pub(crate) fn whole_shape(&self, i: usize, held: &[i64]) -> Vec<i64> {
+        let mut whole = held.to_vec();
+        if let Some(d) = self.divided.as_ref().filter(|d| d.idx.contains(&i)) {
+            whole[0] *= d.group.size as i64;
+        }
+        whole
+    }
+
+    /// Parameter `i`'s first (`first`) or second moment whole, for a checkpoint: of a divided
+    /// parameter gathered from the group (every process calls it for the same `i`).
+    pub(crate) fn whole_moment(&self, i: usize, first: bool) -> Result<Tensor> {
+        let t = if first { &self.m[i] } else { &self.v[i] };
+        let Some(d) = self.divided.as_ref().filter(|d| d.idx.contains(&i)) else { return Ok(t.shallow_clone()) };
+        let mut size = t.size();
+        size[0] *= d.group.size as i64;
+        let all = Tensor::zeros(size.as_slice(), (t.kind(), t.device()));
+        d.group.all_gather(&all, &t.contiguous())?;
+        Ok(all)
+    }
+
+    /// The replicated part of the weights and moments made rank 0's everywhere, and the divided
+    /// part each replica group's first process's (a start or resume read them alike; this
+    /// makes sure). Without divided parameters, the whole buffers.
+    pub(super) fn broadcast_divided(&mut self, world: &World) -> Result<()> {
+        let (local, n) = (self.divided_len(), self.flat.p.numel() as i64);
+        for t in [&self.flat.p, &self.flat.m, &self.flat.v] {
+            world.broadcast(&t.narrow(0, local, n - local), 0)?;
+            if let Some(r) = self.divided.as_ref().and_then(|d| d.replicas.as_ref()) {
+                r.broadcast(&t.narrow(0, 0, local), 0)?;
+            }
+        }
+        Ok(())
     }
 
     /// The divided gradients summed with their replicas', divided by the processes, and their
@@ -95,32 +126,5 @@ impl Optimizer {
     pub(super) fn replicated_weights(&self) -> Tensor {
         let local = self.divided.as_ref().map_or(0, |d| d.local);
         self.flat.p.narrow(0, local, self.flat.p.numel() as i64 - local)
-    }
-
-    /// The divided parameters' whole moments, gathered from the group, in place of this
-    /// process's for a checkpoint to write (every process calls it; `release` puts them back).
-    pub(super) fn gather_divided(&mut self) -> Result<()> {
-        let Some(d) = self.divided.as_mut() else { return Ok(()) };
-        let group = &d.group;
-        for &i in &d.idx {
-            let whole = |t: &Tensor| -> Result<Tensor> {
-                let mut size = t.size();
-                size[0] *= group.size as i64;
-                let all = Tensor::zeros(size.as_slice(), (t.kind(), t.device()));
-                group.all_gather(&all, &t.contiguous())?;
-                Ok(all)
-            };
-            let (m, v) = (whole(&self.m[i])?, whole(&self.v[i])?);
-            d.views.push((std::mem::replace(&mut self.m[i], m), std::mem::replace(&mut self.v[i], v)));
-        }
-        Ok(())
-    }
-
-    /// This process's moments back in place of the whole ones `gather_divided` put there.
-    pub(super) fn release_divided(&mut self) {
-        let Some(d) = self.divided.as_mut() else { return };
-        for (&i, (m, v)) in d.idx.iter().zip(d.views.drain(..)) {
-            (self.m[i], self.v[i]) = (m, v);
-        }
     }
 }

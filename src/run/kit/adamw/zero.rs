@@ -127,9 +127,7 @@ impl Optimizer {
     /// every process trains the same model whatever it initialised or read).
     pub fn broadcast_state(&mut self, world: &World) -> Result<()> {
         if world.size > 1 {
-            for t in [&self.flat.p, &self.flat.m, &self.flat.v] {
-                world.broadcast(t, 0)?;
-            }
+            self.broadcast_divided(world)?;
             self.refresh_shadow();
         }
         Ok(())
@@ -193,7 +191,6 @@ impl Optimizer {
     /// The whole moments, gathered from every process, behind the per-parameter views a
     /// checkpoint writes (every process calls it; `release` lets them go again).
     pub fn consolidate(&mut self, world: &World) -> Result<()> {
-        self.gather_divided()?;
         let Some(z) = &self.zero else { return Ok(()) };
         let opts = (self.flat.p.kind(), self.flat.p.device());
         let whole = |part: &Tensor| -> Result<Tensor> {
@@ -211,6 +208,11 @@ impl Optimizer {
         Ok(())
     }
 
+    /// The kind of the moments (and of every buffer).
+    pub fn moment_kind(&self) -> Kind {
+        self.flat.m.kind()
+    }
+
     /// Bytes this process holds of AdamW's moments (its slice of them when sharded).
     pub fn moment_bytes(&self) -> u64 {
         let numel = self.flat.m.numel() + self.flat.v.numel() + self.zero.as_ref().map_or(0, |z| z.m.numel() + z.v.numel());
@@ -219,7 +221,6 @@ impl Optimizer {
 
     /// Let the whole moments `consolidate` gathered go.
     pub fn release(&mut self) {
-        self.release_divided();
         if let Some(z) = &self.zero {
             for (i, span) in self.spans.iter().enumerate() {
                 if span.is_some_and(|(off, _)| off >= z.base) {
