@@ -19,7 +19,7 @@ use tch::Tensor;
 use super::adamw::Optimizer;
 use super::checkpoint::{self, State};
 use super::context::StageCtx;
-use super::files::{write_atomic, write_tensors_atomic};
+use super::files::write_atomic;
 use super::changes::changes_since;
 use super::lock::Lock;
 use super::progress::{Metrics, Progress};
@@ -47,7 +47,9 @@ pub struct RunDir {
     /// Checkpoints kept on disk (a stage's `keep`; 2 unless it says otherwise).
     pub keep: usize,
     /// When the health signals `finish` reads from the metrics fire (the recipe's `health`).
-    health: crate::recipe::Thresholds,
+    pub(super) health: crate::recipe::Thresholds,
+    /// Outputs already written a tensor at a time (`write_output`), which `finish` lists.
+    pub(super) streamed: Vec<String>,
 }
 
 /// Ready `ctx.dir` for a run of `steps` steps whose output has content hash `hash` and whose
@@ -80,6 +82,7 @@ pub fn begin(ctx: &StageCtx, hash: String, resolved: &Value, steps: u64) -> Resu
         progress: Progress::silent(&ctx.label, steps),
         keep: 2,
         health: ctx.recipe.health,
+        streamed: vec![],
     }))
 }
 
@@ -179,6 +182,7 @@ fn lead(ctx: &StageCtx, hash: String, resolved: &Value, steps: u64) -> Result<Op
         progress: Progress::new(label, step0.unwrap_or(0), steps),
         keep: 2,
         health: ctx.recipe.health,
+        streamed: vec![],
     }))
 }
 
@@ -246,45 +250,6 @@ impl RunDir {
 
     pub fn log(&mut self, v: Value) -> Result<()> {
         self.metrics.write_json(&v)
-    }
-
-    /// Write the outputs (refusing non-finite weights), then report.json with the stage's name,
-    /// hash and inputs (which marks the run finished), then the plots.
-    pub fn finish(self, outputs: &[(&str, Vec<(String, Tensor)>)], mut report: Value, title: &str) -> Result<()> {
-        if !self.leads {
-            return Ok(());
-        }
-        let mut written = serde_json::Map::new();
-        for (file, tensors) in outputs {
-            if let Some((name, _)) = tensors.iter().find(|(_, t)| !bool::try_from(t.isfinite().all()).unwrap_or(false)) {
-                bail!("{}: `{name}` has non-finite values; not writing {file} or marking the stage finished (lower the learning rate or set `grad_clip`)", self.label);
-            }
-            let path = self.dir.join(file);
-            write_tensors_atomic(&path, tensors)?;
-            let bytes = std::fs::metadata(&path).with_context(|| format!("reading {}", path.display()))?.len();
-            written.insert(file.to_string(), json!({"bytes": bytes}));
-        }
-        // What reuse verifies before calling the run up to date.
-        report["outputs"] = written.into();
-        // Health signals from the logged curves: warned of now and kept with the result.
-        let rows: Vec<Value> = crate::fsio::read_text(&self.dir.join("metrics.jsonl"), 1 << 30)
-            .map(|t| t.lines().filter_map(|l| serde_json::from_str(l).ok()).collect())
-            .unwrap_or_default();
-        let signals = super::health::signals(&rows, &report, &self.health);
-        for s in &signals {
-            tracing::warn!("{}: {}", self.label, s.message);
-        }
-        report["warnings"] = signals.iter().map(|s| json!({"signal": s.name, "message": s.message})).collect::<Vec<_>>().into();
-        report["stage"] = json!(self.label);
-        report["hash"] = json!(self.hash);
-        if !self.upstream.is_empty() {
-            report["upstream"] = self.upstream.iter().map(|(s, h)| (s.clone(), json!(h))).collect::<serde_json::Map<_, _>>().into();
-        }
-        write_atomic(&self.dir.join("report.json"), serde_json::to_string_pretty(&report)?.as_bytes())?;
-        if let Err(e) = crate::report::plots::write_run_plots(&self.dir, title) {
-            tracing::warn!("{}: could not draw plots: {e}", self.label);
-        }
-        Ok(())
     }
 }
 

@@ -4,7 +4,8 @@
 //! | file           | what it does                                                         |
 //! |----------------|----------------------------------------------------------------------|
 //! | `context.rs`   | `StageCtx` (what the runner hands a stage) and `RunOptions`          |
-//! | `lifecycle.rs` | the one run-directory lifecycle: reuse, resume, `--fresh`, finish    |
+//! | `lifecycle.rs` | the one run-directory lifecycle: reuse, resume, `--fresh`, checkpoints |
+//! | `finish.rs`    | a run's end: outputs (streamed or whole), report.json, plots        |
 //! | `changes.rs`   | what changed in a stage's definition since its run                   |
 //! | `lock.rs`      | one lock per run directory                                           |
 //! | `hash.rs`      | what each stage kind's output depends on, as a content hash          |
@@ -44,6 +45,7 @@ pub mod device;
 pub mod dist;
 pub mod expert_groups;
 pub mod files;
+pub mod finish;
 pub mod hash;
 pub mod health;
 pub mod hf;

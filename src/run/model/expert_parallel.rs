@@ -12,12 +12,12 @@
 //!
 //! Each process holds only its experts' weights (`Share`: from initialisation, an import or a
 //! checkpoint, it keeps its rows of each expert stack, one stack whole at a time at most), so
-//! their gradients and AdamW moments are divided too. An owner's gradient of its experts is the sum over every process's loss;
-//! divided by the processes, as the data-parallel average divides the rest, it is the one-process
-//! gradient (`run/kit/adamw/divided.rs`). Evaluation, where every process holds the same tokens,
+//! their gradients and AdamW moments are divided too. An owner's gradient of its experts is the
+//! sum over every process's loss; divided by the processes, as the data-parallel average divides
+//! the rest, it is the one-process gradient (`run/kit/adamw/divided.rs`). Evaluation, where every process holds the same tokens,
 //! routes locally, runs its own experts on their rows and sums the shares (`layer_replicated`).
-//! Checkpoints and outputs gather the whole stacks (`whole_named`), so they are the one-process
-//! files and resume on any number of processes.
+//! Checkpoints and outputs gather each whole stack as its turn to be written comes (`whole`), so
+//! they are the one-process files and resume on any number of processes.
 
 use tch::Tensor;
 
@@ -84,16 +84,6 @@ impl Model {
             Some(s) => s.of(t),
             None => t.shallow_clone(),
         }
-    }
-
-    /// The parameters by name, whole: divided expert stacks gathered from every process (every
-    /// process must call it; the same tensors as `named` when nothing is divided).
-    pub fn whole_named(&self) -> Vec<(String, Tensor)> {
-        let mut named = self.named();
-        for &j in &self.divided {
-            named[j].1 = self.whole(j);
-        }
-        named
     }
 
     /// Parameter `j` whole (detached): a divided stack gathered from every process (every

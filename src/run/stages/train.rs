@@ -16,7 +16,7 @@ use crate::run::kit::deferred::Deferred;
 use crate::run::kit::dist::{Reduce, World};
 use crate::run::kit::profile::Profiler;
 use crate::run::kit::progress::{format_secs, Metric};
-use crate::run::kit::files::write_tensors_atomic;
+use crate::run::kit::files::Entry;
 use crate::run::kit::{device, hash, lifecycle, tokenize, StageCtx};
 use crate::run::model::moe::MoeStats;
 use crate::run::model::expert_parallel::Share;
@@ -93,6 +93,8 @@ pub fn run_model(ctx: &StageCtx, spec: &ModelSpec, t: &TrainSpec) -> Result<()> 
     }
     let corpus = Corpus::load(data_spec, &dir)?;
     let params: Vec<Tensor> = model.params.iter().map(|p| p.shallow_clone()).collect();
+    // The weights files (`model.safetensors`, the best), whole: written a tensor at a time.
+    let entries: Vec<Entry> = model.names.iter().enumerate().map(|(j, n)| Entry { name: n.clone(), shape: model.whole_size(j), kind: params[j].kind() }).collect();
     run.keep = t.keep;
     let (step0, mut rng, extra) = run.restore(&model.names, &params, &mut opt, Rng(recipe.seed ^ 0x5EED_DA7A))?;
     opt.broadcast_state(world)?;
@@ -200,10 +202,7 @@ pub fn run_model(ctx: &StageCtx, spec: &ModelSpec, t: &TrainSpec) -> Result<()> 
                 since_best = 0;
                 best_step = Some(done);
                 if t.keep_best {
-                    let whole = model.whole_named();
-                    if run.leads {
-                        write_tensors_atomic(&dir.join(BEST), &whole)?;
-                    }
+                    run.write_output(BEST, &entries, |j| Ok(model.whole(j)))?;
                 }
             } else {
                 since_best += 1;
@@ -251,7 +250,7 @@ pub fn run_model(ctx: &StageCtx, spec: &ModelSpec, t: &TrainSpec) -> Result<()> 
     if !final_val.is_finite() {
         bail!("{name}: the validation loss of the final weights is {final_val}; not marking the stage finished (lower the learning rate or set `grad_clip`; {skipped} of its steps were skipped)");
     }
-    let weights = model.whole_named();
+    run.write_output("model.safetensors", &entries, |j| Ok(model.whole(j)))?;
     if !run.leads {
         return Ok(());
     }
@@ -281,13 +280,11 @@ pub fn run_model(ctx: &StageCtx, spec: &ModelSpec, t: &TrainSpec) -> Result<()> 
         "stopped_early_at": stopped,
         "best_step": best_step,
     });
-    // (Read back to be listed with the outputs that reuse verifies.)
-    let best = if t.keep_best && dir.join(BEST).exists() { Tensor::read_safetensors(dir.join(BEST)).with_context(|| format!("reading {}", dir.join(BEST).display()))? } else { vec![] };
-    let mut outputs = vec![("model.safetensors", weights)];
-    if !best.is_empty() {
-        outputs.push((BEST, best));
+    // (A best kept before a resume is listed with the outputs that reuse verifies too.)
+    if t.keep_best && dir.join(BEST).exists() {
+        run.list_output(BEST);
     }
-    run.finish(&outputs, report, &ctx.title())?;
+    run.finish(&[], report, &ctx.title())?;
     tracing::info!(
         "{name}: done in {} — val loss {} nats/token; wrote {}",
         format_secs(wall),
