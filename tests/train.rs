@@ -663,7 +663,7 @@ fn resume_from_an_older_checkpoint() {
 /// no file (and no temporary one), with an error naming the file.
 #[test]
 fn streamed_safetensors_read_back_exactly_and_a_failed_fetch_leaves_nothing() {
-    use roux::run::kit::files::{write_streamed, Entry};
+    use roux::run::kit::files::{write_streamed, FileTensor};
     let dir = scratch("streamed");
     let path = dir.join("t.safetensors");
     tch::manual_seed(3);
@@ -673,7 +673,7 @@ fn streamed_safetensors_read_back_exactly_and_a_failed_fetch_leaves_nothing() {
         ("c.bf16", Tensor::randn([2, 2, 3], (Kind::Float, Device::Cpu)).to_kind(Kind::BFloat16)),
         ("adam.m.\"quoted\"", Tensor::randn([1], (Kind::Float, Device::Cpu))),
     ];
-    let entries: Vec<Entry> = tensors.iter().map(|(n, t)| Entry { name: n.to_string(), shape: t.size(), kind: t.kind() }).collect();
+    let entries: Vec<FileTensor> = tensors.iter().map(|(n, t)| FileTensor { name: n.to_string(), shape: t.size(), kind: t.kind() }).collect();
     write_streamed(Some(&path), &entries, |k| Ok(tensors[k].1.shallow_clone())).unwrap();
     let bytes = std::fs::read(&path).unwrap();
     let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();

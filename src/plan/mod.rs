@@ -4,7 +4,7 @@
 mod world;
 
 use serde::Serialize;
-pub use world::{plan_world, ProcessPlan};
+pub use world::{plan_world, train_process, ProcessPlan};
 use std::collections::HashMap;
 
 pub use crate::arith::count::*;

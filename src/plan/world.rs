@@ -57,7 +57,7 @@ pub fn plan_world(r: &Recipe, world: usize) -> Result<Vec<ProcessPlan>, String> 
         };
         let Some(spec) = r.model(&t.model) else { continue };
         crate::recipe::expert_parallel_fits(&s.name, t.expert_parallel, world)?;
-        let mut p = process_plan(&s.name, &lower_model(spec), t, world)?;
+        let mut p = train_process(&s.name, &lower_model(spec), t, world)?;
         p.expert_sent_bytes_per_step = spec.moe.as_ref().filter(|_| t.expert_parallel > 1).map_or(0, |m| expert_bytes(m, spec.d_model, t, world));
         if let Some(limit) = p.device_memory.filter(|l| p.total_bytes > *l) {
             return Err(format!(
@@ -164,7 +164,8 @@ fn expert_bytes(m: &crate::recipe::MoeSpec, d_model: usize, t: &TrainSpec, world
     (4.0 * (gather + rows) * (m.layers.len() * t.accumulate) as f64).round() as u64
 }
 
-fn process_plan(stage: &str, g: &ModelGraph, t: &TrainSpec, world: usize) -> Result<ProcessPlan, String> {
+/// What each of `world` processes holds and sends for train stage `stage` (`ProcessPlan`).
+pub fn train_process(stage: &str, g: &ModelGraph, t: &TrainSpec, world: usize) -> Result<ProcessPlan, String> {
     let micro = t.micro_batch(stage, world)?;
     let n: u64 = g.params().iter().map(|p| p.numel()).sum();
     let w = world as u64;

@@ -8,7 +8,7 @@ use std::path::Path;
 use tch::Tensor;
 
 use super::adamw::Optimizer;
-use super::files::{write_atomic, write_streamed, Entry};
+use super::files::{shape, write_atomic, write_streamed, FileTensor};
 use crate::rng::Rng;
 
 
@@ -43,7 +43,7 @@ pub fn save(dir: Option<&Path>, names: &[String], held: &[Tensor], weight: &dyn 
     for (prefix, kind) in [("", None), ("adam.m.", Some(opt.moment_kind())), ("adam.v.", Some(opt.moment_kind()))] {
         for (i, name) in names.iter().enumerate() {
             let shape = opt.whole_shape(i, &held[i].size());
-            entries.push(Entry { name: format!("{prefix}{name}"), shape, kind: kind.unwrap_or(held[i].kind()) });
+            entries.push(FileTensor { name: format!("{prefix}{name}"), shape, kind: kind.unwrap_or(held[i].kind()) });
         }
     }
     let path = dir.map(|d| d.join(&state.file));
@@ -175,11 +175,4 @@ fn restore(path: &Path, tensors: &[(String, Tensor)], names: &[String], params: 
         }
     }
     Ok(())
-}
-
-
-/// A shape as people write it: `(512, 64)`.
-pub fn shape(dims: &[i64]) -> String {
-    let parts: Vec<String> = dims.iter().map(|d| d.to_string()).collect();
-    format!("({})", parts.join(", "))
 }

@@ -58,8 +58,9 @@ pub fn name(d: tch::Device) -> String {
     }
 }
 
-/// Refuse a run whose planned memory exceeds what its device has free: the machine's available
-/// memory for the CPU, the GPU's free memory (read from the CUDA runtime) for CUDA.
+/// Refuse a run whose planned memory (`need`, of one process) exceeds what its device has free:
+/// the machine's available memory for the CPU (shared by the run's processes on it), the GPU's
+/// free memory (read from the CUDA runtime) for CUDA.
 pub fn memory_guard(name: &str, need: u64, device: tch::Device) -> Result<()> {
     if let tch::Device::Cuda(i) = device {
         let Some((free, total)) = cuda_mem_info(i) else { return Ok(()) };
@@ -80,12 +81,15 @@ pub fn memory_guard(name: &str, need: u64, device: tch::Device) -> Result<()> {
         .find_map(|l| l.strip_prefix("MemAvailable:"))
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
         .map(|kb| kb * 1024);
+    // The processes of a run on this machine (torchrun's LOCAL_WORLD_SIZE) share its memory.
+    let here = std::env::var("LOCAL_WORLD_SIZE").ok().and_then(|v| v.parse::<u64>().ok()).filter(|n| (1..=1 << 16).contains(n)).unwrap_or(1);
+    let each = if here > 1 { format!(" for its {here} processes on this machine, {:.2} GiB each", gib(need)) } else { String::new() };
     if let Some(avail) = available {
-        if need > avail {
+        if need * here > avail {
             bail!(
-                "stage `{name}` needs about {:.2} GiB (the plan's memory estimate: weights, gradients, AdamW moments, activations and any frozen models beside them; `roux plan` shows it) \
+                "stage `{name}` needs about {:.2} GiB{each} (the plan's memory estimate: weights, gradients, AdamW moments, activations and any frozen models beside them; `roux plan` shows it) \
                  but only {:.2} GiB is available; lower `batch`, the context or the LoRA rank, or run on a larger machine",
-                gib(need),
+                gib(need * here),
                 gib(avail)
             );
         }
@@ -120,4 +124,12 @@ fn cuda_mem_info(index: usize) -> Option<(u64, u64)> {
 #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
 fn cuda_mem_info(_: usize) -> Option<(u64, u64)> {
     None
+}
+
+/// A figure of this process's memory from /proc/self/status, in bytes: `VmHWM:` its peak
+/// resident memory so far, `VmRSS:` its present one. None where the system keeps none.
+pub fn process_memory(key: &str) -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let kb = status.lines().find_map(|l| l.strip_prefix(key))?.trim().trim_end_matches("kB").trim().parse::<u64>().ok()?;
+    Some(kb * 1024)
 }

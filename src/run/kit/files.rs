@@ -39,7 +39,7 @@ pub fn read_capped(path: &Path, cap: u64) -> Result<String> {
 }
 
 /// One tensor of a file `write_streamed` writes.
-pub struct Entry {
+pub struct FileTensor {
     pub name: String,
     pub shape: Vec<i64>,
     pub kind: Kind,
@@ -50,7 +50,7 @@ pub struct Entry {
 /// that no more than one tensor is ever held for the file. With `path` None nothing is written,
 /// but every tensor is fetched in the same order: a process that does not write takes part in
 /// the collectives that fetching runs (gathering a divided expert stack).
-pub fn write_streamed(path: Option<&Path>, entries: &[Entry], mut fetch: impl FnMut(usize) -> Result<Tensor>) -> Result<()> {
+pub fn write_streamed(path: Option<&Path>, entries: &[FileTensor], mut fetch: impl FnMut(usize) -> Result<Tensor>) -> Result<()> {
     let Some(path) = path else {
         return (0..entries.len()).try_for_each(|k| fetch(k).map(drop));
     };
@@ -79,7 +79,6 @@ pub fn write_streamed(path: Option<&Path>, entries: &[Entry], mut fetch: impl Fn
                 Err(err) => return Err(std::io::Error::other(failed.insert(err).to_string())),
             };
             if t.size() != e.shape || t.kind() != e.kind {
-                let shape = super::checkpoint::shape;
                 return Err(std::io::Error::other(format!("tensor `{}` came as shape {} of another kind or shape than its header's {}", e.name, shape(&t.size()), shape(&e.shape))));
             }
             let mut bytes = vec![0u8; t.numel() * e.kind.elt_size_in_bytes()];
@@ -103,4 +102,10 @@ fn dtype(kind: Kind) -> Result<safetensors::Dtype> {
         Kind::Int64 => safetensors::Dtype::I64,
         _ => anyhow::bail!("only float32, bfloat16, float16 and int64 tensors are written"),
     })
+}
+
+/// A shape as people write it: `(512, 64)`.
+pub fn shape(dims: &[i64]) -> String {
+    let parts: Vec<String> = dims.iter().map(|d| d.to_string()).collect();
+    format!("({})", parts.join(", "))
 }

@@ -6,14 +6,14 @@ use anyhow::{bail, Context, Result};
 use serde_json::{json, Value};
 use tch::Tensor;
 
-use super::files::{write_atomic, write_streamed, write_tensors_atomic, Entry};
+use super::files::{write_atomic, write_streamed, write_tensors_atomic, FileTensor};
 use super::lifecycle::RunDir;
 
 impl RunDir {
     /// Write output `file` a tensor at a time (`files::write_streamed`: every process calls it,
     /// the leading one writes), refusing a non-finite tensor: then nothing is written and the
     /// stage cannot finish. `finish` lists it with the outputs reuse verifies.
-    pub fn write_output(&mut self, file: &str, entries: &[Entry], mut fetch: impl FnMut(usize) -> Result<Tensor>) -> Result<()> {
+    pub fn write_output(&mut self, file: &str, entries: &[FileTensor], mut fetch: impl FnMut(usize) -> Result<Tensor>) -> Result<()> {
         let label = self.label.clone();
         let path = self.leads.then(|| self.dir.join(file));
         write_streamed(path.as_deref(), entries, |k| {

@@ -16,7 +16,7 @@ use crate::run::kit::deferred::Deferred;
 use crate::run::kit::dist::{Reduce, World};
 use crate::run::kit::profile::Profiler;
 use crate::run::kit::progress::{format_secs, Metric};
-use crate::run::kit::files::Entry;
+use crate::run::kit::files::FileTensor;
 use crate::run::kit::{device, hash, lifecycle, tokenize, StageCtx};
 use crate::run::model::moe::MoeStats;
 use crate::run::model::expert_parallel::Share;
@@ -51,7 +51,12 @@ pub fn run_model(ctx: &StageCtx, spec: &ModelSpec, t: &TrainSpec) -> Result<()> 
     // Refuse a model that cannot fit before allocating it (an IsoFLOP prediction can be huge).
     let graph = crate::lower::lower_model(spec);
     let plan = plan_model(&graph, t.batch, t.context);
-    device::memory_guard(name, plan.train_memory_bytes, device)?;
+    // On several processes, what each holds (its share of the experts, its slice of the moments).
+    let need = match world.size {
+        1 => plan.train_memory_bytes,
+        n => crate::plan::train_process(name, &graph, t, n).map_or(plan.train_memory_bytes, |p| p.total_bytes),
+    };
+    device::memory_guard(name, need, device)?;
     // Expert parallel: each process holds its own experts only, from the start.
     let experts = world.experts_layout(name, t.expert_parallel)?;
     let share = experts.as_ref().map(|l| Share { parts: l.group.size as i64, part: l.group.rank as i64 });
@@ -94,7 +99,7 @@ pub fn run_model(ctx: &StageCtx, spec: &ModelSpec, t: &TrainSpec) -> Result<()> 
     let corpus = Corpus::load(data_spec, &dir)?;
     let params: Vec<Tensor> = model.params.iter().map(|p| p.shallow_clone()).collect();
     // The weights files (`model.safetensors`, the best), whole: written a tensor at a time.
-    let entries: Vec<Entry> = model.names.iter().enumerate().map(|(j, n)| Entry { name: n.clone(), shape: model.whole_size(j), kind: params[j].kind() }).collect();
+    let entries: Vec<FileTensor> = model.names.iter().enumerate().map(|(j, n)| FileTensor { name: n.clone(), shape: model.whole_size(j), kind: params[j].kind() }).collect();
     run.keep = t.keep;
     let (step0, mut rng, extra) = run.restore(&model.names, &params, &mut opt, Rng(recipe.seed ^ 0x5EED_DA7A))?;
     opt.broadcast_state(world)?;
@@ -277,6 +282,8 @@ pub fn run_model(ctx: &StageCtx, spec: &ModelSpec, t: &TrainSpec) -> Result<()> 
         "resumed_from_step": resumed.map(|r| r.0),
         "processes": world.size,
         "adam_moment_bytes_per_process": opt.moment_bytes(),
+        // The leading process's peak resident memory (host; on a GPU, not the device's).
+        "peak_host_memory_bytes": crate::run::kit::device::process_memory("VmHWM:"),
         "stopped_early_at": stopped,
         "best_step": best_step,
     });

@@ -146,10 +146,7 @@ pub fn config(name: &str) -> Option<(usize, usize, usize, usize, usize, Option<u
 }
 
 fn rss_bytes(key: &str) -> u64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| s.lines().find_map(|l| l.strip_prefix(key).map(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().unwrap_or(0) * 1024)))
-        .unwrap_or(0)
+    crate::run::kit::device::process_memory(key).unwrap_or(0)
 }
 
 /// `roux bench transformer CONFIG`: tokens/s, the final loss and memory, as the JSON line

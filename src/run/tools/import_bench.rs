@@ -29,7 +29,5 @@ pub fn bench_import(recipe: &Path) -> Result<ImportBench> {
 
 /// The process's peak resident memory so far (`VmHWM`), in bytes.
 fn peak_rss() -> Result<u64> {
-    let status = std::fs::read_to_string("/proc/self/status").context("reading /proc/self/status")?;
-    let kb = status.lines().find_map(|l| l.strip_prefix("VmHWM:")).and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok()).context("no VmHWM in /proc/self/status")?;
-    Ok(kb * 1024)
+    crate::run::kit::device::process_memory("VmHWM:").context("no VmHWM in /proc/self/status")
 }
