@@ -8,7 +8,7 @@ use std::path::Path;
 use tch::Tensor;
 
 use super::adamw::Optimizer;
-use super::files::{shape, write_atomic, write_streamed, FileTensor};
+use super::files::{shape, with_mapped, write_atomic, write_streamed, FileTensor};
 use crate::rng::Rng;
 
 
@@ -153,8 +153,8 @@ pub fn read_state(dir: &Path) -> Result<Option<State>> {
 /// Restore named trainable tensors and their moments from the checkpoint a state names.
 pub fn load(dir: &Path, state: &State, names: &[String], params: &[Tensor], opt: &mut Optimizer) -> Result<()> {
     let path = dir.join(&state.file);
-    let tensors = Tensor::read_safetensors(&path).with_context(|| format!("reading checkpoint {}", path.display()))?;
-    restore(&path, &tensors, names, params, opt)?;
+    // Mapped: each process copies out the rows it holds, nothing more.
+    with_mapped(&path, |tensors| restore(&path, tensors, names, params, opt)).with_context(|| format!("reading checkpoint {}", path.display()))?;
     opt.t = state.adam_t;
     Ok(())
 }

@@ -81,9 +81,13 @@ pub fn write_streamed(path: Option<&Path>, entries: &[FileTensor], mut fetch: im
             if t.size() != e.shape || t.kind() != e.kind {
                 return Err(std::io::Error::other(format!("tensor `{}` came as shape {} of another kind or shape than its header's {}", e.name, shape(&t.size()), shape(&e.shape))));
             }
-            let mut bytes = vec![0u8; t.numel() * e.kind.elt_size_in_bytes()];
-            t.f_copy_data_u8(&mut bytes, t.numel()).map_err(std::io::Error::other)?;
-            out.write_all(&bytes)?;
+            if t.numel() == 0 {
+                continue;
+            }
+            // SAFETY: `t` is a contiguous CPU tensor of this many elements of its kind, alive
+            // while the slice is written (no copy of a tensor that may be a whole expert stack).
+            let bytes = unsafe { std::slice::from_raw_parts(t.data_ptr() as *const u8, t.numel() * e.kind.elt_size_in_bytes()) };
+            out.write_all(bytes)?;
         }
         out.into_inner().map_err(|e| e.into_error())?.sync_all()
     })
@@ -108,4 +112,48 @@ fn dtype(kind: Kind) -> Result<safetensors::Dtype> {
 pub fn shape(dims: &[i64]) -> String {
     let parts: Vec<String> = dims.iter().map(|d| d.to_string()).collect();
     format!("({})", parts.join(", "))
+}
+
+/// Run `use_them` on the tensors of safetensors file `path` as views into a read-only mapping of
+/// it (no copy is made: a caller that copies some rows of a tensor reads only those pages, so
+/// a process of an expert-parallel run reads its experts of a checkpoint, not the whole file).
+/// The views are valid only inside `use_them`, which must copy what it keeps. A tensor whose
+/// bytes are not aligned for its type is copied out instead.
+pub fn with_mapped<R>(path: &Path, use_them: impl FnOnce(&[(String, Tensor)]) -> Result<R>) -> Result<R> {
+    let meta = std::fs::metadata(path).with_context(|| format!("reading {}", path.display()))?;
+    if !meta.is_file() {
+        anyhow::bail!("{} is not a regular file", path.display());
+    }
+    let f = std::fs::File::open(path).with_context(|| format!("reading {}", path.display()))?;
+    // SAFETY: a read-only mapping, dropped after the views made from it (which `use_them` may
+    // not keep); a file truncated meanwhile by another process would fault, as for any reader.
+    let map = unsafe { memmap2::Mmap::map(&f) }.with_context(|| format!("mapping {}", path.display()))?;
+    let st = safetensors::SafeTensors::deserialize(&map).map_err(|e| anyhow::anyhow!("{}: not a readable safetensors file: {e}", path.display()))?;
+    let mut views = vec![];
+    for (name, view) in st.tensors() {
+        let kind = match view.dtype() {
+            safetensors::Dtype::F32 => Kind::Float,
+            safetensors::Dtype::BF16 => Kind::BFloat16,
+            safetensors::Dtype::F16 => Kind::Half,
+            safetensors::Dtype::I64 => Kind::Int64,
+            other => anyhow::bail!("{}: tensor `{name}` is {other}, not float32, bfloat16, float16 or int64", path.display()),
+        };
+        let shape: Vec<i64> = view.shape().iter().map(|&d| d as i64).collect();
+        let data = view.data();
+        let t = if data.as_ptr() as usize % kind.elt_size_in_bytes() == 0 {
+            let mut strides = vec![1i64; shape.len()];
+            for i in (0..shape.len().saturating_sub(1)).rev() {
+                strides[i] = strides[i + 1] * shape[i + 1];
+            }
+            // SAFETY: `data` holds exactly the tensor's bytes (the safetensors crate checked the
+            // sizes), aligned for `kind`, and the mapping outlives the view (see above).
+            unsafe { Tensor::f_from_blob(data.as_ptr(), &shape, &strides, kind, tch::Device::Cpu)? }
+        } else {
+            Tensor::f_from_data_size(data, &shape, kind)?
+        };
+        views.push((name, t));
+    }
+    let out = use_them(&views);
+    drop(views);
+    out
 }

@@ -18,8 +18,8 @@ impl Model {
         for j in 0..self.params.len() {
             let name = &self.names[j];
             let Some(t) = given.get(name.as_str()) else { bail!("checkpoint has no tensor `{name}`") };
-            usable(name, t, &self.whole_size(j))?;
             let mine = self.own_rows(j, t);
+            usable(name, t, &self.whole_size(j), &mine)?;
             tch::no_grad(|| self.params[j].copy_(&mine));
         }
         self.drop_casts();
@@ -35,7 +35,7 @@ impl Model {
         let mut given: HashMap<String, Tensor> = tensors.into_iter().collect();
         for (name, p) in m.names.iter().zip(m.params.iter_mut()) {
             let t = given.remove(name).with_context(|| format!("checkpoint has no tensor `{name}`"))?;
-            usable(name, &t, &p.size())?;
+            usable(name, &t, &p.size(), &t)?;
             *p = t.to_device(device).set_requires_grad(true);
         }
         if let Some(extra) = given.keys().next() {
@@ -57,15 +57,16 @@ impl Model {
 }
 
 /// A checkpoint tensor fit to be parameter `name` of shape `size`: the shape, float32, and
-/// finite (NaN weights would pass silently into every score and sample drawn from them).
-fn usable(name: &str, t: &Tensor, size: &[i64]) -> Result<()> {
+/// finite (NaN weights would pass silently into every score and sample drawn from them) where
+/// it is used: `used`, the rows of it this process holds.
+fn usable(name: &str, t: &Tensor, size: &[i64], used: &Tensor) -> Result<()> {
     if t.size() != size {
         bail!("checkpoint tensor `{name}` has shape {:?}, the model expects {:?}", t.size(), size);
     }
     if t.kind() != Kind::Float {
         bail!("checkpoint tensor `{name}` is {}, expected float32", kind_name(t.kind()));
     }
-    if !all_finite(t) {
+    if !all_finite(used) {
         bail!("checkpoint tensor `{name}` has non-finite values (NaN or infinity); the model cannot be used");
     }
     Ok(())

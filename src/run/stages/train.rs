@@ -16,7 +16,7 @@ use crate::run::kit::deferred::Deferred;
 use crate::run::kit::dist::{Reduce, World};
 use crate::run::kit::profile::Profiler;
 use crate::run::kit::progress::{format_secs, Metric};
-use crate::run::kit::files::FileTensor;
+use crate::run::kit::files::{with_mapped, FileTensor};
 use crate::run::kit::{device, hash, lifecycle, tokenize, StageCtx};
 use crate::run::model::moe::MoeStats;
 use crate::run::model::expert_parallel::Share;
@@ -76,8 +76,7 @@ pub fn run_model(ctx: &StageCtx, spec: &ModelSpec, t: &TrainSpec) -> Result<()> 
     }
     if let Some(up) = &t.init_from {
         let path = ctx.stage_dir(up).join("model.safetensors");
-        let tensors = Tensor::read_safetensors(&path).with_context(|| format!("reading {}", path.display()))?;
-        model.load(&tensors).with_context(|| format!("initialising from {}", path.display()))?;
+        with_mapped(&path, |tensors| model.load(tensors)).with_context(|| format!("initialising from {}", path.display()))?;
     }
     let mut opt = match experts {
         Some(l) => Optimizer::divided(&model.params, &t.optimizer, model.divided(), l.group, l.replicas),
