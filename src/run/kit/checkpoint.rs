@@ -162,16 +162,21 @@ pub fn load(dir: &Path, state: &State, names: &[String], params: &[Tensor], opt:
 fn restore(path: &Path, tensors: &[(String, Tensor)], names: &[String], params: &[Tensor], opt: &mut Optimizer) -> Result<()> {
     let by_name: std::collections::HashMap<&str, &Tensor> = tensors.iter().map(|(n, t)| (n.as_str(), t)).collect();
     for (i, n) in names.iter().enumerate() {
-        // The weight first: a checkpoint of another model fails on it, with its shape.
-        let slots = [(params[i].shallow_clone(), n.clone()), (opt.m[i].shallow_clone(), format!("adam.m.{n}")), (opt.v[i].shallow_clone(), format!("adam.v.{n}"))];
-        for (mut slot, key) in slots {
+        // The weight first: a checkpoint of another model fails on it, with its shape. Each
+        // tensor is whole; a process takes what it holds of it.
+        let whole = opt.whole_shape(i, &params[i].size());
+        for (part, key) in [n.clone(), format!("adam.m.{n}"), format!("adam.v.{n}")].into_iter().enumerate() {
             let Some(t) = by_name.get(key.as_str()) else { bail!("checkpoint {} has no tensor `{key}`", path.display()) };
-            // (Of an expert stack divided over processes, this process's rows.)
-            let (mine, whole) = opt.own_rows(i, t, &slot.size());
             if t.size() != whole {
                 bail!("checkpoint {}: `{key}` has shape {}, the run expects {}", path.display(), shape(&t.size()), shape(&whole));
             }
-            tch::no_grad(|| slot.copy_(&mine));
+            match part {
+                0 => {
+                    let (mine, _) = opt.own_rows(i, t, &params[i].size());
+                    tch::no_grad(|| params[i].shallow_clone().copy_(&mine));
+                }
+                _ => opt.restore_moment(i, part == 1, t),
+            }
         }
     }
     Ok(())

@@ -1,5 +1,5 @@
-// What roux needs from libtorch that tch does not bind: the multi-tensor fused AdamW kernel and
-// the Kineto profiler. Built by build.rs against the headers of the torch roux links (C++17, the
+// What roux needs from libtorch that tch does not bind: the multi-tensor fused AdamW kernel,
+// setting a gradient, pinned memory and the Kineto profiler. Built by build.rs against the headers of the torch roux links (C++17, the
 // same C++ ABI flag). Each function catches every C++ exception and returns its message (freed
 // with roux_free_message), so no exception crosses into Rust.
 #include "shim.h"
@@ -32,6 +32,12 @@ char* roux_fused_adamw(at::Tensor* p, at::Tensor* g, at::Tensor* m, at::Tensor* 
     at::_fused_adamw_({*p}, {*g}, {*m}, {*v}, {}, {*step}, lr, beta1, beta2, weight_decay, eps,
                       /*amsgrad=*/false, /*maximize=*/false, scale, inf);
   });
+}
+
+// `g` becomes the gradient of leaf `p` (autograd then accumulates into it in place): tch can
+// only reach a gradient that a backward pass created.
+char* roux_set_grad(at::Tensor* p, at::Tensor* g) {
+  return guarded([&] { p->mutable_grad() = *g; });
 }
 
 // `t` copied into page-locked memory (a new tensor in *out), so a copy to the GPU from it can run

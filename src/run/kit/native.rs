@@ -1,5 +1,5 @@
-//! Rust side of the C++ shim (`native.cpp`): libtorch's fused AdamW kernel and its profiler,
-//! which tch does not bind. Every call returns the C++ exception's text as an error.
+//! Rust side of the C++ shim (`native.cpp`): libtorch's fused AdamW kernel, setting a gradient,
+//! pinned memory and the profiler, which tch does not bind. Every call returns the C++ exception's text as an error.
 
 use anyhow::{bail, Result};
 use std::ffi::{c_char, c_int, CStr, CString};
@@ -11,6 +11,7 @@ type Raw = *const std::ffi::c_void;
 extern "C" {
     fn roux_free_message(m: *mut c_char);
     fn roux_fused_adamw(p: Raw, g: Raw, m: Raw, v: Raw, step: Raw, grad_scale: Raw, found_inf: Raw, lr: f64, beta1: f64, beta2: f64, weight_decay: f64, eps: f64) -> *mut c_char;
+    fn roux_set_grad(p: Raw, g: Raw) -> *mut c_char;
     fn roux_pin_memory(t: Raw, out: *mut *mut std::ffi::c_void) -> *mut c_char;
     fn roux_profiler_start(cuda: c_int) -> *mut c_char;
     fn roux_profiler_stop(path: *const c_char) -> *mut c_char;
@@ -47,6 +48,13 @@ pub fn fused_adamw(p: &Tensor, g: &Tensor, m: &Tensor, v: &Tensor, flags: &Adamw
     let (scale, inf) = (opt(flags.grad_scale), opt(flags.found_inf));
     // SAFETY: every pointer is a live at::Tensor owned by the caller for the call's duration.
     check("fused AdamW", unsafe { roux_fused_adamw(raw(p), raw(g), raw(m), raw(v), raw(flags.step), scale, inf, lr, betas.0, betas.1, weight_decay, eps) })
+}
+
+/// Make `g` the gradient of leaf `p` (a view into a flat buffer, which autograd then
+/// accumulates into in place), without a backward pass to create one first.
+pub fn set_grad(p: &Tensor, g: &Tensor) -> Result<()> {
+    // SAFETY: both are live at::Tensors owned by the caller; the shim copies the handle.
+    check("setting a gradient", unsafe { roux_set_grad(raw(p), raw(g)) })
 }
 
 /// `t` in page-locked host memory (for copies to a GPU that do not make the host wait).

@@ -78,9 +78,11 @@ pub fn run_model(ctx: &StageCtx, spec: &ModelSpec, t: &TrainSpec) -> Result<()> 
         let path = ctx.stage_dir(up).join("model.safetensors");
         with_mapped(&path, |tensors| model.load(tensors)).with_context(|| format!("initialising from {}", path.display()))?;
     }
+    // ZeRO-1: this process's slice of the moments only, from the start.
+    let shard = t.shard_optimizer.then_some(world);
     let mut opt = match experts {
-        Some(l) => Optimizer::divided(&model.params, &t.optimizer, model.divided(), l.group, l.replicas),
-        None => Optimizer::new(&model.params, &t.optimizer),
+        Some(l) => Optimizer::divided(&model.params, &t.optimizer, model.divided(), l.group, l.replicas, shard),
+        None => Optimizer::sharded(&model.params, &t.optimizer, shard),
     };
     // A BPE tokenizer comes from the stage this one continues, so both read the same ids; an
     // imported model's from its checkpoint (and, kept beside the model, serves `sample` and `export`).
@@ -102,9 +104,6 @@ pub fn run_model(ctx: &StageCtx, spec: &ModelSpec, t: &TrainSpec) -> Result<()> 
     run.keep = t.keep;
     let (step0, mut rng, extra) = run.restore(&model.names, &params, &mut opt, Rng(recipe.seed ^ 0x5EED_DA7A))?;
     opt.broadcast_state(world)?;
-    if t.shard_optimizer {
-        opt.shard_moments(world, &params);
-    }
     // bf16: the weights cast once per step into one flat buffer (`ROUX_SHADOW=0` casts each at
     // its use, for comparison); after the restore, which wrote the float32 weights.
     if model.compute == tch::Kind::BFloat16 && std::env::var("ROUX_SHADOW").map_or(true, |v| v != "0") {
@@ -233,11 +232,9 @@ pub fn run_model(ctx: &StageCtx, spec: &ModelSpec, t: &TrainSpec) -> Result<()> 
         if done % ckpt_every == 0 || done == t.steps {
             let extra = json!({"since_best": since_best, "best_step": best_step});
             let state = State { step: done, adam_t: opt.t, data_rng: rng, recipe_hash: String::new(), file: String::new(), best_val, window_loss: (window.2, window.3), extra };
-            // Sharded moments are gathered for the leader to write, then let go; divided
-            // experts are gathered one stack at a time as the file is written.
-            opt.consolidate(world)?;
+            // Divided experts and sharded moments are gathered a tensor at a time as the file
+            // is written.
             run.save(&model.names, &params, &|j| Ok(model.whole(j)), &opt, state)?;
-            opt.release();
             last_ckpt = Some(done);
         }
         if let Some(p) = t.patience.filter(|p| since_best >= *p) {

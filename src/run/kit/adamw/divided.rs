@@ -6,7 +6,7 @@
 //! (the all-to-all's backward brought it): summed over the groups' replicas of those experts and
 //! divided by the processes, it is the one-process gradient. The global norm adds the squares of
 //! the divided part over one group (which holds every expert once). Checkpoints gather each whole
-//! moment from the group as the file is written (`whole_moment`), so they are one process's.
+//! moment from the group as the file is written (`moments.rs`), so they are one process's.
 
 use anyhow::Result;
 use tch::{Kind, Tensor};
@@ -30,8 +30,9 @@ pub struct Divided {
 impl Optimizer {
     /// The optimizer of `params`, of which those at `divided` hold this process's experts only
     /// (`Model::from_graph` with a share) over `group`, with their replicas in the other groups.
-    pub fn divided(params: &[Tensor], cfg: &crate::recipe::AdamW, divided: &[usize], group: World, replicas: Option<World>) -> Optimizer {
-        let mut opt = Optimizer::build(params, cfg, divided);
+    /// With `shard`, the moments of the rest are sharded over its processes (ZeRO-1, `zero.rs`).
+    pub fn divided(params: &[Tensor], cfg: &crate::recipe::AdamW, divided: &[usize], group: World, replicas: Option<World>, shard: Option<&World>) -> Optimizer {
+        let mut opt = Optimizer::build(params, cfg, divided, shard);
         let local = divided.iter().filter(|&&i| params[i].requires_grad()).map(|&i| params[i].numel() as i64).sum();
         let squares = Tensor::zeros([], (Kind::Double, opt.flat.g.device()));
         opt.divided = Some(Divided { local, group, replicas, idx: divided.to_vec(), squares });
@@ -57,25 +58,28 @@ impl Optimizer {
         whole
     }
 
-    /// Parameter `i`'s first (`first`) or second moment whole, for a checkpoint: of a divided
-    /// parameter gathered from the group (every process calls it for the same `i`).
-    pub(crate) fn whole_moment(&self, i: usize, first: bool) -> Result<Tensor> {
-        let t = if first { &self.m[i] } else { &self.v[i] };
-        let Some(d) = self.divided.as_ref().filter(|d| d.idx.contains(&i)) else { return Ok(t.shallow_clone()) };
+    /// `t` (this process's rows of divided parameter `i`'s tensor) whole, gathered from the
+    /// group; None when `i` is not divided (every process calls it for the same `i`).
+    pub(super) fn gather_divided(&self, i: usize, t: &Tensor) -> Result<Option<Tensor>> {
+        let Some(d) = self.divided.as_ref().filter(|d| d.idx.contains(&i)) else { return Ok(None) };
         let mut size = t.size();
         size[0] *= d.group.size as i64;
         let all = Tensor::zeros(size.as_slice(), (t.kind(), t.device()));
         d.group.all_gather(&all, &t.contiguous())?;
-        Ok(all)
+        Ok(Some(all))
     }
 
     /// The replicated part of the weights and moments made rank 0's everywhere, and the divided
     /// part each replica group's first process's (a start or resume read them alike; this
     /// makes sure). Without divided parameters, the whole buffers.
     pub(super) fn broadcast_divided(&mut self, world: &World) -> Result<()> {
-        let (local, n) = (self.divided_len(), self.flat.p.numel() as i64);
+        let local = self.divided_len();
+        // (Sharded moments, `zero.rs`, are not here: each process read its own slice.)
         for t in [&self.flat.p, &self.flat.m, &self.flat.v] {
-            world.broadcast(&t.narrow(0, local, n - local), 0)?;
+            let n = t.numel() as i64;
+            if n > local {
+                world.broadcast(&t.narrow(0, local, n - local), 0)?;
+            }
             if let Some(r) = self.divided.as_ref().and_then(|d| d.replicas.as_ref()) {
                 r.broadcast(&t.narrow(0, 0, local), 0)?;
             }

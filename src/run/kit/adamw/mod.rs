@@ -13,11 +13,14 @@
 
 mod divided;
 mod fused_cpu;
+mod moments;
 mod norm;
 mod replicas;
 pub mod zero;
 
 use tch::{Kind, Tensor};
+
+use super::dist::World;
 
 /// The AdamW optimizer: its moments and step count, over flat buffers of the tensors it trains.
 pub struct Optimizer {
@@ -35,8 +38,10 @@ pub struct Optimizer {
     step_t: Option<Tensor>,
     /// The clipping the next fused update applies as it reads the gradient (g / scale).
     grad_scale: Option<Tensor>,
-    /// Per parameter: its (offset, length) in the flat buffers, None for a frozen one.
+    /// Per parameter: its (offset, length) in the flat buffers, None for a frozen one, and its
+    /// shape here.
     spans: Vec<Option<(i64, i64)>>,
+    shapes: Vec<Vec<i64>>,
     /// This process's share of the moments when they are sharded (ZeRO-1, `zero.rs`).
     zero: Option<zero::Zero>,
     /// Low-precision copies of the weights, made once per step (see `shadow`).
@@ -107,11 +112,18 @@ impl Optimizer {
     /// Take over the storage of those of `params` that require grad (their values are kept); all
     /// must share one kind and device.
     pub fn new(params: &[Tensor], cfg: &crate::recipe::AdamW) -> Optimizer {
-        Self::build(params, cfg, &[])
+        Self::build(params, cfg, &[], None)
     }
 
-    /// `new`, with the parameters at `front` first in the buffers (`divided.rs`).
-    fn build(params: &[Tensor], cfg: &crate::recipe::AdamW, front: &[usize]) -> Optimizer {
+    /// `new` for a run of several processes: with `shard` (ZeRO-1, `zero.rs`) this process keeps
+    /// only its slice of the moments, never allocating the whole ones.
+    pub fn sharded(params: &[Tensor], cfg: &crate::recipe::AdamW, shard: Option<&World>) -> Optimizer {
+        Self::build(params, cfg, &[], shard)
+    }
+
+    /// `new`, with the parameters at `front` first in the buffers (`divided.rs`) and, with
+    /// `shard`, the moments of the rest sharded over its processes.
+    fn build(params: &[Tensor], cfg: &crate::recipe::AdamW, front: &[usize], shard: Option<&World>) -> Optimizer {
         let (kind, device) = params.iter().find(|p| p.requires_grad()).map_or((Kind::Float, tch::Device::Cpu), |p| (p.kind(), p.device()));
         // Matrices first (stable order), then vectors. A tensor that does not require grad (a
         // frozen one) is left where it is and never updated.
@@ -120,34 +132,46 @@ impl Optimizer {
         let numel: Vec<i64> = params.iter().map(|p| p.numel() as i64).collect();
         let total: i64 = order.iter().map(|&i| numel[i]).sum();
         let decayed: i64 = order.iter().filter(|&&i| params[i].dim() >= 2).map(|&i| numel[i]).sum();
-        let buf = || Tensor::zeros([total], (kind, device));
-        let flat = Flat { p: buf(), g: buf(), m: buf(), v: buf(), scratch: buf(), decayed };
-        // Gradients must exist before they can be re-homed: one backward of a zero-valued sum.
-        let undefined: Vec<&Tensor> = order.iter().map(|&i| &params[i]).filter(|p| !p.grad().defined()).collect();
-        if !undefined.is_empty() {
-            let zero = undefined.iter().map(|p| p.sum(Kind::Float) * 0.0).reduce(|a, b| a + b).expect("non-empty");
-            zero.backward();
-        }
-        // Moments of frozen tensors stay zero (checkpoints name every tensor's); the others become views.
-        let zeros = || params.iter().map(|p| if p.requires_grad() { Tensor::new() } else { p.zeros_like() }).collect::<Vec<_>>();
-        let (mut m, mut v) = (zeros(), zeros());
-        let mut offset = 0;
-        let mut spans = vec![None; params.len()];
-        tch::no_grad(|| {
+        let base: i64 = order.iter().filter(|i| front.contains(i)).map(|&i| numel[i]).sum();
+        // Sharded: weights and gradients padded for the collectives, whole moments only for the front.
+        let zero = shard.filter(|w| w.size > 1).map(|w| zero::Zero::new(w, base, total - base, (kind, device)));
+        let (len, moments) = zero.as_ref().map_or((total, total), |z| (z.padded(), base));
+        let buf = |n: i64| Tensor::zeros([n], (kind, device));
+        // Allocated one buffer at a time, each parameter's old storage let go as it moves in:
+        // at most the parameters once more than the buffers at any moment.
+        let spans: Vec<Option<(i64, i64)>> = {
+            let mut offset = 0;
+            let mut spans = vec![None; params.len()];
             for &i in &order {
                 spans[i] = Some((offset, numel[i]));
-                let view = |t: &Tensor| t.narrow(0, offset, numel[i]).view(params[i].size().as_slice());
-                let (pv, gv) = (view(&flat.p), view(&flat.g));
-                let _ = pv.shallow_clone().copy_(&params[i]);
-                params[i].shallow_clone().set_data(&pv);
-                let mut g = params[i].grad();
-                g.set_data(&gv);
-                m[i] = view(&flat.m);
-                v[i] = view(&flat.v);
                 offset += numel[i];
             }
+            spans
+        };
+        let views = |flat: &Tensor, i: usize| spans[i].map(|(off, k)| flat.narrow(0, off, k).view(params[i].size().as_slice()));
+        let p = buf(len);
+        tch::no_grad(|| {
+            for &i in &order {
+                let pv = views(&p, i).expect("a trainable parameter has a span");
+                let _ = pv.shallow_clone().copy_(&params[i]);
+                params[i].shallow_clone().set_data(&pv);
+            }
         });
-        Optimizer { beta1: cfg.betas.0, beta2: cfg.betas.1, eps: cfg.eps, weight_decay: cfg.weight_decay, t: 0, m, v, step_t: None, grad_scale: None, spans, shadow: None, zero: None, how: default_update(&flat.p), exchanges: 0, divided: None, flat }
+        let g = buf(len);
+        for &i in &order {
+            super::native::set_grad(&params[i], &views(&g, i).expect("a trainable parameter has a span")).expect("a trainable leaf takes a gradient of its shape");
+        }
+        let flat = Flat { p, g, m: buf(moments), v: buf(moments), scratch: buf(moments), decayed };
+        // Moments of frozen tensors stay zero (checkpoints name every tensor's); the others are
+        // views (none for a sharded one: `zero.rs` holds its slice).
+        let moment = |flat: &Tensor, i: usize| match spans[i] {
+            None => params[i].zeros_like(),
+            Some((off, _)) if off < moments => views(flat, i).expect("span"),
+            Some(_) => Tensor::new(),
+        };
+        let m = (0..params.len()).map(|i| moment(&flat.m, i)).collect();
+        let v = (0..params.len()).map(|i| moment(&flat.v, i)).collect();
+        Optimizer { beta1: cfg.betas.0, beta2: cfg.betas.1, eps: cfg.eps, weight_decay: cfg.weight_decay, t: 0, m, v, step_t: None, grad_scale: None, spans, shapes: params.iter().map(|p| p.size()).collect(), shadow: None, zero, how: default_update(&flat.p), exchanges: 0, divided: None, flat }
     }
 
     /// Choose the implementation of the update (tests compare them; `OwnCpu` needs float32 CPU
@@ -162,7 +186,7 @@ impl Optimizer {
     /// embedding) or read other than through these copies (a router in float32) must be excluded:
     /// its gradient then reaches the float32 buffer through autograd as before.
     pub fn shadow(&mut self, params: &[Tensor], kind: Kind, exclude: &[usize]) -> Vec<Option<Tensor>> {
-        let (w, mut g) = tch::no_grad(|| (self.flat.p.to_kind(kind), Tensor::zeros([self.flat.p.numel() as i64], (kind, self.flat.p.device()))));
+        let (w, g) = tch::no_grad(|| (self.flat.p.to_kind(kind), Tensor::zeros([self.flat.p.numel() as i64], (kind, self.flat.p.device()))));
         let mut leaves: Vec<Option<Tensor>> = (0..params.len()).map(|_| None).collect();
         let (mut spans, mut holes) = (vec![], vec![]);
         for (i, span) in self.spans.iter().enumerate() {
@@ -174,19 +198,11 @@ impl Optimizer {
             spans.push((off, n));
             leaves[i] = Some(w.narrow(0, off, n).view(params[i].size().as_slice()).detach().set_requires_grad(true));
         }
-        // Gradients must exist before they can be re-homed (as in `new`).
-        let all: Vec<&Tensor> = leaves.iter().flatten().collect();
-        if let Some(zero) = all.iter().map(|p| p.sum(Kind::Float) * 0.0).reduce(|a, b| a + b) {
-            zero.backward();
-        }
-        tch::no_grad(|| {
-            for (leaf, span) in leaves.iter().zip(&self.spans) {
-                if let (Some(leaf), Some((off, n))) = (leaf, span) {
-                    leaf.grad().set_data(&g.narrow(0, *off, *n).view(leaf.size().as_slice()));
-                }
+        for (leaf, span) in leaves.iter().zip(&self.spans) {
+            if let (Some(leaf), Some((off, n))) = (leaf, span) {
+                super::native::set_grad(leaf, &g.narrow(0, *off, *n).view(leaf.size().as_slice())).expect("a leaf takes a gradient of its shape");
             }
-        });
-        let _ = g.zero_();
+        }
         self.shadow = Some(Shadow { w, g, spans, holes, gathered: false });
         leaves
     }

@@ -4,8 +4,10 @@
 //! 1/world slice of the flat buffers only. A step then reduce-scatters the gradients (each
 //! process receives the average of its slice), updates its slice of the weights with its
 //! moments, and all-gathers the weights. The numbers are plain data parallel's; the moments take
-//! 2/world of the memory. A checkpoint gathers the whole moments for the leader to write
-//! (`consolidate`), so a run resumes on any number of processes. With divided experts
+//! 2/world of the memory, from the start: the whole moments are never allocated (a resume copies
+//! each process's part of every checkpoint tensor, a checkpoint assembles each tensor's moments
+//! as its turn to be written comes: `moments.rs`), and a run resumes on any number of
+//! processes. With divided experts
 //! (`divided.rs`), their part of the buffers (the first `base` elements) is this process's own
 //! and stays whole; the rest is sharded.
 
@@ -36,11 +38,69 @@ pub struct Zero {
     scratch: Tensor,
     /// The global gradient norm of this step (all processes' slices), as a float32 scalar.
     norm: Tensor,
-    /// Per parameter, its shape (to view whole moments for a checkpoint).
-    shapes: Vec<Vec<i64>>,
+    /// The processes the moments are sharded over.
+    world: World,
 }
 
 impl Zero {
+    /// This process's share of `n` elements sharded over `world` after `base` unsharded ones,
+    /// its buffers zero. Slices start at block boundaries, so each holds whole blocks of the
+    /// norm (norm.rs).
+    pub(super) fn new(world: &World, base: i64, n: i64, opts: (Kind, tch::Device)) -> Zero {
+        let chunk = crate::arith::count::shard_chunk(n as u64, world.size as u64) as i64;
+        let (lo, len) = Self::slice(n, chunk, world.rank as i64);
+        let zeros = || Tensor::zeros([chunk], opts);
+        Zero { base, n, lo, len, chunk, p_out: zeros(), g: zeros(), m: zeros(), v: zeros(), scratch: zeros(), norm: Tensor::zeros([], (Kind::Float, opts.1)), world: world.clone() }
+    }
+
+    /// The slice (first element after `base`, length) of the process of rank `rank`.
+    fn slice(n: i64, chunk: i64, rank: i64) -> (i64, i64) {
+        let lo = (rank * chunk).min(n);
+        (lo, chunk.min(n - lo))
+    }
+
+    /// Elements at the front of the buffers that are not sharded.
+    pub(super) fn base(&self) -> i64 {
+        self.base
+    }
+
+    /// The length of the weight and gradient buffers: the front, then world × chunk.
+    pub(super) fn padded(&self) -> i64 {
+        self.base + self.world.size as i64 * self.chunk
+    }
+
+    /// Copy this process's part of the flat elements [off, off + t.numel()) (a checkpoint's whole
+    /// moment `t`, of a sharded parameter) into its slice of `first` or the second moment.
+    pub(super) fn restore(&self, off: i64, t: &Tensor, first: bool) {
+        let (a, b) = ((off - self.base).max(self.lo), (off - self.base + t.numel() as i64).min(self.lo + self.len));
+        if a < b {
+            let mine = if first { &self.m } else { &self.v };
+            tch::no_grad(|| mine.narrow(0, a - self.lo, b - a).copy_(&t.reshape([-1]).narrow(0, a - (off - self.base), b - a)));
+        }
+    }
+
+    /// The whole first (`first`) or second moment of the sharded flat elements [off, off + k),
+    /// assembled from the processes whose slices hold them (each broadcasts its part; every
+    /// process calls it for the same elements).
+    pub(super) fn whole(&self, off: i64, k: i64, first: bool) -> Result<Tensor> {
+        let mine = if first { &self.m } else { &self.v };
+        let out = Tensor::zeros([k], (mine.kind(), mine.device()));
+        let start = off - self.base;
+        for r in 0..self.world.size {
+            let (lo, len) = Self::slice(self.n, self.chunk, r as i64);
+            let (a, b) = (start.max(lo), (start + k).min(lo + len));
+            if a >= b {
+                continue;
+            }
+            let part = out.narrow(0, a - start, b - a);
+            if r == self.world.rank {
+                tch::no_grad(|| part.shallow_clone().copy_(&mine.narrow(0, a - lo, b - a)));
+            }
+            self.world.broadcast(&part, r)?;
+        }
+        Ok(out)
+    }
+
     /// The buffers the update reads and writes: the unsharded front (whose moments are the
     /// full buffers' after sharding) and this process's slice of the rest.
     pub(super) fn parts(&self, full: &Flat) -> Vec<Flat> {
@@ -133,81 +193,6 @@ impl Optimizer {
         Ok(())
     }
 
-    /// Keep only this process's slice of the moments (after the start or resume filled the
-    /// whole ones, before any bf16 shadow is made): the whole buffers and their per-parameter
-    /// views are let go, and the weights and gradients `params` (those the optimizer was made
-    /// with) move into buffers padded to world × chunk, which the collectives read and write
-    /// in place.
-    pub fn shard_moments(&mut self, world: &World, params: &[Tensor]) {
-        if world.size == 1 || self.zero.is_some() {
-            return;
-        }
-        let (base, w) = (self.divided_len(), world.size as i64);
-        let (total, n) = (self.flat.p.numel() as i64, self.flat.p.numel() as i64 - base);
-        // Slices start at block boundaries, so each holds whole blocks of the norm (norm.rs).
-        let chunk = crate::arith::count::shard_chunk(n as u64, w as u64) as i64;
-        let lo = (world.rank as i64 * chunk).min(n);
-        let len = chunk.min(n - lo);
-        let opts = (self.flat.p.kind(), self.flat.p.device());
-        let own = |t: &Tensor| {
-            let s = Tensor::zeros([chunk], opts);
-            tch::no_grad(|| s.narrow(0, 0, len).copy_(&t.narrow(0, base + lo, len)));
-            s
-        };
-        let (m, v) = (own(&self.flat.m), own(&self.flat.v));
-        let shapes: Vec<Vec<i64>> = self.m.iter().map(|t| t.size()).collect();
-        // The unsharded front's moments, copied out of the whole buffers (which then go).
-        let front = |t: &Tensor| tch::no_grad(|| t.narrow(0, 0, base).copy());
-        (self.flat.m, self.flat.v, self.flat.scratch) = (front(&self.flat.m), front(&self.flat.v), Tensor::zeros([base], opts));
-        for (i, span) in self.spans.iter().enumerate() {
-            match *span {
-                Some((off, k)) if off < base => {
-                    self.m[i] = self.flat.m.narrow(0, off, k).view(shapes[i].as_slice());
-                    self.v[i] = self.flat.v.narrow(0, off, k).view(shapes[i].as_slice());
-                }
-                Some(_) => {
-                    self.m[i] = Tensor::new();
-                    self.v[i] = Tensor::new();
-                }
-                None => {}
-            }
-        }
-        let (p, g) = (Tensor::zeros([base + w * chunk], opts), Tensor::zeros([base + w * chunk], opts));
-        tch::no_grad(|| {
-            let _ = p.narrow(0, 0, total).copy_(&self.flat.p);
-            for (param, span) in params.iter().zip(&self.spans) {
-                if let Some((off, k)) = *span {
-                    let view = |t: &Tensor| t.narrow(0, off, k).view(param.size().as_slice());
-                    param.shallow_clone().set_data(&view(&p));
-                    param.grad().set_data(&view(&g));
-                }
-            }
-        });
-        (self.flat.p, self.flat.g) = (p, g);
-        let zeros = || Tensor::zeros([chunk], opts);
-        self.zero = Some(Zero { base, n, lo, len, chunk, p_out: zeros(), g: zeros(), m, v, scratch: zeros(), norm: Tensor::zeros([], (Kind::Float, opts.1)), shapes });
-    }
-
-    /// The whole moments, gathered from every process, behind the per-parameter views a
-    /// checkpoint writes (every process calls it; `release` lets them go again).
-    pub fn consolidate(&mut self, world: &World) -> Result<()> {
-        let Some(z) = &self.zero else { return Ok(()) };
-        let opts = (self.flat.p.kind(), self.flat.p.device());
-        let whole = |part: &Tensor| -> Result<Tensor> {
-            let all = Tensor::zeros([world.size as i64 * z.chunk], opts);
-            world.all_gather(&all, part)?;
-            Ok(all.narrow(0, 0, z.n))
-        };
-        let (m, v) = (whole(&z.m)?, whole(&z.v)?);
-        for (i, span) in self.spans.iter().enumerate() {
-            if let Some((off, len)) = span.filter(|(off, _)| *off >= z.base) {
-                self.m[i] = m.narrow(0, off - z.base, len).view(z.shapes[i].as_slice());
-                self.v[i] = v.narrow(0, off - z.base, len).view(z.shapes[i].as_slice());
-            }
-        }
-        Ok(())
-    }
-
     /// The kind of the moments (and of every buffer).
     pub fn moment_kind(&self) -> Kind {
         self.flat.m.kind()
@@ -217,17 +202,5 @@ impl Optimizer {
     pub fn moment_bytes(&self) -> u64 {
         let numel = self.flat.m.numel() + self.flat.v.numel() + self.zero.as_ref().map_or(0, |z| z.m.numel() + z.v.numel());
         (numel * self.flat.m.kind().elt_size_in_bytes()) as u64
-    }
-
-    /// Let the whole moments `consolidate` gathered go.
-    pub fn release(&mut self) {
-        if let Some(z) = &self.zero {
-            for (i, span) in self.spans.iter().enumerate() {
-                if span.is_some_and(|(off, _)| off >= z.base) {
-                    self.m[i] = Tensor::new();
-                    self.v[i] = Tensor::new();
-                }
-            }
-        }
     }
 }
