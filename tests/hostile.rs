@@ -307,13 +307,16 @@ fn hostile_cases(dir: &Path) -> Vec<(String, Vec<String>)> {
     std::fs::create_dir_all(dir.join("badrun")).unwrap();
     std::fs::write(dir.join("badrun/resolved.json"), "{not json").unwrap();
     cases.push(("sample from a corrupt run".into(), vec!["sample".into(), dir.join("badrun").to_str().unwrap().into()]));
+    let export_to = dir.join("exported").to_str().unwrap().to_string();
+    let run_of = |name: &str| dir.join(name).to_str().unwrap().to_string();
     fake_run(&dir.join("badweights"), 2, b"\xff\xff\xff\xff\xff\xff\xff\xff");
     cases.push(("sample with corrupt weights".into(), vec!["sample".into(), dir.join("badweights").to_str().unwrap().into()]));
     // A model definition edited into nonsense (no heads) must be refused, not divided by.
     fake_run(&dir.join("badspec"), 0, b"");
-    for cmd in ["sample", "export", "merge"] {
-        cases.push((format!("{cmd} with a model of no heads"), vec![cmd.into(), dir.join("badspec").to_str().unwrap().into()]));
+    for cmd in ["sample", "merge"] {
+        cases.push((format!("{cmd} with a model of no heads"), vec![cmd.into(), run_of("badspec")]));
     }
+    cases.push(("export with a model of no heads".into(), vec!["export".into(), run_of("badspec"), "--to".into(), "hf".into(), "--output".into(), export_to]));
     cases.push(("fit on garbage".into(), vec!["fit".into(), w("g.csv", b"params,tokens,loss\n1,2,x\n")]));
     cases.push(("fit on an empty file".into(), vec!["fit".into(), w("e.csv", b"")]));
     cases.push(("budget with a bad law file".into(), vec!["budget".into(), "--flops".into(), "1e20".into(), "--law".into(), w("law.json", b"[1,2")]));
@@ -690,4 +693,23 @@ fn fmt_and_export_killed_at_random_points_leave_no_torn_file() {
     }
     assert_eq!(roux(&["export", run.to_str().unwrap(), "-o", hf.to_str().unwrap()]).status.code(), Some(0));
     assert_eq!(tmp_files(&hf), Vec::<String>::new(), "export left temporary files");
+}
+
+/// Weights in a run directory are read only from regular files: a FIFO in place of
+/// `model.safetensors` (a directory copied from elsewhere) is refused with its name, for every
+/// command that reads them, instead of blocking on it.
+#[test]
+fn weights_that_are_no_regular_file_are_refused_by_name() {
+    let dir = scratch("fifo-weights");
+    fake_run(&dir, 2, b"");
+    let weights = dir.join("model.safetensors");
+    std::fs::remove_file(&weights).unwrap();
+    assert!(Command::new("mkfifo").arg(&weights).status().unwrap().success());
+    let out = dir.join("exported");
+    for args in [vec!["sample", dir.to_str().unwrap()], vec!["export", dir.to_str().unwrap(), "--to", "hf", "--output", out.to_str().unwrap()]] {
+        let o = Command::new(env!("CARGO_BIN_EXE_roux")).args(&args).output().unwrap();
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(2), "{args:?}: {err}");
+        assert!(err.contains(&format!("error: {} is not a regular file", weights.display())), "{args:?}: {err}");
+    }
 }

@@ -3,7 +3,6 @@
 
 use anyhow::{bail, Context, Result};
 use std::path::Path;
-use tch::Tensor;
 
 use crate::lower::ScalarHead;
 use crate::posttrain::examples::{Example, Pair, Split};
@@ -11,9 +10,7 @@ use crate::recipe::{ExampleSet, ModelRef, Recipe, StageKind, Weights};
 use crate::run::model::heads::{Head, RewardModel};
 use crate::run::model::Model;
 
-fn read_tensors(path: &Path) -> Result<Vec<(String, Tensor)>> {
-    Tensor::read_safetensors(path).with_context(|| format!("reading {}", path.display()))
-}
+use super::files::read_tensors;
 
 /// The language model an artifact reference names: fresh weights, a stage's weights, or a LoRA
 /// stage's adapter merged into its (recursively loaded) base.

@@ -157,3 +157,9 @@ pub fn with_mapped<R>(path: &Path, use_them: impl FnOnce(&[(String, Tensor)]) ->
     drop(views);
     out
 }
+
+/// The tensors of safetensors file `path`, copied out of a mapping of it (`with_mapped`: a
+/// regular file only; a FIFO or device put in a run directory is refused, not read forever).
+pub fn read_tensors(path: &Path) -> Result<Vec<(String, Tensor)>> {
+    with_mapped(path, |views| Ok(views.iter().map(|(n, t)| (n.clone(), t.copy())).collect()))
+}

@@ -13,7 +13,7 @@ use tch::{Kind, Tensor};
 
 use crate::hf::{self, names};
 use crate::recipe::{Activation, Family, ModelSpec, Norm, Position};
-use crate::run::kit::files::{read_capped, write_atomic, write_tensors_atomic};
+use crate::run::kit::files::{read_capped, read_tensors, write_atomic, write_tensors_atomic};
 use crate::run::kit::tokenize;
 
 /// Which Hugging Face architecture computes the same function as `spec`: the one it was imported
@@ -63,7 +63,7 @@ pub fn export_hf(run: &Path, out: &Path) -> Result<Family> {
     if !weights.exists() {
         bail!("{} has no model.safetensors (is the stage finished? a LoRA stage holds an adapter: `roux merge {}` first)", run.display(), run.display());
     }
-    let given: HashMap<String, Tensor> = Tensor::read_safetensors(&weights).with_context(|| format!("reading {}", weights.display()))?.into_iter().collect();
+    let given: HashMap<String, Tensor> = read_tensors(&weights)?.into_iter().collect();
     let family = family_for(&spec)?;
     let tensors = checkpoint_tensors(&spec, family, &given).with_context(|| format!("exporting {}", weights.display()))?;
     std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;

@@ -16,7 +16,7 @@ use tch::{Kind, Tensor};
 use super::export::{family_for, run_definition};
 use crate::hf::names;
 use crate::recipe::{Family, LoraSpec, ModelSpec};
-use crate::run::kit::files::{write_atomic, write_tensors_atomic};
+use crate::run::kit::files::{read_tensors, write_atomic, write_tensors_atomic};
 
 /// One roux adapter inside a PEFT module: the rows of the module's output it covers, A and B.
 struct Part {
@@ -56,7 +56,7 @@ pub fn export_peft(run: &Path, out: &Path, base: Option<&str>) -> Result<Family>
         bail!("{} has no adapter.safetensors yet (is the stage finished?)", run.display());
     }
     let layout = family_for(&spec)?;
-    let tensors: BTreeMap<String, Tensor> = Tensor::read_safetensors(&file).with_context(|| format!("reading {}", file.display()))?.into_iter().collect();
+    let tensors: BTreeMap<String, Tensor> = read_tensors(&file)?.into_iter().collect();
     // Group the adapters by the module they land in.
     let mut modules: BTreeMap<String, Vec<Part>> = BTreeMap::new();
     for (name, a) in &tensors {

@@ -6,7 +6,7 @@ use std::path::Path;
 use tch::{Kind, Tensor};
 
 use crate::recipe::ModelSpec;
-use crate::run::kit::files::read_capped;
+use crate::run::kit::files::{read_capped, read_tensors};
 use crate::run::kit::tokenize;
 use crate::run::model::{KvCache, Model};
 
@@ -51,7 +51,7 @@ pub fn sample_run(run: &Path, prompt: &str, o: &SampleOptions, on_text: &mut dyn
     }
     let device = tch::Device::cuda_if_available();
     let mut model = Model::new(&spec, device)?;
-    model.load(&Tensor::read_safetensors(&weights).with_context(|| format!("reading {}", weights.display()))?)?;
+    model.load(&read_tensors(&weights)?)?;
     let model = model.computing(precision);
     tch::manual_seed(seed as i64);
     // A BPE run keeps its tokenizer beside the model, an imported model in its checkpoint;
