@@ -153,7 +153,7 @@ impl Optimizer {
         tch::no_grad(|| {
             for &i in &order {
                 let pv = views(&p, i).expect("a trainable parameter has a span");
-                let _ = pv.shallow_clone().copy_(&params[i]);
+                pv.shallow_clone().copy_(&params[i]);
                 params[i].shallow_clone().set_data(&pv);
             }
         });
