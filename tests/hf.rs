@@ -438,3 +438,35 @@ fn an_imported_model_continues_pretraining_on_text_through_its_tokenizer() {
     let o = roux(&["sample", run.to_str().unwrap(), "--prompt", "ROMEO:", "--tokens", "8"]);
     assert!(o.status.success() && !o.stdout.is_empty(), "{}", String::from_utf8_lossy(&o.stderr));
 }
+
+/// Under expert parallelism each process imports only its experts: `hf::load` with a share reads
+/// the per-expert tensors of its experts alone and stacks them, so every process holds its rows
+/// of each routed stack (equal to the whole import's rows) and everything else whole, shared
+/// experts (Qwen2-MoE) included.
+#[test]
+fn an_imported_moe_checkpoint_is_read_one_share_of_the_experts_per_process() {
+    use roux::run::model::expert_parallel::Share;
+    for which in ["mixtral", "olmoe", "qwen2moe"] {
+        let dir = checkpoint(&format!("share-{which}"), which);
+        let c = roux::frontend::compile(&dir.join("import.roux")).unwrap();
+        let spec = c.recipe.unwrap().models[0].clone();
+        let experts = spec.moe.as_ref().unwrap().experts as i64;
+        let whole = roux::run::kit::hf::load(&spec, Device::Cpu, None).unwrap();
+        for part in 0..2 {
+            let mine = roux::run::kit::hf::load(&spec, Device::Cpu, Some(Share { parts: 2, part })).unwrap();
+            let mut divided = 0;
+            for ((name, t), (_, w)) in mine.named().iter().zip(whole.named().iter()) {
+                let expected = if roux::lower::lower_model(&spec).params().iter().any(|p| &p.name == name && p.routed_expert()) {
+                    divided += 1;
+                    w.narrow(0, part * experts / 2, experts / 2)
+                } else {
+                    w.shallow_clone()
+                };
+                assert!(t.equal(&expected), "{which}, part {part}: `{name}` differs from the whole import's rows");
+            }
+            let routed: u64 = roux::lower::lower_model(&spec).params().iter().filter(|p| p.routed_expert()).map(|p| p.numel()).sum();
+            assert!(divided > 0);
+            assert_eq!(mine.numel(), whole.numel() - routed / 2, "{which}: held parameters");
+        }
+    }
+}
