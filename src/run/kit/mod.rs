@@ -11,7 +11,7 @@
 //! | `hash.rs`      | what each stage kind's output depends on, as a content hash          |
 //! | `files.rs`     | atomic writes, capped reads, the stable hash function                |
 //! | `checkpoint.rs`| named tensors and AdamW moments, the run state, resume              |
-//! | `adamw/`       | AdamW on flat buffers of plain tensors; across processes (`zero.rs`, `divided.rs`) |
+//! | `adamw/`       | AdamW on flat buffers of plain tensors; across processes (`zero.rs`, `divided.rs`, `moments.rs`) |
 //! | `artifacts.rs` | models named by artifact references, reward models, example splits  |
 //! | `data.rs`      | a corpus split into training and validation tokens; batches          |
 //! | `hf.rs`        | a Hugging Face checkpoint's weights, memory-mapped, into a model     |
