@@ -153,7 +153,10 @@ fn editing_only_the_ppo_stage_reuses_the_earlier_stages() {
     let runs = out.join("runs");
     let first = run_ok(&a, &runs);
     for stage in ["pretrain", "sft", "rm", "rl", "po", "table"] {
-        assert!(runs.join("tiny-lifecycle").join(stage).join("report.json").exists(), "{stage} did not finish:\n{first}");
+        let report = std::fs::read_to_string(runs.join("tiny-lifecycle").join(stage).join("report.json")).unwrap_or_else(|_| panic!("{stage} did not finish:\n{first}"));
+        // Every stage reports its peak memory (libtorch alone takes more than 50 MB).
+        let peak = serde_json::from_str::<serde_json::Value>(&report).unwrap()["peak_host_memory_bytes"].as_u64();
+        assert!(peak.is_some_and(|b| b > 50 << 20), "{stage}: peak_host_memory_bytes {peak:?}");
     }
     // The LoRA stage saves only its adapter: 2 tensors (A, B) per targeted linear.
     let adapter = Tensor::read_safetensors(runs.join("tiny-lifecycle/sft/adapter.safetensors")).unwrap();

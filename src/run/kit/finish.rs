@@ -69,6 +69,8 @@ impl RunDir {
         report["warnings"] = signals.iter().map(|s| json!({"signal": s.name, "message": s.message})).collect::<Vec<_>>().into();
         report["stage"] = json!(self.label);
         report["hash"] = json!(self.hash);
+        // The leading process's peak resident memory (host; on a GPU, not the device's).
+        report["peak_host_memory_bytes"] = json!(super::device::process_memory("VmHWM:"));
         if !self.upstream.is_empty() {
             report["upstream"] = self.upstream.iter().map(|(s, h)| (s.clone(), json!(h))).collect::<serde_json::Map<_, _>>().into();
         }

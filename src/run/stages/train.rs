@@ -278,8 +278,6 @@ pub fn run_model(ctx: &StageCtx, spec: &ModelSpec, t: &TrainSpec) -> Result<()> 
         "resumed_from_step": resumed.map(|r| r.0),
         "processes": world.size,
         "adam_moment_bytes_per_process": opt.moment_bytes(),
-        // The leading process's peak resident memory (host; on a GPU, not the device's).
-        "peak_host_memory_bytes": crate::run::kit::device::process_memory("VmHWM:"),
         "stopped_early_at": stopped,
         "best_step": best_step,
     });
