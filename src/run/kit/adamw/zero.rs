@@ -6,10 +6,9 @@
 //! moments, and all-gathers the weights. The numbers are plain data parallel's; the moments take
 //! 2/world of the memory, from the start: the whole moments are never allocated (a resume copies
 //! each process's part of every checkpoint tensor, a checkpoint assembles each tensor's moments
-//! as its turn to be written comes: `moments.rs`), and a run resumes on any number of
-//! processes. With divided experts
-//! (`divided.rs`), their part of the buffers (the first `base` elements) is this process's own
-//! and stays whole; the rest is sharded.
+//! as its turn to be written comes: `moments.rs`), and a run resumes on any number of processes.
+//! With divided experts (`divided.rs`), their part of the buffers (the first `base` elements) is
+//! this process's own and stays whole; the rest is sharded.
 
 use anyhow::Result;
 use tch::{Kind, Tensor};
@@ -101,8 +100,8 @@ impl Zero {
         Ok(out)
     }
 
-    /// The buffers the update reads and writes: the unsharded front (whose moments are the
-    /// full buffers' after sharding) and this process's slice of the rest.
+    /// The buffers the update reads and writes: the unsharded front (whose moments are the flat
+    /// buffers', sized for it alone) and this process's slice of the rest.
     pub(super) fn parts(&self, full: &Flat) -> Vec<Flat> {
         let own = |t: &Tensor| t.narrow(0, 0, self.len);
         let front = |t: &Tensor| t.narrow(0, 0, self.base);
