@@ -456,7 +456,8 @@ fn post_training_stages_are_planned_per_process() {
 /// one expert stack whole at a time and keeps its rows, builds its optimizer over what it holds,
 /// and writes checkpoints and outputs a tensor at a time. With experts that dominate the model
 /// (16.8M of its 16.8M parameters), a process's peak memory falls by at least half of what the
-/// plan says it saves (a process that built the whole model first, as before, saved nothing).
+/// plan says it saves (a process that built the whole model first, as before, saved nothing);
+/// so does a process of ZeRO-1, which once built the whole moments before sharding them.
 /// `ROUX_MALLOC=exact` makes resident memory track the live tensors. The memory guard checks
 /// a process's planned share, times the processes on the machine.
 #[test]
@@ -482,6 +483,10 @@ fn expert_parallel_processes_hold_only_their_share_from_the_start() {
     let saves = planned(&["--world", "1"]) - planned(&["--world", "2", "--set", "pretrain.expert_parallel=2"]);
     assert!(saves > 200_000_000, "the plan must save much: {saves}");
     assert!(divided + saves / 2 < one, "peak memory: one process {one} bytes, each of 2 with the experts divided {divided}; the plan saves {saves}");
+    // ZeRO-1 likewise never holds the whole moments (it used to build them, then shard them).
+    let zero = peak("zero", &["--nproc", "2", "--set", "pretrain.shard_optimizer=true"]);
+    let saves = planned(&["--world", "1"]) - planned(&["--world", "2", "--set", "pretrain.shard_optimizer=true"]);
+    assert!(zero + saves / 2 < one, "peak memory: one process {one} bytes, each of 2 with sharded moments {zero}; the plan saves {saves}");
     // The run is the same one (the numbers of the smaller fixture's test, here only the loss).
     let loss = |dir: &str| metrics(&out.join(dir).join("ep/pretrain")).last().unwrap()["loss"].as_f64().unwrap();
     assert!((loss("one") - loss("ep")).abs() < 1e-5, "{} vs {}", loss("one"), loss("ep"));
