@@ -20,6 +20,7 @@ const CHECKPOINTS: &[(&str, &[&str])] = &[
     ("qwen3", &["qwen3", "--tied"]),
     ("qwen2-tok", &["qwen2", "--tokenizer"]),
     ("mixtral", &["mixtral"]),
+    ("mixtral-tok", &["mixtral", "--tokenizer"]),
     ("olmoe", &["olmoe"]),
     ("qwen2moe", &["qwen2moe"]),
 ];
@@ -470,3 +471,45 @@ fn an_imported_moe_checkpoint_is_read_one_share_of_the_experts_per_process() {
         }
     }
 }
+
+/// An imported Mixtral trains with its experts divided over 2 processes as one process trains
+/// it: each process reads only its experts from the checkpoint and holds 97,392 of its 143,472
+/// parameters (2 layers × 4 experts × 3 matrices of 80 × 48 = 92,160 expert parameters, half of
+/// them on each process), and the weights it writes equal one process's within 1e-5.
+#[test]
+fn an_imported_mixtral_trains_with_its_experts_divided_as_one_process_trains_it() {
+    let dir = checkpoint("mixtral-ep", "mixtral-tok");
+    let text = std::fs::read_to_string(root().join("data/tinyshakespeare.txt")).unwrap();
+    std::fs::write(dir.join("corpus.txt"), &text[..100_000]).unwrap();
+    let recipe = dir.join("ep.roux");
+    std::fs::write(
+        &recipe,
+        r#"experiment "ep" {
+  seed = 3
+  data corpus = text("corpus.txt") { context = 32, tokenizer = base.tokenizer }
+  model base = hf("ck")
+  stage pretrain = train(base, corpus) { steps = 10, batch = 8, log_every = 1, eval_every = 10, eval_batches = 1 }
+}
+"#,
+    )
+    .unwrap();
+    let run = |name: &str, extra: &[&str]| -> (serde_json::Value, Vec<(String, Tensor)>) {
+        let out = dir.join(name);
+        let o = roux(&[&["run", recipe.to_str().unwrap(), "--out", out.to_str().unwrap()], extra].concat());
+        assert!(o.status.success(), "{name}: {}", String::from_utf8_lossy(&o.stderr));
+        let stage = out.join("ep/pretrain");
+        let report = serde_json::from_str(&std::fs::read_to_string(stage.join("report.json")).unwrap()).unwrap();
+        (report, Tensor::read_safetensors(stage.join("model.safetensors")).unwrap())
+    };
+    let (one, one_weights) = run("one", &[]);
+    let (ep, ep_weights) = run("ep", &["--nproc", "2", "--set", "pretrain.expert_parallel=2"]);
+    assert_eq!((ep["params"].as_u64(), ep["params_per_process"].as_u64()), (Some(143_472), Some(97_392)), "{ep}");
+    assert!((one["final_loss"].as_f64().unwrap() - ep["final_loss"].as_f64().unwrap()).abs() < 1e-5, "{one} vs {ep}");
+    let by_name: std::collections::HashMap<_, _> = ep_weights.into_iter().collect();
+    assert_eq!(by_name.len(), one_weights.len());
+    for (name, w) in &one_weights {
+        let gap = (w - &by_name[name]).abs().max().double_value(&[]);
+        assert!(gap < 1e-5, "`{name}` differs by {gap:e} between one process and the experts divided");
+    }
+}
+
