@@ -139,23 +139,29 @@ pub fn with_mapped<R>(path: &Path, use_them: impl FnOnce(&[(String, Tensor)]) ->
             other => anyhow::bail!("{}: tensor `{name}` is {other}, not float32, bfloat16, float16 or int64", path.display()),
         };
         let shape: Vec<i64> = view.shape().iter().map(|&d| d as i64).collect();
-        let data = view.data();
-        let t = if data.as_ptr() as usize % kind.elt_size_in_bytes() == 0 {
-            let mut strides = vec![1i64; shape.len()];
-            for i in (0..shape.len().saturating_sub(1)).rev() {
-                strides[i] = strides[i + 1] * shape[i + 1];
-            }
-            // SAFETY: `data` holds exactly the tensor's bytes (the safetensors crate checked the
-            // sizes), aligned for `kind`, and the mapping outlives the view (see above).
-            unsafe { Tensor::f_from_blob(data.as_ptr(), &shape, &strides, kind, tch::Device::Cpu)? }
-        } else {
-            Tensor::f_from_data_size(data, &shape, kind)?
-        };
-        views.push((name, t));
+        // SAFETY: the safetensors crate checked that the bytes are the tensor's; the mapping
+        // outlives the views (see above).
+        views.push((name, unsafe { view_of(view.data(), &shape, kind)? }));
     }
     let out = use_them(&views);
     drop(views);
     out
+}
+
+/// A CPU tensor over `data` (little-endian elements of `kind`, row-major, `shape`): a view when
+/// the bytes are aligned for their type, else a copy.
+///
+/// # Safety
+/// `data` must hold exactly the tensor's bytes and outlive the returned tensor's use.
+pub unsafe fn view_of(data: &[u8], shape: &[i64], kind: Kind) -> Result<Tensor> {
+    if data.as_ptr() as usize % kind.elt_size_in_bytes() != 0 {
+        return Ok(Tensor::f_from_data_size(data, shape, kind)?);
+    }
+    let mut strides = vec![1i64; shape.len()];
+    for i in (0..shape.len().saturating_sub(1)).rev() {
+        strides[i] = strides[i + 1] * shape[i + 1];
+    }
+    Ok(Tensor::f_from_blob(data.as_ptr(), shape, &strides, kind, tch::Device::Cpu)?)
 }
 
 /// The tensors of safetensors file `path`, copied out of a mapping of it (`with_mapped`: a

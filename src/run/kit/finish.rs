@@ -18,7 +18,7 @@ impl RunDir {
         let path = self.leads.then(|| self.dir.join(file));
         write_streamed(path.as_deref(), entries, |k| {
             let t = fetch(k)?;
-            if !bool::try_from(t.isfinite().all()).unwrap_or(false) {
+            if !crate::run::model::all_finite(&t) {
                 bail!("{label}: `{}` has non-finite values, so the stage is not marked finished (lower the learning rate or set `grad_clip`)", entries[k].name);
             }
             Ok(t)

@@ -107,17 +107,8 @@ fn read_file(ck: &Checkpoint, file: &str, wanted: &HashMap<&str, ()>, out: &mut 
 /// A float32 tensor of its own from `data` (little-endian elements of `kind`, row-major), read in
 /// one pass: converted straight from the mapping when the bytes are aligned for their type.
 fn to_float(data: &[u8], shape: &[i64], kind: Kind) -> Result<Tensor> {
-    let size = if kind == Kind::Float { 4 } else { 2 };
-    if data.as_ptr() as usize % size != 0 {
-        let t = Tensor::f_from_data_size(data, shape, kind)?;
-        return Ok(t.to_kind(Kind::Float));
-    }
-    let mut strides = vec![1i64; shape.len()];
-    for i in (0..shape.len().saturating_sub(1)).rev() {
-        strides[i] = strides[i + 1] * shape[i + 1];
-    }
-    // SAFETY: `data` holds exactly the tensor's bytes (the safetensors crate checked the sizes),
-    // aligned for `kind`, and outlives the view, which is copied or converted before returning.
-    let view = unsafe { Tensor::f_from_blob(data.as_ptr(), shape, &strides, kind, Device::Cpu)? };
+    // SAFETY: `data` holds exactly the tensor's bytes (the safetensors crate checked the sizes)
+    // and outlives the view, which is copied or converted before returning.
+    let view = unsafe { super::files::view_of(data, shape, kind)? };
     Ok(if kind == Kind::Float { view.copy() } else { view.to_kind(Kind::Float) })
 }

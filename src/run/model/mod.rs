@@ -33,6 +33,7 @@ use std::collections::HashMap;
 use tch::{Device, Kind, Tensor};
 
 pub use attention::KvCache;
+pub use weights::all_finite;
 use crate::lower::{lower_model, ModelGraph, OpKind, ParamInit};
 use crate::recipe::{Activation, ModelSpec, Norm};
 use moe::MoeStats;

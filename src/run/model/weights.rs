@@ -75,7 +75,7 @@ fn usable(name: &str, t: &Tensor, size: &[i64], used: &Tensor) -> Result<()> {
 /// Whether every element is finite, checked a million elements at a time: `isfinite` over a
 /// whole tensor makes temporaries as large as it (an imported model's peak memory was 1.5× its
 /// weights, from the embedding alone).
-fn all_finite(t: &Tensor) -> bool {
+pub fn all_finite(t: &Tensor) -> bool {
     let flat = t.reshape([-1]);
     let n = flat.size()[0];
     (0..n).step_by(1 << 20).all(|i| bool::try_from(flat.narrow(0, i, (1 << 20).min(n - i)).isfinite().all()).unwrap_or(false))

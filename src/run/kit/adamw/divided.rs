@@ -12,6 +12,7 @@ use anyhow::Result;
 use tch::{Kind, Tensor};
 
 use super::{norm, Optimizer};
+use crate::run::model::expert_parallel::Share;
 use crate::run::kit::dist::{Reduce, World};
 
 pub struct Divided {
@@ -44,7 +45,8 @@ impl Optimizer {
     pub(crate) fn own_rows(&self, i: usize, t: &Tensor, held: &[i64]) -> (Tensor, Vec<i64>) {
         let whole = self.whole_shape(i, held);
         match self.divided.as_ref().filter(|d| d.idx.contains(&i) && t.size() == whole) {
-            Some(d) => (t.narrow(0, d.group.rank as i64 * held[0], held[0]), whole),
+            // (The rows the model holds of the same stack: one definition of a share.)
+            Some(d) => (Share { parts: d.group.size as i64, part: d.group.rank as i64 }.of(t), whole),
             None => (t.shallow_clone(), whole),
         }
     }
