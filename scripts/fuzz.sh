@@ -2,7 +2,8 @@
 # Fuzz the front end (parse + check + print round trip) with cargo-fuzz / libFuzzer.
 #   scripts/fuzz.sh [RUNS]     (default 1,000,000 executions)
 #   FUZZ_SANITIZER=none scripts/fuzz.sh RUNS   without AddressSanitizer (the test suite's short pass:
-#       the front end has no `unsafe`, and the build takes ~2 min instead of ~3.5, running 8× faster)
+#       the front end's only `unsafe` passes allocations to the system's allocator, and the build
+#       takes ~2 min instead of ~3.5, running 8× faster)
 # Uses the machine's stable toolchain with RUSTC_BOOTSTRAP=1 for the sanitizer flags that
 # cargo-fuzz needs (no nightly can be fetched here). Crashes land in fuzz/artifacts/ and become
 # regression tests by copying them into tests/bad/ with their expected diagnostic.

@@ -12,6 +12,7 @@
 //! rooms and their rules: docs/architecture.md.
 
 pub mod arith;
+pub mod bounded;
 pub mod check;
 pub mod diag;
 pub mod frontend;
@@ -32,3 +33,7 @@ pub mod syntax;
 
 #[cfg(feature = "torch")]
 pub mod run;
+
+/// The system allocator, counting what a chat template allocates (`bounded`).
+#[global_allocator]
+static ALLOCATOR: bounded::Counting = bounded::Counting;

@@ -228,3 +228,69 @@ fn conversations_need_a_chat_template_and_an_assistant_turn_on_every_line() {
         vec![("E0214".into(), "`chat.jsonl` has 2 bad conversation(s) of 3: line 2: has no assistant turn to train on; line 3: `messages` message 1 has role \"robot\" (one of system, user, assistant, tool)".into())]
     );
 }
+
+/// A chat template is someone else's code that `roux check` runs: one that asks for a terabyte,
+/// one that loops over a 100 MB string, and a line of thousands of tiny turns (each rendered
+/// with every turn before it) are stopped with a message, in bounded memory and time, where
+/// they used to take the machine's memory, hours, and a minute per 600 KB.
+#[test]
+fn chat_templates_and_conversations_are_bounded_in_memory_time_and_work() {
+    let dir = scratch("hf-check-template-bounds");
+    let user = |t: &str| json!({"role": "user", "content": t});
+    let said = |t: &str| json!({"role": "assistant", "content": t});
+    let plain = "{% for m in messages %}<{{ m['role'] }}>{{ m['content'] }}{{ eos_token }}{% endfor %}{% if add_generation_prompt %}<assistant>{% endif %}";
+    let cases = [
+        ("terabyte", format!("{{% set ns = namespace(s='x') %}}{{% for i in range(40) %}}{{% set ns.s = ns.s ~ ns.s %}}{{% endfor %}}{plain}"), vec![user("hi"), said("yo")]),
+        ("scan", "{% for i in range(100000) %}{{ ('x' * 100000000)|length }}{% endfor %}".to_string(), vec![user("hi"), said("yo")]),
+        ("turns", plain.to_string(), (0..12_000).flat_map(|i| [user(&format!("q{i}")), said("a")]).collect()),
+    ];
+    let mut c = llama_config();
+    c["vocab_size"] = json!(300);
+    for (name, template, messages) in &cases {
+        std::fs::create_dir_all(dir.join(name)).unwrap();
+        std::fs::write(dir.join(name).join("config.json"), c.to_string()).unwrap();
+        std::fs::write(dir.join(name).join("tokenizer.json"), "{}").unwrap();
+        std::fs::write(dir.join(name).join("tokenizer_config.json"), json!({"chat_template": template, "eos_token": "</s>"}).to_string()).unwrap();
+        std::fs::write(dir.join(format!("{name}.jsonl")), format!("{}\n", json!({ "messages": messages }))).unwrap();
+        let recipe = format!("experiment \"x\" {{\n  model base = hf(\"{name}\")\n  data chat = instructions(\"{name}.jsonl\") {{ tokenizer = base.tokenizer }}\n}}\n");
+        std::fs::write(dir.join(format!("{name}.roux")), recipe).unwrap();
+    }
+    let check = |name: &str| {
+        let t = std::time::Instant::now();
+        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_roux"))
+            .args(["check", dir.join(format!("{name}.roux")).to_str().unwrap()])
+            .stderr(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        // A hang guard, far past the bounds, for a loaded machine.
+        while child.try_wait().unwrap().is_none() {
+            if t.elapsed().as_secs() > 300 {
+                let _ = child.kill();
+                panic!("{name}: still running after 300 s");
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        let o = child.wait_with_output().unwrap();
+        (o.status.code(), String::from_utf8_lossy(&o.stderr).into_owned(), t.elapsed())
+    };
+    let (big, scan, turns) = std::thread::scope(|s| {
+        let (a, b, c) = (s.spawn(|| check("terabyte")), s.spawn(|| check("scan")), s.spawn(|| check("turns")));
+        (a.join().unwrap(), b.join().unwrap(), c.join().unwrap())
+    });
+    assert_eq!(big.0, Some(2), "{}", big.1);
+    assert_eq!(big.1, "error: a chat template asked for more than 256 MiB of memory at once, or 2 GiB in all, for one conversation; roux stops here (a template is someone else's code, and roux bounds what it may use)\n");
+    assert_eq!(scan.0, Some(2), "{}", scan.1);
+    assert_eq!(scan.1, "error: a chat template ran past the time roux allows it (10 s, and 256 µs more per byte of a data set); roux stops here (a template is someone else's code, and roux bounds what it may use)\n");
+    // 10 s and 256 µs for each of the file's 82 bytes: not stopped before its time.
+    assert_eq!(std::fs::metadata(dir.join("scan.jsonl")).unwrap().len(), 82);
+    assert!(scan.2.as_secs_f64() >= 10.0, "{:?}", scan.2);
+    // 12,000 turns in 828,905 bytes: 16,000,000 + 256 × 828,905 = 228,199,680 steps allowed.
+    assert_eq!(std::fs::metadata(dir.join("turns.jsonl")).unwrap().len(), 828_905);
+    assert_eq!(turns.0, Some(1), "{}", turns.1);
+    assert!(
+        turns.1.contains("error[E0214]: data `chat`: `turns.jsonl` line 1: rendered turn by turn, the file's conversations need more than the 229 million steps of template work roux allows for its 828905 bytes (16 million and 256 a byte): a conversation costs its whole length once per assistant turn; split conversations of hundreds of turns"),
+        "{}",
+        turns.1
+    );
+}

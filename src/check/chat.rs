@@ -52,8 +52,10 @@ impl Checker<'_> {
             self.error(Diagnostic::error(Code::E0214, span, format!("data `{}`: the chat template does not parse", set.name)).with_hint("check the template in tokenizer_config.json"));
             return;
         };
+        renderer.limit_work(text.len());
         const LISTED: usize = 10;
         let parsed = chat::parse_jsonl(&text, set.kind, LISTED);
+        let file = path.file_name().map_or_else(|| path.display().to_string(), |f| f.to_string_lossy().into_owned());
         let (mut bad, mut bad_total) = (parsed.bad, parsed.bad_total);
         let mut turns = vec![];
         for (line, row) in &parsed.rows {
@@ -63,6 +65,10 @@ impl Checker<'_> {
             };
             match rendered {
                 Ok(t) => turns.push(t),
+                Err(why) if renderer.spent() => {
+                    self.error(Diagnostic::error(Code::E0214, span, format!("data `{}`: `{file}` line {line}: {why}", set.name)));
+                    return;
+                }
                 Err(why) => {
                     bad_total += 1;
                     if bad.len() < LISTED {
@@ -71,7 +77,6 @@ impl Checker<'_> {
                 }
             }
         }
-        let file = path.file_name().map_or_else(|| path.display().to_string(), |f| f.to_string_lossy().into_owned());
         if bad_total > 0 {
             bad.sort();
             let listed: Vec<String> = bad.iter().map(|(l, why)| format!("line {l}: {why}")).collect();

@@ -6,6 +6,8 @@
 
 use minijinja::{context, Environment, Error, ErrorKind};
 use serde::Serialize;
+use std::cell::Cell;
+use std::time::{Duration, Instant};
 
 use crate::recipe::{ChatTemplate, ExampleKind};
 
@@ -38,10 +40,29 @@ pub fn messages(v: &serde_json::Value) -> Result<Vec<Message>, String> {
 /// conversation needs a few thousand).
 const FUEL: u64 = 10_000_000;
 
+/// What rendering a data set's conversations may cost, in steps of template work (instructions
+/// run, bytes handed to the template and bytes it writes): turn by turn, a conversation costs its
+/// whole length once per assistant turn, so a line of thousands of tiny turns would take hours.
+/// Linear in the file: a floor, and so much per byte of it.
+const WORK_FLOOR: u64 = 16_000_000;
+const WORK_PER_BYTE: u64 = 256;
+
+/// The time a data set's renders may take in all (`bounded` ends the process past it): a floor,
+/// and a microsecond for each step of work a byte of the file allows (256 µs a byte), some
+/// eighty times what those steps take here.
+const TIME_FLOOR: Duration = Duration::from_secs(10);
+const TIME_PER_STEP: Duration = Duration::from_micros(1);
+
 pub struct Renderer {
     env: Environment<'static>,
     bos: String,
     eos: String,
+    /// Work done so far, and the most allowed (`limit_work`).
+    work: Cell<u64>,
+    limit: Cell<u64>,
+    /// Time spent rendering so far, and the most allowed.
+    time: Cell<Duration>,
+    time_limit: Cell<Duration>,
 }
 
 impl Renderer {
@@ -54,16 +75,65 @@ impl Renderer {
         env.set_fuel(Some(FUEL));
         env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
         env.add_function("raise_exception", |msg: String| -> Result<String, Error> { Err(Error::new(ErrorKind::InvalidOperation, msg)) });
-        env.add_template_owned("chat", t.source.clone()).map_err(|e| format!("the chat template does not parse: {e}"))?;
-        Ok(Renderer { env, bos: t.bos.clone(), eos: t.eos.clone() })
+        // Compiling folds constant expressions (`'x' * 10**8`): bounded too.
+        let (compiled, _) = crate::bounded::within(Instant::now() + TIME_FLOOR, || env.add_template_owned("chat", t.source.clone()));
+        compiled.map_err(|e| format!("the chat template does not parse: {e}"))?;
+        Ok(Renderer {
+            env,
+            bos: t.bos.clone(),
+            eos: t.eos.clone(),
+            work: Cell::new(0),
+            limit: Cell::new(u64::MAX),
+            time: Cell::new(Duration::ZERO),
+            time_limit: Cell::new(TIME_FLOOR),
+        })
+    }
+
+    /// Bound the work and time of all renders from here on by the size of the file they come from.
+    pub fn limit_work(&self, file_bytes: usize) {
+        let per_byte = WORK_PER_BYTE.saturating_mul(file_bytes as u64);
+        self.limit.set(WORK_FLOOR.saturating_add(per_byte));
+        self.time_limit.set(TIME_FLOOR.saturating_add(TIME_PER_STEP.saturating_mul(u32::try_from(per_byte).unwrap_or(u32::MAX))));
+    }
+
+    /// Whether the work allowed is spent (every render fails from then on).
+    pub fn spent(&self) -> bool {
+        self.work.get() > self.limit.get()
     }
 
     /// The template applied to `messages`; with `generation_prompt`, followed by what opens the
     /// assistant's next turn.
     pub fn render(&self, messages: &[Message], generation_prompt: bool) -> Result<String, String> {
+        if self.spent() {
+            let limit = self.limit.get();
+            return Err(format!(
+                "rendered turn by turn, the file's conversations need more than the {} million steps of template work roux allows for its {} bytes ({} million and {WORK_PER_BYTE} a byte): a conversation costs its whole length once per assistant turn; split conversations of hundreds of turns",
+                limit.div_ceil(1_000_000),
+                (limit - WORK_FLOOR) / WORK_PER_BYTE,
+                WORK_FLOOR / 1_000_000
+            ));
+        }
+        let given: usize = messages.iter().map(|m| m.role.len() + m.content.len() + 1).sum();
         let t = self.env.get_template("chat").map_err(|e| e.to_string())?;
-        t.render(context! { messages => messages, add_generation_prompt => generation_prompt, bos_token => &self.bos, eos_token => &self.eos })
-            .map_err(|e| format!("the chat template fails: {e}"))
+        // Bounded in memory (`bounded`), and the bytes it allocates count, a sixteenth each, as
+        // work: a render that makes and drops large strings costs its time.
+        let started = Instant::now();
+        let (out, allocated) = crate::bounded::within(started + self.time_limit.get().saturating_sub(self.time.get()), || {
+            let ctx = context! { messages => messages, add_generation_prompt => generation_prompt, bos_token => &self.bos, eos_token => &self.eos };
+            t.render_captured(ctx).map(|c| (c.output().to_string(), c.state().fuel_levels().map_or(0, |(used, _)| used)))
+        });
+        self.time.set(self.time.get() + started.elapsed());
+        let charge = |steps: u64, written: usize| self.work.set(self.work.get().saturating_add(steps + (given + written + allocated / 16) as u64));
+        match out {
+            Ok((text, steps)) => {
+                charge(steps, text.len());
+                Ok(text)
+            }
+            Err(e) => {
+                charge(if e.kind() == ErrorKind::OutOfFuel { FUEL } else { 0 }, 0);
+                Err(format!("the chat template fails: {e}"))
+            }
+        }
     }
 
     /// The conversation as segments (text, trained): what precedes each assistant turn with the
@@ -215,5 +285,28 @@ mod tests {
         assert!(r.render(&[m("system", "x")], false).unwrap_err().contains("first must be user"));
         let endless = Renderer::new(&ChatTemplate { source: "{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}{% endfor %}".into(), bos: String::new(), eos: String::new() }).unwrap();
         assert!(endless.render(&[], false).is_err(), "a template that would run 10^10 steps is stopped");
+    }
+
+    #[test]
+    fn rendering_turn_by_turn_is_bounded_by_the_size_of_the_file() {
+        let r = Renderer::new(&ChatTemplate { source: CHATML.into(), bos: String::new(), eos: "<|im_end|>".into() }).unwrap();
+        let conv = |turns: usize| (0..turns).flat_map(|i| [m("user", &format!("q{i}")), m("assistant", "a")]).collect::<Vec<_>>();
+        let line = |c: &[Message]| serde_json::json!({ "messages": c }).to_string().len();
+        // A line of 20 turns renders; so does a file of 500 of them, each under the same bound.
+        let short = conv(20);
+        r.limit_work(500 * line(&short));
+        for _ in 0..500 {
+            assert_eq!(r.turns(&short).unwrap().len(), 40);
+        }
+        // 3,000 tiny turns on one line: each turn renders the whole conversation before it again
+        // (~5·10^8 steps in all); bounded by the line's 200 KB, the renders stop long before the end.
+        let long = conv(3000);
+        let r = Renderer::new(&ChatTemplate { source: CHATML.into(), bos: String::new(), eos: "<|im_end|>".into() }).unwrap();
+        r.limit_work(line(&long));
+        let err = r.turns(&long).unwrap_err();
+        // 205,904 bytes: 16,000,000 + 256 × 205,904 = 68,711,424 steps.
+        assert_eq!(line(&long), 205_904);
+        assert_eq!(err, "rendered turn by turn, the file's conversations need more than the 69 million steps of template work roux allows for its 205904 bytes (16 million and 256 a byte): a conversation costs its whole length once per assistant turn; split conversations of hundreds of turns");
+        assert!(r.spent() && r.render(&short, false).is_err());
     }
 }

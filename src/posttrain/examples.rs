@@ -145,8 +145,13 @@ pub fn preferences(set: &ExampleSet, seed: u64) -> Result<Split<Pair>, String> {
     Ok(split(items, |p| &p.prompt, set.held_out))
 }
 
+/// The renderer of a chat data set, its work bounded by the file's size as check bounds it.
 fn renderer(set: &ExampleSet) -> Result<chat::Renderer, String> {
-    chat::Renderer::new(set.chat.as_ref().ok_or_else(|| format!("data `{}` holds conversations but has no chat template", set.name))?)
+    let r = chat::Renderer::new(set.chat.as_ref().ok_or_else(|| format!("data `{}` holds conversations but has no chat template", set.name))?)?;
+    if let ExampleSource::Chat { path } = &set.source {
+        r.limit_work(std::fs::metadata(path).map_or(0, |m| m.len() as usize));
+    }
+    Ok(r)
 }
 
 fn at(set: &ExampleSet, line: usize) -> String {
