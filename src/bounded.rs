@@ -1,8 +1,10 @@
 //! Bounds for someone else's code that roux runs in its own process: a checkpoint's chat
-//! template, which minijinja compiles and renders. minijinja bounds a render's steps (fuel), not
-//! what a step costs: `{% set ns.s = ns.s ~ ns.s %}` forty times asks for a terabyte in forty
-//! steps, and `{{ big|length }}` in a loop scans a hundred megabytes a step. Rust cannot unwind
-//! out of a failed allocation, and a render cannot be interrupted; so inside `within` the
+//! template, which minijinja compiles and renders, and its tokenizer (normalizers and
+//! pre-tokenizer patterns from tokenizer.json). They bound steps at best, not what a step costs:
+//! `{% set ns.s = ns.s ~ ns.s %}` forty times asks for a terabyte in forty steps,
+//! `{{ big|length }}` in a loop scans a hundred megabytes a step, and a `Replace` normalizer
+//! matching the empty string puts its replacement between every two characters. Rust cannot
+//! unwind out of a failed allocation, and neither can be interrupted; so inside `within` the
 //! process's allocator counts what the thread allocates, a watchdog thread watches the clock,
 //! and either bound, passed, ends the process with a message (exit 2) rather than exhausting the
 //! machine or hanging. Outside `within` the allocator is the system's plus one thread-local read.
@@ -17,14 +19,45 @@ use std::time::{Duration, Instant};
 const LIVE_CAP: isize = 256 << 20;
 const TOTAL_CAP: usize = 2 << 30;
 
-const OVER_MEMORY: &str = "error: a chat template asked for more than 256 MiB of memory at once, or 2 GiB in all, for one conversation; roux stops here (a template is someone else's code, and roux bounds what it may use)\n";
-const OVER_TIME: &str = "error: a chat template ran past the time roux allows it (10 s, and 256 µs more per byte of a data set); roux stops here (a template is someone else's code, and roux bounds what it may use)\n";
+/// The time a series of calls may take (`Guard::for_bytes`): a floor, and 256 µs a byte of the
+/// input, some eighty times what rendering and encoding take here.
+const TIME_FLOOR: Duration = Duration::from_secs(10);
+const TIME_PER_BYTE: Duration = Duration::from_micros(256);
+
+/// Bounds for a series of calls into one piece of someone else's code (the renders of a data
+/// set's conversations, the encodings of its texts): each call's memory, and their time together.
+pub struct Guard {
+    what: &'static str,
+    used: Cell<Duration>,
+    allowed: Cell<Duration>,
+}
+
+impl Guard {
+    /// `what` names the code in the message ("a chat template").
+    pub fn new(what: &'static str) -> Guard {
+        Guard { what, used: Cell::new(Duration::ZERO), allowed: Cell::new(TIME_FLOOR) }
+    }
+
+    /// Allow the time due to `bytes` of input, from here on.
+    pub fn allow_bytes(&self, bytes: usize) {
+        self.allowed.set(TIME_FLOOR.saturating_add(TIME_PER_BYTE.saturating_mul(u32::try_from(bytes).unwrap_or(u32::MAX))));
+    }
+
+    /// `f`'s result and the bytes it allocated, `f` bounded.
+    pub fn run<T>(&self, f: impl FnOnce() -> T) -> (T, usize) {
+        let started = Instant::now();
+        let out = within(self.what, started + self.allowed.get().saturating_sub(self.used.get()), f);
+        self.used.set(self.used.get() + started.elapsed());
+        out
+    }
+}
 
 /// The system allocator, counting inside `within`.
 pub struct Counting;
 
 #[derive(Clone, Copy)]
 struct Count {
+    what: &'static str,
     live: isize,
     total: usize,
 }
@@ -33,28 +66,28 @@ thread_local! {
     static COUNT: Cell<Option<Count>> = const { Cell::new(None) };
 }
 
-/// The deadlines of the calls in progress (one per thread inside `within`).
-static DEADLINES: Mutex<Vec<(u64, Instant)>> = Mutex::new(Vec::new());
+/// The calls in progress (one per thread inside `within`): what runs, and its deadline.
+static DEADLINES: Mutex<Vec<(u64, &'static str, Instant)>> = Mutex::new(Vec::new());
 
 /// `f`'s result and the bytes it allocated; `f` must end by `deadline` and stay within the
 /// memory bounds above.
-pub fn within<T>(deadline: Instant, f: impl FnOnce() -> T) -> (T, usize) {
+fn within<T>(what: &'static str, deadline: Instant, f: impl FnOnce() -> T) -> (T, usize) {
     static WATCHDOG: std::sync::Once = std::sync::Once::new();
     WATCHDOG.call_once(|| {
         std::thread::spawn(watch);
     });
     static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
     let id = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    DEADLINES.lock().unwrap_or_else(|e| e.into_inner()).push((id, deadline));
+    DEADLINES.lock().unwrap_or_else(|e| e.into_inner()).push((id, what, deadline));
     // Restored however `f` ends (a panic included), so no stale count outlives the call.
     struct Restore(u64, Option<Count>);
     impl Drop for Restore {
         fn drop(&mut self) {
             COUNT.set(self.1);
-            DEADLINES.lock().unwrap_or_else(|e| e.into_inner()).retain(|(i, _)| *i != self.0);
+            DEADLINES.lock().unwrap_or_else(|e| e.into_inner()).retain(|(i, _, _)| *i != self.0);
         }
     }
-    let outer = Restore(id, COUNT.replace(Some(Count { live: 0, total: 0 })));
+    let outer = Restore(id, COUNT.replace(Some(Count { what, live: 0, total: 0 })));
     let out = f();
     let total = COUNT.get().map_or(0, |c| c.total);
     drop(outer);
@@ -65,14 +98,19 @@ fn watch() {
     loop {
         std::thread::sleep(Duration::from_millis(50));
         let now = Instant::now();
-        if DEADLINES.lock().unwrap_or_else(|e| e.into_inner()).iter().any(|(_, d)| *d < now) {
-            stop(OVER_TIME);
+        let late = DEADLINES.lock().unwrap_or_else(|e| e.into_inner()).iter().find(|(_, _, d)| *d < now).map(|(_, what, _)| *what);
+        if let Some(what) = late {
+            stop(what, " ran past the time roux allows it (10 s, and 256 µs more a byte of its input)");
         }
     }
 }
 
-fn stop(why: &str) -> ! {
-    let _ = std::io::Write::write_all(&mut std::io::stderr(), why.as_bytes());
+/// The process's last words (written without allocating) and its end.
+fn stop(what: &str, why: &str) -> ! {
+    let mut err = std::io::stderr().lock();
+    for part in ["error: ", what, why, "; roux stops here (it is someone else's code, and roux bounds what it may use)\n"] {
+        let _ = std::io::Write::write_all(&mut err, part.as_bytes());
+    }
     std::process::exit(2);
 }
 
@@ -84,7 +122,7 @@ fn charge(live: isize, total: usize) {
         if n.live > LIVE_CAP || n.total > TOTAL_CAP {
             // Counting stops first: what follows may allocate.
             c.set(None);
-            stop(OVER_MEMORY);
+            stop(n.what, " asked for more than 256 MiB of memory at once, or 2 GiB in all, in one call");
         }
         c.set(Some(n));
     });

@@ -229,8 +229,9 @@ fn conversations_need_a_chat_template_and_an_assistant_turn_on_every_line() {
     );
 }
 
-/// A chat template is someone else's code that `roux check` runs: one that asks for a terabyte,
-/// one that loops over a 100 MB string, and a line of thousands of tiny turns (each rendered
+/// A chat template and a tokenizer are someone else's code that `roux check` runs: a template
+/// that asks for a terabyte, one that loops over a 100 MB string, a normalizer that puts a
+/// megabyte between every two characters, and a line of thousands of tiny turns (each rendered
 /// with every turn before it) are stopped with a message, in bounded memory and time, where
 /// they used to take the machine's memory, hours, and a minute per 600 KB.
 #[test]
@@ -239,17 +240,21 @@ fn chat_templates_and_conversations_are_bounded_in_memory_time_and_work() {
     let user = |t: &str| json!({"role": "user", "content": t});
     let said = |t: &str| json!({"role": "assistant", "content": t});
     let plain = "{% for m in messages %}<{{ m['role'] }}>{{ m['content'] }}{{ eos_token }}{% endfor %}{% if add_generation_prompt %}<assistant>{% endif %}";
+    // A tokenizer whose normalizer puts a megabyte between every two characters.
+    let word_level = |normalizer: Value| json!({"version": "1.0", "truncation": null, "padding": null, "added_tokens": [], "normalizer": normalizer, "pre_tokenizer": null, "post_processor": null, "decoder": null, "model": {"type": "WordLevel", "vocab": {"a": 0, "[UNK]": 1}, "unk_token": "[UNK]"}});
+    let bomb = word_level(json!({"type": "Replace", "pattern": {"Regex": ""}, "content": "x".repeat(1 << 20)}));
     let cases = [
-        ("terabyte", format!("{{% set ns = namespace(s='x') %}}{{% for i in range(40) %}}{{% set ns.s = ns.s ~ ns.s %}}{{% endfor %}}{plain}"), vec![user("hi"), said("yo")]),
-        ("scan", "{% for i in range(100000) %}{{ ('x' * 100000000)|length }}{% endfor %}".to_string(), vec![user("hi"), said("yo")]),
-        ("turns", plain.to_string(), (0..12_000).flat_map(|i| [user(&format!("q{i}")), said("a")]).collect()),
+        ("terabyte", format!("{{% set ns = namespace(s='x') %}}{{% for i in range(40) %}}{{% set ns.s = ns.s ~ ns.s %}}{{% endfor %}}{plain}"), vec![user("hi"), said("yo")], json!({})),
+        ("scan", "{% for i in range(100000) %}{{ ('x' * 100000000)|length }}{% endfor %}".to_string(), vec![user("hi"), said("yo")], json!({})),
+        ("turns", plain.to_string(), (0..12_000).flat_map(|i| [user(&format!("q{i}")), said("a")]).collect(), json!({})),
+        ("tokenizer", plain.to_string(), vec![user(&"a".repeat(10_000)), said("yo")], bomb),
     ];
     let mut c = llama_config();
     c["vocab_size"] = json!(300);
-    for (name, template, messages) in &cases {
+    for (name, template, messages, tokenizer) in &cases {
         std::fs::create_dir_all(dir.join(name)).unwrap();
         std::fs::write(dir.join(name).join("config.json"), c.to_string()).unwrap();
-        std::fs::write(dir.join(name).join("tokenizer.json"), "{}").unwrap();
+        std::fs::write(dir.join(name).join("tokenizer.json"), tokenizer.to_string()).unwrap();
         std::fs::write(dir.join(name).join("tokenizer_config.json"), json!({"chat_template": template, "eos_token": "</s>"}).to_string()).unwrap();
         std::fs::write(dir.join(format!("{name}.jsonl")), format!("{}\n", json!({ "messages": messages }))).unwrap();
         let recipe = format!("experiment \"x\" {{\n  model base = hf(\"{name}\")\n  data chat = instructions(\"{name}.jsonl\") {{ tokenizer = base.tokenizer }}\n}}\n");
@@ -274,14 +279,17 @@ fn chat_templates_and_conversations_are_bounded_in_memory_time_and_work() {
         let o = child.wait_with_output().unwrap();
         (o.status.code(), String::from_utf8_lossy(&o.stderr).into_owned(), t.elapsed())
     };
-    let (big, scan, turns) = std::thread::scope(|s| {
-        let (a, b, c) = (s.spawn(|| check("terabyte")), s.spawn(|| check("scan")), s.spawn(|| check("turns")));
-        (a.join().unwrap(), b.join().unwrap(), c.join().unwrap())
+    let (big, scan, turns, tokenizer) = std::thread::scope(|s| {
+        let [a, b, c, d] = ["terabyte", "scan", "turns", "tokenizer"].map(|n| s.spawn(move || check(n)));
+        (a.join().unwrap(), b.join().unwrap(), c.join().unwrap(), d.join().unwrap())
     });
+    let why = "; roux stops here (it is someone else's code, and roux bounds what it may use)\n";
     assert_eq!(big.0, Some(2), "{}", big.1);
-    assert_eq!(big.1, "error: a chat template asked for more than 256 MiB of memory at once, or 2 GiB in all, for one conversation; roux stops here (a template is someone else's code, and roux bounds what it may use)\n");
+    assert_eq!(big.1, format!("error: a chat template asked for more than 256 MiB of memory at once, or 2 GiB in all, in one call{why}"));
+    assert_eq!(tokenizer.0, Some(2), "{}", tokenizer.1);
+    assert_eq!(tokenizer.1, format!("error: a checkpoint's tokenizer asked for more than 256 MiB of memory at once, or 2 GiB in all, in one call{why}"));
     assert_eq!(scan.0, Some(2), "{}", scan.1);
-    assert_eq!(scan.1, "error: a chat template ran past the time roux allows it (10 s, and 256 µs more per byte of a data set); roux stops here (a template is someone else's code, and roux bounds what it may use)\n");
+    assert_eq!(scan.1, format!("error: a chat template ran past the time roux allows it (10 s, and 256 µs more a byte of its input){why}"));
     // 10 s and 256 µs for each of the file's 82 bytes: not stopped before its time.
     assert_eq!(std::fs::metadata(dir.join("scan.jsonl")).unwrap().len(), 82);
     assert!(scan.2.as_secs_f64() >= 10.0, "{:?}", scan.2);

@@ -108,10 +108,13 @@ struct Stats {
 
 fn token_stats(tk: &tokenizers::Tokenizer, turns: &[Vec<(String, bool)>], context: usize) -> Stats {
     let mut s = Stats { tokens: 0, assistant: 0, cut: 0 };
+    // The tokenizer is someone else's code too (its normalizers and patterns): bounded.
+    let guard = crate::bounded::Guard::new("a checkpoint's tokenizer");
+    guard.allow_bytes(turns.iter().flatten().map(|(t, _)| t.len()).sum());
     for conv in turns {
         let mut n = 0;
         for (text, trained) in conv {
-            let k = tk.encode(text.as_str(), false).map_or(0, |e| e.len());
+            let k = guard.run(|| tk.encode(text.as_str(), false).map_or(0, |e| e.len())).0;
             n += k;
             if *trained {
                 s.assistant += k;

@@ -7,8 +7,8 @@
 use minijinja::{context, Environment, Error, ErrorKind};
 use serde::Serialize;
 use std::cell::Cell;
-use std::time::{Duration, Instant};
 
+use crate::bounded::Guard;
 use crate::recipe::{ChatTemplate, ExampleKind};
 
 #[derive(Clone, Debug, PartialEq, Serialize)]
@@ -47,12 +47,6 @@ const FUEL: u64 = 10_000_000;
 const WORK_FLOOR: u64 = 16_000_000;
 const WORK_PER_BYTE: u64 = 256;
 
-/// The time a data set's renders may take in all (`bounded` ends the process past it): a floor,
-/// and a microsecond for each step of work a byte of the file allows (256 µs a byte), some
-/// eighty times what those steps take here.
-const TIME_FLOOR: Duration = Duration::from_secs(10);
-const TIME_PER_STEP: Duration = Duration::from_micros(1);
-
 pub struct Renderer {
     env: Environment<'static>,
     bos: String,
@@ -60,9 +54,8 @@ pub struct Renderer {
     /// Work done so far, and the most allowed (`limit_work`).
     work: Cell<u64>,
     limit: Cell<u64>,
-    /// Time spent rendering so far, and the most allowed.
-    time: Cell<Duration>,
-    time_limit: Cell<Duration>,
+    /// Each render's memory, and the time of all (`bounded`).
+    guard: Guard,
 }
 
 impl Renderer {
@@ -76,24 +69,22 @@ impl Renderer {
         env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
         env.add_function("raise_exception", |msg: String| -> Result<String, Error> { Err(Error::new(ErrorKind::InvalidOperation, msg)) });
         // Compiling folds constant expressions (`'x' * 10**8`): bounded too.
-        let (compiled, _) = crate::bounded::within(Instant::now() + TIME_FLOOR, || env.add_template_owned("chat", t.source.clone()));
-        compiled.map_err(|e| format!("the chat template does not parse: {e}"))?;
+        let guard = Guard::new("a chat template");
+        guard.run(|| env.add_template_owned("chat", t.source.clone())).0.map_err(|e| format!("the chat template does not parse: {e}"))?;
         Ok(Renderer {
             env,
             bos: t.bos.clone(),
             eos: t.eos.clone(),
             work: Cell::new(0),
             limit: Cell::new(u64::MAX),
-            time: Cell::new(Duration::ZERO),
-            time_limit: Cell::new(TIME_FLOOR),
+            guard,
         })
     }
 
     /// Bound the work and time of all renders from here on by the size of the file they come from.
     pub fn limit_work(&self, file_bytes: usize) {
-        let per_byte = WORK_PER_BYTE.saturating_mul(file_bytes as u64);
-        self.limit.set(WORK_FLOOR.saturating_add(per_byte));
-        self.time_limit.set(TIME_FLOOR.saturating_add(TIME_PER_STEP.saturating_mul(u32::try_from(per_byte).unwrap_or(u32::MAX))));
+        self.limit.set(WORK_FLOOR.saturating_add(WORK_PER_BYTE.saturating_mul(file_bytes as u64)));
+        self.guard.allow_bytes(file_bytes);
     }
 
     /// Whether the work allowed is spent (every render fails from then on).
@@ -117,12 +108,10 @@ impl Renderer {
         let t = self.env.get_template("chat").map_err(|e| e.to_string())?;
         // Bounded in memory (`bounded`), and the bytes it allocates count, a sixteenth each, as
         // work: a render that makes and drops large strings costs its time.
-        let started = Instant::now();
-        let (out, allocated) = crate::bounded::within(started + self.time_limit.get().saturating_sub(self.time.get()), || {
+        let (out, allocated) = self.guard.run(|| {
             let ctx = context! { messages => messages, add_generation_prompt => generation_prompt, bos_token => &self.bos, eos_token => &self.eos };
             t.render_captured(ctx).map(|c| (c.output().to_string(), c.state().fuel_levels().map_or(0, |(used, _)| used)))
         });
-        self.time.set(self.time.get() + started.elapsed());
         let charge = |steps: u64, written: usize| self.work.set(self.work.get().saturating_add(steps + (given + written + allocated / 16) as u64));
         match out {
             Ok((text, steps)) => {

@@ -107,7 +107,7 @@ impl Codec {
 }
 
 fn ids(tk: &Tokenizer, text: &str) -> Result<Vec<i64>> {
-    Ok(tokenize::encode(tk, text)?.into_iter().map(i64::from).collect())
+    Ok(tokenize::encode_bounded(tk, text)?.into_iter().map(i64::from).collect())
 }
 
 /// The checkpoint's end-of-sequence token: `eos_token_id` of generation_config.json or

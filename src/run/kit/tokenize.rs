@@ -83,6 +83,14 @@ pub fn encode(tk: &Tokenizer, text: &str) -> Result<Vec<u32>> {
     Ok(tk.encode(text, false).map_err(|e| anyhow!("encoding: {e}"))?.get_ids().to_vec())
 }
 
+/// `encode` with a checkpoint's tokenizer, someone else's code, bounded in memory and time
+/// (`crate::bounded`) for one example's text.
+pub fn encode_bounded(tk: &Tokenizer, text: &str) -> Result<Vec<u32>> {
+    let guard = crate::bounded::Guard::new("a checkpoint's tokenizer");
+    guard.allow_bytes(text.len());
+    guard.run(|| encode(tk, text)).0
+}
+
 pub fn decode(tk: &Tokenizer, ids: &[u32]) -> Result<String> {
     tk.decode(ids, false).map_err(|e| anyhow!("decoding: {e}"))
 }
