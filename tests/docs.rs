@@ -100,11 +100,11 @@ fn the_reference_table_of_diagnostics_is_the_code_enum() {
     assert_eq!(rows, codes, "docs/reference.md's table of diagnostics differs from src/diag/codes.rs");
 }
 
-/// The table of size limits in docs/reference.md is the checker's `SIZE_LIMITS`, key for key.
+/// The table of size limits in docs/reference.md is `arith::SIZE_LIMITS`, key for key.
 #[test]
 fn the_reference_states_every_size_limit() {
     let md = std::fs::read_to_string(root().join("docs/reference.md")).unwrap();
-    for (key, max) in roux::check::fields::SIZE_LIMITS {
+    for (key, max) in roux::arith::SIZE_LIMITS {
         let table = md.split("| key | largest |").nth(1).expect("the table of size limits").split("\n\n").next().unwrap();
         let row = table.lines().find(|l| l.starts_with('|') && l.contains(&format!("`{key}`"))).unwrap_or_else(|| panic!("no row for `{key}`"));
         assert!(row.trim_end().ends_with(&format!("| {max} |")), "`{key}`: the reference says {row:?}, the checker {max}");

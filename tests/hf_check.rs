@@ -106,9 +106,12 @@ fn an_architecture_roux_cannot_compute_is_named_with_the_supported_list() {
 #[test]
 fn every_number_of_a_config_has_a_range() {
     for (key, value, want) in [
-        ("vocab_size", json!(1_000_000_000_000u64), "`vocab_size` = 1000000000000 is not a whole number from 1 to 4194304"),
-        ("num_hidden_layers", json!(0), "`num_hidden_layers` = 0 is not a whole number from 1 to 4194304"),
-        ("hidden_size", json!("8"), "`hidden_size` = \"8\" is not a whole number from 1 to 4194304"),
+        // Each size within the limit a recipe has for it (arith::SIZE_LIMITS).
+        ("vocab_size", json!(1_000_000_000_000u64), "`vocab_size` = 1000000000000 is not a whole number from 1 to 16777216"),
+        ("num_hidden_layers", json!(0), "`num_hidden_layers` = 0 is not a whole number from 1 to 10000"),
+        ("num_hidden_layers", json!(10_001), "`num_hidden_layers` = 10001 is not a whole number from 1 to 10000"),
+        ("hidden_size", json!("8"), "`hidden_size` = \"8\" is not a whole number from 1 to 1048576"),
+        ("num_attention_heads", json!(65_537), "`num_attention_heads` = 65537 is not a whole number from 1 to 65536"),
         ("rms_norm_eps", json!(2.0), "norm ε 2 is not in (0, 1)"),
         ("num_key_value_heads", json!(3), "`num_key_value_heads` = 3 does not divide `num_attention_heads` = 2"),
     ] {
@@ -131,6 +134,19 @@ fn tensors_that_differ_from_the_config_are_named() {
     let d = check("shape", &llama_config(), Some(&t));
     // One diagnostic: the first difference, the others in its hint (the rotary buffer is no difference).
     assert_eq!(d, vec![("E0217".into(), "checkpoint `ck` tensor `model.layers.0.self_attn.k_proj.weight` has shape [8, 8], the model expects [4, 8]".into())]);
+    // A 300-byte config of 10,000 Mixtral blocks of 65,536 experts beside a one-tensor file:
+    // counted, not named (naming them took minutes and gigabytes). 10,000 × (4 attention + 2
+    // norms + 1 router + 3 × 65,536 expert matrices) + embedding + norm + head = 1,966,150,003.
+    let mut c = llama_config();
+    c["architectures"] = json!(["MixtralForCausalLM"]);
+    (c["num_hidden_layers"], c["num_local_experts"]) = (json!(10_000), json!(65_536));
+    c["tie_word_embeddings"] = json!(false);
+    let t = std::time::Instant::now();
+    assert_eq!(
+        check("experts", &c, Some(&[("x".to_string(), vec![1])])),
+        vec![("E0217".into(), "checkpoint `ck` holds 1 tensor(s), but its config.json describes 1966150003".into())]
+    );
+    assert!(t.elapsed().as_secs() < 60, "{:?}", t.elapsed());
 }
 
 #[test]

@@ -13,3 +13,34 @@ pub use count::{plan_model, size_model, ModelPlan};
 pub use graph::{lower_model, Dim, ModelGraph, Op, OpKind, Param, ParamInit};
 pub use heads::ScalarHead;
 pub use lora::{lora_linears, lora_matches, lora_params, lora_targets, Linear};
+
+/// The largest value of each size key: far beyond any published model, small enough that a
+/// model's graph, parameter count and memory plan stay cheap to build and exact to count.
+pub const SIZE_LIMITS: &[(&str, u64)] = &[
+    ("layers", 10_000),
+    ("d_model", 1 << 20),
+    ("hidden", 1 << 24),
+    ("heads", 1 << 16),
+    ("kv_heads", 1 << 16),
+    ("head_dim", 1 << 16),
+    ("vocab", 1 << 24),
+    ("context", 1 << 24),
+    ("experts", 1 << 16),
+    ("k", 1 << 16),
+    ("batch", 1 << 24),
+    ("rank", 1 << 20),
+    ("epochs", 1 << 20),
+    ("minibatches", 1 << 20),
+    ("max_new", 1 << 20),
+    ("examples", 1 << 24),
+    ("eval_examples", 1 << 24),
+    ("tasks", 1 << 16),
+    ("dim", 1 << 20),
+    ("outputs", 1 << 20),
+];
+
+
+/// The largest value of size key `key` (`SIZE_LIMITS`).
+pub fn size_limit(key: &str) -> u64 {
+    SIZE_LIMITS.iter().find(|(k, _)| *k == key).map_or(1 << 40, |(_, m)| *m)
+}

@@ -24,30 +24,6 @@ pub struct Fields<'a> {
     pub top_level: bool,
 }
 
-/// The largest value of each size key: far beyond any published model, small enough that a
-/// model's graph, parameter count and memory plan stay cheap to build and exact to count.
-pub const SIZE_LIMITS: &[(&str, u64)] = &[
-    ("layers", 10_000),
-    ("d_model", 1 << 20),
-    ("hidden", 1 << 24),
-    ("heads", 1 << 16),
-    ("kv_heads", 1 << 16),
-    ("head_dim", 1 << 16),
-    ("vocab", 1 << 24),
-    ("context", 1 << 24),
-    ("experts", 1 << 16),
-    ("k", 1 << 16),
-    ("batch", 1 << 24),
-    ("rank", 1 << 20),
-    ("epochs", 1 << 20),
-    ("minibatches", 1 << 20),
-    ("max_new", 1 << 20),
-    ("examples", 1 << 24),
-    ("eval_examples", 1 << 24),
-    ("tasks", 1 << 16),
-    ("dim", 1 << 20),
-    ("outputs", 1 << 20),
-];
 
 /// Integer range check applied by `Fields::int`.
 #[derive(Clone, Copy)]
@@ -140,10 +116,10 @@ impl<'a> Fields<'a> {
         Some(v as u64)
     }
 
-    /// A positive whole number that sizes something, up to the key's limit in `SIZE_LIMITS`.
+    /// A positive whole number that sizes something, up to the key's limit in `arith::SIZE_LIMITS`.
     pub fn size(&mut self, ck: &mut Checker<'a>, key: &'static str, default: Option<u64>) -> Option<usize> {
         let v = self.int(ck, key, default, Min::One)?;
-        let max = SIZE_LIMITS.iter().find(|(k, _)| *k == key).map_or(1 << 40, |(_, m)| *m);
+        let max = crate::arith::size_limit(key);
         if v > max {
             ck.error(Diagnostic::error(Code::E0202, self.value_span(key), format!("`{key}` = {v} is out of range"))
                 .with_hint(format!("{key} must lie in [1, {max}]")));

@@ -64,6 +64,12 @@ fn read(loader: &dyn Loader, dir: &Path, file: &str, name: &str) -> Result<Model
         }
     }
     if !files.is_empty() {
+        // Naming every tensor the config describes costs what it describes: compared only when
+        // that is of the order of what the files hold (their headers are capped).
+        let described = hf::names::tensor_count(&spec, family);
+        if described > 2 * found.len() as u64 + 1000 {
+            return Err((Code::E0217, format!("checkpoint `{shown}` holds {} tensor(s), but its config.json describes {described}", found.len()), "config.json and the weights must come from the same model".into()));
+        }
         let expected = hf::names::expected_shapes(&spec, family);
         let diffs = header::differences(&expected, &found, |n| hf::names::ignorable(n, &spec), 6);
         if let Some((first, rest)) = diffs.split_first() {

@@ -42,8 +42,6 @@ pub fn model_from_config(name: &str, c: &Value) -> Result<(ModelSpec, Family), S
     Ok((spec, family))
 }
 
-/// The largest size a config may give a dimension (vocabulary, context, widths).
-const MAX_DIM: u64 = 1 << 22;
 
 struct Reader<'a>(&'a Value);
 
@@ -52,11 +50,14 @@ impl Reader<'_> {
         self.0.get(key).filter(|v| !v.is_null())
     }
 
-    /// A whole number in 1..=MAX_DIM; absent, `default`.
-    fn size(&self, key: &str, default: Option<usize>) -> Result<usize, String> {
+    /// A whole number from 1 to the limit a recipe has for the size it gives (`as_`, a key of
+    /// `arith::SIZE_LIMITS`: the same model is as cheap to check written either way); absent,
+    /// `default`.
+    fn size(&self, key: &str, as_: &str, default: Option<usize>) -> Result<usize, String> {
+        let max = crate::arith::size_limit(as_);
         match self.get(key) {
             None => default.ok_or_else(|| format!("has no `{key}`")),
-            Some(v) => v.as_u64().filter(|n| (1..=MAX_DIM).contains(n)).map(|n| n as usize).ok_or_else(|| format!("`{key}` = {v} is not a whole number from 1 to {MAX_DIM}")),
+            Some(v) => v.as_u64().filter(|n| (1..=max).contains(n)).map(|n| n as usize).ok_or_else(|| format!("`{key}` = {v} is not a whole number from 1 to {max}")),
         }
     }
 
@@ -91,8 +92,8 @@ impl Reader<'_> {
 }
 
 fn gpt2(name: &str, r: &Reader) -> Result<ModelSpec, String> {
-    let d = r.size("n_embd", None)?;
-    let heads = r.size("n_head", None)?;
+    let d = r.size("n_embd", "d_model", None)?;
+    let heads = r.size("n_head", "heads", None)?;
     let act = r.text("activation_function", "gelu_new")?;
     if !matches!(act.as_str(), "gelu_new" | "gelu_pytorch_tanh") {
         return Err(format!("`activation_function` = \"{}\": roux's GELU is the tanh approximation (gelu_new)", act.escape_debug()));
@@ -105,13 +106,13 @@ fn gpt2(name: &str, r: &Reader) -> Result<ModelSpec, String> {
     }
     Ok(ModelSpec {
         name: name.into(),
-        vocab: r.size("vocab_size", None)?,
-        context: r.size("n_positions", None)?,
+        vocab: r.size("vocab_size", "vocab", None)?,
+        context: r.size("n_positions", "context", None)?,
         d_model: d,
-        layers: r.size("n_layer", None)?,
+        layers: r.size("n_layer", "layers", None)?,
         heads,
         kv_heads: heads,
-        ffn: MlpSpec { hidden: r.size("n_inner", Some(4 * d))?, act: Activation::Gelu },
+        ffn: MlpSpec { hidden: r.size("n_inner", "hidden", Some(4 * d))?, act: Activation::Gelu },
         norm: Norm::Layernorm,
         position: Position::Learned,
         tie_embeddings: r.flag("tie_word_embeddings", true)?,
@@ -123,9 +124,9 @@ fn gpt2(name: &str, r: &Reader) -> Result<ModelSpec, String> {
 
 /// Llama 2 and 3, Mistral, Qwen2 and Qwen3: RoPE, RMSNorm, SwiGLU, grouped-query attention.
 fn llama_like(name: &str, family: Family, r: &Reader) -> Result<ModelSpec, String> {
-    let d = r.size("hidden_size", None)?;
-    let heads = r.size("num_attention_heads", None)?;
-    let kv_heads = r.size("num_key_value_heads", Some(heads))?;
+    let d = r.size("hidden_size", "d_model", None)?;
+    let heads = r.size("num_attention_heads", "heads", None)?;
+    let kv_heads = r.size("num_key_value_heads", "kv_heads", Some(heads))?;
     let act = r.text("hidden_act", "silu")?;
     if act != "silu" {
         return Err(format!("`hidden_act` = \"{}\": roux's gated MLP is SwiGLU (silu)", act.escape_debug()));
@@ -134,11 +135,11 @@ fn llama_like(name: &str, family: Family, r: &Reader) -> Result<ModelSpec, Strin
         return Err(format!("`num_key_value_heads` = {kv_heads} does not divide `num_attention_heads` = {heads}"));
     }
     let default_head = (d % heads == 0).then_some(d / heads);
-    let head = r.size("head_dim", default_head)?;
+    let head = r.size("head_dim", "head_dim", default_head)?;
     if head % 2 != 0 {
         return Err(format!("rope needs an even head size, not `head_dim` = {head}"));
     }
-    let context = r.size("max_position_embeddings", None)?;
+    let context = r.size("max_position_embeddings", "context", None)?;
     full_attention(family, r, context)?;
     r.only("pretraining_tp", Value::from(1), "tensor-parallel slicing of the projections is not supported")?;
     // Qwen2 always has biases on q, k, v (none on o or the MLP); Llama and Qwen3 say which.
@@ -151,7 +152,7 @@ fn llama_like(name: &str, family: Family, r: &Reader) -> Result<ModelSpec, Strin
         return Err(format!("`attention_bias` = {attn_bias} with `mlp_bias` = {mlp_bias}: roux's `bias` covers both"));
     }
     let (theta, scaling) = rope(r)?;
-    let layers = r.size("num_hidden_layers", None)?;
+    let layers = r.size("num_hidden_layers", "layers", None)?;
     let moe = match family {
         Family::Mixtral => Some(sparse_moe(r, "num_local_experts", "intermediate_size", true, (0..layers).collect())?),
         Family::Olmoe => {
@@ -163,13 +164,13 @@ fn llama_like(name: &str, family: Family, r: &Reader) -> Result<ModelSpec, Strin
     };
     Ok(ModelSpec {
         name: name.into(),
-        vocab: r.size("vocab_size", None)?,
+        vocab: r.size("vocab_size", "vocab", None)?,
         context,
         d_model: d,
-        layers: r.size("num_hidden_layers", None)?,
+        layers: r.size("num_hidden_layers", "layers", None)?,
         heads,
         kv_heads,
-        ffn: MlpSpec { hidden: r.size("intermediate_size", None)?, act: Activation::Swiglu },
+        ffn: MlpSpec { hidden: r.size("intermediate_size", "hidden", None)?, act: Activation::Swiglu },
         norm: Norm::Rmsnorm,
         position: Position::Rope,
         tie_embeddings: r.flag("tie_word_embeddings", false)?,
@@ -191,8 +192,8 @@ fn llama_like(name: &str, family: Family, r: &Reader) -> Result<ModelSpec, Strin
 /// Their auxiliary loss coefficient is k times roux's balance loss (see the reference), so
 /// balance_loss = k · router_aux_loss_coef.
 fn sparse_moe(r: &Reader, experts_key: &str, hidden_key: &str, normalize: bool, layers: Vec<usize>) -> Result<MoeSpec, String> {
-    let experts = r.size(experts_key, None)?;
-    let k = r.size("num_experts_per_tok", Some(2))?;
+    let experts = r.size(experts_key, "experts", None)?;
+    let k = r.size("num_experts_per_tok", "k", Some(2))?;
     if k > experts {
         return Err(format!("`num_experts_per_tok` = {k} exceeds `{experts_key}` = {experts}"));
     }
@@ -205,7 +206,7 @@ fn sparse_moe(r: &Reader, experts_key: &str, hidden_key: &str, normalize: bool, 
     }
     Ok(MoeSpec {
         experts,
-        expert: MlpSpec { hidden: r.size(hidden_key, None)?, act: Activation::Swiglu },
+        expert: MlpSpec { hidden: r.size(hidden_key, "hidden", None)?, act: Activation::Swiglu },
         layers,
         shared: 0,
         shared_hidden: None,
@@ -219,11 +220,11 @@ fn sparse_moe(r: &Reader, experts_key: &str, hidden_key: &str, normalize: bool, 
 /// `mlp_only_layers`, dense with `intermediate_size`), and one shared expert of
 /// `shared_expert_intermediate_size` whose output a sigmoid gate scales.
 fn qwen2_moe(r: &Reader, layers: usize) -> Result<MoeSpec, String> {
-    let step = r.size("decoder_sparse_step", Some(1))?;
-    let dense: Vec<u64> = r.get("mlp_only_layers").and_then(Value::as_array).map(|a| a.iter().filter_map(Value::as_u64).collect()).unwrap_or_default();
+    let step = r.size("decoder_sparse_step", "layers", Some(1))?;
+    let dense: std::collections::HashSet<u64> = r.get("mlp_only_layers").and_then(Value::as_array).map(|a| a.iter().filter_map(Value::as_u64).collect()).unwrap_or_default();
     let picked = (0..layers).filter(|l| !dense.contains(&(*l as u64)) && (l + 1) % step == 0).collect();
     let mut m = sparse_moe(r, "num_experts", "moe_intermediate_size", r.flag("norm_topk_prob", false)?, picked)?;
-    let shared = r.get("shared_expert_intermediate_size").map(|_| r.size("shared_expert_intermediate_size", None)).transpose()?;
+    let shared = r.get("shared_expert_intermediate_size").map(|_| r.size("shared_expert_intermediate_size", "hidden", None)).transpose()?;
     if let Some(h) = shared {
         (m.shared, m.shared_hidden, m.shared_gate) = (1, Some(h), true);
     }
@@ -238,7 +239,7 @@ fn full_attention(family: Family, r: &Reader, context: usize) -> Result<(), Stri
         _ => false,
     };
     if windowed {
-        let w = r.size("sliding_window", None)?;
+        let w = r.size("sliding_window", "context", None)?;
         if w < context {
             return Err(format!("`sliding_window` = {w} is shorter than the context ({context}); roux's attention is full causal (set `max_position_embeddings` ≤ {w} to use it)"));
         }
@@ -269,8 +270,9 @@ fn rope(r: &Reader) -> Result<(f64, Option<RopeScaling>), String> {
         "default" => Ok((theta, None)),
         "llama3" => {
             let original = num("original_max_position_embeddings", None)?;
-            if !(original >= 1.0 && original <= MAX_DIM as f64 && original.fract() == 0.0) {
-                return Err(format!("rope `original_max_position_embeddings` = {original} is not a whole number from 1 to {MAX_DIM}"));
+            let max = crate::arith::size_limit("context");
+            if !(original >= 1.0 && original <= max as f64 && original.fract() == 0.0) {
+                return Err(format!("rope `original_max_position_embeddings` = {original} is not a whole number from 1 to {max}"));
             }
             let s = RopeScaling { factor: num("factor", None)?, low_freq_factor: num("low_freq_factor", Some(1.0))?, high_freq_factor: num("high_freq_factor", Some(4.0))?, original_context: original as usize };
             Ok((theta, Some(s)))

@@ -142,6 +142,14 @@ pub fn ignorable(name: &str, spec: &ModelSpec) -> bool {
     name.ends_with(".attn.bias") || name.ends_with(".attn.masked_bias") || name.ends_with("rotary_emb.inv_freq") || (spec.tie_embeddings && name == "lm_head.weight")
 }
 
+/// How many tensors the checkpoint of `spec` holds, counted without naming them (a config can
+/// describe 10,000 layers of 65,536 experts kept apart: billions of names).
+pub fn tensor_count(spec: &ModelSpec, family: Family) -> u64 {
+    let places = places(spec, family);
+    let whole: std::collections::HashSet<&str> = places.iter().filter(|(_, p)| p.experts.is_none()).map(|(_, p)| p.hf.as_str()).collect();
+    whole.len() as u64 + places.iter().filter_map(|(_, p)| p.experts).map(|e| e as u64).sum::<u64>()
+}
+
 /// The checkpoint's tensors and their shapes, as the places of `spec`'s parameters make them.
 pub fn expected_shapes(spec: &ModelSpec, family: Family) -> BTreeMap<String, Vec<usize>> {
     let shapes: BTreeMap<String, Vec<usize>> = lower_model(spec).params().into_iter().map(|p| (p.name, p.shape)).collect();
