@@ -127,3 +127,20 @@ fn fmt_keeps_the_comments_of_a_yaml_recipe() {
     assert_eq!(roux(&["fmt", "--check", f.to_str().unwrap()]).status.code(), Some(0));
     assert_eq!(roux(&["check", f.to_str().unwrap()]).status.code(), Some(0));
 }
+
+/// Negative zero keeps its sign through the YAML form, as through the recipe form (found by
+/// fuzzing: `-0` was written as the integer 0, and `fmt` changed the recipe).
+#[test]
+fn negative_zero_survives_the_yaml_form() {
+    use roux::syntax::{ast::strip_spans, yaml};
+    // YAML's `-0` is the integer 0; `-.0` the float -0.
+    for (text, kept) in [("experiment: x\nseed: -0\n", "seed: 0\n"), ("experiment: x\nmodel m:\n  $: transformer\n  dropout: -.0\n", "dropout: -0.0\n")] {
+        let mut ast = yaml::from_yaml(text).unwrap();
+        let written = yaml::to_yaml(&ast);
+        let mut back = yaml::from_yaml(&written).unwrap();
+        strip_spans(&mut ast);
+        strip_spans(&mut back);
+        assert_eq!(ast, back, "{written}");
+        assert!(written.ends_with(kept), "{written}");
+    }
+}

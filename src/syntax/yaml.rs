@@ -85,9 +85,10 @@ fn text(e: &Expr) -> String {
 
 fn value(e: &Expr) -> Value {
     match &e.kind {
+        // An integer only when it spells the same (`-0` is the float -0, whose sign a recipe keeps).
         ExprKind::Num { value, text: t } if format!("{value}") == *t => match t.parse::<i64>() {
-            Ok(i) => Value::Number(i.into()),
-            Err(_) => Value::Number((*value).into()),
+            Ok(i) if i.to_string() == *t => Value::Number(i.into()),
+            _ => Value::Number((*value).into()),
         },
         ExprKind::Bool(b) => Value::Bool(*b),
         ExprKind::List(items) => Value::Sequence(items.iter().map(value).collect()),
