@@ -61,21 +61,44 @@ struct Note {
     beside: Option<String>,
 }
 
-/// Every key's comments, and the comments after the last key.
+/// Every key's comments, and the comments after the last key. Lines inside a scalar that
+/// spans lines (quoted, or a `|`/`>` block) are its text, not keys or comments.
 fn collect(source: &str) -> (Vec<Note>, Vec<String>) {
     let mut notes: Vec<Note> = vec![];
     let mut pending: Vec<String> = vec![];
     let mut walk = Walker::default();
-    for line in source.lines() {
+    // A quoted scalar left open at the end of a line; the indent of a key whose value is a block.
+    let mut open: Option<u8> = None;
+    let mut block: Option<usize> = None;
+    for line in lines(source) {
         let t = line.trim();
+        let indent = line.len() - line.trim_start().len();
+        if let Some(key_indent) = block {
+            if t.is_empty() || indent > key_indent {
+                continue;
+            }
+            block = None;
+        }
+        let continued = open.is_some();
+        let (code, comment, still_open) = split_comment(line, open);
+        open = still_open;
+        if continued {
+            // The rest of a quoted scalar: only a comment after its closing quote counts.
+            if let Some(c) = comment {
+                pending.push(c.to_string());
+            }
+            continue;
+        }
         if t.starts_with('#') {
             pending.push(t.to_string());
             continue;
         }
-        let (code, comment) = split_comment(line);
         if let Some(path) = walk.step(code) {
             if !pending.is_empty() || comment.is_some() {
                 notes.push(Note { path, above: std::mem::take(&mut pending), beside: comment.map(str::to_string) });
+            }
+            if open.is_none() && starts_block(code) {
+                block = Some(indent);
             }
         } else if let Some(c) = comment {
             pending.push(c.to_string());
@@ -84,13 +107,25 @@ fn collect(source: &str) -> (Vec<Note>, Vec<String>) {
     (notes, pending)
 }
 
-/// A line's text and its trailing `# comment` (a `#` after a space, outside quoted scalars). A
-/// quote opens a scalar only where one starts (after `: `, `- `, `[`, `{`, `,` or at the start):
-/// inside a plain scalar (`a: d"o # c`) it is an ordinary character. In double quotes a
-/// backslash escapes the next character; in single quotes `''` is a quote.
-fn split_comment(line: &str) -> (&str, Option<&str>) {
+/// The lines of `text` as YAML breaks them: at `\n`, `\r\n` or a lone `\r`.
+fn lines(text: &str) -> impl Iterator<Item = &str> {
+    text.split('\n').flat_map(|l| l.strip_suffix('\r').unwrap_or(l).split('\r'))
+}
+
+/// Whether a key or item line's value starts a block scalar (`key: |`, `- >-`, `key: |2`).
+fn starts_block(code: &str) -> bool {
+    let value = code.trim_end().rsplit_once(": ").map_or_else(|| code.trim().trim_start_matches('-').trim(), |(_, v)| v.trim());
+    value.starts_with(['|', '>']) && value[1..].chars().all(|c| matches!(c, '+' | '-' | '1'..='9'))
+}
+
+/// A line's text and its trailing `# comment` (a `#` after a space, outside quoted scalars), and
+/// the quote still open at its end; `open`, the quote a line before left open. A quote opens a
+/// scalar only where one starts (after `: `, `- `, `[`, `{`, `,` or at the start): inside a
+/// plain scalar (`a: d"o # c`) it is an ordinary character. In double quotes a backslash
+/// escapes the next character; in single quotes `''` is a quote.
+fn split_comment(line: &str, open: Option<u8>) -> (&str, Option<&str>, Option<u8>) {
     let b = line.as_bytes();
-    let mut quote = None;
+    let mut quote = open;
     let mut escaped = false;
     // The last character outside quotes that is not a blank.
     let mut before: Option<u8> = None;
@@ -106,13 +141,13 @@ fn split_comment(line: &str) -> (&str, Option<&str>) {
             Some(_) => {}
             None => match c {
                 b'\'' | b'"' if matches!(before, None | Some(b':' | b'-' | b'[' | b'{' | b',' | b'?')) => quote = Some(c),
-                b'#' if i == 0 || b[i - 1] == b' ' || b[i - 1] == b'\t' => return (line[..i].trim_end(), Some(line[i..].trim_end())),
+                b'#' if i == 0 || b[i - 1] == b' ' || b[i - 1] == b'\t' => return (line[..i].trim_end(), Some(line[i..].trim_end()), None),
                 b' ' | b'\t' => {}
                 _ => before = Some(c),
             },
         }
     }
-    (line, None)
+    (line, None, quote)
 }
 
 /// Follows the block structure line by line: the key path of each key or list-item line.
@@ -188,6 +223,15 @@ mod tests {
         assert_eq!(carry("a: [x, \"y # no\"] # c\n", "a: [x, \"y # no\"]\n"), "a: [x, \"y # no\"]  # c\n");
         // A comment's trailing blanks go, beside a key as above it: `fmt` again changes nothing.
         assert_eq!(carry("a: 1 # c  \nb: 2 # d \t\n", "a: 1\n"), "a: 1  # c\n# d\n");
+    }
+
+    #[test]
+    fn text_of_a_scalar_over_several_lines_is_no_comment() {
+        // (Found by the fuzzer: a `#` line inside a quoted scalar became a comment, and a lone
+        // carriage return, a line break to YAML, split it into a line that did not parse.)
+        assert_eq!(carry("a: 'x\n  # not\r y' # c\nb: 1\n", "a: 'x # not y'\nb: 1\n"), "a: 'x # not y'\n# c\nb: 1\n");
+        assert_eq!(carry("t: |\n  # not\n  Q\n# c\nb: 1\n", "t: |-\n  # not\n  Q\nb: 1\n"), "t: |-\n  # not\n  Q\n# c\nb: 1\n");
+        assert_eq!(carry("a: 1 # c\r\nb: 2\r# d\rc: 3\n", "a: 1\nb: 2\nc: 3\n"), "a: 1  # c\nb: 2\n# d\nc: 3\n");
     }
 
     #[test]
