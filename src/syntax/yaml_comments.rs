@@ -118,32 +118,39 @@ fn starts_block(code: &str) -> bool {
     value.starts_with(['|', '>']) && value[1..].chars().all(|c| matches!(c, '+' | '-' | '1'..='9'))
 }
 
-/// A line's text and its trailing `# comment` (a `#` after a space, outside quoted scalars), and
-/// the quote still open at its end; `open`, the quote a line before left open. A quote opens a
-/// scalar only where one starts (after `: `, `- `, `[`, `{`, `,` or at the start): inside a
-/// plain scalar (`a: d"o # c`) it is an ordinary character. In double quotes a backslash
-/// escapes the next character; in single quotes `''` is a quote.
+/// A line's text and its trailing `# comment` (a `#` after a blank, outside quoted scalars),
+/// and the quote still open at its end; `open`, the quote a line before left open. A quote opens
+/// a scalar only where a value starts (the line's start, after `- `, `? `, `: `, and in a flow
+/// collection after `[`, `{` or `,`): inside a plain scalar (`a: d"o # c`, `a: b[['c`) quotes
+/// and brackets are ordinary characters. In double quotes a backslash escapes the next
+/// character; in single quotes `''` is a quote.
 fn split_comment(line: &str, open: Option<u8>) -> (&str, Option<&str>, Option<u8>) {
     let b = line.as_bytes();
+    let blank = |i: usize| b.get(i).map_or(true, |c| *c == b' ' || *c == b'\t');
     let mut quote = open;
-    let mut escaped = false;
-    // The last character outside quotes that is not a blank.
-    let mut before: Option<u8> = None;
+    let (mut escaped, mut plain, mut depth) = (false, false, 0usize);
     for (i, &c) in b.iter().enumerate() {
         match quote {
             Some(_) if escaped => escaped = false,
             Some(b'"') if c == b'\\' => escaped = true,
             Some(b'\'') if c == b'\'' && b.get(i + 1) == Some(&b'\'') => escaped = true,
-            Some(q) if c == q => {
-                quote = None;
-                before = Some(c);
-            }
+            Some(q) if c == q => quote = None,
             Some(_) => {}
+            None if c == b'#' && (i == 0 || blank(i - 1)) => return (line[..i].trim_end(), Some(line[i..].trim_end()), None),
+            // A value ends at `: ` (its key's), and in a flow collection at `,`, `]` or `}`.
+            None if plain => match c {
+                b':' if blank(i + 1) => plain = false,
+                b',' if depth > 0 => plain = false,
+                b']' | b'}' if depth > 0 => (plain, depth) = (false, depth - 1),
+                _ => {}
+            },
             None => match c {
-                b'\'' | b'"' if matches!(before, None | Some(b':' | b'-' | b'[' | b'{' | b',' | b'?')) => quote = Some(c),
-                b'#' if i == 0 || b[i - 1] == b' ' || b[i - 1] == b'\t' => return (line[..i].trim_end(), Some(line[i..].trim_end()), None),
-                b' ' | b'\t' => {}
-                _ => before = Some(c),
+                b'\'' | b'"' => quote = Some(c),
+                b'[' | b'{' => depth += 1,
+                b']' | b'}' => depth = depth.saturating_sub(1),
+                b' ' | b'\t' | b',' => {}
+                b'-' | b'?' | b':' if blank(i + 1) => {}
+                _ => plain = true,
             },
         }
     }
@@ -221,6 +228,8 @@ mod tests {
         assert_eq!(carry("a: \"x\\\" # y\" # c\n", "a: \"x\\\" # y\"\n"), "a: \"x\\\" # y\"  # c\n");
         assert_eq!(carry("a: 'it''s # no' # c\n", "a: 'it''s # no'\n"), "a: 'it''s # no'  # c\n");
         assert_eq!(carry("a: [x, \"y # no\"] # c\n", "a: [x, \"y # no\"]\n"), "a: [x, \"y # no\"]  # c\n");
+        assert_eq!(carry("a: b[['c\"d # c\n", "a: b[['c\"d\n"), "a: b[['c\"d  # c\n");
+        assert_eq!(carry("- 'x # no' # c\n", "- 'x # no'\n"), "- 'x # no'  # c\n");
         // A comment's trailing blanks go, beside a key as above it: `fmt` again changes nothing.
         assert_eq!(carry("a: 1 # c  \nb: 2 # d \t\n", "a: 1\n"), "a: 1  # c\n# d\n");
     }
