@@ -71,7 +71,7 @@ pub fn chat_template(config: &serde_json::Value, jinja: Option<String>) -> Resul
 
 #[cfg(test)]
 mod tests {
-    use super::*;
+    use crate::hf::shards;
 
     #[test]
     fn an_index_names_plain_shards_and_not_too_many() {
