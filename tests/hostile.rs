@@ -558,6 +558,10 @@ fn a_damaged_output_is_not_up_to_date() {
     let err = rerun();
     assert!(err.contains("pretrain: its outputs changed since it finished (model.safetensors is missing); retraining."), "{err}");
     assert!(rerun().contains("pretrain: up to date"));
+    // Both damaged runs were kept, each under a name of its own (two set aside in the same
+    // second once collided: "Directory not empty").
+    let aside = std::fs::read_dir(out.join("tiny")).unwrap().filter(|e| e.as_ref().unwrap().file_name().to_string_lossy().starts_with("pretrain.old-")).count();
+    assert_eq!(aside, 2);
 }
 
 /// `--stage` naming no stage is an error with a did-you-mean, not a run that does nothing.

@@ -320,15 +320,23 @@ pub fn variant_dir(dir: &Path, hash: &str) -> PathBuf {
     dir.with_file_name(name)
 }
 
-/// Rename an existing run directory out of the way instead of deleting it.
+/// Rename an existing run directory out of the way instead of deleting it: `NAME.old-SECONDS`,
+/// or `NAME.old-SECONDS-2`, … when a run was set aside in the same second (renaming onto a
+/// directory that holds files fails, so nothing set aside before is touched).
 pub fn set_aside(dir: &Path) -> Result<()> {
     let ts = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
-    let mut name = dir.file_name().unwrap_or_default().to_os_string();
-    name.push(format!(".old-{ts}"));
-    let to = dir.with_file_name(name);
-    std::fs::rename(dir, &to).with_context(|| format!("setting {} aside", dir.display()))?;
-    tracing::info!("set the previous run aside as {}", to.display());
-    Ok(())
+    for n in 1..=1000 {
+        let mut name = dir.file_name().unwrap_or_default().to_os_string();
+        name.push(if n == 1 { format!(".old-{ts}") } else { format!(".old-{ts}-{n}") });
+        let to = dir.with_file_name(name);
+        if to.symlink_metadata().is_ok() {
+            continue;
+        }
+        std::fs::rename(dir, &to).with_context(|| format!("setting {} aside as {}", dir.display(), to.display()))?;
+        tracing::info!("set the previous run aside as {}", to.display());
+        return Ok(());
+    }
+    bail!("setting {} aside: a thousand runs were set aside in the same second", dir.display())
 }
 
 /// Why a finished run's outputs are not what it wrote, if they are not: a file its report lists
