@@ -1,7 +1,8 @@
 //! `model base = hf("…")`: Hugging Face checkpoints in. For each supported architecture the test
 //! makes a small random model with `transformers` (tests/fixtures/hf/make.py; no hub here) and
 //! holds roux to it: `roux plan` counts `sum(p.numel())`, roux's logits equal transformers' within
-//! 1e-4 on four prompts, and import → export gives back the checkpoint's tensors exactly.
+//! 1e-4 on four prompts, and import → export gives back the checkpoint's tensors exactly, with a
+//! config.json from which transformers computes the same logits.
 #![cfg(feature = "torch")]
 
 mod common;
@@ -105,6 +106,15 @@ fn assert_export_roundtrip(dir: &Path, model: &roux::run::model::Model, class: &
     assert!(differ.is_empty(), "tensors differ after import → export: {differ:?}");
     let config: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.join("config.json")).unwrap()).unwrap();
     assert_eq!(config["architectures"][0], class);
+    // And transformers, reading the config roux wrote, computes the checkpoint's logits.
+    let script = "import json, sys, torch\nfrom transformers import AutoModelForCausalLM\n\
+        m = AutoModelForCausalLM.from_pretrained(sys.argv[1], dtype=torch.float32).eval()\n\
+        e = json.load(open(sys.argv[2]))\n\
+        with torch.no_grad():\n    gap = max((m(torch.tensor([p])).logits[0].double().flatten() - torch.tensor(l, dtype=torch.float64)).abs().max().item() for p, l in zip(e['prompts'], e['logits']))\n\
+        print(f'{type(m).__name__} {gap:.3e}')\nassert gap < 1e-4, gap";
+    let o = Command::new("python").args(["-c", script, out.to_str().unwrap(), dir.join("ck/expected.json").to_str().unwrap()]).output().unwrap();
+    assert!(o.status.success(), "transformers on roux's export: {}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
+    assert!(String::from_utf8_lossy(&o.stdout).starts_with(class), "{}", String::from_utf8_lossy(&o.stdout));
 }
 
 fn import(name: &str, class: &str) {

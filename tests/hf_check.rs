@@ -318,3 +318,44 @@ fn chat_templates_and_conversations_are_bounded_in_memory_time_and_work() {
         turns.1
     );
 }
+
+/// A config.json may leave keys out: transformers fills them in with its class's defaults, which
+/// differ by family (OLMoE picks 8 experts a token unless told, Mixtral's rope base is 10^6). For
+/// each family and each key of its test config, roux reads the config without that key (or with
+/// it null) as the model transformers makes of it (the same config with every default written
+/// out, from tests/fixtures/hf/defaults.py), or refuses it naming the key. And every model read
+/// goes back out (`roux export`'s config.json) as a config that reads as the same model.
+#[test]
+fn a_key_left_out_of_a_config_means_to_roux_what_it_means_to_transformers() {
+    use roux::hf::{config::model_from_config, emit};
+    let dir = scratch("hf-defaults");
+    let o = std::process::Command::new("python").arg(common::root().join("tests/fixtures/hf/defaults.py")).arg(dir.join("cases.json")).output().expect("python on PATH (source scripts/env.sh)");
+    assert!(o.status.success(), "defaults.py failed: {}", String::from_utf8_lossy(&o.stderr));
+    let cases: Vec<Value> = serde_json::from_str(&std::fs::read_to_string(dir.join("cases.json")).unwrap()).unwrap();
+    assert!(cases.len() >= 380, "{} cases", cases.len());
+    let (mut wrong, mut exported) = (vec![], 0);
+    for c in &cases {
+        let (family, key) = (c["family"].as_str().unwrap(), c["key"].as_str());
+        let case = match key {
+            None => format!("{family}'s whole config"),
+            Some(k) if c["null"] == true => format!("{family} with `{k}` = null"),
+            Some(k) => format!("{family} without `{k}`"),
+        };
+        let (given, implied) = (model_from_config("m", &c["given"]), model_from_config("m", &c["implied"]));
+        match (&given, &implied, key) {
+            (Ok(a), Ok(b), _) if a == b => {}
+            (Err(e), _, Some(k)) if e.contains(&format!("`{k}`")) => {}
+            (Err(_), Err(_), Some(_)) => {}
+            _ => wrong.push(format!("{case}:\n  roux reads   {given:?}\n  transformers {implied:?}")),
+        }
+        if let Ok((spec, fam)) = &given {
+            let back = model_from_config("m", &emit::config(spec, *fam));
+            if back.as_ref().map(|b| &b.0) != Ok(spec) {
+                wrong.push(format!("{case}, exported, reads back as\n  {back:?}, not\n  {spec:?}"));
+            }
+            exported += 1;
+        }
+    }
+    assert!(exported >= 300, "{exported} exported");
+    assert!(wrong.is_empty(), "{} of {} configs read differently:\n{}", wrong.len(), cases.len(), wrong.join("\n"));
+}

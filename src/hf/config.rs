@@ -122,11 +122,42 @@ fn gpt2(name: &str, r: &Reader) -> Result<ModelSpec, String> {
     })
 }
 
+/// What transformers assumes for a key that a family's config leaves out, where families differ
+/// (tests/hf_check.rs compares every key left out with transformers' own reading).
+struct Defaults {
+    /// None: as many as the query heads.
+    kv_heads: Option<usize>,
+    /// None: `hidden_size` / heads.
+    head_dim: Option<usize>,
+    norm_eps: f64,
+    rope_theta: f64,
+    /// Mistral's window when `sliding_window` is absent (an explicit null means none).
+    sliding_window: Option<usize>,
+    experts_per_token: usize,
+    aux_loss: f64,
+    /// Qwen2-MoE's shared expert.
+    shared_hidden: Option<usize>,
+}
+
+fn defaults(family: Family) -> Defaults {
+    let base = Defaults { kv_heads: None, head_dim: None, norm_eps: 1e-6, rope_theta: 1e4, sliding_window: None, experts_per_token: 2, aux_loss: 0.001, shared_hidden: None };
+    match family {
+        Family::Mistral => Defaults { kv_heads: Some(8), sliding_window: Some(4096), ..base },
+        Family::Qwen2 => Defaults { kv_heads: Some(32), ..base },
+        Family::Qwen3 => Defaults { kv_heads: Some(32), head_dim: Some(128), ..base },
+        Family::Mixtral => Defaults { kv_heads: Some(8), norm_eps: 1e-5, rope_theta: 1e6, ..base },
+        Family::Olmoe => Defaults { norm_eps: 1e-5, experts_per_token: 8, aux_loss: 0.01, ..base },
+        Family::Qwen2Moe => Defaults { kv_heads: Some(16), experts_per_token: 4, shared_hidden: Some(5632), ..base },
+        Family::Gpt2 | Family::Llama => base,
+    }
+}
+
 /// Llama 2 and 3, Mistral, Qwen2 and Qwen3: RoPE, RMSNorm, SwiGLU, grouped-query attention.
 fn llama_like(name: &str, family: Family, r: &Reader) -> Result<ModelSpec, String> {
+    let dft = defaults(family);
     let d = r.size("hidden_size", "d_model", None)?;
     let heads = r.size("num_attention_heads", "heads", None)?;
-    let kv_heads = r.size("num_key_value_heads", "kv_heads", Some(heads))?;
+    let kv_heads = r.size("num_key_value_heads", "kv_heads", Some(dft.kv_heads.unwrap_or(heads)))?;
     let act = r.text("hidden_act", "silu")?;
     if act != "silu" {
         return Err(format!("`hidden_act` = \"{}\": roux's gated MLP is SwiGLU (silu)", act.escape_debug()));
@@ -135,12 +166,13 @@ fn llama_like(name: &str, family: Family, r: &Reader) -> Result<ModelSpec, Strin
         return Err(format!("`num_key_value_heads` = {kv_heads} does not divide `num_attention_heads` = {heads}"));
     }
     let default_head = (d % heads == 0).then_some(d / heads);
-    let head = r.size("head_dim", "head_dim", default_head)?;
+    // An explicit null means the derived size; absent, the family's default.
+    let head = r.size("head_dim", "head_dim", if r.0.get("head_dim").is_some() { default_head } else { dft.head_dim.or(default_head) })?;
     if head % 2 != 0 {
         return Err(format!("rope needs an even head size, not `head_dim` = {head}"));
     }
     let context = r.size("max_position_embeddings", "context", None)?;
-    full_attention(family, r, context)?;
+    full_attention(family, r, context, dft.sliding_window)?;
     r.only("pretraining_tp", Value::from(1), "tensor-parallel slicing of the projections is not supported")?;
     // Qwen2 always has biases on q, k, v (none on o or the MLP); Llama and Qwen3 say which.
     let (attn_bias, mlp_bias) = match family {
@@ -151,15 +183,15 @@ fn llama_like(name: &str, family: Family, r: &Reader) -> Result<ModelSpec, Strin
     if attn_bias != mlp_bias {
         return Err(format!("`attention_bias` = {attn_bias} with `mlp_bias` = {mlp_bias}: roux's `bias` covers both"));
     }
-    let (theta, scaling) = rope(r)?;
+    let (theta, scaling) = rope(r, dft.rope_theta)?;
     let layers = r.size("num_hidden_layers", "layers", None)?;
     let moe = match family {
-        Family::Mixtral => Some(sparse_moe(r, "num_local_experts", "intermediate_size", true, (0..layers).collect())?),
+        Family::Mixtral => Some(sparse_moe(r, &dft, "num_local_experts", "intermediate_size", true, (0..layers).collect())?),
         Family::Olmoe => {
             r.only("clip_qkv", Value::Null, "roux does not clip queries, keys and values")?;
-            Some(sparse_moe(r, "num_experts", "intermediate_size", r.flag("norm_topk_prob", false)?, (0..layers).collect())?)
+            Some(sparse_moe(r, &dft, "num_experts", "intermediate_size", r.flag("norm_topk_prob", false)?, (0..layers).collect())?)
         }
-        Family::Qwen2Moe => Some(qwen2_moe(r, layers)?),
+        Family::Qwen2Moe => Some(qwen2_moe(r, &dft, layers)?),
         _ => None,
     };
     Ok(ModelSpec {
@@ -175,11 +207,11 @@ fn llama_like(name: &str, family: Family, r: &Reader) -> Result<ModelSpec, Strin
         position: Position::Rope,
         tie_embeddings: r.flag("tie_word_embeddings", false)?,
         bias: attn_bias,
-        qkv_bias: matches!(family, Family::Qwen2 | Family::Qwen2Moe),
+        qkv_bias: family == Family::Qwen2 || (family == Family::Qwen2Moe && r.flag("qkv_bias", true)?),
         qk_norm: matches!(family, Family::Qwen3 | Family::Olmoe),
         qk_norm_whole: family == Family::Olmoe,
         head_size: (Some(head) != default_head).then_some(head),
-        norm_eps: Some(r.float("rms_norm_eps", 1e-6)?),
+        norm_eps: Some(r.float("rms_norm_eps", dft.norm_eps)?),
         rope_theta: Some(theta),
         rope_scaling: scaling,
         moe,
@@ -191,16 +223,16 @@ fn llama_like(name: &str, family: Family, r: &Reader) -> Result<ModelSpec, Strin
 /// `experts_key`, the k gates renormalised or not (Mixtral always; OLMoE's `norm_topk_prob`).
 /// Their auxiliary loss coefficient is k times roux's balance loss (see the reference), so
 /// balance_loss = k · router_aux_loss_coef.
-fn sparse_moe(r: &Reader, experts_key: &str, hidden_key: &str, normalize: bool, layers: Vec<usize>) -> Result<MoeSpec, String> {
+fn sparse_moe(r: &Reader, dft: &Defaults, experts_key: &str, hidden_key: &str, normalize: bool, layers: Vec<usize>) -> Result<MoeSpec, String> {
     let experts = r.size(experts_key, "experts", None)?;
-    let k = r.size("num_experts_per_tok", "k", Some(2))?;
+    let k = r.size("num_experts_per_tok", "k", Some(dft.experts_per_token))?;
     if k > experts {
         return Err(format!("`num_experts_per_tok` = {k} exceeds `{experts_key}` = {experts}"));
     }
     if r.float("router_jitter_noise", 0.0)? != 0.0 {
         return Err("`router_jitter_noise` is not 0: roux's top-k router has no jitter".into());
     }
-    let coef = r.float("router_aux_loss_coef", 0.001)?;
+    let coef = r.float("router_aux_loss_coef", dft.aux_loss)?;
     if !(0.0..=1e3).contains(&coef) {
         return Err(format!("`router_aux_loss_coef` = {coef} is not in [0, 1000]"));
     }
@@ -219,27 +251,25 @@ fn sparse_moe(r: &Reader, experts_key: &str, hidden_key: &str, normalize: bool, 
 /// Qwen2-MoE: experts of `moe_intermediate_size` in the blocks `decoder_sparse_step` picks (less
 /// `mlp_only_layers`, dense with `intermediate_size`), and one shared expert of
 /// `shared_expert_intermediate_size` whose output a sigmoid gate scales.
-fn qwen2_moe(r: &Reader, layers: usize) -> Result<MoeSpec, String> {
+fn qwen2_moe(r: &Reader, dft: &Defaults, layers: usize) -> Result<MoeSpec, String> {
     let step = r.size("decoder_sparse_step", "layers", Some(1))?;
     let dense: std::collections::HashSet<u64> = r.get("mlp_only_layers").and_then(Value::as_array).map(|a| a.iter().filter_map(Value::as_u64).collect()).unwrap_or_default();
     let picked = (0..layers).filter(|l| !dense.contains(&(*l as u64)) && (l + 1) % step == 0).collect();
-    let mut m = sparse_moe(r, "num_experts", "moe_intermediate_size", r.flag("norm_topk_prob", false)?, picked)?;
-    let shared = r.get("shared_expert_intermediate_size").map(|_| r.size("shared_expert_intermediate_size", "hidden", None)).transpose()?;
-    if let Some(h) = shared {
-        (m.shared, m.shared_hidden, m.shared_gate) = (1, Some(h), true);
-    }
+    let mut m = sparse_moe(r, dft, "num_experts", "moe_intermediate_size", r.flag("norm_topk_prob", false)?, picked)?;
+    let shared = r.size("shared_expert_intermediate_size", "hidden", dft.shared_hidden)?;
+    (m.shared, m.shared_hidden, m.shared_gate) = (1, Some(shared), true);
     Ok(m)
 }
 
 /// Every layer attends to every earlier position: no sliding window shorter than the context.
-fn full_attention(family: Family, r: &Reader, context: usize) -> Result<(), String> {
+fn full_attention(family: Family, r: &Reader, context: usize, default_window: Option<usize>) -> Result<(), String> {
     let windowed = match family {
-        Family::Mistral | Family::Mixtral => r.get("sliding_window").is_some(),
+        Family::Mistral | Family::Mixtral => r.get("sliding_window").is_some() || (r.0.get("sliding_window").is_none() && default_window.is_some()),
         Family::Qwen2 | Family::Qwen2Moe | Family::Qwen3 => r.flag("use_sliding_window", false)?,
         _ => false,
     };
     if windowed {
-        let w = r.size("sliding_window", "context", None)?;
+        let w = r.size("sliding_window", "context", default_window)?;
         if w < context {
             return Err(format!("`sliding_window` = {w} is shorter than the context ({context}); roux's attention is full causal (set `max_position_embeddings` ≤ {w} to use it)"));
         }
@@ -254,11 +284,11 @@ fn full_attention(family: Family, r: &Reader, context: usize) -> Result<(), Stri
 
 /// The rotary embedding's base and scaling: `rope_parameters` (transformers 5) or the older
 /// `rope_theta` and `rope_scaling`.
-fn rope(r: &Reader) -> Result<(f64, Option<RopeScaling>), String> {
+fn rope(r: &Reader, default_theta: f64) -> Result<(f64, Option<RopeScaling>), String> {
     let params = r.get("rope_parameters").or_else(|| r.get("rope_scaling"));
     let theta = match params.and_then(|p| p.get("rope_theta")).filter(|v| !v.is_null()) {
         Some(v) => v.as_f64().ok_or_else(|| format!("`rope_theta` = {v} is not a number"))?,
-        None => r.float("rope_theta", 10000.0)?,
+        None => r.float("rope_theta", default_theta)?,
     };
     let Some(p) = params else { return Ok((theta, None)) };
     let kind = p.get("rope_type").or_else(|| p.get("type")).and_then(Value::as_str).unwrap_or("default");

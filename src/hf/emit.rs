@@ -55,12 +55,23 @@ pub fn config(spec: &ModelSpec, family: Family) -> Value {
             if matches!(family, Family::Mistral | Family::Mixtral) {
                 c["sliding_window"] = Value::Null;
             }
-            if let (Family::Mixtral | Family::Olmoe, Some(m)) = (family, &spec.moe) {
-                if let crate::recipe::RouterSpec::Topk { k, balance_loss, normalize, .. } = &m.router {
-                    c[if family == Family::Mixtral { "num_local_experts" } else { "num_experts" }] = json!(m.experts);
-                    c["norm_topk_prob"] = json!(normalize);
-                    c["num_experts_per_tok"] = json!(k);
-                    c["router_aux_loss_coef"] = json!(balance_loss / *k as f64);
+            let moe = spec.moe.as_ref().and_then(|m| match &m.router {
+                crate::recipe::RouterSpec::Topk { k, balance_loss, normalize, .. } => Some((m, *k, *balance_loss, *normalize)),
+                _ => None,
+            });
+            if let Some((m, k, balance_loss, normalize)) = moe {
+                c[if family == Family::Mixtral { "num_local_experts" } else { "num_experts" }] = json!(m.experts);
+                c["norm_topk_prob"] = json!(normalize);
+                c["num_experts_per_tok"] = json!(k);
+                c["router_aux_loss_coef"] = json!(balance_loss / k as f64);
+                if family == Family::Qwen2Moe {
+                    // Experts in the blocks `moe.layers` names, the rest dense, one gated shared expert.
+                    c["moe_intermediate_size"] = json!(m.expert.hidden);
+                    c["shared_expert_intermediate_size"] = json!(m.shared_hidden.unwrap_or(m.expert.hidden));
+                    c["decoder_sparse_step"] = json!(1);
+                    c["mlp_only_layers"] = json!((0..spec.layers).filter(|l| !m.layers.contains(l)).collect::<Vec<_>>());
+                    c["qkv_bias"] = json!(spec.qkv_bias);
+                } else {
                     c["intermediate_size"] = json!(m.expert.hidden);
                 }
             }
