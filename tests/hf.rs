@@ -245,6 +245,32 @@ fn an_imported_model_post_trains_on_its_own_tokenizers_ids() {
     }
 }
 
+/// A tokenizer whose post-processor starts every text with a special token (Llama's `<s> $A`;
+/// here `<|endoftext|>`): prompts start with it in training, scoring and sampling, as
+/// `tokenizer(prompt)` in transformers gives them; the response follows without it.
+#[test]
+fn prompts_start_with_the_tokenizers_own_leading_special_tokens() {
+    let dir = checkpoint("tok-bos", "qwen2-tok");
+    let path = dir.join("ck/tokenizer.json");
+    let mut tk: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    let bos = tk["added_tokens"].as_array().unwrap().iter().find(|t| t["content"] == "<|endoftext|>").unwrap()["id"].clone();
+    let single = serde_json::json!([{"SpecialToken": {"id": "<|endoftext|>", "type_id": 0}}, {"Sequence": {"id": "A", "type_id": 0}}]);
+    tk["post_processor"] = serde_json::json!({"type": "TemplateProcessing", "single": single, "pair": single,
+        "special_tokens": {"<|endoftext|>": {"id": "<|endoftext|>", "ids": [bos], "tokens": ["<|endoftext|>"]}}});
+    std::fs::write(&path, tk.to_string()).unwrap();
+    std::fs::write(dir.join("r.roux"), PIPELINE).unwrap();
+    let c = roux::frontend::compile(&dir.join("r.roux")).unwrap();
+    let recipe = c.recipe.unwrap_or_else(|| panic!("{:?}", c.diagnostics.iter().map(|d| &d.message).collect::<Vec<_>>()));
+    let codec = roux::run::kit::codec::Codec::new(&recipe, recipe.example_set("instr").unwrap()).unwrap();
+    let script = "import sys\nfrom transformers import PreTrainedTokenizerFast\nt = PreTrainedTokenizerFast(tokenizer_file=sys.argv[1])\nprint(t('Q: reverse abcd\\nA: ').input_ids + t('dcba', add_special_tokens=False).input_ids)";
+    let o = Command::new("python").args(["-c", script, path.to_str().unwrap()]).output().unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let mut ours = codec.prompt("reverse abcd");
+    assert_eq!(ours[0], bos.as_i64().unwrap(), "the prompt starts with the tokenizer's leading special token");
+    ours.extend(codec.encode("dcba"));
+    assert_eq!(String::from_utf8_lossy(&o.stdout).trim().replace(' ', ""), format!("{ours:?}").replace(' ', ""), "roux's ids are transformers'");
+}
+
 /// Conversations in TRL's format: "reverse <word>" answered by the reversed word, a fifth of
 /// them two exchanges long; and preference pairs whose rejected answer is the word unreversed.
 fn chat_data(dir: &Path) {

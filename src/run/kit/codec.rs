@@ -19,6 +19,10 @@ pub struct Codec {
     /// Whether `response` appends `end`: not for conversations, whose rendered turns carry the
     /// chat template's own end-of-turn marker.
     append_end: bool,
+    /// Starts every prompt: the tokenizer's own special tokens before a text (Llama's `<s>`), as
+    /// `tokenizer(prompt)` in transformers gives them. Not before a conversation: chat templates
+    /// write their `bos_token` themselves.
+    prefix: Vec<i64>,
 }
 
 impl Codec {
@@ -32,12 +36,13 @@ impl Codec {
             "" => vec![eos_id(&ck.dir, &tk)?],
             text => ids(&tk, text)?,
         };
-        Ok(Codec { tk: Some(tk), template: set.template.clone(), end, append_end: set.chat.is_none() })
+        let prefix = if set.chat.is_none() { tokenize::special_prefix(&tk)?.into_iter().map(i64::from).collect() } else { vec![] };
+        Ok(Codec { tk: Some(tk), template: set.template.clone(), end, append_end: set.chat.is_none(), prefix })
     }
 
     /// Bytes: each byte of the UTF-8 text is a token.
     pub fn bytes(set: &ExampleSet) -> Codec {
-        Codec { tk: None, template: set.template.clone(), end: set.end.bytes().map(i64::from).collect(), append_end: true }
+        Codec { tk: None, template: set.template.clone(), end: set.end.bytes().map(i64::from).collect(), append_end: true, prefix: vec![] }
     }
 
     pub fn encode(&self, text: &str) -> Vec<i64> {
@@ -49,9 +54,10 @@ impl Codec {
         }
     }
 
-    /// The prompt as the model sees it: rendered with the template, encoded.
+    /// The prompt as the model sees it: rendered with the template, encoded, after the
+    /// tokenizer's leading special tokens.
     pub fn prompt(&self, prompt: &str) -> Vec<i64> {
-        self.encode(&render(&self.template, prompt))
+        [self.prefix.clone(), self.encode(&render(&self.template, prompt))].concat()
     }
 
     /// A response's ids, the end marker after it.

@@ -91,6 +91,52 @@ pub fn encode_bounded(tk: &Tokenizer, text: &str) -> Result<Vec<u32>> {
     guard.run(|| encode(tk, text)).0
 }
 
+/// The special tokens a checkpoint's tokenizer puts before a text (its post-processor's: Llama's
+/// `<s>`, Llama 3's `<|begin_of_text|>`; none for GPT-2 or Qwen2), which `tokenizer(text)` in
+/// transformers starts every sequence with and a pretrained model expects. Found by encoding a
+/// probe with and without special tokens; what comes after the text (an end token) is left out:
+/// roux closes responses with the model's end token itself.
+pub fn special_prefix(tk: &Tokenizer) -> Result<Vec<u32>> {
+    const PROBE: &str = "a";
+    let guard = crate::bounded::Guard::new("a checkpoint's tokenizer");
+    let (plain, full) = guard.run(|| -> Result<_> {
+        let ids = |special| tk.encode(PROBE, special).map(|e| e.get_ids().to_vec()).map_err(|e| anyhow!("encoding: {e}"));
+        Ok((ids(false)?, ids(true)?))
+    }).0?;
+    // Where the text's own ids start among those with special tokens.
+    let at = if plain.is_empty() { None } else { full.windows(plain.len()).position(|w| w == plain.as_slice()) };
+    Ok(at.map_or_else(Vec::new, |at| full[..at].to_vec()))
+}
+
 pub fn decode(tk: &Tokenizer, ids: &[u32]) -> Result<String> {
     tk.decode(ids, false).map_err(|e| anyhow!("decoding: {e}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The byte tokenizer with a post-processor template around the text (`<s>` is id 256).
+    fn with_template(single: serde_json::Value) -> Tokenizer {
+        let mut v: serde_json::Value = serde_json::from_str(&bytes().unwrap().to_string(false).unwrap()).unwrap();
+        v["added_tokens"] = serde_json::json!([{"id": 256, "content": "<s>", "single_word": false, "lstrip": false, "rstrip": false, "normalized": false, "special": true},
+                                               {"id": 257, "content": "</s>", "single_word": false, "lstrip": false, "rstrip": false, "normalized": false, "special": true}]);
+        v["post_processor"] = serde_json::json!({"type": "TemplateProcessing", "single": single, "pair": single,
+            "special_tokens": {"<s>": {"id": "<s>", "ids": [256], "tokens": ["<s>"]}, "</s>": {"id": "</s>", "ids": [257], "tokens": ["</s>"]}}});
+        v.to_string().parse().unwrap()
+    }
+
+    #[test]
+    fn the_special_tokens_before_a_text_are_the_post_processors() {
+        let (bos, text, eos) = (serde_json::json!({"SpecialToken": {"id": "<s>", "type_id": 0}}), serde_json::json!({"Sequence": {"id": "A", "type_id": 0}}), serde_json::json!({"SpecialToken": {"id": "</s>", "type_id": 0}}));
+        // Llama 2's template: `<s> $A`.
+        let llama = with_template(serde_json::json!([bos, text]));
+        assert_eq!(special_prefix(&llama).unwrap(), vec![256]);
+        assert_eq!(llama.encode("hi", true).unwrap().get_ids(), &[256, 104, 105]);
+        // An end token after the text is not a prefix.
+        assert_eq!(special_prefix(&with_template(serde_json::json!([bos, text, eos]))).unwrap(), vec![256]);
+        assert_eq!(special_prefix(&with_template(serde_json::json!([text, eos]))).unwrap(), Vec::<u32>::new());
+        // No post-processor (GPT-2, Qwen2, roux's own BPE and byte tokenizers): nothing.
+        assert_eq!(special_prefix(&bytes().unwrap()).unwrap(), Vec::<u32>::new());
+    }
 }

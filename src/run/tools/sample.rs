@@ -61,7 +61,12 @@ pub fn sample_run(run: &Path, prompt: &str, o: &SampleOptions, on_text: &mut dyn
     let tk = tk_path.map(|p| tokenize::read(&p)).transpose()?;
     let (text, stop) = if chat { chat_prompt(&spec, tk.as_ref(), prompt)? } else { (prompt.to_string(), None) };
     let mut ids: Vec<i64> = match &tk {
-        Some(tk) => tokenize::encode_bounded(tk, &text)?.into_iter().map(i64::from).collect(),
+        // A plain prompt after the tokenizer's leading special tokens, as `tokenizer(prompt)` in
+        // transformers; a chat template writes its own.
+        Some(tk) => {
+            let prefix = if chat { vec![] } else { tokenize::special_prefix(tk)? };
+            prefix.into_iter().chain(tokenize::encode_bounded(tk, &text)?).map(i64::from).collect()
+        }
         None => text.bytes().map(|b| b as i64).collect(),
     };
     if ids.is_empty() {
