@@ -303,6 +303,11 @@ fn chat_data(dir: &Path) {
 fn conversations_train_on_assistant_turns_through_the_chat_template() {
     let dir = checkpoint("chat", "qwen2-tok");
     chat_data(&dir);
+    // Two end-of-sequence ids, the end of a text first, as Llama 3 Instruct lists them: replies,
+    // which the template ends with <|im_end|>, stop at either, in scoring and in `sample --chat`.
+    let tk: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(dir.join("ck/tokenizer.json")).unwrap()).unwrap();
+    let id = |name: &str| tk["added_tokens"].as_array().unwrap().iter().find(|t| t["content"] == name).unwrap()["id"].as_i64().unwrap();
+    std::fs::write(dir.join("ck/generation_config.json"), serde_json::json!({"eos_token_id": [id("<|endoftext|>"), id("<|im_end|>")]}).to_string()).unwrap();
     let recipe = r#"experiment "chat" {
   seed = 2
   model base = hf("ck")
@@ -325,7 +330,9 @@ fn conversations_train_on_assistant_turns_through_the_chat_template() {
     let seq = codec.example(two, true, 64);
     let assistant: usize = two.turns.iter().filter(|t| t.1).map(|t| codec.encode(&t.0).len()).sum();
     assert_eq!(seq.weights.iter().sum::<f32>() as usize, assistant);
-    assert!(two.turns[1].0.ends_with("<|im_end|>\n") && codec.end() == codec.encode("<|im_end|>").as_slice());
+    assert!(two.turns[1].0.ends_with("<|im_end|>\n"));
+    assert_eq!(codec.stops(), &[vec![id("<|endoftext|>")], vec![id("<|im_end|>")]]);
+    assert_eq!(codec.decode(&[codec.encode("dcba"), vec![id("<|im_end|>")], codec.encode("xy"), vec![id("<|endoftext|>")]].concat()), "dcba");
 
     let o = roux(&["run", dir.join("r.roux").to_str().unwrap(), "--out", dir.join("runs").to_str().unwrap()]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));

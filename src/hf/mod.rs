@@ -51,27 +51,40 @@ pub fn shards(index: &serde_json::Value) -> Result<Vec<String>, String> {
     Ok(out)
 }
 
-/// The chat template of a checkpoint from its tokenizer_config.json (parsed; `Null` when absent):
-/// `chat_template` as a string, or the one named `default` in a list; else `jinja`, the text of
-/// chat_template.jinja. With the bos and eos tokens a template may print.
+/// The chat template of a checkpoint: `jinja`, the text of chat_template.jinja, which
+/// transformers prefers to the config's; else tokenizer_config.json's (parsed; `Null` when
+/// absent) `chat_template` as a string, or the one named `default` in a list. With the bos and
+/// eos tokens a template may print.
 pub fn chat_template(config: &serde_json::Value, jinja: Option<String>) -> Result<crate::recipe::ChatTemplate, String> {
     let token = |k: &str| config[k].as_str().or_else(|| config[k]["content"].as_str()).unwrap_or("").to_string();
-    let source = match &config["chat_template"] {
-        serde_json::Value::String(s) => s.clone(),
-        serde_json::Value::Array(list) => list
+    let source = match (jinja, &config["chat_template"]) {
+        (Some(text), _) => text,
+        (None, serde_json::Value::String(s)) => s.clone(),
+        (None, serde_json::Value::Array(list)) => list
             .iter()
             .find(|t| t["name"] == "default")
             .and_then(|t| t["template"].as_str())
             .ok_or("lists chat templates but none named `default`")?
             .to_string(),
-        _ => jinja.ok_or("has no chat template")?,
+        _ => return Err("has no chat template".into()),
     };
     Ok(crate::recipe::ChatTemplate { source, bos: token("bos_token"), eos: token("eos_token") })
 }
 
 #[cfg(test)]
 mod tests {
-    use crate::hf::shards;
+    use crate::hf::{chat_template, shards};
+
+    #[test]
+    fn chat_template_jinja_comes_before_the_configs_as_in_transformers() {
+        let config = serde_json::json!({"chat_template": "config's", "eos_token": {"content": "</s>"}});
+        assert_eq!(chat_template(&config, Some("file's".into())).unwrap().source, "file's");
+        let t = chat_template(&config, None).unwrap();
+        assert_eq!((t.source.as_str(), t.eos.as_str()), ("config's", "</s>"));
+        let listed = serde_json::json!({"chat_template": [{"name": "tool_use", "template": "t"}, {"name": "default", "template": "d"}]});
+        assert_eq!(chat_template(&listed, None).unwrap().source, "d");
+        assert_eq!(chat_template(&serde_json::Value::Null, None).unwrap_err(), "has no chat template");
+    }
 
     #[test]
     fn an_index_names_plain_shards_and_not_too_many() {

@@ -16,6 +16,10 @@ pub struct Codec {
     template: String,
     /// Closes every response; generation stops once it is produced.
     end: Vec<i64>,
+    /// Every marker that ends a generated response: `end`, and a checkpoint's other
+    /// end-of-sequence ids (Llama 3 Instruct ends a turn with `<|eot_id|>`, a text with
+    /// `<|end_of_text|>`; transformers' `generate` stops at any of them).
+    stops: Vec<Vec<i64>>,
     /// Whether `response` appends `end`: not for conversations, whose rendered turns carry the
     /// chat template's own end-of-turn marker.
     append_end: bool,
@@ -32,17 +36,18 @@ impl Codec {
         let spec = recipe.model(model).context("checked recipe names the tokenizer's model")?;
         let ck = spec.checkpoint.as_ref().with_context(|| format!("model `{model}` is not imported from a checkpoint"))?;
         let tk = tokenize::read(&ck.dir.join(tokenize::FILE))?;
-        let end = match set.end.as_str() {
-            "" => vec![eos_id(&ck.dir, &tk)?],
-            text => ids(&tk, text)?,
+        let stops: Vec<Vec<i64>> = match set.end.as_str() {
+            "" => eos_ids(&ck.dir, &tk)?.into_iter().map(|id| vec![id]).collect(),
+            text => vec![ids(&tk, text)?],
         };
         let prefix = if set.chat.is_none() { tokenize::special_prefix(&tk)?.into_iter().map(i64::from).collect() } else { vec![] };
-        Ok(Codec { tk: Some(tk), template: set.template.clone(), end, append_end: set.chat.is_none(), prefix })
+        Ok(Codec { tk: Some(tk), template: set.template.clone(), end: stops[0].clone(), stops, append_end: set.chat.is_none(), prefix })
     }
 
     /// Bytes: each byte of the UTF-8 text is a token.
     pub fn bytes(set: &ExampleSet) -> Codec {
-        Codec { tk: None, template: set.template.clone(), end: set.end.bytes().map(i64::from).collect(), append_end: true, prefix: vec![] }
+        let end: Vec<i64> = set.end.bytes().map(i64::from).collect();
+        Codec { tk: None, template: set.template.clone(), stops: vec![end.clone()], end, append_end: true, prefix: vec![] }
     }
 
     pub fn encode(&self, text: &str) -> Vec<i64> {
@@ -73,9 +78,14 @@ impl Codec {
         &self.end
     }
 
-    /// A generated response's text, without the end marker and anything after it.
+    /// The markers that end a generated response (`end` first).
+    pub fn stops(&self) -> &[Vec<i64>] {
+        &self.stops
+    }
+
+    /// A generated response's text, without the first end marker in it and anything after.
     pub fn decode(&self, response: &[i64]) -> String {
-        let cut = if self.end.is_empty() { None } else { response.windows(self.end.len()).position(|w| w == self.end.as_slice()) };
+        let cut = self.stops.iter().filter(|s| !s.is_empty()).filter_map(|s| response.windows(s.len()).position(|w| w == s.as_slice())).min();
         let ids = &response[..cut.unwrap_or(response.len())];
         match &self.tk {
             None => String::from_utf8_lossy(&ids.iter().map(|&t| t.clamp(0, 255) as u8).collect::<Vec<_>>()).into_owned(),
@@ -116,21 +126,23 @@ fn ids(tk: &Tokenizer, text: &str) -> Result<Vec<i64>> {
     Ok(tokenize::encode_bounded(tk, text)?.into_iter().map(i64::from).collect())
 }
 
-/// The checkpoint's end-of-sequence token: `eos_token_id` of generation_config.json or
-/// config.json (the first, when a list), else tokenizer_config.json's `eos_token`.
-pub fn eos_id(dir: &Path, tk: &Tokenizer) -> Result<i64> {
+/// The checkpoint's end-of-sequence tokens, as transformers' `generate` takes them:
+/// `eos_token_id` of generation_config.json, else of config.json (an id or a list: every one
+/// ends a response, the first closes the responses roux trains on), else tokenizer_config.json's
+/// `eos_token`.
+pub fn eos_ids(dir: &Path, tk: &Tokenizer) -> Result<Vec<i64>> {
     for file in ["generation_config.json", "config.json"] {
         let path = dir.join(file);
         if !path.is_file() {
             continue;
         }
         let v: serde_json::Value = serde_json::from_str(&super::files::read_capped(&path, crate::hf::MAX_CONFIG)?).with_context(|| format!("{} is not valid JSON", path.display()))?;
-        let id = match &v["eos_token_id"] {
-            serde_json::Value::Array(a) => a.first().and_then(|x| x.as_i64()),
-            x => x.as_i64(),
+        let ids: Vec<i64> = match &v["eos_token_id"] {
+            serde_json::Value::Array(a) => a.iter().filter_map(|x| x.as_i64()).collect(),
+            x => x.as_i64().into_iter().collect(),
         };
-        if let Some(id) = id {
-            return Ok(id);
+        if !ids.is_empty() {
+            return Ok(ids);
         }
     }
     let path = dir.join("tokenizer_config.json");
@@ -138,7 +150,7 @@ pub fn eos_id(dir: &Path, tk: &Tokenizer) -> Result<i64> {
         let v: serde_json::Value = serde_json::from_str(&super::files::read_capped(&path, crate::hf::MAX_CONFIG)?).with_context(|| format!("{} is not valid JSON", path.display()))?;
         let name = v["eos_token"].as_str().or_else(|| v["eos_token"]["content"].as_str());
         if let Some(id) = name.and_then(|n| tk.token_to_id(n)) {
-            return Ok(id as i64);
+            return Ok(vec![id as i64]);
         }
     }
     bail!("{} names no end-of-sequence token (eos_token_id in generation_config.json or config.json, eos_token in tokenizer_config.json); set `end = \"…\"` on the data", dir.display())

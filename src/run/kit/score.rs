@@ -73,8 +73,8 @@ fn tally(examples: &[Example], responses: &[Vec<i64>], codec: &Codec) -> [f64; 4
 
 pub fn score(model: &Model, reference: Option<&Model>, codec: &Codec, examples: &[Example], max_new: usize) -> Score {
     let prompts: Vec<Vec<i64>> = examples.iter().map(|e| codec.prompt(&e.prompt)).collect();
-    let greedy = generate(model, &prompts, max_new, 0.0, codec.end());
-    let sampled = generate(model, &prompts, max_new, 1.0, codec.end());
+    let greedy = generate(model, &prompts, max_new, 0.0, codec.stops());
+    let sampled = generate(model, &prompts, max_new, 1.0, codec.stops());
     let n = examples.len().max(1) as f64;
     let g = tally(examples, &greedy, codec);
     let s = tally(examples, &sampled, codec);

@@ -50,9 +50,10 @@ pub fn prompt_response(prompt: &[i64], response: &[i64]) -> Seq {
 }
 
 /// Continue every prompt by up to `max_new` tokens (fewer where the context ends), stopping a
-/// row once it has produced `end`. `temperature` 0 is greedy. Prompts are grouped by length so
-/// each group is one dense batch. Returns each response, the end marker included when produced.
-pub fn generate(model: &Model, prompts: &[Vec<i64>], max_new: usize, temperature: f64, end: &[i64]) -> Vec<Vec<i64>> {
+/// row once it has produced one of the `stops`. `temperature` 0 is greedy. Prompts are grouped by
+/// length so each group is one dense batch. Returns each response, the end marker included when
+/// produced.
+pub fn generate(model: &Model, prompts: &[Vec<i64>], max_new: usize, temperature: f64, stops: &[Vec<i64>]) -> Vec<Vec<i64>> {
     let mut out = vec![vec![]; prompts.len()];
     let mut groups: BTreeMap<usize, Vec<usize>> = BTreeMap::new();
     for (i, p) in prompts.iter().enumerate() {
@@ -86,7 +87,7 @@ pub fn generate(model: &Model, prompts: &[Vec<i64>], max_new: usize, temperature
                         continue;
                     }
                     out[i].push(next[k]);
-                    done[k] = !end.is_empty() && out[i].ends_with(end);
+                    done[k] = stops.iter().any(|s| !s.is_empty() && out[i].ends_with(s));
                 }
                 if done.iter().all(|&d| d) {
                     break;

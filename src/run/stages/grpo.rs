@@ -91,7 +91,7 @@ pub fn run(ctx: &StageCtx, g: &GrpoSpec) -> Result<()> {
         }
         let batch: Vec<&Example> = chosen.iter().flat_map(|e| std::iter::repeat_n(*e, g.group)).collect();
         let prompts: Vec<Vec<i64>> = batch.iter().map(|e| codec.prompt(&e.prompt)).collect();
-        let responses = generate(&policy, &prompts, g.max_new, g.temperature, codec.end());
+        let responses = generate(&policy, &prompts, g.max_new, g.temperature, codec.stops());
         let seqs: Vec<Seq> = prompts.iter().zip(&responses).map(|(q, r)| prompt_response(q, r)).collect();
         // 2. Rewards.
         let rm_scores = rm.as_ref().map(|rm| {
@@ -190,14 +190,13 @@ pub fn run(ctx: &StageCtx, g: &GrpoSpec) -> Result<()> {
 /// The recipe's reward for one response: the weighted sum of its terms.
 fn reward_of(reward: &Reward, e: &Example, response: &[i64], codec: &Codec, max_new: usize, rm_score: Option<f64>) -> f64 {
     let answer = e.gold.as_deref().unwrap_or(&e.response);
-    let end_ids = codec.end();
     reward
         .terms
         .iter()
         .map(|(w, t)| {
             w * match t {
                 RewardTerm::ExactMatch => tasks::exact(answer, &codec.decode(response)) as u8 as f64,
-                RewardTerm::Format => (!end_ids.is_empty() && response.ends_with(end_ids)) as u8 as f64,
+                RewardTerm::Format => codec.stops().iter().any(|s| !s.is_empty() && response.ends_with(s)) as u8 as f64,
                 RewardTerm::Length => response.len() as f64 / max_new.max(1) as f64,
                 RewardTerm::Model { .. } => rm_score.unwrap_or(0.0),
             }

@@ -98,7 +98,7 @@ pub fn run(ctx: &StageCtx, p: &PpoSpec) -> Result<()> {
             tch::manual_seed((recipe.seed ^ step.wrapping_mul(0x9E37_79B9) ^ (world.rank as u64).wrapping_mul(0x2545_F491_4F6C_DD1D)) as i64);
         }
         let prompts: Vec<Vec<i64>> = batch.iter().map(|e| codec.prompt(&e.prompt)).collect();
-        let responses = generate(&policy, &prompts, p.max_new, p.temperature, codec.end());
+        let responses = generate(&policy, &prompts, p.max_new, p.temperature, codec.stops());
         let seqs: Vec<Seq> = prompts.iter().zip(&responses).map(|(q, r)| prompt_response(q, r)).collect();
         let rows: Vec<&Seq> = seqs.iter().collect();
         let b = pad(&rows, dev);
