@@ -17,8 +17,8 @@ cargo test --release
 echo "--- a short bounded fuzz pass over the front end (scripts/fuzz.sh N for a long one) ---"
 FUZZ_SANITIZER=none ./scripts/fuzz.sh 20000 2>&1 | grep -E "^Done|stat::number_of_executed_units|stat::average_exec_per_sec|panicked|ERROR" || true
 # A panic leaves crash-*, an input past -timeout timeout-*, one past the memory limit oom-*.
-if ls fuzz/artifacts/parse_check/{crash,timeout,oom}-* >/dev/null 2>&1; then
-  echo "FAIL: the fuzzer found an input that breaks the front end: $(ls fuzz/artifacts/parse_check/{crash,timeout,oom}-* 2>/dev/null)" >&2
+if ls fuzz/artifacts/*/{crash,timeout,oom}-* >/dev/null 2>&1; then
+  echo "FAIL: the fuzzer found an input that breaks the front end: $(ls fuzz/artifacts/*/{crash,timeout,oom}-* 2>/dev/null)" >&2
   exit 1
 fi
 

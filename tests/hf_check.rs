@@ -114,6 +114,8 @@ fn every_number_of_a_config_has_a_range() {
         ("num_attention_heads", json!(65_537), "`num_attention_heads` = 65537 is not a whole number from 1 to 65536"),
         ("rms_norm_eps", json!(2.0), "norm ε 2 is not in (0, 1)"),
         ("num_key_value_heads", json!(3), "`num_key_value_heads` = 3 does not divide `num_attention_heads` = 2"),
+        // A size derived from others has the range of one written out (it is, on export).
+        ("hidden_size", json!(1 << 20), "`head_dim` (absent: 524288, from the other sizes) is not a whole number from 1 to 65536"),
     ] {
         let mut c = llama_config();
         c[key] = value;

@@ -56,7 +56,13 @@ impl Reader<'_> {
     fn size(&self, key: &str, as_: &str, default: Option<usize>) -> Result<usize, String> {
         let max = crate::arith::size_limit(as_);
         match self.get(key) {
-            None => default.ok_or_else(|| format!("has no `{key}`")),
+            // A default derived from other sizes (`head_dim` = hidden_size / heads) has the
+            // same range as a value written out, so that what is read can be written back.
+            None => match default {
+                Some(n) if (1..=max).contains(&(n as u64)) => Ok(n),
+                Some(n) => Err(format!("`{key}` (absent: {n}, from the other sizes) is not a whole number from 1 to {max}")),
+                None => Err(format!("has no `{key}`")),
+            },
             Some(v) => v.as_u64().filter(|n| (1..=max).contains(n)).map(|n| n as usize).ok_or_else(|| format!("`{key}` = {v} is not a whole number from 1 to {max}")),
         }
     }
