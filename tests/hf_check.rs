@@ -321,6 +321,14 @@ fn chat_templates_and_conversations_are_bounded_in_memory_time_and_work() {
     );
 }
 
+/// The JSON list that tests/fixtures/hf/`script` writes, from what transformers makes of its inputs.
+fn from_transformers(script: &str) -> Vec<Value> {
+    let out = scratch(&format!("hf-{script}")).join("out.json");
+    let o = std::process::Command::new("python").arg(common::root().join("tests/fixtures/hf").join(script)).arg(&out).output().expect("python on PATH (source scripts/env.sh)");
+    assert!(o.status.success(), "{script} failed: {}", String::from_utf8_lossy(&o.stderr));
+    serde_json::from_str(&std::fs::read_to_string(&out).unwrap()).unwrap()
+}
+
 /// A config.json may leave keys out: transformers fills them in with its class's defaults, which
 /// differ by family (OLMoE picks 8 experts a token unless told, Mixtral's rope base is 10^6). For
 /// each family and each key of its test config, roux reads the config without that key (or with
@@ -330,10 +338,7 @@ fn chat_templates_and_conversations_are_bounded_in_memory_time_and_work() {
 #[test]
 fn a_key_left_out_of_a_config_means_to_roux_what_it_means_to_transformers() {
     use roux::hf::{config::model_from_config, emit};
-    let dir = scratch("hf-defaults");
-    let o = std::process::Command::new("python").arg(common::root().join("tests/fixtures/hf/defaults.py")).arg(dir.join("cases.json")).output().expect("python on PATH (source scripts/env.sh)");
-    assert!(o.status.success(), "defaults.py failed: {}", String::from_utf8_lossy(&o.stderr));
-    let cases: Vec<Value> = serde_json::from_str(&std::fs::read_to_string(dir.join("cases.json")).unwrap()).unwrap();
+    let cases = from_transformers("defaults.py");
     assert!(cases.len() >= 380, "{} cases", cases.len());
     let (mut wrong, mut exported) = (vec![], 0);
     for c in &cases {
@@ -360,4 +365,33 @@ fn a_key_left_out_of_a_config_means_to_roux_what_it_means_to_transformers() {
     }
     assert!(exported >= 300, "{exported} exported");
     assert!(wrong.is_empty(), "{} of {} configs read differently:\n{}", wrong.len(), cases.len(), wrong.join("\n"));
+}
+
+/// Chat templates in the styles of published checkpoints (ChatML with a default system turn and
+/// a `tools` test, Llama 3's headers and namespace, Mistral's alternation check, Gemma's folded
+/// system turn, Zephyr's one-tag lines, Python's string methods, `tojson`, loop controls), each
+/// applied to conversations with spaces, markup, non-ASCII text and JSON: roux renders exactly
+/// what transformers' `apply_chat_template` renders (tests/fixtures/hf/templates.py), and fails
+/// where it fails.
+#[test]
+fn chat_templates_render_as_transformers_renders_them() {
+    use roux::posttrain::chat::{Message, Renderer};
+    let templates = from_transformers("templates.py");
+    let (mut wrong, mut cases) = (vec![], 0);
+    for t in &templates {
+        let s = |k: &str| t[k].as_str().unwrap().to_string();
+        let r = Renderer::new(&roux::recipe::ChatTemplate { source: s("template"), bos: s("bos"), eos: s("eos") }).unwrap();
+        for c in t["cases"].as_array().unwrap() {
+            cases += 1;
+            let messages: Vec<Message> = c["messages"].as_array().unwrap().iter().map(|m| Message { role: m["role"].as_str().unwrap().into(), content: m["content"].as_str().unwrap().into() }).collect();
+            let ours = r.render(&messages, c["generation_prompt"] == true);
+            match (&ours, c["text"].as_str()) {
+                (Ok(a), Some(b)) if a == b => {}
+                (Err(e), None) if e.contains(c["error"].as_str().unwrap()) => {}
+                _ => wrong.push(format!("{} on {}:\n  roux         {ours:?}\n  transformers {:?}", t["name"], c["messages"], c.get("text").unwrap_or(&c["error"]))),
+            }
+        }
+    }
+    assert!(cases >= 40, "{cases} cases");
+    assert!(wrong.is_empty(), "{} of {cases} renders differ:\n{}", wrong.len(), wrong.join("\n"));
 }

@@ -68,6 +68,7 @@ impl Renderer {
         env.set_fuel(Some(FUEL));
         env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
         env.add_function("raise_exception", |msg: String| -> Result<String, Error> { Err(Error::new(ErrorKind::InvalidOperation, msg)) });
+        env.add_filter("tojson", super::pyjson::tojson);
         // Compiling folds constant expressions (`'x' * 10**8`): bounded too.
         let guard = Guard::new("a chat template");
         guard.run(|| env.add_template_owned("chat", t.source.clone())).0.map_err(|e| format!("the chat template does not parse: {e}"))?;
@@ -109,7 +110,8 @@ impl Renderer {
         // Bounded in memory (`bounded`), and the bytes it allocates count, a sixteenth each, as
         // work: a render that makes and drops large strings costs its time.
         let (out, allocated) = self.guard.run(|| {
-            let ctx = context! { messages => messages, add_generation_prompt => generation_prompt, bos_token => &self.bos, eos_token => &self.eos };
+            // No tools or documents, as transformers passes them (None: `tools is not none` is false).
+            let ctx = context! { messages => messages, add_generation_prompt => generation_prompt, bos_token => &self.bos, eos_token => &self.eos, tools => (), documents => () };
             t.render_captured(ctx).map(|c| (c.output().to_string(), c.state().fuel_levels().map_or(0, |(used, _)| used)))
         });
         let charge = |steps: u64, written: usize| self.work.set(self.work.get().saturating_add(steps + (given + written + allocated / 16) as u64));

@@ -10,4 +10,5 @@
 pub mod chat;
 pub mod examples;
 pub mod gae;
+pub mod pyjson;
 pub mod tasks;
