@@ -8,6 +8,8 @@
 //! process's allocator counts what the thread allocates, a watchdog thread watches the clock,
 //! and either bound, passed, ends the process with a message (exit 2) rather than exhausting the
 //! machine or hanging. Outside `within` the allocator is the system's plus one thread-local read.
+//! A value nested a million deep (`{% set ns.x = [ns.x] %}` in two loops) overflows the stack
+//! when printed, compared or dropped; inside `within` that ends the process with a message too.
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
@@ -75,6 +77,7 @@ fn within<T>(what: &'static str, deadline: Instant, f: impl FnOnce() -> T) -> (T
     static WATCHDOG: std::sync::Once = std::sync::Once::new();
     WATCHDOG.call_once(|| {
         std::thread::spawn(watch);
+        overflow::install();
     });
     static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
     let id = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -149,5 +152,58 @@ unsafe impl GlobalAlloc for Counting {
     unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
         charge(new_size as isize - layout.size() as isize, new_size.saturating_sub(layout.size()));
         System.realloc(ptr, layout, new_size)
+    }
+}
+
+/// A stack overflow inside `within`: the fault on the stack's guard page reaches this handler
+/// (on the signal stack Rust gives every thread it starts), which names the code and exits 2
+/// instead of Rust's "fatal runtime error: stack overflow" abort. Any other fault is passed on
+/// to the handler installed before (Rust's), by restoring it and returning to the faulting
+/// instruction.
+mod overflow {
+    use std::sync::OnceLock;
+
+    struct Previous([libc::sigaction; 2]);
+    // SAFETY: written once, before the handler that reads it is installed; read-only after.
+    unsafe impl Sync for Previous {}
+    unsafe impl Send for Previous {}
+    static PREVIOUS: OnceLock<Previous> = OnceLock::new();
+    const SIGNALS: [libc::c_int; 2] = [libc::SIGSEGV, libc::SIGBUS];
+
+    pub fn install() {
+        // SAFETY: plain sigaction calls on zeroed structs; the handler only reads a
+        // thread-local `Cell` of numbers, writes to fd 2 and exits or restores.
+        unsafe {
+            let mut old: [libc::sigaction; 2] = std::mem::zeroed();
+            for (i, sig) in SIGNALS.iter().enumerate() {
+                libc::sigaction(*sig, std::ptr::null(), &mut old[i]);
+            }
+            if PREVIOUS.set(Previous(old)).is_err() {
+                return;
+            }
+            let mut action: libc::sigaction = std::mem::zeroed();
+            action.sa_sigaction = handler as extern "C" fn(libc::c_int, *mut libc::siginfo_t, *mut libc::c_void) as libc::sighandler_t;
+            action.sa_flags = libc::SA_SIGINFO | libc::SA_ONSTACK;
+            libc::sigemptyset(&mut action.sa_mask);
+            for sig in SIGNALS {
+                libc::sigaction(sig, &action, std::ptr::null_mut());
+            }
+        }
+    }
+
+    extern "C" fn handler(sig: libc::c_int, _: *mut libc::siginfo_t, _: *mut libc::c_void) {
+        let what = super::COUNT.try_with(|c| c.get().map(|n| n.what)).ok().flatten();
+        // SAFETY: write(2) and _exit(2) are async-signal-safe; sigaction restores a saved action.
+        unsafe {
+            if let Some(what) = what {
+                for part in ["error: ", what, " ran out of stack (a value or a call nested too deep)", "; roux stops here (it is someone else's code, and roux bounds what it may use)\n"] {
+                    libc::write(2, part.as_ptr().cast(), part.len());
+                }
+                libc::_exit(2);
+            }
+            if let (Some(p), Some(i)) = (PREVIOUS.get(), SIGNALS.iter().position(|s| *s == sig)) {
+                libc::sigaction(sig, &p.0[i], std::ptr::null_mut());
+            }
+        }
     }
 }

@@ -266,6 +266,8 @@ fn chat_templates_and_conversations_are_bounded_in_memory_time_and_work() {
         ("scan", "{% for i in range(100000) %}{{ ('x' * 100000000)|length }}{% endfor %}".to_string(), vec![user("hi"), said("yo")], json!({})),
         ("turns", plain.to_string(), (0..12_000).flat_map(|i| [user(&format!("q{i}")), said("a")]).collect(), json!({})),
         ("tokenizer", plain.to_string(), vec![user(&"a".repeat(10_000)), said("yo")], bomb),
+        // A list nested a million deep: printing it recurses once per level.
+        ("deep", format!("{{% set ns = namespace(x=[]) %}}{{% for i in range(1000) %}}{{% for j in range(1000) %}}{{% set ns.x = [ns.x] %}}{{% endfor %}}{{% endfor %}}{{{{ ns.x }}}}{plain}"), vec![user("hi"), said("yo")], json!({})),
     ];
     let mut c = llama_config();
     c["vocab_size"] = json!(300);
@@ -297,11 +299,13 @@ fn chat_templates_and_conversations_are_bounded_in_memory_time_and_work() {
         let o = child.wait_with_output().unwrap();
         (o.status.code(), String::from_utf8_lossy(&o.stderr).into_owned(), t.elapsed())
     };
-    let (big, scan, turns, tokenizer) = std::thread::scope(|s| {
-        let [a, b, c, d] = ["terabyte", "scan", "turns", "tokenizer"].map(|n| s.spawn(move || check(n)));
-        (a.join().unwrap(), b.join().unwrap(), c.join().unwrap(), d.join().unwrap())
+    let (big, scan, turns, tokenizer, deep) = std::thread::scope(|s| {
+        let [a, b, c, d, e] = ["terabyte", "scan", "turns", "tokenizer", "deep"].map(|n| s.spawn(move || check(n)));
+        (a.join().unwrap(), b.join().unwrap(), c.join().unwrap(), d.join().unwrap(), e.join().unwrap())
     });
     let why = "; roux stops here (it is someone else's code, and roux bounds what it may use)\n";
+    assert_eq!(deep.0, Some(2), "{}", deep.1);
+    assert_eq!(deep.1, format!("error: a chat template ran out of stack (a value or a call nested too deep){why}"));
     assert_eq!(big.0, Some(2), "{}", big.1);
     assert_eq!(big.1, format!("error: a chat template asked for more than 256 MiB of memory at once, or 2 GiB in all, in one call{why}"));
     assert_eq!(tokenizer.0, Some(2), "{}", tokenizer.1);
