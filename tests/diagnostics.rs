@@ -163,3 +163,38 @@ fn github_annotations_escape_every_property_and_the_message() {
         "::error file=a%2Cb%3A%3Ac%0Ad.roux,line=1,col=1,endLine=1,endColumn=2::[E0110] line%0D%0A::warning::injected 100%25 (hint: a, b: c)\n"
     );
 }
+
+/// Input that would nest deeper than anything recurses safely: 200,000 levels of brackets, of
+/// minus signs, of operators (a left-leaning `+` chain and a right-leaning `^` chain), and of
+/// YAML flow collections (whose scanner is quadratic in their depth: minutes at this size). Each
+/// is one pinned diagnostic, in a test thread's 2 MB of stack, in well under a second.
+#[test]
+fn nesting_past_the_bounds_is_one_diagnostic_not_a_stack_overflow_or_a_hang() {
+    let n = 200_000;
+    let roux_text = |v: String| format!("experiment \"x\" {{\n  seed = {v}\n}}\n");
+    let cases = [
+        ("r.roux", roux_text(format!("{}1{}", "(".repeat(n), ")".repeat(n))), (2, 73), "nesting deeper than 64 levels"),
+        ("r.roux", roux_text(format!("{}1", "-".repeat(n))), (2, 10), "an expression nested deeper than 256 levels (each operator and minus sign is one)"),
+        ("r.roux", roux_text(format!("1{}", " + 1".repeat(n))), (2, 10), "an expression nested deeper than 256 levels (each operator and minus sign is one)"),
+        ("r.roux", roux_text(format!("{}2", "2 ^ ".repeat(n))), (2, 10), "an expression nested deeper than 256 levels (each operator and minus sign is one)"),
+        // A string holding an escaped backslash ends at its third quote; the brackets after count.
+        ("r.roux", format!("experiment \"x\" {{\n  name = \"\\\\\"\n  seed = {}1{}\n}}\n", "(".repeat(n), ")".repeat(n)), (3, 73), "nesting deeper than 64 levels"),
+        ("r.yaml", format!("experiment: x\nseed: {}{}\n", "[".repeat(n), "]".repeat(n)), (2, 71), "nesting deeper than 64 levels"),
+        ("r.yaml", format!("experiment: x\nseed: {}1{}\n", "{a: ".repeat(n), "}".repeat(n)), (2, 263), "nesting deeper than 64 levels"),
+    ];
+    for (path, text, (line, col), want) in cases {
+        let t = std::time::Instant::now();
+        let c = roux::frontend::compile_source(roux::frontend::Source { path: path.into(), text: text.clone() });
+        let d: Vec<(String, usize, usize, String)> = c.diagnostics.iter().map(|d| {
+            let (l, c) = roux::diag::line_col(&text, d.span.start);
+            (d.code.to_string(), l, c, d.message.clone())
+        }).collect();
+        assert_eq!(d, vec![("E0002".to_string(), line, col, want.to_string())], "{}", &text[..80]);
+        assert!(t.elapsed().as_secs() < 20, "{path}: {:?}", t.elapsed());
+    }
+    // At the bounds, fine: 64 brackets, and an expression 250 operators long.
+    for text in [roux_text(format!("{}1{}", "(".repeat(63), ")".repeat(63))), roux_text(format!("1{}", " + 1".repeat(250)))] {
+        let c = roux::frontend::compile_source(roux::frontend::Source { path: "ok.roux".into(), text });
+        assert!(c.diagnostics.iter().all(|d| d.code != "E0002"), "{:?}", c.diagnostics.iter().map(|d| &d.message).collect::<Vec<_>>());
+    }
+}

@@ -250,7 +250,9 @@ fn hostile_cases(dir: &Path) -> Vec<(String, Vec<String>)> {
     cases.push(check("truncated recipe", w("trunc.roux", b"experiment \"x\" { model m = transformer { d_model = 12")));
     cases.push(check("NUL bytes", w("nul.roux", b"experiment \"x\" {\0seed = 1 }")));
     cases.push(check("a 200k-character line", w("long.roux", format!("experiment \"x\" {{ seed = {} }}", "9".repeat(200_000)).as_bytes())));
-    cases.push(check("10k nested parentheses", w("deep.roux", format!("experiment \"x\" {{ seed = {}1{} }}", "(".repeat(10_000), ")".repeat(10_000)).as_bytes())));
+    cases.push(check("200k nested parentheses", w("deep.roux", format!("experiment \"x\" {{ seed = {}1{} }}", "(".repeat(200_000), ")".repeat(200_000)).as_bytes())));
+    cases.push(check("200k minus signs", w("negs.roux", format!("experiment \"x\" {{ seed = {}1 }}", "-".repeat(200_000)).as_bytes())));
+    cases.push(check("a sum of 200k terms", w("sum.roux", format!("experiment \"x\" {{ seed = 1{} }}", " + 1".repeat(200_000)).as_bytes())));
     cases.push(check("10k nested blocks", w("deepb.roux", format!("experiment \"x\" {{ a = {}", "b { c = ".repeat(10_000)).as_bytes())));
     cases.push(check("NaN-like number", w("nan.roux", b"experiment \"x\" { seed = 0/0 }")));
     cases.push(check("negative seed", w("neg.roux", b"experiment \"x\" { seed = -1 }")));
@@ -266,7 +268,8 @@ fn hostile_cases(dir: &Path) -> Vec<(String, Vec<String>)> {
     }
     bomb.push_str("experiment: bomb\nseed: *a9\n");
     cases.push(check("YAML alias bomb", w("bomb.yaml", bomb.as_bytes())));
-    cases.push(check("YAML nested 10k deep", w("deep.yaml", format!("experiment: x\nseed: {}1{}\n", "[".repeat(10_000), "]".repeat(10_000)).as_bytes())));
+    cases.push(check("YAML nested 200k deep", w("deep.yaml", format!("experiment: x\nseed: {}1{}\n", "[".repeat(200_000), "]".repeat(200_000)).as_bytes())));
+    cases.push(check("YAML mappings nested 200k deep", w("deepm.yaml", format!("experiment: x\nseed: {}1{}\n", "{a: ".repeat(200_000), "}".repeat(200_000)).as_bytes())));
     cases.push(check("YAML with a tag", w("tag.yaml", b"experiment: x\nseed: !!binary aGVsbG8=\n")));
     cases.push(check("YAML that is a list", w("list.yaml", b"- experiment\n- x\n")));
     cases.push(check("YAML without an experiment", w("noexp.yaml", b"seed: 1\n")));

@@ -1,6 +1,7 @@
 //! Stage 1, parse: recipe text → AST with spans. Pure: no I/O, no libtorch.
 
 pub mod ast;
+mod depth;
 pub mod overrides;
 mod parse;
 pub mod print;

@@ -6,17 +6,17 @@ use pest::Parser;
 use super::ast::*;
 use crate::diag::{Code, Diagnostic, Span};
 
+use super::depth;
+
 #[derive(pest_derive::Parser)]
 #[grammar = "../grammar/roux.pest"]
 struct RouxParser;
 
-/// Deepest nesting accepted; deeper input is refused before pest recurses into it.
-const MAX_DEPTH: usize = 64;
-
 pub fn parse(src: &str) -> Result<SourceFile, Diagnostic> {
-    check_depth(src)?;
+    depth::check_brackets(src)?;
     let mut pairs = RouxParser::parse(Rule::file, src).map_err(syntax_error)?;
     let file = pairs.next().expect("grammar: file");
+    depth::check_tree(&file)?;
     let exp = file.into_inner().next().expect("grammar: experiment");
     let mut inner = exp.into_inner();
     let name = inner.next().expect("grammar: name");
@@ -28,9 +28,10 @@ pub fn parse(src: &str) -> Result<SourceFile, Diagnostic> {
 /// One value (`256`, `adamw { lr = 1e-3 }`, `corpus.vocab`), its spans shifted by `offset` (where
 /// the text sits in the file that diagnostics point into).
 pub fn parse_expr(src: &str, offset: usize) -> Result<Expr, Diagnostic> {
-    check_depth(src).map_err(|d| shift_diag(d, offset))?;
+    depth::check_brackets(src).map_err(|d| shift_diag(d, offset))?;
     let mut pairs = RouxParser::parse(Rule::expr_only, src).map_err(|e| shift_diag(syntax_error(e), offset))?;
     let only = pairs.next().expect("grammar: expr_only");
+    depth::check_tree(&only).map_err(|d| shift_diag(d, offset))?;
     let mut e = expr(only.into_inner().next().expect("grammar: expr"));
     if offset > 0 {
         shift_expr(&mut e, offset);
@@ -86,34 +87,6 @@ fn shift_expr(e: &mut Expr, by: usize) {
         }
         ExprKind::Num { .. } | ExprKind::Str(_) | ExprKind::Bool(_) => {}
     }
-}
-
-fn check_depth(src: &str) -> Result<(), Diagnostic> {
-    let mut depth = 0usize;
-    let mut in_str = false;
-    let mut prev = '\0';
-    for (i, c) in src.char_indices() {
-        if in_str {
-            if c == '"' && prev != '\\' {
-                in_str = false;
-            }
-        } else {
-            match c {
-                '"' => in_str = true,
-                '{' | '(' | '[' => {
-                    depth += 1;
-                    if depth > MAX_DEPTH {
-                        return Err(Diagnostic::error(Code::E0002, Span::new(i, i + 1), format!("nesting deeper than {MAX_DEPTH} levels"))
-                            .with_hint("flatten the expression; recipes never need this much nesting"));
-                    }
-                }
-                '}' | ')' | ']' => depth = depth.saturating_sub(1),
-                _ => {}
-            }
-        }
-        prev = c;
-    }
-    Ok(())
 }
 
 fn span_of(p: &Pair<Rule>) -> Span {
