@@ -6,7 +6,7 @@
 
 use pest::iterators::Pair;
 
-use super::parse::Rule;
+use super::grammar::Rule;
 use crate::diag::{Code, Diagnostic, Span};
 
 /// Deepest bracket nesting accepted.

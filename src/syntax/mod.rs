@@ -2,6 +2,7 @@
 
 pub mod ast;
 mod depth;
+mod grammar;
 pub mod overrides;
 mod parse;
 pub mod print;

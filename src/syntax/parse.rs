@@ -7,10 +7,8 @@ use super::ast::*;
 use crate::diag::{Code, Diagnostic, Span};
 
 use super::depth;
-
-#[derive(pest_derive::Parser)]
-#[grammar = "../grammar/roux.pest"]
-struct RouxParser;
+use super::grammar::Rule;
+use super::grammar::RouxParser;
 
 pub fn parse(src: &str) -> Result<SourceFile, Diagnostic> {
     depth::check_brackets(src)?;
