@@ -720,3 +720,35 @@ fn weights_that_are_no_regular_file_are_refused_by_name() {
         assert!(err.contains(&format!("error: {} is not a regular file", weights.display())), "{args:?}: {err}");
     }
 }
+
+/// A pipeline of 20,000 stages, each fine-tuning the one before: `check` and `plan` accept it,
+/// walking the chain once (each stage's lineage was walked back in full, a stage found by a
+/// scan of all, for hours; and past 64 links the check gave up saying nothing: "rejected
+/// without a diagnostic").
+#[test]
+fn a_chain_of_twenty_thousand_stages_checks_and_plans() {
+    let dir = scratch("chain");
+    let mut recipe = String::from("experiment \"chain\" {\n  data instr = synthetic.instructions { tasks = [reverse], examples = 100 }\n");
+    recipe.push_str("  model base = transformer { vocab = 256, context = 32, d_model = 16, layers = 1, heads = 2 }\n  stage s0 = finetune(base, instr) { steps = 1 }\n");
+    for i in 1..20_000 {
+        recipe.push_str(&format!("  stage s{i} = finetune(s{}.model, instr) {{ steps = 1 }}\n", i - 1));
+    }
+    recipe.push_str("}\n");
+    std::fs::write(dir.join("chain.roux"), recipe).unwrap();
+    for cmd in ["check", "plan"] {
+        let child = Command::new(env!("CARGO_BIN_EXE_roux")).args([cmd, dir.join("chain.roux").to_str().unwrap()]).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+        let pid = child.id().to_string();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || tx.send(child.wait_with_output().unwrap()));
+        // A hang guard for a loaded machine, not a speed assertion (each takes about a second).
+        let Ok(o) = rx.recv_timeout(Duration::from_secs(120)) else {
+            let _ = Command::new("kill").args(["-9", &pid]).status();
+            panic!("roux {cmd} of a 20k-stage chain still runs after 120 s");
+        };
+        let (out, err) = (String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
+        assert_eq!(o.status.code(), Some(0), "roux {cmd}: {err}");
+        if cmd == "plan" {
+            assert!(out.contains("s19999") && out.contains("s19998"), "{}", &out[out.len().saturating_sub(500)..]);
+        }
+    }
+}

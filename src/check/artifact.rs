@@ -126,7 +126,7 @@ impl<'a> Checker<'a> {
                     self.error(err);
                     return None;
                 };
-                let arch = self.stage_arch(d, 0)?;
+                let arch = self.stage_arch(d)?;
                 Some((kind, ModelRef { arch, weights: Weights::Stage { stage: d.name.name.clone() } }))
             }
             _ => {
@@ -167,29 +167,43 @@ impl<'a> Checker<'a> {
         Some((r.stage()?.to_string(), r.arch))
     }
 
-    /// The architecture a stage trains, following `STAGE.model` and `merge(…)` chains.
-    pub(super) fn stage_arch(&mut self, d: &'a Decl, depth: usize) -> Option<String> {
-        let ExprKind::Ctor { args: Some(args), .. } = &d.value.kind else { return None };
-        let first = args.iter().find(|a| a.name.as_ref().map_or(true, |n| n.name == "model" || n.name == "policy"))?;
-        self.expr_arch(&first.value, depth)
+    /// The architecture a stage trains, following `STAGE.model` and `merge(…)` chains back to a
+    /// model: iteratively (a chain of 20k stages), each stage's answer kept for the next asking.
+    pub(super) fn stage_arch(&mut self, d: &'a Decl) -> Option<String> {
+        let (mut chain, mut seen): (Vec<&'a str>, std::collections::HashSet<&'a str>) = (vec![], Default::default());
+        let mut stage = d;
+        let arch = loop {
+            if let Some(known) = self.stage_archs.get(stage.name.name.as_str()) {
+                break known.clone();
+            }
+            // A circle is reported where stages are ordered; here it has no architecture.
+            if !seen.insert(stage.name.name.as_str()) {
+                break None;
+            }
+            chain.push(stage.name.name.as_str());
+            match self.trained_decl(stage) {
+                Some(t) if t.kind == DeclKind::Model => break Some(t.name.name.clone()),
+                Some(t) if t.kind == DeclKind::Stage => stage = t,
+                _ => break None,
+            }
+        };
+        for s in chain {
+            self.stage_archs.insert(s.to_string(), arch.clone());
+        }
+        arch
     }
 
-    fn expr_arch(&mut self, e: &'a Expr, depth: usize) -> Option<String> {
-        if depth > 64 {
-            return None;
-        }
-        if let ExprKind::Ctor { path, args: Some(args), .. } = &e.kind {
-            if Expr::path_string(path) == "merge" {
-                return self.expr_arch(&args.first()?.value, depth + 1);
+    /// The declaration a stage's model argument names, through `merge(…)`.
+    fn trained_decl(&self, d: &'a Decl) -> Option<&'a Decl> {
+        let ExprKind::Ctor { args: Some(args), .. } = &d.value.kind else { return None };
+        let mut e = &args.iter().find(|a| a.name.as_ref().map_or(true, |n| n.name == "model" || n.name == "policy"))?.value;
+        while let ExprKind::Ctor { path, args: Some(args), .. } = &e.kind {
+            if Expr::path_string(path) != "merge" {
+                break;
             }
+            e = &args.first()?.value;
         }
-        let p = e.as_path()?;
-        let t = self.decl(&p[0].name)?;
-        match t.kind {
-            DeclKind::Model => Some(t.name.name.clone()),
-            DeclKind::Stage => self.stage_arch(t, depth + 1),
-            _ => None,
-        }
+        self.decl(&e.as_path()?[0].name)
     }
 }
 

@@ -4,9 +4,12 @@
 
 use super::Checker;
 use crate::diag::{Code, Diagnostic};
-use crate::recipe::{ModelRef, Recipe, StageKind, Tokenizer};
+use std::collections::{HashMap, HashSet};
+
+use crate::recipe::{ModelRef, Recipe, StageKind, StageSpec, Tokenizer};
 
 /// Where a model's weights learned their tokens.
+#[derive(Clone, Copy)]
 enum Origin<'r> {
     /// Stage `stage` trained them on data `data` with `tokenizer`.
     Trained { stage: &'r str, data: &'r str, tokenizer: &'r Tokenizer },
@@ -53,30 +56,74 @@ impl Origin<'_> {
     }
 }
 
-/// The tokens the weights of stage `name` learned, following post-training and continued
+/// The tokens the weights of each stage learned, following post-training and continued
 /// pretraining back to the `train` stage or checkpoint that started them (None: fresh weights).
-fn origin<'r>(r: &'r Recipe, name: &str, depth: usize) -> Option<Origin<'r>> {
-    let stage = r.stage(name)?;
-    if depth > r.stages.len() {
-        return None; // a cycle, reported elsewhere
-    }
-    match &stage.kind {
-        StageKind::Train(t) if t.init_from.is_none() => match checkpoint_origin(r, &t.model) {
-            Some(o) => Some(o),
-            None => {
-                let data = r.data(&t.data)?;
-                Some(Origin::Trained { stage: &stage.name, data: &data.name, tokenizer: &data.tokenizer })
-            }
-        },
-        StageKind::Train(t) => origin(r, t.init_from.as_deref()?, depth + 1),
-        kind => inputs(kind).first().and_then(|m| ref_origin(r, m, depth + 1)),
-    }
+/// Each stage is found by name and walked once, iteratively: a chain of 20k stages is linear.
+struct Origins<'r> {
+    r: &'r Recipe,
+    stages: HashMap<&'r str, &'r StageSpec>,
+    known: HashMap<&'r str, Option<Origin<'r>>>,
 }
 
-fn ref_origin<'r>(r: &'r Recipe, m: &ModelRef, depth: usize) -> Option<Origin<'r>> {
-    match m.stage() {
-        Some(s) => origin(r, s, depth),
-        None => checkpoint_origin(r, &m.arch),
+/// One step back from a stage: where its weights came from, or the stage they came from.
+enum Step<'r> {
+    Found(Option<Origin<'r>>),
+    Up(&'r str),
+}
+
+impl<'r> Origins<'r> {
+    fn new(r: &'r Recipe) -> Self {
+        Origins { r, stages: r.stages.iter().map(|s| (s.name.as_str(), s)).collect(), known: HashMap::new() }
+    }
+
+    fn of(&mut self, name: &'r str) -> Option<Origin<'r>> {
+        let (mut chain, mut seen) = (vec![], HashSet::new());
+        let mut at = name;
+        let found = loop {
+            if let Some(o) = self.known.get(at) {
+                break *o;
+            }
+            // A circle (reported elsewhere) has no origin.
+            if !seen.insert(at) {
+                break None;
+            }
+            chain.push(at);
+            let Some(stage) = self.stages.get(at) else { break None };
+            match self.step(stage) {
+                Step::Found(o) => break o,
+                Step::Up(up) => at = up,
+            }
+        };
+        for s in chain {
+            self.known.insert(s, found);
+        }
+        found
+    }
+
+    fn step(&self, stage: &'r StageSpec) -> Step<'r> {
+        match &stage.kind {
+            StageKind::Train(t) => match t.init_from.as_deref() {
+                Some(up) => Step::Up(up),
+                None => Step::Found(checkpoint_origin(self.r, &t.model).or_else(|| {
+                    let data = self.r.data(&t.data)?;
+                    Some(Origin::Trained { stage: &stage.name, data: &data.name, tokenizer: &data.tokenizer })
+                })),
+            },
+            kind => match inputs(kind).first() {
+                Some(m) => match m.stage() {
+                    Some(up) => Step::Up(up),
+                    None => Step::Found(checkpoint_origin(self.r, &m.arch)),
+                },
+                None => Step::Found(None),
+            },
+        }
+    }
+
+    fn of_ref(&mut self, m: &'r ModelRef) -> Option<Origin<'r>> {
+        match m.stage() {
+            Some(s) => self.of(s),
+            None => checkpoint_origin(self.r, &m.arch),
+        }
     }
 }
 
@@ -111,13 +158,14 @@ fn describe(t: &Tokenizer) -> String {
 impl Checker<'_> {
     /// E0315 for every stage that would feed a model tokens of another tokenizer than its own.
     pub(super) fn check_tokenizers(&mut self, r: &Recipe) {
+        let mut origins = Origins::new(r);
         for s in &r.stages {
             let span = self.decl(&s.name).map_or(self.ast.name_span, |d| d.value.span);
             // Pretraining: the data's tokenizer against the weights' (continued, or imported).
             if let StageKind::Train(t) = &s.kind {
                 let Some(data) = r.data(&t.data) else { continue };
                 let o = match t.init_from.as_deref() {
-                    Some(up) => origin(r, up, 0),
+                    Some(up) => origins.of(up),
                     None => checkpoint_origin(r, &t.model),
                 };
                 if let Some(o) = o.filter(|o| o.ids(r) != ids_of(r, &data.tokenizer)) {
@@ -133,7 +181,7 @@ impl Checker<'_> {
             // Post-training examples are encoded as bytes or with an imported model's tokenizer:
             // the model must have learned the same tokens.
             let Some(set) = stage_set(&s.kind).and_then(|n| r.example_set(n)) else { continue };
-            for o in inputs(&s.kind).into_iter().filter_map(|m| ref_origin(r, m, 0)) {
+            for o in inputs(&s.kind).into_iter().filter_map(|m| origins.of_ref(m)) {
                 let reads = match &set.tokenizer {
                     Some(m) => format!("with the tokenizer of `{m}`"),
                     None => "as bytes".to_string(),
