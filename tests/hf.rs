@@ -106,6 +106,11 @@ fn assert_export_roundtrip(dir: &Path, model: &roux::run::model::Model, class: &
     assert!(differ.is_empty(), "tensors differ after import → export: {differ:?}");
     let config: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.join("config.json")).unwrap()).unwrap();
     assert_eq!(config["architectures"][0], class);
+    // With the checkpoint's special token ids, not the family's defaults.
+    let original: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(dir.join("ck/config.json")).unwrap()).unwrap();
+    for key in ["bos_token_id", "eos_token_id", "pad_token_id"] {
+        assert_eq!(config.get(key), original.get(key), "{key}");
+    }
     // And transformers, reading the config roux wrote, computes the checkpoint's logits.
     let script = "import json, sys, torch\nfrom transformers import AutoModelForCausalLM\n\
         m = AutoModelForCausalLM.from_pretrained(sys.argv[1], dtype=torch.float32).eval()\n\

@@ -79,6 +79,15 @@ pub fn export_hf(run: &Path, out: &Path) -> Result<Family> {
             for f in hf::TOKENIZER_FILES.iter().filter(|f| c.dir.join(f).is_file()) {
                 copy(&c.dir.join(f), f)?;
             }
+            // Its special token ids too (`generate` stops at `eos_token_id`; the family's
+            // defaults would name other tokens).
+            let path = c.dir.join(hf::CONFIG);
+            let original: serde_json::Value = serde_json::from_str(&read_capped(&path, hf::MAX_CONFIG)?).with_context(|| format!("{} is not valid JSON", path.display()))?;
+            for key in ["bos_token_id", "eos_token_id", "pad_token_id"] {
+                if let Some(v) = original.get(key) {
+                    config[key] = v.clone();
+                }
+            }
         }
         None if run.join(tokenize::FILE).exists() => copy(&run.join(tokenize::FILE), "tokenizer.json")?,
         None if spec.vocab >= 256 => {
