@@ -250,6 +250,60 @@ fn an_imported_model_post_trains_on_its_own_tokenizers_ids() {
     }
 }
 
+/// A SentencePiece-style tokenizer (Metaspace: a `▁` before the first word of every text it
+/// encodes, as Llama 2's and Mistral's): a conversation's ids are transformers' ids of the whole
+/// rendered chat, in SFT, in DPO pairs and in check's counts. Encoded turn by turn, each reply
+/// began with a `▁` of its own (`▁cba` where the whole text has `cba`).
+#[test]
+fn a_conversation_is_encoded_as_transformers_encodes_the_whole_chat() {
+    let dir = checkpoint("chat-spm", "qwen2-tok");
+    chat_data(&dir);
+    let ck = dir.join("ck");
+    let script = r#"
+import json, sys
+from tokenizers import Tokenizer, models, pre_tokenizers, decoders, trainers
+from transformers import PreTrainedTokenizerFast
+ck = sys.argv[1]
+tk = Tokenizer(models.BPE(unk_token="<|endoftext|>"))
+tk.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="first")
+tk.decoder = decoders.Metaspace(replacement="▁", prepend_scheme="first")
+words = ["reverse", "sort", "uppercase", "abc", "cba", "de", "ed", "user", "assistant", "system"]
+tk.train_from_iterator([" ".join(words)] * 50 + list("abcdefghij\n"), trainers.BpeTrainer(vocab_size=120, special_tokens=["<|endoftext|>", "<|im_start|>", "<|im_end|>"], show_progress=False))
+tk.save(ck + "/tokenizer.json")
+# transformers 5 gives a named model's class its own pipeline (Qwen2's is byte-level); the
+# generic class reads tokenizer.json as it is, as roux does.
+t = PreTrainedTokenizerFast.from_pretrained(ck)
+chat = [{"role": "user", "content": "reverse abc"}, {"role": "assistant", "content": "cba"}, {"role": "user", "content": "reverse de"}, {"role": "assistant", "content": "ed"}]
+text = t.apply_chat_template(chat, tokenize=False)
+prompt = t.apply_chat_template(chat[:3], tokenize=False, add_generation_prompt=True)
+ids = lambda s: t(s, add_special_tokens=False).input_ids
+print(json.dumps({"chat": chat, "ids": ids(text), "pair": ids(prompt + "ed<|im_end|>\n"), "prompt": ids(prompt), "apart": ids(prompt) + ids("ed<|im_end|>\n")}))
+"#;
+    let o = Command::new("python").args(["-c", script, ck.to_str().unwrap()]).output().unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let theirs: serde_json::Value = serde_json::from_str(String::from_utf8_lossy(&o.stdout).trim()).unwrap();
+    let want = |k: &str| -> Vec<i64> { theirs[k].as_array().unwrap().iter().map(|x| x.as_i64().unwrap()).collect() };
+    assert_ne!(want("pair"), want("apart"), "the tokenizer must encode a reply differently apart, or the test proves nothing");
+    std::fs::write(dir.join("r.roux"), "experiment \"spm\" {\n  model base = hf(\"ck\")\n  data chat = instructions(\"chat.jsonl\") { tokenizer = base.tokenizer }\n}\n").unwrap();
+    let c = roux::frontend::compile(&dir.join("r.roux")).unwrap();
+    let recipe = c.recipe.unwrap_or_else(|| panic!("{:?}", c.diagnostics.iter().map(|d| &d.message).collect::<Vec<_>>()));
+    let set = recipe.example_set("chat").unwrap();
+    let codec = roux::run::kit::codec::Codec::new(&recipe, set).unwrap();
+    let renderer = roux::posttrain::chat::Renderer::new(set.chat.as_ref().unwrap()).unwrap();
+    let messages: Vec<roux::posttrain::chat::Message> = theirs["chat"].as_array().unwrap().iter().map(|m| roux::posttrain::chat::Message { role: m["role"].as_str().unwrap().into(), content: m["content"].as_str().unwrap().into() }).collect();
+    let turns = renderer.turns(&messages).unwrap();
+    let e = roux::posttrain::examples::Example { prompt: String::new(), response: String::new(), gold: None, turns: turns.clone() };
+    let seq = codec.example(&e, true, 1000);
+    assert_eq!(seq.tokens, want("ids"), "SFT: the whole chat's ids");
+    // The loss covers the two replies: "cba<|im_end|>\n" and "ed<|im_end|>\n", as transformers splits them.
+    let reply = want("pair")[want("prompt").len()..].to_vec();
+    assert_eq!(seq.weights.iter().rev().take_while(|&&w| w == 1.0).count(), reply.len(), "the last reply is trained");
+    // A DPO or reward pair: the prompt (history, generation prompt) and the reply, as one text.
+    let prompt_text: String = turns[..3].iter().map(|t| t.0.as_str()).collect();
+    let (p, r) = codec.pair(&prompt_text, "ed<|im_end|>\n");
+    assert_eq!((p, r), (want("prompt"), reply));
+}
+
 /// A tokenizer whose post-processor starts every text with a special token (Llama's `<s> $A`;
 /// here `<|endoftext|>`): prompts start with it in training, scoring and sampling, as
 /// `tokenizer(prompt)` in transformers gives them; the response follows without it.

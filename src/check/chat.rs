@@ -112,16 +112,13 @@ fn token_stats(tk: &tokenizers::Tokenizer, turns: &[Vec<(String, bool)>], contex
     let guard = crate::bounded::Guard::new("a checkpoint's tokenizer");
     guard.allow_bytes(turns.iter().flatten().map(|(t, _)| t.len()).sum());
     for conv in turns {
-        let mut n = 0;
-        for (text, trained) in conv {
-            let k = guard.run(|| tk.encode(text.as_str(), false).map_or(0, |e| e.len())).0;
-            n += k;
-            if *trained {
-                s.assistant += k;
-            }
-        }
-        s.tokens += n;
-        s.cut += (n > context + 1) as usize;
+        // As the run encodes it: the whole conversation as one text, tokens to turns by offset.
+        let text: String = conv.iter().map(|(t, _)| t.as_str()).collect();
+        let offsets = guard.run(|| tk.encode(text.as_str(), false).map(|e| e.get_offsets().to_vec()).unwrap_or_default()).0;
+        let lens: Vec<usize> = conv.iter().map(|(t, _)| t.len()).collect();
+        s.assistant += chat::parts_of(&lens, &offsets).into_iter().filter(|&p| conv[p].1).count();
+        s.tokens += offsets.len();
+        s.cut += (offsets.len() > context + 1) as usize;
     }
     s
 }

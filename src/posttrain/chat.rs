@@ -236,6 +236,25 @@ fn row(v: &serde_json::Value, kind: ExampleKind) -> Result<ChatRow, String> {
     }
 }
 
+/// Which of consecutive text parts (their byte lengths, in order) each token belongs to, by the
+/// byte its offset starts at. A conversation is encoded as one text, as transformers tokenizes a
+/// rendered chat (encoded apart, a SentencePiece-style tokenizer starts every part with a space
+/// of its own: `▁cba` where the whole text has `cba` after `[/INST]`); its tokens then fall to
+/// the turns by their offsets.
+pub fn parts_of(part_lens: &[usize], offsets: &[(usize, usize)]) -> Vec<usize> {
+    let (mut part, mut end) = (0, part_lens.first().copied().unwrap_or(0));
+    offsets
+        .iter()
+        .map(|&(start, _)| {
+            while start >= end && part + 1 < part_lens.len() {
+                part += 1;
+                end += part_lens[part];
+            }
+            part
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -266,6 +285,13 @@ mod tests {
         let (prompt, response) = last_turn(&t);
         assert!(prompt.ends_with("2+2?<|im_end|>\n<|im_start|>assistant\n") && response == "4<|im_end|>\n");
         assert_eq!(r.turns(&[m("user", "hi")]).unwrap_err(), "has no assistant turn to train on");
+    }
+
+    #[test]
+    fn tokens_fall_to_the_part_their_first_byte_is_in() {
+        // "ab" | "" | "cd" | "e": tokens "a", "bc" (across a boundary: the part it starts in), "d", "e".
+        assert_eq!(parts_of(&[2, 0, 2, 1], &[(0, 1), (1, 3), (3, 4), (4, 5)]), vec![0, 0, 2, 3]);
+        assert_eq!(parts_of(&[], &[]), Vec::<usize>::new());
     }
 
     #[test]

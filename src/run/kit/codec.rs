@@ -109,8 +109,8 @@ impl Codec {
             return self.sequence(&e.prompt, &e.response, mask_prompt, context);
         }
         let (mut tokens, mut trained) = (vec![], vec![]);
-        for (text, t) in &e.turns {
-            let ids = self.encode(text);
+        let parts: Vec<&str> = e.turns.iter().map(|(text, _)| text.as_str()).collect();
+        for ((_, t), ids) in e.turns.iter().zip(self.split_ids(&parts)) {
             trained.extend(std::iter::repeat(*t || !mask_prompt).take(ids.len()));
             tokens.extend(ids);
         }
@@ -119,6 +119,32 @@ impl Codec {
         let weights = (1..tokens.len()).map(|i| if trained[i] { 1.0 } else { 0.0 }).collect();
         let prompt_len = trained.iter().position(|&t| t).unwrap_or(tokens.len()).min(tokens.len());
         Seq { tokens, weights, prompt_len }
+    }
+}
+
+impl Codec {
+    /// The ids of `parts` encoded as one text and divided at their boundaries (`posttrain::chat::
+    /// parts_of`): a conversation as transformers tokenizes it. Bytes are the same either way.
+    fn split_ids(&self, parts: &[&str]) -> Vec<Vec<i64>> {
+        let Some(tk) = &self.tk else { return parts.iter().map(|p| self.encode(p)).collect() };
+        // As `encode`: a loaded tokenizer's own text encodes; an error is a broken tokenizer.json.
+        let (ids, offsets) = tokenize::encode_offsets_bounded(tk, &parts.concat()).unwrap_or_default();
+        let mut out = vec![vec![]; parts.len()];
+        for (id, part) in ids.into_iter().zip(crate::posttrain::chat::parts_of(&parts.iter().map(|p| p.len()).collect::<Vec<_>>(), &offsets)) {
+            out[part].push(i64::from(id));
+        }
+        out
+    }
+
+    /// A prompt's ids and a response's (its end marker after it): apart, or for a conversation
+    /// (whose prompt is the rendered history and response the rendered reply) as one text
+    /// divided where the reply starts.
+    pub fn pair(&self, prompt: &str, response: &str) -> (Vec<i64>, Vec<i64>) {
+        if self.append_end {
+            return (self.prompt(prompt), self.response(response));
+        }
+        let mut parts = self.split_ids(&[prompt, response]).into_iter();
+        (parts.next().unwrap_or_default(), parts.next().unwrap_or_default())
     }
 }
 

@@ -108,6 +108,14 @@ pub fn special_prefix(tk: &Tokenizer) -> Result<Vec<u32>> {
     Ok(at.map_or_else(Vec::new, |at| full[..at].to_vec()))
 }
 
+/// `encode_bounded`, with each token's byte offsets in `text`.
+pub fn encode_offsets_bounded(tk: &Tokenizer, text: &str) -> Result<(Vec<u32>, Vec<(usize, usize)>)> {
+    let guard = crate::bounded::Guard::new("a checkpoint's tokenizer");
+    guard.allow_bytes(text.len());
+    let e = guard.run(|| tk.encode(text, false)).0.map_err(|e| anyhow!("encoding: {e}"))?;
+    Ok((e.get_ids().to_vec(), e.get_offsets().to_vec()))
+}
+
 pub fn decode(tk: &Tokenizer, ids: &[u32]) -> Result<String> {
     tk.decode(ids, false).map_err(|e| anyhow!("decoding: {e}"))
 }

@@ -23,9 +23,11 @@ use crate::run::model::Model;
 use crate::schedule::lr_at;
 
 fn pair_seqs(codec: &Codec, p: &Pair, ctx: usize) -> (Seq, Seq) {
-    let prompt = codec.prompt(&p.prompt);
-    let mut c = prompt_response(&prompt, &codec.response(&p.chosen));
-    let mut r = prompt_response(&prompt, &codec.response(&p.rejected));
+    let seq = |response: &str| {
+        let (prompt, response) = codec.pair(&p.prompt, response);
+        prompt_response(&prompt, &response)
+    };
+    let (mut c, mut r) = (seq(&p.chosen), seq(&p.rejected));
     for s in [&mut c, &mut r] {
         s.tokens.truncate(ctx + 1);
         s.weights.truncate(s.tokens.len().saturating_sub(1));

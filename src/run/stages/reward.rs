@@ -23,8 +23,8 @@ use crate::schedule::lr_at;
 /// Token rows of (prompt, chosen) and (prompt, rejected), cut to the context.
 pub fn pair_rows(codec: &Codec, pairs: &[&Pair], ctx: usize) -> (Vec<Vec<i64>>, Vec<Vec<i64>>) {
     let row = |p: &Pair, r: &str| -> Vec<i64> {
-        let mut v = codec.prompt(&p.prompt);
-        v.extend(codec.response(r));
+        let (mut v, response) = codec.pair(&p.prompt, r);
+        v.extend(response);
         v.truncate(ctx);
         v
     };
