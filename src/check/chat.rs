@@ -125,11 +125,14 @@ fn token_stats(tk: &tokenizers::Tokenizer, turns: &[Vec<(String, bool)>], contex
 
 /// The chat template of the checkpoint in `dir`, its files read through the loader.
 fn chat_template(loader: &dyn Loader, dir: &Path) -> Result<ChatTemplate, String> {
-    let config_path = dir.join("tokenizer_config.json");
-    let config: serde_json::Value = match loader.entry(&config_path) {
-        PathKind::File(_) => serde_json::from_str(&loader.read_text(&config_path, crate::hf::MAX_CONFIG)?).map_err(|e| format!("has a tokenizer_config.json that is not valid JSON: {e}"))?,
-        _ => serde_json::Value::Null,
+    let json = |name: &str| -> Result<Option<serde_json::Value>, String> {
+        let path = dir.join(name);
+        match loader.entry(&path) {
+            PathKind::File(_) => serde_json::from_str(&loader.read_text(&path, crate::hf::MAX_CONFIG)?).map(Some).map_err(|e| format!("has a {name} that is not valid JSON: {e}")),
+            _ => Ok(None),
+        }
     };
+    let config = crate::hf::tokenizer_config(json("tokenizer_config.json")?.unwrap_or_default(), json("special_tokens_map.json")?);
     let file = dir.join("chat_template.jinja");
     let jinja = match loader.entry(&file) {
         PathKind::File(_) => Some(loader.read_text(&file, crate::hf::MAX_CONFIG)?),

@@ -51,6 +51,22 @@ pub fn shards(index: &serde_json::Value) -> Result<Vec<String>, String> {
     Ok(out)
 }
 
+/// A tokenizer's configuration as transformers reads it: tokenizer_config.json (parsed; `Null`
+/// when absent), its special tokens (`bos_token`, `eos_token`, …) replaced by those of
+/// special_tokens_map.json where the config has no `added_tokens_decoder` (the older layout,
+/// whose map transformers lets win; with one, it reads the config alone).
+pub fn tokenizer_config(config: serde_json::Value, special_map: Option<serde_json::Value>) -> serde_json::Value {
+    let mut config = if config.is_object() { config } else { serde_json::json!({}) };
+    if config.get("added_tokens_decoder").is_none() {
+        if let Some(serde_json::Value::Object(map)) = special_map {
+            for (key, value) in map.into_iter().filter(|(k, _)| k.ends_with("_token")) {
+                config[key] = value;
+            }
+        }
+    }
+    config
+}
+
 /// The chat template of a checkpoint: `jinja`, the text of chat_template.jinja, which
 /// transformers prefers to the config's; else tokenizer_config.json's (parsed; `Null` when
 /// absent) `chat_template` as a string, or the one named `default` in a list. With the bos and
@@ -74,6 +90,18 @@ pub fn chat_template(config: &serde_json::Value, jinja: Option<String>) -> Resul
 #[cfg(test)]
 mod tests {
     use crate::hf::{chat_template, shards};
+
+    #[test]
+    fn special_tokens_map_wins_where_the_config_lists_no_added_tokens() {
+        use serde_json::json;
+        let map = json!({"bos_token": "<s>", "eos_token": {"content": "</s>", "lstrip": false}, "additional_special_tokens": ["<x>"]});
+        let old = crate::hf::tokenizer_config(json!({"eos_token": "<old>", "chat_template": "t"}), Some(map.clone()));
+        assert_eq!((old["bos_token"].clone(), old["eos_token"]["content"].clone(), old["chat_template"].clone()), (json!("<s>"), json!("</s>"), json!("t")));
+        assert!(old.get("additional_special_tokens").is_none(), "only the named special tokens");
+        let new = crate::hf::tokenizer_config(json!({"eos_token": "<new>", "added_tokens_decoder": {}}), Some(map));
+        assert_eq!((new["eos_token"].clone(), new.get("bos_token")), (json!("<new>"), None));
+        assert_eq!(crate::hf::tokenizer_config(serde_json::Value::Null, None), json!({}));
+    }
 
     #[test]
     fn chat_template_jinja_comes_before_the_configs_as_in_transformers() {

@@ -154,8 +154,8 @@ fn ids(tk: &Tokenizer, text: &str) -> Result<Vec<i64>> {
 
 /// The checkpoint's end-of-sequence tokens, as transformers' `generate` takes them:
 /// `eos_token_id` of generation_config.json, else of config.json (an id or a list: every one
-/// ends a response, the first closes the responses roux trains on), else tokenizer_config.json's
-/// `eos_token`.
+/// ends a response, the first closes the responses roux trains on), else the tokenizer's
+/// `eos_token` (tokenizer_config.json, or special_tokens_map.json as transformers reads them).
 pub fn eos_ids(dir: &Path, tk: &Tokenizer) -> Result<Vec<i64>> {
     for file in ["generation_config.json", "config.json"] {
         let path = dir.join(file);
@@ -171,13 +171,10 @@ pub fn eos_ids(dir: &Path, tk: &Tokenizer) -> Result<Vec<i64>> {
             return Ok(ids);
         }
     }
-    let path = dir.join("tokenizer_config.json");
-    if path.is_file() {
-        let v: serde_json::Value = serde_json::from_str(&super::files::read_capped(&path, crate::hf::MAX_CONFIG)?).with_context(|| format!("{} is not valid JSON", path.display()))?;
-        let name = v["eos_token"].as_str().or_else(|| v["eos_token"]["content"].as_str());
-        if let Some(id) = name.and_then(|n| tk.token_to_id(n)) {
-            return Ok(vec![id as i64]);
-        }
+    let v = tokenize::checkpoint_config(dir)?;
+    let name = v["eos_token"].as_str().or_else(|| v["eos_token"]["content"].as_str());
+    if let Some(id) = name.and_then(|n| tk.token_to_id(n)) {
+        return Ok(vec![id as i64]);
     }
     bail!("{} names no end-of-sequence token (eos_token_id in generation_config.json or config.json, eos_token in tokenizer_config.json); set `end = \"…\"` on the data", dir.display())
 }

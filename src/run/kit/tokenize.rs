@@ -50,6 +50,20 @@ pub fn read(path: &Path) -> Result<Tokenizer> {
     text.parse::<Tokenizer>().map_err(|e| anyhow!("reading {}: {e}", path.display()))
 }
 
+/// The tokenizer configuration of the checkpoint in `dir` as transformers reads it
+/// (`hf::tokenizer_config`: tokenizer_config.json, special_tokens_map.json).
+pub fn checkpoint_config(dir: &Path) -> Result<serde_json::Value> {
+    let json = |name: &str| -> Result<Option<serde_json::Value>> {
+        let path = dir.join(name);
+        if !path.is_file() {
+            return Ok(None);
+        }
+        let text = super::files::read_capped(&path, crate::hf::MAX_CONFIG)?;
+        Ok(Some(serde_json::from_str(&text).with_context(|| format!("{} is not valid JSON", path.display()))?))
+    };
+    Ok(crate::hf::tokenizer_config(json("tokenizer_config.json")?.unwrap_or_default(), json("special_tokens_map.json")?))
+}
+
 /// The byte tokenizer of a byte-level model, as a Hugging Face tokenizer: token i is byte i
 /// (a BPE without merges over GPT-2's byte-to-character map), so `AutoTokenizer` encodes text to
 /// the ids roux trained on and decodes them back.

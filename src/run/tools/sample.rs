@@ -137,12 +137,7 @@ fn chat_prompt(spec: &ModelSpec, tk: Option<&tokenizers::Tokenizer>, prompt: &st
     let (Some(c), Some(tk)) = (spec.checkpoint.as_ref(), tk) else {
         bail!("--chat needs a model imported with hf(\"…\") from a checkpoint with a tokenizer and a chat template; model `{}` is not", spec.name)
     };
-    let config_path = c.dir.join("tokenizer_config.json");
-    let config: serde_json::Value = if config_path.is_file() {
-        serde_json::from_str(&read_capped(&config_path, crate::hf::MAX_CONFIG)?).with_context(|| format!("{} is not valid JSON", config_path.display()))?
-    } else {
-        serde_json::Value::Null
-    };
+    let config = tokenize::checkpoint_config(&c.dir)?;
     let jinja = c.dir.join("chat_template.jinja");
     let jinja = if jinja.is_file() { Some(read_capped(&jinja, crate::hf::MAX_CONFIG)?) } else { None };
     let template = crate::hf::chat_template(&config, jinja).map_err(|e| anyhow::anyhow!("{}: the checkpoint {e}", c.dir.display()))?;
