@@ -24,6 +24,10 @@ pub fn name_suffix(label: &str) -> String {
     label.replace(['/', ' ', '"'], "_")
 }
 
+/// The most points a sweep may expand to, and the most bytes of recipe they may add up to.
+const MAX_POINTS: usize = 10_000;
+const MAX_POINT_BYTES: usize = 8 << 20;
+
 /// The expanded points, or a diagnostic for a malformed sweep.
 pub fn expand(ast: &SourceFile) -> Result<Vec<SweepPoint>, Vec<Diagnostic>> {
     let mut axes = vec![];
@@ -44,11 +48,18 @@ pub fn expand(ast: &SourceFile) -> Result<Vec<SweepPoint>, Vec<Diagnostic>> {
     }
     // Multiplied in floating point: 64 two-value sweeps would wrap a machine integer to 0.
     let points: f64 = axes.iter().map(|(_, v, _)| v.len() as f64).product();
-    if points > 10_000.0 {
-        let span = axes.first().map_or(Span::default(), |a| a.2);
-        let shown = if points < 1e15 { format!("{points}") } else { format!("{points:.3e}") };
+    let span = axes.first().map_or(Span::default(), |a| a.2);
+    let shown = if points < 1e15 { format!("{points}") } else { format!("{points:.3e}") };
+    if points > MAX_POINTS as f64 {
         return Err(vec![Diagnostic::error(Code::E0243, span, format!("this sweep expands to {shown} recipes"))
             .with_hint("at most 10,000 points; split the sweep into several recipes")]);
+    }
+    // Every point is a copy of the recipe, checked in full: bounded in bytes too, so that a
+    // large recipe with a few sweeps is not hours of checking and gigabytes of copies.
+    let size = ast.body.span.end.saturating_sub(ast.body.span.start).max(1);
+    if points * size as f64 > MAX_POINT_BYTES as f64 {
+        return Err(vec![Diagnostic::error(Code::E0243, span, format!("this sweep expands to {shown} recipes of {size} bytes, {:.0} MiB to check", points * size as f64 / (1 << 20) as f64))
+            .with_hint("at most 8 MiB of recipes (4,000 points of 2 KB, 100 of 80 KB); split the sweep or the recipe")]);
     }
     let total = points as usize;
     let mut out = vec![];

@@ -77,7 +77,7 @@ codes! {
     E0240 = "E0240": "a budget over- or under-determined",
     E0241 = "E0241": "not a fitted-law file",
     E0242 = "E0242": "an IsoFLOP point too small to train",
-    E0243 = "E0243": "a sweep with more than 10,000 points",
+    E0243 = "E0243": "a sweep with more than 10,000 points, or more than 8 MiB of recipes",
     E0244 = "E0244": "an IsoFLOP budget whose models are beyond what sizing builds",
     E0245 = "E0245": "`expert_parallel` on a dense model, or a degree that does not divide the experts",
     E0250 = "E0250": "a prompt template without exactly one `{prompt}`",
