@@ -540,6 +540,16 @@ fn an_imported_model_continues_pretraining_on_text_through_its_tokenizer() {
     assert!(val.len() >= 2 && val[val.len() - 1] < val[0], "the validation loss falls: {val:?}");
     let o = roux(&["sample", run.to_str().unwrap(), "--prompt", "ROMEO:", "--tokens", "8"]);
     assert!(o.status.success() && !o.stdout.is_empty(), "{}", String::from_utf8_lossy(&o.stderr));
+
+    // A tokenizer whose normalizer puts a megabyte between every two characters is tried,
+    // bounded, on the corpus's first 64 KB, and stops the run there (200 KB would ask 200 GB).
+    let bomb = serde_json::json!({"version": "1.0", "truncation": null, "padding": null, "added_tokens": [], "pre_tokenizer": null, "post_processor": null, "decoder": null,
+        "normalizer": {"type": "Replace", "pattern": {"Regex": ""}, "content": "x".repeat(1 << 20)},
+        "model": {"type": "WordLevel", "vocab": {"a": 0, "[UNK]": 1}, "unk_token": "[UNK]"}});
+    std::fs::write(dir.join("ck/tokenizer.json"), bomb.to_string()).unwrap();
+    let o = roux(&["run", dir.join("r.roux").to_str().unwrap(), "--out", dir.join("bomb").to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(2), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("error: a checkpoint's tokenizer asked for more than 256 MiB of memory at once, or 2 GiB in all, in one call"), "{}", String::from_utf8_lossy(&o.stderr));
 }
 
 /// Under expert parallelism each process imports only its experts: `hf::load` with a share reads
