@@ -179,8 +179,8 @@ fn nesting_past_the_bounds_is_one_diagnostic_not_a_stack_overflow_or_a_hang() {
         ("r.roux", roux_text(format!("{}2", "2 ^ ".repeat(n))), (2, 10), "an expression nested deeper than 256 levels (each operator and minus sign is one)"),
         // A string holding an escaped backslash ends at its third quote; the brackets after count.
         ("r.roux", format!("experiment \"x\" {{\n  name = \"\\\\\"\n  seed = {}1{}\n}}\n", "(".repeat(n), ")".repeat(n)), (3, 73), "nesting deeper than 64 levels"),
-        ("r.yaml", format!("experiment: x\nseed: {}{}\n", "[".repeat(n), "]".repeat(n)), (2, 71), "nesting deeper than 64 levels"),
-        ("r.yaml", format!("experiment: x\nseed: {}1{}\n", "{a: ".repeat(n), "}".repeat(n)), (2, 263), "nesting deeper than 64 levels"),
+        ("r.yaml", format!("experiment: x\nseed: {}{}\n", "[".repeat(n), "]".repeat(n)), (2, 263), "nesting deeper than 256 levels"),
+        ("r.yaml", format!("experiment: x\nseed: {}1{}\n", "{a: ".repeat(n), "}".repeat(n)), (2, 1031), "nesting deeper than 256 levels"),
     ];
     for (path, text, (line, col), want) in cases {
         let t = std::time::Instant::now();

@@ -13,6 +13,10 @@ use crate::diag::{Code, Diagnostic, Span};
 pub const MAX_DEPTH: usize = 64;
 /// Deepest expression tree accepted, operators and minus signs counted.
 pub const MAX_TREE: usize = 256;
+/// Deepest flow nesting of the YAML form: a recipe's 64 levels take up to two each there (a
+/// constructor with arguments is a mapping holding a list), and the YAML parser's own limit,
+/// 128, stops what is deeper still; this bound only keeps its scanner from quadratic time.
+pub const MAX_YAML_FLOW: usize = 256;
 
 fn too_deep(at: usize, what: String) -> Diagnostic {
     Diagnostic::error(Code::E0002, Span::new(at, at + 1), what).with_hint("flatten the expression; recipes never need this much nesting")
@@ -70,27 +74,54 @@ pub fn check_tree(root: &Pair<Rule>) -> Result<(), Diagnostic> {
     Ok(())
 }
 
-/// Flow collections (`[`, `{`) of a YAML recipe, counted everywhere but in whole-line comments
-/// (inside a quoted string they are counted too: a string of 65 unclosed brackets is refused
-/// rather than a quote misread letting deep nesting through).
+/// Flow collections (`[`, `{`) of a YAML recipe, outside quoted scalars and comments. What
+/// matters is never to count fewer than the YAML scanner nests: a bracket counts inside a flow
+/// collection and wherever a word starts (so a plain scalar's `a [b` counts too: more, never
+/// fewer); a quote opens a scalar only where YAML's can (a word starting after `:`, `-`, `?`,
+/// `[`, `{`, `,` or at a line's start), so text in it is text to both.
 pub fn check_yaml_flow(src: &str) -> Result<(), Diagnostic> {
-    let (mut depth, mut at) = (0usize, 0);
-    for line in src.split_inclusive('\n') {
-        if !line.trim_start().starts_with('#') {
-            for (i, b) in line.bytes().enumerate() {
-                match b {
-                    b'[' | b'{' => {
-                        depth += 1;
-                        if depth > MAX_DEPTH {
-                            return Err(too_deep(at + i, format!("nesting deeper than {MAX_DEPTH} levels")));
-                        }
-                    }
-                    b']' | b'}' => depth = depth.saturating_sub(1),
-                    _ => {}
+    let (mut depth, mut quote, mut escaped) = (0usize, None::<u8>, false);
+    let b = src.as_bytes();
+    let (mut word_start, mut after): (bool, Option<u8>) = (true, None); // `after`: the last non-blank byte of the line
+    let mut i = 0;
+    while i < b.len() {
+        let c = b[i];
+        if let Some(q) = quote {
+            match (q, c, escaped) {
+                (b'"', _, true) => escaped = false,
+                (b'"', b'\\', false) => escaped = true,
+                (b'\'', b'\'', _) if b.get(i + 1) == Some(&b'\'') => i += 1,
+                (q, c, _) if c == q => quote = None,
+                _ => {}
+            }
+            i += 1;
+            continue;
+        }
+        match c {
+            b'\n' | b'\r' => (word_start, after) = (true, None),
+            b' ' | b'\t' => word_start = true,
+            b'#' if word_start => {
+                while i < b.len() && b[i] != b'\n' && b[i] != b'\r' {
+                    i += 1;
+                }
+                continue;
+            }
+            b'"' | b'\'' if word_start && matches!(after, None | Some(b':' | b'-' | b'?' | b'[' | b'{' | b',')) => quote = Some(c),
+            b'[' | b'{' if depth > 0 || word_start => {
+                depth += 1;
+                if depth > MAX_YAML_FLOW {
+                    return Err(too_deep(i, format!("nesting deeper than {MAX_YAML_FLOW} levels")));
                 }
             }
+            b']' | b'}' => depth = depth.saturating_sub(1),
+            _ => {}
         }
-        at += line.len();
+        if !matches!(c, b' ' | b'\t' | b'\n' | b'\r') {
+            // After a flow indicator a word starts at once (`[[`, `,"x"`).
+            word_start = matches!(c, b'[' | b'{' | b',') && depth > 0;
+            after = Some(c);
+        }
+        i += 1;
     }
     Ok(())
 }
@@ -108,8 +139,12 @@ mod tests {
 
     #[test]
     fn yaml_flow_nesting_is_bounded_outside_whole_line_comments() {
-        assert!(check_yaml_flow(&format!("a: {}{}\n", "[".repeat(64), "]".repeat(64))).is_ok());
-        assert_eq!(check_yaml_flow(&format!("a: {}\n", "{a: ".repeat(65))).unwrap_err().span.start, 3 + 4 * 64);
-        assert!(check_yaml_flow(&format!("# {}\na: 1\n", "[".repeat(100))).is_ok());
+        assert!(check_yaml_flow(&format!("a: {}{}\n", "[".repeat(256), "]".repeat(256))).is_ok());
+        assert_eq!(check_yaml_flow(&format!("a: {}\n", "{a: ".repeat(257))).unwrap_err().span.start, 3 + 4 * 256);
+        assert!(check_yaml_flow(&format!("# {}\na: 1\n", "[".repeat(300))).is_ok());
+        // Brackets in quoted scalars and comments are text; a quote inside a word opens nothing.
+        assert!(check_yaml_flow(&format!("a: \"x{}\\\" {}\"\nb: [ '{}''{}', 1 ]  # {}\n", "[".repeat(300), "{".repeat(300), "[".repeat(300), "[".repeat(300), "[".repeat(300))).is_ok());
+        assert!(check_yaml_flow(&format!("a: x\"y {}\n", "[".repeat(257))).is_err());
+        assert!(check_yaml_flow(&format!("a: [{}\n", "[".repeat(256))).is_err());
     }
 }
