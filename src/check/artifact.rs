@@ -170,7 +170,8 @@ impl<'a> Checker<'a> {
     /// The architecture a stage trains, following `STAGE.model` and `merge(…)` chains back to a
     /// model: iteratively (a chain of 20k stages), each stage's answer kept for the next asking.
     pub(super) fn stage_arch(&mut self, d: &'a Decl) -> Option<String> {
-        let (mut chain, mut seen): (Vec<&'a str>, std::collections::HashSet<&'a str>) = (vec![], Default::default());
+        // The stages walked, each answered at the end.
+        let mut seen: std::collections::HashSet<&'a str> = Default::default();
         let mut stage = d;
         let arch = loop {
             if let Some(known) = self.stage_archs.get(stage.name.name.as_str()) {
@@ -180,14 +181,13 @@ impl<'a> Checker<'a> {
             if !seen.insert(stage.name.name.as_str()) {
                 break None;
             }
-            chain.push(stage.name.name.as_str());
             match self.trained_decl(stage) {
                 Some(t) if t.kind == DeclKind::Model => break Some(t.name.name.clone()),
                 Some(t) if t.kind == DeclKind::Stage => stage = t,
                 _ => break None,
             }
         };
-        for s in chain {
+        for s in seen {
             self.stage_archs.insert(s.to_string(), arch.clone());
         }
         arch

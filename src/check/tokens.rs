@@ -77,7 +77,8 @@ impl<'r> Origins<'r> {
     }
 
     fn of(&mut self, name: &'r str) -> Option<Origin<'r>> {
-        let (mut chain, mut seen) = (vec![], HashSet::new());
+        // The stages walked, each answered at the end.
+        let mut seen = HashSet::new();
         let mut at = name;
         let found = loop {
             if let Some(o) = self.known.get(at) {
@@ -87,14 +88,13 @@ impl<'r> Origins<'r> {
             if !seen.insert(at) {
                 break None;
             }
-            chain.push(at);
             let Some(stage) = self.stages.get(at) else { break None };
             match self.step(stage) {
                 Step::Found(o) => break o,
                 Step::Up(up) => at = up,
             }
         };
-        for s in chain {
+        for s in seen {
             self.known.insert(s, found);
         }
         found

@@ -100,9 +100,7 @@ pub fn encode(tk: &Tokenizer, text: &str) -> Result<Vec<u32>> {
 /// `encode` with a checkpoint's tokenizer, someone else's code, bounded in memory and time
 /// (`crate::bounded`) for one example's text.
 pub fn encode_bounded(tk: &Tokenizer, text: &str) -> Result<Vec<u32>> {
-    let guard = crate::bounded::Guard::new("a checkpoint's tokenizer");
-    guard.allow_bytes(text.len());
-    guard.run(|| encode(tk, text)).0
+    Ok(encode_offsets_bounded(tk, text)?.0)
 }
 
 /// The special tokens a checkpoint's tokenizer puts before a text (its post-processor's: Llama's
