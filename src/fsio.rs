@@ -41,7 +41,7 @@ pub fn read_range(path: &Path, offset: u64, len: u64) -> Result<Vec<u8>, String>
     if !meta.is_file() {
         return Err(format!("{}: not a regular file", path.display()));
     }
-    if offset.checked_add(len).map_or(true, |end| end > meta.len()) {
+    if offset.checked_add(len).is_none_or(|end| end > meta.len()) {
         return Err(format!("{}: {} bytes, too short to hold bytes {offset} to {}", path.display(), meta.len(), offset.saturating_add(len)));
     }
     let mut file = File::open(path).map_err(|e| format!("{}: cannot read: {e}", path.display()))?;

@@ -1,13 +1,17 @@
 //! More than one process (issue 18): torchrun starts roux twice (`roux run --nproc 2`), the
 //! processes talk through libtorch's c10d (Gloo on these CPUs), and the run equals the one
 //! process run of the same global batch. Gradient accumulation equals the whole batch.
+#![cfg(feature = "torch")]
 
 mod common;
 use common::*;
 use std::path::Path;
 
+/// A run's per-step losses and final named weights.
+type Outcome = (Vec<f64>, Vec<(String, tch::Tensor)>);
+
 /// Per-step training losses and the final weights of a finished `pretrain` in `dir`.
-fn result(dir: &Path) -> (Vec<f64>, Vec<(String, tch::Tensor)>) {
+fn result(dir: &Path) -> Outcome {
     let losses = metrics(dir).iter().map(|m| m["loss"].as_f64().unwrap()).collect();
     let mut weights = tch::Tensor::read_safetensors(dir.join("model.safetensors")).unwrap();
     weights.sort_by(|a, b| a.0.cmp(&b.0));
@@ -15,7 +19,7 @@ fn result(dir: &Path) -> (Vec<f64>, Vec<(String, tch::Tensor)>) {
 }
 
 /// The largest difference of losses step by step and of weights tensor by tensor.
-fn differences(a: &(Vec<f64>, Vec<(String, tch::Tensor)>), b: &(Vec<f64>, Vec<(String, tch::Tensor)>)) -> (f64, f64) {
+fn differences(a: &Outcome, b: &Outcome) -> (f64, f64) {
     assert_eq!(a.0.len(), b.0.len(), "the runs logged different numbers of steps");
     let loss = a.0.iter().zip(&b.0).map(|(x, y)| (x - y).abs()).fold(0.0, f64::max);
     let weights = a.1.iter().zip(&b.1).map(|((n, x), (m, y))| {
@@ -25,7 +29,7 @@ fn differences(a: &(Vec<f64>, Vec<(String, tch::Tensor)>), b: &(Vec<f64>, Vec<(S
     (loss, weights.fold(0.0, f64::max))
 }
 
-fn train(out: &Path, extra: &[&str]) -> (Vec<f64>, Vec<(String, tch::Tensor)>) {
+fn train(out: &Path, extra: &[&str]) -> Outcome {
     let recipe = fixture("tiny-dp.roux");
     let mut args = vec!["run", recipe.to_str().unwrap(), "--out", out.to_str().unwrap()];
     args.extend_from_slice(extra);
@@ -237,7 +241,7 @@ fn a_gpu_is_named_by_its_index_or_the_string_is_refused() {
 fn reward_model_and_dpo_on_two_processes_equal_one_process() {
     let out = scratch("dist-pairs");
     let recipe = fixture("tiny-pairs.roux");
-    let pairs = |name: &str, extra: &[&str]| -> Vec<(Vec<f64>, Vec<(String, tch::Tensor)>)> {
+    let pairs = |name: &str, extra: &[&str]| -> Vec<Outcome> {
         let dir = out.join(name);
         let o = roux(&[&["run", recipe.to_str().unwrap(), "--out", dir.to_str().unwrap()], extra].concat());
         assert_eq!(o.status.code(), Some(0), "{}", String::from_utf8_lossy(&o.stderr));

@@ -203,7 +203,7 @@ fn a_damaged_newest_checkpoint_falls_back_to_the_older_one() {
     let dir = damaged.join("tiny/pretrain");
     let mut child = Command::new(env!("CARGO_BIN_EXE_roux")).args(["run", recipe.to_str().unwrap(), "--out", damaged.to_str().unwrap()]).env("ROUX_QUIET", "1").stderr(Stdio::null()).spawn().unwrap();
     let t0 = Instant::now();
-    while !std::fs::read_to_string(dir.join("state.json")).ok().and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok()).is_some_and(|v| v["step"].as_u64() >= Some(40)) {
+    while std::fs::read_to_string(dir.join("state.json")).ok().and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok()).is_none_or(|v| v["step"].as_u64() < Some(40)) {
         assert!(t0.elapsed() < Duration::from_secs(60));
         std::thread::sleep(Duration::from_millis(2));
     }

@@ -1,4 +1,5 @@
 //! `precision = bf16` on every stage kind and in sampling: bfloat16 compute, float32 weights.
+#![cfg(feature = "torch")]
 
 mod common;
 use common::*;
@@ -145,7 +146,7 @@ fn cached_bf16_weights_give_the_same_logits_and_follow_updates() {
     let after = m.with_cached_casts(|| m.forward(&x, false));
     assert!(!after.equal(&cached), "the second generation used the first one's weights");
     // Gradients still reach the float32 weights after a cached generation.
-    let loss = m.forward(&x, true).to_kind(Kind::Float).logsumexp(&[-1], false).mean(Kind::Float);
+    let loss = m.forward(&x, true).to_kind(Kind::Float).logsumexp([-1], false).mean(Kind::Float);
     loss.backward();
     assert!(m.params.iter().all(|p| p.grad().defined()), "a weight got no gradient");
 }

@@ -97,12 +97,18 @@ impl<'a> Checker<'a> {
                 Some(())
             }
             _ => match e.as_path().map(Expr::path_string).as_deref() {
-                Some("exact_match") => Some(out.push((w, RewardTerm::ExactMatch))),
-                Some("format") => Some(out.push((w, RewardTerm::Format))),
-                Some("length") => Some(out.push((w, RewardTerm::Length))),
+                Some(name @ ("exact_match" | "format" | "length")) => {
+                    let term = match name {
+                        "exact_match" => RewardTerm::ExactMatch,
+                        "format" => RewardTerm::Format,
+                        _ => RewardTerm::Length,
+                    };
+                    out.push((w, term));
+                    Some(())
+                }
                 Some(other) => {
                     let mut err = Diagnostic::error(Code::E0130, e.span, format!("unknown reward `{other}`"));
-                    err = match crate::diag::suggest::did_you_mean(other, ["exact_match", "format", "length", "reward_model"].into_iter()) {
+                    err = match crate::diag::suggest::did_you_mean(other, ["exact_match", "format", "length", "reward_model"]) {
                         Some(s) => err.with_hint(format!("did you mean `{s}`? (rewards: {TERMS})")),
                         None => err.with_hint(format!("rewards: {TERMS}, and weighted sums of them")),
                     };

@@ -284,7 +284,7 @@ impl<'a> Checker<'a> {
                 .with_hint("`train` needs `text(…)` data; synthetic regions are for `mixture` stages"));
             return None;
         }
-        if d.kind != DeclKind::Data || e.as_path().map_or(true, |p| p.len() != 1) {
+        if d.kind != DeclKind::Data || e.as_path().is_none_or(|p| p.len() != 1) {
             self.error(Diagnostic::error(Code::E0301, e.span, format!("expected a data set, found {} `{}`", kind_noun(d.kind), d.name.name))
                 .with_hint("pass a `data` declaration"));
             return None;

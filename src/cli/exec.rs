@@ -1,6 +1,6 @@
 //! `roux run` and `roux sample`; without the `torch` feature they explain how to get them.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 #[cfg(feature = "torch")]
 #[allow(clippy::too_many_arguments)]
@@ -21,7 +21,7 @@ pub fn run(file: &Path, out: &Path, only: &[String], fresh: bool, force: bool, t
 
 #[cfg(feature = "torch")]
 #[allow(clippy::too_many_arguments)]
-pub fn sample(run: &PathBuf, prompt: &str, prompt_file: Option<&Path>, tokens: usize, temperature: f64, top_k: i64, top_p: f64, seed: u64, bf16: bool, chat: bool) -> u8 {
+pub fn sample(run: &Path, prompt: &str, prompt_file: Option<&Path>, tokens: usize, temperature: f64, top_k: i64, top_p: f64, seed: u64, bf16: bool, chat: bool) -> u8 {
     let prompt = match prompt_file {
         Some(f) => match roux::fsio::read_text(f, 1 << 20) {
             Ok(t) => t,
@@ -84,7 +84,7 @@ pub fn run(_: &Path, _: &Path, _: &[String], _: bool, _: bool, _: bool, _: Optio
 
 #[cfg(not(feature = "torch"))]
 #[allow(clippy::too_many_arguments)]
-pub fn sample(_: &PathBuf, _: &str, _: Option<&Path>, _: usize, _: f64, _: i64, _: f64, _: u64, _: bool, _: bool) -> u8 {
+pub fn sample(_: &Path, _: &str, _: Option<&Path>, _: usize, _: f64, _: i64, _: f64, _: u64, _: bool, _: bool) -> u8 {
     no_torch("sample")
 }
 

@@ -27,7 +27,7 @@ pub const MAX_PROCESSES: usize = 65_536;
 /// `expert_parallel = n` divides the experts over groups of n processes, so n must divide the
 /// run's processes: an error naming both numbers otherwise.
 pub fn expert_parallel_fits(stage: &str, n: usize, processes: usize) -> Result<(), String> {
-    if n == 1 || processes % n == 0 {
+    if n == 1 || processes.is_multiple_of(n) {
         return Ok(());
     }
     Err(format!(

@@ -291,10 +291,10 @@ impl ModelSpec {
                 return Err(format!("`{name}` = {v} is out of range (1 to {MAX})"));
             }
         }
-        if (s.head_size.is_none() && s.d_model % s.heads != 0) || s.heads % s.kv_heads != 0 || s.head_size.is_some_and(|h| h == 0 || h > MAX) {
+        if (s.head_size.is_none() && !s.d_model.is_multiple_of(s.heads)) || !s.heads.is_multiple_of(s.kv_heads) || s.head_size.is_some_and(|h| h == 0 || h > MAX) {
             return Err(format!("heads {} must divide d_model {} and kv_heads {} must divide heads", s.heads, s.d_model, s.kv_heads));
         }
-        if s.position == Position::Rope && s.head_dim() % 2 != 0 {
+        if s.position == Position::Rope && !s.head_dim().is_multiple_of(2) {
             return Err(format!("rope needs an even head size, not {}", s.head_dim()));
         }
         s.check_options()?;

@@ -131,7 +131,7 @@ impl TrainSpec {
 /// parts; an error naming the three numbers when they do not divide it.
 pub fn split_batch(stage: &str, batch: usize, processes: usize, accumulate: usize) -> Result<usize, String> {
     let parts = processes * accumulate;
-    if parts == 0 || batch % parts != 0 {
+    if parts == 0 || !batch.is_multiple_of(parts) {
         return Err(format!(
             "stage `{stage}`: its batch of {batch} does not split over {processes} processes × `accumulate = {accumulate}` micro-batches \
              ({parts} equal parts); pick a batch that is a multiple of {parts}, or another number of processes"

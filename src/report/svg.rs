@@ -37,7 +37,7 @@ fn labels(ticks: &[f64]) -> Vec<String> {
     let step = if ticks.len() >= 2 { ticks[1] - ticks[0] } else { ticks.first().map_or(1.0, |t| t.abs().max(1e-300)) };
     let step_mag = step.abs().log10().floor();
     let largest = ticks.iter().fold(0.0f64, |m, t| m.max(t.abs()));
-    let scientific = largest >= 1e5 || largest < 1e-3;
+    let scientific = !(1e-3..1e5).contains(&largest);
     ticks
         .iter()
         .map(|&v| {

@@ -26,7 +26,7 @@ use crate::recipe::{Recipe, StageKind};
 /// Run the stages of a checked recipe in dependency order; `only` restricts to named stages.
 pub fn run_recipe(recipe: &Recipe, source: &str, out: &Path, only: &[String], opts: &RunOptions) -> Result<()> {
     // A name in `--stage` that is no stage would otherwise run nothing and succeed.
-    for name in only.iter().filter(|n| recipe.stage(n).is_none()) {
+    if let Some(name) = only.iter().find(|n| recipe.stage(n).is_none()) {
         let names: Vec<&str> = recipe.stages.iter().map(|s| s.name.as_str()).collect();
         let hint = match crate::diag::suggest::did_you_mean(name, names.iter().copied()) {
             Some(s) => format!("did you mean `{s}`?"),

@@ -126,7 +126,7 @@ fn starts_block(code: &str) -> bool {
 /// character; in single quotes `''` is a quote.
 fn split_comment(line: &str, open: Option<u8>) -> (&str, Option<&str>, Option<u8>) {
     let b = line.as_bytes();
-    let blank = |i: usize| b.get(i).map_or(true, |c| *c == b' ' || *c == b'\t');
+    let blank = |i: usize| b.get(i).is_none_or(|c| *c == b' ' || *c == b'\t');
     let mut quote = open;
     let (mut escaped, mut plain, mut depth) = (false, false, 0usize);
     for (i, &c) in b.iter().enumerate() {

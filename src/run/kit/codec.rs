@@ -111,7 +111,7 @@ impl Codec {
         let (mut tokens, mut trained) = (vec![], vec![]);
         let parts: Vec<&str> = e.turns.iter().map(|(text, _)| text.as_str()).collect();
         for ((_, t), ids) in e.turns.iter().zip(self.split_ids(&parts)) {
-            trained.extend(std::iter::repeat(*t || !mask_prompt).take(ids.len()));
+            trained.extend(std::iter::repeat_n(*t || !mask_prompt, ids.len()));
             tokens.extend(ids);
         }
         tokens.truncate(context + 1);

@@ -115,7 +115,7 @@ fn cuda_mem_info(index: usize) -> Option<(u64, u64)> {
         if set.is_null() || get.is_null() {
             return None;
         }
-        let (set, get): (SetDevice, MemGetInfo) = (std::mem::transmute(set), std::mem::transmute(get));
+        let (set, get): (SetDevice, MemGetInfo) = (std::mem::transmute::<*mut libc::c_void, SetDevice>(set), std::mem::transmute::<*mut libc::c_void, MemGetInfo>(get));
         let (mut free, mut total) = (0usize, 0usize);
         (set(index as i32) == 0 && get(&mut free, &mut total) == 0).then_some((free as u64, total as u64))
     }

@@ -196,7 +196,7 @@ impl World {
     /// `out` (size × n elements) becomes every process's `input` (n elements), in rank order.
     pub fn all_gather(&self, out: &Tensor, input: &Tensor) -> Result<()> {
         let Some(g) = self.group() else {
-            let _ = out.shallow_clone().copy_(&input.reshape(out.size()));
+            out.shallow_clone().copy_(&input.reshape(out.size()));
             return Ok(());
         };
         // SAFETY: as in all_reduce.
@@ -206,7 +206,7 @@ impl World {
     /// `out` (n elements) becomes the sum over processes of this rank's slice of `input`.
     pub fn reduce_scatter(&self, out: &Tensor, input: &Tensor) -> Result<()> {
         let Some(g) = self.group() else {
-            let _ = out.shallow_clone().copy_(&input.reshape(out.size()));
+            out.shallow_clone().copy_(&input.reshape(out.size()));
             return Ok(());
         };
         // SAFETY: as in all_reduce.
@@ -220,7 +220,7 @@ impl World {
             bail!("all-to-all: {} send and {} receive counts for {} processes", send.len(), recv.len(), self.size);
         }
         let Some(g) = self.group() else {
-            let _ = out.shallow_clone().copy_(input);
+            out.shallow_clone().copy_(input);
             return Ok(());
         };
         // SAFETY: the count slices hold `size` numbers each and outlive the call.

@@ -154,7 +154,7 @@ pub fn with_mapped<R>(path: &Path, use_them: impl FnOnce(&[(String, Tensor)]) ->
 /// # Safety
 /// `data` must hold exactly the tensor's bytes and outlive the returned tensor's use.
 pub unsafe fn view_of(data: &[u8], shape: &[i64], kind: Kind) -> Result<Tensor> {
-    if data.as_ptr() as usize % kind.elt_size_in_bytes() != 0 {
+    if !(data.as_ptr() as usize).is_multiple_of(kind.elt_size_in_bytes()) {
         return Ok(Tensor::f_from_data_size(data, shape, kind)?);
     }
     let mut strides = vec![1i64; shape.len()];

@@ -84,7 +84,7 @@ pub fn grpo_loss(logp: &Tensor, old_logp: &Tensor, ref_logp: Option<&Tensor>, ad
         None => logp.zeros_like(),
     };
     if beta > 0.0 {
-        per_token = per_token + &kl * beta;
+        per_token += &kl * beta;
     }
     let per_row = (&per_token * mask).sum_dim_intlist(-1, false, Kind::Float); // (B)
     let loss = match norm {

@@ -153,7 +153,7 @@ impl Progress {
         if self.quiet {
             return;
         }
-        let periodic = step % every == 0 || step == self.total || evaluated;
+        let periodic = step.is_multiple_of(every) || step == self.total || evaluated;
         let line = crate::logging::ProgressLine { label: &self.label, step, total: self.total, eta: self.eta(step), body };
         crate::logging::progress(&line, periodic, evaluated || step == self.total);
     }

@@ -258,7 +258,7 @@ impl Model {
 
     /// Columns of padding for the head's matmul when it computes logits only for the loss.
     fn head_padding(&self, vocab: usize) -> Option<i64> {
-        (self.pad_vocab && vocab % 64 != 0).then(|| (64 - vocab % 64) as i64)
+        (self.pad_vocab && !vocab.is_multiple_of(64)).then(|| (64 - vocab % 64) as i64)
     }
 
     /// The forward pass; with `loss_only`, the head's logits may carry padding columns (see

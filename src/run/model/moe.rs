@@ -99,7 +99,7 @@ impl Model {
             let (w1, w3, w2) = weights("shared");
             let sh = Experts { w1: &w1, w3: w3.as_ref(), w2: &w2, act: *act };
             let out = sh.apply(&xf.unsqueeze(0).expand([s, n, d], false).contiguous()).sum_dim_intlist(0, false, xf.kind());
-            y = y + self.w_opt(i, "shared_gate", "weight").map_or_else(|| out.shallow_clone(), |g| &out * xf.linear::<Tensor>(&g, None).sigmoid());
+            y += self.w_opt(i, "shared_gate", "weight").map_or_else(|| out.shallow_clone(), |g| &out * xf.linear::<Tensor>(&g, None).sigmoid());
         }
         let y = y.dropout(*dropout, train).view([b, t, d]);
         (y, stats(path, &r))

@@ -27,9 +27,7 @@ pub fn run(ctx: &StageCtx, c: &CompareSpec) -> Result<()> {
     let mut reference = load_lm(recipe, runs, &c.reference, dev)?.computing(c.precision);
     reference.freeze();
     let mut rows = vec![];
-    let mut table = format!(
-        "| policy | greedy: gold reward | exact match | sampled: gold reward | preferred (exact) | verbose | KL to reference |\n|---|---:|---:|---:|---:|---:|---:|\n"
-    );
+    let mut table = "| policy | greedy: gold reward | exact match | sampled: gold reward | preferred (exact) | verbose | KL to reference |\n|---|---:|---:|---:|---:|---:|---:|\n".to_string();
     for (label, r) in &c.policies {
         let m = load_lm(recipe, runs, r, dev)?.computing(c.precision);
         let s = score(&m, Some(&reference), &codec, &held, c.max_new);

@@ -5,6 +5,7 @@
 //!      against the data's answer, format, length) and reward-model scores;
 //!   3. advantages normalised within each group: no value network;
 //!   4. `epochs` passes of the clipped policy-ratio loss plus β·KL to the frozen reference.
+//!
 //! Logs the reward's mean and spread, the share of groups whose rewards are all equal (no
 //! learning signal), clip fraction, KL and response length; held-out scores every `eval_every`.
 //! With several processes each answers its share of a step's prompts (whole groups) and the

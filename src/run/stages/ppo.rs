@@ -6,6 +6,7 @@
 //!   4. `epochs` passes over `minibatches` minibatches of the clipped policy objective, the
 //!      clipped value loss and an entropy bonus;
 //!   5. optionally adapt the KL coefficient toward `kl_target` (Ziegler et al. 2019).
+//!
 //! Logs the reward model's score next to the gold reward, so reward hacking (the first rising
 //! while the second falls) shows in the metrics and the report.
 //!

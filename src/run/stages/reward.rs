@@ -117,7 +117,7 @@ pub fn run(ctx: &StageCtx, r: &RewardSpec) -> Result<()> {
         }
     }
     // A run resumed with no step left to take measures its weights here.
-    let acc = Some(acc.unwrap_or_else(|| pairwise_accuracy(&rm, &codec, &split.held_out)));
+    let acc = acc.unwrap_or_else(|| pairwise_accuracy(&rm, &codec, &split.held_out));
     let mut report = json!({
         "experiment": recipe.experiment,
         "kind": "reward_model",
@@ -129,6 +129,6 @@ pub fn run(ctx: &StageCtx, r: &RewardSpec) -> Result<()> {
         "wall_seconds": started.elapsed().as_secs_f64(),
     });
     patience.report_into(&mut report, stopped);
-    tracing::info!("{name}: done — held-out pairwise accuracy {:.1}% on {} pairs", 100.0 * acc.unwrap_or(0.0), split.held_out.len());
+    tracing::info!("{name}: done — held-out pairwise accuracy {:.1}% on {} pairs", 100.0 * acc, split.held_out.len());
     run.finish(&[("model.safetensors", rm.named())], report, &ctx.title())
 }

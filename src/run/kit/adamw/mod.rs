@@ -228,7 +228,7 @@ impl Optimizer {
         if let Some(s) = self.shadow.as_mut().filter(|s| !s.gathered) {
             tch::no_grad(|| {
                 for &(off, n) in &s.spans {
-                    let _ = self.flat.g.narrow(0, off, n).copy_(&s.g.narrow(0, off, n));
+                    self.flat.g.narrow(0, off, n).copy_(&s.g.narrow(0, off, n));
                 }
             });
             s.gathered = true;

@@ -18,7 +18,7 @@ impl Optimizer {
     /// The check, on the weights as they are before this step's update.
     pub(super) fn check_replicas(&mut self, world: &World) -> Result<()> {
         self.exchanges += 1;
-        if !every().is_some_and(|n| world.size > 1 && self.exchanges % n == 0) {
+        if !every().is_some_and(|n| world.size > 1 && self.exchanges.is_multiple_of(n)) {
             return Ok(());
         }
         // Divided expert weights differ by design (`divided.rs`): the replicated ones are hashed.
