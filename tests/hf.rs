@@ -408,6 +408,64 @@ fn conversations_train_on_assistant_turns_through_the_chat_template() {
     assert!(!reply.contains("<|im") && !reply.contains("reverse") && reply.trim().len() <= 8, "{reply:?}");
 }
 
+/// A base checkpoint without a chat template, fine-tuned on conversations in a template the
+/// recipe names (`chat_template = "zephyr.jinja"`, as axolotl's `chat_template` or TRL's
+/// `setup_chat_format` give one): check renders with it, the stage records it, `merge` keeps it,
+/// `sample --chat` answers in it, and the export carries it as chat_template.jinja, which
+/// transformers renders as roux does.
+#[test]
+fn a_recipe_names_the_chat_template_of_a_base_model_without_one() {
+    let dir = checkpoint("chat-own", "qwen2-tok");
+    chat_data(&dir);
+    std::fs::remove_file(dir.join("ck/chat_template.jinja")).unwrap();
+    let zephyr = "{% for m in messages %}<|{{ m['role'] }}|>\n{{ m['content'] }}{{ eos_token }}\n{% endfor %}{% if add_generation_prompt %}<|assistant|>\n{% endif %}";
+    std::fs::write(dir.join("zephyr.jinja"), zephyr).unwrap();
+    let recipe = |template: &str| {
+        format!(
+            r#"experiment "own" {{
+  seed = 3
+  model base = hf("ck")
+  data chat = instructions("chat.jsonl") {{ tokenizer = base.tokenizer{template} }}
+  stage sft = finetune(base, chat) {{
+    adapter = lora {{ rank = 4, alpha = 8, targets = [attn.q, attn.v] }}
+    steps = 6, batch = 4, eval_every = 6, eval_examples = 4, max_new = 3
+  }}
+}}
+"#
+        )
+    };
+    std::fs::write(dir.join("r.roux"), recipe("")).unwrap();
+    let o = roux(&["check", dir.join("r.roux").to_str().unwrap()]);
+    let err = String::from_utf8_lossy(&o.stderr).to_string();
+    assert!(err.contains("error[E0214]: data `chat` holds conversations, but model `base` has no chat template") && err.contains("or name a template file: `chat_template = \"chatml.jinja\"`"), "{err}");
+    std::fs::write(dir.join("r.roux"), recipe(", chat_template = \"zephyr.jinja\"")).unwrap();
+    let o = roux(&["run", dir.join("r.roux").to_str().unwrap(), "--out", dir.join("runs").to_str().unwrap()]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let resolved: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(dir.join("runs/own/sft/resolved.json")).unwrap()).unwrap();
+    assert_eq!(resolved["chat_template"]["source"], zephyr);
+    assert_eq!(resolved["chat_template"]["eos"], "<|im_end|>", "the checkpoint's special tokens");
+    let merged = dir.join("merged");
+    let o = roux(&["merge", dir.join("runs/own/sft").to_str().unwrap(), "-o", merged.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    // The checkpoint has no template: an answer at all means the run's was used.
+    let o = roux(&["sample", merged.to_str().unwrap(), "--chat", "--prompt", "reverse abc", "--temperature", "0", "--tokens", "4"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let exported = dir.join("exported");
+    let o = roux(&["export", merged.to_str().unwrap(), "--to", "hf", "-o", exported.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(std::fs::read_to_string(exported.join("chat_template.jinja")).unwrap(), zephyr);
+    let chat = r#"[{"role": "user", "content": "reverse abc"}, {"role": "assistant", "content": "cba"}]"#;
+    let script = "import json, sys\nfrom transformers import AutoTokenizer\nt = AutoTokenizer.from_pretrained(sys.argv[1])\nprint(json.dumps(t.apply_chat_template(json.loads(sys.argv[2]), tokenize=False)))";
+    let o = Command::new("python").args(["-c", script, exported.to_str().unwrap(), chat]).output().unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let theirs: String = serde_json::from_str(String::from_utf8_lossy(&o.stdout).trim()).unwrap();
+    let template: roux::recipe::ChatTemplate = serde_json::from_value(resolved["chat_template"].clone()).unwrap();
+    let messages: Vec<roux::posttrain::chat::Message> = serde_json::from_str::<Vec<serde_json::Value>>(chat).unwrap().iter().map(|m| roux::posttrain::chat::Message { role: m["role"].as_str().unwrap().into(), content: m["content"].as_str().unwrap().into() }).collect();
+    let ours = roux::posttrain::chat::Renderer::new(&template).unwrap().render(&messages, false).unwrap();
+    assert_eq!(ours, "<|user|>\nreverse abc<|im_end|>\n<|assistant|>\ncba<|im_end|>\n");
+    assert_eq!(theirs, ours, "transformers renders the exported template as roux trained with it");
+}
+
 #[test]
 fn mixtral_maps_onto_the_top_k_router_with_stacked_experts() {
     // 4 SwiGLU experts, top-2 with the gates renormalised, in every block.

@@ -237,7 +237,7 @@ fn conversations_need_a_chat_template_and_an_assistant_turn_on_every_line() {
         let c = roux::frontend::compile(&dir.join("r.roux")).unwrap();
         c.diagnostics.iter().filter(|d| d.is_error()).map(|d| (d.code.to_string(), d.message.clone())).collect::<Vec<_>>()
     };
-    assert_eq!(errors(recipe("")), vec![("E0214".into(), "data `chat` holds conversations (`messages`), which need a model's chat template".into())]);
+    assert_eq!(errors(recipe("")), vec![("E0214".into(), "data `chat` holds conversations (`messages`), which need an imported model's tokenizer".into())]);
     assert_eq!(errors(recipe("tokenizer = base.tokenizer")), vec![("E0214".into(), "data `chat` holds conversations, but model `base` has no chat template".into())]);
     let template = "{% for m in messages %}<{{ m['role'] }}>{{ m['content'] }}{{ eos_token }}{% endfor %}{% if add_generation_prompt %}<assistant>{% endif %}";
     std::fs::write(dir.join("ck/tokenizer_config.json"), json!({"chat_template": template, "eos_token": "</s>"}).to_string()).unwrap();
@@ -245,6 +245,22 @@ fn conversations_need_a_chat_template_and_an_assistant_turn_on_every_line() {
         errors(recipe("tokenizer = base.tokenizer")),
         vec![("E0214".into(), "`chat.jsonl` has 2 bad conversation(s) of 3: line 2: has no assistant turn to train on; line 3: `messages` message 1 has role \"robot\" (one of system, user, assistant, tool)".into())]
     );
+    // A template the recipe names: a file beside it, for conversations only.
+    std::fs::write(dir.join("chat.jsonl"), format!("{}\n", lines[0])).unwrap();
+    let named = |t: &str| errors(recipe(&format!("tokenizer = base.tokenizer, chat_template = {t}")));
+    assert_eq!(named("\"none.jinja\""), vec![("E0252".into(), "chat template file `none.jinja` not found".into())]);
+    assert_eq!(named("chatml"), vec![("E0120".into(), "`chat_template` expects the path of a Jinja file, found a name".into())]);
+    std::fs::write(dir.join("bad.jinja"), "{% for m in messages %}").unwrap();
+    let err = named("\"bad.jinja\"");
+    assert_eq!(err[0].0, "E0252");
+    assert!(err[0].1.starts_with("data `chat`: the chat template does not parse: syntax error: unexpected end of input"), "{err:?}");
+    std::fs::write(dir.join("own.jinja"), "{% for m in messages %}[{{ m['role'] }}] {{ m['content'] }}{% endfor %}").unwrap();
+    assert_eq!(named("\"own.jinja\""), vec![]);
+    std::fs::write(dir.join("rows.jsonl"), "{\"prompt\": \"hi\", \"response\": \"hello\"}\n").unwrap();
+    std::fs::write(dir.join("r.roux"), "experiment \"x\" {\n  data rows = instructions(\"rows.jsonl\") { chat_template = \"own.jinja\" }\n}\n").unwrap();
+    let c = roux::frontend::compile(&dir.join("r.roux")).unwrap();
+    let d: Vec<_> = c.diagnostics.iter().filter(|d| d.is_error()).map(|d| (d.code.to_string(), d.message.clone(), d.hint.clone())).collect();
+    assert_eq!(d, vec![("E0252".into(), "data `rows` holds no conversations: `chat_template` renders `messages`".into(), Some("rows of a prompt and a response take `template = \"…{prompt}…\"`; conversations are lines of {\"messages\": [{\"role\": …, \"content\": …}, …]}".into()))]);
 }
 
 /// A chat template and a tokenizer are someone else's code that `roux check` runs: a template

@@ -16,25 +16,30 @@ impl Checker<'_> {
     /// Give every conversational set its model's chat template, or say why it cannot have one.
     pub(super) fn attach_chat_templates(&mut self, r: &mut Recipe) {
         for i in 0..r.examples.len() {
-            let ExampleSource::Chat { path } = r.examples[i].source.clone() else { continue };
+            let ExampleSource::Chat { path, template } = r.examples[i].source.clone() else { continue };
             let name = r.examples[i].name.clone();
             let span = self.decl(&name).map_or(self.ast.name_span, |d| d.value.span);
             let model = r.examples[i].tokenizer.clone().and_then(|m| r.model(&m).cloned());
             let Some((spec, dir)) = model.and_then(|m| m.checkpoint.clone().map(|c| (m, c.dir))) else {
-                self.error(Diagnostic::error(Code::E0214, span, format!("data `{name}` holds conversations (`messages`), which need a model's chat template"))
-                    .with_hint("add `tokenizer = base.tokenizer`, where `model base = hf(\"…\")` has a chat_template in tokenizer_config.json"));
+                self.error(Diagnostic::error(Code::E0214, span, format!("data `{name}` holds conversations (`messages`), which need an imported model's tokenizer"))
+                    .with_hint("add `tokenizer = base.tokenizer`, where `model base = hf(\"…\")`"));
                 continue;
             };
             if r.examples[i].template != super::examples::DEFAULT_TEMPLATE {
-                self.error(Diagnostic::error(Code::E0250, span, format!("data `{name}` holds conversations: the chat template of `{}` renders them, not `template`", spec.name))
+                let by = if template.is_some() { "its `chat_template`".to_string() } else { format!("the chat template of `{}`", spec.name) };
+                self.error(Diagnostic::error(Code::E0250, span, format!("data `{name}` holds conversations: {by} renders them, not `template`"))
                     .with_hint("remove `template`"));
                 continue;
             }
-            let t = match chat_template(self.loader, &dir) {
+            let t = match chat_template(self.loader, &dir, template.as_deref()) {
                 Ok(t) => t,
+                Err(e) if template.is_some() => {
+                    self.error(Diagnostic::error(Code::E0252, span, format!("data `{name}` {e}")));
+                    continue;
+                }
                 Err(e) => {
                     self.error(Diagnostic::error(Code::E0214, span, format!("data `{name}` holds conversations, but model `{}` {e}", spec.name))
-                        .with_hint("a checkpoint saved with its tokenizer's chat template has it in tokenizer_config.json or chat_template.jinja"));
+                        .with_hint("a checkpoint saved with its tokenizer's chat template has it in tokenizer_config.json or chat_template.jinja; or name a template file: `chat_template = \"chatml.jinja\"`"));
                     continue;
                 }
             };
@@ -48,9 +53,20 @@ impl Checker<'_> {
     /// Render every conversation of `set`: bad lines are errors, and a note gives its size.
     fn render_all(&mut self, set: &ExampleSet, path: &Path, span: crate::diag::Span, context: usize, dir: &Path) {
         let Ok(text) = self.loader.read_text(path, crate::posttrain::examples::MAX_JSONL_BYTES) else { return };
-        let Some(Ok(renderer)) = set.chat.as_ref().map(Renderer::new) else {
-            self.error(Diagnostic::error(Code::E0214, span, format!("data `{}`: the chat template does not parse", set.name)).with_hint("check the template in tokenizer_config.json"));
-            return;
+        let renderer = match set.chat.as_ref().map(Renderer::new) {
+            Some(Ok(r)) => r,
+            why => {
+                let why = match why {
+                    Some(Err(e)) => e,
+                    _ => "there is no chat template".into(),
+                };
+                let (code, whose) = match &set.source {
+                    ExampleSource::Chat { template: Some(file), .. } => (Code::E0252, file.display().to_string()),
+                    _ => (Code::E0214, format!("{}'s tokenizer_config.json or chat_template.jinja", dir.display())),
+                };
+                self.error(Diagnostic::error(code, span, format!("data `{}`: {why}", set.name)).with_hint(format!("the template is in {whose}")));
+                return;
+            }
         };
         renderer.limit_work(text.len());
         const LISTED: usize = 10;
@@ -123,8 +139,9 @@ fn token_stats(tk: &tokenizers::Tokenizer, turns: &[Vec<(String, bool)>], contex
     s
 }
 
-/// The chat template of the checkpoint in `dir`, its files read through the loader.
-fn chat_template(loader: &dyn Loader, dir: &Path) -> Result<ChatTemplate, String> {
+/// The chat template of the checkpoint in `dir`, or the recipe's `file` with that checkpoint's
+/// special tokens; files read through the loader.
+fn chat_template(loader: &dyn Loader, dir: &Path, file: Option<&Path>) -> Result<ChatTemplate, String> {
     let json = |name: &str| -> Result<Option<serde_json::Value>, String> {
         let path = dir.join(name);
         match loader.entry(&path) {
@@ -133,6 +150,10 @@ fn chat_template(loader: &dyn Loader, dir: &Path) -> Result<ChatTemplate, String
         }
     };
     let config = crate::hf::tokenizer_config(json("tokenizer_config.json")?.unwrap_or_default(), json("special_tokens_map.json")?);
+    if let Some(file) = file {
+        let source = loader.read_text(file, crate::hf::MAX_CONFIG).map_err(|e| format!("cannot use the recipe's chat template: {e}"))?;
+        return crate::hf::chat_template(&config, Some(source));
+    }
     let file = dir.join("chat_template.jinja");
     let jinja = match loader.entry(&file) {
         PathKind::File(_) => Some(loader.read_text(&file, crate::hf::MAX_CONFIG)?),

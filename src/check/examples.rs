@@ -19,6 +19,7 @@ impl<'a> Checker<'a> {
         let template_field = f.field("template");
         let end_field = f.field("end");
         let tokenizer = f.field("tokenizer").map(|t| self.model_tokenizer(&t.value));
+        let chat_template = f.field("chat_template");
         let held_out = f.ranged(self, "held_out", Some(0.1), 0.0, true, 1.0, false);
         // The rows of a JSONL file, read now so that a bad line is a check error, not a failed run.
         let mut rows: Option<Vec<Vec<String>>> = None;
@@ -46,9 +47,13 @@ impl<'a> Checker<'a> {
                 };
                 let fields: Vec<Option<String>> = names.iter().map(|(k, def)| self.string_field(&mut f, k, def)).collect();
                 let path = self.jsonl_path(d, kind, args);
-                // Conversations are rendered with the model's chat template (see check/chat.rs).
+                // Conversations are rendered with a chat template (see check/chat.rs).
                 if let Some(p) = path.as_ref().filter(|p| self.is_chat_file(p, ekind)) {
-                    (ekind, Some(ExampleSource::Chat { path: p.clone() }))
+                    let template = match chat_template {
+                        None => Some(None),
+                        Some(t) => self.chat_template_file(&t.value).map(Some),
+                    };
+                    (ekind, template.map(|template| ExampleSource::Chat { path: p.clone(), template }))
                 } else {
                     let src = fields.into_iter().collect::<Option<Vec<_>>>().zip(path).map(|(fields, path)| ExampleSource::Jsonl { path, fields });
                     if let Some(ExampleSource::Jsonl { path, fields }) = &src {
@@ -59,6 +64,11 @@ impl<'a> Checker<'a> {
             }
         };
         f.finish(self);
+        if let (Some(t), false) = (chat_template, matches!(source, Some(ExampleSource::Chat { .. }) | None)) {
+            self.error(Diagnostic::error(Code::E0252, t.key.span, format!("data `{}` holds no conversations: `chat_template` renders `messages`", d.name.name))
+                .with_hint("rows of a prompt and a response take `template = \"…{prompt}…\"`; conversations are lines of {\"messages\": [{\"role\": …, \"content\": …}, …]}"));
+            return None;
+        }
         let template = match template_field {
             None => DEFAULT_TEMPLATE.to_string(),
             Some(t) => match &t.value.kind {
@@ -204,6 +214,23 @@ impl<'a> Checker<'a> {
         let PathKind::File(size) = self.loader.entry(path) else { return false };
         let head = self.loader.read_range(path, 0, size.min(1 << 20)).unwrap_or_default();
         crate::posttrain::chat::is_chat(&String::from_utf8_lossy(&head), kind)
+    }
+
+    /// `chat_template = "chatml.jinja"`: a Jinja file beside the recipe that renders a data set's
+    /// conversations in place of the checkpoint's template.
+    fn chat_template_file(&mut self, e: &crate::syntax::ast::Expr) -> Option<std::path::PathBuf> {
+        let ExprKind::Str(file) = &e.kind else {
+            self.error(Diagnostic::error(Code::E0120, e.span, format!("`chat_template` expects the path of a Jinja file, found {}", super::eval::describe(e)))
+                .with_hint("write `chat_template = \"templates/chatml.jinja\"`"));
+            return None;
+        };
+        let full = self.confined(file, e.span)?;
+        if !matches!(self.loader.entry(&full), PathKind::File(_)) {
+            self.error(Diagnostic::error(Code::E0252, e.span, format!("chat template file `{file}` not found"))
+                .with_hint(format!("paths are relative to the recipe's folder; looked for {}", full.display())));
+            return None;
+        }
+        Some(self.loader.absolute(&full))
     }
 
     fn jsonl_path(&mut self, d: &'a Decl, kind: &str, args: Option<&'a [Arg]>) -> Option<std::path::PathBuf> {

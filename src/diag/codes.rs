@@ -82,6 +82,7 @@ codes! {
     E0245 = "E0245": "`expert_parallel` on a dense model, or a degree that does not divide the experts",
     E0250 = "E0250": "a prompt template without exactly one `{prompt}`",
     E0251 = "E0251": "an empty `end` marker",
+    E0252 = "E0252": "`chat_template` on data without conversations, or a chat template file that is missing or does not parse",
     E0300 = "E0300": "a stage cycle",
     E0301 = "E0301": "a wrong kind of argument (data where a model goes, a stage where its output goes)",
     E0310 = "E0310": "a wrong kind of model artifact (a reward model as a policy, an unmerged adapter, `merge` of a non-adapter)",

@@ -148,7 +148,7 @@ pub fn preferences(set: &ExampleSet, seed: u64) -> Result<Split<Pair>, String> {
 /// The renderer of a chat data set, its work bounded by the file's size as check bounds it.
 fn renderer(set: &ExampleSet) -> Result<chat::Renderer, String> {
     let r = chat::Renderer::new(set.chat.as_ref().ok_or_else(|| format!("data `{}` holds conversations but has no chat template", set.name))?)?;
-    if let ExampleSource::Chat { path } = &set.source {
+    if let ExampleSource::Chat { path, .. } = &set.source {
         r.limit_work(std::fs::metadata(path).map_or(0, |m| m.len() as usize));
     }
     Ok(r)
@@ -156,14 +156,14 @@ fn renderer(set: &ExampleSet) -> Result<chat::Renderer, String> {
 
 fn at(set: &ExampleSet, line: usize) -> String {
     match &set.source {
-        ExampleSource::Chat { path } | ExampleSource::Jsonl { path, .. } => format!("{}:{line}", path.display()),
+        ExampleSource::Chat { path, .. } | ExampleSource::Jsonl { path, .. } => format!("{}:{line}", path.display()),
         ExampleSource::Synthetic { .. } => set.name.clone(),
     }
 }
 
 /// The conversations of a chat data set with their line numbers; errors name `file:line`.
 fn chat_rows(set: &ExampleSet) -> Result<Vec<(usize, chat::ChatRow)>, String> {
-    let ExampleSource::Chat { path } = &set.source else { return Ok(vec![]) };
+    let ExampleSource::Chat { path, .. } = &set.source else { return Ok(vec![]) };
     let text = crate::fsio::read_text(path, MAX_JSONL_BYTES)?;
     let parsed = chat::parse_jsonl(&text, set.kind, 1);
     if let Some((line, why)) = parsed.bad.first() {

@@ -75,8 +75,13 @@ pub enum ExampleSource {
     Jsonl { path: PathBuf, fields: Vec<String> },
     /// Conversations, one JSON object per line: `{"messages": [{"role", "content"}, …]}` for
     /// instructions; `chosen` and `rejected` message lists (after an optional `prompt` list)
-    /// for preferences. Rendered with the set's chat template.
-    Chat { path: PathBuf },
+    /// for preferences. Rendered with the set's chat template: the recipe's `chat_template`
+    /// file (`template`), else the checkpoint's.
+    Chat {
+        path: PathBuf,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        template: Option<PathBuf>,
+    },
 }
 
 /// A Hugging Face chat template (Jinja) and the special tokens it may print.
@@ -103,7 +108,8 @@ pub struct ExampleSet {
     /// end-of-sequence token.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tokenizer: Option<String>,
-    /// For conversations: the model's chat template (from the checkpoint named by `tokenizer`).
+    /// For conversations: the chat template (the recipe's `chat_template`, else the checkpoint's
+    /// named by `tokenizer`), with that checkpoint's special tokens.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub chat: Option<ChatTemplate>,
 }

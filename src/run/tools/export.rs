@@ -58,7 +58,7 @@ pub fn run_definition(run: &Path, out: &Path) -> Result<(serde_json::Value, Mode
 /// holds the weights) into `out`, as the architecture it was imported from or the layout that
 /// computes the same function.
 pub fn export_hf(run: &Path, out: &Path) -> Result<Family> {
-    let (_, spec) = run_definition(run, out)?;
+    let (resolved, spec) = run_definition(run, out)?;
     let weights = run.join("model.safetensors");
     if !weights.exists() {
         bail!("{} has no model.safetensors (is the stage finished? a LoRA stage holds an adapter: `roux merge {}` first)", run.display(), run.display());
@@ -87,6 +87,11 @@ pub fn export_hf(run: &Path, out: &Path) -> Result<Family> {
                 if let Some(v) = original.get(key) {
                     config[key] = v.clone();
                 }
+            }
+            // The chat template the model was trained in (the recipe may name its own):
+            // transformers prefers chat_template.jinja to the config's template.
+            if let Some(source) = resolved["chat_template"]["source"].as_str() {
+                write_atomic(&out.join("chat_template.jinja"), source.as_bytes())?;
             }
         }
         None if run.join(tokenize::FILE).exists() => copy(&run.join(tokenize::FILE), "tokenizer.json")?,

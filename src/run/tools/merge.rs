@@ -35,6 +35,7 @@ pub fn merge_run(run: &Path, out: &Path) -> Result<Merged> {
     if f.lora.is_none() {
         bail!("`{}` fine-tuned the whole model: its model.safetensors is already plain", stage.name);
     }
+    let chat_template = adapter.resolved.get("chat_template").cloned();
     let spec = ModelSpec::from_run_json(&adapter.resolved["model"]).map_err(|e| anyhow::anyhow!("{}: {e}", adapter.dir.join("resolved.json").display()))?;
     // Follow the chain of bases, each from its own run directory.
     let mut stages = vec![stage.clone()];
@@ -75,7 +76,10 @@ pub fn merge_run(run: &Path, out: &Path) -> Result<Merged> {
     let m = load_lm(&recipe, &runs, &r, tch::Device::Cpu)?;
     std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
     write_tensors_atomic(&out.join("model.safetensors"), &m.named())?;
-    let resolved = json!({"experiment": recipe.experiment, "merged_from": stage.name, "model": m.spec()});
+    let mut resolved = json!({"experiment": recipe.experiment, "merged_from": stage.name, "model": m.spec()});
+    if let Some(t) = chat_template {
+        resolved["chat_template"] = t;
+    }
     write_atomic(&out.join("resolved.json"), serde_json::to_string_pretty(&resolved)?.as_bytes())?;
     Ok(Merged { stage: stage.name.clone(), base, params: m.numel() })
 }

@@ -59,7 +59,7 @@ pub fn sample_run(run: &Path, prompt: &str, o: &SampleOptions, on_text: &mut dyn
     let checkpoint_tk = spec.checkpoint.as_ref().filter(|c| c.tokenizer && !c.byte_level).map(|c| c.dir.join(tokenize::FILE));
     let tk_path = Some(run.join(tokenize::FILE)).filter(|p| p.exists()).or(checkpoint_tk);
     let tk = tk_path.map(|p| tokenize::read(&p)).transpose()?;
-    let (text, stop) = if chat { chat_prompt(&spec, tk.as_ref(), prompt)? } else { (prompt.to_string(), vec![]) };
+    let (text, stop) = if chat { chat_prompt(&spec, &v["chat_template"], tk.as_ref(), prompt)? } else { (prompt.to_string(), vec![]) };
     let mut ids: Vec<i64> = match &tk {
         // A plain prompt after the tokenizer's leading special tokens, as `tokenizer(prompt)` in
         // transformers; a chat template writes its own.
@@ -131,16 +131,22 @@ pub fn sample_run(run: &Path, prompt: &str, o: &SampleOptions, on_text: &mut dyn
     Ok(out)
 }
 
-/// `--chat`: the prompt as a user's message rendered with the imported model's chat template
-/// (ending where the assistant's reply begins), and the token that ends a reply.
-fn chat_prompt(spec: &ModelSpec, tk: Option<&tokenizers::Tokenizer>, prompt: &str) -> Result<(String, Vec<i64>)> {
+/// `--chat`: the prompt as a user's message rendered with the chat template the run's model was
+/// trained in (`trained`, from its resolved.json), else its checkpoint's (ending where the
+/// assistant's reply begins), and the tokens that end a reply.
+fn chat_prompt(spec: &ModelSpec, trained: &serde_json::Value, tk: Option<&tokenizers::Tokenizer>, prompt: &str) -> Result<(String, Vec<i64>)> {
     let (Some(c), Some(tk)) = (spec.checkpoint.as_ref(), tk) else {
         bail!("--chat needs a model imported with hf(\"…\") from a checkpoint with a tokenizer and a chat template; model `{}` is not", spec.name)
     };
-    let config = tokenize::checkpoint_config(&c.dir)?;
-    let jinja = c.dir.join("chat_template.jinja");
-    let jinja = if jinja.is_file() { Some(read_capped(&jinja, crate::hf::MAX_CONFIG)?) } else { None };
-    let template = crate::hf::chat_template(&config, jinja).map_err(|e| anyhow::anyhow!("{}: the checkpoint {e}", c.dir.display()))?;
+    let template = match serde_json::from_value::<crate::recipe::ChatTemplate>(trained.clone()) {
+        Ok(t) => t,
+        Err(_) => {
+            let config = tokenize::checkpoint_config(&c.dir)?;
+            let jinja = c.dir.join("chat_template.jinja");
+            let jinja = if jinja.is_file() { Some(read_capped(&jinja, crate::hf::MAX_CONFIG)?) } else { None };
+            crate::hf::chat_template(&config, jinja).map_err(|e| anyhow::anyhow!("{}: the checkpoint {e}", c.dir.display()))?
+        }
+    };
     let renderer = crate::posttrain::chat::Renderer::new(&template).map_err(anyhow::Error::msg)?;
     let text = renderer.render(&[crate::posttrain::chat::Message { role: "user".into(), content: prompt.into() }], true).map_err(anyhow::Error::msg)?;
     Ok((text, crate::run::kit::codec::eos_ids(&c.dir, tk)?))
