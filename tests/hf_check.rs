@@ -256,11 +256,17 @@ fn conversations_need_a_chat_template_and_an_assistant_turn_on_every_line() {
     assert!(err[0].1.starts_with("data `chat`: the chat template does not parse: syntax error: unexpected end of input"), "{err:?}");
     std::fs::write(dir.join("own.jinja"), "{% for m in messages %}[{{ m['role'] }}] {{ m['content'] }}{% endfor %}").unwrap();
     assert_eq!(named("\"own.jinja\""), vec![]);
+    assert_eq!(named("\"own.jinja\", date = \"2024-02-30\""), vec![("E0253".into(), "`date` expects a calendar day as \"YYYY-MM-DD\", found a string".into())]);
+    assert_eq!(named("\"own.jinja\", date = \"2024-02-29\""), vec![]);
+    // In the YAML form a day is written bare, as YAML writes one (not `2024 - 2 - 29`).
+    std::fs::write(dir.join("r.yaml"), "experiment: x\nmodel base: hf(\"ck\")\ndata chat:\n  $: instructions(\"chat.jsonl\")\n  tokenizer: base.tokenizer\n  chat_template: '\"own.jinja\"'\n  date: 2024-02-29\n").unwrap();
+    let c = roux::frontend::compile(&dir.join("r.yaml")).unwrap();
+    assert_eq!(c.recipe.unwrap().example_set("chat").unwrap().chat.as_ref().unwrap().date.as_deref(), Some("2024-02-29"));
     std::fs::write(dir.join("rows.jsonl"), "{\"prompt\": \"hi\", \"response\": \"hello\"}\n").unwrap();
     std::fs::write(dir.join("r.roux"), "experiment \"x\" {\n  data rows = instructions(\"rows.jsonl\") { chat_template = \"own.jinja\" }\n}\n").unwrap();
     let c = roux::frontend::compile(&dir.join("r.roux")).unwrap();
     let d: Vec<_> = c.diagnostics.iter().filter(|d| d.is_error()).map(|d| (d.code.to_string(), d.message.clone(), d.hint.clone())).collect();
-    assert_eq!(d, vec![("E0252".into(), "data `rows` holds no conversations: `chat_template` renders `messages`".into(), Some("rows of a prompt and a response take `template = \"…{prompt}…\"`; conversations are lines of {\"messages\": [{\"role\": …, \"content\": …}, …]}".into()))]);
+    assert_eq!(d, vec![("E0252".into(), "data `rows` holds no conversations: `chat_template` is for a chat template, which renders `messages`".into(), Some("rows of a prompt and a response take `template = \"…{prompt}…\"`; conversations are lines of {\"messages\": [{\"role\": …, \"content\": …}, …]}".into()))]);
 }
 
 /// A chat template and a tokenizer are someone else's code that `roux check` runs: a template
@@ -400,7 +406,7 @@ fn chat_templates_render_as_transformers_renders_them() {
     let (mut wrong, mut cases) = (vec![], 0);
     for t in &templates {
         let s = |k: &str| t[k].as_str().unwrap().to_string();
-        let r = Renderer::new(&roux::recipe::ChatTemplate { source: s("template"), bos: s("bos"), eos: s("eos") }).unwrap();
+        let r = Renderer::new(&roux::recipe::ChatTemplate { source: s("template"), bos: s("bos"), eos: s("eos"), date: t["date"].as_str().map(String::from) }).unwrap();
         for c in t["cases"].as_array().unwrap() {
             cases += 1;
             let messages: Vec<Message> = c["messages"].as_array().unwrap().iter().map(|m| Message { role: m["role"].as_str().unwrap().into(), content: m["content"].as_str().unwrap().into() }).collect();
@@ -414,4 +420,14 @@ fn chat_templates_render_as_transformers_renders_them() {
     }
     assert!(cases >= 40, "{cases} cases");
     assert!(wrong.is_empty(), "{} of {cases} renders differ:\n{}", wrong.len(), wrong.join("\n"));
+    // Without the recipe's `date`, `strftime_now` is not defined: Llama 3.1's template falls back
+    // to its own date, and one that calls it regardless says what to set.
+    let undated = |name: &str| {
+        let t = templates.iter().find(|t| t["name"] == name).unwrap();
+        let r = Renderer::new(&roux::recipe::ChatTemplate { source: t["template"].as_str().unwrap().into(), bos: "<s>".into(), eos: "</s>".into(), date: None }).unwrap();
+        r.render(&[Message { role: "user".into(), content: "hi".into() }], true)
+    };
+    assert!(undated("llama31-date").unwrap().contains("Today Date: 26 Jul 2024"));
+    let err = undated("mistral-small-date").unwrap_err();
+    assert!(err.starts_with("the chat template fails: unknown function: strftime_now is unknown") && err.ends_with(": it writes today's date (transformers' `strftime_now`); set `date = \"YYYY-MM-DD\"` on the data, so that check, every run and a resumed one render the same text"), "{err}");
 }

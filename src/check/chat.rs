@@ -16,7 +16,7 @@ impl Checker<'_> {
     /// Give every conversational set its model's chat template, or say why it cannot have one.
     pub(super) fn attach_chat_templates(&mut self, r: &mut Recipe) {
         for i in 0..r.examples.len() {
-            let ExampleSource::Chat { path, template } = r.examples[i].source.clone() else { continue };
+            let ExampleSource::Chat { path, template, date } = r.examples[i].source.clone() else { continue };
             let name = r.examples[i].name.clone();
             let span = self.decl(&name).map_or(self.ast.name_span, |d| d.value.span);
             let model = r.examples[i].tokenizer.clone().and_then(|m| r.model(&m).cloned());
@@ -45,7 +45,7 @@ impl Checker<'_> {
             };
             let set = &mut r.examples[i];
             set.template = "{prompt}".into();
-            set.chat = Some(t);
+            set.chat = Some(crate::recipe::ChatTemplate { date, ..t });
             self.render_all(set, &path, span, spec.context, &dir);
         }
     }

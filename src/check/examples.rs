@@ -20,6 +20,7 @@ impl<'a> Checker<'a> {
         let end_field = f.field("end");
         let tokenizer = f.field("tokenizer").map(|t| self.model_tokenizer(&t.value));
         let chat_template = f.field("chat_template");
+        let date = f.field("date");
         let held_out = f.ranged(self, "held_out", Some(0.1), 0.0, true, 1.0, false);
         // The rows of a JSONL file, read now so that a bad line is a check error, not a failed run.
         let mut rows: Option<Vec<Vec<String>>> = None;
@@ -53,7 +54,11 @@ impl<'a> Checker<'a> {
                         None => Some(None),
                         Some(t) => self.chat_template_file(&t.value).map(Some),
                     };
-                    (ekind, template.map(|template| ExampleSource::Chat { path: p.clone(), template }))
+                    let date = match date {
+                        None => Some(None),
+                        Some(d) => self.template_date(&d.value).map(Some),
+                    };
+                    (ekind, template.zip(date).map(|(template, date)| ExampleSource::Chat { path: p.clone(), template, date }))
                 } else {
                     let src = fields.into_iter().collect::<Option<Vec<_>>>().zip(path).map(|(fields, path)| ExampleSource::Jsonl { path, fields });
                     if let Some(ExampleSource::Jsonl { path, fields }) = &src {
@@ -64,8 +69,8 @@ impl<'a> Checker<'a> {
             }
         };
         f.finish(self);
-        if let (Some(t), false) = (chat_template, matches!(source, Some(ExampleSource::Chat { .. }) | None)) {
-            self.error(Diagnostic::error(Code::E0252, t.key.span, format!("data `{}` holds no conversations: `chat_template` renders `messages`", d.name.name))
+        if let (Some(t), false) = (chat_template.or(date), matches!(source, Some(ExampleSource::Chat { .. }) | None)) {
+            self.error(Diagnostic::error(Code::E0252, t.key.span, format!("data `{}` holds no conversations: `{}` is for a chat template, which renders `messages`", d.name.name, t.key.name))
                 .with_hint("rows of a prompt and a response take `template = \"…{prompt}…\"`; conversations are lines of {\"messages\": [{\"role\": …, \"content\": …}, …]}"));
             return None;
         }
@@ -231,6 +236,18 @@ impl<'a> Checker<'a> {
             return None;
         }
         Some(self.loader.absolute(&full))
+    }
+
+    /// `date = "2025-03-07"`: the day a chat template's `strftime_now` formats.
+    fn template_date(&mut self, e: &crate::syntax::ast::Expr) -> Option<String> {
+        match &e.kind {
+            ExprKind::Str(s) if crate::posttrain::strftime::Day::parse(s).is_some() => Some(s.clone()),
+            _ => {
+                self.error(Diagnostic::error(Code::E0253, e.span, format!("`date` expects a calendar day as \"YYYY-MM-DD\", found {}", super::eval::describe(e)))
+                    .with_hint("write `date = \"2025-03-07\"`: the day the chat template's `strftime_now` writes"));
+                None
+            }
+        }
     }
 
     fn jsonl_path(&mut self, d: &'a Decl, kind: &str, args: Option<&'a [Arg]>) -> Option<std::path::PathBuf> {

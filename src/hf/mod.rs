@@ -84,7 +84,7 @@ pub fn chat_template(config: &serde_json::Value, jinja: Option<String>) -> Resul
             .to_string(),
         _ => return Err("has no chat template".into()),
     };
-    Ok(crate::recipe::ChatTemplate { source, bos: token("bos_token"), eos: token("eos_token") })
+    Ok(crate::recipe::ChatTemplate { source, bos: token("bos_token"), eos: token("eos_token"), date: None })
 }
 
 #[cfg(test)]

@@ -69,6 +69,10 @@ impl Renderer {
         env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
         env.add_function("raise_exception", |msg: String| -> Result<String, Error> { Err(Error::new(ErrorKind::InvalidOperation, msg)) });
         env.add_filter("tojson", super::pyjson::tojson);
+        if let Some(date) = &t.date {
+            let day = super::strftime::Day::parse(date).ok_or_else(|| format!("`date = \"{}\"` is not a calendar day YYYY-MM-DD", date.escape_debug()))?;
+            env.add_function("strftime_now", move |format: String| day.format(&format).map_err(|e| Error::new(ErrorKind::InvalidOperation, e)));
+        }
         // Compiling folds constant expressions (`'x' * 10**8`): bounded too.
         let guard = Guard::new("a chat template");
         guard.run(|| env.add_template_owned("chat", t.source.clone())).0.map_err(|e| format!("the chat template does not parse: {e}"))?;
@@ -122,6 +126,9 @@ impl Renderer {
             }
             Err(e) => {
                 charge(if e.kind() == ErrorKind::OutOfFuel { FUEL } else { 0 }, 0);
+                if e.kind() == ErrorKind::UnknownFunction && e.to_string().contains("strftime_now") {
+                    return Err(format!("the chat template fails: {e}: it writes today's date (transformers' `strftime_now`); set `date = \"YYYY-MM-DD\"` on the data, so that check, every run and a resumed one render the same text"));
+                }
                 Err(format!("the chat template fails: {e}"))
             }
         }
@@ -268,7 +275,7 @@ mod tests {
 
     #[test]
     fn assistant_turns_are_the_trained_segments() {
-        let r = Renderer::new(&ChatTemplate { source: CHATML.into(), bos: String::new(), eos: "<|im_end|>".into() }).unwrap();
+        let r = Renderer::new(&ChatTemplate { source: CHATML.into(), bos: String::new(), eos: "<|im_end|>".into(), date: None }).unwrap();
         let conv = [m("user", "hi"), m("assistant", "hello"), m("user", "2+2?"), m("assistant", "4")];
         let t = r.turns(&conv).unwrap();
         assert_eq!(
@@ -297,16 +304,16 @@ mod tests {
     #[test]
     fn python_methods_and_raise_exception_work_as_in_transformers() {
         let src = "{% if messages[0]['role'] != 'user' %}{{ raise_exception('first must be user') }}{% endif %}{% for m in messages %}{{ m['content'].strip() | upper }}|{% endfor %}";
-        let r = Renderer::new(&ChatTemplate { source: src.into(), bos: String::new(), eos: String::new() }).unwrap();
+        let r = Renderer::new(&ChatTemplate { source: src.into(), bos: String::new(), eos: String::new(), date: None }).unwrap();
         assert_eq!(r.render(&[m("user", "  a "), m("assistant", "b")], false).unwrap(), "A|B|");
         assert!(r.render(&[m("system", "x")], false).unwrap_err().contains("first must be user"));
-        let endless = Renderer::new(&ChatTemplate { source: "{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}{% endfor %}".into(), bos: String::new(), eos: String::new() }).unwrap();
+        let endless = Renderer::new(&ChatTemplate { source: "{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}{% endfor %}".into(), bos: String::new(), eos: String::new(), date: None }).unwrap();
         assert!(endless.render(&[], false).is_err(), "a template that would run 10^10 steps is stopped");
     }
 
     #[test]
     fn rendering_turn_by_turn_is_bounded_by_the_size_of_the_file() {
-        let r = Renderer::new(&ChatTemplate { source: CHATML.into(), bos: String::new(), eos: "<|im_end|>".into() }).unwrap();
+        let r = Renderer::new(&ChatTemplate { source: CHATML.into(), bos: String::new(), eos: "<|im_end|>".into(), date: None }).unwrap();
         let conv = |turns: usize| (0..turns).flat_map(|i| [m("user", &format!("q{i}")), m("assistant", "a")]).collect::<Vec<_>>();
         let line = |c: &[Message]| serde_json::json!({ "messages": c }).to_string().len();
         // A line of 20 turns renders; so does a file of 500 of them, each under the same bound.
@@ -318,7 +325,7 @@ mod tests {
         // 3,000 tiny turns on one line: each turn renders the whole conversation before it again
         // (~5·10^8 steps in all); bounded by the line's 200 KB, the renders stop long before the end.
         let long = conv(3000);
-        let r = Renderer::new(&ChatTemplate { source: CHATML.into(), bos: String::new(), eos: "<|im_end|>".into() }).unwrap();
+        let r = Renderer::new(&ChatTemplate { source: CHATML.into(), bos: String::new(), eos: "<|im_end|>".into(), date: None }).unwrap();
         r.limit_work(line(&long));
         let err = r.turns(&long).unwrap_err();
         // 205,904 bytes: 16,000,000 + 256 × 205,904 = 68,711,424 steps.

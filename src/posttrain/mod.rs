@@ -6,9 +6,13 @@
 //! | `tasks.rs`    | reverse / sort / add / uppercase, their answers and the gold reward |
 //! | `examples.rs` | example sets and pairs, held-out split, template, loss weights      |
 //! | `gae.rs`      | generalised advantage estimation for PPO                            |
+//! | `chat.rs`     | conversations rendered with a chat template (minijinja), bounded    |
+//! | `pyjson.rs`   | a chat template's `tojson`, as Python's `json.dumps`                |
+//! | `strftime.rs` | a chat template's `strftime_now`, on the recipe's fixed `date`      |
 
 pub mod chat;
 pub mod examples;
 pub mod gae;
 pub mod pyjson;
+pub mod strftime;
 pub mod tasks;

@@ -81,6 +81,9 @@ pub enum ExampleSource {
         path: PathBuf,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         template: Option<PathBuf>,
+        /// `date = "YYYY-MM-DD"`: the day the template's `strftime_now` formats.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        date: Option<String>,
     },
 }
 
@@ -90,6 +93,10 @@ pub struct ChatTemplate {
     pub source: String,
     pub bos: String,
     pub eos: String,
+    /// The day `strftime_now` formats (`YYYY-MM-DD`, the data's `date`); absent, the template
+    /// has no `strftime_now`, as a template that tests `strftime_now is defined` expects.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub date: Option<String>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]

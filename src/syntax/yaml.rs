@@ -263,6 +263,10 @@ fn expr(v: &Value, at: &Node) -> Result<Expr, Diagnostic> {
             Expr { span: Span::new(pos, pos + text.len()), kind: ExprKind::Num { value, text } }
         }
         Value::Bool(b) => Expr { span, kind: ExprKind::Bool(*b) },
+        // A day (`date: 2025-03-07`) is one to a YAML reader, not a subtraction.
+        Value::String(s) if s.len() == 10 && s.bytes().enumerate().all(|(i, b)| if i == 4 || i == 7 { b == b'-' } else { b.is_ascii_digit() }) => {
+            Expr { span: Span::new(pos, pos + s.len() + 2 * quoted as usize), kind: ExprKind::Str(s.clone()) }
+        }
         // A quoted YAML string that is no recipe value is the string itself (YAML's own
         // spelling: `template: "Q: {prompt}\nA: "`); a plain one is recipe syntax.
         Value::String(s) => match super::parse_expr(s, pos + quoted as usize) {
