@@ -15,6 +15,7 @@ pub mod arith;
 pub mod bounded;
 pub mod check;
 pub mod diag;
+pub mod documents;
 pub mod frontend;
 pub mod fsio;
 pub mod hf;

@@ -304,6 +304,18 @@ print(json.dumps({"chat": chat, "ids": ids(text), "pair": ids(prompt + "ed<|im_e
     assert_eq!((p, r), (want("prompt"), reply));
 }
 
+/// Give the tokenizer.json at `path` Llama's `<s> $A` post-processor, with <|endoftext|> as `<s>`;
+/// that token's id.
+fn leading_special_token(path: &Path) -> i64 {
+    let mut tk: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    let bos = tk["added_tokens"].as_array().unwrap().iter().find(|t| t["content"] == "<|endoftext|>").unwrap()["id"].clone();
+    let single = serde_json::json!([{"SpecialToken": {"id": "<|endoftext|>", "type_id": 0}}, {"Sequence": {"id": "A", "type_id": 0}}]);
+    tk["post_processor"] = serde_json::json!({"type": "TemplateProcessing", "single": single, "pair": single,
+        "special_tokens": {"<|endoftext|>": {"id": "<|endoftext|>", "ids": [bos], "tokens": ["<|endoftext|>"]}}});
+    std::fs::write(path, tk.to_string()).unwrap();
+    bos.as_i64().unwrap()
+}
+
 /// A tokenizer whose post-processor starts every text with a special token (Llama's `<s> $A`;
 /// here `<|endoftext|>`): prompts start with it in training, scoring and sampling, as
 /// `tokenizer(prompt)` in transformers gives them; the response follows without it.
@@ -311,12 +323,7 @@ print(json.dumps({"chat": chat, "ids": ids(text), "pair": ids(prompt + "ed<|im_e
 fn prompts_start_with_the_tokenizers_own_leading_special_tokens() {
     let dir = checkpoint("tok-bos", "qwen2-tok");
     let path = dir.join("ck/tokenizer.json");
-    let mut tk: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
-    let bos = tk["added_tokens"].as_array().unwrap().iter().find(|t| t["content"] == "<|endoftext|>").unwrap()["id"].clone();
-    let single = serde_json::json!([{"SpecialToken": {"id": "<|endoftext|>", "type_id": 0}}, {"Sequence": {"id": "A", "type_id": 0}}]);
-    tk["post_processor"] = serde_json::json!({"type": "TemplateProcessing", "single": single, "pair": single,
-        "special_tokens": {"<|endoftext|>": {"id": "<|endoftext|>", "ids": [bos], "tokens": ["<|endoftext|>"]}}});
-    std::fs::write(&path, tk.to_string()).unwrap();
+    let bos = serde_json::json!(leading_special_token(&path));
     std::fs::write(dir.join("r.roux"), PIPELINE).unwrap();
     let c = roux::frontend::compile(&dir.join("r.roux")).unwrap();
     let recipe = c.recipe.unwrap_or_else(|| panic!("{:?}", c.diagnostics.iter().map(|d| &d.message).collect::<Vec<_>>()));
@@ -587,7 +594,7 @@ fn an_imported_model_continues_pretraining_on_text_through_its_tokenizer() {
     let run = dir.join("runs/cont/more");
     assert_eq!(std::fs::read(run.join("tokenizer.json")).unwrap(), std::fs::read(dir.join("ck/tokenizer.json")).unwrap());
     // The ids roux trained on are what `tokenizers` in Python makes of the training split.
-    let corpus = roux::run::kit::data::Corpus::load(&r.data[0], &run).unwrap();
+    let corpus = roux::run::kit::data::Corpus::load(&r.data[0], &run, Some(&dir.join("ck"))).unwrap();
     let script = "import sys\nfrom tokenizers import Tokenizer\nt = Tokenizer.from_file(sys.argv[1])\ns = open(sys.argv[2], encoding='utf-8').read()\nprint(t.encode(s[:int(len(s.encode()) * 0.9)], add_special_tokens=False).ids[:200])";
     let o = Command::new("python").args(["-c", script, dir.join("ck/tokenizer.json").to_str().unwrap(), dir.join("corpus.txt").to_str().unwrap()]).output().unwrap();
     let theirs: Vec<u32> = serde_json::from_str(String::from_utf8_lossy(&o.stdout).trim()).unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&o.stderr)));
@@ -608,6 +615,61 @@ fn an_imported_model_continues_pretraining_on_text_through_its_tokenizer() {
     let o = roux(&["run", dir.join("r.roux").to_str().unwrap(), "--out", dir.join("bomb").to_str().unwrap()]);
     assert_eq!(o.status.code(), Some(2), "{}", String::from_utf8_lossy(&o.stderr));
     assert!(String::from_utf8_lossy(&o.stderr).contains("error: a checkpoint's tokenizer asked for more than 256 MiB of memory at once, or 2 GiB in all, in one call"), "{}", String::from_utf8_lossy(&o.stderr));
+}
+
+/// A `.jsonl` corpus holds documents (`{"text": …}`): with a checkpoint's tokenizer each is
+/// `tokenizer(doc).input_ids + [eos]` (its leading special token included, as transformers gives
+/// it), as nanoGPT and torchtune prepare a corpus; in bytes each ends with a newline. Check reads
+/// its first lines; an imported model continues pretraining on it.
+#[test]
+fn a_jsonl_corpus_is_documents_each_ended_by_the_end_of_sequence_token() {
+    let dir = checkpoint("docs-tok", "qwen2-tok");
+    let bos = serde_json::json!(leading_special_token(&dir.join("ck/tokenizer.json")));
+    let text = std::fs::read_to_string(root().join("data/tinyshakespeare.txt")).unwrap();
+    let docs: Vec<&str> = text[..60_000].split("\n\n").collect();
+    std::fs::write(dir.join("docs.jsonl"), docs.iter().map(|d| format!("{}\n", serde_json::json!({"text": d}))).collect::<String>()).unwrap();
+    let recipe = "experiment \"docs\" {\n  seed = 2\n  data docs = text(\"docs.jsonl\") { context = 32, tokenizer = base.tokenizer }\n  data raw = text(\"docs.jsonl\") { context = 32 }\n  model base = hf(\"ck\")\n  stage more = train(base, docs) { steps = 6, batch = 4 }\n}\n";
+    std::fs::write(dir.join("r.roux"), recipe).unwrap();
+    let c = roux::frontend::compile(&dir.join("r.roux")).unwrap();
+    let r = c.recipe.unwrap_or_else(|| panic!("{:?}", c.diagnostics.iter().map(|d| &d.message).collect::<Vec<_>>()));
+    let corpus = roux::run::kit::data::Corpus::load(&r.data[0], &dir.join("ck"), Some(&dir.join("ck"))).unwrap();
+    let script = r#"
+import json, sys
+from transformers import PreTrainedTokenizerFast, GenerationConfig
+t = PreTrainedTokenizerFast(tokenizer_file=sys.argv[1] + "/tokenizer.json")
+eos = GenerationConfig.from_pretrained(sys.argv[1]).eos_token_id
+eos = eos[0] if isinstance(eos, list) else eos
+print(json.dumps([i for line in open(sys.argv[2], encoding="utf-8") for i in t(json.loads(line)["text"]).input_ids + [eos]]))
+"#;
+    let o = Command::new("python").args(["-c", script, dir.join("ck").to_str().unwrap(), dir.join("docs.jsonl").to_str().unwrap()]).output().unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let theirs: Vec<u32> = serde_json::from_str(String::from_utf8_lossy(&o.stdout).trim()).unwrap();
+    assert_eq!(corpus.train[0] as i64, bos.as_i64().unwrap(), "a document starts with the tokenizer's leading special token");
+    assert!(!corpus.train.is_empty() && !corpus.val.is_empty());
+    assert_eq!([corpus.train.clone(), corpus.val.clone()].concat(), theirs, "roux's ids are transformers' tokenizer(doc) + [eos], document by document");
+    // The split falls between documents.
+    assert_eq!(corpus.val.first(), Some(&(bos.as_u64().unwrap() as u32)));
+    // In bytes, a newline ends each document.
+    let bytes = roux::run::kit::data::Corpus::load(&r.data[1], &dir, None).unwrap();
+    let joined: Vec<u32> = docs.iter().flat_map(|d| d.bytes().chain([b'\n'])).map(u32::from).collect();
+    assert_eq!([bytes.train, bytes.val].concat(), joined);
+    let o = roux(&["run", dir.join("r.roux").to_str().unwrap(), "--out", dir.join("runs").to_str().unwrap()]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let last = common::metrics(&dir.join("runs/docs/more")).pop().unwrap();
+    assert!(last["step"] == 6 && last["loss"].as_f64().unwrap().is_finite(), "{last}");
+
+    // Check reads the first lines: a bad one is an error naming it, `field` names another key.
+    std::fs::write(dir.join("bad.jsonl"), "{\"text\": \"a\"}\n{\"body\": \"b\"}\n").unwrap();
+    let errors = |data: &str| {
+        std::fs::write(dir.join("c.roux"), format!("experiment \"c\" {{\n  data d = {data}\n}}\n")).unwrap();
+        let c = roux::frontend::compile(&dir.join("c.roux")).unwrap();
+        c.diagnostics.iter().filter(|d| d.is_error()).map(|d| (d.code.to_string(), d.message.clone())).collect::<Vec<_>>()
+    };
+    assert_eq!(errors("text(\"bad.jsonl\") { context = 4, split = 0.5 }"), vec![("E0214".to_string(), "`bad.jsonl` line 2: no field `text`".to_string())]);
+    assert_eq!(errors("text(\"bad.jsonl\") { context = 4, split = 0.5, field = \"body\" }"), vec![("E0214".to_string(), "`bad.jsonl` line 1: no field `body`".to_string())]);
+    assert_eq!(errors("text(\"docs.jsonl\") { context = 4, field = \"text\" }"), vec![]);
+    std::fs::write(dir.join("plain.txt"), "x".repeat(100)).unwrap();
+    assert_eq!(errors("text(\"plain.txt\") { context = 4, field = \"text\" }"), vec![("E0214".to_string(), "`field` names the key of a document in a .jsonl corpus; `plain.txt` is read as plain text".to_string())]);
 }
 
 /// Under expert parallelism each process imports only its experts: `hf::load` with a share reads

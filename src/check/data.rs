@@ -51,6 +51,7 @@ impl<'a> Checker<'a> {
         let tokenizer = self.check_tokenizer(&mut f);
         let context = f.size(self, "context", None);
         let split = f.ranged(self, "split", Some(0.9), 0.0, true, 1.0, true);
+        let field = f.field("field");
         f.finish(self);
 
         let Some((file, file_span)) = super::paths::single_path_arg(args) else {
@@ -71,6 +72,14 @@ impl<'a> Checker<'a> {
                 return None;
             }
         };
+        // A .jsonl corpus holds documents: its first lines are read now, so a bad file is a check
+        // error; the rest when the run reads it.
+        let documents = if file.ends_with(".jsonl") { Some(self.document_field(field, &full, &file, file_span)?) } else { None };
+        if let (Some(f), None) = (field, &documents) {
+            self.error(Diagnostic::error(Code::E0214, f.key.span, format!("`field` names the key of a document in a .jsonl corpus; `{file}` is read as plain text"))
+                .with_hint("remove `field`, or give a .jsonl file of {\"text\": …} lines"));
+            return None;
+        }
         let (context, split) = (context?, split?);
         let (train, val) = ((tokens as f64 * split) as u64, tokens - (tokens as f64 * split) as u64);
         if train <= context as u64 || val <= context as u64 {
@@ -95,7 +104,35 @@ impl<'a> Checker<'a> {
             context,
             split,
             tokens,
+            field: documents,
         })
+    }
+
+    /// The key a .jsonl corpus's documents are under (`field`, else "text"), its first MiB of
+    /// lines checked to hold it as a string.
+    fn document_field(&mut self, field: Option<&crate::syntax::ast::Field>, full: &std::path::Path, file: &str, span: crate::diag::Span) -> Option<String> {
+        let key = match field.map(|f| &f.value.kind) {
+            None => "text".to_string(),
+            Some(crate::syntax::ast::ExprKind::Str(s)) if !s.is_empty() => s.clone(),
+            Some(_) => {
+                let f = field?;
+                self.error(Diagnostic::error(Code::E0120, f.value.span, format!("`field` expects the name of a JSON field, as a string, found {}", super::eval::describe(&f.value)))
+                    .with_hint("write `field = \"text\"`"));
+                return None;
+            }
+        };
+        let PathKind::File(size) = self.loader.entry(full) else { return None };
+        let head = self.loader.read_range(full, 0, size.min(1 << 20)).unwrap_or_default();
+        let text = String::from_utf8_lossy(&head);
+        // The last line of a cut head may be cut itself.
+        let whole = if size > head.len() as u64 { text.rsplit_once('\n').map_or("", |(w, _)| w) } else { &text };
+        let bad = crate::documents::document_lines(whole, &key).find_map(|l| l.doc.err().map(|why| (l.number, why)));
+        if let Some((line, why)) = bad {
+            self.error(Diagnostic::error(Code::E0214, span, format!("`{file}` line {line}: {why}"))
+                .with_hint(format!("a .jsonl corpus holds one document a line: {{\"{}\": \"…\"}}", key.escape_default())));
+            return None;
+        }
+        Some(key)
     }
 }
 

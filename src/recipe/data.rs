@@ -29,6 +29,10 @@ pub struct DataSpec {
     /// Size of the corpus in tokens: bytes for the byte tokenizer, an upper bound (the bytes)
     /// for BPE, whose count is known only once it is trained.
     pub tokens: u64,
+    /// A `.jsonl` corpus: one document per line, its text under this key (`field`, "text" by
+    /// default); each document ends with the end-of-sequence token (a newline in bytes).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub field: Option<String>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]

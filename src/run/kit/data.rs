@@ -1,6 +1,8 @@
 //! A corpus split into training and validation tokens (bytes, BPE ids, or an imported model's
-//! tokenizer's ids), and seeded batch
-//! sampling.
+//! tokenizer's ids), and seeded batch sampling. A text file is one text; a `.jsonl` corpus holds
+//! documents, each ended by the end-of-sequence token (after a newline in bytes and BPE, whose
+//! vocabularies have none) and, with a checkpoint's tokenizer, begun by its leading special
+//! tokens, as `tokenizer(doc).input_ids + [eos]` (nanoGPT's and torchtune's preparation).
 
 use anyhow::{bail, Context, Result};
 use std::path::Path;
@@ -19,9 +21,13 @@ pub struct Corpus {
 
 impl Corpus {
     /// Read and tokenize; a BPE tokenizer is trained on the training split (bytes before the cut)
-    /// and kept in `dir`, or read from there when a run resumes.
-    pub fn load(spec: &DataSpec, dir: &Path) -> Result<Corpus> {
+    /// and kept in `dir`, or read from there when a run resumes. `checkpoint`: the folder of the
+    /// model whose tokenizer reads the corpus (its end-of-sequence token ends documents).
+    pub fn load(spec: &DataSpec, dir: &Path, checkpoint: Option<&Path>) -> Result<Corpus> {
         let bytes = crate::fsio::read_bytes(&spec.path, MAX_CORPUS_BYTES).map_err(anyhow::Error::msg).with_context(|| format!("reading data `{}`", spec.name))?;
+        if let Some(key) = &spec.field {
+            return Corpus::documents(spec, &bytes, key, dir, checkpoint);
+        }
         let cut = (bytes.len() as f64 * spec.split) as usize;
         let (train, val) = match &spec.tokenizer {
             Tokenizer::Bytes => (bytes[..cut].iter().map(|&b| b as u32).collect(), bytes[cut..].iter().map(|&b| b as u32).collect()),
@@ -46,12 +52,70 @@ impl Corpus {
                 (super::tokenize::encode(&tk, &a)?, super::tokenize::encode(&tk, &b)?)
             }
         };
-        let (train, val): (Vec<u32>, Vec<u32>) = (train, val);
+        Corpus::checked(spec, train, val)
+    }
+
+    fn checked(spec: &DataSpec, train: Vec<u32>, val: Vec<u32>) -> Result<Corpus> {
         if train.len() <= spec.context + 1 || val.len() <= spec.context + 1 {
             bail!("data `{}` ({} training and {} validation tokens) is too short for context {} with split {}", spec.name, train.len(), val.len(), spec.context, spec.split);
         }
         Ok(Corpus { train, val })
     }
+
+    /// A .jsonl corpus: the documents that start in the first `split` of its bytes train, the
+    /// rest validate; each encoded on its own and ended.
+    fn documents(spec: &DataSpec, bytes: &[u8], key: &str, dir: &Path, checkpoint: Option<&Path>) -> Result<Corpus> {
+        let text = std::str::from_utf8(bytes).map_err(|e| anyhow::anyhow!("{}: not UTF-8 text (invalid byte at offset {})", spec.path.display(), e.valid_up_to()))?;
+        let cut = (text.len() as f64 * spec.split) as usize;
+        let (mut train, mut val) = (vec![], vec![]);
+        for l in crate::documents::document_lines(text, key) {
+            let doc = l.doc.map_err(|why| anyhow::anyhow!("{} line {}: {why}", spec.path.display(), l.number))?;
+            if l.start < cut {
+                train.push(doc);
+            } else {
+                val.push(doc);
+            }
+        }
+        let (train, val) = match &spec.tokenizer {
+            Tokenizer::Bytes => (ended_bytes(&train), ended_bytes(&val)),
+            Tokenizer::Bpe { vocab } => {
+                let (a, b) = (train.iter().map(|d| format!("{d}\n")).collect::<String>(), val.iter().map(|d| format!("{d}\n")).collect::<String>());
+                std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+                let tk = super::tokenize::load_or_train(dir, &a, *vocab)?;
+                (super::tokenize::encode(&tk, &a)?, super::tokenize::encode(&tk, &b)?)
+            }
+            Tokenizer::Model { model, .. } => {
+                let tk = super::tokenize::read(&dir.join(super::tokenize::FILE))?;
+                let ck = checkpoint.with_context(|| format!("model `{model}` has no checkpoint folder"))?;
+                let eos = super::codec::eos_ids(ck, &tk)?[0] as u32;
+                let prefix = super::tokenize::special_prefix(&tk)?;
+                // Someone else's tokenizer: tried, bounded, on the first 64 KB of documents.
+                let mut tried = 0;
+                for d in train.iter().take_while(|d| {
+                    tried += d.len();
+                    tried <= 64 << 10
+                }) {
+                    super::tokenize::encode_bounded(&tk, d)?;
+                }
+                let encode = |docs: &[String]| -> Result<Vec<u32>> {
+                    let mut ids = vec![];
+                    for d in docs {
+                        ids.extend(&prefix);
+                        ids.extend(super::tokenize::encode(&tk, d)?);
+                        ids.push(eos);
+                    }
+                    Ok(ids)
+                };
+                (encode(&train)?, encode(&val)?)
+            }
+        };
+        Corpus::checked(spec, train, val)
+    }
+}
+
+/// Bytes of documents, each followed by a newline (a byte vocabulary has no end token).
+fn ended_bytes(docs: &[String]) -> Vec<u32> {
+    docs.iter().flat_map(|d| d.bytes().chain([b'\n'])).map(u32::from).collect()
 }
 
 /// `batch` random windows of `context + 1` tokens: inputs (B, T) and next-token targets (B, T).

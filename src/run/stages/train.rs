@@ -97,7 +97,11 @@ pub fn run_model(ctx: &StageCtx, spec: &ModelSpec, t: &TrainSpec) -> Result<()> 
             crate::fsio::copy_atomic(&from, &to, tokenize::MAX_BYTES).map_err(anyhow::Error::msg)?;
         }
     }
-    let corpus = Corpus::load(data_spec, &dir)?;
+    let checkpoint = match &data_spec.tokenizer {
+        crate::recipe::Tokenizer::Model { model, .. } => recipe.model(model).and_then(|m| m.checkpoint.as_ref()).map(|c| c.dir.clone()),
+        _ => None,
+    };
+    let corpus = Corpus::load(data_spec, &dir, checkpoint.as_deref())?;
     let params: Vec<Tensor> = model.params.iter().map(|p| p.shallow_clone()).collect();
     // The weights files (`model.safetensors`, the best), whole: written a tensor at a time.
     let entries: Vec<FileTensor> = model.names.iter().enumerate().map(|(j, n)| FileTensor { name: n.clone(), shape: model.whole_size(j), kind: params[j].kind() }).collect();
