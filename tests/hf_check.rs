@@ -262,6 +262,16 @@ fn conversations_need_a_chat_template_and_an_assistant_turn_on_every_line() {
     std::fs::write(dir.join("r.yaml"), "experiment: x\nmodel base: hf(\"ck\")\ndata chat:\n  $: instructions(\"chat.jsonl\")\n  tokenizer: base.tokenizer\n  chat_template: '\"own.jinja\"'\n  date: 2024-02-29\n").unwrap();
     let c = roux::frontend::compile(&dir.join("r.yaml")).unwrap();
     assert_eq!(c.recipe.unwrap().example_set("chat").unwrap().chat.as_ref().unwrap().date.as_deref(), Some("2024-02-29"));
+    // A stage that renders its conversations in another template than its model learned: W0405.
+    let warnings = |second: &str| {
+        let text = format!("experiment \"x\" {{\n  model base = hf(\"ck\")\n  data chat = instructions(\"chat.jsonl\") {{ tokenizer = base.tokenizer, chat_template = \"own.jinja\" }}\n  data more = instructions(\"chat.jsonl\") {{ tokenizer = base.tokenizer{second} }}\n  stage sft = finetune(base, chat) {{ steps = 2 }}\n  stage lora = finetune(sft.model, chat) {{ steps = 2, adapter = lora {{ rank = 2, targets = [attn.q] }} }}\n  stage again = finetune(merge(lora.adapter), more) {{ steps = 2 }}\n}}\n");
+        std::fs::write(dir.join("r.roux"), text).unwrap();
+        let c = roux::frontend::compile(&dir.join("r.roux")).unwrap();
+        c.diagnostics.iter().filter(|d| d.code.to_string().starts_with('W') || d.is_error()).map(|d| (d.code.to_string(), d.message.clone())).collect::<Vec<_>>()
+    };
+    assert_eq!(warnings(""), vec![("W0405".into(), "stage `again` renders `more` with another chat template than stage `lora` trained its model in (data `chat`)".into())]);
+    assert_eq!(warnings(", chat_template = \"own.jinja\", date = \"2025-01-01\""), vec![("W0405".into(), "stage `again` renders `more` with another `date` than stage `lora` trained its model in (data `chat`)".into())]);
+    assert_eq!(warnings(", chat_template = \"own.jinja\""), vec![]);
     std::fs::write(dir.join("rows.jsonl"), "{\"prompt\": \"hi\", \"response\": \"hello\"}\n").unwrap();
     std::fs::write(dir.join("r.roux"), "experiment \"x\" {\n  data rows = instructions(\"rows.jsonl\") { chat_template = \"own.jinja\" }\n}\n").unwrap();
     let c = roux::frontend::compile(&dir.join("r.roux")).unwrap();

@@ -4,13 +4,14 @@
 //! a note says what the set holds in the model's tokens: examples, tokens, the assistant share
 //! (what the loss covers), and how many the model's context cuts.
 
+use std::collections::{HashMap, HashSet};
 use std::path::Path;
 
 use super::loader::{Loader, PathKind};
 use super::Checker;
 use crate::diag::{Code, Diagnostic};
 use crate::posttrain::chat::{self, Renderer};
-use crate::recipe::{ChatTemplate, ExampleSet, ExampleSource, Recipe};
+use crate::recipe::{ChatTemplate, ExampleSet, ExampleSource, Recipe, StageSpec};
 
 impl Checker<'_> {
     /// Give every conversational set its model's chat template, or say why it cannot have one.
@@ -113,6 +114,67 @@ impl Checker<'_> {
             None => format!("data `{}`: {} conversations", set.name, turns.len()),
         };
         self.error(Diagnostic::note(Code::N0404, span, msg).with_hint("a stage cuts each conversation to its model's context"));
+    }
+}
+
+/// Where a model last learned to converse: the stage, its conversational data set, the template.
+type Learned<'r> = Option<(&'r str, &'r str, &'r ChatTemplate)>;
+
+/// The chat template each stage's model answers in: that of the conversations it was last
+/// trained on, found by following its model back (each stage walked once, iteratively).
+struct Answers<'r> {
+    r: &'r Recipe,
+    stages: HashMap<&'r str, &'r StageSpec>,
+    known: HashMap<&'r str, Learned<'r>>,
+}
+
+impl<'r> Answers<'r> {
+    fn of(&mut self, name: &'r str) -> Learned<'r> {
+        let (mut seen, mut at) = (HashSet::new(), name);
+        let found = loop {
+            if let Some(l) = self.known.get(at) {
+                break *l;
+            }
+            let Some(stage) = self.stages.get(at).filter(|_| seen.insert(at)) else { break None };
+            let set = super::tokens::stage_set(&stage.kind).and_then(|n| self.r.example_set(n));
+            if let Some(t) = set.and_then(|s| s.chat.as_ref().map(|t| (s, t))) {
+                break Some((stage.name.as_str(), t.0.name.as_str(), t.1));
+            }
+            match super::tokens::inputs(&stage.kind).first().and_then(|m| m.stage()) {
+                Some(up) => at = up,
+                None => break None,
+            }
+        };
+        for s in seen {
+            self.known.insert(s, found);
+        }
+        found
+    }
+}
+
+impl Checker<'_> {
+    /// W0405 for a stage that renders its conversations with another chat template than its
+    /// model was trained in: the turns it learned would be marked otherwise.
+    pub(super) fn check_template_lineage(&mut self, r: &Recipe) {
+        let mut answers = Answers { r, stages: r.stages.iter().map(|s| (s.name.as_str(), s)).collect(), known: HashMap::new() };
+        for s in &r.stages {
+            let Some(set) = super::tokens::stage_set(&s.kind).and_then(|n| r.example_set(n)) else { continue };
+            let Some(mine) = &set.chat else { continue };
+            for up in super::tokens::inputs(&s.kind).into_iter().filter_map(|m| m.stage()) {
+                let Some((stage, data, theirs)) = answers.of(up) else { continue };
+                let what = if theirs.source != mine.source {
+                    "another chat template"
+                } else if theirs.date != mine.date {
+                    "another `date`"
+                } else {
+                    continue;
+                };
+                let span = self.decl(&s.name).map_or(self.ast.name_span, |d| d.value.span);
+                self.error(Diagnostic::warning(Code::W0405, span, format!("stage `{}` renders `{}` with {what} than stage `{stage}` trained its model in (data `{data}`)", s.name, set.name))
+                    .with_hint("a model answers in the template it learned: give both data sets the same `chat_template` and `date`, or leave both to the checkpoint's"));
+                break;
+            }
+        }
     }
 }
 

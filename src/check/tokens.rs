@@ -135,7 +135,7 @@ fn checkpoint_origin<'r>(r: &'r Recipe, arch: &str) -> Option<Origin<'r>> {
 }
 
 /// The models a post-training stage reads its examples with.
-fn inputs(kind: &StageKind) -> Vec<&ModelRef> {
+pub(super) fn inputs(kind: &StageKind) -> Vec<&ModelRef> {
     match kind {
         StageKind::Finetune(f) => vec![&f.model],
         StageKind::RewardModel(m) => vec![&m.model],
@@ -203,6 +203,7 @@ impl Checker<'_> {
             }
         }
         self.check_set_tokenizers(r);
+        self.check_template_lineage(r);
     }
 
     /// A data set's `tokenizer` names a model imported with its tokenizer.json.
@@ -220,7 +221,7 @@ impl Checker<'_> {
 }
 
 /// The example set a post-training stage reads.
-fn stage_set(kind: &StageKind) -> Option<&str> {
+pub(super) fn stage_set(kind: &StageKind) -> Option<&str> {
     match kind {
         StageKind::Finetune(f) => Some(&f.data),
         StageKind::RewardModel(m) => Some(&m.data),

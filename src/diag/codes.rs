@@ -96,6 +96,7 @@ codes! {
     N0402 = "N0402": "the size chosen for a `params = N` model (a note)",
     W0403 = "W0403": "examples longer than the model's context, which training cuts (a warning)",
     N0404 = "N0404": "what a JSONL data set holds: examples and their lengths (a note)",
+    W0405 = "W0405": "a stage renders conversations with another chat template than its model was trained in (a warning)",
 }
 
 impl std::fmt::Display for Code {
