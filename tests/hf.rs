@@ -290,8 +290,8 @@ print(json.dumps({"chat": chat, "ids": ids(text), "pair": ids(prompt + "ed<|im_e
     let set = recipe.example_set("chat").unwrap();
     let codec = roux::run::kit::codec::Codec::new(&recipe, set).unwrap();
     let renderer = roux::posttrain::chat::Renderer::new(set.chat.as_ref().unwrap()).unwrap();
-    let messages: Vec<roux::posttrain::chat::Message> = theirs["chat"].as_array().unwrap().iter().map(|m| roux::posttrain::chat::Message { role: m["role"].as_str().unwrap().into(), content: m["content"].as_str().unwrap().into() }).collect();
-    let turns = renderer.turns(&messages).unwrap();
+    let messages = roux::posttrain::chat::messages(&roux::posttrain::chat::ordered(&theirs["chat"].to_string()).unwrap()).unwrap();
+    let turns = renderer.turns(&messages, None).unwrap();
     let e = roux::posttrain::examples::Example { prompt: String::new(), response: String::new(), gold: None, turns: turns.clone() };
     let seq = codec.example(&e, true, 1000);
     assert_eq!(seq.tokens, want("ids"), "SFT: the whole chat's ids");
@@ -467,8 +467,8 @@ fn a_recipe_names_the_chat_template_of_a_base_model_without_one() {
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let theirs: String = serde_json::from_str(String::from_utf8_lossy(&o.stdout).trim()).unwrap();
     let template: roux::recipe::ChatTemplate = serde_json::from_value(resolved["chat_template"].clone()).unwrap();
-    let messages: Vec<roux::posttrain::chat::Message> = serde_json::from_str::<Vec<serde_json::Value>>(chat).unwrap().iter().map(|m| roux::posttrain::chat::Message { role: m["role"].as_str().unwrap().into(), content: m["content"].as_str().unwrap().into() }).collect();
-    let ours = roux::posttrain::chat::Renderer::new(&template).unwrap().render(&messages, false).unwrap();
+    let messages = roux::posttrain::chat::messages(&roux::posttrain::chat::ordered(chat).unwrap()).unwrap();
+    let ours = roux::posttrain::chat::Renderer::new(&template).unwrap().render(&messages, None, false).unwrap();
     assert_eq!(ours, "<|user|>\nreverse abc<|im_end|>\n<|assistant|>\ncba<|im_end|>\n");
     assert_eq!(theirs, ours, "transformers renders the exported template as roux trained with it");
 }

@@ -76,11 +76,7 @@ impl Checker<'_> {
         let (mut bad, mut bad_total) = (parsed.bad, parsed.bad_total);
         let mut turns = vec![];
         for (line, row) in &parsed.rows {
-            let rendered = match &row {
-                chat::ChatRow::Conversation(m) => renderer.turns(m),
-                pair => pair.pair(&renderer).map(|(p, c, _)| vec![(p, false), (c, true)]),
-            };
-            match rendered {
+            match row.turns(&renderer) {
                 Ok(t) => turns.push(t),
                 Err(why) if renderer.spent() => {
                     self.error(Diagnostic::error(Code::E0214, span, format!("data `{}`: `{file}` line {line}: {why}", set.name)));

@@ -1,9 +1,10 @@
-//! Conversations (`{"messages": [{"role", "content"}, …]}`, as TRL and OpenAI write them)
-//! rendered with a Hugging Face chat template: minijinja with its Python-compatible methods,
-//! `trim_blocks` and `lstrip_blocks` on (as `transformers` and Rust inference servers render
-//! them). A conversation becomes text segments marked trained or not, so that the loss covers
-//! the assistant turns only.
+//! Conversations (`{"messages": [{"role", "content"}, …], "tools": […]}`, as TRL and OpenAI
+//! write them, tool calls included) rendered with a Hugging Face chat template: minijinja with its
+//! Python-compatible methods, `trim_blocks` and `lstrip_blocks` on (as `transformers` and Rust
+//! inference servers render them). A conversation becomes text segments marked trained or not, so
+//! that the loss covers the assistant turns only.
 
+use minijinja::value::{Value, ValueKind};
 use minijinja::{context, Environment, Error, ErrorKind};
 use serde::Serialize;
 use std::cell::Cell;
@@ -11,29 +12,82 @@ use std::cell::Cell;
 use crate::bounded::Guard;
 use crate::recipe::{ChatTemplate, ExampleKind};
 
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct Message {
     pub role: String,
+    /// Its text: `content`, OpenAI's text parts joined, or nothing for an assistant's tool calls.
     pub content: String,
+    /// The message as written (`content` as given, `tool_calls`, `tool_call_id`, `name`, …, its
+    /// keys in their order), handed to the template as transformers hands it.
+    pub value: Value,
+}
+
+impl Serialize for Message {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        self.value.serialize(s)
+    }
+}
+
+impl Message {
+    /// A message of plain text.
+    pub fn new(role: &str, content: &str) -> Message {
+        Message { role: role.into(), content: content.into(), value: context! { role => role, content => content } }
+    }
+}
+
+/// A line of JSON as the template reads it: objects keep their keys' order, as Python's `json`
+/// keeps them (`tojson` of a tool's schema writes them so).
+pub fn ordered(json: &str) -> Result<Value, String> {
+    serde_json::from_str(json).map_err(|e| format!("not JSON: {e}"))
 }
 
 /// The roles a message may have.
 pub const ROLES: &[&str] = &["system", "user", "assistant", "tool"];
 
-/// The messages of a JSON array of `{"role", "content"}` objects, or why not.
-pub fn messages(v: &serde_json::Value) -> Result<Vec<Message>, String> {
-    let list = v.as_array().ok_or("is not a list of messages")?;
-    list.iter()
-        .enumerate()
+/// The messages of a JSON array of `{"role", "content", …}` objects, or why not.
+pub fn messages(v: &Value) -> Result<Vec<Message>, String> {
+    if v.kind() != ValueKind::Seq {
+        return Err("is not a list of messages".into());
+    }
+    let list = v.try_iter().map_err(|e| e.to_string())?;
+    list.enumerate()
         .map(|(i, m)| {
-            let role = m.get("role").and_then(|r| r.as_str()).ok_or_else(|| format!("message {} has no string `role`", i + 1))?;
-            if !ROLES.contains(&role) {
+            let field = |k: &str| m.get_attr(k).ok().filter(|x| !x.is_undefined());
+            let role = field("role").and_then(|r| r.as_str().map(String::from)).ok_or_else(|| format!("message {} has no string `role`", i + 1))?;
+            if !ROLES.contains(&role.as_str()) {
                 return Err(format!("message {} has role \"{}\" (one of {})", i + 1, role.escape_debug(), ROLES.join(", ")));
             }
-            let content = m.get("content").and_then(|c| c.as_str()).ok_or_else(|| format!("message {} has no string `content`", i + 1))?;
-            Ok(Message { role: role.to_string(), content: content.to_string() })
+            let calls = field("tool_calls").is_some_and(|c| c.kind() == ValueKind::Seq);
+            let content = match field("content") {
+                Some(c) if c.as_str().is_some() => c.as_str().unwrap_or_default().to_string(),
+                // OpenAI's content parts: a text model reads their text.
+                Some(parts) if parts.kind() == ValueKind::Seq => parts
+                    .try_iter()
+                    .map_err(|e| e.to_string())?
+                    .map(|p| match (p.get_attr("type").ok().and_then(|t| t.as_str().map(String::from)), p.get_attr("text").ok().and_then(|t| t.as_str().map(String::from))) {
+                        (Some(t), Some(text)) if t == "text" => Ok(text),
+                        _ => Err(format!("message {} has a content part that is not {{\"type\": \"text\", \"text\": …}}", i + 1)),
+                    })
+                    .collect::<Result<String, String>>()?,
+                None if calls => String::new(),
+                Some(c) if c.is_none() && calls => String::new(),
+                _ => return Err(format!("message {} has no string `content`{}", i + 1, if role == "assistant" { " (nor `tool_calls`)" } else { "" })),
+            };
+            if m.kind() != ValueKind::Map {
+                return Err(format!("message {} is not an object", i + 1));
+            }
+            Ok(Message { role, content, value: m })
         })
         .collect()
+}
+
+/// A line's `tools` (the functions its assistant may call, as JSON schemas), or why not.
+pub fn tools(line: &Value) -> Result<Option<Value>, String> {
+    match line.get_attr("tools").ok().filter(|t| !t.is_undefined() && !t.is_none()) {
+        None => Ok(None),
+        Some(t) if t.kind() == ValueKind::Seq && t.try_iter().is_ok_and(|mut it| it.all(|x| x.kind() == ValueKind::Map)) => Ok(Some(t)),
+        Some(_) => Err("has `tools` that is not a list of objects (function schemas)".into()),
+    }
 }
 
 /// The most template instructions one render may execute (a real chat template of a long
@@ -97,9 +151,9 @@ impl Renderer {
         self.work.get() > self.limit.get()
     }
 
-    /// The template applied to `messages`; with `generation_prompt`, followed by what opens the
-    /// assistant's next turn.
-    pub fn render(&self, messages: &[Message], generation_prompt: bool) -> Result<String, String> {
+    /// The template applied to `messages` (offered `tools`, or none); with `generation_prompt`,
+    /// followed by what opens the assistant's next turn.
+    pub fn render(&self, messages: &[Message], tools: Option<&Value>, generation_prompt: bool) -> Result<String, String> {
         if self.spent() {
             let limit = self.limit.get();
             return Err(format!(
@@ -109,13 +163,15 @@ impl Renderer {
                 WORK_FLOOR / 1_000_000
             ));
         }
-        let given: usize = messages.iter().map(|m| m.role.len() + m.content.len() + 1).sum();
+        // What the template is handed, as JSON text.
+        let size = |v: &Value| serde_json::to_string(v).map_or(0, |s| s.len());
+        let given: usize = messages.iter().map(|m| size(&m.value)).sum::<usize>() + tools.map_or(0, size);
         let t = self.env.get_template("chat").map_err(|e| e.to_string())?;
         // Bounded in memory (`bounded`), and the bytes it allocates count, a sixteenth each, as
         // work: a render that makes and drops large strings costs its time.
         let (out, allocated) = self.guard.run(|| {
-            // No tools or documents, as transformers passes them (None: `tools is not none` is false).
-            let ctx = context! { messages => messages, add_generation_prompt => generation_prompt, bos_token => &self.bos, eos_token => &self.eos, tools => (), documents => () };
+            // No documents, as transformers passes them (None: `documents is not none` is false).
+            let ctx = context! { messages => messages, add_generation_prompt => generation_prompt, bos_token => &self.bos, eos_token => &self.eos, tools => tools, documents => () };
             t.render_captured(ctx).map(|c| (c.output().to_string(), c.state().fuel_levels().map_or(0, |(used, _)| used)))
         });
         let charge = |steps: u64, written: usize| self.work.set(self.work.get().saturating_add(steps + (given + written + allocated / 16) as u64));
@@ -137,15 +193,15 @@ impl Renderer {
     /// The conversation as segments (text, trained): what precedes each assistant turn with the
     /// generation prompt, untrained; each assistant turn as the template renders it (its
     /// end-of-turn marker included), trained. Each render must continue the one before.
-    pub fn turns(&self, messages: &[Message]) -> Result<Vec<(String, bool)>, String> {
+    pub fn turns(&self, messages: &[Message], tools: Option<&Value>) -> Result<Vec<(String, bool)>, String> {
         let mut out = vec![];
         let mut done = 0;
         for (i, m) in messages.iter().enumerate() {
             if m.role != "assistant" {
                 continue;
             }
-            let prefix = self.render(&messages[..i], true)?;
-            let upto = self.render(&messages[..=i], false)?;
+            let prefix = self.render(&messages[..i], tools, true)?;
+            let upto = self.render(&messages[..=i], tools, false)?;
             if !upto.starts_with(&prefix) || prefix.len() < done {
                 return Err(format!("the chat template does not render turn {} as a continuation of the turns before it (a template that rewrites earlier turns, such as one dropping reasoning, cannot be trained turn by turn)", i + 1));
             }
@@ -167,9 +223,15 @@ pub fn last_turn(turns: &[(String, bool)]) -> (String, String) {
     (turns[..last].iter().map(|(t, _)| t.as_str()).collect(), turns.get(last).map_or_else(String::new, |t| t.0.clone()))
 }
 
-/// One line of a conversational data set.
+/// One line of a conversational data set, with the tools its assistant is offered.
 #[derive(Clone, Debug, PartialEq)]
-pub enum ChatRow {
+pub struct ChatRow {
+    pub kind: RowKind,
+    pub tools: Option<Value>,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub enum RowKind {
     Conversation(Vec<Message>),
     /// A preference pair: the shared start, then each side's turns.
     Pair { prompt: Vec<Message>, chosen: Vec<Message>, rejected: Vec<Message> },
@@ -178,17 +240,26 @@ pub enum ChatRow {
 impl ChatRow {
     /// The whole conversation (of a pair, the chosen one).
     pub fn conversation(&self) -> Vec<Message> {
-        match self {
-            ChatRow::Conversation(m) => m.clone(),
-            ChatRow::Pair { prompt, chosen, .. } => prompt.iter().chain(chosen).cloned().collect(),
+        match &self.kind {
+            RowKind::Conversation(m) => m.clone(),
+            RowKind::Pair { prompt, chosen, .. } => prompt.iter().chain(chosen).cloned().collect(),
+        }
+    }
+
+    /// The segments of the conversation (`Renderer::turns`); of a pair, its prompt and the
+    /// chosen reply.
+    pub fn turns(&self, r: &Renderer) -> Result<Vec<(String, bool)>, String> {
+        match &self.kind {
+            RowKind::Conversation(m) => r.turns(m, self.tools.as_ref()),
+            RowKind::Pair { .. } => self.pair(r).map(|(p, c, _)| vec![(p, false), (c, true)]),
         }
     }
 
     /// (prompt, chosen, rejected) of a pair: the rendered conversation before the last assistant
     /// turn, which both sides must share, and each side's last turn.
     pub fn pair(&self, r: &Renderer) -> Result<(String, String, String), String> {
-        let ChatRow::Pair { prompt, chosen, rejected } = self else { return Err("is not a preference pair".into()) };
-        let side = |s: &[Message]| -> Result<(String, String), String> { Ok(last_turn(&r.turns(&prompt.iter().chain(s).cloned().collect::<Vec<_>>())?)) };
+        let RowKind::Pair { prompt, chosen, rejected } = &self.kind else { return Err("is not a preference pair".into()) };
+        let side = |s: &[Message]| -> Result<(String, String), String> { Ok(last_turn(&r.turns(&prompt.iter().chain(s).cloned().collect::<Vec<_>>(), self.tools.as_ref())?)) };
         let ((p, c), (q, rj)) = (side(chosen)?, side(rejected)?);
         if p != q {
             return Err("its chosen and rejected conversations differ before their last assistant turn".into());
@@ -218,7 +289,7 @@ pub struct ChatJsonl {
 pub fn parse_jsonl(text: &str, kind: ExampleKind, listed: usize) -> ChatJsonl {
     let mut out = ChatJsonl { rows: vec![], bad: vec![], bad_total: 0 };
     for (i, line) in text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
-        let row = serde_json::from_str::<serde_json::Value>(line).map_err(|e| format!("not JSON: {e}")).and_then(|v| row(&v, kind));
+        let row = ordered(line).and_then(|v| row(&v, kind));
         match row {
             Ok(r) => out.rows.push((i + 1, r)),
             Err(why) => {
@@ -232,15 +303,22 @@ pub fn parse_jsonl(text: &str, kind: ExampleKind, listed: usize) -> ChatJsonl {
     out
 }
 
-fn row(v: &serde_json::Value, kind: ExampleKind) -> Result<ChatRow, String> {
-    let list = |k: &str| -> Result<Vec<Message>, String> { messages(v.get(k).ok_or_else(|| format!("has no `{k}`"))?).map_err(|e| format!("`{k}` {e}")) };
-    match kind {
-        ExampleKind::Instructions => Ok(ChatRow::Conversation(list("messages")?)),
-        ExampleKind::Preferences => {
-            let prompt = if v.get("prompt").is_some() { list("prompt")? } else { vec![] };
-            Ok(ChatRow::Pair { prompt, chosen: list("chosen")?, rejected: list("rejected")? })
+fn row(v: &Value, kind: ExampleKind) -> Result<ChatRow, String> {
+    let has = |k: &str| v.get_attr(k).is_ok_and(|x| !x.is_undefined());
+    let list = |k: &str| -> Result<Vec<Message>, String> {
+        if !has(k) {
+            return Err(format!("has no `{k}`"));
         }
-    }
+        messages(&v.get_attr(k).map_err(|e| e.to_string())?).map_err(|e| format!("`{k}` {e}"))
+    };
+    let kind = match kind {
+        ExampleKind::Instructions => RowKind::Conversation(list("messages")?),
+        ExampleKind::Preferences => {
+            let prompt = if has("prompt") { list("prompt")? } else { vec![] };
+            RowKind::Pair { prompt, chosen: list("chosen")?, rejected: list("rejected")? }
+        }
+    };
+    Ok(ChatRow { kind, tools: tools(v)? })
 }
 
 /// Which of consecutive text parts (their byte lengths, in order) each token belongs to, by the
@@ -270,14 +348,29 @@ mod tests {
     const CHATML: &str = "{% for message in messages %}{{'<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n'}}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}";
 
     fn m(role: &str, content: &str) -> Message {
-        Message { role: role.into(), content: content.into() }
+        Message::new(role, content)
+    }
+
+    #[test]
+    fn messages_in_openais_format_keep_what_the_template_reads() {
+        let text = r#"[{"role": "user", "content": [{"type": "text", "text": "Two "}, {"type": "text", "text": "parts"}]}, {"role": "assistant", "content": null, "tool_calls": [{"type": "function", "function": {"name": "f", "arguments": "{}"}}]}, {"role": "tool", "tool_call_id": "c1", "content": "42"}]"#;
+        let m = messages(&ordered(text).unwrap()).unwrap();
+        assert_eq!((m[0].content.as_str(), m[1].content.as_str(), m[2].content.as_str()), ("Two parts", "", "42"));
+        // The template gets each message as written, its keys in order: content null, the calls.
+        assert_eq!(serde_json::to_string(&m).unwrap(), text.replace(": ", ":").replace(", ", ","));
+        let bad = |s: &str| messages(&ordered(s).unwrap()).unwrap_err();
+        assert_eq!(bad(r#"[{"role": "assistant", "content": null}]"#), "message 1 has no string `content` (nor `tool_calls`)");
+        assert_eq!(bad(r#"[{"role": "user", "content": [{"type": "image_url", "image_url": "x"}]}]"#), "message 1 has a content part that is not {\"type\": \"text\", \"text\": …}");
+        assert_eq!(bad(r#"{"role": "user"}"#), "is not a list of messages");
+        assert_eq!(tools(&ordered(r#"{"tools": [1]}"#).unwrap()).unwrap_err(), "has `tools` that is not a list of objects (function schemas)");
+        assert_eq!(tools(&ordered(r#"{"tools": null}"#).unwrap()), Ok(None));
     }
 
     #[test]
     fn assistant_turns_are_the_trained_segments() {
         let r = Renderer::new(&ChatTemplate { source: CHATML.into(), bos: String::new(), eos: "<|im_end|>".into(), date: None }).unwrap();
         let conv = [m("user", "hi"), m("assistant", "hello"), m("user", "2+2?"), m("assistant", "4")];
-        let t = r.turns(&conv).unwrap();
+        let t = r.turns(&conv, None).unwrap();
         assert_eq!(
             t,
             vec![
@@ -288,10 +381,10 @@ mod tests {
             ]
         );
         // Concatenated, the segments are the whole conversation as the template renders it.
-        assert_eq!(t.iter().map(|s| s.0.as_str()).collect::<String>(), r.render(&conv, false).unwrap());
+        assert_eq!(t.iter().map(|s| s.0.as_str()).collect::<String>(), r.render(&conv, None, false).unwrap());
         let (prompt, response) = last_turn(&t);
         assert!(prompt.ends_with("2+2?<|im_end|>\n<|im_start|>assistant\n") && response == "4<|im_end|>\n");
-        assert_eq!(r.turns(&[m("user", "hi")]).unwrap_err(), "has no assistant turn to train on");
+        assert_eq!(r.turns(&[m("user", "hi")], None).unwrap_err(), "has no assistant turn to train on");
     }
 
     #[test]
@@ -305,10 +398,10 @@ mod tests {
     fn python_methods_and_raise_exception_work_as_in_transformers() {
         let src = "{% if messages[0]['role'] != 'user' %}{{ raise_exception('first must be user') }}{% endif %}{% for m in messages %}{{ m['content'].strip() | upper }}|{% endfor %}";
         let r = Renderer::new(&ChatTemplate { source: src.into(), bos: String::new(), eos: String::new(), date: None }).unwrap();
-        assert_eq!(r.render(&[m("user", "  a "), m("assistant", "b")], false).unwrap(), "A|B|");
-        assert!(r.render(&[m("system", "x")], false).unwrap_err().contains("first must be user"));
+        assert_eq!(r.render(&[m("user", "  a "), m("assistant", "b")], None, false).unwrap(), "A|B|");
+        assert!(r.render(&[m("system", "x")], None, false).unwrap_err().contains("first must be user"));
         let endless = Renderer::new(&ChatTemplate { source: "{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}{% endfor %}".into(), bos: String::new(), eos: String::new(), date: None }).unwrap();
-        assert!(endless.render(&[], false).is_err(), "a template that would run 10^10 steps is stopped");
+        assert!(endless.render(&[], None, false).is_err(), "a template that would run 10^10 steps is stopped");
     }
 
     #[test]
@@ -320,17 +413,17 @@ mod tests {
         let short = conv(20);
         r.limit_work(500 * line(&short));
         for _ in 0..500 {
-            assert_eq!(r.turns(&short).unwrap().len(), 40);
+            assert_eq!(r.turns(&short, None).unwrap().len(), 40);
         }
         // 3,000 tiny turns on one line: each turn renders the whole conversation before it again
         // (~5·10^8 steps in all); bounded by the line's 200 KB, the renders stop long before the end.
         let long = conv(3000);
         let r = Renderer::new(&ChatTemplate { source: CHATML.into(), bos: String::new(), eos: "<|im_end|>".into(), date: None }).unwrap();
         r.limit_work(line(&long));
-        let err = r.turns(&long).unwrap_err();
+        let err = r.turns(&long, None).unwrap_err();
         // 205,904 bytes: 16,000,000 + 256 × 205,904 = 68,711,424 steps.
         assert_eq!(line(&long), 205_904);
         assert_eq!(err, "rendered turn by turn, the file's conversations need more than the 69 million steps of template work roux allows for its 205904 bytes (16 million and 256 a byte): a conversation costs its whole length once per assistant turn; split conversations of hundreds of turns");
-        assert!(r.spent() && r.render(&short, false).is_err());
+        assert!(r.spent() && r.render(&short, None, false).is_err());
     }
 }

@@ -91,7 +91,7 @@ pub fn instructions(set: &ExampleSet, seed: u64) -> Result<Split<Example>, Strin
                 .into_iter()
                 .map(|(line, row)| {
                     let conv = row.conversation();
-                    let turns = r.turns(&conv).map_err(|e| format!("{}: {e}", at(set, line)))?;
+                    let turns = row.turns(&r).map_err(|e| format!("{}: {e}", at(set, line)))?;
                     let (prompt, response) = chat::last_turn(&turns);
                     // Generations are scored against the last answer's text, not its markup.
                     let gold = conv.iter().rev().find(|m| m.role == "assistant").map(|m| m.content.clone());
