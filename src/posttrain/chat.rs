@@ -123,6 +123,8 @@ impl Renderer {
         env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
         env.add_function("raise_exception", |msg: String| -> Result<String, Error> { Err(Error::new(ErrorKind::InvalidOperation, msg)) });
         env.add_filter("tojson", super::pyjson::tojson);
+        env.add_filter("string", super::pystr::string);
+        env.set_formatter(super::pystr::formatter);
         if let Some(date) = &t.date {
             let day = super::strftime::Day::parse(date).ok_or_else(|| format!("`date = \"{}\"` is not a calendar day YYYY-MM-DD", date.escape_debug()))?;
             env.add_function("strftime_now", move |format: String| day.format(&format).map_err(|e| Error::new(ErrorKind::InvalidOperation, e)));

@@ -8,11 +8,13 @@
 //! | `gae.rs`      | generalised advantage estimation for PPO                            |
 //! | `chat.rs`     | conversations rendered with a chat template (minijinja), bounded    |
 //! | `pyjson.rs`   | a chat template's `tojson`, as Python's `json.dumps`                |
+//! | `pystr.rs`    | how a chat template prints a value: Python's `str`                  |
 //! | `strftime.rs` | a chat template's `strftime_now`, on the recipe's fixed `date`      |
 
 pub mod chat;
 pub mod examples;
 pub mod gae;
 pub mod pyjson;
+pub mod pystr;
 pub mod strftime;
 pub mod tasks;

@@ -109,7 +109,7 @@ impl Writer {
 
 /// A float as Python's `repr` writes it: the shortest digits that read back, positional for
 /// exponents from -4 to 15 (`1.0`, `0.0001`), else `1e-05`, `1e+16`.
-fn float(x: f64) -> String {
+pub(super) fn float(x: f64) -> String {
     if x.is_nan() {
         return "NaN".into();
     }
