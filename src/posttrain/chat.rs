@@ -131,7 +131,8 @@ impl Renderer {
         }
         // Compiling folds constant expressions (`'x' * 10**8`): bounded too.
         let guard = Guard::new("a chat template");
-        guard.run(|| env.add_template_owned("chat", t.source.clone())).0.map_err(|e| format!("the chat template does not parse: {e}"))?;
+        let source = generation_blocks(&t.source);
+        guard.run(|| env.add_template_owned("chat", source)).0.map_err(|e| format!("the chat template does not parse: {e}"))?;
         Ok(Renderer {
             env,
             bos: t.bos.clone(),
@@ -216,6 +217,49 @@ impl Renderer {
         }
         Ok(out)
     }
+}
+
+/// `{% generation %}…{% endgeneration %}` (transformers' tag marking what the assistant writes,
+/// for `return_assistant_tokens_mask`) as a block that renders its body, `{% if true %}…{% endif %}`,
+/// its whitespace control kept: roux finds the assistant's turns by rendering, and minijinja has
+/// no such tag.
+fn generation_blocks(source: &str) -> String {
+    let mut out = String::with_capacity(source.len());
+    let mut rest = source;
+    while let Some(at) = rest.find("{%") {
+        out.push_str(&rest[..at]);
+        rest = &rest[at..];
+        let inner = &rest[2..];
+        let (open, body) = match inner.strip_prefix(['-', '+']) {
+            Some(b) => (&inner[..1], b),
+            None => ("", inner),
+        };
+        let word_at = body.len() - body.trim_start().len();
+        let word = body.trim_start();
+        let (name, replacement) = if word.starts_with("endgeneration") {
+            ("endgeneration", "endif")
+        } else if word.starts_with("generation") {
+            ("generation", "if true")
+        } else {
+            ("", "")
+        };
+        let after = &word[name.len()..];
+        let tail = after.trim_start();
+        let close = ["-%}", "+%}", "%}"].into_iter().find(|c| tail.starts_with(c));
+        match (name.is_empty(), close) {
+            (false, Some(close)) => {
+                out.push_str(&format!("{{%{open} {replacement} {close}"));
+                let used = 2 + open.len() + word_at + name.len() + (after.len() - tail.len()) + close.len();
+                rest = &rest[used..];
+            }
+            _ => {
+                out.push_str("{%");
+                rest = &rest[2..];
+            }
+        }
+    }
+    out.push_str(rest);
+    out
 }
 
 /// (prompt, response) of a conversation's last assistant turn from its segments: everything
@@ -366,6 +410,22 @@ mod tests {
         assert_eq!(bad(r#"{"role": "user"}"#), "is not a list of messages");
         assert_eq!(tools(&ordered(r#"{"tools": [1]}"#).unwrap()).unwrap_err(), "has `tools` that is not a list of objects (function schemas)");
         assert_eq!(tools(&ordered(r#"{"tools": null}"#).unwrap()), Ok(None));
+    }
+
+    #[test]
+    fn values_built_deeper_than_python_prints_them_fail_the_render() {
+        for print in ["ns.x | tojson", "ns.x", "ns.x | string"] {
+            let src = format!("{{% set ns = namespace(x=1) %}}{{% for i in range(600) %}}{{% set ns.x = [ns.x] %}}{{% endfor %}}{{{{ {print} }}}}");
+            let r = Renderer::new(&ChatTemplate { source: src, bos: String::new(), eos: String::new(), date: None }).unwrap();
+            let err = r.render(&[], None, false).unwrap_err();
+            assert!(err.contains("nested too deep"), "{print}: {err}");
+        }
+    }
+
+    #[test]
+    fn generation_tags_render_their_body() {
+        let t = "{%- for m in messages %}{% if m.role == 'assistant' %}{%- generation -%}\n{{ m.content }}{%+ endgeneration %}{% else %}{{ m.content }}{% endif %}{% endfor %}{% generation_x %}";
+        assert_eq!(super::generation_blocks(t), "{%- for m in messages %}{% if m.role == 'assistant' %}{%- if true -%}\n{{ m.content }}{%+ endif %}{% else %}{{ m.content }}{% endif %}{% endfor %}{% generation_x %}");
     }
 
     #[test]

@@ -35,6 +35,11 @@ struct Writer {
 
 impl Writer {
     fn value(&self, v: &Value, level: usize, out: &mut String) -> Result<(), Error> {
+        // Python's json nests about a thousand deep before RecursionError; a template can build
+        // a value deeper than any JSON line (`{% set ns.x = [ns.x] %}` in a loop).
+        if level > 512 {
+            return Err(Error::new(ErrorKind::InvalidOperation, "tojson: a value nested too deep"));
+        }
         match v.kind() {
             ValueKind::None => out.push_str("null"),
             ValueKind::Bool => out.push_str(if v.is_true() { "true" } else { "false" }),
