@@ -3,6 +3,8 @@
 #   parse_check  recipe text and YAML → parse + check + print/fmt round trips
 #   hf_config    a checkpoint's config.json (and a safetensors header) → the model read, its
 #                tensors counted and named, and exported back to the same model
+#   chat_data    conversations and preference pairs (JSONL, tools) → parsed and rendered with
+#                chat templates, the trained segments joined equal to the whole render
 #   scripts/fuzz.sh [RUNS] [TARGET…]   (default 1,000,000 executions of each target)
 #   FUZZ_SANITIZER=none scripts/fuzz.sh RUNS   without AddressSanitizer (the test suite's short pass:
 #       the front end's only `unsafe` passes allocations to the system's allocator, and the build
@@ -15,11 +17,12 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 RUNS="${1:-1000000}"
 shift || true
-if [ $# -gt 0 ]; then TARGETS=("$@"); else TARGETS=(parse_check hf_config); fi
+if [ $# -gt 0 ]; then TARGETS=("$@"); else TARGETS=(parse_check hf_config chat_data); fi
 command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz --locked
-mkdir -p fuzz/corpus/parse_check fuzz/corpus/hf_config
+mkdir -p fuzz/corpus/parse_check fuzz/corpus/hf_config fuzz/corpus/chat_data
 cp recipes/*.roux tests/bad/*.roux tests/fixtures/*.roux fuzz/seeds/*.* fuzz/corpus/parse_check/ 2>/dev/null || true
 cp fuzz/seeds/hf_config/* fuzz/corpus/hf_config/ 2>/dev/null || true
+cp fuzz/seeds/chat_data/* fuzz/corpus/chat_data/ 2>/dev/null || true
 export RUSTC_BOOTSTRAP=1
 for target in "${TARGETS[@]}"; do
   # Recipes are up to a few KB; a config of the keys hf_config knows is at most ~100 bytes.

@@ -223,7 +223,7 @@ impl Renderer {
 /// for `return_assistant_tokens_mask`) as a block that renders its body, `{% if true %}…{% endif %}`,
 /// its whitespace control kept: roux finds the assistant's turns by rendering, and minijinja has
 /// no such tag.
-fn generation_blocks(source: &str) -> String {
+pub fn generation_blocks(source: &str) -> String {
     let mut out = String::with_capacity(source.len());
     let mut rest = source;
     while let Some(at) = rest.find("{%") {
