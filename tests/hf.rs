@@ -291,7 +291,7 @@ print(json.dumps({"chat": chat, "ids": ids(text), "pair": ids(prompt + "ed<|im_e
     let codec = roux::run::kit::codec::Codec::new(&recipe, set).unwrap();
     let renderer = roux::posttrain::chat::Renderer::new(set.chat.as_ref().unwrap()).unwrap();
     let messages = roux::posttrain::chat::messages(&roux::posttrain::chat::ordered(&theirs["chat"].to_string()).unwrap()).unwrap();
-    let turns = renderer.turns(&messages, None).unwrap();
+    let turns = renderer.turns(&messages, &Default::default()).unwrap();
     let e = roux::posttrain::examples::Example { prompt: String::new(), response: String::new(), gold: None, turns: turns.clone() };
     let seq = codec.example(&e, true, 1000);
     assert_eq!(seq.tokens, want("ids"), "SFT: the whole chat's ids");
@@ -468,7 +468,7 @@ fn a_recipe_names_the_chat_template_of_a_base_model_without_one() {
     let theirs: String = serde_json::from_str(String::from_utf8_lossy(&o.stdout).trim()).unwrap();
     let template: roux::recipe::ChatTemplate = serde_json::from_value(resolved["chat_template"].clone()).unwrap();
     let messages = roux::posttrain::chat::messages(&roux::posttrain::chat::ordered(chat).unwrap()).unwrap();
-    let ours = roux::posttrain::chat::Renderer::new(&template).unwrap().render(&messages, None, false).unwrap();
+    let ours = roux::posttrain::chat::Renderer::new(&template).unwrap().render(&messages, &Default::default(), false).unwrap();
     assert_eq!(ours, "<|user|>\nreverse abc<|im_end|>\n<|assistant|>\ncba<|im_end|>\n");
     assert_eq!(theirs, ours, "transformers renders the exported template as roux trained with it");
 }

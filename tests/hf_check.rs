@@ -422,8 +422,8 @@ fn chat_templates_render_as_transformers_renders_them() {
             // As written by Python (`json.dumps`): objects in their keys' order.
             let line = roux::posttrain::chat::ordered(c["line"].as_str().unwrap()).unwrap();
             let messages = roux::posttrain::chat::messages(&line.get_attr("messages").unwrap()).unwrap();
-            let tools = roux::posttrain::chat::tools(&line).unwrap();
-            let ours = r.render(&messages, tools.as_ref(), c["generation_prompt"] == true);
+            let extra = roux::posttrain::chat::extra(&line).unwrap();
+            let ours = r.render(&messages, &extra, c["generation_prompt"] == true);
             match (&ours, c["text"].as_str()) {
                 (Ok(a), Some(b)) if a == b => {}
                 (Err(e), None) if e.contains(c["error"].as_str().unwrap()) => {}
@@ -438,7 +438,7 @@ fn chat_templates_render_as_transformers_renders_them() {
     let undated = |name: &str| {
         let t = templates.iter().find(|t| t["name"] == name).unwrap();
         let r = Renderer::new(&roux::recipe::ChatTemplate { source: t["template"].as_str().unwrap().into(), bos: "<s>".into(), eos: "</s>".into(), date: None }).unwrap();
-        r.render(&[Message::new("user", "hi")], None, true)
+        r.render(&[Message::new("user", "hi")], &Default::default(), true)
     };
     assert!(undated("llama31-date").unwrap().contains("Today Date: 26 Jul 2024"));
     let err = undated("mistral-small-date").unwrap_err();

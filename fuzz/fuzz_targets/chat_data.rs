@@ -30,7 +30,7 @@ fuzz_target!(|data: &[u8]| {
         let Ok(turns) = row.turns(&r) else { continue };
         if let RowKind::Conversation(m) = &row.kind {
             let last = m.iter().rposition(|m| m.role == "assistant").expect("a conversation with turns has an assistant turn");
-            let whole = r.render(&m[..=last], row.tools.as_ref(), false).expect("renders once it rendered turn by turn");
+            let whole = r.render(&m[..=last], &row.extra, false).expect("renders once it rendered turn by turn");
             assert_eq!(turns.iter().map(|t| t.0.as_str()).collect::<String>(), whole);
         }
     }

@@ -1,5 +1,5 @@
-//! Conversations (`{"messages": [{"role", "content"}, …], "tools": […]}`, as TRL and OpenAI
-//! write them, tool calls included) rendered with a Hugging Face chat template: minijinja with its
+//! Conversations (`{"messages": [{"role", "content"}, …], "tools": […], "chat_template_kwargs":
+//! {…}}`, as TRL and OpenAI write them, tool calls included) rendered with a Hugging Face chat template: minijinja with its
 //! Python-compatible methods, `trim_blocks` and `lstrip_blocks` on (as `transformers` and Rust
 //! inference servers render them). A conversation becomes text segments marked trained or not, so
 //! that the loss covers the assistant turns only.
@@ -81,6 +81,33 @@ pub fn messages(v: &Value) -> Result<Vec<Message>, String> {
         .collect()
 }
 
+/// What a line hands the template besides its messages: the tools its assistant is offered, and
+/// TRL's `chat_template_kwargs` (Qwen3's `enable_thinking`, …).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Extra {
+    pub tools: Option<Value>,
+    pub kwargs: Option<Value>,
+}
+
+/// What the template gets from the line itself, which `chat_template_kwargs` may not name (in
+/// transformers, a second value for the same argument).
+const GIVEN: &[&str] = &["messages", "tools", "documents", "add_generation_prompt"];
+
+/// A line's `tools` and `chat_template_kwargs`, or why not.
+pub fn extra(line: &Value) -> Result<Extra, String> {
+    let kwargs = match line.get_attr("chat_template_kwargs").ok().filter(|k| !k.is_undefined() && !k.is_none()) {
+        None => None,
+        Some(k) if k.kind() == ValueKind::Map => {
+            if let Some(name) = GIVEN.iter().find(|n| k.get_attr(n).is_ok_and(|v| !v.is_undefined())) {
+                return Err(format!("has `chat_template_kwargs` naming `{name}`, which the template gets from the line itself"));
+            }
+            Some(k)
+        }
+        Some(_) => return Err("has `chat_template_kwargs` that is not an object".into()),
+    };
+    Ok(Extra { tools: tools(line)?, kwargs })
+}
+
 /// A line's `tools` (the functions its assistant may call, as JSON schemas), or why not.
 pub fn tools(line: &Value) -> Result<Option<Value>, String> {
     match line.get_attr("tools").ok().filter(|t| !t.is_undefined() && !t.is_none()) {
@@ -154,9 +181,9 @@ impl Renderer {
         self.work.get() > self.limit.get()
     }
 
-    /// The template applied to `messages` (offered `tools`, or none); with `generation_prompt`,
-    /// followed by what opens the assistant's next turn.
-    pub fn render(&self, messages: &[Message], tools: Option<&Value>, generation_prompt: bool) -> Result<String, String> {
+    /// The template applied to `messages` (with the line's tools and keyword arguments); with
+    /// `generation_prompt`, followed by what opens the assistant's next turn.
+    pub fn render(&self, messages: &[Message], extra: &Extra, generation_prompt: bool) -> Result<String, String> {
         if self.spent() {
             let limit = self.limit.get();
             return Err(format!(
@@ -168,13 +195,17 @@ impl Renderer {
         }
         // What the template is handed, as JSON text.
         let size = |v: &Value| serde_json::to_string(v).map_or(0, |s| s.len());
-        let given: usize = messages.iter().map(|m| size(&m.value)).sum::<usize>() + tools.map_or(0, size);
+        let given: usize = messages.iter().map(|m| size(&m.value)).sum::<usize>() + extra.tools.as_ref().map_or(0, size) + extra.kwargs.as_ref().map_or(0, size);
         let t = self.env.get_template("chat").map_err(|e| e.to_string())?;
         // Bounded in memory (`bounded`), and the bytes it allocates count, a sixteenth each, as
         // work: a render that makes and drops large strings costs its time.
         let (out, allocated) = self.guard.run(|| {
-            // No documents, as transformers passes them (None: `documents is not none` is false).
-            let ctx = context! { messages => messages, add_generation_prompt => generation_prompt, bos_token => &self.bos, eos_token => &self.eos, tools => tools, documents => () };
+            // No documents, as transformers passes them (None: `documents is not none` is false);
+            // the keyword arguments may replace the special tokens, as in transformers.
+            let given = context! { messages => messages, add_generation_prompt => generation_prompt, tools => &extra.tools, documents => () };
+            let tokens = context! { bos_token => &self.bos, eos_token => &self.eos };
+            // (The last map to hold a key gives its value.)
+            let ctx = minijinja::value::merge_maps([tokens, extra.kwargs.clone().unwrap_or_default(), given]);
             t.render_captured(ctx).map(|c| (c.output().to_string(), c.state().fuel_levels().map_or(0, |(used, _)| used)))
         });
         let charge = |steps: u64, written: usize| self.work.set(self.work.get().saturating_add(steps + (given + written + allocated / 16) as u64));
@@ -196,15 +227,15 @@ impl Renderer {
     /// The conversation as segments (text, trained): what precedes each assistant turn with the
     /// generation prompt, untrained; each assistant turn as the template renders it (its
     /// end-of-turn marker included), trained. Each render must continue the one before.
-    pub fn turns(&self, messages: &[Message], tools: Option<&Value>) -> Result<Vec<(String, bool)>, String> {
+    pub fn turns(&self, messages: &[Message], extra: &Extra) -> Result<Vec<(String, bool)>, String> {
         let mut out = vec![];
         let mut done = 0;
         for (i, m) in messages.iter().enumerate() {
             if m.role != "assistant" {
                 continue;
             }
-            let prefix = self.render(&messages[..i], tools, true)?;
-            let upto = self.render(&messages[..=i], tools, false)?;
+            let prefix = self.render(&messages[..i], extra, true)?;
+            let upto = self.render(&messages[..=i], extra, false)?;
             if !upto.starts_with(&prefix) || prefix.len() < done {
                 return Err(format!("the chat template does not render turn {} as a continuation of the turns before it (a template that rewrites earlier turns, such as one dropping reasoning, cannot be trained turn by turn)", i + 1));
             }
@@ -269,11 +300,11 @@ pub fn last_turn(turns: &[(String, bool)]) -> (String, String) {
     (turns[..last].iter().map(|(t, _)| t.as_str()).collect(), turns.get(last).map_or_else(String::new, |t| t.0.clone()))
 }
 
-/// One line of a conversational data set, with the tools its assistant is offered.
+/// One line of a conversational data set, with what else it hands the template.
 #[derive(Clone, Debug, PartialEq)]
 pub struct ChatRow {
     pub kind: RowKind,
-    pub tools: Option<Value>,
+    pub extra: Extra,
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -296,7 +327,7 @@ impl ChatRow {
     /// chosen reply.
     pub fn turns(&self, r: &Renderer) -> Result<Vec<(String, bool)>, String> {
         match &self.kind {
-            RowKind::Conversation(m) => r.turns(m, self.tools.as_ref()),
+            RowKind::Conversation(m) => r.turns(m, &self.extra),
             RowKind::Pair { .. } => self.pair(r).map(|(p, c, _)| vec![(p, false), (c, true)]),
         }
     }
@@ -305,7 +336,7 @@ impl ChatRow {
     /// turn, which both sides must share, and each side's last turn.
     pub fn pair(&self, r: &Renderer) -> Result<(String, String, String), String> {
         let RowKind::Pair { prompt, chosen, rejected } = &self.kind else { return Err("is not a preference pair".into()) };
-        let side = |s: &[Message]| -> Result<(String, String), String> { Ok(last_turn(&r.turns(&prompt.iter().chain(s).cloned().collect::<Vec<_>>(), self.tools.as_ref())?)) };
+        let side = |s: &[Message]| -> Result<(String, String), String> { Ok(last_turn(&r.turns(&prompt.iter().chain(s).cloned().collect::<Vec<_>>(), &self.extra)?)) };
         let ((p, c), (q, rj)) = (side(chosen)?, side(rejected)?);
         if p != q {
             return Err("its chosen and rejected conversations differ before their last assistant turn".into());
@@ -364,7 +395,7 @@ fn row(v: &Value, kind: ExampleKind) -> Result<ChatRow, String> {
             RowKind::Pair { prompt, chosen: list("chosen")?, rejected: list("rejected")? }
         }
     };
-    Ok(ChatRow { kind, tools: tools(v)? })
+    Ok(ChatRow { kind, extra: extra(v)? })
 }
 
 /// Which of consecutive text parts (their byte lengths, in order) each token belongs to, by the
@@ -410,6 +441,9 @@ mod tests {
         assert_eq!(bad(r#"{"role": "user"}"#), "is not a list of messages");
         assert_eq!(tools(&ordered(r#"{"tools": [1]}"#).unwrap()).unwrap_err(), "has `tools` that is not a list of objects (function schemas)");
         assert_eq!(tools(&ordered(r#"{"tools": null}"#).unwrap()), Ok(None));
+        let extra_err = |s: &str| extra(&ordered(s).unwrap()).unwrap_err();
+        assert_eq!(extra_err(r#"{"chat_template_kwargs": [1]}"#), "has `chat_template_kwargs` that is not an object");
+        assert_eq!(extra_err(r#"{"chat_template_kwargs": {"x": 1, "messages": []}}"#), "has `chat_template_kwargs` naming `messages`, which the template gets from the line itself");
     }
 
     #[test]
@@ -417,7 +451,7 @@ mod tests {
         for print in ["ns.x | tojson", "ns.x", "ns.x | string"] {
             let src = format!("{{% set ns = namespace(x=1) %}}{{% for i in range(600) %}}{{% set ns.x = [ns.x] %}}{{% endfor %}}{{{{ {print} }}}}");
             let r = Renderer::new(&ChatTemplate { source: src, bos: String::new(), eos: String::new(), date: None }).unwrap();
-            let err = r.render(&[], None, false).unwrap_err();
+            let err = r.render(&[], &Extra::default(), false).unwrap_err();
             assert!(err.contains("nested too deep"), "{print}: {err}");
         }
     }
@@ -432,7 +466,7 @@ mod tests {
     fn assistant_turns_are_the_trained_segments() {
         let r = Renderer::new(&ChatTemplate { source: CHATML.into(), bos: String::new(), eos: "<|im_end|>".into(), date: None }).unwrap();
         let conv = [m("user", "hi"), m("assistant", "hello"), m("user", "2+2?"), m("assistant", "4")];
-        let t = r.turns(&conv, None).unwrap();
+        let t = r.turns(&conv, &Extra::default()).unwrap();
         assert_eq!(
             t,
             vec![
@@ -443,10 +477,10 @@ mod tests {
             ]
         );
         // Concatenated, the segments are the whole conversation as the template renders it.
-        assert_eq!(t.iter().map(|s| s.0.as_str()).collect::<String>(), r.render(&conv, None, false).unwrap());
+        assert_eq!(t.iter().map(|s| s.0.as_str()).collect::<String>(), r.render(&conv, &Extra::default(), false).unwrap());
         let (prompt, response) = last_turn(&t);
         assert!(prompt.ends_with("2+2?<|im_end|>\n<|im_start|>assistant\n") && response == "4<|im_end|>\n");
-        assert_eq!(r.turns(&[m("user", "hi")], None).unwrap_err(), "has no assistant turn to train on");
+        assert_eq!(r.turns(&[m("user", "hi")], &Extra::default()).unwrap_err(), "has no assistant turn to train on");
     }
 
     #[test]
@@ -460,10 +494,10 @@ mod tests {
     fn python_methods_and_raise_exception_work_as_in_transformers() {
         let src = "{% if messages[0]['role'] != 'user' %}{{ raise_exception('first must be user') }}{% endif %}{% for m in messages %}{{ m['content'].strip() | upper }}|{% endfor %}";
         let r = Renderer::new(&ChatTemplate { source: src.into(), bos: String::new(), eos: String::new(), date: None }).unwrap();
-        assert_eq!(r.render(&[m("user", "  a "), m("assistant", "b")], None, false).unwrap(), "A|B|");
-        assert!(r.render(&[m("system", "x")], None, false).unwrap_err().contains("first must be user"));
+        assert_eq!(r.render(&[m("user", "  a "), m("assistant", "b")], &Extra::default(), false).unwrap(), "A|B|");
+        assert!(r.render(&[m("system", "x")], &Extra::default(), false).unwrap_err().contains("first must be user"));
         let endless = Renderer::new(&ChatTemplate { source: "{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}{% endfor %}".into(), bos: String::new(), eos: String::new(), date: None }).unwrap();
-        assert!(endless.render(&[], None, false).is_err(), "a template that would run 10^10 steps is stopped");
+        assert!(endless.render(&[], &Extra::default(), false).is_err(), "a template that would run 10^10 steps is stopped");
     }
 
     #[test]
@@ -475,17 +509,17 @@ mod tests {
         let short = conv(20);
         r.limit_work(500 * line(&short));
         for _ in 0..500 {
-            assert_eq!(r.turns(&short, None).unwrap().len(), 40);
+            assert_eq!(r.turns(&short, &Extra::default()).unwrap().len(), 40);
         }
         // 3,000 tiny turns on one line: each turn renders the whole conversation before it again
         // (~5·10^8 steps in all); bounded by the line's 200 KB, the renders stop long before the end.
         let long = conv(3000);
         let r = Renderer::new(&ChatTemplate { source: CHATML.into(), bos: String::new(), eos: "<|im_end|>".into(), date: None }).unwrap();
         r.limit_work(line(&long));
-        let err = r.turns(&long, None).unwrap_err();
+        let err = r.turns(&long, &Extra::default()).unwrap_err();
         // 205,904 bytes: 16,000,000 + 256 × 205,904 = 68,711,424 steps.
         assert_eq!(line(&long), 205_904);
         assert_eq!(err, "rendered turn by turn, the file's conversations need more than the 69 million steps of template work roux allows for its 205904 bytes (16 million and 256 a byte): a conversation costs its whole length once per assistant turn; split conversations of hundreds of turns");
-        assert!(r.spent() && r.render(&short, None, false).is_err());
+        assert!(r.spent() && r.render(&short, &Extra::default(), false).is_err());
     }
 }

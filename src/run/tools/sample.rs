@@ -148,7 +148,7 @@ fn chat_prompt(spec: &ModelSpec, trained: &serde_json::Value, tk: Option<&tokeni
         }
     };
     let renderer = crate::posttrain::chat::Renderer::new(&template).map_err(anyhow::Error::msg)?;
-    let text = renderer.render(&[crate::posttrain::chat::Message::new("user", prompt)], None, true).map_err(anyhow::Error::msg)?;
+    let text = renderer.render(&[crate::posttrain::chat::Message::new("user", prompt)], &Default::default(), true).map_err(anyhow::Error::msg)?;
     Ok((text, crate::run::kit::codec::eos_ids(&c.dir, tk)?))
 }
 
