@@ -205,7 +205,7 @@ pub fn begin_stage(ctx: &StageCtx, steps: u64) -> Result<Option<RunDir>> {
         _ => None,
     };
     let mut resolved = json!({"experiment": recipe.experiment, "seed": recipe.seed, "stage": stage, "model": arch.and_then(|a| recipe.model(a))});
-    if let Some(t) = chat_template(ctx) {
+    if let Some(t) = chat_template(ctx)? {
         resolved["chat_template"] = t;
     }
     Ok(begin(ctx, hash, &resolved, steps)?.map(|run| RunDir { upstream, ..run }))
@@ -214,20 +214,27 @@ pub fn begin_stage(ctx: &StageCtx, steps: u64) -> Result<Option<RunDir>> {
 /// The chat template a stage's model answers in, for `roux sample --chat` and `export`: its
 /// data's (conversations, rendered with the recipe's or the checkpoint's template), else the
 /// one the model it starts from answered in; none for a model never trained on conversations.
-fn chat_template(ctx: &StageCtx) -> Option<Value> {
+fn chat_template(ctx: &StageCtx) -> Result<Option<Value>> {
     let (model, data) = match &ctx.stage.kind {
         StageKind::Finetune(f) => (&f.model, &f.data),
         StageKind::RewardModel(r) => (&r.model, &r.data),
         StageKind::Ppo(p) => (&p.policy, &p.prompts),
         StageKind::Dpo(d) => (&d.policy, &d.data),
         StageKind::Grpo(g) => (&g.policy, &g.prompts),
-        _ => return None,
+        _ => return Ok(None),
     };
     if let Some(t) = ctx.recipe.example_set(data).and_then(|s| s.chat.as_ref()) {
-        return serde_json::to_value(t).ok();
+        return Ok(Some(serde_json::to_value(t)?));
     }
-    let before = super::files::read_capped(&ctx.stage_dir(model.stage()?).join("resolved.json"), 64 << 20).ok()?;
-    serde_json::from_str::<Value>(&before).ok()?.get("chat_template").filter(|t| t.is_object()).cloned()
+    let Some(up) = model.stage() else { return Ok(None) };
+    // The stage it starts from has finished (its output was read above); one that records no
+    // definition (an isoflop sweep's point) trained on no conversations.
+    let path = ctx.stage_dir(up).join("resolved.json");
+    if !path.exists() {
+        return Ok(None);
+    }
+    let before: Value = serde_json::from_str(&super::files::read_capped(&path, 64 << 20)?).with_context(|| format!("{} is not valid JSON", path.display()))?;
+    Ok(before.get("chat_template").filter(|t| t.is_object()).cloned())
 }
 
 impl RunDir {
