@@ -519,7 +519,11 @@ fn lora_on_an_imported_model_exports_as_a_peft_adapter_of_the_checkpoint() {
 import json, sys, torch
 from transformers import AutoModelForCausalLM
 from peft import PeftModel
+from transformers import AutoTokenizer
 d = json.load(open(sys.argv[2]))
+# The adapter carries its tokenizer and the chat template it was trained in, as TRL saves them.
+tok = AutoTokenizer.from_pretrained(sys.argv[1])
+assert tok.apply_chat_template([{"role": "user", "content": "hi"}], tokenize=False) == d["chat"], tok.chat_template
 base = AutoModelForCausalLM.from_pretrained(json.load(open(sys.argv[1] + "/adapter_config.json"))["base_model_name_or_path"], dtype=torch.float32)
 m = PeftModel.from_pretrained(base, sys.argv[1]).eval()
 with torch.no_grad():
@@ -527,7 +531,9 @@ with torch.no_grad():
 print((out - torch.tensor(d["logits"], dtype=torch.float64)).abs().max().item())
 "#;
     let logits: Vec<f64> = Vec::<f64>::try_from(&ours.view([-1])).unwrap();
-    std::fs::write(dir.join("roux.json"), serde_json::json!({"tokens": tokens, "logits": logits}).to_string()).unwrap();
+    let trained: roux::recipe::ChatTemplate = serde_json::from_value(serde_json::from_str::<serde_json::Value>(&std::fs::read_to_string(dir.join("runs/lora/sft/resolved.json")).unwrap()).unwrap()["chat_template"].clone()).unwrap();
+    let chat = roux::posttrain::chat::Renderer::new(&trained).unwrap().render(&[roux::posttrain::chat::Message::new("user", "hi")], &Default::default(), false).unwrap();
+    std::fs::write(dir.join("roux.json"), serde_json::json!({"tokens": tokens, "logits": logits, "chat": chat}).to_string()).unwrap();
     let o = Command::new("python").args(["-c", script, adapter.to_str().unwrap(), dir.join("roux.json").to_str().unwrap()]).output().unwrap();
     let out = String::from_utf8_lossy(&o.stdout).to_string();
     assert!(o.status.success(), "{out}{}", String::from_utf8_lossy(&o.stderr));

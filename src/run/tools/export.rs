@@ -76,9 +76,7 @@ pub fn export_hf(run: &Path, out: &Path) -> Result<Family> {
     let copy = |from: &Path, name: &str| crate::fsio::copy_atomic(from, &out.join(name), tokenize::MAX_BYTES).map_err(anyhow::Error::msg);
     match &spec.checkpoint {
         Some(c) => {
-            for f in hf::TOKENIZER_FILES.iter().filter(|f| c.dir.join(f).is_file()) {
-                copy(&c.dir.join(f), f)?;
-            }
+            tokenizer_files(c, &resolved, out)?;
             // Its special token ids too (`generate` stops at `eos_token_id`; the family's
             // defaults would name other tokens).
             let path = c.dir.join(hf::CONFIG);
@@ -87,11 +85,6 @@ pub fn export_hf(run: &Path, out: &Path) -> Result<Family> {
                 if let Some(v) = original.get(key) {
                     config[key] = v.clone();
                 }
-            }
-            // The chat template the model was trained in (the recipe may name its own):
-            // transformers prefers chat_template.jinja to the config's template.
-            if let Some(source) = resolved["chat_template"]["source"].as_str() {
-                write_atomic(&out.join("chat_template.jinja"), source.as_bytes())?;
             }
         }
         None if run.join(tokenize::FILE).exists() => copy(&run.join(tokenize::FILE), "tokenizer.json")?,
@@ -108,6 +101,19 @@ pub fn export_hf(run: &Path, out: &Path) -> Result<Family> {
     }
     write_atomic(&out.join(hf::CONFIG), serde_json::to_string_pretty(&config)?.as_bytes())?;
     Ok(family)
+}
+
+/// An imported checkpoint's tokenizer files into `out`, and the chat template the run's model was
+/// trained in (the recipe may name its own; transformers prefers chat_template.jinja to the
+/// config's template), as TRL saves its tokenizer beside a model or an adapter.
+pub fn tokenizer_files(c: &crate::recipe::Checkpoint, resolved: &serde_json::Value, out: &Path) -> Result<()> {
+    for f in hf::TOKENIZER_FILES.iter().filter(|f| c.dir.join(f).is_file()) {
+        crate::fsio::copy_atomic(&c.dir.join(f), &out.join(f), tokenize::MAX_BYTES).map_err(anyhow::Error::msg)?;
+    }
+    if let Some(source) = resolved["chat_template"]["source"].as_str() {
+        write_atomic(&out.join("chat_template.jinja"), source.as_bytes())?;
+    }
+    Ok(())
 }
 
 /// The checkpoint's tensors (float32, by their Hugging Face names) from roux's `given` ones.

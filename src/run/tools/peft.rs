@@ -1,6 +1,7 @@
 //! `roux export RUN --to peft`: a LoRA fine-tuning stage's adapter as a PEFT adapter
 //! (`adapter_config.json` + `adapter_model.safetensors`) for the Hugging Face export of its base
-//! (`roux export BASE_RUN --to hf`), which `peft.PeftModel.from_pretrained` loads.
+//! (`roux export BASE_RUN --to hf`), which `peft.PeftModel.from_pretrained` loads; with an
+//! imported base, its tokenizer files and the chat template trained in beside it.
 //!
 //! Names follow the export's layout. GPT-2 keeps q, k and v in one Conv1D (`c_attn`): adapters
 //! on several of them become one adapter of the summed rank on it, the A matrices stacked and
@@ -108,5 +109,8 @@ pub fn export_peft(run: &Path, out: &Path, base: Option<&str>) -> Result<Family>
     std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
     write_tensors_atomic(&out.join("adapter_model.safetensors"), &named)?;
     write_atomic(&out.join("adapter_config.json"), serde_json::to_string_pretty(&config)?.as_bytes())?;
+    if let Some(c) = &spec.checkpoint {
+        super::export::tokenizer_files(c, &v, out)?;
+    }
     Ok(layout)
 }
