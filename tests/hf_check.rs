@@ -262,6 +262,15 @@ fn conversations_need_a_chat_template_and_an_assistant_turn_on_every_line() {
     std::fs::write(dir.join("r.yaml"), "experiment: x\nmodel base: hf(\"ck\")\ndata chat:\n  $: instructions(\"chat.jsonl\")\n  tokenizer: base.tokenizer\n  chat_template: '\"own.jinja\"'\n  date: 2024-02-29\n").unwrap();
     let c = roux::frontend::compile(&dir.join("r.yaml")).unwrap();
     assert_eq!(c.recipe.unwrap().example_set("chat").unwrap().chat.as_ref().unwrap().date.as_deref(), Some("2024-02-29"));
+    // A template that renders an earlier turn otherwise once another follows (Qwen3 drops the
+    // reasoning of earlier turns): such a conversation trains its last turn only, with a warning.
+    std::fs::write(dir.join("rewrite.jinja"), "{%- set ns = namespace(q=-1) %}{%- for m in messages %}{% if m.role == 'user' %}{% set ns.q = loop.index0 %}{% endif %}{% endfor %}{%- for m in messages %}{%- if m.role == 'assistant' and loop.index0 < ns.q %}<a>{{ m.content.split('</think>')[-1] }}</a>{%- elif m.role == 'assistant' %}<a>{{ m.content }}</a>{%- else %}<u>{{ m.content }}</u>{%- endif %}{%- endfor %}{%- if add_generation_prompt %}<a>{%- endif %}").unwrap();
+    let two = json!({"messages": [user("q1"), {"role": "assistant", "content": "<think>r</think>a1"}, user("q2"), {"role": "assistant", "content": "a2"}]});
+    std::fs::write(dir.join("two.jsonl"), format!("{}\n{}\n", lines[0], two)).unwrap();
+    std::fs::write(dir.join("r.roux"), "experiment \"x\" {\n  model base = hf(\"ck\")\n  data two = instructions(\"two.jsonl\") { tokenizer = base.tokenizer, chat_template = \"rewrite.jinja\" }\n}\n").unwrap();
+    let c = roux::frontend::compile(&dir.join("r.roux")).unwrap();
+    let w: Vec<_> = c.diagnostics.iter().filter(|d| d.code.to_string().starts_with(['W', 'E'])).map(|d| (d.code.to_string(), d.message.clone())).collect();
+    assert_eq!(w, vec![("W0406".into(), "data `two`: the chat template renders earlier turns otherwise once later ones follow (as Qwen3's drops their reasoning): 1 of 2 conversations train on their last assistant turn only".into())]);
     // A stage that renders its conversations in another template than its model learned: W0405.
     let warnings = |second: &str| {
         let text = format!("experiment \"x\" {{\n  model base = hf(\"ck\")\n  data chat = instructions(\"chat.jsonl\") {{ tokenizer = base.tokenizer, chat_template = \"own.jinja\" }}\n  data more = instructions(\"chat.jsonl\") {{ tokenizer = base.tokenizer{second} }}\n  stage sft = finetune(base, chat) {{ steps = 2 }}\n  stage lora = finetune(sft.model, chat) {{ steps = 2, adapter = lora {{ rank = 2, targets = [attn.q] }} }}\n  stage again = finetune(merge(lora.adapter), more) {{ steps = 2 }}\n}}\n");

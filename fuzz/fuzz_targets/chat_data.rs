@@ -1,6 +1,6 @@
 //! A conversational data set is someone else's data that `roux check` renders: bytes → a
 //! template from a fixed set (ChatML, tool calls, Python printing, `{% generation %}` blocks,
-//! `strftime_now`) and JSONL lines of conversations or preference pairs. Parsing and rendering
+//! `strftime_now`, one that rewrites earlier turns) and JSONL lines of conversations or preference pairs. Parsing and rendering
 //! must not panic; a conversation's trained segments, joined, must be the template's render of
 //! it up to its last assistant turn. The bytes also go through the pieces that read templates
 //! and values: `{% generation %}` rewriting, `strftime` formats, Python's `str`.
@@ -17,6 +17,8 @@ const TEMPLATES: &[&str] = &[
     "{% for m in messages %}{{ m.role }}={{ m.content }}|{{ m }}|{{ m.content | string }}|{{ loop.index }};{% endfor %}{{ add_generation_prompt }}",
     "{%- for m in messages %}{%- if m.role == 'assistant' %}A:{%- generation -%}\n {{ m.content }}{%- endgeneration %}{% else %}{{ m.role[:1] | upper }}:{{ m.content | trim }}{% endif %}\n{% endfor %}{% if add_generation_prompt %}A:{% endif %}",
     "{{ bos_token }}{{ strftime_now('%A %-d %B %Y %j %c') }}{% for m in messages %}[{{ m.role }}] {{ m.content }}{{ eos_token if m.role == 'assistant' }}{% endfor %}",
+    // Qwen3's way: earlier assistant turns lose their reasoning once a user turn follows.
+    "{%- set ns = namespace(q=-1) %}{%- for m in messages %}{% if m.role == 'user' %}{% set ns.q = loop.index0 %}{% endif %}{% endfor %}{%- for m in messages %}{%- if m.role == 'assistant' and loop.index0 < ns.q %}<a>{{ m.content.split('</think>')[-1] }}</a>{%- elif m.role == 'assistant' %}<a>{{ m.content }}</a>{%- else %}<u>{{ m.content }}</u>{%- endif %}{%- endfor %}{%- if add_generation_prompt %}<a>{%- endif %}",
 ];
 
 fuzz_target!(|data: &[u8]| {

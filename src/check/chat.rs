@@ -101,6 +101,10 @@ impl Checker<'_> {
             self.error(Diagnostic::error(Code::E0214, span, format!("`{file}` holds no conversations")).with_hint("write one JSON object per line"));
             return;
         }
+        if renderer.last_only() > 0 {
+            self.error(Diagnostic::warning(Code::W0406, span, format!("data `{}`: the chat template renders earlier turns otherwise once later ones follow (as Qwen3's drops their reasoning): {} of {} conversations train on their last assistant turn only", set.name, renderer.last_only(), turns.len()))
+                .with_hint("the turns before it are context; split a conversation into one line per assistant turn to train each"));
+        }
         let stats = self.loader.read_text(&dir.join("tokenizer.json"), 256 << 20).ok().and_then(|t| t.parse::<tokenizers::Tokenizer>().ok()).map(|tk| token_stats(&tk, &turns, context));
         let msg = match stats {
             Some(s) => format!(

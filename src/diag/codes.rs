@@ -97,6 +97,7 @@ codes! {
     W0403 = "W0403": "examples longer than the model's context, which training cuts (a warning)",
     N0404 = "N0404": "what a JSONL data set holds: examples and their lengths (a note)",
     W0405 = "W0405": "a stage renders conversations with another chat template than its model was trained in (a warning)",
+    W0406 = "W0406": "conversations whose chat template rewrites earlier turns train on their last assistant turn only (a warning)",
 }
 
 impl std::fmt::Display for Code {

@@ -134,6 +134,8 @@ pub struct Renderer {
     eos: String,
     /// Work done so far, and the most allowed (`limit_work`).
     work: Cell<u64>,
+    /// Conversations whose template rewrote earlier turns (`turns`).
+    last_only: Cell<usize>,
     limit: Cell<u64>,
     /// Each render's memory, and the time of all (`bounded`).
     guard: Guard,
@@ -165,6 +167,7 @@ impl Renderer {
             bos: t.bos.clone(),
             eos: t.eos.clone(),
             work: Cell::new(0),
+            last_only: Cell::new(0),
             limit: Cell::new(u64::MAX),
             guard,
         })
@@ -226,27 +229,48 @@ impl Renderer {
 
     /// The conversation as segments (text, trained): what precedes each assistant turn with the
     /// generation prompt, untrained; each assistant turn as the template renders it (its
-    /// end-of-turn marker included), trained. Each render must continue the one before.
+    /// end-of-turn marker included), trained. Each render must continue the one before; where a
+    /// template renders earlier turns otherwise once more follow (Qwen3's drops their reasoning),
+    /// the last assistant turn alone is trained, after the rest as it renders then (counted in
+    /// `last_only`).
     pub fn turns(&self, messages: &[Message], extra: &Extra) -> Result<Vec<(String, bool)>, String> {
         let mut out = vec![];
-        let mut done = 0;
+        let mut before = String::new(); // everything rendered so far
         for (i, m) in messages.iter().enumerate() {
             if m.role != "assistant" {
                 continue;
             }
             let prefix = self.render(&messages[..i], extra, true)?;
             let upto = self.render(&messages[..=i], extra, false)?;
-            if !upto.starts_with(&prefix) || prefix.len() < done {
-                return Err(format!("the chat template does not render turn {} as a continuation of the turns before it (a template that rewrites earlier turns, such as one dropping reasoning, cannot be trained turn by turn)", i + 1));
+            if !upto.starts_with(&prefix) || !prefix.starts_with(&before) {
+                return self.last_turn_only(messages, extra);
             }
-            out.push((prefix[done..].to_string(), false));
+            out.push((prefix[before.len()..].to_string(), false));
             out.push((upto[prefix.len()..].to_string(), true));
-            done = upto.len();
+            before = upto;
         }
         if out.is_empty() {
             return Err("has no assistant turn to train on".into());
         }
         Ok(out)
+    }
+
+    /// The conversation up to its last assistant turn as two segments: the rest, untrained, and
+    /// that turn.
+    fn last_turn_only(&self, messages: &[Message], extra: &Extra) -> Result<Vec<(String, bool)>, String> {
+        let last = messages.iter().rposition(|m| m.role == "assistant").ok_or("has no assistant turn to train on")?;
+        let prefix = self.render(&messages[..last], extra, true)?;
+        let upto = self.render(&messages[..=last], extra, false)?;
+        if !upto.starts_with(&prefix) {
+            return Err(format!("the chat template does not render turn {} as a continuation of the conversation before it with the generation prompt", last + 1));
+        }
+        self.last_only.set(self.last_only.get() + 1);
+        Ok(vec![(prefix.clone(), false), (upto[prefix.len()..].to_string(), true)])
+    }
+
+    /// How many conversations trained their last assistant turn only (`turns`).
+    pub fn last_only(&self) -> usize {
+        self.last_only.get()
     }
 }
 
@@ -456,6 +480,24 @@ mod tests {
         }
     }
 
+    /// Qwen3's way: an assistant turn after the last user message keeps its reasoning, an earlier
+    /// one loses it; rendered turn by turn, the first turn changes once the second follows.
+    #[test]
+    fn a_template_that_rewrites_earlier_turns_trains_the_last_turn_alone() {
+        let src = "{%- set ns = namespace(q=-1) %}{%- for m in messages %}{% if m.role == 'user' %}{% set ns.q = loop.index0 %}{% endif %}{% endfor %}\
+            {%- for m in messages %}{%- if m.role == 'assistant' %}{%- if loop.index0 > ns.q %}<a>{{ m.content }}</a>{%- else %}<a>{{ m.content.split('</think>')[-1] }}</a>{%- endif %}\
+            {%- else %}<u>{{ m.content }}</u>{%- endif %}{%- endfor %}{%- if add_generation_prompt %}<a>{%- endif %}";
+        let r = Renderer::new(&ChatTemplate { source: src.into(), bos: String::new(), eos: String::new(), date: None }).unwrap();
+        let conv = [m("user", "q1"), m("assistant", "<think>r1</think>é1"), m("user", "q2"), m("assistant", "<think>r2</think>a2")];
+        let t = r.turns(&conv, &Extra::default()).unwrap();
+        assert_eq!(t, vec![("<u>q1</u><a>é1</a><u>q2</u><a>".to_string(), false), ("<think>r2</think>a2</a>".to_string(), true)]);
+        assert_eq!(t.iter().map(|s| s.0.as_str()).collect::<String>(), r.render(&conv, &Extra::default(), false).unwrap());
+        assert_eq!(r.last_only(), 1);
+        // One exchange is the same either way.
+        assert_eq!(r.turns(&conv[..2], &Extra::default()).unwrap().len(), 2);
+        assert_eq!(r.last_only(), 1);
+    }
+
     #[test]
     fn generation_tags_render_their_body() {
         let t = "{%- for m in messages %}{% if m.role == 'assistant' %}{%- generation -%}\n{{ m.content }}{%+ endgeneration %}{% else %}{{ m.content }}{% endif %}{% endfor %}{% generation_x %}";
@@ -481,6 +523,7 @@ mod tests {
         let (prompt, response) = last_turn(&t);
         assert!(prompt.ends_with("2+2?<|im_end|>\n<|im_start|>assistant\n") && response == "4<|im_end|>\n");
         assert_eq!(r.turns(&[m("user", "hi")], &Extra::default()).unwrap_err(), "has no assistant turn to train on");
+        assert_eq!(r.last_only(), 0, "each turn continued the ones before");
     }
 
     #[test]
