@@ -433,6 +433,22 @@ fn chat_templates_render_as_transformers_renders_them() {
             let messages = roux::posttrain::chat::messages(&line.get_attr("messages").unwrap()).unwrap();
             let extra = roux::posttrain::chat::extra(&line).unwrap();
             let ours = r.render(&messages, &extra, c["generation_prompt"] == true);
+            // The trained text where a template marks it (`{% generation %}`): transformers' spans.
+            if let Some(spans) = c.get("spans") {
+                let last = messages.iter().rposition(|m| m.role == "assistant").unwrap();
+                let (mut at, mut ours) = (0, vec![]);
+                for (text, trained) in r.turns(&messages[..=last], &extra).unwrap_or_else(|e| panic!("{} on {}: {e}", t["name"], c["line"])) {
+                    let n = text.chars().count();
+                    if trained {
+                        ours.push(serde_json::json!([at, at + n]));
+                    }
+                    at += n;
+                }
+                cases += 1;
+                if serde_json::Value::from(ours.clone()) != *spans {
+                    wrong.push(format!("{} on {}: trained spans roux {ours:?}, transformers {spans}", t["name"], c["messages"]));
+                }
+            }
             match (&ours, c["text"].as_str()) {
                 (Ok(a), Some(b)) if a == b => {}
                 (Err(e), None) if e.contains(c["error"].as_str().unwrap()) => {}

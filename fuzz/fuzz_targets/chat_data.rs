@@ -7,7 +7,8 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use roux::posttrain::chat::{self, Renderer, RowKind};
+use roux::posttrain::chat::{self, Renderer};
+use roux::posttrain::rows::{self, RowKind};
 use roux::posttrain::{pystr, strftime::Day};
 use roux::recipe::{ChatTemplate, ExampleKind};
 
@@ -28,7 +29,7 @@ fuzz_target!(|data: &[u8]| {
     let r = Renderer::new(&t).expect("a fixed template parses");
     r.limit_work(text.len());
     let kind = if pick & 0x80 == 0 { ExampleKind::Instructions } else { ExampleKind::Preferences };
-    for (_, row) in chat::parse_jsonl(&text, kind, 10).rows {
+    for (_, row) in rows::parse_jsonl(&text, kind, 10).rows {
         let Ok(turns) = row.turns(&r) else { continue };
         if let RowKind::Conversation(m) = &row.kind {
             let last = m.iter().rposition(|m| m.role == "assistant").expect("a conversation with turns has an assistant turn");

@@ -71,7 +71,7 @@ impl Checker<'_> {
         };
         renderer.limit_work(text.len());
         const LISTED: usize = 10;
-        let parsed = chat::parse_jsonl(&text, set.kind, LISTED);
+        let parsed = crate::posttrain::rows::parse_jsonl(&text, set.kind, LISTED);
         let file = path.file_name().map_or_else(|| path.display().to_string(), |f| f.to_string_lossy().into_owned());
         let (mut bad, mut bad_total) = (parsed.bad, parsed.bad_total);
         let mut turns = vec![];

@@ -218,7 +218,7 @@ impl<'a> Checker<'a> {
     fn is_chat_file(&self, path: &std::path::Path, kind: ExampleKind) -> bool {
         let PathKind::File(size) = self.loader.entry(path) else { return false };
         let head = self.loader.read_range(path, 0, size.min(1 << 20)).unwrap_or_default();
-        crate::posttrain::chat::is_chat(&String::from_utf8_lossy(&head), kind)
+        crate::posttrain::rows::is_chat(&String::from_utf8_lossy(&head), kind)
     }
 
     /// `chat_template = "chatml.jinja"`: a Jinja file beside the recipe that renders a data set's

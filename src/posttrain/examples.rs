@@ -162,10 +162,10 @@ fn at(set: &ExampleSet, line: usize) -> String {
 }
 
 /// The conversations of a chat data set with their line numbers; errors name `file:line`.
-fn chat_rows(set: &ExampleSet) -> Result<Vec<(usize, chat::ChatRow)>, String> {
+fn chat_rows(set: &ExampleSet) -> Result<Vec<(usize, super::rows::ChatRow)>, String> {
     let ExampleSource::Chat { path, .. } = &set.source else { return Ok(vec![]) };
     let text = crate::fsio::read_text(path, MAX_JSONL_BYTES)?;
-    let parsed = chat::parse_jsonl(&text, set.kind, 1);
+    let parsed = super::rows::parse_jsonl(&text, set.kind, 1);
     if let Some((line, why)) = parsed.bad.first() {
         return Err(format!("{}:{line}: {why}", path.display()));
     }

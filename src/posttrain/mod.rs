@@ -7,14 +7,20 @@
 //! | `examples.rs` | example sets and pairs, held-out split, template, loss weights      |
 //! | `gae.rs`      | generalised advantage estimation for PPO                            |
 //! | `chat.rs`     | conversations rendered with a chat template (minijinja), bounded    |
+//! | `messages.rs` | a conversation's messages, tools and template arguments, as written |
+//! | `rows.rs`     | a conversational data set's lines: conversations, preference pairs  |
+//! | `generation.rs` | transformers' `{% generation %}` blocks: the assistant's text     |
 //! | `pyjson.rs`   | a chat template's `tojson`, as Python's `json.dumps`                |
 //! | `pystr.rs`    | how a chat template prints a value: Python's `str`                  |
 //! | `strftime.rs` | a chat template's `strftime_now`, on the recipe's fixed `date`      |
 
 pub mod chat;
 pub mod examples;
+pub mod generation;
+pub mod messages;
 pub mod gae;
 pub mod pyjson;
 pub mod pystr;
+pub mod rows;
 pub mod strftime;
 pub mod tasks;

@@ -1,0 +1,106 @@
+//! A conversational JSONL data set, line by line: conversations (instructions) or preference
+//! pairs (a shared prompt, then chosen and rejected turns), rendered into trained segments.
+
+use minijinja::value::Value;
+
+use super::chat::{last_turn, Renderer};
+use super::messages::{extra, messages, ordered, Extra, Message};
+use crate::recipe::ExampleKind;
+
+/// One line of a conversational data set, with what else it hands the template.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ChatRow {
+    pub kind: RowKind,
+    pub extra: Extra,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub enum RowKind {
+    Conversation(Vec<Message>),
+    /// A preference pair: the shared start, then each side's turns.
+    Pair { prompt: Vec<Message>, chosen: Vec<Message>, rejected: Vec<Message> },
+}
+
+impl ChatRow {
+    /// The whole conversation (of a pair, the chosen one).
+    pub fn conversation(&self) -> Vec<Message> {
+        match &self.kind {
+            RowKind::Conversation(m) => m.clone(),
+            RowKind::Pair { prompt, chosen, .. } => prompt.iter().chain(chosen).cloned().collect(),
+        }
+    }
+
+    /// The segments of the conversation (`Renderer::turns`); of a pair, its prompt and the
+    /// chosen reply.
+    pub fn turns(&self, r: &Renderer) -> Result<Vec<(String, bool)>, String> {
+        match &self.kind {
+            RowKind::Conversation(m) => r.turns(m, &self.extra),
+            RowKind::Pair { .. } => self.pair(r).map(|(p, c, _)| vec![(p, false), (c, true)]),
+        }
+    }
+
+    /// (prompt, chosen, rejected) of a pair: the rendered conversation before the last assistant
+    /// turn, which both sides must share, and each side's last turn.
+    pub fn pair(&self, r: &Renderer) -> Result<(String, String, String), String> {
+        let RowKind::Pair { prompt, chosen, rejected } = &self.kind else { return Err("is not a preference pair".into()) };
+        let side = |s: &[Message]| -> Result<(String, String), String> { Ok(last_turn(&r.turns(&prompt.iter().chain(s).cloned().collect::<Vec<_>>(), &self.extra)?)) };
+        let ((p, c), (q, rj)) = (side(chosen)?, side(rejected)?);
+        if p != q {
+            return Err("its chosen and rejected conversations differ before their last assistant turn".into());
+        }
+        Ok((p, c, rj))
+    }
+}
+
+/// Whether a JSONL data set holds conversations: its first line has `messages` (instructions)
+/// or a `chosen` list (preferences).
+pub fn is_chat(text: &str, kind: ExampleKind) -> bool {
+    let first = text.lines().find(|l| !l.trim().is_empty()).and_then(|l| serde_json::from_str::<serde_json::Value>(l).ok());
+    match kind {
+        ExampleKind::Instructions => first.is_some_and(|v| v.get("messages").is_some()),
+        ExampleKind::Preferences => first.is_some_and(|v| v.get("chosen").is_some_and(|c| c.is_array())),
+    }
+}
+
+/// A conversational JSONL data set read line by line: its rows, and its bad lines (the first
+/// `listed` of them, and how many in all).
+pub struct ChatJsonl {
+    pub rows: Vec<(usize, ChatRow)>,
+    pub bad: Vec<(usize, String)>,
+    pub bad_total: usize,
+}
+
+pub fn parse_jsonl(text: &str, kind: ExampleKind, listed: usize) -> ChatJsonl {
+    let mut out = ChatJsonl { rows: vec![], bad: vec![], bad_total: 0 };
+    for (i, line) in text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
+        let row = ordered(line).and_then(|v| row(&v, kind));
+        match row {
+            Ok(r) => out.rows.push((i + 1, r)),
+            Err(why) => {
+                out.bad_total += 1;
+                if out.bad.len() < listed {
+                    out.bad.push((i + 1, why));
+                }
+            }
+        }
+    }
+    out
+}
+
+fn row(v: &Value, kind: ExampleKind) -> Result<ChatRow, String> {
+    let has = |k: &str| v.get_attr(k).is_ok_and(|x| !x.is_undefined());
+    let list = |k: &str| -> Result<Vec<Message>, String> {
+        if !has(k) {
+            return Err(format!("has no `{k}`"));
+        }
+        messages(&v.get_attr(k).map_err(|e| e.to_string())?).map_err(|e| format!("`{k}` {e}"))
+    };
+    let kind = match kind {
+        ExampleKind::Instructions => RowKind::Conversation(list("messages")?),
+        ExampleKind::Preferences => {
+            let prompt = if has("prompt") { list("prompt")? } else { vec![] };
+            RowKind::Pair { prompt, chosen: list("chosen")?, rejected: list("rejected")? }
+        }
+    };
+    Ok(ChatRow { kind, extra: extra(v)? })
+}
