@@ -122,7 +122,13 @@ impl<'a> Checker<'a> {
             }
         };
         let PathKind::File(size) = self.loader.entry(full) else { return None };
-        let head = self.loader.read_range(full, 0, size.min(1 << 20)).unwrap_or_default();
+        let head = match self.loader.read_range(full, 0, size.min(1 << 20)) {
+            Ok(h) => h,
+            Err(e) => {
+                self.error(Diagnostic::error(Code::E0210, span, format!("`{file}` cannot be read: {e}")).with_hint("name a readable .jsonl file"));
+                return None;
+            }
+        };
         let text = String::from_utf8_lossy(&head);
         // The last line of a cut head may be cut itself.
         let whole = if size > head.len() as u64 { text.rsplit_once('\n').map_or("", |(w, _)| w) } else { &text };
