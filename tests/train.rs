@@ -700,3 +700,48 @@ fn streamed_safetensors_read_back_exactly_and_a_failed_fetch_leaves_nothing() {
     let left: Vec<_> = std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().file_name()).collect();
     assert_eq!(left, [std::ffi::OsString::from("t.safetensors")]);
 }
+
+/// `schedule = wsd { … }` and `linear { … }` set the rate of every step as written, on a `train`
+/// stage and on a post-training one: warmup (lr·(step+1)/warmup), the plateau, then the decay
+/// reaching `min_lr` at the last step — each step's logged `lr` against the formula by hand.
+#[test]
+fn warmup_stable_decay_and_linear_schedules_set_each_steps_rate() {
+    let out = scratch("schedules");
+    let recipe = out.join("s.roux");
+    std::fs::write(
+        &recipe,
+        r#"experiment "sched" {
+          seed = 2
+          data d = text("../../../data/tinyshakespeare.txt") { context = 16 }
+          data instr = synthetic.instructions { tasks = [reverse], examples = 64, max_len = 4 }
+          model m = transformer { vocab = 256, context = 16, d_model = 16, layers = 1, heads = 2 }
+          stage pre = train(m, d) { steps = 20, batch = 2, log_every = 1, eval_every = 20, eval_batches = 1,
+            optimizer = adamw { lr = 1e-3 }, schedule = wsd { warmup = 2, decay = 0.25, min_lr = 1e-4, shape = sqrt } }
+          stage sft = finetune(pre.model, instr) { steps = 12, batch = 2, log_every = 1, eval_every = 12, eval_examples = 2, max_new = 2,
+            optimizer = adamw { lr = 2e-3 }, schedule = linear { warmup = 1 } }
+        }"#,
+    )
+    .unwrap();
+    run_ok(&recipe, &out);
+    let lrs = |stage: &str| -> Vec<(u64, f64)> { metrics(&out.join("sched").join(stage)).iter().filter_map(|m| Some((m["step"].as_u64()?, m["lr"].as_f64()?))).collect() };
+    // wsd over 20 steps: step 0 at half the peak, steps 1–14 at 1e-3, the last 5 (decay 0.25)
+    // come down as 1 − √p, p = 0, ¼, ½, ¾, 1: 1e-3, 5.5e-4, 1e-4 + 9e-4·(1 − √½), …, 1e-4.
+    let pre = lrs("pre");
+    assert_eq!(pre.len(), 20, "{pre:?}");
+    for (i, &(_, lr)) in pre.iter().enumerate() {
+        let want = match i {
+            0 => 5e-4,
+            1..=15 => 1e-3,
+            _ => 1e-4 + 9e-4 * (1.0 - ((i - 15) as f64 / 4.0).sqrt()),
+        };
+        assert!((lr - want).abs() < 1e-12, "pre step {i}: lr {lr}, want {want}");
+    }
+    assert!((pre[16].1 - 5.5e-4).abs() < 1e-12 && (pre[19].1 - 1e-4).abs() < 1e-12);
+    // linear over 12 steps, warmup 1: 2e-3 at step 0, then down by 2e-3/10 a step to 0 at step 11.
+    let sft = lrs("sft");
+    assert_eq!(sft.len(), 12, "{sft:?}");
+    for (i, &(_, lr)) in sft.iter().enumerate() {
+        let want = if i == 0 { 2e-3 } else { 2e-3 * (11 - i) as f64 / 10.0 };
+        assert!((lr - want).abs() < 1e-12, "sft step {i}: lr {lr}, want {want}");
+    }
+}

@@ -92,7 +92,7 @@ impl<'a> Checker<'a> {
                 t.model = model.name.clone();
                 t.steps = steps;
                 t.eval_every = steps;
-                let (Schedule::Cosine { warmup, .. } | Schedule::Constant { warmup }) = &mut t.schedule;
+                let warmup = t.schedule.warmup_mut();
                 *warmup = (*warmup).min(steps / 10);
                 points.push(IsoflopPoint { budget: *c, model, train: t });
             }

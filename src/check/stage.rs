@@ -4,7 +4,7 @@ use petgraph::algo::tarjan_scc;
 use petgraph::graph::DiGraph;
 use std::collections::HashMap;
 
-use super::fields::{Fields, Min};
+use super::fields::{fmt_num, Fields, Min};
 use super::Checker;
 use crate::diag::{Code, Diagnostic, Span};
 use crate::recipe::*;
@@ -252,22 +252,32 @@ impl<'a> Checker<'a> {
         })
     }
 
-    /// E0224 / E0225: the warmup fits in the stage and a cosine ends below its peak.
+    /// E0224 / E0225: the warmup (and a wsd decay after it) fits in the stage, and a decaying
+    /// schedule ends at or below its peak.
     pub(super) fn schedule_fits(&mut self, schedule: &Schedule, steps: u64, lr: f64, sched_span: Span) -> bool {
-        let warmup = match schedule {
-            Schedule::Constant { warmup } | Schedule::Cosine { warmup, .. } => *warmup,
-        };
+        let warmup = schedule.warmup();
         if warmup > steps {
             self.error(Diagnostic::error(Code::E0224, sched_span, format!("warmup of {warmup} steps is longer than the stage ({steps} steps)"))
                 .with_hint("shorten the warmup or train longer"));
             return false;
         }
-        if let Schedule::Cosine { min_lr, .. } = schedule {
-            if *min_lr > lr {
-                self.error(Diagnostic::error(Code::E0225, sched_span, format!("min_lr {min_lr} is above the peak lr {lr}"))
-                    .with_hint("a cosine schedule decays from lr down to min_lr"));
+        if let Schedule::Wsd { decay, .. } = schedule {
+            let d = crate::schedule::decay_steps(*decay, steps);
+            if warmup + d > steps {
+                self.error(Diagnostic::error(Code::E0224, sched_span, format!("warmup of {warmup} steps and decay of {d} steps ({} of {steps}) are longer than the stage ({steps} steps)", fmt_num(*decay)))
+                    .with_hint("shorten the warmup, lower `decay` or train longer"));
                 return false;
             }
+        }
+        if let Some(min_lr) = schedule.min_lr().filter(|m| *m > lr) {
+            let kind = match schedule {
+                Schedule::Cosine { .. } => "a cosine",
+                Schedule::Linear { .. } => "a linear",
+                _ => "a wsd",
+            };
+            self.error(Diagnostic::error(Code::E0225, sched_span, format!("min_lr {min_lr} is above the peak lr {lr}"))
+                .with_hint(format!("{kind} schedule decays from lr down to min_lr")));
+            return false;
         }
         true
     }
@@ -348,14 +358,24 @@ impl<'a> Checker<'a> {
 
     pub(super) fn check_schedule(&mut self, outer: &mut Fields<'a>) -> Option<Schedule> {
         let Some(field) = outer.field("schedule") else { return Some(Schedule::Constant { warmup: 0 }) };
-        let (kind, path, _, block) = self.ctor(&field.value, "schedule", &["constant", "cosine"])?;
+        let (kind, path, _, block) = self.ctor(&field.value, "schedule", &["constant", "cosine", "linear", "wsd"])?;
         let mut f = Fields::new(block, &outer.scope, kind, Checker::span_of_path(path));
         let warmup = f.int(self, "warmup", Some(0), Min::Zero);
-        let sched = if kind == "cosine" {
-            let min_lr = f.ranged(self, "min_lr", Some(0.0), 0.0, false, f64::INFINITY, true);
-            Some(Schedule::Cosine { warmup: warmup?, min_lr: min_lr? })
-        } else {
-            Some(Schedule::Constant { warmup: warmup? })
+        let mut min_lr = || f.ranged(self, "min_lr", Some(0.0), 0.0, false, f64::INFINITY, true);
+        let sched = match kind {
+            "cosine" => Some(Schedule::Cosine { warmup: warmup?, min_lr: min_lr()? }),
+            "linear" => Some(Schedule::Linear { warmup: warmup?, min_lr: min_lr()? }),
+            "wsd" => {
+                let min_lr = min_lr();
+                let decay = f.ranged(self, "decay", Some(0.2), 0.0, true, 1.0, false);
+                let shape = f.sym(self, "shape", &["linear", "sqrt", "cosine"], Some("linear")).map(|s| match s {
+                    "sqrt" => DecayShape::Sqrt,
+                    "cosine" => DecayShape::Cosine,
+                    _ => DecayShape::Linear,
+                });
+                Some(Schedule::Wsd { warmup: warmup?, decay: decay?, min_lr: min_lr?, shape: shape? })
+            }
+            _ => Some(Schedule::Constant { warmup: warmup? }),
         };
         f.finish(self);
         sched
