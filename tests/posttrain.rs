@@ -10,7 +10,7 @@ use roux::run::kit::seqs::{pad, token_logprobs};
 use tch::{Device, Kind, Tensor};
 
 mod common;
-use common::{fixture, roux, run_ok, scratch};
+use common::{fixture, metrics, roux, run_ok, scratch};
 
 fn recipe(name: &str) -> roux::recipe::Recipe {
     let c = roux::frontend::compile(&fixture(name)).unwrap();
@@ -37,9 +37,19 @@ fn bradley_terry_by_hand() {
 fn dpo_loss_by_hand() {
     // (log π(c) − log π_ref(c)) − (log π(r) − log π_ref(r)) = (−1 + 1.5) − (−2 + 1.5) = 1;
     // β = 0.5 → −log σ(0.5) = log(1 + e^−0.5) = 0.4740770.
-    close(&dpo(&t(&[-1.0]), &t(&[-2.0]), &t(&[-1.5]), &t(&[-1.5]), 0.5), 0.4740770);
+    use roux::recipe::DpoLoss::*;
+    close(&dpo(&t(&[-1.0]), &t(&[-2.0]), &t(&[-1.5]), &t(&[-1.5]), 0.5, Sigmoid, 0.0), 0.4740770);
     // A reference that already prefers the chosen answer as much as the policy: margin 0, loss ln 2.
-    close(&dpo(&t(&[-1.0]), &t(&[-2.0]), &t(&[-1.0]), &t(&[-2.0]), 0.5), std::f64::consts::LN_2);
+    close(&dpo(&t(&[-1.0]), &t(&[-2.0]), &t(&[-1.0]), &t(&[-2.0]), 0.5, Sigmoid, 0.0), std::f64::consts::LN_2);
+    // Label smoothing ε = 0.1 (cDPO): 0.9·log(1 + e^−0.5) + 0.1·log(1 + e^0.5)
+    // = 0.9·0.4740770 + 0.1·0.9740770 = 0.5240770; robust: (0.4266693 − 0.0974077) / 0.8 = 0.4115770.
+    close(&dpo(&t(&[-1.0]), &t(&[-2.0]), &t(&[-1.5]), &t(&[-1.5]), 0.5, Sigmoid, 0.1), 0.5240770);
+    close(&dpo(&t(&[-1.0]), &t(&[-2.0]), &t(&[-1.5]), &t(&[-1.5]), 0.5, Robust, 0.1), 0.4115770);
+    // Two pairs with h = 0 and h = 3. IPO at β = 0.25 aims h at 1/(2β) = 2: ((0 − 2)² + (3 − 2)²) / 2
+    // = 2.5; hinge at β = 0.5: (max(0, 1 − 0) + max(0, 1 − 1.5)) / 2 = 0.5.
+    let (pc, pr, rc, rr) = (t(&[-1.0, -1.0]), t(&[-2.0, -5.0]), t(&[-1.0, -1.0]), t(&[-2.0, -2.0]));
+    close(&dpo(&pc, &pr, &rc, &rr, 0.25, Ipo, 0.0), 2.5);
+    close(&dpo(&pc, &pr, &rc, &rr, 0.5, Hinge, 0.0), 0.5);
 }
 
 #[test]
@@ -431,4 +441,40 @@ fn patience_stops_post_training_stages_and_survives_a_resume() {
     assert_eq!(report("rm")["stopped_early_at"], 15);
     assert_eq!(report("rm")["held_out_accuracy"], accuracy);
     assert!(std::fs::read(rm.join("model.safetensors")).unwrap() == weights, "the resumed stop wrote other weights");
+}
+
+/// `dpo { loss = … }` trains with TRL's loss of that name: at the first step the policy is its
+/// reference (h = 0), so the logged loss is each formula at 0 — ln 2 for sigmoid with and without
+/// label smoothing and for robust, 1/(2β)² for IPO, 1 for hinge — and then it falls. Smoothing on
+/// a loss without it is refused with both names.
+#[test]
+fn dpo_loss_variants_train_from_their_formulas_at_zero() {
+    let out = scratch("dpo-losses");
+    let recipe = out.join("l.roux");
+    let text = |extra: &str| {
+        format!(
+            r#"experiment "losses" {{
+          seed = 7
+          data prefs = synthetic.preferences {{ tasks = [uppercase], pairs = 120, max_len = 3 }}
+          model lm = transformer {{ vocab = 256, context = 24, d_model = 32, layers = 1, heads = 2, dropout = 0 }}
+          stage cdpo = dpo(lm, prefs) {{ loss = sigmoid, label_smoothing = 0.1, beta = 0.5 {extra} }}
+          stage robust = dpo(lm, prefs) {{ loss = robust, label_smoothing = 0.2, beta = 0.5 {extra} }}
+          stage ipo = dpo(lm, prefs) {{ loss = ipo, beta = 0.25 {extra} }}
+          stage hinge = dpo(lm, prefs) {{ loss = hinge, beta = 0.5 {extra} }}
+        }}"#
+        )
+    };
+    std::fs::write(&recipe, text(", steps = 40, batch = 16, log_every = 1, eval_every = 40, eval_examples = 2, max_new = 2, optimizer = adamw { lr = 3e-3 }")).unwrap();
+    run_ok(&recipe, &out);
+    for (stage, at_zero) in [("cdpo", std::f64::consts::LN_2), ("robust", std::f64::consts::LN_2), ("ipo", 4.0), ("hinge", 1.0)] {
+        let m = metrics(&out.join("losses").join(stage));
+        let losses: Vec<f64> = m.iter().filter_map(|x| x["loss"].as_f64()).collect();
+        assert!((losses[0] - at_zero).abs() < 1e-5, "{stage}: first loss {} (want {at_zero})", losses[0]);
+        let tail = losses[losses.len() - 10..].iter().sum::<f64>() / 10.0;
+        assert!(tail < 0.8 * at_zero, "{stage}: the loss did not fall: {losses:?}");
+    }
+    std::fs::write(&recipe, text(", steps = 5").replace("loss = hinge, beta", "loss = hinge, label_smoothing = 0.1, beta")).unwrap();
+    let o = roux(&["check", recipe.to_str().unwrap()]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("error[E0246]: `label_smoothing = 0.1` has no meaning for `loss = hinge`") && err.contains("label smoothing belongs to `loss = sigmoid` (conservative DPO) and `loss = robust`"), "{err}");
 }

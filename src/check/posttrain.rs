@@ -1,7 +1,7 @@
 //! Post-training stages: `finetune` (SFT, optionally through `lora { … }`), `reward_model`,
 //! `ppo`, `dpo`, and `compare` (the table of policies at the end of a pipeline).
 
-use super::fields::{Fields, Min};
+use super::fields::{fmt_num, Fields, Min};
 use super::Checker;
 use crate::diag::{Code, Diagnostic, Span};
 use crate::recipe::*;
@@ -250,10 +250,24 @@ impl<'a> Checker<'a> {
         let mut f = self.stage_fields(d, at, block);
         let opt = self.check_split_optim(&mut f, 16, 100);
         let beta = f.positive(self, "beta", Some(0.1));
+        let loss = f.sym(self, "loss", &["sigmoid", "robust", "ipo", "hinge"], Some("sigmoid")).map(|l| match l {
+            "robust" => DpoLoss::Robust,
+            "ipo" => DpoLoss::Ipo,
+            "hinge" => DpoLoss::Hinge,
+            _ => DpoLoss::Sigmoid,
+        });
+        let smoothing = f.ranged(self, "label_smoothing", Some(0.0), 0.0, false, 0.5, true);
+        if let (Some(l @ (DpoLoss::Ipo | DpoLoss::Hinge)), Some(e)) = (loss, smoothing.filter(|e| *e > 0.0)) {
+            self.error(
+                Diagnostic::error(Code::E0246, f.key_span("label_smoothing"), format!("`label_smoothing = {}` has no meaning for `loss = {}`", fmt_num(e), l.name()))
+                    .with_hint("label smoothing belongs to `loss = sigmoid` (conservative DPO) and `loss = robust`"),
+            );
+        }
         let eval = self.eval_keys(&mut f);
         f.finish(self);
         let (eval_examples, max_new) = eval?;
-        Some(self.stage_spec(d, StageKind::Dpo(DpoSpec { policy: policy?, data: data?.name, opt: opt?, beta: beta?, eval_examples, max_new })))
+        let spec = DpoSpec { policy: policy?, data: data?.name, opt: opt?, beta: beta?, loss: loss?, label_smoothing: smoothing?, eval_examples, max_new };
+        Some(self.stage_spec(d, StageKind::Dpo(spec)))
     }
 
     /// `compare(base = pretrain.model, sft = merge(sft.adapter), …) { data, reference }`.

@@ -352,8 +352,52 @@ pub struct DpoSpec {
     pub data: String,
     pub opt: Optim,
     pub beta: f64,
+    /// Left out of serialized specs at its default (sigmoid, no smoothing), so stages written
+    /// before it existed keep their content hash.
+    #[serde(default, skip_serializing_if = "DpoLoss::is_sigmoid")]
+    pub loss: DpoLoss,
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub label_smoothing: f64,
     pub eval_examples: usize,
     pub max_new: usize,
+}
+
+/// The preference loss of a `dpo` stage, on h = (log π − log π_ref)(chosen) − (…)(rejected), as
+/// TRL's `loss_type` names them.
+#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum DpoLoss {
+    /// Rafailov et al. 2023: −log σ(βh); with label smoothing ε, conservative DPO (cDPO):
+    /// −(1−ε)·log σ(βh) − ε·log σ(−βh).
+    #[default]
+    Sigmoid,
+    /// Robust DPO (Chowdhury et al. 2024): the unbiased estimate under flip rate ε,
+    /// (−(1−ε)·log σ(βh) + ε·log σ(−βh)) / (1 − 2ε).
+    Robust,
+    /// IPO (Azar et al. 2023): (h − 1/(2β))², on log-probabilities averaged over each response's
+    /// tokens.
+    Ipo,
+    /// SLiC's hinge (Zhao et al. 2023): max(0, 1 − βh).
+    Hinge,
+}
+
+impl DpoLoss {
+    pub fn is_sigmoid(&self) -> bool {
+        *self == DpoLoss::Sigmoid
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            DpoLoss::Sigmoid => "sigmoid",
+            DpoLoss::Robust => "robust",
+            DpoLoss::Ipo => "ipo",
+            DpoLoss::Hinge => "hinge",
+        }
+    }
+}
+
+fn is_zero(x: &f64) -> bool {
+    *x == 0.0
 }
 
 /// A table of policies on held-out prompts: gold reward, exact match, KL to a reference.

@@ -3,17 +3,27 @@
 
 use tch::{Kind, Tensor};
 
-use crate::recipe::GrpoLoss;
+use crate::recipe::{DpoLoss, GrpoLoss};
 
 /// Bradley–Terry: −log σ(r_chosen − r_rejected), averaged over pairs.
 pub fn bradley_terry(chosen: &Tensor, rejected: &Tensor) -> Tensor {
     -(chosen - rejected).log_sigmoid().mean(Kind::Float)
 }
 
-/// DPO (Rafailov et al. 2023): −log σ(β·[(log π(y_c) − log π_ref(y_c)) − (log π(y_r) − log π_ref(y_r))]),
-/// averaged over pairs; arguments are sequence log-probabilities (B).
-pub fn dpo(pi_c: &Tensor, pi_r: &Tensor, ref_c: &Tensor, ref_r: &Tensor, beta: f64) -> Tensor {
-    -(((pi_c - ref_c) - (pi_r - ref_r)) * beta).log_sigmoid().mean(Kind::Float)
+/// DPO (Rafailov et al. 2023) and its variants on h = (log π(y_c) − log π_ref(y_c)) − (log π(y_r) −
+/// log π_ref(y_r)), averaged over pairs; arguments are sequence log-probabilities (B), for IPO
+/// already averaged over each response's tokens. Sigmoid: −(1−ε)·log σ(βh) − ε·log σ(−βh) (ε = 0
+/// is DPO); robust: (−(1−ε)·log σ(βh) + ε·log σ(−βh)) / (1 − 2ε); IPO: (h − 1/(2β))²; hinge:
+/// max(0, 1 − βh) — TRL's `loss_type`s of the same names.
+pub fn dpo(pi_c: &Tensor, pi_r: &Tensor, ref_c: &Tensor, ref_r: &Tensor, beta: f64, loss: DpoLoss, smoothing: f64) -> Tensor {
+    let h = (pi_c - ref_c) - (pi_r - ref_r);
+    let losses = match loss {
+        DpoLoss::Sigmoid => -(&h * beta).log_sigmoid() * (1.0 - smoothing) - (&h * -beta).log_sigmoid() * smoothing,
+        DpoLoss::Robust => (-(&h * beta).log_sigmoid() * (1.0 - smoothing) + (&h * -beta).log_sigmoid() * smoothing) / (1.0 - 2.0 * smoothing),
+        DpoLoss::Ipo => (h - 1.0 / (2.0 * beta)).square(),
+        DpoLoss::Hinge => (h * -beta + 1.0).relu(),
+    };
+    losses.mean(Kind::Float)
 }
 
 /// Mean of `x` over positions where `mask` is 1.

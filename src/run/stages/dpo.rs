@@ -8,14 +8,14 @@ use std::time::Instant;
 use tch::{Kind, Tensor};
 
 use crate::posttrain::examples::{Pair, Seq};
-use crate::recipe::DpoSpec;
+use crate::recipe::{DpoLoss, DpoSpec};
 use crate::rng::Rng;
 use crate::run::kit::adamw::Optimizer;
 use crate::run::kit::artifacts::{instructions, load_lm, preferences};
 use crate::run::kit::losses::dpo;
 use crate::run::kit::score::score;
 use crate::run::kit::codec::Codec;
-use crate::run::kit::seqs::{pad, prompt_response, seq_logprob};
+use crate::run::kit::seqs::{pad, prompt_response, seq_logprob, Batch};
 use crate::run::kit::dist::Reduce;
 use crate::run::kit::patience::Patience;
 use crate::run::kit::{device, lifecycle, StageCtx};
@@ -46,7 +46,14 @@ pub struct PairScores {
     pub accuracy: f64,
 }
 
-fn held_out_pairs(policy: &Model, reference: &Model, codec: &Codec, pairs: &[Pair], beta: f64, context: usize, dev: tch::Device) -> PairScores {
+/// Each row's response log-probability: summed over its tokens, or for IPO averaged over them (as
+/// TRL does for `loss_type = "ipo"`, following the IPO paper).
+fn logps(model: &Model, b: &Batch, train: bool, loss: DpoLoss) -> Tensor {
+    let sum = seq_logprob(model, b, train);
+    if loss == DpoLoss::Ipo { sum / b.w.sum_dim_intlist(1, false, Kind::Float).clamp_min(1.0) } else { sum }
+}
+
+fn held_out_pairs(policy: &Model, reference: &Model, codec: &Codec, pairs: &[Pair], d: &DpoSpec, context: usize, dev: tch::Device) -> PairScores {
     let (mut c_sum, mut r_sum, mut wins) = (0.0, 0.0, 0.0);
     tch::no_grad(|| {
         for chunk in pairs.chunks(32) {
@@ -54,7 +61,7 @@ fn held_out_pairs(policy: &Model, reference: &Model, codec: &Codec, pairs: &[Pai
             let rows: Vec<&Seq> = seqs.iter().map(|p| &p.0).chain(seqs.iter().map(|p| &p.1)).collect();
             let b = pad(&rows, dev);
             let n = chunk.len() as i64;
-            let reward = (seq_logprob(policy, &b, false) - seq_logprob(reference, &b, false)) * beta;
+            let reward = (logps(policy, &b, false, d.loss) - logps(reference, &b, false, d.loss)) * d.beta;
             let (c, r) = (reward.narrow(0, 0, n), reward.narrow(0, n, n));
             c_sum += c.sum(Kind::Double).double_value(&[]);
             r_sum += r.sum(Kind::Double).double_value(&[]);
@@ -91,7 +98,8 @@ pub fn run(ctx: &StageCtx, d: &DpoSpec) -> Result<()> {
     let mut stopped = None;
     opt.broadcast_state(world)?;
     let context = policy.spec().context;
-    tracing::info!("{name}: DPO (β = {}) on `{}` ({} pairs) for {} steps × {} pairs", d.beta, set.name, split.train.len(), d.opt.steps, d.opt.batch);
+    let smoothing = if d.label_smoothing > 0.0 { format!(", label smoothing {}", d.label_smoothing) } else { String::new() };
+    tracing::info!("{name}: DPO ({} loss, β = {}{smoothing}) on `{}` ({} pairs) for {} steps × {} pairs", d.loss.name(), d.beta, set.name, split.train.len(), d.opt.steps, d.opt.batch);
     let started = Instant::now();
     let (mut last, mut last_pairs) = (None, None);
     for step in step0..d.opt.steps {
@@ -113,10 +121,10 @@ pub fn run(ctx: &StageCtx, d: &DpoSpec) -> Result<()> {
             let rows: Vec<&Seq> = part.iter().map(|p| &p.0).chain(part.iter().map(|p| &p.1)).collect();
             let b = pad(&rows, dev);
             let n = part.len() as i64;
-            let pi = seq_logprob(&policy, &b, true); // (2n)
-            let rf = tch::no_grad(|| seq_logprob(&reference, &b, false));
+            let pi = logps(&policy, &b, true, d.loss); // (2n)
+            let rf = tch::no_grad(|| logps(&reference, &b, false, d.loss));
             let (pc, pr, rc, rr) = (pi.narrow(0, 0, n), pi.narrow(0, n, n), rf.narrow(0, 0, n), rf.narrow(0, n, n));
-            let loss = dpo(&pc, &pr, &rc, &rr, d.beta);
+            let loss = dpo(&pc, &pr, &rc, &rr, d.beta, d.loss, d.label_smoothing);
             // Each micro-batch's mean, weighted by its share of this process's pairs.
             if part.len() == mine.len() { loss.backward() } else { (&loss * (part.len() as f64 / mine.len() as f64)).backward() }
             let (chosen, rejected) = ((&pc - &rc).detach() * d.beta, (&pr - &rr).detach() * d.beta);
@@ -134,7 +142,7 @@ pub fn run(ctx: &StageCtx, d: &DpoSpec) -> Result<()> {
         let (loss_v, margin_v, acc, chosen_v, rejected_v) = (mean(0), mean(1), mean(2), mean(3), mean(4));
         let eval_now = done % d.opt.eval_every == 0 || done == d.opt.steps;
         let s = eval_now.then(|| score(&policy, Some(&reference), &codec, &held, d.max_new));
-        let pairs_now = (eval_now && !held_pairs.is_empty()).then(|| held_out_pairs(&policy, &reference, &codec, &held_pairs, d.beta, context, dev));
+        let pairs_now = (eval_now && !held_pairs.is_empty()).then(|| held_out_pairs(&policy, &reference, &codec, &held_pairs, d, context, dev));
         let shown = s.as_ref().map_or(String::new(), |s| format!(" held-out: greedy exact {:.1}%; sampled exact {:.1}% verbose {:.1}% gold {:.3}; KL {:.3}", 100.0 * s.exact, 100.0 * s.sampled_exact, 100.0 * s.sampled_verbose, s.sampled_gold, s.kl.unwrap_or(0.0)));
         run.progress.line(done, d.opt.log_every, &format!("loss {loss_v:.4} margin {margin_v:.3} acc {:.0}%{shown}", 100.0 * acc), s.is_some());
         if done % d.opt.log_every == 0 || s.is_some() {
@@ -169,7 +177,7 @@ pub fn run(ctx: &StageCtx, d: &DpoSpec) -> Result<()> {
     // A run resumed with no step left to take scores its weights here.
     let last = last.unwrap_or_else(|| score(&policy, Some(&reference), &codec, &held, d.max_new));
     if last_pairs.is_none() && !held_pairs.is_empty() {
-        last_pairs = Some(held_out_pairs(&policy, &reference, &codec, &held_pairs, d.beta, context, dev));
+        last_pairs = Some(held_out_pairs(&policy, &reference, &codec, &held_pairs, d, context, dev));
     }
     let mut report = json!({
         "experiment": recipe.experiment,
