@@ -151,6 +151,15 @@ fn instruction_tuning_raises_exact_match() {
     let report: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.join("tiny-sft/sft/report.json")).unwrap()).unwrap();
     let (before, after) = (report["before"]["exact"].as_f64().unwrap(), report["after"]["exact"].as_f64().unwrap());
     assert!(before < 0.05 && after > 0.5, "held-out exact match {before} → {after}");
+    // TRL's eval_loss: per trained token of the held-out examples. A fresh model spreads its
+    // probability over the 256 bytes (ln 256 = 5.545 nats); fine-tuned, it predicts the uppercase
+    // answer almost token for token.
+    let (lb, la) = (report["val_loss"]["before"].as_f64().unwrap(), report["val_loss"]["after"].as_f64().unwrap());
+    assert!((lb - 256f64.ln()).abs() < 0.25 && la < 1.0, "held-out loss {lb} → {la}");
+    let (ab, aa) = (report["val_token_accuracy"]["before"].as_f64().unwrap(), report["val_token_accuracy"]["after"].as_f64().unwrap());
+    assert!(ab < 0.1 && aa > 0.7, "held-out token accuracy {ab} → {aa}");
+    let last = metrics(&out.join("tiny-sft/sft")).pop().unwrap();
+    assert_eq!((last["val_loss"].as_f64(), last["val_token_accuracy"].as_f64()), (Some(la), Some(aa)), "{last}");
 }
 
 #[test]

@@ -36,7 +36,16 @@ pub fn run(ctx: &StageCtx, f: &FinetuneSpec) -> Result<()> {
     let held: Vec<_> = split.held_out.iter().take(f.eval_examples).cloned().collect();
     // The starting point's score, for the report (what fine-tuning changed).
     let before = score(&model, None, &codec, &held, f.max_new);
-    tracing::info!("{name}: before fine-tuning: exact match {:.1}%, gold reward {:.3} on {} held-out prompts", 100.0 * before.exact, before.gold, held.len());
+    let context = model.spec().context;
+    let held_seqs: Vec<Seq> = held.iter().map(|e| codec.example(e, f.mask_prompt, context)).collect();
+    let loss_before = held_out_loss(&model, &held_seqs, dev);
+    tracing::info!(
+        "{name}: before fine-tuning: held-out loss {:.4}, exact match {:.1}%, gold reward {:.3} on {} held-out examples",
+        loss_before.loss,
+        100.0 * before.exact,
+        before.gold,
+        held.len()
+    );
 
     let (names, params): (Vec<String>, Vec<Tensor>) = match &f.lora {
         Some(l) => {
@@ -51,7 +60,6 @@ pub fn run(ctx: &StageCtx, f: &FinetuneSpec) -> Result<()> {
     let mut patience = Patience::new(f.opt.patience, "gold_reward", &extra);
     let mut stopped = None;
     opt.broadcast_state(world)?;
-    let context = model.spec().context;
     let seqs: Vec<Seq> = split.train.iter().map(|e| codec.example(e, f.mask_prompt, context)).collect();
     tracing::info!(
         "{name}: fine-tuning `{}` ({trainable} trainable of {} parameters{}) on {} examples of `{}` for {} steps × {}",
@@ -67,7 +75,7 @@ pub fn run(ctx: &StageCtx, f: &FinetuneSpec) -> Result<()> {
     let started = Instant::now();
     // Response tokens per second over each logging window (the first one includes warm-up).
     let mut window = (Instant::now(), 0.0f64);
-    let mut last = None;
+    let (mut last, mut last_val) = (None, None);
     for step in step0..f.opt.steps {
         if patience.exhausted() {
             stopped = Some(step); // resumed after it had stopped
@@ -87,13 +95,19 @@ pub fn run(ctx: &StageCtx, f: &FinetuneSpec) -> Result<()> {
         let loss_v = loss.double_value(&[]);
         let eval_now = done % f.opt.eval_every == 0 || done == f.opt.steps;
         let s = eval_now.then(|| score(&model, None, &codec, &held, f.max_new));
+        let val = eval_now.then(|| held_out_loss(&model, &held_seqs, dev));
         let tok_s = window.1 / window.0.elapsed().as_secs_f64().max(1e-9);
-        let shown = s.as_ref().map_or(String::new(), |s| format!(" held-out exact {:.1}% verbose {:.1}% gold {:.3}", 100.0 * s.exact, 100.0 * s.verbose, s.gold));
+        let shown = s.as_ref().zip(val).map_or(String::new(), |(s, v)| format!(" held-out loss {:.4} exact {:.1}% verbose {:.1}% gold {:.3}", v.loss, 100.0 * s.exact, 100.0 * s.verbose, s.gold));
         run.progress.line(done, f.opt.log_every, &format!("loss {loss_v:.4}{shown} lr {lr:.2e} {:.1}k response tok/s", tok_s / 1e3), s.is_some());
         if done % f.opt.log_every == 0 || s.is_some() {
             let mut m = json!({"step": done, "loss": loss_v, "lr": lr, "grad_norm": grad_norm, "tokens_per_s": tok_s});
             if let Some(s) = &s {
                 s.log_into(&mut m, "");
+            }
+            if let Some(v) = val {
+                m["val_loss"] = json!(v.loss);
+                m["val_token_accuracy"] = json!(v.token_accuracy);
+                last_val = Some(v);
             }
             run.log(m)?;
             window = (Instant::now(), 0.0);
@@ -111,6 +125,7 @@ pub fn run(ctx: &StageCtx, f: &FinetuneSpec) -> Result<()> {
     }
     // A run resumed with no step left to take scores its weights here.
     let last = last.unwrap_or_else(|| score(&model, None, &codec, &held, f.max_new));
+    let last_val = last_val.unwrap_or_else(|| held_out_loss(&model, &held_seqs, dev));
     let output = if f.lora.is_some() { ("adapter.safetensors", model.lora.named()) } else { ("model.safetensors", model.named()) };
     let mut report = json!({
         "experiment": recipe.experiment,
@@ -125,6 +140,8 @@ pub fn run(ctx: &StageCtx, f: &FinetuneSpec) -> Result<()> {
         "steps": f.opt.steps,
         "before": before,
         "after": last,
+        "val_loss": {"before": loss_before.loss, "after": last_val.loss},
+        "val_token_accuracy": {"before": loss_before.token_accuracy, "after": last_val.token_accuracy},
         "wall_seconds": started.elapsed().as_secs_f64(),
     });
     patience.report_into(&mut report, stopped);
@@ -137,6 +154,33 @@ pub fn run(ctx: &StageCtx, f: &FinetuneSpec) -> Result<()> {
         last.example()
     );
     run.finish(&[output], report, &ctx.title())
+}
+
+/// What TRL's SFTTrainer reports as `eval_loss` and `eval_mean_token_accuracy`: over the held-out
+/// examples' trained tokens (the response, or every token without `mask_prompt`), the mean
+/// negative log-likelihood and the share whose most likely token is the next one.
+#[derive(Clone, Copy)]
+struct HeldOut {
+    loss: f64,
+    token_accuracy: f64,
+}
+
+fn held_out_loss(model: &Model, seqs: &[Seq], dev: tch::Device) -> HeldOut {
+    let (mut nll, mut right, mut n) = (0.0, 0.0, 0.0);
+    tch::no_grad(|| {
+        for chunk in seqs.chunks(32) {
+            let rows: Vec<&Seq> = chunk.iter().collect();
+            let b = pad(&rows, dev);
+            let logits = model.forward(&b.x, false);
+            let hit = logits.argmax(-1, false).eq_tensor(&b.y).to_kind(Kind::Float);
+            let sum = |t: Tensor| (t * &b.w).sum(Kind::Double).double_value(&[]);
+            nll -= sum(token_logprobs(&logits, &b.y));
+            right += sum(hit);
+            n += b.w.sum(Kind::Double).double_value(&[]);
+        }
+    });
+    let n = n.max(1.0);
+    HeldOut { loss: nll / n, token_accuracy: right / n }
 }
 
 /// The mean negative log-likelihood over the weighted (response) targets of the global batch
