@@ -160,6 +160,19 @@ fn instruction_tuning_raises_exact_match() {
     assert!(ab < 0.1 && aa > 0.7, "held-out token accuracy {ab} → {aa}");
     let last = metrics(&out.join("tiny-sft/sft")).pop().unwrap();
     assert_eq!((last["val_loss"].as_f64(), last["val_token_accuracy"].as_f64()), (Some(la), Some(aa)), "{last}");
+
+    // Packed into rows of 96 (examples of ~19 tokens: ~5 a row), a quarter of the rows hold
+    // about as many examples, and the stage learns the task as well.
+    let packed = out.join("packed.roux");
+    std::fs::write(&packed, std::fs::read_to_string(fixture("tiny-sft.roux")).unwrap().replace("../../data/", "../../../data/").replace("batch = 32", "batch = 8, packing = true").replace("context = 32", "context = 96")).unwrap();
+    let log = run_ok(&packed, &out);
+    let line = log.lines().find(|l| l.contains("examples packed into")).unwrap_or_else(|| panic!("{log}"));
+    let rows: usize = line.split("packed into ").nth(1).and_then(|r| r.split(' ').next()).and_then(|n| n.parse().ok()).unwrap();
+    assert!(rows * 4 < 540 && line.contains("rows of up to 96 tokens ("), "{line}");
+    assert!(log.contains("for 250 steps × 8 packed rows"), "{log}");
+    let report: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.join("tiny-sft/sft/report.json")).unwrap()).unwrap();
+    let (after, loss) = (report["after"]["exact"].as_f64().unwrap(), report["val_loss"]["after"].as_f64().unwrap());
+    assert!(after > 0.5 && loss < 1.0, "packed: held-out exact match {after}, loss {loss}");
 }
 
 #[test]
@@ -486,4 +499,57 @@ fn dpo_loss_variants_train_from_their_formulas_at_zero() {
     let o = roux(&["check", recipe.to_str().unwrap()]);
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(err.contains("error[E0246]: `label_smoothing = 0.1` has no meaning for `loss = hinge`") && err.contains("label smoothing belongs to `loss = sigmoid` (conservative DPO) and `loss = robust`"), "{err}");
+}
+
+/// Packing (`finetune { packing = true }`) puts several examples in one row; each must get the
+/// logits it gets alone — positions restart (learned and rotary), attention stays within an
+/// example, the padding after them changes nothing — on a GPT-2-style model, a Llama-style one
+/// (rope, RMSNorm, SwiGLU) and a top-k MoE.
+#[test]
+fn a_packed_row_gives_each_example_its_own_logits() {
+    use roux::posttrain::examples::Seq;
+    use roux::run::kit::packing::{batch, pack};
+    for (file, ctx) in [("tiny-lifecycle.roux", 48), ("tiny-llama.roux", 32), ("tiny-moe-topk.roux", 32)] {
+        let r = recipe(file);
+        tch::manual_seed(5);
+        let m = Model::new(r.model("lm").unwrap(), Device::Cpu).unwrap();
+        // Lengths (tokens) 13, 9, 20, 6, 30 into rows of `ctx` inputs: several share a row.
+        let seqs: Vec<Seq> = [13usize, 9, 20, 6, 30]
+            .iter()
+            .enumerate()
+            .map(|(i, &n)| Seq { tokens: (0..n).map(|j| ((j * 37 + i * 11) % 251) as i64 + 1).collect(), weights: vec![1.0; n - 1], prompt_len: 0 })
+            .collect();
+        let rows = pack(&seqs, ctx);
+        assert!(rows.len() < seqs.len(), "{file}: nothing was packed");
+        let refs: Vec<_> = rows.iter().collect();
+        let (b, packing) = batch(&refs, Device::Cpu);
+        let packed = m.forward_packed(&b.x, &packing, false);
+        let mut seen = 0;
+        for (k, row) in rows.iter().enumerate() {
+            let mut start = 0;
+            while start < row.ids.len() {
+                let end = start + row.ids[start..].iter().take_while(|&&id| id == row.ids[start]).count();
+                let alone = m.forward(&Tensor::from_slice(&row.x[start..end]).view([1, -1]), false);
+                let here = packed.get(k as i64).narrow(0, start as i64, (end - start) as i64);
+                let diff = (alone.get(0) - here).abs().max().double_value(&[]);
+                assert!(diff < 1e-5, "{file}: row {k}, example at {start}..{end}: logits differ by {diff}");
+                seen += 1;
+                start = end;
+            }
+        }
+        assert_eq!(seen, seqs.len(), "{file}");
+    }
+    // The plan counts the packed rows' attention mask: float32, batch × context² (8 × 48²).
+    let dir = scratch("packing-plan");
+    let memory = |packing: bool| {
+        let text = std::fs::read_to_string(fixture("tiny-lifecycle.roux")).unwrap().replace("../../data/", "../../../data/");
+        let text = if packing { text.replace("stage sft = finetune(pretrain.model, instr) {", "stage sft = finetune(pretrain.model, instr) {\n    packing = true") } else { text };
+        std::fs::write(dir.join("r.roux"), text).unwrap();
+        let c = roux::frontend::compile(&dir.join("r.roux")).unwrap();
+        let r = c.recipe.unwrap_or_else(|| panic!("{:?}", c.diagnostics));
+        let roux::recipe::StageKind::Finetune(f) = &r.stage("sft").unwrap().kind else { panic!("sft is a finetune stage") };
+        assert_eq!((f.packing, f.opt.batch), (packing, 8));
+        roux::plan::plan(&r).stages.iter().find(|s| s.name == "sft").unwrap().memory_bytes
+    };
+    assert_eq!(memory(true) - memory(false), 4 * 8 * 48 * 48);
 }

@@ -123,10 +123,11 @@ impl<'a> Checker<'a> {
             None => Some(None),
         };
         let mask_prompt = f.bool(self, "mask_prompt", true);
+        let packing = f.bool(self, "packing", false);
         let eval = self.eval_keys(&mut f);
         f.finish(self);
         let (eval_examples, max_new) = eval?;
-        let kind = StageKind::Finetune(FinetuneSpec { model: model?, data: data?.name, opt: opt?, lora: lora?, mask_prompt: mask_prompt?, eval_examples, max_new });
+        let kind = StageKind::Finetune(FinetuneSpec { model: model?, data: data?.name, opt: opt?, lora: lora?, mask_prompt: mask_prompt?, packing: packing?, eval_examples, max_new });
         Some(self.stage_spec(d, kind))
     }
 

@@ -107,7 +107,9 @@ fn posttrain_plan(r: &Recipe, s: &crate::recipe::StageSpec, graph_of: &HashMap<&
             let spec = &graph(&f.model.arch).spec;
             let trainable = f.lora.as_ref().map_or(n, |l| crate::lower::lora_params(spec, l));
             let weights = if f.lora.is_some() { n + trainable } else { n };
-            (f.opt.steps, t, 6.0 * n as f64 * t as f64, trainable, training(&f.model.arch, weights, trainable, f.opt.batch))
+            // Packed rows add their attention mask: float32, batch × context², made once a step.
+            let mask = if f.packing { 4 * f.opt.batch as u64 * ctx_of(&f.model.arch).pow(2) } else { 0 };
+            (f.opt.steps, t, 6.0 * n as f64 * t as f64, trainable, training(&f.model.arch, weights, trainable, f.opt.batch).saturating_add(mask))
         }
         StageKind::RewardModel(m) => {
             let n = n_of(&m.model.arch);

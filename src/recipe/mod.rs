@@ -7,18 +7,21 @@
 //! | `data.rs`  | corpora, tokenizers, synthetic data, example sets              |
 //! | `model.rs` | model definitions: attention, MLPs, mixtures of experts        |
 //! | `stage.rs` | stages, optimizers, schedules, artifacts, budgets              |
+//! | `posttrain.rs` | fine-tuning, reward model, PPO, DPO and compare stages     |
 //! | `grpo.rs`  | the GRPO stage and its rewards                                 |
 
 mod data;
 mod grpo;
 mod health;
 mod model;
+mod posttrain;
 mod stage;
 
 pub use data::*;
 pub use grpo::*;
 pub use health::*;
 pub use model::*;
+pub use posttrain::*;
 pub use stage::*;
 
 /// The most processes a run may have (torchrun's WORLD_SIZE, `expert_parallel`).

@@ -18,6 +18,7 @@
 //! | `codec.rs`     | examples' text ↔ ids: bytes or the model's tokenizer, its end token  |
 //! | `tokenize.rs`  | byte-level BPE: train on the corpus, save tokenizer.json             |
 //! | `seqs.rs`      | padded variable-length batches, log-probabilities, generation        |
+//! | `packing.rs`   | examples packed into rows (best-fit decreasing) for `packing = true` |
 //! | `score.rs`     | a policy's scores on held-out prompts                                |
 //! | `losses.rs`    | Bradley–Terry, DPO, clipped PPO and value losses, entropy            |
 //! | `progress.rs`  | the progress of a loop and metrics.jsonl                             |
@@ -53,6 +54,7 @@ pub mod lifecycle;
 pub mod lock;
 pub mod patience;
 pub mod native;
+pub mod packing;
 pub mod profile;
 pub mod losses;
 pub mod progress;

@@ -5,7 +5,7 @@ use std::collections::hash_map::Entry;
 use std::collections::HashMap;
 use tch::{Device, Kind, Tensor};
 
-use super::Model;
+use super::{Model, Packing};
 
 /// Keys and values of every attention layer for the tokens fed so far, so that generation
 /// computes one new position per step instead of the whole sequence again (O(T) per token, not
@@ -21,8 +21,8 @@ pub struct KvCache {
 impl Model {
     /// Causal self-attention over `x` (B, T, d). With `cache` (the position of x's first token,
     /// this layer's entry), x's keys and values are appended to the cached ones and x attends
-    /// to all of them.
-    pub(super) fn attention(&self, x: &Tensor, i: usize, heads: i64, dropout: f64, cache: Option<(i64, Entry<'_, usize, (Tensor, Tensor)>)>) -> Tensor {
+    /// to all of them. With `packing`, x's rows hold several sequences that do not see each other.
+    pub(super) fn attention(&self, x: &Tensor, i: usize, heads: i64, dropout: f64, cache: Option<(i64, Entry<'_, usize, (Tensor, Tensor)>)>, packing: Option<&Packing>) -> Tensor {
         let (b, t, _) = x.size3().expect("(B, T, d)");
         let hs = self.spec().head_dim() as i64;
         let split = |y: Tensor| y.view([b, t, heads, hs]).transpose(1, 2); // (B, nh, T, hs)
@@ -45,8 +45,16 @@ impl Model {
         }
         let offset = cache.as_ref().map_or(0, |(o, _)| *o);
         if let Some((cos, sin)) = &self.rope {
-            q = apply_rope(&q, cos, sin, offset, t);
-            k = apply_rope(&k, cos, sin, offset, t);
+            let (cos, sin) = match packing {
+                // Each token's own position's row: (B, 1, T, hs/2), broadcast over the heads.
+                Some(p) => {
+                    let at = |table: &Tensor| table.index_select(0, &p.positions.view([-1])).view([b, 1, t, -1]);
+                    (at(cos), at(sin))
+                }
+                None => (cos.narrow(0, offset, t), sin.narrow(0, offset, t)), // (T, hs/2), broadcast over B, nh
+            };
+            q = apply_rope(&q, &cos, &sin);
+            k = apply_rope(&k, &cos, &sin);
         }
         if let Some((_, entry)) = cache {
             let (ck, cv) = match entry {
@@ -70,7 +78,9 @@ impl Model {
         // one, that is the plain causal mask; one new token sees every key, so no mask; several
         // new tokens after cached ones need it written out (SDPA's causal flag aligns top-left).
         let keys = k.size()[2];
-        let y = if offset == 0 {
+        let y = if let Some(p) = packing {
+            Tensor::scaled_dot_product_attention(&q, &k, &v, Some(&p.mask), dropout, false, None, false)
+        } else if offset == 0 {
             Tensor::scaled_dot_product_attention::<Tensor>(&q, &k, &v, None, dropout, true, None, false)
         } else {
             let mask = (t > 1).then(|| Tensor::ones([t, keys], (Kind::Bool, x.device())).tril(offset));
@@ -123,11 +133,11 @@ pub(super) fn rope_tables(spec: &crate::recipe::ModelSpec, device: Device) -> (T
     (angles.cos(), angles.sin())
 }
 
-/// Rotate pairs (x1, x2) = (first half, second half) of each head's features, for the `t`
-/// positions from `offset`.
-fn apply_rope(x: &Tensor, cos: &Tensor, sin: &Tensor, offset: i64, t: i64) -> Tensor {
+/// Rotate pairs (x1, x2) = (first half, second half) of each head's features by the angles of
+/// their positions (`cos`, `sin`: the tables' rows for x's tokens).
+fn apply_rope(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Tensor {
     let half = x.size()[3] / 2;
-    let (cos, sin) = (cos.narrow(0, offset, t).to_kind(x.kind()), sin.narrow(0, offset, t).to_kind(x.kind())); // (T, hs/2), broadcast over B, nh
+    let (cos, sin) = (cos.to_kind(x.kind()), sin.to_kind(x.kind()));
     let x1 = x.narrow(3, 0, half);
     let x2 = x.narrow(3, half, half);
     Tensor::cat(&[&x1 * &cos - &x2 * &sin, &x1 * &sin + &x2 * &cos], 3)

@@ -10,6 +10,7 @@
 //! | `router_losses.rs` | the routers' auxiliary losses, the 1991 mixture's loss          |
 //! | `expert_parallel.rs` | an MoE layer's experts divided over processes (all-to-all)    |
 //! | `lora.rs`      | LoRA adapters: attach, load, merge                                  |
+//! | `packing.rs`   | several sequences in a row: positions and the block-diagonal mask   |
 //! | `heads.rs`     | scalar heads on the final hidden state (reward and value heads)     |
 //! | `weights.rs`   | weights in: copied into a model, or a checkpoint's tensors adopted  |
 //!
@@ -22,6 +23,7 @@ pub mod heads;
 pub mod lora;
 pub mod expert_parallel;
 pub mod moe;
+mod packing;
 mod router_losses;
 mod weights;
 
@@ -33,6 +35,7 @@ use std::collections::HashMap;
 use tch::{Device, Kind, Tensor};
 
 pub use attention::KvCache;
+pub use packing::Packing;
 pub use weights::all_finite;
 use crate::lower::{lower_model, ModelGraph, OpKind, ParamInit};
 use crate::recipe::{Activation, ModelSpec, Norm};
@@ -225,7 +228,13 @@ impl Model {
     /// The final hidden states (B, T, d) (the head's input, after the last norm), the logits
     /// and the MoE statistics. Reward and value heads read the hidden states.
     pub fn forward_full(&self, tokens: &Tensor, train: bool) -> (Tensor, Tensor, Vec<MoeStats>) {
-        self.walk(tokens, train, false, None)
+        self.walk(tokens, train, false, None, None)
+    }
+
+    /// Logits (B, T, vocab) of rows that each hold several sequences, as `packing` lays them out:
+    /// every sequence gets the logits it would get alone.
+    pub fn forward_packed(&self, tokens: &Tensor, packing: &Packing, train: bool) -> Tensor {
+        self.walk(tokens, train, false, None, Some(&packing.in_kind(self.compute))).1
     }
 
     /// Logits (B, T, vocab) for tokens (B, T) that continue what `cache` holds (empty: a fresh
@@ -234,7 +243,7 @@ impl Model {
     pub fn forward_cached(&self, tokens: &Tensor, cache: &mut KvCache) -> Tensor {
         let t = tokens.size()[1] as usize;
         debug_assert!(cache.len + t <= self.spec().context, "the cache holds at most the context");
-        let logits = self.walk(tokens, false, false, Some(cache)).1;
+        let logits = self.walk(tokens, false, false, Some(cache), None).1;
         cache.len += t;
         logits
     }
@@ -263,7 +272,7 @@ impl Model {
 
     /// The forward pass; with `loss_only`, the head's logits may carry padding columns (see
     /// `head_padding`) that only a softmax over them tolerates.
-    fn walk(&self, tokens: &Tensor, train: bool, loss_only: bool, mut cache: Option<&mut KvCache>) -> (Tensor, Tensor, Vec<MoeStats>) {
+    fn walk(&self, tokens: &Tensor, train: bool, loss_only: bool, mut cache: Option<&mut KvCache>, packing: Option<&Packing>) -> (Tensor, Tensor, Vec<MoeStats>) {
         let offset = cache.as_ref().map_or(0, |c| c.len) as i64;
         let mut hidden = None;
         let mut moe_stats = vec![];
@@ -275,10 +284,10 @@ impl Model {
             let out = match &op.kind {
                 OpKind::Tokens => tokens.shallow_clone(),
                 OpKind::Embedding { .. } => Tensor::embedding(&self.w(i, "", "weight"), arg(0), -1, false, false),
-                OpKind::PosEmbedding { .. } => {
-                    let t = arg(0).size()[1];
-                    self.w(i, "", "weight").narrow(0, offset, t) // (T, d), broadcast over B
-                }
+                OpKind::PosEmbedding { .. } => match packing {
+                    Some(p) => Tensor::embedding(&self.w(i, "", "weight"), &p.positions, -1, false, false), // (B, T, d)
+                    None => self.w(i, "", "weight").narrow(0, offset, arg(0).size()[1]), // (T, d), broadcast over B
+                },
                 OpKind::Dropout { p } => arg(0).dropout(*p, train),
                 OpKind::Add => arg(0) + arg(1),
                 OpKind::Norm { kind, dim, .. } => {
@@ -291,7 +300,7 @@ impl Model {
                 }
                 OpKind::Attention { heads, dropout, .. } => {
                     let layer = cache.as_deref_mut().map(|c| (c.len as i64, c.layers.entry(i)));
-                    self.attention(arg(0), i, *heads as i64, if train { *dropout } else { 0.0 }, layer)
+                    self.attention(arg(0), i, *heads as i64, if train { *dropout } else { 0.0 }, layer, packing)
                 }
                 OpKind::Mlp { act, dropout, .. } => {
                     let h = self.linear(arg(0), i, "w1");
@@ -340,7 +349,7 @@ impl Model {
 
     /// (cross-entropy + weighted auxiliary losses, cross-entropy, MoE statistics).
     pub fn loss_parts(&self, x: &Tensor, y: &Tensor, train: bool) -> (Tensor, Tensor, Vec<MoeStats>) {
-        let (_, logits, stats) = self.walk(x, train, true, None);
+        let (_, logits, stats) = self.walk(x, train, true, None, None);
         let v = logits.size()[2];
         // log_softmax reads bf16 logits and writes float32 log-probabilities in one pass (no
         // float32 copy of the logits, the largest activation of a model with a big vocabulary).

@@ -15,6 +15,7 @@ use crate::rng::Rng;
 use crate::run::kit::adamw::Optimizer;
 use crate::run::kit::artifacts::{instructions, load_lm};
 use crate::run::kit::score::score;
+use crate::run::kit::packing::{batch, pack, PackedRow};
 use crate::run::kit::seqs::{pad, token_logprobs};
 use crate::run::kit::dist::{Reduce, World};
 use crate::run::kit::patience::Patience;
@@ -61,8 +62,16 @@ pub fn run(ctx: &StageCtx, f: &FinetuneSpec) -> Result<()> {
     let mut stopped = None;
     opt.broadcast_state(world)?;
     let seqs: Vec<Seq> = split.train.iter().map(|e| codec.example(e, f.mask_prompt, context)).collect();
+    let packed = if f.packing { pack(&seqs, context) } else { vec![] };
+    let unit = if f.packing {
+        let filled: usize = packed.iter().map(|r| r.x.len()).sum();
+        tracing::info!("{name}: {} examples packed into {} rows of up to {context} tokens ({:.1}% filled)", seqs.len(), packed.len(), 100.0 * filled as f64 / (packed.len() * context).max(1) as f64);
+        "packed rows"
+    } else {
+        "examples"
+    };
     tracing::info!(
-        "{name}: fine-tuning `{}` ({trainable} trainable of {} parameters{}) on {} examples of `{}` for {} steps × {}",
+        "{name}: fine-tuning `{}` ({trainable} trainable of {} parameters{}) on {} examples of `{}` for {} steps × {} {unit}",
         f.model.arch,
         model.numel(),
         if f.lora.is_some() { ", LoRA" } else { "" },
@@ -84,14 +93,20 @@ pub fn run(ctx: &StageCtx, f: &FinetuneSpec) -> Result<()> {
         tch::manual_seed((recipe.seed ^ step.wrapping_mul(0x9E37_79B9)) as i64);
         let lr = lr_at(&f.opt.schedule, f.opt.optimizer.lr, step, f.opt.steps);
         // Every process draws the whole global batch (the same sampler state) and keeps its rows.
-        let rows: Vec<&Seq> = (0..f.opt.batch).map(|_| &seqs[rng.below(seqs.len() as u64) as usize]).collect();
         opt.zero_grad();
-        let loss = sft_backward(&model, &mut opt, &rows, micro, world, dev)?;
+        // Counted on the host from the rows' weights: no read of the device for it.
+        let loss = if f.packing {
+            let rows: Vec<&PackedRow> = (0..f.opt.batch).map(|_| &packed[rng.below(packed.len() as u64) as usize]).collect();
+            window.1 += rows.iter().map(|r| r.weight()).sum::<f64>();
+            sft_backward(&model, &mut opt, &rows, micro, world, dev)?
+        } else {
+            let rows: Vec<&Seq> = (0..f.opt.batch).map(|_| &seqs[rng.below(seqs.len() as u64) as usize]).collect();
+            window.1 += rows.iter().map(|s| s.weight()).sum::<f64>();
+            sft_backward(&model, &mut opt, &rows, micro, world, dev)?
+        };
         let grad_norm = opt.clip_grad_norm(f.opt.grad_clip);
         opt.step(lr)?;
         let done = step + 1;
-        // Counted on the host from the rows' weights: no read of the device for it.
-        window.1 += rows.iter().map(|s| s.weights[..s.tokens.len().saturating_sub(1)].iter().map(|&w| w as f64).sum::<f64>()).sum::<f64>();
         let loss_v = loss.double_value(&[]);
         let eval_now = done % f.opt.eval_every == 0 || done == f.opt.steps;
         let s = eval_now.then(|| score(&model, None, &codec, &held, f.max_new));
@@ -183,25 +198,51 @@ fn held_out_loss(model: &Model, seqs: &[Seq], dev: tch::Device) -> HeldOut {
     HeldOut { loss: nll / n, token_accuracy: right / n }
 }
 
+/// What a training row is to the loss: its trained weight, and the weighted negative
+/// log-likelihood of a batch of such rows.
+trait Row {
+    fn weight(&self) -> f64;
+    /// Σ weight · −log p over the targets of `rows`, on the device.
+    fn nll(model: &Model, rows: &[&Self], dev: tch::Device) -> Tensor;
+}
+
+impl Row for Seq {
+    fn weight(&self) -> f64 {
+        self.weights[..self.tokens.len().saturating_sub(1)].iter().map(|&w| w as f64).sum()
+    }
+
+    fn nll(model: &Model, rows: &[&Self], dev: tch::Device) -> Tensor {
+        let b = pad(rows, dev);
+        -(token_logprobs(&model.forward(&b.x, true), &b.y) * &b.w).sum(Kind::Float)
+    }
+}
+
+impl Row for PackedRow {
+    fn weight(&self) -> f64 {
+        PackedRow::weight(self)
+    }
+
+    fn nll(model: &Model, rows: &[&Self], dev: tch::Device) -> Tensor {
+        let (b, packing) = batch(rows, dev);
+        -(token_logprobs(&model.forward_packed(&b.x, &packing, true), &b.y) * &b.w).sum(Kind::Float)
+    }
+}
+
 /// The mean negative log-likelihood over the weighted (response) targets of the global batch
 /// `rows`, and its gradient: this process's rows in micro-batches of `micro`, each micro-batch's
 /// loss divided by the weight of the whole batch (counted on the host), so that the gradients
 /// summed over micro-batches and processes are the whole batch's, as one process computes it.
-fn sft_backward(model: &Model, opt: &mut Optimizer, rows: &[&Seq], micro: usize, world: &World, dev: tch::Device) -> Result<Tensor> {
+fn sft_backward<R: Row>(model: &Model, opt: &mut Optimizer, rows: &[&R], micro: usize, world: &World, dev: tch::Device) -> Result<Tensor> {
+    let weight: f64 = rows.iter().map(|r| r.weight()).sum::<f64>().max(1.0);
     if micro == rows.len() {
-        let b = pad(rows, dev);
-        let lp = token_logprobs(&model.forward(&b.x, true), &b.y);
-        let loss = -(&lp * &b.w).sum(Kind::Float) / b.w.sum(Kind::Float).clamp_min(1.0);
+        let loss = R::nll(model, rows, dev) / weight;
         loss.backward();
         return Ok(loss);
     }
-    let weight: f64 = rows.iter().map(|s| s.weights[..s.tokens.len().saturating_sub(1)].iter().map(|&w| w as f64).sum::<f64>()).sum::<f64>().max(1.0);
     let mine = world.shard_rows(rows);
     let mut total = Tensor::zeros([1], (Kind::Double, dev));
     for part in mine.chunks(micro) {
-        let b = pad(part, dev);
-        let lp = token_logprobs(&model.forward(&b.x, true), &b.y);
-        let loss = -(&lp * &b.w).sum(Kind::Float) / weight;
+        let loss = R::nll(model, part, dev) / weight;
         // all_reduce_grads averages over the processes; each share is already a part of the sum.
         (&loss * world.size as f64).backward();
         total += loss.detach().to_kind(Kind::Double);

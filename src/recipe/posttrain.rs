@@ -1,0 +1,126 @@
+//! The post-training stages' specifications: fine-tuning, reward models, PPO, DPO, compare
+//! (GRPO has its own file). What they share (`Optim`, `ModelRef`, `LoraSpec`) is in stage.rs.
+
+use serde::{Deserialize, Serialize};
+
+use super::*;
+
+/// Instruction fine-tuning (SFT), full or through a LoRA adapter.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct FinetuneSpec {
+    pub model: ModelRef,
+    pub data: String,
+    pub opt: Optim,
+    pub lora: Option<LoraSpec>,
+    /// Prompt tokens carry zero loss weight.
+    pub mask_prompt: bool,
+    /// Examples packed into rows of up to the context (each still seeing only itself); `batch`
+    /// counts rows. Left out of serialized specs when off, so older stages keep their hash.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub packing: bool,
+    /// Held-out prompts scored by greedy generation (exact match, gold reward).
+    pub eval_examples: usize,
+    pub max_new: usize,
+}
+
+/// A scalar head on a language model trained on preference pairs (Bradley–Terry).
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct RewardSpec {
+    pub model: ModelRef,
+    pub data: String,
+    pub opt: Optim,
+}
+
+/// PPO against a reward model with a per-token KL penalty to a frozen reference (the policy's
+/// starting weights), GAE advantages and clipped policy and value objectives.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct PpoSpec {
+    pub policy: ModelRef,
+    /// The reward model (a `reward_model` stage).
+    pub reward: String,
+    /// Instruction data whose prompts are sampled (responses are ignored).
+    pub prompts: String,
+    pub opt: Optim,
+    pub kl: f64,
+    /// Adaptive KL controller (Ziegler et al. 2019): the coefficient tracks this KL per sequence.
+    pub kl_target: Option<f64>,
+    pub clip: f64,
+    pub value_clip: f64,
+    pub vf_coef: f64,
+    pub entropy_coef: f64,
+    pub gamma: f64,
+    pub lambda: f64,
+    pub epochs: usize,
+    pub minibatches: usize,
+    pub max_new: usize,
+    pub temperature: f64,
+    pub eval_examples: usize,
+}
+
+/// Direct preference optimisation (Rafailov et al. 2023) against a frozen reference.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct DpoSpec {
+    pub policy: ModelRef,
+    pub data: String,
+    pub opt: Optim,
+    pub beta: f64,
+    /// Left out of serialized specs at its default (sigmoid, no smoothing), so stages written
+    /// before it existed keep their content hash.
+    #[serde(default, skip_serializing_if = "DpoLoss::is_sigmoid")]
+    pub loss: DpoLoss,
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub label_smoothing: f64,
+    pub eval_examples: usize,
+    pub max_new: usize,
+}
+
+/// The preference loss of a `dpo` stage, on h = (log π − log π_ref)(chosen) − (…)(rejected), as
+/// TRL's `loss_type` names them.
+#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum DpoLoss {
+    /// Rafailov et al. 2023: −log σ(βh); with label smoothing ε, conservative DPO (cDPO):
+    /// −(1−ε)·log σ(βh) − ε·log σ(−βh).
+    #[default]
+    Sigmoid,
+    /// Robust DPO (Chowdhury et al. 2024): the unbiased estimate under flip rate ε,
+    /// (−(1−ε)·log σ(βh) + ε·log σ(−βh)) / (1 − 2ε).
+    Robust,
+    /// IPO (Azar et al. 2023): (h − 1/(2β))², on log-probabilities averaged over each response's
+    /// tokens.
+    Ipo,
+    /// SLiC's hinge (Zhao et al. 2023): max(0, 1 − βh).
+    Hinge,
+}
+
+impl DpoLoss {
+    pub fn is_sigmoid(&self) -> bool {
+        *self == DpoLoss::Sigmoid
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            DpoLoss::Sigmoid => "sigmoid",
+            DpoLoss::Robust => "robust",
+            DpoLoss::Ipo => "ipo",
+            DpoLoss::Hinge => "hinge",
+        }
+    }
+}
+
+fn is_zero(x: &f64) -> bool {
+    *x == 0.0
+}
+
+/// A table of policies on held-out prompts: gold reward, exact match, KL to a reference.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct CompareSpec {
+    pub policies: Vec<(String, ModelRef)>,
+    pub reference: ModelRef,
+    pub data: String,
+    pub examples: usize,
+    pub max_new: usize,
+    pub device: Device,
+    #[serde(default, skip_serializing_if = "Precision::is_fp32")]
+    pub precision: Precision,
+}
