@@ -334,7 +334,7 @@ fn merge_reads_its_chain_by_name_never_a_set_aside_sibling() {
 #[test]
 fn grpo_loss_by_hand() {
     use roux::recipe::GrpoLoss;
-    use roux::run::kit::losses::{group_advantages, grpo_loss};
+    use roux::run::kit::losses::{group_advantages, grpo_loss, GrpoTerms};
     let t = |v: &[f64]| Tensor::from_slice(v).to_kind(Kind::Float).view([4, 2]);
     let rewards = [1.0, 0.0, 0.0, 1.0];
     let a = 0.8658754297607016;
@@ -351,15 +351,22 @@ fn grpo_loss_by_hand() {
     let logp = t(&[-1.0, -2.0 + 1.5f64.ln(), -1.0 + 0.5f64.ln(), -1.0, -3.0, -2.0, -1.0 + 1.1f64.ln(), -1.0]);
     let reference = &logp + t(&[2.0f64.ln(), 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0]);
     let mask = t(&[1.0, 1.0, 1.0, 0.0, 1.0, 1.0, 1.0, 1.0]);
-    let check = |norm: GrpoLoss, adv: Vec<f64>, want: f64| {
+    let check = |norm: GrpoLoss, adv: Vec<f64>, high: f64, want: f64| {
         let adv = Tensor::from_slice(&adv).to_kind(Kind::Float);
-        let (loss, clipped, kl) = grpo_loss(&logp, &old, Some(&reference), &adv, &mask, 0.2, 0.1, norm, 4);
+        let terms = GrpoTerms { clip: (0.2, high), beta: 0.1, norm, max_new: 4, tokens: 7.0 };
+        let (loss, clipped, kl) = grpo_loss(&logp, &old, Some(&reference), &adv, &mask, &terms);
         assert!((loss.double_value(&[]) - want).abs() < 1e-6, "{norm:?}: {} vs {want}", loss.double_value(&[]));
         assert!((clipped.double_value(&[]) - 2.0 / 7.0).abs() < 1e-6);
         assert!((kl.double_value(&[]) - (1.0 - 2.0f64.ln()) / 7.0).abs() < 1e-6);
     };
-    check(GrpoLoss::Grpo, group_advantages(&rewards, 4, true), -0.0719284398610607);
-    check(GrpoLoss::DrGrpo, group_advantages(&rewards, 4, false), -0.04495716987849966);
+    check(GrpoLoss::Grpo, group_advantages(&rewards, 4, true), 0.2, -0.0719284398610607);
+    check(GrpoLoss::DrGrpo, group_advantages(&rewards, 4, false), 0.2, -0.04495716987849966);
+    // DAPO: the 7 unmasked tokens' terms summed and divided by 7. With A = ±a (a = 0.8658754):
+    // row 0 −a + 0.1·(1 − ln 2), −1.2a (ρ = 1.5 clipped); row 1 0.8a (ρ = 0.5 clipped);
+    // row 2 a, a; row 3 −1.1a, −a: (−1.5a + 0.1·(1 − ln 2)) / 7. Clip-higher at 0.28 lets ρ = 1.5
+    // count up to 1.28: (−1.58a + 0.1·(1 − ln 2)) / 7.
+    check(GrpoLoss::Dapo, group_advantages(&rewards, 4, true), 0.2, -0.18116112324243527);
+    check(GrpoLoss::Dapo, group_advantages(&rewards, 4, true), 0.28, -0.19105684243970042);
 }
 
 /// The GRPO stage's check errors, message and hint pinned.
@@ -424,6 +431,16 @@ fn grpo_follows_its_reward_and_resumes_exactly_after_a_kill() {
     assert!(read(&whole) == read(&killed), "weights differ after a resume");
     assert_eq!(common::metrics(&whole.join("tiny-grpo/rl")), common::metrics(&dir), "metrics differ after a resume");
     assert_eq!(report(&whole), report(&killed), "the report differs after a resume");
+
+    // DAPO's token-level loss with clip-higher follows the reward as well.
+    let dapo = scratch("grpo-dapo");
+    let text = std::fs::read_to_string(&recipe).unwrap().replace("../../data/", "../../../data/").replace("    beta = 0.04\n", "    beta = 0.04\n    loss = dapo\n    clip_high = 0.28\n");
+    std::fs::write(dapo.join("r.roux"), text).unwrap();
+    let log = run_ok(&dapo.join("r.roux"), &dapo);
+    assert!(log.contains("β = 0.04, DAPO normalisation, ratio clipped to [0.8, 1.28]"), "{log}");
+    let m = common::metrics(&dapo.join("tiny-grpo/rl"));
+    let (first, last) = (&m[..6], &m[m.len() - 6..]);
+    assert!(mean(last, "reward") > mean(first, "reward"), "DAPO: reward {} → {}", mean(first, "reward"), mean(last, "reward"));
 }
 
 /// `patience = N` on post-training stages: the stage stops once N evaluations in a row bring no

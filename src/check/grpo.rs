@@ -25,9 +25,10 @@ impl<'a> Checker<'a> {
         };
         let beta = f.ranged(self, "beta", Some(0.04), 0.0, false, f64::INFINITY, true);
         let clip = f.ranged(self, "clip", Some(0.2), 0.0, true, 1.0, true);
+        let clip_high = if f.field("clip_high").is_some() { f.ranged(self, "clip_high", None, 0.0, true, 1.0, true).map(Some) } else { Some(None) };
         let epochs = f.size(self, "epochs", Some(1));
         let temperature = f.positive(self, "temperature", Some(1.0));
-        let loss = f.sym(self, "loss", &["grpo", "dr_grpo"], Some("grpo"));
+        let loss = f.sym(self, "loss", &["grpo", "dr_grpo", "dapo"], Some("grpo"));
         let eval = self.eval_keys(&mut f);
         let (group_span, reward_span, new_span) = (f.value_span("group"), f.value_span("reward"), f.value_span("max_new"));
         f.finish(self);
@@ -66,8 +67,12 @@ impl<'a> Checker<'a> {
         if !ok {
             return None;
         }
-        let loss = if loss? == "dr_grpo" { GrpoLoss::DrGrpo } else { GrpoLoss::Grpo };
-        let spec = GrpoSpec { policy: policy?, prompts: prompts.name, opt, group, reward, beta: beta?, clip: clip?, epochs: epochs?, max_new, temperature: temperature?, loss, eval_examples };
+        let loss = match loss? {
+            "dr_grpo" => GrpoLoss::DrGrpo,
+            "dapo" => GrpoLoss::Dapo,
+            _ => GrpoLoss::Grpo,
+        };
+        let spec = GrpoSpec { policy: policy?, prompts: prompts.name, opt, group, reward, beta: beta?, clip: clip?, clip_high: clip_high?, epochs: epochs?, max_new, temperature: temperature?, loss, eval_examples };
         Some(self.stage_spec(d, StageKind::Grpo(spec)))
     }
 

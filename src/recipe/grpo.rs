@@ -19,6 +19,10 @@ pub struct GrpoSpec {
     /// Weight of the KL term to the frozen reference; 0 loads no reference.
     pub beta: f64,
     pub clip: f64,
+    /// The upper clip when it differs (DAPO's clip-higher: ρ within [1 − clip, 1 + clip_high]).
+    /// Left out of serialized specs when unset, so older stages keep their hash.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub clip_high: Option<f64>,
     /// Passes over each step's completions.
     pub epochs: usize,
     pub max_new: usize,
@@ -37,6 +41,25 @@ pub enum GrpoLoss {
     /// Dr. GRPO (Liu et al. 2025): no division by the standard deviation; each completion's
     /// tokens summed and divided by `max_new`, a constant, so length carries no bias.
     DrGrpo,
+    /// DAPO (Yu et al. 2025): advantages as GRPO's, but every completion token of the step weighs
+    /// the same: the sum over all of them divided by their number, so long completions are not
+    /// diluted (TRL's `loss_type = "dapo"`).
+    Dapo,
+}
+
+impl GrpoLoss {
+    pub fn name(self) -> &'static str {
+        match self {
+            GrpoLoss::Grpo => "GRPO",
+            GrpoLoss::DrGrpo => "Dr. GRPO",
+            GrpoLoss::Dapo => "DAPO",
+        }
+    }
+
+    /// Whether advantages are divided by their group's standard deviation (all but Dr. GRPO).
+    pub fn scales_advantages(self) -> bool {
+        self != GrpoLoss::DrGrpo
+    }
 }
 
 /// A reward: the weighted sum of its terms, as the recipe writes it (`exact_match + 0.5 * format`).

@@ -73,18 +73,29 @@ pub fn group_advantages(rewards: &[f64], g: usize, scale: bool) -> Vec<f64> {
         .collect()
 }
 
-/// GRPO's loss over B completions of T tokens, to minimise. Per token
-/// l = −min(ρ·A, clip(ρ, 1−ε, 1+ε)·A) + β·k3, with ρ = exp(log π − log π_old), A the
+/// What GRPO's loss is made of: the clip range, the KL weight, how tokens are averaged, and for
+/// `Dapo` this process's share of the step's completion tokens (all of them over the processes).
+pub struct GrpoTerms {
+    /// ρ is clipped to [1 − clip.0, 1 + clip.1].
+    pub clip: (f64, f64),
+    pub beta: f64,
+    pub norm: GrpoLoss,
+    pub max_new: usize,
+    pub tokens: f64,
+}
+
+/// GRPO's loss (Shao et al. 2024) over completions (B, T) with response mask `mask`: per token
+/// l = −min(ρ·A, clip(ρ, 1−ε_low, 1+ε_high)·A) + β·k3, with ρ = exp(log π − log π_old), A the
 /// completion's advantage (B), and k3 = exp(log π_ref − log π) − (log π_ref − log π) − 1, the
 /// non-negative KL estimator DeepSeekMath uses. `Grpo` averages each completion's tokens, then
 /// the completions; `DrGrpo` sums each completion's tokens over `max_new` (a constant), then
-/// averages. Returns (loss, share of tokens where the clipped term was taken, mean k3 per token).
-#[allow(clippy::too_many_arguments)]
-pub fn grpo_loss(logp: &Tensor, old_logp: &Tensor, ref_logp: Option<&Tensor>, adv: &Tensor, mask: &Tensor, eps: f64, beta: f64, norm: GrpoLoss, max_new: usize) -> (Tensor, Tensor, Tensor) {
+/// averages; `Dapo` sums every token and divides by `tokens`. Returns (loss, share of tokens where
+/// the clipped term was taken, mean k3 per token).
+pub fn grpo_loss(logp: &Tensor, old_logp: &Tensor, ref_logp: Option<&Tensor>, adv: &Tensor, mask: &Tensor, t: &GrpoTerms) -> (Tensor, Tensor, Tensor) {
     let ratio = (logp - old_logp).exp();
     let a = adv.unsqueeze(-1); // (B, 1), broadcast over tokens
     let unclipped = -&a * &ratio;
-    let clipped = -&a * ratio.clamp(1.0 - eps, 1.0 + eps);
+    let clipped = -&a * ratio.clamp(1.0 - t.clip.0, 1.0 + t.clip.1);
     let mut per_token = unclipped.maximum(&clipped);
     let kl = match ref_logp {
         Some(r) => {
@@ -93,13 +104,14 @@ pub fn grpo_loss(logp: &Tensor, old_logp: &Tensor, ref_logp: Option<&Tensor>, ad
         }
         None => logp.zeros_like(),
     };
-    if beta > 0.0 {
-        per_token += &kl * beta;
+    if t.beta > 0.0 {
+        per_token += &kl * t.beta;
     }
     let per_row = (&per_token * mask).sum_dim_intlist(-1, false, Kind::Float); // (B)
-    let loss = match norm {
+    let loss = match t.norm {
         GrpoLoss::Grpo => (per_row / mask.sum_dim_intlist(-1, false, Kind::Float).clamp_min(1.0)).mean(Kind::Float),
-        GrpoLoss::DrGrpo => (per_row / max_new.max(1) as f64).mean(Kind::Float),
+        GrpoLoss::DrGrpo => (per_row / t.max_new.max(1) as f64).mean(Kind::Float),
+        GrpoLoss::Dapo => per_row.sum(Kind::Float) / t.tokens.max(1.0),
     };
     let frac = masked_mean(&clipped.gt_tensor(&unclipped).to_kind(Kind::Float), mask);
     (loss, frac, masked_mean(&kl, mask))

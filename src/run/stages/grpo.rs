@@ -22,7 +22,7 @@ use crate::recipe::{GrpoLoss, GrpoSpec, Reward, RewardTerm};
 use crate::rng::Rng;
 use crate::run::kit::adamw::Optimizer;
 use crate::run::kit::artifacts::{instructions, load_lm, load_reward_model};
-use crate::run::kit::losses::{group_advantages, grpo_loss};
+use crate::run::kit::losses::{group_advantages, grpo_loss, GrpoTerms};
 use crate::run::kit::score::score;
 use crate::run::kit::codec::Codec;
 use crate::run::kit::seqs::{generate, pad, prompt_response, to_f64s, token_logprobs};
@@ -64,17 +64,19 @@ pub fn run(ctx: &StageCtx, g: &GrpoSpec) -> Result<()> {
     let mut stopped = None;
     let context = policy.spec().context;
     let per_step = g.opt.batch / g.group;
+    let clip = g.clip_high.map_or(String::new(), |h| format!(", ratio clipped to [{}, {}]", 1.0 - g.clip, 1.0 + h));
     tracing::info!(
-        "{name}: GRPO on prompts of `{}`: {} steps × {per_step} prompts{} × {} responses, β = {}, {} normalisation",
+        "{name}: GRPO on prompts of `{}`: {} steps × {per_step} prompts{} × {} responses, β = {}, {} normalisation{clip}",
         set.name,
         g.opt.steps,
         if world.size > 1 { format!(" (each of {} processes answers {})", world.size, per_step / world.size) } else { String::new() },
         g.group,
         g.beta,
-        if g.loss == GrpoLoss::Grpo { "GRPO" } else { "Dr. GRPO" }
+        g.loss.name()
     );
     let started = Instant::now();
     let mut last = None;
+    let clip = (g.clip, g.clip_high.unwrap_or(g.clip));
     for step in step0..g.opt.steps {
         if patience.exhausted() {
             stopped = Some(step); // resumed after it had stopped
@@ -101,11 +103,15 @@ pub fn run(ctx: &StageCtx, g: &GrpoSpec) -> Result<()> {
         });
         let rewards: Vec<f64> = (0..batch.len()).map(|i| reward_of(&g.reward, batch[i], &responses[i], &codec, g.max_new, rm_scores.as_ref().map(|v| v[i]))).collect();
         // 3. Advantages within each group.
-        let adv = group_advantages(&rewards, g.group, g.loss == GrpoLoss::Grpo);
+        let adv = group_advantages(&rewards, g.group, g.loss.scales_advantages());
         let flat = world.sums(&[rewards.chunks(g.group).filter(|grp| grp.iter().all(|r| *r == grp[0])).count() as f64])?[0] / per_step as f64;
         flat_history.push(flat);
         let rows: Vec<&Seq> = seqs.iter().collect();
         let b = pad(&rows, dev);
+        // DAPO divides by the step's completion tokens over all processes; each process's share
+        // of that count, since their gradients are averaged.
+        let tokens = if g.loss == GrpoLoss::Dapo { world.sums(&[seqs.iter().map(|s| s.weights.iter().map(|&w| w as f64).sum::<f64>()).sum()])?[0] / world.size as f64 } else { 0.0 };
+        let terms = GrpoTerms { clip, beta: g.beta, norm: g.loss, max_new: g.max_new, tokens };
         let adv = Tensor::from_slice(&adv).to_kind(Kind::Float).to_device(dev);
         let (old_lp, ref_lp) = tch::no_grad(|| (token_logprobs(&policy.forward(&b.x, false), &b.y), reference.as_ref().map(|r| token_logprobs(&r.forward(&b.x, false), &b.y))));
         // 4. Policy updates.
@@ -113,7 +119,7 @@ pub fn run(ctx: &StageCtx, g: &GrpoSpec) -> Result<()> {
         for _ in 0..g.epochs {
             opt.zero_grad();
             let lp = token_logprobs(&policy.forward(&b.x, false), &b.y);
-            let (loss, clipfrac, kl) = grpo_loss(&lp, &old_lp, ref_lp.as_ref(), &adv, &b.w, g.clip, g.beta, g.loss, g.max_new);
+            let (loss, clipfrac, kl) = grpo_loss(&lp, &old_lp, ref_lp.as_ref(), &adv, &b.w, &terms);
             loss.backward();
             if world.size > 1 {
                 opt.all_reduce_grads(world)?;
