@@ -299,3 +299,31 @@ fn a_sweep_value_may_stand_for_a_constructor() {
     assert_eq!(routers.len(), 2);
     assert!(routers[0].contains("capacity_factor") && !routers[1].contains("capacity_factor"), "{routers:?}");
 }
+
+/// Token counts of absurd stages saturate instead of wrapping around to a small number (1e15
+/// steps of 2^24 sequences of 2^24 tokens wrapped to 2^63 tokens, and the FLOPs with them), and
+/// the FLOPs are the true product: 6 · N · 1e15 · 2^48 for the fine-tuning stage.
+#[test]
+fn absurd_token_counts_saturate_and_flops_stay_the_product() {
+    let text = r#"experiment "absurd" {
+      data instr = synthetic.instructions { tasks = [reverse], examples = 64, max_len = 4 }
+      data prefs = synthetic.preferences { tasks = [reverse], pairs = 64, max_len = 4 }
+      model m = transformer { vocab = 256, context = 16777216, d_model = 16, layers = 1, heads = 2 }
+      stage sft = finetune(m, instr) { steps = 1e15, batch = 16777216, packing = true }
+      stage rm = reward_model(m, prefs) { steps = 1e15, batch = 16777216 }
+      stage po = dpo(m, prefs) { steps = 1e15, batch = 16777216 }
+      stage rl = grpo(policy = m, prompts = instr) { steps = 1e15, batch = 16777216, group = 4 }
+      stage ppo = ppo(policy = m, reward = rm.model, prompts = instr) { steps = 1e15, batch = 16777216 }
+    }"#;
+    let c = roux::frontend::compile_source(roux::frontend::Source { path: "absurd.roux".into(), text: text.into() });
+    let r = c.recipe.unwrap_or_else(|| panic!("{:?}", c.diagnostics));
+    let p = plan(&r);
+    let n = p.models[0].params_total as f64;
+    for s in &p.stages {
+        assert_eq!(s.tokens, u64::MAX, "{}: {} tokens", s.name, s.tokens);
+        assert!(s.flops > 1e38 && s.memory_bytes > 1 << 60, "{}: {} FLOPs, {} bytes", s.name, s.flops, s.memory_bytes);
+    }
+    let sft = p.stages.iter().find(|s| s.name == "sft").unwrap();
+    let want = 6.0 * n * 1e15 * 2f64.powi(48);
+    assert!((sft.flops / want - 1.0).abs() < 1e-12, "{} vs {want}", sft.flops);
+}

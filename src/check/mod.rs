@@ -377,7 +377,7 @@ impl<'a> Checker<'a> {
                 // mixture of experts, both the active ones a token runs through.
                 let embedding = plan.params_total - plan.params_non_embedding;
                 let n = if b.law == crate::scaling::law::Law::Kaplan { plan.params_active.saturating_sub(embedding) } else { plan.params_active } as f64;
-                let d = (t.steps * t.tokens_per_step()) as f64;
+                let d = t.steps as f64 * t.tokens_per_step() as f64;
                 if let Some(w) = budget::departure(b, n, d, stage_decl.name.span, &s.name) {
                     self.error(w);
                 }

@@ -57,17 +57,17 @@ pub fn plan(r: &Recipe) -> Plan {
         .iter()
         .map(|s| match &s.kind {
             StageKind::Train(t) => {
-                let tokens = t.steps * t.tokens_per_step();
+                let (tokens, tokens_f) = product(&[t.steps, t.tokens_per_step()]);
                 let g = graph_of[t.model.as_str()];
                 let per_token = 3.0 * forward_flops_per_token(g, t.context);
                 let n = g.params().iter().map(|p| p.numel()).sum();
                 let memory_bytes = train_memory_bytes(g, n, t.batch, t.context);
-                StagePlan { name: s.name.clone(), kind: s.kind.name(), after: s.after.clone(), steps: t.steps, tokens, flops: per_token * tokens as f64, trainable: n, memory_bytes }
+                StagePlan { name: s.name.clone(), kind: s.kind.name(), after: s.after.clone(), steps: t.steps, tokens, flops: per_token * tokens_f, trainable: n, memory_bytes }
             }
             StageKind::Isoflop(iso) => {
                 // Every point, plus the check run at `predict` × the largest budget.
-                let steps = iso.points.iter().map(|p| p.train.steps).sum();
-                let tokens = iso.points.iter().map(|p| p.train.steps * p.train.tokens_per_step()).sum();
+                let steps = iso.points.iter().fold(0u64, |a, p| a.saturating_add(p.train.steps));
+                let tokens = iso.points.iter().fold(0u64, |a, p| a.saturating_add(product(&[p.train.steps, p.train.tokens_per_step()]).0));
                 let largest = iso.points.iter().map(|p| p.budget).fold(0.0, f64::max);
                 let flops = iso.points.iter().map(|p| p.budget).sum::<f64>() + iso.predict * largest;
                 let memory_bytes = iso.points.iter().map(|p| plan_model(&lower_model(&p.model), p.train.batch, p.train.context).train_memory_bytes).max().unwrap_or(0);
@@ -75,9 +75,9 @@ pub fn plan(r: &Recipe) -> Plan {
             }
             StageKind::Mixture(m) => {
                 // Every expert runs on every example (the gate is dense): 6 FLOPs per parameter per example.
-                let examples = m.steps * m.batch as u64;
+                let (examples, examples_f) = product(&[m.steps, m.batch as u64]);
                 let params = r.synthetic.iter().find(|d| d.name == m.data).map_or(0, |d| mixture_params(m, &d.generator));
-                StagePlan { name: s.name.clone(), kind: s.kind.name(), after: s.after.clone(), steps: m.steps, tokens: examples, flops: 6.0 * params as f64 * examples as f64, trainable: params, memory_bytes: 20 * params + (9 << 20) }
+                StagePlan { name: s.name.clone(), kind: s.kind.name(), after: s.after.clone(), steps: m.steps, tokens: examples, flops: 6.0 * params as f64 * examples_f, trainable: params, memory_bytes: (20 * params).saturating_add(9 << 20) }
             }
             _ => posttrain_plan(r, s, &graph_of),
         })
@@ -103,55 +103,62 @@ fn posttrain_plan(r: &Recipe, s: &crate::recipe::StageSpec, graph_of: &HashMap<&
     };
     let (steps, tokens, flops, trainable, memory_bytes) = match &s.kind {
         StageKind::Finetune(f) => {
-            let (n, t) = (n_of(&f.model.arch), f.opt.steps * f.opt.batch as u64 * ctx_of(&f.model.arch));
+            let (n, (t, tf)) = (n_of(&f.model.arch), product(&[f.opt.steps, f.opt.batch as u64, ctx_of(&f.model.arch)]));
             let spec = &graph(&f.model.arch).spec;
             let trainable = f.lora.as_ref().map_or(n, |l| crate::lower::lora_params(spec, l));
             let weights = if f.lora.is_some() { n + trainable } else { n };
             // Packed rows add their attention mask: float32, batch × context², made once a step.
-            let mask = if f.packing { 4 * f.opt.batch as u64 * ctx_of(&f.model.arch).pow(2) } else { 0 };
-            (f.opt.steps, t, 6.0 * n as f64 * t as f64, trainable, training(&f.model.arch, weights, trainable, f.opt.batch).saturating_add(mask))
+            // (In floating point: at the limits of batch and context it is past u64; it saturates.)
+            let mask = if f.packing { (4.0 * f.opt.batch as f64 * (ctx_of(&f.model.arch) as f64).powi(2)) as u64 } else { 0 };
+            (f.opt.steps, t, 6.0 * n as f64 * tf, trainable, training(&f.model.arch, weights, trainable, f.opt.batch).saturating_add(mask))
         }
         StageKind::RewardModel(m) => {
             let n = n_of(&m.model.arch);
-            let t = 2 * m.opt.steps * m.opt.batch as u64 * ctx_of(&m.model.arch);
+            let (t, tf) = product(&[2, m.opt.steps, m.opt.batch as u64, ctx_of(&m.model.arch)]);
             let trainable = n + crate::lower::ScalarHead::Reward.numel(&graph(&m.model.arch).spec);
-            (m.opt.steps, t, 6.0 * n as f64 * t as f64, trainable, training(&m.model.arch, trainable, trainable, 2 * m.opt.batch))
+            (m.opt.steps, t, 6.0 * n as f64 * tf, trainable, training(&m.model.arch, trainable, trainable, 2 * m.opt.batch))
         }
         StageKind::Ppo(p) => {
             let n = n_of(&p.policy.arch);
-            let t = p.opt.steps * p.opt.batch as u64 * ctx_of(&p.policy.arch);
+            let (t, tf) = product(&[p.opt.steps, p.opt.batch as u64, ctx_of(&p.policy.arch)]);
             let rm = reward_model(Some(&p.reward));
             // Generation and the old-policy pass (2N each), reference and reward model (2N each),
             // then `epochs` forward-backward passes (6N).
             let per_token = 2.0 * n as f64 * 3.0 + 2.0 * rm.unwrap_or(n) as f64 + 6.0 * n as f64 * p.epochs as f64;
             let trainable = n + crate::lower::ScalarHead::Value.numel(&graph(&p.policy.arch).spec);
             let frozen = 4 * (n + rm.unwrap_or(0));
-            (p.opt.steps, t, per_token * t as f64, trainable, training(&p.policy.arch, trainable, trainable, p.opt.batch) + frozen)
+            (p.opt.steps, t, per_token * tf, trainable, training(&p.policy.arch, trainable, trainable, p.opt.batch).saturating_add(frozen))
         }
         StageKind::Dpo(d) => {
             let n = n_of(&d.policy.arch);
-            let t = 2 * d.opt.steps * d.opt.batch as u64 * ctx_of(&d.policy.arch);
-            (d.opt.steps, t, 8.0 * n as f64 * t as f64, n, training(&d.policy.arch, n, n, 2 * d.opt.batch) + 4 * n)
+            let (t, tf) = product(&[2, d.opt.steps, d.opt.batch as u64, ctx_of(&d.policy.arch)]);
+            (d.opt.steps, t, 8.0 * n as f64 * tf, n, training(&d.policy.arch, n, n, 2 * d.opt.batch).saturating_add(4 * n))
         }
         StageKind::Grpo(g) => {
             let n = n_of(&g.policy.arch);
-            let t = g.opt.steps * g.opt.batch as u64 * ctx_of(&g.policy.arch);
+            let (t, tf) = product(&[g.opt.steps, g.opt.batch as u64, ctx_of(&g.policy.arch)]);
             let rm = reward_model(g.reward.model_stage());
             // Generation and the old-policy pass (2N each), the reference when beta > 0 and the
             // reward model when one is used (2N each), then `epochs` forward-backward passes (6N).
             let reference = if g.beta > 0.0 { 2.0 * n as f64 } else { 0.0 };
             let per_token = 4.0 * n as f64 + reference + 2.0 * rm.unwrap_or(0) as f64 + 6.0 * n as f64 * g.epochs as f64;
             let frozen = 4 * (if g.beta > 0.0 { n } else { 0 } + rm.unwrap_or(0));
-            (g.opt.steps, t, per_token * t as f64, n, training(&g.policy.arch, n, n, g.opt.batch) + frozen)
+            (g.opt.steps, t, per_token * tf, n, training(&g.policy.arch, n, n, g.opt.batch).saturating_add(frozen))
         }
         StageKind::Compare(c) => {
-            let t: u64 = c.policies.iter().map(|(_, p)| c.examples as u64 * ctx_of(&p.arch)).sum();
+            let t = c.policies.iter().fold(0u64, |a, (_, p)| a.saturating_add(c.examples as u64 * ctx_of(&p.arch)));
             let flops = c.policies.iter().map(|(_, p)| 2.0 * n_of(&p.arch) as f64 * (c.examples as u64 * ctx_of(&p.arch)) as f64 * c.max_new as f64).sum();
             // The policies are scored one after another, forward only.
             let memory = c.policies.iter().map(|(_, p)| 4 * n_of(&p.arch) + activation_bytes(graph(&p.arch), 1, ctx_of(&p.arch) as usize)).max().unwrap_or(0);
-            (0, t, flops, 0, memory + (9 << 20))
+            (0, t, flops, 0, memory.saturating_add(9 << 20))
         }
         StageKind::Train(_) | StageKind::Isoflop(_) | StageKind::Mixture(_) => unreachable!("planned above"),
     };
     StagePlan { name: s.name.clone(), kind: s.kind.name(), after: s.after.clone(), steps, tokens, flops, trainable, memory_bytes }
+}
+
+/// A count that is the product of `parts`: saturating at u64::MAX (a plan of absurd sizes says
+/// so rather than wrapping around to a small number), and as a float for FLOPs.
+fn product(parts: &[u64]) -> (u64, f64) {
+    (parts.iter().fold(1u64, |a, &b| a.saturating_mul(b)), parts.iter().map(|&b| b as f64).product())
 }
