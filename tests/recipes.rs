@@ -327,3 +327,23 @@ fn absurd_token_counts_saturate_and_flops_stay_the_product() {
     let want = 6.0 * n * 1e15 * 2f64.powi(48);
     assert!((sft.flops / want - 1.0).abs() < 1e-12, "{} vs {want}", sft.flops);
 }
+
+/// `plan --world` at the limits: 65,536 processes of an 8e14-parameter model, each on 256
+/// sequences of 2^24 tokens. The activations are past u64 and saturate, and so must the totals they are in
+/// (they wrapped to a small number, which passed any `device_memory`); the bytes sent per step,
+/// 8·(W−1)·N/W, are past u64 before the division and still exact.
+#[test]
+fn the_per_process_plan_saturates_and_sends_exact_bytes_at_the_limits() {
+    let text = r#"experiment "huge" {
+      data instr = synthetic.instructions { tasks = [reverse], examples = 64, max_len = 4 }
+      model m = transformer { vocab = 256, context = 16777216, d_model = 262144, layers = 1000, heads = 4096 }
+      stage sft = finetune(m, instr) { steps = 1, batch = 16777216 }
+    }"#;
+    let c = roux::frontend::compile_source(roux::frontend::Source { path: "huge.roux".into(), text: text.into() });
+    let r = c.recipe.unwrap_or_else(|| panic!("{:?}", c.diagnostics));
+    let n = plan(&r).models[0].params_total;
+    assert!(n > 8e14 as u64, "{n}");
+    let p = &roux::plan::plan_world(&r, 65536).unwrap()[0];
+    assert_eq!((p.micro_batch, p.activation_bytes, p.total_bytes), (256, u64::MAX, u64::MAX), "{p:?}");
+    assert_eq!(p.sent_bytes_per_step as u128, 8 * 65535 * n as u128 / 65536);
+}

@@ -128,9 +128,12 @@ fn posttrain_process(r: &Recipe, s: &crate::recipe::StageSpec, world: usize) -> 
     };
     let Some(g) = graph(&arch) else { return Ok(None) };
     let w = world as u64;
-    let activation_bytes = training_bytes(0, 0, &g, seqs, g.spec.context);
+    // Packed rows add their attention mask (float32, rows × context²), as `plan` counts it.
+    let packing = matches!(&s.kind, StageKind::Finetune(f) if f.packing);
+    let mask = if packing { (4.0 * seqs as f64 * (g.spec.context as f64).powi(2)) as u64 } else { 0 };
+    let activation_bytes = training_bytes(0, 0, &g, seqs, g.spec.context).saturating_add(mask);
     let (weight_bytes, gradient_bytes) = (4 * (weights + frozen), 4 * trainable);
-    let total_bytes = weight_bytes + gradient_bytes + 8 * trainable + 4 * trainable + activation_bytes;
+    let total_bytes = total(&[weight_bytes, gradient_bytes, 8 * trainable, 4 * trainable, activation_bytes]);
     Ok(Some(ProcessPlan {
         stage: name.clone(),
         processes: world,
@@ -145,7 +148,7 @@ fn posttrain_process(r: &Recipe, s: &crate::recipe::StageSpec, world: usize) -> 
         optimizer_other_bytes: 4 * trainable,
         activation_bytes,
         total_bytes,
-        sent_bytes_per_step: if w > 1 { 4 * 2 * (w - 1) * trainable / w } else { 0 },
+        sent_bytes_per_step: if w > 1 { ratio(&[8, w - 1, trainable], w) } else { 0 },
         expert_parallel: 1,
         expert_sent_bytes_per_step: 0,
         device_memory: None,
@@ -179,17 +182,17 @@ pub fn train_process(stage: &str, g: &ModelGraph, t: &TrainSpec, world: usize) -
     let sharded = t.shard_optimizer && world > 1;
     // Sharded: buffers padded to world × chunk; the moments, the scratch, the gradient slice and
     // the weights slice are one chunk each (run/kit/adamw/zero.rs).
-    let experts_sent = if replicas > 1 { 2 * (replicas - 1) * own / replicas } else { 0 };
+    let experts_sent = if replicas > 1 { ratio(&[2, replicas - 1, own], replicas) } else { 0 };
     let (buffer, moments, other, sent) = if sharded {
         // The rest sharded: buffers padded to world × chunk after this process's experts.
         let chunk = shard_chunk(n - divided, w);
-        (own + w * chunk, 2 * (own + chunk), own + 3 * chunk, 2 * (w - 1) * chunk + experts_sent)
+        (own + w * chunk, 2 * (own + chunk), own + 3 * chunk, total(&[2 * (w - 1) * chunk, experts_sent]))
     } else {
-        (held, 2 * held, held, if w > 1 { 2 * (w - 1) * (n - divided) / w + experts_sent } else { 0 })
+        (held, 2 * held, held, if w > 1 { total(&[ratio(&[2, w - 1, n - divided], w), experts_sent]) } else { 0 })
     };
     let activation_bytes = training_bytes(0, 0, g, micro, t.context);
     let (weight_bytes, gradient_bytes) = (4 * buffer, 4 * buffer);
-    let total_bytes = weight_bytes + gradient_bytes + 4 * moments + 4 * other + activation_bytes;
+    let total_bytes = total(&[weight_bytes, gradient_bytes, 4 * moments, 4 * other, activation_bytes]);
     Ok(ProcessPlan {
         stage: stage.to_string(),
         processes: world,
@@ -204,9 +207,22 @@ pub fn train_process(stage: &str, g: &ModelGraph, t: &TrainSpec, world: usize) -
         optimizer_other_bytes: 4 * other,
         activation_bytes,
         total_bytes,
-        sent_bytes_per_step: 4 * sent,
+        sent_bytes_per_step: sent.saturating_mul(4),
         expert_parallel: t.expert_parallel,
         expert_sent_bytes_per_step: 0,
         device_memory: t.device_memory,
     })
+}
+
+/// A sum of byte counts, saturating: one of them may already be at u64::MAX (an activation count
+/// past it), and a plan of absurd sizes must say so, not wrap around to a small number.
+fn total(parts: &[u64]) -> u64 {
+    parts.iter().fold(0u64, |a, &b| a.saturating_add(b))
+}
+
+/// ⌊Π parts / den⌋, exact (in 128 bits) and saturating: the bytes a process sends are a product
+/// of the world size and the parameters, past u64 at the limits of both.
+fn ratio(parts: &[u64], den: u64) -> u64 {
+    let num = parts.iter().try_fold(1u128, |a, &b| a.checked_mul(b as u128));
+    num.map_or(u64::MAX, |x| u64::try_from(x / den.max(1) as u128).unwrap_or(u64::MAX))
 }
