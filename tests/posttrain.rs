@@ -38,6 +38,8 @@ fn dpo_loss_by_hand() {
     // (log π(c) − log π_ref(c)) − (log π(r) − log π_ref(r)) = (−1 + 1.5) − (−2 + 1.5) = 1;
     // β = 0.5 → −log σ(0.5) = log(1 + e^−0.5) = 0.4740770.
     use roux::recipe::DpoLoss::*;
+    use roux::run::kit::losses::DpoTerms;
+    let dpo = |pc: &Tensor, pr: &Tensor, rc: &Tensor, rr: &Tensor, beta: f64, loss, smoothing: f64| dpo(pc, pr, rc, rr, &DpoTerms { beta, loss, smoothing, gamma: 0.5 });
     close(&dpo(&t(&[-1.0]), &t(&[-2.0]), &t(&[-1.5]), &t(&[-1.5]), 0.5, Sigmoid, 0.0), 0.4740770);
     // A reference that already prefers the chosen answer as much as the policy: margin 0, loss ln 2.
     close(&dpo(&t(&[-1.0]), &t(&[-2.0]), &t(&[-1.0]), &t(&[-2.0]), 0.5, Sigmoid, 0.0), std::f64::consts::LN_2);
@@ -50,6 +52,13 @@ fn dpo_loss_by_hand() {
     let (pc, pr, rc, rr) = (t(&[-1.0, -1.0]), t(&[-2.0, -5.0]), t(&[-1.0, -1.0]), t(&[-2.0, -2.0]));
     close(&dpo(&pc, &pr, &rc, &rr, 0.25, Ipo, 0.0), 2.5);
     close(&dpo(&pc, &pr, &rc, &rr, 0.5, Hinge, 0.0), 0.5);
+    // SimPO (no reference: zeros), average log-probabilities −1 and −2, β = 2, γ = 0.5:
+    // −log σ(2·1 − 0.5) = log(1 + e^−1.5) = 0.2014133.
+    let zero = t(&[0.0]);
+    close(&dpo(&t(&[-1.0]), &t(&[-2.0]), &zero, &zero, 2.0, Simpo, 0.0), 0.2014133);
+    // ORPO: average probabilities ½ and ¼ have odds 1 and ⅓; log σ(0 + ln 3) = ln ¾, and β = 0.1
+    // makes the preference term −0.1·ln ¾ = 0.0287682.
+    close(&dpo(&t(&[0.5f64.ln()]), &t(&[0.25f64.ln()]), &zero, &zero, 0.1, Orpo, 0.0), 0.0287682);
 }
 
 #[test]
@@ -512,10 +521,60 @@ fn dpo_loss_variants_train_from_their_formulas_at_zero() {
         let tail = losses[losses.len() - 10..].iter().sum::<f64>() / 10.0;
         assert!(tail < 0.8 * at_zero, "{stage}: the loss did not fall: {losses:?}");
     }
+    // SimPO and ORPO load no reference. With one pair a step, each logged value is exact: the
+    // margin is β·h, so SimPO's loss is −log σ(margin − γ); ORPO's NLL is minus the chosen
+    // response's average log-probability (rewards/chosen / β), its log odds ratio follows from
+    // both rewards, and its loss is NLL − β·log odds ratio.
+    let free = out.join("free.roux");
+    std::fs::write(
+        &free,
+        r#"experiment "free" {
+          seed = 7
+          data prefs = synthetic.preferences { tasks = [uppercase], pairs = 120, max_len = 3 }
+          model lm = transformer { vocab = 256, context = 24, d_model = 32, layers = 1, heads = 2, dropout = 0 }
+          stage simpo = dpo(lm, prefs) { loss = simpo, beta = 2, gamma = 0.5, steps = 4, batch = 1, log_every = 1, eval_every = 4, eval_examples = 2, max_new = 2 }
+          stage orpo = dpo(lm, prefs) { loss = orpo, beta = 0.1, steps = 4, batch = 1, log_every = 1, eval_every = 4, eval_examples = 2, max_new = 2 }
+          stage orpo16 = dpo(lm, prefs) { loss = orpo, beta = 0.1, steps = 40, batch = 16, log_every = 1, eval_every = 40, eval_examples = 2, max_new = 2, optimizer = adamw { lr = 3e-3 } }
+        }"#,
+    )
+    .unwrap();
+    let log = run_ok(&free, &out);
+    assert!(log.contains("simpo: DPO (simpo loss, β = 2, γ = 0.5, no reference)") && log.contains("orpo: DPO (orpo loss, β = 0.1, no reference)"), "{log}");
+    let sig = |x: f64| 1.0 / (1.0 + (-x).exp());
+    for m in metrics(&out.join("free/simpo")) {
+        let (loss, margin) = (m["loss"].as_f64().unwrap(), m["rewards/margins"].as_f64().unwrap());
+        assert!((loss + sig(margin - 0.5).ln()).abs() < 1e-4, "SimPO: loss {loss}, margin {margin}");
+    }
+    for m in metrics(&out.join("free/orpo")) {
+        let f = |k: &str| m[k].as_f64().unwrap();
+        let (ac, ar) = (f("rewards/chosen") / 0.1, f("rewards/rejected") / 0.1);
+        let odds = |a: f64| a - (1.0 - a.exp()).ln();
+        assert!((f("nll_loss") + ac).abs() < 1e-4, "ORPO: nll {} vs average log-probability {ac}", f("nll_loss"));
+        assert!((f("log_odds_ratio") - sig(odds(ac) - odds(ar)).ln()).abs() < 1e-4, "ORPO: {m}");
+        assert!((f("loss") - (f("nll_loss") - 0.1 * f("log_odds_ratio"))).abs() < 1e-4, "ORPO: {m}");
+    }
+    let report: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.join("free/orpo/report.json")).unwrap()).unwrap();
+    assert_eq!((report["reference_weight_bytes"].as_u64(), report["loss"].as_str()), (Some(0), Some("orpo")), "{report}");
+    // The plan holds no reference for them: 6N FLOPs a token (a reference would add 2N).
+    let c = roux::frontend::compile(&free).unwrap();
+    let p = roux::plan::plan(c.recipe.as_ref().unwrap());
+    let s = p.stages.iter().find(|s| s.name == "orpo16").unwrap();
+    assert!((s.flops / (6.0 * p.models[0].params_total as f64 * s.tokens as f64) - 1.0).abs() < 1e-12, "{s:?}");
+    // ORPO is SFT as well: the chosen responses' NLL falls, and the log odds ratio rises.
+    let m = metrics(&out.join("free/orpo16"));
+    let mean = |rows: &[serde_json::Value], k: &str| rows.iter().map(|v| v[k].as_f64().unwrap()).sum::<f64>() / rows.len() as f64;
+    let (first, last) = (&m[..5], &m[m.len() - 5..]);
+    assert!(mean(last, "nll_loss") < 0.7 * mean(first, "nll_loss"), "nll {} → {}", mean(first, "nll_loss"), mean(last, "nll_loss"));
+    assert!(mean(last, "log_odds_ratio") > mean(first, "log_odds_ratio"), "log odds ratio {} → {}", mean(first, "log_odds_ratio"), mean(last, "log_odds_ratio"));
+
     std::fs::write(&recipe, text(", steps = 5").replace("loss = hinge, beta", "loss = hinge, label_smoothing = 0.1, beta")).unwrap();
     let o = roux(&["check", recipe.to_str().unwrap()]);
     let err = String::from_utf8_lossy(&o.stderr);
-    assert!(err.contains("error[E0246]: `label_smoothing = 0.1` has no meaning for `loss = hinge`") && err.contains("label smoothing belongs to `loss = sigmoid` (conservative DPO) and `loss = robust`"), "{err}");
+    assert!(err.contains("error[E0246]: `label_smoothing = 0.1` has no meaning for `loss = hinge`") && err.contains("label smoothing belongs to `loss = sigmoid` (conservative DPO), `robust` and `simpo`"), "{err}");
+    std::fs::write(&recipe, text(", steps = 5").replace("loss = ipo, beta", "loss = ipo, gamma = 1, beta")).unwrap();
+    let o = roux(&["check", recipe.to_str().unwrap()]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("error[E0246]: `gamma` is SimPO's target margin and has no meaning for `loss = ipo`") && err.contains("use `loss = simpo`, or leave `gamma` out"), "{err}");
 }
 
 /// Packing (`finetune { packing = true }`) puts several examples in one row; each must get the

@@ -251,23 +251,34 @@ impl<'a> Checker<'a> {
         let mut f = self.stage_fields(d, at, block);
         let opt = self.check_split_optim(&mut f, 16, 100);
         let beta = f.positive(self, "beta", Some(0.1));
-        let loss = f.sym(self, "loss", &["sigmoid", "robust", "ipo", "hinge"], Some("sigmoid")).map(|l| match l {
+        let loss = f.sym(self, "loss", &["sigmoid", "robust", "ipo", "hinge", "simpo", "orpo"], Some("sigmoid")).map(|l| match l {
             "robust" => DpoLoss::Robust,
             "ipo" => DpoLoss::Ipo,
             "hinge" => DpoLoss::Hinge,
+            "simpo" => DpoLoss::Simpo,
+            "orpo" => DpoLoss::Orpo,
             _ => DpoLoss::Sigmoid,
         });
         let smoothing = f.ranged(self, "label_smoothing", Some(0.0), 0.0, false, 0.5, true);
-        if let (Some(l @ (DpoLoss::Ipo | DpoLoss::Hinge)), Some(e)) = (loss, smoothing.filter(|e| *e > 0.0)) {
+        if let (Some(l @ (DpoLoss::Ipo | DpoLoss::Hinge | DpoLoss::Orpo)), Some(e)) = (loss, smoothing.filter(|e| *e > 0.0)) {
             self.error(
                 Diagnostic::error(Code::E0246, f.key_span("label_smoothing"), format!("`label_smoothing = {}` has no meaning for `loss = {}`", fmt_num(e), l.name()))
-                    .with_hint("label smoothing belongs to `loss = sigmoid` (conservative DPO) and `loss = robust`"),
+                    .with_hint("label smoothing belongs to `loss = sigmoid` (conservative DPO), `robust` and `simpo`"),
             );
         }
+        let given_gamma = f.field("gamma").is_some();
+        let gamma = f.ranged(self, "gamma", Some(0.5), 0.0, false, 1e6, false);
+        if let (Some(l), true) = (loss.filter(|l| *l != DpoLoss::Simpo), given_gamma) {
+            self.error(
+                Diagnostic::error(Code::E0246, f.key_span("gamma"), format!("`gamma` is SimPO's target margin and has no meaning for `loss = {}`", l.name()))
+                    .with_hint("use `loss = simpo`, or leave `gamma` out"),
+            );
+        }
+        let gamma = gamma.map(|g| (loss == Some(DpoLoss::Simpo)).then_some(g));
         let eval = self.eval_keys(&mut f);
         f.finish(self);
         let (eval_examples, max_new) = eval?;
-        let spec = DpoSpec { policy: policy?, data: data?.name, opt: opt?, beta: beta?, loss: loss?, label_smoothing: smoothing?, eval_examples, max_new };
+        let spec = DpoSpec { policy: policy?, data: data?.name, opt: opt?, beta: beta?, loss: loss?, label_smoothing: smoothing?, gamma: gamma?, eval_examples, max_new };
         Some(self.stage_spec(d, StageKind::Dpo(spec)))
     }
 

@@ -132,7 +132,9 @@ fn posttrain_plan(r: &Recipe, s: &crate::recipe::StageSpec, graph_of: &HashMap<&
         StageKind::Dpo(d) => {
             let n = n_of(&d.policy.arch);
             let (t, tf) = product(&[2, d.opt.steps, d.opt.batch as u64, ctx_of(&d.policy.arch)]);
-            (d.opt.steps, t, 8.0 * n as f64 * tf, n, training(&d.policy.arch, n, n, 2 * d.opt.batch).saturating_add(4 * n))
+            // The frozen reference runs forward (2N a token) and is held, unless the loss has none.
+            let reference = if d.loss.needs_reference() { n } else { 0 };
+            (d.opt.steps, t, (6.0 * n as f64 + 2.0 * reference as f64) * tf, n, training(&d.policy.arch, n, n, 2 * d.opt.batch).saturating_add(4 * reference))
         }
         StageKind::Grpo(g) => {
             let n = n_of(&g.policy.arch);

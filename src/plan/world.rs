@@ -109,7 +109,8 @@ fn posttrain_process(r: &Recipe, s: &crate::recipe::StageSpec, world: usize) -> 
         StageKind::Dpo(d) => {
             let Some(g) = graph(&d.policy.arch) else { return Ok(None) };
             let n = n_of(&g);
-            (d.policy.arch.clone(), n, n, n, 2 * d.opt.micro_batch(name, world)?, d.opt.accumulate)
+            let reference = if d.loss.needs_reference() { n } else { 0 };
+            (d.policy.arch.clone(), n, n, reference, 2 * d.opt.micro_batch(name, world)?, d.opt.accumulate)
         }
         StageKind::Ppo(p) => {
             let Some(g) = graph(&p.policy.arch) else { return Ok(None) };

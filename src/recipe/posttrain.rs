@@ -70,6 +70,9 @@ pub struct DpoSpec {
     pub loss: DpoLoss,
     #[serde(default, skip_serializing_if = "is_zero")]
     pub label_smoothing: f64,
+    /// SimPO's target margin γ (only with `loss = simpo`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gamma: Option<f64>,
     pub eval_examples: usize,
     pub max_new: usize,
 }
@@ -91,6 +94,13 @@ pub enum DpoLoss {
     Ipo,
     /// SLiC's hinge (Zhao et al. 2023): max(0, 1 − βh).
     Hinge,
+    /// SimPO (Meng et al. 2024), reference-free: −log σ(β·(avg log π(y_c) − avg log π(y_r)) − γ),
+    /// log-probabilities averaged over each response's tokens (TRL's CPO `loss_type = "simpo"`
+    /// with `cpo_alpha = 0`).
+    Simpo,
+    /// ORPO (Hong et al. 2024), reference-free: the chosen responses' NLL minus β·log σ of the
+    /// log odds ratio, odds(y) = p/(1 − p) of the per-token average probability (TRL's ORPO).
+    Orpo,
 }
 
 impl DpoLoss {
@@ -104,7 +114,19 @@ impl DpoLoss {
             DpoLoss::Robust => "robust",
             DpoLoss::Ipo => "ipo",
             DpoLoss::Hinge => "hinge",
+            DpoLoss::Simpo => "simpo",
+            DpoLoss::Orpo => "orpo",
         }
+    }
+
+    /// Whether the loss compares with a frozen reference (SimPO and ORPO do not load one).
+    pub fn needs_reference(self) -> bool {
+        !matches!(self, DpoLoss::Simpo | DpoLoss::Orpo)
+    }
+
+    /// Whether it reads log-probabilities averaged over each response's tokens, not summed.
+    pub fn averages(self) -> bool {
+        matches!(self, DpoLoss::Ipo | DpoLoss::Simpo | DpoLoss::Orpo)
     }
 }
 

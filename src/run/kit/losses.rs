@@ -10,20 +10,45 @@ pub fn bradley_terry(chosen: &Tensor, rejected: &Tensor) -> Tensor {
     -(chosen - rejected).log_sigmoid().mean(Kind::Float)
 }
 
+/// A preference loss's settings: β, which loss, label smoothing ε, SimPO's γ.
+pub struct DpoTerms {
+    pub beta: f64,
+    pub loss: DpoLoss,
+    pub smoothing: f64,
+    pub gamma: f64,
+}
+
 /// DPO (Rafailov et al. 2023) and its variants on h = (log π(y_c) − log π_ref(y_c)) − (log π(y_r) −
-/// log π_ref(y_r)), averaged over pairs; arguments are sequence log-probabilities (B), for IPO
-/// already averaged over each response's tokens. Sigmoid: −(1−ε)·log σ(βh) − ε·log σ(−βh) (ε = 0
-/// is DPO); robust: (−(1−ε)·log σ(βh) + ε·log σ(−βh)) / (1 − 2ε); IPO: (h − 1/(2β))²; hinge:
-/// max(0, 1 − βh) — TRL's `loss_type`s of the same names.
-pub fn dpo(pi_c: &Tensor, pi_r: &Tensor, ref_c: &Tensor, ref_r: &Tensor, beta: f64, loss: DpoLoss, smoothing: f64) -> Tensor {
+/// log π_ref(y_r)), averaged over pairs; arguments are sequence log-probabilities (B), for IPO,
+/// SimPO and ORPO averaged over each response's tokens (the reference-free two take zeros for the
+/// reference's). With s_ε(x) = −(1−ε)·log σ(x) − ε·log σ(−x) — sigmoid: s_ε(βh) (ε = 0 is DPO);
+/// robust: (−(1−ε)·log σ(βh) + ε·log σ(−βh)) / (1 − 2ε); IPO: (h − 1/(2β))²; hinge:
+/// max(0, 1 − βh); SimPO: s_ε(βh − γ); ORPO's preference term: −β·log σ(log odds(y_c) − log
+/// odds(y_r)), log odds(y) = a − log(1 − eᵃ) of the average log-probability a (its NLL term is the
+/// stage's) — TRL's `loss_type`s and trainers of the same names.
+pub fn dpo(pi_c: &Tensor, pi_r: &Tensor, ref_c: &Tensor, ref_r: &Tensor, t: &DpoTerms) -> Tensor {
     let h = (pi_c - ref_c) - (pi_r - ref_r);
-    let losses = match loss {
-        DpoLoss::Sigmoid => -(&h * beta).log_sigmoid() * (1.0 - smoothing) - (&h * -beta).log_sigmoid() * smoothing,
-        DpoLoss::Robust => (-(&h * beta).log_sigmoid() * (1.0 - smoothing) + (&h * -beta).log_sigmoid() * smoothing) / (1.0 - 2.0 * smoothing),
+    let (beta, e) = (t.beta, t.smoothing);
+    let smoothed = |x: Tensor| -x.log_sigmoid() * (1.0 - e) - (-x).log_sigmoid() * e;
+    let losses = match t.loss {
+        DpoLoss::Sigmoid => smoothed(&h * beta),
+        DpoLoss::Robust => (-(&h * beta).log_sigmoid() * (1.0 - e) + (&h * -beta).log_sigmoid() * e) / (1.0 - 2.0 * e),
         DpoLoss::Ipo => (h - 1.0 / (2.0 * beta)).square(),
         DpoLoss::Hinge => (h * -beta + 1.0).relu(),
+        DpoLoss::Simpo => smoothed(&h * beta - t.gamma),
+        DpoLoss::Orpo => -log_odds_ratio(pi_c, pi_r) * beta,
     };
     losses.mean(Kind::Float)
+}
+
+/// ORPO's log σ(log odds(y_c) − log odds(y_r)) per pair, from average log-probabilities (kept
+/// below 0 so that a response already certain has a finite log(1 − p)).
+pub fn log_odds_ratio(avg_c: &Tensor, avg_r: &Tensor) -> Tensor {
+    let odds = |a: &Tensor| {
+        let a = a.clamp_max(-1e-6);
+        &a - (-a.exp()).log1p()
+    };
+    (odds(avg_c) - odds(avg_r)).log_sigmoid()
 }
 
 /// Mean of `x` over positions where `mask` is 1.

@@ -12,7 +12,7 @@ use crate::recipe::{DpoLoss, DpoSpec};
 use crate::rng::Rng;
 use crate::run::kit::adamw::Optimizer;
 use crate::run::kit::artifacts::{instructions, load_lm, preferences};
-use crate::run::kit::losses::dpo;
+use crate::run::kit::losses::{dpo, log_odds_ratio, DpoTerms};
 use crate::run::kit::score::score;
 use crate::run::kit::codec::Codec;
 use crate::run::kit::seqs::{pad, prompt_response, seq_logprob, Batch};
@@ -46,14 +46,23 @@ pub struct PairScores {
     pub accuracy: f64,
 }
 
-/// Each row's response log-probability: summed over its tokens, or for IPO averaged over them (as
-/// TRL does for `loss_type = "ipo"`, following the IPO paper).
-fn logps(model: &Model, b: &Batch, train: bool, loss: DpoLoss) -> Tensor {
+/// Each row's response log-probability as the loss reads it — summed over its tokens, or for IPO,
+/// SimPO and ORPO averaged over them (as TRL does, following their papers) — and the sum.
+fn logps(model: &Model, b: &Batch, train: bool, loss: DpoLoss) -> (Tensor, Tensor) {
     let sum = seq_logprob(model, b, train);
-    if loss == DpoLoss::Ipo { sum / b.w.sum_dim_intlist(1, false, Kind::Float).clamp_min(1.0) } else { sum }
+    let value = if loss.averages() { &sum / b.w.sum_dim_intlist(1, false, Kind::Float).clamp_min(1.0) } else { sum.shallow_clone() };
+    (value, sum)
 }
 
-fn held_out_pairs(policy: &Model, reference: &Model, codec: &Codec, pairs: &[Pair], d: &DpoSpec, context: usize, dev: tch::Device) -> PairScores {
+/// The reference's log-probabilities of the rows of `b` (zeros for a reference-free loss).
+fn reference_logps(reference: Option<&Model>, b: &Batch, loss: DpoLoss) -> Tensor {
+    match reference {
+        Some(r) => tch::no_grad(|| logps(r, b, false, loss).0),
+        None => Tensor::zeros([b.x.size()[0]], (Kind::Float, b.x.device())),
+    }
+}
+
+fn held_out_pairs(policy: &Model, reference: Option<&Model>, codec: &Codec, pairs: &[Pair], d: &DpoSpec, context: usize, dev: tch::Device) -> PairScores {
     let (mut c_sum, mut r_sum, mut wins) = (0.0, 0.0, 0.0);
     tch::no_grad(|| {
         for chunk in pairs.chunks(32) {
@@ -61,7 +70,7 @@ fn held_out_pairs(policy: &Model, reference: &Model, codec: &Codec, pairs: &[Pai
             let rows: Vec<&Seq> = seqs.iter().map(|p| &p.0).chain(seqs.iter().map(|p| &p.1)).collect();
             let b = pad(&rows, dev);
             let n = chunk.len() as i64;
-            let reward = (logps(policy, &b, false, d.loss) - logps(reference, &b, false, d.loss)) * d.beta;
+            let reward = (logps(policy, &b, false, d.loss).0 - reference_logps(reference, &b, d.loss)) * d.beta;
             let (c, r) = (reward.narrow(0, 0, n), reward.narrow(0, n, n));
             c_sum += c.sum(Kind::Double).double_value(&[]);
             r_sum += r.sum(Kind::Double).double_value(&[]);
@@ -85,9 +94,18 @@ pub fn run(ctx: &StageCtx, d: &DpoSpec) -> Result<()> {
     let (_, held) = instructions(recipe, &d.data)?;
     let held: Vec<_> = held.held_out.into_iter().take(d.eval_examples).collect();
     let policy = load_lm(recipe, &ctx.runs, &d.policy, dev)?.computing(d.opt.precision);
-    let mut reference = load_lm(recipe, &ctx.runs, &d.policy, dev)?.computing(d.opt.precision);
-    reference.freeze();
-    let before = score(&policy, Some(&reference), &codec, &held, d.max_new);
+    // SimPO and ORPO compare with no reference: none is loaded (nor any KL to it reported).
+    let reference = match d.loss.needs_reference() {
+        true => {
+            let mut r = load_lm(recipe, &ctx.runs, &d.policy, dev)?.computing(d.opt.precision);
+            r.freeze();
+            Some(r)
+        }
+        false => None,
+    };
+    let reference = reference.as_ref();
+    let terms = DpoTerms { beta: d.beta, loss: d.loss, smoothing: d.label_smoothing, gamma: d.gamma.unwrap_or(0.0) };
+    let before = score(&policy, reference, &codec, &held, d.max_new);
     let held_pairs: Vec<Pair> = split.held_out.iter().take(d.eval_examples).cloned().collect();
     let names = policy.names.clone();
     let params: Vec<Tensor> = policy.params.iter().map(|p| p.shallow_clone()).collect();
@@ -99,6 +117,8 @@ pub fn run(ctx: &StageCtx, d: &DpoSpec) -> Result<()> {
     opt.broadcast_state(world)?;
     let context = policy.spec().context;
     let smoothing = if d.label_smoothing > 0.0 { format!(", label smoothing {}", d.label_smoothing) } else { String::new() };
+    let smoothing = d.gamma.map_or(smoothing.clone(), |g| format!("{smoothing}, γ = {g}"));
+    let smoothing = if reference.is_none() { format!("{smoothing}, no reference") } else { smoothing };
     tracing::info!("{name}: DPO ({} loss, β = {}{smoothing}) on `{}` ({} pairs) for {} steps × {} pairs", d.loss.name(), d.beta, set.name, split.train.len(), d.opt.steps, d.opt.batch);
     let started = Instant::now();
     let (mut last, mut last_pairs) = (None, None);
@@ -114,23 +134,34 @@ pub fn run(ctx: &StageCtx, d: &DpoSpec) -> Result<()> {
         let mine = world.shard_rows(&pairs);
         opt.zero_grad();
         // Sums over the global batch: loss × pairs, the implicit rewards' margins, pairs won,
-        // chosen and rejected rewards β·(log π − log π_ref).
-        let sums = Tensor::zeros([5], (Kind::Double, dev));
+        // chosen and rejected rewards β·(log π − log π_ref); ORPO's NLL and log odds ratio.
+        let sums = Tensor::zeros([7], (Kind::Double, dev));
+        // ORPO's NLL is per chosen token of the whole batch: each process divides its sum by its
+        // share of their number, as its gradients are averaged with the others'.
+        let chosen_tokens = pairs.iter().map(|p| p.0.weights.iter().map(|&w| w as f64).sum::<f64>()).sum::<f64>().max(1.0) / world.size as f64;
         for part in mine.chunks(micro) {
             // One batch: the chosen rows, then the rejected rows.
             let rows: Vec<&Seq> = part.iter().map(|p| &p.0).chain(part.iter().map(|p| &p.1)).collect();
             let b = pad(&rows, dev);
             let n = part.len() as i64;
-            let pi = logps(&policy, &b, true, d.loss); // (2n)
-            let rf = tch::no_grad(|| logps(&reference, &b, false, d.loss));
+            let (pi, pi_sum) = logps(&policy, &b, true, d.loss); // (2n)
+            let rf = reference_logps(reference, &b, d.loss);
             let (pc, pr, rc, rr) = (pi.narrow(0, 0, n), pi.narrow(0, n, n), rf.narrow(0, 0, n), rf.narrow(0, n, n));
-            let loss = dpo(&pc, &pr, &rc, &rr, d.beta, d.loss, d.label_smoothing);
+            let mut loss = dpo(&pc, &pr, &rc, &rr, &terms);
+            let (mut nll, mut odds) = (Tensor::zeros([], (Kind::Double, dev)), Tensor::zeros([], (Kind::Double, dev)));
+            if d.loss == DpoLoss::Orpo {
+                // As a mean over this process's pairs, like the preference term, once weighted below.
+                let part_nll = -pi_sum.narrow(0, 0, n).sum(Kind::Float) / chosen_tokens * (mine.len() as f64 / part.len() as f64);
+                loss += &part_nll;
+                nll = part_nll.detach().to_kind(Kind::Double) * n as f64; // as the loss's row: a sum over pairs
+                odds = log_odds_ratio(&pc, &pr).detach().to_kind(Kind::Double).sum(Kind::Double);
+            }
             // Each micro-batch's mean, weighted by its share of this process's pairs.
             if part.len() == mine.len() { loss.backward() } else { (&loss * (part.len() as f64 / mine.len() as f64)).backward() }
             let (chosen, rejected) = ((&pc - &rc).detach() * d.beta, (&pr - &rr).detach() * d.beta);
             let margin = &chosen - &rejected;
             let sum = |t: &Tensor| t.to_kind(Kind::Double).sum(Kind::Double);
-            let row = [loss.detach().to_kind(Kind::Double) * n as f64, sum(&margin), sum(&margin.gt(0.0)), sum(&chosen), sum(&rejected)];
+            let row = [loss.detach().to_kind(Kind::Double) * n as f64, sum(&margin), sum(&margin.gt(0.0)), sum(&chosen), sum(&rejected), nll, odds];
             let _ = sums.shallow_clone().g_add_(&Tensor::stack(&row, 0));
         }
         opt.all_reduce_grads(world)?;
@@ -141,14 +172,18 @@ pub fn run(ctx: &StageCtx, d: &DpoSpec) -> Result<()> {
         let mean = |i: i64| sums.double_value(&[i]) / d.opt.batch as f64;
         let (loss_v, margin_v, acc, chosen_v, rejected_v) = (mean(0), mean(1), mean(2), mean(3), mean(4));
         let eval_now = done % d.opt.eval_every == 0 || done == d.opt.steps;
-        let s = eval_now.then(|| score(&policy, Some(&reference), &codec, &held, d.max_new));
-        let pairs_now = (eval_now && !held_pairs.is_empty()).then(|| held_out_pairs(&policy, &reference, &codec, &held_pairs, d, context, dev));
+        let s = eval_now.then(|| score(&policy, reference, &codec, &held, d.max_new));
+        let pairs_now = (eval_now && !held_pairs.is_empty()).then(|| held_out_pairs(&policy, reference, &codec, &held_pairs, d, context, dev));
         let shown = s.as_ref().map_or(String::new(), |s| format!(" held-out: greedy exact {:.1}%; sampled exact {:.1}% verbose {:.1}% gold {:.3}; KL {:.3}", 100.0 * s.exact, 100.0 * s.sampled_exact, 100.0 * s.sampled_verbose, s.sampled_gold, s.kl.unwrap_or(0.0)));
         run.progress.line(done, d.opt.log_every, &format!("loss {loss_v:.4} margin {margin_v:.3} acc {:.0}%{shown}", 100.0 * acc), s.is_some());
         if done % d.opt.log_every == 0 || s.is_some() {
             // TRL's names for the training batch's implicit rewards, and the held-out pairs'.
             let mut m = json!({"step": done, "loss": loss_v, "lr": lr, "grad_norm": grad_norm, "margin": margin_v, "accuracy": acc,
                 "rewards/chosen": chosen_v, "rewards/rejected": rejected_v, "rewards/margins": margin_v, "rewards/accuracies": acc});
+            if d.loss == DpoLoss::Orpo {
+                m["nll_loss"] = json!(mean(5));
+                m["log_odds_ratio"] = json!(mean(6));
+            }
             if let Some(s) = &s {
                 s.log_into(&mut m, "");
             }
@@ -175,15 +210,16 @@ pub fn run(ctx: &StageCtx, d: &DpoSpec) -> Result<()> {
         }
     }
     // A run resumed with no step left to take scores its weights here.
-    let last = last.unwrap_or_else(|| score(&policy, Some(&reference), &codec, &held, d.max_new));
+    let last = last.unwrap_or_else(|| score(&policy, reference, &codec, &held, d.max_new));
     if last_pairs.is_none() && !held_pairs.is_empty() {
-        last_pairs = Some(held_out_pairs(&policy, &reference, &codec, &held_pairs, d, context, dev));
+        last_pairs = Some(held_out_pairs(&policy, reference, &codec, &held_pairs, d, context, dev));
     }
     let mut report = json!({
         "experiment": recipe.experiment,
         "kind": "dpo",
         "precision": d.opt.precision,
-        "reference_weight_bytes": reference.weight_bytes(),
+        "reference_weight_bytes": reference.map_or(0, |r| r.weight_bytes()),
+        "loss": d.loss.name(),
         "model": d.policy.arch,
         "beta": d.beta,
         "steps": d.opt.steps,
@@ -195,14 +231,14 @@ pub fn run(ctx: &StageCtx, d: &DpoSpec) -> Result<()> {
     });
     patience.report_into(&mut report, stopped);
     tracing::info!(
-        "{name}: done — held-out (sampled) preferred behaviour (exact, concise) {:.1}% (was {:.1}%), verbose {:.1}% (was {:.1}%), gold reward {:.3} (was {:.3}), KL to reference {:.3}",
+        "{name}: done — held-out (sampled) preferred behaviour (exact, concise) {:.1}% (was {:.1}%), verbose {:.1}% (was {:.1}%), gold reward {:.3} (was {:.3}){}",
         100.0 * last.sampled_exact,
         100.0 * before.sampled_exact,
         100.0 * last.sampled_verbose,
         100.0 * before.sampled_verbose,
         last.sampled_gold,
         before.sampled_gold,
-        last.kl.unwrap_or(0.0)
+        last.kl.map_or(String::new(), |kl| format!(", KL to reference {kl:.3}"))
     );
     run.finish(&[("model.safetensors", policy.named())], report, &ctx.title())
 }
