@@ -5,6 +5,8 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+mod common;
+
 fn bad_recipes() -> Vec<PathBuf> {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/bad");
     let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
@@ -162,6 +164,24 @@ fn github_annotations_escape_every_property_and_the_message() {
         render_github("a,b::c\nd.roux", "x\n", &d),
         "::error file=a%2Cb%3A%3Ac%0Ad.roux,line=1,col=1,endLine=1,endColumn=2::[E0110] line%0D%0A::warning::injected 100%25 (hint: a, b: c)\n"
     );
+}
+
+/// A diagnostic writes recipe text to a terminal or a CI log: an escape sequence in a path (the
+/// grammar lets a string hold one) must not recolour or rewrite the screen, nor a bidirectional
+/// control reorder the line. In the message and hint each is written `\u{…}`; in the source
+/// line under the caret each is one `�`, so the caret stays under its column.
+#[test]
+fn diagnostics_show_control_characters_instead_of_sending_them() {
+    let dir = common::scratch("control-characters");
+    let f = dir.join("r.roux");
+    std::fs::write(&f, "experiment \"x\" {\n  data d = text(\"\u{1b}[2J.txt\") { context = 8 }\n}\n").unwrap();
+    let o = common::roux(&["check", f.to_str().unwrap()]);
+    let err = String::from_utf8(o.stderr).unwrap();
+    assert!(!err.contains('\u{1b}'), "{err:?}");
+    let want = "error[E0210]: data file `\\u{1b}[2J.txt` not found\n  |\n2 |   data d = text(\"\u{fffd}[2J.txt\") { context = 8 }\n  |                 ^^^^^^^^^^\n  = hint: paths are relative to the recipe's folder; looked for ";
+    assert!(err.contains(want) && err.contains("/\\u{1b}[2J.txt\n"), "{err}");
+    let d = roux::diag::Diagnostic::error(roux::diag::Code::E0110, roux::diag::Span::new(0, 1), "a \u{202e}b");
+    assert_eq!(roux::diag::render_github("r.roux", "x\n", &d), "::error file=r.roux,line=1,col=1,endLine=1,endColumn=2::[E0110] a \\u{202e}b\n");
 }
 
 /// Input that would nest deeper than anything recurses safely: 200,000 levels of brackets, of

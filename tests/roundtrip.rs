@@ -128,6 +128,54 @@ fn fmt_keeps_the_comments_of_a_yaml_recipe() {
     assert_eq!(roux(&["check", f.to_str().unwrap()]).status.code(), Some(0));
 }
 
+/// Line breaks YAML 1.1 reads but roux's line-based readers of the text do not (a lone carriage
+/// return, U+0085, U+2028, U+2029) are refused where they stand (found by fuzzing: a comment ended
+/// by U+2028 was carried by `fmt` together with the value after it, and the YAML it wrote did not
+/// parse); Windows line ends stay accepted, comments and all.
+#[test]
+fn yaml_line_breaks_roux_does_not_read_are_refused_and_crlf_is_kept() {
+    use roux::syntax::yaml;
+    for (brk, what) in [("\r", "a carriage return without a line feed"), ("\u{85}", "U+0085 NEXT LINE"), ("\u{2028}", "U+2028 LINE SEPARATOR"), ("\u{2029}", "U+2029 PARAGRAPH SEPARATOR")] {
+        let text = format!("experiment: x  # a comment{brk}  seed: 1\nseed: 2\n");
+        let d = yaml::from_yaml(&text).unwrap_err();
+        assert_eq!(d.message, format!("YAML syntax error: {what}, which YAML 1.1 reads as a line break"));
+        assert_eq!((d.span.start, d.hint.as_deref()), (26, Some("end lines with a line feed (\\n or \\r\\n); write the character as an escape in a double-quoted string if it is meant")));
+    }
+    let d = yaml::from_yaml("experiment: x  # a \u{202e}comment\n").unwrap_err();
+    assert_eq!((d.message.as_str(), d.span.start), ("YAML syntax error: a bidirectional control character (U+202E), which reorders how the text is shown", 19));
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/test-runs/yaml-crlf");
+    std::fs::create_dir_all(&dir).unwrap();
+    let f = dir.join("w.yaml");
+    std::fs::write(&f, "# top\r\nexperiment: crlf   # the name\r\nseed: 1\r\n").unwrap();
+    let roux = |args: &[&str]| std::process::Command::new(env!("CARGO_BIN_EXE_roux")).args(args).output().unwrap();
+    assert_eq!(roux(&["fmt", f.to_str().unwrap()]).status.code(), Some(0));
+    assert_eq!(std::fs::read_to_string(&f).unwrap(), "# top\nexperiment: crlf  # the name\nseed: 1\n");
+}
+
+/// The recipe form refuses the same characters (`// lr = 1e-3⏎lr = 1` was one comment where an
+/// editor shows a setting), and a string writes them as escapes, `\u{2028}` and `\r`: a YAML
+/// template holding them converts to the recipe form and back unchanged.
+#[test]
+fn recipe_text_shows_what_roux_reads_and_strings_escape_the_rest() {
+    use roux::syntax::{ast::strip_spans, parse, print, yaml};
+    for (raw, what) in [("\r", "a carriage return without a line feed"), ("\u{2028}", "U+2028 LINE SEPARATOR"), ("\u{85}", "U+0085 NEXT LINE")] {
+        let d = parse(&format!("experiment \"x\" {{\n  // lr = 1e-3{raw}  seed = 1\n}}\n")).unwrap_err();
+        assert_eq!(d.message, format!("syntax error: {what}, which editors show as a line break and roux does not"));
+        assert_eq!((d.span.start, d.hint.as_deref()), (31, Some("end lines with a line feed (\\n or \\r\\n); write the character as an escape (`\\u{2028}`) in a string if it is meant")));
+    }
+    let d = parse("experiment \"x\" {\n  seed = 1 /* \u{2066} */\n}\n").unwrap_err();
+    assert_eq!(d.message, "syntax error: a bidirectional control character (U+2066), which reorders how the text is shown");
+    // Escapes read as the characters, and print back as escapes.
+    let r = parse("experiment \"x\" {\n  data i = synthetic.instructions { template = \"Q:\\u{2028}{prompt}\\rA: \" }\n}\n").unwrap();
+    let printed = print::print(&r);
+    assert!(printed.contains(r#"template = "Q:\u{2028}{prompt}\rA: ""#), "{printed}");
+    let from_yaml = yaml::from_yaml("experiment: x\ndata i:\n  $: synthetic.instructions\n  template: \"Q:\\u2028{prompt}\\rA: \"\n").unwrap();
+    let (mut a, mut b) = (parse(&print::print(&from_yaml)).unwrap(), from_yaml.clone());
+    strip_spans(&mut a);
+    strip_spans(&mut b);
+    assert_eq!(a, b);
+}
+
 /// Negative zero keeps its sign through the YAML form, as through the recipe form (found by
 /// fuzzing: `-0` was written as the integer 0, and `fmt` changed the recipe).
 #[test]

@@ -175,13 +175,13 @@ pub fn render_text_in(file: &str, lines: &Lines, d: &Diagnostic) -> String {
         Some(set) => format!("{file}, {set}"),
         None => format!("{}:{}:{}", file, l.line, l.col),
     };
-    let mut out = format!("{place}: {}[{}]: {}\n", sev, d.code, d.message);
+    let mut out = format!("{}: {}[{}]: {}\n", visible(&place), sev, d.code, visible(&d.message));
     let text = match &d.origin {
         Some(set) => set.as_str(),
         None => lines.line(l.line),
     };
     // Very long lines are cut around the span so the caret stays readable.
-    let (shown, shift) = clip_line(text, l.col);
+    let (shown, shift) = clip_line(&stand_in(text), l.col);
     let number = if d.origin.is_some() { String::new() } else { l.line.to_string() };
     let gutter = number.len();
     let width = if l.end_line == l.line { l.end_col.saturating_sub(l.col).max(1) } else { 1 };
@@ -194,9 +194,37 @@ pub fn render_text_in(file: &str, lines: &Lines, d: &Diagnostic) -> String {
         "^".repeat(width.min(120))
     );
     if let Some(h) = &d.hint {
-        out += &format!("{:gutter$} = hint: {}\n", "", h);
+        out += &format!("{:gutter$} = hint: {}\n", "", visible(h));
     }
     out
+}
+
+/// Whether `c`, written raw to a terminal or a log viewer, would do more than show itself: a
+/// control character (an escape sequence recolours or rewrites the screen), one that breaks a
+/// line, or a bidirectional control that reorders the text around it.
+fn hidden(c: char) -> bool {
+    (c.is_control() && c != '\t') || matches!(c, '\u{2028}' | '\u{2029}' | '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}')
+}
+
+/// Recipe text in a message, with each such character (but line feeds, which lay messages out)
+/// written as `\u{…}`.
+pub fn visible(s: &str) -> std::borrow::Cow<'_, str> {
+    escaped(s, |c| hidden(c) && c != '\n')
+}
+
+fn escaped(s: &str, escape: impl Fn(char) -> bool) -> std::borrow::Cow<'_, str> {
+    if !s.chars().any(&escape) {
+        return s.into();
+    }
+    s.chars().map(|c| if escape(c) { format!("\\u{{{:x}}}", c as u32) } else { c.to_string() }).collect::<String>().into()
+}
+
+/// A source line under a caret: each such character as one `�`, so the columns stay.
+fn stand_in(s: &str) -> std::borrow::Cow<'_, str> {
+    if !s.chars().any(hidden) {
+        return s.into();
+    }
+    s.chars().map(|c| if hidden(c) { '\u{FFFD}' } else { c }).collect::<String>().into()
 }
 
 /// `::error file=…,line=…,col=…::message` for GitHub Actions.
@@ -209,9 +237,11 @@ pub fn render_github_in(file: &str, lines: &Lines, d: &Diagnostic) -> String {
     let l = locate_in(file, lines, d);
     // GitHub's annotation levels are error, warning and notice.
     let sev = if d.severity == Severity::Note { "notice" } else { d.severity.word() };
-    let mut msg = format!("[{}] {}", d.code, d.message);
+    // Line breaks are the workflow command's own escapes' (`github_data`); the rest as `\u{…}`.
+    let shown = |t: &str| escaped(t, |c| hidden(c) && c != '\n' && c != '\r').into_owned();
+    let mut msg = format!("[{}] {}", d.code, shown(&d.message));
     if let Some(h) = &d.hint {
-        msg += &format!(" (hint: {h})");
+        msg += &format!(" (hint: {})", shown(h));
     }
     // A `--set` argument is no line of the file: annotate the file as a whole.
     if let Some(set) = &d.origin {

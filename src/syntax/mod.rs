@@ -1,6 +1,7 @@
 //! Stage 1, parse: recipe text → AST with spans. Pure: no I/O, no libtorch.
 
 pub mod ast;
+mod breaks;
 mod depth;
 mod grammar;
 pub mod overrides;

@@ -11,6 +11,7 @@ use super::grammar::Rule;
 use super::grammar::RouxParser;
 
 pub fn parse(src: &str) -> Result<SourceFile, Diagnostic> {
+    super::breaks::check(src, super::breaks::Spelling::Recipe)?;
     depth::check_brackets(src)?;
     let mut pairs = RouxParser::parse(Rule::file, src).map_err(syntax_error)?;
     let file = pairs.next().expect("grammar: file");
@@ -267,6 +268,19 @@ fn unescape(s: &str) -> String {
             match chars.next() {
                 Some('n') => out.push('\n'),
                 Some('t') => out.push('\t'),
+                Some('r') => out.push('\r'),
+                // `\u{2028}`: a character by its code point (one a recipe may not hold raw).
+                Some('u') if chars.as_str().starts_with('{') => {
+                    let rest = chars.as_str();
+                    let code = rest[1..].find('}').and_then(|end| u32::from_str_radix(&rest[1..1 + end], 16).ok().and_then(char::from_u32).map(|c| (c, end + 2)));
+                    match code {
+                        Some((c, used)) => {
+                            out.push(c);
+                            chars = rest[used..].chars();
+                        }
+                        None => out.push('u'),
+                    }
+                }
                 Some(o) => out.push(o),
                 None => {}
             }

@@ -172,6 +172,7 @@ fn err(span: Span, msg: impl Into<String>) -> Diagnostic {
 }
 
 pub fn from_yaml(src: &str) -> Result<SourceFile, Diagnostic> {
+    super::breaks::check(src, super::breaks::Spelling::Yaml)?;
     super::depth::check_yaml_flow(src)?;
     let v: Value = serde_yaml::from_str(src).map_err(|e| {
         let at = e.location().map_or(0, |l| l.index());
