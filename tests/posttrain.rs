@@ -534,6 +534,7 @@ fn dpo_loss_variants_train_from_their_formulas_at_zero() {
           model lm = transformer { vocab = 256, context = 24, d_model = 32, layers = 1, heads = 2, dropout = 0 }
           stage simpo = dpo(lm, prefs) { loss = simpo, beta = 2, gamma = 0.5, steps = 4, batch = 1, log_every = 1, eval_every = 4, eval_examples = 2, max_new = 2 }
           stage orpo = dpo(lm, prefs) { loss = orpo, beta = 0.1, steps = 4, batch = 1, log_every = 1, eval_every = 4, eval_examples = 2, max_new = 2 }
+          stage rpo = dpo(lm, prefs) { rpo_alpha = 0.5, beta = 0.5, steps = 4, batch = 1, log_every = 1, eval_every = 4, eval_examples = 2, max_new = 2 }
           stage orpo16 = dpo(lm, prefs) { loss = orpo, beta = 0.1, steps = 40, batch = 16, log_every = 1, eval_every = 40, eval_examples = 2, max_new = 2, optimizer = adamw { lr = 3e-3 } }
         }"#,
     )
@@ -552,6 +553,12 @@ fn dpo_loss_variants_train_from_their_formulas_at_zero() {
         assert!((f("nll_loss") + ac).abs() < 1e-4, "ORPO: nll {} vs average log-probability {ac}", f("nll_loss"));
         assert!((f("log_odds_ratio") - sig(odds(ac) - odds(ar)).ln()).abs() < 1e-4, "ORPO: {m}");
         assert!((f("loss") - (f("nll_loss") - 0.1 * f("log_odds_ratio"))).abs() < 1e-4, "ORPO: {m}");
+    }
+    // RPO: DPO's loss plus 0.5 × the chosen response's NLL per token.
+    assert!(log.contains("rpo: DPO (sigmoid loss, β = 0.5, NLL weight 0.5)"), "{log}");
+    for m in metrics(&out.join("free/rpo")) {
+        let f = |k: &str| m[k].as_f64().unwrap();
+        assert!(f("nll_loss") > 1.0 && (f("loss") - 0.5 * f("nll_loss") + sig(f("rewards/margins")).ln()).abs() < 1e-4, "RPO: {m}");
     }
     let report: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.join("free/orpo/report.json")).unwrap()).unwrap();
     assert_eq!((report["reference_weight_bytes"].as_u64(), report["loss"].as_str()), (Some(0), Some("orpo")), "{report}");
@@ -575,6 +582,10 @@ fn dpo_loss_variants_train_from_their_formulas_at_zero() {
     let o = roux(&["check", recipe.to_str().unwrap()]);
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(err.contains("error[E0246]: `gamma` is SimPO's target margin and has no meaning for `loss = ipo`") && err.contains("use `loss = simpo`, or leave `gamma` out"), "{err}");
+    std::fs::write(&recipe, std::fs::read_to_string(&free).unwrap().replace("loss = orpo, beta = 0.1, steps = 4", "loss = orpo, rpo_alpha = 1, beta = 0.1, steps = 4")).unwrap();
+    let o = roux(&["check", recipe.to_str().unwrap()]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("error[E0246]: `rpo_alpha` adds the chosen responses' NLL, which `loss = orpo` already has") && err.contains("leave `rpo_alpha` out: ORPO's β weighs its preference term against that NLL"), "{err}");
 }
 
 /// Packing (`finetune { packing = true }`) puts several examples in one row; each must get the

@@ -275,10 +275,17 @@ impl<'a> Checker<'a> {
             );
         }
         let gamma = gamma.map(|g| (loss == Some(DpoLoss::Simpo)).then_some(g));
+        let rpo_alpha = if f.field("rpo_alpha").is_some() { f.ranged(self, "rpo_alpha", None, 0.0, false, 1e6, false).map(Some) } else { Some(None) };
+        if let (Some(DpoLoss::Orpo), Some(Some(_))) = (loss, rpo_alpha) {
+            self.error(
+                Diagnostic::error(Code::E0246, f.key_span("rpo_alpha"), "`rpo_alpha` adds the chosen responses' NLL, which `loss = orpo` already has")
+                    .with_hint("leave `rpo_alpha` out: ORPO's β weighs its preference term against that NLL"),
+            );
+        }
         let eval = self.eval_keys(&mut f);
         f.finish(self);
         let (eval_examples, max_new) = eval?;
-        let spec = DpoSpec { policy: policy?, data: data?.name, opt: opt?, beta: beta?, loss: loss?, label_smoothing: smoothing?, gamma: gamma?, eval_examples, max_new };
+        let spec = DpoSpec { policy: policy?, data: data?.name, opt: opt?, beta: beta?, loss: loss?, label_smoothing: smoothing?, rpo_alpha: rpo_alpha?, gamma: gamma?, eval_examples, max_new };
         Some(self.stage_spec(d, StageKind::Dpo(spec)))
     }
 

@@ -70,6 +70,10 @@ pub struct DpoSpec {
     pub loss: DpoLoss,
     #[serde(default, skip_serializing_if = "is_zero")]
     pub label_smoothing: f64,
+    /// RPO (Pang et al. 2024; TRL's `rpo_alpha`): the chosen responses' NLL per token, this many
+    /// times, added to the preference loss (not with ORPO, which has its own).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rpo_alpha: Option<f64>,
     /// SimPO's target margin γ (only with `loss = simpo`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub gamma: Option<f64>,

@@ -104,6 +104,8 @@ pub fn run(ctx: &StageCtx, d: &DpoSpec) -> Result<()> {
         false => None,
     };
     let reference = reference.as_ref();
+    // The chosen responses' NLL per token joins the loss: ORPO's own term, or RPO's (`rpo_alpha`).
+    let nll_weight = if d.loss == DpoLoss::Orpo { 1.0 } else { d.rpo_alpha.unwrap_or(0.0) };
     let terms = DpoTerms { beta: d.beta, loss: d.loss, smoothing: d.label_smoothing, gamma: d.gamma.unwrap_or(0.0) };
     let before = score(&policy, reference, &codec, &held, d.max_new);
     let held_pairs: Vec<Pair> = split.held_out.iter().take(d.eval_examples).cloned().collect();
@@ -119,6 +121,7 @@ pub fn run(ctx: &StageCtx, d: &DpoSpec) -> Result<()> {
     let smoothing = if d.label_smoothing > 0.0 { format!(", label smoothing {}", d.label_smoothing) } else { String::new() };
     let smoothing = d.gamma.map_or(smoothing.clone(), |g| format!("{smoothing}, γ = {g}"));
     let smoothing = if reference.is_none() { format!("{smoothing}, no reference") } else { smoothing };
+    let smoothing = d.rpo_alpha.map_or(smoothing.clone(), |a| format!("{smoothing}, NLL weight {a}"));
     tracing::info!("{name}: DPO ({} loss, β = {}{smoothing}) on `{}` ({} pairs) for {} steps × {} pairs", d.loss.name(), d.beta, set.name, split.train.len(), d.opt.steps, d.opt.batch);
     let started = Instant::now();
     let (mut last, mut last_pairs) = (None, None);
@@ -149,11 +152,13 @@ pub fn run(ctx: &StageCtx, d: &DpoSpec) -> Result<()> {
             let (pc, pr, rc, rr) = (pi.narrow(0, 0, n), pi.narrow(0, n, n), rf.narrow(0, 0, n), rf.narrow(0, n, n));
             let mut loss = dpo(&pc, &pr, &rc, &rr, &terms);
             let (mut nll, mut odds) = (Tensor::zeros([], (Kind::Double, dev)), Tensor::zeros([], (Kind::Double, dev)));
-            if d.loss == DpoLoss::Orpo {
+            if nll_weight > 0.0 {
                 // As a mean over this process's pairs, like the preference term, once weighted below.
                 let part_nll = -pi_sum.narrow(0, 0, n).sum(Kind::Float) / chosen_tokens * (mine.len() as f64 / part.len() as f64);
-                loss += &part_nll;
+                loss += &part_nll * nll_weight;
                 nll = part_nll.detach().to_kind(Kind::Double) * n as f64; // as the loss's row: a sum over pairs
+            }
+            if d.loss == DpoLoss::Orpo {
                 odds = log_odds_ratio(&pc, &pr).detach().to_kind(Kind::Double).sum(Kind::Double);
             }
             // Each micro-batch's mean, weighted by its share of this process's pairs.
@@ -180,8 +185,10 @@ pub fn run(ctx: &StageCtx, d: &DpoSpec) -> Result<()> {
             // TRL's names for the training batch's implicit rewards, and the held-out pairs'.
             let mut m = json!({"step": done, "loss": loss_v, "lr": lr, "grad_norm": grad_norm, "margin": margin_v, "accuracy": acc,
                 "rewards/chosen": chosen_v, "rewards/rejected": rejected_v, "rewards/margins": margin_v, "rewards/accuracies": acc});
-            if d.loss == DpoLoss::Orpo {
+            if nll_weight > 0.0 {
                 m["nll_loss"] = json!(mean(5));
+            }
+            if d.loss == DpoLoss::Orpo {
                 m["log_odds_ratio"] = json!(mean(6));
             }
             if let Some(s) = &s {
