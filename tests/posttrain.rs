@@ -640,3 +640,32 @@ fn a_packed_row_gives_each_example_its_own_logits() {
     };
     assert_eq!(memory(true) - memory(false), 4 * 8 * 48 * 48);
 }
+
+/// NEFTune (`finetune { neftune = α }`): uniform noise of ±α/√(T·d) on the token embeddings in
+/// training passes only — the held-out loss before training is the plain model's exactly, the
+/// first training step's loss is not — as transformers adds it.
+#[test]
+fn neftune_adds_bounded_noise_to_training_passes_only() {
+    tch::manual_seed(3);
+    let e = Tensor::zeros([4, 50, 64], (Kind::Float, Device::Cpu));
+    let noise = roux::run::model::neftune_noise(&e, 5.0);
+    let bound = 5.0 / (50.0f64 * 64.0).sqrt();
+    let (max, mean, std) = (noise.abs().max().double_value(&[]), noise.mean(Kind::Double).double_value(&[]), noise.std(true).double_value(&[]));
+    assert!(max <= bound && max > 0.99 * bound, "max {max}, bound {bound}");
+    assert!(mean.abs() < bound / 50.0 && (std / (bound / 3f64.sqrt()) - 1.0).abs() < 0.03, "mean {mean}, std {std}");
+
+    let out = scratch("neftune");
+    let recipe = out.join("n.roux");
+    let stage = |name: &str, extra: &str| format!("stage {name} = finetune(lm, instr) {{ steps = 5, batch = 8, log_every = 1, eval_every = 5, eval_examples = 16, max_new = 2{extra} }}");
+    let text = std::fs::read_to_string(fixture("tiny-sft.roux")).unwrap().replace("../../data/", "../../../data/");
+    let head = &text[..text.find("  stage sft").unwrap()];
+    std::fs::write(&recipe, format!("{head}  {}\n  {}\n}}\n", stage("plain", ""), stage("noisy", ", neftune = 5"))).unwrap();
+    let log = run_ok(&recipe, &out);
+    assert!(log.contains("NEFTune α = 5)"), "{log}");
+    let report = |s: &str| -> serde_json::Value { serde_json::from_str(&std::fs::read_to_string(out.join("tiny-sft").join(s).join("report.json")).unwrap()).unwrap() };
+    assert_eq!(report("plain")["val_loss"]["before"], report("noisy")["val_loss"]["before"]);
+    assert_eq!(report("noisy")["neftune"].as_f64(), Some(5.0));
+    let first = |s: &str| metrics(&out.join("tiny-sft").join(s))[0]["loss"].as_f64().unwrap();
+    let (plain, noisy) = (first("plain"), first("noisy"));
+    assert!((plain - noisy).abs() > 1e-6 && (plain - noisy).abs() < 0.5, "first losses {plain} and {noisy}");
+}

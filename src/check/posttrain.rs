@@ -124,10 +124,11 @@ impl<'a> Checker<'a> {
         };
         let mask_prompt = f.bool(self, "mask_prompt", true);
         let packing = f.bool(self, "packing", false);
+        let neftune = if f.field("neftune").is_some() { f.ranged(self, "neftune", None, 0.0, true, 1e4, false).map(Some) } else { Some(None) };
         let eval = self.eval_keys(&mut f);
         f.finish(self);
         let (eval_examples, max_new) = eval?;
-        let kind = StageKind::Finetune(FinetuneSpec { model: model?, data: data?.name, opt: opt?, lora: lora?, mask_prompt: mask_prompt?, packing: packing?, eval_examples, max_new });
+        let kind = StageKind::Finetune(FinetuneSpec { model: model?, data: data?.name, opt: opt?, lora: lora?, mask_prompt: mask_prompt?, packing: packing?, neftune: neftune?, eval_examples, max_new });
         Some(self.stage_spec(d, kind))
     }
 

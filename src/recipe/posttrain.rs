@@ -18,6 +18,10 @@ pub struct FinetuneSpec {
     /// counts rows. Left out of serialized specs when off, so older stages keep their hash.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub packing: bool,
+    /// NEFTune's α (Jain et al. 2023; TRL's `neftune_noise_alpha`): noise on the token embeddings
+    /// while training.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub neftune: Option<f64>,
     /// Held-out prompts scored by greedy generation (exact match, gold reward).
     pub eval_examples: usize,
     pub max_new: usize,

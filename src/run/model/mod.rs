@@ -66,6 +66,8 @@ pub struct Model {
     /// the weight gets zero rows and the extra logits a −∞ bias, so their probability and
     /// gradient are exactly 0 and the loss is unchanged.
     pub pad_vocab: bool,
+    /// NEFTune's α (0: off): training passes add uniform noise to the token embeddings.
+    pub neftune: f64,
     /// Parameters already cast to the compute kind, reused while they cannot change: always for
     /// a parameter that takes no gradient (a frozen reference, a LoRA base), and for every one
     /// inside `with_cached_casts` (generation, where no update happens). Without it a bf16 model
@@ -164,7 +166,7 @@ impl Model {
             })
             .collect();
         let casts = RefCell::new((0..names.len()).map(|_| None).collect());
-        Ok(Model { graph, names, params, index, node_params, order, inputs, last_use, rope, device, compute: Kind::Float, lora: Default::default(), pad_vocab: false, casts, cache_all: Cell::new(false), shadow: vec![], experts_across: None, share, divided })
+        Ok(Model { graph, names, params, index, node_params, order, inputs, last_use, rope, device, compute: Kind::Float, lora: Default::default(), pad_vocab: false, neftune: 0.0, casts, cache_all: Cell::new(false), shadow: vec![], experts_across: None, share, divided })
     }
 
     pub fn spec(&self) -> &ModelSpec {
@@ -283,7 +285,10 @@ impl Model {
             let arg = |k: usize| vals[self.inputs[i][k]].as_ref().expect("input computed before use");
             let out = match &op.kind {
                 OpKind::Tokens => tokens.shallow_clone(),
-                OpKind::Embedding { .. } => Tensor::embedding(&self.w(i, "", "weight"), arg(0), -1, false, false),
+                OpKind::Embedding { .. } => {
+                    let e = Tensor::embedding(&self.w(i, "", "weight"), arg(0), -1, false, false);
+                    if train && self.neftune > 0.0 { neftune_noise(&e, self.neftune) } else { e }
+                }
                 OpKind::PosEmbedding { .. } => match packing {
                     Some(p) => Tensor::embedding(&self.w(i, "", "weight"), &p.positions, -1, false, false), // (B, T, d)
                     None => self.w(i, "", "weight").narrow(0, offset, arg(0).size()[1]), // (T, d), broadcast over B
@@ -369,4 +374,12 @@ impl Model {
         }
         self.hold_frozen_in_compute_kind();
     }
+}
+
+/// NEFTune (Jain et al. 2023): token embeddings (B, T, d) plus noise drawn uniformly from
+/// ±α/√(T·d), as transformers' `neftune_post_forward_hook` adds it in training.
+pub fn neftune_noise(embeddings: &Tensor, alpha: f64) -> Tensor {
+    let size = embeddings.size();
+    let scale = alpha / ((size[1] * size[2]) as f64).sqrt();
+    embeddings + embeddings.zeros_like().uniform_(-scale, scale)
 }

@@ -48,6 +48,8 @@ pub fn run(ctx: &StageCtx, f: &FinetuneSpec) -> Result<()> {
         held.len()
     );
 
+    // After the "before" scores: NEFTune's noise is for training passes only.
+    model.neftune = f.neftune.unwrap_or(0.0);
     let (names, params): (Vec<String>, Vec<Tensor>) = match &f.lora {
         Some(l) => {
             model.attach_lora(l)?;
@@ -74,7 +76,7 @@ pub fn run(ctx: &StageCtx, f: &FinetuneSpec) -> Result<()> {
         "{name}: fine-tuning `{}` ({trainable} trainable of {} parameters{}) on {} examples of `{}` for {} steps × {} {unit}",
         f.model.arch,
         model.numel(),
-        if f.lora.is_some() { ", LoRA" } else { "" },
+        format!("{}{}", if f.lora.is_some() { ", LoRA" } else { "" }, f.neftune.map_or(String::new(), |a| format!(", NEFTune α = {a}"))),
         seqs.len(),
         set.name,
         f.opt.steps,
@@ -151,6 +153,7 @@ pub fn run(ctx: &StageCtx, f: &FinetuneSpec) -> Result<()> {
         "params": model.numel(),
         "trainable_params": trainable,
         "lora": f.lora,
+        "neftune": f.neftune,
         "lora_update_ratio": f.lora.as_ref().map(|_| model.lora_update_ratio()),
         "steps": f.opt.steps,
         "before": before,
