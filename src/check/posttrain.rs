@@ -144,6 +144,7 @@ impl<'a> Checker<'a> {
         let rank = f.size(self, "rank", Some(8));
         let alpha = f.positive(self, "alpha", rank.map(|r| r as f64));
         let dropout = f.ranged(self, "dropout", Some(0.0), 0.0, false, 1.0, true);
+        let rslora = f.bool(self, "rslora", false);
         let targets_field = f.field("targets");
         f.finish(self);
         let mut targets = vec![];
@@ -180,7 +181,7 @@ impl<'a> Checker<'a> {
                 }
             }
         }
-        Some(Some(LoraSpec { rank: rank?, alpha: alpha?, dropout: dropout?, targets }))
+        Some(Some(LoraSpec { rank: rank?, alpha: alpha?, dropout: dropout?, rslora: rslora?, targets }))
     }
 
     pub(super) fn check_reward_model(&mut self, d: &'a Decl, at: Span, args: &'a [Arg], block: Option<&'a Block>) -> Option<StageSpec> {

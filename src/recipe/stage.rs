@@ -262,6 +262,10 @@ pub struct LoraSpec {
     pub rank: usize,
     pub alpha: f64,
     pub dropout: f64,
+    /// Rank-stabilised LoRA (Kalajdzievski 2023; PEFT's `use_rslora`): scale α/√rank, not α/rank.
+    /// Left out of serialized specs when off, so older stages keep their hash.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub rslora: bool,
     /// Module-path patterns (`attn.q`, `blocks.*.ffn.w1`): a pattern matches a linear whose
     /// path ends with it, `*` standing for one path segment.
     pub targets: Vec<String>,

@@ -83,7 +83,8 @@ impl Model {
 
     /// Attach fresh adapters to the linears `spec` targets and freeze every base weight.
     pub fn attach_lora(&mut self, spec: &LoraSpec) -> Result<()> {
-        let mut ad = Adapters { scale: spec.alpha / spec.rank as f64, dropout: spec.dropout, ..Default::default() };
+        let scale = if spec.rslora { spec.alpha / (spec.rank as f64).sqrt() } else { spec.alpha / spec.rank as f64 };
+        let mut ad = Adapters { scale, dropout: spec.dropout, ..Default::default() };
         tch::no_grad(|| -> Result<()> {
             for l in crate::lower::lora_targets(self.spec(), spec) {
                 let w = self.param_index(&format!("{}.weight", l.path)).expect("lora targets are model linears");

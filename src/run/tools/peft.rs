@@ -82,7 +82,9 @@ pub fn export_peft(run: &Path, out: &Path, base: Option<&str>) -> Result<Family>
         }
         if n > 1 {
             rank_pattern.insert(module.clone(), json!(n * rank));
-            alpha_pattern.insert(module.clone(), json!(n as f64 * lora.alpha));
+            // PEFT scales the block of rank n·r by its alpha over n·r (over √(n·r) under
+            // rsLoRA): an alpha of n·α (√n·α) keeps each part's α/r (α/√r).
+            alpha_pattern.insert(module.clone(), json!(if lora.rslora { (n as f64).sqrt() } else { n as f64 } * lora.alpha));
         }
         named.push((format!("base_model.model.{module}.lora_A.weight"), a.contiguous()));
         named.push((format!("base_model.model.{module}.lora_B.weight"), b.contiguous()));
@@ -100,7 +102,7 @@ pub fn export_peft(run: &Path, out: &Path, base: Option<&str>) -> Result<Family>
         "alpha_pattern": alpha_pattern,
         "fan_in_fan_out": layout == Family::Gpt2,
         "bias": "none",
-        "use_rslora": false,
+        "use_rslora": lora.rslora,
         "use_dora": false,
         "init_lora_weights": true,
         "inference_mode": true,
