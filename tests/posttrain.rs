@@ -669,3 +669,38 @@ fn neftune_adds_bounded_noise_to_training_passes_only() {
     let (plain, noisy) = (first("plain"), first("noisy"));
     assert!((plain - noisy).abs() > 1e-6 && (plain - noisy).abs() < 0.5, "first losses {plain} and {noisy}");
 }
+
+/// `reward_model { center_rewards = c }` (TRL's center_rewards_coefficient): the loss is
+/// Bradley–Terry plus c·mean((r_c + r_r)²). With one pair a step the logged loss is exactly
+/// −log σ(r_c − r_r) + c·(r_c + r_r)² of the logged scores; over a run the scores' sum stays
+/// nearer zero than without it.
+#[test]
+fn centred_reward_models_add_the_squared_score_sum() {
+    let out = scratch("center-rewards");
+    let recipe = out.join("c.roux");
+    std::fs::write(
+        &recipe,
+        r#"experiment "center" {
+          seed = 7
+          data prefs = synthetic.preferences { tasks = [uppercase], pairs = 120, max_len = 3 }
+          model lm = transformer { vocab = 256, context = 24, d_model = 32, layers = 1, heads = 2, dropout = 0 }
+          stage one = reward_model(lm, prefs) { center_rewards = 0.5, steps = 4, batch = 1, log_every = 1, eval_every = 4 }
+          stage plain = reward_model(lm, prefs) { steps = 30, batch = 8, log_every = 1, eval_every = 30, optimizer = adamw { lr = 3e-3 } }
+          stage centred = reward_model(lm, prefs) { center_rewards = 10, steps = 30, batch = 8, log_every = 1, eval_every = 30, optimizer = adamw { lr = 3e-3 } }
+        }"#,
+    )
+    .unwrap();
+    run_ok(&recipe, &out);
+    for m in metrics(&out.join("center/one")) {
+        let f = |k: &str| m[k].as_f64().unwrap();
+        let (c, r) = (f("rewards/chosen"), f("rewards/rejected"));
+        let want = (1.0 + (r - c).exp()).ln() + 0.5 * (c + r).powi(2);
+        assert!((f("loss") - want).abs() < 1e-4, "loss {} vs {want}: {m}", f("loss"));
+    }
+    let drift = |s: &str| {
+        let m = metrics(&out.join("center").join(s));
+        m[m.len() - 10..].iter().map(|x| (x["rewards/chosen"].as_f64().unwrap() + x["rewards/rejected"].as_f64().unwrap()).abs()).sum::<f64>() / 10.0
+    };
+    let (plain, centred) = (drift("plain"), drift("centred"));
+    assert!(centred < 0.5 * plain, "|r_c + r_r| over the last 10 steps: {centred} centred, {plain} plain");
+}

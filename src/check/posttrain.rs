@@ -190,8 +190,9 @@ impl<'a> Checker<'a> {
         let data = bound[1].and_then(|e| self.examples_arg(e, Some(ExampleKind::Preferences), "reward_model"));
         let mut f = self.stage_fields(d, at, block);
         let opt = self.check_split_optim(&mut f, 16, 100);
+        let center = if f.field("center_rewards").is_some() { f.ranged(self, "center_rewards", None, 0.0, false, 1e6, false).map(Some) } else { Some(None) };
         f.finish(self);
-        Some(self.stage_spec(d, StageKind::RewardModel(RewardSpec { model: model?, data: data?.name, opt: opt? })))
+        Some(self.stage_spec(d, StageKind::RewardModel(RewardSpec { model: model?, data: data?.name, opt: opt?, center_rewards: center? })))
     }
 
     pub(super) fn check_ppo(&mut self, d: &'a Decl, at: Span, args: &'a [Arg], block: Option<&'a Block>) -> Option<StageSpec> {

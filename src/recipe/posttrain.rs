@@ -33,6 +33,10 @@ pub struct RewardSpec {
     pub model: ModelRef,
     pub data: String,
     pub opt: Optim,
+    /// Eisenstein et al. 2023's centring (TRL's `center_rewards_coefficient`): this many times
+    /// the mean of (r_chosen + r_rejected)² joins the loss, so scores stay near zero.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub center_rewards: Option<f64>,
 }
 
 /// PPO against a reward model with a per-token KL penalty to a frozen reference (the policy's

@@ -5,7 +5,8 @@ use tch::{Kind, Tensor};
 
 use crate::recipe::{DpoLoss, GrpoLoss};
 
-/// Bradley–Terry: −log σ(r_chosen − r_rejected), averaged over pairs.
+/// Bradley–Terry: −log σ(r_chosen − r_rejected), averaged over pairs (a reward stage's
+/// `center_rewards = c` adds c·mean((r_chosen + r_rejected)²)).
 pub fn bradley_terry(chosen: &Tensor, rejected: &Tensor) -> Tensor {
     -(chosen - rejected).log_sigmoid().mean(Kind::Float)
 }

@@ -77,16 +77,21 @@ pub fn run(ctx: &StageCtx, r: &RewardSpec) -> Result<()> {
         let pairs: Vec<&Pair> = (0..r.opt.batch).map(|_| &split.train[rng.below(split.train.len() as u64) as usize]).collect();
         let mine = world.shard_rows(&pairs);
         opt.zero_grad();
-        // Sums over the global batch: loss × pairs, and pairs the model ranks right.
-        let sums = Tensor::zeros([2], (Kind::Double, dev));
+        // Sums over the global batch: loss × pairs, pairs the model ranks right, chosen and
+        // rejected scores.
+        let sums = Tensor::zeros([4], (Kind::Double, dev));
         for part in mine.chunks(micro) {
             let (c, rj) = pair_rows(&codec, part, context);
             let (sc, sr) = (rm.score(&c, true), rm.score(&rj, true));
-            let loss = bradley_terry(&sc, &sr);
+            let mut loss = bradley_terry(&sc, &sr);
+            if let Some(c) = r.center_rewards {
+                loss += (&sc + &sr).square().mean(Kind::Float) * c;
+            }
             // Each micro-batch's mean, weighted by its share of this process's pairs.
             if part.len() == mine.len() { loss.backward() } else { (&loss * (part.len() as f64 / mine.len() as f64)).backward() }
             let right = sc.gt_tensor(&sr).to_kind(Kind::Double).sum(Kind::Double);
-            let _ = sums.shallow_clone().g_add_(&Tensor::stack(&[loss.detach().to_kind(Kind::Double) * part.len() as f64, right], 0));
+            let total = |t: &Tensor| t.detach().to_kind(Kind::Double).sum(Kind::Double);
+            let _ = sums.shallow_clone().g_add_(&Tensor::stack(&[loss.detach().to_kind(Kind::Double) * part.len() as f64, right, total(&sc), total(&sr)], 0));
         }
         opt.all_reduce_grads(world)?;
         world.all_reduce(&sums, Reduce::Sum)?;
@@ -99,7 +104,8 @@ pub fn run(ctx: &StageCtx, r: &RewardSpec) -> Result<()> {
         let shown = a.map_or(String::new(), |a| format!(" held-out accuracy {:.1}%", 100.0 * a));
         run.progress.line(done, r.opt.log_every, &format!("loss {loss_v:.4} batch accuracy {:.0}%{shown} lr {lr:.2e}", 100.0 * train_acc), a.is_some());
         if done % r.opt.log_every == 0 || a.is_some() {
-            let mut m = json!({"step": done, "loss": loss_v, "lr": lr, "grad_norm": grad_norm, "accuracy": train_acc});
+            let score = |i: i64| sums.double_value(&[i]) / r.opt.batch as f64;
+            let mut m = json!({"step": done, "loss": loss_v, "lr": lr, "grad_norm": grad_norm, "accuracy": train_acc, "rewards/chosen": score(2), "rewards/rejected": score(3)});
             if let Some(a) = a {
                 m["val_accuracy"] = json!(a);
             }
