@@ -169,6 +169,13 @@ fn recipe_text_shows_what_roux_reads_and_strings_escape_the_rest() {
     let r = parse("experiment \"x\" {\n  data i = synthetic.instructions { template = \"Q:\\u{2028}{prompt}\\rA: \" }\n}\n").unwrap();
     let printed = print::print(&r);
     assert!(printed.contains(r#"template = "Q:\u{2028}{prompt}\rA: ""#), "{printed}");
+    // Unclosed escapes are looked at six digits deep: 600,000 of them (1.8 MB) read in well under
+    // a second (looking for each one's `}` to the string's end took 8.5 s at 300,000).
+    let many = format!("experiment \"x\" {{\n  data i = synthetic.instructions {{ template = \"{}{{prompt}}\" }}\n}}\n", "\\u{".repeat(600_000));
+    let t = std::time::Instant::now();
+    let r = parse(&many).unwrap();
+    assert!(t.elapsed().as_secs() < 15, "{:?}", t.elapsed());
+    assert!(print::print(&r).contains(&format!("\"{}{{prompt}}\"", "u{".repeat(600_000))));
     let from_yaml = yaml::from_yaml("experiment: x\ndata i:\n  $: synthetic.instructions\n  template: \"Q:\\u2028{prompt}\\rA: \"\n").unwrap();
     let (mut a, mut b) = (parse(&print::print(&from_yaml)).unwrap(), from_yaml.clone());
     strip_spans(&mut a);

@@ -272,7 +272,10 @@ fn unescape(s: &str) -> String {
                 // `\u{2028}`: a character by its code point (one a recipe may not hold raw).
                 Some('u') if chars.as_str().starts_with('{') => {
                     let rest = chars.as_str();
-                    let code = rest[1..].find('}').and_then(|end| u32::from_str_radix(&rest[1..1 + end], 16).ok().and_then(char::from_u32).map(|c| (c, end + 2)));
+                    // At most six hex digits: the `}` is looked for that far only (a string of
+                    // many unclosed `\u{` stays linear).
+                    let digits = rest[1..].bytes().take(7).position(|b| b == b'}');
+                    let code = digits.and_then(|end| u32::from_str_radix(&rest[1..1 + end], 16).ok().and_then(char::from_u32).map(|c| (c, end + 2)));
                     match code {
                         Some((c, used)) => {
                             out.push(c);
