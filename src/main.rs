@@ -237,29 +237,47 @@ enum Command {
         /// Read the prompt from a file instead (as it is, no escapes).
         #[arg(long, conflicts_with = "prompt")]
         prompt_file: Option<PathBuf>,
-        /// Tokens to generate (at most 1,000,000), printed as they come.
-        #[arg(long, default_value_t = 200, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
-        tokens: u64,
-        /// 0 is greedy.
-        #[arg(long, default_value_t = 0.8)]
-        temperature: f64,
-        /// Keep the k most likely tokens (0: all).
-        #[arg(long, default_value_t = 0)]
-        top_k: i64,
-        /// Nucleus sampling: keep the most likely tokens up to this probability (1: all).
-        #[arg(long, default_value_t = 1.0)]
-        top_p: f64,
-        #[arg(long, default_value_t = 0)]
-        seed: u64,
-        /// Compute precision of the forward passes: fp32, or bf16 (bfloat16, as a stage's
-        /// `precision = bf16`; about twice as fast on a GPU).
-        #[arg(long, default_value = "fp32", value_parser = ["fp32", "bf16"])]
-        precision: String,
+        #[command(flatten)]
+        sampling: Sampling,
         /// The prompt is a user's message: apply the imported model's chat template, print the
         /// reply alone and stop at its end-of-sequence token.
         #[arg(long)]
         chat: bool,
     },
+    /// Converse with a finished stage's model through its chat template: each line of standard
+    /// input is a user's message, each reply is printed as it comes and joins the conversation.
+    Chat {
+        /// A run directory of an imported model's stage (or a `roux merge` of one).
+        run: PathBuf,
+        /// A system message at the start of the conversation.
+        #[arg(long)]
+        system: Option<String>,
+        #[command(flatten)]
+        sampling: Sampling,
+    },
+}
+
+/// How `sample` and `chat` draw each token.
+#[derive(clap::Args)]
+struct Sampling {
+    /// Tokens to generate (at most 1,000,000), printed as they come.
+    #[arg(long, default_value_t = 200, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+    tokens: u64,
+    /// 0 is greedy.
+    #[arg(long, default_value_t = 0.8)]
+    temperature: f64,
+    /// Keep the k most likely tokens (0: all).
+    #[arg(long, default_value_t = 0)]
+    top_k: i64,
+    /// Nucleus sampling: keep the most likely tokens up to this probability (1: all).
+    #[arg(long, default_value_t = 1.0)]
+    top_p: f64,
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Compute precision of the forward passes: fp32, or bf16 (bfloat16, as a stage's
+    /// `precision = bf16`; about twice as fast on a GPU).
+    #[arg(long, default_value = "fp32", value_parser = ["fp32", "bf16"])]
+    precision: String,
 }
 
 fn main() -> ExitCode {
@@ -296,9 +314,8 @@ fn main() -> ExitCode {
         Command::Report { runs, output } => cli::plan::report(&runs, output.as_deref()),
         Command::Export { run, to, output, base } => cli::exec::export(&run, &to, output.as_deref(), base.as_deref()),
         Command::Merge { run, output } => cli::exec::merge(&run, output.as_deref()),
-        Command::Sample { run, prompt, prompt_file, tokens, temperature, top_k, top_p, seed, precision, chat } => {
-            cli::exec::sample(&run, &prompt, prompt_file.as_deref(), tokens as usize, temperature, top_k, top_p, seed, precision == "bf16", chat)
-        }
+        Command::Sample { run, prompt, prompt_file, sampling, chat } => cli::exec::sample(&run, &prompt, prompt_file.as_deref(), &sampling.options(chat)),
+        Command::Chat { run, system, sampling } => cli::exec::chat(&run, system.as_deref(), &sampling.options(true)),
     };
     ExitCode::from(code)
 }
@@ -320,5 +337,11 @@ fn step_range(s: &str) -> Result<(u64, u64), String> {
     match (a, b) {
         (Some(a), Some(b)) if a <= b => Ok((a, b)),
         _ => Err(format!("`{s}` is not a range of steps like `11..13` (steps from 1, the first not after the last)")),
+    }
+}
+
+impl Sampling {
+    fn options(&self, chat: bool) -> cli::exec::Sampling {
+        cli::exec::Sampling { tokens: self.tokens as usize, temperature: self.temperature, top_k: self.top_k, top_p: self.top_p, seed: self.seed, bf16: self.precision == "bf16", chat }
     }
 }

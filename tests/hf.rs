@@ -413,6 +413,34 @@ fn conversations_train_on_assistant_turns_through_the_chat_template() {
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     eprintln!("sample --chat \"reverse abc\" → {reply:?}");
     assert!(!reply.contains("<|im") && !reply.contains("reverse") && reply.trim().len() <= 8, "{reply:?}");
+
+    // `roux chat`: a line a turn. The first reply is `sample --chat`'s (the same rendering, greedy);
+    // the second turn's conversation holds the first exchange, so it is longer than twice the
+    // first turn's less its generation prompt. With replies of up to 60 tokens (context 64) the
+    // second turn leaves the first exchange out, and says so.
+    let chat = |tokens: &str| {
+        use std::io::Write;
+        let mut child = Command::new(env!("CARGO_BIN_EXE_roux"))
+            .args(["chat", dir.join("runs/chat/sft").to_str().unwrap(), "--temperature", "0", "--tokens", tokens])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        child.stdin.take().unwrap().write_all(b"reverse abc\n\nreverse xy\n").unwrap();
+        let o = child.wait_with_output().unwrap();
+        let (out, err) = (String::from_utf8_lossy(&o.stdout).to_string(), String::from_utf8_lossy(&o.stderr).to_string());
+        assert!(o.status.success(), "{err}");
+        let sizes: Vec<usize> = err.lines().filter_map(|l| l.strip_prefix('(')?.strip_suffix(" tokens of conversation)")?.parse().ok()).collect();
+        (out, err, sizes)
+    };
+    let (out, err, sizes) = chat("8");
+    let replies: Vec<&str> = out.lines().collect();
+    assert_eq!((replies.len(), sizes.len()), (2, 2), "{out:?}\n{err}");
+    assert_eq!(replies[0], reply.trim_end_matches('\n'), "{out:?}");
+    assert!(!replies[1].contains("<|im") && sizes[1] > sizes[0] + sizes[0] / 2, "{sizes:?}: {out:?}");
+    let (_, err, long) = chat("60");
+    assert!(err.contains("(the oldest exchange is left out, to keep the conversation and a reply within the context of 64)") && long[1] < sizes[1], "{long:?}\n{err}");
 }
 
 /// A base checkpoint without a chat template, fine-tuned on conversations in a template the

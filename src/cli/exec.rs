@@ -1,4 +1,4 @@
-//! `roux run` and `roux sample`; without the `torch` feature they explain how to get them.
+//! `roux run`, `roux sample` and `roux chat`; without the `torch` feature they explain how to get them.
 
 use std::path::Path;
 
@@ -19,9 +19,36 @@ pub fn run(file: &Path, out: &Path, only: &[String], fresh: bool, force: bool, t
     0
 }
 
+/// The command line's sampling flags, for `sample` and `chat`.
+#[cfg_attr(not(feature = "torch"), allow(dead_code))] // read only where they can run
+pub struct Sampling {
+    pub tokens: usize,
+    pub temperature: f64,
+    pub top_k: i64,
+    pub top_p: f64,
+    pub seed: u64,
+    pub bf16: bool,
+    pub chat: bool,
+}
+
 #[cfg(feature = "torch")]
-#[allow(clippy::too_many_arguments)]
-pub fn sample(run: &Path, prompt: &str, prompt_file: Option<&Path>, tokens: usize, temperature: f64, top_k: i64, top_p: f64, seed: u64, bf16: bool, chat: bool) -> u8 {
+impl Sampling {
+    fn options(&self) -> roux::run::tools::sample::SampleOptions {
+        let precision = if self.bf16 { roux::recipe::Precision::Bf16 } else { roux::recipe::Precision::Fp32 };
+        roux::run::tools::sample::SampleOptions { tokens: self.tokens, temperature: self.temperature, top_k: self.top_k, top_p: self.top_p, seed: self.seed, precision, chat: self.chat }
+    }
+}
+
+/// Generated text, streamed: each piece printed as it comes.
+#[cfg(feature = "torch")]
+fn print_piece(piece: &str) {
+    use std::io::Write;
+    out!("{piece}");
+    let _ = std::io::stdout().flush();
+}
+
+#[cfg(feature = "torch")]
+pub fn sample(run: &Path, prompt: &str, prompt_file: Option<&Path>, s: &Sampling) -> u8 {
     let prompt = match prompt_file {
         Some(f) => match roux::fsio::read_text(f, 1 << 20) {
             Ok(t) => t,
@@ -32,19 +59,40 @@ pub fn sample(run: &Path, prompt: &str, prompt_file: Option<&Path>, tokens: usiz
         },
         None => unescape(prompt),
     };
-    // Streamed: each piece printed as it is generated.
-    let mut print = |piece: &str| {
-        use std::io::Write;
-        out!("{piece}");
-        let _ = std::io::stdout().flush();
-    };
-    let precision = if bf16 { roux::recipe::Precision::Bf16 } else { roux::recipe::Precision::Fp32 };
-    let o = roux::run::tools::sample::SampleOptions { tokens, temperature, top_k, top_p, seed, precision, chat };
-    match roux::run::tools::sample::sample_run(run, &prompt, &o, &mut print) {
+    match roux::run::tools::sample::sample_run(run, &prompt, &s.options(), &mut print_piece) {
         Ok(_) => {
             outln!();
             0
         }
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            2
+        }
+    }
+}
+
+/// `roux chat`: each line of standard input a user's message (`/exit` or the end of input ends
+/// the conversation), each reply printed as it comes; on a terminal, a `> ` before each message.
+#[cfg(feature = "torch")]
+pub fn chat(run: &Path, system: Option<&str>, s: &Sampling) -> u8 {
+    use std::io::{BufRead, IsTerminal, Write};
+    let interactive = std::io::stdin().is_terminal();
+    let mut lines = std::io::stdin().lock().lines();
+    let mut next = || loop {
+        if interactive {
+            eprint!("> ");
+            let _ = std::io::stderr().flush();
+        }
+        match lines.next() {
+            Some(Ok(line)) if line.trim() == "/exit" => return None,
+            Some(Ok(line)) if line.trim().is_empty() => continue,
+            Some(Ok(line)) => return Some(line),
+            _ => return None,
+        }
+    };
+    let mut note = |n: &str| eprintln!("{n}");
+    match roux::run::tools::sample::chat(run, system, &s.options(), &mut next, &mut print_piece, &mut note) {
+        Ok(()) => 0,
         Err(e) => {
             eprintln!("error: {e:#}");
             2
@@ -83,9 +131,13 @@ pub fn run(_: &Path, _: &Path, _: &[String], _: bool, _: bool, _: bool, _: Optio
 }
 
 #[cfg(not(feature = "torch"))]
-#[allow(clippy::too_many_arguments)]
-pub fn sample(_: &Path, _: &str, _: Option<&Path>, _: usize, _: f64, _: i64, _: f64, _: u64, _: bool, _: bool) -> u8 {
+pub fn sample(_: &Path, _: &str, _: Option<&Path>, _: &Sampling) -> u8 {
     no_torch("sample")
+}
+
+#[cfg(not(feature = "torch"))]
+pub fn chat(_: &Path, _: Option<&str>, _: &Sampling) -> u8 {
+    no_torch("chat")
 }
 
 #[cfg(not(feature = "torch"))]

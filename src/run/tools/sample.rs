@@ -1,10 +1,11 @@
 //! `roux sample RUN`: generate text from a trained stage's model (`--chat`: a reply to a user's
-//! message through an imported model's chat template).
+//! message through an imported model's chat template); `roux chat RUN`: a conversation with it.
 
 use anyhow::{bail, Context, Result};
 use std::path::Path;
 use tch::{Kind, Tensor};
 
+use crate::posttrain::chat::{Message, Renderer};
 use crate::recipe::ModelSpec;
 use crate::run::kit::files::{read_capped, read_tensors};
 use crate::run::kit::tokenize;
@@ -28,12 +29,22 @@ pub struct SampleOptions {
     pub chat: bool,
 }
 
-/// Sample `o.tokens` tokens after `prompt`; the text goes to `on_text` piece by piece as it is
-/// generated (each piece whole characters), and the whole text is returned.
-pub fn sample_run(run: &Path, prompt: &str, o: &SampleOptions, on_text: &mut dyn FnMut(&str)) -> Result<String> {
-    let SampleOptions { tokens, temperature, top_k, top_p, seed, precision, chat } = *o;
-    if !(top_p > 0.0 && top_p <= 1.0) {
+/// A finished stage's model, ready to generate: its definition, weights and tokenizer (none:
+/// bytes), and its run's resolved.json.
+struct Loaded {
+    spec: ModelSpec,
+    model: Model,
+    tk: Option<tokenizers::Tokenizer>,
+    resolved: serde_json::Value,
+    device: tch::Device,
+}
+
+fn load(run: &Path, o: &SampleOptions) -> Result<Loaded> {
+    if !(o.top_p > 0.0 && o.top_p <= 1.0) {
         bail!("--top-p must lie in (0, 1]");
+    }
+    if !(o.temperature >= 0.0 && o.temperature.is_finite()) {
+        bail!("--temperature must be a finite number ≥ 0");
     }
     let resolved = run.join("resolved.json");
     let text = read_capped(&resolved, 64 << 20).with_context(|| format!("{} is not a run directory (no resolved.json)", run.display()))?;
@@ -46,38 +57,85 @@ pub fn sample_run(run: &Path, prompt: &str, o: &SampleOptions, on_text: &mut dyn
         }
         bail!("{} has no model.safetensors yet (is the stage finished?)", run.display());
     }
-    if !(temperature >= 0.0 && temperature.is_finite()) {
-        bail!("--temperature must be a finite number ≥ 0");
-    }
     let device = tch::Device::cuda_if_available();
     let mut model = Model::new(&spec, device)?;
     model.load(&read_tensors(&weights)?)?;
-    let model = model.computing(precision);
-    tch::manual_seed(seed as i64);
+    let model = model.computing(o.precision);
+    tch::manual_seed(o.seed as i64);
     // A BPE run keeps its tokenizer beside the model, an imported model in its checkpoint;
     // otherwise tokens are bytes.
     let checkpoint_tk = spec.checkpoint.as_ref().filter(|c| c.tokenizer && !c.byte_level).map(|c| c.dir.join(tokenize::FILE));
     let tk_path = Some(run.join(tokenize::FILE)).filter(|p| p.exists()).or(checkpoint_tk);
     let tk = tk_path.map(|p| tokenize::read(&p)).transpose()?;
-    let (text, stop) = if chat { chat_prompt(&spec, &v["chat_template"], tk.as_ref(), prompt)? } else { (prompt.to_string(), vec![]) };
-    let mut ids: Vec<i64> = match &tk {
+    Ok(Loaded { spec, model, tk, resolved: v, device })
+}
+
+/// Sample `o.tokens` tokens after `prompt`; the text goes to `on_text` piece by piece as it is
+/// generated (each piece whole characters), and the whole text is returned.
+pub fn sample_run(run: &Path, prompt: &str, o: &SampleOptions, on_text: &mut dyn FnMut(&str)) -> Result<String> {
+    let l = load(run, o)?;
+    let (text, stop) = match o.chat {
+        true => {
+            let (renderer, stop) = chat_template(&l)?;
+            (render(&renderer, &[Message::new("user", prompt)])?, stop)
+        }
+        false => (prompt.to_string(), vec![]),
+    };
+    let ids = match &l.tk {
         // A plain prompt after the tokenizer's leading special tokens, as `tokenizer(prompt)` in
         // transformers; a chat template writes its own.
         Some(tk) => {
-            let prefix = if chat { vec![] } else { tokenize::special_prefix(tk)? };
+            let prefix = if o.chat { vec![] } else { tokenize::special_prefix(tk)? };
             prefix.into_iter().chain(tokenize::encode_bounded(tk, &text)?).map(i64::from).collect()
         }
         None => text.bytes().map(|b| b as i64).collect(),
     };
+    // A chat reply is printed alone; a continuation after its prompt.
+    let prompt = if o.chat { "" } else { prompt };
+    on_text(prompt);
+    Ok(format!("{prompt}{}", generate(&l, ids, o, &stop, on_text)?.0))
+}
+
+/// `roux chat`: a conversation with the run's model through the chat template it was trained in.
+/// Each message from `next` is a user's turn (after an optional `system` message); the reply goes
+/// to `on_text` as it is generated and joins the conversation. When the conversation and a reply of
+/// `o.tokens` no longer fit the context, its oldest exchanges are left out (said to `on_note`, as is
+/// each turn's length in tokens).
+pub fn chat(run: &Path, system: Option<&str>, o: &SampleOptions, next: &mut dyn FnMut() -> Option<String>, on_text: &mut dyn FnMut(&str), on_note: &mut dyn FnMut(&str)) -> Result<()> {
+    let l = load(run, o)?;
+    let (renderer, stop) = chat_template(&l)?;
+    let tk = l.tk.as_ref().expect("a chat template comes with a tokenizer");
+    let mut messages: Vec<Message> = system.map(|s| Message::new("system", s)).into_iter().collect();
+    let first = messages.len(); // the first message an overlong conversation may leave out
+    while let Some(text) = next() {
+        messages.push(Message::new("user", &text));
+        let ids = loop {
+            let ids: Vec<i64> = tokenize::encode_bounded(tk, &render(&renderer, &messages)?)?.into_iter().map(i64::from).collect();
+            if ids.len() + o.tokens <= l.spec.context || messages.len() <= first + 1 {
+                break ids;
+            }
+            messages.drain(first..first + 2);
+            on_note(&format!("(the oldest exchange is left out, to keep the conversation and a reply within the context of {})", l.spec.context));
+        };
+        on_note(&format!("({} tokens of conversation)", ids.len()));
+        let (reply, _) = generate(&l, ids, o, &stop, on_text)?;
+        on_text("\n");
+        messages.push(Message::new("assistant", &reply));
+    }
+    Ok(())
+}
+
+/// Up to `o.tokens` tokens after `ids`, stopping at one of `stop`: the text (streamed to `on_text`
+/// in whole characters) and the number of tokens generated.
+fn generate(l: &Loaded, mut ids: Vec<i64>, o: &SampleOptions, stop: &[i64], on_text: &mut dyn FnMut(&str)) -> Result<(String, usize)> {
+    let SampleOptions { tokens, temperature, top_k, top_p, .. } = *o;
+    let (spec, device, tk) = (&l.spec, l.device, l.tk.as_ref());
     if ids.is_empty() {
         ids.push(b'\n' as i64);
     }
-    // A chat reply is printed alone; a continuation after its prompt.
-    let prompt = if chat { "" } else { prompt };
-    on_text(prompt);
     let mut pending: Vec<i64> = vec![];
-    let mut out = prompt.to_string();
-    model.with_cached_casts(|| -> Result<()> {
+    let (mut out, mut made) = (String::new(), 0);
+    l.model.with_cached_casts(|| -> Result<()> {
         // Tokens go through the model once each (KV cache); once the context is full, the last
         // `context` tokens are fed afresh each step, as a model with learned positions needs.
         let mut cache = KvCache::default();
@@ -89,34 +147,35 @@ pub fn sample_run(run: &Path, prompt: &str, o: &SampleOptions, on_text: &mut dyn
             }
             let x = Tensor::from_slice(&ids[fed..]).view([1, -1]).to_device(device);
             fed = ids.len();
-            let logits = model.forward_cached(&x, &mut cache).select(1, -1).squeeze_dim(0).to_kind(Kind::Float); // (vocab)
+            let logits = l.model.forward_cached(&x, &mut cache).select(1, -1).squeeze_dim(0).to_kind(Kind::Float); // (vocab)
             let next = if temperature == 0.0 {
                 logits.argmax(0, false).int64_value(&[])
             } else {
                 // Shifted by the maximum first, so a tiny temperature is greedy rather than NaN.
-                let mut l = (&logits - logits.max()) / temperature;
+                let mut scores = (&logits - logits.max()) / temperature;
                 if top_k > 0 && top_k < spec.vocab as i64 {
-                    let (vals, _) = l.topk(top_k, 0, true, true);
+                    let (vals, _) = scores.topk(top_k, 0, true, true);
                     let cut = vals.double_value(&[top_k - 1]);
-                    l = l.where_self(&l.ge(cut), &Tensor::from(f64::NEG_INFINITY).to_device(device));
+                    scores = scores.where_self(&scores.ge(cut), &Tensor::from(f64::NEG_INFINITY).to_device(device));
                 }
                 if top_p < 1.0 {
                     // Nucleus sampling (Holtzman et al. 2020): drop the tokens past the most likely
                     // set whose probability reaches top_p (the one that crosses it stays).
-                    let (sorted, order) = l.softmax(0, Kind::Float).sort(0, true);
+                    let (sorted, order) = scores.softmax(0, Kind::Float).sort(0, true);
                     let before = sorted.cumsum(0, Kind::Float) - &sorted;
                     let drop_sorted = before.gt(top_p);
                     let drop = drop_sorted.scatter(0, &order, &drop_sorted);
-                    l = l.masked_fill(&drop, f64::NEG_INFINITY);
+                    scores = scores.masked_fill(&drop, f64::NEG_INFINITY);
                 }
-                l.softmax(0, Kind::Float).f_multinomial(1, true).context("sampling the next token")?.int64_value(&[0])
+                scores.softmax(0, Kind::Float).f_multinomial(1, true).context("sampling the next token")?.int64_value(&[0])
             };
             if stop.contains(&next) {
                 break;
             }
             ids.push(next);
             pending.push(next);
-            if let Some(piece) = whole_piece(tk.as_ref(), &pending, false)? {
+            made += 1;
+            if let Some(piece) = whole_piece(tk, &pending, false)? {
                 on_text(&piece);
                 out.push_str(&piece);
                 pending.clear();
@@ -124,21 +183,20 @@ pub fn sample_run(run: &Path, prompt: &str, o: &SampleOptions, on_text: &mut dyn
         }
         Ok(())
     })?;
-    if let Some(piece) = whole_piece(tk.as_ref(), &pending, true)? {
+    if let Some(piece) = whole_piece(tk, &pending, true)? {
         on_text(&piece);
         out.push_str(&piece);
     }
-    Ok(out)
+    Ok((out, made))
 }
 
-/// `--chat`: the prompt as a user's message rendered with the chat template the run's model was
-/// trained in (`trained`, from its resolved.json), else its checkpoint's (ending where the
-/// assistant's reply begins), and the tokens that end a reply.
-fn chat_prompt(spec: &ModelSpec, trained: &serde_json::Value, tk: Option<&tokenizers::Tokenizer>, prompt: &str) -> Result<(String, Vec<i64>)> {
-    let (Some(c), Some(tk)) = (spec.checkpoint.as_ref(), tk) else {
-        bail!("--chat needs a model imported with hf(\"…\") from a checkpoint with a tokenizer and a chat template; model `{}` is not", spec.name)
+/// The chat template the run's model was trained in (its resolved.json's `chat_template`), else
+/// its checkpoint's, and the tokens that end a reply.
+fn chat_template(l: &Loaded) -> Result<(Renderer, Vec<i64>)> {
+    let (Some(c), Some(tk)) = (l.spec.checkpoint.as_ref(), l.tk.as_ref()) else {
+        bail!("a chat needs a model imported with hf(\"…\") from a checkpoint with a tokenizer and a chat template; model `{}` is not", l.spec.name)
     };
-    let template = match serde_json::from_value::<crate::recipe::ChatTemplate>(trained.clone()) {
+    let template = match serde_json::from_value::<crate::recipe::ChatTemplate>(l.resolved["chat_template"].clone()) {
         Ok(t) => t,
         Err(_) => {
             let config = tokenize::checkpoint_config(&c.dir)?;
@@ -147,9 +205,13 @@ fn chat_prompt(spec: &ModelSpec, trained: &serde_json::Value, tk: Option<&tokeni
             crate::hf::chat_template(&config, jinja).map_err(|e| anyhow::anyhow!("{}: the checkpoint {e}", c.dir.display()))?
         }
     };
-    let renderer = crate::posttrain::chat::Renderer::new(&template).map_err(anyhow::Error::msg)?;
-    let text = renderer.render(&[crate::posttrain::chat::Message::new("user", prompt)], &Default::default(), true).map_err(anyhow::Error::msg)?;
-    Ok((text, crate::run::kit::codec::eos_ids(&c.dir, tk)?))
+    let renderer = Renderer::new(&template).map_err(anyhow::Error::msg)?;
+    Ok((renderer, crate::run::kit::codec::eos_ids(&c.dir, tk)?))
+}
+
+/// The conversation so far, ending where the assistant's reply begins.
+fn render(renderer: &Renderer, messages: &[Message]) -> Result<String> {
+    renderer.render(messages, &Default::default(), true).map_err(anyhow::Error::msg)
 }
 
 /// The text of the tokens generated since the last piece, once they make whole characters (a
