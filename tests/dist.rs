@@ -213,6 +213,11 @@ fn finetune_on_two_processes_and_in_micro_batches_equals_one_process() {
         let (loss, weights) = differences(&one, &run);
         assert!(loss < 1e-5 && weights < 1e-5, "{what} vs 1 process: losses differ by {loss:e}, weights by {weights:e}");
     }
+    // Packed rows divide the same way (rows of up to 32 tokens, 8 a step).
+    let packed = ["--set", "sft.packing=true", "--set", "sft.batch=8"];
+    let (one, acc) = (sft("one-packed", &packed), sft("acc-packed", &[&packed[..], &["--nproc", "2", "--set", "sft.accumulate=2"]].concat()));
+    let (loss, weights) = differences(&one, &acc);
+    assert!(loss < 1e-5 && weights < 1e-5, "packed, 2 processes × accumulate = 2 vs 1 process: losses differ by {loss:e}, weights by {weights:e}");
 }
 
 /// `device = "cuda:N"` names one GPU (check takes it; a machine without it says so at run time);
@@ -260,6 +265,14 @@ fn reward_model_and_dpo_on_two_processes_equal_one_process() {
         }
     }
     assert!(one[0].0[29] < one[0].0[0] - 0.05, "the reward model's loss did not fall: {:?}", one[0].0);
+    // A centred reward model, and ORPO, whose NLL is per chosen token of the whole batch: the
+    // same on 2 processes in micro-batches as on one.
+    let variant = ["--set", "rm.center_rewards=1", "--set", "po.loss=orpo"];
+    let (one, acc) = (pairs("one-orpo", &variant), pairs("acc-orpo", &[&variant[..], &["--nproc", "2", "--set", "rm.accumulate=4", "--set", "po.accumulate=2"]].concat()));
+    for (i, stage) in ["rm (centred)", "po (ORPO)"].iter().enumerate() {
+        let (loss, weights) = differences(&one[i], &acc[i]);
+        assert!(loss < 1e-6 && weights < 1e-5, "{stage}, 2 processes × micro-batches vs 1 process: losses differ by {loss:e}, weights by {weights:e}");
+    }
 }
 
 /// The whole lifecycle (pretrain, LoRA SFT, reward model, PPO, DPO, compare) under 2 processes:
