@@ -118,11 +118,16 @@ pub fn run(ctx: &StageCtx, d: &DpoSpec) -> Result<()> {
     let mut stopped = None;
     opt.broadcast_state(world)?;
     let context = policy.spec().context;
-    let smoothing = if d.label_smoothing > 0.0 { format!(", label smoothing {}", d.label_smoothing) } else { String::new() };
-    let smoothing = d.gamma.map_or(smoothing.clone(), |g| format!("{smoothing}, γ = {g}"));
-    let smoothing = if reference.is_none() { format!("{smoothing}, no reference") } else { smoothing };
-    let smoothing = d.rpo_alpha.map_or(smoothing.clone(), |a| format!("{smoothing}, NLL weight {a}"));
-    tracing::info!("{name}: DPO ({} loss, β = {}{smoothing}) on `{}` ({} pairs) for {} steps × {} pairs", d.loss.name(), d.beta, set.name, split.train.len(), d.opt.steps, d.opt.batch);
+    let mut settings = vec![format!("{} loss", d.loss.name()), format!("β = {}", d.beta)];
+    if d.label_smoothing > 0.0 {
+        settings.push(format!("label smoothing {}", d.label_smoothing));
+    }
+    settings.extend(d.gamma.map(|g| format!("γ = {g}")));
+    if reference.is_none() {
+        settings.push("no reference".into());
+    }
+    settings.extend(d.rpo_alpha.map(|a| format!("NLL weight {a}")));
+    tracing::info!("{name}: DPO ({}) on `{}` ({} pairs) for {} steps × {} pairs", settings.join(", "), set.name, split.train.len(), d.opt.steps, d.opt.batch);
     let started = Instant::now();
     let (mut last, mut last_pairs) = (None, None);
     for step in step0..d.opt.steps {
@@ -139,8 +144,8 @@ pub fn run(ctx: &StageCtx, d: &DpoSpec) -> Result<()> {
         // Sums over the global batch: loss × pairs, the implicit rewards' margins, pairs won,
         // chosen and rejected rewards β·(log π − log π_ref); ORPO's NLL and log odds ratio.
         let sums = Tensor::zeros([7], (Kind::Double, dev));
-        // ORPO's NLL is per chosen token of the whole batch: each process divides its sum by its
-        // share of their number, as its gradients are averaged with the others'.
+        // The chosen responses' NLL (ORPO's, RPO's) is per chosen token of the whole batch: each
+        // process divides its sum by its share of their number, as its gradients are averaged.
         let chosen_tokens = pairs.iter().map(|p| p.0.weights.iter().map(|&w| w as f64).sum::<f64>()).sum::<f64>().max(1.0) / world.size as f64;
         for part in mine.chunks(micro) {
             // One batch: the chosen rows, then the rejected rows.
