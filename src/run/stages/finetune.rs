@@ -48,7 +48,7 @@ pub fn run(ctx: &StageCtx, f: &FinetuneSpec) -> Result<()> {
         held.len()
     );
 
-    // After the "before" scores: NEFTune's noise is for training passes only.
+    // NEFTune: noise on the embeddings of training passes (evaluation and generation see none).
     model.neftune = f.neftune.unwrap_or(0.0);
     let (names, params): (Vec<String>, Vec<Tensor>) = match &f.lora {
         Some(l) => {
