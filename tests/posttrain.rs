@@ -464,17 +464,19 @@ fn patience_stops_post_training_stages_and_survives_a_resume() {
         .unwrap()
         .replace("steps = 30", "steps = 100")
         .replace("eval_every = 30", "eval_every = 5, patience = 2")
-        .replace("lr = 1e-3", "lr = 1e-12");
+        .replace("lr = 1e-3", "lr = 1e-12")
+        .replace("  stage rm =", "  data instr = synthetic.instructions { tasks = [uppercase], examples = 100, max_len = 3 }\n  stage sft = finetune(lm, instr) { steps = 100, batch = 8, eval_every = 5, patience = 2, eval_examples = 4, max_new = 2, optimizer = adamw { lr = 1e-12 } }\n  stage rm =");
     let recipe = out.join("p.roux");
     std::fs::write(&recipe, text).unwrap();
     let runs = out.join("runs");
     let log = run_ok(&recipe, &runs);
     let report = |stage: &str| -> serde_json::Value { serde_json::from_str(&std::fs::read_to_string(runs.join("pairs").join(stage).join("report.json")).unwrap()).unwrap() };
-    for (stage, measure) in [("rm", "pairwise_accuracy"), ("po", "pairwise_accuracy")] {
+    // Fine-tuning watches its held-out loss (lower is better), as HF's EarlyStoppingCallback.
+    for (stage, measure) in [("sft", "loss"), ("rm", "pairwise_accuracy"), ("po", "pairwise_accuracy")] {
         let r = report(stage);
         assert_eq!(r["stopped_early_at"], 15, "{stage}: {r}");
         assert_eq!((r["patience"]["evaluations"].as_u64(), r["patience"]["measure"].as_str(), r["patience"]["best_step"].as_u64()), (Some(2), Some(measure), Some(5)), "{stage}: {r}");
-        assert!(log.contains(&format!("{stage}: stopping early at step 15 of 100: no better held-out pairwise accuracy in 2 evaluations (the best, ")), "{log}");
+        assert!(log.contains(&format!("{stage}: stopping early at step 15 of 100: no better held-out {} in 2 evaluations (the best, ", measure.replace('_', " "))), "{log}");
         let steps: Vec<u64> = std::fs::read_to_string(runs.join("pairs").join(stage).join("metrics.jsonl")).unwrap().lines().map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["step"].as_u64().unwrap()).collect();
         assert_eq!(steps.last(), Some(&15), "{stage}");
     }

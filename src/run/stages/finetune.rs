@@ -60,7 +60,8 @@ pub fn run(ctx: &StageCtx, f: &FinetuneSpec) -> Result<()> {
     let trainable: u64 = params.iter().map(|p| p.numel() as u64).sum();
     let mut opt = Optimizer::new(&params, &f.opt.optimizer);
     let (step0, mut rng, extra) = run.restore(&names, &params, &mut opt, Rng(recipe.seed ^ 0x5F7))?;
-    let mut patience = Patience::new(f.opt.patience, "gold_reward", &extra);
+    // Watched: the held-out loss, as Hugging Face's EarlyStoppingCallback watches eval_loss.
+    let mut patience = Patience::lowest(f.opt.patience, "loss", &extra);
     let mut stopped = None;
     opt.broadcast_state(world)?;
     let seqs: Vec<Seq> = split.train.iter().map(|e| codec.example(e, f.mask_prompt, context)).collect();
@@ -130,7 +131,7 @@ pub fn run(ctx: &StageCtx, f: &FinetuneSpec) -> Result<()> {
             window = (Instant::now(), 0.0);
         }
         if let Some(s) = s {
-            let stop = patience.observe(done, s.gold);
+            let stop = patience.observe(done, val.map_or(f64::NAN, |v| v.loss));
             last = Some(s);
             run.checkpoint(done, &names, &params, &opt, rng, patience.save_into(serde_json::Value::Null))?;
             if stop {
