@@ -243,6 +243,9 @@ enum Command {
         /// reply alone and stop at its end-of-sequence token.
         #[arg(long)]
         chat: bool,
+        /// With --chat: a system message before the user's.
+        #[arg(long, requires = "chat")]
+        system: Option<String>,
     },
     /// Converse with a finished stage's model through its chat template: each line of standard
     /// input is a user's message, each reply is printed as it comes and joins the conversation.
@@ -314,7 +317,7 @@ fn main() -> ExitCode {
         Command::Report { runs, output } => cli::plan::report(&runs, output.as_deref()),
         Command::Export { run, to, output, base } => cli::exec::export(&run, &to, output.as_deref(), base.as_deref()),
         Command::Merge { run, output } => cli::exec::merge(&run, output.as_deref()),
-        Command::Sample { run, prompt, prompt_file, sampling, chat } => cli::exec::sample(&run, &prompt, prompt_file.as_deref(), &sampling.options(chat)),
+        Command::Sample { run, prompt, prompt_file, sampling, chat, system } => cli::exec::sample(&run, &prompt, prompt_file.as_deref(), system.as_deref(), &sampling.options(chat)),
         Command::Chat { run, system, sampling } => cli::exec::chat(&run, system.as_deref(), &sampling.options(true)),
     };
     ExitCode::from(code)

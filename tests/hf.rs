@@ -418,10 +418,10 @@ fn conversations_train_on_assistant_turns_through_the_chat_template() {
     // the second turn's conversation holds the first exchange, so it is longer than twice the
     // first turn's less its generation prompt. With replies of up to 60 tokens (context 64) the
     // second turn leaves the first exchange out, and says so.
-    let chat = |tokens: &str| {
+    let chat = |tokens: &str, system: &[&str]| {
         use std::io::Write;
         let mut child = Command::new(env!("CARGO_BIN_EXE_roux"))
-            .args(["chat", dir.join("runs/chat/sft").to_str().unwrap(), "--temperature", "0", "--tokens", tokens])
+            .args([&["chat", dir.join("runs/chat/sft").to_str().unwrap(), "--temperature", "0", "--tokens", tokens], system].concat())
             .stdin(std::process::Stdio::piped())
             .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::piped())
@@ -434,13 +434,21 @@ fn conversations_train_on_assistant_turns_through_the_chat_template() {
         let sizes: Vec<usize> = err.lines().filter_map(|l| l.strip_prefix('(')?.strip_suffix(" tokens of conversation)")?.parse().ok()).collect();
         (out, err, sizes)
     };
-    let (out, err, sizes) = chat("8");
+    let (out, err, sizes) = chat("8", &[]);
     let replies: Vec<&str> = out.lines().collect();
     assert_eq!((replies.len(), sizes.len()), (2, 2), "{out:?}\n{err}");
     assert_eq!(replies[0], reply.trim_end_matches('\n'), "{out:?}");
     assert!(!replies[1].contains("<|im") && sizes[1] > sizes[0] + sizes[0] / 2, "{sizes:?}: {out:?}");
-    let (_, err, long) = chat("60");
+    let (_, err, long) = chat("60", &[]);
     assert!(err.contains("(the oldest exchange is left out, to keep the conversation and a reply within the context of 64)") && long[1] < sizes[1], "{long:?}\n{err}");
+    // A system message: `sample --chat --system` and the chat's first turn render it alike (a
+    // longer conversation than without it) and reply alike; without --chat it is refused.
+    let (out, _, with_system) = chat("8", &["--system", "Reverse the letters."]);
+    assert!(with_system[0] > sizes[0], "{with_system:?} vs {sizes:?}");
+    let o = roux(&["sample", dir.join("runs/chat/sft").to_str().unwrap(), "--chat", "--system", "Reverse the letters.", "--prompt", "reverse abc", "--temperature", "0", "--tokens", "8"]);
+    assert_eq!(String::from_utf8_lossy(&o.stdout).trim_end_matches('\n'), out.lines().next().unwrap());
+    let o = roux(&["sample", dir.join("runs/chat/sft").to_str().unwrap(), "--system", "x"]);
+    assert!(o.status.code() == Some(2) && String::from_utf8_lossy(&o.stderr).contains("--chat"), "{}", String::from_utf8_lossy(&o.stderr));
 }
 
 /// A base checkpoint without a chat template, fine-tuned on conversations in a template the

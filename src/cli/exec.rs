@@ -48,7 +48,7 @@ fn print_piece(piece: &str) {
 }
 
 #[cfg(feature = "torch")]
-pub fn sample(run: &Path, prompt: &str, prompt_file: Option<&Path>, s: &Sampling) -> u8 {
+pub fn sample(run: &Path, prompt: &str, prompt_file: Option<&Path>, system: Option<&str>, s: &Sampling) -> u8 {
     let prompt = match prompt_file {
         Some(f) => match roux::fsio::read_text(f, 1 << 20) {
             Ok(t) => t,
@@ -59,7 +59,7 @@ pub fn sample(run: &Path, prompt: &str, prompt_file: Option<&Path>, s: &Sampling
         },
         None => unescape(prompt),
     };
-    match roux::run::tools::sample::sample_run(run, &prompt, &s.options(), &mut print_piece) {
+    match roux::run::tools::sample::sample_run(run, &prompt, system, &s.options(), &mut print_piece) {
         Ok(_) => {
             outln!();
             0
@@ -131,7 +131,7 @@ pub fn run(_: &Path, _: &Path, _: &[String], _: bool, _: bool, _: bool, _: Optio
 }
 
 #[cfg(not(feature = "torch"))]
-pub fn sample(_: &Path, _: &str, _: Option<&Path>, _: &Sampling) -> u8 {
+pub fn sample(_: &Path, _: &str, _: Option<&Path>, _: Option<&str>, _: &Sampling) -> u8 {
     no_torch("sample")
 }
 

@@ -70,14 +70,16 @@ fn load(run: &Path, o: &SampleOptions) -> Result<Loaded> {
     Ok(Loaded { spec, model, tk, resolved: v, device })
 }
 
-/// Sample `o.tokens` tokens after `prompt`; the text goes to `on_text` piece by piece as it is
-/// generated (each piece whole characters), and the whole text is returned.
-pub fn sample_run(run: &Path, prompt: &str, o: &SampleOptions, on_text: &mut dyn FnMut(&str)) -> Result<String> {
+/// Sample `o.tokens` tokens after `prompt` (with `o.chat`, a user's message after an optional
+/// `system` one); the text goes to `on_text` piece by piece as it is generated (each piece whole
+/// characters), and the whole text is returned.
+pub fn sample_run(run: &Path, prompt: &str, system: Option<&str>, o: &SampleOptions, on_text: &mut dyn FnMut(&str)) -> Result<String> {
     let l = load(run, o)?;
     let (text, stop) = match o.chat {
         true => {
             let (renderer, stop) = chat_template(&l)?;
-            (render(&renderer, &[Message::new("user", prompt)])?, stop)
+            let messages: Vec<Message> = system.map(|s| Message::new("system", s)).into_iter().chain([Message::new("user", prompt)]).collect();
+            (render(&renderer, &messages)?, stop)
         }
         false => (prompt.to_string(), vec![]),
     };
