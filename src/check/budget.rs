@@ -31,7 +31,7 @@ impl<'a> Checker<'a> {
     fn check_budget(&mut self, d: &'a Decl) -> Option<BudgetSpec> {
         let ExprKind::Ctor { block, .. } = &d.value.kind else { return None };
         let mut f = Fields::new(block.as_ref(), &self.top_scope(), format!("budget `{}`", d.name.name), d.name.span);
-        let given = |f: &mut Fields<'a>, ck: &mut Checker<'a>, key: &'static str| if f.field(key).is_some() { f.positive(ck, key, None).map(Some) } else { Some(None) };
+        let given = |f: &mut Fields<'a>, ck: &mut Checker<'a>, key: &'static str| f.optional(ck, key, |f, ck| f.positive(ck, key, None));
         let flops = given(&mut f, self, "flops");
         let params = given(&mut f, self, "params");
         let tokens = given(&mut f, self, "tokens");

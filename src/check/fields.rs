@@ -46,6 +46,12 @@ impl<'a> Fields<'a> {
         self.block.and_then(|b| b.field(key))
     }
 
+    /// A key that may be left out: `Some(None)` when it is, else what `read` makes of it (`None`
+    /// after an error it reported).
+    pub fn optional<T>(&mut self, ck: &mut Checker<'a>, key: &'static str, read: impl FnOnce(&mut Self, &mut Checker<'a>) -> Option<T>) -> Option<Option<T>> {
+        if self.field(key).is_some() { read(self, ck).map(Some) } else { Some(None) }
+    }
+
     fn missing(&self, ck: &mut Checker<'a>, key: &str) {
         ck.error(Diagnostic::error(Code::E0101, self.at, format!("{} is missing `{key}`", self.what))
             .with_hint(format!("add `{key} = …` to the block")));

@@ -25,7 +25,7 @@ impl<'a> Checker<'a> {
         };
         let beta = f.ranged(self, "beta", Some(0.04), 0.0, false, f64::INFINITY, true);
         let clip = f.ranged(self, "clip", Some(0.2), 0.0, true, 1.0, true);
-        let clip_high = if f.field("clip_high").is_some() { f.ranged(self, "clip_high", None, 0.0, true, 1.0, true).map(Some) } else { Some(None) };
+        let clip_high = f.optional(self, "clip_high", |f, ck| f.ranged(ck, "clip_high", None, 0.0, true, 1.0, true));
         let epochs = f.size(self, "epochs", Some(1));
         let temperature = f.positive(self, "temperature", Some(1.0));
         let loss = f.sym(self, "loss", &["grpo", "dr_grpo", "dapo"], Some("grpo"));

@@ -21,7 +21,7 @@ impl<'a> Checker<'a> {
         let log_every = f.int(self, "log_every", Some(10), Min::One);
         let device = self.device_key(f);
         let precision = f.sym(self, "precision", &["fp32", "bf16"], Some("fp32"));
-        let patience = if f.field("patience").is_some() { f.int(self, "patience", None, Min::One).map(Some) } else { Some(None) };
+        let patience = f.optional(self, "patience", |f, ck| f.int(ck, "patience", None, Min::One));
         let (steps, optimizer, schedule) = (steps_v?, optimizer?, schedule?);
         if !self.schedule_fits(&schedule, steps, optimizer.lr, sched_span) {
             return None;
@@ -124,7 +124,7 @@ impl<'a> Checker<'a> {
         };
         let mask_prompt = f.bool(self, "mask_prompt", true);
         let packing = f.bool(self, "packing", false);
-        let neftune = if f.field("neftune").is_some() { f.ranged(self, "neftune", None, 0.0, true, 1e4, false).map(Some) } else { Some(None) };
+        let neftune = f.optional(self, "neftune", |f, ck| f.ranged(ck, "neftune", None, 0.0, true, 1e4, false));
         let eval = self.eval_keys(&mut f);
         f.finish(self);
         let (eval_examples, max_new) = eval?;
@@ -190,7 +190,7 @@ impl<'a> Checker<'a> {
         let data = bound[1].and_then(|e| self.examples_arg(e, Some(ExampleKind::Preferences), "reward_model"));
         let mut f = self.stage_fields(d, at, block);
         let opt = self.check_split_optim(&mut f, 16, 100);
-        let center = if f.field("center_rewards").is_some() { f.ranged(self, "center_rewards", None, 0.0, false, 1e6, false).map(Some) } else { Some(None) };
+        let center = f.optional(self, "center_rewards", |f, ck| f.ranged(ck, "center_rewards", None, 0.0, false, 1e6, false));
         f.finish(self);
         Some(self.stage_spec(d, StageKind::RewardModel(RewardSpec { model: model?, data: data?.name, opt: opt?, center_rewards: center? })))
     }
@@ -203,7 +203,7 @@ impl<'a> Checker<'a> {
         let mut f = self.stage_fields(d, at, block);
         let opt = self.check_optim(&mut f, 32, None, 25);
         let kl = f.ranged(self, "kl", Some(0.05), 0.0, false, f64::INFINITY, true);
-        let kl_target = if f.field("kl_target").is_some() { f.positive(self, "kl_target", None).map(Some) } else { Some(None) };
+        let kl_target = f.optional(self, "kl_target", |f, ck| f.positive(ck, "kl_target", None));
         let clip = f.ranged(self, "clip", Some(0.2), 0.0, true, 1.0, true);
         let value_clip = f.ranged(self, "value_clip", Some(0.2), 0.0, true, f64::INFINITY, true);
         let vf_coef = f.ranged(self, "vf_coef", Some(0.5), 0.0, false, f64::INFINITY, true);
@@ -278,7 +278,7 @@ impl<'a> Checker<'a> {
             );
         }
         let gamma = gamma.map(|g| (loss == Some(DpoLoss::Simpo)).then_some(g));
-        let rpo_alpha = if f.field("rpo_alpha").is_some() { f.ranged(self, "rpo_alpha", None, 0.0, false, 1e6, false).map(Some) } else { Some(None) };
+        let rpo_alpha = f.optional(self, "rpo_alpha", |f, ck| f.ranged(ck, "rpo_alpha", None, 0.0, false, 1e6, false));
         if let (Some(DpoLoss::Orpo), Some(Some(_))) = (loss, rpo_alpha) {
             self.error(
                 Diagnostic::error(Code::E0246, f.key_span("rpo_alpha"), "`rpo_alpha` adds the chosen responses' NLL, which `loss = orpo` already has")

@@ -174,7 +174,7 @@ impl<'a> Checker<'a> {
         if keep.is_some_and(|k| k > 1000) {
             self.error(Diagnostic::error(Code::E0202, f.value_span("keep"), "`keep` is out of range").with_hint("keep must lie in [1, 1000], or be `best`"));
         }
-        let patience = if f.field("patience").is_some() { f.int(self, "patience", None, Min::One).map(Some) } else { Some(None) };
+        let patience = f.optional(self, "patience", |f, ck| f.int(ck, "patience", None, Min::One));
         let accumulate = self.accumulate(&mut f, batch);
         let shard_optimizer = f.bool(self, "shard_optimizer", false);
         let expert_parallel = self.expert_parallel(&mut f, model.as_ref().map(|(arch, _)| arch.as_str()));

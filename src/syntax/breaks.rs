@@ -16,7 +16,14 @@ pub enum Spelling {
     Yaml,
 }
 
-/// Refuses the first line break of `src` that is not `\n` or `\r\n`.
+/// Whether a recipe may not hold `c` raw (a lone carriage return aside, which `check` finds by
+/// what follows it): a string writes these as escapes (`syntax/print.rs`).
+pub fn shown_otherwise(c: char) -> bool {
+    matches!(c, '\u{85}' | '\u{2028}' | '\u{2029}' | '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}')
+}
+
+/// Refuses the first line break of `src` that is not `\n` or `\r\n`, and the first
+/// bidirectional control.
 pub fn check(src: &str, form: Spelling) -> Result<(), Diagnostic> {
     let bytes = src.as_bytes();
     let odd = src.char_indices().find_map(|(i, c)| match c {

@@ -3,7 +3,7 @@
 //! examples apart (positions restart, attention stays within an example: `model::Packing`), so
 //! packing changes what a step holds, never what a token's loss is.
 
-use std::collections::BTreeMap;
+use std::collections::BTreeSet;
 use tch::{Device, Tensor};
 
 use crate::posttrain::examples::Seq;
@@ -43,10 +43,10 @@ pub fn pack(seqs: &[Seq], context: usize) -> Vec<PackedRow> {
     order.sort_by_key(|&i| std::cmp::Reverse(seqs[i].tokens.len()));
     let mut rows: Vec<PackedRow> = vec![];
     // Rows by the room left in them (then by index, so ties go to the oldest row).
-    let mut room: BTreeMap<(usize, usize), ()> = BTreeMap::new();
+    let mut room: BTreeSet<(usize, usize)> = BTreeSet::new();
     for i in order {
         let n = (seqs[i].tokens.len() - 1).min(context);
-        let r = match room.range((n, 0)..).next().map(|(&k, _)| k) {
+        let r = match room.range((n, 0)..).next().copied() {
             Some(k) => {
                 room.remove(&k);
                 k.1
@@ -59,7 +59,7 @@ pub fn pack(seqs: &[Seq], context: usize) -> Vec<PackedRow> {
         rows[r].push(&seqs[i]);
         let left = context.saturating_sub(rows[r].x.len());
         if left > 0 {
-            room.insert((left, r), ());
+            room.insert((left, r));
         }
     }
     rows
