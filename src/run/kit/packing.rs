@@ -21,8 +21,8 @@ pub struct PackedRow {
 }
 
 impl PackedRow {
-    fn push(&mut self, s: &Seq) {
-        let n = s.tokens.len() - 1;
+    /// The first `n` inputs of `s` (its targets after them) as the row's next example.
+    fn push(&mut self, s: &Seq, n: usize) {
         let id = self.ids.last().map_or(0, |i| i + 1);
         self.x.extend_from_slice(&s.tokens[..n]);
         self.y.extend_from_slice(&s.tokens[1..]);
@@ -56,7 +56,7 @@ pub fn pack(seqs: &[Seq], context: usize) -> Vec<PackedRow> {
                 rows.len() - 1
             }
         };
-        rows[r].push(&seqs[i]);
+        rows[r].push(&seqs[i], n);
         let left = context.saturating_sub(rows[r].x.len());
         if left > 0 {
             room.insert((left, r));
