@@ -88,13 +88,14 @@ fn llama_layout_export_gives_the_same_logits_in_transformers() {
     });
 }
 
-/// A LoRA stage (random, nonzero adapters on `targets`) exported with `--to peft` beside its
-/// base's `--to hf`: `peft.PeftModel` over `transformers` gives roux's logits to 1e-4.
-fn peft_roundtrip(fixture: &str, name: &str, targets: &[&str], rslora: bool, tweak: impl Fn(&mut roux::recipe::ModelSpec)) {
+/// A LoRA stage (random, nonzero adapters on `targets`; with `dora`, random magnitudes too)
+/// exported with `--to peft` beside its base's `--to hf`: `peft.PeftModel` over `transformers`
+/// gives roux's logits to 1e-4.
+fn peft_roundtrip(fixture: &str, name: &str, targets: &[&str], (rslora, dora): (bool, bool), tweak: impl Fn(&mut roux::recipe::ModelSpec)) {
     let dir = root().join("target/test-runs").join(name);
     let _ = std::fs::remove_dir_all(&dir);
     let (mut model, base_run) = fake_run(fixture, &dir, &tweak);
-    let lora = roux::recipe::LoraSpec { rank: 3, alpha: 6.0, dropout: 0.0, rslora, targets: targets.iter().map(|t| t.to_string()).collect() };
+    let lora = roux::recipe::LoraSpec { rank: 3, alpha: 6.0, dropout: 0.0, rslora, dora, targets: targets.iter().map(|t| t.to_string()).collect() };
     model.attach_lora(&lora).unwrap();
     // rsLoRA scales by α/√r (6/√3), plain LoRA by α/r (2).
     assert!((model.lora.scale - if rslora { 6.0 / 3f64.sqrt() } else { 2.0 }).abs() < 1e-12, "{}", model.lora.scale);
@@ -102,7 +103,11 @@ fn peft_roundtrip(fixture: &str, name: &str, targets: &[&str], rslora: bool, twe
         for b in &model.lora.b {
             let _ = b.shallow_clone().normal_(0.0, 0.2); // B starts at zero: make the adapter matter
         }
+        for m in &model.lora.magnitude {
+            let _ = m.shallow_clone().g_mul_(&m.rand_like().g_mul_scalar(0.5).g_add_scalar(0.75)); // ‖W‖ × U(0.75, 1.25)
+        }
     });
+    assert_eq!(model.lora.magnitude.len(), if dora { model.lora.a.len() } else { 0 });
     let run = dir.join("sft");
     std::fs::create_dir_all(&run).unwrap();
     std::fs::write(run.join("resolved.json"), serde_json::json!({ "model": model.spec(), "stage": { "lora": lora } }).to_string()).unwrap();
@@ -127,15 +132,19 @@ fn peft_roundtrip(fixture: &str, name: &str, targets: &[&str], rslora: bool, twe
 fn a_lora_stage_exports_as_a_peft_adapter_with_the_same_logits() {
     // GPT-2 keeps q, k, v in one Conv1D: q and v adapters become one of rank 6 on c_attn; o and
     // w2 both land on a module called c_proj (attention's and the MLP's).
-    peft_roundtrip("tiny.roux", "peft-gpt2", &["attn.q", "attn.v", "attn.o", "ffn.w1", "ffn.w2"], false, |s| s.dropout = 0.0);
+    peft_roundtrip("tiny.roux", "peft-gpt2", &["attn.q", "attn.v", "attn.o", "ffn.w1", "ffn.w2"], (false, false), |s| s.dropout = 0.0);
     // The same under rank-stabilised scaling (PEFT's use_rslora): the fused q, v block of rank 6
     // keeps α/√3 through alpha_pattern √2·α.
-    peft_roundtrip("tiny.roux", "peft-gpt2-rslora", &["attn.q", "attn.v", "ffn.w1"], true, |s| s.dropout = 0.0);
+    peft_roundtrip("tiny.roux", "peft-gpt2-rslora", &["attn.q", "attn.v", "ffn.w1"], (true, false), |s| s.dropout = 0.0);
+    // DoRA: the fused block's magnitude covers q and v from the adapter and k's rows with ‖W‖
+    // read from the base export, where PEFT's factor m/‖W‖ must come out as 1.
+    peft_roundtrip("tiny.roux", "peft-gpt2-dora", &["attn.q", "attn.v", "attn.o", "ffn.w1"], (false, true), |s| s.dropout = 0.0);
     // Llama, grouped-query (k and v have one head's rows), every projection adapted.
-    peft_roundtrip("tiny-llama.roux", "peft-llama", &["attn.q", "attn.k", "attn.v", "attn.o", "ffn.w1", "ffn.w2", "ffn.w3"], false, |s| {
+    peft_roundtrip("tiny-llama.roux", "peft-llama", &["attn.q", "attn.k", "attn.v", "attn.o", "ffn.w1", "ffn.w2", "ffn.w3"], (false, false), |s| {
         s.dropout = 0.0;
         s.kv_heads = 1;
     });
+    peft_roundtrip("tiny-llama.roux", "peft-llama-dora", &["attn.q", "attn.v", "ffn.w2"], (true, true), |s| s.dropout = 0.0);
     // Not a LoRA stage: the error says what to do instead.
     let dir = root().join("target/test-runs/peft-gpt2");
     let o = Command::new(env!("CARGO_BIN_EXE_roux")).args(["export", dir.join("run").to_str().unwrap(), "--to", "peft", "-o", dir.join("x").to_str().unwrap()]).output().unwrap();

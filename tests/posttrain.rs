@@ -127,6 +127,77 @@ fn lora_trainable_parameters_match_the_plan_and_merging_keeps_the_function() {
 }
 
 #[test]
+fn dora_adds_a_trained_magnitude_per_row_and_starts_and_merges_as_the_function() {
+    let mut r = recipe("tiny-lifecycle.roux");
+    let spec = r.model("lm").unwrap().clone();
+    let Some(roux::recipe::StageKind::Finetune(f)) = r.stages.iter_mut().find(|s| s.name == "sft").map(|s| &mut s.kind) else { panic!("sft is a finetune stage") };
+    let lora = f.lora.as_mut().unwrap();
+    lora.dora = true;
+    let lora = lora.clone();
+    // LoRA's 2304 plus one magnitude per output row: q (32), v (32) and ffn.w1 (128) in each
+    // of 2 blocks, 2 × 192 = 384.
+    assert_eq!(roux::lower::lora_params(&spec, &lora), 2688);
+    assert_eq!(roux::plan::plan(&r).stages.iter().find(|s| s.name == "sft").unwrap().trainable, 2688);
+
+    tch::manual_seed(1);
+    let mut m = Model::new(&spec, Device::Cpu).unwrap();
+    let x = Tensor::randint(256, [2, 16], (Kind::Int64, Device::Cpu));
+    let base = tch::no_grad(|| m.forward(&x, false));
+    m.attach_lora(&lora).unwrap();
+    assert_eq!(m.lora.numel(), 2688);
+    // m = ‖W‖ per row and B = 0: the factor m/‖W + 0‖ is exactly 1, the function the base's.
+    let start = tch::no_grad(|| m.forward(&x, false));
+    assert_eq!((&start - &base).abs().max().double_value(&[]), 0.0);
+    let q = m.param_index("blocks.0.attn.q.weight").unwrap();
+    let norms = m.params[q].linalg_norm(2.0, &[1i64][..], false, None::<Kind>);
+    assert!(m.lora.magnitude[0].allclose(&norms, 0.0, 0.0, false), "the first magnitude is ‖W_q‖ by rows");
+    // The magnitudes train: the loss reaches them.
+    let loss = m.forward(&x, true).sum(Kind::Float);
+    loss.backward();
+    assert!(m.lora.magnitude.iter().all(|v| v.grad().abs().sum(Kind::Float).double_value(&[]) > 0.0));
+    // Moved adapters and magnitudes: the merged weights, (m/‖W + sBA‖)·(W + sBA) row by row,
+    // give the same function.
+    tch::no_grad(|| {
+        for b in &m.lora.b {
+            let _ = b.shallow_clone().normal_(0.0, 0.1);
+        }
+        for v in &m.lora.magnitude {
+            let _ = v.shallow_clone().g_mul_(&v.rand_like().g_add_scalar(0.5));
+        }
+    });
+    let unmerged = tch::no_grad(|| m.forward(&x, false));
+    assert!((&unmerged - &base).abs().max().double_value(&[]) > 1e-2, "the adapter changes nothing: the test would prove nothing");
+    m.merge_lora();
+    let merged = tch::no_grad(|| m.forward(&x, false));
+    let diff = (&unmerged - &merged).abs().max().double_value(&[]);
+    assert!(diff < 1e-5, "merged and unmerged outputs differ by {diff}");
+}
+
+#[test]
+fn a_dora_stage_learns_and_saves_its_magnitudes() {
+    // tiny-sft's task through a rank-8 DoRA adapter on every projection of a fresh model (whose
+    // frozen tied head keeps the logits small: the held-out loss falls little, the accuracy much).
+    let out = scratch("sft-dora");
+    let dora = out.join("dora.roux");
+    let adapter = "adapter = lora { rank = 8, alpha = 16, dora = true, targets = [attn.q, attn.k, attn.v, attn.o, ffn.w1, ffn.w2] }\n    steps = 150";
+    std::fs::write(&dora, std::fs::read_to_string(fixture("tiny-sft.roux")).unwrap().replace("steps = 250", adapter).replace("eval_every = 250", "eval_every = 150").replace("lr = 3e-3", "lr = 1e-2")).unwrap();
+    let log = run_ok(&dora, &out);
+    // 2 blocks × 8·(Σ in + out) + the magnitudes' Σ out: attention 4·8·96 + 4·48, w1 8·(48 + 192) + 192, w2 8·(192 + 48) + 48.
+    let per_block = 4 * 8 * 96 + 4 * 48 + 8 * 240 + 192 + 8 * 240 + 48;
+    assert!(log.contains(&format!("({} trainable of", 2 * per_block)) && log.contains(", DoRA)"), "{log}");
+    let report: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.join("tiny-sft/sft/report.json")).unwrap()).unwrap();
+    let (before, after) = (report["val_loss"]["before"].as_f64().unwrap(), report["val_loss"]["after"].as_f64().unwrap());
+    assert!(after < before - 0.5, "held-out loss {before} → {after}");
+    let (before, after) = (report["val_token_accuracy"]["before"].as_f64().unwrap(), report["val_token_accuracy"]["after"].as_f64().unwrap());
+    assert!(before < 0.1 && after > 0.5, "held-out token accuracy {before} → {after}");
+    assert!(report["lora_update_ratio"].as_f64().unwrap() > 0.01, "{}", report["lora_update_ratio"]);
+    // Saved beside A and B, as peft names it: one magnitude per targeted linear.
+    let tensors = Tensor::read_safetensors(out.join("tiny-sft/sft/adapter.safetensors")).unwrap();
+    let magnitudes: Vec<&Tensor> = tensors.iter().filter(|(n, _)| n.ends_with(".lora_magnitude_vector")).map(|(_, t)| t).collect();
+    assert_eq!((tensors.len(), magnitudes.len()), (3 * 12, 12));
+}
+
+#[test]
 fn prompt_tokens_carry_exactly_zero_loss_weight() {
     let r = recipe("tiny-lifecycle.roux");
     let set = r.example_set("instr").unwrap();

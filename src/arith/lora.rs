@@ -45,9 +45,10 @@ pub fn lora_targets(spec: &ModelSpec, lora: &LoraSpec) -> Vec<Linear> {
 }
 
 /// Trainable parameters of an adapter: Σ rank·(in + out) over the targeted linears
-/// (A is rank × in, B is out × rank).
+/// (A is rank × in, B is out × rank), plus DoRA's magnitude of `out` per target.
 pub fn lora_params(spec: &ModelSpec, lora: &LoraSpec) -> u64 {
-    lora_targets(spec, lora).iter().map(|l| (lora.rank * (l.inp + l.out)) as u64).sum()
+    let magnitude = |l: &Linear| if lora.dora { l.out } else { 0 };
+    lora_targets(spec, lora).iter().map(|l| (lora.rank * (l.inp + l.out) + magnitude(l)) as u64).sum()
 }
 
 #[cfg(test)]

@@ -145,6 +145,7 @@ impl<'a> Checker<'a> {
         let alpha = f.positive(self, "alpha", rank.map(|r| r as f64));
         let dropout = f.ranged(self, "dropout", Some(0.0), 0.0, false, 1.0, true);
         let rslora = f.bool(self, "rslora", false);
+        let dora = f.bool(self, "dora", false);
         let targets_field = f.field("targets");
         f.finish(self);
         let mut targets = vec![];
@@ -181,7 +182,7 @@ impl<'a> Checker<'a> {
                 }
             }
         }
-        Some(Some(LoraSpec { rank: rank?, alpha: alpha?, dropout: dropout?, rslora: rslora?, targets }))
+        Some(Some(LoraSpec { rank: rank?, alpha: alpha?, dropout: dropout?, rslora: rslora?, dora: dora?, targets }))
     }
 
     pub(super) fn check_reward_model(&mut self, d: &'a Decl, at: Span, args: &'a [Arg], block: Option<&'a Block>) -> Option<StageSpec> {

@@ -256,7 +256,8 @@ impl ModelRef {
     }
 }
 
-/// Low-rank adapters (Hu et al. 2021): W x + (alpha/rank)·B A x on the target linears, base frozen.
+/// Low-rank adapters (Hu et al. 2021): W x + (alpha/rank)·B A x on the target linears, base frozen
+/// (with `dora`, a trained magnitude per output row as well).
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 pub struct LoraSpec {
     pub rank: usize,
@@ -266,6 +267,11 @@ pub struct LoraSpec {
     /// Left out of serialized specs when off, so older stages keep their hash.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub rslora: bool,
+    /// Weight-decomposed LoRA (Liu et al. 2024, DoRA; PEFT's `use_dora`): each target row's
+    /// magnitude is a trained vector m and its direction W + s·B·A normalised,
+    /// y = m/‖W + s·B·A‖ ⊙ (W + s·B·A)·x, the norm per output row and held constant in backward.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub dora: bool,
     /// Module-path patterns (`attn.q`, `blocks.*.ffn.w1`): a pattern matches a linear whose
     /// path ends with it, `*` standing for one path segment.
     pub targets: Vec<String>,

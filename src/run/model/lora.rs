@@ -2,6 +2,11 @@
 //! W·x + (alpha/rank)·B·A·dropout(x), with W frozen, A (rank × in) small random and B (out × rank)
 //! zero, so training starts from the base model's function. Adapter tensors are named after
 //! their module (`blocks.0.attn.q.lora_A.weight`, as peft names them).
+//!
+//! DoRA (Liu et al. 2024) adds a magnitude m per output row, starting at ‖W‖ of that row:
+//! y = m/‖W + s·B·A‖ ⊙ (W + s·B·A)·x + bias, computed as PEFT computes it (the base output plus
+//! (m/n − 1)·W·x + (m/n)·s·B·A·x, the row norms n without gradient, section 4.3 of the paper),
+//! so an export loads into `peft` with the same function.
 
 use anyhow::{bail, Result};
 use std::cell::Cell;
@@ -19,6 +24,8 @@ pub struct Adapters {
     pub paths: Vec<String>,
     pub a: Vec<Tensor>,
     pub b: Vec<Tensor>,
+    /// DoRA's magnitudes, one (out) vector per adapter; empty for plain LoRA.
+    pub magnitude: Vec<Tensor>,
     pub scale: f64,
     pub dropout: f64,
     /// Whether the current forward pass trains (dropout on the adapter input).
@@ -34,10 +41,43 @@ impl Adapters {
         self.paths.is_empty()
     }
 
-    /// (alpha/rank)·B·A·dropout(x), in the compute kind.
-    pub fn delta(&self, i: usize, x: &Tensor, kind: Kind) -> Tensor {
-        let x = x.dropout(self.dropout, self.train.get());
-        x.linear::<Tensor>(&self.a[i].to_kind(kind), None).linear::<Tensor>(&self.b[i].to_kind(kind), None) * self.scale
+    /// The output of target `i` given its base output `y` = W·x + bias (W in the compute kind):
+    /// y + (alpha/rank)·B·A·dropout(x) for LoRA, DoRA's rescaled sum for DoRA.
+    pub fn apply(&self, i: usize, x: &Tensor, y: Tensor, w: &Tensor, bias: Option<&Tensor>, kind: Kind) -> Tensor {
+        let train = self.train.get();
+        let dropped = x.dropout(self.dropout, train);
+        let lora = dropped.linear::<Tensor>(&self.a[i].to_kind(kind), None).linear::<Tensor>(&self.b[i].to_kind(kind), None);
+        let Some(m) = self.magnitude.get(i) else { return y + lora * self.scale };
+        let norm = tch::no_grad(|| self.row_norms(i, w)).to_kind(kind);
+        let factor = m.to_kind(kind) / norm; // (out): broadcast over the last dimension
+        // W·dropout(x): the base output without its bias, unless dropout changed the input.
+        let base = if train && self.dropout > 0.0 {
+            dropped.linear::<Tensor>(w, None)
+        } else {
+            match bias {
+                Some(b) => &y - b,
+                None => y.shallow_clone(),
+            }
+        };
+        y + (&factor - 1.0) * base + factor * lora * self.scale
+    }
+
+    /// ‖W + s·B·A‖ of each output row of target `i` (float32; PEFT's `get_weight_norm`).
+    fn row_norms(&self, i: usize, w: &Tensor) -> Tensor {
+        let merged = w.to_kind(Kind::Float) + self.b[i].matmul(&self.a[i]) * self.scale;
+        merged.linalg_norm(2.0, &[1i64][..], false, None::<Kind>)
+    }
+
+    /// Target `i`'s weight with its adapter folded in: W + s·B·A, rescaled row by row to the
+    /// magnitudes under DoRA (float32, no gradient).
+    pub fn merged(&self, i: usize, w: &Tensor) -> Tensor {
+        tch::no_grad(|| {
+            let sum = w.to_kind(Kind::Float) + self.b[i].matmul(&self.a[i]) * self.scale;
+            match self.magnitude.get(i) {
+                Some(m) => &sum * (m / self.row_norms(i, w)).unsqueeze(1),
+                None => sum,
+            }
+        })
     }
 
     /// The adapter tensors, named; A then B for each module.
@@ -46,24 +86,27 @@ impl Adapters {
         for (i, p) in self.paths.iter().enumerate() {
             out.push((format!("{p}.lora_A.weight"), self.a[i].shallow_clone()));
             out.push((format!("{p}.lora_B.weight"), self.b[i].shallow_clone()));
+            if let Some(m) = self.magnitude.get(i) {
+                out.push((format!("{p}.lora_magnitude_vector"), m.shallow_clone()));
+            }
         }
         out
     }
 
-    /// How far the adapters moved their weights: the mean over targets of
-    /// ‖(alpha/rank)·B·A‖ / ‖W‖ (Frobenius norms), given each target's weight.
-    pub fn update_ratio(&self, weight_of: impl Fn(usize) -> f64) -> f64 {
+    /// How far the adapters moved their weights: the mean over targets of ‖W' − W‖ / ‖W‖
+    /// (Frobenius norms, W' the merged weight), given each target's weight.
+    pub fn update_ratio(&self, weight_of: impl Fn(usize) -> Tensor) -> f64 {
         let ratios: Vec<f64> = (0..self.paths.len())
             .map(|i| {
-                let delta = tch::no_grad(|| self.b[i].matmul(&self.a[i]).norm().double_value(&[])) * self.scale.abs();
-                delta / weight_of(i).max(1e-12)
+                let w = weight_of(i).to_kind(Kind::Float);
+                tch::no_grad(|| (self.merged(i, &w) - &w).norm().double_value(&[]) / w.norm().double_value(&[]).max(1e-12))
             })
             .collect();
         ratios.iter().sum::<f64>() / ratios.len().max(1) as f64
     }
 
     pub fn numel(&self) -> u64 {
-        self.a.iter().chain(&self.b).map(|t| t.numel() as u64).sum()
+        self.a.iter().chain(&self.b).chain(&self.magnitude).map(|t| t.numel() as u64).sum()
     }
 }
 
@@ -77,8 +120,7 @@ impl Model {
             }
             w
         };
-        // (In float32: a bf16 model's frozen base is held in bf16.)
-        self.lora.update_ratio(|i| tch::no_grad(|| self.params[weights[i]].to_kind(Kind::Float).norm().double_value(&[])))
+        self.lora.update_ratio(|i| self.params[weights[i]].shallow_clone())
     }
 
     /// Attach fresh adapters to the linears `spec` targets and freeze every base weight.
@@ -97,6 +139,11 @@ impl Model {
                 ad.paths.push(l.path);
                 ad.a.push(a.set_requires_grad(true));
                 ad.b.push(b.set_requires_grad(true));
+                if spec.dora {
+                    // ‖W‖ per row: with B = 0, DoRA starts from the base model's function too.
+                    let m = self.params[w].to_kind(Kind::Float).linalg_norm(2.0, &[1i64][..], false, None::<Kind>);
+                    ad.magnitude.push(m.set_requires_grad(true));
+                }
             }
             Ok(())
         })?;
@@ -122,14 +169,14 @@ impl Model {
         Ok(())
     }
 
-    /// Fold the adapters into their weights (W ← W + (alpha/rank)·B·A) and remove them: a plain
-    /// model with the same function.
+    /// Fold the adapters into their weights (W ← W + (alpha/rank)·B·A, rescaled under DoRA) and
+    /// remove them: a plain model with the same function.
     pub fn merge_lora(&mut self) {
         let ad = std::mem::take(&mut self.lora);
         tch::no_grad(|| {
             for (&w, &i) in &ad.by_weight {
-                let delta = ad.b[i].matmul(&ad.a[i]) * ad.scale; // (out, in)
-                let _ = self.params[w].g_add_(&delta);
+                let merged = ad.merged(i, &self.params[w]);
+                self.params[w].copy_(&merged);
             }
         });
         for p in self.params.iter_mut() {

@@ -209,9 +209,10 @@ impl Model {
 
 
     fn linear(&self, x: &Tensor, i: usize, sub: &str) -> Tensor {
-        let y = x.linear(&self.w(i, sub, "weight"), self.w_opt(i, sub, "bias").as_ref());
+        let (w, bias) = (self.w(i, sub, "weight"), self.w_opt(i, sub, "bias"));
+        let y = x.linear(&w, bias.as_ref());
         match self.find_index(i, sub, "weight").and_then(|j| self.lora.get(j)) {
-            Some(ad) => y + self.lora.delta(ad, x, self.compute),
+            Some(ad) => self.lora.apply(ad, x, y, &w, bias.as_ref(), self.compute),
             None => y,
         }
     }

@@ -77,7 +77,7 @@ pub fn run(ctx: &StageCtx, f: &FinetuneSpec) -> Result<()> {
         "{name}: fine-tuning `{}` ({trainable} trainable of {} parameters{}) on {} examples of `{}` for {} steps × {} {unit}",
         f.model.arch,
         model.numel(),
-        format!("{}{}", if f.lora.is_some() { ", LoRA" } else { "" }, f.neftune.map_or(String::new(), |a| format!(", NEFTune α = {a}"))),
+        format!("{}{}", f.lora.as_ref().map_or("", |l| if l.dora { ", DoRA" } else { ", LoRA" }), f.neftune.map_or(String::new(), |a| format!(", NEFTune α = {a}"))),
         seqs.len(),
         set.name,
         f.opt.steps,

@@ -7,6 +7,9 @@
 //! on several of them become one adapter of the summed rank on it, the A matrices stacked and
 //! each B placed at its projection's rows (a block matrix with the same product), with alpha
 //! scaled alike so that alpha/rank, the scale, is unchanged (`rank_pattern`, `alpha_pattern`).
+//! Under DoRA the module's magnitude covers all its rows: a row no roux adapter covers (GPT-2's
+//! k rows when only q and v are adapted) keeps ‖W‖ of that row, read from the base export
+//! (`--base`), so PEFT's factor m/‖W‖ is exactly 1 there.
 
 use anyhow::{bail, Context, Result};
 use serde_json::json;
@@ -15,15 +18,17 @@ use std::path::Path;
 use tch::{Kind, Tensor};
 
 use super::export::{family_for, run_definition};
-use crate::hf::names;
+use crate::hf::{self, names};
 use crate::recipe::{Family, LoraSpec, ModelSpec};
-use crate::run::kit::files::{read_tensors, write_atomic, write_tensors_atomic};
+use crate::run::kit::files::{read_capped, read_tensors, with_mapped, write_atomic, write_tensors_atomic};
 
 /// One roux adapter inside a PEFT module: the rows of the module's output it covers, A and B.
 struct Part {
     rows: (i64, i64),
     a: Tensor,
     b: Tensor,
+    /// DoRA's magnitude of these rows.
+    magnitude: Option<Tensor>,
 }
 
 /// Where a roux adapter path (`blocks.3.attn.q`) lives in the architecture: the Hugging Face
@@ -64,7 +69,12 @@ pub fn export_peft(run: &Path, out: &Path, base: Option<&str>) -> Result<Family>
         let Some(path) = name.strip_suffix(".lora_A.weight") else { continue };
         let b = tensors.get(&format!("{path}.lora_B.weight")).with_context(|| format!("{}: `{path}` has lora_A but no lora_B", file.display()))?;
         let (module, first_row) = module_of(layout, path, &spec)?;
-        let part = Part { rows: (first_row, b.size()[0]), a: a.to_kind(Kind::Float), b: b.to_kind(Kind::Float) };
+        let magnitude = match tensors.get(&format!("{path}.lora_magnitude_vector")) {
+            Some(m) => Some(m.to_kind(Kind::Float)),
+            None if lora.dora => bail!("{}: the DoRA adapter `{path}` has no lora_magnitude_vector", file.display()),
+            None => None,
+        };
+        let part = Part { rows: (first_row, b.size()[0]), a: a.to_kind(Kind::Float), b: b.to_kind(Kind::Float), magnitude };
         modules.entry(module).or_default().push(part);
     }
     if modules.is_empty() {
@@ -76,9 +86,18 @@ pub fn export_peft(run: &Path, out: &Path, base: Option<&str>) -> Result<Family>
         parts.sort_by_key(|p| p.rows.0);
         let n = parts.len() as i64;
         let a = Tensor::cat(&parts.iter().map(|p| p.a.shallow_clone()).collect::<Vec<_>>(), 0); // (n·r, in)
-        let b = Tensor::zeros([module_rows(layout, &module, &spec), n * rank], (Kind::Float, tch::Device::Cpu));
+        let rows = module_rows(layout, &module, &spec);
+        let b = Tensor::zeros([rows, n * rank], (Kind::Float, tch::Device::Cpu));
         for (k, p) in parts.iter().enumerate() {
             b.narrow(0, p.rows.0, p.rows.1).narrow(1, k as i64 * rank, rank).copy_(&p.b);
+        }
+        if lora.dora {
+            let covered: i64 = parts.iter().map(|p| p.rows.1).sum();
+            let magnitude = if covered == rows { Tensor::zeros([rows], (Kind::Float, tch::Device::Cpu)) } else { base_row_norms(base, &module, layout)? };
+            for p in &parts {
+                magnitude.narrow(0, p.rows.0, p.rows.1).copy_(p.magnitude.as_ref().expect("read above under DoRA"));
+            }
+            named.push((format!("base_model.model.{module}.lora_magnitude_vector"), magnitude));
         }
         if n > 1 {
             rank_pattern.insert(module.clone(), json!(n * rank));
@@ -103,7 +122,7 @@ pub fn export_peft(run: &Path, out: &Path, base: Option<&str>) -> Result<Family>
         "fan_in_fan_out": layout == Family::Gpt2,
         "bias": "none",
         "use_rslora": lora.rslora,
-        "use_dora": false,
+        "use_dora": lora.dora,
         "init_lora_weights": true,
         "inference_mode": true,
         "modules_to_save": null,
@@ -115,4 +134,27 @@ pub fn export_peft(run: &Path, out: &Path, base: Option<&str>) -> Result<Family>
         super::export::tokenizer_files(c, &v, out)?;
     }
     Ok(layout)
+}
+
+/// ‖W‖ of each output row of `module` in the base export `base` (a Hugging Face directory).
+fn base_row_norms(base: Option<&str>, module: &str, layout: Family) -> Result<Tensor> {
+    let dir = base.map(Path::new).filter(|d| d.is_dir()).with_context(|| {
+        format!("DoRA on part of `{module}` needs the base's weights for the rows no adapter covers: pass --base DIR, the base's `roux export … --to hf` directory")
+    })?;
+    let weight = format!("{module}.weight");
+    let index = dir.join(hf::INDEX);
+    let file = if index.is_file() {
+        let v: serde_json::Value = serde_json::from_str(&read_capped(&index, hf::MAX_CONFIG)?).with_context(|| format!("{}: not JSON", index.display()))?;
+        hf::shards(&v).map_err(|e| anyhow::anyhow!("{}: {e}", index.display()))?;
+        let shard = v["weight_map"][&weight].as_str().with_context(|| format!("{} maps no `{weight}`", index.display()))?;
+        dir.join(shard)
+    } else {
+        dir.join(hf::WEIGHTS)
+    };
+    with_mapped(&file, |tensors| {
+        let (_, w) = tensors.iter().find(|(n, _)| *n == weight).with_context(|| format!("{} has no tensor `{weight}`", file.display()))?;
+        // GPT-2's Conv1D stores (in, out): its rows are columns.
+        let dim = if layout == Family::Gpt2 { 0 } else { 1 };
+        Ok(w.to_kind(Kind::Float).linalg_norm(2.0, &[dim][..], false, None::<Kind>))
+    })
 }
