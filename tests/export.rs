@@ -1,5 +1,6 @@
 //! `roux export --to hf` and `--to peft`: Python `transformers` (and `peft`) load the exports and
-//! compute the same logits as roux to 1e-4, for a GPT-2-layout and a Llama-layout model.
+//! compute the same logits as roux to 1e-4, for a GPT-2-layout and a Llama-layout model (and,
+//! for a Llama-layout adapter, the same gradients).
 #![cfg(feature = "torch")]
 
 use std::path::{Path, PathBuf};
@@ -57,6 +58,15 @@ fn roundtrip(fixture: &str, name: &str, want_layout: &str, tweak: impl Fn(&mut r
 
 /// Loads roux's tokens and logits (argv[2]) and the checkpoint's libraries.
 const LOAD: &str = "import json, sys, torch\nfrom transformers import AutoModelForCausalLM\nd = json.load(open(sys.argv[2]))";
+/// Where roux sent its gradients, compares them with `m`'s (relative 1e-4).
+const GRADS: &str = r#"if d["grads"]:
+    for n, p in m.named_parameters():
+        p.requires_grad_("lora_" in n)
+    m(torch.tensor([d["tokens"]])).logits.pow(2).mean().backward()
+    for k, ours in d["grads"].items():
+        theirs = sum(p.grad.double().pow(2).sum().item() for n, p in m.named_parameters() if k in n and p.grad is not None)
+        assert abs(theirs - ours) <= 1e-4 * max(abs(theirs), 1e-12), (k, theirs, ours)
+        print(f"{k}: sum of squared gradients {theirs:.6e} (roux {ours:.6e})")"#;
 /// Runs `m` on the tokens and prints the largest logit difference.
 const COMPARE: &str = "with torch.no_grad():\n    out = m(torch.tensor([d[\"tokens\"]])).logits.double().flatten()\nours = torch.tensor(d[\"logits\"], dtype=torch.float64)\nprint(f\"{type(m).__name__} max |Δlogit| = {(out - ours).abs().max().item():.3e} over {ours.numel()} logits\")";
 
@@ -123,9 +133,16 @@ fn peft_roundtrip(fixture: &str, name: &str, targets: &[&str], (rslora, dora): (
     let plain = tch::no_grad(|| fake_run(fixture, &dir.join("again"), &tweak).0.forward(&x, false)).to_kind(Kind::Double);
     assert!((&logits - &plain).abs().max().double_value(&[]) > 1e-2, "the adapters change nothing: the test would prove nothing");
     let ours: Vec<f64> = Vec::<f64>::try_from(&logits.view([-1])).unwrap();
-    std::fs::write(dir.join("roux.json"), serde_json::json!({"tokens": tokens, "logits": ours}).to_string()).unwrap();
+    // Where every PEFT module is one roux adapter (no fused block), the gradients of mean(logit²)
+    // too: Σ‖∇B‖² and Σ‖∇m‖² as peft's (DoRA's row norms held constant in backward, as peft holds them).
+    let grads = (!fixture.starts_with("tiny.")).then(|| {
+        model.forward(&x, false).pow_tensor_scalar(2).mean(Kind::Float).backward();
+        let sq = |ts: &[Tensor]| ts.iter().map(|t| t.grad().to_kind(Kind::Double).pow_tensor_scalar(2).sum(Kind::Double).double_value(&[])).sum::<f64>();
+        serde_json::json!({"lora_B": sq(&model.lora.b), "lora_magnitude_vector": sq(&model.lora.magnitude)})
+    });
+    std::fs::write(dir.join("roux.json"), serde_json::json!({"tokens": tokens, "logits": ours, "grads": grads}).to_string()).unwrap();
     let peft = "from peft import PeftModel\nbase = AutoModelForCausalLM.from_pretrained(json.load(open(sys.argv[1] + \"/adapter_config.json\"))[\"base_model_name_or_path\"], dtype=torch.float32)\nm = PeftModel.from_pretrained(base, sys.argv[1]).eval()";
-    assert_python_logits(name, &format!("{LOAD}\n{peft}\n{COMPARE}"), &adapter, &dir);
+    assert_python_logits(name, &format!("{LOAD}\n{peft}\n{GRADS}\n{COMPARE}"), &adapter, &dir);
 }
 
 #[test]
