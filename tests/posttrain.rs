@@ -413,8 +413,9 @@ fn merge_reads_its_chain_by_name_never_a_set_aside_sibling() {
 /// = −0.04495716987849966. Clipped: 2 of the 7 real tokens.
 #[test]
 fn grpo_loss_by_hand() {
-    use roux::recipe::GrpoLoss;
-    use roux::run::kit::losses::{group_advantages, grpo_loss, GrpoTerms};
+    use roux::recipe::{GrpoLoss, RewardScale};
+    use roux::run::kit::losses::{grpo_loss, GrpoTerms};
+    let group_advantages = |r: &[f64], g: usize, scale: bool| roux::run::kit::losses::group_advantages(r, g, if scale { RewardScale::Group } else { RewardScale::None }, f64::NAN);
     let t = |v: &[f64]| Tensor::from_slice(v).to_kind(Kind::Float).view([4, 2]);
     let rewards = [1.0, 0.0, 0.0, 1.0];
     let a = 0.8658754297607016;
@@ -425,6 +426,14 @@ fn grpo_loss_by_hand() {
     // Groups of 2: equal rewards give no signal; (1, 0) has mean 0.5 and standard deviation √0.5.
     let b = 0.5 / (0.5f64.sqrt() + 1e-4);
     for (got, want) in group_advantages(&[0.3, 0.3, 1.0, 0.0], 2, true).iter().zip([0.0, 0.0, b, -b]) {
+        assert!((got - want).abs() < 1e-12, "{got} vs {want}");
+    }
+    // Scaled by the batch's spread (TRL's scale_rewards = "batch"): rewards (1, 0, 0, 1 | 1, 1, 1, 0)
+    // have mean 5/8 and sample standard deviation √((5·(3/8)² + 3·(5/8)²)/7) = √(1.875/7); the
+    // caller passes it, each group keeps its own mean (½, ¾).
+    let s = (1.875f64 / 7.0).sqrt() + 1e-4;
+    let batch = roux::run::kit::losses::group_advantages(&[1.0, 0.0, 0.0, 1.0, 1.0, 1.0, 1.0, 0.0], 4, RewardScale::Batch, (1.875f64 / 7.0).sqrt());
+    for (got, want) in batch.iter().zip([0.5, -0.5, -0.5, 0.5, 0.25, 0.25, 0.25, -0.75].map(|d| d / s)) {
         assert!((got - want).abs() < 1e-12, "{got} vs {want}");
     }
     let old = t(&[-1.0, -2.0, -1.0, -1.0, -3.0, -2.0, -1.0, -1.0]);
@@ -512,12 +521,13 @@ fn grpo_follows_its_reward_and_resumes_exactly_after_a_kill() {
     assert_eq!(common::metrics(&whole.join("tiny-grpo/rl")), common::metrics(&dir), "metrics differ after a resume");
     assert_eq!(report(&whole), report(&killed), "the report differs after a resume");
 
-    // DAPO's token-level loss with clip-higher follows the reward as well.
+    // DAPO's token-level loss with clip-higher, advantages scaled by the step's spread of
+    // rewards rather than each group's, follows the reward as well.
     let dapo = scratch("grpo-dapo");
-    let text = std::fs::read_to_string(&recipe).unwrap().replace("../../data/", "../../../data/").replace("    beta = 0.04\n", "    beta = 0.04\n    loss = dapo\n    clip_high = 0.28\n");
+    let text = std::fs::read_to_string(&recipe).unwrap().replace("../../data/", "../../../data/").replace("    beta = 0.04\n", "    beta = 0.04\n    loss = dapo\n    clip_high = 0.28\n    scale_rewards = batch\n");
     std::fs::write(dapo.join("r.roux"), text).unwrap();
     let log = run_ok(&dapo.join("r.roux"), &dapo);
-    assert!(log.contains("β = 0.04, DAPO normalisation, ratio clipped to [0.8, 1.28]"), "{log}");
+    assert!(log.contains("β = 0.04, DAPO normalisation, advantages ÷ the batch's std, ratio clipped to [0.8, 1.28]"), "{log}");
     let m = common::metrics(&dapo.join("tiny-grpo/rl"));
     let (first, last) = (&m[..6], &m[m.len() - 6..]);
     assert!(mean(last, "reward") > mean(first, "reward"), "DAPO: reward {} → {}", mean(first, "reward"), mean(last, "reward"));

@@ -29,6 +29,7 @@ impl<'a> Checker<'a> {
         let epochs = f.size(self, "epochs", Some(1));
         let temperature = f.positive(self, "temperature", Some(1.0));
         let loss = f.sym(self, "loss", &["grpo", "dr_grpo", "dapo"], Some("grpo"));
+        let scale = f.optional(self, "scale_rewards", |f, ck| f.sym(ck, "scale_rewards", &["group", "batch", "none"], None));
         let eval = self.eval_keys(&mut f);
         let (group_span, reward_span, new_span) = (f.value_span("group"), f.value_span("reward"), f.value_span("max_new"));
         f.finish(self);
@@ -72,7 +73,12 @@ impl<'a> Checker<'a> {
             "dapo" => GrpoLoss::Dapo,
             _ => GrpoLoss::Grpo,
         };
-        let spec = GrpoSpec { policy: policy?, prompts: prompts.name, opt, group, reward, beta: beta?, clip: clip?, clip_high: clip_high?, epochs: epochs?, max_new, temperature: temperature?, loss, eval_examples };
+        let scale_rewards = scale?.map(|s| match s {
+            "batch" => RewardScale::Batch,
+            "none" => RewardScale::None,
+            _ => RewardScale::Group,
+        });
+        let spec = GrpoSpec { policy: policy?, prompts: prompts.name, opt, group, reward, beta: beta?, clip: clip?, clip_high: clip_high?, epochs: epochs?, max_new, temperature: temperature?, loss, scale_rewards, eval_examples };
         Some(self.stage_spec(d, StageKind::Grpo(spec)))
     }
 

@@ -28,7 +28,39 @@ pub struct GrpoSpec {
     pub max_new: usize,
     pub temperature: f64,
     pub loss: GrpoLoss,
+    /// What the rewards' deviations from their group mean are divided by (TRL's
+    /// `scale_rewards`); unset means the loss's own choice. Left out of serialized specs when
+    /// unset, so older stages keep their hash.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scale_rewards: Option<RewardScale>,
     pub eval_examples: usize,
+}
+
+impl GrpoSpec {
+    /// The advantages' scale: the recipe's, else the group's standard deviation (none for Dr. GRPO).
+    pub fn reward_scale(&self) -> RewardScale {
+        self.scale_rewards.unwrap_or(if self.loss == GrpoLoss::DrGrpo { RewardScale::None } else { RewardScale::Group })
+    }
+}
+
+/// A = r − mean(group), divided by the standard deviation of the group's rewards, of the whole
+/// step's (over every process: Liu et al. 2025's "Tricks or Traps" batch scaling), or by nothing.
+#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum RewardScale {
+    Group,
+    Batch,
+    None,
+}
+
+impl RewardScale {
+    pub fn name(self) -> &'static str {
+        match self {
+            RewardScale::Group => "group",
+            RewardScale::Batch => "batch",
+            RewardScale::None => "none",
+        }
+    }
 }
 
 /// How the per-token losses of a group become one number.
@@ -54,11 +86,6 @@ impl GrpoLoss {
             GrpoLoss::DrGrpo => "Dr. GRPO",
             GrpoLoss::Dapo => "DAPO",
         }
-    }
-
-    /// Whether advantages are divided by their group's standard deviation (all but Dr. GRPO).
-    pub fn scales_advantages(self) -> bool {
-        self != GrpoLoss::DrGrpo
     }
 }
 

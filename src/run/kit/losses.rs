@@ -3,7 +3,7 @@
 
 use tch::{Kind, Tensor};
 
-use crate::recipe::{DpoLoss, GrpoLoss};
+use crate::recipe::{DpoLoss, GrpoLoss, RewardScale};
 
 /// Bradley–Terry: −log σ(r_chosen − r_rejected), averaged over pairs (a reward stage's
 /// `center_rewards = c` adds c·mean((r_chosen + r_rejected)²)).
@@ -84,19 +84,27 @@ pub fn entropy(logits: &Tensor) -> Tensor {
 }
 
 /// GRPO's advantages for rewards in groups of `g` consecutive completions: each reward minus its
-/// group's mean, divided by the group's standard deviation (n − 1, as TRL computes it) + 1e-4
-/// when `scale` (DeepSeekMath), not divided (Dr. GRPO). A group whose rewards are all equal gives
-/// zeros: no learning signal.
-pub fn group_advantages(rewards: &[f64], g: usize, scale: bool) -> Vec<f64> {
+/// group's mean, divided by a standard deviation (n − 1, as TRL computes it) + 1e-4: the group's
+/// (DeepSeekMath), `batch_std` (the whole step's rewards', computed by the caller over every
+/// process), or none (Dr. GRPO). A group whose rewards are all equal gives zeros: no learning signal.
+pub fn group_advantages(rewards: &[f64], g: usize, scale: RewardScale, batch_std: f64) -> Vec<f64> {
     rewards
         .chunks(g)
         .flat_map(|grp| {
-            let n = grp.len() as f64;
-            let mean = grp.iter().sum::<f64>() / n;
-            let std = (grp.iter().map(|r| (r - mean).powi(2)).sum::<f64>() / (n - 1.0).max(1.0)).sqrt();
-            grp.iter().map(move |r| if scale { (r - mean) / (std + 1e-4) } else { r - mean })
+            let mean = grp.iter().sum::<f64>() / grp.len() as f64;
+            let by = match scale {
+                RewardScale::Group => sample_std(grp, mean) + 1e-4,
+                RewardScale::Batch => batch_std + 1e-4,
+                RewardScale::None => 1.0,
+            };
+            grp.iter().map(move |r| (r - mean) / by)
         })
         .collect()
+}
+
+/// The sample standard deviation (n − 1; 0 for one value) of `xs`, whose mean is `mean`.
+pub fn sample_std(xs: &[f64], mean: f64) -> f64 {
+    (xs.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / (xs.len() as f64 - 1.0).max(1.0)).sqrt()
 }
 
 /// What GRPO's loss is made of: the clip range, the KL weight, how tokens are averaged, and for

@@ -18,7 +18,7 @@ use tch::{Kind, Tensor};
 
 use crate::posttrain::examples::{Example, Seq};
 use crate::posttrain::tasks;
-use crate::recipe::{GrpoLoss, GrpoSpec, Reward, RewardTerm};
+use crate::recipe::{GrpoLoss, GrpoSpec, Reward, RewardScale, RewardTerm};
 use crate::rng::Rng;
 use crate::run::kit::adamw::Optimizer;
 use crate::run::kit::artifacts::{instructions, load_lm, load_reward_model};
@@ -65,8 +65,14 @@ pub fn run(ctx: &StageCtx, g: &GrpoSpec) -> Result<()> {
     let context = policy.spec().context;
     let per_step = g.opt.batch / g.group;
     let clip = g.clip_high.map_or(String::new(), |h| format!(", ratio clipped to [{}, {}]", 1.0 - g.clip, 1.0 + h));
+    let scale = g.reward_scale();
+    let scaled = match scale {
+        RewardScale::Group => "advantages ÷ the group's std",
+        RewardScale::Batch => "advantages ÷ the batch's std",
+        RewardScale::None => "advantages unscaled",
+    };
     tracing::info!(
-        "{name}: GRPO on prompts of `{}`: {} steps × {per_step} prompts{} × {} responses, β = {}, {} normalisation{clip}",
+        "{name}: GRPO on prompts of `{}`: {} steps × {per_step} prompts{} × {} responses, β = {}, {} normalisation, {scaled}{clip}",
         set.name,
         g.opt.steps,
         if world.size > 1 { format!(" (each of {} processes answers {})", world.size, per_step / world.size) } else { String::new() },
@@ -102,8 +108,12 @@ pub fn run(ctx: &StageCtx, g: &GrpoSpec) -> Result<()> {
             to_f64s(&tch::no_grad(|| rm.score(&full, false)))
         });
         let rewards: Vec<f64> = (0..batch.len()).map(|i| reward_of(&g.reward, batch[i], &responses[i], &codec, g.max_new, rm_scores.as_ref().map(|v| v[i]))).collect();
-        // 3. Advantages within each group.
-        let adv = group_advantages(&rewards, g.group, g.loss.scales_advantages());
+        // 3. Advantages within each group; the whole step's rewards over every process (each
+        // answers its share) give their mean and spread.
+        let all = g.opt.batch as f64;
+        let mean = world.sums(&[rewards.iter().sum::<f64>()])?[0] / all;
+        let squares = world.sums(&[rewards.iter().map(|r| (r - mean).powi(2)).sum::<f64>()])?[0];
+        let adv = group_advantages(&rewards, g.group, scale, (squares / (all - 1.0).max(1.0)).sqrt());
         let flat = world.sums(&[rewards.chunks(g.group).filter(|grp| grp.iter().all(|r| *r == grp[0])).count() as f64])?[0] / per_step as f64;
         flat_history.push(flat);
         let rows: Vec<&Seq> = seqs.iter().collect();
@@ -132,11 +142,9 @@ pub fn run(ctx: &StageCtx, g: &GrpoSpec) -> Result<()> {
         }
         let n = g.epochs as f64;
         // The whole batch's statistics (each process's epochs' are its share's: averaged).
-        let all = g.opt.batch as f64;
         let w = world.size as f64;
-        let [sum, length, loss_sum, clip_sum, kl_sum] = world.sums(&[rewards.iter().sum::<f64>(), responses.iter().map(|r| r.len()).sum::<usize>() as f64, loss_sum / w, clip_sum / w, kl_sum / w])?;
-        let (mean, length) = (sum / all, length / all);
-        let spread = (world.sums(&[rewards.iter().map(|r| (r - mean).powi(2)).sum::<f64>()])?[0] / all).sqrt();
+        let [length, loss_sum, clip_sum, kl_sum] = world.sums(&[responses.iter().map(|r| r.len()).sum::<usize>() as f64, loss_sum / w, clip_sum / w, kl_sum / w])?;
+        let (length, spread) = (length / all, (squares / all).sqrt());
         let done = step + 1;
         let eval_now = done % g.opt.eval_every == 0 || done == g.opt.steps;
         let s = eval_now.then(|| score(&policy, reference.as_ref(), &codec, &held, g.max_new));
@@ -177,6 +185,7 @@ pub fn run(ctx: &StageCtx, g: &GrpoSpec) -> Result<()> {
         "steps": g.opt.steps,
         "group": g.group,
         "loss": g.loss,
+        "scale_rewards": scale,
         "before": before,
         "after": last,
         "wall_seconds": started.elapsed().as_secs_f64(),
