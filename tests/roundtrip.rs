@@ -152,6 +152,27 @@ fn yaml_line_breaks_roux_does_not_read_are_refused_and_crlf_is_kept() {
     assert_eq!(std::fs::read_to_string(&f).unwrap(), "# top\nexperiment: crlf  # the name\nseed: 1\n");
 }
 
+/// Two YAML keys that are one key to roux (`stage  rl` and `stage rl`, ` seed` and `seed`) are
+/// refused when read (found by fuzzing: `roux fmt` wrote one mapping key for both and the
+/// second stage was gone from the file); the file is left as it was.
+#[test]
+fn yaml_keys_spelled_apart_that_name_one_thing_are_refused_not_merged() {
+    use roux::syntax::yaml;
+    let d = yaml::from_yaml("experiment: x\nstage  rl:\n  $: train(lm, c)\nstage rl:\n  $: train(lm, c)\n  steps: 5\n").unwrap_err();
+    assert_eq!((d.code, d.message.as_str(), d.hint.as_deref()), ("E0102", "`stage rl` appears twice in one block (as `stage  rl` and `stage rl`)", Some("remove one of the two")));
+    let d = yaml::from_yaml("experiment: x\nseed: 1\n\" seed\": 2\n").unwrap_err();
+    assert_eq!((d.message.as_str(), d.span.start), ("`seed` appears twice in one block (as `seed` and ` seed`)", 22));
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/test-runs/yaml-spelled-apart");
+    std::fs::create_dir_all(&dir).unwrap();
+    let f = dir.join("w.yaml");
+    let text = "experiment: x\nstage\trl:\n  $: train(lm, c)\nstage rl:\n  $: train(lm, c)\n  steps: 5\n";
+    std::fs::write(&f, text).unwrap();
+    let o = std::process::Command::new(env!("CARGO_BIN_EXE_roux")).args(["fmt", f.to_str().unwrap()]).output().unwrap();
+    assert_eq!(o.status.code(), Some(1), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("error[E0102]: `stage rl` appears twice in one block (as `stage\\trl` and `stage rl`)"), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(std::fs::read_to_string(&f).unwrap(), text);
+}
+
 /// The recipe form refuses the same characters (`// lr = 1e-3⏎lr = 1` was one comment where an
 /// editor shows a setting), and a string writes them as escapes, `\u{2028}` and `\r`: a YAML
 /// template holding them converts to the recipe form and back unchanged.

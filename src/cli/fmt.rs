@@ -13,7 +13,8 @@ fn formatted(path: &Path) -> Result<(String, String), (u8, String)> {
     let source = read(path).map_err(|e| (2, format!("error: {e}\n")))?;
     let name = path.display().to_string();
     let out = if is_yaml(path) {
-        // (A YAML file cannot hold a duplicate key, so its AST has none.) Its comments are
+        // (Reading refuses two keys that are one to roux, as `stage  rl` and `stage rl`, so its
+        // AST holds no duplicate for the layout to merge.) Its comments are
         // carried onto the new layout.
         parse_source(&source).map(|ast| roux::syntax::yaml_comments::carry(&source.text, &yaml::to_yaml(&ast)))
     } else {

@@ -213,6 +213,8 @@ fn block(m: &Mapping, at: &Node, span: Span) -> Result<Block, Diagnostic> {
     for c in &at.children {
         nodes.entry(c.key.as_str()).or_insert(c);
     }
+    // Each key in roux's spelling, and the first YAML spelling of it.
+    let mut spelled: std::collections::HashMap<String, &str> = std::collections::HashMap::new();
     for (k, v) in m {
         let Some(k) = k.as_str() else { return Err(err(Span::new(at.key_at, at.key_at + 1), "keys must be strings")) };
         if k == "$" {
@@ -242,6 +244,12 @@ fn block(m: &Mapping, at: &Node, span: Span) -> Result<Block, Diagnostic> {
             [key] if key.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') => Entry::Field(Field { key: ident(key, 0), value: expr(v, node)? }),
             _ => return Err(err(kspan, format!("`{k}` is not a key: use `key`, `data|model|stage|budget NAME` or `sweep NAME`"))),
         };
+        // Keys YAML tells apart may be one key to roux (`stage  rl` and `stage rl`): refused
+        // here, or the layout `roux fmt` writes would keep only one of them.
+        let canonical = words.join(" ");
+        if let Some(first) = spelled.insert(canonical.clone(), k) {
+            return Err(Diagnostic::error(Code::E0102, kspan, format!("`{canonical}` appears twice in one block (as `{}` and `{}`)", first.escape_debug(), k.escape_debug())).with_hint("remove one of the two"));
+        }
         entries.push(entry);
     }
     Ok(Block { entries, span })
