@@ -260,21 +260,33 @@ enum Command {
     },
 }
 
-/// How `sample` and `chat` draw each token.
+/// How `sample` and `chat` draw each token. Unset, a model imported with `hf(…)` draws as its
+/// checkpoint's generation_config.json says (as `transformers`' generate does); others sample at
+/// temperature 0.8.
 #[derive(clap::Args)]
 struct Sampling {
     /// Tokens to generate (at most 1,000,000), printed as they come.
     #[arg(long, default_value_t = 200, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
     tokens: u64,
-    /// 0 is greedy.
-    #[arg(long, default_value_t = 0.8)]
-    temperature: f64,
-    /// Keep the k most likely tokens (0: all).
-    #[arg(long, default_value_t = 0)]
-    top_k: i64,
-    /// Nucleus sampling: keep the most likely tokens up to this probability (1: all).
-    #[arg(long, default_value_t = 1.0)]
-    top_p: f64,
+    /// 0 is greedy [default: 0.8, or the checkpoint's]
+    #[arg(long)]
+    temperature: Option<f64>,
+    /// Keep the k most likely tokens (0: all) [default: 0, or the checkpoint's]
+    #[arg(long)]
+    top_k: Option<i64>,
+    /// Nucleus sampling: keep the most likely tokens up to this probability (1: all) [default:
+    /// 1, or the checkpoint's]
+    #[arg(long)]
+    top_p: Option<f64>,
+    /// Keep the tokens at least this share of the most likely one's probability (0: all)
+    /// [default: 0, or the checkpoint's]
+    #[arg(long)]
+    min_p: Option<f64>,
+    /// Divide the positive logits (multiply the negative ones) of tokens already in the text by
+    /// this, greedy or not, as transformers' `repetition_penalty` (1: none) [default: 1, or the
+    /// checkpoint's]
+    #[arg(long)]
+    repetition_penalty: Option<f64>,
     #[arg(long, default_value_t = 0)]
     seed: u64,
     /// Compute precision of the forward passes: fp32, or bf16 (bfloat16, as a stage's
@@ -345,6 +357,7 @@ fn step_range(s: &str) -> Result<(u64, u64), String> {
 
 impl Sampling {
     fn options(&self, chat: bool) -> cli::exec::Sampling {
-        cli::exec::Sampling { tokens: self.tokens as usize, temperature: self.temperature, top_k: self.top_k, top_p: self.top_p, seed: self.seed, bf16: self.precision == "bf16", chat }
+        let draw = cli::exec::Draw { temperature: self.temperature, top_k: self.top_k, top_p: self.top_p, min_p: self.min_p, repetition_penalty: self.repetition_penalty };
+        cli::exec::Sampling { tokens: self.tokens as usize, draw, seed: self.seed, bf16: self.precision == "bf16", chat }
     }
 }

@@ -365,6 +365,58 @@ fn chat_data(dir: &Path) {
     std::fs::write(dir.join("prefs.jsonl"), prefs).unwrap();
 }
 
+/// `roux sample` draws as the checkpoint's generation_config.json says, where no flag chose, as
+/// `transformers`' `generate` does: greedy (no `do_sample`) with its repetition penalty gives
+/// generate's tokens; `--repetition-penalty 1` gives plain greedy's; `--min-p 1` keeps only the
+/// most likely token, so sampling at temperature 1 is greedy too.
+#[test]
+fn sampling_follows_the_checkpoints_generation_config_as_generate_does() {
+    let dir = checkpoint("generation", "qwen2-tok");
+    chat_data(&dir);
+    let file = dir.join("ck/generation_config.json");
+    let mut config: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&file).unwrap()).unwrap();
+    config["repetition_penalty"] = serde_json::json!(1.5);
+    std::fs::write(&file, config.to_string()).unwrap();
+    // One step at a learning rate that moves no float32 weight: the stage's model is the checkpoint's.
+    let recipe = "experiment \"gen\" {\n  model base = hf(\"ck\")\n  data chat = instructions(\"chat.jsonl\") { tokenizer = base.tokenizer }\n  stage sft = finetune(base, chat) { steps = 1, batch = 2, optimizer = adamw { lr = 1e-30 }, eval_every = 1, eval_examples = 2, max_new = 2 }\n}\n";
+    std::fs::write(dir.join("r.roux"), recipe).unwrap();
+    let o = roux(&["run", dir.join("r.roux").to_str().unwrap(), "--out", dir.join("runs").to_str().unwrap()]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let prompt = "the cat sat on the mat";
+    let sample = |extra: &[&str]| {
+        let run = dir.join("runs/gen/sft");
+        let o = roux(&[&["sample", run.to_str().unwrap(), "--prompt", prompt, "--tokens", "16"], extra].concat());
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        (String::from_utf8_lossy(&o.stdout).trim_end_matches('\n').to_string(), String::from_utf8_lossy(&o.stderr).to_string())
+    };
+    let (penalised, said) = sample(&[]);
+    assert!(said.contains(&format!("drawing tokens greedy, repetition penalty 1.5 (as {} says, where no flag chose)", file.display())), "{said}");
+    let (plain, _) = sample(&["--repetition-penalty", "1"]);
+    assert_eq!(sample(&["--temperature", "1", "--min-p", "1", "--seed", "9"]).0, penalised);
+    let script = r#"
+import json, sys, torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+tok = AutoTokenizer.from_pretrained(sys.argv[1])
+m = AutoModelForCausalLM.from_pretrained(sys.argv[1], dtype=torch.float32).eval()
+x = tok(sys.argv[2], return_tensors="pt").input_ids
+out = {}
+for name, kw in [("penalised", {}), ("plain", {"repetition_penalty": 1.0})]:
+    with torch.no_grad():
+        y = m.generate(x, max_new_tokens=16, **kw)[0, x.shape[1]:]
+    out[name] = sys.argv[2] + tok.decode(y, skip_special_tokens=False)
+print(json.dumps(out))
+"#;
+    let o = Command::new("python").args(["-c", script, dir.join("ck").to_str().unwrap(), prompt]).output().unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let theirs: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    // (generate stops at the end-of-sequence token, roux's plain sampling does not: a prefix.)
+    for (name, ours) in [("penalised", &penalised), ("plain", &plain)] {
+        let want = theirs[name].as_str().unwrap();
+        assert!(ours.starts_with(want) && want.len() > prompt.len() + 8, "{name}: roux {ours:?}, transformers {want:?}");
+    }
+    assert_ne!(penalised, plain, "the penalty changed nothing: the test would prove nothing");
+}
+
 #[test]
 fn conversations_train_on_assistant_turns_through_the_chat_template() {
     let dir = checkpoint("chat", "qwen2-tok");

@@ -19,13 +19,13 @@ pub fn run(file: &Path, out: &Path, only: &[String], fresh: bool, force: bool, t
     0
 }
 
+pub use roux::hf::generation::Draw;
+
 /// The command line's sampling flags, for `sample` and `chat`.
 #[cfg_attr(not(feature = "torch"), allow(dead_code))] // read only where they can run
 pub struct Sampling {
     pub tokens: usize,
-    pub temperature: f64,
-    pub top_k: i64,
-    pub top_p: f64,
+    pub draw: Draw,
     pub seed: u64,
     pub bf16: bool,
     pub chat: bool,
@@ -35,7 +35,7 @@ pub struct Sampling {
 impl Sampling {
     fn options(&self) -> roux::run::tools::sample::SampleOptions {
         let precision = if self.bf16 { roux::recipe::Precision::Bf16 } else { roux::recipe::Precision::Fp32 };
-        roux::run::tools::sample::SampleOptions { tokens: self.tokens, temperature: self.temperature, top_k: self.top_k, top_p: self.top_p, seed: self.seed, precision, chat: self.chat }
+        roux::run::tools::sample::SampleOptions { tokens: self.tokens, draw: self.draw, seed: self.seed, precision, chat: self.chat }
     }
 }
 

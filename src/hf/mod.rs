@@ -8,9 +8,11 @@
 //! | `emit.rs`   | a model definition → `config.json` of its architecture (export)          |
 //! | `names.rs`  | where each roux parameter lives in a checkpoint (both directions)       |
 //! | `header.rs` | safetensors headers, and what differs from the tensors a model expects  |
+//! | `generation.rs` | how sample and chat draw tokens: flags, else generation_config.json |
 
 pub mod config;
 pub mod emit;
+pub mod generation;
 pub mod header;
 pub mod names;
 
@@ -18,6 +20,7 @@ pub mod names;
 pub const CONFIG: &str = "config.json";
 pub const WEIGHTS: &str = "model.safetensors";
 pub const INDEX: &str = "model.safetensors.index.json";
+pub const GENERATION: &str = "generation_config.json";
 /// The tokenizer and generation files an export copies beside the weights.
 pub const TOKENIZER_FILES: &[&str] = &["tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "generation_config.json", "chat_template.jinja"];
 /// The most shard files an index may name.

@@ -5,22 +5,20 @@ use anyhow::{bail, Context, Result};
 use std::path::Path;
 use tch::{Kind, Tensor};
 
+use crate::hf::{self, generation::{self, Decoding, Draw}};
 use crate::posttrain::chat::{Message, Renderer};
 use crate::recipe::ModelSpec;
 use crate::run::kit::files::{read_capped, read_tensors};
 use crate::run::kit::tokenize;
 use crate::run::model::{KvCache, Model};
 
-/// How to draw each token.
+/// How much to generate and how.
 #[derive(Clone, Copy, Debug)]
 pub struct SampleOptions {
     pub tokens: usize,
-    /// 0 is greedy.
-    pub temperature: f64,
-    /// Keep the `top_k` most likely tokens (0: all).
-    pub top_k: i64,
-    /// Keep the smallest set of most likely tokens whose probability reaches `top_p` (1: all).
-    pub top_p: f64,
+    /// The command line's choices of how to draw each token (the rest: the checkpoint's
+    /// generation_config.json, else roux's defaults).
+    pub draw: Draw,
     pub seed: u64,
     /// bf16: the forward passes compute in bfloat16 (on a GPU, about twice as fast).
     pub precision: crate::recipe::Precision,
@@ -37,19 +35,15 @@ struct Loaded {
     tk: Option<tokenizers::Tokenizer>,
     resolved: serde_json::Value,
     device: tch::Device,
+    decoding: Decoding,
 }
 
 fn load(run: &Path, o: &SampleOptions) -> Result<Loaded> {
-    if !(o.top_p > 0.0 && o.top_p <= 1.0) {
-        bail!("--top-p must lie in (0, 1]");
-    }
-    if !(o.temperature >= 0.0 && o.temperature.is_finite()) {
-        bail!("--temperature must be a finite number ≥ 0");
-    }
     let resolved = run.join("resolved.json");
     let text = read_capped(&resolved, 64 << 20).with_context(|| format!("{} is not a run directory (no resolved.json)", run.display()))?;
     let v: serde_json::Value = serde_json::from_str(&text).with_context(|| format!("{} is corrupt", resolved.display()))?;
     let spec = ModelSpec::from_run_json(&v["model"]).map_err(|e| anyhow::anyhow!("{}: {e}", resolved.display()))?;
+    let decoding = decoding(&spec, &o.draw)?;
     let weights = run.join("model.safetensors");
     if !weights.exists() {
         if run.join("adapter.safetensors").exists() {
@@ -67,7 +61,23 @@ fn load(run: &Path, o: &SampleOptions) -> Result<Loaded> {
     let checkpoint_tk = spec.checkpoint.as_ref().filter(|c| c.tokenizer && !c.byte_level).map(|c| c.dir.join(tokenize::FILE));
     let tk_path = Some(run.join(tokenize::FILE)).filter(|p| p.exists()).or(checkpoint_tk);
     let tk = tk_path.map(|p| tokenize::read(&p)).transpose()?;
-    Ok(Loaded { spec, model, tk, resolved: v, device })
+    Ok(Loaded { spec, model, tk, resolved: v, device, decoding })
+}
+
+/// How tokens are drawn: the flags, else an imported model's generation_config.json (said, so
+/// that a greedy default does not surprise), else roux's defaults.
+fn decoding(spec: &ModelSpec, draw: &Draw) -> Result<Decoding> {
+    let file = spec.checkpoint.as_ref().map(|c| c.dir.join(hf::GENERATION)).filter(|f| f.exists());
+    let config: Option<serde_json::Value> = match &file {
+        Some(f) => Some(serde_json::from_str(&read_capped(f, hf::MAX_CONFIG)?).with_context(|| format!("{} is not JSON", f.display()))?),
+        None => None,
+    };
+    let shown = file.as_ref().map_or(String::new(), |f| f.display().to_string());
+    let d = generation::resolve(draw, config.as_ref(), &shown).map_err(anyhow::Error::msg)?;
+    if let Some(f) = &file {
+        tracing::info!("drawing tokens {} (as {} says, where no flag chose)", d.describe(), f.display());
+    }
+    Ok(d)
 }
 
 /// Sample `o.tokens` tokens after `prompt` (with `o.chat`, a user's message after an optional
@@ -130,7 +140,8 @@ pub fn chat(run: &Path, system: Option<&str>, o: &SampleOptions, next: &mut dyn 
 /// Up to `o.tokens` tokens after `ids`, stopping at one of `stop`: the text (streamed to `on_text`
 /// in whole characters) and the number of tokens generated.
 fn generate(l: &Loaded, mut ids: Vec<i64>, o: &SampleOptions, stop: &[i64], on_text: &mut dyn FnMut(&str)) -> Result<(String, usize)> {
-    let SampleOptions { tokens, temperature, top_k, top_p, .. } = *o;
+    let Decoding { temperature, top_k, top_p, min_p, repetition_penalty } = l.decoding;
+    let tokens = o.tokens;
     let (spec, device, tk) = (&l.spec, l.device, l.tk.as_ref());
     if ids.is_empty() {
         ids.push(b'\n' as i64);
@@ -150,6 +161,7 @@ fn generate(l: &Loaded, mut ids: Vec<i64>, o: &SampleOptions, stop: &[i64], on_t
             let x = Tensor::from_slice(&ids[fed..]).view([1, -1]).to_device(device);
             fed = ids.len();
             let logits = l.model.forward_cached(&x, &mut cache).select(1, -1).squeeze_dim(0).to_kind(Kind::Float); // (vocab)
+            let logits = if repetition_penalty != 1.0 { penalise(&logits, &ids, repetition_penalty) } else { logits };
             let next = if temperature == 0.0 {
                 logits.argmax(0, false).int64_value(&[])
             } else {
@@ -168,6 +180,11 @@ fn generate(l: &Loaded, mut ids: Vec<i64>, o: &SampleOptions, stop: &[i64], on_t
                     let drop_sorted = before.gt(top_p);
                     let drop = drop_sorted.scatter(0, &order, &drop_sorted);
                     scores = scores.masked_fill(&drop, f64::NEG_INFINITY);
+                }
+                if min_p > 0.0 {
+                    // Tokens below min_p × the most likely one's probability (it always stays).
+                    let probs = scores.softmax(0, Kind::Float);
+                    scores = scores.masked_fill(&probs.lt_tensor(&(probs.max() * min_p)), f64::NEG_INFINITY);
                 }
                 scores.softmax(0, Kind::Float).f_multinomial(1, true).context("sampling the next token")?.int64_value(&[0])
             };
@@ -190,6 +207,18 @@ fn generate(l: &Loaded, mut ids: Vec<i64>, o: &SampleOptions, stop: &[i64], on_t
         out.push_str(&piece);
     }
     Ok((out, made))
+}
+
+/// `logits` with those of the tokens in `seen` penalised: divided by `penalty` when positive,
+/// multiplied when negative (transformers' RepetitionPenaltyLogitsProcessor).
+fn penalise(logits: &Tensor, seen: &[i64], penalty: f64) -> Tensor {
+    let mut ids = seen.to_vec();
+    ids.sort_unstable();
+    ids.dedup();
+    let ids = Tensor::from_slice(&ids).to_device(logits.device());
+    let s = logits.index_select(0, &ids);
+    let s = (&s * penalty).where_self(&s.lt(0.0), &(&s / penalty));
+    logits.index_copy(0, &ids, &s)
 }
 
 /// The chat template the run's model was trained in (its resolved.json's `chat_template`), else
