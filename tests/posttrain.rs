@@ -197,6 +197,61 @@ fn a_dora_stage_learns_and_saves_its_magnitudes() {
     assert_eq!((tensors.len(), magnitudes.len()), (3 * 12, 12));
 }
 
+/// `dpo(…) { adapter = lora { … } }` (TRL's DPOTrainer with a peft_config): only the adapters
+/// train, so the first loss is exactly ln 2 (the policy is its reference) and the plan counts
+/// Σ rank·(in + out); the stage's output is its adapter, a model through `merge(po.adapter)`
+/// for a later stage and `roux merge`, and `po.model` is refused with the way to write it.
+#[test]
+fn a_dpo_stage_with_lora_trains_its_adapter_only() {
+    let out = scratch("dpo-lora");
+    let text = |more: &str| {
+        format!(
+            r#"experiment "lora-dpo" {{
+          seed = 7
+          data prefs = synthetic.preferences {{ tasks = [uppercase], pairs = 120, max_len = 3 }}
+          model lm = transformer {{ vocab = 256, context = 24, d_model = 32, layers = 1, heads = 2, dropout = 0 }}
+          stage po = dpo(lm, prefs) {{ adapter = lora {{ rank = 4, alpha = 8, targets = [attn.q, attn.v, ffn.w1, ffn.w2] }}, beta = 2, steps = 40, batch = 16, log_every = 1, eval_every = 40, eval_examples = 2, max_new = 2, optimizer = adamw {{ lr = 1e-2 }} }}
+          {more}
+        }}"#
+        )
+    };
+    let recipe = out.join("r.roux");
+    std::fs::write(&recipe, text("stage more = dpo(merge(po.adapter), prefs) { beta = 0.5, steps = 2, batch = 4, eval_every = 2, eval_examples = 2, max_new = 2 }")).unwrap();
+    // q and v (32 → 32), w1 (32 → 128), w2 (128 → 32) at rank 4: 4·(64 + 64 + 160 + 160) = 1792.
+    let c = roux::frontend::compile(&recipe).unwrap();
+    let plan = roux::plan::plan(c.recipe.as_ref().unwrap());
+    assert_eq!(plan.stages.iter().find(|s| s.name == "po").unwrap().trainable, 1792);
+    let log = run_ok(&recipe, &out);
+    assert!(log.contains("LoRA rank 4 on 1792 trainable parameters"), "{log}");
+    let m = metrics(&out.join("lora-dpo/po"));
+    let losses: Vec<f64> = m.iter().filter_map(|x| x["loss"].as_f64()).collect();
+    assert!((losses[0] - std::f64::consts::LN_2).abs() < 1e-6, "first loss {} (want ln 2)", losses[0]);
+    let tail = losses[losses.len() - 10..].iter().sum::<f64>() / 10.0;
+    assert!(tail < 0.8 * std::f64::consts::LN_2, "the loss did not fall: {losses:?}");
+    let dir = out.join("lora-dpo/po");
+    let adapter = Tensor::read_safetensors(dir.join("adapter.safetensors")).unwrap();
+    assert_eq!(adapter.len(), 8);
+    assert!(!dir.join("model.safetensors").exists());
+    let report: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(dir.join("report.json")).unwrap()).unwrap();
+    assert!(report["lora_update_ratio"].as_f64().unwrap() > 0.0, "{report}");
+    assert!(out.join("lora-dpo/more/report.json").exists(), "the stage after it read merge(po.adapter)");
+    // `roux merge` folds it into its base: the function the next stage started from.
+    let o = roux(&["merge", dir.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let r = c.recipe.unwrap();
+    let merged = roux::run::kit::artifacts::load_lm(&r, &out.join("lora-dpo"), &roux::recipe::ModelRef { arch: "lm".into(), weights: roux::recipe::Weights::Merged { stage: "po".into() } }, Device::Cpu).unwrap();
+    let mut written = Model::new(r.model("lm").unwrap(), Device::Cpu).unwrap();
+    written.load(&Tensor::read_safetensors(dir.join("merged/model.safetensors")).unwrap()).unwrap();
+    let x = Tensor::from_slice(&[10i64, 20, 30, 40]).view([1, -1]);
+    let gap = tch::no_grad(|| (merged.forward(&x, false) - written.forward(&x, false)).abs().max().double_value(&[]));
+    assert!(gap < 1e-6, "{gap}");
+    // Its output is an adapter, not a model.
+    std::fs::write(&recipe, text("stage more = dpo(po.model, prefs) { steps = 2 }")).unwrap();
+    let c = roux::frontend::compile(&recipe).unwrap();
+    let d = c.diagnostics.iter().find(|d| d.is_error()).unwrap();
+    assert_eq!((d.code, d.message.as_str(), d.hint.as_deref()), ("E0311", "stage `po` has no output `model`", Some("`po` trains a LoRA adapter, not a whole model: use `merge(po.adapter)` for a model")));
+}
+
 #[test]
 fn prompt_tokens_carry_exactly_zero_loss_weight() {
     let r = recipe("tiny-lifecycle.roux");

@@ -286,10 +286,14 @@ impl<'a> Checker<'a> {
                     .with_hint("leave `rpo_alpha` out: ORPO's β weighs its preference term against that NLL"),
             );
         }
+        let lora = match f.field("adapter") {
+            Some(field) => self.check_lora(&field.value, &f.scope.clone(), policy.as_ref()),
+            None => Some(None),
+        };
         let eval = self.eval_keys(&mut f);
         f.finish(self);
         let (eval_examples, max_new) = eval?;
-        let spec = DpoSpec { policy: policy?, data: data?.name, opt: opt?, beta: beta?, loss: loss?, label_smoothing: smoothing?, rpo_alpha: rpo_alpha?, gamma: gamma?, eval_examples, max_new };
+        let spec = DpoSpec { policy: policy?, data: data?.name, opt: opt?, beta: beta?, loss: loss?, label_smoothing: smoothing?, rpo_alpha: rpo_alpha?, gamma: gamma?, lora: lora?, eval_examples, max_new };
         Some(self.stage_spec(d, StageKind::Dpo(spec)))
     }
 

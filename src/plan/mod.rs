@@ -134,7 +134,10 @@ fn posttrain_plan(r: &Recipe, s: &crate::recipe::StageSpec, graph_of: &HashMap<&
             let (t, tf) = product(&[2, d.opt.steps, d.opt.batch as u64, ctx_of(&d.policy.arch)]);
             // The frozen reference runs forward (2N a token) and is held, unless the loss has none.
             let reference = if d.loss.needs_reference() { n } else { 0 };
-            (d.opt.steps, t, (6.0 * n as f64 + 2.0 * reference as f64) * tf, n, training(&d.policy.arch, n, n, 2 * d.opt.batch).saturating_add(4 * reference))
+            // With LoRA only the adapters train (and hold gradients and moments).
+            let trainable = d.lora.as_ref().map_or(n, |l| crate::lower::lora_params(&graph(&d.policy.arch).spec, l));
+            let weights = if d.lora.is_some() { n + trainable } else { n };
+            (d.opt.steps, t, (6.0 * n as f64 + 2.0 * reference as f64) * tf, trainable, training(&d.policy.arch, weights, trainable, 2 * d.opt.batch).saturating_add(4 * reference))
         }
         StageKind::Grpo(g) => {
             let n = n_of(&g.policy.arch);

@@ -110,7 +110,8 @@ fn posttrain_process(r: &Recipe, s: &crate::recipe::StageSpec, world: usize) -> 
             let Some(g) = graph(&d.policy.arch) else { return Ok(None) };
             let n = n_of(&g);
             let reference = if d.loss.needs_reference() { n } else { 0 };
-            (d.policy.arch.clone(), n, n, reference, 2 * d.opt.micro_batch(name, world)?, d.opt.accumulate)
+            let lora = d.lora.as_ref().map(|l| crate::lower::lora_params(&g.spec, l));
+            (d.policy.arch.clone(), lora.unwrap_or(n), n + lora.unwrap_or(0), reference, 2 * d.opt.micro_batch(name, world)?, d.opt.accumulate)
         }
         StageKind::Ppo(p) => {
             let Some(g) = graph(&p.policy.arch) else { return Ok(None) };

@@ -85,6 +85,10 @@ pub struct DpoSpec {
     /// SimPO's target margin γ (only with `loss = simpo`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub gamma: Option<f64>,
+    /// LoRA adapters on the policy (`adapter = lora { … }`): only they train, against the reference,
+    /// the policy without them; the stage's output is `STAGE.adapter`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lora: Option<LoraSpec>,
     pub eval_examples: usize,
     pub max_new: usize,
 }

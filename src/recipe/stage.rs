@@ -322,6 +322,16 @@ pub enum StageKind {
 }
 
 impl StageKind {
+    /// The base model and the adapter of a stage that trains LoRA adapters (`finetune`, `dpo`
+    /// with `adapter = lora { … }`): what `merge(STAGE.adapter)` folds together.
+    pub fn adapter(&self) -> Option<(&ModelRef, &LoraSpec)> {
+        match self {
+            StageKind::Finetune(f) => f.lora.as_ref().map(|l| (&f.model, l)),
+            StageKind::Dpo(d) => d.lora.as_ref().map(|l| (&d.policy, l)),
+            _ => None,
+        }
+    }
+
     /// The device the stage asks for (the mixture runs on the CPU).
     pub fn device(&self) -> Device {
         match self {

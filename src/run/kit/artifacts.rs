@@ -27,9 +27,8 @@ pub fn load_lm(recipe: &Recipe, runs: &Path, r: &ModelRef, device: tch::Device) 
             Ok(m)
         }
         Weights::Merged { stage } => {
-            let Some(StageKind::Finetune(f)) = recipe.stage(stage).map(|s| &s.kind) else { bail!("`{stage}` is not a finetune stage") };
-            let lora = f.lora.as_ref().context("merge needs a LoRA stage")?;
-            let mut m = load_lm(recipe, runs, &f.model, device)?;
+            let Some((base, lora)) = recipe.stage(stage).and_then(|s| s.kind.adapter()) else { bail!("`{stage}` is not a stage that trains a LoRA adapter") };
+            let mut m = load_lm(recipe, runs, base, device)?;
             m.attach_lora(lora)?;
             let path = runs.join(stage).join("adapter.safetensors");
             m.load_lora(&read_tensors(&path)?).with_context(|| format!("loading {}", path.display()))?;

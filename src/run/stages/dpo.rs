@@ -93,7 +93,12 @@ pub fn run(ctx: &StageCtx, d: &DpoSpec) -> Result<()> {
     let codec = Codec::new(recipe, &set)?;
     let (_, held) = instructions(recipe, &d.data)?;
     let held: Vec<_> = held.held_out.into_iter().take(d.eval_examples).collect();
-    let policy = load_lm(recipe, &ctx.runs, &d.policy, dev)?.computing(d.opt.precision);
+    let mut policy = load_lm(recipe, &ctx.runs, &d.policy, dev)?.computing(d.opt.precision);
+    // With LoRA only the adapters train (starting at zero: the policy is its reference at step 0).
+    if let Some(l) = &d.lora {
+        policy.attach_lora(l)?;
+    }
+    let policy = policy;
     // SimPO and ORPO compare with no reference: none is loaded (nor any KL to it reported).
     let reference = match d.loss.needs_reference() {
         true => {
@@ -109,8 +114,10 @@ pub fn run(ctx: &StageCtx, d: &DpoSpec) -> Result<()> {
     let terms = DpoTerms { beta: d.beta, loss: d.loss, smoothing: d.label_smoothing, gamma: d.gamma.unwrap_or(0.0) };
     let before = score(&policy, reference, &codec, &held, d.max_new);
     let held_pairs: Vec<Pair> = split.held_out.iter().take(d.eval_examples).cloned().collect();
-    let names = policy.names.clone();
-    let params: Vec<Tensor> = policy.params.iter().map(|p| p.shallow_clone()).collect();
+    let (names, params): (Vec<String>, Vec<Tensor>) = match &d.lora {
+        Some(_) => policy.lora.named().into_iter().unzip(),
+        None => (policy.names.clone(), policy.params.iter().map(|p| p.shallow_clone()).collect()),
+    };
     let mut opt = Optimizer::new(&params, &d.opt.optimizer);
     let (step0, mut rng, extra) = run.restore(&names, &params, &mut opt, Rng(recipe.seed ^ 0xD90))?;
     // Watched: the held-out pairs' accuracy (TRL's eval_rewards/accuracies), else the gold reward.
@@ -127,6 +134,7 @@ pub fn run(ctx: &StageCtx, d: &DpoSpec) -> Result<()> {
         settings.push("no reference".into());
     }
     settings.extend(d.rpo_alpha.map(|a| format!("NLL weight {a}")));
+    settings.extend(d.lora.as_ref().map(|l| format!("{} rank {} on {} trainable parameters", if l.dora { "DoRA" } else { "LoRA" }, l.rank, policy.lora.numel())));
     tracing::info!("{name}: DPO ({}) on `{}` ({} pairs) for {} steps × {} pairs", settings.join(", "), set.name, split.train.len(), d.opt.steps, d.opt.batch);
     let started = Instant::now();
     let (mut last, mut last_pairs) = (None, None);
@@ -252,5 +260,9 @@ pub fn run(ctx: &StageCtx, d: &DpoSpec) -> Result<()> {
         before.sampled_gold,
         last.kl.map_or(String::new(), |kl| format!(", KL to reference {kl:.3}"))
     );
-    run.finish(&[("model.safetensors", policy.named())], report, &ctx.title())
+    if d.lora.is_some() {
+        report["lora_update_ratio"] = json!(policy.lora_update_ratio());
+    }
+    let output = if d.lora.is_some() { ("adapter.safetensors", policy.lora.named()) } else { ("model.safetensors", policy.named()) };
+    run.finish(&[output], report, &ctx.title())
 }

@@ -31,15 +31,18 @@ pub fn merge_run(run: &Path, out: &Path) -> Result<Merged> {
     lifecycle::refuse_to_overwrite(out, &["report.json", "state.json", "metrics.jsonl"])?;
     let adapter = lifecycle::finished(&run)?;
     let stage = stage_of(&adapter)?;
-    let StageKind::Finetune(f) = &stage.kind else { bail!("`{}` is a {} stage; only a finetune stage with a LoRA adapter can be merged", stage.name, stage.kind.name()) };
-    if f.lora.is_none() {
-        bail!("`{}` fine-tuned the whole model: its model.safetensors is already plain", stage.name);
-    }
+    let Some((base_ref, _)) = stage.kind.adapter() else {
+        if matches!(stage.kind, StageKind::Finetune(_) | StageKind::Dpo(_)) {
+            bail!("`{}` trained the whole model: its model.safetensors is already plain", stage.name);
+        }
+        bail!("`{}` is a {} stage; only a finetune or dpo stage with a LoRA adapter can be merged", stage.name, stage.kind.name())
+    };
+    let base_ref = base_ref.clone();
     let chat_template = adapter.resolved.get("chat_template").cloned();
     let spec = ModelSpec::from_run_json(&adapter.resolved["model"]).map_err(|e| anyhow::anyhow!("{}: {e}", adapter.dir.join("resolved.json").display()))?;
     // Follow the chain of bases, each from its own run directory.
     let mut stages = vec![stage.clone()];
-    let (mut user, mut weights) = (adapter, f.model.weights.clone());
+    let (mut user, mut weights) = (adapter, base_ref.weights.clone());
     let base = loop {
         match weights {
             Weights::Init => break "fresh weights".to_string(),
@@ -52,8 +55,8 @@ pub fn merge_run(run: &Path, out: &Path) -> Result<Merged> {
                 let next = lifecycle::finished(&lifecycle::stage_dir(&runs, &s)?)?;
                 same_output(&user, &s, &next)?;
                 let spec = stage_of(&next)?;
-                let StageKind::Finetune(g) = &spec.kind else { bail!("`{s}` in {} is not a finetune stage", next.dir.display()) };
-                weights = g.model.weights.clone();
+                let Some((g, _)) = spec.kind.adapter() else { bail!("`{s}` in {} is not a stage that trains a LoRA adapter", next.dir.display()) };
+                weights = g.weights.clone();
                 stages.push(spec);
                 user = next;
             }
@@ -72,7 +75,7 @@ pub fn merge_run(run: &Path, out: &Path) -> Result<Merged> {
         health: Default::default(),
         sweep: vec![],
     };
-    let r = ModelRef { arch: f.model.arch.clone(), weights: Weights::Merged { stage: stage.name.clone() } };
+    let r = ModelRef { arch: base_ref.arch.clone(), weights: Weights::Merged { stage: stage.name.clone() } };
     let m = load_lm(&recipe, &runs, &r, tch::Device::Cpu)?;
     std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
     write_tensors_atomic(&out.join("model.safetensors"), &m.named())?;
@@ -89,7 +92,7 @@ fn stage_of(run: &Finished) -> Result<StageSpec> {
     // A `train` stage's resolved.json names its stage by a string; a post-training stage's is
     // the whole definition.
     if let Some(name) = run.resolved["stage"].as_str() {
-        bail!("`{name}` is a pretraining stage; only a finetune stage with a LoRA adapter can be merged");
+        bail!("`{name}` is a pretraining stage; only a finetune or dpo stage with a LoRA adapter can be merged");
     }
     serde_json::from_value(run.resolved["stage"].clone()).map_err(|_| anyhow::anyhow!("{} does not hold a stage definition roux can read", run.dir.join("resolved.json").display()))
 }
