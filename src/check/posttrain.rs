@@ -135,7 +135,7 @@ impl<'a> Checker<'a> {
     /// `lora { rank, alpha, dropout, targets = [attn.q, attn.v] }`; every target must match a
     /// linear layer of the model.
     /// `adapter = none` says what leaving the key out means: a full fine-tune (Some(None)).
-    fn check_lora(&mut self, e: &'a Expr, scope: &super::eval::Scope<'a>, model: Option<&ModelRef>) -> Option<Option<LoraSpec>> {
+    pub(super) fn check_lora(&mut self, e: &'a Expr, scope: &super::eval::Scope<'a>, model: Option<&ModelRef>) -> Option<Option<LoraSpec>> {
         let (kind, path, _, block) = self.ctor(e, "adapter", &["lora", "none"])?;
         if kind == "none" {
             return Some(None);

@@ -132,12 +132,14 @@ fn posttrain_plan(r: &Recipe, s: &crate::recipe::StageSpec, graph_of: &HashMap<&
         StageKind::Dpo(d) => {
             let n = n_of(&d.policy.arch);
             let (t, tf) = product(&[2, d.opt.steps, d.opt.batch as u64, ctx_of(&d.policy.arch)]);
-            // The frozen reference runs forward (2N a token) and is held, unless the loss has none.
+            // The frozen reference runs forward (2N a token) and is held, unless the loss has none
+            // (or it is the LoRA policy's own base).
             let reference = if d.loss.needs_reference() { n } else { 0 };
+            let held = if d.lora.is_some() { 0 } else { reference };
             // With LoRA only the adapters train (and hold gradients and moments).
             let trainable = d.lora.as_ref().map_or(n, |l| crate::lower::lora_params(&graph(&d.policy.arch).spec, l));
             let weights = if d.lora.is_some() { n + trainable } else { n };
-            (d.opt.steps, t, (6.0 * n as f64 + 2.0 * reference as f64) * tf, trainable, training(&d.policy.arch, weights, trainable, 2 * d.opt.batch).saturating_add(4 * reference))
+            (d.opt.steps, t, (6.0 * n as f64 + 2.0 * reference as f64) * tf, trainable, training(&d.policy.arch, weights, trainable, 2 * d.opt.batch).saturating_add(4 * held))
         }
         StageKind::Grpo(g) => {
             let n = n_of(&g.policy.arch);
@@ -147,8 +149,12 @@ fn posttrain_plan(r: &Recipe, s: &crate::recipe::StageSpec, graph_of: &HashMap<&
             // reward model when one is used (2N each), then `epochs` forward-backward passes (6N).
             let reference = if g.beta > 0.0 { 2.0 * n as f64 } else { 0.0 };
             let per_token = 4.0 * n as f64 + reference + 2.0 * rm.unwrap_or(0) as f64 + 6.0 * n as f64 * g.epochs as f64;
-            let frozen = 4 * (if g.beta > 0.0 { n } else { 0 } + rm.unwrap_or(0));
-            (g.opt.steps, t, per_token * tf, n, training(&g.policy.arch, n, n, g.opt.batch).saturating_add(frozen))
+            // With LoRA the reference is the policy's own base: nothing more is held.
+            let reference = if g.beta > 0.0 && g.lora.is_none() { n } else { 0 };
+            let frozen = 4 * (reference + rm.unwrap_or(0));
+            let trainable = g.lora.as_ref().map_or(n, |l| crate::lower::lora_params(&graph(&g.policy.arch).spec, l));
+            let weights = if g.lora.is_some() { n + trainable } else { n };
+            (g.opt.steps, t, per_token * tf, trainable, training(&g.policy.arch, weights, trainable, g.opt.batch).saturating_add(frozen))
         }
         StageKind::Compare(c) => {
             let t = c.policies.iter().fold(0u64, |a, (_, p)| a.saturating_add(c.examples as u64 * ctx_of(&p.arch)));

@@ -109,7 +109,8 @@ fn posttrain_process(r: &Recipe, s: &crate::recipe::StageSpec, world: usize) -> 
         StageKind::Dpo(d) => {
             let Some(g) = graph(&d.policy.arch) else { return Ok(None) };
             let n = n_of(&g);
-            let reference = if d.loss.needs_reference() { n } else { 0 };
+            // (A LoRA policy's reference is its own base: nothing more is held.)
+            let reference = if d.loss.needs_reference() && d.lora.is_none() { n } else { 0 };
             let lora = d.lora.as_ref().map(|l| crate::lower::lora_params(&g.spec, l));
             (d.policy.arch.clone(), lora.unwrap_or(n), n + lora.unwrap_or(0), reference, 2 * d.opt.micro_batch(name, world)?, d.opt.accumulate)
         }
@@ -123,8 +124,9 @@ fn posttrain_process(r: &Recipe, s: &crate::recipe::StageSpec, world: usize) -> 
             let Some(g) = graph(&gr.policy.arch) else { return Ok(None) };
             let n = n_of(&g);
             let prompts = crate::recipe::split_batch(name, gr.opt.batch / gr.group, world, 1)?;
-            let reference = if gr.beta > 0.0 { n } else { 0 };
-            (gr.policy.arch.clone(), n, n, reference + rm(gr.reward.model_stage()), prompts * gr.group, 1)
+            let reference = if gr.beta > 0.0 && gr.lora.is_none() { n } else { 0 };
+            let lora = gr.lora.as_ref().map(|l| crate::lower::lora_params(&g.spec, l));
+            (gr.policy.arch.clone(), lora.unwrap_or(n), n + lora.unwrap_or(0), reference + rm(gr.reward.model_stage()), prompts * gr.group, 1)
         }
         StageKind::Train(_) | StageKind::Isoflop(_) | StageKind::Mixture(_) | StageKind::Compare(_) => return Ok(None),
     };

@@ -33,6 +33,10 @@ pub struct GrpoSpec {
     /// unset, so older stages keep their hash.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub scale_rewards: Option<RewardScale>,
+    /// LoRA adapters on the policy (`adapter = lora { … }`), as on `dpo`: only they train; the
+    /// stage's output is `STAGE.adapter`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lora: Option<super::LoraSpec>,
     pub eval_examples: usize,
 }
 

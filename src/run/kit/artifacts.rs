@@ -6,7 +6,9 @@ use std::path::Path;
 
 use crate::lower::ScalarHead;
 use crate::posttrain::examples::{Example, Pair, Split};
-use crate::recipe::{ExampleSet, ModelRef, Recipe, StageKind, Weights};
+use tch::Tensor;
+
+use crate::recipe::{ExampleSet, LoraSpec, ModelRef, Precision, Recipe, StageKind, Weights};
 use crate::run::model::heads::{Head, RewardModel};
 use crate::run::model::Model;
 
@@ -69,4 +71,45 @@ pub fn preferences(recipe: &Recipe, name: &str) -> Result<(ExampleSet, Split<Pai
         bail!("data `{name}` has {} training and {} held-out pairs; both must be non-empty (adjust `held_out` or add pairs)", split.train.len(), split.held_out.len());
     }
     Ok((set, split))
+}
+
+/// A stage's policy, the tensors it trains (named), and the frozen reference it is compared with.
+pub struct Policy {
+    pub model: Model,
+    pub names: Vec<String>,
+    pub params: Vec<Tensor>,
+    pub reference: Option<Model>,
+}
+
+/// The policy `r` at `precision`, with fresh LoRA adapters when `lora` is given (then only they
+/// train), and when `reference`, the model it starts as, frozen: with adapters, the same weights
+/// without them (shared, no second copy, as TRL's trainers use a peft model's base); otherwise a
+/// second copy.
+pub fn load_policy(recipe: &Recipe, runs: &Path, r: &ModelRef, lora: Option<&LoraSpec>, precision: Precision, reference: bool, device: tch::Device) -> Result<Policy> {
+    let mut model = load_lm(recipe, runs, r, device)?.computing(precision);
+    if let Some(l) = lora {
+        model.attach_lora(l)?;
+    }
+    let reference = match (reference, lora.is_some()) {
+        (false, _) => None,
+        (true, true) => Some(model.base_view()),
+        (true, false) => {
+            let mut copy = load_lm(recipe, runs, r, device)?.computing(precision);
+            copy.freeze();
+            Some(copy)
+        }
+    };
+    let (names, params) = trained(&model).into_iter().unzip();
+    Ok(Policy { model, names, params, reference })
+}
+
+/// What a stage trains of `model`, named: its adapters when it has them, else every weight.
+pub fn trained(model: &Model) -> Vec<(String, Tensor)> {
+    if model.lora.is_empty() { model.named() } else { model.lora.named() }
+}
+
+/// The file a stage writes what it trained to, and the tensors: `adapter.safetensors` for
+/// adapters (a model only through `merge`), else `model.safetensors`.
+pub fn trained_output(model: &Model) -> (&'static str, Vec<(String, Tensor)>) {
+    (if model.lora.is_empty() { "model.safetensors" } else { "adapter.safetensors" }, trained(model))
 }

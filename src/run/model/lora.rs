@@ -155,6 +155,17 @@ impl Model {
         Ok(())
     }
 
+    /// This model without its adapters, every weight shared (no copy): the reference of a stage
+    /// that trains only adapters, which start at zero, so it is the policy as the stage began.
+    pub fn base_view(&self) -> Model {
+        // (Built with placeholder views, then given this model's tensors.)
+        let mut m = Model::build(crate::lower::lower_model(self.spec()), self.device, false, self.share).expect("stride-0 views allocate one element");
+        m.params = self.params.iter().map(|p| p.shallow_clone()).collect();
+        (m.compute, m.pad_vocab) = (self.compute, self.pad_vocab);
+        m.experts_across = self.experts_across.clone();
+        m
+    }
+
     /// Copy adapter weights in from named tensors (an `adapter.safetensors`).
     pub fn load_lora(&mut self, tensors: &[(String, Tensor)]) -> Result<()> {
         let given: HashMap<&str, &Tensor> = tensors.iter().map(|(n, t)| (n.as_str(), t)).collect();

@@ -11,7 +11,7 @@ use crate::posttrain::examples::{Pair, Seq};
 use crate::recipe::{DpoLoss, DpoSpec};
 use crate::rng::Rng;
 use crate::run::kit::adamw::Optimizer;
-use crate::run::kit::artifacts::{instructions, load_lm, preferences};
+use crate::run::kit::artifacts::{instructions, load_policy, preferences, trained_output, Policy};
 use crate::run::kit::losses::{dpo, log_odds_ratio, DpoTerms};
 use crate::run::kit::score::score;
 use crate::run::kit::codec::Codec;
@@ -93,31 +93,15 @@ pub fn run(ctx: &StageCtx, d: &DpoSpec) -> Result<()> {
     let codec = Codec::new(recipe, &set)?;
     let (_, held) = instructions(recipe, &d.data)?;
     let held: Vec<_> = held.held_out.into_iter().take(d.eval_examples).collect();
-    let mut policy = load_lm(recipe, &ctx.runs, &d.policy, dev)?.computing(d.opt.precision);
-    // With LoRA only the adapters train (starting at zero: the policy is its reference at step 0).
-    if let Some(l) = &d.lora {
-        policy.attach_lora(l)?;
-    }
-    let policy = policy;
-    // SimPO and ORPO compare with no reference: none is loaded (nor any KL to it reported).
-    let reference = match d.loss.needs_reference() {
-        true => {
-            let mut r = load_lm(recipe, &ctx.runs, &d.policy, dev)?.computing(d.opt.precision);
-            r.freeze();
-            Some(r)
-        }
-        false => None,
-    };
+    // SimPO and ORPO compare with no reference: none is loaded (nor any KL to it reported). With
+    // LoRA only the adapters train, from zero: the policy starts as its reference.
+    let Policy { model: policy, names, params, reference } = load_policy(recipe, &ctx.runs, &d.policy, d.lora.as_ref(), d.opt.precision, d.loss.needs_reference(), dev)?;
     let reference = reference.as_ref();
     // The chosen responses' NLL per token joins the loss: ORPO's own term, or RPO's (`rpo_alpha`).
     let nll_weight = if d.loss == DpoLoss::Orpo { 1.0 } else { d.rpo_alpha.unwrap_or(0.0) };
     let terms = DpoTerms { beta: d.beta, loss: d.loss, smoothing: d.label_smoothing, gamma: d.gamma.unwrap_or(0.0) };
     let before = score(&policy, reference, &codec, &held, d.max_new);
     let held_pairs: Vec<Pair> = split.held_out.iter().take(d.eval_examples).cloned().collect();
-    let (names, params): (Vec<String>, Vec<Tensor>) = match &d.lora {
-        Some(_) => policy.lora.named().into_iter().unzip(),
-        None => (policy.names.clone(), policy.params.iter().map(|p| p.shallow_clone()).collect()),
-    };
     let mut opt = Optimizer::new(&params, &d.opt.optimizer);
     let (step0, mut rng, extra) = run.restore(&names, &params, &mut opt, Rng(recipe.seed ^ 0xD90))?;
     // Watched: the held-out pairs' accuracy (TRL's eval_rewards/accuracies), else the gold reward.
@@ -263,6 +247,5 @@ pub fn run(ctx: &StageCtx, d: &DpoSpec) -> Result<()> {
     if d.lora.is_some() {
         report["lora_update_ratio"] = json!(policy.lora_update_ratio());
     }
-    let output = if d.lora.is_some() { ("adapter.safetensors", policy.lora.named()) } else { ("model.safetensors", policy.named()) };
-    run.finish(&[output], report, &ctx.title())
+    run.finish(&[trained_output(&policy)], report, &ctx.title())
 }

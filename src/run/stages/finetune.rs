@@ -13,7 +13,7 @@ use crate::run::kit::codec::Codec;
 use crate::recipe::FinetuneSpec;
 use crate::rng::Rng;
 use crate::run::kit::adamw::Optimizer;
-use crate::run::kit::artifacts::{instructions, load_lm};
+use crate::run::kit::artifacts::{instructions, load_lm, trained, trained_output};
 use crate::run::kit::score::score;
 use crate::run::kit::packing::{batch, pack, PackedRow};
 use crate::run::kit::seqs::{pad, token_logprobs};
@@ -50,13 +50,10 @@ pub fn run(ctx: &StageCtx, f: &FinetuneSpec) -> Result<()> {
 
     // NEFTune: noise on the embeddings of training passes (evaluation and generation see none).
     model.neftune = f.neftune.unwrap_or(0.0);
-    let (names, params): (Vec<String>, Vec<Tensor>) = match &f.lora {
-        Some(l) => {
-            model.attach_lora(l)?;
-            model.lora.named().into_iter().unzip()
-        }
-        None => (model.names.clone(), model.params.iter().map(|p| p.shallow_clone()).collect()),
-    };
+    if let Some(l) = &f.lora {
+        model.attach_lora(l)?;
+    }
+    let (names, params): (Vec<String>, Vec<Tensor>) = trained(&model).into_iter().unzip();
     let trainable: u64 = params.iter().map(|p| p.numel() as u64).sum();
     let mut opt = Optimizer::new(&params, &f.opt.optimizer);
     let (step0, mut rng, extra) = run.restore(&names, &params, &mut opt, Rng(recipe.seed ^ 0x5F7))?;
@@ -144,7 +141,7 @@ pub fn run(ctx: &StageCtx, f: &FinetuneSpec) -> Result<()> {
     // A run resumed with no step left to take scores its weights here.
     let last = last.unwrap_or_else(|| score(&model, None, &codec, &held, f.max_new));
     let last_val = last_val.unwrap_or_else(|| held_out_loss(&model, &held_seqs, dev));
-    let output = if f.lora.is_some() { ("adapter.safetensors", model.lora.named()) } else { ("model.safetensors", model.named()) };
+    let output = trained_output(&model);
     let mut report = json!({
         "experiment": recipe.experiment,
         "kind": "finetune",

@@ -21,7 +21,7 @@ use crate::posttrain::tasks;
 use crate::recipe::{GrpoLoss, GrpoSpec, Reward, RewardScale, RewardTerm};
 use crate::rng::Rng;
 use crate::run::kit::adamw::Optimizer;
-use crate::run::kit::artifacts::{instructions, load_lm, load_reward_model};
+use crate::run::kit::artifacts::{instructions, load_policy, load_reward_model, trained_output, Policy};
 use crate::run::kit::losses::{group_advantages, grpo_loss, GrpoTerms};
 use crate::run::kit::score::score;
 use crate::run::kit::codec::Codec;
@@ -41,20 +41,12 @@ pub fn run(ctx: &StageCtx, g: &GrpoSpec) -> Result<()> {
     let (set, split) = instructions(recipe, &g.prompts)?;
     let codec = Codec::new(recipe, &set)?;
     let held: Vec<Example> = split.held_out.iter().take(g.eval_examples).cloned().collect();
-    let policy = load_lm(recipe, &ctx.runs, &g.policy, dev)?.computing(g.opt.precision);
-    // With beta = 0 no reference is loaded (the plan counts none).
-    let reference = match g.beta > 0.0 {
-        true => {
-            let mut r = load_lm(recipe, &ctx.runs, &g.policy, dev)?.computing(g.opt.precision);
-            r.freeze();
-            Some(r)
-        }
-        false => None,
-    };
+    // With beta = 0 no reference is loaded (the plan counts none); with LoRA only the adapters
+    // train and the reference is the policy without them.
+    let Policy { model: policy, names, params, reference } = load_policy(recipe, &ctx.runs, &g.policy, g.lora.as_ref(), g.opt.precision, g.beta > 0.0, dev)?;
     let rm = g.reward.model_stage().map(|s| load_reward_model(recipe, &ctx.runs, s, dev).map(|m| m.computing(g.opt.precision))).transpose()?;
     // The starting point's score, before a resumed run restores its trained weights.
     let before = score(&policy, reference.as_ref(), &codec, &held, g.max_new);
-    let (names, params): (Vec<String>, Vec<Tensor>) = policy.named().into_iter().unzip();
     let mut opt = Optimizer::new(&params, &g.opt.optimizer);
     let (step0, mut rng, extra) = run.restore(&names, &params, &mut opt, Rng(recipe.seed ^ 0x6290))?;
     opt.broadcast_state(world)?;
@@ -65,6 +57,7 @@ pub fn run(ctx: &StageCtx, g: &GrpoSpec) -> Result<()> {
     let context = policy.spec().context;
     let per_step = g.opt.batch / g.group;
     let clip = g.clip_high.map_or(String::new(), |h| format!(", ratio clipped to [{}, {}]", 1.0 - g.clip, 1.0 + h));
+    let adapter = g.lora.as_ref().map_or(String::new(), |l| format!(", {} rank {} on {} trainable parameters", if l.dora { "DoRA" } else { "LoRA" }, l.rank, policy.lora.numel()));
     let scale = g.reward_scale();
     let scaled = match scale {
         RewardScale::Group => "advantages ÷ the group's std",
@@ -72,7 +65,7 @@ pub fn run(ctx: &StageCtx, g: &GrpoSpec) -> Result<()> {
         RewardScale::None => "advantages unscaled",
     };
     tracing::info!(
-        "{name}: GRPO on prompts of `{}`: {} steps × {per_step} prompts{} × {} responses, β = {}, {} normalisation, {scaled}{clip}",
+        "{name}: GRPO on prompts of `{}`: {} steps × {per_step} prompts{} × {} responses, β = {}, {} normalisation, {scaled}{clip}{adapter}",
         set.name,
         g.opt.steps,
         if world.size > 1 { format!(" (each of {} processes answers {})", world.size, per_step / world.size) } else { String::new() },
@@ -200,7 +193,10 @@ pub fn run(ctx: &StageCtx, g: &GrpoSpec) -> Result<()> {
         last.sampled_gold,
         before.sampled_gold,
     );
-    run.finish(&[("model.safetensors", policy.named())], report, &ctx.title())
+    if g.lora.is_some() {
+        report["lora_update_ratio"] = json!(policy.lora_update_ratio());
+    }
+    run.finish(&[trained_output(&policy)], report, &ctx.title())
 }
 
 /// The recipe's reward for one response: the weighted sum of its terms.
