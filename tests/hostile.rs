@@ -598,7 +598,7 @@ fn tools_refuse_to_write_into_a_run_directory() {
     assert_eq!(std::fs::read(run.join("model.safetensors")).unwrap(), model);
     let o = roux(&["merge", run.to_str().unwrap()]);
     let err = String::from_utf8_lossy(&o.stderr);
-    assert!(err.contains("`pretrain` is a pretraining stage; only a finetune, dpo or grpo stage with a LoRA adapter can be merged") && !err.contains("StageSpec"), "{err}");
+    assert!(err.contains("`pretrain` is a pretraining stage; only a post-training stage with a LoRA adapter can be merged") && !err.contains("StageSpec"), "{err}");
     let o = roux(&["run", recipe.to_str().unwrap(), "--out", out.to_str().unwrap()]);
     assert!(String::from_utf8_lossy(&o.stderr).contains("pretrain: up to date"));
     assert!(!String::from_utf8_lossy(&o.stderr).contains("Cpu"));

@@ -214,6 +214,10 @@ impl<'a> Checker<'a> {
         let epochs = f.size(self, "epochs", Some(2));
         let minibatches = f.size(self, "minibatches", Some(2));
         let temperature = f.positive(self, "temperature", Some(1.0));
+        let lora = match f.field("adapter") {
+            Some(field) => self.check_lora(&field.value, &f.scope.clone(), policy.as_ref()),
+            None => Some(None),
+        };
         let eval = self.eval_keys(&mut f);
         let mb_span = f.value_span("minibatches");
         f.finish(self);
@@ -243,6 +247,7 @@ impl<'a> Checker<'a> {
                 minibatches: minibatches?,
                 max_new,
                 temperature: temperature?,
+                lora: lora?,
                 eval_examples,
             }),
         ))

@@ -125,9 +125,16 @@ fn posttrain_plan(r: &Recipe, s: &crate::recipe::StageSpec, graph_of: &HashMap<&
             // Generation and the old-policy pass (2N each), reference and reward model (2N each),
             // then `epochs` forward-backward passes (6N).
             let per_token = 2.0 * n as f64 * 3.0 + 2.0 * rm.unwrap_or(n) as f64 + 6.0 * n as f64 * p.epochs as f64;
-            let trainable = n + crate::lower::ScalarHead::Value.numel(&graph(&p.policy.arch).spec);
-            let frozen = 4 * (n + rm.unwrap_or(0));
-            (p.opt.steps, t, per_token * tf, trainable, training(&p.policy.arch, trainable, trainable, p.opt.batch).saturating_add(frozen))
+            // The value head trains, and either the whole policy (a copy of it is the reference)
+            // or its adapters (the reference is its own base).
+            let head = crate::lower::ScalarHead::Value.numel(&graph(&p.policy.arch).spec);
+            let adapter = p.lora.as_ref().map(|l| crate::lower::lora_params(&graph(&p.policy.arch).spec, l));
+            let (trainable, weights, reference) = match adapter {
+                Some(a) => (a + head, n + a + head, 0),
+                None => (n + head, n + head, n),
+            };
+            let frozen = 4 * (reference + rm.unwrap_or(0));
+            (p.opt.steps, t, per_token * tf, trainable, training(&p.policy.arch, weights, trainable, p.opt.batch).saturating_add(frozen))
         }
         StageKind::Dpo(d) => {
             let n = n_of(&d.policy.arch);

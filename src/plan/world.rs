@@ -117,8 +117,12 @@ fn posttrain_process(r: &Recipe, s: &crate::recipe::StageSpec, world: usize) -> 
         StageKind::Ppo(p) => {
             let Some(g) = graph(&p.policy.arch) else { return Ok(None) };
             let n = n_of(&g);
-            let t = n + crate::lower::ScalarHead::Value.numel(&g.spec);
-            (p.policy.arch.clone(), t, t, n + rm(Some(&p.reward)), p.opt.micro_batch(name, world)?, 1)
+            let head = crate::lower::ScalarHead::Value.numel(&g.spec);
+            let (t, w, reference) = match p.lora.as_ref().map(|l| crate::lower::lora_params(&g.spec, l)) {
+                Some(a) => (a + head, n + a + head, 0),
+                None => (n + head, n + head, n),
+            };
+            (p.policy.arch.clone(), t, w, reference + rm(Some(&p.reward)), p.opt.micro_batch(name, world)?, 1)
         }
         StageKind::Grpo(gr) => {
             let Some(g) = graph(&gr.policy.arch) else { return Ok(None) };

@@ -62,6 +62,10 @@ pub struct PpoSpec {
     pub minibatches: usize,
     pub max_new: usize,
     pub temperature: f64,
+    /// LoRA adapters on the policy (`adapter = lora { … }`), as on `dpo`: they and the value head
+    /// train; the stage's outputs are `STAGE.adapter` and its value head.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lora: Option<LoraSpec>,
     pub eval_examples: usize,
 }
 

@@ -323,12 +323,13 @@ pub enum StageKind {
 
 impl StageKind {
     /// The base model and the adapter of a stage that trains LoRA adapters (`finetune`, `dpo`
-    /// or `grpo` with `adapter = lora { … }`): what `merge(STAGE.adapter)` folds together.
+    /// `ppo` or `grpo` with `adapter = lora { … }`): what `merge(STAGE.adapter)` folds together.
     pub fn adapter(&self) -> Option<(&ModelRef, &LoraSpec)> {
         match self {
             StageKind::Finetune(f) => f.lora.as_ref().map(|l| (&f.model, l)),
             StageKind::Dpo(d) => d.lora.as_ref().map(|l| (&d.policy, l)),
             StageKind::Grpo(g) => g.lora.as_ref().map(|l| (&g.policy, l)),
+            StageKind::Ppo(p) => p.lora.as_ref().map(|l| (&p.policy, l)),
             _ => None,
         }
     }

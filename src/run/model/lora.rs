@@ -105,6 +105,12 @@ impl Adapters {
         ratios.iter().sum::<f64>() / ratios.len().max(1) as f64
     }
 
+    /// `LoRA rank 4 on 1792 trainable parameters` (DoRA with magnitudes); none without adapters.
+    pub fn describe(&self) -> Option<String> {
+        let rank = self.a.first()?.size()[0];
+        Some(format!("{} rank {rank} on {} trainable parameters", if self.magnitude.is_empty() { "LoRA" } else { "DoRA" }, self.numel()))
+    }
+
     pub fn numel(&self) -> u64 {
         self.a.iter().chain(&self.b).chain(&self.magnitude).map(|t| t.numel() as u64).sum()
     }

@@ -118,7 +118,7 @@ pub fn run(ctx: &StageCtx, d: &DpoSpec) -> Result<()> {
         settings.push("no reference".into());
     }
     settings.extend(d.rpo_alpha.map(|a| format!("NLL weight {a}")));
-    settings.extend(d.lora.as_ref().map(|l| format!("{} rank {} on {} trainable parameters", if l.dora { "DoRA" } else { "LoRA" }, l.rank, policy.lora.numel())));
+    settings.extend(policy.lora.describe());
     tracing::info!("{name}: DPO ({}) on `{}` ({} pairs) for {} steps × {} pairs", settings.join(", "), set.name, split.train.len(), d.opt.steps, d.opt.batch);
     let started = Instant::now();
     let (mut last, mut last_pairs) = (None, None);

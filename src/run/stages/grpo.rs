@@ -57,7 +57,7 @@ pub fn run(ctx: &StageCtx, g: &GrpoSpec) -> Result<()> {
     let context = policy.spec().context;
     let per_step = g.opt.batch / g.group;
     let clip = g.clip_high.map_or(String::new(), |h| format!(", ratio clipped to [{}, {}]", 1.0 - g.clip, 1.0 + h));
-    let adapter = g.lora.as_ref().map_or(String::new(), |l| format!(", {} rank {} on {} trainable parameters", if l.dora { "DoRA" } else { "LoRA" }, l.rank, policy.lora.numel()));
+    let adapter = policy.lora.describe().map_or(String::new(), |d| format!(", {d}"));
     let scale = g.reward_scale();
     let scaled = match scale {
         RewardScale::Group => "advantages ÷ the group's std",

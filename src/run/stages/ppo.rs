@@ -27,7 +27,7 @@ use crate::posttrain::tasks;
 use crate::recipe::PpoSpec;
 use crate::rng::Rng;
 use crate::run::kit::adamw::Optimizer;
-use crate::run::kit::artifacts::{instructions, load_lm, load_reward_model};
+use crate::run::kit::artifacts::{instructions, load_policy, load_reward_model, trained_output, Policy};
 use crate::run::kit::losses::{entropy, masked_mean, ppo_clip, value_loss};
 use crate::run::kit::score::score;
 use crate::run::kit::codec::Codec;
@@ -48,9 +48,10 @@ pub fn run(ctx: &StageCtx, p: &PpoSpec) -> Result<()> {
     let (set, split) = instructions(recipe, &p.prompts)?;
     let codec = Codec::new(recipe, &set)?;
     let held: Vec<Example> = split.held_out.iter().take(p.eval_examples).cloned().collect();
-    let policy = load_lm(recipe, &ctx.runs, &p.policy, dev)?.computing(p.opt.precision);
-    let mut reference = load_lm(recipe, &ctx.runs, &p.policy, dev)?.computing(p.opt.precision);
-    reference.freeze();
+    // With LoRA only the adapters (and the value head) train; the reference is the policy
+    // without them.
+    let Policy { model: policy, mut names, mut params, reference } = load_policy(recipe, &ctx.runs, &p.policy, p.lora.as_ref(), p.opt.precision, true, dev)?;
+    let reference = reference.expect("asked for");
     let rm = load_reward_model(recipe, &ctx.runs, &p.reward, dev)?.computing(p.opt.precision);
     // The starting point's score, before a resumed run restores its trained weights.
     let before = score(&policy, Some(&reference), &codec, &held, p.max_new);
@@ -59,7 +60,6 @@ pub fn run(ctx: &StageCtx, p: &PpoSpec) -> Result<()> {
     // from what the policy objective wants (a shared trunk destabilised small models here).
     // It starts at zero.
     let value_head = Head::new(ScalarHead::Value, &policy);
-    let (mut names, mut params): (Vec<String>, Vec<Tensor>) = policy.named().into_iter().unzip();
     let (head_names, head_params): (Vec<String>, Vec<Tensor>) = value_head.named().into_iter().unzip();
     names.extend(head_names);
     params.extend(head_params);
@@ -72,13 +72,14 @@ pub fn run(ctx: &StageCtx, p: &PpoSpec) -> Result<()> {
     let mut stopped = None;
     let context = policy.spec().context;
     tracing::info!(
-        "{name}: PPO on prompts of `{}` against reward model `{}`: {} steps × {} prompts{}, KL coefficient {kl_coef}{}",
+        "{name}: PPO on prompts of `{}` against reward model `{}`: {} steps × {} prompts{}, KL coefficient {kl_coef}{}{}",
         set.name,
         p.reward,
         p.opt.steps,
         p.opt.batch,
         if world.size > 1 { format!(" (each of {} processes rolls out {})", world.size, p.opt.batch / world.size) } else { String::new() },
-        p.kl_target.map_or(String::new(), |t| format!(" (adaptive, target {t})"))
+        p.kl_target.map_or(String::new(), |t| format!(" (adaptive, target {t})")),
+        policy.lora.describe().map_or(String::new(), |d| format!(", {d}"))
     );
     let started = Instant::now();
     let mut last = None;
@@ -244,7 +245,10 @@ pub fn run(ctx: &StageCtx, p: &PpoSpec) -> Result<()> {
         final_.1,
         if hacking { " — REWARD HACKING: the reward model's score rose while the gold reward fell" } else { "" }
     );
-    run.finish(&[("model.safetensors", policy.named()), ("value_head.safetensors", value_head.named())], report, &ctx.title())
+    if p.lora.is_some() {
+        report["lora_update_ratio"] = json!(policy.lora_update_ratio());
+    }
+    run.finish(&[trained_output(&policy), ("value_head.safetensors", value_head.named())], report, &ctx.title())
 }
 
 /// `masked_mean` over every process's rows (the weighted sum and the weight summed over them).

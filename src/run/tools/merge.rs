@@ -32,10 +32,10 @@ pub fn merge_run(run: &Path, out: &Path) -> Result<Merged> {
     let adapter = lifecycle::finished(&run)?;
     let stage = stage_of(&adapter)?;
     let Some((base_ref, _)) = stage.kind.adapter() else {
-        if matches!(stage.kind, StageKind::Finetune(_) | StageKind::Dpo(_) | StageKind::Grpo(_)) {
+        if matches!(stage.kind, StageKind::Finetune(_) | StageKind::Dpo(_) | StageKind::Ppo(_) | StageKind::Grpo(_)) {
             bail!("`{}` trained the whole model: its model.safetensors is already plain", stage.name);
         }
-        bail!("`{}` is a {} stage; only a finetune, dpo or grpo stage with a LoRA adapter can be merged", stage.name, stage.kind.name())
+        bail!("`{}` is a {} stage; only a post-training stage with a LoRA adapter can be merged", stage.name, stage.kind.name())
     };
     let base_ref = base_ref.clone();
     let chat_template = adapter.resolved.get("chat_template").cloned();
@@ -92,7 +92,7 @@ fn stage_of(run: &Finished) -> Result<StageSpec> {
     // A `train` stage's resolved.json names its stage by a string; a post-training stage's is
     // the whole definition.
     if let Some(name) = run.resolved["stage"].as_str() {
-        bail!("`{name}` is a pretraining stage; only a finetune, dpo or grpo stage with a LoRA adapter can be merged");
+        bail!("`{name}` is a pretraining stage; only a post-training stage with a LoRA adapter can be merged");
     }
     serde_json::from_value(run.resolved["stage"].clone()).map_err(|_| anyhow::anyhow!("{} does not hold a stage definition roux can read", run.dir.join("resolved.json").display()))
 }
