@@ -13,7 +13,9 @@ type Outcome = (Vec<f64>, Vec<(String, tch::Tensor)>);
 /// Per-step training losses and the final weights of a finished `pretrain` in `dir`.
 fn result(dir: &Path) -> Outcome {
     let losses = metrics(dir).iter().map(|m| m["loss"].as_f64().unwrap()).collect();
-    let mut weights = tch::Tensor::read_safetensors(dir.join("model.safetensors")).unwrap();
+    // (A LoRA stage's trained tensors are its adapter's.)
+    let file = if dir.join("adapter.safetensors").exists() { "adapter.safetensors" } else { "model.safetensors" };
+    let mut weights = tch::Tensor::read_safetensors(dir.join(file)).unwrap();
     weights.sort_by(|a, b| a.0.cmp(&b.0));
     (losses, weights)
 }
@@ -273,6 +275,12 @@ fn reward_model_and_dpo_on_two_processes_equal_one_process() {
         let (loss, weights) = differences(&one[i], &acc[i]);
         assert!(loss < 1e-6 && weights < 1e-5, "{stage}, 2 processes × micro-batches vs 1 process: losses differ by {loss:e}, weights by {weights:e}");
     }
+    // DPO with LoRA adapters, whose reference is the policy without them: the same.
+    let variant = ["--set", "po.adapter=lora { rank = 4, targets = [attn.q, attn.v, ffn.w1] }"];
+    let (one, acc) = (pairs("one-lora", &variant), pairs("acc-lora", &[&variant[..], &["--nproc", "2", "--set", "po.accumulate=2"]].concat()));
+    let (loss, weights) = differences(&one[1], &acc[1]);
+    assert!(weights.is_finite() && one[1].1.iter().all(|(n, _)| n.contains(".lora_")), "{:?}", one[1].1.iter().map(|(n, _)| n).collect::<Vec<_>>());
+    assert!(loss < 1e-6 && weights < 1e-5, "po (LoRA), 2 processes × micro-batches vs 1 process: losses differ by {loss:e}, weights by {weights:e}");
 }
 
 /// The whole lifecycle (pretrain, LoRA SFT, reward model, PPO, DPO, compare) under 2 processes:
