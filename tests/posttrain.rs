@@ -201,9 +201,10 @@ fn a_dora_stage_learns_and_saves_its_magnitudes() {
 /// train, so the first loss is exactly ln 2 (the policy is its reference: its own weights
 /// without the adapters) and the plan counts Σ rank·(in + out); the stage's output is its
 /// adapter, a model through `merge(po.adapter)` for a later stage and `roux merge`, and `po.model`
-/// is refused with the way to write it. GRPO and PPO take an adapter the same way.
+/// is refused with the way to write it. GRPO and PPO take an adapter the same way; a reward
+/// model trains its adapters and head and is written merged.
 #[test]
-fn a_dpo_stage_with_lora_trains_its_adapter_only() {
+fn every_post_training_stage_can_train_lora_adapters_only() {
     let out = scratch("dpo-lora");
     let text = |more: &str| {
         format!(
@@ -220,7 +221,7 @@ fn a_dpo_stage_with_lora_trains_its_adapter_only() {
     let more = "stage more = dpo(merge(po.adapter), prefs) { beta = 0.5, steps = 2, batch = 4, eval_every = 2, eval_examples = 2, max_new = 2 }
           data instr = synthetic.instructions { tasks = [uppercase], examples = 100, max_len = 3 }
           stage rl = grpo(policy = merge(po.adapter), prompts = instr) { adapter = lora { rank = 2 }, group = 4, batch = 8, steps = 2, max_new = 4, log_every = 1, eval_every = 2, eval_examples = 2 }
-          stage rm = reward_model(lm, prefs) { steps = 2, batch = 4, eval_every = 2 }
+          stage rm = reward_model(lm, prefs) { adapter = lora { rank = 2 }, steps = 30, batch = 16, log_every = 1, eval_every = 30, optimizer = adamw { lr = 1e-2 } }
           stage ppo = ppo(policy = merge(po.adapter), reward = rm.model, prompts = instr) { adapter = lora { rank = 2 }, batch = 8, steps = 2, max_new = 4, log_every = 1, eval_every = 2, eval_examples = 2 }";
     std::fs::write(&recipe, text(more)).unwrap();
     // q and v (32 → 32), w1 (32 → 128), w2 (128 → 32) at rank 4: 4·(64 + 64 + 160 + 160) = 1792.
@@ -230,6 +231,7 @@ fn a_dpo_stage_with_lora_trains_its_adapter_only() {
     // GRPO's default targets q and v at rank 2: 2·2·(32 + 32) = 256; PPO's value head adds 33.
     assert_eq!(plan.stages.iter().find(|s| s.name == "rl").unwrap().trainable, 256);
     assert_eq!(plan.stages.iter().find(|s| s.name == "ppo").unwrap().trainable, 256 + 33);
+    assert_eq!(plan.stages.iter().find(|s| s.name == "rm").unwrap().trainable, 256 + 33);
     let log = run_ok(&recipe, &out);
     assert!(log.contains("LoRA rank 4 on 1792 trainable parameters"), "{log}");
     let m = metrics(&out.join("lora-dpo/po"));
@@ -248,6 +250,13 @@ fn a_dpo_stage_with_lora_trains_its_adapter_only() {
     assert!(log.contains("× 4 responses, β = 0.04, GRPO normalisation, advantages ÷ the group's std, LoRA rank 2 on 256 trainable parameters"), "{log}");
     assert_eq!(metrics(&out.join("lora-dpo/rl"))[0]["kl"].as_f64(), Some(0.0));
     assert!(out.join("lora-dpo/rl/adapter.safetensors").exists() && !out.join("lora-dpo/rl/model.safetensors").exists());
+    // A reward model trains its adapters and head, and is written merged: a trunk and a head,
+    // which PPO reads as any reward model.
+    assert!(log.contains("for 30 steps × 16 pairs, LoRA rank 2 on 256 trainable parameters and the head"), "{log}");
+    let losses: Vec<f64> = metrics(&out.join("lora-dpo/rm")).iter().filter_map(|x| x["loss"].as_f64()).collect();
+    assert!(losses[25..].iter().sum::<f64>() / 5.0 < losses[0] - 0.1, "the reward model's loss did not fall: {losses:?}");
+    let written = Tensor::read_safetensors(out.join("lora-dpo/rm/model.safetensors")).unwrap();
+    assert!(written.iter().all(|(n, _)| !n.contains("lora_")) && written.iter().any(|(n, _)| n == "reward_head.weight"), "{:?}", written.iter().map(|(n, _)| n).collect::<Vec<_>>());
     // PPO as well, its value head beside the adapter.
     assert!(log.contains("KL coefficient 0.05, LoRA rank 2 on 256 trainable parameters"), "{log}");
     assert_eq!(metrics(&out.join("lora-dpo/ppo"))[0]["kl"].as_f64(), Some(0.0));

@@ -192,8 +192,12 @@ impl<'a> Checker<'a> {
         let mut f = self.stage_fields(d, at, block);
         let opt = self.check_split_optim(&mut f, 16, 100);
         let center = f.optional(self, "center_rewards", |f, ck| f.ranged(ck, "center_rewards", None, 0.0, false, 1e6, false));
+        let lora = match f.field("adapter") {
+            Some(field) => self.check_lora(&field.value, &f.scope.clone(), model.as_ref()),
+            None => Some(None),
+        };
         f.finish(self);
-        Some(self.stage_spec(d, StageKind::RewardModel(RewardSpec { model: model?, data: data?.name, opt: opt?, center_rewards: center? })))
+        Some(self.stage_spec(d, StageKind::RewardModel(RewardSpec { model: model?, data: data?.name, opt: opt?, center_rewards: center?, lora: lora? })))
     }
 
     pub(super) fn check_ppo(&mut self, d: &'a Decl, at: Span, args: &'a [Arg], block: Option<&'a Block>) -> Option<StageSpec> {

@@ -115,8 +115,13 @@ fn posttrain_plan(r: &Recipe, s: &crate::recipe::StageSpec, graph_of: &HashMap<&
         StageKind::RewardModel(m) => {
             let n = n_of(&m.model.arch);
             let (t, tf) = product(&[2, m.opt.steps, m.opt.batch as u64, ctx_of(&m.model.arch)]);
-            let trainable = n + crate::lower::ScalarHead::Reward.numel(&graph(&m.model.arch).spec);
-            (m.opt.steps, t, 6.0 * n as f64 * tf, trainable, training(&m.model.arch, trainable, trainable, 2 * m.opt.batch))
+            let head = crate::lower::ScalarHead::Reward.numel(&graph(&m.model.arch).spec);
+            let adapter = m.lora.as_ref().map(|l| crate::lower::lora_params(&graph(&m.model.arch).spec, l));
+            let (trainable, weights) = match adapter {
+                Some(a) => (a + head, n + a + head),
+                None => (n + head, n + head),
+            };
+            (m.opt.steps, t, 6.0 * n as f64 * tf, trainable, training(&m.model.arch, weights, trainable, 2 * m.opt.batch))
         }
         StageKind::Ppo(p) => {
             let n = n_of(&p.policy.arch);

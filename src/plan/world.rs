@@ -103,8 +103,10 @@ fn posttrain_process(r: &Recipe, s: &crate::recipe::StageSpec, world: usize) -> 
         }
         StageKind::RewardModel(m) => {
             let Some(g) = graph(&m.model.arch) else { return Ok(None) };
-            let t = n_of(&g) + crate::lower::ScalarHead::Reward.numel(&g.spec);
-            (m.model.arch.clone(), t, t, 0, 2 * m.opt.micro_batch(name, world)?, m.opt.accumulate)
+            let head = crate::lower::ScalarHead::Reward.numel(&g.spec);
+            let adapter = m.lora.as_ref().map(|l| crate::lower::lora_params(&g.spec, l));
+            let n = n_of(&g);
+            (m.model.arch.clone(), adapter.unwrap_or(n) + head, n + adapter.unwrap_or(0) + head, 0, 2 * m.opt.micro_batch(name, world)?, m.opt.accumulate)
         }
         StageKind::Dpo(d) => {
             let Some(g) = graph(&d.policy.arch) else { return Ok(None) };

@@ -37,6 +37,11 @@ pub struct RewardSpec {
     /// the mean of (r_chosen + r_rejected)² joins the loss, so scores stay near zero.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub center_rewards: Option<f64>,
+    /// LoRA adapters on the trunk (`adapter = lora { … }`; TRL's RewardTrainer with a peft_config,
+    /// the score head trained whole): the adapters and the head train, and the stage writes the
+    /// trunk with its adapters merged, so `STAGE.model` is a reward model like any other.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lora: Option<LoraSpec>,
 }
 
 /// PPO against a reward model with a per-token KL penalty to a frozen reference (the policy's

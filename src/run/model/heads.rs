@@ -59,12 +59,12 @@ impl RewardModel {
         RewardModel { trunk, head }
     }
 
-    /// Scalar scores (B) of whole token rows (prompt, response and end marker).
     /// The same reward model with its trunk computing at `p` (the head stays float32).
     pub fn computing(self, p: crate::recipe::Precision) -> RewardModel {
         RewardModel { trunk: self.trunk.computing(p), head: self.head }
     }
 
+    /// Scalar scores (B) of whole token rows (prompt, response and end marker).
     pub fn score(&self, rows: &[Vec<i64>], train: bool) -> Tensor {
         let (x, last) = pad_rows(rows, self.trunk.device);
         let (hidden, _, _) = self.trunk.forward_full(&x, train);

@@ -11,7 +11,7 @@ use crate::posttrain::examples::Pair;
 use crate::recipe::RewardSpec;
 use crate::rng::Rng;
 use crate::run::kit::adamw::Optimizer;
-use crate::run::kit::artifacts::{load_lm, preferences};
+use crate::run::kit::artifacts::{load_lm, preferences, trained};
 use crate::run::kit::losses::bradley_terry;
 use crate::run::kit::codec::Codec;
 use crate::run::kit::dist::Reduce;
@@ -55,15 +55,21 @@ pub fn run(ctx: &StageCtx, r: &RewardSpec) -> Result<()> {
     world.use_device(&name, dev)?;
     let (set, split) = preferences(recipe, &r.data)?;
     let codec = Codec::new(recipe, &set)?;
-    let rm = RewardModel::new(load_lm(recipe, &ctx.runs, &r.model, dev)?.computing(r.opt.precision));
-    let (names, params): (Vec<String>, Vec<Tensor>) = rm.named().into_iter().unzip();
+    let mut trunk = load_lm(recipe, &ctx.runs, &r.model, dev)?.computing(r.opt.precision);
+    if let Some(l) = &r.lora {
+        trunk.attach_lora(l)?;
+    }
+    let mut rm = RewardModel::new(trunk);
+    // What trains: the trunk (or its adapters) and the head.
+    let (names, params): (Vec<String>, Vec<Tensor>) = trained(&rm.trunk).into_iter().chain(rm.head.named()).unzip();
     let mut opt = Optimizer::new(&params, &r.opt.optimizer);
     let (step0, mut rng, extra) = run.restore(&names, &params, &mut opt, Rng(recipe.seed ^ 0x2E3A))?;
     let mut patience = Patience::new(r.opt.patience, "pairwise_accuracy", &extra);
     let mut stopped = None;
     opt.broadcast_state(world)?;
     let context = rm.trunk.spec().context;
-    tracing::info!("{name}: training a reward model on `{}` ({} pairs, {} held out) for {} steps × {} pairs", set.name, split.train.len(), split.held_out.len(), r.opt.steps, r.opt.batch);
+    let adapter = rm.trunk.lora.describe().map_or(String::new(), |d| format!(", {d} and the head"));
+    tracing::info!("{name}: training a reward model on `{}` ({} pairs, {} held out) for {} steps × {} pairs{adapter}", set.name, split.train.len(), split.held_out.len(), r.opt.steps, r.opt.batch);
     let started = Instant::now();
     let mut acc = None;
     for step in step0..r.opt.steps {
@@ -136,5 +142,10 @@ pub fn run(ctx: &StageCtx, r: &RewardSpec) -> Result<()> {
     });
     patience.report_into(&mut report, stopped);
     tracing::info!("{name}: done — held-out pairwise accuracy {:.1}% on {} pairs", 100.0 * acc, split.held_out.len());
+    if r.lora.is_some() {
+        report["lora_update_ratio"] = json!(rm.trunk.lora_update_ratio());
+        // Written merged: the reward model later stages read is a trunk and a head, as always.
+        rm.trunk.merge_lora();
+    }
     run.finish(&[("model.safetensors", rm.named())], report, &ctx.title())
 }
