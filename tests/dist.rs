@@ -275,12 +275,16 @@ fn reward_model_and_dpo_on_two_processes_equal_one_process() {
         let (loss, weights) = differences(&one[i], &acc[i]);
         assert!(loss < 1e-6 && weights < 1e-5, "{stage}, 2 processes × micro-batches vs 1 process: losses differ by {loss:e}, weights by {weights:e}");
     }
-    // DPO with LoRA adapters, whose reference is the policy without them: the same.
-    let variant = ["--set", "po.adapter=lora { rank = 4, targets = [attn.q, attn.v, ffn.w1] }"];
+    // DPO with LoRA adapters, whose reference is the policy without them, and KTO's loss, whose
+    // reference point is a mean over the whole batch: the same.
+    let variant = ["--set", "po.adapter=lora { rank = 4, targets = [attn.q, attn.v, ffn.w1] }", "--set", "po.loss=kto"];
     let (one, acc) = (pairs("one-lora", &variant), pairs("acc-lora", &[&variant[..], &["--nproc", "2", "--set", "po.accumulate=2"]].concat()));
     let (loss, weights) = differences(&one[1], &acc[1]);
     assert!(weights.is_finite() && one[1].1.iter().all(|(n, _)| n.contains(".lora_")), "{:?}", one[1].1.iter().map(|(n, _)| n).collect::<Vec<_>>());
-    assert!(loss < 1e-6 && weights < 1e-5, "po (LoRA), 2 processes × micro-batches vs 1 process: losses differ by {loss:e}, weights by {weights:e}");
+    let kl = |name: &str| metrics(&out.join(name).join("pairs/po")).iter().map(|m| m["kl"].as_f64().unwrap()).collect::<Vec<_>>();
+    let (a, b) = (kl("one-lora"), kl("acc-lora"));
+    assert!(a.iter().zip(&b).all(|(x, y)| (x - y).abs() < 1e-6) && a.iter().any(|&z| z > 0.0), "KTO's reference points: {a:?} vs {b:?}");
+    assert!(loss < 1e-6 && weights < 1e-5, "po (LoRA, KTO), 2 processes × micro-batches vs 1 process: losses differ by {loss:e}, weights by {weights:e}");
 }
 
 /// The whole lifecycle (pretrain, LoRA SFT, reward model, PPO, DPO, compare) under 2 processes:

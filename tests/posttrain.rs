@@ -39,7 +39,7 @@ fn dpo_loss_by_hand() {
     // β = 0.5 → −log σ(0.5) = log(1 + e^−0.5) = 0.4740770.
     use roux::recipe::DpoLoss::*;
     use roux::run::kit::losses::DpoTerms;
-    let dpo = |pc: &Tensor, pr: &Tensor, rc: &Tensor, rr: &Tensor, beta: f64, loss, smoothing: f64| dpo(pc, pr, rc, rr, &DpoTerms { beta, loss, smoothing, gamma: 0.5 });
+    let dpo = |pc: &Tensor, pr: &Tensor, rc: &Tensor, rr: &Tensor, beta: f64, loss, smoothing: f64| dpo(pc, pr, rc, rr, &DpoTerms { beta, loss, smoothing, gamma: 0.5, kl: 0.25 });
     close(&dpo(&t(&[-1.0]), &t(&[-2.0]), &t(&[-1.5]), &t(&[-1.5]), 0.5, Sigmoid, 0.0), 0.4740770);
     // A reference that already prefers the chosen answer as much as the policy: margin 0, loss ln 2.
     close(&dpo(&t(&[-1.0]), &t(&[-2.0]), &t(&[-1.0]), &t(&[-2.0]), 0.5, Sigmoid, 0.0), std::f64::consts::LN_2);
@@ -59,6 +59,9 @@ fn dpo_loss_by_hand() {
     // ORPO: average probabilities ½ and ¼ have odds 1 and ⅓; log σ(0 + ln 3) = ln ¾, and β = 0.1
     // makes the preference term −0.1·ln ¾ = 0.0287682.
     close(&dpo(&t(&[0.5f64.ln()]), &t(&[0.25f64.ln()]), &zero, &zero, 0.1, Orpo, 0.0), 0.0287682);
+    // KTO with reference point z = 0.25 (passed as `kl`), β = 0.5: r_c = −1 + 2 = 1 and
+    // r_r = −2 + 1.5 = −0.5; (1 − σ(0.5·0.75) + 1 − σ(0.5·0.75)) / 2 = 1 − σ(0.375) = 0.4073334.
+    close(&dpo(&t(&[-1.0]), &t(&[-2.0]), &t(&[-2.0]), &t(&[-1.5]), 0.5, Kto, 0.0), 0.4073334);
 }
 
 #[test]
@@ -673,18 +676,22 @@ fn dpo_loss_variants_train_from_their_formulas_at_zero() {
           stage robust = dpo(lm, prefs) {{ loss = robust, label_smoothing = 0.2, beta = 0.5 {extra} }}
           stage ipo = dpo(lm, prefs) {{ loss = ipo, beta = 0.25 {extra} }}
           stage hinge = dpo(lm, prefs) {{ loss = hinge, beta = 0.5 {extra} }}
+          stage kto = dpo(lm, prefs) {{ loss = kto, beta = 0.5 {extra} }}
         }}"#
         )
     };
     std::fs::write(&recipe, text(", steps = 40, batch = 16, log_every = 1, eval_every = 40, eval_examples = 2, max_new = 2, optimizer = adamw { lr = 3e-3 }")).unwrap();
     run_ok(&recipe, &out);
-    for (stage, at_zero) in [("cdpo", std::f64::consts::LN_2), ("robust", std::f64::consts::LN_2), ("ipo", 4.0), ("hinge", 1.0)] {
+    for (stage, at_zero) in [("cdpo", std::f64::consts::LN_2), ("robust", std::f64::consts::LN_2), ("ipo", 4.0), ("hinge", 1.0), ("kto", 0.5)] {
         let m = metrics(&out.join("losses").join(stage));
         let losses: Vec<f64> = m.iter().filter_map(|x| x["loss"].as_f64()).collect();
         assert!((losses[0] - at_zero).abs() < 1e-5, "{stage}: first loss {} (want {at_zero})", losses[0]);
         let tail = losses[losses.len() - 10..].iter().sum::<f64>() / 10.0;
         assert!(tail < 0.8 * at_zero, "{stage}: the loss did not fall: {losses:?}");
     }
+    // KTO's reference point starts at 0 (the policy is its reference) and is never negative.
+    let kl: Vec<f64> = metrics(&out.join("losses/kto")).iter().filter_map(|x| x["kl"].as_f64()).collect();
+    assert!(kl.len() == 40 && kl[0] == 0.0 && kl.iter().all(|&z| z >= 0.0), "{kl:?}");
     // SimPO and ORPO load no reference. With one pair a step, each logged value is exact: the
     // margin is β·h, so SimPO's loss is −log σ(margin − γ); ORPO's NLL is minus the chosen
     // response's average log-probability (rewards/chosen / β), its log odds ratio follows from

@@ -151,7 +151,9 @@ fn posttrain_plan(r: &Recipe, s: &crate::recipe::StageSpec, graph_of: &HashMap<&
             // With LoRA only the adapters train (and hold gradients and moments).
             let trainable = d.lora.as_ref().map_or(n, |l| crate::lower::lora_params(&graph(&d.policy.arch).spec, l));
             let weights = if d.lora.is_some() { n + trainable } else { n };
-            (d.opt.steps, t, (6.0 * n as f64 + 2.0 * reference as f64) * tf, trainable, training(&d.policy.arch, weights, trainable, 2 * d.opt.batch).saturating_add(4 * held))
+            // KTO also runs the policy and the reference forward over as many mismatched rows.
+            let kto = if d.loss == crate::recipe::DpoLoss::Kto { 4.0 * n as f64 } else { 0.0 };
+            (d.opt.steps, t, (6.0 * n as f64 + 2.0 * reference as f64 + kto) * tf, trainable, training(&d.policy.arch, weights, trainable, 2 * d.opt.batch).saturating_add(4 * held))
         }
         StageKind::Grpo(g) => {
             let n = n_of(&g.policy.arch);

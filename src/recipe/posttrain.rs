@@ -126,6 +126,11 @@ pub enum DpoLoss {
     /// ORPO (Hong et al. 2024), reference-free: the chosen responses' NLL minus β·log σ of the
     /// log odds ratio, odds(y) = p/(1 − p) of the per-token average probability (TRL's ORPO).
     Orpo,
+    /// KTO (Ethayarajh et al. 2024; TRL's KTOTrainer) on the pairs unpaired, each chosen response
+    /// desirable and each rejected one not: (1 − σ(β·(r_c − z)) + 1 − σ(β·(z − r_r))) / 2 with
+    /// r = log π − log π_ref of a response and z = max(0, the step's mean r over prompts given
+    /// another pair's responses), a reference point that takes no gradient.
+    Kto,
 }
 
 impl DpoLoss {
@@ -141,6 +146,7 @@ impl DpoLoss {
             DpoLoss::Hinge => "hinge",
             DpoLoss::Simpo => "simpo",
             DpoLoss::Orpo => "orpo",
+            DpoLoss::Kto => "kto",
         }
     }
 

@@ -17,6 +17,8 @@ pub struct DpoTerms {
     pub loss: DpoLoss,
     pub smoothing: f64,
     pub gamma: f64,
+    /// KTO's reference point z for this step (see `DpoLoss::Kto`); unread by the others.
+    pub kl: f64,
 }
 
 /// DPO (Rafailov et al. 2023) and its variants on h = (log π(y_c) − log π_ref(y_c)) − (log π(y_r) −
@@ -26,7 +28,8 @@ pub struct DpoTerms {
 /// robust: (−(1−ε)·log σ(βh) + ε·log σ(−βh)) / (1 − 2ε); IPO: (h − 1/(2β))²; hinge:
 /// max(0, 1 − βh); SimPO: s_ε(βh − γ); ORPO's preference term: −β·log σ(log odds(y_c) − log
 /// odds(y_r)), log odds(y) = a − log(1 − eᵃ) of the average log-probability a (its NLL term is the
-/// stage's) — TRL's `loss_type`s and trainers of the same names.
+/// stage's); KTO: (1 − σ(β(r_c − z)) + 1 − σ(β(z − r_r))) / 2, r = log π − log π_ref of each
+/// response, z = `t.kl` — TRL's `loss_type`s and trainers of the same names.
 pub fn dpo(pi_c: &Tensor, pi_r: &Tensor, ref_c: &Tensor, ref_r: &Tensor, t: &DpoTerms) -> Tensor {
     let h = (pi_c - ref_c) - (pi_r - ref_r);
     let (beta, e) = (t.beta, t.smoothing);
@@ -38,6 +41,10 @@ pub fn dpo(pi_c: &Tensor, pi_r: &Tensor, ref_c: &Tensor, ref_r: &Tensor, t: &Dpo
         DpoLoss::Hinge => (h * -beta + 1.0).relu(),
         DpoLoss::Simpo => smoothed(&h * beta - t.gamma),
         DpoLoss::Orpo => -log_odds_ratio(pi_c, pi_r) * beta,
+        DpoLoss::Kto => {
+            let (r_c, r_r) = (pi_c - ref_c, pi_r - ref_r);
+            (((r_c - t.kl) * beta).sigmoid().neg() + 1.0 + ((r_r - t.kl) * -beta).sigmoid().neg() + 1.0) / 2.0
+        }
     };
     losses.mean(Kind::Float)
 }

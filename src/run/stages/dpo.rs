@@ -81,6 +81,30 @@ fn held_out_pairs(policy: &Model, reference: Option<&Model>, codec: &Codec, pair
     PairScores { chosen: c_sum / n, rejected: r_sum / n, margin: (c_sum - r_sum) / n, accuracy: wins / n }
 }
 
+/// KTO's reference point for a step: max(0, the mean of log π − log π_ref over the batch's
+/// prompts, each given the chosen and the rejected response of the next training pair (a
+/// mismatch that does not depend on how the batch is divided), without gradient, over every
+/// process. `drawn` are the batch's training-pair indices.
+#[allow(clippy::too_many_arguments)]
+fn kto_reference_point(policy: &Model, reference: Option<&Model>, codec: &Codec, train: &[Pair], drawn: &[usize], micro: usize, context: usize, world: &crate::run::kit::dist::World, dev: tch::Device) -> Result<f64> {
+    let mismatched: Vec<(Seq, Seq)> = drawn
+        .iter()
+        .map(|&j| {
+            let other = &train[(j + 1) % train.len()];
+            pair_seqs(codec, &Pair { prompt: train[j].prompt.clone(), chosen: other.chosen.clone(), rejected: other.rejected.clone(), gold: None }, context)
+        })
+        .collect();
+    let mut sum = 0.0;
+    tch::no_grad(|| {
+        for part in world.shard_rows(&mismatched).chunks(micro) {
+            let rows: Vec<&Seq> = part.iter().map(|p| &p.0).chain(part.iter().map(|p| &p.1)).collect();
+            let b = pad(&rows, dev);
+            sum += (logps(policy, &b, false, DpoLoss::Kto).0 - reference_logps(reference, &b, DpoLoss::Kto)).sum(Kind::Double).double_value(&[]);
+        }
+    });
+    Ok((world.sums(&[sum])?[0] / (2 * drawn.len()) as f64).max(0.0))
+}
+
 pub fn run(ctx: &StageCtx, d: &DpoSpec) -> Result<()> {
     let (recipe, name) = (ctx.recipe, ctx.label.clone());
     let Some(mut run) = lifecycle::begin_stage(ctx, d.opt.steps)? else { return Ok(()) };
@@ -99,7 +123,7 @@ pub fn run(ctx: &StageCtx, d: &DpoSpec) -> Result<()> {
     let reference = reference.as_ref();
     // The chosen responses' NLL per token joins the loss: ORPO's own term, or RPO's (`rpo_alpha`).
     let nll_weight = if d.loss == DpoLoss::Orpo { 1.0 } else { d.rpo_alpha.unwrap_or(0.0) };
-    let terms = DpoTerms { beta: d.beta, loss: d.loss, smoothing: d.label_smoothing, gamma: d.gamma.unwrap_or(0.0) };
+    let mut terms = DpoTerms { beta: d.beta, loss: d.loss, smoothing: d.label_smoothing, gamma: d.gamma.unwrap_or(0.0), kl: 0.0 };
     let before = score(&policy, reference, &codec, &held, d.max_new);
     let held_pairs: Vec<Pair> = split.held_out.iter().take(d.eval_examples).cloned().collect();
     let mut opt = Optimizer::new(&params, &d.opt.optimizer);
@@ -130,8 +154,12 @@ pub fn run(ctx: &StageCtx, d: &DpoSpec) -> Result<()> {
         tch::manual_seed((recipe.seed ^ step.wrapping_mul(0x9E37_79B9)) as i64);
         let lr = lr_at(&d.opt.schedule, d.opt.optimizer.lr, step, d.opt.steps);
         // Every process draws the whole global batch (the same sampler state) and keeps its pairs.
-        let pairs: Vec<(Seq, Seq)> = (0..d.opt.batch).map(|_| pair_seqs(&codec, &split.train[rng.below(split.train.len() as u64) as usize], context)).collect();
+        let drawn: Vec<usize> = (0..d.opt.batch).map(|_| rng.below(split.train.len() as u64) as usize).collect();
+        let pairs: Vec<(Seq, Seq)> = drawn.iter().map(|&j| pair_seqs(&codec, &split.train[j], context)).collect();
         let mine = world.shard_rows(&pairs);
+        if d.loss == DpoLoss::Kto {
+            terms.kl = kto_reference_point(&policy, reference, &codec, &split.train, &drawn, micro, context, world, dev)?;
+        }
         opt.zero_grad();
         // Sums over the global batch: loss × pairs, the implicit rewards' margins, pairs won,
         // chosen and rejected rewards β·(log π − log π_ref); ORPO's NLL and log odds ratio.
@@ -187,6 +215,9 @@ pub fn run(ctx: &StageCtx, d: &DpoSpec) -> Result<()> {
             }
             if d.loss == DpoLoss::Orpo {
                 m["log_odds_ratio"] = json!(mean(6));
+            }
+            if d.loss == DpoLoss::Kto {
+                m["kl"] = json!(terms.kl);
             }
             if let Some(s) = &s {
                 s.log_into(&mut m, "");
