@@ -62,7 +62,9 @@ pub fn expand(ast: &SourceFile) -> Result<Vec<SweepPoint>, Vec<Diagnostic>> {
             .with_hint("at most 8 MiB of recipes (4,000 points of 2 KB, 100 of 80 KB); split the sweep or the recipe")]);
     }
     let total = points as usize;
-    let mut out = vec![];
+    let mut out: Vec<SweepPoint> = vec![];
+    // Each point's run directory, as a file system that ignores case sees it, and its label.
+    let mut dirs: std::collections::HashMap<String, String> = std::collections::HashMap::new();
     for i in 0..total {
         let mut rem = i;
         let mut point = ast.clone();
@@ -82,6 +84,12 @@ pub fn expand(ast: &SourceFile) -> Result<Vec<SweepPoint>, Vec<Diagnostic>> {
         }
         let mut point = SweepPoint { ast: point, bindings };
         point.ast.name = format!("{}-{}", ast.name, name_suffix(&point.label()));
+        // Two points whose names differ only where the name must change them (`"a/b"` and
+        // `"a b"`) or in case would write one run directory.
+        if let Some(other) = dirs.insert(point.ast.name.to_ascii_lowercase(), point.label()).filter(|l| *l != point.label()) {
+            return Err(vec![Diagnostic::error(Code::E0102, span, format!("the sweep points `{other}` and `{}` would share the run directory `{}`", point.label(), point.ast.name))
+                .with_hint("use values that differ in more than case, `/`, spaces and quotes")]);
+        }
         out.push(point);
     }
     Ok(out)
