@@ -101,7 +101,8 @@ pub fn resolve(draw: &Draw, config: Option<&Value>, file: &str) -> Result<Decodi
         (d.top_k >= 0, "top-k", draw.top_k.is_some(), "a whole number ≥ 0"),
         (d.top_p > 0.0 && d.top_p <= 1.0, "top-p", draw.top_p.is_some(), "in (0, 1]"),
         (d.min_p >= 0.0 && d.min_p <= 1.0, "min-p", draw.min_p.is_some(), "in [0, 1]"),
-        (d.repetition_penalty > 0.0 && d.repetition_penalty.is_finite(), "repetition-penalty", draw.repetition_penalty.is_some(), "a finite number > 0"),
+        // (A penalty near 0 or huge turns logits infinite: the sampler's probabilities would be NaN.)
+        ((1e-3..=1e3).contains(&d.repetition_penalty), "repetition-penalty", draw.repetition_penalty.is_some(), "in [0.001, 1000]"),
     ];
     for (ok, flag, set, range) in checks {
         if !ok {
@@ -137,7 +138,8 @@ mod tests {
         let file = "ck/generation_config.json";
         let bad = |draw: Draw, config: Value| resolve(&draw, Some(&config), file).unwrap_err();
         assert_eq!(bad(Draw::default(), json!({"top_p": 0})), "`top_p` in ck/generation_config.json must be in (0, 1]");
-        assert_eq!(bad(Draw::default(), json!({"repetition_penalty": -1})), "`repetition_penalty` in ck/generation_config.json must be a finite number > 0");
+        assert_eq!(bad(Draw::default(), json!({"repetition_penalty": -1})), "`repetition_penalty` in ck/generation_config.json must be in [0.001, 1000]");
+        assert_eq!(bad(Draw { repetition_penalty: Some(1e-300), ..Draw::default() }, json!({})), "--repetition-penalty must be in [0.001, 1000]");
         assert_eq!(bad(Draw::default(), json!({"do_sample": "yes"})), "ck/generation_config.json: `do_sample` is \"yes\", not true or false");
         assert_eq!(bad(Draw::default(), json!({"top_k": 2.5})), "ck/generation_config.json: `top_k` is 2.5, not a whole number");
         assert_eq!(bad(Draw { min_p: Some(2.0), ..Draw::default() }, json!({})), "--min-p must be in [0, 1]");
