@@ -181,22 +181,6 @@ impl<'a> Checker<'a> {
         did_you_mean(name, extra.iter().copied().chain(decls))
     }
 
-    /// Stage names become run directories: two that differ only in case (`sft`, `SFT`) would be
-    /// one directory on a file system that ignores case (macOS's and Windows' defaults), and one
-    /// stage's run would overwrite or refuse the other's.
-    fn check_stage_names_apart_in_any_case(&mut self) {
-        let mut seen: HashMap<String, &'a str> = HashMap::new();
-        let stages: Vec<&'a Decl> = self.decls.iter().copied().filter(|d| d.kind == DeclKind::Stage).collect();
-        for d in stages {
-            if let Some(first) = seen.insert(d.name.name.to_ascii_lowercase(), &d.name.name) {
-                self.error(
-                    Diagnostic::error(Code::E0102, d.name.span, format!("stages `{first}` and `{}` differ only in case: on a file system that ignores case (macOS's, Windows') their run directories would be one", d.name.name))
-                        .with_hint("give one of them another name"),
-                );
-            }
-        }
-    }
-
     fn top_scope(&self) -> Scope<'a> {
         vec![&self.ast.body]
     }
@@ -220,8 +204,7 @@ impl<'a> Checker<'a> {
                 Entry::Field(_) => {}
             }
         }
-        self.check_stage_names_apart_in_any_case();
-        self.check_experiment_name();
+        self.check_directory_names();
         // Top-level keys.
         let mut top = Fields::new(None, &vec![], "the experiment", self.ast.name_span);
         top.block = Some(body);

@@ -61,7 +61,13 @@ const MAX_NAME: usize = 255;
 impl Checker<'_> {
     /// The experiment's name becomes the directory of its runs (`runs/<experiment>/`): one plain
     /// path component, so no recipe writes outside `--out`.
-    pub fn check_experiment_name(&mut self) {
+    /// The names that become directories: the experiment's, and its stages'.
+    pub fn check_directory_names(&mut self) {
+        self.check_experiment_name();
+        self.check_stage_names_apart_in_any_case();
+    }
+
+    fn check_experiment_name(&mut self) {
         let name = &self.ast.name;
         let plain = !name.is_empty() && name.len() <= MAX_NAME && !name.starts_with('.') && !name.chars().any(|c| matches!(c, '/' | '\\') || c.is_control());
         if !plain {
@@ -69,6 +75,22 @@ impl Checker<'_> {
                 Diagnostic::error(Code::E0213, self.ast.name_span, format!("the experiment's name {name:?} is not a plain name: it names the directory its runs go to"))
                     .with_hint(format!("a name has no `/`, `\\`, or control characters, does not start with `.`, and has at most {MAX_NAME} bytes: `experiment \"my-run\"`")),
             );
+        }
+    }
+
+    /// Stage names become run directories: two that differ only in case (`sft`, `SFT`) would be
+    /// one directory on a file system that ignores case (macOS's and Windows' defaults), and one
+    /// stage's run would overwrite or refuse the other's.
+    fn check_stage_names_apart_in_any_case(&mut self) {
+        let mut seen: std::collections::HashMap<String, String> = std::collections::HashMap::new();
+        let stages: Vec<(String, Span)> = self.decls.iter().filter(|d| d.kind == crate::syntax::ast::DeclKind::Stage).map(|d| (d.name.name.clone(), d.name.span)).collect();
+        for (name, span) in stages {
+            if let Some(first) = seen.insert(name.to_ascii_lowercase(), name.clone()) {
+                self.error(
+                    Diagnostic::error(Code::E0102, span, format!("stages `{first}` and `{name}` differ only in case: on a file system that ignores case (macOS's, Windows') their run directories would be one"))
+                        .with_hint("give one of them another name"),
+                );
+            }
         }
     }
 }

@@ -17,18 +17,34 @@ use crate::run::kit::lifecycle::{self, Finished};
 
 /// What `merge_run` wrote.
 pub struct Merged {
-    /// The LoRA stage whose adapter was merged.
+    /// The LoRA stage whose adapter was merged, and its experiment.
     pub stage: String,
+    pub experiment: String,
     /// Where its base weights came from: a stage, or fresh weights.
     pub base: String,
     pub params: u64,
 }
 
 pub fn merge_run(run: &Path, out: &Path) -> Result<Merged> {
+    lifecycle::refuse_to_overwrite(out, &["report.json", "state.json", "metrics.jsonl"])?;
+    let (m, merged, chat_template) = merged_model(run, tch::Device::Cpu)?;
+    std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
+    write_tensors_atomic(&out.join("model.safetensors"), &m.named())?;
+    let mut resolved = json!({"experiment": merged.experiment, "merged_from": merged.stage, "model": m.spec()});
+    if let Some(t) = chat_template {
+        resolved["chat_template"] = t;
+    }
+    write_atomic(&out.join("resolved.json"), serde_json::to_string_pretty(&resolved)?.as_bytes())?;
+    Ok(Merged { params: m.numel(), ..merged })
+}
+
+/// The model of a finished LoRA stage `run` with its adapter folded into its base (read through
+/// the chain of stages it was built on, each from its own directory), on `device`; what was
+/// merged, and the chat template the stage trained in.
+pub fn merged_model(run: &Path, device: tch::Device) -> Result<(crate::run::model::Model, Merged, Option<serde_json::Value>)> {
     // `roux merge sft` from inside the experiment's directory, or `runs/x/sft/`, or `.`.
     let run = std::fs::canonicalize(run).with_context(|| format!("{} is not a run directory", run.display()))?;
     let runs = lifecycle::experiment_dir(&run);
-    lifecycle::refuse_to_overwrite(out, &["report.json", "state.json", "metrics.jsonl"])?;
     let adapter = lifecycle::finished(&run)?;
     let stage = stage_of(&adapter)?;
     let Some((base_ref, _)) = stage.kind.adapter() else {
@@ -76,15 +92,9 @@ pub fn merge_run(run: &Path, out: &Path) -> Result<Merged> {
         sweep: vec![],
     };
     let r = ModelRef { arch: base_ref.arch.clone(), weights: Weights::Merged { stage: stage.name.clone() } };
-    let m = load_lm(&recipe, &runs, &r, tch::Device::Cpu)?;
-    std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
-    write_tensors_atomic(&out.join("model.safetensors"), &m.named())?;
-    let mut resolved = json!({"experiment": recipe.experiment, "merged_from": stage.name, "model": m.spec()});
-    if let Some(t) = chat_template {
-        resolved["chat_template"] = t;
-    }
-    write_atomic(&out.join("resolved.json"), serde_json::to_string_pretty(&resolved)?.as_bytes())?;
-    Ok(Merged { stage: stage.name.clone(), base, params: m.numel() })
+    let m = load_lm(&recipe, &runs, &r, device)?;
+    let params = m.numel();
+    Ok((m, Merged { stage: stage.name.clone(), experiment: recipe.experiment, base, params }, chat_template))
 }
 
 /// The stage definition a finished run resolved.

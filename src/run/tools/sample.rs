@@ -45,15 +45,19 @@ fn load(run: &Path, o: &SampleOptions) -> Result<Loaded> {
     let spec = ModelSpec::from_run_json(&v["model"]).map_err(|e| anyhow::anyhow!("{}: {e}", resolved.display()))?;
     let decoding = decoding(&spec, &o.draw)?;
     let weights = run.join("model.safetensors");
-    if !weights.exists() {
-        if run.join("adapter.safetensors").exists() {
-            bail!("{} is a LoRA stage: it holds an adapter, not a model; `roux merge {}` writes the merged model to sample from (`roux sample {}`)", run.display(), run.display(), run.join("merged").display());
-        }
-        bail!("{} has no model.safetensors yet (is the stage finished?)", run.display());
-    }
     let device = tch::Device::cuda_if_available();
-    let mut model = Model::new(&spec, device)?;
-    model.load(&read_tensors(&weights)?)?;
+    let model = if weights.exists() {
+        let mut model = Model::new(&spec, device)?;
+        model.load(&read_tensors(&weights)?)?;
+        model
+    } else if run.join("adapter.safetensors").exists() {
+        // A LoRA stage: its adapter folded into its base here, as `roux merge` would write it.
+        let (model, merged, _) = super::merge::merged_model(run, device)?;
+        tracing::info!("`{}`: its adapter merged into {} in memory (`roux merge {}` writes the merged model)", merged.stage, merged.base, run.display());
+        model
+    } else {
+        bail!("{} has no model.safetensors yet (is the stage finished?)", run.display());
+    };
     let model = model.computing(o.precision);
     tch::manual_seed(o.seed as i64);
     // A BPE run keeps its tokenizer beside the model, an imported model in its checkpoint;
