@@ -50,6 +50,10 @@ pub fn run_definition(run: &Path, out: &Path) -> Result<(serde_json::Value, Mode
     let resolved = run.join("resolved.json");
     let text = read_capped(&resolved, 64 << 20).with_context(|| format!("{} is not a run directory (no resolved.json)", run.display()))?;
     let v: serde_json::Value = serde_json::from_str(&text).with_context(|| format!("{} is not valid JSON", resolved.display()))?;
+    if v["model"].is_null() {
+        let kind = v["stage"]["kind"].as_str().unwrap_or("this");
+        bail!("{} records no language model to export (a {kind} stage); export a stage that trains one, or a `roux merge` of a LoRA stage", run.display());
+    }
     let spec = ModelSpec::from_run_json(&v["model"]).map_err(|e| anyhow::anyhow!("{}: {e}", resolved.display()))?;
     Ok((v, spec))
 }
