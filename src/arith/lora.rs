@@ -51,6 +51,18 @@ pub fn lora_params(spec: &ModelSpec, lora: &LoraSpec) -> u64 {
     lora_targets(spec, lora).iter().map(|l| (lora.rank * (l.inp + l.out) + magnitude(l)) as u64).sum()
 }
 
+/// What a stage of a model of `n` parameters trains and holds, as (trainable, weights): every
+/// weight, or with `lora` only the adapters, held beside the frozen `n`.
+pub fn trained_and_held(spec: &ModelSpec, lora: Option<&LoraSpec>, n: u64) -> (u64, u64) {
+    match lora {
+        Some(l) => {
+            let a = lora_params(spec, l);
+            (a, n + a)
+        }
+        None => (n, n),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

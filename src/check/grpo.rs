@@ -30,10 +30,7 @@ impl<'a> Checker<'a> {
         let temperature = f.positive(self, "temperature", Some(1.0));
         let loss = f.sym(self, "loss", &["grpo", "dr_grpo", "dapo"], Some("grpo"));
         let scale = f.optional(self, "scale_rewards", |f, ck| f.sym(ck, "scale_rewards", &["group", "batch", "none"], None));
-        let lora = match f.field("adapter") {
-            Some(field) => self.check_lora(&field.value, &f.scope.clone(), policy.as_ref()),
-            None => Some(None),
-        };
+        let lora = self.adapter_key(&mut f, policy.as_ref());
         let eval = self.eval_keys(&mut f);
         let (group_span, reward_span, new_span) = (f.value_span("group"), f.value_span("reward"), f.value_span("max_new"));
         f.finish(self);

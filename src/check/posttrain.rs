@@ -118,10 +118,7 @@ impl<'a> Checker<'a> {
         let data = bound[1].and_then(|e| self.examples_arg(e, None, "finetune"));
         let mut f = self.stage_fields(d, at, block);
         let opt = self.check_split_optim(&mut f, 16, 100);
-        let lora = match f.field("adapter") {
-            Some(field) => self.check_lora(&field.value, &f.scope.clone(), model.as_ref()),
-            None => Some(None),
-        };
+        let lora = self.adapter_key(&mut f, model.as_ref());
         let mask_prompt = f.bool(self, "mask_prompt", true);
         let packing = f.bool(self, "packing", false);
         let neftune = f.optional(self, "neftune", |f, ck| f.ranged(ck, "neftune", None, 0.0, true, 1e4, false));
@@ -132,10 +129,18 @@ impl<'a> Checker<'a> {
         Some(self.stage_spec(d, kind))
     }
 
+    /// A stage's `adapter` key (`lora { … }` or `none`) on `model`; absent, none (Some(None)).
+    pub(super) fn adapter_key(&mut self, f: &mut super::fields::Fields<'a>, model: Option<&ModelRef>) -> Option<Option<LoraSpec>> {
+        match f.field("adapter") {
+            Some(field) => self.check_lora(&field.value, &f.scope.clone(), model),
+            None => Some(None),
+        }
+    }
+
     /// `lora { rank, alpha, dropout, targets = [attn.q, attn.v] }`; every target must match a
     /// linear layer of the model.
     /// `adapter = none` says what leaving the key out means: a full fine-tune (Some(None)).
-    pub(super) fn check_lora(&mut self, e: &'a Expr, scope: &super::eval::Scope<'a>, model: Option<&ModelRef>) -> Option<Option<LoraSpec>> {
+    fn check_lora(&mut self, e: &'a Expr, scope: &super::eval::Scope<'a>, model: Option<&ModelRef>) -> Option<Option<LoraSpec>> {
         let (kind, path, _, block) = self.ctor(e, "adapter", &["lora", "none"])?;
         if kind == "none" {
             return Some(None);
@@ -192,10 +197,7 @@ impl<'a> Checker<'a> {
         let mut f = self.stage_fields(d, at, block);
         let opt = self.check_split_optim(&mut f, 16, 100);
         let center = f.optional(self, "center_rewards", |f, ck| f.ranged(ck, "center_rewards", None, 0.0, false, 1e6, false));
-        let lora = match f.field("adapter") {
-            Some(field) => self.check_lora(&field.value, &f.scope.clone(), model.as_ref()),
-            None => Some(None),
-        };
+        let lora = self.adapter_key(&mut f, model.as_ref());
         f.finish(self);
         Some(self.stage_spec(d, StageKind::RewardModel(RewardSpec { model: model?, data: data?.name, opt: opt?, center_rewards: center?, lora: lora? })))
     }
@@ -218,10 +220,7 @@ impl<'a> Checker<'a> {
         let epochs = f.size(self, "epochs", Some(2));
         let minibatches = f.size(self, "minibatches", Some(2));
         let temperature = f.positive(self, "temperature", Some(1.0));
-        let lora = match f.field("adapter") {
-            Some(field) => self.check_lora(&field.value, &f.scope.clone(), policy.as_ref()),
-            None => Some(None),
-        };
+        let lora = self.adapter_key(&mut f, policy.as_ref());
         let eval = self.eval_keys(&mut f);
         let mb_span = f.value_span("minibatches");
         f.finish(self);
@@ -296,10 +295,7 @@ impl<'a> Checker<'a> {
                     .with_hint("leave `rpo_alpha` out: ORPO's β weighs its preference term against that NLL"),
             );
         }
-        let lora = match f.field("adapter") {
-            Some(field) => self.check_lora(&field.value, &f.scope.clone(), policy.as_ref()),
-            None => Some(None),
-        };
+        let lora = self.adapter_key(&mut f, policy.as_ref());
         let eval = self.eval_keys(&mut f);
         f.finish(self);
         let (eval_examples, max_new) = eval?;

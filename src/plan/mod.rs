@@ -104,9 +104,7 @@ fn posttrain_plan(r: &Recipe, s: &crate::recipe::StageSpec, graph_of: &HashMap<&
     let (steps, tokens, flops, trainable, memory_bytes) = match &s.kind {
         StageKind::Finetune(f) => {
             let (n, (t, tf)) = (n_of(&f.model.arch), product(&[f.opt.steps, f.opt.batch as u64, ctx_of(&f.model.arch)]));
-            let spec = &graph(&f.model.arch).spec;
-            let trainable = f.lora.as_ref().map_or(n, |l| crate::lower::lora_params(spec, l));
-            let weights = if f.lora.is_some() { n + trainable } else { n };
+            let (trainable, weights) = crate::lower::trained_and_held(&graph(&f.model.arch).spec, f.lora.as_ref(), n);
             // Packed rows add their attention mask: float32, batch × context², made once a step.
             // (In floating point: at the limits of batch and context it is past u64; it saturates.)
             let mask = if f.packing { (4.0 * f.opt.batch as f64 * (ctx_of(&f.model.arch) as f64).powi(2)) as u64 } else { 0 };
@@ -116,11 +114,8 @@ fn posttrain_plan(r: &Recipe, s: &crate::recipe::StageSpec, graph_of: &HashMap<&
             let n = n_of(&m.model.arch);
             let (t, tf) = product(&[2, m.opt.steps, m.opt.batch as u64, ctx_of(&m.model.arch)]);
             let head = crate::lower::ScalarHead::Reward.numel(&graph(&m.model.arch).spec);
-            let adapter = m.lora.as_ref().map(|l| crate::lower::lora_params(&graph(&m.model.arch).spec, l));
-            let (trainable, weights) = match adapter {
-                Some(a) => (a + head, n + a + head),
-                None => (n + head, n + head),
-            };
+            let (trainable, weights) = crate::lower::trained_and_held(&graph(&m.model.arch).spec, m.lora.as_ref(), n);
+            let (trainable, weights) = (trainable + head, weights + head);
             (m.opt.steps, t, 6.0 * n as f64 * tf, trainable, training(&m.model.arch, weights, trainable, 2 * m.opt.batch))
         }
         StageKind::Ppo(p) => {
@@ -133,11 +128,9 @@ fn posttrain_plan(r: &Recipe, s: &crate::recipe::StageSpec, graph_of: &HashMap<&
             // The value head trains, and either the whole policy (a copy of it is the reference)
             // or its adapters (the reference is its own base).
             let head = crate::lower::ScalarHead::Value.numel(&graph(&p.policy.arch).spec);
-            let adapter = p.lora.as_ref().map(|l| crate::lower::lora_params(&graph(&p.policy.arch).spec, l));
-            let (trainable, weights, reference) = match adapter {
-                Some(a) => (a + head, n + a + head, 0),
-                None => (n + head, n + head, n),
-            };
+            let (trainable, weights) = crate::lower::trained_and_held(&graph(&p.policy.arch).spec, p.lora.as_ref(), n);
+            let (trainable, weights) = (trainable + head, weights + head);
+            let reference = if p.lora.is_some() { 0 } else { n };
             let frozen = 4 * (reference + rm.unwrap_or(0));
             (p.opt.steps, t, per_token * tf, trainable, training(&p.policy.arch, weights, trainable, p.opt.batch).saturating_add(frozen))
         }
@@ -149,8 +142,7 @@ fn posttrain_plan(r: &Recipe, s: &crate::recipe::StageSpec, graph_of: &HashMap<&
             let reference = if d.loss.needs_reference() { n } else { 0 };
             let held = if d.lora.is_some() { 0 } else { reference };
             // With LoRA only the adapters train (and hold gradients and moments).
-            let trainable = d.lora.as_ref().map_or(n, |l| crate::lower::lora_params(&graph(&d.policy.arch).spec, l));
-            let weights = if d.lora.is_some() { n + trainable } else { n };
+            let (trainable, weights) = crate::lower::trained_and_held(&graph(&d.policy.arch).spec, d.lora.as_ref(), n);
             // KTO also runs the policy and the reference forward over as many mismatched rows.
             let kto = if d.loss == crate::recipe::DpoLoss::Kto { 4.0 * n as f64 } else { 0.0 };
             (d.opt.steps, t, (6.0 * n as f64 + 2.0 * reference as f64 + kto) * tf, trainable, training(&d.policy.arch, weights, trainable, 2 * d.opt.batch).saturating_add(4 * held))
@@ -166,8 +158,7 @@ fn posttrain_plan(r: &Recipe, s: &crate::recipe::StageSpec, graph_of: &HashMap<&
             // With LoRA the reference is the policy's own base: nothing more is held.
             let reference = if g.beta > 0.0 && g.lora.is_none() { n } else { 0 };
             let frozen = 4 * (reference + rm.unwrap_or(0));
-            let trainable = g.lora.as_ref().map_or(n, |l| crate::lower::lora_params(&graph(&g.policy.arch).spec, l));
-            let weights = if g.lora.is_some() { n + trainable } else { n };
+            let (trainable, weights) = crate::lower::trained_and_held(&graph(&g.policy.arch).spec, g.lora.as_ref(), n);
             (g.opt.steps, t, per_token * tf, trainable, training(&g.policy.arch, weights, trainable, g.opt.batch).saturating_add(frozen))
         }
         StageKind::Compare(c) => {

@@ -98,41 +98,38 @@ fn posttrain_process(r: &Recipe, s: &crate::recipe::StageSpec, world: usize) -> 
         StageKind::Finetune(f) => {
             let Some(g) = graph(&f.model.arch) else { return Ok(None) };
             let n = n_of(&g);
-            let lora = f.lora.as_ref().map(|l| crate::lower::lora_params(&g.spec, l));
-            (f.model.arch.clone(), lora.unwrap_or(n), n + lora.unwrap_or(0), 0, f.opt.micro_batch(name, world)?, f.opt.accumulate)
+            let (t, w) = crate::lower::trained_and_held(&g.spec, f.lora.as_ref(), n);
+            (f.model.arch.clone(), t, w, 0, f.opt.micro_batch(name, world)?, f.opt.accumulate)
         }
         StageKind::RewardModel(m) => {
             let Some(g) = graph(&m.model.arch) else { return Ok(None) };
             let head = crate::lower::ScalarHead::Reward.numel(&g.spec);
-            let adapter = m.lora.as_ref().map(|l| crate::lower::lora_params(&g.spec, l));
-            let n = n_of(&g);
-            (m.model.arch.clone(), adapter.unwrap_or(n) + head, n + adapter.unwrap_or(0) + head, 0, 2 * m.opt.micro_batch(name, world)?, m.opt.accumulate)
+            let (t, w) = crate::lower::trained_and_held(&g.spec, m.lora.as_ref(), n_of(&g));
+            (m.model.arch.clone(), t + head, w + head, 0, 2 * m.opt.micro_batch(name, world)?, m.opt.accumulate)
         }
         StageKind::Dpo(d) => {
             let Some(g) = graph(&d.policy.arch) else { return Ok(None) };
             let n = n_of(&g);
             // (A LoRA policy's reference is its own base: nothing more is held.)
             let reference = if d.loss.needs_reference() && d.lora.is_none() { n } else { 0 };
-            let lora = d.lora.as_ref().map(|l| crate::lower::lora_params(&g.spec, l));
-            (d.policy.arch.clone(), lora.unwrap_or(n), n + lora.unwrap_or(0), reference, 2 * d.opt.micro_batch(name, world)?, d.opt.accumulate)
+            let (t, w) = crate::lower::trained_and_held(&g.spec, d.lora.as_ref(), n);
+            (d.policy.arch.clone(), t, w, reference, 2 * d.opt.micro_batch(name, world)?, d.opt.accumulate)
         }
         StageKind::Ppo(p) => {
             let Some(g) = graph(&p.policy.arch) else { return Ok(None) };
             let n = n_of(&g);
             let head = crate::lower::ScalarHead::Value.numel(&g.spec);
-            let (t, w, reference) = match p.lora.as_ref().map(|l| crate::lower::lora_params(&g.spec, l)) {
-                Some(a) => (a + head, n + a + head, 0),
-                None => (n + head, n + head, n),
-            };
-            (p.policy.arch.clone(), t, w, reference + rm(Some(&p.reward)), p.opt.micro_batch(name, world)?, 1)
+            let (t, w) = crate::lower::trained_and_held(&g.spec, p.lora.as_ref(), n);
+            let reference = if p.lora.is_some() { 0 } else { n };
+            (p.policy.arch.clone(), t + head, w + head, reference + rm(Some(&p.reward)), p.opt.micro_batch(name, world)?, 1)
         }
         StageKind::Grpo(gr) => {
             let Some(g) = graph(&gr.policy.arch) else { return Ok(None) };
             let n = n_of(&g);
             let prompts = crate::recipe::split_batch(name, gr.opt.batch / gr.group, world, 1)?;
             let reference = if gr.beta > 0.0 && gr.lora.is_none() { n } else { 0 };
-            let lora = gr.lora.as_ref().map(|l| crate::lower::lora_params(&g.spec, l));
-            (gr.policy.arch.clone(), lora.unwrap_or(n), n + lora.unwrap_or(0), reference + rm(gr.reward.model_stage()), prompts * gr.group, 1)
+            let (t, w) = crate::lower::trained_and_held(&g.spec, gr.lora.as_ref(), n);
+            (gr.policy.arch.clone(), t, w, reference + rm(gr.reward.model_stage()), prompts * gr.group, 1)
         }
         StageKind::Train(_) | StageKind::Isoflop(_) | StageKind::Mixture(_) | StageKind::Compare(_) => return Ok(None),
     };
