@@ -220,14 +220,23 @@ fn qwen3_0_6b_from_its_config_alone_is_counted_as_published() {
     assert_eq!((cols[1], cols[3]), ("596,049,920", "440,467,456"));
 }
 
-#[test]
-fn conversations_need_a_chat_template_and_an_assistant_turn_on_every_line() {
-    let dir = scratch("hf-check-chat");
+/// A chat template that prints each turn as `<role>content</s>`.
+const TEMPLATE: &str = "{% for m in messages %}<{{ m['role'] }}>{{ m['content'] }}{{ eos_token }}{% endfor %}{% if add_generation_prompt %}<assistant>{% endif %}";
+
+/// A scratch folder holding `ck/`: a Llama config (vocabulary 300) and an empty tokenizer.json.
+fn config_only_checkpoint(name: &str) -> std::path::PathBuf {
+    let dir = scratch(name);
     std::fs::create_dir_all(dir.join("ck")).unwrap();
     let mut c = llama_config();
     c["vocab_size"] = json!(300);
     std::fs::write(dir.join("ck/config.json"), c.to_string()).unwrap();
     std::fs::write(dir.join("ck/tokenizer.json"), "{}").unwrap();
+    dir
+}
+
+#[test]
+fn conversations_need_a_chat_template_and_an_assistant_turn_on_every_line() {
+    let dir = config_only_checkpoint("hf-check-chat");
     let user = |t: &str| json!({"role": "user", "content": t});
     let lines = [json!({"messages": [user("hi"), {"role": "assistant", "content": "hello"}]}), json!({"messages": [user("hi")]}), json!({"messages": [{"role": "robot", "content": "x"}]})];
     std::fs::write(dir.join("chat.jsonl"), lines.iter().map(|l| format!("{l}\n")).collect::<String>()).unwrap();
@@ -239,8 +248,7 @@ fn conversations_need_a_chat_template_and_an_assistant_turn_on_every_line() {
     };
     assert_eq!(errors(recipe("")), vec![("E0214".into(), "data `chat` holds conversations (`messages`), which need an imported model's tokenizer".into())]);
     assert_eq!(errors(recipe("tokenizer = base.tokenizer")), vec![("E0214".into(), "data `chat` holds conversations, but model `base` has no chat template".into())]);
-    let template = "{% for m in messages %}<{{ m['role'] }}>{{ m['content'] }}{{ eos_token }}{% endfor %}{% if add_generation_prompt %}<assistant>{% endif %}";
-    std::fs::write(dir.join("ck/tokenizer_config.json"), json!({"chat_template": template, "eos_token": "</s>"}).to_string()).unwrap();
+    std::fs::write(dir.join("ck/tokenizer_config.json"), json!({"chat_template": TEMPLATE, "eos_token": "</s>"}).to_string()).unwrap();
     assert_eq!(
         errors(recipe("tokenizer = base.tokenizer")),
         vec![("E0214".into(), "`chat.jsonl` has 2 bad conversation(s) of 3: line 2: has no assistant turn to train on; line 3: `messages` message 1 has role \"robot\" (one of system, user, assistant, tool)".into())]
@@ -468,4 +476,41 @@ fn chat_templates_render_as_transformers_renders_them() {
     assert!(undated("llama31-date").unwrap().contains("Today Date: 26 Jul 2024"));
     let err = undated("mistral-small-date").unwrap_err();
     assert!(err.starts_with("the chat template fails: unknown function: strftime_now is unknown") && err.ends_with(": it writes today's date (transformers' `strftime_now`); set `date = \"YYYY-MM-DD\"` on the data, so that check, every run and a resumed one render the same text"), "{err}");
+}
+
+/// Unpaired feedback as TRL writes it in conversations: `prompt` and `completion` message lists
+/// and a boolean `label`. A line without a true or false label is named; a good file's note
+/// counts each kind, and each line becomes the prompt rendered up to the completion's turn and
+/// that turn, with its label.
+#[test]
+fn conversational_feedback_is_completions_judged_true_or_false() {
+    let dir = config_only_checkpoint("hf-check-feedback");
+    std::fs::write(dir.join("ck/tokenizer_config.json"), json!({"chat_template": TEMPLATE, "eos_token": "</s>"}).to_string()).unwrap();
+    let line = |answer: &str, label: Value| {
+        let mut l = json!({"prompt": [{"role": "user", "content": "2+2?"}], "completion": [{"role": "assistant", "content": answer}]});
+        if !label.is_null() {
+            l["label"] = label;
+        }
+        format!("{l}\n")
+    };
+    std::fs::write(dir.join("fb.jsonl"), [line("4", json!(true)), line("5", json!(false)), line("4", json!("yes")), line("4", Value::Null)].concat()).unwrap();
+    std::fs::write(dir.join("r.roux"), "experiment \"x\" {\n  model base = hf(\"ck\")\n  data fb = feedback(\"fb.jsonl\") { tokenizer = base.tokenizer }\n}\n").unwrap();
+    let said = || {
+        let c = roux::frontend::compile(&dir.join("r.roux")).unwrap();
+        let d = c.diagnostics.iter().map(|d| (d.code.to_string(), d.message.clone())).collect::<Vec<_>>();
+        (c, d)
+    };
+    assert_eq!(
+        said().1,
+        vec![("E0214".into(), "`fb.jsonl` has 2 bad conversation(s) of 4: line 3: has a `label` that is not true (desirable) or false; line 4: has no `label` (true: desirable, false: not)".into())]
+    );
+    std::fs::write(dir.join("fb.jsonl"), [line("4", json!(true)), line("5", json!(false)), line("four", json!(true))].concat()).unwrap();
+    let (c, d) = said();
+    assert_eq!(d, vec![("N0404".into(), "data `fb`: 3 conversations (2 desirable, 1 not)".into())]);
+    let set = c.recipe.unwrap().example_set("fb").unwrap().clone();
+    let split = roux::posttrain::examples::feedback(&set, 1).unwrap();
+    let mut all: Vec<_> = split.train.iter().chain(&split.held_out).map(|f| (f.prompt.clone(), f.completion.clone(), f.desirable)).collect();
+    all.sort();
+    let p = "<user>2+2?</s><assistant>".to_string();
+    assert_eq!(all, vec![(p.clone(), "4</s>".into(), true), (p.clone(), "5</s>".into(), false), (p, "four</s>".into(), true)]);
 }

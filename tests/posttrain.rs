@@ -5,7 +5,7 @@
 
 use roux::posttrain::examples::sequence;
 use roux::run::model::Model;
-use roux::run::kit::losses::{bradley_terry, dpo, ppo_clip, value_loss};
+use roux::run::kit::losses::{bradley_terry, dpo, kto, ppo_clip, value_loss};
 use roux::run::kit::seqs::{pad, token_logprobs};
 use tch::{Device, Kind, Tensor};
 
@@ -39,7 +39,7 @@ fn dpo_loss_by_hand() {
     // β = 0.5 → −log σ(0.5) = log(1 + e^−0.5) = 0.4740770.
     use roux::recipe::DpoLoss::*;
     use roux::run::kit::losses::DpoTerms;
-    let dpo = |pc: &Tensor, pr: &Tensor, rc: &Tensor, rr: &Tensor, beta: f64, loss, smoothing: f64| dpo(pc, pr, rc, rr, &DpoTerms { beta, loss, smoothing, gamma: 0.5, kl: 0.25 });
+    let dpo = |pc: &Tensor, pr: &Tensor, rc: &Tensor, rr: &Tensor, beta: f64, loss, smoothing: f64| dpo(pc, pr, rc, rr, &DpoTerms { beta, loss, smoothing, gamma: 0.5, kl: 0.25, weights: (1.0, 1.0) });
     close(&dpo(&t(&[-1.0]), &t(&[-2.0]), &t(&[-1.5]), &t(&[-1.5]), 0.5, Sigmoid, 0.0), 0.4740770);
     // A reference that already prefers the chosen answer as much as the policy: margin 0, loss ln 2.
     close(&dpo(&t(&[-1.0]), &t(&[-2.0]), &t(&[-1.0]), &t(&[-2.0]), 0.5, Sigmoid, 0.0), std::f64::consts::LN_2);
@@ -62,6 +62,12 @@ fn dpo_loss_by_hand() {
     // KTO with reference point z = 0.25 (passed as `kl`), β = 0.5: r_c = −1 + 2 = 1 and
     // r_r = −2 + 1.5 = −0.5; (1 − σ(0.5·0.75) + 1 − σ(0.5·0.75)) / 2 = 1 − σ(0.375) = 0.4073334.
     close(&dpo(&t(&[-1.0]), &t(&[-2.0]), &t(&[-2.0]), &t(&[-1.5]), 0.5, Kto, 0.0), 0.4073334);
+    // Unpaired, the same two responses judged one at a time, the desirable one weighed 2: its
+    // loss 2·(1 − σ(0.375)), the other's 1 − σ(0.5·(0.25 + 0.5)), mean 1.5·0.4073334; and the
+    // pair form weighed alike agrees.
+    let terms = DpoTerms { beta: 0.5, loss: Kto, smoothing: 0.0, gamma: 0.0, kl: 0.25, weights: (2.0, 1.0) };
+    close(&kto(&t(&[-1.0, -2.0]), &t(&[-2.0, -1.5]), &t(&[1.0, 0.0]), &terms), 0.6110001);
+    close(&roux::run::kit::losses::dpo(&t(&[-1.0]), &t(&[-2.0]), &t(&[-2.0]), &t(&[-1.5]), &terms), 0.6110001);
 }
 
 #[test]
@@ -625,7 +631,7 @@ fn grpo_follows_its_reward_and_resumes_exactly_after_a_kill() {
 
 /// `patience = N` on post-training stages: the stage stops once N evaluations in a row bring no
 /// better held-out measure (the reward model's pairwise accuracy, DPO's held-out pairwise
-/// accuracy), says so in report.json, and a run resumed after its stop stops again at once with
+/// accuracy, KTO's reward margin on held-out feedback), says so in report.json, and a run resumed after its stop stops again at once with
 /// the same weights.
 #[test]
 fn patience_stops_post_training_stages_and_survives_a_resume() {
@@ -643,7 +649,7 @@ fn patience_stops_post_training_stages_and_survives_a_resume() {
     let log = run_ok(&recipe, &runs);
     let report = |stage: &str| -> serde_json::Value { serde_json::from_str(&std::fs::read_to_string(runs.join("pairs").join(stage).join("report.json")).unwrap()).unwrap() };
     // Fine-tuning watches its held-out loss (lower is better), as HF's EarlyStoppingCallback.
-    for (stage, measure) in [("sft", "loss"), ("rm", "pairwise_accuracy"), ("po", "pairwise_accuracy")] {
+    for (stage, measure) in [("sft", "loss"), ("rm", "pairwise_accuracy"), ("po", "pairwise_accuracy"), ("kt", "reward_margin")] {
         let r = report(stage);
         assert_eq!(r["stopped_early_at"], 15, "{stage}: {r}");
         assert_eq!((r["patience"]["evaluations"].as_u64(), r["patience"]["measure"].as_str(), r["patience"]["best_step"].as_u64()), (Some(2), Some(measure), Some(5)), "{stage}: {r}");
@@ -662,6 +668,80 @@ fn patience_stops_post_training_stages_and_survives_a_resume() {
     assert_eq!(report("rm")["stopped_early_at"], 15);
     assert_eq!(report("rm")["held_out_accuracy"], accuracy);
     assert!(std::fs::read(rm.join("model.safetensors")).unwrap() == weights, "the resumed stop wrote other weights");
+}
+
+/// KTO on unpaired feedback (TRL's KTOTrainer on prompt, completion, label): the policy starts as
+/// its reference, so the first loss is each example's weight × (1 − σ(0)) averaged — 0.5·(1.2·d +
+/// u)/16 from the logged counts — then it falls and the held-out desirable completions' reward
+/// ends above the undesirable ones'. Two micro-batches a step take the same steps; the plan
+/// counts one sequence an example (half of pairs).
+#[test]
+fn kto_learns_from_unpaired_feedback() {
+    let out = scratch("kto-unpaired");
+    let recipe = out.join("k.roux");
+    let stage = |name: &str, extra: &str| format!("stage {name} = dpo(lm, fb) {{ loss = kto, beta = 0.5, desirable_weight = 1.2, steps = 40, batch = 16, log_every = 1, eval_every = 20, eval_examples = 16, max_new = 2, optimizer = adamw {{ lr = 3e-3 }} {extra} }}");
+    std::fs::write(
+        &recipe,
+        format!(
+            "experiment \"kto\" {{\n  seed = 7\n  data fb = synthetic.feedback {{ tasks = [uppercase], examples = 240, max_len = 3 }}\n  data prefs = synthetic.preferences {{ tasks = [uppercase], pairs = 240, max_len = 3 }}\n  model lm = transformer {{ vocab = 256, context = 24, d_model = 32, layers = 1, heads = 2, dropout = 0 }}\n  {}\n  {}\n  stage pairs = dpo(lm, prefs) {{ loss = kto, steps = 40, batch = 16 }}\n}}\n",
+            stage("k", ""),
+            stage("k2", ", accumulate = 2")
+        ),
+    )
+    .unwrap();
+    let plan = roux(&["plan", recipe.to_str().unwrap(), "--json"]);
+    let plan: serde_json::Value = serde_json::from_slice(&plan.stdout).unwrap();
+    let tokens = |s: usize| plan["stages"][s]["tokens"].as_u64().unwrap();
+    assert_eq!((tokens(0), tokens(2)), (40 * 16 * 24, 2 * 40 * 16 * 24));
+    let log = run_ok(&recipe, &out);
+    let (train, good) = {
+        let set = roux::frontend::compile(&recipe).unwrap().recipe.unwrap().example_set("fb").unwrap().clone();
+        let split = roux::posttrain::examples::feedback(&set, 7).unwrap();
+        (split.train.len(), split.train.iter().filter(|f| f.desirable).count())
+    };
+    assert!(log.contains(&format!("k: KTO (kto loss, β = 0.5, weights 1.2 and 1) on `fb` ({train} examples: {good} desirable, {} not)", train - good)), "{log}");
+    let m = metrics(&out.join("kto/k"));
+    let first = &m[0];
+    let (d, u) = (first["count/chosen"].as_f64().unwrap(), first["count/rejected"].as_f64().unwrap());
+    assert_eq!(d + u, 16.0);
+    let want = 0.5 * (1.2 * d + u) / 16.0;
+    assert!((first["loss"].as_f64().unwrap() - want).abs() < 1e-6, "first loss {} (want {want})", first["loss"]);
+    let losses: Vec<f64> = m.iter().filter_map(|x| x["loss"].as_f64()).collect();
+    let tail = losses[30..].iter().sum::<f64>() / 10.0;
+    assert!(tail < 0.6 * want, "the loss did not fall: {losses:?}");
+    assert!(m.iter().all(|x| x["kl"].as_f64().is_some_and(|z| z >= 0.0)) && m[0].get("rewards/accuracies").is_none());
+    let report: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.join("kto/k/report.json")).unwrap()).unwrap();
+    let held = &report["held_out_rewards"];
+    assert!(held["chosen"].as_f64().unwrap() > held["rejected"].as_f64().unwrap() && held["accuracy"].is_null(), "{held}");
+    assert_eq!(report["held_out_feedback"], 16);
+    // In two micro-batches: the same losses.
+    let m2 = metrics(&out.join("kto/k2"));
+    for (a, b) in m.iter().zip(&m2) {
+        assert!((a["loss"].as_f64().unwrap() - b["loss"].as_f64().unwrap()).abs() < 1e-5, "step {}: {} vs {}", a["step"], a["loss"], b["loss"]);
+    }
+}
+
+/// `roux check` on unpaired feedback says how many completions are desirable, and warns (W0407)
+/// when the weighted counts fall outside the 1 to 4/3 KTO recommends, with a weight that brings
+/// them inside; the suggested weight then checks clean.
+#[test]
+fn check_counts_feedback_labels_and_weighs_their_balance() {
+    let said = |weights: &str| {
+        let text = format!("experiment \"fb\" {{\n  data fb = feedback(\"data/feedback.jsonl\")\n  model lm = transformer {{ vocab = 256, context = 64, d_model = 32, layers = 1, heads = 2 }}\n  stage k = dpo(lm, fb) {{ loss = kto, steps = 5{weights} }}\n}}\n");
+        let c = roux::frontend::compile_source(roux::frontend::Source { path: fixture("fb.roux"), text });
+        c.diagnostics.iter().map(|d| format!("{} {} | {}", d.code, d.message, d.hint.clone().unwrap_or_default())).collect::<Vec<_>>()
+    };
+    let note = "N0404 data `fb`: 60 examples (40 desirable, 20 not), 23 bytes each on average, the longest 27 (prompt template, response and end marker) | a stage warns when some are longer than its model's context";
+    assert_eq!(
+        said(""),
+        vec![
+            note.to_string(),
+            "W0407 `fb` holds 40 desirable and 20 undesirable examples, with weights 1 and 1: desirable_weight × desirable / (undesirable_weight × undesirable) is 2.000, outside the 1 to 4/3 that KTO recommends | `undesirable_weight = 1.71` brings it to about 7/6, inside that range".to_string()
+        ]
+    );
+    assert_eq!(said(", undesirable_weight = 1.71"), vec![note.to_string()]);
+    // 40 × 0.25 / 20 = 0.5: the desirable ones need the weight, 7/6 × 20 / 40 = 0.583.
+    assert!(said(", desirable_weight = 0.25")[1].ends_with("is 0.500, outside the 1 to 4/3 that KTO recommends | `desirable_weight = 0.583` brings it to about 7/6, inside that range"));
 }
 
 /// `dpo { loss = … }` trains with TRL's loss of that name: at the first step the policy is its

@@ -94,7 +94,10 @@ impl Checker<'_> {
             bad.sort();
             let listed: Vec<String> = bad.iter().map(|(l, why)| format!("line {l}: {why}")).collect();
             self.error(Diagnostic::error(Code::E0214, span, format!("`{file}` has {bad_total} bad conversation(s) of {}: {}", parsed.rows.len() + parsed.bad_total, listed.join("; ")))
-                .with_hint("each line is {\"messages\": [{\"role\": …, \"content\": …}, …]} with at least one assistant turn"));
+                .with_hint(match set.kind {
+                    crate::recipe::ExampleKind::Feedback => "each line is {\"prompt\": [messages], \"completion\": [{\"role\": \"assistant\", …}], \"label\": true or false}",
+                    _ => "each line is {\"messages\": [{\"role\": …, \"content\": …}, …]} with at least one assistant turn",
+                }));
             return;
         }
         if turns.is_empty() {
@@ -105,13 +108,20 @@ impl Checker<'_> {
             self.error(Diagnostic::warning(Code::W0406, span, format!("data `{}`: the chat template renders earlier turns otherwise once later ones follow (as Qwen3's drops their reasoning): {} of {} conversations train on their last assistant turn only", set.name, renderer.last_only(), turns.len()))
                 .with_hint("the turns before it are context; split a conversation into one line per assistant turn to train each"));
         }
+        // Unpaired feedback says how many of its completions are desirable.
+        let judged = parsed.rows.iter().filter_map(|(_, r)| match r.kind {
+            crate::posttrain::rows::RowKind::Judged { desirable, .. } => Some(desirable),
+            _ => None,
+        });
+        let (good, all) = judged.fold((0, 0), |(g, n), d| (g + d as usize, n + 1));
+        let labels = if all > 0 { format!(" ({good} desirable, {} not)", all - good) } else { String::new() };
         let stats = self.loader.read_text(&dir.join("tokenizer.json"), 256 << 20).ok().and_then(|t| t.parse::<tokenizers::Tokenizer>().ok()).map(|tk| token_stats(&tk, &turns, context));
         let msg = match stats {
             Some(s) => format!(
-                "data `{}`: {} conversations, {} tokens, {:.1}% of them in assistant turns (what the loss covers); {} longer than the context of {context}",
+                "data `{}`: {} conversations{labels}, {} tokens, {:.1}% of them in assistant turns (what the loss covers); {} longer than the context of {context}",
                 set.name, turns.len(), s.tokens, 100.0 * s.assistant as f64 / s.tokens.max(1) as f64, s.cut
             ),
-            None => format!("data `{}`: {} conversations", set.name, turns.len()),
+            None => format!("data `{}`: {} conversations{labels}", set.name, turns.len()),
         };
         self.error(Diagnostic::note(Code::N0404, span, msg).with_hint("a stage cuts each conversation to its model's context"));
     }

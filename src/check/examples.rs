@@ -1,5 +1,6 @@
-//! Post-training data: `synthetic.instructions`, `synthetic.preferences`,
-//! `instructions("file.jsonl")` and `preferences("file.jsonl")`, each with a prompt template.
+//! Post-training data: `synthetic.instructions`, `synthetic.preferences`, `synthetic.feedback`,
+//! `instructions("file.jsonl")`, `preferences("file.jsonl")` and `feedback("file.jsonl")`, each
+//! with a prompt template.
 
 use super::fields::{Fields, Min};
 use super::loader::PathKind;
@@ -8,9 +9,18 @@ use crate::diag::{Code, Diagnostic, Span};
 use crate::recipe::{ExampleKind, ExampleSet, ExampleSource, Task};
 use crate::syntax::ast::{Arg, Block, Decl, ExprKind};
 
-pub const EXAMPLE_SOURCES: &[&str] = &["synthetic.instructions", "synthetic.preferences", "instructions", "preferences"];
+pub const EXAMPLE_SOURCES: &[&str] = &["synthetic.instructions", "synthetic.preferences", "synthetic.feedback", "instructions", "preferences", "feedback"];
 const TASKS: &[&str] = &["reverse", "sort", "add", "uppercase"];
 pub const DEFAULT_TEMPLATE: &str = "Q: {prompt}\nA: ";
+
+/// What the checker learns of example sets as it reads them.
+#[derive(Default)]
+pub struct Facts {
+    /// Byte lengths of the examples of each JSONL data set, and where the recipe names its file.
+    pub lengths: std::collections::HashMap<String, (Vec<usize>, Span)>,
+    /// A feedback set's desirable and undesirable examples (a synthetic set's expected counts).
+    pub feedback: std::collections::HashMap<String, (usize, usize)>,
+}
 
 impl<'a> Checker<'a> {
     pub(super) fn check_examples(&mut self, d: &'a Decl, kind: &str, at: Span, args: Option<&'a [Arg]>, block: Option<&'a Block>) -> Option<ExampleSet> {
@@ -25,26 +35,32 @@ impl<'a> Checker<'a> {
         // The rows of a JSONL file, read now so that a bad line is a check error, not a failed run.
         let mut rows: Option<Vec<Vec<String>>> = None;
         let (ekind, source) = match kind {
-            "synthetic.instructions" | "synthetic.preferences" => {
-                let ekind = if kind == "synthetic.instructions" { ExampleKind::Instructions } else { ExampleKind::Preferences };
+            "synthetic.instructions" | "synthetic.preferences" | "synthetic.feedback" => {
+                let ekind = example_kind(kind);
                 let tasks = self.task_list(&mut f);
-                let count_key = if ekind == ExampleKind::Instructions { "examples" } else { "pairs" };
+                let count_key = if ekind == ExampleKind::Preferences { "pairs" } else { "examples" };
                 let count = f.int(self, count_key, Some(4000), Min::One);
                 let verbose = if ekind == ExampleKind::Instructions { f.ranged(self, "verbose", Some(0.0), 0.0, false, 1.0, true) } else { Some(0.0) };
+                let desirable = if ekind == ExampleKind::Feedback { f.ranged(self, "desirable", Some(0.5), 0.0, true, 1.0, true) } else { Some(0.0) };
                 let max_len = f.int(self, "max_len", Some(5), Min::One);
                 let len_span = f.value_span("max_len");
                 if let Some(m) = max_len.filter(|m| !(2..=32).contains(m)) {
                     self.error(Diagnostic::error(Code::E0201, len_span, format!("max_len = {m} is out of range")).with_hint("task strings have 2 to 32 letters"));
                 }
-                let src = ExampleSource::Synthetic { tasks: tasks?, count: count? as usize, verbose: verbose?, max_len: max_len?.clamp(2, 32) as usize };
+                if let (Some(c), Some(p)) = (count, desirable.filter(|_| ekind == ExampleKind::Feedback)) {
+                    // The expected counts: the balance KTO's weights are judged against.
+                    let good = (c as f64 * p).round() as usize;
+                    self.example_facts.feedback.insert(d.name.name.clone(), (good, c as usize - good.min(c as usize)));
+                }
+                let src = ExampleSource::Synthetic { tasks: tasks?, count: count? as usize, verbose: verbose?, max_len: max_len?.clamp(2, 32) as usize, desirable: desirable? };
                 (ekind, Some(src))
             }
             _ => {
-                let ekind = if kind == "instructions" { ExampleKind::Instructions } else { ExampleKind::Preferences };
-                let names: &[(&'static str, &str)] = if ekind == ExampleKind::Instructions {
-                    &[("prompt", "prompt"), ("response", "response")]
-                } else {
-                    &[("prompt", "prompt"), ("chosen", "chosen"), ("rejected", "rejected")]
+                let ekind = example_kind(kind);
+                let names: &[(&'static str, &str)] = match ekind {
+                    ExampleKind::Instructions => &[("prompt", "prompt"), ("response", "response")],
+                    ExampleKind::Preferences => &[("prompt", "prompt"), ("chosen", "chosen"), ("rejected", "rejected")],
+                    ExampleKind::Feedback => &[("prompt", "prompt"), ("completion", "completion"), ("label", "label")],
                 };
                 let fields: Vec<Option<String>> = names.iter().map(|(k, def)| self.string_field(&mut f, k, def)).collect();
                 let path = self.jsonl_path(d, kind, args);
@@ -62,7 +78,7 @@ impl<'a> Checker<'a> {
                 } else {
                     let src = fields.into_iter().collect::<Option<Vec<_>>>().zip(path).map(|(fields, path)| ExampleSource::Jsonl { path, fields });
                     if let Some(ExampleSource::Jsonl { path, fields }) = &src {
-                        rows = self.jsonl_rows(path, fields, super::paths::single_path_arg(args).map_or(at, |a| a.1));
+                        rows = self.jsonl_rows(path, fields, ekind, super::paths::single_path_arg(args).map_or(at, |a| a.1));
                     }
                     (ekind, src)
                 }
@@ -109,18 +125,32 @@ impl<'a> Checker<'a> {
             },
         };
         if let Some(rows) = rows {
-            // The longest sequence each example makes (of a pair, its longer side), in bytes.
-            let len = |r: &[String]| r[1..].iter().map(|resp| crate::posttrain::examples::render(&template, &r[0]).len() + resp.len() + end.len()).max().unwrap_or(0);
-            let lengths: Vec<usize> = rows.iter().map(|r| len(r)).collect();
-            let span = super::paths::single_path_arg(args).map_or(at, |a| a.1);
-            let longest = lengths.iter().max().copied().unwrap_or(0);
-            let mean = lengths.iter().sum::<usize>() as f64 / lengths.len().max(1) as f64;
-            let unit = if ekind == ExampleKind::Instructions { "examples" } else { "pairs" };
-            self.error(Diagnostic::note(Code::N0404, span, format!("data `{}`: {} {unit}, {:.0} bytes each on average, the longest {longest} (prompt template, response and end marker)", d.name.name, lengths.len(), mean))
-                .with_hint("a stage warns when some are longer than its model's context"));
-            self.example_lengths.insert(d.name.name.clone(), (lengths, span));
+            self.note_rows(&d.name.name, ekind, &rows, &template, &end, super::paths::single_path_arg(args).map_or(at, |a| a.1));
         }
         Some(ExampleSet { name: d.name.name.clone(), kind: ekind, source: source?, template, end, held_out: held_out?, tokenizer, chat: None })
+    }
+
+    /// N0404: what a JSONL set of rows holds (for feedback, how many of each label) and how long
+    /// its examples are, kept for the stages' W0403.
+    fn note_rows(&mut self, name: &str, ekind: ExampleKind, rows: &[Vec<String>], template: &str, end: &str, span: Span) {
+        // The longest sequence each example makes (of a pair, its longer side), in bytes.
+        let replies = if ekind == ExampleKind::Feedback { 1..2 } else { 1..rows.first().map_or(1, |r| r.len()) };
+        let len = |r: &[String]| r[replies.clone()].iter().map(|resp| crate::posttrain::examples::render(template, &r[0]).len() + resp.len() + end.len()).max().unwrap_or(0);
+        let lengths: Vec<usize> = rows.iter().map(|r| len(r)).collect();
+        let longest = lengths.iter().max().copied().unwrap_or(0);
+        let mean = lengths.iter().sum::<usize>() as f64 / lengths.len().max(1) as f64;
+        let held = match ekind {
+            ExampleKind::Instructions => format!("{} examples", lengths.len()),
+            ExampleKind::Preferences => format!("{} pairs", lengths.len()),
+            ExampleKind::Feedback => {
+                let good = rows.iter().filter(|r| r[2] == "true").count();
+                self.example_facts.feedback.insert(name.to_string(), (good, rows.len() - good));
+                format!("{} examples ({good} desirable, {} not)", lengths.len(), rows.len() - good)
+            }
+        };
+        self.error(Diagnostic::note(Code::N0404, span, format!("data `{}`: {held}, {:.0} bytes each on average, the longest {longest} (prompt template, response and end marker)", name, mean))
+            .with_hint("a stage warns when some are longer than its model's context"));
+        self.example_facts.lengths.insert(name.to_string(), (lengths, span));
     }
 
     /// `tokenizer = base.tokenizer`: the model whose tokenizer encodes a data set.
@@ -137,7 +167,7 @@ impl<'a> Checker<'a> {
 
     /// The rows of a JSONL file through the loader; every bad line (the first ten listed) and an
     /// empty file are errors at the file's name in the recipe.
-    fn jsonl_rows(&mut self, path: &std::path::Path, fields: &[String], span: Span) -> Option<Vec<Vec<String>>> {
+    fn jsonl_rows(&mut self, path: &std::path::Path, fields: &[String], kind: ExampleKind, span: Span) -> Option<Vec<Vec<String>>> {
         const LISTED: usize = 10;
         let text = match self.loader.read_text(path, crate::posttrain::examples::MAX_JSONL_BYTES) {
             Ok(t) => t,
@@ -146,13 +176,16 @@ impl<'a> Checker<'a> {
                 return None;
             }
         };
-        let parsed = crate::posttrain::examples::parse_jsonl(&text, fields, LISTED);
+        let parsed = crate::posttrain::jsonl::parse_jsonl(&text, fields, kind, LISTED);
         let file = path.file_name().map_or_else(|| path.display().to_string(), |f| f.to_string_lossy().into_owned());
         if parsed.bad_total > 0 {
             let listed: Vec<String> = parsed.bad.iter().map(|(l, why)| format!("line {l}: {why}")).collect();
             let more = if parsed.bad_total > listed.len() { format!("; and {} more", parsed.bad_total - listed.len()) } else { String::new() };
             self.error(Diagnostic::error(Code::E0214, span, format!("`{file}` has {} bad line(s) of {}: {}{more}", parsed.bad_total, parsed.bad_total + parsed.rows.len(), listed.join("; ")))
-                .with_hint(format!("every non-empty line is one JSON object whose fields {} are strings", fields.iter().map(|f| format!("`{f}`")).collect::<Vec<_>>().join(", "))));
+                .with_hint(match kind {
+                    ExampleKind::Feedback => format!("every non-empty line is one JSON object whose fields `{}` and `{}` are strings and `{}` is true or false", fields[0], fields[1], fields[2]),
+                    _ => format!("every non-empty line is one JSON object whose fields {} are strings", fields.iter().map(|f| format!("`{f}`")).collect::<Vec<_>>().join(", ")),
+                }));
             return None;
         }
         if parsed.rows.is_empty() {
@@ -164,7 +197,7 @@ impl<'a> Checker<'a> {
 
     /// W0403 when some examples of `data` are longer than `context` (they will be cut).
     pub(super) fn warn_truncation(&mut self, data: &str, model: &str, context: usize) {
-        let Some((lengths, span)) = self.example_lengths.get(data) else { return };
+        let Some((lengths, span)) = self.example_facts.lengths.get(data) else { return };
         let cut = lengths.iter().filter(|&&l| l > context + 1).count();
         if cut == 0 {
             return;
@@ -263,5 +296,14 @@ impl<'a> Checker<'a> {
             return None;
         }
         Some(self.loader.absolute(&full))
+    }
+}
+
+/// What a data constructor's examples are.
+fn example_kind(constructor: &str) -> ExampleKind {
+    match constructor.trim_start_matches("synthetic.") {
+        "instructions" => ExampleKind::Instructions,
+        "preferences" => ExampleKind::Preferences,
+        _ => ExampleKind::Feedback,
     }
 }

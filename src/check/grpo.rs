@@ -15,7 +15,7 @@ impl<'a> Checker<'a> {
     pub(super) fn check_grpo(&mut self, d: &'a Decl, at: Span, args: &'a [Arg], block: Option<&'a Block>) -> Option<StageSpec> {
         let bound = self.bind_args(at, "grpo", args, &["policy", "prompts"]);
         let policy = bound[0].and_then(|e| self.expect_lm(e, "the policy"));
-        let prompts = bound[1].and_then(|e| self.examples_arg(e, None, "grpo"));
+        let prompts = bound[1].and_then(|e| self.examples_arg(e, &[], "grpo"));
         let mut f = self.stage_fields(d, at, block);
         let opt = self.check_optim(&mut f, 32, None, 25);
         let group = f.int(self, "group", Some(4), super::fields::Min::One);

@@ -9,6 +9,7 @@ mod chat;
 mod data;
 mod eval;
 mod examples;
+mod feedback;
 mod artifact;
 mod posttrain;
 pub mod fields;
@@ -24,7 +25,6 @@ mod moe;
 mod processes;
 mod stage;
 mod tokens;
-
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -59,8 +59,8 @@ pub struct Checker<'a> {
     checking: Vec<String>,
     /// Did-you-means still to give (a person reads the first; 25k would cost 25k searches each).
     suggestions_left: usize,
-    /// Byte lengths of the examples of each JSONL data set, and where the recipe names its file.
-    example_lengths: HashMap<String, (Vec<usize>, Span)>,
+    /// What the example sets hold: lengths of JSONL examples, feedback's labels.
+    example_facts: examples::Facts,
     /// Top-level keys that sweeps define.
     variables: Vec<String>,
     /// Folders outside the project that the user allowed the recipe to read (`--allow-path`).
@@ -97,7 +97,7 @@ pub fn check_with(ast: &ast::SourceFile, base_dir: &Path, variables: &[String], 
         models: HashMap::new(),
         visiting: vec![],
         checking: vec![],
-        example_lengths: HashMap::new(),
+        example_facts: Default::default(),
         suggestions_left: 100,
         variables: variables.to_vec(),
         allowed_paths: allowed_paths.to_vec(),

@@ -49,8 +49,8 @@ impl<'a> Checker<'a> {
         Some(Optim { accumulate: accumulate?, ..opt? })
     }
 
-    /// An instruction or preference data set; `want` restricts the kind.
-    pub(super) fn examples_arg(&mut self, e: &'a Expr, want: Option<ExampleKind>, stage: &str) -> Option<ExampleSet> {
+    /// An instruction, preference or feedback data set; `want` restricts the kind (empty: any).
+    pub(super) fn examples_arg(&mut self, e: &'a Expr, want: &[ExampleKind], stage: &str) -> Option<ExampleSet> {
         let d = self.decl_ref(e, DeclKind::Data, "a data set")?;
         let set = (d.kind == DeclKind::Data && e.as_path().is_some_and(|p| p.len() == 1)).then(|| self.examples.get(&d.name.name).cloned()).flatten();
         let Some(set) = set else {
@@ -59,14 +59,16 @@ impl<'a> Checker<'a> {
             return None;
         };
         let set = set?;
-        match want {
-            Some(k) if k != set.kind => {
-                let (need, have) = match k {
-                    ExampleKind::Preferences => ("preference pairs", "instruction examples"),
-                    ExampleKind::Instructions => ("instruction examples", "preference pairs"),
-                };
-                self.error(Diagnostic::error(Code::E0313, e.span, format!("`{stage}` trains on {need}, but `{}` holds {have}", d.name.name))
-                    .with_hint(if k == ExampleKind::Preferences { "declare `data prefs = synthetic.preferences { … }` or `preferences(\"pairs.jsonl\")`" } else { "declare `data instr = synthetic.instructions { … }`" }));
+        let words = |k: &ExampleKind| match k {
+            ExampleKind::Instructions => "instruction examples",
+            ExampleKind::Preferences => "preference pairs",
+            ExampleKind::Feedback => "unpaired feedback",
+        };
+        match want.first() {
+            Some(k) if !want.contains(&set.kind) => {
+                let need: Vec<&str> = want.iter().map(words).collect();
+                self.error(Diagnostic::error(Code::E0313, e.span, format!("`{stage}` trains on {}, but `{}` holds {}", need.join(" or "), d.name.name, words(&set.kind)))
+                    .with_hint(if *k == ExampleKind::Preferences { "declare `data prefs = synthetic.preferences { … }` or `preferences(\"pairs.jsonl\")`" } else { "declare `data instr = synthetic.instructions { … }`" }));
                 None
             }
             _ => Some(set),
@@ -115,7 +117,7 @@ impl<'a> Checker<'a> {
     pub(super) fn check_finetune(&mut self, d: &'a Decl, at: Span, args: &'a [Arg], block: Option<&'a Block>) -> Option<StageSpec> {
         let bound = self.bind_args(at, "finetune", args, &["model", "data"]);
         let model = bound[0].and_then(|e| self.expect_lm(e, "the model to fine-tune"));
-        let data = bound[1].and_then(|e| self.examples_arg(e, None, "finetune"));
+        let data = bound[1].and_then(|e| self.examples_arg(e, &[], "finetune"));
         let mut f = self.stage_fields(d, at, block);
         let opt = self.check_split_optim(&mut f, 16, 100);
         let lora = self.adapter_key(&mut f, model.as_ref());
@@ -193,7 +195,7 @@ impl<'a> Checker<'a> {
     pub(super) fn check_reward_model(&mut self, d: &'a Decl, at: Span, args: &'a [Arg], block: Option<&'a Block>) -> Option<StageSpec> {
         let bound = self.bind_args(at, "reward_model", args, &["model", "data"]);
         let model = bound[0].and_then(|e| self.expect_lm(e, "the base of a reward model"));
-        let data = bound[1].and_then(|e| self.examples_arg(e, Some(ExampleKind::Preferences), "reward_model"));
+        let data = bound[1].and_then(|e| self.examples_arg(e, &[ExampleKind::Preferences], "reward_model"));
         let mut f = self.stage_fields(d, at, block);
         let opt = self.check_split_optim(&mut f, 16, 100);
         let center = f.optional(self, "center_rewards", |f, ck| f.ranged(ck, "center_rewards", None, 0.0, false, 1e6, false));
@@ -206,7 +208,7 @@ impl<'a> Checker<'a> {
         let bound = self.bind_args(at, "ppo", args, &["policy", "reward", "prompts"]);
         let policy = bound[0].and_then(|e| self.expect_lm(e, "the policy"));
         let reward = bound[1].and_then(|e| self.expect_reward(e));
-        let prompts = bound[2].and_then(|e| self.examples_arg(e, None, "ppo"));
+        let prompts = bound[2].and_then(|e| self.examples_arg(e, &[], "ppo"));
         let mut f = self.stage_fields(d, at, block);
         let opt = self.check_optim(&mut f, 32, None, 25);
         let kl = f.ranged(self, "kl", Some(0.05), 0.0, false, f64::INFINITY, true);
@@ -259,7 +261,7 @@ impl<'a> Checker<'a> {
     pub(super) fn check_dpo(&mut self, d: &'a Decl, at: Span, args: &'a [Arg], block: Option<&'a Block>) -> Option<StageSpec> {
         let bound = self.bind_args(at, "dpo", args, &["policy", "data"]);
         let policy = bound[0].and_then(|e| self.expect_lm(e, "the policy"));
-        let data = bound[1].and_then(|e| self.examples_arg(e, Some(ExampleKind::Preferences), "dpo"));
+        let data = bound[1].and_then(|e| self.examples_arg(e, &[ExampleKind::Preferences, ExampleKind::Feedback], "dpo"));
         let mut f = self.stage_fields(d, at, block);
         let opt = self.check_split_optim(&mut f, 16, 100);
         let beta = f.positive(self, "beta", Some(0.1));
@@ -295,11 +297,18 @@ impl<'a> Checker<'a> {
                     .with_hint("leave `rpo_alpha` out: ORPO's β weighs its preference term against that NLL"),
             );
         }
+        let kto_weights = self.kto_weights(&mut f, loss, data.as_ref(), bound[1]);
+        if let (Some(set), Some(Some(_))) = (data.as_ref().filter(|s| s.kind == ExampleKind::Feedback), rpo_alpha) {
+            self.error(
+                Diagnostic::error(Code::E0246, f.key_span("rpo_alpha"), format!("`rpo_alpha` adds the chosen responses' NLL, and `{}` holds unpaired feedback, which chooses none", set.name))
+                    .with_hint("leave `rpo_alpha` out, or train a `finetune` stage on the desirable completions first"),
+            );
+        }
         let lora = self.adapter_key(&mut f, policy.as_ref());
         let eval = self.eval_keys(&mut f);
         f.finish(self);
         let (eval_examples, max_new) = eval?;
-        let spec = DpoSpec { policy: policy?, data: data?.name, opt: opt?, beta: beta?, loss: loss?, label_smoothing: smoothing?, rpo_alpha: rpo_alpha?, gamma: gamma?, lora: lora?, eval_examples, max_new };
+        let spec = DpoSpec { policy: policy?, data: data?.name, opt: opt?, beta: beta?, loss: loss?, label_smoothing: smoothing?, rpo_alpha: rpo_alpha?, gamma: gamma?, kto_weights: kto_weights?, lora: lora?, eval_examples, max_new };
         Some(self.stage_spec(d, StageKind::Dpo(spec)))
     }
 
@@ -323,7 +332,7 @@ impl<'a> Checker<'a> {
         }
         let mut f = self.stage_fields(d, at, block);
         let data = match f.field("data") {
-            Some(field) => self.examples_arg(&field.value, None, "compare"),
+            Some(field) => self.examples_arg(&field.value, &[], "compare"),
             None => {
                 self.error(Diagnostic::error(Code::E0101, at, "`compare` needs `data`: the examples whose held-out prompts it scores").with_hint("add `data = instr` to the block"));
                 None

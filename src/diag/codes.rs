@@ -90,7 +90,7 @@ codes! {
     E0310 = "E0310": "a wrong kind of model artifact (a reward model as a policy, an unmerged adapter, `merge` of a non-adapter)",
     E0311 = "E0311": "a stage output that does not exist (`sft.model` of a LoRA stage)",
     E0312 = "E0312": "a LoRA target that matches no linear layer",
-    E0313 = "E0313": "instruction data where preference pairs go, or the reverse",
+    E0313 = "E0313": "instruction data where preference pairs go, or the reverse; unpaired feedback where a loss compares pairs",
     E0314 = "E0314": "a program reward on data without answers",
     E0315 = "E0315": "a model fed the tokens of another tokenizer than the one it was trained with",
     W0401 = "W0401": "a stage strays from its budget's optimum (a warning: the recipe still runs)",
@@ -99,6 +99,7 @@ codes! {
     N0404 = "N0404": "what a JSONL data set holds: examples and their lengths (a note)",
     W0405 = "W0405": "a stage renders conversations with another chat template than its model was trained in (a warning)",
     W0406 = "W0406": "conversations whose chat template rewrites earlier turns train on their last assistant turn only (a warning)",
+    W0407 = "W0407": "KTO's desirable and undesirable examples, weighed, outside the balance it recommends (a warning)",
 }
 
 impl std::fmt::Display for Code {

@@ -136,7 +136,8 @@ fn posttrain_plan(r: &Recipe, s: &crate::recipe::StageSpec, graph_of: &HashMap<&
         }
         StageKind::Dpo(d) => {
             let n = n_of(&d.policy.arch);
-            let (t, tf) = product(&[2, d.opt.steps, d.opt.batch as u64, ctx_of(&d.policy.arch)]);
+            let rows = r.dpo_rows(d) as u64;
+            let (t, tf) = product(&[rows, d.opt.steps, d.opt.batch as u64, ctx_of(&d.policy.arch)]);
             // The frozen reference runs forward (2N a token) and is held, unless the loss has none
             // (or it is the LoRA policy's own base).
             let reference = if d.loss.needs_reference() { n } else { 0 };
@@ -145,7 +146,7 @@ fn posttrain_plan(r: &Recipe, s: &crate::recipe::StageSpec, graph_of: &HashMap<&
             let (trainable, weights) = crate::lower::trained_and_held(&graph(&d.policy.arch).spec, d.lora.as_ref(), n);
             // KTO also runs the policy and the reference forward over as many mismatched rows.
             let kto = if d.loss == crate::recipe::DpoLoss::Kto { 4.0 * n as f64 } else { 0.0 };
-            (d.opt.steps, t, (6.0 * n as f64 + 2.0 * reference as f64 + kto) * tf, trainable, training(&d.policy.arch, weights, trainable, 2 * d.opt.batch).saturating_add(4 * held))
+            (d.opt.steps, t, (6.0 * n as f64 + 2.0 * reference as f64 + kto) * tf, trainable, training(&d.policy.arch, weights, trainable, rows as usize * d.opt.batch).saturating_add(4 * held))
         }
         StageKind::Grpo(g) => {
             let n = n_of(&g.policy.arch);

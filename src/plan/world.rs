@@ -84,7 +84,7 @@ fn decimal(b: u64) -> String {
 
 /// A post-training stage's process (None for kinds that run whole on every process): the model
 /// it trains, the frozen ones beside it (a reference, a reward model), and its share of each
-/// step's sequences (pairs count twice), at the model's context (an upper bound, as `plan`).
+/// step's sequences (pairs count twice, judged completions once), at the model's context (an upper bound, as `plan`).
 fn posttrain_process(r: &Recipe, s: &crate::recipe::StageSpec, world: usize) -> Result<Option<ProcessPlan>, String> {
     let graph = |arch: &str| r.model(arch).map(lower_model);
     let n_of = |g: &ModelGraph| g.params().iter().map(|p| p.numel()).sum::<u64>();
@@ -113,7 +113,7 @@ fn posttrain_process(r: &Recipe, s: &crate::recipe::StageSpec, world: usize) -> 
             // (A LoRA policy's reference is its own base: nothing more is held.)
             let reference = if d.loss.needs_reference() && d.lora.is_none() { n } else { 0 };
             let (t, w) = crate::lower::trained_and_held(&g.spec, d.lora.as_ref(), n);
-            (d.policy.arch.clone(), t, w, reference, 2 * d.opt.micro_batch(name, world)?, d.opt.accumulate)
+            (d.policy.arch.clone(), t, w, reference, r.dpo_rows(d) * d.opt.micro_batch(name, world)?, d.opt.accumulate)
         }
         StageKind::Ppo(p) => {
             let Some(g) = graph(&p.policy.arch) else { return Ok(None) };

@@ -1,4 +1,4 @@
-//! Instruction examples and preference pairs: generated (synthetic tasks) or read from JSONL,
+//! Instruction examples, preference pairs and unpaired feedback: generated (synthetic tasks) or read from JSONL,
 //! split into training and held-out sets, rendered through the recipe's prompt template into
 //! byte sequences with per-token loss weights.
 
@@ -31,6 +31,15 @@ pub struct Pair {
     pub gold: Option<String>,
 }
 
+/// One completion of a prompt judged on its own, desirable or not (KTO's unpaired feedback).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Feedback {
+    pub prompt: String,
+    pub completion: String,
+    pub desirable: bool,
+    pub gold: Option<String>,
+}
+
 pub struct Split<T> {
     pub train: Vec<T>,
     pub held_out: Vec<T>,
@@ -56,10 +65,11 @@ fn split<T>(items: Vec<T>, prompt: impl Fn(&T) -> &str, fraction: f64) -> Split<
     Split { train, held_out }
 }
 
-/// The instruction examples of a data set (for preference data: prompt and chosen response).
+/// The instruction examples of a data set (for preference data: prompt and chosen response;
+/// for feedback: each prompt with a desirable completion).
 pub fn instructions(set: &ExampleSet, seed: u64) -> Result<Split<Example>, String> {
     let items = match (&set.source, set.kind) {
-        (ExampleSource::Synthetic { tasks, count, verbose, max_len }, ExampleKind::Instructions) => {
+        (ExampleSource::Synthetic { tasks, count, verbose, max_len, .. }, ExampleKind::Instructions) => {
             let mut rng = Rng(seed ^ crate::rng::hash64(set.name.as_bytes()));
             let mut seen = HashSet::new();
             let mut out = vec![];
@@ -81,24 +91,21 @@ pub fn instructions(set: &ExampleSet, seed: u64) -> Result<Split<Example>, Strin
             let pairs = preferences(set, seed)?;
             pairs.train.into_iter().chain(pairs.held_out).map(|p| Example { prompt: p.prompt, response: p.chosen, gold: p.gold, turns: vec![] }).collect()
         }
+        (_, ExampleKind::Feedback) => {
+            let all = feedback(set, seed)?;
+            all.train.into_iter().chain(all.held_out).filter(|f| f.desirable).map(|f| Example { prompt: f.prompt, response: f.completion, gold: f.gold, turns: vec![] }).collect()
+        }
         (ExampleSource::Jsonl { .. }, ExampleKind::Instructions) => read_jsonl(set)?
             .into_iter()
             .map(|f| Example { gold: tasks::answer(&f[0]), prompt: f[0].clone(), response: f[1].clone(), turns: vec![] })
             .collect(),
-        (ExampleSource::Chat { .. }, ExampleKind::Instructions) => {
-            let r = renderer(set)?;
-            chat_rows(set)?
-                .into_iter()
-                .map(|(line, row)| {
-                    let conv = row.conversation();
-                    let turns = row.turns(&r).map_err(|e| format!("{}: {e}", at(set, line)))?;
-                    let (prompt, response) = chat::last_turn(&turns);
-                    // Generations are scored against the last answer's text, not its markup.
-                    let gold = conv.iter().rev().find(|m| m.role == "assistant").map(|m| m.content.clone());
-                    Ok(Example { prompt, response, gold, turns })
-                })
-                .collect::<Result<_, String>>()?
-        }
+        (ExampleSource::Chat { .. }, ExampleKind::Instructions) => chat_items(set, |row, r| {
+            let turns = row.turns(r)?;
+            let (prompt, response) = chat::last_turn(&turns);
+            // Generations are scored against the last answer's text, not its markup.
+            let gold = row.conversation().iter().rev().find(|m| m.role == "assistant").map(|m| m.content.clone());
+            Ok(Example { prompt, response, gold, turns })
+        })?,
     };
     Ok(split(items, |e| &e.prompt, set.held_out))
 }
@@ -131,18 +138,43 @@ pub fn preferences(set: &ExampleSet, seed: u64) -> Result<Split<Pair>, String> {
             .into_iter()
             .map(|f| Pair { gold: tasks::answer(&f[0]), prompt: f[0].clone(), chosen: f[1].clone(), rejected: f[2].clone() })
             .collect(),
-        ExampleSource::Chat { .. } => {
-            let r = renderer(set)?;
-            chat_rows(set)?
-                .into_iter()
-                .map(|(line, row)| {
-                    let (prompt, chosen, rejected) = row.pair(&r).map_err(|e| format!("{}: {e}", at(set, line)))?;
-                    Ok(Pair { prompt, chosen, rejected, gold: None })
-                })
-                .collect::<Result<_, String>>()?
-        }
+        ExampleSource::Chat { .. } => chat_items(set, |row, r| row.pair(r).map(|(prompt, chosen, rejected)| Pair { prompt, chosen, rejected, gold: None }))?,
     };
     Ok(split(items, |p| &p.prompt, set.held_out))
+}
+
+/// The unpaired feedback of a data set. Synthetic completions are the correct, concise answer
+/// (desirable, a `desirable` share of them) or a verbose, a wrong or a wrong verbose one.
+pub fn feedback(set: &ExampleSet, seed: u64) -> Result<Split<Feedback>, String> {
+    let items = match &set.source {
+        ExampleSource::Synthetic { tasks, count, max_len, desirable, .. } => {
+            let mut rng = Rng(seed ^ crate::rng::hash64(set.name.as_bytes()));
+            (0..*count)
+                .map(|_| {
+                    let task = tasks[rng.below(tasks.len() as u64) as usize];
+                    let (prompt, gold) = task.instance(&mut rng, *max_len);
+                    let good = rng.unit() < *desirable;
+                    let completion = if good {
+                        gold.clone()
+                    } else {
+                        let wrong = tasks::wrong_answer(task, &mut rng, *max_len, &gold);
+                        match rng.below(3) {
+                            0 => format!("{gold}{FILLER}"),
+                            1 => wrong,
+                            _ => format!("{wrong}{FILLER}"),
+                        }
+                    };
+                    Feedback { prompt, completion, desirable: good, gold: Some(gold) }
+                })
+                .collect()
+        }
+        ExampleSource::Jsonl { .. } => read_jsonl(set)?
+            .into_iter()
+            .map(|f| Feedback { gold: tasks::answer(&f[0]), prompt: f[0].clone(), completion: f[1].clone(), desirable: f[2] == "true" })
+            .collect(),
+        ExampleSource::Chat { .. } => chat_items(set, |row, r| row.judged(r).map(|(prompt, completion, desirable)| Feedback { prompt, completion, desirable, gold: None }))?,
+    };
+    Ok(split(items, |f| &f.prompt, set.held_out))
 }
 
 /// The renderer of a chat data set, its work bounded by the file's size as check bounds it.
@@ -159,6 +191,12 @@ fn at(set: &ExampleSet, line: usize) -> String {
         ExampleSource::Chat { path, .. } | ExampleSource::Jsonl { path, .. } => format!("{}:{line}", path.display()),
         ExampleSource::Synthetic { .. } => set.name.clone(),
     }
+}
+
+/// What `item` makes of each conversation of a chat data set, rendered; errors name `file:line`.
+fn chat_items<T>(set: &ExampleSet, item: impl Fn(&super::rows::ChatRow, &chat::Renderer) -> Result<T, String>) -> Result<Vec<T>, String> {
+    let r = renderer(set)?;
+    chat_rows(set)?.into_iter().map(|(line, row)| item(&row, &r).map_err(|e| format!("{}: {e}", at(set, line)))).collect()
 }
 
 /// The conversations of a chat data set with their line numbers; errors name `file:line`.
@@ -179,7 +217,7 @@ fn chat_rows(set: &ExampleSet) -> Result<Vec<(usize, super::rows::ChatRow)>, Str
 fn read_jsonl(set: &ExampleSet) -> Result<Vec<Vec<String>>, String> {
     let ExampleSource::Jsonl { path, fields } = &set.source else { return Ok(vec![]) };
     let text = crate::fsio::read_text(path, MAX_JSONL_BYTES)?;
-    let parsed = parse_jsonl(&text, fields, 1);
+    let parsed = super::jsonl::parse_jsonl(&text, fields, set.kind, 1);
     if let Some((line, why)) = parsed.bad.first() {
         return Err(format!("{}:{line}: {why}", path.display()));
     }
@@ -187,61 +225,6 @@ fn read_jsonl(set: &ExampleSet) -> Result<Vec<Vec<String>>, String> {
         return Err(format!("{}: no examples", path.display()));
     }
     Ok(parsed.rows)
-}
-
-/// A JSONL data set read line by line: the rows of its good lines, and its bad ones.
-pub struct Jsonl {
-    /// The named fields of each good line, in order.
-    pub rows: Vec<Vec<String>>,
-    /// The first bad lines (1-based line number, why), at most the number asked for.
-    pub bad: Vec<(usize, String)>,
-    /// Every bad line, listed or not.
-    pub bad_total: usize,
-}
-
-/// Read JSONL text: every non-empty line one JSON object whose `fields` are strings. The one
-/// reading both `roux check` (every bad line, counted) and a run (the first) use.
-pub fn parse_jsonl(text: &str, fields: &[String], max_bad: usize) -> Jsonl {
-    let mut out = Jsonl { rows: vec![], bad: vec![], bad_total: 0 };
-    for (i, line) in text.lines().enumerate() {
-        if line.trim().is_empty() {
-            continue;
-        }
-        let row = match serde_json::from_str::<serde_json::Value>(line) {
-            Err(e) => Err(format!("not JSON (column {}: {e})", e.column())),
-            Ok(v) if !v.is_object() => Err("not a JSON object".to_string()),
-            Ok(v) => fields
-                .iter()
-                .map(|f| match v.get(f) {
-                    Some(serde_json::Value::String(s)) => Ok(s.clone()),
-                    Some(other) => Err(format!("field `{f}` is {}, expected a string", json_kind(other))),
-                    None => Err(format!("no field `{f}` (the data set reads fields {})", fields.join(", "))),
-                })
-                .collect::<Result<Vec<_>, _>>(),
-        };
-        match row {
-            Ok(r) => out.rows.push(r),
-            Err(why) => {
-                out.bad_total += 1;
-                if out.bad.len() < max_bad {
-                    out.bad.push((i + 1, why));
-                }
-            }
-        }
-    }
-    out
-}
-
-/// What kind of JSON value this is, in words.
-fn json_kind(v: &serde_json::Value) -> &'static str {
-    match v {
-        serde_json::Value::Null => "null",
-        serde_json::Value::Bool(_) => "a boolean",
-        serde_json::Value::Number(_) => "a number",
-        serde_json::Value::String(_) => "a string",
-        serde_json::Value::Array(_) => "a list",
-        serde_json::Value::Object(_) => "an object",
-    }
 }
 
 /// The prompt as the model sees it: the template with `{prompt}` replaced.
@@ -286,7 +269,7 @@ mod tests {
         ExampleSet {
             name: "instr".into(),
             kind,
-            source: ExampleSource::Synthetic { tasks: Task::ALL.to_vec(), count: 2000, verbose: 0.3, max_len: 5 },
+            source: ExampleSource::Synthetic { tasks: Task::ALL.to_vec(), count: 2000, verbose: 0.3, max_len: 5, desirable: 0.3 },
             template: "Q: {prompt}\nA: ".into(),
             end: "\n".into(),
             held_out: 0.1,
@@ -328,5 +311,17 @@ mod tests {
             let g = p.gold.as_deref().unwrap();
             assert!(tasks::gold_reward(g, &p.chosen) > tasks::gold_reward(g, &p.rejected), "{p:?}");
         }
+    }
+
+    #[test]
+    fn feedback_is_desirable_exactly_when_it_is_the_concise_right_answer() {
+        let s = feedback(&synth(ExampleKind::Feedback), 7).unwrap();
+        let all: Vec<&Feedback> = s.train.iter().chain(&s.held_out).collect();
+        for f in &all {
+            let g = f.gold.as_deref().unwrap();
+            assert_eq!(f.desirable, tasks::exact(g, &f.completion), "{f:?}");
+        }
+        let share = all.iter().filter(|f| f.desirable).count() as f64 / all.len() as f64;
+        assert!((0.26..0.34).contains(&share), "{share}");
     }
 }

@@ -1,5 +1,6 @@
-//! A conversational JSONL data set, line by line: conversations (instructions) or preference
-//! pairs (a shared prompt, then chosen and rejected turns), rendered into trained segments.
+//! A conversational JSONL data set, line by line: conversations (instructions), preference
+//! pairs (a shared prompt, then chosen and rejected turns) or judged completions (a prompt, a
+//! completion and its label), rendered into trained segments.
 
 use minijinja::value::Value;
 
@@ -19,6 +20,8 @@ pub enum RowKind {
     Conversation(Vec<Message>),
     /// A preference pair: the shared start, then each side's turns.
     Pair { prompt: Vec<Message>, chosen: Vec<Message>, rejected: Vec<Message> },
+    /// Unpaired feedback: a prompt, then a completion judged desirable or not.
+    Judged { prompt: Vec<Message>, completion: Vec<Message>, desirable: bool },
 }
 
 impl ChatRow {
@@ -26,7 +29,7 @@ impl ChatRow {
     pub fn conversation(&self) -> Vec<Message> {
         match &self.kind {
             RowKind::Conversation(m) => m.clone(),
-            RowKind::Pair { prompt, chosen, .. } => prompt.iter().chain(chosen).cloned().collect(),
+            RowKind::Pair { prompt, chosen: reply, .. } | RowKind::Judged { prompt, completion: reply, .. } => prompt.iter().chain(reply).cloned().collect(),
         }
     }
 
@@ -36,7 +39,16 @@ impl ChatRow {
         match &self.kind {
             RowKind::Conversation(m) => r.turns(m, &self.extra),
             RowKind::Pair { .. } => self.pair(r).map(|(p, c, _)| vec![(p, false), (c, true)]),
+            RowKind::Judged { .. } => self.judged(r).map(|(p, c, _)| vec![(p, false), (c, true)]),
         }
+    }
+
+    /// (prompt, completion, desirable) of judged feedback: the rendered conversation before the
+    /// completion's last assistant turn, and that turn.
+    pub fn judged(&self, r: &Renderer) -> Result<(String, String, bool), String> {
+        let RowKind::Judged { prompt, completion, desirable } = &self.kind else { return Err("is not a judged completion".into()) };
+        let (p, c) = last_turn(&r.turns(&prompt.iter().chain(completion).cloned().collect::<Vec<_>>(), &self.extra)?);
+        Ok((p, c, *desirable))
     }
 
     /// (prompt, chosen, rejected) of a pair: the rendered conversation before the last assistant
@@ -52,13 +64,14 @@ impl ChatRow {
     }
 }
 
-/// Whether a JSONL data set holds conversations: its first line has `messages` (instructions)
-/// or a `chosen` list (preferences).
+/// Whether a JSONL data set holds conversations: its first line has `messages` (instructions),
+/// a `chosen` list (preferences) or a `completion` list (feedback).
 pub fn is_chat(text: &str, kind: ExampleKind) -> bool {
     let first = text.lines().find(|l| !l.trim().is_empty()).and_then(|l| serde_json::from_str::<serde_json::Value>(l).ok());
     match kind {
         ExampleKind::Instructions => first.is_some_and(|v| v.get("messages").is_some()),
         ExampleKind::Preferences => first.is_some_and(|v| v.get("chosen").is_some_and(|c| c.is_array())),
+        ExampleKind::Feedback => first.is_some_and(|v| v.get("completion").is_some_and(|c| c.is_array())),
     }
 }
 
@@ -100,6 +113,16 @@ fn row(v: &Value, kind: ExampleKind) -> Result<ChatRow, String> {
         ExampleKind::Preferences => {
             let prompt = if has("prompt") { list("prompt")? } else { vec![] };
             RowKind::Pair { prompt, chosen: list("chosen")?, rejected: list("rejected")? }
+        }
+        ExampleKind::Feedback => {
+            let prompt = if has("prompt") { list("prompt")? } else { vec![] };
+            let label = v.get_attr("label").ok().filter(|l| !l.is_undefined());
+            let desirable = match label.as_ref().map(|l| (l.kind(), l.is_true())) {
+                Some((minijinja::value::ValueKind::Bool, b)) => b,
+                Some(_) => return Err("has a `label` that is not true (desirable) or false".into()),
+                None => return Err("has no `label` (true: desirable, false: not)".into()),
+            };
+            RowKind::Judged { prompt, completion: list("completion")?, desirable }
         }
     };
     Ok(ChatRow { kind, extra: extra(v)? })

@@ -66,20 +66,31 @@ pub enum ExampleKind {
     Instructions,
     /// Prompt, chosen, rejected: for reward models and DPO.
     Preferences,
+    /// Prompt, completion and a label, desirable or not: unpaired feedback for KTO (TRL's
+    /// unpaired preference format).
+    Feedback,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum ExampleSource {
     /// Generated from the seed: `count` distinct prompts (pairs for preferences); a `verbose`
-    /// share of instruction responses carry a filler after the answer.
-    Synthetic { tasks: Vec<Task>, count: usize, verbose: f64, max_len: usize },
-    /// One JSON object per line; `fields` are the keys read, in order (prompt, response) or
-    /// (prompt, chosen, rejected).
+    /// share of instruction responses carry a filler after the answer; a `desirable` share of
+    /// feedback completions are the concise right answer (the others are not).
+    Synthetic {
+        tasks: Vec<Task>,
+        count: usize,
+        verbose: f64,
+        max_len: usize,
+        #[serde(default, skip_serializing_if = "is_zero")]
+        desirable: f64,
+    },
+    /// One JSON object per line; `fields` are the keys read, in order (prompt, response),
+    /// (prompt, chosen, rejected) or (prompt, completion, label), the label a JSON boolean.
     Jsonl { path: PathBuf, fields: Vec<String> },
     /// Conversations, one JSON object per line: `{"messages": [{"role", "content"}, …]}` for
     /// instructions; `chosen` and `rejected` message lists (after an optional `prompt` list)
-    /// for preferences. Rendered with the set's chat template: the recipe's `chat_template`
+    /// for preferences; `prompt` and `completion` lists and a boolean `label` for feedback. Rendered with the set's chat template: the recipe's `chat_template`
     /// file (`template`), else the checkpoint's.
     Chat {
         path: PathBuf,
@@ -123,4 +134,8 @@ pub struct ExampleSet {
     /// named by `tokenizer`), with that checkpoint's special tokens.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub chat: Option<ChatTemplate>,
+}
+
+fn is_zero(x: &f64) -> bool {
+    *x == 0.0
 }

@@ -87,4 +87,8 @@ impl Recipe {
     pub fn stage(&self, name: &str) -> Option<&StageSpec> {
         self.stages.iter().find(|s| s.name == name)
     }
+    /// Sequences a `dpo` stage runs per example: chosen and rejected, or one judged completion.
+    pub fn dpo_rows(&self, d: &DpoSpec) -> usize {
+        if self.example_set(&d.data).is_some_and(|e| e.kind == ExampleKind::Feedback) { 1 } else { 2 }
+    }
 }

@@ -94,6 +94,10 @@ pub struct DpoSpec {
     /// SimPO's target margin γ (only with `loss = simpo`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub gamma: Option<f64>,
+    /// KTO's weights of its desirable and undesirable examples' losses (TRL's `desirable_weight`
+    /// and `undesirable_weight`), (1, 1) unless set.
+    #[serde(default = "unit_weights", skip_serializing_if = "are_unit")]
+    pub kto_weights: (f64, f64),
     /// LoRA adapters on the policy (`adapter = lora { … }`): only they train, against the reference,
     /// the policy without them; the stage's output is `STAGE.adapter`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -163,6 +167,14 @@ impl DpoLoss {
 
 fn is_zero(x: &f64) -> bool {
     *x == 0.0
+}
+
+fn unit_weights() -> (f64, f64) {
+    (1.0, 1.0)
+}
+
+fn are_unit(w: &(f64, f64)) -> bool {
+    *w == (1.0, 1.0)
 }
 
 /// A table of policies on held-out prompts: gold reward, exact match, KL to a reference.

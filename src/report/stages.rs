@@ -22,6 +22,7 @@ fn headline(r: &Value) -> String {
         "train" => format!("validation loss {}", human("final_val_loss", &r["final_val_loss"])),
         "finetune" => format!("held-out exact match {} (was {})", pct(&r["after"]["exact"]), pct(&r["before"]["exact"])),
         "reward_model" => format!("held-out pairwise accuracy {}", pct(&r["held_out_accuracy"])),
+        "dpo" if r["held_out_feedback"].is_u64() => format!("held-out reward margin {}; sampled gold reward {} (was {})", num(&r["held_out_rewards"]["margin"]), num(&r["after"]["sampled_gold"]), num(&r["before"]["sampled_gold"])),
         "dpo" => format!("held-out pairwise accuracy {}; sampled gold reward {} (was {})", pct(&r["held_out_rewards"]["accuracy"]), num(&r["after"]["sampled_gold"]), num(&r["before"]["sampled_gold"])),
         "ppo" | "grpo" => format!("sampled gold reward {} (was {})", num(&r["after"]["sampled_gold"]), num(&r["before"]["sampled_gold"])),
         "compare" => format!("{} policies on {} held-out examples", r["rows"].as_array().map_or(0, Vec::len), human("examples", &r["examples"])),

@@ -5,7 +5,7 @@ use anyhow::{bail, Context, Result};
 use std::path::Path;
 
 use crate::lower::ScalarHead;
-use crate::posttrain::examples::{Example, Pair, Split};
+use crate::posttrain::examples::{Example, Feedback, Pair, Split};
 use tch::Tensor;
 
 use crate::recipe::{ExampleSet, LoraSpec, ModelRef, Precision, Recipe, StageKind, Weights};
@@ -53,24 +53,30 @@ pub fn load_reward_model(recipe: &Recipe, runs: &Path, stage: &str, device: tch:
     Ok(RewardModel { trunk, head })
 }
 
-/// The examples of a data set, split, or an error naming the file.
-pub fn instructions(recipe: &Recipe, name: &str) -> Result<(ExampleSet, Split<Example>)> {
+/// What `read` makes of data set `name` (`items` say what), split; an error names the file,
+/// or says which side of the split is empty.
+fn split_set<T>(recipe: &Recipe, name: &str, items: &str, read: fn(&ExampleSet, u64) -> Result<Split<T>, String>) -> Result<(ExampleSet, Split<T>)> {
     let set = recipe.example_set(name).context("checked recipe names its examples")?.clone();
-    let split = crate::posttrain::examples::instructions(&set, recipe.seed).map_err(|e| anyhow::anyhow!("data `{name}`: {e}"))?;
+    let split = read(&set, recipe.seed).map_err(|e| anyhow::anyhow!("data `{name}`: {e}"))?;
     if split.train.is_empty() || split.held_out.is_empty() {
-        bail!("data `{name}` has {} training and {} held-out examples; both must be non-empty (adjust `held_out` or add examples)", split.train.len(), split.held_out.len());
+        bail!("data `{name}` has {} training and {} held-out {items}; both must be non-empty (adjust `held_out` or add {items})", split.train.len(), split.held_out.len());
     }
     Ok((set, split))
 }
 
+/// The examples of a data set, split.
+pub fn instructions(recipe: &Recipe, name: &str) -> Result<(ExampleSet, Split<Example>)> {
+    split_set(recipe, name, "examples", crate::posttrain::examples::instructions)
+}
+
 /// The preference pairs of a data set, split.
 pub fn preferences(recipe: &Recipe, name: &str) -> Result<(ExampleSet, Split<Pair>)> {
-    let set = recipe.example_set(name).context("checked recipe names its examples")?.clone();
-    let split = crate::posttrain::examples::preferences(&set, recipe.seed).map_err(|e| anyhow::anyhow!("data `{name}`: {e}"))?;
-    if split.train.is_empty() || split.held_out.is_empty() {
-        bail!("data `{name}` has {} training and {} held-out pairs; both must be non-empty (adjust `held_out` or add pairs)", split.train.len(), split.held_out.len());
-    }
-    Ok((set, split))
+    split_set(recipe, name, "pairs", crate::posttrain::examples::preferences)
+}
+
+/// The judged completions of an unpaired feedback set, split.
+pub fn feedback_examples(recipe: &Recipe, name: &str) -> Result<(ExampleSet, Split<Feedback>)> {
+    split_set(recipe, name, "examples", crate::posttrain::examples::feedback)
 }
 
 /// A stage's policy, the tensors it trains (named), and the frozen reference it is compared with.

@@ -19,6 +19,8 @@ pub struct DpoTerms {
     pub gamma: f64,
     /// KTO's reference point z for this step (see `DpoLoss::Kto`); unread by the others.
     pub kl: f64,
+    /// KTO's weights of desirable and undesirable examples; unread by the others.
+    pub weights: (f64, f64),
 }
 
 /// DPO (Rafailov et al. 2023) and its variants on h = (log π(y_c) − log π_ref(y_c)) − (log π(y_r) −
@@ -28,8 +30,8 @@ pub struct DpoTerms {
 /// robust: (−(1−ε)·log σ(βh) + ε·log σ(−βh)) / (1 − 2ε); IPO: (h − 1/(2β))²; hinge:
 /// max(0, 1 − βh); SimPO: s_ε(βh − γ); ORPO's preference term: −β·log σ(log odds(y_c) − log
 /// odds(y_r)), log odds(y) = a − log(1 − eᵃ) of the average log-probability a (its NLL term is the
-/// stage's); KTO: (1 − σ(β(r_c − z)) + 1 − σ(β(z − r_r))) / 2, r = log π − log π_ref of each
-/// response, z = `t.kl` — TRL's `loss_type`s and trainers of the same names.
+/// stage's); KTO: (w_d·(1 − σ(β(r_c − z))) + w_u·(1 − σ(β(z − r_r)))) / 2, r = log π − log π_ref
+/// of each response, z = `t.kl` — TRL's `loss_type`s and trainers of the same names.
 pub fn dpo(pi_c: &Tensor, pi_r: &Tensor, ref_c: &Tensor, ref_r: &Tensor, t: &DpoTerms) -> Tensor {
     let h = (pi_c - ref_c) - (pi_r - ref_r);
     let (beta, e) = (t.beta, t.smoothing);
@@ -41,12 +43,19 @@ pub fn dpo(pi_c: &Tensor, pi_r: &Tensor, ref_c: &Tensor, ref_r: &Tensor, t: &Dpo
         DpoLoss::Hinge => (h * -beta + 1.0).relu(),
         DpoLoss::Simpo => smoothed(&h * beta - t.gamma),
         DpoLoss::Orpo => -log_odds_ratio(pi_c, pi_r) * beta,
-        DpoLoss::Kto => {
-            let (r_c, r_r) = (pi_c - ref_c, pi_r - ref_r);
-            (((r_c - t.kl) * beta).sigmoid().neg() + 1.0 + ((r_r - t.kl) * -beta).sigmoid().neg() + 1.0) / 2.0
-        }
+        DpoLoss::Kto => ((((pi_c - ref_c) - t.kl) * beta).sigmoid().neg() + 1.0) * t.weights.0 / 2.0 + ((((pi_r - ref_r) - t.kl) * -beta).sigmoid().neg() + 1.0) * t.weights.1 / 2.0,
     };
     losses.mean(Kind::Float)
+}
+
+/// KTO on judged completions, unpaired (Ethayarajh et al. 2024; TRL's KTOTrainer): the mean over
+/// rows of w_d·(1 − σ(β(r − z))) where `desirable` is 1 and w_u·(1 − σ(β(z − r))) where it is 0,
+/// r = log π − log π_ref of the completion and z = `t.kl`, the reference point.
+pub fn kto(pi: &Tensor, reference: &Tensor, desirable: &Tensor, t: &DpoTerms) -> Tensor {
+    let r = (pi - reference) - t.kl;
+    let good = ((&r * t.beta).sigmoid().neg() + 1.0) * desirable * t.weights.0;
+    let bad = ((&r * -t.beta).sigmoid().neg() + 1.0) * (desirable.neg() + 1.0) * t.weights.1;
+    (good + bad).mean(Kind::Float)
 }
 
 /// ORPO's log σ(log odds(y_c) − log odds(y_r)) per pair, from average log-probabilities (kept

@@ -1,17 +1,23 @@
 //! The loop of a `dpo` stage (Rafailov et al. 2023): for each preference pair, the policy's and
 //! the frozen reference's log-probabilities of the chosen and rejected responses, and the DPO
-//! loss; held-out generation scored every `eval_every` steps.
+//! loss — or, on unpaired feedback, KTO's loss on each judged completion (`feedback.rs`);
+//! held-out generation scored every `eval_every` steps.
 
 use anyhow::Result;
 use serde_json::json;
 use std::time::Instant;
 use tch::{Kind, Tensor};
 
+mod feedback;
+
+use feedback::Judged;
 use crate::posttrain::examples::{Pair, Seq};
 use crate::recipe::{DpoLoss, DpoSpec};
 use crate::rng::Rng;
 use crate::run::kit::adamw::Optimizer;
-use crate::run::kit::artifacts::{instructions, load_policy, preferences, trained_output, Policy};
+use crate::posttrain::examples::Split;
+use crate::run::kit::artifacts::{feedback_examples, instructions, load_policy, preferences, trained_output, Policy};
+use crate::run::kit::dist::World;
 use crate::run::kit::losses::{dpo, log_odds_ratio, DpoTerms};
 use crate::run::kit::score::score;
 use crate::run::kit::codec::Codec;
@@ -22,40 +28,42 @@ use crate::run::kit::{device, lifecycle, StageCtx};
 use crate::run::model::Model;
 use crate::schedule::lr_at;
 
+/// `prompt` then `response`, as the codec encodes them, cut to the context.
+pub(super) fn response_seq(codec: &Codec, prompt: &str, response: &str, ctx: usize) -> Seq {
+    let (prompt, response) = codec.pair(prompt, response);
+    let mut s = prompt_response(&prompt, &response);
+    s.tokens.truncate(ctx + 1);
+    s.weights.truncate(s.tokens.len().saturating_sub(1));
+    s
+}
+
 fn pair_seqs(codec: &Codec, p: &Pair, ctx: usize) -> (Seq, Seq) {
-    let seq = |response: &str| {
-        let (prompt, response) = codec.pair(&p.prompt, response);
-        prompt_response(&prompt, &response)
-    };
-    let (mut c, mut r) = (seq(&p.chosen), seq(&p.rejected));
-    for s in [&mut c, &mut r] {
-        s.tokens.truncate(ctx + 1);
-        s.weights.truncate(s.tokens.len().saturating_sub(1));
-    }
-    (c, r)
+    (response_seq(codec, &p.prompt, &p.chosen, ctx), response_seq(codec, &p.prompt, &p.rejected, ctx))
 }
 
 /// DPO's implicit rewards β·(log π − log π_ref) on held-out pairs, as TRL reports them: the
-/// mean reward of the chosen and of the rejected responses, their mean margin, and the share of
-/// pairs whose chosen response the policy prefers (its held-out pairwise accuracy).
+/// mean reward of the chosen (desirable) and of the rejected (undesirable) responses, their mean
+/// margin, and for pairs the share whose chosen response the policy prefers (its held-out
+/// pairwise accuracy).
 #[derive(Clone, Copy, Debug, Default, serde::Serialize)]
 pub struct PairScores {
     pub chosen: f64,
     pub rejected: f64,
     pub margin: f64,
-    pub accuracy: f64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub accuracy: Option<f64>,
 }
 
 /// Each row's response log-probability as the loss reads it — summed over its tokens, or for IPO,
 /// SimPO and ORPO averaged over them (as TRL does, following their papers) — and the sum.
-fn logps(model: &Model, b: &Batch, train: bool, loss: DpoLoss) -> (Tensor, Tensor) {
+pub(super) fn logps(model: &Model, b: &Batch, train: bool, loss: DpoLoss) -> (Tensor, Tensor) {
     let sum = seq_logprob(model, b, train);
     let value = if loss.averages() { &sum / b.w.sum_dim_intlist(1, false, Kind::Float).clamp_min(1.0) } else { sum.shallow_clone() };
     (value, sum)
 }
 
 /// The reference's log-probabilities of the rows of `b` (zeros for a reference-free loss).
-fn reference_logps(reference: Option<&Model>, b: &Batch, loss: DpoLoss) -> Tensor {
+pub(super) fn reference_logps(reference: Option<&Model>, b: &Batch, loss: DpoLoss) -> Tensor {
     match reference {
         Some(r) => tch::no_grad(|| logps(r, b, false, loss).0),
         None => Tensor::zeros([b.x.size()[0]], (Kind::Float, b.x.device())),
@@ -78,31 +86,35 @@ fn held_out_pairs(policy: &Model, reference: Option<&Model>, codec: &Codec, pair
         }
     });
     let n = pairs.len().max(1) as f64;
-    PairScores { chosen: c_sum / n, rejected: r_sum / n, margin: (c_sum - r_sum) / n, accuracy: wins / n }
+    PairScores { chosen: c_sum / n, rejected: r_sum / n, margin: (c_sum - r_sum) / n, accuracy: Some(wins / n) }
 }
 
-/// KTO's reference point for a step: max(0, the mean of log π − log π_ref over the batch's
-/// prompts, each given the chosen and the rejected response of the next training pair (a
-/// mismatch that does not depend on how the batch is divided), without gradient, over every
-/// process. `drawn` are the batch's training-pair indices.
-#[allow(clippy::too_many_arguments)]
-fn kto_reference_point(policy: &Model, reference: Option<&Model>, codec: &Codec, train: &[Pair], drawn: &[usize], micro: usize, context: usize, world: &crate::run::kit::dist::World, dev: tch::Device) -> Result<f64> {
-    let mismatched: Vec<(Seq, Seq)> = drawn
-        .iter()
-        .map(|&j| {
-            let other = &train[(j + 1) % train.len()];
-            pair_seqs(codec, &Pair { prompt: train[j].prompt.clone(), chosen: other.chosen.clone(), rejected: other.rejected.clone(), gold: None }, context)
-        })
-        .collect();
+/// KTO's reference point for a step: max(0, the mean of log π − log π_ref over `mismatched`, the
+/// batch's prompts each given another training example's responses (the next one's: a mismatch
+/// that does not depend on how the batch is divided)), without gradient, over every process, in
+/// micro-batches of `chunk` rows.
+pub(super) fn kto_reference_point(policy: &Model, reference: Option<&Model>, mismatched: &[Seq], chunk: usize, world: &World, dev: tch::Device) -> Result<f64> {
     let mut sum = 0.0;
     tch::no_grad(|| {
-        for part in world.shard_rows(&mismatched).chunks(micro) {
-            let rows: Vec<&Seq> = part.iter().map(|p| &p.0).chain(part.iter().map(|p| &p.1)).collect();
-            let b = pad(&rows, dev);
+        for part in world.shard_rows(mismatched).chunks(chunk) {
+            let b = pad(&part.iter().collect::<Vec<_>>(), dev);
             sum += (logps(policy, &b, false, DpoLoss::Kto).0 - reference_logps(reference, &b, DpoLoss::Kto)).sum(Kind::Double).double_value(&[]);
         }
     });
-    Ok((world.sums(&[sum])?[0] / (2 * drawn.len()) as f64).max(0.0))
+    Ok((world.sums(&[sum])?[0] / mismatched.len() as f64).max(0.0))
+}
+
+/// The rows of KTO's reference point for drawn training pairs: each prompt with the chosen and
+/// the rejected response of the next pair.
+fn mismatched_pairs(codec: &Codec, train: &[Pair], drawn: &[usize], context: usize) -> Vec<Seq> {
+    drawn
+        .iter()
+        .flat_map(|&j| {
+            let other = &train[(j + 1) % train.len()];
+            let (c, r) = pair_seqs(codec, &Pair { prompt: train[j].prompt.clone(), chosen: other.chosen.clone(), rejected: other.rejected.clone(), gold: None }, context);
+            [c, r]
+        })
+        .collect()
 }
 
 pub fn run(ctx: &StageCtx, d: &DpoSpec) -> Result<()> {
@@ -113,7 +125,18 @@ pub fn run(ctx: &StageCtx, d: &DpoSpec) -> Result<()> {
     let micro = d.opt.micro_batch(&name, world.size).map_err(anyhow::Error::msg)?;
     let dev = device::device(d.opt.device)?;
     world.use_device(&name, dev)?;
-    let (set, split) = preferences(recipe, &d.data)?;
+    // Preference pairs, or unpaired feedback (KTO only): then `split` is empty and `judged` holds it.
+    let (set, split, judged) = match recipe.dpo_rows(d) {
+        1 => {
+            let (set, judged) = feedback_examples(recipe, &d.data)?;
+            (set, Split { train: vec![], held_out: vec![] }, Some(judged))
+        }
+        _ => {
+            let (set, split) = preferences(recipe, &d.data)?;
+            (set, split, None)
+        }
+    };
+    let train_len = judged.as_ref().map_or(split.train.len(), |j| j.train.len());
     let codec = Codec::new(recipe, &set)?;
     let (_, held) = instructions(recipe, &d.data)?;
     let held: Vec<_> = held.held_out.into_iter().take(d.eval_examples).collect();
@@ -123,13 +146,20 @@ pub fn run(ctx: &StageCtx, d: &DpoSpec) -> Result<()> {
     let reference = reference.as_ref();
     // The chosen responses' NLL per token joins the loss: ORPO's own term, or RPO's (`rpo_alpha`).
     let nll_weight = if d.loss == DpoLoss::Orpo { 1.0 } else { d.rpo_alpha.unwrap_or(0.0) };
-    let mut terms = DpoTerms { beta: d.beta, loss: d.loss, smoothing: d.label_smoothing, gamma: d.gamma.unwrap_or(0.0), kl: 0.0 };
+    let mut terms = DpoTerms { beta: d.beta, loss: d.loss, smoothing: d.label_smoothing, gamma: d.gamma.unwrap_or(0.0), kl: 0.0, weights: d.kto_weights };
     let before = score(&policy, reference, &codec, &held, d.max_new);
     let held_pairs: Vec<Pair> = split.held_out.iter().take(d.eval_examples).cloned().collect();
+    let held_judged: Vec<_> = judged.iter().flat_map(|j| j.held_out.iter().take(d.eval_examples).cloned()).collect();
     let mut opt = Optimizer::new(&params, &d.opt.optimizer);
     let (step0, mut rng, extra) = run.restore(&names, &params, &mut opt, Rng(recipe.seed ^ 0xD90))?;
     // Watched: the held-out pairs' accuracy (TRL's eval_rewards/accuracies), else the gold reward.
-    let mut patience = Patience::new(d.opt.patience, if held_pairs.is_empty() { "sampled_gold_reward" } else { "pairwise_accuracy" }, &extra);
+    // On feedback, the held-out margin between desirable and undesirable completions' rewards.
+    let measure = match (judged.is_some(), held_pairs.is_empty()) {
+        (true, _) => "reward_margin",
+        (false, true) => "sampled_gold_reward",
+        (false, false) => "pairwise_accuracy",
+    };
+    let mut patience = Patience::new(d.opt.patience, measure, &extra);
     let mut stopped = None;
     opt.broadcast_state(world)?;
     let context = policy.spec().context;
@@ -143,7 +173,17 @@ pub fn run(ctx: &StageCtx, d: &DpoSpec) -> Result<()> {
     }
     settings.extend(d.rpo_alpha.map(|a| format!("NLL weight {a}")));
     settings.extend(policy.lora.describe());
-    tracing::info!("{name}: DPO ({}) on `{}` ({} pairs) for {} steps × {} pairs", settings.join(", "), set.name, split.train.len(), d.opt.steps, d.opt.batch);
+    match &judged {
+        Some(j) => {
+            settings.extend((d.kto_weights != (1.0, 1.0)).then(|| format!("weights {} and {}", d.kto_weights.0, d.kto_weights.1)));
+            let good = j.train.iter().filter(|f| f.desirable).count();
+            tracing::info!("{name}: KTO ({}) on `{}` ({} examples: {good} desirable, {} not) for {} steps × {} examples", settings.join(", "), set.name, j.train.len(), j.train.len() - good, d.opt.steps, d.opt.batch);
+            if let Some(w) = feedback::imbalance(good, j.train.len() - good, d.kto_weights) {
+                tracing::warn!("{name}: {w}");
+            }
+        }
+        None => tracing::info!("{name}: DPO ({}) on `{}` ({} pairs) for {} steps × {} pairs", settings.join(", "), set.name, split.train.len(), d.opt.steps, d.opt.batch),
+    }
     let started = Instant::now();
     let (mut last, mut last_pairs) = (None, None);
     for step in step0..d.opt.steps {
@@ -154,16 +194,23 @@ pub fn run(ctx: &StageCtx, d: &DpoSpec) -> Result<()> {
         tch::manual_seed((recipe.seed ^ step.wrapping_mul(0x9E37_79B9)) as i64);
         let lr = lr_at(&d.opt.schedule, d.opt.optimizer.lr, step, d.opt.steps);
         // Every process draws the whole global batch (the same sampler state) and keeps its pairs.
-        let drawn: Vec<usize> = (0..d.opt.batch).map(|_| rng.below(split.train.len() as u64) as usize).collect();
+        let drawn: Vec<usize> = (0..d.opt.batch).map(|_| rng.below(train_len as u64) as usize).collect();
+        // Sums over the global batch: loss × pairs, the implicit rewards' margins, pairs won,
+        // chosen and rejected rewards β·(log π − log π_ref); ORPO's NLL and log odds ratio. (On
+        // feedback: loss × examples, 0, 0, the desirable and undesirable rewards, their counts.)
+        let sums = Tensor::zeros([7], (Kind::Double, dev));
+        if let Some(j) = &judged {
+            terms.kl = kto_reference_point(&policy, reference, &feedback::mismatched(&codec, &j.train, &drawn, context), micro, world, dev)?;
+            opt.zero_grad();
+            let step = Judged { policy: &policy, reference, codec: &codec, terms: &terms, context, dev };
+            step.backward(&j.train, &drawn, micro, world, &sums);
+        } else {
         let pairs: Vec<(Seq, Seq)> = drawn.iter().map(|&j| pair_seqs(&codec, &split.train[j], context)).collect();
         let mine = world.shard_rows(&pairs);
         if d.loss == DpoLoss::Kto {
-            terms.kl = kto_reference_point(&policy, reference, &codec, &split.train, &drawn, micro, context, world, dev)?;
+            terms.kl = kto_reference_point(&policy, reference, &mismatched_pairs(&codec, &split.train, &drawn, context), 2 * micro, world, dev)?;
         }
         opt.zero_grad();
-        // Sums over the global batch: loss × pairs, the implicit rewards' margins, pairs won,
-        // chosen and rejected rewards β·(log π − log π_ref); ORPO's NLL and log odds ratio.
-        let sums = Tensor::zeros([7], (Kind::Double, dev));
         // The chosen responses' NLL (ORPO's, RPO's) is per chosen token of the whole batch: each
         // process divides its sum by its share of their number, as its gradients are averaged.
         let chosen_tokens = pairs.iter().map(|p| p.0.weights.iter().map(|&w| w as f64).sum::<f64>()).sum::<f64>().max(1.0) / world.size as f64;
@@ -194,39 +241,66 @@ pub fn run(ctx: &StageCtx, d: &DpoSpec) -> Result<()> {
             let row = [loss.detach().to_kind(Kind::Double) * n as f64, sum(&margin), sum(&margin.gt(0.0)), sum(&chosen), sum(&rejected), nll, odds];
             let _ = sums.shallow_clone().g_add_(&Tensor::stack(&row, 0));
         }
+        }
         opt.all_reduce_grads(world)?;
         world.all_reduce(&sums, Reduce::Sum)?;
         let grad_norm = opt.clip_grad_norm(d.opt.grad_clip);
         opt.step(lr)?;
         let done = step + 1;
         let mean = |i: i64| sums.double_value(&[i]) / d.opt.batch as f64;
-        let (loss_v, margin_v, acc, chosen_v, rejected_v) = (mean(0), mean(1), mean(2), mean(3), mean(4));
+        let (loss_v, margin_v, acc, chosen_v, rejected_v) = if judged.is_some() {
+            // Each kind's mean reward (NaN, logged as null, when a batch has none of it).
+            let per = |i: i64, n: i64| sums.double_value(&[i]) / sums.double_value(&[n]);
+            let (c, r) = (per(3, 5), per(4, 6));
+            (mean(0), c - r, None, c, r)
+        } else {
+            (mean(0), mean(1), Some(mean(2)), mean(3), mean(4))
+        };
         let eval_now = done % d.opt.eval_every == 0 || done == d.opt.steps;
         let s = eval_now.then(|| score(&policy, reference, &codec, &held, d.max_new));
-        let pairs_now = (eval_now && !held_pairs.is_empty()).then(|| held_out_pairs(&policy, reference, &codec, &held_pairs, d, context, dev));
+        let pairs_now = match judged {
+            Some(_) if eval_now => Some(Judged { policy: &policy, reference, codec: &codec, terms: &terms, context, dev }.held_out(&held_judged)),
+            None if eval_now && !held_pairs.is_empty() => Some(held_out_pairs(&policy, reference, &codec, &held_pairs, d, context, dev)),
+            _ => None,
+        };
         let shown = s.as_ref().map_or(String::new(), |s| format!(" held-out: greedy exact {:.1}%; sampled exact {:.1}% verbose {:.1}% gold {:.3}; KL {:.3}", 100.0 * s.exact, 100.0 * s.sampled_exact, 100.0 * s.sampled_verbose, s.sampled_gold, s.kl.unwrap_or(0.0)));
-        run.progress.line(done, d.opt.log_every, &format!("loss {loss_v:.4} margin {margin_v:.3} acc {:.0}%{shown}", 100.0 * acc), s.is_some());
+        let acc_shown = acc.map_or(String::new(), |a| format!(" acc {:.0}%", 100.0 * a));
+        run.progress.line(done, d.opt.log_every, &format!("loss {loss_v:.4} margin {margin_v:.3}{acc_shown}{shown}"), s.is_some());
         if done % d.opt.log_every == 0 || s.is_some() {
             // TRL's names for the training batch's implicit rewards, and the held-out pairs'.
-            let mut m = json!({"step": done, "loss": loss_v, "lr": lr, "grad_norm": grad_norm, "margin": margin_v, "accuracy": acc,
-                "rewards/chosen": chosen_v, "rewards/rejected": rejected_v, "rewards/margins": margin_v, "rewards/accuracies": acc});
+            let mut m = json!({"step": done, "loss": loss_v, "lr": lr, "grad_norm": grad_norm, "margin": margin_v,
+                "rewards/chosen": chosen_v, "rewards/rejected": rejected_v, "rewards/margins": margin_v});
+            if let Some(a) = acc {
+                m["accuracy"] = json!(a);
+                m["rewards/accuracies"] = json!(a);
+            }
             if nll_weight > 0.0 {
                 m["nll_loss"] = json!(mean(5));
             }
             if d.loss == DpoLoss::Orpo {
                 m["log_odds_ratio"] = json!(mean(6));
             }
-            if d.loss == DpoLoss::Kto {
-                m["kl"] = json!(terms.kl);
+            if judged.is_some() {
+                m["count/chosen"] = json!(sums.double_value(&[5]));
+                m["count/rejected"] = json!(sums.double_value(&[6]));
             }
             if let Some(s) = &s {
                 s.log_into(&mut m, "");
+            }
+            // KTO's reference point is TRL's `kl`; the held-out sampled KL then goes beside it.
+            if d.loss == DpoLoss::Kto {
+                if let Some(k) = s.as_ref().and_then(|s| s.kl) {
+                    m["sampled_kl"] = json!(k);
+                }
+                m["kl"] = json!(terms.kl);
             }
             if let Some(p) = &pairs_now {
                 m["eval_rewards/chosen"] = json!(p.chosen);
                 m["eval_rewards/rejected"] = json!(p.rejected);
                 m["eval_rewards/margins"] = json!(p.margin);
-                m["eval_rewards/accuracies"] = json!(p.accuracy);
+                if let Some(a) = p.accuracy {
+                    m["eval_rewards/accuracies"] = json!(a);
+                }
             }
             run.log(m)?;
         }
@@ -234,7 +308,7 @@ pub fn run(ctx: &StageCtx, d: &DpoSpec) -> Result<()> {
             last_pairs = Some(p);
         }
         if let Some(s) = s {
-            let stop = patience.observe(done, pairs_now.map_or(s.sampled_gold, |p| p.accuracy));
+            let stop = patience.observe(done, pairs_now.map_or(s.sampled_gold, |p| p.accuracy.unwrap_or(p.margin)));
             last = Some(s);
             run.checkpoint(done, &names, &params, &opt, rng, patience.save_into(serde_json::Value::Null))?;
             if stop {
@@ -246,7 +320,9 @@ pub fn run(ctx: &StageCtx, d: &DpoSpec) -> Result<()> {
     }
     // A run resumed with no step left to take scores its weights here.
     let last = last.unwrap_or_else(|| score(&policy, reference, &codec, &held, d.max_new));
-    if last_pairs.is_none() && !held_pairs.is_empty() {
+    if last_pairs.is_none() && judged.is_some() {
+        last_pairs = Some(Judged { policy: &policy, reference, codec: &codec, terms: &terms, context, dev }.held_out(&held_judged));
+    } else if last_pairs.is_none() && !held_pairs.is_empty() {
         last_pairs = Some(held_out_pairs(&policy, reference, &codec, &held_pairs, d, context, dev));
     }
     let mut report = json!({
@@ -264,6 +340,9 @@ pub fn run(ctx: &StageCtx, d: &DpoSpec) -> Result<()> {
         "held_out_rewards": last_pairs,
         "wall_seconds": started.elapsed().as_secs_f64(),
     });
+    if judged.is_some() {
+        report["held_out_feedback"] = json!(held_judged.len());
+    }
     patience.report_into(&mut report, stopped);
     tracing::info!(
         "{name}: done — held-out (sampled) preferred behaviour (exact, concise) {:.1}% (was {:.1}%), verbose {:.1}% (was {:.1}%), gold reward {:.3} (was {:.3}){}",

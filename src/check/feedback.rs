@@ -1,0 +1,68 @@
+//! KTO's unpaired feedback on a `dpo` stage: only `loss = kto` learns from completions judged
+//! one at a time, its two weights, and whether they balance the data as TRL recommends.
+
+use super::fields::{fmt_num, Fields};
+use super::Checker;
+use crate::diag::{Code, Diagnostic};
+use crate::recipe::{DpoLoss, ExampleKind, ExampleSet};
+use crate::syntax::ast::Expr;
+
+/// TRL's recommended range of desirable_weight × desirable / (undesirable_weight × undesirable).
+const BALANCE: (f64, f64) = (1.0, 4.0 / 3.0);
+
+impl<'a> Checker<'a> {
+    /// `desirable_weight` and `undesirable_weight` (1 each): KTO's only (E0246). Unpaired
+    /// feedback trains `loss = kto` only (E0313), and W0407 says when the weighted counts of its
+    /// desirable and undesirable examples fall outside [1, 4/3].
+    pub(super) fn kto_weights(&mut self, f: &mut Fields<'a>, loss: Option<DpoLoss>, data: Option<&ExampleSet>, data_arg: Option<&'a Expr>) -> Option<(f64, f64)> {
+        const KEYS: [&str; 2] = ["desirable_weight", "undesirable_weight"];
+        let given = KEYS.map(|k| f.field(k).is_some());
+        let good = f.ranged(self, KEYS[0], Some(1.0), 0.0, true, 1e6, false);
+        let bad = f.ranged(self, KEYS[1], Some(1.0), 0.0, true, 1e6, false);
+        let loss = loss?;
+        if loss != DpoLoss::Kto {
+            for (key, _) in KEYS.iter().zip(given).filter(|(_, g)| *g) {
+                self.error(
+                    Diagnostic::error(Code::E0246, f.key_span(key), format!("`{key}` weighs KTO's examples and has no meaning for `loss = {}`", loss.name()))
+                        .with_hint(format!("use `loss = kto`, or leave `{key}` out")),
+                );
+            }
+        }
+        let (Some(set), Some(arg)) = (data.filter(|s| s.kind == ExampleKind::Feedback), data_arg) else { return good.zip(bad) };
+        if loss != DpoLoss::Kto {
+            self.error(
+                Diagnostic::error(Code::E0313, arg.span, format!("`dpo` with `loss = {}` compares preference pairs, but `{}` holds unpaired feedback", loss.name(), set.name))
+                    .with_hint("use `loss = kto`, which learns from completions judged one at a time"),
+            );
+            return None;
+        }
+        let (wd, wu) = good.zip(bad)?;
+        if let Some(&(nd, nu)) = self.example_facts.feedback.get(&set.name) {
+            let balance = wd * nd as f64 / (wu * nu as f64);
+            if !(BALANCE.0..=BALANCE.1).contains(&balance) {
+                let hint = if nd == 0 || nu == 0 {
+                    format!("KTO learns from both kinds: add {} examples", if nd == 0 { "desirable" } else { "undesirable" })
+                } else if balance < BALANCE.0 {
+                    format!("`desirable_weight = {}` brings it to about 7/6, inside that range", fmt_num(sig3(7.0 / 6.0 * wu * nu as f64 / nd as f64)))
+                } else {
+                    format!("`undesirable_weight = {}` brings it to about 7/6, inside that range", fmt_num(sig3(6.0 / 7.0 * wd * nd as f64 / nu as f64)))
+                };
+                let about = if matches!(set.source, crate::recipe::ExampleSource::Synthetic { .. }) { "about " } else { "" };
+                self.error(
+                    Diagnostic::warning(Code::W0407, arg.span, format!(
+                        "`{}` holds {about}{nd} desirable and {nu} undesirable examples, with weights {} and {}: desirable_weight × desirable / (undesirable_weight × undesirable) is {}, outside the 1 to 4/3 that KTO recommends",
+                        set.name, fmt_num(wd), fmt_num(wu), if nu == 0 { "infinite".to_string() } else { format!("{balance:.3}") }
+                    ))
+                    .with_hint(hint),
+                );
+            }
+        }
+        Some((wd, wu))
+    }
+}
+
+/// `x` to three significant digits.
+fn sig3(x: f64) -> f64 {
+    let scale = 10f64.powi(2 - x.abs().log10().floor() as i32);
+    (x * scale).round() / scale
+}
