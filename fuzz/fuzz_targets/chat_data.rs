@@ -1,6 +1,6 @@
 //! A conversational data set is someone else's data that `roux check` renders: bytes → a
 //! template from a fixed set (ChatML, tool calls, Python printing, `{% generation %}` blocks,
-//! `strftime_now`, one that rewrites earlier turns) and JSONL lines of conversations or preference pairs. Parsing and rendering
+//! `strftime_now`, one that rewrites earlier turns) and JSONL lines of conversations, preference pairs or judged completions. Parsing and rendering
 //! must not panic; a conversation's trained segments, joined, must be the template's render of
 //! it up to its last assistant turn. The bytes also go through the pieces that read templates
 //! and values: `{% generation %}` rewriting, `strftime` formats, Python's `str`.
@@ -28,7 +28,11 @@ fuzz_target!(|data: &[u8]| {
     let t = ChatTemplate { source: TEMPLATES[pick as usize % TEMPLATES.len()].into(), bos: "<s>".into(), eos: "</s>".into(), date: Some("2024-02-29".into()) };
     let r = Renderer::new(&t).expect("a fixed template parses");
     r.limit_work(text.len());
-    let kind = if pick & 0x80 == 0 { ExampleKind::Instructions } else { ExampleKind::Preferences };
+    let kind = match pick >> 6 {
+        0 | 1 => ExampleKind::Instructions,
+        2 => ExampleKind::Preferences,
+        _ => ExampleKind::Feedback,
+    };
     for (_, row) in rows::parse_jsonl(&text, kind, 10).rows {
         let Ok(turns) = row.turns(&r) else { continue };
         if let RowKind::Conversation(m) = &row.kind {
