@@ -714,6 +714,12 @@ fn kto_learns_from_unpaired_feedback() {
     let held = &report["held_out_rewards"];
     assert!(held["chosen"].as_f64().unwrap() > held["rejected"].as_f64().unwrap() && held["accuracy"].is_null(), "{held}");
     assert_eq!(report["held_out_feedback"], 16);
+    // The experiment's page heads each stage by its measure: a margin here, pairs' accuracy.
+    let page = out.join("kto.html");
+    let o = roux(&["report", out.join("kto").to_str().unwrap(), "-o", page.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(0), "{}", String::from_utf8_lossy(&o.stderr));
+    let html = std::fs::read_to_string(&page).unwrap();
+    assert!(html.contains(&format!("held-out reward margin {:.3}", held["margin"].as_f64().unwrap())) && html.contains("held-out pairwise accuracy"), "{html}");
     // In two micro-batches: the same losses.
     let m2 = metrics(&out.join("kto/k2"));
     for (a, b) in m.iter().zip(&m2) {
