@@ -84,6 +84,16 @@ fn every_stage_kind_trains_in_bf16_with_float32_weights() {
     assert_eq!(report(&b.join("sft"))["weight_bytes"].as_u64(), Some(2 * 35_200));
     assert_eq!(report(&b.join("po"))["reference_weight_bytes"].as_u64(), Some(2 * 35_200));
     assert_eq!(report(&f.join("sft"))["weight_bytes"].as_u64(), Some(4 * 35_200));
+    // `roux plan --world 1` holds what the run held: its weight bytes, less the float32 trained
+    // weights (the adapters; the whole DPO policy), are the frozen bytes the reports give.
+    for (recipe, dir) in [("bf16.roux", &b), ("fp32.roux", &f)] {
+        let o = std::process::Command::new(env!("CARGO_BIN_EXE_roux")).args(["plan", out.join(recipe).to_str().unwrap(), "--json", "--world", "1"]).output().unwrap();
+        let plan: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+        let process = |stage: &str| plan["processes"].as_array().unwrap().iter().find(|p| p["stage"] == stage).unwrap().clone();
+        let frozen = |stage: &str| process(stage)["weight_bytes"].as_u64().unwrap() - process(stage)["gradient_bytes"].as_u64().unwrap();
+        assert_eq!(Some(frozen("sft")), report(&dir.join("sft"))["weight_bytes"].as_u64(), "{recipe}: sft");
+        assert_eq!(Some(frozen("po")), report(&dir.join("po"))["reference_weight_bytes"].as_u64(), "{recipe}: po");
+    }
     let f32 = out.join("bf16-f32");
     assert!(std::process::Command::new("cp").arg("-r").args([out.join("bf16"), f32.clone()]).status().unwrap().success());
     for stage in ["sft", "po"] {

@@ -1,6 +1,7 @@
 //! Stage 4, plan: parameters, FLOPs and memory of every model and stage, before anything runs.
 //! Pure arithmetic over the lowered graphs (a model's own arithmetic is in `arith`); no libtorch.
 
+mod frozen;
 mod world;
 
 use serde::Serialize;
@@ -171,6 +172,8 @@ fn posttrain_plan(r: &Recipe, s: &crate::recipe::StageSpec, graph_of: &HashMap<&
         }
         StageKind::Train(_) | StageKind::Isoflop(_) | StageKind::Mixture(_) => unreachable!("planned above"),
     };
+    // Counted in float32 above; a bf16 stage holds its frozen weights in 2 bytes.
+    let memory_bytes = memory_bytes.saturating_sub(frozen::bf16_saving(r, s));
     StagePlan { name: s.name.clone(), kind: s.kind.name(), after: s.after.clone(), steps, tokens, flops, trainable, memory_bytes }
 }
 

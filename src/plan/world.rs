@@ -139,7 +139,8 @@ fn posttrain_process(r: &Recipe, s: &crate::recipe::StageSpec, world: usize) -> 
     let packing = matches!(&s.kind, StageKind::Finetune(f) if f.packing);
     let mask = if packing { (4.0 * seqs as f64 * (g.spec.context as f64).powi(2)) as u64 } else { 0 };
     let activation_bytes = training_bytes(0, 0, &g, seqs, g.spec.context).saturating_add(mask);
-    let (weight_bytes, gradient_bytes) = (4 * (weights + frozen), 4 * trainable);
+    // (A bf16 stage holds its frozen weights in 2 bytes.)
+    let (weight_bytes, gradient_bytes) = ((4 * (weights + frozen)).saturating_sub(super::frozen::bf16_saving(r, s)), 4 * trainable);
     let total_bytes = total(&[weight_bytes, gradient_bytes, 8 * trainable, 4 * trainable, activation_bytes]);
     Ok(Some(ProcessPlan {
         stage: name.clone(),
