@@ -746,6 +746,11 @@ fn check_counts_feedback_labels_and_weighs_their_balance() {
         ]
     );
     assert_eq!(said(", undesirable_weight = 1.71"), vec![note.to_string()]);
+    // The YAML form is kept as roux's form with the file named absolutely, which checks anywhere.
+    let yaml = "experiment: fb\ndata fb: feedback(\"data/feedback.jsonl\")\n";
+    let c = roux::frontend::compile_source(roux::frontend::Source { path: fixture("fb.yaml"), text: yaml.into() });
+    let kept = c.resolved.unwrap();
+    assert!(kept.contains(&format!("feedback(\"{}\")", fixture("data/feedback.jsonl").display())), "{kept}");
     // 40 × 0.25 / 20 = 0.5: the desirable ones need the weight, 7/6 × 20 / 40 = 0.583.
     assert!(said(", desirable_weight = 0.25")[1].ends_with("is 0.500, outside the 1 to 4/3 that KTO recommends | `desirable_weight = 0.583` brings it to about 7/6, inside that range"));
 }

@@ -22,9 +22,12 @@ pub fn project_root(loader: &dyn Loader, dir: &Path) -> PathBuf {
     dir
 }
 
+/// The constructors whose one string argument names a file, relative to the recipe's folder
+/// (the kept copy of a run's recipe names it absolutely): every example source not generated,
+/// `text` and `fitted`.
+pub const PATH_CONSTRUCTORS: &[&str] = &["text", "instructions", "preferences", "feedback", "fitted"];
+
 /// The one positional string argument of `text("…")` or `fitted("…")`, with its span.
-/// The constructors whose one string argument names a file, relative to the recipe's folder.
-pub const PATH_CONSTRUCTORS: &[&str] = &["text", "instructions", "preferences", "fitted"];
 
 pub fn single_path_arg(args: Option<&[crate::syntax::ast::Arg]>) -> Option<(String, Span)> {
     match args {
@@ -91,6 +94,18 @@ impl Checker<'_> {
                         .with_hint("give one of them another name"),
                 );
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    /// A data source read from a file and missing here would be kept relative in a run's
+    /// recipe copy, which then no longer finds its file.
+    #[test]
+    fn every_example_source_read_from_a_file_is_a_path_constructor() {
+        for source in super::super::examples::EXAMPLE_SOURCES.iter().filter(|s| !s.starts_with("synthetic.")) {
+            assert!(super::PATH_CONSTRUCTORS.contains(source), "{source}");
         }
     }
 }
