@@ -32,7 +32,11 @@ pub const SIZE_LIMITS: &[(&str, u64)] = &[
     ("epochs", 1 << 20),
     ("minibatches", 1 << 20),
     ("max_new", 1 << 20),
+    // Synthetic sets are generated in memory.
     ("examples", 1 << 24),
+    ("pairs", 1 << 24),
+    // Each is a model an isoflop sweep trains per budget, and that check and plan size.
+    ("sizes", 100),
     ("eval_examples", 1 << 24),
     ("tasks", 1 << 16),
     ("dim", 1 << 20),

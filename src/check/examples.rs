@@ -39,7 +39,7 @@ impl<'a> Checker<'a> {
                 let ekind = example_kind(kind);
                 let tasks = self.task_list(&mut f);
                 let count_key = if ekind == ExampleKind::Preferences { "pairs" } else { "examples" };
-                let count = f.int(self, count_key, Some(4000), Min::One);
+                let count = f.size(self, count_key, Some(4000));
                 let verbose = if ekind == ExampleKind::Instructions { f.ranged(self, "verbose", Some(0.0), 0.0, false, 1.0, true) } else { Some(0.0) };
                 let desirable = if ekind == ExampleKind::Feedback { f.ranged(self, "desirable", Some(0.5), 0.0, true, 1.0, true) } else { Some(0.0) };
                 let max_len = f.int(self, "max_len", Some(5), Min::One);
@@ -50,9 +50,9 @@ impl<'a> Checker<'a> {
                 if let (Some(c), Some(p)) = (count, desirable.filter(|_| ekind == ExampleKind::Feedback)) {
                     // The expected counts: the balance KTO's weights are judged against.
                     let good = (c as f64 * p).round() as usize;
-                    self.example_facts.feedback.insert(d.name.name.clone(), (good, c as usize - good.min(c as usize)));
+                    self.example_facts.feedback.insert(d.name.name.clone(), (good, c - good.min(c)));
                 }
-                let src = ExampleSource::Synthetic { tasks: tasks?, count: count? as usize, verbose: verbose?, max_len: max_len?.clamp(2, 32) as usize, desirable: desirable? };
+                let src = ExampleSource::Synthetic { tasks: tasks?, count: count?, verbose: verbose?, max_len: max_len?.clamp(2, 32) as usize, desirable: desirable? };
                 (ekind, Some(src))
             }
             _ => {

@@ -24,7 +24,7 @@ impl<'a> Checker<'a> {
         let data = bound[1].and_then(|e| self.data_arg(e));
         let mut f = Fields::new(block, &self.top_scope(), format!("stage `{}`", d.name.name), at);
         let budgets = self.number_list(&mut f, "budgets");
-        let sizes = f.int(self, "sizes", Some(5), Min::One);
+        let sizes = f.size(self, "sizes", Some(5)).map(|s| s as u64);
         let spread = f.ranged(self, "spread", Some(2.0), 1.0, true, f64::INFINITY, true);
         let predict = f.ranged(self, "predict", Some(10.0), 1.0, true, f64::INFINITY, true);
         let law = self.check_law(&mut f);
