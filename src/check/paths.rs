@@ -28,7 +28,6 @@ pub fn project_root(loader: &dyn Loader, dir: &Path) -> PathBuf {
 pub const PATH_CONSTRUCTORS: &[&str] = &["text", "instructions", "preferences", "feedback", "fitted"];
 
 /// The one positional string argument of `text("…")` or `fitted("…")`, with its span.
-
 pub fn single_path_arg(args: Option<&[crate::syntax::ast::Arg]>) -> Option<(String, Span)> {
     match args {
         Some([a]) if a.name.is_none() => match &a.value.kind {

@@ -205,42 +205,42 @@ pub fn run(ctx: &StageCtx, d: &DpoSpec) -> Result<()> {
             let step = Judged { policy: &policy, reference, codec: &codec, terms: &terms, context, dev };
             step.backward(&j.train, &drawn, micro, world, &sums);
         } else {
-        let pairs: Vec<(Seq, Seq)> = drawn.iter().map(|&j| pair_seqs(&codec, &split.train[j], context)).collect();
-        let mine = world.shard_rows(&pairs);
-        if d.loss == DpoLoss::Kto {
-            terms.kl = kto_reference_point(&policy, reference, &mismatched_pairs(&codec, &split.train, &drawn, context), 2 * micro, world, dev)?;
-        }
-        opt.zero_grad();
-        // The chosen responses' NLL (ORPO's, RPO's) is per chosen token of the whole batch: each
-        // process divides its sum by its share of their number, as its gradients are averaged.
-        let chosen_tokens = pairs.iter().map(|p| p.0.weights.iter().map(|&w| w as f64).sum::<f64>()).sum::<f64>().max(1.0) / world.size as f64;
-        for part in mine.chunks(micro) {
-            // One batch: the chosen rows, then the rejected rows.
-            let rows: Vec<&Seq> = part.iter().map(|p| &p.0).chain(part.iter().map(|p| &p.1)).collect();
-            let b = pad(&rows, dev);
-            let n = part.len() as i64;
-            let (pi, pi_sum) = logps(&policy, &b, true, d.loss); // (2n)
-            let rf = reference_logps(reference, &b, d.loss);
-            let (pc, pr, rc, rr) = (pi.narrow(0, 0, n), pi.narrow(0, n, n), rf.narrow(0, 0, n), rf.narrow(0, n, n));
-            let mut loss = dpo(&pc, &pr, &rc, &rr, &terms);
-            let (mut nll, mut odds) = (Tensor::zeros([], (Kind::Double, dev)), Tensor::zeros([], (Kind::Double, dev)));
-            if nll_weight > 0.0 {
-                // As a mean over this process's pairs, like the preference term, once weighted below.
-                let part_nll = -pi_sum.narrow(0, 0, n).sum(Kind::Float) / chosen_tokens * (mine.len() as f64 / part.len() as f64);
-                loss += &part_nll * nll_weight;
-                nll = part_nll.detach().to_kind(Kind::Double) * n as f64; // as the loss's row: a sum over pairs
+            let pairs: Vec<(Seq, Seq)> = drawn.iter().map(|&j| pair_seqs(&codec, &split.train[j], context)).collect();
+            let mine = world.shard_rows(&pairs);
+            if d.loss == DpoLoss::Kto {
+                terms.kl = kto_reference_point(&policy, reference, &mismatched_pairs(&codec, &split.train, &drawn, context), 2 * micro, world, dev)?;
             }
-            if d.loss == DpoLoss::Orpo {
-                odds = log_odds_ratio(&pc, &pr).detach().to_kind(Kind::Double).sum(Kind::Double);
+            opt.zero_grad();
+            // The chosen responses' NLL (ORPO's, RPO's) is per chosen token of the whole batch: each
+            // process divides its sum by its share of their number, as its gradients are averaged.
+            let chosen_tokens = pairs.iter().map(|p| p.0.weights.iter().map(|&w| w as f64).sum::<f64>()).sum::<f64>().max(1.0) / world.size as f64;
+            for part in mine.chunks(micro) {
+                // One batch: the chosen rows, then the rejected rows.
+                let rows: Vec<&Seq> = part.iter().map(|p| &p.0).chain(part.iter().map(|p| &p.1)).collect();
+                let b = pad(&rows, dev);
+                let n = part.len() as i64;
+                let (pi, pi_sum) = logps(&policy, &b, true, d.loss); // (2n)
+                let rf = reference_logps(reference, &b, d.loss);
+                let (pc, pr, rc, rr) = (pi.narrow(0, 0, n), pi.narrow(0, n, n), rf.narrow(0, 0, n), rf.narrow(0, n, n));
+                let mut loss = dpo(&pc, &pr, &rc, &rr, &terms);
+                let (mut nll, mut odds) = (Tensor::zeros([], (Kind::Double, dev)), Tensor::zeros([], (Kind::Double, dev)));
+                if nll_weight > 0.0 {
+                    // As a mean over this process's pairs, like the preference term, once weighted below.
+                    let part_nll = -pi_sum.narrow(0, 0, n).sum(Kind::Float) / chosen_tokens * (mine.len() as f64 / part.len() as f64);
+                    loss += &part_nll * nll_weight;
+                    nll = part_nll.detach().to_kind(Kind::Double) * n as f64; // as the loss's row: a sum over pairs
+                }
+                if d.loss == DpoLoss::Orpo {
+                    odds = log_odds_ratio(&pc, &pr).detach().to_kind(Kind::Double).sum(Kind::Double);
+                }
+                // Each micro-batch's mean, weighted by its share of this process's pairs.
+                if part.len() == mine.len() { loss.backward() } else { (&loss * (part.len() as f64 / mine.len() as f64)).backward() }
+                let (chosen, rejected) = ((&pc - &rc).detach() * d.beta, (&pr - &rr).detach() * d.beta);
+                let margin = &chosen - &rejected;
+                let sum = |t: &Tensor| t.to_kind(Kind::Double).sum(Kind::Double);
+                let row = [loss.detach().to_kind(Kind::Double) * n as f64, sum(&margin), sum(&margin.gt(0.0)), sum(&chosen), sum(&rejected), nll, odds];
+                let _ = sums.shallow_clone().g_add_(&Tensor::stack(&row, 0));
             }
-            // Each micro-batch's mean, weighted by its share of this process's pairs.
-            if part.len() == mine.len() { loss.backward() } else { (&loss * (part.len() as f64 / mine.len() as f64)).backward() }
-            let (chosen, rejected) = ((&pc - &rc).detach() * d.beta, (&pr - &rr).detach() * d.beta);
-            let margin = &chosen - &rejected;
-            let sum = |t: &Tensor| t.to_kind(Kind::Double).sum(Kind::Double);
-            let row = [loss.detach().to_kind(Kind::Double) * n as f64, sum(&margin), sum(&margin.gt(0.0)), sum(&chosen), sum(&rejected), nll, odds];
-            let _ = sums.shallow_clone().g_add_(&Tensor::stack(&row, 0));
-        }
         }
         opt.all_reduce_grads(world)?;
         world.all_reduce(&sums, Reduce::Sum)?;

@@ -10,7 +10,7 @@
 //! | `finetune.rs` | `finetune`: SFT, full or LoRA                                     |
 //! | `reward.rs`   | `reward_model`: Bradley–Terry on preference pairs                 |
 //! | `ppo.rs`      | `ppo`: RLHF with a KL penalty, GAE, clipping                      |
-//! | `dpo.rs`      | `dpo`                                                             |
+//! | `dpo.rs`      | `dpo`: DPO and its variants on pairs; `dpo/feedback.rs`, KTO on unpaired feedback |
 //! | `compare.rs`  | `compare`: the table of policies                                  |
 
 pub mod compare;
