@@ -1,10 +1,12 @@
 //! `roux export --to hf` and `--to peft`: Python `transformers` (and `peft`) load the exports and
 //! compute the same logits as roux to 1e-4, for a GPT-2-layout and a Llama-layout model (and,
-//! for a Llama-layout adapter, the same gradients).
+//! for a Llama-layout adapter, the same gradients; for a reward model, the same scores).
 #![cfg(feature = "torch")]
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
+
+mod common;
 
 use roux::run::model::Model;
 use tch::{Device, Kind, Tensor};
@@ -167,4 +169,52 @@ fn a_lora_stage_exports_as_a_peft_adapter_with_the_same_logits() {
     let o = Command::new(env!("CARGO_BIN_EXE_roux")).args(["export", dir.join("run").to_str().unwrap(), "--to", "peft", "-o", dir.join("x").to_str().unwrap()]).output().unwrap();
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(err.contains("is not a LoRA stage (no adapter); `roux export") && err.contains("--to hf` exports a full model"), "{err}");
+}
+
+/// A reward model exports as transformers' `…ForSequenceClassification` (what TRL's
+/// RewardTrainer saves): `AutoModelForSequenceClassification` scores rows of different lengths,
+/// padded, as roux scores them, within 1e-4 — less the head's bias, a constant transformers' score
+/// layer has no place for (0 unless `center_rewards` moves it: Bradley–Terry sees only
+/// differences), which the export says and keeps in config.json. GPT-2 and Llama (LoRA) layouts.
+#[test]
+fn a_reward_model_exports_as_sequence_classification_with_the_same_scores() {
+    let dir = common::scratch("export-reward");
+    let recipe = dir.join("rm.roux");
+    std::fs::write(
+        &recipe,
+        r#"experiment "rmx" {
+  seed = 7
+  data prefs = synthetic.preferences { tasks = [uppercase, reverse], pairs = 200, max_len = 4 }
+  model g = transformer { vocab = 256, context = 32, d_model = 32, layers = 2, heads = 2 }
+  model l = transformer { vocab = 256, context = 32, d_model = 32, layers = 2, heads = 4, kv_heads = 2, position = rope, norm = rmsnorm, ffn = mlp { act = swiglu }, bias = false, tie_embeddings = false }
+  stage rg = reward_model(g, prefs) { steps = 10, batch = 8, center_rewards = 1, optimizer = adamw { lr = 1e-2 } }
+  stage rl = reward_model(l, prefs) { steps = 10, batch = 8, adapter = lora { rank = 2 } }
+}
+"#,
+    )
+    .unwrap();
+    let runs = dir.join("runs");
+    let o = Command::new(env!("CARGO_BIN_EXE_roux")).args(["run", recipe.to_str().unwrap(), "--out", runs.to_str().unwrap()]).env("ROUX_QUIET", "1").output().unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let r = roux::frontend::compile(&recipe).unwrap().recipe.unwrap();
+    let rows: Vec<Vec<i64>> = ["Q: uppercase ab\nA: AB\n", "Q: reverse abcd\nA: dcba ok\n", "Q: uppercase c\nA: x\n", "Q: reverse ba\nA: ab\n"].iter().map(|t| t.bytes().map(i64::from).collect()).collect();
+    for (stage, layout, biased) in [("rg", "GPT2ForSequenceClassification", true), ("rl", "LlamaForSequenceClassification", false)] {
+        let rm = roux::run::kit::artifacts::load_reward_model(&r, &runs.join("rmx"), stage, Device::Cpu).unwrap();
+        let scores: Vec<f64> = Vec::<f64>::try_from(tch::no_grad(|| rm.score(&rows, false)).to_kind(Kind::Double)).unwrap();
+        let hf = dir.join(format!("{stage}-hf"));
+        let o = Command::new(env!("CARGO_BIN_EXE_roux")).args(["export", runs.join("rmx").join(stage).to_str().unwrap(), "--to", "hf", "-o", hf.to_str().unwrap()]).output().unwrap();
+        let said = String::from_utf8_lossy(&o.stderr).to_string();
+        assert!(o.status.success(), "{said}");
+        let config: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(hf.join("config.json")).unwrap()).unwrap();
+        let bias = config["roux_reward_bias"].as_f64().unwrap();
+        assert_eq!((config["architectures"][0].as_str(), bias != 0.0), (Some(layout), biased), "{config}");
+        assert_eq!(said.contains(&format!("less the head's bias {bias:.6}")), biased, "{said}");
+        std::fs::write(dir.join("roux.json"), serde_json::json!({"rows": rows, "scores": scores}).to_string()).unwrap();
+        let script = format!(
+            "import json, sys, torch\nfrom transformers import AutoModelForSequenceClassification\nd = json.load(open(sys.argv[2]))\nm = AutoModelForSequenceClassification.from_pretrained(sys.argv[1], dtype=torch.float32).eval()\n\
+             n = max(map(len, d['rows']))\nx = torch.tensor([r + [0] * (n - len(r)) for r in d['rows']])\nwith torch.no_grad():\n    out = m(x).logits[:, 0].double() + {bias}\n\
+             ours = torch.tensor(d['scores'], dtype=torch.float64)\nprint(f'{{type(m).__name__}} max |Δscore| = {{(out - ours).abs().max().item():.3e}} over {{len(ours)}} rows')"
+        );
+        assert_python_logits(stage, &script, &hf, &dir);
+    }
 }

@@ -266,10 +266,12 @@ fn every_post_training_stage_can_train_lora_adapters_only() {
     assert!(losses[25..].iter().sum::<f64>() / 5.0 < losses[0] - 0.1, "the reward model's loss did not fall: {losses:?}");
     let written = Tensor::read_safetensors(out.join("lora-dpo/rm/model.safetensors")).unwrap();
     assert!(written.iter().all(|(n, _)| !n.contains("lora_")) && written.iter().any(|(n, _)| n == "reward_head.weight"), "{:?}", written.iter().map(|(n, _)| n).collect::<Vec<_>>());
-    // It is no language model to export, and says so (not a parser's complaint about a null).
+    // It is no language model to export as an adapter, and says so (not a parser's complaint about
+    // a null), naming the export it has.
     let rm_dir = out.join("lora-dpo/rm");
     let o = roux(&["export", rm_dir.to_str().unwrap(), "--to", "peft", "-o", out.join("x").to_str().unwrap()]);
-    assert!(String::from_utf8_lossy(&o.stderr).contains(&format!("{} records no language model to export (a reward_model stage)", rm_dir.display())), "{}", String::from_utf8_lossy(&o.stderr));
+    let want = format!("{} records no language model to export (a reward_model stage, written with any adapter merged): `roux export {} --to hf` writes it as a sequence classifier", rm_dir.display(), rm_dir.display());
+    assert!(String::from_utf8_lossy(&o.stderr).contains(&want), "{}", String::from_utf8_lossy(&o.stderr));
     // PPO as well, its value head beside the adapter.
     assert!(log.contains("KL coefficient 0.05, LoRA rank 2 on 256 trainable parameters"), "{log}");
     assert_eq!(metrics(&out.join("lora-dpo/ppo"))[0]["kl"].as_f64(), Some(0.0));

@@ -201,7 +201,7 @@ pub fn export(run: &Path, to: &str, output: Option<&Path>, base: Option<&str>) -
     let out = output.map_or_else(|| run.join(to), Path::to_path_buf);
     let done = match to {
         "peft" => roux::run::tools::peft::export_peft(run, &out, base).map(|l| format!("{} layout: adapter_config.json, adapter_model.safetensors", l.name())),
-        _ => roux::run::tools::export::export_hf(run, &out).map(|l| format!("{} layout: config.json, model.safetensors", l.name())),
+        _ => roux::run::tools::export::export_hf(run, &out),
     };
     match done {
         Ok(what) => {

@@ -2,7 +2,7 @@
 //! safetensors, and the stable content hash.
 
 use anyhow::{Context, Result};
-use std::path::Path;
+use std::path::{Component, Path, PathBuf};
 use std::io::Write;
 use tch::{Kind, Tensor};
 
@@ -168,4 +168,14 @@ pub unsafe fn view_of(data: &[u8], shape: &[i64], kind: Kind) -> Result<Tensor> 
 /// regular file only; a FIFO or device put in a run directory is refused, not read forever).
 pub fn read_tensors(path: &Path) -> Result<Vec<(String, Tensor)>> {
     with_mapped(path, |views| Ok(views.iter().map(|(n, t)| (n.clone(), t.copy())).collect()))
+}
+
+/// Where stage `name` of the experiment in `runs` keeps its run: `runs/name`, for a name that is
+/// one plain path component (a name read from a file must not lead elsewhere).
+pub fn stage_dir(runs: &Path, name: &str) -> Result<PathBuf> {
+    let mut parts = Path::new(name).components();
+    match (parts.next(), parts.next()) {
+        (Some(Component::Normal(_)), None) if !name.contains(['/', '\\']) => Ok(runs.join(name)),
+        _ => anyhow::bail!("`{name}` is not a stage name (one path component)"),
+    }
 }

@@ -13,7 +13,7 @@
 
 use anyhow::{bail, Context, Result};
 use serde_json::{json, Value};
-use std::path::{Component, Path, PathBuf};
+use std::path::{Path, PathBuf};
 use tch::Tensor;
 
 use super::adamw::Optimizer;
@@ -23,6 +23,7 @@ use super::files::write_atomic;
 use super::changes::changes_since;
 use super::lock::Lock;
 use super::progress::{Metrics, Progress};
+pub use super::files::stage_dir;
 pub use super::lock::lock;
 use crate::recipe::StageKind;
 use crate::rng::Rng;
@@ -108,7 +109,7 @@ fn lead(ctx: &StageCtx, hash: String, resolved: &Value, steps: u64) -> Result<Op
         // One read of the report: its hash, then the outputs it lists.
         let report = read_report(dir).ok();
         let kept = report.as_ref().and_then(|r| r["hash"].as_str()).map(String::from);
-        match (kept.as_deref() == Some(hash.as_str()), report.as_ref().and_then(|r| outputs_changed(dir, r))) {
+        match (kept.as_deref() == Some(hash.as_str()), report.as_ref().and_then(|r| super::outputs::changed(dir, r))) {
             (true, None) => {
                 tracing::info!("{label}: up to date in {} (same definition, inputs and seed); reusing it. --fresh retrains.", dir.display());
                 return Ok(None);
@@ -135,7 +136,7 @@ fn lead(ctx: &StageCtx, hash: String, resolved: &Value, steps: u64) -> Result<Op
     if !ctx.opts.fresh && !dir.exists() {
         // One read of its report: the hash, then the outputs it lists.
         let report = read_report(&kept).ok().filter(|r| r["hash"].as_str() == Some(hash.as_str()));
-        if report.is_some_and(|r| outputs_changed(&kept, &r).is_none()) {
+        if report.is_some_and(|r| super::outputs::changed(&kept, &r).is_none()) {
             std::fs::rename(&kept, dir).with_context(|| format!("restoring {}", kept.display()))?;
             tracing::info!("{label}: up to date: the run of this definition kept in {} is back in {}. --fresh retrains.", kept.display(), dir.display());
             return Ok(None);
@@ -197,14 +198,18 @@ pub fn begin_stage(ctx: &StageCtx, steps: u64) -> Result<Option<RunDir>> {
         upstream.push((s.clone(), h));
     }
     let hash = super::hash::posttrain(recipe, stage, &upstream)?;
-    let arch = match &stage.kind {
-        StageKind::Finetune(f) => Some(&f.model.arch),
-        StageKind::Ppo(p) => Some(&p.policy.arch),
-        StageKind::Dpo(d) => Some(&d.policy.arch),
-        StageKind::Grpo(g) => Some(&g.policy.arch),
-        _ => None,
+    // The language model a stage trains; a reward model is none, but its trunk is one (what
+    // `export --to hf` writes as a sequence classifier).
+    let (key, arch) = match &stage.kind {
+        StageKind::Finetune(f) => ("model", Some(&f.model.arch)),
+        StageKind::Ppo(p) => ("model", Some(&p.policy.arch)),
+        StageKind::Dpo(d) => ("model", Some(&d.policy.arch)),
+        StageKind::Grpo(g) => ("model", Some(&g.policy.arch)),
+        StageKind::RewardModel(m) => ("reward_trunk", Some(&m.model.arch)),
+        _ => ("model", None),
     };
-    let mut resolved = json!({"experiment": recipe.experiment, "seed": recipe.seed, "stage": stage, "model": arch.and_then(|a| recipe.model(a))});
+    let mut resolved = json!({"experiment": recipe.experiment, "seed": recipe.seed, "stage": stage, "model": null});
+    resolved[key] = json!(arch.and_then(|a| recipe.model(a)));
     if let Some(t) = chat_template(ctx)? {
         resolved["chat_template"] = t;
     }
@@ -308,16 +313,6 @@ pub fn experiment_dir(run: &Path) -> PathBuf {
     }
 }
 
-/// Where stage `name` of the experiment in `runs` keeps its run: `runs/name`, for a name that is
-/// one plain path component (a name read from a file must not lead elsewhere).
-pub fn stage_dir(runs: &Path, name: &str) -> Result<PathBuf> {
-    let mut parts = Path::new(name).components();
-    match (parts.next(), parts.next()) {
-        (Some(Component::Normal(_)), None) if !name.contains(['/', '\\']) => Ok(runs.join(name)),
-        _ => bail!("`{name}` is not a stage name (one path component)"),
-    }
-}
-
 pub fn read_report_hash(dir: &Path) -> Result<String> {
     let v = read_report(dir)?;
     v["hash"].as_str().map(String::from).with_context(|| format!("{} has no hash", dir.join("report.json").display()))
@@ -366,35 +361,4 @@ pub fn set_aside(dir: &Path) -> Result<()> {
         return Ok(());
     }
     bail!("setting {} aside: a thousand runs were set aside in the same second", dir.display())
-}
-
-/// Why a finished run's outputs are not what it wrote, if they are not: a file its report lists
-/// is missing, of another size, or not a safetensors file any more.
-fn outputs_changed(dir: &Path, report: &Value) -> Option<String> {
-    for (file, v) in report["outputs"].as_object()? {
-        let path = stage_dir(dir, file).ok()?;
-        match std::fs::metadata(&path) {
-            Err(_) => return Some(format!("{file} is missing")),
-            Ok(m) if Some(m.len()) != v["bytes"].as_u64() => return Some(format!("{file} has {} bytes, it wrote {}", m.len(), v["bytes"])),
-            Ok(_) if safetensors_header(&path).is_none() => return Some(format!("{file} is no longer a safetensors file")),
-            Ok(_) => {}
-        }
-    }
-    None
-}
-
-/// The JSON header of a safetensors file (8-byte little-endian length, then the header), if it
-/// has one.
-fn safetensors_header(path: &Path) -> Option<Value> {
-    use std::io::Read;
-    let mut f = std::fs::File::open(path).ok()?;
-    let mut len = [0u8; 8];
-    f.read_exact(&mut len).ok()?;
-    let n = u64::from_le_bytes(len);
-    if n > 100 << 20 {
-        return None;
-    }
-    let mut header = vec![0u8; n as usize];
-    f.read_exact(&mut header).ok()?;
-    serde_json::from_slice(&header).ok()
 }

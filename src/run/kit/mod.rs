@@ -7,6 +7,7 @@
 //! | `lifecycle.rs` | the one run-directory lifecycle: reuse, resume, `--fresh`, checkpoints |
 //! | `finish.rs`    | a run's end: outputs (streamed or whole), report.json, plots        |
 //! | `changes.rs`   | what changed in a stage's definition since its run                   |
+//! | `outputs.rs`   | a finished run's outputs verified before it is reused                |
 //! | `lock.rs`      | one lock per run directory                                           |
 //! | `hash.rs`      | what each stage kind's output depends on, as a content hash          |
 //! | `files.rs`     | atomic writes, capped reads, the stable hash function                |
@@ -52,6 +53,7 @@ pub mod health;
 pub mod hf;
 pub mod lifecycle;
 pub mod lock;
+pub mod outputs;
 pub mod patience;
 pub mod native;
 pub mod packing;

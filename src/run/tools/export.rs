@@ -52,6 +52,9 @@ pub fn run_definition(run: &Path, out: &Path) -> Result<(serde_json::Value, Mode
     let v: serde_json::Value = serde_json::from_str(&text).with_context(|| format!("{} is not valid JSON", resolved.display()))?;
     if v["model"].is_null() {
         let kind = v["stage"]["kind"].as_str().unwrap_or("this");
+        if kind == "reward_model" {
+            bail!("{} records no language model to export (a reward_model stage, written with any adapter merged): `roux export {} --to hf` writes it as a sequence classifier", run.display(), run.display());
+        }
         bail!("{} records no language model to export (a {kind} stage); export a stage that trains one, or a `roux merge` of a LoRA stage", run.display());
     }
     let spec = ModelSpec::from_run_json(&v["model"]).map_err(|e| anyhow::anyhow!("{}: {e}", resolved.display()))?;
@@ -61,18 +64,27 @@ pub fn run_definition(run: &Path, out: &Path) -> Result<(serde_json::Value, Mode
 /// Export the model of a run directory (its `resolved.json` names the model, `model.safetensors`
 /// holds the weights) into `out`, as the architecture it was imported from or the layout that
 /// computes the same function.
-pub fn export_hf(run: &Path, out: &Path) -> Result<Family> {
+pub fn export_hf(run: &Path, out: &Path) -> Result<String> {
+    if let Some(trunk) = reward_trunk(run)? {
+        return export_reward_hf(run, out, &trunk);
+    }
     let (resolved, spec) = run_definition(run, out)?;
+    let family = export_model(run, out, &resolved, &spec, &|_, _| {})?;
+    Ok(format!("{} layout: config.json, model.safetensors", family.name()))
+}
+
+/// Write `spec`'s weights from run directory `run` into `out` as its `family_for` checkpoint,
+/// with its config and tokenizer; `finish` may change the tensors and the config first.
+fn export_model(run: &Path, out: &Path, resolved: &serde_json::Value, spec: &ModelSpec, finish: &dyn Fn(&mut Vec<(String, Tensor)>, &mut serde_json::Value)) -> Result<Family> {
     let weights = run.join("model.safetensors");
     if !weights.exists() {
         bail!("{} has no model.safetensors (is the stage finished? a LoRA stage holds an adapter: `roux merge {}` first)", run.display(), run.display());
     }
     let given: HashMap<String, Tensor> = read_tensors(&weights)?.into_iter().collect();
-    let family = family_for(&spec)?;
-    let tensors = checkpoint_tensors(&spec, family, &given).with_context(|| format!("exporting {}", weights.display()))?;
+    let family = family_for(spec)?;
+    let mut tensors = checkpoint_tensors(spec, family, &given).with_context(|| format!("exporting {}", weights.display()))?;
     std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
-    write_tensors_atomic(&out.join(hf::WEIGHTS), &tensors)?;
-    let mut config = hf::emit::config(&spec, family);
+    let mut config = hf::emit::config(spec, family);
     config["roux_model"] = json!(ModelSpec { checkpoint: None, ..spec.clone() });
     // An imported model takes its tokenizer files along; a BPE run's tokenizer is already in the
     // Hugging Face format; a byte-level model gets the byte tokenizer (token i is byte i), the
@@ -80,7 +92,7 @@ pub fn export_hf(run: &Path, out: &Path) -> Result<Family> {
     let copy = |from: &Path, name: &str| crate::fsio::copy_atomic(from, &out.join(name), tokenize::MAX_BYTES).map_err(anyhow::Error::msg);
     match &spec.checkpoint {
         Some(c) => {
-            tokenizer_files(c, &resolved, out)?;
+            tokenizer_files(c, resolved, out)?;
             // Its special token ids too (`generate` stops at `eos_token_id`; the family's
             // defaults would name other tokens).
             let path = c.dir.join(hf::CONFIG);
@@ -103,8 +115,52 @@ pub fn export_hf(run: &Path, out: &Path) -> Result<Family> {
         }
         None => {}
     }
+    finish(&mut tensors, &mut config);
+    write_tensors_atomic(&out.join(hf::WEIGHTS), &tensors)?;
     write_atomic(&out.join(hf::CONFIG), serde_json::to_string_pretty(&config)?.as_bytes())?;
     Ok(family)
+}
+
+
+/// The trunk of a reward model's run directory (None for any other run).
+fn reward_trunk(run: &Path) -> Result<Option<ModelSpec>> {
+    let resolved = run.join("resolved.json");
+    let Ok(text) = read_capped(&resolved, 64 << 20) else { return Ok(None) };
+    let v: serde_json::Value = serde_json::from_str(&text).with_context(|| format!("{} is not valid JSON", resolved.display()))?;
+    if !v["model"].is_null() || v["reward_trunk"].is_null() {
+        return Ok(None);
+    }
+    ModelSpec::from_run_json(&v["reward_trunk"]).map(Some).map_err(|e| anyhow::anyhow!("{}: {e}", resolved.display()))
+}
+
+/// A reward model as transformers' `…ForSequenceClassification` with one label (what TRL's
+/// RewardTrainer trains and saves): the trunk's tensors without the language-model head, and
+/// `score.weight`, read at the last token that is not padding. transformers' score layer has no
+/// bias; roux's head's is a constant every score shares, so its scores are roux's less it (their
+/// differences, the preferences, the same): said when written, and kept as `roux_reward_bias`.
+fn export_reward_hf(run: &Path, out: &Path, trunk: &ModelSpec) -> Result<String> {
+    crate::run::kit::lifecycle::refuse_to_overwrite(out, &["report.json", "state.json", "metrics.jsonl", "resolved.json"])?;
+    let weights = run.join("model.safetensors");
+    let given: HashMap<String, Tensor> = read_tensors(&weights)?.into_iter().collect();
+    let head = |leaf: &str| given.get(&format!("reward_head.{leaf}")).with_context(|| format!("{} holds no reward head `reward_head.{leaf}`", weights.display()));
+    let (w, b) = (head("weight")?.to_kind(Kind::Float), head("bias")?.double_value(&[0]));
+    let resolved: serde_json::Value = serde_json::from_str(&read_capped(&run.join("resolved.json"), 64 << 20)?)?;
+    let family = export_model(run, out, &resolved, trunk, &|tensors, config| {
+        tensors.retain(|(n, _)| n != "lm_head.weight");
+        tensors.push(("score.weight".into(), w.shallow_clone()));
+        let class = config["architectures"][0].as_str().unwrap_or_default().replace("LMHeadModel", "ForSequenceClassification").replace("ForCausalLM", "ForSequenceClassification");
+        config["architectures"] = json!([class]);
+        config["id2label"] = json!({"0": "LABEL_0"});
+        config["label2id"] = json!({"LABEL_0": 0});
+        config["roux_reward_bias"] = json!(b);
+        // The score is read at the last token that is not padding: a byte model pads with
+        // byte 0, which no text holds (its end of sequence, a newline, ends every response).
+        if config["pad_token_id"].is_null() {
+            config["pad_token_id"] = if config["roux_byte_level"] == json!(true) { json!(0) } else { config["eos_token_id"].clone() };
+        }
+    })?;
+    let bias = if b == 0.0 { String::new() } else { format!("; transformers' score layer has no bias, so its scores are roux's less the head's bias {b:.6} (their differences, the preferences, are the same)") };
+    Ok(format!("{} reward model: config.json, model.safetensors{bias}", family.name()))
 }
 
 /// An imported checkpoint's tokenizer files into `out`, and the chat template the run's model was
