@@ -217,4 +217,9 @@ fn a_reward_model_exports_as_sequence_classification_with_the_same_scores() {
         );
         assert_python_logits(stage, &script, &hf, &dir);
     }
+    // Every family's classifier class is one transformers has; the one it lacks (OLMoE) is refused.
+    let classes: Vec<(String, bool)> = roux::hf::config::SUPPORTED.iter().map(|(n, f)| roux::hf::emit::classifier_class(*f).map_or((n.replace("ForCausalLM", "ForSequenceClassification"), false), |c| (c, true))).collect();
+    let script = format!("import json, transformers\nfor name, known in json.loads({:?}):\n    assert hasattr(transformers, name) == known, name", serde_json::to_string(&classes).unwrap());
+    let o = Command::new("python").args(["-c", &script]).output().unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
 }

@@ -10,6 +10,12 @@ pub fn class(family: Family) -> &'static str {
     super::config::SUPPORTED.iter().find(|(_, f)| *f == family).map_or("?", |(n, _)| n)
 }
 
+/// The family's `…ForSequenceClassification` (a reward model's export), where transformers has
+/// one: OLMoE has none.
+pub fn classifier_class(family: Family) -> Option<String> {
+    (family != Family::Olmoe).then(|| class(family).replace("LMHeadModel", "ForSequenceClassification").replace("ForCausalLM", "ForSequenceClassification"))
+}
+
 /// `config.json` for `spec` as a `family` checkpoint stored in float32.
 pub fn config(spec: &ModelSpec, family: Family) -> Value {
     let mut c = match family {

@@ -140,15 +140,18 @@ fn reward_trunk(run: &Path) -> Result<Option<ModelSpec>> {
 /// differences, the preferences, the same): said when written, and kept as `roux_reward_bias`.
 fn export_reward_hf(run: &Path, out: &Path, trunk: &ModelSpec) -> Result<String> {
     crate::run::kit::lifecycle::refuse_to_overwrite(out, &["report.json", "state.json", "metrics.jsonl", "resolved.json"])?;
+    let family = family_for(trunk)?;
+    let Some(class) = hf::emit::classifier_class(family) else {
+        bail!("{}: transformers has no {}ForSequenceClassification to load this reward model as", run.display(), hf::emit::class(family).trim_end_matches("ForCausalLM"));
+    };
     let weights = run.join("model.safetensors");
     let given: HashMap<String, Tensor> = read_tensors(&weights)?.into_iter().collect();
     let head = |leaf: &str| given.get(&format!("reward_head.{leaf}")).with_context(|| format!("{} holds no reward head `reward_head.{leaf}`", weights.display()));
     let (w, b) = (head("weight")?.to_kind(Kind::Float), head("bias")?.double_value(&[0]));
     let resolved: serde_json::Value = serde_json::from_str(&read_capped(&run.join("resolved.json"), 64 << 20)?)?;
-    let family = export_model(run, out, &resolved, trunk, &|tensors, config| {
+    export_model(run, out, &resolved, trunk, &|tensors, config| {
         tensors.retain(|(n, _)| n != "lm_head.weight");
         tensors.push(("score.weight".into(), w.shallow_clone()));
-        let class = config["architectures"][0].as_str().unwrap_or_default().replace("LMHeadModel", "ForSequenceClassification").replace("ForCausalLM", "ForSequenceClassification");
         config["architectures"] = json!([class]);
         config["id2label"] = json!({"0": "LABEL_0"});
         config["label2id"] = json!({"LABEL_0": 0});
