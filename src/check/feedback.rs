@@ -4,11 +4,8 @@
 use super::fields::{fmt_num, Fields};
 use super::Checker;
 use crate::diag::{Code, Diagnostic};
-use crate::recipe::{DpoLoss, ExampleKind, ExampleSet};
+use crate::recipe::{kto_balance, DpoLoss, ExampleKind, ExampleSet, KTO_BALANCE as BALANCE};
 use crate::syntax::ast::Expr;
-
-/// TRL's recommended range of desirable_weight × desirable / (undesirable_weight × undesirable).
-const BALANCE: (f64, f64) = (1.0, 4.0 / 3.0);
 
 impl<'a> Checker<'a> {
     /// `desirable_weight` and `undesirable_weight` (1 each): KTO's only (E0246). Unpaired
@@ -38,7 +35,7 @@ impl<'a> Checker<'a> {
         }
         let (wd, wu) = good.zip(bad)?;
         if let Some(&(nd, nu)) = self.example_facts.feedback.get(&set.name) {
-            let balance = wd * nd as f64 / (wu * nu as f64);
+            let balance = kto_balance(nd, nu, (wd, wu));
             if !(BALANCE.0..=BALANCE.1).contains(&balance) {
                 let hint = if nd == 0 || nu == 0 {
                     format!("KTO learns from both kinds: add {} examples", if nd == 0 { "desirable" } else { "undesirable" })

@@ -177,6 +177,16 @@ fn are_unit(w: &(f64, f64)) -> bool {
     *w == (1.0, 1.0)
 }
 
+/// The balance KTO's authors and TRL recommend: desirable_weight × desirable / (undesirable_weight
+/// × undesirable) within [1, 4/3].
+pub const KTO_BALANCE: (f64, f64) = (1.0, 4.0 / 3.0);
+
+/// `good` desirable and `bad` undesirable examples' balance under `weights` (infinite without
+/// undesirable ones).
+pub fn kto_balance(good: usize, bad: usize, weights: (f64, f64)) -> f64 {
+    weights.0 * good as f64 / (weights.1 * bad as f64)
+}
+
 /// A table of policies on held-out prompts: gold reward, exact match, KL to a reference.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 pub struct CompareSpec {

@@ -11,11 +11,10 @@ use tch::{Kind, Tensor};
 mod feedback;
 
 use feedback::Judged;
-use crate::posttrain::examples::{Pair, Seq};
+use crate::posttrain::examples::{Pair, Seq, Split};
 use crate::recipe::{DpoLoss, DpoSpec};
 use crate::rng::Rng;
 use crate::run::kit::adamw::Optimizer;
-use crate::posttrain::examples::Split;
 use crate::run::kit::artifacts::{feedback_examples, instructions, load_policy, preferences, trained_output, Policy};
 use crate::run::kit::dist::World;
 use crate::run::kit::losses::{dpo, log_odds_ratio, DpoTerms};
@@ -111,8 +110,7 @@ fn mismatched_pairs(codec: &Codec, train: &[Pair], drawn: &[usize], context: usi
         .iter()
         .flat_map(|&j| {
             let other = &train[(j + 1) % train.len()];
-            let (c, r) = pair_seqs(codec, &Pair { prompt: train[j].prompt.clone(), chosen: other.chosen.clone(), rejected: other.rejected.clone(), gold: None }, context);
-            [c, r]
+            [&other.chosen, &other.rejected].map(|response| response_seq(codec, &train[j].prompt, response, context))
         })
         .collect()
 }

@@ -43,13 +43,27 @@ pub fn family_for(spec: &ModelSpec) -> Result<Family> {
     }
 }
 
+/// What marks a run directory, which an export never writes into.
+const RUN_MARKERS: [&str; 4] = ["report.json", "state.json", "metrics.jsonl", "resolved.json"];
+
 /// The resolved definition of run directory `run` and its model, for an export into `out` (which
 /// must not be a run directory: an export never overwrites one).
 pub fn run_definition(run: &Path, out: &Path) -> Result<(serde_json::Value, ModelSpec)> {
-    crate::run::kit::lifecycle::refuse_to_overwrite(out, &["report.json", "state.json", "metrics.jsonl", "resolved.json"])?;
+    crate::run::kit::lifecycle::refuse_to_overwrite(out, &RUN_MARKERS)?;
+    let v = read_resolved(run)?;
+    let spec = language_model(run, &v)?;
+    Ok((v, spec))
+}
+
+/// A run directory's resolved.json.
+fn read_resolved(run: &Path) -> Result<serde_json::Value> {
     let resolved = run.join("resolved.json");
     let text = read_capped(&resolved, 64 << 20).with_context(|| format!("{} is not a run directory (no resolved.json)", run.display()))?;
-    let v: serde_json::Value = serde_json::from_str(&text).with_context(|| format!("{} is not valid JSON", resolved.display()))?;
+    serde_json::from_str(&text).with_context(|| format!("{} is not valid JSON", resolved.display()))
+}
+
+/// The language model a run's resolved definition `v` records, or why there is none.
+fn language_model(run: &Path, v: &serde_json::Value) -> Result<ModelSpec> {
     if v["model"].is_null() {
         let kind = v["stage"]["kind"].as_str().unwrap_or("this");
         if kind == "reward_model" {
@@ -57,32 +71,38 @@ pub fn run_definition(run: &Path, out: &Path) -> Result<(serde_json::Value, Mode
         }
         bail!("{} records no language model to export (a {kind} stage); export a stage that trains one, or a `roux merge` of a LoRA stage", run.display());
     }
-    let spec = ModelSpec::from_run_json(&v["model"]).map_err(|e| anyhow::anyhow!("{}: {e}", resolved.display()))?;
-    Ok((v, spec))
+    ModelSpec::from_run_json(&v["model"]).map_err(|e| anyhow::anyhow!("{}: {e}", run.join("resolved.json").display()))
 }
 
-/// Export the model of a run directory (its `resolved.json` names the model, `model.safetensors`
-/// holds the weights) into `out`, as the architecture it was imported from or the layout that
-/// computes the same function.
-pub fn export_hf(run: &Path, out: &Path) -> Result<String> {
-    if let Some(trunk) = reward_trunk(run)? {
-        return export_reward_hf(run, out, &trunk);
-    }
-    let (resolved, spec) = run_definition(run, out)?;
-    let family = export_model(run, out, &resolved, &spec, &|_, _| {})?;
-    Ok(format!("{} layout: config.json, model.safetensors", family.name()))
-}
-
-/// Write `spec`'s weights from run directory `run` into `out` as its `family_for` checkpoint,
-/// with its config and tokenizer; `finish` may change the tensors and the config first.
-fn export_model(run: &Path, out: &Path, resolved: &serde_json::Value, spec: &ModelSpec, finish: &dyn Fn(&mut Vec<(String, Tensor)>, &mut serde_json::Value)) -> Result<Family> {
+/// The weights a finished run wrote (model.safetensors), by name.
+fn run_weights(run: &Path) -> Result<HashMap<String, Tensor>> {
     let weights = run.join("model.safetensors");
     if !weights.exists() {
         bail!("{} has no model.safetensors (is the stage finished? a LoRA stage holds an adapter: `roux merge {}` first)", run.display(), run.display());
     }
-    let given: HashMap<String, Tensor> = read_tensors(&weights)?.into_iter().collect();
+    Ok(read_tensors(&weights)?.into_iter().collect())
+}
+
+/// Export the model of a run directory (its `resolved.json` names the model, `model.safetensors`
+/// holds the weights) into `out`, as the architecture it was imported from or the layout that
+/// computes the same function; a reward model as a sequence classifier.
+pub fn export_hf(run: &Path, out: &Path) -> Result<String> {
+    crate::run::kit::lifecycle::refuse_to_overwrite(out, &RUN_MARKERS)?;
+    let resolved = read_resolved(run)?;
+    if resolved["model"].is_null() && !resolved["reward_trunk"].is_null() {
+        return export_reward_hf(run, out, &resolved);
+    }
+    let spec = language_model(run, &resolved)?;
+    let family = export_model(run, out, &resolved, &spec, &run_weights(run)?, &|_, _| {})?;
+    Ok(format!("{} layout: config.json, model.safetensors", family.name()))
+}
+
+/// Write `spec`'s weights `given` (from run directory `run`) into `out` as its `family_for`
+/// checkpoint, with its config and tokenizer; `finish` may change the tensors and the config first.
+fn export_model(run: &Path, out: &Path, resolved: &serde_json::Value, spec: &ModelSpec, given: &HashMap<String, Tensor>, finish: &dyn Fn(&mut Vec<(String, Tensor)>, &mut serde_json::Value)) -> Result<Family> {
+    let weights = run.join("model.safetensors");
     let family = family_for(spec)?;
-    let mut tensors = checkpoint_tensors(spec, family, &given).with_context(|| format!("exporting {}", weights.display()))?;
+    let mut tensors = checkpoint_tensors(spec, family, given).with_context(|| format!("exporting {}", weights.display()))?;
     std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
     let mut config = hf::emit::config(spec, family);
     config["roux_model"] = json!(ModelSpec { checkpoint: None, ..spec.clone() });
@@ -122,34 +142,23 @@ fn export_model(run: &Path, out: &Path, resolved: &serde_json::Value, spec: &Mod
 }
 
 
-/// The trunk of a reward model's run directory (None for any other run).
-fn reward_trunk(run: &Path) -> Result<Option<ModelSpec>> {
-    let resolved = run.join("resolved.json");
-    let Ok(text) = read_capped(&resolved, 64 << 20) else { return Ok(None) };
-    let v: serde_json::Value = serde_json::from_str(&text).with_context(|| format!("{} is not valid JSON", resolved.display()))?;
-    if !v["model"].is_null() || v["reward_trunk"].is_null() {
-        return Ok(None);
-    }
-    ModelSpec::from_run_json(&v["reward_trunk"]).map(Some).map_err(|e| anyhow::anyhow!("{}: {e}", resolved.display()))
-}
-
 /// A reward model as transformers' `…ForSequenceClassification` with one label (what TRL's
-/// RewardTrainer trains and saves): the trunk's tensors without the language-model head, and
-/// `score.weight`, read at the last token that is not padding. transformers' score layer has no
-/// bias; roux's head's is a constant every score shares, so its scores are roux's less it (their
-/// differences, the preferences, the same): said when written, and kept as `roux_reward_bias`.
-fn export_reward_hf(run: &Path, out: &Path, trunk: &ModelSpec) -> Result<String> {
-    crate::run::kit::lifecycle::refuse_to_overwrite(out, &["report.json", "state.json", "metrics.jsonl", "resolved.json"])?;
-    let family = family_for(trunk)?;
+/// RewardTrainer trains and saves): the trunk's tensors (`reward_trunk` in `resolved`) without
+/// the language-model head, and `score.weight`, read at the last token that is not padding.
+/// transformers' score layer has no bias; roux's head's is a constant every score shares, so its
+/// scores are roux's less it (their differences, the preferences, the same): said when written,
+/// and kept as `roux_reward_bias`.
+fn export_reward_hf(run: &Path, out: &Path, resolved: &serde_json::Value) -> Result<String> {
+    let trunk = ModelSpec::from_run_json(&resolved["reward_trunk"]).map_err(|e| anyhow::anyhow!("{}: {e}", run.join("resolved.json").display()))?;
+    let family = family_for(&trunk)?;
     let Some(class) = hf::emit::classifier_class(family) else {
         bail!("{}: transformers has no {}ForSequenceClassification to load this reward model as", run.display(), hf::emit::class(family).trim_end_matches("ForCausalLM"));
     };
+    let given = run_weights(run)?;
     let weights = run.join("model.safetensors");
-    let given: HashMap<String, Tensor> = read_tensors(&weights)?.into_iter().collect();
     let head = |leaf: &str| given.get(&format!("reward_head.{leaf}")).with_context(|| format!("{} holds no reward head `reward_head.{leaf}`", weights.display()));
     let (w, b) = (head("weight")?.to_kind(Kind::Float), head("bias")?.double_value(&[0]));
-    let resolved: serde_json::Value = serde_json::from_str(&read_capped(&run.join("resolved.json"), 64 << 20)?)?;
-    export_model(run, out, &resolved, trunk, &|tensors, config| {
+    export_model(run, out, resolved, &trunk, &given, &|tensors, config| {
         tensors.retain(|(n, _)| n != "lm_head.weight");
         tensors.push(("score.weight".into(), w.shallow_clone()));
         config["architectures"] = json!([class]);

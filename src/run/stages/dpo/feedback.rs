@@ -5,14 +5,12 @@ use tch::{Kind, Tensor};
 
 use super::{logps, reference_logps, response_seq, PairScores};
 use crate::posttrain::examples::{Feedback, Seq};
+use crate::recipe::{kto_balance, KTO_BALANCE};
 use crate::run::kit::codec::Codec;
 use crate::run::kit::dist::World;
 use crate::run::kit::losses::{kto, DpoTerms};
 use crate::run::kit::seqs::pad;
 use crate::run::model::Model;
-
-/// TRL's recommended range of desirable_weight × desirable / (undesirable_weight × undesirable).
-const BALANCE: (f64, f64) = (1.0, 4.0 / 3.0);
 
 /// What a step of KTO on feedback reads: the models, how text becomes rows, the loss's terms.
 pub struct Judged<'a> {
@@ -83,9 +81,9 @@ pub fn mismatched(codec: &Codec, train: &[Feedback], drawn: &[usize], context: u
 /// Why `good` desirable and `bad` undesirable examples weighed `weights` are out of the balance
 /// KTO recommends, if they are (as `roux check`'s W0407).
 pub fn imbalance(good: usize, bad: usize, weights: (f64, f64)) -> Option<String> {
-    let balance = weights.0 * good as f64 / (weights.1 * bad as f64);
+    let balance = kto_balance(good, bad, weights);
     let shown = if bad == 0 { "infinite".to_string() } else { format!("{balance:.3}") };
-    (!(BALANCE.0..=BALANCE.1).contains(&balance)).then(|| {
+    (!(KTO_BALANCE.0..=KTO_BALANCE.1).contains(&balance)).then(|| {
         format!("{good} desirable and {bad} undesirable training examples with weights {} and {}: desirable_weight × desirable / (undesirable_weight × undesirable) is {shown}, outside the 1 to 4/3 that KTO recommends", weights.0, weights.1)
     })
 }
