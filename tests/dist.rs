@@ -12,7 +12,8 @@ type Outcome = (Vec<f64>, Vec<(String, tch::Tensor)>);
 
 /// Per-step training losses and the final weights of a finished `pretrain` in `dir`.
 fn result(dir: &Path) -> Outcome {
-    let losses = metrics(dir).iter().map(|m| m["loss"].as_f64().unwrap()).collect();
+    // (PPO logs its policy loss beside its value loss.)
+    let losses = metrics(dir).iter().map(|m| m["loss"].as_f64().or(m["policy_loss"].as_f64()).unwrap()).collect();
     // (A LoRA stage's trained tensors are its adapter's.)
     let file = if dir.join("adapter.safetensors").exists() { "adapter.safetensors" } else { "model.safetensors" };
     let mut weights = tch::Tensor::read_safetensors(dir.join(file)).unwrap();
@@ -24,11 +25,7 @@ fn result(dir: &Path) -> Outcome {
 fn differences(a: &Outcome, b: &Outcome) -> (f64, f64) {
     assert_eq!(a.0.len(), b.0.len(), "the runs logged different numbers of steps");
     let loss = a.0.iter().zip(&b.0).map(|(x, y)| (x - y).abs()).fold(0.0, f64::max);
-    let weights = a.1.iter().zip(&b.1).map(|((n, x), (m, y))| {
-        assert_eq!(n, m);
-        (x - y).abs().max().double_value(&[])
-    });
-    (loss, weights.fold(0.0, f64::max))
+    (loss, weight_difference(&a.1, &b.1))
 }
 
 fn train(out: &Path, extra: &[&str]) -> Outcome {
@@ -300,19 +297,20 @@ fn every_stage_kind_runs_under_two_processes() {
     let grpo = "  stage gr = grpo(policy = merge(sft.adapter), prompts = instr) {\n    group = 4\n    batch = 16\n    steps = 3\n    max_new = 6\n    optimizer = adamw { lr = 1e-5 }\n    eval_every = 3\n    eval_examples = 8\n  }\n}\n";
     let recipe = out.join("tiny-lifecycle.roux");
     std::fs::write(&recipe, format!("{}{grpo}", text.trim_end().strip_suffix('}').unwrap())).unwrap();
-    let mut logs = vec![];
-    for (name, extra) in [("one", vec![]), ("two", vec!["--nproc", "2"])] {
+    let run = |name: &str, extra: &[&str]| {
         let dir = out.join(name);
         // Every gradient exchange checks that the processes' weights are the same to the bit.
         let o = std::process::Command::new(env!("CARGO_BIN_EXE_roux"))
-            .args([&["run", recipe.to_str().unwrap(), "--out", dir.to_str().unwrap()], &extra[..]].concat())
+            .args([&["run", recipe.to_str().unwrap(), "--out", dir.to_str().unwrap()], extra].concat())
             .env("ROUX_QUIET", "1")
             .env("ROUX_CHECK_REPLICAS", "1")
             .output()
             .unwrap();
-        logs.push(String::from_utf8_lossy(&o.stderr).to_string());
-        assert_eq!(o.status.code(), Some(0), "{name}: {}", logs[logs.len() - 1]);
-    }
+        let log = String::from_utf8_lossy(&o.stderr).to_string();
+        assert_eq!(o.status.code(), Some(0), "{name}: {log}");
+        log
+    };
+    let logs = [run("one", &[]), run("two", &["--nproc", "2"])];
     // PPO and GRPO divide their rollouts.
     assert!(logs[1].contains("rl: PPO on prompts of `instr` against reward model `rm`: 4 steps × 8 prompts (each of 2 processes rolls out 4)"), "{}", logs[1]);
     assert!(logs[1].contains("gr: GRPO on prompts of `instr`: 3 steps × 4 prompts (each of 2 processes answers 2) × 4 responses"), "{}", logs[1]);
@@ -331,6 +329,16 @@ fn every_stage_kind_runs_under_two_processes() {
         let (a, b) = (read("one"), read("two"));
         let worst = a.iter().zip(&b).map(|((_, x), (_, y))| (x - y).abs().max().double_value(&[])).fold(0.0, f64::max);
         assert!(worst < 1e-5, "{s}: 2 processes vs 1 differ by {worst:e}");
+    }
+    // PPO and GRPO on 2 processes in micro-batches (each process's 4 prompts in minibatches of
+    // 2, each in 2 micro-batches of 1; its 8 completions in 2 of 4): the same steps.
+    let before: Vec<Outcome> = ["rl", "gr"].iter().map(|s| result(&stage("two", s))).collect();
+    let log = run("two", &["--nproc", "2", "--set", "rl.accumulate=2", "--set", "gr.accumulate=2"]);
+    assert!(log.contains("pretrain: up to date") && log.contains("rm: up to date"), "only the changed stages rerun: {log}");
+    for (s, one) in ["rl", "gr"].iter().zip(&before) {
+        let micro = result(&stage("two", s));
+        let (loss, weights) = differences(one, &micro);
+        assert!(loss < 1e-5 && weights < 1e-5, "{s}, 2 processes × accumulate = 2 vs 2 processes: losses differ by {loss:e}, weights by {weights:e}");
     }
 }
 

@@ -10,7 +10,7 @@ use roux::run::kit::seqs::{pad, token_logprobs};
 use tch::{Device, Kind, Tensor};
 
 mod common;
-use common::{fixture, metrics, roux, run_ok, scratch};
+use common::{fixture, metrics, roux, run_ok, scratch, weight_difference};
 
 fn recipe(name: &str) -> roux::recipe::Recipe {
     let c = roux::frontend::compile(&fixture(name)).unwrap();
@@ -973,4 +973,65 @@ fn centred_reward_models_add_the_squared_score_sum() {
     };
     let (plain, centred) = (drift("plain"), drift("centred"));
     assert!(centred < 0.5 * plain, "|r_c + r_r| over the last 10 steps: {centred} centred, {plain} plain");
+}
+
+/// `accumulate = k` on PPO and GRPO: the rollouts are sampled whole, the scoring passes and every
+/// update's forward and backward run in k micro-batches, each weighing its share of the tokens
+/// (PPO's and DAPO's per-token means) or of the completions (GRPO's per-completion mean), so the
+/// steps are the same as in one pass: every logged number and the final weights within 1e-5.
+/// The plan then holds one micro-batch's activations: less memory, equal to `plan --world 1`.
+#[test]
+fn ppo_and_grpo_in_micro_batches_take_the_same_steps() {
+    let out = scratch("rl-accumulate");
+    let recipe = out.join("acc.roux");
+    let ppo = |name: &str, extra: &str| format!("  stage {name} = ppo(policy = lm, reward = rm.model, prompts = instr) {{ steps = 4, batch = 8, minibatches = 2, epochs = 2, entropy = 0.01, max_new = 4, log_every = 1, eval_every = 4, eval_examples = 4, optimizer = adamw {{ lr = 3e-3 }}{extra} }}\n");
+    let grpo = |name: &str, extra: &str| format!("  stage {name} = grpo(policy = lm, prompts = instr) {{ steps = 4, batch = 8, group = 4, epochs = 2, beta = 0.1, reward = format + 0.5 * length, max_new = 4, log_every = 1, eval_every = 4, eval_examples = 4, optimizer = adamw {{ lr = 3e-3 }}{extra} }}\n");
+    std::fs::write(
+        &recipe,
+        format!(
+            "experiment \"acc\" {{\n  seed = 5\n  data instr = synthetic.instructions {{ tasks = [uppercase], examples = 100, max_len = 3 }}\n  data prefs = synthetic.preferences {{ tasks = [uppercase], pairs = 60, max_len = 3 }}\n  model lm = transformer {{ vocab = 256, context = 24, d_model = 32, layers = 1, heads = 2, dropout = 0 }}\n  stage rm = reward_model(lm, prefs) {{ steps = 3, batch = 8 }}\n{}{}{}{}{}{}}}\n",
+            ppo("p1", ""),
+            ppo("p4", ", accumulate = 4"),
+            grpo("g1", ""),
+            grpo("g4", ", accumulate = 4"),
+            grpo("d1", ", loss = dapo"),
+            grpo("d4", ", loss = dapo, accumulate = 2"),
+        ),
+    )
+    .unwrap();
+    run_ok(&recipe, &out);
+    let weights = |s: &str| {
+        let mut t = Tensor::read_safetensors(out.join("acc").join(s).join("model.safetensors")).unwrap();
+        t.sort_by(|a, b| a.0.cmp(&b.0));
+        t
+    };
+    let keys: &[&str] = &["policy_loss", "value_loss", "entropy", "clip_fraction", "kl", "reward", "grad_norm", "loss"];
+    for (one, micro) in [("p1", "p4"), ("g1", "g4"), ("d1", "d4")] {
+        let (a, b) = (metrics(&out.join("acc").join(one)), metrics(&out.join("acc").join(micro)));
+        assert_eq!((a.len(), b.len()), (4, 4), "{one}, {micro}");
+        let mut compared = 0;
+        for (x, y) in a.iter().zip(&b) {
+            for k in keys {
+                if let (Some(u), Some(v)) = (x[k].as_f64(), y[k].as_f64()) {
+                    assert!((u - v).abs() < 1e-5, "{micro} vs {one}, step {}: {k} {v} vs {u}", x["step"]);
+                    compared += 1;
+                }
+            }
+        }
+        assert!(compared >= 4 * 5, "{one}: only {compared} numbers compared");
+        // The updates did something, and the same thing.
+        assert!(a.iter().any(|m| m["clip_fraction"].as_f64().unwrap() > 0.0) && a.iter().all(|m| m["kl"].as_f64().unwrap().is_finite()), "{one}: {a:?}");
+        let worst = weight_difference(&weights(one), &weights(micro));
+        assert!(worst < 1e-5, "{micro} vs {one}: weights differ by {worst:e}");
+    }
+    // The plan holds one micro-batch's activations at a time, as each process's plan does.
+    let plan = |args: &[&str]| serde_json::from_slice::<serde_json::Value>(&roux(&[&["plan", recipe.to_str().unwrap(), "--json"], args].concat()).stdout).unwrap();
+    let (whole, world) = (plan(&[]), plan(&["--world", "1"]));
+    let memory = |s: usize| whole["stages"][s]["memory_bytes"].as_u64().unwrap();
+    // (batch 8 in 4 micro-batches: 2 rows each)
+    for (one, micro) in [(1, 2), (3, 4)] {
+        assert!(memory(micro) < memory(one), "{}", whole["stages"]);
+        let process = world["processes"].as_array().unwrap().iter().find(|p| p["stage"] == whole["stages"][micro]["name"]).unwrap();
+        assert_eq!((process["total_bytes"].as_u64(), process["micro_batch"].as_u64()), (Some(memory(micro)), Some(2)), "{process}");
+    }
 }

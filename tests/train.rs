@@ -745,3 +745,28 @@ fn warmup_stable_decay_and_linear_schedules_set_each_steps_rate() {
         assert!((lr - want).abs() < 1e-12, "sft step {i}: lr {lr}, want {want}");
     }
 }
+
+/// The memory guard refuses a stage before anything is allocated, counting what `roux plan`
+/// counts: one micro-batch's activations, so `accumulate = 16` needs about a sixteenth of the
+/// activations (here both are still far past any machine the tests run on: 2^24 sequences a
+/// step), and the advice names `accumulate` first.
+#[test]
+fn the_memory_guard_counts_one_micro_batch_as_the_plan_does() {
+    let out = scratch("guard-micro");
+    let recipe = fixture("tiny.roux");
+    let mut needs = vec![];
+    for k in [1, 16] {
+        let accumulate = format!("pretrain.accumulate={k}");
+        let set = ["--set", "pretrain.batch=16777216", "--set", accumulate.as_str()];
+        let plan = roux(&[&["plan", recipe.to_str().unwrap(), "--json"], &set[..]].concat());
+        let need = serde_json::from_slice::<serde_json::Value>(&plan.stdout).unwrap()["stages"][0]["memory_bytes"].as_u64().unwrap();
+        let o = roux(&[&["run", recipe.to_str().unwrap(), "--out", out.to_str().unwrap()], &set[..]].concat());
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert_ne!(o.status.code(), Some(0), "{err}");
+        let gib = need as f64 / (1u64 << 30) as f64;
+        assert!(err.contains(&format!("error: stage `pretrain` needs about {gib:.2} GiB (the plan's memory estimate")), "accumulate = {k}: {err}");
+        assert!(err.contains("is available; split the batch into micro-batches (`accumulate`), lower `batch`, the context or the LoRA rank, or run on a larger machine"), "{err}");
+        needs.push(need);
+    }
+    assert!(needs[1] < needs[0] / 12, "{needs:?}");
+}

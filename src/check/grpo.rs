@@ -17,7 +17,7 @@ impl<'a> Checker<'a> {
         let policy = bound[0].and_then(|e| self.expect_lm(e, "the policy"));
         let prompts = bound[1].and_then(|e| self.examples_arg(e, &[], "grpo"));
         let mut f = self.stage_fields(d, at, block);
-        let opt = self.check_optim(&mut f, 32, None, 25);
+        let opt = self.check_split_optim(&mut f, 32, 25);
         let group = f.int(self, "group", Some(4), super::fields::Min::One);
         let reward = match f.field("reward") {
             Some(field) => self.check_reward(&field.value),

@@ -42,8 +42,8 @@ impl<'a> Checker<'a> {
     }
 
     /// `check_optim` for the stages that split their batch over processes and micro-batches
-    /// (`accumulate`): finetune, reward_model, dpo.
-    fn check_split_optim(&mut self, f: &mut Fields<'a>, batch: u64, eval_every: u64) -> Option<Optim> {
+    /// (`accumulate`): every post-training stage that trains.
+    pub(super) fn check_split_optim(&mut self, f: &mut Fields<'a>, batch: u64, eval_every: u64) -> Option<Optim> {
         let opt = self.check_optim(f, batch, None, eval_every);
         let accumulate = self.accumulate(f, opt.as_ref().map(|o| o.batch));
         Some(Optim { accumulate: accumulate?, ..opt? })
@@ -210,7 +210,7 @@ impl<'a> Checker<'a> {
         let reward = bound[1].and_then(|e| self.expect_reward(e));
         let prompts = bound[2].and_then(|e| self.examples_arg(e, &[], "ppo"));
         let mut f = self.stage_fields(d, at, block);
-        let opt = self.check_optim(&mut f, 32, None, 25);
+        let opt = self.check_split_optim(&mut f, 32, 25);
         let kl = f.ranged(self, "kl", Some(0.05), 0.0, false, f64::INFINITY, true);
         let kl_target = f.optional(self, "kl_target", |f, ck| f.positive(ck, "kl_target", None));
         let clip = f.ranged(self, "clip", Some(0.2), 0.0, true, 1.0, true);

@@ -22,9 +22,10 @@ pub struct StagePlan {
     pub flops: f64,
     /// Parameters the stage updates (a LoRA stage: Σ rank·(in + out) over its targets).
     pub trainable: u64,
-    /// Peak bytes on the device, fp32: the trained model as `train_memory_bytes` counts it, at
-    /// every sequence as long as the context, plus the frozen models the stage runs beside it
-    /// (reference policies, reward models: 4 bytes a parameter).
+    /// Peak bytes on the device, fp32: the trained model as `train_memory_bytes` counts it, on
+    /// one micro-batch (`batch / accumulate` rows) of sequences as long as the context, plus the
+    /// frozen models the stage runs beside it (reference policies, reward models: 4 bytes a
+    /// parameter, 2 under bf16).
     pub memory_bytes: u64,
 }
 
@@ -42,13 +43,14 @@ pub fn plan(r: &Recipe) -> Plan {
     let mut first_trained: HashMap<&str, (usize, usize)> = HashMap::new();
     for s in &r.stages {
         if let StageKind::Train(t) = &s.kind {
-            first_trained.entry(t.model.as_str()).or_insert((t.batch, t.context));
+            // (One micro-batch's rows: what a step holds at once.)
+            first_trained.entry(t.model.as_str()).or_insert((t.batch / t.accumulate.max(1), t.context));
         }
     }
     let models: Vec<ModelPlan> = graphs
         .iter()
         .map(|g| {
-            // FLOPs and memory at the batch and context of the first stage that trains this model.
+            // FLOPs and memory at the micro-batch and context of the first stage that trains this model.
             let (batch, seq) = first_trained.get(g.spec.name.as_str()).copied().unwrap_or((1, g.spec.context));
             plan_model(g, batch, seq)
         })
@@ -62,7 +64,8 @@ pub fn plan(r: &Recipe) -> Plan {
                 let g = graph_of[t.model.as_str()];
                 let per_token = 3.0 * forward_flops_per_token(g, t.context);
                 let n = g.params().iter().map(|p| p.numel()).sum();
-                let memory_bytes = train_memory_bytes(g, n, t.batch, t.context);
+                // One micro-batch's activations are held at a time (`accumulate`).
+                let memory_bytes = train_memory_bytes(g, n, t.batch / t.accumulate.max(1), t.context);
                 StagePlan { name: s.name.clone(), kind: s.kind.name(), after: s.after.clone(), steps: t.steps, tokens, flops: per_token * tokens_f, trainable: n, memory_bytes }
             }
             StageKind::Isoflop(iso) => {
@@ -94,7 +97,10 @@ fn posttrain_plan(r: &Recipe, s: &crate::recipe::StageSpec, graph_of: &HashMap<&
     let graph = |arch: &str| graph_of[arch];
     let n_of = |arch: &str| graph(arch).params().iter().map(|p| p.numel()).sum::<u64>();
     let ctx_of = |arch: &str| graph(arch).spec.context as u64;
-    // Training `trainable` of `weights` parameters of `arch` on `seqs` sequences at its context.
+    // Training `trainable` of `weights` parameters of `arch` on `seqs` sequences at its context,
+    // `micro` of a stage's batch at a time (its `accumulate` micro-batches; PPO's and GRPO's
+    // scoring passes over a rollout batch run so too, bounding their minibatches' passes).
+    let micro = |o: &crate::recipe::Optim| o.batch / o.accumulate.max(1);
     let training = |arch: &str, weights: u64, trainable: u64, seqs: usize| training_bytes(weights, trainable, graph(arch), seqs, ctx_of(arch) as usize);
     let reward_model = |stage: Option<&str>| {
         stage.and_then(|st| r.stage(st)).and_then(|st| match &st.kind {
@@ -109,7 +115,7 @@ fn posttrain_plan(r: &Recipe, s: &crate::recipe::StageSpec, graph_of: &HashMap<&
             // Packed rows add their attention mask: float32, batch × context², made once a step.
             // (In floating point: at the limits of batch and context it is past u64; it saturates.)
             let mask = if f.packing { (4.0 * f.opt.batch as f64 * (ctx_of(&f.model.arch) as f64).powi(2)) as u64 } else { 0 };
-            (f.opt.steps, t, 6.0 * n as f64 * tf, trainable, training(&f.model.arch, weights, trainable, f.opt.batch).saturating_add(mask))
+            (f.opt.steps, t, 6.0 * n as f64 * tf, trainable, training(&f.model.arch, weights, trainable, micro(&f.opt)).saturating_add(mask))
         }
         StageKind::RewardModel(m) => {
             let n = n_of(&m.model.arch);
@@ -117,7 +123,7 @@ fn posttrain_plan(r: &Recipe, s: &crate::recipe::StageSpec, graph_of: &HashMap<&
             let head = crate::lower::ScalarHead::Reward.numel(&graph(&m.model.arch).spec);
             let (trainable, weights) = crate::lower::trained_and_held(&graph(&m.model.arch).spec, m.lora.as_ref(), n);
             let (trainable, weights) = (trainable + head, weights + head);
-            (m.opt.steps, t, 6.0 * n as f64 * tf, trainable, training(&m.model.arch, weights, trainable, 2 * m.opt.batch))
+            (m.opt.steps, t, 6.0 * n as f64 * tf, trainable, training(&m.model.arch, weights, trainable, 2 * micro(&m.opt)))
         }
         StageKind::Ppo(p) => {
             let n = n_of(&p.policy.arch);
@@ -133,7 +139,7 @@ fn posttrain_plan(r: &Recipe, s: &crate::recipe::StageSpec, graph_of: &HashMap<&
             let (trainable, weights) = (trainable + head, weights + head);
             let reference = if p.lora.is_some() { 0 } else { n };
             let frozen = 4 * (reference + rm.unwrap_or(0));
-            (p.opt.steps, t, per_token * tf, trainable, training(&p.policy.arch, weights, trainable, p.opt.batch).saturating_add(frozen))
+            (p.opt.steps, t, per_token * tf, trainable, training(&p.policy.arch, weights, trainable, micro(&p.opt)).saturating_add(frozen))
         }
         StageKind::Dpo(d) => {
             let n = n_of(&d.policy.arch);
@@ -147,7 +153,7 @@ fn posttrain_plan(r: &Recipe, s: &crate::recipe::StageSpec, graph_of: &HashMap<&
             let (trainable, weights) = crate::lower::trained_and_held(&graph(&d.policy.arch).spec, d.lora.as_ref(), n);
             // KTO also runs the policy and the reference forward over as many mismatched rows.
             let kto = if d.loss == crate::recipe::DpoLoss::Kto { 4.0 * n as f64 } else { 0.0 };
-            (d.opt.steps, t, (6.0 * n as f64 + 2.0 * reference as f64 + kto) * tf, trainable, training(&d.policy.arch, weights, trainable, rows as usize * d.opt.batch).saturating_add(4 * held))
+            (d.opt.steps, t, (6.0 * n as f64 + 2.0 * reference as f64 + kto) * tf, trainable, training(&d.policy.arch, weights, trainable, rows as usize * micro(&d.opt)).saturating_add(4 * held))
         }
         StageKind::Grpo(g) => {
             let n = n_of(&g.policy.arch);
@@ -161,7 +167,7 @@ fn posttrain_plan(r: &Recipe, s: &crate::recipe::StageSpec, graph_of: &HashMap<&
             let reference = if g.beta > 0.0 && g.lora.is_none() { n } else { 0 };
             let frozen = 4 * (reference + rm.unwrap_or(0));
             let (trainable, weights) = crate::lower::trained_and_held(&graph(&g.policy.arch).spec, g.lora.as_ref(), n);
-            (g.opt.steps, t, per_token * tf, trainable, training(&g.policy.arch, weights, trainable, g.opt.batch).saturating_add(frozen))
+            (g.opt.steps, t, per_token * tf, trainable, training(&g.policy.arch, weights, trainable, micro(&g.opt)).saturating_add(frozen))
         }
         StageKind::Compare(c) => {
             let t = c.policies.iter().fold(0u64, |a, (_, p)| a.saturating_add(c.examples as u64 * ctx_of(&p.arch)));

@@ -121,15 +121,15 @@ fn posttrain_process(r: &Recipe, s: &crate::recipe::StageSpec, world: usize) -> 
             let head = crate::lower::ScalarHead::Value.numel(&g.spec);
             let (t, w) = crate::lower::trained_and_held(&g.spec, p.lora.as_ref(), n);
             let reference = if p.lora.is_some() { 0 } else { n };
-            (p.policy.arch.clone(), t + head, w + head, reference + rm(Some(&p.reward)), p.opt.micro_batch(name, world)?, 1)
+            (p.policy.arch.clone(), t + head, w + head, reference + rm(Some(&p.reward)), p.opt.micro_batch(name, world)?, p.opt.accumulate)
         }
         StageKind::Grpo(gr) => {
             let Some(g) = graph(&gr.policy.arch) else { return Ok(None) };
             let n = n_of(&g);
-            let prompts = crate::recipe::split_batch(name, gr.opt.batch / gr.group, world, 1)?;
+            crate::recipe::split_batch(name, gr.opt.batch / gr.group, world, 1)?; // whole groups to a process
             let reference = if gr.beta > 0.0 && gr.lora.is_none() { n } else { 0 };
             let (t, w) = crate::lower::trained_and_held(&g.spec, gr.lora.as_ref(), n);
-            (gr.policy.arch.clone(), t, w, reference + rm(gr.reward.model_stage()), prompts * gr.group, 1)
+            (gr.policy.arch.clone(), t, w, reference + rm(gr.reward.model_stage()), gr.opt.micro_batch(name, world)?, gr.opt.accumulate)
         }
         StageKind::Train(_) | StageKind::Isoflop(_) | StageKind::Mixture(_) | StageKind::Compare(_) => return Ok(None),
     };

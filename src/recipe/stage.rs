@@ -334,6 +334,11 @@ impl StageKind {
         }
     }
 
+    /// Whether the stage takes `accumulate`: it can split its batch into micro-batches.
+    pub fn accumulates(&self) -> bool {
+        !matches!(self, StageKind::Isoflop(_) | StageKind::Mixture(_) | StageKind::Compare(_))
+    }
+
     /// The device the stage asks for (the mixture runs on the CPU).
     pub fn device(&self) -> Device {
         match self {

@@ -56,3 +56,22 @@ pub fn kill_after_checkpoint(args: &[&str], dir: &Path, step: u64) -> bool {
     }
     false
 }
+
+/// The largest difference between two runs' weights, tensor by tensor (both sorted by name). A
+/// key projection's bias only has to stay near zero in both: its gradient is zero in exact
+/// arithmetic (softmax ignores a score added to every key of a query), so AdamW turns rounding
+/// noise into steps of its own that differ between runs equal in every other way.
+#[cfg(feature = "torch")]
+pub fn weight_difference(a: &[(String, tch::Tensor)], b: &[(String, tch::Tensor)]) -> f64 {
+    assert_eq!(a.len(), b.len(), "the runs wrote different tensors");
+    let worst = a.iter().zip(b).map(|((n, x), (m, y))| {
+        assert_eq!(n, m);
+        if n.ends_with("attn.k.bias") {
+            let largest = x.abs().max().double_value(&[]).max(y.abs().max().double_value(&[]));
+            assert!(largest < 1e-3, "{n} moved to {largest}: it has no gradient");
+            return 0.0;
+        }
+        (x - y).abs().max().double_value(&[])
+    });
+    worst.fold(0.0, f64::max)
+}

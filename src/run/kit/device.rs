@@ -60,14 +60,16 @@ pub fn name(d: tch::Device) -> String {
 
 /// Refuse a run whose planned memory (`need`, of one process) exceeds what its device has free:
 /// the machine's available memory for the CPU (shared by the run's processes on it), the GPU's
-/// free memory (read from the CUDA runtime) for CUDA.
-pub fn memory_guard(name: &str, need: u64, device: tch::Device) -> Result<()> {
+/// free memory (read from the CUDA runtime) for CUDA. `splits`: the stage takes `accumulate`,
+/// which the advice then names first.
+pub fn memory_guard(name: &str, need: u64, device: tch::Device, splits: bool) -> Result<()> {
+    let split = if splits { "split the batch into micro-batches (`accumulate`), " } else { "" };
     if let tch::Device::Cuda(i) = device {
         let Some((free, total)) = cuda_mem_info(i) else { return Ok(()) };
         if need > free {
             bail!(
                 "stage `{name}` needs about {:.2} GiB on cuda:{i} (the plan's memory estimate: weights, gradients, AdamW moments, activations and any frozen models beside them; `roux plan` shows it) \
-                 but only {:.2} GiB of its {:.2} GiB is free; lower `batch`, the context or the LoRA rank, set `precision = bf16`, or use a larger GPU",
+                 but only {:.2} GiB of its {:.2} GiB is free; {split}lower `batch`, the context or the LoRA rank, set `precision = bf16`, or use a larger GPU",
                 gib(need),
                 gib(free),
                 gib(total)
@@ -88,7 +90,7 @@ pub fn memory_guard(name: &str, need: u64, device: tch::Device) -> Result<()> {
         if need * here > avail {
             bail!(
                 "stage `{name}` needs about {:.2} GiB{each} (the plan's memory estimate: weights, gradients, AdamW moments, activations and any frozen models beside them; `roux plan` shows it) \
-                 but only {:.2} GiB is available; lower `batch`, the context or the LoRA rank, or run on a larger machine",
+                 but only {:.2} GiB is available; {split}lower `batch`, the context or the LoRA rank, or run on a larger machine",
                 gib(need * here),
                 gib(avail)
             );

@@ -144,7 +144,7 @@ fn lead(ctx: &StageCtx, hash: String, resolved: &Value, steps: u64) -> Result<Op
     }
     // Refused before anything is allocated, against the free memory of the stage's device.
     if ctx.memory > 0 {
-        super::device::memory_guard(label, ctx.memory, super::device::device(ctx.stage.kind.device())?)?;
+        super::device::memory_guard(label, ctx.memory, super::device::device(ctx.stage.kind.device())?, ctx.stage.kind.accumulates())?;
     }
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     let resume = checkpoint::resume_state(dir, ctx.opts.resume_from)?;

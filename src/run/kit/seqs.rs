@@ -15,6 +15,37 @@ pub struct Batch {
     pub w: Tensor,
 }
 
+impl Batch {
+    /// The rows `idx` (row indices on the batch's device), at the same padded width.
+    pub fn rows(&self, idx: &Tensor) -> Batch {
+        Batch { x: self.x.index_select(0, idx), y: self.y.index_select(0, idx), w: self.w.index_select(0, idx) }
+    }
+
+    /// The weighted (trained) positions: a count of response tokens.
+    pub fn tokens(&self) -> f64 {
+        self.w.sum(Kind::Float).double_value(&[])
+    }
+}
+
+/// The rows of one of `k` micro-batches of `n` rows (`accumulate = k`): as even as they go, the
+/// last the shortest; `k` larger than `n` leaves one row in each of `n`.
+pub fn micro_rows(n: usize, k: usize) -> usize {
+    n.div_ceil(k.max(1)).max(1)
+}
+
+/// `f` on `b` in `k` micro-batches of consecutive rows, each of its outputs concatenated over
+/// them by rows: what `f(b)` computes whole, with a k-th of its intermediate memory (no_grad
+/// scoring passes over a rollout batch).
+pub fn by_micro_batch<const N: usize>(b: &Batch, k: usize, mut f: impl FnMut(&Batch) -> [Tensor; N]) -> [Tensor; N] {
+    let n = b.x.size()[0];
+    if k <= 1 {
+        return f(b);
+    }
+    let rows: Vec<i64> = (0..n).collect();
+    let parts: Vec<[Tensor; N]> = rows.chunks(micro_rows(n as usize, k)).map(|part| f(&b.rows(&Tensor::from_slice(part).to_device(b.x.device())))).collect();
+    std::array::from_fn(|i| Tensor::cat(&parts.iter().map(|p| &p[i]).collect::<Vec<_>>(), 0))
+}
+
 pub fn pad(seqs: &[&Seq], device: Device) -> Batch {
     let t = seqs.iter().map(|s| s.tokens.len().saturating_sub(1)).max().unwrap_or(1).max(1);
     let (mut x, mut y, mut w) = (vec![0i64; seqs.len() * t], vec![0i64; seqs.len() * t], vec![0f32; seqs.len() * t]);

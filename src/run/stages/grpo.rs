@@ -25,7 +25,7 @@ use crate::run::kit::artifacts::{instructions, load_policy, load_reward_model, t
 use crate::run::kit::losses::{group_advantages, grpo_loss, GrpoTerms};
 use crate::run::kit::score::score;
 use crate::run::kit::codec::Codec;
-use crate::run::kit::seqs::{generate, pad, prompt_response, to_f64s, token_logprobs};
+use crate::run::kit::seqs::{by_micro_batch, generate, micro_rows, pad, prompt_response, to_f64s, token_logprobs};
 use crate::run::kit::patience::Patience;
 use crate::run::kit::{device, lifecycle, StageCtx};
 use crate::schedule::lr_at;
@@ -38,6 +38,8 @@ pub fn run(ctx: &StageCtx, g: &GrpoSpec) -> Result<()> {
     world.use_device(&name, dev)?;
     // Processes divide a step's prompts (whole groups).
     crate::recipe::split_batch(&name, g.opt.batch / g.group, world.size, 1).map_err(|e| anyhow::anyhow!("{e} (a GRPO batch splits by prompts, {} a step)", g.opt.batch / g.group))?;
+    // Each process's completions, in `accumulate` micro-batches.
+    g.opt.micro_batch(&name, world.size).map_err(anyhow::Error::msg)?;
     let (set, split) = instructions(recipe, &g.prompts)?;
     let codec = Codec::new(recipe, &set)?;
     let held: Vec<Example> = split.held_out.iter().take(g.eval_examples).cloned().collect();
@@ -98,7 +100,8 @@ pub fn run(ctx: &StageCtx, g: &GrpoSpec) -> Result<()> {
         // 2. Rewards.
         let rm_scores = rm.as_ref().map(|rm| {
             let full: Vec<Vec<i64>> = seqs.iter().map(|s| s.tokens.iter().copied().take(context).collect()).collect();
-            to_f64s(&tch::no_grad(|| rm.score(&full, false)))
+            let scores: Vec<Tensor> = full.chunks(micro_rows(full.len(), g.opt.accumulate)).map(|part| tch::no_grad(|| rm.score(part, false))).collect();
+            to_f64s(&Tensor::cat(&scores, 0))
         });
         let rewards: Vec<f64> = (0..batch.len()).map(|i| reward_of(&g.reward, batch[i], &responses[i], &codec, g.max_new, rm_scores.as_ref().map(|v| v[i]))).collect();
         // 3. Advantages within each group; the whole step's rewards over every process (each
@@ -116,22 +119,40 @@ pub fn run(ctx: &StageCtx, g: &GrpoSpec) -> Result<()> {
         let tokens = if g.loss == GrpoLoss::Dapo { world.sums(&[seqs.iter().map(|s| s.weights.iter().map(|&w| w as f64).sum::<f64>()).sum()])?[0] / world.size as f64 } else { 0.0 };
         let terms = GrpoTerms { clip, beta: g.beta, norm: g.loss, max_new: g.max_new, tokens };
         let adv = Tensor::from_slice(&adv).to_kind(Kind::Float).to_device(dev);
-        let (old_lp, ref_lp) = tch::no_grad(|| (token_logprobs(&policy.forward(&b.x, false), &b.y), reference.as_ref().map(|r| token_logprobs(&r.forward(&b.x, false), &b.y))));
+        // The scoring passes and each epoch's forward and backward run in `accumulate`
+        // micro-batches of completions (sampled whole above, so the samples do not depend on it).
+        let k = g.opt.accumulate;
+        let [old_lp] = tch::no_grad(|| by_micro_batch(&b, k, |m| [token_logprobs(&policy.forward(&m.x, false), &m.y)]));
+        let ref_lp = reference.as_ref().map(|r| {
+            let [lp] = tch::no_grad(|| by_micro_batch(&b, k, |m| [token_logprobs(&r.forward(&m.x, false), &m.y)]));
+            lp
+        });
+        let all_rows: Vec<i64> = (0..seqs.len() as i64).collect();
+        let tokens_here = b.tokens().max(1.0);
         // 4. Policy updates.
         let (mut loss_sum, mut clip_sum, mut kl_sum, mut grad_norm) = (0.0, 0.0, 0.0, 0.0);
         for _ in 0..g.epochs {
             opt.zero_grad();
-            let lp = token_logprobs(&policy.forward(&b.x, false), &b.y);
-            let (loss, clipfrac, kl) = grpo_loss(&lp, &old_lp, ref_lp.as_ref(), &adv, &b.w, &terms);
-            loss.backward();
+            for part in all_rows.chunks(micro_rows(all_rows.len(), k)) {
+                let idx = Tensor::from_slice(part).to_device(dev);
+                let m = b.rows(&idx);
+                let lp = token_logprobs(&policy.forward(&m.x, false), &m.y);
+                let (loss, clipfrac, kl) = grpo_loss(&lp, &old_lp.index_select(0, &idx), ref_lp.as_ref().map(|r| r.index_select(0, &idx)).as_ref(), &adv.index_select(0, &idx), &m.w, &terms);
+                // GRPO and Dr. GRPO average over completions, so a micro-batch's loss weighs its
+                // share of them; DAPO's divides by the step's token count already. The logged
+                // per-token means weigh each micro-batch's share of the tokens.
+                let rows = if g.loss == GrpoLoss::Dapo { 1.0 } else { part.len() as f64 / all_rows.len() as f64 };
+                let share = m.tokens() / tokens_here;
+                (&loss * rows).backward();
+                loss_sum += rows * loss.double_value(&[]);
+                clip_sum += share * clipfrac.double_value(&[]);
+                kl_sum += share * kl.double_value(&[]);
+            }
             if world.size > 1 {
                 opt.all_reduce_grads(world)?;
             }
             grad_norm += opt.clip_grad_norm(g.opt.grad_clip);
             opt.step(lr)?;
-            loss_sum += loss.double_value(&[]);
-            clip_sum += clipfrac.double_value(&[]);
-            kl_sum += kl.double_value(&[]);
         }
         let n = g.epochs as f64;
         // The whole batch's statistics (each process's epochs' are its share's: averaged).

@@ -13,7 +13,8 @@
 //! With several processes each rolls out its share of the prompts (sampling with a stream of its
 //! own), advantages are whitened and the KL measured over the whole batch, and every minibatch's
 //! gradients are averaged before the update: one PPO step over the global batch, its rollouts
-//! divided.
+//! divided. `accumulate = k` runs the scoring passes and each minibatch's forward and backward in
+//! k micro-batches (the rollouts are sampled whole, so the samples do not depend on k).
 
 use anyhow::Result;
 use serde_json::json;
@@ -31,7 +32,7 @@ use crate::run::kit::artifacts::{instructions, load_policy, load_reward_model, t
 use crate::run::kit::losses::{entropy, masked_mean, ppo_clip, value_loss};
 use crate::run::kit::score::score;
 use crate::run::kit::codec::Codec;
-use crate::run::kit::seqs::{generate, pad, prompt_response, to_f64s, token_logprobs};
+use crate::run::kit::seqs::{by_micro_batch, generate, micro_rows, pad, prompt_response, to_f64s, token_logprobs};
 use crate::run::kit::patience::Patience;
 use crate::run::kit::dist::{Reduce, World};
 use crate::run::kit::{device, lifecycle, StageCtx};
@@ -105,11 +106,17 @@ pub fn run(ctx: &StageCtx, p: &PpoSpec) -> Result<()> {
         let rows: Vec<&Seq> = seqs.iter().collect();
         let b = pad(&rows, dev);
         // 2. Scores, old log-probabilities and values, reference log-probabilities.
+        // In `accumulate` micro-batches, as the updates below: the logits of the whole rollout
+        // batch need not be held at once.
+        let k = p.opt.accumulate;
         let (old_lp, old_v, ref_lp, rm_score) = tch::no_grad(|| {
-            let (h, logits, _) = policy.forward_full(&b.x, false);
-            let v = value_head.apply(&h); // (B, T)
+            let [old_lp, old_v, ref_lp] = by_micro_batch(&b, k, |m| {
+                let (h, logits, _) = policy.forward_full(&m.x, false);
+                [token_logprobs(&logits, &m.y), value_head.apply(&h), token_logprobs(&reference.forward(&m.x, false), &m.y)] // (B, T) each
+            });
             let full: Vec<Vec<i64>> = seqs.iter().map(|s| s.tokens.iter().copied().take(context).collect()).collect();
-            (token_logprobs(&logits, &b.y), v, token_logprobs(&reference.forward(&b.x, false), &b.y), rm.score(&full, false))
+            let scores: Vec<Tensor> = full.chunks(micro_rows(full.len(), k)).map(|part| rm.score(part, false)).collect();
+            (old_lp, old_v, ref_lp, Tensor::cat(&scores, 0))
         });
         // 3. Per-token rewards and GAE, row by row over the response positions.
         let (t_len, mask) = (b.x.size()[1] as usize, to_f64s(&b.w));
@@ -147,27 +154,33 @@ pub fn run(ctx: &StageCtx, p: &PpoSpec) -> Result<()> {
                 order.swap(i, rng.below(i as u64 + 1) as usize);
             }
             for mb in order.chunks(order.len().div_ceil(p.minibatches)) {
-                let idx = Tensor::from_slice(mb).to_device(dev);
-                let pick = |t: &Tensor| t.index_select(0, &idx);
-                let (x, y, w) = (pick(&b.x), pick(&b.y), pick(&b.w));
+                // The minibatch's losses are means over its response tokens: each micro-batch's
+                // mean weighs its share of them, so their sum is the minibatch's.
+                let tokens = b.rows(&Tensor::from_slice(mb).to_device(dev)).tokens().max(1.0);
                 opt.zero_grad();
-                let (h, logits, _) = policy.forward_full(&x, false);
-                let lp = token_logprobs(&logits, &y);
-                let v = value_head.apply(&h.detach());
-                let (pg, clipfrac) = ppo_clip(&lp, &pick(&old_lp), &pick(&adv), &w, p.clip);
-                let vl = value_loss(&v, &pick(&old_v), &pick(&ret), &w, p.value_clip);
-                let ent = masked_mean(&entropy(&logits), &w);
-                let loss = &pg + &vl * p.vf_coef - &ent * p.entropy_coef;
-                loss.backward();
+                for part in mb.chunks(micro_rows(mb.len(), k)) {
+                    let idx = Tensor::from_slice(part).to_device(dev);
+                    let pick = |t: &Tensor| t.index_select(0, &idx);
+                    let m = b.rows(&idx);
+                    let share = m.tokens() / tokens;
+                    let (h, logits, _) = policy.forward_full(&m.x, false);
+                    let lp = token_logprobs(&logits, &m.y);
+                    let v = value_head.apply(&h.detach());
+                    let (pg, clipfrac) = ppo_clip(&lp, &pick(&old_lp), &pick(&adv), &m.w, p.clip);
+                    let vl = value_loss(&v, &pick(&old_v), &pick(&ret), &m.w, p.value_clip);
+                    let ent = masked_mean(&entropy(&logits), &m.w);
+                    let loss = (&pg + &vl * p.vf_coef - &ent * p.entropy_coef) * share;
+                    loss.backward();
+                    pg_sum += share * pg.double_value(&[]);
+                    vl_sum += share * vl.double_value(&[]);
+                    ent_sum += share * ent.double_value(&[]);
+                    clip_sum += share * clipfrac.double_value(&[]);
+                }
                 if world.size > 1 {
                     opt.all_reduce_grads(world)?;
                 }
                 grad_norm += opt.clip_grad_norm(p.opt.grad_clip);
                 opt.step(lr)?;
-                pg_sum += pg.double_value(&[]);
-                vl_sum += vl.double_value(&[]);
-                ent_sum += ent.double_value(&[]);
-                clip_sum += clipfrac.double_value(&[]);
                 n_mb += 1.0;
             }
         }

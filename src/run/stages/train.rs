@@ -52,11 +52,9 @@ pub fn run_model(ctx: &StageCtx, spec: &ModelSpec, t: &TrainSpec) -> Result<()> 
     let graph = crate::lower::lower_model(spec);
     let plan = plan_model(&graph, t.batch, t.context);
     // On several processes, what each holds (its share of the experts, its slice of the moments).
-    let need = match world.size {
-        1 => plan.train_memory_bytes,
-        n => crate::plan::train_process(name, &graph, t, n).map_or(plan.train_memory_bytes, |p| p.total_bytes),
-    };
-    device::memory_guard(name, need, device)?;
+    // (One micro-batch's activations at a time: `accumulate` lowers the need, as `roux plan` says.)
+    let need = crate::plan::train_process(name, &graph, t, world.size).map_or(plan.train_memory_bytes, |p| p.total_bytes);
+    device::memory_guard(name, need, device, ctx.stage.kind.accumulates())?;
     // Expert parallel: each process holds its own experts only, from the start.
     let experts = world.experts_layout(name, t.expert_parallel)?;
     let share = experts.as_ref().map(|l| Share { parts: l.group.size as i64, part: l.group.rank as i64 });
