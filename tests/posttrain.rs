@@ -538,14 +538,16 @@ fn grpo_loss_by_hand() {
     let logp = t(&[-1.0, -2.0 + 1.5f64.ln(), -1.0 + 0.5f64.ln(), -1.0, -3.0, -2.0, -1.0 + 1.1f64.ln(), -1.0]);
     let reference = &logp + t(&[2.0f64.ln(), 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0]);
     let mask = t(&[1.0, 1.0, 1.0, 0.0, 1.0, 1.0, 1.0, 1.0]);
-    let check = |norm: GrpoLoss, adv: Vec<f64>, high: f64, want: f64| {
+    let check_at = |sequence: bool, norm: GrpoLoss, adv: Vec<f64>, high: f64, want: f64| {
         let adv = Tensor::from_slice(&adv).to_kind(Kind::Float);
-        let terms = GrpoTerms { clip: (0.2, high), beta: 0.1, norm, max_new: 4, tokens: 7.0 };
+        let terms = GrpoTerms { clip: (0.2, high), beta: 0.1, norm, max_new: 4, tokens: 7.0, sequence };
         let (loss, clipped, kl) = grpo_loss(&logp, &old, Some(&reference), &adv, &mask, &terms);
-        assert!((loss.double_value(&[]) - want).abs() < 1e-6, "{norm:?}: {} vs {want}", loss.double_value(&[]));
-        assert!((clipped.double_value(&[]) - 2.0 / 7.0).abs() < 1e-6);
+        assert!((loss.double_value(&[]) - want).abs() < 1e-6, "{norm:?}, sequence {sequence}: {} vs {want}", loss.double_value(&[]));
+        let clipped_tokens = if sequence { 3.0 } else { 2.0 };
+        assert!((clipped.double_value(&[]) - clipped_tokens / 7.0).abs() < 1e-6, "{}", clipped.double_value(&[]));
         assert!((kl.double_value(&[]) - (1.0 - 2.0f64.ln()) / 7.0).abs() < 1e-6);
     };
+    let check = |norm, adv, high, want| check_at(false, norm, adv, high, want);
     check(GrpoLoss::Grpo, group_advantages(&rewards, 4, true), 0.2, -0.0719284398610607);
     check(GrpoLoss::DrGrpo, group_advantages(&rewards, 4, false), 0.2, -0.04495716987849966);
     // DAPO: the 7 unmasked tokens' terms summed and divided by 7. With A = ±a (a = 0.8658754):
@@ -554,6 +556,13 @@ fn grpo_loss_by_hand() {
     // count up to 1.28: (−1.58a + 0.1·(1 − ln 2)) / 7.
     check(GrpoLoss::Dapo, group_advantages(&rewards, 4, true), 0.2, -0.18116112324243527);
     check(GrpoLoss::Dapo, group_advantages(&rewards, 4, true), 0.28, -0.19105684243970042);
+    // GSPO (importance_sampling = sequence): each completion's ratio is the geometric mean of its
+    // tokens': row 0 √1.5 = 1.2247 (A = a: clipped to 1.2 at both tokens), row 1 0.5 (its one
+    // token; A = −a: 0.8a, clipped), row 2 1 (a, a), row 3 √1.1 = 1.0488 (−1.0488a at both):
+    // ((−2.4a + 0.1·k3)/2 + 0.8a + a − 1.0488a)/4; 3 of the 7 tokens clipped. DAPO's sums the same
+    // terms over the 7 tokens: (−2.4a + 0.1·k3 + 0.8a + 2a − 2.0976a)/7.
+    check_at(true, GrpoLoss::Grpo, group_advantages(&rewards, 4, true), 0.2, -0.09331747832943318);
+    check_at(true, GrpoLoss::Dapo, group_advantages(&rewards, 4, true), 0.2, -0.20560573863486095);
 }
 
 /// The GRPO stage's check errors, message and hint pinned.
@@ -629,6 +638,19 @@ fn grpo_follows_its_reward_and_resumes_exactly_after_a_kill() {
     let m = common::metrics(&dapo.join("tiny-grpo/rl"));
     let (first, last) = (&m[..6], &m[m.len() - 6..]);
     assert!(mean(last, "reward") > mean(first, "reward"), "DAPO: reward {} → {}", mean(first, "reward"), mean(last, "reward"));
+
+    // GSPO's sequence-level ratio (with its authors' narrow clip range; two passes a step, so
+    // the ratio leaves 1 — on the first pass GSPO's gradient is GRPO's) follows it too, and clips.
+    let gspo = scratch("grpo-gspo");
+    let gspo_keys = "    beta = 0.04\n    importance_sampling = sequence\n    clip = 0.0003\n    clip_high = 0.0004\n    epochs = 2\n";
+    let text = std::fs::read_to_string(&recipe).unwrap().replace("../../data/", "../../../data/").replace("    beta = 0.04\n", gspo_keys);
+    std::fs::write(gspo.join("r.roux"), text).unwrap();
+    let log = run_ok(&gspo.join("r.roux"), &gspo);
+    assert!(log.contains("β = 0.04, GRPO normalisation, advantages ÷ the group's std, ratio clipped to [0.9997, 1.0004], one ratio per completion (GSPO)"), "{log}");
+    let m = common::metrics(&gspo.join("tiny-grpo/rl"));
+    let (first, last) = (&m[..6], &m[m.len() - 6..]);
+    assert!(mean(last, "reward") > mean(first, "reward"), "GSPO: reward {} → {}", mean(first, "reward"), mean(last, "reward"));
+    assert!(mean(&m, "clip_fraction") > 0.0, "GSPO never clipped");
 }
 
 /// `patience = N` on post-training stages: the stage stops once N evaluations in a row bring no

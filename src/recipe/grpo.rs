@@ -38,6 +38,28 @@ pub struct GrpoSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub lora: Option<super::LoraSpec>,
     pub eval_examples: usize,
+    /// Whose ratio π/π_old is clipped: each token's (GRPO) or each completion's (GSPO). Left out
+    /// of serialized specs at its default, so older stages keep their hash.
+    #[serde(default, skip_serializing_if = "ImportanceSampling::is_token")]
+    pub importance_sampling: ImportanceSampling,
+}
+
+/// The level of the importance ratio (TRL's `importance_sampling_level`): per token, as GRPO and
+/// PPO take it, or per completion, GSPO's (Zheng et al. 2025): the geometric mean of its tokens'
+/// ratios, exp(mean over the completion of log π − log π_old), clipped as one, so a completion's
+/// tokens move together and one unlikely token cannot swing the update.
+#[derive(Clone, Copy, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum ImportanceSampling {
+    #[default]
+    Token,
+    Sequence,
+}
+
+impl ImportanceSampling {
+    pub fn is_token(&self) -> bool {
+        *self == ImportanceSampling::Token
+    }
 }
 
 impl GrpoSpec {

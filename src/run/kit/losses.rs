@@ -132,6 +132,8 @@ pub struct GrpoTerms {
     pub norm: GrpoLoss,
     pub max_new: usize,
     pub tokens: f64,
+    /// GSPO: one ratio per completion, exp(its tokens' mean log π − log π_old).
+    pub sequence: bool,
 }
 
 /// GRPO's loss (Shao et al. 2024) over completions (B, T) with response mask `mask`: per token
@@ -139,14 +141,22 @@ pub struct GrpoTerms {
 /// completion's advantage (B), and k3 = exp(log π_ref − log π) − (log π_ref − log π) − 1, the
 /// non-negative KL estimator DeepSeekMath uses. `Grpo` averages each completion's tokens, then
 /// the completions; `DrGrpo` sums each completion's tokens over `max_new` (a constant), then
-/// averages; `Dapo` sums every token and divides by `tokens`. Returns (loss, share of tokens where
-/// the clipped term was taken, mean k3 per token).
+/// averages; `Dapo` sums every token and divides by `tokens`. With `sequence` (GSPO) ρ is the
+/// completion's: exp of the mean of log π − log π_old over its tokens, the same at each of them.
+/// Returns (loss, share of tokens where the clipped term was taken, mean k3 per token).
 pub fn grpo_loss(logp: &Tensor, old_logp: &Tensor, ref_logp: Option<&Tensor>, adv: &Tensor, mask: &Tensor, t: &GrpoTerms) -> (Tensor, Tensor, Tensor) {
-    let ratio = (logp - old_logp).exp();
+    let log_ratio = logp - old_logp;
+    let ratio = if t.sequence {
+        // (B, 1), broadcast over the tokens below.
+        ((log_ratio * mask).sum_dim_intlist(-1, true, Kind::Float) / mask.sum_dim_intlist(-1, true, Kind::Float).clamp_min(1.0)).exp()
+    } else {
+        log_ratio.exp()
+    };
     let a = adv.unsqueeze(-1); // (B, 1), broadcast over tokens
     let unclipped = -&a * &ratio;
     let clipped = -&a * ratio.clamp(1.0 - t.clip.0, 1.0 + t.clip.1);
-    let mut per_token = unclipped.maximum(&clipped);
+    // (B, T), or (B, 1) under GSPO until the KL term or the mask broadcasts it.
+    let per_token = unclipped.maximum(&clipped);
     let kl = match ref_logp {
         Some(r) => {
             let d = r - logp;
@@ -154,9 +164,7 @@ pub fn grpo_loss(logp: &Tensor, old_logp: &Tensor, ref_logp: Option<&Tensor>, ad
         }
         None => logp.zeros_like(),
     };
-    if t.beta > 0.0 {
-        per_token += &kl * t.beta;
-    }
+    let per_token = if t.beta > 0.0 { per_token + &kl * t.beta } else { per_token };
     let per_row = (&per_token * mask).sum_dim_intlist(-1, false, Kind::Float); // (B)
     let loss = match t.norm {
         GrpoLoss::Grpo => (per_row / mask.sum_dim_intlist(-1, false, Kind::Float).clamp_min(1.0)).mean(Kind::Float),

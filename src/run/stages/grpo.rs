@@ -18,7 +18,7 @@ use tch::{Kind, Tensor};
 
 use crate::posttrain::examples::{Example, Seq};
 use crate::posttrain::tasks;
-use crate::recipe::{GrpoLoss, GrpoSpec, Reward, RewardScale, RewardTerm};
+use crate::recipe::{GrpoLoss, GrpoSpec, ImportanceSampling, Reward, RewardScale, RewardTerm};
 use crate::rng::Rng;
 use crate::run::kit::adamw::Optimizer;
 use crate::run::kit::artifacts::{instructions, load_policy, load_reward_model, trained_output, Policy};
@@ -60,6 +60,7 @@ pub fn run(ctx: &StageCtx, g: &GrpoSpec) -> Result<()> {
     let per_step = g.opt.batch / g.group;
     let clip = g.clip_high.map_or(String::new(), |h| format!(", ratio clipped to [{}, {}]", 1.0 - g.clip, 1.0 + h));
     let adapter = policy.lora.describe().map_or(String::new(), |d| format!(", {d}"));
+    let level = if g.importance_sampling == ImportanceSampling::Sequence { ", one ratio per completion (GSPO)" } else { "" };
     let scale = g.reward_scale();
     let scaled = match scale {
         RewardScale::Group => "advantages ÷ the group's std",
@@ -67,7 +68,7 @@ pub fn run(ctx: &StageCtx, g: &GrpoSpec) -> Result<()> {
         RewardScale::None => "advantages unscaled",
     };
     tracing::info!(
-        "{name}: GRPO on prompts of `{}`: {} steps × {per_step} prompts{} × {} responses, β = {}, {} normalisation, {scaled}{clip}{adapter}",
+        "{name}: GRPO on prompts of `{}`: {} steps × {per_step} prompts{} × {} responses, β = {}, {} normalisation, {scaled}{clip}{level}{adapter}",
         set.name,
         g.opt.steps,
         if world.size > 1 { format!(" (each of {} processes answers {})", world.size, per_step / world.size) } else { String::new() },
@@ -117,7 +118,7 @@ pub fn run(ctx: &StageCtx, g: &GrpoSpec) -> Result<()> {
         // DAPO divides by the step's completion tokens over all processes; each process's share
         // of that count, since their gradients are averaged.
         let tokens = if g.loss == GrpoLoss::Dapo { world.sums(&[seqs.iter().map(|s| s.weights.iter().map(|&w| w as f64).sum::<f64>()).sum()])?[0] / world.size as f64 } else { 0.0 };
-        let terms = GrpoTerms { clip, beta: g.beta, norm: g.loss, max_new: g.max_new, tokens };
+        let terms = GrpoTerms { clip, beta: g.beta, norm: g.loss, max_new: g.max_new, tokens, sequence: g.importance_sampling == ImportanceSampling::Sequence };
         let adv = Tensor::from_slice(&adv).to_kind(Kind::Float).to_device(dev);
         // The scoring passes and each epoch's forward and backward run in `accumulate`
         // micro-batches of completions (sampled whole above, so the samples do not depend on it).
