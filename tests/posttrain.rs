@@ -1057,3 +1057,34 @@ fn ppo_and_grpo_in_micro_batches_take_the_same_steps() {
         assert_eq!((process["total_bytes"].as_u64(), process["micro_batch"].as_u64()), (Some(memory(micro)), Some(2)), "{process}");
     }
 }
+
+/// `mask_truncated = true` (DAPO's overlong filtering, TRL's `mask_truncated_completions`): a
+/// completion cut off before the end marker takes no part in the loss. One prompt, 16 answers of
+/// at most one token, rewarded 1 for stopping (`format`): e of them stop. On the first step the
+/// policy is its reference and the ratio 1, so the loss is −mean over the completions of A·[kept]:
+/// 0 when every completion counts (a group's advantages sum to 0); −e·A_stop/16 with the others
+/// masked, A_stop = (1 − p)/(s + 1e-4), p = e/16, s² = 16·p(1 − p)/15 (the sample variance).
+#[test]
+fn grpo_masks_truncated_completions_out_of_the_loss() {
+    let out = scratch("grpo-truncated");
+    let recipe = out.join("r.roux");
+    std::fs::write(&recipe, std::fs::read_to_string(fixture("tiny-grpo.roux")).unwrap().replace("../../data/", "../../../data/")).unwrap();
+    let first = |mask: bool| {
+        let set = ["rl.max_new=1", "rl.steps=2", "rl.eval_every=2", "rl.group=16", "rl.batch=16", "rl.reward=format", if mask { "rl.mask_truncated=true" } else { "rl.mask_truncated=false" }];
+        let args: Vec<&str> = set.iter().flat_map(|s| ["--set", s]).collect();
+        let o = roux(&[&["run", recipe.to_str().unwrap(), "--out", out.to_str().unwrap()], &args[..]].concat());
+        let log = String::from_utf8_lossy(&o.stderr).to_string();
+        assert_eq!(o.status.code(), Some(0), "{log}");
+        assert_eq!(log.contains("truncated completions masked"), mask, "{log}");
+        metrics(&out.join("tiny-grpo/rl"))[0].clone()
+    };
+    let (masked, whole) = (first(true), first(false));
+    let truncated = masked["truncated"].as_f64().unwrap();
+    assert_eq!(whole["truncated"].as_f64(), Some(truncated), "the first step's samples differ");
+    let e = (16.0 * (1.0 - truncated)).round();
+    assert!(e > 0.0 && e < 16.0, "{e} of 16 stopped: no signal to test with");
+    let p = e / 16.0;
+    let want = -e * (1.0 - p) / ((16.0 * p * (1.0 - p) / 15.0).sqrt() + 1e-4) / 16.0;
+    assert!((masked["loss"].as_f64().unwrap() - want).abs() < 1e-5, "masked: loss {} (want {want}, {e} stopped)", masked["loss"]);
+    assert!(whole["loss"].as_f64().unwrap().abs() < 1e-6, "unmasked: loss {}", whole["loss"]);
+}

@@ -31,6 +31,7 @@ impl<'a> Checker<'a> {
         let loss = f.sym(self, "loss", &["grpo", "dr_grpo", "dapo"], Some("grpo"));
         let scale = f.optional(self, "scale_rewards", |f, ck| f.sym(ck, "scale_rewards", &["group", "batch", "none"], None));
         let level = f.sym(self, "importance_sampling", &["token", "sequence"], Some("token"));
+        let mask_truncated = f.bool(self, "mask_truncated", false);
         let lora = self.adapter_key(&mut f, policy.as_ref());
         let eval = self.eval_keys(&mut f);
         let (group_span, reward_span, new_span) = (f.value_span("group"), f.value_span("reward"), f.value_span("max_new"));
@@ -81,7 +82,7 @@ impl<'a> Checker<'a> {
             _ => RewardScale::Group,
         });
         let importance_sampling = if level? == "sequence" { ImportanceSampling::Sequence } else { ImportanceSampling::Token };
-        let spec = GrpoSpec { policy: policy?, prompts: prompts.name, opt, group, reward, beta: beta?, clip: clip?, clip_high: clip_high?, epochs: epochs?, max_new, temperature: temperature?, loss, scale_rewards, lora: lora?, eval_examples, importance_sampling };
+        let spec = GrpoSpec { policy: policy?, prompts: prompts.name, opt, group, reward, beta: beta?, clip: clip?, clip_high: clip_high?, epochs: epochs?, max_new, temperature: temperature?, loss, scale_rewards, lora: lora?, eval_examples, importance_sampling, mask_truncated: mask_truncated? };
         Some(self.stage_spec(d, StageKind::Grpo(spec)))
     }
 

@@ -42,6 +42,11 @@ pub struct GrpoSpec {
     /// of serialized specs at its default, so older stages keep their hash.
     #[serde(default, skip_serializing_if = "ImportanceSampling::is_token")]
     pub importance_sampling: ImportanceSampling,
+    /// DAPO's overlong filtering (TRL's `mask_truncated_completions`): a completion that reached
+    /// `max_new` without the end marker takes no part in the loss (its reward still counts in its
+    /// group's mean). Left out of serialized specs when off.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub mask_truncated: bool,
 }
 
 /// The level of the importance ratio (TRL's `importance_sampling_level`): per token, as GRPO and

@@ -61,6 +61,7 @@ pub fn run(ctx: &StageCtx, g: &GrpoSpec) -> Result<()> {
     let clip = g.clip_high.map_or(String::new(), |h| format!(", ratio clipped to [{}, {}]", 1.0 - g.clip, 1.0 + h));
     let adapter = policy.lora.describe().map_or(String::new(), |d| format!(", {d}"));
     let level = if g.importance_sampling == ImportanceSampling::Sequence { ", one ratio per completion (GSPO)" } else { "" };
+    let level = if g.mask_truncated { format!("{level}, truncated completions masked") } else { level.to_string() };
     let scale = g.reward_scale();
     let scaled = match scale {
         RewardScale::Group => "advantages ÷ the group's std",
@@ -97,7 +98,16 @@ pub fn run(ctx: &StageCtx, g: &GrpoSpec) -> Result<()> {
         let batch: Vec<&Example> = chosen.iter().flat_map(|e| std::iter::repeat_n(*e, g.group)).collect();
         let prompts: Vec<Vec<i64>> = batch.iter().map(|e| codec.prompt(&e.prompt)).collect();
         let responses = generate(&policy, &prompts, g.max_new, g.temperature, codec.stops());
-        let seqs: Vec<Seq> = prompts.iter().zip(&responses).map(|(q, r)| prompt_response(q, r)).collect();
+        let mut seqs: Vec<Seq> = prompts.iter().zip(&responses).map(|(q, r)| prompt_response(q, r)).collect();
+        // Cut off at `max_new` (or the context) before the end marker; with `mask_truncated`
+        // such a completion weighs nothing in the loss (DAPO's overlong filtering).
+        let truncated: Vec<bool> = responses.iter().map(|r| !ended(&codec, r)).collect();
+        if g.mask_truncated {
+            for (s, _) in seqs.iter_mut().zip(&truncated).filter(|(_, &t)| t) {
+                s.weights.iter_mut().for_each(|w| *w = 0.0);
+            }
+        }
+        let truncated = world.sums(&[truncated.iter().filter(|&&t| t).count() as f64])?[0] / g.opt.batch as f64;
         // 2. Rewards.
         let rm_scores = rm.as_ref().map(|rm| {
             let full: Vec<Vec<i64>> = seqs.iter().map(|s| s.tokens.iter().copied().take(context).collect()).collect();
@@ -168,7 +178,7 @@ pub fn run(ctx: &StageCtx, g: &GrpoSpec) -> Result<()> {
         let mut m = json!({
             "step": done, "lr": lr, "reward": mean, "reward_std": spread, "flat_groups": flat,
             "loss": loss_sum / n, "kl": kl_sum / n, "clip_fraction": clip_sum / n, "grad_norm": grad_norm / n,
-            "response_length": length,
+            "response_length": length, "truncated": truncated,
         });
         if let Some(s) = &s {
             s.log_into(&mut m, "val_");
@@ -221,6 +231,11 @@ pub fn run(ctx: &StageCtx, g: &GrpoSpec) -> Result<()> {
     run.finish(&[trained_output(&policy)], report, &ctx.title())
 }
 
+/// Whether a response ends with the data's end marker: the policy stopped within `max_new`.
+fn ended(codec: &Codec, response: &[i64]) -> bool {
+    codec.stops().iter().any(|s| !s.is_empty() && response.ends_with(s))
+}
+
 /// The recipe's reward for one response: the weighted sum of its terms.
 fn reward_of(reward: &Reward, e: &Example, response: &[i64], codec: &Codec, max_new: usize, rm_score: Option<f64>) -> f64 {
     let answer = e.gold.as_deref().unwrap_or(&e.response);
@@ -230,7 +245,7 @@ fn reward_of(reward: &Reward, e: &Example, response: &[i64], codec: &Codec, max_
         .map(|(w, t)| {
             w * match t {
                 RewardTerm::ExactMatch => tasks::exact(answer, &codec.decode(response)) as u8 as f64,
-                RewardTerm::Format => codec.stops().iter().any(|s| !s.is_empty() && response.ends_with(s)) as u8 as f64,
+                RewardTerm::Format => ended(codec, response) as u8 as f64,
                 RewardTerm::Length => response.len() as f64 / max_new.max(1) as f64,
                 RewardTerm::Model { .. } => rm_score.unwrap_or(0.0),
             }
