@@ -68,6 +68,16 @@ fn dpo_loss_by_hand() {
     let terms = DpoTerms { beta: 0.5, loss: Kto, smoothing: 0.0, gamma: 0.0, kl: 0.25, weights: (2.0, 1.0) };
     close(&kto(&t(&[-1.0, -2.0]), &t(&[-2.0, -1.5]), &t(&[1.0, 0.0]), &terms), 0.6110001);
     close(&roux::run::kit::losses::dpo(&t(&[-1.0]), &t(&[-2.0]), &t(&[-2.0]), &t(&[-1.5]), &terms), 0.6110001);
+    // The same pair (r_c = 1, r_r = −0.5, β = 0.5) under the anchored and noise-contrastive losses:
+    // APO-zero 1 − σ(0.5) + σ(−0.25) = 0.8153642; APO-down σ(0.5) + 1 − σ(0.75) = 0.9432806;
+    // NCA −log σ(0.5) − ½·log σ(−0.5) − ½·log σ(0.25) = 1.2490852; SPPO (r_c − 1)² + (r_r + 1)² = 0.25.
+    for (loss, want) in [(ApoZero, 0.8153642), (ApoDown, 0.9432806), (NcaPair, 1.2490852), (SppoHard, 0.25)] {
+        close(&dpo(&t(&[-1.0]), &t(&[-2.0]), &t(&[-2.0]), &t(&[-1.5]), 0.5, loss, 0.0), want);
+    }
+    // APO-zero unpaired (TRL's apo_zero_unpaired): no reference point, the desirable completion
+    // weighed 2: (2·(1 − σ(0.5)) + σ(−0.25)) / 2 = 0.5964524.
+    let terms = DpoTerms { loss: ApoZero, ..terms };
+    close(&kto(&t(&[-1.0, -2.0]), &t(&[-2.0, -1.5]), &t(&[1.0, 0.0]), &terms), 0.5964524);
 }
 
 #[test]
@@ -709,14 +719,14 @@ fn kto_learns_from_unpaired_feedback() {
         format!(
             "experiment \"kto\" {{\n  seed = 7\n  data fb = synthetic.feedback {{ tasks = [uppercase], examples = 240, max_len = 3 }}\n  data prefs = synthetic.preferences {{ tasks = [uppercase], pairs = 240, max_len = 3 }}\n  model lm = transformer {{ vocab = 256, context = 24, d_model = 32, layers = 1, heads = 2, dropout = 0 }}\n  {}\n  {}\n  stage pairs = dpo(lm, prefs) {{ loss = kto, steps = 40, batch = 16 }}\n}}\n",
             stage("k", ""),
-            stage("k2", ", accumulate = 2")
+            stage("k2", ", accumulate = 2") + "\n  " + &stage("az", ", loss = apo_zero").replace("loss = kto, ", "")
         ),
     )
     .unwrap();
     let plan = roux(&["plan", recipe.to_str().unwrap(), "--json"]);
     let plan: serde_json::Value = serde_json::from_slice(&plan.stdout).unwrap();
     let tokens = |s: usize| plan["stages"][s]["tokens"].as_u64().unwrap();
-    assert_eq!((tokens(0), tokens(2)), (40 * 16 * 24, 2 * 40 * 16 * 24));
+    assert_eq!((tokens(0), tokens(3)), (40 * 16 * 24, 2 * 40 * 16 * 24));
     let log = run_ok(&recipe, &out);
     let (train, good) = {
         let set = roux::frontend::compile(&recipe).unwrap().recipe.unwrap().example_set("fb").unwrap().clone();
@@ -749,6 +759,19 @@ fn kto_learns_from_unpaired_feedback() {
     for (a, b) in m.iter().zip(&m2) {
         assert!((a["loss"].as_f64().unwrap() - b["loss"].as_f64().unwrap()).abs() < 1e-5, "step {}: {} vs {}", a["step"], a["loss"], b["loss"]);
     }
+    // APO-zero unpaired (TRL's KTO with apo_zero_unpaired) anchors at the reference itself: no
+    // reference point is computed or logged (`kl` is only the held-out sampled one); its first loss is the same 0.5·(1.2·d + u)/16 (1 −
+    // σ(0) and σ(0) are both ½), it falls, and the held-out desirable completions end ahead.
+    assert!(log.contains("az: Unpaired preference optimisation (apo_zero loss, β = 0.5, weights 1.2 and 1)"), "{log}");
+    let az = metrics(&out.join("kto/az"));
+    let (d, u) = (az[0]["count/chosen"].as_f64().unwrap(), az[0]["count/rejected"].as_f64().unwrap());
+    let want = 0.5 * (1.2 * d + u) / 16.0;
+    assert!((az[0]["loss"].as_f64().unwrap() - want).abs() < 1e-6 && az[0].get("kl").is_none(), "{:?}", az[0]);
+    let losses: Vec<f64> = az.iter().filter_map(|x| x["loss"].as_f64()).collect();
+    assert!(losses[30..].iter().sum::<f64>() / 10.0 < 0.8 * want, "APO-zero's loss did not fall: {losses:?}");
+    let report: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.join("kto/az/report.json")).unwrap()).unwrap();
+    let held = &report["held_out_rewards"];
+    assert!(held["chosen"].as_f64().unwrap() > held["rejected"].as_f64().unwrap(), "{held}");
 }
 
 /// `roux check` on unpaired feedback says how many completions are desirable, and warns (W0407)
@@ -781,8 +804,10 @@ fn check_counts_feedback_labels_and_weighs_their_balance() {
 
 /// `dpo { loss = … }` trains with TRL's loss of that name: at the first step the policy is its
 /// reference (h = 0), so the logged loss is each formula at 0 — ln 2 for sigmoid with and without
-/// label smoothing and for robust, 1/(2β)² for IPO, 1 for hinge — and then it falls. Smoothing on
-/// a loss without it is refused with both names.
+/// label smoothing and for robust, 1/(2β)² for IPO, 1 for hinge, ½ for KTO, 1 for APO-zero and
+/// APO-down, 2 ln 2 for NCA, 1/(2β²) for SPPO — and then it falls (NCA's least: its chosen term is
+/// smallest at β·r_c = ln 2, 0.955 with the rejected term gone). Smoothing on a loss without it is
+/// refused with both names.
 #[test]
 fn dpo_loss_variants_train_from_their_formulas_at_zero() {
     let out = scratch("dpo-losses");
@@ -798,17 +823,22 @@ fn dpo_loss_variants_train_from_their_formulas_at_zero() {
           stage ipo = dpo(lm, prefs) {{ loss = ipo, beta = 0.25 {extra} }}
           stage hinge = dpo(lm, prefs) {{ loss = hinge, beta = 0.5 {extra} }}
           stage kto = dpo(lm, prefs) {{ loss = kto, beta = 0.5 {extra} }}
+          stage apo_zero = dpo(lm, prefs) {{ loss = apo_zero, beta = 0.5 {extra} }}
+          stage apo_down = dpo(lm, prefs) {{ loss = apo_down, beta = 0.5 {extra} }}
+          stage nca = dpo(lm, prefs) {{ loss = nca_pair, beta = 0.5 {extra} }}
+          stage sppo = dpo(lm, prefs) {{ loss = sppo_hard, beta = 0.5 {extra} }}
         }}"#
         )
     };
     std::fs::write(&recipe, text(", steps = 40, batch = 16, log_every = 1, eval_every = 40, eval_examples = 2, max_new = 2, optimizer = adamw { lr = 3e-3 }")).unwrap();
     run_ok(&recipe, &out);
-    for (stage, at_zero) in [("cdpo", std::f64::consts::LN_2), ("robust", std::f64::consts::LN_2), ("ipo", 4.0), ("hinge", 1.0), ("kto", 0.5)] {
+    let ln2 = std::f64::consts::LN_2;
+    for (stage, at_zero, falls_to) in [("cdpo", ln2, 0.8), ("robust", ln2, 0.8), ("ipo", 4.0, 0.8), ("hinge", 1.0, 0.8), ("kto", 0.5, 0.8), ("apo_zero", 1.0, 0.8), ("apo_down", 1.0, 0.8), ("nca", 2.0 * ln2, 0.95), ("sppo", 2.0, 0.8)] {
         let m = metrics(&out.join("losses").join(stage));
         let losses: Vec<f64> = m.iter().filter_map(|x| x["loss"].as_f64()).collect();
         assert!((losses[0] - at_zero).abs() < 1e-5, "{stage}: first loss {} (want {at_zero})", losses[0]);
         let tail = losses[losses.len() - 10..].iter().sum::<f64>() / 10.0;
-        assert!(tail < 0.8 * at_zero, "{stage}: the loss did not fall: {losses:?}");
+        assert!(tail < falls_to * at_zero, "{stage}: the loss did not fall: {losses:?}");
     }
     // KTO's reference point starts at 0 (the policy is its reference) and is never negative.
     let kl: Vec<f64> = metrics(&out.join("losses/kto")).iter().filter_map(|x| x["kl"].as_f64()).collect();

@@ -1,5 +1,6 @@
-//! KTO's unpaired feedback on a `dpo` stage: only `loss = kto` learns from completions judged
-//! one at a time, its two weights, and whether they balance the data as TRL recommends.
+//! Unpaired feedback on a `dpo` stage: only the losses that score each response on its own
+//! (`kto`, `apo_zero`) learn from completions judged one at a time, their two weights, and
+//! whether they balance the data as KTO's authors and TRL recommend.
 
 use super::fields::{fmt_num, Fields};
 use super::Checker;
@@ -8,28 +9,28 @@ use crate::recipe::{kto_balance, DpoLoss, ExampleKind, ExampleSet, KTO_BALANCE a
 use crate::syntax::ast::Expr;
 
 impl<'a> Checker<'a> {
-    /// `desirable_weight` and `undesirable_weight` (1 each): KTO's only (E0246). Unpaired
-    /// feedback trains `loss = kto` only (E0313), and W0407 says when the weighted counts of its
-    /// desirable and undesirable examples fall outside [1, 4/3].
+    /// `desirable_weight` and `undesirable_weight` (1 each): the unpaired losses' only (E0246).
+    /// Unpaired feedback trains those only (E0313), and W0407 says when the weighted counts of
+    /// its desirable and undesirable examples fall outside [1, 4/3].
     pub(super) fn kto_weights(&mut self, f: &mut Fields<'a>, loss: Option<DpoLoss>, data: Option<&ExampleSet>, data_arg: Option<&'a Expr>) -> Option<(f64, f64)> {
         const KEYS: [&str; 2] = ["desirable_weight", "undesirable_weight"];
         let given = KEYS.map(|k| f.field(k).is_some());
         let good = f.ranged(self, KEYS[0], Some(1.0), 0.0, true, 1e6, false);
         let bad = f.ranged(self, KEYS[1], Some(1.0), 0.0, true, 1e6, false);
         let loss = loss?;
-        if loss != DpoLoss::Kto {
+        if !loss.unpaired() {
             for (key, _) in KEYS.iter().zip(given).filter(|(_, g)| *g) {
                 self.error(
                     Diagnostic::error(Code::E0246, f.key_span(key), format!("`{key}` weighs KTO's examples and has no meaning for `loss = {}`", loss.name()))
-                        .with_hint(format!("use `loss = kto`, or leave `{key}` out")),
+                        .with_hint(format!("use `loss = kto` or `apo_zero`, or leave `{key}` out")),
                 );
             }
         }
         let (Some(set), Some(arg)) = (data.filter(|s| s.kind == ExampleKind::Feedback), data_arg) else { return good.zip(bad) };
-        if loss != DpoLoss::Kto {
+        if !loss.unpaired() {
             self.error(
                 Diagnostic::error(Code::E0313, arg.span, format!("`dpo` with `loss = {}` compares preference pairs, but `{}` holds unpaired feedback", loss.name(), set.name))
-                    .with_hint("use `loss = kto`, which learns from completions judged one at a time"),
+                    .with_hint("use `loss = kto` or `apo_zero`, which learn from completions judged one at a time"),
             );
             return None;
         }

@@ -265,17 +265,10 @@ impl<'a> Checker<'a> {
         let mut f = self.stage_fields(d, at, block);
         let opt = self.check_split_optim(&mut f, 16, 100);
         let beta = f.positive(self, "beta", Some(0.1));
-        let loss = f.sym(self, "loss", &["sigmoid", "robust", "ipo", "hinge", "simpo", "orpo", "kto"], Some("sigmoid")).map(|l| match l {
-            "robust" => DpoLoss::Robust,
-            "ipo" => DpoLoss::Ipo,
-            "hinge" => DpoLoss::Hinge,
-            "simpo" => DpoLoss::Simpo,
-            "orpo" => DpoLoss::Orpo,
-            "kto" => DpoLoss::Kto,
-            _ => DpoLoss::Sigmoid,
-        });
+        let names = DpoLoss::ALL.map(DpoLoss::name);
+        let loss = f.sym(self, "loss", &names, Some("sigmoid")).and_then(|l| DpoLoss::ALL.into_iter().find(|x| x.name() == l));
         let smoothing = f.ranged(self, "label_smoothing", Some(0.0), 0.0, false, 0.5, true);
-        if let (Some(l @ (DpoLoss::Ipo | DpoLoss::Hinge | DpoLoss::Orpo | DpoLoss::Kto)), Some(e)) = (loss, smoothing.filter(|e| *e > 0.0)) {
+        if let (Some(l), Some(e)) = (loss.filter(|l| !l.smooths()), smoothing.filter(|e| *e > 0.0)) {
             self.error(
                 Diagnostic::error(Code::E0246, f.key_span("label_smoothing"), format!("`label_smoothing = {}` has no meaning for `loss = {}`", fmt_num(e), l.name()))
                     .with_hint("label smoothing belongs to `loss = sigmoid` (conservative DPO), `robust` and `simpo`"),

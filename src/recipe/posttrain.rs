@@ -135,6 +135,19 @@ pub enum DpoLoss {
     /// r = log π − log π_ref of a response and z = max(0, the step's mean r over prompts given
     /// another pair's responses), a reference point that takes no gradient.
     Kto,
+    /// APO-zero (D'Oosterlinck et al. 2024, Anchored Preference Optimization): each response
+    /// anchored at its reference, w_d·(1 − σ(β·r_c)) + w_u·σ(β·r_r) — the chosen made likelier and
+    /// the rejected less likely than the reference, for chosen responses better than the model's
+    /// own. Separable, so it also learns from unpaired feedback (TRL's KTO `apo_zero_unpaired`).
+    ApoZero,
+    /// APO-down: σ(β·r_c) + 1 − σ(β·(r_c − r_r)) — both made less likely, the rejected more, for
+    /// chosen responses worse than the model's own.
+    ApoDown,
+    /// NCA (Chen et al. 2024, noise-contrastive alignment) on pairs:
+    /// −log σ(β·r_c) − ½·log σ(−β·r_c) − ½·log σ(−β·r_r).
+    NcaPair,
+    /// SPPO's hard-label form (Wu et al. 2024): (r_c − 1/(2β))² + (r_r + 1/(2β))².
+    SppoHard,
 }
 
 impl DpoLoss {
@@ -151,7 +164,37 @@ impl DpoLoss {
             DpoLoss::Simpo => "simpo",
             DpoLoss::Orpo => "orpo",
             DpoLoss::Kto => "kto",
+            DpoLoss::ApoZero => "apo_zero",
+            DpoLoss::ApoDown => "apo_down",
+            DpoLoss::NcaPair => "nca_pair",
+            DpoLoss::SppoHard => "sppo_hard",
         }
+    }
+
+    /// Every loss, by the name a recipe gives it.
+    pub const ALL: [DpoLoss; 11] = [
+        DpoLoss::Sigmoid,
+        DpoLoss::Robust,
+        DpoLoss::Ipo,
+        DpoLoss::Hinge,
+        DpoLoss::Simpo,
+        DpoLoss::Orpo,
+        DpoLoss::Kto,
+        DpoLoss::ApoZero,
+        DpoLoss::ApoDown,
+        DpoLoss::NcaPair,
+        DpoLoss::SppoHard,
+    ];
+
+    /// Whether it scores each response on its own, so it learns from unpaired feedback and
+    /// weighs desirable and undesirable responses (`desirable_weight`, `undesirable_weight`).
+    pub fn unpaired(self) -> bool {
+        matches!(self, DpoLoss::Kto | DpoLoss::ApoZero)
+    }
+
+    /// Whether `label_smoothing` means something for it.
+    pub fn smooths(self) -> bool {
+        matches!(self, DpoLoss::Sigmoid | DpoLoss::Robust | DpoLoss::Simpo)
     }
 
     /// Whether the loss compares with a frozen reference (SimPO and ORPO do not load one).

@@ -31,7 +31,9 @@ pub struct DpoTerms {
 /// max(0, 1 − βh); SimPO: s_ε(βh − γ); ORPO's preference term: −β·log σ(log odds(y_c) − log
 /// odds(y_r)), log odds(y) = a − log(1 − eᵃ) of the average log-probability a (its NLL term is the
 /// stage's); KTO: (w_d·(1 − σ(β(r_c − z))) + w_u·(1 − σ(β(z − r_r)))) / 2, r = log π − log π_ref
-/// of each response, z = `t.kl` — TRL's `loss_type`s and trainers of the same names.
+/// of each response, z = `t.kl`; APO-zero: w_d·(1 − σ(β·r_c)) + w_u·σ(β·r_r); APO-down: σ(β·r_c) + 1
+/// − σ(βh); NCA: −log σ(β·r_c) − ½·log σ(−β·r_c) − ½·log σ(−β·r_r); SPPO (hard): (r_c − 1/(2β))² +
+/// (r_r + 1/(2β))² — TRL's `loss_type`s and trainers of the same names.
 pub fn dpo(pi_c: &Tensor, pi_r: &Tensor, ref_c: &Tensor, ref_r: &Tensor, t: &DpoTerms) -> Tensor {
     let h = (pi_c - ref_c) - (pi_r - ref_r);
     let (beta, e) = (t.beta, t.smoothing);
@@ -44,17 +46,29 @@ pub fn dpo(pi_c: &Tensor, pi_r: &Tensor, ref_c: &Tensor, ref_r: &Tensor, t: &Dpo
         DpoLoss::Simpo => smoothed(&h * beta - t.gamma),
         DpoLoss::Orpo => -log_odds_ratio(pi_c, pi_r) * beta,
         DpoLoss::Kto => ((((pi_c - ref_c) - t.kl) * beta).sigmoid().neg() + 1.0) * t.weights.0 / 2.0 + ((((pi_r - ref_r) - t.kl) * -beta).sigmoid().neg() + 1.0) * t.weights.1 / 2.0,
+        DpoLoss::ApoZero => ((pi_c - ref_c) * beta).sigmoid().neg() * t.weights.0 + t.weights.0 + ((pi_r - ref_r) * beta).sigmoid() * t.weights.1,
+        DpoLoss::ApoDown => ((pi_c - ref_c) * beta).sigmoid() - (h * beta).sigmoid() + 1.0,
+        DpoLoss::NcaPair => {
+            let (rc, rr) = ((pi_c - ref_c) * beta, (pi_r - ref_r) * beta);
+            -rc.log_sigmoid() - (-&rc).log_sigmoid() * 0.5 - (-rr).log_sigmoid() * 0.5
+        }
+        DpoLoss::SppoHard => ((pi_c - ref_c) - 0.5 / beta).square() + ((pi_r - ref_r) + 0.5 / beta).square(),
     };
     losses.mean(Kind::Float)
 }
 
-/// KTO on judged completions, unpaired (Ethayarajh et al. 2024; TRL's KTOTrainer): the mean over
-/// rows of w_d·(1 − σ(β(r − z))) where `desirable` is 1 and w_u·(1 − σ(β(z − r))) where it is 0,
-/// r = log π − log π_ref of the completion and z = `t.kl`, the reference point.
+/// A loss on judged completions, unpaired (TRL's KTOTrainer): the mean over rows of a desirable
+/// completion's loss where `desirable` is 1 and an undesirable one's where it is 0, r = log π −
+/// log π_ref of the completion. KTO (Ethayarajh et al. 2024): w_d·(1 − σ(β(r − z))) and
+/// w_u·(1 − σ(β(z − r))), z = `t.kl` the reference point; under `DpoLoss::ApoZero` (TRL's
+/// `apo_zero_unpaired`) w_d·(1 − σ(βr)) and w_u·σ(βr), anchored at the reference itself. (The
+/// checker admits no other loss on feedback.)
 pub fn kto(pi: &Tensor, reference: &Tensor, desirable: &Tensor, t: &DpoTerms) -> Tensor {
-    let r = (pi - reference) - t.kl;
+    let z = if t.loss == DpoLoss::ApoZero { 0.0 } else { t.kl };
+    let r = (pi - reference) - z;
     let good = ((&r * t.beta).sigmoid().neg() + 1.0) * desirable * t.weights.0;
-    let bad = ((&r * -t.beta).sigmoid().neg() + 1.0) * (desirable.neg() + 1.0) * t.weights.1;
+    // 1 − σ(β(z − r)) = σ(β(r − z)): the same for both losses once z is theirs.
+    let bad = (&r * t.beta).sigmoid() * (desirable.neg() + 1.0) * t.weights.1;
     (good + bad).mean(Kind::Float)
 }
 

@@ -175,7 +175,8 @@ pub fn run(ctx: &StageCtx, d: &DpoSpec) -> Result<()> {
         Some(j) => {
             settings.extend((d.kto_weights != (1.0, 1.0)).then(|| format!("weights {} and {}", d.kto_weights.0, d.kto_weights.1)));
             let good = j.train.iter().filter(|f| f.desirable).count();
-            tracing::info!("{name}: KTO ({}) on `{}` ({} examples: {good} desirable, {} not) for {} steps × {} examples", settings.join(", "), set.name, j.train.len(), j.train.len() - good, d.opt.steps, d.opt.batch);
+            let kind = if d.loss == DpoLoss::Kto { "KTO" } else { "Unpaired preference optimisation" };
+            tracing::info!("{name}: {kind} ({}) on `{}` ({} examples: {good} desirable, {} not) for {} steps × {} examples", settings.join(", "), set.name, j.train.len(), j.train.len() - good, d.opt.steps, d.opt.batch);
             if let Some(w) = feedback::imbalance(good, j.train.len() - good, d.kto_weights) {
                 tracing::warn!("{name}: {w}");
             }
@@ -198,7 +199,9 @@ pub fn run(ctx: &StageCtx, d: &DpoSpec) -> Result<()> {
         // feedback: loss × examples, 0, 0, the desirable and undesirable rewards, their counts.)
         let sums = Tensor::zeros([7], (Kind::Double, dev));
         if let Some(j) = &judged {
-            terms.kl = kto_reference_point(&policy, reference, &feedback::mismatched(&codec, &j.train, &drawn, context), micro, world, dev)?;
+            if d.loss == DpoLoss::Kto {
+                terms.kl = kto_reference_point(&policy, reference, &feedback::mismatched(&codec, &j.train, &drawn, context), micro, world, dev)?;
+            }
             opt.zero_grad();
             let step = Judged { policy: &policy, reference, codec: &codec, terms: &terms, context, dev };
             step.backward(&j.train, &drawn, micro, world, &sums);
