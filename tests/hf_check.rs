@@ -513,4 +513,20 @@ fn conversational_feedback_is_completions_judged_true_or_false() {
     all.sort();
     let p = "<user>2+2?</s><assistant>".to_string();
     assert_eq!(all, vec![(p.clone(), "4</s>".into(), true), (p.clone(), "5</s>".into(), false), (p, "four</s>".into(), true)]);
+    // Its labels are counted once the template has read them, and weighed as a plain file's
+    // (W0407 at the stage's data): 2 desirable to 1 is 2, outside [1, 4/3]; with
+    // `undesirable_weight = 1.6` (APO-zero's here) it is 1.25, inside.
+    let stages = "  stage k = dpo(base, fb) { loss = kto, steps = 5 }\n  stage a = dpo(base, fb) { loss = apo_zero, undesirable_weight = 1.6, steps = 5 }\n}\n";
+    let text = format!("experiment \"x\" {{\n  model base = hf(\"ck\")\n  data fb = feedback(\"fb.jsonl\") {{ tokenizer = base.tokenizer }}\n{stages}");
+    std::fs::write(dir.join("r.roux"), &text).unwrap();
+    let c = roux::frontend::compile(&dir.join("r.roux")).unwrap();
+    // (Where: the line, and the text the span covers.)
+    let at = |d: &roux::diag::Diagnostic| format!("line {} `{}`", text[..d.span.start].matches('\n').count() + 1, &text[d.span.start..d.span.end]);
+    let warned: Vec<String> = c.diagnostics.iter().filter(|d| d.code == "W0407").map(|d| format!("{} {} | {}", at(d), d.message, d.hint.clone().unwrap_or_default())).collect();
+    assert_eq!(
+        warned,
+        vec!["line 4 `fb` `fb` holds 2 desirable and 1 undesirable examples, with weights 1 and 1: desirable_weight × desirable / (undesirable_weight × undesirable) is 2.000, outside the 1 to 4/3 that KTO recommends | `undesirable_weight = 1.71` brings it to about 7/6, inside that range".to_string()],
+        "{:?}",
+        c.diagnostics
+    );
 }

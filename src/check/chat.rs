@@ -47,13 +47,17 @@ impl Checker<'_> {
             let set = &mut r.examples[i];
             set.template = "{prompt}".into();
             set.chat = Some(crate::recipe::ChatTemplate { date, ..t });
-            self.render_all(set, &path, span, spec.context, &dir);
+            if let Some(counts) = self.render_all(set, &path, span, spec.context, &dir) {
+                let set = r.examples[i].clone();
+                self.balance_for_stages(r, &set, counts);
+            }
         }
     }
 
     /// Render every conversation of `set`: bad lines are errors, and a note gives its size.
-    fn render_all(&mut self, set: &ExampleSet, path: &Path, span: crate::diag::Span, context: usize, dir: &Path) {
-        let Ok(text) = self.loader.read_text(path, crate::posttrain::examples::MAX_JSONL_BYTES) else { return };
+    /// Unpaired feedback's counts of desirable and undesirable completions come back.
+    fn render_all(&mut self, set: &ExampleSet, path: &Path, span: crate::diag::Span, context: usize, dir: &Path) -> Option<(usize, usize)> {
+        let Ok(text) = self.loader.read_text(path, crate::posttrain::examples::MAX_JSONL_BYTES) else { return None };
         let renderer = match set.chat.as_ref().map(Renderer::new) {
             Some(Ok(r)) => r,
             why => {
@@ -66,7 +70,7 @@ impl Checker<'_> {
                     _ => (Code::E0214, format!("{}'s tokenizer_config.json or chat_template.jinja", dir.display())),
                 };
                 self.error(Diagnostic::error(code, span, format!("data `{}`: {why}", set.name)).with_hint(format!("the template is in {whose}")));
-                return;
+                return None;
             }
         };
         renderer.limit_work(text.len());
@@ -80,7 +84,7 @@ impl Checker<'_> {
                 Ok(t) => turns.push(t),
                 Err(why) if renderer.spent() => {
                     self.error(Diagnostic::error(Code::E0214, span, format!("data `{}`: `{file}` line {line}: {why}", set.name)));
-                    return;
+                    return None;
                 }
                 Err(why) => {
                     bad_total += 1;
@@ -98,11 +102,11 @@ impl Checker<'_> {
                     crate::recipe::ExampleKind::Feedback => "each line is {\"prompt\": [messages], \"completion\": [{\"role\": \"assistant\", …}], \"label\": true or false}",
                     _ => "each line is {\"messages\": [{\"role\": …, \"content\": …}, …]} with at least one assistant turn",
                 }));
-            return;
+            return None;
         }
         if turns.is_empty() {
             self.error(Diagnostic::error(Code::E0214, span, format!("`{file}` holds no conversations")).with_hint("write one JSON object per line"));
-            return;
+            return None;
         }
         if renderer.last_only() > 0 {
             self.error(Diagnostic::warning(Code::W0406, span, format!("data `{}`: the chat template renders earlier turns otherwise once later ones follow (as Qwen3's drops their reasoning): {} of {} conversations train on their last assistant turn only", set.name, renderer.last_only(), turns.len()))
@@ -124,6 +128,7 @@ impl Checker<'_> {
             None => format!("data `{}`: {} conversations{labels}", set.name, turns.len()),
         };
         self.error(Diagnostic::note(Code::N0404, span, msg).with_hint("a stage cuts each conversation to its model's context"));
+        (all > 0).then_some((good, all - good))
     }
 }
 

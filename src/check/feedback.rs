@@ -35,27 +35,54 @@ impl<'a> Checker<'a> {
             return None;
         }
         let (wd, wu) = good.zip(bad)?;
-        if let Some(&(nd, nu)) = self.example_facts.feedback.get(&set.name) {
-            let balance = kto_balance(nd, nu, (wd, wu));
-            if !(BALANCE.0..=BALANCE.1).contains(&balance) {
-                let hint = if nd == 0 || nu == 0 {
-                    format!("KTO learns from both kinds: add {} examples", if nd == 0 { "desirable" } else { "undesirable" })
-                } else if balance < BALANCE.0 {
-                    format!("`desirable_weight = {}` brings it to about 7/6, inside that range", fmt_num(sig3(7.0 / 6.0 * wu * nu as f64 / nd as f64)))
-                } else {
-                    format!("`undesirable_weight = {}` brings it to about 7/6, inside that range", fmt_num(sig3(6.0 / 7.0 * wd * nd as f64 / nu as f64)))
-                };
-                let about = if matches!(set.source, crate::recipe::ExampleSource::Synthetic { .. }) { "about " } else { "" };
-                self.error(
-                    Diagnostic::warning(Code::W0407, arg.span, format!(
-                        "`{}` holds {about}{nd} desirable and {nu} undesirable examples, with weights {} and {}: desirable_weight × desirable / (undesirable_weight × undesirable) is {}, outside the 1 to 4/3 that KTO recommends",
-                        set.name, fmt_num(wd), fmt_num(wu), if nu == 0 { "infinite".to_string() } else { format!("{balance:.3}") }
-                    ))
-                    .with_hint(hint),
-                );
-            }
+        // (A conversational set's labels are counted once its template is known: `balance_for_stages`.)
+        if let Some(&counts) = self.example_facts.feedback.get(&set.name) {
+            self.balance_warning(set, counts, (wd, wu), arg.span);
         }
         Some((wd, wu))
+    }
+
+    /// W0407 on every unpaired `dpo` stage of conversational feedback `set`, whose labels
+    /// (`counts`: desirable, undesirable) were read with its chat template, after the stages.
+    pub(super) fn balance_for_stages(&mut self, r: &crate::recipe::Recipe, set: &ExampleSet, counts: (usize, usize)) {
+        for s in &r.stages {
+            let crate::recipe::StageKind::Dpo(d) = &s.kind else { continue };
+            if d.data != set.name || !d.loss.unpaired() {
+                continue;
+            }
+            let args = self.decl(&s.name).and_then(|decl| match &decl.value.kind {
+                crate::syntax::ast::ExprKind::Ctor { args: Some(args), .. } => Some(args),
+                _ => None,
+            });
+            let arg = args.and_then(|a| a.iter().find(|a| a.value.as_path().map(Expr::path_string).as_deref() == Some(set.name.as_str())));
+            if let Some(arg) = arg {
+                self.balance_warning(set, counts, d.kto_weights, arg.value.span);
+            }
+        }
+    }
+
+    /// W0407 when the weighted counts of `set`'s desirable and undesirable examples fall outside
+    /// the range KTO recommends, with a weight that brings them inside.
+    fn balance_warning(&mut self, set: &ExampleSet, (nd, nu): (usize, usize), (wd, wu): (f64, f64), span: crate::diag::Span) {
+        let balance = kto_balance(nd, nu, (wd, wu));
+        if (BALANCE.0..=BALANCE.1).contains(&balance) {
+            return;
+        }
+        let hint = if nd == 0 || nu == 0 {
+            format!("KTO learns from both kinds: add {} examples", if nd == 0 { "desirable" } else { "undesirable" })
+        } else if balance < BALANCE.0 {
+            format!("`desirable_weight = {}` brings it to about 7/6, inside that range", fmt_num(sig3(7.0 / 6.0 * wu * nu as f64 / nd as f64)))
+        } else {
+            format!("`undesirable_weight = {}` brings it to about 7/6, inside that range", fmt_num(sig3(6.0 / 7.0 * wd * nd as f64 / nu as f64)))
+        };
+        let about = if matches!(set.source, crate::recipe::ExampleSource::Synthetic { .. }) { "about " } else { "" };
+        self.error(
+            Diagnostic::warning(Code::W0407, span, format!(
+                "`{}` holds {about}{nd} desirable and {nu} undesirable examples, with weights {} and {}: desirable_weight × desirable / (undesirable_weight × undesirable) is {}, outside the 1 to 4/3 that KTO recommends",
+                set.name, fmt_num(wd), fmt_num(wu), if nu == 0 { "infinite".to_string() } else { format!("{balance:.3}") }
+            ))
+            .with_hint(hint),
+        );
     }
 }
 
