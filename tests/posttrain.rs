@@ -590,7 +590,7 @@ fn grpo_configuration_errors_say_what_and_how() {
             "`exact_match` compares with the data's answers, but `pairs` holds preference pairs without answers",
             "use instruction data (its responses are the answers) as `prompts`, or reward with `reward_model(rm.model)`",
         ),
-        ("grpo_unknown_reward.roux", "unknown reward `lenght`", "did you mean `length`? (rewards: exact_match, format, length, reward_model(STAGE.model))"),
+        ("grpo_unknown_reward.roux", "unknown reward `lenght`", "did you mean `length`? (rewards: exact_match, format, length, matches(\"regex\"), reward_model(STAGE.model))"),
     ];
     for (file, message, hint) in cases {
         let c = roux::frontend::compile(&common::root().join("tests/bad").join(file)).unwrap();
@@ -1117,4 +1117,32 @@ fn grpo_masks_truncated_completions_out_of_the_loss() {
     let want = -e * (1.0 - p) / ((16.0 * p * (1.0 - p) / 15.0).sqrt() + 1e-4) / 16.0;
     assert!((masked["loss"].as_f64().unwrap() - want).abs() < 1e-5, "masked: loss {} (want {want}, {e} stopped)", masked["loss"]);
     assert!(whole["loss"].as_f64().unwrap().abs() < 1e-6, "unmasked: loss {}", whole["loss"]);
+}
+
+/// `matches("regex")` rewards a response (up to the end marker) by a regular expression. A term
+/// that always matches (`matches("")`) shifts every reward by its weight and leaves the
+/// advantages, so `format - matches("")` trains exactly as `format` with each step's reward 1
+/// lower; and a policy rewarded for answers that start with a digit learns to give more of them.
+#[test]
+fn grpo_rewards_a_regular_expression() {
+    let out = scratch("grpo-matches");
+    let recipe = out.join("r.roux");
+    std::fs::write(&recipe, std::fs::read_to_string(fixture("tiny-grpo.roux")).unwrap().replace("../../data/", "../../../data/")).unwrap();
+    let run = |reward: &str, steps: &str| {
+        let set = [format!("rl.reward={reward}"), format!("rl.steps={steps}"), "rl.eval_every=6".to_string()];
+        let args: Vec<&str> = set.iter().flat_map(|s| ["--set", s.as_str()]).collect();
+        let o = roux(&[&["run", recipe.to_str().unwrap(), "--out", out.to_str().unwrap()], &args[..]].concat());
+        assert_eq!(o.status.code(), Some(0), "{}", String::from_utf8_lossy(&o.stderr));
+        metrics(&out.join("tiny-grpo/rl"))
+    };
+    let plain = run("format", "6");
+    let shifted = run("format - matches(\"\")", "6");
+    for (a, b) in plain.iter().zip(&shifted) {
+        let f = |m: &serde_json::Value, k: &str| m[k].as_f64().unwrap();
+        assert!((f(a, "reward") - 1.0 - f(b, "reward")).abs() < 1e-12 && f(a, "loss") == f(b, "loss"), "step {}: {a} vs {b}", a["step"]);
+    }
+    let digits = run("matches(\"^[0-9]\")", "24");
+    let mean = |rows: &[serde_json::Value]| rows.iter().map(|m| m["reward"].as_f64().unwrap()).sum::<f64>() / rows.len() as f64;
+    let (first, last) = (mean(&digits[..6]), mean(&digits[18..]));
+    assert!(last > first + 0.1, "answers starting with a digit: {first} → {last}");
 }

@@ -9,7 +9,7 @@ use crate::recipe::*;
 use crate::syntax::ast::{Arg, Block, BinOp, Decl, Expr, ExprKind};
 
 /// The reward terms a recipe may name, for messages.
-const TERMS: &str = "exact_match, format, length, reward_model(STAGE.model)";
+const TERMS: &str = "exact_match, format, length, matches(\"regex\"), reward_model(STAGE.model)";
 
 impl<'a> Checker<'a> {
     pub(super) fn check_grpo(&mut self, d: &'a Decl, at: Span, args: &'a [Arg], block: Option<&'a Block>) -> Option<StageSpec> {
@@ -105,12 +105,29 @@ impl<'a> Checker<'a> {
                 (_, Some(k)) => self.reward_terms(a, w * k, out),
                 _ => self.not_a_reward(e, "a product of a number and a reward term"),
             },
+            ExprKind::Ctor { path, args: Some(args), block: None } if Expr::path_string(path) == "matches" => {
+                let [arg] = args.as_slice() else { return self.not_a_reward(e, "`matches` with one argument: a regular expression") };
+                let ExprKind::Str(pattern) = &arg.value.kind else {
+                    self.error(Diagnostic::error(Code::E0120, arg.value.span, format!("`matches` expects a string, found {}", super::eval::describe(&arg.value)))
+                        .with_hint("write a regular expression as a string: `matches(\"^[A-Z]+$\")`"));
+                    return None;
+                };
+                if let Err(why) = crate::recipe::reward_pattern(pattern) {
+                    self.error(Diagnostic::error(Code::E0254, arg.value.span, format!("`matches` needs a regular expression: {why}"))
+                        .with_hint("the syntax is Rust's regex crate's (as Python's `re` without look-around or backreferences)"));
+                    return None;
+                }
+                out.push((w, RewardTerm::Matches { pattern: pattern.clone() }));
+                Some(())
+            }
             ExprKind::Ctor { path, args: Some(args), block: None } if Expr::path_string(path) == "reward_model" => {
                 let [arg] = args.as_slice() else { return self.not_a_reward(e, "`reward_model` takes one argument: a reward model") };
                 let (stage, _) = self.expect_reward(&arg.value)?;
                 out.push((w, RewardTerm::Model { stage }));
                 Some(())
             }
+            // A bare name, or a call of one that is not a reward (`match("…")`): named as unknown.
+            ExprKind::Ctor { path, args: Some(_), block: None } if !matches!(Expr::path_string(path).as_str(), "exact_match" | "format" | "length") => self.unknown_reward(&Expr::path_string(path), e),
             _ => match e.as_path().map(Expr::path_string).as_deref() {
                 Some(name @ ("exact_match" | "format" | "length")) => {
                     let term = match name {
@@ -121,18 +138,20 @@ impl<'a> Checker<'a> {
                     out.push((w, term));
                     Some(())
                 }
-                Some(other) => {
-                    let mut err = Diagnostic::error(Code::E0130, e.span, format!("unknown reward `{other}`"));
-                    err = match crate::diag::suggest::did_you_mean(other, ["exact_match", "format", "length", "reward_model"]) {
-                        Some(s) => err.with_hint(format!("did you mean `{s}`? (rewards: {TERMS})")),
-                        None => err.with_hint(format!("rewards: {TERMS}, and weighted sums of them")),
-                    };
-                    self.error(err);
-                    None
-                }
+                Some(other) => self.unknown_reward(other, e),
                 None => self.not_a_reward(e, "a reward term"),
             },
         }
+    }
+
+    fn unknown_reward(&mut self, name: &str, e: &Expr) -> Option<()> {
+        let err = Diagnostic::error(Code::E0130, e.span, format!("unknown reward `{name}`"));
+        let err = match crate::diag::suggest::did_you_mean(name, ["exact_match", "format", "length", "matches", "reward_model"]) {
+            Some(s) => err.with_hint(format!("did you mean `{s}`? (rewards: {TERMS})")),
+            None => err.with_hint(format!("rewards: {TERMS}, and weighted sums of them")),
+        };
+        self.error(err);
+        None
     }
 
     fn not_a_reward(&mut self, e: &Expr, what: &str) -> Option<()> {

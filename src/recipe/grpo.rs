@@ -138,6 +138,26 @@ pub enum RewardTerm {
     Length,
     /// The scalar of a reward model (the output of this `reward_model` stage).
     Model { stage: String },
+    /// 1 when the response (up to the end marker) contains a match of this regular expression
+    /// (`^…$` for the whole of it), else 0: a format reward, as GRPO recipes write them.
+    Matches { pattern: String },
+}
+
+/// The longest pattern `matches` takes, in bytes, and the most memory its compiled form may take.
+pub const PATTERN_BYTES: usize = 4096;
+const PATTERN_MEMORY: usize = 1 << 20;
+
+/// A `matches` reward's regular expression, compiled within bounds (the regex crate matches in
+/// time linear in the text); the error says why not, in one line.
+pub fn reward_pattern(pattern: &str) -> Result<regex::Regex, String> {
+    if pattern.len() > PATTERN_BYTES {
+        return Err(format!("the pattern is {} bytes, more than the {PATTERN_BYTES} a reward may use", pattern.len()));
+    }
+    regex::RegexBuilder::new(pattern).size_limit(PATTERN_MEMORY).dfa_size_limit(PATTERN_MEMORY).build().map_err(|e| match e {
+        regex::Error::CompiledTooBig(_) => format!("its compiled form takes more than the {} MiB a reward may use", PATTERN_MEMORY >> 20),
+        // A syntax error's text ends with its one-line reason ("error: unclosed group").
+        e => e.to_string().lines().rev().find_map(|l| l.strip_prefix("error: ")).unwrap_or("it does not parse").to_string(),
+    })
 }
 
 impl RewardTerm {

@@ -47,6 +47,12 @@ pub fn run(ctx: &StageCtx, g: &GrpoSpec) -> Result<()> {
     // train and the reference is the policy without them.
     let Policy { model: policy, names, params, reference } = load_policy(recipe, &ctx.runs, &g.policy, g.lora.as_ref(), g.opt.precision, g.beta > 0.0, dev)?;
     let rm = g.reward.model_stage().map(|s| load_reward_model(recipe, &ctx.runs, s, dev).map(|m| m.computing(g.opt.precision))).transpose()?;
+    // Each `matches` term's regular expression, compiled once (check compiled it too).
+    let patterns = g.reward.terms.iter().map(|(_, t)| match t {
+        RewardTerm::Matches { pattern } => crate::recipe::reward_pattern(pattern).map(Some).map_err(|e| anyhow::anyhow!("stage `{name}`: `matches(\"{pattern}\")`: {e}")),
+        _ => Ok(None),
+    });
+    let patterns: Vec<Option<regex::Regex>> = patterns.collect::<Result<_>>()?;
     // The starting point's score, before a resumed run restores its trained weights.
     let before = score(&policy, reference.as_ref(), &codec, &held, g.max_new);
     let mut opt = Optimizer::new(&params, &g.opt.optimizer);
@@ -114,7 +120,7 @@ pub fn run(ctx: &StageCtx, g: &GrpoSpec) -> Result<()> {
             let scores: Vec<Tensor> = full.chunks(micro_rows(full.len(), g.opt.accumulate)).map(|part| tch::no_grad(|| rm.score(part, false))).collect();
             to_f64s(&Tensor::cat(&scores, 0))
         });
-        let rewards: Vec<f64> = (0..batch.len()).map(|i| reward_of(&g.reward, batch[i], &responses[i], &codec, g.max_new, rm_scores.as_ref().map(|v| v[i]))).collect();
+        let rewards: Vec<f64> = (0..batch.len()).map(|i| reward_of(&g.reward, &patterns, batch[i], &responses[i], &codec, g.max_new, rm_scores.as_ref().map(|v| v[i]))).collect();
         // 3. Advantages within each group; the whole step's rewards over every process (each
         // answers its share) give their mean and spread.
         let all = g.opt.batch as f64;
@@ -236,18 +242,21 @@ fn ended(codec: &Codec, response: &[i64]) -> bool {
     codec.stops().iter().any(|s| !s.is_empty() && response.ends_with(s))
 }
 
-/// The recipe's reward for one response: the weighted sum of its terms.
-fn reward_of(reward: &Reward, e: &Example, response: &[i64], codec: &Codec, max_new: usize, rm_score: Option<f64>) -> f64 {
+/// The recipe's reward for one response: the weighted sum of its terms (`patterns`: each
+/// term's compiled regular expression, for `matches`).
+fn reward_of(reward: &Reward, patterns: &[Option<regex::Regex>], e: &Example, response: &[i64], codec: &Codec, max_new: usize, rm_score: Option<f64>) -> f64 {
     let answer = e.gold.as_deref().unwrap_or(&e.response);
     reward
         .terms
         .iter()
-        .map(|(w, t)| {
+        .zip(patterns)
+        .map(|((w, t), pattern)| {
             w * match t {
                 RewardTerm::ExactMatch => tasks::exact(answer, &codec.decode(response)) as u8 as f64,
                 RewardTerm::Format => ended(codec, response) as u8 as f64,
                 RewardTerm::Length => response.len() as f64 / max_new.max(1) as f64,
                 RewardTerm::Model { .. } => rm_score.unwrap_or(0.0),
+                RewardTerm::Matches { .. } => pattern.as_ref().is_some_and(|p| p.is_match(&codec.decode(response))) as u8 as f64,
             }
         })
         .sum()
