@@ -1146,3 +1146,36 @@ fn grpo_rewards_a_regular_expression() {
     let (first, last) = (mean(&digits[..6]), mean(&digits[18..]));
     assert!(last > first + 0.1, "answers starting with a digit: {first} → {last}");
 }
+
+/// What `accumulate` is for: a GRPO step over 64 completions of a 1.7M-parameter model holds
+/// one micro-batch's activations at a time, so its peak memory falls by at least a quarter of
+/// what the plan says one pass in 8 saves (the plan bounds every sequence at the full context;
+/// measured here: 136 MiB of a planned 252). `ROUX_MALLOC=exact` makes resident memory follow
+/// the live tensors.
+#[test]
+fn grpo_in_micro_batches_holds_less_memory() {
+    let out = scratch("grpo-accumulate-memory");
+    let recipe = out.join("r.roux");
+    let stage = |name: &str, extra: &str| format!("  stage {name} = grpo(policy = lm, prompts = instr) {{ steps = 2, batch = 64, group = 8, max_new = 48, reward = length, eval_every = 2, eval_examples = 2{extra} }}\n");
+    std::fs::write(
+        &recipe,
+        format!(
+            "experiment \"accmem\" {{\n  seed = 3\n  data instr = synthetic.instructions {{ tasks = [reverse, uppercase], examples = 200, max_len = 8 }}\n  model lm = transformer {{ vocab = 256, context = 96, d_model = 256, layers = 2, heads = 4, dropout = 0 }}\n{}{}}}\n",
+            stage("whole", ""),
+            stage("eighths", ", accumulate = 8")
+        ),
+    )
+    .unwrap();
+    let peak = |s: &str| {
+        let o = std::process::Command::new(env!("CARGO_BIN_EXE_roux")).args(["run", recipe.to_str().unwrap(), "--out", out.to_str().unwrap(), "--stage", s, "-q"]).env("ROUX_MALLOC", "exact").output().unwrap();
+        assert_eq!(o.status.code(), Some(0), "{}", String::from_utf8_lossy(&o.stderr));
+        let report: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.join("accmem").join(s).join("report.json")).unwrap()).unwrap();
+        report["peak_host_memory_bytes"].as_u64().unwrap()
+    };
+    let plan = roux(&["plan", recipe.to_str().unwrap(), "--json"]);
+    let plan: serde_json::Value = serde_json::from_slice(&plan.stdout).unwrap();
+    let saves = plan["stages"][0]["memory_bytes"].as_u64().unwrap() - plan["stages"][1]["memory_bytes"].as_u64().unwrap();
+    assert!(saves > 200 << 20, "the plan must save much: {saves}");
+    let (whole, eighths) = (peak("whole"), peak("eighths"));
+    assert!(eighths + saves / 4 < whole, "peak memory: {whole} bytes whole, {eighths} in 8 micro-batches; the plan saves {saves}");
+}
