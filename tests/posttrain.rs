@@ -30,7 +30,9 @@ fn close(a: &Tensor, want: f64) {
 fn bradley_terry_by_hand() {
     // Differences r_c − r_r = [1, −1]: −log σ(1) = log(1 + e^−1) = 0.3132617,
     // −log σ(−1) = log(1 + e) = 1.3132617; mean 0.8132617.
-    close(&bradley_terry(&t(&[2.0, 0.5]), &t(&[1.0, 1.5])), 0.8132617);
+    close(&bradley_terry(&t(&[2.0, 0.5]), &t(&[1.0, 1.5]), &t(&[0.0, 0.0])), 0.8132617);
+    // Margins 1 and 0: (−log σ(1 − 1) − log σ(0.5 − 1.5)) / 2 = (ln 2 + 1.3132617) / 2 = 1.0032044.
+    close(&bradley_terry(&t(&[2.0, 0.5]), &t(&[1.0, 1.5]), &t(&[1.0, 0.0])), 1.0032044);
 }
 
 #[test]
@@ -1178,4 +1180,43 @@ fn grpo_in_micro_batches_holds_less_memory() {
     assert!(saves > 200 << 20, "the plan must save much: {saves}");
     let (whole, eighths) = (peak("whole"), peak("eighths"));
     assert!(eighths + saves / 4 < whole, "peak memory: {whole} bytes whole, {eighths} in 8 micro-batches; the plan saves {saves}");
+}
+
+/// A preference file's `margin` (TRL's RewardTrainer column, Llama 2's margin loss): the reward
+/// model learns −log σ(r_c − r_r − m). Its head starts at zero, so the first loss is
+/// ln(1 + e^m) — ln(1 + e²) = 2.1269280 for margins of 2, where pairs without one start at
+/// ln 2 — and the margin pushes the scores further apart than the same pairs without it. Check
+/// says what margins the file holds.
+#[test]
+fn reward_models_learn_the_margins_of_their_pairs() {
+    let dir = scratch("reward-margins");
+    std::fs::create_dir_all(dir.join("data")).unwrap();
+    let lines: Vec<String> = std::fs::read_to_string(fixture("data/preferences.jsonl")).unwrap().lines().map(|l| {
+        let mut v: serde_json::Value = serde_json::from_str(l).unwrap();
+        v["margin"] = serde_json::json!(2.0);
+        v.to_string()
+    }).collect();
+    std::fs::write(dir.join("data/pm.jsonl"), lines.join("\n") + "\n").unwrap();
+    std::fs::copy(fixture("data/preferences.jsonl"), dir.join("data/p.jsonl")).unwrap();
+    let stage = |name: &str, data: &str| format!("  stage {name} = reward_model(lm, {data}) {{ steps = 30, batch = 8, log_every = 1, eval_every = 30, optimizer = adamw {{ lr = 3e-3 }} }}\n");
+    let fields = "{ prompt = \"question\", chosen = \"better\", rejected = \"worse\" }";
+    let recipe = dir.join("m.roux");
+    std::fs::write(
+        &recipe,
+        format!(
+            "experiment \"margins\" {{\n  seed = 4\n  data pm = preferences(\"data/pm.jsonl\") {fields}\n  data p = preferences(\"data/p.jsonl\") {fields}\n  model lm = transformer {{ vocab = 256, context = 32, d_model = 32, layers = 1, heads = 2, dropout = 0 }}\n{}{}}}\n",
+            stage("with", "pm"),
+            stage("without", "p")
+        ),
+    )
+    .unwrap();
+    let c = roux::frontend::compile(&recipe).unwrap();
+    let notes: Vec<&str> = c.diagnostics.iter().filter(|d| d.code == "N0404").map(|d| d.message.as_str()).collect();
+    assert!(notes.iter().any(|n| n.contains("60 pairs (margins 2 to 2, mean 2)")) && notes.iter().any(|n| n.contains("60 pairs") && !n.contains("margins")), "{notes:?}");
+    run_ok(&recipe, &dir);
+    let (with, without) = (metrics(&dir.join("margins/with")), metrics(&dir.join("margins/without")));
+    let first = |m: &[serde_json::Value]| m[0]["loss"].as_f64().unwrap();
+    assert!((first(&with) - (1.0 + 2f64.exp()).ln()).abs() < 1e-6 && (first(&without) - std::f64::consts::LN_2).abs() < 1e-6, "{} {}", first(&with), first(&without));
+    let gap = |m: &[serde_json::Value]| m[20..].iter().map(|x| x["rewards/chosen"].as_f64().unwrap() - x["rewards/rejected"].as_f64().unwrap()).sum::<f64>() / 10.0;
+    assert!(gap(&with) > gap(&without), "score gaps: {} with margins of 2, {} without", gap(&with), gap(&without));
 }

@@ -134,14 +134,21 @@ impl<'a> Checker<'a> {
     /// its examples are, kept for the stages' W0403.
     fn note_rows(&mut self, name: &str, ekind: ExampleKind, rows: &[Vec<String>], template: &str, end: &str, span: Span) {
         // The longest sequence each example makes (of a pair, its longer side), in bytes.
-        let replies = if ekind == ExampleKind::Feedback { 1..2 } else { 1..rows.first().map_or(1, |r| r.len()) };
+        let replies = match ekind {
+            ExampleKind::Instructions | ExampleKind::Feedback => 1..2,
+            // (A fourth field is the pair's margin.)
+            ExampleKind::Preferences => 1..3,
+        };
         let len = |r: &[String]| r[replies.clone()].iter().map(|resp| crate::posttrain::examples::render(template, &r[0]).len() + resp.len() + end.len()).max().unwrap_or(0);
         let lengths: Vec<usize> = rows.iter().map(|r| len(r)).collect();
         let longest = lengths.iter().max().copied().unwrap_or(0);
         let mean = lengths.iter().sum::<usize>() as f64 / lengths.len().max(1) as f64;
         let held = match ekind {
             ExampleKind::Instructions => format!("{} examples", lengths.len()),
-            ExampleKind::Preferences => format!("{} pairs", lengths.len()),
+            ExampleKind::Preferences => match rows.iter().filter_map(|r| r.get(3)?.parse::<f64>().ok()).collect::<Vec<_>>() {
+                m if m.is_empty() => format!("{} pairs", lengths.len()),
+                m => format!("{} pairs (margins {} to {}, mean {})", lengths.len(), fmt_margin(m.iter().copied().fold(f64::INFINITY, f64::min)), fmt_margin(m.iter().copied().fold(f64::NEG_INFINITY, f64::max)), fmt_margin(m.iter().sum::<f64>() / m.len() as f64)),
+            },
             ExampleKind::Feedback => {
                 let good = rows.iter().filter(|r| r[2] == "true").count();
                 self.example_facts.feedback.insert(name.to_string(), (good, rows.len() - good));
@@ -306,4 +313,9 @@ fn example_kind(constructor: &str) -> ExampleKind {
         "preferences" => ExampleKind::Preferences,
         _ => ExampleKind::Feedback,
     }
+}
+
+/// A margin as N0404 shows it, to three decimals.
+fn fmt_margin(m: f64) -> String {
+    super::fields::fmt_num((m * 1000.0).round() / 1000.0)
 }

@@ -29,6 +29,9 @@ pub struct Pair {
     pub chosen: String,
     pub rejected: String,
     pub gold: Option<String>,
+    /// How much more the chosen response is preferred (the data's `margin`; 0 without one): a
+    /// reward model learns r_chosen − r_rejected ≥ it (Llama 2's margin loss, TRL's).
+    pub margin: f64,
 }
 
 /// One completion of a prompt judged on its own, desirable or not (KTO's unpaired feedback).
@@ -130,15 +133,15 @@ pub fn preferences(set: &ExampleSet, seed: u64) -> Result<Split<Pair>, String> {
                         _ => (verbose, wrong),
                     };
                     let (chosen, rejected) = if tasks::gold_reward(&gold, &a) >= tasks::gold_reward(&gold, &b) { (a, b) } else { (b, a) };
-                    Pair { prompt, chosen, rejected, gold: Some(gold) }
+                    Pair { prompt, chosen, rejected, gold: Some(gold), margin: 0.0 }
                 })
                 .collect()
         }
         ExampleSource::Jsonl { .. } => read_jsonl(set)?
             .into_iter()
-            .map(|f| Pair { gold: tasks::answer(&f[0]), prompt: f[0].clone(), chosen: f[1].clone(), rejected: f[2].clone() })
+            .map(|f| Pair { gold: tasks::answer(&f[0]), prompt: f[0].clone(), chosen: f[1].clone(), rejected: f[2].clone(), margin: f.get(3).and_then(|m| m.parse().ok()).unwrap_or(0.0) })
             .collect(),
-        ExampleSource::Chat { .. } => chat_items(set, |row, r| row.pair(r).map(|(prompt, chosen, rejected)| Pair { prompt, chosen, rejected, gold: None }))?,
+        ExampleSource::Chat { .. } => chat_items(set, |row, r| row.pair_with_margin(r).map(|(prompt, chosen, rejected, margin)| Pair { prompt, chosen, rejected, gold: None, margin }))?,
     };
     Ok(split(items, |p| &p.prompt, set.held_out))
 }

@@ -14,11 +14,14 @@ pub struct Jsonl {
 }
 
 /// Read JSONL text: every non-empty line one JSON object whose `fields` are strings — but
-/// feedback's third, its label, a boolean (kept as "true" or "false"). The one reading both
-/// `roux check` (every bad line, counted) and a run (the first) use.
+/// feedback's third, its label, a boolean (kept as "true" or "false"). A preference pair may
+/// carry a `margin` (a number, kept as a fourth field: TRL's RewardTrainer column), every pair
+/// or none. The one reading both `roux check` (every bad line, counted) and a run (the first) use.
 pub fn parse_jsonl(text: &str, fields: &[String], kind: ExampleKind, max_bad: usize) -> Jsonl {
     let label = (kind == ExampleKind::Feedback).then_some(2);
     let mut out = Jsonl { rows: vec![], bad: vec![], bad_total: 0 };
+    // Each good row's line, and whether it had a margin.
+    let mut lines: Vec<(usize, bool)> = vec![];
     for (i, line) in text.lines().enumerate() {
         if line.trim().is_empty() {
             continue;
@@ -36,19 +39,58 @@ pub fn parse_jsonl(text: &str, fields: &[String], kind: ExampleKind, max_bad: us
                     Some(other) => Err(format!("field `{f}` is {}, expected a string", json_kind(other))),
                     None => Err(format!("no field `{f}` (the data set reads fields {})", fields.join(", "))),
                 })
-                .collect::<Result<Vec<_>, _>>(),
+                .collect::<Result<Vec<_>, _>>()
+                .and_then(|mut r| {
+                    if kind == ExampleKind::Preferences {
+                        r.extend(margin(v.get("margin"))?);
+                    }
+                    Ok(r)
+                }),
         };
         match row {
-            Ok(r) => out.rows.push(r),
-            Err(why) => {
-                out.bad_total += 1;
-                if out.bad.len() < max_bad {
-                    out.bad.push((i + 1, why));
-                }
+            Ok(r) => {
+                lines.push((i + 1, r.len() > fields.len()));
+                out.rows.push(r);
             }
+            Err(why) => out.bad_line(i + 1, why, max_bad),
         }
     }
+    // Margins on some pairs only: those without one are bad (a 0 in their place would be silent).
+    if lines.iter().any(|l| l.1) && lines.iter().any(|l| !l.1) {
+        let mut kept = vec![];
+        for (row, (line, has)) in std::mem::take(&mut out.rows).into_iter().zip(lines) {
+            if has {
+                kept.push(row);
+            } else {
+                out.bad_line(line, "has no `margin`, which other pairs have (a margin on every pair or on none)".into(), max_bad);
+            }
+        }
+        out.rows = kept;
+        out.bad.sort();
+        out.bad.truncate(max_bad);
+    }
     out
+}
+
+impl Jsonl {
+    fn bad_line(&mut self, line: usize, why: String, max_bad: usize) {
+        self.bad_total += 1;
+        if self.bad.len() < max_bad {
+            self.bad.push((line, why));
+        }
+    }
+}
+
+/// A pair's `margin`, if it has one: a finite number, kept as its decimal text.
+pub fn margin(v: Option<&serde_json::Value>) -> Result<Option<String>, String> {
+    match v {
+        None => Ok(None),
+        Some(serde_json::Value::Number(n)) => match n.as_f64().filter(|m| m.is_finite() && m.abs() <= 1e6) {
+            Some(m) => Ok(Some(m.to_string())),
+            None => Err(format!("field `margin` is {n}, beyond the ±1e6 a margin may be")),
+        },
+        Some(other) => Err(format!("field `margin` is {}, expected a number", json_kind(other))),
+    }
 }
 
 /// What kind of JSON value this is, in words.
@@ -74,5 +116,22 @@ mod tests {
         let parsed = parse_jsonl(text, &fields, ExampleKind::Feedback, 5);
         assert_eq!(parsed.rows, vec![vec!["a".to_string(), "b".into(), "false".into()]]);
         assert_eq!(parsed.bad, vec![(2, "field `label` is a string, expected true (desirable) or false".to_string())]);
+    }
+
+    /// A margin on every pair or none: one without it among pairs with one is a bad line, and
+    /// so is a margin that is no number; the good pairs keep theirs as a fourth field.
+    #[test]
+    fn a_pair_margin_is_a_number_on_every_pair_or_none() {
+        let fields: Vec<String> = ["prompt", "chosen", "rejected"].map(String::from).to_vec();
+        let line = |m: &str| format!("{{\"prompt\": \"p\", \"chosen\": \"c\", \"rejected\": \"r\"{m}}}\n");
+        let none = parse_jsonl(&[line(""), line("")].concat(), &fields, ExampleKind::Preferences, 5);
+        assert_eq!((none.rows[0].len(), none.bad_total), (3, 0));
+        let text = [line(", \"margin\": 1.5"), line(""), line(", \"margin\": \"big\""), line(", \"margin\": 2")].concat();
+        let parsed = parse_jsonl(&text, &fields, ExampleKind::Preferences, 5);
+        assert_eq!(parsed.rows, vec![vec!["p".to_string(), "c".into(), "r".into(), "1.5".into()], vec!["p".to_string(), "c".into(), "r".into(), "2".into()]]);
+        assert_eq!(
+            parsed.bad,
+            vec![(2, "has no `margin`, which other pairs have (a margin on every pair or on none)".to_string()), (3, "field `margin` is a string, expected a number".to_string())]
+        );
     }
 }

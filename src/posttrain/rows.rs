@@ -18,8 +18,9 @@ pub struct ChatRow {
 #[derive(Clone, Debug, PartialEq)]
 pub enum RowKind {
     Conversation(Vec<Message>),
-    /// A preference pair: the shared start, then each side's turns.
-    Pair { prompt: Vec<Message>, chosen: Vec<Message>, rejected: Vec<Message> },
+    /// A preference pair: the shared start, then each side's turns, and its `margin` if it has
+    /// one (how much more the chosen side is preferred: TRL's RewardTrainer column).
+    Pair { prompt: Vec<Message>, chosen: Vec<Message>, rejected: Vec<Message>, margin: Option<f64> },
     /// Unpaired feedback: a prompt, then a completion judged desirable or not.
     Judged { prompt: Vec<Message>, completion: Vec<Message>, desirable: bool },
 }
@@ -54,13 +55,18 @@ impl ChatRow {
     /// (prompt, chosen, rejected) of a pair: the rendered conversation before the last assistant
     /// turn, which both sides must share, and each side's last turn.
     pub fn pair(&self, r: &Renderer) -> Result<(String, String, String), String> {
-        let RowKind::Pair { prompt, chosen, rejected } = &self.kind else { return Err("is not a preference pair".into()) };
+        self.pair_with_margin(r).map(|(p, c, rj, _)| (p, c, rj))
+    }
+
+    /// `pair`, and the pair's margin (0 without one).
+    pub fn pair_with_margin(&self, r: &Renderer) -> Result<(String, String, String, f64), String> {
+        let RowKind::Pair { prompt, chosen, rejected, margin } = &self.kind else { return Err("is not a preference pair".into()) };
         let side = |s: &[Message]| -> Result<(String, String), String> { Ok(last_turn(&r.turns(&prompt.iter().chain(s).cloned().collect::<Vec<_>>(), &self.extra)?)) };
         let ((p, c), (q, rj)) = (side(chosen)?, side(rejected)?);
         if p != q {
             return Err("its chosen and rejected conversations differ before their last assistant turn".into());
         }
-        Ok((p, c, rj))
+        Ok((p, c, rj, margin.unwrap_or(0.0)))
     }
 }
 
@@ -89,15 +95,30 @@ pub fn parse_jsonl(text: &str, kind: ExampleKind, listed: usize) -> ChatJsonl {
         let row = ordered(line).and_then(|v| row(&v, kind));
         match row {
             Ok(r) => out.rows.push((i + 1, r)),
-            Err(why) => {
-                out.bad_total += 1;
-                if out.bad.len() < listed {
-                    out.bad.push((i + 1, why));
-                }
-            }
+            Err(why) => out.bad_line(i + 1, why, listed),
         }
     }
+    // Margins on some pairs only: those without one are bad (a 0 in their place would be silent).
+    let has = |r: &ChatRow| matches!(r.kind, RowKind::Pair { margin: Some(_), .. });
+    if out.rows.iter().any(|(_, r)| has(r)) && out.rows.iter().any(|(_, r)| !has(r)) {
+        let (kept, missing): (Vec<_>, Vec<_>) = std::mem::take(&mut out.rows).into_iter().partition(|(_, r)| has(r));
+        for (line, _) in missing {
+            out.bad_line(line, "has no `margin`, which other pairs have (a margin on every pair or on none)".into(), listed);
+        }
+        out.rows = kept;
+        out.bad.sort();
+        out.bad.truncate(listed);
+    }
     out
+}
+
+impl ChatJsonl {
+    fn bad_line(&mut self, line: usize, why: String, listed: usize) {
+        self.bad_total += 1;
+        if self.bad.len() < listed {
+            self.bad.push((line, why));
+        }
+    }
 }
 
 fn row(v: &Value, kind: ExampleKind) -> Result<ChatRow, String> {
@@ -112,7 +133,18 @@ fn row(v: &Value, kind: ExampleKind) -> Result<ChatRow, String> {
         ExampleKind::Instructions => RowKind::Conversation(list("messages")?),
         ExampleKind::Preferences => {
             let prompt = if has("prompt") { list("prompt")? } else { vec![] };
-            RowKind::Pair { prompt, chosen: list("chosen")?, rejected: list("rejected")? }
+            let margin = match v.get_attr("margin").ok().filter(|m| !m.is_undefined()) {
+                None => None,
+                Some(m) if m.kind() == minijinja::value::ValueKind::Number => {
+                    let m = f64::try_from(m).map_err(|e| e.to_string())?;
+                    if !(m.is_finite() && m.abs() <= 1e6) {
+                        return Err(format!("has a `margin` of {m}, beyond the ±1e6 a margin may be"));
+                    }
+                    Some(m)
+                }
+                Some(_) => return Err("has a `margin` that is not a number".into()),
+            };
+            RowKind::Pair { prompt, chosen: list("chosen")?, rejected: list("rejected")?, margin }
         }
         ExampleKind::Feedback => {
             let prompt = if has("prompt") { list("prompt")? } else { vec![] };
@@ -126,4 +158,19 @@ fn row(v: &Value, kind: ExampleKind) -> Result<ChatRow, String> {
         }
     };
     Ok(ChatRow { kind, extra: extra(v)? })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A conversational pair's `margin` is a number, on every pair or on none.
+    #[test]
+    fn a_conversational_pair_margin_is_a_number_on_every_pair_or_none() {
+        let line = |m: &str| format!("{{\"chosen\": [{{\"role\": \"user\", \"content\": \"q\"}}, {{\"role\": \"assistant\", \"content\": \"a\"}}], \"rejected\": [{{\"role\": \"user\", \"content\": \"q\"}}, {{\"role\": \"assistant\", \"content\": \"b\"}}]{m}}}\n");
+        let parsed = parse_jsonl(&[line(", \"margin\": 0.5"), line(""), line(", \"margin\": true"), line(", \"margin\": 3")].concat(), ExampleKind::Preferences, 5);
+        let margins: Vec<_> = parsed.rows.iter().map(|(l, r)| (*l, if let RowKind::Pair { margin, .. } = r.kind { margin } else { None })).collect();
+        assert_eq!(margins, vec![(1, Some(0.5)), (4, Some(3.0))]);
+        assert_eq!(parsed.bad, vec![(2, "has no `margin`, which other pairs have (a margin on every pair or on none)".to_string()), (3, "has a `margin` that is not a number".to_string())]);
+    }
 }

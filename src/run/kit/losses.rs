@@ -5,10 +5,11 @@ use tch::{Kind, Tensor};
 
 use crate::recipe::{DpoLoss, GrpoLoss, RewardScale};
 
-/// Bradley–Terry: −log σ(r_chosen − r_rejected), averaged over pairs (a reward stage's
-/// `center_rewards = c` adds c·mean((r_chosen + r_rejected)²)).
-pub fn bradley_terry(chosen: &Tensor, rejected: &Tensor) -> Tensor {
-    -(chosen - rejected).log_sigmoid().mean(Kind::Float)
+/// Bradley–Terry: −log σ(r_chosen − r_rejected − m), averaged over pairs, m each pair's margin
+/// (0 without one; Llama 2's margin loss, TRL's RewardTrainer's with a `margin` column). A
+/// reward stage's `center_rewards = c` adds c·mean((r_chosen + r_rejected)²).
+pub fn bradley_terry(chosen: &Tensor, rejected: &Tensor, margin: &Tensor) -> Tensor {
+    -(chosen - rejected - margin).log_sigmoid().mean(Kind::Float)
 }
 
 /// A preference loss's settings: β, which loss, label smoothing ε, SimPO's γ.

@@ -89,7 +89,8 @@ pub fn run(ctx: &StageCtx, r: &RewardSpec) -> Result<()> {
         for part in mine.chunks(micro) {
             let (c, rj) = pair_rows(&codec, part, context);
             let (sc, sr) = (rm.score(&c, true), rm.score(&rj, true));
-            let mut loss = bradley_terry(&sc, &sr);
+            let margins: Vec<f32> = part.iter().map(|p| p.margin as f32).collect();
+            let mut loss = bradley_terry(&sc, &sr, &Tensor::from_slice(&margins).to_device(dev));
             if let Some(c) = r.center_rewards {
                 loss += (&sc + &sr).square().mean(Kind::Float) * c;
             }
