@@ -1220,3 +1220,37 @@ fn reward_models_learn_the_margins_of_their_pairs() {
     let gap = |m: &[serde_json::Value]| m[20..].iter().map(|x| x["rewards/chosen"].as_f64().unwrap() - x["rewards/rejected"].as_f64().unwrap()).sum::<f64>() / 10.0;
     assert!(gap(&with) > gap(&without), "score gaps: {} with margins of 2, {} without", gap(&with), gap(&without));
 }
+
+/// A GRPO reward may weigh several reward models: each is loaded and scores every completion,
+/// and each term reads its own. On the first step (the same samples in every stage) the reward
+/// of `reward_model(a) + reward_model(b)` is the sum of each alone, and `0 * reward_model(a) +
+/// reward_model(b)` is `b`'s (it was `a`'s for both terms: the first reward model stood for all).
+/// The plan holds both models.
+#[test]
+fn grpo_weighs_several_reward_models() {
+    let out = scratch("grpo-two-reward-models");
+    let recipe = out.join("r.roux");
+    let rl = |name: &str, reward: &str| format!("  stage {name} = grpo(policy = lm, prompts = instr) {{ reward = {reward}, steps = 1, batch = 8, group = 4, max_new = 4, eval_every = 1, eval_examples = 2 }}\n");
+    std::fs::write(
+        &recipe,
+        format!(
+            "experiment \"rms\" {{\n  seed = 6\n  data instr = synthetic.instructions {{ tasks = [reverse], examples = 100, max_len = 4 }}\n  data prefs = synthetic.preferences {{ tasks = [reverse], pairs = 100, max_len = 4 }}\n  model lm = transformer {{ vocab = 256, context = 32, d_model = 32, layers = 1, heads = 2, dropout = 0 }}\n  model small = transformer {{ vocab = 256, context = 32, d_model = 16, layers = 1, heads = 2, dropout = 0 }}\n  stage a = reward_model(lm, prefs) {{ steps = 5, batch = 8 }}\n  stage b = reward_model(small, prefs) {{ steps = 9, batch = 8 }}\n{}{}{}{}}}\n",
+            rl("only_a", "reward_model(a.model)"),
+            rl("only_b", "reward_model(b.model)"),
+            rl("both", "reward_model(a.model) + reward_model(b.model)"),
+            rl("b_of_two", "0 * reward_model(a.model) + reward_model(b.model)"),
+        ),
+    )
+    .unwrap();
+    run_ok(&recipe, &out);
+    let reward = |s: &str| metrics(&out.join("rms").join(s))[0]["reward"].as_f64().unwrap();
+    let (a, b) = (reward("only_a"), reward("only_b"));
+    assert!(a != b, "the two reward models score alike: {a}");
+    assert!((reward("both") - (a + b)).abs() < 1e-6, "both: {} vs {a} + {b}", reward("both"));
+    assert!((reward("b_of_two") - b).abs() < 1e-6, "0·a + b: {} vs {b}", reward("b_of_two"));
+    // The plan's frozen bytes: the reference and each reward model's trunk, 4 bytes a parameter.
+    let plan = roux::plan::plan(roux::frontend::compile(&recipe).unwrap().recipe.as_ref().unwrap());
+    let memory = |s: &str| plan.stages.iter().find(|p| p.name == s).unwrap().memory_bytes;
+    let params = |m: &str| plan.models.iter().find(|p| p.name == m).unwrap().params_total;
+    assert_eq!(memory("both") - memory("only_a"), 4 * params("small"), "{:?}", plan.stages);
+}

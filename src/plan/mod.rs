@@ -158,14 +158,15 @@ fn posttrain_plan(r: &Recipe, s: &crate::recipe::StageSpec, graph_of: &HashMap<&
         StageKind::Grpo(g) => {
             let n = n_of(&g.policy.arch);
             let (t, tf) = product(&[g.opt.steps, g.opt.batch as u64, ctx_of(&g.policy.arch)]);
-            let rm = reward_model(g.reward.model_stage());
+            // Every reward model its terms read, each held and run once.
+            let rm: u64 = g.reward.model_stages().into_iter().filter_map(|s| reward_model(Some(s))).sum();
             // Generation and the old-policy pass (2N each), the reference when beta > 0 and the
-            // reward model when one is used (2N each), then `epochs` forward-backward passes (6N).
+            // reward models (2N each), then `epochs` forward-backward passes (6N).
             let reference = if g.beta > 0.0 { 2.0 * n as f64 } else { 0.0 };
-            let per_token = 4.0 * n as f64 + reference + 2.0 * rm.unwrap_or(0) as f64 + 6.0 * n as f64 * g.epochs as f64;
+            let per_token = 4.0 * n as f64 + reference + 2.0 * rm as f64 + 6.0 * n as f64 * g.epochs as f64;
             // With LoRA the reference is the policy's own base: nothing more is held.
             let reference = if g.beta > 0.0 && g.lora.is_none() { n } else { 0 };
-            let frozen = 4 * (reference + rm.unwrap_or(0));
+            let frozen = 4 * (reference + rm);
             let (trainable, weights) = crate::lower::trained_and_held(&graph(&g.policy.arch).spec, g.lora.as_ref(), n);
             (g.opt.steps, t, per_token * tf, trainable, training(&g.policy.arch, weights, trainable, micro(&g.opt)).saturating_add(frozen))
         }

@@ -129,7 +129,7 @@ fn posttrain_process(r: &Recipe, s: &crate::recipe::StageSpec, world: usize) -> 
             crate::recipe::split_batch(name, gr.opt.batch / gr.group, world, 1)?; // whole groups to a process
             let reference = if gr.beta > 0.0 && gr.lora.is_none() { n } else { 0 };
             let (t, w) = crate::lower::trained_and_held(&g.spec, gr.lora.as_ref(), n);
-            (gr.policy.arch.clone(), t, w, reference + rm(gr.reward.model_stage()), gr.opt.micro_batch(name, world)?, gr.opt.accumulate)
+            (gr.policy.arch.clone(), t, w, reference + gr.reward.model_stages().into_iter().map(|s| rm(Some(s))).sum::<u64>(), gr.opt.micro_batch(name, world)?, gr.opt.accumulate)
         }
         StageKind::Train(_) | StageKind::Isoflop(_) | StageKind::Mixture(_) | StageKind::Compare(_) => return Ok(None),
     };

@@ -168,11 +168,16 @@ impl RewardTerm {
 }
 
 impl Reward {
-    /// The reward-model stage a term reads, if any.
-    pub fn model_stage(&self) -> Option<&str> {
-        self.terms.iter().find_map(|(_, t)| match t {
-            RewardTerm::Model { stage } => Some(stage.as_str()),
-            _ => None,
-        })
+    /// The reward-model stages its terms read, each once, in the order they first appear.
+    pub fn model_stages(&self) -> Vec<&str> {
+        let mut stages: Vec<&str> = vec![];
+        for (_, t) in &self.terms {
+            if let RewardTerm::Model { stage } = t {
+                if !stages.contains(&stage.as_str()) {
+                    stages.push(stage);
+                }
+            }
+        }
+        stages
     }
 }

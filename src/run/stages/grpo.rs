@@ -46,7 +46,9 @@ pub fn run(ctx: &StageCtx, g: &GrpoSpec) -> Result<()> {
     // With beta = 0 no reference is loaded (the plan counts none); with LoRA only the adapters
     // train and the reference is the policy without them.
     let Policy { model: policy, names, params, reference } = load_policy(recipe, &ctx.runs, &g.policy, g.lora.as_ref(), g.opt.precision, g.beta > 0.0, dev)?;
-    let rm = g.reward.model_stage().map(|s| load_reward_model(recipe, &ctx.runs, s, dev).map(|m| m.computing(g.opt.precision))).transpose()?;
+    // Every reward model a term reads, each loaded once.
+    let rms = g.reward.model_stages().into_iter().map(|s| load_reward_model(recipe, &ctx.runs, s, dev).map(|m| (s.to_string(), m.computing(g.opt.precision))));
+    let rms: Vec<(String, crate::run::model::heads::RewardModel)> = rms.collect::<Result<_>>()?;
     // Each `matches` term's regular expression, compiled once (check compiled it too).
     let patterns = g.reward.terms.iter().map(|(_, t)| match t {
         RewardTerm::Matches { pattern } => crate::recipe::reward_pattern(pattern).map(Some).map_err(|e| anyhow::anyhow!("stage `{name}`: `matches(\"{pattern}\")`: {e}")),
@@ -115,12 +117,20 @@ pub fn run(ctx: &StageCtx, g: &GrpoSpec) -> Result<()> {
         }
         let truncated = world.sums(&[truncated.iter().filter(|&&t| t).count() as f64])?[0] / g.opt.batch as f64;
         // 2. Rewards.
-        let rm_scores = rm.as_ref().map(|rm| {
-            let full: Vec<Vec<i64>> = seqs.iter().map(|s| s.tokens.iter().copied().take(context).collect()).collect();
-            let scores: Vec<Tensor> = full.chunks(micro_rows(full.len(), g.opt.accumulate)).map(|part| tch::no_grad(|| rm.score(part, false))).collect();
-            to_f64s(&Tensor::cat(&scores, 0))
-        });
-        let rewards: Vec<f64> = (0..batch.len()).map(|i| reward_of(&g.reward, &patterns, batch[i], &responses[i], &codec, g.max_new, rm_scores.as_ref().map(|v| v[i]))).collect();
+        let full: Vec<Vec<i64>> = if rms.is_empty() { vec![] } else { seqs.iter().map(|s| s.tokens.iter().copied().take(context).collect()).collect() };
+        let rm_scores: Vec<(&str, Vec<f64>)> = rms
+            .iter()
+            .map(|(stage, rm)| {
+                let scores: Vec<Tensor> = full.chunks(micro_rows(full.len(), g.opt.accumulate)).map(|part| tch::no_grad(|| rm.score(part, false))).collect();
+                (stage.as_str(), to_f64s(&Tensor::cat(&scores, 0)))
+            })
+            .collect();
+        let rewards: Vec<f64> = (0..batch.len())
+            .map(|i| {
+                let score = |stage: &str| rm_scores.iter().find(|(s, _)| *s == stage).map_or(0.0, |(_, v)| v[i]);
+                reward_of(&g.reward, &patterns, batch[i], &responses[i], &codec, g.max_new, &score)
+            })
+            .collect();
         // 3. Advantages within each group; the whole step's rewards over every process (each
         // answers its share) give their mean and spread.
         let all = g.opt.batch as f64;
@@ -244,7 +254,8 @@ fn ended(codec: &Codec, response: &[i64]) -> bool {
 
 /// The recipe's reward for one response: the weighted sum of its terms (`patterns`: each
 /// term's compiled regular expression, for `matches`).
-fn reward_of(reward: &Reward, patterns: &[Option<regex::Regex>], e: &Example, response: &[i64], codec: &Codec, max_new: usize, rm_score: Option<f64>) -> f64 {
+/// `rm_score` gives the response's score by each reward-model stage.
+fn reward_of(reward: &Reward, patterns: &[Option<regex::Regex>], e: &Example, response: &[i64], codec: &Codec, max_new: usize, rm_score: &dyn Fn(&str) -> f64) -> f64 {
     let answer = e.gold.as_deref().unwrap_or(&e.response);
     reward
         .terms
@@ -255,7 +266,7 @@ fn reward_of(reward: &Reward, patterns: &[Option<regex::Regex>], e: &Example, re
                 RewardTerm::ExactMatch => tasks::exact(answer, &codec.decode(response)) as u8 as f64,
                 RewardTerm::Format => ended(codec, response) as u8 as f64,
                 RewardTerm::Length => response.len() as f64 / max_new.max(1) as f64,
-                RewardTerm::Model { .. } => rm_score.unwrap_or(0.0),
+                RewardTerm::Model { stage } => rm_score(stage),
                 RewardTerm::Matches { .. } => pattern.as_ref().is_some_and(|p| p.is_match(&codec.decode(response))) as u8 as f64,
             }
         })
