@@ -530,3 +530,29 @@ fn conversational_feedback_is_completions_judged_true_or_false() {
         c.diagnostics
     );
 }
+
+/// Conversational preference pairs may carry a `margin` (a number, on every pair or none): check
+/// says their range, as for a plain file, and names a pair without one among pairs with one.
+#[test]
+fn conversational_pairs_carry_their_margins() {
+    let dir = config_only_checkpoint("hf-check-margins");
+    std::fs::write(dir.join("ck/tokenizer_config.json"), json!({"chat_template": TEMPLATE, "eos_token": "</s>"}).to_string()).unwrap();
+    let line = |margin: Value| {
+        let mut l = json!({"prompt": [{"role": "user", "content": "2+2?"}], "chosen": [{"role": "assistant", "content": "4"}], "rejected": [{"role": "assistant", "content": "5"}]});
+        if !margin.is_null() {
+            l["margin"] = margin;
+        }
+        format!("{l}\n")
+    };
+    std::fs::write(dir.join("r.roux"), "experiment \"x\" {\n  model base = hf(\"ck\")\n  data prefs = preferences(\"p.jsonl\") { tokenizer = base.tokenizer }\n}\n").unwrap();
+    let said = |lines: &[String]| {
+        std::fs::write(dir.join("p.jsonl"), lines.concat()).unwrap();
+        roux::frontend::compile(&dir.join("r.roux")).unwrap().diagnostics.iter().map(|d| (d.code.to_string(), d.message.clone())).collect::<Vec<_>>()
+    };
+    assert_eq!(said(&[line(json!(0.5)), line(json!(2)), line(json!(1.25))]), vec![("N0404".into(), "data `prefs`: 3 conversations (margins 0.5 to 2, mean 1.25)".into())]);
+    assert_eq!(said(&[line(Value::Null), line(Value::Null)]), vec![("N0404".into(), "data `prefs`: 2 conversations".into())]);
+    assert_eq!(
+        said(&[line(json!(0.5)), line(Value::Null)]),
+        vec![("E0214".into(), "`p.jsonl` has 1 bad conversation(s) of 2: line 2: has no `margin`, which other pairs have (a margin on every pair or on none)".into())]
+    );
+}

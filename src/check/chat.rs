@@ -118,7 +118,10 @@ impl Checker<'_> {
             _ => None,
         });
         let (good, all) = judged.fold((0, 0), |(g, n), d| (g + d as usize, n + 1));
-        let labels = if all > 0 { format!(" ({good} desirable, {} not)", all - good) } else { String::new() };
+        let mut labels = if all > 0 { format!(" ({good} desirable, {} not)", all - good) } else { String::new() };
+        // Preference pairs, the range of their margins.
+        let margins: Vec<f64> = parsed.rows.iter().filter_map(|(_, r)| if let crate::posttrain::rows::RowKind::Pair { margin, .. } = r.kind { margin } else { None }).collect();
+        labels.push_str(&super::examples::margins_note(&margins));
         let stats = self.loader.read_text(&dir.join("tokenizer.json"), 256 << 20).ok().and_then(|t| t.parse::<tokenizers::Tokenizer>().ok()).map(|tk| token_stats(&tk, &turns, context));
         let msg = match stats {
             Some(s) => format!(

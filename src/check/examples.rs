@@ -145,10 +145,10 @@ impl<'a> Checker<'a> {
         let mean = lengths.iter().sum::<usize>() as f64 / lengths.len().max(1) as f64;
         let held = match ekind {
             ExampleKind::Instructions => format!("{} examples", lengths.len()),
-            ExampleKind::Preferences => match rows.iter().filter_map(|r| r.get(3)?.parse::<f64>().ok()).collect::<Vec<_>>() {
-                m if m.is_empty() => format!("{} pairs", lengths.len()),
-                m => format!("{} pairs (margins {} to {}, mean {})", lengths.len(), fmt_margin(m.iter().copied().fold(f64::INFINITY, f64::min)), fmt_margin(m.iter().copied().fold(f64::NEG_INFINITY, f64::max)), fmt_margin(m.iter().sum::<f64>() / m.len() as f64)),
-            },
+            ExampleKind::Preferences => {
+                let margins: Vec<f64> = rows.iter().filter_map(|r| r.get(3)?.parse::<f64>().ok()).collect();
+                format!("{} pairs{}", lengths.len(), margins_note(&margins))
+            }
             ExampleKind::Feedback => {
                 let good = rows.iter().filter(|r| r[2] == "true").count();
                 self.example_facts.feedback.insert(name.to_string(), (good, rows.len() - good));
@@ -315,7 +315,13 @@ fn example_kind(constructor: &str) -> ExampleKind {
     }
 }
 
-/// A margin as N0404 shows it, to three decimals.
-fn fmt_margin(m: f64) -> String {
-    super::fields::fmt_num((m * 1000.0).round() / 1000.0)
+/// What N0404 says of a preference set's margins (nothing when it has none): their range and
+/// mean, to three decimals.
+pub(super) fn margins_note(m: &[f64]) -> String {
+    if m.is_empty() {
+        return String::new();
+    }
+    let show = |x: f64| super::fields::fmt_num((x * 1000.0).round() / 1000.0);
+    let (low, high) = (m.iter().copied().fold(f64::INFINITY, f64::min), m.iter().copied().fold(f64::NEG_INFINITY, f64::max));
+    format!(" (margins {} to {}, mean {})", show(low), show(high), show(m.iter().sum::<f64>() / m.len() as f64))
 }
