@@ -20,8 +20,8 @@ pub struct Jsonl {
 pub fn parse_jsonl(text: &str, fields: &[String], kind: ExampleKind, max_bad: usize) -> Jsonl {
     let label = (kind == ExampleKind::Feedback).then_some(2);
     let mut out = Jsonl { rows: vec![], bad: vec![], bad_total: 0 };
-    // Each good row's line, and whether it had a margin.
-    let mut lines: Vec<(usize, bool)> = vec![];
+    // Each good row with its line.
+    let mut rows: Vec<(usize, Vec<String>)> = vec![];
     for (i, line) in text.lines().enumerate() {
         if line.trim().is_empty() {
             continue;
@@ -48,37 +48,36 @@ pub fn parse_jsonl(text: &str, fields: &[String], kind: ExampleKind, max_bad: us
                 }),
         };
         match row {
-            Ok(r) => {
-                lines.push((i + 1, r.len() > fields.len()));
-                out.rows.push(r);
-            }
-            Err(why) => out.bad_line(i + 1, why, max_bad),
+            Ok(r) => rows.push((i + 1, r)),
+            Err(why) => bad_line(&mut out.bad, &mut out.bad_total, i + 1, why, max_bad),
         }
     }
-    // Margins on some pairs only: those without one are bad (a 0 in their place would be silent).
-    if lines.iter().any(|l| l.1) && lines.iter().any(|l| !l.1) {
-        let mut kept = vec![];
-        for (row, (line, has)) in std::mem::take(&mut out.rows).into_iter().zip(lines) {
-            if has {
-                kept.push(row);
-            } else {
-                out.bad_line(line, "has no `margin`, which other pairs have (a margin on every pair or on none)".into(), max_bad);
-            }
-        }
-        out.rows = kept;
-        out.bad.sort();
-        out.bad.truncate(max_bad);
-    }
+    margins_on_every_pair_or_none(&mut rows, |r| r.len() > fields.len(), &mut out.bad, &mut out.bad_total, max_bad);
+    out.rows = rows.into_iter().map(|(_, r)| r).collect();
     out
 }
 
-impl Jsonl {
-    fn bad_line(&mut self, line: usize, why: String, max_bad: usize) {
-        self.bad_total += 1;
-        if self.bad.len() < max_bad {
-            self.bad.push((line, why));
-        }
+/// One bad line: counted, and listed while fewer than `listed` are.
+pub fn bad_line(bad: &mut Vec<(usize, String)>, total: &mut usize, line: usize, why: String, listed: usize) {
+    *total += 1;
+    if bad.len() < listed {
+        bad.push((line, why));
     }
+}
+
+/// Margins on some pairs only: the rows without one (`has` says which have) become bad lines, as
+/// a 0 in their place would be silent; the list stays in line order.
+pub fn margins_on_every_pair_or_none<R>(rows: &mut Vec<(usize, R)>, has: impl Fn(&R) -> bool, bad: &mut Vec<(usize, String)>, total: &mut usize, listed: usize) {
+    if !(rows.iter().any(|(_, r)| has(r)) && rows.iter().any(|(_, r)| !has(r))) {
+        return;
+    }
+    let (kept, missing): (Vec<_>, Vec<_>) = std::mem::take(rows).into_iter().partition(|(_, r)| has(r));
+    for (line, _) in missing {
+        bad_line(bad, total, line, "has no `margin`, which other pairs have (a margin on every pair or on none)".into(), listed);
+    }
+    *rows = kept;
+    bad.sort();
+    bad.truncate(listed);
 }
 
 /// A pair's `margin`, if it has one: a finite number, kept as its decimal text.

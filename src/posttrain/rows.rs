@@ -6,6 +6,7 @@ use minijinja::value::Value;
 
 use super::chat::{last_turn, Renderer};
 use super::messages::{extra, messages, ordered, Extra, Message};
+use super::jsonl::{bad_line, margins_on_every_pair_or_none};
 use crate::recipe::ExampleKind;
 
 /// One line of a conversational data set, with what else it hands the template.
@@ -95,30 +96,12 @@ pub fn parse_jsonl(text: &str, kind: ExampleKind, listed: usize) -> ChatJsonl {
         let row = ordered(line).and_then(|v| row(&v, kind));
         match row {
             Ok(r) => out.rows.push((i + 1, r)),
-            Err(why) => out.bad_line(i + 1, why, listed),
+            Err(why) => bad_line(&mut out.bad, &mut out.bad_total, i + 1, why, listed),
         }
     }
-    // Margins on some pairs only: those without one are bad (a 0 in their place would be silent).
     let has = |r: &ChatRow| matches!(r.kind, RowKind::Pair { margin: Some(_), .. });
-    if out.rows.iter().any(|(_, r)| has(r)) && out.rows.iter().any(|(_, r)| !has(r)) {
-        let (kept, missing): (Vec<_>, Vec<_>) = std::mem::take(&mut out.rows).into_iter().partition(|(_, r)| has(r));
-        for (line, _) in missing {
-            out.bad_line(line, "has no `margin`, which other pairs have (a margin on every pair or on none)".into(), listed);
-        }
-        out.rows = kept;
-        out.bad.sort();
-        out.bad.truncate(listed);
-    }
+    margins_on_every_pair_or_none(&mut out.rows, has, &mut out.bad, &mut out.bad_total, listed);
     out
-}
-
-impl ChatJsonl {
-    fn bad_line(&mut self, line: usize, why: String, listed: usize) {
-        self.bad_total += 1;
-        if self.bad.len() < listed {
-            self.bad.push((line, why));
-        }
-    }
 }
 
 fn row(v: &Value, kind: ExampleKind) -> Result<ChatRow, String> {

@@ -71,6 +71,12 @@ impl RewardModel {
         self.head.apply(&at_positions(&hidden.to_kind(Kind::Float), &last))
     }
 
+    /// `score` without gradients, `chunk` rows at a time (a rollout batch's micro-batches), joined.
+    pub fn score_in_chunks(&self, rows: &[Vec<i64>], chunk: usize) -> Tensor {
+        let parts: Vec<Tensor> = rows.chunks(chunk.max(1)).map(|part| tch::no_grad(|| self.score(part, false))).collect();
+        Tensor::cat(&parts, 0)
+    }
+
     /// Trunk and head tensors, named as the reward stage saves them.
     pub fn named(&self) -> Vec<(String, Tensor)> {
         let mut v = self.trunk.named();

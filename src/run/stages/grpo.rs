@@ -121,8 +121,7 @@ pub fn run(ctx: &StageCtx, g: &GrpoSpec) -> Result<()> {
         let rm_scores: Vec<(&str, Vec<f64>)> = rms
             .iter()
             .map(|(stage, rm)| {
-                let scores: Vec<Tensor> = full.chunks(micro_rows(full.len(), g.opt.accumulate)).map(|part| tch::no_grad(|| rm.score(part, false))).collect();
-                (stage.as_str(), to_f64s(&Tensor::cat(&scores, 0)))
+                (stage.as_str(), to_f64s(&rm.score_in_chunks(&full, micro_rows(full.len(), g.opt.accumulate))))
             })
             .collect();
         let rewards: Vec<f64> = (0..batch.len())

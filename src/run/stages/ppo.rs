@@ -115,8 +115,7 @@ pub fn run(ctx: &StageCtx, p: &PpoSpec) -> Result<()> {
                 [token_logprobs(&logits, &m.y), value_head.apply(&h), token_logprobs(&reference.forward(&m.x, false), &m.y)] // (B, T) each
             });
             let full: Vec<Vec<i64>> = seqs.iter().map(|s| s.tokens.iter().copied().take(context).collect()).collect();
-            let scores: Vec<Tensor> = full.chunks(micro_rows(full.len(), k)).map(|part| rm.score(part, false)).collect();
-            (old_lp, old_v, ref_lp, Tensor::cat(&scores, 0))
+            (old_lp, old_v, ref_lp, rm.score_in_chunks(&full, micro_rows(full.len(), k)))
         });
         // 3. Per-token rewards and GAE, row by row over the response positions.
         let (t_len, mask) = (b.x.size()[1] as usize, to_f64s(&b.w));
