@@ -1254,3 +1254,106 @@ fn grpo_weighs_several_reward_models() {
     let params = |m: &str| plan.models.iter().find(|p| p.name == m).unwrap().params_total;
     assert_eq!(memory("both") - memory("only_a"), 4 * params("small"), "{:?}", plan.stages);
 }
+
+/// PPO's and GRPO's rollouts draw as the stage says (TRL's generation options for them). Any
+/// filter narrow enough is greedy — `top_k = 1`, a `top_p` below every most likely token's
+/// probability, `min_p = 1` — so every completion of a group is the same and every group is flat,
+/// where sampling at the temperature alone gives groups that differ.
+#[test]
+fn rl_rollouts_draw_through_the_stages_filters() {
+    let out = scratch("rl-filters");
+    let recipe = out.join("r.roux");
+    std::fs::write(&recipe, std::fs::read_to_string(fixture("tiny-grpo.roux")).unwrap().replace("../../data/", "../../../data/")).unwrap();
+    let steps = |filter: &str| {
+        let set = ["rl.steps=2", "rl.eval_every=2", "rl.group=8", "rl.batch=16", "rl.reward=length", filter];
+        let args: Vec<&str> = set.iter().filter(|s| !s.is_empty()).flat_map(|s| ["--set", *s]).collect();
+        let o = roux(&[&["run", recipe.to_str().unwrap(), "--out", out.to_str().unwrap()], &args[..]].concat());
+        let log = String::from_utf8_lossy(&o.stderr).to_string();
+        assert_eq!(o.status.code(), Some(0), "{log}");
+        (metrics(&out.join("tiny-grpo/rl")), log)
+    };
+    let flat = |m: &[serde_json::Value]| m.iter().map(|s| s["flat_groups"].as_f64().unwrap()).collect::<Vec<_>>();
+    let (sampled, _) = steps("");
+    assert!(flat(&sampled)[0] < 1.0, "sampling alone gave only flat groups: {:?}", flat(&sampled));
+    for (filter, said) in [("rl.top_k=1", "top-k 1"), ("rl.top_p=0.0001", "top-p 0.0001"), ("rl.min_p=1", "min-p 1")] {
+        let (m, log) = steps(filter);
+        assert_eq!(flat(&m), [1.0, 1.0], "{filter}");
+        assert!(log.contains(&format!("rl: rollouts drawn at temperature 1, {said}")), "{log}");
+    }
+    // Out of range, as `roux sample` refuses it.
+    let o = roux(&["check", recipe.to_str().unwrap(), "--set", "rl.top_p=0"]);
+    let text = String::from_utf8_lossy(&o.stderr);
+    assert!(text.contains("`top_p` = 0 is out of range") && text.contains("top_p must lie in (0, 1]"), "{text}");
+}
+
+/// The RL losses read the distribution the rollouts were drawn from: the logits divided by the
+/// temperature, as TRL's PPO and GRPO trainers compute log-probabilities, ratios, KL and entropy.
+/// A fresh model's logits z are small, so the entropy of softmax(z/T) falls short of ln V by
+/// about Var(z)/(2T²): at temperature 0.5 four times what it does at 1, at 0.25 sixteen times
+/// (observed 4.1 and 18.3; read at 1 regardless, the shortfalls would be alike).
+#[test]
+fn rl_losses_read_log_probabilities_at_the_sampling_temperature() {
+    let out = scratch("rl-temperature");
+    let recipe = out.join("t.roux");
+    let ppo = |name: &str, t: &str| format!("  stage {name} = ppo(policy = lm, reward = rm.model, prompts = instr) {{ steps = 1, batch = 16, minibatches = 1, epochs = 1, max_new = 8, eval_every = 1, eval_examples = 2, temperature = {t} }}\n");
+    std::fs::write(
+        &recipe,
+        format!(
+            "experiment \"temp\" {{\n  seed = 5\n  data instr = synthetic.instructions {{ tasks = [uppercase], examples = 100, max_len = 3 }}\n  data prefs = synthetic.preferences {{ tasks = [uppercase], pairs = 60, max_len = 3 }}\n  model lm = transformer {{ vocab = 256, context = 24, d_model = 32, layers = 1, heads = 2, dropout = 0 }}\n  stage rm = reward_model(lm, prefs) {{ steps = 1, batch = 8 }}\n{}{}{}}}\n",
+            ppo("t1", "1"),
+            ppo("t2", "0.5"),
+            ppo("t4", "0.25"),
+        ),
+    )
+    .unwrap();
+    run_ok(&recipe, &out);
+    // The first minibatch's entropy, before any update.
+    let shortfall = |s: &str| 256f64.ln() - metrics(&out.join("temp").join(s))[0]["entropy"].as_f64().unwrap();
+    let (t1, t2, t4) = (shortfall("t1"), shortfall("t2"), shortfall("t4"));
+    assert!(t1 > 0.0 && (3.0..5.0).contains(&(t2 / t1)) && (12.0..24.0).contains(&(t4 / t1)), "shortfalls of ln V: {t1} at 1, {t2} at 0.5, {t4} at 0.25");
+}
+
+/// PPO's reward options, as TRL's PPOConfig names them, on one-token responses (max_new = 1),
+/// whose value targets are their scores: the value head starts at zero, so the first value loss is
+/// ½·mean(s²) over the batch.
+/// - `missing_eos_penalty` comes off the score of each response that did not stop: on the first
+///   step (the same samples) the logged reward is lower by penalty × the share truncated.
+/// - `whiten_rewards` divides the per-token rewards by their deviation (Bessel's), keeping their
+///   mean m: ½·mean(s′²) = ½·((n − 1)/n + m²), n = 8.
+/// - `kl_estimator = k3`, e^(log r) − 1 − log r, is never negative (k1 = 1 and k3 = e⁻¹ at
+///   log π = −1, log π_ref = −2, by hand).
+#[test]
+fn ppo_reward_options_by_hand() {
+    use roux::recipe::KlEstimator;
+    assert_eq!(KlEstimator::K1.at(-1.0, -2.0), 1.0);
+    assert!((KlEstimator::K3.at(-1.0, -2.0) - (-1f64).exp()).abs() < 1e-15);
+    assert!((KlEstimator::K3.at(-2.0, -1.0) - (1f64.exp() - 2.0)).abs() < 1e-15 && KlEstimator::K1.at(-2.0, -1.0) == -1.0);
+    let out = scratch("ppo-options");
+    let recipe = out.join("o.roux");
+    let ppo = |name: &str, extra: &str| format!("  stage {name} = ppo(policy = lm, reward = rm.model, prompts = instr) {{ steps = 3, batch = 8, minibatches = 1, epochs = 1, max_new = 1, log_every = 1, eval_every = 3, eval_examples = 2, optimizer = adamw {{ lr = 3e-3 }}{extra} }}\n");
+    std::fs::write(
+        &recipe,
+        format!(
+            "experiment \"opts\" {{\n  seed = 5\n  data instr = synthetic.instructions {{ tasks = [uppercase], examples = 100, max_len = 3 }}\n  data prefs = synthetic.preferences {{ tasks = [uppercase], pairs = 60, max_len = 3 }}\n  model lm = transformer {{ vocab = 256, context = 24, d_model = 32, layers = 1, heads = 2, dropout = 0 }}\n  stage rm = reward_model(lm, prefs) {{ steps = 20, batch = 8, optimizer = adamw {{ lr = 3e-3 }} }}\n{}{}{}{}}}\n",
+            ppo("base", ""),
+            ppo("pen", ", missing_eos_penalty = 0.5"),
+            ppo("wh", ", whiten_rewards = true"),
+            ppo("k3", ", kl_estimator = k3"),
+        ),
+    )
+    .unwrap();
+    run_ok(&recipe, &out);
+    let m = |s: &str| metrics(&out.join("opts").join(s));
+    let (base, pen, wh, k3) = (m("base"), m("pen"), m("wh"), m("k3"));
+    let first = |m: &[serde_json::Value], k: &str| m[0][k].as_f64().unwrap();
+    let truncated = first(&base, "truncated");
+    assert!(truncated > 0.0 && first(&pen, "truncated") == truncated, "{base:?}\n{pen:?}");
+    let lower = first(&base, "reward") - first(&pen, "reward");
+    assert!((lower - 0.5 * truncated).abs() < 1e-6, "the penalty took {lower} off the mean reward, {truncated} of the responses truncated");
+    let mean = first(&wh, "reward");
+    let want = 0.5 * (7.0 / 8.0 + mean * mean);
+    assert!((first(&wh, "value_loss") - want).abs() < 1e-5, "whitened: value loss {} (want {want})", first(&wh, "value_loss"));
+    assert!((first(&base, "value_loss") - want).abs() > 1e-3, "unwhitened rewards gave the whitened value loss");
+    let kl: Vec<f64> = k3.iter().map(|s| s["kl"].as_f64().unwrap()).collect();
+    assert!(kl.iter().all(|&k| k >= 0.0) && kl[2] > 0.0, "k3's KL per step: {kl:?}");
+}

@@ -28,6 +28,7 @@ impl<'a> Checker<'a> {
         let clip_high = f.optional(self, "clip_high", |f, ck| f.ranged(ck, "clip_high", None, 0.0, true, 1.0, true));
         let epochs = f.size(self, "epochs", Some(1));
         let temperature = f.positive(self, "temperature", Some(1.0));
+        let filters = self.rollout_filters(&mut f);
         let loss = f.sym(self, "loss", &["grpo", "dr_grpo", "dapo"], Some("grpo"));
         let scale = f.optional(self, "scale_rewards", |f, ck| f.sym(ck, "scale_rewards", &["group", "batch", "none"], None));
         let level = f.sym(self, "importance_sampling", &["token", "sequence"], Some("token"));
@@ -82,7 +83,7 @@ impl<'a> Checker<'a> {
             _ => RewardScale::Group,
         });
         let importance_sampling = if level? == "sequence" { ImportanceSampling::Sequence } else { ImportanceSampling::Token };
-        let spec = GrpoSpec { policy: policy?, prompts: prompts.name, opt, group, reward, beta: beta?, clip: clip?, clip_high: clip_high?, epochs: epochs?, max_new, temperature: temperature?, loss, scale_rewards, lora: lora?, eval_examples, importance_sampling, mask_truncated: mask_truncated? };
+        let spec = GrpoSpec { policy: policy?, prompts: prompts.name, opt, group, reward, beta: beta?, clip: clip?, clip_high: clip_high?, epochs: epochs?, max_new, temperature: temperature?, filters: filters?, loss, scale_rewards, lora: lora?, eval_examples, importance_sampling, mask_truncated: mask_truncated? };
         Some(self.stage_spec(d, StageKind::Grpo(spec)))
     }
 

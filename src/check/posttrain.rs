@@ -87,6 +87,17 @@ impl<'a> Checker<'a> {
         Some((eval_examples?, max_new?))
     }
 
+    /// `top_k`, `top_p`, `min_p` and `repetition_penalty`: how PPO and GRPO draw their rollouts
+    /// besides `temperature`, in the ranges `roux sample` takes.
+    pub(super) fn rollout_filters(&mut self, f: &mut Fields<'a>) -> Option<RolloutFilters> {
+        let top_k = f.int(self, "top_k", Some(0), super::fields::Min::Zero);
+        let top_p = f.ranged(self, "top_p", Some(1.0), 0.0, true, 1.0, false);
+        let min_p = f.ranged(self, "min_p", Some(0.0), 0.0, false, 1.0, false);
+        // (A penalty near 0 or huge turns logits infinite: the sampler's probabilities would be NaN.)
+        let repetition_penalty = f.ranged(self, "repetition_penalty", Some(1.0), 1e-3, false, 1e3, false);
+        Some(RolloutFilters { top_k: top_k?, top_p: top_p?, min_p: min_p?, repetition_penalty: repetition_penalty? })
+    }
+
     /// A checked stage of declaration `d`, after the stages it reads from.
     pub(super) fn stage_spec(&mut self, d: &'a Decl, kind: StageKind) -> StageSpec {
         // Examples the stage trains on, beside the model whose context cuts them.
@@ -222,6 +233,10 @@ impl<'a> Checker<'a> {
         let epochs = f.size(self, "epochs", Some(2));
         let minibatches = f.size(self, "minibatches", Some(2));
         let temperature = f.positive(self, "temperature", Some(1.0));
+        let filters = self.rollout_filters(&mut f);
+        let kl_estimator = f.sym(self, "kl_estimator", &["k1", "k3"], Some("k1")).map(|k| if k == "k3" { KlEstimator::K3 } else { KlEstimator::K1 });
+        let missing_eos_penalty = f.optional(self, "missing_eos_penalty", |f, ck| f.ranged(ck, "missing_eos_penalty", None, 0.0, true, 1e6, false));
+        let whiten_rewards = f.bool(self, "whiten_rewards", false);
         let lora = self.adapter_key(&mut f, policy.as_ref());
         let eval = self.eval_keys(&mut f);
         let mb_span = f.value_span("minibatches");
@@ -252,6 +267,10 @@ impl<'a> Checker<'a> {
                 minibatches: minibatches?,
                 max_new,
                 temperature: temperature?,
+                filters: filters?,
+                kl_estimator: kl_estimator?,
+                missing_eos_penalty: missing_eos_penalty?,
+                whiten_rewards: whiten_rewards?,
                 lora: lora?,
                 eval_examples,
             }),

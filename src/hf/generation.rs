@@ -32,6 +32,11 @@ pub struct Decoding {
 }
 
 impl Decoding {
+    /// Temperature alone (0 is greedy): every token in the running.
+    pub fn plain(temperature: f64) -> Self {
+        Decoding { temperature, top_k: 0, top_p: 1.0, min_p: 0.0, repetition_penalty: 1.0 }
+    }
+
     /// What a person reads: `greedy`, or `temperature 0.7, top-k 20, top-p 0.8`, and the penalty.
     pub fn describe(&self) -> String {
         let mut parts = vec![];

@@ -17,6 +17,12 @@ pub fn gae(rewards: &[f64], values: &[f64], gamma: f64, lambda: f64) -> (Vec<f64
     (adv, returns)
 }
 
+/// A value whitened but for its mean: (x − mean)/√(var + 1e-8) + mean, as TRL's
+/// `masked_whiten(…, shift_mean=False)` leaves PPO's per-token rewards.
+pub fn whitened(x: f64, mean: f64, var: f64) -> f64 {
+    (x - mean) / (var + 1e-8).sqrt() + mean
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -37,5 +43,16 @@ mod tests {
         // λ = 1, γ = 1: advantages are reward-to-go minus the value.
         let (a, _) = gae(&[1.0, 2.0], &[0.5, 0.5], 1.0, 1.0);
         assert_eq!(a, vec![2.5, 1.5]);
+    }
+
+    #[test]
+    fn whitening_keeps_the_mean_and_scales_the_spread_by_hand() {
+        // [1, 2, 3, 6]: mean 3, unbiased variance (4 + 1 + 0 + 9)/3 = 14/3.
+        let xs = [1.0, 2.0, 3.0, 6.0];
+        let s = (14.0f64 / 3.0 + 1e-8).sqrt();
+        for x in xs {
+            assert!((whitened(x, 3.0, 14.0 / 3.0) - ((x - 3.0) / s + 3.0)).abs() < 1e-12);
+        }
+        assert!((whitened(6.0, 3.0, 14.0 / 3.0) - 4.3887301496588).abs() < 1e-9);
     }
 }

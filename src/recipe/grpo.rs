@@ -27,6 +27,10 @@ pub struct GrpoSpec {
     pub epochs: usize,
     pub max_new: usize,
     pub temperature: f64,
+    /// Top-k, top-p, min-p and the repetition penalty of the rollouts; left out of serialized
+    /// specs when off, so older stages keep their hash.
+    #[serde(default, skip_serializing_if = "super::RolloutFilters::is_off")]
+    pub filters: super::RolloutFilters,
     pub loss: GrpoLoss,
     /// What the rewards' deviations from their group mean are divided by (TRL's
     /// `scale_rewards`); unset means the loss's own choice. Left out of serialized specs when

@@ -67,11 +67,82 @@ pub struct PpoSpec {
     pub minibatches: usize,
     pub max_new: usize,
     pub temperature: f64,
+    /// Top-k, top-p, min-p and the repetition penalty of the rollouts; left out of serialized
+    /// specs when off, so older stages keep their hash.
+    #[serde(default, skip_serializing_if = "RolloutFilters::is_off")]
+    pub filters: RolloutFilters,
+    /// How the per-token KL penalty is estimated (TRL's `kl_estimator`). This and the two below
+    /// are left out of serialized specs at their defaults, so older stages keep their hash.
+    #[serde(default, skip_serializing_if = "KlEstimator::is_k1")]
+    pub kl_estimator: KlEstimator,
+    /// Subtracted from the score of a response without the end marker (TRL's
+    /// `missing_eos_penalty`): one that ran to `max_new` is worth less.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub missing_eos_penalty: Option<f64>,
+    /// The per-token rewards (KL penalties and scores) divided by their standard deviation over
+    /// the step's response tokens before GAE, their mean kept (TRL's `whiten_rewards`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub whiten_rewards: bool,
     /// LoRA adapters on the policy (`adapter = lora { … }`), as on `dpo`: they and the value head
     /// train; the stage's outputs are `STAGE.adapter` and its value head.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub lora: Option<LoraSpec>,
     pub eval_examples: usize,
+}
+
+/// How PPO's per-token penalty estimates KL(π ‖ π_ref) from the sampled token (TRL's
+/// `kl_estimator`, after Schulman 2020), with log r = log π_ref − log π: k1 = −log r (unbiased,
+/// negative where the policy finds a token less likely than the reference), k3 = (r − 1) − log r
+/// (unbiased, never negative, of lower variance).
+#[derive(Clone, Copy, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum KlEstimator {
+    #[default]
+    K1,
+    K3,
+}
+
+impl KlEstimator {
+    pub fn is_k1(&self) -> bool {
+        *self == KlEstimator::K1
+    }
+
+    /// The estimate at one token from its log-probabilities under the policy and the reference.
+    pub fn at(&self, logp: f64, ref_logp: f64) -> f64 {
+        let log_r = ref_logp - logp;
+        match self {
+            KlEstimator::K1 => -log_r,
+            KlEstimator::K3 => log_r.exp_m1() - log_r,
+        }
+    }
+}
+
+/// How PPO and GRPO draw their rollouts besides `temperature` (the generation options TRL's
+/// trainers pass on): top-k, nucleus (top-p), min-p and the repetition penalty, as `roux sample`
+/// applies them. The log-probabilities the losses read stay those of the whole distribution at
+/// the temperature, as TRL's are.
+#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq)]
+pub struct RolloutFilters {
+    /// Keep the `top_k` most likely tokens (0: all).
+    pub top_k: u64,
+    /// Keep the smallest most likely set whose probability reaches `top_p` (1: all).
+    pub top_p: f64,
+    /// Keep the tokens at least `min_p` times as likely as the most likely one (0: all).
+    pub min_p: f64,
+    /// Logits of tokens already in the text divided by it when positive, multiplied when negative.
+    pub repetition_penalty: f64,
+}
+
+impl Default for RolloutFilters {
+    fn default() -> Self {
+        RolloutFilters { top_k: 0, top_p: 1.0, min_p: 0.0, repetition_penalty: 1.0 }
+    }
+}
+
+impl RolloutFilters {
+    pub fn is_off(&self) -> bool {
+        *self == RolloutFilters::default()
+    }
 }
 
 /// Direct preference optimisation (Rafailov et al. 2023) against a frozen reference.

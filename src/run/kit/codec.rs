@@ -83,6 +83,11 @@ impl Codec {
         &self.stops
     }
 
+    /// Whether a generated response ends with an end marker: it stopped within `max_new`.
+    pub fn ended(&self, response: &[i64]) -> bool {
+        self.stops.iter().any(|s| !s.is_empty() && response.ends_with(s))
+    }
+
     /// A generated response's text, without the first end marker in it and anything after.
     pub fn decode(&self, response: &[i64]) -> String {
         let cut = self.stops.iter().filter(|s| !s.is_empty()).filter_map(|s| response.windows(s.len()).position(|w| w == s.as_slice())).min();

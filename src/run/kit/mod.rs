@@ -42,6 +42,7 @@ pub mod checkpoint;
 pub mod codec;
 pub mod context;
 pub mod data;
+pub mod decode;
 pub mod deferred;
 pub mod device;
 pub mod dist;

@@ -1,7 +1,10 @@
 //! The scores of a policy on held-out prompts: exact match, gold reward, verbosity, and KL to a
 //! reference, greedy and sampled.
 
+use anyhow::Result;
 use tch::Kind;
+
+use crate::hf::generation::Decoding;
 
 use super::codec::Codec;
 use super::seqs::{generate, pad, prompt_response, seq_logprob};
@@ -71,10 +74,10 @@ fn tally(examples: &[Example], responses: &[Vec<i64>], codec: &Codec) -> [f64; 4
     t
 }
 
-pub fn score(model: &Model, reference: Option<&Model>, codec: &Codec, examples: &[Example], max_new: usize) -> Score {
+pub fn score(model: &Model, reference: Option<&Model>, codec: &Codec, examples: &[Example], max_new: usize) -> Result<Score> {
     let prompts: Vec<Vec<i64>> = examples.iter().map(|e| codec.prompt(&e.prompt)).collect();
-    let greedy = generate(model, &prompts, max_new, 0.0, codec.stops());
-    let sampled = generate(model, &prompts, max_new, 1.0, codec.stops());
+    let greedy = generate(model, &prompts, max_new, &Decoding::plain(0.0), codec.stops())?;
+    let sampled = generate(model, &prompts, max_new, &Decoding::plain(1.0), codec.stops())?;
     let n = examples.len().max(1) as f64;
     let g = tally(examples, &greedy, codec);
     let s = tally(examples, &sampled, codec);
@@ -97,7 +100,7 @@ pub fn score(model: &Model, reference: Option<&Model>, codec: &Codec, examples: 
     }
     let by_task = by_task.into_iter().map(|(k, (a, n))| (k, a / n)).collect();
     let samples = examples.iter().zip(&greedy).take(6).map(|(e, r)| (e.prompt.clone(), codec.decode(r))).collect();
-    Score {
+    Ok(Score {
         examples: examples.len(),
         exact: g[0] / n,
         correct: g[1] / n,
@@ -109,5 +112,5 @@ pub fn score(model: &Model, reference: Option<&Model>, codec: &Codec, examples: 
         kl,
         by_task,
         samples,
-    }
+    })
 }

@@ -4,7 +4,11 @@
 use std::collections::BTreeMap;
 use tch::{Device, Kind, Tensor};
 
+use anyhow::Result;
+
+use crate::hf::generation::Decoding;
 use crate::posttrain::examples::Seq;
+use crate::run::kit::decode;
 use crate::run::model::{KvCache, Model};
 
 /// Inputs, next-token targets and target weights, (B, T) each; padding weighs zero. Padding
@@ -81,36 +85,31 @@ pub fn prompt_response(prompt: &[i64], response: &[i64]) -> Seq {
 }
 
 /// Continue every prompt by up to `max_new` tokens (fewer where the context ends), stopping a
-/// row once it has produced one of the `stops`. `temperature` 0 is greedy. Prompts are grouped by
-/// length so each group is one dense batch. Returns each response, the end marker included when
-/// produced.
-pub fn generate(model: &Model, prompts: &[Vec<i64>], max_new: usize, temperature: f64, stops: &[Vec<i64>]) -> Vec<Vec<i64>> {
+/// row once it has produced one of the `stops`, each token drawn as `d` says (temperature 0 is
+/// greedy). Prompts are grouped by length so each group is one dense batch. Returns each
+/// response, the end marker included when produced.
+pub fn generate(model: &Model, prompts: &[Vec<i64>], max_new: usize, d: &Decoding, stops: &[Vec<i64>]) -> Result<Vec<Vec<i64>>> {
     let mut out = vec![vec![]; prompts.len()];
     let mut groups: BTreeMap<usize, Vec<usize>> = BTreeMap::new();
     for (i, p) in prompts.iter().enumerate() {
         groups.entry(p.len()).or_default().push(i);
     }
-    let ctx = model.spec().context;
+    let (ctx, vocab) = (model.spec().context, model.spec().vocab as i64);
     // Each weight cast to the compute kind once for the whole generation, not once per token.
-    model.with_cached_casts(|| {
+    model.with_cached_casts(|| -> Result<()> {
         for (len, rows) in groups {
             let steps = max_new.min(ctx.saturating_sub(len));
             let flat: Vec<i64> = rows.iter().flat_map(|&i| prompts[i].iter().copied()).collect();
             // The prompts go through once; each later step feeds only the token just chosen.
             let mut feed = Tensor::from_slice(&flat).view([rows.len() as i64, len as i64]).to_device(model.device);
+            // The tokens each row's text holds, for the repetition penalty.
+            let mut seen = (d.repetition_penalty != 1.0).then(|| decode::seen_in(&feed, vocab));
             let mut cache = KvCache::default();
             let mut done = vec![false; rows.len()];
             for _ in 0..steps {
                 let logits = model.forward_cached(&feed, &mut cache).select(1, -1).to_kind(Kind::Float); // (n, V)
-                let next = if temperature == 0.0 {
-                    logits.argmax(-1, true)
-                } else {
-                    // Shift by the maximum before dividing: a tiny temperature then gives the
-                    // greedy one-hot distribution instead of inf − inf (NaN). At temperature 1 the
-                    // numbers are those of softmax(logits), which shifts the same way.
-                    let shifted = &logits - logits.amax(-1, true);
-                    (shifted / temperature).softmax(-1, Kind::Float).multinomial(1, true)
-                }; // (n, 1)
+                let next = decode::next_tokens(&logits, d, seen.as_ref())?; // (n, 1)
+                seen = seen.map(|s| decode::mark(&s, &next));
                 feed = next.shallow_clone();
                 let next: Vec<i64> = Vec::<i64>::try_from(&next.view([-1]).to_device(Device::Cpu)).unwrap_or_default();
                 for (k, &i) in rows.iter().enumerate() {
@@ -125,8 +124,9 @@ pub fn generate(model: &Model, prompts: &[Vec<i64>], max_new: usize, temperature
                 }
             }
         }
-    });
-    out
+        Ok(())
+    })?;
+    Ok(out)
 }
 
 /// A tensor's values as f64, in row-major order.

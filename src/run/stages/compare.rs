@@ -30,7 +30,7 @@ pub fn run(ctx: &StageCtx, c: &CompareSpec) -> Result<()> {
     let mut table = "| policy | greedy: gold reward | exact match | sampled: gold reward | preferred (exact) | verbose | KL to reference |\n|---|---:|---:|---:|---:|---:|---:|\n".to_string();
     for (label, r) in &c.policies {
         let m = load_lm(recipe, runs, r, dev)?.computing(c.precision);
-        let s = score(&m, Some(&reference), &codec, &held, c.max_new);
+        let s = score(&m, Some(&reference), &codec, &held, c.max_new)?;
         table.push_str(&format!(
             "| {label} | {:.3} | {:.1}% | {:.3} | {:.1}% | {:.1}% | {:.3} |\n",
             s.gold,

@@ -145,7 +145,7 @@ pub fn run(ctx: &StageCtx, d: &DpoSpec) -> Result<()> {
     // The chosen responses' NLL per token joins the loss: ORPO's own term, or RPO's (`rpo_alpha`).
     let nll_weight = if d.loss == DpoLoss::Orpo { 1.0 } else { d.rpo_alpha.unwrap_or(0.0) };
     let mut terms = DpoTerms { beta: d.beta, loss: d.loss, smoothing: d.label_smoothing, gamma: d.gamma.unwrap_or(0.0), kl: 0.0, weights: d.kto_weights };
-    let before = score(&policy, reference, &codec, &held, d.max_new);
+    let before = score(&policy, reference, &codec, &held, d.max_new)?;
     let held_pairs: Vec<Pair> = split.held_out.iter().take(d.eval_examples).cloned().collect();
     let held_judged: Vec<_> = judged.iter().flat_map(|j| j.held_out.iter().take(d.eval_examples).cloned()).collect();
     let mut opt = Optimizer::new(&params, &d.opt.optimizer);
@@ -258,7 +258,7 @@ pub fn run(ctx: &StageCtx, d: &DpoSpec) -> Result<()> {
             (mean(0), mean(1), Some(mean(2)), mean(3), mean(4))
         };
         let eval_now = done % d.opt.eval_every == 0 || done == d.opt.steps;
-        let s = eval_now.then(|| score(&policy, reference, &codec, &held, d.max_new));
+        let s = eval_now.then(|| score(&policy, reference, &codec, &held, d.max_new)).transpose()?;
         let pairs_now = match judged {
             Some(_) if eval_now => Some(Judged { policy: &policy, reference, codec: &codec, terms: &terms, context, dev }.held_out(&held_judged)),
             None if eval_now && !held_pairs.is_empty() => Some(held_out_pairs(&policy, reference, &codec, &held_pairs, d, context, dev)),
@@ -320,7 +320,10 @@ pub fn run(ctx: &StageCtx, d: &DpoSpec) -> Result<()> {
         }
     }
     // A run resumed with no step left to take scores its weights here.
-    let last = last.unwrap_or_else(|| score(&policy, reference, &codec, &held, d.max_new));
+    let last = match last {
+        Some(s) => s,
+        None => score(&policy, reference, &codec, &held, d.max_new)?,
+    };
     if last_pairs.is_none() && judged.is_some() {
         last_pairs = Some(Judged { policy: &policy, reference, codec: &codec, terms: &terms, context, dev }.held_out(&held_judged));
     } else if last_pairs.is_none() && !held_pairs.is_empty() {

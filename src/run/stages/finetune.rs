@@ -36,7 +36,7 @@ pub fn run(ctx: &StageCtx, f: &FinetuneSpec) -> Result<()> {
     let mut model = load_lm(recipe, &ctx.runs, &f.model, dev)?.computing(f.opt.precision);
     let held: Vec<_> = split.held_out.iter().take(f.eval_examples).cloned().collect();
     // The starting point's score, for the report (what fine-tuning changed).
-    let before = score(&model, None, &codec, &held, f.max_new);
+    let before = score(&model, None, &codec, &held, f.max_new)?;
     let context = model.spec().context;
     let held_seqs: Vec<Seq> = held.iter().map(|e| codec.example(e, f.mask_prompt, context)).collect();
     let loss_before = held_out_loss(&model, &held_seqs, dev);
@@ -109,7 +109,7 @@ pub fn run(ctx: &StageCtx, f: &FinetuneSpec) -> Result<()> {
         let done = step + 1;
         let loss_v = loss.double_value(&[]);
         let eval_now = done % f.opt.eval_every == 0 || done == f.opt.steps;
-        let s = eval_now.then(|| score(&model, None, &codec, &held, f.max_new));
+        let s = eval_now.then(|| score(&model, None, &codec, &held, f.max_new)).transpose()?;
         let val = eval_now.then(|| held_out_loss(&model, &held_seqs, dev));
         let tok_s = window.1 / window.0.elapsed().as_secs_f64().max(1e-9);
         let shown = s.as_ref().zip(val).map_or(String::new(), |(s, v)| format!(" held-out loss {:.4} exact {:.1}% verbose {:.1}% gold {:.3}", v.loss, 100.0 * s.exact, 100.0 * s.verbose, s.gold));
@@ -139,7 +139,10 @@ pub fn run(ctx: &StageCtx, f: &FinetuneSpec) -> Result<()> {
         }
     }
     // A run resumed with no step left to take scores its weights here.
-    let last = last.unwrap_or_else(|| score(&model, None, &codec, &held, f.max_new));
+    let last = match last {
+        Some(s) => s,
+        None => score(&model, None, &codec, &held, f.max_new)?,
+    };
     let last_val = last_val.unwrap_or_else(|| held_out_loss(&model, &held_seqs, dev));
     let output = trained_output(&model);
     let mut report = json!({

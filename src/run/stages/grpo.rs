@@ -25,6 +25,8 @@ use crate::run::kit::artifacts::{instructions, load_policy, load_reward_model, t
 use crate::run::kit::losses::{group_advantages, grpo_loss, GrpoTerms};
 use crate::run::kit::score::score;
 use crate::run::kit::codec::Codec;
+use crate::hf::generation::Decoding;
+use crate::run::kit::decode::{at_temperature, rollout};
 use crate::run::kit::seqs::{by_micro_batch, generate, micro_rows, pad, prompt_response, to_f64s, token_logprobs};
 use crate::run::kit::patience::Patience;
 use crate::run::kit::{device, lifecycle, StageCtx};
@@ -56,7 +58,7 @@ pub fn run(ctx: &StageCtx, g: &GrpoSpec) -> Result<()> {
     });
     let patterns: Vec<Option<regex::Regex>> = patterns.collect::<Result<_>>()?;
     // The starting point's score, before a resumed run restores its trained weights.
-    let before = score(&policy, reference.as_ref(), &codec, &held, g.max_new);
+    let before = score(&policy, reference.as_ref(), &codec, &held, g.max_new)?;
     let mut opt = Optimizer::new(&params, &g.opt.optimizer);
     let (step0, mut rng, extra) = run.restore(&names, &params, &mut opt, Rng(recipe.seed ^ 0x6290))?;
     opt.broadcast_state(world)?;
@@ -85,6 +87,11 @@ pub fn run(ctx: &StageCtx, g: &GrpoSpec) -> Result<()> {
         g.beta,
         g.loss.name()
     );
+    // How the rollouts are drawn; the losses read log-probabilities at the same temperature.
+    let (decoding, t) = (rollout(g.temperature, &g.filters), g.temperature);
+    if decoding != Decoding::plain(1.0) {
+        tracing::info!("{name}: rollouts drawn at {}", decoding.describe());
+    }
     let started = Instant::now();
     let mut last = None;
     let clip = (g.clip, g.clip_high.unwrap_or(g.clip));
@@ -105,11 +112,11 @@ pub fn run(ctx: &StageCtx, g: &GrpoSpec) -> Result<()> {
         }
         let batch: Vec<&Example> = chosen.iter().flat_map(|e| std::iter::repeat_n(*e, g.group)).collect();
         let prompts: Vec<Vec<i64>> = batch.iter().map(|e| codec.prompt(&e.prompt)).collect();
-        let responses = generate(&policy, &prompts, g.max_new, g.temperature, codec.stops());
+        let responses = generate(&policy, &prompts, g.max_new, &decoding, codec.stops())?;
         let mut seqs: Vec<Seq> = prompts.iter().zip(&responses).map(|(q, r)| prompt_response(q, r)).collect();
         // Cut off at `max_new` (or the context) before the end marker; with `mask_truncated`
         // such a completion weighs nothing in the loss (DAPO's overlong filtering).
-        let truncated: Vec<bool> = responses.iter().map(|r| !ended(&codec, r)).collect();
+        let truncated: Vec<bool> = responses.iter().map(|r| !codec.ended(r)).collect();
         if g.mask_truncated {
             for (s, _) in seqs.iter_mut().zip(&truncated).filter(|(_, &t)| t) {
                 s.weights.iter_mut().for_each(|w| *w = 0.0);
@@ -148,9 +155,9 @@ pub fn run(ctx: &StageCtx, g: &GrpoSpec) -> Result<()> {
         // The scoring passes and each epoch's forward and backward run in `accumulate`
         // micro-batches of completions (sampled whole above, so the samples do not depend on it).
         let k = g.opt.accumulate;
-        let [old_lp] = tch::no_grad(|| by_micro_batch(&b, k, |m| [token_logprobs(&policy.forward(&m.x, false), &m.y)]));
+        let [old_lp] = tch::no_grad(|| by_micro_batch(&b, k, |m| [token_logprobs(&at_temperature(policy.forward(&m.x, false), t), &m.y)]));
         let ref_lp = reference.as_ref().map(|r| {
-            let [lp] = tch::no_grad(|| by_micro_batch(&b, k, |m| [token_logprobs(&r.forward(&m.x, false), &m.y)]));
+            let [lp] = tch::no_grad(|| by_micro_batch(&b, k, |m| [token_logprobs(&at_temperature(r.forward(&m.x, false), t), &m.y)]));
             lp
         });
         let all_rows: Vec<i64> = (0..seqs.len() as i64).collect();
@@ -162,7 +169,7 @@ pub fn run(ctx: &StageCtx, g: &GrpoSpec) -> Result<()> {
             for part in all_rows.chunks(micro_rows(all_rows.len(), k)) {
                 let idx = Tensor::from_slice(part).to_device(dev);
                 let m = b.rows(&idx);
-                let lp = token_logprobs(&policy.forward(&m.x, false), &m.y);
+                let lp = token_logprobs(&at_temperature(policy.forward(&m.x, false), t), &m.y);
                 let (loss, clipfrac, kl) = grpo_loss(&lp, &old_lp.index_select(0, &idx), ref_lp.as_ref().map(|r| r.index_select(0, &idx)).as_ref(), &adv.index_select(0, &idx), &m.w, &terms);
                 // GRPO and Dr. GRPO average over completions, so a micro-batch's loss weighs its
                 // share of them; DAPO's divides by the step's token count already. The logged
@@ -187,7 +194,7 @@ pub fn run(ctx: &StageCtx, g: &GrpoSpec) -> Result<()> {
         let (length, spread) = (length / all, (squares / all).sqrt());
         let done = step + 1;
         let eval_now = done % g.opt.eval_every == 0 || done == g.opt.steps;
-        let s = eval_now.then(|| score(&policy, reference.as_ref(), &codec, &held, g.max_new));
+        let s = eval_now.then(|| score(&policy, reference.as_ref(), &codec, &held, g.max_new)).transpose()?;
         let shown = s.as_ref().map_or(String::new(), |s| format!(" | held-out: greedy exact {:.1}%; sampled exact {:.1}% gold {:.3}", 100.0 * s.exact, 100.0 * s.sampled_exact, s.sampled_gold));
         run.progress.line(done, g.opt.log_every, &format!("reward {mean:.3} ± {spread:.3} flat groups {:.0}% KL {:.3} clip {:.2}{shown}", 100.0 * flat, kl_sum / n, clip_sum / n), s.is_some());
         let mut m = json!({
@@ -211,7 +218,10 @@ pub fn run(ctx: &StageCtx, g: &GrpoSpec) -> Result<()> {
         }
     }
     // A run resumed with no step left to take scores its weights here.
-    let last = last.unwrap_or_else(|| score(&policy, reference.as_ref(), &codec, &held, g.max_new));
+    let last = match last {
+        Some(s) => s,
+        None => score(&policy, reference.as_ref(), &codec, &held, g.max_new)?,
+    };
     // No learning signal: a group whose rewards are all equal has zero advantages.
     let tail = &flat_history[flat_history.len() - (flat_history.len() / 4).max(1).min(flat_history.len())..];
     let flat_tail = tail.iter().sum::<f64>() / tail.len().max(1) as f64;
@@ -246,11 +256,6 @@ pub fn run(ctx: &StageCtx, g: &GrpoSpec) -> Result<()> {
     run.finish(&[trained_output(&policy)], report, &ctx.title())
 }
 
-/// Whether a response ends with the data's end marker: the policy stopped within `max_new`.
-fn ended(codec: &Codec, response: &[i64]) -> bool {
-    codec.stops().iter().any(|s| !s.is_empty() && response.ends_with(s))
-}
-
 /// The recipe's reward for one response: the weighted sum of its terms (`patterns`: each
 /// term's compiled regular expression, for `matches`).
 /// `rm_score` gives the response's score by each reward-model stage.
@@ -263,7 +268,7 @@ fn reward_of(reward: &Reward, patterns: &[Option<regex::Regex>], e: &Example, re
         .map(|((w, t), pattern)| {
             w * match t {
                 RewardTerm::ExactMatch => tasks::exact(answer, &codec.decode(response)) as u8 as f64,
-                RewardTerm::Format => ended(codec, response) as u8 as f64,
+                RewardTerm::Format => codec.ended(response) as u8 as f64,
                 RewardTerm::Length => response.len() as f64 / max_new.max(1) as f64,
                 RewardTerm::Model { stage } => rm_score(stage),
                 RewardTerm::Matches { .. } => pattern.as_ref().is_some_and(|p| p.is_match(&codec.decode(response))) as u8 as f64,

@@ -23,7 +23,7 @@ use tch::{Kind, Tensor};
 
 use crate::lower::ScalarHead;
 use crate::posttrain::examples::{Example, Seq};
-use crate::posttrain::gae::gae;
+use crate::posttrain::gae::{gae, whitened};
 use crate::posttrain::tasks;
 use crate::recipe::PpoSpec;
 use crate::rng::Rng;
@@ -32,6 +32,8 @@ use crate::run::kit::artifacts::{instructions, load_policy, load_reward_model, t
 use crate::run::kit::losses::{entropy, masked_mean, ppo_clip, value_loss};
 use crate::run::kit::score::score;
 use crate::run::kit::codec::Codec;
+use crate::hf::generation::Decoding;
+use crate::run::kit::decode::{at_temperature, rollout};
 use crate::run::kit::seqs::{by_micro_batch, generate, micro_rows, pad, prompt_response, to_f64s, token_logprobs};
 use crate::run::kit::patience::Patience;
 use crate::run::kit::dist::{Reduce, World};
@@ -55,7 +57,7 @@ pub fn run(ctx: &StageCtx, p: &PpoSpec) -> Result<()> {
     let reference = reference.expect("asked for");
     let rm = load_reward_model(recipe, &ctx.runs, &p.reward, dev)?.computing(p.opt.precision);
     // The starting point's score, before a resumed run restores its trained weights.
-    let before = score(&policy, Some(&reference), &codec, &held, p.max_new);
+    let before = score(&policy, Some(&reference), &codec, &held, p.max_new)?;
     // The value head reads the policy's final hidden state, detached: the critic is a linear
     // probe on the policy's features, so value-loss gradients cannot pull those features away
     // from what the policy objective wants (a shared trunk destabilised small models here).
@@ -82,6 +84,11 @@ pub fn run(ctx: &StageCtx, p: &PpoSpec) -> Result<()> {
         p.kl_target.map_or(String::new(), |t| format!(" (adaptive, target {t})")),
         policy.lora.describe().map_or(String::new(), |d| format!(", {d}"))
     );
+    // How the rollouts are drawn; the losses read log-probabilities at the same temperature.
+    let (decoding, t) = (rollout(p.temperature, &p.filters), p.temperature);
+    if decoding != Decoding::plain(1.0) {
+        tracing::info!("{name}: rollouts drawn at {}", decoding.describe());
+    }
     let started = Instant::now();
     let mut last = None;
     for step in step0..p.opt.steps {
@@ -101,7 +108,7 @@ pub fn run(ctx: &StageCtx, p: &PpoSpec) -> Result<()> {
             tch::manual_seed((recipe.seed ^ step.wrapping_mul(0x9E37_79B9) ^ (world.rank as u64).wrapping_mul(0x2545_F491_4F6C_DD1D)) as i64);
         }
         let prompts: Vec<Vec<i64>> = batch.iter().map(|e| codec.prompt(&e.prompt)).collect();
-        let responses = generate(&policy, &prompts, p.max_new, p.temperature, codec.stops());
+        let responses = generate(&policy, &prompts, p.max_new, &decoding, codec.stops())?;
         let seqs: Vec<Seq> = prompts.iter().zip(&responses).map(|(q, r)| prompt_response(q, r)).collect();
         let rows: Vec<&Seq> = seqs.iter().collect();
         let b = pad(&rows, dev);
@@ -112,26 +119,39 @@ pub fn run(ctx: &StageCtx, p: &PpoSpec) -> Result<()> {
         let (old_lp, old_v, ref_lp, rm_score) = tch::no_grad(|| {
             let [old_lp, old_v, ref_lp] = by_micro_batch(&b, k, |m| {
                 let (h, logits, _) = policy.forward_full(&m.x, false);
-                [token_logprobs(&logits, &m.y), value_head.apply(&h), token_logprobs(&reference.forward(&m.x, false), &m.y)] // (B, T) each
+                [token_logprobs(&at_temperature(logits, t), &m.y), value_head.apply(&h), token_logprobs(&at_temperature(reference.forward(&m.x, false), t), &m.y)] // (B, T) each
             });
             let full: Vec<Vec<i64>> = seqs.iter().map(|s| s.tokens.iter().copied().take(context).collect()).collect();
             (old_lp, old_v, ref_lp, rm.score_in_chunks(&full, micro_rows(full.len(), k)))
         });
-        // 3. Per-token rewards and GAE, row by row over the response positions.
+        // 3. Per-token rewards: the KL penalty at each response token, the score added at the
+        // last; a response that did not stop loses `missing_eos_penalty` from its score.
         let (t_len, mask) = (b.x.size()[1] as usize, to_f64s(&b.w));
-        let (lp_v, ref_v, val_v, sc_v) = (to_f64s(&old_lp), to_f64s(&ref_lp), to_f64s(&old_v), to_f64s(&rm_score));
-        let (mut adv, mut ret) = (vec![0f64; mask.len()], vec![0f64; mask.len()]);
+        let (lp_v, ref_v, val_v, mut sc_v) = (to_f64s(&old_lp), to_f64s(&ref_lp), to_f64s(&old_v), to_f64s(&rm_score));
+        let truncated: Vec<bool> = responses.iter().map(|r| !codec.ended(r)).collect();
+        if let Some(penalty) = p.missing_eos_penalty {
+            sc_v.iter_mut().zip(&truncated).filter(|(_, &t)| t).for_each(|(s, _)| *s -= penalty);
+        }
+        let positions: Vec<Vec<usize>> = (0..seqs.len()).map(|r| (0..t_len).map(|t| r * t_len + t).filter(|&i| mask[i] > 0.0).collect()).collect();
         let mut kl_seq = 0.0;
-        for r in 0..seqs.len() {
-            let pos: Vec<usize> = (0..t_len).map(|t| r * t_len + t).filter(|&i| mask[i] > 0.0).collect();
-            if pos.is_empty() {
-                continue;
+        let mut rewards: Vec<Vec<f64>> = vec![];
+        for (r, pos) in positions.iter().enumerate() {
+            let kl: Vec<f64> = pos.iter().map(|&i| p.kl_estimator.at(lp_v[i], ref_v[i])).collect();
+            kl_seq += kl.iter().sum::<f64>();
+            let mut row: Vec<f64> = kl.iter().map(|k| -kl_coef * k).collect();
+            if let Some(last) = row.last_mut() {
+                *last += sc_v[r];
             }
-            let mut rewards: Vec<f64> = pos.iter().map(|&i| -kl_coef * (lp_v[i] - ref_v[i])).collect();
-            kl_seq += pos.iter().map(|&i| lp_v[i] - ref_v[i]).sum::<f64>();
-            *rewards.last_mut().expect("non-empty") += sc_v[r];
+            rewards.push(row);
+        }
+        if p.whiten_rewards {
+            whiten_keeping_mean(world, &mut rewards)?;
+        }
+        // GAE, row by row over the response positions.
+        let (mut adv, mut ret) = (vec![0f64; mask.len()], vec![0f64; mask.len()]);
+        for (pos, rewards) in positions.iter().zip(&rewards) {
             let values: Vec<f64> = pos.iter().map(|&i| val_v[i]).collect();
-            let (a, rt) = gae(&rewards, &values, p.gamma, p.lambda);
+            let (a, rt) = gae(rewards, &values, p.gamma, p.lambda);
             for (k, &i) in pos.iter().enumerate() {
                 adv[i] = a[k];
                 ret[i] = rt[k];
@@ -163,6 +183,7 @@ pub fn run(ctx: &StageCtx, p: &PpoSpec) -> Result<()> {
                     let m = b.rows(&idx);
                     let share = m.tokens() / tokens;
                     let (h, logits, _) = policy.forward_full(&m.x, false);
+                    let logits = at_temperature(logits, t);
                     let lp = token_logprobs(&logits, &m.y);
                     let v = value_head.apply(&h.detach());
                     let (pg, clipfrac) = ppo_clip(&lp, &pick(&old_lp), &pick(&adv), &m.w, p.clip);
@@ -191,21 +212,23 @@ pub fn run(ctx: &StageCtx, p: &PpoSpec) -> Result<()> {
         let length = responses.iter().map(|r| r.len()).sum::<usize>() as f64;
         // The whole batch's means, and the minibatches' (each process's are its share's).
         let w = world.size as f64;
-        let [gold, rm_mean, length, pg_sum, vl_sum, ent_sum, clip_sum] = world.sums(&[gold, sc_v.iter().sum::<f64>(), length, pg_sum / w, vl_sum / w, ent_sum / w, clip_sum / w])?;
+        let stopped_short = truncated.iter().filter(|&&t| t).count() as f64;
+        let [gold, rm_mean, length, pg_sum, vl_sum, ent_sum, clip_sum, truncated] = world.sums(&[gold, sc_v.iter().sum::<f64>(), length, pg_sum / w, vl_sum / w, ent_sum / w, clip_sum / w, stopped_short])?;
+        let truncated = truncated / p.opt.batch as f64;
         let (gold, rm_mean) = (gold / p.opt.batch as f64, rm_mean / p.opt.batch as f64);
         history.push((rm_mean, gold));
         let done = step + 1;
         // Rollouts, scoring and the PPO epochs of this step (the held-out evaluation not counted).
         let step_seconds = step_started.elapsed().as_secs_f64();
         let eval_now = done % p.opt.eval_every == 0 || done == p.opt.steps;
-        let s = eval_now.then(|| score(&policy, Some(&reference), &codec, &held, p.max_new));
+        let s = eval_now.then(|| score(&policy, Some(&reference), &codec, &held, p.max_new)).transpose()?;
         let shown = s.as_ref().map_or(String::new(), |s| format!(" | held-out: greedy exact {:.1}%; sampled exact {:.1}% verbose {:.1}% gold {:.3}", 100.0 * s.exact, 100.0 * s.sampled_exact, 100.0 * s.sampled_verbose, s.sampled_gold));
         run.progress.line(done, p.opt.log_every, &format!("reward {rm_mean:.3} gold {gold:.3} KL {kl_seq:.3} clip {:.2}{shown}", clip_sum / n_mb), s.is_some());
         let mlen = length / p.opt.batch as f64;
         let mut m = json!({
             "step": done, "lr": lr, "reward": rm_mean, "gold": gold, "kl": kl_seq, "kl_coef": kl_coef,
             "entropy": ent_sum / n_mb, "clip_fraction": clip_sum / n_mb, "value_loss": vl_sum / n_mb,
-            "policy_loss": pg_sum / n_mb, "grad_norm": grad_norm / n_mb, "response_length": mlen, "step_seconds": step_seconds,
+            "policy_loss": pg_sum / n_mb, "grad_norm": grad_norm / n_mb, "response_length": mlen, "step_seconds": step_seconds, "truncated": truncated,
         });
         if let Some(s) = &s {
             s.log_into(&mut m, "val_");
@@ -223,7 +246,10 @@ pub fn run(ctx: &StageCtx, p: &PpoSpec) -> Result<()> {
         }
     }
     // A run resumed with no step left to take scores its weights here.
-    let last = last.unwrap_or_else(|| score(&policy, Some(&reference), &codec, &held, p.max_new));
+    let last = match last {
+        Some(s) => s,
+        None => score(&policy, Some(&reference), &codec, &held, p.max_new)?,
+    };
     // Reward hacking: the reward model's score up while the gold reward goes down.
     let window = (history.len() / 4).max(1);
     let avg = |h: &[(f64, f64)]| (h.iter().map(|x| x.0).sum::<f64>() / h.len().max(1) as f64, h.iter().map(|x| x.1).sum::<f64>() / h.len().max(1) as f64);
@@ -264,6 +290,17 @@ pub fn run(ctx: &StageCtx, p: &PpoSpec) -> Result<()> {
 }
 
 /// `masked_mean` over every process's rows (the weighted sum and the weight summed over them).
+/// Every process's per-token rewards divided by their standard deviation over all of them (with
+/// Bessel's correction), their mean kept: TRL's `masked_whiten(…, shift_mean=False)`.
+fn whiten_keeping_mean(world: &World, rows: &mut [Vec<f64>]) -> Result<()> {
+    let [n, sum] = world.sums(&[rows.iter().map(Vec::len).sum::<usize>() as f64, rows.iter().flatten().sum::<f64>()])?;
+    let mean = sum / n.max(1.0);
+    let [squares] = world.sums(&[rows.iter().flatten().map(|x| (x - mean).powi(2)).sum::<f64>()])?;
+    let var = squares / (n - 1.0).max(1.0);
+    rows.iter_mut().flatten().for_each(|x| *x = whitened(*x, mean, var));
+    Ok(())
+}
+
 fn global_masked_mean(world: &World, x: &Tensor, mask: &Tensor) -> Result<Tensor> {
     if world.size == 1 {
         return Ok(masked_mean(x, mask));

@@ -6,6 +6,7 @@
 
 use anyhow::Result;
 use std::time::Instant;
+use crate::hf::generation::Decoding;
 use tch::{Device, Kind, Tensor};
 
 use crate::recipe::*;
@@ -259,7 +260,7 @@ pub fn bench_generate(name: &str, reps: usize) -> Result<GenerateBench> {
     let (mut t_cache, mut t_full, mut same) = (vec![], vec![], true);
     for _ in 0..reps {
         let t = Instant::now();
-        let a = generate(&model, &prompts, new, 0.0, &[]);
+        let a = generate(&model, &prompts, new, &Decoding::plain(0.0), &[])?;
         t_cache.push(t.elapsed().as_secs_f64());
         let t = Instant::now();
         let b = uncached();

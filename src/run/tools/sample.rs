@@ -9,7 +9,7 @@ use crate::hf::{self, generation::{self, Decoding, Draw}};
 use crate::posttrain::chat::{Message, Renderer};
 use crate::recipe::ModelSpec;
 use crate::run::kit::files::{read_capped, read_tensors};
-use crate::run::kit::tokenize;
+use crate::run::kit::{decode, tokenize};
 use crate::run::model::{KvCache, Model};
 
 /// How much to generate and how.
@@ -144,7 +144,6 @@ pub fn chat(run: &Path, system: Option<&str>, o: &SampleOptions, next: &mut dyn 
 /// Up to `o.tokens` tokens after `ids`, stopping at one of `stop`: the text (streamed to `on_text`
 /// in whole characters) and the number of tokens generated.
 fn generate(l: &Loaded, mut ids: Vec<i64>, o: &SampleOptions, stop: &[i64], on_text: &mut dyn FnMut(&str)) -> Result<(String, usize)> {
-    let Decoding { temperature, top_k, top_p, min_p, repetition_penalty } = l.decoding;
     let tokens = o.tokens;
     let (spec, device, tk) = (&l.spec, l.device, l.tk.as_ref());
     if ids.is_empty() {
@@ -164,34 +163,10 @@ fn generate(l: &Loaded, mut ids: Vec<i64>, o: &SampleOptions, stop: &[i64], on_t
             }
             let x = Tensor::from_slice(&ids[fed..]).view([1, -1]).to_device(device);
             fed = ids.len();
-            let logits = l.model.forward_cached(&x, &mut cache).select(1, -1).squeeze_dim(0).to_kind(Kind::Float); // (vocab)
-            let logits = if repetition_penalty != 1.0 { penalise(&logits, &ids, repetition_penalty) } else { logits };
-            let next = if temperature == 0.0 {
-                logits.argmax(0, false).int64_value(&[])
-            } else {
-                // Shifted by the maximum first, so a tiny temperature is greedy rather than NaN.
-                let mut scores = (&logits - logits.max()) / temperature;
-                if top_k > 0 && top_k < spec.vocab as i64 {
-                    let (vals, _) = scores.topk(top_k, 0, true, true);
-                    let cut = vals.double_value(&[top_k - 1]);
-                    scores = scores.where_self(&scores.ge(cut), &Tensor::from(f64::NEG_INFINITY).to_device(device));
-                }
-                if top_p < 1.0 {
-                    // Nucleus sampling (Holtzman et al. 2020): drop the tokens past the most likely
-                    // set whose probability reaches top_p (the one that crosses it stays).
-                    let (sorted, order) = scores.softmax(0, Kind::Float).sort(0, true);
-                    let before = sorted.cumsum(0, Kind::Float) - &sorted;
-                    let drop_sorted = before.gt(top_p);
-                    let drop = drop_sorted.scatter(0, &order, &drop_sorted);
-                    scores = scores.masked_fill(&drop, f64::NEG_INFINITY);
-                }
-                if min_p > 0.0 {
-                    // Tokens below min_p × the most likely one's probability (it always stays).
-                    let probs = scores.softmax(0, Kind::Float);
-                    scores = scores.masked_fill(&probs.lt_tensor(&(probs.max() * min_p)), f64::NEG_INFINITY);
-                }
-                scores.softmax(0, Kind::Float).f_multinomial(1, true).context("sampling the next token")?.int64_value(&[0])
-            };
+            let logits = l.model.forward_cached(&x, &mut cache).select(1, -1).to_kind(Kind::Float); // (1, vocab)
+            // The repetition penalty reads every token of the text so far, prompt included.
+            let seen = (l.decoding.repetition_penalty != 1.0).then(|| decode::seen_in(&Tensor::from_slice(&ids).view([1, -1]).to_device(device), spec.vocab as i64));
+            let next = decode::next_tokens(&logits, &l.decoding, seen.as_ref())?.int64_value(&[0, 0]);
             if stop.contains(&next) {
                 break;
             }
@@ -211,18 +186,6 @@ fn generate(l: &Loaded, mut ids: Vec<i64>, o: &SampleOptions, stop: &[i64], on_t
         out.push_str(&piece);
     }
     Ok((out, made))
-}
-
-/// `logits` with those of the tokens in `seen` penalised: divided by `penalty` when positive,
-/// multiplied when negative (transformers' RepetitionPenaltyLogitsProcessor).
-fn penalise(logits: &Tensor, seen: &[i64], penalty: f64) -> Tensor {
-    let mut ids = seen.to_vec();
-    ids.sort_unstable();
-    ids.dedup();
-    let ids = Tensor::from_slice(&ids).to_device(logits.device());
-    let s = logits.index_select(0, &ids);
-    let s = (&s * penalty).where_self(&s.lt(0.0), &(&s / penalty));
-    logits.index_copy(0, &ids, &s)
 }
 
 /// The chat template the run's model was trained in (its resolved.json's `chat_template`), else
