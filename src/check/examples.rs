@@ -18,6 +18,8 @@ pub const DEFAULT_TEMPLATE: &str = "Q: {prompt}\nA: ";
 pub struct Facts {
     /// Byte lengths of the examples of each JSONL data set, and where the recipe names its file.
     pub lengths: std::collections::HashMap<String, (Vec<usize>, Span)>,
+    /// Byte lengths of the rendered prompts of each JSONL data set.
+    pub prompts: std::collections::HashMap<String, Vec<usize>>,
     /// A feedback set's desirable and undesirable examples (a synthetic set's expected counts).
     pub feedback: std::collections::HashMap<String, (usize, usize)>,
 }
@@ -158,6 +160,33 @@ impl<'a> Checker<'a> {
         self.error(Diagnostic::note(Code::N0404, span, format!("data `{}`: {held}, {:.0} bytes each on average, the longest {longest} (prompt template, response and end marker)", name, mean))
             .with_hint("a stage warns when some are longer than its model's context"));
         self.example_facts.lengths.insert(name.to_string(), (lengths, span));
+        self.example_facts.prompts.insert(name.to_string(), rows.iter().map(|r| crate::posttrain::examples::render(template, &r[0]).len()).collect());
+    }
+
+    /// Whether PPO's or GRPO's prompts of `set` leave `max_new` positions of `model`'s context for
+    /// a response: E0228 for synthetic data, whose longest prompt is known; W0408 for a file read
+    /// in bytes, some of whose prompts the run cuts on the left (a tokenizer's sets are measured
+    /// when the run encodes them). False after an error.
+    pub(super) fn prompt_room(&mut self, set: &ExampleSet, model: &str, max_new: usize, new_span: Span) -> bool {
+        let Some(context) = self.models.get(model).map(|m| m.context) else { return true };
+        if let Some(longest) = super::grpo::longest_prompt(set).filter(|l| l + max_new > context) {
+            self.error(
+                Diagnostic::error(Code::E0228, new_span, format!("the longest prompt of `{}` ({longest} tokens) and `max_new` = {max_new} need {} positions, beyond the model's context of {context}", set.name, longest + max_new))
+                    .with_hint(format!("use `max_new = {}` at most, or a model with a longer context", context.saturating_sub(longest))),
+            );
+            return false;
+        }
+        let room = context.saturating_sub(max_new).max(1);
+        let (Some(prompts), None) = (self.example_facts.prompts.get(&set.name), &set.tokenizer) else { return true };
+        let long = prompts.iter().filter(|&&p| p > room).count();
+        if long > 0 {
+            let span = self.example_facts.lengths.get(&set.name).map_or(new_span, |(_, s)| *s);
+            self.error(
+                Diagnostic::warning(Code::W0408, span, format!("{long} of the {} prompts of `{}` are longer than the {room} tokens that model `{model}`'s context of {context} leaves beside `max_new` = {max_new}: each keeps its last {room}", prompts.len(), set.name))
+                    .with_hint("a stage cuts such prompts on the left, as TRL's max_prompt_length does; use a smaller `max_new`, a model with a longer context, or shorter prompts"),
+            );
+        }
+        true
     }
 
     /// `tokenizer = base.tokenizer`: the model whose tokenizer encodes a data set.

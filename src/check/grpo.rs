@@ -59,15 +59,8 @@ impl<'a> Checker<'a> {
                 ok = false;
             }
         }
-        let context = policy.as_ref().and_then(|p| self.models.get(&p.arch)).map(|m| m.context);
-        if let (Some(context), Some(longest)) = (context, longest_prompt(&prompts)) {
-            if longest + max_new > context {
-                self.error(
-                    Diagnostic::error(Code::E0228, new_span, format!("the longest prompt of `{}` ({longest} tokens) and `max_new` = {max_new} need {} positions, beyond the model's context of {context}", prompts.name, longest + max_new))
-                        .with_hint(format!("use `max_new = {}` at most, or a model with a longer context", context.saturating_sub(longest))),
-                );
-                ok = false;
-            }
+        if let Some(p) = &policy {
+            ok &= self.prompt_room(&prompts, &p.arch, max_new, new_span);
         }
         if !ok {
             return None;
@@ -180,7 +173,7 @@ fn has_answers(set: &ExampleSet) -> bool {
 
 /// The longest prompt of a synthetic set as the model sees it (its template applied), in tokens
 /// (bytes); None for a file, whose prompts are known only when it is read.
-fn longest_prompt(set: &ExampleSet) -> Option<usize> {
+pub(super) fn longest_prompt(set: &ExampleSet) -> Option<usize> {
     let ExampleSource::Synthetic { tasks, max_len, .. } = &set.source else { return None };
     let longest = tasks.iter().map(|t| t.longest_prompt(*max_len)).max()?;
     Some(render(&set.template, &"x".repeat(longest)).len())

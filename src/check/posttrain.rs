@@ -239,7 +239,7 @@ impl<'a> Checker<'a> {
         let whiten_rewards = f.bool(self, "whiten_rewards", false);
         let lora = self.adapter_key(&mut f, policy.as_ref());
         let eval = self.eval_keys(&mut f);
-        let mb_span = f.value_span("minibatches");
+        let (mb_span, new_span) = (f.value_span("minibatches"), f.value_span("max_new"));
         f.finish(self);
         let opt = opt?;
         if let Some(m) = minibatches.filter(|&m| m > opt.batch) {
@@ -248,6 +248,11 @@ impl<'a> Checker<'a> {
             return None;
         }
         let ((reward, _), (eval_examples, max_new)) = (reward?, eval?);
+        if let (Some(p), Some(set)) = (&policy, &prompts) {
+            if !self.prompt_room(set, &p.arch, max_new, new_span) {
+                return None;
+            }
+        }
         Some(self.stage_spec(
             d,
             StageKind::Ppo(PpoSpec {

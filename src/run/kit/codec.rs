@@ -65,6 +65,31 @@ impl Codec {
         [self.prefix.clone(), self.encode(&render(&self.template, prompt))].concat()
     }
 
+    /// The prompt as a model of `context` positions answers it in up to `max_new` tokens: its
+    /// last `context − max_new` tokens (at least one) when it is longer, as TRL's
+    /// `max_prompt_length` cuts prompts on the left — the end of a prompt, where the template
+    /// asks for the answer, is what the response follows.
+    pub fn prompt_within(&self, prompt: &str, context: usize, max_new: usize) -> Vec<i64> {
+        let ids = self.prompt(prompt);
+        let room = context.saturating_sub(max_new).max(1);
+        match ids.len().checked_sub(room) {
+            Some(cut) if cut > 0 => ids[cut..].to_vec(),
+            _ => ids,
+        }
+    }
+
+    /// Says, once for a stage, how many of `examples`' prompts `prompt_within` cuts.
+    pub fn note_long_prompts(&self, stage: &str, set: &str, examples: &[&Example], context: usize, max_new: usize) {
+        let room = context.saturating_sub(max_new).max(1);
+        let long = examples.iter().filter(|e| self.prompt(&e.prompt).len() > room).count();
+        if long > 0 {
+            tracing::warn!(
+                "{stage}: {long} of the {} prompts of `{set}` are longer than the {room} tokens that the context of {context} leaves beside `max_new` = {max_new}: each keeps its last {room} (cut on the left, as TRL's max_prompt_length cuts)",
+                examples.len()
+            );
+        }
+    }
+
     /// A response's ids, the end marker after it.
     pub fn response(&self, response: &str) -> Vec<i64> {
         let mut v = self.encode(response);
@@ -182,4 +207,31 @@ pub fn eos_ids(dir: &Path, tk: &Tokenizer) -> Result<Vec<i64>> {
         return Ok(vec![id as i64]);
     }
     bail!("{} names no end-of-sequence token (eos_token_id in generation_config.json or config.json, eos_token in tokenizer_config.json); set `end = \"…\"` on the data", dir.display())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::recipe::{ExampleKind, ExampleSource};
+
+    #[test]
+    fn a_prompt_keeps_the_end_that_leaves_max_new_positions() {
+        let set = ExampleSet {
+            name: "d".into(),
+            kind: ExampleKind::Instructions,
+            source: ExampleSource::Synthetic { tasks: vec![], count: 1, verbose: 0.0, max_len: 2, desirable: 0.0 },
+            template: "Q: {prompt}".into(),
+            end: "\n".into(),
+            held_out: 0.1,
+            tokenizer: None,
+            chat: None,
+        };
+        let c = Codec::bytes(&set);
+        let text = |ids: Vec<i64>| String::from_utf8(ids.into_iter().map(|b| b as u8).collect()).expect("bytes");
+        // "Q: abcdefgh" is 11 bytes: a context of 10 with 4 new tokens leaves 6.
+        assert_eq!(text(c.prompt_within("abcdefgh", 10, 4)), "cdefgh");
+        assert_eq!(text(c.prompt_within("abcdefgh", 15, 4)), "Q: abcdefgh");
+        // max_new at or past the context: the last token alone.
+        assert_eq!(text(c.prompt_within("abcdefgh", 10, 12)), "h");
+    }
 }

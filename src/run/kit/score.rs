@@ -75,7 +75,7 @@ fn tally(examples: &[Example], responses: &[Vec<i64>], codec: &Codec) -> [f64; 4
 }
 
 pub fn score(model: &Model, reference: Option<&Model>, codec: &Codec, examples: &[Example], max_new: usize) -> Result<Score> {
-    let prompts: Vec<Vec<i64>> = examples.iter().map(|e| codec.prompt(&e.prompt)).collect();
+    let prompts: Vec<Vec<i64>> = examples.iter().map(|e| codec.prompt_within(&e.prompt, model.spec().context, max_new)).collect();
     let greedy = generate(model, &prompts, max_new, &Decoding::plain(0.0), codec.stops())?;
     let sampled = generate(model, &prompts, max_new, &Decoding::plain(1.0), codec.stops())?;
     let n = examples.len().max(1) as f64;

@@ -67,6 +67,7 @@ pub fn run(ctx: &StageCtx, g: &GrpoSpec) -> Result<()> {
     let mut patience = Patience::new(g.opt.patience, "sampled_gold_reward", &extra);
     let mut stopped = None;
     let context = policy.spec().context;
+    codec.note_long_prompts(&name, &set.name, &split.train.iter().chain(&split.held_out).collect::<Vec<_>>(), context, g.max_new);
     let per_step = g.opt.batch / g.group;
     let clip = g.clip_high.map_or(String::new(), |h| format!(", ratio clipped to [{}, {}]", 1.0 - g.clip, 1.0 + h));
     let adapter = policy.lora.describe().map_or(String::new(), |d| format!(", {d}"));
@@ -111,7 +112,7 @@ pub fn run(ctx: &StageCtx, g: &GrpoSpec) -> Result<()> {
             tch::manual_seed((recipe.seed ^ step.wrapping_mul(0x9E37_79B9) ^ (world.rank as u64).wrapping_mul(0x2545_F491_4F6C_DD1D)) as i64);
         }
         let batch: Vec<&Example> = chosen.iter().flat_map(|e| std::iter::repeat_n(*e, g.group)).collect();
-        let prompts: Vec<Vec<i64>> = batch.iter().map(|e| codec.prompt(&e.prompt)).collect();
+        let prompts: Vec<Vec<i64>> = batch.iter().map(|e| codec.prompt_within(&e.prompt, context, g.max_new)).collect();
         let responses = generate(&policy, &prompts, g.max_new, &decoding, codec.stops())?;
         let mut seqs: Vec<Seq> = prompts.iter().zip(&responses).map(|(q, r)| prompt_response(q, r)).collect();
         // Cut off at `max_new` (or the context) before the end marker; with `mask_truncated`

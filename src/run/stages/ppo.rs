@@ -74,6 +74,7 @@ pub fn run(ctx: &StageCtx, p: &PpoSpec) -> Result<()> {
     let mut patience = Patience::new(p.opt.patience, "sampled_gold_reward", &extra);
     let mut stopped = None;
     let context = policy.spec().context;
+    codec.note_long_prompts(&name, &set.name, &split.train.iter().chain(&split.held_out).collect::<Vec<_>>(), context, p.max_new);
     tracing::info!(
         "{name}: PPO on prompts of `{}` against reward model `{}`: {} steps × {} prompts{}, KL coefficient {kl_coef}{}{}",
         set.name,
@@ -107,7 +108,7 @@ pub fn run(ctx: &StageCtx, p: &PpoSpec) -> Result<()> {
         if world.rank > 0 {
             tch::manual_seed((recipe.seed ^ step.wrapping_mul(0x9E37_79B9) ^ (world.rank as u64).wrapping_mul(0x2545_F491_4F6C_DD1D)) as i64);
         }
-        let prompts: Vec<Vec<i64>> = batch.iter().map(|e| codec.prompt(&e.prompt)).collect();
+        let prompts: Vec<Vec<i64>> = batch.iter().map(|e| codec.prompt_within(&e.prompt, context, p.max_new)).collect();
         let responses = generate(&policy, &prompts, p.max_new, &decoding, codec.stops())?;
         let seqs: Vec<Seq> = prompts.iter().zip(&responses).map(|(q, r)| prompt_response(q, r)).collect();
         let rows: Vec<&Seq> = seqs.iter().collect();
