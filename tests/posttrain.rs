@@ -1362,26 +1362,29 @@ fn ppo_reward_options_by_hand() {
 /// `max_prompt_length` cuts prompts, rather than ending the run (a prompt of 107 bytes in a context
 /// of 48 made PPO's forward pass panic): check warns (W0408) with the count of such prompts in a
 /// file, the run says it again, and PPO, GRPO and their held-out scoring run on the cut prompts.
+/// An empty prompt (`template = "{prompt}"` and an empty field, which made generation panic)
+/// starts after the end marker, as GPT-2 writes unconditioned text after <|endoftext|>.
 #[test]
 fn rl_prompts_longer_than_the_context_are_cut_on_the_left() {
     let dir = scratch("rl-long-prompts");
     std::fs::create_dir_all(dir.join("data")).unwrap();
     let rows: Vec<String> = (0..40).map(|i| serde_json::json!({"prompt": format!("x{i}"), "response": "y"}).to_string())
         .chain((0..10).map(|i| serde_json::json!({"prompt": format!("{}{i}", "z".repeat(100)), "response": "w"}).to_string()))
+        .chain((0..5).map(|_| serde_json::json!({"prompt": "", "response": "v"}).to_string()))
         .collect();
     std::fs::write(dir.join("data/i.jsonl"), rows.join("\n") + "\n").unwrap();
     let recipe = dir.join("long.roux");
     std::fs::write(
         &recipe,
-        "experiment \"long\" {\n  seed = 1\n  data instr = instructions(\"data/i.jsonl\") { held_out = 0.2 }\n  data prefs = synthetic.preferences { pairs = 40 }\n  model lm = transformer { vocab = 256, context = 48, d_model = 32, layers = 1, heads = 2 }\n  stage rm = reward_model(lm, prefs) { steps = 2, batch = 8 }\n  stage rl = grpo(policy = lm, prompts = instr) { steps = 3, batch = 32, max_new = 8, eval_every = 3, eval_examples = 10 }\n  stage p = ppo(policy = lm, reward = rm.model, prompts = instr) { steps = 3, batch = 32, max_new = 8, eval_every = 3, eval_examples = 10 }\n}\n",
+        "experiment \"long\" {\n  seed = 1\n  data instr = instructions(\"data/i.jsonl\") { held_out = 0.2, template = \"{prompt}\" }\n  data prefs = synthetic.preferences { pairs = 40 }\n  model lm = transformer { vocab = 256, context = 48, d_model = 32, layers = 1, heads = 2 }\n  stage rm = reward_model(lm, prefs) { steps = 2, batch = 8 }\n  stage rl = grpo(policy = lm, prompts = instr) { steps = 3, batch = 32, max_new = 8, eval_every = 3, eval_examples = 10 }\n  stage p = ppo(policy = lm, reward = rm.model, prompts = instr) { steps = 3, batch = 32, max_new = 8, eval_every = 3, eval_examples = 10 }\n}\n",
     )
     .unwrap();
     let c = roux(&["check", recipe.to_str().unwrap()]);
     let text = String::from_utf8_lossy(&c.stderr);
-    assert!(c.status.success() && text.contains("warning[W0408]: 10 of the 50 prompts of `instr` are longer than the 40 tokens that model `lm`'s context of 48 leaves beside `max_new` = 8: each keeps its last 40"), "{text}");
+    assert!(c.status.success() && text.contains("warning[W0408]: 10 of the 55 prompts of `instr` are longer than the 40 tokens that model `lm`'s context of 48 leaves beside `max_new` = 8: each keeps its last 40"), "{text}");
     let log = run_ok(&recipe, &dir);
     for stage in ["rl", "p"] {
-        assert!(log.contains(&format!("warning: {stage}: 10 of the 50 prompts of `instr` are longer than the 40 tokens that the context of 48 leaves beside `max_new` = 8: each keeps its last 40 (cut on the left, as TRL's max_prompt_length cuts)")), "{log}");
+        assert!(log.contains(&format!("warning: {stage}: 10 of the 55 prompts of `instr` are longer than the 40 tokens that the context of 48 leaves beside `max_new` = 8: each keeps its last 40 (cut on the left, as TRL's max_prompt_length cuts)")), "{log}");
         assert_eq!(metrics(&dir.join("long").join(stage)).len(), 3, "{stage}");
     }
 }

@@ -62,7 +62,15 @@ impl Codec {
     /// The prompt as the model sees it: rendered with the template, encoded, after the
     /// tokenizer's leading special tokens.
     pub fn prompt(&self, prompt: &str) -> Vec<i64> {
-        [self.prefix.clone(), self.encode(&render(&self.template, prompt))].concat()
+        let ids = [self.prefix.clone(), self.encode(&render(&self.template, prompt))].concat();
+        // An empty prompt (`template = "{prompt}"` and an empty field) starts after the end
+        // marker, as GPT-2 writes unconditioned text after <|endoftext|>: a response must follow
+        // something, and generation needs a token to begin from.
+        if ids.is_empty() {
+            self.end.clone()
+        } else {
+            ids
+        }
     }
 
     /// The prompt as a model of `context` positions answers it in up to `max_new` tokens: its
@@ -233,5 +241,9 @@ mod tests {
         assert_eq!(text(c.prompt_within("abcdefgh", 15, 4)), "Q: abcdefgh");
         // max_new at or past the context: the last token alone.
         assert_eq!(text(c.prompt_within("abcdefgh", 10, 12)), "h");
+        // An empty prompt follows the end marker.
+        let bare = Codec::bytes(&ExampleSet { template: "{prompt}".into(), ..set.clone() });
+        assert_eq!(text(bare.prompt("")), "\n");
+        assert_eq!(text(bare.sequence("", "ab", true, 8).tokens), "\nab\n");
     }
 }

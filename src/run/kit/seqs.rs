@@ -89,6 +89,9 @@ pub fn prompt_response(prompt: &[i64], response: &[i64]) -> Seq {
 /// greedy). Prompts are grouped by length so each group is one dense batch. Returns each
 /// response, the end marker included when produced.
 pub fn generate(model: &Model, prompts: &[Vec<i64>], max_new: usize, d: &Decoding, stops: &[Vec<i64>]) -> Result<Vec<Vec<i64>>> {
+    if prompts.iter().any(Vec::is_empty) {
+        anyhow::bail!("a prompt holds no tokens: a response must follow at least one");
+    }
     let mut out = vec![vec![]; prompts.len()];
     let mut groups: BTreeMap<usize, Vec<usize>> = BTreeMap::new();
     for (i, p) in prompts.iter().enumerate() {
