@@ -41,7 +41,7 @@ fn dpo_loss_by_hand() {
     // β = 0.5 → −log σ(0.5) = log(1 + e^−0.5) = 0.4740770.
     use roux::recipe::DpoLoss::*;
     use roux::run::kit::losses::DpoTerms;
-    let dpo = |pc: &Tensor, pr: &Tensor, rc: &Tensor, rr: &Tensor, beta: f64, loss, smoothing: f64| dpo(pc, pr, rc, rr, &DpoTerms { beta, loss, smoothing, gamma: 0.5, kl: 0.25, weights: (1.0, 1.0) });
+    let dpo = |pc: &Tensor, pr: &Tensor, rc: &Tensor, rr: &Tensor, beta: f64, loss, smoothing: f64| dpo(pc, pr, rc, rr, &DpoTerms { beta, loss, smoothing, gamma: 0.5, kl: 0.25, weights: (1.0, 1.0), tau: 0.05 });
     close(&dpo(&t(&[-1.0]), &t(&[-2.0]), &t(&[-1.5]), &t(&[-1.5]), 0.5, Sigmoid, 0.0), 0.4740770);
     // A reference that already prefers the chosen answer as much as the policy: margin 0, loss ln 2.
     close(&dpo(&t(&[-1.0]), &t(&[-2.0]), &t(&[-1.0]), &t(&[-2.0]), 0.5, Sigmoid, 0.0), std::f64::consts::LN_2);
@@ -67,7 +67,7 @@ fn dpo_loss_by_hand() {
     // Unpaired, the same two responses judged one at a time, the desirable one weighed 2: its
     // loss 2·(1 − σ(0.375)), the other's 1 − σ(0.5·(0.25 + 0.5)), mean 1.5·0.4073334; and the
     // pair form weighed alike agrees.
-    let terms = DpoTerms { beta: 0.5, loss: Kto, smoothing: 0.0, gamma: 0.0, kl: 0.25, weights: (2.0, 1.0) };
+    let terms = DpoTerms { beta: 0.5, loss: Kto, smoothing: 0.0, gamma: 0.0, kl: 0.25, weights: (2.0, 1.0), tau: 0.05 };
     close(&kto(&t(&[-1.0, -2.0]), &t(&[-2.0, -1.5]), &t(&[1.0, 0.0]), &terms), 0.6110001);
     close(&roux::run::kit::losses::dpo(&t(&[-1.0]), &t(&[-2.0]), &t(&[-2.0]), &t(&[-1.5]), &terms), 0.6110001);
     // The same pair (r_c = 1, r_r = −0.5, β = 0.5) under the anchored and noise-contrastive losses:
@@ -76,6 +76,15 @@ fn dpo_loss_by_hand() {
     for (loss, want) in [(ApoZero, 0.8153642), (ApoDown, 0.9432806), (NcaPair, 1.2490852), (SppoHard, 0.25)] {
         close(&dpo(&t(&[-1.0]), &t(&[-2.0]), &t(&[-2.0]), &t(&[-1.5]), 0.5, loss, 0.0), want);
     }
+    // EXO and DiscoPOP on the same pair, βh = 0.75: EXO at ε = 0 (taken as 1e-3, as TRL)
+    // σ(0.75)·(log σ(0.75) − ln 0.999) + σ(−0.75)·(log σ(−0.75) − ln 0.001) = 1.5893476, at ε = 0.1
+    // 0.1827900; DiscoPOP at τ = 0.05, m = σ(15): (1 − m)·log(1 + e^−0.75) + m·e^−0.75 = 0.4723665,
+    // at τ = 1, m = σ(0.75): 0.4449378.
+    for (loss, smoothing, want) in [(ExoPair, 0.0, 1.5893476), (ExoPair, 0.1, 0.1827900), (Discopop, 0.0, 0.4723665)] {
+        close(&dpo(&t(&[-1.0]), &t(&[-2.0]), &t(&[-2.0]), &t(&[-1.5]), 0.5, loss, smoothing), want);
+    }
+    let terms1 = DpoTerms { beta: 0.5, loss: Discopop, smoothing: 0.0, gamma: 0.0, kl: 0.0, weights: (1.0, 1.0), tau: 1.0 };
+    close(&roux::run::kit::losses::dpo(&t(&[-1.0]), &t(&[-2.0]), &t(&[-2.0]), &t(&[-1.5]), &terms1), 0.4449378);
     // APO-zero unpaired (TRL's apo_zero_unpaired): no reference point, the desirable completion
     // weighed 2: (2·(1 − σ(0.5)) + σ(−0.25)) / 2 = 0.5964524.
     let terms = DpoTerms { loss: ApoZero, ..terms };
@@ -552,7 +561,7 @@ fn grpo_loss_by_hand() {
     let mask = t(&[1.0, 1.0, 1.0, 0.0, 1.0, 1.0, 1.0, 1.0]);
     let check_at = |sequence: bool, norm: GrpoLoss, adv: Vec<f64>, high: f64, want: f64| {
         let adv = Tensor::from_slice(&adv).to_kind(Kind::Float);
-        let terms = GrpoTerms { clip: (0.2, high), beta: 0.1, norm, max_new: 4, tokens: 7.0, sequence };
+        let terms = GrpoTerms { clip: (0.2, high), beta: 0.1, norm, max_new: 4, tokens: 7.0, sequence, delta: None };
         let (loss, clipped, kl) = grpo_loss(&logp, &old, Some(&reference), &adv, &mask, &terms);
         assert!((loss.double_value(&[]) - want).abs() < 1e-6, "{norm:?}, sequence {sequence}: {} vs {want}", loss.double_value(&[]));
         let clipped_tokens = if sequence { 3.0 } else { 2.0 };
@@ -575,6 +584,16 @@ fn grpo_loss_by_hand() {
     // terms over the 7 tokens: (−2.4a + 0.1·k3 + 0.8a + 2a − 2.0976a)/7.
     check_at(true, GrpoLoss::Grpo, group_advantages(&rewards, 4, true), 0.2, -0.09331747832943318);
     check_at(true, GrpoLoss::Dapo, group_advantages(&rewards, 4, true), 0.2, -0.20560573863486095);
+    // Two-sided clipping (`delta`): one completion, A = −1, ratios 3 and 1. Unclipped its first
+    // token's term is 3 (the clip's 1.2 is not taken where A < 0); capped at δ = 2 it is 2, so the
+    // GRPO mean is (2 + 1)/2 = 1.5, not 2.
+    let two = |delta| {
+        let terms = GrpoTerms { clip: (0.2, 0.2), beta: 0.0, norm: GrpoLoss::Grpo, max_new: 2, tokens: 2.0, sequence: false, delta };
+        let lp = Tensor::from_slice(&[3f64.ln(), 0.0]).to_kind(Kind::Float).view([1, 2]);
+        let (loss, _, _) = grpo_loss(&lp, &lp.zeros_like(), None, &Tensor::from_slice(&[-1f32]), &lp.ones_like(), &terms);
+        loss.double_value(&[])
+    };
+    assert!((two(None) - 2.0).abs() < 1e-6 && (two(Some(2.0)) - 1.5).abs() < 1e-6, "{} {}", two(None), two(Some(2.0)));
 }
 
 /// The GRPO stage's check errors, message and hint pinned.
@@ -807,9 +826,10 @@ fn check_counts_feedback_labels_and_weighs_their_balance() {
 /// `dpo { loss = … }` trains with TRL's loss of that name: at the first step the policy is its
 /// reference (h = 0), so the logged loss is each formula at 0 — ln 2 for sigmoid with and without
 /// label smoothing and for robust, 1/(2β)² for IPO, 1 for hinge, ½ for KTO, 1 for APO-zero and
-/// APO-down, 2 ln 2 for NCA, 1/(2β²) for SPPO — and then it falls (NCA's least: its chosen term is
-/// smallest at β·r_c = ln 2, 0.955 with the rejected term gone). Smoothing on a loss without it is
-/// refused with both names.
+/// APO-down, 2 ln 2 for NCA, 1/(2β²) for SPPO, −ln 2 − ½·ln(ε(1 − ε)) for EXO (ε = 1e-3),
+/// ½·ln 2 + ½ for DiscoPOP — and then it falls (NCA's least: its chosen term is smallest at
+/// β·r_c = ln 2, 0.955 with the rejected term gone). Smoothing on a loss without it is refused
+/// with both names, as is another loss's option.
 #[test]
 fn dpo_loss_variants_train_from_their_formulas_at_zero() {
     let out = scratch("dpo-losses");
@@ -829,13 +849,15 @@ fn dpo_loss_variants_train_from_their_formulas_at_zero() {
           stage apo_down = dpo(lm, prefs) {{ loss = apo_down, beta = 0.5 {extra} }}
           stage nca = dpo(lm, prefs) {{ loss = nca_pair, beta = 0.5 {extra} }}
           stage sppo = dpo(lm, prefs) {{ loss = sppo_hard, beta = 0.5 {extra} }}
+          stage exo = dpo(lm, prefs) {{ loss = exo_pair, beta = 0.5 {extra} }}
+          stage discopop = dpo(lm, prefs) {{ loss = discopop, discopop_tau = 0.05, beta = 0.5 {extra} }}
         }}"#
         )
     };
     std::fs::write(&recipe, text(", steps = 40, batch = 16, log_every = 1, eval_every = 40, eval_examples = 2, max_new = 2, optimizer = adamw { lr = 3e-3 }")).unwrap();
     run_ok(&recipe, &out);
     let ln2 = std::f64::consts::LN_2;
-    for (stage, at_zero, falls_to) in [("cdpo", ln2, 0.8), ("robust", ln2, 0.8), ("ipo", 4.0, 0.8), ("hinge", 1.0, 0.8), ("kto", 0.5, 0.8), ("apo_zero", 1.0, 0.8), ("apo_down", 1.0, 0.8), ("nca", 2.0 * ln2, 0.95), ("sppo", 2.0, 0.8)] {
+    for (stage, at_zero, falls_to) in [("cdpo", ln2, 0.8), ("robust", ln2, 0.8), ("ipo", 4.0, 0.8), ("hinge", 1.0, 0.8), ("kto", 0.5, 0.8), ("apo_zero", 1.0, 0.8), ("apo_down", 1.0, 0.8), ("nca", 2.0 * ln2, 0.95), ("sppo", 2.0, 0.8), ("exo", -ln2 - 0.5 * (1e-3f64 * 0.999).ln(), 0.8), ("discopop", 0.5 * ln2 + 0.5, 0.8)] {
         let m = metrics(&out.join("losses").join(stage));
         let losses: Vec<f64> = m.iter().filter_map(|x| x["loss"].as_f64()).collect();
         assert!((losses[0] - at_zero).abs() < 1e-5, "{stage}: first loss {} (want {at_zero})", losses[0]);
@@ -901,11 +923,15 @@ fn dpo_loss_variants_train_from_their_formulas_at_zero() {
     std::fs::write(&recipe, text(", steps = 5").replace("loss = hinge, beta", "loss = hinge, label_smoothing = 0.1, beta")).unwrap();
     let o = roux(&["check", recipe.to_str().unwrap()]);
     let err = String::from_utf8_lossy(&o.stderr);
-    assert!(err.contains("error[E0246]: `label_smoothing = 0.1` has no meaning for `loss = hinge`") && err.contains("label smoothing belongs to `loss = sigmoid` (conservative DPO), `robust` and `simpo`"), "{err}");
+    assert!(err.contains("error[E0246]: `label_smoothing = 0.1` has no meaning for `loss = hinge`") && err.contains("label smoothing belongs to `loss = sigmoid` (conservative DPO), `robust`, `simpo` and `exo_pair`"), "{err}");
     std::fs::write(&recipe, text(", steps = 5").replace("loss = ipo, beta", "loss = ipo, gamma = 1, beta")).unwrap();
     let o = roux(&["check", recipe.to_str().unwrap()]);
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(err.contains("error[E0246]: `gamma` is SimPO's target margin and has no meaning for `loss = ipo`") && err.contains("use `loss = simpo`, or leave `gamma` out"), "{err}");
+    std::fs::write(&recipe, text(", steps = 5").replace("loss = ipo, beta", "loss = ipo, discopop_tau = 0.1, beta")).unwrap();
+    let o = roux(&["check", recipe.to_str().unwrap()]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("error[E0246]: `discopop_tau` is DiscoPOP's temperature and has no meaning for `loss = ipo`") && err.contains("use `loss = discopop`, or leave `discopop_tau` out"), "{err}");
     std::fs::write(&recipe, std::fs::read_to_string(&free).unwrap().replace("loss = orpo, beta = 0.1, steps = 4", "loss = orpo, rpo_alpha = 1, beta = 0.1, steps = 4")).unwrap();
     let o = roux(&["check", recipe.to_str().unwrap()]);
     let err = String::from_utf8_lossy(&o.stderr);
@@ -1296,21 +1322,26 @@ fn rl_losses_read_log_probabilities_at_the_sampling_temperature() {
     let out = scratch("rl-temperature");
     let recipe = out.join("t.roux");
     let ppo = |name: &str, t: &str| format!("  stage {name} = ppo(policy = lm, reward = rm.model, prompts = instr) {{ steps = 1, batch = 16, minibatches = 1, epochs = 1, max_new = 8, eval_every = 1, eval_examples = 2, temperature = {t} }}\n");
+    let grpo = |name: &str, t: &str| format!("  stage {name} = grpo(policy = lm, prompts = instr) {{ steps = 1, batch = 16, reward = length, max_new = 8, eval_every = 1, eval_examples = 2, temperature = {t} }}\n");
     std::fs::write(
         &recipe,
         format!(
-            "experiment \"temp\" {{\n  seed = 5\n  data instr = synthetic.instructions {{ tasks = [uppercase], examples = 100, max_len = 3 }}\n  data prefs = synthetic.preferences {{ tasks = [uppercase], pairs = 60, max_len = 3 }}\n  model lm = transformer {{ vocab = 256, context = 24, d_model = 32, layers = 1, heads = 2, dropout = 0 }}\n  stage rm = reward_model(lm, prefs) {{ steps = 1, batch = 8 }}\n{}{}{}}}\n",
+            "experiment \"temp\" {{\n  seed = 5\n  data instr = synthetic.instructions {{ tasks = [uppercase], examples = 100, max_len = 3 }}\n  data prefs = synthetic.preferences {{ tasks = [uppercase], pairs = 60, max_len = 3 }}\n  model lm = transformer {{ vocab = 256, context = 24, d_model = 32, layers = 1, heads = 2, dropout = 0 }}\n  stage rm = reward_model(lm, prefs) {{ steps = 1, batch = 8 }}\n{}{}{}{}{}}}\n",
             ppo("t1", "1"),
             ppo("t2", "0.5"),
             ppo("t4", "0.25"),
+            grpo("g1", "1"),
+            grpo("g4", "0.25"),
         ),
     )
     .unwrap();
     run_ok(&recipe, &out);
-    // The first minibatch's entropy, before any update.
+    // The first minibatch's entropy, before any update (GRPO logs it too, as TRL's does).
     let shortfall = |s: &str| 256f64.ln() - metrics(&out.join("temp").join(s))[0]["entropy"].as_f64().unwrap();
     let (t1, t2, t4) = (shortfall("t1"), shortfall("t2"), shortfall("t4"));
     assert!(t1 > 0.0 && (3.0..5.0).contains(&(t2 / t1)) && (12.0..24.0).contains(&(t4 / t1)), "shortfalls of ln V: {t1} at 1, {t2} at 0.5, {t4} at 0.25");
+    let (g1, g4) = (shortfall("g1"), shortfall("g4"));
+    assert!(g1 > 0.0 && (12.0..24.0).contains(&(g4 / g1)), "GRPO's shortfalls of ln V: {g1} at 1, {g4} at 0.25");
 }
 
 /// PPO's reward options, as TRL's PPOConfig names them, on one-token responses (max_new = 1),

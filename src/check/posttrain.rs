@@ -295,18 +295,11 @@ impl<'a> Checker<'a> {
         if let (Some(l), Some(e)) = (loss.filter(|l| !l.smooths()), smoothing.filter(|e| *e > 0.0)) {
             self.error(
                 Diagnostic::error(Code::E0246, f.key_span("label_smoothing"), format!("`label_smoothing = {}` has no meaning for `loss = {}`", fmt_num(e), l.name()))
-                    .with_hint("label smoothing belongs to `loss = sigmoid` (conservative DPO), `robust` and `simpo`"),
+                    .with_hint("label smoothing belongs to `loss = sigmoid` (conservative DPO), `robust`, `simpo` and `exo_pair`"),
             );
         }
-        let given_gamma = f.field("gamma").is_some();
-        let gamma = f.ranged(self, "gamma", Some(0.5), 0.0, false, 1e6, false);
-        if let (Some(l), true) = (loss.filter(|l| *l != DpoLoss::Simpo), given_gamma) {
-            self.error(
-                Diagnostic::error(Code::E0246, f.key_span("gamma"), format!("`gamma` is SimPO's target margin and has no meaning for `loss = {}`", l.name()))
-                    .with_hint("use `loss = simpo`, or leave `gamma` out"),
-            );
-        }
-        let gamma = gamma.map(|g| (loss == Some(DpoLoss::Simpo)).then_some(g));
+        let gamma = self.loss_option(&mut f, loss, DpoLoss::Simpo, "gamma", 0.5, "SimPO's target margin");
+        let tau = self.loss_option(&mut f, loss, DpoLoss::Discopop, "discopop_tau", 0.05, "DiscoPOP's temperature");
         let rpo_alpha = f.optional(self, "rpo_alpha", |f, ck| f.ranged(ck, "rpo_alpha", None, 0.0, false, 1e6, false));
         if let (Some(DpoLoss::Orpo), Some(Some(_))) = (loss, rpo_alpha) {
             self.error(
@@ -325,8 +318,22 @@ impl<'a> Checker<'a> {
         let eval = self.eval_keys(&mut f);
         f.finish(self);
         let (eval_examples, max_new) = eval?;
-        let spec = DpoSpec { policy: policy?, data: data?.name, opt: opt?, beta: beta?, loss: loss?, label_smoothing: smoothing?, rpo_alpha: rpo_alpha?, gamma: gamma?, kto_weights: kto_weights?, lora: lora?, eval_examples, max_new };
+        let spec = DpoSpec { policy: policy?, data: data?.name, opt: opt?, beta: beta?, loss: loss?, label_smoothing: smoothing?, rpo_alpha: rpo_alpha?, gamma: gamma?, discopop_tau: tau?, kto_weights: kto_weights?, lora: lora?, eval_examples, max_new };
         Some(self.stage_spec(d, StageKind::Dpo(spec)))
+    }
+
+    /// A number only `owner` reads (SimPO's `gamma`, DiscoPOP's `discopop_tau`), in (0, 1e6]
+    /// (`gamma` may be 0): `default` under `owner`, none under another loss, where giving it is E0246.
+    fn loss_option(&mut self, f: &mut Fields<'a>, loss: Option<DpoLoss>, owner: DpoLoss, key: &'static str, default: f64, what: &str) -> Option<Option<f64>> {
+        let given = f.field(key).is_some();
+        let v = f.ranged(self, key, Some(default), 0.0, owner != DpoLoss::Simpo, 1e6, false);
+        if let (Some(l), true) = (loss.filter(|l| *l != owner), given) {
+            self.error(
+                Diagnostic::error(Code::E0246, f.key_span(key), format!("`{key}` is {what} and has no meaning for `loss = {}`", l.name()))
+                    .with_hint(format!("use `loss = {}`, or leave `{key}` out", owner.name())),
+            );
+        }
+        v.map(|v| (loss == Some(owner)).then_some(v))
     }
 
     /// `compare(base = pretrain.model, sft = merge(sft.adapter), …) { data, reference }`.

@@ -23,6 +23,11 @@ pub struct GrpoSpec {
     /// Left out of serialized specs when unset, so older stages keep their hash.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub clip_high: Option<f64>,
+    /// Two-sided clipping (INTELLECT-2; TRL's `delta`): the ratio capped at δ in the unclipped
+    /// term too, which the clip leaves unbounded where the advantage is negative. Left out of
+    /// serialized specs when unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub delta: Option<f64>,
     /// Passes over each step's completions.
     pub epochs: usize,
     pub max_new: usize,

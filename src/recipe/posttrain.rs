@@ -165,6 +165,9 @@ pub struct DpoSpec {
     /// SimPO's target margin γ (only with `loss = simpo`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub gamma: Option<f64>,
+    /// DiscoPOP's temperature τ (only with `loss = discopop`; TRL's `discopop_tau`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub discopop_tau: Option<f64>,
     /// KTO's weights of its desirable and undesirable examples' losses (TRL's `desirable_weight`
     /// and `undesirable_weight`), (1, 1) unless set.
     #[serde(default = "unit_weights", skip_serializing_if = "are_unit")]
@@ -219,6 +222,14 @@ pub enum DpoLoss {
     NcaPair,
     /// SPPO's hard-label form (Wu et al. 2024): (r_c − 1/(2β))² + (r_r + 1/(2β))².
     SppoHard,
+    /// EXO (Ji et al. 2024, eq. 16), the reverse KL between the model's and the labels'
+    /// preference distributions: σ(βh)·(log σ(βh) − log(1 − ε)) + σ(−βh)·(log σ(−βh) − log ε),
+    /// ε the label smoothing (1e-3 when 0, as TRL takes it).
+    ExoPair,
+    /// DiscoPOP (Chris Lu et al. 2024), a loss found by LLM-driven search: with x = βh and
+    /// m = σ(x/τ), (1 − m)·(−log σ(x)) + m·e^(−x) — logistic where the policy prefers the
+    /// rejected response, exponential where it prefers the chosen one.
+    Discopop,
 }
 
 impl DpoLoss {
@@ -239,11 +250,13 @@ impl DpoLoss {
             DpoLoss::ApoDown => "apo_down",
             DpoLoss::NcaPair => "nca_pair",
             DpoLoss::SppoHard => "sppo_hard",
+            DpoLoss::ExoPair => "exo_pair",
+            DpoLoss::Discopop => "discopop",
         }
     }
 
     /// Every loss, by the name a recipe gives it.
-    pub const ALL: [DpoLoss; 11] = [
+    pub const ALL: [DpoLoss; 13] = [
         DpoLoss::Sigmoid,
         DpoLoss::Robust,
         DpoLoss::Ipo,
@@ -255,6 +268,8 @@ impl DpoLoss {
         DpoLoss::ApoDown,
         DpoLoss::NcaPair,
         DpoLoss::SppoHard,
+        DpoLoss::ExoPair,
+        DpoLoss::Discopop,
     ];
 
     /// Whether it scores each response on its own, so it learns from unpaired feedback and
@@ -265,7 +280,7 @@ impl DpoLoss {
 
     /// Whether `label_smoothing` means something for it.
     pub fn smooths(self) -> bool {
-        matches!(self, DpoLoss::Sigmoid | DpoLoss::Robust | DpoLoss::Simpo)
+        matches!(self, DpoLoss::Sigmoid | DpoLoss::Robust | DpoLoss::Simpo | DpoLoss::ExoPair)
     }
 
     /// Whether the loss compares with a frozen reference (SimPO and ORPO do not load one).

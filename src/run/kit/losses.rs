@@ -22,6 +22,8 @@ pub struct DpoTerms {
     pub kl: f64,
     /// KTO's weights of desirable and undesirable examples; unread by the others.
     pub weights: (f64, f64),
+    /// DiscoPOP's temperature τ; unread by the others.
+    pub tau: f64,
 }
 
 /// DPO (Rafailov et al. 2023) and its variants on h = (log π(y_c) − log π_ref(y_c)) − (log π(y_r) −
@@ -34,7 +36,9 @@ pub struct DpoTerms {
 /// stage's); KTO: (w_d·(1 − σ(β(r_c − z))) + w_u·(1 − σ(β(z − r_r)))) / 2, r = log π − log π_ref
 /// of each response, z = `t.kl`; APO-zero: w_d·(1 − σ(β·r_c)) + w_u·σ(β·r_r); APO-down: σ(β·r_c) + 1
 /// − σ(βh); NCA: −log σ(β·r_c) − ½·log σ(−β·r_c) − ½·log σ(−β·r_r); SPPO (hard): (r_c − 1/(2β))² +
-/// (r_r + 1/(2β))² — TRL's `loss_type`s and trainers of the same names.
+/// (r_r + 1/(2β))²; EXO: σ(βh)·(log σ(βh) − log(1 − ε)) + σ(−βh)·(log σ(−βh) − log ε), ε = 1e-3
+/// when 0; DiscoPOP: (1 − m)·(−log σ(βh)) + m·e^(−βh), m = σ(βh/τ) — TRL's `loss_type`s and
+/// trainers of the same names.
 pub fn dpo(pi_c: &Tensor, pi_r: &Tensor, ref_c: &Tensor, ref_r: &Tensor, t: &DpoTerms) -> Tensor {
     let h = (pi_c - ref_c) - (pi_r - ref_r);
     let (beta, e) = (t.beta, t.smoothing);
@@ -54,6 +58,16 @@ pub fn dpo(pi_c: &Tensor, pi_r: &Tensor, ref_c: &Tensor, ref_r: &Tensor, t: &Dpo
             -rc.log_sigmoid() - (-&rc).log_sigmoid() * 0.5 - (-rr).log_sigmoid() * 0.5
         }
         DpoLoss::SppoHard => ((pi_c - ref_c) - 0.5 / beta).square() + ((pi_r - ref_r) + 0.5 / beta).square(),
+        DpoLoss::ExoPair => {
+            let e = if e == 0.0 { 1e-3 } else { e };
+            let x = &h * beta;
+            x.sigmoid() * (x.log_sigmoid() - (1.0 - e).ln()) + (-&x).sigmoid() * ((-&x).log_sigmoid() - e.ln())
+        }
+        DpoLoss::Discopop => {
+            let x = &h * beta;
+            let m = (&x / t.tau).sigmoid();
+            -x.log_sigmoid() * (-&m + 1.0) + (-&x).exp() * m
+        }
     };
     losses.mean(Kind::Float)
 }
@@ -149,6 +163,8 @@ pub struct GrpoTerms {
     pub tokens: f64,
     /// GSPO: one ratio per completion, exp(its tokens' mean log π − log π_old).
     pub sequence: bool,
+    /// Two-sided clipping (INTELLECT-2, TRL's `delta`): the unclipped term's ratio capped at δ.
+    pub delta: Option<f64>,
 }
 
 /// GRPO's loss (Shao et al. 2024) over completions (B, T) with response mask `mask`: per token
@@ -158,6 +174,7 @@ pub struct GrpoTerms {
 /// the completions; `DrGrpo` sums each completion's tokens over `max_new` (a constant), then
 /// averages; `Dapo` sums every token and divides by `tokens`. With `sequence` (GSPO) ρ is the
 /// completion's: exp of the mean of log π − log π_old over its tokens, the same at each of them.
+/// With `delta` the unclipped term reads min(ρ, δ).
 /// Returns (loss, share of tokens where the clipped term was taken, mean k3 per token).
 pub fn grpo_loss(logp: &Tensor, old_logp: &Tensor, ref_logp: Option<&Tensor>, adv: &Tensor, mask: &Tensor, t: &GrpoTerms) -> (Tensor, Tensor, Tensor) {
     let log_ratio = logp - old_logp;
@@ -168,7 +185,12 @@ pub fn grpo_loss(logp: &Tensor, old_logp: &Tensor, ref_logp: Option<&Tensor>, ad
         log_ratio.exp()
     };
     let a = adv.unsqueeze(-1); // (B, 1), broadcast over tokens
-    let unclipped = -&a * &ratio;
+    // With `delta`, a ratio above δ counts as δ even where the clipped term is not taken (a
+    // negative advantage), so one token far likelier than before cannot drive the step.
+    let unclipped = match t.delta {
+        Some(d) => -&a * ratio.clamp_max(d),
+        None => -&a * &ratio,
+    };
     let clipped = -&a * ratio.clamp(1.0 - t.clip.0, 1.0 + t.clip.1);
     // (B, T), or (B, 1) under GSPO until the KL term or the mask broadcasts it.
     let per_token = unclipped.maximum(&clipped);

@@ -144,7 +144,7 @@ pub fn run(ctx: &StageCtx, d: &DpoSpec) -> Result<()> {
     let reference = reference.as_ref();
     // The chosen responses' NLL per token joins the loss: ORPO's own term, or RPO's (`rpo_alpha`).
     let nll_weight = if d.loss == DpoLoss::Orpo { 1.0 } else { d.rpo_alpha.unwrap_or(0.0) };
-    let mut terms = DpoTerms { beta: d.beta, loss: d.loss, smoothing: d.label_smoothing, gamma: d.gamma.unwrap_or(0.0), kl: 0.0, weights: d.kto_weights };
+    let mut terms = DpoTerms { beta: d.beta, loss: d.loss, smoothing: d.label_smoothing, gamma: d.gamma.unwrap_or(0.0), kl: 0.0, weights: d.kto_weights, tau: d.discopop_tau.unwrap_or(0.0) };
     let before = score(&policy, reference, &codec, &held, d.max_new)?;
     let held_pairs: Vec<Pair> = split.held_out.iter().take(d.eval_examples).cloned().collect();
     let held_judged: Vec<_> = judged.iter().flat_map(|j| j.held_out.iter().take(d.eval_examples).cloned()).collect();
@@ -166,6 +166,7 @@ pub fn run(ctx: &StageCtx, d: &DpoSpec) -> Result<()> {
         settings.push(format!("label smoothing {}", d.label_smoothing));
     }
     settings.extend(d.gamma.map(|g| format!("γ = {g}")));
+    settings.extend(d.discopop_tau.map(|t| format!("τ = {t}")));
     if reference.is_none() {
         settings.push("no reference".into());
     }

@@ -22,7 +22,7 @@ use crate::recipe::{GrpoLoss, GrpoSpec, ImportanceSampling, Reward, RewardScale,
 use crate::rng::Rng;
 use crate::run::kit::adamw::Optimizer;
 use crate::run::kit::artifacts::{instructions, load_policy, load_reward_model, trained_output, Policy};
-use crate::run::kit::losses::{group_advantages, grpo_loss, GrpoTerms};
+use crate::run::kit::losses::{entropy, group_advantages, grpo_loss, masked_mean, GrpoTerms};
 use crate::run::kit::score::score;
 use crate::run::kit::codec::Codec;
 use crate::hf::generation::Decoding;
@@ -70,6 +70,7 @@ pub fn run(ctx: &StageCtx, g: &GrpoSpec) -> Result<()> {
     codec.note_long_prompts(&name, &set.name, &split.train.iter().chain(&split.held_out).collect::<Vec<_>>(), context, g.max_new);
     let per_step = g.opt.batch / g.group;
     let clip = g.clip_high.map_or(String::new(), |h| format!(", ratio clipped to [{}, {}]", 1.0 - g.clip, 1.0 + h));
+    let clip = g.delta.map_or(clip.clone(), |d| format!("{clip}, two-sided (ratio at most {d})"));
     let adapter = policy.lora.describe().map_or(String::new(), |d| format!(", {d}"));
     let level = if g.importance_sampling == ImportanceSampling::Sequence { ", one ratio per completion (GSPO)" } else { "" };
     let level = if g.mask_truncated { format!("{level}, truncated completions masked") } else { level.to_string() };
@@ -151,7 +152,7 @@ pub fn run(ctx: &StageCtx, g: &GrpoSpec) -> Result<()> {
         // DAPO divides by the step's completion tokens over all processes; each process's share
         // of that count, since their gradients are averaged.
         let tokens = if g.loss == GrpoLoss::Dapo { world.sums(&[seqs.iter().map(|s| s.weights.iter().map(|&w| w as f64).sum::<f64>()).sum()])?[0] / world.size as f64 } else { 0.0 };
-        let terms = GrpoTerms { clip, beta: g.beta, norm: g.loss, max_new: g.max_new, tokens, sequence: g.importance_sampling == ImportanceSampling::Sequence };
+        let terms = GrpoTerms { clip, beta: g.beta, norm: g.loss, max_new: g.max_new, tokens, sequence: g.importance_sampling == ImportanceSampling::Sequence, delta: g.delta };
         let adv = Tensor::from_slice(&adv).to_kind(Kind::Float).to_device(dev);
         // The scoring passes and each epoch's forward and backward run in `accumulate`
         // micro-batches of completions (sampled whole above, so the samples do not depend on it).
@@ -164,13 +165,16 @@ pub fn run(ctx: &StageCtx, g: &GrpoSpec) -> Result<()> {
         let all_rows: Vec<i64> = (0..seqs.len() as i64).collect();
         let tokens_here = b.tokens().max(1.0);
         // 4. Policy updates.
-        let (mut loss_sum, mut clip_sum, mut kl_sum, mut grad_norm) = (0.0, 0.0, 0.0, 0.0);
+        let (mut loss_sum, mut clip_sum, mut kl_sum, mut ent_sum, mut grad_norm) = (0.0, 0.0, 0.0, 0.0, 0.0);
         for _ in 0..g.epochs {
             opt.zero_grad();
             for part in all_rows.chunks(micro_rows(all_rows.len(), k)) {
                 let idx = Tensor::from_slice(part).to_device(dev);
                 let m = b.rows(&idx);
-                let lp = token_logprobs(&at_temperature(policy.forward(&m.x, false), t), &m.y);
+                let logits = at_temperature(policy.forward(&m.x, false), t);
+                let lp = token_logprobs(&logits, &m.y);
+                // The sampled distribution's entropy per completion token (logged, as TRL's).
+                let ent = tch::no_grad(|| masked_mean(&entropy(&logits.detach()), &m.w));
                 let (loss, clipfrac, kl) = grpo_loss(&lp, &old_lp.index_select(0, &idx), ref_lp.as_ref().map(|r| r.index_select(0, &idx)).as_ref(), &adv.index_select(0, &idx), &m.w, &terms);
                 // GRPO and Dr. GRPO average over completions, so a micro-batch's loss weighs its
                 // share of them; DAPO's divides by the step's token count already. The logged
@@ -181,6 +185,7 @@ pub fn run(ctx: &StageCtx, g: &GrpoSpec) -> Result<()> {
                 loss_sum += rows * loss.double_value(&[]);
                 clip_sum += share * clipfrac.double_value(&[]);
                 kl_sum += share * kl.double_value(&[]);
+                ent_sum += share * ent.double_value(&[]);
             }
             if world.size > 1 {
                 opt.all_reduce_grads(world)?;
@@ -191,7 +196,7 @@ pub fn run(ctx: &StageCtx, g: &GrpoSpec) -> Result<()> {
         let n = g.epochs as f64;
         // The whole batch's statistics (each process's epochs' are its share's: averaged).
         let w = world.size as f64;
-        let [length, loss_sum, clip_sum, kl_sum] = world.sums(&[responses.iter().map(|r| r.len()).sum::<usize>() as f64, loss_sum / w, clip_sum / w, kl_sum / w])?;
+        let [length, loss_sum, clip_sum, kl_sum, ent_sum] = world.sums(&[responses.iter().map(|r| r.len()).sum::<usize>() as f64, loss_sum / w, clip_sum / w, kl_sum / w, ent_sum / w])?;
         let (length, spread) = (length / all, (squares / all).sqrt());
         let done = step + 1;
         let eval_now = done % g.opt.eval_every == 0 || done == g.opt.steps;
@@ -201,7 +206,7 @@ pub fn run(ctx: &StageCtx, g: &GrpoSpec) -> Result<()> {
         let mut m = json!({
             "step": done, "lr": lr, "reward": mean, "reward_std": spread, "flat_groups": flat,
             "loss": loss_sum / n, "kl": kl_sum / n, "clip_fraction": clip_sum / n, "grad_norm": grad_norm / n,
-            "response_length": length, "truncated": truncated,
+            "response_length": length, "truncated": truncated, "entropy": ent_sum / n,
         });
         if let Some(s) = &s {
             s.log_into(&mut m, "val_");
