@@ -267,7 +267,9 @@ pub fn run(ctx: &StageCtx, d: &DpoSpec) -> Result<()> {
         };
         let shown = s.as_ref().map_or(String::new(), |s| format!(" held-out: greedy exact {:.1}%; sampled exact {:.1}% verbose {:.1}% gold {:.3}; KL {:.3}", 100.0 * s.exact, 100.0 * s.sampled_exact, 100.0 * s.sampled_verbose, s.sampled_gold, s.kl.unwrap_or(0.0)));
         let acc_shown = acc.map_or(String::new(), |a| format!(" acc {:.0}%", 100.0 * a));
-        run.progress.line(done, d.opt.log_every, &format!("loss {loss_v:.4} margin {margin_v:.3}{acc_shown}{shown}"), s.is_some());
+        // (A feedback step of one label alone has no margin between desirable and undesirable.)
+        let margin_shown = if margin_v.is_finite() { format!(" margin {margin_v:.3}") } else { " (one label only: no margin)".to_string() };
+        run.progress.line(done, d.opt.log_every, &format!("loss {loss_v:.4}{margin_shown}{acc_shown}{shown}"), s.is_some());
         if done % d.opt.log_every == 0 || s.is_some() {
             // TRL's names for the training batch's implicit rewards, and the held-out pairs'.
             let mut m = json!({"step": done, "loss": loss_v, "lr": lr, "grad_norm": grad_norm, "margin": margin_v,
