@@ -151,6 +151,8 @@ fn tensors_that_differ_from_the_config_are_named() {
     assert!(t.elapsed().as_secs() < 60, "{:?}", t.elapsed());
 }
 
+/// A checkpoint's tokens must be encoded with its tokenizer, which must be there and must give no
+/// id past the model's vocabulary (E0315, E0255).
 #[test]
 fn post_training_data_must_be_encoded_with_an_imported_models_tokenizer() {
     let dir = scratch("hf-check-tokens");
@@ -183,6 +185,19 @@ fn post_training_data_must_be_encoded_with_an_imported_models_tokenizer() {
     let c = roux::frontend::compile(&dir.join("r.roux")).unwrap();
     assert!(c.diagnostics.iter().all(|d| !d.is_error()), "{:?}", c.diagnostics.iter().map(|d| &d.message).collect::<Vec<_>>());
     assert_eq!(c.recipe.unwrap().examples[0].end, "", "the end marker is the model's end-of-sequence token");
+    // A tokenizer whose ids reach past the 300 embeddings (an added token at 300, or a Unigram
+    // vocabulary of 302 pieces) is refused before the run would index past the embedding; ids up
+    // to 299 are what the model embeds.
+    let e0255 = |tokenizer: Value| {
+        std::fs::write(dir.join("ck/tokenizer.json"), tokenizer.to_string()).unwrap();
+        let c = roux::frontend::compile(&dir.join("r.roux")).unwrap();
+        c.diagnostics.iter().filter(|d| d.is_error()).map(|d| format!("{}: {} / {}", d.code, d.message, d.hint.as_deref().unwrap_or(""))).collect::<Vec<_>>()
+    };
+    let want = |top: u64| vec![format!("E0255: data `instr` is encoded by the tokenizer of `base`, whose ids reach {top}, but the model embeds only 300 tokens (config.json's vocab_size) / the tokenizer.json and the weights must come from the same model: an id past the vocabulary has no embedding")];
+    assert_eq!(e0255(json!({"model": {"type": "BPE", "vocab": {"a": 0, "b": 299}}, "added_tokens": [{"id": 300, "content": "<x>"}]})), want(300));
+    let pieces: Vec<Value> = (0..302).map(|i| json!([format!("p{i}"), -1.0])).collect();
+    assert_eq!(e0255(json!({"model": {"type": "Unigram", "vocab": pieces}})), want(301));
+    assert!(e0255(json!({"model": {"type": "BPE", "vocab": {"a": 0, "b": 299}}, "added_tokens": [{"id": 299, "content": "<x>"}]})).is_empty());
 }
 
 #[test]

@@ -85,6 +85,21 @@ fn read(loader: &dyn Loader, dir: &Path, file: &str, name: &str) -> Result<Model
     Ok(spec)
 }
 
+/// The largest token id of the tokenizer.json in `dir`: its model's vocabulary (a map of tokens to
+/// ids; a Unigram model's list, by position) and its added tokens, read from the JSON alone. None
+/// when the file does not read as such (the run, which loads it, says why).
+pub fn tokenizer_top_id(loader: &dyn Loader, dir: &Path) -> Option<u64> {
+    let text = loader.read_text(&dir.join("tokenizer.json"), 256 << 20).ok()?;
+    let v: serde_json::Value = serde_json::from_str(&text).ok()?;
+    let vocab = match &v["model"]["vocab"] {
+        serde_json::Value::Object(map) => map.values().filter_map(serde_json::Value::as_u64).max(),
+        serde_json::Value::Array(list) => (list.len() as u64).checked_sub(1),
+        _ => None,
+    };
+    let added = v["added_tokens"].as_array().into_iter().flatten().filter_map(|t| t["id"].as_u64()).max();
+    vocab.max(added)
+}
+
 /// `model.safetensors`, the shards the index names, or none (a config alone: plan only).
 fn weight_files(loader: &dyn Loader, dir: &Path) -> Result<Vec<String>, String> {
     let index = dir.join(hf::INDEX);

@@ -203,7 +203,29 @@ impl Checker<'_> {
             }
         }
         self.check_set_tokenizers(r);
+        self.check_tokenizer_ids(r);
         self.check_template_lineage(r);
+    }
+
+    /// An imported model whose tokenizer encodes data gives no id past the model's vocabulary: one
+    /// would index past its embedding (E0255), once per model, at the first data set reading it.
+    fn check_tokenizer_ids(&mut self, r: &Recipe) {
+        let corpora = r.data.iter().filter_map(|d| match &d.tokenizer {
+            Tokenizer::Model { model, .. } => Some((model.as_str(), d.name.as_str())),
+            _ => None,
+        });
+        let users = corpora.chain(r.examples.iter().filter_map(|s| s.tokenizer.as_deref().map(|m| (m, s.name.as_str()))));
+        let mut seen = HashSet::new();
+        for (model, set) in users {
+            let Some(spec) = r.model(model).filter(|_| seen.insert(model)) else { continue };
+            let Some(ck) = spec.checkpoint.as_ref().filter(|c| c.tokenizer && !c.byte_level) else { continue };
+            let Some(top) = super::hf::tokenizer_top_id(self.loader, &ck.dir).filter(|&t| t >= spec.vocab as u64) else { continue };
+            let span = self.decl(set).map_or(self.ast.name_span, |d| d.value.span);
+            self.error(
+                Diagnostic::error(Code::E0255, span, format!("data `{set}` is encoded by the tokenizer of `{model}`, whose ids reach {top}, but the model embeds only {} tokens (config.json's vocab_size)", spec.vocab))
+                    .with_hint("the tokenizer.json and the weights must come from the same model: an id past the vocabulary has no embedding"),
+            );
+        }
     }
 
     /// A data set's `tokenizer` names a model imported with its tokenizer.json.

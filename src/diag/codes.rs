@@ -86,6 +86,7 @@ codes! {
     E0252 = "E0252": "`chat_template` or `date` on data without conversations, or a chat template file that is missing or does not parse",
     E0253 = "E0253": "a `date` that is not a calendar day \"YYYY-MM-DD\"",
     E0254 = "E0254": "a `matches` reward whose regular expression does not compile within its bounds",
+    E0255 = "E0255": "a checkpoint's tokenizer gives ids past its model's vocabulary",
     E0300 = "E0300": "a stage cycle",
     E0301 = "E0301": "a wrong kind of argument (data where a model goes, a stage where its output goes)",
     E0310 = "E0310": "a wrong kind of model artifact (a reward model as a policy, an unmerged adapter, `merge` of a non-adapter)",
