@@ -37,7 +37,7 @@ impl Codec {
         let ck = spec.checkpoint.as_ref().with_context(|| format!("model `{model}` is not imported from a checkpoint"))?;
         let tk = tokenize::read(&ck.dir.join(tokenize::FILE))?;
         let stops: Vec<Vec<i64>> = match set.end.as_str() {
-            "" => eos_ids(&ck.dir, &tk)?.into_iter().map(|id| vec![id]).collect(),
+            "" => eos_ids(&ck.dir, &tk, spec.vocab)?.into_iter().map(|id| vec![id]).collect(),
             text => vec![ids(&tk, text)?],
         };
         let prefix = if set.chat.is_none() { tokenize::special_prefix(&tk)?.into_iter().map(i64::from).collect() } else { vec![] };
@@ -194,7 +194,17 @@ fn ids(tk: &Tokenizer, text: &str) -> Result<Vec<i64>> {
 /// `eos_token_id` of generation_config.json, else of config.json (an id or a list: every one
 /// ends a response, the first closes the responses roux trains on), else the tokenizer's
 /// `eos_token` (tokenizer_config.json, or special_tokens_map.json as transformers reads them).
-pub fn eos_ids(dir: &Path, tk: &Tokenizer) -> Result<Vec<i64>> {
+pub fn eos_ids(dir: &Path, tk: &Tokenizer, vocab: usize) -> Result<Vec<i64>> {
+    let ids = named_eos_ids(dir, tk)?;
+    // An id past the vocabulary would end every response with a token the model cannot embed.
+    if let Some(id) = ids.iter().find(|&&id| !(0..vocab as i64).contains(&id)) {
+        bail!("{}: the end-of-sequence id {id} is outside the model's vocabulary of {vocab} (config.json's vocab_size); the configs and the weights must come from the same model", dir.display());
+    }
+    Ok(ids)
+}
+
+/// The end-of-sequence ids the checkpoint's configs name, as transformers reads them.
+fn named_eos_ids(dir: &Path, tk: &Tokenizer) -> Result<Vec<i64>> {
     for file in ["generation_config.json", "config.json"] {
         let path = dir.join(file);
         if !path.is_file() {
@@ -245,5 +255,17 @@ mod tests {
         let bare = Codec::bytes(&ExampleSet { template: "{prompt}".into(), ..set.clone() });
         assert_eq!(text(bare.prompt("")), "\n");
         assert_eq!(text(bare.sequence("", "ab", true, 8).tokens), "\nab\n");
+    }
+
+    #[test]
+    fn an_end_of_sequence_id_past_the_vocabulary_is_refused_with_its_folder() {
+        let dir = std::env::temp_dir().join(format!("roux-eos-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        std::fs::write(dir.join("config.json"), r#"{"eos_token_id": [7, 1000]}"#).expect("config");
+        let tk = tokenize::bytes().expect("byte tokenizer");
+        assert_eq!(eos_ids(&dir, &tk, 1001).expect("in range"), vec![7, 1000]);
+        let e = eos_ids(&dir, &tk, 400).expect_err("past the vocabulary").to_string();
+        assert_eq!(e, format!("{}: the end-of-sequence id 1000 is outside the model's vocabulary of 400 (config.json's vocab_size); the configs and the weights must come from the same model", dir.display()));
+        std::fs::remove_dir_all(&dir).ok();
     }
 }

@@ -84,10 +84,10 @@ impl Corpus {
                 let tk = super::tokenize::load_or_train(dir, &a, *vocab)?;
                 (super::tokenize::encode(&tk, &a)?, super::tokenize::encode(&tk, &b)?)
             }
-            Tokenizer::Model { model, .. } => {
+            Tokenizer::Model { model, vocab } => {
                 let tk = super::tokenize::read(&dir.join(super::tokenize::FILE))?;
                 let ck = checkpoint.with_context(|| format!("model `{model}` has no checkpoint folder"))?;
-                let eos = super::codec::eos_ids(ck, &tk)?[0] as u32;
+                let eos = super::codec::eos_ids(ck, &tk, *vocab)?[0] as u32;
                 let prefix = super::tokenize::special_prefix(&tk)?;
                 // Someone else's tokenizer: tried, bounded, on the first 64 KB of documents.
                 let mut tried = 0;

@@ -204,7 +204,7 @@ fn chat_template(l: &Loaded) -> Result<(Renderer, Vec<i64>)> {
         }
     };
     let renderer = Renderer::new(&template).map_err(anyhow::Error::msg)?;
-    Ok((renderer, crate::run::kit::codec::eos_ids(&c.dir, tk)?))
+    Ok((renderer, crate::run::kit::codec::eos_ids(&c.dir, tk, l.spec.vocab)?))
 }
 
 /// The conversation so far, ending where the assistant's reply begins.
