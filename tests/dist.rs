@@ -340,6 +340,20 @@ fn every_stage_kind_runs_under_two_processes() {
         let (loss, weights) = differences(one, &micro);
         assert!(loss < 1e-5 && weights < 1e-5, "{s}, 2 processes × accumulate = 2 vs 2 processes: losses differ by {loss:e}, weights by {weights:e}");
     }
+    // GRPO's `top_entropy_quantile` cuts at the step's quantile over both processes' completion
+    // tokens (gathered), whatever the micro-batches: the same steps in 1 or 2 of them. (Rewarded
+    // by length, which differs between completions: exact match gives this policy no signal.)
+    let quantile = |k: &str, rho: &str| {
+        let set = ["gr.reward=length".to_string(), format!("gr.top_entropy_quantile={rho}"), format!("gr.accumulate={k}")];
+        let args: Vec<&str> = ["--nproc", "2"].into_iter().chain(set.iter().flat_map(|s| ["--set", s.as_str()])).collect();
+        let log = run("two", &args);
+        assert_eq!(log.contains("the policy term on the top 20% of tokens by entropy"), rho == "0.2", "{log}");
+        result(&stage("two", "gr"))
+    };
+    let (whole, micro, every) = (quantile("1", "0.2"), quantile("2", "0.2"), quantile("1", "1"));
+    assert!(differences(&every, &whole).0 > 1e-6, "the entropy quantile changed no loss: {:?} vs {:?}", every.0, whole.0);
+    let (loss, weights) = differences(&whole, &micro);
+    assert!(loss < 1e-5 && weights < 1e-5, "gr with top_entropy_quantile, accumulate = 2 vs 1 on 2 processes: losses differ by {loss:e}, weights by {weights:e}");
 }
 
 /// The dropped fraction of each MoE layer at every logged step.

@@ -562,7 +562,7 @@ fn grpo_loss_by_hand() {
     let check_at = |sequence: bool, norm: GrpoLoss, adv: Vec<f64>, high: f64, want: f64| {
         let adv = Tensor::from_slice(&adv).to_kind(Kind::Float);
         let terms = GrpoTerms { clip: (0.2, high), beta: 0.1, norm, max_new: 4, tokens: 7.0, sequence, delta: None };
-        let (loss, clipped, kl) = grpo_loss(&logp, &old, Some(&reference), &adv, &mask, &terms);
+        let (loss, clipped, kl) = grpo_loss(&logp, &old, Some(&reference), &adv, &mask, None, &terms);
         assert!((loss.double_value(&[]) - want).abs() < 1e-6, "{norm:?}, sequence {sequence}: {} vs {want}", loss.double_value(&[]));
         let clipped_tokens = if sequence { 3.0 } else { 2.0 };
         assert!((clipped.double_value(&[]) - clipped_tokens / 7.0).abs() < 1e-6, "{}", clipped.double_value(&[]));
@@ -590,10 +590,25 @@ fn grpo_loss_by_hand() {
     let two = |delta| {
         let terms = GrpoTerms { clip: (0.2, 0.2), beta: 0.0, norm: GrpoLoss::Grpo, max_new: 2, tokens: 2.0, sequence: false, delta };
         let lp = Tensor::from_slice(&[3f64.ln(), 0.0]).to_kind(Kind::Float).view([1, 2]);
-        let (loss, _, _) = grpo_loss(&lp, &lp.zeros_like(), None, &Tensor::from_slice(&[-1f32]), &lp.ones_like(), &terms);
+        let (loss, _, _) = grpo_loss(&lp, &lp.zeros_like(), None, &Tensor::from_slice(&[-1f32]), &lp.ones_like(), None, &terms);
         loss.double_value(&[])
     };
     assert!((two(None) - 2.0).abs() < 1e-6 && (two(Some(2.0)) - 1.5).abs() < 1e-6, "{} {}", two(None), two(Some(2.0)));
+    // `top_entropy_quantile`: only the tokens kept carry the policy term, and both still count in
+    // the completion's mean: keeping the second alone gives (0 + 1)/2; the first alone (3 + 0)/2.
+    let kept = |keep: [f32; 2]| {
+        let terms = GrpoTerms { clip: (0.2, 0.2), beta: 0.0, norm: GrpoLoss::Grpo, max_new: 2, tokens: 2.0, sequence: false, delta: None };
+        let lp = Tensor::from_slice(&[3f64.ln(), 0.0]).to_kind(Kind::Float).view([1, 2]);
+        let keep = Tensor::from_slice(&keep).view([1, 2]);
+        grpo_loss(&lp, &lp.zeros_like(), None, &Tensor::from_slice(&[-1f32]), &lp.ones_like(), Some(&keep), &terms).0.double_value(&[])
+    };
+    assert!((kept([0.0, 1.0]) - 0.5).abs() < 1e-6 && (kept([1.0, 0.0]) - 1.5).abs() < 1e-6, "{} {}", kept([0.0, 1.0]), kept([1.0, 0.0]));
+    // The threshold is torch.quantile's (linear between order statistics): the 0.8-quantile of
+    // 1..=5 is 4.2, of 1..=6 is 5.0.
+    use roux::run::kit::losses::quantile;
+    assert_eq!(quantile(&mut [5.0, 1.0, 3.0, 2.0, 4.0], 0.8).map(|q| (q * 1e9).round() / 1e9), Some(4.2));
+    assert_eq!(quantile(&mut [6.0, 5.0, 4.0, 3.0, 2.0, 1.0], 0.8), Some(5.0));
+    assert_eq!(quantile(&mut [], 0.5), None);
 }
 
 /// The GRPO stage's check errors, message and hint pinned.

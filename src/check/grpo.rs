@@ -27,6 +27,7 @@ impl<'a> Checker<'a> {
         let clip = f.ranged(self, "clip", Some(0.2), 0.0, true, 1.0, true);
         let clip_high = f.optional(self, "clip_high", |f, ck| f.ranged(ck, "clip_high", None, 0.0, true, 1.0, true));
         let delta = f.optional(self, "delta", |f, ck| f.ranged(ck, "delta", None, 1.0, true, 1e6, false));
+        let quantile = f.optional(self, "top_entropy_quantile", |f, ck| f.ranged(ck, "top_entropy_quantile", None, 0.0, true, 1.0, false));
         let epochs = f.size(self, "epochs", Some(1));
         let temperature = f.positive(self, "temperature", Some(1.0));
         let filters = self.rollout_filters(&mut f);
@@ -77,7 +78,7 @@ impl<'a> Checker<'a> {
             _ => RewardScale::Group,
         });
         let importance_sampling = if level? == "sequence" { ImportanceSampling::Sequence } else { ImportanceSampling::Token };
-        let spec = GrpoSpec { policy: policy?, prompts: prompts.name, opt, group, reward, beta: beta?, clip: clip?, clip_high: clip_high?, delta: delta?, epochs: epochs?, max_new, temperature: temperature?, filters: filters?, loss, scale_rewards, lora: lora?, eval_examples, importance_sampling, mask_truncated: mask_truncated? };
+        let spec = GrpoSpec { policy: policy?, prompts: prompts.name, opt, group, reward, beta: beta?, clip: clip?, clip_high: clip_high?, delta: delta?, top_entropy_quantile: quantile?.filter(|&q| q < 1.0), epochs: epochs?, max_new, temperature: temperature?, filters: filters?, loss, scale_rewards, lora: lora?, eval_examples, importance_sampling, mask_truncated: mask_truncated? };
         Some(self.stage_spec(d, StageKind::Grpo(spec)))
     }
 

@@ -28,6 +28,11 @@ pub struct GrpoSpec {
     /// serialized specs when unset.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub delta: Option<f64>,
+    /// Only the tokens of the step whose sampled distribution's entropy is in this top share
+    /// carry the policy term ("Beyond the 80/20 Rule", Wang et al. 2025; TRL's
+    /// `top_entropy_quantile`). Left out of serialized specs when unset (every token).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub top_entropy_quantile: Option<f64>,
     /// Passes over each step's completions.
     pub epochs: usize,
     pub max_new: usize,

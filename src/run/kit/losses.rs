@@ -174,9 +174,10 @@ pub struct GrpoTerms {
 /// the completions; `DrGrpo` sums each completion's tokens over `max_new` (a constant), then
 /// averages; `Dapo` sums every token and divides by `tokens`. With `sequence` (GSPO) ρ is the
 /// completion's: exp of the mean of log π − log π_old over its tokens, the same at each of them.
-/// With `delta` the unclipped term reads min(ρ, δ).
+/// With `delta` the unclipped term reads min(ρ, δ); with `keep` (B, T) only the tokens it marks
+/// carry the policy term.
 /// Returns (loss, share of tokens where the clipped term was taken, mean k3 per token).
-pub fn grpo_loss(logp: &Tensor, old_logp: &Tensor, ref_logp: Option<&Tensor>, adv: &Tensor, mask: &Tensor, t: &GrpoTerms) -> (Tensor, Tensor, Tensor) {
+pub fn grpo_loss(logp: &Tensor, old_logp: &Tensor, ref_logp: Option<&Tensor>, adv: &Tensor, mask: &Tensor, keep: Option<&Tensor>, t: &GrpoTerms) -> (Tensor, Tensor, Tensor) {
     let log_ratio = logp - old_logp;
     let ratio = if t.sequence {
         // (B, 1), broadcast over the tokens below.
@@ -194,6 +195,12 @@ pub fn grpo_loss(logp: &Tensor, old_logp: &Tensor, ref_logp: Option<&Tensor>, ad
     let clipped = -&a * ratio.clamp(1.0 - t.clip.0, 1.0 + t.clip.1);
     // (B, T), or (B, 1) under GSPO until the KL term or the mask broadcasts it.
     let per_token = unclipped.maximum(&clipped);
+    // The high-entropy tokens alone carry the policy term; every token still counts in the
+    // averages below and carries the KL term, as TRL applies its entropy mask.
+    let per_token = match keep {
+        Some(k) => per_token * k,
+        None => per_token,
+    };
     let kl = match ref_logp {
         Some(r) => {
             let d = r - logp;
@@ -210,4 +217,16 @@ pub fn grpo_loss(logp: &Tensor, old_logp: &Tensor, ref_logp: Option<&Tensor>, ad
     };
     let frac = masked_mean(&clipped.gt_tensor(&unclipped).to_kind(Kind::Float), mask);
     (loss, frac, masked_mean(&kl, mask))
+}
+
+/// The q-quantile of `xs` with linear interpolation between order statistics (torch.quantile's
+/// default); None for no values.
+pub fn quantile(xs: &mut [f64], q: f64) -> Option<f64> {
+    if xs.is_empty() {
+        return None;
+    }
+    xs.sort_by(f64::total_cmp);
+    let at = q.clamp(0.0, 1.0) * (xs.len() - 1) as f64;
+    let (lo, hi) = (at.floor() as usize, at.ceil() as usize);
+    Some(xs[lo] + (at - lo as f64) * (xs[hi] - xs[lo]))
 }

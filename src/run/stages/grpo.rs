@@ -22,7 +22,8 @@ use crate::recipe::{GrpoLoss, GrpoSpec, ImportanceSampling, Reward, RewardScale,
 use crate::rng::Rng;
 use crate::run::kit::adamw::Optimizer;
 use crate::run::kit::artifacts::{instructions, load_policy, load_reward_model, trained_output, Policy};
-use crate::run::kit::losses::{entropy, group_advantages, grpo_loss, masked_mean, GrpoTerms};
+use crate::run::kit::dist::World;
+use crate::run::kit::losses::{entropy, group_advantages, grpo_loss, masked_mean, quantile, GrpoTerms};
 use crate::run::kit::score::score;
 use crate::run::kit::codec::Codec;
 use crate::hf::generation::Decoding;
@@ -74,6 +75,7 @@ pub fn run(ctx: &StageCtx, g: &GrpoSpec) -> Result<()> {
     let adapter = policy.lora.describe().map_or(String::new(), |d| format!(", {d}"));
     let level = if g.importance_sampling == ImportanceSampling::Sequence { ", one ratio per completion (GSPO)" } else { "" };
     let level = if g.mask_truncated { format!("{level}, truncated completions masked") } else { level.to_string() };
+    let level = g.top_entropy_quantile.map_or(level.clone(), |q| format!("{level}, the policy term on the top {}% of tokens by entropy", 100.0 * q));
     let scale = g.reward_scale();
     let scaled = match scale {
         RewardScale::Group => "advantages ÷ the group's std",
@@ -157,7 +159,16 @@ pub fn run(ctx: &StageCtx, g: &GrpoSpec) -> Result<()> {
         // The scoring passes and each epoch's forward and backward run in `accumulate`
         // micro-batches of completions (sampled whole above, so the samples do not depend on it).
         let k = g.opt.accumulate;
-        let [old_lp] = tch::no_grad(|| by_micro_batch(&b, k, |m| [token_logprobs(&at_temperature(policy.forward(&m.x, false), t), &m.y)]));
+        let [old_lp, old_entropy] = tch::no_grad(|| {
+            by_micro_batch(&b, k, |m| {
+                let logits = at_temperature(policy.forward(&m.x, false), t);
+                let ent = if g.top_entropy_quantile.is_some() { entropy(&logits) } else { m.w.zeros_like() };
+                [token_logprobs(&logits, &m.y), ent]
+            })
+        });
+        // `top_entropy_quantile`: the step's high-entropy tokens, over every process's, fixed for
+        // the step's epochs (TRL finds them in each forward pass: the same on the first).
+        let keep = g.top_entropy_quantile.map(|rho| high_entropy(world, &old_entropy, &b.w, rho)).transpose()?;
         let ref_lp = reference.as_ref().map(|r| {
             let [lp] = tch::no_grad(|| by_micro_batch(&b, k, |m| [token_logprobs(&at_temperature(r.forward(&m.x, false), t), &m.y)]));
             lp
@@ -175,7 +186,8 @@ pub fn run(ctx: &StageCtx, g: &GrpoSpec) -> Result<()> {
                 let lp = token_logprobs(&logits, &m.y);
                 // The sampled distribution's entropy per completion token (logged, as TRL's).
                 let ent = tch::no_grad(|| masked_mean(&entropy(&logits.detach()), &m.w));
-                let (loss, clipfrac, kl) = grpo_loss(&lp, &old_lp.index_select(0, &idx), ref_lp.as_ref().map(|r| r.index_select(0, &idx)).as_ref(), &adv.index_select(0, &idx), &m.w, &terms);
+                let keep = keep.as_ref().map(|k| k.index_select(0, &idx));
+                let (loss, clipfrac, kl) = grpo_loss(&lp, &old_lp.index_select(0, &idx), ref_lp.as_ref().map(|r| r.index_select(0, &idx)).as_ref(), &adv.index_select(0, &idx), &m.w, keep.as_ref(), &terms);
                 // GRPO and Dr. GRPO average over completions, so a micro-batch's loss weighs its
                 // share of them; DAPO's divides by the step's token count already. The logged
                 // per-token means weigh each micro-batch's share of the tokens.
@@ -260,6 +272,31 @@ pub fn run(ctx: &StageCtx, g: &GrpoSpec) -> Result<()> {
         report["lora_update_ratio"] = json!(policy.lora_update_ratio());
     }
     run.finish(&[trained_output(&policy)], report, &ctx.title())
+}
+
+/// 1 at the completion tokens (`mask`) whose entropy is at least the (1 − rho)-quantile of every
+/// process's completion tokens this step, 0 elsewhere (B, T).
+fn high_entropy(world: &World, entropy: &Tensor, mask: &Tensor, rho: f64) -> Result<Tensor> {
+    let (e, w) = (to_f64s(entropy), to_f64s(mask));
+    let local: Vec<f64> = e.iter().zip(&w).filter(|(_, &w)| w > 0.0).map(|(&e, _)| e).collect();
+    let mut all = if world.size == 1 {
+        local
+    } else {
+        // Each process's values, padded with −1 (no entropy is negative) to the longest share.
+        let dev = entropy.device();
+        let counts = Tensor::zeros([world.size as i64], (Kind::Double, dev));
+        world.all_gather(&counts, &Tensor::from_slice(&[local.len() as f64]).to_device(dev))?;
+        let longest = to_f64s(&counts).into_iter().fold(0.0, f64::max) as usize;
+        let mut padded = local;
+        padded.resize(longest.max(1), -1.0);
+        let out = Tensor::zeros([(world.size * padded.len()) as i64], (Kind::Double, dev));
+        world.all_gather(&out, &Tensor::from_slice(&padded).to_device(dev))?;
+        to_f64s(&out).into_iter().filter(|&x| x >= 0.0).collect()
+    };
+    Ok(match quantile(&mut all, 1.0 - rho) {
+        Some(cut) => entropy.ge(cut).to_kind(Kind::Float) * mask,
+        None => mask.zeros_like(),
+    })
 }
 
 /// The recipe's reward for one response: the weighted sum of its terms (`patterns`: each
