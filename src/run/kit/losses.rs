@@ -128,6 +128,23 @@ pub fn entropy(logits: &Tensor) -> Tensor {
     -(logp.exp() * &logp).sum_dim_intlist(-1, false, Kind::Float)
 }
 
+/// `entropy` without a graph, a few rows at a time: what GRPO logs and its entropy quantile reads,
+/// holding one chunk's temporaries (three times its logits) rather than the whole batch's (as TRL
+/// computes entropies in chunks: with a large vocabulary they outweigh the activations).
+pub fn entropy_in_chunks(logits: &Tensor) -> Tensor {
+    entropy_in_chunks_of(logits, 1 << 24)
+}
+
+/// `entropy_in_chunks` with chunks of at most `elements` logits (at least a row).
+fn entropy_in_chunks_of(logits: &Tensor, elements: i64) -> Tensor {
+    tch::no_grad(|| {
+        let b = logits.size()[0].max(1);
+        let per_row = (logits.numel() as i64 / b).max(1);
+        let rows = (elements / per_row).clamp(1, b);
+        Tensor::cat(&logits.split(rows, 0).iter().map(entropy).collect::<Vec<_>>(), 0)
+    })
+}
+
 /// GRPO's advantages for rewards in groups of `g` consecutive completions: each reward minus its
 /// group's mean, divided by a standard deviation (n − 1, as TRL computes it) + 1e-4: the group's
 /// (DeepSeekMath), `batch_std` (the whole step's rewards', computed by the caller over every
@@ -229,4 +246,25 @@ pub fn quantile(xs: &mut [f64], q: f64) -> Option<f64> {
     let at = q.clamp(0.0, 1.0) * (xs.len() - 1) as f64;
     let (lo, hi) = (at.floor() as usize, at.ceil() as usize);
     Some(xs[lo] + (at - lo as f64) * (xs[hi] - xs[lo]))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn entropy_in_chunks_is_the_whole_batchs() {
+        tch::manual_seed(3);
+        let logits = Tensor::randn([5, 3, 7], (Kind::Float, tch::Device::Cpu)) * 3.0;
+        let whole = entropy(&logits);
+        // Chunks of 2 rows (42 logits), and of 1 where even a row is larger.
+        for elements in [42, 10, 1 << 24] {
+            let chunked = entropy_in_chunks_of(&logits, elements);
+            assert_eq!(chunked.size(), [5, 3]);
+            assert!(f64::try_from((chunked - &whole).abs().max()).expect("scalar") < 1e-6, "{elements}");
+        }
+        // A uniform distribution over 7 has entropy ln 7.
+        let flat = entropy_in_chunks(&Tensor::zeros([1, 1, 7], (Kind::Float, tch::Device::Cpu)));
+        assert!((f64::try_from(flat.sum(Kind::Float)).expect("scalar") - 7f64.ln()).abs() < 1e-6);
+    }
 }

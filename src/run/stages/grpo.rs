@@ -23,7 +23,7 @@ use crate::rng::Rng;
 use crate::run::kit::adamw::Optimizer;
 use crate::run::kit::artifacts::{instructions, load_policy, load_reward_model, trained_output, Policy};
 use crate::run::kit::dist::World;
-use crate::run::kit::losses::{entropy, group_advantages, grpo_loss, masked_mean, quantile, GrpoTerms};
+use crate::run::kit::losses::{entropy_in_chunks, group_advantages, grpo_loss, masked_mean, quantile, GrpoTerms};
 use crate::run::kit::score::score;
 use crate::run::kit::codec::Codec;
 use crate::hf::generation::Decoding;
@@ -162,7 +162,7 @@ pub fn run(ctx: &StageCtx, g: &GrpoSpec) -> Result<()> {
         let [old_lp, old_entropy] = tch::no_grad(|| {
             by_micro_batch(&b, k, |m| {
                 let logits = at_temperature(policy.forward(&m.x, false), t);
-                let ent = if g.top_entropy_quantile.is_some() { entropy(&logits) } else { m.w.zeros_like() };
+                let ent = if g.top_entropy_quantile.is_some() { entropy_in_chunks(&logits) } else { m.w.zeros_like() };
                 [token_logprobs(&logits, &m.y), ent]
             })
         });
@@ -185,7 +185,7 @@ pub fn run(ctx: &StageCtx, g: &GrpoSpec) -> Result<()> {
                 let logits = at_temperature(policy.forward(&m.x, false), t);
                 let lp = token_logprobs(&logits, &m.y);
                 // The sampled distribution's entropy per completion token (logged, as TRL's).
-                let ent = tch::no_grad(|| masked_mean(&entropy(&logits.detach()), &m.w));
+                let ent = tch::no_grad(|| masked_mean(&entropy_in_chunks(&logits.detach()), &m.w));
                 let keep = keep.as_ref().map(|k| k.index_select(0, &idx));
                 let (loss, clipfrac, kl) = grpo_loss(&lp, &old_lp.index_select(0, &idx), ref_lp.as_ref().map(|r| r.index_select(0, &idx)).as_ref(), &adv.index_select(0, &idx), &m.w, keep.as_ref(), &terms);
                 // GRPO and Dr. GRPO average over completions, so a micro-batch's loss weighs its

@@ -29,7 +29,7 @@ use crate::recipe::PpoSpec;
 use crate::rng::Rng;
 use crate::run::kit::adamw::Optimizer;
 use crate::run::kit::artifacts::{instructions, load_policy, load_reward_model, trained_output, Policy};
-use crate::run::kit::losses::{entropy, masked_mean, ppo_clip, value_loss};
+use crate::run::kit::losses::{entropy, entropy_in_chunks, masked_mean, ppo_clip, value_loss};
 use crate::run::kit::score::score;
 use crate::run::kit::codec::Codec;
 use crate::hf::generation::Decoding;
@@ -189,7 +189,9 @@ pub fn run(ctx: &StageCtx, p: &PpoSpec) -> Result<()> {
                     let v = value_head.apply(&h.detach());
                     let (pg, clipfrac) = ppo_clip(&lp, &pick(&old_lp), &pick(&adv), &m.w, p.clip);
                     let vl = value_loss(&v, &pick(&old_v), &pick(&ret), &m.w, p.value_clip);
-                    let ent = masked_mean(&entropy(&logits), &m.w);
+                    // Without an entropy bonus it is only logged: no graph, a few rows at a time
+                    // (its temporaries, three times the logits, would otherwise wait for backward).
+                    let ent = if p.entropy_coef > 0.0 { masked_mean(&entropy(&logits), &m.w) } else { masked_mean(&entropy_in_chunks(&logits.detach()), &m.w) };
                     let loss = (&pg + &vl * p.vf_coef - &ent * p.entropy_coef) * share;
                     loss.backward();
                     pg_sum += share * pg.double_value(&[]);
