@@ -141,8 +141,8 @@ impl<'a> Checker<'a> {
             // (A fourth field is the pair's margin.)
             ExampleKind::Preferences => 1..3,
         };
-        let len = |r: &[String]| r[replies.clone()].iter().map(|resp| crate::posttrain::examples::render(template, &r[0]).len() + resp.len() + end.len()).max().unwrap_or(0);
-        let lengths: Vec<usize> = rows.iter().map(|r| len(r)).collect();
+        let prompts: Vec<usize> = rows.iter().map(|r| crate::posttrain::examples::render(template, &r[0]).len()).collect();
+        let lengths: Vec<usize> = rows.iter().zip(&prompts).map(|(r, p)| r[replies.clone()].iter().map(|resp| p + resp.len() + end.len()).max().unwrap_or(0)).collect();
         let longest = lengths.iter().max().copied().unwrap_or(0);
         let mean = lengths.iter().sum::<usize>() as f64 / lengths.len().max(1) as f64;
         let held = match ekind {
@@ -160,7 +160,7 @@ impl<'a> Checker<'a> {
         self.error(Diagnostic::note(Code::N0404, span, format!("data `{}`: {held}, {:.0} bytes each on average, the longest {longest} (prompt template, response and end marker)", name, mean))
             .with_hint("a stage warns when some are longer than its model's context"));
         self.example_facts.lengths.insert(name.to_string(), (lengths, span));
-        self.example_facts.prompts.insert(name.to_string(), rows.iter().map(|r| crate::posttrain::examples::render(template, &r[0]).len()).collect());
+        self.example_facts.prompts.insert(name.to_string(), prompts);
     }
 
     /// Whether PPO's or GRPO's prompts of `set` leave `max_new` positions of `model`'s context for
@@ -176,7 +176,7 @@ impl<'a> Checker<'a> {
             );
             return false;
         }
-        let room = context.saturating_sub(max_new).max(1);
+        let room = crate::posttrain::examples::prompt_room(context, max_new);
         let (Some(prompts), None) = (self.example_facts.prompts.get(&set.name), &set.tokenizer) else { return true };
         let long = prompts.iter().filter(|&&p| p > room).count();
         if long > 0 {

@@ -230,6 +230,13 @@ fn read_jsonl(set: &ExampleSet) -> Result<Vec<Vec<String>>, String> {
     Ok(parsed.rows)
 }
 
+/// How many of a prompt's tokens PPO and GRPO keep: what a context of `context` positions leaves
+/// beside `max_new` new tokens, at least one (longer prompts are cut on the left, as TRL's
+/// `max_prompt_length` cuts them).
+pub fn prompt_room(context: usize, max_new: usize) -> usize {
+    context.saturating_sub(max_new).max(1)
+}
+
 /// The prompt as the model sees it: the template with `{prompt}` replaced.
 pub fn render(template: &str, prompt: &str) -> String {
     template.replace("{prompt}", prompt)

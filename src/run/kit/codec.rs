@@ -79,7 +79,7 @@ impl Codec {
     /// asks for the answer, is what the response follows.
     pub fn prompt_within(&self, prompt: &str, context: usize, max_new: usize) -> Vec<i64> {
         let ids = self.prompt(prompt);
-        let room = context.saturating_sub(max_new).max(1);
+        let room = crate::posttrain::examples::prompt_room(context, max_new);
         match ids.len().checked_sub(room) {
             Some(cut) if cut > 0 => ids[cut..].to_vec(),
             _ => ids,
@@ -88,7 +88,7 @@ impl Codec {
 
     /// Says, once for a stage, how many of `examples`' prompts `prompt_within` cuts.
     pub fn note_long_prompts(&self, stage: &str, set: &str, examples: &[&Example], context: usize, max_new: usize) {
-        let room = context.saturating_sub(max_new).max(1);
+        let room = crate::posttrain::examples::prompt_room(context, max_new);
         let long = examples.iter().filter(|e| self.prompt(&e.prompt).len() > room).count();
         if long > 0 {
             tracing::warn!(

@@ -8,9 +8,14 @@ use tch::{Kind, Tensor};
 use crate::hf::generation::Decoding;
 use crate::recipe::RolloutFilters;
 
-/// How a PPO or GRPO stage draws its rollouts.
-pub fn rollout(temperature: f64, f: &RolloutFilters) -> Decoding {
-    Decoding { temperature, top_k: f.top_k.min(i64::MAX as u64) as i64, top_p: f.top_p, min_p: f.min_p, repetition_penalty: f.repetition_penalty }
+/// How PPO or GRPO stage `stage` draws its rollouts, said in the log unless it is plain
+/// sampling at temperature 1.
+pub fn rollout(stage: &str, temperature: f64, f: &RolloutFilters) -> Decoding {
+    let d = Decoding { temperature, top_k: f.top_k.min(i64::MAX as u64) as i64, top_p: f.top_p, min_p: f.min_p, repetition_penalty: f.repetition_penalty };
+    if d != Decoding::plain(1.0) {
+        tracing::info!("{stage}: rollouts drawn at {}", d.describe());
+    }
+    d
 }
 
 /// Logits (…, V) as the rollouts drew from them: divided by the sampling temperature. The RL

@@ -26,7 +26,6 @@ use crate::run::kit::dist::World;
 use crate::run::kit::losses::{entropy_in_chunks, group_advantages, grpo_loss, masked_mean, quantile, GrpoTerms};
 use crate::run::kit::score::score;
 use crate::run::kit::codec::Codec;
-use crate::hf::generation::Decoding;
 use crate::run::kit::decode::{at_temperature, rollout};
 use crate::run::kit::seqs::{by_micro_batch, generate, micro_rows, pad, prompt_response, to_f64s, token_logprobs};
 use crate::run::kit::patience::Patience;
@@ -92,10 +91,7 @@ pub fn run(ctx: &StageCtx, g: &GrpoSpec) -> Result<()> {
         g.loss.name()
     );
     // How the rollouts are drawn; the losses read log-probabilities at the same temperature.
-    let (decoding, t) = (rollout(g.temperature, &g.filters), g.temperature);
-    if decoding != Decoding::plain(1.0) {
-        tracing::info!("{name}: rollouts drawn at {}", decoding.describe());
-    }
+    let (decoding, t) = (rollout(&name, g.temperature, &g.filters), g.temperature);
     let started = Instant::now();
     let mut last = None;
     let clip = (g.clip, g.clip_high.unwrap_or(g.clip));

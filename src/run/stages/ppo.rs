@@ -32,7 +32,6 @@ use crate::run::kit::artifacts::{instructions, load_policy, load_reward_model, t
 use crate::run::kit::losses::{entropy, entropy_in_chunks, masked_mean, ppo_clip, value_loss};
 use crate::run::kit::score::score;
 use crate::run::kit::codec::Codec;
-use crate::hf::generation::Decoding;
 use crate::run::kit::decode::{at_temperature, rollout};
 use crate::run::kit::seqs::{by_micro_batch, generate, micro_rows, pad, prompt_response, to_f64s, token_logprobs};
 use crate::run::kit::patience::Patience;
@@ -86,10 +85,7 @@ pub fn run(ctx: &StageCtx, p: &PpoSpec) -> Result<()> {
         policy.lora.describe().map_or(String::new(), |d| format!(", {d}"))
     );
     // How the rollouts are drawn; the losses read log-probabilities at the same temperature.
-    let (decoding, t) = (rollout(p.temperature, &p.filters), p.temperature);
-    if decoding != Decoding::plain(1.0) {
-        tracing::info!("{name}: rollouts drawn at {}", decoding.describe());
-    }
+    let (decoding, t) = (rollout(&name, p.temperature, &p.filters), p.temperature);
     let started = Instant::now();
     let mut last = None;
     for step in step0..p.opt.steps {
