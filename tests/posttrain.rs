@@ -1465,3 +1465,30 @@ fn ppo_without_an_entropy_bonus_keeps_no_entropy_graph() {
     // The first step's entropy, before any update, is the same either way.
     assert!((h_logged - h_bonus).abs() < 1e-4, "{h_logged} vs {h_bonus}");
 }
+
+/// Activation checkpointing runs each block again in the backward pass, with the generators
+/// replayed: every stage kind trains the same numbers to the bit, with dropout on.
+#[test]
+fn activation_checkpointing_changes_no_stage_s_numbers() {
+    let out = scratch("checkpointing");
+    let text = std::fs::read_to_string(fixture("tiny-lifecycle.roux")).unwrap().replace("../../data/", "../../../data/").replace("dropout = 0\n", "dropout = 0.1\n");
+    let grpo = "  stage gr = grpo(policy = merge(sft.adapter), prompts = instr) {\n    group = 4\n    batch = 8\n    steps = 2\n    max_new = 6\n    optimizer = adamw { lr = 1e-5 }\n    eval_every = 2\n    eval_examples = 4\n  }\n}\n";
+    let recipe = out.join("tiny-lifecycle.roux");
+    std::fs::write(&recipe, format!("{}{grpo}", text.trim_end().strip_suffix('}').unwrap())).unwrap();
+    let stages = ["pretrain", "sft", "rm", "rl", "po", "gr"];
+    let on: Vec<String> = stages.iter().flat_map(|s| ["--set".to_string(), format!("{s}.activation_checkpointing=true")]).collect();
+    for (dir, extra) in [("plain", vec![]), ("checkpointed", on.iter().map(String::as_str).collect::<Vec<_>>())] {
+        let o = roux(&[&["run", recipe.to_str().unwrap(), "--out", out.join(dir).to_str().unwrap()], &extra[..]].concat());
+        assert_eq!(o.status.code(), Some(0), "{dir}: {}", String::from_utf8_lossy(&o.stderr));
+    }
+    let stage = |dir: &str, s: &str| out.join(dir).join("tiny-lifecycle").join(s);
+    for s in stages {
+        let files: Vec<_> = std::fs::read_dir(stage("plain", s)).unwrap().filter_map(|e| e.ok()).map(|e| e.file_name().to_string_lossy().to_string()).filter(|f| f.ends_with(".safetensors")).collect();
+        assert!(!files.is_empty(), "{s} wrote no weights");
+        for f in files {
+            assert!(std::fs::read(stage("plain", s).join(&f)).unwrap() == std::fs::read(stage("checkpointed", s).join(&f)).unwrap(), "{s}/{f} differs with activation checkpointing");
+        }
+        let losses = |dir: &str| metrics(&stage(dir, s)).iter().map(|m| m["loss"].as_f64()).collect::<Vec<_>>();
+        assert_eq!(losses("plain"), losses("checkpointed"), "{s}: the losses differ with activation checkpointing");
+    }
+}

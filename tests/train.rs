@@ -770,3 +770,35 @@ fn the_memory_guard_counts_one_micro_batch_as_the_plan_does() {
     }
     assert!(needs[1] < needs[0] / 12, "{needs:?}");
 }
+
+/// Activation checkpointing keeps only each block's input and runs the block again in the
+/// backward pass, its router jitter drawn again from the same generator state: the same weights
+/// to the bit, and the peak memory lower by what `roux plan` says it saves (with
+/// `ROUX_MALLOC=exact` the process's memory follows its live tensors). Without dropout: on the
+/// CPU attention dropout takes the unfused kernel, whose T×T scores the plan does not count.
+/// (Dropout replayed: `posttrain activation_checkpointing_changes_no_stage_s_numbers`.)
+#[test]
+fn activation_checkpointing_trains_the_same_weights_in_the_memory_the_plan_says() {
+    let out = scratch("checkpointing-train");
+    let recipe = fixture("tiny-ep.roux");
+    let sets = ["lm.layers=6", "lm.d_model=64", "lm.context=256", "corpus.context=256", "pretrain.batch=32", "pretrain.steps=3", "pretrain.eval_every=3", "lm.ffn.router.jitter=0.05"];
+    let args = |on: bool| -> Vec<String> { sets.iter().map(|s| s.to_string()).chain([format!("pretrain.activation_checkpointing={on}")]).flat_map(|s| ["--set".to_string(), s]).collect() };
+    let (mut peak, mut planned) = (vec![], vec![]);
+    for on in [false, true] {
+        let dir = out.join(on.to_string());
+        let o = Command::new(env!("CARGO_BIN_EXE_roux")).args(["run", recipe.to_str().unwrap(), "--out", dir.to_str().unwrap()]).args(args(on)).env("ROUX_QUIET", "1").env("ROUX_MALLOC", "exact").output().unwrap();
+        assert_eq!(o.status.code(), Some(0), "{}", String::from_utf8_lossy(&o.stderr));
+        let report: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(dir.join("ep/pretrain/report.json")).unwrap()).unwrap();
+        peak.push(report["peak_host_memory_bytes"].as_f64().unwrap());
+        let o = roux(&[&["plan", recipe.to_str().unwrap(), "--json"], &args(on).iter().map(String::as_str).collect::<Vec<_>>()[..]].concat());
+        let plan: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+        planned.push(plan["stages"][0]["memory_bytes"].as_f64().unwrap());
+    }
+    let weights = |on: bool| std::fs::read(out.join(on.to_string()).join("ep/pretrain/model.safetensors")).unwrap();
+    assert!(weights(false) == weights(true), "the weights differ with activation checkpointing");
+    let losses = |on: bool| metrics(&out.join(on.to_string()).join("ep/pretrain")).iter().map(|m| m["loss"].as_f64()).collect::<Vec<_>>();
+    assert_eq!(losses(false), losses(true));
+    let (measured, plan) = (peak[0] - peak[1], planned[0] - planned[1]);
+    assert!(plan > 0.5 * planned[0], "the plan saves {plan} of {} bytes", planned[0]);
+    assert!((0.8..1.2).contains(&(measured / plan)), "checkpointing saved {:.1} MiB of peak memory, the plan says {:.1} MiB", measured / 1048576.0, plan / 1048576.0);
+}

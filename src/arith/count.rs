@@ -77,6 +77,31 @@ pub fn training_bytes(weights: u64, trainable: u64, g: &ModelGraph, batch: usize
 
 const RUNTIME_BYTES: u64 = 9 << 20;
 
+/// What activation checkpointing takes off `activation_bytes`: a block's activations are kept
+/// only while it runs again in the backward pass, one block at a time, so what stays is each
+/// block's input (the residual stream, d floats a token, once for every block and for the last
+/// one's output), the largest block's activations (or the embeddings', run again last) and the
+/// ops after the blocks (final norm, head) as before.
+pub fn checkpointing_saving(g: &ModelGraph, batch: usize, seq: usize) -> u64 {
+    let bt = batch as f64 * seq as f64;
+    let (mut blocks, mut before, mut after) = (std::collections::BTreeMap::<usize, f64>::new(), 0.0, 0.0);
+    for op in g.graph.node_weights() {
+        let floats = op_activation_floats(g, op, bt);
+        match op.path.strip_prefix("blocks.").and_then(|rest| rest.split('.').next()).and_then(|i| i.parse::<usize>().ok()) {
+            Some(i) => *blocks.entry(i).or_default() += floats,
+            None if blocks.is_empty() => before += floats,
+            None => after += floats,
+        }
+    }
+    if blocks.is_empty() {
+        return 0;
+    }
+    let inputs = (blocks.len() + 1) as f64 * bt * g.spec.d_model as f64;
+    let largest = blocks.values().copied().fold(before, f64::max);
+    let all: f64 = before + after + blocks.values().sum::<f64>();
+    (4.0 * (all - (inputs + largest + after)).max(0.0)) as u64
+}
+
 /// fp32 activations kept for the backward pass of one step, counted per op:
 /// norms keep their input and output, attention its q, k, v, output and log-sum-exp (the fused
 /// kernel does not materialise the T×T scores), the MLP its hidden activations, the head its
@@ -84,34 +109,37 @@ const RUNTIME_BYTES: u64 = 9 << 20;
 /// on the dense configurations of bench/.
 pub fn activation_bytes(g: &ModelGraph, batch: usize, seq: usize) -> u64 {
     let bt = batch as f64 * seq as f64;
-    let floats: f64 = g
-        .graph
-        .node_weights()
-        .map(|op| match &op.kind {
-            OpKind::Embedding { dim, .. } => bt * *dim as f64,
-            OpKind::Norm { dim, .. } => 2.0 * bt * *dim as f64,
-            OpKind::Attention { dim, heads, head_dim, dropout, .. } => {
-                // The input, then q, k, v and the heads' output in the attention width.
-                let q = (*heads * *head_dim) as f64;
-                bt * (*dim as f64 + 4.0 * q + *heads as f64) + if *dropout > 0.0 { bt * *dim as f64 } else { 0.0 }
-            }
-            OpKind::Mlp { hidden, act, .. } => {
-                let n = if *act == crate::recipe::Activation::Swiglu { 4.0 } else { 2.0 };
-                n * bt * *hidden as f64
-            }
-            OpKind::Moe { dim, experts, hidden, act, .. } => {
-                // Router logits and probabilities, then per routed (token, expert) assignment the
-                // dispatched input, hidden activations and output. (The CPU groups rows by expert;
-                // CUDA's capacity buffer pads them by up to the capacity factor.)
-                let n = if *act == crate::recipe::Activation::Swiglu { 4.0 } else { 2.0 };
-                3.0 * bt * *experts as f64 + moe_slots(op, bt) * (2.0 * *dim as f64 + n * *hidden as f64) + bt * *dim as f64
-            }
-            OpKind::Head { vocab, .. } => bt * *vocab as f64,
-            OpKind::Dropout { .. } => bt * g.spec.d_model as f64,
-            _ => 0.0,
-        })
-        .sum();
+    let floats: f64 = g.graph.node_weights().map(|op| op_activation_floats(g, op, bt)).sum();
     (4.0 * floats) as u64
+}
+
+/// The floats op `op` keeps for the backward pass on `bt` tokens (`activation_bytes`).
+fn op_activation_floats(g: &ModelGraph, op: &Op, bt: f64) -> f64 {
+    match &op.kind {
+        OpKind::Embedding { dim, .. } => bt * *dim as f64,
+        OpKind::Norm { dim, .. } => 2.0 * bt * *dim as f64,
+        OpKind::Attention { dim, heads, head_dim, dropout, .. } => {
+            // The input, then q, k, v and the heads' output in the attention width.
+            let q = (*heads * *head_dim) as f64;
+            bt * (*dim as f64 + 4.0 * q + *heads as f64) + if *dropout > 0.0 { bt * *dim as f64 } else { 0.0 }
+        }
+        OpKind::Mlp { hidden, act, .. } => {
+            let n = if *act == crate::recipe::Activation::Swiglu { 4.0 } else { 2.0 };
+            n * bt * *hidden as f64
+        }
+        OpKind::Moe { dim, experts, hidden, act, router, .. } => {
+            // Router logits and probabilities, then per routed (token, expert) assignment the
+            // dispatched input, hidden activations and output. (The CPU groups rows by expert;
+            // CUDA's capacity buffer pads them by up to the capacity factor.) Switch's jitter
+            // keeps its noise and the router's jittered input.
+            let n = if *act == crate::recipe::Activation::Swiglu { 4.0 } else { 2.0 };
+            let jitter = if matches!(router, crate::recipe::RouterSpec::Switch { jitter, .. } if *jitter > 0.0) { 2.0 * bt * *dim as f64 } else { 0.0 };
+            3.0 * bt * *experts as f64 + moe_slots(op, bt) * (2.0 * *dim as f64 + n * *hidden as f64) + bt * *dim as f64 + jitter
+        }
+        OpKind::Head { vocab, .. } => bt * *vocab as f64,
+        OpKind::Dropout { .. } => bt * g.spec.d_model as f64,
+        _ => 0.0,
+    }
 }
 
 /// Routed (token, expert) assignments of a mixture-of-experts op for `bt` tokens.

@@ -67,6 +67,7 @@ impl<'a> Checker<'a> {
             shard_optimizer: false,
             expert_parallel: 1,
             device_memory: None,
+            activation_checkpointing: false,
         };
         let mut points = vec![];
         for c in &budgets {

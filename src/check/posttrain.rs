@@ -22,6 +22,7 @@ impl<'a> Checker<'a> {
         let device = self.device_key(f);
         let precision = f.sym(self, "precision", &["fp32", "bf16"], Some("fp32"));
         let patience = f.optional(self, "patience", |f, ck| f.int(ck, "patience", None, Min::One));
+        let activation_checkpointing = f.bool(self, "activation_checkpointing", false);
         let (steps, optimizer, schedule) = (steps_v?, optimizer?, schedule?);
         if !self.schedule_fits(&schedule, steps, optimizer.lr, sched_span) {
             return None;
@@ -38,6 +39,7 @@ impl<'a> Checker<'a> {
             precision: precision_of(precision?),
             accumulate: 1,
             patience: patience?,
+            activation_checkpointing: activation_checkpointing?,
         })
     }
 

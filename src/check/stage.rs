@@ -179,6 +179,7 @@ impl<'a> Checker<'a> {
         let shard_optimizer = f.bool(self, "shard_optimizer", false);
         let expert_parallel = self.expert_parallel(&mut f, model.as_ref().map(|(arch, _)| arch.as_str()));
         let device_memory = self.device_memory(&mut f);
+        let activation_checkpointing = f.bool(self, "activation_checkpointing", false);
         let tokens_span = f.key_span("tokens");
         let sched_span = f.value_span("schedule");
         f.finish(self);
@@ -248,6 +249,7 @@ impl<'a> Checker<'a> {
                 shard_optimizer: shard_optimizer?,
                 expert_parallel: expert_parallel?,
                 device_memory: device_memory?,
+                activation_checkpointing: activation_checkpointing?,
             }),
         })
     }

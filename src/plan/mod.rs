@@ -65,7 +65,9 @@ pub fn plan(r: &Recipe) -> Plan {
                 let per_token = 3.0 * forward_flops_per_token(g, t.context);
                 let n = g.params().iter().map(|p| p.numel()).sum();
                 // One micro-batch's activations are held at a time (`accumulate`).
-                let memory_bytes = train_memory_bytes(g, n, t.batch / t.accumulate.max(1), t.context);
+                let micro = t.batch / t.accumulate.max(1);
+                let saved = if t.activation_checkpointing { checkpointing_saving(g, micro, t.context) } else { 0 };
+                let memory_bytes = train_memory_bytes(g, n, micro, t.context).saturating_sub(saved);
                 StagePlan { name: s.name.clone(), kind: s.kind.name(), after: s.after.clone(), steps: t.steps, tokens, flops: per_token * tokens_f, trainable: n, memory_bytes }
             }
             StageKind::Isoflop(iso) => {
@@ -101,7 +103,12 @@ fn posttrain_plan(r: &Recipe, s: &crate::recipe::StageSpec, graph_of: &HashMap<&
     // `micro` of a stage's batch at a time (its `accumulate` micro-batches; PPO's and GRPO's
     // scoring passes over a rollout batch run so too, bounding their minibatches' passes).
     let micro = |o: &crate::recipe::Optim| o.batch / o.accumulate.max(1);
-    let training = |arch: &str, weights: u64, trainable: u64, seqs: usize| training_bytes(weights, trainable, graph(arch), seqs, ctx_of(arch) as usize);
+    // (With activation checkpointing, less what it saves.)
+    let checkpointing = s.kind.checkpoints_activations();
+    let training = |arch: &str, weights: u64, trainable: u64, seqs: usize| {
+        let saved = if checkpointing { checkpointing_saving(graph(arch), seqs, ctx_of(arch) as usize) } else { 0 };
+        training_bytes(weights, trainable, graph(arch), seqs, ctx_of(arch) as usize).saturating_sub(saved)
+    };
     let reward_model = |stage: Option<&str>| {
         stage.and_then(|st| r.stage(st)).and_then(|st| match &st.kind {
             StageKind::RewardModel(m) => Some(n_of(&m.model.arch)),

@@ -6,7 +6,7 @@
 
 use serde::Serialize;
 
-use crate::arith::count::{shard_chunk, training_bytes};
+use crate::arith::count::{checkpointing_saving, shard_chunk, training_bytes};
 use crate::arith::{lower_model, ModelGraph};
 use crate::recipe::{Recipe, StageKind, TrainSpec};
 
@@ -138,7 +138,8 @@ fn posttrain_process(r: &Recipe, s: &crate::recipe::StageSpec, world: usize) -> 
     // Packed rows add their attention mask (float32, rows × context²), as `plan` counts it.
     let packing = matches!(&s.kind, StageKind::Finetune(f) if f.packing);
     let mask = if packing { (4.0 * seqs as f64 * (g.spec.context as f64).powi(2)) as u64 } else { 0 };
-    let activation_bytes = training_bytes(0, 0, &g, seqs, g.spec.context).saturating_add(mask);
+    let saved = if s.kind.checkpoints_activations() { checkpointing_saving(&g, seqs, g.spec.context) } else { 0 };
+    let activation_bytes = training_bytes(0, 0, &g, seqs, g.spec.context).saturating_sub(saved).saturating_add(mask);
     // (A bf16 stage holds its frozen weights in 2 bytes.)
     let (weight_bytes, gradient_bytes) = ((4 * (weights + frozen)).saturating_sub(super::frozen::bf16_saving(r, s)), 4 * trainable);
     let total_bytes = total(&[weight_bytes, gradient_bytes, 8 * trainable, 4 * trainable, activation_bytes]);
@@ -198,7 +199,8 @@ pub fn train_process(stage: &str, g: &ModelGraph, t: &TrainSpec, world: usize) -
     } else {
         (held, 2 * held, held, if w > 1 { total(&[ratio(&[2, w - 1, n - divided], w), experts_sent]) } else { 0 })
     };
-    let activation_bytes = training_bytes(0, 0, g, micro, t.context);
+    let saved = if t.activation_checkpointing { checkpointing_saving(g, micro, t.context) } else { 0 };
+    let activation_bytes = training_bytes(0, 0, g, micro, t.context).saturating_sub(saved);
     let (weight_bytes, gradient_bytes) = (4 * buffer, 4 * buffer);
     let total_bytes = total(&[weight_bytes, gradient_bytes, 4 * moments, 4 * other, activation_bytes]);
     Ok(ProcessPlan {

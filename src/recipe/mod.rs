@@ -14,6 +14,7 @@ mod data;
 mod grpo;
 mod health;
 mod model;
+mod optimizer;
 mod posttrain;
 mod stage;
 
@@ -21,6 +22,7 @@ pub use data::*;
 pub use grpo::*;
 pub use health::*;
 pub use model::*;
+pub use optimizer::*;
 pub use posttrain::*;
 pub use stage::*;
 

@@ -1,62 +1,9 @@
-//! Stages and what they share: optimizers, schedules, devices, artifact references, budgets.
+//! Stages and what they share: devices, precision, artifact references, budgets (the optimizer
+//! and its schedules are in `optimizer.rs`).
 
 use serde::{Deserialize, Serialize};
 
 use super::*;
-
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
-pub struct AdamW {
-    pub lr: f64,
-    pub betas: (f64, f64),
-    pub eps: f64,
-    pub weight_decay: f64,
-}
-
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
-#[serde(tag = "kind", rename_all = "lowercase")]
-pub enum Schedule {
-    Constant { warmup: u64 },
-    /// Linear warmup to the peak rate, then a half cosine down to `min_lr` at the last step.
-    Cosine { warmup: u64, min_lr: f64 },
-    /// Linear warmup, then a straight line down to `min_lr` at the last step (the default of
-    /// Hugging Face's Trainer and TRL).
-    Linear { warmup: u64, min_lr: f64 },
-    /// Warmup–stable–decay (Hu et al. 2024; Hägele et al. 2024): linear warmup, the peak rate held,
-    /// then the last `decay` share of the steps down to `min_lr` in the given shape.
-    Wsd { warmup: u64, decay: f64, min_lr: f64, shape: DecayShape },
-}
-
-impl Schedule {
-    pub fn warmup(&self) -> u64 {
-        match self {
-            Schedule::Constant { warmup } | Schedule::Cosine { warmup, .. } | Schedule::Linear { warmup, .. } | Schedule::Wsd { warmup, .. } => *warmup,
-        }
-    }
-
-    pub fn warmup_mut(&mut self) -> &mut u64 {
-        match self {
-            Schedule::Constant { warmup } | Schedule::Cosine { warmup, .. } | Schedule::Linear { warmup, .. } | Schedule::Wsd { warmup, .. } => warmup,
-        }
-    }
-
-    /// The rate a decaying schedule ends at; none for a constant one.
-    pub fn min_lr(&self) -> Option<f64> {
-        match self {
-            Schedule::Constant { .. } => None,
-            Schedule::Cosine { min_lr, .. } | Schedule::Linear { min_lr, .. } | Schedule::Wsd { min_lr, .. } => Some(*min_lr),
-        }
-    }
-}
-
-/// How a warmup–stable–decay schedule comes down from its plateau (torchtitan's `decay_type`):
-/// `linear`, `sqrt` (1 − √progress, Hägele et al.'s recommendation) or `cosine`.
-#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq)]
-#[serde(rename_all = "lowercase")]
-pub enum DecayShape {
-    Linear,
-    Sqrt,
-    Cosine,
-}
 
 #[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
@@ -135,6 +82,10 @@ pub struct TrainSpec {
     /// whose process needs more.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub device_memory: Option<u64>,
+    /// Keep only each block's input in the forward pass and run the blocks again in the
+    /// backward pass (`activation_checkpointing = true`): the same numbers, fewer activations.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub activation_checkpointing: bool,
 }
 
 // Defaults left out of the serialized spec, so adding them changed no stage's content hash.
@@ -298,6 +249,10 @@ pub struct Optim {
     /// Stop after this many evaluations without a better held-out measure (`patience = N`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub patience: Option<u64>,
+    /// Keep only each block's input in the forward pass and run the blocks again in the
+    /// backward pass (`activation_checkpointing = true`): the same numbers, fewer activations.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub activation_checkpointing: bool,
 }
 
 impl Optim {
@@ -337,6 +292,19 @@ impl StageKind {
     /// Whether the stage takes `accumulate`: it can split its batch into micro-batches.
     pub fn accumulates(&self) -> bool {
         !matches!(self, StageKind::Isoflop(_) | StageKind::Mixture(_) | StageKind::Compare(_))
+    }
+
+    /// Whether the stage checkpoints its trained model's activations (`activation_checkpointing`).
+    pub fn checkpoints_activations(&self) -> bool {
+        match self {
+            StageKind::Train(t) => t.activation_checkpointing,
+            StageKind::Finetune(f) => f.opt.activation_checkpointing,
+            StageKind::RewardModel(r) => r.opt.activation_checkpointing,
+            StageKind::Ppo(p) => p.opt.activation_checkpointing,
+            StageKind::Dpo(d) => d.opt.activation_checkpointing,
+            StageKind::Grpo(g) => g.opt.activation_checkpointing,
+            StageKind::Isoflop(_) | StageKind::Mixture(_) | StageKind::Compare(_) => false,
+        }
     }
 
     /// The device the stage asks for (the mixture runs on the CPU).

@@ -8,7 +8,7 @@ use crate::lower::ScalarHead;
 use crate::posttrain::examples::{Example, Feedback, Pair, Split};
 use tch::Tensor;
 
-use crate::recipe::{ExampleSet, LoraSpec, ModelRef, Precision, Recipe, StageKind, Weights};
+use crate::recipe::{ExampleSet, LoraSpec, ModelRef, Optim, Recipe, StageKind, Weights};
 use crate::run::model::heads::{Head, RewardModel};
 use crate::run::model::Model;
 
@@ -87,15 +87,18 @@ pub struct Policy {
     pub reference: Option<Model>,
 }
 
-/// The policy `r` at `precision`, with fresh LoRA adapters when `lora` is given (then only they
+/// The policy `r` at the stage's `precision` (and checkpointing its activations when the stage
+/// asks), with fresh LoRA adapters when `lora` is given (then only they
 /// train), and when `reference`, the model it starts as, frozen: with adapters, the same weights
 /// without them (shared, no second copy, as TRL's trainers use a peft model's base); otherwise a
 /// second copy.
-pub fn load_policy(recipe: &Recipe, runs: &Path, r: &ModelRef, lora: Option<&LoraSpec>, precision: Precision, reference: bool, device: tch::Device) -> Result<Policy> {
+pub fn load_policy(recipe: &Recipe, runs: &Path, r: &ModelRef, lora: Option<&LoraSpec>, opt: &Optim, reference: bool, device: tch::Device) -> Result<Policy> {
+    let precision = opt.precision;
     let mut model = load_lm(recipe, runs, r, device)?.computing(precision);
     if let Some(l) = lora {
         model.attach_lora(l)?;
     }
+    model.set_recompute(opt.activation_checkpointing);
     let reference = match (reference, lora.is_some()) {
         (false, _) => None,
         (true, true) => Some(model.base_view()),

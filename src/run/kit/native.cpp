@@ -1,16 +1,21 @@
 // What roux needs from libtorch that tch does not bind: the multi-tensor fused AdamW kernel,
-// setting a gradient, pinned memory and the Kineto profiler. Built by build.rs against the headers of the torch roux links (C++17, the
+// setting a gradient, pinned memory, the Kineto profiler, and (for activation checkpointing,
+// declared in run/model/recompute.rs) the grad mode and the random generators' state. Built by build.rs against the headers of the torch roux links (C++17, the
 // same C++ ABI flag). Each function catches every C++ exception and returns its message (freed
 // with roux_free_message), so no exception crosses into Rust.
 #include "shim.h"
 
 #include <ATen/ATen.h>
+#include <c10/core/GradMode.h>
+#include <torch/csrc/autograd/autograd.h>
 #include <torch/csrc/autograd/profiler_kineto.h>
 
 #include <cstdlib>
+#include <mutex>
 #include <optional>
 #include <set>
 #include <string>
+#include <vector>
 
 using roux_shim::guarded;
 
@@ -65,6 +70,46 @@ char* roux_profiler_stop(const char* path) {
   return guarded([&] {
     auto result = torch::autograd::profiler::disableProfiler();
     result->save(path);
+  });
+}
+
+// Whether autograd records operations now (false inside tch::no_grad).
+int roux_grad_enabled() { return c10::GradMode::is_enabled() ? 1 : 0; }
+
+static at::Generator default_generator(int cuda, int index) {
+  return cuda ? at::globalContext().defaultGenerator(c10::Device(c10::DeviceType::CUDA, static_cast<c10::DeviceIndex>(index)))
+              : at::globalContext().defaultGenerator(c10::Device(c10::DeviceType::CPU));
+}
+
+// The state of the default generator of the CPU, or of CUDA device `index` (a new tensor in *out),
+// as torch.get_rng_state / torch.cuda.get_rng_state return it.
+char* roux_rng_state(int cuda, int index, at::Tensor** out) {
+  return guarded([&] {
+    auto g = default_generator(cuda, index);
+    std::lock_guard<std::mutex> lock(g.mutex());
+    *out = new at::Tensor(g.get_state());
+  });
+}
+
+// Put back a state `roux_rng_state` returned: the draws that followed it are drawn again.
+char* roux_set_rng_state(int cuda, int index, at::Tensor* state) {
+  return guarded([&] {
+    auto g = default_generator(cuda, index);
+    std::lock_guard<std::mutex> lock(g.mutex());
+    g.set_state(*state);
+  });
+}
+
+// torch.autograd.backward(roots, grads): each root's gradient given (a checkpointed block's
+// output and its auxiliary losses), accumulated into the leaves' .grad.
+char* roux_backward(at::Tensor** roots, at::Tensor** grads, int n) {
+  return guarded([&] {
+    std::vector<at::Tensor> r, g;
+    for (int i = 0; i < n; ++i) {
+      r.push_back(*roots[i]);
+      g.push_back(*grads[i]);
+    }
+    torch::autograd::backward(r, g);
   });
 }
 

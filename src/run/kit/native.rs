@@ -1,31 +1,21 @@
 //! Rust side of the C++ shim (`native.cpp`): libtorch's fused AdamW kernel, setting a gradient,
 //! pinned memory and the profiler, which tch does not bind. Every call returns the C++ exception's text as an error.
 
-use anyhow::{bail, Result};
-use std::ffi::{c_char, c_int, CStr, CString};
+use anyhow::Result;
+
+use crate::run::model::shim::check;
+use std::ffi::{c_char, c_int, CString};
 use std::path::Path;
 use tch::Tensor;
 
 type Raw = *const std::ffi::c_void;
 
 extern "C" {
-    fn roux_free_message(m: *mut c_char);
     fn roux_fused_adamw(p: Raw, g: Raw, m: Raw, v: Raw, step: Raw, grad_scale: Raw, found_inf: Raw, lr: f64, beta1: f64, beta2: f64, weight_decay: f64, eps: f64) -> *mut c_char;
     fn roux_set_grad(p: Raw, g: Raw) -> *mut c_char;
     fn roux_pin_memory(t: Raw, out: *mut *mut std::ffi::c_void) -> *mut c_char;
     fn roux_profiler_start(cuda: c_int) -> *mut c_char;
     fn roux_profiler_stop(path: *const c_char) -> *mut c_char;
-}
-
-/// The shim's result: null, or a message it allocated.
-fn check(what: &str, m: *mut c_char) -> Result<()> {
-    if m.is_null() {
-        return Ok(());
-    }
-    // SAFETY: a non-null result is a NUL-terminated string the shim malloc'ed; freed once here.
-    let text = unsafe { CStr::from_ptr(m) }.to_string_lossy().into_owned();
-    unsafe { roux_free_message(m) };
-    bail!("{what}: {text}")
 }
 
 fn raw(t: &Tensor) -> Raw {

@@ -3,7 +3,10 @@
 //!
 //! | file           | what it does                                                        |
 //! |----------------|---------------------------------------------------------------------|
-//! | `mod.rs`       | parameters from the graph, the forward walk, the loss, load, freeze |
+//! | `mod.rs`       | parameters from the graph, the loss, load, freeze                   |
+//! | `walk.rs`      | the forward pass: the graph's ops in order                          |
+//! | `recompute.rs` | activation checkpointing: blocks run again in the backward pass    |
+//! | `shim.rs`      | what the model calls in the C++ shim (grad mode, generators, backward) |
 //! | `casts.rs`     | parameters in the compute kind: cached casts, the optimizer's bf16 copies |
 //! | `attention.rs` | causal attention, rotary embeddings, grouped-query heads, KV cache  |
 //! | `moe.rs`       | routers, sparse dispatch, the MoE layer and jitter                  |
@@ -24,6 +27,9 @@ pub mod lora;
 pub mod expert_parallel;
 pub mod moe;
 mod packing;
+mod recompute;
+pub(crate) mod shim;
+mod walk;
 mod router_losses;
 mod weights;
 
@@ -37,8 +43,8 @@ use tch::{Device, Kind, Tensor};
 pub use attention::KvCache;
 pub use packing::Packing;
 pub use weights::all_finite;
-use crate::lower::{lower_model, ModelGraph, OpKind, ParamInit};
-use crate::recipe::{Activation, ModelSpec, Norm};
+use crate::lower::{lower_model, ModelGraph, ParamInit};
+use crate::recipe::ModelSpec;
 use moe::MoeStats;
 
 pub struct Model {
@@ -82,6 +88,11 @@ pub struct Model {
     /// parameters that hold only that part.
     share: Option<expert_parallel::Share>,
     divided: Vec<usize>,
+    /// Activation checkpointing (`set_recompute`): where blocks end in the order, and the
+    /// checkpointed passes waiting for `backward`.
+    recompute: bool,
+    block_ends: Vec<usize>,
+    pending: RefCell<Vec<recompute::Pending>>,
 }
 
 impl Model {
@@ -166,7 +177,7 @@ impl Model {
             })
             .collect();
         let casts = RefCell::new((0..names.len()).map(|_| None).collect());
-        Ok(Model { graph, names, params, index, node_params, order, inputs, last_use, rope, device, compute: Kind::Float, lora: Default::default(), pad_vocab: false, neftune: 0.0, casts, cache_all: Cell::new(false), shadow: vec![], experts_across: None, share, divided })
+        Ok(Model { graph, names, params, index, node_params, order, inputs, last_use, rope, device, compute: Kind::Float, lora: Default::default(), pad_vocab: false, neftune: 0.0, casts, cache_all: Cell::new(false), shadow: vec![], experts_across: None, share, divided, recompute: false, block_ends: vec![], pending: RefCell::new(vec![]) })
     }
 
     pub fn spec(&self) -> &ModelSpec {
@@ -271,81 +282,6 @@ impl Model {
     /// Columns of padding for the head's matmul when it computes logits only for the loss.
     fn head_padding(&self, vocab: usize) -> Option<i64> {
         (self.pad_vocab && !vocab.is_multiple_of(64)).then(|| (64 - vocab % 64) as i64)
-    }
-
-    /// The forward pass; with `loss_only`, the head's logits may carry padding columns (see
-    /// `head_padding`) that only a softmax over them tolerates.
-    fn walk(&self, tokens: &Tensor, train: bool, loss_only: bool, mut cache: Option<&mut KvCache>, packing: Option<&Packing>) -> (Tensor, Tensor, Vec<MoeStats>) {
-        let offset = cache.as_ref().map_or(0, |c| c.len) as i64;
-        let mut hidden = None;
-        let mut moe_stats = vec![];
-        self.lora.train.set(train);
-        let mut vals: Vec<Option<Tensor>> = (0..self.order.len()).map(|_| None).collect();
-        for (i, &n) in self.order.iter().enumerate() {
-            let op = &self.graph.graph[n];
-            let arg = |k: usize| vals[self.inputs[i][k]].as_ref().expect("input computed before use");
-            let out = match &op.kind {
-                OpKind::Tokens => tokens.shallow_clone(),
-                OpKind::Embedding { .. } => {
-                    let e = Tensor::embedding(&self.w(i, "", "weight"), arg(0), -1, false, false);
-                    if train && self.neftune > 0.0 { neftune_noise(&e, self.neftune) } else { e }
-                }
-                OpKind::PosEmbedding { .. } => match packing {
-                    Some(p) => Tensor::embedding(&self.w(i, "", "weight"), &p.positions, -1, false, false), // (B, T, d)
-                    None => self.w(i, "", "weight").narrow(0, offset, arg(0).size()[1]), // (T, d), broadcast over B
-                },
-                OpKind::Dropout { p } => arg(0).dropout(*p, train),
-                OpKind::Add => arg(0) + arg(1),
-                OpKind::Norm { kind, dim, .. } => {
-                    let w = self.w(i, "", "weight");
-                    let eps = self.spec().norm_eps();
-                    match kind {
-                        Norm::Layernorm => arg(0).layer_norm([*dim as i64], Some(&w), self.w_opt(i, "", "bias").as_ref(), eps, true),
-                        Norm::Rmsnorm => arg(0).rms_norm([*dim as i64], Some(&w), eps),
-                    }
-                }
-                OpKind::Attention { heads, dropout, .. } => {
-                    let layer = cache.as_deref_mut().map(|c| (c.len as i64, c.layers.entry(i)));
-                    self.attention(arg(0), i, *heads as i64, if train { *dropout } else { 0.0 }, layer, packing)
-                }
-                OpKind::Mlp { act, dropout, .. } => {
-                    let h = self.linear(arg(0), i, "w1");
-                    let h = match act {
-                        Activation::Gelu => h.gelu("tanh"),
-                        Activation::Relu => h.relu(),
-                        Activation::Swiglu => h.silu() * self.linear(arg(0), i, "w3"),
-                    };
-                    self.linear(&h, i, "w2").dropout(*dropout, train)
-                }
-                OpKind::Moe { .. } => {
-                    let (y, st) = self.moe(arg(0), i, &op.path, &op.kind, train);
-                    moe_stats.push(st);
-                    y
-                }
-                OpKind::Head { tied, vocab, dim } => {
-                    hidden = Some(arg(0).shallow_clone());
-                    let w = self.cast(if *tied { self.index["tok_emb.weight"] } else { self.find_index(i, "", "weight").expect("untied head weight") });
-                    match self.head_padding(*vocab).filter(|_| loss_only) {
-                        Some(pad) => {
-                            let opts = (self.compute, self.device);
-                            let w = Tensor::cat(&[w, Tensor::zeros([pad, *dim as i64], opts)], 0);
-                            let bias = Tensor::cat(&[Tensor::zeros([*vocab as i64], opts), Tensor::full([pad], f64::NEG_INFINITY, opts)], 0);
-                            arg(0).linear(&w, Some(&bias))
-                        }
-                        None => arg(0).linear::<Tensor>(&w, None),
-                    }
-                }
-            };
-            // Free inputs this node was the last user of.
-            for k in 0..self.inputs[i].len() {
-                let j = self.inputs[i][k];
-                if self.last_use[j] == i {
-                    vals[j] = None;
-                }
-            }
-            vals[i] = Some(out);
-        }
-        (hidden.expect("the head reads the hidden states"), vals.pop().flatten().expect("head is the last op"), moe_stats)
     }
 
     /// Mean next-token cross-entropy in nats.

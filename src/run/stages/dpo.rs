@@ -140,7 +140,7 @@ pub fn run(ctx: &StageCtx, d: &DpoSpec) -> Result<()> {
     let held: Vec<_> = held.held_out.into_iter().take(d.eval_examples).collect();
     // SimPO and ORPO compare with no reference: none is loaded (nor any KL to it reported). With
     // LoRA only the adapters train, from zero: the policy starts as its reference.
-    let Policy { model: policy, names, params, reference } = load_policy(recipe, &ctx.runs, &d.policy, d.lora.as_ref(), d.opt.precision, d.loss.needs_reference(), dev)?;
+    let Policy { model: policy, names, params, reference } = load_policy(recipe, &ctx.runs, &d.policy, d.lora.as_ref(), &d.opt, d.loss.needs_reference(), dev)?;
     let reference = reference.as_ref();
     // The chosen responses' NLL per token joins the loss: ORPO's own term, or RPO's (`rpo_alpha`).
     let nll_weight = if d.loss == DpoLoss::Orpo { 1.0 } else { d.rpo_alpha.unwrap_or(0.0) };
@@ -205,7 +205,7 @@ pub fn run(ctx: &StageCtx, d: &DpoSpec) -> Result<()> {
             }
             opt.zero_grad();
             let step = Judged { policy: &policy, reference, codec: &codec, terms: &terms, context, dev };
-            step.backward(&j.train, &drawn, micro, world, &sums);
+            step.backward(&j.train, &drawn, micro, world, &sums)?;
         } else {
             let pairs: Vec<(Seq, Seq)> = drawn.iter().map(|&j| pair_seqs(&codec, &split.train[j], context)).collect();
             let mine = world.shard_rows(&pairs);
@@ -236,7 +236,7 @@ pub fn run(ctx: &StageCtx, d: &DpoSpec) -> Result<()> {
                     odds = log_odds_ratio(&pc, &pr).detach().to_kind(Kind::Double).sum(Kind::Double);
                 }
                 // Each micro-batch's mean, weighted by its share of this process's pairs.
-                if part.len() == mine.len() { loss.backward() } else { (&loss * (part.len() as f64 / mine.len() as f64)).backward() }
+                policy.backward(&if part.len() == mine.len() { loss.shallow_clone() } else { &loss * (part.len() as f64 / mine.len() as f64) })?;
                 let (chosen, rejected) = ((&pc - &rc).detach() * d.beta, (&pr - &rr).detach() * d.beta);
                 let margin = &chosen - &rejected;
                 let sum = |t: &Tensor| t.to_kind(Kind::Double).sum(Kind::Double);

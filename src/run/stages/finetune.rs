@@ -34,6 +34,7 @@ pub fn run(ctx: &StageCtx, f: &FinetuneSpec) -> Result<()> {
     let (set, split) = instructions(recipe, &f.data)?;
     let codec = Codec::new(recipe, &set)?;
     let mut model = load_lm(recipe, &ctx.runs, &f.model, dev)?.computing(f.opt.precision);
+    model.set_recompute(f.opt.activation_checkpointing);
     let held: Vec<_> = split.held_out.iter().take(f.eval_examples).cloned().collect();
     // The starting point's score, for the report (what fine-tuning changed).
     let before = score(&model, None, &codec, &held, f.max_new)?;
@@ -240,7 +241,7 @@ fn sft_backward<R: Row>(model: &Model, opt: &mut Optimizer, rows: &[&R], micro: 
     let weight: f64 = rows.iter().map(|r| r.weight()).sum::<f64>().max(1.0);
     if micro == rows.len() {
         let loss = R::nll(model, rows, dev) / weight;
-        loss.backward();
+        model.backward(&loss)?;
         return Ok(loss);
     }
     let mine = world.shard_rows(rows);
@@ -248,7 +249,7 @@ fn sft_backward<R: Row>(model: &Model, opt: &mut Optimizer, rows: &[&R], micro: 
     for part in mine.chunks(micro) {
         let loss = R::nll(model, part, dev) / weight;
         // all_reduce_grads averages over the processes; each share is already a part of the sum.
-        (&loss * world.size as f64).backward();
+        model.backward(&(&loss * world.size as f64))?;
         total += loss.detach().to_kind(Kind::Double);
     }
     opt.all_reduce_grads(world)?;

@@ -47,7 +47,7 @@ pub fn run(ctx: &StageCtx, g: &GrpoSpec) -> Result<()> {
     let held: Vec<Example> = split.held_out.iter().take(g.eval_examples).cloned().collect();
     // With beta = 0 no reference is loaded (the plan counts none); with LoRA only the adapters
     // train and the reference is the policy without them.
-    let Policy { model: policy, names, params, reference } = load_policy(recipe, &ctx.runs, &g.policy, g.lora.as_ref(), g.opt.precision, g.beta > 0.0, dev)?;
+    let Policy { model: policy, names, params, reference } = load_policy(recipe, &ctx.runs, &g.policy, g.lora.as_ref(), &g.opt, g.beta > 0.0, dev)?;
     // Every reward model a term reads, each loaded once.
     let rms = g.reward.model_stages().into_iter().map(|s| load_reward_model(recipe, &ctx.runs, s, dev).map(|m| (s.to_string(), m.computing(g.opt.precision))));
     let rms: Vec<(String, crate::run::model::heads::RewardModel)> = rms.collect::<Result<_>>()?;
@@ -189,7 +189,7 @@ pub fn run(ctx: &StageCtx, g: &GrpoSpec) -> Result<()> {
                 // per-token means weigh each micro-batch's share of the tokens.
                 let rows = if g.loss == GrpoLoss::Dapo { 1.0 } else { part.len() as f64 / all_rows.len() as f64 };
                 let share = m.tokens() / tokens_here;
-                (&loss * rows).backward();
+                policy.backward(&(&loss * rows))?;
                 loss_sum += rows * loss.double_value(&[]);
                 clip_sum += share * clipfrac.double_value(&[]);
                 kl_sum += share * kl.double_value(&[]);

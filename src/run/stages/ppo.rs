@@ -52,7 +52,7 @@ pub fn run(ctx: &StageCtx, p: &PpoSpec) -> Result<()> {
     let held: Vec<Example> = split.held_out.iter().take(p.eval_examples).cloned().collect();
     // With LoRA only the adapters (and the value head) train; the reference is the policy
     // without them.
-    let Policy { model: policy, mut names, mut params, reference } = load_policy(recipe, &ctx.runs, &p.policy, p.lora.as_ref(), p.opt.precision, true, dev)?;
+    let Policy { model: policy, mut names, mut params, reference } = load_policy(recipe, &ctx.runs, &p.policy, p.lora.as_ref(), &p.opt, true, dev)?;
     let reference = reference.expect("asked for");
     let rm = load_reward_model(recipe, &ctx.runs, &p.reward, dev)?.computing(p.opt.precision);
     // The starting point's score, before a resumed run restores its trained weights.
@@ -189,7 +189,7 @@ pub fn run(ctx: &StageCtx, p: &PpoSpec) -> Result<()> {
                     // (its temporaries, three times the logits, would otherwise wait for backward).
                     let ent = if p.entropy_coef > 0.0 { masked_mean(&entropy(&logits), &m.w) } else { masked_mean(&entropy_in_chunks(&logits.detach()), &m.w) };
                     let loss = (&pg + &vl * p.vf_coef - &ent * p.entropy_coef) * share;
-                    loss.backward();
+                    policy.backward(&loss)?;
                     pg_sum += share * pg.double_value(&[]);
                     vl_sum += share * vl.double_value(&[]);
                     ent_sum += share * ent.double_value(&[]);

@@ -59,6 +59,7 @@ pub fn run(ctx: &StageCtx, r: &RewardSpec) -> Result<()> {
     if let Some(l) = &r.lora {
         trunk.attach_lora(l)?;
     }
+    trunk.set_recompute(r.opt.activation_checkpointing);
     let mut rm = RewardModel::new(trunk);
     // What trains: the trunk (or its adapters) and the head.
     let (names, params): (Vec<String>, Vec<Tensor>) = trained(&rm.trunk).into_iter().chain(rm.head.named()).unzip();
@@ -95,7 +96,7 @@ pub fn run(ctx: &StageCtx, r: &RewardSpec) -> Result<()> {
                 loss += (&sc + &sr).square().mean(Kind::Float) * c;
             }
             // Each micro-batch's mean, weighted by its share of this process's pairs.
-            if part.len() == mine.len() { loss.backward() } else { (&loss * (part.len() as f64 / mine.len() as f64)).backward() }
+            rm.trunk.backward(&if part.len() == mine.len() { loss.shallow_clone() } else { &loss * (part.len() as f64 / mine.len() as f64) })?;
             let right = sc.gt_tensor(&sr).to_kind(Kind::Double).sum(Kind::Double);
             let total = |t: &Tensor| t.detach().to_kind(Kind::Double).sum(Kind::Double);
             let _ = sums.shallow_clone().g_add_(&Tensor::stack(&[loss.detach().to_kind(Kind::Double) * part.len() as f64, right, total(&sc), total(&sr)], 0));

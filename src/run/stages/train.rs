@@ -67,6 +67,7 @@ pub fn run_model(ctx: &StageCtx, spec: &ModelSpec, t: &TrainSpec) -> Result<()> 
     if t.precision == crate::recipe::Precision::Bf16 {
         model.set_precision(tch::Kind::BFloat16);
     }
+    model.set_recompute(t.activation_checkpointing);
     model.experts_across = experts.as_ref().map(|l| l.exchange.clone());
     if let Some(l) = &experts {
         tracing::info!("{name}: the experts of every MoE layer divided over {} groups of {} processes", world.size / l.group.size, l.group.size);
@@ -306,14 +307,14 @@ fn forward_backward(model: &Model, opt: &mut Optimizer, x: &Tensor, y: &Tensor, 
     let k = x.size()[0] / micro as i64;
     if k == 1 && !world.grouped() {
         let (loss, ce, stats) = model.loss_parts(x, y, true);
-        loss.backward();
+        model.backward(&loss)?;
         return Ok((loss, ce, stats));
     }
     let (mut both, mut last) = (Tensor::zeros([2], (tch::Kind::Double, x.device())), vec![]);
     for i in 0..k {
         let (xm, ym) = (x.narrow(0, i * micro as i64, micro as i64), y.narrow(0, i * micro as i64, micro as i64));
         let (loss, ce, stats) = model.loss_parts(&xm, &ym, true);
-        if k == 1 { loss.backward() } else { (&loss / k as f64).backward() }
+        model.backward(&if k == 1 { loss.shallow_clone() } else { &loss / k as f64 })?;
         both += Tensor::stack(&[loss.detach(), ce.detach()], 0).to_kind(tch::Kind::Double) / k as f64;
         last = stats;
     }

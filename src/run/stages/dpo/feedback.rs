@@ -39,19 +39,20 @@ impl Judged<'_> {
     /// One step's gradients on this process's share of the examples `drawn` from `train`, in
     /// micro-batches of `micro`, each the mean of its rows weighted by its share; adds to `sums`
     /// [loss × examples, 0, 0, Σ desirable rewards, Σ undesirable rewards, desirable, undesirable].
-    pub fn backward(&self, train: &[Feedback], drawn: &[usize], micro: usize, world: &World, sums: &Tensor) {
+    pub fn backward(&self, train: &[Feedback], drawn: &[usize], micro: usize, world: &World, sums: &Tensor) -> anyhow::Result<()> {
         let items: Vec<&Feedback> = drawn.iter().map(|&j| &train[j]).collect();
         let mine = world.shard_rows(&items);
         for part in mine.chunks(micro) {
             let (good, reward, pi, rf) = self.rewards(part, true);
             let loss = kto(&pi, &rf, &good, self.terms);
-            (&loss * (part.len() as f64 / mine.len() as f64)).backward();
+            self.policy.backward(&(&loss * (part.len() as f64 / mine.len() as f64)))?;
             let sum = |t: &Tensor| t.to_kind(Kind::Double).sum(Kind::Double);
             let bad = good.neg() + 1.0;
             let zero = Tensor::zeros([], (Kind::Double, self.dev));
             let row = [loss.detach().to_kind(Kind::Double) * part.len() as f64, zero.shallow_clone(), zero, sum(&(&reward * &good)), sum(&(&reward * &bad)), sum(&good), sum(&bad)];
             let _ = sums.shallow_clone().g_add_(&Tensor::stack(&row, 0));
         }
+        Ok(())
     }
 
     /// The held-out examples' mean implicit reward, desirable and undesirable, and the margin
