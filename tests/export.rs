@@ -76,12 +76,24 @@ const COMPARE: &str = "with torch.no_grad():\n    out = m(torch.tensor([d[\"toke
 /// command installs transformers and peft into it) on `model` and `dir`/roux.json; its logits
 /// must be roux's within 1e-4.
 fn assert_python_logits(name: &str, script: &str, model: &Path, dir: &Path) {
-    let o = Command::new("python").args(["-c", script, model.to_str().unwrap(), dir.join("roux.json").to_str().unwrap()]).output().expect("python on PATH (source scripts/env.sh)");
+    assert_python_logits_of(&[(name.to_string(), model.to_path_buf(), dir.to_path_buf())], script);
+}
+
+/// `assert_python_logits` for several (name, model, dir) in one Python process: its imports
+/// (torch, transformers, peft) take seconds, once.
+fn assert_python_logits_of(cases: &[(String, PathBuf, PathBuf)], script: &str) {
+    let each = "import sys\nbody, args = sys.argv[1], sys.argv[2:]\nfor i in range(0, len(args), 3):\n    print('=== ' + args[i], flush=True)\n    sys.argv = ['-c', args[i + 1], args[i + 2]]\n    exec(body, {})";
+    let args: Vec<String> = cases.iter().flat_map(|(n, m, d)| [n.clone(), m.display().to_string(), d.join("roux.json").display().to_string()]).collect();
+    let o = Command::new("python").args(["-c", each, script]).args(&args).output().expect("python on PATH (source scripts/env.sh)");
     let out = String::from_utf8_lossy(&o.stdout).to_string();
     assert!(o.status.success(), "python failed:\n{out}\n{}", String::from_utf8_lossy(&o.stderr));
-    let diff: f64 = out.rsplit("= ").next().and_then(|s| s.split_whitespace().next()).and_then(|s| s.parse().ok()).unwrap_or(f64::INFINITY);
-    eprintln!("{name}: {out}");
-    assert!(diff < 1e-4, "{out}");
+    let sections: Vec<&str> = out.split("=== ").skip(1).collect();
+    assert_eq!(sections.len(), cases.len(), "{out}");
+    for (section, (name, _, _)) in sections.iter().zip(cases) {
+        let diff: f64 = section.rsplit("= ").next().and_then(|s| s.split_whitespace().next()).and_then(|s| s.parse().ok()).unwrap_or(f64::INFINITY);
+        eprintln!("{section}");
+        assert!(section.starts_with(name.as_str()) && diff < 1e-4, "{section}");
+    }
 }
 
 #[test]
@@ -103,7 +115,7 @@ fn llama_layout_export_gives_the_same_logits_in_transformers() {
 /// A LoRA stage (random, nonzero adapters on `targets`; with `dora`, random magnitudes too)
 /// exported with `--to peft` beside its base's `--to hf`: `peft.PeftModel` over `transformers`
 /// gives roux's logits to 1e-4.
-fn peft_roundtrip(fixture: &str, name: &str, targets: &[&str], (rslora, dora): (bool, bool), tweak: impl Fn(&mut roux::recipe::ModelSpec)) {
+fn peft_roundtrip(fixture: &str, name: &str, targets: &[&str], (rslora, dora): (bool, bool), tweak: impl Fn(&mut roux::recipe::ModelSpec)) -> (String, PathBuf, PathBuf) {
     let dir = root().join("target/test-runs").join(name);
     let _ = std::fs::remove_dir_all(&dir);
     let (mut model, base_run) = fake_run(fixture, &dir, &tweak);
@@ -143,27 +155,32 @@ fn peft_roundtrip(fixture: &str, name: &str, targets: &[&str], (rslora, dora): (
         serde_json::json!({"lora_B": sq(&model.lora.b), "lora_magnitude_vector": sq(&model.lora.magnitude)})
     });
     std::fs::write(dir.join("roux.json"), serde_json::json!({"tokens": tokens, "logits": ours, "grads": grads}).to_string()).unwrap();
-    let peft = "from peft import PeftModel\nbase = AutoModelForCausalLM.from_pretrained(json.load(open(sys.argv[1] + \"/adapter_config.json\"))[\"base_model_name_or_path\"], dtype=torch.float32)\nm = PeftModel.from_pretrained(base, sys.argv[1]).eval()";
-    assert_python_logits(name, &format!("{LOAD}\n{peft}\n{GRADS}\n{COMPARE}"), &adapter, &dir);
+    (name.to_string(), adapter, dir)
 }
+
+/// What `peft_roundtrip`'s cases run in transformers + peft: logits (and gradients) within 1e-4.
+const PEFT: &str = "from peft import PeftModel\nbase = AutoModelForCausalLM.from_pretrained(json.load(open(sys.argv[1] + \"/adapter_config.json\"))[\"base_model_name_or_path\"], dtype=torch.float32)\nm = PeftModel.from_pretrained(base, sys.argv[1]).eval()";
 
 #[test]
 fn a_lora_stage_exports_as_a_peft_adapter_with_the_same_logits() {
     // GPT-2 keeps q, k, v in one Conv1D: q and v adapters become one of rank 6 on c_attn; o and
     // w2 both land on a module called c_proj (attention's and the MLP's).
-    peft_roundtrip("tiny.roux", "peft-gpt2", &["attn.q", "attn.v", "attn.o", "ffn.w1", "ffn.w2"], (false, false), |s| s.dropout = 0.0);
-    // The same under rank-stabilised scaling (PEFT's use_rslora): the fused q, v block of rank 6
-    // keeps α/√3 through alpha_pattern √2·α.
-    peft_roundtrip("tiny.roux", "peft-gpt2-rslora", &["attn.q", "attn.v", "ffn.w1"], (true, false), |s| s.dropout = 0.0);
-    // DoRA: the fused block's magnitude covers q and v from the adapter and k's rows with ‖W‖
-    // read from the base export, where PEFT's factor m/‖W‖ must come out as 1.
-    peft_roundtrip("tiny.roux", "peft-gpt2-dora", &["attn.q", "attn.v", "attn.o", "ffn.w1"], (false, true), |s| s.dropout = 0.0);
-    // Llama, grouped-query (k and v have one head's rows), every projection adapted.
-    peft_roundtrip("tiny-llama.roux", "peft-llama", &["attn.q", "attn.k", "attn.v", "attn.o", "ffn.w1", "ffn.w2", "ffn.w3"], (false, false), |s| {
-        s.dropout = 0.0;
-        s.kv_heads = 1;
-    });
-    peft_roundtrip("tiny-llama.roux", "peft-llama-dora", &["attn.q", "attn.v", "ffn.w2"], (true, true), |s| s.dropout = 0.0);
+    let cases = [
+        peft_roundtrip("tiny.roux", "peft-gpt2", &["attn.q", "attn.v", "attn.o", "ffn.w1", "ffn.w2"], (false, false), |s| s.dropout = 0.0),
+        // The same under rank-stabilised scaling (PEFT's use_rslora): the fused q, v block of rank 6
+        // keeps α/√3 through alpha_pattern √2·α.
+        peft_roundtrip("tiny.roux", "peft-gpt2-rslora", &["attn.q", "attn.v", "ffn.w1"], (true, false), |s| s.dropout = 0.0),
+        // DoRA: the fused block's magnitude covers q and v from the adapter and k's rows with ‖W‖
+        // read from the base export, where PEFT's factor m/‖W‖ must come out as 1.
+        peft_roundtrip("tiny.roux", "peft-gpt2-dora", &["attn.q", "attn.v", "attn.o", "ffn.w1"], (false, true), |s| s.dropout = 0.0),
+        // Llama, grouped-query (k and v have one head's rows), every projection adapted.
+        peft_roundtrip("tiny-llama.roux", "peft-llama", &["attn.q", "attn.k", "attn.v", "attn.o", "ffn.w1", "ffn.w2", "ffn.w3"], (false, false), |s| {
+            s.dropout = 0.0;
+            s.kv_heads = 1;
+        }),
+        peft_roundtrip("tiny-llama.roux", "peft-llama-dora", &["attn.q", "attn.v", "ffn.w2"], (true, true), |s| s.dropout = 0.0),
+    ];
+    assert_python_logits_of(&cases, &format!("{LOAD}\n{PEFT}\n{GRADS}\n{COMPARE}"));
     // Not a LoRA stage: the error says what to do instead.
     let dir = root().join("target/test-runs/peft-gpt2");
     let o = Command::new(env!("CARGO_BIN_EXE_roux")).args(["export", dir.join("run").to_str().unwrap(), "--to", "peft", "-o", dir.join("x").to_str().unwrap()]).output().unwrap();

@@ -35,7 +35,8 @@ pub fn fnv1a(bytes: &[u8]) -> String {
 /// `cap` bytes, or an error naming it. Run directories can be shared or copied from elsewhere;
 /// a FIFO or a huge file there must not hang or exhaust the process.
 pub fn read_capped(path: &Path, cap: u64) -> Result<String> {
-    crate::fsio::read_text(path, cap).map_err(anyhow::Error::msg).with_context(|| format!("reading {}", path.display()))
+    // (Each of fsio's messages begins with the path.)
+    crate::fsio::read_text(path, cap).map_err(anyhow::Error::msg)
 }
 
 /// One tensor of a file `write_streamed` writes.
