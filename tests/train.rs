@@ -771,34 +771,57 @@ fn the_memory_guard_counts_one_micro_batch_as_the_plan_does() {
     assert!(needs[1] < needs[0] / 12, "{needs:?}");
 }
 
+/// A run's peak memory (`ROUX_MALLOC=exact`: the process's memory follows its live tensors) and
+/// what `roux plan` says its stage holds, for `recipe` with `sets`; the run in `dir`.
+fn peak_and_plan(recipe: &std::path::Path, sets: &[String], dir: &std::path::Path) -> (f64, f64) {
+    let args: Vec<String> = sets.iter().flat_map(|s| ["--set".to_string(), s.clone()]).collect();
+    let o = Command::new(env!("CARGO_BIN_EXE_roux")).args(["run", recipe.to_str().unwrap(), "--out", dir.to_str().unwrap()]).args(&args).env("ROUX_QUIET", "1").env("ROUX_MALLOC", "exact").output().unwrap();
+    assert_eq!(o.status.code(), Some(0), "{}", String::from_utf8_lossy(&o.stderr));
+    let report = std::fs::read_dir(dir).unwrap().next().unwrap().unwrap().path().join("pretrain/report.json");
+    let report: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(report).unwrap()).unwrap();
+    let o = roux(&[&["plan", recipe.to_str().unwrap(), "--json"], &args.iter().map(String::as_str).collect::<Vec<_>>()[..]].concat());
+    let plan: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    (report["peak_host_memory_bytes"].as_f64().unwrap(), plan["stages"][0]["memory_bytes"].as_f64().unwrap())
+}
+
+fn with(base: &[&str], more: &[&str]) -> Vec<String> {
+    base.iter().chain(more).map(|s| s.to_string()).collect()
+}
+
 /// Activation checkpointing keeps only each block's input and runs the block again in the
 /// backward pass, its router jitter drawn again from the same generator state: the same weights
-/// to the bit, and the peak memory lower by what `roux plan` says it saves (with
-/// `ROUX_MALLOC=exact` the process's memory follows its live tensors). Without dropout: on the
-/// CPU attention dropout takes the unfused kernel, whose T×T scores the plan does not count.
-/// (Dropout replayed: `posttrain activation_checkpointing_changes_no_stage_s_numbers`.)
+/// to the bit, and the peak memory lower by what `roux plan` says it saves.
 #[test]
 fn activation_checkpointing_trains_the_same_weights_in_the_memory_the_plan_says() {
     let out = scratch("checkpointing-train");
     let recipe = fixture("tiny-ep.roux");
-    let sets = ["lm.layers=6", "lm.d_model=64", "lm.context=256", "corpus.context=256", "pretrain.batch=32", "pretrain.steps=3", "pretrain.eval_every=3", "lm.ffn.router.jitter=0.05"];
-    let args = |on: bool| -> Vec<String> { sets.iter().map(|s| s.to_string()).chain([format!("pretrain.activation_checkpointing={on}")]).flat_map(|s| ["--set".to_string(), s]).collect() };
-    let (mut peak, mut planned) = (vec![], vec![]);
-    for on in [false, true] {
-        let dir = out.join(on.to_string());
-        let o = Command::new(env!("CARGO_BIN_EXE_roux")).args(["run", recipe.to_str().unwrap(), "--out", dir.to_str().unwrap()]).args(args(on)).env("ROUX_QUIET", "1").env("ROUX_MALLOC", "exact").output().unwrap();
-        assert_eq!(o.status.code(), Some(0), "{}", String::from_utf8_lossy(&o.stderr));
-        let report: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(dir.join("ep/pretrain/report.json")).unwrap()).unwrap();
-        peak.push(report["peak_host_memory_bytes"].as_f64().unwrap());
-        let o = roux(&[&["plan", recipe.to_str().unwrap(), "--json"], &args(on).iter().map(String::as_str).collect::<Vec<_>>()[..]].concat());
-        let plan: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
-        planned.push(plan["stages"][0]["memory_bytes"].as_f64().unwrap());
-    }
+    let base = ["lm.layers=6", "lm.d_model=64", "lm.context=256", "corpus.context=256", "pretrain.batch=32", "pretrain.steps=3", "pretrain.eval_every=3", "lm.ffn.router.jitter=0.05"];
+    let (peak, planned): (Vec<f64>, Vec<f64>) = [false, true].iter().map(|on| peak_and_plan(&recipe, &with(&base, &[&format!("pretrain.activation_checkpointing={on}")]), &out.join(on.to_string()))).unzip();
     let weights = |on: bool| std::fs::read(out.join(on.to_string()).join("ep/pretrain/model.safetensors")).unwrap();
     assert!(weights(false) == weights(true), "the weights differ with activation checkpointing");
     let losses = |on: bool| metrics(&out.join(on.to_string()).join("ep/pretrain")).iter().map(|m| m["loss"].as_f64()).collect::<Vec<_>>();
     assert_eq!(losses(false), losses(true));
     let (measured, plan) = (peak[0] - peak[1], planned[0] - planned[1]);
     assert!(plan > 0.5 * planned[0], "the plan saves {plan} of {} bytes", planned[0]);
-    assert!((0.8..1.2).contains(&(measured / plan)), "checkpointing saved {:.1} MiB of peak memory, the plan says {:.1} MiB", measured / 1048576.0, plan / 1048576.0);
+    assert!((0.85..1.15).contains(&(measured / plan)), "checkpointing saved {:.1} MiB of peak memory, the plan says {:.1} MiB", measured / 1048576.0, plan / 1048576.0);
+}
+
+/// On the CPU, attention with dropout runs libtorch's unfused kernel, which keeps the attention
+/// probabilities, the dropout mask and the dropped probabilities (batch × heads × seq² each) in
+/// every layer: the plan counts them (here 197 MiB of 296), and activation checkpointing, with
+/// one block's at a time, saves what it says; the same weights to the bit, dropout replayed.
+#[test]
+fn the_plan_counts_attention_dropout_on_the_cpu_and_what_checkpointing_saves_of_it() {
+    let out = scratch("dropout-memory");
+    let recipe = fixture("tiny.roux");
+    let base = ["lm.layers=4", "lm.d_model=64", "lm.heads=8", "corpus.context=128", "pretrain.batch=32", "pretrain.steps=3", "pretrain.schedule.warmup=1", "pretrain.eval_every=3", "pretrain.eval_batches=1", "pretrain.checkpoint_every=0", "pretrain.device=cpu"];
+    let runs = [("none", with(&base, &["lm.dropout=0"])), ("dropout", with(&base, &["lm.dropout=0.1"])), ("checkpointed", with(&base, &["lm.dropout=0.1", "pretrain.activation_checkpointing=true"]))];
+    let (peak, planned): (Vec<f64>, Vec<f64>) = runs.iter().map(|(name, sets)| peak_and_plan(&recipe, sets, &out.join(name))).unzip();
+    let mib = |b: f64| b / 1048576.0;
+    let (measured, plan) = (peak[1] - peak[0], planned[1] - planned[0]);
+    assert!(plan > 0.5 * planned[1] && (0.9..1.1).contains(&(measured / plan)), "dropout added {:.1} MiB of peak memory, the plan says {:.1} MiB", mib(measured), mib(plan));
+    let (measured, plan) = (peak[1] - peak[2], planned[1] - planned[2]);
+    assert!((0.9..1.1).contains(&(measured / plan)), "checkpointing saved {:.1} MiB of peak memory, the plan says {:.1} MiB", mib(measured), mib(plan));
+    let weights = |name: &str| std::fs::read(out.join(name).join("tiny/pretrain/model.safetensors")).unwrap();
+    assert!(weights("dropout") == weights("checkpointed"), "the weights differ with activation checkpointing");
 }

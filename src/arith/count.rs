@@ -77,6 +77,20 @@ pub fn training_bytes(weights: u64, trainable: u64, g: &ModelGraph, batch: usize
 
 const RUNTIME_BYTES: u64 = 9 << 20;
 
+/// Attention with dropout on the CPU, on top of `activation_bytes`: libtorch's fused CPU kernel
+/// takes no dropout, so the unfused one keeps, in every layer, the attention probabilities, the
+/// dropout mask and the dropped probabilities: 3 floats for each of batch × heads × seq²
+/// (measured with `ROUX_MALLOC=exact`: 575 MiB of 576 predicted at 6 layers × 4 heads × 32 × 256²,
+/// 197 of 192 at 4 × 8 × 32 × 128²). CUDA's fused kernels draw the dropout inside and keep none.
+/// With activation checkpointing (`checkpointed`) one block holds its own at a time.
+pub fn cpu_attention_dropout_bytes(g: &ModelGraph, batch: usize, seq: usize, checkpointed: bool) -> u64 {
+    let per_layer = g.graph.node_weights().filter_map(|op| match &op.kind {
+        OpKind::Attention { heads, dropout, .. } if *dropout > 0.0 => Some(12.0 * batch as f64 * *heads as f64 * (seq as f64).powi(2)),
+        _ => None,
+    });
+    (if checkpointed { per_layer.fold(0.0, f64::max) } else { per_layer.sum() }) as u64
+}
+
 /// What activation checkpointing takes off `activation_bytes`: a block's activations are kept
 /// only while it runs again in the backward pass, one block at a time, so what stays is each
 /// block's input (the residual stream, d floats a token, once for every block and for the last

@@ -2,6 +2,7 @@
 //! Pure arithmetic over the lowered graphs (a model's own arithmetic is in `arith`); no libtorch.
 
 mod frozen;
+mod kernels;
 mod world;
 
 use serde::Serialize;
@@ -36,23 +37,34 @@ pub struct Plan {
     pub stages: Vec<StagePlan>,
 }
 
+/// The plan as `roux plan` prints it: `device = auto` counted as the CPU.
 pub fn plan(r: &Recipe) -> Plan {
+    plan_on(r, false)
+}
+
+/// The plan on a machine where `device = auto` finds a GPU when `gpu`.
+pub fn plan_on(r: &Recipe, gpu: bool) -> Plan {
     let graphs: Vec<ModelGraph> = r.models.iter().map(lower_model).collect();
     // Looked up by name, once per stage: linear in the recipe, however many models it declares.
     let graph_of: HashMap<&str, &ModelGraph> = graphs.iter().map(|g| (g.spec.name.as_str(), g)).collect();
-    let mut first_trained: HashMap<&str, (usize, usize)> = HashMap::new();
+    let mut first_trained: HashMap<&str, (usize, usize, &StageKind)> = HashMap::new();
     for s in &r.stages {
         if let StageKind::Train(t) = &s.kind {
             // (One micro-batch's rows: what a step holds at once.)
-            first_trained.entry(t.model.as_str()).or_insert((t.batch / t.accumulate.max(1), t.context));
+            first_trained.entry(t.model.as_str()).or_insert((t.batch / t.accumulate.max(1), t.context, &s.kind));
         }
     }
     let models: Vec<ModelPlan> = graphs
         .iter()
         .map(|g| {
             // FLOPs and memory at the micro-batch and context of the first stage that trains this model.
-            let (batch, seq) = first_trained.get(g.spec.name.as_str()).copied().unwrap_or((1, g.spec.context));
-            plan_model(g, batch, seq)
+            match first_trained.get(g.spec.name.as_str()) {
+                Some(&(batch, seq, kind)) => {
+                    let p = plan_model(g, batch, seq);
+                    ModelPlan { train_memory_bytes: kernels::as_run(kind, g, batch, seq, p.train_memory_bytes, gpu), ..p }
+                }
+                None => plan_model(g, 1, g.spec.context),
+            }
         })
         .collect();
     let stages = r
@@ -66,8 +78,7 @@ pub fn plan(r: &Recipe) -> Plan {
                 let n = g.params().iter().map(|p| p.numel()).sum();
                 // One micro-batch's activations are held at a time (`accumulate`).
                 let micro = t.batch / t.accumulate.max(1);
-                let saved = if t.activation_checkpointing { checkpointing_saving(g, micro, t.context) } else { 0 };
-                let memory_bytes = train_memory_bytes(g, n, micro, t.context).saturating_sub(saved);
+                let memory_bytes = kernels::as_run(&s.kind, g, micro, t.context, train_memory_bytes(g, n, micro, t.context), gpu);
                 StagePlan { name: s.name.clone(), kind: s.kind.name(), after: s.after.clone(), steps: t.steps, tokens, flops: per_token * tokens_f, trainable: n, memory_bytes }
             }
             StageKind::Isoflop(iso) => {
@@ -85,7 +96,7 @@ pub fn plan(r: &Recipe) -> Plan {
                 let params = r.synthetic.iter().find(|d| d.name == m.data).map_or(0, |d| mixture_params(m, &d.generator));
                 StagePlan { name: s.name.clone(), kind: s.kind.name(), after: s.after.clone(), steps: m.steps, tokens: examples, flops: 6.0 * params as f64 * examples_f, trainable: params, memory_bytes: (20 * params).saturating_add(9 << 20) }
             }
-            _ => posttrain_plan(r, s, &graph_of),
+            _ => posttrain_plan(r, s, &graph_of, gpu),
         })
         .collect();
     Plan { experiment: r.experiment.clone(), models, stages }
@@ -95,7 +106,7 @@ pub fn plan(r: &Recipe) -> Plan {
 /// FLOPs count 6N per trained token (forward and backward; a LoRA stage still back-propagates
 /// through the frozen weights) and 2N per token only run forward (references, reward models,
 /// generation).
-fn posttrain_plan(r: &Recipe, s: &crate::recipe::StageSpec, graph_of: &HashMap<&str, &ModelGraph>) -> StagePlan {
+fn posttrain_plan(r: &Recipe, s: &crate::recipe::StageSpec, graph_of: &HashMap<&str, &ModelGraph>, gpu: bool) -> StagePlan {
     let graph = |arch: &str| graph_of[arch];
     let n_of = |arch: &str| graph(arch).params().iter().map(|p| p.numel()).sum::<u64>();
     let ctx_of = |arch: &str| graph(arch).spec.context as u64;
@@ -103,11 +114,9 @@ fn posttrain_plan(r: &Recipe, s: &crate::recipe::StageSpec, graph_of: &HashMap<&
     // `micro` of a stage's batch at a time (its `accumulate` micro-batches; PPO's and GRPO's
     // scoring passes over a rollout batch run so too, bounding their minibatches' passes).
     let micro = |o: &crate::recipe::Optim| o.batch / o.accumulate.max(1);
-    // (With activation checkpointing, less what it saves.)
-    let checkpointing = s.kind.checkpoints_activations();
     let training = |arch: &str, weights: u64, trainable: u64, seqs: usize| {
-        let saved = if checkpointing { checkpointing_saving(graph(arch), seqs, ctx_of(arch) as usize) } else { 0 };
-        training_bytes(weights, trainable, graph(arch), seqs, ctx_of(arch) as usize).saturating_sub(saved)
+        let (g, seq) = (graph(arch), ctx_of(arch) as usize);
+        kernels::as_run(&s.kind, g, seqs, seq, training_bytes(weights, trainable, g, seqs, seq), gpu)
     };
     let reward_model = |stage: Option<&str>| {
         stage.and_then(|st| r.stage(st)).and_then(|st| match &st.kind {

@@ -6,7 +6,7 @@
 
 use serde::Serialize;
 
-use crate::arith::count::{checkpointing_saving, shard_chunk, training_bytes};
+use crate::arith::count::{shard_chunk, training_bytes};
 use crate::arith::{lower_model, ModelGraph};
 use crate::recipe::{Recipe, StageKind, TrainSpec};
 
@@ -48,16 +48,17 @@ pub struct ProcessPlan {
 }
 
 /// Every train stage of `r` on `world` processes, or the first stage's reason it cannot run so.
+/// (`device = auto` counted as the CPU, as `plan` does.)
 pub fn plan_world(r: &Recipe, world: usize) -> Result<Vec<ProcessPlan>, String> {
     let mut out = vec![];
     for s in &r.stages {
         let StageKind::Train(t) = &s.kind else {
-            out.extend(posttrain_process(r, s, world)?);
+            out.extend(posttrain_process(r, s, world, false)?);
             continue;
         };
         let Some(spec) = r.model(&t.model) else { continue };
         crate::recipe::expert_parallel_fits(&s.name, t.expert_parallel, world)?;
-        let mut p = train_process(&s.name, &lower_model(spec), t, world)?;
+        let mut p = train_process(&s.name, &s.kind, &lower_model(spec), world, false)?;
         p.expert_sent_bytes_per_step = spec.moe.as_ref().filter(|_| t.expert_parallel > 1).map_or(0, |m| expert_bytes(m, spec.d_model, t, world));
         if let Some(limit) = p.device_memory.filter(|l| p.total_bytes > *l) {
             return Err(format!(
@@ -85,7 +86,7 @@ fn decimal(b: u64) -> String {
 /// A post-training stage's process (None for kinds that run whole on every process): the model
 /// it trains, the frozen ones beside it (a reference, a reward model), and its share of each
 /// step's sequences (pairs count twice, judged completions once), at the model's context (an upper bound, as `plan`).
-fn posttrain_process(r: &Recipe, s: &crate::recipe::StageSpec, world: usize) -> Result<Option<ProcessPlan>, String> {
+fn posttrain_process(r: &Recipe, s: &crate::recipe::StageSpec, world: usize, gpu: bool) -> Result<Option<ProcessPlan>, String> {
     let graph = |arch: &str| r.model(arch).map(lower_model);
     let n_of = |g: &ModelGraph| g.params().iter().map(|p| p.numel()).sum::<u64>();
     let rm = |stage: Option<&str>| match stage.and_then(|st| r.stage(st)).map(|st| &st.kind) {
@@ -138,8 +139,7 @@ fn posttrain_process(r: &Recipe, s: &crate::recipe::StageSpec, world: usize) -> 
     // Packed rows add their attention mask (float32, rows × context²), as `plan` counts it.
     let packing = matches!(&s.kind, StageKind::Finetune(f) if f.packing);
     let mask = if packing { (4.0 * seqs as f64 * (g.spec.context as f64).powi(2)) as u64 } else { 0 };
-    let saved = if s.kind.checkpoints_activations() { checkpointing_saving(&g, seqs, g.spec.context) } else { 0 };
-    let activation_bytes = training_bytes(0, 0, &g, seqs, g.spec.context).saturating_sub(saved).saturating_add(mask);
+    let activation_bytes = super::kernels::as_run(&s.kind, &g, seqs, g.spec.context, training_bytes(0, 0, &g, seqs, g.spec.context), gpu).saturating_add(mask);
     // (A bf16 stage holds its frozen weights in 2 bytes.)
     let (weight_bytes, gradient_bytes) = ((4 * (weights + frozen)).saturating_sub(super::frozen::bf16_saving(r, s)), 4 * trainable);
     let total_bytes = total(&[weight_bytes, gradient_bytes, 8 * trainable, 4 * trainable, activation_bytes]);
@@ -176,8 +176,10 @@ fn expert_bytes(m: &crate::recipe::MoeSpec, d_model: usize, t: &TrainSpec, world
     (4.0 * (gather + rows) * (m.layers.len() * t.accumulate) as f64).round() as u64
 }
 
-/// What each of `world` processes holds and sends for train stage `stage` (`ProcessPlan`).
-pub fn train_process(stage: &str, g: &ModelGraph, t: &TrainSpec, world: usize) -> Result<ProcessPlan, String> {
+/// What each of `world` processes holds and sends for train stage `stage` of `kind`
+/// (`ProcessPlan`); `gpu`: whether `device = auto` finds a GPU.
+pub fn train_process(stage: &str, kind: &StageKind, g: &ModelGraph, world: usize, gpu: bool) -> Result<ProcessPlan, String> {
+    let StageKind::Train(t) = kind else { return Err(format!("stage `{stage}` is not a train stage")) };
     let micro = t.micro_batch(stage, world)?;
     let n: u64 = g.params().iter().map(|p| p.numel()).sum();
     let w = world as u64;
@@ -199,8 +201,7 @@ pub fn train_process(stage: &str, g: &ModelGraph, t: &TrainSpec, world: usize) -
     } else {
         (held, 2 * held, held, if w > 1 { total(&[ratio(&[2, w - 1, n - divided], w), experts_sent]) } else { 0 })
     };
-    let saved = if t.activation_checkpointing { checkpointing_saving(g, micro, t.context) } else { 0 };
-    let activation_bytes = training_bytes(0, 0, g, micro, t.context).saturating_sub(saved);
+    let activation_bytes = super::kernels::as_run(kind, g, micro, t.context, training_bytes(0, 0, g, micro, t.context), gpu);
     let (weight_bytes, gradient_bytes) = (4 * buffer, 4 * buffer);
     let total_bytes = total(&[weight_bytes, gradient_bytes, 4 * moments, 4 * other, activation_bytes]);
     Ok(ProcessPlan {

@@ -44,7 +44,8 @@ pub fn run_recipe(recipe: &Recipe, source: &str, out: &Path, only: &[String], op
     let graph = lower_stages(recipe);
     // Names become directories: each must be one plain path component (check says so too).
     let runs = kit::lifecycle::stage_dir(out, &recipe.experiment)?;
-    let plan = crate::plan::plan(recipe);
+    // (`device = auto` as it runs here.)
+    let plan = crate::plan::plan_on(recipe, tch::Cuda::is_available());
     let world = kit::dist::World::from_env()?;
     for stage in graph.order() {
         if !only.is_empty() && !only.contains(&stage.name) {

@@ -53,7 +53,7 @@ pub fn run_model(ctx: &StageCtx, spec: &ModelSpec, t: &TrainSpec) -> Result<()> 
     let plan = plan_model(&graph, t.batch, t.context);
     // On several processes, what each holds (its share of the experts, its slice of the moments).
     // (One micro-batch's activations at a time: `accumulate` lowers the need, as `roux plan` says.)
-    let need = crate::plan::train_process(name, &graph, t, world.size).map_or(plan.train_memory_bytes, |p| p.total_bytes);
+    let need = crate::plan::train_process(name, &ctx.stage.kind, &graph, world.size, device.is_cuda()).map_or(plan.train_memory_bytes, |p| p.total_bytes);
     device::memory_guard(name, need, device, ctx.stage.kind.accumulates())?;
     // Expert parallel: each process holds its own experts only, from the start.
     let experts = world.experts_layout(name, t.expert_parallel)?;
