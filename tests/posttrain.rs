@@ -1491,4 +1491,9 @@ fn activation_checkpointing_changes_no_stage_s_numbers() {
         let losses = |dir: &str| metrics(&stage(dir, s)).iter().map(|m| m["loss"].as_f64()).collect::<Vec<_>>();
         assert_eq!(losses("plain"), losses("checkpointed"), "{s}: the losses differ with activation checkpointing");
     }
+    // Not part of a stage's definition (as how the processes divide the work is not): a run
+    // without it is up to date with it, and one that ran out of memory resumes with it.
+    let o = roux(&[&["run", recipe.to_str().unwrap(), "--out", out.join("plain").to_str().unwrap()], &on.iter().map(String::as_str).collect::<Vec<_>>()[..]].concat());
+    let log = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success() && stages.iter().all(|s| log.contains(&format!("{s}: up to date"))), "{log}");
 }

@@ -13,9 +13,11 @@ use crate::recipe::{MixtureSpec, ModelSpec, Recipe, StageSpec, SyntheticSpec, Tr
 pub fn train(recipe: &Recipe, spec: &ModelSpec, t: &TrainSpec, upstream: Option<&str>) -> String {
     // How the processes divide the work, not what it computes (as the number of processes is
     // not): a run divided one way is reused, or resumed from its whole checkpoints, another way.
+    // So is activation checkpointing (the same numbers to the bit): a run that ran out of memory
+    // resumes with it.
     let mut train = serde_json::to_value(t).unwrap_or_default();
     if let Some(o) = train.as_object_mut() {
-        for layout in ["shard_optimizer", "expert_parallel", "device_memory"] {
+        for layout in ["shard_optimizer", "expert_parallel", "device_memory", "activation_checkpointing"] {
             o.remove(layout);
         }
     }
@@ -37,7 +39,11 @@ pub fn mixture(recipe: &Recipe, m: &MixtureSpec, data: &SyntheticSpec) -> String
 /// A post-training stage: its definition, the data and model declarations it mentions, the
 /// seed, and `upstream`: the output hashes of the stages it runs after, as (stage, hash).
 pub fn posttrain(recipe: &Recipe, stage: &StageSpec, upstream: &[(String, String)]) -> Result<String> {
-    let spec = serde_json::to_value(stage)?;
+    let mut spec = serde_json::to_value(stage)?;
+    // (Activation checkpointing changes no number: as on `train`.)
+    if let Some(opt) = spec.pointer_mut("/opt").and_then(|o| o.as_object_mut()) {
+        opt.remove("activation_checkpointing");
+    }
     let text = spec.to_string();
     let mentions = |name: &str| text.contains(&format!("\"{name}\""));
     let models: Vec<_> = recipe.models.iter().filter(|m| mentions(&m.name)).collect();
