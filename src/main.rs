@@ -179,11 +179,12 @@ enum Command {
     /// Benchmarks measured as ratios in one run: `moe` (64 vs 8 experts vs dense).
     Bench {
         /// `moe`; `transformer` with --config for one line of bench/compare.py's table;
-        /// `generate` (--config) for generation with and without the KV cache; `import` (--recipe)
-        /// for the time and peak memory of importing a recipe's `hf("…")` model.
-        #[arg(value_parser = ["moe", "transformer", "generate", "import"])]
+        /// `generate` (--config) for generation with and without the KV cache; `recompute`
+        /// (--config) for training steps with and without activation checkpointing; `import`
+        /// (--recipe) for the time and peak memory of importing a recipe's `hf("…")` model.
+        #[arg(value_parser = ["moe", "transformer", "generate", "recompute", "import"])]
         which: String,
-        /// tiny | small | medium | switch-8 | switch-64 (with `transformer`, `generate`).
+        /// tiny | small | medium | switch-8 | switch-64 (with `transformer`, `generate`, `recompute`).
         #[arg(long, default_value = "tiny")]
         config: String,
         #[arg(long, default_value_t = 5)]

@@ -156,6 +156,7 @@ pub fn bench(which: &str, config: &str, reps: usize, steps: usize, recipe: Optio
         },
         "moe" => bench::bench_moe(reps.max(1), steps.max(1)).map(|b| show_moe(&b)),
         "generate" => bench::bench_generate(config, reps.max(1)).map(|b| show_generate(&b)),
+        "recompute" => bench::bench_recompute(config, reps.max(1), steps.max(1)).map(|b| show_recompute(&b)),
         _ => bench::bench_config(config, steps.max(1)).map(|v| outln!("{v}")),
     };
     match r {
@@ -180,6 +181,15 @@ fn show_moe(b: &roux::run::tools::bench::MoeBench) {
     outln!("64 vs 8 experts: {:.2}× (target ≤ 1.3×)", t[2] / t[1]);
     outln!("8 experts vs dense of equal active parameters: {:.2}× (target ≤ 1.6×)", t[1] / t[0]);
     outln!("64 experts vs dense: {:.2}×", t[2] / t[0]);
+}
+
+#[cfg(feature = "torch")]
+fn show_recompute(b: &roux::run::tools::bench::RecomputeBench) {
+    let mib = |x: u64| x as f64 / 1048576.0;
+    outln!("roux bench recompute — {} on {}, batch {} × {} tokens, {} interleaved reps × {} steps, median", b.config, b.device, b.batch, b.context, b.reps, b.steps);
+    outln!("  without activation checkpointing {:>9.1} ms/step, activations {:>8.1} MiB (plan)", b.secs[0] * 1e3, mib(b.activation_bytes[0]));
+    outln!("  with activation checkpointing    {:>9.1} ms/step, activations {:>8.1} MiB (plan)", b.secs[1] * 1e3, mib(b.activation_bytes[1]));
+    outln!("  {:.2}× the time (one more forward pass: expect about 1.33×) for {:.2}× the activations", b.secs[1] / b.secs[0], b.activation_bytes[1] as f64 / b.activation_bytes[0].max(1) as f64);
 }
 
 #[cfg(feature = "torch")]

@@ -1,7 +1,8 @@
 //! `roux bench moe`: step time (forward, backward, AdamW) of top-1 Switch layers with 8 and 64
 //! experts of the same size, and of the dense model with the same active parameters, measured
 //! in one run with interleaved repetitions; `roux bench transformer` one configuration of
-//! bench/compare.py's table; `roux bench generate` generation with and without the KV cache.
+//! bench/compare.py's table; `roux bench generate` generation with and without the KV cache;
+//! `roux bench recompute` a configuration's steps with and without activation checkpointing.
 //! Speed goals live here, never in timed tests.
 
 use anyhow::Result;
@@ -73,7 +74,7 @@ impl Case {
         for _ in 0..n {
             self.opt.zero_grad();
             let (loss, _, _) = self.model.loss_parts(&self.x, &self.y, true);
-            loss.backward();
+            self.model.backward(&loss)?;
             self.opt.step(1e-3)?;
         }
         if let Device::Cuda(_) = self.model.device {
@@ -126,6 +127,48 @@ pub fn bench_moe(reps: usize, steps: usize) -> Result<MoeBench> {
         })
         .collect();
     Ok(MoeBench { device: crate::run::kit::device::name(device), threads: tch::get_num_threads(), batch: batch as usize, context: 128, reps, steps, rows })
+}
+
+/// `roux bench recompute`'s measurements: median seconds per step without and with activation
+/// checkpointing, and the activations the plan counts for each.
+pub struct RecomputeBench {
+    pub config: String,
+    pub device: String,
+    pub batch: usize,
+    pub context: usize,
+    pub reps: usize,
+    pub steps: usize,
+    pub secs: [f64; 2],
+    pub activation_bytes: [u64; 2],
+}
+
+pub fn bench_recompute(name: &str, reps: usize, steps: usize) -> Result<RecomputeBench> {
+    let (d, layers, heads, ctx, batch, experts) = config(name).ok_or_else(|| anyhow::anyhow!("unknown config `{name}` (tiny, small, medium, switch-8, switch-64)"))?;
+    let device = tch::Device::cuda_if_available();
+    let s = config_spec(name, d, layers, heads, ctx, experts);
+    let mut cases = [Case::new(&s, device, batch as i64)?, Case::new(&s, device, batch as i64)?];
+    cases[1].model.set_recompute(true);
+    for c in cases.iter_mut() {
+        c.steps(2)?; // warm-up: allocator, kernels
+    }
+    let mut times = [vec![], vec![]];
+    for _ in 0..reps {
+        for (i, c) in cases.iter_mut().enumerate() {
+            times[i].push(c.steps(steps)? / steps as f64);
+        }
+    }
+    let g = &cases[0].model.graph;
+    let all = crate::plan::activation_bytes(g, batch, ctx);
+    Ok(RecomputeBench {
+        config: name.to_string(),
+        device: crate::run::kit::device::name(device),
+        batch,
+        context: ctx,
+        reps,
+        steps,
+        secs: [median(&mut times[0]), median(&mut times[1])],
+        activation_bytes: [all, all.saturating_sub(crate::plan::checkpointing_saving(g, batch, ctx))],
+    })
 }
 
 /// The median of timings (the upper one of an even count), sorting them in place.
