@@ -1479,7 +1479,10 @@ fn activation_checkpointing_changes_no_stage_s_numbers() {
     let on: Vec<String> = stages.iter().flat_map(|s| ["--set".to_string(), format!("{s}.activation_checkpointing=true")]).collect();
     for (dir, extra) in [("plain", vec![]), ("checkpointed", on.iter().map(String::as_str).collect::<Vec<_>>())] {
         let o = roux(&[&["run", recipe.to_str().unwrap(), "--out", out.join(dir).to_str().unwrap()], &extra[..]].concat());
-        assert_eq!(o.status.code(), Some(0), "{dir}: {}", String::from_utf8_lossy(&o.stderr));
+        let log = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(0), "{dir}: {log}");
+        let said = stages.iter().filter(|s| log.contains(&format!("{s}: activation checkpointing: only each block's input is kept, and the block runs again in the backward pass"))).count();
+        assert_eq!(said, if extra.is_empty() { 0 } else { stages.len() }, "{dir}: {log}");
     }
     let stage = |dir: &str, s: &str| out.join(dir).join("tiny-lifecycle").join(s);
     for s in stages {

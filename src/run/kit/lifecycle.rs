@@ -146,6 +146,9 @@ fn lead(ctx: &StageCtx, hash: String, resolved: &Value, steps: u64) -> Result<Op
     if ctx.memory > 0 {
         super::device::memory_guard(label, ctx.memory, super::device::device(ctx.stage.kind.device())?, ctx.stage.kind.accumulates())?;
     }
+    if ctx.stage.kind.checkpoints_activations() {
+        tracing::info!("{label}: activation checkpointing: only each block's input is kept, and the block runs again in the backward pass");
+    }
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     let resume = checkpoint::resume_state(dir, ctx.opts.resume_from)?;
     if let Some(s) = &resume {
