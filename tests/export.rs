@@ -54,7 +54,7 @@ fn roundtrip(fixture: &str, name: &str, want_layout: &str, tweak: impl Fn(&mut r
     // A byte-level model's tokenizer: AutoTokenizer gives the byte ids roux trained on, decodes
     // them back, and its end token (the data's "\n") is inside the vocabulary.
     let script = "import sys\nfrom transformers import AutoTokenizer\nt = AutoTokenizer.from_pretrained(sys.argv[1])\ntext = 'h\\u00e9llo\\nw\\u00f6rld ~ \\u2603'\nids = t.encode(text, add_special_tokens=False)\nassert ids == list(text.encode()), ids\nassert t.decode(ids) == text\nassert t.eos_token_id == 10 and len(t) == 256, (t.eos_token_id, len(t))\nprint('ok')";
-    let o = Command::new("python").args(["-c", script, hf.to_str().unwrap()]).output().unwrap();
+    let o = common::python(script, &[hf.to_str().unwrap()]);
     assert!(o.status.success(), "{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
 }
 
@@ -73,27 +73,15 @@ const GRADS: &str = r#"if d["grads"]:
 const COMPARE: &str = "with torch.no_grad():\n    out = m(torch.tensor([d[\"tokens\"]])).logits.double().flatten()\nours = torch.tensor(d[\"logits\"], dtype=torch.float64)\nprint(f\"{type(m).__name__} max |Δlogit| = {(out - ours).abs().max().item():.3e} over {ours.numel()} logits\")";
 
 /// Run `script` with the project venv's Python (scripts/env.sh puts it first on PATH; the test
-/// command installs transformers and peft into it) on `model` and `dir`/roux.json; its logits
-/// must be roux's within 1e-4.
+/// command installs transformers and peft into it; `common::python`: one process for the file)
+/// on `model` and `dir`/roux.json; its logits must be roux's within 1e-4.
 fn assert_python_logits(name: &str, script: &str, model: &Path, dir: &Path) {
-    assert_python_logits_of(&[(name.to_string(), model.to_path_buf(), dir.to_path_buf())], script);
-}
-
-/// `assert_python_logits` for several (name, model, dir) in one Python process: its imports
-/// (torch, transformers, peft) take seconds, once.
-fn assert_python_logits_of(cases: &[(String, PathBuf, PathBuf)], script: &str) {
-    let each = "import sys\nbody, args = sys.argv[1], sys.argv[2:]\nfor i in range(0, len(args), 3):\n    print('=== ' + args[i], flush=True)\n    sys.argv = ['-c', args[i + 1], args[i + 2]]\n    exec(body, {})";
-    let args: Vec<String> = cases.iter().flat_map(|(n, m, d)| [n.clone(), m.display().to_string(), d.join("roux.json").display().to_string()]).collect();
-    let o = Command::new("python").args(["-c", each, script]).args(&args).output().expect("python on PATH (source scripts/env.sh)");
+    let o = common::python(script, &[model.to_str().unwrap(), dir.join("roux.json").to_str().unwrap()]);
     let out = String::from_utf8_lossy(&o.stdout).to_string();
     assert!(o.status.success(), "python failed:\n{out}\n{}", String::from_utf8_lossy(&o.stderr));
-    let sections: Vec<&str> = out.split("=== ").skip(1).collect();
-    assert_eq!(sections.len(), cases.len(), "{out}");
-    for (section, (name, _, _)) in sections.iter().zip(cases) {
-        let diff: f64 = section.rsplit("= ").next().and_then(|s| s.split_whitespace().next()).and_then(|s| s.parse().ok()).unwrap_or(f64::INFINITY);
-        eprintln!("{section}");
-        assert!(section.starts_with(name.as_str()) && diff < 1e-4, "{section}");
-    }
+    let diff: f64 = out.rsplit("= ").next().and_then(|s| s.split_whitespace().next()).and_then(|s| s.parse().ok()).unwrap_or(f64::INFINITY);
+    eprintln!("{name}: {out}");
+    assert!(diff < 1e-4, "{out}");
 }
 
 #[test]
@@ -180,7 +168,9 @@ fn a_lora_stage_exports_as_a_peft_adapter_with_the_same_logits() {
         }),
         peft_roundtrip("tiny-llama.roux", "peft-llama-dora", &["attn.q", "attn.v", "ffn.w2"], (true, true), |s| s.dropout = 0.0),
     ];
-    assert_python_logits_of(&cases, &format!("{LOAD}\n{PEFT}\n{GRADS}\n{COMPARE}"));
+    for (name, adapter, dir) in &cases {
+        assert_python_logits(name, &format!("{LOAD}\n{PEFT}\n{GRADS}\n{COMPARE}"), adapter, dir);
+    }
     // Not a LoRA stage: the error says what to do instead.
     let dir = root().join("target/test-runs/peft-gpt2");
     let o = Command::new(env!("CARGO_BIN_EXE_roux")).args(["export", dir.join("run").to_str().unwrap(), "--to", "peft", "-o", dir.join("x").to_str().unwrap()]).output().unwrap();
@@ -237,6 +227,6 @@ fn a_reward_model_exports_as_sequence_classification_with_the_same_scores() {
     // Every family's classifier class is one transformers has; the one it lacks (OLMoE) is refused.
     let classes: Vec<(String, bool)> = roux::hf::config::SUPPORTED.iter().map(|(n, f)| roux::hf::emit::classifier_class(*f).map_or((n.replace("ForCausalLM", "ForSequenceClassification"), false), |c| (c, true))).collect();
     let script = format!("import json, transformers\nfor name, known in json.loads({:?}):\n    assert hasattr(transformers, name) == known, name", serde_json::to_string(&classes).unwrap());
-    let o = Command::new("python").args(["-c", &script]).output().unwrap();
+    let o = common::python(&script, &[]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
 }

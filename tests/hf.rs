@@ -112,14 +112,22 @@ fn assert_export_roundtrip(dir: &Path, model: &roux::run::model::Model, class: &
         assert_eq!(config.get(key), original.get(key), "{key}");
     }
     // And transformers, reading the config roux wrote, computes the checkpoint's logits.
+    let (theirs, gap) = transformers_logits(&out, &dir.join("ck/expected.json"));
+    eprintln!("transformers on roux's export: {theirs}, max |Δlogit| = {gap:.3e}");
+    assert!(theirs == class && gap < 1e-4, "transformers on roux's export: {theirs}, logits differ by {gap:.3e}");
+}
+
+/// transformers' class for the checkpoint in `model` and the largest |Δlogit| against the logits
+/// in `expected` (its prompts).
+fn transformers_logits(model: &Path, expected: &Path) -> (String, f64) {
     let script = "import json, sys, torch\nfrom transformers import AutoModelForCausalLM\n\
         m = AutoModelForCausalLM.from_pretrained(sys.argv[1], dtype=torch.float32).eval()\n\
         e = json.load(open(sys.argv[2]))\n\
         with torch.no_grad():\n    gap = max((m(torch.tensor([p])).logits[0].double().flatten() - torch.tensor(l, dtype=torch.float64)).abs().max().item() for p, l in zip(e['prompts'], e['logits']))\n\
-        print(f'{type(m).__name__} {gap:.3e}')\nassert gap < 1e-4, gap";
-    let o = Command::new("python").args(["-c", script, out.to_str().unwrap(), dir.join("ck/expected.json").to_str().unwrap()]).output().unwrap();
+        print(json.dumps([type(m).__name__, gap]))";
+    let o = common::python(script, &[model.to_str().unwrap(), expected.to_str().unwrap()]);
     assert!(o.status.success(), "transformers on roux's export: {}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
-    assert!(String::from_utf8_lossy(&o.stdout).starts_with(class), "{}", String::from_utf8_lossy(&o.stdout));
+    serde_json::from_str(String::from_utf8_lossy(&o.stdout).trim()).unwrap()
 }
 
 fn import(name: &str, class: &str) {
@@ -227,7 +235,7 @@ fn an_imported_model_post_trains_on_its_own_tokenizers_ids() {
     // Prompt and response are encoded apart (as torchtune encodes messages), in training and in
     // generation alike: the response's first token does not merge with the template's last.
     let script = "import sys\nfrom tokenizers import Tokenizer\nt = Tokenizer.from_file(sys.argv[1])\ne = lambda s: t.encode(s, add_special_tokens=False).ids\nprint(e('Q: reverse abcd\\nA: ') + e('dcba'), t.token_to_id('<|im_end|>'))";
-    let o = Command::new("python").args(["-c", script, dir.join("ck/tokenizer.json").to_str().unwrap()]).output().unwrap();
+    let o = common::python(script, &[dir.join("ck/tokenizer.json").to_str().unwrap()]);
     let theirs = String::from_utf8_lossy(&o.stdout).to_string();
     let mut ours = codec.prompt("reverse abcd");
     ours.extend(codec.encode("dcba"));
@@ -279,7 +287,7 @@ prompt = t.apply_chat_template(chat[:3], tokenize=False, add_generation_prompt=T
 ids = lambda s: t(s, add_special_tokens=False).input_ids
 print(json.dumps({"chat": chat, "ids": ids(text), "pair": ids(prompt + "ed<|im_end|>\n"), "prompt": ids(prompt), "apart": ids(prompt) + ids("ed<|im_end|>\n")}))
 "#;
-    let o = Command::new("python").args(["-c", script, ck.to_str().unwrap()]).output().unwrap();
+    let o = common::python(script, &[ck.to_str().unwrap()]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let theirs: serde_json::Value = serde_json::from_str(String::from_utf8_lossy(&o.stdout).trim()).unwrap();
     let want = |k: &str| -> Vec<i64> { theirs[k].as_array().unwrap().iter().map(|x| x.as_i64().unwrap()).collect() };
@@ -329,7 +337,7 @@ fn prompts_start_with_the_tokenizers_own_leading_special_tokens() {
     let recipe = c.recipe.unwrap_or_else(|| panic!("{:?}", c.diagnostics.iter().map(|d| &d.message).collect::<Vec<_>>()));
     let codec = roux::run::kit::codec::Codec::new(&recipe, recipe.example_set("instr").unwrap()).unwrap();
     let script = "import sys\nfrom transformers import PreTrainedTokenizerFast\nt = PreTrainedTokenizerFast(tokenizer_file=sys.argv[1])\nprint(t('Q: reverse abcd\\nA: ').input_ids + t('dcba', add_special_tokens=False).input_ids)";
-    let o = Command::new("python").args(["-c", script, path.to_str().unwrap()]).output().unwrap();
+    let o = common::python(script, &[path.to_str().unwrap()]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let mut ours = codec.prompt("reverse abcd");
     assert_eq!(ours[0], bos.as_i64().unwrap(), "the prompt starts with the tokenizer's leading special token");
@@ -406,7 +414,7 @@ for name, kw in [("penalised", {}), ("plain", {"repetition_penalty": 1.0})]:
     out[name] = sys.argv[2] + tok.decode(y, skip_special_tokens=False)
 print(json.dumps(out))
 "#;
-    let o = Command::new("python").args(["-c", script, dir.join("ck").to_str().unwrap(), prompt]).output().unwrap();
+    let o = common::python(script, &[dir.join("ck").to_str().unwrap(), prompt]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let theirs: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     // (generate stops at the end-of-sequence token, roux's plain sampling does not: a prefix.)
@@ -551,7 +559,7 @@ fn a_recipe_names_the_chat_template_of_a_base_model_without_one() {
     assert_eq!(std::fs::read_to_string(exported.join("chat_template.jinja")).unwrap(), zephyr);
     let chat = r#"[{"role": "user", "content": "reverse abc"}, {"role": "assistant", "content": "cba"}]"#;
     let script = "import json, sys\nfrom transformers import AutoTokenizer\nt = AutoTokenizer.from_pretrained(sys.argv[1])\nprint(json.dumps(t.apply_chat_template(json.loads(sys.argv[2]), tokenize=False)))";
-    let o = Command::new("python").args(["-c", script, exported.to_str().unwrap(), chat]).output().unwrap();
+    let o = common::python(script, &[exported.to_str().unwrap(), chat]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let theirs: String = serde_json::from_str(String::from_utf8_lossy(&o.stdout).trim()).unwrap();
     let template: roux::recipe::ChatTemplate = serde_json::from_value(resolved["chat_template"].clone()).unwrap();
@@ -622,7 +630,7 @@ print((out - torch.tensor(d["logits"], dtype=torch.float64)).abs().max().item())
     let trained: roux::recipe::ChatTemplate = serde_json::from_value(serde_json::from_str::<serde_json::Value>(&std::fs::read_to_string(dir.join("runs/lora/sft/resolved.json")).unwrap()).unwrap()["chat_template"].clone()).unwrap();
     let chat = roux::posttrain::chat::Renderer::new(&trained).unwrap().render(&[roux::posttrain::chat::Message::new("user", "hi")], &Default::default(), false).unwrap();
     std::fs::write(dir.join("roux.json"), serde_json::json!({"tokens": tokens, "logits": logits, "chat": chat}).to_string()).unwrap();
-    let o = Command::new("python").args(["-c", script, adapter.to_str().unwrap(), dir.join("roux.json").to_str().unwrap()]).output().unwrap();
+    let o = common::python(script, &[adapter.to_str().unwrap(), dir.join("roux.json").to_str().unwrap()]);
     let out = String::from_utf8_lossy(&o.stdout).to_string();
     assert!(o.status.success(), "{out}{}", String::from_utf8_lossy(&o.stderr));
     let gap: f64 = out.trim().parse().unwrap();
@@ -690,7 +698,7 @@ fn an_imported_model_continues_pretraining_on_text_through_its_tokenizer() {
     // The ids roux trained on are what `tokenizers` in Python makes of the training split.
     let corpus = roux::run::kit::data::Corpus::load(&r.data[0], &run, Some(&dir.join("ck"))).unwrap();
     let script = "import sys\nfrom tokenizers import Tokenizer\nt = Tokenizer.from_file(sys.argv[1])\ns = open(sys.argv[2], encoding='utf-8').read()\nprint(t.encode(s[:int(len(s.encode()) * 0.9)], add_special_tokens=False).ids[:200])";
-    let o = Command::new("python").args(["-c", script, dir.join("ck/tokenizer.json").to_str().unwrap(), dir.join("corpus.txt").to_str().unwrap()]).output().unwrap();
+    let o = common::python(script, &[dir.join("ck/tokenizer.json").to_str().unwrap(), dir.join("corpus.txt").to_str().unwrap()]);
     let theirs: Vec<u32> = serde_json::from_str(String::from_utf8_lossy(&o.stdout).trim()).unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&o.stderr)));
     assert_eq!(&corpus.train[..200], &theirs[..], "roux's corpus ids are the tokenizer's");
     let bytes: Vec<u32> = text.bytes().take(200).map(u32::from).collect();
@@ -735,7 +743,7 @@ eos = GenerationConfig.from_pretrained(sys.argv[1]).eos_token_id
 eos = eos[0] if isinstance(eos, list) else eos
 print(json.dumps([i for line in open(sys.argv[2], encoding="utf-8") for i in t(json.loads(line)["text"]).input_ids + [eos]]))
 "#;
-    let o = Command::new("python").args(["-c", script, dir.join("ck").to_str().unwrap(), dir.join("docs.jsonl").to_str().unwrap()]).output().unwrap();
+    let o = common::python(script, &[dir.join("ck").to_str().unwrap(), dir.join("docs.jsonl").to_str().unwrap()]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let theirs: Vec<u32> = serde_json::from_str(String::from_utf8_lossy(&o.stdout).trim()).unwrap();
     assert_eq!(corpus.train[0] as i64, bos.as_i64().unwrap(), "a document starts with the tokenizer's leading special token");
@@ -839,3 +847,15 @@ fn an_imported_mixtral_trains_with_its_experts_divided_as_one_process_trains_it(
     }
 }
 
+
+/// The shared Python process (`common::python`) fails a check that fails: the checks above prove
+/// nothing otherwise.
+#[test]
+fn the_shared_python_process_reports_what_a_script_prints_and_how_it_ends() {
+    let ok = common::python("import sys\nprint(sys.argv[1:])", &["a", "b"]);
+    assert!(ok.status.success() && String::from_utf8_lossy(&ok.stdout) == "['a', 'b']\n", "{ok:?}");
+    let failed = common::python("assert 1 + 1 == 3, 'arithmetic'", &[]);
+    assert!(!failed.status.success() && String::from_utf8_lossy(&failed.stderr).contains("AssertionError: arithmetic"), "{failed:?}");
+    assert!(!common::python("import sys\nsys.exit(2)", &[]).status.success());
+    assert!(common::python("import sys\nsys.exit(0)", &[]).status.success());
+}

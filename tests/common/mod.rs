@@ -75,3 +75,50 @@ pub fn weight_difference(a: &[(String, tch::Tensor)], b: &[(String, tch::Tensor)
     });
     worst.fold(0.0, f64::max)
 }
+
+/// `python -c SCRIPT ARGS…` as `Command::output` gives it, run by one Python process that every
+/// test of the binary shares: importing torch and transformers takes seconds, paid once. Each
+/// script runs with fresh globals and `sys.argv` = ["-c", ARGS…]; what it prints is its stdout,
+/// an exception (traceback on its stderr) or `sys.exit(n ≠ 0)` a failure.
+pub fn python(script: &str, args: &[&str]) -> Output {
+    use std::io::{BufRead, Write};
+    use std::os::unix::process::ExitStatusExt;
+    type Server = (std::process::ChildStdin, std::io::BufReader<std::process::ChildStdout>);
+    static SERVER: std::sync::Mutex<Option<Server>> = std::sync::Mutex::new(None);
+    // The reply is one line after a marker, so that what a library writes to the process's own
+    // stdout (beside `print`, which is captured) cannot be taken for it.
+    const MARK: &str = "\u{1}roux-python-reply ";
+    const SERVE: &str = "import contextlib, io, json, sys, traceback\n\
+        for line in sys.stdin:\n\
+        \x20   request = json.loads(line)\n\
+        \x20   out, err, ok = io.StringIO(), io.StringIO(), True\n\
+        \x20   sys.argv = ['-c'] + request[1:]\n\
+        \x20   with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):\n\
+        \x20       try:\n\
+        \x20           exec(request[0], {'__name__': '__main__'})\n\
+        \x20       except SystemExit as e:\n\
+        \x20           ok = e.code in (None, 0)\n\
+        \x20       except BaseException:\n\
+        \x20           ok = False\n\
+        \x20           traceback.print_exc()\n\
+        \x20   sys.__stdout__.write('\\x01roux-python-reply ' + json.dumps([ok, out.getvalue(), err.getvalue()]) + '\\n')\n\
+        \x20   sys.__stdout__.flush()";
+    // (A test that failed while holding it leaves the server as it was: still usable.)
+    let mut server = SERVER.lock().unwrap_or_else(|e| e.into_inner());
+    let (stdin, stdout) = server.get_or_insert_with(|| {
+        let mut child = Command::new("python").args(["-c", SERVE]).stdin(std::process::Stdio::piped()).stdout(std::process::Stdio::piped()).spawn().expect("python on PATH (source scripts/env.sh)");
+        (child.stdin.take().unwrap(), std::io::BufReader::new(child.stdout.take().unwrap()))
+    });
+    let request: Vec<&str> = std::iter::once(script).chain(args.iter().copied()).collect();
+    writeln!(stdin, "{}", serde_json::to_string(&request).unwrap()).expect("the Python process is running");
+    let mut noise = String::new();
+    loop {
+        let mut line = String::new();
+        assert!(stdout.read_line(&mut line).unwrap() > 0, "the Python process ended:\n{noise}");
+        if let Some(reply) = line.strip_prefix(MARK) {
+            let (ok, out, err): (bool, String, String) = serde_json::from_str(reply).unwrap();
+            return Output { status: std::process::ExitStatus::from_raw(if ok { 0 } else { 1 << 8 }), stdout: format!("{noise}{out}").into_bytes(), stderr: err.into_bytes() };
+        }
+        noise.push_str(&line);
+    }
+}
