@@ -354,6 +354,19 @@ fn every_stage_kind_runs_under_two_processes() {
     assert!(differences(&every, &whole).0 > 1e-6, "the entropy quantile changed no loss: {:?} vs {:?}", every.0, whole.0);
     let (loss, weights) = differences(&whole, &micro);
     assert!(loss < 1e-5 && weights < 1e-5, "gr with top_entropy_quantile, accumulate = 2 vs 1 on 2 processes: losses differ by {loss:e}, weights by {weights:e}");
+    // RLOO with its advantages standardised over both processes' completions (summed across
+    // them): the same steps in 1 or 2 micro-batches, and other steps than GRPO's.
+    let rloo = |k: &str| {
+        let set = ["gr.reward=length", "gr.loss=rloo", "gr.scale_rewards=batch", &format!("gr.accumulate={k}")].map(|s| s.to_string());
+        let args: Vec<&str> = ["--nproc", "2"].into_iter().chain(set.iter().flat_map(|s| ["--set", s.as_str()])).collect();
+        let log = run("two", &args);
+        assert!(log.contains("gr: RLOO on prompts of `instr`: 3 steps × 4 prompts (each of 2 processes answers 2) × 4 responses"), "{log}");
+        result(&stage("two", "gr"))
+    };
+    let (whole, micro) = (rloo("1"), rloo("2"));
+    assert!(differences(&every, &whole).1 > 1e-6, "RLOO trained GRPO's weights");
+    let (loss, weights) = differences(&whole, &micro);
+    assert!(loss < 1e-5 && weights < 1e-5, "gr with RLOO, accumulate = 2 vs 1 on 2 processes: losses differ by {loss:e}, weights by {weights:e}");
 }
 
 /// The dropped fraction of each MoE layer at every logged step.

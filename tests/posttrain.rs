@@ -611,6 +611,58 @@ fn grpo_loss_by_hand() {
     assert_eq!(quantile(&mut [], 0.5), None);
 }
 
+/// RLOO (`loss = rloo`) as TRL's RLOOTrainer computes it: leave-one-out advantages, the KL to the
+/// reference summed over each completion and taken off its reward, one clipped ratio per completion.
+#[test]
+fn rloo_by_hand() {
+    use roux::recipe::GrpoLoss;
+    use roux::run::kit::losses::{grpo_loss, rloo_advantages, sequence_k1, GrpoTerms};
+    let close_all = |got: &[f64], want: &[f64]| {
+        assert_eq!(got.len(), want.len());
+        for (g, w) in got.iter().zip(want) {
+            assert!((g - w).abs() < 1e-6, "{got:?} vs {want:?}");
+        }
+    };
+    // Rewards (1, 0, 0, 1): each baseline is the mean of the other three, 1/3 or 2/3.
+    close_all(&rloo_advantages(&[1.0, 0.0, 0.0, 1.0], 4), &[2.0 / 3.0, -2.0 / 3.0, -2.0 / 3.0, 2.0 / 3.0]);
+    // Pairs: the other completion is the baseline; equal rewards give nothing.
+    close_all(&rloo_advantages(&[0.3, 0.3, 1.0, 0.0], 2), &[0.0, 0.0, 1.0, -1.0]);
+    // Groups of 3, rewards (3, 0, 6): baselines 3, 4.5 and 1.5.
+    close_all(&rloo_advantages(&[3.0, 0.0, 6.0], 3), &[0.0, -4.5, 4.5]);
+    let t = |v: &[f64]| Tensor::from_slice(v).to_kind(Kind::Float).view([4, 2]);
+    let old = t(&[-1.0, -2.0, -1.0, -1.0, -3.0, -2.0, -1.0, -1.0]);
+    let logp = t(&[-1.0, -2.0 + 1.5f64.ln(), -1.0 + 0.5f64.ln(), -1.0, -3.0, -2.0, -1.0 + 1.1f64.ln(), -1.0]);
+    let reference = &old + t(&[2.0f64.ln(), 1.5f64.ln(), -2.0f64.ln(), 5.0, 0.0, 0.0, 1.1f64.ln(), 0.0]);
+    let mask = t(&[1.0, 1.0, 1.0, 0.0, 1.0, 1.0, 1.0, 1.0]);
+    // KL per completion, Σ log π_old − log π_ref over its tokens: −ln 3, ln 2 (the masked 5 not
+    // counted), 0, −ln 1.1.
+    close_all(&sequence_k1(&old, &reference, &mask), &[-3f64.ln(), 2f64.ln(), 0.0, -1.1f64.ln()]);
+    // Ratios per completion: exp(Σ log π − log π_old) = 1.5, 0.5, 1, 1.1. With A = (2/3)(1, −1,
+    // −1, 1) and clip 0.2: −min(ρA, clip(ρ)A) = −0.8 (1.5 clipped to 1.2), 0.8·2/3 (0.5 clipped to
+    // 0.8), 2/3, −1.1·2/3: mean −1/12, half the completions clipped. Clip-higher 0.28: 1.28 for
+    // the first, mean (−1.28 + 0.8 + 1 − 1.1)·(2/3)/4 = −0.58/6.
+    let adv = Tensor::from_slice(&rloo_advantages(&[1.0, 0.0, 0.0, 1.0], 4)).to_kind(Kind::Float);
+    for (high, want) in [(0.2, -1.0 / 12.0), (0.28, -0.58 / 6.0)] {
+        let terms = GrpoTerms { clip: (0.2, high), beta: 0.05, norm: GrpoLoss::Rloo, max_new: 4, tokens: 7.0, sequence: false, delta: None };
+        let (loss, clipped, kl) = grpo_loss(&logp, &old, Some(&reference), &adv, &mask, None, &terms);
+        assert!((loss.double_value(&[]) - want).abs() < 1e-6, "clip high {high}: {} vs {want}", loss.double_value(&[]));
+        assert!((clipped.double_value(&[]) - 0.5).abs() < 1e-6, "{}", clipped.double_value(&[]));
+        // The KL is in the reward, not the loss (β = 0.05 changed nothing above); logged as the
+        // mean k1 per response token, (−ln 3 + ln 2 − ln 1.1)/7.
+        let k1 = (-3f64.ln() + 2f64.ln() - 1.1f64.ln()) / 7.0;
+        assert!((kl.double_value(&[]) - k1).abs() < 1e-6, "{} vs {k1}", kl.double_value(&[]));
+    }
+    // The gradient at ρ = 1 is REINFORCE's with the leave-one-out baseline: −A_i/B on each of
+    // completion i's response-token log-probabilities.
+    let lp = old.copy().set_requires_grad(true);
+    let terms = GrpoTerms { clip: (0.2, 0.2), beta: 0.0, norm: GrpoLoss::Rloo, max_new: 4, tokens: 7.0, sequence: false, delta: None };
+    grpo_loss(&lp, &old, None, &adv, &mask, None, &terms).0.backward();
+    let a = 2.0 / 3.0 / 4.0;
+    let want: [f64; 8] = [-a, -a, a, 0.0, a, a, -a, -a];
+    let got = Vec::<f64>::try_from(&lp.grad().to_kind(Kind::Double).view([-1])).unwrap();
+    assert!(got.iter().zip(want).all(|(g, w)| (g - w).abs() < 1e-6), "{got:?} vs {want:?}");
+}
+
 /// The GRPO stage's check errors, message and hint pinned.
 #[test]
 fn grpo_configuration_errors_say_what_and_how() {
@@ -697,6 +749,24 @@ fn grpo_follows_its_reward_and_resumes_exactly_after_a_kill() {
     let (first, last) = (&m[..6], &m[m.len() - 6..]);
     assert!(mean(last, "reward") > mean(first, "reward"), "GSPO: reward {} → {}", mean(first, "reward"), mean(last, "reward"));
     assert!(mean(&m, "clip_fraction") > 0.0, "GSPO never clipped");
+
+    // RLOO (TRL's RLOOTrainer): leave-one-out baselines, the KL taken off the reward, one ratio per
+    // completion. Its KL is logged as TRL logs it (k1 per token: zero only on the first step, whose
+    // policy is the reference), and it follows the reward too.
+    let rloo = scratch("grpo-rloo");
+    let text = std::fs::read_to_string(&recipe).unwrap().replace("../../data/", "../../../data/").replace("    beta = 0.04
+", "    beta = 0.05
+    loss = rloo
+");
+    std::fs::write(rloo.join("r.roux"), text).unwrap();
+    let log = run_ok(&rloo.join("r.roux"), &rloo);
+    let said = "rl: RLOO on prompts of `instr`: 24 steps × 4 prompts × 4 responses, β = 0.05 (β·KL taken off each completion's reward), RLOO's leave-one-out baselines, one ratio per completion, advantages unscaled";
+    assert!(log.contains(said), "{log}");
+    let m = common::metrics(&rloo.join("tiny-grpo/rl"));
+    let (first, last) = (&m[..6], &m[m.len() - 6..]);
+    assert!(mean(last, "reward") > mean(first, "reward"), "RLOO: reward {} → {}", mean(first, "reward"), mean(last, "reward"));
+    assert_eq!(m[0]["kl"].as_f64(), Some(0.0), "{}", m[0]);
+    assert!(m[1..].iter().all(|r| r["kl"].as_f64().unwrap() != 0.0), "RLOO's KL stayed zero");
 }
 
 /// `patience = N` on post-training stages: the stage stops once N evaluations in a row bring no

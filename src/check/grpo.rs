@@ -31,16 +31,17 @@ impl<'a> Checker<'a> {
         let epochs = f.size(self, "epochs", Some(1));
         let temperature = f.positive(self, "temperature", Some(1.0));
         let filters = self.rollout_filters(&mut f);
-        let loss = f.sym(self, "loss", &["grpo", "dr_grpo", "dapo"], Some("grpo"));
+        let loss = f.sym(self, "loss", &["grpo", "dr_grpo", "dapo", "rloo"], Some("grpo"));
         let scale = f.optional(self, "scale_rewards", |f, ck| f.sym(ck, "scale_rewards", &["group", "batch", "none"], None));
-        let level = f.sym(self, "importance_sampling", &["token", "sequence"], Some("token"));
+        let level = f.optional(self, "importance_sampling", |f, ck| f.sym(ck, "importance_sampling", &["token", "sequence"], None));
         let mask_truncated = f.bool(self, "mask_truncated", false);
         let lora = self.adapter_key(&mut f, policy.as_ref());
         let eval = self.eval_keys(&mut f);
         let (group_span, reward_span, new_span) = (f.value_span("group"), f.value_span("reward"), f.value_span("max_new"));
+        let rloo = loss == Some("rloo");
+        let mut ok = !rloo || self.rloo_keys(&f, group, [quantile.map(|q| q.is_some()), level.map(|l| l.is_some())], scale);
         f.finish(self);
         let (opt, group, reward, prompts, (eval_examples, max_new)) = (opt?, group? as usize, reward?, prompts?, eval?);
-        let mut ok = true;
         if opt.batch % group != 0 {
             self.error(
                 Diagnostic::error(Code::E0227, group_span, format!("a batch of {} completions is not a whole number of groups of {group}", opt.batch))
@@ -70,6 +71,7 @@ impl<'a> Checker<'a> {
         let loss = match loss? {
             "dr_grpo" => GrpoLoss::DrGrpo,
             "dapo" => GrpoLoss::Dapo,
+            "rloo" => GrpoLoss::Rloo,
             _ => GrpoLoss::Grpo,
         };
         let scale_rewards = scale?.map(|s| match s {
@@ -77,9 +79,42 @@ impl<'a> Checker<'a> {
             "none" => RewardScale::None,
             _ => RewardScale::Group,
         });
-        let importance_sampling = if level? == "sequence" { ImportanceSampling::Sequence } else { ImportanceSampling::Token };
+        let importance_sampling = if level? == Some("sequence") { ImportanceSampling::Sequence } else { ImportanceSampling::Token };
         let spec = GrpoSpec { policy: policy?, prompts: prompts.name, opt, group, reward, beta: beta?, clip: clip?, clip_high: clip_high?, delta: delta?, top_entropy_quantile: quantile?.filter(|&q| q < 1.0), epochs: epochs?, max_new, temperature: temperature?, filters: filters?, loss, scale_rewards, lora: lora?, eval_examples, importance_sampling, mask_truncated: mask_truncated? };
         Some(self.stage_spec(d, StageKind::Grpo(spec)))
+    }
+
+    /// `loss = rloo`: a group of at least 2 (a leave-one-out baseline needs another completion;
+    /// E0227), and none of GRPO's per-token options (E0246): `top_entropy_quantile`,
+    /// `importance_sampling` (RLOO's ratio is always one per completion) and
+    /// `scale_rewards = group`. `given` says whether each of the first two was written.
+    fn rloo_keys(&mut self, f: &super::fields::Fields<'a>, group: Option<u64>, given: [Option<bool>; 2], scale: Option<Option<&str>>) -> bool {
+        let mut ok = true;
+        if group == Some(1) {
+            self.error(
+                Diagnostic::error(Code::E0227, f.value_span("group"), "RLOO's baseline for a completion is the mean reward of the other completions of its prompt, and a group of 1 has none")
+                    .with_hint("use `group = 2` or more (TRL's RLOOTrainer samples 2 by default)"),
+            );
+            ok = false;
+        }
+        let per_token = [("top_entropy_quantile", "picks the tokens that carry a per-token policy term"), ("importance_sampling", "chooses between GRPO's per-token and GSPO's per-completion ratio")];
+        for ((key, what), given) in per_token.into_iter().zip(given) {
+            if given == Some(true) {
+                self.error(
+                    Diagnostic::error(Code::E0246, f.key_span(key), format!("`{key}` {what} and has no meaning for `loss = rloo`"))
+                        .with_hint("RLOO's ratio is one per completion, exp of the sum of its tokens' log π − log π_old, clipped as one"),
+                );
+                ok = false;
+            }
+        }
+        if scale == Some(Some("group")) {
+            self.error(
+                Diagnostic::error(Code::E0246, f.value_span("scale_rewards"), "`scale_rewards = group` has no meaning for `loss = rloo`")
+                    .with_hint("RLOO's advantages are unscaled (`none`, the default) or standardised over the step (`batch`, TRL's `normalize_advantages`)"),
+            );
+            ok = false;
+        }
+        ok
     }
 
     /// `exact_match + 0.5 * format - 0.1 * length + reward_model(rm.model)`: a weighted sum of

@@ -84,7 +84,7 @@ impl ImportanceSampling {
 impl GrpoSpec {
     /// The advantages' scale: the recipe's, else the group's standard deviation (none for Dr. GRPO).
     pub fn reward_scale(&self) -> RewardScale {
-        self.scale_rewards.unwrap_or(if self.loss == GrpoLoss::DrGrpo { RewardScale::None } else { RewardScale::Group })
+        self.scale_rewards.unwrap_or(if matches!(self.loss, GrpoLoss::DrGrpo | GrpoLoss::Rloo) { RewardScale::None } else { RewardScale::Group })
     }
 }
 
@@ -122,6 +122,13 @@ pub enum GrpoLoss {
     /// the same: the sum over all of them divided by their number, so long completions are not
     /// diluted (TRL's `loss_type = "dapo"`).
     Dapo,
+    /// RLOO (Ahmadian et al. 2024, TRL's RLOOTrainer): each completion's baseline is the mean
+    /// reward of the other completions of its prompt; β·KL to the reference (k1, summed over the
+    /// completion, from the sampling-time policy) is taken off the reward instead of added to the
+    /// loss; one ratio per completion, exp of the sum of its tokens' log π − log π_old, clipped
+    /// as one; the completions' losses averaged. `scale_rewards = batch` divides the advantages
+    /// by their standard deviation over the step (TRL's `normalize_advantages`).
+    Rloo,
 }
 
 impl GrpoLoss {
@@ -130,6 +137,7 @@ impl GrpoLoss {
             GrpoLoss::Grpo => "GRPO",
             GrpoLoss::DrGrpo => "Dr. GRPO",
             GrpoLoss::Dapo => "DAPO",
+            GrpoLoss::Rloo => "RLOO",
         }
     }
 }

@@ -105,6 +105,9 @@ pub fn python(script: &str, args: &[&str]) -> Output {
         \x20   sys.__stdout__.flush()";
     // (A test that failed while holding it leaves the server as it was: still usable.)
     let mut server = SERVER.lock().unwrap_or_else(|e| e.into_inner());
+    // The server lives as long as the test binary, which never waits for it: its stdin closes
+    // when the binary exits, and its loop ends there.
+    #[allow(clippy::zombie_processes)]
     let (stdin, stdout) = server.get_or_insert_with(|| {
         let mut child = Command::new("python").args(["-c", SERVE]).stdin(std::process::Stdio::piped()).stdout(std::process::Stdio::piped()).spawn().expect("python on PATH (source scripts/env.sh)");
         (child.stdin.take().unwrap(), std::io::BufReader::new(child.stdout.take().unwrap()))

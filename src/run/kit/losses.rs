@@ -164,6 +164,42 @@ pub fn group_advantages(rewards: &[f64], g: usize, scale: RewardScale, batch_std
         .collect()
 }
 
+/// RLOO's advantages (Ahmadian et al. 2024): each reward less the mean of the other rewards of
+/// its group of `g` (at least 2), A_i = r_i − (Σ_group r − r_i)/(g − 1), which is g/(g − 1) times
+/// the deviation from the group's mean; every group's advantages sum to zero.
+pub fn rloo_advantages(rewards: &[f64], g: usize) -> Vec<f64> {
+    assert!(g >= 2, "a leave-one-out baseline needs groups of 2 or more (check refuses smaller)");
+    rewards
+        .chunks(g)
+        .flat_map(|grp| {
+            let sum = grp.iter().sum::<f64>();
+            grp.iter().map(move |r| r - (sum - r) / (g - 1) as f64)
+        })
+        .collect()
+}
+
+/// Each completion's KL to the reference as RLOO takes it off the reward: the k1 estimate
+/// log π_old − log π_ref summed over its tokens (`mask`), one number per row.
+pub fn sequence_k1(old_logp: &Tensor, ref_logp: &Tensor, mask: &Tensor) -> Vec<f64> {
+    let sums = tch::no_grad(|| ((old_logp - ref_logp) * mask).sum_dim_intlist(-1, false, Kind::Double));
+    Vec::<f64>::try_from(&sums.to_device(tch::Device::Cpu)).expect("a vector of doubles")
+}
+
+/// RLOO's loss over completions (B, T) with response mask `mask`, as TRL's RLOOTrainer computes
+/// it: one ratio per completion, ρ = exp(Σ_t (log π − log π_old)), clipped as one,
+/// l = −min(ρ·A, clip(ρ, 1−ε_low, 1+ε_high)·A) (with `delta`, the unclipped ρ capped at δ), the
+/// mean over the completions. Returns (loss, share of completions where the clip was taken).
+pub fn rloo_loss(logp: &Tensor, old_logp: &Tensor, adv: &Tensor, mask: &Tensor, t: &GrpoTerms) -> (Tensor, Tensor) {
+    let ratio = ((logp - old_logp) * mask).sum_dim_intlist(-1, false, Kind::Float).exp(); // (B)
+    let unclipped = match t.delta {
+        Some(d) => -adv * ratio.clamp_max(d),
+        None => -adv * &ratio,
+    };
+    let clipped = -adv * ratio.clamp(1.0 - t.clip.0, 1.0 + t.clip.1);
+    let loss = unclipped.maximum(&clipped).mean(Kind::Float);
+    (loss, clipped.gt_tensor(&unclipped).to_kind(Kind::Float).mean(Kind::Float))
+}
+
 /// The sample standard deviation (n − 1; 0 for one value) of `xs`, whose mean is `mean`.
 pub fn sample_std(xs: &[f64], mean: f64) -> f64 {
     (xs.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / (xs.len() as f64 - 1.0).max(1.0)).sqrt()
@@ -194,7 +230,14 @@ pub struct GrpoTerms {
 /// With `delta` the unclipped term reads min(ρ, δ); with `keep` (B, T) only the tokens it marks
 /// carry the policy term.
 /// Returns (loss, share of tokens where the clipped term was taken, mean k3 per token).
+/// `Rloo` takes its loss from `rloo_loss` (its KL is in the reward), and returns as its third
+/// value the mean k1 per token, log π_old − log π_ref, as TRL's RLOOTrainer logs it.
 pub fn grpo_loss(logp: &Tensor, old_logp: &Tensor, ref_logp: Option<&Tensor>, adv: &Tensor, mask: &Tensor, keep: Option<&Tensor>, t: &GrpoTerms) -> (Tensor, Tensor, Tensor) {
+    if t.norm == GrpoLoss::Rloo {
+        let (loss, frac) = rloo_loss(logp, old_logp, adv, mask, t);
+        let k1 = ref_logp.map_or_else(|| mask.zeros_like(), |r| old_logp - r);
+        return (loss, frac, masked_mean(&k1, mask));
+    }
     let log_ratio = logp - old_logp;
     let ratio = if t.sequence {
         // (B, 1), broadcast over the tokens below.
@@ -231,6 +274,7 @@ pub fn grpo_loss(logp: &Tensor, old_logp: &Tensor, ref_logp: Option<&Tensor>, ad
         GrpoLoss::Grpo => (per_row / mask.sum_dim_intlist(-1, false, Kind::Float).clamp_min(1.0)).mean(Kind::Float),
         GrpoLoss::DrGrpo => (per_row / t.max_new.max(1) as f64).mean(Kind::Float),
         GrpoLoss::Dapo => per_row.sum(Kind::Float) / t.tokens.max(1.0),
+        GrpoLoss::Rloo => unreachable!("RLOO's loss returned above"),
     };
     let frac = masked_mean(&clipped.gt_tensor(&unclipped).to_kind(Kind::Float), mask);
     (loss, frac, masked_mean(&kl, mask))

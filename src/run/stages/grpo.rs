@@ -23,7 +23,7 @@ use crate::rng::Rng;
 use crate::run::kit::adamw::Optimizer;
 use crate::run::kit::artifacts::{instructions, load_policy, load_reward_model, trained_output, Policy};
 use crate::run::kit::dist::World;
-use crate::run::kit::losses::{entropy_in_chunks, group_advantages, grpo_loss, masked_mean, quantile, GrpoTerms};
+use crate::run::kit::losses::{entropy_in_chunks, group_advantages, grpo_loss, masked_mean, quantile, rloo_advantages, sequence_k1, GrpoTerms};
 use crate::run::kit::score::score;
 use crate::run::kit::codec::Codec;
 use crate::run::kit::decode::{at_temperature, rollout};
@@ -81,14 +81,17 @@ pub fn run(ctx: &StageCtx, g: &GrpoSpec) -> Result<()> {
         RewardScale::Batch => "advantages ÷ the batch's std",
         RewardScale::None => "advantages unscaled",
     };
+    let how = match g.loss {
+        GrpoLoss::Rloo => format!("β = {} (β·KL taken off each completion's reward), RLOO's leave-one-out baselines, one ratio per completion", g.beta),
+        loss => format!("β = {}, {} normalisation", g.beta, loss.name()),
+    };
     tracing::info!(
-        "{name}: GRPO on prompts of `{}`: {} steps × {per_step} prompts{} × {} responses, β = {}, {} normalisation, {scaled}{clip}{level}{adapter}",
+        "{name}: {} on prompts of `{}`: {} steps × {per_step} prompts{} × {} responses, {how}, {scaled}{clip}{level}{adapter}",
+        if g.loss == GrpoLoss::Rloo { "RLOO" } else { "GRPO" },
         set.name,
         g.opt.steps,
         if world.size > 1 { format!(" (each of {} processes answers {})", world.size, per_step / world.size) } else { String::new() },
         g.group,
-        g.beta,
-        g.loss.name()
     );
     // How the rollouts are drawn; the losses read log-probabilities at the same temperature.
     let (decoding, t) = (rollout(&name, g.temperature, &g.filters), g.temperature);
@@ -137,23 +140,10 @@ pub fn run(ctx: &StageCtx, g: &GrpoSpec) -> Result<()> {
                 reward_of(&g.reward, &patterns, batch[i], &responses[i], &codec, g.max_new, &score)
             })
             .collect();
-        // 3. Advantages within each group; the whole step's rewards over every process (each
-        // answers its share) give their mean and spread.
-        let all = g.opt.batch as f64;
-        let mean = world.sums(&[rewards.iter().sum::<f64>()])?[0] / all;
-        let squares = world.sums(&[rewards.iter().map(|r| (r - mean).powi(2)).sum::<f64>()])?[0];
-        let adv = group_advantages(&rewards, g.group, scale, (squares / (all - 1.0).max(1.0)).sqrt());
-        let flat = world.sums(&[rewards.chunks(g.group).filter(|grp| grp.iter().all(|r| *r == grp[0])).count() as f64])?[0] / per_step as f64;
-        flat_history.push(flat);
         let rows: Vec<&Seq> = seqs.iter().collect();
         let b = pad(&rows, dev);
-        // DAPO divides by the step's completion tokens over all processes; each process's share
-        // of that count, since their gradients are averaged.
-        let tokens = if g.loss == GrpoLoss::Dapo { world.sums(&[seqs.iter().map(|s| s.weights.iter().map(|&w| w as f64).sum::<f64>()).sum()])?[0] / world.size as f64 } else { 0.0 };
-        let terms = GrpoTerms { clip, beta: g.beta, norm: g.loss, max_new: g.max_new, tokens, sequence: g.importance_sampling == ImportanceSampling::Sequence, delta: g.delta };
-        let adv = Tensor::from_slice(&adv).to_kind(Kind::Float).to_device(dev);
-        // The scoring passes and each epoch's forward and backward run in `accumulate`
-        // micro-batches of completions (sampled whole above, so the samples do not depend on it).
+        // The scoring passes run in `accumulate` micro-batches of completions (sampled whole
+        // above, so the samples do not depend on it), as each epoch's forward and backward do.
         let k = g.opt.accumulate;
         let [old_lp, old_entropy] = tch::no_grad(|| {
             by_micro_batch(&b, k, |m| {
@@ -169,6 +159,23 @@ pub fn run(ctx: &StageCtx, g: &GrpoSpec) -> Result<()> {
             let [lp] = tch::no_grad(|| by_micro_batch(&b, k, |m| [token_logprobs(&at_temperature(r.forward(&m.x, false), t), &m.y)]));
             lp
         });
+        // 3. Advantages within each group; the whole step's rewards over every process (each
+        // answers its share) give their mean and spread.
+        let all = g.opt.batch as f64;
+        let mean = world.sums(&[rewards.iter().sum::<f64>()])?[0] / all;
+        let squares = world.sums(&[rewards.iter().map(|r| (r - mean).powi(2)).sum::<f64>()])?[0];
+        let adv = if g.loss == GrpoLoss::Rloo {
+            rloo_step_advantages(world, &rewards, g, scale, &old_lp, ref_lp.as_ref(), &b.w)?
+        } else {
+            group_advantages(&rewards, g.group, scale, (squares / (all - 1.0).max(1.0)).sqrt())
+        };
+        let flat = world.sums(&[rewards.chunks(g.group).filter(|grp| grp.iter().all(|r| *r == grp[0])).count() as f64])?[0] / per_step as f64;
+        flat_history.push(flat);
+        // DAPO divides by the step's completion tokens over all processes; each process's share
+        // of that count, since their gradients are averaged.
+        let tokens = if g.loss == GrpoLoss::Dapo { world.sums(&[seqs.iter().map(|s| s.weights.iter().map(|&w| w as f64).sum::<f64>()).sum()])?[0] / world.size as f64 } else { 0.0 };
+        let terms = GrpoTerms { clip, beta: g.beta, norm: g.loss, max_new: g.max_new, tokens, sequence: g.importance_sampling == ImportanceSampling::Sequence, delta: g.delta };
+        let adv = Tensor::from_slice(&adv).to_kind(Kind::Float).to_device(dev);
         let all_rows: Vec<i64> = (0..seqs.len() as i64).collect();
         let tokens_here = b.tokens().max(1.0);
         // 4. Policy updates.
@@ -191,7 +198,7 @@ pub fn run(ctx: &StageCtx, g: &GrpoSpec) -> Result<()> {
                 let share = m.tokens() / tokens_here;
                 policy.backward(&(&loss * rows))?;
                 loss_sum += rows * loss.double_value(&[]);
-                clip_sum += share * clipfrac.double_value(&[]);
+                clip_sum += if g.loss == GrpoLoss::Rloo { rows } else { share } * clipfrac.double_value(&[]);
                 kl_sum += share * kl.double_value(&[]);
                 ent_sum += share * ent.double_value(&[]);
             }
@@ -268,6 +275,25 @@ pub fn run(ctx: &StageCtx, g: &GrpoSpec) -> Result<()> {
         report["lora_update_ratio"] = json!(policy.lora_update_ratio());
     }
     run.finish(&[trained_output(&policy)], report, &ctx.title())
+}
+
+/// RLOO's advantages for this process's completions: each reward less β times its completion's
+/// KL to the reference (k1 summed over its tokens, from the sampling-time log-probabilities, as
+/// TRL's RLOOTrainer takes it off the reward), less the mean of the others in its group; with
+/// `scale_rewards = batch` standardised over the whole step (TRL's `normalize_advantages`).
+fn rloo_step_advantages(world: &World, rewards: &[f64], g: &GrpoSpec, scale: RewardScale, old_lp: &Tensor, ref_lp: Option<&Tensor>, mask: &Tensor) -> Result<Vec<f64>> {
+    let penalised: Vec<f64> = match ref_lp {
+        Some(r) if g.beta > 0.0 => rewards.iter().zip(sequence_k1(old_lp, r, mask)).map(|(r, k)| r - g.beta * k).collect(),
+        _ => rewards.to_vec(),
+    };
+    let adv = rloo_advantages(&penalised, g.group);
+    if scale != RewardScale::Batch {
+        return Ok(adv);
+    }
+    let n = g.opt.batch as f64;
+    let mean = world.sums(&[adv.iter().sum::<f64>()])?[0] / n;
+    let std = (world.sums(&[adv.iter().map(|a| (a - mean).powi(2)).sum::<f64>()])?[0] / (n - 1.0).max(1.0)).sqrt();
+    Ok(adv.iter().map(|a| (a - mean) / (std + 1e-4)).collect())
 }
 
 /// 1 at the completion tokens (`mask`) whose entropy is at least the (1 − rho)-quantile of every
