@@ -83,6 +83,17 @@ fn dpo_loss_by_hand() {
     for (loss, smoothing, want) in [(ExoPair, 0.0, 1.5893476), (ExoPair, 0.1, 0.1827900), (Discopop, 0.0, 0.4723665)] {
         close(&dpo(&t(&[-1.0]), &t(&[-2.0]), &t(&[-2.0]), &t(&[-1.5]), 0.5, loss, smoothing), want);
     }
+    // BCO's pair form on the same pair: −log σ(0.5) − log σ(0.25) = 1.0500164.
+    close(&dpo(&t(&[-1.0]), &t(&[-2.0]), &t(&[-2.0]), &t(&[-1.5]), 0.5, BcoPair, 0.0), 1.0500164);
+    // AOT sorts over the batch. Two pairs: the policy's log-ratios log π(y_c) − log π(y_r) are
+    // (1, −2), sorted (−2, 1); the reference's (−1, −0.5), already sorted; so β = 0.5 takes
+    // (−1, 1.5): (−log σ(−0.5) − log σ(0.75)) / 2 = 0.6804740 (unsorted, (2, −1.5), it would be
+    // 0.7250663); with ε = 0.1, 0.6929740. Unpaired: r_c = (1, −1) sorted (−1, 1) less r_r = (−1,
+    // 0.5) sorted (−1, 0.5): (0, 0.5), (ln 2 − log σ(0.25)) / 2 = 0.6345433.
+    let (pc, pr, rc, rr) = (t(&[-1.0, -3.0]), t(&[-2.0, -1.0]), t(&[-2.0, -2.0]), t(&[-1.0, -1.5]));
+    close(&dpo(&pc, &pr, &rc, &rr, 0.5, Aot, 0.0), 0.6804740);
+    close(&dpo(&pc, &pr, &rc, &rr, 0.5, Aot, 0.1), 0.6929740);
+    close(&dpo(&pc, &pr, &rc, &rr, 0.5, AotUnpaired, 0.0), 0.6345433);
     let terms1 = DpoTerms { beta: 0.5, loss: Discopop, smoothing: 0.0, gamma: 0.0, kl: 0.0, weights: (1.0, 1.0), tau: 1.0 };
     close(&roux::run::kit::losses::dpo(&t(&[-1.0]), &t(&[-2.0]), &t(&[-2.0]), &t(&[-1.5]), &terms1), 0.4449378);
     // APO-zero unpaired (TRL's apo_zero_unpaired): no reference point, the desirable completion
@@ -912,7 +923,7 @@ fn check_counts_feedback_labels_and_weighs_their_balance() {
 /// reference (h = 0), so the logged loss is each formula at 0 — ln 2 for sigmoid with and without
 /// label smoothing and for robust, 1/(2β)² for IPO, 1 for hinge, ½ for KTO, 1 for APO-zero and
 /// APO-down, 2 ln 2 for NCA, 1/(2β²) for SPPO, −ln 2 − ½·ln(ε(1 − ε)) for EXO (ε = 1e-3),
-/// ½·ln 2 + ½ for DiscoPOP — and then it falls (NCA's least: its chosen term is smallest at
+/// ½·ln 2 + ½ for DiscoPOP, 2 ln 2 for BCO, ln 2 for both AOTs — and then it falls (NCA's least: its chosen term is smallest at
 /// β·r_c = ln 2, 0.955 with the rejected term gone). Smoothing on a loss without it is refused
 /// with both names, as is another loss's option.
 #[test]
@@ -936,13 +947,18 @@ fn dpo_loss_variants_train_from_their_formulas_at_zero() {
           stage sppo = dpo(lm, prefs) {{ loss = sppo_hard, beta = 0.5 {extra} }}
           stage exo = dpo(lm, prefs) {{ loss = exo_pair, beta = 0.5 {extra} }}
           stage discopop = dpo(lm, prefs) {{ loss = discopop, discopop_tau = 0.05, beta = 0.5 {extra} }}
+          stage bco = dpo(lm, prefs) {{ loss = bco_pair, beta = 0.5 {extra} }}
+          stage aot = dpo(lm, prefs) {{ loss = aot, beta = 0.5, accumulate = 2 {extra} }}
+          stage aot_unpaired = dpo(lm, prefs) {{ loss = aot_unpaired, label_smoothing = 0.1, beta = 0.5 {extra} }}
         }}"#
         )
     };
     std::fs::write(&recipe, text(", steps = 40, batch = 16, log_every = 1, eval_every = 40, eval_examples = 2, max_new = 2, optimizer = adamw { lr = 3e-3 }")).unwrap();
-    run_ok(&recipe, &out);
+    let log = run_ok(&recipe, &out);
+    // AOT sorts each micro-batch's pairs, as TRL sorts each device's batch: the stage says so.
+    assert!(log.contains("aot: DPO (aot loss, β = 0.5, sorted within each micro-batch of 8 pairs)"), "{log}");
     let ln2 = std::f64::consts::LN_2;
-    for (stage, at_zero, falls_to) in [("cdpo", ln2, 0.8), ("robust", ln2, 0.8), ("ipo", 4.0, 0.8), ("hinge", 1.0, 0.8), ("kto", 0.5, 0.8), ("apo_zero", 1.0, 0.8), ("apo_down", 1.0, 0.8), ("nca", 2.0 * ln2, 0.95), ("sppo", 2.0, 0.8), ("exo", -ln2 - 0.5 * (1e-3f64 * 0.999).ln(), 0.8), ("discopop", 0.5 * ln2 + 0.5, 0.8)] {
+    for (stage, at_zero, falls_to) in [("cdpo", ln2, 0.8), ("robust", ln2, 0.8), ("ipo", 4.0, 0.8), ("hinge", 1.0, 0.8), ("kto", 0.5, 0.8), ("apo_zero", 1.0, 0.8), ("apo_down", 1.0, 0.8), ("nca", 2.0 * ln2, 0.95), ("sppo", 2.0, 0.8), ("exo", -ln2 - 0.5 * (1e-3f64 * 0.999).ln(), 0.8), ("discopop", 0.5 * ln2 + 0.5, 0.8), ("bco", 2.0 * ln2, 0.8), ("aot", ln2, 0.8), ("aot_unpaired", ln2, 0.8)] {
         let m = metrics(&out.join("losses").join(stage));
         let losses: Vec<f64> = m.iter().filter_map(|x| x["loss"].as_f64()).collect();
         assert!((losses[0] - at_zero).abs() < 1e-5, "{stage}: first loss {} (want {at_zero})", losses[0]);
@@ -1008,7 +1024,7 @@ fn dpo_loss_variants_train_from_their_formulas_at_zero() {
     std::fs::write(&recipe, text(", steps = 5").replace("loss = hinge, beta", "loss = hinge, label_smoothing = 0.1, beta")).unwrap();
     let o = roux(&["check", recipe.to_str().unwrap()]);
     let err = String::from_utf8_lossy(&o.stderr);
-    assert!(err.contains("error[E0246]: `label_smoothing = 0.1` has no meaning for `loss = hinge`") && err.contains("label smoothing belongs to `loss = sigmoid` (conservative DPO), `robust`, `simpo` and `exo_pair`"), "{err}");
+    assert!(err.contains("error[E0246]: `label_smoothing = 0.1` has no meaning for `loss = hinge`") && err.contains("label smoothing belongs to `loss = sigmoid` (conservative DPO), `robust`, `simpo`, `exo_pair`, `aot` and `aot_unpaired`"), "{err}");
     std::fs::write(&recipe, text(", steps = 5").replace("loss = ipo, beta", "loss = ipo, gamma = 1, beta")).unwrap();
     let o = roux(&["check", recipe.to_str().unwrap()]);
     let err = String::from_utf8_lossy(&o.stderr);

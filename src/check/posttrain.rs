@@ -297,7 +297,7 @@ impl<'a> Checker<'a> {
         if let (Some(l), Some(e)) = (loss.filter(|l| !l.smooths()), smoothing.filter(|e| *e > 0.0)) {
             self.error(
                 Diagnostic::error(Code::E0246, f.key_span("label_smoothing"), format!("`label_smoothing = {}` has no meaning for `loss = {}`", fmt_num(e), l.name()))
-                    .with_hint("label smoothing belongs to `loss = sigmoid` (conservative DPO), `robust`, `simpo` and `exo_pair`"),
+                    .with_hint("label smoothing belongs to `loss = sigmoid` (conservative DPO), `robust`, `simpo`, `exo_pair`, `aot` and `aot_unpaired`"),
             );
         }
         let gamma = self.loss_option(&mut f, loss, DpoLoss::Simpo, "gamma", 0.5, "SimPO's target margin");

@@ -230,6 +230,17 @@ pub enum DpoLoss {
     /// m = σ(x/τ), (1 − m)·(−log σ(x)) + m·e^(−x) — logistic where the policy prefers the
     /// rejected response, exponential where it prefers the chosen one.
     Discopop,
+    /// BCO's pair form (Jung et al. 2024, TRL's `bco_pair`): −log σ(β·r_c) − log σ(−β·r_r), each
+    /// response's implicit reward classified on its own.
+    BcoPair,
+    /// AOT (Melnyk et al. 2024, distributional alignment by optimal transport, TRL's `aot`): the
+    /// batch's policy log-ratios log π(y_c) − log π(y_r) sorted, less the reference's sorted, under
+    /// the smoothed logistic loss: the policy's distribution of margins made to dominate the
+    /// reference's, quantile by quantile.
+    Aot,
+    /// AOT unpaired (TRL's `aot_unpaired`, formerly `aot_pair`): the batch's chosen rewards r_c sorted
+    /// less its rejected rewards r_r sorted, under the smoothed logistic loss.
+    AotUnpaired,
 }
 
 impl DpoLoss {
@@ -252,11 +263,14 @@ impl DpoLoss {
             DpoLoss::SppoHard => "sppo_hard",
             DpoLoss::ExoPair => "exo_pair",
             DpoLoss::Discopop => "discopop",
+            DpoLoss::BcoPair => "bco_pair",
+            DpoLoss::Aot => "aot",
+            DpoLoss::AotUnpaired => "aot_unpaired",
         }
     }
 
     /// Every loss, by the name a recipe gives it.
-    pub const ALL: [DpoLoss; 13] = [
+    pub const ALL: [DpoLoss; 16] = [
         DpoLoss::Sigmoid,
         DpoLoss::Robust,
         DpoLoss::Ipo,
@@ -270,6 +284,9 @@ impl DpoLoss {
         DpoLoss::SppoHard,
         DpoLoss::ExoPair,
         DpoLoss::Discopop,
+        DpoLoss::BcoPair,
+        DpoLoss::Aot,
+        DpoLoss::AotUnpaired,
     ];
 
     /// Whether it scores each response on its own, so it learns from unpaired feedback and
@@ -280,7 +297,13 @@ impl DpoLoss {
 
     /// Whether `label_smoothing` means something for it.
     pub fn smooths(self) -> bool {
-        matches!(self, DpoLoss::Sigmoid | DpoLoss::Robust | DpoLoss::Simpo | DpoLoss::ExoPair)
+        matches!(self, DpoLoss::Sigmoid | DpoLoss::Robust | DpoLoss::Simpo | DpoLoss::ExoPair | DpoLoss::Aot | DpoLoss::AotUnpaired)
+    }
+
+    /// Whether it sorts the batch's rewards (AOT): each micro-batch's pairs are then sorted
+    /// together, as TRL sorts each device's batch.
+    pub fn sorts(self) -> bool {
+        matches!(self, DpoLoss::Aot | DpoLoss::AotUnpaired)
     }
 
     /// Whether the loss compares with a frozen reference (SimPO and ORPO do not load one).

@@ -37,8 +37,10 @@ pub struct DpoTerms {
 /// of each response, z = `t.kl`; APO-zero: w_d·(1 − σ(β·r_c)) + w_u·σ(β·r_r); APO-down: σ(β·r_c) + 1
 /// − σ(βh); NCA: −log σ(β·r_c) − ½·log σ(−β·r_c) − ½·log σ(−β·r_r); SPPO (hard): (r_c − 1/(2β))² +
 /// (r_r + 1/(2β))²; EXO: σ(βh)·(log σ(βh) − log(1 − ε)) + σ(−βh)·(log σ(−βh) − log ε), ε = 1e-3
-/// when 0; DiscoPOP: (1 − m)·(−log σ(βh)) + m·e^(−βh), m = σ(βh/τ) — TRL's `loss_type`s and
-/// trainers of the same names.
+/// when 0; DiscoPOP: (1 − m)·(−log σ(βh)) + m·e^(−βh), m = σ(βh/τ); BCO (pairs): −log σ(β·r_c) −
+/// log σ(−β·r_r); AOT: s_ε(β·(sort(log π(y_c) − log π(y_r)) − sort(log π_ref(y_c) − log
+/// π_ref(y_r)))), sorted over the batch's pairs; AOT unpaired: s_ε(β·(sort(r_c) − sort(r_r))) —
+/// TRL's `loss_type`s and trainers of the same names.
 pub fn dpo(pi_c: &Tensor, pi_r: &Tensor, ref_c: &Tensor, ref_r: &Tensor, t: &DpoTerms) -> Tensor {
     let h = (pi_c - ref_c) - (pi_r - ref_r);
     let (beta, e) = (t.beta, t.smoothing);
@@ -68,8 +70,16 @@ pub fn dpo(pi_c: &Tensor, pi_r: &Tensor, ref_c: &Tensor, ref_r: &Tensor, t: &Dpo
             let m = (&x / t.tau).sigmoid();
             -x.log_sigmoid() * (-&m + 1.0) + (-&x).exp() * m
         }
+        DpoLoss::BcoPair => -((pi_c - ref_c) * beta).log_sigmoid() - ((pi_r - ref_r) * -beta).log_sigmoid(),
+        DpoLoss::Aot => smoothed((sorted(&(pi_c - pi_r)) - sorted(&(ref_c - ref_r))) * beta),
+        DpoLoss::AotUnpaired => smoothed((sorted(&(pi_c - ref_c)) - sorted(&(pi_r - ref_r))) * beta),
     };
     losses.mean(Kind::Float)
+}
+
+/// The values of `x` (B) in ascending order (autograd follows each to its place).
+fn sorted(x: &Tensor) -> Tensor {
+    x.sort(0, false).0
 }
 
 /// A loss on judged completions, unpaired (TRL's KTOTrainer): the mean over rows of a desirable

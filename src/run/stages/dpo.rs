@@ -167,6 +167,9 @@ pub fn run(ctx: &StageCtx, d: &DpoSpec) -> Result<()> {
     }
     settings.extend(d.gamma.map(|g| format!("γ = {g}")));
     settings.extend(d.discopop_tau.map(|t| format!("τ = {t}")));
+    if d.loss.sorts() && micro < d.opt.batch {
+        settings.push(format!("sorted within each micro-batch of {micro} pairs"));
+    }
     if reference.is_none() {
         settings.push("no reference".into());
     }
