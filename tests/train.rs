@@ -112,14 +112,14 @@ fn adamw_two_steps_by_hand() {
     //         update: [0.89·0.99 − 0.1, −1.88·0.99 + 0.1] = [0.7811, −1.7612]. Bias: 1 − 0.1 − 0.1 = 0.8.
     // The same numbers from each implementation of the update, in float64 and float32.
     use roux::run::kit::adamw::{Optimizer, Update};
-    let cfg = roux::recipe::AdamW { lr: 0.1, betas: (0.9, 0.999), eps: 1e-8, weight_decay: 0.1 };
+    let cfg = roux::recipe::AdamW { lr: 0.1, betas: (0.9, 0.999), eps: 1e-8, weight_decay: 0.1, muon: None };
     for (how, kind, tol) in [(Update::Ops, Kind::Double, 1e-8), (Update::Aten, Kind::Double, 1e-8), (Update::Ops, Kind::Float, 1e-5), (Update::Aten, Kind::Float, 1e-5), (Update::OwnCpu, Kind::Float, 1e-5)] {
         let params = vec![
             Tensor::from_slice(&[1.0f64, -2.0]).view([1, 2]).to_kind(kind).set_requires_grad(true),
             Tensor::from_slice(&[1.0f64]).to_kind(kind).set_requires_grad(true),
             Tensor::from_slice(&[5.0f64, 6.0]).view([1, 2]).to_kind(kind), // frozen: never updated, not even decayed
         ];
-        let mut opt = Optimizer::new(&params, &cfg);
+        let mut opt = Optimizer::new(&params, &[], &cfg);
         opt.set_update(how);
         let want = [[0.89, -1.88, 0.9], [0.7811, -1.7612, 0.8]];
         for w in want {
@@ -146,14 +146,128 @@ fn adamw_two_steps_by_hand() {
     }
 }
 
+/// `optimizer = muon`: the blocks' matrices (one, a tall one, a wide one and a stack of experts'
+/// matrices) take torch.optim.Muon's steps and everything else torch.optim.AdamW's (matrices
+/// decayed, vectors not), three steps of random gradients, under both rate adjustments, with and
+/// without Nesterov momentum; Muon's matrices keep no second moment.
+#[test]
+fn muon_steps_as_torch_optim_muon() {
+    use roux::recipe::{AdamW, Muon, MuonLr};
+    use roux::run::kit::adamw::Optimizer;
+    let dir = scratch("muon-steps");
+    let shapes: [(&str, &[i64]); 6] = [
+        ("tok_emb.weight", &[6, 4]),
+        ("blocks.0.attn.q.weight", &[4, 4]),
+        ("blocks.0.ffn.w1.weight", &[8, 4]),
+        ("blocks.0.ffn.w2.weight", &[4, 8]),
+        ("blocks.0.ffn.experts.w1", &[3, 8, 4]),
+        ("blocks.0.norm1.weight", &[4]),
+    ];
+    let names: Vec<String> = shapes.iter().map(|(n, _)| n.to_string()).collect();
+    tch::manual_seed(11);
+    let init: Vec<Tensor> = shapes.iter().map(|(_, s)| Tensor::randn(*s, (Kind::Float, Device::Cpu))).collect();
+    let grads: Vec<Vec<Tensor>> = (0..3).map(|_| shapes.iter().map(|(_, s)| Tensor::randn(*s, (Kind::Float, Device::Cpu))).collect()).collect();
+    let mut file: Vec<(String, Tensor)> = names.iter().cloned().zip(init.iter().map(|t| t.copy())).collect();
+    for (k, g) in grads.iter().enumerate() {
+        file.extend(names.iter().zip(g).map(|(n, t)| (format!("grad{k}.{n}"), t.copy())));
+    }
+    Tensor::write_safetensors(&file, dir.join("in.safetensors")).unwrap();
+    let script = r#"
+import sys, torch
+from safetensors.torch import load_file, save_file
+t = load_file(sys.argv[1]); adjust = sys.argv[3]; nesterov = sys.argv[4] == "1"; wd = float(sys.argv[5])
+names = ["tok_emb.weight", "blocks.0.attn.q.weight", "blocks.0.ffn.w1.weight", "blocks.0.ffn.w2.weight", "blocks.0.ffn.experts.w1", "blocks.0.norm1.weight"]
+p = {n: torch.nn.Parameter(t[n].clone()) for n in names}
+# torch.optim.Muon takes matrices only: each expert's matrix is a parameter of its own.
+experts = [torch.nn.Parameter(t["blocks.0.ffn.experts.w1"][e].clone()) for e in range(3)]
+muon = torch.optim.Muon([p[n] for n in names[1:4]] + experts, lr=0.02, weight_decay=wd, momentum=0.95, nesterov=nesterov, adjust_lr_fn=adjust)
+adamw = torch.optim.AdamW([{"params": [p["tok_emb.weight"]], "weight_decay": 0.1}, {"params": [p["blocks.0.norm1.weight"]], "weight_decay": 0.0}], lr=0.003, betas=(0.9, 0.95), eps=1e-8)
+for k in range(3):
+    for n in names:
+        p[n].grad = t[f"grad{k}.{n}"].clone()
+    for e in range(3):
+        experts[e].grad = t[f"grad{k}.blocks.0.ffn.experts.w1"][e].clone()
+    muon.step(); adamw.step()
+out = {n: p[n].detach() for n in names}
+out["blocks.0.ffn.experts.w1"] = torch.stack([e.detach() for e in experts])
+save_file(out, sys.argv[2])
+"#;
+    for (adjust, nesterov, wd) in [(MuonLr::Original, true, 0.1), (MuonLr::MatchRmsAdamw, false, 0.0)] {
+        let muon = Muon { lr: 0.02, momentum: 0.95, nesterov, weight_decay: wd, ns_steps: 5, adjust_lr: adjust };
+        let cfg = AdamW { lr: 0.003, betas: (0.9, 0.95), eps: 1e-8, weight_decay: 0.1, muon: Some(muon) };
+        let params: Vec<Tensor> = init.iter().map(|t| t.copy().set_requires_grad(true)).collect();
+        let mut opt = Optimizer::new(&params, &names, &cfg);
+        for g in &grads {
+            opt.zero_grad();
+            tch::no_grad(|| {
+                for (p, g) in params.iter().zip(g) {
+                    p.grad().copy_(g);
+                }
+            });
+            opt.step(0.003).unwrap();
+        }
+        let adjust_name = if adjust == MuonLr::Original { "original" } else { "match_rms_adamw" };
+        let want = dir.join(format!("{adjust_name}.safetensors"));
+        let o = common::python(script, &[dir.join("in.safetensors").to_str().unwrap(), want.to_str().unwrap(), adjust_name, if nesterov { "1" } else { "0" }, &wd.to_string()]);
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        let want: std::collections::HashMap<String, Tensor> = Tensor::read_safetensors(&want).unwrap().into_iter().collect();
+        for (n, p) in names.iter().zip(&params) {
+            let moved = (p - &init[names.iter().position(|x| x == n).unwrap()]).abs().max().double_value(&[]);
+            let diff = (p - &want[n]).abs().max().double_value(&[]);
+            // (Measured: at most 6e-8, a float32 rounding or two; the steps moved each by 5e-3 to 6e-2.)
+            assert!(moved > 1e-3 && diff < 2e-7, "{adjust_name}: {n} differs from torch by {diff:e} (it moved {moved:e})");
+        }
+        // The momentum is the first moment; Muon's matrices hold no second.
+        let (m, v) = (opt.m[1].abs().sum(Kind::Float).double_value(&[]), opt.v[1].defined());
+        assert!(m > 0.0 && !v, "Muon's moments: |m| {m}, v held {v}");
+    }
+}
+
+/// A `train` stage with `optimizer = muon`: it says so, its loss falls, it holds the moments the
+/// plan counts (the blocks' 24,576 matrix weights one moment each, the other 10,112 parameters
+/// two: 4·(2·34,688 − 24,576) bytes), and killed after a checkpoint it resumes to the same weights.
+#[test]
+fn a_muon_run_learns_holds_the_planned_moments_and_resumes_exactly() {
+    let out = scratch("muon-run");
+    let text = std::fs::read_to_string(fixture("tiny.roux")).unwrap().replace("../../data/", "../../../data/").replace(
+        "optimizer = adamw { lr = 3e-3, betas = (0.9, 0.95), weight_decay = 0.1 }",
+        "optimizer = muon { lr = 0.02, adamw = adamw { lr = 3e-3, betas = (0.9, 0.95), weight_decay = 0.1 } }",
+    );
+    let recipe = out.join("muon.roux");
+    std::fs::write(&recipe, text).unwrap();
+    let whole = out.join("whole");
+    let log = run_ok(&recipe, &whole);
+    let said = "pretrain: Muon on the transformer blocks' matrices (lr 0.02 × √max(1, out/in), Nesterov momentum 0.95, weight decay 0.1, 5 Newton–Schulz steps); AdamW (lr 0.003) on the embeddings, head, norms and biases";
+    assert!(log.contains(said), "{log}");
+    let dir = whole.join("tiny/pretrain");
+    let m = metrics(&dir);
+    let first = m[0]["loss"].as_f64().unwrap();
+    let last_val = m.iter().rev().find_map(|x| x["val_loss"].as_f64()).unwrap();
+    assert!(first > 4.5 && last_val < 3.5, "loss {first} → val {last_val}");
+    let report: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(dir.join("report.json")).unwrap()).unwrap();
+    let held = report["adam_moment_bytes_per_process"].as_u64().unwrap();
+    assert_eq!(held, 4 * (2 * 34_688 - 24_576));
+    let o = roux(&["plan", recipe.to_str().unwrap(), "--json", "--world", "1"]);
+    let plan: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(plan["processes"][0]["moment_bytes"].as_u64(), Some(held), "planned vs held moments");
+    // Killed after its checkpoint at step 40: the momentum comes back from the checkpoint.
+    let killed = out.join("killed");
+    let kdir = killed.join("tiny/pretrain");
+    assert!(common::kill_after_checkpoint(&["run", recipe.to_str().unwrap(), "--out", killed.to_str().unwrap()], &kdir, 40), "the run finished before it could be killed, three times");
+    let log = run_ok(&recipe, &killed);
+    assert!(log.contains("pretrain: resuming from step"), "{log}");
+    let read = |d: &std::path::Path| std::fs::read(d.join("model.safetensors")).unwrap();
+    assert!(read(&dir) == read(&kdir), "a resumed Muon run ends with other weights");
+}
+
 #[test]
 fn clipping_on_the_device_matches_the_host() {
     // ‖(3, 4)‖ = 5, clipped to 1: the gradient becomes (0.6, 0.8) either way; under the limit, untouched.
     use roux::run::kit::adamw::Optimizer;
-    let cfg = roux::recipe::AdamW { lr: 0.1, betas: (0.9, 0.999), eps: 1e-8, weight_decay: 0.0 };
+    let cfg = roux::recipe::AdamW { lr: 0.1, betas: (0.9, 0.999), eps: 1e-8, weight_decay: 0.0, muon: None };
     for (clip, want) in [(1.0, [0.6, 0.8]), (10.0, [3.0, 4.0])] {
         let p = Tensor::from_slice(&[0.0f32, 0.0]).set_requires_grad(true);
-        let mut opt = Optimizer::new(&[p.shallow_clone()], &cfg);
+        let mut opt = Optimizer::new(&[p.shallow_clone()], &[], &cfg);
         opt.zero_grad();
         (&p * Tensor::from_slice(&[3.0f32, 4.0])).sum(Kind::Float).backward();
         let norm = opt.grad_norm_clipped(Some(clip));
@@ -167,7 +281,7 @@ fn clipping_on_the_device_matches_the_host() {
     for clip in [1.0, 10.0] {
         let after = |how: Update| {
             let p = Tensor::from_slice(&[1.0f32, -1.0]).set_requires_grad(true);
-            let mut opt = Optimizer::new(&[p.shallow_clone()], &roux::recipe::AdamW { lr: 0.1, betas: (0.9, 0.999), eps: 1e-3, weight_decay: 0.0 });
+            let mut opt = Optimizer::new(&[p.shallow_clone()], &[], &roux::recipe::AdamW { lr: 0.1, betas: (0.9, 0.999), eps: 1e-3, weight_decay: 0.0, muon: None });
             opt.set_update(how);
             for _ in 0..3 {
                 opt.zero_grad();

@@ -7,7 +7,7 @@ use super::fields::Fields;
 use super::loader::PathKind;
 use super::Checker;
 use crate::diag::{Code, Diagnostic, Span};
-use crate::recipe::BudgetSpec;
+use crate::recipe::{BudgetSpec, Recipe, StageKind};
 use crate::scaling::law::{solve, Law, Parametric};
 use crate::syntax::ast::{Block, Decl, Entry, Expr, ExprKind};
 
@@ -140,4 +140,33 @@ pub fn departure(b: &BudgetSpec, n: f64, d: f64, span: Span, stage: &str) -> Opt
             b.params, b.tokens, b.flops, b.tolerance
         )),
     )
+}
+
+impl<'a> Checker<'a> {
+    /// W0401 for every train stage that uses a budget (mentions it in its block or its model's)
+    /// and departs from the budget's optimum by more than its tolerance.
+    pub(super) fn check_budget_departures(&mut self, r: &Recipe) {
+        if r.budgets.is_empty() {
+            return;
+        }
+        for s in &r.stages {
+            let StageKind::Train(t) = &s.kind else { continue };
+            let (Some(stage_decl), Some(model_decl)) = (self.decl(&s.name), self.decl(&t.model)) else { continue };
+            let spec = r.model(&t.model).expect("checked model");
+            let plan = crate::arith::plan_model(&crate::arith::lower_model(spec), t.batch, t.context);
+            for b in &r.budgets {
+                if !(mentions_expr(&stage_decl.value, &b.name) || mentions_expr(&model_decl.value, &b.name)) {
+                    continue;
+                }
+                // Kaplan's law counts non-embedding parameters, Chinchilla's all of them; of a
+                // mixture of experts, both the active ones a token runs through.
+                let embedding = plan.params_total - plan.params_non_embedding;
+                let n = if b.law == crate::scaling::law::Law::Kaplan { plan.params_active.saturating_sub(embedding) } else { plan.params_active } as f64;
+                let d = t.steps as f64 * t.tokens_per_step() as f64;
+                if let Some(w) = departure(b, n, d, stage_decl.name.span, &s.name) {
+                    self.error(w);
+                }
+            }
+        }
+    }
 }

@@ -22,6 +22,7 @@ mod mixture;
 mod model;
 pub mod paths;
 mod moe;
+mod optimizer;
 mod processes;
 mod stage;
 mod tokens;
@@ -356,33 +357,6 @@ impl<'a> Checker<'a> {
         self.error(Diagnostic::error(Code::E0111, attr.span, format!("{} `{}` has no attribute `{}`", decl.kind.keyword(), decl.name.name, attr.name))
             .with_hint("only keys of its `{ … }` block can be read"));
         None
-    }
-
-    /// W0401 for every train stage that uses a budget (mentions it in its block or its model's)
-    /// and departs from the budget's optimum by more than its tolerance.
-    fn check_budget_departures(&mut self, r: &Recipe) {
-        if r.budgets.is_empty() {
-            return;
-        }
-        for s in &r.stages {
-            let StageKind::Train(t) = &s.kind else { continue };
-            let (Some(stage_decl), Some(model_decl)) = (self.decl(&s.name), self.decl(&t.model)) else { continue };
-            let spec = r.model(&t.model).expect("checked model");
-            let plan = crate::arith::plan_model(&crate::arith::lower_model(spec), t.batch, t.context);
-            for b in &r.budgets {
-                if !(budget::mentions_expr(&stage_decl.value, &b.name) || budget::mentions_expr(&model_decl.value, &b.name)) {
-                    continue;
-                }
-                // Kaplan's law counts non-embedding parameters, Chinchilla's all of them; of a
-                // mixture of experts, both the active ones a token runs through.
-                let embedding = plan.params_total - plan.params_non_embedding;
-                let n = if b.law == crate::scaling::law::Law::Kaplan { plan.params_active.saturating_sub(embedding) } else { plan.params_active } as f64;
-                let d = t.steps as f64 * t.tokens_per_step() as f64;
-                if let Some(w) = budget::departure(b, n, d, stage_decl.name.span, &s.name) {
-                    self.error(w);
-                }
-            }
-        }
     }
 
     fn example_attr(&self, d: &Decl) -> &'static str {

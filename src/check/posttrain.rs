@@ -13,7 +13,7 @@ impl<'a> Checker<'a> {
     pub(super) fn check_optim(&mut self, f: &mut Fields<'a>, batch: u64, steps: Option<u64>, eval_every: u64) -> Option<Optim> {
         let steps_v = f.int(self, "steps", steps, Min::One);
         let batch = f.size(self, "batch", Some(batch));
-        let optimizer = self.check_adamw(f);
+        let optimizer = self.check_optimizer(f);
         let schedule = self.check_schedule(f);
         let sched_span = f.value_span("schedule");
         let grad_clip = f.ranged(self, "grad_clip", Some(1.0), 0.0, false, f64::INFINITY, true);

@@ -76,6 +76,7 @@ impl<'a> Checker<'a> {
             "compare" => self.check_compare(d, at, args, block),
             _ => self.check_train(d, at, args, block),
         }
+        .inspect(|spec| self.muon_fits(spec, block.and_then(|b| b.field("optimizer")).map_or(at, |f| f.value.span)))
     }
 
     /// Named or positional arguments, in `names` order. Reports unknown, missing and extra ones.
@@ -157,7 +158,7 @@ impl<'a> Checker<'a> {
         let batch = f.size(self, "batch", Some(32));
         let steps = if steps_field { f.int(self, "steps", None, Min::One) } else { None };
         let tokens = if tokens_field { f.positive(self, "tokens", None) } else { None };
-        let optimizer = self.check_adamw(&mut f);
+        let optimizer = self.check_optimizer(&mut f);
         let schedule = self.check_schedule(&mut f);
         let grad_clip = f.ranged(self, "grad_clip", Some(1.0), 0.0, false, f64::INFINITY, true);
         let eval_every = f.int(self, "eval_every", Some(100), Min::One);
@@ -313,74 +314,6 @@ impl<'a> Checker<'a> {
         let vocab = b.field("vocab").and_then(|f| self.eval_field(f, &scope));
         self.diags.truncate(n);
         Some((ctx? as usize, vocab? as usize))
-    }
-
-    pub(super) fn check_adamw(&mut self, outer: &mut Fields<'a>) -> Option<AdamW> {
-        let field = outer.field("optimizer");
-        let (block, at) = match field {
-            Some(f) => {
-                let (_, path, _, block) = self.ctor(&f.value, "optimizer", &["adamw"])?;
-                (block, Checker::span_of_path(path))
-            }
-            None => (None, outer.at),
-        };
-        let mut f = Fields::new(block, &outer.scope, "adamw", at);
-        let lr = f.positive(self, "lr", Some(1e-3));
-        let betas = self.betas(&mut f);
-        let eps = f.positive(self, "eps", Some(1e-8));
-        let wd = f.ranged(self, "weight_decay", Some(0.0), 0.0, false, f64::INFINITY, true);
-        f.finish(self);
-        Some(AdamW { lr: lr?, betas: betas?, eps: eps?, weight_decay: wd? })
-    }
-
-    fn betas(&mut self, f: &mut Fields<'a>) -> Option<(f64, f64)> {
-        let Some(field) = f.field("betas") else { return Some((0.9, 0.999)) };
-        // A pair, or the list YAML writes for one (`betas: [0.9, 0.95]`).
-        let (ExprKind::Tuple(items) | ExprKind::List(items)) = &field.value.kind else {
-            self.error(Diagnostic::error(Code::E0120, field.value.span, format!("`betas` expects a pair, found {}", super::eval::describe(&field.value))).with_hint("write `betas = (0.9, 0.95)`"));
-            return None;
-        };
-        if items.len() != 2 {
-            self.error(Diagnostic::error(Code::E0120, field.value.span, format!("`betas` expects two numbers, found {}", items.len())).with_hint("write `betas = (0.9, 0.95)`"));
-            return None;
-        }
-        let scope = f.scope.clone();
-        let b1 = self.eval_num(&items[0], &scope);
-        let b2 = self.eval_num(&items[1], &scope);
-        for (b, e) in [(b1, &items[0]), (b2, &items[1])] {
-            if let Some(v) = b {
-                if !(0.0..1.0).contains(&v) {
-                    self.error(Diagnostic::error(Code::E0202, e.span, format!("beta = {v} is out of range")).with_hint("betas must lie in [0, 1)"));
-                    return None;
-                }
-            }
-        }
-        Some((b1?, b2?))
-    }
-
-    pub(super) fn check_schedule(&mut self, outer: &mut Fields<'a>) -> Option<Schedule> {
-        let Some(field) = outer.field("schedule") else { return Some(Schedule::Constant { warmup: 0 }) };
-        let (kind, path, _, block) = self.ctor(&field.value, "schedule", &["constant", "cosine", "linear", "wsd"])?;
-        let mut f = Fields::new(block, &outer.scope, kind, Checker::span_of_path(path));
-        let warmup = f.int(self, "warmup", Some(0), Min::Zero);
-        let mut min_lr = || f.ranged(self, "min_lr", Some(0.0), 0.0, false, f64::INFINITY, true);
-        let sched = match kind {
-            "cosine" => Some(Schedule::Cosine { warmup: warmup?, min_lr: min_lr()? }),
-            "linear" => Some(Schedule::Linear { warmup: warmup?, min_lr: min_lr()? }),
-            "wsd" => {
-                let min_lr = min_lr();
-                let decay = f.ranged(self, "decay", Some(0.2), 0.0, true, 1.0, false);
-                let shape = f.sym(self, "shape", &["linear", "sqrt", "cosine"], Some("linear")).map(|s| match s {
-                    "sqrt" => DecayShape::Sqrt,
-                    "cosine" => DecayShape::Cosine,
-                    _ => DecayShape::Linear,
-                });
-                Some(Schedule::Wsd { warmup: warmup?, decay: decay?, min_lr: min_lr?, shape: shape? })
-            }
-            _ => Some(Schedule::Constant { warmup: warmup? }),
-        };
-        f.finish(self);
-        sched
     }
 }
 

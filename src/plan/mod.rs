@@ -3,6 +3,7 @@
 
 mod frozen;
 mod kernels;
+mod muon;
 mod world;
 
 use serde::Serialize;
@@ -12,6 +13,7 @@ use std::collections::HashMap;
 pub use crate::arith::count::*;
 use crate::arith::{lower_model, ModelGraph};
 use crate::recipe::{Recipe, StageKind};
+use muon::muon_saving;
 
 #[derive(Serialize, Debug, Clone)]
 pub struct StagePlan {
@@ -61,7 +63,7 @@ pub fn plan_on(r: &Recipe, gpu: bool) -> Plan {
             match first_trained.get(g.spec.name.as_str()) {
                 Some(&(batch, seq, kind)) => {
                     let p = plan_model(g, batch, seq);
-                    ModelPlan { train_memory_bytes: kernels::as_run(kind, g, batch, seq, p.train_memory_bytes, gpu), ..p }
+                    ModelPlan { train_memory_bytes: kernels::as_run(kind, g, batch, seq, p.train_memory_bytes, gpu).saturating_sub(muon_saving(kind, g)), ..p }
                 }
                 None => plan_model(g, 1, g.spec.context),
             }
@@ -78,7 +80,7 @@ pub fn plan_on(r: &Recipe, gpu: bool) -> Plan {
                 let n = g.params().iter().map(|p| p.numel()).sum();
                 // One micro-batch's activations are held at a time (`accumulate`).
                 let micro = t.batch / t.accumulate.max(1);
-                let memory_bytes = kernels::as_run(&s.kind, g, micro, t.context, train_memory_bytes(g, n, micro, t.context), gpu);
+                let memory_bytes = kernels::as_run(&s.kind, g, micro, t.context, train_memory_bytes(g, n, micro, t.context), gpu).saturating_sub(muon_saving(&s.kind, g));
                 StagePlan { name: s.name.clone(), kind: s.kind.name(), after: s.after.clone(), steps: t.steps, tokens, flops: per_token * tokens_f, trainable: n, memory_bytes }
             }
             StageKind::Isoflop(iso) => {
@@ -116,7 +118,7 @@ fn posttrain_plan(r: &Recipe, s: &crate::recipe::StageSpec, graph_of: &HashMap<&
     let micro = |o: &crate::recipe::Optim| o.batch / o.accumulate.max(1);
     let training = |arch: &str, weights: u64, trainable: u64, seqs: usize| {
         let (g, seq) = (graph(arch), ctx_of(arch) as usize);
-        kernels::as_run(&s.kind, g, seqs, seq, training_bytes(weights, trainable, g, seqs, seq), gpu)
+        kernels::as_run(&s.kind, g, seqs, seq, training_bytes(weights, trainable, g, seqs, seq), gpu).saturating_sub(muon_saving(&s.kind, g))
     };
     let reward_model = |stage: Option<&str>| {
         stage.and_then(|st| r.stage(st)).and_then(|st| match &st.kind {

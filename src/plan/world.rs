@@ -142,7 +142,10 @@ fn posttrain_process(r: &Recipe, s: &crate::recipe::StageSpec, world: usize, gpu
     let activation_bytes = super::kernels::as_run(&s.kind, &g, seqs, g.spec.context, training_bytes(0, 0, &g, seqs, g.spec.context), gpu).saturating_add(mask);
     // (A bf16 stage holds its frozen weights in 2 bytes.)
     let (weight_bytes, gradient_bytes) = ((4 * (weights + frozen)).saturating_sub(super::frozen::bf16_saving(r, s)), 4 * trainable);
-    let total_bytes = total(&[weight_bytes, gradient_bytes, 8 * trainable, 4 * trainable, activation_bytes]);
+    // Muon's matrices keep one moment and no scratch.
+    let muon = super::muon::muon_params(&s.kind, &g);
+    let (moments, other) = (2 * trainable - muon, trainable - muon);
+    let total_bytes = total(&[weight_bytes, gradient_bytes, 4 * moments, 4 * other, activation_bytes]);
     Ok(Some(ProcessPlan {
         stage: name.clone(),
         processes: world,
@@ -153,8 +156,8 @@ fn posttrain_process(r: &Recipe, s: &crate::recipe::StageSpec, world: usize, gpu
         held_params: n_of(&g),
         weight_bytes,
         gradient_bytes,
-        moment_bytes: 8 * trainable,
-        optimizer_other_bytes: 4 * trainable,
+        moment_bytes: 4 * moments,
+        optimizer_other_bytes: 4 * other,
         activation_bytes,
         total_bytes,
         sent_bytes_per_step: if w > 1 { ratio(&[8, w - 1, trainable], w) } else { 0 },
@@ -199,7 +202,9 @@ pub fn train_process(stage: &str, kind: &StageKind, g: &ModelGraph, world: usize
         let chunk = shard_chunk(n - divided, w);
         (own + w * chunk, 2 * (own + chunk), own + 3 * chunk, total(&[2 * (w - 1) * chunk, experts_sent]))
     } else {
-        (held, 2 * held, held, if w > 1 { total(&[ratio(&[2, w - 1, n - divided], w), experts_sent]) } else { 0 })
+        // Muon's matrices keep one moment and no scratch (check refuses it beside sharding).
+        let muon = super::muon::muon_params(kind, g);
+        (held, 2 * held - muon, held - muon, if w > 1 { total(&[ratio(&[2, w - 1, n - divided], w), experts_sent]) } else { 0 })
     };
     let activation_bytes = super::kernels::as_run(kind, g, micro, t.context, training_bytes(0, 0, g, micro, t.context), gpu);
     let (weight_bytes, gradient_bytes) = (4 * buffer, 4 * buffer);

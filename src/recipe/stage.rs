@@ -289,6 +289,31 @@ impl StageKind {
         }
     }
 
+    /// The optimisation settings of a post-training stage that trains (none for the others).
+    pub fn optim(&self) -> Option<&Optim> {
+        match self {
+            StageKind::Finetune(f) => Some(&f.opt),
+            StageKind::RewardModel(r) => Some(&r.opt),
+            StageKind::Ppo(p) => Some(&p.opt),
+            StageKind::Dpo(d) => Some(&d.opt),
+            StageKind::Grpo(g) => Some(&g.opt),
+            StageKind::Train(_) | StageKind::Isoflop(_) | StageKind::Mixture(_) | StageKind::Compare(_) => None,
+        }
+    }
+
+    /// The optimizer of a stage that trains a transformer (`train` and post-training).
+    pub fn optimizer(&self) -> Option<&AdamW> {
+        match self {
+            StageKind::Train(t) => Some(&t.optimizer),
+            kind => kind.optim().map(|o| &o.optimizer),
+        }
+    }
+
+    /// Whether a `reward_model` stage trains LoRA adapters (written merged, so not `adapter`).
+    pub fn reward_adapter(&self) -> bool {
+        matches!(self, StageKind::RewardModel(r) if r.lora.is_some())
+    }
+
     /// Whether the stage takes `accumulate`: it can split its batch into micro-batches.
     pub fn accumulates(&self) -> bool {
         !matches!(self, StageKind::Isoflop(_) | StageKind::Mixture(_) | StageKind::Compare(_))

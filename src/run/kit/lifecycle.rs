@@ -149,6 +149,9 @@ fn lead(ctx: &StageCtx, hash: String, resolved: &Value, steps: u64) -> Result<Op
     if ctx.stage.kind.checkpoints_activations() {
         tracing::info!("{label}: activation checkpointing: only each block's input is kept, and the block runs again in the backward pass");
     }
+    if let Some((adamw, muon)) = ctx.stage.kind.optimizer().and_then(|o| Some((o, o.muon.as_ref()?))) {
+        tracing::info!("{label}: {}; AdamW (lr {}) on the embeddings, head, norms and biases", muon.describe(), adamw.lr);
+    }
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     let resume = checkpoint::resume_state(dir, ctx.opts.resume_from)?;
     if let Some(s) = &resume {

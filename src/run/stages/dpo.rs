@@ -148,7 +148,7 @@ pub fn run(ctx: &StageCtx, d: &DpoSpec) -> Result<()> {
     let before = score(&policy, reference, &codec, &held, d.max_new)?;
     let held_pairs: Vec<Pair> = split.held_out.iter().take(d.eval_examples).cloned().collect();
     let held_judged: Vec<_> = judged.iter().flat_map(|j| j.held_out.iter().take(d.eval_examples).cloned()).collect();
-    let mut opt = Optimizer::new(&params, &d.opt.optimizer);
+    let mut opt = Optimizer::new(&params, &names, &d.opt.optimizer);
     let (step0, mut rng, extra) = run.restore(&names, &params, &mut opt, Rng(recipe.seed ^ 0xD90))?;
     // Watched: the held-out pairs' accuracy (TRL's eval_rewards/accuracies), else the gold reward.
     // On feedback, the held-out margin between desirable and undesirable completions' rewards.

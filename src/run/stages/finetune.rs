@@ -56,7 +56,7 @@ pub fn run(ctx: &StageCtx, f: &FinetuneSpec) -> Result<()> {
     }
     let (names, params): (Vec<String>, Vec<Tensor>) = trained(&model).into_iter().unzip();
     let trainable: u64 = params.iter().map(|p| p.numel() as u64).sum();
-    let mut opt = Optimizer::new(&params, &f.opt.optimizer);
+    let mut opt = Optimizer::new(&params, &names, &f.opt.optimizer);
     let (step0, mut rng, extra) = run.restore(&names, &params, &mut opt, Rng(recipe.seed ^ 0x5F7))?;
     // Watched: the held-out loss, as Hugging Face's EarlyStoppingCallback watches eval_loss.
     let mut patience = Patience::lowest(f.opt.patience, "loss", &extra);

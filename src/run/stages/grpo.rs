@@ -59,7 +59,7 @@ pub fn run(ctx: &StageCtx, g: &GrpoSpec) -> Result<()> {
     let patterns: Vec<Option<regex::Regex>> = patterns.collect::<Result<_>>()?;
     // The starting point's score, before a resumed run restores its trained weights.
     let before = score(&policy, reference.as_ref(), &codec, &held, g.max_new)?;
-    let mut opt = Optimizer::new(&params, &g.opt.optimizer);
+    let mut opt = Optimizer::new(&params, &names, &g.opt.optimizer);
     let (step0, mut rng, extra) = run.restore(&names, &params, &mut opt, Rng(recipe.seed ^ 0x6290))?;
     opt.broadcast_state(world)?;
     // Per step: the share of groups whose rewards were all equal (kept in checkpoints).

@@ -104,7 +104,7 @@ pub fn run(ctx: &StageCtx, m: &MixtureSpec) -> Result<()> {
     tch::manual_seed(recipe.seed as i64);
     let model = Mixture::new(m, dim, out);
     let names = param_names(m);
-    let mut opt = Optimizer::new(&model.params, &m.optimizer);
+    let mut opt = Optimizer::new(&model.params, &[], &m.optimizer);
     let (step0, mut rng, _) = run.restore(&names, &model.params, &mut opt, Rng(recipe.seed ^ 0x0B7C_4E55))?;
     let eval = |model: &Mixture| {
         tch::no_grad(|| {

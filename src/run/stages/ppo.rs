@@ -65,7 +65,7 @@ pub fn run(ctx: &StageCtx, p: &PpoSpec) -> Result<()> {
     let (head_names, head_params): (Vec<String>, Vec<Tensor>) = value_head.named().into_iter().unzip();
     names.extend(head_names);
     params.extend(head_params);
-    let mut opt = Optimizer::new(&params, &p.opt.optimizer);
+    let mut opt = Optimizer::new(&params, &names, &p.opt.optimizer);
     let (step0, mut rng, extra) = run.restore(&names, &params, &mut opt, Rng(recipe.seed ^ 0x990))?;
     opt.broadcast_state(world)?;
     let mut kl_coef = extra["kl_coef"].as_f64().unwrap_or(p.kl);

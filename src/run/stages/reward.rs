@@ -63,7 +63,7 @@ pub fn run(ctx: &StageCtx, r: &RewardSpec) -> Result<()> {
     let mut rm = RewardModel::new(trunk);
     // What trains: the trunk (or its adapters) and the head.
     let (names, params): (Vec<String>, Vec<Tensor>) = trained(&rm.trunk).into_iter().chain(rm.head.named()).unzip();
-    let mut opt = Optimizer::new(&params, &r.opt.optimizer);
+    let mut opt = Optimizer::new(&params, &names, &r.opt.optimizer);
     let (step0, mut rng, extra) = run.restore(&names, &params, &mut opt, Rng(recipe.seed ^ 0x2E3A))?;
     let mut patience = Patience::new(r.opt.patience, "pairwise_accuracy", &extra);
     let mut stopped = None;

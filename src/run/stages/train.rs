@@ -81,7 +81,7 @@ pub fn run_model(ctx: &StageCtx, spec: &ModelSpec, t: &TrainSpec) -> Result<()> 
     let shard = t.shard_optimizer.then_some(world);
     let mut opt = match experts {
         Some(l) => Optimizer::divided(&model.params, &t.optimizer, model.divided(), l.group, l.replicas, shard),
-        None => Optimizer::sharded(&model.params, &t.optimizer, shard),
+        None => Optimizer::sharded(&model.params, &model.names, &t.optimizer, shard),
     };
     // A BPE tokenizer comes from the stage this one continues, so both read the same ids; an
     // imported model's from its checkpoint (and, kept beside the model, serves `sample` and `export`).

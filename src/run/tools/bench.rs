@@ -62,7 +62,7 @@ impl Case {
     fn new(s: &ModelSpec, device: Device, batch: i64) -> Result<Case> {
         tch::manual_seed(0);
         let model = Model::new(s, device)?;
-        let opt = Optimizer::new(&model.params, &crate::recipe::AdamW { lr: 1e-3, betas: (0.9, 0.95), eps: 1e-8, weight_decay: 0.1 });
+        let opt = Optimizer::new(&model.params, &model.names, &crate::recipe::AdamW { lr: 1e-3, betas: (0.9, 0.95), eps: 1e-8, weight_decay: 0.1, muon: None });
         let x = Tensor::randint(256, [batch, s.context as i64], (Kind::Int64, device));
         let y = Tensor::randint(256, [batch, s.context as i64], (Kind::Int64, device));
         Ok(Case { model, opt, x, y })
@@ -212,7 +212,7 @@ pub fn bench_config(name: &str, steps: usize) -> Result<serde_json::Value> {
     let warm_rss = rss_bytes("VmRSS:");
     tch::manual_seed(0);
     let mut model = Model::new(&s, device)?;
-    let mut opt = Optimizer::new(&model.params, &crate::recipe::AdamW { lr: 1e-3, betas: (0.9, 0.95), eps: 1e-8, weight_decay: 0.1 });
+    let mut opt = Optimizer::new(&model.params, &model.names, &crate::recipe::AdamW { lr: 1e-3, betas: (0.9, 0.95), eps: 1e-8, weight_decay: 0.1, muon: None });
     // The first step, phase by phase: peak RSS after the forward pass (saved activations) and
     // after the backward pass (its temporaries), beside the plan's terms for the same.
     let phases = {

@@ -33,7 +33,7 @@ impl Optimizer {
     /// (`Model::from_graph` with a share) over `group`, with their replicas in the other groups.
     /// With `shard`, the moments of the rest are sharded over its processes (ZeRO-1, `zero.rs`).
     pub fn divided(params: &[Tensor], cfg: &crate::recipe::AdamW, divided: &[usize], group: World, replicas: Option<World>, shard: Option<&World>) -> Optimizer {
-        let mut opt = Optimizer::build(params, cfg, divided, shard);
+        let mut opt = Optimizer::build(params, &[], cfg, divided, shard);
         let local = divided.iter().filter(|&&i| params[i].requires_grad()).map(|&i| params[i].numel() as i64).sum();
         let squares = Tensor::zeros([], (Kind::Double, opt.flat.g.device()));
         opt.divided = Some(Divided { local, group, replicas, idx: divided.to_vec(), squares });

@@ -14,8 +14,10 @@
 mod divided;
 mod fused_cpu;
 mod moments;
+mod muon;
 mod norm;
 mod replicas;
+mod shadow;
 pub mod zero;
 
 use tch::{Kind, Tensor};
@@ -45,12 +47,14 @@ pub struct Optimizer {
     /// This process's share of the moments when they are sharded (ZeRO-1, `zero.rs`).
     zero: Option<zero::Zero>,
     /// Low-precision copies of the weights, made once per step (see `shadow`).
-    shadow: Option<Shadow>,
+    shadow: Option<shadow::Shadow>,
     how: Update,
     /// Gradient exchanges so far (`replicas.rs` checks every N-th).
     exchanges: u64,
     /// The parameters only this process holds (expert parallelism, `divided.rs`).
     divided: Option<divided::Divided>,
+    /// Muon's matrices, at the buffers' end (`optimizer = muon`).
+    muon: Option<muon::MuonPart>,
 }
 
 /// Which implementation of the update runs: the same formula three ways.
@@ -78,20 +82,6 @@ fn default_update(p: &Tensor) -> Update {
 /// The flat buffers: parameters, gradients, first and second moments, and scratch space for the
 /// update. Decoupled weight decay applies to matrices (weights, embeddings), not to biases or
 /// gains, so those come first and decay is one operation on the leading `decayed` elements.
-/// The trainable weights cast to bf16 in one flat buffer, refreshed by one cast after every
-/// update, whose gradients land in a flat bf16 buffer copied into the float32 one in one pass:
-/// three whole-buffer kernels a step instead of a cast, a cast back and an accumulation per
-/// parameter (for Switch-64's 1.9B parameters the per-parameter way moved about 19 GB a step).
-struct Shadow {
-    w: Tensor,
-    g: Tensor,
-    /// Flat ranges whose gradients come from the shadow; the rest (`holes`) from autograd as before.
-    spans: Vec<(i64, i64)>,
-    holes: Vec<(i64, i64)>,
-    /// Whether this step's shadow gradients were copied into the float32 buffer yet.
-    gathered: bool,
-}
-
 struct Flat {
     p: Tensor,
     g: Tensor,
@@ -106,32 +96,44 @@ impl Flat {
         let c = Tensor::shallow_clone;
         Flat { p: c(&self.p), g: c(&self.g), m: c(&self.m), v: c(&self.v), scratch: c(&self.scratch), decayed: self.decayed }
     }
+
+    /// AdamW's part when Muon's matrices take the buffers from `end` on.
+    fn front(&self, end: i64) -> Flat {
+        let part = |t: &Tensor| t.narrow(0, 0, end);
+        Flat { p: part(&self.p), g: part(&self.g), m: part(&self.m), v: self.v.shallow_clone(), scratch: self.scratch.shallow_clone(), decayed: self.decayed }
+    }
 }
 
 impl Optimizer {
     /// Take over the storage of those of `params` that require grad (their values are kept); all
-    /// must share one kind and device.
-    pub fn new(params: &[Tensor], cfg: &crate::recipe::AdamW) -> Optimizer {
-        Self::build(params, cfg, &[], None)
+    /// must share one kind and device. With `optimizer = muon` the ones Muon takes (by `names`,
+    /// `Muon::takes`) are Muon's.
+    pub fn new(params: &[Tensor], names: &[String], cfg: &crate::recipe::AdamW) -> Optimizer {
+        Self::build(params, names, cfg, &[], None)
     }
 
     /// `new` for a run of several processes: with `shard` (ZeRO-1, `zero.rs`) this process keeps
     /// only its slice of the moments, never allocating the whole ones.
-    pub fn sharded(params: &[Tensor], cfg: &crate::recipe::AdamW, shard: Option<&World>) -> Optimizer {
-        Self::build(params, cfg, &[], shard)
+    pub fn sharded(params: &[Tensor], names: &[String], cfg: &crate::recipe::AdamW, shard: Option<&World>) -> Optimizer {
+        Self::build(params, names, cfg, &[], shard)
     }
 
     /// `new`, with the parameters at `front` first in the buffers (`divided.rs`) and, with
     /// `shard`, the moments of the rest sharded over its processes.
-    fn build(params: &[Tensor], cfg: &crate::recipe::AdamW, front: &[usize], shard: Option<&World>) -> Optimizer {
+    fn build(params: &[Tensor], names: &[String], cfg: &crate::recipe::AdamW, front: &[usize], shard: Option<&World>) -> Optimizer {
         let (kind, device) = params.iter().find(|p| p.requires_grad()).map_or((Kind::Float, tch::Device::Cpu), |p| (p.kind(), p.device()));
-        // Matrices first (stable order), then vectors. A tensor that does not require grad (a
-        // frozen one) is left where it is and never updated.
+        let muon = |i: usize| cfg.muon.is_some() && names.get(i).is_some_and(|n| crate::recipe::Muon::takes(n, params[i].dim()));
+        assert!(cfg.muon.is_none() || (front.is_empty() && shard.is_none_or(|w| w.size == 1)), "check refuses Muon with divided experts or sharded moments (E0257)");
+        // AdamW's matrices first (stable order), then its vectors, then Muon's matrices. A tensor
+        // that does not require grad (a frozen one) is left where it is and never updated.
         let mut order: Vec<usize> = (0..params.len()).filter(|&i| params[i].requires_grad()).collect();
-        order.sort_by_key(|&i| (params[i].dim() < 2, !front.contains(&i)));
+        order.sort_by_key(|&i| (muon(i), params[i].dim() < 2, !front.contains(&i)));
         let numel: Vec<i64> = params.iter().map(|p| p.numel() as i64).collect();
         let total: i64 = order.iter().map(|&i| numel[i]).sum();
-        let decayed: i64 = order.iter().filter(|&&i| params[i].dim() >= 2).map(|&i| numel[i]).sum();
+        let decayed: i64 = order.iter().filter(|&&i| params[i].dim() >= 2 && !muon(i)).map(|&i| numel[i]).sum();
+        // Muon's matrices keep one moment (its momentum): AdamW's second moment and scratch end
+        // where they begin.
+        let adam: i64 = order.iter().filter(|&&i| !muon(i)).map(|&i| numel[i]).sum();
         let base: i64 = order.iter().filter(|i| front.contains(i)).map(|&i| numel[i]).sum();
         // Sharded: weights and gradients padded for the collectives, whole moments only for the front.
         let zero = shard.filter(|w| w.size > 1).map(|w| zero::Zero::new(w, base, total - base, (kind, device)));
@@ -161,85 +163,26 @@ impl Optimizer {
         for &i in &order {
             super::native::set_grad(&params[i], &views(&g, i).expect("a trainable parameter has a span")).expect("a trainable leaf takes a gradient of its shape");
         }
-        let flat = Flat { p, g, m: buf(moments), v: buf(moments), scratch: buf(moments), decayed };
+        let second = moments - (total - adam);
+        let flat = Flat { p, g, m: buf(moments), v: buf(second), scratch: buf(second), decayed };
         // Moments of frozen tensors stay zero (checkpoints name every tensor's); the others are
-        // views (none for a sharded one: `zero.rs` holds its slice).
-        let moment = |flat: &Tensor, i: usize| match spans[i] {
+        // views (none for a sharded one, `zero.rs` holds its slice, nor for Muon's second).
+        let moment = |flat: &Tensor, i: usize, end: i64| match spans[i] {
             None => params[i].zeros_like(),
-            Some((off, _)) if off < moments => views(flat, i).expect("span"),
+            Some((off, _)) if off < end => views(flat, i).expect("span"),
             Some(_) => Tensor::new(),
         };
-        let m = (0..params.len()).map(|i| moment(&flat.m, i)).collect();
-        let v = (0..params.len()).map(|i| moment(&flat.v, i)).collect();
-        Optimizer { beta1: cfg.betas.0, beta2: cfg.betas.1, eps: cfg.eps, weight_decay: cfg.weight_decay, t: 0, m, v, step_t: None, grad_scale: None, spans, shapes: params.iter().map(|p| p.size()).collect(), shadow: None, zero, how: default_update(&flat.p), exchanges: 0, divided: None, flat }
+        let m = (0..params.len()).map(|i| moment(&flat.m, i, moments)).collect();
+        let v = (0..params.len()).map(|i| moment(&flat.v, i, second)).collect();
+        let mats = order.iter().filter(|&&i| muon(i)).map(|&i| (spans[i].expect("span").0, numel[i], params[i].size())).collect();
+        let muon = muon::MuonPart::new(cfg, adam, mats);
+        Optimizer { muon, beta1: cfg.betas.0, beta2: cfg.betas.1, eps: cfg.eps, weight_decay: cfg.weight_decay, t: 0, m, v, step_t: None, grad_scale: None, spans, shapes: params.iter().map(|p| p.size()).collect(), shadow: None, zero, how: default_update(&flat.p), exchanges: 0, divided: None, flat }
     }
 
     /// Choose the implementation of the update (tests compare them; `OwnCpu` needs float32 CPU
     /// buffers and falls back to `Ops` elsewhere).
     pub fn set_update(&mut self, how: Update) {
         self.how = how;
-    }
-
-    /// Keep bf16 (`kind`) copies of the trainable `params` (those this optimizer was made with)
-    /// except `exclude`: returns, per parameter, the copy to compute with (a leaf whose gradient
-    /// is a view into a flat buffer). A parameter read more than once per forward pass (a tied
-    /// embedding) or read other than through these copies (a router in float32) must be excluded:
-    /// its gradient then reaches the float32 buffer through autograd as before.
-    pub fn shadow(&mut self, params: &[Tensor], kind: Kind, exclude: &[usize]) -> Vec<Option<Tensor>> {
-        let (w, g) = tch::no_grad(|| (self.flat.p.to_kind(kind), Tensor::zeros([self.flat.p.numel() as i64], (kind, self.flat.p.device()))));
-        let mut leaves: Vec<Option<Tensor>> = (0..params.len()).map(|_| None).collect();
-        let (mut spans, mut holes) = (vec![], vec![]);
-        for (i, span) in self.spans.iter().enumerate() {
-            let Some((off, n)) = *span else { continue };
-            if exclude.contains(&i) {
-                holes.push((off, n));
-                continue;
-            }
-            spans.push((off, n));
-            leaves[i] = Some(w.narrow(0, off, n).view(params[i].size().as_slice()).detach().set_requires_grad(true));
-        }
-        for (leaf, span) in leaves.iter().zip(&self.spans) {
-            if let (Some(leaf), Some((off, n))) = (leaf, span) {
-                super::native::set_grad(leaf, &g.narrow(0, *off, *n).view(leaf.size().as_slice())).expect("a leaf takes a gradient of its shape");
-            }
-        }
-        self.shadow = Some(Shadow { w, g, spans, holes, gathered: false });
-        leaves
-    }
-
-    /// Zero every gradient (in place: autograd keeps accumulating into the flat buffers).
-    pub fn zero_grad(&mut self) {
-        match &mut self.shadow {
-            Some(s) => {
-                let _ = s.g.zero_();
-                for &(off, n) in &s.holes {
-                    let _ = self.flat.g.narrow(0, off, n).zero_();
-                }
-                s.gathered = false;
-            }
-            None => {
-                let _ = self.flat.g.zero_();
-            }
-        }
-    }
-
-    /// The shadow's gradients into the float32 buffer (once per step).
-    fn gather(&mut self) {
-        if let Some(s) = self.shadow.as_mut().filter(|s| !s.gathered) {
-            tch::no_grad(|| {
-                for &(off, n) in &s.spans {
-                    self.flat.g.narrow(0, off, n).copy_(&s.g.narrow(0, off, n));
-                }
-            });
-            s.gathered = true;
-        }
-    }
-
-    /// Copy the weights into the shadow (after an update, or weights restored from a checkpoint).
-    pub fn refresh_shadow(&mut self) {
-        if let Some(s) = &self.shadow {
-            tch::no_grad(|| s.w.shallow_clone().copy_(&self.flat.p));
-        }
     }
 
     /// The global gradient norm; with `clip`, gradients are scaled so that it is at most `clip`
@@ -277,7 +220,8 @@ impl Optimizer {
         let total = self.global_norm();
         if let Some(c) = clip {
             tch::no_grad(|| {
-                if self.how == Update::Aten {
+                // (Muon reads the gradients too: they are scaled in place for it.)
+                if self.how == Update::Aten && self.muon.is_none() {
                     self.grad_scale = Some(((&total + 1e-6) / c).clamp_min(1.0).to_kind(Kind::Float));
                 } else if self.flat.g.device() == tch::Device::Cpu {
                     // Reading costs nothing on the CPU: the scale of `clip_grad_norm`, bit for bit.
@@ -323,8 +267,9 @@ impl Optimizer {
         let eps = self.eps * bc2.sqrt();
         let own = self.flat.p.device() == tch::Device::Cpu && self.flat.p.kind() == Kind::Float;
         let how = if self.how == Update::OwnCpu && !own { Update::Ops } else { self.how };
-        // The host decides where reading the flag costs nothing (the CPU) or the kernel cannot.
-        if how != Update::Aten {
+        // The host decides where reading the flag costs nothing (the CPU) or the kernel cannot
+        // (Muon's update).
+        if how != Update::Aten || self.muon.is_some() {
             if let Some(inf) = found_inf {
                 if inf.double_value(&[]) != 0.0 {
                     return Ok(());
@@ -334,12 +279,16 @@ impl Optimizer {
         let grad_scale = self.grad_scale.take();
         // Sharded moments: the update covers this process's share of the buffers only (and its
         // own experts' part, when they are divided).
-        let parts = match &self.zero {
-            Some(z) => z.parts(&self.flat),
-            None => vec![self.flat.shallow()],
+        let parts = match (&self.zero, &self.muon) {
+            (Some(z), _) => z.parts(&self.flat),
+            (None, Some(mu)) => vec![self.flat.front(mu.start)],
+            (None, None) => vec![self.flat.shallow()],
         };
         for f in &parts {
             self.apply_part(f, lr, [step, eps], how, grad_scale.as_ref(), found_inf)?;
+        }
+        if let Some(mu) = &self.muon {
+            mu.step(&self.flat.p, &self.flat.g, &self.flat.m, lr);
         }
         Ok(())
     }
