@@ -180,11 +180,12 @@ enum Command {
     Bench {
         /// `moe`; `transformer` with --config for one line of bench/compare.py's table;
         /// `generate` (--config) for generation with and without the KV cache; `recompute`
-        /// (--config) for training steps with and without activation checkpointing; `import`
-        /// (--recipe) for the time and peak memory of importing a recipe's `hf("…")` model.
-        #[arg(value_parser = ["moe", "transformer", "generate", "recompute", "import"])]
+        /// (--config) for training steps with and without activation checkpointing; `muon`
+        /// (--config) for steps and held-out loss under AdamW and Muon; `import` (--recipe) for
+        /// the time and peak memory of importing a recipe's `hf("…")` model.
+        #[arg(value_parser = ["moe", "transformer", "generate", "recompute", "muon", "import"])]
         which: String,
-        /// tiny | small | medium | switch-8 | switch-64 (with `transformer`, `generate`, `recompute`).
+        /// tiny | small | medium | switch-8 | switch-64 (with `transformer`, `generate`, `recompute`, `muon`).
         #[arg(long, default_value = "tiny")]
         config: String,
         #[arg(long, default_value_t = 5)]

@@ -157,6 +157,7 @@ pub fn bench(which: &str, config: &str, reps: usize, steps: usize, recipe: Optio
         "moe" => bench::bench_moe(reps.max(1), steps.max(1)).map(|b| show_moe(&b)),
         "generate" => bench::bench_generate(config, reps.max(1)).map(|b| show_generate(&b)),
         "recompute" => bench::bench_recompute(config, reps.max(1), steps.max(1)).map(|b| show_recompute(&b)),
+        "muon" => bench::bench_muon(config, reps.max(1), steps.max(1)).map(|b| show_muon(&b)),
         _ => bench::bench_config(config, steps.max(1)).map(|v| outln!("{v}")),
     };
     match r {
@@ -186,10 +187,20 @@ fn show_moe(b: &roux::run::tools::bench::MoeBench) {
 #[cfg(feature = "torch")]
 fn show_recompute(b: &roux::run::tools::bench::RecomputeBench) {
     let mib = |x: u64| x as f64 / 1048576.0;
-    outln!("roux bench recompute — {} on {}, batch {} × {} tokens, {} interleaved reps × {} steps, median", b.config, b.device, b.batch, b.context, b.reps, b.steps);
+    let s = &b.setup;
+    outln!("roux bench recompute — {} on {}, batch {} × {} tokens, {} interleaved reps × {} steps, median", s.config, s.device, s.batch, s.context, s.reps, s.steps);
     outln!("  without activation checkpointing {:>9.1} ms/step, activations {:>8.1} MiB (plan)", b.secs[0] * 1e3, mib(b.activation_bytes[0]));
     outln!("  with activation checkpointing    {:>9.1} ms/step, activations {:>8.1} MiB (plan)", b.secs[1] * 1e3, mib(b.activation_bytes[1]));
     outln!("  {:.2}× the time (one more forward pass: expect about 1.33×) for {:.2}× the activations", b.secs[1] / b.secs[0], b.activation_bytes[1] as f64 / b.activation_bytes[0].max(1) as f64);
+}
+
+#[cfg(feature = "torch")]
+fn show_muon(b: &roux::run::tools::bench::MuonBench) {
+    let s = &b.setup;
+    outln!("roux bench muon — {} on {}, batch {} × {} tokens, {} interleaved reps × {} steps from the same weights, median", s.config, s.device, s.batch, s.context, s.reps, s.steps);
+    outln!("  AdamW (lr 1e-3)                       {:>9.1} ms/step, held-out loss {:.4}", b.secs[0] * 1e3, b.val_loss[0]);
+    outln!("  Muon (lr 0.02) on the blocks' matrices {:>8.1} ms/step, held-out loss {:.4}", b.secs[1] * 1e3, b.val_loss[1]);
+    outln!("  {:.2}× the time per step (its Newton–Schulz iterations) for {:+.4} nats of held-out loss", b.secs[1] / b.secs[0], b.val_loss[1] - b.val_loss[0]);
 }
 
 #[cfg(feature = "torch")]

@@ -2,7 +2,8 @@
 //! experts of the same size, and of the dense model with the same active parameters, measured
 //! in one run with interleaved repetitions; `roux bench transformer` one configuration of
 //! bench/compare.py's table; `roux bench generate` generation with and without the KV cache;
-//! `roux bench recompute` a configuration's steps with and without activation checkpointing.
+//! `roux bench recompute` a configuration's steps with and without activation checkpointing;
+//! `roux bench muon` its steps and held-out loss under AdamW and under Muon.
 //! Speed goals live here, never in timed tests.
 
 use anyhow::Result;
@@ -129,15 +130,20 @@ pub fn bench_moe(reps: usize, steps: usize) -> Result<MoeBench> {
     Ok(MoeBench { device: crate::run::kit::device::name(device), threads: tch::get_num_threads(), batch: batch as usize, context: 128, reps, steps, rows })
 }
 
-/// `roux bench recompute`'s measurements: median seconds per step without and with activation
-/// checkpointing, and the activations the plan counts for each.
-pub struct RecomputeBench {
+/// What a two-way benchmark ran: configuration, device, batch shape and repetitions.
+pub struct Setup {
     pub config: String,
     pub device: String,
     pub batch: usize,
     pub context: usize,
     pub reps: usize,
     pub steps: usize,
+}
+
+/// `roux bench recompute`'s measurements: median seconds per step without and with activation
+/// checkpointing, and the activations the plan counts for each.
+pub struct RecomputeBench {
+    pub setup: Setup,
     pub secs: [f64; 2],
     pub activation_bytes: [u64; 2],
 }
@@ -159,16 +165,64 @@ pub fn bench_recompute(name: &str, reps: usize, steps: usize) -> Result<Recomput
     }
     let g = &cases[0].model.graph;
     let all = crate::plan::activation_bytes(g, batch, ctx);
-    Ok(RecomputeBench {
-        config: name.to_string(),
-        device: crate::run::kit::device::name(device),
-        batch,
-        context: ctx,
-        reps,
-        steps,
-        secs: [median(&mut times[0]), median(&mut times[1])],
-        activation_bytes: [all, all.saturating_sub(crate::plan::checkpointing_saving(g, batch, ctx))],
-    })
+    let setup = Setup { config: name.to_string(), device: crate::run::kit::device::name(device), batch, context: ctx, reps, steps };
+    Ok(RecomputeBench { setup, secs: [median(&mut times[0]), median(&mut times[1])], activation_bytes: [all, all.saturating_sub(crate::plan::checkpointing_saving(g, batch, ctx))] })
+}
+
+/// `roux bench muon`'s measurements, AdamW's first and Muon's second: median seconds per step
+/// and the held-out loss after the same steps on the same batches from the same weights.
+pub struct MuonBench {
+    pub setup: Setup,
+    pub secs: [f64; 2],
+    pub val_loss: [f64; 2],
+}
+
+/// AdamW (lr 1e-3, betas (0.9, 0.95), weight decay 0.1) against Muon (lr 0.02 on the blocks'
+/// matrices, no decay, Keller Jordan's speedrun settings, AdamW as before on the rest), each from
+/// the same weights through the same Shakespeare batches, interleaved `reps` times `steps` steps.
+pub fn bench_muon(name: &str, reps: usize, steps: usize) -> Result<MuonBench> {
+    let (d, layers, heads, ctx, batch, experts) = config(name).ok_or_else(|| anyhow::anyhow!("unknown config `{name}` (tiny, small, medium, switch-8, switch-64)"))?;
+    let device = tch::Device::cuda_if_available();
+    let s = config_spec(name, d, layers, heads, ctx, experts);
+    let data: Vec<u32> = read_bench_data()?.into_iter().map(u32::from).collect();
+    let (train, held) = data.split_at(data.len() * 9 / 10);
+    let adamw = AdamW { lr: 1e-3, betas: (0.9, 0.95), eps: 1e-8, weight_decay: 0.1, muon: None };
+    let muon = Muon { lr: 0.02, momentum: 0.95, nesterov: true, weight_decay: 0.0, ns_steps: 5, adjust_lr: MuonLr::Original };
+    let mut cases: Vec<(Model, Optimizer, crate::rng::Rng)> = vec![];
+    for cfg in [adamw.clone(), AdamW { muon: Some(muon), ..adamw }] {
+        tch::manual_seed(0);
+        let model = Model::new(&s, device)?;
+        let opt = Optimizer::new(&model.params, &model.names, &cfg);
+        cases.push((model, opt, crate::rng::Rng(7)));
+    }
+    let mut times = [vec![], vec![]];
+    for _ in 0..reps {
+        for (i, (model, opt, rng)) in cases.iter_mut().enumerate() {
+            let t = Instant::now();
+            for _ in 0..steps {
+                let (x, y) = data_batch(train, batch, ctx, rng, device);
+                opt.zero_grad();
+                let (loss, _, _) = model.loss_parts(&x, &y, true);
+                model.backward(&loss)?;
+                opt.clip_grad_norm(Some(1.0));
+                opt.step(1e-3)?;
+            }
+            if let Device::Cuda(_) = device {
+                tch::Cuda::synchronize(0);
+            }
+            times[i].push(t.elapsed().as_secs_f64() / steps as f64);
+        }
+    }
+    let mut val_loss = [0.0; 2];
+    for (i, (model, _, _)) in cases.iter().enumerate() {
+        let mut rng = crate::rng::Rng(11);
+        val_loss[i] = tch::no_grad(|| (0..8).map(|_| {
+            let (x, y) = data_batch(held, batch, ctx, &mut rng, device);
+            model.loss(&x, &y, false).double_value(&[])
+        }).sum::<f64>() / 8.0);
+    }
+    let setup = Setup { config: name.to_string(), device: crate::run::kit::device::name(device), batch, context: ctx, reps, steps };
+    Ok(MuonBench { setup, secs: [median(&mut times[0]), median(&mut times[1])], val_loss })
 }
 
 /// The median of timings (the upper one of an even count), sorting them in place.
