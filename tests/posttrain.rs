@@ -1586,3 +1586,53 @@ fn activation_checkpointing_changes_no_stage_s_numbers() {
     let log = String::from_utf8_lossy(&o.stderr);
     assert!(o.status.success() && stages.iter().all(|s| log.contains(&format!("{s}: up to date"))), "{log}");
 }
+
+/// TR-DPO's moving reference (`sync_ref_model`), on DPO and GRPO. With α = 1 the reference
+/// becomes the policy: the DPO step after each sync starts from h = 0, its loss ln 2 exactly as
+/// on the first step, and GRPO's KL to a reference synced every step is 0 on every step (it grows
+/// without). With α = 0.6 a run killed after a checkpoint resumes from the moved reference the
+/// checkpoint kept: the same weights as a run never stopped.
+#[test]
+fn a_synced_reference_moves_with_the_policy_and_resumes_exactly() {
+    let out = scratch("ref-sync");
+    let recipe = out.join("s.roux");
+    let text = |dpo: &str, grpo: &str| {
+        format!(
+            r#"experiment "sync" {{
+          seed = 7
+          data prefs = synthetic.preferences {{ tasks = [uppercase], pairs = 120, max_len = 3 }}
+          data instr = synthetic.instructions {{ tasks = [uppercase], examples = 120, max_len = 3 }}
+          model lm = transformer {{ vocab = 256, context = 24, d_model = 32, layers = 1, heads = 2, dropout = 0 }}
+          stage po = dpo(lm, prefs) {{ beta = 0.5, steps = 12, batch = 8, log_every = 1, eval_every = 4, eval_examples = 2, max_new = 2, optimizer = adamw {{ lr = 3e-3 }}{dpo} }}
+          stage gr = grpo(policy = lm, prompts = instr) {{ group = 4, batch = 16, steps = 4, max_new = 4, reward = matches("[a-z]"), eval_every = 4, eval_examples = 2, optimizer = adamw {{ lr = 3e-3 }}{grpo} }}
+        }}"#
+        )
+    };
+    std::fs::write(&recipe, text(", sync_ref_model = true, ref_model_mixup_alpha = 1, ref_model_sync_steps = 2", ", sync_ref_model = true, ref_model_mixup_alpha = 1, ref_model_sync_steps = 1")).unwrap();
+    let log = run_ok(&recipe, &out.join("one"));
+    assert!(log.contains("po: DPO (sigmoid loss, β = 0.5, reference ← 1·policy + 0·reference every 2 steps (TR-DPO))"), "{log}");
+    let losses: Vec<f64> = metrics(&out.join("one/sync/po")).iter().map(|m| m["loss"].as_f64().unwrap()).collect();
+    let ln2 = std::f64::consts::LN_2;
+    for (step, l) in losses.iter().enumerate() {
+        // Steps 1, 3, 5, … (indices 0, 2, 4, …) start from a reference equal to the policy.
+        assert_eq!((l - ln2).abs() < 1e-6, step % 2 == 0, "step {}: loss {l} (ln 2 = {ln2}): {losses:?}", step + 1);
+    }
+    let kl = |dir: &str| metrics(&out.join(dir).join("sync/gr")).iter().map(|m| m["kl"].as_f64().unwrap()).collect::<Vec<f64>>();
+    assert!(kl("one").iter().all(|&k| k == 0.0), "{:?}", kl("one"));
+    std::fs::write(&recipe, text("", "")).unwrap();
+    run_ok(&recipe, &out.join("free"));
+    // (Without the sync the policy leaves its reference as soon as a group's rewards differ.)
+    assert!(kl("free").last().is_some_and(|&k| k > 0.0), "{:?}", kl("free"));
+    // α = 0.6 every 3 steps, killed after the checkpoint at step 4 (the reference moved at step 3).
+    std::fs::write(&recipe, text(", sync_ref_model = true, ref_model_sync_steps = 3", "")).unwrap();
+    let whole = out.join("whole");
+    run_ok(&recipe, &whole);
+    let killed = out.join("killed");
+    let dir = killed.join("sync/po");
+    assert!(common::kill_after_checkpoint(&["run", recipe.to_str().unwrap(), "--out", killed.to_str().unwrap(), "--stage", "po"], &dir, 4), "the DPO stage finished before it could be killed, three times");
+    let log = run_ok(&recipe, &killed);
+    assert!(log.contains("po: resuming from step"), "{log}");
+    let read = |d: &std::path::Path| std::fs::read(d.join("model.safetensors")).unwrap();
+    assert!(read(&whole.join("sync/po")) == read(&dir), "weights differ after a resume");
+    assert_eq!(metrics(&whole.join("sync/po")), metrics(&dir), "metrics differ after a resume");
+}

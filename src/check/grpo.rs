@@ -36,6 +36,12 @@ impl<'a> Checker<'a> {
         let level = f.optional(self, "importance_sampling", |f, ck| f.sym(ck, "importance_sampling", &["token", "sequence"], None));
         let mask_truncated = f.bool(self, "mask_truncated", false);
         let lora = self.adapter_key(&mut f, policy.as_ref());
+        let no_reference = match (&lora, beta) {
+            (Some(Some(_)), _) => Some(super::ref_sync::LORA.to_string()),
+            (_, Some(0.0)) => Some("with `beta = 0` no reference is loaded".to_string()),
+            _ => None,
+        };
+        let sync_ref = self.ref_sync_keys(&mut f, no_reference);
         let eval = self.eval_keys(&mut f);
         let (group_span, reward_span, new_span) = (f.value_span("group"), f.value_span("reward"), f.value_span("max_new"));
         let rloo = loss == Some("rloo");
@@ -80,7 +86,7 @@ impl<'a> Checker<'a> {
             _ => RewardScale::Group,
         });
         let importance_sampling = if level? == Some("sequence") { ImportanceSampling::Sequence } else { ImportanceSampling::Token };
-        let spec = GrpoSpec { policy: policy?, prompts: prompts.name, opt, group, reward, beta: beta?, clip: clip?, clip_high: clip_high?, delta: delta?, top_entropy_quantile: quantile?.filter(|&q| q < 1.0), epochs: epochs?, max_new, temperature: temperature?, filters: filters?, loss, scale_rewards, lora: lora?, eval_examples, importance_sampling, mask_truncated: mask_truncated? };
+        let spec = GrpoSpec { policy: policy?, prompts: prompts.name, opt, group, reward, beta: beta?, clip: clip?, clip_high: clip_high?, delta: delta?, top_entropy_quantile: quantile?.filter(|&q| q < 1.0), epochs: epochs?, max_new, temperature: temperature?, filters: filters?, loss, scale_rewards, lora: lora?, eval_examples, importance_sampling, mask_truncated: mask_truncated?, sync_ref: sync_ref? };
         Some(self.stage_spec(d, StageKind::Grpo(spec)))
     }
 

@@ -24,6 +24,7 @@ pub mod paths;
 mod moe;
 mod optimizer;
 mod processes;
+mod ref_sync;
 mod stage;
 mod tokens;
 

@@ -61,6 +61,10 @@ pub struct GrpoSpec {
     /// group's mean). Left out of serialized specs when off.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub mask_truncated: bool,
+    /// TR-DPO's moving reference, as TRL's GRPOTrainer takes it (`sync_ref_model = true`); left
+    /// out of serialized specs when off.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sync_ref: Option<super::RefSync>,
 }
 
 /// The level of the importance ratio (TRL's `importance_sampling_level`): per token, as GRPO and

@@ -176,8 +176,20 @@ pub struct DpoSpec {
     /// the policy without them; the stage's output is `STAGE.adapter`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub lora: Option<LoraSpec>,
+    /// TR-DPO's moving reference (`sync_ref_model = true`); left out of serialized specs when off.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sync_ref: Option<RefSync>,
     pub eval_examples: usize,
     pub max_new: usize,
+}
+
+/// TR-DPO (Gorbatovski et al. 2024; TRL's `sync_ref_model`): every `every` steps the frozen
+/// reference becomes α·policy + (1 − α)·reference, weight by weight, so the trust region it
+/// anchors moves with training.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct RefSync {
+    pub alpha: f64,
+    pub every: u64,
 }
 
 /// The preference loss of a `dpo` stage, on h = (log π − log π_ref)(chosen) − (…)(rejected), as

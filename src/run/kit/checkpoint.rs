@@ -37,7 +37,9 @@ pub struct State {
 /// The file is written a tensor at a time: `weight(i)` gives tensor i whole (`held[i]` is this
 /// process's, whose kind it has), and a divided one is gathered when its turn comes, so every
 /// process calls `save` and only the one given `dir` writes.
-pub fn save(dir: Option<&Path>, names: &[String], held: &[Tensor], weight: &dyn Fn(usize) -> Result<Tensor>, opt: &Optimizer, state: &State, keep: usize) -> Result<()> {
+/// `companions` (named, whole) follow the trained tensors and their moments.
+#[allow(clippy::too_many_arguments)]
+pub fn save(dir: Option<&Path>, names: &[String], held: &[Tensor], weight: &dyn Fn(usize) -> Result<Tensor>, opt: &Optimizer, state: &State, keep: usize, companions: &[(String, Tensor)]) -> Result<()> {
     let n = names.len();
     let mut entries = vec![];
     for (prefix, kind) in [("", None), ("adam.m.", Some(opt.moment_kind())), ("adam.v.", Some(opt.moment_kind()))] {
@@ -46,8 +48,10 @@ pub fn save(dir: Option<&Path>, names: &[String], held: &[Tensor], weight: &dyn 
             entries.push(FileTensor { name: format!("{prefix}{name}"), shape, kind: kind.unwrap_or(held[i].kind()) });
         }
     }
+    entries.extend(companions.iter().map(|(name, t)| FileTensor { name: name.clone(), shape: t.size(), kind: t.kind() }));
     let path = dir.map(|d| d.join(&state.file));
     write_streamed(path.as_deref(), &entries, |k| match k / n {
+        _ if k >= 3 * n => Ok(companions[k - 3 * n].1.shallow_clone()),
         0 => weight(k),
         part => opt.whole_moment(k % n, part == 1),
     })?;
@@ -150,11 +154,16 @@ pub fn read_state(dir: &Path) -> Result<Option<State>> {
     }
 }
 
-/// Restore named trainable tensors and their moments from the checkpoint a state names.
-pub fn load(dir: &Path, state: &State, names: &[String], params: &[Tensor], opt: &mut Optimizer) -> Result<()> {
+/// Restore named trainable tensors and their moments, and the `companions` in place, from the
+/// checkpoint a state names.
+pub fn load(dir: &Path, state: &State, names: &[String], params: &[Tensor], opt: &mut Optimizer, companions: &[(String, Tensor)]) -> Result<()> {
     let path = dir.join(&state.file);
     // Mapped: each process copies out the rows it holds, nothing more.
-    with_mapped(&path, |tensors| restore(&path, tensors, names, params, opt)).with_context(|| format!("reading checkpoint {}", path.display()))?;
+    let read = |tensors: &[(String, Tensor)]| {
+        restore(&path, tensors, names, params, opt)?;
+        restore_companions(&path, tensors, companions)
+    };
+    with_mapped(&path, read).with_context(|| format!("reading checkpoint {}", path.display()))?;
     opt.t = state.adam_t;
     Ok(())
 }
@@ -178,6 +187,17 @@ fn restore(path: &Path, tensors: &[(String, Tensor)], names: &[String], params: 
                 _ => opt.restore_moment(i, part == 1, t),
             }
         }
+    }
+    Ok(())
+}
+
+fn restore_companions(path: &Path, tensors: &[(String, Tensor)], companions: &[(String, Tensor)]) -> Result<()> {
+    for (name, t) in companions {
+        let Some((_, saved)) = tensors.iter().find(|(n, _)| n == name) else { bail!("checkpoint {} has no tensor `{name}`", path.display()) };
+        if saved.size() != t.size() {
+            bail!("checkpoint {}: `{name}` has shape {}, the run expects {}", path.display(), shape(&saved.size()), shape(&t.size()));
+        }
+        tch::no_grad(|| t.shallow_clone().copy_(saved));
     }
     Ok(())
 }

@@ -51,6 +51,9 @@ pub struct RunDir {
     pub(super) health: crate::recipe::Thresholds,
     /// Outputs already written a tensor at a time (`write_output`), which `finish` lists.
     pub(super) streamed: Vec<String>,
+    /// Tensors every checkpoint keeps beside the trained ones, by name, and a resume restores in
+    /// place (a TR-DPO reference that moves with the policy).
+    pub companions: Vec<(String, Tensor)>,
 }
 
 /// Ready `ctx.dir` for a run of `steps` steps whose output has content hash `hash` and whose
@@ -84,6 +87,7 @@ pub fn begin(ctx: &StageCtx, hash: String, resolved: &Value, steps: u64) -> Resu
         keep: 2,
         health: ctx.recipe.health,
         streamed: vec![],
+        companions: vec![],
     }))
 }
 
@@ -190,6 +194,7 @@ fn lead(ctx: &StageCtx, hash: String, resolved: &Value, steps: u64) -> Result<Op
         keep: 2,
         health: ctx.recipe.health,
         streamed: vec![],
+        companions: vec![],
     }))
 }
 
@@ -255,12 +260,12 @@ impl RunDir {
     /// to the older one kept beside it, with a warning; the metrics then restart from there.
     pub fn restore(&mut self, names: &[String], params: &[Tensor], opt: &mut Optimizer, rng: Rng) -> Result<(u64, Rng, Value)> {
         let Some(newest) = self.resume.clone() else { return Ok((0, rng, Value::Null)) };
-        let err = match checkpoint::load(&self.dir, &newest, names, params, opt) {
+        let err = match checkpoint::load(&self.dir, &newest, names, params, opt, &self.companions) {
             Ok(()) => return Ok((newest.step, newest.data_rng, newest.extra)),
             Err(e) => e,
         };
         for older in checkpoint::older_states(&self.dir, newest.step).into_iter().filter(|o| o.recipe_hash == newest.recipe_hash) {
-            if checkpoint::load(&self.dir, &older, names, params, opt).is_ok() {
+            if checkpoint::load(&self.dir, &older, names, params, opt, &self.companions).is_ok() {
                 tracing::warn!("{}: the newest checkpoint cannot be used ({err:#}); resuming from the older one, step {}", self.label, older.step);
                 if self.leads {
                     self.metrics = Metrics::open(&self.dir, Some(older.step), self.metrics.tensorboard())?;
@@ -279,7 +284,7 @@ impl RunDir {
     /// leading one writes (`checkpoint::save`).
     pub fn save(&self, names: &[String], held: &[Tensor], weight: &dyn Fn(usize) -> Result<Tensor>, opt: &Optimizer, state: State) -> Result<()> {
         let state = State { recipe_hash: self.hash.clone(), file: format!("ckpt-{}.safetensors", state.step), adam_t: opt.t, ..state };
-        checkpoint::save(self.leads.then_some(self.dir.as_path()), names, held, weight, opt, &state, self.keep)
+        checkpoint::save(self.leads.then_some(self.dir.as_path()), names, held, weight, opt, &state, self.keep, &self.companions)
     }
 
     /// Checkpoint with no training-loss window or best validation loss (post-training stages).

@@ -61,6 +61,7 @@ pub mod packing;
 pub mod profile;
 pub mod losses;
 pub mod progress;
+pub mod reference;
 pub mod score;
 pub mod seqs;
 pub mod tensorboard;

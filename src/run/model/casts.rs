@@ -72,6 +72,19 @@ impl Model {
         self.params.iter().map(bytes).sum::<u64>() + self.casts.borrow().iter().flatten().map(bytes).sum::<u64>()
     }
 
+    /// TR-DPO's reference update: each weight becomes α·`policy`'s + (1 − α)·its own, computed in
+    /// float32 and kept in its own kind (a bf16 reference stays bf16); the cached casts go.
+    pub fn mix_toward(&self, policy: &Model, alpha: f64) {
+        assert_eq!(self.names, policy.names, "a reference mixes with a policy of its own architecture");
+        tch::no_grad(|| {
+            for (r, p) in self.params.iter().zip(&policy.params) {
+                let mixed = r.to_kind(Kind::Float) * (1.0 - alpha) + p.to_kind(Kind::Float) * alpha;
+                r.shallow_clone().copy_(&mixed);
+            }
+        });
+        self.drop_casts();
+    }
+
     /// Forget every cast copy (the weights changed in place).
     pub(super) fn drop_casts(&self) {
         self.casts.borrow_mut().iter_mut().for_each(|c| *c = None);

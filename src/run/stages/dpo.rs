@@ -23,7 +23,7 @@ use crate::run::kit::codec::Codec;
 use crate::run::kit::seqs::{pad, prompt_response, seq_logprob, Batch};
 use crate::run::kit::dist::Reduce;
 use crate::run::kit::patience::Patience;
-use crate::run::kit::{device, lifecycle, StageCtx};
+use crate::run::kit::{device, lifecycle, reference, StageCtx};
 use crate::run::model::Model;
 use crate::schedule::lr_at;
 
@@ -149,6 +149,7 @@ pub fn run(ctx: &StageCtx, d: &DpoSpec) -> Result<()> {
     let held_pairs: Vec<Pair> = split.held_out.iter().take(d.eval_examples).cloned().collect();
     let held_judged: Vec<_> = judged.iter().flat_map(|j| j.held_out.iter().take(d.eval_examples).cloned()).collect();
     let mut opt = Optimizer::new(&params, &names, &d.opt.optimizer);
+    reference::keep_in_checkpoints(&mut run, d.sync_ref.as_ref(), reference);
     let (step0, mut rng, extra) = run.restore(&names, &params, &mut opt, Rng(recipe.seed ^ 0xD90))?;
     // Watched: the held-out pairs' accuracy (TRL's eval_rewards/accuracies), else the gold reward.
     // On feedback, the held-out margin between desirable and undesirable completions' rewards.
@@ -174,6 +175,7 @@ pub fn run(ctx: &StageCtx, d: &DpoSpec) -> Result<()> {
         settings.push("no reference".into());
     }
     settings.extend(d.rpo_alpha.map(|a| format!("NLL weight {a}")));
+    settings.extend(d.sync_ref.as_ref().map(reference::describe));
     settings.extend(policy.lora.describe());
     match &judged {
         Some(j) => {
@@ -252,6 +254,7 @@ pub fn run(ctx: &StageCtx, d: &DpoSpec) -> Result<()> {
         let grad_norm = opt.clip_grad_norm(d.opt.grad_clip);
         opt.step(lr)?;
         let done = step + 1;
+        reference::sync_after(d.sync_ref.as_ref(), reference, &policy, done);
         let mean = |i: i64| sums.double_value(&[i]) / d.opt.batch as f64;
         let (loss_v, margin_v, acc, chosen_v, rejected_v) = if judged.is_some() {
             // Each kind's mean reward (NaN, logged as null, when a batch has none of it).

@@ -29,7 +29,7 @@ use crate::run::kit::codec::Codec;
 use crate::run::kit::decode::{at_temperature, rollout};
 use crate::run::kit::seqs::{by_micro_batch, generate, micro_rows, pad, prompt_response, to_f64s, token_logprobs};
 use crate::run::kit::patience::Patience;
-use crate::run::kit::{device, lifecycle, StageCtx};
+use crate::run::kit::{device, lifecycle, reference, StageCtx};
 use crate::schedule::lr_at;
 
 pub fn run(ctx: &StageCtx, g: &GrpoSpec) -> Result<()> {
@@ -60,6 +60,7 @@ pub fn run(ctx: &StageCtx, g: &GrpoSpec) -> Result<()> {
     // The starting point's score, before a resumed run restores its trained weights.
     let before = score(&policy, reference.as_ref(), &codec, &held, g.max_new)?;
     let mut opt = Optimizer::new(&params, &names, &g.opt.optimizer);
+    reference::keep_in_checkpoints(&mut run, g.sync_ref.as_ref(), reference.as_ref());
     let (step0, mut rng, extra) = run.restore(&names, &params, &mut opt, Rng(recipe.seed ^ 0x6290))?;
     opt.broadcast_state(world)?;
     // Per step: the share of groups whose rewards were all equal (kept in checkpoints).
@@ -75,6 +76,7 @@ pub fn run(ctx: &StageCtx, g: &GrpoSpec) -> Result<()> {
     let level = if g.importance_sampling == ImportanceSampling::Sequence { ", one ratio per completion (GSPO)" } else { "" };
     let level = if g.mask_truncated { format!("{level}, truncated completions masked") } else { level.to_string() };
     let level = g.top_entropy_quantile.map_or(level.clone(), |q| format!("{level}, the policy term on the top {}% of tokens by entropy", 100.0 * q));
+    let level = g.sync_ref.as_ref().map_or(level.clone(), |s| format!("{level}, {}", reference::describe(s)));
     let scale = g.reward_scale();
     let scaled = match scale {
         RewardScale::Group => "advantages ÷ the group's std",
@@ -208,6 +210,7 @@ pub fn run(ctx: &StageCtx, g: &GrpoSpec) -> Result<()> {
             grad_norm += opt.clip_grad_norm(g.opt.grad_clip);
             opt.step(lr)?;
         }
+        reference::sync_after(g.sync_ref.as_ref(), reference.as_ref(), &policy, step + 1);
         let n = g.epochs as f64;
         // The whole batch's statistics (each process's epochs' are its share's: averaged).
         let w = world.size as f64;
