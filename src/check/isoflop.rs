@@ -68,6 +68,7 @@ impl<'a> Checker<'a> {
             expert_parallel: 1,
             device_memory: None,
             activation_checkpointing: false,
+            z_loss: 0.0,
         };
         let mut points = vec![];
         for c in &budgets {

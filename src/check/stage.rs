@@ -181,6 +181,7 @@ impl<'a> Checker<'a> {
         let expert_parallel = self.expert_parallel(&mut f, model.as_ref().map(|(arch, _)| arch.as_str()));
         let device_memory = self.device_memory(&mut f);
         let activation_checkpointing = f.bool(self, "activation_checkpointing", false);
+        let z_loss = f.ranged(self, "z_loss", Some(0.0), 0.0, false, 1.0, false);
         let tokens_span = f.key_span("tokens");
         let sched_span = f.value_span("schedule");
         f.finish(self);
@@ -251,6 +252,7 @@ impl<'a> Checker<'a> {
                 expert_parallel: expert_parallel?,
                 device_memory: device_memory?,
                 activation_checkpointing: activation_checkpointing?,
+                z_loss: z_loss?,
             }),
         })
     }

@@ -86,6 +86,15 @@ pub struct TrainSpec {
     /// backward pass (`activation_checkpointing = true`): the same numbers, fewer activations.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub activation_checkpointing: bool,
+    /// PaLM's z-loss (Chowdhery et al. 2022): this times the mean of log² Z, Z the softmax's
+    /// normaliser at every position, added to the training loss; 0 (off) is left out of
+    /// serialized specs.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub z_loss: f64,
+}
+
+fn is_zero(x: &f64) -> bool {
+    *x == 0.0
 }
 
 // Defaults left out of the serialized spec, so adding them changed no stage's content hash.

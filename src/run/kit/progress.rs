@@ -17,7 +17,7 @@ pub struct Metric {
     pub lr: f64,
     pub grad_norm: f64,
     pub tokens_per_s: f64,
-    /// Weighted sum of the auxiliary (router) losses, when the model has any.
+    /// Weighted sum of the auxiliary losses (routers', the z-loss), when the stage has any.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub aux_loss: Option<f64>,
     /// Per mixture-of-experts layer: expert load, dropped fraction, router entropy, aux losses.

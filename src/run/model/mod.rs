@@ -74,6 +74,8 @@ pub struct Model {
     pub pad_vocab: bool,
     /// NEFTune's α (0: off): training passes add uniform noise to the token embeddings.
     pub neftune: f64,
+    /// PaLM's z-loss weight (0: off; `set_z_loss`).
+    z_loss: f64,
     /// Parameters already cast to the compute kind, reused while they cannot change: always for
     /// a parameter that takes no gradient (a frozen reference, a LoRA base), and for every one
     /// inside `with_cached_casts` (generation, where no update happens). Without it a bf16 model
@@ -177,7 +179,7 @@ impl Model {
             })
             .collect();
         let casts = RefCell::new((0..names.len()).map(|_| None).collect());
-        Ok(Model { graph, names, params, index, node_params, order, inputs, last_use, rope, device, compute: Kind::Float, lora: Default::default(), pad_vocab: false, neftune: 0.0, casts, cache_all: Cell::new(false), shadow: vec![], experts_across: None, share, divided, recompute: false, block_ends: vec![], pending: RefCell::new(vec![]) })
+        Ok(Model { graph, names, params, index, node_params, order, inputs, last_use, rope, device, compute: Kind::Float, lora: Default::default(), pad_vocab: false, neftune: 0.0, z_loss: 0.0, casts, cache_all: Cell::new(false), shadow: vec![], experts_across: None, share, divided, recompute: false, block_ends: vec![], pending: RefCell::new(vec![]) })
     }
 
     pub fn spec(&self) -> &ModelSpec {
@@ -289,15 +291,30 @@ impl Model {
         self.loss_parts(x, y, train).1
     }
 
-    /// (cross-entropy + weighted auxiliary losses, cross-entropy, MoE statistics).
+    /// (cross-entropy + weighted auxiliary losses, cross-entropy, MoE statistics). In training,
+    /// `z_loss` > 0 adds PaLM's z-loss, z_loss · mean(log² Z).
     pub fn loss_parts(&self, x: &Tensor, y: &Tensor, train: bool) -> (Tensor, Tensor, Vec<MoeStats>) {
         let (_, logits, stats) = self.walk(x, train, true, None, None);
         let v = logits.size()[2];
+        let logits = logits.view([-1, v]);
         // log_softmax reads bf16 logits and writes float32 log-probabilities in one pass (no
         // float32 copy of the logits, the largest activation of a model with a big vocabulary).
-        let ce = logits.view([-1, v]).cross_entropy_for_logits(&y.view([-1]));
+        let (ce, z) = if train && self.z_loss > 0.0 {
+            let (logp, y) = (logits.log_softmax(-1, Kind::Float), y.view([-1, 1]));
+            let picked = logp.gather(1, &y, false);
+            // log Z = a logit less its log-probability, read at the target: no second pass.
+            let log_z = logits.gather(1, &y, false).to_kind(Kind::Float) - &picked;
+            (-picked.mean(Kind::Float), Some(log_z.square().mean(Kind::Float) * self.z_loss))
+        } else {
+            (logits.cross_entropy_for_logits(&y.view([-1])), None)
+        };
         let total = stats.iter().fold(ce.shallow_clone(), |acc, s| acc + &s.aux);
-        (total, ce, stats)
+        (z.map_or(total.shallow_clone(), |z| total + z), ce, stats)
+    }
+
+    /// Add PaLM's z-loss with this weight in training passes (0: off).
+    pub fn set_z_loss(&mut self, weight: f64) {
+        self.z_loss = weight;
     }
 
     pub fn named(&self) -> Vec<(String, Tensor)> {

@@ -68,6 +68,7 @@ pub fn run_model(ctx: &StageCtx, spec: &ModelSpec, t: &TrainSpec) -> Result<()> 
         model.set_precision(tch::Kind::BFloat16);
     }
     model.set_recompute(t.activation_checkpointing);
+    model.set_z_loss(t.z_loss);
     model.experts_across = experts.as_ref().map(|l| l.exchange.clone());
     if let Some(l) = &experts {
         tracing::info!("{name}: the experts of every MoE layer divided over {} groups of {} processes", world.size / l.group.size, l.group.size);
@@ -218,7 +219,7 @@ pub fn run_model(ctx: &StageCtx, spec: &ModelSpec, t: &TrainSpec) -> Result<()> 
         }
         run.progress.update(done, t.log_every, loss_v, lr, tok_s, val);
         if done % t.log_every == 0 || val.is_some() || done == t.steps {
-            let aux = (!moe_stats.is_empty()).then(|| loss.double_value(&[]) - loss_v);
+            let aux = (!moe_stats.is_empty() || t.z_loss > 0.0).then(|| loss.double_value(&[]) - loss_v);
             run.metrics.write(&Metric {
                 aux_loss: aux,
                 moe: moe_stats.iter().map(moe_json).collect(),
