@@ -41,6 +41,8 @@ pub const SIZE_LIMITS: &[(&str, u64)] = &[
     ("tasks", 1 << 16),
     ("dim", 1 << 20),
     ("outputs", 1 << 20),
+    // Muon's Newton–Schulz iterations per update (torch.optim.Muon refuses 100 or more).
+    ("ns_steps", 99),
 ];
 
 
