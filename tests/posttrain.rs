@@ -94,6 +94,15 @@ fn dpo_loss_by_hand() {
     close(&dpo(&pc, &pr, &rc, &rr, 0.5, Aot, 0.0), 0.6804740);
     close(&dpo(&pc, &pr, &rc, &rr, 0.5, Aot, 0.1), 0.6929740);
     close(&dpo(&pc, &pr, &rc, &rr, 0.5, AotUnpaired, 0.0), 0.6345433);
+    // WPO's weights (TRL's use_weighting): logits ln(1, 2, 3) give p = (1, 2, 3)/6 and Σp² = 14/36;
+    // the target's p = ½ aligns to ln(½) − ln(14/36) = ln(9/7). Uniform logits align to 0. Both
+    // positions: exp(ln(9/7)/2) = √(9/7); the first alone: 9/7.
+    let logits = Tensor::from_slice(&[0.0, 2f64.ln(), 3f64.ln(), 0.0, 0.0, 0.0]).to_kind(Kind::Float).view([1, 2, 3]);
+    let token_logp = Tensor::from_slice(&[0.5f64.ln(), (1.0f64 / 3.0).ln()]).to_kind(Kind::Float).view([1, 2]);
+    for (mask, want) in [([1.0, 1.0], (9.0f64 / 7.0).sqrt()), ([1.0, 0.0], 9.0 / 7.0)] {
+        let mask = Tensor::from_slice(&mask).to_kind(Kind::Float).view([1, 2]);
+        close(&roux::run::kit::losses::wpo_weights(&logits, &token_logp, &mask).get(0), want);
+    }
     let terms1 = DpoTerms { beta: 0.5, loss: Discopop, smoothing: 0.0, gamma: 0.0, kl: 0.0, weights: (1.0, 1.0), tau: 1.0 };
     close(&roux::run::kit::losses::dpo(&t(&[-1.0]), &t(&[-2.0]), &t(&[-2.0]), &t(&[-1.5]), &terms1), 0.4449378);
     // APO-zero unpaired (TRL's apo_zero_unpaired): no reference point, the desirable completion
@@ -950,6 +959,7 @@ fn dpo_loss_variants_train_from_their_formulas_at_zero() {
           stage bco = dpo(lm, prefs) {{ loss = bco_pair, beta = 0.5 {extra} }}
           stage aot = dpo(lm, prefs) {{ loss = aot, beta = 0.5, accumulate = 2 {extra} }}
           stage aot_unpaired = dpo(lm, prefs) {{ loss = aot_unpaired, label_smoothing = 0.1, beta = 0.5 {extra} }}
+          stage wpo = dpo(lm, prefs) {{ use_weighting = true, beta = 0.5 {extra} }}
         }}"#
         )
     };
@@ -957,6 +967,11 @@ fn dpo_loss_variants_train_from_their_formulas_at_zero() {
     let log = run_ok(&recipe, &out);
     // AOT sorts each micro-batch's pairs, as TRL sorts each device's batch: the stage says so.
     assert!(log.contains("aot: DPO (aot loss, β = 0.5, sorted within each micro-batch of 8 pairs)"), "{log}");
+    // WPO weighs each pair's ln 2 by its responses' weights, which are not all 1, and still falls.
+    assert!(log.contains("wpo: DPO (sigmoid loss, β = 0.5, pairs weighed by the policy's likelihood of both responses (WPO))"), "{log}");
+    let wpo: Vec<f64> = metrics(&out.join("losses/wpo")).iter().filter_map(|x| x["loss"].as_f64()).collect();
+    assert!(wpo[0] > 0.0 && (wpo[0] - std::f64::consts::LN_2).abs() > 1e-4, "WPO's first loss {} against ln 2", wpo[0]);
+    assert!(wpo[30..].iter().sum::<f64>() / 10.0 < 0.8 * wpo[0], "WPO's loss did not fall: {wpo:?}");
     let ln2 = std::f64::consts::LN_2;
     for (stage, at_zero, falls_to) in [("cdpo", ln2, 0.8), ("robust", ln2, 0.8), ("ipo", 4.0, 0.8), ("hinge", 1.0, 0.8), ("kto", 0.5, 0.8), ("apo_zero", 1.0, 0.8), ("apo_down", 1.0, 0.8), ("nca", 2.0 * ln2, 0.95), ("sppo", 2.0, 0.8), ("exo", -ln2 - 0.5 * (1e-3f64 * 0.999).ln(), 0.8), ("discopop", 0.5 * ln2 + 0.5, 0.8), ("bco", 2.0 * ln2, 0.8), ("aot", ln2, 0.8), ("aot_unpaired", ln2, 0.8)] {
         let m = metrics(&out.join("losses").join(stage));

@@ -9,6 +9,19 @@ use crate::recipe::{kto_balance, DpoLoss, ExampleKind, ExampleSet, KTO_BALANCE a
 use crate::syntax::ast::Expr;
 
 impl<'a> Checker<'a> {
+    /// `use_weighting` (false): WPO's weights of pairs, so not on unpaired feedback (E0246).
+    pub(super) fn use_weighting(&mut self, f: &mut Fields<'a>, data: Option<&ExampleSet>) -> Option<bool> {
+        let on = f.bool(self, "use_weighting", false)?;
+        if let (true, Some(set)) = (on, data.filter(|s| s.kind == ExampleKind::Feedback)) {
+            self.error(
+                Diagnostic::error(Code::E0246, f.key_span("use_weighting"), format!("`use_weighting` weighs each pair by how likely the policy finds both its responses, and `{}` holds unpaired feedback", set.name))
+                    .with_hint("leave `use_weighting` out (TRL's KTOTrainer has none either)"),
+            );
+            return None;
+        }
+        Some(on)
+    }
+
     /// `desirable_weight` and `undesirable_weight` (1 each): the unpaired losses' only (E0246).
     /// Unpaired feedback trains those only (E0313), and W0407 says when the weighted counts of
     /// its desirable and undesirable examples fall outside [1, 4/3].

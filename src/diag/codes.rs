@@ -80,7 +80,7 @@ codes! {
     E0243 = "E0243": "a sweep with more than 10,000 points, or more than 8 MiB of recipes",
     E0244 = "E0244": "an IsoFLOP budget whose models are beyond what sizing builds",
     E0245 = "E0245": "`expert_parallel` on a dense model, or a degree that does not divide the experts",
-    E0246 = "E0246": "a DPO option its loss does not use (`label_smoothing` with a loss but sigmoid, robust, simpo, exo_pair, aot and aot_unpaired; `gamma` without simpo; `discopop_tau` without discopop; `rpo_alpha` with orpo; `desirable_weight`/`undesirable_weight` with a loss but kto and apo_zero), or a GRPO option `loss = rloo` does not use (`top_entropy_quantile`, `importance_sampling`, `scale_rewards = group`)",
+    E0246 = "E0246": "a DPO option its loss does not use (`label_smoothing` with a loss but sigmoid, robust, simpo, exo_pair, aot and aot_unpaired; `gamma` without simpo; `discopop_tau` without discopop; `rpo_alpha` with orpo; `desirable_weight`/`undesirable_weight` with a loss but kto and apo_zero; `use_weighting` on unpaired feedback), or a GRPO option `loss = rloo` does not use (`top_entropy_quantile`, `importance_sampling`, `scale_rewards = group`)",
     E0250 = "E0250": "a prompt template without exactly one `{prompt}`",
     E0251 = "E0251": "an empty `end` marker",
     E0252 = "E0252": "`chat_template` or `date` on data without conversations, or a chat template file that is missing or does not parse",

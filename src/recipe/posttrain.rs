@@ -179,6 +179,11 @@ pub struct DpoSpec {
     /// TR-DPO's moving reference (`sync_ref_model = true`); left out of serialized specs when off.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sync_ref: Option<RefSync>,
+    /// WPO (Zhou et al. 2024; TRL's `use_weighting`): each pair's loss weighed by how likely the
+    /// policy finds both its responses (`losses::wpo_weights`), so that off-policy pairs count
+    /// less; left out of serialized specs when off.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub use_weighting: bool,
     pub eval_examples: usize,
     pub max_new: usize,
 }

@@ -42,10 +42,15 @@ pub struct DpoTerms {
 /// π_ref(y_r)))), sorted over the batch's pairs; AOT unpaired: s_ε(β·(sort(r_c) − sort(r_r))) —
 /// TRL's `loss_type`s and trainers of the same names.
 pub fn dpo(pi_c: &Tensor, pi_r: &Tensor, ref_c: &Tensor, ref_r: &Tensor, t: &DpoTerms) -> Tensor {
+    dpo_per_pair(pi_c, pi_r, ref_c, ref_r, t).mean(Kind::Float)
+}
+
+/// `dpo`'s loss of each pair (B), before the mean.
+pub fn dpo_per_pair(pi_c: &Tensor, pi_r: &Tensor, ref_c: &Tensor, ref_r: &Tensor, t: &DpoTerms) -> Tensor {
     let h = (pi_c - ref_c) - (pi_r - ref_r);
     let (beta, e) = (t.beta, t.smoothing);
     let smoothed = |x: Tensor| -x.log_sigmoid() * (1.0 - e) - (-x).log_sigmoid() * e;
-    let losses = match t.loss {
+    match t.loss {
         DpoLoss::Sigmoid => smoothed(&h * beta),
         DpoLoss::Robust => (-(&h * beta).log_sigmoid() * (1.0 - e) + (&h * -beta).log_sigmoid() * e) / (1.0 - 2.0 * e),
         DpoLoss::Ipo => (h - 1.0 / (2.0 * beta)).square(),
@@ -73,8 +78,26 @@ pub fn dpo(pi_c: &Tensor, pi_r: &Tensor, ref_c: &Tensor, ref_r: &Tensor, t: &Dpo
         DpoLoss::BcoPair => -((pi_c - ref_c) * beta).log_sigmoid() - ((pi_r - ref_r) * -beta).log_sigmoid(),
         DpoLoss::Aot => smoothed((sorted(&(pi_c - pi_r)) - sorted(&(ref_c - ref_r))) * beta),
         DpoLoss::AotUnpaired => smoothed((sorted(&(pi_c - ref_c)) - sorted(&(pi_r - ref_r))) * beta),
-    };
-    losses.mean(Kind::Float)
+    }
+}
+
+/// WPO's weight of each row (B), as TRL computes it (`use_weighting`): exp of the mean over the
+/// response tokens (`mask`) of log p(y_t) − log Σ_v p(v)², the token's log-probability aligned
+/// by the distribution's own sharpness (log Σ p² = logsumexp(2z) − 2·logsumexp(z) of the logits
+/// z), without a graph and a few rows of logits at a time. A pair's loss is then multiplied by its
+/// chosen and rejected rows' weights.
+pub fn wpo_weights(logits: &Tensor, token_logp: &Tensor, mask: &Tensor) -> Tensor {
+    tch::no_grad(|| {
+        let b = logits.size()[0].max(1);
+        let rows = ((1i64 << 24) / (logits.numel() as i64 / b).max(1)).clamp(1, b);
+        let denominators = logits.split(rows, 0).into_iter().map(|z| {
+            let z = z.to_kind(Kind::Float);
+            (&z * 2.0).logsumexp([-1].as_slice(), false) - z.logsumexp([-1].as_slice(), false) * 2.0
+        });
+        let denominators: Vec<Tensor> = denominators.collect();
+        let aligned = (token_logp - Tensor::cat(&denominators, 0)) * mask;
+        (aligned.sum_dim_intlist(-1, false, Kind::Float) / mask.sum_dim_intlist(-1, false, Kind::Float).clamp_min(1.0)).exp()
+    })
 }
 
 /// The values of `x` (B) in ascending order (autograd follows each to its place).

@@ -17,10 +17,10 @@ use crate::rng::Rng;
 use crate::run::kit::adamw::Optimizer;
 use crate::run::kit::artifacts::{feedback_examples, instructions, load_policy, preferences, trained_output, Policy};
 use crate::run::kit::dist::World;
-use crate::run::kit::losses::{dpo, log_odds_ratio, DpoTerms};
+use crate::run::kit::losses::{dpo, dpo_per_pair, log_odds_ratio, wpo_weights, DpoTerms};
 use crate::run::kit::score::score;
 use crate::run::kit::codec::Codec;
-use crate::run::kit::seqs::{pad, prompt_response, seq_logprob, Batch};
+use crate::run::kit::seqs::{pad, prompt_response, seq_logprob, token_logprobs, Batch};
 use crate::run::kit::dist::Reduce;
 use crate::run::kit::patience::Patience;
 use crate::run::kit::{device, lifecycle, reference, StageCtx};
@@ -59,6 +59,21 @@ pub(super) fn logps(model: &Model, b: &Batch, train: bool, loss: DpoLoss) -> (Te
     let sum = seq_logprob(model, b, train);
     let value = if loss.averages() { &sum / b.w.sum_dim_intlist(1, false, Kind::Float).clamp_min(1.0) } else { sum.shallow_clone() };
     (value, sum)
+}
+
+/// `logps`, and with `weighting` WPO's weight of each row (`losses::wpo_weights`), from the
+/// same logits.
+fn logps_weighted(model: &Model, b: &Batch, train: bool, loss: DpoLoss, weighting: bool) -> (Tensor, Tensor, Option<Tensor>) {
+    if !weighting {
+        let (value, sum) = logps(model, b, train, loss);
+        return (value, sum, None);
+    }
+    let logits = model.forward(&b.x, train);
+    let tokens = token_logprobs(&logits, &b.y);
+    let sum = (&tokens * &b.w).sum_dim_intlist(1, false, Kind::Float);
+    let value = if loss.averages() { &sum / b.w.sum_dim_intlist(1, false, Kind::Float).clamp_min(1.0) } else { sum.shallow_clone() };
+    let weights = wpo_weights(&logits, &tokens.detach(), &b.w);
+    (value, sum, Some(weights))
 }
 
 /// The reference's log-probabilities of the rows of `b` (zeros for a reference-free loss).
@@ -176,6 +191,7 @@ pub fn run(ctx: &StageCtx, d: &DpoSpec) -> Result<()> {
     }
     settings.extend(d.rpo_alpha.map(|a| format!("NLL weight {a}")));
     settings.extend(d.sync_ref.as_ref().map(reference::describe));
+    settings.extend(d.use_weighting.then(|| "pairs weighed by the policy's likelihood of both responses (WPO)".to_string()));
     settings.extend(policy.lora.describe());
     match &judged {
         Some(j) => {
@@ -226,10 +242,14 @@ pub fn run(ctx: &StageCtx, d: &DpoSpec) -> Result<()> {
                 let rows: Vec<&Seq> = part.iter().map(|p| &p.0).chain(part.iter().map(|p| &p.1)).collect();
                 let b = pad(&rows, dev);
                 let n = part.len() as i64;
-                let (pi, pi_sum) = logps(&policy, &b, true, d.loss); // (2n)
+                let (pi, pi_sum, weights) = logps_weighted(&policy, &b, true, d.loss, d.use_weighting); // (2n)
                 let rf = reference_logps(reference, &b, d.loss);
                 let (pc, pr, rc, rr) = (pi.narrow(0, 0, n), pi.narrow(0, n, n), rf.narrow(0, 0, n), rf.narrow(0, n, n));
-                let mut loss = dpo(&pc, &pr, &rc, &rr, &terms);
+                let mut loss = match &weights {
+                    // WPO: each pair's loss times its chosen and rejected responses' weights.
+                    Some(w) => (dpo_per_pair(&pc, &pr, &rc, &rr, &terms) * w.narrow(0, 0, n) * w.narrow(0, n, n)).mean(Kind::Float),
+                    None => dpo(&pc, &pr, &rc, &rr, &terms),
+                };
                 let (mut nll, mut odds) = (Tensor::zeros([], (Kind::Double, dev)), Tensor::zeros([], (Kind::Double, dev)));
                 if nll_weight > 0.0 {
                     // As a mean over this process's pairs, like the preference term, once weighted below.
