@@ -286,6 +286,20 @@ fn reward_model_and_dpo_on_two_processes_equal_one_process() {
     assert!(loss < 1e-6 && weights < 1e-5, "po (LoRA, KTO), 2 processes × micro-batches vs 1 process: losses differ by {loss:e}, weights by {weights:e}");
 }
 
+/// `roux run RECIPE --out DIR EXTRA…` with every gradient exchange checking that the processes'
+/// weights are the same to the bit; its log, once it succeeded.
+fn run_checking_replicas(recipe: &Path, dir: &Path, extra: &[&str]) -> String {
+    let o = std::process::Command::new(env!("CARGO_BIN_EXE_roux"))
+        .args([&["run", recipe.to_str().unwrap(), "--out", dir.to_str().unwrap()], extra].concat())
+        .env("ROUX_QUIET", "1")
+        .env("ROUX_CHECK_REPLICAS", "1")
+        .output()
+        .unwrap();
+    let log = String::from_utf8_lossy(&o.stderr).to_string();
+    assert_eq!(o.status.code(), Some(0), "{}: {log}", dir.display());
+    log
+}
+
 /// Muon under 2 processes: every process applies the same orthogonalised update to the same
 /// averaged gradients (the replicas are checked identical at every exchange), and the run follows
 /// one process's. Not to AdamW's 1e-5: the averaged gradients differ from one process's in their
@@ -298,15 +312,8 @@ fn muon_under_two_processes_keeps_identical_replicas() {
     let recipe = out.join("dp.roux");
     std::fs::write(&recipe, text).unwrap();
     let run = |name: &str, extra: &[&str]| {
-        let dir = out.join(name);
-        let o = std::process::Command::new(env!("CARGO_BIN_EXE_roux"))
-            .args([&["run", recipe.to_str().unwrap(), "--out", dir.to_str().unwrap()], extra].concat())
-            .env("ROUX_QUIET", "1")
-            .env("ROUX_CHECK_REPLICAS", "1")
-            .output()
-            .unwrap();
-        assert_eq!(o.status.code(), Some(0), "{name}: {}", String::from_utf8_lossy(&o.stderr));
-        result(&dir.join("dp/pretrain"))
+        run_checking_replicas(&recipe, &out.join(name), extra);
+        result(&out.join(name).join("dp/pretrain"))
     };
     let (one, two) = (run("one", &[]), run("two", &["--nproc", "2"]));
     let (loss, _) = differences(&one, &two);
@@ -325,19 +332,7 @@ fn every_stage_kind_runs_under_two_processes() {
     let grpo = "  stage gr = grpo(policy = merge(sft.adapter), prompts = instr) {\n    group = 4\n    batch = 16\n    steps = 3\n    max_new = 6\n    optimizer = adamw { lr = 1e-5 }\n    eval_every = 3\n    eval_examples = 8\n  }\n}\n";
     let recipe = out.join("tiny-lifecycle.roux");
     std::fs::write(&recipe, format!("{}{grpo}", text.trim_end().strip_suffix('}').unwrap())).unwrap();
-    let run = |name: &str, extra: &[&str]| {
-        let dir = out.join(name);
-        // Every gradient exchange checks that the processes' weights are the same to the bit.
-        let o = std::process::Command::new(env!("CARGO_BIN_EXE_roux"))
-            .args([&["run", recipe.to_str().unwrap(), "--out", dir.to_str().unwrap()], extra].concat())
-            .env("ROUX_QUIET", "1")
-            .env("ROUX_CHECK_REPLICAS", "1")
-            .output()
-            .unwrap();
-        let log = String::from_utf8_lossy(&o.stderr).to_string();
-        assert_eq!(o.status.code(), Some(0), "{name}: {log}");
-        log
-    };
+    let run = |name: &str, extra: &[&str]| run_checking_replicas(&recipe, &out.join(name), extra);
     let logs = [run("one", &[]), run("two", &["--nproc", "2"])];
     // PPO and GRPO divide their rollouts.
     assert!(logs[1].contains("rl: PPO on prompts of `instr` against reward model `rm`: 4 steps × 8 prompts (each of 2 processes rolls out 4)"), "{}", logs[1]);

@@ -656,7 +656,7 @@ fn rloo_by_hand() {
     let mask = t(&[1.0, 1.0, 1.0, 0.0, 1.0, 1.0, 1.0, 1.0]);
     // KL per completion, Σ log π_old − log π_ref over its tokens: −ln 3, ln 2 (the masked 5 not
     // counted), 0, −ln 1.1.
-    close_all(&sequence_k1(&old, &reference, &mask), &[-3f64.ln(), 2f64.ln(), 0.0, -1.1f64.ln()]);
+    close_all(&Vec::<f64>::try_from(&sequence_k1(&old, &reference, &mask)).unwrap(), &[-3f64.ln(), 2f64.ln(), 0.0, -1.1f64.ln()]);
     // Ratios per completion: exp(Σ log π − log π_old) = 1.5, 0.5, 1, 1.1. With A = (2/3)(1, −1,
     // −1, 1) and clip 0.2: −min(ρA, clip(ρ)A) = −0.8 (1.5 clipped to 1.2), 0.8·2/3 (0.5 clipped to
     // 0.8), 2/3, −1.1·2/3: mean −1/12, half the completions clipped. Clip-higher 0.28: 1.28 for

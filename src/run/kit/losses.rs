@@ -87,17 +87,12 @@ pub fn dpo_per_pair(pi_c: &Tensor, pi_r: &Tensor, ref_c: &Tensor, ref_r: &Tensor
 /// z), without a graph and a few rows of logits at a time. A pair's loss is then multiplied by its
 /// chosen and rejected rows' weights.
 pub fn wpo_weights(logits: &Tensor, token_logp: &Tensor, mask: &Tensor) -> Tensor {
-    tch::no_grad(|| {
-        let b = logits.size()[0].max(1);
-        let rows = ((1i64 << 24) / (logits.numel() as i64 / b).max(1)).clamp(1, b);
-        let denominators = logits.split(rows, 0).into_iter().map(|z| {
-            let z = z.to_kind(Kind::Float);
-            (&z * 2.0).logsumexp([-1].as_slice(), false) - z.logsumexp([-1].as_slice(), false) * 2.0
-        });
-        let denominators: Vec<Tensor> = denominators.collect();
-        let aligned = (token_logp - Tensor::cat(&denominators, 0)) * mask;
-        (aligned.sum_dim_intlist(-1, false, Kind::Float) / mask.sum_dim_intlist(-1, false, Kind::Float).clamp_min(1.0)).exp()
-    })
+    let denominator = |z: &Tensor| {
+        let z = z.to_kind(Kind::Float);
+        (&z * 2.0).logsumexp([-1].as_slice(), false) - z.logsumexp([-1].as_slice(), false) * 2.0
+    };
+    let aligned = (token_logp - in_row_chunks(logits, 1 << 24, denominator)) * mask;
+    tch::no_grad(|| (aligned.sum_dim_intlist(-1, false, Kind::Float) / mask.sum_dim_intlist(-1, false, Kind::Float).clamp_min(1.0)).exp())
 }
 
 /// The values of `x` (B) in ascending order (autograd follows each to its place).
@@ -170,11 +165,17 @@ pub fn entropy_in_chunks(logits: &Tensor) -> Tensor {
 
 /// `entropy_in_chunks` with chunks of at most `elements` logits (at least a row).
 fn entropy_in_chunks_of(logits: &Tensor, elements: i64) -> Tensor {
+    in_row_chunks(logits, elements, entropy)
+}
+
+/// `f` of `logits` without a graph, over chunks of whole rows of at most `elements` logits (at
+/// least a row), joined: a chunk's temporaries at a time rather than the whole batch's.
+fn in_row_chunks(logits: &Tensor, elements: i64, f: impl Fn(&Tensor) -> Tensor) -> Tensor {
     tch::no_grad(|| {
         let b = logits.size()[0].max(1);
         let per_row = (logits.numel() as i64 / b).max(1);
         let rows = (elements / per_row).clamp(1, b);
-        Tensor::cat(&logits.split(rows, 0).iter().map(entropy).collect::<Vec<_>>(), 0)
+        Tensor::cat(&logits.split(rows, 0).iter().map(f).collect::<Vec<_>>(), 0)
     })
 }
 
@@ -212,10 +213,9 @@ pub fn rloo_advantages(rewards: &[f64], g: usize) -> Vec<f64> {
 }
 
 /// Each completion's KL to the reference as RLOO takes it off the reward: the k1 estimate
-/// log π_old − log π_ref summed over its tokens (`mask`), one number per row.
-pub fn sequence_k1(old_logp: &Tensor, ref_logp: &Tensor, mask: &Tensor) -> Vec<f64> {
-    let sums = tch::no_grad(|| ((old_logp - ref_logp) * mask).sum_dim_intlist(-1, false, Kind::Double));
-    Vec::<f64>::try_from(&sums.to_device(tch::Device::Cpu)).expect("a vector of doubles")
+/// log π_old − log π_ref summed over its tokens (`mask`), one number per row (B, float64).
+pub fn sequence_k1(old_logp: &Tensor, ref_logp: &Tensor, mask: &Tensor) -> Tensor {
+    tch::no_grad(|| ((old_logp - ref_logp) * mask).sum_dim_intlist(-1, false, Kind::Double))
 }
 
 /// RLOO's loss over completions (B, T) with response mask `mask`, as TRL's RLOOTrainer computes

@@ -57,8 +57,12 @@ pub struct PairScores {
 /// SimPO and ORPO averaged over them (as TRL does, following their papers) — and the sum.
 pub(super) fn logps(model: &Model, b: &Batch, train: bool, loss: DpoLoss) -> (Tensor, Tensor) {
     let sum = seq_logprob(model, b, train);
-    let value = if loss.averages() { &sum / b.w.sum_dim_intlist(1, false, Kind::Float).clamp_min(1.0) } else { sum.shallow_clone() };
-    (value, sum)
+    (as_read(&sum, b, loss), sum)
+}
+
+/// Each row's summed log-probability `sum` as the loss reads it (see `logps`).
+fn as_read(sum: &Tensor, b: &Batch, loss: DpoLoss) -> Tensor {
+    if loss.averages() { sum / b.w.sum_dim_intlist(1, false, Kind::Float).clamp_min(1.0) } else { sum.shallow_clone() }
 }
 
 /// `logps`, and with `weighting` WPO's weight of each row (`losses::wpo_weights`), from the
@@ -71,9 +75,8 @@ fn logps_weighted(model: &Model, b: &Batch, train: bool, loss: DpoLoss, weightin
     let logits = model.forward(&b.x, train);
     let tokens = token_logprobs(&logits, &b.y);
     let sum = (&tokens * &b.w).sum_dim_intlist(1, false, Kind::Float);
-    let value = if loss.averages() { &sum / b.w.sum_dim_intlist(1, false, Kind::Float).clamp_min(1.0) } else { sum.shallow_clone() };
     let weights = wpo_weights(&logits, &tokens.detach(), &b.w);
-    (value, sum, Some(weights))
+    (as_read(&sum, b, loss), sum, Some(weights))
 }
 
 /// The reference's log-probabilities of the rows of `b` (zeros for a reference-free loss).

@@ -286,7 +286,7 @@ pub fn run(ctx: &StageCtx, g: &GrpoSpec) -> Result<()> {
 /// `scale_rewards = batch` standardised over the whole step (TRL's `normalize_advantages`).
 fn rloo_step_advantages(world: &World, rewards: &[f64], g: &GrpoSpec, scale: RewardScale, old_lp: &Tensor, ref_lp: Option<&Tensor>, mask: &Tensor) -> Result<Vec<f64>> {
     let penalised: Vec<f64> = match ref_lp {
-        Some(r) if g.beta > 0.0 => rewards.iter().zip(sequence_k1(old_lp, r, mask)).map(|(r, k)| r - g.beta * k).collect(),
+        Some(r) if g.beta > 0.0 => rewards.iter().zip(to_f64s(&sequence_k1(old_lp, r, mask))).map(|(r, k)| r - g.beta * k).collect(),
         _ => rewards.to_vec(),
     };
     let adv = rloo_advantages(&penalised, g.group);

@@ -149,9 +149,8 @@ pub struct RecomputeBench {
 }
 
 pub fn bench_recompute(name: &str, reps: usize, steps: usize) -> Result<RecomputeBench> {
-    let (d, layers, heads, ctx, batch, experts) = config(name).ok_or_else(|| anyhow::anyhow!("unknown config `{name}` (tiny, small, medium, switch-8, switch-64)"))?;
+    let (s, ctx, batch) = configured(name)?;
     let device = tch::Device::cuda_if_available();
-    let s = config_spec(name, d, layers, heads, ctx, experts);
     let mut cases = [Case::new(&s, device, batch as i64)?, Case::new(&s, device, batch as i64)?];
     cases[1].model.set_recompute(true);
     for c in cases.iter_mut() {
@@ -181,9 +180,8 @@ pub struct MuonBench {
 /// matrices, no decay, Keller Jordan's speedrun settings, AdamW as before on the rest), each from
 /// the same weights through the same Shakespeare batches, interleaved `reps` times `steps` steps.
 pub fn bench_muon(name: &str, reps: usize, steps: usize) -> Result<MuonBench> {
-    let (d, layers, heads, ctx, batch, experts) = config(name).ok_or_else(|| anyhow::anyhow!("unknown config `{name}` (tiny, small, medium, switch-8, switch-64)"))?;
+    let (s, ctx, batch) = configured(name)?;
     let device = tch::Device::cuda_if_available();
-    let s = config_spec(name, d, layers, heads, ctx, experts);
     let data: Vec<u32> = read_bench_data()?.into_iter().map(u32::from).collect();
     let (train, held) = data.split_at(data.len() * 9 / 10);
     let adamw = AdamW { lr: 1e-3, betas: (0.9, 0.95), eps: 1e-8, weight_decay: 0.1, muon: None };
@@ -231,6 +229,12 @@ fn median(v: &mut [f64]) -> f64 {
     v[v.len() / 2]
 }
 
+/// A named configuration's model, context and batch, or an error listing the names.
+fn configured(name: &str) -> Result<(ModelSpec, usize, usize)> {
+    let (d, layers, heads, ctx, batch, experts) = config(name).ok_or_else(|| anyhow::anyhow!("unknown config `{name}` (tiny, small, medium, switch-8, switch-64)"))?;
+    Ok((config_spec(name, d, layers, heads, ctx, experts), ctx, batch))
+}
+
 /// (d_model, layers, heads, context, batch, experts) of the configurations of issue 8.
 pub fn config(name: &str) -> Option<(usize, usize, usize, usize, usize, Option<usize>)> {
     Some(match name {
@@ -250,9 +254,8 @@ fn rss_bytes(key: &str) -> u64 {
 /// `roux bench transformer CONFIG`: tokens/s, the final loss and memory, as the JSON line
 /// bench/compare.py sets beside the PyTorch reference.
 pub fn bench_config(name: &str, steps: usize) -> Result<serde_json::Value> {
-    let (d, layers, heads, ctx, batch, experts) = config(name).ok_or_else(|| anyhow::anyhow!("unknown config `{name}` (tiny, small, medium, switch-8, switch-64)"))?;
+    let (s, ctx, batch) = configured(name)?;
     let device = tch::Device::cuda_if_available();
-    let s = config_spec(name, d, layers, heads, ctx, experts);
     let data: Vec<u32> = read_bench_data()?.into_iter().map(u32::from).collect();
     let base_rss = rss_bytes("VmRSS:");
     // What libtorch's runtime takes at its first forward and backward (thread pools, kernel
@@ -335,10 +338,10 @@ pub struct GenerateBench {
 }
 
 pub fn bench_generate(name: &str, reps: usize) -> Result<GenerateBench> {
-    let (d, layers, heads, ctx, _, experts) = config(name).ok_or_else(|| anyhow::anyhow!("unknown config `{name}` (tiny, small, medium, switch-8, switch-64)"))?;
+    let (s, ctx, _) = configured(name)?;
     let device = tch::Device::cuda_if_available();
     tch::manual_seed(0);
-    let model = Model::new(&config_spec(name, d, layers, heads, ctx, experts), device)?;
+    let model = Model::new(&s, device)?;
     let (rows, prompt) = (8usize, 16usize);
     let data = read_bench_data()?;
     let prompts: Vec<Vec<i64>> = (0..rows).map(|r| data[r * 1000..r * 1000 + prompt].iter().map(|&b| b as i64).collect()).collect();
