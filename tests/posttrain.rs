@@ -1651,3 +1651,88 @@ fn a_synced_reference_moves_with_the_policy_and_resumes_exactly() {
     assert!(read(&whole.join("sync/po")) == read(&dir), "weights differ after a resume");
     assert_eq!(metrics(&whole.join("sync/po")), metrics(&dir), "metrics differ after a resume");
 }
+
+/// TRL's `generalized_jsd_loss` from the two distributions by hand: a student at (1/2, 1/2) and a
+/// teacher at (3/4, 1/4). β = 0 is KL(T ‖ S) = 3/4·ln(3/2) + 1/4·ln(1/2), β = 1 is KL(S ‖ T) =
+/// 1/2·ln(2/3) + 1/2·ln 2, and between them β·KL(T ‖ M) + (1 − β)·KL(S ‖ M), M = β·T + (1 − β)·S.
+#[test]
+fn generalized_jsd_by_hand() {
+    use roux::run::kit::losses::generalized_jsd;
+    let (s, te) = ([0.5, 0.5], [0.75, 0.25]);
+    let kl = |p: &[f64; 2], q: &[f64; 2]| p[0] * (p[0] / q[0]).ln() + p[1] * (p[1] / q[1]).ln();
+    let student = t(&[0.0, 0.0]).view([1, 1, 2]).set_requires_grad(true);
+    let teacher = t(&[3f64.ln(), 0.0]).view([1, 1, 2]);
+    for beta in [0.0, 0.25, 0.5, 0.9, 1.0] {
+        let m = [beta * te[0] + (1.0 - beta) * s[0], beta * te[1] + (1.0 - beta) * s[1]];
+        let want = if beta == 0.0 {
+            kl(&te, &s)
+        } else if beta == 1.0 {
+            kl(&s, &te)
+        } else {
+            beta * kl(&te, &m) + (1.0 - beta) * kl(&s, &m)
+        };
+        let got = generalized_jsd(&student, &teacher, beta);
+        assert_eq!(got.size(), [1, 1]);
+        close(&got.sum(Kind::Float), want);
+    }
+    close(&generalized_jsd(&student, &teacher, 0.0).sum(Kind::Float), 0.75 * 1.5f64.ln() + 0.25 * 0.5f64.ln());
+    close(&generalized_jsd(&student, &teacher, 0.5).sum(Kind::Float), 0.033822);
+    // Only the student learns: forward KL's gradient in its logits is p_S − p_T = (−1/4, 1/4).
+    let loss = generalized_jsd(&student, &teacher, 0.0).sum(Kind::Float);
+    loss.backward();
+    let g = student.grad().view([-1]);
+    close(&g.get(0), -0.25);
+    close(&g.get(1), 0.25);
+    // Equal distributions diverge by nothing, whatever β.
+    for beta in [0.0, 0.5, 1.0] {
+        close(&generalized_jsd(&teacher, &teacher, beta).sum(Kind::Float), 0.0);
+    }
+}
+
+/// A student half the teacher's size, from fresh weights, learns the fine-tuned teacher's task
+/// from its distributions alone, on its own responses half the time; `plan` counts the teacher's
+/// forward passes and the student's sampling; a run killed at a checkpoint resumes to the same
+/// weights, coins included.
+#[test]
+fn distillation_teaches_a_smaller_student_and_resumes_exactly() {
+    let recipe = fixture("tiny-distill.roux");
+    let (whole, killed) = (scratch("distill-whole"), scratch("distill-killed"));
+    let log = run_ok(&recipe, &whole);
+    assert!(
+        log.contains("kd: distilling `big` into `small` (34688 trainable of 34688 parameters) on `instr` for 400 steps × 32 examples: the generalized JSD at β = 0.5 over the student's own responses (sampled at temperature 0.9) on a share 0.5 of the steps, the data's on the rest"),
+        "{log}"
+    );
+    let report: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(whole.join("tiny-distill/kd/report.json")).unwrap()).unwrap();
+    // The JSD at β = 1/2 is at most ln 2, where the distributions share nothing.
+    let (before, after) = (report["val_loss"]["before"].as_f64().unwrap(), report["val_loss"]["after"].as_f64().unwrap());
+    assert!(before > 0.5 && before < 2f64.ln() && after < 0.05, "held-out divergence {before} → {after}");
+    let exact = |k: &str| report[k]["exact"].as_f64().unwrap();
+    assert!(exact("teacher_score") > 0.9 && exact("before") < 0.05 && exact("after") > 0.9, "{report}");
+    // The coin: about half the steps sampled, and the log's per-window shares add up to them.
+    let on = report["on_policy_steps"].as_u64().unwrap();
+    assert!((140..=260).contains(&on), "{on} of 400 steps on-policy");
+    let rows = metrics(&whole.join("tiny-distill/kd"));
+    let logged: f64 = rows.iter().map(|r| 10.0 * r["on_policy"].as_f64().unwrap()).sum();
+    assert_eq!(logged.round() as u64, on, "{rows:?}");
+
+    // FLOPs a token: the student forward and backward (6N), the teacher forward (2N), and half
+    // the steps' sampling (2N) by the student.
+    let plan = roux(&["plan", recipe.to_str().unwrap(), "--json"]);
+    let plan: serde_json::Value = serde_json::from_slice(&plan.stdout).unwrap();
+    let n = |m: &str| plan["models"].as_array().unwrap().iter().find(|x| x["name"] == m).unwrap()["params_total"].as_f64().unwrap();
+    let kd = plan["stages"].as_array().unwrap().iter().find(|s| s["name"] == "kd").unwrap();
+    let want = 400.0 * 32.0 * 32.0 * (6.0 * n("small") + 2.0 * n("big") + 0.5 * 2.0 * n("small"));
+    assert_eq!((n("small"), n("big")), (34688.0, 70464.0));
+    assert!((kd["flops"].as_f64().unwrap() / want - 1.0).abs() < 1e-9, "{kd} vs {want}");
+
+    // Killed after its step-100 checkpoint, it resumes to the same weights.
+    let dir = killed.join("tiny-distill/kd");
+    let interrupted = common::kill_after_checkpoint(&["run", recipe.to_str().unwrap(), "--out", killed.to_str().unwrap()], &dir, 100);
+    assert!(interrupted, "the distill stage finished before it could be killed, three times");
+    let log = run_ok(&recipe, &killed);
+    assert!(log.contains("kd: resuming from step 100"), "{log}");
+    let read = |d: &std::path::Path| std::fs::read(d.join("tiny-distill/kd/model.safetensors")).unwrap();
+    assert!(read(&whole) == read(&killed), "weights differ after a resume");
+    let resumed: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(dir.join("report.json")).unwrap()).unwrap();
+    assert_eq!((resumed["on_policy_steps"].as_u64(), resumed["val_loss"].clone()), (Some(on), report["val_loss"].clone()));
+}

@@ -13,6 +13,7 @@ mod feedback;
 mod artifact;
 mod posttrain;
 pub mod fields;
+mod distill;
 mod grpo;
 mod health;
 mod hf;

@@ -107,6 +107,7 @@ impl<'a> Checker<'a> {
             StageKind::Finetune(f) => Some((&f.data, &f.model.arch)),
             StageKind::RewardModel(m) => Some((&m.data, &m.model.arch)),
             StageKind::Dpo(p) => Some((&p.data, &p.policy.arch)),
+            StageKind::Distill(k) => Some((&k.data, &k.student.arch)),
             _ => None,
         };
         if let Some((data, arch)) = trains_on {

@@ -142,6 +142,7 @@ pub(super) fn inputs(kind: &StageKind) -> Vec<&ModelRef> {
         StageKind::Ppo(p) => vec![&p.policy],
         StageKind::Dpo(d) => vec![&d.policy],
         StageKind::Grpo(g) => vec![&g.policy],
+        StageKind::Distill(d) => vec![&d.student, &d.teacher],
         StageKind::Compare(c) => c.policies.iter().map(|(_, m)| m).chain([&c.reference]).collect(),
         StageKind::Train(_) | StageKind::Isoflop(_) | StageKind::Mixture(_) => vec![],
     }
@@ -250,6 +251,7 @@ pub(super) fn stage_set(kind: &StageKind) -> Option<&str> {
         StageKind::Ppo(p) => Some(&p.prompts),
         StageKind::Dpo(d) => Some(&d.data),
         StageKind::Grpo(g) => Some(&g.prompts),
+        StageKind::Distill(d) => Some(&d.data),
         StageKind::Compare(c) => Some(&c.data),
         StageKind::Train(_) | StageKind::Isoflop(_) | StageKind::Mixture(_) => None,
     }

@@ -89,6 +89,7 @@ codes! {
     E0255 = "E0255": "a checkpoint's tokenizer gives ids past its model's vocabulary",
     E0257 = "E0257": "`optimizer = muon` beside `shard_optimizer`, `expert_parallel` or a LoRA adapter",
     E0258 = "E0258": "`sync_ref_model` on a stage with no reference of its own (LoRA, a reference-free loss, `beta = 0`), or its keys without it",
+    E0259 = "E0259": "a `distill` teacher that cannot teach its student: fresh weights, another vocabulary, or a shorter context",
     E0300 = "E0300": "a stage cycle",
     E0301 = "E0301": "a wrong kind of argument (data where a model goes, a stage where its output goes)",
     E0310 = "E0310": "a wrong kind of model artifact (a reward model as a policy, an unmerged adapter, `merge` of a non-adapter)",

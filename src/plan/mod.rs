@@ -1,6 +1,7 @@
 //! Stage 4, plan: parameters, FLOPs and memory of every model and stage, before anything runs.
 //! Pure arithmetic over the lowered graphs (a model's own arithmetic is in `arith`); no libtorch.
 
+mod distill;
 mod frozen;
 mod kernels;
 mod muon;
@@ -187,6 +188,15 @@ fn posttrain_plan(r: &Recipe, s: &crate::recipe::StageSpec, graph_of: &HashMap<&
             let frozen = 4 * (reference + rm);
             let (trainable, weights) = crate::lower::trained_and_held(&graph(&g.policy.arch).spec, g.lora.as_ref(), n);
             (g.opt.steps, t, per_token * tf, trainable, training(&g.policy.arch, weights, trainable, micro(&g.opt)).saturating_add(frozen))
+        }
+        StageKind::Distill(k) => {
+            let (n, teacher) = (n_of(&k.student.arch), n_of(&k.teacher.arch));
+            let (ctx, vocab) = (ctx_of(&k.student.arch), graph(&k.student.arch).spec.vocab);
+            let (t, tf) = product(&[k.opt.steps, k.opt.batch as u64, ctx]);
+            let (trainable, weights) = crate::lower::trained_and_held(&graph(&k.student.arch).spec, k.lora.as_ref(), n);
+            // The teacher is held frozen, and the divergence's tensors beside the student's logits.
+            let beside = (4 * teacher).saturating_add(distill::divergence_bytes(ctx as usize, vocab, micro(&k.opt)));
+            (k.opt.steps, t, distill::flops_per_token(k, n as f64, teacher as f64) * tf, trainable, training(&k.student.arch, weights, trainable, micro(&k.opt)).saturating_add(beside))
         }
         StageKind::Compare(c) => {
             let t = c.policies.iter().fold(0u64, |a, (_, p)| a.saturating_add(c.examples as u64 * ctx_of(&p.arch)));

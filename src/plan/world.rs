@@ -132,6 +132,11 @@ fn posttrain_process(r: &Recipe, s: &crate::recipe::StageSpec, world: usize, gpu
             let (t, w) = crate::lower::trained_and_held(&g.spec, gr.lora.as_ref(), n);
             (gr.policy.arch.clone(), t, w, reference + gr.reward.model_stages().into_iter().map(|s| rm(Some(s))).sum::<u64>(), gr.opt.micro_batch(name, world)?, gr.opt.accumulate)
         }
+        StageKind::Distill(k) => {
+            let (Some(g), Some(teacher)) = (graph(&k.student.arch), graph(&k.teacher.arch)) else { return Ok(None) };
+            let (t, w) = crate::lower::trained_and_held(&g.spec, k.lora.as_ref(), n_of(&g));
+            (k.student.arch.clone(), t, w, n_of(&teacher), k.opt.micro_batch(name, world)?, k.opt.accumulate)
+        }
         StageKind::Train(_) | StageKind::Isoflop(_) | StageKind::Mixture(_) | StageKind::Compare(_) => return Ok(None),
     };
     let Some(g) = graph(&arch) else { return Ok(None) };
@@ -139,6 +144,8 @@ fn posttrain_process(r: &Recipe, s: &crate::recipe::StageSpec, world: usize, gpu
     // Packed rows add their attention mask (float32, rows × context²), as `plan` counts it.
     let packing = matches!(&s.kind, StageKind::Finetune(f) if f.packing);
     let mask = if packing { (4.0 * seqs as f64 * (g.spec.context as f64).powi(2)) as u64 } else { 0 };
+    // A distilling student's divergence keeps tensors of the vocabulary's width beside its logits.
+    let mask = mask + if matches!(s.kind, StageKind::Distill(_)) { super::distill::divergence_bytes(g.spec.context, g.spec.vocab, seqs) } else { 0 };
     let activation_bytes = super::kernels::as_run(&s.kind, &g, seqs, g.spec.context, training_bytes(0, 0, &g, seqs, g.spec.context), gpu).saturating_add(mask);
     // (A bf16 stage holds its frozen weights in 2 bytes.)
     let (weight_bytes, gradient_bytes) = ((4 * (weights + frozen)).saturating_sub(super::frozen::bf16_saving(r, s)), 4 * trainable);

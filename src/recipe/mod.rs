@@ -9,16 +9,21 @@
 //! | `stage.rs` | stages, optimizers, schedules, artifacts, budgets              |
 //! | `posttrain.rs` | fine-tuning, reward model, PPO, DPO and compare stages     |
 //! | `grpo.rs`  | the GRPO stage and its rewards                                 |
+//! | `distill.rs` | knowledge distillation from a teacher (GKD)                  |
+//! | `kind.rs`  | what every stage kind answers: its optimizer, device, adapter  |
 
 mod data;
+mod distill;
 mod grpo;
 mod health;
+mod kind;
 mod model;
 mod optimizer;
 mod posttrain;
 mod stage;
 
 pub use data::*;
+pub use distill::*;
 pub use grpo::*;
 pub use health::*;
 pub use model::*;

@@ -70,6 +70,7 @@ pub fn run_recipe(recipe: &Recipe, source: &str, out: &Path, only: &[String], op
             StageKind::Ppo(p) => stages::ppo::run(&ctx, p)?,
             StageKind::Dpo(d) => stages::dpo::run(&ctx, d)?,
             StageKind::Grpo(g) => stages::grpo::run(&ctx, g)?,
+            StageKind::Distill(k) => stages::distill::run(&ctx, k)?,
             StageKind::Compare(c) => stages::compare::run(&ctx, c)?,
         }
     }

@@ -216,6 +216,7 @@ pub fn begin_stage(ctx: &StageCtx, steps: u64) -> Result<Option<RunDir>> {
         StageKind::Ppo(p) => ("model", Some(&p.policy.arch)),
         StageKind::Dpo(d) => ("model", Some(&d.policy.arch)),
         StageKind::Grpo(g) => ("model", Some(&g.policy.arch)),
+        StageKind::Distill(k) => ("model", Some(&k.student.arch)),
         StageKind::RewardModel(m) => ("reward_trunk", Some(&m.model.arch)),
         _ => ("model", None),
     };
@@ -237,6 +238,7 @@ fn chat_template(ctx: &StageCtx) -> Result<Option<Value>> {
         StageKind::Ppo(p) => (&p.policy, &p.prompts),
         StageKind::Dpo(d) => (&d.policy, &d.data),
         StageKind::Grpo(g) => (&g.policy, &g.prompts),
+        StageKind::Distill(k) => (&k.student, &k.data),
         _ => return Ok(None),
     };
     if let Some(t) = ctx.recipe.example_set(data).and_then(|s| s.chat.as_ref()) {

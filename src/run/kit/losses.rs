@@ -150,6 +150,25 @@ pub fn value_loss(v: &Tensor, old_v: &Tensor, returns: &Tensor, mask: &Tensor, e
     masked_mean(&a.maximum(&b), mask) * 0.5
 }
 
+/// The generalized Jensen–Shannon divergence between the teacher's and the student's next-token
+/// distributions at every position, (B, T, V) logits each → (B, T), as TRL's GKDTrainer computes
+/// it (`generalized_jsd_loss`, temperature 1): β = 0 is KL(T ‖ S), β = 1 is KL(S ‖ T), and between
+/// them β·KL(T ‖ M) + (1 − β)·KL(S ‖ M) with the mixture M = β·T + (1 − β)·S. Only the student's
+/// logits carry a graph.
+pub fn generalized_jsd(student: &Tensor, teacher: &Tensor, beta: f64) -> Tensor {
+    let s = student.log_softmax(-1, Kind::Float);
+    let t = tch::no_grad(|| teacher.log_softmax(-1, Kind::Float));
+    let kl = |p: &Tensor, q: &Tensor| (p.exp() * (p - q)).sum_dim_intlist(-1, false, Kind::Float);
+    if beta == 0.0 {
+        return kl(&t, &s);
+    }
+    if beta == 1.0 {
+        return kl(&s, &t);
+    }
+    let m = (&s + (1.0 - beta).ln()).logaddexp(&(&t + beta.ln()));
+    kl(&t, &m) * beta + kl(&s, &m) * (1.0 - beta)
+}
+
 /// Entropy of the next-token distribution at every position, (B, T, V) → (B, T).
 pub fn entropy(logits: &Tensor) -> Tensor {
     let logp = logits.log_softmax(-1, Kind::Float);

@@ -11,9 +11,12 @@
 //! | `reward.rs`   | `reward_model`: Bradley–Terry on preference pairs                 |
 //! | `ppo.rs`      | `ppo`: RLHF with a KL penalty, GAE, clipping                      |
 //! | `dpo.rs`      | `dpo`: DPO and its variants on pairs; `dpo/feedback.rs`, KTO on unpaired feedback |
+//! | `grpo.rs`     | `grpo`: GRPO, Dr. GRPO, DAPO and RLOO on sampled groups           |
+//! | `distill.rs`  | `distill`: a student learns a teacher's distributions (GKD)       |
 //! | `compare.rs`  | `compare`: the table of policies                                  |
 
 pub mod compare;
+pub mod distill;
 pub mod dpo;
 pub mod finetune;
 pub mod grpo;
