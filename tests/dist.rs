@@ -329,7 +329,7 @@ fn every_stage_kind_runs_under_two_processes() {
     let out = scratch("dist-lifecycle");
     // The lifecycle with a GRPO stage too.
     let text = std::fs::read_to_string(fixture("tiny-lifecycle.roux")).unwrap().replace("../../data/", "../../../data/");
-    let grpo = "  stage gr = grpo(policy = merge(sft.adapter), prompts = instr) {\n    group = 4\n    batch = 16\n    steps = 3\n    max_new = 6\n    optimizer = adamw { lr = 1e-5 }\n    eval_every = 3\n    eval_examples = 8\n  }\n}\n";
+    let grpo = "  stage gr = grpo(policy = merge(sft.adapter), prompts = instr) {\n    group = 4\n    batch = 16\n    steps = 3\n    max_new = 6\n    optimizer = adamw { lr = 1e-5 }\n    eval_every = 3\n    eval_examples = 8\n  }\n  stage kd = distill(student = lm, teacher = merge(sft.adapter), data = instr) {\n    lmbda = 0\n    batch = 8\n    steps = 4\n    max_new = 6\n    optimizer = adamw { lr = 1e-4 }\n    eval_every = 2\n    eval_examples = 8\n  }\n}\n";
     let recipe = out.join("tiny-lifecycle.roux");
     std::fs::write(&recipe, format!("{}{grpo}", text.trim_end().strip_suffix('}').unwrap())).unwrap();
     let run = |name: &str, extra: &[&str]| run_checking_replicas(&recipe, &out.join(name), extra);
@@ -338,12 +338,12 @@ fn every_stage_kind_runs_under_two_processes() {
     assert!(logs[1].contains("rl: PPO on prompts of `instr` against reward model `rm`: 4 steps × 8 prompts (each of 2 processes rolls out 4)"), "{}", logs[1]);
     assert!(logs[1].contains("gr: GRPO on prompts of `instr`: 3 steps × 4 prompts (each of 2 processes answers 2) × 4 responses"), "{}", logs[1]);
     let stage = |name: &str, s: &str| out.join(name).join("tiny-lifecycle").join(s);
-    for s in ["pretrain", "sft", "rm", "rl", "po", "gr", "table"] {
+    for s in ["pretrain", "sft", "rm", "rl", "po", "gr", "kd", "table"] {
         assert!(stage("two", s).join("report.json").exists(), "{s} did not finish under 2 processes");
         let steps: Vec<u64> = std::fs::read_to_string(stage("two", s).join("metrics.jsonl")).unwrap_or_default().lines().filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok()?["step"].as_u64()).collect();
         assert!(steps.windows(2).all(|w| w[0] < w[1]), "{s}: metrics.jsonl written by more than one process: {steps:?}");
     }
-    for (s, file) in [("pretrain", "model.safetensors"), ("sft", "adapter.safetensors")] {
+    for (s, file) in [("pretrain", "model.safetensors"), ("sft", "adapter.safetensors"), ("kd", "model.safetensors")] {
         let read = |n: &str| {
             let mut t = tch::Tensor::read_safetensors(stage(n, s).join(file)).unwrap();
             t.sort_by(|a, b| a.0.cmp(&b.0));
@@ -390,6 +390,19 @@ fn every_stage_kind_runs_under_two_processes() {
     assert!(differences(&every, &whole).1 > 1e-6, "RLOO trained GRPO's weights");
     let (loss, weights) = differences(&whole, &micro);
     assert!(loss < 1e-5 && weights < 1e-5, "gr with RLOO, accumulate = 2 vs 1 on 2 processes: losses differ by {loss:e}, weights by {weights:e}");
+    // Distillation on the student's own responses: each process samples its share's before the
+    // micro-batches divide them, so the steps are the same in 1 or 2 micro-batches, and other
+    // steps than on the data's responses.
+    let off_policy = result(&stage("two", "kd"));
+    let kd = |k: &str| {
+        let log = run("two", &["--nproc", "2", "--set", "kd.lmbda=1", "--set", &format!("kd.accumulate={k}")]);
+        assert!(log.contains("kd: distilling `lm` into `lm` (35200 trainable of 35200 parameters) on `instr` for 4 steps × 8 examples: the generalized JSD at β = 0.5 over the student's own responses (sampled at temperature 0.9)"), "{log}");
+        result(&stage("two", "kd"))
+    };
+    let (whole, micro) = (kd("1"), kd("2"));
+    assert!(differences(&off_policy, &whole).1 > 1e-6, "sampled responses trained the data's weights");
+    let (loss, weights) = differences(&whole, &micro);
+    assert!(loss < 1e-5 && weights < 1e-5, "kd on-policy, accumulate = 2 vs 1 on 2 processes: losses differ by {loss:e}, weights by {weights:e}");
 }
 
 /// The dropped fraction of each MoE layer at every logged step.
