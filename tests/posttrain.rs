@@ -1710,6 +1710,10 @@ fn distillation_teaches_a_smaller_student_and_resumes_exactly() {
     assert!(exact("teacher_score") > 0.9 && exact("before") < 0.05 && exact("after") > 0.9, "{report}");
     // The coin: about half the steps sampled, and the log's per-window shares add up to them.
     let on = report["on_policy_steps"].as_u64().unwrap();
+    // The student is a model downstream stages read: `compare` scores it beside its teacher.
+    let table: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(whole.join("tiny-distill/table/report.json")).unwrap()).unwrap();
+    let row = |label: &str| table["rows"].as_array().unwrap().iter().find(|r| r["policy"] == label).unwrap_or_else(|| panic!("{table}"))["score"]["exact"].as_f64().unwrap();
+    assert_eq!(row("student"), exact("after"), "{table}");
     assert!((140..=260).contains(&on), "{on} of 400 steps on-policy");
     let rows = metrics(&whole.join("tiny-distill/kd"));
     let logged: f64 = rows.iter().map(|r| 10.0 * r["on_policy"].as_f64().unwrap()).sum();

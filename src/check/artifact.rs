@@ -193,10 +193,11 @@ impl<'a> Checker<'a> {
         arch
     }
 
-    /// The declaration a stage's model argument names, through `merge(…)`.
+    /// The declaration a stage's model argument (`model`, `policy`, `student`, or the first) names,
+    /// through `merge(…)`.
     fn trained_decl(&self, d: &'a Decl) -> Option<&'a Decl> {
         let ExprKind::Ctor { args: Some(args), .. } = &d.value.kind else { return None };
-        let mut e = &args.iter().find(|a| a.name.as_ref().is_none_or(|n| n.name == "model" || n.name == "policy"))?.value;
+        let mut e = &args.iter().find(|a| a.name.as_ref().is_none_or(|n| n.name == "model" || n.name == "policy" || n.name == "student"))?.value;
         while let ExprKind::Ctor { path, args: Some(args), .. } = &e.kind {
             if Expr::path_string(path) != "merge" {
                 break;
