@@ -1740,3 +1740,53 @@ fn distillation_teaches_a_smaller_student_and_resumes_exactly() {
     let resumed: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(dir.join("report.json")).unwrap()).unwrap();
     assert_eq!((resumed["on_policy_steps"].as_u64(), resumed["val_loss"].clone()), (Some(on), report["val_loss"].clone()));
 }
+
+/// Online DPO's pairs: of each prompt's two responses the higher-rewarded is chosen and the first
+/// wins a tie, as TRL's `first_half >= second_half`; the loss is DPO's on log-probabilities summed
+/// over each response.
+#[test]
+fn online_dpo_ranks_its_pairs_by_hand() {
+    use roux::run::stages::online_dpo::rank;
+    // Three prompts: the second response better, a tie, the first better.
+    assert_eq!(rank(&[0.0, 0.5, 1.0, 1.0, 0.5, 0.0], 3), vec![(3, 0), (1, 4), (2, 5)]);
+    assert_eq!(rank(&[], 0), vec![]);
+}
+
+/// Online DPO on the GRPO fixture's policy and reward: the pairs it writes and ranks raise the
+/// reward and shorten the responses; `plan` counts generation, the policy's training, the
+/// reference's forward pass; a run killed at a checkpoint resumes to the same weights.
+#[test]
+fn online_dpo_follows_its_reward_and_resumes_exactly() {
+    let recipe = fixture("tiny-online.roux");
+    let (whole, killed) = (scratch("online-whole"), scratch("online-killed"));
+    let log = run_ok(&recipe, &whole);
+    assert!(log.contains("rl: online DPO on prompts of `instr`: 24 steps × 8 prompts × 2 responses (temperature 0.9), the higher-rewarded one chosen, DPO's sigmoid loss at β = 0.1"), "{log}");
+    let m = metrics(&whole.join("tiny-online/rl"));
+    let mean = |rows: &[serde_json::Value], k: &str| rows.iter().map(|v| v[k].as_f64().unwrap()).sum::<f64>() / rows.len() as f64;
+    let (first, last) = (&m[..6], &m[m.len() - 6..]);
+    assert!(mean(last, "objective/scores") > mean(first, "objective/scores") + 0.05, "reward {} → {}", mean(first, "objective/scores"), mean(last, "objective/scores"));
+    assert!(mean(last, "response_length") < mean(first, "response_length"), "length {} → {}", mean(first, "response_length"), mean(last, "response_length"));
+    for row in &m {
+        // The chosen response is never the worse one, and the implicit rewards' margin is theirs.
+        assert!(row["objective/scores_margin"].as_f64().unwrap() >= 0.0, "{row}");
+        let (c, r, margin) = (row["rewards/chosen"].as_f64().unwrap(), row["rewards/rejected"].as_f64().unwrap(), row["rewards/margins"].as_f64().unwrap());
+        assert!((c - r - margin).abs() < 1e-9 && (0.0..=1.0).contains(&row["rewards/accuracies"].as_f64().unwrap()), "{row}");
+    }
+    // At the first step the policy is its reference: every implicit reward is 0, the loss ln 2.
+    assert!((m[0]["loss"].as_f64().unwrap() - 2f64.ln()).abs() < 1e-4 && m[0]["rewards/chosen"].as_f64().unwrap().abs() < 1e-4, "{}", m[0]);
+
+    // FLOPs a token of the 2 × 8 responses: generation (2N), training (6N), the reference (2N).
+    let plan = roux(&["plan", recipe.to_str().unwrap(), "--json"]);
+    let plan: serde_json::Value = serde_json::from_slice(&plan.stdout).unwrap();
+    let n = plan["models"][0]["params_total"].as_f64().unwrap();
+    let rl = plan["stages"].as_array().unwrap().iter().find(|s| s["name"] == "rl").unwrap();
+    assert!((rl["flops"].as_f64().unwrap() / (24.0 * 16.0 * 48.0 * 10.0 * n) - 1.0).abs() < 1e-9, "{rl}");
+
+    let dir = killed.join("tiny-online/rl");
+    let interrupted = common::kill_after_checkpoint(&["run", recipe.to_str().unwrap(), "--out", killed.to_str().unwrap()], &dir, 8);
+    assert!(interrupted, "the online DPO stage finished before it could be killed, three times");
+    let log = run_ok(&recipe, &killed);
+    assert!(log.contains("rl: resuming from step 8"), "{log}");
+    let read = |d: &std::path::Path| std::fs::read(d.join("tiny-online/rl/model.safetensors")).unwrap();
+    assert!(read(&whole) == read(&killed), "weights differ after a resume");
+}

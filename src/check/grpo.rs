@@ -19,10 +19,7 @@ impl<'a> Checker<'a> {
         let mut f = self.stage_fields(d, at, block);
         let opt = self.check_split_optim(&mut f, 32, 25);
         let group = f.int(self, "group", Some(4), super::fields::Min::One);
-        let reward = match f.field("reward") {
-            Some(field) => self.check_reward(&field.value),
-            None => Some(Reward { terms: vec![(1.0, RewardTerm::ExactMatch)] }),
-        };
+        let reward = self.reward_key(&mut f);
         let beta = f.ranged(self, "beta", Some(0.04), 0.0, false, f64::INFINITY, true);
         let clip = f.ranged(self, "clip", Some(0.2), 0.0, true, 1.0, true);
         let clip_high = f.optional(self, "clip_high", |f, ck| f.ranged(ck, "clip_high", None, 0.0, true, 1.0, true));
@@ -55,19 +52,7 @@ impl<'a> Checker<'a> {
             );
             ok = false;
         }
-        if let Some((_, term)) = reward.terms.iter().find(|(_, t)| t.needs_answers()) {
-            if !has_answers(&prompts) {
-                let name = match term {
-                    RewardTerm::ExactMatch => "exact_match",
-                    _ => "this reward",
-                };
-                self.error(
-                    Diagnostic::error(Code::E0314, reward_span, format!("`{name}` compares with the data's answers, but `{}` holds preference pairs without answers", prompts.name))
-                        .with_hint("use instruction data (its responses are the answers) as `prompts`, or reward with `reward_model(rm.model)`"),
-                );
-                ok = false;
-            }
-        }
+        ok &= self.answers_for(&reward, &prompts, reward_span);
         if let Some(p) = &policy {
             ok &= self.prompt_room(&prompts, &p.arch, max_new, new_span);
         }
@@ -121,6 +106,31 @@ impl<'a> Checker<'a> {
             ok = false;
         }
         ok
+    }
+
+    /// E0314 unless `prompts` holds the answers the terms of `reward` compare with.
+    pub(super) fn answers_for(&mut self, reward: &Reward, prompts: &ExampleSet, span: Span) -> bool {
+        let Some((_, term)) = reward.terms.iter().find(|(_, t)| t.needs_answers()) else { return true };
+        if has_answers(prompts) {
+            return true;
+        }
+        let name = match term {
+            RewardTerm::ExactMatch => "exact_match",
+            _ => "this reward",
+        };
+        self.error(
+            Diagnostic::error(Code::E0314, span, format!("`{name}` compares with the data's answers, but `{}` holds preference pairs without answers", prompts.name))
+                .with_hint("use instruction data (its responses are the answers) as `prompts`, or reward with `reward_model(rm.model)`"),
+        );
+        false
+    }
+
+    /// `reward` (exact_match unless given): what `grpo` and `online_dpo` score responses with.
+    pub(super) fn reward_key(&mut self, f: &mut super::fields::Fields<'a>) -> Option<Reward> {
+        match f.field("reward") {
+            Some(field) => self.check_reward(&field.value),
+            None => Some(Reward { terms: vec![(1.0, RewardTerm::ExactMatch)] }),
+        }
     }
 
     /// `exact_match + 0.5 * format - 0.1 * length + reward_model(rm.model)`: a weighted sum of

@@ -15,6 +15,7 @@ mod posttrain;
 pub mod fields;
 mod distill;
 mod grpo;
+mod online;
 mod health;
 mod hf;
 mod isoflop;

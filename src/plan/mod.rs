@@ -189,6 +189,19 @@ fn posttrain_plan(r: &Recipe, s: &crate::recipe::StageSpec, graph_of: &HashMap<&
             let (trainable, weights) = crate::lower::trained_and_held(&graph(&g.policy.arch).spec, g.lora.as_ref(), n);
             (g.opt.steps, t, per_token * tf, trainable, training(&g.policy.arch, weights, trainable, micro(&g.opt)).saturating_add(frozen))
         }
+        StageKind::OnlineDpo(o) => {
+            let n = n_of(&o.policy.arch);
+            // Two responses a prompt.
+            let (t, tf) = product(&[o.opt.steps, 2 * o.opt.batch as u64, ctx_of(&o.policy.arch)]);
+            let rm: u64 = o.reward.model_stages().into_iter().filter_map(|s| reward_model(Some(s))).sum();
+            // Generation (2N), the policy's forward and backward (6N), the reference's forward
+            // (2N) and the reward models' (2N each).
+            let per_token = 10.0 * n as f64 + 2.0 * rm as f64;
+            // The reference is a copy of the policy, or with LoRA its own base.
+            let reference = if o.lora.is_none() { n } else { 0 };
+            let (trainable, weights) = crate::lower::trained_and_held(&graph(&o.policy.arch).spec, o.lora.as_ref(), n);
+            (o.opt.steps, t, per_token * tf, trainable, training(&o.policy.arch, weights, trainable, 2 * micro(&o.opt)).saturating_add(4 * (reference + rm)))
+        }
         StageKind::Distill(k) => {
             let (n, teacher) = (n_of(&k.student.arch), n_of(&k.teacher.arch));
             let (ctx, vocab) = (ctx_of(&k.student.arch), graph(&k.student.arch).spec.vocab);

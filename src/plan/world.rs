@@ -132,6 +132,13 @@ fn posttrain_process(r: &Recipe, s: &crate::recipe::StageSpec, world: usize, gpu
             let (t, w) = crate::lower::trained_and_held(&g.spec, gr.lora.as_ref(), n);
             (gr.policy.arch.clone(), t, w, reference + gr.reward.model_stages().into_iter().map(|s| rm(Some(s))).sum::<u64>(), gr.opt.micro_batch(name, world)?, gr.opt.accumulate)
         }
+        StageKind::OnlineDpo(o) => {
+            let Some(g) = graph(&o.policy.arch) else { return Ok(None) };
+            let n = n_of(&g);
+            let reference = if o.lora.is_none() { n } else { 0 };
+            let (t, w) = crate::lower::trained_and_held(&g.spec, o.lora.as_ref(), n);
+            (o.policy.arch.clone(), t, w, reference + o.reward.model_stages().into_iter().map(|s| rm(Some(s))).sum::<u64>(), 2 * o.opt.micro_batch(name, world)?, o.opt.accumulate)
+        }
         StageKind::Distill(k) => {
             let (Some(g), Some(teacher)) = (graph(&k.student.arch), graph(&k.teacher.arch)) else { return Ok(None) };
             let (t, w) = crate::lower::trained_and_held(&g.spec, k.lora.as_ref(), n_of(&g));

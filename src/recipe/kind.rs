@@ -5,13 +5,14 @@ use super::*;
 
 impl StageKind {
     /// The base model and the adapter of a stage that trains LoRA adapters (`finetune`, `dpo`,
-    /// `ppo`, `grpo` or `distill` with `adapter = lora { … }`): what `merge(STAGE.adapter)` folds together.
+    /// `ppo`, `grpo`, `distill` or `online_dpo` with `adapter = lora { … }`): what `merge(STAGE.adapter)` folds together.
     pub fn adapter(&self) -> Option<(&ModelRef, &LoraSpec)> {
         match self {
             StageKind::Finetune(f) => f.lora.as_ref().map(|l| (&f.model, l)),
             StageKind::Dpo(d) => d.lora.as_ref().map(|l| (&d.policy, l)),
             StageKind::Grpo(g) => g.lora.as_ref().map(|l| (&g.policy, l)),
             StageKind::Distill(d) => d.lora.as_ref().map(|l| (&d.student, l)),
+            StageKind::OnlineDpo(o) => o.lora.as_ref().map(|l| (&o.policy, l)),
             StageKind::Ppo(p) => p.lora.as_ref().map(|l| (&p.policy, l)),
             _ => None,
         }
@@ -26,6 +27,7 @@ impl StageKind {
             StageKind::Dpo(d) => Some(&d.opt),
             StageKind::Grpo(g) => Some(&g.opt),
             StageKind::Distill(d) => Some(&d.opt),
+            StageKind::OnlineDpo(o) => Some(&o.opt),
             StageKind::Train(_) | StageKind::Isoflop(_) | StageKind::Mixture(_) | StageKind::Compare(_) => None,
         }
     }
@@ -58,6 +60,7 @@ impl StageKind {
             StageKind::Dpo(d) => d.opt.activation_checkpointing,
             StageKind::Grpo(g) => g.opt.activation_checkpointing,
             StageKind::Distill(d) => d.opt.activation_checkpointing,
+            StageKind::OnlineDpo(o) => o.opt.activation_checkpointing,
             StageKind::Isoflop(_) | StageKind::Mixture(_) | StageKind::Compare(_) => false,
         }
     }
@@ -74,6 +77,7 @@ impl StageKind {
             StageKind::Dpo(d) => d.opt.device,
             StageKind::Grpo(g) => g.opt.device,
             StageKind::Distill(d) => d.opt.device,
+            StageKind::OnlineDpo(o) => o.opt.device,
             StageKind::Compare(c) => c.device,
         }
     }
@@ -89,6 +93,7 @@ impl StageKind {
             StageKind::Dpo(_) => "dpo",
             StageKind::Grpo(_) => "grpo",
             StageKind::Distill(_) => "distill",
+            StageKind::OnlineDpo(_) => "online_dpo",
             StageKind::Compare(_) => "compare",
         }
     }

@@ -10,6 +10,7 @@
 //! | `posttrain.rs` | fine-tuning, reward model, PPO, DPO and compare stages     |
 //! | `grpo.rs`  | the GRPO stage and its rewards                                 |
 //! | `distill.rs` | knowledge distillation from a teacher (GKD)                  |
+//! | `online.rs` | online DPO: pairs the policy writes, ranked by a reward        |
 //! | `kind.rs`  | what every stage kind answers: its optimizer, device, adapter  |
 
 mod data;
@@ -18,6 +19,7 @@ mod grpo;
 mod health;
 mod kind;
 mod model;
+mod online;
 mod optimizer;
 mod posttrain;
 mod stage;
@@ -27,6 +29,7 @@ pub use distill::*;
 pub use grpo::*;
 pub use health::*;
 pub use model::*;
+pub use online::*;
 pub use optimizer::*;
 pub use posttrain::*;
 pub use stage::*;

@@ -283,6 +283,7 @@ pub enum StageKind {
     Dpo(DpoSpec),
     Grpo(GrpoSpec),
     Distill(DistillSpec),
+    OnlineDpo(OnlineDpoSpec),
     Compare(CompareSpec),
 }
 

@@ -71,6 +71,7 @@ pub fn run_recipe(recipe: &Recipe, source: &str, out: &Path, only: &[String], op
             StageKind::Dpo(d) => stages::dpo::run(&ctx, d)?,
             StageKind::Grpo(g) => stages::grpo::run(&ctx, g)?,
             StageKind::Distill(k) => stages::distill::run(&ctx, k)?,
+            StageKind::OnlineDpo(o) => stages::online_dpo::run(&ctx, o)?,
             StageKind::Compare(c) => stages::compare::run(&ctx, c)?,
         }
     }

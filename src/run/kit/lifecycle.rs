@@ -217,6 +217,7 @@ pub fn begin_stage(ctx: &StageCtx, steps: u64) -> Result<Option<RunDir>> {
         StageKind::Dpo(d) => ("model", Some(&d.policy.arch)),
         StageKind::Grpo(g) => ("model", Some(&g.policy.arch)),
         StageKind::Distill(k) => ("model", Some(&k.student.arch)),
+        StageKind::OnlineDpo(o) => ("model", Some(&o.policy.arch)),
         StageKind::RewardModel(m) => ("reward_trunk", Some(&m.model.arch)),
         _ => ("model", None),
     };
@@ -239,6 +240,7 @@ fn chat_template(ctx: &StageCtx) -> Result<Option<Value>> {
         StageKind::Dpo(d) => (&d.policy, &d.data),
         StageKind::Grpo(g) => (&g.policy, &g.prompts),
         StageKind::Distill(k) => (&k.student, &k.data),
+        StageKind::OnlineDpo(o) => (&o.policy, &o.prompts),
         _ => return Ok(None),
     };
     if let Some(t) = ctx.recipe.example_set(data).and_then(|s| s.chat.as_ref()) {

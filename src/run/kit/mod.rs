@@ -21,6 +21,7 @@
 //! | `seqs.rs`      | padded variable-length batches, log-probabilities, generation        |
 //! | `packing.rs`   | examples packed into rows (best-fit decreasing) for `packing = true` |
 //! | `score.rs`     | a policy's scores on held-out prompts                                |
+//! | `rewards.rs`   | a stage's `reward = …`: program terms and reward models' scores      |
 //! | `losses.rs`    | Bradley–Terry, DPO, clipped PPO and value losses, entropy            |
 //! | `progress.rs`  | the progress of a loop and metrics.jsonl                             |
 //! | `health.rs`    | training-health signals read from the logged metrics                |
@@ -62,6 +63,7 @@ pub mod profile;
 pub mod losses;
 pub mod progress;
 pub mod reference;
+pub mod rewards;
 pub mod score;
 pub mod seqs;
 pub mod tensorboard;

@@ -38,6 +38,19 @@ pub struct Score {
 }
 
 impl Score {
+    /// What an RL stage's last line says of its policy against where it started (`before`).
+    pub fn against(&self, before: &Score) -> String {
+        format!(
+            "held-out greedy exact match {:.1}% (was {:.1}%), sampled {:.1}% (was {:.1}%), gold reward {:.3} (was {:.3})",
+            100.0 * self.exact,
+            100.0 * before.exact,
+            100.0 * self.sampled_exact,
+            100.0 * before.sampled_exact,
+            self.sampled_gold,
+            before.sampled_gold
+        )
+    }
+
     /// The first (prompt, greedy response) pair, for a log line: `"reverse ab" → "ba"`.
     pub fn example(&self) -> String {
         self.samples.first().map_or_else(|| "no held-out prompt".into(), |(p, r)| format!("{p:?} → {r:?}"))

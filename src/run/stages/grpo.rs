@@ -17,11 +17,11 @@ use std::time::Instant;
 use tch::{Kind, Tensor};
 
 use crate::posttrain::examples::{Example, Seq};
-use crate::posttrain::tasks;
-use crate::recipe::{GrpoLoss, GrpoSpec, ImportanceSampling, Reward, RewardScale, RewardTerm};
+use crate::recipe::{GrpoLoss, GrpoSpec, ImportanceSampling, RewardScale};
 use crate::rng::Rng;
 use crate::run::kit::adamw::Optimizer;
-use crate::run::kit::artifacts::{instructions, load_policy, load_reward_model, trained_output, Policy};
+use crate::run::kit::artifacts::{instructions, load_policy, trained_output, Policy};
+use crate::run::kit::rewards::Rewarder;
 use crate::run::kit::dist::World;
 use crate::run::kit::losses::{entropy_in_chunks, group_advantages, grpo_loss, masked_mean, quantile, rloo_advantages, sequence_k1, GrpoTerms};
 use crate::run::kit::score::score;
@@ -48,15 +48,7 @@ pub fn run(ctx: &StageCtx, g: &GrpoSpec) -> Result<()> {
     // With beta = 0 no reference is loaded (the plan counts none); with LoRA only the adapters
     // train and the reference is the policy without them.
     let Policy { model: policy, names, params, reference } = load_policy(recipe, &ctx.runs, &g.policy, g.lora.as_ref(), &g.opt, g.beta > 0.0, dev)?;
-    // Every reward model a term reads, each loaded once.
-    let rms = g.reward.model_stages().into_iter().map(|s| load_reward_model(recipe, &ctx.runs, s, dev).map(|m| (s.to_string(), m.computing(g.opt.precision))));
-    let rms: Vec<(String, crate::run::model::heads::RewardModel)> = rms.collect::<Result<_>>()?;
-    // Each `matches` term's regular expression, compiled once (check compiled it too).
-    let patterns = g.reward.terms.iter().map(|(_, t)| match t {
-        RewardTerm::Matches { pattern } => crate::recipe::reward_pattern(pattern).map(Some).map_err(|e| anyhow::anyhow!("stage `{name}`: `matches(\"{pattern}\")`: {e}")),
-        _ => Ok(None),
-    });
-    let patterns: Vec<Option<regex::Regex>> = patterns.collect::<Result<_>>()?;
+    let rewarder = Rewarder::load(recipe, &ctx.runs, &name, &g.reward, g.opt.precision, dev)?;
     // The starting point's score, before a resumed run restores its trained weights.
     let before = score(&policy, reference.as_ref(), &codec, &held, g.max_new)?;
     let mut opt = Optimizer::new(&params, &names, &g.opt.optimizer);
@@ -129,19 +121,7 @@ pub fn run(ctx: &StageCtx, g: &GrpoSpec) -> Result<()> {
         }
         let truncated = world.sums(&[truncated.iter().filter(|&&t| t).count() as f64])?[0] / g.opt.batch as f64;
         // 2. Rewards.
-        let full: Vec<Vec<i64>> = if rms.is_empty() { vec![] } else { seqs.iter().map(|s| s.tokens.iter().copied().take(context).collect()).collect() };
-        let rm_scores: Vec<(&str, Vec<f64>)> = rms
-            .iter()
-            .map(|(stage, rm)| {
-                (stage.as_str(), to_f64s(&rm.score_in_chunks(&full, micro_rows(full.len(), g.opt.accumulate))))
-            })
-            .collect();
-        let rewards: Vec<f64> = (0..batch.len())
-            .map(|i| {
-                let score = |stage: &str| rm_scores.iter().find(|(s, _)| *s == stage).map_or(0.0, |(_, v)| v[i]);
-                reward_of(&g.reward, &patterns, batch[i], &responses[i], &codec, g.max_new, &score)
-            })
-            .collect();
+        let rewards = rewarder.rewards(&batch, &responses, &seqs, &codec, g.max_new, context, g.opt.accumulate);
         let rows: Vec<&Seq> = seqs.iter().collect();
         let b = pad(&rows, dev);
         // The scoring passes run in `accumulate` micro-batches of completions (sampled whole
@@ -265,15 +245,7 @@ pub fn run(ctx: &StageCtx, g: &GrpoSpec) -> Result<()> {
         "wall_seconds": started.elapsed().as_secs_f64(),
     });
     patience.report_into(&mut report, stopped);
-    tracing::info!(
-        "{name}: done — held-out greedy exact match {:.1}% (was {:.1}%), sampled {:.1}% (was {:.1}%), gold reward {:.3} (was {:.3})",
-        100.0 * last.exact,
-        100.0 * before.exact,
-        100.0 * last.sampled_exact,
-        100.0 * before.sampled_exact,
-        last.sampled_gold,
-        before.sampled_gold,
-    );
+    tracing::info!("{name}: done — {}", last.against(&before));
     if g.lora.is_some() {
         report["lora_update_ratio"] = json!(policy.lora_update_ratio());
     }
@@ -322,25 +294,4 @@ fn high_entropy(world: &World, entropy: &Tensor, mask: &Tensor, rho: f64) -> Res
         Some(cut) => entropy.ge(cut).to_kind(Kind::Float) * mask,
         None => mask.zeros_like(),
     })
-}
-
-/// The recipe's reward for one response: the weighted sum of its terms (`patterns`: each
-/// term's compiled regular expression, for `matches`).
-/// `rm_score` gives the response's score by each reward-model stage.
-fn reward_of(reward: &Reward, patterns: &[Option<regex::Regex>], e: &Example, response: &[i64], codec: &Codec, max_new: usize, rm_score: &dyn Fn(&str) -> f64) -> f64 {
-    let answer = e.gold.as_deref().unwrap_or(&e.response);
-    reward
-        .terms
-        .iter()
-        .zip(patterns)
-        .map(|((w, t), pattern)| {
-            w * match t {
-                RewardTerm::ExactMatch => tasks::exact(answer, &codec.decode(response)) as u8 as f64,
-                RewardTerm::Format => codec.ended(response) as u8 as f64,
-                RewardTerm::Length => response.len() as f64 / max_new.max(1) as f64,
-                RewardTerm::Model { stage } => rm_score(stage),
-                RewardTerm::Matches { .. } => pattern.as_ref().is_some_and(|p| p.is_match(&codec.decode(response))) as u8 as f64,
-            }
-        })
-        .sum()
 }

@@ -11,6 +11,7 @@
 //! | `reward.rs`   | `reward_model`: Bradley–Terry on preference pairs                 |
 //! | `ppo.rs`      | `ppo`: RLHF with a KL penalty, GAE, clipping                      |
 //! | `dpo.rs`      | `dpo`: DPO and its variants on pairs; `dpo/feedback.rs`, KTO on unpaired feedback |
+//! | `online_dpo.rs` | `online_dpo`: DPO on pairs the policy writes, ranked by a reward |
 //! | `grpo.rs`     | `grpo`: GRPO, Dr. GRPO, DAPO and RLOO on sampled groups           |
 //! | `distill.rs`  | `distill`: a student learns a teacher's distributions (GKD)       |
 //! | `compare.rs`  | `compare`: the table of policies                                  |
@@ -22,6 +23,7 @@ pub mod finetune;
 pub mod grpo;
 pub mod isoflop;
 pub mod mixture;
+pub mod online_dpo;
 pub mod ppo;
 pub mod reward;
 pub mod train;
