@@ -46,10 +46,11 @@ pub fn write_run_plots(dir: &Path, title: &str) -> Result<Vec<PathBuf>, String> 
             "reward",
             &[("chosen", "rewards/chosen", false), ("rejected", "rewards/rejected", false), ("held-out chosen", "eval_rewards/chosen", true), ("held-out rejected", "eval_rewards/rejected", true)],
         ),
-        ("reward", "reward", "reward", &[("training reward", "reward", false), ("gold", "gold", false), ("held-out gold", "val_sampled_gold", true)]),
-        ("kl", "KL to the reference", "nats per response", &[("KL", "kl", false), ("held-out KL", "val_kl", true), ("KL coefficient", "kl_coef", true)]),
+        ("reward", "reward", "reward", &[("training reward", "reward", false), ("training reward", "objective/scores", false), ("gold", "gold", false), ("held-out gold", "val_sampled_gold", true)]),
+        ("kl", "KL to the reference", "nats per response", &[("KL", "kl", false), ("KL", "objective/kl", false), ("held-out KL", "val_kl", true), ("KL coefficient", "kl_coef", true)]),
         ("ppo", "policy-update internals", "value", &[("entropy", "entropy", false), ("clip fraction", "clip_fraction", false), ("value loss", "value_loss", true)]),
         ("groups", "GRPO's learning signal", "share of groups", &[("groups whose rewards are all equal", "flat_groups", false)]),
+        ("on_policy", "distillation: steps on the student's own responses", "share of steps", &[("on-policy", "on_policy", false)]),
         (
             "held_out",
             "held-out behaviour",

@@ -38,9 +38,10 @@ fn quarters(v: &[f64]) -> Option<(f64, f64)> {
 /// Every signal the rows show, with `report` for the signals read from a stage's result.
 pub fn signals(rows: &[Value], report: &Value, th: &Thresholds) -> Vec<Signal> {
     let mut out = vec![];
-    // A policy-gradient loss need not fall (its scale follows the advantages): only supervised
-    // losses are judged.
-    if !matches!(report["kind"].as_str(), Some("ppo" | "grpo")) {
+    // A policy-gradient loss need not fall (its scale follows the advantages), nor online DPO's
+    // (every step's pairs are new, written by the policy as it learns): only supervised losses
+    // are judged.
+    if !matches!(report["kind"].as_str(), Some("ppo" | "grpo" | "online_dpo")) {
         out.extend(loss_not_falling(rows, th));
     }
     out.extend(grad_spikes(rows, th));
@@ -117,15 +118,17 @@ pub fn moe(rows: &[Value], th: &Thresholds) -> Vec<Signal> {
     out
 }
 
-/// Reinforcement learning: the reward-model score falling, the KL to the reference too large.
+/// Reinforcement learning: the reward-model score falling, the KL to the reference too large
+/// (PPO's and GRPO's `reward` and `kl`; online DPO's `objective/scores` and `objective/kl`).
 pub fn rl(rows: &[Value], th: &Thresholds) -> Vec<Signal> {
     let mut out = vec![];
-    if let Some((first, last)) = quarters(&series(rows, "reward")) {
+    let either = |a: &str, b: &str| Some(series(rows, a)).filter(|s| !s.is_empty()).unwrap_or_else(|| series(rows, b));
+    if let Some((first, last)) = quarters(&either("reward", "objective/scores")) {
         if first - last > th.reward_fall * first.abs().max(1e-9) {
             out.push(signal("reward_falling", format!("the reward-model score fell from {first:.3} (first quarter) to {last:.3} (last quarter)")));
         }
     }
-    let kl = series(rows, "kl");
+    let kl = either("kl", "objective/kl");
     if let Some(&k) = kl.iter().max_by(|a, b| a.total_cmp(b)).filter(|k| **k > th.kl_max) {
         out.push(signal("kl_high", format!("the KL to the reference reached {k:.3} nats per sequence (above {}): the policy drifts far from where it started", th.kl_max)));
     }
@@ -197,5 +200,9 @@ mod tests {
         assert_eq!(names, ["reward_falling", "kl_high"]);
         let ok: Vec<Value> = (0..12).map(|i| json!({"step": i, "reward": 0.5 + 0.1 * i as f64, "kl": 0.2})).collect();
         assert!(rl(&ok, &th).is_empty());
+        // Online DPO logs them under TRL's names.
+        let online: Vec<Value> = (0..12).map(|i| json!({"step": i, "objective/scores": 2.51 - (2.06 / 11.0) * i as f64, "objective/kl": if i == 9 { 5.0 } else { 0.1 }})).collect();
+        let names: Vec<&str> = rl(&online, &th).iter().map(|s| s.name).collect();
+        assert_eq!(names, ["reward_falling", "kl_high"]);
     }
 }
