@@ -329,7 +329,7 @@ fn every_stage_kind_runs_under_two_processes() {
     let out = scratch("dist-lifecycle");
     // The lifecycle with a GRPO stage too.
     let text = std::fs::read_to_string(fixture("tiny-lifecycle.roux")).unwrap().replace("../../data/", "../../../data/");
-    let grpo = "  stage gr = grpo(policy = merge(sft.adapter), prompts = instr) {\n    group = 4\n    batch = 16\n    steps = 3\n    max_new = 6\n    optimizer = adamw { lr = 1e-5 }\n    eval_every = 3\n    eval_examples = 8\n  }\n  stage kd = distill(student = lm, teacher = merge(sft.adapter), data = instr) {\n    lmbda = 0\n    batch = 8\n    steps = 4\n    max_new = 6\n    optimizer = adamw { lr = 1e-4 }\n    eval_every = 2\n    eval_examples = 8\n  }\n  stage od = online_dpo(policy = merge(sft.adapter), prompts = instr) {\n    reward = format - length\n    batch = 4\n    steps = 3\n    max_new = 6\n    optimizer = adamw { lr = 1e-4 }\n    eval_every = 3\n    eval_examples = 8\n  }\n}\n";
+    let grpo = "  stage gr = grpo(policy = merge(sft.adapter), prompts = instr) {\n    group = 4\n    batch = 16\n    steps = 3\n    max_new = 6\n    optimizer = adamw { lr = 1e-5 }\n    eval_every = 3\n    eval_examples = 8\n  }\n  stage kd = distill(student = lm, teacher = merge(sft.adapter), data = instr) {\n    lmbda = 0\n    batch = 8\n    steps = 4\n    max_new = 6\n    optimizer = adamw { lr = 1e-4 }\n    eval_every = 2\n    eval_examples = 8\n  }\n  stage od = online_dpo(policy = merge(sft.adapter), prompts = instr) {\n    reward = format - length\n    batch = 4\n    steps = 3\n    max_new = 6\n    optimizer = adamw { lr = 1e-4 }\n    eval_every = 3\n    eval_examples = 8\n  }\n  stage bn = best_of_n(policy = merge(sft.adapter), prompts = instr) {\n    reward = format - length\n    n = 3\n    batch = 4\n    steps = 3\n    max_new = 6\n    optimizer = adamw { lr = 1e-4 }\n    eval_every = 3\n    eval_examples = 8\n  }\n}\n";
     let recipe = out.join("tiny-lifecycle.roux");
     std::fs::write(&recipe, format!("{}{grpo}", text.trim_end().strip_suffix('}').unwrap())).unwrap();
     let run = |name: &str, extra: &[&str]| run_checking_replicas(&recipe, &out.join(name), extra);
@@ -339,7 +339,7 @@ fn every_stage_kind_runs_under_two_processes() {
     assert!(logs[1].contains("od: online DPO on prompts of `instr`: 3 steps × 4 prompts (each of 2 processes answers 2) × 2 responses"), "{}", logs[1]);
     assert!(logs[1].contains("gr: GRPO on prompts of `instr`: 3 steps × 4 prompts (each of 2 processes answers 2) × 4 responses"), "{}", logs[1]);
     let stage = |name: &str, s: &str| out.join(name).join("tiny-lifecycle").join(s);
-    for s in ["pretrain", "sft", "rm", "rl", "po", "gr", "kd", "od", "table"] {
+    for s in ["pretrain", "sft", "rm", "rl", "po", "gr", "kd", "od", "bn", "table"] {
         assert!(stage("two", s).join("report.json").exists(), "{s} did not finish under 2 processes");
         let steps: Vec<u64> = std::fs::read_to_string(stage("two", s).join("metrics.jsonl")).unwrap_or_default().lines().filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok()?["step"].as_u64()).collect();
         assert!(steps.windows(2).all(|w| w[0] < w[1]), "{s}: metrics.jsonl written by more than one process: {steps:?}");
@@ -356,11 +356,11 @@ fn every_stage_kind_runs_under_two_processes() {
     }
     // PPO, GRPO and online DPO on 2 processes in micro-batches (PPO: each process's 4 prompts in
     // minibatches of 2, each in 2 micro-batches of 1; GRPO: its 8 completions in 2 of 4; online
-    // DPO: its 2 prompts' pairs in 2 of 1): the same steps.
-    let before: Vec<Outcome> = ["rl", "gr", "od"].iter().map(|s| result(&stage("two", s))).collect();
-    let log = run("two", &["--nproc", "2", "--set", "rl.accumulate=2", "--set", "gr.accumulate=2", "--set", "od.accumulate=2"]);
+    // DPO: its 2 prompts' pairs in 2 of 1; best-of-n: its 2 prompts' best in 2 of 1): the same steps.
+    let before: Vec<Outcome> = ["rl", "gr", "od", "bn"].iter().map(|s| result(&stage("two", s))).collect();
+    let log = run("two", &["--nproc", "2", "--set", "rl.accumulate=2", "--set", "gr.accumulate=2", "--set", "od.accumulate=2", "--set", "bn.accumulate=2"]);
     assert!(log.contains("pretrain: up to date") && log.contains("rm: up to date"), "only the changed stages rerun: {log}");
-    for (s, one) in ["rl", "gr", "od"].iter().zip(&before) {
+    for (s, one) in ["rl", "gr", "od", "bn"].iter().zip(&before) {
         let micro = result(&stage("two", s));
         let (loss, weights) = differences(one, &micro);
         assert!(loss < 1e-5 && weights < 1e-5, "{s}, 2 processes × accumulate = 2 vs 2 processes: losses differ by {loss:e}, weights by {weights:e}");

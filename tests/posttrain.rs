@@ -1794,3 +1794,50 @@ fn online_dpo_follows_its_reward_and_resumes_exactly() {
     let read = |d: &std::path::Path| std::fs::read(d.join("tiny-online/rl/model.safetensors")).unwrap();
     assert!(read(&whole) == read(&killed), "weights differ after a resume");
 }
+
+/// Best-of-n keeps the highest reward of each prompt's n responses, the first on a tie.
+#[test]
+fn best_of_n_picks_by_hand() {
+    use roux::run::stages::best_of_n::best_of;
+    assert_eq!(best_of(&[0.1, 0.5, 0.5, 0.2, 1.0, 1.0, 0.0, -1.0], 4), vec![1, 4]);
+    assert_eq!(best_of(&[-2.0, -1.0, 3.0], 1), vec![0, 1, 2]);
+}
+
+/// Best-of-n fine-tuning on the GRPO fixture's policy and reward: training on each prompt's best
+/// response raises the reward of all of them; with a threshold only the best that reach it train;
+/// `plan` counts the n generations; a run killed at a checkpoint resumes to the same weights.
+#[test]
+fn best_of_n_follows_its_reward_and_resumes_exactly() {
+    let recipe = fixture("tiny-best-of-n.roux");
+    let (whole, killed) = (scratch("best-of-n-whole"), scratch("best-of-n-killed"));
+    let log = run_ok(&recipe, &whole);
+    assert!(log.contains("rl: best-of-4 fine-tuning on prompts of `instr`: 24 steps × 8 prompts × 4 responses (temperature 1), each prompt's best trained on"), "{log}");
+    let read = |d: &std::path::Path| std::fs::read(d.join("tiny-best-of-n/rl/model.safetensors")).unwrap();
+    let plain = read(&whole);
+    let m = metrics(&whole.join("tiny-best-of-n/rl"));
+    let mean = |rows: &[serde_json::Value], k: &str| rows.iter().map(|v| v[k].as_f64().unwrap()).sum::<f64>() / rows.len() as f64;
+    let (first, last) = (&m[..6], &m[m.len() - 6..]);
+    assert!(mean(last, "reward") > mean(first, "reward") + 0.05, "reward {} → {}", mean(first, "reward"), mean(last, "reward"));
+    assert!(mean(last, "response_length") < mean(first, "response_length"));
+    assert!(m.iter().all(|r| r["best_reward"].as_f64() >= r["reward"].as_f64() && r["kept"].as_f64() == Some(1.0)), "{m:?}");
+    let plan = roux(&["plan", recipe.to_str().unwrap(), "--json"]);
+    let plan: serde_json::Value = serde_json::from_slice(&plan.stdout).unwrap();
+    let n = plan["models"][0]["params_total"].as_f64().unwrap();
+    let rl = plan["stages"].as_array().unwrap().iter().find(|s| s["name"] == "rl").unwrap();
+    // The best response trains (6N a token), all four are generated (2N each).
+    assert!((rl["flops"].as_f64().unwrap() / (24.0 * 8.0 * 48.0 * (6.0 + 4.0 * 2.0) * n) - 1.0).abs() < 1e-9, "{rl}");
+
+    // A threshold above the first steps' best rewards leaves some prompts untrained.
+    let o = roux(&["run", recipe.to_str().unwrap(), "--out", whole.to_str().unwrap(), "--set", "rl.threshold=0.85"]);
+    let log = String::from_utf8_lossy(&o.stderr);
+    assert!(log.contains("each prompt's best trained on when its reward reaches 0.85"), "{log}");
+    let kept: Vec<f64> = metrics(&whole.join("tiny-best-of-n/rl")).iter().map(|r| r["kept"].as_f64().unwrap()).collect();
+    assert!(kept[0] < 1.0 && kept.iter().all(|k| (0.0..=1.0).contains(k)), "{kept:?}");
+
+    let dir = killed.join("tiny-best-of-n/rl");
+    let interrupted = common::kill_after_checkpoint(&["run", recipe.to_str().unwrap(), "--out", killed.to_str().unwrap()], &dir, 8);
+    assert!(interrupted, "the best-of-n stage finished before it could be killed, three times");
+    let log = run_ok(&recipe, &killed);
+    assert!(log.contains("rl: resuming from step 8"), "{log}");
+    assert!(plain == read(&killed), "weights differ after a resume");
+}

@@ -39,6 +39,8 @@ pub const SIZE_LIMITS: &[(&str, u64)] = &[
     ("sizes", 100),
     ("eval_examples", 1 << 24),
     ("tasks", 1 << 16),
+    // Best-of-n's responses a prompt, each sampled and scored every step.
+    ("n", 1024),
     ("dim", 1 << 20),
     ("outputs", 1 << 20),
     // Muon's Newton–Schulz iterations per update (torch.optim.Muon refuses 100 or more).

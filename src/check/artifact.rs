@@ -72,8 +72,8 @@ impl<'a> Checker<'a> {
         let ExprKind::Ctor { path, block, .. } = &d.value.kind else { return vec![] };
         let adapter = block.as_ref().and_then(|b| b.field("adapter")).is_some_and(|f| !f.value.is_word("none"));
         match Expr::path_string(path).as_str() {
-            "finetune" | "dpo" | "ppo" | "grpo" | "online_dpo" | "distill" if adapter => vec![("adapter", Artifact::Adapter)],
-            "train" | "ppo" | "dpo" | "grpo" | "online_dpo" | "finetune" | "distill" => vec![("model", Artifact::Lm)],
+            "finetune" | "dpo" | "ppo" | "grpo" | "online_dpo" | "best_of_n" | "distill" if adapter => vec![("adapter", Artifact::Adapter)],
+            "train" | "ppo" | "dpo" | "grpo" | "online_dpo" | "best_of_n" | "finetune" | "distill" => vec![("model", Artifact::Lm)],
             "reward_model" => vec![("model", Artifact::Reward)],
             _ => vec![],
         }
@@ -91,7 +91,7 @@ impl<'a> Checker<'a> {
                 let (kind, r) = self.artifact(&arg.value)?;
                 if kind != Artifact::Adapter {
                     self.error(Diagnostic::error(Code::E0310, arg.value.span, format!("`merge` expects a LoRA adapter, found {}", kind.noun()))
-                        .with_hint("merge the `adapter` of a `finetune`, `dpo`, `online_dpo`, `ppo`, `grpo` or `distill` stage that has `adapter = lora { … }`"));
+                        .with_hint("merge the `adapter` of a `finetune`, `dpo`, `online_dpo`, `ppo`, `grpo`, `best_of_n` or `distill` stage that has `adapter = lora { … }`"));
                     return None;
                 }
                 let stage = r.stage().unwrap_or_default().to_string();

@@ -10,7 +10,7 @@ use crate::diag::{Code, Diagnostic, Span};
 use crate::recipe::*;
 use crate::syntax::ast::{Arg, Decl, DeclKind, Expr, ExprKind};
 
-pub const STAGE_KINDS: &[&str] = &["train", "mixture", "isoflop", "finetune", "reward_model", "ppo", "dpo", "grpo", "online_dpo", "distill", "compare"];
+pub const STAGE_KINDS: &[&str] = &["train", "mixture", "isoflop", "finetune", "reward_model", "ppo", "dpo", "grpo", "online_dpo", "best_of_n", "distill", "compare"];
 
 impl<'a> Checker<'a> {
     pub fn check_stages(&mut self, decls: &[&'a Decl]) -> Option<Vec<StageSpec>> {
@@ -74,6 +74,7 @@ impl<'a> Checker<'a> {
             "dpo" => self.check_dpo(d, at, args, block),
             "grpo" => self.check_grpo(d, at, args, block),
             "online_dpo" => self.check_online_dpo(d, at, args, block),
+            "best_of_n" => self.check_best_of_n(d, at, args, block),
             "distill" => self.check_distill(d, at, args, block),
             "compare" => self.check_compare(d, at, args, block),
             _ => self.check_train(d, at, args, block),

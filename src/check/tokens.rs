@@ -144,6 +144,7 @@ pub(super) fn inputs(kind: &StageKind) -> Vec<&ModelRef> {
         StageKind::Grpo(g) => vec![&g.policy],
         StageKind::Distill(d) => vec![&d.student, &d.teacher],
         StageKind::OnlineDpo(o) => vec![&o.policy],
+        StageKind::BestOfN(b) => vec![&b.policy],
         StageKind::Compare(c) => c.policies.iter().map(|(_, m)| m).chain([&c.reference]).collect(),
         StageKind::Train(_) | StageKind::Isoflop(_) | StageKind::Mixture(_) => vec![],
     }
@@ -254,6 +255,7 @@ pub(super) fn stage_set(kind: &StageKind) -> Option<&str> {
         StageKind::Grpo(g) => Some(&g.prompts),
         StageKind::Distill(d) => Some(&d.data),
         StageKind::OnlineDpo(o) => Some(&o.prompts),
+        StageKind::BestOfN(b) => Some(&b.prompts),
         StageKind::Compare(c) => Some(&c.data),
         StageKind::Train(_) | StageKind::Isoflop(_) | StageKind::Mixture(_) => None,
     }

@@ -47,6 +47,7 @@ fn splits(stage: &roux::recipe::StageSpec, n: usize) -> Result<(), String> {
         StageKind::Ppo(p) => p.opt.micro_batch(name, n).map(drop),
         StageKind::Distill(k) => k.opt.micro_batch(name, n).map(drop),
         StageKind::OnlineDpo(o) => o.opt.micro_batch(name, n).map(drop),
+        StageKind::BestOfN(b) => b.opt.micro_batch(name, n).map(drop),
         StageKind::Grpo(g) => roux::recipe::split_batch(name, g.opt.batch / g.group, n, 1).map(drop).map_err(|e| format!("{e} (a GRPO batch splits by prompts, {} a step)", g.opt.batch / g.group)),
         StageKind::Mixture(_) | StageKind::Isoflop(_) | StageKind::Compare(_) => Ok(()),
     }

@@ -59,6 +59,7 @@ fn artifact_label(producer: &str, consumer: &crate::recipe::StageSpec) -> String
         StageKind::Dpo(d) => of(&d.policy).into_iter().map(|_| "policy").collect(),
         StageKind::Distill(k) => of(&k.student).into_iter().map(|_| "student").chain(of(&k.teacher).map(|_| "teacher")).collect(),
         StageKind::OnlineDpo(o) => of(&o.policy).into_iter().map(|_| "policy").chain(o.reward.model_stages().contains(&producer).then_some("reward model")).collect(),
+        StageKind::BestOfN(b) => of(&b.policy).into_iter().map(|_| "policy").chain(b.reward.model_stages().contains(&producer).then_some("reward model")).collect(),
         StageKind::Grpo(g) => of(&g.policy).into_iter().map(|_| "policy").chain(g.reward.model_stages().contains(&producer).then_some("reward model")).collect(),
         StageKind::Compare(c) => c.policies.iter().chain(std::iter::once(&(String::new(), c.reference.clone()))).filter_map(|(_, r)| of(r)).collect(),
         StageKind::Mixture(_) | StageKind::Isoflop(_) => vec![],

@@ -19,6 +19,7 @@ fn frozen_arches<'r>(r: &'r Recipe, s: &'r StageSpec) -> Vec<&'r str> {
         StageKind::Dpo(d) => (d.lora.is_some() || d.loss.needs_reference()).then_some(d.policy.arch.as_str()).into_iter().collect(),
         StageKind::Distill(k) => k.lora.as_ref().map(|_| k.student.arch.as_str()).into_iter().chain([k.teacher.arch.as_str()]).collect(),
         StageKind::OnlineDpo(o) => std::iter::once(o.policy.arch.as_str()).chain(o.reward.model_stages().into_iter().filter_map(|s| rm(Some(s)))).collect(),
+        StageKind::BestOfN(b) => b.lora.as_ref().map(|_| b.policy.arch.as_str()).into_iter().chain(b.reward.model_stages().into_iter().filter_map(|s| rm(Some(s)))).collect(),
         StageKind::Grpo(g) => (g.lora.is_some() || g.beta > 0.0).then_some(g.policy.arch.as_str()).into_iter().chain(g.reward.model_stages().into_iter().filter_map(|s| rm(Some(s)))).collect(),
         _ => vec![],
     }
@@ -34,6 +35,7 @@ pub fn bf16_saving(r: &Recipe, s: &StageSpec) -> u64 {
         StageKind::Grpo(g) => g.opt.precision,
         StageKind::Distill(k) => k.opt.precision,
         StageKind::OnlineDpo(o) => o.opt.precision,
+        StageKind::BestOfN(b) => b.opt.precision,
         _ => Precision::Fp32,
     };
     if precision != Precision::Bf16 {

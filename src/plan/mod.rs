@@ -127,6 +127,8 @@ fn posttrain_plan(r: &Recipe, s: &crate::recipe::StageSpec, graph_of: &HashMap<&
             _ => None,
         })
     };
+    // Every reward model a reward's terms read, each held and run once: their parameters.
+    let rm_of = |reward: &crate::recipe::Reward| reward.model_stages().into_iter().filter_map(|s| reward_model(Some(s))).sum::<u64>();
     let (steps, tokens, flops, trainable, memory_bytes) = match &s.kind {
         StageKind::Finetune(f) => {
             let (n, (t, tf)) = (n_of(&f.model.arch), product(&[f.opt.steps, f.opt.batch as u64, ctx_of(&f.model.arch)]));
@@ -177,8 +179,7 @@ fn posttrain_plan(r: &Recipe, s: &crate::recipe::StageSpec, graph_of: &HashMap<&
         StageKind::Grpo(g) => {
             let n = n_of(&g.policy.arch);
             let (t, tf) = product(&[g.opt.steps, g.opt.batch as u64, ctx_of(&g.policy.arch)]);
-            // Every reward model its terms read, each held and run once.
-            let rm: u64 = g.reward.model_stages().into_iter().filter_map(|s| reward_model(Some(s))).sum();
+            let rm = rm_of(&g.reward);
             // Generation and the old-policy pass (2N each), the reference when beta > 0 and the
             // reward models (2N each), then `epochs` forward-backward passes (6N).
             let reference = if g.beta > 0.0 { 2.0 * n as f64 } else { 0.0 };
@@ -190,21 +191,25 @@ fn posttrain_plan(r: &Recipe, s: &crate::recipe::StageSpec, graph_of: &HashMap<&
             (g.opt.steps, t, per_token * tf, trainable, training(&g.policy.arch, weights, trainable, micro(&g.opt)).saturating_add(frozen))
         }
         StageKind::OnlineDpo(o) => {
-            let n = n_of(&o.policy.arch);
-            // Two responses a prompt.
+            // Two responses a prompt: generated (2N), trained (6N), read by the reference (2N; a
+            // copy of the policy, or with LoRA its own base) and by the reward models (2N each).
+            let (n, rm) = (n_of(&o.policy.arch), rm_of(&o.reward));
             let (t, tf) = product(&[o.opt.steps, 2 * o.opt.batch as u64, ctx_of(&o.policy.arch)]);
-            let rm: u64 = o.reward.model_stages().into_iter().filter_map(|s| reward_model(Some(s))).sum();
-            // Generation (2N), the policy's forward and backward (6N), the reference's forward
-            // (2N) and the reward models' (2N each).
-            let per_token = 10.0 * n as f64 + 2.0 * rm as f64;
-            // The reference is a copy of the policy, or with LoRA its own base.
-            let reference = if o.lora.is_none() { n } else { 0 };
             let (trainable, weights) = crate::lower::trained_and_held(&graph(&o.policy.arch).spec, o.lora.as_ref(), n);
-            (o.opt.steps, t, per_token * tf, trainable, training(&o.policy.arch, weights, trainable, 2 * micro(&o.opt)).saturating_add(4 * (reference + rm)))
+            let frozen = 4 * (if o.lora.is_none() { n } else { 0 } + rm);
+            (o.opt.steps, t, (10.0 * n as f64 + 2.0 * rm as f64) * tf, trainable, training(&o.policy.arch, weights, trainable, 2 * micro(&o.opt)).saturating_add(frozen))
+        }
+        StageKind::BestOfN(b) => {
+            // Each prompt's best trains (6N a token); all `n` are generated (2N) and scored (2N a
+            // reward model).
+            let (n, rm) = (n_of(&b.policy.arch), rm_of(&b.reward));
+            let (t, tf) = product(&[b.opt.steps, b.opt.batch as u64, ctx_of(&b.policy.arch)]);
+            let per_token = 6.0 * n as f64 + b.n as f64 * 2.0 * (n + rm) as f64;
+            let (trainable, weights) = crate::lower::trained_and_held(&graph(&b.policy.arch).spec, b.lora.as_ref(), n);
+            (b.opt.steps, t, per_token * tf, trainable, training(&b.policy.arch, weights, trainable, micro(&b.opt)).saturating_add(4 * rm))
         }
         StageKind::Distill(k) => {
-            let (n, teacher) = (n_of(&k.student.arch), n_of(&k.teacher.arch));
-            let (ctx, vocab) = (ctx_of(&k.student.arch), graph(&k.student.arch).spec.vocab);
+            let (n, teacher, ctx, vocab) = (n_of(&k.student.arch), n_of(&k.teacher.arch), ctx_of(&k.student.arch), graph(&k.student.arch).spec.vocab);
             let (t, tf) = product(&[k.opt.steps, k.opt.batch as u64, ctx]);
             let (trainable, weights) = crate::lower::trained_and_held(&graph(&k.student.arch).spec, k.lora.as_ref(), n);
             // The teacher is held frozen, and the divergence's tensors beside the student's logits.

@@ -139,6 +139,11 @@ fn posttrain_process(r: &Recipe, s: &crate::recipe::StageSpec, world: usize, gpu
             let (t, w) = crate::lower::trained_and_held(&g.spec, o.lora.as_ref(), n);
             (o.policy.arch.clone(), t, w, reference + o.reward.model_stages().into_iter().map(|s| rm(Some(s))).sum::<u64>(), 2 * o.opt.micro_batch(name, world)?, o.opt.accumulate)
         }
+        StageKind::BestOfN(b) => {
+            let Some(g) = graph(&b.policy.arch) else { return Ok(None) };
+            let (t, w) = crate::lower::trained_and_held(&g.spec, b.lora.as_ref(), n_of(&g));
+            (b.policy.arch.clone(), t, w, b.reward.model_stages().into_iter().map(|s| rm(Some(s))).sum::<u64>(), b.opt.micro_batch(name, world)?, b.opt.accumulate)
+        }
         StageKind::Distill(k) => {
             let (Some(g), Some(teacher)) = (graph(&k.student.arch), graph(&k.teacher.arch)) else { return Ok(None) };
             let (t, w) = crate::lower::trained_and_held(&g.spec, k.lora.as_ref(), n_of(&g));

@@ -5,7 +5,7 @@ use super::*;
 
 impl StageKind {
     /// The base model and the adapter of a stage that trains LoRA adapters (`finetune`, `dpo`,
-    /// `ppo`, `grpo`, `distill` or `online_dpo` with `adapter = lora { … }`): what `merge(STAGE.adapter)` folds together.
+    /// `ppo`, `grpo`, `distill`, `online_dpo` or `best_of_n` with `adapter = lora { … }`): what `merge(STAGE.adapter)` folds together.
     pub fn adapter(&self) -> Option<(&ModelRef, &LoraSpec)> {
         match self {
             StageKind::Finetune(f) => f.lora.as_ref().map(|l| (&f.model, l)),
@@ -13,6 +13,7 @@ impl StageKind {
             StageKind::Grpo(g) => g.lora.as_ref().map(|l| (&g.policy, l)),
             StageKind::Distill(d) => d.lora.as_ref().map(|l| (&d.student, l)),
             StageKind::OnlineDpo(o) => o.lora.as_ref().map(|l| (&o.policy, l)),
+            StageKind::BestOfN(b) => b.lora.as_ref().map(|l| (&b.policy, l)),
             StageKind::Ppo(p) => p.lora.as_ref().map(|l| (&p.policy, l)),
             _ => None,
         }
@@ -28,6 +29,7 @@ impl StageKind {
             StageKind::Grpo(g) => Some(&g.opt),
             StageKind::Distill(d) => Some(&d.opt),
             StageKind::OnlineDpo(o) => Some(&o.opt),
+            StageKind::BestOfN(b) => Some(&b.opt),
             StageKind::Train(_) | StageKind::Isoflop(_) | StageKind::Mixture(_) | StageKind::Compare(_) => None,
         }
     }
@@ -61,6 +63,7 @@ impl StageKind {
             StageKind::Grpo(g) => g.opt.activation_checkpointing,
             StageKind::Distill(d) => d.opt.activation_checkpointing,
             StageKind::OnlineDpo(o) => o.opt.activation_checkpointing,
+            StageKind::BestOfN(b) => b.opt.activation_checkpointing,
             StageKind::Isoflop(_) | StageKind::Mixture(_) | StageKind::Compare(_) => false,
         }
     }
@@ -78,6 +81,7 @@ impl StageKind {
             StageKind::Grpo(g) => g.opt.device,
             StageKind::Distill(d) => d.opt.device,
             StageKind::OnlineDpo(o) => o.opt.device,
+            StageKind::BestOfN(b) => b.opt.device,
             StageKind::Compare(c) => c.device,
         }
     }
@@ -94,6 +98,7 @@ impl StageKind {
             StageKind::Grpo(_) => "grpo",
             StageKind::Distill(_) => "distill",
             StageKind::OnlineDpo(_) => "online_dpo",
+            StageKind::BestOfN(_) => "best_of_n",
             StageKind::Compare(_) => "compare",
         }
     }

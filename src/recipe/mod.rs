@@ -10,7 +10,7 @@
 //! | `posttrain.rs` | fine-tuning, reward model, PPO, DPO and compare stages     |
 //! | `grpo.rs`  | the GRPO stage and its rewards                                 |
 //! | `distill.rs` | knowledge distillation from a teacher (GKD)                  |
-//! | `online.rs` | online DPO: pairs the policy writes, ranked by a reward        |
+//! | `online.rs` | online DPO and best-of-n: responses the policy writes, ranked  |
 //! | `kind.rs`  | what every stage kind answers: its optimizer, device, adapter  |
 
 mod data;

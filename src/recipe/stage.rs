@@ -284,6 +284,7 @@ pub enum StageKind {
     Grpo(GrpoSpec),
     Distill(DistillSpec),
     OnlineDpo(OnlineDpoSpec),
+    BestOfN(BestOfNSpec),
     Compare(CompareSpec),
 }
 

@@ -25,7 +25,7 @@ fn headline(r: &Value) -> String {
         "dpo" if r["held_out_feedback"].is_u64() => format!("held-out reward margin {}; sampled gold reward {} (was {})", num(&r["held_out_rewards"]["margin"]), num(&r["after"]["sampled_gold"]), num(&r["before"]["sampled_gold"])),
         "dpo" => format!("held-out pairwise accuracy {}; sampled gold reward {} (was {})", pct(&r["held_out_rewards"]["accuracy"]), num(&r["after"]["sampled_gold"]), num(&r["before"]["sampled_gold"])),
         "distill" => format!("held-out exact match {} (was {}; the teacher's {})", pct(&r["after"]["exact"]), pct(&r["before"]["exact"]), pct(&r["teacher_score"]["exact"])),
-        "ppo" | "grpo" | "online_dpo" => format!("sampled gold reward {} (was {})", num(&r["after"]["sampled_gold"]), num(&r["before"]["sampled_gold"])),
+        "ppo" | "grpo" | "online_dpo" | "best_of_n" => format!("sampled gold reward {} (was {})", num(&r["after"]["sampled_gold"]), num(&r["before"]["sampled_gold"])),
         "compare" => format!("{} policies on {} held-out examples", r["rows"].as_array().map_or(0, Vec::len), human("examples", &r["examples"])),
         _ => "-".into(),
     }

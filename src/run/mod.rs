@@ -72,6 +72,7 @@ pub fn run_recipe(recipe: &Recipe, source: &str, out: &Path, only: &[String], op
             StageKind::Grpo(g) => stages::grpo::run(&ctx, g)?,
             StageKind::Distill(k) => stages::distill::run(&ctx, k)?,
             StageKind::OnlineDpo(o) => stages::online_dpo::run(&ctx, o)?,
+            StageKind::BestOfN(b) => stages::best_of_n::run(&ctx, b)?,
             StageKind::Compare(c) => stages::compare::run(&ctx, c)?,
         }
     }

@@ -39,9 +39,9 @@ fn quarters(v: &[f64]) -> Option<(f64, f64)> {
 pub fn signals(rows: &[Value], report: &Value, th: &Thresholds) -> Vec<Signal> {
     let mut out = vec![];
     // A policy-gradient loss need not fall (its scale follows the advantages), nor online DPO's
-    // (every step's pairs are new, written by the policy as it learns): only supervised losses
-    // are judged.
-    if !matches!(report["kind"].as_str(), Some("ppo" | "grpo" | "online_dpo")) {
+    // or best-of-n's (every step's responses are new, written by the policy as it learns): only
+    // losses on fixed data are judged.
+    if !matches!(report["kind"].as_str(), Some("ppo" | "grpo" | "online_dpo" | "best_of_n")) {
         out.extend(loss_not_falling(rows, th));
     }
     out.extend(grad_spikes(rows, th));

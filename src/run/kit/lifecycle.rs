@@ -218,6 +218,7 @@ pub fn begin_stage(ctx: &StageCtx, steps: u64) -> Result<Option<RunDir>> {
         StageKind::Grpo(g) => ("model", Some(&g.policy.arch)),
         StageKind::Distill(k) => ("model", Some(&k.student.arch)),
         StageKind::OnlineDpo(o) => ("model", Some(&o.policy.arch)),
+        StageKind::BestOfN(b) => ("model", Some(&b.policy.arch)),
         StageKind::RewardModel(m) => ("reward_trunk", Some(&m.model.arch)),
         _ => ("model", None),
     };
@@ -241,6 +242,7 @@ fn chat_template(ctx: &StageCtx) -> Result<Option<Value>> {
         StageKind::Grpo(g) => (&g.policy, &g.prompts),
         StageKind::Distill(k) => (&k.student, &k.data),
         StageKind::OnlineDpo(o) => (&o.policy, &o.prompts),
+        StageKind::BestOfN(b) => (&b.policy, &b.prompts),
         _ => return Ok(None),
     };
     if let Some(t) = ctx.recipe.example_set(data).and_then(|s| s.chat.as_ref()) {

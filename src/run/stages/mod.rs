@@ -12,10 +12,12 @@
 //! | `ppo.rs`      | `ppo`: RLHF with a KL penalty, GAE, clipping                      |
 //! | `dpo.rs`      | `dpo`: DPO and its variants on pairs; `dpo/feedback.rs`, KTO on unpaired feedback |
 //! | `online_dpo.rs` | `online_dpo`: DPO on pairs the policy writes, ranked by a reward |
+//! | `best_of_n.rs` | `best_of_n`: fine-tuning on the best of n sampled responses (RAFT) |
 //! | `grpo.rs`     | `grpo`: GRPO, Dr. GRPO, DAPO and RLOO on sampled groups           |
 //! | `distill.rs`  | `distill`: a student learns a teacher's distributions (GKD)       |
 //! | `compare.rs`  | `compare`: the table of policies                                  |
 
+pub mod best_of_n;
 pub mod compare;
 pub mod distill;
 pub mod dpo;

@@ -48,7 +48,7 @@ pub fn merged_model(run: &Path, device: tch::Device) -> Result<(crate::run::mode
     let adapter = lifecycle::finished(&run)?;
     let stage = stage_of(&adapter)?;
     let Some((base_ref, _)) = stage.kind.adapter() else {
-        if matches!(stage.kind, StageKind::Finetune(_) | StageKind::Dpo(_) | StageKind::Ppo(_) | StageKind::Grpo(_) | StageKind::Distill(_) | StageKind::OnlineDpo(_)) {
+        if matches!(stage.kind, StageKind::Finetune(_) | StageKind::Dpo(_) | StageKind::Ppo(_) | StageKind::Grpo(_) | StageKind::Distill(_) | StageKind::OnlineDpo(_) | StageKind::BestOfN(_)) {
             bail!("`{}` trained the whole model: its model.safetensors is already plain", stage.name);
         }
         bail!("`{}` is a {} stage; only a post-training stage with a LoRA adapter can be merged", stage.name, stage.kind.name())
