@@ -136,3 +136,17 @@ pub fn generate(model: &Model, prompts: &[Vec<i64>], max_new: usize, d: &Decodin
 pub fn to_f64s(t: &Tensor) -> Vec<f64> {
     Vec::<f64>::try_from(&t.to_kind(Kind::Double).to_device(Device::Cpu).contiguous().view([-1])).unwrap_or_default()
 }
+
+/// Seeds libtorch's generators for step `step` of a stage seeded `seed`, alike on every process
+/// (reseeded every step, so a resumed run draws what an uninterrupted one does).
+pub fn seed_step(seed: u64, step: u64) {
+    tch::manual_seed((seed ^ step.wrapping_mul(0x9E37_79B9)) as i64);
+}
+
+/// After the draws every process shares, a stream of its own for process `rank` to sample its
+/// rollouts from; rank 0 keeps the step's, so one process samples what it always has.
+pub fn own_stream(seed: u64, step: u64, rank: usize) {
+    if rank > 0 {
+        tch::manual_seed((seed ^ step.wrapping_mul(0x9E37_79B9) ^ (rank as u64).wrapping_mul(0x2545_F491_4F6C_DD1D)) as i64);
+    }
+}

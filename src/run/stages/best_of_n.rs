@@ -27,7 +27,7 @@ use crate::run::kit::dist::Reduce;
 use crate::run::kit::patience::Patience;
 use crate::run::kit::rewards::Rewarder;
 use crate::run::kit::score::score;
-use crate::run::kit::seqs::{generate, pad, prompt_response, token_logprobs};
+use crate::run::kit::seqs::{generate, own_stream, pad, prompt_response, seed_step, token_logprobs};
 use crate::run::kit::{device, lifecycle, StageCtx};
 use crate::schedule::lr_at;
 
@@ -73,15 +73,13 @@ pub fn run(ctx: &StageCtx, b: &BestOfNSpec) -> Result<()> {
             stopped = Some(step); // resumed after it had stopped
             break;
         }
-        tch::manual_seed((recipe.seed ^ step.wrapping_mul(0x9E37_79B9)) as i64);
+        seed_step(recipe.seed, step);
         let lr = lr_at(&b.opt.schedule, b.opt.optimizer.lr, step, b.opt.steps);
         // 1. Every process draws the whole step's prompts (the same sampler state) and answers
         // its share, sampling with its own stream: all of a prompt's responses in one process.
         let drawn: Vec<&Example> = (0..b.opt.batch).map(|_| &split.train[rng.below(split.train.len() as u64) as usize]).collect();
         let mine = world.shard_rows(&drawn);
-        if world.rank > 0 {
-            tch::manual_seed((recipe.seed ^ step.wrapping_mul(0x9E37_79B9) ^ (world.rank as u64).wrapping_mul(0x2545_F491_4F6C_DD1D)) as i64);
-        }
+        own_stream(recipe.seed, step, world.rank);
         // Each prompt's `n` responses, one after another.
         let examples: Vec<&Example> = mine.iter().flat_map(|e| std::iter::repeat_n(*e, b.n)).collect();
         let prompts: Vec<Vec<i64>> = examples.iter().map(|e| codec.prompt_within(&e.prompt, context, b.max_new)).collect();

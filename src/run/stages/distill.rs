@@ -28,7 +28,7 @@ use crate::run::kit::dist::{Reduce, World};
 use crate::run::kit::losses::generalized_jsd;
 use crate::run::kit::patience::Patience;
 use crate::run::kit::score::score;
-use crate::run::kit::seqs::{generate, pad, prompt_response};
+use crate::run::kit::seqs::{generate, own_stream, pad, prompt_response, seed_step};
 use crate::run::kit::{device, lifecycle, StageCtx};
 use crate::run::model::Model;
 use crate::schedule::lr_at;
@@ -108,16 +108,14 @@ pub fn run(ctx: &StageCtx, k: &DistillSpec) -> Result<()> {
             stopped = Some(step); // resumed after it had stopped
             break;
         }
-        tch::manual_seed((recipe.seed ^ step.wrapping_mul(0x9E37_79B9)) as i64);
+        seed_step(recipe.seed, step);
         let lr = lr_at(&k.opt.schedule, k.opt.optimizer.lr, step, k.opt.steps);
         // Every process draws the whole batch and the coin (the same sampler state) and reads
         // its share; each samples its responses with its own stream.
         let rows: Vec<&Example> = (0..k.opt.batch).map(|_| &split.train[rng.below(split.train.len() as u64) as usize]).collect();
         let on_policy = rng.unit() < k.lmbda;
         let mine = world.shard_rows(&rows);
-        if world.rank > 0 {
-            tch::manual_seed((recipe.seed ^ step.wrapping_mul(0x9E37_79B9) ^ (world.rank as u64).wrapping_mul(0x2545_F491_4F6C_DD1D)) as i64);
-        }
+        own_stream(recipe.seed, step, world.rank);
         let writer = if on_policy { Some(&student) } else { k.seq_kd.then_some(&teacher) };
         let seqs: Vec<Seq> = match writer {
             None => mine.iter().map(|e| codec.example(e, true, context)).collect(),

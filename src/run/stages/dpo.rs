@@ -20,7 +20,7 @@ use crate::run::kit::dist::World;
 use crate::run::kit::losses::{dpo, dpo_per_pair, log_odds_ratio, wpo_weights, DpoTerms};
 use crate::run::kit::score::score;
 use crate::run::kit::codec::Codec;
-use crate::run::kit::seqs::{pad, prompt_response, seq_logprob, token_logprobs, Batch};
+use crate::run::kit::seqs::{Batch, pad, prompt_response, seed_step, seq_logprob, token_logprobs};
 use crate::run::kit::dist::Reduce;
 use crate::run::kit::patience::Patience;
 use crate::run::kit::{device, lifecycle, reference, StageCtx};
@@ -215,7 +215,7 @@ pub fn run(ctx: &StageCtx, d: &DpoSpec) -> Result<()> {
             stopped = Some(step); // resumed after it had stopped
             break;
         }
-        tch::manual_seed((recipe.seed ^ step.wrapping_mul(0x9E37_79B9)) as i64);
+        seed_step(recipe.seed, step);
         let lr = lr_at(&d.opt.schedule, d.opt.optimizer.lr, step, d.opt.steps);
         // Every process draws the whole global batch (the same sampler state) and keeps its pairs.
         let drawn: Vec<usize> = (0..d.opt.batch).map(|_| rng.below(train_len as u64) as usize).collect();

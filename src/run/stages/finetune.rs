@@ -16,7 +16,7 @@ use crate::run::kit::adamw::Optimizer;
 use crate::run::kit::artifacts::{instructions, load_lm, trained, trained_output};
 use crate::run::kit::score::score;
 use crate::run::kit::packing::{batch, pack, PackedRow};
-use crate::run::kit::seqs::{pad, token_logprobs};
+use crate::run::kit::seqs::{pad, seed_step, token_logprobs};
 use crate::run::kit::dist::{Reduce, World};
 use crate::run::kit::patience::Patience;
 use crate::run::kit::{device, lifecycle, StageCtx};
@@ -91,7 +91,7 @@ pub fn run(ctx: &StageCtx, f: &FinetuneSpec) -> Result<()> {
             stopped = Some(step); // resumed after it had stopped
             break;
         }
-        tch::manual_seed((recipe.seed ^ step.wrapping_mul(0x9E37_79B9)) as i64);
+        seed_step(recipe.seed, step);
         let lr = lr_at(&f.opt.schedule, f.opt.optimizer.lr, step, f.opt.steps);
         // Every process draws the whole global batch (the same sampler state) and keeps its rows.
         opt.zero_grad();

@@ -27,7 +27,7 @@ use crate::run::kit::losses::{entropy_in_chunks, group_advantages, grpo_loss, ma
 use crate::run::kit::score::score;
 use crate::run::kit::codec::Codec;
 use crate::run::kit::decode::{at_temperature, rollout};
-use crate::run::kit::seqs::{by_micro_batch, generate, micro_rows, pad, prompt_response, to_f64s, token_logprobs};
+use crate::run::kit::seqs::{by_micro_batch, generate, micro_rows, own_stream, pad, prompt_response, seed_step, to_f64s, token_logprobs};
 use crate::run::kit::patience::Patience;
 use crate::run::kit::{device, lifecycle, reference, StageCtx};
 use crate::schedule::lr_at;
@@ -97,16 +97,14 @@ pub fn run(ctx: &StageCtx, g: &GrpoSpec) -> Result<()> {
             stopped = Some(step); // resumed after it had stopped
             break;
         }
-        tch::manual_seed((recipe.seed ^ step.wrapping_mul(0x9E37_79B9)) as i64);
+        seed_step(recipe.seed, step);
         let lr = lr_at(&g.opt.schedule, g.opt.optimizer.lr, step, g.opt.steps);
         // 1. A group of responses to each prompt.
         // Every process draws the whole step's prompts (the same sampler state) and answers its
         // share of them, sampling with its own stream; a group stays within one process.
         let chosen: Vec<&Example> = (0..per_step).map(|_| &split.train[rng.below(split.train.len() as u64) as usize]).collect();
         let chosen = world.shard_rows(&chosen);
-        if world.rank > 0 {
-            tch::manual_seed((recipe.seed ^ step.wrapping_mul(0x9E37_79B9) ^ (world.rank as u64).wrapping_mul(0x2545_F491_4F6C_DD1D)) as i64);
-        }
+        own_stream(recipe.seed, step, world.rank);
         let batch: Vec<&Example> = chosen.iter().flat_map(|e| std::iter::repeat_n(*e, g.group)).collect();
         let prompts: Vec<Vec<i64>> = batch.iter().map(|e| codec.prompt_within(&e.prompt, context, g.max_new)).collect();
         let responses = generate(&policy, &prompts, g.max_new, &decoding, codec.stops())?;

@@ -26,7 +26,7 @@ use crate::run::kit::losses::{dpo_per_pair, DpoTerms};
 use crate::run::kit::patience::Patience;
 use crate::run::kit::rewards::Rewarder;
 use crate::run::kit::score::score;
-use crate::run::kit::seqs::{generate, pad, prompt_response, seq_logprob};
+use crate::run::kit::seqs::{generate, own_stream, pad, prompt_response, seed_step, seq_logprob};
 use crate::run::kit::{device, lifecycle, StageCtx};
 use crate::run::model::Model;
 use crate::schedule::lr_at;
@@ -76,15 +76,13 @@ pub fn run(ctx: &StageCtx, o: &OnlineDpoSpec) -> Result<()> {
             stopped = Some(step); // resumed after it had stopped
             break;
         }
-        tch::manual_seed((recipe.seed ^ step.wrapping_mul(0x9E37_79B9)) as i64);
+        seed_step(recipe.seed, step);
         let lr = lr_at(&o.opt.schedule, o.opt.optimizer.lr, step, o.opt.steps);
         // 1. Every process draws the whole step's prompts (the same sampler state) and answers
         // its share, sampling with its own stream: both responses of a prompt in one process.
         let drawn: Vec<&Example> = (0..o.opt.batch).map(|_| &split.train[rng.below(split.train.len() as u64) as usize]).collect();
         let mine = world.shard_rows(&drawn);
-        if world.rank > 0 {
-            tch::manual_seed((recipe.seed ^ step.wrapping_mul(0x9E37_79B9) ^ (world.rank as u64).wrapping_mul(0x2545_F491_4F6C_DD1D)) as i64);
-        }
+        own_stream(recipe.seed, step, world.rank);
         let k = mine.len();
         // The first responses of the prompts, then the second ones.
         let examples: Vec<&Example> = mine.iter().chain(mine.iter()).copied().collect();

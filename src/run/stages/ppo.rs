@@ -33,7 +33,7 @@ use crate::run::kit::losses::{entropy, entropy_in_chunks, masked_mean, ppo_clip,
 use crate::run::kit::score::score;
 use crate::run::kit::codec::Codec;
 use crate::run::kit::decode::{at_temperature, rollout};
-use crate::run::kit::seqs::{by_micro_batch, generate, micro_rows, pad, prompt_response, to_f64s, token_logprobs};
+use crate::run::kit::seqs::{by_micro_batch, generate, micro_rows, own_stream, pad, prompt_response, seed_step, to_f64s, token_logprobs};
 use crate::run::kit::patience::Patience;
 use crate::run::kit::dist::{Reduce, World};
 use crate::run::kit::{device, lifecycle, StageCtx};
@@ -93,7 +93,7 @@ pub fn run(ctx: &StageCtx, p: &PpoSpec) -> Result<()> {
             stopped = Some(step); // resumed after it had stopped
             break;
         }
-        tch::manual_seed((recipe.seed ^ step.wrapping_mul(0x9E37_79B9)) as i64);
+        seed_step(recipe.seed, step);
         let lr = lr_at(&p.opt.schedule, p.opt.optimizer.lr, step, p.opt.steps);
         let step_started = Instant::now();
         // 1. Rollouts.
@@ -101,9 +101,7 @@ pub fn run(ctx: &StageCtx, p: &PpoSpec) -> Result<()> {
         // share, each sampling with its own stream.
         let batch: Vec<&Example> = (0..p.opt.batch).map(|_| &split.train[rng.below(split.train.len() as u64) as usize]).collect();
         let batch = world.shard_rows(&batch);
-        if world.rank > 0 {
-            tch::manual_seed((recipe.seed ^ step.wrapping_mul(0x9E37_79B9) ^ (world.rank as u64).wrapping_mul(0x2545_F491_4F6C_DD1D)) as i64);
-        }
+        own_stream(recipe.seed, step, world.rank);
         let prompts: Vec<Vec<i64>> = batch.iter().map(|e| codec.prompt_within(&e.prompt, context, p.max_new)).collect();
         let responses = generate(&policy, &prompts, p.max_new, &decoding, codec.stops())?;
         let seqs: Vec<Seq> = prompts.iter().zip(&responses).map(|(q, r)| prompt_response(q, r)).collect();

@@ -18,6 +18,7 @@ use crate::run::kit::dist::Reduce;
 use crate::run::kit::patience::Patience;
 use crate::run::kit::{device, lifecycle, StageCtx};
 use crate::run::model::heads::RewardModel;
+use crate::run::kit::seqs::{seed_step};
 use crate::schedule::lr_at;
 
 /// Token rows of (prompt, chosen) and (prompt, rejected), cut to the context.
@@ -78,7 +79,7 @@ pub fn run(ctx: &StageCtx, r: &RewardSpec) -> Result<()> {
             stopped = Some(step); // resumed after it had stopped
             break;
         }
-        tch::manual_seed((recipe.seed ^ step.wrapping_mul(0x9E37_79B9)) as i64);
+        seed_step(recipe.seed, step);
         let lr = lr_at(&r.opt.schedule, r.opt.optimizer.lr, step, r.opt.steps);
         // Every process draws the whole global batch (the same sampler state) and keeps its pairs.
         let pairs: Vec<&Pair> = (0..r.opt.batch).map(|_| &split.train[rng.below(split.train.len() as u64) as usize]).collect();

@@ -21,6 +21,7 @@ use crate::run::kit::{device, hash, lifecycle, tokenize, StageCtx};
 use crate::run::model::moe::MoeStats;
 use crate::run::model::expert_parallel::Share;
 use crate::run::model::Model;
+use crate::run::kit::seqs::{seed_step};
 use crate::schedule::lr_at;
 
 pub fn run(ctx: &StageCtx, t: &TrainSpec) -> Result<()> {
@@ -142,7 +143,7 @@ pub fn run_model(ctx: &StageCtx, spec: &ModelSpec, t: &TrainSpec) -> Result<()> 
     for step in step0..t.steps {
         // Seeding libtorch per step makes dropout masks a function of the step alone,
         // so a resumed run draws exactly what an uninterrupted one would.
-        tch::manual_seed((recipe.seed ^ step.wrapping_mul(0x9E37_79B9)) as i64);
+        seed_step(recipe.seed, step);
         let lr = lr_at(&t.schedule, t.optimizer.lr, step, t.steps);
         // Every process draws the whole global batch (the same sampler state) and keeps its rows.
         let (x, y) = batch(&corpus.train, t.batch, t.context, &mut rng, device);
