@@ -116,6 +116,21 @@ pub fn checkpointing_saving(g: &ModelGraph, batch: usize, seq: usize) -> u64 {
     (4.0 * (all - (inputs + largest + after)).max(0.0)) as u64
 }
 
+/// fp32 bytes sampling `rows` sequences of up to `seq` tokens holds at its peak: every attention
+/// layer's cached keys and values for each row at full length, and the prompt pass's logits (at
+/// most `seq` positions of the vocabulary a row). No activations are kept: it runs without a graph.
+pub fn generation_bytes(g: &ModelGraph, rows: usize, seq: usize) -> u64 {
+    let kv: f64 = g
+        .graph
+        .node_weights()
+        .map(|op| match &op.kind {
+            OpKind::Attention { kv_heads, head_dim, .. } => 2.0 * (*kv_heads * *head_dim) as f64,
+            _ => 0.0,
+        })
+        .sum();
+    (4.0 * rows as f64 * seq as f64 * (kv + g.spec.vocab as f64)) as u64
+}
+
 /// fp32 activations kept for the backward pass of one step, counted per op:
 /// norms keep their input and output, attention its q, k, v, output and log-sum-exp (the fused
 /// kernel does not materialise the T×T scores), the MLP its hidden activations, the head its

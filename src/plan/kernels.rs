@@ -13,7 +13,7 @@ pub fn as_run(kind: &StageKind, g: &ModelGraph, seqs: usize, seq: usize, bytes: 
     let checkpointed = kind.checkpoints_activations();
     let saved = if checkpointed { checkpointing_saving(g, seqs, seq) } else { 0 };
     // PPO's and GRPO's passes over the policy run it in evaluation mode: no dropout.
-    let dropout = matches!(kind, StageKind::Train(_) | StageKind::Finetune(_) | StageKind::RewardModel(_) | StageKind::Dpo(_));
+    let dropout = matches!(kind, StageKind::Train(_) | StageKind::Finetune(_) | StageKind::RewardModel(_) | StageKind::Dpo(_) | StageKind::Distill(_) | StageKind::OnlineDpo(_) | StageKind::BestOfN(_));
     let cpu = match kind.device() {
         Device::Cpu => true,
         Device::Auto => !gpu,

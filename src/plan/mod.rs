@@ -5,6 +5,7 @@ mod distill;
 mod frozen;
 mod kernels;
 mod muon;
+mod sampling;
 mod world;
 
 use serde::Serialize;
@@ -29,7 +30,8 @@ pub struct StagePlan {
     /// Peak bytes on the device, fp32: the trained model as `train_memory_bytes` counts it, on
     /// one micro-batch (`batch / accumulate` rows) of sequences as long as the context, plus the
     /// frozen models the stage runs beside it (reference policies, reward models: 4 bytes a
-    /// parameter, 2 under bf16).
+    /// parameter, 2 under bf16); for a stage that samples, the larger of that and its sampling
+    /// (every row's cached keys and values and logits, `generation_bytes`).
     pub memory_bytes: u64,
 }
 
@@ -121,14 +123,12 @@ fn posttrain_plan(r: &Recipe, s: &crate::recipe::StageSpec, graph_of: &HashMap<&
         let (g, seq) = (graph(arch), ctx_of(arch) as usize);
         kernels::as_run(&s.kind, g, seqs, seq, training_bytes(weights, trainable, g, seqs, seq), gpu).saturating_sub(muon_saving(&s.kind, g))
     };
-    let reward_model = |stage: Option<&str>| {
-        stage.and_then(|st| r.stage(st)).and_then(|st| match &st.kind {
-            StageKind::RewardModel(m) => Some(n_of(&m.model.arch)),
-            _ => None,
-        })
-    };
+    let reward_model = |stage: &str| r.stage(stage).and_then(|st| if let StageKind::RewardModel(m) = &st.kind { Some(n_of(&m.model.arch)) } else { None });
     // Every reward model a reward's terms read, each held and run once: their parameters.
-    let rm_of = |reward: &crate::recipe::Reward| reward.model_stages().into_iter().filter_map(|s| reward_model(Some(s))).sum::<u64>();
+    let rm_of = |reward: &crate::recipe::Reward| reward.model_stages().into_iter().filter_map(reward_model).sum::<u64>();
+    // A stage that samples peaks at the larger of training and sampling (`sampling.rs`).
+    let sampling = sampling::sampling_bytes(r, &s.kind, |a: &str| graph_of.get(a).copied(), 1);
+    let peak = |arch: &str, weights: u64, trainable: u64, seqs: usize| training(arch, weights, trainable, seqs).max(training(arch, weights, trainable, 0).saturating_add(sampling));
     let (steps, tokens, flops, trainable, memory_bytes) = match &s.kind {
         StageKind::Finetune(f) => {
             let (n, (t, tf)) = (n_of(&f.model.arch), product(&[f.opt.steps, f.opt.batch as u64, ctx_of(&f.model.arch)]));
@@ -149,7 +149,7 @@ fn posttrain_plan(r: &Recipe, s: &crate::recipe::StageSpec, graph_of: &HashMap<&
         StageKind::Ppo(p) => {
             let n = n_of(&p.policy.arch);
             let (t, tf) = product(&[p.opt.steps, p.opt.batch as u64, ctx_of(&p.policy.arch)]);
-            let rm = reward_model(Some(&p.reward));
+            let rm = reward_model(&p.reward);
             // Generation and the old-policy pass (2N each), reference and reward model (2N each),
             // then `epochs` forward-backward passes (6N).
             let per_token = 2.0 * n as f64 * 3.0 + 2.0 * rm.unwrap_or(n) as f64 + 6.0 * n as f64 * p.epochs as f64;
@@ -160,7 +160,7 @@ fn posttrain_plan(r: &Recipe, s: &crate::recipe::StageSpec, graph_of: &HashMap<&
             let (trainable, weights) = (trainable + head, weights + head);
             let reference = if p.lora.is_some() { 0 } else { n };
             let frozen = 4 * (reference + rm.unwrap_or(0));
-            (p.opt.steps, t, per_token * tf, trainable, training(&p.policy.arch, weights, trainable, micro(&p.opt)).saturating_add(frozen))
+            (p.opt.steps, t, per_token * tf, trainable, peak(&p.policy.arch, weights, trainable, micro(&p.opt)).saturating_add(frozen))
         }
         StageKind::Dpo(d) => {
             let n = n_of(&d.policy.arch);
@@ -188,7 +188,7 @@ fn posttrain_plan(r: &Recipe, s: &crate::recipe::StageSpec, graph_of: &HashMap<&
             let reference = if g.beta > 0.0 && g.lora.is_none() { n } else { 0 };
             let frozen = 4 * (reference + rm);
             let (trainable, weights) = crate::lower::trained_and_held(&graph(&g.policy.arch).spec, g.lora.as_ref(), n);
-            (g.opt.steps, t, per_token * tf, trainable, training(&g.policy.arch, weights, trainable, micro(&g.opt)).saturating_add(frozen))
+            (g.opt.steps, t, per_token * tf, trainable, peak(&g.policy.arch, weights, trainable, micro(&g.opt)).saturating_add(frozen))
         }
         StageKind::OnlineDpo(o) => {
             // Two responses a prompt: generated (2N), trained (6N), read by the reference (2N; a
@@ -197,7 +197,7 @@ fn posttrain_plan(r: &Recipe, s: &crate::recipe::StageSpec, graph_of: &HashMap<&
             let (t, tf) = product(&[o.opt.steps, 2 * o.opt.batch as u64, ctx_of(&o.policy.arch)]);
             let (trainable, weights) = crate::lower::trained_and_held(&graph(&o.policy.arch).spec, o.lora.as_ref(), n);
             let frozen = 4 * (if o.lora.is_none() { n } else { 0 } + rm);
-            (o.opt.steps, t, (10.0 * n as f64 + 2.0 * rm as f64) * tf, trainable, training(&o.policy.arch, weights, trainable, 2 * micro(&o.opt)).saturating_add(frozen))
+            (o.opt.steps, t, (10.0 * n as f64 + 2.0 * rm as f64) * tf, trainable, peak(&o.policy.arch, weights, trainable, 2 * micro(&o.opt)).saturating_add(frozen))
         }
         StageKind::BestOfN(b) => {
             // Each prompt's best trains (6N a token); all `n` are generated (2N) and scored (2N a
@@ -206,7 +206,7 @@ fn posttrain_plan(r: &Recipe, s: &crate::recipe::StageSpec, graph_of: &HashMap<&
             let (t, tf) = product(&[b.opt.steps, b.opt.batch as u64, ctx_of(&b.policy.arch)]);
             let per_token = 6.0 * n as f64 + b.n as f64 * 2.0 * (n + rm) as f64;
             let (trainable, weights) = crate::lower::trained_and_held(&graph(&b.policy.arch).spec, b.lora.as_ref(), n);
-            (b.opt.steps, t, per_token * tf, trainable, training(&b.policy.arch, weights, trainable, micro(&b.opt)).saturating_add(4 * rm))
+            (b.opt.steps, t, per_token * tf, trainable, peak(&b.policy.arch, weights, trainable, micro(&b.opt)).saturating_add(4 * rm))
         }
         StageKind::Distill(k) => {
             let (n, teacher, ctx, vocab) = (n_of(&k.student.arch), n_of(&k.teacher.arch), ctx_of(&k.student.arch), graph(&k.student.arch).spec.vocab);
@@ -214,7 +214,7 @@ fn posttrain_plan(r: &Recipe, s: &crate::recipe::StageSpec, graph_of: &HashMap<&
             let (trainable, weights) = crate::lower::trained_and_held(&graph(&k.student.arch).spec, k.lora.as_ref(), n);
             // The teacher is held frozen, and the divergence's tensors beside the student's logits.
             let beside = (4 * teacher).saturating_add(distill::divergence_bytes(ctx as usize, vocab, micro(&k.opt)));
-            (k.opt.steps, t, distill::flops_per_token(k, n as f64, teacher as f64) * tf, trainable, training(&k.student.arch, weights, trainable, micro(&k.opt)).saturating_add(beside))
+            (k.opt.steps, t, distill::flops_per_token(k, n as f64, teacher as f64) * tf, trainable, peak(&k.student.arch, weights, trainable, micro(&k.opt)).saturating_add(beside))
         }
         StageKind::Compare(c) => {
             let t = c.policies.iter().fold(0u64, |a, (_, p)| a.saturating_add(c.examples as u64 * ctx_of(&p.arch)));
