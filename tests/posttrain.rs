@@ -1828,14 +1828,15 @@ fn best_of_n_follows_its_reward_and_resumes_exactly() {
     assert!((rl["flops"].as_f64().unwrap() / (24.0 * 8.0 * 48.0 * (6.0 + 4.0 * 2.0) * n) - 1.0).abs() < 1e-9, "{rl}");
 
     // Sampling holds every row's keys and values (2 layers × 2 × 32 floats a position) and the
-    // prompt pass's logits (256 a position) at the context of 48, for 8 prompts × n rows: at
-    // n = 512 and 1024 past training's peak, so the two plans differ by 512 × 8 rows of it.
+    // prompt pass's widest layer (the MLP's 2 × 128) at the context of 48, and the next token's
+    // 256 logits, for 8 prompts × n rows: at n = 512 and 1024 past training's peak, so the two
+    // plans differ by 512 × 8 rows of it.
     let memory = |n: &str| {
         let o = roux(&["plan", recipe.to_str().unwrap(), "--json", "--set", &format!("rl.n={n}")]);
         let plan: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
         plan["stages"].as_array().unwrap().iter().find(|s| s["name"] == "rl").unwrap()["memory_bytes"].as_u64().unwrap()
     };
-    assert_eq!(memory("1024") - memory("512"), 4 * 48 * (2 * 2 * 32 + 256) * 8 * 512);
+    assert_eq!(memory("1024") - memory("512"), 4 * (48 * (2 * 2 * 32 + 2 * 128) + 256) * 8 * 512);
     assert_eq!(memory("4"), rl["memory_bytes"].as_u64().unwrap(), "4 responses a prompt sample within training's peak");
     // A threshold above the first steps' best rewards leaves some prompts untrained.
     let o = roux(&["run", recipe.to_str().unwrap(), "--out", whole.to_str().unwrap(), "--set", "rl.threshold=0.85"]);

@@ -141,6 +141,12 @@ fn the_kv_cache_gives_the_logits_of_the_whole_sequence() {
             assert_eq!(cache.len, 12);
             let d = (Tensor::cat(&parts, 1) - &whole).abs().max().double_value(&[]);
             assert!(d < 1e-5, "{fixture}: cached logits differ by {d}");
+            // What generation reads: the last position's logits alone, the prompt's and a token's.
+            let mut cache = roux::run::model::KvCache::default();
+            let (first, next) = (m.forward_next(&x.narrow(1, 0, 11), &mut cache), m.forward_next(&x.narrow(1, 11, 1), &mut cache));
+            assert_eq!(first.size(), [3, spec.vocab as i64]);
+            let d = (first - whole.select(1, 10)).abs().max().double_value(&[]).max((next - whole.select(1, 11)).abs().max().double_value(&[]));
+            assert!(d < 1e-5, "{fixture}: the next token's logits differ by {d}");
             assert!(whole.abs().max().double_value(&[]) > 1e-3, "logits are not all zero");
         });
     }

@@ -117,18 +117,26 @@ pub fn checkpointing_saving(g: &ModelGraph, batch: usize, seq: usize) -> u64 {
 }
 
 /// fp32 bytes sampling `rows` sequences of up to `seq` tokens holds at its peak: every attention
-/// layer's cached keys and values for each row at full length, and the prompt pass's logits (at
-/// most `seq` positions of the vocabulary a row). No activations are kept: it runs without a graph.
+/// layer's cached keys and values for each row at full length, the prompt pass's widest layer
+/// (an MLP's hidden activations, SwiGLU's two of them and their product; attention's q, k, v and
+/// output), and the next token's logits (the head reads the last position only). No activations
+/// are kept: it runs without a graph.
 pub fn generation_bytes(g: &ModelGraph, rows: usize, seq: usize) -> u64 {
-    let kv: f64 = g
-        .graph
-        .node_weights()
-        .map(|op| match &op.kind {
-            OpKind::Attention { kv_heads, head_dim, .. } => 2.0 * (*kv_heads * *head_dim) as f64,
+    let act = |a: &crate::recipe::Activation| if *a == crate::recipe::Activation::Swiglu { 3.0 } else { 2.0 };
+    let (mut kv, mut widest) = (0.0f64, 0.0f64);
+    for op in g.graph.node_weights() {
+        let width = match &op.kind {
+            OpKind::Attention { heads, kv_heads, head_dim, .. } => {
+                kv += 2.0 * (*kv_heads * *head_dim) as f64;
+                4.0 * (*heads * *head_dim) as f64
+            }
+            OpKind::Mlp { hidden, act: a, .. } => act(a) * *hidden as f64,
+            OpKind::Moe { hidden, act: a, .. } => moe_slots(op, 1.0) * act(a) * *hidden as f64,
             _ => 0.0,
-        })
-        .sum();
-    (4.0 * rows as f64 * seq as f64 * (kv + g.spec.vocab as f64)) as u64
+        };
+        widest = widest.max(width);
+    }
+    (4.0 * rows as f64 * (seq as f64 * (kv + widest) + g.spec.vocab as f64)) as u64
 }
 
 /// fp32 activations kept for the backward pass of one step, counted per op:

@@ -1,7 +1,7 @@
 //! What a stage that samples holds while it samples: no activations, but every row's cached keys
-//! and values and the prompt pass's logits (`generation_bytes`), for all the rows it samples at
-//! once — PPO's and GRPO's rollout batch, online DPO's two responses a prompt, best-of-n's n, a
-//! distillation's responses. Its peak is the larger of that and its training micro-batch's.
+//! and values, the prompt pass's widest layer and the next token's logits (`generation_bytes`),
+//! for all the rows it samples at once — PPO's and GRPO's rollout batch, online DPO's two
+//! responses a prompt, best-of-n's n, a distillation's responses. Its peak is the larger of that and its training micro-batch's.
 
 use std::borrow::Borrow;
 

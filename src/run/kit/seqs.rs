@@ -110,7 +110,7 @@ pub fn generate(model: &Model, prompts: &[Vec<i64>], max_new: usize, d: &Decodin
             let mut cache = KvCache::default();
             let mut done = vec![false; rows.len()];
             for _ in 0..steps {
-                let logits = model.forward_cached(&feed, &mut cache).select(1, -1).to_kind(Kind::Float); // (n, V)
+                let logits = model.forward_next(&feed, &mut cache).to_kind(Kind::Float); // (n, V)
                 let next = decode::next_tokens(&logits, d, seen.as_ref())?; // (n, 1)
                 seen = seen.map(|s| decode::mark(&s, &next));
                 feed = next.shallow_clone();

@@ -264,6 +264,16 @@ impl Model {
         logits
     }
 
+    /// `forward_cached`'s logits at the last position only, (B, vocab): the next token's, without
+    /// the head's matmul and a row of the vocabulary for every earlier position (generation).
+    pub fn forward_next(&self, tokens: &Tensor, cache: &mut KvCache) -> Tensor {
+        let t = tokens.size()[1] as usize;
+        debug_assert!(cache.len + t <= self.spec().context, "the cache holds at most the context");
+        let logits = self.walk_with(tokens, false, false, Some(cache), None, true).1;
+        cache.len += t;
+        logits.squeeze_dim(1)
+    }
+
     /// Compute in bfloat16 (float32 master weights) or float32. On CUDA in bf16 the loss's head
     /// matmul is padded (`pad_vocab`) unless `ROUX_PAD_VOCAB=0` (for benchmarks).
     pub fn set_precision(&mut self, kind: Kind) {

@@ -91,7 +91,7 @@ impl Model {
     /// and head with it, from the last block's output as a leaf.
     pub(super) fn walk_recomputed(&self, tokens: &Tensor, train: bool, loss_only: bool, packing: Option<&Packing>) -> (Tensor, Tensor, Vec<MoeStats>) {
         let n = self.order.len();
-        let mut pass = Walk { tokens, train, loss_only, cache: None, packing, offset: 0, hidden: None, moe_stats: vec![] };
+        let mut pass = Walk { tokens, train, loss_only, last_only: false, cache: None, packing, offset: 0, hidden: None, moe_stats: vec![] };
         let mut vals: Vec<Option<Tensor>> = (0..n).map(|_| None).collect();
         let mut stretches = vec![];
         tch::no_grad(|| {
@@ -148,7 +148,7 @@ impl Model {
             if let Some(x) = &input {
                 vals[s.start - 1] = Some(x.shallow_clone());
             }
-            let mut pass = Walk { tokens: &p.tokens, train: p.train, loss_only: false, cache: None, packing: p.packing.as_ref(), offset: 0, hidden: None, moe_stats: vec![] };
+            let mut pass = Walk { tokens: &p.tokens, train: p.train, loss_only: false, last_only: false, cache: None, packing: p.packing.as_ref(), offset: 0, hidden: None, moe_stats: vec![] };
             self.run_ops(s.start..s.end + 1, &mut vals, &mut pass);
             let out = vals[s.end].take().expect("the block's output");
             // Each root with the gradient the loss gave it: the block's output, and each auxiliary

@@ -16,6 +16,9 @@ pub(super) struct Walk<'a> {
     /// The head's logits may carry padding columns (see `head_padding`) that only a softmax over
     /// them tolerates.
     pub loss_only: bool,
+    /// The head reads only the last position (generation: the next token's logits, without a
+    /// row of the vocabulary for every prompt position).
+    pub last_only: bool,
     pub cache: Option<&'a mut KvCache>,
     pub packing: Option<&'a Packing>,
     /// Position of the first token (what the cache holds before it).
@@ -28,12 +31,17 @@ pub(super) struct Walk<'a> {
 impl Model {
     /// The forward pass: (the final hidden states, the logits, the MoE statistics).
     pub(super) fn walk(&self, tokens: &Tensor, train: bool, loss_only: bool, cache: Option<&mut KvCache>, packing: Option<&Packing>) -> (Tensor, Tensor, Vec<MoeStats>) {
+        self.walk_with(tokens, train, loss_only, cache, packing, false)
+    }
+
+    /// `walk`, with the head on the last position only when `last_only`.
+    pub(super) fn walk_with(&self, tokens: &Tensor, train: bool, loss_only: bool, cache: Option<&mut KvCache>, packing: Option<&Packing>, last_only: bool) -> (Tensor, Tensor, Vec<MoeStats>) {
         self.lora.train.set(train);
         if cache.is_none() && self.recomputes() {
             return self.walk_recomputed(tokens, train, loss_only, packing);
         }
         let offset = cache.as_ref().map_or(0, |c| c.len) as i64;
-        let mut w = Walk { tokens, train, loss_only, cache, packing, offset, hidden: None, moe_stats: vec![] };
+        let mut w = Walk { tokens, train, loss_only, last_only, cache, packing, offset, hidden: None, moe_stats: vec![] };
         let mut vals: Vec<Option<Tensor>> = (0..self.order.len()).map(|_| None).collect();
         self.run_ops(0..self.order.len(), &mut vals, &mut w);
         (w.hidden.expect("the head reads the hidden states"), vals.pop().flatten().expect("head is the last op"), w.moe_stats)
@@ -85,16 +93,17 @@ impl Model {
                     y
                 }
                 OpKind::Head { tied, vocab, dim } => {
-                    pass.hidden = Some(arg(0).shallow_clone());
+                    let h = if pass.last_only { arg(0).narrow(1, -1, 1) } else { arg(0).shallow_clone() };
+                    pass.hidden = Some(h.shallow_clone());
                     let w = self.cast(if *tied { self.index["tok_emb.weight"] } else { self.find_index(i, "", "weight").expect("untied head weight") });
                     match self.head_padding(*vocab).filter(|_| pass.loss_only) {
                         Some(pad) => {
                             let opts = (self.compute, self.device);
                             let w = Tensor::cat(&[w, Tensor::zeros([pad, *dim as i64], opts)], 0);
                             let bias = Tensor::cat(&[Tensor::zeros([*vocab as i64], opts), Tensor::full([pad], f64::NEG_INFINITY, opts)], 0);
-                            arg(0).linear(&w, Some(&bias))
+                            h.linear(&w, Some(&bias))
                         }
-                        None => arg(0).linear::<Tensor>(&w, None),
+                        None => h.linear::<Tensor>(&w, None),
                     }
                 }
             };

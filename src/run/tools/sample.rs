@@ -163,7 +163,7 @@ fn generate(l: &Loaded, mut ids: Vec<i64>, o: &SampleOptions, stop: &[i64], on_t
             }
             let x = Tensor::from_slice(&ids[fed..]).view([1, -1]).to_device(device);
             fed = ids.len();
-            let logits = l.model.forward_cached(&x, &mut cache).select(1, -1).to_kind(Kind::Float); // (1, vocab)
+            let logits = l.model.forward_next(&x, &mut cache).to_kind(Kind::Float); // (1, vocab)
             // The repetition penalty reads every token of the text so far, prompt included.
             let seen = (l.decoding.repetition_penalty != 1.0).then(|| decode::seen_in(&Tensor::from_slice(&ids).view([1, -1]).to_device(device), spec.vocab as i64));
             let next = decode::next_tokens(&logits, &l.decoding, seen.as_ref())?.int64_value(&[0, 0]);
