@@ -100,9 +100,13 @@ fn run_state_numbers_survive_their_json_exactly() {
 fn killed_at_random_points_across_two_stages_the_result_is_identical() {
     let recipe = root().join("tests/fixtures/tiny-resume.roux");
     let (whole, killed) = (scratch("kill-whole"), scratch("kill-many"));
+    let t0 = Instant::now();
     run_to_end(&recipe, &whole);
-    // Pseudo-random delays of 0.4–1.6 s (a start, with libtorch loading, takes ~0.3 s); keep
-    // killing until a run finishes by itself.
+    // Pseudo-random delays of a start (with libtorch loading, ~0.3 s) and up to a quarter of an
+    // uninterrupted run: each killed run does at most a quarter of the work, so there are at least
+    // three kills however fast the machine (fixed delays of 0.4–1.6 s let a 2.6 s run finish
+    // after 2). Keep killing until a run finishes by itself.
+    let span = (t0.elapsed().as_millis() as u64 / 4).max(200);
     let first_done = killed.join("tiny-resume/pretrain/report.json");
     let second = killed.join("tiny-resume/more");
     let kills_in_second_stage = std::cell::Cell::new(0);
@@ -112,13 +116,13 @@ fn killed_at_random_points_across_two_stages_the_result_is_identical() {
         0x2545_F491_4F6C_DD1D,
         |r| {
             if kills_in_second_stage.get() > 0 {
-                return after(400 + r % 1200);
+                return after(300 + r % span);
             }
             // Until one has landed in the second stage, also kill a few checkpoints into it: a
             // delay alone lets a fast machine finish that short stage between two kills.
             let target = checkpointed_step(&second) + 5 + r % 60;
             let second = second.clone();
-            let mut time = after(400 + r % 1200);
+            let mut time = after(300 + r % span);
             Box::new(move |t| time(t) || checkpointed_step(&second) >= target)
         },
         || {
