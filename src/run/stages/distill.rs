@@ -101,7 +101,8 @@ pub fn run(ctx: &StageCtx, k: &DistillSpec) -> Result<()> {
     );
 
     let started = Instant::now();
-    let mut window = (Instant::now(), 0.0f64, 0u64);
+    // Since the last log: its start, response tokens, steps and on-policy steps.
+    let mut window = (Instant::now(), 0.0f64, 0u64, 0u64);
     let (mut last, mut last_divergence) = (None, None);
     for step in step0..k.opt.steps {
         if patience.exhausted() {
@@ -129,7 +130,8 @@ pub fn run(ctx: &StageCtx, k: &DistillSpec) -> Result<()> {
         opt.zero_grad();
         let (loss, tokens) = distill_backward(&student, &teacher, &mut opt, &seqs, micro, k.beta, world, dev)?;
         window.1 += tokens;
-        window.2 += on_policy as u64;
+        window.2 += 1;
+        window.3 += on_policy as u64;
         let grad_norm = opt.clip_grad_norm(k.opt.grad_clip);
         opt.step(lr)?;
         let done = step + 1;
@@ -140,8 +142,7 @@ pub fn run(ctx: &StageCtx, k: &DistillSpec) -> Result<()> {
         let shown = s.as_ref().zip(held_div).map_or(String::new(), |(s, v)| format!(" held-out divergence {v:.4} exact {:.1}%", 100.0 * s.exact));
         run.progress.line(done, k.opt.log_every, &format!("divergence {loss:.4}{shown} lr {lr:.2e} {:.1}k response tok/s", tok_s / 1e3), s.is_some());
         if done % k.opt.log_every == 0 || s.is_some() {
-            let logged = (done - step0).min(k.opt.log_every).max(1);
-            let mut m = json!({"step": done, "loss": loss, "lr": lr, "grad_norm": grad_norm, "tokens_per_s": tok_s, "on_policy": window.2 as f64 / logged as f64});
+            let mut m = json!({"step": done, "loss": loss, "lr": lr, "grad_norm": grad_norm, "tokens_per_s": tok_s, "on_policy": window.3 as f64 / window.2 as f64});
             if let Some(s) = &s {
                 s.log_into(&mut m, "");
             }
@@ -150,7 +151,7 @@ pub fn run(ctx: &StageCtx, k: &DistillSpec) -> Result<()> {
                 last_divergence = Some(v);
             }
             run.log(m)?;
-            window = (Instant::now(), 0.0, 0);
+            window = (Instant::now(), 0.0, 0, 0);
         }
         if let Some(s) = s {
             let stop = patience.observe(done, held_div.unwrap_or(f64::NAN));
