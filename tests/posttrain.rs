@@ -1734,14 +1734,25 @@ fn distillation_teaches_a_smaller_student_and_resumes_exactly() {
     assert_eq!((n("small"), n("big")), (34688.0, 70464.0));
     assert!((kd["flops"].as_f64().unwrap() / want - 1.0).abs() < 1e-9, "{kd} vs {want}");
 
+    // torchtune's mix: half the divergence, half the data's negative log-likelihood, both logged.
+    let read = |d: &std::path::Path| std::fs::read(d.join("tiny-distill/kd/model.safetensors")).unwrap();
+    let plain = read(&whole);
+    let o = roux(&["run", recipe.to_str().unwrap(), "--out", whole.to_str().unwrap(), "--set", "kd.kd_ratio=0.5", "--set", "kd.lmbda=0"]);
+    assert_eq!(o.status.code(), Some(0), "{}", String::from_utf8_lossy(&o.stderr));
+    let mixed = metrics(&whole.join("tiny-distill/kd"));
+    let f = |r: &serde_json::Value, k: &str| r[k].as_f64().unwrap();
+    for r in &mixed {
+        assert!((f(r, "loss") - 0.5 * f(r, "divergence") - 0.5 * f(r, "nll")).abs() < 1e-6 * f(r, "loss").max(1.0), "{r}");
+    }
+    assert!(f(&mixed[mixed.len() - 1], "nll") < 0.2 * f(&mixed[0], "nll"), "{:?}", mixed.iter().map(|r| f(r, "nll")).collect::<Vec<_>>());
+
     // Killed after its step-100 checkpoint, it resumes to the same weights.
     let dir = killed.join("tiny-distill/kd");
     let interrupted = common::kill_after_checkpoint(&["run", recipe.to_str().unwrap(), "--out", killed.to_str().unwrap()], &dir, 100);
     assert!(interrupted, "the distill stage finished before it could be killed, three times");
     let log = run_ok(&recipe, &killed);
     assert!(log.contains("kd: resuming from step 100"), "{log}");
-    let read = |d: &std::path::Path| std::fs::read(d.join("tiny-distill/kd/model.safetensors")).unwrap();
-    assert!(read(&whole) == read(&killed), "weights differ after a resume");
+    assert!(plain == read(&killed), "weights differ after a resume");
     let resumed: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(dir.join("report.json")).unwrap()).unwrap();
     assert_eq!((resumed["on_policy_steps"].as_u64(), resumed["val_loss"].clone()), (Some(on), report["val_loss"].clone()));
 }

@@ -21,12 +21,21 @@ impl<'a> Checker<'a> {
         let lmbda = f.ranged(self, "lmbda", Some(0.5), 0.0, false, 1.0, false);
         let seq_kd = f.bool(self, "seq_kd", false);
         let temperature = f.ranged(self, "temperature", Some(0.9), 0.0, true, 100.0, false);
+        let kd_ratio = f.ranged(self, "kd_ratio", Some(1.0), 0.0, false, 1.0, false);
         let eval = self.eval_keys(&mut f);
-        let new_span = f.value_span("max_new");
+        let (new_span, ratio_span) = (f.value_span("max_new"), f.value_span("kd_ratio"));
         f.finish(self);
         let (student, teacher, data, (eval_examples, max_new)) = (student?, teacher?, data?, eval?);
         let mut ok = self.teaches(&teacher, &student, bound[1].map_or(at, |e| e.span));
-        let spec = DistillSpec { student, teacher, data: data.name.clone(), opt: opt?, lora: lora?, beta: beta?, lmbda: lmbda?, seq_kd: seq_kd?, temperature: temperature?, eval_examples, max_new };
+        let spec = DistillSpec { student, teacher, data: data.name.clone(), opt: opt?, lora: lora?, beta: beta?, lmbda: lmbda?, seq_kd: seq_kd?, temperature: temperature?, kd_ratio: kd_ratio?, eval_examples, max_new };
+        // The data's log-likelihood term reads responses someone meant: not the student's own.
+        if spec.kd_ratio < 1.0 && spec.lmbda > 0.0 {
+            self.error(
+                Diagnostic::error(Code::E0260, ratio_span, format!("`kd_ratio = {}` trains on the responses' likelihood, but `lmbda = {}` makes some of them the student's own samples", spec.kd_ratio, spec.lmbda))
+                    .with_hint("use `lmbda = 0` with `kd_ratio` (torchtune's KD reads the data's responses), or leave `kd_ratio` at 1 for GKD"),
+            );
+            ok = false;
+        }
         // Sampled responses and held-out answers follow the prompt within the student's context.
         ok &= self.prompt_room(&data, &spec.student.arch, max_new, new_span);
         ok.then(|| self.stage_spec(d, StageKind::Distill(spec)))

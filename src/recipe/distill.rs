@@ -28,6 +28,9 @@ pub struct DistillSpec {
     pub seq_kd: bool,
     /// The temperature responses are sampled at (the divergence reads temperature 1, as TRL's).
     pub temperature: f64,
+    /// The divergence's share of the loss, the rest the data's negative log-likelihood
+    /// (torchtune's KD recipe's `kd_ratio`; 1, TRL's GKD, is the divergence alone).
+    pub kd_ratio: f64,
     pub eval_examples: usize,
     /// The longest sampled response, on-policy and held-out alike.
     pub max_new: usize,

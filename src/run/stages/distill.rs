@@ -28,7 +28,7 @@ use crate::run::kit::dist::{Reduce, World};
 use crate::run::kit::losses::generalized_jsd;
 use crate::run::kit::patience::Patience;
 use crate::run::kit::score::score;
-use crate::run::kit::seqs::{generate, own_stream, pad, prompt_response, seed_step};
+use crate::run::kit::seqs::{generate, own_stream, pad, prompt_response, seed_step, token_logprobs};
 use crate::run::kit::{device, lifecycle, StageCtx};
 use crate::run::model::Model;
 use crate::schedule::lr_at;
@@ -128,7 +128,7 @@ pub fn run(ctx: &StageCtx, k: &DistillSpec) -> Result<()> {
         };
         on_policy_steps += on_policy as u64;
         opt.zero_grad();
-        let (loss, tokens) = distill_backward(&student, &teacher, &mut opt, &seqs, micro, k.beta, world, dev)?;
+        let ([loss, divergence, nll], tokens) = distill_backward(&student, &teacher, &mut opt, &seqs, micro, k, world, dev)?;
         window.1 += tokens;
         window.2 += 1;
         window.3 += on_policy as u64;
@@ -143,6 +143,10 @@ pub fn run(ctx: &StageCtx, k: &DistillSpec) -> Result<()> {
         run.progress.line(done, k.opt.log_every, &format!("divergence {loss:.4}{shown} lr {lr:.2e} {:.1}k response tok/s", tok_s / 1e3), s.is_some());
         if done % k.opt.log_every == 0 || s.is_some() {
             let mut m = json!({"step": done, "loss": loss, "lr": lr, "grad_norm": grad_norm, "tokens_per_s": tok_s, "on_policy": window.3 as f64 / window.2 as f64});
+            if k.kd_ratio < 1.0 {
+                m["divergence"] = json!(divergence);
+                m["nll"] = json!(nll);
+            }
             if let Some(s) = &s {
                 s.log_into(&mut m, "");
             }
@@ -207,11 +211,14 @@ pub fn run(ctx: &StageCtx, k: &DistillSpec) -> Result<()> {
     run.finish(&[output], report, &ctx.title())
 }
 
-/// The divergence of `student` from `teacher` over the response tokens of `rows`, summed.
-fn divergence_sum(student: &Model, teacher: &Model, rows: &[&Seq], beta: f64, train: bool, dev: tch::Device) -> Tensor {
+/// Over the response tokens of `rows`, summed: the divergence of `student` from `teacher`, and
+/// with `nll` the student's negative log-likelihood of the tokens.
+fn divergence_sum(student: &Model, teacher: &Model, rows: &[&Seq], beta: f64, train: bool, nll: bool, dev: tch::Device) -> (Tensor, Option<Tensor>) {
     let b = pad(rows, dev);
     let t = tch::no_grad(|| teacher.forward(&b.x, false));
-    (generalized_jsd(&student.forward(&b.x, train), &t, beta) * &b.w).sum(Kind::Float)
+    let s = student.forward(&b.x, train);
+    let nll = nll.then(|| -(token_logprobs(&s, &b.y) * &b.w).sum(Kind::Float));
+    ((generalized_jsd(&s, &t, beta) * &b.w).sum(Kind::Float), nll)
 }
 
 /// The mean divergence per response token of the held-out examples (the data's responses).
@@ -220,7 +227,7 @@ fn held_out_divergence(student: &Model, teacher: &Model, seqs: &[Seq], beta: f64
     tch::no_grad(|| {
         for chunk in seqs.chunks(32) {
             let rows: Vec<&Seq> = chunk.iter().collect();
-            sum += divergence_sum(student, teacher, &rows, beta, false, dev).double_value(&[]);
+            sum += divergence_sum(student, teacher, &rows, beta, false, false, dev).0.double_value(&[]);
             n += rows.iter().map(|s| response_tokens(s)).sum::<f64>();
         }
     });
@@ -232,24 +239,34 @@ fn response_tokens(s: &Seq) -> f64 {
     s.weights[..s.tokens.len().saturating_sub(1)].iter().map(|&w| w as f64).sum()
 }
 
-/// The mean divergence over the response tokens of the whole batch, of which `seqs` are this
-/// process's share, and its gradient: micro-batches of `micro`, each one's sum divided by the
-/// batch's response tokens over every process (TRL's "batchmean" over the labelled tokens), so the
-/// gradients summed over micro-batches and processes are the whole batch's. Returns the loss and
-/// this process's response tokens.
+/// The step's loss over the response tokens of the whole batch, of which `seqs` are this
+/// process's share: `kd_ratio` × the mean divergence + (1 − `kd_ratio`) × the mean negative
+/// log-likelihood (torchtune's KD recipe; TRL's GKD at 1), and its gradient. Micro-batches of
+/// `micro`, each one's sums divided by the batch's response tokens over every process (TRL's
+/// "batchmean" over the labelled tokens), so the gradients summed over micro-batches and processes
+/// are the whole batch's. Returns the loss, the divergence and NLL means, and this process's
+/// response tokens.
 #[allow(clippy::too_many_arguments)]
-fn distill_backward(student: &Model, teacher: &Model, opt: &mut Optimizer, seqs: &[Seq], micro: usize, beta: f64, world: &World, dev: tch::Device) -> Result<(f64, f64)> {
+fn distill_backward(student: &Model, teacher: &Model, opt: &mut Optimizer, seqs: &[Seq], micro: usize, k: &DistillSpec, world: &World, dev: tch::Device) -> Result<([f64; 3], f64)> {
     let here: f64 = seqs.iter().map(response_tokens).sum();
     let [all] = world.sums(&[here])?;
-    let mut total = Tensor::zeros([1], (Kind::Double, dev));
+    let mut total = Tensor::zeros([3], (Kind::Double, dev));
     let rows: Vec<&Seq> = seqs.iter().collect();
+    let r = k.kd_ratio;
     for part in rows.chunks(micro.max(1)) {
-        let loss = divergence_sum(student, teacher, part, beta, true, dev) / all.max(1.0);
+        let (div, nll) = divergence_sum(student, teacher, part, k.beta, true, r < 1.0, dev);
+        let (div, nll) = (div / all.max(1.0), nll.map(|n| n / all.max(1.0)));
+        let loss = match &nll {
+            Some(n) => &div * r + n * (1.0 - r),
+            None => div.shallow_clone(),
+        };
         // all_reduce_grads averages over the processes; each share is already a part of the sum.
         student.backward(&(&loss * world.size as f64))?;
-        total += loss.detach().to_kind(Kind::Double);
+        let nll = nll.map_or_else(|| loss.zeros_like(), |n| n.detach());
+        total += Tensor::stack(&[loss.detach(), div.detach(), nll], 0).to_kind(Kind::Double);
     }
     opt.all_reduce_grads(world)?;
     world.all_reduce(&total, Reduce::Sum)?;
-    Ok((total.double_value(&[0]), here))
+    let v = crate::run::kit::seqs::to_f64s(&total);
+    Ok(([v[0], v[1], v[2]], here))
 }
