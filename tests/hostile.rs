@@ -100,30 +100,30 @@ fn run_state_numbers_survive_their_json_exactly() {
 fn killed_at_random_points_across_two_stages_the_result_is_identical() {
     let recipe = root().join("tests/fixtures/tiny-resume.roux");
     let (whole, killed) = (scratch("kill-whole"), scratch("kill-many"));
-    let t0 = Instant::now();
     run_to_end(&recipe, &whole);
-    // Pseudo-random delays of a start (with libtorch loading, ~0.3 s) and up to a quarter of an
-    // uninterrupted run: each killed run does at most a quarter of the work, so there are at least
-    // three kills however fast the machine (fixed delays of 0.4–1.6 s let a 2.6 s run finish
-    // after 2). Keep killing until a run finishes by itself.
-    let span = (t0.elapsed().as_millis() as u64 / 4).max(200);
     let first_done = killed.join("tiny-resume/pretrain/report.json");
-    let second = killed.join("tiny-resume/more");
+    let (first, second) = (killed.join("tiny-resume/pretrain"), killed.join("tiny-resume/more"));
+    // Steps checkpointed over both stages (400 + 200 in all).
+    let progress = {
+        let (first, second) = (first.clone(), second.clone());
+        move || if first.join("report.json").exists() { 400 } else { checkpointed_step(&first) } + checkpointed_step(&second)
+    };
     let kills_in_second_stage = std::cell::Cell::new(0);
     let kills = kill_until_done(
         &recipe,
         &killed,
         0x2545_F491_4F6C_DD1D,
         |r| {
-            if kills_in_second_stage.get() > 0 {
-                return after(300 + r % span);
-            }
-            // Until one has landed in the second stage, also kill a few checkpoints into it: a
-            // delay alone lets a fast machine finish that short stage between two kills.
-            let target = checkpointed_step(&second) + 5 + r % 60;
-            let second = second.clone();
-            let mut time = after(300 + r % span);
-            Box::new(move |t| time(t) || checkpointed_step(&second) >= target)
+            // At a pseudo-random time (a start, with libtorch loading, takes ~0.3 s), or once the
+            // run has checkpointed 100 to 160 more steps: so the 600 steps take at least four runs
+            // (three kills) however fast or loaded the machine; fixed delays alone let a quiet
+            // machine finish after two. Until a kill has landed in the second stage, also a few
+            // checkpoints into it: a delay alone can let that short stage finish between kills.
+            let (from, quota) = (progress(), 100 + r % 60);
+            let target = (kills_in_second_stage.get() == 0).then(|| checkpointed_step(&second) + 5 + r % 60);
+            let (second, progress) = (second.clone(), progress.clone());
+            let mut time = after(300 + r % 1200);
+            Box::new(move |t| time(t) || progress() >= from + quota || target.is_some_and(|target| checkpointed_step(&second) >= target))
         },
         || {
             if first_done.exists() {
