@@ -7,7 +7,8 @@ use tch::{Device, Kind, Tensor};
 use anyhow::Result;
 
 use crate::hf::generation::Decoding;
-use crate::posttrain::examples::Seq;
+use crate::posttrain::examples::{Example, Seq};
+use crate::run::kit::codec::Codec;
 use crate::run::kit::decode;
 use crate::run::model::{KvCache, Model};
 
@@ -130,6 +131,17 @@ pub fn generate(model: &Model, prompts: &[Vec<i64>], max_new: usize, d: &Decodin
         Ok(())
     })?;
     Ok(out)
+}
+
+/// `model`'s responses to the prompts of `examples`, each cut on the left to leave `max_new`
+/// positions of `context` (`Codec::prompt_within`) and continued as `d` draws: each response, and
+/// it after its prompt as a sequence whose response tokens weigh one. What every stage that
+/// samples (PPO, GRPO, online DPO, best-of-n, distillation) trains on.
+pub fn respond(model: &Model, codec: &Codec, examples: &[&Example], context: usize, max_new: usize, d: &Decoding) -> Result<(Vec<Vec<i64>>, Vec<Seq>)> {
+    let prompts: Vec<Vec<i64>> = examples.iter().map(|e| codec.prompt_within(&e.prompt, context, max_new)).collect();
+    let responses = generate(model, &prompts, max_new, d, codec.stops())?;
+    let seqs = prompts.iter().zip(&responses).map(|(q, r)| prompt_response(q, r)).collect();
+    Ok((responses, seqs))
 }
 
 /// A tensor's values as f64, in row-major order.

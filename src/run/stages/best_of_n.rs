@@ -27,7 +27,7 @@ use crate::run::kit::dist::Reduce;
 use crate::run::kit::patience::Patience;
 use crate::run::kit::rewards::Rewarder;
 use crate::run::kit::score::score;
-use crate::run::kit::seqs::{generate, own_stream, pad, prompt_response, seed_step, token_logprobs};
+use crate::run::kit::seqs::{own_stream, pad, respond, seed_step, token_logprobs};
 use crate::run::kit::{device, lifecycle, StageCtx};
 use crate::schedule::lr_at;
 
@@ -82,9 +82,7 @@ pub fn run(ctx: &StageCtx, b: &BestOfNSpec) -> Result<()> {
         own_stream(recipe.seed, step, world.rank);
         // Each prompt's `n` responses, one after another.
         let examples: Vec<&Example> = mine.iter().flat_map(|e| std::iter::repeat_n(*e, b.n)).collect();
-        let prompts: Vec<Vec<i64>> = examples.iter().map(|e| codec.prompt_within(&e.prompt, context, b.max_new)).collect();
-        let responses = generate(&policy, &prompts, b.max_new, &decoding, codec.stops())?;
-        let seqs: Vec<Seq> = prompts.iter().zip(&responses).map(|(q, r)| prompt_response(q, r)).collect();
+        let (responses, seqs) = respond(&policy, &codec, &examples, context, b.max_new, &decoding)?;
         // 2. Rewards, and each prompt's best.
         let rewards = rewarder.rewards(&examples, &responses, &seqs, &codec, b.max_new, context, b.opt.accumulate);
         let kept: Vec<usize> = best_of(&rewards, b.n).into_iter().filter(|&i| b.threshold.is_none_or(|t| rewards[i] >= t)).collect();

@@ -28,7 +28,7 @@ use crate::run::kit::dist::{Reduce, World};
 use crate::run::kit::losses::generalized_jsd;
 use crate::run::kit::patience::Patience;
 use crate::run::kit::score::score;
-use crate::run::kit::seqs::{generate, own_stream, pad, prompt_response, seed_step, token_logprobs};
+use crate::run::kit::seqs::{own_stream, pad, respond, seed_step, token_logprobs};
 use crate::run::kit::{device, lifecycle, StageCtx};
 use crate::run::model::Model;
 use crate::schedule::lr_at;
@@ -120,11 +120,7 @@ pub fn run(ctx: &StageCtx, k: &DistillSpec) -> Result<()> {
         let writer = if on_policy { Some(&student) } else { k.seq_kd.then_some(&teacher) };
         let seqs: Vec<Seq> = match writer {
             None => mine.iter().map(|e| codec.example(e, true, context)).collect(),
-            Some(model) => {
-                let prompts: Vec<Vec<i64>> = mine.iter().map(|e| codec.prompt_within(&e.prompt, context, k.max_new)).collect();
-                let responses = generate(model, &prompts, k.max_new, &decoding, codec.stops())?;
-                prompts.iter().zip(&responses).map(|(q, r)| prompt_response(q, r)).collect()
-            }
+            Some(model) => respond(model, &codec, mine, context, k.max_new, &decoding)?.1,
         };
         on_policy_steps += on_policy as u64;
         opt.zero_grad();

@@ -27,7 +27,7 @@ use crate::run::kit::losses::{entropy_in_chunks, group_advantages, grpo_loss, ma
 use crate::run::kit::score::score;
 use crate::run::kit::codec::Codec;
 use crate::run::kit::decode::{at_temperature, rollout};
-use crate::run::kit::seqs::{by_micro_batch, generate, micro_rows, own_stream, pad, prompt_response, seed_step, to_f64s, token_logprobs};
+use crate::run::kit::seqs::{by_micro_batch, micro_rows, own_stream, pad, respond, seed_step, to_f64s, token_logprobs};
 use crate::run::kit::patience::Patience;
 use crate::run::kit::{device, lifecycle, reference, StageCtx};
 use crate::schedule::lr_at;
@@ -106,9 +106,7 @@ pub fn run(ctx: &StageCtx, g: &GrpoSpec) -> Result<()> {
         let chosen = world.shard_rows(&chosen);
         own_stream(recipe.seed, step, world.rank);
         let batch: Vec<&Example> = chosen.iter().flat_map(|e| std::iter::repeat_n(*e, g.group)).collect();
-        let prompts: Vec<Vec<i64>> = batch.iter().map(|e| codec.prompt_within(&e.prompt, context, g.max_new)).collect();
-        let responses = generate(&policy, &prompts, g.max_new, &decoding, codec.stops())?;
-        let mut seqs: Vec<Seq> = prompts.iter().zip(&responses).map(|(q, r)| prompt_response(q, r)).collect();
+        let (responses, mut seqs) = respond(&policy, &codec, &batch, context, g.max_new, &decoding)?;
         // Cut off at `max_new` (or the context) before the end marker; with `mask_truncated`
         // such a completion weighs nothing in the loss (DAPO's overlong filtering).
         let truncated: Vec<bool> = responses.iter().map(|r| !codec.ended(r)).collect();

@@ -26,7 +26,7 @@ use crate::run::kit::losses::{dpo_per_pair, DpoTerms};
 use crate::run::kit::patience::Patience;
 use crate::run::kit::rewards::Rewarder;
 use crate::run::kit::score::score;
-use crate::run::kit::seqs::{generate, own_stream, pad, prompt_response, seed_step, seq_logprob};
+use crate::run::kit::seqs::{own_stream, pad, respond, seed_step, seq_logprob};
 use crate::run::kit::{device, lifecycle, StageCtx};
 use crate::run::model::Model;
 use crate::schedule::lr_at;
@@ -86,9 +86,7 @@ pub fn run(ctx: &StageCtx, o: &OnlineDpoSpec) -> Result<()> {
         let k = mine.len();
         // The first responses of the prompts, then the second ones.
         let examples: Vec<&Example> = mine.iter().chain(mine.iter()).copied().collect();
-        let prompts: Vec<Vec<i64>> = examples.iter().map(|e| codec.prompt_within(&e.prompt, context, o.max_new)).collect();
-        let responses = generate(&policy, &prompts, o.max_new, &decoding, codec.stops())?;
-        let seqs: Vec<Seq> = prompts.iter().zip(&responses).map(|(q, r)| prompt_response(q, r)).collect();
+        let (responses, seqs) = respond(&policy, &codec, &examples, context, o.max_new, &decoding)?;
         // 2. Rewards, and each prompt's pair.
         let ended: Vec<bool> = responses.iter().map(|r| codec.ended(r)).collect();
         let mut rewards = rewarder.rewards(&examples, &responses, &seqs, &codec, o.max_new, context, o.opt.accumulate);

@@ -33,7 +33,7 @@ use crate::run::kit::losses::{entropy, entropy_in_chunks, masked_mean, ppo_clip,
 use crate::run::kit::score::score;
 use crate::run::kit::codec::Codec;
 use crate::run::kit::decode::{at_temperature, rollout};
-use crate::run::kit::seqs::{by_micro_batch, generate, micro_rows, own_stream, pad, prompt_response, seed_step, to_f64s, token_logprobs};
+use crate::run::kit::seqs::{by_micro_batch, micro_rows, own_stream, pad, respond, seed_step, to_f64s, token_logprobs};
 use crate::run::kit::patience::Patience;
 use crate::run::kit::dist::{Reduce, World};
 use crate::run::kit::{device, lifecycle, StageCtx};
@@ -102,9 +102,7 @@ pub fn run(ctx: &StageCtx, p: &PpoSpec) -> Result<()> {
         let batch: Vec<&Example> = (0..p.opt.batch).map(|_| &split.train[rng.below(split.train.len() as u64) as usize]).collect();
         let batch = world.shard_rows(&batch);
         own_stream(recipe.seed, step, world.rank);
-        let prompts: Vec<Vec<i64>> = batch.iter().map(|e| codec.prompt_within(&e.prompt, context, p.max_new)).collect();
-        let responses = generate(&policy, &prompts, p.max_new, &decoding, codec.stops())?;
-        let seqs: Vec<Seq> = prompts.iter().zip(&responses).map(|(q, r)| prompt_response(q, r)).collect();
+        let (responses, seqs) = respond(&policy, &codec, batch, context, p.max_new, &decoding)?;
         let rows: Vec<&Seq> = seqs.iter().collect();
         let b = pad(&rows, dev);
         // 2. Scores, old log-probabilities and values, reference log-probabilities.
