@@ -127,7 +127,7 @@ fn posttrain_plan(r: &Recipe, s: &crate::recipe::StageSpec, graph_of: &HashMap<&
     // Every reward model a reward's terms read, each held and run once: their parameters.
     let rm_of = |reward: &crate::recipe::Reward| reward.model_stages().into_iter().filter_map(reward_model).sum::<u64>();
     // A stage that samples peaks at the larger of training and sampling (`sampling.rs`).
-    let sampling = sampling::sampling_bytes(r, &s.kind, |a: &str| graph_of.get(a).copied(), 1);
+    let sampling = sampling::sampling_bytes(&s.kind, |a: &str| graph_of.get(a).copied(), 1);
     let peak = |arch: &str, weights: u64, trainable: u64, seqs: usize| training(arch, weights, trainable, seqs).max(training(arch, weights, trainable, 0).saturating_add(sampling));
     let (steps, tokens, flops, trainable, memory_bytes) = match &s.kind {
         StageKind::Finetune(f) => {

@@ -160,7 +160,7 @@ fn posttrain_process(r: &Recipe, s: &crate::recipe::StageSpec, world: usize, gpu
     let mask = mask + if matches!(s.kind, StageKind::Distill(_)) { super::distill::divergence_bytes(g.spec.context, g.spec.vocab, seqs) } else { 0 };
     let activation_bytes = super::kernels::as_run(&s.kind, &g, seqs, g.spec.context, training_bytes(0, 0, &g, seqs, g.spec.context), gpu).saturating_add(mask);
     // Sampling keeps no activations but its rows' keys, values and logits: whichever is larger.
-    let activation_bytes = activation_bytes.max(super::sampling::sampling_bytes(r, &s.kind, graph, world));
+    let activation_bytes = activation_bytes.max(super::sampling::sampling_bytes(&s.kind, graph, world));
     // (A bf16 stage holds its frozen weights in 2 bytes.)
     let (weight_bytes, gradient_bytes) = ((4 * (weights + frozen)).saturating_sub(super::frozen::bf16_saving(r, s)), 4 * trainable);
     // Muon's matrices keep one moment and no scratch.

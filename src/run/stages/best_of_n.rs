@@ -85,8 +85,9 @@ pub fn run(ctx: &StageCtx, b: &BestOfNSpec) -> Result<()> {
         let (responses, seqs) = respond(&policy, &codec, &examples, context, b.max_new, &decoding)?;
         // 2. Rewards, and each prompt's best.
         let rewards = rewarder.rewards(&examples, &responses, &seqs, &codec, b.max_new, context, b.opt.accumulate);
-        let kept: Vec<usize> = best_of(&rewards, b.n).into_iter().filter(|&i| b.threshold.is_none_or(|t| rewards[i] >= t)).collect();
-        let best: f64 = best_of(&rewards, b.n).iter().map(|&i| rewards[i]).sum();
+        let bests = best_of(&rewards, b.n);
+        let best: f64 = bests.iter().map(|&i| rewards[i]).sum();
+        let kept: Vec<usize> = bests.into_iter().filter(|&i| b.threshold.is_none_or(|t| rewards[i] >= t)).collect();
         // 3. SFT on the kept responses: the NLL over every process's kept response tokens.
         let tokens_here: f64 = kept.iter().map(|&i| responses[i].len() as f64).sum();
         let [tokens, kept_all] = world.sums(&[tokens_here, kept.len() as f64])?;
