@@ -24,6 +24,9 @@ const CHECKPOINTS: &[(&str, &[&str])] = &[
     ("mixtral-tok", &["mixtral", "--tokenizer"]),
     ("olmoe", &["olmoe"]),
     ("qwen2moe", &["qwen2moe"]),
+    ("qwen3moe", &["qwen3moe", "--dtype", "bfloat16"]),
+    ("phi3", &["phi3"]),
+    ("phi3-tok", &["phi3", "--tokenizer"]),
 ];
 
 /// Every checkpoint of `CHECKPOINTS`, made once by one Python process (transformers takes
@@ -577,14 +580,28 @@ fn mixtral_maps_onto_the_top_k_router_with_stacked_experts() {
 
 #[test]
 fn lora_on_an_imported_model_exports_as_a_peft_adapter_of_the_checkpoint() {
-    let dir = checkpoint("lora", "qwen2-tok");
+    lora_exports_as_peft("lora", "qwen2-tok", "attn.q, attn.k, attn.v, attn.o, ffn.w1, ffn.w2, ffn.w3");
+}
+
+/// Phi-3 keeps q, k and v in one module and the gate and up projections in another: adapters on
+/// q and v and on the gate alone become one PEFT adapter on each fused module, zero on the rows
+/// they do not cover.
+#[test]
+fn lora_on_part_of_phi3s_fused_projections_exports_as_a_peft_adapter() {
+    lora_exports_as_peft("lora-phi3", "phi3-tok", "attn.q, attn.v, ffn.w1");
+}
+
+/// A LoRA SFT stage on imported checkpoint `which` (adapters on `targets`) exported with
+/// `--to peft`: transformers + peft on the checkpoint compute roux's merged model's logits.
+fn lora_exports_as_peft(name: &str, which: &str, targets: &str) {
+    let dir = checkpoint(name, which);
     chat_data(&dir);
     let recipe = r#"experiment "lora" {
   seed = 4
   model base = hf("ck")
   data chat = instructions("chat.jsonl") { tokenizer = base.tokenizer }
   stage sft = finetune(base, chat) {
-    adapter = lora { rank = 4, alpha = 8, targets = [attn.q, attn.k, attn.v, attn.o, ffn.w1, ffn.w2, ffn.w3] }
+    adapter = lora { rank = 4, alpha = 8, targets = [TARGETS] }
     steps = 30
     batch = 8
     optimizer = adamw { lr = 3e-2 }
@@ -594,7 +611,7 @@ fn lora_on_an_imported_model_exports_as_a_peft_adapter_of_the_checkpoint() {
   }
 }
 "#;
-    std::fs::write(dir.join("r.roux"), recipe).unwrap();
+    std::fs::write(dir.join("r.roux"), recipe.replace("TARGETS", targets)).unwrap();
     let o = roux(&["run", dir.join("r.roux").to_str().unwrap(), "--out", dir.join("runs").to_str().unwrap()]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let adapter = dir.join("adapter");
@@ -634,7 +651,7 @@ print((out - torch.tensor(d["logits"], dtype=torch.float64)).abs().max().item())
     let out = String::from_utf8_lossy(&o.stdout).to_string();
     assert!(o.status.success(), "{out}{}", String::from_utf8_lossy(&o.stderr));
     let gap: f64 = out.trim().parse().unwrap();
-    eprintln!("imported Qwen2 + LoRA: roux vs transformers + peft, max |Δlogit| = {gap:.3e}");
+    eprintln!("imported {which} + LoRA: roux vs transformers + peft, max |Δlogit| = {gap:.3e}");
     assert!(gap < 1e-4, "{gap}");
 }
 
@@ -648,6 +665,18 @@ fn olmoe_with_whole_projection_qk_norm_and_unnormalised_gates() {
 #[test]
 fn qwen2_moe_with_a_gated_shared_expert_of_its_own_width() {
     import("qwen2moe", "Qwen2MoeForCausalLM");
+}
+
+#[test]
+fn qwen3_moe_in_bfloat16_with_per_head_qk_norm_renormalised_gates_and_a_dense_block() {
+    // transformers 5 writes `num_experts` as `num_local_experts`; checkpoints on the hub keep
+    // the first (tests/hf_check.rs reads both).
+    import("qwen3moe", "Qwen3MoeForCausalLM");
+}
+
+#[test]
+fn phi3_with_fused_qkv_and_gate_up_projections() {
+    import("phi3", "Phi3ForCausalLM");
 }
 
 /// Continued pretraining of an imported model on a text corpus read with the checkpoint's own
@@ -781,7 +810,7 @@ print(json.dumps([i for line in open(sys.argv[2], encoding="utf-8") for i in t(j
 #[test]
 fn an_imported_moe_checkpoint_is_read_one_share_of_the_experts_per_process() {
     use roux::run::model::expert_parallel::Share;
-    for which in ["mixtral", "olmoe", "qwen2moe"] {
+    for which in ["mixtral", "olmoe", "qwen2moe", "qwen3moe"] {
         let dir = checkpoint(&format!("share-{which}"), which);
         let c = roux::frontend::compile(&dir.join("import.roux")).unwrap();
         let spec = c.recipe.unwrap().models[0].clone();

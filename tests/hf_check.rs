@@ -89,7 +89,7 @@ fn an_architecture_roux_cannot_compute_is_named_with_the_supported_list() {
     c["architectures"] = json!(["BertForMaskedLM"]);
     assert_eq!(
         check("bert", &c, None),
-        vec![("E0216".into(), "`ck/config.json` architecture `BertForMaskedLM` is not supported; roux reads GPT2LMHeadModel, LlamaForCausalLM, MistralForCausalLM, Qwen2ForCausalLM, Qwen3ForCausalLM, MixtralForCausalLM, OlmoeForCausalLM, Qwen2MoeForCausalLM".into())]
+        vec![("E0216".into(), "`ck/config.json` architecture `BertForMaskedLM` is not supported; roux reads GPT2LMHeadModel, LlamaForCausalLM, MistralForCausalLM, Qwen2ForCausalLM, Qwen3ForCausalLM, MixtralForCausalLM, OlmoeForCausalLM, Qwen2MoeForCausalLM, Qwen3MoeForCausalLM, Phi3ForCausalLM".into())]
     );
     let mut c = llama_config();
     c["architectures"] = json!(["MistralForCausalLM"]);
@@ -233,6 +233,64 @@ fn qwen3_0_6b_from_its_config_alone_is_counted_as_published() {
     let line = text.lines().find(|l| l.starts_with("base ")).unwrap_or_else(|| panic!("{text}{}", String::from_utf8_lossy(&out.stderr)));
     let cols: Vec<&str> = line.split_whitespace().collect();
     assert_eq!((cols[1], cols[3]), ("596,049,920", "440,467,456"));
+}
+
+/// Two published configs (as on their model pages, transformers 4.x's key names), planned from
+/// config.json alone: Qwen3-30B-A3B ("30.5B in total and 3.3B activated") and Phi-4 ("14B",
+/// 14.7B on its page). The counts are transformers' `sum(p.numel())` for the same configs (built
+/// on the meta device); active by hand: 48 × (18,874,368 attention + 256 QK-norm + 4,096 norms +
+/// 262,144 router + 8 of 128 experts × 3 × 2048 × 768) + 2 × 151,936 × 2048 + 2048.
+#[test]
+fn qwen3_30b_a3b_and_phi4_from_their_configs_alone_are_counted_exactly() {
+    let plan = |name: &str, config: &str| -> Vec<String> {
+        let dir = scratch(name);
+        std::fs::create_dir_all(dir.join("ck")).unwrap();
+        std::fs::write(dir.join("ck/config.json"), config).unwrap();
+        std::fs::write(dir.join("r.roux"), "experiment \"x\" {\n  model base = hf(\"ck\")\n}\n").unwrap();
+        let out = common::roux(&["plan", dir.join("r.roux").to_str().unwrap()]);
+        let text = String::from_utf8_lossy(&out.stdout).to_string();
+        let line = text.lines().find(|l| l.starts_with("base ")).unwrap_or_else(|| panic!("{text}{}", String::from_utf8_lossy(&out.stderr)));
+        line.split_whitespace().map(str::to_string).collect()
+    };
+    let qwen = r#"{"architectures": ["Qwen3MoeForCausalLM"], "attention_bias": false, "attention_dropout": 0.0, "bos_token_id": 151643,
+        "decoder_sparse_step": 1, "eos_token_id": 151645, "head_dim": 128, "hidden_act": "silu", "hidden_size": 2048, "initializer_range": 0.02,
+        "intermediate_size": 6144, "max_position_embeddings": 40960, "max_window_layers": 48, "mlp_only_layers": [], "model_type": "qwen3_moe",
+        "moe_intermediate_size": 768, "norm_topk_prob": true, "num_attention_heads": 32, "num_experts": 128, "num_experts_per_tok": 8,
+        "num_hidden_layers": 48, "num_key_value_heads": 4, "output_router_logits": false, "rms_norm_eps": 1e-06, "rope_scaling": null,
+        "rope_theta": 1000000.0, "router_aux_loss_coef": 0.001, "sliding_window": null, "tie_word_embeddings": false,
+        "torch_dtype": "bfloat16", "transformers_version": "4.51.0", "use_cache": true, "use_sliding_window": false, "vocab_size": 151936}"#;
+    let cols = plan("hf-check-qwen3-moe", qwen);
+    assert_eq!((cols[1].as_str(), cols[2].as_str()), ("30,532,122,624", "3,353,032,704"));
+    let phi4 = r#"{"architectures": ["Phi3ForCausalLM"], "attention_bias": false, "attention_dropout": 0.0, "bos_token_id": 100257,
+        "embd_pdrop": 0.0, "eos_token_id": 100265, "hidden_act": "silu", "hidden_size": 5120, "initializer_range": 0.02,
+        "intermediate_size": 17920, "max_position_embeddings": 16384, "model_type": "phi3", "num_attention_heads": 40,
+        "num_hidden_layers": 40, "num_key_value_heads": 10, "original_max_position_embeddings": 16384, "pad_token_id": 100349,
+        "resid_pdrop": 0.0, "rms_norm_eps": 1e-05, "rope_scaling": null, "rope_theta": 250000, "sliding_window": null,
+        "tie_word_embeddings": false, "torch_dtype": "bfloat16", "transformers_version": "4.47.0", "use_cache": true, "vocab_size": 100352}"#;
+    assert_eq!(plan("hf-check-phi4", phi4)[1], "14,659,507,200");
+}
+
+/// What Phi-3 layouts roux cannot compute exactly are told: Phi-4-mini rotates 3/4 of each head
+/// (and scales rope by "longrope"); Phi-3-mini-4k attends through a 2047-token window.
+#[test]
+fn phi3_variants_roux_would_only_approximate_are_refused_by_name() {
+    let phi3 = |extra: Value| {
+        let mut c = json!({
+            "architectures": ["Phi3ForCausalLM"], "vocab_size": 10, "hidden_size": 8, "intermediate_size": 16, "num_hidden_layers": 1,
+            "num_attention_heads": 2, "num_key_value_heads": 1, "max_position_embeddings": 4096, "rms_norm_eps": 1e-5
+        });
+        c.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
+        c
+    };
+    let mini4 = phi3(json!({"partial_rotary_factor": 0.75, "rope_scaling": {"type": "longrope", "short_factor": [1.0], "long_factor": [1.0]}}));
+    assert_eq!(check("phi4-mini", &mini4, None), vec![("E0216".into(), "`ck/config.json` `partial_rotary_factor` = 0.75: roux rotates every feature of a head".into())]);
+    let window = phi3(json!({"sliding_window": 2047}));
+    assert_eq!(
+        check("phi3-window", &window, None)[0].1,
+        "`ck/config.json` `sliding_window` = 2047 is shorter than the context (4096); roux's attention is full causal (set `max_position_embeddings` ≤ 2047 to use it)"
+    );
+    let longrope = phi3(json!({"rope_scaling": {"type": "longrope", "short_factor": [1.0], "long_factor": [1.0]}}));
+    assert_eq!(check("phi3-longrope", &longrope, None)[0].1, "`ck/config.json` rope type `longrope` is not supported (roux has default and llama3)");
 }
 
 /// A chat template that prints each turn as `<role>content</s>`.

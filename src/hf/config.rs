@@ -17,6 +17,8 @@ pub const SUPPORTED: &[(&str, Family)] = &[
     ("MixtralForCausalLM", Family::Mixtral),
     ("OlmoeForCausalLM", Family::Olmoe),
     ("Qwen2MoeForCausalLM", Family::Qwen2Moe),
+    ("Qwen3MoeForCausalLM", Family::Qwen3Moe),
+    ("Phi3ForCausalLM", Family::Phi3),
 ];
 
 /// The family a config's `architectures` names.
@@ -154,11 +156,14 @@ fn defaults(family: Family) -> Defaults {
         Family::Mixtral => Defaults { kv_heads: Some(8), norm_eps: 1e-5, rope_theta: 1e6, ..base },
         Family::Olmoe => Defaults { norm_eps: 1e-5, experts_per_token: 8, aux_loss: 0.01, ..base },
         Family::Qwen2Moe => Defaults { kv_heads: Some(16), experts_per_token: 4, shared_hidden: Some(5632), ..base },
+        Family::Qwen3Moe => Defaults { kv_heads: Some(4), experts_per_token: 8, ..base },
+        Family::Phi3 => Defaults { norm_eps: 1e-5, ..base },
         Family::Gpt2 | Family::Llama => base,
     }
 }
 
-/// Llama 2 and 3, Mistral, Qwen2 and Qwen3: RoPE, RMSNorm, SwiGLU, grouped-query attention.
+/// Llama 2 and 3, Mistral, Qwen2, Qwen3 and Phi-3 (and the MoE families built on them): RoPE,
+/// RMSNorm, SwiGLU, grouped-query attention.
 fn llama_like(name: &str, family: Family, r: &Reader) -> Result<ModelSpec, String> {
     let dft = defaults(family);
     let d = r.size("hidden_size", "d_model", None)?;
@@ -180,10 +185,12 @@ fn llama_like(name: &str, family: Family, r: &Reader) -> Result<ModelSpec, Strin
     let context = r.size("max_position_embeddings", "context", None)?;
     full_attention(family, r, context, dft.sliding_window)?;
     r.only("pretraining_tp", Value::from(1), "tensor-parallel slicing of the projections is not supported")?;
+    whole_rotary(r)?;
     // Qwen2 always has biases on q, k, v (none on o or the MLP); Llama and Qwen3 say which.
     let (attn_bias, mlp_bias) = match family {
         Family::Qwen2 | Family::Qwen2Moe | Family::Mistral | Family::Mixtral => (false, false),
-        Family::Olmoe => (r.flag("attention_bias", false)?, false),
+        Family::Olmoe | Family::Qwen3Moe => (r.flag("attention_bias", false)?, false),
+        Family::Phi3 => (false, false),
         _ => (r.flag("attention_bias", false)?, r.flag("mlp_bias", false)?),
     };
     if attn_bias != mlp_bias {
@@ -197,7 +204,8 @@ fn llama_like(name: &str, family: Family, r: &Reader) -> Result<ModelSpec, Strin
             r.only("clip_qkv", Value::Null, "roux does not clip queries, keys and values")?;
             Some(sparse_moe(r, &dft, "num_experts", "intermediate_size", r.flag("norm_topk_prob", false)?, (0..layers).collect())?)
         }
-        Family::Qwen2Moe => Some(qwen2_moe(r, &dft, layers)?),
+        Family::Qwen2Moe => Some(qwen_moe(r, &dft, layers, true)?),
+        Family::Qwen3Moe => Some(qwen_moe(r, &dft, layers, false)?),
         _ => None,
     };
     Ok(ModelSpec {
@@ -214,7 +222,7 @@ fn llama_like(name: &str, family: Family, r: &Reader) -> Result<ModelSpec, Strin
         tie_embeddings: r.flag("tie_word_embeddings", false)?,
         bias: attn_bias,
         qkv_bias: family == Family::Qwen2 || (family == Family::Qwen2Moe && r.flag("qkv_bias", true)?),
-        qk_norm: matches!(family, Family::Qwen3 | Family::Olmoe),
+        qk_norm: matches!(family, Family::Qwen3 | Family::Qwen3Moe | Family::Olmoe),
         qk_norm_whole: family == Family::Olmoe,
         head_size: (Some(head) != default_head).then_some(head),
         norm_eps: Some(r.float("rms_norm_eps", dft.norm_eps)?),
@@ -254,24 +262,39 @@ fn sparse_moe(r: &Reader, dft: &Defaults, experts_key: &str, hidden_key: &str, n
     })
 }
 
-/// Qwen2-MoE: experts of `moe_intermediate_size` in the blocks `decoder_sparse_step` picks (less
-/// `mlp_only_layers`, dense with `intermediate_size`), and one shared expert of
-/// `shared_expert_intermediate_size` whose output a sigmoid gate scales.
-fn qwen2_moe(r: &Reader, dft: &Defaults, layers: usize) -> Result<MoeSpec, String> {
+/// Qwen2-MoE and Qwen3-MoE: experts of `moe_intermediate_size` in the blocks
+/// `decoder_sparse_step` picks (less `mlp_only_layers`, dense with `intermediate_size`); with
+/// `shared` (Qwen2-MoE), one shared expert of `shared_expert_intermediate_size` whose output a
+/// sigmoid gate scales. transformers 5 writes Qwen3-MoE's `num_experts` as `num_local_experts`.
+fn qwen_moe(r: &Reader, dft: &Defaults, layers: usize, shared: bool) -> Result<MoeSpec, String> {
     let step = r.size("decoder_sparse_step", "layers", Some(1))?;
     let dense: std::collections::HashSet<u64> = r.get("mlp_only_layers").and_then(Value::as_array).map(|a| a.iter().filter_map(Value::as_u64).collect()).unwrap_or_default();
     let picked = (0..layers).filter(|l| !dense.contains(&(*l as u64)) && (l + 1) % step == 0).collect();
-    let mut m = sparse_moe(r, dft, "num_experts", "moe_intermediate_size", r.flag("norm_topk_prob", false)?, picked)?;
-    let shared = r.size("shared_expert_intermediate_size", "hidden", dft.shared_hidden)?;
-    (m.shared, m.shared_hidden, m.shared_gate) = (1, Some(shared), true);
+    let experts_key = if shared || r.get("num_experts").is_some() { "num_experts" } else { "num_local_experts" };
+    let mut m = sparse_moe(r, dft, experts_key, "moe_intermediate_size", r.flag("norm_topk_prob", false)?, picked)?;
+    if shared {
+        let width = r.size("shared_expert_intermediate_size", "hidden", dft.shared_hidden)?;
+        (m.shared, m.shared_hidden, m.shared_gate) = (1, Some(width), true);
+    }
     Ok(m)
+}
+
+/// Rotary embedding over every feature of a head: Phi-3's `partial_rotary_factor` (in
+/// `rope_parameters` or beside it) must be 1.
+fn whole_rotary(r: &Reader) -> Result<(), String> {
+    let params = r.get("rope_parameters").or_else(|| r.get("rope_scaling"));
+    let factor = params.and_then(|p| p.get("partial_rotary_factor")).filter(|v| !v.is_null()).or_else(|| r.get("partial_rotary_factor"));
+    match factor {
+        Some(v) if v.as_f64() != Some(1.0) => Err(format!("`partial_rotary_factor` = {v}: roux rotates every feature of a head")),
+        _ => Ok(()),
+    }
 }
 
 /// Every layer attends to every earlier position: no sliding window shorter than the context.
 fn full_attention(family: Family, r: &Reader, context: usize, default_window: Option<usize>) -> Result<(), String> {
     let windowed = match family {
-        Family::Mistral | Family::Mixtral => r.get("sliding_window").is_some() || (r.0.get("sliding_window").is_none() && default_window.is_some()),
-        Family::Qwen2 | Family::Qwen2Moe | Family::Qwen3 => r.flag("use_sliding_window", false)?,
+        Family::Mistral | Family::Mixtral | Family::Phi3 => r.get("sliding_window").is_some() || (r.0.get("sliding_window").is_none() && default_window.is_some()),
+        Family::Qwen2 | Family::Qwen2Moe | Family::Qwen3 | Family::Qwen3Moe => r.flag("use_sliding_window", false)?,
         _ => false,
     };
     if windowed {

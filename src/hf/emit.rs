@@ -36,6 +36,8 @@ pub fn config(spec: &ModelSpec, family: Family) -> Value {
                 Family::Mixtral => "mixtral",
                 Family::Olmoe => "olmoe",
                 Family::Qwen2Moe => "qwen2_moe",
+                Family::Qwen3Moe => "qwen3_moe",
+                Family::Phi3 => "phi3",
                 _ => "llama",
             };
             let mut rope = json!({"rope_type": "default", "rope_theta": spec.rope_theta()});
@@ -52,13 +54,13 @@ pub fn config(spec: &ModelSpec, family: Family) -> Value {
                 "max_position_embeddings": spec.context, "rms_norm_eps": spec.norm_eps(), "hidden_act": "silu",
                 "rope_theta": spec.rope_theta(), "rope_parameters": rope,
             });
-            if matches!(family, Family::Llama | Family::Qwen3 | Family::Olmoe) {
+            if matches!(family, Family::Llama | Family::Qwen3 | Family::Olmoe | Family::Qwen3Moe) {
                 c["attention_bias"] = json!(spec.bias);
             }
             if family == Family::Llama {
                 c["mlp_bias"] = json!(spec.bias);
             }
-            if matches!(family, Family::Mistral | Family::Mixtral) {
+            if matches!(family, Family::Mistral | Family::Mixtral | Family::Phi3) {
                 c["sliding_window"] = Value::Null;
             }
             let moe = spec.moe.as_ref().and_then(|m| match &m.router {
@@ -70,14 +72,17 @@ pub fn config(spec: &ModelSpec, family: Family) -> Value {
                 c["norm_topk_prob"] = json!(normalize);
                 c["num_experts_per_tok"] = json!(k);
                 c["router_aux_loss_coef"] = json!(balance_loss / k as f64);
-                if family == Family::Qwen2Moe {
-                    // Experts in the blocks `moe.layers` names, the rest dense, one gated shared expert.
+                if matches!(family, Family::Qwen2Moe | Family::Qwen3Moe) {
+                    // Experts in the blocks `moe.layers` names, the rest dense (Qwen2-MoE: one
+                    // gated shared expert).
                     c["moe_intermediate_size"] = json!(m.expert.hidden);
-                    c["shared_expert_intermediate_size"] = json!(m.shared_hidden.unwrap_or(m.expert.hidden));
                     c["decoder_sparse_step"] = json!(1);
                     c["mlp_only_layers"] = json!((0..spec.layers).filter(|l| !m.layers.contains(l)).collect::<Vec<_>>());
+                }
+                if family == Family::Qwen2Moe {
+                    c["shared_expert_intermediate_size"] = json!(m.shared_hidden.unwrap_or(m.expert.hidden));
                     c["qkv_bias"] = json!(spec.qkv_bias);
-                } else {
+                } else if family != Family::Qwen3Moe {
                     c["intermediate_size"] = json!(m.expert.hidden);
                 }
             }

@@ -45,7 +45,7 @@ pub fn places(spec: &ModelSpec, family: Family) -> Vec<(String, Place)> {
         .map(|p| {
             let place = match family {
                 Family::Gpt2 => gpt2(&p.name, d, p.shape.len()),
-                _ => llama(&p.name, p.shape[0], family),
+                _ => llama(&p.name, p.shape[0], family, spec),
             };
             (p.name, place)
         })
@@ -84,7 +84,7 @@ fn gpt2(name: &str, d: usize, rank: usize) -> Place {
 
 /// Llama's names (Mistral, Qwen2 and Qwen3 share them), and Mixtral's sparse MLP; `rows` is the
 /// parameter's first dimension (the number of experts of a stacked expert tensor).
-fn llama(name: &str, rows: usize, family: Family) -> Place {
+fn llama(name: &str, rows: usize, family: Family, spec: &ModelSpec) -> Place {
     let fixed = |s: &str| Place::whole(s.to_string());
     match name {
         "tok_emb.weight" => return fixed("model.embed_tokens.weight"),
@@ -113,6 +113,11 @@ fn llama(name: &str, rows: usize, family: Family) -> Place {
         _ => {}
     }
     let (module, leaf) = rest.rsplit_once('.').unwrap_or((rest, ""));
+    if family == Family::Phi3 {
+        if let Some(p) = phi3_fused(module, block, spec) {
+            return p;
+        }
+    }
     let theirs = match module {
         "norm1" => "input_layernorm",
         "norm2" => "post_attention_layernorm",
@@ -128,6 +133,21 @@ fn llama(name: &str, rows: usize, family: Family) -> Place {
         other => other,
     };
     Place::whole(format!("model.layers.{block}.{theirs}.{leaf}"))
+}
+
+/// Phi-3 keeps q, k and v in one `qkv_proj` and the gate and up projections in one
+/// `gate_up_proj`, one after another along the output rows.
+fn phi3_fused(module: &str, block: &str, spec: &ModelSpec) -> Option<Place> {
+    let (q, kv, h) = (spec.heads * spec.head_dim(), spec.kv_heads * spec.head_dim(), spec.ffn.hidden);
+    let (fused, rows) = match module {
+        "attn.q" => ("self_attn.qkv_proj", (0, q)),
+        "attn.k" => ("self_attn.qkv_proj", (q, kv)),
+        "attn.v" => ("self_attn.qkv_proj", (q + kv, kv)),
+        "ffn.w1" => ("mlp.gate_up_proj", (0, h)),
+        "ffn.w3" => ("mlp.gate_up_proj", (h, h)),
+        _ => return None,
+    };
+    Some(Place { rows: Some(rows), ..Place::whole(format!("model.layers.{block}.{fused}.weight")) })
 }
 
 /// `blocks.3.attn.q.weight` → ("3", "attn.q.weight").

@@ -197,6 +197,8 @@ pub enum Family {
     Mixtral,
     Olmoe,
     Qwen2Moe,
+    Qwen3Moe,
+    Phi3,
 }
 
 impl Family {
@@ -211,6 +213,8 @@ impl Family {
             Family::Mixtral => "Mixtral",
             Family::Olmoe => "OLMoE",
             Family::Qwen2Moe => "Qwen2-MoE",
+            Family::Qwen3Moe => "Qwen3-MoE",
+            Family::Phi3 => "Phi-3",
         }
     }
 }
