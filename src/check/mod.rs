@@ -294,6 +294,8 @@ impl<'a> Checker<'a> {
             }
             let mut d = Diagnostic::error(Code::E0130, span, format!("unknown {what} `{full}`"));
             d = match did_you_mean(&full, names.iter().copied()) {
+                // `model m = merge(sft.adapter)`: the merged model is written where it is used.
+                _ if full == "merge" => d.with_hint("`merge(STAGE.adapter)` is written where a stage takes a model, as in `dpo(merge(sft.adapter), prefs)`; a `model` is declared as `transformer { … }` or `hf(\"dir\")`"),
                 Some(s) => d.with_hint(format!("did you mean `{s}`?")),
                 None => d.with_hint(format!("one of {}", names.join(", "))),
             };
