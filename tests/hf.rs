@@ -27,6 +27,7 @@ const CHECKPOINTS: &[(&str, &[&str])] = &[
     ("qwen3moe", &["qwen3moe", "--dtype", "bfloat16"]),
     ("phi3", &["phi3"]),
     ("phi3-tok", &["phi3", "--tokenizer"]),
+    ("qwen3moe-tok", &["qwen3moe", "--tokenizer"]),
 ];
 
 /// Every checkpoint of `CHECKPOINTS`, made once by one Python process (transformers takes
@@ -591,38 +592,87 @@ fn lora_on_part_of_phi3s_fused_projections_exports_as_a_peft_adapter() {
     lora_exports_as_peft("lora-phi3", "phi3-tok", "attn.q, attn.v, ffn.w1");
 }
 
-/// A LoRA SFT stage on imported checkpoint `which` (adapters on `targets`) exported with
-/// `--to peft`: transformers + peft on the checkpoint compute roux's merged model's logits.
-fn lora_exports_as_peft(name: &str, which: &str, targets: &str) {
+/// A LoRA SFT stage (adapters on `targets`, `steps` steps) run on a copy of checkpoint `which`
+/// with chat data: the project folder, and the stage's model merged and the checkpoint's, loaded.
+fn lora_run(name: &str, which: &str, targets: &str, steps: usize) -> (PathBuf, roux::run::model::Model, roux::run::model::Model) {
     let dir = checkpoint(name, which);
     chat_data(&dir);
-    let recipe = r#"experiment "lora" {
+    let recipe = format!(
+        r#"experiment "lora" {{
   seed = 4
   model base = hf("ck")
-  data chat = instructions("chat.jsonl") { tokenizer = base.tokenizer }
-  stage sft = finetune(base, chat) {
-    adapter = lora { rank = 4, alpha = 8, targets = [TARGETS] }
-    steps = 30
+  data chat = instructions("chat.jsonl") {{ tokenizer = base.tokenizer }}
+  stage sft = finetune(base, chat) {{
+    adapter = lora {{ rank = 4, alpha = 8, targets = [{targets}] }}
+    steps = {steps}
     batch = 8
-    optimizer = adamw { lr = 3e-2 }
-    eval_every = 30
+    optimizer = adamw {{ lr = 3e-2 }}
+    eval_every = {steps}
     eval_examples = 10
     max_new = 4
-  }
-}
-"#;
-    std::fs::write(dir.join("r.roux"), recipe.replace("TARGETS", targets)).unwrap();
+  }}
+}}
+"#
+    );
+    std::fs::write(dir.join("r.roux"), recipe).unwrap();
     let o = roux(&["run", dir.join("r.roux").to_str().unwrap(), "--out", dir.join("runs").to_str().unwrap()]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    let adapter = dir.join("adapter");
-    let o = roux(&["export", dir.join("runs/lora/sft").to_str().unwrap(), "--to", "peft", "-o", adapter.to_str().unwrap(), "--base", dir.join("ck").to_str().unwrap()]);
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    // roux's merged model against transformers' checkpoint with peft's adapter on it.
     let c = roux::frontend::compile(&dir.join("r.roux")).unwrap();
     let recipe = c.recipe.unwrap();
     let merged = roux::recipe::ModelRef { arch: "base".into(), weights: roux::recipe::Weights::Merged { stage: "sft".into() } };
     let model = roux::run::kit::artifacts::load_lm(&recipe, &dir.join("runs/lora"), &merged, Device::Cpu).unwrap();
     let plain = roux::run::kit::hf::load(&recipe.models[0], Device::Cpu, None).unwrap();
+    (dir, model, plain)
+}
+
+/// PEFT with transformers 5 reads a Qwen3-MoE model's MLP targets as its experts' fused
+/// weights, so an adapter on its dense block's MLP cannot go out as a PEFT adapter: the export
+/// says so and how to write the model instead. `roux merge` folds it into the checkpoint's
+/// weights (and says so), and transformers computes the merged model's logits from its export.
+#[test]
+fn an_adapter_on_a_qwen3_moe_dense_mlp_goes_out_merged_not_as_peft() {
+    let (dir, model, plain) = lora_run("lora-qwen3moe", "qwen3moe-tok", "attn.q, ffn.w1", 10);
+    let run = dir.join("runs/lora/sft");
+    let o = roux(&["export", run.to_str().unwrap(), "--to", "peft", "-o", dir.join("adapter").to_str().unwrap()]);
+    let err = String::from_utf8_lossy(&o.stderr).to_string();
+    let merged = run.join("merged");
+    let want = format!(
+        "{}: the adapter on `model.layers.1.mlp.gate_proj` (a dense block's MLP) cannot be loaded by PEFT as trained: with transformers 5 it reads every MLP \
+         projection target of a Qwen3-MoE model as the experts' fused weights. Export the fine-tuned model whole instead: `roux merge {}`, then `roux export {} --to hf`",
+        run.display(),
+        run.display(),
+        merged.display()
+    );
+    assert!(!o.status.success() && err.contains(&want), "{err}");
+    assert!(!dir.join("adapter").exists());
+    let o = roux(&["merge", run.to_str().unwrap()]);
+    let err = String::from_utf8_lossy(&o.stderr).to_string();
+    assert!(o.status.success() && err.contains(&format!("`sft`'s adapter merged into the checkpoint in {}", dir.join("ck").display())), "{err}");
+    let out = dir.join("out");
+    let o = roux(&["export", merged.to_str().unwrap(), "--to", "hf", "-o", out.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    // roux's merged model on the four prompts, then transformers on the export.
+    let prompts: Vec<Vec<i64>> = expected(&dir)["prompts"].as_array().unwrap().iter().map(|p| p.as_array().unwrap().iter().map(|t| t.as_i64().unwrap()).collect()).collect();
+    let logits = |m: &roux::run::model::Model| -> Vec<Vec<f64>> {
+        prompts.iter().map(|p| Vec::<f64>::try_from(&tch::no_grad(|| m.forward(&Tensor::from_slice(p).view([1, -1]), false)).to_kind(Kind::Double).view([-1])).unwrap()).collect()
+    };
+    let (ours, base) = (logits(&model), logits(&plain));
+    let moved = ours.iter().flatten().zip(base.iter().flatten()).map(|(a, b)| (a - b).abs()).fold(0.0, f64::max);
+    assert!(moved > 1e-3, "the adapter changes nothing ({moved:.1e}): the test would prove nothing");
+    std::fs::write(dir.join("ours.json"), serde_json::json!({"prompts": prompts, "logits": ours}).to_string()).unwrap();
+    let (class, gap) = transformers_logits(&out, &dir.join("ours.json"));
+    eprintln!("merged Qwen3-MoE LoRA: transformers on roux's export ({class}), max |Δlogit| = {gap:.3e}");
+    assert!(class == "Qwen3MoeForCausalLM" && gap < 1e-4, "{class} {gap:.3e}");
+}
+
+/// A LoRA SFT stage on imported checkpoint `which` (adapters on `targets`) exported with
+/// `--to peft`: transformers + peft on the checkpoint compute roux's merged model's logits.
+fn lora_exports_as_peft(name: &str, which: &str, targets: &str) {
+    let (dir, model, plain) = lora_run(name, which, targets, 30);
+    let adapter = dir.join("adapter");
+    let o = roux(&["export", dir.join("runs/lora/sft").to_str().unwrap(), "--to", "peft", "-o", adapter.to_str().unwrap(), "--base", dir.join("ck").to_str().unwrap()]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    // roux's merged model against transformers' checkpoint with peft's adapter on it.
     let tokens: Vec<i64> = (0..20).map(|i| (i * 37 + 11) % 280).collect();
     let x = Tensor::from_slice(&tokens).view([1, -1]);
     let ours = tch::no_grad(|| model.forward(&x, false)).to_kind(Kind::Double);

@@ -20,7 +20,7 @@ pub struct Merged {
     /// The LoRA stage whose adapter was merged, and its experiment.
     pub stage: String,
     pub experiment: String,
-    /// Where its base weights came from: a stage, or fresh weights.
+    /// Where its base weights came from: a stage, a checkpoint, or fresh weights.
     pub base: String,
     pub params: u64,
 }
@@ -61,7 +61,8 @@ pub fn merged_model(run: &Path, device: tch::Device) -> Result<(crate::run::mode
     let (mut user, mut weights) = (adapter, base_ref.weights.clone());
     let base = loop {
         match weights {
-            Weights::Init => break "fresh weights".to_string(),
+            // An imported model's initial weights are its checkpoint's.
+            Weights::Init => break spec.checkpoint.as_ref().map_or("fresh weights".to_string(), |c| format!("the checkpoint in {}", c.dir.display())),
             Weights::Stage { stage: s } => {
                 let dir = lifecycle::stage_dir(&runs, &s)?;
                 same_output(&user, &s, &lifecycle::finished(&dir)?)?;

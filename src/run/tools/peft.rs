@@ -80,6 +80,7 @@ pub fn export_peft(run: &Path, out: &Path, base: Option<&str>) -> Result<Family>
     if modules.is_empty() {
         bail!("{} holds no adapter tensors", file.display());
     }
+    refuse_remapped_mlp(layout, &modules, run)?;
     let rank = lora.rank as i64;
     let (mut named, mut rank_pattern, mut alpha_pattern) = (vec![], serde_json::Map::new(), serde_json::Map::new());
     for (module, mut parts) in modules {
@@ -134,6 +135,28 @@ pub fn export_peft(run: &Path, out: &Path, base: Option<&str>) -> Result<Family>
         super::export::tokenizer_files(c, &v, out)?;
     }
     Ok(layout)
+}
+
+/// With transformers 5, PEFT (0.21) reads every target named as a Mixtral, OLMoE or Qwen3-MoE
+/// MLP projection as the experts' fused weights (`_convert_peft_config_moe`), so an adapter on a
+/// dense block's MLP (Qwen3-MoE's `mlp_only_layers`) would load onto the experts, or not at all.
+fn refuse_remapped_mlp(layout: Family, modules: &BTreeMap<String, Vec<Part>>, run: &Path) -> Result<()> {
+    const REMAPPED: [&str; 6] = ["gate_proj", "up_proj", "down_proj", "w1", "w2", "w3"];
+    if !matches!(layout, Family::Mixtral | Family::Olmoe | Family::Qwen3Moe) {
+        return Ok(());
+    }
+    if let Some(m) = modules.keys().find(|m| REMAPPED.iter().any(|leaf| m.ends_with(&format!(".mlp.{leaf}")))) {
+        bail!(
+            "{}: the adapter on `{m}` (a dense block's MLP) cannot be loaded by PEFT as trained: with transformers 5 it reads every MLP projection \
+             target of a {} model as the experts' fused weights. Export the fine-tuned model whole instead: `roux merge {}`, then \
+             `roux export {} --to hf`",
+            run.display(),
+            layout.name(),
+            run.display(),
+            run.join("merged").display()
+        );
+    }
+    Ok(())
 }
 
 /// ‖W‖ of each output row of `module` in the base export `base` (a Hugging Face directory).
