@@ -28,6 +28,11 @@ const CHECKPOINTS: &[(&str, &[&str])] = &[
     ("phi3", &["phi3"]),
     ("phi3-tok", &["phi3", "--tokenizer"]),
     ("qwen3moe-tok", &["qwen3moe", "--tokenizer"]),
+    ("mistral-window", &["mistral", "--window", "8"]),
+    ("qwen2-window", &["qwen2", "--window", "8"]),
+    ("qwen2moe-window", &["qwen2moe", "--window", "8"]),
+    ("qwen3moe-window", &["qwen3moe", "--window", "8"]),
+    ("phi3-window", &["phi3", "--window", "8"]),
 ];
 
 /// Every checkpoint of `CHECKPOINTS`, made once by one Python process (transformers takes
@@ -722,6 +727,32 @@ fn qwen3_moe_in_bfloat16_with_per_head_qk_norm_renormalised_gates_and_a_dense_bl
     // transformers 5 writes `num_experts` as `num_local_experts`; checkpoints on the hub keep
     // the first (tests/hf_check.rs reads both).
     import("qwen3moe", "Qwen3MoeForCausalLM");
+}
+
+/// Sliding-window attention as each family's config places it: Mistral and Phi-3 by
+/// `sliding_window` in every block, Qwen3-MoE in every block with `use_sliding_window`, Qwen2 in
+/// the blocks from `max_window_layers` on, Qwen2-MoE in the even blocks below it. Each imports
+/// with transformers' logits on prompts of up to 33 tokens through an 8-token window (which
+/// moves them: without it roux's differ), and exports as the same config.
+#[test]
+fn attention_windows_import_where_each_family_places_them() {
+    for (name, class, blocks) in [
+        ("mistral-window", "MistralForCausalLM", None),
+        ("phi3-window", "Phi3ForCausalLM", None),
+        ("qwen3moe-window", "Qwen3MoeForCausalLM", None),
+        ("qwen2-window", "Qwen2ForCausalLM", Some(vec![1])),
+        ("qwen2moe-window", "Qwen2MoeForCausalLM", Some(vec![0])),
+    ] {
+        import(name, class);
+        let dir = checkpoint(&format!("{name}-spec"), name);
+        let spec = roux::frontend::compile(&dir.join("import.roux")).unwrap().recipe.unwrap().models[0].clone();
+        assert_eq!((spec.window, &spec.window_layers), (Some(8), &blocks), "{name}");
+        let x = Tensor::from_slice(&expected(&dir)["prompts"][3].as_array().unwrap().iter().map(|t| t.as_i64().unwrap()).collect::<Vec<_>>()).view([1, -1]);
+        let full = roux::recipe::ModelSpec { window: None, window_layers: None, ..spec.clone() };
+        let logits = |s: &roux::recipe::ModelSpec| tch::no_grad(|| roux::run::kit::hf::load(s, Device::Cpu, None).unwrap().forward(&x, false));
+        let moved = (logits(&spec) - logits(&full)).abs().max().double_value(&[]);
+        assert!(moved > 1e-3, "{name}: the window moves no logit ({moved:.1e}): the test would prove nothing");
+    }
 }
 
 #[test]

@@ -94,10 +94,15 @@ fn an_architecture_roux_cannot_compute_is_named_with_the_supported_list() {
     let mut c = llama_config();
     c["architectures"] = json!(["MistralForCausalLM"]);
     c["sliding_window"] = json!(8);
-    assert_eq!(
-        check("window", &c, None)[0].1,
-        "`ck/config.json` `sliding_window` = 8 is shorter than the context (16); roux's attention is full causal (set `max_position_embeddings` ≤ 8 to use it)"
-    );
+    // A window shorter than the context is read (tests/hf.rs holds its logits to transformers').
+    assert_eq!(check("window", &c, None), vec![]);
+    c["layer_types"] = json!(["chunked_attention"]);
+    assert_eq!(check("chunked", &c, None)[0].1, "`ck/config.json` `layer_types` holds \"chunked_attention\"; roux's blocks attend fully or through `sliding_window`");
+    c["architectures"] = json!(["Qwen2ForCausalLM"]);
+    c["layer_types"] = json!(["sliding_attention"]);
+    assert_eq!(check("no-window", &c, None)[0].1, "`ck/config.json` `layer_types` names sliding-attention blocks, but `use_sliding_window` is false");
+    c["layer_types"] = json!(["full_attention", "sliding_attention"]);
+    assert_eq!(check("types", &c, None)[0].1, "`ck/config.json` `layer_types` names 2 blocks; the model has 1");
     let mut c = llama_config();
     c["rope_scaling"] = json!({"rope_type": "yarn", "factor": 4.0});
     assert_eq!(check("yarn", &c, None)[0].1, "`ck/config.json` rope type `yarn` is not supported (roux has default and llama3)");
@@ -271,7 +276,7 @@ fn qwen3_30b_a3b_and_phi4_from_their_configs_alone_are_counted_exactly() {
 }
 
 /// What Phi-3 layouts roux cannot compute exactly are told: Phi-4-mini rotates 3/4 of each head
-/// (and scales rope by "longrope"); Phi-3-mini-4k attends through a 2047-token window.
+/// (and scales rope by "longrope"). Phi-3-mini-4k's 2047-token window is read.
 #[test]
 fn phi3_variants_roux_would_only_approximate_are_refused_by_name() {
     let phi3 = |extra: Value| {
@@ -285,10 +290,10 @@ fn phi3_variants_roux_would_only_approximate_are_refused_by_name() {
     let mini4 = phi3(json!({"partial_rotary_factor": 0.75, "rope_scaling": {"type": "longrope", "short_factor": [1.0], "long_factor": [1.0]}}));
     assert_eq!(check("phi4-mini", &mini4, None), vec![("E0216".into(), "`ck/config.json` `partial_rotary_factor` = 0.75: roux rotates every feature of a head".into())]);
     let window = phi3(json!({"sliding_window": 2047}));
-    assert_eq!(
-        check("phi3-window", &window, None)[0].1,
-        "`ck/config.json` `sliding_window` = 2047 is shorter than the context (4096); roux's attention is full causal (set `max_position_embeddings` ≤ 2047 to use it)"
-    );
+    assert_eq!(check("phi3-window", &window, None), vec![]);
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/test-runs/hf-check-phi3-window");
+    let spec = roux::frontend::compile(&dir.join("r.roux")).unwrap().recipe.unwrap().models[0].clone();
+    assert_eq!((spec.window, spec.window_layers), (Some(2047), None));
     let longrope = phi3(json!({"rope_scaling": {"type": "longrope", "short_factor": [1.0], "long_factor": [1.0]}}));
     assert_eq!(check("phi3-longrope", &longrope, None)[0].1, "`ck/config.json` rope type `longrope` is not supported (roux has default and llama3)");
 }

@@ -122,12 +122,15 @@ fn the_kv_cache_gives_the_logits_of_the_whole_sequence() {
     // Logits computed piecewise through the cache (a prefill of 5 tokens, 3 single tokens, then 4
     // at once, which needs the offset causal mask) equal one forward pass over all 12 tokens:
     // learned positions (tiny), rope with grouped-query attention (tiny-llama, 1 key/value head
-    // for 2 query heads), and a dropless top-2 mixture of experts.
+    // for 2 query heads; and with a 3-token attention window in every block, or in block 0 only,
+    // which the cache must cut as the whole pass does), and a dropless top-2 mixture of experts.
     let mut llama = roux::frontend::compile(&fixture("tiny-llama.roux")).unwrap().recipe.unwrap().models[0].clone();
     llama.kv_heads = 1;
+    let windowed = roux::recipe::ModelSpec { window: Some(3), ..llama.clone() };
+    let one_windowed = roux::recipe::ModelSpec { window_layers: Some(vec![0]), ..windowed.clone() };
     let tiny = roux::frontend::compile(&fixture("tiny.roux")).unwrap().recipe.unwrap().models[0].clone();
     let moe = roux::frontend::compile(&fixture("tiny-moe-topk.roux")).unwrap().recipe.unwrap().models[0].clone();
-    for (fixture, spec) in [("tiny", tiny), ("tiny-llama", llama), ("tiny-moe-topk", moe)] {
+    for (fixture, spec) in [("tiny", tiny), ("tiny-llama", llama), ("tiny-llama, window 3", windowed), ("tiny-llama, window 3 in block 0", one_windowed), ("tiny-moe-topk", moe)] {
         tch::manual_seed(4);
         let m = Model::new(&spec, Device::Cpu).unwrap();
         let x = Tensor::randint(spec.vocab as i64, [3, 12], (Kind::Int64, Device::Cpu));
@@ -148,6 +151,13 @@ fn the_kv_cache_gives_the_logits_of_the_whole_sequence() {
             let d = (first - whole.select(1, 10)).abs().max().double_value(&[]).max((next - whole.select(1, 11)).abs().max().double_value(&[]));
             assert!(d < 1e-5, "{fixture}: the next token's logits differ by {d}");
             assert!(whole.abs().max().double_value(&[]) > 1e-3, "logits are not all zero");
+            if spec.window.is_some() {
+                // The same weights without the window: the positions past it differ, not those before.
+                tch::manual_seed(4);
+                let full = Model::new(&roux::recipe::ModelSpec { window: None, window_layers: None, ..spec.clone() }, Device::Cpu).unwrap().forward(&x, false);
+                let gap = |from: i64, len: i64| (full.narrow(1, from, len) - whole.narrow(1, from, len)).abs().max().double_value(&[]);
+                assert!(gap(0, 3) < 1e-6 && gap(3, 9) > 1e-3, "{fixture}: the window changes {} in its reach, {} past it", gap(0, 3), gap(3, 9));
+            }
         });
     }
 }

@@ -55,6 +55,9 @@ pub enum OpKind {
         #[serde(skip_serializing_if = "std::ops::Not::not")]
         qk_norm_whole: bool,
         dropout: f64,
+        /// Sliding-window attention: each token sees itself and the `window − 1` before it.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        window: Option<usize>,
     },
     Mlp { dim: usize, hidden: usize, act: Activation, bias: bool, dropout: f64 },
     /// Mixture of experts: a router and `experts` MLPs (stacked into one tensor per matrix, no
@@ -304,6 +307,7 @@ pub fn lower_model(spec: &ModelSpec) -> ModelGraph {
                 qk_norm: spec.qk_norm,
                 qk_norm_whole: spec.qk_norm_whole,
                 dropout: spec.dropout,
+                window: spec.window_of(i),
             },
             btd.clone(),
         );

@@ -45,6 +45,8 @@ pub const SIZE_LIMITS: &[(&str, u64)] = &[
     ("outputs", 1 << 20),
     // Muon's Newton–Schulz iterations per update (torch.optim.Muon refuses 100 or more).
     ("ns_steps", 99),
+    // An attention window (also below the context).
+    ("window", 1 << 24),
 ];
 
 

@@ -50,6 +50,7 @@ impl<'a> Checker<'a> {
         let dropout = f.ranged(self, "dropout", Some(0.0), 0.0, false, 1.0, true);
         let bias = f.bool(self, "bias", true);
         let options = self.pretrained_options(&mut f);
+        let window = self.check_window(&mut f, context, layers, sized);
         let explicit_head = !sized && f.field("head_dim").is_some();
         let (ffn, moe) = match f.field("ffn") {
             Some(field) if matches!(field.value.as_ctor_name().as_deref(), Some("moe")) => {
@@ -108,6 +109,8 @@ impl<'a> Checker<'a> {
             bias: bias?,
             head_size: explicit_head.then_some(head_size),
             checkpoint: None,
+            window: window.clone()?.0,
+            window_layers: window?.1,
             ..options?
         };
         if (spec.rope_theta.is_some() || spec.rope_scaling.is_some()) && spec.position != Position::Rope {
@@ -122,6 +125,63 @@ impl<'a> Checker<'a> {
             return None;
         }
         self.size_model(spec, target?, aspect?, head_dim?, d.name.span)
+    }
+
+    /// A list of 0-based block indices of a model of `n` blocks (`field`'s value), sorted, each
+    /// once; `what` names the option in the hint.
+    pub(super) fn block_list(&mut self, field: &'a crate::syntax::ast::Field, scope: &super::eval::Scope<'a>, n: usize, what: &str) -> Option<Vec<usize>> {
+        let key = &field.key.name;
+        let crate::syntax::ast::ExprKind::List(items) = &field.value.kind else {
+            self.error(Diagnostic::error(Code::E0120, field.value.span, format!("`{key}` expects a list of block indices")).with_hint(format!("write `{key} = [1, 3]`")));
+            return None;
+        };
+        let mut out = vec![];
+        for it in items {
+            let v = self.eval_num(it, scope)?;
+            if v.fract() != 0.0 || v < 0.0 || v >= n as f64 {
+                self.error(Diagnostic::error(Code::E0231, it.span, format!("block {v} does not exist: the model has {n} blocks (0 to {})", n - 1))
+                    .with_hint(format!("{what} names blocks by 0-based index")));
+                return None;
+            }
+            out.push(v as usize);
+        }
+        out.sort();
+        out.dedup();
+        Some(out)
+    }
+
+    /// `window = W` (every block, or those `window_layers` names) for a model of `context`
+    /// positions and `layers` blocks (`sized`: derived from `params`, so no block can be named):
+    /// W from 1 to the context less one (a window as long as the context is full attention).
+    fn check_window(&mut self, f: &mut Fields<'a>, context: Option<usize>, layers: Option<usize>, sized: bool) -> Option<(Option<usize>, Option<Vec<usize>>)> {
+        let list = f.field("window_layers");
+        if f.field("window").is_none() {
+            if let Some(l) = list {
+                self.error(Diagnostic::error(Code::E0107, l.key.span, "`window_layers` names the blocks with an attention window, but there is no `window`")
+                    .with_hint("add `window = 4096` (each token attends to itself and the 4095 before it)"));
+                return None;
+            }
+            return Some((None, None));
+        }
+        let w = f.size(self, "window", None)?;
+        let context = context?;
+        if w >= context {
+            self.error(Diagnostic::error(Code::E0202, f.value_span("window"), format!("window = {w} is not shorter than the context ({context}): every token already attends to all before it"))
+                .with_hint("leave `window` out for full attention"));
+            return None;
+        }
+        let blocks = match (list, layers) {
+            (Some(l), _) if sized => {
+                self.error(Diagnostic::error(Code::E0107, l.key.span, "a model sized by `params` derives its depth, so `window_layers` cannot name its blocks")
+                    .with_hint("give d_model, layers and heads instead of params, or leave `window_layers` out (a window in every block)"));
+                return None;
+            }
+            (Some(l), Some(n)) => Some(self.block_list(l, &f.scope.clone(), n, "`window_layers`")?),
+            // (The depth was refused already.)
+            (Some(_), None) => return None,
+            (None, _) => None,
+        };
+        Some((Some(w), blocks))
     }
 
     /// The model, if its parameter count stays within what plans count exactly.

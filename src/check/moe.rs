@@ -8,7 +8,7 @@ use super::fields::{Fields, Min};
 use super::Checker;
 use crate::diag::{Code, Diagnostic};
 use crate::recipe::{MoeSpec, RouterSpec};
-use crate::syntax::ast::{ExprKind, Field};
+use crate::syntax::ast::Field;
 
 pub const ROUTERS: &[&str] = &["softmax", "noisy_topk", "switch", "topk", "expert_choice"];
 
@@ -68,24 +68,7 @@ impl<'a> Checker<'a> {
         }
         let n = layers?;
         if let Some(l) = list_field {
-            let ExprKind::List(items) = &l.value.kind else {
-                self.error(Diagnostic::error(Code::E0120, l.value.span, "`layers` expects a list of block indices").with_hint("write `layers = [1, 3]`"));
-                return None;
-            };
-            let scope = f.scope.clone();
-            let mut out = vec![];
-            for it in items {
-                let v = self.eval_num(it, &scope)?;
-                if v.fract() != 0.0 || v < 0.0 || v >= n as f64 {
-                    self.error(Diagnostic::error(Code::E0231, it.span, format!("block {v} does not exist: the model has {n} blocks (0 to {})", n - 1))
-                        .with_hint("MoE placement names blocks by 0-based index"));
-                    return None;
-                }
-                out.push(v as usize);
-            }
-            out.sort();
-            out.dedup();
-            return Some(out);
+            return self.block_list(l, &f.scope.clone(), n, "MoE placement");
         }
         let every = f.int(self, "every", Some(1), Min::One)? as usize;
         if every > n {

@@ -183,7 +183,8 @@ fn llama_like(name: &str, family: Family, r: &Reader) -> Result<ModelSpec, Strin
         return Err(format!("rope needs an even head size, not `head_dim` = {head}"));
     }
     let context = r.size("max_position_embeddings", "context", None)?;
-    full_attention(family, r, context, dft.sliding_window)?;
+    let layers = r.size("num_hidden_layers", "layers", None)?;
+    let (window, window_layers) = attention_window(family, r, context, layers, dft.sliding_window)?;
     r.only("pretraining_tp", Value::from(1), "tensor-parallel slicing of the projections is not supported")?;
     whole_rotary(r)?;
     // Qwen2 always has biases on q, k, v (none on o or the MLP); Llama and Qwen3 say which.
@@ -197,7 +198,6 @@ fn llama_like(name: &str, family: Family, r: &Reader) -> Result<ModelSpec, Strin
         return Err(format!("`attention_bias` = {attn_bias} with `mlp_bias` = {mlp_bias}: roux's `bias` covers both"));
     }
     let (theta, scaling) = rope(r, dft.rope_theta)?;
-    let layers = r.size("num_hidden_layers", "layers", None)?;
     let moe = match family {
         Family::Mixtral => Some(sparse_moe(r, &dft, "num_local_experts", "intermediate_size", true, (0..layers).collect())?),
         Family::Olmoe => {
@@ -229,6 +229,8 @@ fn llama_like(name: &str, family: Family, r: &Reader) -> Result<ModelSpec, Strin
         rope_theta: Some(theta),
         rope_scaling: scaling,
         moe,
+        window,
+        window_layers,
         ..ModelSpec::default()
     })
 }
@@ -290,25 +292,51 @@ fn whole_rotary(r: &Reader) -> Result<(), String> {
     }
 }
 
-/// Every layer attends to every earlier position: no sliding window shorter than the context.
-fn full_attention(family: Family, r: &Reader, context: usize, default_window: Option<usize>) -> Result<(), String> {
-    let windowed = match family {
-        Family::Mistral | Family::Mixtral | Family::Phi3 => r.get("sliding_window").is_some() || (r.0.get("sliding_window").is_none() && default_window.is_some()),
-        Family::Qwen2 | Family::Qwen2Moe | Family::Qwen3 | Family::Qwen3Moe => r.flag("use_sliding_window", false)?,
-        _ => false,
+/// The attention window and the blocks it applies to (None: every block), as transformers reads
+/// the family's config: Mistral, Mixtral, Phi-3 and Qwen3-MoE window every block by
+/// `sliding_window`; Qwen2, Qwen3 and Qwen2-MoE the blocks `layer_types` names
+/// "sliding_attention", which absent follow from `max_window_layers` (Qwen2-MoE: the even blocks
+/// below it), all only with `use_sliding_window`. A window as long as the context is none.
+fn attention_window(family: Family, r: &Reader, context: usize, layers: usize, default_window: Option<usize>) -> Result<(Option<usize>, Option<Vec<usize>>), String> {
+    let explicit_null = r.0.get("sliding_window").is_some_and(Value::is_null);
+    let window = match family {
+        Family::Mistral | Family::Mixtral | Family::Phi3 if r.get("sliding_window").is_some() || (!explicit_null && default_window.is_some()) => Some(r.size("sliding_window", "window", default_window)?),
+        Family::Qwen2 | Family::Qwen3 | Family::Qwen2Moe | Family::Qwen3Moe if r.flag("use_sliding_window", false)? && !explicit_null => Some(r.size("sliding_window", "window", Some(4096))?),
+        _ => None,
     };
-    if windowed {
-        let w = r.size("sliding_window", "context", default_window)?;
-        if w < context {
-            return Err(format!("`sliding_window` = {w} is shorter than the context ({context}); roux's attention is full causal (set `max_position_embeddings` ≤ {w} to use it)"));
+    let per_block = matches!(family, Family::Qwen2 | Family::Qwen3 | Family::Qwen2Moe);
+    let types: Option<Vec<&str>> = match r.get("layer_types") {
+        None => None,
+        Some(v) => Some(v.as_array().and_then(|a| a.iter().map(Value::as_str).collect::<Option<Vec<_>>>()).ok_or_else(|| format!("`layer_types` = {v} is not a list of strings"))?),
+    };
+    let typed = types.is_some();
+    let sliding: Vec<usize> = match types {
+        Some(t) => {
+            if t.len() != layers {
+                return Err(format!("`layer_types` names {} blocks; the model has {layers}", t.len()));
+            }
+            if let Some(bad) = t.iter().find(|k| !matches!(**k, "full_attention" | "sliding_attention") || (!per_block && **k != "full_attention")) {
+                return Err(format!("`layer_types` holds \"{}\"; roux's blocks attend fully or through `sliding_window`", bad.escape_debug()));
+            }
+            (0..layers).filter(|i| t[*i] == "sliding_attention").collect()
         }
-    }
-    if let Some(types) = r.get("layer_types").and_then(Value::as_array) {
-        if let Some(t) = types.iter().find(|t| t.as_str() != Some("full_attention")) {
-            return Err(format!("`layer_types` holds {t}; roux's layers are all full attention"));
+        None if per_block && window.is_some() => {
+            let max = match r.get("max_window_layers") {
+                None => 28,
+                Some(v) => v.as_u64().filter(|n| *n <= crate::arith::size_limit("layers")).ok_or_else(|| format!("`max_window_layers` = {v} is not a whole number from 0 to {}", crate::arith::size_limit("layers")))?,
+            } as usize;
+            match family {
+                Family::Qwen2Moe => (0..layers.min(max)).filter(|i| i % 2 == 0).collect(),
+                _ => (max.min(layers)..layers).collect(),
+            }
         }
+        None => (0..layers).collect(),
+    };
+    match window {
+        Some(w) if w < context && !sliding.is_empty() => Ok((Some(w), (sliding.len() < layers).then_some(sliding))),
+        None if per_block && !sliding.is_empty() && typed => Err("`layer_types` names sliding-attention blocks, but `use_sliding_window` is false".into()),
+        _ => Ok((None, None)),
     }
-    Ok(())
 }
 
 /// The rotary embedding's base and scaling: `rope_parameters` (transformers 5) or the older

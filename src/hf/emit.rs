@@ -16,6 +16,25 @@ pub fn classifier_class(family: Family) -> Option<String> {
     (family != Family::Olmoe).then(|| class(family).replace("LMHeadModel", "ForSequenceClassification").replace("ForCausalLM", "ForSequenceClassification"))
 }
 
+/// The attention window as the family's config says it (`config.rs` reads it back): Mistral,
+/// Mixtral, Phi-3 and Qwen3-MoE window every block by `sliding_window`; the Qwen families with
+/// `layer_types` name the blocks (written out, so `max_window_layers` does not matter).
+fn window(c: &mut Value, spec: &ModelSpec, family: Family) {
+    match family {
+        Family::Mistral | Family::Mixtral | Family::Phi3 => c["sliding_window"] = json!(spec.window),
+        Family::Qwen2 | Family::Qwen3 | Family::Qwen2Moe | Family::Qwen3Moe => {
+            c["use_sliding_window"] = json!(spec.window.is_some());
+            c["sliding_window"] = json!(spec.window);
+            if family != Family::Qwen3Moe {
+                let kind = |b: usize| if spec.window_of(b).is_some() { "sliding_attention" } else { "full_attention" };
+                c["layer_types"] = json!((0..spec.layers).map(kind).collect::<Vec<_>>());
+                c["max_window_layers"] = json!(spec.layers);
+            }
+        }
+        _ => {}
+    }
+}
+
 /// `config.json` for `spec` as a `family` checkpoint stored in float32.
 pub fn config(spec: &ModelSpec, family: Family) -> Value {
     let mut c = match family {
@@ -60,9 +79,7 @@ pub fn config(spec: &ModelSpec, family: Family) -> Value {
             if family == Family::Llama {
                 c["mlp_bias"] = json!(spec.bias);
             }
-            if matches!(family, Family::Mistral | Family::Mixtral | Family::Phi3) {
-                c["sliding_window"] = Value::Null;
-            }
+            window(&mut c, spec, family);
             let moe = spec.moe.as_ref().and_then(|m| match &m.router {
                 crate::recipe::RouterSpec::Topk { k, balance_loss, normalize, .. } => Some((m, *k, *balance_loss, *normalize)),
                 _ => None,

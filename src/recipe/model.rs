@@ -134,6 +134,13 @@ pub struct ModelSpec {
     /// Llama 3's stretching of the rotary embedding's low frequencies.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rope_scaling: Option<RopeScaling>,
+    /// Sliding-window attention (Mistral, Longformer's local attention): each token attends to
+    /// itself and the `window − 1` tokens before it, in the blocks `window_layers` names (all
+    /// when absent); the others attend to every earlier token.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub window: Option<usize>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub window_layers: Option<Vec<usize>>,
     /// Where the initial weights come from, for a model imported with `hf("…")`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub checkpoint: Option<Checkpoint>,
@@ -165,6 +172,8 @@ impl Default for ModelSpec {
             norm_eps: None,
             rope_theta: None,
             rope_scaling: None,
+            window: None,
+            window_layers: None,
             checkpoint: None,
         }
     }
@@ -276,11 +285,23 @@ impl ModelSpec {
         if (self.rope_scaling.is_some() || self.rope_theta.is_some()) && self.position != Position::Rope {
             return Err("rope θ and rope scaling need `position = rope`".into());
         }
+        if let Some(w) = self.window.filter(|w| *w == 0 || *w >= self.context) {
+            return Err(format!("attention window {w} is not from 1 to the context less one ({})", self.context.saturating_sub(1)));
+        }
+        if self.window_layers.as_ref().is_some_and(|l| self.window.is_none() || l.iter().any(|b| *b >= self.layers)) {
+            let named: Vec<String> = self.window_layers.iter().flatten().map(usize::to_string).collect();
+            return Err(format!("windowed blocks [{}] are not blocks of this model of {} with a window", named.join(", "), self.layers));
+        }
         Ok(())
     }
 
     pub fn rope_theta(&self) -> f64 {
         self.rope_theta.unwrap_or(10000.0)
+    }
+
+    /// The attention window of block `block`, if it has one.
+    pub fn window_of(&self, block: usize) -> Option<usize> {
+        self.window.filter(|_| self.window_layers.as_ref().is_none_or(|l| l.contains(&block)))
     }
 
     /// A model definition read back from a run directory (`resolved.json`'s `model`), which is a

@@ -6,6 +6,7 @@ use std::collections::HashMap;
 use tch::{Device, Kind, Tensor};
 
 use super::{Model, Packing};
+use crate::arith::OpKind;
 
 /// Keys and values of every attention layer for the tokens fed so far, so that generation
 /// computes one new position per step instead of the whole sequence again (O(T) per token, not
@@ -74,16 +75,25 @@ impl Model {
             k = k.repeat_interleave_self_int(rep, 1, None); // (B, nh, T, hs)
             v = v.repeat_interleave_self_int(rep, 1, None);
         }
-        // Query j (position offset + j) sees keys 0..=offset + j. Without a cache, or at a fresh
-        // one, that is the plain causal mask; one new token sees every key, so no mask; several
-        // new tokens after cached ones need it written out (SDPA's causal flag aligns top-left).
+        // Without a cache, or at a fresh one, and no window: the plain causal mask (SDPA's flag,
+        // which aligns top-left); otherwise written out.
         let keys = k.size()[2];
+        let window = match &self.graph.graph[self.order[i]].kind {
+            OpKind::Attention { window, .. } => window.map(|w| w as i64),
+            _ => None,
+        };
         let y = if let Some(p) = packing {
-            Tensor::scaled_dot_product_attention(&q, &k, &v, Some(&p.mask), dropout, false, None, false)
-        } else if offset == 0 {
+            // Packed sequences are contiguous, so the window over a row is each one's own.
+            let mask = match window {
+                Some(w) => &p.mask + Tensor::zeros([t, t], (p.mask.kind(), x.device())).masked_fill(&visible(t, t, 0, Some(w), x.device()).logical_not(), f64::NEG_INFINITY),
+                None => p.mask.shallow_clone(),
+            };
+            Tensor::scaled_dot_product_attention(&q, &k, &v, Some(&mask), dropout, false, None, false)
+        } else if offset == 0 && window.is_none() {
             Tensor::scaled_dot_product_attention::<Tensor>(&q, &k, &v, None, dropout, true, None, false)
         } else {
-            let mask = (t > 1).then(|| Tensor::ones([t, keys], (Kind::Bool, x.device())).tril(offset));
+            // One new token with no window to cut sees every key: no mask.
+            let mask = (t > 1 || window.is_some_and(|w| w < keys)).then(|| visible(t, keys, offset, window, x.device()));
             Tensor::scaled_dot_product_attention(&q, &k, &v, mask.as_ref(), dropout, false, None, false)
         }; // (B, nh, T, hs)
         let y = y.transpose(1, 2).contiguous().view([b, t, heads * hs]); // (B, T, heads·hs)
@@ -105,6 +115,17 @@ impl Model {
         let mut parts = y.split_with_sizes(&sizes, -1).into_iter();
         let mut next = || parts.next().expect("three parts");
         (next(), next(), next())
+    }
+}
+
+/// Which of `keys` keys each of `t` queries reads: query j sits at position offset + j and reads
+/// the keys up to it, with a window only the last `window` of them (itself and the window − 1
+/// before it, as Mistral's `sliding_window`).
+fn visible(t: i64, keys: i64, offset: i64, window: Option<i64>, device: Device) -> Tensor {
+    let causal = Tensor::ones([t, keys], (Kind::Bool, device)).tril(offset);
+    match window {
+        Some(w) => causal.triu(offset - w + 1),
+        None => causal,
     }
 }
 

@@ -25,6 +25,22 @@ pub fn family_for(spec: &ModelSpec) -> Result<Family> {
     if spec.moe.is_some() {
         bail!("model `{}` has mixture-of-experts layers; the Hugging Face export covers dense GPT-2 and Llama layouts", spec.name);
     }
+    let layout = plain_layout(spec)?;
+    match (layout, spec.window.is_some()) {
+        (f, false) | (f @ (Family::Qwen2 | Family::Qwen3), true) => Ok(f),
+        // Mistral is Llama with a window in every block (and no biases).
+        (Family::Llama, true) if spec.window_layers.is_none() && !spec.bias => Ok(Family::Mistral),
+        (f, true) => bail!(
+            "model `{}` has sliding-window attention{}, which the {} layout has no setting for (Mistral's windows every block of a model without biases; Qwen2's and Qwen3's name blocks)",
+            spec.name,
+            if spec.window_layers.is_some() { " in some blocks" } else { "" },
+            f.name()
+        ),
+    }
+}
+
+/// GPT-2 or a Llama-like layout for a model roux defined, by its options (attention windows aside).
+fn plain_layout(spec: &ModelSpec) -> Result<Family> {
     match (spec.position, spec.norm, spec.ffn.act) {
         (Position::Learned, Norm::Layernorm, Activation::Gelu) if spec.kv_heads == spec.heads && spec.head_size.is_none() && !spec.qkv_bias && !spec.qk_norm => Ok(Family::Gpt2),
         (Position::Rope, Norm::Rmsnorm, Activation::Swiglu) if spec.qk_norm => Ok(Family::Qwen3),
