@@ -100,6 +100,30 @@ fn llama_layout_export_gives_the_same_logits_in_transformers() {
     });
 }
 
+#[test]
+fn a_windowed_llama_layout_exports_as_mistral() {
+    // An 8-token attention window in every block over 24 tokens: Mistral's `sliding_window`.
+    roundtrip("tiny-llama.roux", "export-mistral", "Mistral layout", |s| {
+        s.dropout = 0.0;
+        s.window = Some(8);
+    });
+    // In some blocks only, the Llama layout has no setting for it: said, nothing written.
+    let dir = root().join("target/test-runs/export-window-blocks");
+    let _ = std::fs::remove_dir_all(&dir);
+    let (_, run) = fake_run("tiny-llama.roux", &dir, &|s| {
+        s.window = Some(8);
+        s.window_layers = Some(vec![1]);
+    });
+    let o = Command::new(env!("CARGO_BIN_EXE_roux")).args(["export", run.to_str().unwrap(), "--to", "hf", "-o", dir.join("hf").to_str().unwrap()]).output().unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        !o.status.success()
+            && err.contains("model `lm` has sliding-window attention in some blocks, which the Llama layout has no setting for (Mistral's windows every block of a model without biases; Qwen2's and Qwen3's name blocks)"),
+        "{err}"
+    );
+    assert!(!dir.join("hf").exists());
+}
+
 /// A LoRA stage (random, nonzero adapters on `targets`; with `dora`, random magnitudes too)
 /// exported with `--to peft` beside its base's `--to hf`: `peft.PeftModel` over `transformers`
 /// gives roux's logits to 1e-4.
