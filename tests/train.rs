@@ -979,6 +979,21 @@ fn activation_checkpointing_trains_the_same_weights_in_the_memory_the_plan_says(
     assert!((0.85..1.15).contains(&(measured / plan)), "checkpointing saved {:.1} MiB of peak memory, the plan says {:.1} MiB", measured / 1048576.0, plan / 1048576.0);
 }
 
+/// An attention window costs one mask of scores to add, float32 context² (16 MiB at 2048), made
+/// once and read by every windowed block: the peak grows by what `roux plan` adds for it (one
+/// mask a block, or SDPA's own conversion of a bool mask in each, would be 4 × as much here).
+#[test]
+fn an_attention_window_adds_one_mask_to_memory_as_the_plan_says() {
+    let out = scratch("window-memory");
+    let recipe = fixture("tiny-llama.roux");
+    let base = ["lm.layers=4", "lm.context=2048", "corpus.context=2048", "pretrain.batch=1", "pretrain.steps=1", "pretrain.eval_every=1", "pretrain.eval_batches=1", "more.steps=1", "more.batch=1", "more.eval_every=1", "more.eval_batches=1"];
+    let runs = [("full", with(&base, &[])), ("window", with(&base, &["lm.window=64"]))];
+    let (peak, planned): (Vec<f64>, Vec<f64>) = runs.iter().map(|(name, sets)| peak_and_plan(&recipe, sets, &out.join(name))).unzip();
+    let (measured, plan) = (peak[1] - peak[0], planned[1] - planned[0]);
+    assert_eq!(plan, 4.0 * 2048.0 * 2048.0);
+    assert!((0.85..1.15).contains(&(measured / plan)), "the window added {:.1} MiB of peak memory, the plan says {:.1} MiB", measured / 1048576.0, plan / 1048576.0);
+}
+
 /// On the CPU, attention with dropout runs libtorch's unfused kernel, which keeps the attention
 /// probabilities, the dropout mask and the dropped probabilities (batch × heads × seq² each) in
 /// every layer: the plan counts them (here 197 MiB of 296), and activation checkpointing, with

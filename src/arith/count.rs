@@ -147,7 +147,14 @@ pub fn generation_bytes(g: &ModelGraph, rows: usize, seq: usize) -> u64 {
 pub fn activation_bytes(g: &ModelGraph, batch: usize, seq: usize) -> u64 {
     let bt = batch as f64 * seq as f64;
     let floats: f64 = g.graph.node_weights().map(|op| op_activation_floats(g, op, bt)).sum();
-    (4.0 * floats) as u64
+    (4.0 * floats) as u64 + window_mask_bytes(g, seq)
+}
+
+/// An attention window's mask: a float (0 or −∞) a (query, key) pair, made once and read by
+/// every windowed block (`run::model::attention`).
+pub fn window_mask_bytes(g: &ModelGraph, seq: usize) -> u64 {
+    let windowed = g.graph.node_weights().any(|op| matches!(op.kind, OpKind::Attention { window: Some(_), .. }));
+    if windowed { (4.0 * (seq as f64).powi(2)) as u64 } else { 0 }
 }
 
 /// The floats op `op` keeps for the backward pass on `bt` tokens (`activation_bytes`).

@@ -133,9 +133,11 @@ fn posttrain_plan(r: &Recipe, s: &crate::recipe::StageSpec, graph_of: &HashMap<&
         StageKind::Finetune(f) => {
             let (n, (t, tf)) = (n_of(&f.model.arch), product(&[f.opt.steps, f.opt.batch as u64, ctx_of(&f.model.arch)]));
             let (trainable, weights) = crate::lower::trained_and_held(&graph(&f.model.arch).spec, f.lora.as_ref(), n);
-            // Packed rows add their attention mask: float32, batch × context², made once a step.
+            // Packed rows add their attention mask: float32, batch × context², made once a step,
+            // and as much again with an attention window (the windowed blocks' own).
             // (In floating point: at the limits of batch and context it is past u64; it saturates.)
-            let mask = if f.packing { (4.0 * f.opt.batch as f64 * (ctx_of(&f.model.arch) as f64).powi(2)) as u64 } else { 0 };
+            let masks = if graph(&f.model.arch).spec.window.is_some() { 2.0 } else { 1.0 };
+            let mask = if f.packing { (masks * 4.0 * f.opt.batch as f64 * (ctx_of(&f.model.arch) as f64).powi(2)) as u64 } else { 0 };
             (f.opt.steps, t, 6.0 * n as f64 * tf, trainable, training(&f.model.arch, weights, trainable, micro(&f.opt)).saturating_add(mask))
         }
         StageKind::RewardModel(m) => {

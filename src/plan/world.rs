@@ -153,9 +153,11 @@ fn posttrain_process(r: &Recipe, s: &crate::recipe::StageSpec, world: usize, gpu
     };
     let Some(g) = graph(&arch) else { return Ok(None) };
     let w = world as u64;
-    // Packed rows add their attention mask (float32, rows × context²), as `plan` counts it.
+    // Packed rows add their attention mask (float32, rows × context²; twice with a window), as
+    // `plan` counts it.
     let packing = matches!(&s.kind, StageKind::Finetune(f) if f.packing);
-    let mask = if packing { (4.0 * seqs as f64 * (g.spec.context as f64).powi(2)) as u64 } else { 0 };
+    let masks = if g.spec.window.is_some() { 2.0 } else { 1.0 };
+    let mask = if packing { (masks * 4.0 * seqs as f64 * (g.spec.context as f64).powi(2)) as u64 } else { 0 };
     // A distilling student's divergence keeps tensors of the vocabulary's width beside its logits.
     let mask = mask + if matches!(s.kind, StageKind::Distill(_)) { super::distill::divergence_bytes(g.spec.context, g.spec.vocab, seqs) } else { 0 };
     let activation_bytes = super::kernels::as_run(&s.kind, &g, seqs, g.spec.context, training_bytes(0, 0, &g, seqs, g.spec.context), gpu).saturating_add(mask);

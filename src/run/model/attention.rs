@@ -83,21 +83,35 @@ impl Model {
             _ => None,
         };
         let y = if let Some(p) = packing {
-            // Packed sequences are contiguous, so the window over a row is each one's own.
-            let mask = match window {
-                Some(w) => &p.mask + Tensor::zeros([t, t], (p.mask.kind(), x.device())).masked_fill(&visible(t, t, 0, Some(w), x.device()).logical_not(), f64::NEG_INFINITY),
-                None => p.mask.shallow_clone(),
+            let mask = match (window, &p.windowed) {
+                (Some(_), Some(m)) => m,
+                _ => &p.mask,
             };
-            Tensor::scaled_dot_product_attention(&q, &k, &v, Some(&mask), dropout, false, None, false)
+            Tensor::scaled_dot_product_attention(&q, &k, &v, Some(mask), dropout, false, None, false)
         } else if offset == 0 && window.is_none() {
             Tensor::scaled_dot_product_attention::<Tensor>(&q, &k, &v, None, dropout, true, None, false)
         } else {
             // One new token with no window to cut sees every key: no mask.
-            let mask = (t > 1 || window.is_some_and(|w| w < keys)).then(|| visible(t, keys, offset, window, x.device()));
+            let mask = (t > 1 || window.is_some_and(|w| w < keys)).then(|| self.shared_mask(t, keys, offset, window, (q.kind(), x.device())));
             Tensor::scaled_dot_product_attention(&q, &k, &v, mask.as_ref(), dropout, false, None, false)
         }; // (B, nh, T, hs)
         let y = y.transpose(1, 2).contiguous().view([b, t, heads * hs]); // (B, T, heads·hs)
         self.linear(&y, i, "o")
+    }
+
+    /// `visible`'s mask as scores to add (0 or −∞, in `kind`: SDPA would turn a bool mask into
+    /// that in every block, and keep each for the backward pass), made once for as long as the
+    /// same one is asked for.
+    fn shared_mask(&self, t: i64, keys: i64, offset: i64, window: Option<i64>, (kind, device): (Kind, Device)) -> Tensor {
+        let key = (t, keys, offset, window.unwrap_or(0));
+        let mut kept = self.window_mask.borrow_mut();
+        match kept.as_ref() {
+            Some((k, m)) if *k == key && m.kind() == kind => m.shallow_clone(),
+            _ => {
+                let scores = Tensor::zeros([t, keys], (kind, device)).masked_fill(&visible(t, keys, offset, window, device).logical_not(), f64::NEG_INFINITY);
+                kept.insert((key, scores)).1.shallow_clone()
+            }
+        }
     }
 
     /// The query, key and value projections. Without LoRA on them they run as one matmul over
@@ -121,7 +135,7 @@ impl Model {
 /// Which of `keys` keys each of `t` queries reads: query j sits at position offset + j and reads
 /// the keys up to it, with a window only the last `window` of them (itself and the window − 1
 /// before it, as Mistral's `sliding_window`).
-fn visible(t: i64, keys: i64, offset: i64, window: Option<i64>, device: Device) -> Tensor {
+pub(super) fn visible(t: i64, keys: i64, offset: i64, window: Option<i64>, device: Device) -> Tensor {
     let causal = Tensor::ones([t, keys], (Kind::Bool, device)).tril(offset);
     match window {
         Some(w) => causal.triu(offset - w + 1),

@@ -95,6 +95,10 @@ pub struct Model {
     recompute: bool,
     block_ends: Vec<usize>,
     pending: RefCell<Vec<recompute::Pending>>,
+    /// The last attention mask made ((queries, keys, offset, window) and the scores to add): every
+    /// windowed block of a pass, and every training pass, reads the one (the backward passes
+    /// keep one copy, not one per block).
+    window_mask: RefCell<Option<((i64, i64, i64, i64), Tensor)>>,
 }
 
 impl Model {
@@ -179,7 +183,7 @@ impl Model {
             })
             .collect();
         let casts = RefCell::new((0..names.len()).map(|_| None).collect());
-        Ok(Model { graph, names, params, index, node_params, order, inputs, last_use, rope, device, compute: Kind::Float, lora: Default::default(), pad_vocab: false, neftune: 0.0, z_loss: 0.0, casts, cache_all: Cell::new(false), shadow: vec![], experts_across: None, share, divided, recompute: false, block_ends: vec![], pending: RefCell::new(vec![]) })
+        Ok(Model { graph, names, params, index, node_params, order, inputs, last_use, rope, device, compute: Kind::Float, lora: Default::default(), pad_vocab: false, neftune: 0.0, z_loss: 0.0, casts, cache_all: Cell::new(false), shadow: vec![], experts_across: None, share, divided, recompute: false, block_ends: vec![], pending: RefCell::new(vec![]), window_mask: RefCell::new(None) })
     }
 
     pub fn spec(&self) -> &ModelSpec {
@@ -250,7 +254,7 @@ impl Model {
     /// Logits (B, T, vocab) of rows that each hold several sequences, as `packing` lays them out:
     /// every sequence gets the logits it would get alone.
     pub fn forward_packed(&self, tokens: &Tensor, packing: &Packing, train: bool) -> Tensor {
-        self.walk(tokens, train, false, None, Some(&packing.in_kind(self.compute))).1
+        self.walk(tokens, train, false, None, Some(&packing.for_pass(self.compute, self.spec().window))).1
     }
 
     /// Logits (B, T, vocab) for tokens (B, T) that continue what `cache` holds (empty: a fresh

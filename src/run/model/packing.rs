@@ -12,6 +12,9 @@ pub struct Packing {
     /// sequence, not later), −∞ elsewhere. Additive and made once per forward pass in the compute
     /// kind, so attention neither converts it nor saves a copy in each layer.
     pub(super) mask: Tensor,
+    /// `mask` with the model's attention window too (made with it once a pass, for the blocks
+    /// that have one; None without a window).
+    pub(super) windowed: Option<Tensor>,
 }
 
 impl Packing {
@@ -32,11 +35,24 @@ impl Packing {
         let causal = Tensor::ones([t, t], (Kind::Bool, device)).tril(0);
         let allowed = same.logical_and(&causal).unsqueeze(1);
         let mask = Tensor::zeros([b, 1, t, t], (Kind::Float, device)).masked_fill(&allowed.logical_not(), f64::NEG_INFINITY);
-        Packing { positions: Tensor::from_slice(&positions).view([b, t]).to_device(device), mask }
+        Packing { positions: Tensor::from_slice(&positions).view([b, t]).to_device(device), mask, windowed: None }
     }
 
-    /// The same packing with its mask in `kind` (the model's compute kind).
-    pub(super) fn in_kind(&self, kind: Kind) -> Packing {
-        Packing { positions: self.positions.shallow_clone(), mask: self.mask.to_kind(kind) }
+    /// The same packing with its mask in `kind` (the model's compute kind) and, for a model with
+    /// an attention window, the windowed mask beside it. Packed sequences are contiguous, so the
+    /// window over a row is each one's own.
+    pub(super) fn for_pass(&self, kind: Kind, window: Option<usize>) -> Packing {
+        let mask = self.mask.to_kind(kind);
+        let t = mask.size()[3];
+        let windowed = window.map(|w| {
+            let band = super::attention::visible(t, t, 0, Some(w as i64), mask.device());
+            mask.masked_fill(&band.logical_not(), f64::NEG_INFINITY)
+        });
+        Packing { positions: self.positions.shallow_clone(), mask, windowed }
+    }
+
+    /// Another handle on the same tensors.
+    pub(super) fn shallow(&self) -> Packing {
+        Packing { positions: self.positions.shallow_clone(), mask: self.mask.shallow_clone(), windowed: self.windowed.as_ref().map(Tensor::shallow_clone) }
     }
 }

@@ -113,7 +113,7 @@ impl Model {
         let top = vals[last].take().expect("the last block's output").set_requires_grad(true);
         vals[last] = Some(top.shallow_clone());
         self.run_ops(last + 1..n, &mut vals, &mut pass);
-        let packing = packing.map(|p| Packing { positions: p.positions.shallow_clone(), mask: p.mask.shallow_clone() });
+        let packing = packing.map(Packing::shallow);
         self.pending.borrow_mut().push(Pending { stretches, top, tokens: tokens.shallow_clone(), train, packing });
         (pass.hidden.expect("the head reads the hidden states"), vals.pop().flatten().expect("head is the last op"), pass.moe_stats)
     }
