@@ -240,13 +240,13 @@ fn qwen3_0_6b_from_its_config_alone_is_counted_as_published() {
     assert_eq!((cols[1], cols[3]), ("596,049,920", "440,467,456"));
 }
 
-/// Two published configs (as on their model pages, transformers 4.x's key names), planned from
-/// config.json alone: Qwen3-30B-A3B ("30.5B in total and 3.3B activated") and Phi-4 ("14B",
-/// 14.7B on its page). The counts are transformers' `sum(p.numel())` for the same configs (built
+/// Published configs (as on their model pages, transformers 4.x's key names), planned from
+/// config.json alone: Qwen3-30B-A3B ("30.5B in total and 3.3B activated"), Phi-4 ("14B", 14.7B
+/// on its page) and Mistral-7B-v0.1. The counts are transformers' `sum(p.numel())` for the same configs (built
 /// on the meta device); active by hand: 48 × (18,874,368 attention + 256 QK-norm + 4,096 norms +
 /// 262,144 router + 8 of 128 experts × 3 × 2048 × 768) + 2 × 151,936 × 2048 + 2048.
 #[test]
-fn qwen3_30b_a3b_and_phi4_from_their_configs_alone_are_counted_exactly() {
+fn qwen3_30b_a3b_phi4_and_mistral_7b_from_their_configs_alone_are_counted_exactly() {
     let plan = |name: &str, config: &str| -> Vec<String> {
         let dir = scratch(name);
         std::fs::create_dir_all(dir.join("ck")).unwrap();
@@ -273,6 +273,17 @@ fn qwen3_30b_a3b_and_phi4_from_their_configs_alone_are_counted_exactly() {
         "resid_pdrop": 0.0, "rms_norm_eps": 1e-05, "rope_scaling": null, "rope_theta": 250000, "sliding_window": null,
         "tie_word_embeddings": false, "torch_dtype": "bfloat16", "transformers_version": "4.47.0", "use_cache": true, "vocab_size": 100352}"#;
     assert_eq!(plan("hf-check-phi4", phi4)[1], "14,659,507,200");
+    // Mistral-7B-v0.1 attends through a 4096-token window over its 32768 positions: read as
+    // `window = 4096` in every block ("7.24B" on its page; transformers counts 7,241,732,096).
+    let mistral = r#"{"architectures": ["MistralForCausalLM"], "bos_token_id": 1, "eos_token_id": 2, "hidden_act": "silu", "hidden_size": 4096,
+        "initializer_range": 0.02, "intermediate_size": 14336, "max_position_embeddings": 32768, "model_type": "mistral",
+        "num_attention_heads": 32, "num_hidden_layers": 32, "num_key_value_heads": 8, "rms_norm_eps": 1e-05, "rope_theta": 10000.0,
+        "sliding_window": 4096, "tie_word_embeddings": false, "torch_dtype": "bfloat16", "transformers_version": "4.34.0.dev0",
+        "use_cache": true, "vocab_size": 32000}"#;
+    assert_eq!(plan("hf-check-mistral-7b", mistral)[1], "7,241,732,096");
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/test-runs/hf-check-mistral-7b");
+    let spec = roux::frontend::compile(&dir.join("r.roux")).unwrap().recipe.unwrap().models[0].clone();
+    assert_eq!((spec.window, spec.window_layers, spec.context), (Some(4096), None, 32768));
 }
 
 /// What Phi-3 layouts roux cannot compute exactly are told: Phi-4-mini rotates 3/4 of each head
