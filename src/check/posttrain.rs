@@ -363,7 +363,11 @@ impl<'a> Checker<'a> {
         let data = match f.field("data") {
             Some(field) => self.examples_arg(&field.value, &[], "compare"),
             None => {
-                self.error(Diagnostic::error(Code::E0101, at, "`compare` needs `data`: the examples whose held-out prompts it scores").with_hint("add `data = instr` to the block"));
+                // The recipe's first instruction set, if it has one.
+                let instructions = |n: &str| self.examples.get(n).is_some_and(|e| e.as_ref().is_some_and(|e| e.kind == crate::recipe::ExampleKind::Instructions));
+                let name = self.decls.iter().find(|d| instructions(&d.name.name)).map_or("instr".to_string(), |d| d.name.name.clone());
+                let hint = if block.is_some() { format!("add `data = {name}` to its block") } else { format!("give it a block: `compare(…) {{ data = {name} }}`") };
+                self.error(Diagnostic::error(Code::E0101, at, "`compare` needs `data`: the examples whose held-out prompts it scores").with_hint(hint));
                 None
             }
         };
