@@ -101,6 +101,31 @@ fn llama_layout_export_gives_the_same_logits_in_transformers() {
 }
 
 #[test]
+fn a_post_norm_model_with_whole_qk_norm_exports_as_olmo2() {
+    // tiny-llama with norms after its sublayers and QK-norm over the whole projections: OLMo 2.
+    roundtrip("tiny-llama.roux", "export-olmo2", "OLMo 2 layout", |s| {
+        s.dropout = 0.0;
+        s.post_norm = true;
+        s.qk_norm = true;
+        s.qk_norm_whole = true;
+    });
+    // Either alone has no dense layout: said, nothing written (Qwen3's QK-norm is per head).
+    let dir = root().join("target/test-runs/export-whole-qk-norm");
+    let _ = std::fs::remove_dir_all(&dir);
+    let (_, run) = fake_run("tiny-llama.roux", &dir, &|s| {
+        s.qk_norm = true;
+        s.qk_norm_whole = true;
+    });
+    let o = Command::new(env!("CARGO_BIN_EXE_roux")).args(["export", run.to_str().unwrap(), "--to", "hf", "-o", dir.join("hf").to_str().unwrap()]).output().unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        !o.status.success() && err.contains("model `lm` has QK-norm over the whole projections, which the Qwen3 layout has no setting for (OLMo 2 is rope + rmsnorm + swiglu with both, no biases and no window)"),
+        "{err}"
+    );
+    assert!(!dir.join("hf").exists());
+}
+
+#[test]
 fn a_windowed_llama_layout_exports_as_mistral() {
     // An 8-token attention window in every block over 24 tokens: Mistral's `sliding_window`.
     roundtrip("tiny-llama.roux", "export-mistral", "Mistral layout", |s| {

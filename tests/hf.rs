@@ -33,6 +33,7 @@ const CHECKPOINTS: &[(&str, &[&str])] = &[
     ("qwen2moe-window", &["qwen2moe", "--window", "8"]),
     ("qwen3moe-window", &["qwen3moe", "--window", "8"]),
     ("phi3-window", &["phi3", "--window", "8"]),
+    ("olmo2", &["olmo2", "--dtype", "bfloat16"]),
 ];
 
 /// Every checkpoint of `CHECKPOINTS`, made once by one Python process (transformers takes
@@ -753,6 +754,13 @@ fn attention_windows_import_where_each_family_places_them() {
         let moved = (logits(&spec) - logits(&full)).abs().max().double_value(&[]);
         assert!(moved > 1e-3, "{name}: the window moves no logit ({moved:.1e}): the test would prove nothing");
     }
+}
+
+#[test]
+fn olmo2_normalises_its_sublayers_outputs() {
+    // Each block's norms after its attention and its MLP, before the residual adds them
+    // (`post_norm`), and QK-norm over the whole projections.
+    import("olmo2", "Olmo2ForCausalLM");
 }
 
 #[test]

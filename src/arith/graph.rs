@@ -265,6 +265,17 @@ impl ModelGraph {
     }
 }
 
+/// One sublayer between the stream `input` and the residual add `out`: pre-norm, `norm` then
+/// `op` on the stream; post-norm, `op` on the stream then `norm` of its output (the edges in
+/// the same order either way, so a pre-norm model's graph is what it always was).
+fn sublayer(g: &mut DiGraph<Op, Edge>, post_norm: bool, input: NodeIndex, norm: NodeIndex, op: NodeIndex, out: NodeIndex) {
+    let (first, second) = if post_norm { (op, norm) } else { (norm, op) };
+    g.add_edge(input, first, Edge::Data);
+    g.add_edge(first, second, Edge::Data);
+    g.add_edge(input, out, Edge::Residual);
+    g.add_edge(second, out, Edge::Data);
+}
+
 pub fn lower_model(spec: &ModelSpec) -> ModelGraph {
     let mut g = DiGraph::new();
     let d = spec.d_model;
@@ -291,8 +302,9 @@ pub fn lower_model(spec: &ModelSpec) -> ModelGraph {
     let norm = || OpKind::Norm { kind: spec.norm, dim: d, bias: spec.bias };
     for i in 0..spec.layers {
         let pre = format!("blocks.{i}");
+        // Pre-norm: each sublayer reads its norm of the stream. Post-norm (OLMo 2): it reads the
+        // stream, and its norm of its output joins it.
         let n1 = node(&mut g, format!("{pre}.norm1"), norm(), btd.clone());
-        g.add_edge(x, n1, Edge::Data);
         let attn = node(
             &mut g,
             format!("{pre}.attn"),
@@ -311,12 +323,9 @@ pub fn lower_model(spec: &ModelSpec) -> ModelGraph {
             },
             btd.clone(),
         );
-        g.add_edge(n1, attn, Edge::Data);
         let r1 = node(&mut g, format!("{pre}.resid1"), OpKind::Add, btd.clone());
-        g.add_edge(x, r1, Edge::Residual);
-        g.add_edge(attn, r1, Edge::Data);
+        sublayer(&mut g, spec.post_norm, x, n1, attn, r1);
         let n2 = node(&mut g, format!("{pre}.norm2"), norm(), btd.clone());
-        g.add_edge(r1, n2, Edge::Data);
         let kind = match &spec.moe {
             Some(m) if m.layers.contains(&i) => OpKind::Moe {
                 dim: d,
@@ -333,10 +342,8 @@ pub fn lower_model(spec: &ModelSpec) -> ModelGraph {
             _ => OpKind::Mlp { dim: d, hidden: spec.ffn.hidden, act: spec.ffn.act, bias: spec.bias, dropout: spec.dropout },
         };
         let ffn = node(&mut g, format!("{pre}.ffn"), kind, btd.clone());
-        g.add_edge(n2, ffn, Edge::Data);
         let r2 = node(&mut g, format!("{pre}.resid2"), OpKind::Add, btd.clone());
-        g.add_edge(r1, r2, Edge::Residual);
-        g.add_edge(ffn, r2, Edge::Data);
+        sublayer(&mut g, spec.post_norm, r1, n2, ffn, r2);
         x = r2;
     }
     let nf = node(&mut g, "norm_f".into(), norm(), btd);

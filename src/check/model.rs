@@ -206,11 +206,12 @@ impl<'a> Checker<'a> {
     }
 
     /// The options pretrained architectures need (`qkv_bias`, `qk_norm`, `qk_norm_whole`,
-    /// `norm_eps`, `rope_theta`, `rope_scaling`), as a definition holding only them.
+    /// `post_norm`, `norm_eps`, `rope_theta`, `rope_scaling`), as a definition holding only them.
     fn pretrained_options(&mut self, f: &mut Fields<'a>) -> Option<ModelSpec> {
         let qkv_bias = f.bool(self, "qkv_bias", false);
         let qk_norm = f.bool(self, "qk_norm", false);
         let qk_norm_whole = f.bool(self, "qk_norm_whole", false);
+        let post_norm = f.bool(self, "post_norm", false);
         let norm_eps = f.field("norm_eps").map(|_| f.ranged(self, "norm_eps", None, 0.0, true, 1.0, true));
         let rope_theta = f.field("rope_theta").map(|_| f.ranged(self, "rope_theta", None, 1.0, false, 1e12, false));
         let rope_scaling = f.field("rope_scaling").map(|field| self.check_rope_scaling(&field.value, &f.scope));
@@ -219,6 +220,7 @@ impl<'a> Checker<'a> {
             // One norm over the whole projection is a kind of QK-norm: it implies it.
             qk_norm: qk_norm? || qk_norm_whole?,
             qk_norm_whole: qk_norm_whole?,
+            post_norm: post_norm?,
             norm_eps: norm_eps.map(|e| e.ok_or(())).transpose().ok()?,
             rope_theta: rope_theta.map(|e| e.ok_or(())).transpose().ok()?,
             rope_scaling: rope_scaling.map(|e| e.ok_or(())).transpose().ok()?,

@@ -19,6 +19,7 @@ pub const SUPPORTED: &[(&str, Family)] = &[
     ("Qwen2MoeForCausalLM", Family::Qwen2Moe),
     ("Qwen3MoeForCausalLM", Family::Qwen3Moe),
     ("Phi3ForCausalLM", Family::Phi3),
+    ("Olmo2ForCausalLM", Family::Olmo2),
 ];
 
 /// The family a config's `architectures` names.
@@ -157,7 +158,7 @@ fn defaults(family: Family) -> Defaults {
         Family::Olmoe => Defaults { norm_eps: 1e-5, experts_per_token: 8, aux_loss: 0.01, ..base },
         Family::Qwen2Moe => Defaults { kv_heads: Some(16), experts_per_token: 4, shared_hidden: Some(5632), ..base },
         Family::Qwen3Moe => Defaults { kv_heads: Some(4), experts_per_token: 8, ..base },
-        Family::Phi3 => Defaults { norm_eps: 1e-5, ..base },
+        Family::Phi3 | Family::Olmo2 => Defaults { norm_eps: 1e-5, ..base },
         Family::Gpt2 | Family::Llama => base,
     }
 }
@@ -190,7 +191,7 @@ fn llama_like(name: &str, family: Family, r: &Reader) -> Result<ModelSpec, Strin
     // Qwen2 always has biases on q, k, v (none on o or the MLP); Llama and Qwen3 say which.
     let (attn_bias, mlp_bias) = match family {
         Family::Qwen2 | Family::Qwen2Moe | Family::Mistral | Family::Mixtral => (false, false),
-        Family::Olmoe | Family::Qwen3Moe => (r.flag("attention_bias", false)?, false),
+        Family::Olmoe | Family::Qwen3Moe | Family::Olmo2 => (r.flag("attention_bias", false)?, false),
         Family::Phi3 => (false, false),
         _ => (r.flag("attention_bias", false)?, r.flag("mlp_bias", false)?),
     };
@@ -222,8 +223,9 @@ fn llama_like(name: &str, family: Family, r: &Reader) -> Result<ModelSpec, Strin
         tie_embeddings: r.flag("tie_word_embeddings", false)?,
         bias: attn_bias,
         qkv_bias: family == Family::Qwen2 || (family == Family::Qwen2Moe && r.flag("qkv_bias", true)?),
-        qk_norm: matches!(family, Family::Qwen3 | Family::Qwen3Moe | Family::Olmoe),
-        qk_norm_whole: family == Family::Olmoe,
+        qk_norm: matches!(family, Family::Qwen3 | Family::Qwen3Moe | Family::Olmoe | Family::Olmo2),
+        qk_norm_whole: matches!(family, Family::Olmoe | Family::Olmo2),
+        post_norm: family == Family::Olmo2,
         head_size: (Some(head) != default_head).then_some(head),
         norm_eps: Some(r.float("rms_norm_eps", dft.norm_eps)?),
         rope_theta: Some(theta),

@@ -57,6 +57,7 @@ pub fn config(spec: &ModelSpec, family: Family) -> Value {
                 Family::Qwen2Moe => "qwen2_moe",
                 Family::Qwen3Moe => "qwen3_moe",
                 Family::Phi3 => "phi3",
+                Family::Olmo2 => "olmo2",
                 _ => "llama",
             };
             let mut rope = json!({"rope_type": "default", "rope_theta": spec.rope_theta()});
@@ -73,7 +74,7 @@ pub fn config(spec: &ModelSpec, family: Family) -> Value {
                 "max_position_embeddings": spec.context, "rms_norm_eps": spec.norm_eps(), "hidden_act": "silu",
                 "rope_theta": spec.rope_theta(), "rope_parameters": rope,
             });
-            if matches!(family, Family::Llama | Family::Qwen3 | Family::Olmoe | Family::Qwen3Moe) {
+            if matches!(family, Family::Llama | Family::Qwen3 | Family::Olmoe | Family::Qwen3Moe | Family::Olmo2) {
                 c["attention_bias"] = json!(spec.bias);
             }
             if family == Family::Llama {

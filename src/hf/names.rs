@@ -119,6 +119,9 @@ fn llama(name: &str, rows: usize, family: Family, spec: &ModelSpec) -> Place {
         }
     }
     let theirs = match module {
+        // OLMo 2 normalises the sublayers' outputs: its norms are named after what they follow.
+        "norm1" if family == Family::Olmo2 => "post_attention_layernorm",
+        "norm2" if family == Family::Olmo2 => "post_feedforward_layernorm",
         "norm1" => "input_layernorm",
         "norm2" => "post_attention_layernorm",
         "attn.q" => "self_attn.q_proj",

@@ -122,6 +122,10 @@ pub struct ModelSpec {
     /// (OLMoE, OLMo 2).
     #[serde(default, skip_serializing_if = "is_false")]
     pub qk_norm_whole: bool,
+    /// Each block's norms applied to its attention's and its MLP's outputs, before the residual
+    /// adds them, instead of to their inputs (OLMo 2's reordered norms).
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub post_norm: bool,
     /// Each head's size when it is not d_model / heads (Qwen3: 128 at any width).
     #[serde(default, rename = "head_dim", skip_serializing_if = "Option::is_none")]
     pub head_size: Option<usize>,
@@ -168,6 +172,7 @@ impl Default for ModelSpec {
             qkv_bias: false,
             qk_norm: false,
             qk_norm_whole: false,
+            post_norm: false,
             head_size: None,
             norm_eps: None,
             rope_theta: None,
@@ -208,6 +213,7 @@ pub enum Family {
     Qwen2Moe,
     Qwen3Moe,
     Phi3,
+    Olmo2,
 }
 
 impl Family {
@@ -224,6 +230,7 @@ impl Family {
             Family::Qwen2Moe => "Qwen2-MoE",
             Family::Qwen3Moe => "Qwen3-MoE",
             Family::Phi3 => "Phi-3",
+            Family::Olmo2 => "OLMo 2",
         }
     }
 }

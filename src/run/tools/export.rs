@@ -26,6 +26,22 @@ pub fn family_for(spec: &ModelSpec) -> Result<Family> {
         bail!("model `{}` has mixture-of-experts layers; the Hugging Face export covers dense GPT-2 and Llama layouts", spec.name);
     }
     let layout = plain_layout(spec)?;
+    // QK-norm over the whole projections with norms after the sublayers is OLMo 2; either alone
+    // has no dense layout (OLMoE's whole QK-norm comes with experts; Qwen3's is per head).
+    match (layout, spec.qk_norm_whole, spec.post_norm) {
+        (Family::Qwen3, true, true) if !spec.bias && spec.window.is_none() => return Ok(Family::Olmo2),
+        (_, false, false) => {}
+        (f, whole, post) => bail!(
+            "model `{}` has {}, which the {} layout has no setting for (OLMo 2 is rope + rmsnorm + swiglu with both, no biases and no window)",
+            spec.name,
+            match (whole, post) {
+                (true, true) => "QK-norm over the whole projections and norms after its sublayers",
+                (true, false) => "QK-norm over the whole projections",
+                _ => "norms after its sublayers",
+            },
+            f.name()
+        ),
+    }
     match (layout, spec.window.is_some()) {
         (f, false) | (f @ (Family::Qwen2 | Family::Qwen3), true) => Ok(f),
         // Mistral is Llama with a window in every block (and no biases).
