@@ -122,7 +122,7 @@ pub fn checkpointing_saving(g: &ModelGraph, batch: usize, seq: usize) -> u64 {
 /// output), and the next token's logits (the head reads the last position only). No activations
 /// are kept: it runs without a graph.
 pub fn generation_bytes(g: &ModelGraph, rows: usize, seq: usize) -> u64 {
-    let act = |a: &crate::recipe::Activation| if *a == crate::recipe::Activation::Swiglu { 3.0 } else { 2.0 };
+    let act = |a: &crate::recipe::Activation| if a.gated() { 3.0 } else { 2.0 };
     let (mut kv, mut widest) = (0.0f64, 0.0f64);
     for op in g.graph.node_weights() {
         let width = match &op.kind {
@@ -168,7 +168,7 @@ fn op_activation_floats(g: &ModelGraph, op: &Op, bt: f64) -> f64 {
             bt * (*dim as f64 + 4.0 * q + *heads as f64) + if *dropout > 0.0 { bt * *dim as f64 } else { 0.0 }
         }
         OpKind::Mlp { hidden, act, .. } => {
-            let n = if *act == crate::recipe::Activation::Swiglu { 4.0 } else { 2.0 };
+            let n = if act.gated() { 4.0 } else { 2.0 };
             n * bt * *hidden as f64
         }
         OpKind::Moe { dim, experts, hidden, act, router, .. } => {
@@ -176,7 +176,7 @@ fn op_activation_floats(g: &ModelGraph, op: &Op, bt: f64) -> f64 {
             // dispatched input, hidden activations and output. (The CPU groups rows by expert;
             // CUDA's capacity buffer pads them by up to the capacity factor.) Switch's jitter
             // keeps its noise and the router's jittered input.
-            let n = if *act == crate::recipe::Activation::Swiglu { 4.0 } else { 2.0 };
+            let n = if act.gated() { 4.0 } else { 2.0 };
             let jitter = if matches!(router, crate::recipe::RouterSpec::Switch { jitter, .. } if *jitter > 0.0) { 2.0 * bt * *dim as f64 } else { 0.0 };
             3.0 * bt * *experts as f64 + moe_slots(op, bt) * (2.0 * *dim as f64 + n * *hidden as f64) + bt * *dim as f64 + jitter
         }
@@ -207,9 +207,9 @@ pub fn backward_peak_bytes(g: &ModelGraph, batch: usize, seq: usize) -> u64 {
         .node_weights()
         .map(|op| match &op.kind {
             OpKind::Head { vocab, .. } => bt * (2.0 * *vocab as f64 + d),
-            OpKind::Mlp { hidden, act, .. } => bt * ((if *act == crate::recipe::Activation::Swiglu { 3.0 } else { 2.0 }) * *hidden as f64 + 2.0 * d),
+            OpKind::Mlp { hidden, act, .. } => bt * ((if act.gated() { 3.0 } else { 2.0 }) * *hidden as f64 + 2.0 * d),
             OpKind::Moe { hidden, act, .. } => {
-                moe_slots(op, bt) * ((if *act == crate::recipe::Activation::Swiglu { 3.0 } else { 2.0 }) * *hidden as f64 + 2.0 * d)
+                moe_slots(op, bt) * ((if act.gated() { 3.0 } else { 2.0 }) * *hidden as f64 + 2.0 * d)
             }
             OpKind::Attention { dim, heads, head_dim, .. } => bt * (2.0 * *dim as f64 + 8.0 * (*heads * *head_dim) as f64),
             _ => 0.0,

@@ -191,7 +191,7 @@ impl Op {
                         continue;
                     }
                     let mut mats = vec![("w1", vec![n, hidden, *dim], normal)];
-                    if *act == Activation::Swiglu {
+                    if act.gated() {
                         mats.push(("w3", vec![n, hidden, *dim], normal));
                     }
                     mats.push(("w2", vec![n, *dim, hidden], resid));
@@ -205,7 +205,7 @@ impl Op {
             }
             OpKind::Mlp { dim, hidden, act, bias, .. } => {
                 linear(&mut out, "w1", *hidden, *dim, *bias, normal);
-                if *act == Activation::Swiglu {
+                if act.gated() {
                     linear(&mut out, "w3", *hidden, *dim, *bias, normal);
                 }
                 linear(&mut out, "w2", *dim, *hidden, *bias, resid);
@@ -236,11 +236,11 @@ impl Op {
                 qkv + logits + softmax + reduce + project
             }
             OpKind::Mlp { dim, hidden, act, .. } => {
-                let mats = if *act == Activation::Swiglu { 3.0 } else { 2.0 };
+                let mats = if act.gated() { 3.0 } else { 2.0 };
                 2.0 * mats * (*dim as f64) * (*hidden as f64)
             }
             OpKind::Moe { dim, experts, hidden, act, shared, shared_hidden, active, .. } => {
-                let mats = if *act == Activation::Swiglu { 3.0 } else { 2.0 };
+                let mats = if act.gated() { 3.0 } else { 2.0 };
                 let expert = |h: usize| 2.0 * mats * (*dim as f64) * (h as f64);
                 2.0 * (*dim as f64) * (*experts as f64) + active * expert(*hidden) + *shared as f64 * expert(*shared_hidden)
             }

@@ -269,12 +269,13 @@ impl<'a> Checker<'a> {
             Some(d) => f.size(self, "hidden", Some(4 * d as u64)),
             None => f.size(self, "hidden", None),
         };
-        let act = f.sym(self, "act", &["gelu", "relu", "swiglu"], Some("gelu"));
+        let act = f.sym(self, "act", &["gelu", "relu", "swiglu", "geglu"], Some("gelu"));
         f.finish(self);
         Some(MlpSpec {
             hidden: hidden?,
             act: match act? {
                 "swiglu" => Activation::Swiglu,
+                "geglu" => Activation::Geglu,
                 "relu" => Activation::Relu,
                 _ => Activation::Gelu,
             },

@@ -8,6 +8,15 @@ pub enum Activation {
     Gelu,
     Relu,
     Swiglu,
+    /// GELU-gated (Shazeer 2020's GEGLU, Gemma's MLP): gelu(x W1) ⊙ (x W3), then W2.
+    Geglu,
+}
+
+impl Activation {
+    /// Gated: a third matrix (w3) whose output the activated one multiplies.
+    pub fn gated(self) -> bool {
+        matches!(self, Activation::Swiglu | Activation::Geglu)
+    }
 }
 
 #[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq)]

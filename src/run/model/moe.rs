@@ -54,6 +54,7 @@ impl Experts<'_> {
             Activation::Gelu => h.gelu("tanh"),
             Activation::Relu => h.relu(),
             Activation::Swiglu => h.silu() * x.bmm(&self.w3.expect("swiglu has w3").transpose(1, 2)),
+            Activation::Geglu => h.gelu("tanh") * x.bmm(&self.w3.expect("geglu has w3").transpose(1, 2)),
         };
         h.bmm(&self.w2.transpose(1, 2)) // (E, C, d)
     }
@@ -282,6 +283,7 @@ fn try_grouped_mm(x: &Tensor, r: &Routing, experts: &Experts, e: i64) -> Result<
         Activation::Gelu => h.gelu("tanh"),
         Activation::Relu => h.relu(),
         Activation::Swiglu => h.silu() * mm(&rows, experts.w3.expect("swiglu has w3"))?,
+        Activation::Geglu => h.gelu("tanh") * mm(&rows, experts.w3.expect("geglu has w3"))?,
     };
     let out = mm(&h, experts.w2)?;
     let gate = r.gate.index_select(0, &order).to_kind(x.kind()).unsqueeze(1);
@@ -308,6 +310,7 @@ pub fn grouped(x: &Tensor, r: &Routing, experts: &Experts, e: i64) -> Tensor {
                 Activation::Gelu => h.gelu("tanh"),
                 Activation::Relu => h.relu(),
                 Activation::Swiglu => h.silu() * xe.matmul(&w3.as_ref().expect("swiglu has w3")[i].tr()),
+                Activation::Geglu => h.gelu("tanh") * xe.matmul(&w3.as_ref().expect("geglu has w3")[i].tr()),
             };
             h.matmul(&w2[i].tr())
         })

@@ -84,6 +84,7 @@ impl Model {
                         Activation::Gelu => h.gelu("tanh"),
                         Activation::Relu => h.relu(),
                         Activation::Swiglu => h.silu() * self.linear(arg(0), i, "w3"),
+                        Activation::Geglu => h.gelu("tanh") * self.linear(arg(0), i, "w3"),
                     };
                     self.linear(&h, i, "w2").dropout(*dropout, pass.train)
                 }

@@ -64,7 +64,9 @@ impl Mixture {
                 let h = match act {
                     Activation::Relu => h.relu(),
                     Activation::Gelu => h.gelu("tanh"),
+                    // (Ungated here: a mixture's experts have two layers.)
                     Activation::Swiglu => h.silu(),
+                    Activation::Geglu => h.gelu("tanh"),
                 };
                 lin(&h, &self.params[4], &self.params[5])
             }
