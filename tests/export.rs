@@ -105,7 +105,7 @@ fn a_post_norm_model_with_whole_qk_norm_exports_as_olmo2() {
     // tiny-llama with norms after its sublayers and QK-norm over the whole projections: OLMo 2.
     roundtrip("tiny-llama.roux", "export-olmo2", "OLMo 2 layout", |s| {
         s.dropout = 0.0;
-        s.post_norm = true;
+        s.norm_placement = roux::recipe::NormPlacement::Post;
         s.qk_norm = true;
         s.qk_norm_whole = true;
     });

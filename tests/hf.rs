@@ -34,6 +34,7 @@ const CHECKPOINTS: &[(&str, &[&str])] = &[
     ("qwen3moe-window", &["qwen3moe", "--window", "8"]),
     ("phi3-window", &["phi3", "--window", "8"]),
     ("olmo2", &["olmo2", "--dtype", "bfloat16"]),
+    ("gemma3", &["gemma3"]),
 ];
 
 /// Every checkpoint of `CHECKPOINTS`, made once by one Python process (transformers takes
@@ -754,6 +755,17 @@ fn attention_windows_import_where_each_family_places_them() {
         let moved = (logits(&spec) - logits(&full)).abs().max().double_value(&[]);
         assert!(moved > 1e-3, "{name}: the window moves no logit ({moved:.1e}): the test would prove nothing");
     }
+}
+
+#[test]
+fn gemma3_text_with_sandwich_norms_offset_gains_and_local_and_global_blocks() {
+    // GEGLU; every norm's gain an offset from 1; norms before and after each sublayer; embeddings
+    // scaled by √d; per-head QK-norm; block 0 windowed (8 tokens) with rope base 10^4, block 1
+    // full with 10^6.
+    import("gemma3", "Gemma3ForCausalLM");
+    let dir = checkpoint("gemma3-spec", "gemma3");
+    let spec = roux::frontend::compile(&dir.join("import.roux")).unwrap().recipe.unwrap().models[0].clone();
+    assert_eq!((spec.window, spec.window_layers.clone(), spec.window_rope_theta, spec.rope_theta), (Some(8), Some(vec![0]), Some(1e4), Some(1e6)));
 }
 
 #[test]

@@ -89,7 +89,7 @@ fn an_architecture_roux_cannot_compute_is_named_with_the_supported_list() {
     c["architectures"] = json!(["BertForMaskedLM"]);
     assert_eq!(
         check("bert", &c, None),
-        vec![("E0216".into(), "`ck/config.json` architecture `BertForMaskedLM` is not supported; roux reads GPT2LMHeadModel, LlamaForCausalLM, MistralForCausalLM, Qwen2ForCausalLM, Qwen3ForCausalLM, MixtralForCausalLM, OlmoeForCausalLM, Qwen2MoeForCausalLM, Qwen3MoeForCausalLM, Phi3ForCausalLM, Olmo2ForCausalLM".into())]
+        vec![("E0216".into(), "`ck/config.json` architecture `BertForMaskedLM` is not supported; roux reads GPT2LMHeadModel, LlamaForCausalLM, MistralForCausalLM, Qwen2ForCausalLM, Qwen3ForCausalLM, MixtralForCausalLM, OlmoeForCausalLM, Qwen2MoeForCausalLM, Qwen3MoeForCausalLM, Phi3ForCausalLM, Olmo2ForCausalLM, Gemma3ForCausalLM".into())]
     );
     let mut c = llama_config();
     c["architectures"] = json!(["MistralForCausalLM"]);
@@ -242,11 +242,11 @@ fn qwen3_0_6b_from_its_config_alone_is_counted_as_published() {
 
 /// Published configs (as on their model pages, transformers 4.x's key names), planned from
 /// config.json alone: Qwen3-30B-A3B ("30.5B in total and 3.3B activated"), Phi-4 ("14B", 14.7B
-/// on its page) and Mistral-7B-v0.1. The counts are transformers' `sum(p.numel())` for the same configs (built
+/// on its page), Mistral-7B-v0.1 and Gemma-3-1B. The counts are transformers' `sum(p.numel())` for the same configs (built
 /// on the meta device); active by hand: 48 × (18,874,368 attention + 256 QK-norm + 4,096 norms +
 /// 262,144 router + 8 of 128 experts × 3 × 2048 × 768) + 2 × 151,936 × 2048 + 2048.
 #[test]
-fn qwen3_30b_a3b_phi4_and_mistral_7b_from_their_configs_alone_are_counted_exactly() {
+fn published_configs_plan_as_transformers_counts_them() {
     let plan = |name: &str, config: &str| -> Vec<String> {
         let dir = scratch(name);
         std::fs::create_dir_all(dir.join("ck")).unwrap();
@@ -284,6 +284,21 @@ fn qwen3_30b_a3b_phi4_and_mistral_7b_from_their_configs_alone_are_counted_exactl
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/test-runs/hf-check-mistral-7b");
     let spec = roux::frontend::compile(&dir.join("r.roux")).unwrap().recipe.unwrap().models[0].clone();
     assert_eq!((spec.window, spec.window_layers, spec.context), (Some(4096), None, 32768));
+    // Gemma-3-1B's config as published (transformers 4.50's keys: `rope_local_base_freq`,
+    // `sliding_window_pattern`): "1B", 999,885,952 by transformers' count; every sixth block full
+    // attention with base 10^6, the others a 512-token window with base 10^4.
+    let gemma = r#"{"architectures": ["Gemma3ForCausalLM"], "attention_bias": false, "attention_dropout": 0.0, "attn_logit_softcapping": null,
+        "bos_token_id": 2, "cache_implementation": "hybrid", "eos_token_id": [1, 106], "final_logit_softcapping": null, "head_dim": 256,
+        "hidden_activation": "gelu_pytorch_tanh", "hidden_size": 1152, "initializer_range": 0.02, "intermediate_size": 6912,
+        "max_position_embeddings": 32768, "model_type": "gemma3_text", "num_attention_heads": 4, "num_hidden_layers": 26,
+        "num_key_value_heads": 1, "pad_token_id": 0, "query_pre_attn_scalar": 256, "rms_norm_eps": 1e-06, "rope_local_base_freq": 10000,
+        "rope_scaling": null, "rope_theta": 1000000, "sliding_window": 512, "sliding_window_pattern": 6, "torch_dtype": "bfloat16",
+        "transformers_version": "4.50.0.dev0", "use_cache": true, "vocab_size": 262144}"#;
+    assert_eq!(plan("hf-check-gemma3-1b", gemma)[1], "999,885,952");
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/test-runs/hf-check-gemma3-1b");
+    let spec = roux::frontend::compile(&dir.join("r.roux")).unwrap().recipe.unwrap().models[0].clone();
+    let full: Vec<usize> = (0..26).filter(|b| spec.window_of(*b).is_none()).collect();
+    assert_eq!((spec.window, spec.window_rope_theta, spec.rope_theta, full), (Some(512), Some(1e4), Some(1e6), vec![5, 11, 17, 23]));
 }
 
 /// What Phi-3 layouts roux cannot compute exactly are told: Phi-4-mini rotates 3/4 of each head

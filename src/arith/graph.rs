@@ -6,7 +6,7 @@
 use petgraph::graph::{DiGraph, NodeIndex};
 use serde::Serialize;
 
-use crate::recipe::{Activation, ModelSpec, Norm, Position, RouterSpec};
+use crate::recipe::{Activation, ModelSpec, Norm, NormPlacement, Position, RouterSpec};
 
 /// A tensor dimension: the batch and sequence sizes are symbolic until run time.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
@@ -37,7 +37,14 @@ pub enum OpKind {
     Dropout { p: f64 },
     /// Sum of the two inputs (residual connection).
     Add,
-    Norm { kind: Norm, dim: usize, bias: bool },
+    /// With `offset`, the gain is 1 + weight (Gemma's), its weight starting at 0.
+    Norm {
+        kind: Norm,
+        dim: usize,
+        bias: bool,
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        offset: bool,
+    },
     /// Causal multi-head self-attention with q, k, v, o projections; `kv_heads` < `heads` is
     /// grouped-query attention; heads of `head_dim` features each (d_model / heads unless the
     /// model says otherwise), q/k/v biases with `bias` or `qkv_bias`, per-head q/k RMSNorm.
@@ -58,6 +65,9 @@ pub enum OpKind {
         /// Sliding-window attention: each token sees itself and the `window − 1` before it.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         window: Option<usize>,
+        /// The QK-norms' gains as offsets from 1 (`norm_offset`).
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        norm_offset: bool,
     },
     Mlp { dim: usize, hidden: usize, act: Activation, bias: bool, dropout: f64 },
     /// Mixture of experts: a router and `experts` MLPs (stacked into one tensor per matrix, no
@@ -163,21 +173,22 @@ impl Op {
         match &self.kind {
             OpKind::Embedding { vocab, dim } => out.push(Param { embedding: true, ..p("weight", vec![*vocab, *dim], normal) }),
             OpKind::PosEmbedding { context, dim } => out.push(Param { embedding: true, ..p("weight", vec![*context, *dim], normal) }),
-            OpKind::Norm { kind, dim, bias } => {
-                out.push(p("weight", vec![*dim], ParamInit::Ones));
+            OpKind::Norm { kind, dim, bias, offset } => {
+                out.push(p("weight", vec![*dim], if *offset { ParamInit::Zeros } else { ParamInit::Ones }));
                 if *bias && *kind == Norm::Layernorm {
                     out.push(p("bias", vec![*dim], ParamInit::Zeros));
                 }
             }
-            OpKind::Attention { dim, heads, kv_heads, head_dim, bias, qkv_bias, qk_norm, qk_norm_whole, .. } => {
+            OpKind::Attention { dim, heads, kv_heads, head_dim, bias, qkv_bias, qk_norm, qk_norm_whole, norm_offset, .. } => {
                 let (q, kv) = (heads * head_dim, kv_heads * head_dim);
                 linear(&mut out, "q", q, *dim, *bias || *qkv_bias, normal);
                 linear(&mut out, "k", kv, *dim, *bias || *qkv_bias, normal);
                 linear(&mut out, "v", kv, *dim, *bias || *qkv_bias, normal);
                 if *qk_norm {
                     let (qn, kn) = if *qk_norm_whole { (q, kv) } else { (*head_dim, *head_dim) };
-                    out.push(p("q_norm.weight", vec![qn], ParamInit::Ones));
-                    out.push(p("k_norm.weight", vec![kn], ParamInit::Ones));
+                    let gain = if *norm_offset { ParamInit::Zeros } else { ParamInit::Ones };
+                    out.push(p("q_norm.weight", vec![qn], gain));
+                    out.push(p("k_norm.weight", vec![kn], gain));
                 }
                 linear(&mut out, "o", *dim, q, *bias, resid);
             }
@@ -266,14 +277,23 @@ impl ModelGraph {
 }
 
 /// One sublayer between the stream `input` and the residual add `out`: pre-norm, `norm` then
-/// `op` on the stream; post-norm, `op` on the stream then `norm` of its output (the edges in
-/// the same order either way, so a pre-norm model's graph is what it always was).
-fn sublayer(g: &mut DiGraph<Op, Edge>, post_norm: bool, input: NodeIndex, norm: NodeIndex, op: NodeIndex, out: NodeIndex) {
-    let (first, second) = if post_norm { (op, norm) } else { (norm, op) };
+/// `op` on the stream; post-norm, `op` on the stream then `norm` of its output; sandwich, `norm`,
+/// `op`, then `post` (the edges in the same order for each, so a pre-norm model's graph is what
+/// it always was).
+fn sublayer(g: &mut DiGraph<Op, Edge>, placement: NormPlacement, input: NodeIndex, norm: NodeIndex, op: NodeIndex, post: Option<NodeIndex>, out: NodeIndex) {
+    let (first, second) = if placement == NormPlacement::Post { (op, norm) } else { (norm, op) };
     g.add_edge(input, first, Edge::Data);
     g.add_edge(first, second, Edge::Data);
     g.add_edge(input, out, Edge::Residual);
-    g.add_edge(second, out, Edge::Data);
+    match post {
+        Some(p) => {
+            g.add_edge(second, p, Edge::Data);
+            g.add_edge(p, out, Edge::Data);
+        }
+        None => {
+            g.add_edge(second, out, Edge::Data);
+        }
+    }
 }
 
 pub fn lower_model(spec: &ModelSpec) -> ModelGraph {
@@ -299,7 +319,7 @@ pub fn lower_model(spec: &ModelSpec) -> ModelGraph {
         g.add_edge(x, drop, Edge::Data);
         x = drop;
     }
-    let norm = || OpKind::Norm { kind: spec.norm, dim: d, bias: spec.bias };
+    let norm = || OpKind::Norm { kind: spec.norm, dim: d, bias: spec.bias, offset: spec.norm_offset };
     for i in 0..spec.layers {
         let pre = format!("blocks.{i}");
         // Pre-norm: each sublayer reads its norm of the stream. Post-norm (OLMo 2): it reads the
@@ -320,11 +340,15 @@ pub fn lower_model(spec: &ModelSpec) -> ModelGraph {
                 qk_norm_whole: spec.qk_norm_whole,
                 dropout: spec.dropout,
                 window: spec.window_of(i),
+                norm_offset: spec.norm_offset,
             },
             btd.clone(),
         );
+        // Sandwich norms (Gemma): a second norm on the sublayer's output.
+        let sandwich = spec.norm_placement == NormPlacement::Sandwich;
+        let p1 = sandwich.then(|| node(&mut g, format!("{pre}.post_norm1"), norm(), btd.clone()));
         let r1 = node(&mut g, format!("{pre}.resid1"), OpKind::Add, btd.clone());
-        sublayer(&mut g, spec.post_norm, x, n1, attn, r1);
+        sublayer(&mut g, spec.norm_placement, x, n1, attn, p1, r1);
         let n2 = node(&mut g, format!("{pre}.norm2"), norm(), btd.clone());
         let kind = match &spec.moe {
             Some(m) if m.layers.contains(&i) => OpKind::Moe {
@@ -342,8 +366,9 @@ pub fn lower_model(spec: &ModelSpec) -> ModelGraph {
             _ => OpKind::Mlp { dim: d, hidden: spec.ffn.hidden, act: spec.ffn.act, bias: spec.bias, dropout: spec.dropout },
         };
         let ffn = node(&mut g, format!("{pre}.ffn"), kind, btd.clone());
+        let p2 = sandwich.then(|| node(&mut g, format!("{pre}.post_norm2"), norm(), btd.clone()));
         let r2 = node(&mut g, format!("{pre}.resid2"), OpKind::Add, btd.clone());
-        sublayer(&mut g, spec.post_norm, r1, n2, ffn, r2);
+        sublayer(&mut g, spec.norm_placement, r1, n2, ffn, p2, r2);
         x = r2;
     }
     let nf = node(&mut g, "norm_f".into(), norm(), btd);

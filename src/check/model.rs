@@ -116,6 +116,11 @@ impl<'a> Checker<'a> {
         if (spec.rope_theta.is_some() || spec.rope_scaling.is_some()) && spec.position != Position::Rope {
             return self.rope_options_without_rope(pos_span);
         }
+        if spec.window_rope_theta.is_some() && (spec.window.is_none() || spec.position != Position::Rope) {
+            self.error(Diagnostic::error(Code::E0221, pos_span, "`window_rope_theta` sets the rotary base of the blocks with an attention window, but this model has no window or no rope")
+                .with_hint("add `window = …` and `position = rope`, or leave it out"));
+            return None;
+        }
         if !sized {
             return self.countable(spec, d.name.span);
         }
@@ -206,12 +211,16 @@ impl<'a> Checker<'a> {
     }
 
     /// The options pretrained architectures need (`qkv_bias`, `qk_norm`, `qk_norm_whole`,
-    /// `post_norm`, `norm_eps`, `rope_theta`, `rope_scaling`), as a definition holding only them.
+    /// `norm_placement`, `norm_offset`, `embed_scale`, `window_rope_theta`, `norm_eps`,
+    /// `rope_theta`, `rope_scaling`), as a definition holding only them.
     fn pretrained_options(&mut self, f: &mut Fields<'a>) -> Option<ModelSpec> {
         let qkv_bias = f.bool(self, "qkv_bias", false);
         let qk_norm = f.bool(self, "qk_norm", false);
         let qk_norm_whole = f.bool(self, "qk_norm_whole", false);
-        let post_norm = f.bool(self, "post_norm", false);
+        let placement = f.sym(self, "norm_placement", &["pre", "post", "sandwich"], Some("pre"));
+        let norm_offset = f.bool(self, "norm_offset", false);
+        let embed_scale = f.bool(self, "embed_scale", false);
+        let window_rope_theta = f.field("window_rope_theta").map(|_| f.ranged(self, "window_rope_theta", None, 1.0, false, 1e12, false));
         let norm_eps = f.field("norm_eps").map(|_| f.ranged(self, "norm_eps", None, 0.0, true, 1.0, true));
         let rope_theta = f.field("rope_theta").map(|_| f.ranged(self, "rope_theta", None, 1.0, false, 1e12, false));
         let rope_scaling = f.field("rope_scaling").map(|field| self.check_rope_scaling(&field.value, &f.scope));
@@ -220,7 +229,14 @@ impl<'a> Checker<'a> {
             // One norm over the whole projection is a kind of QK-norm: it implies it.
             qk_norm: qk_norm? || qk_norm_whole?,
             qk_norm_whole: qk_norm_whole?,
-            post_norm: post_norm?,
+            norm_placement: match placement? {
+                "post" => crate::recipe::NormPlacement::Post,
+                "sandwich" => crate::recipe::NormPlacement::Sandwich,
+                _ => crate::recipe::NormPlacement::Pre,
+            },
+            norm_offset: norm_offset?,
+            embed_scale: embed_scale?,
+            window_rope_theta: window_rope_theta.map(|e| e.ok_or(())).transpose().ok()?,
             norm_eps: norm_eps.map(|e| e.ok_or(())).transpose().ok()?,
             rope_theta: rope_theta.map(|e| e.ok_or(())).transpose().ok()?,
             rope_scaling: rope_scaling.map(|e| e.ok_or(())).transpose().ok()?,

@@ -5,7 +5,7 @@
 
 use serde_json::Value;
 
-use crate::recipe::{Activation, Family, MlpSpec, MoeSpec, ModelSpec, Norm, Position, RopeScaling, RouterSpec};
+use crate::recipe::{Activation, Family, MlpSpec, MoeSpec, ModelSpec, Norm, NormPlacement, Position, RopeScaling, RouterSpec};
 
 /// The `architectures` entries roux reads, with their family.
 pub const SUPPORTED: &[(&str, Family)] = &[
@@ -20,6 +20,7 @@ pub const SUPPORTED: &[(&str, Family)] = &[
     ("Qwen3MoeForCausalLM", Family::Qwen3Moe),
     ("Phi3ForCausalLM", Family::Phi3),
     ("Olmo2ForCausalLM", Family::Olmo2),
+    ("Gemma3ForCausalLM", Family::Gemma3),
 ];
 
 /// The family a config's `architectures` names.
@@ -39,6 +40,7 @@ pub fn model_from_config(name: &str, c: &Value) -> Result<(ModelSpec, Family), S
     let r = Reader(c);
     let spec = match family {
         Family::Gpt2 => gpt2(name, &r)?,
+        Family::Gemma3 => super::gemma::gemma3(name, &r)?,
         _ => llama_like(name, family, &r)?,
     };
     spec.check_options()?;
@@ -46,17 +48,17 @@ pub fn model_from_config(name: &str, c: &Value) -> Result<(ModelSpec, Family), S
 }
 
 
-struct Reader<'a>(&'a Value);
+pub(super) struct Reader<'a>(pub(super) &'a Value);
 
 impl Reader<'_> {
-    fn get(&self, key: &str) -> Option<&Value> {
+    pub(super) fn get(&self, key: &str) -> Option<&Value> {
         self.0.get(key).filter(|v| !v.is_null())
     }
 
     /// A whole number from 1 to the limit a recipe has for the size it gives (`as_`, a key of
     /// `arith::SIZE_LIMITS`: the same model is as cheap to check written either way); absent,
     /// `default`.
-    fn size(&self, key: &str, as_: &str, default: Option<usize>) -> Result<usize, String> {
+    pub(super) fn size(&self, key: &str, as_: &str, default: Option<usize>) -> Result<usize, String> {
         let max = crate::arith::size_limit(as_);
         match self.get(key) {
             // A default derived from other sizes (`head_dim` = hidden_size / heads) has the
@@ -70,21 +72,21 @@ impl Reader<'_> {
         }
     }
 
-    fn float(&self, key: &str, default: f64) -> Result<f64, String> {
+    pub(super) fn float(&self, key: &str, default: f64) -> Result<f64, String> {
         match self.get(key) {
             None => Ok(default),
             Some(v) => v.as_f64().filter(|x| x.is_finite()).ok_or_else(|| format!("`{key}` = {v} is not a number")),
         }
     }
 
-    fn flag(&self, key: &str, default: bool) -> Result<bool, String> {
+    pub(super) fn flag(&self, key: &str, default: bool) -> Result<bool, String> {
         match self.get(key) {
             None => Ok(default),
             Some(v) => v.as_bool().ok_or_else(|| format!("`{key}` = {v} is not true or false")),
         }
     }
 
-    fn text(&self, key: &str, default: &str) -> Result<String, String> {
+    pub(super) fn text(&self, key: &str, default: &str) -> Result<String, String> {
         match self.get(key) {
             None => Ok(default.to_string()),
             Some(v) => v.as_str().map(str::to_string).ok_or_else(|| format!("`{key}` = {v} is not a string")),
@@ -92,7 +94,7 @@ impl Reader<'_> {
     }
 
     /// Refuse `key` unless absent or equal to `want` (a setting roux does not implement).
-    fn only(&self, key: &str, want: Value, why: &str) -> Result<(), String> {
+    pub(super) fn only(&self, key: &str, want: Value, why: &str) -> Result<(), String> {
         match self.get(key) {
             Some(v) if *v != want => Err(format!("`{key}` = {v}: {why}")),
             _ => Ok(()),
@@ -159,7 +161,7 @@ fn defaults(family: Family) -> Defaults {
         Family::Qwen2Moe => Defaults { kv_heads: Some(16), experts_per_token: 4, shared_hidden: Some(5632), ..base },
         Family::Qwen3Moe => Defaults { kv_heads: Some(4), experts_per_token: 8, ..base },
         Family::Phi3 | Family::Olmo2 => Defaults { norm_eps: 1e-5, ..base },
-        Family::Gpt2 | Family::Llama => base,
+        Family::Gpt2 | Family::Llama | Family::Gemma3 => base,
     }
 }
 
@@ -225,7 +227,7 @@ fn llama_like(name: &str, family: Family, r: &Reader) -> Result<ModelSpec, Strin
         qkv_bias: family == Family::Qwen2 || (family == Family::Qwen2Moe && r.flag("qkv_bias", true)?),
         qk_norm: matches!(family, Family::Qwen3 | Family::Qwen3Moe | Family::Olmoe | Family::Olmo2),
         qk_norm_whole: matches!(family, Family::Olmoe | Family::Olmo2),
-        post_norm: family == Family::Olmo2,
+        norm_placement: if family == Family::Olmo2 { NormPlacement::Post } else { NormPlacement::Pre },
         head_size: (Some(head) != default_head).then_some(head),
         norm_eps: Some(r.float("rms_norm_eps", dft.norm_eps)?),
         rope_theta: Some(theta),
@@ -299,14 +301,14 @@ fn whole_rotary(r: &Reader) -> Result<(), String> {
 /// `sliding_window`; Qwen2, Qwen3 and Qwen2-MoE the blocks `layer_types` names
 /// "sliding_attention", which absent follow from `max_window_layers` (Qwen2-MoE: the even blocks
 /// below it), all only with `use_sliding_window`. A window as long as the context is none.
-fn attention_window(family: Family, r: &Reader, context: usize, layers: usize, default_window: Option<usize>) -> Result<(Option<usize>, Option<Vec<usize>>), String> {
+pub(super) fn attention_window(family: Family, r: &Reader, context: usize, layers: usize, default_window: Option<usize>) -> Result<(Option<usize>, Option<Vec<usize>>), String> {
     let explicit_null = r.0.get("sliding_window").is_some_and(Value::is_null);
     let window = match family {
-        Family::Mistral | Family::Mixtral | Family::Phi3 if r.get("sliding_window").is_some() || (!explicit_null && default_window.is_some()) => Some(r.size("sliding_window", "window", default_window)?),
+        Family::Mistral | Family::Mixtral | Family::Phi3 | Family::Gemma3 if r.get("sliding_window").is_some() || (!explicit_null && default_window.is_some()) => Some(r.size("sliding_window", "window", default_window)?),
         Family::Qwen2 | Family::Qwen3 | Family::Qwen2Moe | Family::Qwen3Moe if r.flag("use_sliding_window", false)? && !explicit_null => Some(r.size("sliding_window", "window", Some(4096))?),
         _ => None,
     };
-    let per_block = matches!(family, Family::Qwen2 | Family::Qwen3 | Family::Qwen2Moe);
+    let per_block = matches!(family, Family::Qwen2 | Family::Qwen3 | Family::Qwen2Moe | Family::Gemma3);
     let types: Option<Vec<&str>> = match r.get("layer_types") {
         None => None,
         Some(v) => Some(v.as_array().and_then(|a| a.iter().map(Value::as_str).collect::<Option<Vec<_>>>()).ok_or_else(|| format!("`layer_types` = {v} is not a list of strings"))?),
@@ -329,6 +331,12 @@ fn attention_window(family: Family, r: &Reader, context: usize, layers: usize, d
             } as usize;
             match family {
                 Family::Qwen2Moe => (0..layers.min(max)).filter(|i| i % 2 == 0).collect(),
+                // Gemma 3: every `sliding_window_pattern`-th block full, the others windowed.
+                Family::Gemma3 => {
+                    let key = if r.get("sliding_window_pattern").is_some() { "sliding_window_pattern" } else { "_sliding_window_pattern" };
+                    let pattern = r.size(key, "layers", Some(6))?;
+                    (0..layers).filter(|i| (i + 1) % pattern != 0).collect()
+                }
                 _ => (max.min(layers)..layers).collect(),
             }
         }
@@ -343,7 +351,7 @@ fn attention_window(family: Family, r: &Reader, context: usize, layers: usize, d
 
 /// The rotary embedding's base and scaling: `rope_parameters` (transformers 5) or the older
 /// `rope_theta` and `rope_scaling`.
-fn rope(r: &Reader, default_theta: f64) -> Result<(f64, Option<RopeScaling>), String> {
+pub(super) fn rope(r: &Reader, default_theta: f64) -> Result<(f64, Option<RopeScaling>), String> {
     let params = r.get("rope_parameters").or_else(|| r.get("rope_scaling"));
     let theta = match params.and_then(|p| p.get("rope_theta")).filter(|v| !v.is_null()) {
         Some(v) => v.as_f64().ok_or_else(|| format!("`rope_theta` = {v} is not a number"))?,

@@ -13,7 +13,9 @@ pub fn class(family: Family) -> &'static str {
 /// The family's `…ForSequenceClassification` (a reward model's export), where transformers has
 /// one: OLMoE has none.
 pub fn classifier_class(family: Family) -> Option<String> {
-    (family != Family::Olmoe).then(|| class(family).replace("LMHeadModel", "ForSequenceClassification").replace("ForCausalLM", "ForSequenceClassification"))
+    // Gemma 3's text classifier is its own class (Gemma3ForSequenceClassification is multimodal).
+    let class = if family == Family::Gemma3 { "Gemma3TextForCausalLM" } else { class(family) };
+    (family != Family::Olmoe).then(|| class.replace("LMHeadModel", "ForSequenceClassification").replace("ForCausalLM", "ForSequenceClassification"))
 }
 
 /// The attention window as the family's config says it (`config.rs` reads it back): Mistral,
@@ -58,6 +60,7 @@ pub fn config(spec: &ModelSpec, family: Family) -> Value {
                 Family::Qwen3Moe => "qwen3_moe",
                 Family::Phi3 => "phi3",
                 Family::Olmo2 => "olmo2",
+                Family::Gemma3 => "gemma3_text",
                 _ => "llama",
             };
             let mut rope = json!({"rope_type": "default", "rope_theta": spec.rope_theta()});
@@ -81,6 +84,12 @@ pub fn config(spec: &ModelSpec, family: Family) -> Value {
                 c["mlp_bias"] = json!(spec.bias);
             }
             window(&mut c, spec, family);
+            if family == Family::Gemma3 {
+                super::gemma::emit(&mut c, spec);
+                let o = c.as_object_mut().expect("an object");
+                o.remove("hidden_act");
+                o.remove("rope_theta");
+            }
             let moe = spec.moe.as_ref().and_then(|m| match &m.router {
                 crate::recipe::RouterSpec::Topk { k, balance_loss, normalize, .. } => Some((m, *k, *balance_loss, *normalize)),
                 _ => None,

@@ -6,12 +6,14 @@
 //! |-------------|-------------------------------------------------------------------------|
 //! | `config.rs` | `config.json` → a model definition, per supported architecture          |
 //! | `emit.rs`   | a model definition → `config.json` of its architecture (export)          |
+//! | `gemma.rs`  | Gemma 3's text model, both directions (its config differs the most)      |
 //! | `names.rs`  | where each roux parameter lives in a checkpoint (both directions)       |
 //! | `header.rs` | safetensors headers, and what differs from the tensors a model expects  |
 //! | `generation.rs` | how sample and chat draw tokens: flags, else generation_config.json |
 
 pub mod config;
 pub mod emit;
+mod gemma;
 pub mod generation;
 pub mod header;
 pub mod names;

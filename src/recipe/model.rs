@@ -19,6 +19,19 @@ impl Activation {
     }
 }
 
+/// Where each block's norms sit around its attention and its MLP.
+#[derive(Clone, Copy, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum NormPlacement {
+    /// On each sublayer's input (GPT-2, Llama).
+    #[default]
+    Pre,
+    /// On each sublayer's output, before the residual adds it (OLMo 2).
+    Post,
+    /// Both (Gemma 2 and 3): four norms a block.
+    Sandwich,
+}
+
 #[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
 pub enum Norm {
@@ -131,10 +144,20 @@ pub struct ModelSpec {
     /// (OLMoE, OLMo 2).
     #[serde(default, skip_serializing_if = "is_false")]
     pub qk_norm_whole: bool,
-    /// Each block's norms applied to its attention's and its MLP's outputs, before the residual
-    /// adds them, instead of to their inputs (OLMo 2's reordered norms).
+    /// Where each block's norms sit (`norm_placement`).
+    #[serde(default, skip_serializing_if = "is_pre")]
+    pub norm_placement: NormPlacement,
+    /// Every norm's gain stored as its offset from 1 (scale = 1 + weight; weights start at 0),
+    /// as Gemma's RMSNorm.
     #[serde(default, skip_serializing_if = "is_false")]
-    pub post_norm: bool,
+    pub norm_offset: bool,
+    /// The token embeddings multiplied by √d_model on the way in (Gemma).
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub embed_scale: bool,
+    /// The rotary base of the blocks with an attention window, when it differs from the others'
+    /// (Gemma 3: 10,000 local, 1,000,000 global).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub window_rope_theta: Option<f64>,
     /// Each head's size when it is not d_model / heads (Qwen3: 128 at any width).
     #[serde(default, rename = "head_dim", skip_serializing_if = "Option::is_none")]
     pub head_size: Option<usize>,
@@ -181,7 +204,10 @@ impl Default for ModelSpec {
             qkv_bias: false,
             qk_norm: false,
             qk_norm_whole: false,
-            post_norm: false,
+            norm_placement: NormPlacement::Pre,
+            norm_offset: false,
+            embed_scale: false,
+            window_rope_theta: None,
             head_size: None,
             norm_eps: None,
             rope_theta: None,
@@ -195,6 +221,10 @@ impl Default for ModelSpec {
 
 fn is_false(b: &bool) -> bool {
     !*b
+}
+
+fn is_pre(p: &NormPlacement) -> bool {
+    *p == NormPlacement::Pre
 }
 
 /// Llama 3.1's rope scaling (`rope_type = "llama3"`): wavelengths longer than
@@ -223,6 +253,7 @@ pub enum Family {
     Qwen3Moe,
     Phi3,
     Olmo2,
+    Gemma3,
 }
 
 impl Family {
@@ -240,6 +271,7 @@ impl Family {
             Family::Qwen3Moe => "Qwen3-MoE",
             Family::Phi3 => "Phi-3",
             Family::Olmo2 => "OLMo 2",
+            Family::Gemma3 => "Gemma 3",
         }
     }
 }
@@ -286,8 +318,14 @@ impl ModelSpec {
         if let Some(e) = self.norm_eps.filter(|e| !(*e > 0.0 && *e < 1.0)) {
             return Err(format!("norm ε {e} is not in (0, 1)"));
         }
-        if let Some(t) = self.rope_theta.filter(|t| !(*t >= 1.0 && *t <= 1e12)) {
+        if let Some(t) = self.rope_theta.or(self.window_rope_theta).filter(|t| !(*t >= 1.0 && *t <= 1e12)) {
             return Err(format!("rope θ {t} is not in [1, 1e12]"));
+        }
+        if let Some(t) = self.window_rope_theta.filter(|t| !(*t >= 1.0 && *t <= 1e12)) {
+            return Err(format!("rope θ {t} is not in [1, 1e12]"));
+        }
+        if self.window_rope_theta.is_some() && (self.window.is_none() || self.position != Position::Rope) {
+            return Err("a windowed blocks' rope θ needs a window and `position = rope`".into());
         }
         if let Some(r) = &self.rope_scaling {
             let ok = (1.0..=1e6).contains(&r.factor) && r.low_freq_factor > 0.0 && r.high_freq_factor > r.low_freq_factor && r.high_freq_factor <= 1e6 && (1..=1 << 20).contains(&r.original_context);

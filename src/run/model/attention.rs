@@ -31,21 +31,29 @@ impl Model {
         let split_kv = |y: Tensor| y.view([b, t, kv_heads, hs]).transpose(1, 2); // (B, nkv, T, hs)
         let (mut q, mut k, v) = self.qkv(x, i);
         let whole = self.spec().qk_norm_whole;
-        if let (true, Some(qn), Some(kn)) = (whole, self.w_opt(i, "q_norm", "weight"), self.w_opt(i, "k_norm", "weight")) {
+        let window = match &self.graph.graph[self.order[i]].kind {
+            OpKind::Attention { window, .. } => window.map(|w| w as i64),
+            _ => None,
+        };
+        // Gemma's QK-norm gains are offsets from 1, as its other norms'.
+        let gain = |name: &str| self.w_opt(i, name, "weight").map(|w| if self.spec().norm_offset { w + 1.0 } else { w });
+        if let (true, Some(qn), Some(kn)) = (whole, gain("q_norm"), gain("k_norm")) {
             // OLMoE's QK-norm: over the whole projection, before it is split into heads.
             let eps = self.spec().norm_eps();
             q = q.rms_norm([heads * hs], Some(&qn), eps);
             k = k.rms_norm([kv_heads * hs], Some(&kn), eps);
         }
         let (mut q, mut k, mut v) = (split(q), split_kv(k), split_kv(v));
-        if let (false, Some(qn), Some(kn)) = (whole, self.w_opt(i, "q_norm", "weight"), self.w_opt(i, "k_norm", "weight")) {
+        if let (false, Some(qn), Some(kn)) = (whole, gain("q_norm"), gain("k_norm")) {
             // Qwen3's QK-norm: each head's queries and keys RMS-normalised before the rotation.
             let eps = self.spec().norm_eps();
             q = q.rms_norm([hs], Some(&qn), eps);
             k = k.rms_norm([hs], Some(&kn), eps);
         }
         let offset = cache.as_ref().map_or(0, |(o, _)| *o);
-        if let Some((cos, sin)) = &self.rope {
+        // A windowed block turns by its own base when the model gives one (Gemma 3's local layers).
+        let rope = if window.is_some() && self.rope_local.is_some() { &self.rope_local } else { &self.rope };
+        if let Some((cos, sin)) = rope {
             let (cos, sin) = match packing {
                 // Each token's own position's row: (B, 1, T, hs/2), broadcast over the heads.
                 Some(p) => {
@@ -78,10 +86,6 @@ impl Model {
         // Without a cache, or at a fresh one, and no window: the plain causal mask (SDPA's flag,
         // which aligns top-left); otherwise written out.
         let keys = k.size()[2];
-        let window = match &self.graph.graph[self.order[i]].kind {
-            OpKind::Attention { window, .. } => window.map(|w| w as i64),
-            _ => None,
-        };
         let y = if let Some(p) = packing {
             let mask = match (window, &p.windowed) {
                 (Some(_), Some(m)) => m,
@@ -145,11 +149,12 @@ pub(super) fn visible(t: i64, keys: i64, offset: i64, window: Option<i64>, devic
 
 /// cos and sin tables (T, hs/2) for rotary embeddings (Su et al. 2021): frequencies θ^(−2i/hs),
 /// θ = 10000 unless the model says otherwise, stretched as Llama 3 does when it has `rope_scaling`.
-pub(super) fn rope_tables(spec: &crate::recipe::ModelSpec, device: Device) -> (Tensor, Tensor) {
+/// With `windowed`, the tables of the windowed blocks' own base (`window_rope_theta`, unscaled).
+pub(super) fn rope_tables(spec: &crate::recipe::ModelSpec, windowed: bool, device: Device) -> (Tensor, Tensor) {
     let (context, hs) = (spec.context, spec.head_dim());
-    let theta = spec.rope_theta();
+    let theta = if windowed { spec.window_rope_theta.unwrap_or(spec.rope_theta()) } else { spec.rope_theta() };
     let mut inv: Vec<f64> = (0..hs / 2).map(|i| theta.powf(-2.0 * i as f64 / hs as f64)).collect();
-    if let Some(r) = &spec.rope_scaling {
+    if let Some(r) = spec.rope_scaling.as_ref().filter(|_| !windowed) {
         // transformers' `_compute_llama3_parameters`, wavelength by wavelength.
         let (low, high) = (r.original_context as f64 / r.low_freq_factor, r.original_context as f64 / r.high_freq_factor);
         for f in inv.iter_mut() {

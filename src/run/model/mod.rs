@@ -61,6 +61,8 @@ pub struct Model {
     inputs: Vec<Vec<usize>>,
     last_use: Vec<usize>,
     rope: Option<(Tensor, Tensor)>,
+    /// The windowed blocks' tables, when they turn by a base of their own (`window_rope_theta`).
+    rope_local: Option<(Tensor, Tensor)>,
     pub device: Device,
     /// Kind the forward pass computes in. Parameters stay float32 (the master weights AdamW
     /// updates); with bfloat16 each is cast where it is used, so gradients flow back to float32.
@@ -173,7 +175,8 @@ impl Model {
             }
         }
         let spec = &graph.spec;
-        let rope = (spec.position == crate::recipe::Position::Rope).then(|| attention::rope_tables(spec, device));
+        let rope = (spec.position == crate::recipe::Position::Rope).then(|| attention::rope_tables(spec, false, device));
+        let rope_local = spec.window_rope_theta.filter(|_| spec.position == crate::recipe::Position::Rope).map(|_| attention::rope_tables(spec, true, device));
         let index = names.iter().enumerate().map(|(i, n)| (n.clone(), i)).collect();
         let node_params = order
             .iter()
@@ -183,7 +186,7 @@ impl Model {
             })
             .collect();
         let casts = RefCell::new((0..names.len()).map(|_| None).collect());
-        Ok(Model { graph, names, params, index, node_params, order, inputs, last_use, rope, device, compute: Kind::Float, lora: Default::default(), pad_vocab: false, neftune: 0.0, z_loss: 0.0, casts, cache_all: Cell::new(false), shadow: vec![], experts_across: None, share, divided, recompute: false, block_ends: vec![], pending: RefCell::new(vec![]), window_mask: RefCell::new(None) })
+        Ok(Model { graph, names, params, index, node_params, order, inputs, last_use, rope, rope_local, device, compute: Kind::Float, lora: Default::default(), pad_vocab: false, neftune: 0.0, z_loss: 0.0, casts, cache_all: Cell::new(false), shadow: vec![], experts_across: None, share, divided, recompute: false, block_ends: vec![], pending: RefCell::new(vec![]), window_mask: RefCell::new(None) })
     }
 
     pub fn spec(&self) -> &ModelSpec {

@@ -58,6 +58,8 @@ impl Model {
                 OpKind::Tokens => pass.tokens.shallow_clone(),
                 OpKind::Embedding { .. } => {
                     let e = Tensor::embedding(&self.w(i, "", "weight"), arg(0), -1, false, false);
+                    // Gemma's embeddings are scaled by √d_model (a float32 constant, as its).
+                    let e = if self.spec().embed_scale { &e * (self.spec().d_model as f32).sqrt() as f64 } else { e };
                     if pass.train && self.neftune > 0.0 { neftune_noise(&e, self.neftune) } else { e }
                 }
                 OpKind::PosEmbedding { .. } => match pass.packing {
@@ -66,8 +68,10 @@ impl Model {
                 },
                 OpKind::Dropout { p } => arg(0).dropout(*p, pass.train),
                 OpKind::Add => arg(0) + arg(1),
-                OpKind::Norm { kind, dim, .. } => {
+                OpKind::Norm { kind, dim, offset, .. } => {
                     let w = self.w(i, "", "weight");
+                    // Gemma's gains are offsets from 1.
+                    let w = if *offset { w + 1.0 } else { w };
                     let eps = self.spec().norm_eps();
                     match kind {
                         Norm::Layernorm => arg(0).layer_norm([*dim as i64], Some(&w), self.w_opt(i, "", "bias").as_ref(), eps, true),
