@@ -5,7 +5,7 @@
 
 use serde_json::{json, Value};
 
-use super::config::{attention_window, rope, Reader};
+use super::keys::{attention_window, rope, Reader};
 use crate::recipe::{Activation, Family, MlpSpec, ModelSpec, Norm, NormPlacement, Position};
 
 /// What `Gemma3TextConfig` assumes for keys a config leaves out.

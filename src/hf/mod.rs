@@ -7,6 +7,7 @@
 //! | `config.rs` | `config.json` → a model definition, per supported architecture          |
 //! | `emit.rs`   | a model definition → `config.json` of its architecture (export)          |
 //! | `gemma.rs`  | Gemma 3's text model, both directions (its config differs the most)      |
+//! | `keys.rs`   | reading a config's values in range, and the rope and windows they imply  |
 //! | `names.rs`  | where each roux parameter lives in a checkpoint (both directions)       |
 //! | `header.rs` | safetensors headers, and what differs from the tensors a model expects  |
 //! | `generation.rs` | how sample and chat draw tokens: flags, else generation_config.json |
@@ -14,6 +15,7 @@
 pub mod config;
 pub mod emit;
 mod gemma;
+mod keys;
 pub mod generation;
 pub mod header;
 pub mod names;
