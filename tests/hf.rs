@@ -35,6 +35,7 @@ const CHECKPOINTS: &[(&str, &[&str])] = &[
     ("phi3-window", &["phi3", "--window", "8"]),
     ("olmo2", &["olmo2", "--dtype", "bfloat16"]),
     ("gemma3", &["gemma3"]),
+    ("gemma2", &["gemma2"]),
 ];
 
 /// Every checkpoint of `CHECKPOINTS`, made once by one Python process (transformers takes
@@ -766,6 +767,24 @@ fn gemma3_text_with_sandwich_norms_offset_gains_and_local_and_global_blocks() {
     let dir = checkpoint("gemma3-spec", "gemma3");
     let spec = roux::frontend::compile(&dir.join("import.roux")).unwrap().recipe.unwrap().models[0].clone();
     assert_eq!((spec.window, spec.window_layers.clone(), spec.window_rope_theta, spec.rope_theta), (Some(8), Some(vec![0]), Some(1e4), Some(1e6)));
+}
+
+/// Gemma 2 soft-caps its attention scores and its logits (c·tanh(x / c)): its logits are
+/// transformers', and without the caps roux's would differ.
+#[test]
+fn gemma2_with_soft_capped_scores_and_logits() {
+    import("gemma2", "Gemma2ForCausalLM");
+    let dir = checkpoint("gemma2-spec", "gemma2");
+    let spec = roux::frontend::compile(&dir.join("import.roux")).unwrap().recipe.unwrap().models[0].clone();
+    assert_eq!((spec.attn_softcap, spec.logit_softcap, spec.window, spec.window_layers.clone()), (Some(0.5), Some(0.5), Some(8), Some(vec![0])));
+    let x = Tensor::from_slice(&expected(&dir)["prompts"][3].as_array().unwrap().iter().map(|t| t.as_i64().unwrap()).collect::<Vec<_>>()).view([1, -1]);
+    let logits = |s: &roux::recipe::ModelSpec| tch::no_grad(|| roux::run::kit::hf::load(s, Device::Cpu, None).unwrap().forward(&x, false));
+    let capped = logits(&spec);
+    assert!(capped.abs().max().double_value(&[]) < 0.5, "logits past the cap");
+    for uncapped in [roux::recipe::ModelSpec { attn_softcap: None, ..spec.clone() }, roux::recipe::ModelSpec { logit_softcap: None, ..spec.clone() }] {
+        let moved = (logits(&uncapped) - &capped).abs().max().double_value(&[]);
+        assert!(moved > 1e-3, "a cap moves no logit ({moved:.1e}): the test would prove nothing");
+    }
 }
 
 #[test]

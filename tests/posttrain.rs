@@ -1057,16 +1057,16 @@ fn dpo_loss_variants_train_from_their_formulas_at_zero() {
 /// Packing (`finetune { packing = true }`) puts several examples in one row; each must get the
 /// logits it gets alone — positions restart (learned and rotary), attention stays within an
 /// example, the padding after them changes nothing — on a GPT-2-style model, a Llama-style one
-/// (rope, RMSNorm, SwiGLU), the same with a 4-token attention window in its second block, and a
-/// top-k MoE.
+/// (rope, RMSNorm, SwiGLU), the same with a 4-token attention window in its second block (and
+/// with Gemma 2's soft-capped attention, written out), and a top-k MoE.
 #[test]
 fn a_packed_row_gives_each_example_its_own_logits() {
     use roux::posttrain::examples::Seq;
     use roux::run::kit::packing::{batch, pack};
-    for (file, ctx, window) in [("tiny-lifecycle.roux", 48, None), ("tiny-llama.roux", 32, None), ("tiny-llama.roux", 32, Some(4)), ("tiny-moe-topk.roux", 32, None)] {
+    for (file, ctx, window, cap) in [("tiny-lifecycle.roux", 48, None, None), ("tiny-llama.roux", 32, None, None), ("tiny-llama.roux", 32, Some(4), None), ("tiny-llama.roux", 32, Some(4), Some(0.5)), ("tiny-moe-topk.roux", 32, None, None)] {
         let r = recipe(file);
         tch::manual_seed(5);
-        let spec = roux::recipe::ModelSpec { window, window_layers: window.map(|_| vec![1]), ..r.model("lm").unwrap().clone() };
+        let spec = roux::recipe::ModelSpec { window, window_layers: window.map(|_| vec![1]), attn_softcap: cap, ..r.model("lm").unwrap().clone() };
         let m = Model::new(&spec, Device::Cpu).unwrap();
         // Lengths (tokens) 13, 9, 20, 6, 30 into rows of `ctx` inputs: several share a row.
         let seqs: Vec<Seq> = [13usize, 9, 20, 6, 30]

@@ -211,8 +211,8 @@ impl<'a> Checker<'a> {
     }
 
     /// The options pretrained architectures need (`qkv_bias`, `qk_norm`, `qk_norm_whole`,
-    /// `norm_placement`, `norm_offset`, `embed_scale`, `window_rope_theta`, `norm_eps`,
-    /// `rope_theta`, `rope_scaling`), as a definition holding only them.
+    /// `norm_placement`, `norm_offset`, `embed_scale`, `window_rope_theta`, `attn_softcap`,
+    /// `logit_softcap`, `norm_eps`, `rope_theta`, `rope_scaling`), as a definition holding only them.
     fn pretrained_options(&mut self, f: &mut Fields<'a>) -> Option<ModelSpec> {
         let qkv_bias = f.bool(self, "qkv_bias", false);
         let qk_norm = f.bool(self, "qk_norm", false);
@@ -221,6 +221,8 @@ impl<'a> Checker<'a> {
         let norm_offset = f.bool(self, "norm_offset", false);
         let embed_scale = f.bool(self, "embed_scale", false);
         let window_rope_theta = f.field("window_rope_theta").map(|_| f.ranged(self, "window_rope_theta", None, 1.0, false, 1e12, false));
+        let attn_softcap = f.field("attn_softcap").map(|_| f.ranged(self, "attn_softcap", None, 0.0, true, 1e6, false));
+        let logit_softcap = f.field("logit_softcap").map(|_| f.ranged(self, "logit_softcap", None, 0.0, true, 1e6, false));
         let norm_eps = f.field("norm_eps").map(|_| f.ranged(self, "norm_eps", None, 0.0, true, 1.0, true));
         let rope_theta = f.field("rope_theta").map(|_| f.ranged(self, "rope_theta", None, 1.0, false, 1e12, false));
         let rope_scaling = f.field("rope_scaling").map(|field| self.check_rope_scaling(&field.value, &f.scope));
@@ -237,6 +239,8 @@ impl<'a> Checker<'a> {
             norm_offset: norm_offset?,
             embed_scale: embed_scale?,
             window_rope_theta: window_rope_theta.map(|e| e.ok_or(())).transpose().ok()?,
+            attn_softcap: attn_softcap.map(|e| e.ok_or(())).transpose().ok()?,
+            logit_softcap: logit_softcap.map(|e| e.ok_or(())).transpose().ok()?,
             norm_eps: norm_eps.map(|e| e.ok_or(())).transpose().ok()?,
             rope_theta: rope_theta.map(|e| e.ok_or(())).transpose().ok()?,
             rope_scaling: rope_scaling.map(|e| e.ok_or(())).transpose().ok()?,

@@ -21,6 +21,7 @@ pub const SUPPORTED: &[(&str, Family)] = &[
     ("Qwen3MoeForCausalLM", Family::Qwen3Moe),
     ("Phi3ForCausalLM", Family::Phi3),
     ("Olmo2ForCausalLM", Family::Olmo2),
+    ("Gemma2ForCausalLM", Family::Gemma2),
     ("Gemma3ForCausalLM", Family::Gemma3),
 ];
 
@@ -41,7 +42,7 @@ pub fn model_from_config(name: &str, c: &Value) -> Result<(ModelSpec, Family), S
     let r = Reader(c);
     let spec = match family {
         Family::Gpt2 => gpt2(name, &r)?,
-        Family::Gemma3 => super::gemma::gemma3(name, &r)?,
+        Family::Gemma2 | Family::Gemma3 => super::gemma::gemma(name, &r, family)?,
         _ => llama_like(name, family, &r)?,
     };
     spec.check_options()?;
@@ -108,7 +109,7 @@ fn defaults(family: Family) -> Defaults {
         Family::Qwen2Moe => Defaults { kv_heads: Some(16), experts_per_token: 4, shared_hidden: Some(5632), ..base },
         Family::Qwen3Moe => Defaults { kv_heads: Some(4), experts_per_token: 8, ..base },
         Family::Phi3 | Family::Olmo2 => Defaults { norm_eps: 1e-5, ..base },
-        Family::Gpt2 | Family::Llama | Family::Gemma3 => base,
+        Family::Gpt2 | Family::Llama | Family::Gemma2 | Family::Gemma3 => base,
     }
 }
 

@@ -60,6 +60,7 @@ pub fn config(spec: &ModelSpec, family: Family) -> Value {
                 Family::Qwen3Moe => "qwen3_moe",
                 Family::Phi3 => "phi3",
                 Family::Olmo2 => "olmo2",
+                Family::Gemma2 => "gemma2",
                 Family::Gemma3 => "gemma3_text",
                 _ => "llama",
             };
@@ -84,8 +85,8 @@ pub fn config(spec: &ModelSpec, family: Family) -> Value {
                 c["mlp_bias"] = json!(spec.bias);
             }
             window(&mut c, spec, family);
-            if family == Family::Gemma3 {
-                super::gemma::emit(&mut c, spec);
+            if matches!(family, Family::Gemma2 | Family::Gemma3) {
+                super::gemma::emit(&mut c, spec, family);
                 let o = c.as_object_mut().expect("an object");
                 o.remove("hidden_act");
                 o.remove("rope_theta");

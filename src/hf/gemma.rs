@@ -1,7 +1,9 @@
-//! Gemma 3's text model (`Gemma3ForCausalLM`, as the 270M and 1B checkpoints are) as a model
-//! definition: Llama's layout with GELU-gated MLPs, every norm's gain an offset from 1, four norms
-//! a block, embeddings scaled by √d_model, per-head QK-norm, and blocks that alternate between a
-//! sliding window with one rotary base and full attention with another.
+//! Gemma 2 and Gemma 3's text model (`Gemma2ForCausalLM`, `Gemma3ForCausalLM` as the 270M and 1B
+//! checkpoints are) as model definitions: Llama's layout with GELU-gated MLPs, every norm's gain an
+//! offset from 1, four norms a block, embeddings scaled by √d_model, and blocks that alternate
+//! between a sliding window and full attention. Gemma 2 soft-caps its attention scores and
+//! logits; Gemma 3 has per-head QK-norm instead, and gives its windowed blocks a rotary base of
+//! their own.
 
 use serde_json::{json, Value};
 
@@ -14,14 +16,21 @@ const DEFAULT_WINDOW: usize = 4096;
 const GLOBAL_THETA: f64 = 1e6;
 const LOCAL_THETA: f64 = 1e4;
 
-pub(super) fn gemma3(name: &str, r: &Reader) -> Result<ModelSpec, String> {
+pub(super) fn gemma(name: &str, r: &Reader, family: Family) -> Result<ModelSpec, String> {
+    let gemma3 = family == Family::Gemma3;
     let act = r.text("hidden_activation", "gelu_pytorch_tanh")?;
     if act != "gelu_pytorch_tanh" {
         return Err(format!("`hidden_activation` = \"{}\": roux's GEGLU is the tanh GELU (gelu_pytorch_tanh)", act.escape_debug()));
     }
-    for key in ["final_logit_softcapping", "attn_logit_softcapping"] {
-        r.only(key, Value::Null, "roux does not soft-cap logits (Gemma 2 does; Gemma 3 does not)")?;
-    }
+    // Gemma 2's caps (its defaults 50 and 30); Gemma 3 has none.
+    let cap = |key: &str, default: f64| -> Result<Option<f64>, String> {
+        match r.get(key) {
+            None if gemma3 || r.0.get(key).is_some() => Ok(None),
+            None => Ok(Some(default)),
+            Some(v) => v.as_f64().filter(|c| *c > 0.0 && *c <= 1e6).map(Some).ok_or_else(|| format!("`{key}` = {v} is not a number in (0, 1e6]")),
+        }
+    };
+    let (attn_softcap, logit_softcap) = (cap("attn_logit_softcapping", 50.0)?, cap("final_logit_softcapping", 30.0)?);
     r.only("use_bidirectional_attention", Value::Bool(false), "roux's attention is causal")?;
     let d = r.size("hidden_size", "d_model", None)?;
     let heads = r.size("num_attention_heads", "heads", None)?;
@@ -43,12 +52,12 @@ pub(super) fn gemma3(name: &str, r: &Reader) -> Result<ModelSpec, String> {
     }
     let context = r.size("max_position_embeddings", "context", None)?;
     let layers = r.size("num_hidden_layers", "layers", None)?;
-    let (window, window_layers) = attention_window(Family::Gemma3, r, context, layers, Some(DEFAULT_WINDOW))?;
-    let ((theta, scaling), local) = rotary(r)?;
+    let (window, window_layers) = attention_window(family, r, context, layers, Some(DEFAULT_WINDOW))?;
+    let ((theta, scaling), local) = if gemma3 { rotary(r)? } else { (rope(r, LOCAL_THETA)?, LOCAL_THETA) };
     // Its sliding-type blocks turn by the local base even where the window covers the context:
     // roux gives that base to windowed blocks only.
     let all_full = r.get("layer_types").and_then(Value::as_array).is_some_and(|t| t.iter().all(|k| k == "full_attention"));
-    if window.is_none() && local != theta && !all_full {
+    if gemma3 && window.is_none() && local != theta && !all_full {
         return Err(format!("`sliding_window` is not shorter than the context ({context}) while the sliding blocks' rope base ({local}) differs from the others' ({theta}): roux gives that base only to blocks with a window"));
     }
     Ok(ModelSpec {
@@ -64,7 +73,9 @@ pub(super) fn gemma3(name: &str, r: &Reader) -> Result<ModelSpec, String> {
         position: Position::Rope,
         tie_embeddings: r.flag("tie_word_embeddings", true)?,
         bias: false,
-        qk_norm: true,
+        qk_norm: gemma3,
+        attn_softcap,
+        logit_softcap,
         norm_placement: NormPlacement::Sandwich,
         norm_offset: true,
         embed_scale: true,
@@ -72,8 +83,8 @@ pub(super) fn gemma3(name: &str, r: &Reader) -> Result<ModelSpec, String> {
         norm_eps: Some(r.float("rms_norm_eps", 1e-6)?),
         rope_theta: Some(theta),
         rope_scaling: scaling,
-        // The windowed blocks' base only matters when there are windowed blocks.
-        window_rope_theta: window.map(|_| local),
+        // The windowed blocks' base only matters when there are windowed blocks (Gemma 3's).
+        window_rope_theta: window.filter(|_| gemma3).map(|_| local),
         window,
         window_layers,
         ..ModelSpec::default()
@@ -100,20 +111,21 @@ fn rotary(r: &Reader) -> Result<((f64, Option<crate::recipe::RopeScaling>), f64)
     }
 }
 
-/// `config.json`'s Gemma 3 keys for `spec` (the rest as every family's: `emit.rs`).
-pub(super) fn emit(c: &mut Value, spec: &ModelSpec) {
-    let scaling = c["rope_parameters"].clone();
-    c["model_type"] = json!("gemma3_text");
+/// `config.json`'s Gemma keys for `spec` (the rest as every family's: `emit.rs`).
+pub(super) fn emit(c: &mut Value, spec: &ModelSpec, family: Family) {
     c["hidden_activation"] = json!("gelu_pytorch_tanh");
     c["query_pre_attn_scalar"] = json!(spec.head_dim());
-    c["rope_parameters"] = json!({
-        "full_attention": scaling,
-        "sliding_attention": {"rope_type": "default", "rope_theta": spec.window_rope_theta.unwrap_or(LOCAL_THETA)},
-    });
+    if family == Family::Gemma3 {
+        let scaling = c["rope_parameters"].clone();
+        c["rope_parameters"] = json!({
+            "full_attention": scaling,
+            "sliding_attention": {"rope_type": "default", "rope_theta": spec.window_rope_theta.unwrap_or(LOCAL_THETA)},
+        });
+    }
     c["sliding_window"] = json!(spec.window);
     let kind = |b: usize| if spec.window_of(b).is_some() { "sliding_attention" } else { "full_attention" };
     c["layer_types"] = json!((0..spec.layers).map(kind).collect::<Vec<_>>());
     c["attention_bias"] = json!(false);
-    c["final_logit_softcapping"] = Value::Null;
-    c["attn_logit_softcapping"] = Value::Null;
+    c["final_logit_softcapping"] = json!(spec.logit_softcap);
+    c["attn_logit_softcapping"] = json!(spec.attn_softcap);
 }

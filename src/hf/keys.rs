@@ -69,11 +69,11 @@ impl Reader<'_> {
 pub(super) fn attention_window(family: Family, r: &Reader, context: usize, layers: usize, default_window: Option<usize>) -> Result<(Option<usize>, Option<Vec<usize>>), String> {
     let explicit_null = r.0.get("sliding_window").is_some_and(Value::is_null);
     let window = match family {
-        Family::Mistral | Family::Mixtral | Family::Phi3 | Family::Gemma3 if r.get("sliding_window").is_some() || (!explicit_null && default_window.is_some()) => Some(r.size("sliding_window", "window", default_window)?),
+        Family::Mistral | Family::Mixtral | Family::Phi3 | Family::Gemma2 | Family::Gemma3 if r.get("sliding_window").is_some() || (!explicit_null && default_window.is_some()) => Some(r.size("sliding_window", "window", default_window)?),
         Family::Qwen2 | Family::Qwen3 | Family::Qwen2Moe | Family::Qwen3Moe if r.flag("use_sliding_window", false)? && !explicit_null => Some(r.size("sliding_window", "window", Some(4096))?),
         _ => None,
     };
-    let per_block = matches!(family, Family::Qwen2 | Family::Qwen3 | Family::Qwen2Moe | Family::Gemma3);
+    let per_block = matches!(family, Family::Qwen2 | Family::Qwen3 | Family::Qwen2Moe | Family::Gemma2 | Family::Gemma3);
     let types: Option<Vec<&str>> = match r.get("layer_types") {
         None => None,
         Some(v) => Some(v.as_array().and_then(|a| a.iter().map(Value::as_str).collect::<Option<Vec<_>>>()).ok_or_else(|| format!("`layer_types` = {v} is not a list of strings"))?),
@@ -96,6 +96,8 @@ pub(super) fn attention_window(family: Family, r: &Reader, context: usize, layer
             } as usize;
             match family {
                 Family::Qwen2Moe => (0..layers.min(max)).filter(|i| i % 2 == 0).collect(),
+                // Gemma 2: the even blocks windowed.
+                Family::Gemma2 => (0..layers).filter(|i| i % 2 == 0).collect(),
                 // Gemma 3: every `sliding_window_pattern`-th block full, the others windowed.
                 Family::Gemma3 => {
                     let key = if r.get("sliding_window_pattern").is_some() { "sliding_window_pattern" } else { "_sliding_window_pattern" };

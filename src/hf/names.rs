@@ -123,7 +123,7 @@ fn llama(name: &str, rows: usize, family: Family, spec: &ModelSpec) -> Place {
         "norm1" if family == Family::Olmo2 => "post_attention_layernorm",
         "norm2" if family == Family::Olmo2 => "post_feedforward_layernorm",
         // Gemma's four: before and after each sublayer.
-        "norm2" if family == Family::Gemma3 => "pre_feedforward_layernorm",
+        "norm2" if matches!(family, Family::Gemma2 | Family::Gemma3) => "pre_feedforward_layernorm",
         "post_norm1" => "post_attention_layernorm",
         "post_norm2" => "post_feedforward_layernorm",
         "norm1" => "input_layernorm",

@@ -6,6 +6,7 @@
 //! | `mod.rs`   | the recipe and its look-ups                                    |
 //! | `data.rs`  | corpora, tokenizers, synthetic data, example sets              |
 //! | `model.rs` | model definitions: attention, MLPs, mixtures of experts        |
+//! | `checkpoint.rs` | an imported model's checkpoint and its architecture family |
 //! | `stage.rs` | stages, optimizers, schedules, artifacts, budgets              |
 //! | `posttrain.rs` | fine-tuning, reward model, PPO, DPO and compare stages     |
 //! | `grpo.rs`  | the GRPO stage and its rewards                                 |
@@ -13,6 +14,7 @@
 //! | `online.rs` | online DPO and best-of-n: responses the policy writes, ranked  |
 //! | `kind.rs`  | what every stage kind answers: its optimizer, device, adapter  |
 
+mod checkpoint;
 mod data;
 mod distill;
 mod grpo;
@@ -24,6 +26,7 @@ mod optimizer;
 mod posttrain;
 mod stage;
 
+pub use checkpoint::*;
 pub use data::*;
 pub use distill::*;
 pub use grpo::*;

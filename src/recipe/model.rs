@@ -2,6 +2,8 @@
 
 use serde::{Deserialize, Serialize};
 
+use super::checkpoint::Checkpoint;
+
 #[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
 pub enum Activation {
@@ -158,6 +160,11 @@ pub struct ModelSpec {
     /// (Gemma 3: 10,000 local, 1,000,000 global).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub window_rope_theta: Option<f64>,
+    /// Gemma 2's soft caps: attention scores, and the output logits, pass through c·tanh(x / c).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub attn_softcap: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub logit_softcap: Option<f64>,
     /// Each head's size when it is not d_model / heads (Qwen3: 128 at any width).
     #[serde(default, rename = "head_dim", skip_serializing_if = "Option::is_none")]
     pub head_size: Option<usize>,
@@ -208,6 +215,8 @@ impl Default for ModelSpec {
             norm_offset: false,
             embed_scale: false,
             window_rope_theta: None,
+            attn_softcap: None,
+            logit_softcap: None,
             head_size: None,
             norm_eps: None,
             rope_theta: None,
@@ -238,64 +247,6 @@ pub struct RopeScaling {
     pub original_context: usize,
 }
 
-/// The Hugging Face architectures roux reads and writes.
-#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq)]
-#[serde(rename_all = "lowercase")]
-pub enum Family {
-    Gpt2,
-    Llama,
-    Mistral,
-    Qwen2,
-    Qwen3,
-    Mixtral,
-    Olmoe,
-    Qwen2Moe,
-    Qwen3Moe,
-    Phi3,
-    Olmo2,
-    Gemma3,
-}
-
-impl Family {
-    /// The architecture as Hugging Face spells it, for messages.
-    pub fn name(self) -> &'static str {
-        match self {
-            Family::Gpt2 => "GPT-2",
-            Family::Llama => "Llama",
-            Family::Mistral => "Mistral",
-            Family::Qwen2 => "Qwen2",
-            Family::Qwen3 => "Qwen3",
-            Family::Mixtral => "Mixtral",
-            Family::Olmoe => "OLMoE",
-            Family::Qwen2Moe => "Qwen2-MoE",
-            Family::Qwen3Moe => "Qwen3-MoE",
-            Family::Phi3 => "Phi-3",
-            Family::Olmo2 => "OLMo 2",
-            Family::Gemma3 => "Gemma 3",
-        }
-    }
-}
-
-/// A Hugging Face checkpoint directory a model's weights start from.
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
-pub struct Checkpoint {
-    /// The directory, as resolved from the recipe's folder.
-    pub dir: std::path::PathBuf,
-    pub family: Family,
-    /// The weight files in the directory: `model.safetensors`, or the shards its index names.
-    pub files: Vec<String>,
-    /// The weights' element type as stored (`float32`, `bfloat16`, `float16`).
-    pub dtype: String,
-    /// The weight files' total size in bytes (with `files`, what a run's identity records).
-    pub bytes: u64,
-    /// A checkpoint roux exported from a byte-level model (no tokenizer.json): its ids are bytes.
-    #[serde(default, skip_serializing_if = "is_false")]
-    pub byte_level: bool,
-    /// The folder holds tokenizer.json (what `tokenizer = MODEL.tokenizer` encodes with).
-    #[serde(default, skip_serializing_if = "is_false")]
-    pub tokenizer: bool,
-}
-
 impl ModelSpec {
     pub fn head_dim(&self) -> usize {
         self.head_size.unwrap_or(self.d_model / self.heads)
@@ -318,11 +269,11 @@ impl ModelSpec {
         if let Some(e) = self.norm_eps.filter(|e| !(*e > 0.0 && *e < 1.0)) {
             return Err(format!("norm ε {e} is not in (0, 1)"));
         }
-        if let Some(t) = self.rope_theta.or(self.window_rope_theta).filter(|t| !(*t >= 1.0 && *t <= 1e12)) {
+        if let Some(t) = [self.rope_theta, self.window_rope_theta].into_iter().flatten().find(|t| !(*t >= 1.0 && *t <= 1e12)) {
             return Err(format!("rope θ {t} is not in [1, 1e12]"));
         }
-        if let Some(t) = self.window_rope_theta.filter(|t| !(*t >= 1.0 && *t <= 1e12)) {
-            return Err(format!("rope θ {t} is not in [1, 1e12]"));
+        if let Some(c) = [self.attn_softcap, self.logit_softcap].into_iter().flatten().find(|c| !(*c > 0.0 && *c <= 1e6)) {
+            return Err(format!("soft cap {c} is not in (0, 1e6]"));
         }
         if self.window_rope_theta.is_some() && (self.window.is_none() || self.position != Position::Rope) {
             return Err("a windowed blocks' rope θ needs a window and `position = rope`".into());

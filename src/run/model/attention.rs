@@ -86,7 +86,17 @@ impl Model {
         // Without a cache, or at a fresh one, and no window: the plain causal mask (SDPA's flag,
         // which aligns top-left); otherwise written out.
         let keys = k.size()[2];
-        let y = if let Some(p) = packing {
+        let y = if let Some(cap) = self.spec().attn_softcap {
+            // Gemma 2's soft cap on the scores, which SDPA has no place for: written out.
+            let mask = match packing {
+                Some(p) => Some(match (window, &p.windowed) {
+                    (Some(_), Some(m)) => m.shallow_clone(),
+                    _ => p.mask.shallow_clone(),
+                }),
+                None => (t > 1 || window.is_some_and(|w| w < keys)).then(|| self.shared_mask(t, keys, offset, window, (q.kind(), x.device()))),
+            };
+            capped_attention(&q, &k, &v, mask.as_ref(), cap, dropout)
+        } else if let Some(p) = packing {
             let mask = match (window, &p.windowed) {
                 (Some(_), Some(m)) => m,
                 _ => &p.mask,
@@ -102,7 +112,23 @@ impl Model {
         let y = y.transpose(1, 2).contiguous().view([b, t, heads * hs]); // (B, T, heads·hs)
         self.linear(&y, i, "o")
     }
+}
 
+/// Attention whose scores pass through cap·tanh(s / cap) before the mask and the softmax
+/// (Gemma 2's `attn_logit_softcapping`); the softmax in float32.
+fn capped_attention(q: &Tensor, k: &Tensor, v: &Tensor, mask: Option<&Tensor>, cap: f64, dropout: f64) -> Tensor {
+    let scale = 1.0 / (q.size()[3] as f64).sqrt();
+    let scores = (q.matmul(&k.transpose(-2, -1)) * (scale / cap)).tanh() * cap;
+    let scores = match mask {
+        Some(m) => scores + m,
+        None => scores,
+    };
+    let probs = scores.softmax(-1, Kind::Float).to_kind(q.kind());
+    let probs = if dropout > 0.0 { probs.dropout(dropout, true) } else { probs };
+    probs.matmul(v)
+}
+
+impl Model {
     /// `visible`'s mask as scores to add (0 or −∞, in `kind`: SDPA would turn a bool mask into
     /// that in every block, and keep each for the backward pass), made once for as long as the
     /// same one is asked for.

@@ -300,7 +300,8 @@ impl Model {
 
     /// Columns of padding for the head's matmul when it computes logits only for the loss.
     fn head_padding(&self, vocab: usize) -> Option<i64> {
-        (self.pad_vocab && !vocab.is_multiple_of(64)).then(|| (64 - vocab % 64) as i64)
+        // (A soft cap would turn the padding's −∞ into −c.)
+        (self.pad_vocab && !vocab.is_multiple_of(64) && self.spec().logit_softcap.is_none()).then(|| (64 - vocab % 64) as i64)
     }
 
     /// Mean next-token cross-entropy in nats.

@@ -101,7 +101,7 @@ impl Model {
                     let h = if pass.last_only { arg(0).narrow(1, -1, 1) } else { arg(0).shallow_clone() };
                     pass.hidden = Some(h.shallow_clone());
                     let w = self.cast(if *tied { self.index["tok_emb.weight"] } else { self.find_index(i, "", "weight").expect("untied head weight") });
-                    match self.head_padding(*vocab).filter(|_| pass.loss_only) {
+                    let logits = match self.head_padding(*vocab).filter(|_| pass.loss_only) {
                         Some(pad) => {
                             let opts = (self.compute, self.device);
                             let w = Tensor::cat(&[w, Tensor::zeros([pad, *dim as i64], opts)], 0);
@@ -109,6 +109,11 @@ impl Model {
                             h.linear(&w, Some(&bias))
                         }
                         None => h.linear::<Tensor>(&w, None),
+                    };
+                    // Gemma 2's soft cap on the logits (no padding then: `head_padding`).
+                    match self.spec().logit_softcap {
+                        Some(c) => (logits / c).tanh() * c,
+                        None => logits,
                     }
                 }
             };

@@ -28,8 +28,9 @@ pub fn family_for(spec: &ModelSpec) -> Result<Family> {
     let layout = plain_layout(spec)?;
     // QK-norm over the whole projections with norms after the sublayers is OLMo 2; either alone
     // has no dense layout (OLMoE's whole QK-norm comes with experts; Qwen3's is per head).
-    if spec.norm_placement == crate::recipe::NormPlacement::Sandwich || spec.norm_offset || spec.embed_scale || spec.window_rope_theta.is_some() {
-        bail!("model `{}` has Gemma's options (sandwich norms, offset norm gains, scaled embeddings or a windowed rope base), which only an imported Gemma 3 exports as", spec.name);
+    let gemma = spec.norm_placement == crate::recipe::NormPlacement::Sandwich || spec.norm_offset || spec.embed_scale;
+    if gemma || spec.window_rope_theta.is_some() || spec.attn_softcap.is_some() || spec.logit_softcap.is_some() {
+        bail!("model `{}` has Gemma's options (sandwich norms, offset norm gains, scaled embeddings, soft caps or a windowed rope base), which only an imported Gemma exports as", spec.name);
     }
     match (layout, spec.qk_norm_whole, spec.norm_placement == crate::recipe::NormPlacement::Post) {
         (Family::Qwen3, true, true) if !spec.bias && spec.window.is_none() => return Ok(Family::Olmo2),
