@@ -48,6 +48,18 @@ impl Patience {
         self.exhausted()
     }
 
+    /// An evaluation's end: the watch sees `value` at step `done` (of `steps`), `save` checkpoints
+    /// with the watch's state beside the stage's `extra`, and a stop is said (`label`'s). True:
+    /// the stage stops here.
+    pub fn evaluated(&mut self, label: &str, (done, steps): (u64, u64), value: f64, extra: Value, save: impl FnOnce(Value) -> anyhow::Result<()>) -> anyhow::Result<bool> {
+        let stop = self.observe(done, value);
+        save(self.save_into(extra))?;
+        if stop {
+            tracing::info!("{}", self.stop_message(label, done, steps));
+        }
+        Ok(stop)
+    }
+
     /// Whether the stage has run out of patience (a resumed run that had stops at once).
     pub fn exhausted(&self) -> bool {
         self.limit.is_some_and(|n| self.since >= n)

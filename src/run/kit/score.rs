@@ -51,6 +51,12 @@ impl Score {
         )
     }
 
+    /// A progress line's held-out part (with the sampled verbose share when `verbose`).
+    pub fn progress(&self, verbose: bool) -> String {
+        let verbose = if verbose { format!(" verbose {:.1}%", 100.0 * self.sampled_verbose) } else { String::new() };
+        format!(" | held-out: greedy exact {:.1}%; sampled exact {:.1}%{verbose} gold {:.3}", 100.0 * self.exact, 100.0 * self.sampled_exact, self.sampled_gold)
+    }
+
     /// The first (prompt, greedy response) pair, for a log line: `"reverse ab" → "ba"`.
     pub fn example(&self) -> String {
         self.samples.first().map_or_else(|| "no held-out prompt".into(), |(p, r)| format!("{p:?} → {r:?}"))

@@ -115,7 +115,7 @@ pub fn run(ctx: &StageCtx, b: &BestOfNSpec) -> Result<()> {
         let done = step + 1;
         let eval_now = done % b.opt.eval_every == 0 || done == b.opt.steps;
         let s = eval_now.then(|| score(&policy, None, &codec, &held, b.max_new)).transpose()?;
-        let shown = s.as_ref().map_or(String::new(), |s| format!(" | held-out: greedy exact {:.1}%; sampled exact {:.1}% gold {:.3}", 100.0 * s.exact, 100.0 * s.sampled_exact, s.sampled_gold));
+        let shown = s.as_ref().map_or(String::new(), |s| s.progress(false));
         run.progress.line(done, b.opt.log_every, &format!("loss {loss:.4} reward {:.3} best {:.3} kept {:.0}%{shown}", reward / all, best / p, 100.0 * kept_all / p), s.is_some());
         let mut m = json!({
             "step": done, "lr": lr, "loss": loss, "grad_norm": grad_norm, "reward": reward / all, "best_reward": best / p,
@@ -126,11 +126,9 @@ pub fn run(ctx: &StageCtx, b: &BestOfNSpec) -> Result<()> {
         }
         run.log(m)?;
         if let Some(s) = s {
-            let stop = patience.observe(done, s.sampled_gold);
+            let stop = patience.evaluated(&name, (done, b.opt.steps), s.sampled_gold, serde_json::Value::Null, |extra| run.checkpoint(done, &names, &params, &opt, rng, extra))?;
             last = Some(s);
-            run.checkpoint(done, &names, &params, &opt, rng, patience.save_into(serde_json::Value::Null))?;
             if stop {
-                tracing::info!("{}", patience.stop_message(&name, done, b.opt.steps));
                 stopped = Some(done);
                 break;
             }

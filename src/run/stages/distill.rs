@@ -154,12 +154,9 @@ pub fn run(ctx: &StageCtx, k: &DistillSpec) -> Result<()> {
             window = (Instant::now(), 0.0, 0, 0);
         }
         if let Some(s) = s {
-            let stop = patience.observe(done, held_div.unwrap_or(f64::NAN));
+            let stop = patience.evaluated(&name, (done, k.opt.steps), held_div.unwrap_or(f64::NAN), json!({"on_policy_steps": on_policy_steps}), |extra| run.checkpoint(done, &names, &params, &opt, rng, extra))?;
             last = Some(s);
-            let extra = patience.save_into(json!({"on_policy_steps": on_policy_steps}));
-            run.checkpoint(done, &names, &params, &opt, rng, extra)?;
             if stop {
-                tracing::info!("{}", patience.stop_message(&name, done, k.opt.steps));
                 stopped = Some(done);
                 break;
             }

@@ -341,11 +341,9 @@ pub fn run(ctx: &StageCtx, d: &DpoSpec) -> Result<()> {
             last_pairs = Some(p);
         }
         if let Some(s) = s {
-            let stop = patience.observe(done, pairs_now.map_or(s.sampled_gold, |p| p.accuracy.unwrap_or(p.margin)));
+            let stop = patience.evaluated(&name, (done, d.opt.steps), pairs_now.map_or(s.sampled_gold, |p| p.accuracy.unwrap_or(p.margin)), serde_json::Value::Null, |extra| run.checkpoint(done, &names, &params, &opt, rng, extra))?;
             last = Some(s);
-            run.checkpoint(done, &names, &params, &opt, rng, patience.save_into(serde_json::Value::Null))?;
             if stop {
-                tracing::info!("{}", patience.stop_message(&name, done, d.opt.steps));
                 stopped = Some(done);
                 break;
             }

@@ -129,11 +129,9 @@ pub fn run(ctx: &StageCtx, f: &FinetuneSpec) -> Result<()> {
             window = (Instant::now(), 0.0);
         }
         if let Some(s) = s {
-            let stop = patience.observe(done, val.map_or(f64::NAN, |v| v.loss));
+            let stop = patience.evaluated(&name, (done, f.opt.steps), val.map_or(f64::NAN, |v| v.loss), serde_json::Value::Null, |extra| run.checkpoint(done, &names, &params, &opt, rng, extra))?;
             last = Some(s);
-            run.checkpoint(done, &names, &params, &opt, rng, patience.save_into(serde_json::Value::Null))?;
             if stop {
-                tracing::info!("{}", patience.stop_message(&name, done, f.opt.steps));
                 stopped = Some(done);
                 break;
             }

@@ -195,7 +195,7 @@ pub fn run(ctx: &StageCtx, g: &GrpoSpec) -> Result<()> {
         let done = step + 1;
         let eval_now = done % g.opt.eval_every == 0 || done == g.opt.steps;
         let s = eval_now.then(|| score(&policy, reference.as_ref(), &codec, &held, g.max_new)).transpose()?;
-        let shown = s.as_ref().map_or(String::new(), |s| format!(" | held-out: greedy exact {:.1}%; sampled exact {:.1}% gold {:.3}", 100.0 * s.exact, 100.0 * s.sampled_exact, s.sampled_gold));
+        let shown = s.as_ref().map_or(String::new(), |s| s.progress(false));
         run.progress.line(done, g.opt.log_every, &format!("reward {mean:.3} ± {spread:.3} flat groups {:.0}% KL {:.3} clip {:.2}{shown}", 100.0 * flat, kl_sum / n, clip_sum / n), s.is_some());
         let mut m = json!({
             "step": done, "lr": lr, "reward": mean, "reward_std": spread, "flat_groups": flat,
@@ -207,11 +207,9 @@ pub fn run(ctx: &StageCtx, g: &GrpoSpec) -> Result<()> {
         }
         run.log(m)?;
         if let Some(s) = s {
-            let stop = patience.observe(done, s.sampled_gold);
+            let stop = patience.evaluated(&name, (done, g.opt.steps), s.sampled_gold, json!({"flat_groups": flat_history}), |extra| run.checkpoint(done, &names, &params, &opt, rng, extra))?;
             last = Some(s);
-            run.checkpoint(done, &names, &params, &opt, rng, patience.save_into(json!({"flat_groups": flat_history})))?;
             if stop {
-                tracing::info!("{}", patience.stop_message(&name, done, g.opt.steps));
                 stopped = Some(done);
                 break;
             }

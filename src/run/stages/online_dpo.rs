@@ -114,7 +114,7 @@ pub fn run(ctx: &StageCtx, o: &OnlineDpoSpec) -> Result<()> {
         let done = step + 1;
         let eval_now = done % o.opt.eval_every == 0 || done == o.opt.steps;
         let s = eval_now.then(|| score(&policy, Some(&reference), &codec, &held, o.max_new)).transpose()?;
-        let shown = s.as_ref().map_or(String::new(), |s| format!(" | held-out: greedy exact {:.1}%; sampled exact {:.1}% gold {:.3}", 100.0 * s.exact, 100.0 * s.sampled_exact, s.sampled_gold));
+        let shown = s.as_ref().map_or(String::new(), |s| s.progress(false));
         run.progress.line(done, o.opt.log_every, &format!("loss {:.4} score {:.3} margin {:.3} accuracy {:.0}% KL {:.3}{shown}", loss / p, reward / n, margin / p, 100.0 * right / p, kl / n), s.is_some());
         let mut m = json!({
             "step": done, "lr": lr, "loss": loss / p, "grad_norm": grad_norm,
@@ -127,11 +127,9 @@ pub fn run(ctx: &StageCtx, o: &OnlineDpoSpec) -> Result<()> {
         }
         run.log(m)?;
         if let Some(s) = s {
-            let stop = patience.observe(done, s.sampled_gold);
+            let stop = patience.evaluated(&name, (done, o.opt.steps), s.sampled_gold, serde_json::Value::Null, |extra| run.checkpoint(done, &names, &params, &opt, rng, extra))?;
             last = Some(s);
-            run.checkpoint(done, &names, &params, &opt, rng, patience.save_into(serde_json::Value::Null))?;
             if stop {
-                tracing::info!("{}", patience.stop_message(&name, done, o.opt.steps));
                 stopped = Some(done);
                 break;
             }

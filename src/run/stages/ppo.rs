@@ -217,7 +217,7 @@ pub fn run(ctx: &StageCtx, p: &PpoSpec) -> Result<()> {
         let step_seconds = step_started.elapsed().as_secs_f64();
         let eval_now = done % p.opt.eval_every == 0 || done == p.opt.steps;
         let s = eval_now.then(|| score(&policy, Some(&reference), &codec, &held, p.max_new)).transpose()?;
-        let shown = s.as_ref().map_or(String::new(), |s| format!(" | held-out: greedy exact {:.1}%; sampled exact {:.1}% verbose {:.1}% gold {:.3}", 100.0 * s.exact, 100.0 * s.sampled_exact, 100.0 * s.sampled_verbose, s.sampled_gold));
+        let shown = s.as_ref().map_or(String::new(), |s| s.progress(true));
         run.progress.line(done, p.opt.log_every, &format!("reward {rm_mean:.3} gold {gold:.3} KL {kl_seq:.3} clip {:.2}{shown}", clip_sum / n_mb), s.is_some());
         let mlen = length / p.opt.batch as f64;
         let mut m = json!({
@@ -230,11 +230,9 @@ pub fn run(ctx: &StageCtx, p: &PpoSpec) -> Result<()> {
         }
         run.log(m)?;
         if let Some(s) = s {
-            let stop = patience.observe(done, s.sampled_gold);
+            let stop = patience.evaluated(&name, (done, p.opt.steps), s.sampled_gold, json!({"kl_coef": kl_coef, "history": history}), |extra| run.checkpoint(done, &names, &params, &opt, rng, extra))?;
             last = Some(s);
-            run.checkpoint(done, &names, &params, &opt, rng, patience.save_into(json!({"kl_coef": kl_coef, "history": history})))?;
             if stop {
-                tracing::info!("{}", patience.stop_message(&name, done, p.opt.steps));
                 stopped = Some(done);
                 break;
             }

@@ -122,10 +122,8 @@ pub fn run(ctx: &StageCtx, r: &RewardSpec) -> Result<()> {
         }
         if let Some(a) = a {
             acc = Some(a);
-            let stop = patience.observe(done, a);
-            run.checkpoint(done, &names, &params, &opt, rng, patience.save_into(serde_json::Value::Null))?;
+            let stop = patience.evaluated(&name, (done, r.opt.steps), a, serde_json::Value::Null, |extra| run.checkpoint(done, &names, &params, &opt, rng, extra))?;
             if stop {
-                tracing::info!("{}", patience.stop_message(&name, done, r.opt.steps));
                 stopped = Some(done);
                 break;
             }
