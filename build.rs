@@ -13,6 +13,7 @@ fn main() {
         return;
     }
     println!("cargo:rerun-if-changed=src/run/kit/native.cpp");
+    println!("cargo:rerun-if-changed=src/run/kit/nf4.cpp");
     println!("cargo:rerun-if-changed=src/run/kit/dist.cpp");
     println!("cargo:rerun-if-changed=src/run/kit/nccl.cpp");
     println!("cargo:rerun-if-changed=src/run/kit/shim.h");
@@ -43,7 +44,7 @@ fn main() {
     }
 }
 
-/// The shim (native.cpp, and dist.cpp over c10d), compiled as torch-sys compiles its own wrapper: C++17, torch's include folders, the
+/// The shim (native.cpp, nf4.cpp, and dist.cpp over c10d), compiled as torch-sys compiles its own wrapper: C++17, torch's include folders, the
 /// ABI flag torch reports. Its symbols resolve against the libtorch the binary links anyway.
 /// With NCCL's and the CUDA runtime's headers beside torch (`nccl_headers`), nccl.cpp too.
 fn shim(root: &str, abi: &str) {
@@ -60,6 +61,7 @@ fn shim(root: &str, abi: &str) {
     build
         .cpp(true)
         .file("src/run/kit/native.cpp")
+        .file("src/run/kit/nf4.cpp")
         .file("src/run/kit/dist.cpp")
         .include(format!("{root}/include"))
         .include(format!("{root}/include/torch/csrc/api/include"))

@@ -184,3 +184,146 @@ fn weights_cast_once_per_step_train_bit_for_bit_like_casting_at_each_use() {
         assert!(weights[0] == weights[1], "{exp}: the shadowed run's weights differ");
     }
 }
+
+/// NF4 as bitsandbytes stores it: blocks of 64 values each scaled by its absolute maximum and
+/// rounded to the nearest of 16 codes, two codes a byte (the first in the high bits). Values
+/// worked out by hand from bitsandbytes' code table.
+#[test]
+fn nf4_rounds_each_block_of_64_to_the_nearest_code_as_bitsandbytes_stores_it() {
+    use roux::run::model::nf4::Nf4;
+    // 3 × 45 = 135 values: two whole blocks and a block of 7.
+    let mut w = vec![0f32; 135];
+    w[..6].copy_from_slice(&[2.0, -2.0, 1.0, 0.1, 0.0, -0.5]);
+    w[70] = -0.25; // block 2: absmax 0.25, the other values 0
+    w[71] = 0.1; // 0.4 of it: nearest code 0.44070982933044434 (index 12)
+    w[130] = 3.0; // the short block
+    let q = Nf4::quantize(&Tensor::from_slice(&w).view([3, 45])).unwrap();
+    assert_eq!(q.codes.size(), [96]);
+    assert_eq!(q.bytes(), 96 + 3 * 4);
+    assert_eq!(Vec::<f32>::try_from(&q.absmax).unwrap(), [2.0, 0.25, 3.0]);
+    // 2/2 → 1.0 (15) and −1.0 (0); 1/2 = 0.5 → 0.4407 (12, the midpoint with 0.5626 is 0.5016);
+    // 0.1/2 = 0.05 → 0.0796 (8, above the midpoint 0.0398); 0 → 0 (7); −0.5/2 = −0.25 → −0.2844
+    // (4, below the midpoint −0.2346 with −0.1848).
+    let codes = Vec::<u8>::try_from(&q.codes).unwrap();
+    assert_eq!(codes[..3], [15 << 4, (12 << 4) | 8, (7 << 4) | 4]);
+    let d = Vec::<f32>::try_from(&q.dequantize(Kind::Float).view([-1])).unwrap();
+    assert_eq!(d[..6], [2.0, -2.0, 2.0 * 0.440_709_83, 2.0 * 0.079_580_3, 0.0, 2.0 * -0.284_441_38]);
+    assert_eq!(d[70..72], [-0.25, 0.25 * 0.440_709_83]);
+    assert_eq!(d[130], 3.0);
+    assert!(d.iter().enumerate().all(|(i, &v)| [0, 1, 2, 3, 5, 70, 71, 130].contains(&i) || v == 0.0));
+
+    // On normal weights every value is within half the widest gap of the code (at the bottom,
+    // (1 − 0.6962) / 2) times its block's maximum, and closer on average than 16 evenly spaced
+    // levels over the same range: the NormalFloat's point (the QLoRA paper, section 3).
+    tch::manual_seed(0);
+    let w = Tensor::randn([256, 512], (Kind::Float, tch::Device::Cpu));
+    let q = Nf4::quantize(&w).unwrap();
+    let err = (q.dequantize(Kind::Float) - &w).view([-1, 64]);
+    let scale = w.view([-1, 64]).abs().amax(1, true);
+    assert!(bool::try_from(err.abs().le_tensor(&(&scale * 0.151_903_6 + 1e-6)).all()).unwrap());
+    let levels = 15.0;
+    let uniform = ((w.view([-1, 64]) / &scale + 1.0) * (levels / 2.0)).round() / (levels / 2.0) - 1.0;
+    let uniform_err = uniform * &scale - w.view([-1, 64]);
+    let (nf4, even) = (err.square().mean(Kind::Float).double_value(&[]), uniform_err.square().mean(Kind::Float).double_value(&[]));
+    assert!(nf4 < 0.9 * even, "NF4's mean squared error {nf4:.5}, 16 even levels' {even:.5}");
+}
+
+/// The resident memory of this process, in bytes.
+fn resident() -> f64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    let kb: f64 = status.lines().find_map(|l| l.strip_prefix("VmRSS:")).unwrap().trim().trim_end_matches(" kB").trim().parse().unwrap();
+    kb * 1024.0
+}
+
+/// A linear layer over NF4 weights gives the dequantized weight's outputs and input gradients
+/// (float32 and bf16), and like bitsandbytes' MatMul4Bit keeps the codes, not the weight, for
+/// the backward pass: after a forward pass over a 256 MiB weight the process holds nothing of
+/// it, where the plain layer keeps the dequantized copy until backward.
+#[test]
+fn an_nf4_linear_has_the_dequantized_weights_gradients_and_keeps_only_the_codes_for_backward() {
+    use roux::run::model::nf4::Nf4;
+    tch::manual_seed(1);
+    let q = Nf4::quantize(&Tensor::randn([96, 160], (Kind::Float, tch::Device::Cpu))).unwrap();
+    for kind in [Kind::Float, Kind::BFloat16] {
+        let x = Tensor::randn([3, 5, 160], (Kind::Float, tch::Device::Cpu)).to_kind(kind).set_requires_grad(true);
+        let y = q.linear(&x);
+        let g = Tensor::randn([3, 5, 96], (Kind::Float, tch::Device::Cpu)).to_kind(kind);
+        let gx = Tensor::run_backward(&[(&y * &g).sum(Kind::Float)], &[&x], false, false).pop().unwrap();
+        let x2 = x.detach().set_requires_grad(true);
+        let y2 = x2.linear::<Tensor>(&q.dequantize(kind), None);
+        let gx2 = Tensor::run_backward(&[(&y2 * &g).sum(Kind::Float)], &[&x2], false, false).pop().unwrap();
+        assert_eq!(y.kind(), kind);
+        assert!(y.equal(&y2), "{kind:?}: outputs differ");
+        assert!(gx.equal(&gx2), "{kind:?}: input gradients differ");
+    }
+
+    let q = Nf4::quantize(&Tensor::randn([8192, 8192], (Kind::Float, tch::Device::Cpu))).unwrap();
+    let x = Tensor::randn([1, 8192], (Kind::Float, tch::Device::Cpu)).set_requires_grad(true);
+    let held = |plain: bool| {
+        let before = resident();
+        let y = if plain { x.linear::<Tensor>(&q.dequantize(Kind::Float), None) } else { q.linear(&x) };
+        let after = resident();
+        let gx = Tensor::run_backward(&[y.sum(Kind::Float)], &[&x], false, false).pop().unwrap();
+        assert_eq!(gx.size(), [1, 8192]);
+        after - before
+    };
+    let mib = 1048576.0;
+    let (nf4, plain) = (held(false), held(true));
+    assert!(nf4 < 64.0 * mib && plain > 192.0 * mib, "a forward pass left {:.0} MiB held (NF4) and {:.0} MiB (plain)", nf4 / mib, plain / mib);
+}
+
+/// QLoRA (`lora { quantize_base = nf4 }`): the base's projections held as NF4, 0.5625 bytes an
+/// element, the rest in float32 (or bf16); adapters trained against the quantized weights, the
+/// held-out loss falling; `roux plan` holding what the run held; `roux merge` folding them into
+/// the weights they were trained against; DPO with its reference the same NF4 base.
+#[test]
+fn qlora_trains_adapters_against_an_nf4_base_in_the_memory_the_plan_says() {
+    use roux::run::model::nf4::Nf4;
+    let out = scratch("qlora");
+    let text = std::fs::read_to_string(fixture("tiny-lifecycle.roux")).unwrap().replace("../../data/", "../../../data/");
+    let q = text
+        .replace("adapter = lora { rank = 4, alpha = 8, targets", "adapter = lora { rank = 4, alpha = 8, quantize_base = nf4, targets")
+        .replace("    beta = 0.1\n", "    beta = 0.1\n    adapter = lora { rank = 4, quantize_base = nf4 }\n    optimizer = adamw { lr = 3e-3 }\n")
+        .replace("    optimizer = adamw { lr = 1e-4 }\n  }\n  stage table", "  }\n  stage table")
+        .replace("dpo = po.model", "dpo = merge(po.adapter)");
+    assert_eq!(q.matches("quantize_base = nf4").count(), 2);
+    std::fs::write(out.join("fp32.roux"), &q).unwrap();
+    std::fs::write(out.join("bf16.roux"), all_bf16(&q)).unwrap();
+    // tiny-lifecycle: 35,200 parameters, of which the projections are 2 × (4 × 32² + 2 × 32 × 128)
+    // = 24,576, in 384 blocks of 64: 12,288 bytes of codes and 1,536 of scales.
+    let (projections, rest) = (24_576u64, 35_200 - 24_576);
+    let nf4 = projections / 2 + 4 * projections / 64;
+    for (recipe, bytes) in [("fp32.roux", 4), ("bf16.roux", 2)] {
+        let dir = out.join(recipe.trim_end_matches(".roux"));
+        let o = roux(&["run", out.join(recipe).to_str().unwrap(), "--out", dir.to_str().unwrap(), "--stage", "pretrain", "--stage", "sft", "--stage", "po"]);
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        let sft = report(&dir.join("tiny-lifecycle/sft"));
+        assert_eq!(sft["weight_bytes"].as_u64(), Some(bytes * rest + nf4), "{recipe}");
+        assert_eq!(sft["lora"]["quantize_base"], "nf4");
+        let (before, after) = (sft["val_loss"]["before"].as_f64().unwrap(), sft["val_loss"]["after"].as_f64().unwrap());
+        assert!(after < before - 0.05, "{recipe}: held-out loss {before} → {after}");
+        let o = std::process::Command::new(env!("CARGO_BIN_EXE_roux")).args(["plan", out.join(recipe).to_str().unwrap(), "--json", "--world", "1"]).output().unwrap();
+        let plan: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+        let sft_plan = plan["processes"].as_array().unwrap().iter().find(|p| p["stage"] == "sft").unwrap().clone();
+        assert_eq!(sft_plan["weight_bytes"].as_u64().unwrap() - sft_plan["gradient_bytes"].as_u64().unwrap(), bytes * rest + nf4, "{recipe}");
+        let po = metrics(&dir.join("tiny-lifecycle/po"));
+        assert!(!po.is_empty() && po.iter().all(|m| m["loss"].as_f64().is_some_and(f64::is_finite)), "{po:?}");
+    }
+
+    // The merged model: an untargeted projection is its pretrained weight rounded to NF4; a
+    // targeted one that plus the adapter's s·B·A (s = alpha / rank = 2).
+    let run = out.join("fp32/tiny-lifecycle");
+    let merged = out.join("merged");
+    let o = roux(&["merge", run.join("sft").to_str().unwrap(), "-o", merged.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let read = |p: std::path::PathBuf| Tensor::read_safetensors(p).unwrap().into_iter().collect::<std::collections::HashMap<_, _>>();
+    let (pre, adapter, merged) = (read(run.join("pretrain/model.safetensors")), read(run.join("sft/adapter.safetensors")), read(merged.join("model.safetensors")));
+    let rounded = |name: &str| Nf4::quantize(&pre[name]).unwrap().dequantize(Kind::Float);
+    let k = "blocks.1.attn.k.weight";
+    assert!(merged[k].equal(&rounded(k)) && !merged[k].equal(&pre[k]), "an untargeted projection is its NF4 rounding");
+    let q = "blocks.1.attn.q";
+    let folded = rounded(&format!("{q}.weight")) + adapter[&format!("{q}.lora_B.weight")].matmul(&adapter[&format!("{q}.lora_A.weight")]) * 2.0;
+    let diff = (&merged[&format!("{q}.weight")] - folded).abs().max().double_value(&[]);
+    assert!(diff < 1e-6, "merged `{q}` is {diff} from NF4(W) + s·B·A");
+    assert!(merged["tok_emb.weight"].equal(&pre["tok_emb.weight"]), "embeddings are not quantized");
+}

@@ -19,6 +19,7 @@ mod online;
 mod health;
 mod hf;
 mod isoflop;
+mod lora;
 pub mod loader;
 mod mixture;
 mod model;

@@ -1,9 +1,10 @@
 //! What a post-training stage holds and never trains — a LoRA base, a reference, a reward model —
 //! and what `precision = bf16` saves on it: such weights are held in bf16 only (2 bytes, not
-//! float32's 4; see run/model/casts.rs), but routers', which compute in float32.
+//! float32's 4; see run/model/casts.rs), but routers', which compute in float32. A QLoRA base's
+//! projections are held in NF4 (run/model/nf4.rs), 0.5625 bytes an element.
 
 use crate::arith::lower_model;
-use crate::recipe::{Precision, Recipe, StageKind, StageSpec};
+use crate::recipe::{Precision, QuantizeBase, Recipe, StageKind, StageSpec};
 
 /// The architectures stage `s` holds frozen, one entry a copy: a LoRA stage's base (its own
 /// reference too), a full stage's reference, and a reward model it scores with.
@@ -25,20 +26,13 @@ fn frozen_arches<'r>(r: &'r Recipe, s: &'r StageSpec) -> Vec<&'r str> {
     }
 }
 
+fn precision(s: &StageSpec) -> Precision {
+    s.kind.optim().map_or(Precision::Fp32, |o| o.precision)
+}
+
 /// Bytes a bf16 stage saves on its frozen weights against float32 (0 for an fp32 stage).
 pub fn bf16_saving(r: &Recipe, s: &StageSpec) -> u64 {
-    let precision = match &s.kind {
-        StageKind::Finetune(f) => f.opt.precision,
-        StageKind::RewardModel(m) => m.opt.precision,
-        StageKind::Ppo(p) => p.opt.precision,
-        StageKind::Dpo(d) => d.opt.precision,
-        StageKind::Grpo(g) => g.opt.precision,
-        StageKind::Distill(k) => k.opt.precision,
-        StageKind::OnlineDpo(o) => o.opt.precision,
-        StageKind::BestOfN(b) => b.opt.precision,
-        _ => Precision::Fp32,
-    };
-    if precision != Precision::Bf16 {
+    if precision(s) != Precision::Bf16 {
         return 0;
     }
     let saved = |arch: &str| {
@@ -48,4 +42,43 @@ pub fn bf16_saving(r: &Recipe, s: &StageSpec) -> u64 {
         2 * bf16
     };
     frozen_arches(r, s).into_iter().map(saved).sum()
+}
+
+/// The element counts of the linears a stage holds as NF4 (QLoRA: its LoRA base's attention
+/// and MLP projections, `lora { quantize_base = nf4 }`); none otherwise.
+fn nf4_linears(r: &Recipe, s: &StageSpec) -> Vec<u64> {
+    let own = s.kind.adapter().or(match &s.kind {
+        StageKind::RewardModel(m) => m.lora.as_ref().map(|l| (&m.model, l)),
+        _ => None,
+    });
+    match own.filter(|(_, l)| l.quantize_base == QuantizeBase::Nf4).and_then(|(m, _)| r.model(&m.arch)) {
+        Some(spec) => crate::arith::lora::lora_linears(spec).iter().map(|l| (l.out * l.inp) as u64).collect(),
+        None => vec![],
+    }
+}
+
+/// Bytes an NF4 weight of `n` elements holds: half a byte an element in blocks of 64, and each
+/// block's float32 scale.
+pub fn nf4_bytes(n: u64) -> u64 {
+    36 * n.div_ceil(64)
+}
+
+/// Bytes an NF4 base saves against its linears held as the stage's precision holds them (2
+/// bytes under bf16, after `bf16_saving`; 4 under fp32).
+pub fn nf4_saving(r: &Recipe, s: &StageSpec) -> u64 {
+    let held = if precision(s) == Precision::Bf16 { 2 } else { 4 };
+    nf4_linears(r, s).into_iter().map(|n| (held * n).saturating_sub(nf4_bytes(n))).sum()
+}
+
+/// What an NF4 base holds beside its codes while a pass reads it: one projection dequantized
+/// at a time, in float32 and (under bf16) its cast.
+pub fn nf4_scratch(r: &Recipe, s: &StageSpec) -> u64 {
+    let per = if precision(s) == Precision::Bf16 { 6 } else { 4 };
+    nf4_linears(r, s).into_iter().max().map_or(0, |n| per * n)
+}
+
+/// `bytes` counted with every frozen weight in float32, as the stage holds them: in 2 bytes
+/// under bf16, a QLoRA base's projections in NF4 and one of them dequantized at a time.
+pub fn as_held(r: &Recipe, s: &StageSpec, bytes: u64) -> u64 {
+    bytes.saturating_sub(bf16_saving(r, s) + nf4_saving(r, s)).saturating_add(nf4_scratch(r, s))
 }

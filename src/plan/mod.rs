@@ -227,8 +227,8 @@ fn posttrain_plan(r: &Recipe, s: &crate::recipe::StageSpec, graph_of: &HashMap<&
         }
         StageKind::Train(_) | StageKind::Isoflop(_) | StageKind::Mixture(_) => unreachable!("planned above"),
     };
-    // Counted in float32 above; a bf16 stage holds its frozen weights in 2 bytes.
-    let memory_bytes = memory_bytes.saturating_sub(frozen::bf16_saving(r, s));
+    // Counted in float32 above: as the stage holds its frozen weights.
+    let memory_bytes = frozen::as_held(r, s, memory_bytes);
     StagePlan { name: s.name.clone(), kind: s.kind.name(), after: s.after.clone(), steps, tokens, flops, trainable, memory_bytes }
 }
 

@@ -163,8 +163,11 @@ fn posttrain_process(r: &Recipe, s: &crate::recipe::StageSpec, world: usize, gpu
     let activation_bytes = super::kernels::as_run(&s.kind, &g, seqs, g.spec.context, training_bytes(0, 0, &g, seqs, g.spec.context), gpu).saturating_add(mask);
     // Sampling keeps no activations but its rows' keys, values and logits: whichever is larger.
     let activation_bytes = activation_bytes.max(super::sampling::sampling_bytes(&s.kind, graph, world));
-    // (A bf16 stage holds its frozen weights in 2 bytes.)
-    let (weight_bytes, gradient_bytes) = ((4 * (weights + frozen)).saturating_sub(super::frozen::bf16_saving(r, s)), 4 * trainable);
+    // (A bf16 stage holds its frozen weights in 2 bytes, a QLoRA base its projections in NF4,
+    // dequantizing one at a time beside the activations.)
+    let activation_bytes = activation_bytes.saturating_add(super::frozen::nf4_scratch(r, s));
+    let saving = super::frozen::bf16_saving(r, s) + super::frozen::nf4_saving(r, s);
+    let (weight_bytes, gradient_bytes) = ((4 * (weights + frozen)).saturating_sub(saving), 4 * trainable);
     // Muon's matrices keep one moment and no scratch.
     let muon = super::muon::muon_params(&s.kind, &g);
     let (moments, other) = (2 * trainable - muon, trainable - muon);

@@ -235,6 +235,26 @@ pub struct LoraSpec {
     /// Module-path patterns (`attn.q`, `blocks.*.ffn.w1`): a pattern matches a linear whose
     /// path ends with it, `*` standing for one path segment.
     pub targets: Vec<String>,
+    /// How the frozen base's linears are held: as they are, or in NF4 (QLoRA). Left out of
+    /// serialized specs when `none`.
+    #[serde(default, skip_serializing_if = "QuantizeBase::is_none")]
+    pub quantize_base: QuantizeBase,
+}
+
+/// The frozen base's linears under a LoRA adapter: as they are, or 4-bit NormalFloat (QLoRA,
+/// Dettmers et al. 2023: blocks of 64 values, each block's absolute maximum in float32).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum QuantizeBase {
+    #[default]
+    None,
+    Nf4,
+}
+
+impl QuantizeBase {
+    pub fn is_none(&self) -> bool {
+        *self == QuantizeBase::None
+    }
 }
 
 /// The optimisation settings every post-training stage shares.

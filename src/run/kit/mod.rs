@@ -32,6 +32,7 @@
 //! | `deferred.rs`  | per-step loss and non-finite steps kept on the device between logs  |
 //! | `profile.rs`   | `--profile A..B`: a Chrome trace of some training steps             |
 //! | `native.rs`    | the C++ shim (`native.cpp`): fused AdamW kernel, the Kineto profiler |
+//! | `nf4.cpp`      | NF4 weights and the linear layer over them (declared in `run/model/nf4.rs`) |
 //! | `dist.rs`      | the run's processes (torchrun) and c10d's collectives (`dist.cpp`; NCCL: `nccl.cpp`) |
 //! | `expert_groups.rs` | the groups of processes an MoE model's experts are divided over     |
 

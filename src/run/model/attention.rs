@@ -144,12 +144,13 @@ impl Model {
         }
     }
 
-    /// The query, key and value projections. Without LoRA on them they run as one matmul over
-    /// the concatenated weights: the input is read once and the three input gradients come out
-    /// summed, which saves time on small models (the weights stay separate parameters).
+    /// The query, key and value projections. Without LoRA on them (or NF4 weights) they run as
+    /// one matmul over the concatenated weights: the input is read once and the three input
+    /// gradients come out summed, which saves time on small models (the weights stay separate
+    /// parameters).
     fn qkv(&self, x: &Tensor, i: usize) -> (Tensor, Tensor, Tensor) {
         let idx = |s: &str| self.find_index(i, s, "weight").expect("attention has q, k, v");
-        if ["q", "k", "v"].iter().any(|s| self.lora.get(idx(s)).is_some()) {
+        if ["q", "k", "v"].iter().any(|s| self.lora.get(idx(s)).is_some() || self.nf4(idx(s)).is_some()) {
             return (self.linear(x, i, "q"), self.linear(x, i, "k"), self.linear(x, i, "v"));
         }
         let ws: Vec<Tensor> = ["q", "k", "v"].iter().map(|s| self.w(i, s, "weight")).collect();

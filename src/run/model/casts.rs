@@ -10,6 +10,10 @@ use super::Model;
 impl Model {
     /// Parameter `j` in the compute kind, from the cache where it cannot have changed.
     pub(super) fn cast(&self, j: usize) -> Tensor {
+        if let Some(q) = self.nf4(j) {
+            // Never cached: the point of NF4 is not to hold the weight whole.
+            return q.dequantize(self.compute);
+        }
         if let Some(Some(s)) = self.shadow.get(j).filter(|_| self.compute != Kind::Float) {
             return s.shallow_clone();
         }
@@ -58,18 +62,21 @@ impl Model {
         if self.compute == Kind::Float || std::env::var("ROUX_FROZEN_F32").is_ok_and(|v| v == "1") {
             return;
         }
-        for (p, name) in self.params.iter_mut().zip(&self.names) {
-            if !p.requires_grad() && p.kind() == Kind::Float && !name.contains(".router.") {
+        let quantized: Vec<bool> = (0..self.params.len()).map(|j| self.nf4(j).is_some()).collect();
+        for ((p, name), q) in self.params.iter_mut().zip(&self.names).zip(quantized) {
+            if !p.requires_grad() && p.kind() == Kind::Float && !name.contains(".router.") && !q {
                 *p = tch::no_grad(|| p.to_kind(self.compute));
             }
         }
         self.drop_casts();
     }
 
-    /// Bytes the weights take, with the compute-kind copies cached beside them.
+    /// Bytes the weights take (an NF4 weight its codes and scales), with the compute-kind copies
+    /// cached beside them.
     pub fn weight_bytes(&self) -> u64 {
         let bytes = |t: &Tensor| (t.numel() * t.kind().elt_size_in_bytes()) as u64;
-        self.params.iter().map(bytes).sum::<u64>() + self.casts.borrow().iter().flatten().map(bytes).sum::<u64>()
+        let held = |(j, p): (usize, &Tensor)| self.nf4(j).map_or_else(|| bytes(p), super::nf4::Nf4::bytes);
+        self.params.iter().enumerate().map(held).sum::<u64>() + self.casts.borrow().iter().flatten().map(bytes).sum::<u64>()
     }
 
     /// TR-DPO's reference update: each weight becomes α·`policy`'s + (1 − α)·its own, computed in

@@ -14,7 +14,7 @@ use std::collections::HashMap;
 use tch::{Kind, Tensor};
 
 use super::Model;
-use crate::recipe::LoraSpec;
+use crate::recipe::{LoraSpec, QuantizeBase};
 
 #[derive(Default)]
 pub struct Adapters {
@@ -41,13 +41,15 @@ impl Adapters {
         self.paths.is_empty()
     }
 
-    /// The output of target `i` given its base output `y` = W·x + bias (W in the compute kind):
-    /// y + (alpha/rank)·B·A·dropout(x) for LoRA, DoRA's rescaled sum for DoRA.
-    pub fn apply(&self, i: usize, x: &Tensor, y: Tensor, w: &Tensor, bias: Option<&Tensor>, kind: Kind) -> Tensor {
+    /// The output of target `i` given its base output `y` = W·x + bias (`w` gives W in the
+    /// compute kind, which only DoRA reads): y + (alpha/rank)·B·A·dropout(x) for LoRA, DoRA's
+    /// rescaled sum for DoRA.
+    pub fn apply(&self, i: usize, x: &Tensor, y: Tensor, w: impl FnOnce() -> Tensor, bias: Option<&Tensor>, kind: Kind) -> Tensor {
         let train = self.train.get();
         let dropped = x.dropout(self.dropout, train);
         let lora = dropped.linear::<Tensor>(&self.a[i].to_kind(kind), None).linear::<Tensor>(&self.b[i].to_kind(kind), None);
         let Some(m) = self.magnitude.get(i) else { return y + lora * self.scale };
+        let w = &w();
         let norm = tch::no_grad(|| self.row_norms(i, w)).to_kind(kind);
         let factor = m.to_kind(kind) / norm; // (out): broadcast over the last dimension
         // W·dropout(x): the base output without its bias, unless dropout changed the input.
@@ -126,11 +128,15 @@ impl Model {
             }
             w
         };
-        self.lora.update_ratio(|i| self.params[weights[i]].shallow_clone())
+        self.lora.update_ratio(|i| self.weight(weights[i]))
     }
 
-    /// Attach fresh adapters to the linears `spec` targets and freeze every base weight.
+    /// Attach fresh adapters to the linears `spec` targets and freeze every base weight (its
+    /// linears held as NF4 first when `spec` quantizes the base, QLoRA).
     pub fn attach_lora(&mut self, spec: &LoraSpec) -> Result<()> {
+        if spec.quantize_base == QuantizeBase::Nf4 {
+            self.quantize_base()?;
+        }
         let scale = if spec.rslora { spec.alpha / (spec.rank as f64).sqrt() } else { spec.alpha / spec.rank as f64 };
         let mut ad = Adapters { scale, dropout: spec.dropout, ..Default::default() };
         tch::no_grad(|| -> Result<()> {
@@ -147,7 +153,7 @@ impl Model {
                 ad.b.push(b.set_requires_grad(true));
                 if spec.dora {
                     // ‖W‖ per row: with B = 0, DoRA starts from the base model's function too.
-                    let m = self.params[w].to_kind(Kind::Float).linalg_norm(2.0, &[1i64][..], false, None::<Kind>);
+                    let m = self.weight(w).to_kind(Kind::Float).linalg_norm(2.0, &[1i64][..], false, None::<Kind>);
                     ad.magnitude.push(m.set_requires_grad(true));
                 }
             }
@@ -167,6 +173,7 @@ impl Model {
         // (Built with placeholder views, then given this model's tensors.)
         let mut m = Model::build(crate::lower::lower_model(self.spec()), self.device, false, self.share).expect("stride-0 views allocate one element");
         m.params = self.params.iter().map(|p| p.shallow_clone()).collect();
+        m.quantized = self.quantized.iter().map(|q| q.as_ref().map(super::nf4::Nf4::share)).collect();
         (m.compute, m.pad_vocab) = (self.compute, self.pad_vocab);
         m.experts_across = self.experts_across.clone();
         m
@@ -187,8 +194,14 @@ impl Model {
     }
 
     /// Fold the adapters into their weights (W ← W + (alpha/rank)·B·A, rescaled under DoRA) and
-    /// remove them: a plain model with the same function.
+    /// remove them: a plain model with the same function. An NF4 base becomes its float32
+    /// values first: the weights the adapters were trained against.
     pub fn merge_lora(&mut self) {
+        for (j, q) in std::mem::take(&mut self.quantized).into_iter().enumerate() {
+            if let Some(q) = q {
+                self.params[j] = q.dequantize(Kind::Float);
+            }
+        }
         let ad = std::mem::take(&mut self.lora);
         tch::no_grad(|| {
             for (&w, &i) in &ad.by_weight {

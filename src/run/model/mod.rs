@@ -13,6 +13,7 @@
 //! | `router_losses.rs` | the routers' auxiliary losses, the 1991 mixture's loss          |
 //! | `expert_parallel.rs` | an MoE layer's experts divided over processes (all-to-all)    |
 //! | `lora.rs`      | LoRA adapters: attach, load, merge                                  |
+//! | `nf4.rs`       | QLoRA's base: weights held as 4-bit NormalFloat                     |
 //! | `packing.rs`   | several sequences in a row: positions and the block-diagonal mask   |
 //! | `heads.rs`     | scalar heads on the final hidden state (reward and value heads)     |
 //! | `weights.rs`   | weights in: copied into a model, or a checkpoint's tensors adopted  |
@@ -26,6 +27,7 @@ pub mod heads;
 pub mod lora;
 pub mod expert_parallel;
 pub mod moe;
+pub mod nf4;
 mod packing;
 mod recompute;
 pub(crate) mod shim;
@@ -69,6 +71,9 @@ pub struct Model {
     pub compute: Kind,
     /// LoRA adapters, by the index of the weight they modify (see `lora.rs`).
     pub lora: lora::Adapters,
+    /// Per parameter, its NF4 codes when the base is quantized (QLoRA, `nf4.rs`); the parameter
+    /// itself is then a stride-0 placeholder of its shape.
+    quantized: Vec<Option<nf4::Nf4>>,
     /// Pad the vocabulary of the loss's head matmul to a multiple of 64. A vocabulary like
     /// GPT-2's 50257 leaves the logits' rows misaligned for the fastest CUDA tensor-core kernels;
     /// the weight gets zero rows and the extra logits a −∞ bias, so their probability and
@@ -186,7 +191,7 @@ impl Model {
             })
             .collect();
         let casts = RefCell::new((0..names.len()).map(|_| None).collect());
-        Ok(Model { graph, names, params, index, node_params, order, inputs, last_use, rope, rope_local, device, compute: Kind::Float, lora: Default::default(), pad_vocab: false, neftune: 0.0, z_loss: 0.0, casts, cache_all: Cell::new(false), shadow: vec![], experts_across: None, share, divided, recompute: false, block_ends: vec![], pending: RefCell::new(vec![]), window_mask: RefCell::new(None) })
+        Ok(Model { graph, names, params, index, node_params, order, inputs, last_use, rope, rope_local, device, compute: Kind::Float, lora: Default::default(), quantized: vec![], pad_vocab: false, neftune: 0.0, z_loss: 0.0, casts, cache_all: Cell::new(false), shadow: vec![], experts_across: None, share, divided, recompute: false, block_ends: vec![], pending: RefCell::new(vec![]), window_mask: RefCell::new(None) })
     }
 
     pub fn spec(&self) -> &ModelSpec {
@@ -229,11 +234,35 @@ impl Model {
 
 
     fn linear(&self, x: &Tensor, i: usize, sub: &str) -> Tensor {
-        let (w, bias) = (self.w(i, sub, "weight"), self.w_opt(i, sub, "bias"));
-        let y = x.linear(&w, bias.as_ref());
-        match self.find_index(i, sub, "weight").and_then(|j| self.lora.get(j)) {
-            Some(ad) => self.lora.apply(ad, x, y, &w, bias.as_ref(), self.compute),
+        let j = self.find_index(i, sub, "weight").expect("a linear has a weight");
+        let bias = self.w_opt(i, sub, "bias");
+        let (y, w) = match self.nf4(j) {
+            // (The weight whole only where DoRA's norms read it.)
+            Some(q) => {
+                let y = q.linear(x);
+                (bias.as_ref().map_or_else(|| y.shallow_clone(), |b| &y + b), None)
+            }
+            None => {
+                let w = self.cast(j);
+                (x.linear(&w, bias.as_ref()), Some(w))
+            }
+        };
+        match self.lora.get(j) {
+            Some(ad) => self.lora.apply(ad, x, y, || w.unwrap_or_else(|| self.cast(j)), bias.as_ref(), self.compute),
             None => y,
+        }
+    }
+
+    /// Parameter `j`'s NF4 codes, when the base is quantized.
+    fn nf4(&self, j: usize) -> Option<&nf4::Nf4> {
+        self.quantized.get(j).and_then(Option::as_ref)
+    }
+
+    /// Parameter `j` as float32 values (an NF4 weight dequantized).
+    pub fn weight(&self, j: usize) -> Tensor {
+        match self.nf4(j) {
+            Some(q) => q.dequantize(Kind::Float),
+            None => self.params[j].shallow_clone(),
         }
     }
 
@@ -335,8 +364,9 @@ impl Model {
         self.z_loss = weight;
     }
 
+    /// The parameters, named (an NF4 weight as float32 values).
     pub fn named(&self) -> Vec<(String, Tensor)> {
-        self.names.iter().cloned().zip(self.params.iter().map(|p| p.shallow_clone())).collect()
+        self.names.iter().enumerate().map(|(j, n)| (n.clone(), self.weight(j))).collect()
     }
 
     /// Make this a frozen copy: no parameter takes gradients.

@@ -1,0 +1,65 @@
+//! A stage's `adapter = lora { … }`: rank, scale, dropout, rsLoRA, DoRA, the frozen base's
+//! quantization (QLoRA), and targets that each match a linear layer of the model.
+
+use super::eval::Scope;
+use super::fields::Fields;
+use super::Checker;
+use crate::diag::{Code, Diagnostic};
+use crate::recipe::*;
+use crate::syntax::ast::Expr;
+
+impl<'a> Checker<'a> {
+    /// `lora { rank, alpha, dropout, targets = [attn.q, attn.v] }`; every target must match a
+    /// linear layer of the model.
+    /// `adapter = none` says what leaving the key out means: a full fine-tune (Some(None)).
+    pub(super) fn check_lora(&mut self, e: &'a Expr, scope: &Scope<'a>, model: Option<&ModelRef>) -> Option<Option<LoraSpec>> {
+        let (kind, path, _, block) = self.ctor(e, "adapter", &["lora", "none"])?;
+        if kind == "none" {
+            return Some(None);
+        }
+        let mut f = Fields::new(block, scope, "lora", Checker::span_of_path(path));
+        let rank = f.size(self, "rank", Some(8));
+        let alpha = f.positive(self, "alpha", rank.map(|r| r as f64));
+        let dropout = f.ranged(self, "dropout", Some(0.0), 0.0, false, 1.0, true);
+        let rslora = f.bool(self, "rslora", false);
+        let dora = f.bool(self, "dora", false);
+        let quantize_base = f.sym(self, "quantize_base", &["none", "nf4"], Some("none")).map(|q| if q == "nf4" { QuantizeBase::Nf4 } else { QuantizeBase::None });
+        let targets_field = f.field("targets");
+        f.finish(self);
+        let mut targets = vec![];
+        let linears: Vec<String> = model.and_then(|m| self.models.get(&m.arch)).map(|spec| crate::arith::lora_linears(spec).into_iter().map(|l| l.path).collect()).unwrap_or_default();
+        match targets_field {
+            None => targets = vec!["attn.q".to_string(), "attn.v".to_string()],
+            Some(tf) => {
+                let crate::syntax::ast::ExprKind::List(items) = &tf.value.kind else {
+                    self.error(Diagnostic::error(Code::E0120, tf.value.span, "`targets` expects a list of module paths").with_hint("write `targets = [attn.q, attn.v]`"));
+                    return None;
+                };
+                for it in items {
+                    let pat = match (&it.kind, it.as_path()) {
+                        (crate::syntax::ast::ExprKind::Str(s), _) => s.clone(),
+                        (_, Some(p)) => Expr::path_string(p),
+                        _ => {
+                            self.error(Diagnostic::error(Code::E0120, it.span, "a LoRA target is a module path such as `attn.q` or \"blocks.*.ffn.w1\"").with_hint("write `targets = [attn.q, attn.v]`"));
+                            return None;
+                        }
+                    };
+                    if !linears.is_empty() && !linears.iter().any(|l| crate::arith::lora_matches(&pat, l)) {
+                        let mut short: Vec<String> = linears.iter().map(|l| l.rsplitn(3, '.').take(2).collect::<Vec<_>>().into_iter().rev().collect::<Vec<_>>().join(".")).collect();
+                        short.sort();
+                        short.dedup();
+                        let mut err = Diagnostic::error(Code::E0312, it.span, format!("LoRA target `{pat}` matches no linear layer of model `{}`", model.map_or("", |m| &m.arch)));
+                        err = match crate::diag::suggest::did_you_mean(&pat, short.iter().map(|s| s.as_str())) {
+                            Some(s) => err.with_hint(format!("did you mean `{s}`?")),
+                            None => err.with_hint(format!("linear layers: {}", short.join(", "))),
+                        };
+                        self.error(err);
+                        return None;
+                    }
+                    targets.push(pat);
+                }
+            }
+        }
+        Some(Some(LoraSpec { rank: rank?, alpha: alpha?, dropout: dropout?, rslora: rslora?, dora: dora?, targets, quantize_base: quantize_base? }))
+    }
+}

@@ -1,0 +1,99 @@
+//! QLoRA's frozen base (Dettmers et al. 2023; `lora { quantize_base = nf4 }`): a weight held as
+//! 4-bit NormalFloat, as bitsandbytes holds it (blocks of 64 values, each block's absolute
+//! maximum in float32, two codes to a byte), 0.5625 bytes a parameter. The format and the linear
+//! layer over it live in the C++ shim (run/kit/nf4.cpp), whose autograd function keeps the codes
+//! for the backward pass rather than the dequantized weight, as bitsandbytes' `MatMul4Bit` does.
+
+use anyhow::Result;
+use tch::{Kind, Tensor};
+
+use super::shim::check;
+
+type Raw = *mut std::ffi::c_void;
+
+extern "C" {
+    fn roux_nf4_quantize(w: Raw, codes: *mut Raw, absmax: *mut Raw) -> *mut std::ffi::c_char;
+    fn roux_nf4_dequantize(codes: Raw, absmax: Raw, n: i64, out: *mut Raw) -> *mut std::ffi::c_char;
+    fn roux_nf4_linear(x: Raw, codes: Raw, absmax: Raw, out: i64, inp: i64, y: *mut Raw) -> *mut std::ffi::c_char;
+}
+
+/// Values a block of the weight shares one scale over.
+pub const BLOCK: i64 = 64;
+
+/// An (out, in) weight in NF4.
+pub struct Nf4 {
+    /// Two codes a byte, the first in the high four bits (bitsandbytes' packing).
+    pub codes: Tensor,
+    /// Each block's absolute maximum (float32).
+    pub absmax: Tensor,
+    pub out: i64,
+    pub inp: i64,
+}
+
+/// A tensor the shim made (on success it stored a new at::Tensor, which tch's Tensor then owns).
+fn adopt(p: Raw) -> Tensor {
+    // SAFETY: called only after the shim returned success, having stored a fresh at::Tensor*.
+    unsafe { Tensor::from_ptr(p as *mut _) }
+}
+
+impl Nf4 {
+    /// `w` (out, in), float32 or bf16, rounded to NF4.
+    pub fn quantize(w: &Tensor) -> Result<Nf4> {
+        let (out, inp) = w.size2()?;
+        let (mut codes, mut absmax): (Raw, Raw) = (std::ptr::null_mut(), std::ptr::null_mut());
+        // SAFETY: `w` is a live at::Tensor for the call's duration.
+        check("quantizing a weight to NF4", unsafe { roux_nf4_quantize(w.as_ptr() as Raw, &mut codes, &mut absmax) })?;
+        Ok(Nf4 { codes: adopt(codes), absmax: adopt(absmax), out, inp })
+    }
+
+    /// The weight the codes stand for, (out, in) in `kind`.
+    pub fn dequantize(&self, kind: Kind) -> Tensor {
+        let mut out: Raw = std::ptr::null_mut();
+        // SAFETY: both tensors live for the call's duration.
+        let r = unsafe { roux_nf4_dequantize(self.codes.as_ptr() as Raw, self.absmax.as_ptr() as Raw, self.out * self.inp, &mut out) };
+        // (As a failing tch operation does: allocation is all that can fail here.)
+        check("dequantizing an NF4 weight", r).unwrap_or_else(|e| panic!("{e}"));
+        adopt(out).view([self.out, self.inp]).to_kind(kind)
+    }
+
+    /// x · Wᵀ in x's kind, differentiable in x only; the backward pass dequantizes again.
+    pub fn linear(&self, x: &Tensor) -> Tensor {
+        let mut y: Raw = std::ptr::null_mut();
+        // SAFETY: the three tensors live for the call's duration.
+        let r = unsafe { roux_nf4_linear(x.as_ptr() as Raw, self.codes.as_ptr() as Raw, self.absmax.as_ptr() as Raw, self.out, self.inp, &mut y) };
+        check("a linear layer over NF4 weights", r).unwrap_or_else(|e| panic!("{e}"));
+        adopt(y)
+    }
+
+    /// Bytes held: the codes and the scales.
+    pub fn bytes(&self) -> u64 {
+        (self.codes.numel() + 4 * self.absmax.numel()) as u64
+    }
+
+    /// The same weight, sharing its tensors (a LoRA model's base view).
+    pub fn share(&self) -> Nf4 {
+        Nf4 { codes: self.codes.shallow_clone(), absmax: self.absmax.shallow_clone(), out: self.out, inp: self.inp }
+    }
+}
+
+impl super::Model {
+    /// Hold every attention and MLP projection (the linears LoRA can target; not embeddings,
+    /// the head, routers or stacked experts, as bitsandbytes quantizes a model's `nn.Linear`s
+    /// but its head) as NF4, in place of its float weight.
+    pub(super) fn quantize_base(&mut self) -> Result<()> {
+        self.quantized = (0..self.params.len()).map(|_| None).collect();
+        tch::no_grad(|| -> Result<()> {
+            for l in crate::lower::lora_linears(self.spec()) {
+                let j = self.param_index(&format!("{}.weight", l.path)).expect("lora linears are model weights");
+                let q = Nf4::quantize(&self.params[j])?;
+                let size = self.params[j].size();
+                // A stride-0 view keeps the parameter's shape (its count in reports) and no memory.
+                self.params[j] = Tensor::zeros([1], (Kind::Float, self.device)).expand(&size, false);
+                self.quantized[j] = Some(q);
+            }
+            Ok(())
+        })?;
+        self.drop_casts();
+        Ok(())
+    }
+}
