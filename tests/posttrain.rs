@@ -489,6 +489,38 @@ fn jsonl_data_with_configured_field_names_trains_and_bad_lines_name_file_and_lin
     assert!(err.contains(&format!("warning[W0403]: {cut} of 60 examples of `instr` ({:.1}%) are longer than model `lm`'s context of 20 and will be cut", 100.0 * cut as f64 / 60.0)), "{err}");
 }
 
+/// A stage's hash covers the files it reads, not only their names: an edited JSONL set trains
+/// its stages again (the old output kept aside, the change named), while a file written again
+/// with the same contents, or a stage that does not read it, is reused.
+#[test]
+fn an_edited_data_file_trains_its_stages_again() {
+    let dir = scratch("edited-inputs");
+    std::fs::create_dir_all(dir.join("data")).unwrap();
+    for f in ["instructions.jsonl", "preferences.jsonl"] {
+        std::fs::copy(fixture(&format!("data/{f}")), dir.join("data").join(f)).unwrap();
+    }
+    std::fs::copy(fixture("tiny-jsonl.roux"), dir.join("r.roux")).unwrap();
+    let run = || {
+        let o = roux(&["run", dir.join("r.roux").to_str().unwrap(), "--out", dir.join("runs").to_str().unwrap()]);
+        let err = String::from_utf8_lossy(&o.stderr).to_string();
+        assert_eq!(o.status.code(), Some(0), "{err}");
+        err
+    };
+    run();
+    let prefs = dir.join("data/preferences.jsonl");
+    let text = std::fs::read_to_string(&prefs).unwrap();
+    std::fs::write(&prefs, &text).unwrap();
+    let err = run();
+    assert!(err.contains("sft: up to date") && err.contains("po: up to date"), "the same contents, written again, are reused:\n{err}");
+    let first = text.lines().next().unwrap().to_string();
+    std::fs::write(&prefs, text.replacen(&first, &first.replace("\"better\": \"", "\"better\": \"X"), 1)).unwrap();
+    let err = run();
+    assert!(err.contains("sft: up to date"), "sft does not read the preferences:\n{err}");
+    assert!(!err.contains("po: up to date") && err.contains("inputs.prefs.preferences.jsonl: \""), "po reads them:\n{err}");
+    let kept = std::fs::read_dir(dir.join("runs/tiny-jsonl")).unwrap().filter(|e| e.as_ref().unwrap().file_name().to_string_lossy().starts_with("po.")).count();
+    assert_eq!(kept, 1, "the output of the old file is kept aside");
+}
+
 /// `roux merge` finds the adapter's definition and base through their own run directories: a
 /// set-aside copy `sft.old-*` of another LoRA alpha beside them changes nothing (it used to be
 /// read in directory order, giving merged weights off by up to 2.0), a relative path works from

@@ -9,7 +9,7 @@ use crate::diag::{Code, Diagnostic, Span};
 use crate::recipe::{ExampleKind, ExampleSet, ExampleSource, Task};
 use crate::syntax::ast::{Arg, Block, Decl, ExprKind};
 
-pub const EXAMPLE_SOURCES: &[&str] = &["synthetic.instructions", "synthetic.preferences", "synthetic.feedback", "instructions", "preferences", "feedback"];
+pub const EXAMPLE_SOURCES: &[&str] = &["synthetic.instructions", "synthetic.preferences", "synthetic.feedback", "instructions", "preferences", "feedback", "choices"];
 const TASKS: &[&str] = &["reverse", "sort", "add", "uppercase"];
 pub const DEFAULT_TEMPLATE: &str = "Q: {prompt}\nA: ";
 
@@ -26,6 +26,9 @@ pub struct Facts {
 
 impl<'a> Checker<'a> {
     pub(super) fn check_examples(&mut self, d: &'a Decl, kind: &str, at: Span, args: Option<&'a [Arg]>, block: Option<&'a Block>) -> Option<ExampleSet> {
+        if kind == "choices" {
+            return self.check_choices(d, at, args, block);
+        }
         let what = format!("data `{}`", d.name.name);
         let mut f = Fields::new(block, &self.top_scope(), what, at);
         let template_field = f.field("template");
@@ -63,6 +66,7 @@ impl<'a> Checker<'a> {
                     ExampleKind::Instructions => &[("prompt", "prompt"), ("response", "response")],
                     ExampleKind::Preferences => &[("prompt", "prompt"), ("chosen", "chosen"), ("rejected", "rejected")],
                     ExampleKind::Feedback => &[("prompt", "prompt"), ("completion", "completion"), ("label", "label")],
+                    ExampleKind::Choices => unreachable!("checked by check_choices"),
                 };
                 let fields: Vec<Option<String>> = names.iter().map(|(k, def)| self.string_field(&mut f, k, def)).collect();
                 let path = self.jsonl_path(d, kind, args);
@@ -137,7 +141,7 @@ impl<'a> Checker<'a> {
     fn note_rows(&mut self, name: &str, ekind: ExampleKind, rows: &[Vec<String>], template: &str, end: &str, span: Span) {
         // The longest sequence each example makes (of a pair, its longer side), in bytes.
         let replies = match ekind {
-            ExampleKind::Instructions | ExampleKind::Feedback => 1..2,
+            ExampleKind::Instructions | ExampleKind::Feedback | ExampleKind::Choices => 1..2,
             // (A fourth field is the pair's margin.)
             ExampleKind::Preferences => 1..3,
         };
@@ -146,7 +150,7 @@ impl<'a> Checker<'a> {
         let longest = lengths.iter().max().copied().unwrap_or(0);
         let mean = lengths.iter().sum::<usize>() as f64 / lengths.len().max(1) as f64;
         let held = match ekind {
-            ExampleKind::Instructions => format!("{} examples", lengths.len()),
+            ExampleKind::Instructions | ExampleKind::Choices => format!("{} examples", lengths.len()),
             ExampleKind::Preferences => {
                 let margins: Vec<f64> = rows.iter().filter_map(|r| r.get(3)?.parse::<f64>().ok()).collect();
                 format!("{} pairs{}", lengths.len(), margins_note(&margins))
@@ -269,7 +273,7 @@ impl<'a> Checker<'a> {
     }
 
     /// A string-valued key such as `prompt = "instruction"` (a JSONL field name).
-    fn string_field(&mut self, f: &mut Fields<'a>, key: &'static str, default: &str) -> Option<String> {
+    pub(super) fn string_field(&mut self, f: &mut Fields<'a>, key: &'static str, default: &str) -> Option<String> {
         let Some(field) = f.field(key) else { return Some(default.to_string()) };
         match (&field.value.kind, field.value.as_path()) {
             (ExprKind::Str(s), _) if !s.is_empty() => Some(s.clone()),
@@ -319,7 +323,7 @@ impl<'a> Checker<'a> {
         }
     }
 
-    fn jsonl_path(&mut self, d: &'a Decl, kind: &str, args: Option<&'a [Arg]>) -> Option<std::path::PathBuf> {
+    pub(super) fn jsonl_path(&mut self, d: &'a Decl, kind: &str, args: Option<&'a [Arg]>) -> Option<std::path::PathBuf> {
         let Some((file, span)) = super::paths::single_path_arg(args) else {
             self.error(Diagnostic::error(Code::E0104, d.value.span, format!("`{kind}` takes one argument: the path of a JSONL file"))
                 .with_hint(format!("write `{kind}(\"data/{kind}.jsonl\") {{ … }}`")));

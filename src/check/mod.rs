@@ -6,6 +6,7 @@
 
 mod budget;
 mod chat;
+mod choices;
 mod data;
 mod eval;
 mod examples;

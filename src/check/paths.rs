@@ -25,7 +25,7 @@ pub fn project_root(loader: &dyn Loader, dir: &Path) -> PathBuf {
 /// The constructors whose one string argument names a file, relative to the recipe's folder
 /// (the kept copy of a run's recipe names it absolutely): every example source not generated,
 /// `text` and `fitted`.
-pub const PATH_CONSTRUCTORS: &[&str] = &["text", "instructions", "preferences", "feedback", "fitted"];
+pub const PATH_CONSTRUCTORS: &[&str] = &["text", "instructions", "preferences", "feedback", "choices", "fitted"];
 
 /// The one positional string argument of `text("…")` or `fitted("…")`, with its span.
 pub fn single_path_arg(args: Option<&[crate::syntax::ast::Arg]>) -> Option<(String, Span)> {

@@ -65,7 +65,13 @@ impl<'a> Checker<'a> {
             ExampleKind::Instructions => "instruction examples",
             ExampleKind::Preferences => "preference pairs",
             ExampleKind::Feedback => "unpaired feedback",
+            ExampleKind::Choices => "multiple-choice questions",
         };
+        if set.kind == ExampleKind::Choices && stage != "compare" {
+            self.error(Diagnostic::error(Code::E0313, e.span, format!("`{stage}` cannot train on `{}`: it holds multiple-choice questions, which only `compare` evaluates", d.name.name))
+                .with_hint(format!("score policies on them with `compare(…) {{ data = {} }}`", d.name.name)));
+            return None;
+        }
         match want.first() {
             Some(k) if !want.contains(&set.kind) => {
                 let need: Vec<&str> = want.iter().map(words).collect();

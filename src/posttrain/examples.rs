@@ -102,6 +102,7 @@ pub fn instructions(set: &ExampleSet, seed: u64) -> Result<Split<Example>, Strin
             .into_iter()
             .map(|f| Example { gold: tasks::answer(&f[0]), prompt: f[0].clone(), response: f[1].clone(), turns: vec![] })
             .collect(),
+        (ExampleSource::Choices { .. }, _) | (_, ExampleKind::Choices) => return Err(only_compared(set)),
         (ExampleSource::Chat { .. }, ExampleKind::Instructions) => chat_items(set, |row, r| {
             let turns = row.turns(r)?;
             let (prompt, response) = chat::last_turn(&turns);
@@ -141,6 +142,7 @@ pub fn preferences(set: &ExampleSet, seed: u64) -> Result<Split<Pair>, String> {
             .into_iter()
             .map(|f| Pair { gold: tasks::answer(&f[0]), prompt: f[0].clone(), chosen: f[1].clone(), rejected: f[2].clone(), margin: f.get(3).and_then(|m| m.parse().ok()).unwrap_or(0.0) })
             .collect(),
+        ExampleSource::Choices { .. } => return Err(only_compared(set)),
         ExampleSource::Chat { .. } => chat_items(set, |row, r| row.pair_with_margin(r).map(|(prompt, chosen, rejected, margin)| Pair { prompt, chosen, rejected, gold: None, margin }))?,
     };
     Ok(split(items, |p| &p.prompt, set.held_out))
@@ -175,9 +177,27 @@ pub fn feedback(set: &ExampleSet, seed: u64) -> Result<Split<Feedback>, String> 
             .into_iter()
             .map(|f| Feedback { gold: tasks::answer(&f[0]), prompt: f[0].clone(), completion: f[1].clone(), desirable: f[2] == "true" })
             .collect(),
+        ExampleSource::Choices { .. } => return Err(only_compared(set)),
         ExampleSource::Chat { .. } => chat_items(set, |row, r| row.judged(r).map(|(prompt, completion, desirable)| Feedback { prompt, completion, desirable, gold: None }))?,
     };
     Ok(split(items, |f| &f.prompt, set.held_out))
+}
+
+/// Why a multiple-choice set gives no examples to train on (`check` refuses it first).
+fn only_compared(set: &ExampleSet) -> String {
+    format!("data `{}` holds multiple-choice questions, which only `compare` evaluates", set.name)
+}
+
+/// The questions of a multiple-choice set; a bad line is an error naming `file:line`.
+pub fn questions(set: &ExampleSet) -> Result<Vec<super::choices::Question>, String> {
+    let ExampleSource::Choices { path, fields, .. } = &set.source else { return Err(format!("data `{}` holds no multiple-choice questions", set.name)) };
+    let text = crate::fsio::read_text(path, MAX_JSONL_BYTES)?;
+    let fields: [String; 3] = fields.clone().try_into().map_err(|_| format!("data `{}`: a multiple-choice set names three fields", set.name))?;
+    let parsed = super::choices::parse(&text, &fields, 1);
+    match parsed.bad.first() {
+        Some((line, why)) => Err(format!("{}: {why}", at(set, *line))),
+        None => Ok(parsed.questions),
+    }
 }
 
 /// The renderer of a chat data set, its work bounded by the file's size as check bounds it.
@@ -191,7 +211,7 @@ fn renderer(set: &ExampleSet) -> Result<chat::Renderer, String> {
 
 fn at(set: &ExampleSet, line: usize) -> String {
     match &set.source {
-        ExampleSource::Chat { path, .. } | ExampleSource::Jsonl { path, .. } => format!("{}:{line}", path.display()),
+        ExampleSource::Chat { path, .. } | ExampleSource::Jsonl { path, .. } | ExampleSource::Choices { path, .. } => format!("{}:{line}", path.display()),
         ExampleSource::Synthetic { .. } => set.name.clone(),
     }
 }

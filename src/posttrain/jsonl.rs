@@ -93,7 +93,7 @@ pub fn margin(v: Option<&serde_json::Value>) -> Result<Option<String>, String> {
 }
 
 /// What kind of JSON value this is, in words.
-fn json_kind(v: &serde_json::Value) -> &'static str {
+pub fn json_kind(v: &serde_json::Value) -> &'static str {
     match v {
         serde_json::Value::Null => "null",
         serde_json::Value::Bool(_) => "a boolean",

@@ -6,6 +6,7 @@
 //! | `tasks.rs`    | reverse / sort / add / uppercase, their answers and the gold reward |
 //! | `examples.rs` | example sets and pairs, held-out split, template, loss weights      |
 //! | `jsonl.rs`    | a JSONL data set's rows: the fields named, a feedback label, bad lines |
+//! | `choices.rs`  | a multiple-choice set's questions, and lm-eval's context/continuation split |
 //! | `gae.rs`      | generalised advantage estimation for PPO                            |
 //! | `chat.rs`     | conversations rendered with a chat template (minijinja), bounded    |
 //! | `messages.rs` | a conversation's messages, tools and template arguments, as written |
@@ -16,6 +17,7 @@
 //! | `strftime.rs` | a chat template's `strftime_now`, on the recipe's fixed `date`      |
 
 pub mod chat;
+pub mod choices;
 pub mod examples;
 pub mod generation;
 pub mod messages;

@@ -79,6 +79,7 @@ pub fn is_chat(text: &str, kind: ExampleKind) -> bool {
         ExampleKind::Instructions => first.is_some_and(|v| v.get("messages").is_some()),
         ExampleKind::Preferences => first.is_some_and(|v| v.get("chosen").is_some_and(|c| c.is_array())),
         ExampleKind::Feedback => first.is_some_and(|v| v.get("completion").is_some_and(|c| c.is_array())),
+        ExampleKind::Choices => false,
     }
 }
 
@@ -113,6 +114,7 @@ fn row(v: &Value, kind: ExampleKind) -> Result<ChatRow, String> {
         messages(&v.get_attr(k).map_err(|e| e.to_string())?).map_err(|e| format!("`{k}` {e}"))
     };
     let kind = match kind {
+        ExampleKind::Choices => return Err("holds multiple-choice questions, not conversations".into()),
         ExampleKind::Instructions => RowKind::Conversation(list("messages")?),
         ExampleKind::Preferences => {
             let prompt = if has("prompt") { list("prompt")? } else { vec![] };

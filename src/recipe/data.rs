@@ -69,6 +69,9 @@ pub enum ExampleKind {
     /// Prompt, completion and a label, desirable or not: unpaired feedback for KTO (TRL's
     /// unpaired preference format).
     Feedback,
+    /// A question, its choices and the right one's index: a benchmark `compare` scores by each
+    /// choice's likelihood, as lm-evaluation-harness scores multiple-choice tasks.
+    Choices,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
@@ -92,6 +95,10 @@ pub enum ExampleSource {
     /// instructions; `chosen` and `rejected` message lists (after an optional `prompt` list)
     /// for preferences; `prompt` and `completion` lists and a boolean `label` for feedback. Rendered with the set's chat template: the recipe's `chat_template`
     /// file (`template`), else the checkpoint's.
+    /// Multiple-choice questions, one JSON object per line: `fields` are the keys of the
+    /// question, its list of choices and the right one's index; each choice is scored as
+    /// `delimiter` + the choice after the rendered question.
+    Choices { path: PathBuf, fields: Vec<String>, delimiter: String },
     Chat {
         path: PathBuf,
         #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -174,6 +174,22 @@ impl Codec {
         out
     }
 
+    /// The ids lm-evaluation-harness scores `continuation` by after `context`: the context's
+    /// (after the tokenizer's leading special tokens, as its `add_bos_token = True`), and the
+    /// ids the whole text has past them, so a token that merges across the boundary counts to
+    /// the continuation. An empty context is the end marker, as lm-eval starts from end-of-text.
+    pub fn continuation(&self, context: &str, continuation: &str) -> (Vec<i64>, Vec<i64>) {
+        let ctx = self.encode(context);
+        let cont = if ctx.is_empty() {
+            self.encode(continuation)
+        } else {
+            let whole = self.encode(&format!("{context}{continuation}"));
+            whole[ctx.len().min(whole.len())..].to_vec()
+        };
+        let head = [self.prefix.clone(), ctx].concat();
+        (if head.is_empty() { self.end.clone() } else { head }, cont)
+    }
+
     /// A prompt's ids and a response's (its end marker after it): apart, or for a conversation
     /// (whose prompt is the rendered history and response the rendered reply) as one text
     /// divided where the reply starts.

@@ -1,6 +1,7 @@
 //! What each stage kind's output depends on, as a stable content hash (FNV-1a of canonical
-//! JSON): its resolved definition, the declarations it reads, the seed and the hashes of the
-//! upstream outputs it consumes, so retraining one stage retrains its users.
+//! JSON): its resolved definition, the declarations it reads and the files behind them
+//! (`inputs.rs`), the seed and the hashes of the upstream outputs it consumes, so retraining
+//! one stage retrains its users.
 
 use anyhow::Result;
 use serde_json::json;
@@ -27,6 +28,7 @@ pub fn train(recipe: &Recipe, spec: &ModelSpec, t: &TrainSpec, upstream: Option<
         "model": spec,
         "data": recipe.data(&t.data),
         "upstream": upstream,
+        "inputs": train_inputs(recipe, spec, t),
     });
     fnv1a(key.to_string().as_bytes())
 }
@@ -49,6 +51,17 @@ pub fn posttrain(recipe: &Recipe, stage: &StageSpec, upstream: &[(String, String
     let models: Vec<_> = recipe.models.iter().filter(|m| mentions(&m.name)).collect();
     let sets: Vec<_> = recipe.examples.iter().filter(|d| mentions(&d.name)).collect();
     let up: Vec<_> = upstream.iter().map(|(s, h)| json!([s, h])).collect();
-    let key = json!({"seed": recipe.seed, "stage": spec, "models": models, "examples": sets, "upstream": up});
+    let key = json!({"seed": recipe.seed, "stage": spec, "models": models, "examples": sets, "upstream": up, "inputs": posttrain_inputs(recipe, stage)});
     Ok(fnv1a(key.to_string().as_bytes()))
+}
+
+/// The files a `train` run of `spec` reads: its corpus, and the checkpoint it starts from.
+pub fn train_inputs(recipe: &Recipe, spec: &ModelSpec, t: &TrainSpec) -> serde_json::Value {
+    super::inputs::of(recipe, |n| n == t.data || n == spec.name)
+}
+
+/// The files a post-training stage reads: those of the declarations its definition names.
+pub fn posttrain_inputs(recipe: &Recipe, stage: &StageSpec) -> serde_json::Value {
+    let text = serde_json::to_value(stage).unwrap_or_default().to_string();
+    super::inputs::of(recipe, |name| text.contains(&format!("\"{name}\"")))
 }

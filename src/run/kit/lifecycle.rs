@@ -222,7 +222,7 @@ pub fn begin_stage(ctx: &StageCtx, steps: u64) -> Result<Option<RunDir>> {
         StageKind::RewardModel(m) => ("reward_trunk", Some(&m.model.arch)),
         _ => ("model", None),
     };
-    let mut resolved = json!({"experiment": recipe.experiment, "seed": recipe.seed, "stage": stage, "model": null});
+    let mut resolved = json!({"experiment": recipe.experiment, "seed": recipe.seed, "stage": stage, "model": null, "inputs": super::hash::posttrain_inputs(recipe, stage)});
     resolved[key] = json!(arch.and_then(|a| recipe.model(a)));
     if let Some(t) = chat_template(ctx)? {
         resolved["chat_template"] = t;

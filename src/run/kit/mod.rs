@@ -10,6 +10,7 @@
 //! | `outputs.rs`   | a finished run's outputs verified before it is reused                |
 //! | `lock.rs`      | one lock per run directory                                           |
 //! | `hash.rs`      | what each stage kind's output depends on, as a content hash          |
+//! | `inputs.rs`    | the files a stage reads, as digests in its hash                      |
 //! | `files.rs`     | atomic writes, capped reads, the stable hash function                |
 //! | `checkpoint.rs`| named tensors and AdamW moments, the run state, resume              |
 //! | `adamw/`       | AdamW on flat buffers of plain tensors; across processes (`zero.rs`, `divided.rs`, `moments.rs`) |
@@ -21,6 +22,7 @@
 //! | `seqs.rs`      | padded variable-length batches, log-probabilities, generation        |
 //! | `packing.rs`   | examples packed into rows (best-fit decreasing) for `packing = true` |
 //! | `score.rs`     | a policy's scores on held-out prompts                                |
+//! | `choices.rs`   | a policy's accuracy on multiple-choice questions (lm-eval's)          |
 //! | `rewards.rs`   | a stage's `reward = …`: program terms and reward models' scores      |
 //! | `losses.rs`    | Bradley–Terry, DPO, clipped PPO and value losses, entropy            |
 //! | `progress.rs`  | the progress of a loop and metrics.jsonl                             |
@@ -39,6 +41,7 @@
 pub mod adamw;
 pub mod alloc;
 pub mod artifacts;
+pub mod choices;
 pub mod changes;
 pub mod checkpoint;
 pub mod codec;
@@ -52,6 +55,7 @@ pub mod expert_groups;
 pub mod files;
 pub mod finish;
 pub mod hash;
+pub mod inputs;
 pub mod health;
 pub mod hf;
 pub mod lifecycle;

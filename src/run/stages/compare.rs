@@ -1,14 +1,16 @@
 //! A `compare` stage: every listed policy on the same held-out prompts — mean gold reward,
 //! exact-match accuracy (the preferred behaviour: right answer, nothing after it) and KL to the
-//! reference — printed as a table and written to table.md and report.json.
+//! reference — or on multiple-choice questions (`choices(…)`: accuracy as lm-evaluation-harness
+//! computes it), printed as a table and written to table.md and report.json.
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use serde_json::json;
 
-use crate::recipe::CompareSpec;
+use crate::recipe::{CompareSpec, ExampleKind, ExampleSource};
 use crate::run::kit::artifacts::{instructions, load_lm};
 use crate::run::kit::files::{read_capped, write_atomic};
 use crate::run::kit::score::score;
+use crate::run::kit::lifecycle::RunDir;
 use crate::run::kit::{device, lifecycle, StageCtx};
 
 pub fn run(ctx: &StageCtx, c: &CompareSpec) -> Result<()> {
@@ -21,6 +23,9 @@ pub fn run(ctx: &StageCtx, c: &CompareSpec) -> Result<()> {
         return Ok(());
     };
     let dev = device::device(c.device)?;
+    if recipe.example_set(&c.data).is_some_and(|s| s.kind == ExampleKind::Choices) {
+        return choices(ctx, c, run, dev);
+    }
     let (set, split) = instructions(recipe, &c.data)?;
     let codec = crate::run::kit::codec::Codec::new(recipe, &set)?;
     let held: Vec<_> = split.held_out.into_iter().take(c.examples).collect();
@@ -50,5 +55,37 @@ pub fn run(ctx: &StageCtx, c: &CompareSpec) -> Result<()> {
     }
     let report = json!({"experiment": recipe.experiment, "kind": "compare", "precision": c.precision, "examples": held.len(), "rows": rows});
     // No metrics: the stage is one evaluation. An empty metrics file keeps plots quiet.
+    run.finish(&[], report, &ctx.title())
+}
+
+/// Every policy's accuracy on the first `examples` questions of a multiple-choice set; each
+/// question's log-likelihoods and picks in samples.jsonl (lm-eval's `--log_samples`).
+fn choices(ctx: &StageCtx, c: &CompareSpec, run: RunDir, dev: tch::Device) -> Result<()> {
+    let recipe = ctx.recipe;
+    let set = recipe.example_set(&c.data).context("checked recipe names its data")?.clone();
+    let ExampleSource::Choices { delimiter, .. } = &set.source else { anyhow::bail!("data `{}` holds no multiple-choice questions", set.name) };
+    let questions = crate::posttrain::examples::questions(&set).map_err(anyhow::Error::msg)?;
+    let questions = &questions[..questions.len().min(c.examples)];
+    let codec = crate::run::kit::codec::Codec::new(recipe, &set)?;
+    let mut table = "| policy | accuracy | accuracy, per character |\n|---|---:|---:|\n".to_string();
+    let (mut rows, mut samples) = (vec![], String::new());
+    for (label, r) in &c.policies {
+        let mut m = load_lm(recipe, &ctx.runs, r, dev)?.computing(c.precision);
+        m.freeze();
+        let (a, scored) = crate::run::kit::choices::score(&m, &codec, questions, &set.template, delimiter)?;
+        table.push_str(&format!("| {label} | {:.1}% ± {:.1} | {:.1}% ± {:.1} |\n", 100.0 * a.acc, 100.0 * a.acc_stderr, 100.0 * a.acc_norm, 100.0 * a.acc_norm_stderr));
+        tracing::info!("{}: {label}: accuracy {:.1}%, per character {:.1}% on {} questions", ctx.stage.name, 100.0 * a.acc, 100.0 * a.acc_norm, a.questions);
+        for (i, s) in scored.iter().enumerate() {
+            samples.push_str(&format!("{}\n", json!({"policy": label, "question": i, "loglikelihoods": s.loglikelihoods, "answer": s.answer, "pick": s.pick, "pick_norm": s.pick_norm})));
+        }
+        rows.push(json!({"policy": label, "choices": a}));
+    }
+    table.push_str(&format!("\n{} questions of `{}`, each choice scored by the log-likelihood of its text after the question (lm-evaluation-harness's multiple-choice accuracy); per character: that log-likelihood over the choice's length in characters (lm-eval's acc_norm); ± one standard error.\n", questions.len(), set.name));
+    tracing::info!("\n{table}");
+    if run.leads {
+        write_atomic(&run.dir.join("table.md"), table.as_bytes())?;
+        write_atomic(&run.dir.join("samples.jsonl"), samples.as_bytes())?;
+    }
+    let report = json!({"experiment": recipe.experiment, "kind": "compare", "precision": c.precision, "examples": questions.len(), "rows": rows});
     run.finish(&[], report, &ctx.title())
 }

@@ -40,7 +40,7 @@ pub fn run_model(ctx: &StageCtx, spec: &ModelSpec, t: &TrainSpec) -> Result<()> 
         None => None,
     };
     let hash = hash::train(recipe, spec, t, upstream.as_deref());
-    let resolved = json!({"experiment": recipe.experiment, "seed": recipe.seed, "stage": name, "model": spec, "data": data_spec, "train": t});
+    let resolved = json!({"experiment": recipe.experiment, "seed": recipe.seed, "stage": name, "model": spec, "data": data_spec, "train": t, "inputs": hash::train_inputs(recipe, spec, t)});
     let Some(mut run) = lifecycle::begin(ctx, hash, &resolved, t.steps)? else { return Ok(()) };
     let dir = run.dir.clone();
     let world = ctx.world;

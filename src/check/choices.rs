@@ -1,0 +1,74 @@
+//! `choices("file.jsonl") { prompt, choices, answer, template, delimiter, tokenizer }`: a
+//! multiple-choice benchmark that `compare` scores as lm-evaluation-harness does. The file is
+//! read now, so a bad line is a check error rather than a failed run.
+
+use super::fields::Fields;
+use super::Checker;
+use crate::diag::{Code, Diagnostic, Span};
+use crate::posttrain::choices::parse;
+use crate::posttrain::examples::MAX_JSONL_BYTES;
+use crate::recipe::{ExampleKind, ExampleSet, ExampleSource};
+use crate::syntax::ast::{Arg, Block, Decl, ExprKind};
+
+/// How a question is shown to the model unless `template` says otherwise: as it is written.
+const QUESTION: &str = "{prompt}";
+
+impl<'a> Checker<'a> {
+    pub(super) fn check_choices(&mut self, d: &'a Decl, at: Span, args: Option<&'a [Arg]>, block: Option<&'a Block>) -> Option<ExampleSet> {
+        let name = d.name.name.clone();
+        let mut f = Fields::new(block, &self.top_scope(), format!("data `{name}`"), at);
+        let fields: Vec<Option<String>> = [("prompt", "prompt"), ("choices", "choices"), ("answer", "answer")].iter().map(|(k, def)| self.string_field(&mut f, k, def)).collect();
+        let tokenizer = f.field("tokenizer").map(|t| self.model_tokenizer(&t.value));
+        let template = self.text_key(&mut f, "template", QUESTION, |s| s.matches("{prompt}").count() == 1, "a question template must contain `{prompt}` exactly once");
+        let delimiter = self.text_key(&mut f, "delimiter", " ", |s| s.len() <= 64, "`delimiter` is at most 64 bytes");
+        f.finish(self);
+        let path = self.jsonl_path(d, "choices", args)?;
+        let span = super::paths::single_path_arg(args).map_or(at, |a| a.1);
+        let fields: [String; 3] = fields.into_iter().collect::<Option<Vec<_>>>()?.try_into().ok()?;
+        let text = match self.loader.read_text(&path, MAX_JSONL_BYTES) {
+            Ok(t) => t,
+            Err(e) => {
+                self.error(Diagnostic::error(Code::E0214, span, e).with_hint("a JSONL data set is a UTF-8 text file of one JSON object per line"));
+                return None;
+            }
+        };
+        let parsed = parse(&text, &fields, 10);
+        let file = path.file_name().map_or_else(|| path.display().to_string(), |f| f.to_string_lossy().into_owned());
+        let [p, c, a] = &fields;
+        if parsed.bad_total > 0 {
+            let listed: Vec<String> = parsed.bad.iter().map(|(l, why)| format!("line {l}: {why}")).collect();
+            let more = if parsed.bad_total > listed.len() { format!("; and {} more", parsed.bad_total - listed.len()) } else { String::new() };
+            self.error(Diagnostic::error(Code::E0214, span, format!("`{file}` has {} bad line(s) of {}: {}{more}", parsed.bad_total, parsed.bad_total + parsed.questions.len(), listed.join("; ")))
+                .with_hint(format!("every non-empty line is one JSON object: `{p}` a string, `{c}` a list of strings, `{a}` the right one's index (0, 1, …) or letter (A, B, …)")));
+            return None;
+        }
+        if parsed.questions.is_empty() {
+            self.error(Diagnostic::error(Code::E0214, span, format!("`{file}` holds no questions")).with_hint("write one JSON object per line"));
+            return None;
+        }
+        let counts: Vec<usize> = parsed.questions.iter().map(|q| q.choices.len()).collect();
+        let (fewest, most) = (counts.iter().min().copied().unwrap_or(0), counts.iter().max().copied().unwrap_or(0));
+        let each = if fewest == most { format!("{most} choices each") } else { format!("{fewest} to {most} choices each") };
+        self.error(Diagnostic::note(Code::N0404, span, format!("data `{name}`: {} questions, {each}", parsed.questions.len())).with_hint("`compare(…) { data = … }` scores every choice's likelihood"));
+        let (template, delimiter, tokenizer) = (template?, delimiter?, tokenizer.unwrap_or(Some(String::new()))?);
+        let tokenizer = Some(tokenizer).filter(|t| !t.is_empty());
+        let source = ExampleSource::Choices { path, fields: fields.to_vec(), delimiter };
+        Some(ExampleSet { name, kind: ExampleKind::Choices, source, template, end: String::new(), held_out: 0.0, tokenizer, chat: None })
+    }
+
+    /// A string key with a default, `ok` saying whether a value is allowed (else `why`).
+    fn text_key(&mut self, f: &mut Fields<'a>, key: &'static str, default: &str, ok: impl Fn(&str) -> bool, why: &str) -> Option<String> {
+        let Some(field) = f.field(key) else { return Some(default.to_string()) };
+        match &field.value.kind {
+            ExprKind::Str(s) if ok(s) => Some(s.clone()),
+            ExprKind::Str(_) => {
+                self.error(Diagnostic::error(Code::E0250, field.value.span, why.to_string()).with_hint(format!("for example `{key} = \"{}\"`", default.escape_default())));
+                None
+            }
+            _ => {
+                self.error(Diagnostic::error(Code::E0120, field.value.span, format!("`{key}` expects a string, found {}", super::eval::describe(&field.value))).with_hint(format!("write `{key} = \"{}\"`", default.escape_default())));
+                None
+            }
+        }
+    }
+}

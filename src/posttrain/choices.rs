@@ -1,0 +1,131 @@
+//! A multiple-choice set (`choices("file.jsonl")`), as lm-evaluation-harness scores one: each
+//! line a question (`prompt`), its possible answers (`choices`, a list of strings) and the index
+//! of the right one (`answer`: a whole number, digits as HellaSwag's `label` holds them, or a
+//! letter as ARC's `answerKey`, A the first). Read line by line, each bad line with why.
+
+use super::jsonl::{bad_line, json_kind};
+
+/// The most choices a question may offer.
+pub const MAX_CHOICES: usize = 1024;
+
+/// One question.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Question {
+    pub prompt: String,
+    pub choices: Vec<String>,
+    pub answer: usize,
+}
+
+/// The questions of a file's good lines, the first bad lines (1-based line, why), and how many
+/// were bad.
+pub struct Questions {
+    pub questions: Vec<Question>,
+    pub bad: Vec<(usize, String)>,
+    pub bad_total: usize,
+}
+
+/// Read JSONL text whose lines hold fields `[prompt, choices, answer]` as named.
+pub fn parse(text: &str, fields: &[String; 3], max_bad: usize) -> Questions {
+    let mut out = Questions { questions: vec![], bad: vec![], bad_total: 0 };
+    for (i, line) in text.lines().enumerate() {
+        if line.trim().is_empty() {
+            continue;
+        }
+        match serde_json::from_str::<serde_json::Value>(line).map_err(|e| format!("not JSON (column {}: {e})", e.column())).and_then(|v| question(&v, fields)) {
+            Ok(q) => out.questions.push(q),
+            Err(why) => bad_line(&mut out.bad, &mut out.bad_total, i + 1, why, max_bad),
+        }
+    }
+    out
+}
+
+fn question(v: &serde_json::Value, [prompt, choices, answer]: &[String; 3]) -> Result<Question, String> {
+    if !v.is_object() {
+        return Err("not a JSON object".to_string());
+    }
+    let field = |f: &String| v.get(f).ok_or_else(|| format!("no field `{f}` (the data set reads fields {prompt}, {choices}, {answer})"));
+    let p = match field(prompt)? {
+        serde_json::Value::String(s) => s.clone(),
+        other => return Err(format!("field `{prompt}` is {}, expected a string", json_kind(other))),
+    };
+    let list = match field(choices)? {
+        serde_json::Value::Array(items) if (2..=MAX_CHOICES).contains(&items.len()) => items,
+        serde_json::Value::Array(items) => return Err(format!("field `{choices}` lists {} choices, expected 2 to {MAX_CHOICES}", items.len())),
+        other => return Err(format!("field `{choices}` is {}, expected a list of strings", json_kind(other))),
+    };
+    let c = list
+        .iter()
+        .map(|c| match c {
+            serde_json::Value::String(s) => Ok(s.clone()),
+            other => Err(format!("a choice in `{choices}` is {}, expected a string", json_kind(other))),
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let a = field(answer)?;
+    let index = match a {
+        serde_json::Value::Number(n) => n.as_u64().map(|n| n as usize),
+        serde_json::Value::String(s) if !s.is_empty() && s.len() <= 6 && s.bytes().all(|b| b.is_ascii_digit()) => s.parse().ok(),
+        serde_json::Value::String(s) if s.len() == 1 && s.as_bytes()[0].is_ascii_uppercase() => Some((s.as_bytes()[0] - b'A') as usize),
+        _ => None,
+    };
+    match index {
+        Some(i) if i < c.len() => Ok(Question { prompt: p, choices: c, answer: i }),
+        Some(i) => Err(format!("field `{answer}` is {i}, but there are {} choices (0 to {})", c.len(), c.len() - 1)),
+        None => Err(format!("field `{answer}` is {a}, expected the right choice's index (0, 1, …, as a number or digits) or letter (A, B, …)")),
+    }
+}
+
+/// lm-evaluation-harness's split of a question and one of its choices into the context and the
+/// continuation whose likelihood is scored: the continuation is `delimiter` + the choice, and
+/// whitespace ending the context moves to the continuation's start (a tokenizer whose tokens
+/// carry their leading space then sees the space where it sees it in running text).
+pub fn context_and_continuation(context: &str, delimiter: &str, choice: &str) -> (String, String) {
+    let kept = context.trim_end();
+    (kept.to_string(), format!("{}{delimiter}{choice}", &context[kept.len()..]))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fields() -> [String; 3] {
+        ["q".to_string(), "c".to_string(), "a".to_string()]
+    }
+
+    #[test]
+    fn answers_are_indices_digits_or_letters_and_bad_lines_say_why() {
+        let text = [
+            r#"{"q": "2+2=", "c": ["3", "4"], "a": 1}"#,
+            r#"{"q": "ctx", "c": ["x", "y", "z"], "a": "2"}"#,
+            r#"{"q": "sky?", "c": ["red", "blue"], "a": "B"}"#,
+            "",
+            r#"{"q": "one", "c": ["only"], "a": 0}"#,
+            r#"{"q": "far", "c": ["a", "b"], "a": 2}"#,
+            r#"{"q": "what", "c": ["a", "b"], "a": "b"}"#,
+            r#"{"q": 3, "c": ["a", "b"], "a": 0}"#,
+            r#"{"q": "x", "c": ["a", 1], "a": 0}"#,
+        ]
+        .join("\n");
+        let p = parse(&text, &fields(), 10);
+        let answers: Vec<(usize, usize)> = p.questions.iter().map(|q| (q.choices.len(), q.answer)).collect();
+        assert_eq!(answers, [(2, 1), (3, 2), (2, 1)]);
+        assert_eq!(p.bad_total, 5);
+        let why: Vec<String> = p.bad.iter().map(|(l, w)| format!("{l}: {w}")).collect();
+        assert_eq!(
+            why,
+            [
+                "5: field `c` lists 1 choices, expected 2 to 1024",
+                "6: field `a` is 2, but there are 2 choices (0 to 1)",
+                "7: field `a` is \"b\", expected the right choice's index (0, 1, …, as a number or digits) or letter (A, B, …)",
+                "8: field `q` is a number, expected a string",
+                "9: a choice in `c` is a number, expected a string",
+            ]
+        );
+    }
+
+    #[test]
+    fn trailing_spaces_of_the_context_move_to_the_continuation() {
+        assert_eq!(context_and_continuation("Question: 2+2?\nAnswer:", " ", "4"), ("Question: 2+2?\nAnswer:".to_string(), " 4".to_string()));
+        assert_eq!(context_and_continuation("The cat sat on the ", " ", "mat"), ("The cat sat on the".to_string(), "  mat".to_string()));
+        assert_eq!(context_and_continuation("a\n", "", "b"), ("a".to_string(), "\nb".to_string()));
+    }
+}
