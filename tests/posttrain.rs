@@ -489,6 +489,38 @@ fn jsonl_data_with_configured_field_names_trains_and_bad_lines_name_file_and_lin
     assert!(err.contains(&format!("warning[W0403]: {cut} of 60 examples of `instr` ({:.1}%) are longer than model `lm`'s context of 20 and will be cut", 100.0 * cut as f64 / 60.0)), "{err}");
 }
 
+/// `compare` over a multiple-choice set (data/shakespeare-choices.jsonl: which of three passages
+/// follows a line of the held-out tenth of the corpus) measures what pretraining taught: a fresh
+/// model picks about a third, the same model after 300 steps well above it; report.json,
+/// table.md and samples.jsonl agree.
+#[test]
+fn multiple_choice_accuracy_rises_with_pretraining() {
+    let dir = scratch("choices");
+    let recipe = r#"experiment "quiz" {
+  seed = 1
+  data corpus = text("../../../data/tinyshakespeare.txt") { context = 128 }
+  data quiz = choices("../../../data/shakespeare-choices.jsonl") { prompt = "ctx", choices = "endings", answer = "label" }
+  model lm = transformer { vocab = corpus.vocab, context = corpus.context, d_model = 64, layers = 2, heads = 4 }
+  stage pretrain = train(lm, corpus) { steps = 300, batch = 16, optimizer = adamw { lr = 3e-3 } }
+  stage table = compare(fresh = lm, trained = pretrain.model) { data = quiz }
+}"#;
+    std::fs::write(dir.join("r.roux"), recipe).unwrap();
+    run_ok(&dir.join("r.roux"), &dir.join("runs"));
+    let table = dir.join("runs/quiz/table");
+    let report: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(table.join("report.json")).unwrap()).unwrap();
+    let acc = |i: usize| report["rows"][i]["choices"]["acc"].as_f64().unwrap();
+    assert_eq!((report["rows"][0]["policy"].as_str(), report["rows"][1]["choices"]["questions"].as_u64()), (Some("fresh"), Some(200)));
+    let (fresh, trained) = (acc(0), acc(1));
+    eprintln!("multiple-choice accuracy: fresh {fresh:.3}, trained {trained:.3}");
+    assert!(fresh < 0.4 && trained > 0.42 && trained > fresh + 0.1, "fresh {fresh}, trained {trained}");
+    let samples: Vec<serde_json::Value> = std::fs::read_to_string(table.join("samples.jsonl")).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(samples.len(), 400);
+    let right = samples.iter().filter(|s| s["policy"] == "trained" && s["pick"] == s["answer"]).count();
+    assert_eq!(right as f64 / 200.0, trained);
+    let shown = std::fs::read_to_string(table.join("table.md")).unwrap();
+    assert!(shown.contains(&format!("| trained | {:.1}% ± {:.1} |", 100.0 * trained, 100.0 * (trained * (1.0 - trained) / 199.0).sqrt())), "{shown}");
+}
+
 /// A stage's hash covers the files it reads, not only their names: an edited JSONL set trains
 /// its stages again (the old output kept aside, the change named), while a file written again
 /// with the same contents, or a stage that does not read it, is reused.

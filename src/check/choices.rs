@@ -52,7 +52,7 @@ impl<'a> Checker<'a> {
         self.error(Diagnostic::note(Code::N0404, span, format!("data `{name}`: {} questions, {each}", parsed.questions.len())).with_hint("`compare(…) { data = … }` scores every choice's likelihood"));
         let (template, delimiter, tokenizer) = (template?, delimiter?, tokenizer.unwrap_or(Some(String::new()))?);
         let tokenizer = Some(tokenizer).filter(|t| !t.is_empty());
-        let source = ExampleSource::Choices { path, fields: fields.to_vec(), delimiter };
+        let source = ExampleSource::Choices { path, fields: fields.to_vec(), delimiter, questions: parsed.questions.len(), most };
         Some(ExampleSet { name, kind: ExampleKind::Choices, source, template, end: String::new(), held_out: 0.0, tokenizer, chat: None })
     }
 

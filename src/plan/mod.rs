@@ -1,6 +1,7 @@
 //! Stage 4, plan: parameters, FLOPs and memory of every model and stage, before anything runs.
 //! Pure arithmetic over the lowered graphs (a model's own arithmetic is in `arith`); no libtorch.
 
+mod compare;
 mod distill;
 mod frozen;
 mod kernels;
@@ -218,13 +219,7 @@ fn posttrain_plan(r: &Recipe, s: &crate::recipe::StageSpec, graph_of: &HashMap<&
             let beside = (4 * teacher).saturating_add(distill::divergence_bytes(ctx as usize, vocab, micro(&k.opt)));
             (k.opt.steps, t, distill::flops_per_token(k, n as f64, teacher as f64) * tf, trainable, peak(&k.student.arch, weights, trainable, micro(&k.opt)).saturating_add(beside))
         }
-        StageKind::Compare(c) => {
-            let t = c.policies.iter().fold(0u64, |a, (_, p)| a.saturating_add(c.examples as u64 * ctx_of(&p.arch)));
-            let flops = c.policies.iter().map(|(_, p)| 2.0 * n_of(&p.arch) as f64 * (c.examples as u64 * ctx_of(&p.arch)) as f64 * c.max_new as f64).sum();
-            // The policies are scored one after another, forward only.
-            let memory = c.policies.iter().map(|(_, p)| 4 * n_of(&p.arch) + activation_bytes(graph(&p.arch), 1, ctx_of(&p.arch) as usize)).max().unwrap_or(0);
-            (0, t, flops, 0, memory.saturating_add(9 << 20))
-        }
+        StageKind::Compare(c) => compare::plan(r, c, &n_of, &|arch, rows| activation_bytes(graph(arch), rows, ctx_of(arch) as usize), &ctx_of),
         StageKind::Train(_) | StageKind::Isoflop(_) | StageKind::Mixture(_) => unreachable!("planned above"),
     };
     // Counted in float32 above: as the stage holds its frozen weights.

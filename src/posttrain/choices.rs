@@ -8,6 +8,9 @@ use super::jsonl::{bad_line, json_kind};
 /// The most choices a question may offer.
 pub const MAX_CHOICES: usize = 1024;
 
+/// Choices a forward pass scores at once (run/kit/choices.rs; the plan's activations).
+pub const ROWS: usize = 16;
+
 /// One question.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Question {
@@ -50,7 +53,7 @@ fn question(v: &serde_json::Value, [prompt, choices, answer]: &[String; 3]) -> R
     };
     let list = match field(choices)? {
         serde_json::Value::Array(items) if (2..=MAX_CHOICES).contains(&items.len()) => items,
-        serde_json::Value::Array(items) => return Err(format!("field `{choices}` lists {} choices, expected 2 to {MAX_CHOICES}", items.len())),
+        serde_json::Value::Array(items) => return Err(format!("field `{choices}` holds {} choice{}; a question needs 2 to {MAX_CHOICES}", items.len(), if items.len() == 1 { "" } else { "s" })),
         other => return Err(format!("field `{choices}` is {}, expected a list of strings", json_kind(other))),
     };
     let c = list
@@ -113,7 +116,7 @@ mod tests {
         assert_eq!(
             why,
             [
-                "5: field `c` lists 1 choices, expected 2 to 1024",
+                "5: field `c` holds 1 choice; a question needs 2 to 1024",
                 "6: field `a` is 2, but there are 2 choices (0 to 1)",
                 "7: field `a` is \"b\", expected the right choice's index (0, 1, …, as a number or digits) or letter (A, B, …)",
                 "8: field `q` is a number, expected a string",

@@ -97,8 +97,9 @@ pub enum ExampleSource {
     /// file (`template`), else the checkpoint's.
     /// Multiple-choice questions, one JSON object per line: `fields` are the keys of the
     /// question, its list of choices and the right one's index; each choice is scored as
-    /// `delimiter` + the choice after the rendered question.
-    Choices { path: PathBuf, fields: Vec<String>, delimiter: String },
+    /// `delimiter` + the choice after the rendered question. `questions` and `most` (choices a
+    /// question at most), as check read them, size the plan.
+    Choices { path: PathBuf, fields: Vec<String>, delimiter: String, questions: usize, most: usize },
     Chat {
         path: PathBuf,
         #[serde(default, skip_serializing_if = "Option::is_none")]

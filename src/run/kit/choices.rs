@@ -8,12 +8,9 @@ use serde::Serialize;
 
 use super::codec::Codec;
 use super::seqs::{pad, prompt_response, seq_logprob};
-use crate::posttrain::choices::{context_and_continuation, Question};
+use crate::posttrain::choices::{context_and_continuation, Question, ROWS};
 use crate::posttrain::examples::render;
 use crate::run::model::Model;
-
-/// Rows a forward pass scores at once.
-const ROWS: usize = 16;
 
 /// One question's scores.
 #[derive(Serialize)]
