@@ -492,7 +492,7 @@ fn jsonl_data_with_configured_field_names_trains_and_bad_lines_name_file_and_lin
 /// `compare` over a multiple-choice set (data/shakespeare-choices.jsonl: which of three passages
 /// follows a line of the held-out tenth of the corpus) measures what pretraining taught: a fresh
 /// model picks about a third, the same model after 300 steps well above it; report.json,
-/// table.md and samples.jsonl agree.
+/// table.md and samples.jsonl agree, and so does `eval_choices` during pretraining.
 #[test]
 fn multiple_choice_accuracy_rises_with_pretraining() {
     let dir = scratch("choices");
@@ -501,7 +501,7 @@ fn multiple_choice_accuracy_rises_with_pretraining() {
   data corpus = text("../../../data/tinyshakespeare.txt") { context = 128 }
   data quiz = choices("../../../data/shakespeare-choices.jsonl") { prompt = "ctx", choices = "endings", answer = "label" }
   model lm = transformer { vocab = corpus.vocab, context = corpus.context, d_model = 64, layers = 2, heads = 4 }
-  stage pretrain = train(lm, corpus) { steps = 300, batch = 16, optimizer = adamw { lr = 3e-3 } }
+  stage pretrain = train(lm, corpus) { steps = 300, batch = 16, optimizer = adamw { lr = 3e-3 }, eval_every = 150, eval_choices = quiz }
   stage table = compare(fresh = lm, trained = pretrain.model) { data = quiz }
 }"#;
     std::fs::write(dir.join("r.roux"), recipe).unwrap();
@@ -517,6 +517,14 @@ fn multiple_choice_accuracy_rises_with_pretraining() {
     assert_eq!(samples.len(), 400);
     let right = samples.iter().filter(|s| s["policy"] == "trained" && s["pick"] == s["answer"]).count();
     assert_eq!(right as f64 / 200.0, trained);
+    // `eval_choices` scored the same questions at each of pretraining's evaluations: the last is
+    // compare's score of the weights it wrote.
+    let logged: Vec<(u64, f64)> = metrics(&dir.join("runs/quiz/pretrain")).iter().filter_map(|m| Some((m["step"].as_u64()?, m["val_choices_acc"].as_f64()?))).collect();
+    assert_eq!(logged.iter().map(|l| l.0).collect::<Vec<_>>(), [150, 300]);
+    assert_eq!(logged[1].1, trained);
+    let pre: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(dir.join("runs/quiz/pretrain/report.json")).unwrap()).unwrap();
+    assert_eq!(pre["final_choices_acc"].as_f64(), Some(trained));
+    assert!(dir.join("runs/quiz/pretrain/choices.svg").exists());
     let shown = std::fs::read_to_string(table.join("table.md")).unwrap();
     assert!(shown.contains(&format!("| trained | {:.1}% ± {:.1} |", 100.0 * trained, 100.0 * (trained * (1.0 - trained) / 199.0).sqrt())), "{shown}");
 }

@@ -69,6 +69,7 @@ impl<'a> Checker<'a> {
             device_memory: None,
             activation_checkpointing: false,
             z_loss: 0.0,
+            eval_choices: None,
         };
         let mut points = vec![];
         for c in &budgets {

@@ -185,6 +185,7 @@ impl<'a> Checker<'a> {
         let device_memory = self.device_memory(&mut f);
         let activation_checkpointing = f.bool(self, "activation_checkpointing", false);
         let z_loss = f.ranged(self, "z_loss", Some(0.0), 0.0, false, 1.0, false);
+        let eval_choices = f.field("eval_choices").map(|c| self.eval_choices(&c.value, data.as_ref()));
         let tokens_span = f.key_span("tokens");
         let sched_span = f.value_span("schedule");
         f.finish(self);
@@ -256,6 +257,7 @@ impl<'a> Checker<'a> {
                 device_memory: device_memory?,
                 activation_checkpointing: activation_checkpointing?,
                 z_loss: z_loss?,
+                eval_choices: eval_choices.map_or(Some(None), |c| c.map(Some))?,
             }),
         })
     }

@@ -150,7 +150,7 @@ pub(super) fn inputs(kind: &StageKind) -> Vec<&ModelRef> {
     }
 }
 
-fn describe(t: &Tokenizer) -> String {
+pub(super) fn describe(t: &Tokenizer) -> String {
     match t {
         Tokenizer::Bytes => "bytes".into(),
         Tokenizer::Bpe { vocab } => format!("BPE tokens (vocab {vocab})"),

@@ -91,6 +91,10 @@ pub struct TrainSpec {
     /// serialized specs.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub z_loss: f64,
+    /// A multiple-choice set (`choices(…)`) scored at every evaluation as `compare` scores it
+    /// (`eval_choices = quiz`), as nanoGPT-style runs track HellaSwag.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub eval_choices: Option<String>,
 }
 
 fn is_zero(x: &f64) -> bool {

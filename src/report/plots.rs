@@ -51,6 +51,7 @@ pub fn write_run_plots(dir: &Path, title: &str) -> Result<Vec<PathBuf>, String> 
         ("ppo", "policy-update internals", "value", &[("entropy", "entropy", false), ("clip fraction", "clip_fraction", false), ("value loss", "value_loss", true)]),
         ("groups", "GRPO's learning signal", "share of groups", &[("groups whose rewards are all equal", "flat_groups", false)]),
         ("on_policy", "distillation: steps on the student's own responses", "share of steps", &[("on-policy", "on_policy", false)]),
+        ("choices", "multiple-choice accuracy (eval_choices)", "share of questions", &[("accuracy", "val_choices_acc", false), ("per character", "val_choices_acc_norm", true)]),
         (
             "held_out",
             "held-out behaviour",

@@ -7,6 +7,7 @@ use anyhow::{bail, Result};
 use serde::Serialize;
 
 use super::codec::Codec;
+use crate::recipe::{ExampleSource, Recipe};
 use super::seqs::{pad, prompt_response, seq_logprob};
 use crate::posttrain::choices::{context_and_continuation, Question, ROWS};
 use crate::posttrain::examples::render;
@@ -75,4 +76,25 @@ pub fn score(model: &Model, codec: &Codec, questions: &[Question], template: &st
 /// The first index of the largest value (numpy's argmax, as lm-eval picks).
 fn argmax(v: &[f64]) -> usize {
     v.iter().enumerate().fold(0, |best, (i, &x)| if x > v[best] { i } else { best })
+}
+
+/// A multiple-choice set ready to score a model with at every evaluation (`eval_choices`).
+pub struct Quiz {
+    questions: Vec<Question>,
+    codec: Codec,
+    template: String,
+    delimiter: String,
+}
+
+impl Quiz {
+    pub fn load(recipe: &Recipe, name: &str) -> Result<Quiz> {
+        let Some(set) = recipe.example_set(name) else { bail!("no data set `{name}`") };
+        let ExampleSource::Choices { delimiter, .. } = &set.source else { bail!("data `{name}` holds no multiple-choice questions") };
+        let questions = crate::posttrain::examples::questions(set).map_err(anyhow::Error::msg)?;
+        Ok(Quiz { questions, codec: Codec::new(recipe, set)?, template: set.template.clone(), delimiter: delimiter.clone() })
+    }
+
+    pub fn score(&self, model: &Model) -> Result<Accuracy> {
+        Ok(score(model, &self.codec, &self.questions, &self.template, &self.delimiter)?.0)
+    }
 }

@@ -23,6 +23,11 @@ pub struct Metric {
     /// Per mixture-of-experts layer: expert load, dropped fraction, router entropy, aux losses.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub moe: Vec<serde_json::Value>,
+    /// Accuracy on the `eval_choices` set at an evaluation: (acc, per character).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub val_choices_acc: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub val_choices_acc_norm: Option<f64>,
 }
 
 pub struct Metrics {

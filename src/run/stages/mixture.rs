@@ -144,6 +144,8 @@ pub fn run(ctx: &StageCtx, m: &MixtureSpec) -> Result<()> {
                 tokens_per_s: per_s,
                 aux_loss: None,
                 moe: vec![json!({"layer": "gate", "purity": mean_purity})],
+                val_choices_acc: None,
+                val_choices_acc_norm: None,
             })?;
             run.checkpoint(done, &names, &model.params, &opt, rng, serde_json::Value::Null)?;
         }

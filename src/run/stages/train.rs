@@ -9,6 +9,7 @@ use tch::Tensor;
 use crate::plan::plan_model;
 use crate::recipe::{ModelSpec, TrainSpec};
 use crate::rng::Rng;
+use crate::run::kit::choices::Quiz;
 use crate::run::kit::adamw::Optimizer;
 use crate::run::kit::checkpoint::State;
 use crate::run::kit::data::{batch, Corpus};
@@ -139,6 +140,7 @@ pub fn run_model(ctx: &StageCtx, spec: &ModelSpec, t: &TrainSpec) -> Result<()> 
     // log, evaluation and checkpoint steps; skipping decides per step, so it reads every step.
     let mut deferred = (t.max_skips == 0).then(|| Deferred::new(device));
     let mut profiler = ctx.opts.profile.map(|steps| Profiler::new(name, steps, device, dir.join(TRACE)));
+    let (quiz, mut last_quiz) = (t.eval_choices.as_deref().map(|n| Quiz::load(recipe, n)).transpose()?, None);
 
     for step in step0..t.steps {
         // Seeding libtorch per step makes dropout masks a function of the step alone,
@@ -205,6 +207,8 @@ pub fn run_model(ctx: &StageCtx, spec: &ModelSpec, t: &TrainSpec) -> Result<()> 
         // Throughput is measured before evaluation so it counts training steps only.
         let tok_s = window.1 as f64 / window.0.elapsed().as_secs_f64().max(1e-9);
         let val = if eval_now { Some(evaluate(&model, &corpus.val, t, recipe.seed)) } else { None };
+        let quizzed = if eval_now { quiz.as_ref().map(|q| q.score(&model)).transpose()? } else { None };
+        last_quiz = quizzed.as_ref().map(|a| (a.acc, a.acc_norm)).or(last_quiz);
         if let Some(v) = val {
             if best_val.is_none_or(|b: f64| v < b) {
                 since_best = 0;
@@ -231,6 +235,8 @@ pub fn run_model(ctx: &StageCtx, spec: &ModelSpec, t: &TrainSpec) -> Result<()> 
                 lr,
                 grad_norm,
                 tokens_per_s: tok_s,
+                val_choices_acc: quizzed.as_ref().map(|a| a.acc),
+                val_choices_acc_norm: quizzed.as_ref().map(|a| a.acc_norm),
             })?;
             window = (Instant::now(), 0, 0.0, 0);
         }
@@ -263,7 +269,7 @@ pub fn run_model(ctx: &StageCtx, spec: &ModelSpec, t: &TrainSpec) -> Result<()> 
     let last_val = Some(final_val);
     let best_val = Some(best_val.map_or(final_val, |b: f64| b.min(final_val)));
     let trained_tokens = (stopped.unwrap_or(t.steps) - step0) * t.tokens_per_step();
-    let report = json!({
+    let mut report = json!({
         "experiment": recipe.experiment,
         "kind": "train",
         "model": spec.name,
@@ -286,6 +292,9 @@ pub fn run_model(ctx: &StageCtx, spec: &ModelSpec, t: &TrainSpec) -> Result<()> 
         "stopped_early_at": stopped,
         "best_step": best_step,
     });
+    if let Some((acc, per_char)) = last_quiz {
+        (report["final_choices_acc"], report["final_choices_acc_norm"]) = (json!(acc), json!(per_char));
+    }
     // (A best kept before a resume is listed with the outputs that reuse verifies too.)
     if t.keep_best && dir.join(BEST).exists() {
         run.list_output(BEST);
