@@ -337,6 +337,11 @@ fn hostile_cases(dir: &Path) -> Vec<(String, Vec<String>)> {
     cases.push(("run with a corrupt state.json".into(), vec!["run".into(), recipe.clone(), "--out".into(), dir.join("runs").to_str().unwrap().into()]));
     // Post-training stages past the machine's memory are refused before they allocate (they used
     // to panic inside libtorch): a LoRA of rank 2^20, a full fine-tune of 26e9 parameters.
+    // A question a megabyte long with 1024 choices: each choice is tokenized after the whole
+    // question, a gigabyte of text for a file of one.
+    let choices: Vec<String> = (0..1024).map(|i| format!("\"c{i}\"")).collect();
+    w("quiz.jsonl", format!("{{\"prompt\": \"{}\", \"choices\": [{}], \"answer\": 0}}\n", "a".repeat(1 << 20), choices.join(", ")).as_bytes());
+    cases.push(check("a question whose choices would tokenize a gigabyte", w("quiz.roux", br#"experiment "q" { data q = choices("quiz.jsonl") }"#)));
     for (what, model, adapter) in [("a LoRA of rank 2^20", "d_model = 1024, layers = 2, heads = 4", "adapter = lora { rank = 2 ^ 20 }"), ("a 26e9-parameter full fine-tune", "d_model = 16384, layers = 8, heads = 128", "")] {
         let file = format!("{}.roux", what.replace(' ', "_").replace('^', ""));
         let text = format!(

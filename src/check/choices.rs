@@ -5,7 +5,7 @@
 use super::fields::Fields;
 use super::Checker;
 use crate::diag::{Code, Diagnostic, Span};
-use crate::posttrain::choices::parse;
+use crate::posttrain::choices::{parse, tokenized_bytes, MAX_TOKENIZED};
 use crate::posttrain::examples::MAX_JSONL_BYTES;
 use crate::recipe::{DataSpec, ExampleKind, ExampleSet, ExampleSource, Tokenizer};
 use crate::syntax::ast::{Arg, Block, Decl, DeclKind, Expr, ExprKind};
@@ -46,11 +46,18 @@ impl<'a> Checker<'a> {
             self.error(Diagnostic::error(Code::E0214, span, format!("`{file}` holds no questions")).with_hint("write one JSON object per line"));
             return None;
         }
+        let (template, delimiter) = (template?, delimiter?);
+        let work = tokenized_bytes(&parsed.questions, template.len() - "{prompt}".len(), delimiter.len());
+        if work > MAX_TOKENIZED {
+            self.error(Diagnostic::error(Code::E0214, span, format!("`{file}` would have its scorer tokenize {work} bytes (every choice after its whole question), more than the {MAX_TOKENIZED} allowed"))
+                .with_hint("split it into several sets, or shorten its longest questions"));
+            return None;
+        }
         let counts: Vec<usize> = parsed.questions.iter().map(|q| q.choices.len()).collect();
         let (fewest, most) = (counts.iter().min().copied().unwrap_or(0), counts.iter().max().copied().unwrap_or(0));
         let each = if fewest == most { format!("{most} choices each") } else { format!("{fewest} to {most} choices each") };
         self.error(Diagnostic::note(Code::N0404, span, format!("data `{name}`: {} questions, {each}", parsed.questions.len())).with_hint("`compare(…) { data = … }` scores every choice's likelihood"));
-        let (template, delimiter, tokenizer) = (template?, delimiter?, tokenizer.unwrap_or(Some(String::new()))?);
+        let tokenizer = tokenizer.unwrap_or(Some(String::new()))?;
         let tokenizer = Some(tokenizer).filter(|t| !t.is_empty());
         let source = ExampleSource::Choices { path, fields: fields.to_vec(), delimiter, questions: parsed.questions.len(), most };
         Some(ExampleSet { name, kind: ExampleKind::Choices, source, template, end: String::new(), held_out: 0.0, tokenizer, chat: None })

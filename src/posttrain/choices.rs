@@ -11,6 +11,18 @@ pub const MAX_CHOICES: usize = 1024;
 /// Choices a forward pass scores at once (run/kit/choices.rs; the plan's activations).
 pub const ROWS: usize = 16;
 
+/// The most text a set may make its scorer tokenize, in bytes: each choice is tokenized after
+/// its whole question, so a long question with many choices costs their product (MMLU's 14k
+/// questions of four choices make about 60 MB).
+pub const MAX_TOKENIZED: u64 = 1 << 30;
+
+/// Bytes of text scoring `questions` tokenizes: each choice after its question shown through a
+/// template of `template` bytes besides `{prompt}`, with a `delimiter` of so many bytes.
+pub fn tokenized_bytes(questions: &[Question], template: usize, delimiter: usize) -> u64 {
+    let each = |q: &Question| q.choices.iter().map(|c| (template + q.prompt.len() + delimiter + c.len()) as u64).sum::<u64>();
+    questions.iter().map(each).fold(0u64, u64::saturating_add)
+}
+
 /// One question.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Question {
@@ -123,6 +135,13 @@ mod tests {
                 "9: a choice in `c` is a number, expected a string",
             ]
         );
+    }
+
+    #[test]
+    fn the_text_a_set_makes_its_scorer_tokenize_is_every_choice_after_its_question() {
+        let q = |p: &str, c: &[&str]| Question { prompt: p.into(), choices: c.iter().map(|s| s.to_string()).collect(), answer: 0 };
+        // "Q: " + 5 + " " + 1, twice; "Q: " + 2 + " " + 3 and + 4.
+        assert_eq!(tokenized_bytes(&[q("hello", &["a", "b"]), q("hi", &["cat", "door"])], 3, 1), 2 * 10 + 9 + 10);
     }
 
     #[test]

@@ -7,6 +7,7 @@ use anyhow::{bail, Result};
 use serde::Serialize;
 
 use super::codec::Codec;
+use super::progress::Progress;
 use crate::recipe::{ExampleSource, Recipe};
 use super::seqs::{pad, prompt_response, seq_logprob};
 use crate::posttrain::choices::{context_and_continuation, Question, ROWS};
@@ -33,8 +34,9 @@ pub struct Accuracy {
     pub questions: usize,
 }
 
-/// Score every question with `model`, shown through `template`.
-pub fn score(model: &Model, codec: &Codec, questions: &[Question], template: &str, delimiter: &str) -> Result<(Accuracy, Vec<Scored>)> {
+/// Score every question with `model`, shown through `template`; with `progress`, a line as
+/// the questions go (every twentieth of them in a log).
+pub fn score(model: &Model, codec: &Codec, questions: &[Question], template: &str, delimiter: &str, progress: Option<&Progress>) -> Result<(Accuracy, Vec<Scored>)> {
     let context = model.spec().context;
     let mut scored = vec![];
     for (i, q) in questions.iter().enumerate() {
@@ -65,6 +67,10 @@ pub fn score(model: &Model, codec: &Codec, questions: &[Question], template: &st
         }
         let per_char: Vec<f64> = ll.iter().zip(&q.choices).map(|(l, c)| l / c.chars().count().max(1) as f64).collect();
         scored.push(Scored { pick: argmax(&ll), pick_norm: argmax(&per_char), loglikelihoods: ll, answer: q.answer });
+        if let Some(p) = progress {
+            let right = scored.iter().filter(|s| s.pick == s.answer).count();
+            p.line(scored.len() as u64, (questions.len() as u64 / 20).max(1), &format!("accuracy so far {:.1}%", 100.0 * right as f64 / scored.len() as f64), false);
+        }
     }
     let n = scored.len();
     let share = |f: &dyn Fn(&Scored) -> bool| scored.iter().filter(|s| f(s)).count() as f64 / n.max(1) as f64;
@@ -95,6 +101,6 @@ impl Quiz {
     }
 
     pub fn score(&self, model: &Model) -> Result<Accuracy> {
-        Ok(score(model, &self.codec, &self.questions, &self.template, &self.delimiter)?.0)
+        Ok(score(model, &self.codec, &self.questions, &self.template, &self.delimiter, None)?.0)
     }
 }

@@ -72,7 +72,8 @@ fn choices(ctx: &StageCtx, c: &CompareSpec, run: RunDir, dev: tch::Device) -> Re
     for (label, r) in &c.policies {
         let mut m = load_lm(recipe, &ctx.runs, r, dev)?.computing(c.precision);
         m.freeze();
-        let (a, scored) = crate::run::kit::choices::score(&m, &codec, questions, &set.template, delimiter)?;
+        let progress = crate::run::kit::progress::Progress::new(&format!("{}: {label}", ctx.stage.name), 0, questions.len() as u64);
+        let (a, scored) = crate::run::kit::choices::score(&m, &codec, questions, &set.template, delimiter, Some(&progress))?;
         table.push_str(&format!("| {label} | {:.1}% ± {:.1} | {:.1}% ± {:.1} |\n", 100.0 * a.acc, 100.0 * a.acc_stderr, 100.0 * a.acc_norm, 100.0 * a.acc_norm_stderr));
         tracing::info!("{}: {label}: accuracy {:.1}%, per character {:.1}% on {} questions", ctx.stage.name, 100.0 * a.acc, 100.0 * a.acc_norm, a.questions);
         for (i, s) in scored.iter().enumerate() {
