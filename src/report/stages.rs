@@ -19,6 +19,7 @@ fn headline(r: &Value) -> String {
     let pct = |v: &Value| v.as_f64().map_or("-".to_string(), |x| format!("{:.1}%", 100.0 * x));
     let num = |v: &Value| v.as_f64().map_or("-".to_string(), |x| format!("{x:.3}"));
     match r["kind"].as_str().unwrap_or_default() {
+        "train" if r["final_choices_acc"].is_number() => format!("validation loss {}; multiple-choice accuracy {}", human("final_val_loss", &r["final_val_loss"]), pct(&r["final_choices_acc"])),
         "train" => format!("validation loss {}", human("final_val_loss", &r["final_val_loss"])),
         "finetune" => format!("held-out exact match {} (was {})", pct(&r["after"]["exact"]), pct(&r["before"]["exact"])),
         "reward_model" => format!("held-out pairwise accuracy {}", pct(&r["held_out_accuracy"])),
@@ -26,6 +27,10 @@ fn headline(r: &Value) -> String {
         "dpo" => format!("held-out pairwise accuracy {}; sampled gold reward {} (was {})", pct(&r["held_out_rewards"]["accuracy"]), num(&r["after"]["sampled_gold"]), num(&r["before"]["sampled_gold"])),
         "distill" => format!("held-out exact match {} (was {}; the teacher's {})", pct(&r["after"]["exact"]), pct(&r["before"]["exact"]), pct(&r["teacher_score"]["exact"])),
         "ppo" | "grpo" | "online_dpo" | "best_of_n" => format!("sampled gold reward {} (was {})", num(&r["after"]["sampled_gold"]), num(&r["before"]["sampled_gold"])),
+        "compare" if r["rows"][0]["choices"].is_object() => {
+            let accs: Vec<String> = r["rows"].as_array().into_iter().flatten().map(|row| format!("{} {}", row["policy"].as_str().unwrap_or("?"), pct(&row["choices"]["acc"]))).collect();
+            format!("multiple-choice accuracy on {} questions: {}", human("examples", &r["examples"]), accs.join(", "))
+        }
         "compare" => format!("{} policies on {} held-out examples", r["rows"].as_array().map_or(0, Vec::len), human("examples", &r["examples"])),
         _ => "-".into(),
     }
@@ -64,6 +69,9 @@ mod tests {
     #[test]
     fn each_kind_is_summed_up_by_its_own_measure() {
         assert_eq!(headline(&json!({"kind": "train", "final_val_loss": 1.90271})), "validation loss 1.903 nats/token");
+        assert_eq!(headline(&json!({"kind": "train", "final_val_loss": 1.90271, "final_choices_acc": 0.525})), "validation loss 1.903 nats/token; multiple-choice accuracy 52.5%");
+        let rows = json!([{"policy": "fresh", "choices": {"acc": 0.275}}, {"policy": "trained", "choices": {"acc": 0.525}}]);
+        assert_eq!(headline(&json!({"kind": "compare", "examples": 200, "rows": rows})), "multiple-choice accuracy on 200 questions: fresh 27.5%, trained 52.5%");
         assert_eq!(headline(&json!({"kind": "reward_model", "held_out_accuracy": 0.9874})), "held-out pairwise accuracy 98.7%");
         assert_eq!(headline(&json!({"kind": "finetune", "before": {"exact": 0.0}, "after": {"exact": 0.995}})), "held-out exact match 99.5% (was 0.0%)");
         assert_eq!(headline(&json!({"kind": "ppo", "before": {"sampled_gold": 0.846}, "after": {"sampled_gold": 0.8891}})), "sampled gold reward 0.889 (was 0.846)");
