@@ -8,25 +8,35 @@ use crate::lower::ScalarHead;
 use crate::posttrain::examples::{Example, Feedback, Pair, Split};
 use tch::Tensor;
 
-use crate::recipe::{ExampleSet, LoraSpec, ModelRef, Optim, Recipe, StageKind, Weights};
+use crate::recipe::{ExampleSet, LoraSpec, ModelRef, Optim, QuantizeBase, Recipe, StageKind, Weights};
 use crate::run::model::heads::{Head, RewardModel};
 use crate::run::model::Model;
 
-use super::files::read_tensors;
+use super::files::{read_tensors, with_mapped};
 
 /// The language model an artifact reference names: fresh weights, a stage's weights, or a LoRA
 /// stage's adapter merged into its (recursively loaded) base.
 pub fn load_lm(recipe: &Recipe, runs: &Path, r: &ModelRef, device: tch::Device) -> Result<Model> {
+    load_held(recipe, runs, r, device, false)
+}
+
+/// The model a stage trains, which attaches `lora` to it: for a QLoRA adapter a stage's
+/// weights are quantized as they are read, so the base is never whole in float32 (adapters
+/// attached later leave them so).
+pub fn load_base(recipe: &Recipe, runs: &Path, r: &ModelRef, lora: Option<&LoraSpec>, device: tch::Device) -> Result<Model> {
+    load_held(recipe, runs, r, device, lora.is_some_and(|l| l.quantize_base == QuantizeBase::Nf4))
+}
+
+fn load_held(recipe: &Recipe, runs: &Path, r: &ModelRef, device: tch::Device, nf4: bool) -> Result<Model> {
     let spec = recipe.model(&r.arch).context("checked recipe names its model")?;
     tch::manual_seed(recipe.seed as i64);
     match &r.weights {
         Weights::Init if spec.checkpoint.is_some() => super::hf::load(spec, device, None),
         Weights::Init => Model::new(spec, device),
         Weights::Stage { stage } => {
-            let mut m = Model::new(spec, device)?;
             let path = runs.join(stage).join("model.safetensors");
-            m.load(&read_tensors(&path)?).with_context(|| format!("loading {}", path.display()))?;
-            Ok(m)
+            // Copied from a mapping of the file into the weights a tensor at a time.
+            with_mapped(&path, |views| Model::loaded(spec, device, views, nf4)).with_context(|| format!("loading {}", path.display()))
         }
         Weights::Merged { stage } => {
             let Some((base, lora)) = recipe.stage(stage).and_then(|s| s.kind.adapter()) else { bail!("`{stage}` is not a stage that trains a LoRA adapter") };
@@ -94,7 +104,7 @@ pub struct Policy {
 /// second copy.
 pub fn load_policy(recipe: &Recipe, runs: &Path, r: &ModelRef, lora: Option<&LoraSpec>, opt: &Optim, reference: bool, device: tch::Device) -> Result<Policy> {
     let precision = opt.precision;
-    let mut model = load_lm(recipe, runs, r, device)?.computing(precision);
+    let mut model = load_base(recipe, runs, r, lora, device)?.computing(precision);
     if let Some(l) = lora {
         model.attach_lora(l)?;
     }

@@ -81,10 +81,14 @@ impl super::Model {
     /// the head, routers or stacked experts, as bitsandbytes quantizes a model's `nn.Linear`s
     /// but its head) as NF4, in place of its float weight.
     pub(super) fn quantize_base(&mut self) -> Result<()> {
-        self.quantized = (0..self.params.len()).map(|_| None).collect();
+        // (Those quantized as they were loaded, `Model::loaded`, stay as they are.)
+        self.quantized.resize_with(self.params.len(), || None);
         tch::no_grad(|| -> Result<()> {
             for l in crate::lower::lora_linears(self.spec()) {
                 let j = self.param_index(&format!("{}.weight", l.path)).expect("lora linears are model weights");
+                if self.quantized[j].is_some() {
+                    continue;
+                }
                 let q = Nf4::quantize(&self.params[j])?;
                 let size = self.params[j].size();
                 // A stride-0 view keeps the parameter's shape (its count in reports) and no memory.

@@ -46,6 +46,37 @@ impl Model {
 }
 
 impl Model {
+    /// The model of `spec` with the weights of `tensors` (views into a file: each is copied in),
+    /// every parameter drawn as `new` draws it and dropped, one at a time, so the random
+    /// generator ends where `new` leaves it and nothing is ever held twice; with `nf4` the
+    /// linears a QLoRA base quantizes are held as NF4 as they arrive (`nf4.rs`), never whole
+    /// in float32 beside the rest.
+    pub fn loaded(spec: &ModelSpec, device: Device, tensors: &[(String, Tensor)], nf4: bool) -> Result<Model> {
+        let mut m = Self::build(lower_model(spec), device, false, None)?;
+        let given: HashMap<&str, &Tensor> = tensors.iter().map(|(n, t)| (n.as_str(), t)).collect();
+        let quantized: std::collections::HashSet<String> = if nf4 { crate::lower::lora_linears(spec).into_iter().map(|l| format!("{}.weight", l.path)).collect() } else { Default::default() };
+        m.quantized = (0..m.params.len()).map(|_| None).collect();
+        for (j, p) in m.graph.params().into_iter().enumerate() {
+            let name = &m.names[j];
+            let Some(t) = given.get(name.as_str()) else { bail!("checkpoint has no tensor `{name}`") };
+            let size = m.params[j].size();
+            usable(name, t, &size, t)?;
+            tch::no_grad(|| -> Result<()> {
+                if let crate::lower::ParamInit::Normal { .. } = p.init {
+                    // (Drawn only to advance the generator as `new` would.)
+                    let _ = Tensor::f_randn(&size, (Kind::Float, device)).map_err(|e| anyhow::anyhow!("could not allocate `{name}`: {e}"))?;
+                }
+                if quantized.contains(name) {
+                    m.quantized[j] = Some(super::nf4::Nf4::quantize(&t.to_device(device))?);
+                } else {
+                    m.params[j] = t.to_device(device).copy().set_requires_grad(true);
+                }
+                Ok(())
+            })?;
+        }
+        Ok(m)
+    }
+
     /// Parameter `j`'s shape whole (a divided stack's with every process's rows).
     pub fn whole_size(&self, j: usize) -> Vec<i64> {
         let mut size = self.params[j].size();

@@ -21,7 +21,7 @@ use crate::posttrain::examples::{Example, Seq};
 use crate::recipe::{DistillSpec, RolloutFilters};
 use crate::rng::Rng;
 use crate::run::kit::adamw::Optimizer;
-use crate::run::kit::artifacts::{instructions, load_lm, trained, trained_output};
+use crate::run::kit::artifacts::{instructions, load_base, load_lm, trained, trained_output};
 use crate::run::kit::codec::Codec;
 use crate::run::kit::decode::rollout;
 use crate::run::kit::dist::{Reduce, World};
@@ -45,7 +45,7 @@ pub fn run(ctx: &StageCtx, k: &DistillSpec) -> Result<()> {
     let codec = Codec::new(recipe, &set)?;
     let mut teacher = load_lm(recipe, &ctx.runs, &k.teacher, dev)?.computing(k.opt.precision);
     teacher.freeze();
-    let mut student = load_lm(recipe, &ctx.runs, &k.student, dev)?.computing(k.opt.precision);
+    let mut student = load_base(recipe, &ctx.runs, &k.student, k.lora.as_ref(), dev)?.computing(k.opt.precision);
     student.set_recompute(k.opt.activation_checkpointing);
     let context = student.spec().context;
     let held: Vec<Example> = split.held_out.iter().take(k.eval_examples).cloned().collect();

@@ -13,7 +13,7 @@ use crate::run::kit::codec::Codec;
 use crate::recipe::FinetuneSpec;
 use crate::rng::Rng;
 use crate::run::kit::adamw::Optimizer;
-use crate::run::kit::artifacts::{instructions, load_lm, trained, trained_output};
+use crate::run::kit::artifacts::{instructions, load_base, trained, trained_output};
 use crate::run::kit::score::score;
 use crate::run::kit::packing::{batch, pack, PackedRow};
 use crate::run::kit::seqs::{pad, seed_step, token_logprobs};
@@ -33,7 +33,7 @@ pub fn run(ctx: &StageCtx, f: &FinetuneSpec) -> Result<()> {
     world.use_device(&name, dev)?;
     let (set, split) = instructions(recipe, &f.data)?;
     let codec = Codec::new(recipe, &set)?;
-    let mut model = load_lm(recipe, &ctx.runs, &f.model, dev)?.computing(f.opt.precision);
+    let mut model = load_base(recipe, &ctx.runs, &f.model, f.lora.as_ref(), dev)?.computing(f.opt.precision);
     model.set_recompute(f.opt.activation_checkpointing);
     let held: Vec<_> = split.held_out.iter().take(f.eval_examples).cloned().collect();
     // The starting point's score, for the report (what fine-tuning changed).

@@ -11,7 +11,7 @@ use crate::posttrain::examples::Pair;
 use crate::recipe::RewardSpec;
 use crate::rng::Rng;
 use crate::run::kit::adamw::Optimizer;
-use crate::run::kit::artifacts::{load_lm, preferences, trained};
+use crate::run::kit::artifacts::{load_base, preferences, trained};
 use crate::run::kit::losses::bradley_terry;
 use crate::run::kit::codec::Codec;
 use crate::run::kit::dist::Reduce;
@@ -56,7 +56,7 @@ pub fn run(ctx: &StageCtx, r: &RewardSpec) -> Result<()> {
     world.use_device(&name, dev)?;
     let (set, split) = preferences(recipe, &r.data)?;
     let codec = Codec::new(recipe, &set)?;
-    let mut trunk = load_lm(recipe, &ctx.runs, &r.model, dev)?.computing(r.opt.precision);
+    let mut trunk = load_base(recipe, &ctx.runs, &r.model, r.lora.as_ref(), dev)?.computing(r.opt.precision);
     if let Some(l) = &r.lora {
         trunk.attach_lora(l)?;
     }
