@@ -1942,3 +1942,27 @@ fn best_of_n_follows_its_reward_and_resumes_exactly() {
     assert!(log.contains("rl: resuming from step 8"), "{log}");
     assert!(plain == read(&killed), "weights differ after a resume");
 }
+
+/// Reading a stage's weights a tensor at a time (`Model::loaded`) leaves the random generator
+/// where building a fresh model and copying the weights in left it, so the adapters a stage
+/// draws next are the same; the weights are the file's.
+#[test]
+fn loading_weights_a_tensor_at_a_time_draws_what_a_fresh_model_drew() {
+    use roux::run::model::Model;
+    let c = roux::frontend::compile(&fixture("tiny-lifecycle.roux")).unwrap();
+    let recipe = c.recipe.unwrap();
+    let spec = recipe.model("lm").unwrap();
+    tch::manual_seed(3);
+    let source = Model::new(spec, tch::Device::Cpu).unwrap().named();
+    tch::manual_seed(7);
+    let mut fresh = Model::new(spec, tch::Device::Cpu).unwrap();
+    fresh.load(&source).unwrap();
+    let after_new = tch::Tensor::randn([8], (tch::Kind::Float, tch::Device::Cpu));
+    tch::manual_seed(7);
+    let loaded = Model::loaded(spec, tch::Device::Cpu, &source, false).unwrap();
+    let after_loaded = tch::Tensor::randn([8], (tch::Kind::Float, tch::Device::Cpu));
+    assert!(after_new.equal(&after_loaded), "the generator moved differently");
+    for ((n, a), (_, b)) in fresh.named().iter().zip(loaded.named()) {
+        assert!(a.equal(&b), "`{n}` differs");
+    }
+}
