@@ -1966,3 +1966,23 @@ fn loading_weights_a_tensor_at_a_time_draws_what_a_fresh_model_drew() {
         assert!(a.equal(&b), "`{n}` differs");
     }
 }
+
+/// `compare` scores a benchmark whole unless `examples` says otherwise (lm-eval's default), and
+/// `roux plan` counts one pass per choice of every question scored.
+#[test]
+fn a_benchmark_is_compared_whole_unless_examples_says_otherwise() {
+    let dir = scratch("choices-whole");
+    let line = r#"{"prompt": "2+2=", "choices": ["4", "5", "22"], "answer": 0}"#;
+    std::fs::write(dir.join("q.jsonl"), vec![line; 250].join("\n")).unwrap();
+    for (extra, want) in [("", 250), ("examples = 10", 10)] {
+        let text = format!("experiment \"w\" {{\n  data quiz = choices(\"q.jsonl\")\n  model lm = transformer {{ vocab = 256, context = 16, d_model = 16, layers = 1, heads = 2 }}\n  stage t = compare(lm = lm) {{ data = quiz {extra} }}\n}}\n");
+        std::fs::write(dir.join("r.roux"), text).unwrap();
+        let c = roux::frontend::compile(&dir.join("r.roux")).unwrap();
+        let recipe = c.recipe.unwrap_or_else(|| panic!("{:?}", c.diagnostics.iter().map(|d| &d.message).collect::<Vec<_>>()));
+        let Some(roux::recipe::StageKind::Compare(spec)) = recipe.stage("t").map(|s| &s.kind) else { panic!("a compare stage") };
+        assert_eq!(spec.examples, want);
+        let o = roux(&["plan", dir.join("r.roux").to_str().unwrap(), "--json"]);
+        let plan: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+        assert_eq!(plan["stages"][0]["tokens"].as_u64(), Some(want as u64 * 3 * 16), "{extra}");
+    }
+}

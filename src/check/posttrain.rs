@@ -328,7 +328,12 @@ impl<'a> Checker<'a> {
             Some(field) => self.expect_lm(&field.value, "the reference"),
             None => policies.first().map(|p| p.1.clone()),
         };
-        let examples = f.size(self, "examples", Some(200));
+        // A benchmark is scored whole unless `examples` says otherwise (lm-eval's default).
+        let questions = match data.as_ref().map(|s| &s.source) {
+            Some(ExampleSource::Choices { questions, .. }) => Some((*questions as u64).min(1 << 24)),
+            _ => None,
+        };
+        let examples = f.size(self, "examples", Some(questions.unwrap_or(200)));
         let max_new = f.size(self, "max_new", Some(16));
         let device = self.device_key(&mut f);
         let precision = f.sym(self, "precision", &["fp32", "bf16"], Some("fp32"));
