@@ -48,29 +48,30 @@ at::Tensor pairs(const at::Device& d) {
   return at::tensor(t).view({256, 2}).to(d);
 }
 
-// The weight of `n` elements the codes and scales hold, in `kind`: each code's value times its
-// block's absolute maximum, computed in float32 (as bitsandbytes' kernel does) and then cast.
-at::Tensor dequantize(const at::Tensor& codes, const at::Tensor& absmax, int64_t n, at::ScalarType kind) {
-  auto values = pairs(codes.device()).index_select(0, codes.to(at::kInt)).view({-1, kBlock});
+// The weight of `n` elements the codes and scales hold, in `kind`: each code's value (`table`,
+// `pairs` on the codes' device, made once a weight) times its block's absolute maximum, computed
+// in float32 (as bitsandbytes' kernel does) and then cast.
+at::Tensor dequantize(const at::Tensor& codes, const at::Tensor& absmax, const at::Tensor& table, int64_t n, at::ScalarType kind) {
+  auto values = table.index_select(0, codes.to(at::kInt)).view({-1, kBlock});
   // (In place: one float32 copy of the weight at a time.)
   return values.mul_(absmax.unsqueeze(1)).view({-1}).narrow(0, 0, n).to(kind);
 }
 
 struct Nf4Linear : public torch::autograd::Function<Nf4Linear> {
   static at::Tensor forward(torch::autograd::AutogradContext* ctx, const at::Tensor& x, const at::Tensor& codes,
-                            const at::Tensor& absmax, int64_t out, int64_t in) {
-    ctx->save_for_backward({codes, absmax});
+                            const at::Tensor& absmax, const at::Tensor& table, int64_t out, int64_t in) {
+    ctx->save_for_backward({codes, absmax, table});
     ctx->saved_data["out"] = out;
     ctx->saved_data["in"] = in;
-    return at::linear(x, dequantize(codes, absmax, out * in, x.scalar_type()).view({out, in}));
+    return at::linear(x, dequantize(codes, absmax, table, out * in, x.scalar_type()).view({out, in}));
   }
 
   static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx, torch::autograd::variable_list grads) {
     auto saved = ctx->get_saved_variables();
     int64_t out = ctx->saved_data["out"].toInt(), in = ctx->saved_data["in"].toInt();
-    auto w = dequantize(saved[0], saved[1], out * in, grads[0].scalar_type()).view({out, in});
+    auto w = dequantize(saved[0], saved[1], saved[2], out * in, grads[0].scalar_type()).view({out, in});
     // The input's gradient only: the codes are frozen.
-    return {grads[0].matmul(w), at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor()};
+    return {grads[0].matmul(w), at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor()};
   }
 };
 
@@ -79,8 +80,9 @@ struct Nf4Linear : public torch::autograd::Function<Nf4Linear> {
 extern "C" {
 
 // `w` (float32, any shape, finite) as NF4: *codes (uint8, one byte for two elements, the last
-// block padded with zeros) and *absmax (float32, one a block of 64).
-char* roux_nf4_quantize(at::Tensor* w, at::Tensor** codes, at::Tensor** absmax) {
+// block padded with zeros), *absmax (float32, one a block of 64) and *table (the byte → pair of
+// values table the other functions read, on w's device).
+char* roux_nf4_quantize(at::Tensor* w, at::Tensor** codes, at::Tensor** absmax, at::Tensor** table) {
   return guarded([&] {
     auto flat = w->detach().to(at::kFloat).reshape({-1});
     int64_t n = flat.numel(), blocks = (n + kBlock - 1) / kBlock;
@@ -96,17 +98,18 @@ char* roux_nf4_quantize(at::Tensor* w, at::Tensor** codes, at::Tensor** absmax) 
     auto packed = (index.select(1, 0) * 16 + index.select(1, 1)).to(at::kByte).contiguous();
     *codes = new at::Tensor(packed);
     *absmax = new at::Tensor(scale.contiguous());
+    *table = new at::Tensor(pairs(flat.device()));
   });
 }
 
 // The `n` elements `roux_nf4_quantize` encoded, float32 (a new flat tensor in *out).
-char* roux_nf4_dequantize(at::Tensor* codes, at::Tensor* absmax, int64_t n, at::Tensor** out) {
-  return guarded([&] { *out = new at::Tensor(dequantize(*codes, *absmax, n, at::kFloat)); });
+char* roux_nf4_dequantize(at::Tensor* codes, at::Tensor* absmax, at::Tensor* table, int64_t n, at::Tensor** out) {
+  return guarded([&] { *out = new at::Tensor(dequantize(*codes, *absmax, *table, n, at::kFloat)); });
 }
 
 // x · Wᵀ for W (out × in) held as NF4, in x's kind, differentiable in x (a new tensor in *y).
-char* roux_nf4_linear(at::Tensor* x, at::Tensor* codes, at::Tensor* absmax, int64_t out, int64_t in, at::Tensor** y) {
-  return guarded([&] { *y = new at::Tensor(Nf4Linear::apply(*x, *codes, *absmax, out, in)); });
+char* roux_nf4_linear(at::Tensor* x, at::Tensor* codes, at::Tensor* absmax, at::Tensor* table, int64_t out, int64_t in, at::Tensor** y) {
+  return guarded([&] { *y = new at::Tensor(Nf4Linear::apply(*x, *codes, *absmax, *table, out, in)); });
 }
 
 }  // extern "C"

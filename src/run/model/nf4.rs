@@ -12,9 +12,9 @@ use super::shim::check;
 type Raw = *mut std::ffi::c_void;
 
 extern "C" {
-    fn roux_nf4_quantize(w: Raw, codes: *mut Raw, absmax: *mut Raw) -> *mut std::ffi::c_char;
-    fn roux_nf4_dequantize(codes: Raw, absmax: Raw, n: i64, out: *mut Raw) -> *mut std::ffi::c_char;
-    fn roux_nf4_linear(x: Raw, codes: Raw, absmax: Raw, out: i64, inp: i64, y: *mut Raw) -> *mut std::ffi::c_char;
+    fn roux_nf4_quantize(w: Raw, codes: *mut Raw, absmax: *mut Raw, table: *mut Raw) -> *mut std::ffi::c_char;
+    fn roux_nf4_dequantize(codes: Raw, absmax: Raw, table: Raw, n: i64, out: *mut Raw) -> *mut std::ffi::c_char;
+    fn roux_nf4_linear(x: Raw, codes: Raw, absmax: Raw, table: Raw, out: i64, inp: i64, y: *mut Raw) -> *mut std::ffi::c_char;
 }
 
 /// Values a block of the weight shares one scale over.
@@ -26,6 +26,9 @@ pub struct Nf4 {
     pub codes: Tensor,
     /// Each block's absolute maximum (float32).
     pub absmax: Tensor,
+    /// Byte → its two codes' values (256 × 2 floats on the weight's device): one a model, shared
+    /// by its weights (`Model::quantized_weight`), so not counted in `bytes`.
+    table: Tensor,
     pub out: i64,
     pub inp: i64,
 }
@@ -40,17 +43,17 @@ impl Nf4 {
     /// `w` (out, in), float32 or bf16, rounded to NF4.
     pub fn quantize(w: &Tensor) -> Result<Nf4> {
         let (out, inp) = w.size2()?;
-        let (mut codes, mut absmax): (Raw, Raw) = (std::ptr::null_mut(), std::ptr::null_mut());
+        let (mut codes, mut absmax, mut table): (Raw, Raw, Raw) = (std::ptr::null_mut(), std::ptr::null_mut(), std::ptr::null_mut());
         // SAFETY: `w` is a live at::Tensor for the call's duration.
-        check("quantizing a weight to NF4", unsafe { roux_nf4_quantize(w.as_ptr() as Raw, &mut codes, &mut absmax) })?;
-        Ok(Nf4 { codes: adopt(codes), absmax: adopt(absmax), out, inp })
+        check("quantizing a weight to NF4", unsafe { roux_nf4_quantize(w.as_ptr() as Raw, &mut codes, &mut absmax, &mut table) })?;
+        Ok(Nf4 { codes: adopt(codes), absmax: adopt(absmax), table: adopt(table), out, inp })
     }
 
     /// The weight the codes stand for, (out, in) in `kind`.
     pub fn dequantize(&self, kind: Kind) -> Tensor {
         let mut out: Raw = std::ptr::null_mut();
-        // SAFETY: both tensors live for the call's duration.
-        let r = unsafe { roux_nf4_dequantize(self.codes.as_ptr() as Raw, self.absmax.as_ptr() as Raw, self.out * self.inp, &mut out) };
+        // SAFETY: the tensors live for the call's duration.
+        let r = unsafe { roux_nf4_dequantize(self.codes.as_ptr() as Raw, self.absmax.as_ptr() as Raw, self.table.as_ptr() as Raw, self.out * self.inp, &mut out) };
         // (As a failing tch operation does: allocation is all that can fail here.)
         check("dequantizing an NF4 weight", r).unwrap_or_else(|e| panic!("{e}"));
         adopt(out).view([self.out, self.inp]).to_kind(kind)
@@ -59,20 +62,20 @@ impl Nf4 {
     /// x · Wᵀ in x's kind, differentiable in x only; the backward pass dequantizes again.
     pub fn linear(&self, x: &Tensor) -> Tensor {
         let mut y: Raw = std::ptr::null_mut();
-        // SAFETY: the three tensors live for the call's duration.
-        let r = unsafe { roux_nf4_linear(x.as_ptr() as Raw, self.codes.as_ptr() as Raw, self.absmax.as_ptr() as Raw, self.out, self.inp, &mut y) };
+        // SAFETY: the four tensors live for the call's duration.
+        let r = unsafe { roux_nf4_linear(x.as_ptr() as Raw, self.codes.as_ptr() as Raw, self.absmax.as_ptr() as Raw, self.table.as_ptr() as Raw, self.out, self.inp, &mut y) };
         check("a linear layer over NF4 weights", r).unwrap_or_else(|e| panic!("{e}"));
         adopt(y)
     }
 
-    /// Bytes held: the codes and the scales.
+    /// Bytes held: the codes and the scales (the table is the model's).
     pub fn bytes(&self) -> u64 {
         (self.codes.numel() + 4 * self.absmax.numel()) as u64
     }
 
     /// The same weight, sharing its tensors (a LoRA model's base view).
     pub fn share(&self) -> Nf4 {
-        Nf4 { codes: self.codes.shallow_clone(), absmax: self.absmax.shallow_clone(), out: self.out, inp: self.inp }
+        Nf4 { codes: self.codes.shallow_clone(), absmax: self.absmax.shallow_clone(), table: self.table.shallow_clone(), out: self.out, inp: self.inp }
     }
 }
 
@@ -89,7 +92,7 @@ impl super::Model {
                 if self.quantized[j].is_some() {
                     continue;
                 }
-                let q = Nf4::quantize(&self.params[j])?;
+                let q = self.quantized_weight(&self.params[j])?;
                 let size = self.params[j].size();
                 // A stride-0 view keeps the parameter's shape (its count in reports) and no memory.
                 self.params[j] = Tensor::zeros([1], (Kind::Float, self.device)).expand(&size, false);
@@ -99,5 +102,16 @@ impl super::Model {
         })?;
         self.drop_casts();
         Ok(())
+    }
+}
+
+impl super::Model {
+    /// `w` as NF4, sharing the value table of the weights already quantized.
+    pub(super) fn quantized_weight(&self, w: &Tensor) -> Result<Nf4> {
+        let mut q = Nf4::quantize(w)?;
+        if let Some(first) = self.quantized.iter().flatten().next() {
+            q.table = first.table.shallow_clone();
+        }
+        Ok(q)
     }
 }

@@ -57,17 +57,17 @@ impl Model {
         let quantized: std::collections::HashSet<String> = if nf4 { crate::lower::lora_linears(spec).into_iter().map(|l| format!("{}.weight", l.path)).collect() } else { Default::default() };
         m.quantized = (0..m.params.len()).map(|_| None).collect();
         for (j, p) in m.graph.params().into_iter().enumerate() {
-            let name = &m.names[j];
+            let name = m.names[j].clone();
             let Some(t) = given.get(name.as_str()) else { bail!("checkpoint has no tensor `{name}`") };
             let size = m.params[j].size();
-            usable(name, t, &size, t)?;
+            usable(&name, t, &size, t)?;
             tch::no_grad(|| -> Result<()> {
                 if let crate::lower::ParamInit::Normal { .. } = p.init {
                     // (Drawn only to advance the generator as `new` would.)
                     let _ = Tensor::f_randn(&size, (Kind::Float, device)).map_err(|e| anyhow::anyhow!("could not allocate `{name}`: {e}"))?;
                 }
-                if quantized.contains(name) {
-                    m.quantized[j] = Some(super::nf4::Nf4::quantize(&t.to_device(device))?);
+                if quantized.contains(&name) {
+                    m.quantized[j] = Some(m.quantized_weight(&t.to_device(device))?);
                 } else {
                     m.params[j] = t.to_device(device).copy().set_requires_grad(true);
                 }
