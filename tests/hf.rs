@@ -1076,3 +1076,28 @@ fn multiple_choice_questions_score_each_choice_as_lm_eval_does_with_transformers
         assert_eq!(samples.iter().map(|s| s["answer"].as_u64().unwrap()).collect::<Vec<_>>(), [0, 0, 0, 1]);
     }
 }
+
+/// QLoRA on an imported checkpoint: its projections are quantized to NF4 as each tensor is read
+/// (GPT-2's fused, transposed `c_attn` and Phi-3's fused `qkv_proj` split into their parts
+/// first; Llama's shards one file at a time), giving the very weights quantizing after a whole
+/// float32 import gives, in fewer bytes.
+#[test]
+fn qlora_quantizes_an_imported_checkpoint_as_it_is_read() {
+    let lora = roux::recipe::LoraSpec { rank: 2, alpha: 2.0, dropout: 0.0, rslora: false, dora: false, targets: vec!["attn.q".into()], quantize_base: roux::recipe::QuantizeBase::Nf4 };
+    for which in ["gpt2", "phi3", "llama"] {
+        let dir = checkpoint(&format!("qlora-{which}"), which);
+        let c = roux::frontend::compile(&dir.join("import.roux")).unwrap();
+        let spec = c.recipe.unwrap().models[0].clone();
+        let mut read = roux::run::kit::hf::load_as(&spec, Device::Cpu, None, true).unwrap();
+        let mut after = roux::run::kit::hf::load(&spec, Device::Cpu, None).unwrap();
+        let whole = after.weight_bytes();
+        // Held as NF4 from the import on, before any adapter is attached.
+        assert!(read.weight_bytes() < whole, "{which}: {} bytes read, {whole} in float32", read.weight_bytes());
+        after.attach_lora(&lora).unwrap();
+        read.attach_lora(&lora).unwrap();
+        assert!(read.weight_bytes() == after.weight_bytes() && read.weight_bytes() < whole, "{which}: {} and {} bytes, {whole} in float32", read.weight_bytes(), after.weight_bytes());
+        for ((n, a), (_, b)) in read.named().iter().zip(after.named()) {
+            assert!(a.equal(&b), "{which}: `{n}` differs");
+        }
+    }
+}

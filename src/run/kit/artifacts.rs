@@ -31,7 +31,7 @@ fn load_held(recipe: &Recipe, runs: &Path, r: &ModelRef, device: tch::Device, nf
     let spec = recipe.model(&r.arch).context("checked recipe names its model")?;
     tch::manual_seed(recipe.seed as i64);
     match &r.weights {
-        Weights::Init if spec.checkpoint.is_some() => super::hf::load(spec, device, None),
+        Weights::Init if spec.checkpoint.is_some() => super::hf::load_as(spec, device, None, nf4),
         Weights::Init => Model::new(spec, device),
         Weights::Stage { stage } => {
             let path = runs.join(stage).join("model.safetensors");

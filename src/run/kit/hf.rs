@@ -10,11 +10,18 @@ use crate::arith::graph::routed_expert;
 use crate::hf::names;
 use crate::recipe::{Checkpoint, ModelSpec};
 use crate::run::model::expert_parallel::Share;
+use crate::run::model::nf4::Nf4;
 use crate::run::model::Model;
 
 /// The model `spec` imported with `hf(…)`, its weights from the checkpoint; of each routed expert
 /// stack only `share`'s experts are read (expert parallelism).
 pub fn load(spec: &ModelSpec, device: Device, share: Option<Share>) -> Result<Model> {
+    load_as(spec, device, share, false)
+}
+
+/// `load`; with `nf4`, the projections a QLoRA base holds as NF4 are quantized as each checkpoint
+/// tensor is read (`Model::attach_lora` then leaves them), so the base is never whole in float32.
+pub fn load_as(spec: &ModelSpec, device: Device, share: Option<Share>, nf4: bool) -> Result<Model> {
     let ck = spec.checkpoint.as_ref().context("an imported model names its checkpoint")?;
     if ck.files.is_empty() {
         bail!(
@@ -38,12 +45,34 @@ pub fn load(spec: &ModelSpec, device: Device, share: Option<Share>) -> Result<Mo
         .collect();
     let names: Vec<String> = read.iter().flatten().cloned().collect();
     let wanted: HashMap<&str, ()> = names.iter().map(|n| (n.as_str(), ())).collect();
-    let mut theirs: HashMap<String, Tensor> = HashMap::new();
+    // The checkpoint tensors read only by projections held as NF4, and those places: each is
+    // quantized as it is read and not kept.
+    let targets: std::collections::HashSet<String> = if nf4 { crate::lower::lora_linears(spec).into_iter().map(|l| format!("{}.weight", l.path)).collect() } else { Default::default() };
+    let mut readers: HashMap<&str, Vec<usize>> = HashMap::new();
+    for (i, r) in read.iter().enumerate() {
+        for n in r {
+            readers.entry(n.as_str()).or_default().push(i);
+        }
+    }
+    readers.retain(|_, places_of| places_of.iter().all(|&i| targets.contains(&places[i].0) && places[i].1.experts.is_none()));
+    let (mut theirs, mut quantized): (HashMap<String, Tensor>, HashMap<String, Nf4>) = Default::default();
     for f in &ck.files {
-        read_file(ck, f, &wanted, &mut theirs)?;
+        read_file(ck, f, &wanted, &mut |name, t| {
+            let Some(places_of) = readers.get(name.as_str()) else {
+                theirs.insert(name, t);
+                return Ok(());
+            };
+            for &i in places_of {
+                quantized.insert(places[i].0.clone(), Nf4::quantize(&shaped(&places[i].1, t.shallow_clone()).to_device(device))?);
+            }
+            Ok(())
+        })?;
     }
     let mut ours = Vec::with_capacity(places.len());
     for ((name, place), read) in places.iter().zip(&read) {
+        if quantized.contains_key(name) {
+            continue;
+        }
         let missing = |n: &str| format!("{} has no tensor `{n}` (did the checkpoint change after `roux check`?)", ck.dir.display());
         let t = if place.experts.is_some() {
             // Each expert's matrix is read once: taken out, so the stack is the only copy kept.
@@ -57,19 +86,26 @@ pub fn load(spec: &ModelSpec, device: Device, share: Option<Share>) -> Result<Mo
                 None => whole.shallow_clone(),
             }
         };
-        let t = if place.transposed { t.tr() } else { t };
-        let t = match place.rows {
-            Some((start, len)) => t.narrow(0, start as i64, len as i64),
-            None => t,
-        };
-        ours.push((name.clone(), t.contiguous()));
+        ours.push((name.clone(), shaped(place, t)));
     }
     drop(theirs);
-    Model::with_weights(spec, ours, device, share).with_context(|| format!("importing {}", ck.dir.display()))
+    Model::with_weights_and_nf4(spec, ours, quantized, device, share).with_context(|| format!("importing {}", ck.dir.display()))
 }
 
-/// The tensors of one weight file that `wanted` names, as float32 CPU tensors.
-fn read_file(ck: &Checkpoint, file: &str, wanted: &HashMap<&str, ()>, out: &mut HashMap<String, Tensor>) -> Result<()> {
+/// A checkpoint tensor in roux's layout for `place`: transposed (GPT-2's Conv1D), its rows (a
+/// fused projection's part).
+fn shaped(place: &names::Place, t: Tensor) -> Tensor {
+    let t = if place.transposed { t.tr() } else { t };
+    let t = match place.rows {
+        Some((start, len)) => t.narrow(0, start as i64, len as i64),
+        None => t,
+    };
+    t.contiguous()
+}
+
+/// The tensors of one weight file that `wanted` names, each as a float32 CPU tensor given to
+/// `take` as it is read.
+fn read_file(ck: &Checkpoint, file: &str, wanted: &HashMap<&str, ()>, take: &mut dyn FnMut(String, Tensor) -> Result<()>) -> Result<()> {
     let path = ck.dir.join(file);
     let meta = std::fs::metadata(&path).with_context(|| format!("reading {}", path.display()))?;
     if !meta.is_file() {
@@ -92,7 +128,7 @@ fn read_file(ck: &Checkpoint, file: &str, wanted: &HashMap<&str, ()>, out: &mut 
         };
         let shape: Vec<i64> = view.shape().iter().map(|&d| d as i64).collect();
         let t = to_float(view.data(), &shape, kind).with_context(|| format!("{}: tensor `{name}`", path.display()))?;
-        out.insert(name.clone(), t);
+        take(name.clone(), t)?;
         // The tensor is copied out: give its pages of the file back, so that the mapping does not
         // hold a second copy of the weights while the rest are read (peak memory stays near the
         // float32 weights). A failed hint only costs memory.

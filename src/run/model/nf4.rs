@@ -106,6 +106,14 @@ impl super::Model {
 }
 
 impl super::Model {
+    /// Every NF4 weight reads the first one's value table (weights quantized apart).
+    pub(super) fn share_nf4_table(&mut self) {
+        let Some(table) = self.quantized.iter().flatten().next().map(|q| q.table.shallow_clone()) else { return };
+        for q in self.quantized.iter_mut().flatten() {
+            q.table = table.shallow_clone();
+        }
+    }
+
     /// `w` as NF4, sharing the value table of the weights already quantized.
     pub(super) fn quantized_weight(&self, w: &Tensor) -> Result<Nf4> {
         let mut q = Nf4::quantize(w)?;

@@ -30,15 +30,26 @@ impl Model {
     /// when they are already on it). Every parameter must be given, float32, finite, of its shape
     /// (of a divided expert stack, `share`'s rows only).
     pub fn with_weights(spec: &ModelSpec, tensors: Vec<(String, Tensor)>, device: Device, share: Option<Share>) -> Result<Model> {
+        Self::with_weights_and_nf4(spec, tensors, HashMap::new(), device, share)
+    }
+
+    /// `with_weights`, with the parameters `nf4` names already held as NF4 (a QLoRA base's
+    /// projections, quantized as they were read).
+    pub fn with_weights_and_nf4(spec: &ModelSpec, tensors: Vec<(String, Tensor)>, mut nf4: HashMap<String, super::nf4::Nf4>, device: Device, share: Option<Share>) -> Result<Model> {
         // Stride-0 placeholders: the real tensors replace them, so nothing is allocated twice.
         let mut m = Self::build(lower_model(spec), device, false, share)?;
         let mut given: HashMap<String, Tensor> = tensors.into_iter().collect();
-        for (name, p) in m.names.iter().zip(m.params.iter_mut()) {
+        m.quantized = m.names.iter().map(|n| nf4.remove(n)).collect();
+        m.share_nf4_table();
+        for ((name, p), q) in m.names.iter().zip(m.params.iter_mut()).zip(&m.quantized) {
+            if q.is_some() {
+                continue;
+            }
             let t = given.remove(name).with_context(|| format!("checkpoint has no tensor `{name}`"))?;
             usable(name, &t, &p.size(), &t)?;
             *p = t.to_device(device).set_requires_grad(true);
         }
-        if let Some(extra) = given.keys().next() {
+        if let Some(extra) = given.keys().chain(nf4.keys()).next() {
             bail!("checkpoint tensor `{extra}` is not a parameter of model `{}`", spec.name);
         }
         Ok(m)
