@@ -2,11 +2,11 @@
 //! multiple-choice benchmark that `compare` scores as lm-evaluation-harness does. The file is
 //! read now, so a bad line is a check error rather than a failed run.
 
+use super::examples::{JsonlLines, LISTED_LINES};
 use super::fields::Fields;
 use super::Checker;
 use crate::diag::{Code, Diagnostic, Span};
 use crate::posttrain::choices::{parse, tokenized_bytes, MAX_TOKENIZED};
-use crate::posttrain::examples::MAX_JSONL_BYTES;
 use crate::recipe::{DataSpec, ExampleKind, ExampleSet, ExampleSource, Tokenizer};
 use crate::syntax::ast::{Arg, Block, Decl, DeclKind, Expr, ExprKind};
 
@@ -25,30 +25,18 @@ impl<'a> Checker<'a> {
         let path = self.jsonl_path(d, "choices", args)?;
         let span = super::paths::single_path_arg(args).map_or(at, |a| a.1);
         let fields: [String; 3] = fields.into_iter().collect::<Option<Vec<_>>>()?.try_into().ok()?;
-        let text = match self.loader.read_text(&path, MAX_JSONL_BYTES) {
-            Ok(t) => t,
-            Err(e) => {
-                self.error(Diagnostic::error(Code::E0214, span, e).with_hint("a JSONL data set is a UTF-8 text file of one JSON object per line"));
-                return None;
-            }
-        };
-        let parsed = parse(&text, &fields, 10);
-        let file = path.file_name().map_or_else(|| path.display().to_string(), |f| f.to_string_lossy().into_owned());
+        let text = self.jsonl_text(&path, span)?;
+        let parsed = parse(&text, &fields, LISTED_LINES);
         let [p, c, a] = &fields;
-        if parsed.bad_total > 0 {
-            let listed: Vec<String> = parsed.bad.iter().map(|(l, why)| format!("line {l}: {why}")).collect();
-            let more = if parsed.bad_total > listed.len() { format!("; and {} more", parsed.bad_total - listed.len()) } else { String::new() };
-            self.error(Diagnostic::error(Code::E0214, span, format!("`{file}` has {} bad line(s) of {}: {}{more}", parsed.bad_total, parsed.bad_total + parsed.questions.len(), listed.join("; ")))
-                .with_hint(format!("every non-empty line is one JSON object: `{p}` a string, `{c}` a list of strings, `{a}` the right one's index (0, 1, …) or letter (A, B, …)")));
-            return None;
-        }
-        if parsed.questions.is_empty() {
-            self.error(Diagnostic::error(Code::E0214, span, format!("`{file}` holds no questions")).with_hint("write one JSON object per line"));
+        let hint = format!("every non-empty line is one JSON object: `{p}` a string, `{c}` a list of strings, `{a}` the right one's index (0, 1, …) or letter (A, B, …)");
+        let lines = JsonlLines { bad: &parsed.bad, bad_total: parsed.bad_total, good: parsed.questions.len(), items: "questions" };
+        if !self.refuse_bad_lines(&path, span, &lines, hint) {
             return None;
         }
         let (template, delimiter) = (template?, delimiter?);
         let work = tokenized_bytes(&parsed.questions, template.len() - "{prompt}".len(), delimiter.len());
         if work > MAX_TOKENIZED {
+            let file = super::examples::file_name(&path);
             self.error(Diagnostic::error(Code::E0214, span, format!("`{file}` would have its scorer tokenize {work} bytes (every choice after its whole question), more than the {MAX_TOKENIZED} allowed"))
                 .with_hint("split it into several sets, or shorten its longest questions"));
             return None;

@@ -13,6 +13,18 @@ pub const EXAMPLE_SOURCES: &[&str] = &["synthetic.instructions", "synthetic.pref
 const TASKS: &[&str] = &["reverse", "sort", "add", "uppercase"];
 pub const DEFAULT_TEMPLATE: &str = "Q: {prompt}\nA: ";
 
+/// Bad lines a check lists of a JSONL file, with why.
+pub const LISTED_LINES: usize = 10;
+
+/// What reading a JSONL file found: its first bad lines (line, why), how many in all, how many
+/// good `items`.
+pub struct JsonlLines<'p> {
+    pub bad: &'p [(usize, String)],
+    pub bad_total: usize,
+    pub good: usize,
+    pub items: &'static str,
+}
+
 /// What the checker learns of example sets as it reads them.
 #[derive(Default)]
 pub struct Facts {
@@ -208,31 +220,43 @@ impl<'a> Checker<'a> {
     /// The rows of a JSONL file through the loader; every bad line (the first ten listed) and an
     /// empty file are errors at the file's name in the recipe.
     fn jsonl_rows(&mut self, path: &std::path::Path, fields: &[String], kind: ExampleKind, span: Span) -> Option<Vec<Vec<String>>> {
-        const LISTED: usize = 10;
-        let text = match self.loader.read_text(path, crate::posttrain::examples::MAX_JSONL_BYTES) {
-            Ok(t) => t,
+        let text = self.jsonl_text(path, span)?;
+        let parsed = crate::posttrain::jsonl::parse_jsonl(&text, fields, kind, LISTED_LINES);
+        let hint = match kind {
+            ExampleKind::Feedback => format!("every non-empty line is one JSON object whose fields `{}` and `{}` are strings and `{}` is true or false", fields[0], fields[1], fields[2]),
+            _ => format!("every non-empty line is one JSON object whose fields {} are strings", fields.iter().map(|f| format!("`{f}`")).collect::<Vec<_>>().join(", ")),
+        };
+        let lines = JsonlLines { bad: &parsed.bad, bad_total: parsed.bad_total, good: parsed.rows.len(), items: "examples" };
+        self.refuse_bad_lines(path, span, &lines, hint).then_some(parsed.rows)
+    }
+
+    /// A JSONL data file's text through the loader (a regular file of at most MAX_JSONL_BYTES),
+    /// or E0214 at its name in the recipe.
+    pub(super) fn jsonl_text(&mut self, path: &std::path::Path, span: Span) -> Option<String> {
+        match self.loader.read_text(path, crate::posttrain::examples::MAX_JSONL_BYTES) {
+            Ok(t) => Some(t),
             Err(e) => {
                 self.error(Diagnostic::error(Code::E0214, span, e).with_hint("a JSONL data set is a UTF-8 text file of one JSON object per line"));
-                return None;
+                None
             }
-        };
-        let parsed = crate::posttrain::jsonl::parse_jsonl(&text, fields, kind, LISTED);
-        let file = path.file_name().map_or_else(|| path.display().to_string(), |f| f.to_string_lossy().into_owned());
-        if parsed.bad_total > 0 {
-            let listed: Vec<String> = parsed.bad.iter().map(|(l, why)| format!("line {l}: {why}")).collect();
-            let more = if parsed.bad_total > listed.len() { format!("; and {} more", parsed.bad_total - listed.len()) } else { String::new() };
-            self.error(Diagnostic::error(Code::E0214, span, format!("`{file}` has {} bad line(s) of {}: {}{more}", parsed.bad_total, parsed.bad_total + parsed.rows.len(), listed.join("; ")))
-                .with_hint(match kind {
-                    ExampleKind::Feedback => format!("every non-empty line is one JSON object whose fields `{}` and `{}` are strings and `{}` is true or false", fields[0], fields[1], fields[2]),
-                    _ => format!("every non-empty line is one JSON object whose fields {} are strings", fields.iter().map(|f| format!("`{f}`")).collect::<Vec<_>>().join(", ")),
-                }));
-            return None;
         }
-        if parsed.rows.is_empty() {
-            self.error(Diagnostic::error(Code::E0214, span, format!("`{file}` holds no examples")).with_hint("write one JSON object per line"));
-            return None;
+    }
+
+    /// E0214 for a JSONL file with bad lines (the first ten listed, with why) or none good;
+    /// whether it passed.
+    pub(super) fn refuse_bad_lines(&mut self, path: &std::path::Path, span: Span, lines: &JsonlLines, hint: String) -> bool {
+        let file = file_name(path);
+        if lines.bad_total > 0 {
+            let listed: Vec<String> = lines.bad.iter().map(|(l, why)| format!("line {l}: {why}")).collect();
+            let more = if lines.bad_total > listed.len() { format!("; and {} more", lines.bad_total - listed.len()) } else { String::new() };
+            self.error(Diagnostic::error(Code::E0214, span, format!("`{file}` has {} bad line(s) of {}: {}{more}", lines.bad_total, lines.bad_total + lines.good, listed.join("; "))).with_hint(hint));
+            return false;
         }
-        Some(parsed.rows)
+        if lines.good == 0 {
+            self.error(Diagnostic::error(Code::E0214, span, format!("`{file}` holds no {}", lines.items)).with_hint("write one JSON object per line"));
+            return false;
+        }
+        true
     }
 
     /// W0403 when some examples of `data` are longer than `context` (they will be cut).
@@ -337,6 +361,11 @@ impl<'a> Checker<'a> {
         }
         Some(self.loader.absolute(&full))
     }
+}
+
+/// A data file as messages name it: its file name.
+pub(super) fn file_name(path: &std::path::Path) -> String {
+    path.file_name().map_or_else(|| path.display().to_string(), |f| f.to_string_lossy().into_owned())
 }
 
 /// What a data constructor's examples are.

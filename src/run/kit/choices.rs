@@ -8,10 +8,10 @@ use serde::Serialize;
 
 use super::codec::Codec;
 use super::progress::Progress;
-use crate::recipe::{ExampleSource, Recipe};
 use super::seqs::{pad, prompt_response, seq_logprob};
 use crate::posttrain::choices::{context_and_continuation, Question, ROWS};
 use crate::posttrain::examples::render;
+use crate::recipe::{ExampleSource, Recipe};
 use crate::run::model::Model;
 
 /// One question's scores.
@@ -36,7 +36,7 @@ pub struct Accuracy {
 
 /// Score every question with `model`, shown through `template`; with `progress`, a line as
 /// the questions go (every twentieth of them in a log).
-pub fn score(model: &Model, codec: &Codec, questions: &[Question], template: &str, delimiter: &str, progress: Option<&Progress>) -> Result<(Accuracy, Vec<Scored>)> {
+fn score(model: &Model, codec: &Codec, questions: &[Question], template: &str, delimiter: &str, progress: Option<&Progress>) -> Result<(Accuracy, Vec<Scored>)> {
     let context = model.spec().context;
     let mut scored = vec![];
     for (i, q) in questions.iter().enumerate() {
@@ -84,7 +84,7 @@ fn argmax(v: &[f64]) -> usize {
     v.iter().enumerate().fold(0, |best, (i, &x)| if x > v[best] { i } else { best })
 }
 
-/// A multiple-choice set ready to score a model with at every evaluation (`eval_choices`).
+/// A multiple-choice set read and ready to score models with (`compare`'s data, `eval_choices`).
 pub struct Quiz {
     questions: Vec<Question>,
     codec: Codec,
@@ -93,14 +93,21 @@ pub struct Quiz {
 }
 
 impl Quiz {
-    pub fn load(recipe: &Recipe, name: &str) -> Result<Quiz> {
+    /// The first `limit` questions of set `name`.
+    pub fn load(recipe: &Recipe, name: &str, limit: usize) -> Result<Quiz> {
         let Some(set) = recipe.example_set(name) else { bail!("no data set `{name}`") };
         let ExampleSource::Choices { delimiter, .. } = &set.source else { bail!("data `{name}` holds no multiple-choice questions") };
-        let questions = crate::posttrain::examples::questions(set).map_err(anyhow::Error::msg)?;
+        let mut questions = crate::posttrain::examples::questions(set).map_err(anyhow::Error::msg)?;
+        questions.truncate(limit);
         Ok(Quiz { questions, codec: Codec::new(recipe, set)?, template: set.template.clone(), delimiter: delimiter.clone() })
     }
 
-    pub fn score(&self, model: &Model) -> Result<Accuracy> {
-        Ok(score(model, &self.codec, &self.questions, &self.template, &self.delimiter, None)?.0)
+    pub fn len(&self) -> usize {
+        self.questions.len()
+    }
+
+    /// `model`'s accuracy, and each question's scores; with `progress`, a line as they go.
+    pub fn score(&self, model: &Model, progress: Option<&Progress>) -> Result<(Accuracy, Vec<Scored>)> {
+        score(model, &self.codec, &self.questions, &self.template, &self.delimiter, progress)
     }
 }

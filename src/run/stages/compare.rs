@@ -3,11 +3,12 @@
 //! reference — or on multiple-choice questions (`choices(…)`: accuracy as lm-evaluation-harness
 //! computes it), printed as a table and written to table.md and report.json.
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use serde_json::json;
 
-use crate::recipe::{CompareSpec, ExampleKind, ExampleSource};
+use crate::recipe::{CompareSpec, ExampleKind};
 use crate::run::kit::artifacts::{instructions, load_lm};
+use crate::run::kit::choices::Quiz;
 use crate::run::kit::files::{read_capped, write_atomic};
 use crate::run::kit::score::score;
 use crate::run::kit::lifecycle::RunDir;
@@ -62,18 +63,14 @@ pub fn run(ctx: &StageCtx, c: &CompareSpec) -> Result<()> {
 /// question's log-likelihoods and picks in samples.jsonl (lm-eval's `--log_samples`).
 fn choices(ctx: &StageCtx, c: &CompareSpec, run: RunDir, dev: tch::Device) -> Result<()> {
     let recipe = ctx.recipe;
-    let set = recipe.example_set(&c.data).context("checked recipe names its data")?.clone();
-    let ExampleSource::Choices { delimiter, .. } = &set.source else { anyhow::bail!("data `{}` holds no multiple-choice questions", set.name) };
-    let questions = crate::posttrain::examples::questions(&set).map_err(anyhow::Error::msg)?;
-    let questions = &questions[..questions.len().min(c.examples)];
-    let codec = crate::run::kit::codec::Codec::new(recipe, &set)?;
+    let quiz = Quiz::load(recipe, &c.data, c.examples)?;
     let mut table = "| policy | accuracy | accuracy, per character |\n|---|---:|---:|\n".to_string();
     let (mut rows, mut samples) = (vec![], String::new());
     for (label, r) in &c.policies {
         let mut m = load_lm(recipe, &ctx.runs, r, dev)?.computing(c.precision);
         m.freeze();
-        let progress = crate::run::kit::progress::Progress::new(&format!("{}: {label}", ctx.stage.name), 0, questions.len() as u64);
-        let (a, scored) = crate::run::kit::choices::score(&m, &codec, questions, &set.template, delimiter, Some(&progress))?;
+        let progress = crate::run::kit::progress::Progress::new(&format!("{}: {label}", ctx.stage.name), 0, quiz.len() as u64);
+        let (a, scored) = quiz.score(&m, Some(&progress))?;
         table.push_str(&format!("| {label} | {:.1}% ± {:.1} | {:.1}% ± {:.1} |\n", 100.0 * a.acc, 100.0 * a.acc_stderr, 100.0 * a.acc_norm, 100.0 * a.acc_norm_stderr));
         tracing::info!("{}: {label}: accuracy {:.1}%, per character {:.1}% on {} questions", ctx.stage.name, 100.0 * a.acc, 100.0 * a.acc_norm, a.questions);
         for (i, s) in scored.iter().enumerate() {
@@ -81,12 +78,12 @@ fn choices(ctx: &StageCtx, c: &CompareSpec, run: RunDir, dev: tch::Device) -> Re
         }
         rows.push(json!({"policy": label, "choices": a}));
     }
-    table.push_str(&format!("\n{} questions of `{}`, each choice scored by the log-likelihood of its text after the question (lm-evaluation-harness's multiple-choice accuracy); per character: that log-likelihood over the choice's length in characters (lm-eval's acc_norm); ± one standard error.\n", questions.len(), set.name));
+    table.push_str(&format!("\n{} questions of `{}`, each choice scored by the log-likelihood of its text after the question (lm-evaluation-harness's multiple-choice accuracy); per character: that log-likelihood over the choice's length in characters (lm-eval's acc_norm); ± one standard error.\n", quiz.len(), c.data));
     tracing::info!("\n{table}");
     if run.leads {
         write_atomic(&run.dir.join("table.md"), table.as_bytes())?;
         write_atomic(&run.dir.join("samples.jsonl"), samples.as_bytes())?;
     }
-    let report = json!({"experiment": recipe.experiment, "kind": "compare", "precision": c.precision, "examples": questions.len(), "rows": rows});
+    let report = json!({"experiment": recipe.experiment, "kind": "compare", "precision": c.precision, "examples": quiz.len(), "rows": rows});
     run.finish(&[], report, &ctx.title())
 }

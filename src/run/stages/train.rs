@@ -140,7 +140,7 @@ pub fn run_model(ctx: &StageCtx, spec: &ModelSpec, t: &TrainSpec) -> Result<()> 
     // log, evaluation and checkpoint steps; skipping decides per step, so it reads every step.
     let mut deferred = (t.max_skips == 0).then(|| Deferred::new(device));
     let mut profiler = ctx.opts.profile.map(|steps| Profiler::new(name, steps, device, dir.join(TRACE)));
-    let (quiz, mut last_quiz) = (t.eval_choices.as_deref().map(|n| Quiz::load(recipe, n)).transpose()?, None);
+    let (quiz, mut last_quiz) = (t.eval_choices.as_deref().map(|n| Quiz::load(recipe, n, usize::MAX)).transpose()?, None);
 
     for step in step0..t.steps {
         // Seeding libtorch per step makes dropout masks a function of the step alone,
@@ -207,7 +207,7 @@ pub fn run_model(ctx: &StageCtx, spec: &ModelSpec, t: &TrainSpec) -> Result<()> 
         // Throughput is measured before evaluation so it counts training steps only.
         let tok_s = window.1 as f64 / window.0.elapsed().as_secs_f64().max(1e-9);
         let val = if eval_now { Some(evaluate(&model, &corpus.val, t, recipe.seed)) } else { None };
-        let quizzed = if eval_now { quiz.as_ref().map(|q| q.score(&model)).transpose()? } else { None };
+        let quizzed = if eval_now { quiz.as_ref().map(|q| q.score(&model, None).map(|s| s.0)).transpose()? } else { None };
         last_quiz = quizzed.as_ref().map(|a| (a.acc, a.acc_norm)).or(last_quiz);
         if let Some(v) = val {
             if best_val.is_none_or(|b: f64| v < b) {
