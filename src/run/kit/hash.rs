@@ -51,7 +51,7 @@ pub fn posttrain(recipe: &Recipe, stage: &StageSpec, upstream: &[(String, String
     let models: Vec<_> = recipe.models.iter().filter(|m| mentions(&m.name)).collect();
     let sets: Vec<_> = recipe.examples.iter().filter(|d| mentions(&d.name)).collect();
     let up: Vec<_> = upstream.iter().map(|(s, h)| json!([s, h])).collect();
-    let key = json!({"seed": recipe.seed, "stage": spec, "models": models, "examples": sets, "upstream": up, "inputs": posttrain_inputs(recipe, stage)});
+    let key = json!({"seed": recipe.seed, "stage": spec, "models": models, "examples": sets, "upstream": up, "inputs": super::inputs::of(recipe, mentions)});
     Ok(fnv1a(key.to_string().as_bytes()))
 }
 
