@@ -1077,6 +1077,64 @@ fn multiple_choice_questions_score_each_choice_as_lm_eval_does_with_transformers
     }
 }
 
+/// A corpus's held-out perplexity (`compare(…) { data = corpus }`) read with an imported model's
+/// tokenizer: the summed log-likelihood of every held-out token but the first, each from up to a
+/// context of tokens before it, is what transformers gives over the same windows, with windows
+/// that do not overlap and with a stride; bits per byte and word perplexity divide that sum by
+/// the held-out text's bytes and words.
+#[test]
+fn held_out_perplexity_equals_transformers_over_the_same_windows() {
+    const WINDOWS: &str = "import sys, json, torch\n\
+        from transformers import AutoModelForCausalLM, AutoTokenizer\n\
+        ck, path, split, ctx, stride = sys.argv[1], sys.argv[2], float(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5])\n\
+        tok = AutoTokenizer.from_pretrained(ck)\n\
+        model = AutoModelForCausalLM.from_pretrained(ck, dtype=torch.float32).eval()\n\
+        raw = open(path, 'rb').read()\n\
+        held = raw[int(len(raw) * split):].decode('utf-8', errors='replace')\n\
+        ids = tok(held, add_special_tokens=False).input_ids\n\
+        nll, n, scored, end = 0.0, 0, 1, min(ctx + 1, len(ids))\n\
+        while scored < end:\n\
+        \x20   first = max(0, end - ctx - 1)\n\
+        \x20   with torch.no_grad():\n\
+        \x20       logp = model(torch.tensor([ids[first:end - 1]])).logits.log_softmax(-1)[0].double()\n\
+        \x20   for t in range(scored, end):\n\
+        \x20       nll -= logp[t - first - 1, ids[t]].item()\n\
+        \x20       n += 1\n\
+        \x20   scored, end = end, min(end + stride, len(ids))\n\
+        print(json.dumps({'nll': nll, 'tokens': n, 'all': len(ids), 'bytes': len(held.encode()), 'words': len(held.split())}))";
+    let dir = checkpoint("perplexity", "qwen2-tok");
+    let text = std::fs::read(root().join("data/tinyshakespeare.txt")).unwrap();
+    std::fs::write(dir.join("corpus.txt"), &text[..6000]).unwrap();
+    let recipe = "experiment \"ppl\" {\n  model base = hf(\"ck\")\n  data corpus = text(\"corpus.txt\") { tokenizer = base.tokenizer, context = 64, split = 0.8 }\n  stage whole = compare(base = base) { data = corpus }\n  stage slid = compare(base = base) { data = corpus, stride = 24 }\n}\n";
+    std::fs::write(dir.join("r.roux"), recipe).unwrap();
+    let o = roux(&["run", dir.join("r.roux").to_str().unwrap(), "--out", dir.join("runs").to_str().unwrap()]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    for (stage, stride) in [("whole", 64), ("slid", 24)] {
+        let report: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(dir.join("runs/ppl").join(stage).join("report.json")).unwrap()).unwrap();
+        let row = &report["rows"][0];
+        assert_eq!(row["context"].as_u64(), Some(64));
+        let o = common::python(WINDOWS, &[dir.join("ck").to_str().unwrap(), dir.join("corpus.txt").to_str().unwrap(), "0.8", "64", &stride.to_string()]);
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        let theirs: serde_json::Value = serde_json::from_str(String::from_utf8_lossy(&o.stdout).trim()).unwrap();
+        let p = &row["perplexity"];
+        let f = |v: &serde_json::Value| v.as_f64().unwrap();
+        let (nll, tokens) = (f(&theirs["nll"]), f(&theirs["tokens"]));
+        // More held-out tokens than one window, every one but the first scored.
+        assert!(tokens > 128.0 && tokens == f(&theirs["all"]) - 1.0, "{theirs}");
+        assert_eq!(f(&p["tokens"]), tokens);
+        assert_eq!(report["tokens"].as_f64(), theirs["all"].as_f64());
+        assert_eq!((report["bytes"].as_f64(), report["words"].as_f64()), (theirs["bytes"].as_f64(), theirs["words"].as_f64()));
+        let ours = f(&p["loss"]) * tokens;
+        assert!((ours - nll).abs() < 1e-4 * tokens, "{stage}: roux's summed loss {ours}, transformers' {nll}");
+        assert!((f(&p["perplexity"]) - (nll / tokens).exp()).abs() < 1e-3, "{p}");
+        assert!((f(&p["bits_per_byte"]) - nll / f(&theirs["bytes"]) / std::f64::consts::LN_2).abs() < 1e-5, "{p}");
+        assert!((f(&p["word_perplexity"]).ln() - nll / f(&theirs["words"])).abs() < 1e-5, "{p}");
+        assert_eq!(f(&p["windows"]), 1.0 + ((tokens - 64.0) / stride as f64).ceil(), "{p}");
+    }
+    let table = std::fs::read_to_string(dir.join("runs/ppl/slid/table.md")).unwrap();
+    assert!(table.contains("| policy | loss per token | perplexity | bits per byte | word perplexity | context |") && table.contains("windows moving by 24 tokens"), "{table}");
+}
+
 /// QLoRA on an imported checkpoint: its projections are quantized to NF4 as each tensor is read
 /// (GPT-2's fused, transposed `c_attn` and Phi-3's fused `qkv_proj` split into their parts
 /// first; Llama's shards one file at a time), giving the very weights quantizing after a whole

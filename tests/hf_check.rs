@@ -205,6 +205,26 @@ fn post_training_data_must_be_encoded_with_an_imported_models_tokenizer() {
     assert!(e0255(json!({"model": {"type": "BPE", "vocab": {"a": 0, "b": 299}}, "added_tokens": [{"id": 299, "content": "<x>"}]})).is_empty());
 }
 
+/// A corpus `compare` scores an imported model on is read with that model's tokenizer (E0315).
+#[test]
+fn perplexity_of_an_imported_model_reads_the_corpus_with_its_tokenizer() {
+    let dir = scratch("hf-check-perplexity");
+    std::fs::create_dir_all(dir.join("ck")).unwrap();
+    let mut c = llama_config();
+    c["vocab_size"] = json!(300);
+    std::fs::write(dir.join("ck/config.json"), c.to_string()).unwrap();
+    std::fs::write(dir.join("ck/tokenizer.json"), "{}").unwrap();
+    std::fs::write(dir.join("c.txt"), "a few words of held-out text, and more of them\n".repeat(20)).unwrap();
+    let recipe = "experiment \"x\" {\n  model base = hf(\"ck\")\n  data corpus = text(\"c.txt\") { context = 16 }\n  stage ppl = compare(base = base) { data = corpus }\n}\n";
+    std::fs::write(dir.join("r.roux"), recipe).unwrap();
+    let c = roux::frontend::compile(&dir.join("r.roux")).unwrap();
+    let d: Vec<(&str, &str)> = c.diagnostics.iter().filter(|d| d.is_error()).map(|d| (d.message.as_str(), d.hint.as_deref().unwrap_or(""))).collect();
+    assert_eq!(d, [("stage `ppl` reads `corpus` as bytes, but a policy it compares learned the tokens of its own tokenizer (model `base` is imported from a checkpoint)", "read the corpus with the model's tokenizer: add `tokenizer = base.tokenizer` to data `corpus`")]);
+    std::fs::write(dir.join("r.roux"), recipe.replace("context = 16 }", "context = 16, tokenizer = base.tokenizer }")).unwrap();
+    let c = roux::frontend::compile(&dir.join("r.roux")).unwrap();
+    assert!(c.diagnostics.iter().all(|d| !d.is_error()), "{:?}", c.diagnostics.iter().map(|d| &d.message).collect::<Vec<_>>());
+}
+
 #[test]
 fn a_shard_outside_the_folder_or_a_truncated_file_is_refused() {
     let dir = scratch("hf-check-shards");

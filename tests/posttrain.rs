@@ -10,7 +10,7 @@ use roux::run::kit::seqs::{pad, token_logprobs};
 use tch::{Device, Kind, Tensor};
 
 mod common;
-use common::{fixture, metrics, roux, run_ok, scratch, weight_difference};
+use common::{fixture, metrics, root, roux, run_ok, scratch, weight_difference};
 
 fn recipe(name: &str) -> roux::recipe::Recipe {
     let c = roux::frontend::compile(&fixture(name)).unwrap();
@@ -492,9 +492,11 @@ fn jsonl_data_with_configured_field_names_trains_and_bad_lines_name_file_and_lin
 /// `compare` over a multiple-choice set (data/shakespeare-choices.jsonl: which of three passages
 /// follows a line of the held-out tenth of the corpus) measures what pretraining taught: a fresh
 /// model picks about a third, the same model after 300 steps well above it; report.json,
-/// table.md and samples.jsonl agree, and so does `eval_choices` during pretraining.
+/// table.md and samples.jsonl agree, and so does `eval_choices` during pretraining. `compare`
+/// over the corpus itself gives its held-out perplexity: a fresh model's is the vocabulary's
+/// (loss ln 256), the trained one's is its validation loss, now over every held-out byte.
 #[test]
-fn multiple_choice_accuracy_rises_with_pretraining() {
+fn pretraining_raises_multiple_choice_accuracy_and_lowers_held_out_perplexity() {
     let dir = scratch("choices");
     let recipe = r#"experiment "quiz" {
   seed = 1
@@ -503,9 +505,11 @@ fn multiple_choice_accuracy_rises_with_pretraining() {
   model lm = transformer { vocab = corpus.vocab, context = corpus.context, d_model = 64, layers = 2, heads = 4 }
   stage pretrain = train(lm, corpus) { steps = 300, batch = 16, optimizer = adamw { lr = 3e-3 }, eval_every = 150, eval_choices = quiz }
   stage table = compare(fresh = lm, trained = pretrain.model) { data = quiz }
+  stage ppl = compare(fresh = lm, trained = pretrain.model) { data = corpus }
 }"#;
     std::fs::write(dir.join("r.roux"), recipe).unwrap();
     run_ok(&dir.join("r.roux"), &dir.join("runs"));
+    held_out_perplexity(&dir.join("runs/quiz"));
     let table = dir.join("runs/quiz/table");
     let report: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(table.join("report.json")).unwrap()).unwrap();
     let acc = |i: usize| report["rows"][i]["choices"]["acc"].as_f64().unwrap();
@@ -527,6 +531,28 @@ fn multiple_choice_accuracy_rises_with_pretraining() {
     assert!(dir.join("runs/quiz/pretrain/choices.svg").exists());
     let shown = std::fs::read_to_string(table.join("table.md")).unwrap();
     assert!(shown.contains(&format!("| trained | {:.1}% ± {:.1} |", 100.0 * trained, 100.0 * (trained * (1.0 - trained) / 199.0).sqrt())), "{shown}");
+}
+
+/// The perplexity table of `pretraining_raises_…`: every held-out byte but the first scored.
+fn held_out_perplexity(runs: &std::path::Path) {
+    let report: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(runs.join("ppl/report.json")).unwrap()).unwrap();
+    let bytes = std::fs::metadata(root().join("data/tinyshakespeare.txt")).unwrap().len();
+    let held = bytes - (bytes as f64 * 0.9) as u64;
+    assert_eq!((report["tokens"].as_u64(), report["bytes"].as_u64()), (Some(held), Some(held)));
+    let p = |i: usize, k: &str| report["rows"][i]["perplexity"][k].as_f64().unwrap();
+    let (fresh, trained) = (p(0, "loss"), p(1, "loss"));
+    let pre: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(runs.join("pretrain/report.json")).unwrap()).unwrap();
+    let val = pre["final_val_loss"].as_f64().unwrap();
+    eprintln!("held-out loss: fresh {fresh:.4}, trained {trained:.4} (validation loss {val:.4})");
+    assert!((fresh - 256f64.ln()).abs() < 0.1, "a fresh model's loss is about ln 256: {fresh}");
+    assert!((trained - val).abs() < 0.1 && trained < fresh - 2.0, "trained {trained}, validation {val}");
+    for i in 0..2 {
+        assert_eq!(p(i, "tokens"), (held - 1) as f64);
+        assert!((p(i, "perplexity") - p(i, "loss").exp()).abs() < 1e-9 * p(i, "perplexity"));
+        // Bytes are tokens here: bits per byte is the summed loss over the held-out bytes, in bits.
+        let bpb = p(i, "loss") * (held - 1) as f64 / held as f64 / std::f64::consts::LN_2;
+        assert!((p(i, "bits_per_byte") - bpb).abs() < 1e-9, "{} against {bpb}", p(i, "bits_per_byte"));
+    }
 }
 
 /// A stage's hash covers the files it reads, not only their names: an edited JSONL set trains

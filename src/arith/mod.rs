@@ -47,6 +47,8 @@ pub const SIZE_LIMITS: &[(&str, u64)] = &[
     ("ns_steps", 99),
     // An attention window (also below the context).
     ("window", 1 << 24),
+    // How far `compare` moves its window over a corpus (at most a context).
+    ("stride", 1 << 24),
 ];
 
 

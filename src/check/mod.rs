@@ -7,6 +7,7 @@
 mod budget;
 mod chat;
 mod choices;
+mod compare;
 mod data;
 mod eval;
 mod examples;

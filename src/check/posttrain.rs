@@ -1,5 +1,5 @@
 //! Post-training stages: `finetune` (SFT, optionally through `lora { … }`), `reward_model`,
-//! `ppo`, `dpo`, and `compare` (the table of policies at the end of a pipeline).
+//! `ppo` and `dpo`: their shared keys and the example sets they read.
 
 use super::fields::{fmt_num, Fields, Min};
 use super::Checker;
@@ -61,12 +61,6 @@ impl<'a> Checker<'a> {
             return None;
         };
         let set = set?;
-        let words = |k: &ExampleKind| match k {
-            ExampleKind::Instructions => "instruction examples",
-            ExampleKind::Preferences => "preference pairs",
-            ExampleKind::Feedback => "unpaired feedback",
-            ExampleKind::Choices => "multiple-choice questions",
-        };
         if set.kind == ExampleKind::Choices && stage != "compare" {
             self.error(Diagnostic::error(Code::E0313, e.span, format!("`{stage}` cannot train on `{}`: it holds multiple-choice questions, which only `compare` evaluates", d.name.name))
                 .with_hint(format!("score policies on them with `compare(…) {{ data = {} }}`", d.name.name)));
@@ -74,8 +68,8 @@ impl<'a> Checker<'a> {
         }
         match want.first() {
             Some(k) if !want.contains(&set.kind) => {
-                let need: Vec<&str> = want.iter().map(words).collect();
-                self.error(Diagnostic::error(Code::E0313, e.span, format!("`{stage}` trains on {}, but `{}` holds {}", need.join(" or "), d.name.name, words(&set.kind)))
+                let need: Vec<&str> = want.iter().map(kind_words).collect();
+                self.error(Diagnostic::error(Code::E0313, e.span, format!("`{stage}` trains on {}, but `{}` holds {}", need.join(" or "), d.name.name, kind_words(&set.kind)))
                     .with_hint(if *k == ExampleKind::Preferences { "declare `data prefs = synthetic.preferences { … }` or `preferences(\"pairs.jsonl\")`" } else { "declare `data instr = synthetic.instructions { … }`" }));
                 None
             }
@@ -293,57 +287,6 @@ impl<'a> Checker<'a> {
         }
         v.map(|v| (loss == Some(owner)).then_some(v))
     }
-
-    /// `compare(base = pretrain.model, sft = merge(sft.adapter), …) { data, reference }`.
-    pub(super) fn check_compare(&mut self, d: &'a Decl, at: Span, args: &'a [Arg], block: Option<&'a Block>) -> Option<StageSpec> {
-        let mut policies = vec![];
-        let mut ok = true;
-        for a in args {
-            let label = match &a.name {
-                Some(n) => n.name.clone(),
-                None => a.value.as_path().map_or_else(|| format!("policy {}", policies.len() + 1), |p| p[0].name.clone()),
-            };
-            match self.expect_lm(&a.value, &format!("`{label}`")) {
-                Some(r) => policies.push((label, r)),
-                None => ok = false,
-            }
-        }
-        if args.is_empty() {
-            self.error(Diagnostic::error(Code::E0106, at, "`compare` needs at least one policy").with_hint("write `compare(sft = sft.model, rl = rl.model) { data = instr }`"));
-            ok = false;
-        }
-        let mut f = self.stage_fields(d, at, block);
-        let data = match f.field("data") {
-            Some(field) => self.examples_arg(&field.value, &[], "compare"),
-            None => {
-                // The recipe's first instruction set, if it has one.
-                let instructions = |n: &str| self.examples.get(n).is_some_and(|e| e.as_ref().is_some_and(|e| e.kind == crate::recipe::ExampleKind::Instructions));
-                let name = self.decls.iter().find(|d| instructions(&d.name.name)).map_or("instr".to_string(), |d| d.name.name.clone());
-                let hint = if block.is_some() { format!("add `data = {name}` to its block") } else { format!("give it a block: `compare(…) {{ data = {name} }}`") };
-                self.error(Diagnostic::error(Code::E0101, at, "`compare` needs `data`: the examples whose held-out prompts it scores").with_hint(hint));
-                None
-            }
-        };
-        let reference = match f.field("reference") {
-            Some(field) => self.expect_lm(&field.value, "the reference"),
-            None => policies.first().map(|p| p.1.clone()),
-        };
-        // A benchmark is scored whole unless `examples` says otherwise (lm-eval's default).
-        let questions = match data.as_ref().map(|s| &s.source) {
-            Some(ExampleSource::Choices { questions, .. }) => Some((*questions as u64).min(1 << 24)),
-            _ => None,
-        };
-        let examples = f.size(self, "examples", Some(questions.unwrap_or(200)));
-        let max_new = f.size(self, "max_new", Some(16));
-        let device = self.device_key(&mut f);
-        let precision = f.sym(self, "precision", &["fp32", "bf16"], Some("fp32"));
-        f.finish(self);
-        if !ok {
-            return None;
-        }
-        let (device, precision) = (device?, precision_of(precision?));
-        Some(self.stage_spec(d, StageKind::Compare(CompareSpec { policies, reference: reference?, data: data?.name, examples: examples?, max_new: max_new?, device, precision })))
-    }
 }
 
 pub(super) fn precision_of(s: &str) -> Precision {
@@ -355,3 +298,13 @@ pub(super) fn precision_of(s: &str) -> Precision {
 }
 
 
+
+/// What an example set of kind `k` holds, in words.
+pub(super) fn kind_words(k: &ExampleKind) -> &'static str {
+    match k {
+        ExampleKind::Instructions => "instruction examples",
+        ExampleKind::Preferences => "preference pairs",
+        ExampleKind::Feedback => "unpaired feedback",
+        ExampleKind::Choices => "multiple-choice questions",
+    }
+}

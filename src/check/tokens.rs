@@ -181,6 +181,22 @@ impl Checker<'_> {
                 }
                 continue;
             }
+            // A perplexity table: the corpus's tokens are what each policy learned.
+            if let StageKind::Compare(c) = &s.kind {
+                if let Some(data) = r.data(&c.data) {
+                    if let Some(o) = inputs(&s.kind).into_iter().filter_map(|m| origins.of_ref(m)).find(|o| o.ids(r) != ids_of(r, &data.tokenizer)) {
+                        let hint = match &o {
+                            Origin::Checkpoint { model } => format!("read the corpus with the model's tokenizer: add `tokenizer = {model}.tokenizer` to data `{}`", data.name),
+                            Origin::Trained { tokenizer: Tokenizer::Model { model, .. }, .. } => format!("read the corpus with the model's tokenizer: add `tokenizer = {model}.tokenizer` to data `{}`", data.name),
+                            Origin::Trained { tokenizer: Tokenizer::Bytes, .. } => format!("read the corpus as the model learned it: leave `tokenizer` out of data `{}`", data.name),
+                            Origin::Trained { stage, .. } => format!("`compare` reads bytes or an imported model's tokens; a model that learned BPE tokens has its held-out loss in stage `{stage}`'s validation loss"),
+                        };
+                        self.error(Diagnostic::error(Code::E0315, span, format!("stage `{}` reads `{}` as {}, but a policy it compares learned {}", s.name, data.name, describe(&data.tokenizer), o.learned()))
+                            .with_hint(hint));
+                    }
+                    continue;
+                }
+            }
             // Post-training examples are encoded as bytes or with an imported model's tokenizer:
             // the model must have learned the same tokens.
             let Some(set) = stage_set(&s.kind).and_then(|n| r.example_set(n)) else { continue };

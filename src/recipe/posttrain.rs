@@ -356,13 +356,19 @@ pub fn kto_balance(good: usize, bad: usize, weights: (f64, f64)) -> f64 {
     weights.0 * good as f64 / (weights.1 * bad as f64)
 }
 
-/// A table of policies on held-out prompts: gold reward, exact match, KL to a reference.
+/// A table of policies on held-out prompts (gold reward, exact match, KL to a reference), on
+/// multiple-choice questions (accuracy) or on a text corpus's held-out split (perplexity).
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 pub struct CompareSpec {
     pub policies: Vec<(String, ModelRef)>,
     pub reference: ModelRef,
     pub data: String,
+    /// Prompts or questions scored (0 on a text corpus, whose held-out split is scored whole).
     pub examples: usize,
+    /// On a text corpus: how far each window moves (None: each model's context, windows that do
+    /// not overlap).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stride: Option<usize>,
     pub max_new: usize,
     pub device: Device,
     #[serde(default, skip_serializing_if = "Precision::is_fp32")]

@@ -106,6 +106,10 @@ impl Quiz {
         self.questions.len()
     }
 
+    pub fn is_empty(&self) -> bool {
+        self.questions.is_empty()
+    }
+
     /// `model`'s accuracy, and each question's scores; with `progress`, a line as they go.
     pub fn score(&self, model: &Model, progress: Option<&Progress>) -> Result<(Accuracy, Vec<Scored>)> {
         score(model, &self.codec, &self.questions, &self.template, &self.delimiter, progress)

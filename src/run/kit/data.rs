@@ -17,6 +17,11 @@ const MAX_CORPUS_BYTES: u64 = 8 << 30;
 pub struct Corpus {
     pub train: Vec<u32>,
     pub val: Vec<u32>,
+    /// The validation text's UTF-8 bytes (with the newline ending each document of a `.jsonl`
+    /// corpus in bytes and BPE) and whitespace-separated words: what perplexity per byte and per
+    /// word divide by.
+    pub val_bytes: u64,
+    pub val_words: u64,
 }
 
 impl Corpus {
@@ -29,6 +34,7 @@ impl Corpus {
             return Corpus::documents(spec, &bytes, key, dir, checkpoint);
         }
         let cut = (bytes.len() as f64 * spec.split) as usize;
+        let held = ((bytes.len() - cut) as u64, String::from_utf8_lossy(&bytes[cut..]).split_whitespace().count() as u64);
         let (train, val) = match &spec.tokenizer {
             Tokenizer::Bytes => (bytes[..cut].iter().map(|&b| b as u32).collect(), bytes[cut..].iter().map(|&b| b as u32).collect()),
             Tokenizer::Bpe { vocab } => {
@@ -52,14 +58,14 @@ impl Corpus {
                 (super::tokenize::encode(&tk, &a)?, super::tokenize::encode(&tk, &b)?)
             }
         };
-        Corpus::checked(spec, train, val)
+        Corpus::checked(spec, train, val, held)
     }
 
-    fn checked(spec: &DataSpec, train: Vec<u32>, val: Vec<u32>) -> Result<Corpus> {
+    fn checked(spec: &DataSpec, train: Vec<u32>, val: Vec<u32>, (val_bytes, val_words): (u64, u64)) -> Result<Corpus> {
         if train.len() <= spec.context + 1 || val.len() <= spec.context + 1 {
             bail!("data `{}` ({} training and {} validation tokens) is too short for context {} with split {}", spec.name, train.len(), val.len(), spec.context, spec.split);
         }
-        Ok(Corpus { train, val })
+        Ok(Corpus { train, val, val_bytes, val_words })
     }
 
     /// A .jsonl corpus: the documents that start in the first `split` of its bytes train, the
@@ -76,6 +82,9 @@ impl Corpus {
                 val.push(doc);
             }
         }
+        // (A checkpoint's tokenizer ends a document with its end token, which is no text.)
+        let ended = !matches!(spec.tokenizer, Tokenizer::Model { .. }) as u64;
+        let held = val.iter().fold((0, 0), |(b, w), d| (b + d.len() as u64 + ended, w + d.split_whitespace().count() as u64));
         let (train, val) = match &spec.tokenizer {
             Tokenizer::Bytes => (ended_bytes(&train), ended_bytes(&val)),
             Tokenizer::Bpe { vocab } => {
@@ -109,7 +118,7 @@ impl Corpus {
                 (encode(&train)?, encode(&val)?)
             }
         };
-        Corpus::checked(spec, train, val)
+        Corpus::checked(spec, train, val, held)
     }
 }
 

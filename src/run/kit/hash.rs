@@ -51,7 +51,13 @@ pub fn posttrain(recipe: &Recipe, stage: &StageSpec, upstream: &[(String, String
     let models: Vec<_> = recipe.models.iter().filter(|m| mentions(&m.name)).collect();
     let sets: Vec<_> = recipe.examples.iter().filter(|d| mentions(&d.name)).collect();
     let up: Vec<_> = upstream.iter().map(|(s, h)| json!([s, h])).collect();
-    let key = json!({"seed": recipe.seed, "stage": spec, "models": models, "examples": sets, "upstream": up, "inputs": super::inputs::of(recipe, mentions)});
+    let mut key = json!({"seed": recipe.seed, "stage": spec, "models": models, "examples": sets, "upstream": up, "inputs": super::inputs::of(recipe, mentions)});
+    // A corpus (`compare`'s perplexity): its split and tokenizer. Only when there is one, so
+    // the hashes of stages that read none stay those their runs were made under.
+    let corpora: Vec<_> = recipe.data.iter().filter(|d| mentions(&d.name)).collect();
+    if !corpora.is_empty() {
+        key["data"] = json!(corpora);
+    }
     Ok(fnv1a(key.to_string().as_bytes()))
 }
 

@@ -23,6 +23,7 @@
 //! | `packing.rs`   | examples packed into rows (best-fit decreasing) for `packing = true` |
 //! | `score.rs`     | a policy's scores on held-out prompts                                |
 //! | `choices.rs`   | a policy's accuracy on multiple-choice questions (lm-eval's)          |
+//! | `perplexity.rs`| a policy's perplexity on a corpus's held-out split, window by window |
 //! | `rewards.rs`   | a stage's `reward = …`: program terms and reward models' scores      |
 //! | `losses.rs`    | Bradley–Terry, DPO, clipped PPO and value losses, entropy            |
 //! | `progress.rs`  | the progress of a loop and metrics.jsonl                             |
@@ -62,6 +63,7 @@ pub mod lifecycle;
 pub mod lock;
 pub mod outputs;
 pub mod patience;
+pub mod perplexity;
 pub mod native;
 pub mod packing;
 pub mod profile;

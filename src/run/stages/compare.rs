@@ -1,7 +1,8 @@
 //! A `compare` stage: every listed policy on the same held-out prompts — mean gold reward,
 //! exact-match accuracy (the preferred behaviour: right answer, nothing after it) and KL to the
-//! reference — or on multiple-choice questions (`choices(…)`: accuracy as lm-evaluation-harness
-//! computes it), printed as a table and written to table.md and report.json.
+//! reference — on multiple-choice questions (`choices(…)`: accuracy as lm-evaluation-harness
+//! computes it), or on a text corpus's held-out split (perplexity), printed as a table and
+//! written to table.md and report.json.
 
 use anyhow::Result;
 use serde_json::json;
@@ -9,6 +10,7 @@ use serde_json::json;
 use crate::recipe::{CompareSpec, ExampleKind};
 use crate::run::kit::artifacts::{instructions, load_lm};
 use crate::run::kit::choices::Quiz;
+use crate::run::kit::perplexity::Heldout;
 use crate::run::kit::files::{read_capped, write_atomic};
 use crate::run::kit::score::score;
 use crate::run::kit::lifecycle::RunDir;
@@ -26,6 +28,9 @@ pub fn run(ctx: &StageCtx, c: &CompareSpec) -> Result<()> {
     let dev = device::device(c.device)?;
     if recipe.example_set(&c.data).is_some_and(|s| s.kind == ExampleKind::Choices) {
         return choices(ctx, c, run, dev);
+    }
+    if recipe.data(&c.data).is_some() {
+        return perplexity(ctx, c, run, dev);
     }
     let (set, split) = instructions(recipe, &c.data)?;
     let codec = crate::run::kit::codec::Codec::new(recipe, &set)?;
@@ -86,4 +91,37 @@ fn choices(ctx: &StageCtx, c: &CompareSpec, run: RunDir, dev: tch::Device) -> Re
     }
     let report = json!({"experiment": recipe.experiment, "kind": "compare", "precision": c.precision, "examples": quiz.len(), "rows": rows});
     run.finish(&[], report, &ctx.title())
+}
+
+/// Every policy's perplexity on the held-out split of a corpus.
+fn perplexity(ctx: &StageCtx, c: &CompareSpec, run: RunDir, dev: tch::Device) -> Result<()> {
+    let recipe = ctx.recipe;
+    let held = Heldout::load(recipe, &c.data)?;
+    let mut table = "| policy | loss per token | perplexity | bits per byte | word perplexity | context |\n|---|---:|---:|---:|---:|---:|\n".to_string();
+    let mut rows = vec![];
+    for (label, r) in &c.policies {
+        let mut m = load_lm(recipe, &ctx.runs, r, dev)?.computing(c.precision);
+        m.freeze();
+        let windows = held.windows(&m, c.stride).len();
+        let progress = crate::run::kit::progress::Progress::new(&format!("{}: {label}", ctx.stage.name), 0, windows as u64);
+        let p = held.score(&m, c.stride, Some(&progress))?;
+        let context = m.spec().context;
+        table.push_str(&format!("| {label} | {:.4} | {} | {:.4} | {} | {context} |\n", p.loss, shown(p.perplexity), p.bits_per_byte, shown(p.word_perplexity)));
+        tracing::info!("{}: {label}: loss {:.4}, perplexity {:.3}, {:.4} bits per byte over {} tokens", ctx.stage.name, p.loss, p.perplexity, p.bits_per_byte, p.tokens);
+        rows.push(json!({"policy": label, "context": context, "perplexity": p}));
+    }
+    let (bytes, words) = held.size();
+    let moving = c.stride.map_or("windows that do not overlap".to_string(), |s| format!("windows moving by {s} tokens (at most the context)"));
+    table.push_str(&format!("\n{} held-out tokens of `{}` ({bytes} bytes, {words} words), each but the first predicted once from up to a context of tokens before it, in {moving}; loss in nats per token; bits per byte and word perplexity: the summed loss over the text's bytes and words.\n", held.tokens(), c.data));
+    tracing::info!("\n{table}");
+    if run.leads {
+        write_atomic(&run.dir.join("table.md"), table.as_bytes())?;
+    }
+    let report = json!({"experiment": recipe.experiment, "kind": "compare", "precision": c.precision, "tokens": held.tokens(), "bytes": bytes, "words": words, "rows": rows});
+    run.finish(&[], report, &ctx.title())
+}
+
+/// A perplexity to read: three decimals, or three digits and a power of ten when it is large.
+fn shown(x: f64) -> String {
+    if x < 1e6 { format!("{x:.3}") } else { format!("{x:.3e}") }
 }

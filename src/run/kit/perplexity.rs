@@ -1,0 +1,147 @@
+//! A policy's perplexity on a corpus's held-out split, as lm-evaluation-harness scores a
+//! perplexity task (its rolling log-likelihood over wikitext) and Hugging Face's perplexity guide
+//! slides a window: every token after the first is predicted once, from up to the model's context
+//! of tokens before it. Windows move by `stride` (the context: they do not overlap); each scores
+//! only the tokens no window before it scored, so a smaller stride gives each token more context
+//! at the cost of more passes.
+
+use anyhow::{bail, Result};
+use serde::Serialize;
+
+use super::data::Corpus;
+use super::progress::Progress;
+use super::seqs::{pad, seq_logprob};
+use crate::posttrain::choices::ROWS;
+use crate::posttrain::examples::Seq;
+use crate::recipe::{Recipe, Tokenizer};
+use crate::run::model::Model;
+
+/// What a policy scored on the held-out split.
+#[derive(Serialize)]
+pub struct Perplexity {
+    /// Tokens predicted (all but the first) and the passes that predicted them.
+    pub tokens: u64,
+    pub windows: u64,
+    /// Mean negative log-likelihood per token, in nats, and its exponential.
+    pub loss: f64,
+    pub perplexity: f64,
+    /// The summed negative log-likelihood over the text's bytes, in bits (a measure two
+    /// tokenizers share), and over its bytes and words as perplexities (lm-eval's wikitext).
+    pub bits_per_byte: f64,
+    pub byte_perplexity: f64,
+    pub word_perplexity: f64,
+}
+
+/// The windows over `n` tokens for a model of `context` moving by `stride` (at most the
+/// context): (first token, end, first target scored), the window's tokens being `first..end`
+/// and its scored targets `scored..end`.
+pub fn windows(n: usize, context: usize, stride: usize) -> Vec<(usize, usize, usize)> {
+    let stride = stride.clamp(1, context);
+    let mut out = vec![];
+    let (mut scored, mut end) = (1, (context + 1).min(n));
+    while scored < end {
+        out.push((end.saturating_sub(context + 1), end, scored));
+        (scored, end) = (end, (end + stride).min(n));
+    }
+    out
+}
+
+/// A corpus's held-out tokens and the size of their text, ready to score models with.
+pub struct Heldout {
+    tokens: Vec<u32>,
+    bytes: u64,
+    words: u64,
+}
+
+impl Heldout {
+    /// The validation split of corpus `name`, read as `train` reads it: bytes, or the imported
+    /// model's tokenizer from its checkpoint folder.
+    pub fn load(recipe: &Recipe, name: &str) -> Result<Heldout> {
+        let Some(spec) = recipe.data(name) else { bail!("no corpus `{name}`") };
+        let checkpoint = match &spec.tokenizer {
+            Tokenizer::Bytes => None,
+            Tokenizer::Model { model, .. } => recipe.model(model).and_then(|m| m.checkpoint.as_ref()).map(|c| c.dir.clone()),
+            Tokenizer::Bpe { .. } => bail!("corpus `{name}` is read as BPE tokens, which only the run that trained them holds"),
+        };
+        let dir = checkpoint.clone().unwrap_or_default();
+        let c = Corpus::load(spec, &dir, checkpoint.as_deref())?;
+        Ok(Heldout { tokens: c.val, bytes: c.val_bytes, words: c.val_words })
+    }
+
+    pub fn tokens(&self) -> usize {
+        self.tokens.len()
+    }
+
+    /// The text's bytes and words.
+    pub fn size(&self) -> (u64, u64) {
+        (self.bytes, self.words)
+    }
+
+    /// The windows `model` scores with `stride` (None: its context).
+    pub fn windows(&self, model: &Model, stride: Option<usize>) -> Vec<(usize, usize, usize)> {
+        let context = model.spec().context;
+        windows(self.tokens.len(), context, stride.unwrap_or(context))
+    }
+
+    /// `model`'s perplexity; with `progress`, a line as the windows go.
+    pub fn score(&self, model: &Model, stride: Option<usize>, progress: Option<&Progress>) -> Result<Perplexity> {
+        let windows = self.windows(model, stride);
+        let (mut nll, mut count) = (0.0, 0u64);
+        for (i, chunk) in windows.chunks(ROWS).enumerate() {
+            let seqs: Vec<Seq> = chunk
+                .iter()
+                .map(|&(first, end, scored)| Seq {
+                    tokens: self.tokens[first..end].iter().map(|&t| t as i64).collect(),
+                    // Target j is token first + 1 + j.
+                    weights: (first + 1..end).map(|t| if t >= scored { 1.0 } else { 0.0 }).collect(),
+                    prompt_len: scored - first,
+                })
+                .collect();
+            let b = pad(&seqs.iter().collect::<Vec<_>>(), model.device);
+            let l = model.with_cached_casts(|| seq_logprob(model, &b, false));
+            nll -= Vec::<f64>::try_from(&l.to_kind(tch::Kind::Double))?.iter().sum::<f64>();
+            count += chunk.iter().map(|&(_, end, scored)| (end - scored) as u64).sum::<u64>();
+            if let Some(p) = progress {
+                let done = (i * ROWS + chunk.len()) as u64;
+                p.line(done, (windows.len() as u64 / 20).max(1), &format!("loss so far {:.4}", nll / count.max(1) as f64), false);
+            }
+        }
+        if !nll.is_finite() {
+            bail!("the held-out log-likelihood is not finite: the model's weights or logits overflowed");
+        }
+        let loss = nll / count.max(1) as f64;
+        let per = |n: u64| nll / n.max(1) as f64;
+        Ok(Perplexity {
+            tokens: count,
+            windows: windows.len() as u64,
+            loss,
+            perplexity: loss.exp(),
+            bits_per_byte: per(self.bytes) / std::f64::consts::LN_2,
+            byte_perplexity: per(self.bytes).exp(),
+            word_perplexity: per(self.words).exp(),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::windows;
+
+    #[test]
+    fn every_token_after_the_first_is_scored_once_from_at_most_a_context() {
+        // Disjoint windows: 10 tokens, context 4.
+        assert_eq!(windows(10, 4, 4), [(0, 5, 1), (4, 9, 5), (5, 10, 9)]);
+        // Stride 2: each window after the first scores its last two targets.
+        assert_eq!(windows(10, 4, 2), [(0, 5, 1), (2, 7, 5), (4, 9, 7), (5, 10, 9)]);
+        for (n, ctx, stride) in [(2, 4, 4), (100, 7, 3), (64, 8, 8), (65, 8, 1), (9, 8, 100)] {
+            let w = windows(n, ctx, stride);
+            let mut seen = vec![0; n];
+            for &(first, end, scored) in &w {
+                assert!(end - first <= ctx + 1 && first < scored && scored < end);
+                seen[scored..end].iter_mut().for_each(|s| *s += 1);
+            }
+            assert_eq!(seen[0], 0);
+            assert!(seen[1..].iter().all(|&s| s == 1), "{n} {ctx} {stride}: {seen:?}");
+        }
+    }
+}
