@@ -555,6 +555,46 @@ fn held_out_perplexity(runs: &std::path::Path) {
     }
 }
 
+/// A `.jsonl` corpus's held-out documents are scored one by one, as lm-eval scores wikitext's
+/// articles: no window reaches across a document's start, and each document's first token (a
+/// byte here) is predicted from nothing before it in no window.
+#[test]
+fn held_out_documents_are_scored_each_on_its_own() {
+    let dir = scratch("perplexity-documents");
+    let text = std::fs::read_to_string(root().join("data/tinyshakespeare.txt")).unwrap();
+    let mut rng = 7u64;
+    let (mut lines, mut at) = (vec![], 0);
+    while lines.len() < 150 {
+        rng = rng.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        let n = 1 + (rng >> 33) as usize % 150;
+        lines.push(serde_json::json!({"text": &text[at..at + n]}).to_string());
+        at += n;
+    }
+    let file = lines.join("\n") + "\n";
+    std::fs::write(dir.join("docs.jsonl"), &file).unwrap();
+    // The documents starting in the last tenth of the file's bytes are held out.
+    let cut = (file.len() as f64 * 0.9) as usize;
+    let mut start = 0;
+    let mut held = vec![];
+    for l in &lines {
+        if start >= cut {
+            held.push(serde_json::from_str::<serde_json::Value>(l).unwrap()["text"].as_str().unwrap().len() + 1);
+        }
+        start += l.len() + 1;
+    }
+    std::fs::write(dir.join("r.roux"), "experiment \"docs\" {\n  data docs = text(\"docs.jsonl\") { context = 32 }\n  model lm = transformer { vocab = 256, context = 32, d_model = 32, layers = 1, heads = 2 }\n  stage ppl = compare(fresh = lm) { data = docs }\n}\n").unwrap();
+    run_ok(&dir.join("r.roux"), &dir.join("runs"));
+    let report: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(dir.join("runs/docs/ppl/report.json")).unwrap()).unwrap();
+    let p = &report["rows"][0]["perplexity"];
+    let tokens: usize = held.iter().sum();
+    assert!(held.len() > 5, "{held:?}");
+    assert_eq!((report["documents"].as_u64(), report["tokens"].as_u64()), (Some(held.len() as u64), Some(tokens as u64)));
+    assert_eq!(p["tokens"].as_u64(), Some((tokens - held.len()) as u64));
+    // A document of n bytes (its newline counted) takes ⌈(n − 1)/32⌉ windows of 32.
+    assert_eq!(p["windows"].as_u64(), Some(held.iter().map(|n| (n - 1).div_ceil(32) as u64).sum()));
+    assert!((p["loss"].as_f64().unwrap() - 256f64.ln()).abs() < 0.1, "{p}");
+}
+
 /// A stage's hash covers the files it reads, not only their names: an edited JSONL set trains
 /// its stages again (the old output kept aside, the change named), while a file written again
 /// with the same contents, or a stage that does not read it, is reused.

@@ -22,6 +22,9 @@ pub struct Corpus {
     /// word divide by.
     pub val_bytes: u64,
     pub val_words: u64,
+    /// Where each validation document starts in `val`: `[0]` for one text, and for BPE, whose
+    /// documents are encoded together (a perplexity scores each document on its own).
+    pub val_documents: Vec<usize>,
 }
 
 impl Corpus {
@@ -58,14 +61,14 @@ impl Corpus {
                 (super::tokenize::encode(&tk, &a)?, super::tokenize::encode(&tk, &b)?)
             }
         };
-        Corpus::checked(spec, train, val, held)
+        Corpus::checked(spec, train, val, held, vec![0])
     }
 
-    fn checked(spec: &DataSpec, train: Vec<u32>, val: Vec<u32>, (val_bytes, val_words): (u64, u64)) -> Result<Corpus> {
+    fn checked(spec: &DataSpec, train: Vec<u32>, val: Vec<u32>, (val_bytes, val_words): (u64, u64), val_documents: Vec<usize>) -> Result<Corpus> {
         if train.len() <= spec.context + 1 || val.len() <= spec.context + 1 {
             bail!("data `{}` ({} training and {} validation tokens) is too short for context {} with split {}", spec.name, train.len(), val.len(), spec.context, spec.split);
         }
-        Ok(Corpus { train, val, val_bytes, val_words })
+        Ok(Corpus { train, val, val_bytes, val_words, val_documents })
     }
 
     /// A .jsonl corpus: the documents that start in the first `split` of its bytes train, the
@@ -85,13 +88,16 @@ impl Corpus {
         // (A checkpoint's tokenizer ends a document with its end token, which is no text.)
         let ended = !matches!(spec.tokenizer, Tokenizer::Model { .. }) as u64;
         let held = val.iter().fold((0, 0), |(b, w), d| (b + d.len() as u64 + ended, w + d.split_whitespace().count() as u64));
-        let (train, val) = match &spec.tokenizer {
-            Tokenizer::Bytes => (ended_bytes(&train), ended_bytes(&val)),
+        let (train, val, starts) = match &spec.tokenizer {
+            Tokenizer::Bytes => {
+                let starts = val.iter().scan(0, |at, d| Some(std::mem::replace(at, *at + d.len() + 1))).collect();
+                (ended_bytes(&train), ended_bytes(&val), starts)
+            }
             Tokenizer::Bpe { vocab } => {
                 let (a, b) = (train.iter().map(|d| format!("{d}\n")).collect::<String>(), val.iter().map(|d| format!("{d}\n")).collect::<String>());
                 std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
                 let tk = super::tokenize::load_or_train(dir, &a, *vocab)?;
-                (super::tokenize::encode(&tk, &a)?, super::tokenize::encode(&tk, &b)?)
+                (super::tokenize::encode(&tk, &a)?, super::tokenize::encode(&tk, &b)?, vec![0])
             }
             Tokenizer::Model { model, vocab } => {
                 let tk = super::tokenize::read(&dir.join(super::tokenize::FILE))?;
@@ -106,19 +112,22 @@ impl Corpus {
                 }) {
                     super::tokenize::encode_bounded(&tk, d)?;
                 }
-                let encode = |docs: &[String]| -> Result<Vec<u32>> {
-                    let mut ids = vec![];
+                // The ids, and where each document starts among them.
+                let encode = |docs: &[String]| -> Result<(Vec<u32>, Vec<usize>)> {
+                    let (mut ids, mut starts) = (vec![], vec![]);
                     for d in docs {
+                        starts.push(ids.len());
                         ids.extend(&prefix);
                         ids.extend(super::tokenize::encode(&tk, d)?);
                         ids.push(eos);
                     }
-                    Ok(ids)
+                    Ok((ids, starts))
                 };
-                (encode(&train)?, encode(&val)?)
+                let ((train, _), (val, starts)) = (encode(&train)?, encode(&val)?);
+                (train, val, starts)
             }
         };
-        Corpus::checked(spec, train, val, held)
+        Corpus::checked(spec, train, val, held, starts)
     }
 }
 

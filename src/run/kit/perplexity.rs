@@ -1,9 +1,9 @@
 //! A policy's perplexity on a corpus's held-out split, as lm-evaluation-harness scores a
-//! perplexity task (its rolling log-likelihood over wikitext) and Hugging Face's perplexity guide
-//! slides a window: every token after the first is predicted once, from up to the model's context
-//! of tokens before it. Windows move by `stride` (the context: they do not overlap); each scores
-//! only the tokens no window before it scored, so a smaller stride gives each token more context
-//! at the cost of more passes.
+//! perplexity task (its rolling log-likelihood over each wikitext document) and Hugging Face's
+//! perplexity guide slides a window: every token of a document after its first is predicted
+//! once, from up to the model's context of the document's tokens before it. Windows move by
+//! `stride` (the context: they do not overlap); each scores only the tokens no window before it
+//! scored, so a smaller stride gives each token more context at the cost of more passes.
 
 use anyhow::{bail, Result};
 use serde::Serialize;
@@ -46,9 +46,11 @@ pub fn windows(n: usize, context: usize, stride: usize) -> Vec<(usize, usize, us
     out
 }
 
-/// A corpus's held-out tokens and the size of their text, ready to score models with.
+/// A corpus's held-out tokens, where its documents start, and the size of their text, ready to
+/// score models with.
 pub struct Heldout {
     tokens: Vec<u32>,
+    documents: Vec<usize>,
     bytes: u64,
     words: u64,
 }
@@ -65,7 +67,7 @@ impl Heldout {
         };
         let dir = checkpoint.clone().unwrap_or_default();
         let c = Corpus::load(spec, &dir, checkpoint.as_deref())?;
-        Ok(Heldout { tokens: c.val, bytes: c.val_bytes, words: c.val_words })
+        Ok(Heldout { tokens: c.val, documents: c.val_documents, bytes: c.val_bytes, words: c.val_words })
     }
 
     pub fn tokens(&self) -> usize {
@@ -77,10 +79,17 @@ impl Heldout {
         (self.bytes, self.words)
     }
 
-    /// The windows `model` scores with `stride` (None: its context).
+    /// The documents (a plain text is one).
+    pub fn documents(&self) -> usize {
+        self.documents.len()
+    }
+
+    /// The windows `model` scores with `stride` (None: its context), document by document.
     pub fn windows(&self, model: &Model, stride: Option<usize>) -> Vec<(usize, usize, usize)> {
         let context = model.spec().context;
-        windows(self.tokens.len(), context, stride.unwrap_or(context))
+        let ends = self.documents.iter().skip(1).copied().chain([self.tokens.len()]);
+        let within = self.documents.iter().zip(ends).flat_map(|(&start, end)| windows(end - start, context, stride.unwrap_or(context)).into_iter().map(move |(a, b, c)| (start + a, start + b, start + c)));
+        within.collect()
     }
 
     /// `model`'s perplexity; with `progress`, a line as the windows go.

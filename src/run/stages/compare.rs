@@ -112,12 +112,16 @@ fn perplexity(ctx: &StageCtx, c: &CompareSpec, run: RunDir, dev: tch::Device) ->
     }
     let (bytes, words) = held.size();
     let moving = c.stride.map_or("windows that do not overlap".to_string(), |s| format!("windows moving by {s} tokens (at most the context)"));
-    table.push_str(&format!("\n{} held-out tokens of `{}` ({bytes} bytes, {words} words), each but the first predicted once from up to a context of tokens before it, in {moving}; loss in nats per token; bits per byte and word perplexity: the summed loss over the text's bytes and words.\n", held.tokens(), c.data));
+    let (each, docs) = match held.documents() {
+        1 => ("each but the first predicted once from up to a context of tokens before it".to_string(), String::new()),
+        n => ("each but a document's first predicted once from up to a context of the document's tokens before it".to_string(), format!(", {n} documents")),
+    };
+    table.push_str(&format!("\n{} held-out tokens of `{}` ({bytes} bytes, {words} words{docs}), {each}, in {moving}; loss in nats per token; bits per byte and word perplexity: the summed loss over the text's bytes and words.\n", held.tokens(), c.data));
     tracing::info!("\n{table}");
     if run.leads {
         write_atomic(&run.dir.join("table.md"), table.as_bytes())?;
     }
-    let report = json!({"experiment": recipe.experiment, "kind": "compare", "precision": c.precision, "tokens": held.tokens(), "bytes": bytes, "words": words, "rows": rows});
+    let report = json!({"experiment": recipe.experiment, "kind": "compare", "precision": c.precision, "tokens": held.tokens(), "documents": held.documents(), "bytes": bytes, "words": words, "rows": rows});
     run.finish(&[], report, &ctx.title())
 }
 
