@@ -156,7 +156,7 @@ fn peft_roundtrip(fixture: &str, name: &str, targets: &[&str], (rslora, dora): (
     let dir = root().join("target/test-runs").join(name);
     let _ = std::fs::remove_dir_all(&dir);
     let (mut model, base_run) = fake_run(fixture, &dir, &tweak);
-    let lora = roux::recipe::LoraSpec { rank: 3, alpha: 6.0, dropout: 0.0, rslora, dora, quantize_base: Default::default(), targets: targets.iter().map(|t| t.to_string()).collect() };
+    let lora = roux::recipe::LoraSpec { rank: 3, alpha: 6.0, dropout: 0.0, rslora, dora, quantize_base: Default::default(), double_quant: false, targets: targets.iter().map(|t| t.to_string()).collect() };
     model.attach_lora(&lora).unwrap();
     // rsLoRA scales by α/√r (6/√3), plain LoRA by α/r (2).
     assert!((model.lora.scale - if rslora { 6.0 / 3f64.sqrt() } else { 2.0 }).abs() < 1e-12, "{}", model.lora.scale);

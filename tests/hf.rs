@@ -1141,12 +1141,12 @@ fn held_out_perplexity_equals_transformers_over_the_same_windows() {
 /// float32 import gives, in fewer bytes.
 #[test]
 fn qlora_quantizes_an_imported_checkpoint_as_it_is_read() {
-    let lora = roux::recipe::LoraSpec { rank: 2, alpha: 2.0, dropout: 0.0, rslora: false, dora: false, targets: vec!["attn.q".into()], quantize_base: roux::recipe::QuantizeBase::Nf4 };
-    for which in ["gpt2", "phi3", "llama"] {
+    for (which, double_quant) in [("gpt2", false), ("phi3", true), ("llama", false), ("llama", true)] {
+        let lora = roux::recipe::LoraSpec { rank: 2, alpha: 2.0, dropout: 0.0, rslora: false, dora: false, targets: vec!["attn.q".into()], quantize_base: roux::recipe::QuantizeBase::Nf4, double_quant };
         let dir = checkpoint(&format!("qlora-{which}"), which);
         let c = roux::frontend::compile(&dir.join("import.roux")).unwrap();
         let spec = c.recipe.unwrap().models[0].clone();
-        let mut read = roux::run::kit::hf::load_as(&spec, Device::Cpu, None, true).unwrap();
+        let mut read = roux::run::kit::hf::load_as(&spec, Device::Cpu, None, lora.nf4_base()).unwrap();
         let mut after = roux::run::kit::hf::load(&spec, Device::Cpu, None).unwrap();
         let whole = after.weight_bytes();
         // Held as NF4 from the import on, before any adapter is attached.

@@ -2025,7 +2025,7 @@ fn loading_weights_a_tensor_at_a_time_draws_what_a_fresh_model_drew() {
     fresh.load(&source).unwrap();
     let after_new = tch::Tensor::randn([8], (tch::Kind::Float, tch::Device::Cpu));
     tch::manual_seed(7);
-    let loaded = Model::loaded(spec, tch::Device::Cpu, &source, false).unwrap();
+    let loaded = Model::loaded(spec, tch::Device::Cpu, &source, None).unwrap();
     let after_loaded = tch::Tensor::randn([8], (tch::Kind::Float, tch::Device::Cpu));
     assert!(after_new.equal(&after_loaded), "the generator moved differently");
     for ((n, a), (_, b)) in fresh.named().iter().zip(loaded.named()) {

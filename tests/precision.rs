@@ -197,7 +197,7 @@ fn nf4_rounds_each_block_of_64_to_the_nearest_code_as_bitsandbytes_stores_it() {
     w[70] = -0.25; // block 2: absmax 0.25, the other values 0
     w[71] = 0.1; // 0.4 of it: nearest code 0.44070982933044434 (index 12)
     w[130] = 3.0; // the short block
-    let q = Nf4::quantize(&Tensor::from_slice(&w).view([3, 45])).unwrap();
+    let q = Nf4::quantize(&Tensor::from_slice(&w).view([3, 45]), false).unwrap();
     assert_eq!(q.codes.size(), [96]);
     assert_eq!(q.bytes(), 96 + 3 * 4);
     assert_eq!(Vec::<f32>::try_from(&q.absmax).unwrap(), [2.0, 0.25, 3.0]);
@@ -217,7 +217,7 @@ fn nf4_rounds_each_block_of_64_to_the_nearest_code_as_bitsandbytes_stores_it() {
     // levels over the same range: the NormalFloat's point (the QLoRA paper, section 3).
     tch::manual_seed(0);
     let w = Tensor::randn([256, 512], (Kind::Float, tch::Device::Cpu));
-    let q = Nf4::quantize(&w).unwrap();
+    let q = Nf4::quantize(&w, false).unwrap();
     let err = (q.dequantize(Kind::Float) - &w).view([-1, 64]);
     let scale = w.view([-1, 64]).abs().amax(1, true);
     assert!(bool::try_from(err.abs().le_tensor(&(&scale * 0.151_903_6 + 1e-6)).all()).unwrap());
@@ -226,6 +226,69 @@ fn nf4_rounds_each_block_of_64_to_the_nearest_code_as_bitsandbytes_stores_it() {
     let uniform_err = uniform * &scale - w.view([-1, 64]);
     let (nf4, even) = (err.square().mean(Kind::Float).double_value(&[]), uniform_err.square().mean(Kind::Float).double_value(&[]));
     assert!(nf4 < 0.9 * even, "NF4's mean squared error {nf4:.5}, 16 even levels' {even:.5}");
+}
+
+/// Double quantization (QLoRA's; bitsandbytes' `compress_statistics`): the block scales less
+/// their mean, in blocks of 256 each scaled by its absolute maximum and rounded to the nearest
+/// of bitsandbytes' signed 8-bit dynamic code, whose values are worked out here by hand. The
+/// 4-bit codes are those of plain NF4; each scale is within half the code's widest gap of its
+/// block's maximum; the layer over it is the dequantized one's; a byte and a bit a block less.
+#[test]
+fn double_quantization_holds_the_scales_in_8_bits_as_bitsandbytes_does() {
+    use roux::run::model::nf4::Nf4;
+    // The dynamic code: for i < 7, the midpoints of 2^i + 1 points from 0.1 to 1, times
+    // ±10^(i − 6); then 0 and 1: 2 × 127 + 2 values, sorted.
+    let table = Vec::<f32>::try_from(&Nf4::table(tch::Device::Cpu)).unwrap();
+    let code = &table[512..];
+    assert_eq!(code.len(), 256);
+    assert!(code.windows(2).all(|w| w[0] < w[1]), "sorted and distinct");
+    assert_eq!((code[127], code[255]), (0.0, 1.0));
+    // i = 0: one midpoint, 0.55, times 10^-6; i = 6: 64 midpoints 0.0140625 apart from 0.10703125.
+    assert!((code[128] as f64 - 0.55e-6).abs() < 1e-12 && code[126] == -code[128]);
+    for k in 0..64 {
+        let v = 0.10703125 + 0.0140625 * k as f64;
+        assert!((code[191 + k] as f64 - v).abs() < 1e-6 && code[63 - k] == -code[191 + k], "{k}: {}", code[191 + k]);
+    }
+    // The NF4 table's pairs: byte 0x7F is (0, 1).
+    assert_eq!((table[2 * 0x7F], table[2 * 0x7F + 1]), (0.0, 1.0));
+
+    tch::manual_seed(3);
+    // 700 × 300 = 210,000 values: 3,282 blocks (the last short), 13 groups of 256 scales; rows of
+    // different spread so the scales differ.
+    let w = Tensor::randn([700, 300], (Kind::Float, tch::Device::Cpu)) * Tensor::rand([700, 1], (Kind::Float, tch::Device::Cpu));
+    let (plain, double) = (Nf4::quantize(&w, false).unwrap(), Nf4::quantize(&w, true).unwrap());
+    assert!(double.codes.equal(&plain.codes), "the 4-bit codes are plain NF4's");
+    assert_eq!((double.absmax.kind(), double.absmax.size()), (Kind::Uint8, vec![3282]));
+    let nested = Vec::<f32>::try_from(double.nested.as_ref().unwrap()).unwrap();
+    let exact = Vec::<f32>::try_from(&plain.absmax).unwrap();
+    assert_eq!(nested.len(), 1 + 13);
+    let mean = exact.iter().map(|&x| x as f64).sum::<f64>() / exact.len() as f64;
+    assert!((nested[0] as f64 - mean).abs() < 1e-5 * mean, "the mean taken off: {} against {mean}", nested[0]);
+    let scales = Vec::<f32>::try_from(&double.scales()).unwrap();
+    for (g, chunk) in exact.chunks(256).enumerate() {
+        let top = chunk.iter().map(|&x| (x - nested[0]).abs()).fold(0.0, f32::max);
+        assert_eq!(nested[1 + g], top, "group {g}'s scale");
+        for (i, &x) in chunk.iter().enumerate() {
+            // The widest gap of the code is 0.0140625 (near ±1).
+            let err = (scales[256 * g + i] - x).abs();
+            assert!(err <= 0.00703125 * top * 1.0001, "scale {}: {x} held as {} (group maximum {top})", 256 * g + i, scales[256 * g + i]);
+        }
+    }
+    // The weight is each code's value times its block's scale as held.
+    let per_block = (double.dequantize(Kind::Float).view([-1]).constant_pad_nd([0, 3282 * 64 - 210_000]).view([-1, 64]), plain.dequantize(Kind::Float).view([-1]).constant_pad_nd([0, 3282 * 64 - 210_000]).view([-1, 64]));
+    let want = &per_block.1 / plain.absmax.unsqueeze(1) * Tensor::from_slice(&scales).unsqueeze(1);
+    assert!(bool::try_from((&per_block.0 - &want).abs().le_tensor(&(want.abs() * 1e-6 + 1e-9)).all()).unwrap());
+    // Bytes: 105,000 of codes, one a block of scales, the mean and 13 group scales.
+    assert_eq!((plain.bytes(), double.bytes()), (105_024 + 4 * 3282, 105_024 + 3282 + 4 * 14));
+    // The layer over it is the dequantized weight's, forward and backward.
+    let x = Tensor::randn([4, 300], (Kind::Float, tch::Device::Cpu)).set_requires_grad(true);
+    let g = Tensor::randn([4, 700], (Kind::Float, tch::Device::Cpu));
+    let y = double.linear(&x);
+    let gx = Tensor::run_backward(&[(&y * &g).sum(Kind::Float)], &[&x], false, false).pop().unwrap();
+    let x2 = x.detach().set_requires_grad(true);
+    let y2 = x2.linear::<Tensor>(&double.dequantize(Kind::Float), None);
+    let gx2 = Tensor::run_backward(&[(&y2 * &g).sum(Kind::Float)], &[&x2], false, false).pop().unwrap();
+    assert!(y.equal(&y2) && gx.equal(&gx2));
 }
 
 /// The resident memory of this process, in bytes.
@@ -243,7 +306,7 @@ fn resident() -> f64 {
 fn an_nf4_linear_has_the_dequantized_weights_gradients_and_keeps_only_the_codes_for_backward() {
     use roux::run::model::nf4::Nf4;
     tch::manual_seed(1);
-    let q = Nf4::quantize(&Tensor::randn([96, 160], (Kind::Float, tch::Device::Cpu))).unwrap();
+    let q = Nf4::quantize(&Tensor::randn([96, 160], (Kind::Float, tch::Device::Cpu)), false).unwrap();
     for kind in [Kind::Float, Kind::BFloat16] {
         let x = Tensor::randn([3, 5, 160], (Kind::Float, tch::Device::Cpu)).to_kind(kind).set_requires_grad(true);
         let y = q.linear(&x);
@@ -257,7 +320,7 @@ fn an_nf4_linear_has_the_dequantized_weights_gradients_and_keeps_only_the_codes_
         assert!(gx.equal(&gx2), "{kind:?}: input gradients differ");
     }
 
-    let q = Nf4::quantize(&Tensor::randn([8192, 8192], (Kind::Float, tch::Device::Cpu))).unwrap();
+    let q = Nf4::quantize(&Tensor::randn([8192, 8192], (Kind::Float, tch::Device::Cpu)), false).unwrap();
     let x = Tensor::randn([1, 8192], (Kind::Float, tch::Device::Cpu)).set_requires_grad(true);
     let held = |plain: bool| {
         let before = resident();
@@ -288,12 +351,17 @@ fn qlora_trains_adapters_against_an_nf4_base_in_the_memory_the_plan_says() {
         .replace("dpo = po.model", "dpo = merge(po.adapter)");
     assert_eq!(q.matches("quantize_base = nf4").count(), 2);
     std::fs::write(out.join("fp32.roux"), &q).unwrap();
-    std::fs::write(out.join("bf16.roux"), all_bf16(&q)).unwrap();
+    // (The bf16 run also holds the scales in 8 bits: double quantization.)
+    std::fs::write(out.join("bf16.roux"), all_bf16(&q.replace("quantize_base = nf4", "quantize_base = nf4, double_quant = true"))).unwrap();
     // tiny-lifecycle: 35,200 parameters, of which the projections are 2 × (4 × 32² + 2 × 32 × 128)
-    // = 24,576, in 384 blocks of 64: 12,288 bytes of codes and 1,536 of scales.
+    // = 24,576, in 384 blocks of 64: 12,288 bytes of codes and 1,536 of scales; or, double
+    // quantized, 384 bytes of scales and for each of the 12 weights its mean and one float32
+    // scale of its (fewer than 256) scales.
     let (projections, rest) = (24_576u64, 35_200 - 24_576);
-    let nf4 = projections / 2 + 4 * projections / 64;
-    for (recipe, bytes) in [("fp32.roux", 4), ("bf16.roux", 2)] {
+    let plain = projections / 2 + 4 * projections / 64;
+    let double = projections / 2 + projections / 64 + 12 * (4 + 4);
+    assert_eq!((plain, double), (13_824, 12_768));
+    for (recipe, bytes, nf4) in [("fp32.roux", 4, plain), ("bf16.roux", 2, double)] {
         let dir = out.join(recipe.trim_end_matches(".roux"));
         let o = roux(&["run", out.join(recipe).to_str().unwrap(), "--out", dir.to_str().unwrap(), "--stage", "pretrain", "--stage", "sft", "--stage", "po"]);
         assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
@@ -318,7 +386,7 @@ fn qlora_trains_adapters_against_an_nf4_base_in_the_memory_the_plan_says() {
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let read = |p: std::path::PathBuf| Tensor::read_safetensors(p).unwrap().into_iter().collect::<std::collections::HashMap<_, _>>();
     let (pre, adapter, merged) = (read(run.join("pretrain/model.safetensors")), read(run.join("sft/adapter.safetensors")), read(merged.join("model.safetensors")));
-    let rounded = |name: &str| Nf4::quantize(&pre[name]).unwrap().dequantize(Kind::Float);
+    let rounded = |name: &str| Nf4::quantize(&pre[name], false).unwrap().dequantize(Kind::Float);
     let k = "blocks.1.attn.k.weight";
     assert!(merged[k].equal(&rounded(k)) && !merged[k].equal(&pre[k]), "an untargeted projection is its NF4 rounding");
     let q = "blocks.1.attn.q";

@@ -1,5 +1,5 @@
 //! A stage's `adapter = lora { … }`: rank, scale, dropout, rsLoRA, DoRA, the frozen base's
-//! quantization (QLoRA), and targets that each match a linear layer of the model.
+//! quantization (QLoRA, and its double quantization), and targets that each match a linear layer of the model.
 
 use super::eval::Scope;
 use super::fields::Fields;
@@ -24,6 +24,12 @@ impl<'a> Checker<'a> {
         let rslora = f.bool(self, "rslora", false);
         let dora = f.bool(self, "dora", false);
         let quantize_base = f.sym(self, "quantize_base", &["none", "nf4"], Some("none")).map(|q| if q == "nf4" { QuantizeBase::Nf4 } else { QuantizeBase::None });
+        let double_quant = f.bool(self, "double_quant", false);
+        if double_quant == Some(true) && quantize_base == Some(QuantizeBase::None) {
+            self.error(Diagnostic::error(Code::E0261, f.key_span("double_quant"), "`double_quant` holds an NF4 base's block scales in 8 bits, but this adapter's base is not quantized")
+                .with_hint("add `quantize_base = nf4` (QLoRA), or leave `double_quant` out"));
+            return None;
+        }
         let targets_field = f.field("targets");
         f.finish(self);
         let mut targets = vec![];
@@ -60,6 +66,6 @@ impl<'a> Checker<'a> {
                 }
             }
         }
-        Some(Some(LoraSpec { rank: rank?, alpha: alpha?, dropout: dropout?, rslora: rslora?, dora: dora?, targets, quantize_base: quantize_base? }))
+        Some(Some(LoraSpec { rank: rank?, alpha: alpha?, dropout: dropout?, rslora: rslora?, dora: dora?, targets, quantize_base: quantize_base?, double_quant: double_quant? }))
     }
 }

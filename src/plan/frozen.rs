@@ -4,7 +4,7 @@
 //! projections are held in NF4 (run/model/nf4.rs), 0.5625 bytes an element.
 
 use crate::arith::lower_model;
-use crate::recipe::{Precision, QuantizeBase, Recipe, StageKind, StageSpec};
+use crate::recipe::{Nf4Base, Precision, Recipe, StageKind, StageSpec};
 
 /// The architectures stage `s` holds frozen, one entry a copy: a LoRA stage's base (its own
 /// reference too), a full stage's reference, and a reward model it scores with.
@@ -45,36 +45,43 @@ pub fn bf16_saving(r: &Recipe, s: &StageSpec) -> u64 {
 }
 
 /// The element counts of the linears a stage holds as NF4 (QLoRA: its LoRA base's attention
-/// and MLP projections, `lora { quantize_base = nf4 }`); none otherwise.
-fn nf4_linears(r: &Recipe, s: &StageSpec) -> Vec<u64> {
+/// and MLP projections, `lora { quantize_base = nf4 }`), and how; none otherwise.
+fn nf4_linears(r: &Recipe, s: &StageSpec) -> (Vec<u64>, Option<Nf4Base>) {
     let own = s.kind.adapter().or(match &s.kind {
         StageKind::RewardModel(m) => m.lora.as_ref().map(|l| (&m.model, l)),
         _ => None,
     });
-    match own.filter(|(_, l)| l.quantize_base == QuantizeBase::Nf4).and_then(|(m, _)| r.model(&m.arch)) {
-        Some(spec) => crate::arith::lora::lora_linears(spec).iter().map(|l| (l.out * l.inp) as u64).collect(),
-        None => vec![],
+    match own.and_then(|(m, l)| Some((r.model(&m.arch)?, l.nf4_base()?))) {
+        Some((spec, base)) => (crate::arith::lora::lora_linears(spec).iter().map(|l| (l.out * l.inp) as u64).collect(), Some(base)),
+        None => (vec![], None),
     }
 }
 
 /// Bytes an NF4 weight of `n` elements holds: half a byte an element in blocks of 64, and each
-/// block's float32 scale.
-pub fn nf4_bytes(n: u64) -> u64 {
-    36 * n.div_ceil(64)
+/// block's float32 scale; with double quantization each scale's byte, their mean and, for each
+/// 256 of them, their float32 scale (the codes' tables are the model's, once).
+pub fn nf4_bytes(n: u64, base: Nf4Base) -> u64 {
+    let blocks = n.div_ceil(64);
+    if base.double_quant {
+        33 * blocks + 4 + 4 * blocks.div_ceil(256)
+    } else {
+        36 * blocks
+    }
 }
 
 /// Bytes an NF4 base saves against its linears held as the stage's precision holds them (2
 /// bytes under bf16, after `bf16_saving`; 4 under fp32).
 pub fn nf4_saving(r: &Recipe, s: &StageSpec) -> u64 {
     let held = if precision(s) == Precision::Bf16 { 2 } else { 4 };
-    nf4_linears(r, s).into_iter().map(|n| (held * n).saturating_sub(nf4_bytes(n))).sum()
+    let (linears, base) = nf4_linears(r, s);
+    base.map_or(0, |base| linears.into_iter().map(|n| (held * n).saturating_sub(nf4_bytes(n, base))).sum())
 }
 
 /// What an NF4 base holds beside its codes while a pass reads it: one projection dequantized
 /// at a time, in float32 and (under bf16) its cast.
 pub fn nf4_scratch(r: &Recipe, s: &StageSpec) -> u64 {
     let per = if precision(s) == Precision::Bf16 { 6 } else { 4 };
-    nf4_linears(r, s).into_iter().max().map_or(0, |n| per * n)
+    nf4_linears(r, s).0.into_iter().max().map_or(0, |n| per * n)
 }
 
 /// `bytes` counted with every frozen weight in float32, as the stage holds them: in 2 bytes

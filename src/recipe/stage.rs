@@ -243,6 +243,24 @@ pub struct LoraSpec {
     /// serialized specs when `none`.
     #[serde(default, skip_serializing_if = "QuantizeBase::is_none")]
     pub quantize_base: QuantizeBase,
+    /// Double quantization (QLoRA's; bitsandbytes' `bnb_4bit_use_double_quant`): an NF4 base's
+    /// block scales held in 8 bits themselves. Left out of serialized specs when off.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub double_quant: bool,
+}
+
+impl LoraSpec {
+    /// How the base's projections are held in NF4, if they are.
+    pub fn nf4_base(&self) -> Option<Nf4Base> {
+        (self.quantize_base == QuantizeBase::Nf4).then_some(Nf4Base { double_quant: self.double_quant })
+    }
+}
+
+/// A QLoRA base's NF4 projections: each block's scale in float32, or (`double_quant`) the
+/// scales less their mean in 8 bits, in blocks of 256 with a float32 scale each.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Nf4Base {
+    pub double_quant: bool,
 }
 
 /// The frozen base's linears under a LoRA adapter: as they are, or 4-bit NormalFloat (QLoRA,

@@ -8,7 +8,7 @@ use crate::lower::ScalarHead;
 use crate::posttrain::examples::{Example, Feedback, Pair, Split};
 use tch::Tensor;
 
-use crate::recipe::{ExampleSet, LoraSpec, ModelRef, Optim, QuantizeBase, Recipe, StageKind, Weights};
+use crate::recipe::{ExampleSet, LoraSpec, ModelRef, Nf4Base, Optim, Recipe, StageKind, Weights};
 use crate::run::model::heads::{Head, RewardModel};
 use crate::run::model::Model;
 
@@ -17,17 +17,17 @@ use super::files::{read_tensors, with_mapped};
 /// The language model an artifact reference names: fresh weights, a stage's weights, or a LoRA
 /// stage's adapter merged into its (recursively loaded) base.
 pub fn load_lm(recipe: &Recipe, runs: &Path, r: &ModelRef, device: tch::Device) -> Result<Model> {
-    load_held(recipe, runs, r, device, false)
+    load_held(recipe, runs, r, device, None)
 }
 
 /// The model a stage trains, which attaches `lora` to it: for a QLoRA adapter a stage's
 /// weights are quantized as they are read, so the base is never whole in float32 (adapters
 /// attached later leave them so).
 pub fn load_base(recipe: &Recipe, runs: &Path, r: &ModelRef, lora: Option<&LoraSpec>, device: tch::Device) -> Result<Model> {
-    load_held(recipe, runs, r, device, lora.is_some_and(|l| l.quantize_base == QuantizeBase::Nf4))
+    load_held(recipe, runs, r, device, lora.and_then(LoraSpec::nf4_base))
 }
 
-fn load_held(recipe: &Recipe, runs: &Path, r: &ModelRef, device: tch::Device, nf4: bool) -> Result<Model> {
+fn load_held(recipe: &Recipe, runs: &Path, r: &ModelRef, device: tch::Device, nf4: Option<Nf4Base>) -> Result<Model> {
     let spec = recipe.model(&r.arch).context("checked recipe names its model")?;
     tch::manual_seed(recipe.seed as i64);
     match &r.weights {

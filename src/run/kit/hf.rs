@@ -16,12 +16,12 @@ use crate::run::model::Model;
 /// The model `spec` imported with `hf(…)`, its weights from the checkpoint; of each routed expert
 /// stack only `share`'s experts are read (expert parallelism).
 pub fn load(spec: &ModelSpec, device: Device, share: Option<Share>) -> Result<Model> {
-    load_as(spec, device, share, false)
+    load_as(spec, device, share, None)
 }
 
 /// `load`; with `nf4`, the projections a QLoRA base holds as NF4 are quantized as each checkpoint
 /// tensor is read (`Model::attach_lora` then leaves them), so the base is never whole in float32.
-pub fn load_as(spec: &ModelSpec, device: Device, share: Option<Share>, nf4: bool) -> Result<Model> {
+pub fn load_as(spec: &ModelSpec, device: Device, share: Option<Share>, nf4: Option<crate::recipe::Nf4Base>) -> Result<Model> {
     let ck = spec.checkpoint.as_ref().context("an imported model names its checkpoint")?;
     if ck.files.is_empty() {
         bail!(
@@ -47,7 +47,7 @@ pub fn load_as(spec: &ModelSpec, device: Device, share: Option<Share>, nf4: bool
     let wanted: HashMap<&str, ()> = names.iter().map(|n| (n.as_str(), ())).collect();
     // The checkpoint tensors read only by projections held as NF4, and those places: each is
     // quantized as it is read and not kept.
-    let targets: std::collections::HashSet<String> = if nf4 { crate::lower::lora_linears(spec).into_iter().map(|l| format!("{}.weight", l.path)).collect() } else { Default::default() };
+    let targets: std::collections::HashSet<String> = if nf4.is_some() { crate::lower::lora_linears(spec).into_iter().map(|l| format!("{}.weight", l.path)).collect() } else { Default::default() };
     let mut readers: HashMap<&str, Vec<usize>> = HashMap::new();
     for (i, r) in read.iter().enumerate() {
         for n in r {
@@ -63,7 +63,8 @@ pub fn load_as(spec: &ModelSpec, device: Device, share: Option<Share>, nf4: bool
                 return Ok(());
             };
             for &i in places_of {
-                quantized.insert(places[i].0.clone(), Nf4::quantize(&shaped(&places[i].1, t.shallow_clone()).to_device(device))?);
+                let double = nf4.is_some_and(|b| b.double_quant);
+                quantized.insert(places[i].0.clone(), Nf4::quantize(&shaped(&places[i].1, t.shallow_clone()).to_device(device), double)?);
             }
             Ok(())
         })?;

@@ -14,7 +14,7 @@ use std::collections::HashMap;
 use tch::{Kind, Tensor};
 
 use super::Model;
-use crate::recipe::{LoraSpec, QuantizeBase};
+use crate::recipe::LoraSpec;
 
 #[derive(Default)]
 pub struct Adapters {
@@ -134,8 +134,8 @@ impl Model {
     /// Attach fresh adapters to the linears `spec` targets and freeze every base weight (its
     /// linears held as NF4 first when `spec` quantizes the base, QLoRA).
     pub fn attach_lora(&mut self, spec: &LoraSpec) -> Result<()> {
-        if spec.quantize_base == QuantizeBase::Nf4 {
-            self.quantize_base()?;
+        if let Some(base) = spec.nf4_base() {
+            self.quantize_base(base)?;
         }
         let scale = if spec.rslora { spec.alpha / (spec.rank as f64).sqrt() } else { spec.alpha / spec.rank as f64 };
         let mut ad = Adapters { scale, dropout: spec.dropout, ..Default::default() };

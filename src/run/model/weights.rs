@@ -8,7 +8,7 @@ use tch::{Device, Kind, Tensor};
 use super::expert_parallel::Share;
 use super::Model;
 use crate::lower::lower_model;
-use crate::recipe::ModelSpec;
+use crate::recipe::{ModelSpec, Nf4Base};
 
 impl Model {
     /// Copy weights in from named tensors; every parameter must be present with its shape (a
@@ -62,10 +62,10 @@ impl Model {
     /// generator ends where `new` leaves it and nothing is ever held twice; with `nf4` the
     /// linears a QLoRA base quantizes are held as NF4 as they arrive (`nf4.rs`), never whole
     /// in float32 beside the rest.
-    pub fn loaded(spec: &ModelSpec, device: Device, tensors: &[(String, Tensor)], nf4: bool) -> Result<Model> {
+    pub fn loaded(spec: &ModelSpec, device: Device, tensors: &[(String, Tensor)], nf4: Option<Nf4Base>) -> Result<Model> {
         let mut m = Self::build(lower_model(spec), device, false, None)?;
         let given: HashMap<&str, &Tensor> = tensors.iter().map(|(n, t)| (n.as_str(), t)).collect();
-        let quantized: std::collections::HashSet<String> = if nf4 { crate::lower::lora_linears(spec).into_iter().map(|l| format!("{}.weight", l.path)).collect() } else { Default::default() };
+        let quantized: std::collections::HashSet<String> = if nf4.is_some() { crate::lower::lora_linears(spec).into_iter().map(|l| format!("{}.weight", l.path)).collect() } else { Default::default() };
         m.quantized = (0..m.params.len()).map(|_| None).collect();
         for (j, p) in m.graph.params().into_iter().enumerate() {
             let name = m.names[j].clone();
@@ -77,8 +77,8 @@ impl Model {
                     // (Drawn only to advance the generator as `new` would.)
                     let _ = Tensor::f_randn(&size, (Kind::Float, device)).map_err(|e| anyhow::anyhow!("could not allocate `{name}`: {e}"))?;
                 }
-                if quantized.contains(&name) {
-                    m.quantized[j] = Some(m.quantized_weight(&t.to_device(device))?);
+                if let Some(base) = nf4.filter(|_| quantized.contains(&name)) {
+                    m.quantized[j] = Some(m.quantized_weight(&t.to_device(device), base)?);
                 } else {
                     m.params[j] = t.to_device(device).copy().set_requires_grad(true);
                 }
