@@ -32,14 +32,27 @@ impl Corpus {
     /// and kept in `dir`, or read from there when a run resumes. `checkpoint`: the folder of the
     /// model whose tokenizer reads the corpus (its end-of-sequence token ends documents).
     pub fn load(spec: &DataSpec, dir: &Path, checkpoint: Option<&Path>) -> Result<Corpus> {
+        Corpus::read(spec, dir, checkpoint, false)
+    }
+
+    /// The validation split alone (`train` left empty, never tokenized): what a perplexity reads.
+    /// Bytes or a checkpoint's tokenizer (in `checkpoint`) only: a BPE tokenizer is trained.
+    pub fn validation(spec: &DataSpec, checkpoint: Option<&Path>) -> Result<Corpus> {
+        if let Tokenizer::Bpe { .. } = spec.tokenizer {
+            bail!("data `{}` is read as BPE tokens, which only the run that trained them holds", spec.name);
+        }
+        Corpus::read(spec, checkpoint.unwrap_or(Path::new("")), checkpoint, true)
+    }
+
+    fn read(spec: &DataSpec, dir: &Path, checkpoint: Option<&Path>, only_val: bool) -> Result<Corpus> {
         let bytes = crate::fsio::read_bytes(&spec.path, MAX_CORPUS_BYTES).map_err(anyhow::Error::msg).with_context(|| format!("reading data `{}`", spec.name))?;
         if let Some(key) = &spec.field {
-            return Corpus::documents(spec, &bytes, key, dir, checkpoint);
+            return Corpus::documents(spec, &bytes, key, dir, checkpoint, only_val);
         }
         let cut = (bytes.len() as f64 * spec.split) as usize;
         let held = ((bytes.len() - cut) as u64, String::from_utf8_lossy(&bytes[cut..]).split_whitespace().count() as u64);
         let (train, val) = match &spec.tokenizer {
-            Tokenizer::Bytes => (bytes[..cut].iter().map(|&b| b as u32).collect(), bytes[cut..].iter().map(|&b| b as u32).collect()),
+            Tokenizer::Bytes => (if only_val { vec![] } else { bytes[..cut].iter().map(|&b| b as u32).collect() }, bytes[cut..].iter().map(|&b| b as u32).collect()),
             Tokenizer::Bpe { vocab } => {
                 let (a, b) = (String::from_utf8_lossy(&bytes[..cut]), String::from_utf8_lossy(&bytes[cut..]));
                 std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
@@ -58,14 +71,14 @@ impl Corpus {
                     probe -= 1;
                 }
                 super::tokenize::encode_bounded(&tk, &a[..probe])?;
-                (super::tokenize::encode(&tk, &a)?, super::tokenize::encode(&tk, &b)?)
+                (if only_val { vec![] } else { super::tokenize::encode(&tk, &a)? }, super::tokenize::encode(&tk, &b)?)
             }
         };
-        Corpus::checked(spec, train, val, held, vec![0])
+        Corpus::checked(spec, train, val, held, vec![0], only_val)
     }
 
-    fn checked(spec: &DataSpec, train: Vec<u32>, val: Vec<u32>, (val_bytes, val_words): (u64, u64), val_documents: Vec<usize>) -> Result<Corpus> {
-        if train.len() <= spec.context + 1 || val.len() <= spec.context + 1 {
+    fn checked(spec: &DataSpec, train: Vec<u32>, val: Vec<u32>, (val_bytes, val_words): (u64, u64), val_documents: Vec<usize>, only_val: bool) -> Result<Corpus> {
+        if (!only_val && train.len() <= spec.context + 1) || val.len() <= spec.context + 1 {
             bail!("data `{}` ({} training and {} validation tokens) is too short for context {} with split {}", spec.name, train.len(), val.len(), spec.context, spec.split);
         }
         Ok(Corpus { train, val, val_bytes, val_words, val_documents })
@@ -73,14 +86,18 @@ impl Corpus {
 
     /// A .jsonl corpus: the documents that start in the first `split` of its bytes train, the
     /// rest validate; each encoded on its own and ended.
-    fn documents(spec: &DataSpec, bytes: &[u8], key: &str, dir: &Path, checkpoint: Option<&Path>) -> Result<Corpus> {
+    fn documents(spec: &DataSpec, bytes: &[u8], key: &str, dir: &Path, checkpoint: Option<&Path>, only_val: bool) -> Result<Corpus> {
         let text = std::str::from_utf8(bytes).map_err(|e| anyhow::anyhow!("{}: not UTF-8 text (invalid byte at offset {})", spec.path.display(), e.valid_up_to()))?;
         let cut = (text.len() as f64 * spec.split) as usize;
-        let (mut train, mut val) = (vec![], vec![]);
+        let (mut train, mut val, mut kept) = (vec![], vec![], 0);
         for l in crate::documents::document_lines(text, key) {
             let doc = l.doc.map_err(|why| anyhow::anyhow!("{} line {}: {why}", spec.path.display(), l.number))?;
             if l.start < cut {
-                train.push(doc);
+                // (Read for the validation split alone, only those a tokenizer is tried on.)
+                if !only_val || kept <= 64 << 10 {
+                    kept += doc.len();
+                    train.push(doc);
+                }
             } else {
                 val.push(doc);
             }
@@ -91,7 +108,7 @@ impl Corpus {
         let (train, val, starts) = match &spec.tokenizer {
             Tokenizer::Bytes => {
                 let starts = val.iter().scan(0, |at, d| Some(std::mem::replace(at, *at + d.len() + 1))).collect();
-                (ended_bytes(&train), ended_bytes(&val), starts)
+                (if only_val { vec![] } else { ended_bytes(&train) }, ended_bytes(&val), starts)
             }
             Tokenizer::Bpe { vocab } => {
                 let (a, b) = (train.iter().map(|d| format!("{d}\n")).collect::<String>(), val.iter().map(|d| format!("{d}\n")).collect::<String>());
@@ -123,11 +140,11 @@ impl Corpus {
                     }
                     Ok((ids, starts))
                 };
-                let ((train, _), (val, starts)) = (encode(&train)?, encode(&val)?);
-                (train, val, starts)
+                let (val, starts) = encode(&val)?;
+                (if only_val { vec![] } else { encode(&train)?.0 }, val, starts)
             }
         };
-        Corpus::checked(spec, train, val, held, starts)
+        Corpus::checked(spec, train, val, held, starts, only_val)
     }
 }
 

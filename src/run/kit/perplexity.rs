@@ -34,16 +34,22 @@ pub struct Perplexity {
 
 /// The windows over `n` tokens for a model of `context` moving by `stride` (at most the
 /// context): (first token, end, first target scored), the window's tokens being `first..end`
-/// and its scored targets `scored..end`.
-pub fn windows(n: usize, context: usize, stride: usize) -> Vec<(usize, usize, usize)> {
-    let stride = stride.clamp(1, context);
-    let mut out = vec![];
-    let (mut scored, mut end) = (1, (context + 1).min(n));
-    while scored < end {
-        out.push((end.saturating_sub(context + 1), end, scored));
-        (scored, end) = (end, (end + stride).min(n));
-    }
-    out
+/// and its scored targets `scored..end`. Made as they are read: a gigabyte of held-out text at
+/// stride 1 is a billion of them.
+pub fn windows(n: usize, context: usize, stride: usize) -> impl Iterator<Item = (usize, usize, usize)> {
+    let stride = stride.clamp(1, context.max(1));
+    let mut next = (1, (context + 1).min(n));
+    std::iter::from_fn(move || {
+        let (scored, end) = next;
+        next = (end, (end + stride).min(n));
+        (scored < end).then(|| (end.saturating_sub(context + 1), end, scored))
+    })
+}
+
+/// How many windows `windows` makes: the first, then one for each `stride` tokens past it.
+pub fn count(n: usize, context: usize, stride: usize) -> usize {
+    let stride = stride.clamp(1, context.max(1));
+    if n < 2 { 0 } else { 1 + (n - 1).saturating_sub(context).div_ceil(stride) }
 }
 
 /// A corpus's held-out tokens, where its documents start, and the size of their text, ready to
@@ -61,12 +67,10 @@ impl Heldout {
     pub fn load(recipe: &Recipe, name: &str) -> Result<Heldout> {
         let Some(spec) = recipe.data(name) else { bail!("no corpus `{name}`") };
         let checkpoint = match &spec.tokenizer {
-            Tokenizer::Bytes => None,
             Tokenizer::Model { model, .. } => recipe.model(model).and_then(|m| m.checkpoint.as_ref()).map(|c| c.dir.clone()),
-            Tokenizer::Bpe { .. } => bail!("corpus `{name}` is read as BPE tokens, which only the run that trained them holds"),
+            _ => None,
         };
-        let dir = checkpoint.clone().unwrap_or_default();
-        let c = Corpus::load(spec, &dir, checkpoint.as_deref())?;
+        let c = Corpus::validation(spec, checkpoint.as_deref())?;
         Ok(Heldout { tokens: c.val, documents: c.val_documents, bytes: c.val_bytes, words: c.val_words })
     }
 
@@ -84,19 +88,32 @@ impl Heldout {
         self.documents.len()
     }
 
-    /// The windows `model` scores with `stride` (None: its context), document by document.
-    pub fn windows(&self, model: &Model, stride: Option<usize>) -> Vec<(usize, usize, usize)> {
-        let context = model.spec().context;
+    /// Each document's (start, end) in the tokens.
+    fn spans(&self) -> impl Iterator<Item = (usize, usize)> + '_ {
         let ends = self.documents.iter().skip(1).copied().chain([self.tokens.len()]);
-        let within = self.documents.iter().zip(ends).flat_map(|(&start, end)| windows(end - start, context, stride.unwrap_or(context)).into_iter().map(move |(a, b, c)| (start + a, start + b, start + c)));
-        within.collect()
+        self.documents.iter().copied().zip(ends)
+    }
+
+    /// The windows `model` scores with `stride` (None: its context), document by document.
+    pub fn windows(&self, model: &Model, stride: Option<usize>) -> impl Iterator<Item = (usize, usize, usize)> + '_ {
+        let context = model.spec().context;
+        let stride = stride.unwrap_or(context);
+        self.spans().flat_map(move |(start, end)| windows(end - start, context, stride).map(move |(a, b, c)| (start + a, start + b, start + c)))
+    }
+
+    /// How many windows `windows` makes.
+    pub fn count(&self, model: &Model, stride: Option<usize>) -> usize {
+        let context = model.spec().context;
+        self.spans().map(|(start, end)| count(end - start, context, stride.unwrap_or(context))).sum()
     }
 
     /// `model`'s perplexity; with `progress`, a line as the windows go.
     pub fn score(&self, model: &Model, stride: Option<usize>, progress: Option<&Progress>) -> Result<Perplexity> {
-        let windows = self.windows(model, stride);
-        let (mut nll, mut count) = (0.0, 0u64);
-        for (i, chunk) in windows.chunks(ROWS).enumerate() {
+        let total = self.count(model, stride);
+        let (mut nll, mut count, mut done) = (0.0, 0u64, 0usize);
+        let mut windows = self.windows(model, stride).peekable();
+        while windows.peek().is_some() {
+            let chunk: Vec<_> = windows.by_ref().take(ROWS).collect();
             let seqs: Vec<Seq> = chunk
                 .iter()
                 .map(|&(first, end, scored)| Seq {
@@ -110,9 +127,9 @@ impl Heldout {
             let l = model.with_cached_casts(|| seq_logprob(model, &b, false));
             nll -= Vec::<f64>::try_from(&l.to_kind(tch::Kind::Double))?.iter().sum::<f64>();
             count += chunk.iter().map(|&(_, end, scored)| (end - scored) as u64).sum::<u64>();
+            done += chunk.len();
             if let Some(p) = progress {
-                let done = (i * ROWS + chunk.len()) as u64;
-                p.line(done, (windows.len() as u64 / 20).max(1), &format!("loss so far {:.4}", nll / count.max(1) as f64), false);
+                p.line(done as u64, (total as u64 / 20).max(1), &format!("loss so far {:.4}", nll / count.max(1) as f64), false);
             }
         }
         if !nll.is_finite() {
@@ -122,7 +139,7 @@ impl Heldout {
         let per = |n: u64| nll / n.max(1) as f64;
         Ok(Perplexity {
             tokens: count,
-            windows: windows.len() as u64,
+            windows: done as u64,
             loss,
             perplexity: loss.exp(),
             bits_per_byte: per(self.bytes) / std::f64::consts::LN_2,
@@ -134,16 +151,18 @@ impl Heldout {
 
 #[cfg(test)]
 mod tests {
-    use super::windows;
+    use super::{count, windows};
 
     #[test]
     fn every_token_after_the_first_is_scored_once_from_at_most_a_context() {
         // Disjoint windows: 10 tokens, context 4.
-        assert_eq!(windows(10, 4, 4), [(0, 5, 1), (4, 9, 5), (5, 10, 9)]);
+        assert_eq!(windows(10, 4, 4).collect::<Vec<_>>(), [(0, 5, 1), (4, 9, 5), (5, 10, 9)]);
         // Stride 2: each window after the first scores its last two targets.
-        assert_eq!(windows(10, 4, 2), [(0, 5, 1), (2, 7, 5), (4, 9, 7), (5, 10, 9)]);
-        for (n, ctx, stride) in [(2, 4, 4), (100, 7, 3), (64, 8, 8), (65, 8, 1), (9, 8, 100)] {
-            let w = windows(n, ctx, stride);
+        assert_eq!(windows(10, 4, 2).collect::<Vec<_>>(), [(0, 5, 1), (2, 7, 5), (4, 9, 7), (5, 10, 9)]);
+        assert_eq!((windows(1, 4, 4).count(), count(1, 4, 4), count(0, 4, 4)), (0, 0, 0));
+        for (n, ctx, stride) in [(2, 4, 4), (100, 7, 3), (64, 8, 8), (65, 8, 1), (9, 8, 100), (5, 4, 4), (6, 4, 4)] {
+            let w: Vec<_> = windows(n, ctx, stride).collect();
+            assert_eq!(w.len(), count(n, ctx, stride), "{n} {ctx} {stride}");
             let mut seen = vec![0; n];
             for &(first, end, scored) in &w {
                 assert!(end - first <= ctx + 1 && first < scored && scored < end);

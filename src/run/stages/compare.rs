@@ -102,7 +102,7 @@ fn perplexity(ctx: &StageCtx, c: &CompareSpec, run: RunDir, dev: tch::Device) ->
     for (label, r) in &c.policies {
         let mut m = load_lm(recipe, &ctx.runs, r, dev)?.computing(c.precision);
         m.freeze();
-        let windows = held.windows(&m, c.stride).len();
+        let windows = held.count(&m, c.stride);
         let progress = crate::run::kit::progress::Progress::new(&format!("{}: {label}", ctx.stage.name), 0, windows as u64);
         let p = held.score(&m, c.stride, Some(&progress))?;
         let context = m.spec().context;
