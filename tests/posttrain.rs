@@ -546,7 +546,19 @@ fn held_out_perplexity(runs: &std::path::Path) {
     eprintln!("held-out loss: fresh {fresh:.4}, trained {trained:.4} (validation loss {val:.4})");
     assert!((fresh - 256f64.ln()).abs() < 0.1, "a fresh model's loss is about ln 256: {fresh}");
     assert!((trained - val).abs() < 0.1 && trained < fresh - 2.0, "trained {trained}, validation {val}");
+    // The loss by context length: 64 spans of 2 over the context of 128, whose token-weighted
+    // mean is the loss; the trained model predicts worse from 1 or 2 bytes than from 100 or more.
+    let spans = |i: usize| -> Vec<(u64, u64, f64, u64)> { serde_json::from_value(report["rows"][i]["perplexity"]["by_position"].clone()).unwrap() };
+    let trained_spans = spans(1);
+    assert!(runs.join("ppl/loss_by_context.svg").exists());
+    assert_eq!((trained_spans.len(), trained_spans[0].0, trained_spans[0].1, trained_spans[63].1), (64, 1, 2, 128));
+    let late = trained_spans[50..].iter().map(|s| s.2).sum::<f64>() / 14.0;
+    assert!(trained_spans[0].2 > late + 0.05, "loss from 1–2 bytes {}, from 101–128 {late}", trained_spans[0].2);
     for i in 0..2 {
+        let s = spans(i);
+        assert_eq!(s.iter().map(|s| s.3).sum::<u64>(), held - 1);
+        let mean = s.iter().map(|s| s.2 * s.3 as f64).sum::<f64>() / (held - 1) as f64;
+        assert!((mean - p(i, "loss")).abs() < 1e-9, "{mean} against {}", p(i, "loss"));
         assert_eq!(p(i, "tokens"), (held - 1) as f64);
         assert!((p(i, "perplexity") - p(i, "loss").exp()).abs() < 1e-9 * p(i, "perplexity"));
         // Bytes are tokens here: bits per byte is the summed loss over the held-out bytes, in bits.

@@ -105,6 +105,17 @@ pub fn write_run_plots(dir: &Path, title: &str) -> Result<Vec<PathBuf>, String> 
     Ok(written)
 }
 
+/// A perplexity table's held-out loss against the context before each predicted token, a line
+/// per policy (`by_position`: each span of context lengths and its mean loss): a model that
+/// uses its context falls to the right.
+pub fn by_position_svg(title: &str, policies: &[(String, Vec<(usize, usize, f64, u64)>)]) -> String {
+    let series: Vec<Series> = policies
+        .iter()
+        .map(|(name, spans)| Series { name: name.clone(), points: spans.iter().map(|&(a, b, loss, _)| ((a + b) as f64 / 2.0, loss)).collect(), dashed: false })
+        .collect();
+    line_chart(&format!("{title}: held-out loss by context"), "tokens before the predicted one", "nats per token", &series, false)
+}
+
 /// Loss against parameters for every IsoFLOP budget, with its fitted parabola (dashed).
 pub fn isoflop_svg(f: &crate::scaling::fit::Fit, pts: &[crate::scaling::fit::Point]) -> Option<String> {
     let a2 = f.approach2.as_ref()?;

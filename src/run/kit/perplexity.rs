@@ -10,7 +10,8 @@ use serde::Serialize;
 
 use super::data::Corpus;
 use super::progress::Progress;
-use super::seqs::{pad, seq_logprob};
+use super::seqs::{pad, token_logprobs};
+use tch::Kind;
 use crate::posttrain::choices::ROWS;
 use crate::posttrain::examples::Seq;
 use crate::recipe::{Recipe, Tokenizer};
@@ -30,7 +31,15 @@ pub struct Perplexity {
     pub bits_per_byte: f64,
     pub byte_perplexity: f64,
     pub word_perplexity: f64,
+    /// The mean loss of the tokens predicted from each span of context lengths (at most
+    /// `POSITION_BUCKETS` spans of equal width, from 1 token before): (the span's first length,
+    /// its last, its mean loss, its tokens), those no token fell in left out. Whether the model
+    /// uses its context: a flat line does not.
+    pub by_position: Vec<(usize, usize, f64, u64)>,
 }
+
+/// Spans of context length `by_position` averages over (so a long context's stays short).
+pub const POSITION_BUCKETS: usize = 64;
 
 /// The windows over `n` tokens for a model of `context` moving by `stride` (at most the
 /// context): (first token, end, first target scored), the window's tokens being `first..end`
@@ -110,7 +119,10 @@ impl Heldout {
     /// `model`'s perplexity; with `progress`, a line as the windows go.
     pub fn score(&self, model: &Model, stride: Option<usize>, progress: Option<&Progress>) -> Result<Perplexity> {
         let total = self.count(model, stride);
+        let context = model.spec().context;
         let (mut nll, mut count, mut done) = (0.0, 0u64, 0usize);
+        // Per target index in a window (index i: i + 1 tokens before it): summed loss, tokens.
+        let (mut at, mut seen) = (vec![0.0; context], vec![0.0; context]);
         let mut windows = self.windows(model, stride).peekable();
         while windows.peek().is_some() {
             let chunk: Vec<_> = windows.by_ref().take(ROWS).collect();
@@ -124,8 +136,14 @@ impl Heldout {
                 })
                 .collect();
             let b = pad(&seqs.iter().collect::<Vec<_>>(), model.device);
-            let l = model.with_cached_casts(|| seq_logprob(model, &b, false));
-            nll -= Vec::<f64>::try_from(&l.to_kind(tch::Kind::Double))?.iter().sum::<f64>();
+            let l = model.with_cached_casts(|| token_logprobs(&model.forward(&b.x, false), &b.y) * &b.w);
+            let by_index = Vec::<f64>::try_from(&l.sum_dim_intlist(0, false, Kind::Double))?;
+            let weights = Vec::<f64>::try_from(&b.w.sum_dim_intlist(0, false, Kind::Double))?;
+            for (i, (x, w)) in by_index.iter().zip(&weights).enumerate() {
+                at[i] -= x;
+                seen[i] += w;
+            }
+            nll -= by_index.iter().sum::<f64>();
             count += chunk.iter().map(|&(_, end, scored)| (end - scored) as u64).sum::<u64>();
             done += chunk.len();
             if let Some(p) = progress {
@@ -145,8 +163,17 @@ impl Heldout {
             bits_per_byte: per(self.bytes) / std::f64::consts::LN_2,
             byte_perplexity: per(self.bytes).exp(),
             word_perplexity: per(self.words).exp(),
+            by_position: by_position(&at, &seen),
         })
     }
+}
+
+/// `at` and `seen` (summed loss and tokens by target index) averaged over spans of context length.
+fn by_position(at: &[f64], seen: &[f64]) -> Vec<(usize, usize, f64, u64)> {
+    let width = at.len().div_ceil(POSITION_BUCKETS).max(1);
+    let spans = at.chunks(width).zip(seen.chunks(width)).enumerate();
+    let summed = spans.map(|(k, (l, n))| (k * width + 1, k * width + l.len(), l.iter().sum::<f64>(), n.iter().sum::<f64>()));
+    summed.filter(|s| s.3 > 0.0).map(|(a, b, l, n)| (a, b, l / n, n as u64)).collect()
 }
 
 #[cfg(test)]

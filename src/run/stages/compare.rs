@@ -98,7 +98,7 @@ fn perplexity(ctx: &StageCtx, c: &CompareSpec, run: RunDir, dev: tch::Device) ->
     let recipe = ctx.recipe;
     let held = Heldout::load(recipe, &c.data)?;
     let mut table = "| policy | loss per token | perplexity | bits per byte | word perplexity | context |\n|---|---:|---:|---:|---:|---:|\n".to_string();
-    let mut rows = vec![];
+    let (mut rows, mut curves) = (vec![], vec![]);
     for (label, r) in &c.policies {
         let mut m = load_lm(recipe, &ctx.runs, r, dev)?.computing(c.precision);
         m.freeze();
@@ -108,6 +108,7 @@ fn perplexity(ctx: &StageCtx, c: &CompareSpec, run: RunDir, dev: tch::Device) ->
         let context = m.spec().context;
         table.push_str(&format!("| {label} | {:.4} | {} | {:.4} | {} | {context} |\n", p.loss, shown(p.perplexity), p.bits_per_byte, shown(p.word_perplexity)));
         tracing::info!("{}: {label}: loss {:.4}, perplexity {:.3}, {:.4} bits per byte over {} tokens", ctx.stage.name, p.loss, p.perplexity, p.bits_per_byte, p.tokens);
+        curves.push((label.clone(), p.by_position.clone()));
         rows.push(json!({"policy": label, "context": context, "perplexity": p}));
     }
     let (bytes, words) = held.size();
@@ -120,6 +121,7 @@ fn perplexity(ctx: &StageCtx, c: &CompareSpec, run: RunDir, dev: tch::Device) ->
     tracing::info!("\n{table}");
     if run.leads {
         write_atomic(&run.dir.join("table.md"), table.as_bytes())?;
+        write_atomic(&run.dir.join("loss_by_context.svg"), crate::report::plots::by_position_svg(&ctx.title(), &curves).as_bytes())?;
     }
     let report = json!({"experiment": recipe.experiment, "kind": "compare", "precision": c.precision, "tokens": held.tokens(), "documents": held.documents(), "bytes": bytes, "words": words, "rows": rows});
     run.finish(&[], report, &ctx.title())
