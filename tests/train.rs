@@ -1035,3 +1035,61 @@ fn the_plan_counts_attention_dropout_on_the_cpu_and_what_checkpointing_saves_of_
     let weights = |name: &str| std::fs::read(out.join(name).join("tiny/pretrain/model.safetensors")).unwrap();
     assert!(weights("dropout") == weights("checkpointed"), "the weights differ with activation checkpointing");
 }
+
+/// `eval_data`: other corpora's held-out loss at every evaluation, on the same windows each time
+/// (OLMo's in-loop perplexity evaluations): logged as `val_loss/NAME`, its last value in the
+/// report, and what the written weights score on those windows computed apart; on a BPE corpus,
+/// read with the tokenizer the stage trains.
+#[test]
+fn other_corpora_are_evaluated_in_the_loop() {
+    let out = scratch("eval-data");
+    std::fs::copy(root().join("docs/reference.md"), out.join("docs.md")).unwrap();
+    let recipe = |tokenizer: &str| {
+        format!(
+            "experiment \"inloop\" {{\n  data corpus = text(\"../../../data/tinyshakespeare.txt\") {{ context = 32{tokenizer} }}\n  data docs = text(\"docs.md\") {{ context = 32, split = 0.5{tokenizer} }}\n  model lm = transformer {{ vocab = corpus.vocab, context = 32, d_model = 32, layers = 1, heads = 2 }}\n  stage pretrain = train(lm, corpus) {{ steps = 60, batch = 8, eval_every = 30, eval_batches = 2, optimizer = adamw {{ lr = 3e-3 }}, eval_data = [corpus, docs] }}\n}}\n"
+        )
+    };
+    std::fs::write(out.join("bytes.roux"), recipe("")).unwrap();
+    run_ok(&out.join("bytes.roux"), &out.join("bytes"));
+    let dir = out.join("bytes/inloop/pretrain");
+    let m = metrics(&dir);
+    let evals: Vec<&serde_json::Value> = m.iter().filter(|v| v["val_loss"].is_number()).collect();
+    assert_eq!(evals.iter().map(|v| v["step"].as_u64().unwrap()).collect::<Vec<_>>(), [30, 60]);
+    let at = |v: &serde_json::Value, k: &str| v[k].as_f64().unwrap_or_else(|| panic!("no `{k}` in {v}"));
+    let last = evals[1];
+    // The training corpus's own held-out windows score about what the sampled validation does.
+    assert!((at(last, "val_loss/corpus") - at(last, "val_loss")).abs() < 0.15, "{last}");
+    let report: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(dir.join("report.json")).unwrap()).unwrap();
+    assert_eq!(report["final_val_losses"]["docs"].as_f64(), Some(at(last, "val_loss/docs")));
+    // The same number from the weights written, on the first 2 × 8 windows of the docs' held-out half.
+    let c = roux::frontend::compile(&out.join("bytes.roux")).unwrap();
+    let r = c.recipe.unwrap();
+    let mut model = Model::new(&r.models[0], Device::Cpu).unwrap();
+    let tensors = Tensor::read_safetensors(dir.join("model.safetensors")).unwrap();
+    model.load(&tensors).unwrap();
+    let held = roux::run::kit::perplexity::Heldout::load(&r, "docs", None).unwrap();
+    let apart = held.loss(&model, 16).unwrap();
+    assert!((apart - at(last, "val_loss/docs")).abs() < 1e-9, "{apart} against {}", at(last, "val_loss/docs"));
+    assert!(std::fs::read_to_string(dir.join("loss.svg")).unwrap().contains(">docs<"));
+    // An edited evaluation corpus evaluates again: the stage's hash covers what it reads.
+    let run = || String::from_utf8_lossy(&roux(&["run", out.join("bytes.roux").to_str().unwrap(), "--out", out.join("bytes").to_str().unwrap()]).stderr).to_string();
+    assert!(run().contains("pretrain: up to date"));
+    std::fs::write(out.join("docs.md"), std::fs::read_to_string(out.join("docs.md")).unwrap() + "\nmore\n").unwrap();
+    let err = run();
+    assert!(!err.contains("pretrain: up to date") && err.contains("inputs.docs.docs.md"), "{err}");
+
+    // BPE: the docs are read with the tokenizer the stage trained on the corpus; none other is made.
+    std::fs::write(out.join("bpe.roux"), recipe(", tokenizer = bpe { vocab = 300 }")).unwrap();
+    run_ok(&out.join("bpe.roux"), &out.join("bpe"));
+    let m = metrics(&out.join("bpe/inloop/pretrain"));
+    assert!(m.iter().filter(|v| v["val_loss"].is_number()).all(|v| v["val_loss/docs"].as_f64().is_some_and(f64::is_finite)), "{m:?}");
+    let tokenizers: Vec<_> = walk(&out.join("bpe")).into_iter().filter(|p| p.ends_with("tokenizer.json")).collect();
+    assert_eq!(tokenizers, [out.join("bpe/inloop/pretrain/tokenizer.json")]);
+}
+
+fn walk(dir: &std::path::Path) -> Vec<PathBuf> {
+    std::fs::read_dir(dir).unwrap().flat_map(|e| {
+        let p = e.unwrap().path();
+        if p.is_dir() { walk(&p) } else { vec![p] }
+    }).collect()
+}

@@ -70,6 +70,7 @@ impl<'a> Checker<'a> {
             activation_checkpointing: false,
             z_loss: 0.0,
             eval_choices: None,
+            eval_data: vec![],
         };
         let mut points = vec![];
         for c in &budgets {

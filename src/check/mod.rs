@@ -10,6 +10,7 @@ mod choices;
 mod compare;
 mod data;
 mod eval;
+mod eval_data;
 mod examples;
 mod feedback;
 mod artifact;

@@ -95,6 +95,10 @@ pub struct TrainSpec {
     /// (`eval_choices = quiz`), as nanoGPT-style runs track HellaSwag.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub eval_choices: Option<String>,
+    /// Other corpora whose held-out loss is measured at every evaluation, on the same windows
+    /// each time (`eval_data = [wiki, c4]`), as OLMo's in-loop perplexity evaluations.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub eval_data: Vec<String>,
 }
 
 fn is_zero(x: &f64) -> bool {

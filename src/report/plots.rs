@@ -23,6 +23,15 @@ fn series(m: &[serde_json::Value], name: &str, key: &str, dashed: bool) -> Serie
     }
 }
 
+/// The `val_loss/NAME` keys the metrics log (`eval_data`), sorted; at most 16.
+fn other_corpora(m: &[serde_json::Value]) -> Vec<String> {
+    let mut keys: Vec<String> = m.iter().filter_map(|v| v.as_object()).flat_map(|o| o.keys().filter(|k| k.starts_with("val_loss/")).cloned()).collect();
+    keys.sort();
+    keys.dedup();
+    keys.truncate(16);
+    keys
+}
+
 /// Write the run's SVG plots next to its metrics; returns their paths.
 pub fn write_run_plots(dir: &Path, title: &str) -> Result<Vec<PathBuf>, String> {
     let m = read_metrics(dir)?;
@@ -70,7 +79,11 @@ pub fn write_run_plots(dir: &Path, title: &str) -> Result<Vec<PathBuf>, String> 
         if !keys.iter().any(|(_, k, _)| has(k)) {
             continue;
         }
-        let series: Vec<Series> = keys.iter().filter(|(_, k, _)| has(k)).map(|(name, k, dashed)| series(&m, name, k, *dashed)).collect();
+        let mut series: Vec<Series> = keys.iter().filter(|(_, k, _)| has(k)).map(|(name, k, dashed)| series(&m, name, k, *dashed)).collect();
+        if *file == "loss" {
+            // `train { eval_data }`'s corpora, each a dashed line under its name.
+            series.extend(other_corpora(&m).iter().map(|k| self::series(&m, k.trim_start_matches("val_loss/"), k, true)));
+        }
         put(format!("{file}.svg"), line_chart(&format!("{title}: {what}"), "step", unit, &series, false))?;
     }
     // Expert load: one chart per MoE layer, one line per expert.

@@ -36,12 +36,15 @@ impl Corpus {
     }
 
     /// The validation split alone (`train` left empty, never tokenized): what a perplexity reads.
-    /// Bytes or a checkpoint's tokenizer (in `checkpoint`) only: a BPE tokenizer is trained.
-    pub fn validation(spec: &DataSpec, checkpoint: Option<&Path>) -> Result<Corpus> {
-        if let Tokenizer::Bpe { .. } = spec.tokenizer {
-            bail!("data `{}` is read as BPE tokens, which only the run that trained them holds", spec.name);
-        }
-        Corpus::read(spec, checkpoint.unwrap_or(Path::new("")), checkpoint, true)
+    /// Bytes, a checkpoint's tokenizer (in `checkpoint`), or BPE with the tokenizer a `train`
+    /// stage trained in `bpe` (none is trained here: there is no training split to train it on).
+    pub fn validation(spec: &DataSpec, bpe: Option<&Path>, checkpoint: Option<&Path>) -> Result<Corpus> {
+        let dir = match (&spec.tokenizer, bpe) {
+            (Tokenizer::Bpe { .. }, Some(dir)) if dir.join(super::tokenize::FILE).is_file() => dir,
+            (Tokenizer::Bpe { .. }, _) => bail!("data `{}` is read as BPE tokens, which only the run that trained them holds", spec.name),
+            _ => checkpoint.unwrap_or(Path::new("")),
+        };
+        Corpus::read(spec, dir, checkpoint, true)
     }
 
     fn read(spec: &DataSpec, dir: &Path, checkpoint: Option<&Path>, only_val: bool) -> Result<Corpus> {
@@ -57,7 +60,7 @@ impl Corpus {
                 let (a, b) = (String::from_utf8_lossy(&bytes[..cut]), String::from_utf8_lossy(&bytes[cut..]));
                 std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
                 let tk = super::tokenize::load_or_train(dir, &a, *vocab)?;
-                (super::tokenize::encode(&tk, &a)?, super::tokenize::encode(&tk, &b)?)
+                (if only_val { vec![] } else { super::tokenize::encode(&tk, &a)? }, super::tokenize::encode(&tk, &b)?)
             }
             // The checkpoint's tokenizer, which the stage copied beside its model.
             Tokenizer::Model { .. } => {
@@ -114,7 +117,7 @@ impl Corpus {
                 let (a, b) = (train.iter().map(|d| format!("{d}\n")).collect::<String>(), val.iter().map(|d| format!("{d}\n")).collect::<String>());
                 std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
                 let tk = super::tokenize::load_or_train(dir, &a, *vocab)?;
-                (super::tokenize::encode(&tk, &a)?, super::tokenize::encode(&tk, &b)?, vec![0])
+                (if only_val { vec![] } else { super::tokenize::encode(&tk, &a)? }, super::tokenize::encode(&tk, &b)?, vec![0])
             }
             Tokenizer::Model { model, vocab } => {
                 let tk = super::tokenize::read(&dir.join(super::tokenize::FILE))?;

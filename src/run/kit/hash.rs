@@ -22,7 +22,7 @@ pub fn train(recipe: &Recipe, spec: &ModelSpec, t: &TrainSpec, upstream: Option<
             o.remove(layout);
         }
     }
-    let key = json!({
+    let mut key = json!({
         "seed": recipe.seed,
         "train": train,
         "model": spec,
@@ -30,6 +30,15 @@ pub fn train(recipe: &Recipe, spec: &ModelSpec, t: &TrainSpec, upstream: Option<
         "upstream": upstream,
         "inputs": train_inputs(recipe, spec, t),
     });
+    // What the evaluations read (their files are in `inputs`): only when there is some, so the
+    // hashes of runs without stay those they were made under.
+    let corpora: Vec<_> = t.eval_data.iter().filter_map(|n| recipe.data(n)).collect();
+    if !corpora.is_empty() {
+        key["eval_data"] = json!(corpora);
+    }
+    if let Some(quiz) = t.eval_choices.as_deref().and_then(|n| recipe.example_set(n)) {
+        key["eval_choices"] = json!(quiz);
+    }
     fnv1a(key.to_string().as_bytes())
 }
 
@@ -61,9 +70,10 @@ pub fn posttrain(recipe: &Recipe, stage: &StageSpec, upstream: &[(String, String
     Ok(fnv1a(key.to_string().as_bytes()))
 }
 
-/// The files a `train` run of `spec` reads: its corpus, and the checkpoint it starts from.
+/// The files a `train` run of `spec` reads: its corpus, the checkpoint it starts from, and the
+/// sets its evaluations score.
 pub fn train_inputs(recipe: &Recipe, spec: &ModelSpec, t: &TrainSpec) -> serde_json::Value {
-    super::inputs::of(recipe, |n| n == t.data || n == spec.name)
+    super::inputs::of(recipe, |n| n == t.data || n == spec.name || t.eval_data.iter().any(|e| e == n) || t.eval_choices.as_deref() == Some(n))
 }
 
 /// The files a post-training stage reads: those of the declarations its definition names.

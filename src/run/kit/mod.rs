@@ -24,6 +24,7 @@
 //! | `score.rs`     | a policy's scores on held-out prompts                                |
 //! | `choices.rs`   | a policy's accuracy on multiple-choice questions (lm-eval's)          |
 //! | `perplexity.rs`| a policy's perplexity on a corpus's held-out split, window by window |
+//! | `in_loop.rs`   | what `train` scores beside its validation loss: `eval_choices`, `eval_data` |
 //! | `rewards.rs`   | a stage's `reward = …`: program terms and reward models' scores      |
 //! | `losses.rs`    | Bradley–Terry, DPO, clipped PPO and value losses, entropy            |
 //! | `progress.rs`  | the progress of a loop and metrics.jsonl                             |
@@ -58,6 +59,7 @@ pub mod finish;
 pub mod hash;
 pub mod inputs;
 pub mod health;
+pub mod in_loop;
 pub mod hf;
 pub mod lifecycle;
 pub mod lock;

@@ -6,6 +6,7 @@
 //! scored, so a smaller stride gives each token more context at the cost of more passes.
 
 use anyhow::{bail, Result};
+use std::path::Path;
 use serde::Serialize;
 
 use super::data::Corpus;
@@ -71,15 +72,15 @@ pub struct Heldout {
 }
 
 impl Heldout {
-    /// The validation split of corpus `name`, read as `train` reads it: bytes, or the imported
-    /// model's tokenizer from its checkpoint folder.
-    pub fn load(recipe: &Recipe, name: &str) -> Result<Heldout> {
+    /// The validation split of corpus `name`, read as `train` reads it: bytes, the imported
+    /// model's tokenizer from its checkpoint folder, or BPE with the tokenizer.json in `bpe`.
+    pub fn load(recipe: &Recipe, name: &str, bpe: Option<&Path>) -> Result<Heldout> {
         let Some(spec) = recipe.data(name) else { bail!("no corpus `{name}`") };
         let checkpoint = match &spec.tokenizer {
             Tokenizer::Model { model, .. } => recipe.model(model).and_then(|m| m.checkpoint.as_ref()).map(|c| c.dir.clone()),
             _ => None,
         };
-        let c = Corpus::validation(spec, checkpoint.as_deref())?;
+        let c = Corpus::validation(spec, bpe, checkpoint.as_deref())?;
         Ok(Heldout { tokens: c.val, documents: c.val_documents, bytes: c.val_bytes, words: c.val_words })
     }
 
@@ -116,14 +117,26 @@ impl Heldout {
         self.spans().map(|(start, end)| count(end - start, context, stride.unwrap_or(context))).sum()
     }
 
+    /// `model`'s mean loss on the first `windows` windows of its context (the same tokens at
+    /// every call: an in-loop evaluation's curve).
+    pub fn loss(&self, model: &Model, windows: usize) -> Result<f64> {
+        Ok(self.score_first(model, None, windows, None)?.loss)
+    }
+
     /// `model`'s perplexity; with `progress`, a line as the windows go.
     pub fn score(&self, model: &Model, stride: Option<usize>, progress: Option<&Progress>) -> Result<Perplexity> {
-        let total = self.count(model, stride);
+        self.score_first(model, stride, usize::MAX, progress)
+    }
+
+    /// `score` over the first `limit` windows (the byte and word measures then divide by the
+    /// whole split's text: `loss` reads only the loss).
+    fn score_first(&self, model: &Model, stride: Option<usize>, limit: usize, progress: Option<&Progress>) -> Result<Perplexity> {
+        let total = self.count(model, stride).min(limit);
         let context = model.spec().context;
         let (mut nll, mut count, mut done) = (0.0, 0u64, 0usize);
         // Per target index in a window (index i: i + 1 tokens before it): summed loss, tokens.
         let (mut at, mut seen) = (vec![0.0; context], vec![0.0; context]);
-        let mut windows = self.windows(model, stride).peekable();
+        let mut windows = self.windows(model, stride).take(limit).peekable();
         while windows.peek().is_some() {
             let chunk: Vec<_> = windows.by_ref().take(ROWS).collect();
             let seqs: Vec<Seq> = chunk

@@ -28,6 +28,9 @@ pub struct Metric {
     pub val_choices_acc: Option<f64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub val_choices_acc_norm: Option<f64>,
+    /// The loss on each `eval_data` corpus at an evaluation, keyed `val_loss/NAME`.
+    #[serde(flatten)]
+    pub val_sets: std::collections::BTreeMap<String, f64>,
 }
 
 pub struct Metrics {

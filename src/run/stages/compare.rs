@@ -96,7 +96,7 @@ fn choices(ctx: &StageCtx, c: &CompareSpec, run: RunDir, dev: tch::Device) -> Re
 /// Every policy's perplexity on the held-out split of a corpus.
 fn perplexity(ctx: &StageCtx, c: &CompareSpec, run: RunDir, dev: tch::Device) -> Result<()> {
     let recipe = ctx.recipe;
-    let held = Heldout::load(recipe, &c.data)?;
+    let held = Heldout::load(recipe, &c.data, None)?;
     let mut table = "| policy | loss per token | perplexity | bits per byte | word perplexity | context |\n|---|---:|---:|---:|---:|---:|\n".to_string();
     let (mut rows, mut curves) = (vec![], vec![]);
     for (label, r) in &c.policies {

@@ -146,6 +146,7 @@ pub fn run(ctx: &StageCtx, m: &MixtureSpec) -> Result<()> {
                 moe: vec![json!({"layer": "gate", "purity": mean_purity})],
                 val_choices_acc: None,
                 val_choices_acc_norm: None,
+                val_sets: Default::default(),
             })?;
             run.checkpoint(done, &names, &model.params, &opt, rng, serde_json::Value::Null)?;
         }

@@ -9,7 +9,7 @@ use tch::Tensor;
 use crate::plan::plan_model;
 use crate::recipe::{ModelSpec, TrainSpec};
 use crate::rng::Rng;
-use crate::run::kit::choices::Quiz;
+use crate::run::kit::in_loop::InLoop;
 use crate::run::kit::adamw::Optimizer;
 use crate::run::kit::checkpoint::State;
 use crate::run::kit::data::{batch, Corpus};
@@ -140,7 +140,7 @@ pub fn run_model(ctx: &StageCtx, spec: &ModelSpec, t: &TrainSpec) -> Result<()> 
     // log, evaluation and checkpoint steps; skipping decides per step, so it reads every step.
     let mut deferred = (t.max_skips == 0).then(|| Deferred::new(device));
     let mut profiler = ctx.opts.profile.map(|steps| Profiler::new(name, steps, device, dir.join(TRACE)));
-    let (quiz, mut last_quiz) = (t.eval_choices.as_deref().map(|n| Quiz::load(recipe, n, usize::MAX)).transpose()?, None);
+    let mut in_loop = InLoop::load(recipe, t, &dir)?;
 
     for step in step0..t.steps {
         // Seeding libtorch per step makes dropout masks a function of the step alone,
@@ -207,8 +207,7 @@ pub fn run_model(ctx: &StageCtx, spec: &ModelSpec, t: &TrainSpec) -> Result<()> 
         // Throughput is measured before evaluation so it counts training steps only.
         let tok_s = window.1 as f64 / window.0.elapsed().as_secs_f64().max(1e-9);
         let val = if eval_now { Some(evaluate(&model, &corpus.val, t, recipe.seed)) } else { None };
-        let quizzed = if eval_now { quiz.as_ref().map(|q| q.score(&model, None).map(|s| s.0)).transpose()? } else { None };
-        last_quiz = quizzed.as_ref().map(|a| (a.acc, a.acc_norm)).or(last_quiz);
+        let scored = if eval_now { Some(in_loop.score(&model)?) } else { None };
         if let Some(v) = val {
             if best_val.is_none_or(|b: f64| v < b) {
                 since_best = 0;
@@ -235,8 +234,9 @@ pub fn run_model(ctx: &StageCtx, spec: &ModelSpec, t: &TrainSpec) -> Result<()> 
                 lr,
                 grad_norm,
                 tokens_per_s: tok_s,
-                val_choices_acc: quizzed.as_ref().map(|a| a.acc),
-                val_choices_acc_norm: quizzed.as_ref().map(|a| a.acc_norm),
+                val_choices_acc: scored.and_then(|s| s.choices).map(|c| c.0),
+                val_choices_acc_norm: scored.and_then(|s| s.choices).map(|c| c.1),
+                val_sets: scored.map(|s| s.losses.clone()).unwrap_or_default(),
             })?;
             window = (Instant::now(), 0, 0.0, 0);
         }
@@ -292,9 +292,7 @@ pub fn run_model(ctx: &StageCtx, spec: &ModelSpec, t: &TrainSpec) -> Result<()> 
         "stopped_early_at": stopped,
         "best_step": best_step,
     });
-    if let Some((acc, per_char)) = last_quiz {
-        (report["final_choices_acc"], report["final_choices_acc_norm"]) = (json!(acc), json!(per_char));
-    }
+    in_loop.report(&mut report);
     // (A best kept before a resume is listed with the outputs that reuse verifies too.)
     if t.keep_best && dir.join(BEST).exists() {
         run.list_output(BEST);

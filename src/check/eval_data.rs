@@ -1,0 +1,70 @@
+//! `train { eval_data = [wiki, c4] }`: other corpora whose held-out loss a pretraining run
+//! measures at every evaluation (OLMo's in-loop perplexity evaluations). Each is read with the
+//! training corpus's tokens: bytes, the same checkpoint's tokenizer, or the BPE tokenizer the
+//! stage trains (then of the same vocabulary).
+
+use super::Checker;
+use crate::diag::{Code, Diagnostic};
+use crate::recipe::{DataSpec, Tokenizer};
+use crate::syntax::ast::{DeclKind, Expr, ExprKind};
+
+/// Corpora one stage evaluates on at most (each is scored at every evaluation).
+const MOST: usize = 16;
+
+impl<'a> Checker<'a> {
+    /// A corpus name or a list of them; None after an error.
+    pub(super) fn eval_data(&mut self, e: &'a Expr, corpus: Option<&DataSpec>) -> Option<Vec<String>> {
+        let items: Vec<&Expr> = match &e.kind {
+            ExprKind::List(items) => items.iter().collect(),
+            _ => vec![e],
+        };
+        if items.len() > MOST {
+            self.error(Diagnostic::error(Code::E0202, e.span, format!("`eval_data` names {} corpora; at most {MOST}", items.len()))
+                .with_hint("each is scored at every evaluation: keep the ones whose curves you will read"));
+            return None;
+        }
+        let mut names: Vec<String> = vec![];
+        let mut ok = true;
+        for item in items {
+            match self.eval_corpus(item, corpus) {
+                Some(n) if names.contains(&n) => {
+                    self.error(Diagnostic::error(Code::E0102, item.span, format!("`{n}` is named twice in `eval_data`")).with_hint("name each corpus once"));
+                    ok = false;
+                }
+                Some(n) => names.push(n),
+                None => ok = false,
+            }
+        }
+        ok.then_some(names)
+    }
+
+    /// One corpus of `eval_data`: a `text(…)` declaration with the training corpus's tokens.
+    fn eval_corpus(&mut self, e: &'a Expr, corpus: Option<&DataSpec>) -> Option<String> {
+        let d = self.decl_ref(e, DeclKind::Data, "a data set")?;
+        if d.kind != DeclKind::Data || self.is_examples(d) || self.is_synthetic(d) || e.as_path().is_none_or(|p| p.len() != 1) {
+            self.error(Diagnostic::error(Code::E0301, e.span, format!("`eval_data` takes text corpora, but `{}` is not a `text(…)` declaration", d.name.name))
+                .with_hint("declare `data wiki = text(\"wiki.txt\") { … }`; multiple-choice questions go in `eval_choices`"));
+            return None;
+        }
+        let set = self.data_spec(d)?;
+        let corpus = corpus?;
+        let dir = |m: &str| self.models.get(m).and_then(|s| s.checkpoint.as_ref()).map(|c| c.dir.clone());
+        let same = match (&corpus.tokenizer, &set.tokenizer) {
+            (Tokenizer::Bytes, Tokenizer::Bytes) => true,
+            (Tokenizer::Bpe { vocab: a }, Tokenizer::Bpe { vocab: b }) => a == b,
+            (Tokenizer::Model { model: a, .. }, Tokenizer::Model { model: b, .. }) => a == b || dir(a).is_some_and(|x| Some(x) == dir(b)),
+            _ => false,
+        };
+        if !same {
+            let how = match &corpus.tokenizer {
+                Tokenizer::Bytes => "leave `tokenizer` out".to_string(),
+                Tokenizer::Bpe { vocab } => format!("write `tokenizer = bpe {{ vocab = {vocab} }}`: it is read with the tokenizer this stage trains"),
+                Tokenizer::Model { model, .. } => format!("write `tokenizer = {model}.tokenizer`"),
+            };
+            self.error(Diagnostic::error(Code::E0315, e.span, format!("`{}` is read as {}, but the model trains on {} of `{}`", set.name, super::tokens::describe(&set.tokenizer), super::tokens::describe(&corpus.tokenizer), corpus.name))
+                .with_hint(format!("in data `{}`, {how}", set.name)));
+            return None;
+        }
+        Some(set.name)
+    }
+}
