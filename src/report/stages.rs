@@ -19,8 +19,16 @@ fn headline(r: &Value) -> String {
     let pct = |v: &Value| v.as_f64().map_or("-".to_string(), |x| format!("{:.1}%", 100.0 * x));
     let num = |v: &Value| v.as_f64().map_or("-".to_string(), |x| format!("{x:.3}"));
     match r["kind"].as_str().unwrap_or_default() {
-        "train" if r["final_choices_acc"].is_number() => format!("validation loss {}; multiple-choice accuracy {}", human("final_val_loss", &r["final_val_loss"]), pct(&r["final_choices_acc"])),
-        "train" => format!("validation loss {}", human("final_val_loss", &r["final_val_loss"])),
+        "train" => {
+            let mut parts = vec![format!("validation loss {}", human("final_val_loss", &r["final_val_loss"]))];
+            if r["final_choices_acc"].is_number() {
+                parts.push(format!("multiple-choice accuracy {}", pct(&r["final_choices_acc"])));
+            }
+            if let Some(other) = r["final_val_losses"].as_object().filter(|o| !o.is_empty()) {
+                parts.push(format!("held-out loss on {}", other.iter().map(|(k, v)| format!("{k} {}", num(v))).collect::<Vec<_>>().join(", ")));
+            }
+            parts.join("; ")
+        }
         "finetune" => format!("held-out exact match {} (was {})", pct(&r["after"]["exact"]), pct(&r["before"]["exact"])),
         "reward_model" => format!("held-out pairwise accuracy {}", pct(&r["held_out_accuracy"])),
         "dpo" if r["held_out_feedback"].is_u64() => format!("held-out reward margin {}; sampled gold reward {} (was {})", num(&r["held_out_rewards"]["margin"]), num(&r["after"]["sampled_gold"]), num(&r["before"]["sampled_gold"])),
@@ -74,6 +82,7 @@ mod tests {
     fn each_kind_is_summed_up_by_its_own_measure() {
         assert_eq!(headline(&json!({"kind": "train", "final_val_loss": 1.90271})), "validation loss 1.903 nats/token");
         assert_eq!(headline(&json!({"kind": "train", "final_val_loss": 1.90271, "final_choices_acc": 0.525})), "validation loss 1.903 nats/token; multiple-choice accuracy 52.5%");
+        assert_eq!(headline(&json!({"kind": "train", "final_val_loss": 2.434, "final_val_losses": {"docs": 3.9679, "wiki": 3.1}})), "validation loss 2.434 nats/token; held-out loss on docs 3.968, wiki 3.100");
         let rows = json!([{"policy": "fresh", "choices": {"acc": 0.275}}, {"policy": "trained", "choices": {"acc": 0.525}}]);
         assert_eq!(headline(&json!({"kind": "compare", "examples": 200, "rows": rows})), "multiple-choice accuracy on 200 questions: fresh 27.5%, trained 52.5%");
         let rows = json!([{"policy": "fresh", "perplexity": {"perplexity": 251.2}}, {"policy": "trained", "perplexity": {"perplexity": 6.8613}}]);
