@@ -36,6 +36,7 @@ const CHECKPOINTS: &[(&str, &[&str])] = &[
     ("olmo2", &["olmo2", "--dtype", "bfloat16"]),
     ("gemma3", &["gemma3"]),
     ("gemma2", &["gemma2"]),
+    ("gemma3mm", &["gemma3mm", "--tied"]),
 ];
 
 /// Every checkpoint of `CHECKPOINTS`, made once by one Python process (transformers takes
@@ -100,13 +101,7 @@ fn logit_gap(dir: &Path) -> (f64, roux::run::model::Model) {
 
 /// Export the imported model from a run directory and compare every tensor with the input.
 fn assert_export_roundtrip(dir: &Path, model: &roux::run::model::Model, class: &str) {
-    let run = dir.join("run");
-    std::fs::create_dir_all(&run).unwrap();
-    std::fs::write(run.join("resolved.json"), serde_json::json!({ "model": model.spec() }).to_string()).unwrap();
-    Tensor::write_safetensors(&model.named(), run.join("model.safetensors")).unwrap();
-    let out = dir.join("out");
-    let o = roux(&["export", run.to_str().unwrap(), "--to", "hf", "-o", out.to_str().unwrap()]);
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let out = exported(dir, model);
     // Every tensor back under its name, equal to the checkpoint's (read by tch's own reader).
     let tensors = |d: &Path| -> std::collections::BTreeMap<String, Tensor> {
         let files = std::fs::read_dir(d).unwrap().map(|f| f.unwrap().path()).filter(|p| p.extension().is_some_and(|e| e == "safetensors"));
@@ -127,6 +122,18 @@ fn assert_export_roundtrip(dir: &Path, model: &roux::run::model::Model, class: &
     let (theirs, gap) = transformers_logits(&out, &dir.join("ck/expected.json"));
     eprintln!("transformers on roux's export: {theirs}, max |Δlogit| = {gap:.3e}");
     assert!(theirs == class && gap < 1e-4, "transformers on roux's export: {theirs}, logits differ by {gap:.3e}");
+}
+
+/// `model` written as a run in `dir/run` and exported to Hugging Face's format: `dir/out`.
+fn exported(dir: &Path, model: &roux::run::model::Model) -> PathBuf {
+    let run = dir.join("run");
+    std::fs::create_dir_all(&run).unwrap();
+    std::fs::write(run.join("resolved.json"), serde_json::json!({ "model": model.spec() }).to_string()).unwrap();
+    Tensor::write_safetensors(&model.named(), run.join("model.safetensors")).unwrap();
+    let out = dir.join("out");
+    let o = roux(&["export", run.to_str().unwrap(), "--to", "hf", "-o", out.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    out
 }
 
 /// transformers' class for the checkpoint in `model` and the largest |Δlogit| against the logits
@@ -767,6 +774,28 @@ fn gemma3_text_with_sandwich_norms_offset_gains_and_local_and_global_blocks() {
     let dir = checkpoint("gemma3-spec", "gemma3");
     let spec = roux::frontend::compile(&dir.join("import.roux")).unwrap().recipe.unwrap().models[0].clone();
     assert_eq!((spec.window, spec.window_layers.clone(), spec.window_rope_theta, spec.rope_theta), (Some(8), Some(vec![0]), Some(1e4), Some(1e6)));
+}
+
+/// Gemma 3 4B and up are multimodal (`Gemma3ForConditionalGeneration`): roux imports the text
+/// model (`text_config`, the tensors under `language_model.`), leaving the vision tower and its
+/// projector unread, with transformers' text logits; it exports as the text model alone,
+/// `Gemma3ForCausalLM`, from which transformers computes the same logits.
+#[test]
+fn gemma3_multimodal_imports_its_text_model() {
+    let dir = checkpoint("gemma3mm", "gemma3mm");
+    let names = Tensor::read_safetensors(dir.join("ck/model.safetensors")).unwrap();
+    assert!(names.iter().any(|(n, _)| n.starts_with("vision_tower.")) && names.iter().any(|(n, _)| n.starts_with("language_model.model.")), "the checkpoint is the multimodal layout");
+    assert_eq!(planned_params(&dir), expected(&dir)["params"].as_u64().unwrap(), "roux plan counts the text model transformers holds");
+    let (gap, model) = logit_gap(&dir);
+    assert!(gap < 1e-4, "logits differ from transformers' by {gap:.3e}");
+    let (class, gap) = transformers_logits(&exported(&dir, &model), &dir.join("ck/expected.json"));
+    assert!(class == "Gemma3ForCausalLM" && gap < 1e-4, "transformers on roux's export: {class}, logits differ by {gap:.3e}");
+    // A text tensor missing from the checkpoint is named as the text model names it.
+    let partial: Vec<(String, Tensor)> = names.into_iter().filter(|(n, _)| n != "language_model.model.norm.weight").collect();
+    Tensor::write_safetensors(&partial, dir.join("ck/model.safetensors")).unwrap();
+    let c = roux::frontend::compile(&dir.join("import.roux")).unwrap();
+    let errors: Vec<String> = c.diagnostics.iter().filter(|d| d.is_error()).map(|d| format!("{}: {}", d.code, d.message)).collect();
+    assert!(errors.len() == 1 && errors[0].starts_with("E0217") && errors[0].contains("`model.norm.weight`"), "{errors:?}");
 }
 
 /// Gemma 2 soft-caps its attention scores and its logits (c·tanh(x / c)): its logits are

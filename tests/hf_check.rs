@@ -89,7 +89,7 @@ fn an_architecture_roux_cannot_compute_is_named_with_the_supported_list() {
     c["architectures"] = json!(["BertForMaskedLM"]);
     assert_eq!(
         check("bert", &c, None),
-        vec![("E0216".into(), "`ck/config.json` architecture `BertForMaskedLM` is not supported; roux reads GPT2LMHeadModel, LlamaForCausalLM, MistralForCausalLM, Qwen2ForCausalLM, Qwen3ForCausalLM, MixtralForCausalLM, OlmoeForCausalLM, Qwen2MoeForCausalLM, Qwen3MoeForCausalLM, Phi3ForCausalLM, Olmo2ForCausalLM, Gemma2ForCausalLM, Gemma3ForCausalLM".into())]
+        vec![("E0216".into(), "`ck/config.json` architecture `BertForMaskedLM` is not supported; roux reads GPT2LMHeadModel, LlamaForCausalLM, MistralForCausalLM, Qwen2ForCausalLM, Qwen3ForCausalLM, MixtralForCausalLM, OlmoeForCausalLM, Qwen2MoeForCausalLM, Qwen3MoeForCausalLM, Phi3ForCausalLM, Olmo2ForCausalLM, Gemma2ForCausalLM, Gemma3ForCausalLM, Gemma3ForConditionalGeneration".into())]
     );
     let mut c = llama_config();
     c["architectures"] = json!(["MistralForCausalLM"]);

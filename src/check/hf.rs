@@ -51,6 +51,7 @@ fn read(loader: &dyn Loader, dir: &Path, file: &str, name: &str) -> Result<Model
     let (mut spec, family) = hf::config::model_from_config(name, &config)
         .map_err(|e| (Code::E0216, format!("`{shown}/config.json` {e}"), "roux imports GPT-2, Llama, Mistral, Qwen2, Qwen3, Mixtral, OLMoE and Qwen2-MoE checkpoints whose settings it computes exactly".to_string()))?;
     let files = weight_files(loader, dir).map_err(|e| unreadable(format!("checkpoint `{shown}`: {e}")))?;
+    let multimodal = hf::config::multimodal(&config);
     let mut found: BTreeMap<String, header::TensorEntry> = BTreeMap::new();
     let mut bytes = 0;
     for f in &files {
@@ -58,6 +59,7 @@ fn read(loader: &dyn Loader, dir: &Path, file: &str, name: &str) -> Result<Model
         let (tensors, size) = read_header(loader, &path).map_err(|e| unreadable(format!("`{shown}/{}` {e}", f.escape_debug())))?;
         bytes += size;
         for (t, entry) in tensors {
+            let Some(t) = (if multimodal { hf::names::text_model(&t) } else { Some(t) }) else { continue };
             if found.insert(t.clone(), entry).is_some() {
                 return Err(unreadable(format!("checkpoint `{shown}` holds tensor `{}` in two shards", t.escape_debug())));
             }
@@ -81,7 +83,7 @@ fn read(loader: &dyn Loader, dir: &Path, file: &str, name: &str) -> Result<Model
     let tokenizer = matches!(loader.entry(&dir.join("tokenizer.json")), PathKind::File(_));
     // roux's byte-level exports say so (their tokenizer.json is the byte tokenizer).
     let byte_level = config.get("roux_byte_level") == Some(&serde_json::Value::Bool(true)) || (config.get("roux_model").is_some() && !tokenizer && spec.vocab >= 256);
-    spec.checkpoint = Some(Checkpoint { dir: dir.to_path_buf(), family, files, dtype, bytes, byte_level, tokenizer });
+    spec.checkpoint = Some(Checkpoint { dir: dir.to_path_buf(), family, files, dtype, bytes, byte_level, tokenizer, multimodal });
     Ok(spec)
 }
 

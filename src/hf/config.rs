@@ -23,7 +23,18 @@ pub const SUPPORTED: &[(&str, Family)] = &[
     ("Olmo2ForCausalLM", Family::Olmo2),
     ("Gemma2ForCausalLM", Family::Gemma2),
     ("Gemma3ForCausalLM", Family::Gemma3),
+    // Gemma 3 4B, 12B and 27B: their text model (`text_config`), the vision tower left unread.
+    (MULTIMODAL, Family::Gemma3),
 ];
+
+/// The multimodal architecture whose text model roux imports (`multimodal`).
+const MULTIMODAL: &str = "Gemma3ForConditionalGeneration";
+
+/// Whether `c` is a multimodal checkpoint's config: its text model's settings are under
+/// `text_config`, its tensors under `language_model.` (`names::text_model`).
+pub fn multimodal(c: &Value) -> bool {
+    c["architectures"].as_array().is_some_and(|a| a.len() == 1 && a[0] == MULTIMODAL)
+}
 
 /// The family a config's `architectures` names.
 pub fn family(c: &Value) -> Result<Family, String> {
@@ -39,7 +50,10 @@ pub fn family(c: &Value) -> Result<Family, String> {
 /// The definition of model `name` that `config.json` (parsed) describes.
 pub fn model_from_config(name: &str, c: &Value) -> Result<(ModelSpec, Family), String> {
     let family = family(c)?;
-    let r = Reader(c);
+    if multimodal(c) && !c["text_config"].is_object() {
+        return Err(format!("names {MULTIMODAL} but has no `text_config` object"));
+    }
+    let r = Reader(if multimodal(c) { &c["text_config"] } else { c });
     let spec = match family {
         Family::Gpt2 => gpt2(name, &r)?,
         Family::Gemma2 | Family::Gemma3 => super::gemma::gemma(name, &r, family)?,

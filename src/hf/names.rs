@@ -163,6 +163,20 @@ fn split_block(name: &str) -> (&str, &str) {
     rest.split_once('.').unwrap_or(("?", rest))
 }
 
+/// A multimodal checkpoint's tensor `name` as its text model alone names it, or None for the
+/// vision tower's and the projector's, which roux leaves unread: `language_model.model.X` (as
+/// Gemma 3's checkpoints store it) or `model.language_model.X` (as transformers 5 holds it) is
+/// `model.X`, `language_model.lm_head.weight` is `lm_head.weight`. Other names stay as they are
+/// (and are then reported as extra).
+pub fn text_model(name: &str) -> Option<String> {
+    const UNREAD: &[&str] = &["vision_tower.", "multi_modal_projector.", "model.vision_tower.", "model.multi_modal_projector."];
+    if UNREAD.iter().any(|p| name.starts_with(p)) {
+        return None;
+    }
+    let text = [("language_model.model.", "model."), ("model.language_model.", "model."), ("language_model.lm_head.", "lm_head.")];
+    Some(text.iter().find_map(|(theirs, ours)| name.strip_prefix(theirs).map(|rest| format!("{ours}{rest}"))).unwrap_or_else(|| name.to_string()))
+}
+
 /// Tensors a checkpoint may hold that are not parameters: GPT-2's causal-mask buffers, rotary
 /// frequency buffers, and the head of a model whose head is its embedding.
 pub fn ignorable(name: &str, spec: &ModelSpec) -> bool {

@@ -61,6 +61,10 @@ pub struct Checkpoint {
     /// The folder holds tokenizer.json (what `tokenizer = MODEL.tokenizer` encodes with).
     #[serde(default, skip_serializing_if = "is_false")]
     pub tokenizer: bool,
+    /// The text model of a multimodal checkpoint (Gemma 3 4B and up): its tensors named under
+    /// `language_model.` (`hf::names::text_model`), the vision tower's left unread.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub multimodal: bool,
 }
 
 fn is_false(b: &bool) -> bool {

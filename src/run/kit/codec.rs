@@ -227,7 +227,9 @@ fn named_eos_ids(dir: &Path, tk: &Tokenizer) -> Result<Vec<i64>> {
             continue;
         }
         let v: serde_json::Value = serde_json::from_str(&super::files::read_capped(&path, crate::hf::MAX_CONFIG)?).with_context(|| format!("{} is not valid JSON", path.display()))?;
-        let ids: Vec<i64> = match &v["eos_token_id"] {
+        // (A multimodal config keeps its text model's under `text_config`.)
+        let named = if v["eos_token_id"].is_null() { &v["text_config"]["eos_token_id"] } else { &v["eos_token_id"] };
+        let ids: Vec<i64> = match named {
             serde_json::Value::Array(a) => a.iter().filter_map(|x| x.as_i64()).collect(),
             x => x.as_i64().into_iter().collect(),
         };

@@ -118,6 +118,7 @@ fn read_file(ck: &Checkpoint, file: &str, wanted: &HashMap<&str, ()>, take: &mut
     let map = unsafe { memmap2::Mmap::map(&f) }.with_context(|| format!("mapping {}", path.display()))?;
     let st = safetensors::SafeTensors::deserialize(&map).map_err(|e| anyhow::anyhow!("{}: not a readable safetensors file: {e}", path.display()))?;
     for (name, view) in st.tensors() {
+        let Some(name) = (if ck.multimodal { names::text_model(&name) } else { Some(name) }) else { continue };
         if !wanted.contains_key(name.as_str()) {
             continue;
         }
