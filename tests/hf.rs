@@ -1041,29 +1041,34 @@ fn the_shared_python_process_reports_what_a_script_prints_and_how_it_ends() {
 /// lm-evaluation-harness's multiple-choice scoring, computed with transformers on the same
 /// files: each choice's continuation is what the tokenized question + choice has past the
 /// tokenized question (whitespace ending the question moved to the choice), its log-likelihood
-/// summed. A `compare` over `choices(…)` gives the same log-likelihoods and picks, with the
-/// tokenizer's own leading special token (as lm-eval's `add_bos_token = True`) and without.
+/// summed, the sequence cut on the left to the context. A `compare` over `choices(…)` gives the
+/// same log-likelihoods and picks, with the tokenizer's own leading special token (as lm-eval's
+/// `add_bos_token = True`) and without, and one-shot (`fewshot = 1`: the first question answered
+/// before each of the others, as lm-eval's `num_fewshot` builds the context).
 #[test]
 fn multiple_choice_questions_score_each_choice_as_lm_eval_does_with_transformers() {
     const LM_EVAL: &str = "import sys, json, torch\n\
         from transformers import AutoModelForCausalLM, AutoTokenizer\n\
-        ck, data, template, delim = sys.argv[1:5]\n\
+        ck, data, template, delim, shots = sys.argv[1:6]\n\
         tok = AutoTokenizer.from_pretrained(ck)\n\
         model = AutoModelForCausalLM.from_pretrained(ck, dtype=torch.float32).eval()\n\
         out = []\n\
-        for line in open(data):\n\
-        \x20   d = json.loads(line)\n\
+        docs = [json.loads(line) for line in open(data)]\n\
+        right = lambda d: d['c'][ord(d['a']) - 65 if str(d['a']).isalpha() else int(d['a'])]\n\
+        shown = ''.join(template.replace('{prompt}', d['q']) + delim + right(d) + '\\n\\n' for d in docs[:int(shots)])\n\
+        for d in docs[int(shots):]:\n\
         \x20   lls = []\n\
         \x20   for c in d['c']:\n\
-        \x20       context, cont = template.replace('{prompt}', d['q']), delim + c\n\
+        \x20       context, cont = shown + template.replace('{prompt}', d['q']), delim + c\n\
         \x20       n = len(context) - len(context.rstrip())\n\
         \x20       if n:\n\
         \x20           cont, context = context[-n:] + cont, context[:-n]\n\
         \x20       ctx = tok(context).input_ids\n\
         \x20       enc = tok(context + cont).input_ids[len(ctx):]\n\
+        \x20       whole = (ctx + enc)[-(model.config.max_position_embeddings + 1):]\n\
         \x20       with torch.no_grad():\n\
-        \x20           logp = model(torch.tensor([(ctx + enc)[:-1]])).logits.log_softmax(-1)[0]\n\
-        \x20       lls.append(sum(logp[len(ctx) - 1 + i, t].item() for i, t in enumerate(enc)))\n\
+        \x20           logp = model(torch.tensor([whole[:-1]])).logits.log_softmax(-1)[0]\n\
+        \x20       lls.append(sum(logp[len(whole) - 1 - len(enc) + i, t].item() for i, t in enumerate(enc)))\n\
         \x20   out.append(lls)\n\
         print(json.dumps(out))";
     let questions = [
@@ -1072,25 +1077,27 @@ fn multiple_choice_questions_score_each_choice_as_lm_eval_does_with_transformers
         r#"{"q": "uppercase word\n", "c": ["WORD", "word", "Word", "wORD"], "a": "A"}"#,
         r#"{"q": "sort dcba", "c": ["abcd", " abcd"], "a": 1}"#,
     ];
-    for bos in [false, true] {
-        let dir = checkpoint(if bos { "mc-bos" } else { "mc" }, "qwen2-tok");
+    // Zero-shot with and without a leading special token; one-shot (the first question, answered,
+    // before each of the others, lm-eval's `num_fewshot` context).
+    for (bos, shots) in [(false, 0), (true, 0), (false, 1)] {
+        let dir = checkpoint(&format!("mc-{bos}-{shots}"), "qwen2-tok");
         if bos {
             leading_special_token(&dir.join("ck/tokenizer.json"));
         }
         std::fs::write(dir.join("mc.jsonl"), questions.join("\n")).unwrap();
         let template = "Question: {prompt}\nAnswer:";
         let recipe = format!(
-            "experiment \"mc\" {{\n  model base = hf(\"ck\")\n  data mc = choices(\"mc.jsonl\") {{ prompt = \"q\", choices = \"c\", answer = \"a\", template = \"{}\", tokenizer = base.tokenizer }}\n  stage table = compare(base = base) {{ data = mc }}\n}}\n",
+            "experiment \"mc\" {{\n  model base = hf(\"ck\")\n  data mc = choices(\"mc.jsonl\") {{ prompt = \"q\", choices = \"c\", answer = \"a\", template = \"{}\", tokenizer = base.tokenizer, fewshot = {shots} }}\n  stage table = compare(base = base) {{ data = mc }}\n}}\n",
             template.escape_default()
         );
         std::fs::write(dir.join("r.roux"), recipe).unwrap();
         let o = roux(&["run", dir.join("r.roux").to_str().unwrap(), "--out", dir.join("runs").to_str().unwrap()]);
         assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
         let samples: Vec<serde_json::Value> = std::fs::read_to_string(dir.join("runs/mc/table/samples.jsonl")).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
-        let o = common::python(LM_EVAL, &[dir.join("ck").to_str().unwrap(), dir.join("mc.jsonl").to_str().unwrap(), template, " "]);
+        let o = common::python(LM_EVAL, &[dir.join("ck").to_str().unwrap(), dir.join("mc.jsonl").to_str().unwrap(), template, " ", &shots.to_string()]);
         assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
         let theirs: Vec<Vec<f64>> = serde_json::from_str(String::from_utf8_lossy(&o.stdout).trim()).unwrap();
-        assert_eq!(samples.len(), questions.len());
+        assert_eq!(samples.len(), questions.len() - shots);
         for (s, t) in samples.iter().zip(&theirs) {
             let ours: Vec<f64> = s["loglikelihoods"].as_array().unwrap().iter().map(|v| v.as_f64().unwrap()).collect();
             assert_eq!(ours.len(), t.len());
@@ -1101,8 +1108,8 @@ fn multiple_choice_questions_score_each_choice_as_lm_eval_does_with_transformers
         }
         let report: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(dir.join("runs/mc/table/report.json")).unwrap()).unwrap();
         let right = samples.iter().filter(|s| s["pick"] == s["answer"]).count() as f64;
-        assert_eq!(report["rows"][0]["choices"]["acc"].as_f64(), Some(right / 4.0));
-        assert_eq!(samples.iter().map(|s| s["answer"].as_u64().unwrap()).collect::<Vec<_>>(), [0, 0, 0, 1]);
+        assert_eq!(report["rows"][0]["choices"]["acc"].as_f64(), Some(right / samples.len() as f64));
+        assert_eq!(samples.iter().map(|s| s["answer"].as_u64().unwrap()).collect::<Vec<_>>(), [0, 0, 0, 1][shots..]);
     }
 }
 

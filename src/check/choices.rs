@@ -21,6 +21,9 @@ impl<'a> Checker<'a> {
         let tokenizer = f.field("tokenizer").map(|t| self.model_tokenizer(&t.value));
         let template = self.text_key(&mut f, "template", QUESTION, |s| s.matches("{prompt}").count() == 1, "a question template must contain `{prompt}` exactly once");
         let delimiter = self.text_key(&mut f, "delimiter", " ", |s| s.len() <= 64, "`delimiter` is at most 64 bytes");
+        let fewshot = f.int(self, "fewshot", Some(0), super::fields::Min::Zero);
+        let fewshot_span = f.value_span("fewshot");
+        let between = self.text_key(&mut f, "fewshot_delimiter", "\n\n", |s| s.len() <= 64, "`fewshot_delimiter` is at most 64 bytes");
         f.finish(self);
         let path = self.jsonl_path(d, "choices", args)?;
         let span = super::paths::single_path_arg(args).map_or(at, |a| a.1);
@@ -33,8 +36,14 @@ impl<'a> Checker<'a> {
         if !self.refuse_bad_lines(&path, span, &lines, hint) {
             return None;
         }
-        let (template, delimiter) = (template?, delimiter?);
-        let work = tokenized_bytes(&parsed.questions, template.len() - "{prompt}".len(), delimiter.len());
+        let (template, delimiter, between) = (template?, delimiter?, between?);
+        let fewshot = fewshot? as usize;
+        if fewshot >= parsed.questions.len() {
+            self.error(Diagnostic::error(Code::E0202, fewshot_span, format!("`fewshot` = {fewshot} leaves none of the {} questions to score", parsed.questions.len()))
+                .with_hint("the first `fewshot` questions are the examples shown before each of the others: fewer than the file holds"));
+            return None;
+        }
+        let work = tokenized_bytes(&parsed.questions, template.len() - "{prompt}".len(), delimiter.len(), fewshot, between.len());
         if work > MAX_TOKENIZED {
             let file = super::examples::file_name(&path);
             self.error(Diagnostic::error(Code::E0214, span, format!("`{file}` would have its scorer tokenize {work} bytes (every choice after its whole question), more than the {MAX_TOKENIZED} allowed"))
@@ -44,10 +53,11 @@ impl<'a> Checker<'a> {
         let counts: Vec<usize> = parsed.questions.iter().map(|q| q.choices.len()).collect();
         let (fewest, most) = (counts.iter().min().copied().unwrap_or(0), counts.iter().max().copied().unwrap_or(0));
         let each = if fewest == most { format!("{most} choices each") } else { format!("{fewest} to {most} choices each") };
-        self.error(Diagnostic::note(Code::N0404, span, format!("data `{name}`: {} questions, {each}", parsed.questions.len())).with_hint("`compare(…) { data = … }` scores every choice's likelihood"));
+        let shown = if fewshot > 0 { format!(", each after the first {fewshot} answered") } else { String::new() };
+        self.error(Diagnostic::note(Code::N0404, span, format!("data `{name}`: {} questions, {each}{shown}", parsed.questions.len() - fewshot)).with_hint("`compare(…) { data = … }` scores every choice's likelihood"));
         let tokenizer = tokenizer.unwrap_or(Some(String::new()))?;
         let tokenizer = Some(tokenizer).filter(|t| !t.is_empty());
-        let source = ExampleSource::Choices { path, fields: fields.to_vec(), delimiter, questions: parsed.questions.len(), most };
+        let source = ExampleSource::Choices { path, fields: fields.to_vec(), delimiter, questions: parsed.questions.len() - fewshot, most, fewshot, fewshot_delimiter: between };
         Some(ExampleSet { name, kind: ExampleKind::Choices, source, template, end: String::new(), held_out: 0.0, tokenizer, chat: None })
     }
 

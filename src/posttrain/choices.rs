@@ -17,10 +17,21 @@ pub const ROWS: usize = 16;
 pub const MAX_TOKENIZED: u64 = 1 << 30;
 
 /// Bytes of text scoring `questions` tokenizes: each choice after its question shown through a
-/// template of `template` bytes besides `{prompt}`, with a `delimiter` of so many bytes.
-pub fn tokenized_bytes(questions: &[Question], template: usize, delimiter: usize) -> u64 {
-    let each = |q: &Question| q.choices.iter().map(|c| (template + q.prompt.len() + delimiter + c.len()) as u64).sum::<u64>();
-    questions.iter().map(each).fold(0u64, u64::saturating_add)
+/// template of `template` bytes besides `{prompt}`, with a `delimiter` of so many bytes, and
+/// after the `fewshot` first questions answered, each followed by `between` bytes.
+pub fn tokenized_bytes(questions: &[Question], template: usize, delimiter: usize, fewshot: usize, between: usize) -> u64 {
+    let (shown, scored) = questions.split_at(fewshot.min(questions.len()));
+    let prefix: u64 = shown.iter().map(|q| (template + q.prompt.len() + delimiter + q.choices[q.answer].len() + between) as u64).sum();
+    let each = |q: &Question| q.choices.iter().map(|c| prefix.saturating_add((template + q.prompt.len() + delimiter + c.len()) as u64)).fold(0u64, u64::saturating_add);
+    scored.iter().map(each).fold(0u64, u64::saturating_add)
+}
+
+/// The text shown before every scored question with `fewshot` examples (lm-eval's few-shot
+/// context): each of `shown` through `template`, then `delimiter` and its right choice, each
+/// followed by `between` (lm-eval's `fewshot_delimiter`). (`examples::render`'s substitution,
+/// written here: examples.rs reads this file.)
+pub fn fewshot_prefix(shown: &[Question], template: &str, delimiter: &str, between: &str) -> String {
+    shown.iter().map(|q| format!("{}{delimiter}{}{between}", template.replace("{prompt}", &q.prompt), q.choices[q.answer])).collect()
 }
 
 /// One question.
@@ -141,7 +152,17 @@ mod tests {
     fn the_text_a_set_makes_its_scorer_tokenize_is_every_choice_after_its_question() {
         let q = |p: &str, c: &[&str]| Question { prompt: p.into(), choices: c.iter().map(|s| s.to_string()).collect(), answer: 0 };
         // "Q: " + 5 + " " + 1, twice; "Q: " + 2 + " " + 3 and + 4.
-        assert_eq!(tokenized_bytes(&[q("hello", &["a", "b"]), q("hi", &["cat", "door"])], 3, 1), 2 * 10 + 9 + 10);
+        assert_eq!(tokenized_bytes(&[q("hello", &["a", "b"]), q("hi", &["cat", "door"])], 3, 1, 0, 2), 2 * 10 + 9 + 10);
+        // One shot: "Q: hello a" and "\n\n" (12 bytes) before each of "hi"'s two choices.
+        assert_eq!(tokenized_bytes(&[q("hello", &["a", "b"]), q("hi", &["cat", "door"])], 3, 1, 1, 2), 9 + 10 + 2 * 12);
+    }
+
+    #[test]
+    fn few_shot_examples_are_each_question_with_its_right_choice() {
+        let q = |p: &str, c: &[&str], a| Question { prompt: p.into(), choices: c.iter().map(|s| s.to_string()).collect(), answer: a };
+        let shown = [q("2+2=", &["3", "4"], 1), q("sky?", &["red", "blue"], 1)];
+        assert_eq!(fewshot_prefix(&shown, "Q: {prompt}\nA:", " ", "\n\n"), "Q: 2+2=\nA: 4\n\nQ: sky?\nA: blue\n\n");
+        assert_eq!(fewshot_prefix(&[], "Q: {prompt}\nA:", " ", "\n\n"), "");
     }
 
     #[test]

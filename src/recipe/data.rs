@@ -99,7 +99,18 @@ pub enum ExampleSource {
     /// question, its list of choices and the right one's index; each choice is scored as
     /// `delimiter` + the choice after the rendered question. `questions` and `most` (choices a
     /// question at most), as check read them, size the plan.
-    Choices { path: PathBuf, fields: Vec<String>, delimiter: String, questions: usize, most: usize },
+    /// `questions`: those scored (after the `fewshot` first, which are shown before each).
+    Choices {
+        path: PathBuf,
+        fields: Vec<String>,
+        delimiter: String,
+        questions: usize,
+        most: usize,
+        #[serde(default, skip_serializing_if = "no_examples")]
+        fewshot: usize,
+        #[serde(default = "fewshot_delimiter", skip_serializing_if = "is_fewshot_delimiter")]
+        fewshot_delimiter: String,
+    },
     Chat {
         path: PathBuf,
         #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -146,4 +157,18 @@ pub struct ExampleSet {
 
 fn is_zero(x: &f64) -> bool {
     *x == 0.0
+}
+
+fn no_examples(n: &usize) -> bool {
+    *n == 0
+}
+
+/// What separates few-shot examples from each other and from the question (lm-eval's
+/// `fewshot_delimiter`).
+pub fn fewshot_delimiter() -> String {
+    "\n\n".to_string()
+}
+
+fn is_fewshot_delimiter(s: &String) -> bool {
+    *s == fewshot_delimiter()
 }

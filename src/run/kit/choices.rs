@@ -9,7 +9,7 @@ use serde::Serialize;
 use super::codec::Codec;
 use super::progress::Progress;
 use super::seqs::{pad, prompt_response, seq_logprob};
-use crate::posttrain::choices::{context_and_continuation, Question, ROWS};
+use crate::posttrain::choices::{context_and_continuation, fewshot_prefix, Question, ROWS};
 use crate::posttrain::examples::render;
 use crate::recipe::{ExampleSource, Recipe};
 use crate::run::model::Model;
@@ -34,13 +34,13 @@ pub struct Accuracy {
     pub questions: usize,
 }
 
-/// Score every question with `model`, shown through `template`; with `progress`, a line as
-/// the questions go (every twentieth of them in a log).
-fn score(model: &Model, codec: &Codec, questions: &[Question], template: &str, delimiter: &str, progress: Option<&Progress>) -> Result<(Accuracy, Vec<Scored>)> {
+/// Score every question with `model`, shown through `template` after `prefix` (the few-shot
+/// examples); with `progress`, a line as the questions go (every twentieth of them in a log).
+fn score(model: &Model, codec: &Codec, questions: &[Question], [prefix, template, delimiter]: [&str; 3], progress: Option<&Progress>) -> Result<(Accuracy, Vec<Scored>)> {
     let context = model.spec().context;
     let mut scored = vec![];
     for (i, q) in questions.iter().enumerate() {
-        let shown = render(template, &q.prompt);
+        let shown = format!("{prefix}{}", render(template, &q.prompt));
         let mut seqs = vec![];
         for (j, c) in q.choices.iter().enumerate() {
             let (ctx, cont) = context_and_continuation(&shown, delimiter, c);
@@ -88,18 +88,22 @@ fn argmax(v: &[f64]) -> usize {
 pub struct Quiz {
     questions: Vec<Question>,
     codec: Codec,
+    /// The few-shot examples shown before each question (empty without).
+    prefix: String,
     template: String,
     delimiter: String,
 }
 
 impl Quiz {
-    /// The first `limit` questions of set `name`.
+    /// The first `limit` questions of set `name` (after its few-shot examples).
     pub fn load(recipe: &Recipe, name: &str, limit: usize) -> Result<Quiz> {
         let Some(set) = recipe.example_set(name) else { bail!("no data set `{name}`") };
-        let ExampleSource::Choices { delimiter, .. } = &set.source else { bail!("data `{name}` holds no multiple-choice questions") };
+        let ExampleSource::Choices { delimiter, fewshot, fewshot_delimiter, .. } = &set.source else { bail!("data `{name}` holds no multiple-choice questions") };
         let mut questions = crate::posttrain::examples::questions(set).map_err(anyhow::Error::msg)?;
+        let shown: Vec<Question> = questions.drain(..(*fewshot).min(questions.len())).collect();
         questions.truncate(limit);
-        Ok(Quiz { questions, codec: Codec::new(recipe, set)?, template: set.template.clone(), delimiter: delimiter.clone() })
+        let prefix = fewshot_prefix(&shown, &set.template, delimiter, fewshot_delimiter);
+        Ok(Quiz { questions, codec: Codec::new(recipe, set)?, prefix, template: set.template.clone(), delimiter: delimiter.clone() })
     }
 
     pub fn len(&self) -> usize {
@@ -112,6 +116,6 @@ impl Quiz {
 
     /// `model`'s accuracy, and each question's scores; with `progress`, a line as they go.
     pub fn score(&self, model: &Model, progress: Option<&Progress>) -> Result<(Accuracy, Vec<Scored>)> {
-        score(model, &self.codec, &self.questions, &self.template, &self.delimiter, progress)
+        score(model, &self.codec, &self.questions, [&self.prefix, &self.template, &self.delimiter], progress)
     }
 }
