@@ -40,7 +40,8 @@ impl InLoop {
 
     /// `model`'s scores now (kept as the last for the report).
     pub fn score(&mut self, model: &Model) -> Result<&Scores> {
-        let choices = self.quiz.as_ref().map(|q| q.score(model, None).map(|(a, _)| (a.acc, a.acc_norm))).transpose()?;
+        // (No graph: the weights being trained require gradients.)
+        let choices = tch::no_grad(|| self.quiz.as_ref().map(|q| q.score(model, None).map(|(a, _)| (a.acc, a.acc_norm))).transpose())?;
         let mut losses = BTreeMap::new();
         for (name, set) in &self.sets {
             losses.insert(format!("val_loss/{name}"), set.loss(model, self.windows)?);

@@ -5,14 +5,15 @@
 //! `stride` (the context: they do not overlap); each scores only the tokens no window before it
 //! scored, so a smaller stride gives each token more context at the cost of more passes.
 
-use anyhow::{bail, Result};
 use std::path::Path;
+
+use anyhow::{bail, Result};
 use serde::Serialize;
+use tch::Kind;
 
 use super::data::Corpus;
 use super::progress::Progress;
 use super::seqs::{pad, token_logprobs};
-use tch::Kind;
 use crate::posttrain::choices::ROWS;
 use crate::posttrain::examples::Seq;
 use crate::recipe::{Recipe, Tokenizer};
@@ -149,7 +150,8 @@ impl Heldout {
                 })
                 .collect();
             let b = pad(&seqs.iter().collect::<Vec<_>>(), model.device);
-            let l = model.with_cached_casts(|| token_logprobs(&model.forward(&b.x, false), &b.y) * &b.w);
+            // (No graph: a training stage's weights require gradients.)
+            let l = tch::no_grad(|| model.with_cached_casts(|| token_logprobs(&model.forward(&b.x, false), &b.y) * &b.w));
             let by_index = Vec::<f64>::try_from(&l.sum_dim_intlist(0, false, Kind::Double))?;
             let weights = Vec::<f64>::try_from(&b.w.sum_dim_intlist(0, false, Kind::Double))?;
             for (i, (x, w)) in by_index.iter().zip(&weights).enumerate() {
