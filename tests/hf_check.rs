@@ -156,15 +156,21 @@ fn tensors_that_differ_from_the_config_are_named() {
     assert!(t.elapsed().as_secs() < 60, "{:?}", t.elapsed());
 }
 
-/// A checkpoint's tokens must be encoded with its tokenizer, which must be there and must give no
-/// id past the model's vocabulary (E0315, E0255).
-#[test]
-fn post_training_data_must_be_encoded_with_an_imported_models_tokenizer() {
-    let dir = scratch("hf-check-tokens");
+/// A folder `ck/` of a config alone: a Llama of 300 tokens.
+fn vocab_300(name: &str) -> std::path::PathBuf {
+    let dir = scratch(name);
     std::fs::create_dir_all(dir.join("ck")).unwrap();
     let mut c = llama_config();
     c["vocab_size"] = json!(300);
     std::fs::write(dir.join("ck/config.json"), c.to_string()).unwrap();
+    dir
+}
+
+/// A checkpoint's tokens must be encoded with its tokenizer, which must be there and must give no
+/// id past the model's vocabulary (E0315, E0255).
+#[test]
+fn post_training_data_must_be_encoded_with_an_imported_models_tokenizer() {
+    let dir = vocab_300("hf-check-tokens");
     let recipe = r#"experiment "x" {
   data instr = synthetic.instructions { tasks = [reverse], examples = 200, max_len = 4, template = "Q: {prompt}\nA: " }
   model base = hf("ck")
@@ -208,11 +214,7 @@ fn post_training_data_must_be_encoded_with_an_imported_models_tokenizer() {
 /// A corpus `compare` scores an imported model on is read with that model's tokenizer (E0315).
 #[test]
 fn perplexity_of_an_imported_model_reads_the_corpus_with_its_tokenizer() {
-    let dir = scratch("hf-check-perplexity");
-    std::fs::create_dir_all(dir.join("ck")).unwrap();
-    let mut c = llama_config();
-    c["vocab_size"] = json!(300);
-    std::fs::write(dir.join("ck/config.json"), c.to_string()).unwrap();
+    let dir = vocab_300("hf-check-perplexity");
     std::fs::write(dir.join("ck/tokenizer.json"), "{}").unwrap();
     std::fs::write(dir.join("c.txt"), "a few words of held-out text, and more of them\n".repeat(20)).unwrap();
     let recipe = "experiment \"x\" {\n  model base = hf(\"ck\")\n  data corpus = text(\"c.txt\") { context = 16 }\n  stage ppl = compare(base = base) { data = corpus }\n}\n";

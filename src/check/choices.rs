@@ -90,10 +90,9 @@ impl<'a> Checker<'a> {
             return None;
         };
         let corpus = corpus?;
-        let dir = |m: &str| self.models.get(m).and_then(|s| s.checkpoint.as_ref()).map(|c| c.dir.clone());
         let same = match (&corpus.tokenizer, &set.tokenizer) {
             (Tokenizer::Bytes, None) => true,
-            (Tokenizer::Model { model, .. }, Some(m)) => model == m || dir(model).is_some_and(|a| Some(a) == dir(m)),
+            (Tokenizer::Model { model, .. }, Some(m)) => self.same_checkpoint(model, m),
             _ => false,
         };
         if !same {
@@ -107,5 +106,11 @@ impl<'a> Checker<'a> {
             return None;
         }
         Some(set.name)
+    }
+
+    /// Whether models `a` and `b` are one imported checkpoint (their tokenizers are one).
+    pub(super) fn same_checkpoint(&self, a: &str, b: &str) -> bool {
+        let dir = |m: &str| self.models.get(m).and_then(|s| s.checkpoint.as_ref()).map(|c| &c.dir);
+        a == b || dir(a).is_some_and(|x| Some(x) == dir(b))
     }
 }

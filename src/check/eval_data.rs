@@ -48,11 +48,10 @@ impl<'a> Checker<'a> {
         }
         let set = self.data_spec(d)?;
         let corpus = corpus?;
-        let dir = |m: &str| self.models.get(m).and_then(|s| s.checkpoint.as_ref()).map(|c| c.dir.clone());
         let same = match (&corpus.tokenizer, &set.tokenizer) {
             (Tokenizer::Bytes, Tokenizer::Bytes) => true,
             (Tokenizer::Bpe { vocab: a }, Tokenizer::Bpe { vocab: b }) => a == b,
-            (Tokenizer::Model { model: a, .. }, Tokenizer::Model { model: b, .. }) => a == b || dir(a).is_some_and(|x| Some(x) == dir(b)),
+            (Tokenizer::Model { model: a, .. }, Tokenizer::Model { model: b, .. }) => self.same_checkpoint(a, b),
             _ => false,
         };
         if !same {

@@ -6,7 +6,7 @@ use super::Checker;
 use crate::diag::{Code, Diagnostic};
 use std::collections::{HashMap, HashSet};
 
-use crate::recipe::{ModelRef, Recipe, StageKind, StageSpec, Tokenizer};
+use crate::recipe::{DataSpec, ModelRef, Recipe, StageKind, StageSpec, Tokenizer};
 
 /// Where a model's weights learned their tokens.
 #[derive(Clone, Copy)]
@@ -173,7 +173,7 @@ impl Checker<'_> {
                 };
                 if let Some(o) = o.filter(|o| o.ids(r) != ids_of(r, &data.tokenizer)) {
                     let hint = match &o {
-                        Origin::Checkpoint { model } => format!("read the corpus with the model's tokenizer: add `tokenizer = {model}.tokenizer` to data `{}`", data.name),
+                        Origin::Checkpoint { model } => read_with(model, &data.name),
                         Origin::Trained { .. } => "a model and its data use one tokenizer: give both data sets the same `tokenizer`".into(),
                     };
                     self.error(Diagnostic::error(Code::E0315, span, format!("stage `{}` trains on `{}` as {}, but the weights it continues learned {}", s.name, data.name, describe(&data.tokenizer), o.learned()))
@@ -182,20 +182,12 @@ impl Checker<'_> {
                 continue;
             }
             // A perplexity table: the corpus's tokens are what each policy learned.
-            if let StageKind::Compare(c) = &s.kind {
-                if let Some(data) = r.data(&c.data) {
-                    if let Some(o) = inputs(&s.kind).into_iter().filter_map(|m| origins.of_ref(m)).find(|o| o.ids(r) != ids_of(r, &data.tokenizer)) {
-                        let hint = match &o {
-                            Origin::Checkpoint { model } => format!("read the corpus with the model's tokenizer: add `tokenizer = {model}.tokenizer` to data `{}`", data.name),
-                            Origin::Trained { tokenizer: Tokenizer::Model { model, .. }, .. } => format!("read the corpus with the model's tokenizer: add `tokenizer = {model}.tokenizer` to data `{}`", data.name),
-                            Origin::Trained { tokenizer: Tokenizer::Bytes, .. } => format!("read the corpus as the model learned it: leave `tokenizer` out of data `{}`", data.name),
-                            Origin::Trained { stage, .. } => format!("`compare` reads bytes or an imported model's tokens; a model that learned BPE tokens has its held-out loss in stage `{stage}`'s validation loss"),
-                        };
-                        self.error(Diagnostic::error(Code::E0315, span, format!("stage `{}` reads `{}` as {}, but a policy it compares learned {}", s.name, data.name, describe(&data.tokenizer), o.learned()))
-                            .with_hint(hint));
-                    }
-                    continue;
-                }
+            if let Some(data) = match &s.kind {
+                StageKind::Compare(c) => r.data(&c.data),
+                _ => None,
+            } {
+                self.check_compared_corpus(&mut origins, s, data, span);
+                continue;
             }
             // Post-training examples are encoded as bytes or with an imported model's tokenizer:
             // the model must have learned the same tokens.
@@ -224,6 +216,20 @@ impl Checker<'_> {
         self.check_set_tokenizers(r);
         self.check_tokenizer_ids(r);
         self.check_template_lineage(r);
+    }
+
+    /// E0315 for a `compare` over corpus `data` of a policy that learned other tokens.
+    fn check_compared_corpus<'r>(&mut self, origins: &mut Origins<'r>, s: &'r StageSpec, data: &DataSpec, span: crate::diag::Span) {
+        let r = origins.r;
+        let Some(o) = inputs(&s.kind).into_iter().filter_map(|m| origins.of_ref(m)).find(|o| o.ids(r) != ids_of(r, &data.tokenizer)) else { return };
+        let hint = match &o {
+            Origin::Checkpoint { model } => read_with(model, &data.name),
+            Origin::Trained { tokenizer: Tokenizer::Model { model, .. }, .. } => read_with(model, &data.name),
+            Origin::Trained { tokenizer: Tokenizer::Bytes, .. } => format!("read the corpus as the model learned it: leave `tokenizer` out of data `{}`", data.name),
+            Origin::Trained { stage, .. } => format!("`compare` reads bytes or an imported model's tokens; a model that learned BPE tokens has its held-out loss in stage `{stage}`'s validation loss"),
+        };
+        self.error(Diagnostic::error(Code::E0315, span, format!("stage `{}` reads `{}` as {}, but a policy it compares learned {}", s.name, data.name, describe(&data.tokenizer), o.learned()))
+            .with_hint(hint));
     }
 
     /// An imported model whose tokenizer encodes data gives no id past the model's vocabulary: one
@@ -259,6 +265,11 @@ impl Checker<'_> {
             }
         }
     }
+}
+
+/// The hint for a corpus read otherwise than with imported model `model`'s tokenizer.
+fn read_with(model: &str, data: &str) -> String {
+    format!("read the corpus with the model's tokenizer: add `tokenizer = {model}.tokenizer` to data `{data}`")
 }
 
 /// The example set a post-training stage reads.

@@ -53,21 +53,22 @@ impl Corpus {
             return Corpus::documents(spec, &bytes, key, dir, checkpoint, only_val);
         }
         let cut = (bytes.len() as f64 * spec.split) as usize;
-        let held = ((bytes.len() - cut) as u64, String::from_utf8_lossy(&bytes[cut..]).split_whitespace().count() as u64);
+        let b = String::from_utf8_lossy(&bytes[cut..]);
+        let held = ((bytes.len() - cut) as u64, b.split_whitespace().count() as u64);
         // The training text read: whole, or for the validation split alone the first 64 KB a
         // checkpoint's tokenizer is tried on (not a copy of the whole training split).
         let train_text = || String::from_utf8_lossy(&bytes[..if only_val { cut.min(64 << 10) } else { cut }]);
         let (train, val) = match &spec.tokenizer {
             Tokenizer::Bytes => (if only_val { vec![] } else { bytes[..cut].iter().map(|&b| b as u32).collect() }, bytes[cut..].iter().map(|&b| b as u32).collect()),
             Tokenizer::Bpe { vocab } => {
-                let (a, b) = (train_text(), String::from_utf8_lossy(&bytes[cut..]));
+                let a = train_text();
                 std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
                 let tk = super::tokenize::load_or_train(dir, &a, *vocab)?;
                 (if only_val { vec![] } else { super::tokenize::encode(&tk, &a)? }, super::tokenize::encode(&tk, &b)?)
             }
             // The checkpoint's tokenizer, which the stage copied beside its model.
             Tokenizer::Model { .. } => {
-                let (a, b) = (train_text(), String::from_utf8_lossy(&bytes[cut..]));
+                let a = train_text();
                 let tk = super::tokenize::read(&dir.join(super::tokenize::FILE))?;
                 // Someone else's tokenizer (its normalizers and patterns) encodes the corpus whole,
                 // which no fixed bound fits; it is first tried, bounded, on the corpus's first

@@ -114,8 +114,8 @@ fn perplexity(ctx: &StageCtx, c: &CompareSpec, run: RunDir, dev: tch::Device) ->
     let (bytes, words) = held.size();
     let moving = c.stride.map_or("windows that do not overlap".to_string(), |s| format!("windows moving by {s} tokens (at most the context)"));
     let (each, docs) = match held.documents() {
-        1 => ("each but the first predicted once from up to a context of tokens before it".to_string(), String::new()),
-        n => ("each but a document's first predicted once from up to a context of the document's tokens before it".to_string(), format!(", {n} documents")),
+        1 => ("each but the first predicted once from up to a context of tokens before it", String::new()),
+        n => ("each but a document's first predicted once from up to a context of the document's tokens before it", format!(", {n} documents")),
     };
     table.push_str(&format!("\n{} held-out tokens of `{}` ({bytes} bytes, {words} words{docs}), {each}, in {moving}; loss in nats per token; bits per byte and word perplexity: the summed loss over the text's bytes and words.\n", held.tokens(), c.data));
     tracing::info!("\n{table}");
