@@ -1141,7 +1141,12 @@ fn held_out_perplexity_equals_transformers_over_the_same_windows() {
     let dir = checkpoint("perplexity", "qwen2-tok");
     let text = std::fs::read(root().join("data/tinyshakespeare.txt")).unwrap();
     std::fs::write(dir.join("corpus.txt"), &text[..6000]).unwrap();
-    let recipe = "experiment \"ppl\" {\n  model base = hf(\"ck\")\n  data corpus = text(\"corpus.txt\") { tokenizer = base.tokenizer, context = 64, split = 0.8 }\n  stage whole = compare(base = base) { data = corpus }\n  stage slid = compare(base = base) { data = corpus, stride = 24 }\n}\n";
+    // Beside it, a byte model and a BPE model trained on the same text: `mixed` reads the corpus
+    // with each policy's own tokens.
+    let recipe = "experiment \"ppl\" {\n  model base = hf(\"ck\")\n  data corpus = text(\"corpus.txt\") { tokenizer = base.tokenizer, context = 64, split = 0.8 }\n  stage whole = compare(base = base) { data = corpus }\n  stage slid = compare(base = base) { data = corpus, stride = 24 }\n  \
+        data raw = text(\"corpus.txt\") { context = 32, split = 0.8 }\n  model bytes = transformer { vocab = 256, context = 32, d_model = 32, layers = 1, heads = 2 }\n  stage pre = train(bytes, raw) { steps = 30, batch = 8 }\n  \
+        data words = text(\"corpus.txt\") { tokenizer = bpe { vocab = 300 }, context = 32, split = 0.8 }\n  model small = transformer { vocab = words.vocab, context = 32, d_model = 32, layers = 1, heads = 2 }\n  stage bpe = train(small, words) { steps = 30, batch = 8 }\n  \
+        stage mixed = compare(base = base, bytes = pre.model, bpe = bpe.model) { data = corpus }\n}\n";
     std::fs::write(dir.join("r.roux"), recipe).unwrap();
     let o = roux(&["run", dir.join("r.roux").to_str().unwrap(), "--out", dir.join("runs").to_str().unwrap()]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
@@ -1169,6 +1174,35 @@ fn held_out_perplexity_equals_transformers_over_the_same_windows() {
     }
     let table = std::fs::read_to_string(dir.join("runs/ppl/slid/table.md")).unwrap();
     assert!(table.contains("| policy | loss per token | perplexity | bits per byte | word perplexity | context |") && table.contains("windows moving by 24 tokens"), "{table}");
+    mixed_tokenizers(&dir);
+}
+
+/// `mixed` of `held_out_perplexity_equals_…`: the checkpoint scores what it scored alone; the
+/// byte model reads every held-out byte, the BPE model its own tokenizer's ids (as Python's
+/// `tokenizers` encodes the text); bits per byte divide each summed loss by the same bytes.
+fn mixed_tokenizers(dir: &Path) {
+    let read = |stage: &str| -> serde_json::Value { serde_json::from_str(&std::fs::read_to_string(dir.join("runs/ppl").join(stage).join("report.json")).unwrap()).unwrap() };
+    let (mixed, whole) = (read("mixed"), read("whole"));
+    assert_eq!(mixed["rows"][0]["perplexity"], whole["rows"][0]["perplexity"]);
+    assert_eq!((mixed["tokenizers"].as_u64(), &mixed["bytes"]), (Some(3), &whole["bytes"]));
+    let held = std::fs::read(dir.join("corpus.txt")).unwrap()[4800..].to_vec();
+    let count = "import sys; from tokenizers import Tokenizer\nprint(len(Tokenizer.from_file(sys.argv[1]).encode(open(sys.argv[2], 'rb').read()[4800:].decode()).ids))";
+    let o = common::python(count, &[dir.join("runs/ppl/bpe/tokenizer.json").to_str().unwrap(), dir.join("corpus.txt").to_str().unwrap()]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let bpe: u64 = String::from_utf8_lossy(&o.stdout).trim().parse().unwrap();
+    assert!(bpe < held.len() as u64 * 3 / 4, "BPE merges bytes: {bpe} tokens of {} bytes", held.len());
+    let f = |v: &serde_json::Value| v.as_f64().unwrap();
+    for (i, (label, tokens)) in [("base", whole["tokens"].as_u64().unwrap()), ("bytes", held.len() as u64), ("bpe", bpe)].into_iter().enumerate() {
+        let row = &mixed["rows"][i];
+        assert_eq!((row["policy"].as_str(), row["held_out_tokens"].as_u64(), row["perplexity"]["tokens"].as_u64()), (Some(label), Some(tokens), Some(tokens - 1)), "{row}");
+        let p = &row["perplexity"];
+        assert!((f(&p["bits_per_byte"]) - f(&p["loss"]) * f(&p["tokens"]) / held.len() as f64 / std::f64::consts::LN_2).abs() < 1e-9, "{row}");
+    }
+    // A byte model fresh from 30 steps is far from the checkpoint's tokens, but not from ln 256.
+    assert!(f(&mixed["rows"][1]["perplexity"]["loss"]) < 256f64.ln(), "{mixed}");
+    let table = std::fs::read_to_string(dir.join("runs/ppl/mixed/table.md")).unwrap();
+    assert!(table.contains("| policy | tokenizer | held-out tokens | loss per token |") && table.contains(&format!("| bpe | BPE 300 (`bpe`) | {bpe} |")) && table.contains("| base | `base`'s tokenizer |"), "{table}");
+    assert!(table.contains("comparable only between policies of one tokenizer"), "{table}");
 }
 
 /// QLoRA on an imported checkpoint: its projections are quantized to NF4 as each tensor is read

@@ -211,20 +211,28 @@ fn post_training_data_must_be_encoded_with_an_imported_models_tokenizer() {
     assert!(e0255(json!({"model": {"type": "BPE", "vocab": {"a": 0, "b": 299}}, "added_tokens": [{"id": 299, "content": "<x>"}]})).is_empty());
 }
 
-/// A corpus `compare` scores an imported model on is read with that model's tokenizer (E0315).
+/// `compare` reads a corpus with the tokens each policy learned: an imported model's with its
+/// tokenizer.json, whatever the corpus's own `tokenizer` (E0315 when the folder has none, E0255
+/// when its ids pass the model's vocabulary).
 #[test]
 fn perplexity_of_an_imported_model_reads_the_corpus_with_its_tokenizer() {
     let dir = vocab_300("hf-check-perplexity");
-    std::fs::write(dir.join("ck/tokenizer.json"), "{}").unwrap();
     std::fs::write(dir.join("c.txt"), "a few words of held-out text, and more of them\n".repeat(20)).unwrap();
     let recipe = "experiment \"x\" {\n  model base = hf(\"ck\")\n  data corpus = text(\"c.txt\") { context = 16 }\n  stage ppl = compare(base = base) { data = corpus }\n}\n";
     std::fs::write(dir.join("r.roux"), recipe).unwrap();
-    let c = roux::frontend::compile(&dir.join("r.roux")).unwrap();
-    let d: Vec<(&str, &str)> = c.diagnostics.iter().filter(|d| d.is_error()).map(|d| (d.message.as_str(), d.hint.as_deref().unwrap_or(""))).collect();
-    assert_eq!(d, [("stage `ppl` reads `corpus` as bytes, but a policy it compares learned the tokens of its own tokenizer (model `base` is imported from a checkpoint)", "read the corpus with the model's tokenizer: add `tokenizer = base.tokenizer` to data `corpus`")]);
-    std::fs::write(dir.join("r.roux"), recipe.replace("context = 16 }", "context = 16, tokenizer = base.tokenizer }")).unwrap();
-    let c = roux::frontend::compile(&dir.join("r.roux")).unwrap();
-    assert!(c.diagnostics.iter().all(|d| !d.is_error()), "{:?}", c.diagnostics.iter().map(|d| &d.message).collect::<Vec<_>>());
+    let errors = || {
+        let c = roux::frontend::compile(&dir.join("r.roux")).unwrap();
+        let d: Vec<String> = c.diagnostics.iter().filter(|d| d.is_error()).map(|d| format!("{}: {} / {}", d.code, d.message, d.hint.as_deref().unwrap_or(""))).collect();
+        (d, c.recipe)
+    };
+    assert_eq!(errors().0, ["E0315: policy `base` learned the tokens of `base`'s tokenizer, but its checkpoint folder has no tokenizer.json to read `corpus` with / put the checkpoint's tokenizer.json beside its config.json"]);
+    std::fs::write(dir.join("ck/tokenizer.json"), "{}").unwrap();
+    let (d, r) = errors();
+    assert!(d.is_empty(), "{d:?}");
+    let Some(roux::recipe::StageKind::Compare(c)) = r.map(|r| r.stages[0].kind.clone()) else { panic!("a compare stage") };
+    assert_eq!(c.reads, [roux::recipe::Reading { tokenizer: roux::recipe::Tokenizer::Model { model: "base".into(), vocab: 300 }, trained_in: None }]);
+    std::fs::write(dir.join("ck/tokenizer.json"), json!({"model": {"type": "BPE", "vocab": {"a": 0, "b": 299}}, "added_tokens": [{"id": 300, "content": "<x>"}]}).to_string()).unwrap();
+    assert_eq!(errors().0, ["E0255: data `corpus` is encoded by the tokenizer of `base`, whose ids reach 300, but the model embeds only 300 tokens (config.json's vocab_size) / the tokenizer.json and the weights must come from the same model: an id past the vocabulary has no embedding"]);
 }
 
 #[test]

@@ -83,15 +83,12 @@ impl<'a> Checker<'a> {
         let device = self.device_key(&mut f);
         let precision = f.sym(self, "precision", &["fp32", "bf16"], Some("fp32"));
         f.finish(self);
-        if let Some(Scored::Corpus(c)) = &data {
-            ok &= self.corpus_readable(c, &policies, block.and_then(|b| b.field("data")).map_or(at, |f| f.value.span));
-        }
         if !ok {
             return None;
         }
         let (device, precision) = (device?, super::posttrain::precision_of(precision?));
         let data = data?.name().to_string();
-        Some(self.stage_spec(d, StageKind::Compare(CompareSpec { policies, reference: reference?, data, examples: examples?, stride: stride?, max_new: max_new?, device, precision })))
+        Some(self.stage_spec(d, StageKind::Compare(CompareSpec { policies, reference: reference?, data, examples: examples?, stride: stride?, reads: vec![], max_new: max_new?, device, precision })))
     }
 
     /// Example sets of any kind, or a text corpus.
@@ -102,22 +99,5 @@ impl<'a> Checker<'a> {
             return self.data_spec(d).map(Scored::Corpus);
         }
         self.examples_arg(e, &[], "compare").map(Scored::Examples)
-    }
-
-    /// A corpus the policies can read: bytes or an imported model's tokenizer (a BPE tokenizer
-    /// lives in the run that trained it), no id past a policy's vocabulary (E0223).
-    fn corpus_readable(&mut self, c: &DataSpec, policies: &[(String, ModelRef)], span: Span) -> bool {
-        if let Tokenizer::Bpe { .. } = c.tokenizer {
-            self.error(Diagnostic::error(Code::E0315, span, format!("`compare` reads `{}` as BPE tokens, which only the run that trained them holds", c.name))
-                .with_hint("compare on a corpus read as bytes or with an imported model's tokenizer; a BPE model's held-out loss is its `train` stage's validation loss"));
-            return false;
-        }
-        for (label, p) in policies {
-            let Some(vocab) = self.models.get(&p.arch).map(|m| m.vocab).filter(|&v| v < c.vocab) else { continue };
-            self.error(Diagnostic::error(Code::E0223, span, format!("policy `{label}` (model `{}`) has vocab {vocab}, smaller than the tokenizer of `{}` ({})", p.arch, c.name, c.vocab))
-                .with_hint("a policy reads every id of the corpus: compare models whose vocabulary covers it"));
-            return false;
-        }
-        true
     }
 }

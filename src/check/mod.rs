@@ -266,9 +266,10 @@ impl<'a> Checker<'a> {
             self.attach_chat_templates(&mut r);
             r
         })
-        .inspect(|r| {
-            self.check_budget_departures(r);
-            self.check_tokenizers(r);
+        .map(|mut r| {
+            self.check_budget_departures(&r);
+            self.check_tokenizers(&mut r);
+            r
         })
     }
 

@@ -6,7 +6,7 @@ use super::Checker;
 use crate::diag::{Code, Diagnostic};
 use std::collections::{HashMap, HashSet};
 
-use crate::recipe::{DataSpec, ModelRef, Recipe, StageKind, StageSpec, Tokenizer};
+use crate::recipe::{CompareSpec, DataSpec, ModelRef, Reading, Recipe, StageKind, StageSpec, Tokenizer};
 
 /// Where a model's weights learned their tokens.
 #[derive(Clone, Copy)]
@@ -160,7 +160,23 @@ pub(super) fn describe(t: &Tokenizer) -> String {
 
 impl Checker<'_> {
     /// E0315 for every stage that would feed a model tokens of another tokenizer than its own.
-    pub(super) fn check_tokenizers(&mut self, r: &Recipe) {
+    /// Resolves how each `compare` over a corpus reads it (`CompareSpec::reads`).
+    pub(super) fn check_tokenizers(&mut self, recipe: &mut Recipe) {
+        let readings = self.check_stage_tokens(recipe);
+        for (stage, reads) in readings {
+            if let Some(StageKind::Compare(c)) = recipe.stages.iter_mut().find(|s| s.name == stage).map(|s| &mut s.kind) {
+                c.reads = reads;
+            }
+        }
+        let r = &*recipe;
+        self.check_set_tokenizers(r);
+        self.check_tokenizer_ids(r);
+        self.check_template_lineage(r);
+    }
+
+    /// Every stage's tokens against its model's; the readings of each `compare` over a corpus.
+    fn check_stage_tokens(&mut self, r: &Recipe) -> Vec<(String, Vec<Reading>)> {
+        let mut readings = vec![];
         let mut origins = Origins::new(r);
         for s in &r.stages {
             let span = self.decl(&s.name).map_or(self.ast.name_span, |d| d.value.span);
@@ -181,13 +197,12 @@ impl Checker<'_> {
                 }
                 continue;
             }
-            // A perplexity table: the corpus's tokens are what each policy learned.
-            if let Some(data) = match &s.kind {
-                StageKind::Compare(c) => r.data(&c.data),
-                _ => None,
-            } {
-                self.check_compared_corpus(&mut origins, s, data, span);
-                continue;
+            // A perplexity table: each policy reads the corpus with the tokens it learned.
+            if let StageKind::Compare(c) = &s.kind {
+                if let Some(data) = r.data(&c.data) {
+                    readings.push((s.name.clone(), self.compared_readings(&mut origins, &s.name, c, data, span)));
+                    continue;
+                }
             }
             // Post-training examples are encoded as bytes or with an imported model's tokenizer:
             // the model must have learned the same tokens.
@@ -213,23 +228,45 @@ impl Checker<'_> {
                 }
             }
         }
-        self.check_set_tokenizers(r);
-        self.check_tokenizer_ids(r);
-        self.check_template_lineage(r);
+        readings
     }
 
-    /// E0315 for a `compare` over corpus `data` of a policy that learned other tokens.
-    fn check_compared_corpus<'r>(&mut self, origins: &mut Origins<'r>, s: &'r StageSpec, data: &DataSpec, span: crate::diag::Span) {
+    /// How each policy of a `compare` over corpus `data` reads it: with the tokens its weights
+    /// learned, or the corpus's own for fresh weights. E0315 for fresh weights and BPE (no run
+    /// holds that tokenizer) or a checkpoint with no tokenizer.json; E0223 for a policy whose
+    /// vocabulary does not cover the ids it reads.
+    fn compared_readings<'r>(&mut self, origins: &mut Origins<'r>, stage: &str, c: &'r CompareSpec, data: &DataSpec, span: crate::diag::Span) -> Vec<Reading> {
         let r = origins.r;
-        let Some(o) = inputs(&s.kind).into_iter().filter_map(|m| origins.of_ref(m)).find(|o| o.ids(r) != ids_of(r, &data.tokenizer)) else { return };
-        let hint = match &o {
-            Origin::Checkpoint { model } => read_with(model, &data.name),
-            Origin::Trained { tokenizer: Tokenizer::Model { model, .. }, .. } => read_with(model, &data.name),
-            Origin::Trained { tokenizer: Tokenizer::Bytes, .. } => format!("read the corpus as the model learned it: leave `tokenizer` out of data `{}`", data.name),
-            Origin::Trained { stage, .. } => format!("`compare` reads bytes or an imported model's tokens; a model that learned BPE tokens has its held-out loss in stage `{stage}`'s validation loss"),
-        };
-        self.error(Diagnostic::error(Code::E0315, span, format!("stage `{}` reads `{}` as {}, but a policy it compares learned {}", s.name, data.name, describe(&data.tokenizer), o.learned()))
-            .with_hint(hint));
+        let mut reads = vec![];
+        for (label, p) in &c.policies {
+            let reading = match origins.of_ref(p) {
+                Some(Origin::Trained { stage, tokenizer: Tokenizer::Bpe { vocab }, .. }) => Reading { tokenizer: Tokenizer::Bpe { vocab: *vocab }, trained_in: Some(stage.to_string()) },
+                Some(Origin::Trained { tokenizer, .. }) => Reading { tokenizer: tokenizer.clone(), trained_in: None },
+                Some(Origin::Checkpoint { model }) => Reading { tokenizer: Tokenizer::Model { model: model.to_string(), vocab: r.model(model).map_or(0, |m| m.vocab) }, trained_in: None },
+                None => Reading { tokenizer: data.tokenizer.clone(), trained_in: None },
+            };
+            let fresh = matches!(reading.tokenizer, Tokenizer::Bpe { .. }) && reading.trained_in.is_none();
+            if fresh {
+                self.error(Diagnostic::error(Code::E0315, span, format!("stage `{}` reads `{}` as {} for policy `{label}`, whose weights are fresh: that tokenizer exists only in the run of a stage that trains on it", stage, data.name, describe(&data.tokenizer)))
+                    .with_hint(format!("compare fresh weights on a corpus read as bytes (leave `tokenizer` out of data `{}`), or compare the model a `train` stage made", data.name)));
+            }
+            if let Tokenizer::Model { model, .. } = &reading.tokenizer {
+                if !r.model(model).and_then(|m| m.checkpoint.as_ref()).is_some_and(|ck| ck.tokenizer) {
+                    self.error(Diagnostic::error(Code::E0315, span, format!("policy `{label}` learned the tokens of `{model}`'s tokenizer, but its checkpoint folder has no tokenizer.json to read `{}` with", data.name))
+                        .with_hint("put the checkpoint's tokenizer.json beside its config.json"));
+                }
+            }
+            let needs = match &reading.tokenizer {
+                Tokenizer::Bytes => 256,
+                Tokenizer::Bpe { vocab } | Tokenizer::Model { vocab, .. } => *vocab,
+            };
+            if let Some(vocab) = r.model(&p.arch).map(|m| m.vocab).filter(|&v| v < needs) {
+                self.error(Diagnostic::error(Code::E0223, span, format!("policy `{label}` (model `{}`) has vocab {vocab}, smaller than the {needs} ids of {} it reads `{}` with", p.arch, describe(&reading.tokenizer), data.name))
+                    .with_hint("a policy reads every id of its tokenizer: compare models whose vocabulary covers it"));
+            }
+            reads.push(reading);
+        }
+        reads
     }
 
     /// An imported model whose tokenizer encodes data gives no id past the model's vocabulary: one
@@ -239,7 +276,14 @@ impl Checker<'_> {
             Tokenizer::Model { model, .. } => Some((model.as_str(), d.name.as_str())),
             _ => None,
         });
-        let users = corpora.chain(r.examples.iter().filter_map(|s| s.tokenizer.as_deref().map(|m| (m, s.name.as_str()))));
+        let compared = r.stages.iter().filter_map(|s| match &s.kind {
+            StageKind::Compare(c) => Some(c.reads.iter().filter_map(move |read| match &read.tokenizer {
+                Tokenizer::Model { model, .. } => Some((model.as_str(), c.data.as_str())),
+                _ => None,
+            })),
+            _ => None,
+        });
+        let users = corpora.chain(r.examples.iter().filter_map(|s| s.tokenizer.as_deref().map(|m| (m, s.name.as_str())))).chain(compared.flatten());
         let mut seen = HashSet::new();
         for (model, set) in users {
             let Some(spec) = r.model(model).filter(|_| seen.insert(model)) else { continue };

@@ -16,6 +16,17 @@ pub enum Tokenizer {
     Model { model: String, vocab: usize },
 }
 
+/// How one `compare` policy reads a text corpus: with the tokens its weights learned (a
+/// corpus's own `tokenizer` only for fresh weights), so models of different tokenizers are scored
+/// on the same held-out text.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Reading {
+    pub tokenizer: Tokenizer,
+    /// For BPE: the `train` stage whose run holds the tokenizer it trained.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trained_in: Option<String>,
+}
+
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 pub struct DataSpec {
     pub name: String,

@@ -369,6 +369,10 @@ pub struct CompareSpec {
     /// not overlap).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stride: Option<usize>,
+    /// On a text corpus: how each policy reads it, in the order of `policies` (resolved by the
+    /// checker from where each policy's weights learned their tokens).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub reads: Vec<Reading>,
     pub max_new: usize,
     pub device: Device,
     #[serde(default, skip_serializing_if = "Precision::is_fp32")]

@@ -39,6 +39,11 @@ fn headline(r: &Value) -> String {
             let accs: Vec<String> = r["rows"].as_array().into_iter().flatten().map(|row| format!("{} {}", row["policy"].as_str().unwrap_or("?"), pct(&row["choices"]["acc"]))).collect();
             format!("multiple-choice accuracy on {} questions: {}", human("examples", &r["examples"]), accs.join(", "))
         }
+        // Policies of several tokenizers: the measure they share.
+        "compare" if r["rows"][0]["perplexity"].is_object() && r["tokenizers"].as_u64() > Some(1) => {
+            let bpb: Vec<String> = r["rows"].as_array().into_iter().flatten().map(|row| format!("{} {}", row["policy"].as_str().unwrap_or("?"), num(&row["perplexity"]["bits_per_byte"]))).collect();
+            format!("held-out bits per byte on {} bytes: {}", human("bytes", &r["bytes"]), bpb.join(", "))
+        }
         "compare" if r["rows"][0]["perplexity"].is_object() => {
             let ppl: Vec<String> = r["rows"].as_array().into_iter().flatten().map(|row| format!("{} {}", row["policy"].as_str().unwrap_or("?"), num(&row["perplexity"]["perplexity"]))).collect();
             format!("held-out perplexity on {} tokens: {}", human("tokens", &r["tokens"]), ppl.join(", "))
@@ -87,6 +92,8 @@ mod tests {
         assert_eq!(headline(&json!({"kind": "compare", "examples": 200, "rows": rows})), "multiple-choice accuracy on 200 questions: fresh 27.5%, trained 52.5%");
         let rows = json!([{"policy": "fresh", "perplexity": {"perplexity": 251.2}}, {"policy": "trained", "perplexity": {"perplexity": 6.8613}}]);
         assert_eq!(headline(&json!({"kind": "compare", "tokens": 111539, "rows": rows})), "held-out perplexity on 111,539 tokens: fresh 251.200, trained 6.861");
+        let rows = json!([{"policy": "bytes", "perplexity": {"bits_per_byte": 3.4517}}, {"policy": "bpe", "perplexity": {"bits_per_byte": 2.9}}]);
+        assert_eq!(headline(&json!({"kind": "compare", "tokens": 111539, "tokenizers": 2, "bytes": 111540, "rows": rows})), "held-out bits per byte on 111,540 bytes: bytes 3.452, bpe 2.900");
         assert_eq!(headline(&json!({"kind": "reward_model", "held_out_accuracy": 0.9874})), "held-out pairwise accuracy 98.7%");
         assert_eq!(headline(&json!({"kind": "finetune", "before": {"exact": 0.0}, "after": {"exact": 0.995}})), "held-out exact match 99.5% (was 0.0%)");
         assert_eq!(headline(&json!({"kind": "ppo", "before": {"sampled_gold": 0.846}, "after": {"sampled_gold": 0.8891}})), "sampled gold reward 0.889 (was 0.846)");

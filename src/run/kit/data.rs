@@ -17,9 +17,9 @@ const MAX_CORPUS_BYTES: u64 = 8 << 30;
 pub struct Corpus {
     pub train: Vec<u32>,
     pub val: Vec<u32>,
-    /// The validation text's UTF-8 bytes (with the newline ending each document of a `.jsonl`
-    /// corpus in bytes and BPE) and whitespace-separated words: what perplexity per byte and per
-    /// word divide by.
+    /// The validation text's UTF-8 bytes (with one for the end of each document of a `.jsonl`
+    /// corpus, whatever marks it) and whitespace-separated words: what perplexity per byte and
+    /// per word divide by, the same for every tokenizer.
     pub val_bytes: u64,
     pub val_words: u64,
     /// Where each validation document starts in `val`: `[0]` for one text, and for BPE, whose
@@ -109,9 +109,9 @@ impl Corpus {
                 val.push(doc);
             }
         }
-        // (A checkpoint's tokenizer ends a document with its end token, which is no text.)
-        let ended = !matches!(spec.tokenizer, Tokenizer::Model { .. }) as u64;
-        let held = val.iter().fold((0, 0), |(b, w), d| (b + d.len() as u64 + ended, w + d.split_whitespace().count() as u64));
+        // Each document's end (a newline, or a checkpoint's end token) counts as one byte of its
+        // text: every tokenizer predicts it, so bits per byte divide by the same number.
+        let held = val.iter().fold((0, 0), |(b, w), d| (b + d.len() as u64 + 1, w + d.split_whitespace().count() as u64));
         let (train, val, starts) = match &spec.tokenizer {
             Tokenizer::Bytes => {
                 let starts = val.iter().scan(0, |at, d| Some(std::mem::replace(at, *at + d.len() + 1))).collect();

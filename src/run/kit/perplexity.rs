@@ -16,7 +16,7 @@ use super::progress::Progress;
 use super::seqs::{pad, token_logprobs};
 use crate::posttrain::choices::ROWS;
 use crate::posttrain::examples::Seq;
-use crate::recipe::{Recipe, Tokenizer};
+use crate::recipe::{DataSpec, Reading, Recipe, Tokenizer};
 use crate::run::model::Model;
 
 /// What a policy scored on the held-out split.
@@ -70,6 +70,8 @@ pub struct Heldout {
     documents: Vec<usize>,
     bytes: u64,
     words: u64,
+    /// The largest id: a model must embed it.
+    top: u32,
 }
 
 impl Heldout {
@@ -77,12 +79,27 @@ impl Heldout {
     /// model's tokenizer from its checkpoint folder, or BPE with the tokenizer.json in `bpe`.
     pub fn load(recipe: &Recipe, name: &str, bpe: Option<&Path>) -> Result<Heldout> {
         let Some(spec) = recipe.data(name) else { bail!("no corpus `{name}`") };
+        Heldout::of(recipe, spec, bpe)
+    }
+
+    /// The validation split of corpus `name` as one `compare` policy reads it (`reading`): with
+    /// bytes, an imported model's tokenizer, or the BPE tokenizer a `train` stage keeps in its
+    /// run under `runs`. The same text whatever the tokens: the split is made in bytes.
+    pub fn read(recipe: &Recipe, name: &str, reading: &Reading, runs: &Path) -> Result<Heldout> {
+        let Some(spec) = recipe.data(name) else { bail!("no corpus `{name}`") };
+        let spec = DataSpec { tokenizer: reading.tokenizer.clone(), ..spec.clone() };
+        let bpe = reading.trained_in.as_ref().map(|stage| runs.join(stage));
+        Heldout::of(recipe, &spec, bpe.as_deref())
+    }
+
+    fn of(recipe: &Recipe, spec: &DataSpec, bpe: Option<&Path>) -> Result<Heldout> {
         let checkpoint = match &spec.tokenizer {
             Tokenizer::Model { model, .. } => recipe.model(model).and_then(|m| m.checkpoint.as_ref()).map(|c| c.dir.clone()),
             _ => None,
         };
         let c = Corpus::validation(spec, bpe, checkpoint.as_deref())?;
-        Ok(Heldout { tokens: c.val, documents: c.val_documents, bytes: c.val_bytes, words: c.val_words })
+        let top = c.val.iter().copied().max().unwrap_or(0);
+        Ok(Heldout { tokens: c.val, documents: c.val_documents, bytes: c.val_bytes, words: c.val_words, top })
     }
 
     pub fn tokens(&self) -> usize {
@@ -133,7 +150,10 @@ impl Heldout {
     /// whole split's text: `loss` reads only the loss).
     fn score_first(&self, model: &Model, stride: Option<usize>, limit: usize, progress: Option<&Progress>) -> Result<Perplexity> {
         let total = self.count(model, stride).min(limit);
-        let context = model.spec().context;
+        let (context, vocab) = (model.spec().context, model.spec().vocab);
+        if self.top as usize >= vocab {
+            bail!("the held-out tokens reach id {}, past the model's vocabulary of {vocab}", self.top);
+        }
         let (mut nll, mut count, mut done) = (0.0, 0u64, 0usize);
         // Per target index in a window (index i: i + 1 tokens before it): summed loss, tokens.
         let (mut at, mut seen) = (vec![0.0; context], vec![0.0; context]);

@@ -4,10 +4,10 @@
 //! computes it), or on a text corpus's held-out split (perplexity), printed as a table and
 //! written to table.md and report.json.
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use serde_json::json;
 
-use crate::recipe::{CompareSpec, ExampleKind};
+use crate::recipe::{CompareSpec, ExampleKind, Reading, Tokenizer};
 use crate::run::kit::artifacts::{instructions, load_lm};
 use crate::run::kit::choices::Quiz;
 use crate::run::kit::perplexity::Heldout;
@@ -93,38 +93,69 @@ fn choices(ctx: &StageCtx, c: &CompareSpec, run: RunDir, dev: tch::Device) -> Re
     run.finish(&[], report, &ctx.title())
 }
 
-/// Every policy's perplexity on the held-out split of a corpus.
+/// Every policy's perplexity on the held-out split of a corpus, each reading it with the tokens
+/// it learned (`CompareSpec::reads`): bits per byte and word perplexity compare them all.
 fn perplexity(ctx: &StageCtx, c: &CompareSpec, run: RunDir, dev: tch::Device) -> Result<()> {
     let recipe = ctx.recipe;
-    let held = Heldout::load(recipe, &c.data, None)?;
-    let mut table = "| policy | loss per token | perplexity | bits per byte | word perplexity | context |\n|---|---:|---:|---:|---:|---:|\n".to_string();
+    let corpus = recipe.data(&c.data).context("checked recipe names its corpus")?;
+    let own = Reading { tokenizer: corpus.tokenizer.clone(), trained_in: None };
+    let reads: Vec<&Reading> = (0..c.policies.len()).map(|i| c.reads.get(i).unwrap_or(&own)).collect();
+    let mixed = reads.iter().any(|r| *r != reads[0]);
+    // One held-out split per tokenizer, read when a policy first needs it.
+    let mut held: Vec<(&Reading, Heldout)> = vec![];
+    let mut table = format!("| policy |{} loss per token | perplexity | bits per byte | word perplexity | context |\n|---|{}---:|---:|---:|---:|---:|\n", if mixed { " tokenizer | held-out tokens |" } else { "" }, if mixed { "---|---:|" } else { "" });
     let (mut rows, mut curves) = (vec![], vec![]);
-    for (label, r) in &c.policies {
+    for ((label, r), reading) in c.policies.iter().zip(&reads) {
+        let h = match held.iter().position(|(x, _)| x == reading) {
+            Some(i) => i,
+            None => {
+                held.push((reading, Heldout::read(recipe, &c.data, reading, &ctx.runs)?));
+                held.len() - 1
+            }
+        };
+        let h = &held[h].1;
         let mut m = load_lm(recipe, &ctx.runs, r, dev)?.computing(c.precision);
         m.freeze();
-        let windows = held.count(&m, c.stride);
+        let windows = h.count(&m, c.stride);
         let progress = crate::run::kit::progress::Progress::new(&format!("{}: {label}", ctx.stage.name), 0, windows as u64);
-        let p = held.score(&m, c.stride, Some(&progress))?;
+        let p = h.score(&m, c.stride, Some(&progress)).with_context(|| format!("scoring policy `{label}` on `{}`", c.data))?;
         let context = m.spec().context;
-        table.push_str(&format!("| {label} | {:.4} | {} | {:.4} | {} | {context} |\n", p.loss, shown(p.perplexity), p.bits_per_byte, shown(p.word_perplexity)));
-        tracing::info!("{}: {label}: loss {:.4}, perplexity {:.3}, {:.4} bits per byte over {} tokens", ctx.stage.name, p.loss, p.perplexity, p.bits_per_byte, p.tokens);
+        let tokens = if mixed { format!(" {} | {} |", named(reading), h.tokens()) } else { String::new() };
+        table.push_str(&format!("| {label} |{tokens} {:.4} | {} | {:.4} | {} | {context} |\n", p.loss, shown(p.perplexity), p.bits_per_byte, shown(p.word_perplexity)));
+        tracing::info!("{}: {label}: loss {:.4}, perplexity {:.3}, {:.4} bits per byte over {} tokens ({})", ctx.stage.name, p.loss, p.perplexity, p.bits_per_byte, p.tokens, named(reading));
         curves.push((label.clone(), p.by_position.clone()));
-        rows.push(json!({"policy": label, "context": context, "perplexity": p}));
+        rows.push(json!({"policy": label, "context": context, "reads": named(reading), "held_out_tokens": h.tokens(), "perplexity": p}));
     }
-    let (bytes, words) = held.size();
+    let first = &held.first().context("`compare` has a policy")?.1;
+    let (bytes, words) = first.size();
     let moving = c.stride.map_or("windows that do not overlap".to_string(), |s| format!("windows moving by {s} tokens (at most the context)"));
-    let (each, docs) = match held.documents() {
+    let (each, docs) = match first.documents() {
         1 => ("each but the first predicted once from up to a context of tokens before it", String::new()),
         n => ("each but a document's first predicted once from up to a context of the document's tokens before it", format!(", {n} documents")),
     };
-    table.push_str(&format!("\n{} held-out tokens of `{}` ({bytes} bytes, {words} words{docs}), {each}, in {moving}; loss in nats per token; bits per byte and word perplexity: the summed loss over the text's bytes and words.\n", held.tokens(), c.data));
+    let read = if mixed {
+        format!("The held-out split of `{}` ({bytes} bytes, {words} words{docs}), read by each policy with the tokens it learned: its tokens {each}, in {moving}; loss in nats per token. Loss per token and perplexity are per each policy's own tokens, comparable only between policies of one tokenizer; bits per byte and word perplexity divide the summed loss by the text's bytes and words, the same for every policy.", c.data)
+    } else {
+        format!("{} held-out tokens of `{}` ({bytes} bytes, {words} words{docs}), {each}, in {moving}; loss in nats per token; bits per byte and word perplexity: the summed loss over the text's bytes and words.", first.tokens(), c.data)
+    };
+    table.push_str(&format!("\n{read}\n"));
     tracing::info!("\n{table}");
     if run.leads {
         write_atomic(&run.dir.join("table.md"), table.as_bytes())?;
         write_atomic(&run.dir.join("loss_by_context.svg"), crate::report::plots::by_position_svg(&ctx.title(), &curves).as_bytes())?;
     }
-    let report = json!({"experiment": recipe.experiment, "kind": "compare", "precision": c.precision, "tokens": held.tokens(), "documents": held.documents(), "bytes": bytes, "words": words, "rows": rows});
+    let report = json!({"experiment": recipe.experiment, "kind": "compare", "precision": c.precision, "tokens": first.tokens(), "tokenizers": held.len(), "documents": first.documents(), "bytes": bytes, "words": words, "rows": rows});
     run.finish(&[], report, &ctx.title())
+}
+
+/// The tokens a policy reads with, for the table: "bytes", "BPE 1024 (`pretrain`)", "`base`'s tokenizer".
+fn named(r: &Reading) -> String {
+    match (&r.tokenizer, &r.trained_in) {
+        (Tokenizer::Bytes, _) => "bytes".to_string(),
+        (Tokenizer::Bpe { vocab }, Some(stage)) => format!("BPE {vocab} (`{stage}`)"),
+        (Tokenizer::Bpe { vocab }, None) => format!("BPE {vocab}"),
+        (Tokenizer::Model { model, .. }, _) => format!("`{model}`'s tokenizer"),
+    }
 }
 
 /// A perplexity to read: three decimals, or three digits and a power of ten when it is large.
