@@ -594,7 +594,9 @@ fn held_out_documents_are_scored_each_on_its_own() {
         }
         start += l.len() + 1;
     }
-    std::fs::write(dir.join("r.roux"), "experiment \"docs\" {\n  data docs = text(\"docs.jsonl\") { context = 32 }\n  model lm = transformer { vocab = 256, context = 32, d_model = 32, layers = 1, heads = 2 }\n  stage ppl = compare(fresh = lm) { data = docs }\n}\n").unwrap();
+    // Beside the bytes, a BPE model reads the same documents with its own tokenizer.
+    let bpe = "  data words = text(\"docs.jsonl\") { tokenizer = bpe { vocab = 300 }, context = 32 }\n  model small = transformer { vocab = words.vocab, context = 32, d_model = 32, layers = 1, heads = 2 }\n  stage bpe = train(small, words) { steps = 10, batch = 4 }\n";
+    std::fs::write(dir.join("r.roux"), format!("experiment \"docs\" {{\n  data docs = text(\"docs.jsonl\") {{ context = 32 }}\n  model lm = transformer {{ vocab = 256, context = 32, d_model = 32, layers = 1, heads = 2 }}\n{bpe}  stage ppl = compare(fresh = lm, bpe = bpe.model) {{ data = docs }}\n}}\n")).unwrap();
     run_ok(&dir.join("r.roux"), &dir.join("runs"));
     let report: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(dir.join("runs/docs/ppl/report.json")).unwrap()).unwrap();
     let p = &report["rows"][0]["perplexity"];
@@ -605,6 +607,15 @@ fn held_out_documents_are_scored_each_on_its_own() {
     // A document of n bytes (its newline counted) takes ⌈(n − 1)/32⌉ windows of 32.
     assert_eq!(p["windows"].as_u64(), Some(held.iter().map(|n| (n - 1).div_ceil(32) as u64).sum()));
     assert!((p["loss"].as_f64().unwrap() - 256f64.ln()).abs() < 0.1, "{p}");
+    // The BPE model's documents too are scored each on its own: each one's first token is not
+    // predicted; bits per byte divide by the same bytes (the end of each document one).
+    let b = &report["rows"][1];
+    assert_eq!(b["documents"].as_u64(), Some(held.len() as u64));
+    let ids = b["held_out_tokens"].as_u64().unwrap();
+    assert!(ids < tokens as u64, "BPE merges bytes: {ids} tokens of {tokens} bytes");
+    assert_eq!(b["perplexity"]["tokens"].as_u64(), Some(ids - held.len() as u64));
+    let bpb = b["perplexity"]["loss"].as_f64().unwrap() * (ids - held.len() as u64) as f64 / tokens as f64 / std::f64::consts::LN_2;
+    assert!((b["perplexity"]["bits_per_byte"].as_f64().unwrap() - bpb).abs() < 1e-9, "{b}");
 }
 
 /// A stage's hash covers the files it reads, not only their names: an edited JSONL set trains

@@ -22,8 +22,8 @@ pub struct Corpus {
     /// per word divide by, the same for every tokenizer.
     pub val_bytes: u64,
     pub val_words: u64,
-    /// Where each validation document starts in `val`: `[0]` for one text, and for BPE, whose
-    /// documents are encoded together (a perplexity scores each document on its own).
+    /// Where each validation document starts in `val` (`[0]` for one text): a perplexity scores
+    /// each document on its own.
     pub val_documents: Vec<usize>,
 }
 
@@ -118,10 +118,17 @@ impl Corpus {
                 (if only_val { vec![] } else { ended_bytes(&train) }, ended_bytes(&val), starts)
             }
             Tokenizer::Bpe { vocab } => {
-                let (a, b) = (train.iter().map(|d| format!("{d}\n")).collect::<String>(), val.iter().map(|d| format!("{d}\n")).collect::<String>());
+                let a = train.iter().map(|d| format!("{d}\n")).collect::<String>();
                 std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
                 let tk = super::tokenize::load_or_train(dir, &a, *vocab)?;
-                (if only_val { vec![] } else { super::tokenize::encode(&tk, &a)? }, super::tokenize::encode(&tk, &b)?, vec![0])
+                // Each held-out document encoded on its own, as the other tokenizers encode them,
+                // so that a perplexity scores each alone.
+                let (mut ids, mut starts) = (vec![], vec![]);
+                for d in &val {
+                    starts.push(ids.len());
+                    ids.extend(super::tokenize::encode(&tk, &format!("{d}\n"))?);
+                }
+                (if only_val { vec![] } else { super::tokenize::encode(&tk, &a)? }, ids, starts)
             }
             Tokenizer::Model { model, vocab } => {
                 let tk = super::tokenize::read(&dir.join(super::tokenize::FILE))?;

@@ -124,7 +124,7 @@ fn perplexity(ctx: &StageCtx, c: &CompareSpec, run: RunDir, dev: tch::Device) ->
         table.push_str(&format!("| {label} |{tokens} {:.4} | {} | {:.4} | {} | {context} |\n", p.loss, shown(p.perplexity), p.bits_per_byte, shown(p.word_perplexity)));
         tracing::info!("{}: {label}: loss {:.4}, perplexity {:.3}, {:.4} bits per byte over {} tokens ({})", ctx.stage.name, p.loss, p.perplexity, p.bits_per_byte, p.tokens, named(reading));
         curves.push((label.clone(), p.by_position.clone()));
-        rows.push(json!({"policy": label, "context": context, "reads": named(reading), "held_out_tokens": h.tokens(), "perplexity": p}));
+        rows.push(json!({"policy": label, "context": context, "reads": named(reading), "held_out_tokens": h.tokens(), "documents": h.documents(), "perplexity": p}));
     }
     let first = &held.first().context("`compare` has a policy")?.1;
     let (bytes, words) = first.size();
