@@ -1039,15 +1039,15 @@ fn the_plan_counts_attention_dropout_on_the_cpu_and_what_checkpointing_saves_of_
 
 /// `eval_data`: other corpora's held-out loss at every evaluation, on the same windows each time
 /// (OLMo's in-loop perplexity evaluations): logged as `val_loss/NAME`, its last value in the
-/// report, and what the written weights score on those windows computed apart; on a BPE corpus,
-/// read with the tokenizer the stage trains.
+/// report, and what the written weights score on those windows computed apart; beside a BPE
+/// corpus, read with the tokenizer the stage trains whatever their own.
 #[test]
 fn other_corpora_are_evaluated_in_the_loop() {
     let out = scratch("eval-data");
     std::fs::copy(root().join("docs/reference.md"), out.join("docs.md")).unwrap();
     let recipe = |tokenizer: &str| {
         format!(
-            "experiment \"inloop\" {{\n  data corpus = text(\"../../../data/tinyshakespeare.txt\") {{ context = 32{tokenizer} }}\n  data docs = text(\"docs.md\") {{ context = 32, split = 0.5{tokenizer} }}\n  model lm = transformer {{ vocab = corpus.vocab, context = 32, d_model = 32, layers = 1, heads = 2 }}\n  stage pretrain = train(lm, corpus) {{ steps = 60, batch = 8, eval_every = 30, eval_batches = 2, optimizer = adamw {{ lr = 3e-3 }}, eval_data = [corpus, docs] }}\n}}\n"
+            "experiment \"inloop\" {{\n  data corpus = text(\"../../../data/tinyshakespeare.txt\") {{ context = 32{tokenizer} }}\n  data docs = text(\"docs.md\") {{ context = 32, split = 0.5 }}\n  model lm = transformer {{ vocab = corpus.vocab, context = 32, d_model = 32, layers = 1, heads = 2 }}\n  stage pretrain = train(lm, corpus) {{ steps = 60, batch = 8, eval_every = 30, eval_batches = 2, optimizer = adamw {{ lr = 3e-3 }}, eval_data = [corpus, docs] }}\n}}\n"
         )
     };
     std::fs::write(out.join("bytes.roux"), recipe("")).unwrap();
@@ -1079,11 +1079,21 @@ fn other_corpora_are_evaluated_in_the_loop() {
     let err = run();
     assert!(!err.contains("pretrain: up to date") && err.contains("inputs.docs.docs.md"), "{err}");
 
-    // BPE: the docs are read with the tokenizer the stage trained on the corpus; none other is made.
+    // BPE: the docs (declared as bytes) are read with the tokenizer the stage trained on the
+    // corpus, as the written weights score them read so; none other is made.
     std::fs::write(out.join("bpe.roux"), recipe(", tokenizer = bpe { vocab = 300 }")).unwrap();
     run_ok(&out.join("bpe.roux"), &out.join("bpe"));
-    let m = metrics(&out.join("bpe/inloop/pretrain"));
-    assert!(m.iter().filter(|v| v["val_loss"].is_number()).all(|v| v["val_loss/docs"].as_f64().is_some_and(f64::is_finite)), "{m:?}");
+    let dir = out.join("bpe/inloop/pretrain");
+    let m = metrics(&dir);
+    let logged = m.iter().filter(|v| v["val_loss"].is_number()).last().map(|v| at(v, "val_loss/docs")).unwrap();
+    let r = roux::frontend::compile(&out.join("bpe.roux")).unwrap().recipe.unwrap();
+    let mut model = Model::new(&r.models[0], Device::Cpu).unwrap();
+    model.load(&Tensor::read_safetensors(dir.join("model.safetensors")).unwrap()).unwrap();
+    let bpe = roux::recipe::Tokenizer::Bpe { vocab: 300 };
+    let apart = roux::run::kit::perplexity::Heldout::read_as(&r, "docs", &bpe, Some(&dir)).unwrap().loss(&model, 16).unwrap();
+    assert!((apart - logged).abs() < 1e-9, "{apart} against {logged}");
+    let as_bytes = roux::run::kit::perplexity::Heldout::load(&r, "docs", None).unwrap().loss(&model, 16).unwrap();
+    assert!((as_bytes - logged).abs() > 0.1, "read as bytes the docs score {as_bytes}, not {logged}");
     let tokenizers: Vec<_> = walk(&out.join("bpe")).into_iter().filter(|p| p.ends_with("tokenizer.json")).collect();
     assert_eq!(tokenizers, [out.join("bpe/inloop/pretrain/tokenizer.json")]);
 }

@@ -1,11 +1,10 @@
 //! `train { eval_data = [wiki, c4] }`: other corpora whose held-out loss a pretraining run
 //! measures at every evaluation (OLMo's in-loop perplexity evaluations). Each is read with the
-//! training corpus's tokens: bytes, the same checkpoint's tokenizer, or the BPE tokenizer the
-//! stage trains (then of the same vocabulary).
+//! tokens the model trains on, whatever its own `tokenizer`: bytes, the checkpoint's tokenizer,
+//! or the BPE tokenizer the stage trains.
 
 use super::Checker;
 use crate::diag::{Code, Diagnostic};
-use crate::recipe::{DataSpec, Tokenizer};
 use crate::syntax::ast::{DeclKind, Expr, ExprKind};
 
 /// Corpora one stage evaluates on at most (each is scored at every evaluation).
@@ -13,7 +12,7 @@ const MOST: usize = 16;
 
 impl<'a> Checker<'a> {
     /// A corpus name or a list of them; None after an error.
-    pub(super) fn eval_data(&mut self, e: &'a Expr, corpus: Option<&DataSpec>) -> Option<Vec<String>> {
+    pub(super) fn eval_data(&mut self, e: &'a Expr) -> Option<Vec<String>> {
         let items: Vec<&Expr> = match &e.kind {
             ExprKind::List(items) => items.iter().collect(),
             _ => vec![e],
@@ -26,7 +25,7 @@ impl<'a> Checker<'a> {
         let mut names: Vec<String> = vec![];
         let mut ok = true;
         for item in items {
-            match self.eval_corpus(item, corpus) {
+            match self.eval_corpus(item) {
                 Some(n) if names.contains(&n) => {
                     self.error(Diagnostic::error(Code::E0102, item.span, format!("`{n}` is named twice in `eval_data`")).with_hint("name each corpus once"));
                     ok = false;
@@ -38,32 +37,14 @@ impl<'a> Checker<'a> {
         ok.then_some(names)
     }
 
-    /// One corpus of `eval_data`: a `text(…)` declaration with the training corpus's tokens.
-    fn eval_corpus(&mut self, e: &'a Expr, corpus: Option<&DataSpec>) -> Option<String> {
+    /// One corpus of `eval_data`: a `text(…)` declaration.
+    fn eval_corpus(&mut self, e: &'a Expr) -> Option<String> {
         let d = self.decl_ref(e, DeclKind::Data, "a data set")?;
         if d.kind != DeclKind::Data || self.is_examples(d) || self.is_synthetic(d) || e.as_path().is_none_or(|p| p.len() != 1) {
             self.error(Diagnostic::error(Code::E0301, e.span, format!("`eval_data` takes text corpora, but `{}` is not a `text(…)` declaration", d.name.name))
                 .with_hint("declare `data wiki = text(\"wiki.txt\") { … }`; multiple-choice questions go in `eval_choices`"));
             return None;
         }
-        let set = self.data_spec(d)?;
-        let corpus = corpus?;
-        let same = match (&corpus.tokenizer, &set.tokenizer) {
-            (Tokenizer::Bytes, Tokenizer::Bytes) => true,
-            (Tokenizer::Bpe { vocab: a }, Tokenizer::Bpe { vocab: b }) => a == b,
-            (Tokenizer::Model { model: a, .. }, Tokenizer::Model { model: b, .. }) => self.same_checkpoint(a, b),
-            _ => false,
-        };
-        if !same {
-            let how = match &corpus.tokenizer {
-                Tokenizer::Bytes => "leave `tokenizer` out".to_string(),
-                Tokenizer::Bpe { vocab } => format!("write `tokenizer = bpe {{ vocab = {vocab} }}`: it is read with the tokenizer this stage trains"),
-                Tokenizer::Model { model, .. } => format!("write `tokenizer = {model}.tokenizer`"),
-            };
-            self.error(Diagnostic::error(Code::E0315, e.span, format!("`{}` is read as {}, but the model trains on {} of `{}`", set.name, super::tokens::describe(&set.tokenizer), super::tokens::describe(&corpus.tokenizer), corpus.name))
-                .with_hint(format!("in data `{}`, {how}", set.name)));
-            return None;
-        }
-        Some(set.name)
+        Some(self.data_spec(d)?.name)
     }
 }

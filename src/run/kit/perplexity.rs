@@ -82,14 +82,19 @@ impl Heldout {
         Heldout::of(recipe, spec, bpe)
     }
 
+    /// The validation split of corpus `name` read with `tokenizer` whatever its own (a BPE one
+    /// from `bpe`): what `train` evaluates other corpora with, its own tokens.
+    pub fn read_as(recipe: &Recipe, name: &str, tokenizer: &Tokenizer, bpe: Option<&Path>) -> Result<Heldout> {
+        let Some(spec) = recipe.data(name) else { bail!("no corpus `{name}`") };
+        Heldout::of(recipe, &DataSpec { tokenizer: tokenizer.clone(), ..spec.clone() }, bpe)
+    }
+
     /// The validation split of corpus `name` as one `compare` policy reads it (`reading`): with
     /// bytes, an imported model's tokenizer, or the BPE tokenizer a `train` stage keeps in its
     /// run under `runs`. The same text whatever the tokens: the split is made in bytes.
     pub fn read(recipe: &Recipe, name: &str, reading: &Reading, runs: &Path) -> Result<Heldout> {
-        let Some(spec) = recipe.data(name) else { bail!("no corpus `{name}`") };
-        let spec = DataSpec { tokenizer: reading.tokenizer.clone(), ..spec.clone() };
         let bpe = reading.trained_in.as_ref().map(|stage| runs.join(stage));
-        Heldout::of(recipe, &spec, bpe.as_deref())
+        Heldout::read_as(recipe, name, &reading.tokenizer, bpe.as_deref())
     }
 
     fn of(recipe: &Recipe, spec: &DataSpec, bpe: Option<&Path>) -> Result<Heldout> {
