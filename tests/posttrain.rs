@@ -270,7 +270,7 @@ fn every_post_training_stage_can_train_lora_adapters_only() {
     let recipe = out.join("r.roux");
     let more = "stage more = dpo(merge(po.adapter), prefs) { beta = 0.5, steps = 2, batch = 4, eval_every = 2, eval_examples = 2, max_new = 2 }
           data instr = synthetic.instructions { tasks = [uppercase], examples = 100, max_len = 3 }
-          stage rl = grpo(policy = merge(po.adapter), prompts = instr) { adapter = lora { rank = 2 }, group = 4, batch = 8, steps = 2, max_new = 4, log_every = 1, eval_every = 2, eval_examples = 2 }
+          stage rl = grpo(policy = merge(po.adapter), prompts = instr) { adapter = lora { rank = 2 }, group = 4, batch = 8, steps = 2, max_new = 4, log_every = 1, eval_every = 2, eval_examples = 2, optimizer = adamw { loraplus_lr_ratio = 16 } }
           stage rm = reward_model(lm, prefs) { adapter = lora { rank = 2 }, steps = 30, batch = 16, log_every = 1, eval_every = 30, optimizer = adamw { lr = 1e-2 } }
           stage ppo = ppo(policy = merge(po.adapter), reward = rm.model, prompts = instr) { adapter = lora { rank = 2 }, batch = 8, steps = 2, max_new = 4, log_every = 1, eval_every = 2, eval_examples = 2 }";
     std::fs::write(&recipe, text(more)).unwrap();
@@ -299,6 +299,7 @@ fn every_post_training_stage_can_train_lora_adapters_only() {
     // GRPO's first update sees a policy equal to its reference to the bit: a KL of exactly 0.
     assert!(log.contains("× 4 responses, β = 0.04, GRPO normalisation, advantages ÷ the group's std, LoRA rank 2 on 256 trainable parameters"), "{log}");
     assert_eq!(metrics(&out.join("lora-dpo/rl"))[0]["kl"].as_f64(), Some(0.0));
+    assert!(log.contains("rl: LoRA+: the adapters' B matrices and every trained vector learn at 16 × lr (0.016), the A matrices and the rest at lr"), "{log}");
     assert!(out.join("lora-dpo/rl/adapter.safetensors").exists() && !out.join("lora-dpo/rl/model.safetensors").exists());
     // A reward model trains its adapters and head, and is written merged: a trunk and a head,
     // which PPO reads as any reward model.

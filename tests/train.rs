@@ -2,7 +2,7 @@
 //! numbers, training lowers the loss, runs repeat exactly, and a killed run resumes exactly.
 #![cfg(feature = "torch")]
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use roux::run::model::Model;
@@ -173,7 +173,7 @@ fn adamw_two_steps_by_hand() {
     //         update: [0.89·0.99 − 0.1, −1.88·0.99 + 0.1] = [0.7811, −1.7612]. Bias: 1 − 0.1 − 0.1 = 0.8.
     // The same numbers from each implementation of the update, in float64 and float32.
     use roux::run::kit::adamw::{Optimizer, Update};
-    let cfg = roux::recipe::AdamW { lr: 0.1, betas: (0.9, 0.999), eps: 1e-8, weight_decay: 0.1, muon: None };
+    let cfg = roux::recipe::AdamW { lr: 0.1, betas: (0.9, 0.999), eps: 1e-8, weight_decay: 0.1, muon: None, loraplus_lr_ratio: None };
     for (how, kind, tol) in [(Update::Ops, Kind::Double, 1e-8), (Update::Aten, Kind::Double, 1e-8), (Update::Ops, Kind::Float, 1e-5), (Update::Aten, Kind::Float, 1e-5), (Update::OwnCpu, Kind::Float, 1e-5)] {
         let params = vec![
             Tensor::from_slice(&[1.0f64, -2.0]).view([1, 2]).to_kind(kind).set_requires_grad(true),
@@ -214,7 +214,6 @@ fn adamw_two_steps_by_hand() {
 #[test]
 fn muon_steps_as_torch_optim_muon() {
     use roux::recipe::{AdamW, Muon, MuonLr};
-    use roux::run::kit::adamw::Optimizer;
     let dir = scratch("muon-steps");
     let shapes: [(&str, &[i64]); 6] = [
         ("tok_emb.weight", &[6, 4]),
@@ -224,15 +223,7 @@ fn muon_steps_as_torch_optim_muon() {
         ("blocks.0.ffn.experts.w1", &[3, 8, 4]),
         ("blocks.0.norm1.weight", &[4]),
     ];
-    let names: Vec<String> = shapes.iter().map(|(n, _)| n.to_string()).collect();
-    tch::manual_seed(11);
-    let init: Vec<Tensor> = shapes.iter().map(|(_, s)| Tensor::randn(*s, (Kind::Float, Device::Cpu))).collect();
-    let grads: Vec<Vec<Tensor>> = (0..3).map(|_| shapes.iter().map(|(_, s)| Tensor::randn(*s, (Kind::Float, Device::Cpu))).collect()).collect();
-    let mut file: Vec<(String, Tensor)> = names.iter().cloned().zip(init.iter().map(|t| t.copy())).collect();
-    for (k, g) in grads.iter().enumerate() {
-        file.extend(names.iter().zip(g).map(|(n, t)| (format!("grad{k}.{n}"), t.copy())));
-    }
-    Tensor::write_safetensors(&file, dir.join("in.safetensors")).unwrap();
+    let (names, init, grads) = random_steps(&dir, &shapes, 11);
     let script = r#"
 import sys, torch
 from safetensors.torch import load_file, save_file
@@ -255,18 +246,8 @@ save_file(out, sys.argv[2])
 "#;
     for (adjust, nesterov, wd) in [(MuonLr::Original, true, 0.1), (MuonLr::MatchRmsAdamw, false, 0.0)] {
         let muon = Muon { lr: 0.02, momentum: 0.95, nesterov, weight_decay: wd, ns_steps: 5, adjust_lr: adjust };
-        let cfg = AdamW { lr: 0.003, betas: (0.9, 0.95), eps: 1e-8, weight_decay: 0.1, muon: Some(muon) };
-        let params: Vec<Tensor> = init.iter().map(|t| t.copy().set_requires_grad(true)).collect();
-        let mut opt = Optimizer::new(&params, &names, &cfg);
-        for g in &grads {
-            opt.zero_grad();
-            tch::no_grad(|| {
-                for (p, g) in params.iter().zip(g) {
-                    p.grad().copy_(g);
-                }
-            });
-            opt.step(0.003).unwrap();
-        }
+        let cfg = AdamW { lr: 0.003, betas: (0.9, 0.95), eps: 1e-8, weight_decay: 0.1, muon: Some(muon), loraplus_lr_ratio: None };
+        let (params, opt) = take_steps(&init, &names, &cfg, &grads, None);
         let adjust_name = if adjust == MuonLr::Original { "original" } else { "match_rms_adamw" };
         let want = dir.join(format!("{adjust_name}.safetensors"));
         let o = common::python(script, &[dir.join("in.safetensors").to_str().unwrap(), want.to_str().unwrap(), adjust_name, if nesterov { "1" } else { "0" }, &wd.to_string()]);
@@ -281,6 +262,104 @@ save_file(out, sys.argv[2])
         // The momentum is the first moment; Muon's matrices hold no second.
         let (m, v) = (opt.m[1].abs().sum(Kind::Float).double_value(&[]), opt.v[1].defined());
         assert!(m > 0.0 && !v, "Muon's moments: |m| {m}, v held {v}");
+    }
+}
+
+/// Parameters of `shapes` and three steps' gradients, random from `seed`, written to
+/// `dir`/in.safetensors (as NAME and gradK.NAME) for a reference optimizer in Python.
+fn random_steps(dir: &Path, shapes: &[(&str, &[i64])], seed: i64) -> (Vec<String>, Vec<Tensor>, Vec<Vec<Tensor>>) {
+    let names: Vec<String> = shapes.iter().map(|(n, _)| n.to_string()).collect();
+    tch::manual_seed(seed);
+    let init: Vec<Tensor> = shapes.iter().map(|(_, s)| Tensor::randn(*s, (Kind::Float, Device::Cpu))).collect();
+    let grads: Vec<Vec<Tensor>> = (0..3).map(|_| shapes.iter().map(|(_, s)| Tensor::randn(*s, (Kind::Float, Device::Cpu))).collect()).collect();
+    let mut file: Vec<(String, Tensor)> = names.iter().cloned().zip(init.iter().map(|t| t.copy())).collect();
+    for (k, g) in grads.iter().enumerate() {
+        file.extend(names.iter().zip(g).map(|(n, t)| (format!("grad{k}.{n}"), t.copy())));
+    }
+    Tensor::write_safetensors(&file, dir.join("in.safetensors")).unwrap();
+    (names, init, grads)
+}
+
+/// roux's optimizer from `init`, one step with each of `grads` at the configured rate.
+fn take_steps(init: &[Tensor], names: &[String], cfg: &roux::recipe::AdamW, grads: &[Vec<Tensor>], how: Option<roux::run::kit::adamw::Update>) -> (Vec<Tensor>, roux::run::kit::adamw::Optimizer) {
+    let params: Vec<Tensor> = init.iter().map(|t| t.copy().set_requires_grad(true)).collect();
+    let mut opt = roux::run::kit::adamw::Optimizer::new(&params, names, cfg);
+    if let Some(how) = how {
+        opt.set_update(how);
+    }
+    for g in grads {
+        opt.zero_grad();
+        tch::no_grad(|| {
+            for (p, g) in params.iter().zip(g) {
+                p.grad().copy_(g);
+            }
+        });
+        opt.step(cfg.lr).unwrap();
+    }
+    (params, opt)
+}
+
+/// `adamw { loraplus_lr_ratio = 16 }`: LoRA+ steps as PEFT's `create_loraplus_optimizer` with
+/// torch.optim.AdamW takes them, for each implementation of the update: the adapters' A matrices
+/// and a head's weight at lr with weight decay, the B matrices at 16 × lr with it, the head's
+/// bias at 16 × lr without.
+#[test]
+fn loraplus_steps_as_peft_create_loraplus_optimizer() {
+    use roux::recipe::AdamW;
+    use roux::run::kit::adamw::Update;
+    let dir = scratch("loraplus-steps");
+    let shapes: [(&str, &[i64]); 6] = [
+        ("q.lora_A.default.weight", &[2, 4]),
+        ("q.lora_B.default.weight", &[6, 2]),
+        ("v.lora_A.default.weight", &[2, 4]),
+        ("v.lora_B.default.weight", &[6, 2]),
+        ("head.weight", &[1, 6]),
+        ("head.bias", &[1]),
+    ];
+    let (names, init, grads) = random_steps(&dir, &shapes, 5);
+    let script = r#"
+import sys, torch
+from safetensors.torch import load_file, save_file
+from peft.optimizers import create_loraplus_optimizer
+t = load_file(sys.argv[1])
+class Adapted(torch.nn.Module):
+    def __init__(self, a, b):
+        super().__init__()
+        self.lora_A = torch.nn.ModuleDict({"default": torch.nn.Linear(a.shape[1], a.shape[0], bias=False)})
+        self.lora_B = torch.nn.ModuleDict({"default": torch.nn.Linear(b.shape[1], b.shape[0], bias=False)})
+class M(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.q = Adapted(t["q.lora_A.default.weight"], t["q.lora_B.default.weight"])
+        self.v = Adapted(t["v.lora_A.default.weight"], t["v.lora_B.default.weight"])
+        self.head = torch.nn.Linear(6, 1)
+m = M()
+p = dict(m.named_parameters())
+with torch.no_grad():
+    for n in p:
+        p[n].copy_(t[n])
+opt = create_loraplus_optimizer(m, torch.optim.AdamW, lr=0.01, loraplus_lr_ratio=16.0, loraplus_weight_decay=0.1, betas=(0.9, 0.95), eps=1e-8)
+for k in range(3):
+    for n in p:
+        p[n].grad = t[f"grad{k}.{n}"].clone()
+    opt.step()
+save_file({n: x.detach().contiguous() for n, x in p.items()}, sys.argv[2])
+"#;
+    let want = dir.join("peft.safetensors");
+    let o = common::python(script, &[dir.join("in.safetensors").to_str().unwrap(), want.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let want: std::collections::HashMap<String, Tensor> = Tensor::read_safetensors(&want).unwrap().into_iter().collect();
+    let cfg = AdamW { lr: 0.01, betas: (0.9, 0.95), eps: 1e-8, weight_decay: 0.1, muon: None, loraplus_lr_ratio: Some(16.0) };
+    for how in [Update::Ops, Update::Aten, Update::OwnCpu] {
+        let (params, _) = take_steps(&init, &names, &cfg, &grads, Some(how));
+        for (i, n) in names.iter().enumerate() {
+            let moved = (&params[i] - &init[i]).abs().max().double_value(&[]);
+            let diff = (&params[i] - &want[n]).abs().max().double_value(&[]);
+            assert!(diff < 1e-6, "{how:?}: {n} differs from PEFT's by {diff:e} (it moved {moved:e})");
+        }
+        // The B matrices moved about 16 times as far as the A matrices (each step of Adam is about lr).
+        let moved = |i: usize| (&params[i] - &init[i]).abs().mean(Kind::Float).double_value(&[]);
+        assert!(moved(1) > 8.0 * moved(0) && moved(0) > 0.005, "{how:?}: A moved {}, B {}", moved(0), moved(1));
     }
 }
 
@@ -325,7 +404,7 @@ fn a_muon_run_learns_holds_the_planned_moments_and_resumes_exactly() {
 fn clipping_on_the_device_matches_the_host() {
     // ‖(3, 4)‖ = 5, clipped to 1: the gradient becomes (0.6, 0.8) either way; under the limit, untouched.
     use roux::run::kit::adamw::Optimizer;
-    let cfg = roux::recipe::AdamW { lr: 0.1, betas: (0.9, 0.999), eps: 1e-8, weight_decay: 0.0, muon: None };
+    let cfg = roux::recipe::AdamW { lr: 0.1, betas: (0.9, 0.999), eps: 1e-8, weight_decay: 0.0, muon: None, loraplus_lr_ratio: None };
     for (clip, want) in [(1.0, [0.6, 0.8]), (10.0, [3.0, 4.0])] {
         let p = Tensor::from_slice(&[0.0f32, 0.0]).set_requires_grad(true);
         let mut opt = Optimizer::new(&[p.shallow_clone()], &[], &cfg);
@@ -342,7 +421,7 @@ fn clipping_on_the_device_matches_the_host() {
     for clip in [1.0, 10.0] {
         let after = |how: Update| {
             let p = Tensor::from_slice(&[1.0f32, -1.0]).set_requires_grad(true);
-            let mut opt = Optimizer::new(&[p.shallow_clone()], &[], &roux::recipe::AdamW { lr: 0.1, betas: (0.9, 0.999), eps: 1e-3, weight_decay: 0.0, muon: None });
+            let mut opt = Optimizer::new(&[p.shallow_clone()], &[], &roux::recipe::AdamW { lr: 0.1, betas: (0.9, 0.999), eps: 1e-3, weight_decay: 0.0, muon: None, loraplus_lr_ratio: None });
             opt.set_update(how);
             for _ in 0..3 {
                 opt.zero_grad();
@@ -1085,7 +1164,7 @@ fn other_corpora_are_evaluated_in_the_loop() {
     run_ok(&out.join("bpe.roux"), &out.join("bpe"));
     let dir = out.join("bpe/inloop/pretrain");
     let m = metrics(&dir);
-    let logged = m.iter().filter(|v| v["val_loss"].is_number()).last().map(|v| at(v, "val_loss/docs")).unwrap();
+    let logged = m.iter().rfind(|v| v["val_loss"].is_number()).map(|v| at(v, "val_loss/docs")).unwrap();
     let r = roux::frontend::compile(&out.join("bpe.roux")).unwrap().recipe.unwrap();
     let mut model = Model::new(&r.models[0], Device::Cpu).unwrap();
     model.load(&Tensor::read_safetensors(dir.join("model.safetensors")).unwrap()).unwrap();

@@ -34,8 +34,9 @@ impl<'a> Checker<'a> {
         let betas = self.betas(&mut f);
         let eps = f.positive(self, "eps", Some(1e-8));
         let wd = f.ranged(self, "weight_decay", Some(0.0), 0.0, false, f64::INFINITY, true);
+        let ratio = f.optional(self, "loraplus_lr_ratio", |f, ck| f.ranged(ck, "loraplus_lr_ratio", None, 0.0, true, 1e6, false));
         f.finish(self);
-        Some(AdamW { lr: lr?, betas: betas?, eps: eps?, weight_decay: wd?, muon: None })
+        Some(AdamW { lr: lr?, betas: betas?, eps: eps?, weight_decay: wd?, muon: None, loraplus_lr_ratio: ratio? })
     }
 
     /// `muon { lr, momentum, nesterov, weight_decay, ns_steps, adjust_lr, adamw = adamw { … } }`,
@@ -75,6 +76,20 @@ impl<'a> Checker<'a> {
         if let (Some(_), Some(why)) = (&optimizer.muon, conflict) {
             self.error(Diagnostic::error(Code::E0257, at, format!("stage `{}` cannot take `optimizer = muon`: {why}", spec.name))
                 .with_hint("Muon orthogonalises each block matrix's whole update on one process: use `optimizer = adamw { … }` here, or drop the other option"));
+        }
+    }
+
+    /// LoRA+ speeds up adapters: E0262 on a stage that trains none (`at`: its `optimizer`).
+    pub(super) fn loraplus_fits(&mut self, spec: &StageSpec, at: Span) {
+        let optimizer = match &spec.kind {
+            StageKind::Mixture(m) => Some(&m.optimizer),
+            StageKind::Isoflop(i) => Some(&i.train.optimizer),
+            kind => kind.optimizer(),
+        };
+        let adapter = spec.kind.adapter().is_some() || spec.kind.reward_adapter();
+        if optimizer.is_some_and(|o| o.loraplus_lr_ratio.is_some()) && !adapter {
+            self.error(Diagnostic::error(Code::E0262, at, format!("stage `{}` takes `loraplus_lr_ratio`, but trains no LoRA adapter: LoRA+ speeds up the adapters' B matrices", spec.name))
+                .with_hint("add `adapter = lora { … }` to the stage, or drop `loraplus_lr_ratio`"));
         }
     }
 

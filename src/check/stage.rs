@@ -79,7 +79,11 @@ impl<'a> Checker<'a> {
             "compare" => self.check_compare(d, at, args, block),
             _ => self.check_train(d, at, args, block),
         }
-        .inspect(|spec| self.muon_fits(spec, block.and_then(|b| b.field("optimizer")).map_or(at, |f| f.value.span)))
+        .inspect(|spec| {
+            let at = block.and_then(|b| b.field("optimizer")).map_or(at, |f| f.value.span);
+            self.muon_fits(spec, at);
+            self.loraplus_fits(spec, at);
+        })
     }
 
     /// Named or positional arguments, in `names` order. Reports unknown, missing and extra ones.

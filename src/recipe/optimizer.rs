@@ -14,6 +14,10 @@ pub struct AdamW {
     /// serialized specs when unset, so older stages keep their hash.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub muon: Option<Muon>,
+    /// LoRA+ (Hayou et al. 2024; PEFT's `create_loraplus_optimizer`): the adapters' B matrices
+    /// and every trained vector learn at `lr` times this. Left out of serialized specs when unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub loraplus_lr_ratio: Option<f64>,
 }
 
 /// Muon (Jordan et al. 2024; torch.optim.Muon): momentum, then the update orthogonalised by

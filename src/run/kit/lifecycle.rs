@@ -156,6 +156,9 @@ fn lead(ctx: &StageCtx, hash: String, resolved: &Value, steps: u64) -> Result<Op
     if let Some((adamw, muon)) = ctx.stage.kind.optimizer().and_then(|o| Some((o, o.muon.as_ref()?))) {
         tracing::info!("{label}: {}; AdamW (lr {}) on the embeddings, head, norms and biases", muon.describe(), adamw.lr);
     }
+    if let Some((adamw, ratio)) = ctx.stage.kind.optimizer().and_then(|o| Some((o, o.loraplus_lr_ratio?))) {
+        tracing::info!("{label}: LoRA+: the adapters' B matrices and every trained vector learn at {ratio} × lr ({}), the A matrices and the rest at lr", adamw.lr * ratio);
+    }
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     let resume = checkpoint::resume_state(dir, ctx.opts.resume_from)?;
     if let Some(s) = &resume {

@@ -63,7 +63,7 @@ impl Case {
     fn new(s: &ModelSpec, device: Device, batch: i64) -> Result<Case> {
         tch::manual_seed(0);
         let model = Model::new(s, device)?;
-        let opt = Optimizer::new(&model.params, &model.names, &crate::recipe::AdamW { lr: 1e-3, betas: (0.9, 0.95), eps: 1e-8, weight_decay: 0.1, muon: None });
+        let opt = Optimizer::new(&model.params, &model.names, &crate::recipe::AdamW { lr: 1e-3, betas: (0.9, 0.95), eps: 1e-8, weight_decay: 0.1, muon: None, loraplus_lr_ratio: None });
         let x = Tensor::randint(256, [batch, s.context as i64], (Kind::Int64, device));
         let y = Tensor::randint(256, [batch, s.context as i64], (Kind::Int64, device));
         Ok(Case { model, opt, x, y })
@@ -184,7 +184,7 @@ pub fn bench_muon(name: &str, reps: usize, steps: usize) -> Result<MuonBench> {
     let device = tch::Device::cuda_if_available();
     let data: Vec<u32> = read_bench_data()?.into_iter().map(u32::from).collect();
     let (train, held) = data.split_at(data.len() * 9 / 10);
-    let adamw = AdamW { lr: 1e-3, betas: (0.9, 0.95), eps: 1e-8, weight_decay: 0.1, muon: None };
+    let adamw = AdamW { lr: 1e-3, betas: (0.9, 0.95), eps: 1e-8, weight_decay: 0.1, muon: None, loraplus_lr_ratio: None };
     let muon = Muon { lr: 0.02, momentum: 0.95, nesterov: true, weight_decay: 0.0, ns_steps: 5, adjust_lr: MuonLr::Original };
     let mut cases: Vec<(Model, Optimizer, crate::rng::Rng)> = vec![];
     for cfg in [adamw.clone(), AdamW { muon: Some(muon), ..adamw }] {
@@ -269,7 +269,7 @@ pub fn bench_config(name: &str, steps: usize) -> Result<serde_json::Value> {
     let warm_rss = rss_bytes("VmRSS:");
     tch::manual_seed(0);
     let mut model = Model::new(&s, device)?;
-    let mut opt = Optimizer::new(&model.params, &model.names, &crate::recipe::AdamW { lr: 1e-3, betas: (0.9, 0.95), eps: 1e-8, weight_decay: 0.1, muon: None });
+    let mut opt = Optimizer::new(&model.params, &model.names, &crate::recipe::AdamW { lr: 1e-3, betas: (0.9, 0.95), eps: 1e-8, weight_decay: 0.1, muon: None, loraplus_lr_ratio: None });
     // The first step, phase by phase: peak RSS after the forward pass (saved activations) and
     // after the backward pass (its temporaries), beside the plan's terms for the same.
     let phases = {

@@ -8,14 +8,13 @@ use super::Flat;
 /// element of p, m and v is read and written once; the tensor ops make ~8 passes, which costs
 /// when the parameters are many and the compute per parameter small (64 experts: 17.4M
 /// parameters, 33 → 14 ms per update here). Same formula; lerp's rounding kept for m and v.
-pub(super) fn fused_cpu(f: &Flat, [b1, b2, decay, step, eps]: [f32; 5]) {
+pub(super) fn fused_cpu(f: &Flat, [b1, b2, eps]: [f32; 3], spans: &[(usize, usize, f32, f32)]) {
     let n = f.p.numel();
     if n == 0 {
         return; // nothing to update (and an empty tensor's data pointer may be null)
     }
     let ptr = |t: &Tensor| t.data_ptr() as usize;
     let (p, g, m, v) = (ptr(&f.p), ptr(&f.g), ptr(&f.m), ptr(&f.v));
-    let decayed = f.decayed as usize;
     let threads = (tch::get_num_threads().max(1) as usize).min(n.div_ceil(1 << 16)).max(1);
     let chunk = n.div_ceil(threads);
     std::thread::scope(|sc| {
@@ -28,9 +27,10 @@ pub(super) fn fused_cpu(f: &Flat, [b1, b2, decay, step, eps]: [f32; 5]) {
                     let s = |a: usize| std::slice::from_raw_parts_mut((a as *mut f32).add(lo), hi - lo);
                     (s(p), &*s(g), s(m), s(v))
                 };
-                // Decayed elements first (the buffers' leading `decayed`), then the rest.
-                let cut = decayed.clamp(lo, hi) - lo;
-                for (range, d) in [(0..cut, decay), (cut..hi - lo, 1.0)] {
+                // Each span of one decay factor and step size (`spans`, covering the buffers)
+                // that meets this thread's range.
+                for &(a, b, d, step) in spans {
+                    let range = a.clamp(lo, hi) - lo..b.clamp(lo, hi) - lo;
                     let it = p[range.clone()].iter_mut().zip(&g[range.clone()]).zip(m[range.clone()].iter_mut().zip(v[range].iter_mut()));
                     for ((p, &g), (m, v)) in it {
                         *m += (1.0 - b1) * (g - *m);

@@ -32,6 +32,8 @@ pub struct Optimizer {
     pub weight_decay: f64,
     /// Number of updates taken (bias correction uses it).
     pub t: u64,
+    /// LoRA+'s ratio: the buffers' elements from `Flat::fast` on learn at `lr` times this.
+    fast_ratio: f64,
     /// Per parameter (in the order given): views into the flat moment buffers, for checkpoints.
     pub m: Vec<Tensor>,
     pub v: Vec<Tensor>,
@@ -82,6 +84,8 @@ fn default_update(p: &Tensor) -> Update {
 /// The flat buffers: parameters, gradients, first and second moments, and scratch space for the
 /// update. Decoupled weight decay applies to matrices (weights, embeddings), not to biases or
 /// gains, so those come first and decay is one operation on the leading `decayed` elements.
+/// Under LoRA+ the elements from `fast` on (the adapters' B matrices, then the vectors) learn
+/// faster; without it `fast` is past the end.
 struct Flat {
     p: Tensor,
     g: Tensor,
@@ -89,18 +93,27 @@ struct Flat {
     v: Tensor,
     scratch: Tensor,
     decayed: i64,
+    fast: i64,
 }
 
 impl Flat {
     fn shallow(&self) -> Flat {
         let c = Tensor::shallow_clone;
-        Flat { p: c(&self.p), g: c(&self.g), m: c(&self.m), v: c(&self.v), scratch: c(&self.scratch), decayed: self.decayed }
+        Flat { p: c(&self.p), g: c(&self.g), m: c(&self.m), v: c(&self.v), scratch: c(&self.scratch), decayed: self.decayed, fast: self.fast }
     }
 
     /// AdamW's part when Muon's matrices take the buffers from `end` on.
     fn front(&self, end: i64) -> Flat {
         let part = |t: &Tensor| t.narrow(0, 0, end);
-        Flat { p: part(&self.p), g: part(&self.g), m: part(&self.m), v: self.v.shallow_clone(), scratch: self.scratch.shallow_clone(), decayed: self.decayed }
+        Flat { p: part(&self.p), g: part(&self.g), m: part(&self.m), v: self.v.shallow_clone(), scratch: self.scratch.shallow_clone(), decayed: self.decayed, fast: self.fast.min(end) }
+    }
+
+    /// The spans of one rate and decay of the first `n` elements: (start, length, decayed, fast).
+    fn spans(&self, n: i64) -> Vec<(i64, i64, bool, bool)> {
+        let mut cuts = vec![0, self.decayed.clamp(0, n), self.fast.clamp(0, n), n];
+        cuts.sort_unstable();
+        cuts.dedup();
+        cuts.windows(2).map(|w| (w[0], w[1] - w[0], w[0] < self.decayed, w[0] >= self.fast)).collect()
     }
 }
 
@@ -123,17 +136,24 @@ impl Optimizer {
     fn build(params: &[Tensor], names: &[String], cfg: &crate::recipe::AdamW, front: &[usize], shard: Option<&World>) -> Optimizer {
         let (kind, device) = params.iter().find(|p| p.requires_grad()).map_or((Kind::Float, tch::Device::Cpu), |p| (p.kind(), p.device()));
         let muon = |i: usize| cfg.muon.is_some() && names.get(i).is_some_and(|n| crate::recipe::Muon::takes(n, params[i].dim()));
+        // LoRA+ (PEFT's grouping): the B matrices and every vector learn at lr × ratio.
+        let fast = |i: usize| cfg.loraplus_lr_ratio.is_some() && !muon(i) && (params[i].dim() < 2 || names.get(i).is_some_and(|n| n.contains("lora_B")));
         assert!(cfg.muon.is_none() || (front.is_empty() && shard.is_none_or(|w| w.size == 1)), "check refuses Muon with divided experts or sharded moments (E0257)");
-        // AdamW's matrices first (stable order), then its vectors, then Muon's matrices. A tensor
-        // that does not require grad (a frozen one) is left where it is and never updated.
+        // AdamW's matrices first (stable order; under LoRA+ the faster ones last), then its
+        // vectors, then Muon's matrices. A tensor that does not require grad (a frozen one) is
+        // left where it is and never updated.
         let mut order: Vec<usize> = (0..params.len()).filter(|&i| params[i].requires_grad()).collect();
-        order.sort_by_key(|&i| (muon(i), params[i].dim() < 2, !front.contains(&i)));
+        order.sort_by_key(|&i| (muon(i), params[i].dim() < 2, fast(i), !front.contains(&i)));
         let numel: Vec<i64> = params.iter().map(|p| p.numel() as i64).collect();
         let total: i64 = order.iter().map(|&i| numel[i]).sum();
         let decayed: i64 = order.iter().filter(|&&i| params[i].dim() >= 2 && !muon(i)).map(|&i| numel[i]).sum();
         // Muon's matrices keep one moment (its momentum): AdamW's second moment and scratch end
         // where they begin.
         let adam: i64 = order.iter().filter(|&&i| !muon(i)).map(|&i| numel[i]).sum();
+        // (The fast ones end AdamW's part: the slow matrices, the fast matrices, then the
+        // vectors, all fast under LoRA+.)
+        let slow: i64 = order.iter().filter(|&&i| !muon(i) && !fast(i)).map(|&i| numel[i]).sum();
+        let fast_from = if cfg.loraplus_lr_ratio.is_some() { slow } else { total };
         let base: i64 = order.iter().filter(|i| front.contains(i)).map(|&i| numel[i]).sum();
         // Sharded: weights and gradients padded for the collectives, whole moments only for the front.
         let zero = shard.filter(|w| w.size > 1).map(|w| zero::Zero::new(w, base, total - base, (kind, device)));
@@ -164,7 +184,7 @@ impl Optimizer {
             super::native::set_grad(&params[i], &views(&g, i).expect("a trainable parameter has a span")).expect("a trainable leaf takes a gradient of its shape");
         }
         let second = moments - (total - adam);
-        let flat = Flat { p, g, m: buf(moments), v: buf(second), scratch: buf(second), decayed };
+        let flat = Flat { p, g, m: buf(moments), v: buf(second), scratch: buf(second), decayed, fast: fast_from };
         // Moments of frozen tensors stay zero (checkpoints name every tensor's); the others are
         // views (none for a sharded one, `zero.rs` holds its slice, nor for Muon's second).
         let moment = |flat: &Tensor, i: usize, end: i64| match spans[i] {
@@ -176,7 +196,7 @@ impl Optimizer {
         let v = (0..params.len()).map(|i| moment(&flat.v, i, second)).collect();
         let mats = order.iter().filter(|&&i| muon(i)).map(|&i| (spans[i].expect("span").0, numel[i], params[i].size())).collect();
         let muon = muon::MuonPart::new(cfg, adam, mats);
-        Optimizer { muon, beta1: cfg.betas.0, beta2: cfg.betas.1, eps: cfg.eps, weight_decay: cfg.weight_decay, t: 0, m, v, step_t: None, grad_scale: None, spans, shapes: params.iter().map(|p| p.size()).collect(), shadow: None, zero, how: default_update(&flat.p), exchanges: 0, divided: None, flat }
+        Optimizer { fast_ratio: cfg.loraplus_lr_ratio.unwrap_or(1.0), muon, beta1: cfg.betas.0, beta2: cfg.betas.1, eps: cfg.eps, weight_decay: cfg.weight_decay, t: 0, m, v, step_t: None, grad_scale: None, spans, shapes: params.iter().map(|p| p.size()).collect(), shadow: None, zero, how: default_update(&flat.p), exchanges: 0, divided: None, flat }
     }
 
     /// Choose the implementation of the update (tests compare them; `OwnCpu` needs float32 CPU
@@ -293,27 +313,26 @@ impl Optimizer {
         Ok(())
     }
 
-    /// The update of one part of the buffers (`apply`).
+    /// The update of one part of the buffers (`apply`), span by span of one rate and decay.
     fn apply_part(&mut self, f: &Flat, lr: f64, [step, eps]: [f64; 2], how: Update, grad_scale: Option<&Tensor>, found_inf: Option<&Tensor>) -> anyhow::Result<()> {
+        let n = f.p.numel() as i64;
+        // (start, length, decayed, its lr)
+        let spans: Vec<(i64, i64, bool, f64)> = f.spans(n).into_iter().map(|(lo, len, d, fast)| (lo, len, d, if fast { lr * self.fast_ratio } else { lr })).collect();
+        // (Each span's step size: `step` is lr's, with the bias corrections folded in.)
+        let step_of = |r: f64| if r == lr { step } else { step * r / lr };
         if how == Update::OwnCpu {
-            let decay = 1.0 - lr * self.weight_decay;
-            fused_cpu::fused_cpu(f, [self.beta1, self.beta2, decay, step, eps].map(|x| x as f32));
+            let parts: Vec<_> = spans.iter().map(|&(lo, len, d, r)| (lo as usize, (lo + len) as usize, if d { 1.0 - r * self.weight_decay } else { 1.0 } as f32, step_of(r) as f32)).collect();
+            fused_cpu::fused_cpu(f, [self.beta1, self.beta2, eps].map(|x| x as f32), &parts);
             return Ok(());
         }
         if how == Update::Aten {
-            if f.p.numel() == 0 {
-                return Ok(());
-            }
             let step_t = self.step_t.get_or_insert_with(|| Tensor::zeros([], (Kind::Float, f.p.device())));
             let _ = step_t.fill_(self.t as f64);
-            let n = f.p.numel() as i64;
-            // Decayed matrices first, then the vectors without decay: two launches of the kernel.
-            for (lo, len, wd) in [(0, f.decayed, self.weight_decay), (f.decayed, n - f.decayed, 0.0)] {
-                if len > 0 {
-                    let part = |t: &Tensor| t.narrow(0, lo, len);
-                    let flags = super::native::AdamwFlags { step: step_t, grad_scale, found_inf };
-                    super::native::fused_adamw(&part(&f.p), &part(&f.g), &part(&f.m), &part(&f.v), &flags, lr, (self.beta1, self.beta2), wd, self.eps)?;
-                }
+            // One launch of the kernel a span (decayed matrices, then vectors without decay).
+            for &(lo, len, d, r) in &spans {
+                let part = |t: &Tensor| t.narrow(0, lo, len);
+                let flags = super::native::AdamwFlags { step: step_t, grad_scale, found_inf };
+                super::native::fused_adamw(&part(&f.p), &part(&f.g), &part(&f.m), &part(&f.v), &flags, r, (self.beta1, self.beta2), if d { self.weight_decay } else { 0.0 }, self.eps)?;
             }
             return Ok(());
         }
@@ -322,13 +341,15 @@ impl Optimizer {
             let _ = f.m.lerp_(&f.g, 1.0 - self.beta1);
             let _ = f.g.mul_out(&f.scratch, &f.g);
             let _ = f.v.lerp_(&f.scratch, 1.0 - self.beta2);
-            if self.weight_decay > 0.0 && f.decayed > 0 {
-                let _ = f.p.narrow(0, 0, f.decayed).g_mul_scalar_(1.0 - lr * self.weight_decay);
-            }
             // p += m / denom with denom = −(sqrt(v) + ε')/step: one addcdiv into the scratch space.
             let _ = f.v.sqrt_out(&f.scratch);
             let _ = f.scratch.g_add_scalar_(eps);
-            let _ = f.scratch.g_div_scalar_(-step);
+            for &(lo, len, d, r) in &spans {
+                if d && self.weight_decay > 0.0 {
+                    let _ = f.p.narrow(0, lo, len).g_mul_scalar_(1.0 - r * self.weight_decay);
+                }
+                let _ = f.scratch.narrow(0, lo, len).g_div_scalar_(-step_of(r));
+            }
             let _ = f.p.addcdiv_(&f.m, &f.scratch);
         });
         Ok(())

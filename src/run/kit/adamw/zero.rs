@@ -108,7 +108,7 @@ impl Zero {
         let mut parts = vec![];
         if self.base > 0 {
             let c = Tensor::shallow_clone;
-            parts.push(Flat { p: front(&full.p), g: front(&full.g), m: c(&full.m), v: c(&full.v), scratch: c(&full.scratch), decayed: full.decayed.min(self.base) });
+            parts.push(Flat { p: front(&full.p), g: front(&full.g), m: c(&full.m), v: c(&full.v), scratch: c(&full.scratch), decayed: full.decayed.min(self.base), fast: full.fast.min(self.base) });
         }
         parts.push(Flat {
             p: full.p.narrow(0, self.base + self.lo, self.len),
@@ -117,6 +117,7 @@ impl Zero {
             v: own(&self.v),
             scratch: own(&self.scratch),
             decayed: (full.decayed - self.base - self.lo).clamp(0, self.len),
+            fast: (full.fast - self.base - self.lo).clamp(0, self.len),
         });
         parts
     }
