@@ -1146,7 +1146,12 @@ fn held_out_perplexity_equals_transformers_over_the_same_windows() {
     let recipe = "experiment \"ppl\" {\n  model base = hf(\"ck\")\n  data corpus = text(\"corpus.txt\") { tokenizer = base.tokenizer, context = 64, split = 0.8 }\n  stage whole = compare(base = base) { data = corpus }\n  stage slid = compare(base = base) { data = corpus, stride = 24 }\n  \
         data raw = text(\"corpus.txt\") { context = 32, split = 0.8 }\n  model bytes = transformer { vocab = 256, context = 32, d_model = 32, layers = 1, heads = 2 }\n  stage pre = train(bytes, raw) { steps = 30, batch = 8 }\n  \
         data words = text(\"corpus.txt\") { tokenizer = bpe { vocab = 300 }, context = 32, split = 0.8 }\n  model small = transformer { vocab = words.vocab, context = 32, d_model = 32, layers = 1, heads = 2 }\n  stage bpe = train(small, words) { steps = 30, batch = 8 }\n  \
-        stage mixed = compare(base = base, bytes = pre.model, bpe = bpe.model) { data = corpus }\n}\n";
+        stage mixed = compare(base = base, bytes = pre.model, bpe = bpe.model) { data = corpus }\n  \
+        data mc = choices(\"mc.jsonl\") { tokenizer = base.tokenizer }\n  data mcb = choices(\"mc.jsonl\")\n  \
+        stage quiz = compare(base = base, bytes = pre.model, bpe = bpe.model) { data = mc }\n  stage quiz_base = compare(base = base) { data = mc }\n  stage quiz_bytes = compare(bytes = pre.model) { data = mcb }\n}\n";
+    let questions = [("ROMEO: But soft, what light", [" through yonder window breaks?", " is the east, and Juliet", " sun"], 0), ("To be, or not", [" to be", " at all", " be it"], 0), ("Now is the winter of our", [" discontent", " summer", " day"], 0)];
+    let lines: Vec<String> = questions.iter().map(|(p, c, a)| serde_json::json!({"prompt": p, "choices": c, "answer": a}).to_string()).collect();
+    std::fs::write(dir.join("mc.jsonl"), lines.join("\n") + "\n").unwrap();
     std::fs::write(dir.join("r.roux"), recipe).unwrap();
     let o = roux(&["run", dir.join("r.roux").to_str().unwrap(), "--out", dir.join("runs").to_str().unwrap()]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
@@ -1203,6 +1208,17 @@ fn mixed_tokenizers(dir: &Path) {
     let table = std::fs::read_to_string(dir.join("runs/ppl/mixed/table.md")).unwrap();
     assert!(table.contains("| policy | tokenizer | held-out tokens | loss per token |") && table.contains(&format!("| bpe | BPE 300 (`bpe`) | {bpe} |")) && table.contains("| base | `base`'s tokenizer |"), "{table}");
     assert!(table.contains("comparable only between policies of one tokenizer"), "{table}");
+    // The questions too: each policy scores them with its own tokens, the checkpoint and the
+    // byte model as they do alone (the byte model on the questions declared as bytes).
+    let samples = |stage: &str| -> Vec<serde_json::Value> { std::fs::read_to_string(dir.join("runs/ppl").join(stage).join("samples.jsonl")).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect() };
+    let (quiz, base, bytes) = (samples("quiz"), samples("quiz_base"), samples("quiz_bytes"));
+    let of = |all: &[serde_json::Value], policy: &str| -> Vec<serde_json::Value> { all.iter().filter(|s| s["policy"] == policy).map(|s| s["loglikelihoods"].clone()).collect() };
+    assert_eq!((of(&quiz, "base"), of(&quiz, "bytes")), (of(&base, "base"), of(&bytes, "bytes")));
+    assert_eq!(of(&quiz, "bpe").len(), 3);
+    assert_ne!(of(&quiz, "bpe"), of(&quiz, "bytes"));
+    assert_eq!(read("quiz")["tokenizers"].as_u64(), Some(3));
+    let table = std::fs::read_to_string(dir.join("runs/ppl/quiz/table.md")).unwrap();
+    assert!(table.contains("| policy | tokenizer | accuracy |") && table.contains("| bpe | BPE 300 (`bpe`) |"), "{table}");
 }
 
 /// QLoRA on an imported checkpoint: its projections are quantized to NF4 as each tensor is read

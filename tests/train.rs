@@ -1119,14 +1119,15 @@ fn the_plan_counts_attention_dropout_on_the_cpu_and_what_checkpointing_saves_of_
 /// `eval_data`: other corpora's held-out loss at every evaluation, on the same windows each time
 /// (OLMo's in-loop perplexity evaluations): logged as `val_loss/NAME`, its last value in the
 /// report, and what the written weights score on those windows computed apart; beside a BPE
-/// corpus, read with the tokenizer the stage trains whatever their own.
+/// corpus, they and `eval_choices`' questions read with the tokenizer the stage trains whatever
+/// their own.
 #[test]
 fn other_corpora_are_evaluated_in_the_loop() {
     let out = scratch("eval-data");
     std::fs::copy(root().join("docs/reference.md"), out.join("docs.md")).unwrap();
     let recipe = |tokenizer: &str| {
         format!(
-            "experiment \"inloop\" {{\n  data corpus = text(\"../../../data/tinyshakespeare.txt\") {{ context = 32{tokenizer} }}\n  data docs = text(\"docs.md\") {{ context = 32, split = 0.5 }}\n  model lm = transformer {{ vocab = corpus.vocab, context = 32, d_model = 32, layers = 1, heads = 2 }}\n  stage pretrain = train(lm, corpus) {{ steps = 60, batch = 8, eval_every = 30, eval_batches = 2, optimizer = adamw {{ lr = 3e-3 }}, eval_data = [corpus, docs] }}\n}}\n"
+            "experiment \"inloop\" {{\n  data corpus = text(\"../../../data/tinyshakespeare.txt\") {{ context = 32{tokenizer} }}\n  data docs = text(\"docs.md\") {{ context = 32, split = 0.5 }}\n  data quiz = choices(\"../../../data/shakespeare-choices.jsonl\") {{ prompt = \"ctx\", choices = \"endings\", answer = \"label\" }}\n  model lm = transformer {{ vocab = corpus.vocab, context = 32, d_model = 32, layers = 1, heads = 2 }}\n  stage pretrain = train(lm, corpus) {{ steps = 60, batch = 8, eval_every = 30, eval_batches = 2, optimizer = adamw {{ lr = 3e-3 }}, eval_data = [corpus, docs], eval_choices = quiz }}\n}}\n"
         )
     };
     std::fs::write(out.join("bytes.roux"), recipe("")).unwrap();
@@ -1173,6 +1174,13 @@ fn other_corpora_are_evaluated_in_the_loop() {
     assert!((apart - logged).abs() < 1e-9, "{apart} against {logged}");
     let as_bytes = roux::run::kit::perplexity::Heldout::load(&r, "docs", None).unwrap().loss(&model, 16).unwrap();
     assert!((as_bytes - logged).abs() > 0.1, "read as bytes the docs score {as_bytes}, not {logged}");
+    // So are the questions: the accuracy logged is the written weights' on their BPE ids.
+    let quiz = |t: &roux::recipe::Tokenizer| roux::run::kit::choices::Quiz::read(&r, "quiz", usize::MAX, t, Some(&dir)).unwrap().score(&model, None).unwrap();
+    let (acc, scored) = quiz(&bpe);
+    let logged = m.iter().rfind(|v| v["val_choices_acc"].is_number()).map(|v| at(v, "val_choices_acc")).unwrap();
+    assert_eq!((acc.acc, acc.questions), (logged, 200));
+    let (_, as_bytes) = quiz(&roux::recipe::Tokenizer::Bytes);
+    assert!((scored[0].loglikelihoods[0] - as_bytes[0].loglikelihoods[0]).abs() > 0.1, "{:?} against {:?}", scored[0].loglikelihoods, as_bytes[0].loglikelihoods);
     let tokenizers: Vec<_> = walk(&out.join("bpe")).into_iter().filter(|p| p.ends_with("tokenizer.json")).collect();
     assert_eq!(tokenizers, [out.join("bpe/inloop/pretrain/tokenizer.json")]);
 }

@@ -7,7 +7,7 @@ use super::fields::Fields;
 use super::Checker;
 use crate::diag::{Code, Diagnostic, Span};
 use crate::posttrain::choices::{parse, tokenized_bytes, MAX_TOKENIZED};
-use crate::recipe::{DataSpec, ExampleKind, ExampleSet, ExampleSource, Tokenizer};
+use crate::recipe::{ExampleKind, ExampleSet, ExampleSource};
 use crate::syntax::ast::{Arg, Block, Decl, DeclKind, Expr, ExprKind};
 
 /// How a question is shown to the model unless `template` says otherwise: as it is written.
@@ -79,38 +79,15 @@ impl<'a> Checker<'a> {
 }
 
 impl<'a> Checker<'a> {
-    /// `eval_choices = quiz` on `train`: a `choices(…)` set, read with the corpus's tokens
-    /// (bytes, or the same checkpoint's tokenizer): E0313 for another kind of set, E0315 for
-    /// other tokens, naming both.
-    pub(super) fn eval_choices(&mut self, e: &'a Expr, corpus: Option<&DataSpec>) -> Option<String> {
+    /// `eval_choices = quiz` on `train`: a `choices(…)` set (E0313 for another kind), read with
+    /// the tokens the stage trains on whatever its own `tokenizer`.
+    pub(super) fn eval_choices(&mut self, e: &'a Expr) -> Option<String> {
         let d = self.decl_ref(e, DeclKind::Data, "a data set")?;
         let Some(set) = self.examples.get(&d.name.name).cloned().flatten().filter(|s| s.kind == ExampleKind::Choices) else {
             self.error(Diagnostic::error(Code::E0313, e.span, format!("`eval_choices` takes multiple-choice questions, but `{}` is not a `choices(…)` set", d.name.name))
                 .with_hint("declare `data quiz = choices(\"questions.jsonl\") { … }` and write `eval_choices = quiz`"));
             return None;
         };
-        let corpus = corpus?;
-        let same = match (&corpus.tokenizer, &set.tokenizer) {
-            (Tokenizer::Bytes, None) => true,
-            (Tokenizer::Model { model, .. }, Some(m)) => self.same_checkpoint(model, m),
-            _ => false,
-        };
-        if !same {
-            let read = set.tokenizer.as_ref().map_or("bytes".to_string(), |m| format!("the tokens of `{m}`'s tokenizer"));
-            self.error(Diagnostic::error(Code::E0315, e.span, format!("`{}` is read as {read}, but the model trains on {} of `{}`", set.name, super::tokens::describe(&corpus.tokenizer), corpus.name))
-                .with_hint(match &corpus.tokenizer {
-                    Tokenizer::Model { model, .. } => format!("give `{}` `tokenizer = {model}.tokenizer`", set.name),
-                    Tokenizer::Bytes => format!("leave `tokenizer` out of `{}`: the corpus is bytes", set.name),
-                    Tokenizer::Bpe { .. } => "questions are bytes or an imported model's tokenizer: score a model pretrained on `tokenizer = bytes` data".to_string(),
-                }));
-            return None;
-        }
         Some(set.name)
-    }
-
-    /// Whether models `a` and `b` are one imported checkpoint (their tokenizers are one).
-    pub(super) fn same_checkpoint(&self, a: &str, b: &str) -> bool {
-        let dir = |m: &str| self.models.get(m).and_then(|s| s.checkpoint.as_ref()).map(|c| &c.dir);
-        a == b || dir(a).is_some_and(|x| Some(x) == dir(b))
     }
 }

@@ -189,7 +189,7 @@ impl<'a> Checker<'a> {
         let device_memory = self.device_memory(&mut f);
         let activation_checkpointing = f.bool(self, "activation_checkpointing", false);
         let z_loss = f.ranged(self, "z_loss", Some(0.0), 0.0, false, 1.0, false);
-        let eval_choices = f.field("eval_choices").map(|c| self.eval_choices(&c.value, data.as_ref()));
+        let eval_choices = f.field("eval_choices").map(|c| self.eval_choices(&c.value));
         let eval_data = f.field("eval_data").map_or(Some(vec![]), |e| self.eval_data(&e.value));
         let tokens_span = f.key_span("tokens");
         let sched_span = f.value_span("schedule");

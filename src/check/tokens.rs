@@ -6,7 +6,7 @@ use super::Checker;
 use crate::diag::{Code, Diagnostic};
 use std::collections::{HashMap, HashSet};
 
-use crate::recipe::{CompareSpec, DataSpec, ModelRef, Reading, Recipe, StageKind, StageSpec, Tokenizer};
+use crate::recipe::{CompareSpec, ExampleKind, ModelRef, Reading, Recipe, StageKind, StageSpec, Tokenizer};
 
 /// Where a model's weights learned their tokens.
 #[derive(Clone, Copy)]
@@ -197,10 +197,19 @@ impl Checker<'_> {
                 }
                 continue;
             }
-            // A perplexity table: each policy reads the corpus with the tokens it learned.
+            // A perplexity or multiple-choice table: each policy reads the text with the tokens it
+            // learned (as lm-eval scores each model with its own tokenizer).
             if let StageKind::Compare(c) = &s.kind {
-                if let Some(data) = r.data(&c.data) {
-                    readings.push((s.name.clone(), self.compared_readings(&mut origins, &s.name, c, data, span)));
+                let own = match (r.data(&c.data), r.example_set(&c.data)) {
+                    (Some(d), _) => Some(d.tokenizer.clone()),
+                    (None, Some(set)) if set.kind == ExampleKind::Choices => Some(match &set.tokenizer {
+                        Some(m) => Tokenizer::Model { model: m.clone(), vocab: r.model(m).map_or(0, |m| m.vocab) },
+                        None => Tokenizer::Bytes,
+                    }),
+                    _ => None,
+                };
+                if let Some(own) = own {
+                    readings.push((s.name.clone(), self.compared_readings(&mut origins, &s.name, c, &own, span)));
                     continue;
                 }
             }
@@ -231,11 +240,11 @@ impl Checker<'_> {
         readings
     }
 
-    /// How each policy of a `compare` over corpus `data` reads it: with the tokens its weights
-    /// learned, or the corpus's own for fresh weights. E0315 for fresh weights and BPE (no run
-    /// holds that tokenizer) or a checkpoint with no tokenizer.json; E0223 for a policy whose
-    /// vocabulary does not cover the ids it reads.
-    fn compared_readings<'r>(&mut self, origins: &mut Origins<'r>, stage: &str, c: &'r CompareSpec, data: &DataSpec, span: crate::diag::Span) -> Vec<Reading> {
+    /// How each policy of a `compare` over a corpus or multiple-choice set reads it: with the
+    /// tokens its weights learned, or the data's `own` for fresh weights. E0315 for fresh weights
+    /// and BPE (no run holds that tokenizer) or a checkpoint with no tokenizer.json; E0223 for a
+    /// policy whose vocabulary does not cover the ids it reads.
+    fn compared_readings<'r>(&mut self, origins: &mut Origins<'r>, stage: &str, c: &'r CompareSpec, own: &Tokenizer, span: crate::diag::Span) -> Vec<Reading> {
         let r = origins.r;
         let mut reads = vec![];
         for (label, p) in &c.policies {
@@ -243,16 +252,16 @@ impl Checker<'_> {
                 Some(Origin::Trained { stage, tokenizer: Tokenizer::Bpe { vocab }, .. }) => Reading { tokenizer: Tokenizer::Bpe { vocab: *vocab }, trained_in: Some(stage.to_string()) },
                 Some(Origin::Trained { tokenizer, .. }) => Reading { tokenizer: tokenizer.clone(), trained_in: None },
                 Some(Origin::Checkpoint { model }) => Reading { tokenizer: Tokenizer::Model { model: model.to_string(), vocab: r.model(model).map_or(0, |m| m.vocab) }, trained_in: None },
-                None => Reading { tokenizer: data.tokenizer.clone(), trained_in: None },
+                None => Reading { tokenizer: own.clone(), trained_in: None },
             };
             let fresh = matches!(reading.tokenizer, Tokenizer::Bpe { .. }) && reading.trained_in.is_none();
             if fresh {
-                self.error(Diagnostic::error(Code::E0315, span, format!("stage `{}` reads `{}` as {} for policy `{label}`, whose weights are fresh: that tokenizer exists only in the run of a stage that trains on it", stage, data.name, describe(&data.tokenizer)))
-                    .with_hint(format!("compare fresh weights on a corpus read as bytes (leave `tokenizer` out of data `{}`), or compare the model a `train` stage made", data.name)));
+                self.error(Diagnostic::error(Code::E0315, span, format!("stage `{}` reads `{}` as {} for policy `{label}`, whose weights are fresh: that tokenizer exists only in the run of a stage that trains on it", stage, c.data, describe(own)))
+                    .with_hint(format!("compare fresh weights on a corpus read as bytes (leave `tokenizer` out of data `{}`), or compare the model a `train` stage made", c.data)));
             }
             if let Tokenizer::Model { model, .. } = &reading.tokenizer {
                 if !r.model(model).and_then(|m| m.checkpoint.as_ref()).is_some_and(|ck| ck.tokenizer) {
-                    self.error(Diagnostic::error(Code::E0315, span, format!("policy `{label}` learned the tokens of `{model}`'s tokenizer, but its checkpoint folder has no tokenizer.json to read `{}` with", data.name))
+                    self.error(Diagnostic::error(Code::E0315, span, format!("policy `{label}` learned the tokens of `{model}`'s tokenizer, but its checkpoint folder has no tokenizer.json to read `{}` with", c.data))
                         .with_hint("put the checkpoint's tokenizer.json beside its config.json"));
                 }
             }
@@ -261,7 +270,7 @@ impl Checker<'_> {
                 Tokenizer::Bpe { vocab } | Tokenizer::Model { vocab, .. } => *vocab,
             };
             if let Some(vocab) = r.model(&p.arch).map(|m| m.vocab).filter(|&v| v < needs) {
-                self.error(Diagnostic::error(Code::E0223, span, format!("policy `{label}` (model `{}`) has vocab {vocab}, smaller than the {needs} ids of {} it reads `{}` with", p.arch, describe(&reading.tokenizer), data.name))
+                self.error(Diagnostic::error(Code::E0223, span, format!("policy `{label}` (model `{}`) has vocab {vocab}, smaller than the {needs} ids of {} it reads `{}` with", p.arch, describe(&reading.tokenizer), c.data))
                     .with_hint("a policy reads every id of its tokenizer: compare models whose vocabulary covers it"));
             }
             reads.push(reading);

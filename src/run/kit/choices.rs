@@ -4,6 +4,7 @@
 //! likely choice (`acc`), or the most likely per character of the choice (`acc_norm`).
 
 use anyhow::{bail, Result};
+use std::path::Path;
 use serde::Serialize;
 
 use super::codec::Codec;
@@ -11,7 +12,7 @@ use super::progress::Progress;
 use super::seqs::{pad, prompt_response, seq_logprob};
 use crate::posttrain::choices::{context_and_continuation, fewshot_prefix, Question, ROWS};
 use crate::posttrain::examples::render;
-use crate::recipe::{ExampleSource, Recipe};
+use crate::recipe::{ExampleSource, Recipe, Tokenizer};
 use crate::run::model::Model;
 
 /// One question's scores.
@@ -95,15 +96,17 @@ pub struct Quiz {
 }
 
 impl Quiz {
-    /// The first `limit` questions of set `name` (after its few-shot examples).
-    pub fn load(recipe: &Recipe, name: &str, limit: usize) -> Result<Quiz> {
+    /// The first `limit` questions of set `name` (after its few-shot examples), read with
+    /// `tokenizer` (a BPE one from `bpe`): the tokens of the model that answers them.
+    pub fn read(recipe: &Recipe, name: &str, limit: usize, tokenizer: &Tokenizer, bpe: Option<&Path>) -> Result<Quiz> {
         let Some(set) = recipe.example_set(name) else { bail!("no data set `{name}`") };
         let ExampleSource::Choices { delimiter, fewshot, fewshot_delimiter, .. } = &set.source else { bail!("data `{name}` holds no multiple-choice questions") };
         let mut questions = crate::posttrain::examples::questions(set).map_err(anyhow::Error::msg)?;
         let shown: Vec<Question> = questions.drain(..(*fewshot).min(questions.len())).collect();
         questions.truncate(limit);
         let prefix = fewshot_prefix(&shown, &set.template, delimiter, fewshot_delimiter);
-        Ok(Quiz { questions, codec: Codec::new(recipe, set)?, prefix, template: set.template.clone(), delimiter: delimiter.clone() })
+        let codec = Codec::reading(recipe, set, tokenizer, bpe)?;
+        Ok(Quiz { questions, codec, prefix, template: set.template.clone(), delimiter: delimiter.clone() })
     }
 
     pub fn len(&self) -> usize {

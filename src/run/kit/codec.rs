@@ -45,6 +45,22 @@ impl Codec {
     }
 
     /// Bytes: each byte of the UTF-8 text is a token.
+    /// Set `set` read with `tokenizer` whatever its own: bytes, a checkpoint's tokenizer, or
+    /// the BPE tokenizer.json in `bpe` (a `train` stage's run), which adds no special tokens.
+    pub fn reading(recipe: &Recipe, set: &ExampleSet, tokenizer: &crate::recipe::Tokenizer, bpe: Option<&Path>) -> Result<Codec> {
+        use crate::recipe::Tokenizer as T;
+        match tokenizer {
+            T::Bytes => Ok(Codec::bytes(set)),
+            T::Model { model, .. } => Codec::new(recipe, &ExampleSet { tokenizer: Some(model.clone()), ..set.clone() }),
+            T::Bpe { .. } => {
+                let dir = bpe.context("a BPE tokenizer is read from the run that trained it")?;
+                let tk = tokenize::read(&dir.join(tokenize::FILE))?;
+                let end = ids(&tk, &set.end)?;
+                Ok(Codec { tk: Some(tk), template: set.template.clone(), stops: vec![end.clone()], end, append_end: true, prefix: vec![] })
+            }
+        }
+    }
+
     pub fn bytes(set: &ExampleSet) -> Codec {
         let end: Vec<i64> = set.end.bytes().map(i64::from).collect();
         Codec { tk: None, template: set.template.clone(), stops: vec![end.clone()], end, append_end: true, prefix: vec![] }

@@ -64,33 +64,52 @@ pub fn run(ctx: &StageCtx, c: &CompareSpec) -> Result<()> {
     run.finish(&[], report, &ctx.title())
 }
 
-/// Every policy's accuracy on the first `examples` questions of a multiple-choice set; each
-/// question's log-likelihoods and picks in samples.jsonl (lm-eval's `--log_samples`).
+/// Every policy's accuracy on the first `examples` questions of a multiple-choice set, each
+/// reading them with the tokens it learned; each question's log-likelihoods and picks in
+/// samples.jsonl (lm-eval's `--log_samples`).
 fn choices(ctx: &StageCtx, c: &CompareSpec, run: RunDir, dev: tch::Device) -> Result<()> {
     let recipe = ctx.recipe;
-    let quiz = Quiz::load(recipe, &c.data, c.examples)?;
-    let mut table = "| policy | accuracy | accuracy, per character |\n|---|---:|---:|\n".to_string();
+    let set = recipe.example_set(&c.data).context("checked recipe names its questions")?;
+    let own = Reading { tokenizer: set.tokenizer.as_ref().map_or(Tokenizer::Bytes, |m| Tokenizer::Model { model: m.clone(), vocab: recipe.model(m).map_or(0, |m| m.vocab) }), trained_in: None };
+    let reads = readings(c, &own);
+    let mixed = reads.iter().any(|r| *r != reads[0]);
+    let mut quizzes: Vec<(&Reading, Quiz)> = vec![];
+    let mut table = format!("| policy |{} accuracy | accuracy, per character |\n|---|{}---:|---:|\n", if mixed { " tokenizer |" } else { "" }, if mixed { "---|" } else { "" });
     let (mut rows, mut samples) = (vec![], String::new());
-    for (label, r) in &c.policies {
+    for ((label, r), reading) in c.policies.iter().zip(&reads) {
+        if !quizzes.iter().any(|(x, _)| x == reading) {
+            let bpe = reading.trained_in.as_ref().map(|stage| ctx.runs.join(stage));
+            quizzes.push((reading, Quiz::read(recipe, &c.data, c.examples, &reading.tokenizer, bpe.as_deref())?));
+        }
+        let quiz = &quizzes.iter().find(|(x, _)| x == reading).context("read above")?.1;
         let mut m = load_lm(recipe, &ctx.runs, r, dev)?.computing(c.precision);
         m.freeze();
         let progress = crate::run::kit::progress::Progress::new(&format!("{}: {label}", ctx.stage.name), 0, quiz.len() as u64);
-        let (a, scored) = quiz.score(&m, Some(&progress))?;
-        table.push_str(&format!("| {label} | {:.1}% ± {:.1} | {:.1}% ± {:.1} |\n", 100.0 * a.acc, 100.0 * a.acc_stderr, 100.0 * a.acc_norm, 100.0 * a.acc_norm_stderr));
-        tracing::info!("{}: {label}: accuracy {:.1}%, per character {:.1}% on {} questions", ctx.stage.name, 100.0 * a.acc, 100.0 * a.acc_norm, a.questions);
+        let (a, scored) = quiz.score(&m, Some(&progress)).with_context(|| format!("scoring policy `{label}` on `{}`", c.data))?;
+        let tokens = if mixed { format!(" {} |", named(reading)) } else { String::new() };
+        table.push_str(&format!("| {label} |{tokens} {:.1}% ± {:.1} | {:.1}% ± {:.1} |\n", 100.0 * a.acc, 100.0 * a.acc_stderr, 100.0 * a.acc_norm, 100.0 * a.acc_norm_stderr));
+        tracing::info!("{}: {label}: accuracy {:.1}%, per character {:.1}% on {} questions ({})", ctx.stage.name, 100.0 * a.acc, 100.0 * a.acc_norm, a.questions, named(reading));
         for (i, s) in scored.iter().enumerate() {
             samples.push_str(&format!("{}\n", json!({"policy": label, "question": i, "loglikelihoods": s.loglikelihoods, "answer": s.answer, "pick": s.pick, "pick_norm": s.pick_norm})));
         }
-        rows.push(json!({"policy": label, "choices": a}));
+        rows.push(json!({"policy": label, "reads": named(reading), "choices": a}));
     }
-    table.push_str(&format!("\n{} questions of `{}`, each choice scored by the log-likelihood of its text after the question (lm-evaluation-harness's multiple-choice accuracy); per character: that log-likelihood over the choice's length in characters (lm-eval's acc_norm); ± one standard error.\n", quiz.len(), c.data));
+    let n = quizzes.first().context("`compare` has a policy")?.1.len();
+    let each = if mixed { ", each policy reading them with the tokens it learned" } else { "" };
+    table.push_str(&format!("\n{n} questions of `{}`{each}, each choice scored by the log-likelihood of its text after the question (lm-evaluation-harness's multiple-choice accuracy); per character: that log-likelihood over the choice's length in characters (lm-eval's acc_norm); ± one standard error.\n", c.data));
     tracing::info!("\n{table}");
     if run.leads {
         write_atomic(&run.dir.join("table.md"), table.as_bytes())?;
         write_atomic(&run.dir.join("samples.jsonl"), samples.as_bytes())?;
     }
-    let report = json!({"experiment": recipe.experiment, "kind": "compare", "precision": c.precision, "examples": quiz.len(), "rows": rows});
+    let report = json!({"experiment": recipe.experiment, "kind": "compare", "precision": c.precision, "examples": n, "tokenizers": quizzes.len(), "rows": rows});
     run.finish(&[], report, &ctx.title())
+}
+
+/// How each policy reads the data: with the tokens its weights learned (`CompareSpec::reads`,
+/// resolved by the checker), else `own`, the data's.
+fn readings<'a>(c: &'a CompareSpec, own: &'a Reading) -> Vec<&'a Reading> {
+    (0..c.policies.len()).map(|i| c.reads.get(i).unwrap_or(own)).collect()
 }
 
 /// Every policy's perplexity on the held-out split of a corpus, each reading it with the tokens
@@ -99,7 +118,7 @@ fn perplexity(ctx: &StageCtx, c: &CompareSpec, run: RunDir, dev: tch::Device) ->
     let recipe = ctx.recipe;
     let corpus = recipe.data(&c.data).context("checked recipe names its corpus")?;
     let own = Reading { tokenizer: corpus.tokenizer.clone(), trained_in: None };
-    let reads: Vec<&Reading> = (0..c.policies.len()).map(|i| c.reads.get(i).unwrap_or(&own)).collect();
+    let reads = readings(c, &own);
     let mixed = reads.iter().any(|r| *r != reads[0]);
     // One held-out split per tokenizer, read when a policy first needs it.
     let mut held: Vec<(&Reading, Heldout)> = vec![];
