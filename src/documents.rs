@@ -36,8 +36,30 @@ fn document(line: &str, key: &str) -> Result<String, String> {
     }
 }
 
+/// The words of a text as lm-evaluation-harness counts them for word perplexity,
+/// `len(re.split(r"\s+", doc))`: the pieces between runs of whitespace, an empty one at each
+/// end that starts or ends with whitespace counted too.
+pub fn words(text: &str) -> u64 {
+    let mut runs = 0;
+    let mut space = false;
+    for c in text.chars() {
+        let now = c.is_whitespace();
+        runs += (now && !space) as u64;
+        space = now;
+    }
+    runs + 1
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn words_are_counted_as_lm_eval_splits_them() {
+        // Python: len(re.split(r"\s+", s)) for each.
+        for (s, n) in [("", 1), ("a", 1), ("a b", 2), (" = Title = \n", 5), ("a  \n\t b\n", 3), ("\n", 2), ("é è", 2)] {
+            assert_eq!(super::words(s), n, "{s:?}");
+        }
+    }
+
     #[test]
     fn each_line_is_a_document_or_says_why_not() {
         let text = "{\"text\": \"one\\ntwo\"}\n\n{\"body\": \"x\"}\n{\"text\": 3}\n[1]\n{\"text\": \"é\"}";

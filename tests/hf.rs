@@ -1120,7 +1120,7 @@ fn multiple_choice_questions_score_each_choice_as_lm_eval_does_with_transformers
 /// the held-out text's bytes and words.
 #[test]
 fn held_out_perplexity_equals_transformers_over_the_same_windows() {
-    const WINDOWS: &str = "import sys, json, torch\n\
+    const WINDOWS: &str = "import sys, json, re, torch\n\
         from transformers import AutoModelForCausalLM, AutoTokenizer\n\
         ck, path, split, ctx, stride = sys.argv[1], sys.argv[2], float(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5])\n\
         tok = AutoTokenizer.from_pretrained(ck)\n\
@@ -1137,7 +1137,7 @@ fn held_out_perplexity_equals_transformers_over_the_same_windows() {
         \x20       nll -= logp[t - first - 1, ids[t]].item()\n\
         \x20       n += 1\n\
         \x20   scored, end = end, min(end + stride, len(ids))\n\
-        print(json.dumps({'nll': nll, 'tokens': n, 'all': len(ids), 'bytes': len(held.encode()), 'words': len(held.split())}))";
+        print(json.dumps({'nll': nll, 'tokens': n, 'all': len(ids), 'bytes': len(held.encode()), 'words': len(re.split(r'\\s+', held))}))";
     let dir = checkpoint("perplexity", "qwen2-tok");
     let text = std::fs::read(root().join("data/tinyshakespeare.txt")).unwrap();
     std::fs::write(dir.join("corpus.txt"), &text[..6000]).unwrap();

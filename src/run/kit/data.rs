@@ -18,8 +18,8 @@ pub struct Corpus {
     pub train: Vec<u32>,
     pub val: Vec<u32>,
     /// The validation text's UTF-8 bytes (with one for the end of each document of a `.jsonl`
-    /// corpus, whatever marks it) and whitespace-separated words: what perplexity per byte and
-    /// per word divide by, the same for every tokenizer.
+    /// corpus, whatever marks it) and words as lm-eval counts them (`documents::words`, per
+    /// document): what perplexity per byte and per word divide by, the same for every tokenizer.
     pub val_bytes: u64,
     pub val_words: u64,
     /// Where each validation document starts in `val` (`[0]` for one text): a perplexity scores
@@ -54,7 +54,7 @@ impl Corpus {
         }
         let cut = (bytes.len() as f64 * spec.split) as usize;
         let b = String::from_utf8_lossy(&bytes[cut..]);
-        let held = ((bytes.len() - cut) as u64, b.split_whitespace().count() as u64);
+        let held = ((bytes.len() - cut) as u64, crate::documents::words(&b));
         // The training text read: whole, or for the validation split alone the first 64 KB a
         // checkpoint's tokenizer is tried on (not a copy of the whole training split).
         let train_text = || String::from_utf8_lossy(&bytes[..if only_val { cut.min(64 << 10) } else { cut }]);
@@ -111,7 +111,7 @@ impl Corpus {
         }
         // Each document's end (a newline, or a checkpoint's end token) counts as one byte of its
         // text: every tokenizer predicts it, so bits per byte divide by the same number.
-        let held = val.iter().fold((0, 0), |(b, w), d| (b + d.len() as u64 + 1, w + d.split_whitespace().count() as u64));
+        let held = val.iter().fold((0, 0), |(b, w), d| (b + d.len() as u64 + 1, w + crate::documents::words(d)));
         let (train, val, starts) = match &spec.tokenizer {
             Tokenizer::Bytes => {
                 let starts = val.iter().scan(0, |at, d| Some(std::mem::replace(at, *at + d.len() + 1))).collect();
