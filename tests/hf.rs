@@ -1049,13 +1049,13 @@ fn the_shared_python_process_reports_what_a_script_prints_and_how_it_ends() {
 fn multiple_choice_questions_score_each_choice_as_lm_eval_does_with_transformers() {
     const LM_EVAL: &str = "import sys, json, torch\n\
         from transformers import AutoModelForCausalLM, AutoTokenizer\n\
-        ck, data, template, delim, shots = sys.argv[1:6]\n\
+        ck, data, template, delim, shots, description = sys.argv[1:7]\n\
         tok = AutoTokenizer.from_pretrained(ck)\n\
         model = AutoModelForCausalLM.from_pretrained(ck, dtype=torch.float32).eval()\n\
         out = []\n\
         docs = [json.loads(line) for line in open(data)]\n\
         right = lambda d: d['c'][ord(d['a']) - 65 if str(d['a']).isalpha() else int(d['a'])]\n\
-        shown = ''.join(template.replace('{prompt}', d['q']) + delim + right(d) + '\\n\\n' for d in docs[:int(shots)])\n\
+        shown = description + ''.join(template.replace('{prompt}', d['q']) + delim + right(d) + '\\n\\n' for d in docs[:int(shots)])\n\
         for d in docs[int(shots):]:\n\
         \x20   lls = []\n\
         \x20   for c in d['c']:\n\
@@ -1078,8 +1078,9 @@ fn multiple_choice_questions_score_each_choice_as_lm_eval_does_with_transformers
         r#"{"q": "sort dcba", "c": ["abcd", " abcd"], "a": 1}"#,
     ];
     // Zero-shot with and without a leading special token; one-shot (the first question, answered,
-    // before each of the others, lm-eval's `num_fewshot` context).
+    // before each of the others, lm-eval's `num_fewshot` context) after a description.
     for (bos, shots) in [(false, 0), (true, 0), (false, 1)] {
+        let description = if shots > 0 { "The following are questions (with answers) about words.\n\n" } else { "" };
         let dir = checkpoint(&format!("mc-{bos}-{shots}"), "qwen2-tok");
         if bos {
             leading_special_token(&dir.join("ck/tokenizer.json"));
@@ -1087,14 +1088,15 @@ fn multiple_choice_questions_score_each_choice_as_lm_eval_does_with_transformers
         std::fs::write(dir.join("mc.jsonl"), questions.join("\n")).unwrap();
         let template = "Question: {prompt}\nAnswer:";
         let recipe = format!(
-            "experiment \"mc\" {{\n  model base = hf(\"ck\")\n  data mc = choices(\"mc.jsonl\") {{ prompt = \"q\", choices = \"c\", answer = \"a\", template = \"{}\", tokenizer = base.tokenizer, fewshot = {shots} }}\n  stage table = compare(base = base) {{ data = mc }}\n}}\n",
-            template.escape_default()
+            "experiment \"mc\" {{\n  model base = hf(\"ck\")\n  data mc = choices(\"mc.jsonl\") {{ prompt = \"q\", choices = \"c\", answer = \"a\", template = \"{}\", tokenizer = base.tokenizer, fewshot = {shots}, description = \"{}\" }}\n  stage table = compare(base = base) {{ data = mc }}\n}}\n",
+            template.escape_default(),
+            description.escape_default()
         );
         std::fs::write(dir.join("r.roux"), recipe).unwrap();
         let o = roux(&["run", dir.join("r.roux").to_str().unwrap(), "--out", dir.join("runs").to_str().unwrap()]);
         assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
         let samples: Vec<serde_json::Value> = std::fs::read_to_string(dir.join("runs/mc/table/samples.jsonl")).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
-        let o = common::python(LM_EVAL, &[dir.join("ck").to_str().unwrap(), dir.join("mc.jsonl").to_str().unwrap(), template, " ", &shots.to_string()]);
+        let o = common::python(LM_EVAL, &[dir.join("ck").to_str().unwrap(), dir.join("mc.jsonl").to_str().unwrap(), template, " ", &shots.to_string(), description]);
         assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
         let theirs: Vec<Vec<f64>> = serde_json::from_str(String::from_utf8_lossy(&o.stdout).trim()).unwrap();
         assert_eq!(samples.len(), questions.len() - shots);

@@ -1,4 +1,4 @@
-//! `choices("file.jsonl") { prompt, choices, answer, template, delimiter, tokenizer }`: a
+//! `choices("file.jsonl") { prompt, choices, answer, template, delimiter, fewshot, description, … }`: a
 //! multiple-choice benchmark that `compare` scores as lm-evaluation-harness does. The file is
 //! read now, so a bad line is a check error rather than a failed run.
 
@@ -24,6 +24,7 @@ impl<'a> Checker<'a> {
         let fewshot = f.int(self, "fewshot", Some(0), super::fields::Min::Zero);
         let fewshot_span = f.value_span("fewshot");
         let between = self.text_key(&mut f, "fewshot_delimiter", "\n\n", |s| s.len() <= 64, "`fewshot_delimiter` is at most 64 bytes");
+        let description = self.text_key(&mut f, "description", "", |s| s.len() <= 4096, "`description` is at most 4,096 bytes");
         f.finish(self);
         let path = self.jsonl_path(d, "choices", args)?;
         let span = super::paths::single_path_arg(args).map_or(at, |a| a.1);
@@ -36,14 +37,14 @@ impl<'a> Checker<'a> {
         if !self.refuse_bad_lines(&path, span, &lines, hint) {
             return None;
         }
-        let (template, delimiter, between) = (template?, delimiter?, between?);
+        let (template, delimiter, between, description) = (template?, delimiter?, between?, description?);
         let fewshot = fewshot? as usize;
         if fewshot >= parsed.questions.len() {
             self.error(Diagnostic::error(Code::E0202, fewshot_span, format!("`fewshot` = {fewshot} leaves none of the {} questions to score", parsed.questions.len()))
                 .with_hint("the first `fewshot` questions are the examples shown before each of the others: fewer than the file holds"));
             return None;
         }
-        let work = tokenized_bytes(&parsed.questions, template.len() - "{prompt}".len(), delimiter.len(), fewshot, between.len());
+        let work = tokenized_bytes(&parsed.questions, template.len() - "{prompt}".len(), delimiter.len(), (fewshot, between.len()), description.len());
         if work > MAX_TOKENIZED {
             let file = super::examples::file_name(&path);
             self.error(Diagnostic::error(Code::E0214, span, format!("`{file}` would have its scorer tokenize {work} bytes (every choice after its whole question), more than the {MAX_TOKENIZED} allowed"))
@@ -57,7 +58,7 @@ impl<'a> Checker<'a> {
         self.error(Diagnostic::note(Code::N0404, span, format!("data `{name}`: {} questions, {each}{shown}", parsed.questions.len() - fewshot)).with_hint("`compare(…) { data = … }` scores every choice's likelihood"));
         let tokenizer = tokenizer.unwrap_or(Some(String::new()))?;
         let tokenizer = Some(tokenizer).filter(|t| !t.is_empty());
-        let source = ExampleSource::Choices { path, fields: fields.to_vec(), delimiter, questions: parsed.questions.len() - fewshot, most, fewshot, fewshot_delimiter: between };
+        let source = ExampleSource::Choices { path, fields: fields.to_vec(), delimiter, questions: parsed.questions.len() - fewshot, most, fewshot, fewshot_delimiter: between, description };
         Some(ExampleSet { name, kind: ExampleKind::Choices, source, template, end: String::new(), held_out: 0.0, tokenizer, chat: None })
     }
 

@@ -18,10 +18,11 @@ pub const MAX_TOKENIZED: u64 = 1 << 30;
 
 /// Bytes of text scoring `questions` tokenizes: each choice after its question shown through a
 /// template of `template` bytes besides `{prompt}`, with a `delimiter` of so many bytes, and
-/// after the `fewshot` first questions answered, each followed by `between` bytes.
-pub fn tokenized_bytes(questions: &[Question], template: usize, delimiter: usize, fewshot: usize, between: usize) -> u64 {
+/// after a description of `description` bytes and the `fewshot` first questions answered, each
+/// followed by `between` bytes.
+pub fn tokenized_bytes(questions: &[Question], template: usize, delimiter: usize, (fewshot, between): (usize, usize), description: usize) -> u64 {
     let (shown, scored) = questions.split_at(fewshot.min(questions.len()));
-    let prefix: u64 = shown.iter().map(|q| (template + q.prompt.len() + delimiter + q.choices[q.answer].len() + between) as u64).sum();
+    let prefix: u64 = description as u64 + shown.iter().map(|q| (template + q.prompt.len() + delimiter + q.choices[q.answer].len() + between) as u64).sum::<u64>();
     let each = |q: &Question| q.choices.iter().map(|c| prefix.saturating_add((template + q.prompt.len() + delimiter + c.len()) as u64)).fold(0u64, u64::saturating_add);
     scored.iter().map(each).fold(0u64, u64::saturating_add)
 }
@@ -152,9 +153,11 @@ mod tests {
     fn the_text_a_set_makes_its_scorer_tokenize_is_every_choice_after_its_question() {
         let q = |p: &str, c: &[&str]| Question { prompt: p.into(), choices: c.iter().map(|s| s.to_string()).collect(), answer: 0 };
         // "Q: " + 5 + " " + 1, twice; "Q: " + 2 + " " + 3 and + 4.
-        assert_eq!(tokenized_bytes(&[q("hello", &["a", "b"]), q("hi", &["cat", "door"])], 3, 1, 0, 2), 2 * 10 + 9 + 10);
+        assert_eq!(tokenized_bytes(&[q("hello", &["a", "b"]), q("hi", &["cat", "door"])], 3, 1, (0, 2), 0), 2 * 10 + 9 + 10);
         // One shot: "Q: hello a" and "\n\n" (12 bytes) before each of "hi"'s two choices.
-        assert_eq!(tokenized_bytes(&[q("hello", &["a", "b"]), q("hi", &["cat", "door"])], 3, 1, 1, 2), 9 + 10 + 2 * 12);
+        assert_eq!(tokenized_bytes(&[q("hello", &["a", "b"]), q("hi", &["cat", "door"])], 3, 1, (1, 2), 0), 9 + 10 + 2 * 12);
+        // And a description of 20 bytes before that, for each choice scored.
+        assert_eq!(tokenized_bytes(&[q("hello", &["a", "b"]), q("hi", &["cat", "door"])], 3, 1, (1, 2), 20), 9 + 10 + 2 * 12 + 2 * 20);
     }
 
     #[test]

@@ -121,6 +121,9 @@ pub enum ExampleSource {
         fewshot: usize,
         #[serde(default = "fewshot_delimiter", skip_serializing_if = "is_fewshot_delimiter")]
         fewshot_delimiter: String,
+        /// Text before the few-shot examples and each question (lm-eval's `description`).
+        #[serde(default, skip_serializing_if = "String::is_empty")]
+        description: String,
     },
     Chat {
         path: PathBuf,

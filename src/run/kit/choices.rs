@@ -100,11 +100,12 @@ impl Quiz {
     /// `tokenizer` (a BPE one from `bpe`): the tokens of the model that answers them.
     pub fn read(recipe: &Recipe, name: &str, limit: usize, tokenizer: &Tokenizer, bpe: Option<&Path>) -> Result<Quiz> {
         let Some(set) = recipe.example_set(name) else { bail!("no data set `{name}`") };
-        let ExampleSource::Choices { delimiter, fewshot, fewshot_delimiter, .. } = &set.source else { bail!("data `{name}` holds no multiple-choice questions") };
+        let ExampleSource::Choices { delimiter, fewshot, fewshot_delimiter, description, .. } = &set.source else { bail!("data `{name}` holds no multiple-choice questions") };
         let mut questions = crate::posttrain::examples::questions(set).map_err(anyhow::Error::msg)?;
         let shown: Vec<Question> = questions.drain(..(*fewshot).min(questions.len())).collect();
         questions.truncate(limit);
-        let prefix = fewshot_prefix(&shown, &set.template, delimiter, fewshot_delimiter);
+        // lm-eval's context: the description, the answered examples, then the question.
+        let prefix = format!("{description}{}", fewshot_prefix(&shown, &set.template, delimiter, fewshot_delimiter));
         let codec = Codec::reading(recipe, set, tokenizer, bpe)?;
         Ok(Quiz { questions, codec, prefix, template: set.template.clone(), delimiter: delimiter.clone() })
     }
