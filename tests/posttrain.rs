@@ -530,6 +530,9 @@ fn pretraining_raises_multiple_choice_accuracy_and_lowers_held_out_perplexity() 
     let pre: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(dir.join("runs/quiz/pretrain/report.json")).unwrap()).unwrap();
     assert_eq!(pre["final_choices_acc"].as_f64(), Some(trained));
     assert!(dir.join("runs/quiz/pretrain/choices.svg").exists());
+    // The table as a picture: a bar a policy, its value printed beside it.
+    let bars = std::fs::read_to_string(table.join("accuracy.svg")).unwrap();
+    assert!(bars.matches("<rect x=").count() == 2 && bars.contains(">trained<") && bars.contains(&format!(">{:.1}<", 100.0 * trained)), "{bars}");
     let shown = std::fs::read_to_string(table.join("table.md")).unwrap();
     assert!(shown.contains(&format!("| trained | {:.1}% ± {:.1} |", 100.0 * trained, 100.0 * (trained * (1.0 - trained) / 199.0).sqrt())), "{shown}");
 }
@@ -552,6 +555,8 @@ fn held_out_perplexity(runs: &std::path::Path) {
     let spans = |i: usize| -> Vec<(u64, u64, f64, u64)> { serde_json::from_value(report["rows"][i]["perplexity"]["by_position"].clone()).unwrap() };
     let trained_spans = spans(1);
     assert!(runs.join("ppl/loss_by_context.svg").exists());
+    let bars = std::fs::read_to_string(runs.join("ppl/bits_per_byte.svg")).unwrap();
+    assert!(bars.matches("<rect x=").count() == 2 && bars.contains(">fresh<"), "{bars}");
     assert_eq!((trained_spans.len(), trained_spans[0].0, trained_spans[0].1, trained_spans[63].1), (64, 1, 2, 128));
     let late = trained_spans[50..].iter().map(|s| s.2).sum::<f64>() / 14.0;
     assert!(trained_spans[0].2 > late + 0.05, "loss from 1–2 bytes {}, from 101–128 {late}", trained_spans[0].2);

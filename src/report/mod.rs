@@ -11,6 +11,7 @@
 //! | `stages.rs`  | an experiment's summary: a row per stage with its headline result      |
 //! | `sweep.rs`   | a sweep's summary: its points, the best, loss against each swept value |
 
+pub mod bars;
 pub mod compare;
 pub mod html;
 pub mod plots;

@@ -7,15 +7,15 @@ pub struct Series {
     pub dashed: bool,
 }
 
-const PALETTE: &[&str] = &["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf"];
+pub(super) const PALETTE: &[&str] = &["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf"];
 
-fn esc(s: &str) -> String {
+pub(super) fn esc(s: &str) -> String {
     super::html::esc(s)
 }
 
 /// Round tick values covering `lo..=hi`, about `n` of them (never more than 2n + 2, whatever
 /// the numbers: a flat, huge or non-finite range gets a bounded list).
-fn ticks(lo: f64, hi: f64, n: usize) -> Vec<f64> {
+pub(super) fn ticks(lo: f64, hi: f64, n: usize) -> Vec<f64> {
     if !(lo.is_finite() && hi.is_finite()) || hi < lo {
         return vec![];
     }
@@ -33,7 +33,7 @@ fn ticks(lo: f64, hi: f64, n: usize) -> Vec<f64> {
 
 /// Tick labels with as many digits as the step needs, so neighbouring ticks never print alike
 /// (`0.00098, 0.001, 0.00102` rather than `0.001, 0.001, 1.0e-3`), in one notation per axis.
-fn labels(ticks: &[f64]) -> Vec<String> {
+pub(super) fn labels(ticks: &[f64]) -> Vec<String> {
     let step = if ticks.len() >= 2 { ticks[1] - ticks[0] } else { ticks.first().map_or(1.0, |t| t.abs().max(1e-300)) };
     let step_mag = step.abs().log10().floor();
     let largest = ticks.iter().fold(0.0f64, |m, t| m.max(t.abs()));

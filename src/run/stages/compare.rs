@@ -8,6 +8,7 @@ use anyhow::{Context, Result};
 use serde_json::json;
 
 use crate::recipe::{CompareSpec, ExampleKind, Reading, Tokenizer};
+use crate::report::bars::{bar_chart, Bar};
 use crate::run::kit::artifacts::{instructions, load_lm};
 use crate::run::kit::choices::Quiz;
 use crate::run::kit::perplexity::Heldout;
@@ -75,7 +76,7 @@ fn choices(ctx: &StageCtx, c: &CompareSpec, run: RunDir, dev: tch::Device) -> Re
     let mixed = reads.iter().any(|r| *r != reads[0]);
     let mut quizzes: Vec<(&Reading, Quiz)> = vec![];
     let mut table = format!("| policy |{} accuracy | accuracy, per character |\n|---|{}---:|---:|\n", if mixed { " tokenizer |" } else { "" }, if mixed { "---|" } else { "" });
-    let (mut rows, mut samples) = (vec![], String::new());
+    let (mut rows, mut samples, mut bars) = (vec![], String::new(), vec![]);
     for ((label, r), reading) in c.policies.iter().zip(&reads) {
         if !quizzes.iter().any(|(x, _)| x == reading) {
             let bpe = reading.trained_in.as_ref().map(|stage| ctx.runs.join(stage));
@@ -92,6 +93,7 @@ fn choices(ctx: &StageCtx, c: &CompareSpec, run: RunDir, dev: tch::Device) -> Re
         for (i, s) in scored.iter().enumerate() {
             samples.push_str(&format!("{}\n", json!({"policy": label, "question": i, "loglikelihoods": s.loglikelihoods, "answer": s.answer, "pick": s.pick, "pick_norm": s.pick_norm})));
         }
+        bars.push(Bar { label: label.clone(), value: 100.0 * a.acc, error: 100.0 * a.acc_stderr });
         rows.push(json!({"policy": label, "reads": named(reading), "choices": a}));
     }
     let n = quizzes.first().context("`compare` has a policy")?.1.len();
@@ -101,6 +103,7 @@ fn choices(ctx: &StageCtx, c: &CompareSpec, run: RunDir, dev: tch::Device) -> Re
     if run.leads {
         write_atomic(&run.dir.join("table.md"), table.as_bytes())?;
         write_atomic(&run.dir.join("samples.jsonl"), samples.as_bytes())?;
+        write_atomic(&run.dir.join("accuracy.svg"), bar_chart(&format!("{}: accuracy on `{}`", ctx.title(), c.data), "accuracy, % (± one standard error)", &bars).as_bytes())?;
     }
     let report = json!({"experiment": recipe.experiment, "kind": "compare", "precision": c.precision, "examples": n, "tokenizers": quizzes.len(), "rows": rows});
     run.finish(&[], report, &ctx.title())
@@ -162,6 +165,8 @@ fn perplexity(ctx: &StageCtx, c: &CompareSpec, run: RunDir, dev: tch::Device) ->
     if run.leads {
         write_atomic(&run.dir.join("table.md"), table.as_bytes())?;
         write_atomic(&run.dir.join("loss_by_context.svg"), crate::report::plots::by_position_svg(&ctx.title(), &curves).as_bytes())?;
+        let bars: Vec<Bar> = rows.iter().map(|r| Bar { label: r["policy"].as_str().unwrap_or("?").to_string(), value: r["perplexity"]["bits_per_byte"].as_f64().unwrap_or(f64::NAN), error: 0.0 }).collect();
+        write_atomic(&run.dir.join("bits_per_byte.svg"), bar_chart(&format!("{}: bits per byte on `{}`", ctx.title(), c.data), "bits per byte of held-out text (lower is better)", &bars).as_bytes())?;
     }
     let report = json!({"experiment": recipe.experiment, "kind": "compare", "precision": c.precision, "tokens": first.tokens(), "tokenizers": held.len(), "documents": first.documents(), "bytes": bytes, "words": words, "rows": rows});
     run.finish(&[], report, &ctx.title())
