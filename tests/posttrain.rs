@@ -41,7 +41,7 @@ fn dpo_loss_by_hand() {
     // β = 0.5 → −log σ(0.5) = log(1 + e^−0.5) = 0.4740770.
     use roux::recipe::DpoLoss::*;
     use roux::run::kit::losses::DpoTerms;
-    let dpo = |pc: &Tensor, pr: &Tensor, rc: &Tensor, rr: &Tensor, beta: f64, loss, smoothing: f64| dpo(pc, pr, rc, rr, &DpoTerms { beta, loss, smoothing, gamma: 0.5, kl: 0.25, weights: (1.0, 1.0), tau: 0.05 });
+    let dpo = |pc: &Tensor, pr: &Tensor, rc: &Tensor, rr: &Tensor, beta: f64, loss, smoothing: f64| dpo(pc, pr, rc, rr, &DpoTerms { beta, loss, smoothing, gamma: 0.5, kl: 0.25, weights: (1.0, 1.0), tau: 0.05, divergence: Default::default() });
     close(&dpo(&t(&[-1.0]), &t(&[-2.0]), &t(&[-1.5]), &t(&[-1.5]), 0.5, Sigmoid, 0.0), 0.4740770);
     // A reference that already prefers the chosen answer as much as the policy: margin 0, loss ln 2.
     close(&dpo(&t(&[-1.0]), &t(&[-2.0]), &t(&[-1.0]), &t(&[-2.0]), 0.5, Sigmoid, 0.0), std::f64::consts::LN_2);
@@ -67,7 +67,7 @@ fn dpo_loss_by_hand() {
     // Unpaired, the same two responses judged one at a time, the desirable one weighed 2: its
     // loss 2·(1 − σ(0.375)), the other's 1 − σ(0.5·(0.25 + 0.5)), mean 1.5·0.4073334; and the
     // pair form weighed alike agrees.
-    let terms = DpoTerms { beta: 0.5, loss: Kto, smoothing: 0.0, gamma: 0.0, kl: 0.25, weights: (2.0, 1.0), tau: 0.05 };
+    let terms = DpoTerms { beta: 0.5, loss: Kto, smoothing: 0.0, gamma: 0.0, kl: 0.25, weights: (2.0, 1.0), tau: 0.05, divergence: Default::default() };
     close(&kto(&t(&[-1.0, -2.0]), &t(&[-2.0, -1.5]), &t(&[1.0, 0.0]), &terms), 0.6110001);
     close(&roux::run::kit::losses::dpo(&t(&[-1.0]), &t(&[-2.0]), &t(&[-2.0]), &t(&[-1.5]), &terms), 0.6110001);
     // The same pair (r_c = 1, r_r = −0.5, β = 0.5) under the anchored and noise-contrastive losses:
@@ -103,12 +103,25 @@ fn dpo_loss_by_hand() {
         let mask = Tensor::from_slice(&mask).to_kind(Kind::Float).view([1, 2]);
         close(&roux::run::kit::losses::wpo_weights(&logits, &token_logp, &mask).get(0), want);
     }
-    let terms1 = DpoTerms { beta: 0.5, loss: Discopop, smoothing: 0.0, gamma: 0.0, kl: 0.0, weights: (1.0, 1.0), tau: 1.0 };
+    let terms1 = DpoTerms { beta: 0.5, loss: Discopop, smoothing: 0.0, gamma: 0.0, kl: 0.0, weights: (1.0, 1.0), tau: 1.0, divergence: Default::default() };
     close(&roux::run::kit::losses::dpo(&t(&[-1.0]), &t(&[-2.0]), &t(&[-2.0]), &t(&[-1.5]), &terms1), 0.4449378);
     // APO-zero unpaired (TRL's apo_zero_unpaired): no reference point, the desirable completion
     // weighed 2: (2·(1 − σ(0.5)) + σ(−0.25)) / 2 = 0.5964524.
     let terms = DpoTerms { loss: ApoZero, ..terms };
     close(&kto(&t(&[-1.0, -2.0]), &t(&[-2.0, -1.5]), &t(&[1.0, 0.0]), &terms), 0.5964524);
+    // f-DPO on the same pair (log u_c = 1, log u_r = −0.5, β = 0.5). Jensen–Shannon: h = 1.5 −
+    // (softplus(1) − softplus(−0.5)) = 0.6608153, sigmoid −log σ(0.3304076) = 0.5415279, IPO
+    // (h − 1)² = 0.1150463; α = 0.5: h = (e^0.25 − e^−0.5)/0.5 = 1.3549895, −log σ(0.6774948) =
+    // 0.4107099. A chosen ratio of e^−400 under α = 1 is capped at e^88.7228: a huge loss, not an
+    // infinite one.
+    use roux::recipe::FDivergence::*;
+    for (divergence, loss, want) in [(JsDivergence, Sigmoid, 0.5415279), (JsDivergence, Ipo, 0.1150463), (AlphaDivergence { coef: 0.5 }, Sigmoid, 0.4107099)] {
+        let terms = DpoTerms { beta: 0.5, loss, divergence, ..terms1 };
+        close(&roux::run::kit::losses::dpo(&t(&[-1.0]), &t(&[-2.0]), &t(&[-2.0]), &t(&[-1.5]), &terms), want);
+    }
+    let far = DpoTerms { beta: 0.5, loss: Sigmoid, divergence: AlphaDivergence { coef: 1.0 }, ..terms1 };
+    let loss = roux::run::kit::losses::dpo_per_pair(&t(&[-1.0]), &t(&[-2.0]), &t(&[399.0]), &t(&[-1.5]), &far).double_value(&[0]);
+    assert!(loss.is_finite() && loss > 1e37, "{loss}");
 }
 
 #[test]
@@ -268,7 +281,7 @@ fn every_post_training_stage_can_train_lora_adapters_only() {
         )
     };
     let recipe = out.join("r.roux");
-    let more = "stage more = dpo(merge(po.adapter), prefs) { beta = 0.5, steps = 2, batch = 4, eval_every = 2, eval_examples = 2, max_new = 2 }
+    let more = "stage more = dpo(merge(po.adapter), prefs) { beta = 0.5, steps = 2, batch = 4, eval_every = 2, eval_examples = 2, max_new = 2, f_divergence = alpha_divergence, f_alpha_divergence_coef = 0.5 }
           data instr = synthetic.instructions { tasks = [uppercase], examples = 100, max_len = 3 }
           stage rl = grpo(policy = merge(po.adapter), prompts = instr) { adapter = lora { rank = 2 }, group = 4, batch = 8, steps = 2, max_new = 4, log_every = 1, eval_every = 2, eval_examples = 2, optimizer = adamw { loraplus_lr_ratio = 16 } }
           stage rm = reward_model(lm, prefs) { adapter = lora { rank = 2 }, steps = 30, batch = 16, log_every = 1, eval_every = 30, optimizer = adamw { lr = 1e-2 } }
@@ -296,6 +309,7 @@ fn every_post_training_stage_can_train_lora_adapters_only() {
     let report: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(dir.join("report.json")).unwrap()).unwrap();
     assert!(report["lora_update_ratio"].as_f64().unwrap() > 0.0, "{report}");
     assert!(out.join("lora-dpo/more/report.json").exists(), "the stage after it read merge(po.adapter)");
+    assert!(log.contains("h under the α-divergence, α = 0.5 (f-DPO)"), "{log}");
     // GRPO's first update sees a policy equal to its reference to the bit: a KL of exactly 0.
     assert!(log.contains("× 4 responses, β = 0.04, GRPO normalisation, advantages ÷ the group's std, LoRA rank 2 on 256 trainable parameters"), "{log}");
     assert_eq!(metrics(&out.join("lora-dpo/rl"))[0]["kl"].as_f64(), Some(0.0));

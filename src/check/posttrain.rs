@@ -267,11 +267,34 @@ impl<'a> Checker<'a> {
         let lora = self.adapter_key(&mut f, policy.as_ref());
         let sync_ref = self.ref_sync_keys(&mut f, super::ref_sync::dpo_without_reference(loss, &lora));
         let use_weighting = self.use_weighting(&mut f, data.as_ref());
+        let f_divergence = self.f_divergence(&mut f, loss);
         let eval = self.eval_keys(&mut f);
         f.finish(self);
         let (eval_examples, max_new) = eval?;
-        let spec = DpoSpec { policy: policy?, data: data?.name, opt: opt?, beta: beta?, loss: loss?, label_smoothing: smoothing?, rpo_alpha: rpo_alpha?, gamma: gamma?, discopop_tau: tau?, kto_weights: kto_weights?, lora: lora?, sync_ref: sync_ref?, use_weighting: use_weighting?, eval_examples, max_new };
+        let spec = DpoSpec { policy: policy?, data: data?.name, opt: opt?, beta: beta?, loss: loss?, label_smoothing: smoothing?, rpo_alpha: rpo_alpha?, gamma: gamma?, discopop_tau: tau?, kto_weights: kto_weights?, lora: lora?, sync_ref: sync_ref?, use_weighting: use_weighting?, f_divergence: f_divergence?, eval_examples, max_new };
         Some(self.stage_spec(d, StageKind::Dpo(spec)))
+    }
+
+    /// `f_divergence = reverse_kl | js_divergence | alpha_divergence` with
+    /// `f_alpha_divergence_coef` (1; α-divergence only), TRL's names; E0246 beside a loss that
+    /// does not read h, or for the coefficient without its divergence.
+    fn f_divergence(&mut self, f: &mut Fields<'a>, loss: Option<DpoLoss>) -> Option<FDivergence> {
+        let kind = f.sym(self, "f_divergence", &["reverse_kl", "js_divergence", "alpha_divergence"], Some("reverse_kl"));
+        let given = f.field("f_alpha_divergence_coef").is_some();
+        let coef = f.ranged(self, "f_alpha_divergence_coef", Some(1.0), 0.0, true, 1e3, false);
+        if given && kind.is_some_and(|k| k != "alpha_divergence") {
+            self.error(Diagnostic::error(Code::E0246, f.key_span("f_alpha_divergence_coef"), "`f_alpha_divergence_coef` is the α of `f_divergence = alpha_divergence`")
+                .with_hint("write `f_divergence = alpha_divergence`, or leave the coefficient out"));
+        }
+        if let (Some(l), Some(k)) = (loss.filter(|l| !FDivergence::applies_to(*l)), kind.filter(|k| *k != "reverse_kl")) {
+            self.error(Diagnostic::error(Code::E0246, f.key_span("f_divergence"), format!("`f_divergence = {k}` changes the h that `loss = {}` does not read", l.name()))
+                .with_hint("f-DPO's divergences apply to `sigmoid`, `robust`, `ipo`, `hinge` and `exo_pair`"));
+        }
+        Some(match kind? {
+            "js_divergence" => FDivergence::JsDivergence,
+            "alpha_divergence" => FDivergence::AlphaDivergence { coef: coef? },
+            _ => FDivergence::ReverseKl,
+        })
     }
 
     /// A number only `owner` reads (SimPO's `gamma`, DiscoPOP's `discopop_tau`), in (0, 1e6]

@@ -17,6 +17,7 @@
 mod checkpoint;
 mod data;
 mod distill;
+mod dpo_loss;
 mod grpo;
 mod health;
 mod kind;
@@ -29,6 +30,7 @@ mod stage;
 pub use checkpoint::*;
 pub use data::*;
 pub use distill::*;
+pub use dpo_loss::*;
 pub use grpo::*;
 pub use health::*;
 pub use model::*;

@@ -3,7 +3,7 @@
 
 use tch::{Kind, Tensor};
 
-use crate::recipe::{DpoLoss, GrpoLoss, RewardScale};
+use crate::recipe::{DpoLoss, FDivergence, GrpoLoss, RewardScale};
 
 /// Bradley–Terry: −log σ(r_chosen − r_rejected − m), averaged over pairs, m each pair's margin
 /// (0 without one; Llama 2's margin loss, TRL's RewardTrainer's with a `margin` column). A
@@ -24,6 +24,8 @@ pub struct DpoTerms {
     pub weights: (f64, f64),
     /// DiscoPOP's temperature τ; unread by the others.
     pub tau: f64,
+    /// The f-divergence h is taken under (f-DPO; reverse KL is DPO's).
+    pub divergence: FDivergence,
 }
 
 /// DPO (Rafailov et al. 2023) and its variants on h = (log π(y_c) − log π_ref(y_c)) − (log π(y_r) −
@@ -40,14 +42,22 @@ pub struct DpoTerms {
 /// when 0; DiscoPOP: (1 − m)·(−log σ(βh)) + m·e^(−βh), m = σ(βh/τ); BCO (pairs): −log σ(β·r_c) −
 /// log σ(−β·r_r); AOT: s_ε(β·(sort(log π(y_c) − log π(y_r)) − sort(log π_ref(y_c) − log
 /// π_ref(y_r)))), sorted over the batch's pairs; AOT unpaired: s_ε(β·(sort(r_c) − sort(r_r))) —
-/// TRL's `loss_type`s and trainers of the same names.
+/// TRL's `loss_type`s and trainers of the same names. Under f-DPO (`t.divergence`) h is the
+/// chosen and rejected responses' difference in that divergence (`FDivergence`).
 pub fn dpo(pi_c: &Tensor, pi_r: &Tensor, ref_c: &Tensor, ref_r: &Tensor, t: &DpoTerms) -> Tensor {
     dpo_per_pair(pi_c, pi_r, ref_c, ref_r, t).mean(Kind::Float)
 }
 
 /// `dpo`'s loss of each pair (B), before the mean.
 pub fn dpo_per_pair(pi_c: &Tensor, pi_r: &Tensor, ref_c: &Tensor, ref_r: &Tensor, t: &DpoTerms) -> Tensor {
-    let h = (pi_c - ref_c) - (pi_r - ref_r);
+    let h = match t.divergence {
+        FDivergence::ReverseKl => (pi_c - ref_c) - (pi_r - ref_r),
+        FDivergence::JsDivergence => {
+            let (c, r) = (pi_c - ref_c, pi_r - ref_r);
+            (&c - &r) - (c.softplus() - r.softplus())
+        }
+        FDivergence::AlphaDivergence { coef } => (capped_exp(&((pi_r - ref_r) * -coef)) - capped_exp(&((pi_c - ref_c) * -coef))) / coef,
+    };
     let (beta, e) = (t.beta, t.smoothing);
     let smoothed = |x: Tensor| -x.log_sigmoid() * (1.0 - e) - (-x).log_sigmoid() * e;
     match t.loss {
@@ -93,6 +103,13 @@ pub fn wpo_weights(logits: &Tensor, token_logp: &Tensor, mask: &Tensor) -> Tenso
     };
     let aligned = (token_logp - in_row_chunks(logits, 1 << 24, denominator)) * mask;
     tch::no_grad(|| (aligned.sum_dim_intlist(-1, false, Kind::Float) / mask.sum_dim_intlist(-1, false, Kind::Float).clamp_min(1.0)).exp())
+}
+
+/// e^x with x capped below the log of its kind's largest value, truncated to four decimals (TRL's
+/// `cap_exp`), so that the α-divergence of a far-off ratio stays finite.
+fn capped_exp(x: &Tensor) -> Tensor {
+    let largest = if x.kind() == Kind::Double { f64::MAX.ln() } else { (f32::MAX as f64).ln() };
+    x.clamp_max((largest * 1e4).floor() / 1e4).exp()
 }
 
 /// The values of `x` (B) in ascending order (autograd follows each to its place).

@@ -12,7 +12,7 @@ mod feedback;
 
 use feedback::Judged;
 use crate::posttrain::examples::{Pair, Seq, Split};
-use crate::recipe::{DpoLoss, DpoSpec};
+use crate::recipe::{DpoLoss, DpoSpec, FDivergence};
 use crate::rng::Rng;
 use crate::run::kit::adamw::Optimizer;
 use crate::run::kit::artifacts::{feedback_examples, instructions, load_policy, preferences, trained_output, Policy};
@@ -162,7 +162,7 @@ pub fn run(ctx: &StageCtx, d: &DpoSpec) -> Result<()> {
     let reference = reference.as_ref();
     // The chosen responses' NLL per token joins the loss: ORPO's own term, or RPO's (`rpo_alpha`).
     let nll_weight = if d.loss == DpoLoss::Orpo { 1.0 } else { d.rpo_alpha.unwrap_or(0.0) };
-    let mut terms = DpoTerms { beta: d.beta, loss: d.loss, smoothing: d.label_smoothing, gamma: d.gamma.unwrap_or(0.0), kl: 0.0, weights: d.kto_weights, tau: d.discopop_tau.unwrap_or(0.0) };
+    let mut terms = DpoTerms { beta: d.beta, loss: d.loss, smoothing: d.label_smoothing, gamma: d.gamma.unwrap_or(0.0), kl: 0.0, weights: d.kto_weights, tau: d.discopop_tau.unwrap_or(0.0), divergence: d.f_divergence };
     let before = score(&policy, reference, &codec, &held, d.max_new)?;
     let held_pairs: Vec<Pair> = split.held_out.iter().take(d.eval_examples).cloned().collect();
     let held_judged: Vec<_> = judged.iter().flat_map(|j| j.held_out.iter().take(d.eval_examples).cloned()).collect();
@@ -186,6 +186,11 @@ pub fn run(ctx: &StageCtx, d: &DpoSpec) -> Result<()> {
     }
     settings.extend(d.gamma.map(|g| format!("γ = {g}")));
     settings.extend(d.discopop_tau.map(|t| format!("τ = {t}")));
+    settings.extend(match d.f_divergence {
+        FDivergence::ReverseKl => None,
+        FDivergence::JsDivergence => Some("h under the Jensen–Shannon divergence (f-DPO)".to_string()),
+        FDivergence::AlphaDivergence { coef } => Some(format!("h under the α-divergence, α = {coef} (f-DPO)")),
+    });
     if d.loss.sorts() && micro < d.opt.batch {
         settings.push(format!("sorted within each micro-batch of {micro} pairs"));
     }

@@ -68,7 +68,7 @@ pub fn run(ctx: &StageCtx, o: &OnlineDpoSpec) -> Result<()> {
         o.missing_eos_penalty.map_or(String::new(), |p| format!(", {p} off the reward of a response without the end marker")),
         policy.lora.describe().map_or(String::new(), |d| format!(", {d}")),
     );
-    let terms = DpoTerms { beta: o.beta, loss: o.loss, smoothing: 0.0, gamma: 0.0, kl: 0.0, weights: (1.0, 1.0), tau: 1.0 };
+    let terms = DpoTerms { beta: o.beta, loss: o.loss, smoothing: 0.0, gamma: 0.0, kl: 0.0, weights: (1.0, 1.0), tau: 1.0, divergence: Default::default() };
     let started = Instant::now();
     let mut last = None;
     for step in step0..o.opt.steps {
