@@ -1191,3 +1191,65 @@ fn walk(dir: &std::path::Path) -> Vec<PathBuf> {
         if p.is_dir() { walk(&p) } else { vec![p] }
     }).collect()
 }
+
+/// `data web = mix(letters, digits) { weights = [3, 1] }`: a training row comes from a corpus
+/// with probability weight / Σ weights, not by the corpora's sizes (the letters are a quarter of
+/// the tokens and three quarters of the rows); the validation loss draws the same way; a BPE mix
+/// trains one tokenizer on both; `train` on the mix learns both, its plan counts both.
+#[test]
+fn a_mix_draws_its_corpora_by_weight_not_by_size() {
+    use roux::run::kit::data::Corpus;
+    let out = scratch("mix");
+    let mut rng = roux::rng::Rng(3);
+    let text = |alphabet: &[u8], n: usize, rng: &mut roux::rng::Rng| -> String { (0..n).map(|i| if i % 6 == 5 { ' ' } else { alphabet[rng.below(alphabet.len() as u64) as usize] as char }).collect() };
+    std::fs::write(out.join("letters.txt"), text(b"abcdefgh", 20_000, &mut rng)).unwrap();
+    std::fs::write(out.join("digits.txt"), text(b"0123456789", 60_000, &mut rng)).unwrap();
+    let recipe = |tokenizer: &str| {
+        format!(
+            "experiment \"mix\" {{\n  data letters = text(\"letters.txt\") {{ context = 32{tokenizer} }}\n  data digits = text(\"digits.txt\") {{ context = 32{tokenizer} }}\n  data web = mix(letters, digits) {{ weights = [3, 1] }}\n  \
+             model lm = transformer {{ vocab = web.vocab, context = 32, d_model = 32, layers = 1, heads = 2 }}\n  \
+             stage pretrain = train(lm, web) {{ steps = 60, batch = 8, eval_every = 60, eval_batches = 4, optimizer = adamw {{ lr = 3e-3 }}, eval_data = [letters, digits] }}\n}}\n"
+        )
+    };
+    std::fs::write(out.join("bytes.roux"), recipe("")).unwrap();
+    let r = roux::frontend::compile(&out.join("bytes.roux")).unwrap().recipe.unwrap();
+    let web = r.data("web").unwrap();
+    assert_eq!(web.tokens, 80_000);
+    let parts: Vec<_> = web.mix.iter().map(|(n, w)| (r.data(n).unwrap(), *w)).collect();
+    let corpus = Corpus::load_mix(&parts, &out, None).unwrap();
+    let (mut letters, mut rows) = (0, 0);
+    for _ in 0..250 {
+        let (x, _) = corpus.train_batch(8, 32, &mut rng, Device::Cpu);
+        for row in Vec::<Vec<i64>>::try_from(&x).unwrap() {
+            letters += row.iter().any(|&t| t >= b'a' as i64) as usize;
+            rows += 1;
+        }
+    }
+    let share = letters as f64 / rows as f64;
+    assert!((share - 0.75).abs() < 0.04, "{letters} of {rows} rows from the letters");
+    // Trained: the in-loop losses of both corpora fall below a byte model's ln 256.
+    run_ok(&out.join("bytes.roux"), &out.join("runs"));
+    let m = metrics(&out.join("runs/mix/pretrain"));
+    let last = m.iter().rfind(|v| v["val_loss"].is_number()).unwrap();
+    for k in ["val_loss", "val_loss/letters", "val_loss/digits"] {
+        assert!(last[k].as_f64().unwrap() < 3.5, "{k}: {last}");
+    }
+    // Its hash covers the corpora's files: an edited one trains again, naming it.
+    let again = || String::from_utf8_lossy(&roux(&["run", out.join("bytes.roux").to_str().unwrap(), "--out", out.join("runs").to_str().unwrap()]).stderr).to_string();
+    assert!(again().contains("pretrain: up to date"));
+    std::fs::write(out.join("digits.txt"), text(b"0123456789", 60_000, &mut rng)).unwrap();
+    let err = again();
+    assert!(!err.contains("pretrain: up to date") && err.contains("inputs.digits.digits.txt"), "{err}");
+    // BPE: one tokenizer, trained on both corpora, merges letters and digits alike.
+    std::fs::write(out.join("bpe.roux"), recipe(", tokenizer = bpe { vocab = 300 }")).unwrap();
+    let r = roux::frontend::compile(&out.join("bpe.roux")).unwrap().recipe.unwrap();
+    let parts: Vec<_> = r.data("web").unwrap().mix.iter().map(|(n, w)| (r.data(n).unwrap(), *w)).collect();
+    let dir = out.join("bpe");
+    let corpus = Corpus::load_mix(&parts, &dir, None).unwrap();
+    let bytes = 0.1 * 80_000.0;
+    assert!((corpus.val.len() as f64) < 0.8 * bytes, "{} held-out tokens of {bytes} bytes", corpus.val.len());
+    let tk = tokenizers::Tokenizer::from_file(dir.join("tokenizer.json")).unwrap();
+    for sample in ["abcd efgh", "0123 4567"] {
+        assert!(tk.encode(sample, false).unwrap().get_ids().len() < sample.len(), "{sample} is not merged");
+    }
+}

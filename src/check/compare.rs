@@ -96,7 +96,13 @@ impl<'a> Checker<'a> {
         let d = self.decl_ref(e, DeclKind::Data, "a data set")?;
         let corpus = d.kind == DeclKind::Data && e.as_path().is_some_and(|p| p.len() == 1) && !self.is_examples(d) && !self.is_synthetic(d);
         if corpus {
-            return self.data_spec(d).map(Scored::Corpus);
+            let spec = self.data_spec(d)?;
+            if let Some((first, _)) = spec.mix.first() {
+                self.error(Diagnostic::error(Code::E0313, e.span, format!("`compare` scores one corpus's held-out text, and `{}` mixes {}", spec.name, spec.mix.len()))
+                    .with_hint(format!("compare on each corpus of the mix: `data = {first}`")));
+                return None;
+            }
+            return Some(Scored::Corpus(spec));
         }
         self.examples_arg(e, &[], "compare").map(Scored::Examples)
     }

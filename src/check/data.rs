@@ -33,7 +33,7 @@ impl<'a> Checker<'a> {
     }
 
     fn check_data(&mut self, d: &'a Decl) -> Option<DataSpec> {
-        let mut sources = vec!["text", "synthetic.regions"];
+        let mut sources = vec!["text", "mix", "synthetic.regions"];
         sources.extend(super::examples::EXAMPLE_SOURCES);
         let (kind, path, args, block) = self.ctor(&d.value, "data source", &sources)?;
         let at = Checker::span_of_path(path);
@@ -41,6 +41,9 @@ impl<'a> Checker<'a> {
             let set = self.check_examples(d, kind, at, args, block);
             self.examples.insert(d.name.name.clone(), set);
             return None;
+        }
+        if kind == "mix" {
+            return self.check_mix(d, at, args, block);
         }
         if kind == "synthetic.regions" {
             let spec = self.check_regions(d, block, at);
@@ -105,6 +108,7 @@ impl<'a> Checker<'a> {
             split,
             tokens,
             field: documents,
+            mix: vec![],
         })
     }
 

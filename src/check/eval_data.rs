@@ -45,6 +45,13 @@ impl<'a> Checker<'a> {
                 .with_hint("declare `data wiki = text(\"wiki.txt\") { … }`; multiple-choice questions go in `eval_choices`"));
             return None;
         }
-        Some(self.data_spec(d)?.name)
+        let spec = self.data_spec(d)?;
+        if !spec.mix.is_empty() {
+            let names: Vec<&str> = spec.mix.iter().map(|(n, _)| n.as_str()).collect();
+            self.error(Diagnostic::error(Code::E0301, e.span, format!("`eval_data` takes text corpora, and `{}` mixes {}", spec.name, names.len()))
+                .with_hint(format!("name its corpora, each evaluated on its own: `eval_data = [{}]`", names.join(", "))));
+            return None;
+        }
+        Some(spec.name)
     }
 }

@@ -24,6 +24,7 @@ mod hf;
 mod isoflop;
 mod lora;
 pub mod loader;
+mod mix;
 mod mixture;
 mod model;
 pub mod paths;

@@ -44,6 +44,11 @@ pub struct DataSpec {
     /// default); each document ends with the end-of-sequence token (a newline in bytes).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub field: Option<String>,
+    /// `mix(a, b) { weights = […] }`: the corpora sampled, each with its weight (a training row
+    /// comes from a corpus with probability weight / Σ weights); their tokenizer and context are
+    /// the mix's, `path` its first's. Empty for a `text(…)` corpus.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub mix: Vec<(String, f64)>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]

@@ -5,6 +5,7 @@
 //! tokens, as `tokenizer(doc).input_ids + [eos]` (nanoGPT's and torchtune's preparation).
 
 use anyhow::{bail, Context, Result};
+use std::ops::Range;
 use std::path::Path;
 use tch::{Device, Kind, Tensor};
 
@@ -25,6 +26,15 @@ pub struct Corpus {
     /// Where each validation document starts in `val` (`[0]` for one text): a perplexity scores
     /// each document on its own.
     pub val_documents: Vec<usize>,
+    /// A mix's corpora (`mix(…)`), one after the other in `train` and `val`; empty for one corpus.
+    pub parts: Vec<Part>,
+}
+
+/// One corpus of a mix: its weight, and where its tokens lie in `train` and `val`.
+pub struct Part {
+    pub weight: f64,
+    pub train: Range<usize>,
+    pub val: Range<usize>,
 }
 
 impl Corpus {
@@ -88,7 +98,57 @@ impl Corpus {
         if (!only_val && train.len() <= spec.context + 1) || val.len() <= spec.context + 1 {
             bail!("data `{}` ({} training and {} validation tokens) is too short for context {} with split {}", spec.name, train.len(), val.len(), spec.context, spec.split);
         }
-        Ok(Corpus { train, val, val_bytes, val_words, val_documents })
+        Ok(Corpus { train, val, val_bytes, val_words, val_documents, parts: vec![] })
+    }
+
+    /// A mix of `parts` (each corpus's spec and weight), read with their one tokenizer: a BPE one
+    /// trained on all their training splits together, the first time. Each keeps its split.
+    pub fn load_mix(parts: &[(&DataSpec, f64)], dir: &Path, checkpoint: Option<&Path>) -> Result<Corpus> {
+        if let Some((Tokenizer::Bpe { vocab }, false)) = parts.first().map(|(s, _)| (&s.tokenizer, dir.join(super::tokenize::FILE).is_file())) {
+            let text = parts.iter().map(|(s, _)| training_text(s)).collect::<Result<String>>()?;
+            std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+            super::tokenize::load_or_train(dir, &text, *vocab)?;
+        }
+        let mut all = Corpus { train: vec![], val: vec![], val_bytes: 0, val_words: 0, val_documents: vec![], parts: vec![] };
+        for (spec, weight) in parts {
+            let c = Corpus::load(spec, dir, checkpoint)?;
+            let at = (all.train.len(), all.val.len());
+            all.val_documents.extend(c.val_documents.iter().map(|d| d + at.1));
+            all.train.extend(c.train);
+            all.val.extend(c.val);
+            (all.val_bytes, all.val_words) = (all.val_bytes + c.val_bytes, all.val_words + c.val_words);
+            all.parts.push(Part { weight: *weight, train: at.0..all.train.len(), val: at.1..all.val.len() });
+        }
+        Ok(all)
+    }
+
+    /// `batch` training windows (`batch`); from a mix, each row from a corpus drawn by weight.
+    pub fn train_batch(&self, batch: usize, context: usize, rng: &mut Rng, device: Device) -> (Tensor, Tensor) {
+        self.draw(&self.train, |p| p.train.clone(), batch, context, rng, device)
+    }
+
+    /// `batch` validation windows, drawn as `train_batch` draws them.
+    pub fn val_batch(&self, batch: usize, context: usize, rng: &mut Rng, device: Device) -> (Tensor, Tensor) {
+        self.draw(&self.val, |p| p.val.clone(), batch, context, rng, device)
+    }
+
+    fn draw(&self, tokens: &[u32], range: impl Fn(&Part) -> Range<usize>, batch: usize, context: usize, rng: &mut Rng, device: Device) -> (Tensor, Tensor) {
+        if self.parts.is_empty() {
+            return self::batch(tokens, batch, context, rng, device);
+        }
+        let total: f64 = self.parts.iter().map(|p| p.weight).sum();
+        let starts: Vec<usize> = (0..batch)
+            .map(|_| {
+                let mut u = rng.unit() * total;
+                let part = self.parts.iter().find(|p| {
+                    u -= p.weight;
+                    u < 0.0
+                });
+                let r = range(part.unwrap_or(&self.parts[self.parts.len() - 1]));
+                r.start + rng.below((r.len() - context - 1) as u64) as usize
+            })
+            .collect();
+        windows(tokens, &starts, context, device)
     }
 
     /// A .jsonl corpus: the documents that start in the first `split` of its bytes train, the
@@ -167,17 +227,32 @@ fn ended_bytes(docs: &[String]) -> Vec<u32> {
     docs.iter().flat_map(|d| d.bytes().chain([b'\n'])).map(u32::from).collect()
 }
 
+/// A corpus's training text, as `read` cuts it (what a mix's BPE tokenizer is trained on).
+fn training_text(spec: &DataSpec) -> Result<String> {
+    let bytes = crate::fsio::read_bytes(&spec.path, MAX_CORPUS_BYTES).map_err(anyhow::Error::msg).with_context(|| format!("reading data `{}`", spec.name))?;
+    let cut = (bytes.len() as f64 * spec.split) as usize;
+    let Some(key) = &spec.field else { return Ok(String::from_utf8_lossy(&bytes[..cut]).into_owned()) };
+    let text = String::from_utf8_lossy(&bytes);
+    let lines = crate::documents::document_lines(&text, key).filter(|l| l.start < cut);
+    Ok(lines.filter_map(|l| l.doc.ok()).map(|d| d + "\n").collect())
+}
+
 /// `batch` random windows of `context + 1` tokens: inputs (B, T) and next-token targets (B, T).
 pub fn batch(tokens: &[u32], batch: usize, context: usize, rng: &mut Rng, device: Device) -> (Tensor, Tensor) {
-    let mut x = Vec::with_capacity(batch * context);
-    let mut y = Vec::with_capacity(batch * context);
     let span = (tokens.len() - context - 1) as u64;
-    for _ in 0..batch {
-        let o = rng.below(span) as usize;
+    let starts: Vec<usize> = (0..batch).map(|_| rng.below(span) as usize).collect();
+    windows(tokens, &starts, context, device)
+}
+
+/// The windows of `context + 1` tokens at `starts`: inputs (B, T) and targets (B, T).
+fn windows(tokens: &[u32], starts: &[usize], context: usize, device: Device) -> (Tensor, Tensor) {
+    let mut x = Vec::with_capacity(starts.len() * context);
+    let mut y = Vec::with_capacity(starts.len() * context);
+    for &o in starts {
         x.extend(tokens[o..o + context].iter().map(|&b| b as i64));
         y.extend(tokens[o + 1..o + context + 1].iter().map(|&b| b as i64));
     }
-    let shape = [batch as i64, context as i64];
+    let shape = [starts.len() as i64, context as i64];
     x.extend(y);
     let xy = Tensor::from_slice(&x).view([2, shape[0], shape[1]]);
     // To a GPU from page-locked memory, without waiting: the copy is queued behind the previous

@@ -39,6 +39,11 @@ pub fn train(recipe: &Recipe, spec: &ModelSpec, t: &TrainSpec, upstream: Option<
     if let Some(quiz) = t.eval_choices.as_deref().and_then(|n| recipe.example_set(n)) {
         key["eval_choices"] = json!(quiz);
     }
+    // A mix's corpora (their splits, keys, tokenizer).
+    let parts: Vec<_> = recipe.data(&t.data).into_iter().flat_map(|d| &d.mix).filter_map(|(n, _)| recipe.data(n)).collect();
+    if !parts.is_empty() {
+        key["mix"] = json!(parts);
+    }
     fnv1a(key.to_string().as_bytes())
 }
 
@@ -70,10 +75,12 @@ pub fn posttrain(recipe: &Recipe, stage: &StageSpec, upstream: &[(String, String
     Ok(fnv1a(key.to_string().as_bytes()))
 }
 
-/// The files a `train` run of `spec` reads: its corpus, the checkpoint it starts from, and the
-/// sets its evaluations score.
+/// The files a `train` run of `spec` reads: its corpus (a mix's corpora), the checkpoint it
+/// starts from, and the sets its evaluations score.
 pub fn train_inputs(recipe: &Recipe, spec: &ModelSpec, t: &TrainSpec) -> serde_json::Value {
-    super::inputs::of(recipe, |n| n == t.data || n == spec.name || t.eval_data.iter().any(|e| e == n) || t.eval_choices.as_deref() == Some(n))
+    // (A mix's corpora, whose files it reads.)
+    let mixed = |n: &str| recipe.data(&t.data).is_some_and(|d| d.mix.iter().any(|(m, _)| m == n));
+    super::inputs::of(recipe, |n| n == t.data || mixed(n) || n == spec.name || t.eval_data.iter().any(|e| e == n) || t.eval_choices.as_deref() == Some(n))
 }
 
 /// The files a post-training stage reads: those of the declarations its definition names.

@@ -42,7 +42,8 @@ pub fn digest(path: &Path) -> String {
 /// and the model whose tokenizer it uses, an imported model), by declaration and file name.
 pub fn of(recipe: &Recipe, mentions: impl Fn(&str) -> bool) -> Value {
     let mut out = Map::new();
-    for d in recipe.data.iter().filter(|d| mentions(&d.name)) {
+    // (A mix's own path is its first corpus's: its files are its corpora's, digested under theirs.)
+    for d in recipe.data.iter().filter(|d| mentions(&d.name) && d.mix.is_empty()) {
         out.insert(d.name.clone(), [(name_of(&d.path), json!(digest(&d.path)))].into_iter().collect::<Map<_, _>>().into());
     }
     let mut models: Vec<&ModelSpec> = recipe.models.iter().filter(|m| mentions(&m.name)).collect();

@@ -12,7 +12,7 @@ use crate::rng::Rng;
 use crate::run::kit::in_loop::InLoop;
 use crate::run::kit::adamw::Optimizer;
 use crate::run::kit::checkpoint::State;
-use crate::run::kit::data::{batch, Corpus};
+use crate::run::kit::data::Corpus;
 use crate::run::kit::deferred::Deferred;
 use crate::run::kit::dist::{Reduce, World};
 use crate::run::kit::profile::Profiler;
@@ -103,7 +103,12 @@ pub fn run_model(ctx: &StageCtx, spec: &ModelSpec, t: &TrainSpec) -> Result<()> 
         crate::recipe::Tokenizer::Model { model, .. } => recipe.model(model).and_then(|m| m.checkpoint.as_ref()).map(|c| c.dir.clone()),
         _ => None,
     };
-    let corpus = Corpus::load(data_spec, &dir, checkpoint.as_deref())?;
+    let corpus = if data_spec.mix.is_empty() {
+        Corpus::load(data_spec, &dir, checkpoint.as_deref())?
+    } else {
+        let parts: Vec<(&crate::recipe::DataSpec, f64)> = data_spec.mix.iter().filter_map(|(n, w)| Some((recipe.data(n)?, *w))).collect();
+        Corpus::load_mix(&parts, &dir, checkpoint.as_deref())?
+    };
     let params: Vec<Tensor> = model.params.iter().map(|p| p.shallow_clone()).collect();
     // The weights files (`model.safetensors`, the best), whole: written a tensor at a time.
     let entries: Vec<FileTensor> = model.names.iter().enumerate().map(|(j, n)| FileTensor { name: n.clone(), shape: model.whole_size(j), kind: params[j].kind() }).collect();
@@ -148,7 +153,7 @@ pub fn run_model(ctx: &StageCtx, spec: &ModelSpec, t: &TrainSpec) -> Result<()> 
         seed_step(recipe.seed, step);
         let lr = lr_at(&t.schedule, t.optimizer.lr, step, t.steps);
         // Every process draws the whole global batch (the same sampler state) and keeps its rows.
-        let (x, y) = batch(&corpus.train, t.batch, t.context, &mut rng, device);
+        let (x, y) = corpus.train_batch(t.batch, t.context, &mut rng, device);
         if let Some(p) = profiler.as_mut() {
             p.at_step_start(step + 1)?;
         }
@@ -206,7 +211,7 @@ pub fn run_model(ctx: &StageCtx, spec: &ModelSpec, t: &TrainSpec) -> Result<()> 
 
         // Throughput is measured before evaluation so it counts training steps only.
         let tok_s = window.1 as f64 / window.0.elapsed().as_secs_f64().max(1e-9);
-        let val = if eval_now { Some(evaluate(&model, &corpus.val, t, recipe.seed)) } else { None };
+        let val = if eval_now { Some(evaluate(&model, &corpus, t, recipe.seed)) } else { None };
         let scored = if eval_now { Some(in_loop.score(&model)?) } else { None };
         if let Some(v) = val {
             if best_val.is_none_or(|b: f64| v < b) {
@@ -258,7 +263,7 @@ pub fn run_model(ctx: &StageCtx, spec: &ModelSpec, t: &TrainSpec) -> Result<()> 
     let wall = started.elapsed().as_secs_f64();
     // The last step may have been skipped (`on_nonfinite = skip`) and its evaluation with it:
     // a stage finishes only with weights that still give a finite validation loss.
-    let final_val = last_val.unwrap_or_else(|| evaluate(&model, &corpus.val, t, recipe.seed));
+    let final_val = last_val.unwrap_or_else(|| evaluate(&model, &corpus, t, recipe.seed));
     if !final_val.is_finite() {
         bail!("{name}: the validation loss of the final weights is {final_val}; not marking the stage finished (lower the learning rate or set `grad_clip`; {skipped} of its steps were skipped)");
     }
@@ -350,12 +355,12 @@ const TRACE: &str = "trace.json";
 /// The weights of the best validation loss, with `keep = best`.
 const BEST: &str = "best.safetensors";
 
-pub fn evaluate(model: &Model, val: &[u32], t: &TrainSpec, seed: u64) -> f64 {
+pub fn evaluate(model: &Model, corpus: &Corpus, t: &TrainSpec, seed: u64) -> f64 {
     let mut rng = Rng(seed ^ 0xE7A1);
     tch::no_grad(|| {
         let mut sum = 0.0;
         for _ in 0..t.eval_batches {
-            let (x, y) = batch(val, t.batch, t.context, &mut rng, model.device);
+            let (x, y) = corpus.val_batch(t.batch, t.context, &mut rng, model.device);
             sum += model.loss(&x, &y, false).double_value(&[]);
         }
         sum / t.eval_batches as f64
