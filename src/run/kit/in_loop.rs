@@ -31,12 +31,19 @@ pub struct InLoop {
 }
 
 impl InLoop {
-    /// The sets `t` names, each read with the tokens the stage trains on (a BPE tokenizer the
-    /// one it trained in `dir`), whatever its own `tokenizer`.
+    /// The sets `t` names, and the corpora of a mix it trains on, each read with the tokens the
+    /// stage trains on (a BPE tokenizer the one it trained in `dir`), whatever its own `tokenizer`.
     pub fn load(recipe: &Recipe, t: &TrainSpec, dir: &Path) -> Result<InLoop> {
         let tokens = &recipe.data(&t.data).context("checked recipe names its corpus")?.tokenizer;
         let quiz = t.eval_choices.as_deref().map(|n| Quiz::read(recipe, n, usize::MAX, tokens, Some(dir))).transpose()?;
-        let sets = t.eval_data.iter().map(|n| Ok((n.clone(), Heldout::read_as(recipe, n, tokens, Some(dir))?))).collect::<Result<_>>()?;
+        // A mix's corpora too, each on its own (as OLMo reports each source's loss).
+        let mut names = t.eval_data.clone();
+        for (n, _) in recipe.data(&t.data).map_or(&[][..], |d| &d.mix) {
+            if !names.contains(n) {
+                names.push(n.clone());
+            }
+        }
+        let sets = names.iter().map(|n| Ok((n.clone(), Heldout::read_as(recipe, n, tokens, Some(dir))?))).collect::<Result<_>>()?;
         Ok(InLoop { quiz, sets, windows: (t.eval_batches as usize).saturating_mul(t.batch).max(1), last: None })
     }
 
