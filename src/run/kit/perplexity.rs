@@ -16,7 +16,7 @@ use super::progress::Progress;
 use super::seqs::{pad, token_logprobs};
 use crate::posttrain::choices::ROWS;
 use crate::posttrain::examples::Seq;
-use crate::recipe::{DataSpec, Reading, Recipe, Tokenizer};
+use crate::recipe::{DataSpec, Recipe, Tokenizer};
 use crate::run::model::Model;
 
 /// What a policy scored on the held-out split.
@@ -83,18 +83,12 @@ impl Heldout {
     }
 
     /// The validation split of corpus `name` read with `tokenizer` whatever its own (a BPE one
-    /// from `bpe`): what `train` evaluates other corpora with, its own tokens.
+    /// from `bpe`): what `train` evaluates other corpora with, its own tokens, and a `compare`
+    /// policy reads a corpus with, those it learned. The same text whatever the tokens: the split
+    /// is made in bytes.
     pub fn read_as(recipe: &Recipe, name: &str, tokenizer: &Tokenizer, bpe: Option<&Path>) -> Result<Heldout> {
         let Some(spec) = recipe.data(name) else { bail!("no corpus `{name}`") };
         Heldout::of(recipe, &DataSpec { tokenizer: tokenizer.clone(), ..spec.clone() }, bpe)
-    }
-
-    /// The validation split of corpus `name` as one `compare` policy reads it (`reading`): with
-    /// bytes, an imported model's tokenizer, or the BPE tokenizer a `train` stage keeps in its
-    /// run under `runs`. The same text whatever the tokens: the split is made in bytes.
-    pub fn read(recipe: &Recipe, name: &str, reading: &Reading, runs: &Path) -> Result<Heldout> {
-        let bpe = reading.trained_in.as_ref().map(|stage| runs.join(stage));
-        Heldout::read_as(recipe, name, &reading.tokenizer, bpe.as_deref())
     }
 
     fn of(recipe: &Recipe, spec: &DataSpec, bpe: Option<&Path>) -> Result<Heldout> {

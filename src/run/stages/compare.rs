@@ -78,11 +78,8 @@ fn choices(ctx: &StageCtx, c: &CompareSpec, run: RunDir, dev: tch::Device) -> Re
     let mut table = format!("| policy |{} accuracy | accuracy, per character |\n|---|{}---:|---:|\n", if mixed { " tokenizer |" } else { "" }, if mixed { "---|" } else { "" });
     let (mut rows, mut samples, mut bars) = (vec![], String::new(), vec![]);
     for ((label, r), reading) in c.policies.iter().zip(&reads) {
-        if !quizzes.iter().any(|(x, _)| x == reading) {
-            let bpe = reading.trained_in.as_ref().map(|stage| ctx.runs.join(stage));
-            quizzes.push((reading, Quiz::read(recipe, &c.data, c.examples, &reading.tokenizer, bpe.as_deref())?));
-        }
-        let quiz = &quizzes.iter().find(|(x, _)| x == reading).context("read above")?.1;
+        let at = once(&mut quizzes, reading, || Quiz::read(recipe, &c.data, c.examples, &reading.tokenizer, bpe_dir(ctx, reading).as_deref()))?;
+        let quiz = &quizzes[at].1;
         let mut m = load_lm(recipe, &ctx.runs, r, dev)?.computing(c.precision);
         m.freeze();
         let progress = crate::run::kit::progress::Progress::new(&format!("{}: {label}", ctx.stage.name), 0, quiz.len() as u64);
@@ -109,6 +106,21 @@ fn choices(ctx: &StageCtx, c: &CompareSpec, run: RunDir, dev: tch::Device) -> Re
     run.finish(&[], report, &ctx.title())
 }
 
+/// The index in `cache` of what `read` makes of the data for `reading`: made by the first policy
+/// that reads with that tokenizer, reused by the others.
+fn once<'a, T>(cache: &mut Vec<(&'a Reading, T)>, reading: &'a Reading, read: impl FnOnce() -> Result<T>) -> Result<usize> {
+    if let Some(i) = cache.iter().position(|(x, _)| *x == reading) {
+        return Ok(i);
+    }
+    cache.push((reading, read()?));
+    Ok(cache.len() - 1)
+}
+
+/// Where a BPE reading's tokenizer is: the run of the `train` stage that trained it.
+fn bpe_dir(ctx: &StageCtx, reading: &Reading) -> Option<std::path::PathBuf> {
+    reading.trained_in.as_ref().map(|stage| ctx.runs.join(stage))
+}
+
 /// How each policy reads the data: with the tokens its weights learned (`CompareSpec::reads`,
 /// resolved by the checker), else `own`, the data's.
 fn readings<'a>(c: &'a CompareSpec, own: &'a Reading) -> Vec<&'a Reading> {
@@ -123,19 +135,13 @@ fn perplexity(ctx: &StageCtx, c: &CompareSpec, run: RunDir, dev: tch::Device) ->
     let own = Reading { tokenizer: corpus.tokenizer.clone(), trained_in: None };
     let reads = readings(c, &own);
     let mixed = reads.iter().any(|r| *r != reads[0]);
-    // One held-out split per tokenizer, read when a policy first needs it.
+    // One held-out split per tokenizer (`once`).
     let mut held: Vec<(&Reading, Heldout)> = vec![];
     let mut table = format!("| policy |{} loss per token | perplexity | bits per byte | word perplexity | context |\n|---|{}---:|---:|---:|---:|---:|\n", if mixed { " tokenizer | held-out tokens |" } else { "" }, if mixed { "---|---:|" } else { "" });
     let (mut rows, mut curves) = (vec![], vec![]);
     for ((label, r), reading) in c.policies.iter().zip(&reads) {
-        let h = match held.iter().position(|(x, _)| x == reading) {
-            Some(i) => i,
-            None => {
-                held.push((reading, Heldout::read(recipe, &c.data, reading, &ctx.runs)?));
-                held.len() - 1
-            }
-        };
-        let h = &held[h].1;
+        let at = once(&mut held, reading, || Heldout::read_as(recipe, &c.data, &reading.tokenizer, bpe_dir(ctx, reading).as_deref()))?;
+        let h = &held[at].1;
         let mut m = load_lm(recipe, &ctx.runs, r, dev)?.computing(c.precision);
         m.freeze();
         let windows = h.count(&m, c.stride);
