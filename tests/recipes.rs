@@ -347,3 +347,31 @@ fn the_per_process_plan_saturates_and_sends_exact_bytes_at_the_limits() {
     assert_eq!((p.micro_batch, p.activation_bytes, p.total_bytes), (256, u64::MAX, u64::MAX), "{p:?}");
     assert_eq!(p.sent_bytes_per_step as u128, 8 * 65535 * n as u128 / 65536);
 }
+
+/// W0409: a `train` stage that reads a corpus more than 4 times over says so before it runs,
+/// with the count. By hand: tinyshakespeare's 1,115,394 bytes train on 0.9 of them, 1,003,855;
+/// 5,000 steps × 16 × 64 = 5,120,000 tokens read each 5.1 times (1,000 steps: 1.02, no warning).
+/// BPE tokens are bounded by the bytes: "at least". A mix counts each corpus by its weight: a
+/// 10,000-byte file at weight 3 of 4 gets 0.75 × 1,024,000 = 768,000 of them, each 85.3 times
+/// over its 9,000 training bytes; the play, 256,000 of 1,003,855, is under 4.
+#[test]
+fn reading_a_corpus_more_than_four_times_is_a_warning_with_the_count() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/test-runs/repeats");
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("small.txt"), "word ".repeat(2_000)).unwrap();
+    let play = "../../../data/tinyshakespeare.txt";
+    // (`name` the stage trains on, `extra` the play's keys.)
+    let warned = |name: &str, extra: &str, steps: u64| -> Vec<String> {
+        let mix = if name == "both" { "  data small = text(\"small.txt\") { context = 64 }\n  data both = mix(play, small) { weights = [1, 3] }\n" } else { "" };
+        let recipe = format!("experiment \"x\" {{\n  data play = text(\"{play}\") {{ context = 64{extra} }}\n{mix}  model lm = transformer {{ vocab = {name}.vocab, context = 64, d_model = 32, layers = 1, heads = 2 }}\n  stage pretrain = train(lm, {name}) {{ steps = {steps}, batch = 16 }}\n}}\n");
+        std::fs::write(dir.join("r.roux"), recipe).unwrap();
+        let c = roux::frontend::compile(&dir.join("r.roux")).unwrap();
+        assert!(c.recipe.is_some(), "{:?}", c.diagnostics);
+        c.diagnostics.iter().filter(|d| d.code == "W0409").map(|d| d.message.clone()).collect()
+    };
+    assert_eq!(warned("play", "", 1000), Vec::<String>::new());
+    assert_eq!(warned("play", "", 5000), ["stage `pretrain` draws 5,120,000 tokens from the 1,003,855 training tokens of `play`: each 5.1 times"]);
+    assert_eq!(warned("play", ", tokenizer = bpe { vocab = 512 }", 5000), ["stage `pretrain` draws 5,120,000 tokens from the 1,003,855 training tokens of `play`: each at least 5.1 times"]);
+    assert_eq!(warned("both", "", 1000), ["stage `pretrain` draws 768,000 tokens (75% of them by its weight) from the 9,000 training tokens of `small`: each 85.3 times"]);
+}

@@ -32,6 +32,7 @@ mod moe;
 mod optimizer;
 mod processes;
 mod ref_sync;
+mod repeats;
 mod stage;
 mod tokens;
 
@@ -269,6 +270,7 @@ impl<'a> Checker<'a> {
         })
         .map(|mut r| {
             self.check_budget_departures(&r);
+            self.check_repeats(&r);
             self.check_tokenizers(&mut r);
             r
         })

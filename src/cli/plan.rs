@@ -122,15 +122,7 @@ pub fn graph(file: &Path, format: GraphFormat) -> u8 {
 }
 
 pub fn group(n: u64) -> String {
-    let s = n.to_string();
-    let mut out = String::new();
-    for (i, c) in s.chars().enumerate() {
-        if i > 0 && (s.len() - i).is_multiple_of(3) {
-            out.push(',');
-        }
-        out.push(c);
-    }
-    out
+    roux::diag::thousands(n)
 }
 
 pub fn sci(x: f64) -> String {

@@ -109,6 +109,7 @@ codes! {
     W0406 = "W0406": "conversations whose chat template rewrites earlier turns train on their last assistant turn only (a warning)",
     W0407 = "W0407": "KTO's desirable and undesirable examples, weighed, outside the balance it recommends (a warning)",
     W0408 = "W0408": "PPO's or GRPO's prompts longer than the context leaves beside `max_new`, which the run cuts on the left (a warning)",
+    W0409 = "W0409": "a `train` stage that reads a corpus's training tokens more than 4 times over (a warning)",
 }
 
 impl std::fmt::Display for Code {

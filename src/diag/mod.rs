@@ -74,6 +74,19 @@ impl Diagnostic {
     }
 }
 
+/// A count with thousands separators, as messages, tables and reports print them: 1,228,800.
+pub fn thousands(n: u64) -> String {
+    let s = n.to_string();
+    let mut out = String::new();
+    for (i, c) in s.chars().enumerate() {
+        if i > 0 && (s.len() - i).is_multiple_of(3) {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
+
 /// 1-based line and column (in characters) of a byte offset.
 pub fn line_col(src: &str, offset: usize) -> (usize, usize) {
     Lines::new(src).line_col(offset)

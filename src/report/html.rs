@@ -21,15 +21,7 @@ pub fn human(key: &str, v: &serde_json::Value) -> String {
         };
     };
     let number = if (x.fract() == 0.0 && x.abs() < 1e15) || (1e3..1e6).contains(&x.abs()) {
-        let digits = format!("{}", x.abs().round() as u64);
-        let mut grouped = String::new();
-        for (i, c) in digits.chars().enumerate() {
-            if i > 0 && (digits.len() - i) % 3 == 0 {
-                grouped.push(',');
-            }
-            grouped.push(c);
-        }
-        format!("{}{grouped}", if x < 0.0 { "-" } else { "" })
+        format!("{}{}", if x < 0.0 { "-" } else { "" }, crate::diag::thousands(x.abs().round() as u64))
     } else if x != 0.0 && (x.abs() >= 1e6 || x.abs() < 1e-3) {
         format!("{x:.3e}")
     } else {
