@@ -1087,8 +1087,10 @@ fn added_memory(name: &str, sets: &[&str], set: &str) -> (f64, f64) {
 fn attention_windows_and_soft_caps_add_to_memory_what_the_plan_says() {
     let (measured, plan) = added_memory("window-memory", &["lm.layers=4", "lm.context=2048", "corpus.context=2048", "pretrain.batch=1"], "lm.window=64");
     assert_eq!(plan, 4.0 * 2048.0 * 2048.0);
-    // (One mask, not four: 64 MiB would be 4.0 here. A loaded machine moved a peak by 2.4 MiB once.)
-    assert!((0.85..1.4).contains(&(measured / plan)), "the window added {:.1} MiB of peak memory, the plan says {:.1} MiB", measured / 1048576.0, plan / 1048576.0);
+    // (One mask, not four: 64 MiB would be 4.0 here, none about 0. The peak moves by a few MiB
+    // from run to run, and where it falls the mask can overlap memory freed just before: measured
+    // 10.6 to 16 MiB on this machine from one day to the next.)
+    assert!((0.5..1.4).contains(&(measured / plan)), "the window added {:.1} MiB of peak memory, the plan says {:.1} MiB", measured / 1048576.0, plan / 1048576.0);
     let (measured, plan) = added_memory("softcap-memory", &["lm.layers=4", "lm.context=256", "corpus.context=256", "pretrain.batch=8"], "lm.attn_softcap=50");
     assert_eq!(plan, 4.0 * (4.0 * 2.0 + 1.0) * 8.0 * 2.0 * 256.0 * 256.0);
     // (Measured 38 to 43 MiB from run to run here: when the threads free their temporaries moves
