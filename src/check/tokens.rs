@@ -202,10 +202,7 @@ impl Checker<'_> {
             if let StageKind::Compare(c) = &s.kind {
                 let own = match (r.data(&c.data), r.example_set(&c.data)) {
                     (Some(d), _) => Some(d.tokenizer.clone()),
-                    (None, Some(set)) if set.kind == ExampleKind::Choices => Some(match &set.tokenizer {
-                        Some(m) => Tokenizer::Model { model: m.clone(), vocab: r.model(m).map_or(0, |m| m.vocab) },
-                        None => Tokenizer::Bytes,
-                    }),
+                    (None, Some(set)) if set.kind == ExampleKind::Choices => Some(r.set_tokenizer(set)),
                     _ => None,
                 };
                 if let Some(own) = own {

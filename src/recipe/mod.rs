@@ -99,6 +99,13 @@ impl Recipe {
     pub fn example_set(&self, name: &str) -> Option<&ExampleSet> {
         self.examples.iter().find(|d| d.name == name)
     }
+    /// The tokens an example set is encoded with: bytes, or its model's tokenizer (`tokenizer = m`).
+    pub fn set_tokenizer(&self, set: &ExampleSet) -> Tokenizer {
+        match &set.tokenizer {
+            Some(m) => Tokenizer::Model { model: m.clone(), vocab: self.model(m).map_or(0, |m| m.vocab) },
+            None => Tokenizer::Bytes,
+        }
+    }
     pub fn stage(&self, name: &str) -> Option<&StageSpec> {
         self.stages.iter().find(|s| s.name == name)
     }

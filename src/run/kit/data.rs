@@ -62,7 +62,7 @@ impl Corpus {
         if let Some(key) = &spec.field {
             return Corpus::documents(spec, &bytes, key, dir, checkpoint, only_val);
         }
-        let cut = (bytes.len() as f64 * spec.split) as usize;
+        let cut = training_end(bytes.len(), spec.split);
         let b = String::from_utf8_lossy(&bytes[cut..]);
         let held = ((bytes.len() - cut) as u64, crate::documents::words(&b));
         // The training text read: whole, or for the validation split alone the first 64 KB a
@@ -155,7 +155,7 @@ impl Corpus {
     /// rest validate; each encoded on its own and ended.
     fn documents(spec: &DataSpec, bytes: &[u8], key: &str, dir: &Path, checkpoint: Option<&Path>, only_val: bool) -> Result<Corpus> {
         let text = std::str::from_utf8(bytes).map_err(|e| anyhow::anyhow!("{}: not UTF-8 text (invalid byte at offset {})", spec.path.display(), e.valid_up_to()))?;
-        let cut = (text.len() as f64 * spec.split) as usize;
+        let cut = training_end(text.len(), spec.split);
         let (mut train, mut val, mut kept) = (vec![], vec![], 0);
         for l in crate::documents::document_lines(text, key) {
             let doc = l.doc.map_err(|why| anyhow::anyhow!("{} line {}: {why}", spec.path.display(), l.number))?;
@@ -227,10 +227,16 @@ fn ended_bytes(docs: &[String]) -> Vec<u32> {
     docs.iter().flat_map(|d| d.bytes().chain([b'\n'])).map(u32::from).collect()
 }
 
+/// Where a corpus of `len` bytes stops training and starts validating: its split, in bytes, so
+/// the held-out text is the same whatever the tokenizer.
+fn training_end(len: usize, split: f64) -> usize {
+    (len as f64 * split) as usize
+}
+
 /// A corpus's training text, as `read` cuts it (what a mix's BPE tokenizer is trained on).
 fn training_text(spec: &DataSpec) -> Result<String> {
     let bytes = crate::fsio::read_bytes(&spec.path, MAX_CORPUS_BYTES).map_err(anyhow::Error::msg).with_context(|| format!("reading data `{}`", spec.name))?;
-    let cut = (bytes.len() as f64 * spec.split) as usize;
+    let cut = training_end(bytes.len(), spec.split);
     let Some(key) = &spec.field else { return Ok(String::from_utf8_lossy(&bytes[..cut]).into_owned()) };
     let text = String::from_utf8_lossy(&bytes);
     let lines = crate::documents::document_lines(&text, key).filter(|l| l.start < cut);

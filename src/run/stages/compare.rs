@@ -71,7 +71,7 @@ pub fn run(ctx: &StageCtx, c: &CompareSpec) -> Result<()> {
 fn choices(ctx: &StageCtx, c: &CompareSpec, run: RunDir, dev: tch::Device) -> Result<()> {
     let recipe = ctx.recipe;
     let set = recipe.example_set(&c.data).context("checked recipe names its questions")?;
-    let own = Reading { tokenizer: set.tokenizer.as_ref().map_or(Tokenizer::Bytes, |m| Tokenizer::Model { model: m.clone(), vocab: recipe.model(m).map_or(0, |m| m.vocab) }), trained_in: None };
+    let own = Reading { tokenizer: recipe.set_tokenizer(set), trained_in: None };
     let reads = readings(c, &own);
     let mixed = reads.iter().any(|r| *r != reads[0]);
     let mut quizzes: Vec<(&Reading, Quiz)> = vec![];
