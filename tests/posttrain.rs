@@ -2095,3 +2095,78 @@ fn a_benchmark_is_compared_whole_unless_examples_says_otherwise() {
         assert_eq!(plan["stages"][0]["tokens"].as_u64(), Some(want as u64 * 3 * 16), "{extra}");
     }
 }
+
+/// `precompute_ref_log_probs` (TRL's): the reference's log-probabilities of the pairs the steps
+/// draw, computed before the first step from the policy's starting weights, give the steps of a
+/// held reference to rounding, with LoRA too; no reference is held (the plan and the report drop
+/// a copy of the model, and the process's measured peak falls by at least half of it); a resumed
+/// run computes the table again and takes the uninterrupted run's steps.
+#[test]
+fn precomputed_reference_log_probs_take_the_steps_of_a_held_reference() {
+    let out = scratch("dpo-precompute");
+    let recipe = fixture("tiny-pairs.roux");
+    let on = ["--set", "po.precompute_ref_log_probs=true"];
+    let lora = ["--set", "po.adapter=lora { rank = 4 }", "--set", "po.optimizer.lr=3e-2"];
+    let run = |dir: &str, extra: &[&str]| -> (String, std::path::PathBuf) {
+        let dest = out.join(dir);
+        let args = [&["run", recipe.to_str().unwrap(), "--out", dest.to_str().unwrap(), "--stage", "po", "--set", "po.eval_every=10"], extra].concat();
+        let o = std::process::Command::new(env!("CARGO_BIN_EXE_roux")).args(&args).env("ROUX_MALLOC", "exact").output().unwrap();
+        let err = String::from_utf8_lossy(&o.stderr).to_string();
+        assert_eq!(o.status.code(), Some(0), "{err}");
+        (err, out.join(dir).join("pairs/po"))
+    };
+    let report = |dir: &std::path::Path| serde_json::from_str::<serde_json::Value>(&std::fs::read_to_string(dir.join("report.json")).unwrap()).unwrap();
+    let losses = |dir: &std::path::Path| metrics(dir).iter().filter_map(|m| m["loss"].as_f64()).collect::<Vec<_>>();
+    let weights = |dir: &std::path::Path, file: &str| {
+        let mut t = Tensor::read_safetensors(dir.join(file)).unwrap();
+        t.sort_by(|a, b| a.0.cmp(&b.0));
+        t
+    };
+    // The pairs 30 steps of 8 draw, as the stage's sampler draws them.
+    let train = {
+        let set = roux::frontend::compile(&recipe).unwrap().recipe.unwrap().example_set("prefs").unwrap().clone();
+        roux::posttrain::examples::preferences(&set, 7).unwrap().train.len()
+    };
+    let mut rng = roux::rng::Rng(7 ^ 0xD90);
+    let drawn = (0..30 * 8).map(|_| rng.below(train as u64)).collect::<std::collections::BTreeSet<_>>().len();
+    for (name, extra, file) in [("full", &[][..], "model.safetensors"), ("lora", &lora[..], "adapter.safetensors")] {
+        let (_, held) = run(&format!("{name}-held"), extra);
+        let (log, pre) = run(&format!("{name}-pre"), &[extra, &on[..]].concat());
+        assert!(log.contains(&format!("the reference's log-probabilities of the {drawn} pairs the steps draw (of {train}) and of 4 held-out pairs precomputed in")), "{log}");
+        let (a, b) = (losses(&held), losses(&pre));
+        assert_eq!(a.len(), 30);
+        let worst = a.iter().zip(&b).map(|(x, y)| (x - y).abs()).fold(0.0, f64::max);
+        assert!(worst < 1e-5, "{name}: losses differ by {worst:e}: {a:?} vs {b:?}");
+        assert!(a[20..].iter().sum::<f64>() / 10.0 < a[0] - 0.01, "{name}: the loss did not fall: {a:?}");
+        let w = weight_difference(&weights(&held, file), &weights(&pre, file));
+        assert!(w < 1e-5, "{name}: weights differ by {w:e}");
+        let (rh, rp) = (report(&held), report(&pre));
+        assert_eq!(rp["precomputed_reference_pairs"].as_u64(), Some(drawn as u64));
+        let accuracy = |r: &serde_json::Value| r["held_out_rewards"]["accuracy"].as_f64().unwrap();
+        assert_eq!(accuracy(&rh), accuracy(&rp), "{name}: held-out pairwise accuracy");
+        // The held-out generation has no reference to measure a KL against.
+        assert!(rh["after"]["kl"].is_number() && rp["after"]["kl"].is_null(), "{name}: {} vs {}", rh["after"], rp["after"]);
+    }
+    // A full stage holds no copy of the model: 4 bytes a parameter fewer, planned and held.
+    let params = report(&out.join("full-held/pairs/po"))["reference_weight_bytes"].as_u64().unwrap();
+    assert_eq!(report(&out.join("full-pre/pairs/po"))["reference_weight_bytes"], 0);
+    let planned = |extra: &[&str]| {
+        let o = roux(&[&["plan", recipe.to_str().unwrap(), "--json"], extra].concat());
+        let plan: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+        plan["stages"].as_array().unwrap().iter().find(|s| s["name"] == "po").unwrap()["memory_bytes"].as_u64().unwrap()
+    };
+    assert_eq!(planned(&[]) - planned(&on), params, "the plan's saving");
+    // Measured, on a model the reference dominates (6.4M parameters).
+    let big = ["--set", "lm.d_model=512", "--set", "lm.layers=2", "--set", "lm.context=32", "--set", "po.steps=2", "--set", "po.eval_examples=1"];
+    let peak = |dir: &str, extra: &[&str]| report(&run(dir, &[&big[..], extra].concat()).1)["peak_host_memory_bytes"].as_u64().unwrap();
+    let (with, without) = (peak("big-held", &[]), peak("big-pre", &on));
+    let copy = report(&out.join("big-held/pairs/po"))["reference_weight_bytes"].as_u64().unwrap();
+    assert!(without + copy / 2 < with, "peak memory: {with} bytes with a held reference of {copy}, {without} precomputed");
+    // Resumed from step 20: the table is computed again from the starting weights.
+    let resumed = out.join("resumed");
+    assert!(std::process::Command::new("cp").arg("-r").args([out.join("full-pre"), resumed.clone()]).status().unwrap().success());
+    std::fs::remove_file(resumed.join("pairs/po/report.json")).unwrap();
+    let (log, dir) = run("resumed", &[&on[..], &["--resume-from", "ckpt-20"]].concat());
+    assert!(log.contains("resuming from step 20 of 30"), "{log}");
+    assert_eq!(weight_difference(&weights(&out.join("full-pre/pairs/po"), "model.safetensors"), &weights(&dir, "model.safetensors")), 0.0, "resumed vs uninterrupted");
+}

@@ -268,10 +268,11 @@ impl<'a> Checker<'a> {
         let sync_ref = self.ref_sync_keys(&mut f, super::ref_sync::dpo_without_reference(loss, &lora));
         let use_weighting = self.use_weighting(&mut f, data.as_ref());
         let f_divergence = self.f_divergence(&mut f, loss);
+        let precompute = self.precompute_key(&mut f, loss, data.as_ref(), sync_ref.as_ref());
         let eval = self.eval_keys(&mut f);
         f.finish(self);
         let (eval_examples, max_new) = eval?;
-        let spec = DpoSpec { policy: policy?, data: data?.name, opt: opt?, beta: beta?, loss: loss?, label_smoothing: smoothing?, rpo_alpha: rpo_alpha?, gamma: gamma?, discopop_tau: tau?, kto_weights: kto_weights?, lora: lora?, sync_ref: sync_ref?, use_weighting: use_weighting?, f_divergence: f_divergence?, eval_examples, max_new };
+        let spec = DpoSpec { policy: policy?, data: data?.name, opt: opt?, beta: beta?, loss: loss?, label_smoothing: smoothing?, rpo_alpha: rpo_alpha?, gamma: gamma?, discopop_tau: tau?, kto_weights: kto_weights?, lora: lora?, sync_ref: sync_ref?, use_weighting: use_weighting?, f_divergence: f_divergence?, precompute_ref_log_probs: precompute?, eval_examples, max_new };
         Some(self.stage_spec(d, StageKind::Dpo(spec)))
     }
 

@@ -17,7 +17,7 @@ fn frozen_arches<'r>(r: &'r Recipe, s: &'r StageSpec) -> Vec<&'r str> {
         StageKind::Finetune(f) => f.lora.as_ref().map(|_| f.model.arch.as_str()).into_iter().collect(),
         StageKind::RewardModel(m) => m.lora.as_ref().map(|_| m.model.arch.as_str()).into_iter().collect(),
         StageKind::Ppo(p) => [Some(p.policy.arch.as_str()), rm(Some(&p.reward))].into_iter().flatten().collect(),
-        StageKind::Dpo(d) => (d.lora.is_some() || d.loss.needs_reference()).then_some(d.policy.arch.as_str()).into_iter().collect(),
+        StageKind::Dpo(d) => (d.lora.is_some() || d.holds_reference()).then_some(d.policy.arch.as_str()).into_iter().collect(),
         StageKind::Distill(k) => k.lora.as_ref().map(|_| k.student.arch.as_str()).into_iter().chain([k.teacher.arch.as_str()]).collect(),
         StageKind::OnlineDpo(o) => std::iter::once(o.policy.arch.as_str()).chain(o.reward.model_stages().into_iter().filter_map(|s| rm(Some(s)))).collect(),
         StageKind::BestOfN(b) => b.lora.as_ref().map(|_| b.policy.arch.as_str()).into_iter().chain(b.reward.model_stages().into_iter().filter_map(|s| rm(Some(s)))).collect(),

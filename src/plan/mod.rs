@@ -170,9 +170,10 @@ fn posttrain_plan(r: &Recipe, s: &crate::recipe::StageSpec, graph_of: &HashMap<&
             let rows = r.dpo_rows(d) as u64;
             let (t, tf) = product(&[rows, d.opt.steps, d.opt.batch as u64, ctx_of(&d.policy.arch)]);
             // The frozen reference runs forward (2N a token) and is held, unless the loss has none
-            // (or it is the LoRA policy's own base).
+            // (or it is the LoRA policy's own base). Precomputed, it runs once over the pairs the
+            // steps draw (at most as many) and is not held.
             let reference = if d.loss.needs_reference() { n } else { 0 };
-            let held = if d.lora.is_some() { 0 } else { reference };
+            let held = if d.lora.is_some() || !d.holds_reference() { 0 } else { reference };
             // With LoRA only the adapters train (and hold gradients and moments).
             let (trainable, weights) = crate::lower::trained_and_held(&graph(&d.policy.arch).spec, d.lora.as_ref(), n);
             // KTO also runs the policy and the reference forward over as many mismatched rows.

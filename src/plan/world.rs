@@ -112,7 +112,7 @@ fn posttrain_process(r: &Recipe, s: &crate::recipe::StageSpec, world: usize, gpu
             let Some(g) = graph(&d.policy.arch) else { return Ok(None) };
             let n = n_of(&g);
             // (A LoRA policy's reference is its own base: nothing more is held.)
-            let reference = if d.loss.needs_reference() && d.lora.is_none() { n } else { 0 };
+            let reference = if d.holds_reference() && d.lora.is_none() { n } else { 0 };
             let (t, w) = crate::lower::trained_and_held(&g.spec, d.lora.as_ref(), n);
             (d.policy.arch.clone(), t, w, reference, r.dpo_rows(d) * d.opt.micro_batch(name, world)?, d.opt.accumulate)
         }

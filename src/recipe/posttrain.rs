@@ -187,6 +187,11 @@ pub struct DpoSpec {
     /// f-DPO's divergence (`f_divergence`); left out of serialized specs when reverse KL.
     #[serde(default, skip_serializing_if = "FDivergence::is_reverse_kl")]
     pub f_divergence: FDivergence,
+    /// TRL's `precompute_ref_log_probs`: the reference's log-probabilities of the pairs the run
+    /// draws and of the held-out pairs, computed once before the first step, so that no reference
+    /// is held or run while training; left out of serialized specs when off.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub precompute_ref_log_probs: bool,
     pub eval_examples: usize,
     pub max_new: usize,
 }
@@ -198,6 +203,14 @@ pub struct DpoSpec {
 pub struct RefSync {
     pub alpha: f64,
     pub every: u64,
+}
+
+impl DpoSpec {
+    /// Whether the stage holds and runs a reference while it trains: its loss reads one, and
+    /// its log-probabilities are not computed before the first step.
+    pub fn holds_reference(&self) -> bool {
+        self.loss.needs_reference() && !self.precompute_ref_log_probs
+    }
 }
 
 fn is_zero(x: &f64) -> bool {

@@ -9,36 +9,27 @@ use std::time::Instant;
 use tch::{Kind, Tensor};
 
 mod feedback;
+mod logps;
+mod reference;
 
 use feedback::Judged;
+use logps::{logps, logps_weighted, pair_seqs, response_seq};
+use reference::RefLogps;
 use crate::posttrain::examples::{Pair, Seq, Split};
 use crate::recipe::{DpoLoss, DpoSpec, FDivergence};
 use crate::rng::Rng;
 use crate::run::kit::adamw::Optimizer;
 use crate::run::kit::artifacts::{feedback_examples, instructions, load_policy, preferences, trained_output, Policy};
-use crate::run::kit::dist::World;
-use crate::run::kit::losses::{dpo, dpo_per_pair, log_odds_ratio, wpo_weights, DpoTerms};
-use crate::run::kit::score::score;
 use crate::run::kit::codec::Codec;
-use crate::run::kit::seqs::{Batch, pad, prompt_response, seed_step, seq_logprob, token_logprobs};
-use crate::run::kit::dist::Reduce;
+use crate::run::kit::dist::{Reduce, World};
+use crate::run::kit::losses::{dpo, dpo_per_pair, log_odds_ratio, DpoTerms};
 use crate::run::kit::patience::Patience;
-use crate::run::kit::{device, lifecycle, reference, StageCtx};
+use crate::run::kit::score::score;
+use crate::run::kit::seqs::{pad, seed_step};
+use crate::run::kit::{device, lifecycle, reference as moving, StageCtx};
+use logps::reference_logps;
 use crate::run::model::Model;
 use crate::schedule::lr_at;
-
-/// `prompt` then `response`, as the codec encodes them, cut to the context.
-pub(super) fn response_seq(codec: &Codec, prompt: &str, response: &str, ctx: usize) -> Seq {
-    let (prompt, response) = codec.pair(prompt, response);
-    let mut s = prompt_response(&prompt, &response);
-    s.tokens.truncate(ctx + 1);
-    s.weights.truncate(s.tokens.len().saturating_sub(1));
-    s
-}
-
-fn pair_seqs(codec: &Codec, p: &Pair, ctx: usize) -> (Seq, Seq) {
-    (response_seq(codec, &p.prompt, &p.chosen, ctx), response_seq(codec, &p.prompt, &p.rejected, ctx))
-}
 
 /// DPO's implicit rewards β·(log π − log π_ref) on held-out pairs, as TRL reports them: the
 /// mean reward of the chosen (desirable) and of the rejected (undesirable) responses, their mean
@@ -53,57 +44,26 @@ pub struct PairScores {
     pub accuracy: Option<f64>,
 }
 
-/// Each row's response log-probability as the loss reads it — summed over its tokens, or for IPO,
-/// SimPO and ORPO averaged over them (as TRL does, following their papers) — and the sum.
-pub(super) fn logps(model: &Model, b: &Batch, train: bool, loss: DpoLoss) -> (Tensor, Tensor) {
-    let sum = seq_logprob(model, b, train);
-    (as_read(&sum, b, loss), sum)
-}
-
-/// Each row's summed log-probability `sum` as the loss reads it (see `logps`).
-fn as_read(sum: &Tensor, b: &Batch, loss: DpoLoss) -> Tensor {
-    if loss.averages() { sum / b.w.sum_dim_intlist(1, false, Kind::Float).clamp_min(1.0) } else { sum.shallow_clone() }
-}
-
-/// `logps`, and with `weighting` WPO's weight of each row (`losses::wpo_weights`), from the
-/// same logits.
-fn logps_weighted(model: &Model, b: &Batch, train: bool, loss: DpoLoss, weighting: bool) -> (Tensor, Tensor, Option<Tensor>) {
-    if !weighting {
-        let (value, sum) = logps(model, b, train, loss);
-        return (value, sum, None);
-    }
-    let logits = model.forward(&b.x, train);
-    let tokens = token_logprobs(&logits, &b.y);
-    let sum = (&tokens * &b.w).sum_dim_intlist(1, false, Kind::Float);
-    let weights = wpo_weights(&logits, &tokens.detach(), &b.w);
-    (as_read(&sum, b, loss), sum, Some(weights))
-}
-
-/// The reference's log-probabilities of the rows of `b` (zeros for a reference-free loss).
-pub(super) fn reference_logps(reference: Option<&Model>, b: &Batch, loss: DpoLoss) -> Tensor {
-    match reference {
-        Some(r) => tch::no_grad(|| logps(r, b, false, loss).0),
-        None => Tensor::zeros([b.x.size()[0]], (Kind::Float, b.x.device())),
-    }
-}
-
-fn held_out_pairs(policy: &Model, reference: Option<&Model>, codec: &Codec, pairs: &[Pair], d: &DpoSpec, context: usize, dev: tch::Device) -> PairScores {
+/// `PairScores` of the held-out `pairs`, read by `reference` as pairs 0, 1, … .
+fn held_out_pairs(policy: &Model, reference: &RefLogps, codec: &Codec, pairs: &[Pair], d: &DpoSpec, context: usize, dev: tch::Device) -> Result<PairScores> {
     let (mut c_sum, mut r_sum, mut wins) = (0.0, 0.0, 0.0);
-    tch::no_grad(|| {
-        for chunk in pairs.chunks(32) {
+    tch::no_grad(|| -> Result<()> {
+        for (k, chunk) in pairs.chunks(32).enumerate() {
             let seqs: Vec<(Seq, Seq)> = chunk.iter().map(|p| pair_seqs(codec, p, context)).collect();
             let rows: Vec<&Seq> = seqs.iter().map(|p| &p.0).chain(seqs.iter().map(|p| &p.1)).collect();
             let b = pad(&rows, dev);
             let n = chunk.len() as i64;
-            let reward = (logps(policy, &b, false, d.loss).0 - reference_logps(reference, &b, d.loss)) * d.beta;
+            let idx: Vec<usize> = (32 * k..32 * k + chunk.len()).collect();
+            let reward = (logps(policy, &b, false, d.loss).0 - reference.pairs(&b, &idx, d.loss)?) * d.beta;
             let (c, r) = (reward.narrow(0, 0, n), reward.narrow(0, n, n));
             c_sum += c.sum(Kind::Double).double_value(&[]);
             r_sum += r.sum(Kind::Double).double_value(&[]);
             wins += c.gt_tensor(&r).to_kind(Kind::Double).sum(Kind::Double).double_value(&[]);
         }
-    });
+        Ok(())
+    })?;
     let n = pairs.len().max(1) as f64;
-    PairScores { chosen: c_sum / n, rejected: r_sum / n, margin: (c_sum - r_sum) / n, accuracy: Some(wins / n) }
+    Ok(PairScores { chosen: c_sum / n, rejected: r_sum / n, margin: (c_sum - r_sum) / n, accuracy: Some(wins / n) })
 }
 
 /// KTO's reference point for a step: max(0, the mean of log π − log π_ref over `mismatched`, the
@@ -156,9 +116,10 @@ pub fn run(ctx: &StageCtx, d: &DpoSpec) -> Result<()> {
     let codec = Codec::new(recipe, &set)?;
     let (_, held) = instructions(recipe, &d.data)?;
     let held: Vec<_> = held.held_out.into_iter().take(d.eval_examples).collect();
-    // SimPO and ORPO compare with no reference: none is loaded (nor any KL to it reported). With
-    // LoRA only the adapters train, from zero: the policy starts as its reference.
-    let Policy { model: policy, names, params, reference } = load_policy(recipe, &ctx.runs, &d.policy, d.lora.as_ref(), &d.opt, d.loss.needs_reference(), dev)?;
+    // SimPO and ORPO compare with no reference: none is loaded (nor any KL to it reported), nor
+    // with its log-probabilities precomputed. With LoRA only the adapters train, from zero: the
+    // policy starts as its reference.
+    let Policy { model: policy, names, params, reference } = load_policy(recipe, &ctx.runs, &d.policy, d.lora.as_ref(), &d.opt, d.holds_reference(), dev)?;
     let reference = reference.as_ref();
     // The chosen responses' NLL per token joins the loss: ORPO's own term, or RPO's (`rpo_alpha`).
     let nll_weight = if d.loss == DpoLoss::Orpo { 1.0 } else { d.rpo_alpha.unwrap_or(0.0) };
@@ -166,9 +127,14 @@ pub fn run(ctx: &StageCtx, d: &DpoSpec) -> Result<()> {
     let before = score(&policy, reference, &codec, &held, d.max_new)?;
     let held_pairs: Vec<Pair> = split.held_out.iter().take(d.eval_examples).cloned().collect();
     let held_judged: Vec<_> = judged.iter().flat_map(|j| j.held_out.iter().take(d.eval_examples).cloned()).collect();
+    let sampler = Rng(recipe.seed ^ 0xD90);
+    // Before a checkpoint's weights are loaded: the policy is still its reference.
+    let precomputed = if d.precompute_ref_log_probs { Some(reference::Precomputed::new(&policy, &codec, &split.train, &held_pairs, d, micro, sampler, world, dev)?) } else { None };
+    let refs = precomputed.as_ref().map_or(RefLogps::Model(reference), |p| RefLogps::Table(&p.train, &p.drawn));
+    let held_refs = precomputed.as_ref().map_or(RefLogps::Model(reference), |p| RefLogps::Table(&p.held, &p.all_held));
     let mut opt = Optimizer::new(&params, &names, &d.opt.optimizer);
-    reference::keep_in_checkpoints(&mut run, d.sync_ref.as_ref(), reference);
-    let (step0, mut rng, extra) = run.restore(&names, &params, &mut opt, Rng(recipe.seed ^ 0xD90))?;
+    moving::keep_in_checkpoints(&mut run, d.sync_ref.as_ref(), reference);
+    let (step0, mut rng, extra) = run.restore(&names, &params, &mut opt, sampler)?;
     // Watched: the held-out pairs' accuracy (TRL's eval_rewards/accuracies), else the gold reward.
     // On feedback, the held-out margin between desirable and undesirable completions' rewards.
     let measure = match (judged.is_some(), held_pairs.is_empty()) {
@@ -194,11 +160,13 @@ pub fn run(ctx: &StageCtx, d: &DpoSpec) -> Result<()> {
     if d.loss.sorts() && micro < d.opt.batch {
         settings.push(format!("sorted within each micro-batch of {micro} pairs"));
     }
-    if reference.is_none() {
-        settings.push("no reference".into());
+    match &precomputed {
+        Some(p) => settings.push(p.describe(train_len)),
+        None if reference.is_none() => settings.push("no reference".into()),
+        None => {}
     }
     settings.extend(d.rpo_alpha.map(|a| format!("NLL weight {a}")));
-    settings.extend(d.sync_ref.as_ref().map(reference::describe));
+    settings.extend(d.sync_ref.as_ref().map(moving::describe));
     settings.extend(d.use_weighting.then(|| "pairs weighed by the policy's likelihood of both responses (WPO)".to_string()));
     settings.extend(policy.lora.describe());
     match &judged {
@@ -237,7 +205,7 @@ pub fn run(ctx: &StageCtx, d: &DpoSpec) -> Result<()> {
             step.backward(&j.train, &drawn, micro, world, &sums)?;
         } else {
             let pairs: Vec<(Seq, Seq)> = drawn.iter().map(|&j| pair_seqs(&codec, &split.train[j], context)).collect();
-            let mine = world.shard_rows(&pairs);
+            let (mine, mine_drawn) = (world.shard_rows(&pairs), world.shard_rows(&drawn));
             if d.loss == DpoLoss::Kto {
                 terms.kl = kto_reference_point(&policy, reference, &mismatched_pairs(&codec, &split.train, &drawn, context), 2 * micro, world, dev)?;
             }
@@ -245,13 +213,13 @@ pub fn run(ctx: &StageCtx, d: &DpoSpec) -> Result<()> {
             // The chosen responses' NLL (ORPO's, RPO's) is per chosen token of the whole batch: each
             // process divides its sum by its share of their number, as its gradients are averaged.
             let chosen_tokens = pairs.iter().map(|p| p.0.weights.iter().map(|&w| w as f64).sum::<f64>()).sum::<f64>().max(1.0) / world.size as f64;
-            for part in mine.chunks(micro) {
+            for (part, part_drawn) in mine.chunks(micro).zip(mine_drawn.chunks(micro)) {
                 // One batch: the chosen rows, then the rejected rows.
                 let rows: Vec<&Seq> = part.iter().map(|p| &p.0).chain(part.iter().map(|p| &p.1)).collect();
                 let b = pad(&rows, dev);
                 let n = part.len() as i64;
                 let (pi, pi_sum, weights) = logps_weighted(&policy, &b, true, d.loss, d.use_weighting); // (2n)
-                let rf = reference_logps(reference, &b, d.loss);
+                let rf = refs.pairs(&b, part_drawn, d.loss)?;
                 let (pc, pr, rc, rr) = (pi.narrow(0, 0, n), pi.narrow(0, n, n), rf.narrow(0, 0, n), rf.narrow(0, n, n));
                 let mut loss = match &weights {
                     // WPO: each pair's loss times its chosen and rejected responses' weights.
@@ -282,7 +250,7 @@ pub fn run(ctx: &StageCtx, d: &DpoSpec) -> Result<()> {
         let grad_norm = opt.clip_grad_norm(d.opt.grad_clip);
         opt.step(lr)?;
         let done = step + 1;
-        reference::sync_after(d.sync_ref.as_ref(), reference, &policy, done);
+        moving::sync_after(d.sync_ref.as_ref(), reference, &policy, done);
         let mean = |i: i64| sums.double_value(&[i]) / d.opt.batch as f64;
         let (loss_v, margin_v, acc, chosen_v, rejected_v) = if judged.is_some() {
             // Each kind's mean reward (NaN, logged as null, when a batch has none of it).
@@ -296,10 +264,10 @@ pub fn run(ctx: &StageCtx, d: &DpoSpec) -> Result<()> {
         let s = eval_now.then(|| score(&policy, reference, &codec, &held, d.max_new)).transpose()?;
         let pairs_now = match judged {
             Some(_) if eval_now => Some(Judged { policy: &policy, reference, codec: &codec, terms: &terms, context, dev }.held_out(&held_judged)),
-            None if eval_now && !held_pairs.is_empty() => Some(held_out_pairs(&policy, reference, &codec, &held_pairs, d, context, dev)),
+            None if eval_now && !held_pairs.is_empty() => Some(held_out_pairs(&policy, &held_refs, &codec, &held_pairs, d, context, dev)?),
             _ => None,
         };
-        let shown = s.as_ref().map_or(String::new(), |s| format!(" held-out: greedy exact {:.1}%; sampled exact {:.1}% verbose {:.1}% gold {:.3}; KL {:.3}", 100.0 * s.exact, 100.0 * s.sampled_exact, 100.0 * s.sampled_verbose, s.sampled_gold, s.kl.unwrap_or(0.0)));
+        let shown = s.as_ref().map_or(String::new(), |s| format!(" held-out: greedy exact {:.1}%; sampled exact {:.1}% verbose {:.1}% gold {:.3}{}", 100.0 * s.exact, 100.0 * s.sampled_exact, 100.0 * s.sampled_verbose, s.sampled_gold, s.kl.map_or(String::new(), |kl| format!("; KL {kl:.3}"))));
         let acc_shown = acc.map_or(String::new(), |a| format!(" acc {:.0}%", 100.0 * a));
         // (A feedback step of one label alone has no margin between desirable and undesirable.)
         let margin_shown = if margin_v.is_finite() { format!(" margin {margin_v:.3}") } else { " (one label only: no margin)".to_string() };
@@ -362,7 +330,7 @@ pub fn run(ctx: &StageCtx, d: &DpoSpec) -> Result<()> {
     if last_pairs.is_none() && judged.is_some() {
         last_pairs = Some(Judged { policy: &policy, reference, codec: &codec, terms: &terms, context, dev }.held_out(&held_judged));
     } else if last_pairs.is_none() && !held_pairs.is_empty() {
-        last_pairs = Some(held_out_pairs(&policy, reference, &codec, &held_pairs, d, context, dev));
+        last_pairs = Some(held_out_pairs(&policy, &held_refs, &codec, &held_pairs, d, context, dev)?);
     }
     let mut report = json!({
         "experiment": recipe.experiment,
@@ -381,6 +349,9 @@ pub fn run(ctx: &StageCtx, d: &DpoSpec) -> Result<()> {
     });
     if judged.is_some() {
         report["held_out_feedback"] = json!(held_judged.len());
+    }
+    if let Some(p) = &precomputed {
+        report["precomputed_reference_pairs"] = json!(p.drawn.len());
     }
     patience.report_into(&mut report, stopped);
     tracing::info!(
