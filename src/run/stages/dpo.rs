@@ -129,7 +129,7 @@ pub fn run(ctx: &StageCtx, d: &DpoSpec) -> Result<()> {
     let held_judged: Vec<_> = judged.iter().flat_map(|j| j.held_out.iter().take(d.eval_examples).cloned()).collect();
     let sampler = Rng(recipe.seed ^ 0xD90);
     // Before a checkpoint's weights are loaded: the policy is still its reference.
-    let precomputed = if d.precompute_ref_log_probs { Some(reference::Precomputed::new(&policy, &codec, &split.train, &held_pairs, d, micro, sampler, world, dev)?) } else { None };
+    let precomputed = if d.precompute_ref_log_probs { Some(reference::Precomputed::new(&name, &policy, &codec, &split.train, &held_pairs, d, micro, sampler, world, dev)?) } else { None };
     let refs = precomputed.as_ref().map_or(RefLogps::Model(reference), |p| RefLogps::Table(&p.train, &p.drawn));
     let held_refs = precomputed.as_ref().map_or(RefLogps::Model(reference), |p| RefLogps::Table(&p.held, &p.all_held));
     let mut opt = Optimizer::new(&params, &names, &d.opt.optimizer);

@@ -16,6 +16,7 @@ use crate::recipe::{DpoLoss, DpoSpec};
 use crate::rng::Rng;
 use crate::run::kit::codec::Codec;
 use crate::run::kit::dist::{Reduce, World};
+use crate::run::kit::progress::Progress;
 use crate::run::kit::seqs::{pad, Batch};
 use crate::run::model::Model;
 
@@ -58,14 +59,19 @@ pub(super) struct Precomputed {
 impl Precomputed {
     /// From `policy` at its starting weights (with LoRA, its base: the loop's reference), the
     /// training pairs drawn in micro-batches of `micro` pairs from `sampler`'s starting state.
-    pub fn new(policy: &Model, codec: &Codec, train: &[Pair], held: &[Pair], d: &DpoSpec, micro: usize, sampler: Rng, world: &World, dev: tch::Device) -> Result<Precomputed> {
+    /// A progress line (`label`: …) as the pairs go.
+    pub fn new(label: &str, policy: &Model, codec: &Codec, train: &[Pair], held: &[Pair], d: &DpoSpec, micro: usize, sampler: Rng, world: &World, dev: tch::Device) -> Result<Precomputed> {
         let started = Instant::now();
         let base = (!policy.lora.is_empty()).then(|| policy.base_view());
         let reference = base.as_ref().unwrap_or(policy);
         let drawn = drawn(sampler, d.opt.steps, d.opt.batch, train.len());
         let all_held: BTreeSet<usize> = (0..held.len()).collect();
-        let train = table(reference, codec, train, &drawn, d.loss, micro, world, dev)?;
-        let held = table(reference, codec, held, &all_held, d.loss, micro, world, dev)?;
+        // This process's share of both, counted as they go.
+        let total = [drawn.len(), all_held.len()].map(|n| n / world.size + usize::from(world.rank < n % world.size));
+        let label = format!("{label}: the reference's log-probabilities");
+        let progress = if world.rank == 0 { Progress::new(&label, 0, (total[0] + total[1]) as u64) } else { Progress::silent(&label, 0) };
+        let train = table(reference, codec, train, &drawn, d.loss, micro, world, dev, (&progress, 0))?;
+        let held = table(reference, codec, held, &all_held, d.loss, micro, world, dev, (&progress, total[0]))?;
         Ok(Precomputed { train, drawn, held, all_held, seconds: started.elapsed().as_secs_f64() })
     }
 
@@ -87,19 +93,22 @@ pub(super) fn drawn(mut rng: Rng, steps: u64, batch: usize, pairs: usize) -> BTr
 
 /// The table of `reference`'s log-probabilities of `pairs` (as `loss` reads them; zeros for the
 /// pairs not in `which`), `chunk` pairs a forward pass, the pairs divided over the processes
-/// (every `size`-th to each) and their rows summed across them.
-pub(super) fn table(reference: &Model, codec: &Codec, pairs: &[Pair], which: &BTreeSet<usize>, loss: DpoLoss, chunk: usize, world: &World, dev: tch::Device) -> Result<Tensor> {
+/// (every `size`-th to each) and their rows summed across them; `progress` counts this process's
+/// pairs from the given count.
+pub(super) fn table(reference: &Model, codec: &Codec, pairs: &[Pair], which: &BTreeSet<usize>, loss: DpoLoss, chunk: usize, world: &World, dev: tch::Device, (progress, before): (&Progress, usize)) -> Result<Tensor> {
     let table = Tensor::zeros([pairs.len() as i64, 2], (Kind::Float, dev));
     let mine: Vec<usize> = which.iter().copied().skip(world.rank).step_by(world.size).collect();
     let context = reference.spec().context;
+    let every = (progress.total() / 20).max(1);
     tch::no_grad(|| {
-        for part in mine.chunks(chunk.max(1)) {
+        for (k, part) in mine.chunks(chunk.max(1)).enumerate() {
             let seqs: Vec<(Seq, Seq)> = part.iter().map(|&i| pair_seqs(codec, &pairs[i], context)).collect();
             let rows: Vec<&Seq> = seqs.iter().map(|p| &p.0).chain(seqs.iter().map(|p| &p.1)).collect();
             let n = part.len() as i64;
             let v = logps(reference, &pad(&rows, dev), false, loss).0;
             let at = Tensor::from_slice(&part.iter().map(|&i| i as i64).collect::<Vec<_>>()).to_device(dev);
             let _ = table.shallow_clone().index_copy_(0, &at, &Tensor::stack(&[v.narrow(0, 0, n), v.narrow(0, n, n)], 1));
+            progress.line((before + k * chunk.max(1) + part.len()) as u64, every, "pairs", false);
         }
     });
     world.all_reduce(&table, Reduce::Sum)?;
