@@ -392,6 +392,28 @@ fn instruction_tuning_raises_exact_match() {
     assert!(ab < 0.1 && aa > 0.7, "held-out token accuracy {ab} → {aa}");
     let last = metrics(&out.join("tiny-sft/sft")).pop().unwrap();
     assert_eq!((last["val_loss"].as_f64(), last["val_token_accuracy"].as_f64()), (Some(la), Some(aa)), "{last}");
+    // What the policy said, before and after: a line a held-out prompt, scored as the report
+    // scores them; the run's page shows the first prompts with both answers.
+    let said = |step: u64| -> Vec<serde_json::Value> {
+        let text = std::fs::read_to_string(out.join(format!("tiny-sft/sft/completions/step-{step}.jsonl"))).unwrap();
+        text.lines().map(|l| serde_json::from_str(l).unwrap()).collect()
+    };
+    let share = |rows: &[serde_json::Value], key: &str| rows.iter().map(|r| r[key].as_f64().unwrap_or_else(|| r[key].as_bool().unwrap() as u8 as f64)).sum::<f64>() / rows.len() as f64;
+    let (first, end) = (said(0), said(250));
+    assert_eq!(end.len() as u64, report["after"]["examples"].as_u64().unwrap());
+    for (rows, when) in [(&first, "before"), (&end, "after")] {
+        for key in ["exact", "sampled_exact", "sampled_gold"] {
+            assert!((share(rows, key) - report[when][key].as_f64().unwrap()).abs() < 1e-9, "{when}: {key}");
+        }
+    }
+    assert_eq!(first.iter().map(|r| &r["prompt"]).collect::<Vec<_>>(), end.iter().map(|r| &r["prompt"]).collect::<Vec<_>>());
+    let right = end.iter().find(|r| r["exact"] == true).unwrap();
+    assert_eq!(right["greedy"], right["answer"], "{right}");
+    let o = roux(&["report", out.join("tiny-sft/sft").to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(0), "{}", String::from_utf8_lossy(&o.stderr));
+    let html = std::fs::read_to_string(out.join("tiny-sft/sft/report.html")).unwrap();
+    let cell = format!("<td><code>{}</code></td><td><code>{}</code></td>", right["prompt"].as_str().unwrap(), right["answer"].as_str().unwrap());
+    assert!(html.contains("<h2>Held-out completions</h2>") && html.contains(&cell) && html.contains("<th>step 250</th>"), "{html}");
 
     // Packed into rows of 96 (examples of ~19 tokens: ~5 a row), a quarter of the rows hold
     // about as many examples, and the stage learns the task as well.

@@ -76,6 +76,7 @@ pub fn report_html(dir: &Path, title: &str) -> Result<String, String> {
             }
         }
     }
+    sections.push_str(&completions_section(dir));
     if let Some(t) = read("table.md") {
         sections.push_str(&format!("<h2>Policies</h2><pre>{}</pre>", esc(&t)));
     }
@@ -106,6 +107,33 @@ pub fn report_html(dir: &Path, title: &str) -> Result<String, String> {
     Ok(page(title, &format!("{warnings}\n<h2>Plots</h2><div class=\"plots\">{plots}</div>\n{sections}")))
 }
 
+/// A response in a cell, marked ✓ when it is the answer.
+fn said_cell(said: Option<&super::completions::Said>) -> String {
+    let Some((text, right)) = said else { return "<td></td>".into() };
+    format!("<td><code>{}</code>{}</td>", esc(text), if *right { " ✓" } else { "" })
+}
+
+/// The held-out prompts and what the policy answered at the first and last evaluation, or
+/// nothing for a run without completions.
+pub fn completions_section(dir: &Path) -> String {
+    let Some(s) = super::completions::shown(dir) else { return String::new() };
+    let later = s.last.map_or(String::new(), |l| format!("<th>step {l}</th>"));
+    let body: String = s
+        .rows
+        .iter()
+        .map(|(prompt, answer, before, after)| {
+            let later = if s.last.is_some() { said_cell(after.as_ref()) } else { String::new() };
+            format!("<tr><td><code>{}</code></td><td><code>{}</code></td>{}{later}</tr>", esc(prompt), esc(answer), said_cell(Some(before)))
+        })
+        .collect();
+    format!(
+        "<h2>Held-out completions</h2><p>The first {} held-out prompts, answered greedily at step {} and at the last evaluation (✓: the answer); every evaluation's, sampled ones too, are in completions/.</p><table class=\"completions\"><tr><th>prompt</th><th>answer</th><th>step {}</th>{later}</tr>{body}</table>",
+        s.rows.len(),
+        s.first,
+        s.first
+    )
+}
+
 /// Plots as images, never inline markup: whatever an SVG holds, it cannot run a script or
 /// restyle the page. (name, SVG text) each.
 pub fn figures(svgs: &[(String, String)]) -> String {
@@ -133,6 +161,7 @@ figure.plot img {{ width: 520px; height: auto; display: block; }}
 .wide {{ overflow-x: auto; }}
 table {{ border-collapse: collapse; }} th, td {{ border: 1px solid #ddd; padding: .2em .6em; text-align: left; }}
 pre {{ background: #f6f6f6; padding: 1em; overflow-x: auto; }}
+table.completions code {{ white-space: pre-wrap; }}
 </style></head>
 <body><h1>{t}</h1>
 {body}
@@ -207,5 +236,21 @@ mod tests {
         assert!(!page.contains("<b ") && !page.contains("<i>") && !page.contains("alert(2)</script>"), "{page}");
         assert!(page.contains("data-name=\"x&quot;&gt;&lt;b onmouseover=alert(1)&gt;&#39;.svg\""), "{page}");
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn a_hostile_completion_is_escaped_and_the_first_and_last_steps_shown() {
+        let dir = std::env::temp_dir().join(format!("roux-completions-{}", std::process::id()));
+        std::fs::create_dir_all(dir.join("completions")).unwrap();
+        let line = |greedy: &str, exact: bool| serde_json::json!({"prompt": "<script>alert(1)</script>", "answer": "A&B", "greedy": greedy, "exact": exact}).to_string() + "\n";
+        for (step, greedy, exact) in [(0, "\"x\"", false), (20, "no", false), (100, "A&B", true)] {
+            std::fs::write(dir.join("completions").join(format!("step-{step}.jsonl")), line(greedy, exact)).unwrap();
+        }
+        std::fs::write(dir.join("completions/step-7.txt"), "not a step file").unwrap();
+        let html = super::completions_section(&dir);
+        assert!(html.contains("<tr><td><code>&lt;script&gt;alert(1)&lt;/script&gt;</code></td><td><code>A&amp;B</code></td><td><code>&quot;x&quot;</code></td><td><code>A&amp;B</code> ✓</td></tr>"), "{html}");
+        assert!(html.contains("<th>step 0</th><th>step 100</th>") && !html.contains("<script>"), "{html}");
+        std::fs::remove_dir_all(&dir).unwrap();
+        assert_eq!(super::completions_section(&dir), "");
     }
 }

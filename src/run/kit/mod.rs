@@ -22,6 +22,7 @@
 //! | `seqs.rs`      | padded variable-length batches, log-probabilities, generation        |
 //! | `packing.rs`   | examples packed into rows (best-fit decreasing) for `packing = true` |
 //! | `score.rs`     | a policy's scores on held-out prompts                                |
+//! | `completions.rs`| what a policy said at each held-out evaluation: `completions/step-N.jsonl` |
 //! | `choices.rs`   | a policy's accuracy on multiple-choice questions (lm-eval's)          |
 //! | `perplexity.rs`| a policy's perplexity on a corpus's held-out split, window by window |
 //! | `in_loop.rs`   | what `train` scores beside its validation loss: `eval_choices`, `eval_data` |
@@ -47,6 +48,7 @@ pub mod choices;
 pub mod changes;
 pub mod checkpoint;
 pub mod codec;
+pub mod completions;
 pub mod context;
 pub mod data;
 pub mod decode;

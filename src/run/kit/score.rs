@@ -35,6 +35,21 @@ pub struct Score {
     pub by_task: std::collections::BTreeMap<String, f64>,
     /// A few (prompt, greedy response) pairs to show.
     pub samples: Vec<(String, String)>,
+    /// Every prompt's responses (written to `completions/`, not to the report).
+    #[serde(skip)]
+    pub completions: Vec<Completion>,
+}
+
+/// One held-out prompt, what it should get, and the policy's greedy and sampled responses.
+#[derive(Clone, Debug, Default, serde::Serialize)]
+pub struct Completion {
+    pub prompt: String,
+    pub answer: String,
+    pub greedy: String,
+    pub exact: bool,
+    pub sampled: String,
+    pub sampled_exact: bool,
+    pub sampled_gold: f64,
 }
 
 impl Score {
@@ -119,6 +134,15 @@ pub fn score(model: &Model, reference: Option<&Model>, codec: &Codec, examples: 
     }
     let by_task = by_task.into_iter().map(|(k, (a, n))| (k, a / n)).collect();
     let samples = examples.iter().zip(&greedy).take(6).map(|(e, r)| (e.prompt.clone(), codec.decode(r))).collect();
+    let completions = examples
+        .iter()
+        .zip(greedy.iter().zip(&sampled))
+        .map(|(e, (g, s))| {
+            let answer = e.gold.clone().unwrap_or_else(|| e.response.clone());
+            let (greedy, sampled) = (codec.decode(g), codec.decode(s));
+            Completion { exact: tasks::exact(&answer, &greedy), sampled_exact: tasks::exact(&answer, &sampled), sampled_gold: tasks::gold_reward(&answer, &sampled), prompt: e.prompt.clone(), answer, greedy, sampled }
+        })
+        .collect();
     Ok(Score {
         examples: examples.len(),
         exact: g[0] / n,
@@ -131,5 +155,6 @@ pub fn score(model: &Model, reference: Option<&Model>, codec: &Codec, examples: 
         kl,
         by_task,
         samples,
+        completions,
     })
 }

@@ -28,7 +28,7 @@ use crate::run::kit::patience::Patience;
 use crate::run::kit::rewards::Rewarder;
 use crate::run::kit::score::score;
 use crate::run::kit::seqs::{own_stream, pad, respond, seed_step, token_logprobs};
-use crate::run::kit::{device, lifecycle, StageCtx};
+use crate::run::kit::{completions, device, lifecycle, StageCtx};
 use crate::schedule::lr_at;
 
 pub fn run(ctx: &StageCtx, b: &BestOfNSpec) -> Result<()> {
@@ -46,6 +46,7 @@ pub fn run(ctx: &StageCtx, b: &BestOfNSpec) -> Result<()> {
     let rewarder = Rewarder::load(recipe, &ctx.runs, &name, &b.reward, b.opt.precision, dev)?;
     // The starting point's score, before a resumed run restores its trained weights.
     let before = score(&policy, None, &codec, &held, b.max_new)?;
+    completions::write(&run, 0, &before)?;
     let mut opt = Optimizer::new(&params, &names, &b.opt.optimizer);
     let (step0, mut rng, extra) = run.restore(&names, &params, &mut opt, Rng(recipe.seed ^ 0xB0F4))?;
     opt.broadcast_state(world)?;
@@ -115,6 +116,9 @@ pub fn run(ctx: &StageCtx, b: &BestOfNSpec) -> Result<()> {
         let done = step + 1;
         let eval_now = done % b.opt.eval_every == 0 || done == b.opt.steps;
         let s = eval_now.then(|| score(&policy, None, &codec, &held, b.max_new)).transpose()?;
+        if let Some(s) = &s {
+            completions::write(&run, done, s)?;
+        }
         let shown = s.as_ref().map_or(String::new(), |s| s.progress(false));
         run.progress.line(done, b.opt.log_every, &format!("loss {loss:.4} reward {:.3} best {:.3} kept {:.0}%{shown}", reward / all, best / p, 100.0 * kept_all / p), s.is_some());
         let mut m = json!({

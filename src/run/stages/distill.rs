@@ -29,7 +29,7 @@ use crate::run::kit::losses::generalized_jsd;
 use crate::run::kit::patience::Patience;
 use crate::run::kit::score::score;
 use crate::run::kit::seqs::{own_stream, pad, respond, seed_step, token_logprobs};
-use crate::run::kit::{device, lifecycle, StageCtx};
+use crate::run::kit::{completions, device, lifecycle, StageCtx};
 use crate::run::model::Model;
 use crate::schedule::lr_at;
 
@@ -53,6 +53,7 @@ pub fn run(ctx: &StageCtx, k: &DistillSpec) -> Result<()> {
     // What the teacher knows and where the student starts, for the report.
     let taught = score(&teacher, None, &codec, &held, k.max_new)?;
     let before = score(&student, None, &codec, &held, k.max_new)?;
+    completions::write(&run, 0, &before)?;
     let divergence_before = held_out_divergence(&student, &teacher, &held_seqs, k.beta, dev);
     tracing::info!(
         "{name}: before distillation: held-out divergence {divergence_before:.4}, exact match {:.1}% (the teacher's {:.1}%) on {} held-out examples",
@@ -133,6 +134,9 @@ pub fn run(ctx: &StageCtx, k: &DistillSpec) -> Result<()> {
         let done = step + 1;
         let eval_now = done % k.opt.eval_every == 0 || done == k.opt.steps;
         let s = eval_now.then(|| score(&student, None, &codec, &held, k.max_new)).transpose()?;
+        if let Some(s) = &s {
+            completions::write(&run, done, s)?;
+        }
         let held_div = eval_now.then(|| held_out_divergence(&student, &teacher, &held_seqs, k.beta, dev));
         let tok_s = window.1 / window.0.elapsed().as_secs_f64().max(1e-9);
         let shown = s.as_ref().zip(held_div).map_or(String::new(), |(s, v)| format!(" held-out divergence {v:.4} exact {:.1}%", 100.0 * s.exact));

@@ -26,7 +26,7 @@ use crate::run::kit::losses::{dpo, dpo_per_pair, log_odds_ratio, DpoTerms};
 use crate::run::kit::patience::Patience;
 use crate::run::kit::score::score;
 use crate::run::kit::seqs::{pad, seed_step};
-use crate::run::kit::{device, lifecycle, reference as moving, StageCtx};
+use crate::run::kit::{completions, device, lifecycle, reference as moving, StageCtx};
 use logps::reference_logps;
 use crate::run::model::Model;
 use crate::schedule::lr_at;
@@ -125,6 +125,7 @@ pub fn run(ctx: &StageCtx, d: &DpoSpec) -> Result<()> {
     let nll_weight = if d.loss == DpoLoss::Orpo { 1.0 } else { d.rpo_alpha.unwrap_or(0.0) };
     let mut terms = DpoTerms { beta: d.beta, loss: d.loss, smoothing: d.label_smoothing, gamma: d.gamma.unwrap_or(0.0), kl: 0.0, weights: d.kto_weights, tau: d.discopop_tau.unwrap_or(0.0), divergence: d.f_divergence };
     let before = score(&policy, reference, &codec, &held, d.max_new)?;
+    completions::write(&run, 0, &before)?;
     let held_pairs: Vec<Pair> = split.held_out.iter().take(d.eval_examples).cloned().collect();
     let held_judged: Vec<_> = judged.iter().flat_map(|j| j.held_out.iter().take(d.eval_examples).cloned()).collect();
     let sampler = Rng(recipe.seed ^ 0xD90);
@@ -262,6 +263,9 @@ pub fn run(ctx: &StageCtx, d: &DpoSpec) -> Result<()> {
         };
         let eval_now = done % d.opt.eval_every == 0 || done == d.opt.steps;
         let s = eval_now.then(|| score(&policy, reference, &codec, &held, d.max_new)).transpose()?;
+        if let Some(s) = &s {
+            completions::write(&run, done, s)?;
+        }
         let pairs_now = match judged {
             Some(_) if eval_now => Some(Judged { policy: &policy, reference, codec: &codec, terms: &terms, context, dev }.held_out(&held_judged)),
             None if eval_now && !held_pairs.is_empty() => Some(held_out_pairs(&policy, &held_refs, &codec, &held_pairs, d, context, dev)?),

@@ -19,7 +19,7 @@ use crate::run::kit::packing::{batch, pack, PackedRow};
 use crate::run::kit::seqs::{pad, seed_step, token_logprobs};
 use crate::run::kit::dist::{Reduce, World};
 use crate::run::kit::patience::Patience;
-use crate::run::kit::{device, lifecycle, StageCtx};
+use crate::run::kit::{completions, device, lifecycle, StageCtx};
 use crate::run::model::Model;
 use crate::schedule::lr_at;
 
@@ -38,6 +38,7 @@ pub fn run(ctx: &StageCtx, f: &FinetuneSpec) -> Result<()> {
     let held: Vec<_> = split.held_out.iter().take(f.eval_examples).cloned().collect();
     // The starting point's score, for the report (what fine-tuning changed).
     let before = score(&model, None, &codec, &held, f.max_new)?;
+    completions::write(&run, 0, &before)?;
     let context = model.spec().context;
     let held_seqs: Vec<Seq> = held.iter().map(|e| codec.example(e, f.mask_prompt, context)).collect();
     let loss_before = held_out_loss(&model, &held_seqs, dev);
@@ -111,6 +112,9 @@ pub fn run(ctx: &StageCtx, f: &FinetuneSpec) -> Result<()> {
         let loss_v = loss.double_value(&[]);
         let eval_now = done % f.opt.eval_every == 0 || done == f.opt.steps;
         let s = eval_now.then(|| score(&model, None, &codec, &held, f.max_new)).transpose()?;
+        if let Some(s) = &s {
+            completions::write(&run, done, s)?;
+        }
         let val = eval_now.then(|| held_out_loss(&model, &held_seqs, dev));
         let tok_s = window.1 / window.0.elapsed().as_secs_f64().max(1e-9);
         let shown = s.as_ref().zip(val).map_or(String::new(), |(s, v)| format!(" held-out loss {:.4} exact {:.1}% verbose {:.1}% gold {:.3}", v.loss, 100.0 * s.exact, 100.0 * s.verbose, s.gold));

@@ -29,7 +29,7 @@ use crate::run::kit::codec::Codec;
 use crate::run::kit::decode::{at_temperature, rollout};
 use crate::run::kit::seqs::{by_micro_batch, micro_rows, own_stream, pad, respond, seed_step, to_f64s, token_logprobs};
 use crate::run::kit::patience::Patience;
-use crate::run::kit::{device, lifecycle, reference, StageCtx};
+use crate::run::kit::{completions, device, lifecycle, reference, StageCtx};
 use crate::schedule::lr_at;
 
 pub fn run(ctx: &StageCtx, g: &GrpoSpec) -> Result<()> {
@@ -51,6 +51,7 @@ pub fn run(ctx: &StageCtx, g: &GrpoSpec) -> Result<()> {
     let rewarder = Rewarder::load(recipe, &ctx.runs, &name, &g.reward, g.opt.precision, dev)?;
     // The starting point's score, before a resumed run restores its trained weights.
     let before = score(&policy, reference.as_ref(), &codec, &held, g.max_new)?;
+    completions::write(&run, 0, &before)?;
     let mut opt = Optimizer::new(&params, &names, &g.opt.optimizer);
     reference::keep_in_checkpoints(&mut run, g.sync_ref.as_ref(), reference.as_ref());
     let (step0, mut rng, extra) = run.restore(&names, &params, &mut opt, Rng(recipe.seed ^ 0x6290))?;
@@ -195,6 +196,9 @@ pub fn run(ctx: &StageCtx, g: &GrpoSpec) -> Result<()> {
         let done = step + 1;
         let eval_now = done % g.opt.eval_every == 0 || done == g.opt.steps;
         let s = eval_now.then(|| score(&policy, reference.as_ref(), &codec, &held, g.max_new)).transpose()?;
+        if let Some(s) = &s {
+            completions::write(&run, done, s)?;
+        }
         let shown = s.as_ref().map_or(String::new(), |s| s.progress(false));
         run.progress.line(done, g.opt.log_every, &format!("reward {mean:.3} ± {spread:.3} flat groups {:.0}% KL {:.3} clip {:.2}{shown}", 100.0 * flat, kl_sum / n, clip_sum / n), s.is_some());
         let mut m = json!({

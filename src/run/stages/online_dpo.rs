@@ -27,7 +27,7 @@ use crate::run::kit::patience::Patience;
 use crate::run::kit::rewards::Rewarder;
 use crate::run::kit::score::score;
 use crate::run::kit::seqs::{own_stream, pad, respond, seed_step, seq_logprob};
-use crate::run::kit::{device, lifecycle, StageCtx};
+use crate::run::kit::{completions, device, lifecycle, StageCtx};
 use crate::run::model::Model;
 use crate::schedule::lr_at;
 
@@ -48,6 +48,7 @@ pub fn run(ctx: &StageCtx, o: &OnlineDpoSpec) -> Result<()> {
     let rewarder = Rewarder::load(recipe, &ctx.runs, &name, &o.reward, o.opt.precision, dev)?;
     // The starting point's score, before a resumed run restores its trained weights.
     let before = score(&policy, Some(&reference), &codec, &held, o.max_new)?;
+    completions::write(&run, 0, &before)?;
     let mut opt = Optimizer::new(&params, &names, &o.opt.optimizer);
     let (step0, mut rng, extra) = run.restore(&names, &params, &mut opt, Rng(recipe.seed ^ 0x0D90))?;
     opt.broadcast_state(world)?;
@@ -114,6 +115,9 @@ pub fn run(ctx: &StageCtx, o: &OnlineDpoSpec) -> Result<()> {
         let done = step + 1;
         let eval_now = done % o.opt.eval_every == 0 || done == o.opt.steps;
         let s = eval_now.then(|| score(&policy, Some(&reference), &codec, &held, o.max_new)).transpose()?;
+        if let Some(s) = &s {
+            completions::write(&run, done, s)?;
+        }
         let shown = s.as_ref().map_or(String::new(), |s| s.progress(false));
         run.progress.line(done, o.opt.log_every, &format!("loss {:.4} score {:.3} margin {:.3} accuracy {:.0}% KL {:.3}{shown}", loss / p, reward / n, margin / p, 100.0 * right / p, kl / n), s.is_some());
         let mut m = json!({

@@ -36,7 +36,7 @@ use crate::run::kit::decode::{at_temperature, rollout};
 use crate::run::kit::seqs::{by_micro_batch, micro_rows, own_stream, pad, respond, seed_step, to_f64s, token_logprobs};
 use crate::run::kit::patience::Patience;
 use crate::run::kit::dist::{Reduce, World};
-use crate::run::kit::{device, lifecycle, StageCtx};
+use crate::run::kit::{completions, device, lifecycle, StageCtx};
 use crate::run::model::heads::Head;
 use crate::schedule::lr_at;
 
@@ -57,6 +57,7 @@ pub fn run(ctx: &StageCtx, p: &PpoSpec) -> Result<()> {
     let rm = load_reward_model(recipe, &ctx.runs, &p.reward, dev)?.computing(p.opt.precision);
     // The starting point's score, before a resumed run restores its trained weights.
     let before = score(&policy, Some(&reference), &codec, &held, p.max_new)?;
+    completions::write(&run, 0, &before)?;
     // The value head reads the policy's final hidden state, detached: the critic is a linear
     // probe on the policy's features, so value-loss gradients cannot pull those features away
     // from what the policy objective wants (a shared trunk destabilised small models here).
@@ -217,6 +218,9 @@ pub fn run(ctx: &StageCtx, p: &PpoSpec) -> Result<()> {
         let step_seconds = step_started.elapsed().as_secs_f64();
         let eval_now = done % p.opt.eval_every == 0 || done == p.opt.steps;
         let s = eval_now.then(|| score(&policy, Some(&reference), &codec, &held, p.max_new)).transpose()?;
+        if let Some(s) = &s {
+            completions::write(&run, done, s)?;
+        }
         let shown = s.as_ref().map_or(String::new(), |s| s.progress(true));
         run.progress.line(done, p.opt.log_every, &format!("reward {rm_mean:.3} gold {gold:.3} KL {kl_seq:.3} clip {:.2}{shown}", clip_sum / n_mb), s.is_some());
         let mlen = length / p.opt.batch as f64;

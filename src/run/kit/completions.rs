@@ -1,0 +1,34 @@
+//! What a policy said at each held-out evaluation: `completions/step-N.jsonl` in the stage's
+//! directory, a line per held-out prompt with its answer, the greedy and the sampled response and
+//! how each scored (TRL's `log_completions`, lm-eval's `--log_samples`): step 0 is the policy the
+//! stage started from. Written whole and atomically by the leading process, so a resumed run
+//! writes an evaluation's file again rather than appending twice.
+
+use anyhow::Result;
+
+use super::files::write_atomic;
+use super::lifecycle::RunDir;
+use super::score::Score;
+
+/// The folder in a stage's directory.
+pub const DIR: &str = "completions";
+
+/// The file of the evaluation after `step` steps.
+pub fn file_name(step: u64) -> String {
+    format!("step-{step}.jsonl")
+}
+
+/// Write `score`'s completions as the evaluation after `step` steps.
+pub fn write(run: &RunDir, step: u64, score: &Score) -> Result<()> {
+    if !run.leads || score.completions.is_empty() {
+        return Ok(());
+    }
+    let dir = run.dir.join(DIR);
+    std::fs::create_dir_all(&dir).map_err(|e| anyhow::anyhow!("creating {}: {e}", dir.display()))?;
+    let mut text = String::new();
+    for c in &score.completions {
+        text.push_str(&serde_json::to_string(c)?);
+        text.push('\n');
+    }
+    write_atomic(&dir.join(file_name(step)), text.as_bytes())
+}
