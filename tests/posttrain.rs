@@ -449,6 +449,20 @@ fn editing_only_the_ppo_stage_reuses_the_earlier_stages() {
     assert_eq!(adapter.len(), 2 * 3 * 2);
     assert!(adapter.iter().all(|(n, _)| n.contains(".lora_A.") || n.contains(".lora_B.")));
     let sft_report = std::fs::read(runs.join("tiny-lifecycle/sft/report.json")).unwrap();
+    // The table keeps each policy's answers, scored as its row; its page puts them side by side
+    // in the table's order.
+    let table = runs.join("tiny-lifecycle/table");
+    let report: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(table.join("report.json")).unwrap()).unwrap();
+    for row in report["rows"].as_array().unwrap() {
+        let text = std::fs::read_to_string(table.join(format!("completions/{}.jsonl", row["policy"].as_str().unwrap()))).unwrap();
+        let lines: Vec<serde_json::Value> = text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+        let exact = lines.iter().filter(|l| l["exact"] == true).count() as f64 / lines.len() as f64;
+        assert_eq!((lines.len() as u64, exact), (row["score"]["examples"].as_u64().unwrap(), row["score"]["exact"].as_f64().unwrap()), "{}", row["policy"]);
+    }
+    let o = roux(&["report", table.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(0), "{}", String::from_utf8_lossy(&o.stderr));
+    let html = std::fs::read_to_string(table.join("report.html")).unwrap();
+    assert!(html.contains("<th>prompt</th><th>answer</th><th>base</th><th>sft</th><th>ppo</th><th>dpo</th></tr>"), "{html}");
 
     let second = run_ok(&b, &runs);
     for stage in ["pretrain", "sft", "rm", "po"] {

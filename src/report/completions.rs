@@ -1,8 +1,9 @@
-//! What a run page shows of what the policy said: the first held-out prompts with their answers
-//! and the greedy responses at the stage's first and last evaluations (`completions/step-N.jsonl`,
-//! written by the run), read here and drawn, escaped, by `html.rs`.
+//! What a run page shows of what its policies said: the first held-out prompts with their answers
+//! and the greedy responses at a stage's first and last evaluations (`completions/step-N.jsonl`),
+//! or of each policy a `compare` stage scored (`completions/LABEL.jsonl`), written by the run,
+//! read here and drawn, escaped, by `html.rs`.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 /// Prompts the table shows.
 const ROWS: usize = 12;
@@ -14,26 +15,21 @@ const MAX_FILE_BYTES: u64 = 64 << 20;
 /// A greedy response and whether it is the answer.
 pub type Said = (String, bool);
 
-/// The rows of the table: the first and the last evaluation's step (the last none when there
-/// was one), and each prompt's answer and responses.
+/// The table: its response columns (`step 0` and the last step's, or a `compare` stage's
+/// policies), and each prompt's answer and responses in them.
 pub struct Shown {
-    pub first: u64,
-    pub last: Option<u64>,
-    /// (prompt, answer, at the first evaluation, at the last).
-    pub rows: Vec<(String, String, Said, Option<Said>)>,
+    pub columns: Vec<String>,
+    /// (prompt, answer, a response a column).
+    pub rows: Vec<(String, String, Vec<Option<Said>>)>,
 }
 
-/// The evaluations in `dir`'s `completions/`, as (step, file) sorted by step.
-fn evaluations(dir: &Path) -> Vec<(u64, std::path::PathBuf)> {
+/// The files in `dir`'s `completions/`, as (name without `.jsonl`, path), sorted by name.
+fn files(dir: &Path) -> Vec<(String, PathBuf)> {
     let Ok(entries) = std::fs::read_dir(dir.join("completions")) else { return vec![] };
-    let mut found: Vec<(u64, std::path::PathBuf)> = entries
+    let mut found: Vec<(String, PathBuf)> = entries
         .take(MAX_FILES)
         .filter_map(|e| e.ok())
-        .filter_map(|e| {
-            let name = e.file_name().to_str()?.to_string();
-            let step = name.strip_prefix("step-")?.strip_suffix(".jsonl")?.parse().ok()?;
-            Some((step, e.path()))
-        })
+        .filter_map(|e| Some((e.file_name().to_str()?.strip_suffix(".jsonl")?.to_string(), e.path())))
         .collect();
     found.sort();
     found
@@ -49,13 +45,26 @@ fn said(row: &serde_json::Value) -> Said {
     (row["greedy"].as_str().unwrap_or("").to_string(), row["exact"].as_bool() == Some(true))
 }
 
-/// What `dir`'s completions show, if it has any.
-pub fn shown(dir: &Path) -> Option<Shown> {
-    let found = evaluations(dir);
-    let (first, last) = (found.first()?, found.last()?);
-    let before = rows(&first.1);
-    let after = if last.0 == first.0 { vec![] } else { rows(&last.1) };
+/// The columns: a training stage's first and last evaluation (`step-N`), or else every file,
+/// ordered as `order` names them (a `compare` stage's policies), the others after.
+fn columns(found: Vec<(String, PathBuf)>, order: &[String]) -> Vec<(String, PathBuf)> {
+    let mut steps: Vec<(u64, PathBuf)> = found.iter().filter_map(|(n, p)| Some((n.strip_prefix("step-")?.parse().ok()?, p.clone()))).collect();
+    steps.sort();
+    if let (Some(first), Some(last)) = (steps.first(), steps.last()) {
+        let ends = if first.0 == last.0 { vec![first] } else { vec![first, last] };
+        return ends.into_iter().map(|(n, p)| (format!("step {n}"), p.clone())).collect();
+    }
+    let mut named = found;
+    named.sort_by_key(|(n, _)| order.iter().position(|o| o == n).unwrap_or(usize::MAX));
+    named
+}
+
+/// What `dir`'s completions show, if it has any; `order`: a `compare` stage's policies.
+pub fn shown(dir: &Path, order: &[String]) -> Option<Shown> {
+    let columns = columns(files(dir), order);
+    let read: Vec<Vec<serde_json::Value>> = columns.iter().map(|(_, p)| rows(p)).collect();
+    let first = read.first()?;
     let text = |r: &serde_json::Value, k: &str| r[k].as_str().unwrap_or("").to_string();
-    let rows: Vec<_> = before.iter().enumerate().map(|(i, b)| (text(b, "prompt"), text(b, "answer"), said(b), after.get(i).map(said))).collect();
-    (!rows.is_empty()).then_some(Shown { first: first.0, last: (!after.is_empty()).then_some(last.0), rows })
+    let rows: Vec<_> = first.iter().enumerate().map(|(i, r)| (text(r, "prompt"), text(r, "answer"), read.iter().map(|c| c.get(i).map(said)).collect())).collect();
+    (!rows.is_empty()).then(|| Shown { columns: columns.into_iter().map(|(c, _)| c).collect(), rows })
 }

@@ -69,6 +69,8 @@ pub fn report_html(dir: &Path, title: &str) -> Result<String, String> {
             .map(|o| o.iter().filter(|(k, v)| !v.is_object() && !v.is_array() && k.as_str() != "hash").map(|(k, v)| (k.replace('_', " "), human(k, v))).collect())
             .unwrap_or_default();
         sections.push_str(&format!("<h2>Result</h2>{}", table(&rows)));
+        let policies: Vec<String> = r["rows"].as_array().into_iter().flatten().filter_map(|p| p["policy"].as_str().map(String::from)).collect();
+        sections.push_str(&completions_section(dir, &policies));
         for key in ["before", "after", "held_out_rewards"] {
             if let Some(o) = r[key].as_object() {
                 let rows: Vec<(String, String)> = o.iter().filter(|(_, v)| v.is_number()).map(|(k, v)| (k.replace('_', " "), human(k, v))).collect();
@@ -76,7 +78,6 @@ pub fn report_html(dir: &Path, title: &str) -> Result<String, String> {
             }
         }
     }
-    sections.push_str(&completions_section(dir));
     if let Some(t) = read("table.md") {
         sections.push_str(&format!("<h2>Policies</h2><pre>{}</pre>", esc(&t)));
     }
@@ -113,24 +114,19 @@ fn said_cell(said: Option<&super::completions::Said>) -> String {
     format!("<td><code>{}</code>{}</td>", esc(text), if *right { " ✓" } else { "" })
 }
 
-/// The held-out prompts and what the policy answered at the first and last evaluation, or
-/// nothing for a run without completions.
-pub fn completions_section(dir: &Path) -> String {
-    let Some(s) = super::completions::shown(dir) else { return String::new() };
-    let later = s.last.map_or(String::new(), |l| format!("<th>step {l}</th>"));
+/// The held-out prompts and what the policy answered at the first and last evaluation (or each
+/// policy of a `compare` stage, in `order`), or nothing for a run without completions.
+pub fn completions_section(dir: &Path, order: &[String]) -> String {
+    let Some(s) = super::completions::shown(dir, order) else { return String::new() };
+    let heads: String = s.columns.iter().map(|c| format!("<th>{}</th>", esc(c))).collect();
     let body: String = s
         .rows
         .iter()
-        .map(|(prompt, answer, before, after)| {
-            let later = if s.last.is_some() { said_cell(after.as_ref()) } else { String::new() };
-            format!("<tr><td><code>{}</code></td><td><code>{}</code></td>{}{later}</tr>", esc(prompt), esc(answer), said_cell(Some(before)))
-        })
+        .map(|(prompt, answer, said)| format!("<tr><td><code>{}</code></td><td><code>{}</code></td>{}</tr>", esc(prompt), esc(answer), said.iter().map(|x| said_cell(x.as_ref())).collect::<String>()))
         .collect();
     format!(
-        "<h2>Held-out completions</h2><p>The first {} held-out prompts, answered greedily at step {} and at the last evaluation (✓: the answer); every evaluation's, sampled ones too, are in completions/.</p><table class=\"completions\"><tr><th>prompt</th><th>answer</th><th>step {}</th>{later}</tr>{body}</table>",
-        s.rows.len(),
-        s.first,
-        s.first
+        "<h2>Held-out completions</h2><p>The first {} held-out prompts, answered greedily (✓: the answer); every prompt's responses, sampled ones too, are in completions/.</p><table class=\"completions\"><tr><th>prompt</th><th>answer</th>{heads}</tr>{body}</table>",
+        s.rows.len()
     )
 }
 
@@ -247,10 +243,10 @@ mod tests {
             std::fs::write(dir.join("completions").join(format!("step-{step}.jsonl")), line(greedy, exact)).unwrap();
         }
         std::fs::write(dir.join("completions/step-7.txt"), "not a step file").unwrap();
-        let html = super::completions_section(&dir);
+        let html = super::completions_section(&dir, &[]);
         assert!(html.contains("<tr><td><code>&lt;script&gt;alert(1)&lt;/script&gt;</code></td><td><code>A&amp;B</code></td><td><code>&quot;x&quot;</code></td><td><code>A&amp;B</code> ✓</td></tr>"), "{html}");
-        assert!(html.contains("<th>step 0</th><th>step 100</th>") && !html.contains("<script>"), "{html}");
+        assert!(html.contains("<th>answer</th><th>step 0</th><th>step 100</th></tr>") && !html.contains("<script>"), "{html}");
         std::fs::remove_dir_all(&dir).unwrap();
-        assert_eq!(super::completions_section(&dir), "");
+        assert_eq!(super::completions_section(&dir, &[]), "");
     }
 }

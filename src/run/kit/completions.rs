@@ -1,8 +1,9 @@
 //! What a policy said at each held-out evaluation: `completions/step-N.jsonl` in the stage's
 //! directory, a line per held-out prompt with its answer, the greedy and the sampled response and
 //! how each scored (TRL's `log_completions`, lm-eval's `--log_samples`): step 0 is the policy the
-//! stage started from. Written whole and atomically by the leading process, so a resumed run
-//! writes an evaluation's file again rather than appending twice.
+//! stage started from; a `compare` stage's, each policy's as `completions/LABEL.jsonl`. Written
+//! whole and atomically by the leading process, so a resumed run writes an evaluation's file
+//! again rather than appending twice.
 
 use anyhow::Result;
 
@@ -13,13 +14,14 @@ use super::score::Score;
 /// The folder in a stage's directory.
 pub const DIR: &str = "completions";
 
-/// The file of the evaluation after `step` steps.
-pub fn file_name(step: u64) -> String {
-    format!("step-{step}.jsonl")
-}
-
 /// Write `score`'s completions as the evaluation after `step` steps.
 pub fn write(run: &RunDir, step: u64, score: &Score) -> Result<()> {
+    write_as(run, &format!("step-{step}"), score)
+}
+
+/// Write `score`'s completions as `name.jsonl` (a `compare` stage's policy label: an identifier,
+/// so one path component).
+pub fn write_as(run: &RunDir, name: &str, score: &Score) -> Result<()> {
     if !run.leads || score.completions.is_empty() {
         return Ok(());
     }
@@ -30,5 +32,5 @@ pub fn write(run: &RunDir, step: u64, score: &Score) -> Result<()> {
         text.push_str(&serde_json::to_string(c)?);
         text.push('\n');
     }
-    write_atomic(&dir.join(file_name(step)), text.as_bytes())
+    write_atomic(&dir.join(format!("{name}.jsonl")), text.as_bytes())
 }

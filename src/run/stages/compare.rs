@@ -15,7 +15,7 @@ use crate::run::kit::perplexity::Heldout;
 use crate::run::kit::files::{read_capped, write_atomic};
 use crate::run::kit::score::score;
 use crate::run::kit::lifecycle::RunDir;
-use crate::run::kit::{device, lifecycle, StageCtx};
+use crate::run::kit::{completions, device, lifecycle, StageCtx};
 
 pub fn run(ctx: &StageCtx, c: &CompareSpec) -> Result<()> {
     let (recipe, stage, runs) = (ctx.recipe, ctx.stage, &ctx.runs);
@@ -53,6 +53,7 @@ pub fn run(ctx: &StageCtx, c: &CompareSpec) -> Result<()> {
             s.kl.unwrap_or(0.0)
         ));
         tracing::info!("{}: {label}: gold {:.3}, exact {:.1}%, KL {:.3}; e.g. {}", stage.name, s.gold, 100.0 * s.exact, s.kl.unwrap_or(0.0), s.example());
+        completions::write_as(&run, label, &s)?;
         rows.push(json!({"policy": label, "score": s}));
     }
     table.push_str(&format!("\n{} held-out prompts of `{}`; greedy decoding for the first two columns; then one response sampled at temperature 1 per prompt (the policy's behaviour): gold reward, preferred behaviour (the answer and nothing more), verbose (the answer, then more), and KL(π ‖ reference) per response.\n", held.len(), set.name));
