@@ -951,6 +951,28 @@ fn grpo_follows_its_reward_and_resumes_exactly_after_a_kill() {
     assert!((r["flat_groups_last_quarter"].as_f64().unwrap() - flat).abs() < 1e-12, "{r}");
     let flat_warned = r["warnings"].as_array().unwrap().iter().any(|w| w["signal"] == "flat_groups");
     assert_eq!(flat_warned, flat >= 0.9, "{r}");
+    // At each evaluation the step's completions, their rewards term by term and their advantages
+    // are kept: each reward is its terms' weighted sum, the step's mean reward is the logged one,
+    // and each group's advantages (rewards less the group's mean, over its spread) sum to zero.
+    for at in m.iter().filter(|row| row["step"].as_u64().unwrap() % 4 == 0) {
+        let step = at["step"].as_u64().unwrap();
+        let text = std::fs::read_to_string(whole.join(format!("tiny-grpo/rl/rollouts/step-{step}.jsonl"))).unwrap();
+        let rows: Vec<serde_json::Value> = text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+        assert_eq!(rows.len(), 16);
+        for row in &rows {
+            let terms = row["terms"].as_array().unwrap();
+            assert_eq!(terms.iter().map(|t| t["term"].as_str().unwrap()).collect::<Vec<_>>(), ["exact_match", "format", "length"]);
+            let sum: f64 = terms.iter().map(|t| t["weight"].as_f64().unwrap() * t["value"].as_f64().unwrap()).sum();
+            assert!((sum - row["reward"].as_f64().unwrap()).abs() < 1e-12, "{row}");
+            let format = terms[1]["value"].as_f64().unwrap();
+            assert_eq!(format == 0.0, row["truncated"] == true, "{row}");
+        }
+        assert!((mean(&rows, "reward") - at["reward"].as_f64().unwrap()).abs() < 1e-9, "step {step}");
+        for group in rows.chunks(4) {
+            assert!(group.iter().all(|r| r["prompt"] == group[0]["prompt"] && r["group"] == group[0]["group"]));
+            assert!(group.iter().map(|r| r["advantage"].as_f64().unwrap()).sum::<f64>().abs() < 1e-4, "step {step}: {group:?}");
+        }
+    }
 
     // Killed once the GRPO stage has checkpointed.
     let dir = killed.join("tiny-grpo/rl");
@@ -962,6 +984,10 @@ fn grpo_follows_its_reward_and_resumes_exactly_after_a_kill() {
     assert!(read(&whole) == read(&killed), "weights differ after a resume");
     assert_eq!(common::metrics(&whole.join("tiny-grpo/rl")), common::metrics(&dir), "metrics differ after a resume");
     assert_eq!(report(&whole), report(&killed), "the report differs after a resume");
+    for step in (4..=24).step_by(4) {
+        let rollouts = |d: &std::path::Path| std::fs::read_to_string(d.join(format!("tiny-grpo/rl/rollouts/step-{step}.jsonl"))).unwrap();
+        assert_eq!(rollouts(&whole), rollouts(&killed), "step {step}'s rollouts differ after a resume");
+    }
 
     // DAPO's token-level loss with clip-higher, advantages scaled by the step's spread of
     // rewards rather than each group's, follows the reward as well.

@@ -1,7 +1,8 @@
 //! What a policy said at each held-out evaluation: `completions/step-N.jsonl` in the stage's
 //! directory, a line per held-out prompt with its answer, the greedy and the sampled response and
 //! how each scored (TRL's `log_completions`, lm-eval's `--log_samples`): step 0 is the policy the
-//! stage started from; a `compare` stage's, each policy's as `completions/LABEL.jsonl`. Written
+//! stage started from; a `compare` stage's, each policy's as `completions/LABEL.jsonl`; and what
+//! an RL stage sampled for training at each evaluation step, `rollouts/step-N.jsonl`. Written
 //! whole and atomically by the leading process, so a resumed run writes an evaluation's file
 //! again rather than appending twice.
 
@@ -22,14 +23,26 @@ pub fn write(run: &RunDir, step: u64, score: &Score) -> Result<()> {
 /// Write `score`'s completions as `name.jsonl` (a `compare` stage's policy label: an identifier,
 /// so one path component).
 pub fn write_as(run: &RunDir, name: &str, score: &Score) -> Result<()> {
-    if !run.leads || score.completions.is_empty() {
+    let lines: Vec<serde_json::Value> = score.completions.iter().map(serde_json::to_value).collect::<Result<_, _>>()?;
+    write_lines(run, DIR, name, &lines)
+}
+
+/// What an RL stage sampled and how it was rewarded at a step, in `rollouts/step-N.jsonl`.
+pub fn write_rollouts(run: &RunDir, step: u64, lines: &[serde_json::Value]) -> Result<()> {
+    write_lines(run, "rollouts", &format!("step-{step}"), lines)
+}
+
+/// `lines` as `folder/name.jsonl` in the run's directory, from the leading process, whole and
+/// atomically (nothing for no lines).
+fn write_lines(run: &RunDir, folder: &str, name: &str, lines: &[serde_json::Value]) -> Result<()> {
+    if !run.leads || lines.is_empty() {
         return Ok(());
     }
-    let dir = run.dir.join(DIR);
+    let dir = run.dir.join(folder);
     std::fs::create_dir_all(&dir).map_err(|e| anyhow::anyhow!("creating {}: {e}", dir.display()))?;
     let mut text = String::new();
-    for c in &score.completions {
-        text.push_str(&serde_json::to_string(c)?);
+    for l in lines {
+        text.push_str(&serde_json::to_string(l)?);
         text.push('\n');
     }
     write_atomic(&dir.join(format!("{name}.jsonl")), text.as_bytes())

@@ -39,25 +39,48 @@ impl Rewarder {
     /// and response) is `seqs[i]`: reward models read the sequences within `context`, in
     /// `accumulate` micro-batches.
     pub fn rewards(&self, examples: &[&Example], responses: &[Vec<i64>], seqs: &[Seq], codec: &Codec, max_new: usize, context: usize, accumulate: usize) -> Vec<f64> {
+        self.totals(&self.terms(examples, responses, seqs, codec, max_new, context, accumulate))
+    }
+
+    /// The rewards of responses whose terms are `terms`: their weighted sums.
+    pub fn totals(&self, terms: &[Vec<f64>]) -> Vec<f64> {
+        terms.iter().map(|t| t.iter().zip(&self.reward.terms).map(|(v, (w, _))| w * v).sum()).collect()
+    }
+
+    /// Each term's value (before its weight) for each response, as `rewards` reads them.
+    pub fn terms(&self, examples: &[&Example], responses: &[Vec<i64>], seqs: &[Seq], codec: &Codec, max_new: usize, context: usize, accumulate: usize) -> Vec<Vec<f64>> {
         let full: Vec<Vec<i64>> = if self.models.is_empty() { vec![] } else { seqs.iter().map(|s| s.tokens.iter().copied().take(context).collect()).collect() };
         let scores: Vec<(&str, Vec<f64>)> = self.models.iter().map(|(stage, rm)| (stage.as_str(), to_f64s(&rm.score_in_chunks(&full, micro_rows(full.len(), accumulate))))).collect();
         (0..examples.len())
             .map(|i| {
                 let score = |stage: &str| scores.iter().find(|(s, _)| *s == stage).map_or(0.0, |(_, v)| v[i]);
-                self.reward_of(examples[i], &responses[i], codec, max_new, &score)
+                self.terms_of(examples[i], &responses[i], codec, max_new, &score)
             })
             .collect()
     }
 
-    /// One response's reward; `rm_score` gives its score by each reward-model stage.
-    fn reward_of(&self, e: &Example, response: &[i64], codec: &Codec, max_new: usize, rm_score: &dyn Fn(&str) -> f64) -> f64 {
+    /// Each term's weight and name as a rollout's log shows it (`exact_match`, `format`,
+    /// `length`, a reward model's stage, `matches("…")`).
+    pub fn described(&self) -> Vec<(f64, String)> {
+        let name = |t: &RewardTerm| match t {
+            RewardTerm::ExactMatch => "exact_match".to_string(),
+            RewardTerm::Format => "format".to_string(),
+            RewardTerm::Length => "length".to_string(),
+            RewardTerm::Model { stage } => stage.clone(),
+            RewardTerm::Matches { pattern } => format!("matches({pattern:?})"),
+        };
+        self.reward.terms.iter().map(|(w, t)| (*w, name(t))).collect()
+    }
+
+    /// One response's terms; `rm_score` gives its score by each reward-model stage.
+    fn terms_of(&self, e: &Example, response: &[i64], codec: &Codec, max_new: usize, rm_score: &dyn Fn(&str) -> f64) -> Vec<f64> {
         let answer = e.gold.as_deref().unwrap_or(&e.response);
         self.reward
             .terms
             .iter()
             .zip(&self.patterns)
-            .map(|((w, t), pattern)| {
-                w * match t {
+            .map(|((_, t), pattern)| {
+                match t {
                     RewardTerm::ExactMatch => tasks::exact(answer, &codec.decode(response)) as u8 as f64,
                     RewardTerm::Format => codec.ended(response) as u8 as f64,
                     RewardTerm::Length => response.len() as f64 / max_new.max(1) as f64,
@@ -65,6 +88,6 @@ impl Rewarder {
                     RewardTerm::Matches { .. } => pattern.as_ref().is_some_and(|p| p.is_match(&codec.decode(response))) as u8 as f64,
                 }
             })
-            .sum()
+            .collect()
     }
 }

@@ -110,15 +110,16 @@ pub fn run(ctx: &StageCtx, g: &GrpoSpec) -> Result<()> {
         let (responses, mut seqs) = respond(&policy, &codec, &batch, context, g.max_new, &decoding)?;
         // Cut off at `max_new` (or the context) before the end marker; with `mask_truncated`
         // such a completion weighs nothing in the loss (DAPO's overlong filtering).
-        let truncated: Vec<bool> = responses.iter().map(|r| !codec.ended(r)).collect();
+        let cut: Vec<bool> = responses.iter().map(|r| !codec.ended(r)).collect();
         if g.mask_truncated {
-            for (s, _) in seqs.iter_mut().zip(&truncated).filter(|(_, &t)| t) {
+            for (s, _) in seqs.iter_mut().zip(&cut).filter(|(_, &t)| t) {
                 s.weights.iter_mut().for_each(|w| *w = 0.0);
             }
         }
-        let truncated = world.sums(&[truncated.iter().filter(|&&t| t).count() as f64])?[0] / g.opt.batch as f64;
+        let truncated = world.sums(&[cut.iter().filter(|&&t| t).count() as f64])?[0] / g.opt.batch as f64;
         // 2. Rewards.
-        let rewards = rewarder.rewards(&batch, &responses, &seqs, &codec, g.max_new, context, g.opt.accumulate);
+        let valued = rewarder.terms(&batch, &responses, &seqs, &codec, g.max_new, context, g.opt.accumulate);
+        let rewards = rewarder.totals(&valued);
         let rows: Vec<&Seq> = seqs.iter().collect();
         let b = pad(&rows, dev);
         // The scoring passes run in `accumulate` micro-batches of completions (sampled whole
@@ -154,7 +155,8 @@ pub fn run(ctx: &StageCtx, g: &GrpoSpec) -> Result<()> {
         // of that count, since their gradients are averaged.
         let tokens = if g.loss == GrpoLoss::Dapo { world.sums(&[seqs.iter().map(|s| s.weights.iter().map(|&w| w as f64).sum::<f64>()).sum()])?[0] / world.size as f64 } else { 0.0 };
         let terms = GrpoTerms { clip, beta: g.beta, norm: g.loss, max_new: g.max_new, tokens, sequence: g.importance_sampling == ImportanceSampling::Sequence, delta: g.delta };
-        let adv = Tensor::from_slice(&adv).to_kind(Kind::Float).to_device(dev);
+        let advantages = adv;
+        let adv = Tensor::from_slice(&advantages).to_kind(Kind::Float).to_device(dev);
         let all_rows: Vec<i64> = (0..seqs.len() as i64).collect();
         let tokens_here = b.tokens().max(1.0);
         // 4. Policy updates.
@@ -198,6 +200,8 @@ pub fn run(ctx: &StageCtx, g: &GrpoSpec) -> Result<()> {
         let s = eval_now.then(|| score(&policy, reference.as_ref(), &codec, &held, g.max_new)).transpose()?;
         if let Some(s) = &s {
             completions::write(&run, done, s)?;
+            let rollouts = Rollouts { examples: &batch, responses: &responses, terms: &valued, rewards: &rewards, advantages: &advantages, cut: &cut };
+            completions::write_rollouts(&run, done, &rollouts.lines(&rewarder, &codec, g.group))?;
         }
         let shown = s.as_ref().map_or(String::new(), |s| s.progress(false));
         run.progress.line(done, g.opt.log_every, &format!("reward {mean:.3} ± {spread:.3} flat groups {:.0}% KL {:.3} clip {:.2}{shown}", 100.0 * flat, kl_sum / n, clip_sum / n), s.is_some());
@@ -292,4 +296,30 @@ fn high_entropy(world: &World, entropy: &Tensor, mask: &Tensor, rho: f64) -> Res
         Some(cut) => entropy.ge(cut).to_kind(Kind::Float) * mask,
         None => mask.zeros_like(),
     })
+}
+
+/// What a process sampled at a step and how it was rewarded, for `rollouts/step-N.jsonl`.
+struct Rollouts<'a> {
+    examples: &'a [&'a Example],
+    responses: &'a [Vec<i64>],
+    terms: &'a [Vec<f64>],
+    rewards: &'a [f64],
+    advantages: &'a [f64],
+    cut: &'a [bool],
+}
+
+impl Rollouts<'_> {
+    /// A line a completion: its prompt's group, the prompt and answer, the completion, its
+    /// reward and each term's weight and value, its advantage, and whether `max_new` cut it.
+    fn lines(&self, rewarder: &Rewarder, codec: &Codec, group: usize) -> Vec<serde_json::Value> {
+        let described = rewarder.described();
+        (0..self.responses.len())
+            .map(|i| {
+                let e = self.examples[i];
+                let terms: Vec<_> = described.iter().zip(&self.terms[i]).map(|((w, name), v)| json!({"term": name, "weight": w, "value": v})).collect();
+                json!({"group": i / group, "prompt": e.prompt, "answer": e.gold.as_deref().unwrap_or(&e.response), "completion": codec.decode(&self.responses[i]),
+                    "reward": self.rewards[i], "terms": terms, "advantage": self.advantages[i], "truncated": self.cut[i]})
+            })
+            .collect()
+    }
 }
