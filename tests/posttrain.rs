@@ -2033,6 +2033,22 @@ fn online_dpo_follows_its_reward_and_resumes_exactly() {
         let (c, r, margin) = (row["rewards/chosen"].as_f64().unwrap(), row["rewards/rejected"].as_f64().unwrap(), row["rewards/margins"].as_f64().unwrap());
         assert!((c - r - margin).abs() < 1e-9 && (0.0..=1.0).contains(&row["rewards/accuracies"].as_f64().unwrap()), "{row}");
     }
+    // Each evaluation step's pairs are kept: every prompt's two responses, the chosen one the
+    // better rewarded, and the step's mean score the logged one.
+    for step in [8, 16, 24] {
+        let text = std::fs::read_to_string(whole.join(format!("tiny-online/rl/rollouts/step-{step}.jsonl"))).unwrap();
+        let rows: Vec<serde_json::Value> = text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+        assert_eq!(rows.len(), 16);
+        for pair in 0..8 {
+            let both: Vec<&serde_json::Value> = rows.iter().filter(|r| r["pair"] == pair).collect();
+            let [a, b] = both[..] else { panic!("pair {pair}: {both:?}") };
+            let (chosen, rejected) = if a["role"] == "chosen" { (a, b) } else { (b, a) };
+            assert!(rejected["role"] == "rejected" && chosen["prompt"] == rejected["prompt"], "{a} {b}");
+            assert!(chosen["reward"].as_f64() >= rejected["reward"].as_f64(), "{a} {b}");
+        }
+        let at = m.iter().find(|r| r["step"] == step).unwrap();
+        assert!((mean(&rows, "reward") - at["objective/scores"].as_f64().unwrap()).abs() < 1e-9, "step {step}");
+    }
     // Its loss need not fall (each step's pairs are new): the health check does not judge it.
     let report: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(whole.join("tiny-online/rl/report.json")).unwrap()).unwrap();
     assert!(report["warnings"].as_array().unwrap().iter().all(|w| w["signal"] != "loss_not_falling"), "{report}");
@@ -2081,6 +2097,19 @@ fn best_of_n_follows_its_reward_and_resumes_exactly() {
     assert!(mean(last, "reward") > mean(first, "reward") + 0.05, "reward {} → {}", mean(first, "reward"), mean(last, "reward"));
     assert!(mean(last, "response_length") < mean(first, "response_length"));
     assert!(m.iter().all(|r| r["best_reward"].as_f64() >= r["reward"].as_f64() && r["kept"].as_f64() == Some(1.0)), "{m:?}");
+    // Each evaluation step's responses are kept, and the one a prompt trained on is its best.
+    for step in [8, 16, 24] {
+        let text = std::fs::read_to_string(whole.join(format!("tiny-best-of-n/rl/rollouts/step-{step}.jsonl"))).unwrap();
+        let rows: Vec<serde_json::Value> = text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+        assert_eq!(rows.len(), 32);
+        for prompt in rows.chunks(4) {
+            let kept: Vec<_> = prompt.iter().filter(|r| r["kept"] == true).collect();
+            let best = prompt.iter().map(|r| r["reward"].as_f64().unwrap()).fold(f64::MIN, f64::max);
+            assert!(kept.len() == 1 && kept[0]["reward"].as_f64() == Some(best) && prompt.iter().all(|r| r["prompt_index"] == prompt[0]["prompt_index"]), "{prompt:?}");
+        }
+        let at = m.iter().find(|r| r["step"] == step).unwrap();
+        assert!((mean(&rows, "reward") - at["reward"].as_f64().unwrap()).abs() < 1e-9, "step {step}");
+    }
     let plan = roux(&["plan", recipe.to_str().unwrap(), "--json"]);
     let plan: serde_json::Value = serde_json::from_slice(&plan.stdout).unwrap();
     let n = plan["models"][0]["params_total"].as_f64().unwrap();

@@ -91,3 +91,33 @@ impl Rewarder {
             .collect()
     }
 }
+
+/// What a process sampled at a step and how each response was rewarded, for
+/// `rollouts/step-N.jsonl`.
+pub struct Sampled<'a> {
+    pub examples: &'a [&'a Example],
+    pub responses: &'a [Vec<i64>],
+    /// Each response's terms (`Rewarder::terms`).
+    pub terms: &'a [Vec<f64>],
+    /// Each response's reward as the stage used it.
+    pub rewards: &'a [f64],
+}
+
+impl Sampled<'_> {
+    /// A line a response: its prompt and answer, the response, its reward and each term's weight
+    /// and value, and the fields of `extra(i)` (an object: what the stage made of response i).
+    pub fn lines(&self, rewarder: &Rewarder, codec: &Codec, extra: impl Fn(usize) -> serde_json::Value) -> Vec<serde_json::Value> {
+        let described = rewarder.described();
+        (0..self.responses.len())
+            .map(|i| {
+                let e = self.examples[i];
+                let terms: Vec<_> = described.iter().zip(&self.terms[i]).map(|((w, name), v)| serde_json::json!({"term": name, "weight": w, "value": v})).collect();
+                let mut line = serde_json::json!({"prompt": e.prompt, "answer": e.gold.as_deref().unwrap_or(&e.response), "completion": codec.decode(&self.responses[i]), "reward": self.rewards[i], "terms": terms});
+                if let (Some(line), serde_json::Value::Object(more)) = (line.as_object_mut(), extra(i)) {
+                    line.extend(more);
+                }
+                line
+            })
+            .collect()
+    }
+}

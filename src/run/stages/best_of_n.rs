@@ -25,7 +25,7 @@ use crate::run::kit::codec::Codec;
 use crate::run::kit::decode::rollout;
 use crate::run::kit::dist::Reduce;
 use crate::run::kit::patience::Patience;
-use crate::run::kit::rewards::Rewarder;
+use crate::run::kit::rewards::{Rewarder, Sampled};
 use crate::run::kit::score::score;
 use crate::run::kit::seqs::{own_stream, pad, respond, seed_step, token_logprobs};
 use crate::run::kit::{completions, device, lifecycle, StageCtx};
@@ -85,7 +85,8 @@ pub fn run(ctx: &StageCtx, b: &BestOfNSpec) -> Result<()> {
         let examples: Vec<&Example> = mine.iter().flat_map(|e| std::iter::repeat_n(*e, b.n)).collect();
         let (responses, seqs) = respond(&policy, &codec, &examples, context, b.max_new, &decoding)?;
         // 2. Rewards, and each prompt's best.
-        let rewards = rewarder.rewards(&examples, &responses, &seqs, &codec, b.max_new, context, b.opt.accumulate);
+        let valued = rewarder.terms(&examples, &responses, &seqs, &codec, b.max_new, context, b.opt.accumulate);
+        let rewards = rewarder.totals(&valued);
         let bests = best_of(&rewards, b.n);
         let best: f64 = bests.iter().map(|&i| rewards[i]).sum();
         let kept: Vec<usize> = bests.into_iter().filter(|&i| b.threshold.is_none_or(|t| rewards[i] >= t)).collect();
@@ -118,6 +119,10 @@ pub fn run(ctx: &StageCtx, b: &BestOfNSpec) -> Result<()> {
         let s = eval_now.then(|| score(&policy, None, &codec, &held, b.max_new)).transpose()?;
         if let Some(s) = &s {
             completions::write(&run, done, s)?;
+            // Each prompt's responses, and the one trained on (its best, when it reached the threshold).
+            let sampled = Sampled { examples: &examples, responses: &responses, terms: &valued, rewards: &rewards };
+            let lines = sampled.lines(&rewarder, &codec, |i| json!({"prompt_index": i / b.n, "kept": kept.contains(&i)}));
+            completions::write_rollouts(&run, done, &lines)?;
         }
         let shown = s.as_ref().map_or(String::new(), |s| s.progress(false));
         run.progress.line(done, b.opt.log_every, &format!("loss {loss:.4} reward {:.3} best {:.3} kept {:.0}%{shown}", reward / all, best / p, 100.0 * kept_all / p), s.is_some());

@@ -21,7 +21,7 @@ use crate::recipe::{GrpoLoss, GrpoSpec, ImportanceSampling, RewardScale};
 use crate::rng::Rng;
 use crate::run::kit::adamw::Optimizer;
 use crate::run::kit::artifacts::{instructions, load_policy, trained_output, Policy};
-use crate::run::kit::rewards::Rewarder;
+use crate::run::kit::rewards::{Rewarder, Sampled};
 use crate::run::kit::dist::World;
 use crate::run::kit::losses::{entropy_in_chunks, group_advantages, grpo_loss, masked_mean, quantile, rloo_advantages, sequence_k1, GrpoTerms};
 use crate::run::kit::score::score;
@@ -200,8 +200,9 @@ pub fn run(ctx: &StageCtx, g: &GrpoSpec) -> Result<()> {
         let s = eval_now.then(|| score(&policy, reference.as_ref(), &codec, &held, g.max_new)).transpose()?;
         if let Some(s) = &s {
             completions::write(&run, done, s)?;
-            let rollouts = Rollouts { examples: &batch, responses: &responses, terms: &valued, rewards: &rewards, advantages: &advantages, cut: &cut };
-            completions::write_rollouts(&run, done, &rollouts.lines(&rewarder, &codec, g.group))?;
+            let sampled = Sampled { examples: &batch, responses: &responses, terms: &valued, rewards: &rewards };
+            let lines = sampled.lines(&rewarder, &codec, |i| json!({"group": i / g.group, "advantage": advantages[i], "truncated": cut[i]}));
+            completions::write_rollouts(&run, done, &lines)?;
         }
         let shown = s.as_ref().map_or(String::new(), |s| s.progress(false));
         run.progress.line(done, g.opt.log_every, &format!("reward {mean:.3} ± {spread:.3} flat groups {:.0}% KL {:.3} clip {:.2}{shown}", 100.0 * flat, kl_sum / n, clip_sum / n), s.is_some());
@@ -296,30 +297,4 @@ fn high_entropy(world: &World, entropy: &Tensor, mask: &Tensor, rho: f64) -> Res
         Some(cut) => entropy.ge(cut).to_kind(Kind::Float) * mask,
         None => mask.zeros_like(),
     })
-}
-
-/// What a process sampled at a step and how it was rewarded, for `rollouts/step-N.jsonl`.
-struct Rollouts<'a> {
-    examples: &'a [&'a Example],
-    responses: &'a [Vec<i64>],
-    terms: &'a [Vec<f64>],
-    rewards: &'a [f64],
-    advantages: &'a [f64],
-    cut: &'a [bool],
-}
-
-impl Rollouts<'_> {
-    /// A line a completion: its prompt's group, the prompt and answer, the completion, its
-    /// reward and each term's weight and value, its advantage, and whether `max_new` cut it.
-    fn lines(&self, rewarder: &Rewarder, codec: &Codec, group: usize) -> Vec<serde_json::Value> {
-        let described = rewarder.described();
-        (0..self.responses.len())
-            .map(|i| {
-                let e = self.examples[i];
-                let terms: Vec<_> = described.iter().zip(&self.terms[i]).map(|((w, name), v)| json!({"term": name, "weight": w, "value": v})).collect();
-                json!({"group": i / group, "prompt": e.prompt, "answer": e.gold.as_deref().unwrap_or(&e.response), "completion": codec.decode(&self.responses[i]),
-                    "reward": self.rewards[i], "terms": terms, "advantage": self.advantages[i], "truncated": self.cut[i]})
-            })
-            .collect()
-    }
 }

@@ -24,7 +24,7 @@ use crate::run::kit::codec::Codec;
 use crate::run::kit::decode::rollout;
 use crate::run::kit::losses::{dpo_per_pair, DpoTerms};
 use crate::run::kit::patience::Patience;
-use crate::run::kit::rewards::Rewarder;
+use crate::run::kit::rewards::{Rewarder, Sampled};
 use crate::run::kit::score::score;
 use crate::run::kit::seqs::{own_stream, pad, respond, seed_step, seq_logprob};
 use crate::run::kit::{completions, device, lifecycle, StageCtx};
@@ -90,7 +90,8 @@ pub fn run(ctx: &StageCtx, o: &OnlineDpoSpec) -> Result<()> {
         let (responses, seqs) = respond(&policy, &codec, &examples, context, o.max_new, &decoding)?;
         // 2. Rewards, and each prompt's pair.
         let ended: Vec<bool> = responses.iter().map(|r| codec.ended(r)).collect();
-        let mut rewards = rewarder.rewards(&examples, &responses, &seqs, &codec, o.max_new, context, o.opt.accumulate);
+        let valued = rewarder.terms(&examples, &responses, &seqs, &codec, o.max_new, context, o.opt.accumulate);
+        let mut rewards = rewarder.totals(&valued);
         if let Some(p) = o.missing_eos_penalty {
             rewards.iter_mut().zip(&ended).filter(|(_, &e)| !e).for_each(|(r, _)| *r -= p);
         }
@@ -117,6 +118,11 @@ pub fn run(ctx: &StageCtx, o: &OnlineDpoSpec) -> Result<()> {
         let s = eval_now.then(|| score(&policy, Some(&reference), &codec, &held, o.max_new)).transpose()?;
         if let Some(s) = &s {
             completions::write(&run, done, s)?;
+            // Each prompt's two responses, which the loss chose and which it rejected.
+            let sampled = Sampled { examples: &examples, responses: &responses, terms: &valued, rewards: &rewards };
+            let role = |i: usize| if pairs[i % k].0 == i { "chosen" } else { "rejected" };
+            let lines = sampled.lines(&rewarder, &codec, |i| json!({"pair": i % k, "role": role(i), "missing_eos_penalty": o.missing_eos_penalty.filter(|_| !ended[i])}));
+            completions::write_rollouts(&run, done, &lines)?;
         }
         let shown = s.as_ref().map_or(String::new(), |s| s.progress(false));
         run.progress.line(done, o.opt.log_every, &format!("loss {:.4} score {:.3} margin {:.3} accuracy {:.0}% KL {:.3}{shown}", loss / p, reward / n, margin / p, 100.0 * right / p, kl / n), s.is_some());
