@@ -1,7 +1,8 @@
 //! What a run page shows of what its policies said: the first held-out prompts with their answers
 //! and the greedy responses at a stage's first and last evaluations (`completions/step-N.jsonl`),
 //! or of each policy a `compare` stage scored (`completions/LABEL.jsonl`), written by the run,
-//! read here and drawn, escaped, by `html.rs`.
+//! and the last rollouts an RL stage kept (`rollouts/step-N.jsonl`), read here and drawn,
+//! escaped, by `html.rs`.
 
 use std::path::{Path, PathBuf};
 
@@ -23,9 +24,9 @@ pub struct Shown {
     pub rows: Vec<(String, String, Vec<Option<Said>>)>,
 }
 
-/// The files in `dir`'s `completions/`, as (name without `.jsonl`, path), sorted by name.
-fn files(dir: &Path) -> Vec<(String, PathBuf)> {
-    let Ok(entries) = std::fs::read_dir(dir.join("completions")) else { return vec![] };
+/// The files in `dir`'s `folder`, as (name without `.jsonl`, path), sorted by name.
+fn files(dir: &Path, folder: &str) -> Vec<(String, PathBuf)> {
+    let Ok(entries) = std::fs::read_dir(dir.join(folder)) else { return vec![] };
     let mut found: Vec<(String, PathBuf)> = entries
         .take(MAX_FILES)
         .filter_map(|e| e.ok())
@@ -61,10 +62,18 @@ fn columns(found: Vec<(String, PathBuf)>, order: &[String]) -> Vec<(String, Path
 
 /// What `dir`'s completions show, if it has any; `order`: a `compare` stage's policies.
 pub fn shown(dir: &Path, order: &[String]) -> Option<Shown> {
-    let columns = columns(files(dir), order);
+    let columns = columns(files(dir, "completions"), order);
     let read: Vec<Vec<serde_json::Value>> = columns.iter().map(|(_, p)| rows(p)).collect();
     let first = read.first()?;
     let text = |r: &serde_json::Value, k: &str| r[k].as_str().unwrap_or("").to_string();
     let rows: Vec<_> = first.iter().enumerate().map(|(i, r)| (text(r, "prompt"), text(r, "answer"), read.iter().map(|c| c.get(i).map(said)).collect())).collect();
     (!rows.is_empty()).then(|| Shown { columns: columns.into_iter().map(|(c, _)| c).collect(), rows })
+}
+
+/// The last step's rollouts (`rollouts/step-N.jsonl`), their first `ROWS` lines: the step and the
+/// lines, if the run kept any.
+pub fn last_rollouts(dir: &Path) -> Option<(u64, Vec<serde_json::Value>)> {
+    let (step, path) = files(dir, "rollouts").into_iter().filter_map(|(n, p)| Some((n.strip_prefix("step-")?.parse::<u64>().ok()?, p))).max()?;
+    let lines = rows(&path);
+    (!lines.is_empty()).then_some((step, lines))
 }

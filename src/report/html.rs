@@ -71,6 +71,7 @@ pub fn report_html(dir: &Path, title: &str) -> Result<String, String> {
         sections.push_str(&format!("<h2>Result</h2>{}", table(&rows)));
         let policies: Vec<String> = r["rows"].as_array().into_iter().flatten().filter_map(|p| p["policy"].as_str().map(String::from)).collect();
         sections.push_str(&completions_section(dir, &policies));
+        sections.push_str(&rollouts_section(dir));
         for key in ["before", "after", "held_out_rewards"] {
             if let Some(o) = r[key].as_object() {
                 let rows: Vec<(String, String)> = o.iter().filter(|(_, v)| v.is_number()).map(|(k, v)| (k.replace('_', " "), human(k, v))).collect();
@@ -128,6 +129,24 @@ pub fn completions_section(dir: &Path, order: &[String]) -> String {
         "<h2>Held-out completions</h2><p>The first {} held-out prompts, answered greedily (✓: the answer); every prompt's responses, sampled ones too, are in completions/.</p><table class=\"completions\"><tr><th>prompt</th><th>answer</th>{heads}</tr>{body}</table>",
         s.rows.len()
     )
+}
+
+/// The last rollouts an RL stage kept: each response with its reward, its terms' values and
+/// what the stage made of it (the line's other fields), or nothing.
+pub fn rollouts_section(dir: &Path) -> String {
+    let Some((step, lines)) = super::completions::last_rollouts(dir) else { return String::new() };
+    const SHOWN: [&str; 5] = ["prompt", "answer", "completion", "reward", "terms"];
+    let text = |v: &serde_json::Value| v.as_str().map_or_else(|| v.to_string(), String::from);
+    let body: String = lines
+        .iter()
+        .map(|l| {
+            let terms: Vec<String> = l["terms"].as_array().into_iter().flatten().map(|t| format!("{} {}", text(&t["term"]), human("", &t["value"]))).collect();
+            let rest: Vec<String> = l.as_object().into_iter().flatten().filter(|(k, v)| !SHOWN.contains(&k.as_str()) && !v.is_null()).map(|(k, v)| format!("{k} {}", human(k, v))).collect();
+            let code = |k: &str| format!("<td><code>{}</code></td>", esc(&text(&l[k])));
+            format!("<tr>{}{}{}<td>{}</td><td>{}</td><td>{}</td></tr>", code("prompt"), code("answer"), code("completion"), esc(&human("reward", &l["reward"])), esc(&terms.join(" · ")), esc(&rest.join(" · ")))
+        })
+        .collect();
+    format!("<h2>Rollouts at step {step}</h2><p>The first {} responses sampled for the step's update, with their reward term by term; all of them, at every evaluation, are in rollouts/.</p><table class=\"completions\"><tr><th>prompt</th><th>answer</th><th>response</th><th>reward</th><th>terms</th><th>in the update</th></tr>{body}</table>", lines.len())
 }
 
 /// Plots as images, never inline markup: whatever an SVG holds, it cannot run a script or
@@ -246,7 +265,16 @@ mod tests {
         let html = super::completions_section(&dir, &[]);
         assert!(html.contains("<tr><td><code>&lt;script&gt;alert(1)&lt;/script&gt;</code></td><td><code>A&amp;B</code></td><td><code>&quot;x&quot;</code></td><td><code>A&amp;B</code> ✓</td></tr>"), "{html}");
         assert!(html.contains("<th>answer</th><th>step 0</th><th>step 100</th></tr>") && !html.contains("<script>"), "{html}");
+        // The last step's rollouts, their text escaped.
+        std::fs::create_dir_all(dir.join("rollouts")).unwrap();
+        for step in [3, 10] {
+            let line = serde_json::json!({"prompt": "p", "answer": "a", "completion": format!("</td><img src=x onerror=alert({step})>"), "reward": 0.5, "terms": [{"term": "matches(\"<b>\")", "weight": 1.0, "value": 1.0}], "group": 0, "truncated": null});
+            std::fs::write(dir.join(format!("rollouts/step-{step}.jsonl")), line.to_string() + "\n").unwrap();
+        }
+        let html = super::rollouts_section(&dir);
+        assert!(html.contains("<h2>Rollouts at step 10</h2>") && html.contains("<td><code>&lt;/td&gt;&lt;img src=x onerror=alert(10)&gt;</code></td><td>0.5000</td><td>matches(&quot;&lt;b&gt;&quot;) 1</td><td>group 0</td></tr>"), "{html}");
         std::fs::remove_dir_all(&dir).unwrap();
         assert_eq!(super::completions_section(&dir, &[]), "");
+        assert_eq!(super::rollouts_section(&dir), "");
     }
 }
