@@ -459,6 +459,20 @@ fn editing_only_the_ppo_stage_reuses_the_earlier_stages() {
         let exact = lines.iter().filter(|l| l["exact"] == true).count() as f64 / lines.len() as f64;
         assert_eq!((lines.len() as u64, exact), (row["score"]["examples"].as_u64().unwrap(), row["score"]["exact"].as_f64().unwrap()), "{}", row["policy"]);
     }
+    // PPO keeps its rollouts at evaluation steps: each response's reward-model score, summed KL
+    // and its penalty (the coefficient 0.05 times it), the step's mean score the logged one.
+    let rl = metrics(&runs.join("tiny-lifecycle/rl"));
+    for step in [2, 4] {
+        let text = std::fs::read_to_string(runs.join(format!("tiny-lifecycle/rl/rollouts/step-{step}.jsonl"))).unwrap();
+        let rows: Vec<serde_json::Value> = text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+        assert_eq!(rows.len(), 8);
+        let f = |r: &serde_json::Value, k: &str| r[k].as_f64().unwrap();
+        for r in &rows {
+            assert!((f(r, "kl_penalty") - 0.05 * f(r, "kl")).abs() < 1e-12 && (f(r, "reward") - (f(r, "score") - f(r, "kl_penalty"))).abs() < 1e-12, "{r}");
+        }
+        let at = rl.iter().find(|r| r["step"] == step).unwrap();
+        assert!((rows.iter().map(|r| f(r, "score")).sum::<f64>() / 8.0 - at["reward"].as_f64().unwrap()).abs() < 1e-9, "step {step}");
+    }
     let o = roux(&["report", table.to_str().unwrap()]);
     assert_eq!(o.status.code(), Some(0), "{}", String::from_utf8_lossy(&o.stderr));
     let html = std::fs::read_to_string(table.join("report.html")).unwrap();

@@ -122,16 +122,19 @@ pub fn run(ctx: &StageCtx, p: &PpoSpec) -> Result<()> {
         // last; a response that did not stop loses `missing_eos_penalty` from its score.
         let (t_len, mask) = (b.x.size()[1] as usize, to_f64s(&b.w));
         let (lp_v, ref_v, val_v, mut sc_v) = (to_f64s(&old_lp), to_f64s(&ref_lp), to_f64s(&old_v), to_f64s(&rm_score));
-        let truncated: Vec<bool> = responses.iter().map(|r| !codec.ended(r)).collect();
+        let cut: Vec<bool> = responses.iter().map(|r| !codec.ended(r)).collect();
         if let Some(penalty) = p.missing_eos_penalty {
-            sc_v.iter_mut().zip(&truncated).filter(|(_, &t)| t).for_each(|(s, _)| *s -= penalty);
+            sc_v.iter_mut().zip(&cut).filter(|(_, &t)| t).for_each(|(s, _)| *s -= penalty);
         }
         let positions: Vec<Vec<usize>> = (0..seqs.len()).map(|r| (0..t_len).map(|t| r * t_len + t).filter(|&i| mask[i] > 0.0).collect()).collect();
         let mut kl_seq = 0.0;
         let mut rewards: Vec<Vec<f64>> = vec![];
+        // Each response's summed KL and the penalty it cost (for `rollouts/`).
+        let mut kl_rows: Vec<(f64, f64)> = vec![];
         for (r, pos) in positions.iter().enumerate() {
             let kl: Vec<f64> = pos.iter().map(|&i| p.kl_estimator.at(lp_v[i], ref_v[i])).collect();
             kl_seq += kl.iter().sum::<f64>();
+            kl_rows.push((kl.iter().sum(), kl_coef * kl.iter().sum::<f64>()));
             let mut row: Vec<f64> = kl.iter().map(|k| -kl_coef * k).collect();
             if let Some(last) = row.last_mut() {
                 *last += sc_v[r];
@@ -208,7 +211,7 @@ pub fn run(ctx: &StageCtx, p: &PpoSpec) -> Result<()> {
         let length = responses.iter().map(|r| r.len()).sum::<usize>() as f64;
         // The whole batch's means, and the minibatches' (each process's are its share's).
         let w = world.size as f64;
-        let stopped_short = truncated.iter().filter(|&&t| t).count() as f64;
+        let stopped_short = cut.iter().filter(|&&t| t).count() as f64;
         let [gold, rm_mean, length, pg_sum, vl_sum, ent_sum, clip_sum, truncated] = world.sums(&[gold, sc_v.iter().sum::<f64>(), length, pg_sum / w, vl_sum / w, ent_sum / w, clip_sum / w, stopped_short])?;
         let truncated = truncated / p.opt.batch as f64;
         let (gold, rm_mean) = (gold / p.opt.batch as f64, rm_mean / p.opt.batch as f64);
@@ -220,6 +223,14 @@ pub fn run(ctx: &StageCtx, p: &PpoSpec) -> Result<()> {
         let s = eval_now.then(|| score(&policy, Some(&reference), &codec, &held, p.max_new)).transpose()?;
         if let Some(s) = &s {
             completions::write(&run, done, s)?;
+            let lines: Vec<serde_json::Value> = (0..responses.len())
+                .map(|r| {
+                    let (e, (kl, penalty)) = (batch[r], kl_rows[r]);
+                    json!({"prompt": e.prompt, "answer": e.gold.as_deref().unwrap_or(&e.response), "completion": codec.decode(&responses[r]), "reward": sc_v[r] - penalty,
+                        "score": sc_v[r], "kl": kl, "kl_penalty": penalty, "truncated": cut[r]})
+                })
+                .collect();
+            completions::write_rollouts(&run, done, &lines)?;
         }
         let shown = s.as_ref().map_or(String::new(), |s| s.progress(true));
         run.progress.line(done, p.opt.log_every, &format!("reward {rm_mean:.3} gold {gold:.3} KL {kl_seq:.3} clip {:.2}{shown}", clip_sum / n_mb), s.is_some());
