@@ -1256,3 +1256,37 @@ fn a_mix_draws_its_corpora_by_weight_not_by_size() {
         assert!(tk.encode(sample, false).unwrap().get_ids().len() < sample.len(), "{sample} is not merged");
     }
 }
+
+/// `sample_every`: the model's text as it learns, after the recipe's prompt, logged and kept as
+/// samples/step-N.txt (every 20 steps and the last); greedy at temperature 0, the last equals what
+/// `roux sample` writes from the finished weights; and sampling changes nothing the stage trains
+/// (the same weights and metrics to the bit as without it). The run's page shows the first and
+/// the last.
+#[test]
+fn samples_show_what_the_model_writes_and_change_nothing_it_trains() {
+    let out = scratch("samples");
+    let recipe = fixture("tiny.roux");
+    let run = |dir: &str, extra: &[&str]| {
+        let o = roux(&[&["run", recipe.to_str().unwrap(), "--out", out.join(dir).to_str().unwrap()], extra].concat());
+        assert_eq!(o.status.code(), Some(0), "{}", String::from_utf8_lossy(&o.stderr));
+        (String::from_utf8_lossy(&o.stderr).to_string(), out.join(dir).join("tiny/pretrain"))
+    };
+    let sampling = ["--set", "pretrain.sample_every=20", "--set", "pretrain.sample_prompt=\"ROMEO:\"", "--set", "pretrain.sample_tokens=24", "--set", "pretrain.sample_temperature=0"];
+    let (_, plain) = run("plain", &[]);
+    let (log, sampled) = run("sampled", &sampling);
+    assert_eq!(std::fs::read(plain.join("model.safetensors")).unwrap(), std::fs::read(sampled.join("model.safetensors")).unwrap(), "sampling changed the weights");
+    assert_eq!(metrics(&plain).iter().map(|m| m["loss"].clone()).collect::<Vec<_>>(), metrics(&sampled).iter().map(|m| m["loss"].clone()).collect::<Vec<_>>());
+    for step in [20, 40, 60, 80] {
+        let text = std::fs::read_to_string(sampled.join(format!("samples/step-{step}.txt"))).unwrap();
+        assert!(text.starts_with("ROMEO:") && text.len() > 6, "step {step}: {text:?}");
+        // Logged on one line, escaped as a JSON string (a model's text cannot start a line).
+        assert!(log.contains(&format!("pretrain: a sample at step {step}: {}\n", serde_json::Value::String(text.clone()))), "{log}");
+    }
+    let o = roux(&["sample", sampled.to_str().unwrap(), "--prompt", "ROMEO:", "--tokens", "24", "--temperature", "0"]);
+    assert_eq!(o.status.code(), Some(0), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(String::from_utf8_lossy(&o.stdout).trim_end(), std::fs::read_to_string(sampled.join("samples/step-80.txt")).unwrap().trim_end());
+    let o = roux(&["report", sampled.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(0), "{}", String::from_utf8_lossy(&o.stderr));
+    let html = std::fs::read_to_string(sampled.join("report.html")).unwrap();
+    assert!(html.contains("<h3>Sampled at step 20</h3><pre>ROMEO:") && html.contains("<h3>Sampled at step 80</h3>") && !html.contains("Sampled at step 40"), "{html}");
+}

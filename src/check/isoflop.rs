@@ -71,6 +71,7 @@ impl<'a> Checker<'a> {
             z_loss: 0.0,
             eval_choices: None,
             eval_data: vec![],
+            sample: None,
         };
         let mut points = vec![];
         for c in &budgets {

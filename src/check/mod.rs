@@ -33,6 +33,7 @@ mod optimizer;
 mod processes;
 mod ref_sync;
 mod repeats;
+mod sampling;
 mod stage;
 mod tokens;
 

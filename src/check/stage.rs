@@ -191,6 +191,7 @@ impl<'a> Checker<'a> {
         let z_loss = f.ranged(self, "z_loss", Some(0.0), 0.0, false, 1.0, false);
         let eval_choices = f.field("eval_choices").map(|c| self.eval_choices(&c.value));
         let eval_data = f.field("eval_data").map_or(Some(vec![]), |e| self.eval_data(&e.value));
+        let sample = self.sampling_keys(&mut f);
         let tokens_span = f.key_span("tokens");
         let sched_span = f.value_span("schedule");
         f.finish(self);
@@ -264,6 +265,7 @@ impl<'a> Checker<'a> {
                 z_loss: z_loss?,
                 eval_choices: eval_choices.map_or(Some(None), |c| c.map(Some))?,
                 eval_data: eval_data?,
+                sample: sample?,
             }),
         })
     }

@@ -99,6 +99,19 @@ pub struct TrainSpec {
     /// each time (`eval_data = [wiki, c4]`), as OLMo's in-loop perplexity evaluations.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub eval_data: Vec<String>,
+    /// Text sampled from the model every `every` steps as it trains (`sample_every`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sample: Option<TrainSamples>,
+}
+
+/// What `train` samples as it learns: `tokens` tokens after `prompt` at `temperature` (0:
+/// greedy), every `every` steps and at the last.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct TrainSamples {
+    pub every: u64,
+    pub prompt: String,
+    pub tokens: usize,
+    pub temperature: f64,
 }
 
 fn is_zero(x: &f64) -> bool {

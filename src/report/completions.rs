@@ -1,7 +1,8 @@
 //! What a run page shows of what its policies said: the first held-out prompts with their answers
 //! and the greedy responses at a stage's first and last evaluations (`completions/step-N.jsonl`),
 //! or of each policy a `compare` stage scored (`completions/LABEL.jsonl`), written by the run,
-//! and the last rollouts an RL stage kept (`rollouts/step-N.jsonl`), read here and drawn,
+//! the last rollouts an RL stage kept (`rollouts/step-N.jsonl`), and the first and last text a
+//! `train` stage sampled (`samples/step-N.txt`), read here and drawn,
 //! escaped, by `html.rs`.
 
 use std::path::{Path, PathBuf};
@@ -76,4 +77,21 @@ pub fn last_rollouts(dir: &Path) -> Option<(u64, Vec<serde_json::Value>)> {
     let (step, path) = files(dir, "rollouts").into_iter().filter_map(|(n, p)| Some((n.strip_prefix("step-")?.parse::<u64>().ok()?, p))).max()?;
     let lines = rows(&path);
     (!lines.is_empty()).then_some((step, lines))
+}
+
+/// The first and the last of a `train` stage's samples (`samples/step-N.txt`), as (step, text).
+pub fn samples(dir: &Path) -> Vec<(u64, String)> {
+    let Ok(entries) = std::fs::read_dir(dir.join("samples")) else { return vec![] };
+    let mut found: Vec<(u64, PathBuf)> = entries
+        .take(MAX_FILES)
+        .filter_map(|e| e.ok())
+        .filter_map(|e| Some((e.file_name().to_str()?.strip_prefix("step-")?.strip_suffix(".txt")?.parse().ok()?, e.path())))
+        .collect();
+    found.sort();
+    let ends = match (found.first(), found.last()) {
+        (Some(a), Some(b)) if a.0 != b.0 => vec![a.clone(), b.clone()],
+        (Some(a), _) => vec![a.clone()],
+        _ => vec![],
+    };
+    ends.into_iter().filter_map(|(step, p)| Some((step, crate::fsio::read_text(&p, 1 << 20).ok()?))).collect()
 }

@@ -72,6 +72,9 @@ pub fn report_html(dir: &Path, title: &str) -> Result<String, String> {
         let policies: Vec<String> = r["rows"].as_array().into_iter().flatten().filter_map(|p| p["policy"].as_str().map(String::from)).collect();
         sections.push_str(&completions_section(dir, &policies));
         sections.push_str(&rollouts_section(dir));
+        for (step, text) in super::completions::samples(dir) {
+            sections.push_str(&format!("<h3>Sampled at step {step}</h3><pre>{}</pre>", esc(&text)));
+        }
         for key in ["before", "after", "held_out_rewards"] {
             if let Some(o) = r[key].as_object() {
                 let rows: Vec<(String, String)> = o.iter().filter(|(_, v)| v.is_number()).map(|(k, v)| (k.replace('_', " "), human(k, v))).collect();

@@ -26,6 +26,7 @@
 //! | `choices.rs`   | a policy's accuracy on multiple-choice questions (lm-eval's)          |
 //! | `perplexity.rs`| a policy's perplexity on a corpus's held-out split, window by window |
 //! | `in_loop.rs`   | what `train` scores beside its validation loss: `eval_choices`, `eval_data` |
+//! | `sampling.rs`  | what `train` samples as it learns (`sample_every`): samples/step-N.txt |
 //! | `rewards.rs`   | a stage's `reward = …`: program terms and reward models' scores      |
 //! | `losses.rs`    | Bradley–Terry, DPO, clipped PPO and value losses, entropy            |
 //! | `progress.rs`  | the progress of a loop and metrics.jsonl                             |
@@ -75,6 +76,7 @@ pub mod losses;
 pub mod progress;
 pub mod reference;
 pub mod rewards;
+pub mod sampling;
 pub mod score;
 pub mod seqs;
 pub mod tensorboard;

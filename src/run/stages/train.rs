@@ -22,6 +22,7 @@ use crate::run::kit::{device, hash, lifecycle, tokenize, StageCtx};
 use crate::run::model::moe::MoeStats;
 use crate::run::model::expert_parallel::Share;
 use crate::run::model::Model;
+use crate::run::kit::sampling::Sampler;
 use crate::run::kit::seqs::{seed_step};
 use crate::schedule::lr_at;
 
@@ -109,6 +110,7 @@ pub fn run_model(ctx: &StageCtx, spec: &ModelSpec, t: &TrainSpec) -> Result<()> 
         let parts: Vec<(&crate::recipe::DataSpec, f64)> = data_spec.mix.iter().filter_map(|(n, w)| Some((recipe.data(n)?, *w))).collect();
         Corpus::load_mix(&parts, &dir, checkpoint.as_deref())?
     };
+    let sampler = t.sample.as_ref().map(|s| Sampler::new(s, &dir)).transpose()?;
     let params: Vec<Tensor> = model.params.iter().map(|p| p.shallow_clone()).collect();
     // The weights files (`model.safetensors`, the best), whole: written a tensor at a time.
     let entries: Vec<FileTensor> = model.names.iter().enumerate().map(|(j, n)| FileTensor { name: n.clone(), shape: model.whole_size(j), kind: params[j].kind() }).collect();
@@ -244,6 +246,9 @@ pub fn run_model(ctx: &StageCtx, spec: &ModelSpec, t: &TrainSpec) -> Result<()> 
                 val_sets: scored.map(|s| s.losses.clone()).unwrap_or_default(),
             })?;
             window = (Instant::now(), 0, 0.0, 0);
+        }
+        if let Some(s) = sampler.as_ref().filter(|s| s.due(done, t.steps)) {
+            s.sample(&run, &model, done)?;
         }
         if done % ckpt_every == 0 || done == t.steps {
             let extra = json!({"since_best": since_best, "best_step": best_step});
