@@ -25,16 +25,34 @@ pub struct Shown {
     pub rows: Vec<(String, String, Vec<Option<Said>>)>,
 }
 
-/// The files in `dir`'s `folder`, as (name without `.jsonl`, path), sorted by name.
-fn files(dir: &Path, folder: &str) -> Vec<(String, PathBuf)> {
+/// The files in `dir`'s `folder` named `*.ext`, as (name without the extension, path), sorted
+/// by name.
+fn files(dir: &Path, folder: &str, ext: &str) -> Vec<(String, PathBuf)> {
     let Ok(entries) = std::fs::read_dir(dir.join(folder)) else { return vec![] };
+    let suffix = format!(".{ext}");
     let mut found: Vec<(String, PathBuf)> = entries
         .take(MAX_FILES)
         .filter_map(|e| e.ok())
-        .filter_map(|e| Some((e.file_name().to_str()?.strip_suffix(".jsonl")?.to_string(), e.path())))
+        .filter_map(|e| Some((e.file_name().to_str()?.strip_suffix(suffix.as_str())?.to_string(), e.path())))
         .collect();
     found.sort();
     found
+}
+
+/// The `step-N` files among `found`, as (N, path), sorted by step.
+fn steps(found: &[(String, PathBuf)]) -> Vec<(u64, PathBuf)> {
+    let mut steps: Vec<(u64, PathBuf)> = found.iter().filter_map(|(n, p)| Some((n.strip_prefix("step-")?.parse().ok()?, p.clone()))).collect();
+    steps.sort();
+    steps
+}
+
+/// The first and the last of `steps` (one when there is one).
+fn ends(steps: &[(u64, PathBuf)]) -> Vec<&(u64, PathBuf)> {
+    match (steps.first(), steps.last()) {
+        (Some(a), Some(b)) if a.0 != b.0 => vec![a, b],
+        (Some(a), _) => vec![a],
+        _ => vec![],
+    }
 }
 
 /// The first `ROWS` lines of a completions file, parsed (none if it cannot be read).
@@ -50,11 +68,9 @@ fn said(row: &serde_json::Value) -> Said {
 /// The columns: a training stage's first and last evaluation (`step-N`), or else every file,
 /// ordered as `order` names them (a `compare` stage's policies), the others after.
 fn columns(found: Vec<(String, PathBuf)>, order: &[String]) -> Vec<(String, PathBuf)> {
-    let mut steps: Vec<(u64, PathBuf)> = found.iter().filter_map(|(n, p)| Some((n.strip_prefix("step-")?.parse().ok()?, p.clone()))).collect();
-    steps.sort();
-    if let (Some(first), Some(last)) = (steps.first(), steps.last()) {
-        let ends = if first.0 == last.0 { vec![first] } else { vec![first, last] };
-        return ends.into_iter().map(|(n, p)| (format!("step {n}"), p.clone())).collect();
+    let steps = steps(&found);
+    if !steps.is_empty() {
+        return ends(&steps).into_iter().map(|(n, p)| (format!("step {n}"), p.clone())).collect();
     }
     let mut named = found;
     named.sort_by_key(|(n, _)| order.iter().position(|o| o == n).unwrap_or(usize::MAX));
@@ -63,7 +79,7 @@ fn columns(found: Vec<(String, PathBuf)>, order: &[String]) -> Vec<(String, Path
 
 /// What `dir`'s completions show, if it has any; `order`: a `compare` stage's policies.
 pub fn shown(dir: &Path, order: &[String]) -> Option<Shown> {
-    let columns = columns(files(dir, "completions"), order);
+    let columns = columns(files(dir, "completions", "jsonl"), order);
     let read: Vec<Vec<serde_json::Value>> = columns.iter().map(|(_, p)| rows(p)).collect();
     let first = read.first()?;
     let text = |r: &serde_json::Value, k: &str| r[k].as_str().unwrap_or("").to_string();
@@ -74,24 +90,13 @@ pub fn shown(dir: &Path, order: &[String]) -> Option<Shown> {
 /// The last step's rollouts (`rollouts/step-N.jsonl`), their first `ROWS` lines: the step and the
 /// lines, if the run kept any.
 pub fn last_rollouts(dir: &Path) -> Option<(u64, Vec<serde_json::Value>)> {
-    let (step, path) = files(dir, "rollouts").into_iter().filter_map(|(n, p)| Some((n.strip_prefix("step-")?.parse::<u64>().ok()?, p))).max()?;
+    let (step, path) = steps(&files(dir, "rollouts", "jsonl")).pop()?;
     let lines = rows(&path);
     (!lines.is_empty()).then_some((step, lines))
 }
 
 /// The first and the last of a `train` stage's samples (`samples/step-N.txt`), as (step, text).
 pub fn samples(dir: &Path) -> Vec<(u64, String)> {
-    let Ok(entries) = std::fs::read_dir(dir.join("samples")) else { return vec![] };
-    let mut found: Vec<(u64, PathBuf)> = entries
-        .take(MAX_FILES)
-        .filter_map(|e| e.ok())
-        .filter_map(|e| Some((e.file_name().to_str()?.strip_prefix("step-")?.strip_suffix(".txt")?.parse().ok()?, e.path())))
-        .collect();
-    found.sort();
-    let ends = match (found.first(), found.last()) {
-        (Some(a), Some(b)) if a.0 != b.0 => vec![a.clone(), b.clone()],
-        (Some(a), _) => vec![a.clone()],
-        _ => vec![],
-    };
-    ends.into_iter().filter_map(|(step, p)| Some((step, crate::fsio::read_text(&p, 1 << 20).ok()?))).collect()
+    let steps = steps(&files(dir, "samples", "txt"));
+    ends(&steps).into_iter().filter_map(|(step, p)| Some((*step, crate::fsio::read_text(p, 1 << 20).ok()?))).collect()
 }

@@ -13,7 +13,7 @@ use super::lifecycle::RunDir;
 use super::score::Score;
 
 /// The folder in a stage's directory.
-pub const DIR: &str = "completions";
+const DIR: &str = "completions";
 
 /// Write `score`'s completions as the evaluation after `step` steps.
 pub fn write(run: &RunDir, step: u64, score: &Score) -> Result<()> {
@@ -32,18 +32,26 @@ pub fn write_rollouts(run: &RunDir, step: u64, lines: &[serde_json::Value]) -> R
     write_lines(run, "rollouts", &format!("step-{step}"), lines)
 }
 
-/// `lines` as `folder/name.jsonl` in the run's directory, from the leading process, whole and
-/// atomically (nothing for no lines).
+/// `lines` as `folder/name.jsonl` in the run's directory (nothing for no lines).
 fn write_lines(run: &RunDir, folder: &str, name: &str, lines: &[serde_json::Value]) -> Result<()> {
-    if !run.leads || lines.is_empty() {
+    if lines.is_empty() {
         return Ok(());
     }
-    let dir = run.dir.join(folder);
-    std::fs::create_dir_all(&dir).map_err(|e| anyhow::anyhow!("creating {}: {e}", dir.display()))?;
     let mut text = String::new();
     for l in lines {
         text.push_str(&serde_json::to_string(l)?);
         text.push('\n');
     }
-    write_atomic(&dir.join(format!("{name}.jsonl")), text.as_bytes())
+    write_text(run, folder, &format!("{name}.jsonl"), &text)
+}
+
+/// `text` as `folder/file` in the run's directory, from the leading process, whole and
+/// atomically.
+pub fn write_text(run: &RunDir, folder: &str, file: &str, text: &str) -> Result<()> {
+    if !run.leads {
+        return Ok(());
+    }
+    let dir = run.dir.join(folder);
+    std::fs::create_dir_all(&dir).map_err(|e| anyhow::anyhow!("creating {}: {e}", dir.display()))?;
+    write_atomic(&dir.join(file), text.as_bytes())
 }

@@ -8,7 +8,6 @@
 use anyhow::Result;
 use std::path::Path;
 
-use super::files::write_atomic;
 use super::lifecycle::RunDir;
 use super::seqs::generate;
 use super::tokenize;
@@ -58,8 +57,6 @@ impl Sampler {
         // One line, escaped as a JSON string: a model's text could otherwise start a line that a
         // CI runner reads as a command (GitHub's `::error::…`).
         tracing::info!("{}: a sample at step {done}: {}", run.label, serde_json::Value::String(text.clone()));
-        let dir = run.dir.join("samples");
-        std::fs::create_dir_all(&dir).map_err(|e| anyhow::anyhow!("creating {}: {e}", dir.display()))?;
-        write_atomic(&dir.join(format!("step-{done}.txt")), text.as_bytes())
+        super::completions::write_text(run, "samples", &format!("step-{done}.txt"), &text)
     }
 }
