@@ -111,6 +111,9 @@ pub(super) fn table(reference: &Model, codec: &Codec, pairs: &[Pair], which: &BT
             progress.line((before + k * chunk.max(1) + part.len()) as u64, every, "pairs", false);
         }
     });
-    world.all_reduce(&table, Reduce::Sum)?;
+    // (The same `which` on every process: all of them skip an empty table alike.)
+    if !which.is_empty() {
+        world.all_reduce(&table, Reduce::Sum)?;
+    }
     Ok(table)
 }
