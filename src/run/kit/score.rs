@@ -72,9 +72,11 @@ impl Score {
         format!(" | held-out: greedy exact {:.1}%; sampled exact {:.1}%{verbose} gold {:.3}", 100.0 * self.exact, 100.0 * self.sampled_exact, self.sampled_gold)
     }
 
-    /// The first (prompt, greedy response) pair, for a log line: `"reverse ab" → "ba"`.
+    /// The first (prompt, greedy response) pair, for a log line: `"reverse ab" → "ba"`, each
+    /// escaped as a JSON string (one line whatever the model wrote).
     pub fn example(&self) -> String {
-        self.samples.first().map_or_else(|| "no held-out prompt".into(), |(p, r)| format!("{p:?} → {r:?}"))
+        let quoted = |s: &str| serde_json::Value::String(s.to_string()).to_string();
+        self.samples.first().map_or_else(|| "no held-out prompt".into(), |(p, r)| format!("{} → {}", quoted(p), quoted(r)))
     }
 
     /// Add the scores to a metrics line, each key prefixed (`val_` where the stage logs training
