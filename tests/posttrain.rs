@@ -459,6 +459,19 @@ fn editing_only_the_ppo_stage_reuses_the_earlier_stages() {
         let exact = lines.iter().filter(|l| l["exact"] == true).count() as f64 / lines.len() as f64;
         assert_eq!((lines.len() as u64, exact), (row["score"]["examples"].as_u64().unwrap(), row["score"]["exact"].as_f64().unwrap()), "{}", row["policy"]);
     }
+    // The reward model keeps its held-out pairs as it scored them: right where the chosen
+    // response scores higher, as many as the report's accuracy says; its page shows them.
+    let rm = runs.join("tiny-lifecycle/rm");
+    let report: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(rm.join("report.json")).unwrap()).unwrap();
+    let text = std::fs::read_to_string(rm.join("scores/step-10.jsonl")).unwrap();
+    let pairs: Vec<serde_json::Value> = text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(pairs.len() as u64, report["held_out_pairs"].as_u64().unwrap());
+    assert!(pairs.iter().all(|p| (p["chosen_score"].as_f64() > p["rejected_score"].as_f64()) == (p["right"] == true)));
+    let right = pairs.iter().filter(|p| p["right"] == true).count() as f64 / pairs.len() as f64;
+    assert_eq!(right, report["held_out_accuracy"].as_f64().unwrap());
+    assert_eq!(roux(&["report", rm.to_str().unwrap()]).status.code(), Some(0));
+    let html = std::fs::read_to_string(rm.join("report.html")).unwrap();
+    assert!(html.contains("<h2>Held-out pairs at step 10</h2>") && html.contains(&format!("<td><code>{}</code></td>", pairs[0]["chosen"].as_str().unwrap())), "{html}");
     // PPO keeps its rollouts at evaluation steps: each response's reward-model score, summed KL
     // and its penalty (the coefficient 0.05 times it), the step's mean score the logged one.
     let rl = metrics(&runs.join("tiny-lifecycle/rl"));

@@ -1,7 +1,8 @@
 //! What a run page shows of what its policies said: the first held-out prompts with their answers
 //! and the greedy responses at a stage's first and last evaluations (`completions/step-N.jsonl`),
 //! or of each policy a `compare` stage scored (`completions/LABEL.jsonl`), written by the run,
-//! the last rollouts an RL stage kept (`rollouts/step-N.jsonl`), and the first and last text a
+//! the last rollouts an RL stage kept (`rollouts/step-N.jsonl`) and held-out pairs a reward model
+//! scored (`scores/step-N.jsonl`), and the first and last text a
 //! `train` stage sampled (`samples/step-N.txt`), read here and drawn,
 //! escaped, by `html.rs`.
 
@@ -87,10 +88,10 @@ pub fn shown(dir: &Path, order: &[String]) -> Option<Shown> {
     (!rows.is_empty()).then(|| Shown { columns: columns.into_iter().map(|(c, _)| c).collect(), rows })
 }
 
-/// The last step's rollouts (`rollouts/step-N.jsonl`), their first `ROWS` lines: the step and the
-/// lines, if the run kept any.
-pub fn last_rollouts(dir: &Path) -> Option<(u64, Vec<serde_json::Value>)> {
-    let (step, path) = steps(&files(dir, "rollouts", "jsonl")).pop()?;
+/// The last step's file in `folder` (`rollouts/step-N.jsonl`, `scores/step-N.jsonl`), its first
+/// `ROWS` lines: the step and the lines, if the run kept any.
+pub fn last_lines(dir: &Path, folder: &str) -> Option<(u64, Vec<serde_json::Value>)> {
+    let (step, path) = steps(&files(dir, folder, "jsonl")).pop()?;
     let lines = rows(&path);
     (!lines.is_empty()).then_some((step, lines))
 }

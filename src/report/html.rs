@@ -72,6 +72,7 @@ pub fn report_html(dir: &Path, title: &str) -> Result<String, String> {
         let policies: Vec<String> = r["rows"].as_array().into_iter().flatten().filter_map(|p| p["policy"].as_str().map(String::from)).collect();
         sections.push_str(&completions_section(dir, &policies));
         sections.push_str(&rollouts_section(dir));
+        sections.push_str(&scores_section(dir));
         for (step, text) in super::completions::samples(dir) {
             sections.push_str(&format!("<h3>Sampled at step {step}</h3><pre>{}</pre>", esc(&text)));
         }
@@ -137,7 +138,7 @@ pub fn completions_section(dir: &Path, order: &[String]) -> String {
 /// The last rollouts an RL stage kept: each response with its reward, its terms' values and
 /// what the stage made of it (the line's other fields), or nothing.
 pub fn rollouts_section(dir: &Path) -> String {
-    let Some((step, lines)) = super::completions::last_rollouts(dir) else { return String::new() };
+    let Some((step, lines)) = super::completions::last_lines(dir, "rollouts") else { return String::new() };
     const SHOWN: [&str; 5] = ["prompt", "answer", "completion", "reward", "terms"];
     let text = |v: &serde_json::Value| v.as_str().map_or_else(|| v.to_string(), String::from);
     let body: String = lines
@@ -150,6 +151,21 @@ pub fn rollouts_section(dir: &Path) -> String {
         })
         .collect();
     format!("<h2>Rollouts at step {step}</h2><p>The first {} responses sampled for the step's update, with their reward term by term; all of them, at every evaluation, are in rollouts/.</p><table class=\"completions\"><tr><th>prompt</th><th>answer</th><th>response</th><th>reward</th><th>terms</th><th>in the update</th></tr>{body}</table>", lines.len())
+}
+
+/// The held-out pairs a reward model scored at its last evaluation: each with both scores, ✓
+/// where the chosen response scores higher, or nothing.
+pub fn scores_section(dir: &Path) -> String {
+    let Some((step, lines)) = super::completions::last_lines(dir, "scores") else { return String::new() };
+    let code = |l: &serde_json::Value, k: &str| format!("<td><code>{}</code></td>", esc(l[k].as_str().unwrap_or("")));
+    let body: String = lines
+        .iter()
+        .map(|l| {
+            let right = if l["right"] == true { " ✓" } else { "" };
+            format!("<tr>{}{}{}<td>{}</td><td>{}{right}</td></tr>", code(l, "prompt"), code(l, "chosen"), code(l, "rejected"), esc(&human("", &l["chosen_score"])), esc(&human("", &l["rejected_score"])))
+        })
+        .collect();
+    format!("<h2>Held-out pairs at step {step}</h2><p>The first {} held-out pairs as the reward model scores them (✓: the chosen response scores higher); all of them, at every evaluation, are in scores/.</p><table class=\"completions\"><tr><th>prompt</th><th>chosen</th><th>rejected</th><th>chosen score</th><th>rejected score</th></tr>{body}</table>", lines.len())
 }
 
 /// Plots as images, never inline markup: whatever an SVG holds, it cannot run a script or
@@ -276,8 +292,15 @@ mod tests {
         }
         let html = super::rollouts_section(&dir);
         assert!(html.contains("<h2>Rollouts at step 10</h2>") && html.contains("<td><code>&lt;/td&gt;&lt;img src=x onerror=alert(10)&gt;</code></td><td>0.5000</td><td>matches(&quot;&lt;b&gt;&quot;) 1</td><td>group 0</td></tr>"), "{html}");
+        // A reward model's scored pairs, escaped.
+        std::fs::create_dir_all(dir.join("scores")).unwrap();
+        let pair = serde_json::json!({"prompt": "<i>p", "chosen": "a<b", "rejected": "'x'", "chosen_score": 1.5, "rejected_score": -0.25, "right": true});
+        std::fs::write(dir.join("scores/step-8.jsonl"), pair.to_string() + "\n").unwrap();
+        let html = super::scores_section(&dir);
+        assert!(html.contains("<tr><td><code>&lt;i&gt;p</code></td><td><code>a&lt;b</code></td><td><code>&#39;x&#39;</code></td><td>1.500</td><td>-0.2500 ✓</td></tr>"), "{html}");
         std::fs::remove_dir_all(&dir).unwrap();
         assert_eq!(super::completions_section(&dir, &[]), "");
+        assert_eq!(super::scores_section(&dir), "");
         assert_eq!(super::rollouts_section(&dir), "");
     }
 }

@@ -2,7 +2,8 @@
 //! directory, a line per held-out prompt with its answer, the greedy and the sampled response and
 //! how each scored (TRL's `log_completions`, lm-eval's `--log_samples`): step 0 is the policy the
 //! stage started from; a `compare` stage's, each policy's as `completions/LABEL.jsonl`; and what
-//! an RL stage sampled for training at each evaluation step, `rollouts/step-N.jsonl`. Written
+//! an RL stage sampled for training at each evaluation step, `rollouts/step-N.jsonl` (a reward
+//! model's held-out pairs as it scores them: `scores/step-N.jsonl`). Written
 //! whole and atomically by the leading process, so a resumed run writes an evaluation's file
 //! again rather than appending twice.
 
@@ -24,16 +25,16 @@ pub fn write(run: &RunDir, step: u64, score: &Score) -> Result<()> {
 /// so one path component).
 pub fn write_as(run: &RunDir, name: &str, score: &Score) -> Result<()> {
     let lines: Vec<serde_json::Value> = score.completions.iter().map(serde_json::to_value).collect::<Result<_, _>>()?;
-    write_lines(run, DIR, name, &lines)
+    write_jsonl(run, DIR, name, &lines)
 }
 
 /// What an RL stage sampled and how it was rewarded at a step, in `rollouts/step-N.jsonl`.
 pub fn write_rollouts(run: &RunDir, step: u64, lines: &[serde_json::Value]) -> Result<()> {
-    write_lines(run, "rollouts", &format!("step-{step}"), lines)
+    write_jsonl(run, "rollouts", &format!("step-{step}"), lines)
 }
 
 /// `lines` as `folder/name.jsonl` in the run's directory (nothing for no lines).
-fn write_lines(run: &RunDir, folder: &str, name: &str, lines: &[serde_json::Value]) -> Result<()> {
+pub fn write_jsonl(run: &RunDir, folder: &str, name: &str, lines: &[serde_json::Value]) -> Result<()> {
     if lines.is_empty() {
         return Ok(());
     }

@@ -16,9 +16,9 @@ use crate::run::kit::losses::bradley_terry;
 use crate::run::kit::codec::Codec;
 use crate::run::kit::dist::Reduce;
 use crate::run::kit::patience::Patience;
-use crate::run::kit::{device, lifecycle, StageCtx};
+use crate::run::kit::{completions, device, lifecycle, StageCtx};
 use crate::run::model::heads::RewardModel;
-use crate::run::kit::seqs::{seed_step};
+use crate::run::kit::seqs::{seed_step, to_f64s};
 use crate::schedule::lr_at;
 
 /// Token rows of (prompt, chosen) and (prompt, rejected), cut to the context.
@@ -32,18 +32,26 @@ pub fn pair_rows(codec: &Codec, pairs: &[&Pair], ctx: usize) -> (Vec<Vec<i64>>, 
     (pairs.iter().map(|p| row(p, &p.chosen)).collect(), pairs.iter().map(|p| row(p, &p.rejected)).collect())
 }
 
-/// Share of pairs where the chosen response scores higher.
-pub fn pairwise_accuracy(rm: &RewardModel, codec: &Codec, pairs: &[Pair]) -> f64 {
+/// Share of pairs where the chosen response scores higher, and each pair's scores (chosen,
+/// rejected).
+pub fn pairwise_accuracy(rm: &RewardModel, codec: &Codec, pairs: &[Pair]) -> (f64, Vec<(f64, f64)>) {
     let ctx = rm.trunk.spec().context;
-    let mut right = 0.0;
+    let mut scores = vec![];
     tch::no_grad(|| {
         for chunk in pairs.chunks(64) {
             let refs: Vec<&Pair> = chunk.iter().collect();
             let (c, r) = pair_rows(codec, &refs, ctx);
-            right += rm.score(&c, false).gt_tensor(&rm.score(&r, false)).to_kind(Kind::Float).sum(Kind::Float).double_value(&[]);
+            scores.extend(to_f64s(&rm.score(&c, false)).into_iter().zip(to_f64s(&rm.score(&r, false))));
         }
     });
-    right / pairs.len().max(1) as f64
+    let right = scores.iter().filter(|(c, r)| c > r).count();
+    (right as f64 / pairs.len().max(1) as f64, scores)
+}
+
+/// The held-out pairs as the reward model scores them, a line each, for `scores/step-N.jsonl`
+/// (TRL's RewardTrainer shows such a table at each evaluation).
+fn scored_lines(pairs: &[Pair], scores: &[(f64, f64)]) -> Vec<serde_json::Value> {
+    pairs.iter().zip(scores).map(|(p, (c, r))| json!({"prompt": p.prompt, "chosen": p.chosen, "rejected": p.rejected, "chosen_score": c, "rejected_score": r, "right": c > r})).collect()
 }
 
 pub fn run(ctx: &StageCtx, r: &RewardSpec) -> Result<()> {
@@ -109,7 +117,11 @@ pub fn run(ctx: &StageCtx, r: &RewardSpec) -> Result<()> {
         let done = step + 1;
         let (loss_v, train_acc) = (sums.double_value(&[0]) / r.opt.batch as f64, sums.double_value(&[1]) / r.opt.batch as f64);
         let eval_now = done % r.opt.eval_every == 0 || done == r.opt.steps;
-        let a = eval_now.then(|| pairwise_accuracy(&rm, &codec, &split.held_out));
+        let scored = eval_now.then(|| pairwise_accuracy(&rm, &codec, &split.held_out));
+        if let Some((_, scores)) = &scored {
+            completions::write_jsonl(&run, "scores", &format!("step-{done}"), &scored_lines(&split.held_out, scores))?;
+        }
+        let a = scored.map(|(a, _)| a);
         let shown = a.map_or(String::new(), |a| format!(" held-out accuracy {:.1}%", 100.0 * a));
         run.progress.line(done, r.opt.log_every, &format!("loss {loss_v:.4} batch accuracy {:.0}%{shown} lr {lr:.2e}", 100.0 * train_acc), a.is_some());
         if done % r.opt.log_every == 0 || a.is_some() {
@@ -130,7 +142,7 @@ pub fn run(ctx: &StageCtx, r: &RewardSpec) -> Result<()> {
         }
     }
     // A run resumed with no step left to take measures its weights here.
-    let acc = acc.unwrap_or_else(|| pairwise_accuracy(&rm, &codec, &split.held_out));
+    let acc = acc.unwrap_or_else(|| pairwise_accuracy(&rm, &codec, &split.held_out).0);
     let mut report = json!({
         "experiment": recipe.experiment,
         "kind": "reward_model",
