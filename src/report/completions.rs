@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 const ROWS: usize = 12;
 /// Step files a run directory's folder is searched among.
 const MAX_FILES: usize = 100_000;
-/// The largest completions file read.
+/// The largest completions, rollouts, scores or samples file read.
 const MAX_FILE_BYTES: u64 = 64 << 20;
 
 /// A greedy response and whether it is the answer.
@@ -99,5 +99,5 @@ pub fn last_lines(dir: &Path, folder: &str) -> Option<(u64, Vec<serde_json::Valu
 /// The first and the last of a `train` stage's samples (`samples/step-N.txt`), as (step, text).
 pub fn samples(dir: &Path) -> Vec<(u64, String)> {
     let steps = steps(&files(dir, "samples", "txt"));
-    ends(&steps).into_iter().filter_map(|(step, p)| Some((*step, crate::fsio::read_text(p, 1 << 20).ok()?))).collect()
+    ends(&steps).into_iter().filter_map(|(step, p)| Some((*step, crate::fsio::read_text(p, MAX_FILE_BYTES).ok()?))).collect()
 }

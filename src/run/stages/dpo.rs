@@ -131,8 +131,8 @@ pub fn run(ctx: &StageCtx, d: &DpoSpec) -> Result<()> {
     let sampler = Rng(recipe.seed ^ 0xD90);
     // Before a checkpoint's weights are loaded: the policy is still its reference.
     let precomputed = if d.precompute_ref_log_probs { Some(reference::Precomputed::new(&name, &policy, &codec, &split.train, &held_pairs, d, micro, sampler, world, dev)?) } else { None };
-    let refs = precomputed.as_ref().map_or(RefLogps::Model(reference), |p| RefLogps::Table(&p.train, &p.drawn));
-    let held_refs = precomputed.as_ref().map_or(RefLogps::Model(reference), |p| RefLogps::Table(&p.held, &p.all_held));
+    let refs = precomputed.as_ref().map_or(RefLogps::Model(reference), |p| RefLogps::Table(&p.train));
+    let held_refs = precomputed.as_ref().map_or(RefLogps::Model(reference), |p| RefLogps::Table(&p.held));
     let mut opt = Optimizer::new(&params, &names, &d.opt.optimizer);
     moving::keep_in_checkpoints(&mut run, d.sync_ref.as_ref(), reference);
     let (step0, mut rng, extra) = run.restore(&names, &params, &mut opt, sampler)?;
@@ -355,7 +355,7 @@ pub fn run(ctx: &StageCtx, d: &DpoSpec) -> Result<()> {
         report["held_out_feedback"] = json!(held_judged.len());
     }
     if let Some(p) = &precomputed {
-        report["precomputed_reference_pairs"] = json!(p.drawn.len());
+        report["precomputed_reference_pairs"] = json!(p.train.computed.len());
     }
     patience.report_into(&mut report, stopped);
     tracing::info!(

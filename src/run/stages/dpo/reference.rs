@@ -24,9 +24,15 @@ use crate::run::model::Model;
 pub(super) enum RefLogps<'a> {
     /// The reference run on the batch (none for a reference-free loss: zeros).
     Model(Option<&'a Model>),
-    /// Computed before the first step: each pair's chosen and rejected response, `[pairs, 2]`,
-    /// and which pairs were computed.
-    Table(&'a Tensor, &'a BTreeSet<usize>),
+    /// Computed before the first step.
+    Table(&'a Table),
+}
+
+/// Each pair's chosen and rejected response's reference log-probability, `[pairs, 2]`, and which
+/// pairs were computed (the others are zeros).
+pub(super) struct Table {
+    values: Tensor,
+    pub computed: BTreeSet<usize>,
 }
 
 impl RefLogps<'_> {
@@ -34,12 +40,12 @@ impl RefLogps<'_> {
     pub fn pairs(&self, b: &Batch, idx: &[usize], loss: DpoLoss) -> Result<Tensor> {
         match self {
             RefLogps::Model(m) => Ok(reference_logps(*m, b, loss)),
-            RefLogps::Table(table, computed) => {
-                if let Some(i) = idx.iter().find(|i| !computed.contains(i)) {
+            RefLogps::Table(t) => {
+                if let Some(i) = idx.iter().find(|i| !t.computed.contains(i)) {
                     bail!("pair {i} has no precomputed reference log-probability (the steps drew another pair than the sampler foresaw)");
                 }
-                let at = Tensor::from_slice(&idx.iter().map(|&i| i as i64).collect::<Vec<_>>()).to_device(table.device());
-                let rows = table.index_select(0, &at);
+                let at = Tensor::from_slice(&idx.iter().map(|&i| i as i64).collect::<Vec<_>>()).to_device(t.values.device());
+                let rows = t.values.index_select(0, &at);
                 Ok(Tensor::cat(&[rows.select(1, 0), rows.select(1, 1)], 0))
             }
         }
@@ -49,10 +55,8 @@ impl RefLogps<'_> {
 /// The reference's log-probabilities of the training pairs the run draws and of the held-out
 /// pairs, computed before the first step.
 pub(super) struct Precomputed {
-    pub train: Tensor,
-    pub drawn: BTreeSet<usize>,
-    pub held: Tensor,
-    pub all_held: BTreeSet<usize>,
+    pub train: Table,
+    pub held: Table,
     seconds: f64,
 }
 
@@ -70,24 +74,24 @@ impl Precomputed {
         let total = [drawn.len(), all_held.len()].map(|n| n / world.size + usize::from(world.rank < n % world.size));
         let label = format!("{label}: the reference's log-probabilities");
         let progress = if world.rank == 0 { Progress::new(&label, 0, (total[0] + total[1]) as u64) } else { Progress::silent(&label, 0) };
-        let train = table(reference, codec, train, &drawn, d.loss, micro, world, dev, (&progress, 0))?;
-        let held = table(reference, codec, held, &all_held, d.loss, micro, world, dev, (&progress, total[0]))?;
-        Ok(Precomputed { train, drawn, held, all_held, seconds: started.elapsed().as_secs_f64() })
+        let train = table(reference, codec, train, drawn, d.loss, micro, world, dev, (&progress, 0))?;
+        let held = table(reference, codec, held, all_held, d.loss, micro, world, dev, (&progress, total[0]))?;
+        Ok(Precomputed { train, held, seconds: started.elapsed().as_secs_f64() })
     }
 
     /// What the stage's first log line says of it, of `pairs` training pairs.
     pub fn describe(&self, pairs: usize) -> String {
         format!(
             "the reference's log-probabilities of the {} pairs the steps draw (of {pairs}) and of {} held-out pairs precomputed in {:.1}s, no reference held",
-            crate::diag::thousands(self.drawn.len() as u64),
-            self.all_held.len(),
+            crate::diag::thousands(self.train.computed.len() as u64),
+            self.held.computed.len(),
             self.seconds
         )
     }
 }
 
 /// The pairs `steps` steps of `batch` draw from `rng`, as the stage's sampler draws them.
-pub(super) fn drawn(mut rng: Rng, steps: u64, batch: usize, pairs: usize) -> BTreeSet<usize> {
+fn drawn(mut rng: Rng, steps: u64, batch: usize, pairs: usize) -> BTreeSet<usize> {
     (0..steps * batch as u64).map(|_| rng.below(pairs as u64) as usize).collect()
 }
 
@@ -95,7 +99,7 @@ pub(super) fn drawn(mut rng: Rng, steps: u64, batch: usize, pairs: usize) -> BTr
 /// pairs not in `which`), `chunk` pairs a forward pass, the pairs divided over the processes
 /// (every `size`-th to each) and their rows summed across them; `progress` counts this process's
 /// pairs from the given count.
-pub(super) fn table(reference: &Model, codec: &Codec, pairs: &[Pair], which: &BTreeSet<usize>, loss: DpoLoss, chunk: usize, world: &World, dev: tch::Device, (progress, before): (&Progress, usize)) -> Result<Tensor> {
+fn table(reference: &Model, codec: &Codec, pairs: &[Pair], which: BTreeSet<usize>, loss: DpoLoss, chunk: usize, world: &World, dev: tch::Device, (progress, before): (&Progress, usize)) -> Result<Table> {
     let table = Tensor::zeros([pairs.len() as i64, 2], (Kind::Float, dev));
     let mine: Vec<usize> = which.iter().copied().skip(world.rank).step_by(world.size).collect();
     let context = reference.spec().context;
@@ -115,5 +119,5 @@ pub(super) fn table(reference: &Model, codec: &Codec, pairs: &[Pair], which: &BT
     if !which.is_empty() {
         world.all_reduce(&table, Reduce::Sum)?;
     }
-    Ok(table)
+    Ok(Table { values: table, computed: which })
 }
