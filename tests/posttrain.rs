@@ -469,6 +469,10 @@ fn editing_only_the_ppo_stage_reuses_the_earlier_stages() {
     assert!(pairs.iter().all(|p| (p["chosen_score"].as_f64() > p["rejected_score"].as_f64()) == (p["right"] == true)));
     let right = pairs.iter().filter(|p| p["right"] == true).count() as f64 / pairs.len() as f64;
     assert_eq!(right, report["held_out_accuracy"].as_f64().unwrap());
+    let texts = common::tensorboard_texts(&rm);
+    let shown = &texts["scores"].as_array().unwrap_or_else(|| panic!("{texts}"))[0];
+    assert_eq!((shown["step"].as_u64(), &shown["shape"]), (Some(10), &serde_json::json!([pairs.len() + 1, 6])));
+    assert_eq!(shown["cells"].as_array().unwrap()[..6], ["prompt", "chosen", "rejected", "chosen_score", "rejected_score", "right"]);
     assert_eq!(roux(&["report", rm.to_str().unwrap()]).status.code(), Some(0));
     let html = std::fs::read_to_string(rm.join("report.html")).unwrap();
     assert!(html.contains("<h2>Held-out pairs at step 10</h2>") && html.contains(&format!("<td><code>{}</code></td>", pairs[0]["chosen"].as_str().unwrap())), "{html}");
@@ -1014,6 +1018,23 @@ fn grpo_follows_its_reward_and_resumes_exactly_after_a_kill() {
     for step in (4..=24).step_by(4) {
         let rollouts = |d: &std::path::Path| std::fs::read_to_string(d.join(format!("tiny-grpo/rl/rollouts/step-{step}.jsonl"))).unwrap();
         assert_eq!(rollouts(&whole), rollouts(&killed), "step {step}'s rollouts differ after a resume");
+    }
+    // TensorBoard shows each evaluation's completions (step 0's once, though the resumed run
+    // wrote it again) and rollouts as tables of the files' lines, the same after a resume.
+    let texts = common::tensorboard_texts(&whole.join("tiny-grpo/rl"));
+    assert!(texts == common::tensorboard_texts(&dir), "TensorBoard's texts differ after a resume");
+    let steps = |tag: &str| texts[tag].as_array().unwrap().iter().map(|t| t["step"].as_u64().unwrap()).collect::<Vec<_>>();
+    assert_eq!(steps("completions"), [0, 4, 8, 12, 16, 20, 24]);
+    assert_eq!(steps("rollouts"), [4, 8, 12, 16, 20, 24]);
+    for t in texts["rollouts"].as_array().unwrap() {
+        let file = std::fs::read_to_string(whole.join(format!("tiny-grpo/rl/rollouts/step-{}.jsonl", t["step"]))).unwrap();
+        let first: serde_json::Value = serde_json::from_str(file.lines().next().unwrap()).unwrap();
+        let (shape, cells) = (t["shape"].as_array().unwrap(), t["cells"].as_array().unwrap());
+        let columns = shape[1].as_u64().unwrap() as usize;
+        assert_eq!(shape[0].as_u64().unwrap() as usize, 1 + file.lines().count(), "{t}");
+        assert_eq!(cells[..4], ["prompt", "answer", "completion", "reward"], "{t}");
+        assert_eq!(cells[columns], format!("    {}", first["prompt"].as_str().unwrap()).replace('\n', "\n    "));
+        assert_eq!(cells[columns + 3].as_str().unwrap().parse::<f64>().unwrap(), first["reward"].as_f64().unwrap());
     }
 
     // DAPO's token-level loss with clip-higher, advantages scaled by the step's spread of

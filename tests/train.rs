@@ -1282,6 +1282,17 @@ fn samples_show_what_the_model_writes_and_change_nothing_it_trains() {
         // Logged on one line, escaped as a JSON string (a model's text cannot start a line).
         assert!(log.contains(&format!("pretrain: a sample at step {step}: {}\n", serde_json::Value::String(text.clone()))), "{log}");
     }
+    // TensorBoard's Text tab shows each sample at its step, as written: a code block its
+    // Markdown renderer leaves alone.
+    let texts = common::tensorboard_texts(&sampled);
+    let shown = texts["samples"].as_array().unwrap_or_else(|| panic!("no samples in the event file: {texts}"));
+    assert_eq!(shown.iter().map(|t| t["step"].as_u64().unwrap()).collect::<Vec<_>>(), [20, 40, 60, 80]);
+    for t in shown {
+        let file = std::fs::read_to_string(sampled.join(format!("samples/step-{}.txt", t["step"]))).unwrap();
+        let cell = t["cells"][0].as_str().unwrap();
+        assert_eq!(cell.split('\n').map(|l| l.strip_prefix("    ").unwrap()).collect::<Vec<_>>().join("\n"), file);
+        assert!(t["html"].as_str().unwrap().starts_with("<pre><code>ROMEO:"), "{t}");
+    }
     let o = roux(&["sample", sampled.to_str().unwrap(), "--prompt", "ROMEO:", "--tokens", "24", "--temperature", "0"]);
     assert_eq!(o.status.code(), Some(0), "{}", String::from_utf8_lossy(&o.stderr));
     assert_eq!(String::from_utf8_lossy(&o.stdout).trim_end(), std::fs::read_to_string(sampled.join("samples/step-80.txt")).unwrap().trim_end());

@@ -125,3 +125,28 @@ pub fn python(script: &str, args: &[&str]) -> Output {
         noise.push_str(&line);
     }
 }
+
+/// What TensorBoard reads as texts from `dir`'s event files, through its own reader and its text
+/// plugin's renderer (Markdown on, as the Text tab shows it): {tag: [{step, shape, cells, html}]}.
+/// Asserts each tag is the text plugin's.
+pub fn tensorboard_texts(dir: &Path) -> serde_json::Value {
+    let script = r#"
+import json, sys
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from tensorboard.util import tensor_util
+from tensorboard.plugins.text import text_plugin
+ea = EventAccumulator(sys.argv[1], size_guidance={"tensors": 0})
+ea.Reload()
+out = {}
+for tag in ea.Tags()["tensors"]:
+    assert ea.SummaryMetadata(tag).plugin_data.plugin_name == "text", tag
+    out[tag] = []
+    for e in ea.Tensors(tag):
+        a = tensor_util.make_ndarray(e.tensor_proto)
+        out[tag].append({"step": e.step, "shape": list(a.shape), "cells": [x.decode() for x in a.reshape(-1)], "html": text_plugin.text_array_to_html(a, True)})
+print(json.dumps(out))
+"#;
+    let o = python(script, &[dir.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    serde_json::from_slice(&o.stdout).unwrap()
+}

@@ -5,7 +5,8 @@
 //! an RL stage sampled for training at each evaluation step, `rollouts/step-N.jsonl` (a reward
 //! model's held-out pairs as it scores them: `scores/step-N.jsonl`). Written
 //! whole and atomically by the leading process, so a resumed run writes an evaluation's file
-//! again rather than appending twice.
+//! again rather than appending twice. Each `step-N` file is also shown in TensorBoard
+//! (`event_texts.rs`).
 
 use anyhow::Result;
 
@@ -54,5 +55,9 @@ pub fn write_text(run: &RunDir, folder: &str, file: &str, text: &str) -> Result<
     }
     let dir = run.dir.join(folder);
     std::fs::create_dir_all(&dir).map_err(|e| anyhow::anyhow!("creating {}: {e}", dir.display()))?;
-    write_atomic(&dir.join(file), text.as_bytes())
+    write_atomic(&dir.join(file), text.as_bytes())?;
+    match super::event_texts::of(folder, file, text) {
+        Some((step, t)) => run.metrics.text(step, folder, &t),
+        None => Ok(()),
+    }
 }

@@ -33,6 +33,7 @@
 //! | `health.rs`    | training-health signals read from the logged metrics                |
 //! | `patience.rs`  | `patience = N` on post-training stages: stop without progress        |
 //! | `tensorboard.rs`| TensorBoard event files beside metrics.jsonl                        |
+//! | `event_texts.rs`| samples, completions, rollouts and scores as TensorBoard texts      |
 //! | `device.rs`    | the device a stage runs on, the memory guard                         |
 //! | `alloc.rs`     | the process's allocator (`ROUX_MALLOC`)                              |
 //! | `deferred.rs`  | per-step loss and non-finite steps kept on the device between logs  |
@@ -56,6 +57,7 @@ pub mod decode;
 pub mod deferred;
 pub mod device;
 pub mod dist;
+pub mod event_texts;
 pub mod expert_groups;
 pub mod files;
 pub mod finish;

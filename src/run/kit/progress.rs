@@ -63,14 +63,16 @@ impl Metrics {
         }
         super::files::write_atomic(&path, text.as_bytes())?;
         let file = OpenOptions::new().append(true).open(&path).map_err(|e| anyhow::anyhow!("opening {}: {e}", path.display()))?;
-        // The event file holds exactly the kept rows, as metrics.jsonl does.
+        // The event file holds exactly the kept rows, as metrics.jsonl does, and the texts of the
+        // files kept up to the same step.
         let events = if tensorboard {
             let rows: Vec<(u64, f64, super::tensorboard::Scalars)> = kept
                 .iter()
                 .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
                 .filter_map(|v| Some((v["step"].as_u64()?, 0.0, super::tensorboard::scalars(&v))))
                 .collect();
-            Some(super::tensorboard::EventWriter::create(dir, &rows)?)
+            let texts = keep_through.map_or(vec![], |s| super::event_texts::kept(dir, s));
+            Some(super::tensorboard::EventWriter::create(dir, &rows, &texts)?)
         } else {
             None
         };
@@ -85,6 +87,11 @@ impl Metrics {
     /// Whether this run writes TensorBoard events.
     pub fn tensorboard(&self) -> bool {
         self.events.is_some()
+    }
+
+    /// Show `text` under `tag` at `step` in TensorBoard, when the run writes events.
+    pub fn text(&self, step: u64, tag: &str, text: &super::tensorboard::Text) -> anyhow::Result<()> {
+        self.events.as_ref().map_or(Ok(()), |e| e.text(step, tag, text))
     }
 
     pub fn write_json(&mut self, v: &serde_json::Value) -> anyhow::Result<()> {
