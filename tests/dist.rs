@@ -255,8 +255,9 @@ fn reward_model_and_dpo_on_two_processes_equal_one_process() {
     let accuracy = |name: &str, stage: &str| metrics(&out.join(name).join("pairs").join(stage)).iter().map(|m| m["accuracy"].as_f64().unwrap()).collect::<Vec<_>>();
     for (what, run, name) in [
         ("2 processes", pairs("two", &["--nproc", "2"]), "two"),
-        // (DPO's reference log-probabilities here precomputed, each process computing half the pairs.)
-        ("2 processes × micro-batches", pairs("acc", &["--nproc", "2", "--set", "rm.accumulate=4", "--set", "po.accumulate=2", "--set", "kt.accumulate=2", "--set", "po.precompute_ref_log_probs=true"]), "acc"),
+        // (DPO's and KTO's reference log-probabilities here precomputed, each process computing
+        // half the examples.)
+        ("2 processes × micro-batches", pairs("acc", &["--nproc", "2", "--set", "rm.accumulate=4", "--set", "po.accumulate=2", "--set", "kt.accumulate=2", "--set", "po.precompute_ref_log_probs=true", "--set", "kt.precompute_ref_log_probs=true"]), "acc"),
     ] {
         for (i, stage) in ["rm", "po", "kt"].iter().enumerate() {
             let (loss, weights) = differences(&one[i], &run[i]);
@@ -276,9 +277,10 @@ fn reward_model_and_dpo_on_two_processes_equal_one_process() {
         assert!(loss < 1e-6 && weights < 1e-5, "{stage}, 2 processes × micro-batches vs 1 process: losses differ by {loss:e}, weights by {weights:e}");
     }
     // DPO with LoRA adapters, whose reference is the policy without them, and KTO's loss, whose
-    // reference point is a mean over the whole batch: the same.
+    // reference point is a mean over the whole batch: the same, with the reference's
+    // log-probabilities of the pairs and of their mismatched rows precomputed from the base.
     let variant = ["--set", "po.adapter=lora { rank = 4, targets = [attn.q, attn.v, ffn.w1] }", "--set", "po.loss=kto"];
-    let (one, acc) = (pairs("one-lora", &variant), pairs("acc-lora", &[&variant[..], &["--nproc", "2", "--set", "po.accumulate=2"]].concat()));
+    let (one, acc) = (pairs("one-lora", &variant), pairs("acc-lora", &[&variant[..], &["--nproc", "2", "--set", "po.accumulate=2", "--set", "po.precompute_ref_log_probs=true"]].concat()));
     let (loss, weights) = differences(&one[1], &acc[1]);
     assert!(weights.is_finite() && one[1].1.iter().all(|(n, _)| n.contains(".lora_")), "{:?}", one[1].1.iter().map(|(n, _)| n).collect::<Vec<_>>());
     let kl = |name: &str| metrics(&out.join(name).join("pairs/po")).iter().map(|m| m["kl"].as_f64().unwrap()).collect::<Vec<_>>();

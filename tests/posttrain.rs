@@ -1134,9 +1134,10 @@ fn kto_learns_from_unpaired_feedback() {
     std::fs::write(
         &recipe,
         format!(
-            "experiment \"kto\" {{\n  seed = 7\n  data fb = synthetic.feedback {{ tasks = [uppercase], examples = 240, max_len = 3 }}\n  data prefs = synthetic.preferences {{ tasks = [uppercase], pairs = 240, max_len = 3 }}\n  model lm = transformer {{ vocab = 256, context = 24, d_model = 32, layers = 1, heads = 2, dropout = 0 }}\n  {}\n  {}\n  stage pairs = dpo(lm, prefs) {{ loss = kto, steps = 40, batch = 16 }}\n}}\n",
+            "experiment \"kto\" {{\n  seed = 7\n  data fb = synthetic.feedback {{ tasks = [uppercase], examples = 240, max_len = 3 }}\n  data prefs = synthetic.preferences {{ tasks = [uppercase], pairs = 240, max_len = 3 }}\n  model lm = transformer {{ vocab = 256, context = 24, d_model = 32, layers = 1, heads = 2, dropout = 0 }}\n  {}\n  {}\n  stage pairs = dpo(lm, prefs) {{ loss = kto, beta = 0.5, steps = 40, batch = 16, log_every = 1, optimizer = adamw {{ lr = 3e-3 }} }}\n  {}\n  stage pairs_pre = dpo(lm, prefs) {{ loss = kto, beta = 0.5, steps = 40, batch = 16, log_every = 1, optimizer = adamw {{ lr = 3e-3 }}, precompute_ref_log_probs = true }}\n}}\n",
             stage("k", ""),
-            stage("k2", ", accumulate = 2") + "\n  " + &stage("az", ", loss = apo_zero").replace("loss = kto, ", "")
+            stage("k2", ", accumulate = 2") + "\n  " + &stage("az", ", loss = apo_zero").replace("loss = kto, ", ""),
+            stage("k_pre", ", precompute_ref_log_probs = true") + "\n  " + &stage("az_pre", ", loss = apo_zero, precompute_ref_log_probs = true").replace("loss = kto, ", "")
         ),
     )
     .unwrap();
@@ -1189,6 +1190,27 @@ fn kto_learns_from_unpaired_feedback() {
     let report: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.join("kto/az/report.json")).unwrap()).unwrap();
     let held = &report["held_out_rewards"];
     assert!(held["chosen"].as_f64().unwrap() > held["rejected"].as_f64().unwrap(), "{held}");
+    // With the reference's log-probabilities precomputed (TRL's KTOTrainer has it too; KTO's
+    // mismatched rows as well), the steps of a held reference: losses, reference points and
+    // held-out rewards to rounding, on feedback and on pairs; no reference held.
+    assert!(log.contains("k_pre: KTO (kto loss, β = 0.5, the reference's log-probabilities of the ") && log.contains(&format!("examples the steps draw (of {train}), of their mismatched rows for KTO's reference point and of 16 held-out examples precomputed in")), "{log}");
+    for (held, pre) in [("k", "k_pre"), ("az", "az_pre"), ("pairs", "pairs_pre")] {
+        let (a, b) = (metrics(&out.join("kto").join(held)), metrics(&out.join("kto").join(pre)));
+        assert_eq!(a.len(), b.len());
+        for (x, y) in a.iter().zip(&b) {
+            // (APO-zero's `kl` is the held-out sampled one, which needs a reference: not logged.)
+            let keys: &[&str] = if held == "az" { &["loss", "eval_rewards/margins"] } else { &["loss", "kl", "eval_rewards/margins"] };
+            for &key in keys {
+                let (p, q) = (x[key].as_f64(), y[key].as_f64());
+                assert_eq!(p.is_some(), q.is_some(), "{pre} step {}: {key}", x["step"]);
+                assert!(p.zip(q).is_none_or(|(p, q)| (p - q).abs() < 1e-5), "{pre} step {}: {key} {p:?} vs {q:?}", x["step"]);
+            }
+        }
+        // (A reference point above zero at some steps: the precomputed rows are read.)
+        assert!(held == "az" || b.iter().any(|m| m["kl"].as_f64().unwrap() > 0.01), "{pre}: {b:?}");
+        let report: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.join("kto").join(pre).join("report.json")).unwrap()).unwrap();
+        assert_eq!(report["reference_weight_bytes"], 0, "{pre}");
+    }
 }
 
 /// `roux check` on unpaired feedback says how many completions are desirable, and warns (W0407)

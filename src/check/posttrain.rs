@@ -268,7 +268,7 @@ impl<'a> Checker<'a> {
         let sync_ref = self.ref_sync_keys(&mut f, super::ref_sync::dpo_without_reference(loss, &lora));
         let use_weighting = self.use_weighting(&mut f, data.as_ref());
         let f_divergence = self.f_divergence(&mut f, loss);
-        let precompute = self.precompute_key(&mut f, loss, data.as_ref(), sync_ref.as_ref());
+        let precompute = self.precompute_key(&mut f, loss, sync_ref.as_ref());
         let eval = self.eval_keys(&mut f);
         f.finish(self);
         let (eval_examples, max_new) = eval?;

@@ -5,7 +5,7 @@
 use super::fields::{Fields, Min};
 use super::Checker;
 use crate::diag::{Code, Diagnostic};
-use crate::recipe::{DpoLoss, ExampleKind, ExampleSet, LoraSpec, RefSync};
+use crate::recipe::{DpoLoss, LoraSpec, RefSync};
 
 /// Why a stage with this loss and adapter holds no reference of its own to move, if it does not.
 pub(super) fn dpo_without_reference(loss: Option<DpoLoss>, lora: &Option<Option<LoraSpec>>) -> Option<String> {
@@ -46,20 +46,18 @@ impl<'a> Checker<'a> {
 
 impl<'a> Checker<'a> {
     /// `precompute_ref_log_probs` (false), or E0263 where the reference's log-probabilities of the
-    /// pairs are not all the loss reads of it: none (a reference-free loss), a reference that moves
-    /// (`sync_ref_model`), or KTO's reference point over mismatched pairs and unpaired feedback.
-    pub(super) fn precompute_key(&mut self, f: &mut Fields<'a>, loss: Option<DpoLoss>, data: Option<&ExampleSet>, sync: Option<&Option<RefSync>>) -> Option<bool> {
+    /// examples at the start are not what the loss reads of it: none (a reference-free loss), or a
+    /// reference that moves (`sync_ref_model`).
+    pub(super) fn precompute_key(&mut self, f: &mut Fields<'a>, loss: Option<DpoLoss>, sync: Option<&Option<RefSync>>) -> Option<bool> {
         let on = f.bool(self, "precompute_ref_log_probs", false)?;
-        let why = match (loss, data) {
+        let why = match loss {
             _ if !on => None,
-            (Some(l), _) if !l.needs_reference() => Some(format!("`loss = {}` compares with no reference", l.name())),
-            (_, Some(set)) if set.kind == ExampleKind::Feedback => Some(format!("`{}` holds unpaired feedback, read a completion at a time, not in pairs", set.name)),
-            (Some(DpoLoss::Kto), _) => Some("`loss = kto` also reads the reference on each step's mismatched pairs".to_string()),
+            Some(l) if !l.needs_reference() => Some(format!("`loss = {}` compares with no reference", l.name())),
             _ if matches!(sync, Some(Some(_))) => Some("`sync_ref_model` moves the reference while the stage trains".to_string()),
             _ => None,
         };
         if let Some(why) = why {
-            let err = Diagnostic::error(Code::E0263, f.key_span("precompute_ref_log_probs"), format!("`precompute_ref_log_probs` computes the reference's log-probabilities of the pairs once, before the first step, but {why}"));
+            let err = Diagnostic::error(Code::E0263, f.key_span("precompute_ref_log_probs"), format!("`precompute_ref_log_probs` computes the reference's log-probabilities of the examples once, before the first step, but {why}"));
             self.error(err.with_hint("leave `precompute_ref_log_probs` out"));
             return None;
         }

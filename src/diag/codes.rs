@@ -93,7 +93,7 @@ codes! {
     E0260 = "E0260": "`kd_ratio` below 1 on a `distill` stage that trains on the student's own samples (`lmbda` > 0)",
     E0261 = "E0261": "`double_quant` on a LoRA adapter whose base is not quantized (`quantize_base = nf4`)",
     E0262 = "E0262": "`loraplus_lr_ratio` on a stage that trains no LoRA adapter",
-    E0263 = "E0263": "`precompute_ref_log_probs` on a DPO stage whose loss reads more of the reference than its pairs' log-probabilities at the start (a reference-free loss, KTO, unpaired feedback, `sync_ref_model`)",
+    E0263 = "E0263": "`precompute_ref_log_probs` on a DPO stage with no reference to precompute (a reference-free loss) or one that moves (`sync_ref_model`)",
     E0264 = "E0264": "`sample_prompt`, `sample_tokens` or `sample_temperature` on a `train` stage without `sample_every`",
     E0300 = "E0300": "a stage cycle",
     E0301 = "E0301": "a wrong kind of argument (data where a model goes, a stage where its output goes)",

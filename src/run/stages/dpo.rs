@@ -9,11 +9,12 @@ use std::time::Instant;
 use tch::{Kind, Tensor};
 
 mod feedback;
+mod kto;
 mod logps;
 mod reference;
 
 use feedback::Judged;
-use logps::{logps, logps_weighted, pair_seqs, response_seq};
+use logps::{logps, logps_weighted, pair_seqs, response_seq, Examples};
 use reference::RefLogps;
 use crate::posttrain::examples::{Pair, Seq, Split};
 use crate::recipe::{DpoLoss, DpoSpec, FDivergence};
@@ -21,13 +22,12 @@ use crate::rng::Rng;
 use crate::run::kit::adamw::Optimizer;
 use crate::run::kit::artifacts::{feedback_examples, instructions, load_policy, preferences, trained_output, Policy};
 use crate::run::kit::codec::Codec;
-use crate::run::kit::dist::{Reduce, World};
+use crate::run::kit::dist::Reduce;
 use crate::run::kit::losses::{dpo, dpo_per_pair, log_odds_ratio, DpoTerms};
 use crate::run::kit::patience::Patience;
 use crate::run::kit::score::score;
 use crate::run::kit::seqs::{pad, seed_step};
 use crate::run::kit::{completions, device, lifecycle, reference as moving, StageCtx};
-use logps::reference_logps;
 use crate::run::model::Model;
 use crate::schedule::lr_at;
 
@@ -64,33 +64,6 @@ fn held_out_pairs(policy: &Model, reference: &RefLogps, codec: &Codec, pairs: &[
     })?;
     let n = pairs.len().max(1) as f64;
     Ok(PairScores { chosen: c_sum / n, rejected: r_sum / n, margin: (c_sum - r_sum) / n, accuracy: Some(wins / n) })
-}
-
-/// KTO's reference point for a step: max(0, the mean of log π − log π_ref over `mismatched`, the
-/// batch's prompts each given another training example's responses (the next one's: a mismatch
-/// that does not depend on how the batch is divided)), without gradient, over every process, in
-/// micro-batches of `chunk` rows.
-pub(super) fn kto_reference_point(policy: &Model, reference: Option<&Model>, mismatched: &[Seq], chunk: usize, world: &World, dev: tch::Device) -> Result<f64> {
-    let mut sum = 0.0;
-    tch::no_grad(|| {
-        for part in world.shard_rows(mismatched).chunks(chunk) {
-            let b = pad(&part.iter().collect::<Vec<_>>(), dev);
-            sum += (logps(policy, &b, false, DpoLoss::Kto).0 - reference_logps(reference, &b, DpoLoss::Kto)).sum(Kind::Double).double_value(&[]);
-        }
-    });
-    Ok((world.sums(&[sum])?[0] / mismatched.len() as f64).max(0.0))
-}
-
-/// The rows of KTO's reference point for drawn training pairs: each prompt with the chosen and
-/// the rejected response of the next pair.
-fn mismatched_pairs(codec: &Codec, train: &[Pair], drawn: &[usize], context: usize) -> Vec<Seq> {
-    drawn
-        .iter()
-        .flat_map(|&j| {
-            let other = &train[(j + 1) % train.len()];
-            [&other.chosen, &other.rejected].map(|response| response_seq(codec, &train[j].prompt, response, context))
-        })
-        .collect()
 }
 
 pub fn run(ctx: &StageCtx, d: &DpoSpec) -> Result<()> {
@@ -130,7 +103,11 @@ pub fn run(ctx: &StageCtx, d: &DpoSpec) -> Result<()> {
     let held_judged: Vec<_> = judged.iter().flat_map(|j| j.held_out.iter().take(d.eval_examples).cloned()).collect();
     let sampler = Rng(recipe.seed ^ 0xD90);
     // Before a checkpoint's weights are loaded: the policy is still its reference.
-    let precomputed = if d.precompute_ref_log_probs { Some(reference::Precomputed::new(&name, &policy, &codec, &split.train, &held_pairs, d, micro, sampler, world, dev)?) } else { None };
+    let examples = match &judged {
+        Some(j) => (Examples::Feedback(&j.train), Examples::Feedback(&held_judged)),
+        None => (Examples::Pairs(&split.train), Examples::Pairs(&held_pairs)),
+    };
+    let precomputed = if d.precompute_ref_log_probs { Some(reference::Precomputed::new(&name, &policy, &codec, examples, d, micro, sampler, world, dev)?) } else { None };
     let refs = precomputed.as_ref().map_or(RefLogps::Model(reference), |p| RefLogps::Table(&p.train));
     let held_refs = precomputed.as_ref().map_or(RefLogps::Model(reference), |p| RefLogps::Table(&p.held));
     let mut opt = Optimizer::new(&params, &names, &d.opt.optimizer);
@@ -197,19 +174,17 @@ pub fn run(ctx: &StageCtx, d: &DpoSpec) -> Result<()> {
         // chosen and rejected rewards β·(log π − log π_ref); ORPO's NLL and log odds ratio. (On
         // feedback: loss × examples, 0, 0, the desirable and undesirable rewards, their counts.)
         let sums = Tensor::zeros([7], (Kind::Double, dev));
+        if d.loss == DpoLoss::Kto {
+            let point = kto::ReferencePoint { policy: &policy, reference, precomputed: precomputed.as_ref().and_then(|p| p.mismatched.as_ref()), examples: examples.0, codec: &codec };
+            terms.kl = point.at(&drawn, micro, world, dev)?;
+        }
         if let Some(j) = &judged {
-            if d.loss == DpoLoss::Kto {
-                terms.kl = kto_reference_point(&policy, reference, &feedback::mismatched(&codec, &j.train, &drawn, context), micro, world, dev)?;
-            }
             opt.zero_grad();
-            let step = Judged { policy: &policy, reference, codec: &codec, terms: &terms, context, dev };
+            let step = Judged { policy: &policy, reference: &refs, codec: &codec, terms: &terms, context, dev };
             step.backward(&j.train, &drawn, micro, world, &sums)?;
         } else {
             let pairs: Vec<(Seq, Seq)> = drawn.iter().map(|&j| pair_seqs(&codec, &split.train[j], context)).collect();
             let (mine, mine_drawn) = (world.shard_rows(&pairs), world.shard_rows(&drawn));
-            if d.loss == DpoLoss::Kto {
-                terms.kl = kto_reference_point(&policy, reference, &mismatched_pairs(&codec, &split.train, &drawn, context), 2 * micro, world, dev)?;
-            }
             opt.zero_grad();
             // The chosen responses' NLL (ORPO's, RPO's) is per chosen token of the whole batch: each
             // process divides its sum by its share of their number, as its gradients are averaged.
@@ -267,7 +242,7 @@ pub fn run(ctx: &StageCtx, d: &DpoSpec) -> Result<()> {
             completions::write(&run, done, s)?;
         }
         let pairs_now = match judged {
-            Some(_) if eval_now => Some(Judged { policy: &policy, reference, codec: &codec, terms: &terms, context, dev }.held_out(&held_judged)),
+            Some(_) if eval_now => Some(Judged { policy: &policy, reference: &held_refs, codec: &codec, terms: &terms, context, dev }.held_out(&held_judged)?),
             None if eval_now && !held_pairs.is_empty() => Some(held_out_pairs(&policy, &held_refs, &codec, &held_pairs, d, context, dev)?),
             _ => None,
         };
@@ -332,7 +307,7 @@ pub fn run(ctx: &StageCtx, d: &DpoSpec) -> Result<()> {
         None => score(&policy, reference, &codec, &held, d.max_new)?,
     };
     if last_pairs.is_none() && judged.is_some() {
-        last_pairs = Some(Judged { policy: &policy, reference, codec: &codec, terms: &terms, context, dev }.held_out(&held_judged));
+        last_pairs = Some(Judged { policy: &policy, reference: &held_refs, codec: &codec, terms: &terms, context, dev }.held_out(&held_judged)?);
     } else if last_pairs.is_none() && !held_pairs.is_empty() {
         last_pairs = Some(held_out_pairs(&policy, &held_refs, &codec, &held_pairs, d, context, dev)?);
     }

@@ -3,7 +3,8 @@
 
 use tch::{Kind, Tensor};
 
-use super::{logps, reference_logps, response_seq, PairScores};
+use super::reference::RefLogps;
+use super::{logps, response_seq, PairScores};
 use crate::posttrain::examples::{Feedback, Seq};
 use crate::recipe::{kto_balance, KTO_BALANCE};
 use crate::run::kit::codec::Codec;
@@ -15,7 +16,8 @@ use crate::run::model::Model;
 /// What a step of KTO on feedback reads: the models, how text becomes rows, the loss's terms.
 pub struct Judged<'a> {
     pub policy: &'a Model,
-    pub reference: Option<&'a Model>,
+    /// The reference's log-probabilities of the examples (the training set's or the held-out).
+    pub reference: &'a RefLogps<'a>,
     pub codec: &'a Codec,
     pub terms: &'a DpoTerms,
     pub context: usize,
@@ -24,16 +26,17 @@ pub struct Judged<'a> {
 
 impl Judged<'_> {
     /// Rows, labels (1 desirable, 0 not) and implicit rewards β·(log π − log π_ref) of `items`,
-    /// and the policy's log-probabilities and the reference's (for the loss).
-    fn rewards(&self, items: &[&Feedback], train: bool) -> (Tensor, Tensor, Tensor, Tensor) {
+    /// and the policy's log-probabilities and the reference's (for the loss); `idx`: the items'
+    /// indices, as the reference's table holds them.
+    fn rewards(&self, items: &[&Feedback], idx: &[usize], train: bool) -> anyhow::Result<(Tensor, Tensor, Tensor, Tensor)> {
         let rows: Vec<Seq> = items.iter().map(|f| response_seq(self.codec, &f.prompt, &f.completion, self.context)).collect();
         let b = pad(&rows.iter().collect::<Vec<_>>(), self.dev);
         let good: Vec<f32> = items.iter().map(|f| if f.desirable { 1.0 } else { 0.0 }).collect();
         let good = Tensor::from_slice(&good).to_device(self.dev);
         let (pi, _) = logps(self.policy, &b, train, self.terms.loss);
-        let rf = reference_logps(self.reference, &b, self.terms.loss);
+        let rf = self.reference.judged(&b, idx, self.terms.loss)?;
         let reward = (&pi - &rf).detach() * self.terms.beta;
-        (good, reward, pi, rf)
+        Ok((good, reward, pi, rf))
     }
 
     /// One step's gradients on this process's share of the examples `drawn` from `train`, in
@@ -41,9 +44,9 @@ impl Judged<'_> {
     /// [loss × examples, 0, 0, Σ desirable rewards, Σ undesirable rewards, desirable, undesirable].
     pub fn backward(&self, train: &[Feedback], drawn: &[usize], micro: usize, world: &World, sums: &Tensor) -> anyhow::Result<()> {
         let items: Vec<&Feedback> = drawn.iter().map(|&j| &train[j]).collect();
-        let mine = world.shard_rows(&items);
-        for part in mine.chunks(micro) {
-            let (good, reward, pi, rf) = self.rewards(part, true);
+        let (mine, mine_drawn) = (world.shard_rows(&items), world.shard_rows(drawn));
+        for (part, idx) in mine.chunks(micro).zip(mine_drawn.chunks(micro)) {
+            let (good, reward, pi, rf) = self.rewards(part, idx, true)?;
             let loss = kto(&pi, &rf, &good, self.terms);
             self.policy.backward(&(&loss * (part.len() as f64 / mine.len() as f64)))?;
             let sum = |t: &Tensor| t.to_kind(Kind::Double).sum(Kind::Double);
@@ -57,26 +60,23 @@ impl Judged<'_> {
 
     /// The held-out examples' mean implicit reward, desirable and undesirable, and the margin
     /// between them (TRL's eval rewards; no pairwise accuracy: nothing is paired).
-    pub fn held_out(&self, items: &[Feedback]) -> PairScores {
+    /// `items` are read by the reference as examples 0, 1, … .
+    pub fn held_out(&self, items: &[Feedback]) -> anyhow::Result<PairScores> {
         let (mut sums, mut counts) = ([0.0; 2], [0.0; 2]);
-        tch::no_grad(|| {
-            for chunk in items.chunks(32) {
-                let (good, reward, _, _) = self.rewards(&chunk.iter().collect::<Vec<_>>(), false);
+        tch::no_grad(|| -> anyhow::Result<()> {
+            for (k, chunk) in items.chunks(32).enumerate() {
+                let idx: Vec<usize> = (32 * k..32 * k + chunk.len()).collect();
+                let (good, reward, _, _) = self.rewards(&chunk.iter().collect::<Vec<_>>(), &idx, false)?;
                 for (i, mask) in [good.shallow_clone(), good.neg() + 1.0].iter().enumerate() {
                     sums[i] += (&reward * mask).sum(Kind::Double).double_value(&[]);
                     counts[i] += mask.sum(Kind::Double).double_value(&[]);
                 }
             }
-        });
+            Ok(())
+        })?;
         let (chosen, rejected) = (sums[0] / counts[0], sums[1] / counts[1]);
-        PairScores { chosen, rejected, margin: chosen - rejected, accuracy: None }
+        Ok(PairScores { chosen, rejected, margin: chosen - rejected, accuracy: None })
     }
-}
-
-/// The rows of KTO's reference point for examples `drawn`: each prompt with the next training
-/// example's completion.
-pub fn mismatched(codec: &Codec, train: &[Feedback], drawn: &[usize], context: usize) -> Vec<Seq> {
-    drawn.iter().map(|&j| response_seq(codec, &train[j].prompt, &train[(j + 1) % train.len()].completion, context)).collect()
 }
 
 /// Why `good` desirable and `bad` undesirable examples weighed `weights` are out of the balance

@@ -3,7 +3,7 @@
 
 use tch::{Kind, Tensor};
 
-use crate::posttrain::examples::{Pair, Seq};
+use crate::posttrain::examples::{Feedback, Pair, Seq};
 use crate::recipe::DpoLoss;
 use crate::run::kit::codec::Codec;
 use crate::run::kit::losses::wpo_weights;
@@ -21,6 +21,53 @@ pub(super) fn response_seq(codec: &Codec, prompt: &str, response: &str, ctx: usi
 
 pub(super) fn pair_seqs(codec: &Codec, p: &Pair, ctx: usize) -> (Seq, Seq) {
     (response_seq(codec, &p.prompt, &p.chosen, ctx), response_seq(codec, &p.prompt, &p.rejected, ctx))
+}
+
+/// What a stage trains on: preference pairs, or unpaired feedback.
+#[derive(Clone, Copy)]
+pub(super) enum Examples<'a> {
+    Pairs(&'a [Pair]),
+    Feedback(&'a [Feedback]),
+}
+
+impl Examples<'_> {
+    pub fn len(&self) -> usize {
+        match self {
+            Examples::Pairs(p) => p.len(),
+            Examples::Feedback(f) => f.len(),
+        }
+    }
+
+    /// Rows an example has: a pair's 2, a judged completion's 1.
+    pub fn width(&self) -> usize {
+        match self {
+            Examples::Pairs(_) => 2,
+            Examples::Feedback(_) => 1,
+        }
+    }
+
+    /// Example `i`'s rows: a pair's chosen and rejected response, a judged completion.
+    pub fn rows(&self, codec: &Codec, i: usize, ctx: usize) -> Vec<Seq> {
+        match self {
+            Examples::Pairs(p) => {
+                let (c, r) = pair_seqs(codec, &p[i], ctx);
+                vec![c, r]
+            }
+            Examples::Feedback(f) => vec![response_seq(codec, &f[i].prompt, &f[i].completion, ctx)],
+        }
+    }
+
+    /// KTO's mismatched rows of example `j`: its prompt with the next example's responses (a
+    /// mismatch that depends on the example alone, not on how a batch is drawn or divided).
+    pub fn mismatched(&self, codec: &Codec, j: usize, ctx: usize) -> Vec<Seq> {
+        match self {
+            Examples::Pairs(p) => {
+                let other = &p[(j + 1) % p.len()];
+                [&other.chosen, &other.rejected].map(|response| response_seq(codec, &p[j].prompt, response, ctx)).into()
+            }
+            Examples::Feedback(f) => vec![response_seq(codec, &f[j].prompt, &f[(j + 1) % f.len()].completion, ctx)],
+        }
+    }
 }
 
 /// Each row's response log-probability as the loss reads it — summed over its tokens, or for IPO,
