@@ -2303,6 +2303,8 @@ fn precomputed_reference_log_probs_take_the_steps_of_a_held_reference() {
         assert!(w < 1e-5, "{name}: weights differ by {w:e}");
         let (rh, rp) = (report(&held), report(&pre));
         assert_eq!(rp["precomputed_reference_pairs"].as_u64(), Some(drawn as u64));
+        // A LoRA policy's reference is its own base: no weights of its own, held or precomputed.
+        assert_eq!((rh["reference_weight_bytes"].as_u64() == Some(0), rp["reference_weight_bytes"].as_u64()), (name == "lora", Some(0)), "{name}");
         let accuracy = |r: &serde_json::Value| r["held_out_rewards"]["accuracy"].as_f64().unwrap();
         assert_eq!(accuracy(&rh), accuracy(&rp), "{name}: held-out pairwise accuracy");
         // The held-out generation has no reference to measure a KL against.

@@ -315,7 +315,8 @@ pub fn run(ctx: &StageCtx, d: &DpoSpec) -> Result<()> {
         "experiment": recipe.experiment,
         "kind": "dpo",
         "precision": d.opt.precision,
-        "reference_weight_bytes": reference.map_or(0, |r| r.weight_bytes()),
+        // (A LoRA policy's reference is its own base: no weights of its own, as the plan counts it.)
+        "reference_weight_bytes": reference.filter(|_| policy.lora.is_empty()).map_or(0, |r| r.weight_bytes()),
         "loss": d.loss.name(),
         "model": d.policy.arch,
         "beta": d.beta,
