@@ -663,21 +663,57 @@ fn an_adapter_on_a_qwen3_moe_dense_mlp_goes_out_merged_not_as_peft() {
     let o = roux(&["merge", run.to_str().unwrap()]);
     let err = String::from_utf8_lossy(&o.stderr).to_string();
     assert!(o.status.success() && err.contains(&format!("`sft`'s adapter merged into the checkpoint in {}", dir.join("ck").display())), "{err}");
+    merged_export_is_transformers(&dir, &merged, (&model, &plain), "Qwen3MoeForCausalLM");
+}
+
+/// `roux export MERGED --to hf` of a merged LoRA stage: transformers on the export computes
+/// `model`'s logits on the checkpoint's four prompts within 1e-4, and they differ from the base
+/// model `plain`'s (else the comparison would prove nothing).
+fn merged_export_is_transformers(dir: &Path, merged: &Path, (model, plain): (&roux::run::model::Model, &roux::run::model::Model), class_name: &str) {
     let out = dir.join("out");
     let o = roux(&["export", merged.to_str().unwrap(), "--to", "hf", "-o", out.to_str().unwrap()]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     // roux's merged model on the four prompts, then transformers on the export.
-    let prompts: Vec<Vec<i64>> = expected(&dir)["prompts"].as_array().unwrap().iter().map(|p| p.as_array().unwrap().iter().map(|t| t.as_i64().unwrap()).collect()).collect();
+    let prompts: Vec<Vec<i64>> = expected(dir)["prompts"].as_array().unwrap().iter().map(|p| p.as_array().unwrap().iter().map(|t| t.as_i64().unwrap()).collect()).collect();
     let logits = |m: &roux::run::model::Model| -> Vec<Vec<f64>> {
         prompts.iter().map(|p| Vec::<f64>::try_from(&tch::no_grad(|| m.forward(&Tensor::from_slice(p).view([1, -1]), false)).to_kind(Kind::Double).view([-1])).unwrap()).collect()
     };
-    let (ours, base) = (logits(&model), logits(&plain));
+    let (ours, base) = (logits(model), logits(plain));
     let moved = ours.iter().flatten().zip(base.iter().flatten()).map(|(a, b)| (a - b).abs()).fold(0.0, f64::max);
     assert!(moved > 1e-3, "the adapter changes nothing ({moved:.1e}): the test would prove nothing");
     std::fs::write(dir.join("ours.json"), serde_json::json!({"prompts": prompts, "logits": ours}).to_string()).unwrap();
     let (class, gap) = transformers_logits(&out, &dir.join("ours.json"));
-    eprintln!("merged Qwen3-MoE LoRA: transformers on roux's export ({class}), max |Δlogit| = {gap:.3e}");
-    assert!(class == "Qwen3MoeForCausalLM" && gap < 1e-4, "{class} {gap:.3e}");
+    eprintln!("merged LoRA: transformers on roux's export ({class}), max |Δlogit| = {gap:.3e}");
+    assert!(class == class_name && gap < 1e-4, "{class} {gap:.3e}");
+}
+
+/// LoRA on a Mixtral checkpoint's experts (PEFT's `target_parameters`: an A and a B per expert):
+/// the held-out loss falls, the adapter holds one of each per expert, the PEFT export says why it
+/// cannot write it and how to export instead, and transformers computes roux's adapted model's
+/// logits from the merged export.
+#[test]
+fn lora_on_mixtral_experts_trains_merges_and_exports_whole() {
+    let (dir, model, plain) = lora_run("lora-mixtral-experts", "mixtral-tok", "attn.q, experts.w1, experts.w2, experts.w3", 20);
+    let run = dir.join("runs/lora/sft");
+    let report: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(run.join("report.json")).unwrap()).unwrap();
+    let (before, after) = (report["val_loss"]["before"].as_f64().unwrap(), report["val_loss"]["after"].as_f64().unwrap());
+    assert!(after < before - 0.1, "the held-out loss did not fall: {before} → {after}");
+    let adapter = Tensor::read_safetensors(run.join("adapter.safetensors")).unwrap();
+    let experts = plain.named().into_iter().find(|(n, _)| n == "blocks.0.ffn.experts.w1").unwrap().1.size();
+    let a = &adapter.iter().find(|(n, _)| n == "blocks.0.ffn.experts.w1.lora_A.weight").expect("an adapter on the experts").1;
+    assert_eq!(a.size(), [experts[0], 4, experts[2]]);
+    let o = roux(&["export", run.to_str().unwrap(), "--to", "peft", "-o", dir.join("adapter").to_str().unwrap()]);
+    let err = String::from_utf8_lossy(&o.stderr).to_string();
+    let want = format!(
+        "{}: the adapter on the stacked experts `blocks.0.ffn.experts.w1` has no PEFT form roux writes yet (PEFT adapts transformers 5's fused expert weights its own way). \
+         Export the fine-tuned model whole instead: `roux merge {}`, then `roux export {} --to hf`",
+        run.display(),
+        run.display(),
+        run.join("merged").display()
+    );
+    assert!(!o.status.success() && err.contains(&want), "{err}");
+    assert!(roux(&["merge", run.to_str().unwrap()]).status.success());
+    merged_export_is_transformers(&dir, &run.join("merged"), (&model, &plain), "MixtralForCausalLM");
 }
 
 /// A LoRA SFT stage on imported checkpoint `which` (adapters on `targets`) exported with

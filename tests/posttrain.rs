@@ -189,6 +189,49 @@ fn lora_trainable_parameters_match_the_plan_and_merging_keeps_the_function() {
     assert!(changed > 1e-3, "the adapter had no effect ({changed})");
 }
 
+/// Adapters on a mixture-of-experts model's stacked experts (routed and shared), one A and B per
+/// expert as PEFT's `target_parameters` holds them: counted as the plan counts them, and a change
+/// of function that merging keeps, expert by expert, leaving the stacks no target names alone.
+#[test]
+fn lora_on_stacked_experts_counts_and_merges_as_the_function() {
+    let r = recipe("tiny-moe-topk.roux");
+    let spec = r.model("lm").unwrap();
+    let lora = roux::recipe::LoraSpec { rank: 2, alpha: 4.0, dropout: 0.0, rslora: false, dora: false, targets: vec!["experts.w1".into(), "experts.w2".into(), "shared.w3".into(), "attn.q".into()], quantize_base: Default::default(), double_quant: false };
+    // Per block (2): 4 experts × 2 × ((32 + 64) + (64 + 32)) routed, 1 × 2 × (32 + 64) shared,
+    // 2 × (32 + 32) on q: 1536 + 192 + 128 = 1856.
+    assert_eq!(roux::lower::lora_params(spec, &lora), 2 * 1856);
+    tch::manual_seed(3);
+    let mut m = Model::new(spec, Device::Cpu).unwrap();
+    m.attach_lora(&lora).unwrap();
+    assert_eq!(m.lora.numel(), 2 * 1856);
+    let named = m.lora.named();
+    let a = named.iter().find(|(n, _)| n == "blocks.1.ffn.experts.w2.lora_A.weight").unwrap();
+    assert_eq!(a.1.size(), [4, 2, 64]);
+    assert_eq!(m.lora.describe().unwrap(), "LoRA rank 2 on 3712 trainable parameters");
+    tch::no_grad(|| {
+        for b in &m.lora.b {
+            let _ = b.shallow_clone().normal_(0.0, 0.1);
+        }
+    });
+    let x = Tensor::randint(256, [2, 16], (Kind::Int64, Device::Cpu));
+    tch::manual_seed(5);
+    let before = tch::no_grad(|| m.forward(&x, false));
+    let weights: Vec<(String, Tensor)> = m.named().into_iter().map(|(n, t)| (n, t.copy())).collect();
+    m.merge_lora();
+    let merged = tch::no_grad(|| m.forward(&x, false));
+    let diff = (&before - &merged).abs().max().double_value(&[]);
+    assert!(diff < 1e-5, "merged and unmerged outputs differ by {diff}");
+    // The merged experts are the base's plus s·B·A, expert by expert.
+    let base = weights.iter().find(|(n, _)| n == "blocks.0.ffn.experts.w1").unwrap().1.shallow_clone();
+    let merged_w1 = m.named().into_iter().find(|(n, _)| n == "blocks.0.ffn.experts.w1").unwrap().1;
+    assert!((&merged_w1 - &base).abs().max().double_value(&[]) > 1e-3, "the adapter did not change the experts");
+    let untouched = |name: &str| {
+        let w = m.named().into_iter().find(|(n, _)| n == name).unwrap().1;
+        (&w - &weights.iter().find(|(n, _)| n == name).unwrap().1).abs().max().double_value(&[])
+    };
+    assert_eq!(untouched("blocks.0.ffn.experts.w3"), 0.0, "an expert stack no target names");
+}
+
 #[test]
 fn dora_adds_a_trained_magnitude_per_row_and_starts_and_merges_as_the_function() {
     let mut r = recipe("tiny-lifecycle.roux");

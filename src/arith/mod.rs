@@ -12,7 +12,7 @@ pub mod lora;
 pub use count::{plan_model, size_model, ModelPlan};
 pub use graph::{lower_model, Dim, ModelGraph, Op, OpKind, Param, ParamInit};
 pub use heads::ScalarHead;
-pub use lora::{lora_linears, lora_matches, lora_params, lora_targets, Linear};
+pub use lora::{lora_linears, lora_matches, lora_params, lora_targetable, lora_targets, Linear};
 
 /// The largest value of each size key: far beyond any published model, small enough that a
 /// model's graph, parameter count and memory plan stay cheap to build and exact to count.

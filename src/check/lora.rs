@@ -1,5 +1,6 @@
 //! A stage's `adapter = lora { … }`: rank, scale, dropout, rsLoRA, DoRA, the frozen base's
-//! quantization (QLoRA, and its double quantization), and targets that each match a linear layer of the model.
+//! quantization (QLoRA, and its double quantization), and targets that each match a linear layer
+//! or a stack of experts of the model.
 
 use super::eval::Scope;
 use super::fields::Fields;
@@ -10,7 +11,8 @@ use crate::syntax::ast::Expr;
 
 impl<'a> Checker<'a> {
     /// `lora { rank, alpha, dropout, targets = [attn.q, attn.v] }`; every target must match a
-    /// linear layer of the model.
+    /// linear layer or a stack of experts of the model (E0312); a stack takes neither DoRA nor
+    /// dropout (E0265).
     /// `adapter = none` says what leaving the key out means: a full fine-tune (Some(None)).
     pub(super) fn check_lora(&mut self, e: &'a Expr, scope: &Scope<'a>, model: Option<&ModelRef>) -> Option<Option<LoraSpec>> {
         let (kind, path, _, block) = self.ctor(e, "adapter", &["lora", "none"])?;
@@ -33,7 +35,8 @@ impl<'a> Checker<'a> {
         let targets_field = f.field("targets");
         f.finish(self);
         let mut targets = vec![];
-        let linears: Vec<String> = model.and_then(|m| self.models.get(&m.arch)).map(|spec| crate::arith::lora_linears(spec).into_iter().map(|l| l.path).collect()).unwrap_or_default();
+        let targetable = model.and_then(|m| self.models.get(&m.arch)).map(crate::arith::lora_targetable).unwrap_or_default();
+        let linears: Vec<String> = targetable.iter().map(|l| l.path.clone()).collect();
         match targets_field {
             None => targets = vec!["attn.q".to_string(), "attn.v".to_string()],
             Some(tf) => {
@@ -54,13 +57,22 @@ impl<'a> Checker<'a> {
                         let mut short: Vec<String> = linears.iter().map(|l| l.rsplitn(3, '.').take(2).collect::<Vec<_>>().into_iter().rev().collect::<Vec<_>>().join(".")).collect();
                         short.sort();
                         short.dedup();
-                        let mut err = Diagnostic::error(Code::E0312, it.span, format!("LoRA target `{pat}` matches no linear layer of model `{}`", model.map_or("", |m| &m.arch)));
+                        let mut err = Diagnostic::error(Code::E0312, it.span, format!("LoRA target `{pat}` matches no linear layer or stack of experts of model `{}`", model.map_or("", |m| &m.arch)));
                         err = match crate::diag::suggest::did_you_mean(&pat, short.iter().map(|s| s.as_str())) {
                             Some(s) => err.with_hint(format!("did you mean `{s}`?")),
                             None => err.with_hint(format!("linear layers: {}", short.join(", "))),
                         };
                         self.error(err);
                         return None;
+                    }
+                    // A stack's adapter is added to its weights, not to each expert's input.
+                    if let Some(stack) = targetable.iter().find(|l| l.experts > 0 && crate::arith::lora_matches(&pat, &l.path)) {
+                        let refused = [("dora", dora == Some(true), "DoRA's magnitudes"), ("dropout", dropout.is_some_and(|d| d > 0.0), "dropout on the adapter's input")];
+                        if let Some((key, _, what)) = refused.iter().find(|r| r.1) {
+                            self.error(Diagnostic::error(Code::E0265, it.span, format!("LoRA target `{pat}` matches the stacked experts `{}`, whose adapters are added to the weights (PEFT's target_parameters), so it cannot take {what}", stack.path))
+                                .with_hint(format!("leave `{key}` out, or target the attention and dense layers only")));
+                            return None;
+                        }
                     }
                     targets.push(pat);
                 }

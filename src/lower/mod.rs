@@ -7,5 +7,5 @@ pub mod stage_graph;
 
 pub use crate::arith::graph::{lower_model, Dim, Edge, ModelGraph, Op, OpKind, Param, ParamInit};
 pub use crate::arith::heads::ScalarHead;
-pub use crate::arith::lora::{lora_linears, lora_matches, lora_params, lora_targets, trained_and_held, Linear};
+pub use crate::arith::lora::{lora_linears, lora_matches, lora_params, lora_targetable, lora_targets, trained_and_held, Linear};
 pub use stage_graph::{lower_stages, StageGraph};

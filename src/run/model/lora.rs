@@ -7,6 +7,11 @@
 //! y = m/‖W + s·B·A‖ ⊙ (W + s·B·A)·x + bias, computed as PEFT computes it (the base output plus
 //! (m/n − 1)·W·x + (m/n)·s·B·A·x, the row norms n without gradient, section 4.3 of the paper),
 //! so an export loads into `peft` with the same function.
+//!
+//! A stack of experts (E, out, in) takes an A (E × rank × in) and a B (E × out × rank): each
+//! expert's weight is W_e + s·B_e·A_e wherever the layer reads it (`Adapters::added`), as PEFT
+//! adapts a model's 3-D expert parameters (`target_parameters`), so every way of dispatching
+//! tokens to experts sees the same adapted weights.
 
 use anyhow::{bail, Result};
 use std::cell::Cell;
@@ -64,6 +69,11 @@ impl Adapters {
         y + (&factor - 1.0) * base + factor * lora * self.scale
     }
 
+    /// Stack `i`'s weights `w` (in the compute `kind`) with the adapter added: W_e + s·B_e·A_e.
+    pub fn added(&self, i: usize, w: Tensor, kind: Kind) -> Tensor {
+        w + self.b[i].to_kind(kind).matmul(&self.a[i].to_kind(kind)) * self.scale
+    }
+
     /// ‖W + s·B·A‖ of each output row of target `i` (float32; PEFT's `get_weight_norm`).
     fn row_norms(&self, i: usize, w: &Tensor) -> Tensor {
         let merged = w.to_kind(Kind::Float) + self.b[i].matmul(&self.a[i]) * self.scale;
@@ -109,7 +119,8 @@ impl Adapters {
 
     /// `LoRA rank 4 on 1792 trainable parameters` (DoRA with magnitudes); none without adapters.
     pub fn describe(&self) -> Option<String> {
-        let rank = self.a.first()?.size()[0];
+        let a = self.a.first()?.size();
+        let rank = a[a.len() - 2]; // (a stack's A has its experts first)
         Some(format!("{} rank {rank} on {} trainable parameters", if self.magnitude.is_empty() { "LoRA" } else { "DoRA" }, self.numel()))
     }
 
@@ -141,12 +152,15 @@ impl Model {
         let mut ad = Adapters { scale, dropout: spec.dropout, ..Default::default() };
         tch::no_grad(|| -> Result<()> {
             for l in crate::lower::lora_targets(self.spec(), spec) {
-                let w = self.param_index(&format!("{}.weight", l.path)).expect("lora targets are model linears");
+                let w = self.param_index(&l.param()).expect("lora targets are model weights");
                 let bound = 1.0 / (l.inp as f64).sqrt();
                 // Sizes from the recipe: an allocation libtorch refuses is an error, not a panic.
                 let fail = |e| anyhow::anyhow!("could not allocate the rank-{} adapter of `{}`: {e}", spec.rank, l.path);
-                let a = Tensor::f_empty([spec.rank as i64, l.inp as i64], (Kind::Float, self.device)).map_err(fail)?.uniform_(-bound, bound);
-                let b = Tensor::f_zeros([l.out as i64, spec.rank as i64], (Kind::Float, self.device)).map_err(fail)?;
+                // A stack's experts first (one A and B each), a linear's none.
+                let experts: Vec<i64> = (l.experts > 0).then_some(l.experts as i64).into_iter().collect();
+                let shape = |dims: [usize; 2]| [&experts[..], &dims.map(|d| d as i64)].concat();
+                let a = Tensor::f_empty(shape([spec.rank, l.inp]), (Kind::Float, self.device)).map_err(fail)?.uniform_(-bound, bound);
+                let b = Tensor::f_zeros(shape([l.out, spec.rank]), (Kind::Float, self.device)).map_err(fail)?;
                 ad.by_weight.insert(w, ad.paths.len());
                 ad.paths.push(l.path);
                 ad.a.push(a.set_requires_grad(true));

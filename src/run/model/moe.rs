@@ -85,7 +85,7 @@ impl Model {
         let gate = self.find(i, "router", "weight").expect("router weight");
         let logits = xr.linear::<Tensor>(&gate.to_kind(Kind::Float), None); // (N, E)
         let noise = self.find(i, "router.noise", "weight").map(|w| xr.linear::<Tensor>(&w.to_kind(Kind::Float), None));
-        let weights = |g: &str| (self.w(i, g, "w1"), self.w_opt(i, g, "w3"), self.w(i, g, "w2"));
+        let weights = |g: &str| (self.stack(i, g, "w1").expect("an MoE op has w1 and w2"), self.stack(i, g, "w3"), self.stack(i, g, "w2").expect("an MoE op has w1 and w2"));
         let (w1, w3, w2) = weights("experts");
         let ex = Experts { w1: &w1, w3: w3.as_ref(), w2: &w2, act: *act };
         let (mut y, r) = match self.experts_across.as_deref() {
@@ -104,6 +104,19 @@ impl Model {
         }
         let y = y.dropout(*dropout, train).view([b, t, d]);
         (y, stats(path, &r))
+    }
+}
+
+impl Model {
+    /// Op `i`'s stack of experts `<sub>.<leaf>` in the compute kind, with its LoRA adapter added
+    /// when it has one.
+    fn stack(&self, i: usize, sub: &str, leaf: &str) -> Option<Tensor> {
+        let j = self.find_index(i, sub, leaf)?;
+        let w = self.cast(j);
+        Some(match self.lora.get(j) {
+            Some(ad) => self.lora.added(ad, w, self.compute),
+            None => w,
+        })
     }
 }
 

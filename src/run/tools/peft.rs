@@ -67,6 +67,15 @@ pub fn export_peft(run: &Path, out: &Path, base: Option<&str>) -> Result<Family>
     let mut modules: BTreeMap<String, Vec<Part>> = BTreeMap::new();
     for (name, a) in &tensors {
         let Some(path) = name.strip_suffix(".lora_A.weight") else { continue };
+        if a.dim() == 3 {
+            bail!(
+                "{}: the adapter on the stacked experts `{path}` has no PEFT form roux writes yet (PEFT adapts transformers 5's fused expert weights its own way). \
+                 Export the fine-tuned model whole instead: `roux merge {}`, then `roux export {} --to hf`",
+                run.display(),
+                run.display(),
+                run.join("merged").display()
+            );
+        }
         let b = tensors.get(&format!("{path}.lora_B.weight")).with_context(|| format!("{}: `{path}` has lora_A but no lora_B", file.display()))?;
         let (module, first_row) = module_of(layout, path, &spec)?;
         let magnitude = match tensors.get(&format!("{path}.lora_magnitude_vector")) {
