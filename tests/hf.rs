@@ -687,13 +687,27 @@ fn merged_export_is_transformers(dir: &Path, merged: &Path, (model, plain): (&ro
     assert!(class == class_name && gap < 1e-4, "{class} {gap:.3e}");
 }
 
-/// LoRA on a Mixtral checkpoint's experts (PEFT's `target_parameters`: an A and a B per expert):
-/// the held-out loss falls, the adapter holds one of each per expert, the PEFT export says why it
-/// cannot write it and how to export instead, and transformers computes roux's adapted model's
-/// logits from the merged export.
+/// LoRA on a Mixtral checkpoint's experts (an A and a B per expert): exported for PEFT as an
+/// adapter per expert on transformers 4's per-expert linears, which PEFT fuses onto transformers
+/// 5's stacked experts as it loads; transformers + peft compute roux's logits.
 #[test]
-fn lora_on_mixtral_experts_trains_merges_and_exports_whole() {
-    let (dir, model, plain) = lora_run("lora-mixtral-experts", "mixtral-tok", "attn.q, experts.w1, experts.w2, experts.w3", 20);
+fn lora_on_mixtral_experts_exports_as_a_peft_adapter() {
+    lora_exports_as_peft("lora-mixtral-experts", "mixtral-tok", "experts.w1, experts.w2, experts.w3");
+}
+
+/// The same on Qwen3-MoE, whose experts' projections PEFT names gate_proj, up_proj and down_proj.
+#[test]
+fn lora_on_qwen3_moe_experts_exports_as_a_peft_adapter() {
+    lora_exports_as_peft("lora-qwen3moe-experts", "qwen3moe-tok", "attn.v, experts.w1, experts.w2, experts.w3");
+}
+
+/// An adapter on the experts' gate projection alone cannot go out for PEFT, which fuses it with
+/// the up projection as it loads: the export says so and how to write the model instead. The
+/// held-out loss fell, the adapter holds one A per expert, and transformers computes the merged
+/// model's logits from its export.
+#[test]
+fn lora_on_half_of_mixtrals_fused_experts_goes_out_merged() {
+    let (dir, model, plain) = lora_run("lora-mixtral-w1", "mixtral-tok", "experts.w1, experts.w2", 20);
     let run = dir.join("runs/lora/sft");
     let report: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(run.join("report.json")).unwrap()).unwrap();
     let (before, after) = (report["val_loss"]["before"].as_f64().unwrap(), report["val_loss"]["after"].as_f64().unwrap());
@@ -705,8 +719,8 @@ fn lora_on_mixtral_experts_trains_merges_and_exports_whole() {
     let o = roux(&["export", run.to_str().unwrap(), "--to", "peft", "-o", dir.join("adapter").to_str().unwrap()]);
     let err = String::from_utf8_lossy(&o.stderr).to_string();
     let want = format!(
-        "{}: the adapter on the stacked experts `blocks.0.ffn.experts.w1` has no PEFT form roux writes yet (PEFT adapts transformers 5's fused expert weights its own way). \
-         Export the fine-tuned model whole instead: `roux merge {}`, then `roux export {} --to hf`",
+        "{}: `model.layers.0.block_sparse_moe.experts.0` has an adapter on one of w1 and w3, which PEFT fuses as it loads a Mixtral model's experts: target `experts.w1` and `experts.w3` together, \
+         or export the fine-tuned model whole: `roux merge {}`, then `roux export {} --to hf`",
         run.display(),
         run.display(),
         run.join("merged").display()

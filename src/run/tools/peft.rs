@@ -10,6 +10,8 @@
 //! Under DoRA the module's magnitude covers all its rows: a row no roux adapter covers (GPT-2's
 //! k rows when only q and v are adapted) keeps ‖W‖ of that row, read from the base export
 //! (`--base`), so PEFT's factor m/‖W‖ is exactly 1 there.
+//! An adapter on stacked experts goes out as one adapter per expert (`expert_parts`), the form
+//! PEFT converts onto transformers 5's fused experts as it loads.
 
 use anyhow::{bail, Context, Result};
 use serde_json::json;
@@ -67,16 +69,13 @@ pub fn export_peft(run: &Path, out: &Path, base: Option<&str>) -> Result<Family>
     let mut modules: BTreeMap<String, Vec<Part>> = BTreeMap::new();
     for (name, a) in &tensors {
         let Some(path) = name.strip_suffix(".lora_A.weight") else { continue };
-        if a.dim() == 3 {
-            bail!(
-                "{}: the adapter on the stacked experts `{path}` has no PEFT form roux writes yet (PEFT adapts transformers 5's fused expert weights its own way). \
-                 Export the fine-tuned model whole instead: `roux merge {}`, then `roux export {} --to hf`",
-                run.display(),
-                run.display(),
-                run.join("merged").display()
-            );
-        }
         let b = tensors.get(&format!("{path}.lora_B.weight")).with_context(|| format!("{}: `{path}` has lora_A but no lora_B", file.display()))?;
+        if a.dim() == 3 {
+            for (module, part) in expert_parts(layout, path, a, b, &spec, run)? {
+                modules.entry(module).or_default().push(part);
+            }
+            continue;
+        }
         let (module, first_row) = module_of(layout, path, &spec)?;
         let magnitude = match tensors.get(&format!("{path}.lora_magnitude_vector")) {
             Some(m) => Some(m.to_kind(Kind::Float)),
@@ -90,6 +89,7 @@ pub fn export_peft(run: &Path, out: &Path, base: Option<&str>) -> Result<Family>
         bail!("{} holds no adapter tensors", file.display());
     }
     refuse_remapped_mlp(layout, &modules, run)?;
+    refuse_half_fused_experts(layout, &modules, &lora, run)?;
     let rank = lora.rank as i64;
     let (mut named, mut rank_pattern, mut alpha_pattern) = (vec![], serde_json::Map::new(), serde_json::Map::new());
     for (module, mut parts) in modules {
@@ -144,6 +144,48 @@ pub fn export_peft(run: &Path, out: &Path, base: Option<&str>) -> Result<Family>
         super::export::tokenizer_files(c, &v, out)?;
     }
     Ok(layout)
+}
+
+/// A stack's adapter as PEFT reads one for transformers 5's fused experts: an adapter per expert
+/// on the checkpoint's per-expert linear (`…experts.3.w1`, Mixtral's; OLMoE's and Qwen3-MoE's
+/// `…experts.3.gate_proj`), which PEFT fuses as it loads (`_convert_peft_config_moe`: the experts
+/// stacked, gate and up side by side with their B matrices block-diagonal).
+fn expert_parts(layout: Family, path: &str, a: &Tensor, b: &Tensor, spec: &ModelSpec, run: &Path) -> Result<Vec<(String, Part)>> {
+    let whole = || {
+        format!("Export the fine-tuned model whole instead: `roux merge {}`, then `roux export {} --to hf`", run.display(), run.join("merged").display())
+    };
+    if !matches!(layout, Family::Mixtral | Family::Olmoe | Family::Qwen3Moe) {
+        bail!("{}: the adapter on the stacked experts `{path}` cannot be written for PEFT in the {} layout: PEFT converts expert adapters for Mixtral, OLMoE and Qwen3-MoE only. {}", run.display(), layout.name(), whole());
+    }
+    let place = names::places(spec, layout).into_iter().find(|(n, _)| n == path).map(|(_, p)| p);
+    let Some(module) = place.as_ref().filter(|p| p.hf.contains("{}")).and_then(|p| p.hf.strip_suffix(".weight")) else {
+        bail!(
+            "{}: the adapter on the shared expert `{path}` cannot be loaded by PEFT as trained: with transformers 5 it reads the gate, up and down projection targets of a {} model as the routed experts' fused weights. {}",
+            run.display(),
+            layout.name(),
+            whole()
+        );
+    };
+    let (a, b) = (a.to_kind(Kind::Float), b.to_kind(Kind::Float));
+    Ok((0..a.size()[0]).map(|e| (module.replace("{}", &e.to_string()), Part { rows: (0, b.size()[1]), a: a.get(e), b: b.get(e), magnitude: None })).collect())
+}
+
+/// PEFT fuses the experts' gate and up projections as it loads, so it takes adapters on both or
+/// on neither (and, under rsLoRA, rescales the fused pair by √2).
+fn refuse_half_fused_experts(layout: Family, modules: &BTreeMap<String, Vec<Part>>, lora: &LoraSpec, run: &Path) -> Result<()> {
+    let (gate, up) = if layout == Family::Mixtral { ("w1", "w3") } else { ("gate_proj", "up_proj") };
+    let experts = |leaf: &str| -> std::collections::BTreeSet<String> {
+        modules.keys().filter_map(|m| m.strip_suffix(&format!(".{leaf}")).filter(|p| p.contains(".experts.")).map(str::to_string)).collect()
+    };
+    let (gates, ups) = (experts(gate), experts(up));
+    let whole = format!("or export the fine-tuned model whole: `roux merge {}`, then `roux export {} --to hf`", run.display(), run.join("merged").display());
+    if let Some(m) = gates.symmetric_difference(&ups).next() {
+        bail!("{}: `{m}` has an adapter on one of {gate} and {up}, which PEFT fuses as it loads a {} model's experts: target `experts.w1` and `experts.w3` together, {whole}", run.display(), layout.name());
+    }
+    if lora.rslora && !gates.is_empty() {
+        bail!("{}: PEFT scales the experts' fused {gate} and {up} adapters of a {} model by twice the alpha over √(twice the rank), not rsLoRA's alpha over √rank: leave `rslora` out, {whole}", run.display(), layout.name());
+    }
+    Ok(())
 }
 
 /// With transformers 5, PEFT (0.21) reads every target named as a Mixtral, OLMoE or Qwen3-MoE
