@@ -28,6 +28,7 @@ const CHECKPOINTS: &[(&str, &[&str])] = &[
     ("phi3", &["phi3"]),
     ("phi3-tok", &["phi3", "--tokenizer"]),
     ("qwen3moe-tok", &["qwen3moe", "--tokenizer"]),
+    ("qwen2moe-tok", &["qwen2moe", "--tokenizer"]),
     ("mistral-window", &["mistral", "--window", "8"]),
     ("qwen2-window", &["qwen2", "--window", "8"]),
     ("qwen2moe-window", &["qwen2moe", "--window", "8"]),
@@ -610,6 +611,11 @@ fn lora_on_part_of_phi3s_fused_projections_exports_as_a_peft_adapter() {
 /// A LoRA SFT stage (adapters on `targets`, `steps` steps) run on a copy of checkpoint `which`
 /// with chat data: the project folder, and the stage's model merged and the checkpoint's, loaded.
 fn lora_run(name: &str, which: &str, targets: &str, steps: usize) -> (PathBuf, roux::run::model::Model, roux::run::model::Model) {
+    lora_run_with(name, which, &format!("rank = 4, alpha = 8, targets = [{targets}]"), steps)
+}
+
+/// `lora_run` with the adapter's whole body (`rank = 4, …`).
+fn lora_run_with(name: &str, which: &str, adapter: &str, steps: usize) -> (PathBuf, roux::run::model::Model, roux::run::model::Model) {
     let dir = checkpoint(name, which);
     chat_data(&dir);
     let recipe = format!(
@@ -618,7 +624,7 @@ fn lora_run(name: &str, which: &str, targets: &str, steps: usize) -> (PathBuf, r
   model base = hf("ck")
   data chat = instructions("chat.jsonl") {{ tokenizer = base.tokenizer }}
   stage sft = finetune(base, chat) {{
-    adapter = lora {{ rank = 4, alpha = 8, targets = [{targets}] }}
+    adapter = lora {{ {adapter} }}
     steps = {steps}
     batch = 8
     optimizer = adamw {{ lr = 3e-2 }}
@@ -701,6 +707,23 @@ fn lora_on_qwen3_moe_experts_exports_as_a_peft_adapter() {
     lora_exports_as_peft("lora-qwen3moe-experts", "qwen3moe-tok", "attn.v, experts.w1, experts.w2, experts.w3");
 }
 
+/// Qwen2-MoE's experts, routed or shared, have no PEFT form that loads as trained (PEFT converts
+/// no Qwen2-MoE expert adapters): the export says which adapter and how to write the model
+/// instead.
+#[test]
+fn lora_on_qwen2_moe_experts_is_refused_for_peft_naming_the_adapter() {
+    for (targets, stack, name) in [("experts.w1, experts.w3", "experts.w1", "experts"), ("shared.w2", "shared.w2", "shared")] {
+        let want = format!("stacked experts `blocks.1.ffn.{stack}` cannot be written for PEFT in the Qwen2-MoE layout: PEFT converts the expert adapters of Mixtral, OLMoE and Qwen3-MoE only.");
+        let (dir, _, _) = lora_run(&format!("lora-qwen2moe-{name}"), "qwen2moe-tok", targets, 2);
+        let run = dir.join("runs/lora/sft");
+        let o = roux(&["export", run.to_str().unwrap(), "--to", "peft", "-o", dir.join("adapter").to_str().unwrap()]);
+        let err = String::from_utf8_lossy(&o.stderr).to_string();
+        let whole = format!("Export the fine-tuned model whole instead: `roux merge {}`, then `roux export {} --to hf`", run.display(), run.join("merged").display());
+        assert!(!o.status.success() && err.contains(&format!("{}: the adapter on the {want} {whole}", run.display())), "{err}");
+        assert!(!dir.join("adapter").exists());
+    }
+}
+
 /// An adapter on the experts' gate projection alone cannot go out for PEFT, which fuses it with
 /// the up projection as it loads: the export says so and how to write the model instead. The
 /// held-out loss fell, the adapter holds one A per expert, and transformers computes the merged
@@ -728,6 +751,24 @@ fn lora_on_half_of_mixtrals_fused_experts_goes_out_merged() {
     assert!(!o.status.success() && err.contains(&want), "{err}");
     assert!(roux(&["merge", run.to_str().unwrap()]).status.success());
     merged_export_is_transformers(&dir, &run.join("merged"), (&model, &plain), "MixtralForCausalLM");
+}
+
+/// PEFT scales the experts' fused gate and up adapters by twice the alpha over √(twice the rank),
+/// so an rsLoRA adapter on them cannot go out for PEFT as trained: the export says so.
+#[test]
+fn rslora_on_mixtrals_fused_experts_is_refused_for_peft() {
+    let (dir, _, _) = lora_run_with("lora-mixtral-rslora", "mixtral-tok", "rank = 4, alpha = 8, rslora = true, targets = [experts.w1, experts.w3]", 2);
+    let run = dir.join("runs/lora/sft");
+    let o = roux(&["export", run.to_str().unwrap(), "--to", "peft", "-o", dir.join("adapter").to_str().unwrap()]);
+    let err = String::from_utf8_lossy(&o.stderr).to_string();
+    let want = format!(
+        "{}: PEFT scales the experts' fused w1 and w3 adapters of a Mixtral model by twice the alpha over √(twice the rank), not rsLoRA's alpha over √rank: leave `rslora` out, \
+         or export the fine-tuned model whole: `roux merge {}`, then `roux export {} --to hf`",
+        run.display(),
+        run.display(),
+        run.join("merged").display()
+    );
+    assert!(!o.status.success() && err.contains(&want), "{err}");
 }
 
 /// A LoRA SFT stage on imported checkpoint `which` (adapters on `targets`) exported with

@@ -155,17 +155,12 @@ fn expert_parts(layout: Family, path: &str, a: &Tensor, b: &Tensor, spec: &Model
         format!("Export the fine-tuned model whole instead: `roux merge {}`, then `roux export {} --to hf`", run.display(), run.join("merged").display())
     };
     if !matches!(layout, Family::Mixtral | Family::Olmoe | Family::Qwen3Moe) {
-        bail!("{}: the adapter on the stacked experts `{path}` cannot be written for PEFT in the {} layout: PEFT converts expert adapters for Mixtral, OLMoE and Qwen3-MoE only. {}", run.display(), layout.name(), whole());
+        bail!("{}: the adapter on the stacked experts `{path}` cannot be written for PEFT in the {} layout: PEFT converts the expert adapters of Mixtral, OLMoE and Qwen3-MoE only. {}", run.display(), layout.name(), whole());
     }
     let place = names::places(spec, layout).into_iter().find(|(n, _)| n == path).map(|(_, p)| p);
-    let Some(module) = place.as_ref().filter(|p| p.hf.contains("{}")).and_then(|p| p.hf.strip_suffix(".weight")) else {
-        bail!(
-            "{}: the adapter on the shared expert `{path}` cannot be loaded by PEFT as trained: with transformers 5 it reads the gate, up and down projection targets of a {} model as the routed experts' fused weights. {}",
-            run.display(),
-            layout.name(),
-            whole()
-        );
-    };
+    // (Those families have no shared expert: every stack is one checkpoint linear per expert.)
+    let module = place.as_ref().filter(|p| p.hf.contains("{}")).and_then(|p| p.hf.strip_suffix(".weight"));
+    let module = module.with_context(|| format!("adapter `{path}` has no per-expert module in the {} layout", layout.name()))?;
     let (a, b) = (a.to_kind(Kind::Float), b.to_kind(Kind::Float));
     Ok((0..a.size()[0]).map(|e| (module.replace("{}", &e.to_string()), Part { rows: (0, b.size()[1]), a: a.get(e), b: b.get(e), magnitude: None })).collect())
 }
