@@ -84,6 +84,47 @@ fn naive(x: &Tensor, r: &moe::Routing, w1: &Tensor, w2: &Tensor) -> Tensor {
     y
 }
 
+/// LoRA on the stacks (an A and a B per expert, on w1, w3 and w2): every dispatch path computes
+/// the layer of the merged weights W_e + s·B_e·A_e, and gives A and B the same gradients.
+#[test]
+fn expert_adapters_are_the_merged_weights_on_every_path() {
+    tch::manual_seed(2);
+    let (n, d, h, e, rank, s) = (24, 8, 16, 4, 2, 1.5);
+    let opts = (Kind::Float, Device::Cpu);
+    let x = Tensor::randn([n, d], opts);
+    let (w1, w3, w2) = (Tensor::randn([e, h, d], opts) * 0.3, Tensor::randn([e, h, d], opts) * 0.3, Tensor::randn([e, d, h], opts) * 0.3);
+    let ab = |out: i64, inp: i64| (Tensor::randn([e, rank, inp], opts) * 0.3, Tensor::randn([e, out, rank], opts) * 0.3);
+    let lora = moe::ExpertLora { ab: [Some(ab(h, d)), Some(ab(h, d)), Some(ab(d, h))], scale: s };
+    let merged = |w: &Tensor, k: usize| {
+        let (a, b) = lora.ab[k].as_ref().unwrap();
+        w + b.matmul(a) * s
+    };
+    let (m1, m3, m2) = (merged(&w1, 0), merged(&w3, 1), merged(&w2, 2));
+    let plain = Experts { w1: &m1, w3: Some(&m3), w2: &m2, act: Activation::Swiglu, lora: None };
+    let adapted = Experts { w1: &w1, w3: Some(&w3), w2: &w2, act: Activation::Swiglu, lora: Some(&lora) };
+    let r = moe::route(&routers()[0], &x.matmul(&Tensor::randn([e, d], opts).tr()), None, false);
+    let want = moe::dense_reference(&x, &r, &plain, e);
+    let without = moe::dense_reference(&x, &r, &Experts { lora: None, ..adapted }, e);
+    assert!((&want - &without).abs().max().double_value(&[]) > 1e-2, "the adapters change nothing: the test would prove nothing");
+    let paths: [(&str, fn(&Tensor, &moe::Routing, &Experts, i64) -> Tensor); 4] = [("grouped", moe::grouped), ("padded", moe::padded), ("grouped_mm", moe::grouped_mm), ("dense", moe::dense_reference)];
+    let mut grads = vec![];
+    for (path, f) in paths {
+        let got = f(&x, &r, &adapted, e);
+        let diff = (&got - &want).abs().max().double_value(&[]);
+        assert!(diff < 1e-4, "{path}: {diff}");
+        // Gradients of A and B of every projection.
+        let ab: Vec<(Tensor, Tensor)> = lora.ab.iter().map(|p| p.as_ref().map(|(a, b)| (a.copy().set_requires_grad(true), b.copy().set_requires_grad(true))).unwrap()).collect();
+        let share = |k: usize| Some((ab[k].0.shallow_clone(), ab[k].1.shallow_clone()));
+        let l = moe::ExpertLora { ab: [share(0), share(1), share(2)], scale: s };
+        f(&x, &r, &Experts { lora: Some(&l), ..adapted }, e).square().sum(Kind::Float).backward();
+        grads.push((path, Tensor::cat(&ab.iter().flat_map(|(a, b)| [a.grad().flatten(0, -1), b.grad().flatten(0, -1)]).collect::<Vec<_>>(), 0)));
+    }
+    for (path, g) in &grads[1..] {
+        let diff = (g - &grads[0].1).abs().max().double_value(&[]);
+        assert!(diff < 1e-3 && grads[0].1.abs().sum(Kind::Float).double_value(&[]) > 0.0, "{path}: adapter gradients differ from grouped's by {diff}");
+    }
+}
+
 #[test]
 fn sparse_layer_equals_the_naive_dense_computation_for_every_router() {
     tch::manual_seed(0);
@@ -93,7 +134,7 @@ fn sparse_layer_equals_the_naive_dense_computation_for_every_router() {
     let w2 = Tensor::randn([e, d, h], (Kind::Float, Device::Cpu)) * 0.3;
     let wg = Tensor::randn([e, d], (Kind::Float, Device::Cpu));
     let wn = Tensor::randn([e, d], (Kind::Float, Device::Cpu)) * 0.1;
-    let experts = Experts { w1: &w1, w3: None, w2: &w2, act: Activation::Relu };
+    let experts = Experts { w1: &w1, w3: None, w2: &w2, act: Activation::Relu, lora: None };
     for router in routers() {
         for train in [false, true] {
             let logits = x.matmul(&wg.tr());
@@ -128,7 +169,7 @@ fn sparse_layer_equals_the_naive_dense_computation_for_every_router() {
     let r = moe::route(&routers()[0], &x.matmul(&wg.tr()), None, true);
     let grads = |f: fn(&Tensor, &moe::Routing, &Experts, i64) -> Tensor| {
         let (a, b) = (w1.copy().set_requires_grad(true), w2.copy().set_requires_grad(true));
-        let ex = Experts { w1: &a, w3: None, w2: &b, act: Activation::Relu };
+        let ex = Experts { w1: &a, w3: None, w2: &b, act: Activation::Relu, lora: None };
         f(&x, &r, &ex, e).square().sum(Kind::Float).backward();
         (a.grad(), b.grad())
     };
@@ -166,7 +207,7 @@ fn exactly_the_over_capacity_tokens_are_dropped() {
     let x = Tensor::ones([n, 3], (Kind::Float, Device::Cpu));
     let w1 = Tensor::ones([2, 5, 3], (Kind::Float, Device::Cpu));
     let w2 = Tensor::ones([2, 3, 5], (Kind::Float, Device::Cpu));
-    let y = moe::dispatch(&x, &r, &Experts { w1: &w1, w3: None, w2: &w2, act: Activation::Relu }, 2);
+    let y = moe::dispatch(&x, &r, &Experts { w1: &w1, w3: None, w2: &w2, act: Activation::Relu, lora: None }, 2);
     let row_sums = Vec::<f32>::try_from(&y.abs().sum_dim_intlist(1, false, Kind::Float)).unwrap();
     for (i, s) in row_sums.iter().enumerate() {
         assert_eq!(*s == 0.0, (4..12).contains(&i), "token {i}: {s}");

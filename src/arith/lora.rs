@@ -3,7 +3,7 @@
 //!
 //! A mixture-of-experts layer's stacked experts (`experts.w1|w2|w3`, a shared expert's
 //! `shared.w1|w2|w3`) take adapters too, one A and B per expert (PEFT's `target_parameters` on a
-//! model's 3-D expert weights): W_e + s·B_e·A_e, added to the weights, not to each input.
+//! model's 3-D expert weights): each expert's weight becomes W_e + s·B_e·A_e.
 
 use super::graph::{lower_model, OpKind};
 use crate::recipe::{LoraSpec, ModelSpec};

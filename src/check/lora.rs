@@ -69,7 +69,7 @@ impl<'a> Checker<'a> {
                     if let Some(stack) = targetable.iter().find(|l| l.experts > 0 && crate::arith::lora_matches(&pat, &l.path)) {
                         let refused = [("dora", dora == Some(true), "DoRA's magnitudes"), ("dropout", dropout.is_some_and(|d| d > 0.0), "dropout on the adapter's input")];
                         if let Some((key, _, what)) = refused.iter().find(|r| r.1) {
-                            self.error(Diagnostic::error(Code::E0265, it.span, format!("LoRA target `{pat}` matches the stacked experts `{}`, whose adapters are added to the weights (PEFT's target_parameters), so it cannot take {what}", stack.path))
+                            self.error(Diagnostic::error(Code::E0265, it.span, format!("LoRA target `{pat}` matches the stacked experts `{}`, whose adapters change each expert's weight, W_e + s·B_e·A_e (PEFT's target_parameters), so it cannot take {what}", stack.path))
                                 .with_hint(format!("leave `{key}` out, or target the attention and dense layers only")));
                             return None;
                         }

@@ -153,7 +153,8 @@ fn own_experts(rows: &Tensor, which: &Tensor, experts: &Experts, count: i64) -> 
         .map(|(i, x)| {
             let at = |w: &Tensor| w.narrow(0, i as i64, 1);
             let (w1, w3, w2) = (at(experts.w1), experts.w3.map(at), at(experts.w2));
-            let one = Experts { w1: &w1, w3: w3.as_ref(), w2: &w2, act: experts.act };
+            // (A `train` stage, the only kind that divides experts, trains no adapter.)
+            let one = Experts { w1: &w1, w3: w3.as_ref(), w2: &w2, act: experts.act, lora: None };
             one.apply(&x.unsqueeze(0)).squeeze_dim(0)
         })
         .collect();

@@ -9,9 +9,8 @@
 //! so an export loads into `peft` with the same function.
 //!
 //! A stack of experts (E, out, in) takes an A (E × rank × in) and a B (E × out × rank): each
-//! expert's weight is W_e + s·B_e·A_e wherever the layer reads it (`Adapters::added`), as PEFT
-//! adapts a model's 3-D expert parameters (`target_parameters`), so every way of dispatching
-//! tokens to experts sees the same adapted weights.
+//! expert's rows go through W_e + s·B_e·A_e, as PEFT adapts a model's 3-D expert parameters
+//! (`target_parameters`), computed on the rows by every dispatch path (`experts.rs`).
 
 use anyhow::{bail, Result};
 use std::cell::Cell;
@@ -67,11 +66,6 @@ impl Adapters {
             }
         };
         y + (&factor - 1.0) * base + factor * lora * self.scale
-    }
-
-    /// Stack `i`'s weights `w` (in the compute `kind`) with the adapter added: W_e + s·B_e·A_e.
-    pub fn added(&self, i: usize, w: Tensor, kind: Kind) -> Tensor {
-        w + self.b[i].to_kind(kind).matmul(&self.a[i].to_kind(kind)) * self.scale
     }
 
     /// ‖W + s·B·A‖ of each output row of target `i` (float32; PEFT's `get_weight_norm`).

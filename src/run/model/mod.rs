@@ -9,7 +9,8 @@
 //! | `shim.rs`      | what the model calls in the C++ shim (grad mode, generators, backward) |
 //! | `casts.rs`     | parameters in the compute kind: cached casts, the optimizer's bf16 copies |
 //! | `attention.rs` | causal attention, rotary embeddings, grouped-query heads, KV cache  |
-//! | `moe.rs`       | routers, sparse dispatch, the MoE layer and jitter                  |
+//! | `moe.rs`       | routers, the MoE layer and jitter                                   |
+//! | `experts.rs`   | the experts on their tokens: routing decisions, sparse dispatch, expert LoRA |
 //! | `router_losses.rs` | the routers' auxiliary losses, the 1991 mixture's loss          |
 //! | `expert_parallel.rs` | an MoE layer's experts divided over processes (all-to-all)    |
 //! | `lora.rs`      | LoRA adapters: attach, load, merge                                  |
@@ -27,6 +28,7 @@ pub mod heads;
 pub mod lora;
 pub mod expert_parallel;
 pub mod moe;
+pub mod experts;
 pub mod nf4;
 mod packing;
 mod recompute;

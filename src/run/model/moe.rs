@@ -1,64 +1,19 @@
 //! Mixture-of-experts layers on tch: routing (five routers), sparse dispatch, auxiliary losses.
 //!
 //! Routing decides, per token, which experts see it and with what gate; each kept (token, expert)
-//! assignment has a position below the expert's capacity. Dispatch runs each expert on its own
-//! rows only — grouped by expert on the CPU, a padded capacity buffer (E, C, d) and one batched
-//! matmul on CUDA (GShard/Switch) — and scatter-adds the gated outputs back to their tokens.
-//! Compute therefore grows with the routed tokens, not with the number of experts. Router math
-//! is float32.
+//! assignment has a position below the expert's capacity; dispatch (`experts.rs`) runs each
+//! expert on its own rows. Router math is float32.
 
 use tch::{Kind, Tensor};
 
+pub use super::experts::{counts, dense_reference, dispatch, grouped, grouped_mm, padded, ExpertLora, Experts, Routing};
+use super::experts::counts_where;
 use super::Model;
 pub use super::router_losses::{balance_loss, cv_squared, jacobs_loss, smooth_load, z_loss};
 use crate::lower::OpKind;
-use crate::recipe::{Activation, RouterSpec};
+use crate::recipe::RouterSpec;
 
-/// Routing decisions for N tokens: one entry per kept (token, expert) assignment.
-pub struct Routing {
-    pub tok: Tensor,
-    pub expert: Tensor,
-    pub gate: Tensor,
-    /// Position of the assignment inside its expert's buffer (< capacity).
-    pub pos: Tensor,
-    pub capacity: i64,
-    /// Router probabilities (N, E), float32, for statistics.
-    pub probs: Tensor,
-    /// Assignments per expert before capacity (E), for load statistics.
-    pub routed: Tensor,
-    /// Assignments the router made (N·k for token choice), before any were dropped.
-    pub n_routed: i64,
-    /// Weighted auxiliary loss, and the unweighted parts for the logs.
-    pub aux: Tensor,
-    pub parts: Vec<(&'static str, Tensor)>,
-    /// None: every entry above was kept. Some(mask): the entries are every assignment the router
-    /// made and the mask says which fit in their expert's buffer (the others have gate 0 and a
-    /// position ≥ capacity). On CUDA a router with a capacity keeps this form, because selecting
-    /// the kept entries needs their number on the host: a read of the device per layer per step.
-    pub valid: Option<Tensor>,
-}
 
-/// Expert weights of one layer, stacked: w1, w3 (SwiGLU) (E, hidden, d) and w2 (E, d, hidden).
-pub struct Experts<'a> {
-    pub w1: &'a Tensor,
-    pub w3: Option<&'a Tensor>,
-    pub w2: &'a Tensor,
-    pub act: Activation,
-}
-
-impl Experts<'_> {
-    /// Every expert on its own rows: x (E, C, d) → (E, C, d).
-    pub fn apply(&self, x: &Tensor) -> Tensor {
-        let h = x.bmm(&self.w1.transpose(1, 2)); // (E, C, hidden)
-        let h = match self.act {
-            Activation::Gelu => h.gelu("tanh"),
-            Activation::Relu => h.relu(),
-            Activation::Swiglu => h.silu() * x.bmm(&self.w3.expect("swiglu has w3").transpose(1, 2)),
-            Activation::Geglu => h.gelu("tanh") * x.bmm(&self.w3.expect("geglu has w3").transpose(1, 2)),
-        };
-        h.bmm(&self.w2.transpose(1, 2)) // (E, C, d)
-    }
-}
 
 impl Model {
     /// A mixture-of-experts layer over `x` (B, T, d): route (with Switch's multiplicative jitter on
@@ -85,9 +40,10 @@ impl Model {
         let gate = self.find(i, "router", "weight").expect("router weight");
         let logits = xr.linear::<Tensor>(&gate.to_kind(Kind::Float), None); // (N, E)
         let noise = self.find(i, "router.noise", "weight").map(|w| xr.linear::<Tensor>(&w.to_kind(Kind::Float), None));
-        let weights = |g: &str| (self.stack(i, g, "w1").expect("an MoE op has w1 and w2"), self.stack(i, g, "w3"), self.stack(i, g, "w2").expect("an MoE op has w1 and w2"));
+        let weights = |g: &str| (self.w(i, g, "w1"), self.w_opt(i, g, "w3"), self.w(i, g, "w2"));
         let (w1, w3, w2) = weights("experts");
-        let ex = Experts { w1: &w1, w3: w3.as_ref(), w2: &w2, act: *act };
+        let lora = self.expert_lora(i, "experts");
+        let ex = Experts { w1: &w1, w3: w3.as_ref(), w2: &w2, act: *act, lora: lora.as_ref() };
         let (mut y, r) = match self.experts_across.as_deref() {
             Some(across) => self.moe_across(across, &xf, &logits, noise.as_ref(), router, &ex, *experts as i64, train),
             None => {
@@ -98,7 +54,8 @@ impl Model {
         if *shared > 0 {
             let (s, n) = (*shared as i64, xf.size()[0]);
             let (w1, w3, w2) = weights("shared");
-            let sh = Experts { w1: &w1, w3: w3.as_ref(), w2: &w2, act: *act };
+            let lora = self.expert_lora(i, "shared");
+            let sh = Experts { w1: &w1, w3: w3.as_ref(), w2: &w2, act: *act, lora: lora.as_ref() };
             let out = sh.apply(&xf.unsqueeze(0).expand([s, n, d], false).contiguous()).sum_dim_intlist(0, false, xf.kind());
             y += self.w_opt(i, "shared_gate", "weight").map_or_else(|| out.shallow_clone(), |g| &out * xf.linear::<Tensor>(&g, None).sigmoid());
         }
@@ -108,15 +65,13 @@ impl Model {
 }
 
 impl Model {
-    /// Op `i`'s stack of experts `<sub>.<leaf>` in the compute kind, with its LoRA adapter added
-    /// when it has one.
-    fn stack(&self, i: usize, sub: &str, leaf: &str) -> Option<Tensor> {
-        let j = self.find_index(i, sub, leaf)?;
-        let w = self.cast(j);
-        Some(match self.lora.get(j) {
-            Some(ad) => self.lora.added(ad, w, self.compute),
-            None => w,
-        })
+    /// The LoRA adapters on op `i`'s stacks `<sub>.w1|w3|w2`, in the compute kind, if any has one.
+    fn expert_lora(&self, i: usize, sub: &str) -> Option<ExpertLora> {
+        let ab = ["w1", "w3", "w2"].map(|leaf| {
+            let ad = self.lora.get(self.find_index(i, sub, leaf)?)?;
+            Some((self.lora.a[ad].to_kind(self.compute), self.lora.b[ad].to_kind(self.compute)))
+        });
+        ab.iter().any(Option::is_some).then_some(ExpertLora { ab, scale: self.lora.scale })
     }
 }
 
@@ -130,18 +85,6 @@ fn positions(expert: &Tensor, e: i64) -> Tensor {
     running.gather(0, &expert.unsqueeze(0), false).squeeze_dim(0) - 1
 }
 
-/// How many entries of `idx` name each of 0..len, on `idx`'s device. bincount sizes its output
-/// from the largest entry, a read of the device that stalls the host every call on CUDA.
-pub fn counts(idx: &Tensor, len: i64) -> Tensor {
-    counts_where(idx, len, None)
-}
-
-/// `counts` of the entries `valid` marks (all when None).
-fn counts_where(idx: &Tensor, len: i64, valid: Option<&Tensor>) -> Tensor {
-    let idx = idx.view([-1]);
-    let ones = valid.map_or_else(|| idx.ones_like(), |v| v.to_kind(Kind::Int64));
-    Tensor::zeros([len], (Kind::Int64, idx.device())).index_add(0, &idx, &ones)
-}
 
 /// Route N tokens. `logits` (N, E) are the clean router logits in float32; `noise_logits` the
 /// noise projection (noisy_topk only). On CUDA the over-capacity assignments stay in, masked
@@ -250,112 +193,6 @@ pub fn route_with(router: &RouterSpec, logits: &Tensor, noise_logits: Option<&Te
         parts,
         valid: None,
     }
-}
-
-/// The sparse layer: x (N, d) → (N, d). Dropped tokens get 0 here and pass through the residual.
-///
-/// On the CPU the kept assignments are sorted by expert and each expert multiplies exactly its
-/// own rows (`grouped`): no padding to the capacity, which would cost up to the capacity factor
-/// (1.25×) in expert FLOPs, and per-expert matmuls cost little there. On CUDA in bf16 libtorch's
-/// grouped GEMM (`grouped_mm`: one launch over all experts' rows, no padding); in float32 one
-/// batched matmul over the padded capacity buffer (`padded`), which beats E small launches.
-/// `ROUX_MOE_DISPATCH=padded|grouped_mm|grouped` chooses (benchmarks compare them).
-pub fn dispatch(x: &Tensor, r: &Routing, experts: &Experts, e: i64) -> Tensor {
-    match std::env::var("ROUX_MOE_DISPATCH").as_deref() {
-        Ok("padded") => padded(x, r, experts, e),
-        Ok("grouped_mm") => grouped_mm(x, r, experts, e),
-        Ok("grouped") => grouped(x, r, experts, e),
-        _ if x.device() == tch::Device::Cpu => grouped(x, r, experts, e),
-        _ if x.kind() == Kind::BFloat16 => grouped_mm(x, r, experts, e),
-        _ => padded(x, r, experts, e),
-    }
-}
-
-/// Experts applied to rows sorted by expert through libtorch's grouped GEMM (`_grouped_mm`, the
-/// kernel torchtitan's MoE uses): each expert multiplies exactly its own rows, in one launch per
-/// matmul, and the group offsets stay on the device (no host read).
-pub fn grouped_mm(x: &Tensor, r: &Routing, experts: &Experts, e: i64) -> Tensor {
-    // The kernel checks shapes, strides and the GPU before launching: where it refuses (an older
-    // GPU, a layout it does not take), the padded buffer computes the same layer.
-    try_grouped_mm(x, r, experts, e).unwrap_or_else(|err| {
-        static ONCE: std::sync::Once = std::sync::Once::new();
-        ONCE.call_once(|| tracing::warn!("grouped GEMM unavailable ({}); MoE layers use the padded capacity buffer", err.to_string().lines().next().unwrap_or_default()));
-        padded(x, r, experts, e)
-    })
-}
-
-fn try_grouped_mm(x: &Tensor, r: &Routing, experts: &Experts, e: i64) -> Result<Tensor, tch::TchError> {
-    let (n, d) = (x.size()[0], x.size()[1]);
-    let order = r.expert.argsort_stable(true, 0, false);
-    let tok = r.tok.index_select(0, &order);
-    let offs = counts(&r.expert, e).cumsum(0, Kind::Int);
-    let rows = x.index_select(0, &tok); // (M, d), grouped by expert
-    let mm = |a: &Tensor, w: &Tensor| a.f_internal_grouped_mm(&w.transpose(1, 2), Some(&offs), None::<&Tensor>, None::<Kind>);
-    let h = mm(&rows, experts.w1)?;
-    let h = match experts.act {
-        Activation::Gelu => h.gelu("tanh"),
-        Activation::Relu => h.relu(),
-        Activation::Swiglu => h.silu() * mm(&rows, experts.w3.expect("swiglu has w3"))?,
-        Activation::Geglu => h.gelu("tanh") * mm(&rows, experts.w3.expect("geglu has w3"))?,
-    };
-    let out = mm(&h, experts.w2)?;
-    let gate = r.gate.index_select(0, &order).to_kind(x.kind()).unsqueeze(1);
-    Ok(Tensor::zeros([n, d], (x.kind(), x.device())).index_add(0, &tok, &(out * gate)))
-}
-
-/// Experts applied to rows sorted by expert, one matmul pair each. The weights are split with
-/// `unbind` (its backward stacks the E gradients once; `select` would zero-fill a full copy of
-/// the stack per expert).
-pub fn grouped(x: &Tensor, r: &Routing, experts: &Experts, e: i64) -> Tensor {
-    let (n, d) = (x.size()[0], x.size()[1]);
-    let order = r.expert.argsort_stable(true, 0, false);
-    let tok = r.tok.index_select(0, &order);
-    let sizes = Vec::<i64>::try_from(&counts(&r.expert, e)).expect("int64 counts");
-    let rows = x.index_select(0, &tok).split_with_sizes(&sizes, 0);
-    let (w1, w2) = (experts.w1.unbind(0), experts.w2.unbind(0));
-    let w3 = experts.w3.map(|w| w.unbind(0));
-    let outs: Vec<Tensor> = rows
-        .iter()
-        .enumerate()
-        .map(|(i, xe)| {
-            let h = xe.matmul(&w1[i].tr());
-            let h = match experts.act {
-                Activation::Gelu => h.gelu("tanh"),
-                Activation::Relu => h.relu(),
-                Activation::Swiglu => h.silu() * xe.matmul(&w3.as_ref().expect("swiglu has w3")[i].tr()),
-                Activation::Geglu => h.gelu("tanh") * xe.matmul(&w3.as_ref().expect("geglu has w3")[i].tr()),
-            };
-            h.matmul(&w2[i].tr())
-        })
-        .collect();
-    let gate = r.gate.index_select(0, &order).to_kind(x.kind()).unsqueeze(1);
-    Tensor::zeros([n, d], (x.kind(), x.device())).index_add(0, &tok, &(Tensor::cat(&outs, 0) * gate))
-}
-
-/// Experts applied to a capacity buffer (E, C, d) by one batched matmul (GShard/Switch).
-pub fn padded(x: &Tensor, r: &Routing, experts: &Experts, e: i64) -> Tensor {
-    let (n, d) = (x.size()[0], x.size()[1]);
-    let rows = e * r.capacity;
-    // Over-capacity entries of a masked routing go to one extra row past the buffer (gate 0).
-    let slot = match &r.valid {
-        Some(v) => (&r.expert * r.capacity + &r.pos).where_scalarother(v, rows),
-        None => &r.expert * r.capacity + &r.pos,
-    };
-    let trash = r.valid.is_some() as i64;
-    let buffer = Tensor::zeros([rows + trash, d], (x.kind(), x.device())).index_copy(0, &slot, &x.index_select(0, &r.tok));
-    let out = experts.apply(&buffer.narrow(0, 0, rows).view([e, r.capacity, d])).view([rows, d]); // (E·C, d)
-    let slot = slot.clamp_max(rows - 1); // a trash entry reads any row; its gate is 0
-    let weighted = out.index_select(0, &slot) * r.gate.to_kind(x.kind()).unsqueeze(1);
-    Tensor::zeros([n, d], (x.kind(), x.device())).index_add(0, &r.tok, &weighted)
-}
-
-/// The same layer computed densely (every expert on every token, then masked by the routing):
-/// the reference the sparse path is tested against.
-pub fn dense_reference(x: &Tensor, r: &Routing, experts: &Experts, e: i64) -> Tensor {
-    let (n, d) = (x.size()[0], x.size()[1]);
-    let all = experts.apply(&x.unsqueeze(0).expand([e, n, d], false).contiguous()); // (E, N, d)
-    let picked = all.view([e * n, d]).index_select(0, &(&r.expert * n + &r.tok)); // (M, d)
-    Tensor::zeros([n, d], (x.kind(), x.device())).index_add(0, &r.tok, &(picked * r.gate.to_kind(x.kind()).unsqueeze(1)))
 }
 
 /// Per-layer statistics for metrics.jsonl.
