@@ -353,7 +353,8 @@ fn the_per_process_plan_saturates_and_sends_exact_bytes_at_the_limits() {
 /// 5,000 steps × 16 × 64 = 5,120,000 tokens read each 5.1 times (1,000 steps: 1.02, no warning).
 /// BPE tokens are bounded by the bytes: "at least". A mix counts each corpus by its weight: a
 /// 10,000-byte file at weight 3 of 4 gets 0.75 × 1,024,000 = 768,000 of them, each 85.3 times
-/// over its 9,000 training bytes; the play, 256,000 of 1,003,855, is under 4.
+/// over its 9,000 training bytes; the play, 256,000 of 1,003,855, is under 4. A note (N0410)
+/// gives each corpus of the mix its share, its tokens and its epochs.
 #[test]
 fn reading_a_corpus_more_than_four_times_is_a_warning_with_the_count() {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/test-runs/repeats");
@@ -368,10 +369,16 @@ fn reading_a_corpus_more_than_four_times_is_a_warning_with_the_count() {
         std::fs::write(dir.join("r.roux"), recipe).unwrap();
         let c = roux::frontend::compile(&dir.join("r.roux")).unwrap();
         assert!(c.recipe.is_some(), "{:?}", c.diagnostics);
-        c.diagnostics.iter().filter(|d| d.code == "W0409").map(|d| d.message.clone()).collect()
+        c.diagnostics.iter().filter(|d| d.code == "W0409" || d.code == "N0410").map(|d| d.message.clone()).collect()
     };
     assert_eq!(warned("play", "", 1000), Vec::<String>::new());
     assert_eq!(warned("play", "", 5000), ["stage `pretrain` draws 5,120,000 tokens from the 1,003,855 training tokens of `play`: each 5.1 times"]);
     assert_eq!(warned("play", ", tokenizer = bpe { vocab = 512 }", 5000), ["stage `pretrain` draws 5,120,000 tokens from the 1,003,855 training tokens of `play`: each at least 5.1 times"]);
-    assert_eq!(warned("both", "", 1000), ["stage `pretrain` draws 768,000 tokens (75% of them by its weight) from the 9,000 training tokens of `small`: each 85.3 times"]);
+    assert_eq!(
+        warned("both", "", 1000),
+        [
+            "stage `pretrain` draws 1,024,000 tokens from mix `both`: 25% from `play` (256,000 of its 1,003,855 training tokens, 0.26 epochs), 75% from `small` (768,000 of its 9,000 training tokens, 85.33 epochs)",
+            "stage `pretrain` draws 768,000 tokens (75% of them by its weight) from the 9,000 training tokens of `small`: each 85.3 times"
+        ]
+    );
 }

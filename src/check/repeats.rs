@@ -2,7 +2,8 @@
 //! its steps × batch × context rows drawn against the split it draws them from (a mix's
 //! corpora each by its weight). Muennighoff et al. (2023, "Scaling Data-Constrained Language
 //! Models") find tokens repeated beyond about four epochs worth much less than fresh ones, and
-//! past about forty nothing: W0409 names the corpus and the count.
+//! past about forty nothing: W0409 names the corpus and the count. A stage on a mix is told
+//! (N0410) what each of its corpora gives: its share of the rows, the tokens and the epochs.
 
 use super::Checker;
 use crate::diag::{thousands, Code, Diagnostic};
@@ -19,6 +20,9 @@ impl Checker<'_> {
             let drawn = t.steps as f64 * t.batch as f64 * t.context as f64;
             let parts: Vec<_> = if data.mix.is_empty() { vec![(data, 1.0)] } else { data.mix.iter().filter_map(|(n, w)| Some((r.data(n)?, *w))).collect() };
             let total: f64 = parts.iter().map(|p| p.1).sum();
+            if !data.mix.is_empty() {
+                self.mix_note(&s.name, &data.name, drawn, &parts, total);
+            }
             for (part, w) in parts {
                 let tokens = part.tokens as f64 * part.split;
                 let epochs = drawn * w / total / tokens.max(1.0);
@@ -36,5 +40,22 @@ impl Checker<'_> {
                 );
             }
         }
+    }
+
+    /// N0410: what each corpus of mix `mix` gives stage `stage`'s `drawn` tokens, by its weight.
+    fn mix_note(&mut self, stage: &str, mix: &str, drawn: f64, parts: &[(&crate::recipe::DataSpec, f64)], total: f64) {
+        let each: Vec<String> = parts
+            .iter()
+            .map(|(part, w)| {
+                let (share, tokens) = (drawn * w / total, part.tokens as f64 * part.split);
+                let at_least = if part.tokenizer == Tokenizer::Bytes { "" } else { "at least " };
+                format!("{:.0}% from `{}` ({} of its {} training tokens, {at_least}{:.2} epochs)", 100.0 * w / total, part.name, thousands(share.round() as u64), thousands(tokens.round() as u64), share / tokens.max(1.0))
+            })
+            .collect();
+        let span = self.decl(stage).map_or(self.ast.name_span, |d| d.value.span);
+        self.error(
+            Diagnostic::note(Code::N0410, span, format!("stage `{stage}` draws {} tokens from mix `{mix}`: {}", thousands(drawn.round() as u64), each.join(", ")))
+                .with_hint("a corpus's weight sets its share of the rows whatever its size (W0409 past 4 epochs)"),
+        );
     }
 }

@@ -113,6 +113,7 @@ codes! {
     W0407 = "W0407": "KTO's desirable and undesirable examples, weighed, outside the balance it recommends (a warning)",
     W0408 = "W0408": "PPO's or GRPO's prompts longer than the context leaves beside `max_new`, which the run cuts on the left (a warning)",
     W0409 = "W0409": "a `train` stage that reads a corpus's training tokens more than 4 times over (a warning)",
+    N0410 = "N0410": "what each corpus of a mix gives a `train` stage: its share of the rows, the tokens and the epochs (a note)",
 }
 
 impl std::fmt::Display for Code {
