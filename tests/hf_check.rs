@@ -196,6 +196,13 @@ fn post_training_data_must_be_encoded_with_an_imported_models_tokenizer() {
     let c = roux::frontend::compile(&dir.join("r.roux")).unwrap();
     assert!(c.diagnostics.iter().all(|d| !d.is_error()), "{:?}", c.diagnostics.iter().map(|d| &d.message).collect::<Vec<_>>());
     assert_eq!(c.recipe.unwrap().examples[0].end, "", "the end marker is the model's end-of-sequence token");
+    // A finetune stage's `eval_data` is read with its own set's tokenizer.
+    let eval = with.replace("  model base", "  data plain = synthetic.instructions { tasks = [uppercase], examples = 50, max_len = 4 }\n  model base").replace("stage sft = finetune(base, instr) { steps = 10,", "stage sft = finetune(base, instr) { eval_data = [instr, plain], steps = 10,");
+    std::fs::write(dir.join("r.roux"), &eval).unwrap();
+    let c = roux::frontend::compile(&dir.join("r.roux")).unwrap();
+    let d: Vec<(&str, &str, Option<&str>)> = c.diagnostics.iter().filter(|d| d.is_error()).map(|d| (d.code, d.message.as_str(), d.hint.as_deref())).collect();
+    assert_eq!(d, [("E0315", "`eval_data` set `plain` is read as bytes, but the stage's model reads `instr` with the tokenizer of `base`", Some("give data `plain` the same `tokenizer` as `instr`"))]);
+    std::fs::write(dir.join("r.roux"), &with).unwrap();
     // A tokenizer whose ids reach past the 300 embeddings (an added token at 300, or a Unigram
     // vocabulary of 302 pieces) is refused before the run would index past the embedding; ids up
     // to 299 are what the model embeds.

@@ -419,6 +419,35 @@ fn prompt_tokens_carry_exactly_zero_loss_weight() {
     assert_eq!(loss(&a), loss(&b));
 }
 
+/// `eval_data = [a, b]` (TRL's dict of eval datasets): each set's held-out loss and token accuracy
+/// at every evaluation beside the stage's own — the stage's own set named there gives exactly its
+/// numbers; another task's starts at a fresh model's ln 256 and is in the report and loss.svg.
+#[test]
+fn finetune_scores_other_instruction_sets_at_each_evaluation() {
+    let out = scratch("sft-eval-data");
+    let recipe = out.join("r.roux");
+    let text = std::fs::read_to_string(fixture("tiny-sft.roux")).unwrap().replace(
+        "  model lm",
+        "  data other = synthetic.instructions { tasks = [reverse], examples = 200, max_len = 3 }\n  model lm",
+    );
+    let text = text.replace("    steps = 250\n", "    steps = 60\n    eval_data = [instr, other]\n").replace("eval_every = 250", "eval_every = 30");
+    std::fs::write(&recipe, text).unwrap();
+    run_ok(&recipe, &out);
+    let rows: Vec<serde_json::Value> = metrics(&out.join("tiny-sft/sft")).into_iter().filter(|m| m["val_loss"].is_number()).collect();
+    assert_eq!(rows.iter().map(|m| m["step"].as_u64().unwrap()).collect::<Vec<_>>(), [30, 60]);
+    for m in &rows {
+        assert_eq!((&m["val_loss/instr"], &m["val_token_accuracy/instr"]), (&m["val_loss"], &m["val_token_accuracy"]), "{m}");
+        assert!(m["val_loss/other"].as_f64().is_some_and(|l| l > 0.0) && m["val_token_accuracy/other"].is_number(), "{m}");
+    }
+    let report: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.join("tiny-sft/sft/report.json")).unwrap()).unwrap();
+    let other = &report["eval_data"]["other"];
+    assert_eq!(other["val_loss"]["after"], rows[1]["val_loss/other"], "{other}");
+    assert!((other["val_loss"]["before"].as_f64().unwrap() - 256f64.ln()).abs() < 0.25, "{other}");
+    assert_eq!(report["eval_data"]["instr"]["val_loss"], report["val_loss"]);
+    let svg = std::fs::read_to_string(out.join("tiny-sft/sft/loss.svg")).unwrap();
+    assert!(svg.contains(">other<"), "loss.svg draws no `other` line");
+}
+
 #[test]
 fn instruction_tuning_raises_exact_match() {
     let out = scratch("sft-learns");

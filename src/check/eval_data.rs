@@ -1,10 +1,12 @@
 //! `train { eval_data = [wiki, c4] }`: other corpora whose held-out loss a pretraining run
 //! measures at every evaluation (OLMo's in-loop perplexity evaluations). Each is read with the
 //! tokens the model trains on, whatever its own `tokenizer`: bytes, the checkpoint's tokenizer,
-//! or the BPE tokenizer the stage trains.
+//! or the BPE tokenizer the stage trains. `finetune { eval_data = [a, b] }`: other instruction
+//! sets, read with the stage's own set's tokenizer (TRL's dict of eval datasets).
 
 use super::Checker;
 use crate::diag::{Code, Diagnostic};
+use crate::recipe::{ExampleKind, ExampleSet};
 use crate::syntax::ast::{DeclKind, Expr, ExprKind};
 
 /// Corpora one stage evaluates on at most (each is scored at every evaluation).
@@ -13,21 +15,57 @@ const MOST: usize = 16;
 impl<'a> Checker<'a> {
     /// A corpus name or a list of them; None after an error.
     pub(super) fn eval_data(&mut self, e: &'a Expr) -> Option<Vec<String>> {
+        self.eval_names(e, ("corpora", "corpus"), |ck, item| ck.eval_corpus(item))
+    }
+
+    /// A `finetune` stage's instruction sets (`own` is the set it trains on): each must hold
+    /// instructions (E0313) read with `own`'s tokenizer (E0315); None after an error.
+    pub(super) fn eval_sets(&mut self, e: &'a Expr, own: &ExampleSet) -> Option<Vec<String>> {
+        self.eval_names(e, ("instruction sets", "set"), |ck, item| {
+            let d = ck.decl_ref(item, DeclKind::Data, "a data set")?;
+            let found = (d.kind == DeclKind::Data && item.as_path().is_some_and(|p| p.len() == 1)).then(|| ck.examples.get(&d.name.name).cloned()).flatten();
+            let set = match found {
+                Some(Some(set)) if set.kind == ExampleKind::Instructions => set,
+                Some(Some(set)) => {
+                    ck.error(Diagnostic::error(Code::E0313, item.span, format!("`eval_data` of a `finetune` stage takes instruction sets, but `{}` holds {}", set.name, super::posttrain::kind_words(&set.kind)))
+                        .with_hint("name `instructions(…)` or `synthetic.instructions { … }` sets, whose responses the held-out loss reads"));
+                    return None;
+                }
+                Some(None) => return None, // (the set's own error is reported)
+                None => {
+                    ck.error(Diagnostic::error(Code::E0301, item.span, format!("`eval_data` of a `finetune` stage takes instruction sets, but `{}` is not one", d.name.name))
+                        .with_hint("a text corpus's held-out loss is a `train` stage's `eval_data`, or a `compare` stage's perplexity"));
+                    return None;
+                }
+            };
+            if set.tokenizer != own.tokenizer {
+                let reads = |s: &ExampleSet| s.tokenizer.as_ref().map_or("as bytes".to_string(), |m| format!("with the tokenizer of `{m}`"));
+                ck.error(Diagnostic::error(Code::E0315, item.span, format!("`eval_data` set `{}` is read {}, but the stage's model reads `{}` {}", set.name, reads(&set), own.name, reads(own)))
+                    .with_hint(format!("give data `{}` the same `tokenizer` as `{}`", set.name, own.name)));
+                return None;
+            }
+            Some(set.name)
+        })
+    }
+
+    /// A name or a list of up to `MOST` distinct names (of `what`: plural, singular), each
+    /// checked by `one`.
+    fn eval_names(&mut self, e: &'a Expr, (what, each): (&str, &str), mut one: impl FnMut(&mut Self, &'a Expr) -> Option<String>) -> Option<Vec<String>> {
         let items: Vec<&Expr> = match &e.kind {
             ExprKind::List(items) => items.iter().collect(),
             _ => vec![e],
         };
         if items.len() > MOST {
-            self.error(Diagnostic::error(Code::E0202, e.span, format!("`eval_data` names {} corpora; at most {MOST}", items.len()))
+            self.error(Diagnostic::error(Code::E0202, e.span, format!("`eval_data` names {} {what}; at most {MOST}", items.len()))
                 .with_hint("each is scored at every evaluation: keep the ones whose curves you will read"));
             return None;
         }
         let mut names: Vec<String> = vec![];
         let mut ok = true;
         for item in items {
-            match self.eval_corpus(item) {
+            match one(self, item) {
                 Some(n) if names.contains(&n) => {
-                    self.error(Diagnostic::error(Code::E0102, item.span, format!("`{n}` is named twice in `eval_data`")).with_hint("name each corpus once"));
+                    self.error(Diagnostic::error(Code::E0102, item.span, format!("`{n}` is named twice in `eval_data`")).with_hint(format!("name each {each} once")));
                     ok = false;
                 }
                 Some(n) => names.push(n),

@@ -139,9 +139,14 @@ impl<'a> Checker<'a> {
         let packing = f.bool(self, "packing", false);
         let neftune = f.optional(self, "neftune", |f, ck| f.ranged(ck, "neftune", None, 0.0, true, 1e4, false));
         let eval = self.eval_keys(&mut f);
+        let eval_data = match (f.field("eval_data"), &data) {
+            (Some(field), Some(own)) => self.eval_sets(&field.value, own),
+            (Some(_), None) => None,
+            (None, _) => Some(vec![]),
+        };
         f.finish(self);
         let (eval_examples, max_new) = eval?;
-        let kind = StageKind::Finetune(FinetuneSpec { model: model?, data: data?.name, opt: opt?, lora: lora?, mask_prompt: mask_prompt?, packing: packing?, neftune: neftune?, eval_examples, max_new });
+        let kind = StageKind::Finetune(FinetuneSpec { model: model?, data: data?.name, opt: opt?, lora: lora?, mask_prompt: mask_prompt?, packing: packing?, neftune: neftune?, eval_examples, max_new, eval_data: eval_data? });
         Some(self.stage_spec(d, kind))
     }
 

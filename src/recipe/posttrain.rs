@@ -25,6 +25,10 @@ pub struct FinetuneSpec {
     /// Held-out prompts scored by greedy generation (exact match, gold reward).
     pub eval_examples: usize,
     pub max_new: usize,
+    /// Other instruction sets whose held-out loss and token accuracy every evaluation measures
+    /// (`eval_data = [a, b]`, TRL's dict of eval datasets). Left out when empty (older hashes).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub eval_data: Vec<String>,
 }
 
 /// A scalar head on a language model trained on preference pairs (Bradley–Terry).

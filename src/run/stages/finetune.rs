@@ -1,6 +1,7 @@
 //! The loop of a `finetune` stage (instruction fine-tuning), written out: sample examples,
 //! masked next-token loss on the response, backward, clip, AdamW; every `eval_every` steps,
-//! greedy generation on held-out prompts scored by exact match and gold reward.
+//! greedy generation on held-out prompts scored by exact match and gold reward, and the
+//! held-out loss of the set and of each `eval_data` set (`val_loss/NAME`).
 //! With `adapter = lora { … }` only the adapter trains, and only the adapter is saved.
 
 use anyhow::Result;
@@ -42,6 +43,15 @@ pub fn run(ctx: &StageCtx, f: &FinetuneSpec) -> Result<()> {
     let context = model.spec().context;
     let held_seqs: Vec<Seq> = held.iter().map(|e| codec.example(e, f.mask_prompt, context)).collect();
     let loss_before = held_out_loss(&model, &held_seqs, dev);
+    // Each `eval_data` set's held-out examples, encoded with its own codec (the same tokenizer).
+    let mut eval_sets: Vec<(String, Vec<Seq>, HeldOut)> = vec![];
+    for n in &f.eval_data {
+        let (other, other_split) = instructions(recipe, n)?;
+        let other_codec = Codec::new(recipe, &other)?;
+        let seqs: Vec<Seq> = other_split.held_out.iter().take(f.eval_examples).map(|e| other_codec.example(e, f.mask_prompt, context)).collect();
+        let before = held_out_loss(&model, &seqs, dev);
+        eval_sets.push((n.clone(), seqs, before));
+    }
     tracing::info!(
         "{name}: before fine-tuning: held-out loss {:.4}, exact match {:.1}%, gold reward {:.3} on {} held-out examples",
         loss_before.loss,
@@ -125,6 +135,11 @@ pub fn run(ctx: &StageCtx, f: &FinetuneSpec) -> Result<()> {
                 s.log_into(&mut m, "");
             }
             if let Some(v) = val {
+                for (n, seqs, _) in &eval_sets {
+                    let o = held_out_loss(&model, seqs, dev);
+                    m[format!("val_loss/{n}")] = json!(o.loss);
+                    m[format!("val_token_accuracy/{n}")] = json!(o.token_accuracy);
+                }
                 m["val_loss"] = json!(v.loss);
                 m["val_token_accuracy"] = json!(v.token_accuracy);
                 last_val = Some(v);
@@ -166,6 +181,10 @@ pub fn run(ctx: &StageCtx, f: &FinetuneSpec) -> Result<()> {
         "val_token_accuracy": {"before": loss_before.token_accuracy, "after": last_val.token_accuracy},
         "wall_seconds": started.elapsed().as_secs_f64(),
     });
+    for (n, seqs, before) in &eval_sets {
+        let after = held_out_loss(&model, seqs, dev);
+        report["eval_data"][n] = json!({"examples": seqs.len(), "val_loss": {"before": before.loss, "after": after.loss}, "val_token_accuracy": {"before": before.token_accuracy, "after": after.token_accuracy}});
+    }
     patience.report_into(&mut report, stopped);
     tracing::info!(
         "{name}: done — held-out exact match {:.1}% (was {:.1}%), gold reward {:.3} (was {:.3}); e.g. {}",
