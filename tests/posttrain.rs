@@ -1282,6 +1282,10 @@ fn kto_learns_from_unpaired_feedback() {
         assert!(held == "az" || b.iter().any(|m| m["kl"].as_f64().unwrap() > 0.01), "{pre}: {b:?}");
         let report: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.join("kto").join(pre).join("report.json")).unwrap()).unwrap();
         assert_eq!(report["reference_weight_bytes"], 0, "{pre}");
+        // The log's count of what was precomputed is the report's: examples on feedback, pairs on pairs.
+        let (key, noun) = if pre == "pairs_pre" { ("precomputed_reference_pairs", "pairs") } else { ("precomputed_reference_examples", "examples") };
+        let said = log.split(&format!("{pre}: ")).find_map(|l| l.split("the reference's log-probabilities of the ").nth(1)?.split(&format!(" {noun} the steps draw")).next()?.replace(',', "").parse::<u64>().ok());
+        assert_eq!(report[key].as_u64(), said, "{pre}: {key}");
     }
 }
 

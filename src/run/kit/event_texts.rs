@@ -41,7 +41,8 @@ pub fn kept(dir: &Path, through: u64) -> Vec<(u64, String, Text)> {
         let mut names: Vec<String> = entries.filter_map(|e| e.ok()?.file_name().into_string().ok()).collect();
         names.sort();
         for name in names {
-            if !step_of(folder, &name).is_some_and(|(s, _)| s <= through) {
+            // (Not a stray temporary file of an interrupted write, nor a step past the resume.)
+            if !step_of(folder, &name).is_some_and(|(s, ext)| s <= through && matches!(ext, "txt" | "jsonl")) {
                 continue;
             }
             let path = dir.join(folder).join(&name);

@@ -331,7 +331,8 @@ pub fn run(ctx: &StageCtx, d: &DpoSpec) -> Result<()> {
         report["held_out_feedback"] = json!(held_judged.len());
     }
     if let Some(p) = &precomputed {
-        report["precomputed_reference_pairs"] = json!(p.train.computed.len());
+        // (Unpaired feedback is precomputed an example at a time.)
+        report[if judged.is_some() { "precomputed_reference_examples" } else { "precomputed_reference_pairs" }] = json!(p.train.computed.len());
     }
     patience.report_into(&mut report, stopped);
     tracing::info!(
