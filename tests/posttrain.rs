@@ -232,6 +232,31 @@ fn lora_on_stacked_experts_counts_and_merges_as_the_function() {
     assert_eq!(untouched("blocks.0.ffn.experts.w3"), 0.0, "an expert stack no target names");
 }
 
+/// `targets = all_linear` (PEFT's "all-linear"; QLoRA adapts every layer): each kind of projection
+/// the model has, the experts' stacks included, in the model's order; the same count as listing them.
+#[test]
+fn all_linear_targets_every_projection_the_model_has() {
+    let out = scratch("lora-all-linear");
+    let targets = |fixture_name: &str, targets: &str| {
+        let text = std::fs::read_to_string(fixture(fixture_name)).unwrap();
+        let stage = "  stage tune = finetune(lm, instr) { adapter = lora { rank = 2, targets = TARGETS }, steps = 2 }\n}\n".replace("TARGETS", targets);
+        let text = format!("{}  data instr = synthetic.instructions {{ tasks = [reverse], examples = 50, max_len = 3 }}\n{stage}", text.trim_end().strip_suffix('}').unwrap());
+        let text = text.replace("../../data/", "../../../data/");
+        std::fs::write(out.join("r.roux"), text).unwrap();
+        let c = roux::frontend::compile(&out.join("r.roux")).unwrap();
+        let r = c.recipe.unwrap_or_else(|| panic!("{:?}", c.diagnostics.iter().map(|d| &d.message).collect::<Vec<_>>()));
+        let roux::recipe::StageKind::Finetune(f) = &r.stage("tune").unwrap().kind else { panic!("a finetune stage") };
+        let lora = f.lora.clone().unwrap();
+        (lora.targets.clone(), roux::lower::lora_params(r.model("lm").unwrap(), &lora))
+    };
+    let (dense, n) = targets("tiny.roux", "all_linear");
+    assert_eq!(dense, ["attn.q", "attn.k", "attn.v", "attn.o", "ffn.w1", "ffn.w2"]);
+    assert_eq!(n, targets("tiny.roux", "[attn.q, attn.k, attn.v, attn.o, ffn.w1, ffn.w2]").1);
+    let (moe, n) = targets("tiny-moe-topk.roux", "\"all-linear\"");
+    assert_eq!(moe, ["attn.q", "attn.k", "attn.v", "attn.o", "experts.w1", "experts.w3", "experts.w2", "shared.w1", "shared.w3", "shared.w2"]);
+    assert_eq!(n, targets("tiny-moe-topk.roux", "[attn.q, attn.k, attn.v, attn.o, experts.w1, experts.w2, experts.w3, shared.w1, shared.w2, shared.w3]").1);
+}
+
 #[test]
 fn dora_adds_a_trained_magnitude_per_row_and_starts_and_merges_as_the_function() {
     let mut r = recipe("tiny-lifecycle.roux");

@@ -40,14 +40,35 @@ impl<'a> Checker<'a> {
         match targets_field {
             None => targets = vec!["attn.q".to_string(), "attn.v".to_string()],
             Some(tf) => {
-                let crate::syntax::ast::ExprKind::List(items) = &tf.value.kind else {
-                    self.error(Diagnostic::error(Code::E0120, tf.value.span, "`targets` expects a list of module paths").with_hint("write `targets = [attn.q, attn.v]`"));
-                    return None;
+                // `all_linear` (PEFT's "all-linear", QLoRA's every layer): each kind of projection
+                // the model has, experts included, by its last two segments.
+                let all = match (&tf.value.kind, tf.value.as_path()) {
+                    (crate::syntax::ast::ExprKind::Str(s), _) => s == "all-linear" || s == "all_linear",
+                    (_, Some(p)) => Expr::path_string(p) == "all_linear",
+                    _ => false,
                 };
-                for it in items {
-                    let pat = match (&it.kind, it.as_path()) {
-                        (crate::syntax::ast::ExprKind::Str(s), _) => s.clone(),
-                        (_, Some(p)) => Expr::path_string(p),
+                let listed: Vec<(Option<String>, &Expr)> = match &tf.value.kind {
+                    _ if all => {
+                        let mut kinds: Vec<String> = vec![];
+                        for l in &linears {
+                            let short = l.rsplitn(3, '.').take(2).collect::<Vec<_>>().into_iter().rev().collect::<Vec<_>>().join(".");
+                            if !kinds.contains(&short) {
+                                kinds.push(short);
+                            }
+                        }
+                        kinds.into_iter().map(|k| (Some(k), &tf.value)).collect()
+                    }
+                    crate::syntax::ast::ExprKind::List(items) => items.iter().map(|it| (None, it)).collect(),
+                    _ => {
+                        self.error(Diagnostic::error(Code::E0120, tf.value.span, "`targets` expects a list of module paths, or `all_linear`").with_hint("write `targets = [attn.q, attn.v]`"));
+                        return None;
+                    }
+                };
+                for (expanded, it) in listed {
+                    let pat = match (expanded, &it.kind, it.as_path()) {
+                        (Some(p), _, _) => p,
+                        (None, crate::syntax::ast::ExprKind::Str(s), _) => s.clone(),
+                        (None, _, Some(p)) => Expr::path_string(p),
                         _ => {
                             self.error(Diagnostic::error(Code::E0120, it.span, "a LoRA target is a module path such as `attn.q` or \"blocks.*.ffn.w1\"").with_hint("write `targets = [attn.q, attn.v]`"));
                             return None;
