@@ -1293,6 +1293,12 @@ fn samples_show_what_the_model_writes_and_change_nothing_it_trains() {
         assert_eq!(cell.split('\n').map(|l| l.strip_prefix("    ").unwrap()).collect::<Vec<_>>().join("\n"), file);
         assert!(t["html"].as_str().unwrap().starts_with("<pre><code>ROMEO:"), "{t}");
     }
+    // …and at step 0 the stage's definition, as Hugging Face's Trainer writes its arguments.
+    for (tag, file) in [("recipe", "recipe.roux"), ("resolved", "resolved.json")] {
+        let shown = &texts[tag][0];
+        let cell = shown["cells"][0].as_str().unwrap();
+        assert_eq!((shown["step"].as_u64(), cell.split('\n').map(|l| l.strip_prefix("    ").unwrap()).collect::<Vec<_>>().join("\n")), (Some(0), std::fs::read_to_string(sampled.join(file)).unwrap()), "{tag}");
+    }
     let o = roux(&["sample", sampled.to_str().unwrap(), "--prompt", "ROMEO:", "--tokens", "24", "--temperature", "0"]);
     assert_eq!(o.status.code(), Some(0), "{}", String::from_utf8_lossy(&o.stderr));
     assert_eq!(String::from_utf8_lossy(&o.stdout).trim_end(), std::fs::read_to_string(sampled.join("samples/step-80.txt")).unwrap().trim_end());

@@ -3,7 +3,8 @@
 //! tab shows beside the curves what the model said (TRL users find it in their trackers'
 //! tables). A sample is one string; a `.jsonl` file a table of its first lines. The same
 //! function reads a file as it is written and when a resume rebuilds the event file from the
-//! files kept on disk, so both give the same texts.
+//! files kept on disk, so both give the same texts. At step 0 the stage's definition: its
+//! recipe's source and what it resolved to (as Hugging Face's Trainer writes its arguments).
 
 use std::collections::BTreeSet;
 use std::path::Path;
@@ -31,6 +32,20 @@ pub fn of(folder: &str, file: &str, content: &str) -> Option<(u64, Text)> {
         "jsonl" => Some((step, table(content))),
         _ => None,
     }
+}
+
+/// The stage's definition at step 0: `recipe.roux` and `resolved.json` in `dir`, each as written.
+pub fn definition(dir: &Path) -> Vec<(u64, String, Text)> {
+    [("recipe", "recipe.roux"), ("resolved", "resolved.json")]
+        .into_iter()
+        .filter_map(|(tag, file)| match crate::fsio::read_text(&dir.join(file), MAX_FILE_BYTES) {
+            Ok(text) => Some((0, tag.to_string(), Text::One(code(&text)))),
+            Err(e) => {
+                tracing::warn!("TensorBoard leaves out {file}: {e}");
+                None
+            }
+        })
+        .collect()
 }
 
 /// The texts of `dir`'s files up to step `through` (what a resume keeps), by step.

@@ -71,7 +71,8 @@ impl Metrics {
                 .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
                 .filter_map(|v| Some((v["step"].as_u64()?, 0.0, super::tensorboard::scalars(&v))))
                 .collect();
-            let texts = keep_through.map_or(vec![], |s| super::event_texts::kept(dir, s));
+            let mut texts = super::event_texts::definition(dir);
+            texts.extend(keep_through.map_or(vec![], |s| super::event_texts::kept(dir, s)));
             Some(super::tensorboard::EventWriter::create(dir, &rows, &texts)?)
         } else {
             None
