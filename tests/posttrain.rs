@@ -232,6 +232,30 @@ fn lora_on_stacked_experts_counts_and_merges_as_the_function() {
     assert_eq!(untouched("blocks.0.ffn.experts.w3"), 0.0, "an expert stack no target names");
 }
 
+/// A reward model's `eval_data = [a, b]`: each preference set's held-out pairwise accuracy at every
+/// evaluation — its own set named there gives exactly `val_accuracy` — and in the report.
+#[test]
+fn reward_model_scores_other_preference_sets_at_each_evaluation() {
+    let out = scratch("rm-eval-data");
+    let recipe = out.join("r.roux");
+    std::fs::write(
+        &recipe,
+        "experiment \"rm\" {\n  seed = 5\n  data prefs = synthetic.preferences { tasks = [reverse], pairs = 200, max_len = 3 }\n  data other = synthetic.preferences { tasks = [add], pairs = 100, max_len = 3 }\n  model lm = transformer { vocab = 256, context = 24, d_model = 32, layers = 1, heads = 2, dropout = 0 }\n  stage rm = reward_model(lm, prefs) { eval_data = [prefs, other], steps = 20, batch = 8, eval_every = 10 }\n}\n",
+    )
+    .unwrap();
+    run_ok(&recipe, &out);
+    let rows: Vec<serde_json::Value> = metrics(&out.join("rm/rm")).into_iter().filter(|m| m["val_accuracy"].is_number()).collect();
+    assert_eq!(rows.iter().map(|m| m["step"].as_u64().unwrap()).collect::<Vec<_>>(), [10, 20]);
+    for m in &rows {
+        assert_eq!(m["val_accuracy/prefs"], m["val_accuracy"], "{m}");
+        assert!(m["val_accuracy/other"].as_f64().is_some_and(|a| (0.0..=1.0).contains(&a)), "{m}");
+    }
+    let report: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.join("rm/rm/report.json")).unwrap()).unwrap();
+    assert_eq!(report["eval_data"]["prefs"]["accuracy"], report["held_out_accuracy"]);
+    assert_eq!(report["eval_data"]["other"]["accuracy"], rows[1]["val_accuracy/other"]);
+    assert!(report["eval_data"]["other"]["pairs"].as_u64().is_some_and(|n| n > 0), "{report}");
+}
+
 /// `targets = all_linear` (PEFT's "all-linear"; QLoRA adapts every layer): each kind of projection
 /// the model has, the experts' stacks included, in the model's order; the same count as listing them.
 #[test]

@@ -18,22 +18,24 @@ impl<'a> Checker<'a> {
         self.eval_names(e, ("corpora", "corpus"), |ck, item| ck.eval_corpus(item))
     }
 
-    /// A `finetune` stage's instruction sets (`own` is the set it trains on): each must hold
-    /// instructions (E0313) read with `own`'s tokenizer (E0315); None after an error.
-    pub(super) fn eval_sets(&mut self, e: &'a Expr, own: &ExampleSet) -> Option<Vec<String>> {
-        self.eval_names(e, ("instruction sets", "set"), |ck, item| {
+    /// A post-training stage's other sets (`own` is the set it trains on): each must hold what
+    /// `own` does (E0313; instructions for `finetune`, preference pairs for `reward_model`), read
+    /// with `own`'s tokenizer (E0315); None after an error.
+    pub(super) fn eval_sets(&mut self, e: &'a Expr, own: &ExampleSet, stage: &str) -> Option<Vec<String>> {
+        let (want, plural) = (own.kind, if own.kind == ExampleKind::Instructions { "instruction sets" } else { "preference sets" });
+        self.eval_names(e, (plural, "set"), |ck, item| {
             let d = ck.decl_ref(item, DeclKind::Data, "a data set")?;
             let found = (d.kind == DeclKind::Data && item.as_path().is_some_and(|p| p.len() == 1)).then(|| ck.examples.get(&d.name.name).cloned()).flatten();
             let set = match found {
-                Some(Some(set)) if set.kind == ExampleKind::Instructions => set,
+                Some(Some(set)) if set.kind == want => set,
                 Some(Some(set)) => {
-                    ck.error(Diagnostic::error(Code::E0313, item.span, format!("`eval_data` of a `finetune` stage takes instruction sets, but `{}` holds {}", set.name, super::posttrain::kind_words(&set.kind)))
-                        .with_hint("name `instructions(…)` or `synthetic.instructions { … }` sets, whose responses the held-out loss reads"));
+                    ck.error(Diagnostic::error(Code::E0313, item.span, format!("`eval_data` of a `{stage}` stage takes {plural}, but `{}` holds {}", set.name, super::posttrain::kind_words(&set.kind)))
+                        .with_hint(format!("name sets that hold {}, as `{}` does", super::posttrain::kind_words(&want), own.name)));
                     return None;
                 }
                 Some(None) => return None, // (the set's own error is reported)
                 None => {
-                    ck.error(Diagnostic::error(Code::E0301, item.span, format!("`eval_data` of a `finetune` stage takes instruction sets, but `{}` is not one", d.name.name))
+                    ck.error(Diagnostic::error(Code::E0301, item.span, format!("`eval_data` of a `{stage}` stage takes {plural}, but `{}` is not one", d.name.name))
                         .with_hint("a text corpus's held-out loss is a `train` stage's `eval_data`, or a `compare` stage's perplexity"));
                     return None;
                 }

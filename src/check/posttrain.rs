@@ -140,7 +140,7 @@ impl<'a> Checker<'a> {
         let neftune = f.optional(self, "neftune", |f, ck| f.ranged(ck, "neftune", None, 0.0, true, 1e4, false));
         let eval = self.eval_keys(&mut f);
         let eval_data = match (f.field("eval_data"), &data) {
-            (Some(field), Some(own)) => self.eval_sets(&field.value, own),
+            (Some(field), Some(own)) => self.eval_sets(&field.value, own, "finetune"),
             (Some(_), None) => None,
             (None, _) => Some(vec![]),
         };
@@ -166,8 +166,13 @@ impl<'a> Checker<'a> {
         let opt = self.check_split_optim(&mut f, 16, 100);
         let center = f.optional(self, "center_rewards", |f, ck| f.ranged(ck, "center_rewards", None, 0.0, false, 1e6, false));
         let lora = self.adapter_key(&mut f, model.as_ref());
+        let eval_data = match (f.field("eval_data"), &data) {
+            (Some(field), Some(own)) => self.eval_sets(&field.value, own, "reward_model"),
+            (Some(_), None) => None,
+            (None, _) => Some(vec![]),
+        };
         f.finish(self);
-        Some(self.stage_spec(d, StageKind::RewardModel(RewardSpec { model: model?, data: data?.name, opt: opt?, center_rewards: center?, lora: lora? })))
+        Some(self.stage_spec(d, StageKind::RewardModel(RewardSpec { model: model?, data: data?.name, opt: opt?, center_rewards: center?, lora: lora?, eval_data: eval_data? })))
     }
 
     pub(super) fn check_ppo(&mut self, d: &'a Decl, at: Span, args: &'a [Arg], block: Option<&'a Block>) -> Option<StageSpec> {

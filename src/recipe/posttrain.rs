@@ -46,6 +46,10 @@ pub struct RewardSpec {
     /// trunk with its adapters merged, so `STAGE.model` is a reward model like any other.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub lora: Option<LoraSpec>,
+    /// Other preference sets whose held-out pairwise accuracy every evaluation measures
+    /// (`eval_data = [a, b]`). Left out when empty (older hashes).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub eval_data: Vec<String>,
 }
 
 /// PPO against a reward model with a per-token KL penalty to a frozen reference (the policy's

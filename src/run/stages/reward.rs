@@ -64,6 +64,12 @@ pub fn run(ctx: &StageCtx, r: &RewardSpec) -> Result<()> {
     world.use_device(&name, dev)?;
     let (set, split) = preferences(recipe, &r.data)?;
     let codec = Codec::new(recipe, &set)?;
+    // Each `eval_data` set's held-out pairs, with its own codec (the same tokenizer).
+    let mut eval_sets = vec![];
+    for n in &r.eval_data {
+        let (other, other_split) = preferences(recipe, n)?;
+        eval_sets.push((n.clone(), Codec::new(recipe, &other)?, other_split.held_out));
+    }
     let mut trunk = load_base(recipe, &ctx.runs, &r.model, r.lora.as_ref(), dev)?.computing(r.opt.precision);
     if let Some(l) = &r.lora {
         trunk.attach_lora(l)?;
@@ -129,6 +135,9 @@ pub fn run(ctx: &StageCtx, r: &RewardSpec) -> Result<()> {
             let mut m = json!({"step": done, "loss": loss_v, "lr": lr, "grad_norm": grad_norm, "accuracy": train_acc, "rewards/chosen": score(2), "rewards/rejected": score(3)});
             if let Some(a) = a {
                 m["val_accuracy"] = json!(a);
+                for (n, codec, pairs) in &eval_sets {
+                    m[format!("val_accuracy/{n}")] = json!(pairwise_accuracy(&rm, codec, pairs).0);
+                }
             }
             run.log(m)?;
         }
@@ -153,6 +162,9 @@ pub fn run(ctx: &StageCtx, r: &RewardSpec) -> Result<()> {
         "held_out_accuracy": acc,
         "wall_seconds": started.elapsed().as_secs_f64(),
     });
+    for (n, codec, pairs) in &eval_sets {
+        report["eval_data"][n] = json!({"pairs": pairs.len(), "accuracy": pairwise_accuracy(&rm, codec, pairs).0});
+    }
     patience.report_into(&mut report, stopped);
     tracing::info!("{name}: done — held-out pairwise accuracy {:.1}% on {} pairs", 100.0 * acc, split.held_out.len());
     if r.lora.is_some() {
