@@ -254,6 +254,8 @@ fn reward_model_scores_other_preference_sets_at_each_evaluation() {
     assert_eq!(report["eval_data"]["prefs"]["accuracy"], report["held_out_accuracy"]);
     assert_eq!(report["eval_data"]["other"]["accuracy"], rows[1]["val_accuracy/other"]);
     assert!(report["eval_data"]["other"]["pairs"].as_u64().is_some_and(|n| n > 0), "{report}");
+    let svg = std::fs::read_to_string(out.join("rm/rm/accuracy.svg")).unwrap();
+    assert!(svg.contains(">other<"), "accuracy.svg draws no `other` line");
 }
 
 /// `targets = all_linear` (PEFT's "all-linear"; QLoRA adapts every layer): each kind of projection

@@ -23,9 +23,10 @@ fn series(m: &[serde_json::Value], name: &str, key: &str, dashed: bool) -> Serie
     }
 }
 
-/// The `val_loss/NAME` keys the metrics log (`eval_data`), sorted; at most 16.
-fn other_corpora(m: &[serde_json::Value]) -> Vec<String> {
-    let mut keys: Vec<String> = m.iter().filter_map(|v| v.as_object()).flat_map(|o| o.keys().filter(|k| k.starts_with("val_loss/")).cloned()).collect();
+/// The `PREFIX/NAME` keys the metrics log (`eval_data`: `val_loss/NAME`, `val_accuracy/NAME`),
+/// sorted; at most 16.
+fn other_sets(m: &[serde_json::Value], prefix: &str) -> Vec<String> {
+    let mut keys: Vec<String> = m.iter().filter_map(|v| v.as_object()).flat_map(|o| o.keys().filter(|k| k.strip_prefix(prefix).is_some_and(|n| n.starts_with('/'))).cloned()).collect();
     keys.sort();
     keys.dedup();
     keys.truncate(16);
@@ -80,9 +81,15 @@ pub fn write_run_plots(dir: &Path, title: &str) -> Result<Vec<PathBuf>, String> 
             continue;
         }
         let mut series: Vec<Series> = keys.iter().filter(|(_, k, _)| has(k)).map(|(name, k, dashed)| series(&m, name, k, *dashed)).collect();
-        if *file == "loss" {
-            // `train { eval_data }`'s corpora, each a dashed line under its name.
-            series.extend(other_corpora(&m).iter().map(|k| self::series(&m, k.trim_start_matches("val_loss/"), k, true)));
+        // `eval_data`'s corpora or sets, each a dashed line under its name.
+        let prefix = match *file {
+            "loss" => Some("val_loss"),
+            "accuracy" => Some("val_accuracy"),
+            _ => None,
+        };
+        for k in prefix.map_or(vec![], |p| other_sets(&m, p)) {
+            let name = k.split_once('/').map_or(k.as_str(), |(_, n)| n);
+            series.push(self::series(&m, name, &k, true));
         }
         put(format!("{file}.svg"), line_chart(&format!("{title}: {what}"), "step", unit, &series, false))?;
     }
