@@ -1258,9 +1258,9 @@ fn kto_learns_from_unpaired_feedback() {
         &recipe,
         format!(
             "experiment \"kto\" {{\n  seed = 7\n  data fb = synthetic.feedback {{ tasks = [uppercase], examples = 240, max_len = 3 }}\n  data prefs = synthetic.preferences {{ tasks = [uppercase], pairs = 240, max_len = 3 }}\n  model lm = transformer {{ vocab = 256, context = 24, d_model = 32, layers = 1, heads = 2, dropout = 0 }}\n  {}\n  {}\n  stage pairs = dpo(lm, prefs) {{ loss = kto, beta = 0.5, steps = 40, batch = 16, log_every = 1, optimizer = adamw {{ lr = 3e-3 }} }}\n  {}\n  stage pairs_pre = dpo(lm, prefs) {{ loss = kto, beta = 0.5, steps = 40, batch = 16, log_every = 1, optimizer = adamw {{ lr = 3e-3 }}, precompute_ref_log_probs = true }}\n}}\n",
-            stage("k", ""),
+            stage("k", ", eval_data = fb"),
             stage("k2", ", accumulate = 2") + "\n  " + &stage("az", ", loss = apo_zero").replace("loss = kto, ", ""),
-            stage("k_pre", ", precompute_ref_log_probs = true") + "\n  " + &stage("az_pre", ", loss = apo_zero, precompute_ref_log_probs = true").replace("loss = kto, ", "")
+            stage("k_pre", ", precompute_ref_log_probs = true, eval_data = fb") + "\n  " + &stage("az_pre", ", loss = apo_zero, precompute_ref_log_probs = true").replace("loss = kto, ", "")
         ),
     )
     .unwrap();
@@ -1327,6 +1327,13 @@ fn kto_learns_from_unpaired_feedback() {
                 let (p, q) = (x[key].as_f64(), y[key].as_f64());
                 assert_eq!(p.is_some(), q.is_some(), "{pre} step {}: {key}", x["step"]);
                 assert!(p.zip(q).is_none_or(|(p, q)| (p - q).abs() < 1e-5), "{pre} step {}: {key} {p:?} vs {q:?}", x["step"]);
+            }
+        }
+        // `eval_data` on feedback (the stage's own set): its held-out margins, held or precomputed.
+        for (dir, rows) in [(held, &a), (pre, &b)].into_iter().filter(|_| held == "k") {
+            assert_eq!(rows.iter().filter(|m| m["eval_rewards/margins/fb"].is_number()).count(), 2, "{dir}");
+            for m in rows.iter().filter(|m| m["eval_rewards/margins"].is_number()) {
+                assert_eq!(m["eval_rewards/margins/fb"], m["eval_rewards/margins"], "{dir}: {m}");
             }
         }
         // (A reference point above zero at some steps: the precomputed rows are read.)
@@ -2397,7 +2404,7 @@ fn precomputed_reference_log_probs_take_the_steps_of_a_held_reference() {
     let lora = ["--set", "po.adapter=lora { rank = 4 }", "--set", "po.optimizer.lr=3e-2"];
     let run = |dir: &str, extra: &[&str]| -> (String, std::path::PathBuf) {
         let dest = out.join(dir);
-        let args = [&["run", recipe.to_str().unwrap(), "--out", dest.to_str().unwrap(), "--stage", "po", "--set", "po.eval_every=10"], extra].concat();
+        let args = [&["run", recipe.to_str().unwrap(), "--out", dest.to_str().unwrap(), "--stage", "po", "--set", "po.eval_every=10", "--set", "po.eval_data=[prefs]"], extra].concat();
         let o = std::process::Command::new(env!("CARGO_BIN_EXE_roux")).args(&args).env("ROUX_MALLOC", "exact").output().unwrap();
         let err = String::from_utf8_lossy(&o.stderr).to_string();
         assert_eq!(o.status.code(), Some(0), "{err}");
@@ -2434,6 +2441,14 @@ fn precomputed_reference_log_probs_take_the_steps_of_a_held_reference() {
         assert_eq!((rh["reference_weight_bytes"].as_u64() == Some(0), rp["reference_weight_bytes"].as_u64()), (name == "lora", Some(0)), "{name}");
         let accuracy = |r: &serde_json::Value| r["held_out_rewards"]["accuracy"].as_f64().unwrap();
         assert_eq!(accuracy(&rh), accuracy(&rp), "{name}: held-out pairwise accuracy");
+        // `eval_data` (the stage's own set here: the same held-out pairs, read through their own
+        // codec and, precomputed, their own table) gives the held-out rewards, held or precomputed.
+        for (dir, r) in [(&held, &rh), (&pre, &rp)] {
+            for m in metrics(dir).iter().filter(|m| m["eval_rewards/margins"].is_number()) {
+                assert_eq!((&m["eval_rewards/margins/prefs"], &m["eval_rewards/accuracies/prefs"]), (&m["eval_rewards/margins"], &m["eval_rewards/accuracies"]), "{name}: {m}");
+            }
+            assert_eq!(r["eval_data"]["prefs"], r["held_out_rewards"], "{name}");
+        }
         // The held-out generation has no reference to measure a KL against.
         assert!(rh["after"]["kl"].is_number() && rp["after"]["kl"].is_null(), "{name}: {} vs {}", rh["after"], rp["after"]);
     }

@@ -19,10 +19,16 @@ impl<'a> Checker<'a> {
     }
 
     /// A post-training stage's other sets (`own` is the set it trains on): each must hold what
-    /// `own` does (E0313; instructions for `finetune`, preference pairs for `reward_model`), read
+    /// `own` does (E0313; instructions for `finetune`, preference pairs for `reward_model` and
+    /// `dpo`, or the unpaired feedback a `dpo` stage trains on), read
     /// with `own`'s tokenizer (E0315); None after an error.
     pub(super) fn eval_sets(&mut self, e: &'a Expr, own: &ExampleSet, stage: &str) -> Option<Vec<String>> {
-        let (want, plural) = (own.kind, if own.kind == ExampleKind::Instructions { "instruction sets" } else { "preference sets" });
+        let plural = match own.kind {
+            ExampleKind::Instructions => "instruction sets",
+            ExampleKind::Feedback => "feedback sets",
+            _ => "preference sets",
+        };
+        let want = own.kind;
         self.eval_names(e, (plural, "set"), |ck, item| {
             let d = ck.decl_ref(item, DeclKind::Data, "a data set")?;
             let found = (d.kind == DeclKind::Data && item.as_path().is_some_and(|p| p.len() == 1)).then(|| ck.examples.get(&d.name.name).cloned()).flatten();

@@ -280,9 +280,14 @@ impl<'a> Checker<'a> {
         let f_divergence = self.f_divergence(&mut f, loss);
         let precompute = self.precompute_key(&mut f, loss, sync_ref.as_ref());
         let eval = self.eval_keys(&mut f);
+        let eval_data = match (f.field("eval_data"), &data) {
+            (Some(field), Some(own)) => self.eval_sets(&field.value, own, "dpo"),
+            (Some(_), None) => None,
+            (None, _) => Some(vec![]),
+        };
         f.finish(self);
         let (eval_examples, max_new) = eval?;
-        let spec = DpoSpec { policy: policy?, data: data?.name, opt: opt?, beta: beta?, loss: loss?, label_smoothing: smoothing?, rpo_alpha: rpo_alpha?, gamma: gamma?, discopop_tau: tau?, kto_weights: kto_weights?, lora: lora?, sync_ref: sync_ref?, use_weighting: use_weighting?, f_divergence: f_divergence?, precompute_ref_log_probs: precompute?, eval_examples, max_new };
+        let spec = DpoSpec { policy: policy?, data: data?.name, opt: opt?, beta: beta?, loss: loss?, label_smoothing: smoothing?, rpo_alpha: rpo_alpha?, gamma: gamma?, discopop_tau: tau?, kto_weights: kto_weights?, lora: lora?, sync_ref: sync_ref?, use_weighting: use_weighting?, f_divergence: f_divergence?, precompute_ref_log_probs: precompute?, eval_examples, max_new, eval_data: eval_data? };
         Some(self.stage_spec(d, StageKind::Dpo(spec)))
     }
 

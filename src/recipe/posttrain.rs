@@ -202,6 +202,10 @@ pub struct DpoSpec {
     pub precompute_ref_log_probs: bool,
     pub eval_examples: usize,
     pub max_new: usize,
+    /// Other preference (or feedback) sets whose held-out implicit rewards every evaluation
+    /// measures (`eval_data = [a, b]`). Left out when empty (older hashes).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub eval_data: Vec<String>,
 }
 
 /// TR-DPO (Gorbatovski et al. 2024; TRL's `sync_ref_model`): every `every` steps the frozen

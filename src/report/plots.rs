@@ -82,14 +82,15 @@ pub fn write_run_plots(dir: &Path, title: &str) -> Result<Vec<PathBuf>, String> 
         }
         let mut series: Vec<Series> = keys.iter().filter(|(_, k, _)| has(k)).map(|(name, k, dashed)| series(&m, name, k, *dashed)).collect();
         // `eval_data`'s corpora or sets, each a dashed line under its name.
-        let prefix = match *file {
-            "loss" => Some("val_loss"),
-            "accuracy" => Some("val_accuracy"),
-            _ => None,
+        let prefixes: &[&str] = match *file {
+            "loss" => &["val_loss"],
+            "accuracy" => &["val_accuracy", "eval_rewards/accuracies"],
+            _ => &[],
         };
-        for k in prefix.map_or(vec![], |p| other_sets(&m, p)) {
-            let name = k.split_once('/').map_or(k.as_str(), |(_, n)| n);
-            series.push(self::series(&m, name, &k, true));
+        for p in prefixes {
+            for k in other_sets(&m, p) {
+                series.push(self::series(&m, &k[p.len() + 1..], &k, true));
+            }
         }
         put(format!("{file}.svg"), line_chart(&format!("{title}: {what}"), "step", unit, &series, false))?;
     }

@@ -11,6 +11,7 @@ use tch::{Kind, Tensor};
 mod feedback;
 mod kto;
 mod logps;
+mod others;
 mod reference;
 
 use feedback::Judged;
@@ -107,9 +108,12 @@ pub fn run(ctx: &StageCtx, d: &DpoSpec) -> Result<()> {
         Some(j) => (Examples::Feedback(&j.train), Examples::Feedback(&held_judged)),
         None => (Examples::Pairs(&split.train), Examples::Pairs(&held_pairs)),
     };
-    let precomputed = if d.precompute_ref_log_probs { Some(reference::Precomputed::new(&name, &policy, &codec, examples, d, micro, sampler, world, dev)?) } else { None };
+    let others = others::load(recipe, d, judged.is_some())?;
+    let extra: Vec<_> = others.iter().map(|o| (o.examples(), &o.codec)).collect();
+    let precomputed = if d.precompute_ref_log_probs { Some(reference::Precomputed::new(&name, &policy, &codec, examples, &extra, d, micro, sampler, world, dev)?) } else { None };
     let refs = precomputed.as_ref().map_or(RefLogps::Model(reference), |p| RefLogps::Table(&p.train));
     let held_refs = precomputed.as_ref().map_or(RefLogps::Model(reference), |p| RefLogps::Table(&p.held));
+    let others_refs: Vec<RefLogps> = (0..others.len()).map(|k| precomputed.as_ref().map_or(RefLogps::Model(reference), |p| RefLogps::Table(&p.extra[k]))).collect();
     let mut opt = Optimizer::new(&params, &names, &d.opt.optimizer);
     moving::keep_in_checkpoints(&mut run, d.sync_ref.as_ref(), reference);
     let (step0, mut rng, extra) = run.restore(&names, &params, &mut opt, sampler)?;
@@ -279,6 +283,13 @@ pub fn run(ctx: &StageCtx, d: &DpoSpec) -> Result<()> {
                 }
                 m["kl"] = json!(terms.kl);
             }
+            for (o, r) in others.iter().zip(&others_refs).filter(|_| s.is_some()) {
+                let p = o.score(&policy, r, &terms, d, dev)?;
+                m[format!("eval_rewards/margins/{}", o.name)] = json!(p.margin);
+                if let Some(a) = p.accuracy {
+                    m[format!("eval_rewards/accuracies/{}", o.name)] = json!(a);
+                }
+            }
             if let Some(p) = &pairs_now {
                 m["eval_rewards/chosen"] = json!(p.chosen);
                 m["eval_rewards/rejected"] = json!(p.rejected);
@@ -329,6 +340,9 @@ pub fn run(ctx: &StageCtx, d: &DpoSpec) -> Result<()> {
     });
     if judged.is_some() {
         report["held_out_feedback"] = json!(held_judged.len());
+    }
+    for (o, r) in others.iter().zip(&others_refs) {
+        report["eval_data"][&o.name] = json!(o.score(&policy, r, &terms, d, dev)?);
     }
     if let Some(p) = &precomputed {
         // (Unpaired feedback is precomputed an example at a time.)

@@ -81,6 +81,8 @@ pub(super) struct Precomputed {
     pub train: Table,
     pub held: Table,
     pub mismatched: Option<Table>,
+    /// Each `eval_data` set's held-out examples'.
+    pub extra: Vec<Table>,
     seconds: f64,
     noun: &'static str,
 }
@@ -89,7 +91,8 @@ impl Precomputed {
     /// From `policy` at its starting weights (with LoRA, its base: the loop's reference), the
     /// training examples drawn in micro-batches of `micro` from `sampler`'s starting state.
     /// A progress line (`label`: …) as the examples go.
-    pub fn new(label: &str, policy: &Model, codec: &Codec, (train, held): (Examples, Examples), d: &DpoSpec, micro: usize, sampler: Rng, world: &World, dev: tch::Device) -> Result<Precomputed> {
+    /// `extra`: the `eval_data` sets' held-out examples, each with its codec.
+    pub fn new(label: &str, policy: &Model, codec: &Codec, (train, held): (Examples, Examples), extra: &[(Examples, &Codec)], d: &DpoSpec, micro: usize, sampler: Rng, world: &World, dev: tch::Device) -> Result<Precomputed> {
         let started = Instant::now();
         let base = (!policy.lora.is_empty()).then(|| policy.base_view());
         let reference = base.as_ref().unwrap_or(policy);
@@ -99,15 +102,24 @@ impl Precomputed {
         let kto = d.loss == DpoLoss::Kto;
         // This process's share of each, counted as they go.
         let share = |n: usize| n / world.size + usize::from(world.rank < n % world.size);
-        let total = share(drawn.len()) * (1 + usize::from(kto)) + share(all_held.len());
+        let others: usize = extra.iter().map(|(e, _)| share(e.len())).sum();
+        let total = share(drawn.len()) * (1 + usize::from(kto)) + share(all_held.len()) + others;
         let label = format!("{label}: the reference's log-probabilities");
         let progress = if world.rank == 0 { Progress::new(&label, 0, total as u64) } else { Progress::silent(&label, 0) };
         let at = Compute { reference, loss: d.loss, chunk: micro, world, dev, progress: &progress };
         let train_table = at.table(train, |i| train.rows(codec, i, context), &drawn, 0)?;
         let mismatched = kto.then(|| at.table(train, |j| train.mismatched(codec, j, context), &drawn, share(drawn.len()))).transpose()?;
-        let held = at.table(held, |i| held.rows(codec, i, context), &all_held, total - share(all_held.len()))?;
+        let mut done = share(drawn.len()) * (1 + usize::from(kto));
+        let held = at.table(held, |i| held.rows(codec, i, context), &all_held, done)?;
+        done += share(all_held.len());
+        let mut tables = vec![];
+        for (examples, codec) in extra {
+            let all: BTreeSet<usize> = (0..examples.len()).collect();
+            tables.push(at.table(*examples, |i| examples.rows(codec, i, context), &all, done)?);
+            done += share(examples.len());
+        }
         let noun = if train.width() == 2 { "pairs" } else { "examples" };
-        Ok(Precomputed { train: train_table, held, mismatched, seconds: started.elapsed().as_secs_f64(), noun })
+        Ok(Precomputed { train: train_table, held, mismatched, extra: tables, seconds: started.elapsed().as_secs_f64(), noun })
     }
 
     /// What the stage's first log line says of it, of `examples` training examples.
