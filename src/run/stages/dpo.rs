@@ -109,11 +109,11 @@ pub fn run(ctx: &StageCtx, d: &DpoSpec) -> Result<()> {
         None => (Examples::Pairs(&split.train), Examples::Pairs(&held_pairs)),
     };
     let others = others::load(recipe, d, judged.is_some())?;
-    let extra: Vec<_> = others.iter().map(|o| (o.examples(), &o.codec)).collect();
-    let precomputed = if d.precompute_ref_log_probs { Some(reference::Precomputed::new(&name, &policy, &codec, examples, &extra, d, micro, sampler, world, dev)?) } else { None };
+    let other_sets: Vec<_> = others.iter().map(|o| (o.examples(), &o.codec)).collect();
+    let precomputed = if d.precompute_ref_log_probs { Some(reference::Precomputed::new(&name, &policy, &codec, examples, &other_sets, d, micro, sampler, world, dev)?) } else { None };
     let refs = precomputed.as_ref().map_or(RefLogps::Model(reference), |p| RefLogps::Table(&p.train));
     let held_refs = precomputed.as_ref().map_or(RefLogps::Model(reference), |p| RefLogps::Table(&p.held));
-    let others_refs: Vec<RefLogps> = (0..others.len()).map(|k| precomputed.as_ref().map_or(RefLogps::Model(reference), |p| RefLogps::Table(&p.extra[k]))).collect();
+    let others_refs: Vec<RefLogps> = (0..others.len()).map(|k| precomputed.as_ref().map_or(RefLogps::Model(reference), |p| RefLogps::Table(&p.others[k]))).collect();
     let mut opt = Optimizer::new(&params, &names, &d.opt.optimizer);
     moving::keep_in_checkpoints(&mut run, d.sync_ref.as_ref(), reference);
     let (step0, mut rng, extra) = run.restore(&names, &params, &mut opt, sampler)?;

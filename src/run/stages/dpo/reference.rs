@@ -82,7 +82,7 @@ pub(super) struct Precomputed {
     pub held: Table,
     pub mismatched: Option<Table>,
     /// Each `eval_data` set's held-out examples'.
-    pub extra: Vec<Table>,
+    pub others: Vec<Table>,
     seconds: f64,
     noun: &'static str,
 }
@@ -91,8 +91,8 @@ impl Precomputed {
     /// From `policy` at its starting weights (with LoRA, its base: the loop's reference), the
     /// training examples drawn in micro-batches of `micro` from `sampler`'s starting state.
     /// A progress line (`label`: …) as the examples go.
-    /// `extra`: the `eval_data` sets' held-out examples, each with its codec.
-    pub fn new(label: &str, policy: &Model, codec: &Codec, (train, held): (Examples, Examples), extra: &[(Examples, &Codec)], d: &DpoSpec, micro: usize, sampler: Rng, world: &World, dev: tch::Device) -> Result<Precomputed> {
+    /// `others`: the `eval_data` sets' held-out examples, each with its codec.
+    pub fn new(label: &str, policy: &Model, codec: &Codec, (train, held): (Examples, Examples), others: &[(Examples, &Codec)], d: &DpoSpec, micro: usize, sampler: Rng, world: &World, dev: tch::Device) -> Result<Precomputed> {
         let started = Instant::now();
         let base = (!policy.lora.is_empty()).then(|| policy.base_view());
         let reference = base.as_ref().unwrap_or(policy);
@@ -102,8 +102,7 @@ impl Precomputed {
         let kto = d.loss == DpoLoss::Kto;
         // This process's share of each, counted as they go.
         let share = |n: usize| n / world.size + usize::from(world.rank < n % world.size);
-        let others: usize = extra.iter().map(|(e, _)| share(e.len())).sum();
-        let total = share(drawn.len()) * (1 + usize::from(kto)) + share(all_held.len()) + others;
+        let total = share(drawn.len()) * (1 + usize::from(kto)) + share(all_held.len()) + others.iter().map(|(e, _)| share(e.len())).sum::<usize>();
         let label = format!("{label}: the reference's log-probabilities");
         let progress = if world.rank == 0 { Progress::new(&label, 0, total as u64) } else { Progress::silent(&label, 0) };
         let at = Compute { reference, loss: d.loss, chunk: micro, world, dev, progress: &progress };
@@ -113,13 +112,13 @@ impl Precomputed {
         let held = at.table(held, |i| held.rows(codec, i, context), &all_held, done)?;
         done += share(all_held.len());
         let mut tables = vec![];
-        for (examples, codec) in extra {
+        for (examples, codec) in others {
             let all: BTreeSet<usize> = (0..examples.len()).collect();
             tables.push(at.table(*examples, |i| examples.rows(codec, i, context), &all, done)?);
             done += share(examples.len());
         }
         let noun = if train.width() == 2 { "pairs" } else { "examples" };
-        Ok(Precomputed { train: train_table, held, mismatched, extra: tables, seconds: started.elapsed().as_secs_f64(), noun })
+        Ok(Precomputed { train: train_table, held, mismatched, others: tables, seconds: started.elapsed().as_secs_f64(), noun })
     }
 
     /// What the stage's first log line says of it, of `examples` training examples.
