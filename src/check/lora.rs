@@ -51,7 +51,7 @@ impl<'a> Checker<'a> {
                     _ if all => {
                         let mut kinds: Vec<String> = vec![];
                         for l in &linears {
-                            let short = l.rsplitn(3, '.').take(2).collect::<Vec<_>>().into_iter().rev().collect::<Vec<_>>().join(".");
+                            let short = short_name(l);
                             if !kinds.contains(&short) {
                                 kinds.push(short);
                             }
@@ -75,7 +75,7 @@ impl<'a> Checker<'a> {
                         }
                     };
                     if !linears.is_empty() && !linears.iter().any(|l| crate::arith::lora_matches(&pat, l)) {
-                        let mut short: Vec<String> = linears.iter().map(|l| l.rsplitn(3, '.').take(2).collect::<Vec<_>>().into_iter().rev().collect::<Vec<_>>().join(".")).collect();
+                        let mut short: Vec<String> = linears.iter().map(|l| short_name(l)).collect();
                         short.sort();
                         short.dedup();
                         let mut err = Diagnostic::error(Code::E0312, it.span, format!("LoRA target `{pat}` matches no linear layer or stack of experts of model `{}`", model.map_or("", |m| &m.arch)));
@@ -101,4 +101,10 @@ impl<'a> Checker<'a> {
         }
         Some(Some(LoraSpec { rank: rank?, alpha: alpha?, dropout: dropout?, rslora: rslora?, dora: dora?, targets, quantize_base: quantize_base?, double_quant: double_quant? }))
     }
+}
+
+/// A module path's last two segments (`blocks.3.attn.q` → `attn.q`): how targets name a kind of
+/// projection in every block.
+fn short_name(path: &str) -> String {
+    path.rsplitn(3, '.').take(2).collect::<Vec<_>>().into_iter().rev().collect::<Vec<_>>().join(".")
 }
